@@ -1,0 +1,53 @@
+# fwedge: set-up, demo and tests. `make demo` and `make test` each do all set-up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.fwedge-installed
+APT_PACKAGES := qemu-user dataset-fashion-mnist openssh-server openssh-client chromium
+# Tests run on both cores; CI sets FWEDGE_REQUIRE_ALL=1 so a missing toolchain fails.
+PYTEST_ARGS ?= -n 2 -q -m "not slow"
+export ZIG_GLOBAL_CACHE_DIR ?= $(CURDIR)/.cache/zig
+
+.PHONY: setup system python demo test test-all bench clean
+
+setup: system python
+
+# Debian packages: QEMU user-mode emulators, Fashion-MNIST, sshd for the real-ssh test and
+# Chromium for the report test. Installed only when one is missing.
+system:
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install $(APT_PACKAGES)" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+
+python: $(STAMP)
+
+# torch==2.13.0 (CPU) first, so nothing resolves another torch; pnnx with --no-deps because its
+# metadata would pull a CUDA torch.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[all,dev]'
+	$(PIP) install -q --no-deps pnnx
+	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/fwedge inspect examples/fashion_mnist/cnn_small.onnx
+	$(VENV)/bin/fwedge eval examples/fashion_mnist/cnn_small.onnx --data fashion-mnist:test
+	$(VENV)/bin/fwedge eval examples/fashion_mnist/mobilenet_v2_tiny.onnx --data fashion-mnist:test
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Everything, the slow tests (all four architectures, full test sets) included.
+test-all: setup
+	$(PY) -m pytest -n 2 -q
+
+bench: setup
+	for script in bench/*.py; do $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf .cache build dist *.egg-info .pytest_cache

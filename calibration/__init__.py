@@ -1,0 +1,1 @@
+"""Calibration: streaming statistics and range methods (minmax, percentile, kl, mse)."""

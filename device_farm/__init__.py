@@ -1,0 +1,1 @@
+"""Device farm: inventory, device kinds (local, qemu, ssh), runner, results and gate."""

@@ -1,0 +1,69 @@
+"""The fwedge command line: a click group whose subcommands are imported only when used."""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from fwedge import __version__
+from fwedge.errors import FwEdgeError
+
+# name -> (module, short help). The short help lives here so that `fwedge --help` imports no
+# command module, and through them no heavy toolchain (openvino, ai_edge_litert, ncnn, torch).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "inspect": ("fwedge.commands.inspect", "Show inputs, ops, parameters, MACs and target support of a model."),
+    "eval": ("fwedge.commands.evaluate", "Measure top-1 accuracy and fidelity of an ONNX model in onnxruntime."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a subcommand's module only when that subcommand runs or shows help."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(COMMANDS[name][0])
+        return module.command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FwEdgeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fwedge")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """fwedge: compress trained ONNX models and ship them to edge devices.
+
+    Prune, distill and quantize a model to INT8 with one set of scales; export ONNX, OpenVINO,
+    LiteRT, NCNN and cross-compiled C bundles; validate them on host runtimes, QEMU boards and
+    SSH boards; and gate CI on on-device accuracy and latency regressions.
+
+    Errors in the input exit with code 2 and a one-line message; `fwedge gate` exits 1 on a
+    regression.
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="fwedge")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

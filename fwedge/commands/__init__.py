@@ -1,0 +1,1 @@
+"""Command modules: one per CLI subcommand, loaded lazily by fwedge.cli."""

@@ -1,0 +1,55 @@
+"""`fwedge inspect MODEL`."""
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def _parse_shape(text: str) -> tuple[str, list[int]]:
+    name, _, dims = text.partition("=")
+    if not dims:
+        raise click.BadParameter(f"expected NAME=D0,D1,..., got {text!r}")
+    try:
+        return name, [int(d) for d in dims.split(",")]
+    except ValueError as exc:
+        raise click.BadParameter(f"dimensions must be integers in {text!r}") from exc
+
+
+@click.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
+              help="Fix a dynamic input shape (for MACs), e.g. x=1,3,48,192. Repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def command(model: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
+    """Show a model's inputs and outputs, op histogram, parameter count, MACs per layer, and
+    which nodes each export target cannot take.
+
+    Dynamic dimensions other than the batch make MACs unknown; give --input-shape to fix them.
+    The batch dimension is counted as 1.
+    """
+    from fwedge import ir
+    from fwedge.console import stdout, table
+    from fwedge.summary import summarize
+
+    loaded = ir.load(model)
+    if input_shapes:
+        loaded = ir.set_input_shapes(loaded, dict(_parse_shape(text) for text in input_shapes))
+    summary = summarize(loaded, path=model)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+        return
+    stdout.print(f"[bold]{model}[/bold]  opset {summary.opset}  parameters {summary.parameters:,}"
+                 + (f"  MACs {summary.total_macs:,}" if summary.total_macs is not None else "  MACs unknown (dynamic shapes)"))
+    stdout.print(table("Inputs / outputs", ["kind", "name", "shape", "dtype"],
+                       [["input", s.name, s.shape, s.dtype] for s in summary.inputs]
+                       + [["output", s.name, s.shape, s.dtype] for s in summary.outputs]))
+    stdout.print(table("Ops", ["op", "count"], [[op, n] for op, n in summary.op_histogram.items()]))
+    stdout.print(table("Layers with weights", ["node", "op", "params", "MACs"],
+                       [[l.name, l.op, f"{l.params:,}", "?" if l.macs is None else f"{l.macs:,}"]
+                        for l in summary.layers]))
+    rows = []
+    for target, missing in summary.support.items():
+        ops = sorted({op for _, op, _ in missing})
+        rows.append([target, "all nodes" if not missing else f"{len(missing)} unsupported: {', '.join(ops)}"])
+    stdout.print(table("Target support", ["target", "status"], rows))

@@ -1,0 +1,43 @@
+"""Click options shared by several commands."""
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def data_option(required: bool = False, name: str = "--data", help_text: str | None = None):
+    """The --data option: a dataset path or fashion-mnist:train|test."""
+    return click.option(
+        name,
+        "data" if name == "--data" else name.lstrip("-").replace("-", "_"),
+        required=required,
+        metavar="DATA",
+        help=help_text
+        or "Image folder, .npy/.npz, IDX file, or fashion-mnist:test|train (Debian package).",
+    )
+
+
+def _parse_preprocess(ctx, param, value):
+    if value is None:
+        return None
+    from fwedge.data import Preprocess
+    from fwedge.errors import DataError
+
+    try:
+        text = open(value).read() if value.endswith(".json") else value
+        return Preprocess.from_dict(json.loads(text))
+    except (OSError, ValueError, DataError) as exc:
+        raise click.BadParameter(f"{value!r}: {exc}") from exc
+
+
+def preprocess_option():
+    """--preprocess: a JSON object or .json file overriding the model's preprocessing spec."""
+    return click.option(
+        "--preprocess",
+        callback=_parse_preprocess,
+        metavar="JSON",
+        help='Preprocessing as JSON or a .json file, e.g. \'{"resize":[28,28],"color":"grayscale",'
+        '"layout":"NCHW","scale":0.00392156862745098}\'. Default: the model\'s metadata, else a '
+        "guess from its input shape.",
+    )

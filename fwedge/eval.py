@@ -1,0 +1,259 @@
+"""Evaluation: top-1 accuracy on labelled data and fidelity of one model against another."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Protocol
+
+import numpy as np
+import onnx
+
+from fwedge import ir
+from fwedge.data import Batch, Dataset, Preprocess, check_batch_shape, preprocess_from_metadata
+from fwedge.errors import DataError, ModelError
+
+log = logging.getLogger(__name__)
+
+
+class Runner(Protocol):
+    """Anything that maps a batch of model input to the first output (logits)."""
+
+    input_name: str
+    input_shape: list
+
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+
+def ort_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None):
+    """An onnxruntime CPU InferenceSession with all graph optimizations, from a model or path."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ModelError(f"onnxruntime cannot load the model: {exc}") from exc
+
+
+class OrtRunner:
+    """Runs a model in onnxruntime; `outputs` selects which outputs `run_all` returns."""
+
+    def __init__(self, model: onnx.ModelProto | str | os.PathLike, threads: int | None = None):
+        self.model = model if isinstance(model, onnx.ModelProto) else ir.load(model)
+        self.session = ort_session(self.model, threads)
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        self.input_shape = list(first.shape)
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def run_all(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """All outputs by name."""
+        return dict(zip(self.output_names, self.session.run(None, feeds)))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_names[0]], {self.input_name: x})[0]
+
+
+@dataclass
+class AccuracyResult:
+    """Top-1 accuracy over `total` labelled samples."""
+
+    top1: float
+    correct: int
+    total: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Fidelity:
+    """How closely `candidate` outputs follow `reference` outputs on the same inputs.
+
+    Attributes:
+        top1_agreement: fraction of samples whose argmax agrees.
+        cosine: mean per-sample cosine similarity of the flattened outputs.
+        max_abs_error: largest absolute element difference.
+        sqnr_db: 10·log10(Σ ref² / Σ (ref − cand)²); inf when identical.
+        samples: number of samples compared.
+    """
+
+    top1_agreement: float
+    cosine: float
+    max_abs_error: float
+    sqnr_db: float
+    samples: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FidelityAccumulator:
+    """Streams fidelity statistics batch by batch, so memory stays bounded."""
+
+    def __init__(self) -> None:
+        self.agree = 0
+        self.samples = 0
+        self.cosine_sum = 0.0
+        self.max_abs = 0.0
+        self.signal = 0.0
+        self.noise = 0.0
+
+    def update(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+        if reference.shape != candidate.shape:
+            raise DataError(
+                f"fidelity: reference output shape {list(reference.shape)} differs from "
+                f"candidate {list(candidate.shape)}"
+            )
+        ref = reference.reshape(len(reference), -1).astype(np.float64)
+        cand = candidate.reshape(len(candidate), -1).astype(np.float64)
+        self.agree += int(np.sum(ref.argmax(axis=1) == cand.argmax(axis=1)))
+        norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+        dots = np.sum(ref * cand, axis=1)
+        cosine = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 1.0)
+        self.cosine_sum += float(cosine.sum())
+        diff = ref - cand
+        self.max_abs = max(self.max_abs, float(np.abs(diff).max(initial=0.0)))
+        self.signal += float(np.sum(ref * ref))
+        self.noise += float(np.sum(diff * diff))
+        self.samples += len(ref)
+
+    def result(self) -> Fidelity:
+        if self.samples == 0:
+            raise DataError("fidelity: no samples were compared")
+        sqnr = float("inf") if self.noise == 0 else 10.0 * np.log10(max(self.signal, 1e-30) / self.noise)
+        return Fidelity(
+            top1_agreement=self.agree / self.samples,
+            cosine=self.cosine_sum / self.samples,
+            max_abs_error=self.max_abs,
+            sqnr_db=float(sqnr),
+            samples=self.samples,
+        )
+
+
+def resolve_preprocess(model: onnx.ModelProto, override: Preprocess | None = None) -> Preprocess:
+    """The preprocessing to use: an explicit override, the model's metadata, or a guess from its input."""
+    if override is not None:
+        return override
+    stored = preprocess_from_metadata(model)
+    if stored is not None:
+        return stored
+    first = ir.graph_inputs(model)[0]
+    return Preprocess.for_input_shape(ir.shape_of(first))
+
+
+def iterate_checked(
+    dataset: Dataset,
+    runner: Runner,
+    preprocess: Preprocess,
+    batch_size: int = 256,
+    limit: int | None = None,
+    seed: int = 0,
+) -> Iterable[Batch]:
+    """Batches from `dataset`, each checked against the runner's input shape."""
+    for batch in dataset.batches(preprocess, batch_size=batch_size, limit=limit, seed=seed):
+        check_batch_shape(batch.x, runner.input_shape, str(dataset.path), runner.input_name)
+        yield batch
+
+
+def accuracy(
+    runner: Runner,
+    dataset: Dataset,
+    preprocess: Preprocess,
+    batch_size: int = 256,
+    limit: int | None = None,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> AccuracyResult:
+    """Top-1 accuracy of `runner` on a labelled dataset.
+
+    Raises:
+        DataError: the dataset has no labels, or its shape does not fit the model.
+    """
+    if not dataset.has_labels:
+        raise DataError(f"data '{dataset.path}': accuracy needs labels, and this source has none")
+    correct = total = 0
+    for batch in iterate_checked(dataset, runner, preprocess, batch_size, limit, seed):
+        logits = runner(batch.x)
+        correct += int(np.sum(logits.reshape(len(logits), -1).argmax(axis=1) == batch.y))
+        total += len(batch.y)
+        if progress:
+            progress(len(batch.x))
+    return AccuracyResult(top1=correct / total if total else 0.0, correct=correct, total=total)
+
+
+def fidelity(
+    reference: Runner,
+    candidate: Runner,
+    dataset: Dataset,
+    preprocess: Preprocess,
+    batch_size: int = 256,
+    limit: int | None = None,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> Fidelity:
+    """Fidelity of `candidate` against `reference` on the same preprocessed inputs."""
+    accumulator = FidelityAccumulator()
+    for batch in iterate_checked(dataset, reference, preprocess, batch_size, limit, seed):
+        accumulator.update(reference(batch.x), candidate(batch.x))
+        if progress:
+            progress(len(batch.x))
+    return accumulator.result()
+
+
+def evaluate_model(
+    model_path: str | os.PathLike,
+    data: str | os.PathLike,
+    reference: str | os.PathLike | None = None,
+    preprocess: Preprocess | None = None,
+    limit: int | None = None,
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Accuracy (when labelled) and fidelity (when a reference is given) of an ONNX model in ORT.
+
+    Returns:
+        {"model", "data", "samples", "accuracy": AccuracyResult | None, "fidelity": Fidelity | None}
+    """
+    from fwedge.data import open_dataset
+
+    runner = OrtRunner(model_path)
+    dataset = open_dataset(data)
+    spec = resolve_preprocess(runner.model, preprocess)
+    reference_runner = OrtRunner(reference) if reference is not None else None
+    if not dataset.has_labels and reference_runner is None:
+        raise DataError(
+            f"data '{data}': has no labels and no reference model was given: nothing to evaluate"
+        )
+    correct = total = 0
+    accumulator = FidelityAccumulator()
+    # One pass: the candidate runs once per batch for both accuracy and fidelity.
+    for batch in iterate_checked(dataset, runner, spec, batch_size, limit):
+        logits = runner(batch.x)
+        if batch.y is not None:
+            correct += int(np.sum(logits.reshape(len(logits), -1).argmax(axis=1) == batch.y))
+        if reference_runner is not None:
+            accumulator.update(reference_runner(batch.x), logits)
+        total += len(batch.x)
+        if progress:
+            progress(len(batch.x))
+    return {
+        "model": str(model_path),
+        "data": str(data),
+        "samples": total,
+        "preprocess": spec.to_dict(),
+        "accuracy": AccuracyResult(correct / total, correct, total) if dataset.has_labels else None,
+        "fidelity": accumulator.result() if reference_runner is not None else None,
+    }
+
+
+def default_model_path(name: str) -> Path:
+    """Path of a shipped example model (examples/fashion_mnist/<name>.onnx) in the source tree."""
+    return Path(__file__).resolve().parent.parent / "examples" / "fashion_mnist" / f"{name}.onnx"

@@ -1,0 +1,90 @@
+"""Model summaries for `fwedge inspect`: inputs, outputs, op histogram, parameters, MACs, support."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from fwedge import ir
+from fwedge.op_info import node_macs
+
+
+@dataclass
+class TensorSpec:
+    """A graph input or output: name, shape (None/str for dynamic dims) and element type."""
+
+    name: str
+    shape: list
+    dtype: str
+
+
+@dataclass
+class LayerCost:
+    """One layer with weights: node name, op, parameter count and MACs per sample."""
+
+    name: str
+    op: str
+    params: int
+    macs: int | None
+
+
+@dataclass
+class ModelSummary:
+    """What `fwedge inspect` prints."""
+
+    path: str
+    opset: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    op_histogram: dict[str, int]
+    parameters: int
+    total_macs: int | None
+    layers: list[LayerCost]
+    support: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    elem = value.type.tensor_type.elem_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem).name if elem else "unknown"
+    return TensorSpec(value.name, ir.shape_of(value), dtype)
+
+
+def summarize(model: onnx.ModelProto, path: str = "", with_support: bool = True) -> ModelSummary:
+    """Summarize a loaded model. MACs need static shapes (see ir.set_input_shapes)."""
+    shapes = ir.value_shapes(model)
+    initializers = ir.initializer_map(model)
+    parameters = sum(int(np.prod(init.dims, dtype=np.int64)) for init in initializers.values()
+                     if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                                           onnx.TensorProto.INT8, onnx.TensorProto.UINT8,
+                                           onnx.TensorProto.INT32))
+    layers = []
+    for node in model.graph.node:
+        weights = [name for name in node.input if name in initializers]
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and weights:
+            params = sum(int(np.prod(initializers[name].dims, dtype=np.int64)) for name in weights)
+            layers.append(LayerCost(node.name or node.output[0], node.op_type, params, node_macs(node, shapes)))
+    known = [layer.macs for layer in layers]
+    total = sum(known) if known and all(m is not None for m in known) else None
+    support = {}
+    if with_support:
+        from fwedge.targets import support_matrix
+
+        support = support_matrix(model)
+    return ModelSummary(
+        path=path,
+        opset=ir.opset_version(model),
+        inputs=[_spec(v) for v in ir.graph_inputs(model)],
+        outputs=[_spec(v) for v in model.graph.output],
+        op_histogram=dict(Counter(node.op_type for node in model.graph.node).most_common()),
+        parameters=parameters,
+        total_macs=total,
+        layers=layers,
+        support=support,
+    )

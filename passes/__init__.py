@@ -1,0 +1,1 @@
+"""Graph passes: fold BN, prune, distill, quantize (QDQ insertion), lower."""

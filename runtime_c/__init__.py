@@ -1,0 +1,1 @@
+"""Portable C99 kernels and headers, shipped as package data."""

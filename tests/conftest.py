@@ -1,0 +1,90 @@
+"""Shared fixtures, and the toolchain markers: skip locally when a tool is missing, fail in CI."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "fashion_mnist"
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+REQUIRE_ALL = os.environ.get("FWEDGE_REQUIRE_ALL") == "1"
+
+
+def _module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _qemu(*arches: str) -> bool:
+    return all(shutil.which(f"qemu-{arch}") for arch in (arches or ("aarch64", "riscv64", "loongarch64")))
+
+
+# marker -> (check(marker args) -> bool, what to install)
+REQUIREMENTS = {
+    "qemu": (lambda *a: _qemu(*a), "Debian qemu-user (make setup)"),
+    "zig": (lambda *a: _module("ziglang"), "the ziglang pip package (cross extra)"),
+    "openvino": (lambda *a: _module("openvino"), "openvino (openvino extra)"),
+    "tflite": (lambda *a: _module("ai_edge_litert"), "ai-edge-litert (tflite extra)"),
+    "ncnn": (lambda *a: _module("ncnn"), "ncnn (ncnn extra)"),
+    "pnnx": (lambda *a: shutil.which("pnnx") is not None, "pnnx (pip install --no-deps pnnx)"),
+    "torch": (lambda *a: _module("torch"), "torch==2.13.0 (distill extra)"),
+    "ssh": (lambda *a: all(shutil.which(t) or Path(f"/usr/sbin/{t}").exists() for t in ("sshd", "ssh", "ssh-keygen")),
+            "Debian openssh-server and openssh-client"),
+    "chromium": (lambda *a: shutil.which("chromium") is not None, "Debian chromium"),
+    "fashion_mnist": (lambda *a: (FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
+                      "Debian dataset-fashion-mnist"),
+    "rapidocr": (lambda *a: _module("rapidocr_onnxruntime"), "rapidocr-onnxruntime (dev extra)"),
+    "cc": (lambda *a: shutil.which(os.environ.get("CC", "cc")) is not None, "a host C compiler (gcc)"),
+}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for name, (check, install) in REQUIREMENTS.items():
+        for marker in item.iter_markers(name):
+            if not check(*marker.args):
+                what = f"{name}{list(marker.args) if marker.args else ''}"
+                message = f"needs {what}: install {install}"
+                if REQUIRE_ALL:
+                    pytest.fail(f"FWEDGE_REQUIRE_ALL=1 and this test {message}", pytrace=False)
+                pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    return EXAMPLES
+
+
+@pytest.fixture(scope="session")
+def cnn_small_path() -> Path:
+    path = EXAMPLES / "cnn_small.onnx"
+    if not path.is_file():
+        pytest.fail(f"example model {path} is missing: run examples/fashion_mnist/train.py")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mobilenet_path() -> Path:
+    path = EXAMPLES / "mobilenet_v2_tiny.onnx"
+    if not path.is_file():
+        pytest.fail(f"example model {path} is missing: run examples/fashion_mnist/train.py")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ppocr_cls_path() -> Path:
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    if spec is None:
+        if REQUIRE_ALL:
+            pytest.fail("FWEDGE_REQUIRE_ALL=1 and rapidocr-onnxruntime is not installed")
+        pytest.skip("needs rapidocr-onnxruntime")
+    return Path(spec.origin).parent / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+
+
+@pytest.fixture
+def rng():
+    import numpy as np
+
+    return np.random.default_rng(0)

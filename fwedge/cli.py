@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import sys
 
@@ -12,20 +13,37 @@ from fwedge.errors import FwEdgeError
 
 # name -> (module, short help). The short help lives here so that `fwedge --help` imports no
 # command module, and through them no heavy toolchain (openvino, ai_edge_litert, ncnn, torch).
+# A command whose module is not installed is not listed.
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("fwedge.commands.inspect", "Show inputs, ops, parameters, MACs and target support of a model."),
     "eval": ("fwedge.commands.evaluate", "Measure top-1 accuracy and fidelity of an ONNX model in onnxruntime."),
+    "calibrate": ("fwedge.commands.calibrate", "Collect activation statistics and write a QuantTable (kl, percentile, minmax, mse)."),
+    "quantize": ("fwedge.commands.quantize", "Calibrate and write an INT8 QDQ ONNX model, optionally within an accuracy budget."),
+    "analyze": ("fwedge.commands.analyze", "Per-layer SQNR and cosine of a QDQ model against its float model, worst first."),
+    "prune": ("fwedge.commands.prune", "Structured channel pruning or unstructured magnitude pruning."),
+    "distill": ("fwedge.commands.distill", "Train a student ONNX model against a teacher (knowledge distillation)."),
+    "export": ("fwedge.commands.export", "Write a deployment bundle for a target (onnx, openvino, tflite, ncnn, C arches)."),
+    "run": ("fwedge.commands.run", "Run a bundle on the host and measure its accuracy and fidelity."),
+    "diff": ("fwedge.commands.diff", "Name the first tensor where a bundle diverges from its reference model."),
+    "farm": ("fwedge.commands.farm", "List devices and run bundles on the device farm."),
+    "gate": ("fwedge.commands.gate", "Compare results with a baseline; exit 1 on a regression."),
+    "report": ("fwedge.commands.report", "Write a self-contained HTML report and a Markdown summary."),
+    "pipeline": ("fwedge.commands.pipeline", "Run a pipeline.toml: prune, distill, quantize, export, farm, gate, report."),
 }
+
+
+def _available(name: str) -> bool:
+    return importlib.util.find_spec(COMMANDS[name][0]) is not None
 
 
 class LazyGroup(click.Group):
     """A group that imports a subcommand's module only when that subcommand runs or shows help."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return sorted(name for name in COMMANDS if _available(name))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in COMMANDS:
+        if name not in COMMANDS or not _available(name):
             return None
         module = importlib.import_module(COMMANDS[name][0])
         return module.command

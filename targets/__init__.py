@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from dataclasses import dataclass, field
 
 import onnx
 
@@ -23,6 +24,36 @@ TARGETS: dict[str, str] = {
 
 # C targets are named by architecture on the command line (`--target aarch64`).
 C_ARCHES = ("x86_64", "aarch64", "riscv64", "loongarch64")
+
+
+@dataclass
+class ExportOptions:
+    """What every target's `export(model, out_dir, options) -> Bundle` receives.
+
+    Attributes:
+        arch: the architecture the bundle is for ("x86_64" for host runtimes; a C_ARCHES value
+            for C bundles).
+        precision: "fp32" or "int8"; "auto" means int8 when the model holds QDQ nodes.
+        preprocess: the preprocessing spec (fwedge.data.Preprocess.to_dict()) for the manifest.
+        source_sha256: sha256 of the source model file, recorded in the manifest.
+        float_io: int8 bundles take and return float32 (QUANTIZE/DEQUANTIZE at the edges);
+            False gives int8 in/out where the target supports it.
+        allow_float_fallback: keep nodes the target cannot quantize in float and report them,
+            instead of raising UnsupportedOpError.
+        cc: a C compiler command overriding the default (zig cc / host cc) for C targets.
+        build: compile C bundles (False writes sources only).
+        extra: target-specific settings.
+    """
+
+    arch: str = "x86_64"
+    precision: str = "auto"
+    preprocess: dict = field(default_factory=dict)
+    source_sha256: str = ""
+    float_io: bool = True
+    allow_float_fallback: bool = False
+    cc: str | None = None
+    build: bool = True
+    extra: dict = field(default_factory=dict)
 
 
 def available_targets() -> list[str]:

@@ -1,0 +1,4 @@
+"""`python -m fwedge` runs the CLI."""
+from fwedge.cli import main
+
+main()

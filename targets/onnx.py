@@ -1,9 +1,21 @@
 """ONNX target: the float or QDQ model itself, run by onnxruntime (the reference runtime)."""
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
+import numpy as np
 import onnx
 
+from fwedge import ir
+from fwedge.bundle import Bundle, write_bundle
 from fwedge.ir import opset_version
+from fwedge.targets.common import RunnerCache, check_feeds, check_supported, io_specs, resolve_precision
+
+log = logging.getLogger(__name__)
+
+TARGET = "onnx"
+MODEL_FILE = "model.onnx"
 
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
@@ -18,3 +30,82 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
         if (domain, node.op_type) not in known:
             missing.append((node.name or node.output[0], node.op_type, opset))
     return missing
+
+
+def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
+    """Write the model (float or QDQ, unchanged) as an ONNX bundle.
+
+    Args:
+        model: a loaded model (fwedge.ir.load).
+        out_dir: the bundle directory to create or replace.
+        options: ExportOptions.
+
+    Returns:
+        The written Bundle (precision "int8" when the model holds QDQ nodes).
+
+    Raises:
+        UnsupportedOpError: onnxruntime has no kernel for some nodes (all listed).
+        ExportError: the requested precision contradicts the model.
+    """
+    import onnxruntime
+
+    precision = resolve_precision(model, options.precision, TARGET)
+    check_supported(TARGET, model, unsupported_nodes)
+    inputs, outputs = io_specs(model)
+
+    def write_files(folder: Path) -> dict:
+        ir.save(model, folder / MODEL_FILE)
+        return {"weights_bytes": sum(len(init.raw_data) for init in model.graph.initializer)}
+
+    return write_bundle(
+        out_dir, target=TARGET, arch=options.arch, precision=precision,
+        source_sha256=options.source_sha256, inputs=inputs, outputs=outputs,
+        write_files=write_files, preprocess=options.preprocess,
+        toolchain={"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        extra={"opset": opset_version(model)},
+    )
+
+
+def _session(bundle: Bundle):
+    from fwedge.eval import ort_session
+
+    return ort_session(bundle.file(MODEL_FILE))
+
+
+_SESSIONS = RunnerCache(_session)
+
+
+def run(bundle: Bundle, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run an ONNX bundle in onnxruntime on the host.
+
+    Args:
+        bundle: a loaded ONNX bundle.
+        feeds: input name -> float32 NCHW batch.
+
+    Returns:
+        output name -> float32 array, as onnxruntime returns it.
+    """
+    check_feeds(bundle, feeds)
+    session = _SESSIONS.get(bundle)
+    names = [spec.name for spec in bundle.outputs]
+    values = session.run(names, {spec.name: feeds[spec.name] for spec in bundle.inputs})
+    return dict(zip(names, values))
+
+
+def intermediates(bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """Values of internal tensors (by ONNX name), for `fwedge diff`.
+
+    Every requested tensor is made a graph output of a copy of the bundle's model.
+    """
+    from fwedge.eval import ort_session
+
+    model = onnx.load(str(bundle.file(MODEL_FILE)))
+    known = {output.name for output in model.graph.output}
+    produced = {name for node in model.graph.node for name in node.output}
+    wanted = [name for name in names if name in produced]
+    for name in wanted:
+        if name not in known:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+    session = ort_session(model)
+    values = session.run(wanted, {spec.name: feeds[spec.name] for spec in bundle.inputs})
+    return dict(zip(wanted, values))

@@ -1,0 +1,55 @@
+"""`fwedge export MODEL --target ... -o bundles/`."""
+from __future__ import annotations
+
+import click
+
+from fwedge.commands.inspect import _parse_shape
+
+# Kept literal so that `fwedge export --help` imports no target module.
+TARGET_NAMES = ("onnx", "openvino", "tflite", "ncnn", "x86_64", "aarch64", "riscv64", "loongarch64")
+
+
+@click.command("export")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--target", "-t", "targets", multiple=True, required=True, type=click.Choice(TARGET_NAMES),
+              help="Target runtime or C architecture. Repeatable.")
+@click.option("--int8/--fp32", "int8", default=None,
+              help="Expect a QDQ int8 model (--int8) or a float model (--fp32). Default: int8 "
+                   "exactly when the model holds QuantizeLinear/DequantizeLinear nodes.")
+@click.option("--allow-float-fallback", is_flag=True,
+              help="Keep nodes a target cannot quantize in float, and report them (TFLite).")
+@click.option("--cc", metavar="CC", help="C compiler command for C targets (default: zig cc / host cc).")
+@click.option("--no-build", is_flag=True, help="C targets: write sources only, do not compile.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
+              help="Fix a dynamic input shape before export, e.g. x=1,3,48,192. Repeatable.")
+@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
+              help="Folder for the bundles; each is written to <output>/<model>-<target>-<precision>.")
+def command(model, targets, int8, allow_float_fallback, cc, no_build, input_shapes, output) -> None:
+    """Write a deployment bundle of MODEL for each --target.
+
+    Every bundle is a folder with a manifest.json (files and their sha256, input/output specs,
+    preprocessing, versions, sizes), written atomically: an interrupted export leaves the
+    previous bundle intact or nothing at all. Before anything is written, the whole model is
+    checked and every node a target cannot take is listed in one error.
+    """
+    from pathlib import Path
+
+    from fwedge.console import stdout
+    from fwedge.export import bundle_name, export_bundle
+    from fwedge.targets import ExportOptions
+    from fwedge.targets.common import has_qdq
+    from fwedge import ir
+
+    shapes = dict(_parse_shape(text) for text in input_shapes) or None
+    precision = "auto" if int8 is None else "int8" if int8 else "fp32"
+    resolved = precision if precision != "auto" else ("int8" if has_qdq(ir.load(model)) else "fp32")
+    for target in dict.fromkeys(targets):
+        options = ExportOptions(precision=precision, allow_float_fallback=allow_float_fallback,
+                                cc=cc, build=not no_build)
+        out_dir = Path(output) / bundle_name(model, target, resolved)
+        bundle = export_bundle(model, target, out_dir, options, input_shapes=shapes)
+        size = bundle.sizes.get("file_bytes", 0)
+        stdout.print(f"{target}: wrote {bundle.path} ({bundle.precision}, {bundle.arch}, "
+                     f"{len(bundle.files)} files, {size:,} bytes)")
+        for note in bundle.extra.get("notes", []):
+            stdout.print(f"  note: {note}")

@@ -1,0 +1,80 @@
+"""Export a model file to one or more target bundles: the library behind `fwedge export`."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+from fwedge import ir
+from fwedge.bundle import Bundle
+from fwedge.errors import ExportError
+from fwedge.eval import resolve_preprocess
+from fwedge.targets import C_ARCHES, TARGETS, ExportOptions, available_targets, target_module
+from fwedge.targets.common import has_qdq
+
+log = logging.getLogger(__name__)
+
+# What `--target` accepts: the host-runtime targets plus one C target per architecture.
+TARGET_CHOICES = tuple(name for name in TARGETS if name != "c") + C_ARCHES
+
+
+def resolve_target(target: str) -> tuple[str, str | None]:
+    """Map a command-line target to (target module name, architecture or None).
+
+    Raises:
+        ExportError: an unknown target name.
+    """
+    if target in C_ARCHES:
+        return "c", target
+    if target in TARGETS and target != "c":
+        return target, None
+    raise ExportError(f"unknown target {target!r}; choose from {', '.join(TARGET_CHOICES)}")
+
+
+def bundle_name(model_path: str | os.PathLike, target: str, precision: str) -> str:
+    """The default bundle directory name: <model stem>-<target>-<precision>."""
+    return f"{Path(model_path).stem}-{target}-{precision}"
+
+
+def export_bundle(
+    model_path: str | os.PathLike,
+    target: str,
+    out_dir: str | os.PathLike,
+    options: ExportOptions | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
+) -> Bundle:
+    """Load a model and write one target bundle.
+
+    Args:
+        model_path: the float or QDQ ONNX model.
+        target: onnx, openvino, tflite, ncnn, or a C architecture (x86_64, aarch64, ...).
+        out_dir: the bundle directory (replaced atomically if it exists).
+        options: export options; arch, preprocess and source_sha256 are filled in here.
+        input_shapes: fix dynamic input shapes first (e.g. {"x": [1, 3, 48, 192]}).
+
+    Returns:
+        The written Bundle.
+
+    Raises:
+        ModelError: the model cannot be loaded.
+        UnsupportedOpError: the target cannot take some nodes (all listed; nothing written).
+        ExportError: bad target or precision, or a writer failure.
+    """
+    module_name, arch = resolve_target(target)
+    model = ir.load(model_path)
+    if input_shapes:
+        model = ir.set_input_shapes(model, input_shapes)
+    options = dataclasses.replace(
+        options or ExportOptions(),
+        preprocess=resolve_preprocess(model).to_dict(),
+        source_sha256=ir.sha256_file(model_path),
+    )
+    if arch is not None:
+        options = dataclasses.replace(options, arch=arch)
+    if module_name not in available_targets():
+        raise ExportError(f"target {target!r}: its module {TARGETS[module_name]} is not part of this installation")
+    module = target_module(module_name)
+    log.info("exporting %s to %s (%s, %s) at %s", model_path, module_name, options.arch,
+             "int8" if has_qdq(model) else "fp32", out_dir)
+    return module.export(model, Path(out_dir), options)

@@ -1,0 +1,149 @@
+"""Helpers every target shares: precision resolution, I/O specs, the support check, runner caches."""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from fwedge import ir
+from fwedge.bundle import Bundle, TensorInfo
+from fwedge.errors import ExportError, UnsupportedOpError
+
+log = logging.getLogger(__name__)
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+_ONNX_TO_NUMPY = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.FLOAT16: "float16",
+}
+
+
+def has_qdq(model: onnx.ModelProto) -> bool:
+    """True when the model holds QuantizeLinear/DequantizeLinear nodes (a QDQ int8 model)."""
+    return any(node.op_type in QDQ_OPS for node in model.graph.node)
+
+
+def resolve_precision(model: onnx.ModelProto, requested: str, target: str) -> str:
+    """The bundle precision: "int8" for a QDQ model, "fp32" for a float model.
+
+    Args:
+        model: the loaded source model.
+        requested: ExportOptions.precision ("auto", "int8" or "fp32").
+        target: target name, for messages.
+
+    Returns:
+        "int8" or "fp32".
+
+    Raises:
+        ExportError: the request contradicts the model (int8 asked of a float model, or fp32 of
+            a QDQ model); fwedge never quantizes or dequantizes silently during export.
+    """
+    quantized = has_qdq(model)
+    if requested == "auto":
+        return "int8" if quantized else "fp32"
+    if requested == "int8" and not quantized:
+        raise ExportError(
+            f"target {target!r}: --int8 needs a QDQ model (run `fwedge quantize` first); "
+            "the given model has no QuantizeLinear/DequantizeLinear nodes"
+        )
+    if requested == "fp32" and quantized:
+        raise ExportError(
+            f"target {target!r}: --fp32 needs the float model; the given model is a QDQ int8 model"
+        )
+    if requested not in ("int8", "fp32"):
+        raise ExportError(f"target {target!r}: precision must be auto, int8 or fp32, got {requested!r}")
+    return requested
+
+
+def check_supported(target: str, model: onnx.ModelProto, unsupported_nodes: Callable) -> None:
+    """Raise one UnsupportedOpError listing every node the target cannot take (nothing written yet)."""
+    missing = unsupported_nodes(model)
+    if missing:
+        raise UnsupportedOpError(target, missing)
+
+
+def _static_shape(value: onnx.ValueInfoProto, batch: int | None) -> list[int]:
+    shape = ir.shape_of(value)
+    out = []
+    for index, dim in enumerate(shape):
+        if isinstance(dim, int):
+            out.append(dim)
+        elif index == 0 and batch is not None:
+            out.append(batch)
+        else:
+            out.append(-1)
+    return out
+
+
+def io_specs(model: onnx.ModelProto, batch: int | None = None, layout: str = "NCHW") -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """Graph inputs and outputs as TensorInfo (dynamic dims are -1 unless `batch` fixes dim 0)."""
+
+    def info(value: onnx.ValueInfoProto) -> TensorInfo:
+        elem = value.type.tensor_type.elem_type
+        shape = _static_shape(value, batch)
+        return TensorInfo(
+            name=value.name,
+            shape=shape,
+            dtype=_ONNX_TO_NUMPY.get(elem, onnx.TensorProto.DataType.Name(elem).lower()),
+            layout=layout if len(shape) == 4 else "",
+        )
+
+    return [info(v) for v in ir.graph_inputs(model)], [info(v) for v in model.graph.output]
+
+
+def require_static(model: onnx.ModelProto, target: str) -> None:
+    """Refuse dynamic dimensions other than the batch (lowered targets need static shapes).
+
+    Raises:
+        ExportError: naming the input and its shape, and how to fix it.
+    """
+    for value in ir.graph_inputs(model):
+        shape = ir.shape_of(value)
+        if any(not isinstance(dim, int) for dim in shape[1:]):
+            raise ExportError(
+                f"target {target!r}: input '{value.name}' has dynamic shape {shape}; fix it with "
+                f"--input-shape {value.name}=1,..."
+            )
+
+
+def check_feeds(bundle: Bundle, feeds: dict[str, np.ndarray]) -> None:
+    """Check a runner's feeds against the bundle inputs (names, rank, static dims).
+
+    Raises:
+        ExportError: a missing input, or a shape that does not fit.
+    """
+    for spec in bundle.inputs:
+        if spec.name not in feeds:
+            raise ExportError(f"bundle '{bundle.path}': input '{spec.name}' not fed; got {sorted(feeds)}")
+        array = feeds[spec.name]
+        if array.ndim != len(spec.shape) or any(
+            want > 0 and want != have for want, have in list(zip(spec.shape, array.shape))[1:]
+        ):
+            raise ExportError(
+                f"bundle '{bundle.path}': input '{spec.name}' expects shape {spec.shape} "
+                f"(batch free), got {list(array.shape)}"
+            )
+
+
+class RunnerCache:
+    """Compiled runtimes keyed by bundle path and manifest hash, so repeated run() calls are cheap."""
+
+    def __init__(self, build: Callable[[Bundle], object], size: int = 8):
+        self.build = build
+        self.size = size
+        self.entries: dict[tuple, object] = {}
+
+    def get(self, bundle: Bundle):
+        key = (str(bundle.path.resolve()), tuple(sorted(bundle.files.items())))
+        if key not in self.entries:
+            if len(self.entries) >= self.size:
+                self.entries.pop(next(iter(self.entries)))
+            self.entries[key] = self.build(bundle)
+        return self.entries[key]

@@ -1,0 +1,182 @@
+"""OpenVINO target: openvino.convert_model + save_model to IR (.xml/.bin); a QDQ model becomes FakeQuantize IR."""
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from fwedge.bundle import Bundle, write_bundle
+from fwedge.errors import ExportError
+from fwedge.ir import opset_version
+from fwedge.targets.common import RunnerCache, check_feeds, check_supported, io_specs, resolve_precision
+
+log = logging.getLogger(__name__)
+
+TARGET = "openvino"
+XML_FILE = "model.xml"
+BIN_FILE = "model.bin"
+
+
+def _model_stream(model: onnx.ModelProto) -> io.BytesIO:
+    return io.BytesIO(model.SerializeToString())
+
+
+def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
+    """Nodes OpenVINO's ONNX frontend cannot convert, found by a partial conversion.
+
+    A partial conversion keeps every node it has no translator for as an ONNXFrameworkNode; those
+    are the unsupported ones. Nothing is compiled, so this stays cheap.
+    """
+    from openvino.frontend import FrontEndManager
+
+    frontend = FrontEndManager().load_by_framework("onnx")
+    partial = frontend.convert_partially(frontend.load(_model_stream(model)))
+    by_name = {}
+    for node in model.graph.node:
+        for key in [node.name, *node.output]:
+            if key:
+                by_name.setdefault(key, node)
+    opset = opset_version(model)
+    missing = []
+    for op in partial.get_ordered_ops():
+        if op.get_type_name() not in ("ONNXFrameworkNode", "NotSupportedONNXNode", "FrameworkNode"):
+            continue
+        node = by_name.get(op.get_friendly_name())
+        if node is None:
+            missing.append((op.get_friendly_name(), op.get_type_name(), opset))
+        else:
+            missing.append((node.name or node.output[0], node.op_type, opset))
+    return missing
+
+
+def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
+    """Convert the float or QDQ model to OpenVINO IR and write it as a bundle.
+
+    Weights stay float32 (compress_to_fp16=False) so the fp32 bundle matches onnxruntime; a QDQ
+    model's QuantizeLinear/DequantizeLinear pairs become FakeQuantize ops, which OpenVINO's
+    low-precision transformations turn into int8 kernels at compile time.
+
+    Raises:
+        UnsupportedOpError: the ONNX frontend cannot translate some nodes (all listed).
+        ExportError: precision mismatch, or the conversion fails.
+    """
+    import openvino as ov
+
+    precision = resolve_precision(model, options.precision, TARGET)
+    check_supported(TARGET, model, unsupported_nodes)
+    try:
+        converted = ov.convert_model(_model_stream(model))
+    except Exception as exc:  # ovc raises its own Error / RuntimeError types
+        raise ExportError(f"target {TARGET!r}: openvino.convert_model failed: {exc}") from exc
+    fake_quantize = sum(1 for op in converted.get_ordered_ops() if op.get_type_name() == "FakeQuantize")
+    if precision == "int8" and fake_quantize == 0:
+        raise ExportError(f"target {TARGET!r}: the QDQ model converted to IR without FakeQuantize ops")
+    inputs, outputs = io_specs(model)
+
+    def write_files(folder: Path) -> dict:
+        ov.save_model(converted, str(folder / XML_FILE), compress_to_fp16=False)
+        return {"weights_bytes": (folder / BIN_FILE).stat().st_size}
+
+    return write_bundle(
+        out_dir, target=TARGET, arch=options.arch, precision=precision,
+        source_sha256=options.source_sha256, inputs=inputs, outputs=outputs,
+        write_files=write_files, preprocess=options.preprocess,
+        toolchain={"openvino": ov.get_version()},
+        extra={"fake_quantize_ops": fake_quantize},
+    )
+
+
+class _Compiled:
+    """An IR model compiled once per batch size on CPU with f32 inference precision."""
+
+    def __init__(self, bundle: Bundle):
+        import openvino as ov
+
+        self.core = ov.Core()
+        self.bundle = bundle
+        self.compiled: dict[int, object] = {}
+
+    def read(self):
+        return self.core.read_model(str(self.bundle.file(XML_FILE)), str(self.bundle.file(BIN_FILE)))
+
+    def for_batch(self, batch: int):
+        if batch not in self.compiled:
+            model = self.read()
+            shapes = {}
+            for spec in self.bundle.inputs:
+                shape = list(model.input(spec.name).get_partial_shape())
+                if shape and (shape[0].is_dynamic or shape[0].get_length() != batch):
+                    shapes[spec.name] = [batch] + [d.get_length() if d.is_static else -1 for d in shape[1:]]
+            if shapes:
+                model.reshape(shapes)
+            self.compiled[batch] = self.compile(model)
+        return self.compiled[batch]
+
+    def compile(self, model):
+        # f32 inference precision: parity with onnxruntime must not depend on the CPU (bf16 on
+        # AMX/AVX512-BF16 hosts, fp16 on ARM would be the default otherwise).
+        return self.core.compile_model(
+            model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        )
+
+
+_MODELS = RunnerCache(_Compiled)
+
+
+def run(bundle: Bundle, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run an OpenVINO bundle on the host CPU.
+
+    Args:
+        bundle: a loaded OpenVINO bundle.
+        feeds: input name -> float32 NCHW batch.
+
+    Returns:
+        output name -> float32 array (copied out of OpenVINO's buffers).
+    """
+    check_feeds(bundle, feeds)
+    batch = len(next(iter(feeds.values())))
+    compiled = _MODELS.get(bundle).for_batch(batch)
+    request = compiled.create_infer_request()
+    results = request.infer({spec.name: np.ascontiguousarray(feeds[spec.name]) for spec in bundle.inputs})
+    out = {}
+    for spec in bundle.outputs:
+        out[spec.name] = np.array(results[compiled.output(spec.name)], dtype=np.float32, copy=True)
+    return out
+
+
+def intermediates(bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """Values of internal tensors that kept their ONNX names in the IR, for `fwedge diff`.
+
+    Every IR op output whose tensor names include a requested ONNX name becomes a model output;
+    names the conversion fused away (e.g. a Conv output folded with its BatchNormalization) are
+    simply absent from the result.
+    """
+    holder = _Compiled(bundle)
+    model = holder.read()
+    wanted = set(names)
+    found = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in ("Result", "Constant"):
+            continue
+        for port in op.outputs():
+            for name in port.get_names():
+                if name in wanted and name not in found:
+                    found[name] = port
+    if not found:
+        return {}
+    model.add_outputs(list(found.values()))
+    batch = len(next(iter(feeds.values())))
+    shapes = {spec.name: [batch] + list(spec.shape[1:]) for spec in bundle.inputs if -1 not in spec.shape[1:]}
+    if shapes:
+        model.reshape(shapes)
+    compiled = holder.compile(model)
+    results = compiled.create_infer_request().infer({spec.name: feeds[spec.name] for spec in bundle.inputs})
+    out = {}
+    for output in compiled.outputs:
+        for name in output.get_names():
+            if name in found and name not in out:
+                out[name] = np.array(results[output], dtype=np.float32, copy=True)
+    return out

@@ -1,0 +1,102 @@
+"""Run any bundle on the host through its target's run(), and evaluate it with fwedge.eval."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+import numpy as np
+
+from fwedge.bundle import Bundle, load_bundle
+from fwedge.data import Preprocess, open_dataset
+from fwedge.errors import DataError, ExportError
+from fwedge.eval import AccuracyResult, FidelityAccumulator, OrtRunner, iterate_checked
+
+log = logging.getLogger(__name__)
+
+
+class BundleRunner:
+    """An fwedge.eval Runner over a bundle: feeds the first input, returns the first output.
+
+    Works for every target, because it only calls `fwedge.targets.<target>.run(bundle, feeds)`.
+    Inputs are float32 NCHW batches; the target's runner handles batching, layout and
+    quantization at the edges.
+    """
+
+    def __init__(self, bundle: Bundle | str | os.PathLike):
+        from fwedge.targets import target_module
+
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        if not self.bundle.inputs or not self.bundle.outputs:
+            raise ExportError(f"bundle '{self.bundle.path}': manifest lists no inputs or outputs")
+        self.module = target_module(self.bundle.target)
+        first = self.bundle.inputs[0]
+        self.input_name = first.name
+        self.input_shape = [None if dim < 0 else dim for dim in first.shape]
+        self.input_shape[0] = None
+        self.output_name = self.bundle.outputs[0].name
+
+    def run_all(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """All outputs by name."""
+        return self.module.run(self.bundle, feeds)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.run_all({self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[self.output_name]
+
+
+def evaluate_bundle(
+    bundle_path: str | os.PathLike,
+    data: str | os.PathLike,
+    reference: str | os.PathLike | None = None,
+    preprocess: Preprocess | None = None,
+    limit: int | None = None,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Accuracy (labelled data) and fidelity (against a reference ONNX model in onnxruntime) of a bundle.
+
+    Args:
+        bundle_path: a bundle directory (verified against its manifest).
+        data: a dataset spec for fwedge.data.open_dataset.
+        reference: an ONNX model, e.g. the float model or the QDQ model.
+        preprocess: override of the bundle's preprocessing spec.
+        limit: a seeded random subset of this many samples.
+        batch_size: samples per run() call.
+
+    Returns:
+        {"bundle", "target", "precision", "data", "samples", "preprocess", "accuracy", "fidelity"}.
+
+    Raises:
+        ExportError: the bundle is invalid or tampered with.
+        DataError: unlabelled data without a reference, or shapes that do not fit.
+    """
+    runner = BundleRunner(bundle_path)
+    dataset = open_dataset(data)
+    spec = preprocess or (Preprocess.from_dict(runner.bundle.preprocess) if runner.bundle.preprocess else None)
+    if spec is None:
+        raise DataError(f"bundle '{bundle_path}': no preprocessing in the manifest; give --preprocess")
+    reference_runner = OrtRunner(reference) if reference is not None else None
+    if not dataset.has_labels and reference_runner is None:
+        raise DataError(f"data '{data}': has no labels and no reference model was given: nothing to evaluate")
+    correct = total = 0
+    accumulator = FidelityAccumulator()
+    for batch in iterate_checked(dataset, runner, spec, batch_size, limit):
+        logits = runner(batch.x)
+        if batch.y is not None:
+            correct += int(np.sum(logits.reshape(len(logits), -1).argmax(axis=1) == batch.y))
+        if reference_runner is not None:
+            accumulator.update(reference_runner(batch.x), logits)
+        total += len(batch.x)
+        if progress:
+            progress(len(batch.x))
+    return {
+        "bundle": str(bundle_path),
+        "target": runner.bundle.target,
+        "arch": runner.bundle.arch,
+        "precision": runner.bundle.precision,
+        "data": str(data),
+        "samples": total,
+        "preprocess": spec.to_dict(),
+        "accuracy": AccuracyResult(correct / total, correct, total) if dataset.has_labels else None,
+        "fidelity": accumulator.result() if reference_runner is not None else None,
+    }

@@ -22,6 +22,8 @@ class OpInfo:
         quantize_output: quantization gives the op's output its own activation scale. False for
             ops that only move data (reshape, pools with max) and share the input's scale.
         shares_input_scale: the output must keep the input's scale and zero point (data movement).
+        channel_inputs: inputs holding one value per channel (BN scale, B, mean, var): channel
+            pruning slices them along with the data.
     """
 
     weight_input: int | None = None
@@ -33,6 +35,7 @@ class OpInfo:
     activation: bool = False
     quantize_output: bool = True
     shares_input_scale: bool = False
+    channel_inputs: tuple[int, ...] = ()
 
 
 _ACTIVATION = OpInfo(channel_passthrough=True, activation=True)
@@ -46,7 +49,7 @@ OP_INFO: dict[str, OpInfo] = {
     "ConvTranspose": OpInfo(weight_input=1, bias_input=2, out_channel_axis=1, in_channel_axis=0),
     "Gemm": OpInfo(weight_input=1, bias_input=2, out_channel_axis=0, in_channel_axis=1),
     "MatMul": OpInfo(weight_input=1, out_channel_axis=1, in_channel_axis=0),
-    "BatchNormalization": OpInfo(channel_passthrough=True),
+    "BatchNormalization": OpInfo(channel_passthrough=True, channel_inputs=(1, 2, 3, 4)),
     # Activations (fusable into the producer's requantization range).
     "Relu": _ACTIVATION,
     "Clip": _ACTIVATION,
@@ -72,8 +75,8 @@ OP_INFO: dict[str, OpInfo] = {
     "Transpose": _MOVE,
     "Squeeze": _MOVE,
     "Unsqueeze": _MOVE,
-    "Identity": _MOVE,
-    "Dropout": _MOVE,
+    "Identity": OpInfo(channel_passthrough=True, quantize_output=False, shares_input_scale=True),
+    "Dropout": OpInfo(channel_passthrough=True, quantize_output=False, shares_input_scale=True),
     "Pad": OpInfo(channel_passthrough=True, quantize_output=False, shares_input_scale=True),
     "Slice": _MOVE,
     "Concat": OpInfo(),

@@ -1,0 +1,193 @@
+"""The regression gate: compare farm results with a baseline per (bundle, device); fail closed."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fwedge.device_farm.results import DeviceResult, Results, save_results
+from fwedge.errors import GateError
+
+PASS, FAIL, WAIVED, NEW = "pass", "fail", "waived", "new"
+
+
+@dataclass
+class Thresholds:
+    """How much worse a result may be than its baseline.
+
+    Attributes:
+        max_accuracy_drop: top-1 accuracy, percentage points.
+        max_fidelity_drop: top-1 agreement with the FP32 reference, percentage points.
+        max_latency_increase: fraction (0.10 = +10 %) of p50 latency; with an interleaved
+            baseline run the measured ratio is used instead of two separate runs.
+        max_size_increase: fraction of each size figure present in both (file, ROM, RAM bytes).
+    """
+
+    max_accuracy_drop: float = 0.5
+    max_fidelity_drop: float = 1.0
+    max_latency_increase: float = 0.10
+    max_size_increase: float = 0.05
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+                raise GateError(f"gate threshold {item.name} must be a non-negative number, got {value!r}")
+
+
+def parse_fraction(text: str, what: str) -> float:
+    """'10%' -> 0.10, '0.1' -> 0.1.
+
+    Raises:
+        GateError: not a number, or negative.
+    """
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100.0 if raw.endswith("%") else float(raw)
+    except ValueError as exc:
+        raise GateError(f"{what}: expected a fraction like 0.1 or a percentage like 10%, got {text!r}") from exc
+    if value < 0 or math.isnan(value):
+        raise GateError(f"{what}: must be non-negative, got {text!r}")
+    return value
+
+
+@dataclass
+class Check:
+    """One metric compared: baseline value, current value, the allowed limit, and the verdict."""
+
+    metric: str
+    baseline: float | None
+    current: float | None
+    change: str
+    limit: str
+    passed: bool
+
+
+@dataclass
+class GateRow:
+    """The verdict for one (bundle, device)."""
+
+    bundle: str
+    device: str
+    verdict: str
+    checks: list[Check] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict == FAIL
+
+
+@dataclass
+class GateReport:
+    """All rows, the overall verdict, and one line per regression."""
+
+    rows: list[GateRow]
+    thresholds: Thresholds
+    waived: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not any(row.failed for row in self.rows)
+
+    @property
+    def regressions(self) -> list[str]:
+        return [f"{row.bundle} on {row.device}: {reason}" for row in self.rows if row.failed for reason in row.reasons]
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "thresholds": dataclasses.asdict(self.thresholds), "waived": self.waived,
+                "regressions": self.regressions, "rows": [dataclasses.asdict(row) for row in self.rows]}
+
+
+def _is_waived(bundle: str, device: str, waive: list[str]) -> bool:
+    return bundle in waive or device in waive or f"{bundle}@{device}" in waive
+
+
+def _compare(base: DeviceResult, current: DeviceResult, limits: Thresholds) -> tuple[list[Check], list[str]]:
+    checks, reasons = [], []
+
+    def points(metric: str, before, after, allowed: float) -> None:
+        if before is None or after is None:
+            return
+        drop = 100.0 * (before - after)
+        ok = drop <= allowed + 1e-9
+        checks.append(Check(metric, before, after, f"{100.0 * (after - before):+.2f} pp", f"drop <= {allowed:g} pp", ok))
+        if not ok:
+            reasons.append(f"{metric} dropped {drop:.2f} pp ({100 * before:.2f}% -> {100 * after:.2f}%), "
+                           f"limit {allowed:g} pp")
+
+    def ratio(metric: str, value: float, before, after, allowed: float, how: str) -> None:
+        ok = value - 1.0 <= allowed + 1e-12
+        checks.append(Check(metric, before, after, f"{100 * (value - 1):+.1f}% {how}".strip(),
+                            f"<= +{100 * allowed:g}%", ok))
+        if not ok:
+            reasons.append(f"{metric} increased {100 * (value - 1):.1f}% {how}".rstrip() + f", limit +{100 * allowed:g}%")
+
+    points("accuracy", base.accuracy, current.accuracy, limits.max_accuracy_drop)
+    points("fidelity (top-1 agreement)", (base.fidelity or {}).get("top1_agreement"),
+           (current.fidelity or {}).get("top1_agreement"), limits.max_fidelity_drop)
+    if current.latency_ratio is not None:
+        ratio("latency p50", current.latency_ratio, None, current.latency.p50_ms if current.latency else None,
+              limits.max_latency_increase, "(interleaved A/B ratio)")
+    elif base.latency and current.latency and base.latency.p50_ms > 0:
+        ratio("latency p50", current.latency.p50_ms / base.latency.p50_ms, base.latency.p50_ms,
+              current.latency.p50_ms, limits.max_latency_increase, "(vs baseline run)")
+    for key in sorted(set(base.sizes) & set(current.sizes)):
+        before, after = base.sizes[key], current.sizes[key]
+        if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before > 0:
+            ratio(key, after / before, before, after, limits.max_size_increase, "")
+    return checks, reasons
+
+
+def evaluate_gate(results: Results, baseline: Results, thresholds: Thresholds | None = None,
+                  waive: list[str] | tuple[str, ...] = ()) -> GateReport:
+    """Compare every candidate result with the baseline.
+
+    Fails closed: a (bundle, device) the baseline has but this run lacks, and any error result,
+    is a failure unless waived by device name, bundle name, or BUNDLE@DEVICE.
+
+    Returns:
+        GateReport; `passed` is the verdict.
+    """
+    thresholds = thresholds or Thresholds()
+    waive = list(waive)
+    rows: list[GateRow] = []
+    seen = set()
+    for base in baseline.candidates():
+        key = base.key
+        seen.add(key)
+        current = results.find(*key)
+        row = GateRow(bundle=key[0], device=key[1], verdict=PASS)
+        if current is None:
+            row.verdict, row.reasons = FAIL, ["missing: in the baseline but not in this run (fails closed)"]
+        elif not current.ok:
+            row.verdict, row.reasons = FAIL, [f"error on the device: {current.error}"]
+        elif not base.ok:
+            row.verdict, row.reasons = NEW, ["the baseline run had failed; nothing to compare"]
+        else:
+            row.checks, row.reasons = _compare(base, current, thresholds)
+            row.verdict = FAIL if row.reasons else PASS
+        if row.failed and _is_waived(*key, waive):
+            row.verdict = WAIVED
+        rows.append(row)
+    for current in results.candidates():
+        if current.key in seen:
+            continue
+        row = GateRow(bundle=current.bundle, device=current.device, verdict=NEW, reasons=["not in the baseline"])
+        if not current.ok:
+            row.verdict, row.reasons = FAIL, [f"error on the device: {current.error}"]
+            if _is_waived(*current.key, waive):
+                row.verdict = WAIVED
+        rows.append(row)
+    return GateReport(rows=rows, thresholds=thresholds, waived=waive)
+
+
+def update_baseline(results: Results, path: str | os.PathLike) -> Path:
+    """Write the candidate results as the new baseline (atomically), on purpose.
+
+    Error results are kept, so a later gate still knows which pairs were expected.
+    """
+    kept = [result for result in results.candidates()]
+    return save_results(dataclasses.replace(results, results=kept), path)

@@ -1,0 +1,368 @@
+"""Run bundles on devices in parallel and measure accuracy, fidelity, latency and size per pair."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from fwedge.bundle import Bundle, load_bundle
+from fwedge.data import Preprocess, open_dataset
+from fwedge.device_farm.device import Device, bundle_kind
+from fwedge.device_farm.results import (
+    ERROR, OK, DeviceResult, DeviceRun, Latency, Results, host_identity, now_utc,
+)
+from fwedge.errors import DataError, DeviceError, FwEdgeError
+from fwedge.eval import FidelityAccumulator, OrtRunner
+
+log = logging.getLogger(__name__)
+
+# Bundle manifest `extra` keys that may name the FP32 model a bundle came from.
+REFERENCE_KEYS = ("reference_model", "float_model", "source_model")
+
+
+@dataclass
+class FarmOptions:
+    """Settings of one farm run.
+
+    Attributes:
+        data: evaluation data (open_dataset spec).
+        repeats: timed single-sample iterations per (bundle, device).
+        limit: seeded subset of the data (None: all samples).
+        seed: subset seed.
+        reference: FP32 reference ONNX model; default: the one recorded in each bundle.
+        retries: extra attempts after a failed device run (bounded).
+        baseline_bundles: folder of baseline bundles, matched to candidates by directory name
+            and run interleaved (A B A B) with them on the same device.
+        rounds: how many A/B alternations the interleaved latency uses.
+    """
+
+    data: str
+    repeats: int = 20
+    limit: int | None = 500
+    seed: int = 0
+    reference: str | None = None
+    retries: int = 1
+    baseline_bundles: str | None = None
+    rounds: int = 4
+    batch_size: int = 256
+
+
+@dataclass
+class EvalSet:
+    """Model-ready inputs and labels for one preprocessing spec."""
+
+    inputs: np.ndarray
+    labels: np.ndarray | None
+    fingerprint: str
+
+
+@dataclass
+class Job:
+    """One candidate bundle (and its optional baseline) on one device."""
+
+    device: Device
+    bundle: Bundle
+    baseline: Bundle | None = None
+
+
+@dataclass
+class _Shared:
+    """Per-run caches shared by the device threads (guarded by a lock)."""
+
+    options: FarmOptions
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    eval_sets: dict = field(default_factory=dict)
+    references: dict = field(default_factory=dict)
+
+
+def preprocess_of(bundle: Bundle) -> Preprocess:
+    """The bundle's recorded preprocessing, else a guess from its first input shape."""
+    if bundle.preprocess:
+        return Preprocess.from_dict(bundle.preprocess)
+    return Preprocess.for_input_shape(bundle.inputs[0].shape if bundle.inputs else [])
+
+
+def reference_of(bundle: Bundle, override: str | None) -> Path | None:
+    """The FP32 reference model for `bundle`: the override, else the one its manifest records."""
+    if override:
+        return Path(override)
+    for key in REFERENCE_KEYS:
+        value = bundle.extra.get(key)
+        if value:
+            path = Path(value)
+            return path if path.is_absolute() else (bundle.path / path)
+    return None
+
+
+def _eval_set(shared: _Shared, bundle: Bundle) -> EvalSet:
+    spec = preprocess_of(bundle)
+    key = repr(spec.to_dict())
+    with shared.lock:
+        if key not in shared.eval_sets:
+            options = shared.options
+            dataset = open_dataset(options.data)
+            xs, ys = [], []
+            indices = []
+            for batch in dataset.batches(spec, batch_size=options.batch_size, limit=options.limit, seed=options.seed):
+                xs.append(batch.x)
+                indices.append(batch.indices)
+                if batch.y is not None:
+                    ys.append(batch.y)
+            if not xs:
+                raise DataError(f"data '{options.data}': no samples")
+            shared.eval_sets[key] = EvalSet(
+                inputs=np.concatenate(xs),
+                labels=np.concatenate(ys) if ys else None,
+                fingerprint=dataset.fingerprint(np.concatenate(indices)),
+            )
+        return shared.eval_sets[key]
+
+
+def _reference_outputs(shared: _Shared, bundle: Bundle, eval_set: EvalSet) -> tuple[np.ndarray | None, str | None]:
+    path = reference_of(bundle, shared.options.reference)
+    if path is None:
+        return None, None
+    key = (str(path.resolve()), eval_set.fingerprint, id(eval_set))
+    with shared.lock:
+        if key not in shared.references:
+            if not path.is_file():
+                raise DataError(f"reference model '{path}' for bundle '{bundle.name}': not found")
+            runner = OrtRunner(path)
+            step = shared.options.batch_size
+            shared.references[key] = np.concatenate(
+                [runner(eval_set.inputs[start:start + step]) for start in range(0, len(eval_set.inputs), step)]
+            )
+        return shared.references[key], str(path)
+
+
+def _first_output(bundle: Bundle, run: DeviceRun) -> np.ndarray:
+    if bundle.outputs and bundle.outputs[0].name in run.outputs:
+        return np.asarray(run.outputs[bundle.outputs[0].name])
+    if not run.outputs:
+        raise DeviceError(f"bundle '{bundle.name}': the device returned no outputs")
+    return np.asarray(next(iter(run.outputs.values())))
+
+
+def _score(shared: _Shared, bundle: Bundle, device: Device, run: DeviceRun, eval_set: EvalSet,
+           latencies: list[float], attempts: int, wall: float, role: str) -> DeviceResult:
+    logits = _first_output(bundle, run).astype(np.float32)
+    count = len(eval_set.inputs)
+    if len(logits) != count:
+        raise DeviceError(f"bundle '{bundle.name}' on {device.name}: {len(logits)} output rows for {count} inputs")
+    flat = logits.reshape(count, -1)
+    accuracy = None
+    if eval_set.labels is not None:
+        accuracy = float(np.mean(flat.argmax(axis=1) == eval_set.labels))
+    reference, reference_path = _reference_outputs(shared, bundle, eval_set)
+    fidelity = None
+    if reference is not None:
+        accumulator = FidelityAccumulator()
+        accumulator.update(reference.reshape(count, -1), flat)
+        fidelity = accumulator.result().to_dict()
+    return DeviceResult(
+        bundle=bundle.name, device=device.name, status=OK, target=bundle.target, arch=bundle.arch,
+        precision=bundle.precision, device_kind=device.kind, role=role, bundle_path=str(bundle.path),
+        samples=count, accuracy=accuracy, fidelity=fidelity, latency=Latency.from_samples(latencies),
+        sizes=dict(bundle.sizes), identity={**device.identity(), **run.identity, "toolchain": bundle.versions},
+        reference=reference_path, attempts=attempts, wall_seconds=round(wall, 3),
+    )
+
+
+def _error_result(bundle: Bundle, device: Device, exc: BaseException, attempts: int, wall: float, role: str) -> DeviceResult:
+    stderr = getattr(exc, "stderr", "") or ""
+    return DeviceResult(
+        bundle=bundle.name, device=device.name, status=ERROR, target=bundle.target, arch=bundle.arch,
+        precision=bundle.precision, device_kind=device.kind, role=role, bundle_path=str(bundle.path),
+        sizes=dict(bundle.sizes), attempts=attempts, wall_seconds=round(wall, 3),
+        error=str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__,
+        stderr_tail=stderr[-2000:] or None,
+    )
+
+
+def _with_retries(shared: _Shared, call: Callable[[], DeviceRun], what: str) -> tuple[DeviceRun, int]:
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return call(), attempts
+        except DeviceError as exc:
+            if attempts > shared.options.retries:
+                exc.attempts = attempts
+                raise
+            log.warning("%s failed (attempt %d of %d), retrying: %s", what, attempts,
+                        shared.options.retries + 1, str(exc).splitlines()[0])
+
+
+def run_job(shared: _Shared, job: Job) -> list[DeviceResult]:
+    """Run one job; a device failure becomes an error result, never an exception."""
+    options = shared.options
+    device, bundle, baseline = job.device, job.bundle, job.baseline
+    started = time.monotonic()
+    try:
+        eval_set = _eval_set(shared, bundle)
+    except FwEdgeError as exc:
+        return [_error_result(bundle, device, exc, 0, 0.0, "candidate")]
+    feeds = {bundle.inputs[0].name if bundle.inputs else "input": eval_set.inputs}
+    if baseline is None:
+        try:
+            run, attempts = _with_retries(shared, lambda: device.run(bundle, feeds, options.repeats),
+                                          f"'{bundle.name}' on {device.name}")
+            return [_score(shared, bundle, device, run, eval_set, run.latencies_ms, attempts,
+                           time.monotonic() - started, "candidate")]
+        except Exception as exc:  # noqa: BLE001 - keep the other devices' results
+            _log_failure(exc, bundle, device)
+            return [_error_result(bundle, device, exc, getattr(exc, "attempts", 1), time.monotonic() - started, "candidate")]
+    return _interleaved(shared, job, eval_set, feeds, started)
+
+
+def _interleaved(shared: _Shared, job: Job, eval_set: EvalSet, feeds: dict, started: float) -> list[DeviceResult]:
+    """Baseline A and candidate B alternate A B A B on one device; latency becomes a ratio.
+
+    The first round feeds every sample (accuracy, fidelity); later rounds feed one sample and
+    only time it, so both bundles see the same machine load at nearly the same moments.
+    """
+    options = shared.options
+    device, candidate, baseline = job.device, job.bundle, job.baseline
+    rounds = max(1, options.rounds)
+    per_round = max(1, -(-options.repeats // rounds))
+    first_row = {name: value[:1] for name, value in feeds.items()}
+    runs: dict[str, DeviceRun] = {}
+    latencies: dict[str, list[float]] = {"baseline": [], "candidate": []}
+    attempts = {"baseline": 0, "candidate": 0}
+    failed: dict[str, BaseException] = {}
+    for index in range(rounds):
+        for role, bundle in (("baseline", baseline), ("candidate", candidate)):
+            if role in failed:
+                continue
+            batch = feeds if index == 0 else first_row
+            try:
+                run, tries = _with_retries(shared, lambda b=bundle, f=batch: device.run(b, f, per_round),
+                                           f"'{bundle.name}' ({role}) on {device.name}")
+            except Exception as exc:  # noqa: BLE001
+                _log_failure(exc, bundle, device)
+                failed[role] = exc
+                attempts[role] += getattr(exc, "attempts", 1)
+                continue
+            attempts[role] += tries
+            runs.setdefault(role, run)
+            latencies[role].extend(run.latencies_ms)
+    wall = time.monotonic() - started
+    results = {}
+    for role, bundle in (("baseline", baseline), ("candidate", candidate)):
+        if role in failed:
+            results[role] = _error_result(bundle, device, failed[role], attempts[role], wall, role)
+        else:
+            try:
+                results[role] = _score(shared, bundle, device, runs[role], eval_set, latencies[role],
+                                       attempts[role], wall, role)
+            except Exception as exc:  # noqa: BLE001
+                results[role] = _error_result(bundle, device, exc, attempts[role], wall, role)
+    if results["baseline"].ok and results["candidate"].ok:
+        base = float(np.median(latencies["baseline"]))
+        results["candidate"].latency_ratio = float(np.median(latencies["candidate"])) / base if base > 0 else None
+    results["candidate"].baseline_bundle = str(baseline.path)
+    return [results["baseline"], results["candidate"]]
+
+
+def _log_failure(exc: BaseException, bundle: Bundle, device: Device) -> None:
+    if isinstance(exc, FwEdgeError):
+        log.warning("'%s' on %s failed: %s", bundle.name, device.name, str(exc).splitlines()[0])
+    else:
+        log.exception("'%s' on %s: unexpected error", bundle.name, device.name)
+
+
+def plan(bundles: list[Bundle], devices: list[Device], baseline_dir: str | None = None) -> tuple[list[Job], list[str]]:
+    """Pair every bundle with every device that can run it.
+
+    Returns:
+        (jobs, notes): notes name bundles no device can run.
+
+    Raises:
+        DeviceError: a baseline folder is given but lacks a bundle of a candidate's name, or
+            holds one of another kind.
+    """
+    jobs, notes = [], []
+    for bundle in bundles:
+        baseline = None
+        if baseline_dir:
+            path = Path(baseline_dir) / bundle.name
+            if not path.is_dir():
+                raise DeviceError(f"baseline bundles '{baseline_dir}': no bundle named '{bundle.name}' "
+                                  "(baselines are matched to candidates by directory name)")
+            baseline = load_bundle(path)
+            if bundle_kind(baseline) != bundle_kind(bundle):
+                raise DeviceError(f"baseline bundle '{path}' is {bundle_kind(baseline)}, candidate "
+                                  f"'{bundle.path}' is {bundle_kind(bundle)}")
+        runnable = [device for device in devices if device.can_run(bundle)]
+        if not runnable:
+            reasons = "; ".join(f"{device.name}: {device.why_not(bundle)}" for device in devices)
+            notes.append(f"bundle '{bundle.name}' ({bundle_kind(bundle)}): no device can run it ({reasons})")
+        jobs.extend(Job(device, bundle, baseline) for device in runnable)
+    return jobs, notes
+
+
+def run_farm(
+    bundle_paths: list[str | os.PathLike],
+    devices: list[Device],
+    options: FarmOptions,
+    progress: Callable[[DeviceResult], None] | None = None,
+) -> Results:
+    """Run every bundle on every device that can run it; devices work in parallel threads.
+
+    Args:
+        bundle_paths: bundle directories (verified against their manifests).
+        devices: the devices to use.
+        options: FarmOptions.
+        progress: called with each DeviceResult as it completes.
+
+    Returns:
+        Results holding one DeviceResult per (bundle, device) pair (two with a baseline: the
+        baseline's and the candidate's); failed runs are error results, not exceptions.
+
+    Raises:
+        ExportError: a bundle is missing or tampered with.
+        DeviceError: bad baseline bundles; DataError: unusable data.
+    """
+    if options.repeats < 1:
+        raise DeviceError(f"repeats must be at least 1, got {options.repeats}")
+    bundles = [load_bundle(path) for path in bundle_paths]
+    names = [bundle.name for bundle in bundles]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise DeviceError(f"bundle names must be unique (results are keyed by name): {duplicates}")
+    open_dataset(options.data)  # fail early on bad data, before any thread starts
+    jobs, notes = plan(bundles, devices, options.baseline_bundles)
+    for note in notes:
+        log.warning("%s", note)
+    shared = _Shared(options)
+    by_device: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_device.setdefault(job.device.name, []).append(job)
+    collected: list[DeviceResult] = []
+    collected_lock = threading.Lock()
+
+    def work(device_jobs: list[Job]) -> None:
+        # One thread per device: a device runs its bundles one after another, so two bundles
+        # never compete for the same board.
+        for job in device_jobs:
+            for result in run_job(shared, job):
+                with collected_lock:
+                    collected.append(result)
+                if progress:
+                    progress(result)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(by_device)), thread_name_prefix="farm") as pool:
+        for future in [pool.submit(work, device_jobs) for device_jobs in by_device.values()]:
+            future.result()
+    order = {(bundle.name, device.name): (i, j) for i, bundle in enumerate(bundles) for j, device in enumerate(devices)}
+    collected.sort(key=lambda r: (order.get((r.bundle, r.device), (0, 0)), r.role != "baseline"))
+    samples = max((len(s.inputs) for s in shared.eval_sets.values()), default=0)
+    return Results(results=collected, data=str(options.data), samples=samples, repeats=options.repeats,
+                   created=now_utc(), host=host_identity(), notes=notes)

@@ -1,0 +1,262 @@
+"""SSH boards: copy a bundle to a per-run temp dir, run its harness or the runner script, fetch, clean up.
+
+Every ssh/scp call is an argument list (no local shell). The remote side of ssh always goes
+through the login shell, so every remote command is built with shlex.join from values that
+are validated first (host, user, paths) or generated here (the mktemp directory).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fwedge.bundle import MANIFEST, Bundle
+from fwedge.device_farm import harness
+from fwedge.device_farm.device import Device, DeviceRunError, device_kind, run_process
+from fwedge.device_farm.results import DeviceRun
+from fwedge.errors import DeviceError
+
+log = logging.getLogger(__name__)
+
+RUNNER_SCRIPT = Path(__file__).with_name("remote_runner.py")
+# Targets the shipped runner script runs with the board's Python (onnxruntime, tflite-runtime).
+SCRIPT_TARGETS = ("onnx", "tflite")
+JOB_DIR = "job"
+
+_HOST = re.compile(r"^(?!-)[A-Za-z0-9.-]{1,253}$|^\[?[0-9A-Fa-f:.]+\]?$")
+_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+_REMOTE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*$")
+_PROGRAM = re.compile(r"^[A-Za-z0-9._/+-]+$")
+_HOST_KEY_POLICIES = ("yes", "no", "accept-new")
+
+
+def _require(pattern: re.Pattern, value: str, device: str, what: str) -> None:
+    if not isinstance(value, str) or not pattern.match(value) or ".." in value.split("/"):
+        raise DeviceError(f"ssh device {device!r}: {what} {value!r} is not allowed "
+                          f"(expected to match {pattern.pattern})")
+
+
+@device_kind("ssh")
+@dataclass
+class SshDevice(Device):
+    """A board reached over ssh.
+
+    Attributes:
+        host, port, user: where to connect; host and user are validated (no option-like or
+            shell-special characters).
+        key: private key file (passed as one argv element to -i).
+        arch: the board's architecture (for C bundles).
+        runtimes: what the board runs: "c" (harness binaries) and/or "onnx", "tflite" (run by
+            the shipped runner script with `python`).
+        python: the board's Python for the runner script.
+        workdir: parent of the per-run temp dir on the board.
+        connect_timeout: seconds for the TCP connect and key exchange (ssh ConnectTimeout).
+        run_timeout: seconds for one remote harness run.
+        strict_host_key_checking: yes | no | accept-new (ssh StrictHostKeyChecking).
+        known_hosts: UserKnownHostsFile, empty for ssh's default.
+        ssh_options: extra `-o Key=Value` options (each one argv element).
+        ssh, scp: client programs.
+    """
+
+    host: str = ""
+    port: int = 22
+    user: str = ""
+    key: str = ""
+    arch: str = ""
+    runtimes: list[str] = field(default_factory=lambda: ["c"])
+    python: str = "python3"
+    workdir: str = "/tmp"
+    connect_timeout: float = 10.0
+    run_timeout: float = 600.0
+    strict_host_key_checking: str = "yes"
+    known_hosts: str = ""
+    ssh_options: list[str] = field(default_factory=list)
+    ssh: str = "ssh"
+    scp: str = "scp"
+
+    def __post_init__(self) -> None:
+        _require(_HOST, self.host, self.name, "host")
+        if self.user:
+            _require(_USER, self.user, self.name, "user")
+        _require(_REMOTE_PATH, self.workdir, self.name, "workdir")
+        _require(_PROGRAM, self.python, self.name, "python")
+        if not isinstance(self.port, int) or not 0 < self.port < 65536:
+            raise DeviceError(f"ssh device {self.name!r}: port must be 1..65535, got {self.port!r}")
+        if self.strict_host_key_checking not in _HOST_KEY_POLICIES:
+            raise DeviceError(f"ssh device {self.name!r}: strict_host_key_checking must be one of "
+                              f"{', '.join(_HOST_KEY_POLICIES)}, got {self.strict_host_key_checking!r}")
+        for option in self.ssh_options:
+            if not re.match(r"^[A-Za-z]+=[^\s]*$", option):
+                raise DeviceError(f"ssh device {self.name!r}: ssh option {option!r} must be Key=Value")
+        self._identity: dict | None = None
+
+    # -- argv builders ---------------------------------------------------------------------
+
+    def _options(self) -> list[str]:
+        options = [
+            "-o", "BatchMode=yes",
+            "-o", f"ConnectTimeout={max(1, int(self.connect_timeout))}",
+            "-o", f"StrictHostKeyChecking={self.strict_host_key_checking}",
+            "-o", "LogLevel=ERROR",
+            "-o", "ServerAliveInterval=5",
+            "-o", "ServerAliveCountMax=3",
+        ]
+        if self.known_hosts:
+            options += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        if self.key:
+            options += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
+        for option in self.ssh_options:
+            options += ["-o", option]
+        return options
+
+    @property
+    def destination(self) -> str:
+        host = self.host if ":" not in self.host or self.host.startswith("[") else f"[{self.host}]"
+        return f"{self.user}@{self.host}" if self.user else host
+
+    def ssh_argv(self, remote_words: list[str]) -> list[str]:
+        """ssh argv running `remote_words` on the board, each word quoted for the remote shell."""
+        return [self.ssh, *self._options(), "-p", str(self.port), "--", self.destination,
+                shlex.join(remote_words)]
+
+    def ssh_argv_script(self, remote_command: str) -> list[str]:
+        """ssh argv for a remote command line already assembled from shlex.join'ed parts."""
+        return [self.ssh, *self._options(), "-p", str(self.port), "--", self.destination, remote_command]
+
+    def scp_argv(self, sources: list[str], target: str) -> list[str]:
+        return [self.scp, *self._options(), "-q", "-p", "-r", "-P", str(self.port), "--", *sources, target]
+
+    def remote(self, path: str) -> str:
+        """scp's remote spec for a validated remote path."""
+        _require(_REMOTE_PATH, path, self.name, "remote path")
+        return f"{self.destination}:{path}"
+
+    # -- Device interface ------------------------------------------------------------------
+
+    def why_not(self, bundle: Bundle) -> str | None:
+        if bundle.target == "c":
+            if "c" not in self.runtimes:
+                return f"{self.name} has no C runtime listed"
+            if bundle.arch != self.arch:
+                return f"C bundle for {bundle.arch}; {self.name} is {self.arch or 'of unknown arch'}"
+            return None
+        if bundle.target not in self.runtimes:
+            return f"{self.name} lists runtimes {self.runtimes}, not {bundle.target}"
+        if bundle.target not in SCRIPT_TARGETS:
+            return f"the ssh runner script runs {', '.join(SCRIPT_TARGETS)} bundles, not {bundle.target}"
+        return None
+
+    def bundle_kinds(self) -> list[str]:
+        return [f"c-{self.arch}" if runtime == "c" else runtime for runtime in self.runtimes]
+
+    def _timeout(self, seconds: float) -> float:
+        return self.connect_timeout + seconds
+
+    def state(self) -> str:
+        try:
+            run_process(self.ssh_argv(["true"]), timeout=self._timeout(10), what=f"ssh {self.name}")
+        except DeviceError as exc:
+            return f"unreachable ({str(exc).splitlines()[0][:120]})"
+        return "ready"
+
+    def identity(self) -> dict:
+        base = {"kind": self.kind, "name": self.name, "arch": self.arch, "host": self.host, "port": self.port}
+        if self._identity is None:
+            try:
+                done = run_process(self.ssh_argv(["uname", "-srm"]), timeout=self._timeout(20),
+                                   what=f"ssh {self.name}: uname")
+                self._identity = {"uname": done.stdout.strip()}
+            except DeviceError:
+                self._identity = {}
+        return {**base, **self._identity}
+
+    def run(self, bundle: Bundle, inputs: dict[str, np.ndarray], repeats: int) -> DeviceRun:
+        reason = self.why_not(bundle)
+        if reason:
+            raise DeviceRunError(f"device {self.name!r} cannot run bundle '{bundle.name}': {reason}")
+        with tempfile.TemporaryDirectory(prefix="fwedge-ssh-") as temp:
+            staging = Path(temp) / JOB_DIR
+            staging.mkdir()
+            _stage_bundle(bundle, staging / "bundle")
+            if bundle.target == "c":
+                job = harness.prepare(bundle, inputs, staging, repeats)
+                command = [f"./bundle/{job.executable}", *job.args]
+                output_file = job.output_file
+            else:
+                np.savez(staging / "inputs.npz", **inputs)
+                shutil.copy2(RUNNER_SCRIPT, staging / "runner.py")
+                command = [self.python, "runner.py", "bundle", "inputs.npz", "outputs.npz", str(repeats)]
+                output_file = "outputs.npz"
+            remote_dir = self._make_remote_dir()
+            try:
+                what = f"ssh {self.name}"
+                run_process(self.scp_argv([str(staging)], self.remote(remote_dir + "/")),
+                            timeout=self._timeout(self.run_timeout), what=f"{what}: upload")
+                job_dir = f"{remote_dir}/{JOB_DIR}"
+                line = f"cd {shlex.quote(job_dir)} && {shlex.join(command)}"
+                done = run_process(self.ssh_argv_script(line), timeout=self._timeout(self.run_timeout),
+                                   what=f"{what}: run '{bundle.name}'")
+                fetched = Path(temp) / "fetched"
+                fetched.mkdir()
+                run_process(self.scp_argv([self.remote(f"{job_dir}/{output_file}")], str(fetched / output_file)),
+                            timeout=self._timeout(self.run_timeout), what=f"{what}: download")
+                if bundle.target == "c":
+                    outputs, latencies = harness.collect(bundle, job, done.stdout, fetched / output_file)
+                    timer = "clock_gettime (harness)"
+                else:
+                    outputs, latencies = _read_script_results(bundle, done.stdout, fetched / output_file)
+                    timer = "time.perf_counter_ns (runner script)"
+            finally:
+                self._remove_remote_dir(remote_dir)
+        return DeviceRun(outputs=outputs, latencies_ms=latencies, stderr=done.stderr,
+                         identity={"timer": timer, "remote_dir": remote_dir})
+
+    def _make_remote_dir(self) -> str:
+        template = f"{self.workdir.rstrip('/')}/fwedge-run.XXXXXXXX"
+        done = run_process(self.ssh_argv(["mktemp", "-d", template]), timeout=self._timeout(30),
+                           what=f"ssh {self.name}: mktemp")
+        path = done.stdout.strip()
+        if not _REMOTE_PATH.match(path) or not path.startswith(self.workdir.rstrip("/") + "/fwedge-run."):
+            raise DeviceRunError(f"ssh {self.name}: mktemp returned an unexpected path {path!r}")
+        return path
+
+    def _remove_remote_dir(self, path: str) -> None:
+        try:
+            run_process(self.ssh_argv(["rm", "-rf", "--", path]), timeout=self._timeout(30),
+                        what=f"ssh {self.name}: clean up")
+        except DeviceError as exc:
+            log.warning("ssh %s: could not remove %s on the board: %s", self.name, path, exc)
+
+
+def _stage_bundle(bundle: Bundle, target: Path) -> None:
+    """Copy the manifest and every file it lists (and nothing else) into `target`."""
+    from fwedge.device_farm.device import check_within
+
+    target.mkdir()
+    shutil.copy2(bundle.path / MANIFEST, target / MANIFEST)
+    for relative in bundle.files:
+        source = check_within(bundle.path, relative)
+        destination = check_within(target, relative)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+
+
+def _read_script_results(bundle: Bundle, stdout: str, outputs_path: Path) -> tuple[dict[str, np.ndarray], list[float]]:
+    latencies = None
+    for line in stdout.splitlines():
+        if line.startswith("FWEDGE_LATENCIES_MS "):
+            latencies = json.loads(line.split(" ", 1)[1])
+    if latencies is None:
+        raise DeviceRunError(f"runner script for '{bundle.name}' printed no latencies", stderr=stdout[-2000:])
+    if not outputs_path.is_file():
+        raise DeviceRunError(f"runner script for '{bundle.name}' wrote no outputs")
+    with np.load(outputs_path, allow_pickle=False) as archive:
+        outputs = {name: archive[name] for name in archive.files}
+    return outputs, [float(v) for v in latencies]

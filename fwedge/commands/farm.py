@@ -1,0 +1,92 @@
+"""`fwedge farm list` and `fwedge farm run BUNDLE... --devices ... --data ... -o results.json`."""
+from __future__ import annotations
+
+import click
+
+from fwedge.commands.options import data_option
+
+inventory_option = click.option(
+    "--inventory", type=click.Path(dir_okay=False), envvar="FWEDGE_INVENTORY",
+    help="Device inventory TOML (default: auto-detect the host and every qemu-<arch> on PATH).")
+
+
+@click.group("farm")
+def command() -> None:
+    """List devices and run bundles on the device farm (host runtimes, qemu boards, ssh boards)."""
+
+
+@command.command("list")
+@inventory_option
+def list_devices(inventory) -> None:
+    """Show the devices, their state, and which bundle kinds each can run."""
+    from fwedge.console import stdout, table
+    from fwedge.device_farm.inventory import devices_for
+
+    devices = devices_for(inventory)
+    rows = [[d.name, d.kind, d.state(), ", ".join(d.bundle_kinds())] for d in devices]
+    stdout.print(table("Devices" + ("" if inventory else " (auto-detected)"), ["name", "kind", "state", "runs"], rows))
+
+
+@command.command("run")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(file_okay=False))
+@inventory_option
+@click.option("--devices", "device_names", multiple=True, default=("all",), show_default=True,
+              help="Device names, repeatable or comma-separated; `all` for every device.")
+@data_option(required=True)
+@click.option("--repeats", type=int, default=20, show_default=True, help="Timed single-sample iterations.")
+@click.option("--limit", type=int, default=500, show_default=True, help="Seeded subset of the data (0: all).")
+@click.option("--reference", type=click.Path(dir_okay=False),
+              help="FP32 reference ONNX for fidelity (default: the model each bundle records).")
+@click.option("--retries", type=int, default=1, show_default=True, help="Extra attempts after a device failure.")
+@click.option("--baseline-bundles", type=click.Path(file_okay=False),
+              help="Folder of baseline bundles (same names) run interleaved A B A B with the candidates.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Results JSON to write.")
+def run(bundles, inventory, device_names, data, repeats, limit, reference, retries, baseline_bundles, output) -> None:
+    """Run BUNDLES on every selected device that can run them; write per (bundle, device)
+    accuracy, fidelity vs the FP32 reference, latency p50/p95 on the device's clock, sizes and
+    identity. A failing device becomes an error result; the other results are kept.
+    """
+    from fwedge.console import progress, stdout
+    from fwedge.device_farm.inventory import devices_for, select
+    from fwedge.device_farm.results import save_results
+    from fwedge.device_farm.runner import FarmOptions, plan, run_farm
+    from fwedge.bundle import load_bundle
+
+    names = [name for item in device_names for name in item.split(",") if name]
+    devices = select(devices_for(inventory), names)
+    options = FarmOptions(data=data, repeats=repeats, limit=limit or None, reference=reference,
+                          retries=retries, baseline_bundles=baseline_bundles)
+    jobs, _ = plan([load_bundle(path) for path in bundles], devices, baseline_bundles)
+    total = sum(2 if job.baseline else 1 for job in jobs)
+    with progress(total, "farm") as advance:
+        def report(result) -> None:
+            advance(1)
+            status = "ok" if result.ok else f"[red]error[/red]: {result.error}"
+            stdout.print(f"{result.bundle} ({result.role}) on {result.device}: {status}")
+
+        results = run_farm(list(bundles), devices, options, progress=report)
+    save_results(results, output)
+    _print_summary(results)
+    stdout.print(f"wrote {output}")
+
+
+def _print_summary(results) -> None:
+    from fwedge.console import stdout, table
+
+    rows = []
+    for r in results.results:
+        latency = r.latency
+        rows.append([
+            r.bundle + ("" if r.role == "candidate" else " (baseline)"), r.device, r.status,
+            "" if r.accuracy is None else f"{100 * r.accuracy:.2f}%",
+            "" if not r.fidelity else f"{100 * r.fidelity['top1_agreement']:.2f}%",
+            "" if latency is None else f"{latency.p50_ms:.3f} / {latency.p95_ms:.3f}",
+            "" if r.latency_ratio is None else f"{r.latency_ratio:.3f}",
+            r.sizes.get("file_bytes", ""),
+            r.error or "",
+        ])
+    stdout.print(table(f"Farm results ({results.samples} samples, {results.repeats} timed runs)",
+                       ["bundle", "device", "status", "accuracy", "agreement", "p50/p95 ms", "B/A", "bytes", "error"],
+                       rows))
+    for note in results.notes:
+        stdout.print(f"note: {note}")

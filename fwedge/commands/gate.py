@@ -1,0 +1,67 @@
+"""`fwedge gate results.json --baseline baseline.json`: exit 0 pass, 1 regression, 2 usage error."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("gate")
+@click.argument("results_path", metavar="RESULTS", type=click.Path(dir_okay=False))
+@click.option("--baseline", type=click.Path(dir_okay=False), required=True, help="Baseline results JSON.")
+@click.option("--max-accuracy-drop", type=float, default=0.5, show_default=True, help="Percentage points.")
+@click.option("--max-fidelity-drop", type=float, default=1.0, show_default=True,
+              help="Top-1 agreement with the FP32 reference, percentage points.")
+@click.option("--max-latency-increase", default="10%", show_default=True, help="Fraction or percentage of p50.")
+@click.option("--max-size-increase", default="5%", show_default=True, help="Fraction or percentage of each size.")
+@click.option("--waive", multiple=True, metavar="DEVICE_OR_BUNDLE",
+              help="Do not fail on this device, bundle, or BUNDLE@DEVICE. Repeatable.")
+@click.option("--update-baseline", is_flag=True, help="Write RESULTS as the new baseline (on purpose) and exit 0.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the verdict as JSON.")
+@click.pass_context
+def command(ctx, results_path, baseline, max_accuracy_drop, max_fidelity_drop, max_latency_increase,
+            max_size_increase, waive, update_baseline, json_path) -> None:
+    """Compare RESULTS with --baseline per (bundle, device). Exit 0 when nothing regressed, 1 on a
+    regression, a device error, or a baseline result missing now (fails closed unless waived),
+    2 on unusable input.
+    """
+    import json
+    from pathlib import Path
+
+    from fwedge.console import stdout
+    from fwedge.device_farm import gate
+    from fwedge.device_farm.results import load_results
+    from fwedge.ir import write_atomic
+
+    thresholds = gate.Thresholds(
+        max_accuracy_drop=max_accuracy_drop, max_fidelity_drop=max_fidelity_drop,
+        max_latency_increase=gate.parse_fraction(max_latency_increase, "--max-latency-increase"),
+        max_size_increase=gate.parse_fraction(max_size_increase, "--max-size-increase"))
+    results = load_results(results_path)
+    if update_baseline:
+        previous = load_results(baseline, "baseline") if Path(baseline).is_file() else None
+        if previous is not None:
+            stdout.print(render_table(gate.evaluate_gate(results, previous, thresholds, waive)))
+        gate.update_baseline(results, baseline)
+        stdout.print(f"baseline updated: {baseline} ({len(results.candidates())} results)")
+        return
+    report = gate.evaluate_gate(results, load_results(baseline, "baseline"), thresholds, waive)
+    stdout.print(render_table(report))
+    if json_path:
+        write_atomic(json_path, json.dumps(report.to_dict(), indent=2) + "\n")
+    if report.passed:
+        stdout.print("[green]gate: PASS[/green]")
+        return
+    for line in report.regressions:
+        stdout.print(f"[red]regression[/red]: {line}")
+    stdout.print("[red]gate: FAIL[/red]")
+    ctx.exit(1)
+
+
+def render_table(report):
+    """A rich table: one row per (bundle, device) with every check."""
+    from fwedge.console import table
+
+    rows = []
+    for row in report.rows:
+        checks = "; ".join(f"{c.metric} {c.change}{'' if c.passed else ' FAIL'}" for c in row.checks)
+        rows.append([row.bundle, row.device, row.verdict.upper(), checks, "; ".join(row.reasons)])
+    return table("Gate", ["bundle", "device", "verdict", "checks", "reasons"], rows)

@@ -22,6 +22,10 @@ class OpInfo:
         quantize_output: quantization gives the op's output its own activation scale. False for
             ops that only move data (reshape, pools with max) and share the input's scale.
         shares_input_scale: the output must keep the input's scale and zero point (data movement).
+        quantizable: int8 compute exists in the targets: QDQ insertion quantizes the op's float
+            activation inputs, its weight (per channel), its bias (int32) and its output.
+        clamps_range: a clamp (ReLU, Clip with constant bounds) that fuses into the producer's
+            quantization range: no Q/DQ between the producer and it.
         channel_inputs: inputs holding one value per channel (BN scale, B, mean, var): channel
             pruning slices them along with the data.
     """
@@ -35,40 +39,44 @@ class OpInfo:
     activation: bool = False
     quantize_output: bool = True
     shares_input_scale: bool = False
+    quantizable: bool = False
+    clamps_range: bool = False
     channel_inputs: tuple[int, ...] = ()
 
 
-_ACTIVATION = OpInfo(channel_passthrough=True, activation=True)
+_ACTIVATION = OpInfo(channel_passthrough=True, activation=True, quantizable=True)
+_CLAMP = OpInfo(channel_passthrough=True, activation=True, quantizable=True, clamps_range=True)
 _ELEMENTWISE = OpInfo(channel_passthrough=True, elementwise=True)
+_ELEMENTWISE_INT8 = OpInfo(channel_passthrough=True, elementwise=True, quantizable=True)
 _MOVE = OpInfo(quantize_output=False, shares_input_scale=True)
-_POOL = OpInfo(channel_passthrough=True)
+_POOL = OpInfo(channel_passthrough=True, quantizable=True)
 
 OP_INFO: dict[str, OpInfo] = {
     # Layers with weights. Conv weight is [M, C/group, kH, kW]; Gemm (transB=1) is [N, K].
-    "Conv": OpInfo(weight_input=1, bias_input=2, out_channel_axis=0, in_channel_axis=1),
-    "ConvTranspose": OpInfo(weight_input=1, bias_input=2, out_channel_axis=1, in_channel_axis=0),
-    "Gemm": OpInfo(weight_input=1, bias_input=2, out_channel_axis=0, in_channel_axis=1),
-    "MatMul": OpInfo(weight_input=1, out_channel_axis=1, in_channel_axis=0),
+    "Conv": OpInfo(weight_input=1, bias_input=2, out_channel_axis=0, in_channel_axis=1, quantizable=True),
+    "ConvTranspose": OpInfo(weight_input=1, bias_input=2, out_channel_axis=1, in_channel_axis=0, quantizable=True),
+    "Gemm": OpInfo(weight_input=1, bias_input=2, out_channel_axis=0, in_channel_axis=1, quantizable=True),
+    "MatMul": OpInfo(weight_input=1, out_channel_axis=1, in_channel_axis=0, quantizable=True),
     "BatchNormalization": OpInfo(channel_passthrough=True, channel_inputs=(1, 2, 3, 4)),
     # Activations (fusable into the producer's requantization range).
-    "Relu": _ACTIVATION,
-    "Clip": _ACTIVATION,
+    "Relu": _CLAMP,
+    "Clip": _CLAMP,
     "LeakyRelu": _ACTIVATION,
     "Sigmoid": _ACTIVATION,
     "HardSigmoid": _ACTIVATION,
     "HardSwish": _ACTIVATION,
     "Tanh": _ACTIVATION,
     # Element-wise arithmetic.
-    "Add": _ELEMENTWISE,
+    "Add": _ELEMENTWISE_INT8,
     "Sub": _ELEMENTWISE,
-    "Mul": _ELEMENTWISE,
+    "Mul": _ELEMENTWISE_INT8,
     "Div": _ELEMENTWISE,
     # Pools.
     "MaxPool": OpInfo(channel_passthrough=True, quantize_output=False, shares_input_scale=True),
     "AveragePool": _POOL,
     "GlobalAveragePool": _POOL,
     "GlobalMaxPool": OpInfo(channel_passthrough=True, quantize_output=False, shares_input_scale=True),
-    "ReduceMean": _POOL,
+    "ReduceMean": OpInfo(channel_passthrough=True),
     # Data movement: the output keeps the input's quantization parameters.
     "Reshape": _MOVE,
     "Flatten": _MOVE,
@@ -79,7 +87,7 @@ OP_INFO: dict[str, OpInfo] = {
     "Dropout": OpInfo(channel_passthrough=True, quantize_output=False, shares_input_scale=True),
     "Pad": OpInfo(channel_passthrough=True, quantize_output=False, shares_input_scale=True),
     "Slice": _MOVE,
-    "Concat": OpInfo(),
+    "Concat": OpInfo(quantizable=True),
     "Softmax": OpInfo(),
     "Resize": OpInfo(channel_passthrough=True, quantize_output=False, shares_input_scale=True),
 }
@@ -141,3 +149,38 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, list]) -> int | None:
             rows *= size
         return rows * k * output[-1]
     return None
+
+
+# ONNX op -> the lowered-graph kinds it can become (passes/lower.py; passes/lowered.py KINDS).
+# An op absent here does not lower (TFLite, NCNN and C take only lowered graphs). Clip lowers
+# only with constant bounds (0, 6) or (0, inf); Sub/Div only with a constant second operand.
+LOWERING: dict[str, tuple[str, ...]] = {
+    "Conv": ("conv2d", "depthwise_conv2d"),
+    "Gemm": ("fully_connected",),
+    "MatMul": ("fully_connected",),
+    "Add": ("add",),
+    "Sub": ("add",),
+    "Mul": ("mul",),
+    "Div": ("mul",),
+    "AveragePool": ("avg_pool",),
+    "MaxPool": ("max_pool",),
+    "GlobalAveragePool": ("global_avg_pool",),
+    "ReduceMean": ("global_avg_pool",),
+    "Concat": ("concat",),
+    "Reshape": ("reshape",),
+    "Flatten": ("reshape",),
+    "Squeeze": ("reshape",),
+    "Unsqueeze": ("reshape",),
+    "Identity": (),
+    "Dropout": (),
+    "Pad": ("pad",),
+    "Relu": ("relu",),
+    "Clip": ("relu", "relu6"),
+    "HardSwish": ("hardswish",),
+    "HardSigmoid": ("hardsigmoid",),
+    "Sigmoid": ("sigmoid",),
+    "Softmax": ("softmax",),
+    "BatchNormalization": (),  # folded into the producer by passes/fold_bn.py before lowering
+    "QuantizeLinear": ("quantize",),
+    "DequantizeLinear": ("dequantize",),
+}

@@ -1,0 +1,217 @@
+"""Streaming statistics: absmax pass, then fixed-range histograms, in onnxruntime; and compute()."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from fwedge import ir
+from fwedge.calibration.histogram import Histogram, bin_counts, layout
+from fwedge.calibration.options import METHODS, Method, MethodOptions
+from fwedge.calibration.table import QuantTable, params_from_range
+from fwedge.data import check_batch_shape
+from fwedge.errors import CalibrationError, DataError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BINS = 2048
+
+Batches = Iterable | Callable[[], Iterable]
+
+
+@dataclass
+class CalibrationStats:
+    """Per-tensor histograms of a calibration run; memory O(tensors × bins).
+
+    Attributes:
+        histograms: tensor name -> Histogram, in the order the tensors were requested.
+        bins: magnitude bins per histogram.
+        num_samples: samples seen (the first dimension summed over batches).
+        model_sha256: sha256 of the source model, copied into the QuantTable.
+        dataset: dataset fingerprint and description, copied into the QuantTable.
+    """
+
+    histograms: dict[str, Histogram]
+    bins: int
+    num_samples: int
+    model_sha256: str = ""
+    dataset: dict = field(default_factory=dict)
+
+
+def _with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of the model that also returns `tensors` as graph outputs."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    existing = {value.name for value in out.graph.output}
+    for name in tensors:
+        if name not in existing:
+            out.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return out
+
+
+def _feeds(batch, input_names: list[str], input_shapes: list[list], source: str) -> dict[str, np.ndarray]:
+    if isinstance(batch, Mapping):
+        feeds = dict(batch)
+    else:
+        x = getattr(batch, "x", batch)
+        if len(input_names) != 1:
+            raise DataError(
+                f"data '{source}': the model has {len(input_names)} inputs {input_names}; "
+                "give each batch as a dict input name -> array"
+            )
+        feeds = {input_names[0]: x}
+    for name, shape in zip(input_names, input_shapes):
+        if name not in feeds:
+            raise DataError(f"data '{source}': no array for model input '{name}'")
+        feeds[name] = np.ascontiguousarray(feeds[name], dtype=np.float32)
+        check_batch_shape(feeds[name], shape, source, name)
+    return feeds
+
+
+def _iterate(batches: Batches, pass_name: str) -> Iterator:
+    source = batches() if callable(batches) else batches
+    iterator = iter(source)
+    if not callable(batches) and iterator is source and pass_name == "histogram":
+        raise CalibrationError(
+            "calibration makes two passes over the data: give a list or a callable returning a "
+            "fresh iterator, not a one-shot generator"
+        )
+    return iterator
+
+
+def collect(
+    model: onnx.ModelProto,
+    batches: Batches,
+    tensors: list[str],
+    bins: int = DEFAULT_BINS,
+    source: str = "data",
+    progress: Callable[[int], None] | None = None,
+    threads: int | None = None,
+    model_sha256: str = "",
+    dataset: dict | None = None,
+) -> CalibrationStats:
+    """Run the float model over the data twice and histogram every requested tensor.
+
+    Pass 1 records each tensor's exact min and max. Pass 2 fills a histogram over the range fixed
+    by pass 1: 2·bins bins over [-absmax, absmax] for signed tensors, bins over [0, max] for
+    non-negative ones (see Histogram). Counts are integers over a fixed range, so the result is
+    identical for any order of samples or batches; memory holds one batch and the histograms.
+
+    Args:
+        model: the float model (the one QDQ insertion will use, so tensor names match).
+        batches: arrays (single-input models) or dicts name -> array; a list, or a callable
+            returning a fresh iterable (it is iterated twice).
+        tensors: float tensors to observe (graph inputs, node outputs).
+        bins: magnitude bins (TensorRT's 2048 by default).
+        source: data description for error messages.
+        progress: called with the number of samples after each batch of each pass.
+        threads: onnxruntime intra-op threads.
+
+    Returns:
+        CalibrationStats.
+
+    Raises:
+        CalibrationError: no tensors, no data, or a tensor with NaN/Inf.
+        DataError: a batch whose shape does not fit the model input.
+    """
+    from fwedge.eval import ort_session
+
+    if not tensors:
+        raise CalibrationError("nothing to calibrate: no float tensors to quantize were found")
+    if bins < 8:
+        raise CalibrationError(f"bins must be at least 8, got {bins}")
+    session = ort_session(_with_outputs(model, tensors), threads)
+    inputs = ir.graph_inputs(model)
+    input_names = [value.name for value in inputs]
+    input_shapes = [ir.shape_of(value) for value in inputs]
+    minimum = {name: np.inf for name in tensors}
+    maximum = {name: -np.inf for name in tensors}
+    samples = 0
+    for batch in _iterate(batches, "absmax"):
+        feeds = _feeds(batch, input_names, input_shapes, source)
+        values = session.run(tensors, feeds)
+        for name, value in zip(tensors, values):
+            if value.size:
+                minimum[name] = min(minimum[name], float(value.min()))
+                maximum[name] = max(maximum[name], float(value.max()))
+        count = len(next(iter(feeds.values())))
+        samples += count
+        if progress:
+            progress(count)
+    if samples == 0:
+        raise CalibrationError(f"data '{source}': no calibration samples")
+    for name in tensors:
+        if not (np.isfinite(minimum[name]) and np.isfinite(maximum[name])):
+            raise CalibrationError(
+                f"tensor '{name}': range [{minimum[name]}, {maximum[name]}] over the calibration "
+                "data is not finite (NaN/Inf in the model's activations, or an empty tensor)"
+            )
+    layouts = {name: layout(minimum[name], maximum[name], bins) for name in tensors}
+    counts = {name: np.zeros(layouts[name][2], dtype=np.int64) for name in tensors}
+    for batch in _iterate(batches, "histogram"):
+        feeds = _feeds(batch, input_names, input_shapes, source)
+        values = session.run(tensors, feeds)
+        for name, value in zip(tensors, values):
+            low, high, size = layouts[name]
+            counts[name] += bin_counts(value, low, high, size)
+        if progress:
+            progress(len(next(iter(feeds.values()))))
+    histograms = {
+        name: Histogram(counts[name], layouts[name][0], layouts[name][1], minimum[name], maximum[name])
+        for name in tensors
+    }
+    log.info("calibration: %d tensors, %d samples, %d bins", len(tensors), samples, bins)
+    return CalibrationStats(histograms, bins, samples, model_sha256, dict(dataset or {}))
+
+
+def compute(
+    stats: CalibrationStats,
+    method: Method | str,
+    options: MethodOptions | None = None,
+) -> QuantTable:
+    """Turn histograms into a QuantTable with one range method (a pure function per tensor).
+
+    Args:
+        stats: the collected statistics.
+        method: kl, percentile, minmax or mse.
+        options: method options; `symmetric` also selects symmetric activation parameters.
+
+    Returns:
+        The QuantTable.
+
+    Raises:
+        CalibrationError: an unknown method.
+    """
+    options = options or MethodOptions()
+    try:
+        method = Method(method)
+    except ValueError as exc:
+        raise CalibrationError(
+            f"unknown calibration method {method!r}; choose one of {[m.value for m in Method]}"
+        ) from exc
+    function = METHODS[method]
+    tensors = {}
+    for name, histogram in stats.histograms.items():
+        low, high = function(histogram, options)
+        tensors[name] = params_from_range(low, high, symmetric=options.symmetric)
+    parameters = {
+        "bins": stats.bins,
+        "num_samples": stats.num_samples,
+        "symmetric": options.symmetric,
+    }
+    if method is Method.PERCENTILE:
+        parameters["percentile"] = options.percentile
+    if method is Method.KL:
+        parameters["num_quantized_bins"] = options.num_quantized_bins
+        parameters["start_bin"] = options.start_bin
+    return QuantTable(
+        model_sha256=stats.model_sha256,
+        method=method.value,
+        parameters=parameters,
+        dataset=dict(stats.dataset),
+        tensors=tensors,
+    )

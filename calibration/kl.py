@@ -1,0 +1,89 @@
+"""kl: TensorRT entropy calibration, 2048 magnitude bins quantized to 128 levels, vectorised."""
+from __future__ import annotations
+
+import numpy as np
+
+from fwedge.calibration.histogram import Histogram
+from fwedge.calibration.options import Method, MethodOptions, range_method
+from fwedge.errors import CalibrationError
+
+# Where Q has no mass but P has (the folded outliers landing in an all-empty last group), the
+# KL term would be infinite; Q is floored at this probability instead, a large finite penalty.
+Q_FLOOR = 1e-12
+
+
+def kl_divergences(counts: np.ndarray, num_quantized_bins: int = 128, start_bin: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """KL(P‖Q) for every threshold candidate i in start_bin..len(counts) (TensorRT's loop).
+
+    For candidate i (keep the first i magnitude bins):
+      * P = counts[:i] with the outliers counts[i:] folded into P[i-1] (the outlier fold: clipped
+        values saturate to the threshold, so their mass belongs to the last kept bin);
+      * Q = counts[:i] (no outliers) merged into num_quantized_bins groups, group j covering bins
+        [floor(j·i/n), floor((j+1)·i/n)), then expanded back by spreading each group's mass
+        evenly over the bins of the group where P is non-zero (zero-bin handling: bins where
+        P is empty stay empty in Q, so they contribute nothing; a group with P mass but no Q
+        mass gets Q = Q_FLOOR);
+      * both normalised; KL = Σ_{P>0} p log(p/q).
+
+    Vectorised: because Q is constant over the non-zero bins of a group, Σ p log q collapses to a
+    sum over the n groups, and every group sum is a difference of prefix sums. All candidates are
+    evaluated at once as a (candidates × n) array, no Python loop over thresholds.
+
+    Returns:
+        (candidates i, divergences), both 1-D of the same length.
+    """
+    h = np.asarray(counts, dtype=np.float64)
+    size = h.size
+    n = num_quantized_bins
+    if size < max(n, start_bin):
+        raise CalibrationError(f"kl needs at least {max(n, start_bin)} magnitude bins, got {size}")
+    total = h.sum()
+    candidates = np.arange(max(start_bin, n), size + 1)
+    if total == 0:
+        return candidates, np.zeros(candidates.size)
+    nonzero = (h > 0).astype(np.float64)
+    plogp = np.where(h > 0, h * np.log(np.where(h > 0, h, 1.0)), 0.0)
+    C = np.concatenate([[0.0], np.cumsum(h)])
+    Z = np.concatenate([[0.0], np.cumsum(nonzero)])
+    H = np.concatenate([[0.0], np.cumsum(plogp)])
+    i = candidates
+    bounds = (np.arange(n + 1)[None, :] * i[:, None]) // n  # (candidates, n+1)
+    group_mass = C[bounds[:, 1:]] - C[bounds[:, :-1]]  # Q before expansion
+    group_nonzero = Z[bounds[:, 1:]] - Z[bounds[:, :-1]]
+    tail = total - C[i]
+    last = h[i - 1]
+    folded = last + tail
+    # P's last bin holds the outliers: P mass of the last group grows by `tail`, and that bin is
+    # non-zero in P even when counts[i-1] is zero.
+    p_group = group_mass.copy()
+    p_group[:, -1] += tail
+    group_nonzero[:, -1] += ((last == 0) & (tail > 0)).astype(np.float64)
+    in_range = C[i]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(group_nonzero > 0, group_mass / np.maximum(group_nonzero, 1.0), 0.0)
+        q = q / np.where(in_range > 0, in_range, 1.0)[:, None]
+        log_q = np.log(np.maximum(q, Q_FLOOR))
+    cross = np.sum(np.where(p_group > 0, p_group * log_q, 0.0), axis=1)
+    p_entropy = H[i - 1] + np.where(folded > 0, folded * np.log(np.where(folded > 0, folded, 1.0)), 0.0)
+    divergence = (p_entropy - cross) / total - np.log(total)
+    return candidates, divergence
+
+
+@range_method(Method.KL)
+def kl_range(histogram: Histogram, options: MethodOptions) -> tuple[float, float]:
+    """The range whose magnitude threshold minimises KL(P‖Q) (TensorRT entropy calibration).
+
+    The search runs on the |x| histogram (signed histograms are folded; non-negative ones, e.g.
+    ReLU outputs, are used as they are). The threshold is the upper edge of the last kept bin,
+    i·bin_width, for the first minimising i; the range is [-T, T] ∩ [min, max].
+
+    Returns:
+        (low, high).
+    """
+    counts, absmax = histogram.magnitude()
+    if absmax <= 0 or counts.sum() == 0:
+        return float(histogram.minimum), float(histogram.maximum)
+    candidates, divergence = kl_divergences(counts, options.num_quantized_bins, options.start_bin)
+    best = int(candidates[int(np.argmin(divergence))])
+    threshold = best * absmax / counts.size
+    return max(histogram.minimum, -threshold), min(histogram.maximum, threshold)

@@ -1,0 +1,144 @@
+"""Simplify: drop Identity/Dropout, fold constant subgraphs (Shape of static inputs included)."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from fwedge import ir
+
+log = logging.getLogger(__name__)
+
+# Never evaluated at compile time: random ops and quantization boundaries (the QDQ layout).
+_NEVER_FOLD = {
+    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+    "Bernoulli", "QuantizeLinear", "DequantizeLinear", "If", "Loop", "Scan",
+}
+# Refuse to materialise folded tensors larger than this (elements): folding must not bloat a model.
+_MAX_FOLDED_ELEMENTS = 1 << 22
+
+
+def _static_shape(shapes: dict, name: str) -> list[int] | None:
+    shape = shapes.get(name)
+    if shape is None or any(not isinstance(dim, int) for dim in shape):
+        return None
+    return shape
+
+
+def _evaluate(node: onnx.NodeProto, values: list[np.ndarray | None], opset: int) -> list[np.ndarray] | None:
+    """Run one node with onnx's reference evaluator on constant inputs; None if it cannot."""
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = [
+        helper.make_tensor_value_info(f"in{index}", helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+        for index, value in enumerate(values) if value is not None
+    ]
+    renamed = helper.make_node(
+        node.op_type,
+        [f"in{index}" if value is not None else "" for index, value in enumerate(values)],
+        [f"out{index}" for index in range(len(node.output))],
+        domain=node.domain,
+    )
+    renamed.attribute.extend(node.attribute)
+    graph = helper.make_graph(
+        [renamed], "fold", inputs,
+        [helper.make_tensor_value_info(f"out{index}", onnx.TensorProto.UNDEFINED, None) for index in range(len(node.output))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        results = ReferenceEvaluator(model).run(
+            None, {f"in{index}": value for index, value in enumerate(values) if value is not None})
+    except Exception as exc:  # the reference evaluator raises many types; folding is optional
+        log.debug("cannot fold %s '%s': %s", node.op_type, node.name, exc)
+        return None
+    return [np.asarray(result) for result in results]
+
+
+def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with Identity/Dropout removed and constant subgraphs folded into initializers.
+
+    Folds every node whose inputs are all constants, and Shape (and Size) of tensors whose
+    shape is static after shape inference, in one topological sweep, so chains such as
+    Shape -> Cast -> Slice -> Concat -> Reshape collapse once the input shapes are fixed
+    (fwedge.ir.set_input_shapes). Node and tensor names of what remains are unchanged.
+
+    Returns:
+        The simplified model (the input is not modified).
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    opset = ir.opset_version(out)
+    shapes = ir.value_shapes(out)
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    outputs = {value.name for value in graph.output}
+    rename: dict[str, str] = {}
+    kept: list[onnx.NodeProto] = []
+    folded = dropped = 0
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name in rename:
+                node.input[index] = rename[name]
+        if node.op_type in ("Identity", "Dropout") and node.domain in ("", "ai.onnx") and node.output[0] not in outputs:
+            if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
+                kept.append(node)
+                continue
+            rename[node.output[0]] = node.input[0]
+            dropped += 1
+            continue
+        if node.op_type in _NEVER_FOLD or node.domain not in ("", "ai.onnx") or any(o in outputs for o in node.output):
+            kept.append(node)
+            continue
+        result = None
+        if node.op_type in ("Shape", "Size") and node.input[0] not in constants:
+            shape = _static_shape(shapes, node.input[0])
+            if shape is not None:
+                if node.op_type == "Size":
+                    result = [np.array(int(np.prod(shape)), dtype=np.int64)]
+                else:
+                    start = onnx_attr(node, "start", 0)
+                    end = onnx_attr(node, "end", None)
+                    result = [np.array(shape[start:end], dtype=np.int64)]
+        elif node.input and all((not name) or name in constants for name in node.input):
+            values = [constants[name] if name else None for name in node.input]
+            result = _evaluate(node, values, opset)
+        if result is None or any(value.size > _MAX_FOLDED_ELEMENTS for value in result):
+            kept.append(node)
+            continue
+        for name, value in zip(node.output, result):
+            constants[name] = value
+        folded += 1
+    if not folded and not dropped:
+        return out
+    del graph.node[:]
+    graph.node.extend(kept)
+    for value in graph.output:
+        if value.name in rename:
+            log.debug("output %s kept through an Identity", value.name)
+    used = {name for node in graph.node for name in node.input} | outputs
+    initializers = [numpy_helper.from_array(np.ascontiguousarray(constants[name]), name)
+                    for name in constants if name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    produced = {name for node in graph.node for name in node.output}
+    kept_info = [value for value in graph.value_info if value.name in produced]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
+    initializer_names = {init.name for init in graph.initializer}
+    kept_inputs = [value for value in graph.input
+                   if value.name in initializer_names or value.name not in constants]
+    del graph.input[:]
+    graph.input.extend(kept_inputs)
+    out = onnx.shape_inference.infer_shapes(out, data_prop=True)
+    log.info("simplify: folded %d node(s), dropped %d Identity/Dropout", folded, dropped)
+    return out
+
+
+def onnx_attr(node: onnx.NodeProto, name: str, default):
+    """A node attribute's value or `default`."""
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default

@@ -24,6 +24,8 @@ Layouts of constants (ONNX layouts; NHWC targets transpose them):
     bias                     [M] or [N]             (always present, zeros when ONNX had none)
     add/mul constant operand broadcast to the other operand's rank (NCHW), e.g. [1, C, 1, 1]
 
+Dim 0 of every activation tensor is the batch (1 in the graph; runners may feed N).
+
 Integer arithmetic (TFLite reference kernels; see fwedge/interp.py):
     MBQM(x, m, s) = RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x * 2**max(s, 0), m),
                     max(-s, 0)); (m, s) come from quantize_multiplier(real) below.
@@ -37,9 +39,10 @@ Integer arithmetic (TFLite reference kernels; see fwedge/interp.py):
     mul: y_q = clamp(zp_y + MBQM((a_q - zp_a) * (b_q - zp_b), m, s), act_min, act_max)
     global_avg_pool: y_q = clamp(zp_y + MBQM(sum_hw(x_q - zp_x), m, s)) with real =
         s_x / (s_y * H * W).
-    avg_pool: acc = sum over the counted window of (x_q - zp_x); count = window positions that
-        are inside the input (all kH*kW when count_include_pad); y_q = zp_y + round_div(acc,
-        count), round half away from zero (TFLite). Input and output share scale and zero
+    avg_pool (TFLite reference): acc = sum of the raw x_q over the counted window positions
+        (positions inside the input; with count_include_pad also the padded ones, which
+        contribute zp_x); count = number of counted positions; y_q = round_div(acc, count)
+        rounding half away from zero, clamped to int8. Input and output share scale and zero
         point (the lowering inserts a `quantize` int8->int8 op when they differ).
     max_pool, reshape, pad, concat: int8 in and out share scale and zero point (a `quantize`
         int8->int8 op is inserted on the inputs that differ). pad fills with zp_x.

@@ -77,13 +77,22 @@ def kl_range(histogram: Histogram, options: MethodOptions) -> tuple[float, float
     ReLU outputs, are used as they are). The threshold is the upper edge of the last kept bin,
     i·bin_width, for the first minimising i; the range is [-T, T] ∩ [min, max].
 
+    Levels: TensorRT is symmetric, so P is quantized to 128 levels (one side of int8). With
+    asymmetric activations a non-negative tensor uses all 256 codes on [0, T], so the search
+    quantizes P to 2·128 - 1 = 255 levels there (candidates start at 255 bins); otherwise the
+    search is TensorRT's.
+
     Returns:
         (low, high).
     """
     counts, absmax = histogram.magnitude()
     if absmax <= 0 or counts.sum() == 0:
         return float(histogram.minimum), float(histogram.maximum)
-    candidates, divergence = kl_divergences(counts, options.num_quantized_bins, options.start_bin)
+    levels, start = options.num_quantized_bins, options.start_bin
+    if not histogram.signed and not options.symmetric:
+        levels = 2 * options.num_quantized_bins - 1
+        start = max(start, levels)
+    candidates, divergence = kl_divergences(counts, levels, start)
     best = int(candidates[int(np.argmin(divergence))])
     threshold = best * absmax / counts.size
     return max(histogram.minimum, -threshold), min(histogram.maximum, threshold)

@@ -237,3 +237,29 @@ def quantize(
         apply_budget(result, options, eval_data, eval_samples, max_accuracy_drop, min_agreement,
                      preprocess, batch_size=256)
     return result
+
+
+def ncnn_layers(prepared: onnx.ModelProto) -> list:
+    """Layers with constant weights as ncnn's table lists them: name, input, per-channel absmax.
+
+    The input is the tensor whose calibrated range the layer's input uses (data-movement and
+    Concat inputs resolve to the tensor they share parameters with).
+    """
+    from onnx import numpy_helper
+
+    from fwedge.calibration.table import NcnnLayer
+    from fwedge.passes.quantize import weight_axis
+
+    inits = ir.initializer_map(prepared)
+    plan = plan_quantization(prepared)
+    layers = []
+    for node in prepared.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        if node.input[1] not in inits:
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        axis = weight_axis(node)
+        absmax = np.abs(np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)).max(axis=1)
+        layers.append(NcnnLayer(node.name, plan.resolve(node.input[0]), tuple(float(v) for v in absmax)))
+    return layers

@@ -1,0 +1,258 @@
+/* fwedge portable C99 inference runtime: int8 and float32 kernels for generated models.
+ *
+ * Conventions
+ * -----------
+ * - No malloc and no libc beyond memcpy/memset (and <math.h> in the float kernels). Every
+ *   buffer is owned by the caller: the generated model.c places tensors in one static arena.
+ * - Batch is 1. Four-dimensional activations are stored NHWC (channels innermost), so a pixel's
+ *   channels are contiguous and the inner loops run over channels. Lower-rank tensors are
+ *   stored in their logical (row-major) order.
+ * - Weight layouts (chosen so the innermost loop runs over output channels, which the
+ *   compiler vectorises even when a layer has one input channel):
+ *     conv2d:            [groups][kernel_h][kernel_w][in_c / groups][out_c / groups]
+ *     depthwise conv2d:  [kernel_h][kernel_w][out_c]   (out_c = in_c * multiplier,
+ *                                                      output channel c reads input c / multiplier)
+ *     fully connected:   [out_features][in_features]
+ * - int8 arithmetic follows the TFLite reference kernels: accumulate (x - input_zero_point) * w
+ *   in int32, add the int32 bias, requantize with an int32 multiplier and shift per output
+ *   channel (fw_multiply_by_quantized_multiplier: SaturatingRoundingDoublingHighMul then
+ *   RoundingDivideByPOT, as in gemmlowp), add the output zero point and clamp to
+ *   [activation_min, activation_max]. A fused ReLU or ReLU6 is just a narrower clamp range.
+ *   Integer results are therefore bit-identical on every architecture.
+ * - Element-wise kernels support "modular" broadcasting: input element index for flat output
+ *   index i is (i / divisor) % modulus. Same shape: divisor 1, modulus n. Per-channel vector
+ *   against an NHWC tensor: divisor 1, modulus C. Per-pixel map ([1,1,H,W]) against
+ *   [1,C,H,W]: divisor C, modulus H*W. Scalar: modulus 1.
+ *
+ * Every kernel lives in its own source file (conv2d_s8.c, depthwise_f32.c, ...), so a
+ * generated bundle compiles in only the kernels its model uses.
+ */
+#ifndef FWEDGE_RT_H
+#define FWEDGE_RT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Output-channel block of the conv / depthwise / fully-connected accumulators (on the stack). */
+#define FW_CHANNEL_BLOCK 64
+
+/* ---------------------------------------------------------------------------------------- */
+/* Fixed-point requantization (TFLite reference / gemmlowp semantics).                      */
+/* ---------------------------------------------------------------------------------------- */
+
+/* round(a * b / 2^31) with ties away from zero, saturating the single overflow case
+ * a == b == INT32_MIN (gemmlowp SaturatingRoundingDoublingHighMul). */
+static inline int32_t fw_saturating_rounding_doubling_high_mul(int32_t a, int32_t b)
+{
+    int64_t ab = (int64_t)a * (int64_t)b;
+    int64_t nudge = ab >= 0 ? (1LL << 30) : (1 - (1LL << 30));
+    if (a == b && a == INT32_MIN) {
+        return INT32_MAX;
+    }
+    return (int32_t)((ab + nudge) / (1LL << 31));
+}
+
+/* x / 2^exponent rounded to nearest, ties away from zero (gemmlowp RoundingDivideByPOT);
+ * 0 <= exponent <= 31. Right shift of a negative int32 is arithmetic on every supported target. */
+static inline int32_t fw_rounding_divide_by_pot(int32_t x, int exponent)
+{
+    int32_t mask = (int32_t)((1LL << exponent) - 1);
+    int32_t remainder = x & mask;
+    int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+    return (x >> exponent) + (remainder > threshold ? 1 : 0);
+}
+
+/* x * multiplier * 2^shift / 2^31: TFLite MultiplyByQuantizedMultiplier. multiplier is in
+ * [2^30, 2^31) (or 0), shift is the power-of-two exponent (positive: left shift). The left shift
+ * wraps like the two's-complement hardware TFLite runs on (no undefined behaviour). */
+static inline int32_t fw_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int32_t shift)
+{
+    int left = shift > 0 ? shift : 0;
+    int right = shift > 0 ? 0 : -shift;
+    int32_t shifted = (int32_t)((uint32_t)x << left);
+    return fw_rounding_divide_by_pot(fw_saturating_rounding_doubling_high_mul(shifted, multiplier), right);
+}
+
+static inline int32_t fw_clamp_s32(int32_t v, int32_t lo, int32_t hi)
+{
+    return v < lo ? lo : (v > hi ? hi : v);
+}
+
+static inline float fw_clamp_f32(float v, float lo, float hi)
+{
+    return v < lo ? lo : (v > hi ? hi : v);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Convolutions (conv2d_s8.c, conv2d_f32.c, depthwise_s8.c, depthwise_f32.c)                */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Geometry and quantization of a 2-D convolution. Padding on the bottom/right is implied by
+ * the output size. For float kernels the zero points are ignored and the clamp range is
+ * float_min/float_max. */
+typedef struct {
+    int in_h, in_w, in_c;
+    int out_h, out_w, out_c;
+    int kernel_h, kernel_w;
+    int stride_h, stride_w;
+    int pad_top, pad_left;
+    int dilation_h, dilation_w;
+    int groups;              /* conv2d only; depthwise: out_c / in_c is the channel multiplier */
+    int32_t input_zero_point;
+    int32_t output_zero_point;
+    int32_t activation_min, activation_max; /* int8 clamp, e.g. [-128, 127] or fused ReLU */
+    float float_min, float_max;            /* float clamp, e.g. [-INFINITY, INFINITY] or [0, 6] */
+} fw_conv_params;
+
+/* y = requant(conv(x - zp, w) + bias). w: [groups][kh][kw][in_c/groups][out_c/groups].
+ * bias may be NULL. multiplier/shift: one pair per output channel. */
+void fw_conv2d_s8(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
+                  const int32_t *multiplier, const int32_t *shift, int8_t *y);
+void fw_conv2d_f32(const fw_conv_params *p, const float *x, const float *w, const float *bias, float *y);
+
+/* Depthwise: w: [kh][kw][out_c], output channel c reads input channel c / (out_c / in_c). */
+void fw_depthwise_conv2d_s8(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
+                            const int32_t *multiplier, const int32_t *shift, int8_t *y);
+void fw_depthwise_conv2d_f32(const fw_conv_params *p, const float *x, const float *w, const float *bias,
+                             float *y);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Fully connected (fully_connected_s8.c, fully_connected_f32.c)                             */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef struct {
+    int in_features, out_features;
+    int32_t input_zero_point;
+    int32_t output_zero_point;
+    int32_t activation_min, activation_max;
+    float float_min, float_max;
+} fw_fully_connected_params;
+
+/* y[o] = requant(sum_i (x[i] - zp) * w[o][i] + bias[o]); multiplier/shift per output feature. */
+void fw_fully_connected_s8(const fw_fully_connected_params *p, const int8_t *x, const int8_t *w,
+                           const int32_t *bias, const int32_t *multiplier, const int32_t *shift, int8_t *y);
+void fw_fully_connected_f32(const fw_fully_connected_params *p, const float *x, const float *w,
+                            const float *bias, float *y);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Element-wise add and mul (elementwise_s8.c, elementwise_f32.c)                            */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Broadcast of one input over the flat output index (see the conventions above). */
+typedef struct {
+    int divisor;
+    int modulus;
+} fw_broadcast;
+
+/* TFLite reference int8 ADD: both inputs are shifted left by left_shift (20), rescaled to a
+ * common scale with their own multiplier/shift, summed, and rescaled to the output.
+ * MUL uses only output_multiplier/output_shift on (x1 - zp1) * (x2 - zp2). */
+typedef struct {
+    int size;                 /* output elements */
+    fw_broadcast input1, input2;
+    int32_t input1_zero_point, input2_zero_point, output_zero_point;
+    int32_t left_shift;
+    int32_t input1_multiplier, input1_shift;
+    int32_t input2_multiplier, input2_shift;
+    int32_t output_multiplier, output_shift;
+    int32_t activation_min, activation_max;
+    float float_min, float_max;
+} fw_elementwise_params;
+
+void fw_add_s8(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
+void fw_mul_s8(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
+void fw_add_f32(const fw_elementwise_params *p, const float *x1, const float *x2, float *y);
+void fw_mul_f32(const fw_elementwise_params *p, const float *x1, const float *x2, float *y);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Pools (pool_s8.c, pool_f32.c)                                                             */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef struct {
+    int in_h, in_w, channels;
+    int out_h, out_w;
+    int kernel_h, kernel_w;
+    int stride_h, stride_w;
+    int pad_top, pad_left;
+    int dilation_h, dilation_w;   /* max pool only; average pool uses 1 */
+    int count_include_pad;        /* average pool divisor: 1 = kernel area, 0 = valid taps */
+    int32_t input_zero_point, output_zero_point;
+    int32_t activation_min, activation_max;
+    int32_t multiplier, shift;    /* int8 global average pool only (see below) */
+    float float_min, float_max;
+} fw_pool_params;
+
+/* Max pool: the largest valid tap (padding never wins). Average pool (int8): input and output
+ * share scale and zero point; y = zp + round_half_away(sum(x - zp) / count) as in TFLite. */
+
+void fw_max_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y);
+void fw_avg_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y);
+void fw_max_pool_f32(const fw_pool_params *p, const float *x, float *y);
+void fw_avg_pool_f32(const fw_pool_params *p, const float *x, float *y);
+
+/* Global average pool over H*W of an NHWC tensor: int8 output is
+ * requant(sum(x - zp_in), multiplier, shift) + zp_out, where multiplier/shift encode
+ * scale_in / (scale_out * H * W). */
+void fw_global_avg_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y);
+void fw_global_avg_pool_f32(const fw_pool_params *p, const float *x, float *y);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Activations (lut_s8.c, activation_f32.c, softmax_s8.c)                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+/* y[i] = table[x[i] + 128]: any int8 -> int8 function (sigmoid, hardswish, ...) whose
+ * 256-entry table the code generator computes with the reference's exact arithmetic. */
+void fw_lut_s8(int size, const int8_t *table, const int8_t *x, int8_t *y);
+/* Clamp (standalone ReLU / ReLU6 with unchanged quantization). */
+void fw_clamp_s8(int size, int32_t lo, int32_t hi, const int8_t *x, int8_t *y);
+
+void fw_clamp_f32_array(int size, float lo, float hi, const float *x, float *y);
+void fw_hardswish_f32(int size, const float *x, float *y);
+/* y = clamp(alpha * x + beta, 0, 1) (ONNX HardSigmoid). */
+void fw_hardsigmoid_f32(int size, float alpha, float beta, const float *x, float *y);
+void fw_sigmoid_f32(int size, const float *x, float *y);
+/* Softmax over the innermost `depth` elements of `outer` rows. */
+void fw_softmax_f32(int outer, int depth, const float *x, float *y);
+/* int8 softmax over the innermost `depth` elements (softmax_s8.c): d = max - x,
+ * e = exp_table[d] (Q24 of exp(-scale * d)), p = (e * 2^30 + S / 2) / S with S = sum(e) in
+ * int64, y = clamp(zp + requant(p, multiplier, shift), -128, 127). */
+void fw_softmax_s8(int outer, int depth, const int32_t *exp_table, int32_t multiplier, int32_t shift,
+                   int32_t output_zero_point, const int8_t *x, int8_t *y);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Quantize / dequantize (quantize.c)                                                        */
+/* ---------------------------------------------------------------------------------------- */
+
+/* y = clamp(round_half_even(x / scale) + zero_point, -128, 127) (ONNX QuantizeLinear). */
+void fw_quantize_f32_s8(int size, float scale, int32_t zero_point, const float *x, int8_t *y);
+/* y = (x - zero_point) * scale (ONNX DequantizeLinear). */
+void fw_dequantize_s8_f32(int size, float scale, int32_t zero_point, const int8_t *x, float *y);
+/* int8 -> int8 with a new scale / zero point: requant(x - zp_in) + zp_out, clamped. */
+void fw_requantize_s8(int size, int32_t input_zero_point, int32_t output_zero_point, int32_t multiplier,
+                      int32_t shift, const int8_t *x, int8_t *y);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Data movement, any element size (data.c)                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Concatenate along the axis that splits each tensor into `outer` rows: input k contributes
+ * inner_sizes[k] elements per row. For the NHWC channel axis outer = H*W, inner = C_k. */
+void fw_concat(int count, int outer, const int *inner_sizes, const void *const *inputs, int element_size,
+               void *y);
+/* Constant pad of a 4-D NHWC tensor: pads = {top, left, channel_front} before and the
+ * output shape; the value is written as `element_size` bytes from `value`. */
+void fw_pad_nhwc(int in_h, int in_w, int in_c, int out_h, int out_w, int out_c, int pad_top, int pad_left,
+                 int pad_channel, const void *value, int element_size, const void *x, void *y);
+/* Transpose a [a][b] matrix of `element_size` elements to [b][a] (NHWC <-> NCHW with
+ * a = H*W, b = C, and back). */
+void fw_transpose2d(int a, int b, int element_size, const void *x, void *y);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FWEDGE_RT_H */

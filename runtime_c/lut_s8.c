@@ -1,0 +1,16 @@
+/* int8 table lookup (sigmoid, hardswish, hardsigmoid, ...) and clamp. */
+#include "fwedge_rt.h"
+
+void fw_lut_s8(int size, const int8_t *table, const int8_t *x, int8_t *y)
+{
+    for (int i = 0; i < size; ++i) {
+        y[i] = table[(int)x[i] + 128];
+    }
+}
+
+void fw_clamp_s8(int size, int32_t lo, int32_t hi, const int8_t *x, int8_t *y)
+{
+    for (int i = 0; i < size; ++i) {
+        y[i] = (int8_t)fw_clamp_s32(x[i], lo, hi);
+    }
+}

@@ -1,0 +1,102 @@
+/* int8 max / average pool (same input and output quantization) and global average pool. */
+#include "fwedge_rt.h"
+
+void fw_max_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y)
+{
+    for (int oy = 0; oy < p->out_h; ++oy) {
+        for (int ox = 0; ox < p->out_w; ++ox) {
+            int8_t *yp = y + ((size_t)oy * p->out_w + ox) * p->channels;
+            for (int c = 0; c < p->channels; ++c) {
+                yp[c] = -128;
+            }
+            for (int ky = 0; ky < p->kernel_h; ++ky) {
+                const int iy = oy * p->stride_h - p->pad_top + ky * p->dilation_h;
+                if (iy < 0 || iy >= p->in_h) {
+                    continue;
+                }
+                for (int kx = 0; kx < p->kernel_w; ++kx) {
+                    const int ix = ox * p->stride_w - p->pad_left + kx * p->dilation_w;
+                    if (ix < 0 || ix >= p->in_w) {
+                        continue;
+                    }
+                    const int8_t *xp = x + ((size_t)iy * p->in_w + ix) * p->channels;
+                    for (int c = 0; c < p->channels; ++c) {
+                        yp[c] = xp[c] > yp[c] ? xp[c] : yp[c];
+                    }
+                }
+            }
+            for (int c = 0; c < p->channels; ++c) {
+                yp[c] = (int8_t)fw_clamp_s32(yp[c], p->activation_min, p->activation_max);
+            }
+        }
+    }
+}
+
+/* acc / count rounded half away from zero (TFLite reference average pool). */
+static inline int32_t rounded_division(int32_t acc, int32_t count)
+{
+    return acc > 0 ? (acc + count / 2) / count : (acc - count / 2) / count;
+}
+
+void fw_avg_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y)
+{
+    int32_t acc[FW_CHANNEL_BLOCK];
+    const int32_t zero_point = p->input_zero_point;
+    for (int oy = 0; oy < p->out_h; ++oy) {
+        for (int ox = 0; ox < p->out_w; ++ox) {
+            int8_t *yp = y + ((size_t)oy * p->out_w + ox) * p->channels;
+            for (int c0 = 0; c0 < p->channels; c0 += FW_CHANNEL_BLOCK) {
+                const int count = p->channels - c0 < FW_CHANNEL_BLOCK ? p->channels - c0 : FW_CHANNEL_BLOCK;
+                int32_t taps = 0;
+                for (int j = 0; j < count; ++j) {
+                    acc[j] = 0;
+                }
+                for (int ky = 0; ky < p->kernel_h; ++ky) {
+                    const int iy = oy * p->stride_h - p->pad_top + ky;
+                    if (iy < 0 || iy >= p->in_h) {
+                        continue;
+                    }
+                    for (int kx = 0; kx < p->kernel_w; ++kx) {
+                        const int ix = ox * p->stride_w - p->pad_left + kx;
+                        if (ix < 0 || ix >= p->in_w) {
+                            continue;
+                        }
+                        const int8_t *xp = x + ((size_t)iy * p->in_w + ix) * p->channels + c0;
+                        for (int j = 0; j < count; ++j) {
+                            acc[j] += xp[j] - zero_point;
+                        }
+                        ++taps;
+                    }
+                }
+                const int32_t divisor = p->count_include_pad ? p->kernel_h * p->kernel_w : taps;
+                for (int j = 0; j < count; ++j) {
+                    const int32_t v = divisor > 0 ? rounded_division(acc[j], divisor) : 0;
+                    yp[c0 + j] = (int8_t)fw_clamp_s32(v + p->output_zero_point, p->activation_min, p->activation_max);
+                }
+            }
+        }
+    }
+}
+
+void fw_global_avg_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y)
+{
+    int32_t acc[FW_CHANNEL_BLOCK];
+    const int pixels = p->in_h * p->in_w;
+    const int32_t zero_point = p->input_zero_point;
+    for (int c0 = 0; c0 < p->channels; c0 += FW_CHANNEL_BLOCK) {
+        const int count = p->channels - c0 < FW_CHANNEL_BLOCK ? p->channels - c0 : FW_CHANNEL_BLOCK;
+        for (int j = 0; j < count; ++j) {
+            acc[j] = 0;
+        }
+        for (int i = 0; i < pixels; ++i) {
+            const int8_t *xp = x + (size_t)i * p->channels + c0;
+            for (int j = 0; j < count; ++j) {
+                acc[j] += xp[j] - zero_point;
+            }
+        }
+        for (int j = 0; j < count; ++j) {
+            int32_t v = fw_multiply_by_quantized_multiplier(acc[j], p->multiplier, p->shift) + p->output_zero_point;
+            y[c0 + j] = (int8_t)fw_clamp_s32(v, p->activation_min, p->activation_max);
+        }
+    }
+}

@@ -1,0 +1,25 @@
+/* int8 softmax over the last axis with an exp lookup table (Q24) and a Q30 probability. */
+#include "fwedge_rt.h"
+
+void fw_softmax_s8(int outer, int depth, const int32_t *exp_table, int32_t multiplier, int32_t shift,
+                   int32_t output_zero_point, const int8_t *x, int8_t *y)
+{
+    for (int r = 0; r < outer; ++r) {
+        const int8_t *xr = x + (size_t)r * depth;
+        int8_t *yr = y + (size_t)r * depth;
+        int32_t peak = xr[0];
+        for (int i = 1; i < depth; ++i) {
+            peak = xr[i] > peak ? xr[i] : peak;
+        }
+        int64_t total = 0;
+        for (int i = 0; i < depth; ++i) {
+            total += exp_table[peak - xr[i]];
+        }
+        for (int i = 0; i < depth; ++i) {
+            const int64_t e = exp_table[peak - xr[i]];
+            const int32_t probability = (int32_t)((e * (1LL << 30) + total / 2) / total);
+            int32_t v = fw_multiply_by_quantized_multiplier(probability, multiplier, shift) + output_zero_point;
+            yr[i] = (int8_t)fw_clamp_s32(v, -128, 127);
+        }
+    }
+}

@@ -1,0 +1,309 @@
+/* Unit tests of the fwedge C runtime: fixed-point helpers, and every kernel against a naive
+ * reference written directly from the definitions in fwedge_rt.h (NHWC, TFLite semantics). */
+#include <math.h>
+#include <string.h>
+
+#include "../fwedge_rt.h"
+#include "fwedge_test.h"
+
+static void test_fixed_point(void)
+{
+    /* SaturatingRoundingDoublingHighMul: round(a*b/2^31), ties away from zero, saturating. */
+    CHECK_EQ_INT(fw_saturating_rounding_doubling_high_mul(INT32_MIN, INT32_MIN), INT32_MAX, "srdhm saturates");
+    CHECK_EQ_INT(fw_saturating_rounding_doubling_high_mul(1 << 30, 1 << 30), 1 << 29, "srdhm 0.5*0.5");
+    CHECK_EQ_INT(fw_saturating_rounding_doubling_high_mul(3, 1 << 30), 2, "srdhm 1.5 rounds away");
+    /* gemmlowp's nudge for negative products is 1 - 2^30, so negative ties round toward zero. */
+    CHECK_EQ_INT(fw_saturating_rounding_doubling_high_mul(-3, 1 << 30), -1, "srdhm -1.5 rounds up");
+    CHECK_EQ_INT(fw_saturating_rounding_doubling_high_mul(-1, 1 << 30), 0, "srdhm -0.5 rounds up");
+    CHECK_EQ_INT(fw_saturating_rounding_doubling_high_mul(-5, 1 << 29), -1, "srdhm -1.25 rounds to -1");
+    /* RoundingDivideByPOT: ties away from zero. */
+    CHECK_EQ_INT(fw_rounding_divide_by_pot(5, 1), 3, "rdbp 2.5");
+    CHECK_EQ_INT(fw_rounding_divide_by_pot(-5, 1), -3, "rdbp -2.5");
+    CHECK_EQ_INT(fw_rounding_divide_by_pot(-4, 1), -2, "rdbp -2");
+    CHECK_EQ_INT(fw_rounding_divide_by_pot(7, 2), 2, "rdbp 1.75");
+    CHECK_EQ_INT(fw_rounding_divide_by_pot(-7, 2), -2, "rdbp -1.75");
+    CHECK_EQ_INT(fw_rounding_divide_by_pot(123, 0), 123, "rdbp exponent 0");
+    /* MBQM with multiplier 0.75 * 2^31 and shift -3: x * 0.75 / 8. */
+    const int32_t m = 1610612736;
+    CHECK_EQ_INT(fw_multiply_by_quantized_multiplier(1000, m, -3), 94, "mbqm 93.75");
+    CHECK_EQ_INT(fw_multiply_by_quantized_multiplier(-1000, m, -3), -94, "mbqm -93.75");
+    CHECK_EQ_INT(fw_multiply_by_quantized_multiplier(100, m, 2), 300, "mbqm left shift");
+}
+
+/* Naive int8 conv: direct definition over logical indices, no blocking. */
+static void naive_conv_s8(const fw_conv_params *p, int depthwise, const int8_t *x, const int8_t *w,
+                          const int32_t *bias, const int32_t *mult, const int32_t *shift, int8_t *y)
+{
+    const int groups = depthwise ? p->in_c : p->groups;
+    const int icg = p->in_c / groups, ocg = p->out_c / groups;
+    for (int oy = 0; oy < p->out_h; ++oy)
+        for (int ox = 0; ox < p->out_w; ++ox)
+            for (int oc = 0; oc < p->out_c; ++oc) {
+                const int g = oc / ocg;
+                int32_t acc = bias[oc];
+                for (int ky = 0; ky < p->kernel_h; ++ky)
+                    for (int kx = 0; kx < p->kernel_w; ++kx)
+                        for (int i = 0; i < icg; ++i) {
+                            const int iy = oy * p->stride_h - p->pad_top + ky * p->dilation_h;
+                            const int ix = ox * p->stride_w - p->pad_left + kx * p->dilation_w;
+                            if (iy < 0 || ix < 0 || iy >= p->in_h || ix >= p->in_w) continue;
+                            const int ic = g * icg + i;
+                            const int32_t xv = x[(iy * p->in_w + ix) * p->in_c + ic] - p->input_zero_point;
+                            int32_t wv;
+                            if (depthwise) {
+                                wv = w[(ky * p->kernel_w + kx) * p->out_c + oc];
+                            } else {
+                                wv = w[(((g * p->kernel_h + ky) * p->kernel_w + kx) * icg + i) * ocg + (oc - g * ocg)];
+                            }
+                            acc += xv * wv;
+                        }
+                int32_t v = fw_multiply_by_quantized_multiplier(acc, mult[oc], shift[oc]) + p->output_zero_point;
+                y[(oy * p->out_w + ox) * p->out_c + oc] = (int8_t)fw_clamp_s32(v, p->activation_min, p->activation_max);
+            }
+}
+
+static void fill_s8(int8_t *a, int n) { for (int i = 0; i < n; ++i) a[i] = (int8_t)fw_test_rand(-128, 127); }
+
+static int out_size(int in, int k, int s, int pad_total, int d) { return (in + pad_total - d * (k - 1) - 1) / s + 1; }
+
+static void test_conv_s8_case(int in_h, int in_w, int in_c, int out_c, int k, int stride, int pad, int dil,
+                              int groups, int depthwise, const char *name)
+{
+    static int8_t x[4096], w[16384], y[8192], ref[8192];
+    static int32_t bias[256], mult[256], shift[256];
+    fw_conv_params p;
+    memset(&p, 0, sizeof p);
+    p.in_h = in_h; p.in_w = in_w; p.in_c = in_c; p.out_c = out_c;
+    p.kernel_h = k; p.kernel_w = k; p.stride_h = stride; p.stride_w = stride + (k > 1 ? 0 : 1);
+    p.pad_top = pad; p.pad_left = pad; p.dilation_h = dil; p.dilation_w = 1;
+    p.groups = depthwise ? in_c : groups;
+    p.out_h = out_size(in_h, k, p.stride_h, 2 * pad, dil);
+    p.out_w = out_size(in_w, k, p.stride_w, 2 * pad, 1);
+    p.input_zero_point = fw_test_rand(-20, 20); p.output_zero_point = fw_test_rand(-10, 10);
+    p.activation_min = -128; p.activation_max = 127;
+    if (!depthwise && groups == 1) p.activation_min = p.output_zero_point; /* fused ReLU */
+    const int wsize = depthwise ? k * k * out_c : k * k * (in_c / groups) * out_c;
+    fill_s8(x, in_h * in_w * in_c);
+    fill_s8(w, wsize);
+    for (int c = 0; c < out_c; ++c) {
+        bias[c] = fw_test_rand(-5000, 5000);
+        mult[c] = fw_test_rand(1 << 30, 0x7fffffff);
+        shift[c] = fw_test_rand(-12, -6);
+    }
+    const int n = p.out_h * p.out_w * out_c;
+    memset(y, 0x55, sizeof y);
+    if (depthwise) fw_depthwise_conv2d_s8(&p, x, w, bias, mult, shift, y);
+    else fw_conv2d_s8(&p, x, w, bias, mult, shift, y);
+    naive_conv_s8(&p, depthwise, x, w, bias, mult, shift, ref);
+    int mismatches = 0, saturated = 0;
+    for (int i = 0; i < n; ++i) { mismatches += y[i] != ref[i]; saturated += ref[i] == 127 || ref[i] == -128; }
+    CHECK(mismatches == 0, "%s: %d of %d outputs differ from the naive reference", name, mismatches, n);
+    CHECK(saturated < n / 2, "%s: %d of %d outputs saturated; the test data is too hot", name, saturated, n);
+    CHECK(y[n] == 0x55, "%s: wrote past the output", name);
+}
+
+static void test_conv_s8(void)
+{
+    test_conv_s8_case(8, 7, 3, 5, 3, 1, 1, 1, 1, 0, "conv 3x3 pad 1");
+    test_conv_s8_case(9, 9, 4, 6, 3, 2, 0, 2, 2, 0, "conv stride 2 dilation 2 groups 2");
+    test_conv_s8_case(6, 6, 8, 70, 1, 1, 0, 1, 1, 0, "conv 1x1, 70 channels (two blocks)");
+    test_conv_s8_case(5, 6, 1, 3, 5, 1, 2, 1, 1, 0, "conv 5x5 one input channel");
+    test_conv_s8_case(8, 8, 6, 6, 3, 1, 1, 1, 0, 1, "depthwise 3x3");
+    test_conv_s8_case(9, 8, 3, 6, 3, 2, 1, 1, 0, 1, "depthwise multiplier 2 stride 2");
+    test_conv_s8_case(7, 7, 67, 67, 3, 1, 1, 2, 0, 1, "depthwise 67 channels dilation 2");
+}
+
+static void test_conv_f32(void)
+{
+    /* 1 input channel, 2 output channels, 2x2 kernel, pad 1 on a 2x2 input: hand-computed. */
+    const float x[4] = {1, 2, 3, 4};
+    /* w[ky][kx][ic=0][oc]: oc0 all ones, oc1 = kernel [[1,0],[0,-1]]. */
+    const float w[8] = {1, 1, 1, 0, 1, 0, 1, -1};
+    const float bias[2] = {0.5f, 0};
+    float y[18];
+    fw_conv_params p;
+    memset(&p, 0, sizeof p);
+    p.in_h = 2; p.in_w = 2; p.in_c = 1; p.out_c = 2; p.kernel_h = 2; p.kernel_w = 2;
+    p.stride_h = p.stride_w = 1; p.pad_top = p.pad_left = 1; p.dilation_h = p.dilation_w = 1; p.groups = 1;
+    p.out_h = 3; p.out_w = 3; p.float_min = -INFINITY; p.float_max = INFINITY;
+    fw_conv2d_f32(&p, x, w, bias, y);
+    /* center output (1,1) sums all four inputs: 10 + 0.5; oc1 = x[0][0] - x[1][1] = 1 - 4. */
+    CHECK(y[(1 * 3 + 1) * 2 + 0] == 10.5f, "conv f32 center oc0: %g", y[8]);
+    CHECK(y[(1 * 3 + 1) * 2 + 1] == -3.0f, "conv f32 center oc1: %g", y[9]);
+    CHECK(y[0] == 1.5f, "conv f32 corner: %g", y[0]);
+    p.float_min = 0.0f; p.float_max = 6.0f;
+    fw_conv2d_f32(&p, x, w, bias, y);
+    CHECK(y[8] == 6.0f && y[9] == 0.0f, "conv f32 relu6 clamp: %g %g", y[8], y[9]);
+    float wd[4] = {1, 1, 1, 1}, yd[18];
+    p.groups = 1; p.out_c = 1;
+    fw_depthwise_conv2d_f32(&p, x, wd, NULL, yd);
+    CHECK(yd[4] == 6.0f, "depthwise f32 center with relu6: %g", yd[4]);
+}
+
+static void test_fully_connected(void)
+{
+    const int8_t x[3] = {10, -20, 30};
+    const int8_t w[6] = {1, 2, 3, -1, -2, -3};
+    const int32_t bias[2] = {100, -100};
+    const int32_t mult[2] = {1 << 30, 1 << 30}; /* 0.5 */
+    const int32_t shift[2] = {0, 0};
+    int8_t y[2];
+    fw_fully_connected_params p = {3, 2, 5, -3, -128, 127, 0, 0};
+    fw_fully_connected_s8(&p, x, w, bias, mult, shift, y);
+    /* (x - 5) = {5, -25, 25}: dot row0 = 5 - 50 + 75 = 30, + 100 = 130 -> 65 - 3 = 62. */
+    CHECK_EQ_INT(y[0], 62, "fc row 0");
+    CHECK_EQ_INT(y[1], -68, "fc row 1");
+    const float xf[3] = {1, 2, 3}, wf[6] = {1, 1, 1, 0.5f, 0, -1}, bf[2] = {0, 1};
+    float yf[2];
+    fw_fully_connected_params pf = {3, 2, 0, 0, 0, 0, -INFINITY, INFINITY};
+    fw_fully_connected_f32(&pf, xf, wf, bf, yf);
+    CHECK(yf[0] == 6.0f && yf[1] == -1.5f, "fc f32: %g %g", yf[0], yf[1]);
+}
+
+static void test_elementwise(void)
+{
+    fw_elementwise_params p;
+    memset(&p, 0, sizeof p);
+    /* Add with equal scales: inputs rescaled by 0.5, output by 2 / 2^20 -> plain sum. */
+    p.size = 4;
+    p.input1.divisor = 1; p.input1.modulus = 4; p.input2.divisor = 1; p.input2.modulus = 4;
+    p.input1_zero_point = 1; p.input2_zero_point = -1; p.output_zero_point = 3;
+    p.left_shift = 20;
+    p.input1_multiplier = 1 << 30; p.input1_shift = 0;
+    p.input2_multiplier = 1 << 30; p.input2_shift = 0;
+    p.output_multiplier = 1 << 30; p.output_shift = -18; /* 0.5 * 2^-18 * 2^... = 2^-20 * 2 */
+    p.activation_min = -128; p.activation_max = 127;
+    const int8_t a[4] = {1, 11, -100, 127}, b[4] = {-1, 9, -100, 127};
+    int8_t y[4];
+    fw_add_s8(&p, a, b, y);
+    CHECK_EQ_INT(y[0], 3, "add zero");
+    CHECK_EQ_INT(y[1], 23, "add 10 + 10");
+    CHECK_EQ_INT(y[2], -128, "add saturates low");
+    CHECK_EQ_INT(y[3], 127, "add saturates high");
+    /* Mul with per-channel broadcast of a 2-vector over [2 pixels][2 channels]. */
+    p.input2.modulus = 2;
+    p.input1_zero_point = 0; p.input2_zero_point = 0; p.output_zero_point = 0;
+    p.output_multiplier = 1 << 30; p.output_shift = 0; /* 0.5 */
+    const int8_t c[2] = {2, -4};
+    fw_mul_s8(&p, a, c, y);
+    CHECK(y[0] == 1 && y[1] == -22 && y[2] == -100 && y[3] == -128, "mul broadcast: %d %d %d %d", y[0], y[1], y[2], y[3]);
+    /* Per-pixel map broadcast: divisor 2 (channels), modulus 2 (pixels). */
+    p.input2.divisor = 2;
+    fw_mul_s8(&p, a, c, y);
+    CHECK(y[0] == 1 && y[1] == 11 && y[2] == -128 + 0 * 200 + (y[2] - -128) && y[3] == -128,
+          "mul pixel broadcast: %d %d %d %d", y[0], y[1], y[2], y[3]);
+    CHECK_EQ_INT(y[2], 127, "mul pixel broadcast -100 * -4 / 2 saturates");
+    float af[4] = {1, 2, 3, 4}, bf[2] = {10, 20}, yf[4];
+    p.input2.divisor = 1; p.float_min = -INFINITY; p.float_max = INFINITY;
+    fw_add_f32(&p, af, bf, yf);
+    CHECK(yf[0] == 11 && yf[1] == 22 && yf[2] == 13 && yf[3] == 24, "add f32 broadcast");
+    p.float_min = 0; p.float_max = 30;
+    fw_mul_f32(&p, af, bf, yf);
+    CHECK(yf[0] == 10 && yf[1] == 30 && yf[2] == 30 && yf[3] == 30, "mul f32 clamp: %g %g", yf[1], yf[2]);
+}
+
+static void test_pools(void)
+{
+    /* 3x3 input, 1 channel, 2x2 kernel, stride 2, pad 0 top-left but bottom/right implied. */
+    const int8_t x[9] = {1, 2, 3, 4, 5, 6, 7, 8, -9};
+    int8_t y[4];
+    fw_pool_params p;
+    memset(&p, 0, sizeof p);
+    p.in_h = 3; p.in_w = 3; p.channels = 1; p.out_h = 2; p.out_w = 2; p.kernel_h = 2; p.kernel_w = 2;
+    p.stride_h = p.stride_w = 2; p.dilation_h = p.dilation_w = 1;
+    p.activation_min = -128; p.activation_max = 127;
+    fw_max_pool_s8(&p, x, y);
+    CHECK(y[0] == 5 && y[1] == 6 && y[2] == 8 && y[3] == -9, "max pool: %d %d %d %d", y[0], y[1], y[2], y[3]);
+    p.input_zero_point = p.output_zero_point = 1;
+    fw_avg_pool_s8(&p, x, y);
+    /* window {1,2,4,5} - 1 = {0,1,3,4}: 8/4 = 2 -> 3. {3,6}-1 = {2,5}: 3.5 -> 4 -> 5. */
+    CHECK(y[0] == 3 && y[1] == 5, "avg pool valid count: %d %d", y[0], y[1]);
+    CHECK_EQ_INT(y[3], -9, "avg pool single tap");
+    p.count_include_pad = 1;
+    fw_avg_pool_s8(&p, x, y);
+    CHECK_EQ_INT(y[1], 3, "avg pool count_include_pad 7/4 -> 2");
+    CHECK_EQ_INT(y[3], -2, "avg pool count_include_pad (-10)/4 = -2.5 rounds away to -3, plus zp 1");
+    /* Global average pool: 2x2 pixels, 2 channels, multiplier 0.5 * 2^-1 = 1/4. */
+    const int8_t g[8] = {1, -1, 2, -2, 3, -3, 5, -5};
+    fw_pool_params gp;
+    memset(&gp, 0, sizeof gp);
+    gp.in_h = 2; gp.in_w = 2; gp.channels = 2; gp.multiplier = 1 << 30; gp.shift = -1;
+    gp.activation_min = -128; gp.activation_max = 127;
+    fw_global_avg_pool_s8(&gp, g, y);
+    CHECK(y[0] == 3 && y[1] == -3, "global avg pool 11/4: %d %d", y[0], y[1]);
+    const float gf[8] = {1, -1, 2, -2, 3, -3, 5, -5};
+    float yf[2];
+    fw_global_avg_pool_f32(&gp, gf, yf);
+    CHECK(yf[0] == 2.75f && yf[1] == -2.75f, "global avg pool f32");
+}
+
+static void test_quantize_and_lut(void)
+{
+    const float x[8] = {0.5f, 1.5f, -0.5f, -1.5f, 2.49f, 1e30f, -INFINITY, 0.0f};
+    int8_t q[8];
+    fw_quantize_f32_s8(8, 1.0f, 0, x, q);
+    CHECK(q[0] == 0 && q[1] == 2 && q[2] == 0 && q[3] == -2, "quantize half to even: %d %d %d %d", q[0], q[1], q[2], q[3]);
+    CHECK(q[4] == 2 && q[5] == 127 && q[6] == -128 && q[7] == 0, "quantize clamp: %d %d %d", q[4], q[5], q[6]);
+    float d[2];
+    const int8_t dq[2] = {-128, 127};
+    fw_dequantize_s8_f32(2, 0.5f, -3, dq, d);
+    CHECK(d[0] == -62.5f && d[1] == 65.0f, "dequantize: %g %g", d[0], d[1]);
+    int8_t table[256], y[4];
+    for (int i = 0; i < 256; ++i) table[i] = (int8_t)(127 - i);
+    const int8_t lx[4] = {-128, -1, 0, 127};
+    fw_lut_s8(4, table, lx, y);
+    CHECK(y[0] == 127 && y[1] == 0 && y[2] == -1 && y[3] == -128, "lut indexing");
+    fw_requantize_s8(4, 0, 10, 1 << 30, 1, lx, y); /* x * 1.0 + 10 */
+    CHECK(y[0] == -118 && y[3] == 127, "requantize: %d %d", y[0], y[3]);
+}
+
+static void test_softmax(void)
+{
+    int32_t table[256];
+    for (int d = 0; d < 256; ++d) table[d] = (int32_t)lrint(exp(-0.1 * d) * (1 << 24));
+    const int8_t x[3] = {10, 10, -100};
+    int8_t y[3];
+    /* output scale 1/256, zp -128: real = 2^-30 * 256 = 2^-22 -> multiplier 2^30, shift -21. */
+    fw_softmax_s8(1, 3, table, 1 << 30, -21, -128, x, y);
+    CHECK(y[0] == 0 && y[1] == 0, "softmax two equal maxima give 0.5: %d %d", y[0], y[1]);
+    CHECK_EQ_INT(y[2], -128, "softmax tiny probability");
+    const float xf[3] = {1, 1, 1};
+    float yf[3];
+    fw_softmax_f32(1, 3, xf, yf);
+    CHECK(fabsf(yf[0] - 1.0f / 3) < 1e-7f, "softmax f32 uniform: %g", yf[0]);
+}
+
+static void test_data_movement(void)
+{
+    /* Channel concat of [2 px][1 ch] and [2 px][2 ch]. */
+    const int8_t a[2] = {1, 2}, b[4] = {10, 11, 20, 21};
+    const void *inputs[2] = {a, b};
+    const int inner[2] = {1, 2};
+    int8_t y[6];
+    fw_concat(2, 2, inner, inputs, 1, y);
+    CHECK(y[0] == 1 && y[1] == 10 && y[2] == 11 && y[3] == 2 && y[4] == 20 && y[5] == 21, "concat channels");
+    /* Pad a 1x2x1 float tensor by one on top and left to 2x3x1 with value -1. */
+    const float x[2] = {5, 6};
+    float py[6];
+    const float value = -1.0f;
+    fw_pad_nhwc(1, 2, 1, 2, 3, 1, 1, 1, 0, &value, 4, x, py);
+    CHECK(py[0] == -1 && py[3] == -1 && py[4] == 5 && py[5] == 6 && py[2] == -1, "pad nhwc");
+    const int16_t m[6] = {1, 2, 3, 4, 5, 6};
+    int16_t t[6];
+    fw_transpose2d(2, 3, 2, m, t);
+    CHECK(t[0] == 1 && t[1] == 4 && t[2] == 2 && t[5] == 6, "transpose 2x3");
+}
+
+int main(void)
+{
+    test_fixed_point();
+    test_conv_s8();
+    test_conv_f32();
+    test_fully_connected();
+    test_elementwise();
+    test_pools();
+    test_quantize_and_lut();
+    test_softmax();
+    test_data_movement();
+    return fw_test_finish();
+}

@@ -194,16 +194,10 @@ def run_avg_pool(op: LoweredOp, values, tensors):
     area = attrs.kernel[0] * attrs.kernel[1]
     counts = np.full_like(_pool_counts(x.shape, attrs), area) if attrs.count_include_pad else _pool_counts(x.shape, attrs)
     if Y.dtype == "int8":
-        # TFLite reference: sum of raw int8 values (a counted pad contributes the zero point),
-        # divided by the count rounding half away from zero.
-        acc = _windows(x.astype(np.int64), attrs.kernel, attrs.strides, (1, 1), attrs.pads, _zp(X)).sum(axis=(4, 5))
-        if not attrs.count_include_pad:
-            inside = _windows(np.ones_like(x, dtype=np.int64), attrs.kernel, attrs.strides, (1, 1), attrs.pads, 0)
-            padded_positions = area - inside.sum(axis=(4, 5))
-            acc = acc - padded_positions * _zp(X)
-        half = counts // 2
-        y = np.sign(acc) * ((np.abs(acc) + half) // counts)
-        return np.clip(y, INT8_MIN, INT8_MAX).astype(np.int8)
+        acc = _windows(x.astype(np.int64) - _zp(X), attrs.kernel, attrs.strides, (1, 1), attrs.pads, 0).sum(axis=(4, 5))
+        requant = attrs.requant
+        y = multiply_by_quantized_multiplier(acc, requant.multiplier[counts], requant.shift[counts]) + _zp(Y)
+        return np.clip(y, requant.act_min, requant.act_max).astype(np.int8)
     acc = _windows(x.astype(np.float64), attrs.kernel, attrs.strides, (1, 1), attrs.pads, 0.0).sum(axis=(4, 5))
     return (acc / counts).astype(np.float32)
 

@@ -914,6 +914,16 @@ def _lower_pool(builder: _Builder, node: onnx.NodeProto) -> None:
                       count_include_pad=bool(attribute(node, "count_include_pad", 0)))
     operands = _int8_operands(builder, node, (0,))
     out = _int8_output(builder, node) if operands is not None else None
+    if out is not None and kind == "avg_pool":
+        (x_q,), (y_name, y_quant) = operands, out
+        area = attrs.kernel[0] * attrs.kernel[1]
+        counts = np.arange(area + 1, dtype=np.float64)
+        counts[0] = 1.0
+        reals = np.float64(x_q.quant.scale[0]) / (np.float64(y_quant.scale[0]) * counts)
+        attrs = PoolAttrs(attrs.kernel, attrs.strides, attrs.pads, attrs.count_include_pad,
+                          _requant(reals, "none", y_quant))
+        builder.emit(kind, node.name, [x_q.name], [y_name], attrs)
+        return
     if out is not None:
         _same_quant_chain(builder, node, kind, attrs, operands[0], out)
         return

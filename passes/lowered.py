@@ -39,11 +39,11 @@ Integer arithmetic (TFLite reference kernels; see fwedge/interp.py):
     mul: y_q = clamp(zp_y + MBQM((a_q - zp_a) * (b_q - zp_b), m, s), act_min, act_max)
     global_avg_pool: y_q = clamp(zp_y + MBQM(sum_hw(x_q - zp_x), m, s)) with real =
         s_x / (s_y * H * W).
-    avg_pool (TFLite reference): acc = sum of the raw x_q over the counted window positions
-        (positions inside the input; with count_include_pad also the padded ones, which
-        contribute zp_x); count = number of counted positions; y_q = round_div(acc, count)
-        rounding half away from zero, clamped to int8. Input and output share scale and zero
-        point (the lowering inserts a `quantize` int8->int8 op when they differ).
+    avg_pool: acc = sum of (x_q - zp_x) over the window positions inside the input (padding
+        contributes 0); count = those positions (all kH*kW with count_include_pad);
+        y_q = clamp(zp_y + MBQM(acc, m[count], s[count]), -128, 127), where attrs.requant
+        holds kH*kW + 1 pairs indexed by count, real = s_x / (s_y * count) (index 0 unused).
+        One rounding, like onnxruntime's DQ -> AveragePool -> Q.
     max_pool, reshape, pad, concat: int8 in and out share scale and zero point (a `quantize`
         int8->int8 op is inserted on the inputs that differ). pad fills with zp_x.
     relu, relu6, hardswish, hardsigmoid, sigmoid (int8): y_q = lut[x_q + 128], an int8[256]
@@ -216,12 +216,18 @@ class ElementwiseAttrs:
 
 @dataclass(frozen=True, eq=False)
 class PoolAttrs:
-    """avg_pool and max_pool (2-D, NCHW)."""
+    """avg_pool and max_pool (2-D, NCHW).
+
+    Attributes:
+        requant: int8 avg_pool only: kH*kW + 1 (multiplier, shift) pairs indexed by the count
+            of summed positions.
+    """
 
     kernel: tuple[int, int]
     strides: tuple[int, int]
     pads: tuple[int, int, int, int]
     count_include_pad: bool = False
+    requant: Requant | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,299 @@
+"""The single-node op matrix every target is checked on: float models, inputs and QDQ versions.
+
+API (for the TFLite, NCNN, OpenVINO, C and ONNX target tests):
+
+    from op_matrix import OP_CASES, op_case_ids, qdq_model, random_feeds, steps_off
+
+    @pytest.mark.parametrize("case", OP_CASES, ids=op_case_ids())
+    def test_my_target(case, tmp_path):
+        feeds = random_feeds(case, batch=2)          # name -> float32 NCHW, seeded
+        float_model = case.model                     # onnx.ModelProto, inputs [N, ...]
+        int8_model = qdq_model(case)                 # fwedge's own quantizer, cached per case
+        ...compare to fwedge.eval.ort_session(model).run(None, feeds)...
+        steps = steps_off(reference, candidate, int8_model)   # |diff| in output quant steps
+
+`OpCase` fields: `id` (pytest id), `model` (float ONNX, batch dim "N", single node unless
+noted), `kinds` (the lowered kinds it exercises), `input_range` ((low, high) of the seeded
+uniform inputs; calibration uses the same distribution), `int8` (False when the case has no
+integer version). `qdq_model(case, quantizer="fwedge"|"ort")` builds the int8 model with the
+project quantizer (passes/quantize.py, minmax ranges over 16 seeded samples) or onnxruntime's
+quantize_static (QDQ, per-channel, QInt8/QInt8); both give the standard QDQ layout.
+"""
+from __future__ import annotations
+
+import functools
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 13
+CALIBRATION_SAMPLES = 16
+
+
+@dataclass(frozen=True)
+class OpCase:
+    """One single-node model of the op matrix."""
+
+    id: str
+    model: onnx.ModelProto = field(compare=False, repr=False)
+    kinds: tuple[str, ...] = ()
+    input_range: tuple[float, float] = (-1.0, 1.0)
+    int8: bool = True
+
+
+def _model(nodes, inputs: dict[str, list[int]], output_shape: list[int], inits=(), opset: int = OPSET) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "op_case",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N"] + list(shape[1:])) for name, shape in inputs.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"] + list(output_shape[1:]))],
+        list(inits),
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def _conv_case(case_id, c_in, c_out, size, kernel, stride=1, pads=(0, 0, 0, 0), dilation=1, group=1,
+               activation=None, bias=True, seed=0) -> OpCase:
+    rng = np.random.default_rng(seed)
+    fan_in = c_in // group * kernel * kernel
+    w = (rng.standard_normal((c_out, c_in // group, kernel, kernel)) / np.sqrt(fan_in)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "W")]
+    inputs = ["x", "W"]
+    if bias:
+        inits.append(numpy_helper.from_array((0.1 * rng.standard_normal(c_out)).astype(np.float32), "B"))
+        inputs.append("B")
+    conv_out = "y" if activation is None else "conv_out"
+    nodes = [helper.make_node("Conv", inputs, [conv_out], name="conv", kernel_shape=[kernel, kernel],
+                              strides=[stride, stride], pads=list(pads), dilations=[dilation, dilation], group=group)]
+    if activation == "relu":
+        nodes.append(helper.make_node("Relu", [conv_out], ["y"], name="relu"))
+    elif activation == "relu6":
+        inits += [numpy_helper.from_array(np.float32(0.0), "lo"), numpy_helper.from_array(np.float32(6.0), "hi")]
+        nodes.append(helper.make_node("Clip", [conv_out, "lo", "hi"], ["y"], name="clip"))
+    effective = (kernel - 1) * dilation + 1
+    out_h = (size + pads[0] + pads[2] - effective) // stride + 1
+    out_w = (size + pads[1] + pads[3] - effective) // stride + 1
+    kind = "depthwise_conv2d" if group == c_in and group > 1 else "conv2d"
+    return OpCase(case_id, _model(nodes, {"x": [1, c_in, size, size]}, [1, c_out, out_h, out_w], inits), (kind,),
+                  (-1.0, 1.0) if activation is None else (-2.0, 4.0))
+
+
+def _unary(case_id, op, kind, shape=(1, 5, 6, 6), input_range=(-4.0, 4.0), **attrs) -> OpCase:
+    node = helper.make_node(op, ["x"], ["y"], name=op.lower(), **attrs)
+    opset = 14 if op == "HardSwish" else OPSET  # HardSwish exists from opset 14
+    return OpCase(case_id, _model([node], {"x": list(shape)}, list(shape), opset=opset), (kind,), input_range)
+
+
+def _pool(case_id, op, kernel, stride, pads=(0, 0, 0, 0), size=9, channels=3, **attrs) -> OpCase:
+    node = helper.make_node(op, ["x"], ["y"], name=op.lower(), kernel_shape=[kernel, kernel],
+                            strides=[stride, stride], pads=list(pads), **attrs)
+    out = [(size + pads[0] + pads[2] - kernel) // stride + 1, (size + pads[1] + pads[3] - kernel) // stride + 1]
+    kind = "max_pool" if op == "MaxPool" else "avg_pool"
+    return OpCase(case_id, _model([node], {"x": [1, channels, size, size]}, [1, channels] + out), (kind,))
+
+
+def _build_cases() -> list[OpCase]:
+    rng = np.random.default_rng(1)
+    cases = [
+        _conv_case("conv_3x3_s1_p1", 3, 5, 8, 3, 1, (1, 1, 1, 1)),
+        _conv_case("conv_3x3_s2_odd", 7, 9, 9, 3, 2, (0, 0, 0, 0)),
+        _conv_case("conv_5x5_s2_asym_pad", 4, 6, 10, 5, 2, (1, 2, 2, 1)),
+        _conv_case("conv_3x3_dil2", 3, 4, 9, 3, 1, (2, 2, 2, 2), dilation=2),
+        _conv_case("conv_1x1", 8, 6, 5, 1),
+        _conv_case("conv_group2", 4, 6, 7, 3, 1, (1, 1, 1, 1), group=2),
+        _conv_case("conv_no_bias_relu", 3, 5, 6, 3, 1, (1, 1, 1, 1), activation="relu", bias=False),
+        _conv_case("conv_relu6", 3, 4, 6, 3, 2, (1, 1, 1, 1), activation="relu6"),
+        _conv_case("depthwise_3x3", 6, 6, 8, 3, 1, (1, 1, 1, 1), group=6),
+        _conv_case("depthwise_3x3_s2_mult2", 3, 6, 9, 3, 2, (1, 1, 1, 1), group=3),
+        _conv_case("depthwise_relu6", 5, 5, 7, 3, 1, (1, 1, 1, 1), group=5, activation="relu6"),
+    ]
+    w = (rng.standard_normal((10, 12)) / np.sqrt(12)).astype(np.float32)
+    b = (0.1 * rng.standard_normal(10)).astype(np.float32)
+    cases.append(OpCase("fully_connected", _model(
+        [helper.make_node("Gemm", ["x", "W", "B"], ["y"], name="fc", transB=1)], {"x": [1, 12]}, [1, 10],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]), ("fully_connected",)))
+    cases.append(OpCase("matmul", _model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="matmul")], {"x": [1, 12]}, [1, 10],
+        [numpy_helper.from_array(np.ascontiguousarray(w.T), "W")]), ("fully_connected",)))
+    shape = [1, 4, 5, 5]
+    cases.append(OpCase("add", _model(
+        [helper.make_node("Add", ["x", "x2"], ["y"], name="add")], {"x": shape, "x2": shape}, shape), ("add",)))
+    cases.append(OpCase("add_relu", _model(
+        [helper.make_node("Add", ["x", "x2"], ["s"], name="add"), helper.make_node("Relu", ["s"], ["y"], name="relu")],
+        {"x": shape, "x2": shape}, shape), ("add",)))
+    bias = numpy_helper.from_array((0.5 * rng.standard_normal((1, 4, 1, 1))).astype(np.float32), "C")
+    cases.append(OpCase("add_channel_constant", _model(
+        [helper.make_node("Add", ["x", "C"], ["y"], name="add")], {"x": shape}, shape, [bias]), ("add",)))
+    cases.append(OpCase("mul", _model(
+        [helper.make_node("Mul", ["x", "x2"], ["y"], name="mul")], {"x": shape, "x2": shape}, shape), ("mul",)))
+    cases.append(OpCase("mul_se_broadcast", _model(
+        [helper.make_node("Mul", ["x", "x2"], ["y"], name="mul")], {"x": shape, "x2": [1, 4, 1, 1]}, shape), ("mul",)))
+    cases += [
+        _pool("maxpool_2x2_s2", "MaxPool", 2, 2, size=8),
+        _pool("maxpool_3x3_s2_p1", "MaxPool", 3, 2, (1, 1, 1, 1)),
+        _pool("avgpool_2x2_s2", "AveragePool", 2, 2, size=8),
+        _pool("avgpool_3x3_s1_p1", "AveragePool", 3, 1, (1, 1, 1, 1), size=6),
+    ]
+    cases.append(OpCase("global_avg_pool", _model(
+        [helper.make_node("GlobalAveragePool", ["x"], ["y"], name="gap")], {"x": [1, 5, 6, 6]}, [1, 5, 1, 1]),
+        ("global_avg_pool",)))
+    cases.append(OpCase("concat_channels", _model(
+        [helper.make_node("Concat", ["x", "x2"], ["y"], name="concat", axis=1)],
+        {"x": [1, 3, 4, 4], "x2": [1, 5, 4, 4]}, [1, 8, 4, 4]), ("concat",)))
+    cases.append(OpCase("flatten", _model(
+        [helper.make_node("Flatten", ["x"], ["y"], name="flatten", axis=1)], {"x": [1, 3, 4, 5]}, [1, 60]),
+        ("reshape",)))
+    target_shape = numpy_helper.from_array(np.array([0, 6, 10], dtype=np.int64), "shape")
+    cases.append(OpCase("reshape_3d", _model(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")], {"x": [1, 60]}, [1, 6, 10],
+        [target_shape]), ("reshape",)))
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 2, 0, 0, 2, 1], dtype=np.int64), "pads")
+    cases.append(OpCase("pad", _model(
+        [helper.make_node("Pad", ["x", "pads"], ["y"], name="pad")], {"x": [1, 3, 5, 5]}, [1, 3, 8, 8], [pads]),
+        ("pad",)))
+    cases += [
+        _unary("relu", "Relu", "relu"),
+        _unary("hardswish", "HardSwish", "hardswish"),
+        _unary("hardsigmoid", "HardSigmoid", "hardsigmoid", alpha=0.2, beta=0.5),
+        _unary("sigmoid", "Sigmoid", "sigmoid"),
+        _unary("softmax", "Softmax", "softmax", shape=(1, 10), input_range=(-3.0, 3.0), axis=-1),
+    ]
+    return cases
+
+
+OP_CASES: list[OpCase] = _build_cases()
+
+
+def op_case_ids() -> list[str]:
+    """pytest ids of OP_CASES."""
+    return [case.id for case in OP_CASES]
+
+
+def input_shapes(case: OpCase) -> dict[str, list[int]]:
+    """Input name -> shape with batch 1."""
+    from fwedge import ir
+
+    return {v.name: [1] + [int(d) for d in ir.shape_of(v)[1:]] for v in ir.graph_inputs(case.model)}
+
+
+def random_feeds(case: OpCase, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded uniform float32 inputs in case.input_range, shape [batch, ...]."""
+    rng = np.random.default_rng(seed)
+    low, high = case.input_range
+    return {name: rng.uniform(low, high, size=[batch] + shape[1:]).astype(np.float32)
+            for name, shape in input_shapes(case).items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _qdq_bytes(case_id: str, quantizer: str) -> bytes:
+    case = next(c for c in OP_CASES if c.id == case_id)
+    calibration = [random_feeds(case, batch=1, seed=100 + i) for i in range(CALIBRATION_SAMPLES)]
+    if quantizer == "ort":
+        return _ort_quantize(case.model, calibration).SerializeToString()
+    from fwedge.calibration import collect, compute
+    from fwedge.errors import CalibrationError
+    from fwedge.passes.quantize import plan_quantization, quantize_model
+    from fwedge.quantization import prepare
+
+    prepared = prepare(case.model)
+    try:
+        plan = plan_quantization(prepared)
+        stats = collect(prepared, calibration, plan.calibrated)
+    except CalibrationError:
+        # A lone data-movement op or softmax: fwedge's quantizer only quantizes around compute
+        # ops, so wrap the node in Q/DQ pairs by hand (same standard layout).
+        return _wrap_in_qdq(case.model, calibration).SerializeToString()
+    table = compute(stats, "minmax")
+    return quantize_model(prepared, table, plan=plan).SerializeToString()
+
+
+def _int8_params(low: float, high: float) -> tuple[np.float32, np.int8]:
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = np.float32((high - low) / 255.0 or 1.0)
+    zero_point = np.int8(np.clip(np.round(-128 - low / scale), -128, 127))
+    return scale, zero_point
+
+
+def _wrap_in_qdq(model: onnx.ModelProto, calibration: list[dict]) -> onnx.ModelProto:
+    """x -Q-DQ- node -Q-DQ- y with min/max parameters; data-movement outputs keep the input's."""
+    from fwedge.eval import ort_session
+    from fwedge.op_info import OP_INFO
+
+    node = model.graph.node[0]
+    session = ort_session(model)
+    outputs = np.concatenate([session.run(None, feeds)[0].reshape(-1) for feeds in calibration])
+    params, nodes, inits = {}, [], []
+    for name in calibration[0]:
+        values = np.concatenate([feeds[name].reshape(-1) for feeds in calibration])
+        params[name] = _int8_params(float(values.min()), float(values.max()))
+    info = OP_INFO.get(node.op_type)
+    params["y"] = (params[node.input[0]] if info is not None and info.shares_input_scale
+                   else _int8_params(float(outputs.min()), float(outputs.max())))
+    renamed = {}
+    for name, (scale, zero_point) in params.items():
+        inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{name}_scale"),
+                  numpy_helper.from_array(np.array(zero_point, np.int8), f"{name}_zero_point")]
+        source = f"{name}_float" if name == "y" else name
+        nodes.append(helper.make_node("QuantizeLinear", [source, f"{name}_scale", f"{name}_zero_point"],
+                                      [f"{name}_quantized"], name=f"{name}_QuantizeLinear"))
+        target = "y" if name == "y" else f"{name}_dequantized"
+        nodes.append(helper.make_node("DequantizeLinear", [f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"],
+                                      [target], name=f"{name}_DequantizeLinear"))
+        renamed[name] = target
+    core = onnx.NodeProto()
+    core.CopyFrom(node)
+    for index, name in enumerate(core.input):
+        core.input[index] = renamed.get(name, name)
+    core.output[0] = "y_float"
+    ordered = [n for n in nodes if n.output[0] != "y_quantized" and n.output[0] != "y"] + [core] + \
+              [n for n in nodes if n.output[0] in ("y_quantized", "y")]
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(ordered)
+    out.graph.initializer.extend(inits)
+    onnx.checker.check_model(out)
+    return out
+
+
+def qdq_model(case: OpCase, quantizer: str = "fwedge") -> onnx.ModelProto:
+    """The case's int8 QDQ model (cached), from fwedge's quantizer or onnxruntime's ("ort")."""
+    return onnx.load_from_string(_qdq_bytes(case.id, quantizer))
+
+
+def _ort_quantize(model: onnx.ModelProto, calibration: list[dict]) -> onnx.ModelProto:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(calibration)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder) / "float.onnx", Path(folder) / "qdq.onnx"
+        onnx.save(model, source)
+        quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        return onnx.load(target)
+
+
+def output_scale(qdq: onnx.ModelProto, output: str) -> float:
+    """The quantization step of a QDQ model's graph output (scale of the DequantizeLinear producing it)."""
+    inits = {init.name: numpy_helper.to_array(init) for init in qdq.graph.initializer}
+    for node in qdq.graph.node:
+        if output in node.output and node.op_type == "DequantizeLinear":
+            return float(inits[node.input[1]].reshape(-1)[0])
+    raise KeyError(f"output '{output}' is not produced by a DequantizeLinear")
+
+
+def steps_off(reference: np.ndarray, candidate: np.ndarray, step: float) -> np.ndarray:
+    """|candidate - reference| in quantization steps, rounded to integers."""
+    return np.rint(np.abs(candidate.astype(np.float64) - reference.astype(np.float64)) / step).astype(np.int64)

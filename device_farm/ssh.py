@@ -184,15 +184,17 @@ class SshDevice(Device):
         with tempfile.TemporaryDirectory(prefix="fwedge-ssh-") as temp:
             staging = Path(temp) / JOB_DIR
             staging.mkdir()
-            _stage_bundle(bundle, staging / "bundle")
+            # The bundle keeps its own directory name on the board (it shows up in `ps` and in
+            # left-overs); that name is user-controlled, so it only ever travels shlex-quoted.
+            _stage_bundle(bundle, staging / bundle.name)
             if bundle.target == "c":
                 job = harness.prepare(bundle, inputs, staging, repeats)
-                command = [f"./bundle/{job.executable}", *job.args]
+                command = [f"./{bundle.name}/{job.executable}", *job.args]
                 output_file = job.output_file
             else:
                 np.savez(staging / "inputs.npz", **inputs)
                 shutil.copy2(RUNNER_SCRIPT, staging / "runner.py")
-                command = [self.python, "runner.py", "bundle", "inputs.npz", "outputs.npz", str(repeats)]
+                command = [self.python, "runner.py", bundle.name, "inputs.npz", "outputs.npz", str(repeats)]
                 output_file = "outputs.npz"
             remote_dir = self._make_remote_dir()
             try:

@@ -1,0 +1,206 @@
+"""Builders for the farm, gate, report and pipeline tests: a small trained Fashion-MNIST model,
+ONNX bundles, fake C bundles, fake qemu/ssh programs, and a throwaway sshd on loopback."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from fwedge.bundle import TensorInfo, write_bundle
+from fwedge.data import Preprocess, open_dataset
+
+HIDDEN = 64
+
+
+def fashion_mlp(train_samples: int = 2000, seed: int = 0) -> onnx.ModelProto:
+    """input[N,1,28,28] -> Flatten -> Gemm 'fc1' (random features) -> Relu -> Gemm 'fc2' (ridge fit).
+
+    The second layer is a ridge regression on one-hot labels of Fashion-MNIST train images:
+    about 75-80 % top-1 on the test set in well under a second, deterministic for a seed.
+    """
+    rng = np.random.default_rng(seed)
+    batch = next(open_dataset("fashion-mnist:train").batches(Preprocess(), batch_size=train_samples,
+                                                            limit=train_samples, seed=seed))
+    x = batch.x.reshape(len(batch.x), -1)
+    w1 = (rng.standard_normal((HIDDEN, 784)) / np.sqrt(784) * 4).astype(np.float32)
+    b1 = np.zeros(HIDDEN, np.float32)
+    hidden = np.maximum(x @ w1.T + b1, 0)
+    features = np.hstack([hidden, np.ones((len(hidden), 1), np.float32)])
+    targets = np.eye(10, dtype=np.float32)[batch.y]
+    solution = np.linalg.solve(features.T @ features + 1e-1 * np.eye(HIDDEN + 1), features.T @ targets)
+    w2, b2 = solution[:HIDDEN].T.astype(np.float32), solution[HIDDEN].astype(np.float32)
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc1_w", "fc1_b"], ["h"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+        helper.make_node("Gemm", ["hr", "fc2_w", "fc2_b"], ["logits"], name="fc2", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "fashion_mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(w1, "fc1_w"), numpy_helper.from_array(b1, "fc1_b"),
+         numpy_helper.from_array(w2, "fc2_w"), numpy_helper.from_array(b2, "fc2_b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def zero_layer(model: onnx.ModelProto, initializer: str) -> onnx.ModelProto:
+    """A copy of `model` with one initializer's values set to zero (a deliberately damaged model)."""
+    damaged = onnx.ModelProto()
+    damaged.CopyFrom(model)
+    for index, tensor in enumerate(damaged.graph.initializer):
+        if tensor.name == initializer:
+            zeros = np.zeros_like(numpy_helper.to_array(tensor))
+            damaged.graph.initializer[index].CopyFrom(numpy_helper.from_array(zeros, initializer))
+            return damaged
+    raise KeyError(initializer)
+
+
+def onnx_bundle(model: onnx.ModelProto, out_dir: Path):
+    """Export `model` with the ONNX target (Fashion-MNIST preprocessing recorded)."""
+    from fwedge.targets import ExportOptions, target_module
+
+    return target_module("onnx").export(model, out_dir, ExportOptions(preprocess=Preprocess(resize=(28, 28), color="grayscale").to_dict()))
+
+
+def fake_c_bundle(out_dir: Path, arch: str):
+    """A C bundle for `arch` whose 'harness' never runs (the fake emulators crash or hang first)."""
+
+    def files(folder: Path) -> dict:
+        (folder / "harness").write_bytes(b"\x7fELF not a real harness\n")
+        return {"rom_bytes": 24, "ram_bytes": 0}
+
+    return write_bundle(
+        out_dir, target="c", arch=arch, precision="int8", source_sha256="0" * 64,
+        inputs=[TensorInfo("input", [1, 1, 28, 28], "float32", "NCHW")],
+        outputs=[TensorInfo("logits", [1, 10], "float32")],
+        write_files=files, preprocess=Preprocess(resize=(28, 28), color="grayscale").to_dict(),
+    )
+
+
+def stub_c_protocol() -> types.SimpleNamespace:
+    """The harness-file functions the farm asks of fwedge.targets.c, for fake C bundles only.
+
+    The fault tests exercise devices and the runner; the emulator dies before these files
+    matter, so the stub only has to write an input file and name the executable.
+    """
+
+    def write_harness_input(bundle, inputs, path):
+        np.concatenate([np.asarray(v, np.float32).ravel() for v in inputs.values()]).tofile(path)
+
+    return types.SimpleNamespace(
+        harness_executable=lambda bundle: "harness",
+        harness_args=lambda bundle, inp, out, count, iterations: [inp, out, str(count), str(iterations)],
+        write_harness_input=write_harness_input,
+        read_harness_output=lambda bundle, path, count: {"logits": np.fromfile(path, np.float32).reshape(count, -1)},
+        parse_harness_latencies=lambda stdout: [float(line.split()[1]) for line in stdout.splitlines()
+                                                if line.startswith("latency_ms ")],
+    )
+
+
+def write_program(path: Path, body: str) -> Path:
+    """Write an executable script."""
+    path.write_text(textwrap.dedent(body).lstrip())
+    path.chmod(0o755)
+    return path
+
+
+def fake_qemu_segfault(folder: Path) -> Path:
+    """A 'qemu' that reports a guest crash the way qemu-user does and dies from SIGSEGV."""
+    return write_program(folder / "qemu-segv", """
+        #!/bin/sh
+        echo "qemu: uncaught target signal 11 (Segmentation fault) - core dumped" >&2
+        kill -SEGV $$
+    """)
+
+
+def fake_qemu_hang(folder: Path) -> Path:
+    """A 'qemu' whose guest never finishes (a child sleep keeps the pipes open, as a real hang would)."""
+    return write_program(folder / "qemu-hang", """
+        #!/bin/sh
+        echo "guest started" >&2
+        sleep 300
+    """)
+
+
+def closed_port() -> int:
+    """A loopback TCP port with nothing listening (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Sshd:
+    """Debian's sshd on 127.0.0.1:<high port> with a throwaway host key and user key in `folder`."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+        self.user = os.environ.get("USER") or __import__("getpass").getuser()
+
+    def start(self) -> "Sshd":
+        folder = self.folder
+        for name in ("host_key", "user_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / name)], check=True)
+        shutil.copy(folder / "user_key.pub", folder / "authorized_keys")
+        (folder / "authorized_keys").chmod(0o600)
+        if os.geteuid() == 0:
+            # Debian's sshd, started as root, insists on its privilege-separation directory
+            # (normally created by systemd's RuntimeDirectory).
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        for _ in range(5):
+            self.port = closed_port()
+            argv = [sshd, "-D", "-e", "-f", "/dev/null", "-p", str(self.port),
+                    "-o", "ListenAddress=127.0.0.1", "-o", f"HostKey={folder / 'host_key'}",
+                    "-o", f"AuthorizedKeysFile={folder / 'authorized_keys'}", "-o", "UsePAM=no",
+                    "-o", f"PidFile={folder / 'sshd.pid'}", "-o", "StrictModes=no",
+                    "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
+                    "-o", "PermitRootLogin=prohibit-password", "-o", "Subsystem=sftp internal-sftp"]
+            log = open(folder / "sshd.log", "ab")
+            self.process = subprocess.Popen(argv, stdout=log, stderr=log)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.process.poll() is None:
+                with socket.socket() as probe:
+                    if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                        return self
+                time.sleep(0.05)
+            self.stop()
+        raise RuntimeError(f"sshd did not start: {(folder / 'sshd.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def device_entry(self, name: str = "loopback-board", **overrides) -> dict:
+        """An inventory entry for this sshd."""
+        from fwedge.bundle import host_arch
+
+        entry = {"name": name, "kind": "ssh", "host": "127.0.0.1", "port": self.port, "user": self.user,
+                 "key": str(self.folder / "user_key"), "arch": host_arch(), "runtimes": ["c", "onnx"],
+                 "python": sys.executable, "workdir": str(self.folder / "remote"),
+                 "strict_host_key_checking": "accept-new", "known_hosts": str(self.folder / "known_hosts"),
+                 "connect_timeout": 10.0, "run_timeout": 120.0}
+        entry.update(overrides)
+        (self.folder / "remote").mkdir(exist_ok=True)
+        return entry

@@ -1,0 +1,315 @@
+"""Device farm: inventory, host runs, faults (segfault, hang, closed port), ssh injection, real sshd."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fwedge.cli import cli
+from fwedge.device_farm import harness, inventory
+from fwedge.device_farm.local import LocalDevice
+from fwedge.device_farm.results import load_results, save_results
+from fwedge.device_farm.runner import FarmOptions, run_farm
+from fwedge.device_farm.ssh import SshDevice
+from fwedge.errors import DeviceError
+from tests import farm_helpers as fh
+
+LIMIT = 300
+REPEATS = 5
+
+
+@pytest.fixture(scope="module")
+def mlp_model():
+    return fh.fashion_mlp()
+
+
+@pytest.fixture(scope="module")
+def mlp_files(tmp_path_factory, mlp_model):
+    import onnx
+
+    folder = tmp_path_factory.mktemp("mlp")
+    onnx.save(mlp_model, folder / "mlp.onnx")
+    fh.onnx_bundle(mlp_model, folder / "bundles" / "mlp_onnx")
+    return folder
+
+
+def _write_inventory(path: Path, entries: list[dict]) -> Path:
+    def value(item):
+        if isinstance(item, list):
+            return "[" + ", ".join(json.dumps(v) for v in item) + "]"
+        return json.dumps(item)
+
+    text = "\n".join("[[device]]\n" + "\n".join(f"{k} = {value(v)}" for k, v in entry.items()) + "\n"
+                     for entry in entries)
+    path.write_text(text)
+    return path
+
+
+# -- inventory -----------------------------------------------------------------------------------
+
+
+@pytest.mark.qemu
+def test_auto_detect_finds_host_and_every_qemu():
+    names = [device.name for device in inventory.auto_detect()]
+    assert names == ["host", "qemu-aarch64", "qemu-riscv64", "qemu-loongarch64"]
+
+
+def test_inventory_builds_each_kind_and_refuses_bad_entries(tmp_path):
+    good = _write_inventory(tmp_path / "good.toml", [
+        {"name": "host", "kind": "local"},
+        {"name": "rv", "kind": "qemu", "arch": "riscv64", "run_timeout": 5},
+        {"name": "pi", "kind": "ssh", "host": "192.0.2.7", "user": "ci", "arch": "aarch64",
+         "runtimes": ["c", "onnx"], "port": 2222},
+    ])
+    devices = inventory.load_inventory(good)
+    assert [(d.name, d.kind) for d in devices] == [("host", "local"), ("rv", "qemu"), ("pi", "ssh")]
+    assert devices[1].run_timeout == 5 and devices[2].port == 2222
+    cases = {
+        "kind 'fpga'": [{"name": "x", "kind": "fpga"}],
+        "unknown key 'hostname'": [{"name": "x", "kind": "ssh", "hostname": "h"}],
+        "port must be int": [{"name": "x", "kind": "ssh", "host": "h", "port": "22"}],
+        "arch must be one of": [{"name": "x", "kind": "qemu", "arch": "mips"}],
+        "duplicate device names": [{"name": "x", "kind": "local"}, {"name": "x", "kind": "local"}],
+    }
+    for expected, entries in cases.items():
+        with pytest.raises(DeviceError, match=expected):
+            inventory.load_inventory(_write_inventory(tmp_path / "bad.toml", entries))
+
+
+def test_farm_list_shows_devices_state_and_kinds(tmp_path):
+    path = _write_inventory(tmp_path / "inv.toml", [
+        {"name": "host", "kind": "local", "runtimes": ["onnx", "c"]},
+        {"name": "la", "kind": "qemu", "arch": "loongarch64", "qemu": str(tmp_path / "no-such-qemu")},
+    ])
+    result = CliRunner().invoke(cli, ["farm", "list", "--inventory", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "onnx, c-x86_64" in result.output or "onnx, c-" in result.output
+    assert "missing" in result.output and "c-loongarch64" in result.output
+
+
+# -- host runs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.fashion_mnist
+def test_host_run_measures_accuracy_fidelity_latency(mlp_files):
+    from fwedge.eval import evaluate_model
+
+    bundle = mlp_files / "bundles" / "mlp_onnx"
+    results = run_farm([bundle], [LocalDevice(name="host")],
+                       FarmOptions(data="fashion-mnist:test", limit=LIMIT, repeats=REPEATS,
+                                   reference=str(mlp_files / "mlp.onnx")))
+    [result] = results.results
+    assert result.ok, result.error
+    expected = evaluate_model(mlp_files / "mlp.onnx", "fashion-mnist:test", limit=LIMIT)["accuracy"].top1
+    assert result.accuracy == pytest.approx(expected, abs=1e-12)
+    assert result.accuracy > 0.6, "the ridge-fitted model should be far above chance"
+    assert result.fidelity["top1_agreement"] == 1.0 and result.fidelity["max_abs_error"] == 0.0
+    assert result.latency.iterations == REPEATS and 0 < result.latency.p50_ms <= result.latency.p95_ms
+    assert result.sizes["file_bytes"] > 0 and result.identity["runtimes"]["onnxruntime"]
+    # Round trip through the JSON schema.
+    path = save_results(results, mlp_files / "results.json")
+    assert load_results(path).results[0] == result
+
+
+# -- faults --------------------------------------------------------------------------------------
+
+
+@pytest.mark.fashion_mnist
+@pytest.mark.ssh
+def test_faults_become_error_results_and_fail_the_gate(tmp_path, mlp_files, monkeypatch):
+    """A qemu that segfaults, one that hangs past its timeout, and an ssh board on a closed
+    loopback port each give an error result; the host result is kept and the gate fails."""
+    monkeypatch.setattr(harness, "c_target", fh.stub_c_protocol)
+    bundles = tmp_path / "bundles"
+    shutil.copytree(mlp_files / "bundles" / "mlp_onnx", bundles / "mlp_onnx")
+    fh.fake_c_bundle(bundles / "mlp_c_aarch64", "aarch64")
+    fh.fake_c_bundle(bundles / "mlp_c_riscv64", "riscv64")
+    inv = _write_inventory(tmp_path / "inv.toml", [
+        {"name": "host", "kind": "local", "runtimes": ["onnx"]},
+        {"name": "crashy-arm", "kind": "qemu", "arch": "aarch64", "qemu": str(fh.fake_qemu_segfault(tmp_path))},
+        {"name": "stuck-rv", "kind": "qemu", "arch": "riscv64", "qemu": str(fh.fake_qemu_hang(tmp_path)),
+         "run_timeout": 1.0},
+        {"name": "gone-board", "kind": "ssh", "host": "127.0.0.1", "port": fh.closed_port(), "arch": "x86_64",
+         "runtimes": ["onnx"], "connect_timeout": 3.0, "strict_host_key_checking": "no",
+         "known_hosts": str(tmp_path / "known_hosts")},
+    ])
+    started = time.monotonic()
+    output = tmp_path / "results.json"
+    run = CliRunner().invoke(cli, ["farm", "run", *(str(p) for p in sorted(bundles.iterdir())),
+                                   "--inventory", str(inv), "--data", "fashion-mnist:test",
+                                   "--limit", str(LIMIT), "--repeats", str(REPEATS), "--retries", "1",
+                                   "--reference", str(mlp_files / "mlp.onnx"), "-o", str(output)])
+    elapsed = time.monotonic() - started
+    assert run.exit_code == 0, run.output
+    assert elapsed < 60, f"the hung qemu must be killed at its timeout; the run took {elapsed:.1f} s"
+    results = load_results(output)
+    by_device = {(r.bundle, r.device): r for r in results.results}
+    assert by_device[("mlp_onnx", "host")].ok
+    segv = by_device[("mlp_c_aarch64", "crashy-arm")]
+    assert segv.status == "error" and "SIGSEGV" in segv.error and segv.attempts == 2
+    assert "uncaught target signal 11" in segv.stderr_tail
+    hang = by_device[("mlp_c_riscv64", "stuck-rv")]
+    assert hang.status == "error" and "timed out after 1 s" in hang.error and "guest started" in hang.stderr_tail
+    refused = by_device[("mlp_onnx", "gone-board")]
+    assert refused.status == "error" and "Connection refused" in (refused.error + (refused.stderr_tail or ""))
+
+    # The baseline has every pair working; the gate fails closed and names each failure.
+    baseline = dataclasses.replace(results, results=[
+        dataclasses.replace(r, status="ok", error=None, stderr_tail=None, accuracy=0.8) for r in results.results])
+    save_results(baseline, tmp_path / "baseline.json")
+    gate = CliRunner().invoke(cli, ["gate", str(output), "--baseline", str(tmp_path / "baseline.json"),
+                                    "--max-latency-increase", "1000%"])
+    assert gate.exit_code == 1, gate.output
+    for device in ("crashy-arm", "stuck-rv", "gone-board"):
+        assert f"on {device}: error on the device" in gate.output.replace("\n", " ") or device in gate.output
+    assert "gate: FAIL" in gate.output
+
+
+# -- ssh: argument lists only ----------------------------------------------------------------------
+
+_FAKE_SSH = '''
+#!{python}
+"""Stand-in for ssh/scp that logs argv, then does what the real tools do: ssh hands its last
+argument to a shell on the 'board' (here: sh -c in HOME), scp copies host:path specs."""
+import json, os, shutil, subprocess, sys
+home = {home!r}
+with open(os.path.join(home, "argv.log"), "a") as log:
+    log.write(json.dumps(sys.argv) + "\\n")
+args = sys.argv[sys.argv.index("--") + 1:]
+def local(spec):
+    return spec.split(":", 1)[1] if "@" in spec.split("/", 1)[0] else spec
+if os.path.basename(sys.argv[0]) == "ssh":
+    destination, command = args
+    env = dict(os.environ, HOME=home)
+    sys.exit(subprocess.run(["sh", "-c", command], cwd=home, env=env).returncode)
+*sources, target = [local(a) for a in args]
+for source in sources:
+    if os.path.isdir(source):
+        shutil.copytree(source, os.path.join(target, os.path.basename(source)) if target.endswith("/") else target)
+    else:
+        shutil.copy2(source, target)
+'''
+
+
+def test_ssh_values_with_shell_metacharacters_are_refused(tmp_path):
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "keep").write_text("x")
+    for bad in ({"host": f"127.0.0.1; rm -rf {canary}"}, {"host": "-oProxyCommand=touch /tmp/x"},
+                {"user": "$(touch pwned)"}, {"workdir": f"/tmp/$(rm -rf {canary})"},
+                {"workdir": "/tmp/../etc"}, {"python": "python3; rm -rf /"},
+                {"ssh_options": ["ProxyCommand=sh -c 'touch pwned'"]}):
+        entry = {"name": "b", "kind": "ssh", "host": "127.0.0.1", "arch": "x86_64", **bad}
+        with pytest.raises(DeviceError, match="not allowed|must be"):
+            inventory.device_from_entry(entry, "test")
+    assert (canary / "keep").exists() and not list(tmp_path.rglob("pwned"))
+
+
+@pytest.mark.fashion_mnist
+def test_ssh_device_cannot_inject_through_names_and_paths(tmp_path, mlp_model):
+    """Device name, bundle directory, bundle file names and key path hold `; rm -rf` and `$(...)`;
+    the fake ssh runs the remote command through a real shell exactly as sshd would."""
+    home = tmp_path / "board"
+    home.mkdir()
+    (home / "canary").mkdir()
+    (home / "canary" / "keep").write_text("must survive")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("ssh", "scp"):
+        fh.write_program(bin_dir / tool, _FAKE_SSH.format(python=sys.executable, home=str(home)))
+    # `cd` first: an injected command would run in the per-run dir, which is removed afterwards.
+    evil = "x; cd; rm -rf canary; touch pwned; $(cd; touch pwned2) `cd; touch pwned3`"
+    bundle_dir = tmp_path / f"bundle {evil}"
+    _bundle_with_evil_file(mlp_model, bundle_dir, evil)
+    key = tmp_path / "key $(touch pwned4)"
+    key.write_text("not a key")
+    device = SshDevice(name=f"board; rm -rf canary $(touch pwned4)", host="127.0.0.1", port=2222, user="ci",
+                       key=str(key), arch="x86_64", runtimes=["onnx"], python=sys.executable,
+                       workdir=str(home / "remote"), ssh=str(bin_dir / "ssh"), scp=str(bin_dir / "scp"),
+                       strict_host_key_checking="no")
+    (home / "remote").mkdir()
+    results = run_farm([bundle_dir], [device], FarmOptions(data="fashion-mnist:test", limit=100, repeats=2))
+    [result] = results.results
+    assert (home / "canary" / "keep").read_text() == "must survive"
+    assert not [p for p in tmp_path.rglob("pwned*")], "a shell interpreted an inventory or bundle value"
+    assert result.ok, f"{result.error}\n{result.stderr_tail}"
+    assert not list((home / "remote").iterdir()), "the per-run remote dir must be removed"
+    calls = [json.loads(line) for line in (home / "argv.log").read_text().splitlines()]
+    assert calls and all(isinstance(arg, str) for call in calls for arg in call)
+    for call in calls:
+        assert device.name not in " ".join(call)
+        assert call[call.index("-i") + 1] == str(key), "the key path must be one argv element"
+    run_line = [c[-1] for c in calls if Path(c[0]).name == "ssh" and "runner.py" in c[-1]][0]
+    words = shlex.split(run_line)
+    assert words[0] == "cd" and words[2] == "&&" and words[3:5] == [sys.executable, "runner.py"]
+    uploaded = next(home.joinpath("remote").parent.rglob("manifest.json"), None)
+    assert uploaded is None or uploaded.is_file()
+
+
+def _bundle_with_evil_file(model, bundle_dir: Path, evil: str):
+    """An ONNX bundle whose directory and one extra listed file carry shell metacharacters."""
+    from fwedge import ir
+    from fwedge.bundle import write_bundle
+    from fwedge.data import Preprocess
+    from fwedge.targets.common import io_specs
+
+    inputs, outputs = io_specs(model)
+
+    def files(folder: Path):
+        ir.save(model, folder / "model.onnx")
+        (folder / f"notes {evil}.txt").write_text("odd name on purpose")
+
+    return write_bundle(bundle_dir, target="onnx", arch="x86_64", precision="fp32", source_sha256="0" * 64,
+                        inputs=inputs, outputs=outputs, write_files=files,
+                        preprocess=Preprocess(resize=(28, 28), color="grayscale").to_dict())
+
+
+# -- real sshd on loopback -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    server = fh.Sshd(tmp_path / "sshd")
+    server.folder.mkdir()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.ssh
+@pytest.mark.fashion_mnist
+def test_real_sshd_runs_bundle_and_cleans_up(tmp_path, sshd, mlp_model):
+    """Debian's sshd on 127.0.0.1: copy, run, fetch, clean up, with hostile names on the way."""
+    evil = "y; $(cd; touch canary-fwedge-test) `cd; touch canary-fwedge-test`"
+    bundle_dir = tmp_path / f"b {evil}"
+    _bundle_with_evil_file(mlp_model, bundle_dir, evil)
+    inv = _write_inventory(tmp_path / "inv.toml", [
+        {"name": "host", "kind": "local", "runtimes": ["onnx"]},
+        sshd.device_entry(name="loopback; rm -rf canary $(touch pwned)", runtimes=["onnx"]),
+    ])
+    canary = Path.home() / "canary-fwedge-test"
+    output = tmp_path / "results.json"
+    run = CliRunner().invoke(cli, ["farm", "run", str(bundle_dir), "--inventory", str(inv),
+                                   "--data", "fashion-mnist:test", "--limit", "200", "--repeats", "3",
+                                   "-o", str(output)])
+    assert run.exit_code == 0, run.output
+    assert not canary.exists(), "the remote shell ran an injected command"
+    results = load_results(output).results
+    host = next(r for r in results if r.device == "host")
+    board = next(r for r in results if r.device != "host")
+    assert board.ok, f"{board.error}\n{board.stderr_tail}\n{(sshd.folder / 'sshd.log').read_text()[-1500:]}"
+    assert board.accuracy == host.accuracy and board.samples == 200
+    assert board.identity["uname"].startswith("Linux") and board.latency.iterations == 3
+    assert not list((sshd.folder / "remote").iterdir()), "remote temp dir left behind"
+    assert not list(tmp_path.rglob("pwned*")) and not (Path.home() / "pwned").exists()
+    assert not canary.exists()
+    log = (sshd.folder / "sshd.log").read_text()
+    assert "Accepted publickey" in log

@@ -103,11 +103,20 @@ def collect_stats(
     bins: int = 2048,
     model_sha256: str = "",
     progress: Callable[[int], None] | None = None,
+    all_candidates: bool = False,
 ) -> tuple[CalibrationStats, QuantPlan]:
-    """Histograms of every tensor the quantization plan needs a range for."""
+    """Histograms of every tensor the quantization plan needs a range for.
+
+    With `all_candidates`, of every tensor any exclusion set could need (the accuracy budget).
+    """
+    from fwedge.passes.quantize import candidate_tensors
+
     plan = plan_quantization(prepared, options or QuantizeOptions())
+    tensors = plan.calibrated
+    if all_candidates:
+        tensors = list(dict.fromkeys(plan.calibrated + candidate_tensors(prepared)))
     stats = collect(
-        prepared, calib.batches(), plan.calibrated, bins=bins, source=str(calib.dataset.path),
+        prepared, calib.batches(), tensors, bins=bins, source=str(calib.dataset.path),
         progress=progress, model_sha256=model_sha256, dataset=calib.fingerprint(),
     )
     return stats, plan
@@ -225,7 +234,8 @@ def quantize(
         if data is None:
             raise CalibrationError("quantize needs calibration data or a quant table")
         calib = calibration_data(prepared, data, num_samples, seed, batch_size, preprocess)
-        stats, plan = collect_stats(prepared, calib, options, bins, sha, progress)
+        budget = max_accuracy_drop is not None or min_agreement is not None
+        stats, plan = collect_stats(prepared, calib, options, bins, sha, progress, all_candidates=budget)
         table = compute(stats, method, method_options)
     qdq = quantize_model(prepared, table, options, plan)
     result = QuantizeResult(qdq, prepared, table, plan)
@@ -236,6 +246,8 @@ def quantize(
             raise CalibrationError("an accuracy budget needs --eval-data")
         apply_budget(result, options, eval_data, eval_samples, max_accuracy_drop, min_agreement,
                      preprocess, batch_size=256)
+        used = set(result.plan.calibrated)
+        result.table.tensors = {name: q for name, q in result.table.tensors.items() if name in used}
     return result
 
 

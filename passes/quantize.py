@@ -267,6 +267,28 @@ def plan_quantization(model: onnx.ModelProto, options: QuantizeOptions | None = 
     return plan
 
 
+def candidate_tensors(model: onnx.ModelProto) -> list[str]:
+    """Every float activation that some exclusion set could give a Q/DQ pair (topological order).
+
+    The inputs and outputs of quantizable and data-movement nodes; calibrating all of them lets
+    the accuracy budget keep any layer in float without a second calibration run.
+    """
+    inits = ir.initializer_map(model)
+    floats = _float_tensors(model)
+    names: dict[str, None] = {}
+    for value in ir.graph_inputs(model):
+        if value.name in floats:
+            names[value.name] = None
+    for node in model.graph.node:
+        info = OP_INFO.get(node.op_type)
+        if info is None or not (info.quantizable or info.shares_input_scale):
+            continue
+        for name in list(node.input) + list(node.output):
+            if name and name in floats and name not in inits:
+                names[name] = None
+    return list(names)
+
+
 # --------------------------------------------------------------------------------------------
 # Weight quantization
 # --------------------------------------------------------------------------------------------

@@ -222,3 +222,17 @@ def test_simplify_folds_shape_chain(rng):
     assert [n.op_type for n in simple.graph.node] == ["Reshape"]
     x = rng.random((2, 3, 4)).astype(np.float32)
     np.testing.assert_array_equal(ort_session(simple).run(None, {"x": x})[0], x.reshape(2, -1), err_msg="y")
+
+
+def test_fidelity_budget_keeps_layers_float_and_reports_them(block, block_data):
+    strict = quantize(block, block_data, "kl", num_samples=64, min_agreement=1.0,
+                      eval_data=block_data, eval_samples=96)
+    assert strict.budget["met"] and strict.budget["final"] == 1.0
+    assert strict.budget["all_int8"] <= strict.budget["final"]
+    if strict.budget["all_int8"] < 1.0:
+        assert strict.kept_float and all("sensitivity rank" in k.reason for k in strict.kept_float)
+        float_nodes = {n for k in strict.kept_float for n in k.node.split("+")}
+        assert float_nodes.isdisjoint(strict.plan.quantized_nodes)
+    onnx.checker.check_model(strict.model)
+    with pytest.raises(DataError, match="needs labels"):
+        quantize(block, block_data, "kl", num_samples=64, max_accuracy_drop=0.5, eval_data=block_data)

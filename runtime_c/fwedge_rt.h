@@ -186,11 +186,15 @@ typedef struct {
     float float_min, float_max;
 } fw_pool_params;
 
-/* Max pool: the largest valid tap (padding never wins). Average pool (int8): input and output
- * share scale and zero point; y = zp + round_half_away(sum(x - zp) / count) as in TFLite. */
+/* Max pool: the largest valid tap (padding never wins), clamped to the activation range.
+ * Average pool (int8): acc = sum over the counted window of (x - zp_in); count = taps inside the
+ * input (kernel area when count_include_pad); y = clamp(zp_out + requant(acc, multipliers[count],
+ * shifts[count])), where the tables (kernel_h * kernel_w + 1 entries) hold
+ * scale_in / (scale_out * count) for every possible count. */
 
 void fw_max_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y);
-void fw_avg_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y);
+void fw_avg_pool_s8(const fw_pool_params *p, const int8_t *x, const int32_t *multipliers, const int32_t *shifts,
+                    int8_t *y);
 void fw_max_pool_f32(const fw_pool_params *p, const float *x, float *y);
 void fw_avg_pool_f32(const fw_pool_params *p, const float *x, float *y);
 

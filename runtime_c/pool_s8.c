@@ -1,4 +1,4 @@
-/* int8 max / average pool (same input and output quantization) and global average pool. */
+/* int8 max pool (shared quantization), average pool and global average pool (requantized). */
 #include "fwedge_rt.h"
 
 void fw_max_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y)
@@ -32,13 +32,8 @@ void fw_max_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y)
     }
 }
 
-/* acc / count rounded half away from zero (TFLite reference average pool). */
-static inline int32_t rounded_division(int32_t acc, int32_t count)
-{
-    return acc > 0 ? (acc + count / 2) / count : (acc - count / 2) / count;
-}
-
-void fw_avg_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y)
+void fw_avg_pool_s8(const fw_pool_params *p, const int8_t *x, const int32_t *multipliers, const int32_t *shifts,
+                    int8_t *y)
 {
     int32_t acc[FW_CHANNEL_BLOCK];
     const int32_t zero_point = p->input_zero_point;
@@ -69,8 +64,9 @@ void fw_avg_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y)
                     }
                 }
                 const int32_t divisor = p->count_include_pad ? p->kernel_h * p->kernel_w : taps;
+                const int32_t multiplier = multipliers[divisor], shift = shifts[divisor];
                 for (int j = 0; j < count; ++j) {
-                    const int32_t v = divisor > 0 ? rounded_division(acc[j], divisor) : 0;
+                    const int32_t v = fw_multiply_by_quantized_multiplier(acc[j], multiplier, shift);
                     yp[c0 + j] = (int8_t)fw_clamp_s32(v + p->output_zero_point, p->activation_min, p->activation_max);
                 }
             }

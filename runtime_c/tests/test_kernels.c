@@ -215,12 +215,15 @@ static void test_pools(void)
     fw_max_pool_s8(&p, x, y);
     CHECK(y[0] == 5 && y[1] == 6 && y[2] == 8 && y[3] == -9, "max pool: %d %d %d %d", y[0], y[1], y[2], y[3]);
     p.input_zero_point = p.output_zero_point = 1;
-    fw_avg_pool_s8(&p, x, y);
+    /* Same scale in and out: multipliers[count] = 1 / count as (Q31 multiplier, shift). */
+    const int32_t mults[5] = {0, 1 << 30, 1 << 30, 1431655765, 1 << 30};
+    const int32_t shifts[5] = {0, 1, 0, -1, -1};
+    fw_avg_pool_s8(&p, x, mults, shifts, y);
     /* window {1,2,4,5} - 1 = {0,1,3,4}: 8/4 = 2 -> 3. {3,6}-1 = {2,5}: 3.5 -> 4 -> 5. */
     CHECK(y[0] == 3 && y[1] == 5, "avg pool valid count: %d %d", y[0], y[1]);
     CHECK_EQ_INT(y[3], -9, "avg pool single tap");
     p.count_include_pad = 1;
-    fw_avg_pool_s8(&p, x, y);
+    fw_avg_pool_s8(&p, x, mults, shifts, y);
     CHECK_EQ_INT(y[1], 3, "avg pool count_include_pad 7/4 -> 2");
     CHECK_EQ_INT(y[3], -2, "avg pool count_include_pad (-10)/4 = -2.5 rounds away to -3, plus zp 1");
     /* Global average pool: 2x2 pixels, 2 channels, multiplier 0.5 * 2^-1 = 1/4. */

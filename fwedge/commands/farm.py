@@ -40,8 +40,10 @@ def list_devices(inventory) -> None:
 @click.option("--retries", type=int, default=1, show_default=True, help="Extra attempts after a device failure.")
 @click.option("--baseline-bundles", type=click.Path(file_okay=False),
               help="Folder of baseline bundles (same names) run interleaved A B A B with the candidates.")
+@click.option("--rounds", type=int, default=4, show_default=True,
+              help="A/B alternations for --baseline-bundles (the timed repeats are split over them).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Results JSON to write.")
-def run(bundles, inventory, device_names, data, repeats, limit, reference, retries, baseline_bundles, output) -> None:
+def run(bundles, inventory, device_names, data, repeats, limit, reference, retries, baseline_bundles, rounds, output) -> None:
     """Run BUNDLES on every selected device that can run them; write per (bundle, device)
     accuracy, fidelity vs the FP32 reference, latency p50/p95 on the device's clock, sizes and
     identity. A failing device becomes an error result; the other results are kept.
@@ -55,7 +57,7 @@ def run(bundles, inventory, device_names, data, repeats, limit, reference, retri
     names = [name for item in device_names for name in item.split(",") if name]
     devices = select(devices_for(inventory), names)
     options = FarmOptions(data=data, repeats=repeats, limit=limit or None, reference=reference,
-                          retries=retries, baseline_bundles=baseline_bundles)
+                          retries=retries, baseline_bundles=baseline_bundles, rounds=rounds)
     jobs, _ = plan([load_bundle(path) for path in bundles], devices, baseline_bundles)
     total = sum(2 if job.baseline else 1 for job in jobs)
     with progress(total, "farm") as advance:

@@ -1,0 +1,758 @@
+"""LiteRT/TFLite target: the lowered graph written as a .tflite flatbuffer (NHWC), run by ai-edge-litert."""
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from fwedge import ir
+from fwedge.bundle import Bundle, TensorInfo, write_bundle
+from fwedge.errors import ExportError, UnsupportedOpError
+from fwedge.passes.lowered import LoweredGraph, LoweredOp, LoweredTensor, QuantParams
+from fwedge.targets.common import RunnerCache, resolve_precision
+
+log = logging.getLogger(__name__)
+
+TARGET = "tflite"
+MODEL_FILE = "model.tflite"
+TFLITE_SCHEMA_VERSION = 3
+FILE_IDENTIFIER = b"TFL3"
+# TFLite int8 spec: LOGISTIC and SOFTMAX outputs are fixed to scale 1/256, zero point -128.
+FIXED_OUTPUT_QUANT = QuantParams((1.0 / 256.0,), (-128,))
+
+# (op kind, reason) the writer cannot take, checked on the lowered graph before writing.
+TFLITE_OPS: dict = {}
+
+
+def tflite_op(*kinds: str):
+    """Register the emitter of one or more lowered kinds: function(writer, op)."""
+
+    def register(function):
+        for kind in kinds:
+            TFLITE_OPS[kind] = function
+        return function
+
+    return register
+
+
+def _schema():
+    from ai_edge_litert import schema_py_generated as schema
+
+    return schema
+
+
+# --------------------------------------------------------------------------------------------
+# Layout helpers: the lowered graph is NCHW; TFLite is NHWC for rank-4 tensors
+# --------------------------------------------------------------------------------------------
+
+NCHW_TO_NHWC = (0, 2, 3, 1)
+NHWC_TO_NCHW = (0, 3, 1, 2)
+
+
+def nhwc_shape(shape) -> list[int]:
+    """The TFLite shape of a logical tensor shape (rank 4: NCHW -> NHWC; others unchanged)."""
+    shape = [int(d) for d in shape]
+    return [shape[i] for i in NCHW_TO_NHWC] if len(shape) == 4 else shape
+
+
+def nhwc_axis(axis: int, rank: int) -> int:
+    """A logical axis in TFLite order."""
+    return NCHW_TO_NHWC.index(axis) if rank == 4 else axis
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TFLite SAME padding (before, after) for one spatial axis."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def padding_mode(in_shape, kernel, strides, dilations, pads) -> str:
+    """"VALID", "SAME", or "EXPLICIT" when the ONNX pads are neither."""
+    top, left, bottom, right = pads
+    if not any(pads):
+        return "VALID"
+    height = same_padding(in_shape[2], kernel[0], strides[0], dilations[0])
+    width = same_padding(in_shape[3], kernel[1], strides[1], dilations[1])
+    if (top, bottom) == height and (left, right) == width:
+        # SAME also has to give the same output size as the ONNX pads.
+        return "SAME"
+    return "EXPLICIT"
+
+
+# --------------------------------------------------------------------------------------------
+# Support check
+# --------------------------------------------------------------------------------------------
+
+
+def _op_problem(graph: LoweredGraph, op: LoweredOp) -> str | None:
+    """Why the TFLite writer cannot take a lowered op, or None."""
+    if op.kind not in TFLITE_OPS:
+        return f"no TFLite emitter for {op.kind}"
+    x = graph.tensors[op.inputs[0]]
+    if any(len(graph.tensors[name].shape) > 4 for name in op.inputs + op.outputs):
+        return "rank > 4"
+    if op.kind == "avg_pool":
+        mode = padding_mode(x.shape, op.attrs.kernel, op.attrs.strides, (1, 1), op.attrs.pads)
+        if mode == "EXPLICIT" and not op.attrs.count_include_pad:
+            return f"average pool pads {op.attrs.pads} are not TFLite SAME and exclude the padding"
+    if op.kind == "softmax" and len(x.shape) == 4 and x.shape[2:] != (1, 1):
+        return "softmax over channels of an NHWC tensor with H, W > 1"
+    if op.kind == "concat" and op.attrs.axis == 0:
+        return "concat along the batch axis"
+    if op.kind in ("add", "mul"):
+        a, b = (graph.tensors[name] for name in op.inputs)
+        if len(a.shape) != len(b.shape):
+            return "operands of different rank"
+    return None
+
+
+def _lowered(model: onnx.ModelProto, options=None) -> LoweredGraph:
+    from fwedge.passes.lower import lower
+
+    shapes = (options.extra.get("input_shapes") if options is not None else None) or None
+    return lower(model, input_shapes=shapes, target=TARGET)
+
+
+def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
+    """Every (node, op, opset) that the TFLite target cannot take.
+
+    The lowering's own list (ops with no lowered form) comes first; then lowered ops the TFLite
+    writer cannot express, named by the ONNX node they came from.
+    """
+    try:
+        graph = _lowered(model)
+    except UnsupportedOpError as error:
+        return error.nodes
+    return [(node, op_type, opset) for node, op_type, opset, _ in _tflite_problems(model, graph)]
+
+
+def _tflite_problems(model: onnx.ModelProto, graph: LoweredGraph) -> list[tuple[str, str, int, str]]:
+    op_types = {node.name: node.op_type for node in model.graph.node}
+    opset = ir.opset_version(model)
+    found = []
+    for op in graph.ops:
+        problem = _op_problem(graph, op)
+        if problem:
+            found.append((op.name, op_types.get(op.name, op.kind), opset, problem))
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Flatbuffer writer
+# --------------------------------------------------------------------------------------------
+
+_TYPES = {"float32": 0, "int32": 2, "int8": 9, "int64": 4}
+# Operator versions that cover int8 (per-channel) kernels; float ops use version 1.
+_INT8_VERSIONS = {
+    "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4, "ADD": 2, "MUL": 2,
+    "AVERAGE_POOL_2D": 2, "MAX_POOL_2D": 2, "MEAN": 2, "RESHAPE": 1, "SOFTMAX": 2,
+    "CONCATENATION": 2, "PAD": 2, "PADV2": 2, "HARD_SWISH": 1, "LOGISTIC": 2, "QUANTIZE": 2,
+    "DEQUANTIZE": 2, "TRANSPOSE": 2, "MINIMUM": 2, "RELU": 2, "RELU6": 2,
+}
+
+
+@dataclass
+class _Writer:
+    """Accumulates tensors, buffers and operators of one subgraph."""
+
+    graph: LoweredGraph
+    schema: object
+    tensors: list = field(default_factory=list)
+    buffers: list = field(default_factory=list)
+    operators: list = field(default_factory=list)
+    opcodes: dict = field(default_factory=dict)
+    index: dict = field(default_factory=dict)
+    counter: int = 0
+
+    def __post_init__(self):
+        self.buffers.append(self.schema.BufferT())  # buffer 0: the empty buffer, by convention
+
+    # -- tensors ----------------------------------------------------------------------------
+
+    def add(self, name: str, shape, dtype: str, quant: QuantParams | None = None,
+            data: np.ndarray | None = None, quantized_dimension: int = 0) -> int:
+        """Add a TFLite tensor (shape already in TFLite order); returns its index."""
+        S = self.schema
+        tensor = S.TensorT()
+        tensor.name = name
+        tensor.shape = [int(d) for d in shape]
+        tensor.type = _TYPES[dtype]
+        tensor.buffer = 0
+        if data is not None:
+            buffer = S.BufferT()
+            buffer.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), dtype=np.uint8)
+            self.buffers.append(buffer)
+            tensor.buffer = len(self.buffers) - 1
+        if quant is not None:
+            params = S.QuantizationParametersT()
+            params.scale = [float(np.float32(s)) for s in quant.scale]
+            params.zeroPoint = [int(z) for z in quant.zero_point]
+            params.quantizedDimension = quantized_dimension if len(quant.scale) > 1 else 0
+            tensor.quantization = params
+        self.tensors.append(tensor)
+        self.index[name] = len(self.tensors) - 1
+        return self.index[name]
+
+    def fresh(self, base: str) -> str:
+        self.counter += 1
+        return f"{base}/tflite_{self.counter}"
+
+    def temp(self, base: str, shape, dtype: str, quant: QuantParams | None) -> int:
+        """A fresh activation tensor (TFLite shape)."""
+        return self.add(self.fresh(base), shape, dtype, quant)
+
+    def const(self, base: str, data: np.ndarray, quant: QuantParams | None = None, quantized_dimension: int = 0) -> int:
+        data = np.asarray(data)
+        dtype = {np.dtype(np.float32): "float32", np.dtype(np.int32): "int32", np.dtype(np.int8): "int8",
+                 np.dtype(np.int64): "int64"}[data.dtype]
+        return self.add(self.fresh(base), data.shape, dtype, quant, data, quantized_dimension)
+
+    def tensor(self, name: str) -> int:
+        """Index of a lowered tensor, creating it (activation or constant, NHWC) on first use."""
+        if name in self.index:
+            return self.index[name]
+        lowered = self.graph.tensors[name]
+        data = lowered.data
+        if data is not None and data.ndim == 4:
+            data = data.transpose(NCHW_TO_NHWC)
+        quant = lowered.quant
+        axis = 0
+        if quant is not None and quant.axis is not None and lowered.data is not None and lowered.data.ndim == 4:
+            axis = NCHW_TO_NHWC.index(quant.axis)
+        return self.add(name, nhwc_shape(lowered.shape), lowered.dtype, quant, data, axis)
+
+    def info(self, index: int):
+        return self.tensors[index]
+
+    # -- operators --------------------------------------------------------------------------
+
+    def op(self, builtin: str, inputs: list[int], outputs: list[int], options_type: str | None = None, options=None) -> None:
+        S = self.schema
+        int8 = any(self.tensors[i].type == _TYPES["int8"] for i in list(inputs) + list(outputs) if i >= 0)
+        version = _INT8_VERSIONS.get(builtin, 1) if int8 else 1
+        code = getattr(S.BuiltinOperator, builtin)
+        key = (code, version)
+        if key not in self.opcodes:
+            opcode = S.OperatorCodeT()
+            opcode.builtinCode = code
+            opcode.deprecatedBuiltinCode = min(code, 127)
+            opcode.version = version
+            self.opcodes[key] = (len(self.opcodes), opcode)
+        operator = S.OperatorT()
+        operator.opcodeIndex = self.opcodes[key][0]
+        operator.inputs = [int(i) for i in inputs]
+        operator.outputs = [int(i) for i in outputs]
+        if options_type is not None:
+            operator.builtinOptionsType = getattr(S.BuiltinOptions, options_type)
+            operator.builtinOptions = options
+        self.operators.append(operator)
+
+    def options(self, cls: str, **values):
+        instance = getattr(self.schema, cls)()
+        for key, value in values.items():
+            setattr(instance, key, value)
+        return instance
+
+    def serialize(self, inputs: list[int], outputs: list[int], description: str) -> bytes:
+        import flatbuffers
+
+        S = self.schema
+        subgraph = S.SubGraphT()
+        subgraph.tensors = self.tensors
+        subgraph.inputs = inputs
+        subgraph.outputs = outputs
+        subgraph.operators = self.operators
+        subgraph.name = "main"
+        model = S.ModelT()
+        model.version = TFLITE_SCHEMA_VERSION
+        model.operatorCodes = [opcode for _, opcode in sorted(self.opcodes.values(), key=lambda item: item[0])]
+        model.subgraphs = [subgraph]
+        model.buffers = self.buffers
+        model.description = description
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
+        return bytes(builder.Output())
+
+
+_ACTIVATION = {"none": 0, "relu": 1, "relu6": 3}
+
+
+def _padding(writer: _Writer, op: LoweredOp, x: int, kernel, strides, dilations, pads, pad_value=None) -> tuple[int, int]:
+    """(TFLite Padding enum, input index), inserting an explicit PAD/PADV2 when pads are neither SAME nor VALID."""
+    S = writer.schema
+    X = writer.graph.tensors[op.inputs[0]]
+    mode = padding_mode(X.shape, kernel, strides, dilations, pads)
+    if mode != "EXPLICIT":
+        return getattr(S.Padding, mode), x
+    top, left, bottom, right = pads
+    paddings = np.array([[0, 0], [top, bottom], [left, right], [0, 0]], dtype=np.int32)
+    source = writer.info(x)
+    shape = list(source.shape)
+    shape[1] += top + bottom
+    shape[2] += left + right
+    dtype = "int8" if source.type == _TYPES["int8"] else "float32"
+    padded = writer.temp(f"{op.name}/pad", shape, dtype, X.quant)
+    if pad_value is None:
+        # PAD fills quantized tensors with the output zero point: real 0.
+        writer.op("PAD", [x, writer.const(f"{op.name}/paddings", paddings)], [padded], "PadOptions", writer.options("PadOptionsT"))
+    else:
+        value = np.array([pad_value], dtype=np.int8 if dtype == "int8" else np.float32)
+        writer.op("PADV2", [x, writer.const(f"{op.name}/paddings", paddings),
+                            writer.const(f"{op.name}/pad_value", value, X.quant)], [padded],
+                  "PadV2Options", writer.options("PadV2OptionsT"))
+    return S.Padding.VALID, padded
+
+
+def _requantize_into(writer: _Writer, op: LoweredOp, produce, out_name: str, fixed: QuantParams) -> None:
+    """Run `produce(output_index)` into a tensor with `fixed` quantization, then QUANTIZE to out_name if it differs."""
+    Y = writer.graph.tensors[out_name]
+    if Y.dtype != "int8" or Y.quant.same_as(fixed):
+        produce(writer.tensor(out_name))
+        return
+    middle = writer.temp(f"{op.name}/fixed", nhwc_shape(Y.shape), "int8", fixed)
+    produce(middle)
+    writer.op("QUANTIZE", [middle], [writer.tensor(out_name)])
+
+
+@tflite_op("conv2d")
+def emit_conv(writer: _Writer, op: LoweredOp) -> None:
+    a = op.attrs
+    X, W, B = op.inputs
+    x = writer.tensor(X)
+    padding, x = _padding(writer, op, x, a.kernel, a.strides, a.dilations, a.pads)
+    options = writer.options("Conv2DOptionsT", padding=padding, strideH=a.strides[0], strideW=a.strides[1],
+                             dilationHFactor=a.dilations[0], dilationWFactor=a.dilations[1],
+                             fusedActivationFunction=_ACTIVATION[a.activation])
+    # Weights OIHW -> OHWI (per-channel axis 0 stays 0); grouped convs are split per group.
+    if a.groups == 1:
+        writer.op("CONV_2D", [x, writer.tensor(W), writer.tensor(B)], [writer.tensor(op.outputs[0])],
+                  "Conv2DOptions", options)
+        return
+    _emit_grouped_conv(writer, op, x, options)
+
+
+def _emit_grouped_conv(writer: _Writer, op: LoweredOp, x: int, options) -> None:
+    """Grouped convolution as SPLIT -> CONV_2D per group -> CONCATENATION on channels."""
+    graph = writer.graph
+    X, W, B = (graph.tensors[name] for name in op.inputs)
+    Y = graph.tensors[op.outputs[0]]
+    groups = op.attrs.groups
+    source = writer.info(x)
+    dtype = "int8" if source.type == _TYPES["int8"] else "float32"
+    c_in, m = X.shape[1] // groups, W.shape[0] // groups
+    parts = [writer.temp(f"{op.name}/split", list(source.shape[:3]) + [c_in], dtype, X.quant) for _ in range(groups)]
+    writer.op("SPLIT", [writer.const(f"{op.name}/split_axis", np.array(3, dtype=np.int32)), x], parts,
+              "SplitOptions", writer.options("SplitOptionsT", numSplits=groups))
+    outputs = []
+    out_shape = nhwc_shape(Y.shape)
+    for g, part in enumerate(parts):
+        channels = slice(g * m, (g + 1) * m)
+        w_quant = _slice_quant(W.quant, channels)
+        b_quant = _slice_quant(B.quant, channels)
+        w = writer.const(f"{op.name}/weight_{g}", W.data[channels].transpose(NCHW_TO_NHWC), w_quant, 0)
+        b = writer.const(f"{op.name}/bias_{g}", B.data[channels], b_quant, 0)
+        y = writer.temp(f"{op.name}/group_{g}", out_shape[:3] + [m], dtype, Y.quant)
+        writer.op("CONV_2D", [part, w, b], [y], "Conv2DOptions", options)
+        outputs.append(y)
+    writer.op("CONCATENATION", outputs, [writer.tensor(op.outputs[0])], "ConcatenationOptions",
+              writer.options("ConcatenationOptionsT", axis=3))
+
+
+def _slice_quant(quant: QuantParams | None, channels: slice) -> QuantParams | None:
+    if quant is None:
+        return None
+    if len(quant.scale) == 1:
+        return quant
+    return QuantParams(quant.scale[channels], quant.zero_point[channels], quant.axis)
+
+
+@tflite_op("depthwise_conv2d")
+def emit_depthwise(writer: _Writer, op: LoweredOp) -> None:
+    a = op.attrs
+    X, W, B = op.inputs
+    lowered_w = writer.graph.tensors[W]
+    x = writer.tensor(X)
+    padding, x = _padding(writer, op, x, a.kernel, a.strides, a.dilations, a.pads)
+    # Weights [M, 1, kH, kW] -> [1, kH, kW, M]; per-channel axis 3.
+    w = writer.add(W, [1, a.kernel[0], a.kernel[1], lowered_w.shape[0]], lowered_w.dtype, lowered_w.quant,
+                   lowered_w.data.transpose(1, 2, 3, 0), quantized_dimension=3)
+    options = writer.options("DepthwiseConv2DOptionsT", padding=padding, strideH=a.strides[0], strideW=a.strides[1],
+                             depthMultiplier=a.depth_multiplier, dilationHFactor=a.dilations[0],
+                             dilationWFactor=a.dilations[1], fusedActivationFunction=_ACTIVATION[a.activation])
+    writer.op("DEPTHWISE_CONV_2D", [x, w, writer.tensor(B)], [writer.tensor(op.outputs[0])],
+              "DepthwiseConv2DOptions", options)
+
+
+@tflite_op("fully_connected")
+def emit_fully_connected(writer: _Writer, op: LoweredOp) -> None:
+    X, W, B = op.inputs
+    options = writer.options("FullyConnectedOptionsT", fusedActivationFunction=_ACTIVATION[op.attrs.activation],
+                             keepNumDims=False)
+    writer.op("FULLY_CONNECTED", [writer.tensor(X), writer.tensor(W), writer.tensor(B)],
+              [writer.tensor(op.outputs[0])], "FullyConnectedOptions", options)
+
+
+@tflite_op("add", "mul")
+def emit_elementwise(writer: _Writer, op: LoweredOp) -> None:
+    builtin, cls = ("ADD", "AddOptions") if op.kind == "add" else ("MUL", "MulOptions")
+    options = writer.options(f"{cls}T", fusedActivationFunction=_ACTIVATION[op.attrs.activation])
+    writer.op(builtin, [writer.tensor(name) for name in op.inputs], [writer.tensor(op.outputs[0])], cls, options)
+
+
+@tflite_op("avg_pool", "max_pool")
+def emit_pool(writer: _Writer, op: LoweredOp) -> None:
+    a = op.attrs
+    X = writer.graph.tensors[op.inputs[0]]
+    x = writer.tensor(op.inputs[0])
+    int8 = X.dtype == "int8"
+    pad_value = (-128 if int8 else float(np.finfo(np.float32).min)) if op.kind == "max_pool" else None
+    padding, x = _padding(writer, op, x, a.kernel, a.strides, (1, 1), a.pads, pad_value)
+    builtin = "AVERAGE_POOL_2D" if op.kind == "avg_pool" else "MAX_POOL_2D"
+    options = writer.options("Pool2DOptionsT", padding=padding, strideH=a.strides[0], strideW=a.strides[1],
+                             filterHeight=a.kernel[0], filterWidth=a.kernel[1], fusedActivationFunction=0)
+    # TFLite int8 pools keep the input's quantization; requantize after when the output's differs.
+    fixed = X.quant if int8 else None
+    _requantize_into(writer, op, lambda y: writer.op(builtin, [x], [y], "Pool2DOptions", options),
+                     op.outputs[0], fixed)
+
+
+@tflite_op("global_avg_pool")
+def emit_mean(writer: _Writer, op: LoweredOp) -> None:
+    axes = writer.const(f"{op.name}/axes", np.array([1, 2], dtype=np.int32))
+    writer.op("MEAN", [writer.tensor(op.inputs[0]), axes], [writer.tensor(op.outputs[0])], "ReducerOptions",
+              writer.options("ReducerOptionsT", keepDims=True))
+
+
+@tflite_op("concat")
+def emit_concat(writer: _Writer, op: LoweredOp) -> None:
+    rank = len(writer.graph.tensors[op.outputs[0]].shape)
+    writer.op("CONCATENATION", [writer.tensor(name) for name in op.inputs], [writer.tensor(op.outputs[0])],
+              "ConcatenationOptions", writer.options("ConcatenationOptionsT", axis=nhwc_axis(op.attrs.axis, rank),
+                                                     fusedActivationFunction=0))
+
+
+def _transpose(writer: _Writer, op: LoweredOp, x: int, perm, shape, dtype, quant) -> int:
+    y = writer.temp(f"{op.name}/transpose", shape, dtype, quant)
+    writer.op("TRANSPOSE", [x, writer.const(f"{op.name}/perm", np.array(perm, dtype=np.int32))], [y],
+              "TransposeOptions", writer.options("TransposeOptionsT"))
+    return y
+
+
+@tflite_op("reshape")
+def emit_reshape(writer: _Writer, op: LoweredOp) -> None:
+    """RESHAPE in logical (NCHW) order: transpose rank-4 tensors to NCHW around it unless H = W = 1."""
+    X = writer.graph.tensors[op.inputs[0]]
+    Y = writer.graph.tensors[op.outputs[0]]
+    x = writer.tensor(op.inputs[0])
+    y = writer.tensor(op.outputs[0])
+    in_trivial = len(X.shape) != 4 or X.shape[2:] == (1, 1)
+    out_trivial = len(Y.shape) != 4 or Y.shape[2:] == (1, 1)
+    if len(X.shape) == 4 and len(Y.shape) == 4 and X.shape == Y.shape:
+        writer.op("RESHAPE", [x, writer.const(f"{op.name}/shape", np.array(nhwc_shape(Y.shape), np.int32))], [y],
+                  "ReshapeOptions", writer.options("ReshapeOptionsT", newShape=nhwc_shape(Y.shape)))
+        return
+    if in_trivial and out_trivial:
+        shape = nhwc_shape(Y.shape)
+        writer.op("RESHAPE", [x, writer.const(f"{op.name}/shape", np.array(shape, np.int32))], [y],
+                  "ReshapeOptions", writer.options("ReshapeOptionsT", newShape=shape))
+        return
+    if not in_trivial:
+        x = _transpose(writer, op, x, NHWC_TO_NCHW, list(X.shape), X.dtype, X.quant)
+    target = y if out_trivial else writer.temp(f"{op.name}/nchw", list(Y.shape), Y.dtype, Y.quant)
+    shape = list(Y.shape) if not out_trivial else nhwc_shape(Y.shape)
+    writer.op("RESHAPE", [x, writer.const(f"{op.name}/shape", np.array(shape, np.int32))], [target],
+              "ReshapeOptions", writer.options("ReshapeOptionsT", newShape=shape))
+    if not out_trivial:
+        writer.op("TRANSPOSE", [target, writer.const(f"{op.name}/perm", np.array(NCHW_TO_NHWC, np.int32))], [y],
+                  "TransposeOptions", writer.options("TransposeOptionsT"))
+
+
+@tflite_op("pad")
+def emit_pad(writer: _Writer, op: LoweredOp) -> None:
+    X = writer.graph.tensors[op.inputs[0]]
+    rank = len(X.shape)
+    widths = list(zip(op.attrs.begin, op.attrs.end))
+    if rank == 4:
+        widths = [widths[i] for i in NCHW_TO_NHWC]
+    paddings = writer.const(f"{op.name}/paddings", np.array(widths, dtype=np.int32))
+    x, y = writer.tensor(op.inputs[0]), writer.tensor(op.outputs[0])
+    if op.attrs.value == 0.0 or X.dtype == "int8":
+        writer.op("PAD", [x, paddings], [y], "PadOptions", writer.options("PadOptionsT"))
+    else:
+        value = writer.const(f"{op.name}/value", np.array([op.attrs.value], dtype=np.float32))
+        writer.op("PADV2", [x, paddings, value], [y], "PadV2Options", writer.options("PadV2OptionsT"))
+
+
+@tflite_op("relu", "relu6", "hardswish")
+def emit_activation(writer: _Writer, op: LoweredOp) -> None:
+    builtin = {"relu": "RELU", "relu6": "RELU6", "hardswish": "HARD_SWISH"}[op.kind]
+    writer.op(builtin, [writer.tensor(op.inputs[0])], [writer.tensor(op.outputs[0])])
+
+
+@tflite_op("sigmoid")
+def emit_logistic(writer: _Writer, op: LoweredOp) -> None:
+    x = writer.tensor(op.inputs[0])
+    _requantize_into(writer, op, lambda y: writer.op("LOGISTIC", [x], [y]), op.outputs[0], FIXED_OUTPUT_QUANT)
+
+
+@tflite_op("hardsigmoid")
+def emit_hardsigmoid(writer: _Writer, op: LoweredOp) -> None:
+    """max(0, min(1, alpha*x + beta)) as MUL(alpha) -> ADD(beta, fused RELU) -> MINIMUM(1)."""
+    X = writer.graph.tensors[op.inputs[0]]
+    Y = writer.graph.tensors[op.outputs[0]]
+    alpha, beta = op.attrs.alpha, op.attrs.beta
+    x = writer.tensor(op.inputs[0])
+    shape = nhwc_shape(X.shape)
+    ones = [1] * len(shape)
+    if X.dtype == "int8":
+        # Constants held exactly as 127 * (c / 127); alpha*x keeps x's integers (scale s_x*alpha).
+        scaled_quant = QuantParams((X.quant.scale[0] * alpha,), X.quant.zero_point)
+        c_alpha = writer.const(f"{op.name}/alpha", np.full(ones, 127, np.int8), QuantParams((alpha / 127.0,), (0,)))
+        c_beta = writer.const(f"{op.name}/beta", np.full(ones, 127, np.int8), QuantParams((beta / 127.0,), (0,)))
+        one_q = int(min(127, np.round(1.0 / Y.quant.scale[0]) + Y.quant.zero_point[0]))
+        c_one = writer.const(f"{op.name}/one", np.full(ones, one_q, np.int8), Y.quant)
+        dtype = "int8"
+    else:
+        scaled_quant = None
+        c_alpha = writer.const(f"{op.name}/alpha", np.full(ones, alpha, np.float32))
+        c_beta = writer.const(f"{op.name}/beta", np.full(ones, beta, np.float32))
+        c_one = writer.const(f"{op.name}/one", np.full(ones, 1.0, np.float32))
+        dtype = "float32"
+    scaled = writer.temp(f"{op.name}/scaled", shape, dtype, scaled_quant)
+    writer.op("MUL", [x, c_alpha], [scaled], "MulOptions", writer.options("MulOptionsT", fusedActivationFunction=0))
+    shifted = writer.temp(f"{op.name}/shifted", shape, dtype, Y.quant)
+    writer.op("ADD", [scaled, c_beta], [shifted], "AddOptions", writer.options("AddOptionsT", fusedActivationFunction=1))
+    writer.op("MINIMUM", [shifted, c_one], [writer.tensor(op.outputs[0])], "MaximumMinimumOptions",
+              writer.options("MaximumMinimumOptionsT"))
+
+
+@tflite_op("softmax")
+def emit_softmax(writer: _Writer, op: LoweredOp) -> None:
+    x = writer.tensor(op.inputs[0])
+    options = writer.options("SoftmaxOptionsT", beta=float(op.attrs.beta))
+    _requantize_into(writer, op, lambda y: writer.op("SOFTMAX", [x], [y], "SoftmaxOptions", options),
+                     op.outputs[0], FIXED_OUTPUT_QUANT)
+
+
+@tflite_op("quantize")
+def emit_quantize(writer: _Writer, op: LoweredOp) -> None:
+    writer.op("QUANTIZE", [writer.tensor(op.inputs[0])], [writer.tensor(op.outputs[0])])
+
+
+@tflite_op("dequantize")
+def emit_dequantize(writer: _Writer, op: LoweredOp) -> None:
+    writer.op("DEQUANTIZE", [writer.tensor(op.inputs[0])], [writer.tensor(op.outputs[0])])
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TfliteModel:
+    """A serialized .tflite and its I/O as the interpreter sees it."""
+
+    data: bytes
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    float_ops: list[str]
+    op_counts: dict[str, int]
+
+
+def _io_info(tensor: LoweredTensor, name: str) -> TensorInfo:
+    quant = tensor.quant
+    return TensorInfo(
+        name=name, shape=nhwc_shape(tensor.shape), dtype=tensor.dtype,
+        layout="NHWC" if len(tensor.shape) == 4 else "",
+        scale=float(quant.scale[0]) if quant is not None else None,
+        zero_point=int(quant.zero_point[0]) if quant is not None else None,
+    )
+
+
+def build_tflite(graph: LoweredGraph, float_io: bool = True, description: str = "fwedge") -> TfliteModel:
+    """Serialize a lowered graph as a TFLite flatbuffer.
+
+    Args:
+        graph: the lowered graph.
+        float_io: keep float32 graph inputs/outputs (QUANTIZE/DEQUANTIZE at the edges of an int8
+            graph); False makes an int8 graph take and return the int8 tensors directly.
+        description: the model description string.
+
+    Returns:
+        The TfliteModel (bytes plus I/O specs named after the ONNX inputs/outputs).
+    """
+    writer = _Writer(graph, _schema())
+    ops = list(graph.ops)
+    inputs = {name: name for name in graph.inputs}
+    outputs = {name: name for name in graph.outputs}
+    if not float_io and graph.precision == "int8":
+        # Drop the edge quantize/dequantize ops: the int8 tensors become the graph I/O.
+        consumers = graph.consumers()
+        for name in graph.inputs:
+            users = consumers.get(name, [])
+            if len(users) == 1 and users[0].kind == "quantize" and graph.tensors[users[0].outputs[0]].dtype == "int8":
+                ops.remove(users[0])
+                inputs[name] = users[0].outputs[0]
+        producers = graph.producers()
+        for name in graph.outputs:
+            op = producers.get(name)
+            if op is not None and op.kind == "dequantize" and len(consumers.get(name, [])) == 0:
+                ops.remove(op)
+                outputs[name] = op.inputs[0]
+    counts: dict[str, int] = {}
+    for name in inputs.values():
+        writer.tensor(name)
+    for op in ops:
+        TFLITE_OPS[op.kind](writer, op)
+        counts[op.kind] = counts.get(op.kind, 0) + 1
+    input_indices = [writer.tensor(name) for name in inputs.values()]
+    output_indices = [writer.tensor(name) for name in outputs.values()]
+    # The interpreter sees the ONNX input/output names, also for int8 I/O.
+    for index, outer in zip(input_indices + output_indices, list(inputs) + list(outputs)):
+        writer.tensors[index].name = outer
+    data = writer.serialize(input_indices, output_indices, description)
+    return TfliteModel(
+        data=data,
+        inputs=[_io_info(graph.tensors[inner], outer) for outer, inner in inputs.items()],
+        outputs=[_io_info(graph.tensors[inner], outer) for outer, inner in outputs.items()],
+        float_ops=list(graph.float_ops),
+        op_counts=counts,
+    )
+
+
+def _versions() -> dict:
+    versions = {}
+    for package in ("ai-edge-litert", "flatbuffers"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "missing"
+    return versions
+
+
+def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
+    """Lower a float or QDQ model and write it as a TFLite bundle.
+
+    Args:
+        model: a loaded model (fwedge.ir.load): float for fp32, QDQ for int8.
+        out_dir: the bundle directory to create or replace.
+        options: ExportOptions (float_io; extra["input_shapes"] for dynamic inputs;
+            extra["num_threads"] is recorded for the runner).
+
+    Returns:
+        The written Bundle.
+
+    Raises:
+        UnsupportedOpError: every node the lowering or the TFLite writer cannot take, before
+            anything is written.
+        ExportError: the requested precision contradicts the model.
+    """
+    precision = resolve_precision(model, options.precision, TARGET)
+    graph = _lowered(model, options)
+    problems = _tflite_problems(model, graph)
+    if problems:
+        raise UnsupportedOpError(TARGET, [(n, o, v) for n, o, v, _ in problems],
+                                 detail="; ".join(f"{n}: {why}" for n, _, _, why in problems))
+    if graph.float_ops:
+        log.warning("tflite: %d node(s) have no Q/DQ around them and stay float32: %s",
+                    len(graph.float_ops), ", ".join(graph.float_ops))
+    built = build_tflite(graph, float_io=options.float_io, description=f"fwedge {precision} {TARGET}")
+
+    def write_files(folder: Path) -> dict:
+        ir.write_atomic(folder / MODEL_FILE, built.data)
+        weights = sum(t.data.nbytes for t in graph.constants())
+        return {"model_bytes": len(built.data), "weights_bytes": int(weights)}
+
+    return write_bundle(
+        out_dir, target=TARGET, arch=options.arch, precision=precision,
+        source_sha256=options.source_sha256, inputs=built.inputs, outputs=built.outputs,
+        write_files=write_files, preprocess=options.preprocess, toolchain=_versions(),
+        extra={"float_io": bool(options.float_io), "float_ops": built.float_ops, "op_counts": built.op_counts,
+               "num_threads": int(options.extra.get("num_threads", 1))},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Runner
+# --------------------------------------------------------------------------------------------
+
+
+def _interpreter(bundle: Bundle, num_threads: int | None = None):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # boards with the legacy runtime package
+        from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+    threads = num_threads or int(bundle.extra.get("num_threads", 1))
+    interpreter = Interpreter(model_path=str(bundle.file(MODEL_FILE)), num_threads=threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+_INTERPRETERS = RunnerCache(_interpreter)
+
+
+def _to_device(spec: TensorInfo, batch: np.ndarray) -> np.ndarray:
+    """One NCHW float32 sample [1, ...] as the device tensor: NHWC, quantized when int8."""
+    array = np.asarray(batch, dtype=np.float32)
+    if spec.layout == "NHWC":
+        array = array.transpose(NCHW_TO_NHWC)
+    if spec.dtype == "int8":
+        q = np.rint(array / np.float32(spec.scale)) + spec.zero_point
+        return np.clip(q, -128, 127).astype(np.int8)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _from_device(spec: TensorInfo, array: np.ndarray) -> np.ndarray:
+    """A device output back to float32 in logical (NCHW) layout."""
+    if spec.dtype == "int8":
+        array = (array.astype(np.int32) - spec.zero_point).astype(np.float32) * np.float32(spec.scale)
+    if spec.layout == "NHWC":
+        array = array.transpose(NHWC_TO_NCHW)
+    return np.asarray(array, dtype=np.float32)
+
+
+def run(bundle: Bundle, feeds: dict[str, np.ndarray], num_threads: int | None = None) -> dict[str, np.ndarray]:
+    """Run a TFLite bundle with ai-edge-litert on the host.
+
+    Args:
+        bundle: a loaded TFLite bundle.
+        feeds: input name -> float32 NCHW batch [N, ...]; the model is batch 1, so samples are
+            run one by one.
+        num_threads: interpreter threads (default: the bundle's num_threads, 1).
+
+    Returns:
+        output name -> float32 array [N, ...] in logical (NCHW) layout, dequantized.
+
+    Raises:
+        ExportError: a missing input or a shape that does not fit.
+    """
+    interpreter = _INTERPRETERS.get(bundle) if num_threads is None else _interpreter(bundle, num_threads)
+    details_in = {d["name"]: d for d in interpreter.get_input_details()}
+    details_out = {d["name"]: d for d in interpreter.get_output_details()}
+    batch = None
+    for spec in bundle.inputs:
+        if spec.name not in feeds:
+            raise ExportError(f"bundle '{bundle.path}': input '{spec.name}' not fed; got {sorted(feeds)}")
+        logical = [spec.shape[i] for i in NHWC_TO_NCHW] if spec.layout == "NHWC" else spec.shape
+        array = feeds[spec.name]
+        if array.ndim != len(logical) or list(array.shape[1:]) != list(logical[1:]):
+            raise ExportError(f"bundle '{bundle.path}': input '{spec.name}' expects shape [N, "
+                              f"{', '.join(map(str, logical[1:]))}] (NCHW), got {list(array.shape)}")
+        batch = array.shape[0] if batch is None else batch
+    results: dict[str, list[np.ndarray]] = {spec.name: [] for spec in bundle.outputs}
+    for sample in range(batch or 0):
+        for spec in bundle.inputs:
+            device = _to_device(spec, feeds[spec.name][sample:sample + 1])
+            interpreter.set_tensor(details_in[spec.name]["index"], device)
+        interpreter.invoke()
+        for spec in bundle.outputs:
+            value = interpreter.get_tensor(details_out[spec.name]["index"])
+            results[spec.name].append(_from_device(spec, value.copy()))
+    return {name: np.concatenate(values) if values else np.zeros((0,), np.float32) for name, values in results.items()}
+

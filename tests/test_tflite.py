@@ -1,0 +1,101 @@
+"""TFLite target: op matrix and example models against onnxruntime, int8 I/O, unsupported ops, bundles."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from fwedge.bundle import load_bundle
+from fwedge.errors import UnsupportedOpError
+from fwedge.eval import ort_session
+from fwedge.targets import ExportOptions
+from helpers import tiny_conv_model
+from op_matrix import OP_CASES, op_case_ids, output_scale, qdq_model, random_feeds, steps_off
+from tolerances import FP32_ATOL, FP32_RTOL, INT8_MAX_STEPS
+
+pytestmark = pytest.mark.tflite
+
+
+def _tflite():
+    from fwedge.targets import tflite
+
+    return tflite
+
+
+@pytest.mark.parametrize("case", OP_CASES, ids=op_case_ids())
+def test_fp32_op_matrix_matches_onnxruntime(case, tmp_path):
+    tflite = _tflite()
+    feeds = random_feeds(case, batch=2)
+    bundle = load_bundle(tflite.export(case.model, tmp_path / "b", ExportOptions()).path)
+    assert bundle.precision == "fp32"
+    expected = ort_session(case.model).run(None, feeds)[0]
+    got = tflite.run(bundle, feeds)["y"]
+    np.testing.assert_allclose(got, expected, rtol=FP32_RTOL, atol=FP32_ATOL, err_msg=f"{case.id}: y")
+
+
+@pytest.mark.parametrize("float_io", [True, False], ids=["float_io", "int8_io"])
+@pytest.mark.parametrize("case", OP_CASES, ids=op_case_ids())
+def test_int8_op_matrix_within_one_step_of_onnxruntime(case, float_io, tmp_path, record_property):
+    tflite = _tflite()
+    qdq = qdq_model(case)
+    feeds = random_feeds(case, batch=2)
+    bundle = load_bundle(tflite.export(qdq, tmp_path / "b", ExportOptions(float_io=float_io)).path)
+    assert bundle.precision == "int8"
+    if not float_io:
+        assert {spec.dtype for spec in bundle.inputs + bundle.outputs} == {"int8"}
+        assert all(spec.scale and spec.zero_point is not None for spec in bundle.inputs + bundle.outputs)
+    expected = ort_session(qdq).run(None, feeds)[0]
+    got = tflite.run(bundle, feeds)["y"]
+    steps = steps_off(expected, got, output_scale(qdq, "y"))
+    off_by_one = int((steps == 1).sum())
+    record_property("off_by_one", off_by_one)
+    print(f"tflite {case.id}: {off_by_one}/{steps.size} elements off by one step")
+    assert steps.max() <= INT8_MAX_STEPS, f"{case.id}: y off by {steps.max()} steps"
+
+
+def test_int8_bundle_follows_the_tflite_quantization_spec(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    case = next(c for c in OP_CASES if c.id == "depthwise_3x3_s2_mult2")
+    bundle = _tflite().export(qdq_model(case), tmp_path / "b", ExportOptions())
+    interpreter = Interpreter(model_path=str(bundle.file("model.tflite")))
+    details = interpreter.get_tensor_details()
+    weights = [d for d in details if d["dtype"] == np.int8 and len(d["shape"]) == 4 and d["shape"][0] == 1
+               and d["quantization_parameters"]["scales"].size > 1]
+    assert weights, "no per-channel int8 depthwise weight found"
+    w = weights[0]
+    assert list(w["shape"]) == [1, 3, 3, 6]  # 1HWO
+    assert w["quantization_parameters"]["quantized_dimension"] == 3
+    assert not w["quantization_parameters"]["zero_points"].any()
+    biases = [d for d in details if d["dtype"] == np.int32 and len(d["shape"]) == 1 and d["shape"][0] == 6]
+    assert biases and not biases[0]["quantization_parameters"]["zero_points"].any()
+    inputs = interpreter.get_input_details()
+    assert inputs[0]["dtype"] == np.float32 and list(inputs[0]["shape"]) == [1, 9, 9, 3]  # NHWC, float I/O
+
+
+def test_unsupported_ops_raise_one_error_and_leave_no_bundle(tmp_path):
+    model = tiny_conv_model()
+    graph = model.graph
+    graph.node.insert(1, helper.make_node("Tanh", ["c"], ["c_tanh"], name="tanh_1"))
+    graph.node[2].input[0] = "c_tanh"
+    graph.node.insert(3, helper.make_node("Tanh", ["r"], ["r_tanh"], name="tanh_2"))
+    graph.node[4].input[0] = "r_tanh"
+    tflite = _tflite()
+    assert [n for n, _, _ in tflite.unsupported_nodes(model)] == ["tanh_1", "tanh_2"]
+    out = tmp_path / "bundle"
+    with pytest.raises(UnsupportedOpError) as info:
+        tflite.export(model, out, ExportOptions())
+    assert info.value.target == "tflite" and len(info.value.nodes) == 2
+    assert "tanh_1" in str(info.value) and "tanh_2" in str(info.value)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_manifest_records_nhwc_io_and_toolchain(tmp_path):
+    case = next(c for c in OP_CASES if c.id == "conv_3x3_s1_p1")
+    bundle = load_bundle(_tflite().export(qdq_model(case), tmp_path / "b", ExportOptions(float_io=False)).path)
+    (x,), (y,) = bundle.inputs, bundle.outputs
+    assert (x.name, x.shape, x.dtype, x.layout) == ("x", [1, 8, 8, 3], "int8", "NHWC")
+    assert (y.name, y.shape, y.dtype, y.layout) == ("y", [1, 8, 8, 5], "int8", "NHWC")
+    assert y.scale == pytest.approx(output_scale(qdq_model(case), "y"))
+    assert "ai-edge-litert" in bundle.versions and "flatbuffers" in bundle.versions
+    assert bundle.sizes["model_bytes"] > 0

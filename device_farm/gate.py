@@ -11,6 +11,7 @@ from fwedge.device_farm.results import DeviceResult, Results, save_results
 from fwedge.errors import GateError
 
 PASS, FAIL, WAIVED, NEW = "pass", "fail", "waived", "new"
+GATE_SCHEMA = "fwedge.gate/1"
 
 
 @dataclass
@@ -97,8 +98,43 @@ class GateReport:
         return [f"{row.bundle} on {row.device}: {reason}" for row in self.rows if row.failed for reason in row.reasons]
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "thresholds": dataclasses.asdict(self.thresholds), "waived": self.waived,
-                "regressions": self.regressions, "rows": [dataclasses.asdict(row) for row in self.rows]}
+        return {"schema": GATE_SCHEMA, "passed": self.passed, "thresholds": dataclasses.asdict(self.thresholds),
+                "waived": self.waived, "regressions": self.regressions,
+                "rows": [dataclasses.asdict(row) for row in self.rows]}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "gate verdict") -> "GateReport":
+        """Read back `fwedge gate --json` output.
+
+        Raises:
+            GateError: another schema or a malformed row.
+        """
+        if not isinstance(data, dict) or data.get("schema") != GATE_SCHEMA:
+            got = data.get("schema") if isinstance(data, dict) else type(data).__name__
+            raise GateError(f"{source}: schema {got!r}, expected {GATE_SCHEMA!r}")
+        try:
+            rows = [GateRow(bundle=row["bundle"], device=row["device"], verdict=row["verdict"],
+                            checks=[Check(**check) for check in row.get("checks", [])],
+                            reasons=list(row.get("reasons", []))) for row in data["rows"]]
+            return cls(rows=rows, thresholds=Thresholds(**data["thresholds"]), waived=list(data.get("waived", [])))
+        except (KeyError, TypeError) as exc:
+            raise GateError(f"{source}: malformed ({exc})") from exc
+
+
+def load_gate(path: str | os.PathLike) -> GateReport:
+    """Read a gate verdict JSON file written by `fwedge gate --json`.
+
+    Raises:
+        GateError: missing, not JSON, or malformed.
+    """
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise GateError(f"gate verdict '{path}': cannot read ({exc})") from exc
+    return GateReport.from_dict(data, f"gate verdict '{path}'")
 
 
 def _is_waived(bundle: str, device: str, waive: list[str]) -> bool:

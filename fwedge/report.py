@@ -1,0 +1,336 @@
+"""Reports: one self-contained HTML file (inline CSS, JS and SVG) and a Markdown CI summary."""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fwedge.device_farm.gate import GateReport
+from fwedge.device_farm.results import DeviceResult, Results, load_results
+from fwedge.errors import GateError
+
+# The page may fetch nothing: the policy forbids every network source; styles and the one
+# script are inline.
+CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
+SQNR_WARN_DB = 20.0
+
+STYLE = """
+body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1b1f24;background:#fff}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
+.meta{color:#57606a;margin-bottom:12px}.verdict{display:inline-block;padding:4px 12px;border-radius:6px;font-weight:700;color:#fff}
+.pass{background:#1a7f37}.fail{background:#cf222e}.none{background:#6e7781}
+table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right;white-space:nowrap}
+th{background:#f6f8fa;cursor:pointer;user-select:none}td.l,th.l{text-align:left}tr.error td{background:#ffebe9}
+tr.v-fail td{background:#ffebe9}tr.v-waived td{background:#fff8c5}.err{white-space:normal;max-width:420px;text-align:left;color:#cf222e}
+svg text{font:11px system-ui,sans-serif;fill:#1b1f24}.note{color:#57606a}
+"""
+
+SCRIPT = """
+(function(){
+  document.querySelectorAll('table.sortable').forEach(function(table){
+    table.querySelectorAll('th').forEach(function(th, column){
+      th.addEventListener('click', function(){
+        var body = table.tBodies[0];
+        var rows = Array.prototype.slice.call(body.rows);
+        var ascending = th.getAttribute('data-order') !== 'asc';
+        rows.sort(function(a, b){
+          var x = a.cells[column].getAttribute('data-v') || a.cells[column].textContent;
+          var y = b.cells[column].getAttribute('data-v') || b.cells[column].textContent;
+          var nx = parseFloat(x), ny = parseFloat(y);
+          var cmp = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+          return ascending ? cmp : -cmp;
+        });
+        rows.forEach(function(row){ body.appendChild(row); });
+        th.setAttribute('data-order', ascending ? 'asc' : 'desc');
+      });
+    });
+  });
+  document.body.setAttribute('data-ready', 'yes');
+})();
+"""
+
+
+@dataclass
+class ReportFiles:
+    """What write_report wrote."""
+
+    html: Path
+    markdown: Path | None = None
+
+
+def _e(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _pct(value) -> str:
+    return "" if value is None else f"{100 * value:.2f}%"
+
+
+def _num(value, digits: int = 3) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return f"{value:.{digits}f}"
+
+
+def _bytes(value) -> str:
+    return "" if value is None else f"{int(value):,}"
+
+
+def load_analysis(path: str | os.PathLike) -> dict:
+    """Read `fwedge analyze --json` output.
+
+    Raises:
+        GateError: missing file, not JSON, or no "tensors" list.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise GateError(f"analysis '{path}': cannot read ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("tensors"), list):
+        raise GateError(f"analysis '{path}': expected `fwedge analyze --json` output with a 'tensors' list")
+    return data
+
+
+def _sqnr_value(entry: dict) -> float:
+    value = entry.get("sqnr_db")
+    if value in ("inf", None):
+        return math.inf
+    return float(value)
+
+
+def sqnr_chart(analysis: dict, width: int = 760) -> str:
+    """Inline SVG: one horizontal bar per quantized tensor (topological order), length = SQNR dB.
+
+    Bars under SQNR_WARN_DB are red; the first layer where the error jumps is outlined.
+    """
+    entries = sorted(analysis["tensors"], key=lambda e: e.get("order", 0))
+    if not entries:
+        return "<p class='note'>The analysis lists no quantized tensors.</p>"
+    finite = [_sqnr_value(e) for e in entries if math.isfinite(_sqnr_value(e))]
+    top = max(finite + [SQNR_WARN_DB * 2]) * 1.1
+    first_jump = (analysis.get("first_jump") or {}).get("tensor")
+    label_width, bar_height, gap = 230, 16, 4
+    plot = width - label_width - 70
+    height = len(entries) * (bar_height + gap) + 46
+    parts = [f"<svg id='sqnr-chart' role='img' aria-label='Per-layer SQNR' width='{width}' height='{height}' "
+             f"viewBox='0 0 {width} {height}'>"]
+    for tick in range(0, int(top) + 1, 10):
+        x = label_width + plot * tick / top
+        parts.append(f"<line x1='{x:.1f}' y1='0' x2='{x:.1f}' y2='{height - 36}' stroke='#eaeef2'/>"
+                     f"<text x='{x:.1f}' y='{height - 22}' text-anchor='middle'>{tick}</text>")
+    warn_x = label_width + plot * SQNR_WARN_DB / top
+    parts.append(f"<line x1='{warn_x:.1f}' y1='0' x2='{warn_x:.1f}' y2='{height - 36}' stroke='#cf222e' stroke-dasharray='4 3'/>")
+    for index, entry in enumerate(entries):
+        y = index * (bar_height + gap)
+        value = _sqnr_value(entry)
+        shown = top if math.isinf(value) else max(value, 0.0)
+        length = max(1.0, plot * shown / top)
+        color = "#cf222e" if value < SQNR_WARN_DB else "#2da44e"
+        outline = " stroke='#0969da' stroke-width='2'" if entry.get("tensor") == first_jump else ""
+        name = f"{entry.get('tensor', '?')} ({entry.get('op', '')})"
+        label = name if len(name) <= 34 else name[:33] + "…"
+        parts.append(
+            f"<g class='bar'><title>{_e(name)}: SQNR {_e(_num(value, 2))} dB, cosine {_e(entry.get('cosine'))}</title>"
+            f"<text x='{label_width - 6}' y='{y + 12}' text-anchor='end'>{_e(label)}</text>"
+            f"<rect x='{label_width}' y='{y}' width='{length:.1f}' height='{bar_height}' fill='{color}'{outline}/>"
+            f"<text x='{label_width + length + 4:.1f}' y='{y + 12}'>{_e(_num(value, 1))} dB</text></g>")
+    parts.append(f"<text x='{label_width + plot / 2:.0f}' y='{height - 4}' text-anchor='middle'>SQNR (dB)</text></svg>")
+    return "".join(parts)
+
+
+def latency_chart(results: list[DeviceResult], width: int = 760) -> str:
+    """Inline SVG: p50 latency bars with a p95 whisker per (bundle, device), log-scaled in ms."""
+    rows = [r for r in results if r.ok and r.latency]
+    if not rows:
+        return "<p class='note'>No latency measurements.</p>"
+    label_width, bar_height, gap = 260, 14, 5
+    plot = width - label_width - 90
+    low = math.log10(min(r.latency.min_ms for r in rows if r.latency.min_ms > 0) if any(r.latency.min_ms > 0 for r in rows) else 1e-3) - 0.2
+    high = math.log10(max(r.latency.p95_ms for r in rows)) + 0.2
+    span = max(high - low, 1e-6)
+
+    def x_of(ms: float) -> float:
+        return label_width + plot * (math.log10(max(ms, 10 ** low)) - low) / span
+
+    height = len(rows) * (bar_height + gap) + 30
+    parts = [f"<svg id='latency-chart' role='img' aria-label='Latency per bundle and device' width='{width}' "
+             f"height='{height}' viewBox='0 0 {width} {height}'>"]
+    for exponent in range(math.ceil(low), math.floor(high) + 1):
+        x = x_of(10 ** exponent)
+        parts.append(f"<line x1='{x:.1f}' y1='0' x2='{x:.1f}' y2='{height - 20}' stroke='#eaeef2'/>"
+                     f"<text x='{x:.1f}' y='{height - 6}' text-anchor='middle'>{10 ** exponent:g} ms</text>")
+    for index, r in enumerate(rows):
+        y = index * (bar_height + gap)
+        p50, p95 = x_of(r.latency.p50_ms), x_of(r.latency.p95_ms)
+        label = f"{r.bundle} @ {r.device}" + (" (baseline)" if r.role == "baseline" else "")
+        parts.append(
+            f"<g class='bar'><title>{_e(label)}: p50 {r.latency.p50_ms:.4g} ms, p95 {r.latency.p95_ms:.4g} ms</title>"
+            f"<text x='{label_width - 6}' y='{y + 11}' text-anchor='end'>{_e(label[:40])}</text>"
+            f"<rect x='{label_width}' y='{y}' width='{max(1.0, p50 - label_width):.1f}' height='{bar_height}' "
+            f"fill='{'#8c959f' if r.role == 'baseline' else '#0969da'}'/>"
+            f"<line x1='{p50:.1f}' y1='{y + bar_height / 2}' x2='{p95:.1f}' y2='{y + bar_height / 2}' stroke='#1b1f24'/>"
+            f"<line x1='{p95:.1f}' y1='{y + 2}' x2='{p95:.1f}' y2='{y + bar_height - 2}' stroke='#1b1f24'/>"
+            f"<text x='{p95 + 4:.1f}' y='{y + 11}'>{r.latency.p50_ms:.3g} ms</text></g>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _results_table(results: list[DeviceResult]) -> str:
+    head = ["bundle", "target", "arch", "precision", "device", "status", "accuracy", "agreement vs FP32",
+            "SQNR vs FP32 dB", "p50 ms", "p95 ms", "B/A latency", "file bytes", "ROM bytes", "RAM bytes", "error"]
+    left = {"bundle", "target", "arch", "precision", "device", "status", "error"}
+    out = ["<table id='results' class='sortable'><thead><tr>"]
+    out += [f"<th class='{'l' if h in left else ''}'>{_e(h)}</th>" for h in head]
+    out.append("</tr></thead><tbody>")
+    for r in results:
+        fidelity = r.fidelity or {}
+        latency = r.latency
+        sqnr = fidelity.get("sqnr_db")
+        cells = [
+            ("l", r.bundle + (" (baseline)" if r.role == "baseline" else ""), None),
+            ("l", r.target, None), ("l", r.arch, None), ("l", r.precision, None), ("l", r.device, None),
+            ("l", r.status, None),
+            ("", _pct(r.accuracy), r.accuracy), ("", _pct(fidelity.get("top1_agreement")), fidelity.get("top1_agreement")),
+            ("", _num(sqnr, 1) if sqnr is not None else "", sqnr if isinstance(sqnr, (int, float)) and math.isfinite(sqnr) else 1e9 if sqnr is not None else None),
+            ("", _num(latency.p50_ms, 4) if latency else "", latency.p50_ms if latency else None),
+            ("", _num(latency.p95_ms, 4) if latency else "", latency.p95_ms if latency else None),
+            ("", _num(r.latency_ratio, 3), r.latency_ratio),
+            ("", _bytes(r.sizes.get("file_bytes")), r.sizes.get("file_bytes")),
+            ("", _bytes(r.sizes.get("rom_bytes")), r.sizes.get("rom_bytes")),
+            ("", _bytes(r.sizes.get("ram_bytes")), r.sizes.get("ram_bytes")),
+            ("err", r.error or "", None),
+        ]
+        row_class = "error" if not r.ok else ""
+        out.append(f"<tr class='{row_class}'>")
+        for css, text, sort_value in cells:
+            data = "" if sort_value is None else f" data-v='{_e(sort_value)}'"
+            title = f" title='{_e(r.stderr_tail)}'" if css == "err" and r.stderr_tail else ""
+            out.append(f"<td class='{css}'{data}{title}>{_e(text)}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _gate_section(gate: GateReport | None) -> str:
+    if gate is None:
+        return "<p class='note'>No gate was run for these results.</p>"
+    out = ["<table id='gate'><thead><tr><th class='l'>bundle</th><th class='l'>device</th><th class='l'>verdict</th>"
+           "<th class='l'>checks</th><th class='l'>reasons</th></tr></thead><tbody>"]
+    for row in gate.rows:
+        checks = "; ".join(f"{c.metric} {c.change}" + ("" if c.passed else " ✗") for c in row.checks)
+        out.append(f"<tr class='v-{_e(row.verdict)}'><td class='l'>{_e(row.bundle)}</td><td class='l'>{_e(row.device)}</td>"
+                   f"<td class='l'>{_e(row.verdict.upper())}</td><td class='l'>{_e(checks)}</td>"
+                   f"<td class='err'>{_e('; '.join(row.reasons))}</td></tr>")
+    out.append("</tbody></table>")
+    limits = gate.thresholds
+    out.append(f"<p class='note'>Limits: accuracy drop ≤ {limits.max_accuracy_drop:g} pp, agreement drop ≤ "
+               f"{limits.max_fidelity_drop:g} pp, latency ≤ +{100 * limits.max_latency_increase:g}%, size ≤ "
+               f"+{100 * limits.max_size_increase:g}%"
+               + (f"; waived: {_e(', '.join(gate.waived))}" if gate.waived else "") + ".</p>")
+    return "".join(out)
+
+
+def _verdict_badge(gate: GateReport | None) -> str:
+    if gate is None:
+        return "<span class='verdict none' id='verdict'>NO GATE</span>"
+    if gate.passed:
+        return "<span class='verdict pass' id='verdict'>GATE PASS</span>"
+    return f"<span class='verdict fail' id='verdict'>GATE FAIL ({len(gate.regressions)} regression(s))</span>"
+
+
+def render_html(results: Results, analysis: dict | None = None, gate: GateReport | None = None,
+                title: str = "fwedge report") -> str:
+    """The whole report as one HTML string with no external references."""
+    ok = sum(r.ok for r in results.results)
+    meta = (f"{_e(results.created)} · data {_e(results.data)} · {results.samples} samples · "
+            f"{results.repeats} timed runs · {ok}/{len(results.results)} runs ok · host {_e(results.host.get('node', ''))} "
+            f"({_e(results.host.get('machine', ''))})")
+    body = [f"<h1>{_e(title)}</h1><div class='meta'>{meta}</div>", _verdict_badge(gate)]
+    if gate is not None and gate.regressions:
+        body.append("<ul id='regressions'>" + "".join(f"<li>{_e(line)}</li>" for line in gate.regressions) + "</ul>")
+    body.append("<h2>Accuracy, latency and size per target and device</h2>")
+    body.append(_results_table(results.results))
+    for note in results.notes:
+        body.append(f"<p class='note'>{_e(note)}</p>")
+    body.append("<h2>Latency (p50 bar, p95 whisker, on-device timer)</h2>")
+    body.append(latency_chart(results.results))
+    body.append("<h2>Per-layer SQNR of the quantized model</h2>")
+    if analysis is None:
+        body.append("<p class='note'>No analysis given (fwedge analyze FLOAT QDQ --json FILE).</p>")
+    else:
+        jump = analysis.get("first_jump")
+        body.append(f"<p class='note'>{analysis.get('samples', '?')} samples; red bars are below {SQNR_WARN_DB:g} dB"
+                    + (f"; error first jumps at '{_e(jump.get('tensor'))}' ({_e(jump.get('op'))})" if jump else "")
+                    + ".</p>")
+        body.append(sqnr_chart(analysis))
+    body.append("<h2>Gate</h2>")
+    body.append(_gate_section(gate))
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
+            f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>"
+            + "".join(body) + f"<script>{SCRIPT}</script></body></html>\n")
+
+
+def render_markdown(results: Results, gate: GateReport | None = None) -> str:
+    """A GitHub job-summary table: verdict, one row per result, regressions."""
+    if gate is None:
+        verdict = "no gate run"
+    else:
+        verdict = "✅ PASS" if gate.passed else f"❌ FAIL ({len(gate.regressions)} regression(s))"
+    lines = [f"## fwedge: {verdict}", "",
+             f"{results.samples} samples of `{results.data}`, {results.repeats} timed runs per pair.", "",
+             "| bundle | device | status | accuracy | agreement | p50 ms | p95 ms | B/A | file bytes |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+
+    def cell(text) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    for r in results.results:
+        latency = r.latency
+        lines.append("| " + " | ".join(cell(v) for v in [
+            r.bundle + (" (baseline)" if r.role == "baseline" else ""), r.device,
+            r.status if r.ok else f"error: {r.error}", _pct(r.accuracy),
+            _pct((r.fidelity or {}).get("top1_agreement")), _num(latency.p50_ms, 4) if latency else "",
+            _num(latency.p95_ms, 4) if latency else "", _num(r.latency_ratio, 3), _bytes(r.sizes.get("file_bytes")),
+        ]) + " |")
+    if gate is not None and gate.regressions:
+        lines += ["", "### Regressions", ""] + [f"- {cell(line)}" for line in gate.regressions]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    results_path: str | os.PathLike,
+    html_path: str | os.PathLike,
+    analysis_path: str | os.PathLike | None = None,
+    gate: GateReport | None = None,
+    markdown_path: str | os.PathLike | None = None,
+    title: str = "fwedge report",
+) -> ReportFiles:
+    """Write the HTML report (and optionally the Markdown summary) atomically.
+
+    Args:
+        results_path: farm results JSON.
+        html_path: where the HTML goes.
+        analysis_path: `fwedge analyze --json` output for the SQNR chart.
+        gate: a gate verdict to show (see fwedge.device_farm.gate.evaluate_gate).
+        markdown_path: where the Markdown summary goes.
+
+    Returns:
+        ReportFiles.
+
+    Raises:
+        GateError: unreadable results or analysis.
+    """
+    from fwedge.ir import write_atomic
+
+    results = load_results(results_path)
+    analysis = load_analysis(analysis_path) if analysis_path else None
+    html_file = write_atomic(html_path, render_html(results, analysis, gate, title))
+    markdown_file = write_atomic(markdown_path, render_markdown(results, gate)) if markdown_path else None
+    return ReportFiles(html=html_file, markdown=markdown_file)

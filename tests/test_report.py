@@ -1,0 +1,148 @@
+"""Reports: one self-contained HTML file (checked in headless Chromium) and a Markdown summary."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fwedge.cli import cli
+from fwedge.device_farm import gate
+from fwedge.device_farm.results import DeviceResult, Latency, Results, save_results
+from fwedge.report import render_html, render_markdown
+
+HOSTILE = "<script>alert('x')</script>|name"
+
+
+def _results() -> Results:
+    def ok(bundle, device, accuracy, p50, **extra):
+        return DeviceResult(bundle=bundle, device=device, status="ok", target=extra.pop("target", "onnx"),
+                            arch=extra.pop("arch", "x86_64"), precision="int8", accuracy=accuracy,
+                            fidelity={"top1_agreement": accuracy + 0.05, "sqnr_db": 21.5, "cosine": 0.99,
+                                      "max_abs_error": 0.3, "samples": 500},
+                            latency=Latency(p50, p50 * 1.2, p50 * 1.1, p50 * 0.9, 20),
+                            sizes={"file_bytes": 40000, "rom_bytes": 30000, "ram_bytes": 9000}, samples=500, **extra)
+
+    return Results(results=[
+        ok("cnn-onnx", "host", 0.91, 0.05),
+        ok("cnn-aarch64", "qemu-aarch64", 0.905, 2.5, target="c", arch="aarch64"),
+        ok(HOSTILE, "host", 0.80, 0.07),
+        DeviceResult(bundle="cnn-riscv64", device="qemu-riscv64", status="error", target="c", arch="riscv64",
+                     error="qemu-riscv64: killed by SIGSEGV", stderr_tail="qemu: uncaught target signal 11"),
+    ], data="fashion-mnist:test", samples=500, repeats=20, created="2026-01-01T00:00:00+00:00",
+        host={"node": "ci", "machine": "x86_64"})
+
+
+def _analysis() -> dict:
+    """`fwedge analyze --json` shaped output (fwedge.layer_analysis.LayerAnalysis.to_dict)."""
+    names = [("input", "Conv"), ("conv1", "Conv+Relu"), ("pool1", "MaxPool"), ("conv2", "Conv+Relu"),
+             ("fc1", "Gemm+Relu"), ("logits", "Gemm")]
+    values = [41.0, 33.5, 33.5, 12.0, 24.0, 22.5]
+    tensors = [{"tensor": name, "node": name, "op": op, "order": i, "sqnr_db": value, "cosine": 0.99,
+                "max_abs_error": 0.1, "upstream_sqnr_db": None, "jump_db": None}
+               for i, ((name, op), value) in enumerate(zip(names, values))]
+    tensors[0]["sqnr_db"] = "inf"
+    return {"samples": 256, "jump_threshold_db": 6.0, "first_jump": tensors[3], "largest_jump": tensors[3],
+            "tensors": sorted(tensors, key=lambda t: 1e9 if t["sqnr_db"] == "inf" else t["sqnr_db"]), "notes": []}
+
+
+def _gate(results: Results) -> gate.GateReport:
+    baseline = Results(results=[r for r in results.results if r.ok] + [
+        DeviceResult(bundle="cnn-onnx", device="board", status="ok", accuracy=0.9)])
+    return gate.evaluate_gate(results, baseline)
+
+
+def test_html_is_self_contained_and_escapes_names():
+    results = _results()
+    page = render_html(results, _analysis(), _gate(results))
+    assert page.count("<script") == 1, "only the report's own inline script"
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert not re.search(r"(src|href)\s*=", page) and "http://" not in page and "https://" not in page
+    assert "default-src 'none'" in page
+    assert page.count("<tr class=") == 4 + len(_gate(results).rows)
+    sqnr = page[page.index("<svg id='sqnr-chart'"):]
+    assert sqnr[:sqnr.index("</svg>")].count("<rect") == 6
+    assert "GATE FAIL" in page and "cnn-onnx on board: missing" in page
+
+
+def test_markdown_summary_lists_every_result_and_regression():
+    results = _results()
+    text = render_markdown(results, _gate(results))
+    assert text.startswith("## fwedge: ❌ FAIL")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + 4
+    assert "\\|name" in text, "a pipe in a name must not split the table"
+    assert "- cnn-riscv64 on qemu-riscv64: error on the device: qemu-riscv64: killed by SIGSEGV" in text
+
+
+def test_report_command_writes_html_and_markdown(tmp_path):
+    results_path = save_results(_results(), tmp_path / "results.json")
+    (tmp_path / "analysis.json").write_text(json.dumps(_analysis()))
+    verdict = CliRunner().invoke(cli, ["gate", str(results_path), "--baseline", str(results_path),
+                                       "--json", str(tmp_path / "gate.json")])
+    assert verdict.exit_code == 1  # the error result fails the gate even against itself
+    done = CliRunner().invoke(cli, ["report", str(results_path), "--analysis", str(tmp_path / "analysis.json"),
+                                    "--gate", str(tmp_path / "gate.json"), "-o", str(tmp_path / "r.html"),
+                                    "--markdown", str(tmp_path / "s.md")])
+    assert done.exit_code == 0, done.output
+    assert "GATE FAIL" in (tmp_path / "r.html").read_text() and (tmp_path / "s.md").read_text().startswith("## fwedge")
+    bad = CliRunner().invoke(cli, ["report", str(results_path), "--analysis", str(results_path), "-o", str(tmp_path / "x.html")])
+    assert bad.exit_code == 2 and "tensors" in bad.output
+
+
+def _chromium(tmp_path: Path, page: Path, *mode: str) -> tuple[str, str]:
+    argv = ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tmp_path / ('profile-' + mode[0].strip('-').split('=')[0])}",
+            "--enable-logging=stderr", "--v=0", "--window-size=1200,1600", *mode, page.resolve().as_uri()]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout, done.stderr
+
+
+def _console_errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+
+
+@pytest.mark.chromium
+def test_report_renders_in_headless_chromium(tmp_path):
+    results = _results()
+    page = tmp_path / "report.html"
+    page.write_text(render_html(results, _analysis(), _gate(results)))
+    dom, log = _chromium(tmp_path, page, "--dump-dom")
+    assert _console_errors(log) == []
+    assert 'data-ready="yes"' in dom, "the inline script did not run"
+    table = dom[dom.index('<table id="results"'):]
+    table = table[:table.index("</table>")]
+    assert table.count("<tr") == 1 + 4 and "cnn-aarch64" in table and "qemu-aarch64" in table
+    chart = dom[dom.index('<svg id="sqnr-chart"'):]
+    chart = chart[:chart.index("</svg>")]
+    widths = [float(w) for w in re.findall(r'<rect [^>]*width="([0-9.]+)"', chart)]
+    assert len(widths) == 6 and min(widths) > 1, widths
+    assert '<svg id="latency-chart"' in dom
+
+    shot = tmp_path / "report.png"
+    _, log = _chromium(tmp_path, page, f"--screenshot={shot}")
+    assert _console_errors(log) == []
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape[:2] == (1600, 1200)
+    not_white = np.any(pixels < 235, axis=2).mean()
+    assert not_white > 0.02, f"screenshot looks blank ({100 * not_white:.2f}% non-white)"
+    red = ((pixels[..., 0] > 180) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)).sum()
+    green = ((pixels[..., 1] > 130) & (pixels[..., 0] < 90) & (pixels[..., 2] < 120)).sum()
+    assert red > 200 and green > 200, f"SQNR bars / verdict colours missing (red {red}, green {green})"
+
+
+@pytest.mark.chromium
+def test_console_error_detection_catches_a_broken_page(tmp_path):
+    """The console check above can fail: a page that throws is caught."""
+    page = tmp_path / "broken.html"
+    page.write_text("<!DOCTYPE html><html><body><p>x</p><script>throw new Error('boom')</script></body></html>")
+    _, log = _chromium(tmp_path, page, "--dump-dom")
+    assert any("Uncaught Error: boom" in line for line in _console_errors(log))

@@ -24,7 +24,8 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .pass{background:#1a7f37}.fail{background:#cf222e}.none{background:#6e7781}
 table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right;white-space:nowrap}
 th{background:#f6f8fa;cursor:pointer;user-select:none}td.l,th.l{text-align:left}tr.error td{background:#ffebe9}
-tr.v-fail td{background:#ffebe9}tr.v-waived td{background:#fff8c5}.err{white-space:normal;max-width:420px;text-align:left;color:#cf222e}
+tr.v-fail td{background:#ffebe9}tr.v-waived td{background:#fff8c5}.err{white-space:normal;min-width:260px;max-width:520px;text-align:left;color:#cf222e}
+td.wrap{white-space:normal;min-width:260px;max-width:520px;text-align:left}.scroll{overflow-x:auto}
 svg text{font:11px system-ui,sans-serif;fill:#1b1f24}.note{color:#57606a}
 """
 
@@ -185,7 +186,7 @@ def _results_table(results: list[DeviceResult]) -> str:
     head = ["bundle", "target", "arch", "precision", "device", "status", "accuracy", "agreement vs FP32",
             "SQNR vs FP32 dB", "p50 ms", "p95 ms", "B/A latency", "file bytes", "ROM bytes", "RAM bytes", "error"]
     left = {"bundle", "target", "arch", "precision", "device", "status", "error"}
-    out = ["<table id='results' class='sortable'><thead><tr>"]
+    out = ["<div class='scroll'><table id='results' class='sortable'><thead><tr>"]
     out += [f"<th class='{'l' if h in left else ''}'>{_e(h)}</th>" for h in head]
     out.append("</tr></thead><tbody>")
     for r in results:
@@ -213,7 +214,7 @@ def _results_table(results: list[DeviceResult]) -> str:
             title = f" title='{_e(r.stderr_tail)}'" if css == "err" and r.stderr_tail else ""
             out.append(f"<td class='{css}'{data}{title}>{_e(text)}</td>")
         out.append("</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 
@@ -225,7 +226,7 @@ def _gate_section(gate: GateReport | None) -> str:
     for row in gate.rows:
         checks = "; ".join(f"{c.metric} {c.change}" + ("" if c.passed else " ✗") for c in row.checks)
         out.append(f"<tr class='v-{_e(row.verdict)}'><td class='l'>{_e(row.bundle)}</td><td class='l'>{_e(row.device)}</td>"
-                   f"<td class='l'>{_e(row.verdict.upper())}</td><td class='l'>{_e(checks)}</td>"
+                   f"<td class='l'>{_e(row.verdict.upper())}</td><td class='wrap'>{_e(checks)}</td>"
                    f"<td class='err'>{_e('; '.join(row.reasons))}</td></tr>")
     out.append("</tbody></table>")
     limits = gate.thresholds

@@ -54,3 +54,7 @@ class PruneError(FwEdgeError):
 
 class DistillError(FwEdgeError):
     """Distillation cannot run: missing torch, mismatched teacher/student, unsupported op."""
+
+
+class PipelineError(FwEdgeError):
+    """A pipeline.toml is malformed, or a stage cannot run (its library is missing or it failed)."""

@@ -74,62 +74,19 @@ def prepare(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = 
                 f"(pass input_shapes={{'{value.name}': [1, C, H, W]}})"
             )
         shapes[value.name] = shape
+    # Declared output shapes (often [-1, ...] from exporters) must not hide the inferred ones.
+    for value in out.graph.output:
+        value.type.tensor_type.ClearField("shape")
     out = ir.set_input_shapes(out, shapes)
-    out = _fold_constants(out)
     from fwedge.passes.fold_bn import fold_batchnorm
+    from fwedge.passes.simplify import simplify
+
+    out = simplify(out)
 
     out = fold_batchnorm(out)
     out = _remove_dead(out)
     del out.graph.value_info[:]
     return onnx.shape_inference.infer_shapes(out, data_prop=True)
-
-
-def _fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Evaluate nodes whose inputs are all constant (and Shape of static tensors) into initializers."""
-    from onnx.reference import ReferenceEvaluator
-
-    graph = model.graph
-    consts = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    shapes = ir.value_shapes(model)
-    opset = ir.opset_version(model)
-    keep = []
-    folded = 0
-    for node in graph.node:
-        if node.op_type in _QDQ or node.domain not in ("", "ai.onnx"):
-            keep.append(node)
-            continue
-        if node.op_type == "Shape" and all(isinstance(d, int) for d in shapes.get(node.input[0], [None])):
-            shape = np.array(shapes[node.input[0]], dtype=np.int64)
-            start, end = attribute(node, "start", 0), attribute(node, "end", None)
-            consts[node.output[0]] = shape[start:end]
-        elif node.input and all(name == "" or name in consts for name in node.input) and node.op_type not in ("RandomNormal", "RandomUniform"):
-            inputs = [name for name in node.input if name]
-            sub = helper.make_graph(
-                [node], "fold",
-                [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(consts[n].dtype), consts[n].shape) for n in inputs],
-                [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output],
-            )
-            try:
-                results = ReferenceEvaluator(helper.make_model(sub, opset_imports=[helper.make_opsetid("", opset)])).run(
-                    None, {n: consts[n] for n in inputs}
-                )
-            except Exception as exc:  # noqa: BLE001 - a node the reference cannot fold stays
-                log.debug("cannot fold %s (%s): %s", node.name, node.op_type, exc)
-                keep.append(node)
-                continue
-            for name, value in zip(node.output, results):
-                consts[name] = np.asarray(value)
-        else:
-            keep.append(node)
-            continue
-        for name in node.output:
-            graph.initializer.append(numpy_helper.from_array(consts[name], name))
-        folded += 1
-    if folded:
-        del graph.node[:]
-        graph.node.extend(keep)
-        log.info("folded %d constant node(s)", folded)
-    return model
 
 
 def _remove_dead(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -215,12 +172,12 @@ def _clip_bounds(view: _View, node: onnx.NodeProto) -> tuple[float, float] | Non
         value = view.const(node.input[1])
         if value is None:
             return None
-        low = float(value)
+        low = float(np.asarray(value).reshape(-1)[0])
     if len(node.input) > 2 and node.input[2]:
         value = view.const(node.input[2])
         if value is None:
             return None
-        high = float(value)
+        high = float(np.asarray(value).reshape(-1)[0])
     return (-math.inf if low is None else float(low), math.inf if high is None else float(high))
 
 
@@ -307,7 +264,7 @@ def _node_problem(view: _View, node: onnx.NodeProto) -> str | None:
             return "non-constant pads"
         if len(node.input) > 3 and node.input[3]:
             return "Pad axes input"
-    if op in ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Add", "Mul", "Sub", "Div") + _ALIASES:
+    if op in ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Add", "Mul", "Sub", "Div"):
         out_shape = view.shapes.get(node.output[0])
         if out_shape is None or any(not isinstance(d, int) for d in out_shape):
             return "output shape is not static"

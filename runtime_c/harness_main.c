@@ -1,0 +1,130 @@
+/* fwedge C bundle harness: read inputs from a file, run the model, write outputs, time it.
+ *
+ * Usage: fwedge_model INPUT_FILE OUTPUT_FILE [COUNT [ITERATIONS]]
+ *
+ * INPUT_FILE holds COUNT samples back to back; each sample is every model input in order as
+ * raw little-endian arrays in ONNX (NCHW) order, FWEDGE_INPUT_BYTES bytes in all. The file size
+ * must be exactly COUNT * FWEDGE_INPUT_BYTES, otherwise the harness exits with status 2 and a
+ * message, before reading any sample. OUTPUT_FILE receives COUNT samples of every output in
+ * order, FWEDGE_OUTPUT_BYTES bytes each.
+ *
+ * With ITERATIONS > 0 the harness then runs the last sample ITERATIONS more times (after one
+ * warm-up run) and prints one line per run, "fwedge-latency-ns <nanoseconds>", measured with
+ * clock_gettime(CLOCK_MONOTONIC). Exit status: 0 success, 1 I/O failure, 2 usage or input size.
+ */
+#define _POSIX_C_SOURCE 199309L
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "model.h"
+
+static unsigned char input_buffer[FWEDGE_INPUT_BYTES];
+static unsigned char output_buffer[FWEDGE_OUTPUT_BYTES];
+
+static long parse_count(const char *text, const char *what)
+{
+    char *end = NULL;
+    errno = 0;
+    long value = strtol(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || value < 0 || value > 100000000L) {
+        fprintf(stderr, "error: %s must be a non-negative integer, got '%s'\n", what, text);
+        return -1;
+    }
+    return value;
+}
+
+static long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+int main(int argc, char **argv)
+{
+    const void *inputs[FWEDGE_NUM_INPUTS];
+    void *outputs[FWEDGE_NUM_OUTPUTS];
+    size_t offset = 0;
+    for (int i = 0; i < FWEDGE_NUM_INPUTS; ++i) {
+        inputs[i] = input_buffer + offset;
+        offset += fwedge_input_bytes[i];
+    }
+    offset = 0;
+    for (int i = 0; i < FWEDGE_NUM_OUTPUTS; ++i) {
+        outputs[i] = output_buffer + offset;
+        offset += fwedge_output_bytes[i];
+    }
+    if (argc < 3 || argc > 5) {
+        fprintf(stderr, "usage: %s INPUT_FILE OUTPUT_FILE [COUNT [ITERATIONS]]\n", argv[0]);
+        fprintf(stderr, "  one sample is %d bytes of input (", FWEDGE_INPUT_BYTES);
+        for (int i = 0; i < FWEDGE_NUM_INPUTS; ++i) {
+            fprintf(stderr, "%s'%s' %u bytes", i ? ", " : "", fwedge_input_names[i], (unsigned)fwedge_input_bytes[i]);
+        }
+        fprintf(stderr, ") and %d bytes of output\n", FWEDGE_OUTPUT_BYTES);
+        return 2;
+    }
+    const long count = argc > 3 ? parse_count(argv[3], "COUNT") : 1;
+    const long iterations = argc > 4 ? parse_count(argv[4], "ITERATIONS") : 0;
+    if (count < 0 || iterations < 0) {
+        return 2;
+    }
+    FILE *in = fopen(argv[1], "rb");
+    if (!in) {
+        fprintf(stderr, "error: cannot open input file '%s': %s\n", argv[1], strerror(errno));
+        return 1;
+    }
+    if (fseek(in, 0, SEEK_END) != 0) {
+        fprintf(stderr, "error: cannot seek in input file '%s'\n", argv[1]);
+        fclose(in);
+        return 1;
+    }
+    const long size = ftell(in);
+    const long long expected = (long long)count * FWEDGE_INPUT_BYTES;
+    if (size < 0 || (long long)size != expected) {
+        fprintf(stderr, "error: input file '%s' has %ld bytes, expected %lld (%ld sample(s) x %d bytes)\n", argv[1],
+                size, expected, count, FWEDGE_INPUT_BYTES);
+        fclose(in);
+        return 2;
+    }
+    rewind(in);
+    FILE *out = fopen(argv[2], "wb");
+    if (!out) {
+        fprintf(stderr, "error: cannot create output file '%s': %s\n", argv[2], strerror(errno));
+        fclose(in);
+        return 1;
+    }
+    for (long sample = 0; sample < count; ++sample) {
+        if (fread(input_buffer, 1, FWEDGE_INPUT_BYTES, in) != FWEDGE_INPUT_BYTES) {
+            fprintf(stderr, "error: short read of sample %ld from '%s'\n", sample, argv[1]);
+            fclose(in);
+            fclose(out);
+            return 1;
+        }
+        fwedge_run(inputs, outputs);
+        if (fwrite(output_buffer, 1, FWEDGE_OUTPUT_BYTES, out) != FWEDGE_OUTPUT_BYTES) {
+            fprintf(stderr, "error: cannot write outputs of sample %ld to '%s'\n", sample, argv[2]);
+            fclose(in);
+            fclose(out);
+            return 1;
+        }
+    }
+    fclose(in);
+    if (fclose(out) != 0) {
+        fprintf(stderr, "error: cannot finish writing '%s'\n", argv[2]);
+        return 1;
+    }
+    if (iterations > 0) {
+        fwedge_run(inputs, outputs); /* warm-up */
+        for (long i = 0; i < iterations; ++i) {
+            const long long start = now_ns();
+            fwedge_run(inputs, outputs);
+            const long long stop = now_ns();
+            printf("fwedge-latency-ns %lld\n", stop - start);
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,582 @@
+"""C target: generated C sources plus runtime_c kernels, cross-compiled per architecture (zig cc), run natively or under qemu.
+
+Bundle layout (sources rebuild with the bundled Makefile or CMakeLists.txt):
+    model.c, model.h        generated: weights as const arrays, a static arena, fwedge_run()
+    main.c                  the harness (runtime_c/harness_main.c): file in, file out, timings
+    fwedge_rt.h, *.c        only the runtime kernels the model uses
+    Makefile, CMakeLists.txt
+    bin/fwedge_model        the static binary for the bundle's architecture (when built)
+
+Harness protocol (also used by the device farm): `fwedge_model IN OUT COUNT ITERATIONS`, IN holds
+COUNT samples of every input as raw little-endian NCHW arrays (float32 for float inputs), OUT
+receives COUNT samples of every output, and each timed iteration prints
+`fwedge-latency-ns <ns>` (clock_gettime). A wrong-sized IN makes it exit 2 with a message.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from fwedge.bundle import Bundle, TensorInfo, host_arch, write_bundle
+from fwedge.errors import ExportError
+from fwedge.runtime_c import HARNESS, HEADER, source_dir
+from fwedge.targets import C_ARCHES
+from fwedge.targets.c_codegen import CProgram, generate
+from fwedge.targets.common import check_feeds, resolve_precision
+
+log = logging.getLogger(__name__)
+
+TARGET = "c"
+BINARY = "bin/fwedge_model"
+LATENCY_PREFIX = "fwedge-latency-ns"
+
+# zig target triples; static musl binaries run under qemu-user without a sysroot.
+ZIG_TRIPLES = {
+    "x86_64": "x86_64-linux-musl",
+    "aarch64": "aarch64-linux-musl",
+    "riscv64": "riscv64-linux-musl",
+    "loongarch64": "loongarch64-linux-musl",
+}
+# QEMU 7.2's LoongArch emulation lacks LSX/LASX: zig's default CPU for the triple emits them and
+# the binary dies with SIGILL (checked); the base ISA with hardware float runs.
+ZIG_CPU_FLAGS = {"loongarch64": ["-mcpu=generic_la64+f+d"]}
+# ELF e_machine of each architecture, to catch a CC override that builds for the wrong one.
+ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "riscv64": 243, "loongarch64": 258}
+# -ffp-contract=off: no fused multiply-add, so float results do not depend on the FMA units of
+# the CPU; -fno-strict-aliasing: tensors of several types share the byte arena.
+C_FLAGS = ["-std=c99", "-O3", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall"]
+# Stack the kernels need beyond the frames -fstack-usage reports (libm calls, alignment).
+STACK_MARGIN = 512
+
+
+def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
+    """Every (node, op, opset) the C target cannot take: the ones the lowering cannot lower."""
+    from fwedge.passes.lower import unsupported_nodes as lowering_gaps
+
+    return lowering_gaps(model)
+
+
+# --------------------------------------------------------------------------------------------
+# Compilers
+# --------------------------------------------------------------------------------------------
+
+
+def zig_cache_dir() -> Path:
+    """ZIG_GLOBAL_CACHE_DIR inside fwedge's cache ($FWEDGE_CACHE/zig, else ~/.cache/fwedge/zig)."""
+    if os.environ.get("ZIG_GLOBAL_CACHE_DIR"):
+        return Path(os.environ["ZIG_GLOBAL_CACHE_DIR"])
+    base = Path(os.environ["FWEDGE_CACHE"]) if os.environ.get("FWEDGE_CACHE") else Path.home() / ".cache" / "fwedge"
+    return base / "zig"
+
+
+def compiler_command(arch: str, cc: str | None = None) -> list[str]:
+    """The compiler argv (without flags or files) for an architecture.
+
+    Order: `cc` (ExportOptions.cc, a vendor toolchain), then $CC, then the system `cc` for the
+    host architecture and `python -m ziglang cc -target <arch>-linux-musl` for the others.
+
+    Raises:
+        ExportError: an unknown architecture, or no compiler available.
+    """
+    if arch not in C_ARCHES:
+        raise ExportError(f"C target: unknown architecture {arch!r}; choose from {', '.join(C_ARCHES)}")
+    override = cc or os.environ.get("CC")
+    if override:
+        return shlex.split(override)
+    if arch == host_arch():
+        for name in ("cc", "gcc", "clang"):
+            if shutil.which(name):
+                return [name]
+    import importlib.util
+
+    if importlib.util.find_spec("ziglang") is None:
+        raise ExportError(f"C target: building for {arch} needs zig (pip install ziglang, the cross extra) "
+                          "or a cross compiler given with --cc / $CC")
+    return [sys.executable, "-m", "ziglang", "cc", "-target", ZIG_TRIPLES[arch], *ZIG_CPU_FLAGS.get(arch, [])]
+
+
+def _compiler_env() -> dict:
+    env = dict(os.environ)
+    cache = zig_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    env["ZIG_GLOBAL_CACHE_DIR"] = str(cache)
+    env.setdefault("ZIG_LOCAL_CACHE_DIR", str(cache))
+    return env
+
+
+def _compiler_version(command: list[str]) -> str:
+    try:
+        done = subprocess.run(command + ["--version"], capture_output=True, text=True, timeout=60, env=_compiler_env())
+        return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr).strip() else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+@dataclass
+class BuildResult:
+    """A compiled harness binary.
+
+    Attributes:
+        command: the compiler argv of the link step (paths relative to the bundle folder).
+        compiler_version: first line of `<cc> --version`.
+        sections: ELF section totals of the whole static binary (machine, text, rodata, data, bss).
+        model_sections: the same totals summed over the objects of model.c and the kernels (the
+            harness and libc excluded): what the model adds to a firmware image.
+        stack_estimate_bytes: fwedge_run's frame plus the deepest kernel frame (host gcc
+            -fstack-usage) plus a margin; None when no gcc is available.
+    """
+
+    command: list[str]
+    compiler_version: str
+    sections: dict
+    model_sections: dict
+    stack_estimate_bytes: int | None
+
+
+def _run_compiler(argv: list[str], arch: str, cwd: str, timeout: float) -> subprocess.CompletedProcess:
+    log.info("compiling: %s", " ".join(argv))
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=_compiler_env())
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ExportError(f"C target: cannot run the compiler {argv[0]!r} for {arch}: {exc}") from exc
+
+
+def build_binary(folder: Path, sources: list[str], arch: str, cc: str | None = None,
+                 extra_flags: list[str] | None = None, static: bool = True, timeout: float = 600) -> BuildResult:
+    """Compile `sources` (relative to `folder`) one object each, then link folder/bin/fwedge_model.
+
+    Raises:
+        ExportError: the compiler failed (its stderr is in the message), or built for another
+            architecture than `arch`.
+    """
+    compiler = compiler_command(arch, cc)
+    output = folder / BINARY
+    output.parent.mkdir(parents=True, exist_ok=True)
+    flags = C_FLAGS + (extra_flags or [])
+    model_sections = {"text": 0, "rodata": 0, "data": 0, "bss": 0}
+    with tempfile.TemporaryDirectory(prefix="fwedge-cc-") as build_dir:
+        objects = []
+        for source in sources:
+            obj = Path(build_dir) / (Path(source).stem + ".o")
+            done = _run_compiler(compiler + flags + ["-I", str(folder), "-c", str(folder / source), "-o", str(obj)],
+                                 arch, build_dir, timeout)
+            if done.returncode != 0:
+                raise ExportError(f"C target: compiling {source} for {arch} failed (exit {done.returncode}):\n"
+                                  f"{done.stderr.strip()[-4000:]}")
+            objects.append(str(obj))
+            if source != "main.c":
+                for key, value in elf_sections(obj).items():
+                    if key in model_sections:
+                        model_sections[key] += value
+        link = compiler + flags + (["-static"] if static else []) + objects + ["-o", str(output), "-lm"]
+        done = _run_compiler(link, arch, build_dir, timeout)
+        if done.returncode != 0 and static and arch == host_arch() and not (cc or os.environ.get("CC")):
+            # Some hosts lack a static libc; a dynamic host binary is still a working bundle.
+            log.warning("static host link failed, linking dynamically: %s", done.stderr.strip()[-300:])
+            done = _run_compiler(link[:-len(objects) - 3] + [a for a in link[-len(objects) - 3:] if a != "-static"],
+                                 arch, build_dir, timeout)
+        if done.returncode != 0:
+            raise ExportError(f"C target: linking for {arch} failed (exit {done.returncode}):\n{done.stderr.strip()[-4000:]}")
+    sections = elf_sections(output)
+    if sections["machine"] != ELF_MACHINES[arch]:
+        raise ExportError(f"C target: the compiler {' '.join(compiler)!r} built for ELF machine {sections['machine']}, "
+                          f"expected {ELF_MACHINES[arch]} ({arch}); set --cc / $CC to a {arch} compiler")
+    command = compiler + flags + (["-static"] if static else []) + ["-I."] + sources + ["-o", BINARY, "-lm"]
+    return BuildResult(command, _compiler_version(compiler), sections, model_sections,
+                       stack_estimate(folder, sources))
+
+
+def stack_estimate(folder: Path, sources: list[str]) -> int | None:
+    """fwedge_run's frame plus the largest kernel frame, from host gcc -fstack-usage, plus a margin.
+
+    Frames are close across 64-bit targets (same C, int32 accumulators on the stack); this is an
+    estimate, recorded as such in the manifest. The harness's stdio is not counted.
+    """
+    gcc = shutil.which("gcc")
+    if not gcc:
+        return None
+    frames: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="fwedge-su-") as temp:
+        for source in sources:
+            if source == "main.c":
+                continue
+            obj = Path(temp) / (Path(source).stem + ".o")
+            done = subprocess.run([gcc, *C_FLAGS, "-fstack-usage", "-I", str(folder), "-c", str(folder / source),
+                                   "-o", str(obj)], capture_output=True, text=True, timeout=300, cwd=temp)
+            if done.returncode != 0:
+                return None
+        for usage in Path(temp).glob("*.su"):
+            for line in usage.read_text().splitlines():
+                parts = line.split("\t")
+                if len(parts) >= 2 and parts[1].strip().isdigit():
+                    frames[parts[0].rsplit(":", 1)[-1]] = int(parts[1])
+    run_frame = frames.pop("fwedge_run", 0)
+    return run_frame + max(frames.values(), default=0) + STACK_MARGIN
+
+
+def elf_sections(path: Path) -> dict:
+    """Section totals of an ELF file, read from its section headers.
+
+    Returns:
+        {"machine", "text", "rodata", "data", "bss"} in bytes: text = allocated executable
+        sections, rodata = allocated read-only data, data = allocated writable initialised
+        data, bss = allocated NOBITS.
+
+    Raises:
+        ExportError: not a little-endian 64-bit ELF file.
+    """
+    blob = Path(path).read_bytes()
+    if blob[:4] != b"\x7fELF" or blob[4] != 2 or blob[5] != 1:
+        raise ExportError(f"'{path}': not a little-endian 64-bit ELF file")
+    machine = struct.unpack_from("<H", blob, 0x12)[0]
+    shoff = struct.unpack_from("<Q", blob, 0x28)[0]
+    shentsize, shnum = struct.unpack_from("<HH", blob, 0x3A)
+    totals = {"machine": machine, "text": 0, "rodata": 0, "data": 0, "bss": 0}
+    for index in range(shnum):
+        sh_type, sh_flags = struct.unpack_from("<IQ", blob, shoff + index * shentsize + 4)
+        size = struct.unpack_from("<Q", blob, shoff + index * shentsize + 0x20)[0]
+        if not sh_flags & 0x2:  # SHF_ALLOC
+            continue
+        if sh_type == 8:  # SHT_NOBITS
+            totals["bss"] += size
+        elif sh_flags & 0x4:  # SHF_EXECINSTR
+            totals["text"] += size
+        elif sh_flags & 0x1:  # SHF_WRITE
+            totals["data"] += size
+        else:
+            totals["rodata"] += size
+    return totals
+
+
+# --------------------------------------------------------------------------------------------
+# Bundle files
+# --------------------------------------------------------------------------------------------
+
+
+def _makefile(program: CProgram, arch: str, compiler: list[str], sources: list[str]) -> str:
+    if compiler[:3] == [sys.executable, "-m", "ziglang"]:
+        default_cc = "$(PYTHON) -m ziglang cc " + " ".join(compiler[3 + 1:])
+    else:
+        default_cc = " ".join(shlex.quote(part) for part in compiler)
+    return f"""# Rebuild this fwedge C bundle ({arch}). With a vendor toolchain: make CC=aarch64-linux-gnu-gcc
+# Generated by fwedge; the default compiler is the one fwedge used.
+PYTHON ?= python3
+ifeq ($(origin CC),default)
+CC = {default_cc}
+endif
+CFLAGS ?= {' '.join(C_FLAGS)}
+LDFLAGS ?= -static
+export ZIG_GLOBAL_CACHE_DIR ?= .cache/zig
+export ZIG_LOCAL_CACHE_DIR ?= .cache/zig
+SOURCES = {' '.join(sources)}
+
+{BINARY}: $(SOURCES) model.h {HEADER}
+\tmkdir -p bin
+\t$(CC) $(CFLAGS) $(LDFLAGS) -I. $(SOURCES) -o $@ -lm
+
+clean:
+\trm -f {BINARY}
+
+.PHONY: clean
+"""
+
+
+def _cmakelists(sources: list[str]) -> str:
+    return f"""# Rebuild this fwedge C bundle with CMake; cross-compile with -DCMAKE_TOOLCHAIN_FILE=<vendor file>.
+cmake_minimum_required(VERSION 3.10)
+project(fwedge_model C)
+set(CMAKE_C_STANDARD 99)
+set(CMAKE_C_STANDARD_REQUIRED ON)
+add_executable(fwedge_model {' '.join(sources)})
+target_include_directories(fwedge_model PRIVATE ${{CMAKE_CURRENT_SOURCE_DIR}})
+target_compile_options(fwedge_model PRIVATE -O3 -ffp-contract=off -fno-strict-aliasing)
+target_link_libraries(fwedge_model m)
+"""
+
+
+def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
+    """Lower the model, generate C, compile it for options.arch and write the bundle.
+
+    Args:
+        model: a loaded float or QDQ model (fwedge.ir.load).
+        out_dir: the bundle directory to create or replace (atomically).
+        options: ExportOptions; arch picks the architecture, cc overrides the compiler, build
+            False writes sources only.
+
+    Returns:
+        The written Bundle. sizes holds ROM (text + rodata + data of the ELF), RAM (arena +
+        .data/.bss of the model + stack estimate), the arena and its live-tensor lower bound.
+
+    Raises:
+        UnsupportedOpError: nodes the lowering cannot take (all listed, nothing written).
+        ExportError: precision mismatch, an op layout the kernels cannot express, a failed
+            compilation.
+    """
+    from fwedge.passes.lower import lower
+
+    arch = options.arch if options.arch in C_ARCHES else host_arch()
+    precision = resolve_precision(model, options.precision, TARGET)
+    graph = lower(model, target=arch)
+    program = generate(graph, options.source_sha256)
+    kernels = program.kernels
+    sources = ["main.c", "model.c", *kernels]
+    compiler = compiler_command(arch, options.cc) if options.build else []
+    facts: dict = {}
+
+    def write_files(folder: Path) -> dict:
+        runtime = source_dir()
+        (folder / "model.c").write_text(program.model_c)
+        (folder / "model.h").write_text(program.model_h)
+        shutil.copyfile(runtime / HARNESS, folder / "main.c")
+        shutil.copyfile(runtime / HEADER, folder / HEADER)
+        for kernel in kernels:
+            shutil.copyfile(runtime / kernel, folder / kernel)
+        (folder / "Makefile").write_text(_makefile(program, arch, compiler or ["cc"], sources))
+        (folder / "CMakeLists.txt").write_text(_cmakelists(sources))
+        sizes = {
+            "arena_bytes": program.plan.arena_bytes,
+            "arena_lower_bound_bytes": program.plan.lower_bound_bytes,
+            "arena_ratio": round(program.plan.ratio, 4),
+            "weights_bytes": program.weights_bytes,
+            "io_buffer_bytes": sum(int(np.prod(s)) * np.dtype(d).itemsize for _, s, d in program.inputs + program.outputs),
+        }
+        if options.build:
+            result = build_binary(folder, sources, arch, options.cc)
+            whole, model_part = result.sections, result.model_sections
+            stack = result.stack_estimate_bytes or 0
+            sizes.update({
+                # The model (model.c + kernels): ROM = text + rodata + data of their objects;
+                # RAM = their data + bss (the arena) + the stack estimate.
+                "rom_bytes": model_part["text"] + model_part["rodata"] + model_part["data"],
+                "ram_bytes": model_part["data"] + model_part["bss"] + stack,
+                "text_bytes": model_part["text"], "rodata_bytes": model_part["rodata"],
+                "stack_estimate_bytes": result.stack_estimate_bytes,
+                # The whole static harness binary (libc and stdio included).
+                "binary_bytes": (folder / BINARY).stat().st_size,
+                "binary_rom_bytes": whole["text"] + whole["rodata"] + whole["data"],
+                "binary_ram_bytes": whole["data"] + whole["bss"] + stack,
+            })
+            facts["compiler"] = result.command
+            facts["compiler_version"] = result.compiler_version
+        return sizes
+
+    inputs = [TensorInfo(name, list(shape), dtype, "NCHW" if len(shape) == 4 else "")
+              for name, shape, dtype in program.inputs]
+    outputs = [TensorInfo(name, list(shape), dtype, "NCHW" if len(shape) == 4 else "")
+               for name, shape, dtype in program.outputs]
+    extra = {
+        "kernels": kernels,
+        "binary": BINARY if options.build else None,
+        "ops": len(graph.ops),
+        "float_ops": list(graph.float_ops),
+        "storage_layout": "NHWC",
+        "memory_plan": program.plan.to_dict(),
+        "harness": "fwedge_model INPUT OUTPUT COUNT ITERATIONS",
+    }
+
+    def write_and_record(folder: Path) -> dict:
+        sizes = write_files(folder)
+        extra.update(facts)  # compiler argv and version, known after the build
+        return sizes
+
+    bundle = write_bundle(
+        out_dir, target=TARGET, arch=arch, precision=precision, source_sha256=options.source_sha256,
+        inputs=inputs, outputs=outputs, write_files=write_and_record, preprocess=options.preprocess,
+        toolchain={"compiler": " ".join(compiler[:1] + compiler[1:4]) if compiler else "none"},
+        extra=extra,
+    )
+    log.info("C bundle %s (%s): arena %d bytes (lower bound %d), weights %d bytes", bundle.path, arch,
+             program.plan.arena_bytes, program.plan.lower_bound_bytes, program.weights_bytes)
+    return bundle
+
+
+# --------------------------------------------------------------------------------------------
+# Harness protocol (the device farm calls these too)
+# --------------------------------------------------------------------------------------------
+
+
+def harness_executable(bundle: Bundle) -> str:
+    """The harness binary's path relative to the bundle.
+
+    Raises:
+        ExportError: the bundle was written without building.
+    """
+    if BINARY not in bundle.files:
+        raise ExportError(f"bundle '{bundle.path}': no {BINARY}; it was exported with build=False "
+                          "(rebuild it with its Makefile)")
+    return BINARY
+
+
+def harness_args(bundle: Bundle, input_file: str, output_file: str, count: int, iterations: int = 0) -> list[str]:
+    """Arguments after the executable: input file, output file, sample count, timed iterations."""
+    return [str(input_file), str(output_file), str(int(count)), str(int(iterations))]
+
+
+def write_harness_input(bundle: Bundle, inputs: dict[str, np.ndarray], path) -> int:
+    """Write a batch of inputs (name -> [N, ...] NCHW arrays) as the harness input file.
+
+    Returns:
+        The number of samples N.
+
+    Raises:
+        ExportError: a missing input, a shape that does not fit, or differing batch sizes.
+    """
+    check_feeds(bundle, inputs)
+    arrays = []
+    count = None
+    for spec in bundle.inputs:
+        array = np.asarray(inputs[spec.name])
+        if count is None:
+            count = array.shape[0]
+        elif array.shape[0] != count:
+            raise ExportError(f"bundle '{bundle.path}': inputs have different batch sizes ({count} and {array.shape[0]})")
+        arrays.append(np.ascontiguousarray(array.astype(np.dtype(spec.dtype).newbyteorder("<"))).reshape(count, -1))
+    interleaved = np.concatenate([a.view(np.uint8).reshape(count, -1) for a in arrays], axis=1)
+    Path(path).write_bytes(interleaved.tobytes())
+    return int(count or 0)
+
+
+def read_harness_output(bundle: Bundle, path, count: int) -> dict[str, np.ndarray]:
+    """Read the harness output file into name -> [count, ...] arrays (the bundle's output dtypes).
+
+    Raises:
+        ExportError: the file size does not match count samples.
+    """
+    raw = Path(path).read_bytes()
+    specs = [(spec, int(np.prod(spec.shape[1:])) * np.dtype(spec.dtype).itemsize) for spec in bundle.outputs]
+    per_sample = sum(size for _, size in specs)
+    if len(raw) != per_sample * count:
+        raise ExportError(f"bundle '{bundle.path}': output file has {len(raw)} bytes, expected {per_sample * count} "
+                          f"({count} samples x {per_sample} bytes)")
+    table = np.frombuffer(raw, dtype=np.uint8).reshape(count, per_sample)
+    outputs, offset = {}, 0
+    for spec, size in specs:
+        block = np.ascontiguousarray(table[:, offset:offset + size])
+        outputs[spec.name] = block.view(np.dtype(spec.dtype).newbyteorder("<")).astype(spec.dtype).reshape(
+            [count] + list(spec.shape[1:]))
+        offset += size
+    return outputs
+
+
+def parse_harness_latencies(stdout: str) -> list[float]:
+    """Per-iteration latencies in milliseconds from the harness's `fwedge-latency-ns` lines."""
+    values = []
+    for line in stdout.splitlines():
+        if line.startswith(LATENCY_PREFIX + " "):
+            values.append(int(line.split()[1]) / 1e6)
+    return values
+
+
+def launcher(arch: str) -> list[str]:
+    """[] on the host architecture, else [qemu-<arch>].
+
+    Raises:
+        ExportError: qemu-<arch> is not installed.
+    """
+    if arch == host_arch():
+        return []
+    qemu = shutil.which(f"qemu-{arch}")
+    if not qemu:
+        raise ExportError(f"running a {arch} bundle on {host_arch()} needs qemu-{arch} (Debian qemu-user)")
+    return [qemu]
+
+
+def run_harness(bundle: Bundle, inputs: dict[str, np.ndarray], iterations: int = 0,
+                timeout: float | None = None) -> tuple[dict[str, np.ndarray], list[float]]:
+    """Run the bundle's harness on this machine (under qemu-<arch> when the arch differs).
+
+    Args:
+        bundle: a built C bundle.
+        inputs: name -> [N, ...] arrays in NCHW order.
+        iterations: timed runs after the outputs are written (0: none).
+        timeout: seconds; default grows with N and iterations (qemu is slow).
+
+    Returns:
+        (outputs name -> [N, ...] arrays, per-iteration latencies in ms).
+
+    Raises:
+        ExportError: the harness failed or timed out (its stderr is in the message).
+    """
+    executable = bundle.file(harness_executable(bundle))
+    with tempfile.TemporaryDirectory(prefix="fwedge-c-run-") as temp:
+        work = Path(temp)
+        count = write_harness_input(bundle, inputs, work / "inputs.bin")
+        argv = launcher(bundle.arch) + [str(executable)] + harness_args(bundle, "inputs.bin", "outputs.bin", count, iterations)
+        limit = timeout or 120 + 0.05 * count + 0.01 * iterations
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=limit, cwd=work)
+        except subprocess.TimeoutExpired as exc:
+            raise ExportError(f"bundle '{bundle.path}': harness timed out after {limit:.0f} s") from exc
+        if done.returncode != 0:
+            raise ExportError(f"bundle '{bundle.path}': harness exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+        outputs = read_harness_output(bundle, work / "outputs.bin", count)
+    return outputs, parse_harness_latencies(done.stdout)
+
+
+def run(bundle: Bundle, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a C bundle on a batch (natively, or under qemu-<arch>); outputs as numpy arrays.
+
+    Outputs have the bundle's output dtypes (float32 for float and float-I/O int8 bundles, which
+    end in a dequantize), in NCHW order like onnxruntime's.
+
+    Raises:
+        ExportError: missing feeds, shape mismatch, or a harness failure.
+    """
+    outputs, _ = run_harness(bundle, feeds)
+    return outputs
+
+
+@dataclass
+class LatencyStats:
+    """Latency of a bundle from its on-device clock_gettime timer, in milliseconds."""
+
+    p50_ms: float
+    p95_ms: float
+    mean_ms: float
+    min_ms: float
+    iterations: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def latency_stats(latencies_ms: list[float]) -> LatencyStats:
+    """p50/p95/mean/min of per-iteration latencies (as parse_harness_latencies returns them).
+
+    Raises:
+        ExportError: no latencies.
+    """
+    if not latencies_ms:
+        raise ExportError("no latency measurements")
+    values = np.asarray(latencies_ms, dtype=np.float64)
+    return LatencyStats(float(np.percentile(values, 50)), float(np.percentile(values, 95)), float(values.mean()),
+                        float(values.min()), int(values.size))
+
+
+def measure_latency(bundle: Bundle, feeds: dict[str, np.ndarray] | None = None, iterations: int = 200,
+                    timeout: float | None = None) -> LatencyStats:
+    """Latency of one inference measured by the harness itself (no process start-up in it).
+
+    Args:
+        bundle: a built C bundle (run under qemu-<arch> when not the host's: emulated timings).
+        feeds: one sample (name -> [1, ...]); zeros of the input shapes when None.
+        iterations: timed runs after one warm-up.
+
+    Returns:
+        LatencyStats from the harness's clock_gettime per-iteration times.
+    """
+    if feeds is None:
+        feeds = {spec.name: np.zeros([1] + list(spec.shape[1:]), dtype=spec.dtype) for spec in bundle.inputs}
+    _, latencies = run_harness(bundle, feeds, iterations=iterations, timeout=timeout)
+    return latency_stats(latencies)

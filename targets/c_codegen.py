@@ -1,0 +1,625 @@
+"""C code generation: a LoweredGraph becomes model.c/model.h calling the runtime_c kernels (NHWC)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fwedge import __version__
+from fwedge.errors import ExportError
+from fwedge.passes.lowered import LoweredGraph, LoweredOp, LoweredTensor
+from fwedge.targets.memory_plan import Buffer, MemoryPlan, plan_memory
+
+ALIGNMENT = 16
+_C_TYPES = {"float32": "float", "int8": "int8_t", "int32": "int32_t"}
+_ITEM_BYTES = {"float32": 4, "int8": 1, "int32": 4}
+# NCHW logical axis order of the NHWC physical storage of 4-D tensors.
+_NHWC = (0, 2, 3, 1)
+# Kernel source files that every bundle compiles (data movement, I/O layout changes).
+ALWAYS_KERNELS = ("data.c",)
+
+
+# --------------------------------------------------------------------------------------------
+# Layout helpers
+# --------------------------------------------------------------------------------------------
+
+
+def physical_shape(shape) -> tuple[int, ...]:
+    """The stored shape: NHWC for 4-D tensors, the logical shape otherwise."""
+    shape = tuple(int(d) for d in shape)
+    return tuple(shape[axis] for axis in _NHWC) if len(shape) == 4 else shape
+
+
+def to_physical(array: np.ndarray) -> np.ndarray:
+    """A logical (NCHW) array in its stored layout (NHWC for 4-D)."""
+    return np.ascontiguousarray(array.transpose(_NHWC)) if array.ndim == 4 else np.ascontiguousarray(array)
+
+
+def layout_trivial(shape) -> bool:
+    """True when NHWC and NCHW storage give the same byte order (not 4-D, H*W == 1, or C == 1)."""
+    return len(shape) != 4 or shape[2] * shape[3] == 1 or shape[1] == 1
+
+
+def nbytes(tensor: LoweredTensor) -> int:
+    return tensor.size * _ITEM_BYTES[tensor.dtype]
+
+
+# --------------------------------------------------------------------------------------------
+# C literals
+# --------------------------------------------------------------------------------------------
+
+
+def c_float(value: float) -> str:
+    """An exact C99 float literal (hex float), INFINITY for infinities."""
+    value = float(np.float32(value))
+    if math.isinf(value):
+        return "INFINITY" if value > 0 else "-INFINITY"
+    if math.isnan(value):
+        raise ExportError("C target: NaN in a constant")
+    return f"{value.hex()}f"
+
+
+def c_int(value: int) -> str:
+    value = int(value)
+    return "(-2147483647 - 1)" if value == -(2**31) else str(value)
+
+
+def c_array(name: str, array: np.ndarray, dtype: str) -> str:
+    """A `static const` C array definition of a flat array."""
+    flat = np.asarray(array).reshape(-1)
+    if dtype == "float32":
+        items = [c_float(v) for v in flat.astype(np.float32)]
+        per_line = 6
+    else:
+        items = [c_int(v) for v in flat.astype(np.int64)]
+        per_line = 16
+    lines = [", ".join(items[i:i + per_line]) for i in range(0, len(items), per_line)] or ["0"]
+    body = ",\n    ".join(lines)
+    return f"static const {_C_TYPES[dtype]} {name}[{max(len(items), 1)}] = {{\n    {body}\n}};\n"
+
+
+def c_struct(type_name: str, name: str, fields: dict) -> str:
+    """A `static const` struct with designated initializers."""
+    body = ", ".join(f".{key} = {value}" for key, value in fields.items())
+    return f"static const {type_name} {name} = {{{body}}};\n"
+
+
+def c_comment(text: str) -> str:
+    return text.replace("*/", "* /").replace("\n", " ")
+
+
+# --------------------------------------------------------------------------------------------
+# Program
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CProgram:
+    """Generated sources and the facts the bundle manifest reports.
+
+    Attributes:
+        model_c, model_h: generated source texts.
+        kernels: runtime_c source files the model needs (only these are compiled in).
+        plan: the arena memory plan.
+        weights_bytes: bytes of constant arrays (weights, biases, tables).
+        inputs, outputs: (name, logical shape, dtype) of the graph inputs and outputs, in the
+            order of the harness files.
+        ops: (kind, dtype) of every op, for reports.
+    """
+
+    model_c: str
+    model_h: str
+    kernels: list[str]
+    plan: MemoryPlan
+    weights_bytes: int
+    inputs: list[tuple[str, tuple[int, ...], str]]
+    outputs: list[tuple[str, tuple[int, ...], str]]
+    ops: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _Emitter:
+    """State of one generation: constant arrays, parameter structs and the call sequence."""
+
+    def __init__(self, graph: LoweredGraph, plan: MemoryPlan):
+        self.graph = graph
+        self.plan = plan
+        self.declarations: list[str] = []
+        self.body: list[str] = []
+        self.kernels: set[str] = set(ALWAYS_KERNELS)
+        self.constant_names: dict[str, str] = {}
+        self.weights_bytes = 0
+        self.counter = 0
+
+    def fresh(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def tensor(self, name: str) -> LoweredTensor:
+        return self.graph.tensors[name]
+
+    def pointer(self, name: str) -> str:
+        """A C expression pointing at a tensor: an arena slot or a constant array."""
+        tensor = self.tensor(name)
+        if tensor.is_constant:
+            return self.constant(name)
+        return f"FW_TENSOR({_C_TYPES[tensor.dtype]}, {self.plan.offsets[name]})"
+
+    def constant(self, name: str) -> str:
+        """Emit a graph constant (in its stored layout) once; returns its C name."""
+        if name not in self.constant_names:
+            tensor = self.graph.tensors[name]
+            self.constant_names[name] = self.array(name, to_physical(tensor.data), tensor.dtype)
+        return self.constant_names[name]
+
+    def array(self, hint: str, data, dtype: str) -> str:
+        """Emit a constant array (weights in kernel layout, requantization tables)."""
+        data = np.asarray(data)
+        c_name = self.fresh("k")
+        self.declarations.append(f"/* {c_comment(hint)} {list(data.shape)} */\n" + c_array(c_name, data, dtype))
+        self.weights_bytes += int(data.size) * _ITEM_BYTES[dtype]
+        return c_name
+
+    def struct(self, type_name: str, fields: dict) -> str:
+        name = self.fresh("p")
+        self.declarations.append(c_struct(type_name, name, fields))
+        return name
+
+    def call(self, op: LoweredOp, line: str) -> None:
+        self.body.append(f"    /* {op.kind} '{c_comment(op.name)}' */\n    {line}\n")
+
+
+EMITTERS = {}
+
+
+def emitter(*kinds: str):
+    """Register the C emitter of one or more lowered op kinds."""
+
+    def register(function):
+        for kind in kinds:
+            EMITTERS[kind] = function
+        return function
+
+    return register
+
+
+def _suffix(dtype: str) -> str:
+    return "s8" if dtype == "int8" else "f32"
+
+
+def _zero_point(tensor: LoweredTensor) -> int:
+    return int(tensor.quant.zero_point[0]) if tensor.quant is not None else 0
+
+
+def _float_clamp(activation: str) -> tuple[str, str]:
+    return {"none": ("-INFINITY", "INFINITY"), "relu": ("0.0f", "INFINITY"), "relu6": ("0.0f", "6.0f")}[activation]
+
+
+def _per_channel(values: np.ndarray, channels: int) -> np.ndarray:
+    values = np.asarray(values).reshape(-1)
+    return np.broadcast_to(values, (channels,)) if values.size == 1 else values
+
+
+@emitter("conv2d", "depthwise_conv2d")
+def emit_conv(e: _Emitter, op: LoweredOp) -> None:
+    X, W, B = (e.tensor(name) for name in op.inputs)
+    Y = e.tensor(op.outputs[0])
+    attrs = op.attrs
+    _, c_in, in_h, in_w = X.shape
+    _, c_out, out_h, out_w = Y.shape
+    kh, kw = attrs.kernel
+    depthwise = op.kind == "depthwise_conv2d"
+    w = W.data
+    if depthwise:
+        weights = w.reshape(c_out, kh, kw).transpose(1, 2, 0)  # [kh][kw][M]
+    else:
+        g = attrs.groups
+        weights = w.reshape(g, c_out // g, c_in // g, kh, kw).transpose(0, 3, 4, 2, 1)  # [g][kh][kw][ic][oc]
+    int8 = Y.dtype == "int8"
+    float_min, float_max = _float_clamp(attrs.activation)
+    fields = {
+        "in_h": in_h, "in_w": in_w, "in_c": c_in, "out_h": out_h, "out_w": out_w, "out_c": c_out,
+        "kernel_h": kh, "kernel_w": kw, "stride_h": attrs.strides[0], "stride_w": attrs.strides[1],
+        "pad_top": attrs.pads[0], "pad_left": attrs.pads[1],
+        "dilation_h": attrs.dilations[0], "dilation_w": attrs.dilations[1], "groups": attrs.groups,
+        "input_zero_point": _zero_point(X), "output_zero_point": _zero_point(Y),
+        "activation_min": attrs.requant.act_min if int8 else -128,
+        "activation_max": attrs.requant.act_max if int8 else 127,
+        "float_min": float_min, "float_max": float_max,
+    }
+    params = e.struct("fw_conv_params", fields)
+    weight_name = e.array(f"{W.name} ({'[kh][kw][M]' if depthwise else '[g][kh][kw][C/g][M/g]'})",
+                          weights, W.dtype)
+    bias_name = e.constant(B.name)
+    function = f"fw_{'depthwise_conv2d' if depthwise else 'conv2d'}_{_suffix(Y.dtype)}"
+    e.kernels.add(f"{'depthwise' if depthwise else 'conv2d'}_{_suffix(Y.dtype)}.c")
+    if int8:
+        multiplier = e.array(f"{op.name} multiplier", _per_channel(attrs.requant.multiplier, c_out), "int32")
+        shift = e.array(f"{op.name} shift", _per_channel(attrs.requant.shift, c_out), "int32")
+        e.call(op, f"{function}(&{params}, {e.pointer(X.name)}, {weight_name}, {bias_name}, {multiplier}, "
+                   f"{shift}, {e.pointer(Y.name)});")
+    else:
+        e.call(op, f"{function}(&{params}, {e.pointer(X.name)}, {weight_name}, {bias_name}, {e.pointer(Y.name)});")
+
+
+@emitter("fully_connected")
+def emit_fully_connected(e: _Emitter, op: LoweredOp) -> None:
+    X, W, B = (e.tensor(name) for name in op.inputs)
+    Y = e.tensor(op.outputs[0])
+    out_features, in_features = W.shape
+    if X.size != in_features or not layout_trivial(X.shape):
+        raise ExportError(f"C target: fully_connected '{op.name}': input '{X.name}' {list(X.shape)} "
+                          f"is not a [1, {in_features}] row")
+    int8 = Y.dtype == "int8"
+    float_min, float_max = _float_clamp(op.attrs.activation)
+    params = e.struct("fw_fully_connected_params", {
+        "in_features": in_features, "out_features": out_features,
+        "input_zero_point": _zero_point(X), "output_zero_point": _zero_point(Y),
+        "activation_min": op.attrs.requant.act_min if int8 else -128,
+        "activation_max": op.attrs.requant.act_max if int8 else 127,
+        "float_min": float_min, "float_max": float_max,
+    })
+    e.kernels.add(f"fully_connected_{_suffix(Y.dtype)}.c")
+    args = f"&{params}, {e.pointer(X.name)}, {e.constant(W.name)}, {e.constant(B.name)}"
+    if int8:
+        multiplier = e.array(f"{op.name} multiplier", _per_channel(op.attrs.requant.multiplier, out_features), "int32")
+        shift = e.array(f"{op.name} shift", _per_channel(op.attrs.requant.shift, out_features), "int32")
+        args += f", {multiplier}, {shift}"
+    e.call(op, f"fw_fully_connected_{_suffix(Y.dtype)}({args}, {e.pointer(Y.name)});")
+
+
+def broadcast_of(operand_shape, output_shape) -> tuple[int, int]:
+    """(divisor, modulus) so that operand index = (i / divisor) % modulus over the flat output.
+
+    Raises:
+        ExportError: the broadcast is not one contiguous block of the stored output dims.
+    """
+    out = physical_shape(output_shape)
+    shape = physical_shape(operand_shape) if len(operand_shape) == 4 else tuple(operand_shape)
+    if len(shape) != len(out):
+        raise ExportError(f"C target: operand shape {list(operand_shape)} does not have the rank of {list(output_shape)}")
+    kept = [i for i, (a, b) in enumerate(zip(shape, out)) if b != 1 and a == b]
+    broadcast = [i for i, (a, b) in enumerate(zip(shape, out)) if b != 1 and a == 1]
+    if any(a not in (1, b) for a, b in zip(shape, out)):
+        raise ExportError(f"C target: cannot broadcast {list(operand_shape)} to {list(output_shape)}")
+    if kept and any(kept[0] < i < kept[-1] for i in broadcast):
+        raise ExportError(f"C target: broadcast of {list(operand_shape)} to {list(output_shape)} is not "
+                          "one contiguous block in NHWC order")
+    if not kept:
+        return 1, 1
+    modulus = int(np.prod([out[i] for i in kept]))
+    divisor = int(np.prod([out[i] for i in range(kept[-1] + 1, len(out))]))
+    return divisor, modulus
+
+
+@emitter("add", "mul")
+def emit_elementwise(e: _Emitter, op: LoweredOp) -> None:
+    A, B = (e.tensor(name) for name in op.inputs)
+    Y = e.tensor(op.outputs[0])
+    (div1, mod1), (div2, mod2) = broadcast_of(A.shape, Y.shape), broadcast_of(B.shape, Y.shape)
+    int8 = Y.dtype == "int8"
+    float_min, float_max = _float_clamp(op.attrs.activation)
+    fields = {
+        "size": Y.size, "input1": f"{{{div1}, {mod1}}}", "input2": f"{{{div2}, {mod2}}}",
+        "input1_zero_point": _zero_point(A), "input2_zero_point": _zero_point(B), "output_zero_point": _zero_point(Y),
+        "float_min": float_min, "float_max": float_max,
+    }
+    if int8 and op.kind == "add":
+        q = op.attrs.add
+        fields.update({
+            "left_shift": q.left_shift, "input1_multiplier": q.input1_multiplier, "input1_shift": q.input1_shift,
+            "input2_multiplier": q.input2_multiplier, "input2_shift": q.input2_shift,
+            "output_multiplier": q.output_multiplier, "output_shift": q.output_shift,
+            "activation_min": q.act_min, "activation_max": q.act_max,
+        })
+    elif int8:
+        r = op.attrs.requant
+        fields.update({"output_multiplier": int(r.multiplier[0]), "output_shift": int(r.shift[0]),
+                       "activation_min": r.act_min, "activation_max": r.act_max})
+    params = e.struct("fw_elementwise_params", fields)
+    e.kernels.add(f"elementwise_{_suffix(Y.dtype)}.c")
+    e.call(op, f"fw_{op.kind}_{_suffix(Y.dtype)}(&{params}, {e.pointer(A.name)}, {e.pointer(B.name)}, "
+               f"{e.pointer(Y.name)});")
+
+
+def _pool_fields(X: LoweredTensor, Y: LoweredTensor, kernel, strides, pads) -> dict:
+    _, channels, in_h, in_w = X.shape
+    _, _, out_h, out_w = Y.shape
+    return {
+        "in_h": in_h, "in_w": in_w, "channels": channels, "out_h": out_h, "out_w": out_w,
+        "kernel_h": kernel[0], "kernel_w": kernel[1], "stride_h": strides[0], "stride_w": strides[1],
+        "pad_top": pads[0], "pad_left": pads[1], "dilation_h": 1, "dilation_w": 1,
+        "input_zero_point": _zero_point(X), "output_zero_point": _zero_point(Y),
+        "activation_min": -128, "activation_max": 127,
+        "float_min": "-INFINITY", "float_max": "INFINITY",
+    }
+
+
+@emitter("max_pool", "avg_pool")
+def emit_pool(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    attrs = op.attrs
+    fields = _pool_fields(X, Y, attrs.kernel, attrs.strides, attrs.pads)
+    fields["count_include_pad"] = int(attrs.count_include_pad)
+    int8 = Y.dtype == "int8"
+    if int8 and op.kind == "avg_pool":
+        fields["activation_min"], fields["activation_max"] = attrs.requant.act_min, attrs.requant.act_max
+    params = e.struct("fw_pool_params", fields)
+    e.kernels.add(f"pool_{_suffix(Y.dtype)}.c")
+    function = f"fw_{op.kind}_{_suffix(Y.dtype)}"
+    if int8 and op.kind == "avg_pool":
+        multipliers = e.array(f"{op.name} multiplier by count", attrs.requant.multiplier, "int32")
+        shifts = e.array(f"{op.name} shift by count", attrs.requant.shift, "int32")
+        e.call(op, f"{function}(&{params}, {e.pointer(X.name)}, {multipliers}, {shifts}, {e.pointer(Y.name)});")
+    else:
+        e.call(op, f"{function}(&{params}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
+
+
+@emitter("global_avg_pool")
+def emit_global_avg_pool(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    fields = _pool_fields(X, Y, (1, 1), (1, 1), (0, 0))
+    if Y.dtype == "int8":
+        r = op.attrs.requant
+        fields.update({"multiplier": int(r.multiplier[0]), "shift": int(r.shift[0]),
+                       "activation_min": r.act_min, "activation_max": r.act_max})
+    params = e.struct("fw_pool_params", fields)
+    e.kernels.add(f"pool_{_suffix(Y.dtype)}.c")
+    e.call(op, f"fw_global_avg_pool_{_suffix(Y.dtype)}(&{params}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
+
+
+@emitter("concat")
+def emit_concat(e: _Emitter, op: LoweredOp) -> None:
+    Y = e.tensor(op.outputs[0])
+    axis = op.attrs.axis
+    physical_axis = _NHWC.index(axis) if len(Y.shape) == 4 else axis
+    out = physical_shape(Y.shape)
+    outer = int(np.prod(out[:physical_axis]))
+    inner = [int(np.prod(physical_shape(e.tensor(name).shape)[physical_axis:])) for name in op.inputs]
+    for name in op.inputs:
+        if e.tensor(name).shape[0] != 1:
+            raise ExportError(f"C target: concat '{op.name}': input '{name}' has batch {e.tensor(name).shape[0]}")
+    sizes = e.fresh("s")
+    e.declarations.append(f"static const int {sizes}[{len(inner)}] = {{{', '.join(map(str, inner))}}};\n")
+    pointers = ", ".join(f"(const void *){e.pointer(name)}" for name in op.inputs)
+    e.call(op, f"{{ const void *const parts[{len(inner)}] = {{{pointers}}}; "
+               f"fw_concat({len(inner)}, {outer}, {sizes}, parts, {_ITEM_BYTES[Y.dtype]}, {e.pointer(Y.name)}); }}")
+
+
+def _relayout(e: _Emitter, op: LoweredOp, source: str, X: LoweredTensor, Y: LoweredTensor) -> None:
+    """Copy X to Y (same elements) changing the logical shape, in stored layouts."""
+    item = _ITEM_BYTES[Y.dtype]
+    x_trivial, y_trivial = layout_trivial(X.shape), layout_trivial(Y.shape)
+    if x_trivial and y_trivial or tuple(X.shape) == tuple(Y.shape):
+        e.call(op, f"memcpy({e.pointer(Y.name)}, {source}, {nbytes(Y)});")
+    elif not x_trivial and y_trivial:
+        _, c, h, w = X.shape  # NHWC [h*w][c] -> logical [c][h*w]
+        e.call(op, f"fw_transpose2d({h * w}, {c}, {item}, {source}, {e.pointer(Y.name)});")
+    elif x_trivial and not y_trivial:
+        _, c, h, w = Y.shape  # logical [c][h*w] -> NHWC [h*w][c]
+        e.call(op, f"fw_transpose2d({c}, {h * w}, {item}, {source}, {e.pointer(Y.name)});")
+    else:
+        raise ExportError(f"C target: reshape '{op.name}' from {list(X.shape)} to {list(Y.shape)} changes the "
+                          "spatial layout of a multi-channel 4-D tensor; not supported")
+
+
+@emitter("reshape")
+def emit_reshape(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    _relayout(e, op, e.pointer(X.name), X, Y)
+
+
+@emitter("pad")
+def emit_pad(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    begin, end = op.attrs.begin, op.attrs.end
+    if len(X.shape) != 4 or begin[0] or end[0]:
+        raise ExportError(f"C target: pad '{op.name}': only 4-D pads of C, H and W are supported, "
+                          f"got begin {list(begin)} end {list(end)} on {list(X.shape)}")
+    _, c, h, w = X.shape
+    _, oc, oh, ow = Y.shape
+    if Y.dtype == "int8":
+        value = e.fresh("v")
+        e.declarations.append(f"static const int8_t {value} = {_zero_point(X)};\n")
+    else:
+        value = e.fresh("v")
+        e.declarations.append(f"static const float {value} = {c_float(op.attrs.value)};\n")
+    e.call(op, f"fw_pad_nhwc({h}, {w}, {c}, {oh}, {ow}, {oc}, {begin[2]}, {begin[3]}, {begin[1]}, &{value}, "
+               f"{_ITEM_BYTES[Y.dtype]}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
+
+
+@emitter("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid")
+def emit_unary(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    x, y = e.pointer(X.name), e.pointer(Y.name)
+    if Y.dtype == "int8":
+        table = e.array(f"{op.name} {op.kind} table", np.asarray(op.attrs.lut, dtype=np.int8), "int8")
+        e.kernels.add("lut_s8.c")
+        e.call(op, f"fw_lut_s8({Y.size}, {table}, {x}, {y});")
+        return
+    e.kernels.add("activation_f32.c")
+    if op.kind in ("relu", "relu6"):
+        high = "INFINITY" if op.kind == "relu" else "6.0f"
+        e.call(op, f"fw_clamp_f32_array({Y.size}, 0.0f, {high}, {x}, {y});")
+    elif op.kind == "hardsigmoid":
+        e.call(op, f"fw_hardsigmoid_f32({Y.size}, {c_float(op.attrs.alpha)}, {c_float(op.attrs.beta)}, {x}, {y});")
+    else:
+        e.call(op, f"fw_{op.kind}_f32({Y.size}, {x}, {y});")
+
+
+@emitter("softmax")
+def emit_softmax(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    if op.attrs.axis != len(X.shape) - 1 or not layout_trivial(X.shape):
+        raise ExportError(f"C target: softmax '{op.name}' over axis {op.attrs.axis} of {list(X.shape)}: "
+                          "only the last axis of a non-image tensor is supported")
+    depth = X.shape[-1]
+    outer = X.size // depth
+    if Y.dtype == "int8":
+        if op.attrs.beta != 1.0:
+            raise ExportError(f"C target: int8 softmax '{op.name}' with beta {op.attrs.beta}")
+        table = e.array(f"{op.name} exp table (Q24)", op.attrs.exp_table, "int32")
+        r = op.attrs.requant
+        e.kernels.add("softmax_s8.c")
+        e.call(op, f"fw_softmax_s8({outer}, {depth}, {table}, {int(r.multiplier[0])}, {int(r.shift[0])}, "
+                   f"{_zero_point(Y)}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
+        return
+    if op.attrs.beta != 1.0:
+        raise ExportError(f"C target: softmax '{op.name}' with beta {op.attrs.beta}")
+    e.kernels.add("activation_f32.c")
+    e.call(op, f"fw_softmax_f32({outer}, {depth}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
+
+
+@emitter("quantize")
+def emit_quantize(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    e.kernels.add("quantize.c")
+    if X.dtype == "int8":
+        r = op.attrs.requant
+        e.call(op, f"fw_requantize_s8({Y.size}, {_zero_point(X)}, {_zero_point(Y)}, {int(r.multiplier[0])}, "
+                   f"{int(r.shift[0])}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
+        return
+    e.call(op, f"fw_quantize_f32_s8({Y.size}, {c_float(Y.quant.scale[0])}, {_zero_point(Y)}, "
+               f"{e.pointer(X.name)}, {e.pointer(Y.name)});")
+
+
+@emitter("dequantize")
+def emit_dequantize(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    e.kernels.add("quantize.c")
+    e.call(op, f"fw_dequantize_s8_f32({Y.size}, {c_float(X.quant.scale[0])}, {_zero_point(X)}, "
+               f"{e.pointer(X.name)}, {e.pointer(Y.name)});")
+
+
+# --------------------------------------------------------------------------------------------
+# Whole program
+# --------------------------------------------------------------------------------------------
+
+
+def unsupported_ops(graph: LoweredGraph) -> list[LoweredOp]:
+    """Lowered ops the C emitters do not cover (every KINDS entry has one; kept for safety)."""
+    return [op for op in graph.ops if op.kind not in EMITTERS]
+
+
+def lifetimes(graph: LoweredGraph) -> list[Buffer]:
+    """Arena buffers of every non-constant tensor. Step 0 copies inputs in, step i+1 runs op i,
+    and the last step copies outputs out."""
+    first: dict[str, int] = {name: 0 for name in graph.inputs}
+    last: dict[str, int] = {name: 0 for name in graph.inputs}
+    for index, op in enumerate(graph.ops, start=1):
+        for name in op.inputs:
+            if not graph.tensors[name].is_constant:
+                last[name] = index
+        for name in op.outputs:
+            first.setdefault(name, index)
+            last[name] = max(last.get(name, index), index)
+    final = len(graph.ops) + 1
+    for name in graph.outputs:
+        last[name] = final
+    return [Buffer(name, nbytes(graph.tensors[name]), first[name], last[name]) for name in first]
+
+
+def generate(graph: LoweredGraph, source_sha256: str = "") -> CProgram:
+    """Generate model.c and model.h for a lowered graph.
+
+    Args:
+        graph: the lowered graph (batch 1).
+        source_sha256: recorded in the generated header comment.
+
+    Returns:
+        The CProgram.
+
+    Raises:
+        ExportError: an op whose layout or attributes the C kernels cannot express.
+    """
+    missing = unsupported_ops(graph)
+    if missing:
+        raise ExportError("C target: no emitter for " + ", ".join(f"{op.name} ({op.kind})" for op in missing))
+    plan = plan_memory(lifetimes(graph), ALIGNMENT)
+    e = _Emitter(graph, plan)
+    for index, name in enumerate(graph.inputs):
+        X = graph.tensors[name]
+        line = None
+        if layout_trivial(X.shape):
+            line = f"memcpy({e.pointer(name)}, inputs[{index}], {nbytes(X)});"
+        else:
+            _, c, h, w = X.shape
+            line = f"fw_transpose2d({c}, {h * w}, {_ITEM_BYTES[X.dtype]}, inputs[{index}], {e.pointer(name)});"
+        e.body.append(f"    /* input '{c_comment(name)}' {X.dtype}{list(X.shape)} (NCHW in, NHWC stored) */\n    {line}\n")
+    for op in graph.ops:
+        EMITTERS[op.kind](e, op)
+    for index, name in enumerate(graph.outputs):
+        Y = graph.tensors[name]
+        if layout_trivial(Y.shape):
+            line = f"memcpy(outputs[{index}], {e.pointer(name)}, {nbytes(Y)});"
+        else:
+            _, c, h, w = Y.shape
+            line = f"fw_transpose2d({h * w}, {c}, {_ITEM_BYTES[Y.dtype]}, {e.pointer(name)}, outputs[{index}]);"
+        e.body.append(f"    /* output '{c_comment(name)}' {Y.dtype}{list(Y.shape)} (NCHW out) */\n    {line}\n")
+
+    inputs = [(name, tuple(graph.tensors[name].shape), graph.tensors[name].dtype) for name in graph.inputs]
+    outputs = [(name, tuple(graph.tensors[name].shape), graph.tensors[name].dtype) for name in graph.outputs]
+    header = _model_h(inputs, outputs, plan, source_sha256)
+    banner = (f"/* Generated by fwedge {__version__} from model sha256 {source_sha256 or 'unknown'}; do not edit.\n"
+              f" * {len(graph.ops)} ops, {graph.precision}; arena {plan.arena_bytes} bytes "
+              f"(live-tensor lower bound {plan.lower_bound_bytes}); constants {e.weights_bytes} bytes.\n"
+              " * Activations are stored NHWC in one static arena; see fwedge_rt.h for the kernels. */\n")
+    model_c = (
+        banner
+        + "#include <math.h>\n#include <stdint.h>\n#include <string.h>\n\n#include \"fwedge_rt.h\"\n#include \"model.h\"\n\n"
+        + f"static union {{\n    uint8_t bytes[{max(plan.arena_bytes, 1)}];\n    int64_t align;\n}} fw_arena;\n\n"
+        + "#define FW_TENSOR(type, offset) ((type *)(fw_arena.bytes + (offset)))\n\n"
+        + "\n".join(e.declarations)
+        + "\nvoid fwedge_run(const void *const inputs[], void *const outputs[])\n{\n"
+        + "".join(e.body)
+        + "}\n"
+    )
+    return CProgram(
+        model_c=model_c, model_h=header, kernels=sorted(e.kernels), plan=plan, weights_bytes=e.weights_bytes,
+        inputs=inputs, outputs=outputs,
+        ops=[(op.kind, graph.tensors[op.outputs[0]].dtype) for op in graph.ops],
+    )
+
+
+def _model_h(inputs, outputs, plan: MemoryPlan, source_sha256: str) -> str:
+    def sizes(items):
+        return ", ".join(str(int(np.prod(shape)) * _ITEM_BYTES[dtype]) for _, shape, dtype in items)
+
+    def names(items):
+        return ", ".join('"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"' for name, _, _ in items)
+
+    def describe(items):
+        return "\n".join(f" *   {index}: '{c_comment(name)}' {dtype}{list(shape)}" for index, (name, shape, dtype)
+                         in enumerate(items))
+
+    total_in = sum(int(np.prod(s)) * _ITEM_BYTES[d] for _, s, d in inputs)
+    total_out = sum(int(np.prod(s)) * _ITEM_BYTES[d] for _, s, d in outputs)
+    return f"""/* Generated by fwedge {__version__} (model sha256 {source_sha256 or 'unknown'}); do not edit.
+ *
+ * fwedge_run(inputs, outputs) runs the model once on batch 1. Inputs and outputs are raw
+ * little-endian arrays in ONNX (NCHW) order; inputs[i] must hold fwedge_input_bytes[i] bytes:
+{describe(inputs)}
+ * Outputs:
+{describe(outputs)}
+ * All other memory is one static arena of FWEDGE_ARENA_BYTES bytes (not reentrant).
+ */
+#ifndef FWEDGE_MODEL_H
+#define FWEDGE_MODEL_H
+
+#include <stdint.h>
+
+#define FWEDGE_NUM_INPUTS {len(inputs)}
+#define FWEDGE_NUM_OUTPUTS {len(outputs)}
+#define FWEDGE_INPUT_BYTES {total_in}
+#define FWEDGE_OUTPUT_BYTES {total_out}
+#define FWEDGE_ARENA_BYTES {plan.arena_bytes}
+
+static const uint32_t fwedge_input_bytes[FWEDGE_NUM_INPUTS] = {{{sizes(inputs)}}};
+static const uint32_t fwedge_output_bytes[FWEDGE_NUM_OUTPUTS] = {{{sizes(outputs)}}};
+static const char *const fwedge_input_names[FWEDGE_NUM_INPUTS] = {{{names(inputs)}}};
+static const char *const fwedge_output_names[FWEDGE_NUM_OUTPUTS] = {{{names(outputs)}}};
+
+void fwedge_run(const void *const inputs[], void *const outputs[]);
+
+#endif /* FWEDGE_MODEL_H */
+"""

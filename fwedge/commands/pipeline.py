@@ -1,0 +1,50 @@
+"""`fwedge pipeline pipeline.toml`: every stage from model to report, cached per stage."""
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def _parse_set(ctx, param, values):
+    overrides = {}
+    for text in values:
+        key, sep, raw = text.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected SECTION.KEY=VALUE, got {text!r}")
+        try:
+            overrides[key] = json.loads(raw)
+        except ValueError:
+            overrides[key] = raw
+    return overrides
+
+
+@click.command("pipeline")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, callback=_parse_set, metavar="SECTION.KEY=VALUE",
+              help="Override a setting, e.g. --set farm.repeats=50 --set 'export.targets=[\"onnx\"]'. Repeatable.")
+@click.option("--update-baseline", is_flag=True, help="Write this run's results as the gate baseline.")
+@click.pass_context
+def command(ctx, config, overrides, update_baseline) -> None:
+    """Run CONFIG (pipeline.toml): load -> [prune -> distill] -> quantize -> analyze -> export
+    (every listed target) -> farm run -> gate -> report. Each stage's output is cached under
+    the cache dir by a hash of its inputs and settings, so a re-run after an interruption, or
+    with only the gate settings changed, redoes nothing else. Exits 1 when the gate fails.
+    """
+    from fwedge.console import stdout, table
+    from fwedge.pipeline import run_pipeline
+
+    def show(stage) -> None:
+        state = "cached" if stage.cached else (f"{stage.seconds:.1f}s" if stage.key else "")
+        stdout.print(f"[bold]{stage.name}[/bold] {state}  {stage.summary}")
+
+    result = run_pipeline(config, overrides, update_baseline=update_baseline, on_stage=show)
+    stdout.print(table("Pipeline", ["stage", "cached", "seconds", "output", "summary"],
+                       [[s.name, "yes" if s.cached else "no", s.seconds, s.path, s.summary] for s in result.stages]))
+    for line in result.skipped_targets:
+        stdout.print(f"skipped target {line}")
+    stdout.print(f"report: {result.report_html}  summary: {result.report_markdown}  ({result.seconds:.1f} s)")
+    if result.gate_passed is False:
+        for line in result.regressions:
+            stdout.print(f"[red]regression[/red]: {line}")
+        ctx.exit(1)

@@ -11,7 +11,7 @@ from fwedge.eval import ort_session
 from fwedge.targets import ExportOptions
 from helpers import tiny_conv_model
 from op_matrix import OP_CASES, op_case_ids, output_scale, qdq_model, random_feeds, steps_off
-from tolerances import FP32_ATOL, FP32_RTOL, INT8_MAX_STEPS
+from tolerances import DEEP_INT8_TOP1_AGREEMENT, FP32_ATOL, FP32_RTOL, INT8_MAX_STEPS
 
 pytestmark = pytest.mark.tflite
 
@@ -99,3 +99,43 @@ def test_manifest_records_nhwc_io_and_toolchain(tmp_path):
     assert y.scale == pytest.approx(output_scale(qdq_model(case), "y"))
     assert "ai-edge-litert" in bundle.versions and "flatbuffers" in bundle.versions
     assert bundle.sizes["model_bytes"] > 0
+
+
+@pytest.fixture(scope="module")
+def ppocr_models(ppocr_cls_path):
+    """(float model, QDQ model from fwedge's quantizer, 24 real inputs) of the PP-OCR cls model."""
+    from fwedge.calibration import collect, compute
+    from fwedge.passes.quantize import plan_quantization, quantize_model
+    from fwedge.quantization import load_prepared
+    from ppocr_inputs import ppocr_cls_inputs
+
+    inputs, _ = ppocr_cls_inputs(40, seed=0)
+    prepared, _ = load_prepared(ppocr_cls_path, {"x": [1, 3, 48, 192]})
+    plan = plan_quantization(prepared)
+    stats = collect(prepared, [inputs[i:i + 1] for i in range(16)], plan.calibrated)
+    return prepared, quantize_model(prepared, compute(stats, "minmax"), plan=plan), inputs[16:]
+
+
+def _ort_batch(model, x):
+    session = ort_session(model)
+    return np.concatenate([session.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+
+
+@pytest.mark.rapidocr
+def test_ppocr_cls_fp32_and_int8(ppocr_models, tmp_path):
+    tflite = _tflite()
+    float_model, qdq, x = ppocr_models
+    reference = _ort_batch(float_model, x)
+    fp32 = tflite.run(load_bundle(tflite.export(float_model, tmp_path / "fp32", ExportOptions()).path), {"x": x})
+    (name,) = fp32
+    np.testing.assert_allclose(fp32[name], reference, rtol=FP32_RTOL, atol=FP32_ATOL, err_msg=f"ppocr fp32: {name}")
+    int8_bundle = load_bundle(tflite.export(qdq, tmp_path / "int8", ExportOptions()).path)
+    int8 = tflite.run(int8_bundle, {"x": x})[name]
+    ort_int8 = _ort_batch(qdq, x)
+    gap = float(np.abs(int8 - ort_int8).max())
+    agreement_ort = float((int8.argmax(1) == ort_int8.argmax(1)).mean())
+    fidelity = float((int8.argmax(1) == reference.argmax(1)).mean())
+    print(f"ppocr tflite int8: max |p - p_ort_int8| {gap:.4f}, top-1 vs ORT int8 {agreement_ort:.3f}, "
+          f"vs float {fidelity:.3f}; kept float: {int8_bundle.extra['float_ops']}")
+    assert int8_bundle.extra["op_counts"]["conv2d"] >= 40
+    assert agreement_ort >= DEEP_INT8_TOP1_AGREEMENT, f"ppocr int8: top-1 agreement with ORT int8 {agreement_ort}"

@@ -18,3 +18,7 @@ INT8_TARGET_ACCURACY_PP = 0.2
 
 # Quantized against float: best calibration method's accuracy drop, percentage points.
 INT8_VS_FLOAT_ACCURACY_PP = 0.3
+
+# A deep int8 model (PP-OCR cls, ~60 int8 layers) on a target against ORT running the same QDQ
+# model: one-step differences amplify layer by layer, so compare top-1 decisions, not steps.
+DEEP_INT8_TOP1_AGREEMENT = 0.9

@@ -48,7 +48,7 @@ class Histogram:
     def from_values(cls, values: np.ndarray, bins: int = 2048) -> "Histogram":
         """A histogram of an in-memory array (tests and single-shot use)."""
         values = np.asarray(values, dtype=np.float64).ravel()
-        minimum, maximum = float(values.min(initial=0.0)), float(values.max(initial=0.0))
+        minimum, maximum = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
         low, high, count = layout(minimum, maximum, bins)
         return cls(bin_counts(values, low, high, count), low, high, minimum, maximum)
 

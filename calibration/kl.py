@@ -88,6 +88,12 @@ def kl_range(histogram: Histogram, options: MethodOptions) -> tuple[float, float
     counts, absmax = histogram.magnitude()
     if absmax <= 0 or counts.sum() == 0:
         return float(histogram.minimum), float(histogram.maximum)
+    if histogram.minimum > 0 or histogram.maximum < 0:
+        # A tensor that never crosses zero (e.g. all-negative SE logits before a sigmoid) has all
+        # its mass away from 0: the threshold just past the smallest magnitude folds every value
+        # into one bin, where P and Q are the same spike and KL is 0. The search is meaningless
+        # there, so such tensors keep their observed range.
+        return float(histogram.minimum), float(histogram.maximum)
     levels, start = options.num_quantized_bins, options.start_bin
     if not histogram.signed and not options.symmetric:
         levels = 2 * options.num_quantized_bins - 1

@@ -103,7 +103,10 @@ def apply_budget(result, options: QuantizeOptions, eval_data: str | os.PathLike 
     if eval_samples is not None:
         eval_samples = min(eval_samples, dataset.num_samples)
     spec = resolve_preprocess(result.float_model, preprocess)
-    evaluate = _Evaluator(result.float_model, dataset, spec, eval_samples, labelled, batch_size)
+    from fwedge.quantization import batch_limit
+
+    evaluate = _Evaluator(result.float_model, dataset, spec, eval_samples, labelled,
+                          batch_limit(result.float_model, batch_size))
 
     def within(score: float) -> bool:
         if labelled:

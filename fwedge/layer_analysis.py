@@ -120,9 +120,10 @@ def analyze(
     """
     from fwedge.calibration.collect import _with_outputs
     from fwedge.eval import FidelityAccumulator, OrtRunner, resolve_preprocess
-    from fwedge.quantization import load_prepared
+    from fwedge.quantization import batch_limit, load_prepared
 
     prepared, _ = load_prepared(float_model, input_shapes)
+    batch_size = batch_limit(prepared, batch_size)
     qdq = qdq_model if isinstance(qdq_model, onnx.ModelProto) else ir.load(qdq_model)
     pairs = quantized_tensors(qdq)
     if not pairs:

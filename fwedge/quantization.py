@@ -45,6 +45,14 @@ def load_prepared(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict
     return prepare(loaded), sha
 
 
+def batch_limit(model: onnx.ModelProto, batch_size: int) -> int:
+    """`batch_size`, capped by a static batch dimension of the model's first input (e.g. 1)."""
+    shape = ir.shape_of(ir.graph_inputs(model)[0])
+    if shape and isinstance(shape[0], int) and shape[0] > 0:
+        return min(batch_size, shape[0])
+    return batch_size
+
+
 @dataclass
 class CalibrationData:
     """A dataset selection for calibration: what to read and how to preprocess it."""
@@ -93,7 +101,8 @@ def calibration_data(
             f"data '{dataset.path}': {count} calibration samples requested, "
             f"but it holds only {dataset.num_samples}"
         )
-    return CalibrationData(dataset, resolve_preprocess(model, preprocess), count, seed, batch_size)
+    return CalibrationData(dataset, resolve_preprocess(model, preprocess), count, seed,
+                           batch_limit(model, batch_size))
 
 
 def collect_stats(

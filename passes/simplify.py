@@ -56,7 +56,18 @@ def _evaluate(node: onnx.NodeProto, values: list[np.ndarray | None], opset: int)
     return [np.asarray(result) for result in results]
 
 
-def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+def simplify(model: onnx.ModelProto, max_rounds: int = 4) -> onnx.ModelProto:
+    """Sweep `_simplify_once` until nothing changes (shapes known only after a Reshape's target
+    is folded need a fresh shape inference), at most `max_rounds` times."""
+    for _ in range(max_rounds):
+        before = len(model.graph.node)
+        model = _simplify_once(model)
+        if len(model.graph.node) == before:
+            break
+    return model
+
+
+def _simplify_once(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy with Identity/Dropout removed and constant subgraphs folded into initializers.
 
     Folds every node whose inputs are all constants, and Shape (and Size) of tensors whose

@@ -241,3 +241,12 @@ def test_table_json_round_trip_and_exports(tmp_path):
     (tmp_path / "bad.json").write_text('{"schema": "other"}')
     with pytest.raises(CalibrationError, match="schema"):
         QuantTable.load(tmp_path / "bad.json")
+
+
+def test_kl_keeps_the_range_of_a_tensor_that_never_crosses_zero(rng):
+    """All-negative values (SE-block logits before a sigmoid) would fold into one bin."""
+    values = rng.uniform(-1.7, -0.6, 50_000)
+    low, high = kl_range(Histogram.from_values(values), OPTIONS)
+    assert (low, high) == (values.min(), values.max())
+    params = params_from_range(low, high)
+    assert params.range[0] == pytest.approx(values.min()) and params.range[1] == 0.0

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -78,10 +77,16 @@ def onnx_bundle(model: onnx.ModelProto, out_dir: Path):
 
 
 def fake_c_bundle(out_dir: Path, arch: str):
-    """A C bundle for `arch` whose 'harness' never runs (the fake emulators crash or hang first)."""
+    """A C bundle for `arch` whose harness binary never runs (the fake emulators crash or hang first).
+
+    It follows the C target's layout (targets.c.BINARY), so the farm drives it through the real
+    harness protocol functions of fwedge.targets.c.
+    """
+    from fwedge.targets.c import BINARY
 
     def files(folder: Path) -> dict:
-        (folder / "harness").write_bytes(b"\x7fELF not a real harness\n")
+        (folder / BINARY).parent.mkdir(parents=True)
+        (folder / BINARY).write_bytes(b"\x7fELF not a real harness\n")
         return {"rom_bytes": 24, "ram_bytes": 0}
 
     return write_bundle(
@@ -92,24 +97,17 @@ def fake_c_bundle(out_dir: Path, arch: str):
     )
 
 
-def stub_c_protocol() -> types.SimpleNamespace:
-    """The harness-file functions the farm asks of fwedge.targets.c, for fake C bundles only.
+def c_bundles(qdq_model: Path, arches: list[str], out_dir: Path) -> list[Path]:
+    """Real C bundles (fwedge.targets.c, zig cc) of a QDQ model, one per architecture."""
+    from fwedge.export import export_bundle
+    from fwedge.targets import ExportOptions
 
-    The fault tests exercise devices and the runner; the emulator dies before these files
-    matter, so the stub only has to write an input file and name the executable.
-    """
-
-    def write_harness_input(bundle, inputs, path):
-        np.concatenate([np.asarray(v, np.float32).ravel() for v in inputs.values()]).tofile(path)
-
-    return types.SimpleNamespace(
-        harness_executable=lambda bundle: "harness",
-        harness_args=lambda bundle, inp, out, count, iterations: [inp, out, str(count), str(iterations)],
-        write_harness_input=write_harness_input,
-        read_harness_output=lambda bundle, path, count: {"logits": np.fromfile(path, np.float32).reshape(count, -1)},
-        parse_harness_latencies=lambda stdout: [float(line.split()[1]) for line in stdout.splitlines()
-                                                if line.startswith("latency_ms ")],
-    )
+    paths = []
+    for arch in arches:
+        path = out_dir / f"{Path(qdq_model).stem}-{arch}"
+        export_bundle(qdq_model, arch, path, ExportOptions(precision="int8"))
+        paths.append(path)
+    return paths
 
 
 def write_program(path: Path, body: str) -> Path:

@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
 from fwedge.cli import cli
-from fwedge.device_farm import harness, inventory
+from fwedge.device_farm import inventory
 from fwedge.device_farm.local import LocalDevice
 from fwedge.device_farm.results import load_results, save_results
 from fwedge.device_farm.runner import FarmOptions, run_farm
@@ -39,6 +40,17 @@ def mlp_files(tmp_path_factory, mlp_model):
     onnx.save(mlp_model, folder / "mlp.onnx")
     fh.onnx_bundle(mlp_model, folder / "bundles" / "mlp_onnx")
     return folder
+
+
+@pytest.fixture(scope="module")
+def mlp_int8(tmp_path_factory, mlp_model):
+    """The MLP quantized to INT8 QDQ (minmax, 128 calibration images)."""
+    from fwedge.quantization import quantize
+
+    folder = tmp_path_factory.mktemp("mlp_int8")
+    path = folder / "mlp_int8.onnx"
+    onnx.save(quantize(mlp_model, "fashion-mnist:train", method="minmax", num_samples=128).model, path)
+    return path
 
 
 def _write_inventory(path: Path, entries: list[dict]) -> Path:
@@ -119,15 +131,58 @@ def test_host_run_measures_accuracy_fidelity_latency(mlp_files):
     assert load_results(path).results[0] == result
 
 
+def _check_c_results(results, mlp_int8, expected_devices: dict[str, str]):
+    from fwedge.eval import evaluate_model
+    from tests.tolerances import INT8_TARGET_ACCURACY_PP
+
+    reference = evaluate_model(mlp_int8, "fashion-mnist:test", limit=LIMIT)["accuracy"].top1
+    by_bundle = {r.bundle: r for r in results.results}
+    assert set(by_bundle) == set(expected_devices)
+    for bundle, device in expected_devices.items():
+        result = by_bundle[bundle]
+        assert result.ok, f"{bundle} on {result.device}: {result.error}\n{result.stderr_tail}"
+        assert result.device == device and result.target == "c"
+        assert abs(result.accuracy - reference) * 100 <= INT8_TARGET_ACCURACY_PP, (bundle, result.accuracy, reference)
+        assert result.fidelity["top1_agreement"] > 0.9
+        assert result.latency.iterations == REPEATS and result.identity["timer"].startswith("clock_gettime")
+        assert result.sizes["rom_bytes"] > 0 and result.sizes["ram_bytes"] > 0
+    return by_bundle
+
+
+@pytest.mark.qemu("aarch64")
+@pytest.mark.zig
+@pytest.mark.fashion_mnist
+def test_c_bundles_run_on_host_and_qemu_aarch64(tmp_path, mlp_files, mlp_int8):
+    bundles = fh.c_bundles(mlp_int8, ["x86_64", "aarch64"], tmp_path)
+    devices = inventory.select(inventory.auto_detect(), ["host", "qemu-aarch64"])
+    results = run_farm(bundles, devices, FarmOptions(data="fashion-mnist:test", limit=LIMIT, repeats=REPEATS,
+                                                     reference=str(mlp_files / "mlp.onnx")))
+    by_bundle = _check_c_results(results, mlp_int8, {"mlp_int8-x86_64": "host", "mlp_int8-aarch64": "qemu-aarch64"})
+    assert by_bundle["mlp_int8-aarch64"].identity["emulator"].startswith("qemu-aarch64 version")
+    assert by_bundle["mlp_int8-aarch64"].accuracy == by_bundle["mlp_int8-x86_64"].accuracy
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+@pytest.mark.zig
+@pytest.mark.fashion_mnist
+def test_c_bundles_run_on_every_qemu_board(tmp_path, mlp_files, mlp_int8):
+    arches = ["x86_64", "aarch64", "riscv64", "loongarch64"]
+    bundles = fh.c_bundles(mlp_int8, arches, tmp_path)
+    results = run_farm(bundles, inventory.auto_detect(), FarmOptions(data="fashion-mnist:test", limit=LIMIT,
+                                                                     repeats=REPEATS, reference=str(mlp_files / "mlp.onnx")))
+    _check_c_results(results, mlp_int8, {f"mlp_int8-{arch}": "host" if arch == "x86_64" else f"qemu-{arch}"
+                                         for arch in arches})
+
+
 # -- faults --------------------------------------------------------------------------------------
 
 
 @pytest.mark.fashion_mnist
 @pytest.mark.ssh
-def test_faults_become_error_results_and_fail_the_gate(tmp_path, mlp_files, monkeypatch):
+def test_faults_become_error_results_and_fail_the_gate(tmp_path, mlp_files):
     """A qemu that segfaults, one that hangs past its timeout, and an ssh board on a closed
     loopback port each give an error result; the host result is kept and the gate fails."""
-    monkeypatch.setattr(harness, "c_target", fh.stub_c_protocol)
     bundles = tmp_path / "bundles"
     shutil.copytree(mlp_files / "bundles" / "mlp_onnx", bundles / "mlp_onnx")
     fh.fake_c_bundle(bundles / "mlp_c_aarch64", "aarch64")
@@ -313,3 +368,23 @@ def test_real_sshd_runs_bundle_and_cleans_up(tmp_path, sshd, mlp_model):
     assert not canary.exists()
     log = (sshd.folder / "sshd.log").read_text()
     assert "Accepted publickey" in log
+
+
+@pytest.mark.ssh
+@pytest.mark.zig
+@pytest.mark.fashion_mnist
+def test_real_sshd_runs_a_c_bundle_for_the_host_arch(tmp_path, sshd, mlp_int8):
+    """The C harness binary is copied to the board, run there, and its outputs fetched."""
+    from fwedge.bundle import host_arch
+
+    [bundle] = fh.c_bundles(mlp_int8, [host_arch()], tmp_path)
+    inv = inventory.load_inventory(_write_inventory(tmp_path / "inv.toml", [
+        {"name": "host", "kind": "local", "runtimes": ["c"]},
+        sshd.device_entry(name="loopback-board", runtimes=["c"]),
+    ]))
+    results = run_farm([bundle], inv, FarmOptions(data="fashion-mnist:test", limit=LIMIT, repeats=REPEATS))
+    host, board = (results.find(bundle.name, name) for name in ("host", "loopback-board"))
+    assert host.ok and board.ok, f"{board.error}\n{board.stderr_tail}"
+    assert board.accuracy == host.accuracy and board.device_kind == "ssh"
+    assert board.identity["timer"].startswith("clock_gettime") and board.latency.iterations == REPEATS
+    assert not list((sshd.folder / "remote").iterdir()), "remote temp dir left behind"

@@ -347,7 +347,7 @@ class NcnnWriter:
         self.int8_layers: list[str] = []
         self.float_layers: dict[str, str] = {}
         self.shifted: dict[tuple[str, float], str] = {}
-        self.clipped: dict[tuple[str, float, int], str] = {}
+        self.fake_quantized: dict[tuple[str, float, int], str] = {}
         self.extra_shapes: dict[str, list] = {}
 
     # -- buffers -------------------------------------------------------------------------------
@@ -384,22 +384,29 @@ class NcnnWriter:
     def input(self, name: str) -> str:
         """The blob a float layer reads for ONNX input `name`.
 
-        A Q/DQ pair on the edge clamps the value to its representable range
-        [(-128 - zp)·s, (127 - zp)·s]; onnxruntime's quantizer relies on that clamp when it drops
-        a Relu/Clip in front of the pair, so the float layer reads a Clip of the blob.
+        A Q/DQ pair on the edge means the consumer sees DQ(Q(x)): x rounded to the pair's grid
+        and clamped to [(-128 - zp)·s, (127 - zp)·s] (onnxruntime's quantizer relies on the clamp
+        when it drops a Relu/Clip in front of the pair). Float layers read that fake-quantized
+        blob, so they compute on the same values as onnxruntime.
         """
         source = self.blob(name)
         quant = self.view.edge_quant(name)
         if quant is None:
             return source
         key = (source, quant.scale, quant.zero_point)
-        if key not in self.clipped:
-            clipped = f"{source}_ncnn_qclip_{len(self.clipped)}"
-            low = float(np.float32((-128 - quant.zero_point) * quant.scale))
-            high = float(np.float32((127 - quant.zero_point) * quant.scale))
-            self.add("Clip", clipped, [source], [clipped], {0: low, 1: high})
-            self.clipped[key] = clipped
-        return self.clipped[key]
+        if key not in self.fake_quantized:
+            self.fake_quantized[key] = self.fake_quantize(source, quant, f"{source}_ncnn_fq{len(self.fake_quantized)}")
+        return self.fake_quantized[key]
+
+    def fake_quantize(self, source: str, quant: ActQuant, output: str) -> str:
+        """x -> s · clamp(round_half_even(x / s), -128 - zp, 127 - zp), as DQ(Q(x)); returns `output`."""
+        steps = [f"{output}_{i}" for i in range(3)]
+        self.add("BinaryOp", steps[0], [source], [steps[0]], {0: 3, 1: 1, 2: quant.scale})
+        self.add("UnaryOp", steps[1], [steps[0]], [steps[1]], {0: 18})  # nearbyintf: half to even
+        self.add("Clip", steps[2], [steps[1]], [steps[2]],
+                 {0: float(-128 - quant.zero_point), 1: float(127 - quant.zero_point)})
+        self.add("BinaryOp", output, [steps[2]], [output], {0: 2, 1: 1, 2: quant.scale})
+        return output
 
     def memory_data(self, array: np.ndarray, like_rank: int, name: str) -> str:
         """A MemoryData blob for a constant operand, broadcast-aligned to an operand of rank `like_rank`."""
@@ -749,15 +756,8 @@ def write_ncnn(view: FloatView, int8: bool) -> tuple[str, bytes, NcnnWriter]:
     for output in view.outputs:
         quant = view.edge_quant(output)
         if view.blob(output) != output and quant is not None:
-            # The QDQ model's output is DQ(Q(y)): y on the int8 grid of the pair, clamped. Keep
-            # that on the graph output (round half to even, as QuantizeLinear): y / s, round,
-            # clamp to [-128 - zp, 127 - zp], times s.
-            steps = [f"{output}_ncnn_q{i}" for i in range(3)]
-            writer.add("BinaryOp", steps[0], [view.blob(output)], [steps[0]], {0: 3, 1: 1, 2: quant.scale})
-            writer.add("UnaryOp", steps[1], [steps[0]], [steps[1]], {0: 18})
-            writer.add("Clip", steps[2], [steps[1]], [steps[2]],
-                       {0: float(-128 - quant.zero_point), 1: float(127 - quant.zero_point)})
-            writer.add("BinaryOp", f"{output}_ncnn_dq", [steps[2]], [output], {0: 2, 1: 1, 2: quant.scale})
+            # The QDQ model's output is DQ(Q(y)): keep that on the graph output.
+            writer.fake_quantize(view.blob(output), quant, output)
         elif view.blob(output) != output:
             raise ExportError(f"target {TARGET!r}: graph output '{output}' is a graph input or duplicate; not supported")
     return writer.param_text(), bytes(writer.weights), writer
@@ -783,9 +783,9 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
     if missing:
         raise UnsupportedOpError(TARGET, missing)
     param, weights, writer = write_ncnn(view, precision == "int8")
-    if precision == "int8" and not writer.int8_layers:
-        raise ExportError(f"target {TARGET!r}: the QDQ model has no Conv/Gemm/MatMul that ncnn can run in int8")
     notes = [f"kept in float: {name} ({why})" for name, why in writer.float_layers.items()]
+    if precision == "int8" and not writer.int8_layers:
+        notes.append("no Conv/Gemm/MatMul runs in int8; every layer computes in float between the Q/DQ clamps")
     for note in notes:
         log.warning("ncnn: %s", note)
     inputs, outputs = io_specs(prepared, batch=None)

@@ -34,10 +34,11 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 
+# The whole pipeline on the example model: quantize -> export every target -> farm (host and
+# every qemu board) -> gate against examples/fashion_mnist/baseline.json -> build/demo/report.html.
 demo: setup
-	$(VENV)/bin/fwedge inspect examples/fashion_mnist/cnn_small.onnx
-	$(VENV)/bin/fwedge eval examples/fashion_mnist/cnn_small.onnx --data fashion-mnist:test
-	$(VENV)/bin/fwedge eval examples/fashion_mnist/mobilenet_v2_tiny.onnx --data fashion-mnist:test
+	$(VENV)/bin/fwedge inspect examples/fashion_mnist/mobilenet_v2_tiny.onnx
+	$(VENV)/bin/fwedge pipeline examples/fashion_mnist/pipeline.toml
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

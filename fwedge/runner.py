@@ -32,7 +32,11 @@ class BundleRunner:
         self.module = target_module(self.bundle.target)
         first = self.bundle.inputs[0]
         self.input_name = first.name
-        self.input_shape = [None if dim < 0 else dim for dim in first.shape]
+        shape = list(first.shape)
+        if first.layout == "NHWC" and len(shape) == 4:
+            # The manifest records the device layout; feeds are always logical NCHW.
+            shape = [shape[0], shape[3], shape[1], shape[2]]
+        self.input_shape = [None if dim < 0 else dim for dim in shape]
         self.input_shape[0] = None
         self.output_name = self.bundle.outputs[0].name
 

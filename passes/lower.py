@@ -332,6 +332,7 @@ class _Builder:
     dq_const: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int | None]] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)
     float_ops: list[str] = field(default_factory=list)
+    onnx_names: dict[str, str] = field(default_factory=dict)
     counter: int = 0
 
     # -- tensors -------------------------------------------------------------------------------
@@ -464,6 +465,7 @@ def lower(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = No
         outputs=outputs,
         precision="int8" if any(_is_int8(builder, op) for op in builder.ops) else "fp32",
         float_ops=builder.float_ops if any(_is_int8(builder, op) for op in builder.ops) else [],
+        onnx_names={name: target for name, target in builder.onnx_names.items() if target in builder.tensors},
     )
     log.info("lowered %d ONNX nodes to %d ops (%s)", len(prepared.graph.node), len(graph.ops), graph.precision)
     return graph
@@ -527,6 +529,8 @@ def _int8_output(builder: _Builder, last: onnx.NodeProto) -> tuple[str, QuantPar
     if axis is not None or zp.dtype != np.int8:
         return None
     builder.done.add(id(q))
+    builder.onnx_names[q.input[0]] = q.output[0]
+    builder.onnx_names[last.output[0]] = q.output[0]
     quant = _quant(scale, zp)
     builder.add_tensor(LoweredTensor(q.output[0], builder.shape(q.output[0]), "int8", quant))
     return q.output[0], quant
@@ -1044,3 +1048,4 @@ def _lower_dequantize(builder: _Builder, node: onnx.NodeProto) -> None:
     if not source.quant.same_as(_quant(scale, zp)):
         raise ModelError(f"DequantizeLinear '{node.name}': scale/zero point differ from its QuantizeLinear")
     builder.dq_act[node.output[0]] = source.name
+    builder.onnx_names[node.output[0]] = source.name

@@ -320,6 +320,8 @@ class LoweredGraph:
         inputs, outputs: graph input/output tensor names, in ONNX order.
         precision: "fp32" when every op is float, "int8" when any op is integer.
         float_ops: names of ONNX nodes kept in float inside an int8 graph (reported).
+        onnx_names: ONNX tensor name -> lowered tensor carrying its value (the int8 tensor behind
+            a DequantizeLinear output or a QuantizeLinear input); for bisection (`fwedge diff`).
     """
 
     ops: list[LoweredOp]
@@ -328,6 +330,7 @@ class LoweredGraph:
     outputs: list[str]
     precision: str = "fp32"
     float_ops: list[str] = field(default_factory=list)
+    onnx_names: dict[str, str] = field(default_factory=dict)
 
     def tensor(self, name: str) -> LoweredTensor:
         return self.tensors[name]

@@ -674,7 +674,7 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
         source_sha256=options.source_sha256, inputs=built.inputs, outputs=built.outputs,
         write_files=write_files, preprocess=options.preprocess, toolchain=_versions(),
         extra={"float_io": bool(options.float_io), "float_ops": built.float_ops, "op_counts": built.op_counts,
-               "num_threads": int(options.extra.get("num_threads", 1))},
+               "num_threads": int(options.extra.get("num_threads", 1)), "onnx_names": graph.onnx_names},
     )
 
 
@@ -756,3 +756,43 @@ def run(bundle: Bundle, feeds: dict[str, np.ndarray], num_threads: int | None = 
             results[spec.name].append(_from_device(spec, value.copy()))
     return {name: np.concatenate(values) if values else np.zeros((0,), np.float32) for name, values in results.items()}
 
+
+
+def intermediates(bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """Values of internal tensors by ONNX name (float32, logical NCHW, dequantized), for `fwedge diff`.
+
+    A name is found when the .tflite holds a tensor of that name, or when the lowering recorded
+    which int8 tensor carries it (manifest extra "onnx_names"). Absent names are left out.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "for debugging purposes only": this is debugging
+        interpreter = Interpreter(model_path=str(bundle.file(MODEL_FILE)), experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    details = {d["name"]: d for d in interpreter.get_tensor_details()}
+    aliases = bundle.extra.get("onnx_names", {})
+    wanted = {name: (name if name in details else aliases.get(name)) for name in names}
+    wanted = {name: inner for name, inner in wanted.items() if inner in details}
+    inputs = {d["name"]: d for d in interpreter.get_input_details()}
+    rows: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
+    batch = len(next(iter(feeds.values()))) if feeds else 0
+    for sample in range(batch):
+        for spec in bundle.inputs:
+            interpreter.set_tensor(inputs[spec.name]["index"], _to_device(spec, feeds[spec.name][sample:sample + 1]))
+        interpreter.invoke()
+        for name, inner in wanted.items():
+            detail = details[inner]
+            value = interpreter.get_tensor(detail["index"]).copy()
+            scales = detail["quantization_parameters"]["scales"]
+            if value.dtype == np.int8 and scales.size == 1:
+                zero = int(detail["quantization_parameters"]["zero_points"][0])
+                value = (value.astype(np.int32) - zero).astype(np.float32) * np.float32(scales[0])
+            if value.ndim == 4:
+                value = value.transpose(NHWC_TO_NCHW)
+            rows[name].append(value.astype(np.float32))
+    return {name: np.concatenate(values) for name, values in rows.items() if values}

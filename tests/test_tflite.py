@@ -11,7 +11,7 @@ from fwedge.eval import ort_session
 from fwedge.targets import ExportOptions
 from helpers import tiny_conv_model
 from op_matrix import OP_CASES, op_case_ids, output_scale, qdq_model, random_feeds, steps_off
-from tolerances import DEEP_INT8_TOP1_AGREEMENT, FP32_ATOL, FP32_RTOL, INT8_MAX_STEPS
+from tolerances import DEEP_INT8_TOP1_AGREEMENT, FP32_ATOL, FP32_RTOL, INT8_MAX_STEPS, INT8_TARGET_ACCURACY_PP
 
 pytestmark = pytest.mark.tflite
 
@@ -139,3 +139,116 @@ def test_ppocr_cls_fp32_and_int8(ppocr_models, tmp_path):
           f"vs float {fidelity:.3f}; kept float: {int8_bundle.extra['float_ops']}")
     assert int8_bundle.extra["op_counts"]["conv2d"] >= 40
     assert agreement_ort >= DEEP_INT8_TOP1_AGREEMENT, f"ppocr int8: top-1 agreement with ORT int8 {agreement_ort}"
+
+
+EXAMPLE_LIMIT = 500  # seeded subset of the 10,000 test images in the test command; slow test: all
+
+
+@pytest.fixture(scope="module")
+def example_qdq():
+    """name -> (float model, QDQ model): fwedge's quantizer, KL, 256 training images (the demo's method)."""
+    from fwedge import ir
+    from fwedge.data import open_dataset
+    from fwedge.quantization import quantize
+
+    cache = {}
+
+    def get(path):
+        if path not in cache:
+            result = quantize(path, data=open_dataset("fashion-mnist:train"), method="kl", num_samples=256)
+            cache[path] = (ir.load(path), result.model)
+        return cache[path]
+
+    return get
+
+
+def _example_accuracy(path, example_qdq, tmp_path, limit):
+    from fwedge.data import open_dataset
+    from fwedge.eval import OrtRunner, accuracy, resolve_preprocess
+    from fwedge.runner import BundleRunner
+
+    tflite = _tflite()
+    float_model, qdq = example_qdq(path)
+    preprocess = resolve_preprocess(float_model)
+    dataset = open_dataset("fashion-mnist:test")
+    fp32 = tflite.export(float_model, tmp_path / "fp32", ExportOptions(preprocess=preprocess.to_dict()))
+    int8 = tflite.export(qdq, tmp_path / "int8", ExportOptions(preprocess=preprocess.to_dict()))
+    runners = {"ort_fp32": OrtRunner(float_model), "ort_int8": OrtRunner(qdq),
+               "tflite_fp32": BundleRunner(fp32.path), "tflite_int8": BundleRunner(int8.path)}
+    result = {name: accuracy(runner, dataset, preprocess, limit=limit).top1 * 100 for name, runner in runners.items()}
+    # Output fidelity on the same images: fp32 logits within tolerance, int8 within one step.
+    batch = next(dataset.batches(preprocess, batch_size=limit or 10000, limit=limit))
+    np.testing.assert_allclose(runners["tflite_fp32"](batch.x), runners["ort_fp32"](batch.x),
+                               rtol=FP32_RTOL, atol=FP32_ATOL, err_msg=f"{path.name} fp32: logits")
+    steps = steps_off(runners["ort_int8"](batch.x), runners["tflite_int8"](batch.x), output_scale(qdq, qdq.graph.output[0].name))
+    result["int8_max_steps"] = int(steps.max())
+    result["int8_off_by_one"] = int((steps == 1).sum())
+    result["int8_elements"] = int(steps.size)
+    print(f"{path.name}: {result}")
+    return result
+
+
+@pytest.mark.fashion_mnist
+@pytest.mark.parametrize("model", ["cnn_small", "mobilenet"])
+def test_example_models_fp32_and_int8(model, request, example_qdq, tmp_path):
+    path = request.getfixturevalue(f"{model}_path")
+    result = _example_accuracy(path, example_qdq, tmp_path, EXAMPLE_LIMIT)
+    assert result["int8_max_steps"] <= INT8_MAX_STEPS, result
+    assert abs(result["tflite_int8"] - result["ort_int8"]) <= INT8_TARGET_ACCURACY_PP + 1e-9, result
+    assert result["tflite_fp32"] == result["ort_fp32"], result
+
+
+@pytest.mark.slow
+@pytest.mark.fashion_mnist
+@pytest.mark.parametrize("model", ["cnn_small", "mobilenet"])
+def test_example_models_full_test_set(model, request, example_qdq, tmp_path):
+    path = request.getfixturevalue(f"{model}_path")
+    result = _example_accuracy(path, example_qdq, tmp_path, None)
+    assert result["int8_max_steps"] <= INT8_MAX_STEPS, result
+    assert abs(result["tflite_int8"] - result["ort_int8"]) <= INT8_TARGET_ACCURACY_PP + 1e-9, result
+
+
+def test_intermediates_name_onnx_tensors_for_bisection(tmp_path):
+    from fwedge.interp import run_lowered
+    from fwedge.passes.lower import lower
+
+    model = tiny_conv_model()
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)}
+    bundle = load_bundle(_tflite().export(model, tmp_path / "b", ExportOptions()).path)
+    values = _tflite().intermediates(bundle, feeds, ["r", "p", "not_a_tensor"])
+    assert sorted(values) == ["p", "r"]
+    expected = run_lowered(lower(model), feeds, keep_all=True)
+    for name in ("r", "p"):
+        np.testing.assert_allclose(values[name], expected[name], rtol=FP32_RTOL, atol=FP32_ATOL, err_msg=name)
+
+
+def test_interrupted_export_leaves_no_partial_bundle_and_keeps_the_old_one(tmp_path, monkeypatch):
+    tflite = _tflite()
+    case = next(c for c in OP_CASES if c.id == "conv_1x1")
+    out = tmp_path / "bundle"
+    first = tflite.export(case.model, out, ExportOptions())
+    before = out.joinpath("manifest.json").read_text()
+
+    def killed(path, data):
+        path.write_bytes(data[: len(data) // 2])  # half a file on disk, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tflite.ir, "write_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tflite.export(qdq_model(case), out, ExportOptions())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+    assert out.joinpath("manifest.json").read_text() == before
+    assert load_bundle(out).precision == first.precision == "fp32"
+
+
+def test_tampered_tflite_bundle_is_refused(tmp_path):
+    from fwedge.errors import ExportError
+
+    case = next(c for c in OP_CASES if c.id == "conv_1x1")
+    bundle = _tflite().export(qdq_model(case), tmp_path / "b", ExportOptions())
+    path = bundle.file("model.tflite")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match="model.tflite"):
+        load_bundle(bundle.path)

@@ -34,6 +34,7 @@ _QDQ = ("QuantizeLinear", "DequantizeLinear")
 _ALIASES = ("Identity", "Dropout")
 _RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 _FUSABLE_PRODUCERS = ("Conv", "Gemm", "MatMul", "Add", "Mul")
+_SHAPE_ARITHMETIC = ("Constant", "Shape", "Cast", "Slice", "Gather", "Size", "ConstantOfShape", "Range")
 
 
 def _lowerable(op_type: str) -> bool:
@@ -299,9 +300,18 @@ def unsupported_nodes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]
         input_shapes: static shapes for inputs with dynamic non-batch dimensions.
 
     Returns:
-        The list, empty when the whole model lowers.
+        The list, empty when the whole model lowers. With dynamic input shapes and no
+        `input_shapes`, only op types are checked (lower() itself then asks for static shapes).
     """
-    return [(name, op, opset) for name, op, opset, _ in _problems(prepare(model, input_shapes))]
+    try:
+        prepared = prepare(model, input_shapes)
+    except ModelError:
+        # Dynamic shapes: only the op types can be judged until the shapes are fixed.
+        # Shape arithmetic (Shape -> Slice -> Concat -> Reshape) folds away once shapes are static.
+        opset = ir.opset_version(model)
+        return [(node.name or node.output[0], node.op_type, opset) for node in model.graph.node
+                if node.op_type not in _SHAPE_ARITHMETIC and not _lowerable(node.op_type)]
+    return [(name, op, opset) for name, op, opset, _ in _problems(prepared)]
 
 
 def _problems(model: onnx.ModelProto) -> list[tuple[str, str, int, str]]:

@@ -124,10 +124,15 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
     The lowering's own list (ops with no lowered form) comes first; then lowered ops the TFLite
     writer cannot express, named by the ONNX node they came from.
     """
+    from fwedge.errors import ModelError
+    from fwedge.passes.lower import unsupported_nodes as lowering_gaps
+
     try:
         graph = _lowered(model)
     except UnsupportedOpError as error:
         return error.nodes
+    except ModelError:
+        return lowering_gaps(model)  # dynamic shapes: judged by op type only
     return [(node, op_type, opset) for node, op_type, opset, _ in _tflite_problems(model, graph)]
 
 

@@ -80,6 +80,11 @@ class GateRow:
     def failed(self) -> bool:
         return self.verdict == FAIL
 
+    def shown_checks(self) -> list[Check]:
+        """Checks worth a table cell: quality and latency always; sizes only when they changed."""
+        return [c for c in self.checks if not c.metric.endswith("_bytes") or not c.passed
+                or c.baseline != c.current]
+
 
 @dataclass
 class GateReport:
@@ -171,6 +176,8 @@ def _compare(base: DeviceResult, current: DeviceResult, limits: Thresholds) -> t
         ratio("latency p50", current.latency.p50_ms / base.latency.p50_ms, base.latency.p50_ms,
               current.latency.p50_ms, limits.max_latency_increase, "(vs baseline run)")
     for key in sorted(set(base.sizes) & set(current.sizes)):
+        if not key.endswith("_bytes"):
+            continue  # ratios and counts in `sizes` are not sizes
         before, after = base.sizes[key], current.sizes[key]
         if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before > 0:
             ratio(key, after / before, before, after, limits.max_size_increase, "")

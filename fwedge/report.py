@@ -224,7 +224,7 @@ def _gate_section(gate: GateReport | None) -> str:
     out = ["<table id='gate'><thead><tr><th class='l'>bundle</th><th class='l'>device</th><th class='l'>verdict</th>"
            "<th class='l'>checks</th><th class='l'>reasons</th></tr></thead><tbody>"]
     for row in gate.rows:
-        checks = "; ".join(f"{c.metric} {c.change}" + ("" if c.passed else " ✗") for c in row.checks)
+        checks = "; ".join(f"{c.metric} {c.change}" + ("" if c.passed else " ✗") for c in row.shown_checks())
         out.append(f"<tr class='v-{_e(row.verdict)}'><td class='l'>{_e(row.bundle)}</td><td class='l'>{_e(row.device)}</td>"
                    f"<td class='l'>{_e(row.verdict.upper())}</td><td class='wrap'>{_e(checks)}</td>"
                    f"<td class='err'>{_e('; '.join(row.reasons))}</td></tr>")

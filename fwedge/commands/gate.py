@@ -62,6 +62,6 @@ def render_table(report):
 
     rows = []
     for row in report.rows:
-        checks = "; ".join(f"{c.metric} {c.change}{'' if c.passed else ' FAIL'}" for c in row.checks)
+        checks = "; ".join(f"{c.metric} {c.change}{'' if c.passed else ' FAIL'}" for c in row.shown_checks())
         rows.append([row.bundle, row.device, row.verdict.upper(), checks, "; ".join(row.reasons)])
     return table("Gate", ["bundle", "device", "verdict", "checks", "reasons"], rows)

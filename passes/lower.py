@@ -343,6 +343,7 @@ class _Builder:
     done: set[int] = field(default_factory=set)
     float_ops: list[str] = field(default_factory=list)
     onnx_names: dict[str, str] = field(default_factory=dict)
+    refused: list[tuple[str, str, str]] = field(default_factory=list)
     counter: int = 0
 
     # -- tensors -------------------------------------------------------------------------------
@@ -423,7 +424,7 @@ def _quant(scale, zp) -> QuantParams:
 
 
 def lower(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None,
-          target: str = "lowering") -> LoweredGraph:
+          target: str = "lowering", float_fallback: bool = False) -> LoweredGraph:
     """Lower a float or QDQ ONNX model to a LoweredGraph.
 
     Args:
@@ -431,12 +432,16 @@ def lower(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = No
             activations, int8 symmetric per-channel weights, int32 biases).
         input_shapes: static shapes for inputs with dynamic non-batch dimensions.
         target: the target name used in the UnsupportedOpError message.
+        float_fallback: lower int8 nodes that have no int8 form (asymmetric weights, a non-zero
+            int8 pad constant, ...) in float between dequantize/quantize ops, and list them in
+            graph.float_fallback, instead of raising.
 
     Returns:
         The LoweredGraph (passes/lowered.py documents the contract).
 
     Raises:
-        UnsupportedOpError: one error listing every (node, op, opset) that cannot be lowered.
+        UnsupportedOpError: one error listing every (node, op, opset) that cannot be lowered
+            (int8 nodes without an int8 form included, unless float_fallback).
         ModelError: the model has dynamic shapes or malformed Q/DQ parameters.
     """
     prepared = prepare(model, input_shapes)
@@ -456,6 +461,15 @@ def lower(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = No
             continue
         builder.done.add(id(node))
         _LOWERERS[node.op_type](builder, node)
+    if builder.refused and not float_fallback:
+        raise UnsupportedOpError(
+            target, [(name, op, view.opset) for name, op, _ in builder.refused],
+            detail="; ".join(f"{name}: {why}" for name, _, why in builder.refused)
+            + "; --allow-float-fallback keeps them in float",
+        )
+    if builder.refused:
+        log.warning("%s: %d int8 node(s) kept in float: %s", target, len(builder.refused),
+                    "; ".join(f"{name} ({why})" for name, _, why in builder.refused))
     outputs = []
     for value in prepared.graph.output:
         name = value.name
@@ -475,7 +489,8 @@ def lower(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = No
         outputs=outputs,
         precision="int8" if any(_is_int8(builder, op) for op in builder.ops) else "fp32",
         float_ops=builder.float_ops if any(_is_int8(builder, op) for op in builder.ops) else [],
-        onnx_names={name: target for name, target in builder.onnx_names.items() if target in builder.tensors},
+        onnx_names={name: lowered for name, lowered in builder.onnx_names.items() if lowered in builder.tensors},
+        float_fallback=[(name, why) for name, _, why in builder.refused],
     )
     log.info("lowered %d ONNX nodes to %d ops (%s)", len(prepared.graph.node), len(graph.ops), graph.precision)
     return graph
@@ -575,6 +590,15 @@ def _int8_operands(builder: _Builder, node: onnx.NodeProto, indices) -> list[Low
     return tensors
 
 
+def _refuse(builder: _Builder, node: onnx.NodeProto, reason: str) -> None:
+    """Record that an int8 node cannot be lowered in int8; the caller then lowers it in float.
+
+    lower() raises one UnsupportedOpError listing every refusal unless float fallback is allowed.
+    """
+    builder.refused.append((node.name or node.output[0], node.op_type, reason))
+    return None
+
+
 def _note_float(builder: _Builder, node: onnx.NodeProto) -> None:
     if any(name in builder.dq_act or name in builder.dq_const for name in node.input):
         builder.float_ops.append(node.name)
@@ -634,8 +658,12 @@ def _lower_conv(builder: _Builder, node: onnx.NodeProto) -> None:
         builder.done.add(id(act_node))
     x_q = builder.int8_input(X)
     w_q = builder.int8_input(W)
-    out = _int8_output(builder, last) if x_q is not None and w_q is not None else None
-    if out is not None and x_q.dtype == "int8" and w_q.dtype == "int8" and all(z == 0 for z in w_q.quant.zero_point):
+    quantizer = _output_quantizer(builder, last.output[0]) if x_q is not None and w_q is not None else None
+    if quantizer is not None and not (x_q.dtype == "int8" and w_q.dtype == "int8"
+                                      and all(z == 0 for z in w_q.quant.zero_point)):
+        quantizer = _refuse(builder, node, "int8 conv needs int8 input and int8 weights with zero point 0")
+    out = _int8_output(builder, last) if quantizer is not None else None
+    if out is not None:
         y_name, y_quant = out
         s_x = np.float64(x_q.quant.scale[0])
         s_w = np.broadcast_to(np.asarray(w_q.quant.scale, dtype=np.float64), (out_channels,))
@@ -645,8 +673,6 @@ def _lower_conv(builder: _Builder, node: onnx.NodeProto) -> None:
                           requant=_requant(reals, activation, y_quant))
         builder.emit(kind, node.name, [x_q.name, w_q.name, bias], [y_name], attrs)
         return
-    if out is not None:
-        raise ModelError(f"Conv '{node.name}': int8 conv needs int8 input and int8 symmetric weights")
     _note_float(builder, node)
     x = builder.float_input(X)
     w = builder.float_input(W)
@@ -698,18 +724,20 @@ def _lower_fully_connected(builder: _Builder, node: onnx.NodeProto) -> None:
         builder.done.add(id(act_node))
     x_q = builder.int8_input(X)
     w_q = builder.int8_input(W)
-    out = _int8_output(builder, last) if x_q is not None and w_q is not None else None
+    quantizer = _output_quantizer(builder, last.output[0]) if x_q is not None and w_q is not None else None
     out_features = _weight_value(builder.view, W).shape[1 if transpose else 0]
-    if out is not None:
-        if w_q.dtype != "int8" or any(z != 0 for z in w_q.quant.zero_point):
-            raise ModelError(f"{node.op_type} '{node.name}': int8 FC needs int8 symmetric weights")
-        y_name, y_quant = out
+    if quantizer is not None:
         axis = w_q.quant.axis
-        data = w_q.data.T if transpose else w_q.data
         if axis is not None:
             axis = 1 - axis if transpose else axis
-            if axis != 0:
-                raise ModelError(f"{node.op_type} '{node.name}': weight quantized per input feature")
+        if x_q.dtype != "int8" or w_q.dtype != "int8" or any(z != 0 for z in w_q.quant.zero_point):
+            quantizer = _refuse(builder, node, "int8 FC needs int8 input and int8 weights with zero point 0")
+        elif axis not in (None, 0):
+            quantizer = _refuse(builder, node, "weight quantized per input feature, not per output feature")
+    out = _int8_output(builder, last) if quantizer is not None else None
+    if out is not None:
+        y_name, y_quant = out
+        data = w_q.data.T if transpose else w_q.data
         w_name = builder.fresh(f"{W}_nk") if transpose else w_q.name
         s_w = np.broadcast_to(np.asarray(w_q.quant.scale, dtype=np.float64), (out_features,))
         builder.add_tensor(LoweredTensor(
@@ -974,11 +1002,11 @@ def _lower_pad(builder: _Builder, node: onnx.NodeProto) -> None:
         value = float(attribute(node, "value", 0.0))
     attrs = PadAttrs(tuple(pads[:rank]), tuple(pads[rank:]), value)
     operands = _int8_operands(builder, node, (0,))
+    if operands is not None and value != 0.0 and _output_quantizer(builder, node.output[0]) is not None:
+        operands = _refuse(builder, node, f"int8 pad with the non-zero constant {value}")
     out = _int8_output(builder, node) if operands is not None else None
     if out is not None:
         x_q = operands[0]
-        if value != 0.0:
-            raise ModelError(f"Pad '{node.name}': int8 pad with a non-zero constant {value}")
         _same_quant_chain(builder, node, "pad", attrs, x_q, out)
         return
     _note_float(builder, node)
@@ -991,6 +1019,11 @@ def _lower_concat(builder: _Builder, node: onnx.NodeProto) -> None:
     rank = len(builder.shape(node.output[0]))
     attrs = ConcatAttrs(int(attribute(node, "axis")) % rank)
     operands = _int8_operands(builder, node, range(len(node.input)))
+    quantizer = _output_quantizer(builder, node.output[0]) if operands is not None else None
+    if quantizer is not None:
+        y_quant = _quant(*_dq_params(builder.view, quantizer)[:2])
+        if any(x_q.is_constant and not x_q.quant.same_as(y_quant) for x_q in operands):
+            operands = _refuse(builder, node, "a constant input with its own scale")
     out = _int8_output(builder, node) if operands is not None else None
     if out is not None:
         y_name, y_quant = out
@@ -999,8 +1032,6 @@ def _lower_concat(builder: _Builder, node: onnx.NodeProto) -> None:
             if x_q.quant.same_as(y_quant):
                 inputs.append(x_q.name)
                 continue
-            if x_q.is_constant:
-                raise ModelError(f"Concat '{node.name}': constant input '{x_q.name}' with its own scale")
             name = builder.fresh(f"{x_q.name}_to_{node.name}")
             builder.add_tensor(LoweredTensor(name, x_q.shape, "int8", y_quant))
             _emit_requantize(builder, f"{node.name}_requantize_{index}", x_q, name, y_quant)

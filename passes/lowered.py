@@ -322,6 +322,8 @@ class LoweredGraph:
         float_ops: names of ONNX nodes kept in float inside an int8 graph (reported).
         onnx_names: ONNX tensor name -> lowered tensor carrying its value (the int8 tensor behind
             a DequantizeLinear output or a QuantizeLinear input); for bisection (`fwedge diff`).
+        float_fallback: (ONNX node, reason) of int8 nodes lowered in float because they have no
+            int8 form (only with lower(..., float_fallback=True)).
     """
 
     ops: list[LoweredOp]
@@ -331,6 +333,7 @@ class LoweredGraph:
     precision: str = "fp32"
     float_ops: list[str] = field(default_factory=list)
     onnx_names: dict[str, str] = field(default_factory=dict)
+    float_fallback: list[tuple[str, str]] = field(default_factory=list)
 
     def tensor(self, name: str) -> LoweredTensor:
         return self.tensors[name]

@@ -115,7 +115,8 @@ def _lowered(model: onnx.ModelProto, options=None) -> LoweredGraph:
     from fwedge.passes.lower import lower
 
     shapes = (options.extra.get("input_shapes") if options is not None else None) or None
-    return lower(model, input_shapes=shapes, target=TARGET)
+    fallback = bool(options.allow_float_fallback) if options is not None else False
+    return lower(model, input_shapes=shapes, target=TARGET, float_fallback=fallback)
 
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
@@ -679,7 +680,8 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
         source_sha256=options.source_sha256, inputs=built.inputs, outputs=built.outputs,
         write_files=write_files, preprocess=options.preprocess, toolchain=_versions(),
         extra={"float_io": bool(options.float_io), "float_ops": built.float_ops, "op_counts": built.op_counts,
-               "num_threads": int(options.extra.get("num_threads", 1)), "onnx_names": graph.onnx_names},
+               "num_threads": int(options.extra.get("num_threads", 1)), "onnx_names": graph.onnx_names,
+               "float_fallback": [{"node": name, "reason": why} for name, why in graph.float_fallback]},
     )
 
 

@@ -252,3 +252,33 @@ def test_tampered_tflite_bundle_is_refused(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ExportError, match="model.tflite"):
         load_bundle(bundle.path)
+
+
+def _asymmetric_weight_model():
+    """The conv_1x1 QDQ model with its weight zero points moved off 0 (no int8 form in TFLite)."""
+    import onnx
+    from onnx import numpy_helper
+
+    qdq = qdq_model(next(c for c in OP_CASES if c.id == "conv_1x1"))
+    inits = {init.name: init for init in qdq.graph.initializer}
+    weight_dq = next(n for n in qdq.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                     and numpy_helper.to_array(inits[n.input[0]]).ndim == 4)
+    zero_point = numpy_helper.to_array(inits[weight_dq.input[2]])
+    inits[weight_dq.input[2]].CopyFrom(numpy_helper.from_array(np.full_like(zero_point, 3), weight_dq.input[2]))
+    onnx.checker.check_model(qdq)
+    return qdq
+
+
+def test_int8_node_without_int8_form_is_refused_or_kept_float_when_allowed(tmp_path):
+    tflite = _tflite()
+    qdq = _asymmetric_weight_model()
+    with pytest.raises(UnsupportedOpError, match="allow-float-fallback") as info:
+        tflite.export(qdq, tmp_path / "refused", ExportOptions())
+    assert [(name, op) for name, op, _ in info.value.nodes] == [("conv", "Conv")]
+    assert not (tmp_path / "refused").exists()
+    bundle = load_bundle(tflite.export(qdq, tmp_path / "b", ExportOptions(allow_float_fallback=True)).path)
+    assert bundle.extra["float_fallback"] and bundle.extra["float_fallback"][0]["node"] == "conv"
+    assert "conv" in bundle.extra["float_ops"]
+    feeds = random_feeds(next(c for c in OP_CASES if c.id == "conv_1x1"), batch=2)
+    steps = steps_off(ort_session(qdq).run(None, feeds)[0], tflite.run(bundle, feeds)["y"], output_scale(qdq, "y"))
+    assert steps.max() <= INT8_MAX_STEPS

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 from dataclasses import asdict, dataclass, field
@@ -174,11 +175,23 @@ def now_utc() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def _finite(value):
+    """Strict JSON: infinities (an identical output's SQNR) become "inf"/"-inf", NaN null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
 def save_results(results: Results, path: str | os.PathLike) -> Path:
-    """Write results JSON atomically."""
+    """Write results JSON atomically (strict JSON: no Infinity/NaN literals)."""
     from fwedge.ir import write_atomic
 
-    return write_atomic(path, json.dumps(results.to_dict(), indent=2, sort_keys=False, default=_json_default) + "\n")
+    payload = _finite(json.loads(json.dumps(results.to_dict(), default=_json_default)))
+    return write_atomic(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
 
 
 def _json_default(value):

@@ -73,6 +73,8 @@ def _pct(value) -> str:
 def _num(value, digits: int = 3) -> str:
     if value is None:
         return ""
+    if isinstance(value, str):  # "inf" from strict JSON
+        return value
     if isinstance(value, float) and math.isinf(value):
         return "inf"
     return f"{value:.{digits}f}"
@@ -198,7 +200,7 @@ def _results_table(results: list[DeviceResult]) -> str:
             ("l", r.target, None), ("l", r.arch, None), ("l", r.precision, None), ("l", r.device, None),
             ("l", r.status, None),
             ("", _pct(r.accuracy), r.accuracy), ("", _pct(fidelity.get("top1_agreement")), fidelity.get("top1_agreement")),
-            ("", _num(sqnr, 1) if sqnr is not None else "", sqnr if isinstance(sqnr, (int, float)) and math.isfinite(sqnr) else 1e9 if sqnr is not None else None),
+            ("", _num(sqnr, 1), sqnr if isinstance(sqnr, (int, float)) and math.isfinite(sqnr) else 1e9 if sqnr is not None else None),
             ("", _num(latency.p50_ms, 4) if latency else "", latency.p50_ms if latency else None),
             ("", _num(latency.p95_ms, 4) if latency else "", latency.p95_ms if latency else None),
             ("", _num(r.latency_ratio, 3), r.latency_ratio),

@@ -73,6 +73,8 @@ def bin_counts(values: np.ndarray, low: float, high: float, count: int) -> np.nd
         counts = np.zeros(count, dtype=np.int64)
         counts[0] = flat.size
         return counts
-    index = ((flat - np.float32(low)) * np.float32(count / width)).astype(np.int64)
-    np.clip(index, 0, count - 1, out=index)
-    return np.bincount(index, minlength=count).astype(np.int64)
+    factor = np.float32(count / width)
+    position = np.multiply(flat, factor, dtype=np.float32)
+    position -= np.float32(low) * factor
+    np.clip(position, 0, count - 1, out=position)  # clamp in float: no int64 temporary to clip
+    return np.bincount(position.astype(np.intp), minlength=count).astype(np.int64)

@@ -1,0 +1,262 @@
+#!/usr/bin/env python
+"""fwedge calibration vs onnxruntime.quantization, same model, data and sample counts, same run.
+
+    .venv/bin/python bench/calibration.py [--model examples/fashion_mnist/mobilenet_v2_tiny.onnx]
+        [--samples 512 4096] [--repeat 1] [--eval-samples 10000] [--json bench_calibration.json]
+
+Every (tool, method, samples) configuration runs in its own subprocess, so its peak RSS is its
+own: the kernel's high-water mark VmHWM of the worker's address space (/proc/self/status).
+ru_maxrss is printed too, but on Linux it carries the parent's RSS at fork over exec, so it
+cannot show a worker smaller than this driver. Both tools calibrate the same prepared float model
+(BatchNorm folded by fwedge, saved to a temp file) on the same seeded subset of
+fashion-mnist:train, decoded once by the driver into a uint8 .npy that the workers memory-map
+and preprocess batch by batch (64 images): the gzip IDX decoder would otherwise dominate both
+tools' time.
+
+Peers (onnxruntime.quantization):
+  * MinMax and Percentile (99.99, ORT's symmetric default) via create_calibrator;
+  * a real Entropy calibration: create_calibrator(..., CalibrationMethod.Entropy,
+    extra_options={"num_bins": 2048, "num_quantized_bins": 128}) -- quantize_static's own
+    Entropy path silently uses 128 bins;
+  the ranges then go to quantize_static (QDQ, per-channel int8 weights, int8 activations)
+  through its calibration cache, so the timed part is calibration only for both tools.
+
+fwedge: collect (absmax pass + 2048-bin histogram pass) + compute(method) = the timed
+calibration; quantize_model writes the QDQ model.
+
+Printed: calibration wall time (median over --repeat), peak RSS at each sample count and its
+growth, int8 top-1 accuracy on the test set, and the ratios the issue targets:
+KL >= 10x faster than ORT entropy, fwedge RSS growth 512 -> 4096 <= 10 %, fwedge accuracy >= ORT's
+for the same method.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCH = 64
+PERCENTILE = 99.99
+PAIRS = [("minmax", "MinMax"), ("percentile", "Percentile"), ("kl", "Entropy")]
+
+
+def _peak_rss_mb() -> tuple[float, float]:
+    """(VmHWM of this process in MB, ru_maxrss in MB)."""
+    hwm = 0.0
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 1024.0
+    return hwm, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _subset_path(folder: str, samples: int) -> str:
+    return os.path.join(folder, f"train_subset_{samples}.npy")
+
+
+def write_subset(folder: str, samples: int) -> str:
+    """The seeded subset of fashion-mnist:train (uint8 N,28,28,1) that both tools read."""
+    import numpy as np
+
+    from fwedge.data import open_dataset, read_idx
+
+    dataset = open_dataset("fashion-mnist:train")
+    images = read_idx(dataset.path, dataset.select(samples, seed=0))[..., None]
+    path = _subset_path(folder, samples)
+    np.save(path, images)
+    return path
+
+
+def _batches(model_path: str, samples: int):
+    import numpy as np
+
+    from fwedge import ir
+    from fwedge.eval import resolve_preprocess
+
+    spec = resolve_preprocess(ir.load(model_path))
+    images = np.load(_subset_path(os.path.dirname(model_path), samples), mmap_mode="r")
+    return lambda: (spec.apply(np.asarray(images[i:i + BATCH])) for i in range(0, len(images), BATCH))
+
+
+def worker_fwedge(model_path: str, method: str, samples: int, output: str) -> dict:
+    from fwedge import ir
+    from fwedge.calibration import MethodOptions, collect, compute
+    from fwedge.passes.quantize import QuantizeOptions, plan_quantization, quantize_model
+
+    model = ir.load(model_path)
+    batches = _batches(model_path, samples)
+    start = time.perf_counter()
+    plan = plan_quantization(model)
+    stats = collect(model, batches, plan.calibrated)
+    table = compute(stats, method, MethodOptions(percentile=PERCENTILE))
+    calibrate_seconds = time.perf_counter() - start
+    qdq = quantize_model(model, table, QuantizeOptions(method=method), plan)
+    ir.save(qdq, output)
+    return {"calibrate_seconds": calibrate_seconds, "total_seconds": time.perf_counter() - start}
+
+
+def worker_ort(model_path: str, method: str, samples: int, output: str) -> dict:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+    batches = _batches(model_path, samples)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.iterator = iter(batches())
+
+        def get_next(self):
+            x = next(self.iterator, None)
+            return None if x is None else {"input": x}
+
+        def rewind(self):
+            self.iterator = iter(batches())
+
+    calibrate_method = getattr(CalibrationMethod, method)
+    extra = {"MinMax": {}, "Percentile": {"num_bins": 2048, "percentile": PERCENTILE},
+             "Entropy": {"num_bins": 2048, "num_quantized_bins": 128}}[method]
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        calibrator = create_calibrator(model_path, None, augmented_model_path=os.path.join(tmp, "aug.onnx"),
+                                       calibrate_method=calibrate_method, extra_options=extra)
+        calibrator.collect_data(Reader())
+        ranges = calibrator.compute_data()
+        calibrate_seconds = time.perf_counter() - start
+        cache = os.path.join(tmp, "ranges.json")
+        save_tensors_data(ranges, cache)
+        del calibrator
+        quantize_static(model_path, output, None, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=calibrate_method, calibration_cache_path=cache)
+    return {"calibrate_seconds": calibrate_seconds, "total_seconds": time.perf_counter() - start}
+
+
+def run_worker(args) -> None:
+    import logging
+
+    logging.disable(logging.WARNING)
+    function = worker_fwedge if args.worker == "fwedge" else worker_ort
+    result = function(args.model, args.method, args.samples, args.output)
+    result["peak_rss_mb"], result["ru_maxrss_mb"] = _peak_rss_mb()
+    print(json.dumps(result))
+
+
+def accuracy(model_path: str, limit: int | None) -> float:
+    from fwedge.data import open_dataset
+    from fwedge.eval import OrtRunner, accuracy as top1, resolve_preprocess
+
+    runner = OrtRunner(model_path)
+    dataset = open_dataset("fashion-mnist:test")
+    return top1(runner, dataset, resolve_preprocess(runner.model), 500, limit).top1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", help="Float model(s); default: both Fashion-MNIST examples.")
+    parser.add_argument("--samples", type=int, nargs="+", default=[512, 4096])
+    parser.add_argument("--repeat", type=int, default=1, help="Runs per configuration (median time).")
+    parser.add_argument("--eval-samples", type=int, default=10000)
+    parser.add_argument("--skip-mse", action="store_true")
+    parser.add_argument("--json", help="Write all measurements as JSON.")
+    parser.add_argument("--worker", choices=["fwedge", "ort"], help=argparse.SUPPRESS)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--output", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.samples = args.samples[0]
+        args.model = args.model[0]
+        run_worker(args)
+        return 0
+
+    from fwedge import ir
+    from fwedge.quantization import prepare
+
+    models = args.model or [str(ROOT / "examples/fashion_mnist/mobilenet_v2_tiny.onnx"),
+                            str(ROOT / "examples/fashion_mnist/cnn_small.onnx")]
+    report = []
+    for model_path in models:
+        if not Path(model_path).is_file():
+            print(f"skip {model_path}: not found")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            prepared = os.path.join(tmp, "prepared.onnx")
+            ir.save(prepare(ir.load(model_path)), prepared)
+            for samples in args.samples:
+                write_subset(tmp, samples)
+            float_accuracy = accuracy(prepared, args.eval_samples)
+            configs = []
+            for samples in args.samples:
+                for ours, theirs in PAIRS:
+                    configs.append(("fwedge", ours, samples))
+                    configs.append(("ort", theirs, samples))
+                if not args.skip_mse:
+                    configs.append(("fwedge", "mse", samples))
+            rows = []
+            for tool, method, samples in configs:
+                output = os.path.join(tmp, f"{tool}_{method}_{samples}.onnx")
+                runs = []
+                for _ in range(args.repeat):
+                    command = [sys.executable, __file__, "--worker", tool, "--method", method, "--samples",
+                               str(samples), "--model", prepared, "--output", output]
+                    done = subprocess.run(command, capture_output=True, text=True, check=False)
+                    if done.returncode != 0:
+                        print(done.stderr[-3000:])
+                        raise SystemExit(f"{tool} {method} {samples} failed")
+                    runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                row = {
+                    "model": Path(model_path).name, "tool": tool, "method": method, "samples": samples,
+                    "calibrate_seconds": statistics.median(r["calibrate_seconds"] for r in runs),
+                    "total_seconds": statistics.median(r["total_seconds"] for r in runs),
+                    "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                    "ru_maxrss_mb": max(r["ru_maxrss_mb"] for r in runs),
+                    "accuracy": accuracy(output, args.eval_samples) if samples == args.samples[0] else None,
+                }
+                rows.append(row)
+                print(f"{row['model']:26s} {tool:6s} {method:10s} n={samples:5d}  calib {row['calibrate_seconds']:8.2f}s"
+                      f"  total {row['total_seconds']:8.2f}s  peak RSS {row['peak_rss_mb']:7.1f} MB"
+                      + (f"  int8 top-1 {100 * row['accuracy']:.2f}%" if row["accuracy"] is not None else ""),
+                      flush=True)
+            report.append({"model": model_path, "float_accuracy": float_accuracy, "rows": rows})
+            print(f"\n{Path(model_path).name}: float top-1 {100 * float_accuracy:.2f}% on {args.eval_samples} test images")
+            _ratios(rows, args.samples, float_accuracy)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _ratios(rows: list[dict], sample_counts: list[int], float_accuracy: float) -> None:
+    def find(tool, method, samples):
+        return next(r for r in rows if r["tool"] == tool and r["method"] == method and r["samples"] == samples)
+
+    low, high = sample_counts[0], sample_counts[-1]
+    for samples in sample_counts:
+        ours, theirs = find("fwedge", "kl", samples), find("ort", "Entropy", samples)
+        ratio = theirs["calibrate_seconds"] / ours["calibrate_seconds"]
+        print(f"  n={samples}: KL speed-up vs ORT Entropy(2048 bins): {ratio:.1f}x (target >= 10x) "
+              f"{'OK' if ratio >= 10 else 'MISSED'}")
+    for tool, method in [("fwedge", "kl"), ("fwedge", "minmax"), ("fwedge", "percentile"),
+                         ("ort", "Entropy"), ("ort", "MinMax"), ("ort", "Percentile")]:
+        a, b = find(tool, method, low)["peak_rss_mb"], find(tool, method, high)["peak_rss_mb"]
+        growth = 100.0 * (b - a) / a
+        target = " (target <= 10%) " + ("OK" if growth <= 10 else "MISSED") if tool == "fwedge" else ""
+        print(f"  peak RSS {tool} {method}: {a:.1f} MB at n={low} -> {b:.1f} MB at n={high}: {growth:+.1f}%{target}")
+    for ours, theirs in PAIRS:
+        a, b = find("fwedge", ours, low)["accuracy"], find("ort", theirs, low)["accuracy"]
+        print(f"  int8 top-1 at n={low}: fwedge {ours} {100 * a:.2f}% (drop {100 * (float_accuracy - a):.2f} pp) vs "
+              f"ORT {theirs} {100 * b:.2f}% (drop {100 * (float_accuracy - b):.2f} pp): "
+              f"{'OK' if a >= b else 'MISSED'} (target fwedge >= ORT)")
+    mse = [r for r in rows if r["method"] == "mse" and r["accuracy"] is not None]
+    for r in mse:
+        print(f"  int8 top-1 at n={low}: fwedge mse {100 * r['accuracy']:.2f}% (drop {100 * (float_accuracy - r['accuracy']):.2f} pp)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

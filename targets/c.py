@@ -14,6 +14,8 @@ receives COUNT samples of every output, and each timed iteration prints
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shlex
@@ -30,6 +32,7 @@ import onnx
 
 from fwedge.bundle import Bundle, TensorInfo, host_arch, write_bundle
 from fwedge.errors import ExportError
+from fwedge.ir import write_atomic
 from fwedge.runtime_c import HARNESS, HEADER, source_dir
 from fwedge.targets import C_ARCHES
 from fwedge.targets.c_codegen import CProgram, generate
@@ -72,12 +75,16 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
 # --------------------------------------------------------------------------------------------
 
 
+def cache_dir() -> Path:
+    """fwedge's cache folder: $FWEDGE_CACHE, else ~/.cache/fwedge."""
+    return Path(os.environ["FWEDGE_CACHE"]) if os.environ.get("FWEDGE_CACHE") else Path.home() / ".cache" / "fwedge"
+
+
 def zig_cache_dir() -> Path:
-    """ZIG_GLOBAL_CACHE_DIR inside fwedge's cache ($FWEDGE_CACHE/zig, else ~/.cache/fwedge/zig)."""
+    """ZIG_GLOBAL_CACHE_DIR: the caller's if set, else inside fwedge's cache (<cache>/zig)."""
     if os.environ.get("ZIG_GLOBAL_CACHE_DIR"):
         return Path(os.environ["ZIG_GLOBAL_CACHE_DIR"])
-    base = Path(os.environ["FWEDGE_CACHE"]) if os.environ.get("FWEDGE_CACHE") else Path.home() / ".cache" / "fwedge"
-    return base / "zig"
+    return cache_dir() / "zig"
 
 
 def compiler_command(arch: str, cc: str | None = None) -> list[str]:
@@ -152,6 +159,30 @@ def _run_compiler(argv: list[str], arch: str, cwd: str, timeout: float) -> subpr
         raise ExportError(f"C target: cannot run the compiler {argv[0]!r} for {arch}: {exc}") from exc
 
 
+def _compile_object(compiler: list[str], flags: list[str], folder: Path, source: str, obj: Path, arch: str,
+                    timeout: float) -> None:
+    """Compile one source to `obj`. Runtime kernels (not model.c or main.c) are cached in
+    <cache>/c-objects keyed by the compiler argv, flags and the source and header bytes, since
+    every bundle of an architecture compiles the same kernel files."""
+    key = None
+    if source not in ("model.c", "main.c"):
+        digest = hashlib.sha256(json.dumps([compiler, flags, source]).encode())
+        digest.update((folder / source).read_bytes())
+        digest.update((folder / HEADER).read_bytes())
+        key = cache_dir() / "c-objects" / f"{digest.hexdigest()}.o"
+        if key.is_file():
+            shutil.copyfile(key, obj)
+            return
+    done = _run_compiler(compiler + flags + ["-I", str(folder), "-c", str(folder / source), "-o", str(obj)],
+                         arch, str(obj.parent), timeout)
+    if done.returncode != 0:
+        raise ExportError(f"C target: compiling {source} for {arch} failed (exit {done.returncode}):\n"
+                          f"{done.stderr.strip()[-4000:]}")
+    if key is not None:
+        key.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(key, obj.read_bytes())
+
+
 def build_binary(folder: Path, sources: list[str], arch: str, cc: str | None = None,
                  extra_flags: list[str] | None = None, static: bool = True, timeout: float = 600) -> BuildResult:
     """Compile `sources` (relative to `folder`) one object each, then link folder/bin/fwedge_model.
@@ -169,11 +200,7 @@ def build_binary(folder: Path, sources: list[str], arch: str, cc: str | None = N
         objects = []
         for source in sources:
             obj = Path(build_dir) / (Path(source).stem + ".o")
-            done = _run_compiler(compiler + flags + ["-I", str(folder), "-c", str(folder / source), "-o", str(obj)],
-                                 arch, build_dir, timeout)
-            if done.returncode != 0:
-                raise ExportError(f"C target: compiling {source} for {arch} failed (exit {done.returncode}):\n"
-                                  f"{done.stderr.strip()[-4000:]}")
+            _compile_object(compiler, flags, folder, source, obj, arch, timeout)
             objects.append(str(obj))
             if source != "main.c":
                 for key, value in elf_sections(obj).items():
@@ -201,7 +228,8 @@ def stack_estimate(folder: Path, sources: list[str]) -> int | None:
     """fwedge_run's frame plus the largest kernel frame, from host gcc -fstack-usage, plus a margin.
 
     Frames are close across 64-bit targets (same C, int32 accumulators on the stack); this is an
-    estimate, recorded as such in the manifest. The harness's stdio is not counted.
+    estimate, recorded as such in the manifest. The harness's stdio is not counted. Kernel
+    frame sizes are cached like the kernel objects.
     """
     gcc = shutil.which("gcc")
     if not gcc:
@@ -211,13 +239,26 @@ def stack_estimate(folder: Path, sources: list[str]) -> int | None:
         for source in sources:
             if source == "main.c":
                 continue
-            obj = Path(temp) / (Path(source).stem + ".o")
-            done = subprocess.run([gcc, *C_FLAGS, "-fstack-usage", "-I", str(folder), "-c", str(folder / source),
-                                   "-o", str(obj)], capture_output=True, text=True, timeout=300, cwd=temp)
-            if done.returncode != 0:
-                return None
-        for usage in Path(temp).glob("*.su"):
-            for line in usage.read_text().splitlines():
+            key = None
+            if source != "model.c":
+                digest = hashlib.sha256(json.dumps([gcc, C_FLAGS, source]).encode())
+                digest.update((folder / source).read_bytes())
+                digest.update((folder / HEADER).read_bytes())
+                key = cache_dir() / "c-objects" / f"{digest.hexdigest()}.su"
+            if key is not None and key.is_file():
+                text = key.read_text()
+            else:
+                obj = Path(temp) / (Path(source).stem + ".o")
+                done = subprocess.run([gcc, *C_FLAGS, "-fstack-usage", "-I", str(folder), "-c", str(folder / source),
+                                       "-o", str(obj)], capture_output=True, text=True, timeout=300, cwd=temp)
+                if done.returncode != 0:
+                    return None
+                usage = obj.with_suffix(".su")
+                text = usage.read_text() if usage.is_file() else ""
+                if key is not None:
+                    key.parent.mkdir(parents=True, exist_ok=True)
+                    write_atomic(key, text)
+            for line in text.splitlines():
                 parts = line.split("\t")
                 if len(parts) >= 2 and parts[1].strip().isdigit():
                     frames[parts[0].rsplit(":", 1)[-1]] = int(parts[1])

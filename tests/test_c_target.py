@@ -1,0 +1,341 @@
+"""C target and runtime_c: C unit tests (host, sanitizers, qemu), op matrix, models, memory plan, harness robustness."""
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from channel_models import flatten_gemm, mobilenet_like
+from fwedge.bundle import host_arch, load_bundle
+from fwedge.errors import ExportError, UnsupportedOpError
+from fwedge.eval import ort_session
+from fwedge.interp import run_lowered
+from fwedge.passes.lower import lower
+from fwedge.runtime_c import TESTS, kernel_sources, source_dir
+from fwedge.targets import C_ARCHES, ExportOptions
+from op_matrix import OP_CASES, op_case_ids, output_scale, qdq_model, random_feeds, steps_off
+from qdq_helpers import ort_qdq
+from tolerances import C_FP32_ATOL, FP32_ATOL, FP32_RTOL, INT8_MAX_STEPS
+
+log = logging.getLogger(__name__)
+
+pytestmark = pytest.mark.cc
+
+INT8_CASES = [case for case in OP_CASES if case.int8]
+SANITIZE = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+QEMU_ARCH = "aarch64"  # the emulated architecture of the default test command; all four are in slow tests
+
+
+def c_target():
+    from fwedge.targets import c
+
+    return c
+
+
+def export(model: onnx.ModelProto, folder, arch: str | None = None, **options):
+    """Export to a C bundle and reload it (hash-checked)."""
+    c = c_target()
+    bundle = c.export(model, folder, ExportOptions(arch=arch or host_arch(), source_sha256="0" * 64, **options))
+    return load_bundle(bundle.path)
+
+
+# --------------------------------------------------------------------------------------------
+# runtime_c unit tests
+# --------------------------------------------------------------------------------------------
+
+
+def _run_unit_tests(command: list[str], tmp_path, launcher: list[str] | None = None, env=None) -> str:
+    folder = source_dir()
+    binary = tmp_path / "test_kernels"
+    sources = [str(folder / name) for name in kernel_sources()] + [str(folder / name) for name in TESTS]
+    build = subprocess.run(command + sources + ["-o", str(binary), "-lm"], capture_output=True, text=True,
+                           timeout=600, env=env)
+    assert build.returncode == 0, f"compiling the runtime unit tests failed:\n{build.stderr[-3000:]}"
+    done = subprocess.run((launcher or []) + [str(binary)], capture_output=True, text=True, timeout=300)
+    closing = re.search(r"(\d+) passed, (\d+) failed\s*$", done.stdout)
+    assert closing, f"no closing tally in the unit test output:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    passed, failed = int(closing.group(1)), int(closing.group(2))
+    assert failed == 0 and done.returncode == 0, f"runtime unit tests: {failed} failed\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    assert passed >= 60, f"only {passed} checks ran"
+    return done.stdout
+
+
+def test_runtime_unit_tests_pass_on_the_host(tmp_path):
+    _run_unit_tests(["cc", "-std=c99", "-O3", "-Wall", "-Wextra", "-Werror", "-pedantic"], tmp_path)
+
+
+def test_runtime_unit_tests_pass_under_address_and_undefined_sanitizers(tmp_path):
+    _run_unit_tests(["cc", "-std=c99", *SANITIZE], tmp_path)
+
+
+@pytest.mark.zig
+@pytest.mark.qemu(QEMU_ARCH)
+def test_runtime_unit_tests_pass_under_qemu(tmp_path):
+    c = c_target()
+    _run_unit_tests(c.compiler_command(QEMU_ARCH) + ["-std=c99", "-O2", "-static"], tmp_path,
+                    launcher=c.launcher(QEMU_ARCH), env=c._compiler_env())
+
+
+# --------------------------------------------------------------------------------------------
+# Op matrix on the host
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", OP_CASES, ids=op_case_ids())
+def test_fp32_op_matrix_matches_onnxruntime(case, tmp_path):
+    feeds = random_feeds(case, batch=3)
+    bundle = export(case.model, tmp_path / "b")
+    assert bundle.precision == "fp32"
+    expected = ort_session(case.model).run(["y"], feeds)[0]
+    got = c_target().run(bundle, feeds)["y"]
+    assert got.shape == expected.shape, f"{case.id}: output 'y' shape"
+    np.testing.assert_allclose(got, expected, rtol=FP32_RTOL, atol=FP32_ATOL, err_msg=f"C fp32 {case.id}: output 'y'")
+
+
+def _int8_check(case, bundle_dir, arch: str | None = None) -> tuple[np.ndarray, int]:
+    """Run the int8 bundle of a case; assert ≤ 1 step from ORT and bit-exact with the lowering's
+    interpreter. Returns (outputs, off-by-one count)."""
+    qdq = qdq_model(case)
+    feeds = random_feeds(case, batch=4)
+    bundle = export(qdq, bundle_dir, arch)
+    assert bundle.precision == "int8"
+    got = c_target().run(bundle, feeds)["y"]
+    interpreted = run_lowered(lower(qdq), feeds)["y"]
+    np.testing.assert_array_equal(got, interpreted, err_msg=f"C int8 {case.id} ({bundle.arch}): output 'y' "
+                                  "differs from the lowering's NumPy interpreter")
+    expected = ort_session(qdq).run(["y"], feeds)[0]
+    steps = steps_off(expected, got, output_scale(qdq, "y"))
+    assert steps.max() <= INT8_MAX_STEPS, f"C int8 {case.id}: output 'y' off by {steps.max()} steps from ORT"
+    return got, int((steps == 1).sum())
+
+
+@pytest.mark.parametrize("case", INT8_CASES, ids=[case.id for case in INT8_CASES])
+def test_int8_op_matrix_within_one_step_and_bit_exact_with_the_interpreter(case, tmp_path, record_property):
+    _, off_by_one = _int8_check(case, tmp_path / "b")
+    record_property("off_by_one", off_by_one)
+    print(f"C int8 {case.id}: {off_by_one} elements one step off onnxruntime")
+
+
+@pytest.mark.zig
+@pytest.mark.qemu(QEMU_ARCH)
+@pytest.mark.parametrize("case", INT8_CASES, ids=[case.id for case in INT8_CASES])
+def test_int8_op_matrix_under_qemu_matches_the_host_bytes(case, tmp_path):
+    host, _ = _int8_check(case, tmp_path / "host")
+    emulated, _ = _int8_check(case, tmp_path / QEMU_ARCH, QEMU_ARCH)
+    assert host.tobytes() == emulated.tobytes(), f"{case.id}: {QEMU_ARCH} output bytes differ from the host's"
+
+
+@pytest.mark.slow
+@pytest.mark.zig
+@pytest.mark.qemu
+@pytest.mark.parametrize("case", OP_CASES, ids=op_case_ids())
+def test_op_matrix_on_every_architecture(case, tmp_path):
+    feeds = random_feeds(case, batch=3)
+    expected = ort_session(case.model).run(["y"], feeds)[0]
+    int8_outputs = {}
+    for arch in C_ARCHES:
+        bundle = export(case.model, tmp_path / f"fp32-{arch}", arch)
+        got = c_target().run(bundle, feeds)["y"]
+        np.testing.assert_allclose(got, expected, rtol=FP32_RTOL, atol=FP32_ATOL,
+                                   err_msg=f"C fp32 {case.id} on {arch}: output 'y'")
+        if case.int8:
+            int8_outputs[arch], _ = _int8_check(case, tmp_path / f"int8-{arch}", arch)
+    for arch, output in int8_outputs.items():
+        assert output.tobytes() == int8_outputs["x86_64"].tobytes(), f"{case.id}: {arch} int8 bytes differ from x86_64"
+
+
+# --------------------------------------------------------------------------------------------
+# Whole models
+# --------------------------------------------------------------------------------------------
+
+
+def _calibration(model: onnx.ModelProto, count: int = 16) -> np.ndarray:
+    shape = [count] + [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    return np.random.default_rng(1).uniform(0.0, 1.0, shape).astype(np.float32)
+
+
+def int8_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's quantize_static (QDQ, per-channel int8) of the BN-folded model."""
+    from fwedge.passes.fold_bn import fold_batchnorm
+
+    return ort_qdq(fold_batchnorm(model), _calibration(model))
+
+
+@pytest.mark.parametrize("builder", [mobilenet_like, flatten_gemm], ids=["mobilenet_like", "flatten_gemm"])
+def test_models_fp32_and_int8_against_onnxruntime_and_the_interpreter(builder, tmp_path):
+    model = builder()
+    name = model.graph.input[0].name
+    output = model.graph.output[0].name
+    x = _calibration(model, 6)
+    fp32 = export(model, tmp_path / "fp32")
+    np.testing.assert_allclose(c_target().run(fp32, {name: x})[output], ort_session(model).run(None, {name: x})[0],
+                               rtol=0, atol=C_FP32_ATOL, err_msg=f"C fp32 {builder.__name__}: output '{output}'")
+    qdq = int8_model(model)
+    int8 = export(qdq, tmp_path / "int8")
+    got = c_target().run(int8, {name: x})[output]
+    np.testing.assert_array_equal(got, run_lowered(lower(qdq), {name: x})[output],
+                                  err_msg=f"C int8 {builder.__name__}: output '{output}' vs the interpreter")
+    steps = steps_off(ort_session(qdq).run(None, {name: x})[0], got, output_scale(qdq, output))
+    # Bit-exactness with the lowering's interpreter is the C target's contract. Against ORT, the
+    # TFLite fixed-point requantization and ORT's float requantization differ by one step on a
+    # few elements per layer, which random-weight multi-layer graphs amplify; the ≤ 1-step claim
+    # is checked per op above and on the trained example models (bench/c_models.py); here only
+    # the predicted class must agree.
+    print(f"C int8 {builder.__name__}: '{output}' max {steps.max()} steps from ORT, "
+          f"{int((steps == 1).sum())}/{steps.size} one step off")
+    reference = ort_session(qdq).run(None, {name: x})[0]
+    assert (reference.argmax(1) == got.argmax(1)).mean() >= 0.8, f"C int8 {builder.__name__}: top-1 disagrees with ORT"
+    for bundle in (fp32, int8):
+        sizes = bundle.sizes
+        assert sizes["arena_bytes"] <= 1.05 * sizes["arena_lower_bound_bytes"] + 16, sizes
+        assert 0 < sizes["rom_bytes"] < sizes["binary_rom_bytes"] and sizes["ram_bytes"] >= sizes["arena_bytes"], sizes
+
+
+def test_model_runs_clean_under_address_and_undefined_sanitizers(tmp_path):
+    """The generated model.c + kernels + harness of an int8 model, rebuilt with ASan/UBSan."""
+    c = c_target()
+    model = mobilenet_like()
+    qdq = int8_model(model)
+    bundle = export(qdq, tmp_path / "b")
+    folder = tmp_path / "sanitized"
+    shutil.copytree(bundle.path, folder)
+    sources = ["main.c", "model.c", *bundle.extra["kernels"]]
+    build = subprocess.run(["cc", "-std=c99", *SANITIZE, "-I", str(folder)] + [str(folder / s) for s in sources]
+                           + ["-o", str(folder / "sanitized"), "-lm"], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    x = _calibration(model, 5)
+    c.write_harness_input(bundle, {"input": x}, folder / "in.bin")
+    done = subprocess.run([str(folder / "sanitized"), "in.bin", "out.bin", "5", "3"], cwd=folder,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"sanitized harness failed:\n{done.stderr[-3000:]}"
+    got = c.read_harness_output(bundle, folder / "out.bin", 5)["logits"]
+    np.testing.assert_array_equal(got, c.run(bundle, {"input": x})["logits"], err_msg="sanitized build: 'logits'")
+    assert len(c.parse_harness_latencies(done.stdout)) == 3
+
+
+@pytest.mark.zig
+@pytest.mark.qemu(QEMU_ARCH)
+def test_int8_model_is_byte_identical_under_qemu(tmp_path):
+    model = mobilenet_like()
+    qdq = int8_model(model)
+    x = _calibration(model, 8)
+    host = c_target().run(export(qdq, tmp_path / "host"), {"input": x})["logits"]
+    emulated_bundle = export(qdq, tmp_path / QEMU_ARCH, QEMU_ARCH)
+    assert emulated_bundle.arch == QEMU_ARCH and emulated_bundle.sizes["rom_bytes"] > 0
+    emulated = c_target().run(emulated_bundle, {"input": x})["logits"]
+    assert host.tobytes() == emulated.tobytes(), f"{QEMU_ARCH} 'logits' bytes differ from x86_64"
+
+
+# --------------------------------------------------------------------------------------------
+# Harness robustness and protocol
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    from helpers import tiny_conv_model
+
+    model = onnx.shape_inference.infer_shapes(tiny_conv_model())
+    return export(model, tmp_path_factory.mktemp("tiny") / "b")
+
+
+@pytest.mark.parametrize("size_delta", [-1, 1, -256], ids=["one_byte_short", "one_byte_long", "truncated"])
+def test_wrong_size_input_file_exits_non_zero_with_a_message(tiny_bundle, tmp_path, size_delta):
+    binary = tiny_bundle.file("bin/fwedge_model")
+    per_sample = 4 * 8 * 8
+    (tmp_path / "in.bin").write_bytes(b"\0" * (2 * per_sample + size_delta))
+    done = subprocess.run([str(binary), "in.bin", "out.bin", "2", "0"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2, done
+    assert f"expected {2 * per_sample}" in done.stderr and "in.bin" in done.stderr, done.stderr
+    assert not (tmp_path / "out.bin").exists()
+
+
+def test_harness_rejects_bad_arguments(tiny_bundle, tmp_path):
+    binary = str(tiny_bundle.file("bin/fwedge_model"))
+    (tmp_path / "in.bin").write_bytes(b"\0" * 256)
+    for args, message in ([[], "usage"], [["in.bin", "out.bin", "x"], "COUNT"], [["missing.bin", "out.bin"], "cannot open"]):
+        done = subprocess.run([binary, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0 and message in done.stderr, (args, done.stderr)
+
+
+def test_harness_protocol_and_latency_stats(tiny_bundle):
+    c = c_target()
+    x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    outputs, latencies = c.run_harness(tiny_bundle, {"x": x}, iterations=20)
+    assert outputs["y"].shape == (3, 3) and outputs["y"].dtype == np.float32
+    assert len(latencies) == 20 and all(value > 0 for value in latencies)
+    stats = c.measure_latency(tiny_bundle, iterations=15)
+    assert stats.iterations == 15 and 0 < stats.min_ms <= stats.p50_ms <= stats.p95_ms
+    with pytest.raises(ExportError, match="expects shape"):
+        c.run(tiny_bundle, {"x": np.zeros((1, 1, 9, 8), np.float32)})
+
+
+def test_unsupported_ops_are_listed_together_and_nothing_is_written(tmp_path):
+    nodes = [helper.make_node("Erf", ["x"], ["a"], name="erf"), helper.make_node("Cos", ["a"], ["y"], name="cos")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(UnsupportedOpError) as info:
+        c_target().export(model, tmp_path / "b", ExportOptions())
+    assert {node[1] for node in info.value.nodes} == {"Erf", "Cos"}
+    assert not (tmp_path / "b").exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(host_arch() != "x86_64", reason="checks an x86_64 host compiler against an aarch64 bundle")
+def test_a_compiler_for_the_wrong_architecture_is_refused(tmp_path):
+    from helpers import tiny_conv_model
+
+    with pytest.raises(ExportError, match="ELF machine 62"):
+        export(onnx.shape_inference.infer_shapes(tiny_conv_model()), tmp_path / "b", "aarch64", cc="cc")
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_bundle_makefile_rebuilds_with_an_overriding_cc(tiny_bundle, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_bundle.path, folder)
+    (folder / "bin" / "fwedge_model").unlink()
+    done = subprocess.run(["make", "-C", str(folder), "CC=cc", "LDFLAGS="], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    x = np.ones((1, 1, 8, 8), np.float32)
+    c = c_target()
+    c.write_harness_input(tiny_bundle, {"x": x}, folder / "in.bin")
+    subprocess.run([str(folder / "bin" / "fwedge_model"), "in.bin", "out.bin", "1"], cwd=folder, check=True, timeout=60)
+    np.testing.assert_array_equal(c.read_harness_output(tiny_bundle, folder / "out.bin", 1)["y"],
+                                  c.run(tiny_bundle, {"x": x})["y"], err_msg="Makefile rebuild: 'y'")
+
+
+def test_only_the_kernels_the_model_uses_are_in_the_bundle(tiny_bundle):
+    kernels = set(tiny_bundle.extra["kernels"])
+    assert {"conv2d_f32.c", "pool_f32.c", "fully_connected_f32.c"} <= kernels
+    assert not kernels & {"conv2d_s8.c", "depthwise_f32.c", "softmax_s8.c", "quantize.c"}
+    assert {name for name in tiny_bundle.files if name.endswith(".c")} == kernels | {"main.c", "model.c"}
+
+
+# --------------------------------------------------------------------------------------------
+# Memory planner
+# --------------------------------------------------------------------------------------------
+
+
+def test_memory_plan_never_overlaps_live_tensors_and_meets_the_bound_on_a_chain():
+    from fwedge.targets.memory_plan import Buffer, check_plan, plan_memory
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        buffers = []
+        for index in range(30):
+            first = int(rng.integers(0, 20))
+            buffers.append(Buffer(f"t{index}", int(rng.integers(1, 5000)), first, first + int(rng.integers(0, 6))))
+        plan = plan_memory(buffers)
+        check_plan(plan)
+        assert plan.arena_bytes >= plan.lower_bound_bytes
+    chain = [Buffer(f"t{i}", size, i, i + 1) for i, size in enumerate([3136, 12544, 12544, 3136, 6272, 1568, 40])]
+    plan = plan_memory(chain)
+    assert plan.lower_bound_bytes == 12544 * 2 and plan.arena_bytes == plan.lower_bound_bytes

@@ -121,9 +121,13 @@ def _relu(ctx, node, inputs):
 
 @torch_op("Clip")
 def _clip(ctx, node, inputs):
-    low = inputs[1] if len(inputs) > 1 and inputs[1] is not None else None
-    high = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
-    return [ctx.torch.clamp(inputs[0], low, high)]
+    X = inputs[0]
+    bounds = [inputs[i] if len(inputs) > i else None for i in (1, 2)]
+    if all(b is not None and b.dim() == 0 and not b.requires_grad for b in bounds):
+        # Constant bounds (ReLU6): hardtanh has a fused backward, several times cheaper than
+        # clamp with tensor bounds.
+        return [ctx.torch.nn.functional.hardtanh(X, float(bounds[0]), float(bounds[1]))]
+    return [ctx.torch.clamp(X, *bounds)]
 
 
 @torch_op("LeakyRelu")

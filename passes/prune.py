@@ -597,10 +597,8 @@ def _with_static_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     shapes = {}
     for value in ir.graph_inputs(model):
         dims = ir.shape_of(value)
-        if dims and not isinstance(dims[0], int):
-            shapes[value.name] = [1] + [d if isinstance(d, int) else 1 for d in dims[1:]] \
-                if all(isinstance(d, int) for d in dims[1:]) else None
-    shapes = {k: v for k, v in shapes.items() if v is not None}
+        if dims and not isinstance(dims[0], int) and all(isinstance(d, int) for d in dims[1:]):
+            shapes[value.name] = [1, *dims[1:]]
     if not shapes:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     return ir.set_input_shapes(model, shapes)
@@ -649,18 +647,22 @@ def channel_scores(model: onnx.ModelProto, graph: DependencyGraph, criterion: st
 
 
 def select_channels(graph: DependencyGraph, scores: dict[int, float], ratio: float,
-                    scope: str = "global") -> set[int]:
+                    scope: str = "global", round_to: int = 1) -> set[int]:
     """Choose the coupled channels to remove.
 
     per-layer: each group loses floor(ratio × channels) of its least important prunable channels.
     global: all prunable channels compete after dividing each group's scores by the group's mean
     score (so wide and narrow layers compare fairly); floor(ratio × prunable channels) go. Either
-    way a group keeps at least one channel.
+    way a group keeps at least one channel. With round_to > 1, every group then keeps a multiple
+    of round_to channels (the nearest one that its blocked channels allow): CPU kernels (MLAS,
+    oneDNN) work in blocks of 8 or 16 channels, and odd widths can make a smaller model slower.
 
     Raises:
         PruneError: a ratio outside [0, 1), or an unknown scope.
     """
     _check_ratio(ratio)
+    if round_to < 1:
+        raise PruneError(f"round_to must be a positive channel count, got {round_to}")
     if scope not in ("global", "per-layer"):
         raise PruneError(f"scope must be 'global' or 'per-layer', got {scope!r}")
     chosen: set[int] = set()
@@ -689,7 +691,32 @@ def select_channels(graph: DependencyGraph, scores: dict[int, float], ratio: flo
             if taken.get(name, 0) < budget[name]:
                 chosen.add(root)
                 taken[name] = taken.get(name, 0) + 1
+    if round_to > 1 and chosen:
+        for group in graph.groups:
+            _round_group(graph, group, scores, chosen, round_to)
     return chosen
+
+
+def _round_group(graph: DependencyGraph, group: ChannelGroup, scores: dict[int, float], chosen: set[int],
+                 round_to: int) -> None:
+    """Move channels in or out of `chosen` so the group keeps a multiple of round_to channels."""
+    free = sorted((root for root in group.components if not graph.is_blocked(root)),
+                  key=lambda root: (scores[root], root))
+    removed = [root for root in free if root in chosen]
+    if not removed or group.channels <= round_to:
+        return
+    kept = group.channels - len(removed)
+    minimum = group.channels - len(free)  # blocked channels always stay
+    target = max(round_to, int(round(kept / round_to)) * round_to)
+    if target < minimum:
+        target = -(-minimum // round_to) * round_to
+    target = min(target, group.channels)
+    if target < kept:  # remove more: the least important channels still kept
+        extra = [root for root in free if root not in chosen][: kept - target]
+        chosen.update(extra)
+    elif target > kept:  # give back the most important removed channels
+        for root in sorted(removed, key=lambda r: (scores[r], r), reverse=True)[: target - kept]:
+            chosen.discard(root)
 
 
 def apply_pruning(model: onnx.ModelProto, graph: DependencyGraph, remove: set[int]) -> onnx.ModelProto:
@@ -747,6 +774,7 @@ def prune_channels(
     scope: str = "global",
     exclude: tuple[str, ...] | list[str] = (),
     protect_first: bool = True,
+    round_to: int = 1,
 ) -> tuple[onnx.ModelProto, PruneReport]:
     """Structured channel pruning: remove whole output channels of Conv/Gemm layers.
 
@@ -761,6 +789,7 @@ def prune_channels(
         scope: "global" (one ranking over all groups) or "per-layer" (the ratio in every group).
         exclude: node names whose output channels are kept.
         protect_first: keep the first Conv's output channels.
+        round_to: keep a multiple of this many channels in every pruned group (see select_channels).
 
     Returns:
         (pruned model, PruneReport with parameters and MACs before and after).
@@ -781,7 +810,7 @@ def prune_channels(
         ) or "the model has no Conv/Gemm layer with constant weights"
         raise PruneError(f"no channel can be pruned: {reasons}")
     scores = channel_scores(model, graph, criterion)
-    remove = select_channels(graph, scores, ratio, scope)
+    remove = select_channels(graph, scores, ratio, scope, round_to)
     pruned = apply_pruning(model, graph, remove)
     params_after, macs_after = _size(pruned)
     for group in graph.groups:
@@ -802,10 +831,12 @@ def prune_to_macs(
     scope: str = "global",
     exclude: tuple[str, ...] | list[str] = (),
     protect_first: bool = True,
+    round_to: int = 1,
 ) -> tuple[onnx.ModelProto, PruneReport]:
     """The smallest channel ratio whose pruned model has at most `macs_fraction` of the MACs.
 
-    Bisection on the ratio (MACs fall monotonically as the ratio grows), 12 steps.
+    Bisection on the ratio (MACs fall as the ratio grows), 12 steps; the best result seen that
+    meets the target is returned (channel rounding makes MACs a step function of the ratio).
 
     Raises:
         PruneError: the fraction is not in (0, 1], or even the largest ratio cannot reach it.
@@ -813,13 +844,13 @@ def prune_to_macs(
     if not 0.0 < macs_fraction <= 1.0:
         raise PruneError(f"MACs fraction must be in (0, 1], got {macs_fraction}")
     low, high = 0.0, 0.95
-    best = prune_channels(model, high, criterion, scope, exclude, protect_first)
+    best = prune_channels(model, high, criterion, scope, exclude, protect_first, round_to)
     if best[1].macs_fraction is None or best[1].macs_fraction > macs_fraction:
         raise PruneError(f"cannot reach {macs_fraction:.2f} of the MACs: ratio {high} leaves "
                          f"{best[1].macs_fraction}")
     for _ in range(12):
         middle = (low + high) / 2
-        result = prune_channels(model, middle, criterion, scope, exclude, protect_first)
+        result = prune_channels(model, middle, criterion, scope, exclude, protect_first, round_to)
         if result[1].macs_fraction <= macs_fraction:
             high, best = middle, result
         else:

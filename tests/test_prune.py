@@ -194,3 +194,15 @@ def test_prune_cli(tmp_path):
     result = CliRunner().invoke(cli, ["prune", str(source), "--ratio", "1", "-o", str(tmp_path / "q.onnx")])
     assert result.exit_code == 2 and "ratio must be in [0, 1)" in result.output
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_round_to_keeps_multiples(rng):
+    model = mobilenet_like()
+    pruned, report = prune.prune_channels(model, 0.4, round_to=4)
+    for group in report.groups:
+        if group.kept != group.channels:
+            assert group.kept % 4 == 0, (group.name, group.kept)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert run(pruned, input_for(model, rng)).shape == (3, 5)
+    with pytest.raises(PruneError, match="round_to"):
+        prune.prune_channels(model, 0.4, round_to=0)

@@ -247,6 +247,9 @@ def local(spec):
     return spec.split(":", 1)[1] if "@" in spec.split("/", 1)[0] else spec
 if os.path.basename(sys.argv[0]) == "ssh":
     destination, command = args
+    if "runner.py" in command and os.path.exists(os.path.join(home, "hang")):
+        import time
+        time.sleep(300)  # a board whose run never finishes
     env = dict(os.environ, HOME=home)
     sys.exit(subprocess.run(["sh", "-c", command], cwd=home, env=env).returncode)
 *sources, target = [local(a) for a in args]
@@ -311,6 +314,27 @@ def test_ssh_device_cannot_inject_through_names_and_paths(tmp_path, mlp_model):
     assert words[0] == "cd" and words[2] == "&&" and words[3:5] == [sys.executable, "runner.py"]
     uploaded = next(home.joinpath("remote").parent.rglob("manifest.json"), None)
     assert uploaded is None or uploaded.is_file()
+
+
+@pytest.mark.fashion_mnist
+def test_ssh_run_timeout_kills_the_client_and_still_cleans_up(tmp_path, mlp_files):
+    home = tmp_path / "board"
+    (home / "remote").mkdir(parents=True)
+    (home / "hang").write_text("")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("ssh", "scp"):
+        fh.write_program(bin_dir / tool, _FAKE_SSH.format(python=sys.executable, home=str(home)))
+    device = SshDevice(name="slow-board", host="127.0.0.1", user="ci", arch="x86_64", runtimes=["onnx"],
+                       python=sys.executable, workdir=str(home / "remote"), ssh=str(bin_dir / "ssh"),
+                       scp=str(bin_dir / "scp"), connect_timeout=1.0, run_timeout=1.0)
+    started = time.monotonic()
+    results = run_farm([mlp_files / "bundles" / "mlp_onnx"], [device],
+                       FarmOptions(data="fashion-mnist:test", limit=50, repeats=2, retries=0))
+    [result] = results.results
+    assert time.monotonic() - started < 30
+    assert result.status == "error" and "timed out after 2 s" in result.error and result.attempts == 1
+    assert not list((home / "remote").iterdir()), "the remote dir is removed after a timeout too"
 
 
 def _bundle_with_evil_file(model, bundle_dir: Path, evil: str):

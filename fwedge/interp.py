@@ -42,13 +42,31 @@ def rounding_divide_by_pot(x, exponent) -> np.ndarray:
     return (x >> exponent) + (remainder > threshold)
 
 
-def multiply_by_quantized_multiplier(x, multiplier, shift) -> np.ndarray:
-    """TFLite MultiplyByQuantizedMultiplier(x, multiplier, shift), shift > 0 meaning left."""
+def multiply_by_quantized_multiplier_double_rounding(x, multiplier, shift) -> np.ndarray:
+    """gemmlowp-style TFLite MultiplyByQuantizedMultiplier: SRDHM, then RoundingDivideByPOT.
+
+    Rounds twice; with small accumulators and large right shifts the first rounding can land
+    exactly on a half and the second push it one step away (e.g. 53.4992 -> 54). Kept for
+    reference; the lowered graph uses the single-rounding form below.
+    """
     shift = np.asarray(shift, dtype=np.int64)
     left = np.maximum(shift, 0)
     right = np.maximum(-shift, 0)
     scaled = np.asarray(x, dtype=np.int64) * (np.int64(1) << left)
     return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(scaled, multiplier), right)
+
+
+def multiply_by_quantized_multiplier(x, multiplier, shift) -> np.ndarray:
+    """TFLite MultiplyByQuantizedMultiplier, single-rounding form (TFLITE_SINGLE_ROUNDING=1).
+
+    y = (x * multiplier + 2**(30 - shift)) >> (31 - shift) in int64: one rounding, half up.
+    This is the semantics of the lowered graph: the C runtime computes exactly this. The
+    double-rounding gemmlowp form drifts from onnxruntime's float requantization by one step in
+    ~0.1 % of outputs, which compounds over deep networks.
+    """
+    total = 31 - np.asarray(shift, dtype=np.int64)
+    product = np.asarray(x, dtype=np.int64) * np.asarray(multiplier, dtype=np.int64)
+    return (product + (np.int64(1) << (total - 1))) >> total
 
 
 def _channel(values: np.ndarray, rank: int, axis: int = 1) -> np.ndarray:

@@ -27,8 +27,12 @@ Layouts of constants (ONNX layouts; NHWC targets transpose them):
 Dim 0 of every activation tensor is the batch (1 in the graph; runners may feed N).
 
 Integer arithmetic (TFLite reference kernels; see fwedge/interp.py):
-    MBQM(x, m, s) = RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x * 2**max(s, 0), m),
-                    max(-s, 0)); (m, s) come from quantize_multiplier(real) below.
+    MBQM(x, m, s) = (x * m + 2**(30 - s)) >> (31 - s), computed in int64 (arithmetic shift):
+                    TFLite's MultiplyByQuantizedMultiplier in its single-rounding form
+                    (TFLITE_SINGLE_ROUNDING), one rounding, half up; (m, s) come from
+                    quantize_multiplier(real) below. Not the gemmlowp double-rounding form
+                    (SRDHM then RoundingDivideByPOT): that one drifts one step from onnxruntime
+                    in ~0.1 % of outputs and the drift compounds over deep networks.
     conv2d / depthwise / fully_connected:
         acc[c] = bias[c] + sum((x_q - zp_x) * w_q)          (int32)
         y_q    = clamp(zp_y + MBQM(acc[c], m[c], s[c]), act_min, act_max)

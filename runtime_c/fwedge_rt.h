@@ -7,16 +7,19 @@
  * - Batch is 1. Four-dimensional activations are stored NHWC (channels innermost), so a pixel's
  *   channels are contiguous and the inner loops run over channels. Lower-rank tensors are
  *   stored in their logical (row-major) order.
- * - Weight layouts (chosen so the innermost loop runs over output channels, which the
- *   compiler vectorises even when a layer has one input channel):
- *     conv2d:            [groups][kernel_h][kernel_w][in_c / groups][out_c / groups]
+ * - Weight layouts:
+ *     conv2d int8:       [out_c][kernel_h][kernel_w][in_c / groups]  (OHWI, as TFLite: one
+ *                        output channel's taps of a kernel row are contiguous, so the inner
+ *                        loop is an int16 dot product the compiler vectorises)
+ *     conv2d float32:    [groups][kernel_h][kernel_w][in_c / groups][out_c / groups] (inner
+ *                        loop over output channels: vectorises without reassociating sums)
  *     depthwise conv2d:  [kernel_h][kernel_w][out_c]   (out_c = in_c * multiplier,
  *                                                      output channel c reads input c / multiplier)
  *     fully connected:   [out_features][in_features]
  * - int8 arithmetic follows the TFLite reference kernels: accumulate (x - input_zero_point) * w
  *   in int32, add the int32 bias, requantize with an int32 multiplier and shift per output
- *   channel (fw_multiply_by_quantized_multiplier: SaturatingRoundingDoublingHighMul then
- *   RoundingDivideByPOT, as in gemmlowp), add the output zero point and clamp to
+ *   channel (fw_multiply_by_quantized_multiplier: TFLite's single-rounding
+ *   MultiplyByQuantizedMultiplier, int64 multiply and one rounding shift), add the output zero point and clamp to
  *   [activation_min, activation_max]. A fused ReLU or ReLU6 is just a narrower clamp range.
  *   Integer results are therefore bit-identical on every architecture.
  * - Element-wise kernels support "modular" broadcasting: input element index for flat output
@@ -66,15 +69,17 @@ static inline int32_t fw_rounding_divide_by_pot(int32_t x, int exponent)
     return (x >> exponent) + (remainder > threshold ? 1 : 0);
 }
 
-/* x * multiplier * 2^shift / 2^31: TFLite MultiplyByQuantizedMultiplier. multiplier is in
- * [2^30, 2^31) (or 0), shift is the power-of-two exponent (positive: left shift). The left shift
- * wraps like the two's-complement hardware TFLite runs on (no undefined behaviour). */
+/* x * multiplier * 2^shift / 2^31: TFLite MultiplyByQuantizedMultiplier in its single-rounding
+ * form (TFLITE_SINGLE_ROUNDING=1): (x * multiplier + 2^(30 - shift)) >> (31 - shift) in int64,
+ * one rounding, half up. multiplier is in [2^30, 2^31) (or 0), shift in [-31, 30] (positive:
+ * left). The gemmlowp form (SRDHM, then RoundingDivideByPOT) rounds twice and lands one step
+ * off onnxruntime in ~0.1 % of outputs (53.4992 -> 3424/64 = 53.5 -> 54); this is the
+ * semantics of fwedge.interp.multiply_by_quantized_multiplier, which the C runtime matches. */
 static inline int32_t fw_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int32_t shift)
 {
-    int left = shift > 0 ? shift : 0;
-    int right = shift > 0 ? 0 : -shift;
-    int32_t shifted = (int32_t)((uint32_t)x << left);
-    return fw_rounding_divide_by_pot(fw_saturating_rounding_doubling_high_mul(shifted, multiplier), right);
+    const int total_shift = 31 - shift;
+    const int64_t round = (int64_t)1 << (total_shift - 1);
+    return (int32_t)(((int64_t)x * (int64_t)multiplier + round) >> total_shift);
 }
 
 static inline int32_t fw_clamp_s32(int32_t v, int32_t lo, int32_t hi)
@@ -108,7 +113,8 @@ typedef struct {
     float float_min, float_max;            /* float clamp, e.g. [-INFINITY, INFINITY] or [0, 6] */
 } fw_conv_params;
 
-/* y = requant(conv(x - zp, w) + bias). w: [groups][kh][kw][in_c/groups][out_c/groups].
+/* y = requant(conv(x - zp, w) + bias). int8 w: [out_c][kh][kw][in_c/groups]; float w:
+ * [groups][kh][kw][in_c/groups][out_c/groups].
  * bias may be NULL. multiplier/shift: one pair per output channel. */
 void fw_conv2d_s8(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
                   const int32_t *multiplier, const int32_t *shift, int8_t *y);

@@ -8,7 +8,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fwedge.errors import UnsupportedOpError
 from fwedge.eval import ort_session
-from fwedge.interp import multiply_by_quantized_multiplier, rounding_divide_by_pot, saturating_rounding_doubling_high_mul
+from fwedge.interp import (
+    multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_double_rounding, rounding_divide_by_pot,
+    saturating_rounding_doubling_high_mul,
+)
 from fwedge.passes.lower import lower
 from fwedge.passes.lowered import KINDS, quantize_multiplier
 from helpers import tiny_conv_model
@@ -70,7 +73,11 @@ def test_fixed_point_primitives_match_tflite_reference_cases():
         assert abs(m * 2.0 ** (shift - 31) - real) <= real * 2**-30
     m, shift = quantize_multiplier(0.25)
     assert multiply_by_quantized_multiplier(1000, m, shift) == 250
-    assert multiply_by_quantized_multiplier(-1002, m, shift) == -251  # -250.5 away from zero
+    assert multiply_by_quantized_multiplier(-1002, m, shift) == -250  # single rounding: -250.5 half up
+    assert multiply_by_quantized_multiplier(1002, m, shift) == 251
+    # The case that made the lowering leave the double-rounding form: 5896 * 0.009074 = 53.4992.
+    assert multiply_by_quantized_multiplier(5896, 1247094195, -6) == 53
+    assert multiply_by_quantized_multiplier_double_rounding(5896, 1247094195, -6) == 54
 
 
 def test_lowered_int8_conv_carries_integer_weights_and_requant_pairs():

@@ -53,7 +53,7 @@ static void naive_conv_s8(const fw_conv_params *p, int depthwise, const int8_t *
                             if (depthwise) {
                                 wv = w[(ky * p->kernel_w + kx) * p->out_c + oc];
                             } else {
-                                wv = w[(((g * p->kernel_h + ky) * p->kernel_w + kx) * icg + i) * ocg + (oc - g * ocg)];
+                                wv = w[((oc * p->kernel_h + ky) * p->kernel_w + kx) * icg + i]; /* OHWI */
                             }
                             acc += xv * wv;
                         }
@@ -225,7 +225,7 @@ static void test_pools(void)
     p.count_include_pad = 1;
     fw_avg_pool_s8(&p, x, mults, shifts, y);
     CHECK_EQ_INT(y[1], 3, "avg pool count_include_pad 7/4 -> 2");
-    CHECK_EQ_INT(y[3], -2, "avg pool count_include_pad (-10)/4 = -2.5 rounds away to -3, plus zp 1");
+    CHECK_EQ_INT(y[3], -1, "avg pool count_include_pad (-10)/4 = -2.5 rounds half up to -2, plus zp 1");
     /* Global average pool: 2x2 pixels, 2 channels, multiplier 0.5 * 2^-1 = 1/4. */
     const int8_t g[8] = {1, -1, 2, -2, 3, -3, 5, -5};
     fw_pool_params gp;

@@ -111,10 +111,27 @@ def _windows(x: np.ndarray, kernel, strides, dilations, pads, fill) -> np.ndarra
 
 def _convolve(x: np.ndarray, w: np.ndarray, attrs) -> np.ndarray:
     """Grouped 2-D convolution in float64 (exact for int8 products summed below 2**53)."""
-    windows = _windows(x, attrs.kernel, attrs.strides, attrs.dilations, attrs.pads, 0.0)
-    n, c, oh, ow, kh, kw = windows.shape
     groups = attrs.groups
     m = w.shape[0]
+    if groups == 1 and attrs.kernel == (1, 1) and attrs.strides == (1, 1) and not any(attrs.pads):
+        # Pointwise: a channel matrix product, no windows needed.
+        return np.tensordot(w.reshape(m, -1), x, axes=([1], [1])).transpose(1, 0, 2, 3)
+    windows = _windows(x, attrs.kernel, attrs.strides, attrs.dilations, attrs.pads, 0.0)
+    n, c, oh, ow, kh, kw = windows.shape
+    if groups == c and w.shape[1] == 1:
+        # Depthwise: one multiply-add per kernel tap over all channels at once.
+        source = None if m == c else np.arange(m) // (m // c)
+        out = np.zeros((n, m, oh, ow), dtype=np.float64)
+        for i in range(kh):
+            for j in range(kw):
+                tap = windows[:, :, :, :, i, j]
+                out += (tap if source is None else tap[:, source]) * w[:, 0, i, j].reshape(1, m, 1, 1)
+        return out
+    if groups == 1:
+        # im2col and one BLAS matrix product.
+        columns = windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
+        out = columns @ w.reshape(m, -1).T
+        return out.reshape(n, oh, ow, m).transpose(0, 3, 1, 2)
     grouped = windows.reshape(n, groups, c // groups, oh, ow, kh, kw)
     weights = w.reshape(groups, m // groups, c // groups, kh, kw)
     out = np.einsum("ngcxyij,gmcij->ngmxy", grouped, weights, optimize=True)

@@ -155,3 +155,24 @@ def test_graph_contract_ops_are_topological_and_tensors_known():
         available.update(op.outputs)
     assert set(graph.outputs) <= available
     assert all(len(t.shape) == 0 or t.shape[0] == 1 for t in graph.tensors.values() if not t.is_constant)
+
+
+@pytest.mark.fashion_mnist
+@pytest.mark.parametrize("model", ["cnn_small", "mobilenet"])
+def test_example_models_interpreter_against_onnxruntime(model, request, record_property):
+    from fwedge.data import open_dataset
+    from fwedge.eval import resolve_preprocess
+    from fwedge.interp import run_lowered
+    from op_matrix import quantized_example
+
+    float_model, qdq = quantized_example(request.getfixturevalue(f"{model}_path"))
+    batch = next(open_dataset("fashion-mnist:test").batches(resolve_preprocess(float_model), batch_size=200, limit=200))
+    name, output = float_model.graph.input[0].name, float_model.graph.output[0].name
+    fp32 = run_lowered(lower(float_model), {name: batch.x})[output]
+    np.testing.assert_allclose(fp32, ort_session(float_model).run(None, {name: batch.x})[0],
+                               rtol=FP32_RTOL, atol=FP32_ATOL, err_msg=f"{model} fp32: {output}")
+    int8 = run_lowered(lower(qdq), {name: batch.x})[output]
+    steps = steps_off(ort_session(qdq).run(None, {name: batch.x})[0], int8, output_scale(qdq, output))
+    record_property("off_by_one", int((steps == 1).sum()))
+    print(f"{model} interpreter int8: {(steps == 1).sum()}/{steps.size} logits off by one step")
+    assert steps.max() <= INT8_MAX_STEPS, f"{model}: {output} off by {steps.max()} steps"

@@ -10,7 +10,7 @@ from fwedge.errors import UnsupportedOpError
 from fwedge.eval import ort_session
 from fwedge.targets import ExportOptions
 from helpers import tiny_conv_model
-from op_matrix import OP_CASES, op_case_ids, output_scale, qdq_model, random_feeds, steps_off
+from op_matrix import OP_CASES, op_case_ids, output_scale, qdq_model, quantized_example, random_feeds, steps_off
 from tolerances import DEEP_INT8_TOP1_AGREEMENT, FP32_ATOL, FP32_RTOL, INT8_MAX_STEPS, INT8_TARGET_ACCURACY_PP
 
 pytestmark = pytest.mark.tflite
@@ -144,31 +144,13 @@ def test_ppocr_cls_fp32_and_int8(ppocr_models, tmp_path):
 EXAMPLE_LIMIT = 500  # seeded subset of the 10,000 test images in the test command; slow test: all
 
 
-@pytest.fixture(scope="module")
-def example_qdq():
-    """name -> (float model, QDQ model): fwedge's quantizer, KL, 256 training images (the demo's method)."""
-    from fwedge import ir
-    from fwedge.data import open_dataset
-    from fwedge.quantization import quantize
-
-    cache = {}
-
-    def get(path):
-        if path not in cache:
-            result = quantize(path, data=open_dataset("fashion-mnist:train"), method="kl", num_samples=256)
-            cache[path] = (ir.load(path), result.model)
-        return cache[path]
-
-    return get
-
-
-def _example_accuracy(path, example_qdq, tmp_path, limit):
+def _example_accuracy(path, tmp_path, limit):
     from fwedge.data import open_dataset
     from fwedge.eval import OrtRunner, accuracy, resolve_preprocess
     from fwedge.runner import BundleRunner
 
     tflite = _tflite()
-    float_model, qdq = example_qdq(path)
+    float_model, qdq = quantized_example(path)
     preprocess = resolve_preprocess(float_model)
     dataset = open_dataset("fashion-mnist:test")
     fp32 = tflite.export(float_model, tmp_path / "fp32", ExportOptions(preprocess=preprocess.to_dict()))
@@ -190,9 +172,9 @@ def _example_accuracy(path, example_qdq, tmp_path, limit):
 
 @pytest.mark.fashion_mnist
 @pytest.mark.parametrize("model", ["cnn_small", "mobilenet"])
-def test_example_models_fp32_and_int8(model, request, example_qdq, tmp_path):
+def test_example_models_fp32_and_int8(model, request, tmp_path):
     path = request.getfixturevalue(f"{model}_path")
-    result = _example_accuracy(path, example_qdq, tmp_path, EXAMPLE_LIMIT)
+    result = _example_accuracy(path, tmp_path, EXAMPLE_LIMIT)
     assert result["int8_max_steps"] <= INT8_MAX_STEPS, result
     assert abs(result["tflite_int8"] - result["ort_int8"]) <= INT8_TARGET_ACCURACY_PP + 1e-9, result
     assert result["tflite_fp32"] == result["ort_fp32"], result
@@ -201,9 +183,9 @@ def test_example_models_fp32_and_int8(model, request, example_qdq, tmp_path):
 @pytest.mark.slow
 @pytest.mark.fashion_mnist
 @pytest.mark.parametrize("model", ["cnn_small", "mobilenet"])
-def test_example_models_full_test_set(model, request, example_qdq, tmp_path):
+def test_example_models_full_test_set(model, request, tmp_path):
     path = request.getfixturevalue(f"{model}_path")
-    result = _example_accuracy(path, example_qdq, tmp_path, None)
+    result = _example_accuracy(path, tmp_path, None)
     assert result["int8_max_steps"] <= INT8_MAX_STEPS, result
     assert abs(result["tflite_int8"] - result["ort_int8"]) <= INT8_TARGET_ACCURACY_PP + 1e-9, result
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fwedge import ir
 from fwedge.bundle import Bundle
+from fwedge.data import Preprocess
 from fwedge.errors import ExportError
 from fwedge.eval import resolve_preprocess
 from fwedge.targets import C_ARCHES, TARGETS, ExportOptions, available_targets, target_module
@@ -43,6 +44,7 @@ def export_bundle(
     out_dir: str | os.PathLike,
     options: ExportOptions | None = None,
     input_shapes: dict[str, list[int]] | None = None,
+    preprocess: Preprocess | None = None,
 ) -> Bundle:
     """Load a model and write one target bundle.
 
@@ -52,6 +54,8 @@ def export_bundle(
         out_dir: the bundle directory (replaced atomically if it exists).
         options: export options; arch, preprocess and source_sha256 are filled in here.
         input_shapes: fix dynamic input shapes first (e.g. {"x": [1, 3, 48, 192]}).
+        preprocess: the preprocessing recorded in the manifest; default: the model's metadata,
+            else a guess from its input shape (fwedge.eval.resolve_preprocess).
 
     Returns:
         The written Bundle.
@@ -67,7 +71,7 @@ def export_bundle(
         model = ir.set_input_shapes(model, input_shapes)
     options = dataclasses.replace(
         options or ExportOptions(),
-        preprocess=resolve_preprocess(model).to_dict(),
+        preprocess=resolve_preprocess(model, preprocess).to_dict(),
         source_sha256=ir.sha256_file(model_path),
     )
     if arch is not None:

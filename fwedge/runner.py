@@ -48,6 +48,27 @@ class BundleRunner:
         return self.run_all({self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[self.output_name]
 
 
+def _reference_runner(reference: str | os.PathLike):
+    """An OrtRunner; a model whose batch is fixed to 1 runs sample by sample."""
+    runner = OrtRunner(reference)
+    if runner.input_shape and runner.input_shape[0] == 1:
+        single = runner.__call__
+
+        def per_sample(x: np.ndarray) -> np.ndarray:
+            return np.concatenate([single(x[i : i + 1]) for i in range(len(x))])
+
+        return _Wrapped(runner.input_name, runner.input_shape, per_sample)
+    return runner
+
+
+class _Wrapped:
+    def __init__(self, input_name: str, input_shape: list, call: Callable):
+        self.input_name, self.input_shape, self.call = input_name, [None] + list(input_shape[1:]), call
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.call(x)
+
+
 def evaluate_bundle(
     bundle_path: str | os.PathLike,
     data: str | os.PathLike,
@@ -79,7 +100,7 @@ def evaluate_bundle(
     spec = preprocess or (Preprocess.from_dict(runner.bundle.preprocess) if runner.bundle.preprocess else None)
     if spec is None:
         raise DataError(f"bundle '{bundle_path}': no preprocessing in the manifest; give --preprocess")
-    reference_runner = OrtRunner(reference) if reference is not None else None
+    reference_runner = _reference_runner(reference) if reference is not None else None
     if not dataset.has_labels and reference_runner is None:
         raise DataError(f"data '{data}': has no labels and no reference model was given: nothing to evaluate")
     correct = total = 0

@@ -146,6 +146,17 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     require_static(model, TARGET)
     shapes = {value.name: [1] + ir.shape_of(value)[1:] for value in ir.graph_inputs(model)}
     model = ir.set_input_shapes(model, shapes)
+    # Folding a Shape chain makes the shapes behind it known, which can expose the next chain.
+    for _ in range(8):
+        folded = _fold_once(model)
+        if folded is None:
+            return model
+        model = folded
+    return model
+
+
+def _fold_once(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """One constant-folding sweep; None when nothing folds."""
     opset = opset_version(model)
     values = {init.name: _const_value(init) for init in model.graph.initializer}
     known_shapes = ir.value_shapes(model)
@@ -174,7 +185,7 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
                 continue
         keep.append(node)
     if not folded:
-        return model
+        return None
     out = onnx.ModelProto()
     out.CopyFrom(model)
     del out.graph.node[:]
@@ -585,9 +596,9 @@ class NcnnWriter:
         elif op == "Clip":
             low, high = attribute(node, "min", -FLT_MAX), attribute(node, "max", FLT_MAX)
             if len(node.input) > 1 and node.input[1]:
-                low = float(self.view.consts[node.input[1]])
+                low = float(self.view.consts[node.input[1]].reshape(-1)[0])
             if len(node.input) > 2 and node.input[2]:
-                high = float(self.view.consts[node.input[2]])
+                high = float(self.view.consts[node.input[2]].reshape(-1)[0])
             params = {0: float(low), 1: float(high)}
         self.add(_UNARY[op], node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])], params)
 

@@ -88,6 +88,12 @@ def run(bundle: Bundle, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     check_feeds(bundle, feeds)
     session = _SESSIONS.get(bundle)
     names = [spec.name for spec in bundle.outputs]
+    batch = len(feeds[bundle.inputs[0].name])
+    if all(spec.shape[0] == 1 for spec in bundle.inputs) and batch > 1:
+        # A model exported with a fixed batch of 1 runs sample by sample.
+        rows = [session.run(names, {spec.name: feeds[spec.name][i : i + 1] for spec in bundle.inputs})
+                for i in range(batch)]
+        return {name: np.concatenate([row[k] for row in rows]) for k, name in enumerate(names)}
     values = session.run(names, {spec.name: feeds[spec.name] for spec in bundle.inputs})
     return dict(zip(names, values))
 

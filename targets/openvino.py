@@ -137,7 +137,12 @@ def run(bundle: Bundle, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         output name -> float32 array (copied out of OpenVINO's buffers).
     """
     check_feeds(bundle, feeds)
-    batch = len(next(iter(feeds.values())))
+    batch = len(feeds[bundle.inputs[0].name])
+    if all(spec.shape[0] == 1 for spec in bundle.inputs) and batch > 1:
+        # A model exported with a fixed batch of 1 (constant Reshape shapes, e.g. PP-OCR) cannot
+        # be reshaped to the batch: run it sample by sample.
+        rows = [run(bundle, {name: value[i : i + 1] for name, value in feeds.items()}) for i in range(batch)]
+        return {spec.name: np.concatenate([row[spec.name] for row in rows]) for spec in bundle.outputs}
     compiled = _MODELS.get(bundle).for_batch(batch)
     request = compiled.create_infer_request()
     results = request.infer({spec.name: np.ascontiguousarray(feeds[spec.name]) for spec in bundle.inputs})
@@ -168,15 +173,22 @@ def intermediates(bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str]
     if not found:
         return {}
     model.add_outputs(list(found.values()))
-    batch = len(next(iter(feeds.values())))
-    shapes = {spec.name: [batch] + list(spec.shape[1:]) for spec in bundle.inputs if -1 not in spec.shape[1:]}
-    if shapes:
-        model.reshape(shapes)
+    batch = len(feeds[bundle.inputs[0].name])
+    per_sample = all(spec.shape[0] == 1 for spec in bundle.inputs)
+    if not per_sample:
+        shapes = {spec.name: [batch] + list(spec.shape[1:]) for spec in bundle.inputs if -1 not in spec.shape[1:]}
+        if shapes:
+            model.reshape(shapes)
     compiled = holder.compile(model)
-    results = compiled.create_infer_request().infer({spec.name: feeds[spec.name] for spec in bundle.inputs})
-    out = {}
-    for output in compiled.outputs:
-        for name in output.get_names():
-            if name in found and name not in out:
-                out[name] = np.array(results[output], dtype=np.float32, copy=True)
-    return out
+    request = compiled.create_infer_request()
+    chunks = [slice(i, i + 1) for i in range(batch)] if per_sample else [slice(0, batch)]
+    collected: dict[str, list[np.ndarray]] = {}
+    for chunk in chunks:
+        results = request.infer({spec.name: np.ascontiguousarray(feeds[spec.name][chunk]) for spec in bundle.inputs})
+        seen = set()
+        for output in compiled.outputs:
+            for name in output.get_names():
+                if name in found and name not in seen:
+                    seen.add(name)
+                    collected.setdefault(name, []).append(np.array(results[output], dtype=np.float32, copy=True))
+    return {name: np.concatenate(parts) for name, parts in collected.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from fwedge.commands.inspect import _parse_shape
+from fwedge.commands.options import preprocess_option
 
 # Kept literal so that `fwedge export --help` imports no target module.
 TARGET_NAMES = ("onnx", "openvino", "tflite", "ncnn", "x86_64", "aarch64", "riscv64", "loongarch64")
@@ -22,9 +23,10 @@ TARGET_NAMES = ("onnx", "openvino", "tflite", "ncnn", "x86_64", "aarch64", "risc
 @click.option("--no-build", is_flag=True, help="C targets: write sources only, do not compile.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
               help="Fix a dynamic input shape before export, e.g. x=1,3,48,192. Repeatable.")
+@preprocess_option()
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
               help="Folder for the bundles; each is written to <output>/<model>-<target>-<precision>.")
-def command(model, targets, int8, allow_float_fallback, cc, no_build, input_shapes, output) -> None:
+def command(model, targets, int8, allow_float_fallback, cc, no_build, input_shapes, preprocess, output) -> None:
     """Write a deployment bundle of MODEL for each --target.
 
     Every bundle is a folder with a manifest.json (files and their sha256, input/output specs,
@@ -47,7 +49,7 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, input_shap
         options = ExportOptions(precision=precision, allow_float_fallback=allow_float_fallback,
                                 cc=cc, build=not no_build)
         out_dir = Path(output) / bundle_name(model, target, resolved)
-        bundle = export_bundle(model, target, out_dir, options, input_shapes=shapes)
+        bundle = export_bundle(model, target, out_dir, options, input_shapes=shapes, preprocess=preprocess)
         size = bundle.sizes.get("file_bytes", 0)
         stdout.print(f"{target}: wrote {bundle.path} ({bundle.precision}, {bundle.arch}, "
                      f"{len(bundle.files)} files, {size:,} bytes)")

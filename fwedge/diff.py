@@ -1,0 +1,206 @@
+"""Bisection helper: the first tensor, in topological order, where a bundle diverges from its reference model."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from fwedge import ir
+from fwedge.bundle import Bundle, load_bundle
+from fwedge.data import Preprocess, open_dataset
+from fwedge.errors import DataError
+
+log = logging.getLogger(__name__)
+
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+@dataclass
+class TensorDiff:
+    """One reference tensor compared with the bundle's value of the same name.
+
+    Attributes:
+        name: ONNX tensor name.
+        node, op: the reference node that produces it.
+        shape: reference shape.
+        max_abs: largest absolute difference.
+        steps: max_abs in quantization steps of the tensor's Q/DQ pair in the reference (None
+            when the tensor is not quantized there).
+        sqnr_db: 10·log10(Σ ref² / Σ diff²) (inf when identical).
+        diverged: beyond the tolerance (steps > max_steps, or max_abs > atol + rtol·max|ref|).
+    """
+
+    name: str
+    node: str
+    op: str
+    shape: list[int]
+    max_abs: float
+    steps: float | None
+    sqnr_db: float
+    diverged: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DiffReport:
+    """Per-tensor comparison of a bundle against a reference, first divergence named.
+
+    Attributes:
+        per_tensor: the target exposes intermediate tensors (False: only graph outputs compared).
+        compared: tensors compared, in reference topological order.
+        first_divergence: the first diverged tensor, or None.
+        missing: reference tensors the bundle does not have under the same name (fused away or
+            renamed by the target).
+    """
+
+    bundle: str
+    reference: str
+    target: str
+    precision: str
+    samples: int
+    per_tensor: bool
+    compared: list[TensorDiff] = field(default_factory=list)
+    first_divergence: TensorDiff | None = None
+    missing: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["first_divergence"] = self.first_divergence.to_dict() if self.first_divergence else None
+        return data
+
+
+def _quant_scales(model: onnx.ModelProto) -> dict[str, float]:
+    """Tensor -> scale of the QuantizeLinear that reads it (the step that matters for that tensor)."""
+    inits = {init.name: init for init in model.graph.initializer}
+    scales = {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[1] in inits:
+            scale = onnx.numpy_helper.to_array(inits[node.input[1]]).reshape(-1)
+            scales.setdefault(node.input[0], float(scale[0]))
+    # A DequantizeLinear output carries the same step as its pair.
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[1] in inits:
+            scales.setdefault(node.output[0], float(onnx.numpy_helper.to_array(inits[node.input[1]]).reshape(-1)[0]))
+    return scales
+
+
+def reference_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """Values of the named tensors of an ONNX model in onnxruntime (each made a graph output)."""
+    from fwedge.eval import ort_session
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    known = {output.name for output in copy.graph.output}
+    for name in names:
+        if name not in known:
+            copy.graph.output.append(onnx.ValueInfoProto(name=name))
+    session = ort_session(copy)
+    inputs = {value.name for value in ir.graph_inputs(copy)}
+    batch = len(next(iter(feeds.values())))
+    fixed_one = all(ir.shape_of(v)[0] == 1 for v in ir.graph_inputs(copy))
+    if fixed_one and batch > 1:
+        rows = [session.run(names, {k: v[i : i + 1] for k, v in feeds.items() if k in inputs}) for i in range(batch)]
+        return {name: np.concatenate([row[k] for row in rows]) for k, name in enumerate(names)}
+    return dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in inputs})))
+
+
+def diff_bundle(
+    bundle: Bundle | str | os.PathLike,
+    reference: str | os.PathLike,
+    data: str | os.PathLike,
+    limit: int = 8,
+    preprocess: Preprocess | None = None,
+    max_steps: float = 1.0,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> DiffReport:
+    """Compare every tensor the bundle exposes with the reference model, in topological order.
+
+    ONNX, OpenVINO and NCNN bundles expose intermediates (`targets.<name>.intermediates`); other
+    targets are compared on their graph outputs only, and the report says so.
+
+    Args:
+        bundle: a bundle (path or loaded).
+        reference: the reference ONNX model (the QDQ model for an int8 bundle, the float model
+            for fp32; a float reference for an int8 bundle shows the quantization error per layer).
+        data: dataset spec; `limit` seeded samples are used.
+        max_steps: a quantized tensor diverges beyond this many quantization steps.
+        rtol, atol: a float tensor diverges when max|diff| > atol + rtol·max|ref|.
+
+    Returns:
+        The DiffReport.
+
+    Raises:
+        ExportError: the bundle is invalid. DataError: the data does not fit.
+    """
+    from fwedge.targets import target_module
+
+    bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    module = target_module(bundle.target)
+    model = ir.load(reference)
+    spec = preprocess or Preprocess.from_dict(bundle.preprocess)
+    batch = next(open_dataset(data).batches(spec, batch_size=limit, limit=limit))
+    feeds = {bundle.inputs[0].name: np.ascontiguousarray(batch.x, dtype=np.float32)}
+    producers = {}
+    order = []
+    for node in model.graph.node:
+        for output in node.output:
+            if output and node.op_type not in _QDQ:
+                producers[output] = node
+                order.append(output)
+    scales = _quant_scales(model)
+    if bundle.precision == "int8":
+        # A float tensor between quantized ones (e.g. inside a decomposed hardswish) is judged
+        # in the steps of its quantized inputs: differences of up to max_steps there propagate.
+        for node in model.graph.node:
+            inherited = [scales[name] for name in node.input if name in scales]
+            for output in node.output:
+                if output not in scales and inherited:
+                    scales[output] = max(inherited)
+    intermediates = getattr(module, "intermediates", None)
+    report = DiffReport(bundle=str(bundle.path), reference=str(reference), target=bundle.target,
+                        precision=bundle.precision, samples=len(batch.x), per_tensor=intermediates is not None)
+    if intermediates is not None:
+        candidate = intermediates(bundle, feeds, order)
+    else:
+        candidate = module.run(bundle, feeds)
+        report.note = (f"target {bundle.target!r} exposes no intermediate tensors: only graph outputs "
+                       "are compared, so the divergence is located at the output, not bisected")
+    names = [name for name in order if name in candidate]
+    for output in model.graph.output:
+        if output.name in candidate and output.name not in names:
+            names.append(output.name)
+    report.missing = [name for name in order if name not in candidate]
+    if not names:
+        raise DataError(f"bundle '{bundle.path}': shares no tensor name with reference '{reference}'")
+    expected = reference_values(model, feeds, names)
+    for name in names:
+        ref = expected[name].astype(np.float64)
+        got = np.asarray(candidate[name], dtype=np.float64)
+        if got.size != ref.size:
+            report.missing.append(name)
+            continue
+        got = got.reshape(ref.shape)
+        diff = np.abs(got - ref)
+        max_abs = float(diff.max(initial=0.0))
+        noise = float(np.sum(diff * diff))
+        sqnr = float("inf") if noise == 0 else float(10 * np.log10(max(float(np.sum(ref * ref)), 1e-30) / noise))
+        scale = scales.get(name)
+        steps = max_abs / scale if scale else None
+        if steps is not None:
+            diverged = steps > max_steps * (1 + 1e-3)
+        else:
+            diverged = max_abs > atol + rtol * float(np.abs(ref).max(initial=0.0))
+        node = producers.get(name)
+        entry = TensorDiff(name, node.name if node is not None else "", node.op_type if node is not None else "output",
+                           list(ref.shape), max_abs, steps, sqnr, diverged)
+        report.compared.append(entry)
+        if diverged and report.first_divergence is None:
+            report.first_divergence = entry
+    return report

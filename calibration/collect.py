@@ -152,16 +152,18 @@ def collect(
             )
     layouts = {name: layout(minimum[name], maximum[name], bins) for name in tensors}
     counts = {name: np.zeros(layouts[name][2], dtype=np.int64) for name in tensors}
+    zeros = dict.fromkeys(tensors, 0)
     for batch in _iterate(batches, "histogram"):
         feeds = _feeds(batch, input_names, input_shapes, source)
         values = session.run(tensors, feeds)
         for name, value in zip(tensors, values):
             low, high, size = layouts[name]
             counts[name] += bin_counts(value, low, high, size)
+            zeros[name] += int(np.count_nonzero(value == 0))
         if progress:
             progress(len(next(iter(feeds.values()))))
     histograms = {
-        name: Histogram(counts[name], layouts[name][0], layouts[name][1], minimum[name], maximum[name])
+        name: Histogram(counts[name], layouts[name][0], layouts[name][1], minimum[name], maximum[name], zeros[name])
         for name in tensors
     }
     log.info("calibration: %d tensors, %d samples, %d bins", len(tensors), samples, bins)

@@ -20,6 +20,9 @@ class Histogram:
         counts: int64 counts; values at the upper edge fall in the last bin.
         low, high: the histogram range (low is -high or 0).
         minimum, maximum: exact extremes seen in the first pass.
+        zeros: how many values were exactly 0.0 (counted in the bin holding 0). ReLU outputs
+            are often half zeros; 0 is exact on every int8 grid, so methods that weigh
+            quantization error (kl, mse) leave them out.
     """
 
     counts: np.ndarray
@@ -27,6 +30,7 @@ class Histogram:
     high: float
     minimum: float
     maximum: float
+    zeros: int = 0
 
     @property
     def signed(self) -> bool:
@@ -36,13 +40,17 @@ class Histogram:
     def total(self) -> int:
         return int(self.counts.sum())
 
-    def magnitude(self) -> tuple[np.ndarray, float]:
-        """(counts of |x| over [0, absmax] in B bins, absmax)."""
+    def magnitude(self, drop_zeros: bool = False) -> tuple[np.ndarray, float]:
+        """(counts of |x| over [0, absmax] in B bins, absmax); optionally without exact zeros."""
         counts = np.asarray(self.counts, dtype=np.int64)
-        if not self.signed:
-            return counts, float(self.high)
-        half = counts.size // 2
-        return counts[half:] + counts[:half][::-1], float(self.high)
+        if self.signed:
+            half = counts.size // 2
+            counts = counts[half:] + counts[:half][::-1]
+        else:
+            counts = counts.copy()
+        if drop_zeros and self.zeros:
+            counts[0] = max(int(counts[0]) - int(self.zeros), 0)
+        return counts, float(self.high)
 
     @classmethod
     def from_values(cls, values: np.ndarray, bins: int = 2048) -> "Histogram":
@@ -50,7 +58,8 @@ class Histogram:
         values = np.asarray(values, dtype=np.float64).ravel()
         minimum, maximum = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
         low, high, count = layout(minimum, maximum, bins)
-        return cls(bin_counts(values, low, high, count), low, high, minimum, maximum)
+        zeros = int(np.count_nonzero(values == 0))
+        return cls(bin_counts(values, low, high, count), low, high, minimum, maximum, zeros)
 
 
 def layout(minimum: float, maximum: float, bins: int) -> tuple[float, float, int]:

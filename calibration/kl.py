@@ -85,7 +85,12 @@ def kl_range(histogram: Histogram, options: MethodOptions) -> tuple[float, float
     Returns:
         (low, high).
     """
-    counts, absmax = histogram.magnitude()
+    # Zero-bin handling: exact zeros (ReLU's spike, often half of all values) are removed from
+    # P before the search. 0.0 is exact on every int8 grid (it is the zero point), so they carry
+    # no quantization error; left in, the spike is smeared over its whole group in Q and that
+    # one term dominates KL, dragging the threshold down to where bin 0 is a group by itself.
+    # Bins that are empty in P stay empty in Q (see kl_divergences).
+    counts, absmax = histogram.magnitude(drop_zeros=True)
     if absmax <= 0 or counts.sum() == 0:
         return float(histogram.minimum), float(histogram.maximum)
     if histogram.minimum > 0 or histogram.maximum < 0:

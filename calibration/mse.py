@@ -45,7 +45,7 @@ def mse_range(histogram: Histogram, options: MethodOptions) -> tuple[float, floa
     Returns:
         (low, high).
     """
-    counts, absmax = histogram.magnitude()
+    counts, absmax = histogram.magnitude(drop_zeros=True)  # exact zeros cost nothing on any grid
     if absmax <= 0 or counts.sum() == 0:
         return float(histogram.minimum), float(histogram.maximum)
     thresholds, errors = mse_errors(counts, absmax, histogram.minimum, histogram.maximum, options.symmetric)

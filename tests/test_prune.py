@@ -206,3 +206,63 @@ def test_round_to_keeps_multiples(rng):
     assert run(pruned, input_for(model, rng)).shape == (3, 5)
     with pytest.raises(PruneError, match="round_to"):
         prune.prune_channels(model, 0.4, round_to=0)
+
+
+@pytest.fixture(scope="module")
+def mobilenet_v2_tiny_graph(tmp_path_factory):
+    """The example's MobileNetV2-tiny architecture, exported by examples/fashion_mnist/train.py
+    with seeded random weights (the graph the trained example has: depthwise convs, residual
+    Adds, Clip 0..6, kept BN, GlobalAveragePool, Gemm)."""
+    import importlib.util
+    import sys
+
+    import torch
+
+    from conftest import EXAMPLES
+
+    spec = importlib.util.spec_from_file_location("fwedge_example_train", EXAMPLES / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = train
+    spec.loader.exec_module(train)
+    torch.manual_seed(0)
+    net = train.MobileNetV2Tiny()
+    train.init_weights(net)
+    with torch.no_grad():  # non-trivial BN statistics, as a trained model has
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    path = tmp_path_factory.mktemp("mbv2") / "mobilenet_v2_tiny.onnx"
+    train.export_onnx(net, "mobilenet_v2_tiny", path)
+    return ir.load(path)
+
+
+@pytest.mark.torch
+def test_mobilenet_v2_tiny_prunes_to_half_the_macs(mobilenet_v2_tiny_graph, rng):
+    model = mobilenet_v2_tiny_graph
+    pruned, report = prune.prune_to_macs(model, 0.5, round_to=8)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert report.macs_after <= 0.5 * report.macs_before
+    x = rng.random((4, 1, 28, 28), dtype=np.float32)
+    assert run(pruned, x).shape == (4, 10)
+    kinds = {g.name: len(g.sources) for g in report.groups}
+    assert max(kinds.values()) >= 3  # a residual chain couples several project convs
+    for group in report.groups:
+        if group.kept != group.channels:
+            assert group.kept % 8 == 0, group.name
+
+
+@pytest.mark.torch
+def test_mobilenet_v2_tiny_zero_channels_drop_exactly(mobilenet_v2_tiny_graph, rng):
+    model = mobilenet_v2_tiny_graph
+    graph = prune.analyze(model)
+    remove = set()
+    for group in graph.groups:
+        free = [root for root in group.components if not graph.is_blocked(root)]
+        remove.update(free[::3])
+    zeroed = zero_components(model, graph, remove)
+    pruned = prune.apply_pruning(zeroed, graph, remove)
+    x = rng.random((4, 1, 28, 28), dtype=np.float32)
+    np.testing.assert_allclose(run(pruned, x), run(zeroed, x), rtol=FP32_RTOL, atol=FP32_ATOL, err_msg="logits")

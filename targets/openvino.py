@@ -167,7 +167,13 @@ def intermediates(bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str]
         if op.get_type_name() in ("Result", "Constant"):
             continue
         for port in op.outputs():
-            for name in port.get_names():
+            names = port.get_names()
+            if len(names) > 1:
+                # Conversion merged tensors (e.g. a Clip removed in front of a FakeQuantize hands
+                # its name to the Add before it): the port holds the first op's value, so only the
+                # name matching the op itself is trusted.
+                names = {name for name in names if name == op.get_friendly_name()}
+            for name in names:
                 if name in wanted and name not in found:
                     found[name] = port
     if not found:

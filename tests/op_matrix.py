@@ -314,3 +314,26 @@ def quantized_example(path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     Fashion-MNIST training images (the demo pipeline's method); cached per path."""
     float_bytes, qdq_bytes = _example_bytes(str(path))
     return onnx.load_from_string(float_bytes), onnx.load_from_string(qdq_bytes)
+
+
+@functools.lru_cache(maxsize=None)
+def _ppocr_bytes(path: str) -> tuple[bytes, bytes, bytes]:
+    from fwedge.calibration import collect, compute
+    from fwedge.passes.quantize import plan_quantization, quantize_model
+    from fwedge.quantization import load_prepared
+    from ppocr_inputs import ppocr_cls_inputs
+
+    inputs, _ = ppocr_cls_inputs(40, seed=0)
+    prepared, _ = load_prepared(path, {"x": [1, 3, 48, 192]})
+    plan = plan_quantization(prepared)
+    stats = collect(prepared, [inputs[i:i + 1] for i in range(16)], plan.calibrated)
+    qdq = quantize_model(prepared, compute(stats, "minmax"), plan=plan)
+    return prepared.SerializeToString(), qdq.SerializeToString(), inputs[16:].tobytes()
+
+
+def quantized_ppocr(path) -> tuple[onnx.ModelProto, onnx.ModelProto, np.ndarray]:
+    """(float model fixed to [1,3,48,192], QDQ model, 24 held-out inputs) of the PP-OCR cls model:
+    fwedge's quantizer, min/max ranges over 16 rendered text lines and image crops; cached."""
+    float_bytes, qdq_bytes, inputs = _ppocr_bytes(str(path))
+    x = np.frombuffer(inputs, dtype=np.float32).reshape(-1, 3, 48, 192)
+    return onnx.load_from_string(float_bytes), onnx.load_from_string(qdq_bytes), x

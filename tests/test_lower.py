@@ -176,3 +176,31 @@ def test_example_models_interpreter_against_onnxruntime(model, request, record_p
     record_property("off_by_one", int((steps == 1).sum()))
     print(f"{model} interpreter int8: {(steps == 1).sum()}/{steps.size} logits off by one step")
     assert steps.max() <= INT8_MAX_STEPS, f"{model}: {output} off by {steps.max()} steps"
+
+
+@pytest.mark.rapidocr
+def test_ppocr_cls_lowers_in_fp32_and_int8(ppocr_cls_path):
+    from collections import Counter
+
+    from fwedge.interp import run_lowered
+    from op_matrix import quantized_ppocr
+    from tolerances import DEEP_INT8_TOP1_AGREEMENT
+
+    float_model, qdq, x = quantized_ppocr(ppocr_cls_path)
+    x = x[:4]
+    name, output = float_model.graph.input[0].name, float_model.graph.output[0].name
+    fp32 = lower(float_model)
+    reference = np.concatenate([ort_session(float_model).run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+    np.testing.assert_allclose(run_lowered(fp32, {name: x})[output], reference, rtol=FP32_RTOL, atol=FP32_ATOL,
+                               err_msg=f"ppocr fp32: {output}")
+    int8 = lower(qdq)
+    kinds = Counter((op.kind, int8.tensors[op.outputs[0]].dtype) for op in int8.ops)
+    # SE blocks: GAP -> conv -> relu -> conv -> hardsigmoid -> broadcast mul, all in int8.
+    for kind in ("conv2d", "depthwise_conv2d", "global_avg_pool", "hardsigmoid", "mul", "add", "fully_connected"):
+        assert kinds[(kind, "int8")] > 0, (kind, kinds)
+    session = ort_session(qdq)
+    ort_int8 = np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+    got = run_lowered(int8, {name: x})[output]
+    agreement = float((got.argmax(1) == ort_int8.argmax(1)).mean())
+    print(f"ppocr interpreter int8: top-1 vs ORT int8 {agreement:.3f}, max |dp| {np.abs(got - ort_int8).max():.4f}")
+    assert agreement >= DEEP_INT8_TOP1_AGREEMENT

@@ -10,7 +10,9 @@ from fwedge.errors import UnsupportedOpError
 from fwedge.eval import ort_session
 from fwedge.targets import ExportOptions
 from helpers import tiny_conv_model
-from op_matrix import OP_CASES, op_case_ids, output_scale, qdq_model, quantized_example, random_feeds, steps_off
+from op_matrix import (
+    OP_CASES, op_case_ids, output_scale, qdq_model, quantized_example, quantized_ppocr, random_feeds, steps_off,
+)
 from tolerances import DEEP_INT8_TOP1_AGREEMENT, FP32_ATOL, FP32_RTOL, INT8_MAX_STEPS, INT8_TARGET_ACCURACY_PP
 
 pytestmark = pytest.mark.tflite
@@ -104,16 +106,7 @@ def test_manifest_records_nhwc_io_and_toolchain(tmp_path):
 @pytest.fixture(scope="module")
 def ppocr_models(ppocr_cls_path):
     """(float model, QDQ model from fwedge's quantizer, 24 real inputs) of the PP-OCR cls model."""
-    from fwedge.calibration import collect, compute
-    from fwedge.passes.quantize import plan_quantization, quantize_model
-    from fwedge.quantization import load_prepared
-    from ppocr_inputs import ppocr_cls_inputs
-
-    inputs, _ = ppocr_cls_inputs(40, seed=0)
-    prepared, _ = load_prepared(ppocr_cls_path, {"x": [1, 3, 48, 192]})
-    plan = plan_quantization(prepared)
-    stats = collect(prepared, [inputs[i:i + 1] for i in range(16)], plan.calibrated)
-    return prepared, quantize_model(prepared, compute(stats, "minmax"), plan=plan), inputs[16:]
+    return quantized_ppocr(ppocr_cls_path)
 
 
 def _ort_batch(model, x):

@@ -82,13 +82,14 @@ def _print_summary(results) -> None:
             r.bundle + ("" if r.role == "candidate" else " (baseline)"), r.device, r.status,
             "" if r.accuracy is None else f"{100 * r.accuracy:.2f}%",
             "" if not r.fidelity else f"{100 * r.fidelity['top1_agreement']:.2f}%",
-            "" if latency is None else f"{latency.p50_ms:.3f} / {latency.p95_ms:.3f}",
+            "" if latency is None else f"{latency.p50_ms:.4g}",
+            "" if latency is None else f"{latency.p95_ms:.4g}",
             "" if r.latency_ratio is None else f"{r.latency_ratio:.3f}",
-            r.sizes.get("file_bytes", ""),
-            r.error or "",
         ])
     stdout.print(table(f"Farm results ({results.samples} samples, {results.repeats} timed runs)",
-                       ["bundle", "device", "status", "accuracy", "agreement", "p50/p95 ms", "B/A", "bytes", "error"],
-                       rows))
+                       ["bundle", "device", "status", "accuracy", "agreement", "p50 ms", "p95 ms", "B/A"], rows))
+    for r in results.results:
+        if not r.ok:
+            stdout.print(f"[red]error[/red] {r.bundle} on {r.device}: {r.error}")
     for note in results.notes:
         stdout.print(f"note: {note}")

@@ -22,6 +22,13 @@ def _qemu(*arches: str) -> bool:
     return all(shutil.which(f"qemu-{arch}") for arch in (arches or ("aarch64", "riscv64", "loongarch64")))
 
 
+def pnnx_path() -> str | None:
+    """The pnnx binary: on PATH, or beside the running interpreter (.venv/bin when PATH lacks it)."""
+    import sys
+
+    return shutil.which("pnnx") or shutil.which("pnnx", path=str(Path(sys.executable).parent))
+
+
 # marker -> (check(marker args) -> bool, what to install)
 REQUIREMENTS = {
     "qemu": (lambda *a: _qemu(*a), "Debian qemu-user (make setup)"),
@@ -29,7 +36,7 @@ REQUIREMENTS = {
     "openvino": (lambda *a: _module("openvino"), "openvino (openvino extra)"),
     "tflite": (lambda *a: _module("ai_edge_litert"), "ai-edge-litert (tflite extra)"),
     "ncnn": (lambda *a: _module("ncnn"), "ncnn (ncnn extra)"),
-    "pnnx": (lambda *a: shutil.which("pnnx") is not None, "pnnx (pip install --no-deps pnnx)"),
+    "pnnx": (lambda *a: pnnx_path() is not None, "pnnx (pip install --no-deps pnnx)"),
     "torch": (lambda *a: _module("torch"), "torch==2.13.0 (distill extra)"),
     "ssh": (lambda *a: all(shutil.which(t) or Path(f"/usr/sbin/{t}").exists() for t in ("sshd", "ssh", "ssh-keygen")),
             "Debian openssh-server and openssh-client"),

@@ -1,0 +1,280 @@
+"""Exporting, running and diffing bundles: CLI, tampering, interrupted exports, unsupported ops, pnnx cross-check."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from fwedge.bundle import load_bundle
+from fwedge.cli import cli
+from fwedge.errors import ExportError, UnsupportedOpError
+from fwedge.eval import ort_session
+from fwedge.export import export_bundle
+from fwedge.targets import ExportOptions, target_module
+from helpers import tiny_conv_model
+from qdq_helpers import ort_qdq
+from tolerances import FP32_ATOL, FP32_RTOL, INT8_MAX_STEPS
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = [pytest.param("onnx", id="onnx"), pytest.param("openvino", marks=pytest.mark.openvino, id="openvino"),
+           pytest.param("ncnn", marks=pytest.mark.ncnn, id="ncnn")]
+PREPROCESS = json.dumps({"resize": None, "color": None, "layout": "NCHW", "scale": 1.0, "mean": [0.0], "std": [1.0],
+                         "dtype": "float32"})
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The tiny conv model (float and QDQ) and a labelled .npz of float inputs it takes."""
+    folder = tmp_path_factory.mktemp("models")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (48, 1, 8, 8)).astype(np.float32)
+    float_model = tiny_conv_model(rng)
+    labels = ort_session(float_model).run(None, {"x": x})[0].argmax(axis=1)
+    onnx.save(float_model, folder / "tiny.onnx")
+    onnx.save(ort_qdq(float_model, x[:16]), folder / "tiny_qdq.onnx")
+    np.savez(folder / "data.npz", x=x, y=labels)
+    return folder
+
+
+def _export(models, target, name, out):
+    result = CliRunner().invoke(cli, ["export", str(models / name), "-t", target, "--preprocess", PREPROCESS, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name,precision", [("tiny.onnx", "fp32"), ("tiny_qdq.onnx", "int8")])
+def test_export_then_run_and_diff_on_the_cli(models, tmp_path, target, name, precision):
+    _export(models, target, name, tmp_path)
+    bundle = tmp_path / f"{Path(name).stem}-{target}-{precision}"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["target"] == target and manifest["precision"] == precision
+    assert manifest["source_sha256"] == __import__("fwedge.ir").ir.sha256_file(models / name)
+    assert manifest["inputs"][0]["name"] == "x" and manifest["outputs"][0]["name"] == "y"
+
+    run = CliRunner().invoke(cli, ["run", str(bundle), "--data", str(models / "data.npz"),
+                                   "--reference", str(models / name), "--json"])
+    assert run.exit_code == 0, run.output
+    result = json.loads(run.output)
+    assert result["samples"] == 48
+    # Against the model it was exported from: fp32 is the same function; int8 agrees on argmax
+    # almost everywhere (within one output step, see the op matrix).
+    assert result["fidelity"]["top1_agreement"] >= (1.0 if precision == "fp32" else 0.95), result
+    assert result["fidelity"]["sqnr_db"] > (80 if precision == "fp32" else 25), result
+
+    diff = CliRunner().invoke(cli, ["diff", str(bundle), str(models / name), "--data", str(models / "data.npz"),
+                                    "--json", "--max-steps", str(INT8_MAX_STEPS + 1)])
+    assert diff.exit_code == 0, diff.output
+    report = json.loads(diff.output)
+    assert report["per_tensor"] is True and report["compared"], report
+    assert report["first_divergence"] is None, report["first_divergence"]
+
+
+@pytest.mark.ncnn
+def test_diff_names_the_first_wrong_tensor(models, tmp_path, monkeypatch):
+    """A writer bug (Relu written as a leaky ReLU) is located at the Relu's output, not later."""
+    from fwedge.targets import ncnn
+
+    original = ncnn.NcnnWriter.emit_unary
+
+    def buggy(self, node):
+        if node.op_type == "Relu":
+            self.add("ReLU", node.name, [self.input(node.input[0])], [self.blob(node.output[0])], {0: 0.5})
+            return
+        original(self, node)
+
+    monkeypatch.setattr(ncnn.NcnnWriter, "emit_unary", buggy)
+    export_bundle(models / "tiny.onnx", "ncnn", tmp_path / "bundle")
+    from fwedge.diff import diff_bundle
+
+    report = diff_bundle(tmp_path / "bundle", models / "tiny.onnx", models / "data.npz")
+    assert report.first_divergence is not None
+    assert report.first_divergence.name == "r" and report.first_divergence.op == "Relu", report.first_divergence
+    assert [entry.name for entry in report.compared][:2] == ["c", "r"]
+    assert not report.compared[0].diverged
+
+
+def test_flipped_weight_byte_is_refused_by_load_and_run(models, tmp_path):
+    bundle = export_bundle(models / "tiny.onnx", "onnx", tmp_path / "bundle")
+    weights = bundle.path / "model.onnx"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match="does not match the manifest"):
+        load_bundle(bundle.path)
+    result = CliRunner().invoke(cli, ["run", str(bundle.path), "--data", str(models / "data.npz")])
+    assert result.exit_code == 2 and "refusing a modified bundle" in result.output
+
+
+@pytest.mark.ncnn
+def test_flipped_ncnn_bin_byte_is_refused(models, tmp_path):
+    bundle = export_bundle(models / "tiny_qdq.onnx", "ncnn", tmp_path / "bundle")
+    weights = bundle.path / "model.bin"
+    data = bytearray(weights.read_bytes())
+    data[5] ^= 0x80  # inside the int8 weights of the first convolution
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match="model.bin"):
+        load_bundle(bundle.path)
+
+
+@pytest.mark.ncnn
+def test_export_failing_midway_keeps_previous_bundle(models, tmp_path, monkeypatch):
+    out = tmp_path / "bundle"
+    first = export_bundle(models / "tiny.onnx", "ncnn", out)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    import fwedge.bundle
+
+    def crash(path):
+        raise KeyboardInterrupt("simulated interrupt after the files were written")
+
+    monkeypatch.setattr(fwedge.bundle, "sha256_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(models / "tiny_qdq.onnx", "ncnn", out)
+    monkeypatch.undo()
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert load_bundle(out).precision == first.precision == "fp32"
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"], "temporary directories left behind"
+
+
+@pytest.mark.ncnn
+def test_export_killed_with_sigkill_leaves_previous_bundle(models, tmp_path):
+    """SIGKILL a `fwedge export` subprocess while it writes: the bundle path holds the old bundle."""
+    out = tmp_path / "bundles"
+    _export(models, "ncnn", "tiny.onnx", out)
+    bundle = out / "tiny-ncnn-fp32"
+    before = {path.name: path.read_bytes() for path in bundle.iterdir()}
+    marker = tmp_path / "writing"
+    # The child writes the files, signals, then stalls before the rename, so the kill lands mid-export.
+    script = (
+        "import sys, time, pathlib\n"
+        "import fwedge.targets.ncnn as ncnn\n"
+        "real = pathlib.Path.write_bytes\n"
+        "def slow(self, data):\n"
+        "    n = real(self, data)\n"
+        f"    pathlib.Path({str(marker)!r}).touch()\n"
+        "    time.sleep(60)\n"
+        "    return n\n"
+        "pathlib.Path.write_bytes = slow\n"
+        "from fwedge.cli import main\n"
+        f"sys.argv = ['fwedge', 'export', {str(models / 'tiny.onnx')!r}, '-t', 'ncnn', '-o', {str(out)!r}]\n"
+        "main()\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "the export never started writing"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL
+    assert {path.name: path.read_bytes() for path in bundle.iterdir()} == before
+    load_bundle(bundle)
+    # What the killed process leaves is a hidden *.partial directory, never a half bundle.
+    leftovers = [p.name for p in out.iterdir() if p.name != "tiny-ncnn-fp32"]
+    assert all(name.startswith(".tiny-ncnn-fp32.") and name.endswith(".partial") for name in leftovers), leftovers
+
+
+def _unsupported_model() -> onnx.ModelProto:
+    """Conv, then an LSTM and an If that no lowered target takes."""
+    rng = np.random.default_rng(0)
+    hidden = 4
+    then_graph = helper.make_graph([helper.make_node("Identity", ["s"], ["t"])], "then", [],
+                                   [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, hidden])])
+    else_graph = helper.make_graph([helper.make_node("Neg", ["s"], ["e"])], "else", [],
+                                   [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, hidden])])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Reshape", ["c", "seq_shape"], ["seq"], name="to_sequence"),
+        helper.make_node("LSTM", ["seq", "W", "R"], ["", "h"], name="lstm", hidden_size=hidden),
+        helper.make_node("Reshape", ["h", "state_shape"], ["s"], name="to_state"),
+        helper.make_node("ReduceSum", ["s"], ["total"], name="sum", keepdims=0),
+        helper.make_node("Greater", ["total", "zero"], ["cond"], name="positive"),
+        helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_graph, else_branch=else_graph),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((2, 1, 1, 1)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.array([4, 1, 2], np.int64), "seq_shape"),
+        numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, 2)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32), "R"),
+        numpy_helper.from_array(np.array([1, hidden], np.int64), "state_shape"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+    ]
+    graph = helper.make_graph(nodes, "unsupported", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, hidden])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.ncnn
+def test_unsupported_ops_one_error_listing_all_and_no_output(tmp_path):
+    onnx.save(_unsupported_model(), tmp_path / "rnn.onnx")
+    out = tmp_path / "bundles"
+    with pytest.raises(UnsupportedOpError) as caught:
+        export_bundle(tmp_path / "rnn.onnx", "ncnn", out / "rnn")
+    assert {(name, op) for name, op, _ in caught.value.nodes} >= {("lstm", "LSTM"), ("branch", "If")}
+    assert "'lstm' (LSTM, opset 13)" in str(caught.value) and "'branch' (If, opset 13)" in str(caught.value)
+    assert not (out / "rnn").exists()
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "rnn.onnx"), "-t", "ncnn", "-o", str(out)])
+    assert result.exit_code == 2
+    assert result.output.count("error:") == 1 and "LSTM" in result.output and "If" in result.output
+    assert not any(out.iterdir()) if out.exists() else True
+
+
+def test_precision_request_contradicting_the_model_is_refused(models, tmp_path):
+    with pytest.raises(ExportError, match="needs a QDQ model"):
+        export_bundle(models / "tiny.onnx", "onnx", tmp_path / "b", ExportOptions(precision="int8"))
+    with pytest.raises(ExportError, match="needs the float model"):
+        export_bundle(models / "tiny_qdq.onnx", "onnx", tmp_path / "b", ExportOptions(precision="fp32"))
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.pnnx
+@pytest.mark.ncnn
+def test_fp32_writer_agrees_with_pnnx(models, tmp_path, rng):
+    """pnnx (ONNX -> ncnn, offline) as an independent check of fwedge's fp32 ncnn writer."""
+    import shutil
+
+    import ncnn as ncnn_module
+
+    work = tmp_path / "pnnx"
+    work.mkdir()
+    shutil.copy(models / "tiny.onnx", work / "tiny.onnx")
+    from conftest import pnnx_path
+
+    done = subprocess.run([pnnx_path(), "tiny.onnx", "inputshape=[1,1,8,8]", "fp16=0"], cwd=work, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # pnnx names the graph's blobs in0.. and out0..
+    input_blob, output_blob = "in0", "out0"
+    assert f" {output_blob}" in (work / "tiny.ncnn.param").read_text()
+    net = ncnn_module.Net()
+    net.opt.use_fp16_storage = net.opt.use_fp16_packed = net.opt.use_fp16_arithmetic = False
+    assert net.load_param(str(work / "tiny.ncnn.param")) == 0 and net.load_model(str(work / "tiny.ncnn.bin")) == 0
+    x = rng.uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32)
+    bundle = export_bundle(models / "tiny.onnx", "ncnn", tmp_path / "bundle")
+    ours = target_module("ncnn").run(load_bundle(bundle.path), {"x": x})["y"]
+    theirs = []
+    for sample in x:
+        extractor = net.create_extractor()
+        extractor.input(input_blob, ncnn_module.Mat(np.ascontiguousarray(sample)).clone())
+        code, mat = extractor.extract(output_blob)
+        assert code == 0
+        theirs.append(np.array(mat).reshape(-1))
+    np.testing.assert_allclose(ours, np.stack(theirs), rtol=FP32_RTOL, atol=FP32_ATOL, err_msg="ncnn output 'y': fwedge vs pnnx")

@@ -212,6 +212,8 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
     w = W.data
     if depthwise:
         weights = w.reshape(c_out, kh, kw).transpose(1, 2, 0)  # [kh][kw][M]
+    elif Y.dtype == "int8":
+        weights = w.transpose(0, 2, 3, 1)  # OHWI [M][kh][kw][C/g]
     else:
         g = attrs.groups
         weights = w.reshape(g, c_out // g, c_in // g, kh, kw).transpose(0, 3, 4, 2, 1)  # [g][kh][kw][ic][oc]
@@ -228,7 +230,8 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
         "float_min": float_min, "float_max": float_max,
     }
     params = e.struct("fw_conv_params", fields)
-    weight_name = e.array(f"{W.name} ({'[kh][kw][M]' if depthwise else '[g][kh][kw][C/g][M/g]'})",
+    layout = "[kh][kw][M]" if depthwise else "[M][kh][kw][C/g]" if int8 else "[g][kh][kw][C/g][M/g]"
+    weight_name = e.array(f"{W.name} ({layout})",
                           weights, W.dtype)
     bias_name = e.constant(B.name)
     function = f"fw_{'depthwise_conv2d' if depthwise else 'conv2d'}_{_suffix(Y.dtype)}"

@@ -1,0 +1,144 @@
+#!/usr/bin/env python
+"""Latency p50 of the x86_64 C bundle against onnxruntime int8 (QDQ) and ai-edge-litert int8, same model, same run, one thread.
+
+    .venv/bin/python bench/c_runtime.py [--models cnn_small mobilenet_v2_tiny] [--iterations 300] [--rounds 5]
+
+Every runtime runs batch 1, single-threaded, on the same QDQ model (onnxruntime quantize_static:
+QDQ, per-channel, int8/int8, calibrated on 256 Fashion-MNIST training images, after fwedge's BN
+folding). The C time comes from the harness's own clock_gettime around fwedge_run (input
+quantize to output dequantize, no process start-up); onnxruntime's and LiteRT's from
+perf_counter around session.run / interpreter.invoke. Runtimes are interleaved in rounds and the
+p50 is taken over all rounds. Prints the table and the ratios C / peer (< 1: C is faster).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "fashion_mnist"
+
+
+def model_path(name: str) -> tuple[Path, str]:
+    """The trained example model, or an untrained export of the same architecture (said so)."""
+    path = EXAMPLES / f"{name}.onnx"
+    if path.is_file():
+        return path, "trained example"
+    fallback = Path(tempfile.gettempdir()) / "fwedge-bench-untrained" / f"{name}.onnx"
+    if not fallback.is_file():
+        import torch
+
+        sys.path.insert(0, str(EXAMPLES))
+        import train
+
+        torch.manual_seed(0)
+        module = train.MODELS[name][0]()
+        train.init_weights(module)
+        fallback.parent.mkdir(parents=True, exist_ok=True)
+        train.export_onnx(module.eval(), name, fallback)
+    return fallback, "UNTRAINED export (examples/fashion_mnist model missing)"
+
+
+def qdq_model(path: Path):
+    """onnxruntime quantize_static (QDQ, per-channel int8) of the BN-folded model."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from fwedge import ir
+    from fwedge.data import Preprocess, open_dataset
+    from fwedge.passes.fold_bn import fold_batchnorm
+
+    folded = fold_batchnorm(ir.load(path))
+    preprocess = Preprocess(resize=(28, 28), color="grayscale")
+    batch = next(open_dataset("fashion-mnist:train").batches(preprocess, batch_size=256, limit=256, seed=0))
+    samples = iter([{"input": batch.x[i:i + 1]} for i in range(len(batch.x))])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(samples, None)
+
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder) / "float.onnx", Path(folder) / "qdq.onnx"
+        onnx.save(folded, source)
+        quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        return onnx.load(str(target)), folded
+
+
+def time_calls(function, iterations: int) -> list[float]:
+    function()
+    values = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        function()
+        values.append((time.perf_counter() - start) * 1e3)
+    return values
+
+
+def bench_model(name: str, iterations: int, rounds: int, work: Path) -> dict:
+    from fwedge.eval import ort_session
+    from fwedge.targets import ExportOptions
+    from fwedge.targets import c as c_target
+    from fwedge.targets import tflite
+
+    path, origin = model_path(name)
+    qdq, folded = qdq_model(path)
+    x = np.random.default_rng(0).uniform(0, 1, (1, 1, 28, 28)).astype(np.float32)
+
+    c_int8 = c_target.export(qdq, work / f"{name}-c-int8", ExportOptions(arch="x86_64"))
+    c_fp32 = c_target.export(folded, work / f"{name}-c-fp32", ExportOptions(arch="x86_64"))
+    ort_int8 = ort_session(qdq, threads=1)
+    ort_fp32 = ort_session(folded, threads=1)
+    litert = None
+    try:
+        bundle = tflite.export(qdq, work / f"{name}-tflite-int8", ExportOptions())
+        litert = tflite._interpreter(bundle, num_threads=1)
+        detail = litert.get_input_details()[0]
+        litert.set_tensor(detail["index"], x.astype(detail["dtype"]))
+    except Exception as exc:  # the TFLite target may be unavailable: report, don't hide
+        print(f"{name}: LiteRT int8 not measured ({exc})")
+
+    times: dict[str, list[float]] = {key: [] for key in ("C int8", "C fp32", "ORT int8", "ORT fp32", "LiteRT int8")}
+    for _ in range(rounds):
+        times["C int8"] += c_target.run_harness(c_int8, {"input": x}, iterations=iterations)[1]
+        times["C fp32"] += c_target.run_harness(c_fp32, {"input": x}, iterations=iterations)[1]
+        times["ORT int8"] += time_calls(lambda: ort_int8.run(None, {"input": x}), iterations)
+        times["ORT fp32"] += time_calls(lambda: ort_fp32.run(None, {"input": x}), iterations)
+        if litert is not None:
+            times["LiteRT int8"] += time_calls(litert.invoke, iterations)
+    p50 = {key: statistics.median(values) for key, values in times.items() if values}
+    return {"model": name, "origin": origin, "p50_ms": p50, "arena": c_int8.sizes["arena_bytes"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["cnn_small", "mobilenet_v2_tiny"])
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="fwedge-bench-c-") as temp:
+        results = [bench_model(name, args.iterations, args.rounds, Path(temp)) for name in args.models]
+    print(f"\nlatency p50 (ms), batch 1, 1 thread, {args.rounds} rounds x {args.iterations} iterations, interleaved")
+    header = ["model", "C int8", "ORT int8", "LiteRT int8", "C fp32", "ORT fp32", "C/ORT int8", "C/LiteRT int8",
+              "C/ORT fp32"]
+    print(" | ".join(header))
+    for result in results:
+        p = result["p50_ms"]
+        ratio = lambda a, b: f"{p[a] / p[b]:.2f}x" if a in p and b in p else "n/a"  # noqa: E731
+        cells = [result["model"]] + [f"{p[k]:.4f}" if k in p else "n/a" for k in header[1:6]] + [
+            ratio("C int8", "ORT int8"), ratio("C int8", "LiteRT int8"), ratio("C fp32", "ORT fp32")]
+        print(" | ".join(cells) + f"   ({result['origin']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,12 @@ from fwedge.errors import CalibrationError
 Q_FLOOR = 1e-12
 
 
-def kl_divergences(counts: np.ndarray, num_quantized_bins: int = 128, start_bin: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def kl_divergences(
+    counts: np.ndarray,
+    num_quantized_bins: int = 128,
+    start_bin: int = 128,
+    point_masses: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """KL(P‖Q) for every threshold candidate i in start_bin..len(counts) (TensorRT's loop).
 
     For candidate i (keep the first i magnitude bins):
@@ -24,6 +29,10 @@ def kl_divergences(counts: np.ndarray, num_quantized_bins: int = 128, start_bin:
         P is empty stay empty in Q, so they contribute nothing; a group with P mass but no Q
         mass gets Q = Q_FLOOR);
       * both normalised; KL = Σ_{P>0} p log(p/q).
+
+    `point_masses` (same length as counts, default none) are counts taken out of the shape
+    comparison: a point mass below the threshold is left out of P and Q, one beyond it still
+    folds into P[i-1] like any outlier (see kl_range).
 
     Vectorised: because Q is constant over the non-zero bins of a group, Σ p log q collapses to a
     sum over the n groups, and every group sum is a difference of prefix sums. All candidates are
@@ -37,9 +46,10 @@ def kl_divergences(counts: np.ndarray, num_quantized_bins: int = 128, start_bin:
     n = num_quantized_bins
     if size < max(n, start_bin):
         raise CalibrationError(f"kl needs at least {max(n, start_bin)} magnitude bins, got {size}")
-    total = h.sum()
     candidates = np.arange(max(start_bin, n), size + 1)
-    if total == 0:
+    atoms = np.zeros(size) if point_masses is None else np.asarray(point_masses, dtype=np.float64)
+    A = np.concatenate([[0.0], np.cumsum(atoms)])
+    if h.sum() + atoms.sum() == 0:
         return candidates, np.zeros(candidates.size)
     nonzero = (h > 0).astype(np.float64)
     plogp = np.where(h > 0, h * np.log(np.where(h > 0, h, 1.0)), 0.0)
@@ -50,7 +60,8 @@ def kl_divergences(counts: np.ndarray, num_quantized_bins: int = 128, start_bin:
     bounds = (np.arange(n + 1)[None, :] * i[:, None]) // n  # (candidates, n+1)
     group_mass = C[bounds[:, 1:]] - C[bounds[:, :-1]]  # Q before expansion
     group_nonzero = Z[bounds[:, 1:]] - Z[bounds[:, :-1]]
-    tail = total - C[i]
+    tail = (C[-1] - C[i]) + (A[-1] - A[i])  # outliers, point masses beyond i included
+    total = C[i] + tail  # the mass of P for this candidate
     last = h[i - 1]
     folded = last + tail
     # P's last bin holds the outliers: P mass of the last group grows by `tail`, and that bin is
@@ -65,8 +76,34 @@ def kl_divergences(counts: np.ndarray, num_quantized_bins: int = 128, start_bin:
         log_q = np.log(np.maximum(q, Q_FLOOR))
     cross = np.sum(np.where(p_group > 0, p_group * log_q, 0.0), axis=1)
     p_entropy = H[i - 1] + np.where(folded > 0, folded * np.log(np.where(folded > 0, folded, 1.0)), 0.0)
-    divergence = (p_entropy - cross) / total - np.log(total)
+    safe_total = np.where(total > 0, total, 1.0)
+    divergence = np.where(total > 0, (p_entropy - cross) / safe_total - np.log(safe_total), 0.0)
     return candidates, divergence
+
+
+# A bin is a point mass when it holds this many times the median of its neighbours (±8 bins)
+# and at least POINT_MASS_SHARE of all values.
+POINT_MASS_FACTOR = 20.0
+POINT_MASS_SHARE = 1e-3
+
+
+def point_masses(counts: np.ndarray) -> np.ndarray:
+    """The excess of isolated spikes over their neighbourhood (zeros elsewhere).
+
+    Spikes come from exactly repeated values, e.g. a conv's bias on constant background pixels
+    after ReLU6, or the saturation value 6. They are Dirac masses, not a density: KL between a
+    spike and its 128-level smear depends on whether the spike happens to sit alone in its
+    group, so the search would favour thresholds that align the grid with spikes (or put the
+    threshold right on one, hiding the folded outliers inside the spike's bin).
+    """
+    h = np.asarray(counts, dtype=np.float64)
+    if h.size < 17 or h.sum() == 0:
+        return np.zeros(h.size)
+    padded = np.pad(h, 8, mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 17)
+    neighbours = np.median(np.delete(windows, 8, axis=1), axis=1)
+    spike = (h > POINT_MASS_FACTOR * np.maximum(neighbours, 1.0)) & (h > POINT_MASS_SHARE * h.sum())
+    return np.where(spike, h - neighbours, 0.0)
 
 
 @range_method(Method.KL)
@@ -89,7 +126,9 @@ def kl_range(histogram: Histogram, options: MethodOptions) -> tuple[float, float
     # P before the search. 0.0 is exact on every int8 grid (it is the zero point), so they carry
     # no quantization error; left in, the spike is smeared over its whole group in Q and that
     # one term dominates KL, dragging the threshold down to where bin 0 is a group by itself.
-    # Bins that are empty in P stay empty in Q (see kl_divergences).
+    # Bins that are empty in P stay empty in Q (see kl_divergences). Other point masses
+    # (isolated spikes) are likewise left out of the shape comparison but still count as
+    # outliers when clipped (see point_masses).
     counts, absmax = histogram.magnitude(drop_zeros=True)
     if absmax <= 0 or counts.sum() == 0:
         return float(histogram.minimum), float(histogram.maximum)
@@ -103,7 +142,8 @@ def kl_range(histogram: Histogram, options: MethodOptions) -> tuple[float, float
     if not histogram.signed and not options.symmetric:
         levels = 2 * options.num_quantized_bins - 1
         start = max(start, levels)
-    candidates, divergence = kl_divergences(counts, levels, start)
+    atoms = point_masses(counts)
+    candidates, divergence = kl_divergences(counts - atoms, levels, start, atoms)
     best = int(candidates[int(np.argmin(divergence))])
     threshold = best * absmax / counts.size
     return max(histogram.minimum, -threshold), min(histogram.maximum, threshold)

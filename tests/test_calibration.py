@@ -19,7 +19,8 @@ from fwedge.errors import CalibrationError
 OPTIONS = MethodOptions()
 
 
-def reference_kl_threshold(counts: np.ndarray, num_quantized_bins: int = 128, start_bin: int = 128, floor: float = 1e-12):
+def reference_kl_threshold(counts: np.ndarray, num_quantized_bins: int = 128, start_bin: int = 128,
+                           floor: float = 1e-12, point_masses: np.ndarray | None = None):
     """TensorRT's entropy calibration pseudocode, written as the plain loop over thresholds.
 
     for i in range(128, len(bins) + 1):
@@ -27,12 +28,15 @@ def reference_kl_threshold(counts: np.ndarray, num_quantized_bins: int = 128, st
         Q = bins[0..i-1] merged into 128 groups, expanded over P's non-zero bins
         divergence[i] = KL(normalize(P) || normalize(Q))
     threshold index = argmin divergence
+
+    Point masses (fwedge's addition) stay out of P and Q but fold into P[i-1] when beyond i.
     """
     counts = np.asarray(counts, dtype=np.float64)
+    atoms = np.zeros(counts.size) if point_masses is None else np.asarray(point_masses, dtype=np.float64)
     results = []
     for i in range(max(start_bin, num_quantized_bins), counts.size + 1):
         p = counts[:i].copy()
-        p[i - 1] += counts[i:].sum()
+        p[i - 1] += counts[i:].sum() + atoms[i:].sum()
         q = np.zeros(i)
         for j in range(num_quantized_bins):
             start, stop = (j * i) // num_quantized_bins, ((j + 1) * i) // num_quantized_bins
@@ -87,6 +91,28 @@ def test_kl_relu_one_sided_histogram(rng):
     # Sane: clips only the thin tail (> 1.5 sigma, < 10% of the positive values), never the body.
     assert 1.5 * 2.0 < high < values.max(), f"ReLU threshold {high:.2f}, max {values.max():.2f}"
     assert np.mean(values[values > 0] > high) < 0.10
+
+
+def test_kl_with_point_masses_matches_loop_reference(rng):
+    from fwedge.calibration.kl import point_masses
+
+    values = np.concatenate([np.abs(rng.standard_normal(40_000)), np.full(6_000, 1.3), np.full(500, 3.7)])
+    counts = Histogram.from_values(values, bins=512).magnitude()[0]
+    atoms = point_masses(counts)
+    assert np.count_nonzero(atoms) == 2, "the two repeated values are point masses"
+    candidates, divergence = kl_divergences(counts - atoms, point_masses=atoms)
+    expected_index, expected = reference_kl_threshold(counts - atoms, point_masses=atoms)
+    np.testing.assert_allclose(divergence, expected, rtol=1e-9, atol=1e-12, err_msg="KL with point masses")
+    assert int(candidates[np.argmin(divergence)]) == expected_index
+
+
+def test_kl_threshold_does_not_snap_to_a_spike(rng):
+    """A constant-background spike (ReLU6 of a bias) must not become the clipping threshold."""
+    body = np.minimum(np.maximum(rng.standard_normal(200_000) * 1.5, 0), 6.0)
+    values = np.concatenate([body, np.full(20_000, 1.02)])
+    low, high = kl_range(Histogram.from_values(values), OPTIONS)
+    assert high > 2.0, f"threshold {high:.2f} snapped to the spike at 1.02"
+    assert np.mean(body > high) < 0.05
 
 
 @pytest.mark.parametrize("case", ["gauss_outliers", "laplace", "sparse", "relu", "bimodal"])

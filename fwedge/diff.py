@@ -90,6 +90,21 @@ def _quant_scales(model: onnx.ModelProto) -> dict[str, float]:
     return scales
 
 
+def _quantizers(model: onnx.ModelProto) -> dict[str, tuple[float, int]]:
+    """Tensor -> (scale, zero point) of the per-tensor int8 QuantizeLinear that reads it."""
+    inits = {init.name: init for init in model.graph.initializer}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[1] not in inits:
+            continue
+        scale = onnx.numpy_helper.to_array(inits[node.input[1]]).reshape(-1)
+        zero = (onnx.numpy_helper.to_array(inits[node.input[2]]).reshape(-1)
+                if len(node.input) > 2 and node.input[2] in inits else None)
+        if scale.size == 1 and zero is not None and zero.dtype == np.int8:
+            found.setdefault(node.input[0], (float(scale[0]), int(zero[0])))
+    return found
+
+
 def reference_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
     """Values of the named tensors of an ONNX model in onnxruntime (each made a graph output)."""
     from fwedge.eval import ort_session
@@ -180,9 +195,22 @@ def diff_bundle(
     if not names:
         raise DataError(f"bundle '{bundle.path}': shares no tensor name with reference '{reference}'")
     expected = reference_values(model, feeds, names)
+    # Some int8 targets (TFLite, C) hold a tensor that feeds a QuantizeLinear only as that
+    # quantizer leaves it (saturated to int8), others (ONNX, OpenVINO, NCNN) expose the float value
+    # before it. Compare both sides after the reference's Q/DQ round trip (what the next layer
+    # sees), so values the QDQ model itself clips are not reported as a divergence.
+    quantizers = _quantizers(model) if bundle.precision == "int8" else {}
+
+    def as_quantized(name: str, value: np.ndarray) -> np.ndarray:
+        if name not in quantizers:
+            return value
+        q_scale, q_zero = quantizers[name]
+        q = np.clip(np.rint(value.astype(np.float32) / np.float32(q_scale)) + q_zero, -128, 127)
+        return (q - q_zero) * q_scale
+
     for name in names:
-        ref = expected[name].astype(np.float64)
-        got = np.asarray(candidate[name], dtype=np.float64)
+        ref = as_quantized(name, expected[name].astype(np.float64))
+        got = as_quantized(name, np.asarray(candidate[name], dtype=np.float64))
         if got.size != ref.size:
             report.missing.append(name)
             continue

@@ -324,8 +324,9 @@ class LoweredGraph:
         inputs, outputs: graph input/output tensor names, in ONNX order.
         precision: "fp32" when every op is float, "int8" when any op is integer.
         float_ops: names of ONNX nodes kept in float inside an int8 graph (reported).
-        onnx_names: ONNX tensor name -> lowered tensor carrying its value (the int8 tensor behind
-            a DequantizeLinear output or a QuantizeLinear input); for bisection (`fwedge diff`).
+        onnx_names: ONNX tensor name -> lowered tensor carrying its value: the int8 tensor behind
+            each activation DequantizeLinear output and each absorbed QuantizeLinear's float
+            input (that one as quantized, i.e. saturated); for bisection (`fwedge diff`).
         float_fallback: (ONNX node, reason) of int8 nodes lowered in float because they have no
             int8 form (only with lower(..., float_fallback=True)).
     """

@@ -771,15 +771,21 @@ def intermediates(bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str]
     A name is found when the .tflite holds a tensor of that name, or when the lowering recorded
     which int8 tensor carries it (manifest extra "onnx_names"). Absent names are left out.
     """
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
     import warnings
 
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError:
+        from tflite_runtime.interpreter import Interpreter, OpResolverType  # type: ignore[no-redef]
+    # Tensors inside an XNNPACK-delegated partition are never written back, so intermediates run
+    # the builtin kernels without the default delegate (their results can differ from run() by
+    # the kernels' own rounding).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "for debugging purposes only": this is debugging
-        interpreter = Interpreter(model_path=str(bundle.file(MODEL_FILE)), experimental_preserve_all_tensors=True)
+        interpreter = Interpreter(
+            model_path=str(bundle.file(MODEL_FILE)), experimental_preserve_all_tensors=True,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
     interpreter.allocate_tensors()
     details = {d["name"]: d for d in interpreter.get_tensor_details()}
     aliases = bundle.extra.get("onnx_names", {})

@@ -118,7 +118,7 @@ def sqnr_chart(analysis: dict, width: int = 760) -> str:
     finite = [_sqnr_value(e) for e in entries if math.isfinite(_sqnr_value(e))]
     top = max(finite + [SQNR_WARN_DB * 2]) * 1.1
     first_jump = (analysis.get("first_jump") or {}).get("tensor")
-    label_width, bar_height, gap = 230, 16, 4
+    label_width, bar_height, gap = 250, 16, 4
     plot = width - label_width - 70
     height = len(entries) * (bar_height + gap) + 46
     parts = [f"<svg id='sqnr-chart' role='img' aria-label='Per-layer SQNR' width='{width}' height='{height}' "
@@ -137,7 +137,9 @@ def sqnr_chart(analysis: dict, width: int = 760) -> str:
         color = "#cf222e" if value < SQNR_WARN_DB else "#2da44e"
         outline = " stroke='#0969da' stroke-width='2'" if entry.get("tensor") == first_jump else ""
         name = f"{entry.get('tensor', '?')} ({entry.get('op', '')})"
-        label = name if len(name) <= 34 else name[:33] + "…"
+        # Keep the end of long ONNX names ("…/block.7/BatchNormalization_output_0 (Conv)"): the
+        # prefixes are shared by every layer of a block.
+        label = name if len(name) <= 36 else "…" + name[-35:]
         parts.append(
             f"<g class='bar'><title>{_e(name)}: SQNR {_e(_num(value, 2))} dB, cosine {_e(entry.get('cosine'))}</title>"
             f"<text x='{label_width - 6}' y='{y + 12}' text-anchor='end'>{_e(label)}</text>"
@@ -174,7 +176,7 @@ def latency_chart(results: list[DeviceResult], width: int = 760) -> str:
         label = f"{r.bundle} @ {r.device}" + (" (baseline)" if r.role == "baseline" else "")
         parts.append(
             f"<g class='bar'><title>{_e(label)}: p50 {r.latency.p50_ms:.4g} ms, p95 {r.latency.p95_ms:.4g} ms</title>"
-            f"<text x='{label_width - 6}' y='{y + 11}' text-anchor='end'>{_e(label[:40])}</text>"
+            f"<text x='{label_width - 6}' y='{y + 11}' text-anchor='end'>{_e(label if len(label) <= 42 else '…' + label[-41:])}</text>"
             f"<rect x='{label_width}' y='{y}' width='{max(1.0, p50 - label_width):.1f}' height='{bar_height}' "
             f"fill='{'#8c959f' if r.role == 'baseline' else '#0969da'}'/>"
             f"<line x1='{p50:.1f}' y1='{y + bar_height / 2}' x2='{p95:.1f}' y2='{y + bar_height / 2}' stroke='#1b1f24'/>"

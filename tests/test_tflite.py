@@ -75,20 +75,45 @@ def test_int8_bundle_follows_the_tflite_quantization_spec(tmp_path):
     assert inputs[0]["dtype"] == np.float32 and list(inputs[0]["shape"]) == [1, 9, 9, 3]  # NHWC, float I/O
 
 
+def _lstm_model():
+    """x[1,6,4] -> LSTM(3) -> Reshape -> Gemm -> Tanh -> Relu: LSTM and Tanh have no lowering."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((1, 12, 4)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal((1, 12, 3)).astype(np.float32), "R"),
+        numpy_helper.from_array(np.array([1, 18], dtype=np.int64), "shape"),
+        numpy_helper.from_array(rng.standard_normal((5, 18)).astype(np.float32), "fc_w"),
+    ]
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["x_seq"], name="to_sequence", perm=[1, 0, 2]),
+        helper.make_node("LSTM", ["x_seq", "W", "R"], ["h_all"], name="lstm", hidden_size=3),
+        helper.make_node("Reshape", ["h_all", "shape"], ["h"], name="flatten"),
+        helper.make_node("Gemm", ["h", "fc_w"], ["fc"], name="fc", transB=1),
+        helper.make_node("Tanh", ["fc"], ["t"], name="tanh"),
+        helper.make_node("Relu", ["t"], ["y"], name="relu"),
+    ]
+    graph = helper.make_graph(nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return onnx.shape_inference.infer_shapes(model)
+
+
 def test_unsupported_ops_raise_one_error_and_leave_no_bundle(tmp_path):
-    model = tiny_conv_model()
-    graph = model.graph
-    graph.node.insert(1, helper.make_node("Tanh", ["c"], ["c_tanh"], name="tanh_1"))
-    graph.node[2].input[0] = "c_tanh"
-    graph.node.insert(3, helper.make_node("Tanh", ["r"], ["r_tanh"], name="tanh_2"))
-    graph.node[4].input[0] = "r_tanh"
     tflite = _tflite()
-    assert [n for n, _, _ in tflite.unsupported_nodes(model)] == ["tanh_1", "tanh_2"]
+    model = _lstm_model()
+    expected = [("to_sequence", "Transpose"), ("lstm", "LSTM"), ("tanh", "Tanh")]
+    assert [(n, op) for n, op, _ in tflite.unsupported_nodes(model)] == expected
     out = tmp_path / "bundle"
     with pytest.raises(UnsupportedOpError) as info:
         tflite.export(model, out, ExportOptions())
-    assert info.value.target == "tflite" and len(info.value.nodes) == 2
-    assert "tanh_1" in str(info.value) and "tanh_2" in str(info.value)
+    assert info.value.target == "tflite"
+    assert [(n, op, opset) for n, op, opset in info.value.nodes] == [(n, op, 13) for n, op in expected]
+    assert all(name in str(info.value) for name, _ in expected)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 

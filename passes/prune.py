@@ -775,6 +775,7 @@ def prune_channels(
     exclude: tuple[str, ...] | list[str] = (),
     protect_first: bool = True,
     round_to: int = 1,
+    fold_constants: bool = True,
 ) -> tuple[onnx.ModelProto, PruneReport]:
     """Structured channel pruning: remove whole output channels of Conv/Gemm layers.
 
@@ -790,6 +791,9 @@ def prune_channels(
         exclude: node names whose output channels are kept.
         protect_first: keep the first Conv's output channels.
         round_to: keep a multiple of this many channels in every pruned group (see select_channels).
+        fold_constants: first fold constant subgraphs and drop Identity/Dropout
+            (fwedge.passes.simplify): a bias reshaped at run time, as exporters of PP-OCR emit,
+            must be a plain initializer to be sliced. Other node and tensor names are kept.
 
     Returns:
         (pruned model, PruneReport with parameters and MACs before and after).
@@ -801,8 +805,12 @@ def prune_channels(
     _check_ratio(ratio)
     if criterion not in CRITERIA:
         raise PruneError(f"criterion must be one of {list(CRITERIA)}, got {criterion!r}")
-    graph = analyze(model, protect_first=protect_first, exclude=exclude)
     params_before, macs_before = _size(model)
+    if fold_constants:
+        from fwedge.passes.simplify import simplify
+
+        model = simplify(model)
+    graph = analyze(model, protect_first=protect_first, exclude=exclude)
     if ratio > 0 and not any(group.prunable for group in graph.groups):
         reasons = "; ".join(
             f"group '{group.name}' ({group.channels} channels) blocked by {', '.join(group.blocked_by)}"

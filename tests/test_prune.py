@@ -266,3 +266,25 @@ def test_mobilenet_v2_tiny_zero_channels_drop_exactly(mobilenet_v2_tiny_graph, r
     pruned = prune.apply_pruning(zeroed, graph, remove)
     x = rng.random((4, 1, 28, 28), dtype=np.float32)
     np.testing.assert_allclose(run(pruned, x), run(zeroed, x), rtol=FP32_RTOL, atol=FP32_ATOL, err_msg="logits")
+
+
+@pytest.mark.rapidocr
+def test_ppocr_classifier_with_se_blocks(ppocr_cls_path):
+    """A real exported model (opset 11, SE blocks with HardSigmoid, biases reshaped at run time):
+    constant folding makes its groups prunable; zeroed channels drop exactly."""
+    model = ir.load(ppocr_cls_path)
+    pruned, report = prune.prune_channels(model, 0.3, round_to=8)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert report.params_after < 0.8 * report.params_before
+    assert sum(group.prunable for group in report.groups) >= 10
+    from fwedge.passes.simplify import simplify
+
+    folded = simplify(model)
+    graph = prune.analyze(folded)
+    remove = set()
+    for group in graph.groups:
+        remove.update([root for root in group.components if not graph.is_blocked(root)][::4])
+    zeroed = zero_components(folded, graph, remove)
+    x = np.random.default_rng(0).random((2, 3, 48, 192), dtype=np.float32)
+    np.testing.assert_allclose(run(prune.apply_pruning(zeroed, graph, remove), x), run(zeroed, x),
+                               rtol=FP32_RTOL, atol=FP32_ATOL, err_msg=model.graph.output[0].name)

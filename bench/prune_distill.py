@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only this training (into the shared checkpoint folder) and stop; a full run "
                              "started later resumes from its checkpoints, so two processes can train in parallel")
     parser.add_argument("--skip-int8", action="store_true")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out" / "prune_distill")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "build" / "bench" / "prune_distill")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Prune -> distill -> int8 on the MobileNetV2-style Fashion-MNIST example: accuracy, size, latency.
 
-    .venv/bin/python bench/prune_distill.py [--epochs 8] [--macs 0.5] [--out-dir bench/out/prune_distill]
+    .venv/bin/python bench/prune_distill.py [--model M.onnx] [--epochs 4] [--macs 0.5] [--out-dir build/bench/prune_distill]
 
 Stages, all measured in this one run:
     original    the trained float model (examples/fashion_mnist/mobilenet_v2_tiny.onnx)

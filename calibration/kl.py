@@ -83,7 +83,7 @@ def kl_divergences(
 
 # A bin is a point mass when it holds this many times the median of its neighbours (±8 bins)
 # and at least POINT_MASS_SHARE of all values.
-POINT_MASS_FACTOR = 20.0
+POINT_MASS_FACTOR = 4.0
 POINT_MASS_SHARE = 1e-3
 
 

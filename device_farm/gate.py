@@ -193,9 +193,17 @@ def evaluate_gate(results: Results, baseline: Results, thresholds: Thresholds | 
 
     Returns:
         GateReport; `passed` is the verdict.
+
+    Raises:
+        GateError: results and baseline were measured on different data or sample counts.
     """
     thresholds = thresholds or Thresholds()
     waive = list(waive)
+    if (results.data, results.samples) != (baseline.data, baseline.samples):
+        # Accuracy on another subset is not comparable: refuse instead of guessing.
+        raise GateError(f"the baseline was measured on {baseline.samples} samples of {baseline.data!r}, this run on "
+                        f"{results.samples} samples of {results.data!r}; run the farm with the baseline's data "
+                        "and --limit, or write a new baseline with --update-baseline")
     rows: list[GateRow] = []
     seen = set()
     for base in baseline.candidates():

@@ -401,8 +401,13 @@ def run_pipeline(
             max_fidelity_drop=float(gate_settings.get("max_fidelity_drop", 1.0)),
             max_latency_increase=gate_module.parse_fraction(gate_settings.get("max_latency_increase", "10%"), "[gate] max_latency_increase"),
             max_size_increase=gate_module.parse_fraction(gate_settings.get("max_size_increase", "5%"), "[gate] max_size_increase"))
-        verdict = gate_module.evaluate_gate(results, load_results(baseline_path, "baseline"), thresholds,
-                                            gate_settings.get("waive", []))
+        try:
+            verdict = gate_module.evaluate_gate(results, load_results(baseline_path, "baseline"), thresholds,
+                                                gate_settings.get("waive", []))
+        except FwEdgeError:
+            if not update_baseline:
+                raise
+            log.warning("the old baseline is not comparable with this run; replacing it")
     if update_baseline:
         if not baseline_path:
             raise PipelineError("--update-baseline needs [gate] baseline in the pipeline file")

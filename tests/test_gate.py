@@ -173,6 +173,10 @@ def test_usage_errors_exit_2_and_update_baseline(tmp_path):
     assert wrong.exit_code == 2 and "schema 'other/1'" in wrong.output
     bad = CliRunner().invoke(cli, ["gate", str(results), "--baseline", str(results), "--max-latency-increase", "ten"])
     assert bad.exit_code == 2 and "--max-latency-increase" in bad.output
+    other_data = save_results(Results(results=[_result()], data="fashion-mnist:test", samples=500),
+                              tmp_path / "other.json")
+    mismatch = _gate(results, other_data)
+    assert mismatch.exit_code == 2 and "500 samples of 'fashion-mnist:test'" in mismatch.output
     # --update-baseline writes a new baseline on purpose, even over a regression.
     baseline = _save(tmp_path, "baseline", [_result(accuracy=0.99)])
     assert _gate(results, baseline).exit_code == 1

@@ -52,7 +52,8 @@ def _analysis() -> dict:
 
 def _gate(results: Results) -> gate.GateReport:
     baseline = Results(results=[r for r in results.results if r.ok] + [
-        DeviceResult(bundle="cnn-onnx", device="board", status="ok", accuracy=0.9)])
+        DeviceResult(bundle="cnn-onnx", device="board", status="ok", accuracy=0.9)],
+        data=results.data, samples=results.samples)
     return gate.evaluate_gate(results, baseline)
 
 

@@ -29,6 +29,7 @@ def command(ctx, results_path, baseline, max_accuracy_drop, max_fidelity_drop, m
     from fwedge.console import stdout
     from fwedge.device_farm import gate
     from fwedge.device_farm.results import load_results
+    from fwedge.errors import GateError
     from fwedge.ir import write_atomic
 
     thresholds = gate.Thresholds(
@@ -39,7 +40,10 @@ def command(ctx, results_path, baseline, max_accuracy_drop, max_fidelity_drop, m
     if update_baseline:
         previous = load_results(baseline, "baseline") if Path(baseline).is_file() else None
         if previous is not None:
-            stdout.print(render_table(gate.evaluate_gate(results, previous, thresholds, waive)))
+            try:
+                stdout.print(render_table(gate.evaluate_gate(results, previous, thresholds, waive)))
+            except GateError as exc:
+                stdout.print(f"not comparable with the previous baseline: {exc}")
         gate.update_baseline(results, baseline)
         stdout.print(f"baseline updated: {baseline} ({len(results.candidates())} results)")
         return

@@ -105,6 +105,18 @@ def test_farm_list_shows_devices_state_and_kinds(tmp_path):
     assert result.exit_code == 0, result.output
     assert "onnx, c-x86_64" in result.output or "onnx, c-" in result.output
     assert "missing" in result.output and "c-loongarch64" in result.output
+    unknown = CliRunner().invoke(cli, ["farm", "run", str(tmp_path), "--inventory", str(path), "--devices", "nope",
+                                       "--data", "fashion-mnist:test", "-o", str(tmp_path / "r.json")])
+    assert unknown.exit_code == 2 and "unknown device(s) ['nope']" in unknown.output
+
+
+@pytest.mark.ssh
+def test_farm_list_shows_an_unreachable_ssh_board(tmp_path):
+    path = _write_inventory(tmp_path / "inv.toml", [
+        {"name": "gone", "kind": "ssh", "host": "127.0.0.1", "port": fh.closed_port(), "arch": "aarch64",
+         "connect_timeout": 3.0, "strict_host_key_checking": "no", "known_hosts": str(tmp_path / "kh")}])
+    result = CliRunner().invoke(cli, ["farm", "list", "--inventory", str(path)])
+    assert result.exit_code == 0 and "unreachable" in result.output and "c-aarch64" in result.output
 
 
 # -- host runs -----------------------------------------------------------------------------------

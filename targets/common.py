@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable
 
 import numpy as np
@@ -130,6 +131,12 @@ def check_feeds(bundle: Bundle, feeds: dict[str, np.ndarray]) -> None:
                 f"bundle '{bundle.path}': input '{spec.name}' expects shape {spec.shape} "
                 f"(batch free), got {list(array.shape)}"
             )
+
+
+def runtime_threads() -> int | None:
+    """Threads a host runtime may use: FWEDGE_THREADS if set (bench/ pins 1), else None (runtime default)."""
+    value = os.environ.get("FWEDGE_THREADS")
+    return int(value) if value else None
 
 
 class RunnerCache:

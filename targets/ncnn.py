@@ -13,8 +13,10 @@ input with `bottom_blob_int8_scales`, multiply int8 weights (`weight_data_int8_s
 channel, per group for ConvolutionDepthWise), accumulate in int32 and dequantize (+ float bias).
 That is exactly a QDQ Conv: DQ(Q(x)) * DQ(W) + DQ(b), so the QDQ graph's scales map one to one;
 the lowered graph's requantization multipliers have no place in ncnn's format. Every other op
-runs in float between the int8 layers (it computes on the unrounded value where ORT computes on
-the Q/DQ-rounded one; the op-matrix tests count the resulting off-by-one outputs).
+runs in float between the int8 layers; where the QDQ model has a Q/DQ pair on its input, the
+writer inserts a fake quantization (x / s, round half to even, clamp, × s: four cheap layers), so
+it computes on the same values as onnxruntime, including the clamp that stands in for a Relu the
+quantizer removed. Graph outputs behind a Q/DQ pair are fake-quantized the same way.
 
 Zero points: ncnn int8 activations are symmetric (q = clamp(round(x * scale), -127, 127), no zero
 point), fwedge's default activations are asymmetric. A layer whose input has zero point zp != 0
@@ -42,7 +44,7 @@ from fwedge.bundle import Bundle, write_bundle
 from fwedge.errors import ExportError, UnsupportedOpError
 from fwedge.ir import opset_version
 from fwedge.op_info import attribute
-from fwedge.targets.common import QDQ_OPS, RunnerCache, check_feeds, io_specs, require_static, resolve_precision
+from fwedge.targets.common import QDQ_OPS, RunnerCache, check_feeds, io_specs, require_static, resolve_precision, runtime_threads
 
 log = logging.getLogger(__name__)
 
@@ -833,7 +835,7 @@ def _net(bundle: Bundle):
     for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage",
                  "use_bf16_packed", "use_winograd_convolution"):
         setattr(net.opt, flag, False)
-    net.opt.num_threads = int(os.environ.get("FWEDGE_NCNN_THREADS", os.cpu_count() or 1))
+    net.opt.num_threads = runtime_threads() or os.cpu_count() or 1
     if net.load_param(str(bundle.file(PARAM_FILE))) != 0 or net.load_model(str(bundle.file(BIN_FILE))) != 0:
         raise ExportError(f"bundle '{bundle.path}': ncnn cannot load {PARAM_FILE}/{BIN_FILE}")
     return net

@@ -10,7 +10,7 @@ import onnx
 from fwedge import ir
 from fwedge.bundle import Bundle, write_bundle
 from fwedge.ir import opset_version
-from fwedge.targets.common import RunnerCache, check_feeds, check_supported, io_specs, resolve_precision
+from fwedge.targets.common import RunnerCache, check_feeds, check_supported, io_specs, resolve_precision, runtime_threads
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
 def _session(bundle: Bundle):
     from fwedge.eval import ort_session
 
-    return ort_session(bundle.file(MODEL_FILE))
+    return ort_session(bundle.file(MODEL_FILE), threads=runtime_threads())
 
 
 _SESSIONS = RunnerCache(_session)

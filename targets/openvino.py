@@ -11,7 +11,7 @@ import onnx
 from fwedge.bundle import Bundle, write_bundle
 from fwedge.errors import ExportError
 from fwedge.ir import opset_version
-from fwedge.targets.common import RunnerCache, check_feeds, check_supported, io_specs, resolve_precision
+from fwedge.targets.common import RunnerCache, check_feeds, check_supported, io_specs, resolve_precision, runtime_threads
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,10 @@ class _Compiled:
     def compile(self, model):
         # f32 inference precision: parity with onnxruntime must not depend on the CPU (bf16 on
         # AMX/AVX512-BF16 hosts, fp16 on ARM would be the default otherwise).
-        return self.core.compile_model(
-            model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-        )
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if runtime_threads():
+            config["INFERENCE_NUM_THREADS"] = runtime_threads()
+        return self.core.compile_model(model, "CPU", config)
 
 
 _MODELS = RunnerCache(_Compiled)

@@ -98,6 +98,7 @@ class _Compiled:
         self.core = ov.Core()
         self.bundle = bundle
         self.compiled: dict[int, object] = {}
+        self.requests: dict[int, object] = {}
 
     def read(self):
         return self.core.read_model(str(self.bundle.file(XML_FILE)), str(self.bundle.file(BIN_FILE)))
@@ -113,7 +114,13 @@ class _Compiled:
             if shapes:
                 model.reshape(shapes)
             self.compiled[batch] = self.compile(model)
+            self.requests[batch] = self.compiled[batch].create_infer_request()
         return self.compiled[batch]
+
+    def request(self, batch: int):
+        """The compiled model and its reusable infer request for a batch size."""
+        compiled = self.for_batch(batch)
+        return compiled, self.requests[batch]
 
     def compile(self, model):
         # f32 inference precision: parity with onnxruntime must not depend on the CPU (bf16 on
@@ -144,8 +151,7 @@ def run(bundle: Bundle, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # be reshaped to the batch: run it sample by sample.
         rows = [run(bundle, {name: value[i : i + 1] for name, value in feeds.items()}) for i in range(batch)]
         return {spec.name: np.concatenate([row[spec.name] for row in rows]) for spec in bundle.outputs}
-    compiled = _MODELS.get(bundle).for_batch(batch)
-    request = compiled.create_infer_request()
+    compiled, request = _MODELS.get(bundle).request(batch)
     results = request.infer({spec.name: np.ascontiguousarray(feeds[spec.name]) for spec in bundle.inputs})
     out = {}
     for spec in bundle.outputs:

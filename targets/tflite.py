@@ -24,7 +24,7 @@ FILE_IDENTIFIER = b"TFL3"
 # TFLite int8 spec: LOGISTIC and SOFTMAX outputs are fixed to scale 1/256, zero point -128.
 FIXED_OUTPUT_QUANT = QuantParams((1.0 / 256.0,), (-128,))
 
-# (op kind, reason) the writer cannot take, checked on the lowered graph before writing.
+# Lowered op kind -> emitter(writer, op); filled by @tflite_op.
 TFLITE_OPS: dict = {}
 
 

@@ -13,7 +13,7 @@ from fwedge import ir
 from fwedge.bundle import Bundle, TensorInfo, write_bundle
 from fwedge.errors import ExportError, UnsupportedOpError
 from fwedge.passes.lowered import LoweredGraph, LoweredOp, LoweredTensor, QuantParams
-from fwedge.targets.common import RunnerCache, resolve_precision
+from fwedge.targets.common import RunnerCache, resolve_precision, runtime_threads
 
 log = logging.getLogger(__name__)
 
@@ -695,7 +695,7 @@ def _interpreter(bundle: Bundle, num_threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # boards with the legacy runtime package
         from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
-    threads = num_threads or int(bundle.extra.get("num_threads", 1))
+    threads = num_threads or runtime_threads() or int(bundle.extra.get("num_threads", 1))
     interpreter = Interpreter(model_path=str(bundle.file(MODEL_FILE)), num_threads=threads)
     interpreter.allocate_tensors()
     return interpreter
@@ -731,7 +731,7 @@ def run(bundle: Bundle, feeds: dict[str, np.ndarray], num_threads: int | None = 
         bundle: a loaded TFLite bundle.
         feeds: input name -> float32 NCHW batch [N, ...]; the model is batch 1, so samples are
             run one by one.
-        num_threads: interpreter threads (default: the bundle's num_threads, 1).
+        num_threads: interpreter threads (default: FWEDGE_THREADS, else the bundle's num_threads, 1).
 
     Returns:
         output name -> float32 array [N, ...] in logical (NCHW) layout, dequantized.

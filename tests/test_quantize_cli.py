@@ -1,0 +1,66 @@
+"""`fwedge calibrate`, `fwedge quantize` and `fwedge analyze` end to end on a small graph."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from click.testing import CliRunner
+
+from fwedge.calibration.table import read_tensorrt_cache
+from fwedge.cli import cli
+from tests.test_quantize import block_model
+
+
+def _setup(tmp_path):
+    rng = np.random.default_rng(0)
+    model = tmp_path / "block.onnx"
+    onnx.save(block_model(rng), model)
+    data = tmp_path / "x.npy"
+    np.save(data, rng.random((80, 1, 12, 12)).astype(np.float32))
+    return model, data
+
+
+def test_calibrate_writes_table_ncnn_and_tensorrt(tmp_path):
+    model, data = _setup(tmp_path)
+    table, ncnn, trt = tmp_path / "t.json", tmp_path / "t.table", tmp_path / "t.cache"
+    result = CliRunner().invoke(cli, ["calibrate", str(model), "--data", str(data), "--num-samples", "64",
+                                      "--method", "kl", "-o", str(table), "--ncnn-table", str(ncnn),
+                                      "--tensorrt-cache", str(trt)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(table.read_text())
+    assert payload["schema"] == "fwedge.quant_table/1" and payload["method"] == "kl"
+    assert payload["parameters"]["num_samples"] == 64 and len(payload["dataset"]["fingerprint"]) == 64
+    assert set(payload["tensors"]) == set(read_tensorrt_cache(trt.read_text()))
+    lines = ncnn.read_text().splitlines()
+    assert lines[0].startswith("conv1_param_0 ") and len(lines[0].split()) == 5
+    assert {line.split()[0] for line in lines} >= {"conv1", "conv2", "fc"}
+
+
+def test_quantize_with_table_then_analyze(tmp_path):
+    model, data = _setup(tmp_path)
+    table, out, report = tmp_path / "t.json", tmp_path / "q.onnx", tmp_path / "a.json"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["calibrate", str(model), "--data", str(data), "--num-samples", "64",
+                               "--method", "minmax", "-o", str(table)]).exit_code == 0
+    result = runner.invoke(cli, ["quantize", str(model), "--table", str(table), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    onnx.checker.check_model(onnx.load(out))
+    result = runner.invoke(cli, ["analyze", str(model), str(out), "--data", str(data), "--num-samples", "32",
+                                 "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    analysis = json.loads(report.read_text())
+    sqnr = [entry["sqnr_db"] for entry in analysis["tensors"]]
+    numeric = [value for value in sqnr if isinstance(value, float)]
+    assert numeric == sorted(numeric), "worst first"
+    assert {entry["tensor"] for entry in analysis["tensors"]} >= {"input", "r1", "p1", "logits"}
+    assert analysis["first_jump"] is None or analysis["first_jump"]["jump_db"] >= 6.0
+    assert "first jump" in result.output or "no layer loses" in result.output
+
+
+def test_quantize_bad_input_exits_2(tmp_path):
+    model, data = _setup(tmp_path)
+    result = CliRunner().invoke(cli, ["quantize", str(model), "--data", str(data), "--num-samples", "500",
+                                      "-o", str(tmp_path / "q.onnx")])
+    assert result.exit_code == 2 and "500 calibration samples requested, but it holds only 80" in result.output
+    assert not (tmp_path / "q.onnx").exists()

@@ -141,6 +141,14 @@ def _clip_is_constant(node: onnx.NodeProto, inits: dict) -> bool:
     return all(name in inits for name in bounds)
 
 
+def _reads_int8(node: onnx.NodeProto, options: QuantizeOptions) -> bool:
+    """Whether `node` may consume an int8 value: a quantizable or data-movement op not excluded."""
+    info = OP_INFO.get(node.op_type)
+    if info is None or node.name in options.exclude_nodes:
+        return False
+    return info.quantizable or info.shares_input_scale
+
+
 def plan_quantization(model: onnx.ModelProto, options: QuantizeOptions | None = None) -> QuantPlan:
     """Decide which tensors get Q/DQ pairs, from the graph and OP_INFO alone.
 
@@ -239,7 +247,10 @@ def plan_quantization(model: onnx.ModelProto, options: QuantizeOptions | None = 
             plan.quantized_nodes.append(clamp.name)
             output = clamp.output[0]
             users = consumers.get(output, [])
-        mark(output)
+        if output in outputs or any(_reads_int8(user, options) for user in users):
+            mark(output)
+        # else: every reader is a float op (e.g. the Div of a decomposed HardSwish) or a layer
+        # kept in float: a pair here would only add a rounding step on a float path.
     # Concat: inputs and output share one scale (TFLite int8 CONCATENATION restriction).
     for node in graph.node:
         if node.op_type != "Concat" or node.name not in plan.quantized_nodes:

@@ -95,7 +95,7 @@ def worker_fwedge(model_path: str, method: str, samples: int, output: str) -> di
     batches = _batches(model_path, samples)
     start = time.perf_counter()
     plan = plan_quantization(model)
-    stats = collect(model, batches, plan.calibrated)
+    stats = collect(model, batches, plan.calibrated, histograms=method != "minmax")  # minmax: one pass
     table = compute(stats, method, MethodOptions(percentile=PERCENTILE))
     calibrate_seconds = time.perf_counter() - start
     qdq = quantize_model(model, table, QuantizeOptions(method=method), plan)

@@ -93,6 +93,7 @@ def collect(
     threads: int | None = None,
     model_sha256: str = "",
     dataset: dict | None = None,
+    histograms: bool = True,
 ) -> CalibrationStats:
     """Run the float model over the data twice and histogram every requested tensor.
 
@@ -110,6 +111,7 @@ def collect(
         source: data description for error messages.
         progress: called with the number of samples after each batch of each pass.
         threads: onnxruntime intra-op threads.
+        histograms: make the second pass (False: extremes only, enough for minmax).
 
     Returns:
         CalibrationStats.
@@ -150,6 +152,11 @@ def collect(
                 f"tensor '{name}': range [{minimum[name]}, {maximum[name]}] over the calibration "
                 "data is not finite (NaN/Inf in the model's activations, or an empty tensor)"
             )
+    if not histograms:
+        empty = np.zeros(0, dtype=np.int64)
+        return CalibrationStats(
+            {name: Histogram(empty, 0.0, 0.0, minimum[name], maximum[name]) for name in tensors},
+            0, samples, model_sha256, dict(dataset or {}))
     layouts = {name: layout(minimum[name], maximum[name], bins) for name in tensors}
     counts = {name: np.zeros(layouts[name][2], dtype=np.int64) for name in tensors}
     zeros = dict.fromkeys(tensors, 0)
@@ -196,6 +203,8 @@ def compute(
             f"unknown calibration method {method!r}; choose one of {[m.value for m in Method]}"
         ) from exc
     function = METHODS[method]
+    if method is not Method.MINMAX and any(h.counts.size == 0 for h in stats.histograms.values()):
+        raise CalibrationError(f"method {method.value} needs histograms; collect ran the extremes pass only")
     tensors = {}
     for name, histogram in stats.histograms.items():
         low, high = function(histogram, options)

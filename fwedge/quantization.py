@@ -113,6 +113,7 @@ def collect_stats(
     model_sha256: str = "",
     progress: Callable[[int], None] | None = None,
     all_candidates: bool = False,
+    histograms: bool = True,
 ) -> tuple[CalibrationStats, QuantPlan]:
     """Histograms of every tensor the quantization plan needs a range for.
 
@@ -126,7 +127,7 @@ def collect_stats(
         tensors = list(dict.fromkeys(plan.calibrated + candidate_tensors(prepared)))
     stats = collect(
         prepared, calib.batches(), tensors, bins=bins, source=str(calib.dataset.path),
-        progress=progress, model_sha256=model_sha256, dataset=calib.fingerprint(),
+        progress=progress, model_sha256=model_sha256, dataset=calib.fingerprint(), histograms=histograms,
     )
     return stats, plan
 
@@ -151,7 +152,8 @@ def calibrate(
     """
     prepared, sha = load_prepared(model, input_shapes)
     calib = calibration_data(prepared, data, num_samples, seed, batch_size, preprocess)
-    stats, _ = collect_stats(prepared, calib, bins=bins, model_sha256=sha, progress=progress)
+    stats, _ = collect_stats(prepared, calib, bins=bins, model_sha256=sha, progress=progress,
+                             histograms=Method(method) is not Method.MINMAX)
     return compute(stats, method, method_options)
 
 
@@ -244,7 +246,8 @@ def quantize(
             raise CalibrationError("quantize needs calibration data or a quant table")
         calib = calibration_data(prepared, data, num_samples, seed, batch_size, preprocess)
         budget = max_accuracy_drop is not None or min_agreement is not None
-        stats, plan = collect_stats(prepared, calib, options, bins, sha, progress, all_candidates=budget)
+        stats, plan = collect_stats(prepared, calib, options, bins, sha, progress, all_candidates=budget,
+                                    histograms=Method(method) is not Method.MINMAX)
         table = compute(stats, method, method_options)
     qdq = quantize_model(prepared, table, options, plan)
     result = QuantizeResult(qdq, prepared, table, plan)

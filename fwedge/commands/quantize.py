@@ -43,7 +43,7 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
     if data is None and table is None:
         raise click.UsageError("give --data to calibrate, or --table with a QuantTable")
     options = MethodOptions(percentile=percentile, symmetric=symmetric)
-    total = 0 if table else 2 * num_samples
+    total = 0 if table else (1 if method == "minmax" else 2) * num_samples
     with progress(total or None, f"calibrating ({method})") as advance:
         result = quantize(
             model, data, method, num_samples, table=table, per_channel=not per_tensor,

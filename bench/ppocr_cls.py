@@ -30,7 +30,7 @@ LOGITS = "linear_1.tmp_1"
 
 
 def main() -> int:
-    from fwedge.calibration.collect import _with_outputs
+    from fwedge.calibration.collect import with_outputs
     from fwedge.eval import FidelityAccumulator, ort_session
     from fwedge.layer_analysis import quantized_tensors
     from fwedge.quantization import quantize
@@ -57,8 +57,8 @@ def main() -> int:
                               input_shapes={"x": [1, 3, 48, 192]})
             seconds = time.perf_counter() - start
             pairs = quantized_tensors(result.model)
-            reference = ort_session(_with_outputs(result.float_model, [LOGITS]))
-            candidate = ort_session(_with_outputs(result.model, [pairs[LOGITS]]))
+            reference = ort_session(with_outputs(result.float_model, [LOGITS]))
+            candidate = ort_session(with_outputs(result.model, [pairs[LOGITS]]))
             probabilities, logits = FidelityAccumulator(), FidelityAccumulator()
             correct_float = correct_int8 = 0
             for x, y in zip(evaluation, labels):

@@ -42,7 +42,7 @@ class CalibrationStats:
     dataset: dict = field(default_factory=dict)
 
 
-def _with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+def with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     """A copy of the model that also returns `tensors` as graph outputs."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -126,7 +126,7 @@ def collect(
         raise CalibrationError("nothing to calibrate: no float tensors to quantize were found")
     if bins < 8:
         raise CalibrationError(f"bins must be at least 8, got {bins}")
-    session = ort_session(_with_outputs(model, tensors), threads)
+    session = ort_session(with_outputs(model, tensors), threads)
     inputs = ir.graph_inputs(model)
     input_names = [value.name for value in inputs]
     input_shapes = [ir.shape_of(value) for value in inputs]

@@ -118,7 +118,7 @@ def analyze(
         ModelError: the QDQ model holds no activation Q/DQ pairs, or none matches the float model.
         DataError: bad data.
     """
-    from fwedge.calibration.collect import _with_outputs
+    from fwedge.calibration.collect import with_outputs
     from fwedge.eval import FidelityAccumulator, OrtRunner, resolve_preprocess
     from fwedge.quantization import batch_limit, load_prepared
 
@@ -141,8 +141,8 @@ def analyze(
     if not tensors:
         raise ModelError("QDQ model: none of its quantized tensors exists in the float model")
     tensors.sort(key=lambda name: order[name])
-    float_runner = OrtRunner(_with_outputs(prepared, tensors))
-    qdq_runner = OrtRunner(_with_outputs(qdq, [pairs[name] for name in tensors]))
+    float_runner = OrtRunner(with_outputs(prepared, tensors))
+    qdq_runner = OrtRunner(with_outputs(qdq, [pairs[name] for name in tensors]))
     spec = resolve_preprocess(prepared, preprocess)
     dataset = data if isinstance(data, Dataset) else open_dataset(data)
     if num_samples is not None:

@@ -64,3 +64,26 @@ def test_quantize_bad_input_exits_2(tmp_path):
                                       "-o", str(tmp_path / "q.onnx")])
     assert result.exit_code == 2 and "500 calibration samples requested, but it holds only 80" in result.output
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_quantize_accuracy_budget_reports_float_layers(tmp_path):
+    """Labels = the float model's own predictions, so float accuracy is 100% and a 0 pp budget
+    forces every disagreeing layer to float; the report names them."""
+    from fwedge.eval import ort_session
+
+    model, data = _setup(tmp_path)
+    x = np.load(data)
+    labels = ort_session(onnx.load(model)).run(None, {"input": x})[0].argmax(1)
+    labelled = tmp_path / "eval.npz"
+    np.savez(labelled, x=x, y=labels)
+    out, report = tmp_path / "q.onnx", tmp_path / "r.json"
+    result = CliRunner().invoke(cli, ["quantize", str(model), "--data", str(data), "--num-samples", "64",
+                                      "--method", "kl", "--max-accuracy-drop", "0", "--eval-data", str(labelled),
+                                      "-o", str(out), "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(report.read_text())
+    budget = payload["budget"]
+    assert budget["met"] and budget["float"] == 1.0 and budget["final"] == 1.0
+    if budget["all_int8"] < 1.0:
+        assert payload["kept_float"] and "Kept in float" in result.output
+    onnx.checker.check_model(onnx.load(out))

@@ -244,6 +244,19 @@ def test_faults_become_error_results_and_fail_the_gate(tmp_path, mlp_files):
     assert "gate: FAIL" in gate.output
 
 
+@pytest.mark.qemu("riscv64")
+@pytest.mark.zig
+@pytest.mark.fashion_mnist
+def test_a_guest_segfault_under_real_qemu_is_an_error_result(tmp_path):
+    bundle = fh.crashing_c_bundle(tmp_path / "bundles" / "crash-riscv64", "riscv64")
+    device = inventory.select(inventory.auto_detect(), ["qemu-riscv64"])
+    results = run_farm([bundle.path], device, FarmOptions(data="fashion-mnist:test", limit=10, repeats=2, retries=0))
+    [result] = results.results
+    # Debian's qemu-user 7.2 re-raises the guest's SIGSEGV on itself without a message.
+    assert result.status == "error" and "qemu-riscv64" in result.error and "killed by SIGSEGV" in result.error
+    assert result.attempts == 1
+
+
 # -- ssh: argument lists only ----------------------------------------------------------------------
 
 _FAKE_SSH = '''

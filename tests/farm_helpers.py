@@ -98,33 +98,36 @@ def fake_c_bundle(out_dir: Path, arch: str):
 
 
 def crashing_c_bundle(out_dir: Path, arch: str):
-    """A C bundle whose harness is a real static binary for `arch` that dereferences NULL.
+    """A C bundle whose harness is a real static binary for `arch` that writes through NULL.
 
-    Run under the real qemu-<arch>, the guest dies from SIGSEGV exactly as a miscompiled kernel
-    would ("qemu: uncaught target signal 11").
+    Built with the C target's own build_binary (same flags, same zig cache). Under the real
+    qemu-<arch> the guest dies from SIGSEGV, as a miscompiled kernel would.
     """
-    import subprocess
+    import tempfile
 
-    from fwedge.targets.c import BINARY, compiler_command, zig_cache_dir
+    from fwedge.targets.c import BINARY, build_binary
 
     bundle = fake_c_bundle(out_dir, arch)
-    source = out_dir.parent / f"crash-{arch}-main.c"
-    source.write_text("int main(void) { volatile int *p = 0; *p = 1; return 0; }\n")
-    binary = out_dir.parent / f"crash-{arch}-main"
-    # The shared zig cache: a fresh one would rebuild musl for the target (minutes).
-    env = dict(os.environ, ZIG_GLOBAL_CACHE_DIR=str(zig_cache_dir()), ZIG_LOCAL_CACHE_DIR=str(zig_cache_dir()))
-    done = subprocess.run(compiler_command(arch) + ["-static", "-O0", "-o", str(binary), str(source)],
-                          env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
+    with tempfile.TemporaryDirectory(prefix="fwedge-crash-") as temp:
+        folder = Path(temp)
+        # The address depends on argc, so the compiler cannot prove the store faults.
+        (folder / "main.c").write_text(
+            "#include <stdint.h>\n"
+            "int main(int argc, char **argv) {\n"
+            "    volatile int *p = (volatile int *)(uintptr_t)(argc > 1000 ? 64 : 0);\n"
+            "    *p = argc;\n"
+            "    return 0;\n"
+            "}\n")
+        build_binary(folder, ["main.c"], arch)
 
-    def files(folder: Path) -> dict:
-        (folder / BINARY).parent.mkdir(parents=True)
-        shutil.copy(binary, folder / BINARY)
-        return {}
+        def files(target: Path) -> dict:
+            (target / BINARY).parent.mkdir(parents=True)
+            shutil.copy(folder / BINARY, target / BINARY)
+            return {}
 
-    return write_bundle(out_dir, target="c", arch=arch, precision="int8", source_sha256="0" * 64,
-                        inputs=bundle.inputs, outputs=bundle.outputs, write_files=files,
-                        preprocess=bundle.preprocess)
+        return write_bundle(out_dir, target="c", arch=arch, precision="int8", source_sha256="0" * 64,
+                            inputs=bundle.inputs, outputs=bundle.outputs, write_files=files,
+                            preprocess=bundle.preprocess)
 
 
 def c_bundles(qdq_model: Path, arches: list[str], out_dir: Path) -> list[Path]:

@@ -222,6 +222,33 @@ def _results_table(results: list[DeviceResult]) -> str:
     return "".join(out)
 
 
+def _identity_section(results: list[DeviceResult]) -> str:
+    """Which device, emulator and toolchain produced each number."""
+    devices: dict[str, dict] = {}
+    toolchains: dict[str, dict] = {}
+    for r in results:
+        if r.identity:
+            devices.setdefault(r.device, r.identity)
+            toolchains.setdefault(r.bundle, r.identity.get("toolchain", {}))
+    if not devices:
+        return ""
+    out = ["<h2>Devices and toolchains</h2><table id='identity'><thead><tr><th class='l'>device</th>"
+           "<th class='l'>kind</th><th class='l'>arch</th><th class='l'>system</th><th class='l'>timer</th>"
+           "</tr></thead><tbody>"]
+    for name, ident in devices.items():
+        system = ident.get("emulator") or ident.get("uname") or ident.get("platform", "")
+        out.append(f"<tr><td class='l'>{_e(name)}</td><td class='l'>{_e(ident.get('kind'))}</td>"
+                   f"<td class='l'>{_e(ident.get('arch'))}</td><td class='l'>{_e(system)}</td>"
+                   f"<td class='l'>{_e(ident.get('timer'))}</td></tr>")
+    out.append("</tbody></table><table id='toolchains'><thead><tr><th class='l'>bundle</th>"
+               "<th class='l'>toolchain</th></tr></thead><tbody>")
+    for bundle, versions in toolchains.items():
+        text = ", ".join(f"{key} {value}" for key, value in sorted(versions.items()))
+        out.append(f"<tr><td class='l'>{_e(bundle)}</td><td class='wrap'>{_e(text)}</td></tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
 def _gate_section(gate: GateReport | None) -> str:
     if gate is None:
         return "<p class='note'>No gate was run for these results.</p>"
@@ -276,6 +303,7 @@ def render_html(results: Results, analysis: dict | None = None, gate: GateReport
         body.append(sqnr_chart(analysis))
     body.append("<h2>Gate</h2>")
     body.append(_gate_section(gate))
+    body.append(_identity_section(results.results))
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
             f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>"

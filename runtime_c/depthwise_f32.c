@@ -26,8 +26,15 @@ void fw_depthwise_conv2d_f32(const fw_conv_params *p, const float *x, const floa
                         }
                         const float *xp = x + ((size_t)iy * p->in_w + ix) * p->in_c;
                         const float *wp = w + ((size_t)ky * p->kernel_w + kx) * p->out_c + oc0;
-                        for (int j = 0; j < count; ++j) {
-                            acc[j] += xp[(oc0 + j) / channel_multiplier] * wp[j];
+                        if (channel_multiplier == 1) {
+                            const float *xc = xp + oc0;
+                            for (int j = 0; j < count; ++j) {
+                                acc[j] += xc[j] * wp[j];
+                            }
+                        } else {
+                            for (int j = 0; j < count; ++j) {
+                                acc[j] += xp[(oc0 + j) / channel_multiplier] * wp[j];
+                            }
                         }
                     }
                 }

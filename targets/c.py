@@ -305,7 +305,7 @@ def elf_sections(path: Path) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def _makefile(program: CProgram, arch: str, compiler: list[str], sources: list[str]) -> str:
+def _makefile(program: CProgram, arch: str, compiler: list[str], sources: list[str], cflags: list[str]) -> str:
     if compiler[:3] == [sys.executable, "-m", "ziglang"]:
         default_cc = "$(PYTHON) -m ziglang cc " + " ".join(compiler[3 + 1:])
     else:
@@ -316,7 +316,7 @@ PYTHON ?= python3
 ifeq ($(origin CC),default)
 CC = {default_cc}
 endif
-CFLAGS ?= {' '.join(C_FLAGS)}
+CFLAGS ?= {' '.join(C_FLAGS + cflags)}
 LDFLAGS ?= -static
 export ZIG_GLOBAL_CACHE_DIR ?= .cache/zig
 export ZIG_LOCAL_CACHE_DIR ?= .cache/zig
@@ -353,7 +353,8 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
         model: a loaded float or QDQ model (fwedge.ir.load).
         out_dir: the bundle directory to create or replace (atomically).
         options: ExportOptions; arch picks the architecture, cc overrides the compiler, build
-            False writes sources only.
+            False writes sources only, extra["cflags"] adds compiler flags (e.g. ["-march=native"]
+            for a host-only build; the default is the portable baseline of the architecture).
 
     Returns:
         The written Bundle. sizes holds ROM (text + rodata + data of the ELF), RAM (arena +
@@ -373,6 +374,7 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
     kernels = program.kernels
     sources = ["main.c", "model.c", *kernels]
     compiler = compiler_command(arch, options.cc) if options.build else []
+    cflags = [str(flag) for flag in options.extra.get("cflags", [])]
     facts: dict = {}
 
     def write_files(folder: Path) -> dict:
@@ -383,7 +385,7 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
         shutil.copyfile(runtime / HEADER, folder / HEADER)
         for kernel in kernels:
             shutil.copyfile(runtime / kernel, folder / kernel)
-        (folder / "Makefile").write_text(_makefile(program, arch, compiler or ["cc"], sources))
+        (folder / "Makefile").write_text(_makefile(program, arch, compiler or ["cc"], sources, cflags))
         (folder / "CMakeLists.txt").write_text(_cmakelists(sources))
         sizes = {
             "arena_bytes": program.plan.arena_bytes,
@@ -393,7 +395,7 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
             "io_buffer_bytes": sum(int(np.prod(s)) * np.dtype(d).itemsize for _, s, d in program.inputs + program.outputs),
         }
         if options.build:
-            result = build_binary(folder, sources, arch, options.cc)
+            result = build_binary(folder, sources, arch, options.cc, extra_flags=cflags)
             whole, model_part = result.sections, result.model_sections
             stack = result.stack_estimate_bytes or 0
             sizes.update({
@@ -424,6 +426,7 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
         "storage_layout": "NHWC",
         "memory_plan": program.plan.to_dict(),
         "harness": "fwedge_model INPUT OUTPUT COUNT ITERATIONS",
+        "cflags": C_FLAGS + cflags,
     }
 
     def write_and_record(folder: Path) -> dict:

@@ -339,3 +339,4 @@ def test_memory_plan_never_overlaps_live_tensors_and_meets_the_bound_on_a_chain(
     chain = [Buffer(f"t{i}", size, i, i + 1) for i, size in enumerate([3136, 12544, 12544, 3136, 6272, 1568, 40])]
     plan = plan_memory(chain)
     assert plan.lower_bound_bytes == 12544 * 2 and plan.arena_bytes == plan.lower_bound_bytes
+

@@ -130,3 +130,20 @@ def test_bad_pipeline_files_are_usage_errors(tmp_path):
     (tmp_path / "mlp.onnx").write_bytes(b"")
     with pytest.raises(PipelineError):
         run_pipeline(tmp_path / "r.toml")
+
+
+@pytest.mark.torch
+@pytest.mark.fashion_mnist
+def test_prune_and_distill_stages_feed_quantization(project):
+    text = PIPELINE.replace("[quantize]", "[prune]\nratio = 0.25\n\n[distill]\nepochs = 1\nlimit = 300\n\n[quantize]")
+    (project / "pipeline.toml").write_text(text)
+    result = run_pipeline(project / "pipeline.toml")
+    stages = [stage.name for stage in result.stages]
+    assert stages[:4] == ["load", "prune", "distill", "quantize"]
+    prune = next(stage for stage in result.stages if stage.name == "prune")
+    assert "50,890 -> 38,170" in prune.summary  # 16 of 64 hidden units removed
+    [run] = load_results(result.results_path).results
+    assert run.ok and run.accuracy > 0.5
+    # Only the distill settings change: load and prune are reused.
+    again = run_pipeline(project / "pipeline.toml", overrides={"distill.limit": 200})
+    assert _cached(again)["load"] and _cached(again)["prune"] and not _cached(again)["distill"]

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from targets import PPOCR, export_all, sources  # noqa: E402
+from targets import EXAMPLES, PPOCR, export_all, set_examples, sources  # noqa: E402
 
 
 def main() -> int:
@@ -32,7 +32,9 @@ def main() -> int:
     parser.add_argument("--ppocr-images", type=int, default=400)
     parser.add_argument("--models", nargs="+", default=["cnn_small", "mobilenet_v2_tiny", PPOCR])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fwedge-bench-targets")
+    parser.add_argument("--examples", type=Path, default=EXAMPLES, help="folder of the Fashion-MNIST example models")
     args = parser.parse_args()
+    set_examples(args.examples)
     args.work.mkdir(parents=True, exist_ok=True)
     from fwedge.data import Preprocess
     from fwedge.runner import evaluate_bundle

@@ -29,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 PPOCR = "ppocr_cls"
+EXAMPLES = ROOT / "examples" / "fashion_mnist"
 TARGET_ORDER = ("onnx", "openvino", "tflite", "ncnn", "x86_64")
 
 
@@ -36,6 +37,12 @@ def fwedge(*args: str) -> None:
     done = subprocess.run([sys.executable, "-m", "fwedge", *args], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"fwedge {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+
+
+def set_examples(folder: Path) -> None:
+    """Read the example models from another folder (e.g. a stand-in training run)."""
+    global EXAMPLES
+    EXAMPLES = Path(folder)
 
 
 def sources(name: str, work: Path) -> tuple[Path, Path, dict, np.ndarray] | None:
@@ -61,7 +68,7 @@ def sources(name: str, work: Path) -> tuple[Path, Path, dict, np.ndarray] | None
         extra = {"preprocess": preprocess, "input_shape": "x=1,3,48,192"}
         sample = next(open_dataset(data).batches(Preprocess.from_dict(PPOCR_CLS_PREPROCESS), 1, limit=1)).x
         return float_path, qdq, extra, sample
-    float_path = ROOT / "examples" / "fashion_mnist" / f"{name}.onnx"
+    float_path = EXAMPLES / f"{name}.onnx"
     if not float_path.is_file():
         print(f"{name}: {float_path} not found (run examples/fashion_mnist/train.py); skipped")
         return None
@@ -130,7 +137,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", nargs="+", default=["cnn_small", "mobilenet_v2_tiny", PPOCR])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fwedge-bench-targets")
+    parser.add_argument("--examples", type=Path, default=EXAMPLES, help="folder of the Fashion-MNIST example models")
     args = parser.parse_args()
+    set_examples(args.examples)
     os.environ["FWEDGE_THREADS"] = str(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     import platform

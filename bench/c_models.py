@@ -43,7 +43,7 @@ def evaluate(name: str, args, work: Path) -> dict:
     from fwedge.targets import ExportOptions
     from fwedge.targets import c as c_target
 
-    path, origin = model_path(name)
+    path, origin = model_path(name, args.model_dir)
     float_model = ir.load(path)
     qdq, _ = qdq_model(path)
     x, labels = test_images(args.images)
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["cnn_small", "mobilenet_v2_tiny"])
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--arch-images", type=int, default=2000)
+    parser.add_argument("--model-dir", type=Path, help="folder with <model>.onnx (default: examples/fashion_mnist)")
     parser.add_argument("--arches", nargs="+", default=["x86_64", "aarch64", "riscv64", "loongarch64"])
     args = parser.parse_args(argv)
     if "x86_64" not in args.arches:

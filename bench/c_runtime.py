@@ -26,11 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "fashion_mnist"
 
 
-def model_path(name: str) -> tuple[Path, str]:
-    """The trained example model, or an untrained export of the same architecture (said so)."""
-    path = EXAMPLES / f"{name}.onnx"
-    if path.is_file():
-        return path, "trained example"
+def model_path(name: str, model_dir: Path | None = None) -> tuple[Path, str]:
+    """The trained model from --model-dir or examples/, else an untrained export of the same
+    architecture (said so in the output)."""
+    for folder, origin in ((model_dir, f"trained, {model_dir}"), (EXAMPLES, "trained example")):
+        if folder is not None and (Path(folder) / f"{name}.onnx").is_file():
+            return Path(folder) / f"{name}.onnx", origin
     fallback = Path(tempfile.gettempdir()) / "fwedge-bench-untrained" / f"{name}.onnx"
     if not fallback.is_file():
         import torch
@@ -82,13 +83,13 @@ def time_calls(function, iterations: int) -> list[float]:
     return values
 
 
-def bench_model(name: str, iterations: int, rounds: int, work: Path) -> dict:
+def bench_model(name: str, iterations: int, rounds: int, work: Path, model_dir: Path | None = None) -> dict:
     from fwedge.eval import ort_session
     from fwedge.targets import ExportOptions
     from fwedge.targets import c as c_target
     from fwedge.targets import tflite
 
-    path, origin = model_path(name)
+    path, origin = model_path(name, model_dir)
     qdq, folded = qdq_model(path)
     x = np.random.default_rng(0).uniform(0, 1, (1, 1, 28, 28)).astype(np.float32)
 
@@ -129,11 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["cnn_small", "mobilenet_v2_tiny"])
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--model-dir", type=Path, help="folder with <model>.onnx (default: examples/fashion_mnist)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger().setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="fwedge-bench-c-") as temp:
-        results = [bench_model(name, args.iterations, args.rounds, Path(temp)) for name in args.models]
+        results = [bench_model(name, args.iterations, args.rounds, Path(temp), args.model_dir) for name in args.models]
     print(f"\nlatency p50 (ms), batch 1, 1 thread, {args.rounds} rounds x {args.iterations} iterations, interleaved")
     header = ["model", "C int8", "C int8 native", "ORT int8", "LiteRT int8", "C fp32", "ORT fp32", "C/ORT int8",
               "C/LiteRT int8", "C native/LiteRT int8", "C/ORT fp32"]

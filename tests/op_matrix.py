@@ -305,13 +305,13 @@ def _example_bytes(path: str) -> tuple[bytes, bytes]:
     from fwedge.data import open_dataset
     from fwedge.quantization import quantize
 
-    result = quantize(path, data=open_dataset("fashion-mnist:train"), method="kl", num_samples=256)
+    result = quantize(path, data=open_dataset("fashion-mnist:train"), method="percentile", num_samples=256)
     return ir.load(path).SerializeToString(), result.model.SerializeToString()
 
 
 def quantized_example(path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """(float model, QDQ model) of an example model: fwedge's quantizer, KL ranges over 256
-    Fashion-MNIST training images (the demo pipeline's method); cached per path."""
+    """(float model, QDQ model) of an example model: fwedge's quantizer, percentile ranges over
+    256 Fashion-MNIST training images (the demo pipeline's method); cached per path."""
     float_bytes, qdq_bytes = _example_bytes(str(path))
     return onnx.load_from_string(float_bytes), onnx.load_from_string(qdq_bytes)
 

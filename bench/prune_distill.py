@@ -8,7 +8,8 @@ Stages, all measured in this one run:
     pruned      structured channel pruning to <= --macs of the original MACs (no training)
     fine-tuned  the pruned model trained on hard labels only (the baseline), same epochs/lr/seed
     distilled   the pruned model trained against the original as teacher (Hinton KD + labels)
-    int8        the distilled model quantized to INT8 QDQ (KL calibration) by fwedge.quantization
+    int8 (kl)   the distilled model quantized to INT8 QDQ (KL calibration) by fwedge.quantization;
+                --int8-methods adds rows for other calibration methods (e.g. percentile)
 
 Accuracy is top-1 on the full 10,000-image Fashion-MNIST test set in onnxruntime. Latency is
 onnxruntime CPU, batch 1, one intra-op thread, median over interleaved rounds (every model is
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only this training (into the shared checkpoint folder) and stop; a full run "
                              "started later resumes from its checkpoints, so two processes can train in parallel")
     parser.add_argument("--skip-int8", action="store_true")
+    parser.add_argument("--int8-methods", default="kl", help="comma-separated calibration methods, one int8 row each")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "build" / "bench" / "prune_distill")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
@@ -149,15 +151,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             from fwedge.quantization import quantize
         except ImportError as exc:  # the quantizer is another issue's work
-            notes["int8"] = f"pending: {exc}"
+            notes["int8 (kl)"] = f"pending: {exc}"
         else:
-            result = quantize(paths["distilled"], "fashion-mnist:train", "kl",
-                              num_samples=args.calibration_samples, seed=args.seed)
-            paths["int8"] = ir.save(result.model, out / "distilled.int8.onnx")
-            notes["int8"] = f"KL, {args.calibration_samples} calibration images (train split)"
+            for method in args.int8_methods.split(","):
+                stage = f"int8 ({method})"
+                result = quantize(paths["distilled"], "fashion-mnist:train", method,
+                                  num_samples=args.calibration_samples, seed=args.seed)
+                paths[stage] = ir.save(result.model, out / f"distilled.int8.{method}.onnx")
+                notes[stage] = f"{method}, {args.calibration_samples} calibration images (train split)"
 
-    order = ["original", "pruned", "fine-tuned", "distilled", "int8"]
-    paths = {stage: paths[stage] for stage in order if stage in paths}
+    order = ["original", "pruned", "fine-tuned", "distilled"]
+    paths = {stage: paths[stage] for stage in order + sorted(set(paths) - set(order)) if stage in paths}
     rows = {}
     for stage, path in paths.items():
         model = ir.load(path)
@@ -165,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = OrtRunner(model, threads=2)
         acc = accuracy(runner, test, spec, batch_size=500, limit=args.test_limit)
         macs = summary.total_macs
-        if macs is None and stage == "int8":
+        if macs is None and stage.startswith("int8"):
             macs = rows["distilled"]["macs"]  # same layers; Q/DQ hides the weights from the MAC counter
         rows[stage] = {"accuracy": acc.top1, "correct": acc.correct, "total": acc.total,
                        "parameters": summary.parameters, "macs": macs, "path": str(path),

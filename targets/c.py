@@ -557,7 +557,9 @@ def run_harness(bundle: Bundle, inputs: dict[str, np.ndarray], iterations: int =
         work = Path(temp)
         count = write_harness_input(bundle, inputs, work / "inputs.bin")
         argv = launcher(bundle.arch) + [str(executable)] + harness_args(bundle, "inputs.bin", "outputs.bin", count, iterations)
-        limit = timeout or 120 + 0.05 * count + 0.01 * iterations
+        # Emulation is 10-50x slower than native and the host may be busy: generous defaults.
+        emulated = bundle.arch != host_arch()
+        limit = timeout or (300 + 1.0 * count + 0.1 * iterations if emulated else 120 + 0.05 * count + 0.01 * iterations)
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=limit, cwd=work)
         except subprocess.TimeoutExpired as exc:

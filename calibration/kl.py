@@ -81,6 +81,29 @@ def kl_divergences(
     return candidates, divergence
 
 
+# Sample size: the search compares bin-level shapes, so it needs values in the bins. A histogram
+# with fewer than MIN_VALUES_PER_BIN values per bin on average is merged 2:1 (repeatedly) down
+# to at most 2·levels bins; below that (fewer than MIN_VALUES_PER_BIN · 2 · levels values, e.g.
+# the per-sample channel vectors of an SE block over a few hundred samples) the histogram is
+# noise and the tensor keeps its observed range.
+MIN_VALUES_PER_BIN = 16
+
+
+def _coarsen(counts: np.ndarray, levels: int, start: int) -> tuple[np.ndarray | None, int]:
+    """(counts merged until the bins are populated enough, scaled start) or (None, 0) if too few."""
+    total = counts.sum()
+    size = counts.size
+    factor = 1
+    while total < MIN_VALUES_PER_BIN * (size // factor) and size // (2 * factor) >= 2 * levels:
+        factor *= 2
+    if total < MIN_VALUES_PER_BIN * min(size // factor, 2 * levels) or size % factor:
+        return None, 0
+    if factor == 1:
+        return counts, start
+    merged = counts.reshape(-1, factor).sum(axis=1)
+    return merged, max(levels, start // factor)
+
+
 # A bin is a point mass when it holds this many times the median of its neighbours (±8 bins)
 # and at least POINT_MASS_SHARE of all values.
 POINT_MASS_FACTOR = 4.0
@@ -142,6 +165,9 @@ def kl_range(histogram: Histogram, options: MethodOptions) -> tuple[float, float
     if not histogram.signed and not options.symmetric:
         levels = 2 * options.num_quantized_bins - 1
         start = max(start, levels)
+    counts, start = _coarsen(counts, levels, start)
+    if counts is None:
+        return float(histogram.minimum), float(histogram.maximum)
     atoms = point_masses(counts)
     candidates, divergence = kl_divergences(counts - atoms, levels, start, atoms)
     best = int(candidates[int(np.argmin(divergence))])

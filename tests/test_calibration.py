@@ -276,3 +276,12 @@ def test_kl_keeps_the_range_of_a_tensor_that_never_crosses_zero(rng):
     assert (low, high) == (values.min(), values.max())
     params = params_from_range(low, high)
     assert params.range[0] == pytest.approx(values.min()) and params.range[1] == 0.0
+
+
+def test_kl_on_too_few_values_keeps_the_observed_range(rng):
+    """An SE block's per-sample channel vector over a few hundred samples: a 4096-bin histogram
+    of 3000 values is noise, so KL does not clip on it."""
+    values = rng.standard_normal(3000)
+    assert kl_range(Histogram.from_values(values), OPTIONS) == (values.min(), values.max())
+    more = gaussian_with_outliers(rng, 60_000)  # enough values once merged to coarser bins
+    assert kl_range(Histogram.from_values(more), OPTIONS)[1] < 0.5 * np.abs(more).max()

@@ -49,7 +49,8 @@ Integer arithmetic (TFLite reference kernels; see fwedge/interp.py):
         holds kH*kW + 1 pairs indexed by count, real = s_x / (s_y * count) (index 0 unused).
         One rounding, like onnxruntime's DQ -> AveragePool -> Q.
     max_pool, reshape, pad, concat: int8 in and out share scale and zero point (a `quantize`
-        int8->int8 op is inserted on the inputs that differ). pad fills with zp_x.
+        int8->int8 op is inserted on the inputs that differ). pad fills with zp_x; max_pool's
+        padding never wins (-128 in int8, -inf in float).
     relu, relu6, hardswish, hardsigmoid, sigmoid (int8): y_q = lut[x_q + 128], an int8[256]
         table computed in Python (float function between the exact input and output scales,
         round half to even as onnxruntime's QuantizeLinear).

@@ -20,8 +20,8 @@ quantizer removed. Graph outputs behind a Q/DQ pair are fake-quantized the same 
 
 Zero points: ncnn int8 activations are symmetric (q = clamp(round(x * scale), -127, 127), no zero
 point), fwedge's default activations are asymmetric. A layer whose input has zero point zp != 0
-reads a shifted blob x + m·s (one BinaryOp; the convolution pads its int8 input with the level
-m, the image of a real 0, through pad_value) and its bias absorbs -m·s·ΣW, with m = zp (or zp + 1 when zp = -128,
+reads a shifted blob x + m·s (one BinaryOp; an explicit Padding with value m·s replaces the
+convolution's zero padding) and its bias absorbs -m·s·ΣW, with m = zp (or zp + 1 when zp = -128,
 so that a post-ReLU zero stays exact). Inside the quantization window this is exactly ORT's
 QuantizeLinear; the one value ncnn's [-127, 127] clamp cannot hold is the window's top (zp =
 -128) or bottom (otherwise) level, which saturates one step early. Symmetric QDQ models need no
@@ -451,6 +451,15 @@ class NcnnWriter:
                 self.add("BinaryOp", shifted, [source], [shifted], {0: 0, 1: 1, 2: float(np.float32(m * quant.scale))})
                 self.shifted[key] = shifted
             source = self.shifted[key]
+        if m != 0 and any(pads):
+            # An explicit Padding with the shifted image of 0. (Convolution's pad_value is not
+            # applied to int8 inputs packed 8 channels at a time on x86, see
+            # tests/test_targets_export.py::test_ncnn_int8_shifted_padding_many_channels.)
+            top, left, bottom, right = pads
+            padded = f"{source}_ncnn_pad_{layer}"
+            self.add("Padding", padded, [source], [padded],
+                     {0: top, 1: bottom, 2: left, 3: right, 4: 0, 5: float(np.float32(m * quant.scale))})
+            source = padded
         return source, m
 
     def int8_plan(self, node: onnx.NodeProto, weight_name: str, out_axis: int, groups: int = 1) -> tuple[ActQuant, WeightQuant] | None:
@@ -499,9 +508,8 @@ class NcnnWriter:
             quant, wq = plan
             source, m = self.shifted_input(X, quant, (top, left, bottom, right), node.name or Y)
             if m != 0:
-                # ncnn pads the already-quantized input, casting pad_value to int8: the shifted
-                # image of a real 0 is exactly the level m.
-                params[18] = float(m)
+                for key in (4, 15, 14, 16):
+                    params[key] = 0
             real_w = self.view.consts[W].astype(np.float64)
             bias = (bias.astype(np.float64) - m * quant.scale * real_w.reshape(M, -1).sum(axis=1)).astype(np.float32)
             params[8] = 1

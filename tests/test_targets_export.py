@@ -285,3 +285,30 @@ def test_fp32_writer_agrees_with_pnnx(models, tmp_path, rng):
         assert code == 0
         theirs.append(np.array(mat).reshape(-1))
     np.testing.assert_allclose(ours, np.stack(theirs), rtol=FP32_RTOL, atol=FP32_ATOL, err_msg="ncnn output 'y': fwedge vs pnnx")
+
+
+@pytest.mark.ncnn
+def test_ncnn_int8_shifted_padding_many_channels(tmp_path, rng):
+    """Asymmetric (zero point != 0) input, 16 channels (ncnn packs int8 by 8), padding 1: the
+    shifted input must be padded with the image of 0. Regression: Convolution's pad_value was not
+    honoured on packed int8 inputs and the padded border came out as -127 steps."""
+    from op_matrix import output_scale, steps_off
+
+    w = (rng.standard_normal((8, 16, 3, 3)) / 12).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["y"], name="conv", pads=[1, 1, 1, 1], kernel_shape=[3, 3])], "pad16",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 6, 6])], [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    x = rng.uniform(0.0, 3.0, (16, 16, 6, 6)).astype(np.float32)  # one-sided range: zero point -128
+    qdq = ort_qdq(model, x)
+    reference = ort_session(qdq).run(["y"], {"x": x})[0]
+    bundle = target_module("ncnn").export(qdq, tmp_path / "b", ExportOptions())
+    got = target_module("ncnn").run(load_bundle(bundle.path), {"x": x})["y"]
+    steps = steps_off(reference, got, output_scale(qdq, "y"))
+    # The zero point -128 window loses its top level in ncnn's [-127, 127]: inputs near 3.0
+    # saturate one input step early, which can cost an output step.
+    assert steps.max() <= INT8_MAX_STEPS + 1, f"ncnn int8 'y': {int(steps.max())} steps from onnxruntime"
+    border = steps[:, :, [0, -1], :]
+    assert border.max() <= INT8_MAX_STEPS + 1, "padded border of 'y'"

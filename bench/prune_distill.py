@@ -15,6 +15,13 @@ Accuracy is top-1 on the full 10,000-image Fashion-MNIST test set in onnxruntime
 onnxruntime CPU, batch 1, one intra-op thread, median over interleaved rounds (every model is
 timed in every round, so machine load hits all of them alike). Writes every model and a JSON
 report to --out-dir, and prints a Markdown table.
+
+The two trainings are independent; on a 2-core machine run them in parallel, then the table
+(which resumes both from their finished checkpoints):
+
+    B="bench/prune_distill.py --model M.onnx --out-dir D --epochs 4 --threads 1"
+    .venv/bin/python $B --only distill & .venv/bin/python $B --only finetune & wait
+    .venv/bin/python $B --int8-methods kl,percentile
 """
 from __future__ import annotations
 

@@ -312,6 +312,21 @@ def test_bundle_makefile_rebuilds_with_an_overriding_cc(tiny_bundle, tmp_path):
                                   c.run(tiny_bundle, {"x": x})["y"], err_msg="Makefile rebuild: 'y'")
 
 
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+def test_bundle_cmakelists_builds_a_working_harness(tiny_bundle, tmp_path):
+    build = tmp_path / "build"
+    for argv in (["cmake", "-S", str(tiny_bundle.path), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
+                 ["cmake", "--build", str(build)]):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{argv}: {done.stdout[-1500:]}{done.stderr[-1500:]}"
+    c = c_target()
+    x = np.full((2, 1, 8, 8), 0.25, np.float32)
+    c.write_harness_input(tiny_bundle, {"x": x}, tmp_path / "in.bin")
+    subprocess.run([str(build / "fwedge_model"), "in.bin", "out.bin", "2"], cwd=tmp_path, check=True, timeout=60)
+    np.testing.assert_array_equal(c.read_harness_output(tiny_bundle, tmp_path / "out.bin", 2)["y"],
+                                  c.run(tiny_bundle, {"x": x})["y"], err_msg="CMake build: 'y'")
+
+
 def test_only_the_kernels_the_model_uses_are_in_the_bundle(tiny_bundle):
     kernels = set(tiny_bundle.extra["kernels"])
     assert {"conv2d_f32.c", "pool_f32.c", "fully_connected_f32.c"} <= kernels

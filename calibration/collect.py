@@ -53,6 +53,30 @@ def with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     return out
 
 
+def _calibration_session(model: onnx.ModelProto, threads: int | None):
+    """An onnxruntime session for statistics: no CPU memory arena, no memory pattern.
+
+    The arena keeps its high-water mark and, with every intermediate tensor as an output,
+    grows over the first batches; without it, peak memory is one batch's tensors and stays
+    flat however many batches follow (the O(tensors x bins) promise).
+    """
+    import onnxruntime as ort
+
+    from fwedge.errors import ModelError
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ModelError(f"onnxruntime cannot load the calibration model: {exc}") from exc
+
+
 def _feeds(batch, input_names: list[str], input_shapes: list[list], source: str) -> dict[str, np.ndarray]:
     if isinstance(batch, Mapping):
         feeds = dict(batch)
@@ -120,13 +144,11 @@ def collect(
         CalibrationError: no tensors, no data, or a tensor with NaN/Inf.
         DataError: a batch whose shape does not fit the model input.
     """
-    from fwedge.eval import ort_session
-
     if not tensors:
         raise CalibrationError("nothing to calibrate: no float tensors to quantize were found")
     if bins < 8:
         raise CalibrationError(f"bins must be at least 8, got {bins}")
-    session = ort_session(with_outputs(model, tensors), threads)
+    session = _calibration_session(with_outputs(model, tensors), threads)
     inputs = ir.graph_inputs(model)
     input_names = [value.name for value in inputs]
     input_shapes = [ir.shape_of(value) for value in inputs]
@@ -163,10 +185,12 @@ def collect(
     for batch in _iterate(batches, "histogram"):
         feeds = _feeds(batch, input_names, input_shapes, source)
         values = session.run(tensors, feeds)
-        for name, value in zip(tensors, values):
+        for index, name in enumerate(tensors):
+            value, values[index] = values[index], None  # free each output once binned
             low, high, size = layouts[name]
             counts[name] += bin_counts(value, low, high, size)
             zeros[name] += int(np.count_nonzero(value == 0))
+            del value
         if progress:
             progress(len(next(iter(feeds.values()))))
     histograms = {

@@ -58,8 +58,8 @@ class Histogram:
         values = np.asarray(values, dtype=np.float64).ravel()
         minimum, maximum = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
         low, high, count = layout(minimum, maximum, bins)
-        zeros = int(np.count_nonzero(values == 0))
-        return cls(bin_counts(values, low, high, count), low, high, minimum, maximum, zeros)
+        counts, zeros = bin_counts_and_zeros(values, low, high, count)
+        return cls(counts, low, high, minimum, maximum, zeros)
 
 
 def layout(minimum: float, maximum: float, bins: int) -> tuple[float, float, int]:
@@ -71,19 +71,37 @@ def layout(minimum: float, maximum: float, bins: int) -> tuple[float, float, int
 
 
 def bin_counts(values: np.ndarray, low: float, high: float, count: int) -> np.ndarray:
-    """int64 counts of `values` in `count` equal bins over [low, high], out-of-range clamped.
+    """int64 counts of `values` in `count` equal bins over [low, high], out-of-range clamped."""
+    return bin_counts_and_zeros(values, low, high, count)[0]
 
-    Uses an index computation and np.bincount rather than np.histogram (several times faster).
-    A zero-width range puts everything in bin 0.
+
+_CHUNK = 1 << 18
+
+
+def bin_counts_and_zeros(values: np.ndarray, low: float, high: float, count: int) -> tuple[np.ndarray, int]:
+    """(int64 counts in `count` equal bins over [low, high], number of exact zeros).
+
+    The bin index is computed in float32 and clamped before the integer cast, then counted with
+    np.bincount, in chunks of 2**18 values so the temporaries stay in cache (about twice as
+    fast as one pass over a large tensor, and several times faster than np.histogram). A
+    zero-width range puts everything in bin 0.
     """
-    flat = np.asarray(values).ravel()
+    flat = np.asarray(values).reshape(-1)
+    counts = np.zeros(count, dtype=np.int64)
     width = high - low
     if width <= 0:
-        counts = np.zeros(count, dtype=np.int64)
         counts[0] = flat.size
-        return counts
+        return counts, int(np.count_nonzero(flat == 0))
     factor = np.float32(count / width)
-    position = np.multiply(flat, factor, dtype=np.float32)
-    position -= np.float32(low) * factor
-    np.clip(position, 0, count - 1, out=position)  # clamp in float: no int64 temporary to clip
-    return np.bincount(position.astype(np.intp), minlength=count).astype(np.int64)
+    offset = np.float32(low) * factor
+    buffer = np.empty(min(_CHUNK, flat.size), dtype=np.float32)
+    zeros = 0
+    for start in range(0, flat.size, _CHUNK):
+        part = flat[start:start + _CHUNK]
+        position = buffer[: part.size]
+        np.multiply(part, factor, out=position, dtype=np.float32, casting="unsafe")
+        position -= offset
+        np.clip(position, 0, count - 1, out=position)
+        counts += np.bincount(position.astype(np.intp), minlength=count)
+        zeros += int(np.count_nonzero(part == 0))
+    return counts, zeros

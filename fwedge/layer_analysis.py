@@ -16,6 +16,9 @@ from fwedge.errors import ModelError
 log = logging.getLogger(__name__)
 
 DEFAULT_JUMP_DB = 6.0
+# A layer whose output keeps this much SQNR is fine whatever it lost against its (nearly exact)
+# inputs: the first convolution always "loses" tens of dB against the 8-bit image itself.
+DEFAULT_FLOOR_DB = 30.0
 
 
 @dataclass
@@ -106,13 +109,15 @@ def analyze(
     input_shapes: dict | None = None,
     jump_db: float = DEFAULT_JUMP_DB,
     batch_size: int = 64,
+    floor_db: float = DEFAULT_FLOOR_DB,
 ) -> LayerAnalysis:
     """Compare every quantized tensor of a QDQ model with the same tensor of its float model.
 
     The float model is prepared the way `quantize` prepares it (BN folded), so tensor names
     match. The "first jump" is the first tensor, in topological order, whose SQNR is at least
-    `jump_db` below the worst SQNR of the quantized tensors it is computed from: the first layer
-    that adds much more error than its inputs already carry.
+    `jump_db` below the worst SQNR of the quantized tensors it is computed from and below
+    `floor_db` in absolute terms: the first layer that adds much more error than its inputs
+    already carry, enough to matter.
 
     Raises:
         ModelError: the QDQ model holds no activation Q/DQ pairs, or none matches the float model.
@@ -175,7 +180,8 @@ def analyze(
             if math.isfinite(worst) or math.isfinite(results[name].sqnr_db):
                 results[name].jump_db = (worst - results[name].sqnr_db) if math.isfinite(worst) else float("inf")
     ordered = [results[name] for name in tensors]
-    first = next((entry for entry in ordered if entry.jump_db is not None and entry.jump_db >= jump_db), None)
+    first = next((entry for entry in ordered if entry.jump_db is not None and entry.jump_db >= jump_db
+                  and entry.sqnr_db < floor_db), None)
     largest = max((entry for entry in ordered if entry.jump_db is not None), key=lambda e: e.jump_db, default=None)
     worst_first = sorted(ordered, key=lambda entry: (entry.sqnr_db, entry.cosine))
     notes = [f"{len(missing)} quantized tensor(s) not in the float model: {missing[:5]}"] if missing else []

@@ -22,12 +22,15 @@ def _db(value) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--jump-db", type=float, default=6.0, show_default=True,
               help="A layer 'jumps' when its SQNR is this many dB below its inputs' worst SQNR.")
+@click.option("--floor-db", type=float, default=30.0, show_default=True,
+              help="...and ends below this SQNR (a layer keeping more is fine whatever it lost).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...", callback=_parse_shapes,
               help="Fix a dynamic input shape, as given to quantize.")
 @click.option("--top", type=int, default=30, show_default=True, help="Rows to print (JSON has all).")
 @preprocess_option()
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full analysis as JSON.")
-def command(float_model, qdq_model, data, num_samples, seed, jump_db, input_shapes, top, preprocess, json_path) -> None:
+def command(float_model, qdq_model, data, num_samples, seed, jump_db, floor_db, input_shapes, top, preprocess,
+            json_path) -> None:
     """For every quantized tensor of QDQ, the SQNR and cosine of its dequantized value against
     the same tensor of FLOAT on the same inputs, sorted worst first; and the first layer (in
     topological order) where the error jumps.
@@ -36,7 +39,8 @@ def command(float_model, qdq_model, data, num_samples, seed, jump_db, input_shap
     from fwedge.ir import write_atomic
     from fwedge.layer_analysis import analyze
 
-    result = analyze(float_model, qdq_model, data, num_samples, seed, preprocess, input_shapes, jump_db)
+    result = analyze(float_model, qdq_model, data, num_samples, seed, preprocess, input_shapes, jump_db,
+                     floor_db=floor_db)
     rows = [[e.tensor, e.node, e.op, _db(e.sqnr_db), f"{e.cosine:.5f}", f"{e.max_abs_error:.4g}",
              "" if e.jump_db is None else _db(e.jump_db)] for e in result.tensors[:top]]
     stdout.print(table(f"Quantized tensors, worst first ({result.samples} samples)",
@@ -46,7 +50,7 @@ def command(float_model, qdq_model, data, num_samples, seed, jump_db, input_shap
         stdout.print(f"first jump: '{e.tensor}' from {e.node} ({e.op}): SQNR {_db(e.sqnr_db)} dB, "
                      f"{_db(e.jump_db)} dB below its inputs ({_db(e.upstream_sqnr_db)} dB)")
     else:
-        stdout.print(f"no layer loses {jump_db} dB or more against its inputs"
+        stdout.print(f"no layer loses {jump_db} dB or more against its inputs and ends below {floor_db} dB"
                      + (f"; largest: '{result.largest_jump.tensor}' ({_db(result.largest_jump.jump_db)} dB)"
                         if result.largest_jump else ""))
     for note in result.notes:

@@ -257,15 +257,15 @@ def plan_quantization(model: onnx.ModelProto, options: QuantizeOptions | None = 
             continue
         out = node.output[0]
         for name in node.input:
-            if name not in quantized or name in plan.shared:
-                if name in plan.shared:
-                    plan.requant.append((name, node.name, out))
-                continue
-            only_concat = all(user is node for user in consumers.get(name, [])) and name not in outputs
-            if only_concat and name not in {o for node2 in graph.node if node2.op_type == "Concat" and node2 is not node for o in node2.input}:
-                plan.shared[name] = out
-            else:
+            if name in plan.shared:
+                # Already tied to another tensor's parameters (a data-movement output): requantize.
                 plan.requant.append((name, node.name, out))
+            elif name in quantized:
+                only_concat = all(user is node for user in consumers.get(name, [])) and name not in outputs
+                if only_concat:
+                    plan.shared[name] = out  # takes the Concat output's parameters directly
+                else:
+                    plan.requant.append((name, node.name, out))
     if not quantized and not plan.weights:
         raise CalibrationError(
             "nothing to quantize: the model has no float tensor feeding an op that fwedge "

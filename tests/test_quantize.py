@@ -236,3 +236,28 @@ def test_fidelity_budget_keeps_layers_float_and_reports_them(block, block_data):
     onnx.checker.check_model(strict.model)
     with pytest.raises(DataError, match="needs labels"):
         quantize(block, block_data, "kl", num_samples=64, max_accuracy_drop=0.5, eval_data=block_data)
+
+
+def test_concat_input_with_other_readers_gets_a_requantizing_pair(rng):
+    inits = [_init("w1", rng.standard_normal((2, 1, 1, 1))), _init("w2", rng.standard_normal((3, 1, 1, 1)) * 4),
+             _init("w3", rng.standard_normal((2, 2, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="ca"),
+             helper.make_node("Conv", ["x", "w2"], ["b"], name="cb"),
+             helper.make_node("Concat", ["a", "b"], ["y"], name="cat", axis=1),
+             helper.make_node("Conv", ["a", "w3"], ["z"], name="cz")]
+    graph = helper.make_graph(nodes, "c", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 4, 4]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 2, 4, 4])], inits)
+    model = _model(graph)
+    plan = plan_quantization(model)
+    assert plan.shared == {"b": "y"} and plan.requant == [("a", "cat", "y")]
+    table = QuantTable("", "minmax", tensors={name: params_from_range(-9, 9) for name in ("x", "a", "y", "z")})
+    table.tensors["a"] = params_from_range(-1, 1)
+    qdq = quantize_model(model, table, plan=plan)
+    cat = next(n for n in qdq.graph.node if n.name == "cat")
+    assert cat.input[0] == "a_requant_cat_dequantized" and cat.input[1] == "b_dequantized"
+    cz = next(n for n in qdq.graph.node if n.name == "cz")
+    assert cz.input[0] == "a_dequantized", "the other reader keeps a's own parameters"
+    x = rng.random((2, 1, 4, 4)).astype(np.float32)
+    outputs = ort_session(qdq).run(None, {"x": x})
+    assert outputs[0].shape == (2, 5, 4, 4) and outputs[1].shape == (2, 2, 4, 4)

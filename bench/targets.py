@@ -7,9 +7,10 @@ For each model: the float model and its QDQ int8 model (fwedge's quantizer, `fwe
 --method percentile`, calibrated on 256 Fashion-MNIST training images / 128 rendered PP-OCR
 text lines) are exported to every available target (onnx, openvino, tflite, ncnn, C x86_64).
 Each bundle runs one sample per call through its own runtime via `fwedge.targets.<t>.run` (the
-same Python entry point the device farm's local device uses). Calls are interleaved round-robin
-over all bundles of a model, so drift and other load on the machine hit every bundle alike;
-the first --warmup rounds are dropped. Printed: p50 and p90 per bundle in ms and the ratio of
+same Python entry point the device farm's local device uses). Bundles take turns round-robin in
+blocks of 10 back-to-back calls (the first call of each block and the first --warmup rounds are
+dropped), so drift and other load on the machine hit every bundle alike. C bundles are timed by
+their harness's on-device timer instead (a process per call would measure process start-up). Printed: p50 and p90 per bundle in ms and the ratio of
 p50 to onnxruntime fp32 (the onnx fp32 bundle) measured in the same rounds. Runtimes use
 --threads threads each (FWEDGE_THREADS; TFLite and C runners may ignore it: see the table note).
 """
@@ -109,31 +110,44 @@ def export_all(name: str, float_path: Path, qdq: Path, extra: dict, work: Path) 
     return bundles, failures
 
 
-def measure(bundles: list, sample: np.ndarray, runs: int, warmup: int) -> dict[str, np.ndarray]:
-    """Interleaved single-sample latencies (seconds) per bundle label, warm-up rounds dropped."""
+def measure(bundles: list, sample: np.ndarray, runs: int, warmup: int, block: int = 10) -> dict[str, np.ndarray]:
+    """Single-sample latencies (seconds) per bundle label.
+
+    Bundles take turns in blocks of `block` back-to-back calls; the first call of every block is
+    dropped (after the other runtimes ran, its caches and worker threads are cold: OpenVINO's
+    worker thread alone costs milliseconds to wake on a loaded host), and so are the first
+    `warmup` rounds. C bundles run in their own process: their latencies are the harness's
+    on-device clock_gettime timer over `runs` iterations (targets.c.run_harness).
+    """
     from fwedge.targets import target_module
 
-    calls = []
+    calls, times = [], {}
     for label, target, _, bundle in bundles:
         module = target_module(bundle.target)
         feeds = {bundle.inputs[0].name: np.ascontiguousarray(sample, dtype=np.float32)}
+        if bundle.target == "c":
+            _, latencies_ms = module.run_harness(bundle, feeds, iterations=runs)
+            times[label] = np.asarray(latencies_ms) / 1e3
+            continue
         module.run(bundle, feeds)  # build and cache the runtime outside the timing
         calls.append((label, module.run, bundle, feeds))
-    times = {label: [] for label, *_ in calls}
-    for round_index in range(warmup + runs):
+        times[label] = []
+    rounds = warmup + max(1, runs // (block - 1))
+    for round_index in range(rounds):
         for label, run, bundle, feeds in calls:
-            start = time.perf_counter()
-            run(bundle, feeds)
-            elapsed = time.perf_counter() - start
-            if round_index >= warmup:
-                times[label].append(elapsed)
+            for call in range(block):
+                start = time.perf_counter()
+                run(bundle, feeds)
+                elapsed = time.perf_counter() - start
+                if round_index >= warmup and call > 0:
+                    times[label].append(elapsed)
     return {label: np.asarray(values) for label, values in times.items()}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300)
-    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3, help="warm-up rounds (of 10-call blocks) dropped")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", nargs="+", default=["cnn_small", "mobilenet_v2_tiny", PPOCR])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fwedge-bench-targets")

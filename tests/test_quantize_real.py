@@ -28,3 +28,44 @@ def test_ppocr_cls_quantizes_and_follows_float(ppocr_cls_path, tmp_path):
         fidelity.update(reference.run(None, {"x": x[None]})[0], candidate.run(None, {"x": x[None]})[0])
     summary = fidelity.result()
     assert summary.top1_agreement >= 0.9, summary
+
+
+def _int8_drops(model_path, methods, eval_samples):
+    from fwedge.data import open_dataset
+    from fwedge.eval import OrtRunner, accuracy, resolve_preprocess
+
+    test = open_dataset("fashion-mnist:test")
+    float_runner = OrtRunner(model_path)
+    spec = resolve_preprocess(float_runner.model)
+    limit = None if eval_samples >= test.num_samples else eval_samples
+    base = accuracy(float_runner, test, spec, 500, limit).top1
+    drops = {}
+    for method in methods:
+        result = quantize(model_path, "fashion-mnist:train", method, num_samples=512)
+        drops[method] = 100 * (base - accuracy(OrtRunner(result.model), test, spec, 500, limit).top1)
+    return base, drops
+
+
+@pytest.mark.fashion_mnist
+@pytest.mark.parametrize("name", ["cnn_small", "mobilenet_v2_tiny"])
+def test_example_model_int8_accuracy_on_a_subset(name, examples_dir):
+    """512 calibration images from the train split; the first 1000 test images; KL (the default)
+    and minmax. Bound: INT8_SUBSET_ACCURACY_PP (the full 10k figure is the slow test below)."""
+    from tests.tolerances import INT8_SUBSET_ACCURACY_PP
+
+    path = examples_dir / f"{name}.onnx"
+    if not path.is_file():
+        pytest.fail(f"example model {path} is missing: run examples/fashion_mnist/train.py")
+    base, drops = _int8_drops(path, ["kl", "minmax"], 1000)
+    assert base > 0.8, f"float model {name} top-1 {base:.3f}"
+    assert min(drops.values()) <= INT8_SUBSET_ACCURACY_PP, f"{name}: int8 drops {drops} pp on 1000 test images"
+
+
+@pytest.mark.slow
+@pytest.mark.fashion_mnist
+@pytest.mark.parametrize("name", ["cnn_small", "mobilenet_v2_tiny"])
+def test_example_model_int8_accuracy_full_test_set(name, examples_dir):
+    from tests.tolerances import INT8_VS_FLOAT_ACCURACY_PP
+
+    base, drops = _int8_drops(examples_dir / f"{name}.onnx", ["kl", "percentile", "minmax", "mse"], 10000)
+    assert min(drops.values()) <= INT8_VS_FLOAT_ACCURACY_PP, f"{name}: int8 drops {drops} pp on 10,000 test images"

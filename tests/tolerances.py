@@ -22,3 +22,8 @@ INT8_VS_FLOAT_ACCURACY_PP = 0.3
 # A deep int8 model (PP-OCR cls, ~60 int8 layers) on a target against ORT running the same QDQ
 # model: one-step differences amplify layer by layer, so compare top-1 decisions, not steps.
 DEEP_INT8_TOP1_AGREEMENT = 0.9
+
+# Quantized against float on a 1000-image subset of a test set (the test command's check): the
+# best method's accuracy drop, percentage points. Looser than the 10k figure because one
+# flipped prediction is 0.1 pp here.
+INT8_SUBSET_ACCURACY_PP = 0.5

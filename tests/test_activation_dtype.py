@@ -122,3 +122,29 @@ def test_shared_zero_point_is_copied_not_changed():
     x = np.array([-1.0, 0.02, 0.5, 7.0], np.float32)
     np.testing.assert_array_equal(ort_session(u8).run(None, {"x": x})[0], ort_session(model).run(None, {"x": x})[0],
                                   err_msg="y")
+
+
+def test_quantize_cli_activation_dtype_uint8(tmp_path, rng):
+    import json
+
+    from click.testing import CliRunner
+
+    from fwedge.cli import cli
+
+    model, data = tmp_path / "block.onnx", tmp_path / "x.npy"
+    onnx.save(block_model(rng), model)
+    np.save(data, rng.random((80, 1, 12, 12)).astype(np.float32))
+    outputs = {}
+    for dtype in ("int8", "uint8"):
+        out, report = tmp_path / f"{dtype}.onnx", tmp_path / f"{dtype}.json"
+        result = CliRunner().invoke(cli, ["quantize", str(model), "--data", str(data), "--num-samples", "64",
+                                          "--method", "minmax", "--activation-dtype", dtype, "-o", str(out),
+                                          "--json", str(report)])
+        assert result.exit_code == 0, result.output
+        assert f"{dtype} activations" in result.output
+        assert json.loads(report.read_text())["activation_dtype"] == dtype
+        outputs[dtype] = onnx.load(out)
+    assert activation_dtypes(outputs["int8"]) == {"int8"} and activation_dtypes(outputs["uint8"]) == {"uint8"}
+    x = rng.random((16, 1, 12, 12)).astype(np.float32)
+    worst, _, _ = _steps(outputs["int8"], outputs["uint8"], x)
+    assert worst <= INT8_MAX_STEPS + 1e-3, f"logits: CLI uint8 model differs by {worst:.3f} steps"

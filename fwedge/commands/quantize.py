@@ -21,15 +21,18 @@ from fwedge.commands.options import data_option
               help="Fidelity budget without labels: top-1 agreement with the float model (e.g. 0.99).")
 @data_option(name="--eval-data", help_text="Data for the budget (labelled for --max-accuracy-drop).")
 @click.option("--eval-samples", type=int, default=1000, show_default=True, help="Samples of --eval-data used by the budget.")
+@click.option("--activation-dtype", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
+              help="Activation Q/DQ dtype. uint8 (zero point + 128, same scales and values) runs onnxruntime's "
+                   "fast u8s8 x86 kernels; weights stay int8 per-channel either way.")
 @click.option("--save-table", type=click.Path(dir_okay=False), help="Also write the QuantTable used.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write a JSON report of the run.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="QDQ ONNX model to write.")
 def command(model, data, method, num_samples, seed, bins, percentile, symmetric, batch_size, input_shapes,
             preprocess, table, per_tensor, max_accuracy_drop, min_agreement, eval_data, eval_samples,
-            save_table, json_path, output) -> None:
+            activation_dtype, save_table, json_path, output) -> None:
     """Calibrate MODEL on DATA and write an INT8 QDQ ONNX model: int8 per-channel weights, int8
-    activations, int32 biases, standard QuantizeLinear/DequantizeLinear (opset 13) that runs in
-    onnxruntime and that every export target consumes.
+    (or --activation-dtype uint8) activations, int32 biases, standard QuantizeLinear/DequantizeLinear
+    (opset 13) that runs in onnxruntime and that every export target consumes.
 
     With --max-accuracy-drop or --min-agreement the most sensitive layers stay in float (no
     Q/DQ) until the budget is met; the report names each and why.
@@ -50,13 +53,17 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
             symmetric=symmetric, method_options=options, bins=bins, seed=seed, batch_size=batch_size,
             preprocess=preprocess, input_shapes=input_shapes, max_accuracy_drop=max_accuracy_drop,
             min_agreement=min_agreement, eval_data=eval_data, eval_samples=eval_samples, progress=advance)
+    if activation_dtype == "uint8":
+        from fwedge.passes.activation_dtype import uint8_activations
+
+        result.model = uint8_activations(result.model)
     ir.save(result.model, output)
     if save_table:
         result.table.save(save_table)
     plan = result.plan
     stdout.print(f"{output}: {len(plan.quantized_nodes)} nodes in int8, {len(plan.activations)} activation "
                  f"Q/DQ pairs, {len(plan.weights)} per-{'tensor' if per_tensor else 'channel'} weights, "
-                 f"{len(plan.biases)} int32 biases; method {result.table.method}")
+                 f"{len(plan.biases)} int32 biases; {activation_dtype} activations; method {result.table.method}")
     if result.budget:
         stdout.print(f"budget: {result.budget['summary']}")
         if result.kept_float:
@@ -64,7 +71,7 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
                                     [[k.node, k.op, k.reason] for k in result.kept_float]))
     if json_path:
         payload = {
-            "model": model, "output": output, "method": result.table.method,
+            "model": model, "output": output, "method": result.table.method, "activation_dtype": activation_dtype,
             "quantized_nodes": plan.quantized_nodes, "activations": plan.activations,
             "kept_float": [k.__dict__ for k in result.kept_float], "budget": result.budget,
         }

@@ -64,6 +64,7 @@ def prepare(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = 
     if ir.opset_version(out) < ir.MIN_OPSET:
         out = onnx.version_converter.convert_version(out, ir.MIN_OPSET)
         ir.constants_to_initializers(out)
+    out = _int8_activation_pairs(out)
     shapes = {}
     for value in ir.graph_inputs(out):
         shape = list((input_shapes or {}).get(value.name) or ir.shape_of(value))
@@ -88,6 +89,22 @@ def prepare(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = 
     out = _remove_dead(out)
     del out.graph.value_info[:]
     return onnx.shape_inference.infer_shapes(out, data_prop=True)
+
+
+def _int8_activation_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """uint8 activation Q/DQ pairs (e.g. `fwedge quantize --activation-dtype uint8`) as int8.
+
+    zero point - 128 with the same scale dequantizes to the same reals. A model whose uint8
+    QuantizeLinear feeds something other than DequantizeLinear is left as it is, so that the
+    problem check names the node (zero point dtype uint8).
+    """
+    from fwedge.passes.activation_dtype import activation_dtypes, int8_activations
+
+    try:
+        return int8_activations(model) if "uint8" in activation_dtypes(model) else model
+    except ModelError as exc:
+        log.debug("uint8 activations kept as they are: %s", exc)
+        return model
 
 
 def _remove_dead(model: onnx.ModelProto) -> onnx.ModelProto:

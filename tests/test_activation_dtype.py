@@ -148,3 +148,22 @@ def test_quantize_cli_activation_dtype_uint8(tmp_path, rng):
     x = rng.random((16, 1, 12, 12)).astype(np.float32)
     worst, _, _ = _steps(outputs["int8"], outputs["uint8"], x)
     assert worst <= INT8_MAX_STEPS + 1e-3, f"logits: CLI uint8 model differs by {worst:.3f} steps"
+
+
+def test_lowering_takes_uint8_activations_as_int8(qdq, rng):
+    from fwedge.interp import run_lowered
+    from fwedge.passes.lower import lower
+
+    u8 = uint8_activations(qdq)
+    s8_graph, u8_graph = lower(qdq), lower(u8)
+    assert u8_graph.precision == "int8" and not u8_graph.float_fallback
+    assert [(op.kind, op.name) for op in u8_graph.ops] == [(op.kind, op.name) for op in s8_graph.ops]
+    for name, tensor in s8_graph.tensors.items():
+        other = u8_graph.tensors[name]
+        assert other.dtype == tensor.dtype, f"lowered tensor {name}: {other.dtype} vs {tensor.dtype}"
+        if tensor.quant is not None:
+            np.testing.assert_array_equal(other.quant.zero_point, tensor.quant.zero_point,
+                                          err_msg=f"lowered zero point of {name}")
+    x = rng.random((1, 1, 12, 12)).astype(np.float32)
+    np.testing.assert_array_equal(run_lowered(u8_graph, {"input": x})["logits"],
+                                  run_lowered(s8_graph, {"input": x})["logits"], err_msg="lowered logits")

@@ -24,27 +24,24 @@ def _quantize(float_path, out):
     """fwedge's quantizer (percentile ranges, 256 training images), as the demo pipeline runs it."""
     from fwedge.quantization import quantize
 
-    result = quantize(float_path, "fashion-mnist:train", method="percentile", num_samples=128)
+    result = quantize(float_path, "fashion-mnist:train", method="percentile", num_samples=256)
     onnx.save(result.model, out)
     return out
 
 
-# mobilenet_v2_tiny joins once examples/fashion_mnist/mobilenet_v2_tiny.onnx is committed; the
-# full-test-set figures for both models come from bench/target_accuracy.py.
-@pytest.fixture(scope="module", params=["cnn_small"])
+# The full-test-set figures for both models come from bench/target_accuracy.py.
+@pytest.fixture(scope="module", params=["cnn_small", "mobilenet_v2_tiny"])
 def example(request, tmp_path_factory):
     float_path = request.getfixturevalue("cnn_small_path" if request.param == "cnn_small" else "mobilenet_path")
     folder = tmp_path_factory.mktemp(request.param)
     qdq_path = _quantize(float_path, folder / f"{request.param}.int8.onnx")
-    reference = evaluate_bundle(export_bundle(qdq_path, "onnx", folder / "onnx-int8").path, "fashion-mnist:test",
-                                limit=IMAGES)
-    return request.param, float_path, qdq_path, folder, reference["accuracy"].top1
+    return request.param, float_path, qdq_path, folder, None
 
 
 @pytest.mark.fashion_mnist
 @pytest.mark.parametrize("target", TARGETS)
 def test_example_model_targets_fp32_and_int8(example, target, tmp_path):
-    name, float_path, qdq_path, folder, int8_reference = example
+    name, float_path, qdq_path, folder, _ = example
     x = next(open_dataset("fashion-mnist:test").batches(Preprocess(resize=(28, 28), color="grayscale"), 16, limit=16)).x
     fp32 = export_bundle(float_path, target, tmp_path / "fp32")
     expected = ort_session(float_path).run(None, {"input": x})[0]
@@ -53,12 +50,24 @@ def test_example_model_targets_fp32_and_int8(example, target, tmp_path):
 
     int8 = export_bundle(qdq_path, target, tmp_path / "int8")
     assert int8.precision == "int8"
+    # On a 600-image subset a 0.2 pp accuracy gap is one image: the subset checks agreement with
+    # onnxruntime on the same QDQ model; the 0.2 pp criterion runs on all 10000 images (slow).
     result = evaluate_bundle(int8.path, "fashion-mnist:test", reference=qdq_path, limit=IMAGES)
-    gap = 100 * abs(result["accuracy"].top1 - int8_reference)
+    assert result["fidelity"].top1_agreement >= 0.99, (
+        f"{name} {target} int8: top-1 agreement with ORT int8 {100 * result['fidelity'].top1_agreement:.2f}%")
+
+
+@pytest.mark.slow
+@pytest.mark.fashion_mnist
+@pytest.mark.parametrize("target", TARGETS)
+def test_example_model_int8_accuracy_within_budget_full_test_set(example, target, tmp_path):
+    name, _, qdq_path, folder, _ = example
+    reference = evaluate_bundle(export_bundle(qdq_path, "onnx", tmp_path / "onnx").path, "fashion-mnist:test")
+    result = evaluate_bundle(export_bundle(qdq_path, target, tmp_path / "int8").path, "fashion-mnist:test")
+    gap = 100 * abs(result["accuracy"].top1 - reference["accuracy"].top1)
     assert gap <= INT8_TARGET_ACCURACY_PP, (
-        f"{name} {target} int8: top-1 {100 * result['accuracy'].top1:.2f}% vs ORT int8 {100 * int8_reference:.2f}% "
-        f"on {IMAGES} test images")
-    assert result["fidelity"].top1_agreement >= 0.99, result["fidelity"]
+        f"{name} {target} int8: top-1 {100 * result['accuracy'].top1:.2f}% vs ORT int8 "
+        f"{100 * reference['accuracy'].top1:.2f}% on the 10000 test images")
 
 
 @pytest.mark.rapidocr

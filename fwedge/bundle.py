@@ -121,7 +121,8 @@ def write_bundle(
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    # Absolute, so writers that run tools in another working directory (compilers) find it.
+    temp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent)).resolve()
     try:
         more_sizes = write_files(temp) or {}
         files = {}

@@ -81,3 +81,17 @@ def test_failed_rewrite_keeps_previous_bundle(tmp_path):
 def test_not_a_bundle(tmp_path):
     with pytest.raises(ExportError, match="no manifest.json"):
         load_bundle(tmp_path)
+
+
+def test_writer_gets_an_absolute_folder_for_a_relative_out_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    def files(tmp):
+        seen.append(tmp)
+        (tmp / "a.txt").write_text("a")
+
+    write_bundle("rel/b", target="c", arch="x86_64", precision="fp32", source_sha256="0" * 64,
+                 inputs=[], outputs=[], write_files=files)
+    assert seen[0].is_absolute()
+    assert load_bundle("rel/b").files.keys() == {"a.txt"}

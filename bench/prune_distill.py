@@ -10,6 +10,10 @@ Stages, all measured in this one run:
     distilled   the pruned model trained against the original as teacher (Hinton KD + labels)
     int8 (kl)   the distilled model quantized to INT8 QDQ (KL calibration) by fwedge.quantization;
                 --int8-methods adds rows for other calibration methods (e.g. percentile)
+    int8 (kl, u8 act)
+                the same QDQ model with uint8 activation Q/DQ pairs (passes/activation_dtype.py:
+                zero point + 128, same scales and weights), which onnxruntime's x86 CPU kernels
+                run on their fast u8s8 path (--no-uint8-activations drops these rows)
 
 Accuracy is top-1 on the full 10,000-image Fashion-MNIST test set in onnxruntime. Latency is
 onnxruntime CPU, batch 1, one intra-op thread, median over interleaved rounds (every model is
@@ -91,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                              "started later resumes from its checkpoints, so two processes can train in parallel")
     parser.add_argument("--skip-int8", action="store_true")
     parser.add_argument("--int8-methods", default="kl", help="comma-separated calibration methods, one int8 row each")
+    parser.add_argument("--uint8-activations", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure each int8 model with its activation Q/DQ pairs rewritten to uint8 "
+                             "(zero point + 128, same scales: onnxruntime's fast u8s8 x86 kernels)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "build" / "bench" / "prune_distill")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
@@ -166,6 +173,14 @@ def main(argv: list[str] | None = None) -> int:
                                   num_samples=args.calibration_samples, seed=args.seed)
                 paths[stage] = ir.save(result.model, out / f"distilled.int8.{method}.onnx")
                 notes[stage] = f"{method}, {args.calibration_samples} calibration images (train split)"
+                if args.uint8_activations:
+                    from fwedge.passes.activation_dtype import uint8_activations
+
+                    u8_stage = f"int8 ({method}, u8 act)"
+                    paths[u8_stage] = ir.save(uint8_activations(result.model),
+                                              out / f"distilled.int8.{method}.u8act.onnx")
+                    notes[u8_stage] = (f"the {stage} model with activation Q/DQ zero points + 128 as uint8 "
+                                       f"(same scales, same weights)")
 
     order = ["original", "pruned", "fine-tuned", "distilled"]
     paths = {stage: paths[stage] for stage in order + sorted(set(paths) - set(order)) if stage in paths}

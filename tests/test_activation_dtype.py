@@ -83,6 +83,9 @@ def test_uint8_matches_int8_on_mobilenet(mobilenet_path):
     u8 = uint8_activations(s8)
     onnx.checker.check_model(u8)
     x = next(open_dataset("fashion-mnist:test").batches(resolve_preprocess(float_model), 500, 500, 0)).x
+    # Not bit-exact: with int8 activations onnxruntime (1.31, x86) leaves the depthwise Convs and
+    # the residual Adds as DQ -> float op -> Q, while with uint8 it fuses them into QLinearConv /
+    # QLinearAdd, whose integer requantization rounds a few values one step differently.
     worst, differing, total = _steps(s8, u8, x, float_model.graph.input[0].name)
     print(f"mobilenet_v2_tiny: {differing}/{total} logits differ between s8 and u8 activations, "
           f"max {worst:.3f} steps")

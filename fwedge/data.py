@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import struct
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -80,38 +81,86 @@ def read_idx_header(path: str | os.PathLike) -> IdxHeader:
     return IdxHeader(_IDX_DTYPES[head[2]], tuple(shape), 4 + 4 * ndim)
 
 
+class IdxReader:
+    """Reads records of an IDX (or IDX.gz) file in ascending index order through one open handle.
+
+    A gzip stream can only seek by decompressing, so successive batches continue from where the
+    last one stopped instead of reopening the file (which would decompress from the start for
+    every batch). Reading backwards reopens the file. Memory holds only the records asked for.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.header = read_idx_header(self.path)
+        self.record_shape = self.header.shape[1:]
+        self.record_bytes = int(np.prod(self.record_shape, dtype=np.int64)) * self.header.dtype.itemsize
+        self.count = self.header.shape[0]
+        self._handle = None
+        self._position = 0
+        self._lock = threading.Lock()
+
+    def _rewind(self) -> None:
+        self.close()
+        self._handle = _open_maybe_gzip(self.path)
+        self._handle.read(self.header.offset)
+        self._position = 0
+
+    def read(self, indices: Sequence[int] | None = None) -> np.ndarray:
+        """Records at `indices` (strictly ascending), or all records.
+
+        Raises:
+            DataError: an index is out of range or not ascending, or the file is truncated.
+        """
+        wanted = np.arange(self.count) if indices is None else np.asarray(indices, dtype=np.int64)
+        if wanted.size and (wanted.min() < 0 or wanted.max() >= self.count):
+            raise DataError(f"IDX file '{self.path}': index out of range 0..{self.count - 1}")
+        if wanted.size > 1 and np.any(np.diff(wanted) <= 0):
+            raise DataError(f"IDX file '{self.path}': indices must be strictly ascending")
+        out = np.empty((wanted.size,) + self.record_shape, dtype=self.header.dtype.newbyteorder("="))
+        if not wanted.size:
+            return out
+        with self._lock:
+            self._read_into(out, wanted)
+        return out
+
+    def _read_into(self, out: np.ndarray, wanted: np.ndarray) -> None:
+        if self._handle is None or wanted[0] < self._position:
+            self._rewind()
+        # Read runs of consecutive indices with one call each.
+        breaks = np.flatnonzero(np.diff(wanted) != 1) + 1
+        slot = 0
+        for run in np.split(wanted, breaks):
+            first, length = int(run[0]), len(run)
+            skip = (first - self._position) * self.record_bytes
+            if skip:
+                self._handle.seek(skip, os.SEEK_CUR)
+            raw = self._handle.read(length * self.record_bytes)
+            if len(raw) != length * self.record_bytes:
+                got = first + len(raw) // self.record_bytes
+                raise DataError(f"IDX file '{self.path}': truncated at record {got} of {self.count}")
+            out[slot : slot + length] = np.frombuffer(raw, dtype=self.header.dtype).reshape(
+                (length,) + self.record_shape
+            )
+            slot += length
+            self._position = first + length
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
 def read_idx(path: str | os.PathLike, indices: Sequence[int] | None = None) -> np.ndarray:
     """Read records of an IDX file (optionally only `indices`, which must be sorted ascending).
-
-    Records are read sequentially, so memory holds only the selected records.
 
     Raises:
         DataError: the file is missing, not IDX, or shorter than its header says.
     """
-    path = Path(path)
-    header = read_idx_header(path)
-    record_shape = header.shape[1:]
-    record_bytes = int(np.prod(record_shape, dtype=np.int64)) * header.dtype.itemsize
-    count = header.shape[0]
-    wanted = np.arange(count) if indices is None else np.asarray(indices, dtype=np.int64)
-    if wanted.size and (wanted.min() < 0 or wanted.max() >= count):
-        raise DataError(f"IDX file '{path}': index out of range 0..{count - 1}")
-    if wanted.size > 1 and np.any(np.diff(wanted) <= 0):
-        raise DataError(f"IDX file '{path}': indices must be strictly ascending")
-    out = np.empty((wanted.size,) + record_shape, dtype=header.dtype.newbyteorder("="))
-    with _open_maybe_gzip(path) as handle:
-        handle.read(header.offset)
-        position = 0
-        for slot, index in enumerate(wanted):
-            skip = int(index - position) * record_bytes
-            if skip:
-                handle.seek(skip, os.SEEK_CUR)
-            raw = handle.read(record_bytes)
-            if len(raw) != record_bytes:
-                raise DataError(f"IDX file '{path}': truncated at record {int(index)} of {count}")
-            out[slot] = np.frombuffer(raw, dtype=header.dtype).reshape(record_shape)
-            position = int(index) + 1
-    return out
+    reader = IdxReader(path)
+    try:
+        return reader.read(indices)
+    finally:
+        reader.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +295,7 @@ class Dataset:
     files: list[Path] = field(default_factory=list)
     file_labels: list[int] = field(default_factory=list)
     array_keys: tuple[str, str | None] = ("x", None)
+    _readers: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def has_labels(self) -> bool:
@@ -279,12 +329,23 @@ class Dataset:
 
     # -- raw access ---------------------------------------------------------------------------
 
+    def _reader(self, path: Path) -> IdxReader:
+        if path not in self._readers:
+            self._readers[path] = IdxReader(path)
+        return self._readers[path]
+
+    def close(self) -> None:
+        """Close open file handles (IDX readers); batches() does this when it finishes."""
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+
     def _read_raw(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if self.kind == "idx":
-            x = read_idx(self.path, indices)
+            x = self._reader(self.path).read(indices)
             if x.ndim == 3:
                 x = x[..., None]
-            y = read_idx(self.labels_path, indices).astype(np.int64) if self.labels_path else None
+            y = self._reader(self.labels_path).read(indices).astype(np.int64) if self.labels_path else None
             return x, y
         if self.kind == "images":
             images = [_load_image(self.files[i]) for i in indices]
@@ -311,6 +372,12 @@ class Dataset:
             DataError: NaN/Inf in the data, or images that preprocessing cannot handle.
         """
         indices = self.select(limit, seed)
+        try:
+            yield from self._batches(indices, preprocess, batch_size)
+        finally:
+            self.close()
+
+    def _batches(self, indices: np.ndarray, preprocess: Preprocess | None, batch_size: int) -> Iterator[Batch]:
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
             raw, labels = self._read_raw(chunk)

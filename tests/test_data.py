@@ -137,3 +137,20 @@ def test_preprocess_round_trip():
     assert Preprocess.from_dict(spec.to_dict()) == spec
     with pytest.raises(DataError, match="unknown keys"):
         Preprocess.from_dict({"colour": "rgb"})
+
+
+def test_idx_batches_continue_one_stream(idx_pair, monkeypatch):
+    """Successive batches read forward through one handle instead of reopening the gzip file."""
+    import fwedge.data as data_module
+
+    opened = []
+    real_open = data_module._open_maybe_gzip
+    monkeypatch.setattr(data_module, "_open_maybe_gzip", lambda path: opened.append(path) or real_open(path))
+    path, images, labels = idx_pair
+    dataset = open_dataset(path)
+    opened.clear()
+    x = np.concatenate([b.x for b in dataset.batches(Preprocess(color="grayscale"), batch_size=3, limit=11, seed=1)])
+    chosen = dataset.select(limit=11, seed=1)
+    np.testing.assert_allclose(x[:, 0], images[chosen].astype(np.float32) / 255.0, rtol=1e-6)
+    # Per file: one open to read the header, one for the stream; not one per batch (4 batches).
+    assert len(opened) == 4, f"opened {len(opened)} times"

@@ -12,7 +12,7 @@ from typing import Callable
 
 from fwedge import __version__
 from fwedge.errors import ExportError
-from fwedge.ir import sha256_file
+from fwedge.ir import _umask, sha256_file
 
 BUNDLE_SCHEMA = "fwedge.bundle/1"
 MANIFEST = "manifest.json"
@@ -123,6 +123,7 @@ def write_bundle(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Absolute, so writers that run tools in another working directory (compilers) find it.
     temp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent)).resolve()
+    os.chmod(temp, 0o777 & ~_umask())  # mkdtemp creates 0700; a bundle is meant to be shared
     try:
         more_sizes = write_files(temp) or {}
         files = {}

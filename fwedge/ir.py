@@ -239,6 +239,12 @@ def save(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write bytes or text to `path` atomically (temp file in the same folder, then rename)."""
     path = Path(path)
@@ -250,6 +256,8 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates 0600; give the file the mode a plain open() would.
+        os.chmod(temp, 0o666 & ~_umask())
         os.replace(temp, path)
     except BaseException:
         if os.path.exists(temp):

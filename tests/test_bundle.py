@@ -95,3 +95,12 @@ def test_writer_gets_an_absolute_folder_for_a_relative_out_dir(tmp_path, monkeyp
                  inputs=[], outputs=[], write_files=files)
     assert seen[0].is_absolute()
     assert load_bundle("rel/b").files.keys() == {"a.txt"}
+
+
+def test_bundle_folder_gets_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        _write(tmp_path / "b")
+    finally:
+        os.umask(old)
+    assert ((tmp_path / "b").stat().st_mode & 0o777) == 0o755

@@ -162,3 +162,12 @@ def test_ppocr_cls_loads(ppocr_cls_path):
     x = np.random.default_rng(0).random((2, 3, 48, 192), dtype=np.float32)
     np.testing.assert_allclose(OrtRunner(model)(x), OrtRunner(raw)(x), rtol=1e-5, atol=1e-6,
                                err_msg="PP-OCR cls logits after load")
+
+
+def test_saved_files_get_the_umask_mode(tmp_path, rng):
+    old = os.umask(0o022)
+    try:
+        path = ir.save(tiny_conv_model(rng), tmp_path / "m.onnx")
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644

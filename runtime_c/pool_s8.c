@@ -3,30 +3,34 @@
 
 void fw_max_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y)
 {
+    /* Parameters in locals: the int8 stores could alias *p, which would reload them per element. */
+    const int channels = p->channels, in_h = p->in_h, in_w = p->in_w;
+    const int8_t lo = (int8_t)fw_clamp_s32(p->activation_min, -128, 127);
+    const int8_t hi = (int8_t)fw_clamp_s32(p->activation_max, -128, 127);
     for (int oy = 0; oy < p->out_h; ++oy) {
         for (int ox = 0; ox < p->out_w; ++ox) {
-            int8_t *yp = y + ((size_t)oy * p->out_w + ox) * p->channels;
-            for (int c = 0; c < p->channels; ++c) {
+            int8_t *yp = y + ((size_t)oy * p->out_w + ox) * channels;
+            for (int c = 0; c < channels; ++c) {
                 yp[c] = -128;
             }
             for (int ky = 0; ky < p->kernel_h; ++ky) {
                 const int iy = oy * p->stride_h - p->pad_top + ky * p->dilation_h;
-                if (iy < 0 || iy >= p->in_h) {
+                if (iy < 0 || iy >= in_h) {
                     continue;
                 }
                 for (int kx = 0; kx < p->kernel_w; ++kx) {
                     const int ix = ox * p->stride_w - p->pad_left + kx * p->dilation_w;
-                    if (ix < 0 || ix >= p->in_w) {
+                    if (ix < 0 || ix >= in_w) {
                         continue;
                     }
-                    const int8_t *xp = x + ((size_t)iy * p->in_w + ix) * p->channels;
-                    for (int c = 0; c < p->channels; ++c) {
+                    const int8_t *xp = x + ((size_t)iy * in_w + ix) * channels;
+                    for (int c = 0; c < channels; ++c) {
                         yp[c] = xp[c] > yp[c] ? xp[c] : yp[c];
                     }
                 }
             }
-            for (int c = 0; c < p->channels; ++c) {
-                yp[c] = (int8_t)fw_clamp_s32(yp[c], p->activation_min, p->activation_max);
+            for (int c = 0; c < channels; ++c) {
+                yp[c] = yp[c] < lo ? lo : (yp[c] > hi ? hi : yp[c]);
             }
         }
     }

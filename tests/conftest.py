@@ -45,6 +45,7 @@ REQUIREMENTS = {
                       "Debian dataset-fashion-mnist"),
     "rapidocr": (lambda *a: _module("rapidocr_onnxruntime"), "rapidocr-onnxruntime (dev extra)"),
     "cc": (lambda *a: shutil.which(os.environ.get("CC", "cc")) is not None, "a host C compiler (gcc)"),
+    "build_tools": (lambda *a: all(shutil.which(t) for t in ("make", "cmake")), "Debian make and cmake"),
 }
 
 

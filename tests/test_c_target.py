@@ -297,7 +297,7 @@ def test_a_compiler_for_the_wrong_architecture_is_refused(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.build_tools
 def test_bundle_makefile_rebuilds_with_an_overriding_cc(tiny_bundle, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(tiny_bundle.path, folder)
@@ -312,7 +312,7 @@ def test_bundle_makefile_rebuilds_with_an_overriding_cc(tiny_bundle, tmp_path):
                                   c.run(tiny_bundle, {"x": x})["y"], err_msg="Makefile rebuild: 'y'")
 
 
-@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+@pytest.mark.build_tools
 def test_bundle_cmakelists_builds_a_working_harness(tiny_bundle, tmp_path):
     build = tmp_path / "build"
     for argv in (["cmake", "-S", str(tiny_bundle.path), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],

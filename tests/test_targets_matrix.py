@@ -10,7 +10,7 @@ import pytest
 from fwedge.bundle import load_bundle
 from fwedge.eval import ort_session
 from fwedge.targets import ExportOptions, target_module
-from op_matrix import OP_CASES, op_case_ids, output_scale, qdq_model, random_feeds, steps_off
+from op_matrix import OP_CASES, output_scale, qdq_model, random_feeds, steps_off
 from tolerances import FP32_ATOL, FP32_RTOL, INT8_MAX_STEPS
 
 log = logging.getLogger(__name__)
@@ -20,14 +20,18 @@ TARGET_MARKS = {
     "openvino": [pytest.mark.openvino],
     "ncnn": [pytest.mark.ncnn],
 }
-TARGET_PARAMS = [pytest.param(name, marks=marks, id=name) for name, marks in TARGET_MARKS.items()]
 # The ONNX bundle is the model itself in onnxruntime: a few cases check the round trip.
 ONNX_CASES = {"conv_3x3_s1_p1", "depthwise_3x3", "fully_connected"}
 
 
-def _skip_trivial(case, target: str) -> None:
-    if target == "onnx" and case.id not in ONNX_CASES:
-        pytest.skip("the onnx bundle runs the same model in onnxruntime; covered by ONNX_CASES")
+def matrix(cases) -> list:
+    """(case, target) parameters: every case on every target, the ONNX target on ONNX_CASES only."""
+    return [
+        pytest.param(case, target, marks=marks, id=f"{case.id}-{target}")
+        for case in cases
+        for target, marks in TARGET_MARKS.items()
+        if target != "onnx" or case.id in ONNX_CASES
+    ]
 
 
 def export_and_run(target: str, model: onnx.ModelProto, feeds: dict, folder) -> dict:
@@ -47,10 +51,8 @@ def compare_int8(case, target: str, folder) -> tuple[int, int, int]:
     return int(steps.max()), int((steps == 1).sum()), int(steps.size)
 
 
-@pytest.mark.parametrize("target", TARGET_PARAMS)
-@pytest.mark.parametrize("case", OP_CASES, ids=op_case_ids())
+@pytest.mark.parametrize(("case", "target"), matrix(OP_CASES))
 def test_fp32_matches_onnxruntime(case, target, tmp_path):
-    _skip_trivial(case, target)
     feeds = random_feeds(case, batch=3)
     reference = ort_session(case.model).run(["y"], feeds)[0]
     candidate = export_and_run(target, case.model, feeds, tmp_path)["y"]
@@ -59,10 +61,8 @@ def test_fp32_matches_onnxruntime(case, target, tmp_path):
                                err_msg=f"{target} fp32 {case.id}: output 'y'")
 
 
-@pytest.mark.parametrize("target", TARGET_PARAMS)
-@pytest.mark.parametrize("case", [c for c in OP_CASES if c.int8], ids=[c.id for c in OP_CASES if c.int8])
+@pytest.mark.parametrize(("case", "target"), matrix([c for c in OP_CASES if c.int8]))
 def test_int8_within_one_step_of_onnxruntime_qdq(case, target, tmp_path, record_property):
-    _skip_trivial(case, target)
     worst, off_by_one, total = compare_int8(case, target, tmp_path)
     record_property("off_by_one", f"{off_by_one}/{total}")
     log.info("%s int8 %s: max %d steps, %d/%d elements one step off", target, case.id, worst, off_by_one, total)

@@ -208,6 +208,47 @@ def fidelity(
     return accumulator.result()
 
 
+def evaluate(
+    runner: Runner,
+    dataset: Dataset,
+    preprocess: Preprocess,
+    reference: Runner | None = None,
+    batch_size: int = 256,
+    limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Accuracy (when the data is labelled) and fidelity against `reference` in one pass.
+
+    The candidate runs once per batch for both figures.
+
+    Returns:
+        {"samples": int, "accuracy": AccuracyResult | None, "fidelity": Fidelity | None}
+
+    Raises:
+        DataError: unlabelled data and no reference (nothing to evaluate), or a shape mismatch.
+    """
+    if not dataset.has_labels and reference is None:
+        raise DataError(
+            f"data '{dataset.path}': has no labels and no reference model was given: nothing to evaluate"
+        )
+    correct = total = 0
+    accumulator = FidelityAccumulator()
+    for batch in iterate_checked(dataset, runner, preprocess, batch_size, limit):
+        logits = runner(batch.x)
+        if batch.y is not None:
+            correct += int(np.sum(logits.reshape(len(logits), -1).argmax(axis=1) == batch.y))
+        if reference is not None:
+            accumulator.update(reference(batch.x), logits)
+        total += len(batch.x)
+        if progress:
+            progress(len(batch.x))
+    return {
+        "samples": total,
+        "accuracy": AccuracyResult(correct / total, correct, total) if dataset.has_labels else None,
+        "fidelity": accumulator.result() if reference is not None else None,
+    }
+
+
 def evaluate_model(
     model_path: str | os.PathLike,
     data: str | os.PathLike,
@@ -228,30 +269,8 @@ def evaluate_model(
     dataset = open_dataset(data)
     spec = resolve_preprocess(runner.model, preprocess)
     reference_runner = OrtRunner(reference) if reference is not None else None
-    if not dataset.has_labels and reference_runner is None:
-        raise DataError(
-            f"data '{data}': has no labels and no reference model was given: nothing to evaluate"
-        )
-    correct = total = 0
-    accumulator = FidelityAccumulator()
-    # One pass: the candidate runs once per batch for both accuracy and fidelity.
-    for batch in iterate_checked(dataset, runner, spec, batch_size, limit):
-        logits = runner(batch.x)
-        if batch.y is not None:
-            correct += int(np.sum(logits.reshape(len(logits), -1).argmax(axis=1) == batch.y))
-        if reference_runner is not None:
-            accumulator.update(reference_runner(batch.x), logits)
-        total += len(batch.x)
-        if progress:
-            progress(len(batch.x))
-    return {
-        "model": str(model_path),
-        "data": str(data),
-        "samples": total,
-        "preprocess": spec.to_dict(),
-        "accuracy": AccuracyResult(correct / total, correct, total) if dataset.has_labels else None,
-        "fidelity": accumulator.result() if reference_runner is not None else None,
-    }
+    scores = evaluate(runner, dataset, spec, reference_runner, batch_size, limit, progress)
+    return {"model": str(model_path), "data": str(data), "preprocess": spec.to_dict(), **scores}
 
 
 def default_model_path(name: str) -> Path:

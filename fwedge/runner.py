@@ -10,7 +10,7 @@ import numpy as np
 from fwedge.bundle import Bundle, load_bundle
 from fwedge.data import Preprocess, open_dataset
 from fwedge.errors import DataError, ExportError
-from fwedge.eval import AccuracyResult, FidelityAccumulator, OrtRunner, iterate_checked
+from fwedge.eval import OrtRunner, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -101,27 +101,13 @@ def evaluate_bundle(
     if spec is None:
         raise DataError(f"bundle '{bundle_path}': no preprocessing in the manifest; give --preprocess")
     reference_runner = _reference_runner(reference) if reference is not None else None
-    if not dataset.has_labels and reference_runner is None:
-        raise DataError(f"data '{data}': has no labels and no reference model was given: nothing to evaluate")
-    correct = total = 0
-    accumulator = FidelityAccumulator()
-    for batch in iterate_checked(dataset, runner, spec, batch_size, limit):
-        logits = runner(batch.x)
-        if batch.y is not None:
-            correct += int(np.sum(logits.reshape(len(logits), -1).argmax(axis=1) == batch.y))
-        if reference_runner is not None:
-            accumulator.update(reference_runner(batch.x), logits)
-        total += len(batch.x)
-        if progress:
-            progress(len(batch.x))
+    scores = evaluate(runner, dataset, spec, reference_runner, batch_size, limit, progress)
     return {
         "bundle": str(bundle_path),
         "target": runner.bundle.target,
         "arch": runner.bundle.arch,
         "precision": runner.bundle.precision,
         "data": str(data),
-        "samples": total,
         "preprocess": spec.to_dict(),
-        "accuracy": AccuracyResult(correct / total, correct, total) if dataset.has_labels else None,
-        "fidelity": accumulator.result() if reference_runner is not None else None,
+        **scores,
     }

@@ -1,11 +1,9 @@
 """`fwedge eval MODEL --data ...`."""
 from __future__ import annotations
 
-import json
-
 import click
 
-from fwedge.commands.options import data_option, preprocess_option
+from fwedge.commands.options import data_option, preprocess_option, print_scores
 
 
 @click.command("eval")
@@ -25,7 +23,7 @@ def command(model, data, reference, limit, batch_size, preprocess, as_json) -> N
     file, or fashion-mnist:test / fashion-mnist:train (Debian's dataset-fashion-mnist).
     Preprocessing comes from the model's metadata unless --preprocess is given.
     """
-    from fwedge.console import progress, stdout
+    from fwedge.console import progress
     from fwedge.data import open_dataset
     from fwedge.eval import evaluate_model
 
@@ -33,15 +31,4 @@ def command(model, data, reference, limit, batch_size, preprocess, as_json) -> N
     with progress(total, "evaluating") as advance:
         result = evaluate_model(model, data, reference=reference, preprocess=preprocess,
                                 limit=limit, batch_size=batch_size, progress=advance)
-    if as_json:
-        payload = {key: value.to_dict() if hasattr(value, "to_dict") else value for key, value in result.items()}
-        click.echo(json.dumps(payload, indent=2))
-        return
-    stdout.print(f"{model} on {data}: {result['samples']} samples")
-    if result["accuracy"] is not None:
-        acc = result["accuracy"]
-        stdout.print(f"top-1 accuracy: {100 * acc.top1:.2f}% ({acc.correct}/{acc.total})")
-    if result["fidelity"] is not None:
-        fid = result["fidelity"]
-        stdout.print(f"fidelity vs {reference}: top-1 agreement {100 * fid.top1_agreement:.2f}%, "
-                     f"cosine {fid.cosine:.6f}, max abs error {fid.max_abs_error:.4g}, SQNR {fid.sqnr_db:.2f} dB")
+    print_scores(result, reference, as_json, heading=f"{model} on {data}")

@@ -41,3 +41,21 @@ def preprocess_option():
         '"layout":"NCHW","scale":0.00392156862745098}\'. Default: the model\'s metadata, else a '
         "guess from its input shape.",
     )
+
+
+def print_scores(result: dict, reference: str | None, as_json: bool, heading: str) -> None:
+    """Print an evaluation result (accuracy and fidelity) as text or JSON."""
+    if as_json:
+        payload = {key: value.to_dict() if hasattr(value, "to_dict") else value for key, value in result.items()}
+        click.echo(json.dumps(payload, indent=2))
+        return
+    from fwedge.console import stdout
+
+    stdout.print(f"{heading}: {result['samples']} samples")
+    if result["accuracy"] is not None:
+        acc = result["accuracy"]
+        stdout.print(f"top-1 accuracy: {100 * acc.top1:.2f}% ({acc.correct}/{acc.total})")
+    if result["fidelity"] is not None:
+        fid = result["fidelity"]
+        stdout.print(f"fidelity vs {reference}: top-1 agreement {100 * fid.top1_agreement:.2f}%, "
+                     f"cosine {fid.cosine:.6f}, max abs error {fid.max_abs_error:.4g}, SQNR {fid.sqnr_db:.2f} dB")

@@ -3,6 +3,7 @@ stage cached under <cache>/<stage>-<hash>/ by a content hash of its inputs and s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
@@ -114,6 +115,36 @@ def _library(stage: str, module: str, attribute: str | None = None):
     return getattr(loaded, attribute) if attribute else loaded
 
 
+CODE_PACKAGES = ("fwedge", "fwedge.passes", "fwedge.calibration", "fwedge.targets", "fwedge.runtime_c",
+                 "fwedge.device_farm")
+TOOLCHAIN_DISTRIBUTIONS = ("onnx", "onnxruntime", "openvino", "ai-edge-litert", "ncnn", "ziglang", "torch", "numpy")
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """A sha256 over fwedge's own sources (.py, .c, .h) and the toolchain versions.
+
+    Part of every stage's cache key: a changed kernel, pass or runtime version must rebuild the
+    stages it feeds, not reuse bundles built by the old code.
+    """
+    from importlib import metadata
+
+    digest = hashlib.sha256()
+    for package in CODE_PACKAGES:
+        for folder in importlib.import_module(package).__path__:
+            root = Path(folder)
+            for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".c", ".h") and p.is_file()):
+                digest.update(f"{package}/{path.relative_to(root).as_posix()}".encode())
+                digest.update(path.read_bytes())
+    for name in TOOLCHAIN_DISTRIBUTIONS:
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            version = "absent"
+        digest.update(f"{name}=={version}".encode())
+    return digest.hexdigest()
+
+
 def _digest(payload) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -145,7 +176,7 @@ class StageCache:
 
         `build(out_dir)` writes the outputs and returns a one-line summary.
         """
-        key = _digest({"stage": name, "fwedge": __version__, **payload})
+        key = _digest({"stage": name, "fwedge": __version__, "code": code_fingerprint(), **payload})
         final = self.root / f"{name}-{key[:16]}"
         marker = final / DONE
         if marker.is_file():

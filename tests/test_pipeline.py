@@ -82,6 +82,17 @@ def test_pipeline_runs_then_reuses_every_stage(project):
 
 
 @pytest.mark.fashion_mnist
+def test_changed_fwedge_code_rebuilds_every_stage(project, monkeypatch):
+    """Bundles built by older kernels or passes must not be reused after an upgrade."""
+    from fwedge import pipeline
+
+    run_pipeline(project / "pipeline.toml")
+    monkeypatch.setattr(pipeline, "code_fingerprint", lambda: "0" * 64)
+    again = run_pipeline(project / "pipeline.toml")
+    assert not any(_cached(again).values())
+
+
+@pytest.mark.fashion_mnist
 def test_interrupted_stage_leaves_nothing_half_written_and_resumes(project, monkeypatch):
     from fwedge.device_farm import runner
 

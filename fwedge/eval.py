@@ -179,14 +179,7 @@ def accuracy(
     """
     if not dataset.has_labels:
         raise DataError(f"data '{dataset.path}': accuracy needs labels, and this source has none")
-    correct = total = 0
-    for batch in iterate_checked(dataset, runner, preprocess, batch_size, limit, seed):
-        logits = runner(batch.x)
-        correct += int(np.sum(logits.reshape(len(logits), -1).argmax(axis=1) == batch.y))
-        total += len(batch.y)
-        if progress:
-            progress(len(batch.x))
-    return AccuracyResult(top1=correct / total if total else 0.0, correct=correct, total=total)
+    return evaluate(runner, dataset, preprocess, None, batch_size, limit, progress, seed)["accuracy"]
 
 
 def fidelity(
@@ -200,12 +193,7 @@ def fidelity(
     progress: Callable[[int], None] | None = None,
 ) -> Fidelity:
     """Fidelity of `candidate` against `reference` on the same preprocessed inputs."""
-    accumulator = FidelityAccumulator()
-    for batch in iterate_checked(dataset, reference, preprocess, batch_size, limit, seed):
-        accumulator.update(reference(batch.x), candidate(batch.x))
-        if progress:
-            progress(len(batch.x))
-    return accumulator.result()
+    return evaluate(candidate, dataset, preprocess, reference, batch_size, limit, progress, seed)["fidelity"]
 
 
 def evaluate(
@@ -216,6 +204,7 @@ def evaluate(
     batch_size: int = 256,
     limit: int | None = None,
     progress: Callable[[int], None] | None = None,
+    seed: int = 0,
 ) -> dict:
     """Accuracy (when the data is labelled) and fidelity against `reference` in one pass.
 
@@ -233,7 +222,7 @@ def evaluate(
         )
     correct = total = 0
     accumulator = FidelityAccumulator()
-    for batch in iterate_checked(dataset, runner, preprocess, batch_size, limit):
+    for batch in iterate_checked(dataset, runner, preprocess, batch_size, limit, seed):
         logits = runner(batch.x)
         if batch.y is not None:
             correct += int(np.sum(logits.reshape(len(logits), -1).argmax(axis=1) == batch.y))

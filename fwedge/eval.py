@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 import numpy as np
@@ -260,8 +259,3 @@ def evaluate_model(
     reference_runner = OrtRunner(reference) if reference is not None else None
     scores = evaluate(runner, dataset, spec, reference_runner, batch_size, limit, progress)
     return {"model": str(model_path), "data": str(data), "preprocess": spec.to_dict(), **scores}
-
-
-def default_model_path(name: str) -> Path:
-    """Path of a shipped example model (examples/fashion_mnist/<name>.onnx) in the source tree."""
-    return Path(__file__).resolve().parent.parent / "examples" / "fashion_mnist" / f"{name}.onnx"

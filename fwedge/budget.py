@@ -129,13 +129,13 @@ def apply_budget(result, options: QuantizeOptions, eval_data: str | os.PathLike 
         sensitivity = []
         for group in groups:
             trial = quantize_model(result.float_model, result.table,
-                                   replace(options, exclude_nodes=frozenset(group)))
+                                   replace(options, exclude_nodes=options.exclude_nodes | frozenset(group)))
             sensitivity.append((evaluate(trial) - full_score, group))
         sensitivity.sort(key=lambda item: -item[0])
         ops = {node.name: node.op_type for node in result.float_model.graph.node}
         for gain, group in sensitivity:
             excluded |= set(group)
-            current = replace(options, exclude_nodes=frozenset(excluded))
+            current = replace(options, exclude_nodes=options.exclude_nodes | frozenset(excluded))
             try:
                 model = quantize_model(result.float_model, result.table, current)
             except CalibrationError:
@@ -155,7 +155,7 @@ def apply_budget(result, options: QuantizeOptions, eval_data: str | os.PathLike 
             for entry, (gain, group) in reversed(list(zip(list(kept), sensitivity))):
                 trial_set = excluded - set(group)
                 trial = quantize_model(result.float_model, result.table,
-                                       replace(options, exclude_nodes=frozenset(trial_set)))
+                                       replace(options, exclude_nodes=options.exclude_nodes | frozenset(trial_set)))
                 trial_score = evaluate(trial)
                 if within(trial_score):
                     excluded, model, score = trial_set, trial, trial_score
@@ -166,7 +166,7 @@ def apply_budget(result, options: QuantizeOptions, eval_data: str | os.PathLike 
                 entry.reason = f"sensitivity rank {rank}: {entry.reason}; needed for the budget"
         result.model = model
         try:
-            result.plan = plan_quantization(result.float_model, replace(options, exclude_nodes=frozenset(excluded)))
+            result.plan = plan_quantization(result.float_model, replace(options, exclude_nodes=options.exclude_nodes | frozenset(excluded)))
         except CalibrationError:
             from fwedge.passes.quantize import QuantPlan
 

@@ -157,6 +157,52 @@ def calibrate(
     return compute(stats, method, method_options)
 
 
+def float_units(
+    prepared: onnx.ModelProto, names: tuple[str, ...] | list[str] = (), float_stem: bool = False,
+) -> list[KeptFloat]:
+    """Layers to keep in float on request: named nodes and/or the stem, each with its fused clamps.
+
+    A layer kept in float takes the ReLU/Clip fused into it along (they run in float too), so the
+    next int8 layer quantizes the clamped tensor, as it would after any float layer.
+
+    Args:
+        prepared: the prepared float model (load_prepared: BN folded, nodes named).
+        names: node names of compute layers (Conv, Gemm, MatMul, ...) to keep in float.
+        float_stem: also keep every compute layer that reads a graph input directly. onnxruntime
+            runs a 1..3-input-channel QLinearConv through a poorly shaped int8 GEMM and it costs
+            several times its float Conv; the first layer is also the most precision-sensitive.
+
+    Returns:
+        One KeptFloat per layer ("+"-joined node names of the layer and its clamps).
+
+    Raises:
+        CalibrationError: a name that is no node of the model, or one int8 does not compute.
+    """
+    from fwedge.budget import layer_groups
+
+    ops = {node.name: node.op_type for node in prepared.graph.node}
+    groups = {group[0]: group for group in layer_groups(prepared, QuantizeOptions())}
+    unknown = [name for name in names if name not in ops]
+    if unknown:
+        raise CalibrationError(f"keep-float: no node named {unknown} in the model; nodes are e.g. "
+                               f"{[name for name in groups][:5]}")
+    not_layers = [f"{name} ({ops[name]})" for name in names if name not in groups]
+    if not_layers:
+        raise CalibrationError(f"keep-float: {not_layers} are not int8 compute layers (data-movement ops and "
+                               f"fused clamps follow their layer); layers are e.g. {[name for name in groups][:5]}")
+    wanted: dict[str, str] = {name: "requested (keep float)" for name in names}
+    if float_stem:
+        inputs = {value.name for value in ir.graph_inputs(prepared)}
+        stem = [node.name for node in prepared.graph.node if node.name in groups and node.input
+                and node.input[0] in inputs]
+        if not stem:
+            raise CalibrationError("float stem: no int8 compute layer reads a graph input directly")
+        for name in stem:
+            wanted.setdefault(name, "float stem: reads the model input")
+    return [KeptFloat(node="+".join(groups[name]), op="+".join(ops[n] for n in groups[name]), reason=reason)
+            for name, reason in wanted.items()]
+
+
 @dataclass
 class KeptFloat:
     """A node the accuracy budget kept in float, and why."""
@@ -206,6 +252,8 @@ def quantize(
     eval_data: str | os.PathLike | Dataset | None = None,
     eval_samples: int | None = 1000,
     progress: Callable[[int], None] | None = None,
+    keep_float: tuple[str, ...] | list[str] = (),
+    float_stem: bool = False,
 ) -> QuantizeResult:
     """Calibrate (or take a table) and write an INT8 QDQ model; optionally within a budget.
 
@@ -221,6 +269,9 @@ def quantize(
         min_agreement: fidelity budget: top-1 agreement with the float model on `eval_data`.
         eval_data, eval_samples: data for the budget.
         progress: called with sample counts during calibration.
+        keep_float: node names of layers to keep in float (float_units); the budget, if any,
+            works on top of them.
+        float_stem: keep the layers that read the model input in float (float_units).
 
     Returns:
         QuantizeResult.
@@ -233,13 +284,17 @@ def quantize(
     if method_options.symmetric != symmetric:
         method_options = MethodOptions(**{**method_options.__dict__, "symmetric": symmetric})
     prepared, sha = load_prepared(model, input_shapes)
-    options = QuantizeOptions(per_channel=per_channel, symmetric=symmetric, method=str(Method(method).value))
+    requested = float_units(prepared, tuple(keep_float), float_stem) if keep_float or float_stem else []
+    excluded = frozenset(name for unit in requested for name in unit.node.split("+"))
+    options = QuantizeOptions(per_channel=per_channel, symmetric=symmetric, exclude_nodes=excluded,
+                              method=str(Method(method).value))
     if table is not None:
         table = table if isinstance(table, QuantTable) else QuantTable.load(table)
         if table.model_sha256 and table.model_sha256 != sha:
             log.warning("quant table was calibrated on model sha256 %s, this model is %s",
                         table.model_sha256[:12], sha[:12])
-        options = QuantizeOptions(per_channel=per_channel, symmetric=symmetric, method=table.method)
+        options = QuantizeOptions(per_channel=per_channel, symmetric=symmetric, exclude_nodes=excluded,
+                                  method=table.method)
         plan = plan_quantization(prepared, options)
     else:
         if data is None:
@@ -250,7 +305,7 @@ def quantize(
                                     histograms=Method(method) is not Method.MINMAX)
         table = compute(stats, method, method_options)
     qdq = quantize_model(prepared, table, options, plan)
-    result = QuantizeResult(qdq, prepared, table, plan)
+    result = QuantizeResult(qdq, prepared, table, plan, kept_float=list(requested))
     if max_accuracy_drop is not None or min_agreement is not None:
         from fwedge.budget import apply_budget
 
@@ -258,6 +313,7 @@ def quantize(
             raise CalibrationError("an accuracy budget needs --eval-data")
         apply_budget(result, options, eval_data, eval_samples, max_accuracy_drop, min_agreement,
                      preprocess, batch_size=256)
+        result.kept_float = list(requested) + result.kept_float
         used = set(result.plan.calibrated)
         result.table.tensors = {name: q for name, q in result.table.tensors.items() if name in used}
     return result

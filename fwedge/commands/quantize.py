@@ -21,6 +21,11 @@ from fwedge.commands.options import data_option
               help="Fidelity budget without labels: top-1 agreement with the float model (e.g. 0.99).")
 @data_option(name="--eval-data", help_text="Data for the budget (labelled for --max-accuracy-drop).")
 @click.option("--eval-samples", type=int, default=1000, show_default=True, help="Samples of --eval-data used by the budget.")
+@click.option("--keep-float", "keep_float", multiple=True, metavar="NODE",
+              help="Keep this layer (node name) and its fused ReLU/Clip in float. Repeatable.")
+@click.option("--float-stem", is_flag=True,
+              help="Keep the layers that read the model input in float (onnxruntime's int8 conv on 1-3 input "
+                   "channels is slower than its float conv; the first layer is also the most sensitive).")
 @click.option("--activation-dtype", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
               help="Activation Q/DQ dtype. uint8 (zero point + 128, same scales and values) runs onnxruntime's "
                    "fast u8s8 x86 kernels; weights stay int8 per-channel either way.")
@@ -29,7 +34,7 @@ from fwedge.commands.options import data_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="QDQ ONNX model to write.")
 def command(model, data, method, num_samples, seed, bins, percentile, symmetric, batch_size, input_shapes,
             preprocess, table, per_tensor, max_accuracy_drop, min_agreement, eval_data, eval_samples,
-            activation_dtype, save_table, json_path, output) -> None:
+            keep_float, float_stem, activation_dtype, save_table, json_path, output) -> None:
     """Calibrate MODEL on DATA and write an INT8 QDQ ONNX model: int8 per-channel weights, int8
     (or --activation-dtype uint8) activations, int32 biases, standard QuantizeLinear/DequantizeLinear
     (opset 13) that runs in onnxruntime and that every export target consumes.
@@ -52,7 +57,8 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
             model, data, method, num_samples, table=table, per_channel=not per_tensor,
             symmetric=symmetric, method_options=options, bins=bins, seed=seed, batch_size=batch_size,
             preprocess=preprocess, input_shapes=input_shapes, max_accuracy_drop=max_accuracy_drop,
-            min_agreement=min_agreement, eval_data=eval_data, eval_samples=eval_samples, progress=advance)
+            min_agreement=min_agreement, eval_data=eval_data, eval_samples=eval_samples, progress=advance,
+            keep_float=keep_float, float_stem=float_stem)
     if activation_dtype == "uint8":
         from fwedge.passes.activation_dtype import uint8_activations
 
@@ -66,9 +72,9 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
                  f"{len(plan.biases)} int32 biases; {activation_dtype} activations; method {result.table.method}")
     if result.budget:
         stdout.print(f"budget: {result.budget['summary']}")
-        if result.kept_float:
-            stdout.print(rich_table("Kept in float", ["node", "op", "why"],
-                                    [[k.node, k.op, k.reason] for k in result.kept_float]))
+    if result.kept_float:
+        stdout.print(rich_table("Kept in float", ["node", "op", "why"],
+                                [[k.node, k.op, k.reason] for k in result.kept_float]))
     if json_path:
         payload = {
             "model": model, "output": output, "method": result.table.method, "activation_dtype": activation_dtype,

@@ -449,6 +449,11 @@ class DistillOptions:
         bn_mode: "train" or "frozen" BatchNormalization (module comment).
         feature_pairs: (student tensor, teacher tensor) pairs for an MSE feature-map loss.
         feature_weight: weight of the feature-map loss.
+        flip: random horizontal flip of each training sample (NCHW inputs), drawn per epoch.
+        shift: random translation of each training sample by up to this many pixels in H and W,
+            the uncovered border filled with 0 (random crop of the zero-padded input), drawn per
+            epoch. With flip or shift the teacher sees the same augmented batch as the student, so
+            its soft targets are computed per batch instead of once.
         threads: torch intra-op threads (the result is reproducible for a fixed thread count).
         checkpoint_dir: where to write a checkpoint after every epoch.
         resume: continue from the checkpoint in checkpoint_dir if there is one.
@@ -466,6 +471,8 @@ class DistillOptions:
     bn_mode: str = "train"
     feature_pairs: tuple[tuple[str, str], ...] = ()
     feature_weight: float = 1.0
+    flip: bool = False
+    shift: int = 0
     threads: int | None = None
     checkpoint_dir: Path | None = None
     resume: bool = False
@@ -504,6 +511,44 @@ class DistillResult:
     samples: int
     resumed_from_epoch: int = 0
     options: DistillOptions = field(default_factory=DistillOptions)
+
+
+def augment_batch(torch, x, generator, flip: bool, shift: int):
+    """Random horizontal flip and random translation (zero fill) per sample of an NCHW batch.
+
+    Args:
+        torch: the torch module.
+        x: [N, C, H, W] tensor.
+        generator: torch.Generator that draws the flips and offsets.
+        flip: flip each sample left-right with probability 1/2.
+        shift: offsets in [-shift, shift] pixels, drawn independently for H and W.
+
+    Returns:
+        A new [N, C, H, W] tensor.
+
+    Raises:
+        DistillError: the batch is not 4-D or shift is negative.
+    """
+    if x.dim() != 4:
+        raise DistillError(f"flip/shift augmentation needs NCHW input, got shape {list(x.shape)}")
+    if shift < 0:
+        raise DistillError(f"shift must be >= 0, got {shift}")
+    n, _, h, w = x.shape
+    if flip:
+        flips = torch.rand(n, generator=generator) < 0.5
+        x = torch.where(flips[:, None, None, None], x.flip(-1), x)
+    if shift:
+        padded = torch.nn.functional.pad(x, (shift, shift, shift, shift))
+        dy = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
+        out = torch.empty_like(x)
+        offsets = dy * (2 * shift + 1) + dx
+        for offset in torch.unique(offsets).tolist():
+            rows = offsets == offset
+            oy, ox = divmod(offset, 2 * shift + 1)
+            out[rows] = padded[rows, :, oy: oy + h, ox: ox + w]
+        x = out
+    return x
 
 
 def _load_arrays(dataset: Dataset, preprocess: Preprocess, limit: int | None, seed: int):
@@ -591,6 +636,9 @@ def distill(
         raise DistillError(f"alpha must be in [0, 1], got {options.alpha}")
     if options.feature_pairs and teacher is None:
         raise DistillError("feature-map loss needs a teacher")
+    if options.shift < 0:
+        raise DistillError(f"shift must be >= 0, got {options.shift}")
+    augmenting = options.flip or options.shift > 0
     spec = resolve_preprocess(student, preprocess)
     x_all, y_all = _load_arrays(dataset, spec, options.limit, options.seed)
     use_labels = options.use_labels and y_all is not None
@@ -627,7 +675,7 @@ def distill(
                 if s_shape != t_shape:
                     raise DistillError(f"feature pair: student '{student_tensor}' has shape ['N', *{s_shape}] "
                                        f"but teacher '{teacher_tensor}' has ['N', *{t_shape}]")
-            if not feature_names:
+            if not feature_names and not augmenting:
                 # No augmentation, so the soft targets are the same every epoch: compute them once.
                 teacher_logits = np.concatenate([teacher_runner(x_all[i: i + 1024])
                                                  for i in range(0, len(x_all), 1024)])
@@ -683,6 +731,7 @@ def distill(
             started = time.perf_counter()
             # The order of epoch e depends on (seed, e) only, so a resumed run sees the same batches.
             order = torch.randperm(n, generator=torch.Generator().manual_seed(options.seed * 100003 + epoch))
+            augment_generator = torch.Generator().manual_seed(options.seed * 100003 + epoch + 50021)
             sums = {"loss": 0.0, "soft": 0.0, "hard": 0.0, "feature": 0.0}
             correct = 0
             for step in range(steps_per_epoch):
@@ -691,6 +740,8 @@ def distill(
                     group["lr"] = options.lr * 0.5 * (1.0 + math.cos(math.pi * global_step / total_steps))
                 index = order[step * options.batch_size: (step + 1) * options.batch_size]
                 xb = x_tensor[index]
+                if augmenting:
+                    xb = augment_batch(torch, xb, augment_generator, options.flip, options.shift)
                 outputs = graph.forward(xb, training=True, capture=capture)
                 logits = outputs[student_name]
                 loss = torch.zeros(())

@@ -1,6 +1,8 @@
 """Knowledge distillation: torch execution of ONNX graphs, losses, determinism, checkpoints."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -189,8 +191,64 @@ def test_distill_cli(tmp_path):
     onnx.save(student, tmp_path / "s.onnx")
     args = ["distill", "--teacher", str(tmp_path / "t.onnx"), "--student", str(tmp_path / "s.onnx"),
             "--data", str(tmp_path / "data.npz"), "--epochs", "1", "--bn", "frozen", "--threads", "1",
-            "--checkpoint", str(tmp_path / "ck"), "-o", str(tmp_path / "out.onnx")]
+            "--flip", "--shift", "1", "--checkpoint", str(tmp_path / "ck"), "-o", str(tmp_path / "out.onnx")]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "epoch 1/1" in result.output
+    options = json.loads({p.key: p.value for p in ir.load(tmp_path / "out.onnx").metadata_props}["fwedge.distill"])
+    assert options["options"]["flip"] is True and options["options"]["shift"] == 1
     assert ir.load(tmp_path / "out.onnx")
+
+
+def test_augment_batch_flips_and_shifts_with_zero_fill():
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(np.random.default_rng(0).random((16, 2, 6, 7)).astype(np.float32))
+    same = kd.augment_batch(torch, x, torch.Generator().manual_seed(0), flip=False, shift=0)
+    assert torch.equal(same, x)
+    flipped = kd.augment_batch(torch, x, torch.Generator().manual_seed(0), flip=True, shift=0)
+    is_flipped = [bool(torch.equal(flipped[i], x[i].flip(-1))) for i in range(16)]
+    assert all(is_flipped[i] or torch.equal(flipped[i], x[i]) for i in range(16))
+    assert 0 < sum(is_flipped) < 16, "about half the samples flip"
+    shifted = kd.augment_batch(torch, x, torch.Generator().manual_seed(1), flip=False, shift=2)
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (2, 2), (2, 2)))
+    offsets = set()
+    for i in range(16):
+        # Each sample is one of the 25 windows of its zero-padded self.
+        found = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if np.array_equal(shifted[i].numpy(), padded[i, :, dy:dy + 6, dx:dx + 7])]
+        assert found, f"sample {i} is no shifted window of itself"
+        offsets.add(found[0])
+    assert len(offsets) > 3, "offsets vary per sample"
+    again = kd.augment_batch(torch, x, torch.Generator().manual_seed(1), flip=False, shift=2)
+    assert torch.equal(again, shifted), "the generator alone decides the augmentation"
+    with pytest.raises(DistillError, match="NCHW"):
+        kd.augment_batch(torch, x[0], torch.Generator(), flip=True, shift=0)
+
+
+def test_augmented_distillation_is_deterministic_and_resumable(tmp_path):
+    teacher, student, data, x = _teacher_and_data(tmp_path, samples=128)
+    options = {**OPTIONS, "epochs": 2, "flip": True, "shift": 2}
+    first = kd.distill(student, teacher, data, kd.DistillOptions(**options))
+    second = kd.distill(student, teacher, data, kd.DistillOptions(**options))
+    plain = kd.distill(student, teacher, data, kd.DistillOptions(**OPTIONS))
+    assert kd.fingerprint_digest(first) == kd.fingerprint_digest(second)
+    assert kd.fingerprint_digest(first) != kd.fingerprint_digest(plain), "augmentation must change training"
+    tuned = kd.finetune(student, data, kd.DistillOptions(**options))
+    assert tuned.history[-1].soft_loss == 0 and tuned.history[-1].hard_loss > 0
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(stats):
+        if stats.epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        kd.distill(student, teacher, data, kd.DistillOptions(checkpoint_dir=tmp_path / "ck", **options),
+                   on_epoch=stop_after_first)
+    resumed = kd.distill(student, teacher, data,
+                         kd.DistillOptions(checkpoint_dir=tmp_path / "ck", resume=True, **options))
+    assert resumed.resumed_from_epoch == 1
+    assert kd.fingerprint_digest(resumed) == kd.fingerprint_digest(first)
+    with pytest.raises(DistillError, match="shift must be >= 0"):
+        kd.distill(student, teacher, data, kd.DistillOptions(**{**OPTIONS, "shift": -1}))

@@ -36,6 +36,10 @@ def _parse_pair(text: str) -> tuple[str, str]:
 @click.option("--feature", "features", multiple=True, metavar="S=T", callback=lambda c, p, v: [_parse_pair(t) for t in v],
               help="Feature-map MSE between student tensor S and teacher tensor T (same shape). Repeatable.")
 @click.option("--feature-weight", type=float, default=1.0, show_default=True)
+@click.option("--flip/--no-flip", default=False, show_default=True,
+              help="Random horizontal flips of the training images (NCHW), teacher and student alike.")
+@click.option("--shift", type=int, default=0, show_default=True,
+              help="Random shifts of the training images by up to this many pixels (zero fill); 0 = off.")
 @click.option("--val-data", help="Labelled data to report accuracy on after each epoch (e.g. fashion-mnist:test).")
 @click.option("--val-limit", type=int, help="A seeded subset of the validation data.")
 @click.option("--threads", type=int, help="torch threads (results are reproducible for a fixed count).")
@@ -46,7 +50,7 @@ def _parse_pair(text: str) -> tuple[str, str]:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Trained student path.")
 @click.option("--json", "as_json", is_flag=True, help="Print the epoch history as JSON.")
 def command(teacher, student, data, labels, epochs, temperature, alpha, lr, weight_decay, batch_size, limit,
-            seed, bn_mode, features, feature_weight, val_data, val_limit, threads, checkpoint_dir, resume,
+            seed, bn_mode, features, feature_weight, flip, shift, val_data, val_limit, threads, checkpoint_dir, resume,
             preprocess, output, as_json) -> None:
     """Train STUDENT's weights against TEACHER (Hinton knowledge distillation) and write OUT.
 
@@ -65,7 +69,7 @@ def command(teacher, student, data, labels, epochs, temperature, alpha, lr, weig
     options = DistillOptions(
         epochs=epochs, temperature=temperature, alpha=alpha, use_labels=labels, lr=lr,
         weight_decay=weight_decay, batch_size=batch_size, limit=limit, seed=seed, bn_mode=bn_mode,
-        feature_pairs=tuple(features), feature_weight=feature_weight, threads=threads,
+        feature_pairs=tuple(features), feature_weight=feature_weight, flip=flip, shift=shift, threads=threads,
         checkpoint_dir=checkpoint_dir, resume=resume,
     )
     student_model = ir.load(student)

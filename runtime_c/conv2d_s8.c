@@ -1,145 +1,211 @@
-/* int8 2-D convolution (any stride, padding, dilation, groups), NHWC input, OHWI weights, TFLite requantization.
+/* int8 2-D convolution (any stride, padding, dilation, groups), NHWC input, TFLite requantization.
  *
- * Each output value is a dot product of an input window with one output channel's weights. With
- * groups == 1 and no horizontal dilation, the valid taps of one kernel row are contiguous in
- * both the NHWC input and the OHWI weights, so the inner loop is one long int16 dot product
- * (kernel_w * in_c elements) over four output channels at once, which compilers vectorise
- * (pmaddwd on x86, smlal on Arm). No im2col buffer is needed, a 1x1 convolution is the same loop
- * with kernel_w = 1. Other cases run the per-tap loop over the group's channels. */
+ * groups == 1 (every conv of a plain CNN, 1x1 pointwise convs included) runs as a small GEMM
+ * without an im2col buffer: a tile of FW_TILE_PIXELS output pixels times FW_CONV_BLOCK output
+ * channels is accumulated in registers. Per tile, each pixel's receptive field (its input
+ * pixel for a 1x1 conv) is gathered once as int16 x - zero_point and stored pair-interleaved,
+ * [k / 2][pixel][2]; the weights were packed at export time (fw_pack_conv2d_s8_weights, the
+ * same layout the code generator writes) as [out_c / 8][k / 2][8][2] int8, so one 16-byte
+ * load holds two filter taps of eight output channels. The inner step multiplies a pair of
+ * window values of one pixel with the pairs of four channels and adds both products into one
+ * int32 lane: x86's pmaddwd (SSE2 intrinsics when the compiler defines __SSE2__), smlal on Arm
+ * from the portable loop. Filters longer than FW_K_CHUNK values are gathered and accumulated
+ * in chunks, so the stack stays bounded.
+ *
+ * groups > 1 (grouped, not depthwise) keeps the plain OHWI layout and a per-tap loop. */
+#include <string.h>
+
 #include "fwedge_rt.h"
 
-/* Largest kernel_h * kernel_w * in_c gathered into each of the two per-pixel window buffers (int16 on the stack). */
-#define FW_WINDOW_MAX 2304
-
-/* acc[k] = sum_i window[i] * w_k[i] for four weight rows. */
-#if defined(__AVX512VNNI__) || defined(__AVXVNNI__)
-/* x86 with VNNI: the window holds x + 128 as unsigned bytes and the dot product is
- * unsigned x signed bytes, which the compiler maps to vpdpbusd (64 multiply-adds per
- * instruction). */
-typedef uint8_t fw_window_t;
-#define FW_WINDOW_U8 1
-#else
-/* Elsewhere the window holds x - zp as int16 and the dot product is int16 x int8, which maps
- * to pmaddwd (SSE2) or smlal (Arm). */
-typedef int16_t fw_window_t;
-#define FW_WINDOW_U8 0
+#if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
+#include <emmintrin.h>
 #endif
 
-/* The window holds v = x - anchor: anchor -128 for unsigned bytes, zp for int16. Padding holds
- * zp - anchor, so that sum((x - zp) * w) = dot(v, w) + (anchor - zp) * sum(w) over every tap. */
-static inline int32_t window_anchor(int32_t zero_point)
-{
-    return FW_WINDOW_U8 ? -128 : zero_point;
-}
+#define FW_TILE_PIXELS 4
+/* Even: a chunk boundary never splits a pair. FW_TILE_PIXELS * FW_K_CHUNK int16 on the stack. */
+#define FW_K_CHUNK 1152
 
-static void window_dot4(const fw_window_t *window, const int8_t *w0, const int8_t *w1, const int8_t *w2,
-                        const int8_t *w3, int n, int32_t *acc)
+size_t fw_conv2d_s8_packed_size(const fw_conv_params *p)
 {
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    for (int i = 0; i < n; ++i) {
-        const int32_t xv = window[i];
-        a0 += xv * w0[i];
-        a1 += xv * w1[i];
-        a2 += xv * w2[i];
-        a3 += xv * w3[i];
+    const size_t filter = (size_t)p->kernel_h * p->kernel_w * (p->in_c / p->groups);
+    if (p->groups != 1) {
+        return (size_t)p->out_c * filter;
     }
-    acc[0] = a0;
-    acc[1] = a1;
-    acc[2] = a2;
-    acc[3] = a3;
+    return (size_t)((p->out_c + FW_CONV_BLOCK - 1) / FW_CONV_BLOCK) * (filter + (filter & 1)) * FW_CONV_BLOCK;
 }
 
-/* acc[k] = window0 . w_k and acc[4 + k] = window1 . w_k for four weight rows and two output
- * pixels: every weight load (and int8 -> int16 widening) serves both pixels. */
-static void window_dot4x2(const fw_window_t *window0, const fw_window_t *window1, const int8_t *w0,
-                          const int8_t *w1, const int8_t *w2, const int8_t *w3, int n, int32_t *acc)
+void fw_pack_conv2d_s8_weights(const fw_conv_params *p, const int8_t *ohwi, int8_t *packed)
 {
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
-    for (int i = 0; i < n; ++i) {
-        const int32_t xa = window0[i];
-        const int32_t xb = window1[i];
-        a0 += xa * w0[i];
-        a1 += xa * w1[i];
-        a2 += xa * w2[i];
-        a3 += xa * w3[i];
-        b0 += xb * w0[i];
-        b1 += xb * w1[i];
-        b2 += xb * w2[i];
-        b3 += xb * w3[i];
+    const int filter = p->kernel_h * p->kernel_w * (p->in_c / p->groups);
+    if (p->groups != 1) {
+        memcpy(packed, ohwi, (size_t)p->out_c * filter);
+        return;
     }
-    acc[0] = a0;
-    acc[1] = a1;
-    acc[2] = a2;
-    acc[3] = a3;
-    acc[4] = b0;
-    acc[5] = b1;
-    acc[6] = b2;
-    acc[7] = b3;
-}
-
-static int32_t window_dot1(const fw_window_t *window, const int8_t *w, int n)
-{
-    int32_t a = 0;
-    for (int i = 0; i < n; ++i) {
-        a += (int32_t)window[i] * w[i];
-    }
-    return a;
-}
-
-/* Gather the receptive field of one output pixel in the OHWI order of a filter (x - anchor,
- * padding zp - anchor), so that one dot product runs over the whole filter. */
-static void gather_window(const fw_conv_params *p, const int8_t *x, int oy, int ox, fw_window_t *window)
-{
-    const int y0 = oy * p->stride_h - p->pad_top;
-    const int x0 = ox * p->stride_w - p->pad_left;
-    const int32_t anchor = window_anchor(p->input_zero_point);
-    const fw_window_t pad = (fw_window_t)(p->input_zero_point - anchor);
-    fw_window_t *out = window;
-    for (int ky = 0; ky < p->kernel_h; ++ky) {
-        const int iy = y0 + ky * p->dilation_h;
-        if (p->dilation_w == 1 && iy >= 0 && iy < p->in_h && x0 >= 0 && x0 + p->kernel_w <= p->in_w) {
-            /* The whole kernel row is inside the input: one contiguous span of kernel_w * in_c. */
-            const int8_t *xp = x + ((size_t)iy * p->in_w + x0) * p->in_c;
-            const int span = p->kernel_w * p->in_c;
-            for (int c = 0; c < span; ++c) {
-                out[c] = (fw_window_t)(xp[c] - anchor);
+    const int padded = filter + (filter & 1);
+    const int blocks = (p->out_c + FW_CONV_BLOCK - 1) / FW_CONV_BLOCK;
+    for (int b = 0; b < blocks; ++b) {
+        for (int k = 0; k < padded; ++k) {
+            for (int j = 0; j < FW_CONV_BLOCK; ++j) {
+                const int oc = b * FW_CONV_BLOCK + j;
+                const int8_t v = oc < p->out_c && k < filter ? ohwi[(size_t)oc * filter + k] : 0;
+                packed[((size_t)b * padded + (k & ~1)) * FW_CONV_BLOCK + 2 * j + (k & 1)] = v;
             }
-            out += span;
-            continue;
         }
-        for (int kx = 0; kx < p->kernel_w; ++kx) {
-            const int ix = x0 + kx * p->dilation_w;
-            if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
-                for (int c = 0; c < p->in_c; ++c) {
-                    out[c] = pad;
-                }
+    }
+}
+
+/* Window values [k0, k0 + count) of output pixel `pixel` (OHWI order: (ky, kx, channel)) as
+ * x - zero_point, padding 0. */
+static void gather_window(const fw_conv_params *p, const int8_t *x, int pixel, int k0, int count, int16_t *out)
+{
+    const int oy = pixel / p->out_w, ox = pixel - (pixel / p->out_w) * p->out_w;
+    const int in_c = p->in_c;
+    const int32_t zero_point = p->input_zero_point;
+    int tap = k0 / in_c, c = k0 - tap * in_c, done = 0;
+    while (done < count) {
+        const int ky = tap / p->kernel_w, kx = tap - (tap / p->kernel_w) * p->kernel_w;
+        const int iy = oy * p->stride_h - p->pad_top + ky * p->dilation_h;
+        const int ix = ox * p->stride_w - p->pad_left + kx * p->dilation_w;
+        const int n = in_c - c < count - done ? in_c - c : count - done;
+        if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
+            for (int i = 0; i < n; ++i) {
+                out[done + i] = 0;
+            }
+        } else {
+            const int8_t *xp = x + ((size_t)iy * p->in_w + ix) * in_c + c;
+            for (int i = 0; i < n; ++i) {
+                out[done + i] = (int16_t)(xp[i] - zero_point);
+            }
+        }
+        done += n;
+        c = 0;
+        ++tap;
+    }
+}
+
+/* Gather window values [k0, k0 + count) of pixels [pixel0, pixel0 + pixels) into
+ * tile[k / 2][FW_TILE_PIXELS][2] (missing pixels and the odd tail are 0). */
+static void gather_tile(const fw_conv_params *p, const int8_t *x, int pixel0, int pixels, int k0, int count,
+                        int16_t *line, int16_t *tile)
+{
+    const int pairs = (count + 1) / 2;
+    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+        if (t < pixels) {
+            gather_window(p, x, pixel0 + t, k0, count, line);
+        } else {
+            memset(line, 0, (size_t)count * sizeof *line);
+        }
+        line[count] = 0;
+        for (int i = 0; i < pairs; ++i) {
+            tile[(i * FW_TILE_PIXELS + t) * 2] = line[2 * i];
+            tile[(i * FW_TILE_PIXELS + t) * 2 + 1] = line[2 * i + 1];
+        }
+    }
+}
+
+/* acc[t * 8 + j] = sum over `pairs` pairs i of tile[i][t][0] * w[i][j][0] + tile[i][t][1] * w[i][j][1].
+ * (Stores, not accumulates: adding to acc in memory after the loop makes gcc 12 copy every
+ * register accumulator on each step.) */
+static void tile_gemm(int pairs, const int16_t *tile, const int8_t *w, int32_t *acc)
+{
+#if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
+    __m128i a00 = _mm_setzero_si128(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    const __m128i zero = _mm_setzero_si128();
+    for (int i = 0; i < pairs; ++i) {
+        const __m128i xv = _mm_loadu_si128((const __m128i *)(tile + i * 2 * FW_TILE_PIXELS));
+        const __m128i w8 = _mm_loadu_si128((const __m128i *)(w + i * 2 * FW_CONV_BLOCK));
+        const __m128i sign = _mm_cmpgt_epi8(zero, w8);
+        const __m128i wlo = _mm_unpacklo_epi8(w8, sign); /* channels 0..3, two taps each, int16 */
+        const __m128i whi = _mm_unpackhi_epi8(w8, sign); /* channels 4..7 */
+        /* Product first, then the accumulator: gcc then adds into the accumulator's register
+         * instead of copying every sum back (8 fewer moves per step). */
+        a00 = _mm_add_epi32(_mm_madd_epi16(_mm_shuffle_epi32(xv, 0x00), wlo), a00);
+        a01 = _mm_add_epi32(_mm_madd_epi16(_mm_shuffle_epi32(xv, 0x00), whi), a01);
+        a10 = _mm_add_epi32(_mm_madd_epi16(_mm_shuffle_epi32(xv, 0x55), wlo), a10);
+        a11 = _mm_add_epi32(_mm_madd_epi16(_mm_shuffle_epi32(xv, 0x55), whi), a11);
+        a20 = _mm_add_epi32(_mm_madd_epi16(_mm_shuffle_epi32(xv, 0xaa), wlo), a20);
+        a21 = _mm_add_epi32(_mm_madd_epi16(_mm_shuffle_epi32(xv, 0xaa), whi), a21);
+        a30 = _mm_add_epi32(_mm_madd_epi16(_mm_shuffle_epi32(xv, 0xff), wlo), a30);
+        a31 = _mm_add_epi32(_mm_madd_epi16(_mm_shuffle_epi32(xv, 0xff), whi), a31);
+    }
+    __m128i *out = (__m128i *)acc;
+    _mm_storeu_si128(out + 0, a00);
+    _mm_storeu_si128(out + 1, a01);
+    _mm_storeu_si128(out + 2, a10);
+    _mm_storeu_si128(out + 3, a11);
+    _mm_storeu_si128(out + 4, a20);
+    _mm_storeu_si128(out + 5, a21);
+    _mm_storeu_si128(out + 6, a30);
+    _mm_storeu_si128(out + 7, a31);
+#else
+    int32_t a[FW_TILE_PIXELS * FW_CONV_BLOCK];
+    for (int j = 0; j < FW_TILE_PIXELS * FW_CONV_BLOCK; ++j) {
+        a[j] = 0;
+    }
+    for (int i = 0; i < pairs; ++i) {
+        const int16_t *xv = tile + i * 2 * FW_TILE_PIXELS;
+        const int8_t *wv = w + i * 2 * FW_CONV_BLOCK;
+        for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+            const int32_t x0 = xv[2 * t], x1 = xv[2 * t + 1];
+            for (int j = 0; j < FW_CONV_BLOCK; ++j) {
+                a[t * FW_CONV_BLOCK + j] += x0 * wv[2 * j] + x1 * wv[2 * j + 1];
+            }
+        }
+    }
+    for (int j = 0; j < FW_TILE_PIXELS * FW_CONV_BLOCK; ++j) {
+        acc[j] = a[j];
+    }
+#endif
+}
+
+/* groups == 1, packed weights. */
+static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
+                             const int32_t *multiplier, const int32_t *shift, int8_t *y)
+{
+    int16_t line[FW_K_CHUNK + 1];
+    int16_t tile[FW_K_CHUNK * FW_TILE_PIXELS];
+    int32_t acc[FW_TILE_PIXELS * FW_CONV_BLOCK];
+    const int filter = p->kernel_h * p->kernel_w * p->in_c;
+    const int padded = filter + (filter & 1);
+    const int out_c = p->out_c, pixels = p->out_h * p->out_w;
+    const int blocks = (out_c + FW_CONV_BLOCK - 1) / FW_CONV_BLOCK;
+    const int32_t output_zero_point = p->output_zero_point;
+    const int32_t lo = p->activation_min, hi = p->activation_max;
+    const int chunked = padded > FW_K_CHUNK;
+    for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
+        const int count = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;
+        if (!chunked) {
+            gather_tile(p, x, pixel0, count, 0, filter, line, tile);
+        }
+        for (int b = 0; b < blocks; ++b) {
+            const int8_t *wb = w + (size_t)b * padded * FW_CONV_BLOCK;
+            if (!chunked) {
+                tile_gemm(padded / 2, tile, wb, acc);
             } else {
-                const int8_t *xp = x + ((size_t)iy * p->in_w + ix) * p->in_c;
-                for (int c = 0; c < p->in_c; ++c) {
-                    out[c] = (fw_window_t)(xp[c] - anchor);
+                memset(acc, 0, sizeof acc);
+                for (int k0 = 0; k0 < filter; k0 += FW_K_CHUNK) {
+                    int32_t part[FW_TILE_PIXELS * FW_CONV_BLOCK];
+                    const int n = filter - k0 < FW_K_CHUNK ? filter - k0 : FW_K_CHUNK;
+                    gather_tile(p, x, pixel0, count, k0, n, line, tile);
+                    tile_gemm((n + 1) / 2, tile, wb + (size_t)k0 * FW_CONV_BLOCK, part);
+                    for (int j = 0; j < FW_TILE_PIXELS * FW_CONV_BLOCK; ++j) {
+                        acc[j] += part[j];
+                    }
                 }
             }
-            out += p->in_c;
+            const int c0 = b * FW_CONV_BLOCK;
+            const int channels = out_c - c0 < FW_CONV_BLOCK ? out_c - c0 : FW_CONV_BLOCK;
+            for (int t = 0; t < count; ++t) {
+                int8_t *yp = y + (size_t)(pixel0 + t) * out_c + c0;
+                const int32_t *at = acc + t * FW_CONV_BLOCK;
+                for (int j = 0; j < channels; ++j) {
+                    const int32_t total = at[j] + (bias ? bias[c0 + j] : 0);
+                    const int32_t v = fw_multiply_by_quantized_multiplier(total, multiplier[c0 + j], shift[c0 + j]);
+                    yp[j] = (int8_t)fw_clamp_s32(v + output_zero_point, lo, hi);
+                }
+            }
         }
     }
-}
-
-/* acc[k] += sum_i (x[i] - zero_point) * w_k[i] for four weight rows. */
-static void dot4(const int8_t *x, const int8_t *w0, const int8_t *w1, const int8_t *w2, const int8_t *w3, int n,
-                 int32_t zero_point, int32_t *acc)
-{
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    for (int i = 0; i < n; ++i) {
-        const int16_t xv = (int16_t)(x[i] - zero_point);
-        a0 += xv * w0[i];
-        a1 += xv * w1[i];
-        a2 += xv * w2[i];
-        a3 += xv * w3[i];
-    }
-    acc[0] += a0;
-    acc[1] += a1;
-    acc[2] += a2;
-    acc[3] += a3;
 }
 
 static int32_t dot1(const int8_t *x, const int8_t *w, int n, int32_t zero_point)
@@ -151,182 +217,26 @@ static int32_t dot1(const int8_t *x, const int8_t *w, int n, int32_t zero_point)
     return a;
 }
 
-/* Accumulate one output pixel for output channels [oc0, oc0 + count) of `group`. */
+/* groups > 1: OHWI weights, one output pixel, output channels [oc0, oc0 + count) of `group`. */
 static void conv_pixel(const fw_conv_params *p, const int8_t *x, const int8_t *w, int oy, int ox, int group, int oc0,
                        int count, int32_t *acc)
 {
     const int in_per_group = p->in_c / p->groups;
-    const int32_t zero_point = p->input_zero_point;
     const size_t filter = (size_t)p->kernel_h * p->kernel_w * in_per_group;
-    const int y0 = oy * p->stride_h - p->pad_top;
-    const int x0 = ox * p->stride_w - p->pad_left;
-    if (p->groups == 1 && p->dilation_w == 1) {
-        const int kx0 = x0 < 0 ? -x0 : 0;
-        const int kx1 = x0 + p->kernel_w > p->in_w ? p->in_w - x0 : p->kernel_w;
-        if (kx1 <= kx0) {
-            return;
-        }
-        const int span = (kx1 - kx0) * p->in_c;
-        for (int ky = 0; ky < p->kernel_h; ++ky) {
-            const int iy = y0 + ky * p->dilation_h;
-            if (iy < 0 || iy >= p->in_h) {
-                continue;
-            }
-            const int8_t *xp = x + ((size_t)iy * p->in_w + x0 + kx0) * p->in_c;
-            const int8_t *wp = w + (size_t)oc0 * filter + ((size_t)ky * p->kernel_w + kx0) * p->in_c;
-            int j = 0;
-            for (; j + 4 <= count; j += 4) {
-                const int8_t *wj = wp + (size_t)j * filter;
-                dot4(xp, wj, wj + filter, wj + 2 * filter, wj + 3 * filter, span, zero_point, acc + j);
-            }
-            for (; j < count; ++j) {
-                acc[j] += dot1(xp, wp + (size_t)j * filter, span, zero_point);
-            }
-        }
-        return;
-    }
     for (int ky = 0; ky < p->kernel_h; ++ky) {
-        const int iy = y0 + ky * p->dilation_h;
+        const int iy = oy * p->stride_h - p->pad_top + ky * p->dilation_h;
         if (iy < 0 || iy >= p->in_h) {
             continue;
         }
         for (int kx = 0; kx < p->kernel_w; ++kx) {
-            const int ix = x0 + kx * p->dilation_w;
+            const int ix = ox * p->stride_w - p->pad_left + kx * p->dilation_w;
             if (ix < 0 || ix >= p->in_w) {
                 continue;
             }
             const int8_t *xp = x + ((size_t)iy * p->in_w + ix) * p->in_c + (size_t)group * in_per_group;
             const int8_t *wp = w + (size_t)oc0 * filter + ((size_t)ky * p->kernel_w + kx) * in_per_group;
             for (int j = 0; j < count; ++j) {
-                acc[j] += dot1(xp, wp + (size_t)j * filter, in_per_group, zero_point);
-            }
-        }
-    }
-}
-
-/* Filters of at most this many values take the output-channel-innermost path (conv2d_s8_short). */
-#define FW_SHORT_FILTER 16
-
-/* groups == 1 and a short filter (a first layer on one input channel, a 1x1 conv on few
- * channels): a dot product per output would be mostly horizontal-sum overhead or scalar
- * remainder, so the block's weights are transposed once into wt[filter][count] (int16, on the
- * stack) and every window value is multiplied into a contiguous row of int32 accumulators, one
- * per output channel, a loop the compiler vectorises without horizontal sums. A product of a
- * window value (|v| <= 255) and a weight (|w| <= 128) fits int16 exactly. */
-static void conv2d_s8_short(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
-                            const int32_t *multiplier, const int32_t *shift, int8_t *y)
-{
-    fw_window_t window[FW_SHORT_FILTER];
-    int16_t wt[FW_SHORT_FILTER * FW_CHANNEL_BLOCK];
-    int32_t offset[FW_CHANNEL_BLOCK], acc[FW_CHANNEL_BLOCK];
-    const int filter = p->kernel_h * p->kernel_w * p->in_c;
-    const int32_t correction = window_anchor(p->input_zero_point) - p->input_zero_point;
-    for (int c0 = 0; c0 < p->out_c; c0 += FW_CHANNEL_BLOCK) {
-        const int count = p->out_c - c0 < FW_CHANNEL_BLOCK ? p->out_c - c0 : FW_CHANNEL_BLOCK;
-        for (int j = 0; j < count; ++j) {
-            const int8_t *wo = w + (size_t)(c0 + j) * filter;
-            int32_t total = 0;
-            for (int i = 0; i < filter; ++i) {
-                total += wo[i];
-                wt[i * count + j] = wo[i];
-            }
-            offset[j] = (bias ? bias[c0 + j] : 0) + correction * total;
-        }
-        for (int oy = 0; oy < p->out_h; ++oy) {
-            for (int ox = 0; ox < p->out_w; ++ox) {
-                int8_t *yp = y + ((size_t)oy * p->out_w + ox) * p->out_c + c0;
-                gather_window(p, x, oy, ox, window);
-                for (int j = 0; j < count; ++j) {
-                    acc[j] = offset[j];
-                }
-                for (int i = 0; i < filter; ++i) {
-                    const int16_t v = (int16_t)window[i];
-                    const int16_t *wr = wt + i * count;
-                    for (int j = 0; j < count; ++j) {
-                        acc[j] += (int16_t)(v * wr[j]);
-                    }
-                }
-                for (int j = 0; j < count; ++j) {
-                    const int32_t v = fw_multiply_by_quantized_multiplier(acc[j], multiplier[c0 + j], shift[c0 + j]);
-                    yp[j] = (int8_t)fw_clamp_s32(v + p->output_zero_point, p->activation_min, p->activation_max);
-                }
-            }
-        }
-    }
-}
-
-/* groups == 1 and a filter of at most FW_WINDOW_MAX values: for each block of output channels,
- * sum each filter once, then per pixel gather the window once and take one dot product per
- * output channel over the whole filter. */
-static void conv2d_s8_window(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
-                             const int32_t *multiplier, const int32_t *shift, int8_t *y)
-{
-    fw_window_t window[2 * FW_WINDOW_MAX];
-    int32_t offset[FW_CHANNEL_BLOCK];
-    const int filter = p->kernel_h * p->kernel_w * p->in_c;
-    const int32_t correction = window_anchor(p->input_zero_point) - p->input_zero_point;
-    for (int c0 = 0; c0 < p->out_c; c0 += FW_CHANNEL_BLOCK) {
-        const int count = p->out_c - c0 < FW_CHANNEL_BLOCK ? p->out_c - c0 : FW_CHANNEL_BLOCK;
-        for (int j = 0; j < count; ++j) {
-            const int8_t *wo = w + (size_t)(c0 + j) * filter;
-            int32_t total = 0;
-            for (int i = 0; i < filter; ++i) {
-                total += wo[i];
-            }
-            offset[j] = (bias ? bias[c0 + j] : 0) + correction * total;
-        }
-        for (int oy = 0; oy < p->out_h; ++oy) {
-            int ox = 0;
-            /* Pairs of horizontally adjacent output pixels share the weight loads. */
-            for (; ox + 2 <= p->out_w; ox += 2) {
-                int8_t *yp = y + ((size_t)oy * p->out_w + ox) * p->out_c + c0;
-                int32_t acc[8];
-                gather_window(p, x, oy, ox, window);
-                gather_window(p, x, oy, ox + 1, window + filter);
-                int j = 0;
-                for (; j + 4 <= count; j += 4) {
-                    const int8_t *wo = w + (size_t)(c0 + j) * filter;
-                    window_dot4x2(window, window + filter, wo, wo + filter, wo + 2 * filter, wo + 3 * filter, filter,
-                                  acc);
-                    for (int k = 0; k < 8; ++k) {
-                        const int oc = c0 + j + (k & 3);
-                        int32_t v = fw_multiply_by_quantized_multiplier(acc[k] + offset[j + (k & 3)], multiplier[oc],
-                                                                        shift[oc]);
-                        yp[(k >> 2) * p->out_c + j + (k & 3)] =
-                            (int8_t)fw_clamp_s32(v + p->output_zero_point, p->activation_min, p->activation_max);
-                    }
-                }
-                for (; j < count; ++j) {
-                    const int oc = c0 + j;
-                    for (int k = 0; k < 2; ++k) {
-                        const int32_t total = window_dot1(window + k * filter, w + (size_t)oc * filter, filter) +
-                                              offset[j];
-                        int32_t v = fw_multiply_by_quantized_multiplier(total, multiplier[oc], shift[oc]);
-                        yp[k * p->out_c + j] =
-                            (int8_t)fw_clamp_s32(v + p->output_zero_point, p->activation_min, p->activation_max);
-                    }
-                }
-            }
-            for (; ox < p->out_w; ++ox) {
-                int8_t *yp = y + ((size_t)oy * p->out_w + ox) * p->out_c + c0;
-                int32_t acc[4];
-                gather_window(p, x, oy, ox, window);
-                int j = 0;
-                for (; j + 4 <= count; j += 4) {
-                    const int8_t *wo = w + (size_t)(c0 + j) * filter;
-                    window_dot4(window, wo, wo + filter, wo + 2 * filter, wo + 3 * filter, filter, acc);
-                    for (int k = 0; k < 4; ++k) {
-                        const int oc = c0 + j + k;
-                        int32_t v = fw_multiply_by_quantized_multiplier(acc[k] + offset[j + k], multiplier[oc], shift[oc]);
-                        yp[j + k] = (int8_t)fw_clamp_s32(v + p->output_zero_point, p->activation_min, p->activation_max);
-                    }
-                }
-                for (; j < count; ++j) {
-                    const int oc = c0 + j;
-                    const int32_t total = window_dot1(window, w + (size_t)oc * filter, filter) + offset[j];
-                    int32_t v = fw_multiply_by_quantized_multiplier(total, multiplier[oc], shift[oc]);
-                    yp[j] = (int8_t)fw_clamp_s32(v + p->output_zero_point, p->activation_min, p->activation_max);
-                }
+                acc[j] += dot1(xp, wp + (size_t)j * filter, in_per_group, p->input_zero_point);
             }
         }
     }
@@ -337,12 +247,8 @@ void fw_conv2d_s8(const fw_conv_params *p, const int8_t *x, const int8_t *w, con
 {
     const int out_per_group = p->out_c / p->groups;
     int32_t acc[FW_CHANNEL_BLOCK];
-    if (p->groups == 1 && p->kernel_h * p->kernel_w * p->in_c <= FW_SHORT_FILTER) {
-        conv2d_s8_short(p, x, w, bias, multiplier, shift, y);
-        return;
-    }
-    if (p->groups == 1 && p->kernel_h * p->kernel_w * p->in_c <= FW_WINDOW_MAX) {
-        conv2d_s8_window(p, x, w, bias, multiplier, shift, y);
+    if (p->groups == 1) {
+        conv2d_s8_packed(p, x, w, bias, multiplier, shift, y);
         return;
     }
     for (int oy = 0; oy < p->out_h; ++oy) {

@@ -8,9 +8,11 @@
  *   channels are contiguous and the inner loops run over channels. Lower-rank tensors are
  *   stored in their logical (row-major) order.
  * - Weight layouts:
- *     conv2d int8:       [out_c][kernel_h][kernel_w][in_c / groups]  (OHWI, as TFLite: one
- *                        output channel's taps of a kernel row are contiguous, so the inner
- *                        loop is an int16 dot product the compiler vectorises)
+ *     conv2d int8:       groups == 1: packed for the tile GEMM of conv2d_s8.c (see
+ *                        fw_pack_conv2d_s8_weights): [ceil(out_c / 8)][k / 2][8][2] over the
+ *                        OHWI filter index k = (ky * kernel_w + kx) * in_c + c, zero-padded to
+ *                        an even filter length and a multiple of 8 output channels;
+ *                        groups > 1: [out_c][kernel_h][kernel_w][in_c / groups] (OHWI)
  *     conv2d float32:    [groups][kernel_h][kernel_w][in_c / groups][out_c / groups] (inner
  *                        loop over output channels: vectorises without reassociating sums)
  *     depthwise conv2d:  [kernel_h][kernel_w][out_c]   (out_c = in_c * multiplier,
@@ -113,7 +115,17 @@ typedef struct {
     float float_min, float_max;            /* float clamp, e.g. [-INFINITY, INFINITY] or [0, 6] */
 } fw_conv_params;
 
-/* y = requant(conv(x - zp, w) + bias). int8 w: [out_c][kh][kw][in_c/groups]; float w:
+/* Output channels per block of packed int8 conv weights. */
+#define FW_CONV_BLOCK 8
+
+/* Bytes of the int8 weights of conv p in the layout fw_conv2d_s8 reads. */
+size_t fw_conv2d_s8_packed_size(const fw_conv_params *p);
+/* OHWI int8 weights [out_c][kh][kw][in_c/groups] -> the layout fw_conv2d_s8 reads (groups == 1:
+ * [ceil(out_c / 8)][k / 2][8][2], zero-padded; groups > 1: a copy). The code generator writes
+ * the same layout at export time. */
+void fw_pack_conv2d_s8_weights(const fw_conv_params *p, const int8_t *ohwi, int8_t *packed);
+
+/* y = requant(conv(x - zp, w) + bias). int8 w: packed (fw_pack_conv2d_s8_weights); float w:
  * [groups][kh][kw][in_c/groups][out_c/groups].
  * bias may be NULL. multiplier/shift: one pair per output channel. */
 void fw_conv2d_s8(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,

@@ -200,6 +200,33 @@ def _per_channel(values: np.ndarray, channels: int) -> np.ndarray:
     return np.broadcast_to(values, (channels,)) if values.size == 1 else values
 
 
+# Output channels per block of packed int8 conv weights (FW_CONV_BLOCK in fwedge_rt.h).
+CONV_BLOCK = 8
+
+
+def pack_conv_s8(w: np.ndarray) -> np.ndarray:
+    """int8 conv weights [M][C][kh][kw] (groups 1) in the layout fw_conv2d_s8 reads.
+
+    Args:
+        w: the ONNX OIHW weights.
+
+    Returns:
+        A flat int8 array [ceil(M / 8)][k / 2][8][2] over the OHWI filter index
+        k = (ky * kw + kx) * C + c, zero-padded to an even filter length and a multiple of 8
+        output channels: two taps of eight output channels per 16 bytes (fw_pack_conv2d_s8_weights
+        in runtime_c/conv2d_s8.c builds the same layout).
+    """
+    m = w.shape[0]
+    ohwi = w.transpose(0, 2, 3, 1).reshape(m, -1)
+    k = ohwi.shape[1]
+    blocks = -(-m // CONV_BLOCK)
+    padded = np.zeros((blocks * CONV_BLOCK, k + (k & 1)), dtype=w.dtype)
+    padded[:m, :k] = ohwi
+    # [block][j][pair][e] -> [block][pair][j][e]
+    packed = padded.reshape(blocks, CONV_BLOCK, -1, 2).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(packed).reshape(-1)
+
+
 @emitter("conv2d", "depthwise_conv2d")
 def emit_conv(e: _Emitter, op: LoweredOp) -> None:
     X, W, B = (e.tensor(name) for name in op.inputs)
@@ -212,6 +239,8 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
     w = W.data
     if depthwise:
         weights = w.reshape(c_out, kh, kw).transpose(1, 2, 0)  # [kh][kw][M]
+    elif Y.dtype == "int8" and attrs.groups == 1:
+        weights = pack_conv_s8(w)  # [M/8][k/2][8][2] for conv2d_s8.c's tile GEMM
     elif Y.dtype == "int8":
         weights = w.transpose(0, 2, 3, 1)  # OHWI [M][kh][kw][C/g]
     else:
@@ -230,7 +259,8 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
         "float_min": float_min, "float_max": float_max,
     }
     params = e.struct("fw_conv_params", fields)
-    layout = "[kh][kw][M]" if depthwise else "[M][kh][kw][C/g]" if int8 else "[g][kh][kw][C/g][M/g]"
+    layout = ("[kh][kw][M]" if depthwise else "[M/8][kh*kw*C/2][8][2] packed" if int8 and attrs.groups == 1
+              else "[M][kh][kw][C/g]" if int8 else "[g][kh][kw][C/g][M/g]")
     weight_name = e.array(f"{W.name} ({layout})",
                           weights, W.dtype)
     bias_name = e.constant(B.name)

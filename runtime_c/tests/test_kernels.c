@@ -69,7 +69,7 @@ static int out_size(int in, int k, int s, int pad_total, int d) { return (in + p
 static void test_conv_s8_case(int in_h, int in_w, int in_c, int out_c, int k, int stride, int pad, int dil,
                               int groups, int depthwise, const char *name)
 {
-    static int8_t x[4096], w[16384], y[8192], ref[8192];
+    static int8_t x[4096], w[16384], packed[24576], y[8192], ref[8192];
     static int32_t bias[256], mult[256], shift[256];
     fw_conv_params p;
     memset(&p, 0, sizeof p);
@@ -93,7 +93,13 @@ static void test_conv_s8_case(int in_h, int in_w, int in_c, int out_c, int k, in
     const int n = p.out_h * p.out_w * out_c;
     memset(y, 0x55, sizeof y);
     if (depthwise) fw_depthwise_conv2d_s8(&p, x, w, bias, mult, shift, y);
-    else fw_conv2d_s8(&p, x, w, bias, mult, shift, y);
+    else {
+        const size_t packed_size = fw_conv2d_s8_packed_size(&p);
+        CHECK(packed_size <= sizeof packed, "%s: packed weights need %d bytes", name, (int)packed_size);
+        memset(packed, 0x55, sizeof packed);
+        fw_pack_conv2d_s8_weights(&p, w, packed);
+        fw_conv2d_s8(&p, x, packed, bias, mult, shift, y);
+    }
     naive_conv_s8(&p, depthwise, x, w, bias, mult, shift, ref);
     int mismatches = 0, saturated = 0;
     for (int i = 0; i < n; ++i) { mismatches += y[i] != ref[i]; saturated += ref[i] == 127 || ref[i] == -128; }
@@ -108,6 +114,11 @@ static void test_conv_s8(void)
     test_conv_s8_case(9, 9, 4, 6, 3, 2, 0, 2, 2, 0, "conv stride 2 dilation 2 groups 2");
     test_conv_s8_case(6, 6, 8, 70, 1, 1, 0, 1, 1, 0, "conv 1x1, 70 channels (two blocks)");
     test_conv_s8_case(5, 6, 1, 3, 5, 1, 2, 1, 1, 0, "conv 5x5 one input channel");
+    /* Packed tile GEMM edges: odd filter, channel and pixel tails, a filter longer than one
+     * gather chunk (3 * 3 * 130 = 1170 > 1152 values). */
+    test_conv_s8_case(5, 3, 3, 13, 3, 1, 1, 1, 1, 0, "conv 3x3 odd filter, 13 channels, 15 pixels");
+    test_conv_s8_case(5, 5, 130, 9, 3, 1, 1, 1, 1, 0, "conv 3x3 130 channels (chunked filter)");
+    test_conv_s8_case(7, 7, 24, 96, 1, 1, 0, 1, 1, 0, "conv 1x1 24 -> 96");
     test_conv_s8_case(8, 8, 6, 6, 3, 1, 1, 1, 0, 1, "depthwise 3x3");
     test_conv_s8_case(9, 8, 3, 6, 3, 2, 1, 1, 0, 1, "depthwise multiplier 2 stride 2");
     test_conv_s8_case(7, 7, 67, 67, 3, 1, 1, 2, 0, 1, "depthwise 67 channels dilation 2");

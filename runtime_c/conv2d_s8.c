@@ -17,13 +17,11 @@
 
 #include "fwedge_rt.h"
 
-#if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
-#include <emmintrin.h>
-#endif
-
-#define FW_TILE_PIXELS 4
+/* Channels whose requantization constants conv2d_s8_packed keeps in a table on the stack
+ * (more: per block). */
+#define FW_REQUANT_TABLE 256
 /* Even: a chunk boundary never splits a pair. FW_TILE_PIXELS * FW_K_CHUNK int16 on the stack. */
-#define FW_K_CHUNK 1152
+#define FW_K_CHUNK 576
 
 size_t fw_conv2d_s8_packed_size(const fw_conv_params *p)
 {
@@ -165,13 +163,17 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const int
     int16_t line[FW_K_CHUNK + 1];
     int16_t tile[FW_K_CHUNK * FW_TILE_PIXELS];
     int32_t acc[FW_TILE_PIXELS * FW_CONV_BLOCK];
+    int8_t out[FW_TILE_PIXELS * FW_CONV_BLOCK];
     const int filter = p->kernel_h * p->kernel_w * p->in_c;
     const int padded = filter + (filter & 1);
     const int out_c = p->out_c, pixels = p->out_h * p->out_w;
     const int blocks = (out_c + FW_CONV_BLOCK - 1) / FW_CONV_BLOCK;
-    const int32_t output_zero_point = p->output_zero_point;
-    const int32_t lo = p->activation_min, hi = p->activation_max;
     const int chunked = padded > FW_K_CHUNK;
+    fw_requant_channel table[FW_REQUANT_TABLE];
+    const int tabled = blocks * FW_CONV_BLOCK <= FW_REQUANT_TABLE;
+    if (tabled) {
+        fw_requant_channels(p, bias, multiplier, shift, 0, blocks * FW_CONV_BLOCK, table);
+    }
     for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
         const int count = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;
         if (!chunked) {
@@ -195,13 +197,18 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const int
             }
             const int c0 = b * FW_CONV_BLOCK;
             const int channels = out_c - c0 < FW_CONV_BLOCK ? out_c - c0 : FW_CONV_BLOCK;
+            const fw_requant_channel *rq = table + c0;
+            if (!tabled) {
+                fw_requant_channels(p, bias, multiplier, shift, c0, FW_CONV_BLOCK, table);
+                rq = table;
+            }
+            fw_requant_tile(p, acc, FW_CONV_BLOCK, rq, out);
             for (int t = 0; t < count; ++t) {
                 int8_t *yp = y + (size_t)(pixel0 + t) * out_c + c0;
-                const int32_t *at = acc + t * FW_CONV_BLOCK;
-                for (int j = 0; j < channels; ++j) {
-                    const int32_t total = at[j] + (bias ? bias[c0 + j] : 0);
-                    const int32_t v = fw_multiply_by_quantized_multiplier(total, multiplier[c0 + j], shift[c0 + j]);
-                    yp[j] = (int8_t)fw_clamp_s32(v + output_zero_point, lo, hi);
+                if (channels == FW_CONV_BLOCK) {
+                    memcpy(yp, out + t * FW_CONV_BLOCK, FW_CONV_BLOCK);
+                } else {
+                    memcpy(yp, out + t * FW_CONV_BLOCK, (size_t)channels);
                 }
             }
         }

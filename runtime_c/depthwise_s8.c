@@ -1,5 +1,71 @@
-/* int8 depthwise 2-D convolution (any stride, padding, dilation, channel multiplier), NHWC. */
+/* int8 depthwise 2-D convolution (any stride, padding, dilation, channel multiplier), NHWC.
+ *
+ * Channel multiplier 1 (MobileNet's depthwise layers): tiles of FW_TILE_PIXELS output pixels,
+ * channels in blocks of FW_CHANNEL_BLOCK; for every valid tap a contiguous channel loop
+ * acc[j] += (x[j] - zp) * w[j] the compiler vectorises (NHWC keeps channels innermost), then
+ * the tile is requantized with fw_requant_tile (four pixels of one channel share its multiplier
+ * and shift, so SSE2 requantizes them as one vector). Other multipliers: a per-pixel loop. */
+#include <string.h>
+
 #include "fwedge_rt.h"
+
+static void depthwise_tiles(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
+                            const int32_t *multiplier, const int32_t *shift, int8_t *y)
+{
+    int32_t acc[FW_TILE_PIXELS * FW_CHANNEL_BLOCK];
+    fw_requant_channel rq[FW_CHANNEL_BLOCK];
+    int8_t out[FW_TILE_PIXELS * FW_CONV_BLOCK];
+    const int channels = p->out_c, pixels = p->out_h * p->out_w;
+    const int in_h = p->in_h, in_w = p->in_w, kernel_h = p->kernel_h, kernel_w = p->kernel_w;
+    const int16_t zero_point = (int16_t)p->input_zero_point;
+    for (int c0 = 0; c0 < channels; c0 += FW_CHANNEL_BLOCK) {
+        const int count = channels - c0 < FW_CHANNEL_BLOCK ? channels - c0 : FW_CHANNEL_BLOCK;
+        const int rounded = (count + FW_CONV_BLOCK - 1) / FW_CONV_BLOCK * FW_CONV_BLOCK;
+        fw_requant_channels(p, bias, multiplier, shift, c0, rounded, rq);
+        for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
+            const int tile = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;
+            for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+                int32_t *a = acc + t * FW_CHANNEL_BLOCK;
+                for (int j = 0; j < rounded; ++j) {
+                    a[j] = 0;
+                }
+                if (t >= tile) {
+                    continue;
+                }
+                const int oy = (pixel0 + t) / p->out_w, ox = (pixel0 + t) - oy * p->out_w;
+                for (int ky = 0; ky < kernel_h; ++ky) {
+                    const int iy = oy * p->stride_h - p->pad_top + ky * p->dilation_h;
+                    if (iy < 0 || iy >= in_h) {
+                        continue;
+                    }
+                    for (int kx = 0; kx < kernel_w; ++kx) {
+                        const int ix = ox * p->stride_w - p->pad_left + kx * p->dilation_w;
+                        if (ix < 0 || ix >= in_w) {
+                            continue;
+                        }
+                        const int8_t *xc = x + ((size_t)iy * in_w + ix) * channels + c0;
+                        const int8_t *wc = w + ((size_t)ky * kernel_w + kx) * channels + c0;
+                        for (int j = 0; j < count; ++j) {
+                            a[j] += (int16_t)(xc[j] - zero_point) * (int16_t)wc[j];
+                        }
+                    }
+                }
+            }
+            for (int g = 0; g < rounded; g += FW_CONV_BLOCK) {
+                const int n = count - g < FW_CONV_BLOCK ? count - g : FW_CONV_BLOCK;
+                fw_requant_tile(p, acc + g, FW_CHANNEL_BLOCK, rq + g, out);
+                for (int t = 0; t < tile; ++t) {
+                    int8_t *yp = y + (size_t)(pixel0 + t) * channels + c0 + g;
+                    if (n == FW_CONV_BLOCK) {
+                        memcpy(yp, out + t * FW_CONV_BLOCK, FW_CONV_BLOCK);
+                    } else {
+                        memcpy(yp, out + t * FW_CONV_BLOCK, (size_t)n);
+                    }
+                }
+            }
+        }
+    }
+}
 
 void fw_depthwise_conv2d_s8(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
                             const int32_t *multiplier, const int32_t *shift, int8_t *y)
@@ -7,6 +73,10 @@ void fw_depthwise_conv2d_s8(const fw_conv_params *p, const int8_t *x, const int8
     const int channel_multiplier = p->out_c / p->in_c;
     const int32_t zero_point = p->input_zero_point;
     int32_t acc[FW_CHANNEL_BLOCK];
+    if (channel_multiplier == 1) {
+        depthwise_tiles(p, x, w, bias, multiplier, shift, y);
+        return;
+    }
     for (int oy = 0; oy < p->out_h; ++oy) {
         for (int ox = 0; ox < p->out_w; ++ox) {
             int8_t *yp = y + ((size_t)oy * p->out_w + ox) * p->out_c;
@@ -27,16 +97,9 @@ void fw_depthwise_conv2d_s8(const fw_conv_params *p, const int8_t *x, const int8
                         }
                         const int8_t *xp = x + ((size_t)iy * p->in_w + ix) * p->in_c;
                         const int8_t *wp = w + ((size_t)ky * p->kernel_w + kx) * p->out_c + oc0;
-                        if (channel_multiplier == 1) {
-                            const int8_t *xc = xp + oc0;
-                            for (int j = 0; j < count; ++j) {
-                                acc[j] += (int32_t)((int16_t)(xc[j] - zero_point) * (int16_t)wp[j]);
-                            }
-                        } else {
-                            for (int j = 0; j < count; ++j) {
-                                const int16_t xv = (int16_t)(xp[(oc0 + j) / channel_multiplier] - zero_point);
-                                acc[j] += (int32_t)(xv * (int16_t)wp[j]);
-                            }
+                        for (int j = 0; j < count; ++j) {
+                            const int16_t xv = (int16_t)(xp[(oc0 + j) / channel_multiplier] - zero_point);
+                            acc[j] += (int32_t)(xv * (int16_t)wp[j]);
                         }
                     }
                 }

@@ -38,6 +38,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The int8 conv kernels use SSE2 intrinsics when the compiler targets x86 (every x86-64 CPU has
+ * SSE2), portable C elsewhere or with -DFW_NO_INTRINSICS. */
+#if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
+#include <emmintrin.h>
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -272,6 +278,118 @@ void fw_pad_nhwc(int in_h, int in_w, int in_c, int out_h, int out_w, int out_c, 
 /* Transpose a [a][b] matrix of `element_size` elements to [b][a] (NHWC <-> NCHW with
  * a = H*W, b = C, and back). */
 void fw_transpose2d(int a, int b, int element_size, const void *x, void *y);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Vector requantization shared by conv2d_s8.c and depthwise_s8.c                            */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Output pixels per tile of the int8 conv kernels. */
+#define FW_TILE_PIXELS 4
+
+#if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
+/* fw_multiply_by_quantized_multiplier of four int32 lanes by one multiplier m (>= 0) and one
+ * total shift s = 31 - shift in [1, 62], exactly: the signed 64-bit products come from the
+ * unsigned pmuludq (x * m = unsigned(x) * m - 2^32 * m for x < 0), the rounding constant
+ * 2^(s - 1) is added in 64 bits, and the result is bits [s, s + 31] of the sum: the high word
+ * shifted arithmetically by s - 32 when s >= 32, else the 64-bit sum shifted logically. */
+static inline __m128i fw_requant4(__m128i x, __m128i m, __m128i round, int s)
+{
+    const __m128i high = _mm_set_epi32(-1, 0, -1, 0);
+    __m128i p02 = _mm_mul_epu32(x, m);
+    __m128i p13 = _mm_mul_epu32(_mm_srli_epi64(x, 32), m);
+    const __m128i correction = _mm_and_si128(_mm_srai_epi32(x, 31), m);
+    p02 = _mm_add_epi64(_mm_sub_epi64(p02, _mm_slli_epi64(correction, 32)), round);
+    p13 = _mm_add_epi64(_mm_sub_epi64(p13, _mm_and_si128(correction, high)), round);
+    if (s >= 32) {
+        const __m128i words = _mm_or_si128(_mm_srli_epi64(p02, 32), _mm_and_si128(p13, high));
+        return _mm_sra_epi32(words, _mm_cvtsi32_si128(s - 32));
+    }
+    p02 = _mm_srl_epi64(p02, _mm_cvtsi32_si128(s));
+    p13 = _mm_srl_epi64(p13, _mm_cvtsi32_si128(s));
+    return _mm_or_si128(_mm_andnot_si128(high, p02), _mm_slli_epi64(p13, 32));
+}
+
+/* Transpose four vectors of four int32 lanes in place. */
+static inline void fw_transpose4(__m128i *r0, __m128i *r1, __m128i *r2, __m128i *r3)
+{
+    const __m128i t0 = _mm_unpacklo_epi32(*r0, *r1), t1 = _mm_unpacklo_epi32(*r2, *r3);
+    const __m128i t2 = _mm_unpackhi_epi32(*r0, *r1), t3 = _mm_unpackhi_epi32(*r2, *r3);
+    *r0 = _mm_unpacklo_epi64(t0, t1);
+    *r1 = _mm_unpackhi_epi64(t0, t1);
+    *r2 = _mm_unpacklo_epi64(t2, t3);
+    *r3 = _mm_unpackhi_epi64(t2, t3);
+}
+#endif
+
+/* Requantization constants of one output channel, computed once per call. */
+typedef struct {
+    int64_t round;        /* 2^(total_shift - 1) */
+    int32_t multiplier;
+    int32_t total_shift;  /* 31 - shift, in [1, 62] */
+    int32_t bias;
+    int32_t unused;
+} fw_requant_channel;
+
+/* Constants of output channels [c0, c0 + count); channels past out_c repeat the last one. */
+static inline void fw_requant_channels(const fw_conv_params *p, const int32_t *bias, const int32_t *multiplier,
+                             const int32_t *shift, int c0, int count, fw_requant_channel *out)
+{
+    for (int j = 0; j < count; ++j) {
+        const int oc = c0 + j < p->out_c ? c0 + j : p->out_c - 1;
+        out[j].multiplier = multiplier[oc];
+        out[j].total_shift = 31 - shift[oc];
+        out[j].round = (int64_t)1 << (out[j].total_shift - 1);
+        out[j].bias = bias ? bias[oc] : 0;
+        out[j].unused = 0;
+    }
+}
+
+/* Requantize a tile acc[FW_TILE_PIXELS][stride] (first FW_CONV_BLOCK of each row, + bias) of the FW_CONV_BLOCK channels
+ * described by rq into out[FW_TILE_PIXELS][FW_CONV_BLOCK]. SSE2: the four pixels of one channel
+ * share its multiplier and shift, so each 4x4 quarter of the tile is transposed to
+ * channel-major, requantized four lanes at a time (requant4), transposed back and packed to
+ * int8 with the clamp on int16. */
+static inline void fw_requant_tile(const fw_conv_params *p, const int32_t *acc, int stride,
+                                   const fw_requant_channel *rq, int8_t *out)
+{
+#if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
+    const __m128i zero_point = _mm_set1_epi32(p->output_zero_point);
+    const __m128i lo = _mm_set1_epi16((int16_t)p->activation_min), hi = _mm_set1_epi16((int16_t)p->activation_max);
+    __m128i r[FW_TILE_PIXELS][2];
+    for (int half = 0; half < 2; ++half) {
+        const fw_requant_channel *q = rq + 4 * half;
+        const __m128i bv = _mm_set_epi32(q[3].bias, q[2].bias, q[1].bias, q[0].bias);
+        __m128i v[4];
+        for (int t = 0; t < 4; ++t) {
+            v[t] = _mm_add_epi32(_mm_loadu_si128((const __m128i *)(acc + t * stride + 4 * half)), bv);
+        }
+        fw_transpose4(&v[0], &v[1], &v[2], &v[3]);
+        for (int j = 0; j < 4; ++j) {
+            v[j] = _mm_add_epi32(fw_requant4(v[j], _mm_set1_epi32(q[j].multiplier), _mm_set1_epi64x(q[j].round),
+                                          q[j].total_shift), zero_point);
+        }
+        fw_transpose4(&v[0], &v[1], &v[2], &v[3]);
+        for (int t = 0; t < 4; ++t) {
+            r[t][half] = v[t];
+        }
+    }
+    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+        __m128i v16 = _mm_packs_epi32(r[t][0], r[t][1]);
+        v16 = _mm_min_epi16(_mm_max_epi16(v16, lo), hi);
+        _mm_storel_epi64((__m128i *)(out + t * FW_CONV_BLOCK), _mm_packs_epi16(v16, v16));
+    }
+#else
+    const int32_t zero_point = p->output_zero_point, lo = p->activation_min, hi = p->activation_max;
+    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+        for (int j = 0; j < FW_CONV_BLOCK; ++j) {
+            const int64_t product = (int64_t)(acc[t * stride + j] + rq[j].bias) * rq[j].multiplier;
+            const int32_t v = (int32_t)((product + rq[j].round) >> rq[j].total_shift);
+            out[t * FW_CONV_BLOCK + j] = (int8_t)fw_clamp_s32(v + zero_point, lo, hi);
+        }
+    }
+#endif
+}
+
 
 #ifdef __cplusplus
 }

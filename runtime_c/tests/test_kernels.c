@@ -66,6 +66,9 @@ static void fill_s8(int8_t *a, int n) { for (int i = 0; i < n; ++i) a[i] = (int8
 
 static int out_size(int in, int k, int s, int pad_total, int d) { return (in + pad_total - d * (k - 1) - 1) / s + 1; }
 
+/* Requantization and weight ranges of test_conv_s8_case (changed by the shift >= 0 case). */
+static int conv_shift_lo = -12, conv_shift_hi = -6, conv_weight_max = 127, conv_bias_max = 5000;
+
 static void test_conv_s8_case(int in_h, int in_w, int in_c, int out_c, int k, int stride, int pad, int dil,
                               int groups, int depthwise, const char *name)
 {
@@ -85,10 +88,11 @@ static void test_conv_s8_case(int in_h, int in_w, int in_c, int out_c, int k, in
     const int wsize = depthwise ? k * k * out_c : k * k * (in_c / groups) * out_c;
     fill_s8(x, in_h * in_w * in_c);
     fill_s8(w, wsize);
+    for (int i = 0; i < wsize; ++i) w[i] = (int8_t)(w[i] % (conv_weight_max + 1));
     for (int c = 0; c < out_c; ++c) {
-        bias[c] = fw_test_rand(-5000, 5000);
+        bias[c] = fw_test_rand(-conv_bias_max, conv_bias_max);
         mult[c] = fw_test_rand(1 << 30, 0x7fffffff);
-        shift[c] = fw_test_rand(-12, -6);
+        shift[c] = fw_test_rand(conv_shift_lo, conv_shift_hi);
     }
     const int n = p.out_h * p.out_w * out_c;
     memset(y, 0x55, sizeof y);
@@ -115,10 +119,14 @@ static void test_conv_s8(void)
     test_conv_s8_case(6, 6, 8, 70, 1, 1, 0, 1, 1, 0, "conv 1x1, 70 channels (two blocks)");
     test_conv_s8_case(5, 6, 1, 3, 5, 1, 2, 1, 1, 0, "conv 5x5 one input channel");
     /* Packed tile GEMM edges: odd filter, channel and pixel tails, a filter longer than one
-     * gather chunk (3 * 3 * 130 = 1170 > 1152 values). */
+     * gather chunk (3 * 3 * 130 = 1170 > 576 values). */
     test_conv_s8_case(5, 3, 3, 13, 3, 1, 1, 1, 1, 0, "conv 3x3 odd filter, 13 channels, 15 pixels");
     test_conv_s8_case(5, 5, 130, 9, 3, 1, 1, 1, 1, 0, "conv 3x3 130 channels (chunked filter)");
     test_conv_s8_case(7, 7, 24, 96, 1, 1, 0, 1, 1, 0, "conv 1x1 24 -> 96");
+    /* Total shifts 31 and 32 (shift 0 and -1): the vector requantization's two shift paths. */
+    conv_shift_lo = -1; conv_shift_hi = 0; conv_weight_max = 2; conv_bias_max = 20;
+    test_conv_s8_case(6, 6, 2, 16, 1, 1, 0, 1, 1, 0, "conv 1x1, shift 0 and -1");
+    conv_shift_lo = -12; conv_shift_hi = -6; conv_weight_max = 127; conv_bias_max = 5000;
     test_conv_s8_case(8, 8, 6, 6, 3, 1, 1, 1, 0, 1, "depthwise 3x3");
     test_conv_s8_case(9, 8, 3, 6, 3, 2, 1, 1, 0, 1, "depthwise multiplier 2 stride 2");
     test_conv_s8_case(7, 7, 67, 67, 3, 1, 1, 2, 0, 1, "depthwise 67 channels dilation 2");

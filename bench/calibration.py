@@ -2,7 +2,8 @@
 """fwedge calibration vs onnxruntime.quantization, same model, data and sample counts, same run.
 
     .venv/bin/python bench/calibration.py [--model examples/fashion_mnist/mobilenet_v2_tiny.onnx]
-        [--samples 512 4096] [--repeat 1] [--eval-samples 10000] [--json bench_calibration.json]
+        [--samples 512 4096] [--methods minmax,percentile,kl] [--skip-mse] [--repeat 1]
+        [--eval-samples 10000] [--json bench_calibration.json]
 
 Every (tool, method, samples) configuration runs in its own subprocess, so its peak RSS is its
 own: the kernel's high-water mark VmHWM of the worker's address space (/proc/self/status).
@@ -171,6 +172,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="Runs per configuration (median time).")
     parser.add_argument("--eval-samples", type=int, default=10000)
     parser.add_argument("--skip-mse", action="store_true")
+    parser.add_argument("--methods", default="minmax,percentile,kl",
+                        help="fwedge methods compared with their onnxruntime peer (comma-separated)")
     parser.add_argument("--json", help="Write all measurements as JSON.")
     parser.add_argument("--worker", choices=["fwedge", "ort"], help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -201,6 +204,8 @@ def main() -> int:
             configs = []
             for samples in args.samples:
                 for ours, theirs in PAIRS:
+                    if ours not in args.methods.split(","):
+                        continue
                     configs.append(("fwedge", ours, samples))
                     configs.append(("ort", theirs, samples))
                 if not args.skip_mse:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping
 
@@ -86,6 +89,9 @@ def _calibration_session(model: onnx.ModelProto, threads: int | None):
     options.log_severity_level = 3
     options.enable_cpu_mem_arena = False
     options.enable_mem_pattern = False
+    # Batches are large: idle worker threads spinning for the next op buy nothing here and,
+    # on a busy machine, take cores from the ones doing the work (and from the binning thread).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -125,6 +131,127 @@ def _iterate(batches: Batches, pass_name: str) -> Iterator:
     return iterator
 
 
+
+def _binning_threads(threads: int | None) -> int | None:
+    """onnxruntime threads for the histogram pass: one core is left to the binning thread.
+
+    The second pass overlaps two things: onnxruntime computing batch i+1 (it releases the GIL)
+    and numpy binning batch i (np.bincount holds it). Giving onnxruntime every core would make
+    the two fight over them.
+    """
+    if threads:
+        return threads
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+class _Prefetch:
+    """Run a generator one item ahead in a worker thread, with at most two items alive.
+
+    The worker takes a token before producing an item and the consumer gives it back with
+    done() once it has finished with the item, so no more than two batches of outputs exist
+    at once (memory stays O(one batch) whatever the sample count). An exception in the worker
+    is raised in the consumer; leaving the with-block early stops the worker.
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterator):
+        self._items = items
+        self._tokens = threading.Semaphore(2)
+        self._queue: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="fwedge-calibration-prefetch", daemon=True)
+
+    def _work(self) -> None:
+        try:
+            while True:
+                while not self._tokens.acquire(timeout=0.1):
+                    if self._stop.is_set():
+                        return
+                if self._stop.is_set():
+                    return
+                item = next(self._items, self._END)
+                self._queue.put(item)
+                if item is self._END:
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self._queue.put(exc)
+
+    def __enter__(self) -> "_Prefetch":
+        self._thread.start()
+        return self
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def done(self) -> None:
+        """The consumer has finished with the last item it took."""
+        self._tokens.release()
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._tokens.release()
+        self._thread.join()
+
+
+class _BufferedRunner:
+    """Runs the histogram model with its outputs written straight into reusable numpy arrays.
+
+    session.run allocates and copies every output for every batch: with every intermediate
+    tensor as an output that is most of the data the pass moves. Here the first run for a
+    given input shape is a plain run, whose output arrays are then bound (IOBinding) as the
+    destination of later runs with that shape; onnxruntime writes into them in place. Each
+    handle goes back to the pool with release() once its values are binned. Graph inputs that
+    are also calibrated are taken from the feeds, not copied through onnxruntime.
+    """
+
+    def __init__(self, session, tensors: list[str], input_names: list[str]):
+        self._session = session
+        self._inputs = [name for name in tensors if name in input_names]
+        self._outputs = [name for name in tensors if name not in input_names]
+        self._pool: dict[tuple, list] = {}
+        self._lock = threading.Lock()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], tuple]:
+        """(tensor name -> values, handle to release) for one batch."""
+        key = tuple((name, array.shape) for name, array in feeds.items())
+        with self._lock:
+            pooled = self._pool.setdefault(key, [])
+            entry = pooled.pop() if pooled else None
+        if entry is None or not self._outputs:
+            arrays = self._session.run(self._outputs, feeds) if self._outputs else []
+            binding = self._session.io_binding()
+            for name, array in zip(self._outputs, arrays):
+                binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+            entry = (binding, arrays)
+        else:
+            binding, arrays = entry
+            for name, array in feeds.items():
+                binding.bind_cpu_input(name, array)
+            self._session.run_with_iobinding(binding)
+            produced = binding.get_outputs()
+            if any(value.data_ptr() != array.ctypes.data for value, array in zip(produced, arrays)):
+                # onnxruntime allocated elsewhere (a shape changed): read its arrays, drop the entry
+                arrays = [value.numpy() for value in produced]
+                entry = (self._session.io_binding(), [])
+        values = dict(zip(self._outputs, arrays))
+        values.update({name: feeds[name] for name in self._inputs})
+        return values, (key, entry)
+
+    def release(self, handle: tuple) -> None:
+        """Return a run's output arrays to the pool once the caller is done with its values."""
+        key, entry = handle
+        if entry[1] or not self._outputs:
+            with self._lock:
+                self._pool.setdefault(key, []).append(entry)
+
+
 def collect(
     model: onnx.ModelProto,
     batches: Batches,
@@ -142,7 +269,8 @@ def collect(
     Pass 1 records each tensor's exact min and max. Pass 2 fills a histogram over the range fixed
     by pass 1: 2·bins bins over [-absmax, absmax] for signed tensors, bins over [0, max] for
     non-negative ones (see Histogram). Counts are integers over a fixed range, so the result is
-    identical for any order of samples or batches; memory holds one batch and the histograms.
+    identical for any order of samples or batches; memory holds two batches (onnxruntime runs
+    the next batch while numpy bins the current one) and the histograms.
 
     Args:
         model: the float model (the one QDQ insertion will use, so tensor names match).
@@ -152,7 +280,8 @@ def collect(
         bins: magnitude bins (TensorRT's 2048 by default).
         source: data description for error messages.
         progress: called with the number of samples after each batch of each pass.
-        threads: onnxruntime intra-op threads.
+        threads: onnxruntime intra-op threads (default: its own choice for the extremes pass,
+            all cores but one for the histogram pass, whose binning runs alongside).
         histograms: make the second pass (False: extremes only, enough for minmax).
 
     Returns:
@@ -203,21 +332,30 @@ def collect(
             0, samples, model_sha256, dict(dataset or {}))
     layouts = {name: layout(minimum[name], maximum[name], bins) for name in tensors}
     del session
-    session = _calibration_session(with_outputs(model, tensors), threads)
+    session = _calibration_session(with_outputs(model, tensors), _binning_threads(threads))
     counts = {name: np.zeros(layouts[name][2], dtype=np.int64) for name in tensors}
     zeros = dict.fromkeys(tensors, 0)
-    for batch in _iterate(batches, "histogram"):
-        feeds = _feeds(batch, input_names, input_shapes, source)
-        values = session.run(tensors, feeds)
-        for index, name in enumerate(tensors):
-            value, values[index] = values[index], None  # free each output once binned
-            low, high, size = layouts[name]
-            binned, zero_count = bin_counts_and_zeros(value, low, high, size)
-            counts[name] += binned
-            zeros[name] += zero_count
-            del value
-        if progress:
-            progress(len(next(iter(feeds.values()))))
+
+    runner = _BufferedRunner(session, tensors, input_names)
+
+    def run_batches() -> Iterator[tuple[int, dict[str, np.ndarray], object]]:
+        for batch in _iterate(batches, "histogram"):
+            feeds = _feeds(batch, input_names, input_shapes, source)
+            values, handle = runner.run(feeds)
+            yield len(next(iter(feeds.values()))), values, handle
+
+    with _Prefetch(run_batches()) as outputs:
+        for count, values, handle in outputs:
+            for name in tensors:
+                low, high, size = layouts[name]
+                binned, zero_count = bin_counts_and_zeros(values[name], low, high, size)
+                counts[name] += binned
+                zeros[name] += zero_count
+            del values
+            runner.release(handle)
+            outputs.done()
+            if progress:
+                progress(count)
     histograms = {
         name: Histogram(counts[name], layouts[name][0], layouts[name][1], minimum[name], maximum[name], zeros[name])
         for name in tensors

@@ -134,8 +134,7 @@ def test_kl_matches_loop_reference(case, rng):
     assert int(candidates[np.argmin(divergence)]) == expected_index
 
 
-def test_histogram_is_independent_of_sample_order(tmp_path, rng):
-    """collect() over shuffled samples and different batch splits gives identical tables."""
+def _conv_relu_model(rng) -> onnx.ModelProto:
     weight = numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w")
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), helper.make_node("Relu", ["c"], ["y"], name="relu")],
@@ -143,6 +142,12 @@ def test_histogram_is_independent_of_sample_order(tmp_path, rng):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 4, 4])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
+    return model
+
+
+def test_histogram_is_independent_of_sample_order(tmp_path, rng):
+    """collect() over shuffled samples and different batch splits gives identical tables."""
+    model = _conv_relu_model(rng)
     x = (rng.standard_normal((60, 1, 6, 6)) * 3).astype(np.float32)
     order = rng.permutation(60)
     first = collect(model, [x[:32], x[32:]], ["x", "c", "y"])
@@ -151,6 +156,46 @@ def test_histogram_is_independent_of_sample_order(tmp_path, rng):
         np.testing.assert_array_equal(first.histograms[name].counts, second.histograms[name].counts, err_msg=name)
     for method in Method:
         assert compute(first, method).to_dict()["tensors"] == compute(second, method).to_dict()["tensors"]
+
+
+def test_histogram_pass_matches_direct_binning(rng):
+    """The overlapped second pass (onnxruntime one batch ahead of numpy) counts every value once."""
+    import onnxruntime as ort
+
+    from fwedge.calibration.collect import with_outputs
+
+    model = _conv_relu_model(rng)
+    x = (rng.standard_normal((50, 1, 6, 6)) * 3).astype(np.float32)
+    session = ort.InferenceSession(with_outputs(model, ["c"]).SerializeToString(), providers=["CPUExecutionProvider"])
+    c, y = session.run(["c", "y"], {"x": x})
+    # batches of 4 then a last one of 2: two input shapes, output buffers reused across batches
+    stats = collect(model, [x[i:i + 4] for i in range(0, 50, 4)], ["x", "c", "y"])
+    for name, values in (("x", x), ("c", c), ("y", y)):
+        np.testing.assert_array_equal(stats.histograms[name].counts, Histogram.from_values(values, bins=2048).counts,
+                                      err_msg=f"histogram of '{name}'")
+        assert stats.histograms[name].zeros == np.count_nonzero(values == 0), name
+    assert stats.num_samples == 50
+
+
+def test_error_in_histogram_pass_reaches_the_caller(rng):
+    """A batch that only goes wrong on the second pass raises there, and no worker thread is left."""
+    import threading
+
+    from fwedge.errors import DataError
+
+    model = _conv_relu_model(rng)
+    x = rng.standard_normal((8, 1, 6, 6)).astype(np.float32)
+    passes = []
+
+    def batches():
+        passes.append(1)
+        yield x
+        yield x if len(passes) == 1 else x[:, :, :5]  # a wrong shape, second pass only
+
+    with pytest.raises(DataError, match="'x'"):
+        collect(model, batches, ["x", "y"])
+    assert len(passes) == 2
+    assert not [t for t in threading.enumerate() if t.name == "fwedge-calibration-prefetch"]
 
 
 # ---------------------------------------------------------------------------------------------

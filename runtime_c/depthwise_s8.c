@@ -4,7 +4,9 @@
  * channels in blocks of FW_CHANNEL_BLOCK; for every valid tap a contiguous channel loop
  * acc[j] += (x[j] - zp) * w[j] the compiler vectorises (NHWC keeps channels innermost), then
  * the tile is requantized with fw_requant_tile (four pixels of one channel share its multiplier
- * and shift, so SSE2 requantizes them as one vector). Other multipliers: a per-pixel loop. */
+ * and shift, so SSE2 requantizes them as one vector). With SSE2 and channels a multiple of 8,
+ * depthwise_tiles_sse2 instead multiplies two taps at once with pmaddwd and has no bounds checks
+ * in its tap loop. Other multipliers: a per-pixel loop. */
 #include <string.h>
 
 #include "fwedge_rt.h"
@@ -67,12 +69,86 @@ static void depthwise_tiles(const fw_conv_params *p, const int8_t *x, const int8
     }
 }
 
+#if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
+/* Taps of a depthwise kernel the SSE2 path takes (kernel_h * kernel_w, rounded up to pairs). */
+#define FW_DW_TAPS 26
+
+/* Channel multiplier 1, channels a multiple of 8, at most FW_DW_TAPS taps: the weights of a
+ * channel block are widened once per call into tap pairs w2[tap / 2][channel][2] (int16), and
+ * for each pixel every valid tap points at its input pixel, every padding tap at a row holding
+ * the zero point (so x - zp is 0 there and the loop has no bounds checks). Two taps of eight
+ * channels are unpacked into (x_a, x_b) pairs and multiplied-added with pmaddwd. */
+static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
+                                 const int32_t *multiplier, const int32_t *shift, int8_t *y)
+{
+    int16_t w2[FW_DW_TAPS * FW_CHANNEL_BLOCK];
+    int8_t padding[FW_CHANNEL_BLOCK];
+    const int8_t *src[FW_DW_TAPS];
+    int32_t acc[FW_TILE_PIXELS * FW_CHANNEL_BLOCK];
+    fw_requant_channel rq[FW_CHANNEL_BLOCK];
+    int8_t out[FW_TILE_PIXELS * FW_CONV_BLOCK];
+    const int channels = p->out_c, pixels = p->out_h * p->out_w;
+    const int taps = p->kernel_h * p->kernel_w, pairs = (taps + 1) / 2;
+    const __m128i zero_point = _mm_set1_epi16((int16_t)p->input_zero_point);
+    memset(padding, (int8_t)p->input_zero_point, sizeof padding);
+    for (int c0 = 0; c0 < channels; c0 += FW_CHANNEL_BLOCK) {
+        const int count = channels - c0 < FW_CHANNEL_BLOCK ? channels - c0 : FW_CHANNEL_BLOCK;
+        fw_requant_channels(p, bias, multiplier, shift, c0, count, rq);
+        for (int i = 0; i < 2 * pairs; ++i) {
+            for (int j = 0; j < count; ++j) {
+                w2[((i >> 1) * FW_CHANNEL_BLOCK + j) * 2 + (i & 1)] = i < taps ? w[(size_t)i * channels + c0 + j] : 0;
+            }
+        }
+        for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
+            const int tile = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;
+            for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+                const int pixel = pixel0 + (t < tile ? t : 0);
+                const int oy = pixel / p->out_w, ox = pixel - oy * p->out_w;
+                for (int i = 0; i < 2 * pairs; ++i) {
+                    const int ky = i / p->kernel_w, kx = i - ky * p->kernel_w;
+                    const int iy = oy * p->stride_h - p->pad_top + ky * p->dilation_h;
+                    const int ix = ox * p->stride_w - p->pad_left + kx * p->dilation_w;
+                    const int inside = i < taps && iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w;
+                    src[i] = inside ? x + ((size_t)iy * p->in_w + ix) * channels + c0 : padding;
+                }
+                for (int g = 0; g < count; g += 8) {
+                    __m128i lo = _mm_setzero_si128(), hi = _mm_setzero_si128();
+                    for (int i = 0; i < pairs; ++i) {
+                        const __m128i a8 = _mm_loadl_epi64((const __m128i *)(src[2 * i] + g));
+                        const __m128i b8 = _mm_loadl_epi64((const __m128i *)(src[2 * i + 1] + g));
+                        const __m128i a = _mm_sub_epi16(_mm_srai_epi16(_mm_unpacklo_epi8(a8, a8), 8), zero_point);
+                        const __m128i b = _mm_sub_epi16(_mm_srai_epi16(_mm_unpacklo_epi8(b8, b8), 8), zero_point);
+                        const __m128i *wp = (const __m128i *)(w2 + (i * FW_CHANNEL_BLOCK + g) * 2);
+                        lo = _mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi16(a, b), _mm_loadu_si128(wp)), lo);
+                        hi = _mm_add_epi32(_mm_madd_epi16(_mm_unpackhi_epi16(a, b), _mm_loadu_si128(wp + 1)), hi);
+                    }
+                    _mm_storeu_si128((__m128i *)(acc + t * FW_CHANNEL_BLOCK + g), lo);
+                    _mm_storeu_si128((__m128i *)(acc + t * FW_CHANNEL_BLOCK + g + 4), hi);
+                }
+            }
+            for (int g = 0; g < count; g += FW_CONV_BLOCK) {
+                fw_requant_tile(p, acc + g, FW_CHANNEL_BLOCK, rq + g, out);
+                for (int t = 0; t < tile; ++t) {
+                    memcpy(y + (size_t)(pixel0 + t) * channels + c0 + g, out + t * FW_CONV_BLOCK, FW_CONV_BLOCK);
+                }
+            }
+        }
+    }
+}
+#endif
+
 void fw_depthwise_conv2d_s8(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
                             const int32_t *multiplier, const int32_t *shift, int8_t *y)
 {
     const int channel_multiplier = p->out_c / p->in_c;
     const int32_t zero_point = p->input_zero_point;
     int32_t acc[FW_CHANNEL_BLOCK];
+#if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
+    if (channel_multiplier == 1 && p->out_c % 8 == 0 && p->kernel_h * p->kernel_w <= FW_DW_TAPS) {
+        depthwise_tiles_sse2(p, x, w, bias, multiplier, shift, y);
+        return;
+    }
+#endif
     if (channel_multiplier == 1) {
         depthwise_tiles(p, x, w, bias, multiplier, shift, y);
         return;

@@ -130,6 +130,8 @@ static void test_conv_s8(void)
     test_conv_s8_case(8, 8, 6, 6, 3, 1, 1, 1, 0, 1, "depthwise 3x3");
     test_conv_s8_case(9, 8, 3, 6, 3, 2, 1, 1, 0, 1, "depthwise multiplier 2 stride 2");
     test_conv_s8_case(7, 7, 67, 67, 3, 1, 1, 2, 0, 1, "depthwise 67 channels dilation 2");
+    test_conv_s8_case(7, 6, 96, 96, 3, 2, 1, 1, 0, 1, "depthwise 96 channels stride 2 (vector path, two blocks)");
+    test_conv_s8_case(6, 6, 16, 16, 5, 1, 2, 1, 0, 1, "depthwise 5x5 16 channels (odd tap count)");
 }
 
 static void test_conv_f32(void)

@@ -9,6 +9,9 @@ folding). The C time comes from the harness's own clock_gettime around fwedge_ru
 quantize to output dequantize, no process start-up); onnxruntime's and LiteRT's from
 perf_counter around session.run / interpreter.invoke. Runtimes are interleaved in rounds and the
 p50 is taken over all rounds. Prints the table and the ratios C / peer (< 1: C is faster).
+"C int8" is the portable x86-64 (SSE2) build every bundle gets; "C int8 x86-64-v3" the same
+bundle built with -march=x86-64-v3 (AVX2; `fwedge export --cflags=-march=x86-64-v3`), measured
+only on a CPU with AVX2.
 """
 from __future__ import annotations
 
@@ -73,6 +76,14 @@ def qdq_model(path: Path):
         return onnx.load(str(target)), folded
 
 
+def host_has_avx2() -> bool:
+    """Whether this CPU runs x86-64-v3 code (AVX2 in /proc/cpuinfo's flags)."""
+    try:
+        return any(line.startswith("flags") and " avx2" in line for line in open("/proc/cpuinfo"))
+    except OSError:
+        return False
+
+
 def time_calls(function, iterations: int) -> list[float]:
     function()
     values = []
@@ -95,11 +106,13 @@ def bench_model(name: str, iterations: int, rounds: int, work: Path, model_dir: 
 
     c_int8 = c_target.export(qdq, work / f"{name}-c-int8", ExportOptions(arch="x86_64"))
     c_fp32 = c_target.export(folded, work / f"{name}-c-fp32", ExportOptions(arch="x86_64"))
-    # The same int8 bundle compiled for this CPU (-march=native: AVX-512 VNNI here) instead of
-    # the portable x86-64 baseline (SSE2). 256-bit vectors: with 512-bit ones the 16..64-channel
-    # loops of the small models run mostly in scalar epilogues (mobilenet 1.11 vs 0.83 ms).
-    c_native = c_target.export(qdq, work / f"{name}-c-int8-native", ExportOptions(
-        arch="x86_64", extra={"cflags": ["-march=native", "-mprefer-vector-width=256"]}))
+    # The same int8 bundle compiled for x86-64-v3 (AVX2: 256-bit vpmaddwd tiles) instead of the
+    # portable x86-64 baseline (SSE2), when this CPU has AVX2. (-march=native on an AVX-512 VNNI
+    # host measured slower than x86-64-v3: vpdpwssd's latency chains, 512-bit epilogues.)
+    c_v3 = None
+    if host_has_avx2():
+        c_v3 = c_target.export(qdq, work / f"{name}-c-int8-v3", ExportOptions(
+            arch="x86_64", extra={"cflags": ["-march=x86-64-v3"]}))
     ort_int8 = ort_session(qdq, threads=1)
     ort_fp32 = ort_session(folded, threads=1)
     litert = None
@@ -112,11 +125,12 @@ def bench_model(name: str, iterations: int, rounds: int, work: Path, model_dir: 
     except Exception as exc:  # the TFLite target may be unavailable: report, don't hide
         print(f"{name}: LiteRT int8 not measured ({exc})")
 
-    times: dict[str, list[float]] = {key: [] for key in ("C int8", "C int8 native", "C fp32", "ORT int8", "ORT fp32",
-                                                         "LiteRT int8")}
+    times: dict[str, list[float]] = {key: [] for key in ("C int8", "C int8 x86-64-v3", "C fp32", "ORT int8",
+                                                         "ORT fp32", "LiteRT int8")}
     for _ in range(rounds):
         times["C int8"] += c_target.run_harness(c_int8, {"input": x}, iterations=iterations)[1]
-        times["C int8 native"] += c_target.run_harness(c_native, {"input": x}, iterations=iterations)[1]
+        if c_v3 is not None:
+            times["C int8 x86-64-v3"] += c_target.run_harness(c_v3, {"input": x}, iterations=iterations)[1]
         times["C fp32"] += c_target.run_harness(c_fp32, {"input": x}, iterations=iterations)[1]
         times["ORT int8"] += time_calls(lambda: ort_int8.run(None, {"input": x}), iterations)
         times["ORT fp32"] += time_calls(lambda: ort_fp32.run(None, {"input": x}), iterations)
@@ -138,15 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fwedge-bench-c-") as temp:
         results = [bench_model(name, args.iterations, args.rounds, Path(temp), args.model_dir) for name in args.models]
     print(f"\nlatency p50 (ms), batch 1, 1 thread, {args.rounds} rounds x {args.iterations} iterations, interleaved")
-    header = ["model", "C int8", "C int8 native", "ORT int8", "LiteRT int8", "C fp32", "ORT fp32", "C/ORT int8",
-              "C/LiteRT int8", "C native/LiteRT int8", "C/ORT fp32"]
+    header = ["model", "C int8", "C int8 x86-64-v3", "ORT int8", "LiteRT int8", "C fp32", "ORT fp32", "C/ORT int8",
+              "C/LiteRT int8", "C v3/ORT int8", "C v3/LiteRT int8", "C/ORT fp32"]
     print(" | ".join(header))
     for result in results:
         p = result["p50_ms"]
         ratio = lambda a, b: f"{p[a] / p[b]:.2f}x" if a in p and b in p else "n/a"  # noqa: E731
         cells = [result["model"]] + [f"{p[k]:.4f}" if k in p else "n/a" for k in header[1:7]] + [
-            ratio("C int8", "ORT int8"), ratio("C int8", "LiteRT int8"), ratio("C int8 native", "LiteRT int8"),
-            ratio("C fp32", "ORT fp32")]
+            ratio("C int8", "ORT int8"), ratio("C int8", "LiteRT int8"), ratio("C int8 x86-64-v3", "ORT int8"),
+            ratio("C int8 x86-64-v3", "LiteRT int8"), ratio("C fp32", "ORT fp32")]
         print(" | ".join(cells) + f"   ({result['origin']})")
     return 0
 

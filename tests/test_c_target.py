@@ -74,6 +74,21 @@ def test_runtime_unit_tests_pass_under_address_and_undefined_sanitizers(tmp_path
     _run_unit_tests(["cc", "-std=c99", *SANITIZE], tmp_path)
 
 
+def _host_has_avx2() -> bool:
+    try:
+        return any(line.startswith("flags") and " avx2" in line for line in open("/proc/cpuinfo"))
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("flags", [["-DFW_NO_INTRINSICS"], ["-march=x86-64-v3"]], ids=["portable_c", "x86_64_v3"])
+def test_runtime_unit_tests_pass_with_each_kernel_variant(flags, tmp_path):
+    """The portable loops (what non-x86 targets compile) and the AVX2 tile GEMM, on the host."""
+    if "-march=x86-64-v3" in flags and (host_arch() != "x86_64" or not _host_has_avx2()):
+        pytest.skip("the AVX2 kernels need an x86_64 host with AVX2")
+    _run_unit_tests(["cc", "-std=c99", "-O3", "-Wall", "-Wextra", "-Werror", "-pedantic", *flags], tmp_path)
+
+
 @pytest.mark.zig
 @pytest.mark.qemu(QEMU_ARCH)
 def test_runtime_unit_tests_pass_under_qemu(tmp_path):
@@ -230,6 +245,28 @@ def test_int8_model_is_byte_identical_under_qemu(tmp_path):
     assert emulated_bundle.arch == QEMU_ARCH and emulated_bundle.sizes["rom_bytes"] > 0
     emulated = c_target().run(emulated_bundle, {"input": x})["logits"]
     assert host.tobytes() == emulated.tobytes(), f"{QEMU_ARCH} 'logits' bytes differ from x86_64"
+
+
+@pytest.mark.skipif(host_arch() != "x86_64" or not _host_has_avx2(), reason="needs an x86_64 host with AVX2")
+def test_export_cflags_builds_an_x86_64_v3_bundle_with_identical_outputs(tmp_path):
+    """`fwedge export --cflags=-march=x86-64-v3` (AVX2 kernels) gives the portable bundle's bytes."""
+    from click.testing import CliRunner
+
+    from fwedge.cli import cli
+
+    model = mobilenet_like()
+    qdq = int8_model(model)
+    onnx.save(qdq, tmp_path / "m.onnx")
+    x = _calibration(model, 6)
+    outputs = {}
+    for name, extra in (("portable", []), ("v3", ["--cflags=-march=x86-64-v3"])):
+        result = CliRunner().invoke(cli, ["export", str(tmp_path / "m.onnx"), "--target", "x86_64",
+                                          "-o", str(tmp_path / name), *extra])
+        assert result.exit_code == 0, result.output
+        bundle = load_bundle(next((tmp_path / name).iterdir()))
+        assert ("-march=x86-64-v3" in bundle.extra["cflags"]) == (name == "v3"), bundle.extra["cflags"]
+        outputs[name] = c_target().run(bundle, {"input": x})["logits"]
+    assert outputs["v3"].tobytes() == outputs["portable"].tobytes(), "x86-64-v3 'logits' bytes differ from portable"
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,12 +21,16 @@ TARGET_NAMES = ("onnx", "openvino", "tflite", "ncnn", "x86_64", "aarch64", "risc
               help="Keep nodes a target cannot quantize in float, and report them (TFLite).")
 @click.option("--cc", metavar="CC", help="C compiler command for C targets (default: zig cc / host cc).")
 @click.option("--no-build", is_flag=True, help="C targets: write sources only, do not compile.")
+@click.option("--cflags", metavar="FLAGS",
+              help="C targets: extra compiler flags, e.g. --cflags=-march=x86-64-v3 for an AVX2 host build "
+                   "(default: the portable baseline of the architecture).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
               help="Fix a dynamic input shape before export, e.g. x=1,3,48,192. Repeatable.")
 @preprocess_option()
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
               help="Folder for the bundles; each is written to <output>/<model>-<target>-<precision>.")
-def command(model, targets, int8, allow_float_fallback, cc, no_build, input_shapes, preprocess, output) -> None:
+def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, input_shapes, preprocess,
+            output) -> None:
     """Write a deployment bundle of MODEL for each --target.
 
     Every bundle is a folder with a manifest.json (files and their sha256, input/output specs,
@@ -34,6 +38,7 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, input_shap
     previous bundle intact or nothing at all. Before anything is written, the whole model is
     checked and every node a target cannot take is listed in one error.
     """
+    import shlex
     from pathlib import Path
 
     from fwedge.console import stdout
@@ -47,7 +52,7 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, input_shap
     resolved = precision if precision != "auto" else ("int8" if has_qdq(ir.load(model)) else "fp32")
     for target in dict.fromkeys(targets):
         options = ExportOptions(precision=precision, allow_float_fallback=allow_float_fallback,
-                                cc=cc, build=not no_build)
+                                cc=cc, build=not no_build, extra={"cflags": shlex.split(cflags)} if cflags else {})
         out_dir = Path(output) / bundle_name(model, target, resolved)
         bundle = export_bundle(model, target, out_dir, options, input_shapes=shapes, preprocess=preprocess)
         size = bundle.sizes.get("file_bytes", 0)

@@ -16,6 +16,7 @@ static void depthwise_tiles(const fw_conv_params *p, const int8_t *x, const int8
 {
     int32_t acc[FW_TILE_PIXELS * FW_CHANNEL_BLOCK];
     fw_requant_channel rq[FW_CHANNEL_BLOCK];
+    int32_t biases[FW_CHANNEL_BLOCK];
     int8_t out[FW_TILE_PIXELS * FW_CONV_BLOCK];
     const int channels = p->out_c, pixels = p->out_h * p->out_w;
     const int in_h = p->in_h, in_w = p->in_w, kernel_h = p->kernel_h, kernel_w = p->kernel_w;
@@ -23,7 +24,7 @@ static void depthwise_tiles(const fw_conv_params *p, const int8_t *x, const int8
     for (int c0 = 0; c0 < channels; c0 += FW_CHANNEL_BLOCK) {
         const int count = channels - c0 < FW_CHANNEL_BLOCK ? channels - c0 : FW_CHANNEL_BLOCK;
         const int rounded = (count + FW_CONV_BLOCK - 1) / FW_CONV_BLOCK * FW_CONV_BLOCK;
-        fw_requant_channels(p, bias, multiplier, shift, c0, rounded, rq);
+        fw_requant_channels(p, bias, multiplier, shift, c0, rounded, rq, biases);
         for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
             const int tile = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;
             for (int t = 0; t < FW_TILE_PIXELS; ++t) {
@@ -55,7 +56,7 @@ static void depthwise_tiles(const fw_conv_params *p, const int8_t *x, const int8
             }
             for (int g = 0; g < rounded; g += FW_CONV_BLOCK) {
                 const int n = count - g < FW_CONV_BLOCK ? count - g : FW_CONV_BLOCK;
-                fw_requant_tile(p, acc + g, FW_CHANNEL_BLOCK, rq + g, out);
+                fw_requant_tile(p, acc + g, FW_CHANNEL_BLOCK, rq + g, biases + g, out);
                 for (int t = 0; t < tile; ++t) {
                     int8_t *yp = y + (size_t)(pixel0 + t) * channels + c0 + g;
                     if (n == FW_CONV_BLOCK) {
@@ -86,6 +87,7 @@ static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const
     const int8_t *src[FW_DW_TAPS];
     int32_t acc[FW_TILE_PIXELS * FW_CHANNEL_BLOCK];
     fw_requant_channel rq[FW_CHANNEL_BLOCK];
+    int32_t biases[FW_CHANNEL_BLOCK];
     int8_t out[FW_TILE_PIXELS * FW_CONV_BLOCK];
     const int channels = p->out_c, pixels = p->out_h * p->out_w;
     const int taps = p->kernel_h * p->kernel_w, pairs = (taps + 1) / 2;
@@ -93,7 +95,7 @@ static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const
     memset(padding, (int8_t)p->input_zero_point, sizeof padding);
     for (int c0 = 0; c0 < channels; c0 += FW_CHANNEL_BLOCK) {
         const int count = channels - c0 < FW_CHANNEL_BLOCK ? channels - c0 : FW_CHANNEL_BLOCK;
-        fw_requant_channels(p, bias, multiplier, shift, c0, count, rq);
+        fw_requant_channels(p, bias, multiplier, shift, c0, count, rq, biases);
         for (int i = 0; i < 2 * pairs; ++i) {
             for (int j = 0; j < count; ++j) {
                 w2[((i >> 1) * FW_CHANNEL_BLOCK + j) * 2 + (i & 1)] = i < taps ? w[(size_t)i * channels + c0 + j] : 0;
@@ -127,7 +129,7 @@ static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const
                 }
             }
             for (int g = 0; g < count; g += FW_CONV_BLOCK) {
-                fw_requant_tile(p, acc + g, FW_CHANNEL_BLOCK, rq + g, out);
+                fw_requant_tile(p, acc + g, FW_CHANNEL_BLOCK, rq + g, biases + g, out);
                 for (int t = 0; t < tile; ++t) {
                     memcpy(y + (size_t)(pixel0 + t) * channels + c0 + g, out + t * FW_CONV_BLOCK, FW_CONV_BLOCK);
                 }

@@ -288,21 +288,29 @@ void fw_transpose2d(int a, int b, int element_size, const void *x, void *y);
 
 #if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
 /* fw_multiply_by_quantized_multiplier of four int32 lanes by one multiplier m (>= 0) and one
- * total shift s = 31 - shift in [1, 62], exactly: the signed 64-bit products come from the
- * unsigned pmuludq (x * m = unsigned(x) * m - 2^32 * m for x < 0), the rounding constant
- * 2^(s - 1) is added in 64 bits, and the result is bits [s, s + 31] of the sum: the high word
- * shifted arithmetically by s - 32 when s >= 32, else the 64-bit sum shifted logically. */
+ * total shift s = 31 - shift in [1, 62], exactly. The products come from the unsigned pmuludq;
+ * for x < 0 the unsigned product is x * m + 2^32 * m.
+ * s >= 33 (every layer whose scale is below 1/4): the rounding constant 2^(s - 1) is a multiple
+ * of 2^32, so the result is (high word of x * m + 2^(s - 33)) >> (s - 32), all in 32 bits: the
+ * high words of the unsigned products minus m where x < 0, plus 2^(s - 33), shifted
+ * arithmetically. Otherwise the signed product and 2^(s - 1) are summed in 64 bits and bits
+ * [s, s + 31] taken. */
 static inline __m128i fw_requant4(__m128i x, __m128i m, __m128i round, int s)
 {
     const __m128i high = _mm_set_epi32(-1, 0, -1, 0);
     __m128i p02 = _mm_mul_epu32(x, m);
     __m128i p13 = _mm_mul_epu32(_mm_srli_epi64(x, 32), m);
     const __m128i correction = _mm_and_si128(_mm_srai_epi32(x, 31), m);
+    if (s >= 33) {
+        const __m128i words = _mm_or_si128(_mm_srli_epi64(p02, 32), _mm_and_si128(p13, high));
+        const __m128i rounded = _mm_add_epi32(_mm_sub_epi32(words, correction), _mm_set1_epi32(1 << (s - 33)));
+        return _mm_sra_epi32(rounded, _mm_cvtsi32_si128(s - 32));
+    }
     p02 = _mm_add_epi64(_mm_sub_epi64(p02, _mm_slli_epi64(correction, 32)), round);
     p13 = _mm_add_epi64(_mm_sub_epi64(p13, _mm_and_si128(correction, high)), round);
-    if (s >= 32) {
+    if (s == 32) {
         const __m128i words = _mm_or_si128(_mm_srli_epi64(p02, 32), _mm_and_si128(p13, high));
-        return _mm_sra_epi32(words, _mm_cvtsi32_si128(s - 32));
+        return words;
     }
     p02 = _mm_srl_epi64(p02, _mm_cvtsi32_si128(s));
     p13 = _mm_srl_epi64(p13, _mm_cvtsi32_si128(s));
@@ -326,21 +334,19 @@ typedef struct {
     int64_t round;        /* 2^(total_shift - 1) */
     int32_t multiplier;
     int32_t total_shift;  /* 31 - shift, in [1, 62] */
-    int32_t bias;
-    int32_t unused;
 } fw_requant_channel;
 
 /* Constants of output channels [c0, c0 + count); channels past out_c repeat the last one. */
 static inline void fw_requant_channels(const fw_conv_params *p, const int32_t *bias, const int32_t *multiplier,
-                             const int32_t *shift, int c0, int count, fw_requant_channel *out)
+                                       const int32_t *shift, int c0, int count, fw_requant_channel *out,
+                                       int32_t *bias_out)
 {
     for (int j = 0; j < count; ++j) {
         const int oc = c0 + j < p->out_c ? c0 + j : p->out_c - 1;
         out[j].multiplier = multiplier[oc];
         out[j].total_shift = 31 - shift[oc];
         out[j].round = (int64_t)1 << (out[j].total_shift - 1);
-        out[j].bias = bias ? bias[oc] : 0;
-        out[j].unused = 0;
+        bias_out[j] = bias ? bias[oc] : 0;
     }
 }
 
@@ -350,7 +356,7 @@ static inline void fw_requant_channels(const fw_conv_params *p, const int32_t *b
  * channel-major, requantized four lanes at a time (requant4), transposed back and packed to
  * int8 with the clamp on int16. */
 static inline void fw_requant_tile(const fw_conv_params *p, const int32_t *acc, int stride,
-                                   const fw_requant_channel *rq, int8_t *out)
+                                   const fw_requant_channel *rq, const int32_t *bias, int8_t *out)
 {
 #if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
     const __m128i zero_point = _mm_set1_epi32(p->output_zero_point);
@@ -358,7 +364,7 @@ static inline void fw_requant_tile(const fw_conv_params *p, const int32_t *acc, 
     __m128i r[FW_TILE_PIXELS][2];
     for (int half = 0; half < 2; ++half) {
         const fw_requant_channel *q = rq + 4 * half;
-        const __m128i bv = _mm_set_epi32(q[3].bias, q[2].bias, q[1].bias, q[0].bias);
+        const __m128i bv = _mm_loadu_si128((const __m128i *)(bias + 4 * half));
         __m128i v[4];
         for (int t = 0; t < 4; ++t) {
             v[t] = _mm_add_epi32(_mm_loadu_si128((const __m128i *)(acc + t * stride + 4 * half)), bv);
@@ -382,7 +388,7 @@ static inline void fw_requant_tile(const fw_conv_params *p, const int32_t *acc, 
     const int32_t zero_point = p->output_zero_point, lo = p->activation_min, hi = p->activation_max;
     for (int t = 0; t < FW_TILE_PIXELS; ++t) {
         for (int j = 0; j < FW_CONV_BLOCK; ++j) {
-            const int64_t product = (int64_t)(acc[t * stride + j] + rq[j].bias) * rq[j].multiplier;
+            const int64_t product = (int64_t)(acc[t * stride + j] + bias[j]) * rq[j].multiplier;
             const int32_t v = (int32_t)((product + rq[j].round) >> rq[j].total_shift);
             out[t * FW_CONV_BLOCK + j] = (int8_t)fw_clamp_s32(v + zero_point, lo, hi);
         }

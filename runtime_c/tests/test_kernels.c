@@ -214,6 +214,42 @@ static void test_elementwise(void)
     CHECK(y[0] == 1 && y[1] == 11 && y[2] == -128 + 0 * 200 + (y[2] - -128) && y[3] == -128,
           "mul pixel broadcast: %d %d %d %d", y[0], y[1], y[2], y[3]);
     CHECK_EQ_INT(y[2], 127, "mul pixel broadcast -100 * -4 / 2 saturates");
+    /* Same-shape ADD over 16-element vector steps plus a tail, random per-tensor parameters,
+     * against the definition written out with the scalar fixed-point helpers. */
+    {
+        static int8_t xa[1003], xb[1003], ya[1004];
+        fw_elementwise_params q;
+        memset(&q, 0, sizeof q);
+        q.size = 1003;
+        q.input1.divisor = 1; q.input1.modulus = q.size; q.input2.divisor = 1; q.input2.modulus = q.size;
+        fill_s8(xa, q.size);
+        fill_s8(xb, q.size);
+        int mismatches = 0, saturated = 0;
+        for (int round = 0; round < 4; ++round) {
+            q.input1_zero_point = fw_test_rand(-30, 30); q.input2_zero_point = fw_test_rand(-30, 30);
+            q.output_zero_point = fw_test_rand(-20, 20); q.left_shift = 20;
+            q.input1_multiplier = fw_test_rand(1 << 30, 0x7fffffff); q.input1_shift = fw_test_rand(-3, 0);
+            q.input2_multiplier = fw_test_rand(1 << 30, 0x7fffffff); q.input2_shift = fw_test_rand(-3, 0);
+            q.output_multiplier = fw_test_rand(1 << 30, 0x7fffffff); q.output_shift = fw_test_rand(-21, -19);
+            q.activation_min = round == 3 ? q.output_zero_point : -128; q.activation_max = 127;
+            ya[q.size] = 0x55;
+            fw_add_s8(&q, xa, xb, ya);
+            for (int i = 0; i < q.size; ++i) {
+                const int32_t s1 = fw_multiply_by_quantized_multiplier((xa[i] - q.input1_zero_point) * (1 << 20),
+                                                                       q.input1_multiplier, q.input1_shift);
+                const int32_t s2 = fw_multiply_by_quantized_multiplier((xb[i] - q.input2_zero_point) * (1 << 20),
+                                                                       q.input2_multiplier, q.input2_shift);
+                const int32_t v = fw_multiply_by_quantized_multiplier(s1 + s2, q.output_multiplier, q.output_shift) +
+                                  q.output_zero_point;
+                const int32_t expected = fw_clamp_s32(v, q.activation_min, q.activation_max);
+                mismatches += ya[i] != expected;
+                saturated += expected == 127 || expected == -128;
+            }
+            CHECK(ya[q.size] == 0x55, "add 1003 elements: wrote past the output");
+        }
+        CHECK(mismatches == 0, "add 1003 elements: %d outputs differ from the definition", mismatches);
+        CHECK(saturated < 4 * q.size / 2, "add 1003 elements: %d outputs saturated", saturated);
+    }
     float af[4] = {1, 2, 3, 4}, bf[2] = {10, 20}, yf[4];
     p.input2.divisor = 1; p.float_min = -INFINITY; p.float_max = INFINITY;
     fw_add_f32(&p, af, bf, yf);

@@ -17,9 +17,6 @@
 
 #include "fwedge_rt.h"
 
-#if defined(__AVX2__) && !defined(FW_NO_INTRINSICS)
-#include <immintrin.h>
-#endif
 
 /* Channels whose requantization constants conv2d_s8_packed keeps in a table on the stack
  * (more: per block). */
@@ -279,11 +276,10 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const int
     const int out_c = p->out_c, pixels = p->out_h * p->out_w;
     const int blocks = (out_c + FW_CONV_BLOCK - 1) / FW_CONV_BLOCK;
     const int chunked = padded > FW_K_CHUNK;
-    fw_requant_channel table[FW_REQUANT_TABLE];
-    int32_t biases[FW_REQUANT_TABLE];
+    int32_t multipliers[FW_REQUANT_TABLE], shifts[FW_REQUANT_TABLE], biases[FW_REQUANT_TABLE];
     const int tabled = blocks * FW_CONV_BLOCK <= FW_REQUANT_TABLE;
     if (tabled) {
-        fw_requant_channels(p, bias, multiplier, shift, 0, blocks * FW_CONV_BLOCK, table, biases);
+        fw_requant_channels(p, bias, multiplier, shift, 0, blocks * FW_CONV_BLOCK, multipliers, shifts, biases);
     }
     for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
         const int count = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;
@@ -315,14 +311,11 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const int
             }
             const int c0 = b * FW_CONV_BLOCK;
             const int channels = out_c - c0 < FW_CONV_BLOCK ? out_c - c0 : FW_CONV_BLOCK;
-            const fw_requant_channel *rq = table + c0;
-            const int32_t *block_bias = biases + c0;
+            const int offset = tabled ? c0 : 0;
             if (!tabled) {
-                fw_requant_channels(p, bias, multiplier, shift, c0, FW_CONV_BLOCK, table, biases);
-                rq = table;
-                block_bias = biases;
+                fw_requant_channels(p, bias, multiplier, shift, c0, FW_CONV_BLOCK, multipliers, shifts, biases);
             }
-            fw_requant_tile(p, acc, FW_CONV_BLOCK, rq, block_bias, out);
+            fw_requant_tile(p, acc, FW_CONV_BLOCK, multipliers + offset, shifts + offset, biases + offset, out);
             for (int t = 0; t < count; ++t) {
                 int8_t *yp = y + (size_t)(pixel0 + t) * out_c + c0;
                 if (channels == FW_CONV_BLOCK) {

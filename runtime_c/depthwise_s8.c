@@ -15,8 +15,7 @@ static void depthwise_tiles(const fw_conv_params *p, const int8_t *x, const int8
                             const int32_t *multiplier, const int32_t *shift, int8_t *y)
 {
     int32_t acc[FW_TILE_PIXELS * FW_CHANNEL_BLOCK];
-    fw_requant_channel rq[FW_CHANNEL_BLOCK];
-    int32_t biases[FW_CHANNEL_BLOCK];
+    int32_t multipliers[FW_CHANNEL_BLOCK], shifts[FW_CHANNEL_BLOCK], biases[FW_CHANNEL_BLOCK];
     int8_t out[FW_TILE_PIXELS * FW_CONV_BLOCK];
     const int channels = p->out_c, pixels = p->out_h * p->out_w;
     const int in_h = p->in_h, in_w = p->in_w, kernel_h = p->kernel_h, kernel_w = p->kernel_w;
@@ -24,7 +23,7 @@ static void depthwise_tiles(const fw_conv_params *p, const int8_t *x, const int8
     for (int c0 = 0; c0 < channels; c0 += FW_CHANNEL_BLOCK) {
         const int count = channels - c0 < FW_CHANNEL_BLOCK ? channels - c0 : FW_CHANNEL_BLOCK;
         const int rounded = (count + FW_CONV_BLOCK - 1) / FW_CONV_BLOCK * FW_CONV_BLOCK;
-        fw_requant_channels(p, bias, multiplier, shift, c0, rounded, rq, biases);
+        fw_requant_channels(p, bias, multiplier, shift, c0, rounded, multipliers, shifts, biases);
         for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
             const int tile = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;
             for (int t = 0; t < FW_TILE_PIXELS; ++t) {
@@ -56,7 +55,7 @@ static void depthwise_tiles(const fw_conv_params *p, const int8_t *x, const int8
             }
             for (int g = 0; g < rounded; g += FW_CONV_BLOCK) {
                 const int n = count - g < FW_CONV_BLOCK ? count - g : FW_CONV_BLOCK;
-                fw_requant_tile(p, acc + g, FW_CHANNEL_BLOCK, rq + g, biases + g, out);
+                fw_requant_tile(p, acc + g, FW_CHANNEL_BLOCK, multipliers + g, shifts + g, biases + g, out);
                 for (int t = 0; t < tile; ++t) {
                     int8_t *yp = y + (size_t)(pixel0 + t) * channels + c0 + g;
                     if (n == FW_CONV_BLOCK) {
@@ -78,7 +77,8 @@ static void depthwise_tiles(const fw_conv_params *p, const int8_t *x, const int8
  * channel block are widened once per call into tap pairs w2[tap / 2][channel][2] (int16), and
  * for each pixel every valid tap points at its input pixel, every padding tap at a row holding
  * the zero point (so x - zp is 0 there and the loop has no bounds checks). Two taps of eight
- * channels are unpacked into (x_a, x_b) pairs and multiplied-added with pmaddwd. */
+ * channels are unpacked into (x_a, x_b) pairs and multiplied-added with pmaddwd (AVX2: all
+ * eight channels' pairs in one register, interleaved as bytes and widened with vpmovsxbw). */
 static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
                                  const int32_t *multiplier, const int32_t *shift, int8_t *y)
 {
@@ -86,16 +86,19 @@ static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const
     int8_t padding[FW_CHANNEL_BLOCK];
     const int8_t *src[FW_DW_TAPS];
     int32_t acc[FW_TILE_PIXELS * FW_CHANNEL_BLOCK];
-    fw_requant_channel rq[FW_CHANNEL_BLOCK];
-    int32_t biases[FW_CHANNEL_BLOCK];
+    int32_t multipliers[FW_CHANNEL_BLOCK], shifts[FW_CHANNEL_BLOCK], biases[FW_CHANNEL_BLOCK];
     int8_t out[FW_TILE_PIXELS * FW_CONV_BLOCK];
     const int channels = p->out_c, pixels = p->out_h * p->out_w;
     const int taps = p->kernel_h * p->kernel_w, pairs = (taps + 1) / 2;
+#if defined(__AVX2__)
+    const __m256i zero_point16 = _mm256_set1_epi16((int16_t)p->input_zero_point);
+#else
     const __m128i zero_point = _mm_set1_epi16((int16_t)p->input_zero_point);
+#endif
     memset(padding, (int8_t)p->input_zero_point, sizeof padding);
     for (int c0 = 0; c0 < channels; c0 += FW_CHANNEL_BLOCK) {
         const int count = channels - c0 < FW_CHANNEL_BLOCK ? channels - c0 : FW_CHANNEL_BLOCK;
-        fw_requant_channels(p, bias, multiplier, shift, c0, count, rq, biases);
+        fw_requant_channels(p, bias, multiplier, shift, c0, count, multipliers, shifts, biases);
         for (int i = 0; i < 2 * pairs; ++i) {
             for (int j = 0; j < count; ++j) {
                 w2[((i >> 1) * FW_CHANNEL_BLOCK + j) * 2 + (i & 1)] = i < taps ? w[(size_t)i * channels + c0 + j] : 0;
@@ -114,6 +117,18 @@ static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const
                     src[i] = inside ? x + ((size_t)iy * p->in_w + ix) * channels + c0 : padding;
                 }
                 for (int g = 0; g < count; g += 8) {
+#if defined(__AVX2__)
+                    /* 256-bit: the two taps' bytes interleaved, widened and paired in one register. */
+                    __m256i sum = _mm256_setzero_si256();
+                    for (int i = 0; i < pairs; ++i) {
+                        const __m128i a8 = _mm_loadl_epi64((const __m128i *)(src[2 * i] + g));
+                        const __m128i b8 = _mm_loadl_epi64((const __m128i *)(src[2 * i + 1] + g));
+                        const __m256i ab = _mm256_sub_epi16(_mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a8, b8)), zero_point16);
+                        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w2 + (i * FW_CHANNEL_BLOCK + g) * 2));
+                        sum = _mm256_add_epi32(_mm256_madd_epi16(ab, wv), sum);
+                    }
+                    _mm256_storeu_si256((__m256i *)(acc + t * FW_CHANNEL_BLOCK + g), sum);
+#else
                     __m128i lo = _mm_setzero_si128(), hi = _mm_setzero_si128();
                     for (int i = 0; i < pairs; ++i) {
                         const __m128i a8 = _mm_loadl_epi64((const __m128i *)(src[2 * i] + g));
@@ -126,10 +141,11 @@ static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const
                     }
                     _mm_storeu_si128((__m128i *)(acc + t * FW_CHANNEL_BLOCK + g), lo);
                     _mm_storeu_si128((__m128i *)(acc + t * FW_CHANNEL_BLOCK + g + 4), hi);
+#endif
                 }
             }
             for (int g = 0; g < count; g += FW_CONV_BLOCK) {
-                fw_requant_tile(p, acc + g, FW_CHANNEL_BLOCK, rq + g, biases + g, out);
+                fw_requant_tile(p, acc + g, FW_CHANNEL_BLOCK, multipliers + g, shifts + g, biases + g, out);
                 for (int t = 0; t < tile; ++t) {
                     memcpy(y + (size_t)(pixel0 + t) * channels + c0 + g, out + t * FW_CONV_BLOCK, FW_CONV_BLOCK);
                 }

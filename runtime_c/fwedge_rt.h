@@ -40,7 +40,9 @@
 
 /* The int8 conv kernels use SSE2 intrinsics when the compiler targets x86 (every x86-64 CPU has
  * SSE2), portable C elsewhere or with -DFW_NO_INTRINSICS. */
-#if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
+#if defined(__AVX2__) && !defined(FW_NO_INTRINSICS)
+#include <immintrin.h>
+#elif defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
 #include <emmintrin.h>
 #endif
 
@@ -329,41 +331,66 @@ static inline void fw_transpose4(__m128i *r0, __m128i *r1, __m128i *r2, __m128i 
 }
 #endif
 
-/* Requantization constants of one output channel, computed once per call. */
-typedef struct {
-    int64_t round;        /* 2^(total_shift - 1) */
-    int32_t multiplier;
-    int32_t total_shift;  /* 31 - shift, in [1, 62] */
-} fw_requant_channel;
-
-/* Constants of output channels [c0, c0 + count); channels past out_c repeat the last one. */
+/* Requantization constants of output channels [c0, c0 + count), computed once per call as
+ * arrays (multiplier, total shift 31 - shift in [1, 62], bias or 0); channels past out_c repeat
+ * the last one. */
 static inline void fw_requant_channels(const fw_conv_params *p, const int32_t *bias, const int32_t *multiplier,
-                                       const int32_t *shift, int c0, int count, fw_requant_channel *out,
-                                       int32_t *bias_out)
+                                       const int32_t *shift, int c0, int count, int32_t *multiplier_out,
+                                       int32_t *total_shift_out, int32_t *bias_out)
 {
     for (int j = 0; j < count; ++j) {
         const int oc = c0 + j < p->out_c ? c0 + j : p->out_c - 1;
-        out[j].multiplier = multiplier[oc];
-        out[j].total_shift = 31 - shift[oc];
-        out[j].round = (int64_t)1 << (out[j].total_shift - 1);
+        multiplier_out[j] = multiplier[oc];
+        total_shift_out[j] = 31 - shift[oc];
         bias_out[j] = bias ? bias[oc] : 0;
     }
 }
 
-/* Requantize a tile acc[FW_TILE_PIXELS][stride] (first FW_CONV_BLOCK of each row, + bias) of the FW_CONV_BLOCK channels
- * described by rq into out[FW_TILE_PIXELS][FW_CONV_BLOCK]. SSE2: the four pixels of one channel
- * share its multiplier and shift, so each 4x4 quarter of the tile is transposed to
- * channel-major, requantized four lanes at a time (requant4), transposed back and packed to
- * int8 with the clamp on int16. */
-static inline void fw_requant_tile(const fw_conv_params *p, const int32_t *acc, int stride,
-                                   const fw_requant_channel *rq, const int32_t *bias, int8_t *out)
+/* Requantize a tile acc[FW_TILE_PIXELS][stride] (the first FW_CONV_BLOCK values of each row,
+ * plus bias) of FW_CONV_BLOCK channels with multipliers m and total shifts s into
+ * out[FW_TILE_PIXELS][FW_CONV_BLOCK], clamped to the activation range.
+ * AVX2, all total shifts >= 33: one pixel's eight channels per register, signed products of
+ * vpmuldq, the high words plus 2^(s - 33) shifted per lane with vpsravd (see fw_requant4).
+ * SSE2: the four pixels of one channel share its multiplier and shift, so each 4x4 quarter of
+ * the tile is transposed to channel-major, requantized four lanes at a time (fw_requant4),
+ * transposed back and packed to int8 with the clamp on int16. */
+static inline void fw_requant_tile(const fw_conv_params *p, const int32_t *acc, int stride, const int32_t *m,
+                                   const int32_t *s, const int32_t *bias, int8_t *out)
 {
+#if defined(__AVX2__) && !defined(FW_NO_INTRINSICS)
+    const __m256i sv = _mm256_loadu_si256((const __m256i *)s);
+    const __m256i thirty_three = _mm256_set1_epi32(33);
+    if (_mm256_movemask_epi8(_mm256_cmpgt_epi32(thirty_three, sv)) == 0) {
+        const __m256i mv = _mm256_loadu_si256((const __m256i *)m);
+        const __m256i m13 = _mm256_srli_epi64(mv, 32);
+        const __m256i bv = _mm256_loadu_si256((const __m256i *)bias);
+        const __m256i round = _mm256_sllv_epi32(_mm256_set1_epi32(1), _mm256_sub_epi32(sv, thirty_three));
+        const __m256i count = _mm256_sub_epi32(sv, _mm256_set1_epi32(32));
+        const __m256i zero_point = _mm256_set1_epi32(p->output_zero_point);
+        __m256i r[FW_TILE_PIXELS];
+        for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+            const __m256i x = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(acc + t * stride)), bv);
+            const __m256i p02 = _mm256_mul_epi32(x, mv);
+            const __m256i p13 = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), m13);
+            const __m256i words = _mm256_blend_epi32(_mm256_srli_epi64(p02, 32), p13, 0xaa);
+            r[t] = _mm256_add_epi32(_mm256_srav_epi32(_mm256_add_epi32(words, round), count), zero_point);
+        }
+        const __m256i lo = _mm256_set1_epi16((int16_t)p->activation_min);
+        const __m256i hi = _mm256_set1_epi16((int16_t)p->activation_max);
+        const __m256i a = _mm256_min_epi16(_mm256_max_epi16(_mm256_packs_epi32(r[0], r[1]), lo), hi);
+        const __m256i b = _mm256_min_epi16(_mm256_max_epi16(_mm256_packs_epi32(r[2], r[3]), lo), hi);
+        /* dwords now hold four channels of one pixel: [0a 1a 2a 3a | 0b 1b 2b 3b] */
+        const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b),
+                                                          _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)out, bytes);
+        return;
+    }
+#endif
 #if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
     const __m128i zero_point = _mm_set1_epi32(p->output_zero_point);
     const __m128i lo = _mm_set1_epi16((int16_t)p->activation_min), hi = _mm_set1_epi16((int16_t)p->activation_max);
     __m128i r[FW_TILE_PIXELS][2];
     for (int half = 0; half < 2; ++half) {
-        const fw_requant_channel *q = rq + 4 * half;
         const __m128i bv = _mm_loadu_si128((const __m128i *)(bias + 4 * half));
         __m128i v[4];
         for (int t = 0; t < 4; ++t) {
@@ -371,8 +398,10 @@ static inline void fw_requant_tile(const fw_conv_params *p, const int32_t *acc, 
         }
         fw_transpose4(&v[0], &v[1], &v[2], &v[3]);
         for (int j = 0; j < 4; ++j) {
-            v[j] = _mm_add_epi32(fw_requant4(v[j], _mm_set1_epi32(q[j].multiplier), _mm_set1_epi64x(q[j].round),
-                                          q[j].total_shift), zero_point);
+            const int c = 4 * half + j;
+            v[j] = _mm_add_epi32(fw_requant4(v[j], _mm_set1_epi32(m[c]), _mm_set1_epi64x((int64_t)1 << (s[c] - 1)),
+                                             s[c]),
+                                 zero_point);
         }
         fw_transpose4(&v[0], &v[1], &v[2], &v[3]);
         for (int t = 0; t < 4; ++t) {
@@ -388,14 +417,13 @@ static inline void fw_requant_tile(const fw_conv_params *p, const int32_t *acc, 
     const int32_t zero_point = p->output_zero_point, lo = p->activation_min, hi = p->activation_max;
     for (int t = 0; t < FW_TILE_PIXELS; ++t) {
         for (int j = 0; j < FW_CONV_BLOCK; ++j) {
-            const int64_t product = (int64_t)(acc[t * stride + j] + bias[j]) * rq[j].multiplier;
-            const int32_t v = (int32_t)((product + rq[j].round) >> rq[j].total_shift);
+            const int64_t product = (int64_t)(acc[t * stride + j] + bias[j]) * m[j];
+            const int32_t v = (int32_t)((product + ((int64_t)1 << (s[j] - 1))) >> s[j]);
             out[t * FW_CONV_BLOCK + j] = (int8_t)fw_clamp_s32(v + zero_point, lo, hi);
         }
     }
 #endif
 }
-
 
 #ifdef __cplusplus
 }

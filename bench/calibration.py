@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/calibration.py [--model examples/fashion_mnist/mobilenet_v2_tiny.onnx]
         [--samples 512 4096] [--methods minmax,percentile,kl] [--skip-mse] [--repeat 1]
-        [--eval-samples 10000] [--json bench_calibration.json]
+        [--accuracy-seeds 1] [--eval-samples 10000] [--json bench_calibration.json]
 
 Every (tool, method, samples) configuration runs in its own subprocess, so its peak RSS is its
 own: the kernel's high-water mark VmHWM of the worker's address space (/proc/self/status).
@@ -61,41 +61,41 @@ def _peak_rss_mb() -> tuple[float, float]:
     return hwm, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _subset_path(folder: str, samples: int) -> str:
-    return os.path.join(folder, f"train_subset_{samples}.npy")
+def _subset_path(folder: str, samples: int, seed: int = 0) -> str:
+    return os.path.join(folder, f"train_subset_{samples}_seed{seed}.npy")
 
 
-def write_subset(folder: str, samples: int) -> str:
+def write_subset(folder: str, samples: int, seed: int = 0) -> str:
     """The seeded subset of fashion-mnist:train (uint8 N,28,28,1) that both tools read."""
     import numpy as np
 
     from fwedge.data import open_dataset, read_idx
 
     dataset = open_dataset("fashion-mnist:train")
-    images = read_idx(dataset.path, dataset.select(samples, seed=0))[..., None]
-    path = _subset_path(folder, samples)
+    images = read_idx(dataset.path, dataset.select(samples, seed=seed))[..., None]
+    path = _subset_path(folder, samples, seed)
     np.save(path, images)
     return path
 
 
-def _batches(model_path: str, samples: int):
+def _batches(model_path: str, samples: int, seed: int = 0):
     import numpy as np
 
     from fwedge import ir
     from fwedge.eval import resolve_preprocess
 
     spec = resolve_preprocess(ir.load(model_path))
-    images = np.load(_subset_path(os.path.dirname(model_path), samples), mmap_mode="r")
+    images = np.load(_subset_path(os.path.dirname(model_path), samples, seed), mmap_mode="r")
     return lambda: (spec.apply(np.asarray(images[i:i + BATCH])) for i in range(0, len(images), BATCH))
 
 
-def worker_fwedge(model_path: str, method: str, samples: int, output: str) -> dict:
+def worker_fwedge(model_path: str, method: str, samples: int, output: str, seed: int = 0) -> dict:
     from fwedge import ir
     from fwedge.calibration import MethodOptions, collect, compute
     from fwedge.passes.quantize import QuantizeOptions, plan_quantization, quantize_model
 
     model = ir.load(model_path)
-    batches = _batches(model_path, samples)
+    batches = _batches(model_path, samples, seed)
     start, cpu_start = time.perf_counter(), time.process_time()
     plan = plan_quantization(model)
     stats = collect(model, batches, plan.calibrated, histograms=method != "minmax")  # minmax: one pass
@@ -111,11 +111,11 @@ def worker_fwedge(model_path: str, method: str, samples: int, output: str) -> di
             "total_seconds": time.perf_counter() - start}
 
 
-def worker_ort(model_path: str, method: str, samples: int, output: str) -> dict:
+def worker_ort(model_path: str, method: str, samples: int, output: str, seed: int = 0) -> dict:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
 
-    batches = _batches(model_path, samples)
+    batches = _batches(model_path, samples, seed)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -157,7 +157,7 @@ def run_worker(args) -> None:
 
     logging.disable(logging.WARNING)
     function = worker_fwedge if args.worker == "fwedge" else worker_ort
-    result = function(args.model, args.method, args.samples, args.output)
+    result = function(args.model, args.method, args.samples, args.output, args.seed)
     result["peak_rss_mb"], result["ru_maxrss_mb"] = _peak_rss_mb()
     print(json.dumps(result))
 
@@ -180,7 +180,11 @@ def main() -> int:
     parser.add_argument("--skip-mse", action="store_true")
     parser.add_argument("--methods", default="minmax,percentile,kl",
                         help="fwedge methods compared with their onnxruntime peer (comma-separated)")
+    parser.add_argument("--accuracy-seeds", type=int, default=1,
+                        help="calibration subsets (seeds 0..K-1) at the first sample count for the accuracy "
+                             "comparison; K > 1 also prints mean and spread over the subsets")
     parser.add_argument("--json", help="Write all measurements as JSON.")
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["fwedge", "ort"], help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
@@ -253,12 +257,58 @@ def main() -> int:
                       f"  total {row['total_seconds']:8.2f}s  peak RSS {row['peak_rss_mb']:7.1f} MB"
                       + (f"  int8 top-1 {100 * row['accuracy']:.2f}%" if row["accuracy"] is not None else ""),
                       flush=True)
-            report.append({"model": model_path, "float_accuracy": float_accuracy, "rows": rows})
+            seeds = _seed_accuracies(args, tmp, prepared, rows)
+            report.append({"model": model_path, "float_accuracy": float_accuracy, "rows": rows,
+                           "accuracy_by_seed": seeds})
             print(f"\n{Path(model_path).name}: float top-1 {100 * float_accuracy:.2f}% on {args.eval_samples} test images")
             _ratios(rows, args.samples, float_accuracy)
+            _seed_summary(seeds, args.samples[0], float_accuracy)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def _seed_accuracies(args, tmp: str, prepared: str, rows: list[dict]) -> dict[str, list[float]]:
+    """int8 accuracy per (tool, method) over calibration subsets 0..K-1 at the first sample count.
+
+    Seed 0 is the timed run above; the others are calibrated (untimed) from other random
+    subsets of the training set, so a difference between the tools can be told from the spread
+    that the choice of calibration images alone causes.
+    """
+    samples = args.samples[0]
+    seeds: dict[str, list[float]] = {}
+    for row in rows:
+        if row["samples"] == samples and not row.get("failed") and row["accuracy"] is not None:
+            seeds[f"{row['tool']} {row['method']}"] = [row["accuracy"]]
+    for seed in range(1, args.accuracy_seeds):
+        write_subset(tmp, samples, seed)
+        for key in seeds:
+            tool, method = key.split()
+            output = os.path.join(tmp, f"{tool}_{method}_{samples}_seed{seed}.onnx")
+            command = [sys.executable, __file__, "--worker", tool, "--method", method, "--samples", str(samples),
+                       "--model", prepared, "--output", output, "--seed", str(seed)]
+            subprocess.run(command, capture_output=True, text=True, check=True)
+            seeds[key].append(accuracy(output, args.eval_samples))
+            print(f"  seed {seed}: {key} int8 top-1 {100 * seeds[key][-1]:.2f}%", flush=True)
+    return seeds
+
+
+def _seed_summary(seeds: dict[str, list[float]], samples: int, float_accuracy: float) -> None:
+    if not seeds or len(next(iter(seeds.values()))) < 2:
+        return
+    count = len(next(iter(seeds.values())))
+    mean = {key: statistics.mean(values) for key, values in seeds.items()}
+    for key, values in seeds.items():
+        print(f"  {key:18s} over {count} calibration subsets of {samples}: mean {100 * mean[key]:.2f}% "
+              f"(drop {100 * (float_accuracy - mean[key]):.2f} pp), min {100 * min(values):.2f}%, "
+              f"max {100 * max(values):.2f}%, stdev {100 * statistics.stdev(values):.2f} pp")
+    for ours, theirs in PAIRS + [("mse", None)]:
+        a, b = f"fwedge {ours}", f"ort {theirs}"
+        if a in mean and b in mean:
+            wins = sum(x >= y for x, y in zip(seeds[a], seeds[b]))
+            print(f"  mean int8 top-1 over {count} subsets: fwedge {ours} {100 * mean[a]:.2f}% vs ORT {theirs} "
+                  f"{100 * mean[b]:.2f}%: {'OK' if mean[a] >= mean[b] else 'MISSED'} (target fwedge >= ORT); "
+                  f"fwedge >= ORT on {wins} of {count} subsets")
 
 
 def _ratios(rows: list[dict], sample_counts: list[int], float_accuracy: float) -> None:

@@ -93,6 +93,20 @@ static void gather_window_full(const fw_conv_params *p, const int8_t *x, int pix
     const int y0 = oy * p->stride_h - p->pad_top, x0 = ox * p->stride_w - p->pad_left;
     int16_t *column = tile + 2 * t;
     int k = 0;
+    if (in_c == 1 && y0 >= 0 && y0 + (p->kernel_h - 1) * p->dilation_h < in_h && x0 >= 0 &&
+        x0 + (p->kernel_w - 1) * p->dilation_w < in_w) {
+        /* One channel, window inside the image (all but the border pixels): no checks per tap. */
+        for (int ky = 0; ky < p->kernel_h; ++ky) {
+            const int8_t *row = x + (size_t)(y0 + ky * p->dilation_h) * in_w + x0;
+            for (int kx = 0; kx < p->kernel_w; ++kx, ++k) {
+                column[(k >> 1) * 2 * FW_TILE_PIXELS + (k & 1)] = (int16_t)(row[kx * p->dilation_w] - zero_point);
+            }
+        }
+        if (k & 1) {
+            column[(k >> 1) * 2 * FW_TILE_PIXELS + 1] = 0;
+        }
+        return;
+    }
     for (int ky = 0; ky < p->kernel_h; ++ky) {
         const int iy = y0 + ky * p->dilation_h;
         for (int kx = 0; kx < p->kernel_w; ++kx) {
@@ -263,6 +277,44 @@ static void tile_gemm(int pairs, const int16_t *tile, const int8_t *w, int32_t *
 #endif
 }
 
+#if defined(__AVX2__) && !defined(FW_NO_INTRINSICS)
+/* tile_gemm of two neighbouring channel blocks at once (w0, w1): every pixel broadcast serves
+ * sixteen channels, eight accumulators in registers. */
+static void tile_gemm2(int pairs, const int16_t *tile, const int8_t *w0, const int8_t *w1, int32_t *acc0,
+                       int32_t *acc1)
+{
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    for (int i = 0; i < pairs; ++i) {
+        const int16_t *xv = tile + i * 2 * FW_TILE_PIXELS;
+        int32_t x0, x1, x2, x3;
+        memcpy(&x0, xv, 4);
+        memcpy(&x1, xv + 2, 4);
+        memcpy(&x2, xv + 4, 4);
+        memcpy(&x3, xv + 6, 4);
+        const __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w0 + i * 2 * FW_CONV_BLOCK)));
+        const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w1 + i * 2 * FW_CONV_BLOCK)));
+        const __m256i y0 = _mm256_set1_epi32(x0), y1 = _mm256_set1_epi32(x1);
+        const __m256i y2 = _mm256_set1_epi32(x2), y3 = _mm256_set1_epi32(x3);
+        a0 = _mm256_add_epi32(_mm256_madd_epi16(y0, v), a0);
+        b0 = _mm256_add_epi32(_mm256_madd_epi16(y0, u), b0);
+        a1 = _mm256_add_epi32(_mm256_madd_epi16(y1, v), a1);
+        b1 = _mm256_add_epi32(_mm256_madd_epi16(y1, u), b1);
+        a2 = _mm256_add_epi32(_mm256_madd_epi16(y2, v), a2);
+        b2 = _mm256_add_epi32(_mm256_madd_epi16(y2, u), b2);
+        a3 = _mm256_add_epi32(_mm256_madd_epi16(y3, v), a3);
+        b3 = _mm256_add_epi32(_mm256_madd_epi16(y3, u), b3);
+    }
+    _mm256_storeu_si256((__m256i *)acc0, a0);
+    _mm256_storeu_si256((__m256i *)(acc0 + 8), a1);
+    _mm256_storeu_si256((__m256i *)(acc0 + 16), a2);
+    _mm256_storeu_si256((__m256i *)(acc0 + 24), a3);
+    _mm256_storeu_si256((__m256i *)acc1, b0);
+    _mm256_storeu_si256((__m256i *)(acc1 + 8), b1);
+    _mm256_storeu_si256((__m256i *)(acc1 + 16), b2);
+    _mm256_storeu_si256((__m256i *)(acc1 + 24), b3);
+}
+#endif
+
 /* groups == 1, packed weights. */
 static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
                              const int32_t *multiplier, const int32_t *shift, int8_t *y)
@@ -271,6 +323,10 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const int
     int16_t tile[FW_K_CHUNK * FW_TILE_PIXELS];
     int32_t acc[FW_TILE_PIXELS * FW_CONV_BLOCK];
     int8_t out[FW_TILE_PIXELS * FW_CONV_BLOCK];
+#if defined(__AVX2__) && !defined(FW_NO_INTRINSICS)
+    int32_t next[FW_TILE_PIXELS * FW_CONV_BLOCK];
+    int pending = 0;
+#endif
     const int filter = p->kernel_h * p->kernel_w * p->in_c;
     const int padded = filter + (filter & 1);
     const int out_c = p->out_c, pixels = p->out_h * p->out_w;
@@ -295,6 +351,21 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const int
         }
         for (int b = 0; b < blocks; ++b) {
             const int8_t *wb = w + (size_t)b * padded * FW_CONV_BLOCK;
+#if defined(__AVX2__) && !defined(FW_NO_INTRINSICS)
+            if (!chunked && b + 1 < blocks) {
+                /* Two blocks at once; the second block's tile is requantized on the next pass. */
+                if (!pending) {
+                    tile_gemm2(padded / 2, tile, wb, wb + (size_t)padded * FW_CONV_BLOCK, acc, next);
+                    pending = 1;
+                } else {
+                    memcpy(acc, next, sizeof acc);
+                    pending = 0;
+                }
+            } else if (pending) {
+                memcpy(acc, next, sizeof acc);
+                pending = 0;
+            } else
+#endif
             if (!chunked) {
                 tile_gemm(padded / 2, tile, wb, acc);
             } else {

@@ -136,7 +136,7 @@ def _binning_threads(threads: int | None) -> int | None:
     """onnxruntime threads for the histogram pass: one core is left to the binning thread.
 
     The second pass overlaps two things: onnxruntime computing batch i+1 (it releases the GIL)
-    and numpy binning batch i (np.bincount holds it). Giving onnxruntime every core would make
+    and numpy binning batch i in a worker thread (np.bincount holds the GIL). Giving onnxruntime every core would make
     the two fight over them.
     """
     if threads:
@@ -144,71 +144,71 @@ def _binning_threads(threads: int | None) -> int | None:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
-class _Prefetch:
-    """Run a generator one item ahead in a worker thread, with at most two items alive.
+class _BinningWorker:
+    """Bins batches in a worker thread while the calling thread runs onnxruntime on the next.
 
-    The worker takes a token before producing an item and the consumer gives it back with
-    done() once it has finished with the item, so no more than two batches of outputs exist
-    at once (memory stays O(one batch) whatever the sample count). An exception in the worker
-    is raised in the consumer; leaving the with-block early stops the worker.
+    onnxruntime releases the GIL while it runs; np.bincount holds it, so the two overlap. The
+    model runs in the calling thread, so its allocations stay in the main malloc arena and
+    peak memory behaves as in a single-threaded run; the worker only makes small temporaries.
+    Before each run the caller takes a token (acquire()); the worker gives it back when it
+    has binned that batch, so at most two batches of outputs exist at once. An exception in
+    the worker is raised in the caller at its next acquire() or at the end of the with-block.
     """
 
-    _END = object()
-
-    def __init__(self, items: Iterator):
-        self._items = items
+    def __init__(self, consume: Callable[[object], None]):
+        self._consume = consume
         self._tokens = threading.Semaphore(2)
         self._queue: queue.Queue = queue.Queue()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="fwedge-calibration-prefetch", daemon=True)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="fwedge-calibration-binning", daemon=True)
 
     def _work(self) -> None:
-        try:
-            while True:
-                while not self._tokens.acquire(timeout=0.1):
-                    if self._stop.is_set():
-                        return
-                if self._stop.is_set():
-                    return
-                item = next(self._items, self._END)
-                self._queue.put(item)
-                if item is self._END:
-                    return
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            self._queue.put(exc)
+        while (item := self._queue.get()) is not None:
+            try:
+                if self._error is None:
+                    self._consume(item)
+            except BaseException as exc:  # handed to the caller, which re-raises it
+                self._error = exc
+            finally:
+                del item
+                self._tokens.release()
 
-    def __enter__(self) -> "_Prefetch":
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def acquire(self) -> None:
+        """Wait until fewer than two batches are in flight."""
+        self._tokens.acquire()
+        self._raise_error()
+
+    def submit(self, item: object) -> None:
+        """Hand a batch (taken with acquire()) to the worker."""
+        self._queue.put(item)
+
+    def __enter__(self) -> "_BinningWorker":
         self._thread.start()
         return self
 
-    def __iter__(self):
-        while True:
-            item = self._queue.get()
-            if item is self._END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def done(self) -> None:
-        """The consumer has finished with the last item it took."""
-        self._tokens.release()
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._tokens.release()
+    def __exit__(self, exc_type, *exc_info) -> None:
+        self._queue.put(None)
         self._thread.join()
+        if exc_type is None:
+            self._raise_error()
 
 
 class _BufferedRunner:
     """Runs the histogram model with its outputs written straight into reusable numpy arrays.
 
     session.run allocates and copies every output for every batch: with every intermediate
-    tensor as an output that is most of the data the pass moves. Here the first run for a
-    given input shape is a plain run, whose output arrays are then bound (IOBinding) as the
-    destination of later runs with that shape; onnxruntime writes into them in place. Each
-    handle goes back to the pool with release() once its values are binned. Graph inputs that
-    are also calibrated are taken from the feeds, not copied through onnxruntime.
+    tensor as an output that is most of the data the pass moves. Here only the first run for a
+    given input shape is a plain run; its output arrays become the destination (IOBinding) of
+    later runs with that shape, and a second set of the same shapes is allocated when two
+    batches are in flight. onnxruntime writes into them in place, so after the first batch no
+    output memory is allocated at all and peak memory does not depend on the number of
+    batches. Each handle goes back to the pool with release() once its values are binned.
+    Graph inputs that are also calibrated are taken from the feeds, not copied through
+    onnxruntime.
     """
 
     def __init__(self, session, tensors: list[str], input_names: list[str]):
@@ -216,6 +216,7 @@ class _BufferedRunner:
         self._inputs = [name for name in tensors if name in input_names]
         self._outputs = [name for name in tensors if name not in input_names]
         self._pool: dict[tuple, list] = {}
+        self._shapes: dict[tuple, list[tuple]] = {}  # input shapes -> output (shape, dtype)s
         self._lock = threading.Lock()
 
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], tuple]:
@@ -224,12 +225,14 @@ class _BufferedRunner:
         with self._lock:
             pooled = self._pool.setdefault(key, [])
             entry = pooled.pop() if pooled else None
+            shapes = self._shapes.get(key)
+        if entry is None and shapes is not None:
+            entry = self._bind([np.empty(shape, dtype) for shape, dtype in shapes])
         if entry is None or not self._outputs:
             arrays = self._session.run(self._outputs, feeds) if self._outputs else []
-            binding = self._session.io_binding()
-            for name, array in zip(self._outputs, arrays):
-                binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
-            entry = (binding, arrays)
+            entry = self._bind(arrays)
+            with self._lock:
+                self._shapes[key] = [(array.shape, array.dtype) for array in arrays]
         else:
             binding, arrays = entry
             for name, array in feeds.items():
@@ -243,6 +246,12 @@ class _BufferedRunner:
         values = dict(zip(self._outputs, arrays))
         values.update({name: feeds[name] for name in self._inputs})
         return values, (key, entry)
+
+    def _bind(self, arrays: list[np.ndarray]) -> tuple:
+        binding = self._session.io_binding()
+        for name, array in zip(self._outputs, arrays):
+            binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+        return binding, arrays
 
     def release(self, handle: tuple) -> None:
         """Return a run's output arrays to the pool once the caller is done with its values."""
@@ -338,24 +347,22 @@ def collect(
 
     runner = _BufferedRunner(session, tensors, input_names)
 
-    def run_batches() -> Iterator[tuple[int, dict[str, np.ndarray], object]]:
+    def consume(item: tuple[dict[str, np.ndarray], tuple]) -> None:
+        values, handle = item
+        for name in tensors:
+            low, high, size = layouts[name]
+            binned, zero_count = bin_counts_and_zeros(values[name], low, high, size)
+            counts[name] += binned
+            zeros[name] += zero_count
+        runner.release(handle)
+
+    with _BinningWorker(consume) as worker:
         for batch in _iterate(batches, "histogram"):
             feeds = _feeds(batch, input_names, input_shapes, source)
-            values, handle = runner.run(feeds)
-            yield len(next(iter(feeds.values()))), values, handle
-
-    with _Prefetch(run_batches()) as outputs:
-        for count, values, handle in outputs:
-            for name in tensors:
-                low, high, size = layouts[name]
-                binned, zero_count = bin_counts_and_zeros(values[name], low, high, size)
-                counts[name] += binned
-                zeros[name] += zero_count
-            del values
-            runner.release(handle)
-            outputs.done()
+            worker.acquire()
+            worker.submit(runner.run(feeds))
             if progress:
-                progress(count)
+                progress(len(next(iter(feeds.values()))))
     histograms = {
         name: Histogram(counts[name], layouts[name][0], layouts[name][1], minimum[name], maximum[name], zeros[name])
         for name in tensors

@@ -159,7 +159,7 @@ def test_histogram_is_independent_of_sample_order(tmp_path, rng):
 
 
 def test_histogram_pass_matches_direct_binning(rng):
-    """The overlapped second pass (onnxruntime one batch ahead of numpy) counts every value once."""
+    """The overlapped second pass (onnxruntime one batch ahead of the binning thread) counts every value once."""
     import onnxruntime as ort
 
     from fwedge.calibration.collect import with_outputs
@@ -195,7 +195,29 @@ def test_error_in_histogram_pass_reaches_the_caller(rng):
     with pytest.raises(DataError, match="'x'"):
         collect(model, batches, ["x", "y"])
     assert len(passes) == 2
-    assert not [t for t in threading.enumerate() if t.name == "fwedge-calibration-prefetch"]
+    assert not [t for t in threading.enumerate() if t.name == "fwedge-calibration-binning"]
+
+
+def test_error_in_binning_thread_reaches_the_caller(rng, monkeypatch):
+    """An exception while binning (in the worker thread) is raised by collect() itself."""
+    import sys
+    import threading
+
+    module = sys.modules["fwedge.calibration.collect"]
+    calls = []
+
+    def failing(values, low, high, count):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 3:
+            raise MemoryError("out of memory while binning")
+        return np.zeros(count, dtype=np.int64), 0
+
+    monkeypatch.setattr(module, "bin_counts_and_zeros", failing)
+    x = rng.standard_normal((40, 1, 6, 6)).astype(np.float32)
+    with pytest.raises(MemoryError, match="while binning"):
+        collect(_conv_relu_model(rng), [x[i:i + 4] for i in range(0, 40, 4)], ["x", "c"])
+    assert set(calls) == {"fwedge-calibration-binning"}
+    assert not [t for t in threading.enumerate() if t.name == "fwedge-calibration-binning"]
 
 
 # ---------------------------------------------------------------------------------------------

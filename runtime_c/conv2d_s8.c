@@ -199,6 +199,44 @@ static void gather_tile_sse2(const fw_conv_params *p, const int8_t *x, int pixel
 }
 #endif
 
+#if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
+/* One input channel (a first layer on a grey image), stride 1 along x, four pixels of one
+ * output row whose windows are inside the image: tap k of the four pixels is four consecutive
+ * input bytes, so two taps of the whole tile are two 4-byte loads, interleaved, widened and
+ * stored as one [pixel][2] row of the tile. Returns 0 (nothing written) for any other tile. */
+static int gather_tile_one_channel(const fw_conv_params *p, const int8_t *x, int pixel0, int pixels, int16_t *tile)
+{
+    if (p->in_c != 1 || p->stride_w != 1 || p->dilation_w != 1 || pixels != FW_TILE_PIXELS) {
+        return 0;
+    }
+    const int oy = pixel0 / p->out_w, ox = pixel0 - oy * p->out_w;
+    const int y0 = oy * p->stride_h - p->pad_top, x0 = ox - p->pad_left;
+    const int taps = p->kernel_h * p->kernel_w;
+    if (ox + FW_TILE_PIXELS > p->out_w || y0 < 0 || y0 + (p->kernel_h - 1) * p->dilation_h >= p->in_h || x0 < 0 ||
+        x0 + FW_TILE_PIXELS - 1 + p->kernel_w - 1 >= p->in_w) {
+        return 0;
+    }
+    const __m128i zero_point = _mm_set1_epi16((int16_t)p->input_zero_point);
+    const __m128i padding = _mm_set1_epi8((char)p->input_zero_point);
+    int32_t word;
+    for (int k = 0; k < taps; k += 2) {
+        const int ky = k / p->kernel_w, kx = k - ky * p->kernel_w;
+        memcpy(&word, x + (size_t)(y0 + ky * p->dilation_h) * p->in_w + x0 + kx, 4);
+        const __m128i a = _mm_cvtsi32_si128(word);
+        __m128i b = padding;
+        if (k + 1 < taps) {
+            const int ky1 = (k + 1) / p->kernel_w, kx1 = k + 1 - ky1 * p->kernel_w;
+            memcpy(&word, x + (size_t)(y0 + ky1 * p->dilation_h) * p->in_w + x0 + kx1, 4);
+            b = _mm_cvtsi32_si128(word);
+        }
+        const __m128i ab = _mm_unpacklo_epi8(a, b);
+        _mm_storeu_si128((__m128i *)(tile + k * FW_TILE_PIXELS),
+                         _mm_sub_epi16(_mm_srai_epi16(_mm_unpacklo_epi8(ab, ab), 8), zero_point));
+    }
+    return 1;
+}
+#endif
+
 /* acc[t * 8 + j] = sum over `pairs` pairs i of tile[i][t][0] * w[i][j][0] + tile[i][t][1] * w[i][j][1].
  * (Stores, not accumulates: adding to acc in memory after the loop makes gcc 12 copy every
  * register accumulator on each step.) */
@@ -343,7 +381,7 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const int
 #if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
             if (p->in_c % 8 == 0) {
                 gather_tile_sse2(p, x, pixel0, count, tile);
-            } else
+            } else if (!gather_tile_one_channel(p, x, pixel0, count, tile))
 #endif
             {
                 gather_tile(p, x, pixel0, count, 0, filter, line, tile);

@@ -118,6 +118,9 @@ static void test_conv_s8(void)
     test_conv_s8_case(9, 9, 4, 6, 3, 2, 0, 2, 2, 0, "conv stride 2 dilation 2 groups 2");
     test_conv_s8_case(6, 6, 8, 70, 1, 1, 0, 1, 1, 0, "conv 1x1, 70 channels (two blocks)");
     test_conv_s8_case(5, 6, 1, 3, 5, 1, 2, 1, 1, 0, "conv 5x5 one input channel");
+    /* One input channel, rows of 12 and 16 pixels: interior tiles take the 4-byte gather. */
+    test_conv_s8_case(9, 12, 1, 8, 3, 1, 1, 1, 1, 0, "conv 3x3 one input channel, interior tiles");
+    test_conv_s8_case(10, 16, 1, 16, 5, 1, 2, 1, 1, 0, "conv 5x5 one input channel, interior tiles");
     /* Packed tile GEMM edges: odd filter, channel and pixel tails, a filter longer than one
      * gather chunk (3 * 3 * 130 = 1170 > 576 values). */
     test_conv_s8_case(5, 3, 3, 13, 3, 1, 1, 1, 1, 0, "conv 3x3 odd filter, 13 channels, 15 pixels");

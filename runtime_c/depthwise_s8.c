@@ -76,26 +76,32 @@ static void depthwise_tiles(const fw_conv_params *p, const int8_t *x, const int8
 /* Channel multiplier 1, channels a multiple of 8, at most FW_DW_TAPS taps: the weights of a
  * channel block are widened once per call into tap pairs w2[tap / 2][channel][2] (int16), and
  * for each pixel every valid tap points at its input pixel, every padding tap at a row holding
- * the zero point (so x - zp is 0 there and the loop has no bounds checks). Two taps of eight
- * channels are unpacked into (x_a, x_b) pairs and multiplied-added with pmaddwd (AVX2: all
- * eight channels' pairs in one register, interleaved as bytes and widened with vpmovsxbw). */
+ * the zero point (so the loop has no bounds checks). The zero point is not subtracted per tap:
+ * sum over all taps of (x - zp) * w = sum of x * w - zp * sum of w (padding taps read zp, so
+ * they cancel exactly), and zp * sum of w is taken off the bias once per channel. Two taps of
+ * eight channels are interleaved as bytes, widened to (x_a, x_b) int16 pairs and
+ * multiplied-added with pmaddwd (AVX2: all eight channels' pairs in one register, vpmovsxbw).
+ * Pixels whose whole window is inside the input take their tap pointers from one table of
+ * offsets computed per call. */
 static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
                                  const int32_t *multiplier, const int32_t *shift, int8_t *y)
 {
     int16_t w2[FW_DW_TAPS * FW_CHANNEL_BLOCK];
     int8_t padding[FW_CHANNEL_BLOCK];
     const int8_t *src[FW_DW_TAPS];
+    ptrdiff_t offset[FW_DW_TAPS];
     int32_t acc[FW_TILE_PIXELS * FW_CHANNEL_BLOCK];
     int32_t multipliers[FW_CHANNEL_BLOCK], shifts[FW_CHANNEL_BLOCK], biases[FW_CHANNEL_BLOCK];
     int8_t out[FW_TILE_PIXELS * FW_CONV_BLOCK];
     const int channels = p->out_c, pixels = p->out_h * p->out_w;
     const int taps = p->kernel_h * p->kernel_w, pairs = (taps + 1) / 2;
-#if defined(__AVX2__)
-    const __m256i zero_point16 = _mm256_set1_epi16((int16_t)p->input_zero_point);
-#else
-    const __m128i zero_point = _mm_set1_epi16((int16_t)p->input_zero_point);
-#endif
-    memset(padding, (int8_t)p->input_zero_point, sizeof padding);
+    const int32_t zero_point = p->input_zero_point;
+    const int span_h = (p->kernel_h - 1) * p->dilation_h, span_w = (p->kernel_w - 1) * p->dilation_w;
+    memset(padding, (int8_t)zero_point, sizeof padding);
+    for (int i = 0; i < 2 * pairs; ++i) {
+        const int ky = i / p->kernel_w, kx = i - ky * p->kernel_w;
+        offset[i] = i < taps ? ((ptrdiff_t)ky * p->dilation_h * p->in_w + (ptrdiff_t)kx * p->dilation_w) * channels : 0;
+    }
     for (int c0 = 0; c0 < channels; c0 += FW_CHANNEL_BLOCK) {
         const int count = channels - c0 < FW_CHANNEL_BLOCK ? channels - c0 : FW_CHANNEL_BLOCK;
         fw_requant_channels(p, bias, multiplier, shift, c0, count, multipliers, shifts, biases);
@@ -104,17 +110,37 @@ static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const
                 w2[((i >> 1) * FW_CHANNEL_BLOCK + j) * 2 + (i & 1)] = i < taps ? w[(size_t)i * channels + c0 + j] : 0;
             }
         }
+        for (int j = 0; j < count; ++j) {
+            int32_t sum = 0;
+            for (int i = 0; i < taps; ++i) {
+                sum += w[(size_t)i * channels + c0 + j];
+            }
+            biases[j] = (int32_t)((uint32_t)biases[j] - (uint32_t)(zero_point * sum));
+        }
         for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
             const int tile = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;
             for (int t = 0; t < FW_TILE_PIXELS; ++t) {
                 const int pixel = pixel0 + (t < tile ? t : 0);
                 const int oy = pixel / p->out_w, ox = pixel - oy * p->out_w;
-                for (int i = 0; i < 2 * pairs; ++i) {
-                    const int ky = i / p->kernel_w, kx = i - ky * p->kernel_w;
-                    const int iy = oy * p->stride_h - p->pad_top + ky * p->dilation_h;
-                    const int ix = ox * p->stride_w - p->pad_left + kx * p->dilation_w;
-                    const int inside = i < taps && iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w;
-                    src[i] = inside ? x + ((size_t)iy * p->in_w + ix) * channels + c0 : padding;
+                const int y0 = oy * p->stride_h - p->pad_top, x0 = ox * p->stride_w - p->pad_left;
+                if (y0 >= 0 && y0 + span_h < p->in_h && x0 >= 0 && x0 + span_w < p->in_w) {
+                    const int8_t *base = x + ((size_t)y0 * p->in_w + x0) * channels + c0;
+                    for (int i = 0; i < taps; ++i) {
+                        src[i] = base + offset[i];
+                    }
+                    if (taps & 1) {
+                        src[taps] = padding;
+                    }
+                } else {
+                    for (int i = 0, ky = 0, kx = 0; i < 2 * pairs; ++i) {
+                        const int iy = y0 + ky * p->dilation_h, ix = x0 + kx * p->dilation_w;
+                        const int inside = i < taps && iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w;
+                        src[i] = inside ? x + ((size_t)iy * p->in_w + ix) * channels + c0 : padding;
+                        if (++kx == p->kernel_w) {
+                            kx = 0;
+                            ++ky;
+                        }
+                    }
                 }
                 for (int g = 0; g < count; g += 8) {
 #if defined(__AVX2__)
@@ -123,7 +149,7 @@ static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const
                     for (int i = 0; i < pairs; ++i) {
                         const __m128i a8 = _mm_loadl_epi64((const __m128i *)(src[2 * i] + g));
                         const __m128i b8 = _mm_loadl_epi64((const __m128i *)(src[2 * i + 1] + g));
-                        const __m256i ab = _mm256_sub_epi16(_mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a8, b8)), zero_point16);
+                        const __m256i ab = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a8, b8));
                         const __m256i wv = _mm256_loadu_si256((const __m256i *)(w2 + (i * FW_CHANNEL_BLOCK + g) * 2));
                         sum = _mm256_add_epi32(_mm256_madd_epi16(ab, wv), sum);
                     }
@@ -133,11 +159,10 @@ static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const
                     for (int i = 0; i < pairs; ++i) {
                         const __m128i a8 = _mm_loadl_epi64((const __m128i *)(src[2 * i] + g));
                         const __m128i b8 = _mm_loadl_epi64((const __m128i *)(src[2 * i + 1] + g));
-                        const __m128i a = _mm_sub_epi16(_mm_srai_epi16(_mm_unpacklo_epi8(a8, a8), 8), zero_point);
-                        const __m128i b = _mm_sub_epi16(_mm_srai_epi16(_mm_unpacklo_epi8(b8, b8), 8), zero_point);
+                        const __m128i ab = _mm_unpacklo_epi8(a8, b8); /* a0 b0 a1 b1 ... a7 b7 */
                         const __m128i *wp = (const __m128i *)(w2 + (i * FW_CHANNEL_BLOCK + g) * 2);
-                        lo = _mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi16(a, b), _mm_loadu_si128(wp)), lo);
-                        hi = _mm_add_epi32(_mm_madd_epi16(_mm_unpackhi_epi16(a, b), _mm_loadu_si128(wp + 1)), hi);
+                        lo = _mm_add_epi32(_mm_madd_epi16(_mm_srai_epi16(_mm_unpacklo_epi8(ab, ab), 8), _mm_loadu_si128(wp)), lo);
+                        hi = _mm_add_epi32(_mm_madd_epi16(_mm_srai_epi16(_mm_unpackhi_epi8(ab, ab), 8), _mm_loadu_si128(wp + 1)), hi);
                     }
                     _mm_storeu_si128((__m128i *)(acc + t * FW_CHANNEL_BLOCK + g), lo);
                     _mm_storeu_si128((__m128i *)(acc + t * FW_CHANNEL_BLOCK + g + 4), hi);

@@ -31,7 +31,13 @@ model is timed in every round, so machine load hits all of them alike). Writes e
 JSON report to --out-dir, and prints a Markdown table.
 
 Model selection never reads the test set: --holdout N trains on the first 60,000-N training
-images and reports the accuracy on the last N (then stops).
+images and reports the accuracy on the last N (then stops). The defaults T=2, alpha=0.5 were
+chosen that way (--holdout 5000 --macs 0.5 --epochs 4, augmentation on): distilled T=4/alpha=0.5
+92.42%, T=2/alpha=0.5 92.58%, T=4/alpha=0.25 92.32%; fine-tuned 92.22% (5,000 images: one
+binomial standard error is ~0.37 pp, so these are close; the teacher was trained on all 60,000
+images, the held-out ones included, which may flatter distillation on this split a little).
+--macs 0.4 (38.6% of the MACs) was fixed before any training at that width, from latency alone:
+at 0.5 (48.3%) the float-stem u8 int8 model measured 1.50x the original under load, at 0.4 1.60-1.64x.
 
 The two trainings are independent; on a 2-core machine run them in parallel, then the table
 (which resumes both from their finished checkpoints):
@@ -107,14 +113,14 @@ def split_holdout(train, count: int, out: Path):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=ROOT / "examples" / "fashion_mnist" / "mobilenet_v2_tiny.onnx")
-    parser.add_argument("--macs", type=float, default=0.5, help="MACs fraction to prune to")
+    parser.add_argument("--macs", type=float, default=0.4, help="MACs fraction to prune to")
     parser.add_argument("--criterion", default="l1", choices=["l1", "l2", "bn"])
     parser.add_argument("--scope", default="global", choices=["global", "per-layer"])
     parser.add_argument("--round-to", type=int, default=8,
                         help="keep multiples of this many channels (odd widths are slow in ORT's CPU kernels)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,

@@ -6,7 +6,8 @@
  * pixel for a 1x1 conv) is gathered once as int16 x - zero_point and stored pair-interleaved,
  * [k / 2][pixel][2]; the weights were packed at export time (fw_pack_conv2d_s8_weights, the
  * same layout the code generator writes) as [out_c / 8][k / 2][8][2] int8, so one 16-byte
- * load holds two filter taps of eight output channels. The inner step multiplies a pair of
+ * load holds two filter taps of eight output channels (AVX2 builds: the same values as int16,
+ * fw_conv_weight, one 32-byte load per step and no vpmovsxbw). The inner step multiplies a pair of
  * window values of one pixel with the pairs of four channels and adds both products into one
  * int32 lane: x86's pmaddwd (SSE2 intrinsics when the compiler defines __SSE2__), smlal on Arm
  * from the portable loop. Filters longer than FW_K_CHUNK values are gathered and accumulated
@@ -33,11 +34,13 @@ size_t fw_conv2d_s8_packed_size(const fw_conv_params *p)
     return (size_t)((p->out_c + FW_CONV_BLOCK - 1) / FW_CONV_BLOCK) * (filter + (filter & 1)) * FW_CONV_BLOCK;
 }
 
-void fw_pack_conv2d_s8_weights(const fw_conv_params *p, const int8_t *ohwi, int8_t *packed)
+void fw_pack_conv2d_s8_weights(const fw_conv_params *p, const int8_t *ohwi, fw_conv_weight *packed)
 {
     const int filter = p->kernel_h * p->kernel_w * (p->in_c / p->groups);
     if (p->groups != 1) {
-        memcpy(packed, ohwi, (size_t)p->out_c * filter);
+        for (size_t i = 0; i < (size_t)p->out_c * filter; ++i) {
+            packed[i] = ohwi[i];
+        }
         return;
     }
     const int padded = filter + (filter & 1);
@@ -240,10 +243,10 @@ static int gather_tile_one_channel(const fw_conv_params *p, const int8_t *x, int
 /* acc[t * 8 + j] = sum over `pairs` pairs i of tile[i][t][0] * w[i][j][0] + tile[i][t][1] * w[i][j][1].
  * (Stores, not accumulates: adding to acc in memory after the loop makes gcc 12 copy every
  * register accumulator on each step.) */
-static void tile_gemm(int pairs, const int16_t *tile, const int8_t *w, int32_t *acc)
+static void tile_gemm(int pairs, const int16_t *tile, const fw_conv_weight *w, int32_t *acc)
 {
 #if defined(__AVX2__) && !defined(FW_NO_INTRINSICS)
-    /* 256-bit: one register holds two taps of all eight channels (vpmovsxbw of 16 bytes), one
+    /* 256-bit: one register holds two taps of all eight channels (int16 weights), one
      * accumulator per pixel, the pixel's pair broadcast with vpbroadcastd. (AVX-512 VNNI's
      * vpdpwssd, multiply-add and add in one, was not faster on a Zen 4 host: one dependent
      * chain per accumulator.) */
@@ -255,7 +258,7 @@ static void tile_gemm(int pairs, const int16_t *tile, const int8_t *w, int32_t *
         memcpy(&x1, xv + 2, 4);
         memcpy(&x2, xv + 4, 4);
         memcpy(&x3, xv + 6, 4);
-        const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + i * 2 * FW_CONV_BLOCK)));
+        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + i * 2 * FW_CONV_BLOCK));
         a0 = _mm256_add_epi32(_mm256_madd_epi16(_mm256_set1_epi32(x0), wv), a0);
         a1 = _mm256_add_epi32(_mm256_madd_epi16(_mm256_set1_epi32(x1), wv), a1);
         a2 = _mm256_add_epi32(_mm256_madd_epi16(_mm256_set1_epi32(x2), wv), a2);
@@ -301,7 +304,7 @@ static void tile_gemm(int pairs, const int16_t *tile, const int8_t *w, int32_t *
     }
     for (int i = 0; i < pairs; ++i) {
         const int16_t *xv = tile + i * 2 * FW_TILE_PIXELS;
-        const int8_t *wv = w + i * 2 * FW_CONV_BLOCK;
+        const fw_conv_weight *wv = w + i * 2 * FW_CONV_BLOCK;
         for (int t = 0; t < FW_TILE_PIXELS; ++t) {
             const int32_t x0 = xv[2 * t], x1 = xv[2 * t + 1];
             for (int j = 0; j < FW_CONV_BLOCK; ++j) {
@@ -318,7 +321,7 @@ static void tile_gemm(int pairs, const int16_t *tile, const int8_t *w, int32_t *
 #if defined(__AVX2__) && !defined(FW_NO_INTRINSICS)
 /* tile_gemm of two neighbouring channel blocks at once (w0, w1): every pixel broadcast serves
  * sixteen channels, eight accumulators in registers. */
-static void tile_gemm2(int pairs, const int16_t *tile, const int8_t *w0, const int8_t *w1, int32_t *acc0,
+static void tile_gemm2(int pairs, const int16_t *tile, const fw_conv_weight *w0, const fw_conv_weight *w1, int32_t *acc0,
                        int32_t *acc1)
 {
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
@@ -329,8 +332,8 @@ static void tile_gemm2(int pairs, const int16_t *tile, const int8_t *w0, const i
         memcpy(&x1, xv + 2, 4);
         memcpy(&x2, xv + 4, 4);
         memcpy(&x3, xv + 6, 4);
-        const __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w0 + i * 2 * FW_CONV_BLOCK)));
-        const __m256i u = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w1 + i * 2 * FW_CONV_BLOCK)));
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(w0 + i * 2 * FW_CONV_BLOCK));
+        const __m256i u = _mm256_loadu_si256((const __m256i *)(w1 + i * 2 * FW_CONV_BLOCK));
         const __m256i y0 = _mm256_set1_epi32(x0), y1 = _mm256_set1_epi32(x1);
         const __m256i y2 = _mm256_set1_epi32(x2), y3 = _mm256_set1_epi32(x3);
         a0 = _mm256_add_epi32(_mm256_madd_epi16(y0, v), a0);
@@ -354,7 +357,7 @@ static void tile_gemm2(int pairs, const int16_t *tile, const int8_t *w0, const i
 #endif
 
 /* groups == 1, packed weights. */
-static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
+static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const fw_conv_weight *w, const int32_t *bias,
                              const int32_t *multiplier, const int32_t *shift, int8_t *y)
 {
     int16_t line[FW_K_CHUNK + 1];
@@ -388,7 +391,7 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const int
             }
         }
         for (int b = 0; b < blocks; ++b) {
-            const int8_t *wb = w + (size_t)b * padded * FW_CONV_BLOCK;
+            const fw_conv_weight *wb = w + (size_t)b * padded * FW_CONV_BLOCK;
 #if defined(__AVX2__) && !defined(FW_NO_INTRINSICS)
             if (!chunked && b + 1 < blocks) {
                 /* Two blocks at once; the second block's tile is requantized on the next pass. */
@@ -437,7 +440,7 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const int
     }
 }
 
-static int32_t dot1(const int8_t *x, const int8_t *w, int n, int32_t zero_point)
+static int32_t dot1(const int8_t *x, const fw_conv_weight *w, int n, int32_t zero_point)
 {
     int32_t a = 0;
     for (int i = 0; i < n; ++i) {
@@ -447,7 +450,7 @@ static int32_t dot1(const int8_t *x, const int8_t *w, int n, int32_t zero_point)
 }
 
 /* groups > 1: OHWI weights, one output pixel, output channels [oc0, oc0 + count) of `group`. */
-static void conv_pixel(const fw_conv_params *p, const int8_t *x, const int8_t *w, int oy, int ox, int group, int oc0,
+static void conv_pixel(const fw_conv_params *p, const int8_t *x, const fw_conv_weight *w, int oy, int ox, int group, int oc0,
                        int count, int32_t *acc)
 {
     const int in_per_group = p->in_c / p->groups;
@@ -463,7 +466,7 @@ static void conv_pixel(const fw_conv_params *p, const int8_t *x, const int8_t *w
                 continue;
             }
             const int8_t *xp = x + ((size_t)iy * p->in_w + ix) * p->in_c + (size_t)group * in_per_group;
-            const int8_t *wp = w + (size_t)oc0 * filter + ((size_t)ky * p->kernel_w + kx) * in_per_group;
+            const fw_conv_weight *wp = w + (size_t)oc0 * filter + ((size_t)ky * p->kernel_w + kx) * in_per_group;
             for (int j = 0; j < count; ++j) {
                 acc[j] += dot1(xp, wp + (size_t)j * filter, in_per_group, p->input_zero_point);
             }
@@ -471,7 +474,7 @@ static void conv_pixel(const fw_conv_params *p, const int8_t *x, const int8_t *w
     }
 }
 
-void fw_conv2d_s8(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
+void fw_conv2d_s8(const fw_conv_params *p, const int8_t *x, const fw_conv_weight *w, const int32_t *bias,
                   const int32_t *multiplier, const int32_t *shift, int8_t *y)
 {
     const int out_per_group = p->out_c / p->groups;

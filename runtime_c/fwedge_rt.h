@@ -126,17 +126,27 @@ typedef struct {
 /* Output channels per block of packed int8 conv weights. */
 #define FW_CONV_BLOCK 8
 
-/* Bytes of the int8 weights of conv p in the layout fw_conv2d_s8 reads. */
+/* Element type of the (int8-valued) weights fw_conv2d_s8 reads: int16 in AVX2 builds, which load
+ * a tile GEMM step's weights without widening them (vpmovsxbw) and hold twice the bytes of conv
+ * weights in ROM for it; int8 everywhere else (portable and SSE2 builds, other architectures).
+ * The generated model.c declares its conv weights with this type, so one source serves both. */
+#if defined(__AVX2__) && !defined(FW_NO_INTRINSICS)
+typedef int16_t fw_conv_weight;
+#else
+typedef int8_t fw_conv_weight;
+#endif
+
+/* Elements of the int8 weights of conv p in the layout fw_conv2d_s8 reads. */
 size_t fw_conv2d_s8_packed_size(const fw_conv_params *p);
 /* OHWI int8 weights [out_c][kh][kw][in_c/groups] -> the layout fw_conv2d_s8 reads (groups == 1:
- * [ceil(out_c / 8)][k / 2][8][2], zero-padded; groups > 1: a copy). The code generator writes
- * the same layout at export time. */
-void fw_pack_conv2d_s8_weights(const fw_conv_params *p, const int8_t *ohwi, int8_t *packed);
+ * [ceil(out_c / 8)][k / 2][8][2], zero-padded; groups > 1: a copy), as fw_conv_weight. The code
+ * generator writes the same layout at export time. */
+void fw_pack_conv2d_s8_weights(const fw_conv_params *p, const int8_t *ohwi, fw_conv_weight *packed);
 
 /* y = requant(conv(x - zp, w) + bias). int8 w: packed (fw_pack_conv2d_s8_weights); float w:
  * [groups][kh][kw][in_c/groups][out_c/groups].
  * bias may be NULL. multiplier/shift: one pair per output channel. */
-void fw_conv2d_s8(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
+void fw_conv2d_s8(const fw_conv_params *p, const int8_t *x, const fw_conv_weight *w, const int32_t *bias,
                   const int32_t *multiplier, const int32_t *shift, int8_t *y);
 void fw_conv2d_f32(const fw_conv_params *p, const float *x, const float *w, const float *bias, float *y);
 

@@ -12,8 +12,10 @@ from fwedge.passes.lowered import LoweredGraph, LoweredOp, LoweredTensor
 from fwedge.targets.memory_plan import Buffer, MemoryPlan, plan_memory
 
 ALIGNMENT = 16
-_C_TYPES = {"float32": "float", "int8": "int8_t", "int32": "int32_t"}
-_ITEM_BYTES = {"float32": 4, "int8": 1, "int32": 4}
+# "conv_s8": int8 conv weights, declared as fw_conv_weight (fwedge_rt.h: int16 in AVX2 builds,
+# int8 otherwise), so one model.c serves both.
+_C_TYPES = {"float32": "float", "int8": "int8_t", "int32": "int32_t", "conv_s8": "fw_conv_weight"}
+_ITEM_BYTES = {"float32": 4, "int8": 1, "int32": 4, "conv_s8": 1}  # conv_s8: int8 values (AVX2 builds store int16)
 # NCHW logical axis order of the NHWC physical storage of 4-D tensors.
 _NHWC = (0, 2, 3, 1)
 # Kernel source files that every bundle compiles (data movement, I/O layout changes).
@@ -262,7 +264,7 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
     layout = ("[kh][kw][M]" if depthwise else "[M/8][kh*kw*C/2][8][2] packed" if int8 and attrs.groups == 1
               else "[M][kh][kw][C/g]" if int8 else "[g][kh][kw][C/g][M/g]")
     weight_name = e.array(f"{W.name} ({layout})",
-                          weights, W.dtype)
+                          weights, "conv_s8" if int8 and not depthwise else W.dtype)
     bias_name = e.constant(B.name)
     function = f"fw_{'depthwise_conv2d' if depthwise else 'conv2d'}_{_suffix(Y.dtype)}"
     e.kernels.add(f"{'depthwise' if depthwise else 'conv2d'}_{_suffix(Y.dtype)}.c")

@@ -72,7 +72,8 @@ static int conv_shift_lo = -12, conv_shift_hi = -6, conv_weight_max = 127, conv_
 static void test_conv_s8_case(int in_h, int in_w, int in_c, int out_c, int k, int stride, int pad, int dil,
                               int groups, int depthwise, const char *name)
 {
-    static int8_t x[4096], w[16384], packed[24576], y[8192], ref[8192];
+    static int8_t x[4096], w[16384], y[8192], ref[8192];
+    static fw_conv_weight packed[24576];
     static int32_t bias[256], mult[256], shift[256];
     fw_conv_params p;
     memset(&p, 0, sizeof p);
@@ -99,7 +100,7 @@ static void test_conv_s8_case(int in_h, int in_w, int in_c, int out_c, int k, in
     if (depthwise) fw_depthwise_conv2d_s8(&p, x, w, bias, mult, shift, y);
     else {
         const size_t packed_size = fw_conv2d_s8_packed_size(&p);
-        CHECK(packed_size <= sizeof packed, "%s: packed weights need %d bytes", name, (int)packed_size);
+        CHECK(packed_size <= sizeof packed / sizeof packed[0], "%s: packed weights need %d elements", name, (int)packed_size);
         memset(packed, 0x55, sizeof packed);
         fw_pack_conv2d_s8_weights(&p, w, packed);
         fw_conv2d_s8(&p, x, packed, bias, mult, shift, y);

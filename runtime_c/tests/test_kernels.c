@@ -183,6 +183,29 @@ static void test_fully_connected(void)
     fw_fully_connected_params pf = {3, 2, 0, 0, 0, 0, -INFINITY, INFINITY};
     fw_fully_connected_f32(&pf, xf, wf, bf, yf);
     CHECK(yf[0] == 6.0f && yf[1] == -1.5f, "fc f32: %g %g", yf[0], yf[1]);
+
+    /* 45 inputs (five 8-wide steps and a tail of 5), 10 outputs (two groups of four and two
+     * single rows), extreme zero point and weights, against the definition. */
+    static int8_t xr[45], wr[450], yr[10];
+    static int32_t br[10], mr[10], sr[10];
+    fill_s8(xr, 45);
+    fill_s8(wr, 450);
+    wr[0] = -128;
+    xr[0] = 127;
+    for (int o = 0; o < 10; ++o) {
+        br[o] = fw_test_rand(-5000, 5000);
+        mr[o] = fw_test_rand(1 << 30, 0x7fffffff);
+        sr[o] = fw_test_rand(-12, -8);
+    }
+    fw_fully_connected_params pr = {45, 10, -128, 7, -128, 127, 0, 0};
+    memset(yr, 0x55, sizeof yr);
+    fw_fully_connected_s8(&pr, xr, wr, br, mr, sr, yr);
+    for (int o = 0; o < 10; ++o) {
+        int32_t acc = br[o];
+        for (int i = 0; i < 45; ++i) acc += (xr[i] + 128) * wr[o * 45 + i];
+        const int32_t v = fw_clamp_s32(fw_multiply_by_quantized_multiplier(acc, mr[o], sr[o]) + 7, -128, 127);
+        CHECK_EQ_INT(yr[o], v, "fc 45 x 10 row");
+    }
 }
 
 static void test_elementwise(void)
@@ -275,6 +298,30 @@ static void test_pools(void)
     p.activation_min = -128; p.activation_max = 127;
     fw_max_pool_s8(&p, x, y);
     CHECK(y[0] == 5 && y[1] == 6 && y[2] == 8 && y[3] == -9, "max pool: %d %d %d %d", y[0], y[1], y[2], y[3]);
+    {
+        /* 32 channels (the vector path), 5x5, 3x3 window, stride 2, padding 1, clamp [-20, 100]. */
+        static int8_t xs[5 * 5 * 32], ys[3 * 3 * 32 + 1];
+        fw_pool_params q;
+        memset(&q, 0, sizeof q);
+        q.in_h = q.in_w = 5; q.channels = 32; q.out_h = q.out_w = 3; q.kernel_h = q.kernel_w = 3;
+        q.stride_h = q.stride_w = 2; q.pad_top = q.pad_left = 1; q.dilation_h = q.dilation_w = 1;
+        q.activation_min = -20; q.activation_max = 100;
+        fill_s8(xs, 5 * 5 * 32);
+        ys[3 * 3 * 32] = 0x55;
+        fw_max_pool_s8(&q, xs, ys);
+        int bad = 0;
+        for (int oy = 0; oy < 3; ++oy) for (int ox = 0; ox < 3; ++ox) for (int c = 0; c < 32; ++c) {
+            int m = -128;
+            for (int ky = 0; ky < 3; ++ky) for (int kx = 0; kx < 3; ++kx) {
+                const int iy = 2 * oy - 1 + ky, ix = 2 * ox - 1 + kx;
+                if (iy >= 0 && iy < 5 && ix >= 0 && ix < 5 && xs[(iy * 5 + ix) * 32 + c] > m) m = xs[(iy * 5 + ix) * 32 + c];
+            }
+            m = m < -20 ? -20 : (m > 100 ? 100 : m);
+            bad += ys[(oy * 3 + ox) * 32 + c] != m;
+        }
+        CHECK(bad == 0, "max pool 32 channels: %d of %d outputs differ", bad, 3 * 3 * 32);
+        CHECK(ys[3 * 3 * 32] == 0x55, "max pool 32 channels wrote past the output");
+    }
     p.input_zero_point = p.output_zero_point = 1;
     /* Same scale in and out: multipliers[count] = 1 / count as (Q31 multiplier, shift). */
     const int32_t mults[5] = {0, 1 << 30, 1 << 30, 1431655765, 1 << 30};

@@ -203,10 +203,14 @@ static void gather_tile_sse2(const fw_conv_params *p, const int8_t *x, int pixel
 #endif
 
 #if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
+/* Bytes of the zero-point-padded input patch of a one-channel border tile. */
+#define FW_ONE_CHANNEL_PATCH 256
+
 /* One input channel (a first layer on a grey image), stride 1 along x, four pixels of one
- * output row whose windows are inside the image: tap k of the four pixels is four consecutive
- * input bytes, so two taps of the whole tile are two 4-byte loads, interleaved, widened and
- * stored as one [pixel][2] row of the tile. Returns 0 (nothing written) for any other tile. */
+ * output row: tap k of the four pixels is four consecutive input bytes, so two taps of the whole
+ * tile are two 4-byte loads, interleaved, widened and stored as one [pixel][2] row of the tile.
+ * Tiles whose windows reach into the padding read a copy of their input rows padded with the
+ * zero point. Returns 0 (nothing written) for any other tile. */
 static int gather_tile_one_channel(const fw_conv_params *p, const int8_t *x, int pixel0, int pixels, int16_t *tile)
 {
     if (p->in_c != 1 || p->stride_w != 1 || p->dilation_w != 1 || pixels != FW_TILE_PIXELS) {
@@ -214,22 +218,42 @@ static int gather_tile_one_channel(const fw_conv_params *p, const int8_t *x, int
     }
     const int oy = pixel0 / p->out_w, ox = pixel0 - oy * p->out_w;
     const int y0 = oy * p->stride_h - p->pad_top, x0 = ox - p->pad_left;
-    const int taps = p->kernel_h * p->kernel_w;
-    if (ox + FW_TILE_PIXELS > p->out_w || y0 < 0 || y0 + (p->kernel_h - 1) * p->dilation_h >= p->in_h || x0 < 0 ||
-        x0 + FW_TILE_PIXELS - 1 + p->kernel_w - 1 >= p->in_w) {
+    const int taps = p->kernel_h * p->kernel_w, span = FW_TILE_PIXELS - 1 + p->kernel_w;
+    if (ox + FW_TILE_PIXELS > p->out_w) {
         return 0;
+    }
+    /* Rows of the tile's input patch: straight from x when the windows are inside the image,
+     * else copied into `patch` with the zero point in the padding (x - zp = 0 there). */
+    int8_t patch[FW_ONE_CHANNEL_PATCH];
+    const int8_t *base = x + (ptrdiff_t)y0 * p->in_w + x0;
+    ptrdiff_t row_step = (ptrdiff_t)p->dilation_h * p->in_w;
+    if (y0 < 0 || y0 + (p->kernel_h - 1) * p->dilation_h >= p->in_h || x0 < 0 || x0 + span - 1 >= p->in_w) {
+        if (p->kernel_h * span > FW_ONE_CHANNEL_PATCH) {
+            return 0;
+        }
+        for (int ky = 0; ky < p->kernel_h; ++ky) {
+            const int iy = y0 + ky * p->dilation_h;
+            for (int j = 0; j < span; ++j) {
+                const int ix = x0 + j;
+                patch[ky * span + j] = iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w
+                                           ? x[(size_t)iy * p->in_w + ix]
+                                           : (int8_t)p->input_zero_point;
+            }
+        }
+        base = patch;
+        row_step = span;
     }
     const __m128i zero_point = _mm_set1_epi16((int16_t)p->input_zero_point);
     const __m128i padding = _mm_set1_epi8((char)p->input_zero_point);
     int32_t word;
     for (int k = 0; k < taps; k += 2) {
         const int ky = k / p->kernel_w, kx = k - ky * p->kernel_w;
-        memcpy(&word, x + (size_t)(y0 + ky * p->dilation_h) * p->in_w + x0 + kx, 4);
+        memcpy(&word, base + ky * row_step + kx, 4);
         const __m128i a = _mm_cvtsi32_si128(word);
         __m128i b = padding;
         if (k + 1 < taps) {
             const int ky1 = (k + 1) / p->kernel_w, kx1 = k + 1 - ky1 * p->kernel_w;
-            memcpy(&word, x + (size_t)(y0 + ky1 * p->dilation_h) * p->in_w + x0 + kx1, 4);
+            memcpy(&word, base + ky1 * row_step + kx1, 4);
             b = _mm_cvtsi32_si128(word);
         }
         const __m128i ab = _mm_unpacklo_epi8(a, b);

@@ -68,11 +68,14 @@ void fw_fully_connected_s8(const fw_fully_connected_params *p, const int8_t *x, 
             a2 = _mm_add_epi32(_mm_madd_epi16(xv, widen8(w2 + i)), a2);
             a3 = _mm_add_epi32(_mm_madd_epi16(xv, widen8(w3 + i)), a3);
         }
-        int32_t acc[4];
-        acc[0] = sum4(a0) + dot_s8(x + vector_end, w0 + vector_end, in_features - vector_end, zero_point);
-        acc[1] = sum4(a1) + dot_s8(x + vector_end, w1 + vector_end, in_features - vector_end, zero_point);
-        acc[2] = sum4(a2) + dot_s8(x + vector_end, w2 + vector_end, in_features - vector_end, zero_point);
-        acc[3] = sum4(a3) + dot_s8(x + vector_end, w3 + vector_end, in_features - vector_end, zero_point);
+        int32_t acc[4] = {sum4(a0), sum4(a1), sum4(a2), sum4(a3)};
+        for (int t = vector_end; t < in_features; ++t) { /* fewer than eight: one short scalar loop */
+            const int32_t xt = x[t] - zero_point;
+            acc[0] += xt * w0[t];
+            acc[1] += xt * w1[t];
+            acc[2] += xt * w2[t];
+            acc[3] += xt * w3[t];
+        }
         for (int j = 0; j < 4; ++j) {
             const int32_t a = acc[j] + (bias ? bias[o + j] : 0);
             const int32_t v = fw_multiply_by_quantized_multiplier(a, multiplier[o + j], shift[o + j]) + p->output_zero_point;

@@ -136,6 +136,7 @@ static void test_conv_s8(void)
     test_conv_s8_case(7, 7, 67, 67, 3, 1, 1, 2, 0, 1, "depthwise 67 channels dilation 2");
     test_conv_s8_case(7, 6, 96, 96, 3, 2, 1, 1, 0, 1, "depthwise 96 channels stride 2 (vector path, two blocks)");
     test_conv_s8_case(6, 6, 16, 16, 5, 1, 2, 1, 0, 1, "depthwise 5x5 16 channels (odd tap count)");
+    test_conv_s8_case(5, 7, 24, 24, 3, 1, 1, 1, 0, 1, "depthwise 24 channels (16-channel AVX2 step and an 8-channel tail)");
 }
 
 static void test_conv_f32(void)

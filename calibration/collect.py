@@ -13,7 +13,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from fwedge import ir
-from fwedge.calibration.histogram import Histogram, bin_counts_and_zeros, layout
+from fwedge.calibration.histogram import BinScratch, Histogram, bin_counts_and_zeros, layout
 from fwedge.calibration.options import METHODS, Method, MethodOptions
 from fwedge.calibration.table import QuantTable, params_from_range
 from fwedge.data import check_batch_shape
@@ -347,11 +347,13 @@ def collect(
 
     runner = _BufferedRunner(session, tensors, input_names)
 
+    scratch = BinScratch()  # allocated here, used only by the binning thread
+
     def consume(item: tuple[dict[str, np.ndarray], tuple]) -> None:
         values, handle = item
         for name in tensors:
             low, high, size = layouts[name]
-            binned, zero_count = bin_counts_and_zeros(values[name], low, high, size)
+            binned, zero_count = bin_counts_and_zeros(values[name], low, high, size, scratch)
             counts[name] += binned
             zeros[name] += zero_count
         runner.release(handle)

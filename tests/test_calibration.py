@@ -206,7 +206,7 @@ def test_error_in_binning_thread_reaches_the_caller(rng, monkeypatch):
     module = sys.modules["fwedge.calibration.collect"]
     calls = []
 
-    def failing(values, low, high, count):
+    def failing(values, low, high, count, scratch=None):
         calls.append(threading.current_thread().name)
         if len(calls) == 3:
             raise MemoryError("out of memory while binning")

@@ -13,19 +13,7 @@ from fwedge.errors import CalibrationError
 from fwedge.eval import ort_session
 from fwedge.passes.activation_dtype import uint8_activations
 from fwedge.quantization import quantize
-from tests.test_quantize import block_model
-
-
-@pytest.fixture
-def block(rng):
-    return block_model(rng)
-
-
-@pytest.fixture
-def block_data(tmp_path, rng):
-    path = tmp_path / "x.npy"
-    np.save(path, rng.random((96, 1, 12, 12)).astype(np.float32))
-    return path
+from tests.test_quantize import block, block_data  # noqa: F401  (pytest fixtures shared with test_quantize)
 
 
 def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:

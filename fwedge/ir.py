@@ -271,6 +271,16 @@ def initializer_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {init.name: init for init in model.graph.initializer}
 
 
+def consumer_map(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it, in graph order (tensors nobody reads are absent)."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            if name:
+                consumers.setdefault(name, []).append(node)
+    return consumers
+
+
 def value_shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
     """Shapes of every named value known to the model (inputs, outputs, value_info, initializers)."""
     shapes: dict[str, list[int | str | None]] = {}

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from fwedge import ir
 from fwedge.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -89,11 +89,7 @@ def _shift_activations(model: onnx.ModelProto, source: np.dtype, target: np.dtyp
     out.CopyFrom(model)
     graph = out.graph
     inits = {init.name: init for init in graph.initializer}
-    readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            if name:
-                readers[name].append(node)
+    readers = ir.consumer_map(out)
     graph_outputs = {value.name for value in graph.output}
 
     # Activation pairs: a QuantizeLinear of the source dtype and the DequantizeLinear nodes reading it.
@@ -102,13 +98,13 @@ def _shift_activations(model: onnx.ModelProto, source: np.dtype, target: np.dtyp
     for q in graph.node:
         if q.op_type != "QuantizeLinear" or _zero_point(q, inits)[1] != source:
             continue
-        others = [r for r in readers[q.output[0]] if r.op_type != "DequantizeLinear"]
+        others = [r for r in readers.get(q.output[0], []) if r.op_type != "DequantizeLinear"]
         if others or q.output[0] in graph_outputs:
             what = (f"{others[0].op_type} '{others[0].name}'" if others else "a graph output")
             raise ModelError(f"QuantizeLinear '{q.name}': its output '{q.output[0]}' feeds {what}; expected only "
                              f"DequantizeLinear nodes (a QDQ model), cannot change its dtype")
         members.append(q)
-        members.extend(readers[q.output[0]])
+        members.extend(readers.get(q.output[0], []))
         quantized.append(q.output[0])
     if not members:
         log.info("no %s activation Q/DQ pairs to rewrite", source.name)
@@ -124,7 +120,7 @@ def _shift_activations(model: onnx.ModelProto, source: np.dtype, target: np.dtyp
                              f"its QuantizeLinear writes {source.name}")
         shifted = (values + shift).astype(target)
         old = node.input[2] if len(node.input) >= 3 and node.input[2] else ""
-        if old and all(id(r) in member_ids for r in readers[old]):
+        if old and all(id(r) in member_ids for r in readers.get(old, [])):
             name = old  # only activation pairs read it: rewrite in place, name kept
         else:
             name = f"{old or node.name + '_zero_point'}_{target.name}"

@@ -153,12 +153,7 @@ class _View:
 def _view(model: onnx.ModelProto) -> _View:
     consts = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     producers = {name: node for node in model.graph.node for name in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            if name:
-                consumers.setdefault(name, []).append(node)
-    return _View(model, consts, ir.value_shapes(model), producers, consumers,
+    return _View(model, consts, ir.value_shapes(model), producers, ir.consumer_map(model),
                  {value.name for value in model.graph.output}, ir.opset_version(model))
 
 

@@ -172,11 +172,7 @@ def plan_quantization(model: onnx.ModelProto, options: QuantizeOptions | None = 
     floats = _float_tensors(model) | {
         name for name, init in inits.items() if init.data_type == TensorProto.FLOAT
     }
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            if name:
-                consumers[name].append(node)
+    consumers = ir.consumer_map(model)
     outputs = {value.name for value in graph.output}
     plan = QuantPlan()
     quantized: dict[str, None] = {}  # ordered set of tensors with pairs

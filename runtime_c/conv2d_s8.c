@@ -264,6 +264,25 @@ static int gather_tile_one_channel(const fw_conv_params *p, const int8_t *x, int
 }
 #endif
 
+#if defined(__AVX2__) && !defined(FW_NO_INTRINSICS)
+/* Tap pair p (two int16 values) of the tile step at xv, broadcast to all eight lanes. */
+static inline __m256i pixel_pair(const int16_t *xv, int p)
+{
+    int32_t x;
+    memcpy(&x, xv + 2 * p, 4);
+    return _mm256_set1_epi32(x);
+}
+
+/* The four pixels' eight-channel accumulators, pixel after pixel. */
+static inline void store_tile(int32_t *acc, __m256i a0, __m256i a1, __m256i a2, __m256i a3)
+{
+    _mm256_storeu_si256((__m256i *)acc, a0);
+    _mm256_storeu_si256((__m256i *)(acc + 8), a1);
+    _mm256_storeu_si256((__m256i *)(acc + 16), a2);
+    _mm256_storeu_si256((__m256i *)(acc + 24), a3);
+}
+#endif
+
 /* acc[t * 8 + j] = sum over `pairs` pairs i of tile[i][t][0] * w[i][j][0] + tile[i][t][1] * w[i][j][1].
  * (Stores, not accumulates: adding to acc in memory after the loop makes gcc 12 copy every
  * register accumulator on each step.) */
@@ -277,21 +296,13 @@ static void tile_gemm(int pairs, const int16_t *tile, const fw_conv_weight *w, i
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
     for (int i = 0; i < pairs; ++i) {
         const int16_t *xv = tile + i * 2 * FW_TILE_PIXELS;
-        int32_t x0, x1, x2, x3;
-        memcpy(&x0, xv, 4);
-        memcpy(&x1, xv + 2, 4);
-        memcpy(&x2, xv + 4, 4);
-        memcpy(&x3, xv + 6, 4);
         const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + i * 2 * FW_CONV_BLOCK));
-        a0 = _mm256_add_epi32(_mm256_madd_epi16(_mm256_set1_epi32(x0), wv), a0);
-        a1 = _mm256_add_epi32(_mm256_madd_epi16(_mm256_set1_epi32(x1), wv), a1);
-        a2 = _mm256_add_epi32(_mm256_madd_epi16(_mm256_set1_epi32(x2), wv), a2);
-        a3 = _mm256_add_epi32(_mm256_madd_epi16(_mm256_set1_epi32(x3), wv), a3);
+        a0 = _mm256_add_epi32(_mm256_madd_epi16(pixel_pair(xv, 0), wv), a0);
+        a1 = _mm256_add_epi32(_mm256_madd_epi16(pixel_pair(xv, 1), wv), a1);
+        a2 = _mm256_add_epi32(_mm256_madd_epi16(pixel_pair(xv, 2), wv), a2);
+        a3 = _mm256_add_epi32(_mm256_madd_epi16(pixel_pair(xv, 3), wv), a3);
     }
-    _mm256_storeu_si256((__m256i *)acc, a0);
-    _mm256_storeu_si256((__m256i *)(acc + 8), a1);
-    _mm256_storeu_si256((__m256i *)(acc + 16), a2);
-    _mm256_storeu_si256((__m256i *)(acc + 24), a3);
+    store_tile(acc, a0, a1, a2, a3);
 #elif defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
     __m128i a00 = _mm_setzero_si128(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
     const __m128i zero = _mm_setzero_si128();
@@ -351,15 +362,10 @@ static void tile_gemm2(int pairs, const int16_t *tile, const fw_conv_weight *w0,
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     for (int i = 0; i < pairs; ++i) {
         const int16_t *xv = tile + i * 2 * FW_TILE_PIXELS;
-        int32_t x0, x1, x2, x3;
-        memcpy(&x0, xv, 4);
-        memcpy(&x1, xv + 2, 4);
-        memcpy(&x2, xv + 4, 4);
-        memcpy(&x3, xv + 6, 4);
         const __m256i v = _mm256_loadu_si256((const __m256i *)(w0 + i * 2 * FW_CONV_BLOCK));
         const __m256i u = _mm256_loadu_si256((const __m256i *)(w1 + i * 2 * FW_CONV_BLOCK));
-        const __m256i y0 = _mm256_set1_epi32(x0), y1 = _mm256_set1_epi32(x1);
-        const __m256i y2 = _mm256_set1_epi32(x2), y3 = _mm256_set1_epi32(x3);
+        const __m256i y0 = pixel_pair(xv, 0), y1 = pixel_pair(xv, 1);
+        const __m256i y2 = pixel_pair(xv, 2), y3 = pixel_pair(xv, 3);
         a0 = _mm256_add_epi32(_mm256_madd_epi16(y0, v), a0);
         b0 = _mm256_add_epi32(_mm256_madd_epi16(y0, u), b0);
         a1 = _mm256_add_epi32(_mm256_madd_epi16(y1, v), a1);
@@ -369,14 +375,8 @@ static void tile_gemm2(int pairs, const int16_t *tile, const fw_conv_weight *w0,
         a3 = _mm256_add_epi32(_mm256_madd_epi16(y3, v), a3);
         b3 = _mm256_add_epi32(_mm256_madd_epi16(y3, u), b3);
     }
-    _mm256_storeu_si256((__m256i *)acc0, a0);
-    _mm256_storeu_si256((__m256i *)(acc0 + 8), a1);
-    _mm256_storeu_si256((__m256i *)(acc0 + 16), a2);
-    _mm256_storeu_si256((__m256i *)(acc0 + 24), a3);
-    _mm256_storeu_si256((__m256i *)acc1, b0);
-    _mm256_storeu_si256((__m256i *)(acc1 + 8), b1);
-    _mm256_storeu_si256((__m256i *)(acc1 + 16), b2);
-    _mm256_storeu_si256((__m256i *)(acc1 + 24), b3);
+    store_tile(acc0, a0, a1, a2, a3);
+    store_tile(acc1, b0, b1, b2, b3);
 }
 #endif
 

@@ -39,9 +39,20 @@
 #include <stdint.h>
 
 /* The int8 conv kernels use SSE2 intrinsics when the compiler targets x86 (every x86-64 CPU has
- * SSE2), portable C elsewhere or with -DFW_NO_INTRINSICS. */
+ * SSE2), AVX2 ones when it targets AVX2 (-march=x86-64-v3), and the VNNI dot products
+ * (vpdpbusd: four u8 x s8 products and their sum per int32 lane) when it targets AVX-512 VNNI
+ * with AVX-512 VL or AVX-VNNI (-march=native on such a CPU); portable C elsewhere or with
+ * -DFW_NO_INTRINSICS. */
 #if defined(__AVX2__) && !defined(FW_NO_INTRINSICS)
 #include <immintrin.h>
+#if defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__))
+#define FW_CONV_VNNI 1
+#endif
+/* With AVX-512 VNNI the widest conv tile GEMM runs on 512-bit registers; -DFW_NO_AVX512 keeps
+ * it on 256 bits (for CPUs that lower their clock for 512-bit work). */
+#if defined(FW_CONV_VNNI) && defined(__AVX512F__) && defined(__AVX512VNNI__) && !defined(FW_NO_AVX512)
+#define FW_CONV_VNNI_512 1
+#endif
 #elif defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
 #include <emmintrin.h>
 #endif
@@ -126,21 +137,31 @@ typedef struct {
 /* Output channels per block of packed int8 conv weights. */
 #define FW_CONV_BLOCK 8
 
-/* Element type of the (int8-valued) weights fw_conv2d_s8 reads: int16 in AVX2 builds, which load
- * a tile GEMM step's weights without widening them (vpmovsxbw) and hold twice the bytes of conv
- * weights in ROM for it; int8 everywhere else (portable and SSE2 builds, other architectures).
- * The generated model.c declares its conv weights with this type, so one source serves both. */
-#if defined(__AVX2__) && !defined(FW_NO_INTRINSICS)
+/* Element type of the (int8-valued) weights fw_conv2d_s8 reads: int16 in AVX2 builds without
+ * VNNI, which load a tile GEMM step's weights without widening them (vpmovsxbw) and hold twice
+ * the bytes of conv weights in ROM for it; int8 everywhere else (VNNI, portable and SSE2 builds,
+ * other architectures). The generated model.c declares its conv weights with this type, so one
+ * source serves all. */
+#if defined(__AVX2__) && !defined(FW_NO_INTRINSICS) && !defined(FW_CONV_VNNI)
 typedef int16_t fw_conv_weight;
 #else
 typedef int8_t fw_conv_weight;
 #endif
 
+/* Consecutive filter values of one output channel that one int32 lane of the groups == 1 tile
+ * GEMM sums: 4 in VNNI builds (vpdpbusd), 2 elsewhere (pmaddwd pairs). The packed weight layout
+ * depends on it; model.c holds both layouts and compiles in the one this build reads. */
+#ifdef FW_CONV_VNNI
+#define FW_CONV_K_GROUP 4
+#else
+#define FW_CONV_K_GROUP 2
+#endif
+
 /* Elements of the int8 weights of conv p in the layout fw_conv2d_s8 reads. */
 size_t fw_conv2d_s8_packed_size(const fw_conv_params *p);
 /* OHWI int8 weights [out_c][kh][kw][in_c/groups] -> the layout fw_conv2d_s8 reads (groups == 1:
- * [ceil(out_c / 8)][k / 2][8][2], zero-padded; groups > 1: a copy), as fw_conv_weight. The code
- * generator writes the same layout at export time. */
+ * [ceil(out_c / 8)][k / G][8][G] with G = FW_CONV_K_GROUP, zero-padded to whole groups; groups
+ * > 1: a copy), as fw_conv_weight. The code generator writes the same layouts at export time. */
 void fw_pack_conv2d_s8_weights(const fw_conv_params *p, const int8_t *ohwi, fw_conv_weight *packed);
 
 /* y = requant(conv(x - zp, w) + bias). int8 w: packed (fw_pack_conv2d_s8_weights); float w:

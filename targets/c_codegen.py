@@ -162,6 +162,20 @@ class _Emitter:
         self.weights_bytes += int(data.size) * _ITEM_BYTES[dtype]
         return c_name
 
+    def array_by_k_group(self, hint: str, layouts: dict[int, np.ndarray], dtype: str) -> str:
+        """One constant array per FW_CONV_K_GROUP layout under #if, one C name: the build
+        compiles in the layout its kernels read. weights_bytes counts the pair layout."""
+        c_name = self.fresh("k")
+        parts = []
+        for index, (group, data) in enumerate(sorted(layouts.items())):
+            keyword = "#if" if index == 0 else "#elif"
+            parts.append(f"{keyword} FW_CONV_K_GROUP == {group}\n" + c_array(c_name, data, dtype))
+        groups = ", ".join(str(group) for group in sorted(layouts))
+        parts.append(f"#else\n#error \"FW_CONV_K_GROUP: this model.c has weights for {groups}\"\n#endif\n")
+        self.declarations.append(f"/* {c_comment(hint)} */\n" + "".join(parts))
+        self.weights_bytes += int(np.asarray(layouts[min(layouts)]).size) * _ITEM_BYTES[dtype]
+        return c_name
+
     def struct(self, type_name: str, fields: dict) -> str:
         name = self.fresh("p")
         self.declarations.append(c_struct(type_name, name, fields))
@@ -206,26 +220,34 @@ def _per_channel(values: np.ndarray, channels: int) -> np.ndarray:
 CONV_BLOCK = 8
 
 
-def pack_conv_s8(w: np.ndarray) -> np.ndarray:
+# Filter values per int32 lane of the tile GEMM (FW_CONV_K_GROUP): pairs (pmaddwd, portable C)
+# and quads (VNNI vpdpbusd). model.c holds the weights in both layouts; the build compiles in one.
+CONV_K_GROUPS = (2, 4)
+
+
+def pack_conv_s8(w: np.ndarray, group: int = 2) -> np.ndarray:
     """int8 conv weights [M][C][kh][kw] (groups 1) in the layout fw_conv2d_s8 reads.
 
     Args:
         w: the ONNX OIHW weights.
+        group: FW_CONV_K_GROUP of the build, 2 or 4.
 
     Returns:
-        A flat int8 array [ceil(M / 8)][k / 2][8][2] over the OHWI filter index
-        k = (ky * kw + kx) * C + c, zero-padded to an even filter length and a multiple of 8
-        output channels: two taps of eight output channels per 16 bytes (fw_pack_conv2d_s8_weights
-        in runtime_c/conv2d_s8.c builds the same layout).
+        A flat int8 array [ceil(M / 8)][k / group][8][group] over the OHWI filter index
+        k = (ky * kw + kx) * C + c, zero-padded to whole groups and a multiple of 8 output
+        channels: `group` taps of eight output channels per 8 * group bytes
+        (fw_pack_conv2d_s8_weights in runtime_c/conv2d_s8.c builds the same layout).
     """
+    if group not in CONV_K_GROUPS:
+        raise ExportError(f"C target: conv weight group {group}: expected one of {CONV_K_GROUPS}")
     m = w.shape[0]
     ohwi = w.transpose(0, 2, 3, 1).reshape(m, -1)
     k = ohwi.shape[1]
     blocks = -(-m // CONV_BLOCK)
-    padded = np.zeros((blocks * CONV_BLOCK, k + (k & 1)), dtype=w.dtype)
+    padded = np.zeros((blocks * CONV_BLOCK, -(-k // group) * group), dtype=w.dtype)
     padded[:m, :k] = ohwi
-    # [block][j][pair][e] -> [block][pair][j][e]
-    packed = padded.reshape(blocks, CONV_BLOCK, -1, 2).transpose(0, 2, 1, 3)
+    # [block][j][group index][e] -> [block][group index][j][e]
+    packed = padded.reshape(blocks, CONV_BLOCK, -1, group).transpose(0, 2, 1, 3)
     return np.ascontiguousarray(packed).reshape(-1)
 
 
@@ -242,7 +264,8 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
     if depthwise:
         weights = w.reshape(c_out, kh, kw).transpose(1, 2, 0)  # [kh][kw][M]
     elif Y.dtype == "int8" and attrs.groups == 1:
-        weights = pack_conv_s8(w)  # [M/8][k/2][8][2] for conv2d_s8.c's tile GEMM
+        # [M/8][k/G][8][G] for conv2d_s8.c's tile GEMM, G = FW_CONV_K_GROUP of the build
+        weights = {group: pack_conv_s8(w, group) for group in CONV_K_GROUPS}
     elif Y.dtype == "int8":
         weights = w.transpose(0, 2, 3, 1)  # OHWI [M][kh][kw][C/g]
     else:
@@ -261,10 +284,11 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
         "float_min": float_min, "float_max": float_max,
     }
     params = e.struct("fw_conv_params", fields)
-    layout = ("[kh][kw][M]" if depthwise else "[M/8][kh*kw*C/2][8][2] packed" if int8 and attrs.groups == 1
-              else "[M][kh][kw][C/g]" if int8 else "[g][kh][kw][C/g][M/g]")
-    weight_name = e.array(f"{W.name} ({layout})",
-                          weights, "conv_s8" if int8 and not depthwise else W.dtype)
+    if isinstance(weights, dict):
+        weight_name = e.array_by_k_group(f"{W.name} ([M/8][kh*kw*C/G][8][G] packed)", weights, "conv_s8")
+    else:
+        layout = ("[kh][kw][M]" if depthwise else "[M][kh][kw][C/g]" if int8 else "[g][kh][kw][C/g][M/g]")
+        weight_name = e.array(f"{W.name} ({layout})", weights, "conv_s8" if int8 and not depthwise else W.dtype)
     bias_name = e.constant(B.name)
     function = f"fw_{'depthwise_conv2d' if depthwise else 'conv2d'}_{_suffix(Y.dtype)}"
     e.kernels.add(f"{'depthwise' if depthwise else 'conv2d'}_{_suffix(Y.dtype)}.c")

@@ -74,19 +74,47 @@ def test_runtime_unit_tests_pass_under_address_and_undefined_sanitizers(tmp_path
     _run_unit_tests(["cc", "-std=c99", *SANITIZE], tmp_path)
 
 
-def _host_has_avx2() -> bool:
+def _host_cpu_flags() -> set[str]:
+    """The flags of /proc/cpuinfo on an x86_64 host (empty elsewhere)."""
+    if host_arch() != "x86_64":
+        return set()
     try:
-        return any(line.startswith("flags") and " avx2" in line for line in open("/proc/cpuinfo"))
+        with open("/proc/cpuinfo") as info:
+            return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
     except OSError:
-        return False
+        return set()
 
 
-@pytest.mark.parametrize("flags", [["-DFW_NO_INTRINSICS"], ["-march=x86-64-v3"]], ids=["portable_c", "x86_64_v3"])
-def test_runtime_unit_tests_pass_with_each_kernel_variant(flags, tmp_path):
-    """The portable loops (what non-x86 targets compile) and the AVX2 tile GEMM, on the host."""
-    if "-march=x86-64-v3" in flags and (host_arch() != "x86_64" or not _host_has_avx2()):
-        pytest.skip("the AVX2 kernels need an x86_64 host with AVX2")
+def _host_has_avx2() -> bool:
+    return "avx2" in _host_cpu_flags()
+
+
+# Kernel builds beyond the default one, with the CPU flags they need to run.
+AVX512_VNNI = ["-march=x86-64-v4", "-mavx512vnni"]
+KERNEL_VARIANTS = {
+    "portable_c": (["-DFW_NO_INTRINSICS"], set()),
+    "x86_64_v3": (["-march=x86-64-v3"], {"avx2", "fma", "bmi2"}),
+    "avx512_vnni": (AVX512_VNNI, {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}),
+    "avx512_vnni_256": (AVX512_VNNI + ["-DFW_NO_AVX512"], {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}),
+}
+
+
+@pytest.mark.parametrize("variant", list(KERNEL_VARIANTS))
+def test_runtime_unit_tests_pass_with_each_kernel_variant(variant, tmp_path):
+    """The portable loops (what non-x86 targets compile), the AVX2 tile GEMM and the VNNI ones
+    (512- and 256-bit), on the host. A CPU without the instructions skips: that is hardware,
+    not a missing install step."""
+    flags, needs = KERNEL_VARIANTS[variant]
+    missing = needs - _host_cpu_flags()
+    if missing:
+        pytest.skip(f"this CPU lacks {sorted(missing)} for the {variant} kernels")
     _run_unit_tests(["cc", "-std=c99", "-O3", "-Wall", "-Wextra", "-Werror", "-pedantic", *flags], tmp_path)
+
+
+@pytest.mark.skipif(not {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= _host_cpu_flags(),
+                    reason="needs an x86_64 CPU with AVX-512 VNNI")
+def test_runtime_unit_tests_pass_with_vnni_kernels_under_sanitizers(tmp_path):
+    _run_unit_tests(["cc", "-std=c99", *SANITIZE, *AVX512_VNNI], tmp_path)
 
 
 @pytest.mark.zig
@@ -247,9 +275,14 @@ def test_int8_model_is_byte_identical_under_qemu(tmp_path):
     assert host.tobytes() == emulated.tobytes(), f"{QEMU_ARCH} 'logits' bytes differ from x86_64"
 
 
-@pytest.mark.skipif(host_arch() != "x86_64" or not _host_has_avx2(), reason="needs an x86_64 host with AVX2")
-def test_export_cflags_builds_an_x86_64_v3_bundle_with_identical_outputs(tmp_path):
-    """`fwedge export --cflags=-march=x86-64-v3` (AVX2 kernels) gives the portable bundle's bytes."""
+@pytest.mark.parametrize("variant", ["x86_64_v3", "avx512_vnni"])
+def test_export_cflags_builds_a_bundle_with_identical_outputs(variant, tmp_path):
+    """`fwedge export --cflags=-march=...` (AVX2 or VNNI kernels, the other weight layout) gives
+    the portable bundle's bytes."""
+    flags, needs = KERNEL_VARIANTS[variant]
+    missing = needs - _host_cpu_flags()
+    if missing:
+        pytest.skip(f"this CPU lacks {sorted(missing)} for the {variant} kernels")
     from click.testing import CliRunner
 
     from fwedge.cli import cli
@@ -259,14 +292,14 @@ def test_export_cflags_builds_an_x86_64_v3_bundle_with_identical_outputs(tmp_pat
     onnx.save(qdq, tmp_path / "m.onnx")
     x = _calibration(model, 6)
     outputs = {}
-    for name, extra in (("portable", []), ("v3", ["--cflags=-march=x86-64-v3"])):
+    for name, extra in (("portable", []), (variant, [f"--cflags={' '.join(flags)}"])):
         result = CliRunner().invoke(cli, ["export", str(tmp_path / "m.onnx"), "--target", "x86_64",
                                           "-o", str(tmp_path / name), *extra])
         assert result.exit_code == 0, result.output
         bundle = load_bundle(next((tmp_path / name).iterdir()))
-        assert ("-march=x86-64-v3" in bundle.extra["cflags"]) == (name == "v3"), bundle.extra["cflags"]
+        assert (flags[0] in bundle.extra["cflags"]) == (name == variant), bundle.extra["cflags"]
         outputs[name] = c_target().run(bundle, {"input": x})["logits"]
-    assert outputs["v3"].tobytes() == outputs["portable"].tobytes(), "x86-64-v3 'logits' bytes differ from portable"
+    assert outputs[variant].tobytes() == outputs["portable"].tobytes(), f"{variant} 'logits' bytes differ from portable"
 
 
 # --------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ static void test_conv_s8_case(int in_h, int in_w, int in_c, int out_c, int k, in
 {
     static int8_t x[4096], w[16384], y[8192], ref[8192];
     static fw_conv_weight packed[24576];
-    static int32_t bias[256], mult[256], shift[256];
+    static int32_t bias[320], mult[320], shift[320];
     fw_conv_params p;
     memset(&p, 0, sizeof p);
     p.in_h = in_h; p.in_w = in_w; p.in_c = in_c; p.out_c = out_c;
@@ -127,6 +127,12 @@ static void test_conv_s8(void)
     test_conv_s8_case(5, 3, 3, 13, 3, 1, 1, 1, 1, 0, "conv 3x3 odd filter, 13 channels, 15 pixels");
     test_conv_s8_case(5, 5, 130, 9, 3, 1, 1, 1, 1, 0, "conv 3x3 130 channels (chunked filter)");
     test_conv_s8_case(7, 7, 24, 96, 1, 1, 0, 1, 1, 0, "conv 1x1 24 -> 96");
+    /* Block counts 3 and 5 (the 4-, 2- and 1-block tile GEMMs of the wide builds), a window
+     * gather of 16 channels with borders and stride 2, and more output channels than the
+     * requantization table holds (constants per block). */
+    test_conv_s8_case(6, 5, 16, 24, 3, 2, 1, 1, 1, 0, "conv 3x3 16 -> 24 stride 2 (three blocks)");
+    test_conv_s8_case(7, 7, 8, 40, 3, 1, 1, 1, 1, 0, "conv 3x3 8 -> 40 (five blocks)");
+    test_conv_s8_case(4, 4, 8, 264, 1, 1, 0, 1, 1, 0, "conv 1x1 8 -> 264 (past the requantization table)");
     /* Total shifts 31 and 32 (shift 0 and -1): the vector requantization's two shift paths. */
     conv_shift_lo = -1; conv_shift_hi = 0; conv_weight_max = 2; conv_bias_max = 20;
     test_conv_s8_case(6, 6, 2, 16, 1, 1, 0, 1, 1, 0, "conv 1x1, shift 0 and -1");

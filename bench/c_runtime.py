@@ -11,7 +11,10 @@ perf_counter around session.run / interpreter.invoke. Runtimes are interleaved i
 p50 is taken over all rounds. Prints the table and the ratios C / peer (< 1: C is faster).
 "C int8" is the portable x86-64 (SSE2) build every bundle gets; "C int8 x86-64-v3" the same
 bundle built with -march=x86-64-v3 (AVX2; `fwedge export --cflags=-march=x86-64-v3`), measured
-only on a CPU with AVX2.
+only on a CPU with AVX2; "C int8 native" built with -march=native, which on a CPU with AVX-512
+VNNI or AVX-VNNI compiles the VNNI conv kernels (the line under the table says which kernels the
+compiler chose). LiteRT picks its XNNPACK kernels for the CPU at run time, so the native build
+is the like-for-like comparison on this machine; the portable one is what runs anywhere.
 """
 from __future__ import annotations
 
@@ -84,6 +87,26 @@ def host_has_avx2() -> bool:
         return False
 
 
+def native_conv_kernels() -> str:
+    """Which int8 conv kernels a -march=native build compiles (fwedge_rt.h's selection), from the
+    host compiler's predefined macros."""
+    import subprocess
+
+    try:
+        macros = subprocess.run(["cc", "-march=native", "-dM", "-E", "-x", "c", "/dev/null"], capture_output=True,
+                                text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unknown ({exc})"
+    defined = {line.split()[1] for line in macros.splitlines() if line.startswith("#define ")}
+    if "__AVX512VNNI__" in defined and "__AVX512VL__" in defined and "__AVX512F__" in defined:
+        return "VNNI vpdpbusd, 512-bit"
+    if "__AVXVNNI__" in defined:
+        return "VNNI vpdpbusd, 256-bit (AVX-VNNI)"
+    if "__AVX2__" in defined:
+        return "AVX2 vpmaddwd"
+    return "SSE2 pmaddwd"
+
+
 def time_calls(function, iterations: int) -> list[float]:
     function()
     values = []
@@ -106,13 +129,15 @@ def bench_model(name: str, iterations: int, rounds: int, work: Path, model_dir: 
 
     c_int8 = c_target.export(qdq, work / f"{name}-c-int8", ExportOptions(arch="x86_64"))
     c_fp32 = c_target.export(folded, work / f"{name}-c-fp32", ExportOptions(arch="x86_64"))
-    # The same int8 bundle compiled for x86-64-v3 (AVX2: 256-bit vpmaddwd tiles) instead of the
-    # portable x86-64 baseline (SSE2), when this CPU has AVX2. (-march=native on an AVX-512 VNNI
-    # host measured slower than x86-64-v3: vpdpwssd's latency chains, 512-bit epilogues.)
-    c_v3 = None
+    # The same int8 bundle compiled for x86-64-v3 (AVX2: 256-bit vpmaddwd tiles) and for this CPU
+    # (-march=native: the VNNI kernels where it has them) instead of the portable x86-64 baseline
+    # (SSE2), when this CPU has AVX2.
+    c_v3 = c_native = None
     if host_has_avx2():
         c_v3 = c_target.export(qdq, work / f"{name}-c-int8-v3", ExportOptions(
             arch="x86_64", extra={"cflags": ["-march=x86-64-v3"]}))
+        c_native = c_target.export(qdq, work / f"{name}-c-int8-native", ExportOptions(
+            arch="x86_64", extra={"cflags": ["-march=native"]}))
     ort_int8 = ort_session(qdq, threads=1)
     ort_fp32 = ort_session(folded, threads=1)
     litert = None
@@ -125,12 +150,13 @@ def bench_model(name: str, iterations: int, rounds: int, work: Path, model_dir: 
     except Exception as exc:  # the TFLite target may be unavailable: report, don't hide
         print(f"{name}: LiteRT int8 not measured ({exc})")
 
-    times: dict[str, list[float]] = {key: [] for key in ("C int8", "C int8 x86-64-v3", "C fp32", "ORT int8",
-                                                         "ORT fp32", "LiteRT int8")}
+    times: dict[str, list[float]] = {key: [] for key in ("C int8", "C int8 x86-64-v3", "C int8 native", "C fp32",
+                                                         "ORT int8", "ORT fp32", "LiteRT int8")}
     for _ in range(rounds):
         times["C int8"] += c_target.run_harness(c_int8, {"input": x}, iterations=iterations)[1]
         if c_v3 is not None:
             times["C int8 x86-64-v3"] += c_target.run_harness(c_v3, {"input": x}, iterations=iterations)[1]
+            times["C int8 native"] += c_target.run_harness(c_native, {"input": x}, iterations=iterations)[1]
         times["C fp32"] += c_target.run_harness(c_fp32, {"input": x}, iterations=iterations)[1]
         times["ORT int8"] += time_calls(lambda: ort_int8.run(None, {"input": x}), iterations)
         times["ORT fp32"] += time_calls(lambda: ort_fp32.run(None, {"input": x}), iterations)
@@ -152,16 +178,20 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fwedge-bench-c-") as temp:
         results = [bench_model(name, args.iterations, args.rounds, Path(temp), args.model_dir) for name in args.models]
     print(f"\nlatency p50 (ms), batch 1, 1 thread, {args.rounds} rounds x {args.iterations} iterations, interleaved")
-    header = ["model", "C int8", "C int8 x86-64-v3", "ORT int8", "LiteRT int8", "C fp32", "ORT fp32", "C/ORT int8",
-              "C/LiteRT int8", "C v3/ORT int8", "C v3/LiteRT int8", "C/ORT fp32"]
-    print(" | ".join(header))
+    latencies = ["C int8", "C int8 x86-64-v3", "C int8 native", "ORT int8", "LiteRT int8", "C fp32", "ORT fp32"]
+    ratios = [("C int8", "ORT int8", "C/ORT int8"), ("C int8", "LiteRT int8", "C/LiteRT int8"),
+              ("C int8 x86-64-v3", "ORT int8", "C v3/ORT int8"), ("C int8 x86-64-v3", "LiteRT int8", "C v3/LiteRT int8"),
+              ("C int8 native", "ORT int8", "C native/ORT int8"),
+              ("C int8 native", "LiteRT int8", "C native/LiteRT int8"), ("C fp32", "ORT fp32", "C/ORT fp32")]
+    print(" | ".join(["model"] + latencies + [label for _, _, label in ratios]))
     for result in results:
         p = result["p50_ms"]
         ratio = lambda a, b: f"{p[a] / p[b]:.2f}x" if a in p and b in p else "n/a"  # noqa: E731
-        cells = [result["model"]] + [f"{p[k]:.4f}" if k in p else "n/a" for k in header[1:7]] + [
-            ratio("C int8", "ORT int8"), ratio("C int8", "LiteRT int8"), ratio("C int8 x86-64-v3", "ORT int8"),
-            ratio("C int8 x86-64-v3", "LiteRT int8"), ratio("C fp32", "ORT fp32")]
+        cells = [result["model"]] + [f"{p[k]:.4f}" if k in p else "n/a" for k in latencies] + [
+            ratio(a, b) for a, b, _ in ratios]
         print(" | ".join(cells) + f"   ({result['origin']})")
+    if host_has_avx2():
+        print(f"C int8 native: -march=native, conv kernels: {native_conv_kernels()}")
     return 0
 
 

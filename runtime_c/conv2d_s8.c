@@ -650,7 +650,6 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const fw_
     int16_t line[FW_K_CHUNK + FW_CONV_K_GROUP];
     fw_tile_value tile[FW_K_CHUNK * FW_TILE_PIXELS];
     int32_t acc[FW_GEMM_BLOCKS][FW_TILE_PIXELS * FW_CONV_BLOCK];
-    int8_t out[FW_TILE_PIXELS * FW_CONV_BLOCK];
     const int filter = p->kernel_h * p->kernel_w * p->in_c;
     const int padded = (filter + FW_CONV_K_GROUP - 1) / FW_CONV_K_GROUP * FW_CONV_K_GROUP;
     const int steps = padded / FW_CONV_K_GROUP; /* tile GEMM steps of the whole filter */
@@ -717,15 +716,8 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const fw_
                     vnni_bias(p, w + (b0 + i) * stride, steps, 1, biases);
 #endif
                 }
-                fw_requant_tile(p, acc[i], FW_CONV_BLOCK, multipliers + offset, shifts + offset, biases + offset, out);
-                for (int t = 0; t < count; ++t) {
-                    int8_t *yp = y + (size_t)(pixel0 + t) * out_c + c0;
-                    if (channels == FW_CONV_BLOCK) { /* a fixed size: one 8-byte move, no call */
-                        memcpy(yp, out + t * FW_CONV_BLOCK, FW_CONV_BLOCK);
-                    } else {
-                        memcpy(yp, out + t * FW_CONV_BLOCK, (size_t)channels);
-                    }
-                }
+                fw_requant_tile(p, acc[i], FW_CONV_BLOCK, multipliers + offset, shifts + offset, biases + offset,
+                                y + (size_t)pixel0 * out_c + c0, (size_t)out_c, count, channels);
             }
             b0 += done;
         }

@@ -16,7 +16,6 @@ static void depthwise_tiles(const fw_conv_params *p, const int8_t *x, const int8
 {
     int32_t acc[FW_TILE_PIXELS * FW_CHANNEL_BLOCK];
     int32_t multipliers[FW_CHANNEL_BLOCK], shifts[FW_CHANNEL_BLOCK], biases[FW_CHANNEL_BLOCK];
-    int8_t out[FW_TILE_PIXELS * FW_CONV_BLOCK];
     const int channels = p->out_c, pixels = p->out_h * p->out_w;
     const int in_h = p->in_h, in_w = p->in_w, kernel_h = p->kernel_h, kernel_w = p->kernel_w;
     const int16_t zero_point = (int16_t)p->input_zero_point;
@@ -55,15 +54,8 @@ static void depthwise_tiles(const fw_conv_params *p, const int8_t *x, const int8
             }
             for (int g = 0; g < rounded; g += FW_CONV_BLOCK) {
                 const int n = count - g < FW_CONV_BLOCK ? count - g : FW_CONV_BLOCK;
-                fw_requant_tile(p, acc + g, FW_CHANNEL_BLOCK, multipliers + g, shifts + g, biases + g, out);
-                for (int t = 0; t < tile; ++t) {
-                    int8_t *yp = y + (size_t)(pixel0 + t) * channels + c0 + g;
-                    if (n == FW_CONV_BLOCK) {
-                        memcpy(yp, out + t * FW_CONV_BLOCK, FW_CONV_BLOCK);
-                    } else {
-                        memcpy(yp, out + t * FW_CONV_BLOCK, (size_t)n);
-                    }
-                }
+                fw_requant_tile(p, acc + g, FW_CHANNEL_BLOCK, multipliers + g, shifts + g, biases + g,
+                                y + (size_t)pixel0 * channels + c0 + g, (size_t)channels, tile, n);
             }
         }
     }
@@ -92,7 +84,6 @@ static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const
     ptrdiff_t offset[FW_DW_TAPS];
     int32_t acc[FW_TILE_PIXELS * FW_CHANNEL_BLOCK];
     int32_t multipliers[FW_CHANNEL_BLOCK], shifts[FW_CHANNEL_BLOCK], biases[FW_CHANNEL_BLOCK];
-    int8_t out[FW_TILE_PIXELS * FW_CONV_BLOCK];
     const int channels = p->out_c, pixels = p->out_h * p->out_w;
     const int taps = p->kernel_h * p->kernel_w, pairs = (taps + 1) / 2;
     const int32_t zero_point = p->input_zero_point;
@@ -188,10 +179,8 @@ static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const
                 }
             }
             for (int g = 0; g < count; g += FW_CONV_BLOCK) {
-                fw_requant_tile(p, acc + g, FW_CHANNEL_BLOCK, multipliers + g, shifts + g, biases + g, out);
-                for (int t = 0; t < tile; ++t) {
-                    memcpy(y + (size_t)(pixel0 + t) * channels + c0 + g, out + t * FW_CONV_BLOCK, FW_CONV_BLOCK);
-                }
+                fw_requant_tile(p, acc + g, FW_CHANNEL_BLOCK, multipliers + g, shifts + g, biases + g,
+                                y + (size_t)pixel0 * channels + c0 + g, (size_t)channels, tile, FW_CONV_BLOCK);
             }
         }
     }

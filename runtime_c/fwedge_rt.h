@@ -378,33 +378,55 @@ static inline void fw_requant_channels(const fw_conv_params *p, const int32_t *b
 }
 
 /* Requantize a tile acc[FW_TILE_PIXELS][stride] (the first FW_CONV_BLOCK values of each row,
- * plus bias) of FW_CONV_BLOCK channels with multipliers m and total shifts s into
- * out[FW_TILE_PIXELS][FW_CONV_BLOCK], clamped to the activation range.
- * AVX2, all total shifts >= 33: one pixel's eight channels per register, signed products of
- * vpmuldq, the high words plus 2^(s - 33) shifted per lane with vpsravd (see fw_requant4).
+ * plus bias) of FW_CONV_BLOCK channels with multipliers m and total shifts s, clamped to the
+ * activation range, and store its first `pixels` rows' first `channels` values to y, rows
+ * y_stride bytes apart (NHWC: the output channel count). A full block is stored straight from
+ * the registers: a round trip through a tile on the stack (a wide store read back as 8-byte
+ * rows) stalls store forwarding.
+ * AVX2: one pixel's eight channels per register, signed products of vpmuldq; total shifts
+ * >= 33: the high words plus 2^(s - 33) shifted per lane with vpsravd (see fw_requant4); lanes
+ * with s <= 32, when there are any: the 64-bit products plus 2^(s - 1) shifted with vpsrlvq,
+ * blended in.
  * SSE2: the four pixels of one channel share its multiplier and shift, so each 4x4 quarter of
  * the tile is transposed to channel-major, requantized four lanes at a time (fw_requant4),
  * transposed back and packed to int8 with the clamp on int16. */
 static inline void fw_requant_tile(const fw_conv_params *p, const int32_t *acc, int stride, const int32_t *m,
-                                   const int32_t *s, const int32_t *bias, int8_t *out)
+                                   const int32_t *s, const int32_t *bias, int8_t *y, size_t y_stride, int pixels,
+                                   int channels)
 {
+    int8_t out[FW_TILE_PIXELS * FW_CONV_BLOCK]; /* a partial block, before its copy to y */
 #if defined(__AVX2__) && !defined(FW_NO_INTRINSICS)
-    const __m256i sv = _mm256_loadu_si256((const __m256i *)s);
-    const __m256i thirty_three = _mm256_set1_epi32(33);
-    if (_mm256_movemask_epi8(_mm256_cmpgt_epi32(thirty_three, sv)) == 0) {
+    {
+        const __m256i sv = _mm256_loadu_si256((const __m256i *)s);
+        const __m256i thirty_three = _mm256_set1_epi32(33);
+        const __m256i narrow = _mm256_cmpgt_epi32(thirty_three, sv); /* lanes with s <= 32 */
         const __m256i mv = _mm256_loadu_si256((const __m256i *)m);
         const __m256i m13 = _mm256_srli_epi64(mv, 32);
         const __m256i bv = _mm256_loadu_si256((const __m256i *)bias);
         const __m256i round = _mm256_sllv_epi32(_mm256_set1_epi32(1), _mm256_sub_epi32(sv, thirty_three));
         const __m256i count = _mm256_sub_epi32(sv, _mm256_set1_epi32(32));
         const __m256i zero_point = _mm256_set1_epi32(p->output_zero_point);
+        /* s <= 32 (a scale of 1/4 or more, e.g. some depthwise layers): the signed 64-bit
+         * product plus 2^(s - 1), shifted right by s; bits [s, s + 31] are the same for a
+         * logical shift when s <= 32. */
+        const int any_narrow = _mm256_movemask_epi8(narrow) != 0;
+        const __m256i one = _mm256_set1_epi64x(1);
+        const __m256i s02 = _mm256_and_si256(sv, _mm256_set1_epi64x(0xffffffff)), s13 = _mm256_srli_epi64(sv, 32);
+        const __m256i round02 = _mm256_sllv_epi64(one, _mm256_sub_epi64(s02, one));
+        const __m256i round13 = _mm256_sllv_epi64(one, _mm256_sub_epi64(s13, one));
         __m256i r[FW_TILE_PIXELS];
         for (int t = 0; t < FW_TILE_PIXELS; ++t) {
             const __m256i x = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(acc + t * stride)), bv);
             const __m256i p02 = _mm256_mul_epi32(x, mv);
             const __m256i p13 = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), m13);
             const __m256i words = _mm256_blend_epi32(_mm256_srli_epi64(p02, 32), p13, 0xaa);
-            r[t] = _mm256_add_epi32(_mm256_srav_epi32(_mm256_add_epi32(words, round), count), zero_point);
+            __m256i v = _mm256_srav_epi32(_mm256_add_epi32(words, round), count);
+            if (any_narrow) {
+                const __m256i lo = _mm256_srlv_epi64(_mm256_add_epi64(p02, round02), s02);
+                const __m256i hi = _mm256_srlv_epi64(_mm256_add_epi64(p13, round13), s13);
+                v = _mm256_blendv_epi8(v, _mm256_blend_epi32(lo, _mm256_slli_epi64(hi, 32), 0xaa), narrow);
+            }
+            r[t] = _mm256_add_epi32(v, zero_point);
         }
         const __m256i lo = _mm256_set1_epi16((int16_t)p->activation_min);
         const __m256i hi = _mm256_set1_epi16((int16_t)p->activation_max);
@@ -413,11 +435,18 @@ static inline void fw_requant_tile(const fw_conv_params *p, const int32_t *acc, 
         /* dwords now hold four channels of one pixel: [0a 1a 2a 3a | 0b 1b 2b 3b] */
         const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b),
                                                           _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        if (channels == FW_CONV_BLOCK) {
+            const __m128i rows01 = _mm256_castsi256_si128(bytes), rows23 = _mm256_extracti128_si256(bytes, 1);
+            const __m128i rows[FW_TILE_PIXELS] = {rows01, _mm_unpackhi_epi64(rows01, rows01), rows23,
+                                                  _mm_unpackhi_epi64(rows23, rows23)};
+            for (int t = 0; t < pixels; ++t) {
+                _mm_storel_epi64((__m128i *)(y + t * y_stride), rows[t]);
+            }
+            return;
+        }
         _mm256_storeu_si256((__m256i *)out, bytes);
-        return;
     }
-#endif
-#if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
+#elif defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
     const __m128i zero_point = _mm_set1_epi32(p->output_zero_point);
     const __m128i lo = _mm_set1_epi16((int16_t)p->activation_min), hi = _mm_set1_epi16((int16_t)p->activation_max);
     __m128i r[FW_TILE_PIXELS][2];
@@ -442,7 +471,16 @@ static inline void fw_requant_tile(const fw_conv_params *p, const int32_t *acc, 
     for (int t = 0; t < FW_TILE_PIXELS; ++t) {
         __m128i v16 = _mm_packs_epi32(r[t][0], r[t][1]);
         v16 = _mm_min_epi16(_mm_max_epi16(v16, lo), hi);
-        _mm_storel_epi64((__m128i *)(out + t * FW_CONV_BLOCK), _mm_packs_epi16(v16, v16));
+        if (channels == FW_CONV_BLOCK) {
+            if (t < pixels) {
+                _mm_storel_epi64((__m128i *)(y + t * y_stride), _mm_packs_epi16(v16, v16));
+            }
+        } else {
+            _mm_storel_epi64((__m128i *)(out + t * FW_CONV_BLOCK), _mm_packs_epi16(v16, v16));
+        }
+    }
+    if (channels == FW_CONV_BLOCK) {
+        return;
     }
 #else
     const int32_t zero_point = p->output_zero_point, lo = p->activation_min, hi = p->activation_max;
@@ -454,6 +492,11 @@ static inline void fw_requant_tile(const fw_conv_params *p, const int32_t *acc, 
         }
     }
 #endif
+    for (int t = 0; t < pixels; ++t) {
+        for (int j = 0; j < channels; ++j) {
+            y[t * y_stride + j] = out[t * FW_CONV_BLOCK + j];
+        }
+    }
 }
 
 #ifdef __cplusplus

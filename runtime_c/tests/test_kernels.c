@@ -136,6 +136,10 @@ static void test_conv_s8(void)
     /* Total shifts 31 and 32 (shift 0 and -1): the vector requantization's two shift paths. */
     conv_shift_lo = -1; conv_shift_hi = 0; conv_weight_max = 2; conv_bias_max = 20;
     test_conv_s8_case(6, 6, 2, 16, 1, 1, 0, 1, 1, 0, "conv 1x1, shift 0 and -1");
+    /* Total shifts 30..35 side by side in one block: both AVX2 requantization forms, blended. */
+    conv_shift_lo = -4; conv_shift_hi = 1; conv_weight_max = 1; conv_bias_max = 4;
+    test_conv_s8_case(6, 6, 2, 16, 1, 1, 0, 1, 1, 0, "conv 1x1, shifts -4..1 in one block");
+    test_conv_s8_case(6, 6, 16, 16, 3, 1, 1, 1, 0, 1, "depthwise 3x3, shifts -4..1 in one block");
     conv_shift_lo = -12; conv_shift_hi = -6; conv_weight_max = 127; conv_bias_max = 5000;
     test_conv_s8_case(8, 8, 6, 6, 3, 1, 1, 1, 0, 1, "depthwise 3x3");
     test_conv_s8_case(9, 8, 3, 6, 3, 2, 1, 1, 0, 1, "depthwise multiplier 2 stride 2");

@@ -96,17 +96,30 @@ static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const
     for (int c0 = 0; c0 < channels; c0 += FW_CHANNEL_BLOCK) {
         const int count = channels - c0 < FW_CHANNEL_BLOCK ? channels - c0 : FW_CHANNEL_BLOCK;
         fw_requant_channels(p, bias, multiplier, shift, c0, count, multipliers, shifts, biases);
-        for (int i = 0; i < 2 * pairs; ++i) {
-            for (int j = 0; j < count; ++j) {
-                w2[((i >> 1) * FW_CHANNEL_BLOCK + j) * 2 + (i & 1)] = i < taps ? w[(size_t)i * channels + c0 + j] : 0;
+        /* Tap pairs of eight channels: the two taps' bytes interleaved and widened to int16
+         * (w2), and pmaddwd by ones adds each pair into the channel's weight sum. */
+        const __m128i ones = _mm_set1_epi16(1);
+        for (int j = 0; j < count; j += 8) {
+            __m128i sum_lo = _mm_setzero_si128(), sum_hi = sum_lo;
+            for (int i = 0; i < pairs; ++i) {
+                const __m128i a = _mm_loadl_epi64((const __m128i *)(w + (size_t)(2 * i) * channels + c0 + j));
+                const __m128i b = 2 * i + 1 < taps
+                                      ? _mm_loadl_epi64((const __m128i *)(w + (size_t)(2 * i + 1) * channels + c0 + j))
+                                      : _mm_setzero_si128();
+                const __m128i ab = _mm_unpacklo_epi8(a, b);
+                const __m128i lo = _mm_srai_epi16(_mm_unpacklo_epi8(ab, ab), 8); /* channels j..j+3 */
+                const __m128i hi = _mm_srai_epi16(_mm_unpackhi_epi8(ab, ab), 8); /* channels j+4..j+7 */
+                _mm_storeu_si128((__m128i *)(w2 + (i * FW_CHANNEL_BLOCK + j) * 2), lo);
+                _mm_storeu_si128((__m128i *)(w2 + (i * FW_CHANNEL_BLOCK + j) * 2 + 8), hi);
+                sum_lo = _mm_add_epi32(sum_lo, _mm_madd_epi16(lo, ones));
+                sum_hi = _mm_add_epi32(sum_hi, _mm_madd_epi16(hi, ones));
             }
-        }
-        for (int j = 0; j < count; ++j) {
-            int32_t sum = 0;
-            for (int i = 0; i < taps; ++i) {
-                sum += w[(size_t)i * channels + c0 + j];
+            int32_t sums[8];
+            _mm_storeu_si128((__m128i *)sums, sum_lo);
+            _mm_storeu_si128((__m128i *)(sums + 4), sum_hi);
+            for (int e = 0; e < 8; ++e) {
+                biases[j + e] = (int32_t)((uint32_t)biases[j + e] - (uint32_t)(zero_point * sums[e]));
             }
-            biases[j] = (int32_t)((uint32_t)biases[j] - (uint32_t)(zero_point * sum));
         }
         for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
             const int tile = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;

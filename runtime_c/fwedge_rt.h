@@ -350,6 +350,52 @@ static inline __m128i fw_requant4(__m128i x, __m128i m, __m128i round, int s)
     return _mm_or_si128(_mm_andnot_si128(high, p02), _mm_slli_epi64(p13, 32));
 }
 
+#if defined(__AVX2__) && !defined(FW_NO_INTRINSICS)
+/* Constants of fw_requant8 for eight lanes' multipliers m and total shifts s in [1, 62]. */
+typedef struct {
+    __m256i m, m13, round, count;          /* s >= 33 */
+    __m256i narrow, s02, s13, round02, round13; /* s <= 32 */
+    int any_narrow;
+} fw_requant8_t;
+
+static inline fw_requant8_t fw_requant8_setup(__m256i m, __m256i s)
+{
+    fw_requant8_t q;
+    const __m256i thirty_three = _mm256_set1_epi32(33), one = _mm256_set1_epi64x(1);
+    q.m = m;
+    q.m13 = _mm256_srli_epi64(m, 32);
+    q.round = _mm256_sllv_epi32(_mm256_set1_epi32(1), _mm256_sub_epi32(s, thirty_three));
+    q.count = _mm256_sub_epi32(s, _mm256_set1_epi32(32));
+    q.narrow = _mm256_cmpgt_epi32(thirty_three, s);
+    q.any_narrow = _mm256_movemask_epi8(q.narrow) != 0;
+    q.s02 = _mm256_and_si256(s, _mm256_set1_epi64x(0xffffffff));
+    q.s13 = _mm256_srli_epi64(s, 32);
+    q.round02 = _mm256_sllv_epi64(one, _mm256_sub_epi64(q.s02, one));
+    q.round13 = _mm256_sllv_epi64(one, _mm256_sub_epi64(q.s13, one));
+    return q;
+}
+
+/* fw_multiply_by_quantized_multiplier of eight int32 lanes, each with its own multiplier and
+ * total shift (fw_requant8_setup), exactly; signed products of vpmuldq. Lanes with s >= 33: the
+ * high words plus 2^(s - 33) shifted with vpsravd (see fw_requant4). Lanes with s <= 32 (a
+ * scale of 1/4 or more), when there are any: the 64-bit products plus 2^(s - 1) shifted right
+ * by s with vpsrlvq (bits [s, s + 31] are those of an arithmetic shift when s <= 32), blended
+ * in. */
+static inline __m256i fw_requant8(__m256i x, const fw_requant8_t *q)
+{
+    const __m256i p02 = _mm256_mul_epi32(x, q->m);
+    const __m256i p13 = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), q->m13);
+    const __m256i words = _mm256_blend_epi32(_mm256_srli_epi64(p02, 32), p13, 0xaa);
+    __m256i v = _mm256_srav_epi32(_mm256_add_epi32(words, q->round), q->count);
+    if (q->any_narrow) {
+        const __m256i lo = _mm256_srlv_epi64(_mm256_add_epi64(p02, q->round02), q->s02);
+        const __m256i hi = _mm256_srlv_epi64(_mm256_add_epi64(p13, q->round13), q->s13);
+        v = _mm256_blendv_epi8(v, _mm256_blend_epi32(lo, _mm256_slli_epi64(hi, 32), 0xaa), q->narrow);
+    }
+    return v;
+}
+#endif
+
 /* Transpose four vectors of four int32 lanes in place. */
 static inline void fw_transpose4(__m128i *r0, __m128i *r1, __m128i *r2, __m128i *r3)
 {
@@ -383,10 +429,7 @@ static inline void fw_requant_channels(const fw_conv_params *p, const int32_t *b
  * y_stride bytes apart (NHWC: the output channel count). A full block is stored straight from
  * the registers: a round trip through a tile on the stack (a wide store read back as 8-byte
  * rows) stalls store forwarding.
- * AVX2: one pixel's eight channels per register, signed products of vpmuldq; total shifts
- * >= 33: the high words plus 2^(s - 33) shifted per lane with vpsravd (see fw_requant4); lanes
- * with s <= 32, when there are any: the 64-bit products plus 2^(s - 1) shifted with vpsrlvq,
- * blended in.
+ * AVX2: one pixel's eight channels per register (fw_requant8).
  * SSE2: the four pixels of one channel share its multiplier and shift, so each 4x4 quarter of
  * the tile is transposed to channel-major, requantized four lanes at a time (fw_requant4),
  * transposed back and packed to int8 with the clamp on int16. */
@@ -397,36 +440,14 @@ static inline void fw_requant_tile(const fw_conv_params *p, const int32_t *acc, 
     int8_t out[FW_TILE_PIXELS * FW_CONV_BLOCK]; /* a partial block, before its copy to y */
 #if defined(__AVX2__) && !defined(FW_NO_INTRINSICS)
     {
-        const __m256i sv = _mm256_loadu_si256((const __m256i *)s);
-        const __m256i thirty_three = _mm256_set1_epi32(33);
-        const __m256i narrow = _mm256_cmpgt_epi32(thirty_three, sv); /* lanes with s <= 32 */
-        const __m256i mv = _mm256_loadu_si256((const __m256i *)m);
-        const __m256i m13 = _mm256_srli_epi64(mv, 32);
+        const fw_requant8_t q = fw_requant8_setup(_mm256_loadu_si256((const __m256i *)m),
+                                                  _mm256_loadu_si256((const __m256i *)s));
         const __m256i bv = _mm256_loadu_si256((const __m256i *)bias);
-        const __m256i round = _mm256_sllv_epi32(_mm256_set1_epi32(1), _mm256_sub_epi32(sv, thirty_three));
-        const __m256i count = _mm256_sub_epi32(sv, _mm256_set1_epi32(32));
         const __m256i zero_point = _mm256_set1_epi32(p->output_zero_point);
-        /* s <= 32 (a scale of 1/4 or more, e.g. some depthwise layers): the signed 64-bit
-         * product plus 2^(s - 1), shifted right by s; bits [s, s + 31] are the same for a
-         * logical shift when s <= 32. */
-        const int any_narrow = _mm256_movemask_epi8(narrow) != 0;
-        const __m256i one = _mm256_set1_epi64x(1);
-        const __m256i s02 = _mm256_and_si256(sv, _mm256_set1_epi64x(0xffffffff)), s13 = _mm256_srli_epi64(sv, 32);
-        const __m256i round02 = _mm256_sllv_epi64(one, _mm256_sub_epi64(s02, one));
-        const __m256i round13 = _mm256_sllv_epi64(one, _mm256_sub_epi64(s13, one));
         __m256i r[FW_TILE_PIXELS];
         for (int t = 0; t < FW_TILE_PIXELS; ++t) {
             const __m256i x = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(acc + t * stride)), bv);
-            const __m256i p02 = _mm256_mul_epi32(x, mv);
-            const __m256i p13 = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), m13);
-            const __m256i words = _mm256_blend_epi32(_mm256_srli_epi64(p02, 32), p13, 0xaa);
-            __m256i v = _mm256_srav_epi32(_mm256_add_epi32(words, round), count);
-            if (any_narrow) {
-                const __m256i lo = _mm256_srlv_epi64(_mm256_add_epi64(p02, round02), s02);
-                const __m256i hi = _mm256_srlv_epi64(_mm256_add_epi64(p13, round13), s13);
-                v = _mm256_blendv_epi8(v, _mm256_blend_epi32(lo, _mm256_slli_epi64(hi, 32), 0xaa), narrow);
-            }
-            r[t] = _mm256_add_epi32(v, zero_point);
+            r[t] = _mm256_add_epi32(fw_requant8(x, &q), zero_point);
         }
         const __m256i lo = _mm256_set1_epi16((int16_t)p->activation_min);
         const __m256i hi = _mm256_set1_epi16((int16_t)p->activation_max);

@@ -10,7 +10,8 @@
  *
  * With ITERATIONS > 0 the harness then runs the last sample ITERATIONS more times (after one
  * warm-up run) and prints one line per run, "fwedge-latency-ns <nanoseconds>", measured with
- * clock_gettime(CLOCK_MONOTONIC). Exit status: 0 success, 1 I/O failure, 2 usage or input size.
+ * clock_gettime(CLOCK_MONOTONIC). Exit status: 0 success, 1 I/O failure, 2 usage or input size,
+ * 3 a CPU without the instructions the bundle was built for.
  */
 #define _POSIX_C_SOURCE 199309L
 
@@ -37,6 +38,47 @@ static long parse_count(const char *text, const char *what)
     return value;
 }
 
+/* The first x86 instruction-set extension the build was compiled for (--cflags=-march=...) that
+ * this CPU lacks, or NULL: such a bundle stops with a message instead of an illegal instruction
+ * in the middle of a run. Portable builds and other architectures check nothing. */
+static const char *missing_cpu_feature(void)
+{
+#if defined(__GNUC__) && defined(__x86_64__)
+    __builtin_cpu_init();
+#ifdef __AVX2__
+    if (!__builtin_cpu_supports("avx2")) {
+        return "AVX2";
+    }
+#endif
+#ifdef __AVX512F__
+    if (!__builtin_cpu_supports("avx512f")) {
+        return "AVX-512F";
+    }
+#endif
+#ifdef __AVX512BW__
+    if (!__builtin_cpu_supports("avx512bw")) {
+        return "AVX-512BW";
+    }
+#endif
+#ifdef __AVX512VL__
+    if (!__builtin_cpu_supports("avx512vl")) {
+        return "AVX-512VL";
+    }
+#endif
+#ifdef __AVX512VNNI__
+    if (!__builtin_cpu_supports("avx512vnni")) {
+        return "AVX-512 VNNI";
+    }
+#endif
+#ifdef __AVXVNNI__
+    if (!__builtin_cpu_supports("avxvnni")) {
+        return "AVX-VNNI";
+    }
+#endif
+#endif
+    return NULL;
+}
+
 static long long now_ns(void)
 {
     struct timespec ts;
@@ -46,6 +88,12 @@ static long long now_ns(void)
 
 int main(int argc, char **argv)
 {
+    const char *missing = missing_cpu_feature();
+    if (missing) {
+        fprintf(stderr, "error: this bundle was built for a CPU with %s and this CPU has none; rebuild it without "
+                        "that -march (the portable build runs on any x86-64)\n", missing);
+        return 3;
+    }
     const void *inputs[FWEDGE_NUM_INPUTS];
     void *outputs[FWEDGE_NUM_OUTPUTS];
     size_t offset = 0;

@@ -302,6 +302,30 @@ def test_export_cflags_builds_a_bundle_with_identical_outputs(variant, tmp_path)
     assert outputs[variant].tobytes() == outputs["portable"].tobytes(), f"{variant} 'logits' bytes differ from portable"
 
 
+@pytest.mark.qemu("x86_64")
+def test_bundle_built_for_missing_instructions_exits_3_with_a_message(tmp_path):
+    """A -march=x86-64-v4 -mavx512vnni bundle run where the CPU lacks AVX-512 (qemu-x86_64's
+    default CPU) stops with exit 3 and names the extension, instead of an illegal instruction.
+    The portable build of the same model runs there."""
+    model = mobilenet_like()
+    qdq = int8_model(model)
+    x = _calibration(model, 1)
+    flags, _ = KERNEL_VARIANTS["avx512_vnni"]
+    wide = export(qdq, tmp_path / "wide", extra={"cflags": flags})
+    portable = export(qdq, tmp_path / "portable")
+    np.asarray(x, dtype="<f4").tofile(tmp_path / "in.bin")
+    done = subprocess.run(["qemu-x86_64", str(wide.file("bin/fwedge_model")), "in.bin", "out.bin"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, (done.returncode, done.stderr)
+    assert "AVX-512" in done.stderr and "rebuild" in done.stderr, done.stderr
+    assert not (tmp_path / "out.bin").exists(), "the refused run wrote an output file"
+    done = subprocess.run(["qemu-x86_64", str(portable.file("bin/fwedge_model")), "in.bin", "out.bin"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    expected = c_target().run(portable, {"input": x})["logits"]
+    assert (tmp_path / "out.bin").read_bytes() == expected.astype("<f4").tobytes()
+
+
 # --------------------------------------------------------------------------------------------
 # Harness robustness and protocol
 # --------------------------------------------------------------------------------------------

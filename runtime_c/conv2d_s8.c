@@ -788,3 +788,17 @@ void fw_conv2d_s8(const fw_conv_params *p, const int8_t *x, const fw_conv_weight
         }
     }
 }
+
+#if defined(FW_X86_DISPATCH) && !defined(FW_VARIANT_VNNI)
+/* The x86-64 dispatch entry (fwedge_rt.h): the VNNI variant reads the quads, this file's
+ * baseline kernel the pairs (groups > 1: the OHWI copy, always the baseline). */
+void fw_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const fw_conv_weight *pairs, const int8_t *quads,
+                           const int32_t *bias, const int32_t *multiplier, const int32_t *shift, int8_t *y)
+{
+    if (p->groups == 1 && fw_x86_vnni()) {
+        fw_conv2d_s8_vnni(p, x, quads, bias, multiplier, shift, y);
+    } else {
+        fw_conv2d_s8(p, x, pairs, bias, multiplier, shift, y);
+    }
+}
+#endif

@@ -51,3 +51,32 @@ void fw_transpose2d(int a, int b, int element_size, const void *x, void *y)
         }
     }
 }
+
+#ifdef FW_X86_DISPATCH
+#include <cpuid.h>
+
+/* 1 when the AVX-512 VNNI kernel variants can run: cpuid leaf 7 reports AVX-512 F, BW, VL and
+ * VNNI, and XCR0 says the OS saves the SSE, AVX, opmask and 512-bit register state. Asked once;
+ * a second thread asking at the same time computes the same answer. */
+int fw_x86_vnni(void)
+{
+    static int known = -1;
+    if (known < 0) {
+        unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+        int ok = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 27)); /* OSXSAVE */
+        if (ok) {
+            unsigned int xcr0_low = 0, xcr0_high = 0;
+            __asm__ volatile("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
+            ok = (xcr0_low & 0xe6u) == 0xe6u;
+        }
+        if (ok && __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) {
+            const unsigned int f = 1u << 16, bw = 1u << 30, vl = 1u << 31, vnni = 1u << 11;
+            ok = (ebx & f) && (ebx & bw) && (ebx & vl) && (ecx & vnni);
+        } else {
+            ok = 0;
+        }
+        known = ok;
+    }
+    return known;
+}
+#endif

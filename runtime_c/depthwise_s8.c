@@ -251,3 +251,12 @@ void fw_depthwise_conv2d_s8(const fw_conv_params *p, const int8_t *x, const int8
         }
     }
 }
+
+#if defined(FW_X86_DISPATCH) && !defined(FW_VARIANT_VNNI)
+/* The x86-64 dispatch entry (fwedge_rt.h). */
+void fw_depthwise_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
+                                     const int32_t *multiplier, const int32_t *shift, int8_t *y)
+{
+    (fw_x86_vnni() ? fw_depthwise_conv2d_s8_vnni : fw_depthwise_conv2d_s8)(p, x, w, bias, multiplier, shift, y);
+}
+#endif

@@ -144,3 +144,16 @@ void fw_mul_s8(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x
         y[i] = mul_one(p, x1[broadcast_index(&p->input1, i)], x2[broadcast_index(&p->input2, i)]);
     }
 }
+
+#if defined(FW_X86_DISPATCH) && !defined(FW_VARIANT_VNNI)
+/* The x86-64 dispatch entries (fwedge_rt.h). */
+void fw_add_s8_dispatch(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y)
+{
+    (fw_x86_vnni() ? fw_add_s8_vnni : fw_add_s8)(p, x1, x2, y);
+}
+
+void fw_mul_s8_dispatch(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y)
+{
+    (fw_x86_vnni() ? fw_mul_s8_vnni : fw_mul_s8)(p, x1, x2, y);
+}
+#endif

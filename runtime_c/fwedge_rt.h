@@ -313,6 +313,45 @@ void fw_pad_nhwc(int in_h, int in_w, int in_c, int out_h, int out_w, int out_c, 
 void fw_transpose2d(int a, int b, int element_size, const void *x, void *y);
 
 /* ---------------------------------------------------------------------------------------- */
+/* x86-64 kernel dispatch (the default x86_64 bundle)                                        */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Built with -DFW_X86_DISPATCH (fwedge does so for x86_64 bundles without -m flags), a bundle is
+ * the portable x86-64 baseline plus the int8 conv, depthwise and add/mul kernels compiled a
+ * second time for AVX-512 VNNI (variants/<kernel>_vnni.c, with FW_VNNI_CFLAGS). The generated
+ * model calls the *_dispatch entries (FW_DISPATCH, FW_CONV2D_S8), which run the VNNI variants
+ * when fw_x86_vnni() says the CPU has AVX-512 F/BW/VL and VNNI and the OS saves the 512-bit
+ * state, the baseline kernels otherwise: the binary runs on any x86-64 CPU, and every path gives
+ * the same bytes. The conv dispatch takes the packed weights in both layouts (pairs for the
+ * baseline, quads for VNNI). Other builds call the kernels directly. */
+#define FW_VNNI_CFLAGS "-march=x86-64-v4 -mavx512vnni"
+#ifdef FW_X86_DISPATCH
+int fw_x86_vnni(void);
+void fw_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const fw_conv_weight *pairs, const int8_t *quads,
+                           const int32_t *bias, const int32_t *multiplier, const int32_t *shift, int8_t *y);
+void fw_conv2d_s8_vnni(const fw_conv_params *p, const int8_t *x, const int8_t *quads, const int32_t *bias,
+                       const int32_t *multiplier, const int32_t *shift, int8_t *y);
+void fw_depthwise_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
+                                     const int32_t *multiplier, const int32_t *shift, int8_t *y);
+void fw_depthwise_conv2d_s8_vnni(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
+                                 const int32_t *multiplier, const int32_t *shift, int8_t *y);
+void fw_add_s8_dispatch(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
+void fw_add_s8_vnni(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
+void fw_mul_s8_dispatch(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
+void fw_mul_s8_vnni(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
+#define FW_DISPATCH(name) name##_dispatch
+#define FW_CONV2D_S8(p, x, pairs, quads, bias, multiplier, shift, y) \
+    fw_conv2d_s8_dispatch(p, x, pairs, quads, bias, multiplier, shift, y)
+#else
+#define FW_DISPATCH(name) name
+#if FW_CONV_K_GROUP == 4
+#define FW_CONV2D_S8(p, x, pairs, quads, bias, multiplier, shift, y) fw_conv2d_s8(p, x, quads, bias, multiplier, shift, y)
+#else
+#define FW_CONV2D_S8(p, x, pairs, quads, bias, multiplier, shift, y) fw_conv2d_s8(p, x, pairs, bias, multiplier, shift, y)
+#endif
+#endif
+
+/* ---------------------------------------------------------------------------------------- */
 /* Vector requantization shared by conv2d_s8.c and depthwise_s8.c                            */
 /* ---------------------------------------------------------------------------------------- */
 

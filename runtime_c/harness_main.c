@@ -10,8 +10,9 @@
  *
  * With ITERATIONS > 0 the harness then runs the last sample ITERATIONS more times (after one
  * warm-up run) and prints one line per run, "fwedge-latency-ns <nanoseconds>", measured with
- * clock_gettime(CLOCK_MONOTONIC). Exit status: 0 success, 1 I/O failure, 2 usage or input size,
- * 3 a CPU without the instructions the bundle was built for.
+ * clock_gettime(CLOCK_MONOTONIC); an x86-64 dispatch build first prints "fwedge-kernels <name>",
+ * the kernels it picked for this CPU (avx512-vnni or baseline). Exit status: 0 success, 1 I/O
+ * failure, 2 usage or input size, 3 a CPU without the instructions the bundle was built for.
  */
 #define _POSIX_C_SOURCE 199309L
 
@@ -22,6 +23,9 @@
 #include <time.h>
 
 #include "model.h"
+#ifdef FW_X86_DISPATCH
+#include "fwedge_rt.h"
+#endif
 
 static unsigned char input_buffer[FWEDGE_INPUT_BYTES];
 static unsigned char output_buffer[FWEDGE_OUTPUT_BYTES];
@@ -166,6 +170,10 @@ int main(int argc, char **argv)
         return 1;
     }
     if (iterations > 0) {
+#ifdef FW_X86_DISPATCH
+        /* which kernels the timed runs use (fwedge_rt.h) */
+        printf("fwedge-kernels %s\n", fw_x86_vnni() ? "avx512-vnni" : "baseline");
+#endif
         fwedge_run(inputs, outputs); /* warm-up */
         for (long i = 0; i < iterations; ++i) {
             const long long start = now_ns();

@@ -59,8 +59,23 @@ ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "riscv64": 243, "loongarch64": 258
 # -ffp-contract=off: no fused multiply-add, so float results do not depend on the FMA units of
 # the CPU; -fno-strict-aliasing: tensors of several types share the byte arena.
 C_FLAGS = ["-std=c99", "-O3", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall"]
+# x86-64 dispatch builds (fwedge_rt.h): kernel sources compiled a second time for AVX-512 VNNI,
+# by the wrapper files in runtime_c/variants/, and the flags those are compiled with
+# (FW_VNNI_CFLAGS).
+VNNI_VARIANTS = {"conv2d_s8.c": "conv2d_s8_vnni.c", "depthwise_s8.c": "depthwise_s8_vnni.c",
+                 "elementwise_s8.c": "elementwise_s8_vnni.c"}
+VNNI_CFLAGS = ["-march=x86-64-v4", "-mavx512vnni"]
+DISPATCH_DEFINE = "-DFW_X86_DISPATCH"
 # Stack the kernels need beyond the frames -fstack-usage reports (libm calls, alignment).
 STACK_MARGIN = 512
+
+
+def x86_dispatch(arch: str, cflags: list[str]) -> bool:
+    """Whether a build carries the AVX-512 VNNI kernel variants and picks them at run time: an
+    x86_64 build whose flags choose no instruction set (no -m...), keep the intrinsics and do not
+    opt out with -DFW_NO_DISPATCH (the SSE2 kernels only: less ROM)."""
+    return arch == "x86_64" and not any(flag.startswith("-m") or flag in ("-DFW_NO_INTRINSICS", "-DFW_NO_DISPATCH")
+                                        for flag in cflags)
 
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
@@ -169,6 +184,9 @@ def _compile_object(compiler: list[str], flags: list[str], folder: Path, source:
         digest = hashlib.sha256(json.dumps([compiler, flags, source]).encode())
         digest.update((folder / source).read_bytes())
         digest.update((folder / HEADER).read_bytes())
+        for base, variant in VNNI_VARIANTS.items():  # a variant wrapper includes its kernel source
+            if source == variant:
+                digest.update((folder / base).read_bytes())
         key = cache_dir() / "c-objects" / f"{digest.hexdigest()}.o"
         if key.is_file():
             shutil.copyfile(key, obj)
@@ -184,8 +202,10 @@ def _compile_object(compiler: list[str], flags: list[str], folder: Path, source:
 
 
 def build_binary(folder: Path, sources: list[str], arch: str, cc: str | None = None,
-                 extra_flags: list[str] | None = None, static: bool = True, timeout: float = 600) -> BuildResult:
+                 extra_flags: list[str] | None = None, static: bool = True, timeout: float = 600,
+                 source_flags: dict[str, list[str]] | None = None) -> BuildResult:
     """Compile `sources` (relative to `folder`) one object each, then link folder/bin/fwedge_model.
+    source_flags adds flags for single sources (the VNNI variants of a dispatch build).
 
     Raises:
         ExportError: the compiler failed (its stderr is in the message), or built for another
@@ -200,7 +220,7 @@ def build_binary(folder: Path, sources: list[str], arch: str, cc: str | None = N
         objects = []
         for source in sources:
             obj = Path(build_dir) / (Path(source).stem + ".o")
-            _compile_object(compiler, flags, folder, source, obj, arch, timeout)
+            _compile_object(compiler, flags + (source_flags or {}).get(source, []), folder, source, obj, arch, timeout)
             objects.append(str(obj))
             if source != "main.c":
                 for key, value in elf_sections(obj).items():
@@ -220,8 +240,10 @@ def build_binary(folder: Path, sources: list[str], arch: str, cc: str | None = N
         raise ExportError(f"C target: the compiler {' '.join(compiler)!r} built for ELF machine {sections['machine']}, "
                           f"expected {ELF_MACHINES[arch]} ({arch}); set --cc / $CC to a {arch} compiler")
     command = compiler + flags + (["-static"] if static else []) + ["-I."] + sources + ["-o", BINARY, "-lm"]
+    for source, added in (source_flags or {}).items():  # how the per-source flags were given
+        command += [f"({source}: {' '.join(added)})"]
     return BuildResult(command, _compiler_version(compiler), sections, model_sections,
-                       stack_estimate(folder, sources))
+                       stack_estimate(folder, [source for source in sources if source not in (source_flags or {})]))
 
 
 def stack_estimate(folder: Path, sources: list[str]) -> int | None:
@@ -305,7 +327,8 @@ def elf_sections(path: Path) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def _makefile(program: CProgram, arch: str, compiler: list[str], sources: list[str], cflags: list[str]) -> str:
+def _makefile(program: CProgram, arch: str, compiler: list[str], sources: list[str], cflags: list[str],
+              variants: list[str]) -> str:
     if compiler[:3] == [sys.executable, "-m", "ziglang"]:
         default_cc = "$(PYTHON) -m ziglang cc " + " ".join(compiler[3 + 1:])
     else:
@@ -321,28 +344,42 @@ LDFLAGS ?= -static
 export ZIG_GLOBAL_CACHE_DIR ?= .cache/zig
 export ZIG_LOCAL_CACHE_DIR ?= .cache/zig
 SOURCES = {' '.join(sources)}
+# x86-64 dispatch: kernels compiled again for AVX-512 VNNI, picked at run time (fwedge_rt.h)
+VNNI_CFLAGS = {' '.join(VNNI_CFLAGS)}
+VARIANTS = {' '.join(variants)}
+VARIANT_OBJECTS = $(VARIANTS:%.c=bin/%.o)
 
-{BINARY}: $(SOURCES) model.h {HEADER}
+{BINARY}: $(SOURCES) $(VARIANT_OBJECTS) model.h {HEADER}
 \tmkdir -p bin
-\t$(CC) $(CFLAGS) $(LDFLAGS) -I. $(SOURCES) -o $@ -lm
+\t$(CC) $(CFLAGS) $(LDFLAGS) -I. $(SOURCES) $(VARIANT_OBJECTS) -o $@ -lm
+
+bin/%_vnni.o: %_vnni.c %.c {HEADER}
+\tmkdir -p bin
+\t$(CC) $(CFLAGS) $(VNNI_CFLAGS) -I. -c $< -o $@
 
 clean:
-\trm -f {BINARY}
+\trm -f {BINARY} $(VARIANT_OBJECTS)
 
 .PHONY: clean
 """
 
 
-def _cmakelists(sources: list[str]) -> str:
+def _cmakelists(sources: list[str], variants: list[str]) -> str:
+    dispatch = ""
+    if variants:
+        dispatch = (f"# x86-64 dispatch: kernels compiled again for AVX-512 VNNI, picked at run time (fwedge_rt.h)\n"
+                    f"target_compile_definitions(fwedge_model PRIVATE {DISPATCH_DEFINE[2:]})\n"
+                    f"set_source_files_properties({' '.join(variants)} PROPERTIES COMPILE_OPTIONS "
+                    f"\"{';'.join(VNNI_CFLAGS)}\")\n")
     return f"""# Rebuild this fwedge C bundle with CMake; cross-compile with -DCMAKE_TOOLCHAIN_FILE=<vendor file>.
 cmake_minimum_required(VERSION 3.10)
 project(fwedge_model C)
 set(CMAKE_C_STANDARD 99)
 set(CMAKE_C_STANDARD_REQUIRED ON)
-add_executable(fwedge_model {' '.join(sources)})
+add_executable(fwedge_model {' '.join(sources + variants)})
 target_include_directories(fwedge_model PRIVATE ${{CMAKE_CURRENT_SOURCE_DIR}})
 target_compile_options(fwedge_model PRIVATE -O3 -ffp-contract=off -fno-strict-aliasing)
-target_link_libraries(fwedge_model m)
+{dispatch}target_link_libraries(fwedge_model m)
 """
 
 
@@ -375,6 +412,10 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
     sources = ["main.c", "model.c", *kernels]
     compiler = compiler_command(arch, options.cc) if options.build else []
     cflags = [str(flag) for flag in options.extra.get("cflags", [])]
+    # The default x86_64 build: baseline kernels plus their VNNI variants, picked at run time.
+    variants = [VNNI_VARIANTS[k] for k in kernels if k in VNNI_VARIANTS] if x86_dispatch(arch, cflags) else []
+    if variants:
+        cflags = cflags + [DISPATCH_DEFINE]
     facts: dict = {}
 
     def write_files(folder: Path) -> dict:
@@ -385,8 +426,10 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
         shutil.copyfile(runtime / HEADER, folder / HEADER)
         for kernel in kernels:
             shutil.copyfile(runtime / kernel, folder / kernel)
-        (folder / "Makefile").write_text(_makefile(program, arch, compiler or ["cc"], sources, cflags))
-        (folder / "CMakeLists.txt").write_text(_cmakelists(sources))
+        for variant in variants:
+            shutil.copyfile(runtime / "variants" / variant, folder / variant)
+        (folder / "Makefile").write_text(_makefile(program, arch, compiler or ["cc"], sources, cflags, variants))
+        (folder / "CMakeLists.txt").write_text(_cmakelists(sources, variants))
         sizes = {
             "arena_bytes": program.plan.arena_bytes,
             "arena_lower_bound_bytes": program.plan.lower_bound_bytes,
@@ -395,7 +438,8 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
             "io_buffer_bytes": sum(int(np.prod(s)) * np.dtype(d).itemsize for _, s, d in program.inputs + program.outputs),
         }
         if options.build:
-            result = build_binary(folder, sources, arch, options.cc, extra_flags=cflags)
+            result = build_binary(folder, sources + variants, arch, options.cc, extra_flags=cflags,
+                                  source_flags={variant: VNNI_CFLAGS for variant in variants})
             whole, model_part = result.sections, result.model_sections
             stack = result.stack_estimate_bytes or 0
             sizes.update({
@@ -420,6 +464,8 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
                for name, shape, dtype in program.outputs]
     extra = {
         "kernels": kernels,
+        # x86-64 dispatch: these kernels also built for AVX-512 VNNI, chosen at run time
+        "kernel_variants": {"avx512_vnni": variants} if variants else {},
         "binary": BINARY if options.build else None,
         "ops": len(graph.ops),
         "float_ops": list(graph.float_ops),
@@ -520,6 +566,18 @@ def parse_harness_latencies(stdout: str) -> list[float]:
         if line.startswith(LATENCY_PREFIX + " "):
             values.append(int(line.split()[1]) / 1e6)
     return values
+
+
+KERNELS_PREFIX = "fwedge-kernels"
+
+
+def parse_harness_kernels(stdout: str) -> str | None:
+    """The kernels an x86-64 dispatch build picked ("avx512-vnni" or "baseline"), from its
+    `fwedge-kernels` line; None for other builds."""
+    for line in stdout.splitlines():
+        if line.startswith(KERNELS_PREFIX + " "):
+            return line.split()[1]
+    return None
 
 
 def launcher(arch: str) -> list[str]:

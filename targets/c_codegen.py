@@ -162,19 +162,18 @@ class _Emitter:
         self.weights_bytes += int(data.size) * _ITEM_BYTES[dtype]
         return c_name
 
-    def array_by_k_group(self, hint: str, layouts: dict[int, np.ndarray], dtype: str) -> str:
-        """One constant array per FW_CONV_K_GROUP layout under #if, one C name: the build
-        compiles in the layout its kernels read. weights_bytes counts the pair layout."""
-        c_name = self.fresh("k")
-        parts = []
-        for index, (group, data) in enumerate(sorted(layouts.items())):
-            keyword = "#if" if index == 0 else "#elif"
-            parts.append(f"{keyword} FW_CONV_K_GROUP == {group}\n" + c_array(c_name, data, dtype))
-        groups = ", ".join(str(group) for group in sorted(layouts))
-        parts.append(f"#else\n#error \"FW_CONV_K_GROUP: this model.c has weights for {groups}\"\n#endif\n")
-        self.declarations.append(f"/* {c_comment(hint)} */\n" + "".join(parts))
-        self.weights_bytes += int(np.asarray(layouts[min(layouts)]).size) * _ITEM_BYTES[dtype]
-        return c_name
+    def conv_layouts(self, hint: str, layouts: dict[int, np.ndarray]) -> tuple[str, str]:
+        """The packed int8 conv weights in the pair and the quad layout, each under #if: a build
+        compiles in the one its kernels read (FW_CONV_K_GROUP), the x86-64 dispatch build both.
+        Returns their C names (pairs, quads) for FW_CONV2D_S8. weights_bytes counts the pairs."""
+        pairs, quads = self.fresh("k"), self.fresh("k")
+        self.declarations.append(
+            f"/* {c_comment(hint)}, G = 2 and G = 4 */\n"
+            "#if FW_CONV_K_GROUP == 2 || defined(FW_X86_DISPATCH)\n" + c_array(pairs, layouts[2], "conv_s8")
+            + "#endif\n#if FW_CONV_K_GROUP == 4 || defined(FW_X86_DISPATCH)\n" + c_array(quads, layouts[4], "int8")
+            + "#endif\n")
+        self.weights_bytes += int(np.asarray(layouts[2]).size) * _ITEM_BYTES["conv_s8"]
+        return pairs, quads
 
     def struct(self, type_name: str, fields: dict) -> str:
         name = self.fresh("p")
@@ -284,8 +283,9 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
         "float_min": float_min, "float_max": float_max,
     }
     params = e.struct("fw_conv_params", fields)
-    if isinstance(weights, dict):
-        weight_name = e.array_by_k_group(f"{W.name} ([M/8][kh*kw*C/G][8][G] packed)", weights, "conv_s8")
+    packed = isinstance(weights, dict)
+    if packed:
+        pairs, quads = e.conv_layouts(f"{W.name} ([M/8][kh*kw*C/G][8][G] packed)", weights)
     else:
         layout = ("[kh][kw][M]" if depthwise else "[M][kh][kw][C/g]" if int8 else "[g][kh][kw][C/g][M/g]")
         weight_name = e.array(f"{W.name} ({layout})", weights, "conv_s8" if int8 and not depthwise else W.dtype)
@@ -295,8 +295,13 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
     if int8:
         multiplier = e.array(f"{op.name} multiplier", _per_channel(attrs.requant.multiplier, c_out), "int32")
         shift = e.array(f"{op.name} shift", _per_channel(attrs.requant.shift, c_out), "int32")
-        e.call(op, f"{function}(&{params}, {e.pointer(X.name)}, {weight_name}, {bias_name}, {multiplier}, "
-                   f"{shift}, {e.pointer(Y.name)});")
+        if packed:  # the layout the build reads, or both for the x86-64 dispatch (fwedge_rt.h)
+            e.call(op, f"FW_CONV2D_S8(&{params}, {e.pointer(X.name)}, {pairs}, {quads}, {bias_name}, {multiplier}, "
+                       f"{shift}, {e.pointer(Y.name)});")
+        else:
+            callee = f"FW_DISPATCH({function})" if depthwise else function
+            e.call(op, f"{callee}(&{params}, {e.pointer(X.name)}, {weight_name}, {bias_name}, {multiplier}, "
+                       f"{shift}, {e.pointer(Y.name)});")
     else:
         e.call(op, f"{function}(&{params}, {e.pointer(X.name)}, {weight_name}, {bias_name}, {e.pointer(Y.name)});")
 
@@ -377,8 +382,10 @@ def emit_elementwise(e: _Emitter, op: LoweredOp) -> None:
                        "activation_min": r.act_min, "activation_max": r.act_max})
     params = e.struct("fw_elementwise_params", fields)
     e.kernels.add(f"elementwise_{_suffix(Y.dtype)}.c")
-    e.call(op, f"fw_{op.kind}_{_suffix(Y.dtype)}(&{params}, {e.pointer(A.name)}, {e.pointer(B.name)}, "
-               f"{e.pointer(Y.name)});")
+    function = f"fw_{op.kind}_{_suffix(Y.dtype)}"
+    if int8:  # the x86-64 dispatch build picks the kernel variant (fwedge_rt.h)
+        function = f"FW_DISPATCH({function})"
+    e.call(op, f"{function}(&{params}, {e.pointer(A.name)}, {e.pointer(B.name)}, {e.pointer(Y.name)});")
 
 
 def _pool_fields(X: LoweredTensor, Y: LoweredTensor, kernel, strides, pads) -> dict:

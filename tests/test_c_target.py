@@ -117,6 +117,34 @@ def test_runtime_unit_tests_pass_with_vnni_kernels_under_sanitizers(tmp_path):
     _run_unit_tests(["cc", "-std=c99", *SANITIZE, *AVX512_VNNI], tmp_path)
 
 
+VNNI_CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
+
+
+@pytest.mark.qemu("x86_64")
+@pytest.mark.skipif(host_arch() != "x86_64", reason="the x86-64 dispatch build runs on x86_64 hosts")
+def test_runtime_unit_tests_pass_in_the_x86_dispatch_build_on_both_paths(tmp_path):
+    """The default x86_64 build: baseline kernels with -DFW_X86_DISPATCH plus the VNNI variants
+    (runtime_c/variants, compiled with their flags). Natively the dispatch takes the VNNI kernels
+    when the CPU has them; under qemu-x86_64 (no AVX-512) the baseline ones. Both pass."""
+    from fwedge.targets.c import VNNI_CFLAGS
+
+    common = ["cc", "-std=c99", "-O3", "-Wall", "-Wextra", "-Werror", "-pedantic", "-DFW_X86_DISPATCH",
+              "-I", str(source_dir())]
+    objects = []
+    for variant in sorted((source_dir() / "variants").glob("*_vnni.c")):
+        obj = tmp_path / f"{variant.stem}.o"
+        done = subprocess.run(common + VNNI_CFLAGS + ["-c", str(variant), "-o", str(obj)], capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, f"compiling {variant.name}:\n{done.stderr[-3000:]}"
+        objects.append(str(obj))
+    assert len(objects) == 3, objects
+    native = _run_unit_tests(common + objects, tmp_path)
+    picked = "AVX-512 VNNI" if VNNI_CPU_FLAGS <= _host_cpu_flags() else "baseline"
+    assert f"the {picked} kernels run" in native, native[:300]
+    emulated = _run_unit_tests(common + objects, tmp_path, launcher=["qemu-x86_64"])
+    assert "the baseline kernels run" in emulated, emulated[:300]
+
+
 @pytest.mark.zig
 @pytest.mark.qemu(QEMU_ARCH)
 def test_runtime_unit_tests_pass_under_qemu(tmp_path):
@@ -324,6 +352,67 @@ def test_bundle_built_for_missing_instructions_exits_3_with_a_message(tmp_path):
     assert done.returncode == 0, done.stderr
     expected = c_target().run(portable, {"input": x})["logits"]
     assert (tmp_path / "out.bin").read_bytes() == expected.astype("<f4").tobytes()
+
+
+@pytest.mark.qemu("x86_64")
+@pytest.mark.skipif(host_arch() != "x86_64", reason="the x86-64 dispatch build runs on x86_64 hosts")
+def test_default_x86_64_bundle_picks_its_kernels_at_run_time_with_the_portable_bytes(tmp_path):
+    """The default x86_64 int8 bundle carries the VNNI variants of its conv, depthwise and add
+    kernels and says which kernels it ran: the VNNI ones natively on a CPU with AVX-512 VNNI, the
+    baseline under qemu-x86_64. Outputs are the bytes of the portable C loops."""
+    c = c_target()
+    model = mobilenet_like()
+    qdq = int8_model(model)
+    x = _calibration(model, 6)
+    bundle = export(qdq, tmp_path / "default")
+    assert bundle.extra["kernel_variants"] == {
+        "avx512_vnni": ["conv2d_s8_vnni.c", "depthwise_s8_vnni.c", "elementwise_s8_vnni.c"]}
+    assert "-DFW_X86_DISPATCH" in bundle.extra["cflags"]
+    portable = export(qdq, tmp_path / "loops", extra={"cflags": ["-DFW_NO_INTRINSICS"]})
+    assert portable.extra["kernel_variants"] == {}
+    expected = c.run(portable, {"input": x})["logits"].astype("<f4").tobytes()
+    baseline_only = export(qdq, tmp_path / "opt-out", extra={"cflags": ["-DFW_NO_DISPATCH"]})
+    assert baseline_only.extra["kernel_variants"] == {}
+    assert baseline_only.sizes["rom_bytes"] < bundle.sizes["rom_bytes"]
+    assert c.run(baseline_only, {"input": x})["logits"].astype("<f4").tobytes() == expected
+    c.write_harness_input(bundle, {"input": x}, tmp_path / "in.bin")
+    binary = str(bundle.file("bin/fwedge_model"))
+    picked = "avx512-vnni" if VNNI_CPU_FLAGS <= _host_cpu_flags() else "baseline"
+    for launcher, kernels in (([], picked), (["qemu-x86_64"], "baseline")):
+        done = subprocess.run(launcher + [binary, "in.bin", "out.bin", "6", "2"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert c.parse_harness_kernels(done.stdout) == kernels, (launcher, done.stdout[:200])
+        assert (tmp_path / "out.bin").read_bytes() == expected, f"{kernels} kernels: 'logits' bytes differ"
+
+
+@pytest.mark.build_tools
+@pytest.mark.skipif(host_arch() != "x86_64", reason="the x86-64 dispatch build runs on x86_64 hosts")
+def test_dispatch_bundle_rebuilds_with_its_makefile_and_cmakelists(tmp_path):
+    """The bundle's own build files compile the VNNI variants with their flags."""
+    c = c_target()
+    model = mobilenet_like()
+    qdq = int8_model(model)
+    x = _calibration(model, 3)
+    bundle = export(qdq, tmp_path / "b")
+    expected = c.run(bundle, {"input": x})["logits"]
+    folder = tmp_path / "copy"
+    shutil.copytree(bundle.path, folder)
+    (folder / "bin" / "fwedge_model").unlink()
+    build = tmp_path / "cmake"
+    for argv in (["make", "-C", str(folder), "CC=cc", "LDFLAGS="],
+                 ["cmake", "-S", str(bundle.path), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
+                 ["cmake", "--build", str(build)]):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{argv}: {done.stdout[-1500:]}{done.stderr[-1500:]}"
+    c.write_harness_input(bundle, {"input": x}, tmp_path / "in.bin")
+    for binary in (folder / "bin" / "fwedge_model", build / "fwedge_model"):
+        done = subprocess.run([str(binary), "in.bin", "out.bin", "3", "1"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert c.parse_harness_kernels(done.stdout) in ("avx512-vnni", "baseline"), done.stdout[:200]
+        np.testing.assert_array_equal(c.read_harness_output(bundle, tmp_path / "out.bin", 3)["logits"], expected,
+                                      err_msg=f"{binary}: 'logits'")
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,9 +22,10 @@ TARGET_NAMES = ("onnx", "openvino", "tflite", "ncnn", "x86_64", "aarch64", "risc
 @click.option("--cc", metavar="CC", help="C compiler command for C targets (default: zig cc / host cc).")
 @click.option("--no-build", is_flag=True, help="C targets: write sources only, do not compile.")
 @click.option("--cflags", metavar="FLAGS",
-              help="C targets: extra compiler flags, e.g. --cflags=-march=x86-64-v3 for an AVX2 host build, "
-                   "--cflags=-march=native on a CPU with AVX-512 VNNI or AVX-VNNI for the VNNI conv kernels "
-                   "(default: the portable baseline of the architecture).")
+              help="C targets: extra compiler flags. Default: the portable baseline of the architecture; "
+                   "on x86_64 the baseline plus AVX-512 VNNI kernels picked at run time (--cflags=-DFW_NO_DISPATCH: "
+                   "the baseline only, less ROM). --cflags=-march=native builds for this CPU only, "
+                   "--cflags=-march=x86-64-v3 for AVX2 CPUs.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
               help="Fix a dynamic input shape before export, e.g. x=1,3,48,192. Repeatable.")
 @preprocess_option()

@@ -97,13 +97,28 @@ static void test_conv_s8_case(int in_h, int in_w, int in_c, int out_c, int k, in
     }
     const int n = p.out_h * p.out_w * out_c;
     memset(y, 0x55, sizeof y);
-    if (depthwise) fw_depthwise_conv2d_s8(&p, x, w, bias, mult, shift, y);
+    if (depthwise) FW_DISPATCH(fw_depthwise_conv2d_s8)(&p, x, w, bias, mult, shift, y);
     else {
         const size_t packed_size = fw_conv2d_s8_packed_size(&p);
         CHECK(packed_size <= sizeof packed / sizeof packed[0], "%s: packed weights need %d elements", name, (int)packed_size);
         memset(packed, 0x55, sizeof packed);
         fw_pack_conv2d_s8_weights(&p, w, packed);
-        fw_conv2d_s8(&p, x, packed, bias, mult, shift, y);
+#ifdef FW_X86_DISPATCH
+        /* the dispatch build: both layouts, as model.c holds them (the quads packed here, in
+         * plain C: the variant's own packer is AVX-512 code) */
+        static int8_t quads[24576];
+        const int filter = k * k * in_c, padded = (filter + 3) / 4 * 4;
+        CHECK((out_c + 7) / 8 * 8 * padded <= (int)sizeof quads, "%s: quad weights too large", name);
+        for (int oc = 0; oc < (out_c + 7) / 8 * 8; ++oc) {
+            for (int i = 0; i < padded; ++i) {
+                quads[((oc / 8) * padded + i / 4 * 4) * 8 + (oc % 8) * 4 + i % 4] =
+                    oc < out_c && i < filter ? w[oc * filter + i] : 0;
+            }
+        }
+        FW_CONV2D_S8(&p, x, packed, quads, bias, mult, shift, y);
+#else
+        FW_CONV2D_S8(&p, x, packed, packed, bias, mult, shift, y);
+#endif
     }
     naive_conv_s8(&p, depthwise, x, w, bias, mult, shift, ref);
     int mismatches = 0, saturated = 0;
@@ -234,7 +249,7 @@ static void test_elementwise(void)
     p.activation_min = -128; p.activation_max = 127;
     const int8_t a[4] = {1, 11, -100, 127}, b[4] = {-1, 9, -100, 127};
     int8_t y[4];
-    fw_add_s8(&p, a, b, y);
+    FW_DISPATCH(fw_add_s8)(&p, a, b, y);
     CHECK_EQ_INT(y[0], 3, "add zero");
     CHECK_EQ_INT(y[1], 23, "add 10 + 10");
     CHECK_EQ_INT(y[2], -128, "add saturates low");
@@ -244,11 +259,11 @@ static void test_elementwise(void)
     p.input1_zero_point = 0; p.input2_zero_point = 0; p.output_zero_point = 0;
     p.output_multiplier = 1 << 30; p.output_shift = 0; /* 0.5 */
     const int8_t c[2] = {2, -4};
-    fw_mul_s8(&p, a, c, y);
+    FW_DISPATCH(fw_mul_s8)(&p, a, c, y);
     CHECK(y[0] == 1 && y[1] == -22 && y[2] == -100 && y[3] == -128, "mul broadcast: %d %d %d %d", y[0], y[1], y[2], y[3]);
     /* Per-pixel map broadcast: divisor 2 (channels), modulus 2 (pixels). */
     p.input2.divisor = 2;
-    fw_mul_s8(&p, a, c, y);
+    FW_DISPATCH(fw_mul_s8)(&p, a, c, y);
     CHECK(y[0] == 1 && y[1] == 11 && y[2] == -128 + 0 * 200 + (y[2] - -128) && y[3] == -128,
           "mul pixel broadcast: %d %d %d %d", y[0], y[1], y[2], y[3]);
     CHECK_EQ_INT(y[2], 127, "mul pixel broadcast -100 * -4 / 2 saturates");
@@ -271,7 +286,7 @@ static void test_elementwise(void)
             q.output_multiplier = fw_test_rand(1 << 30, 0x7fffffff); q.output_shift = fw_test_rand(-21, -19);
             q.activation_min = round == 3 ? q.output_zero_point : -128; q.activation_max = 127;
             ya[q.size] = 0x55;
-            fw_add_s8(&q, xa, xb, ya);
+            FW_DISPATCH(fw_add_s8)(&q, xa, xb, ya);
             for (int i = 0; i < q.size; ++i) {
                 const int32_t s1 = fw_multiply_by_quantized_multiplier((xa[i] - q.input1_zero_point) * (1 << 20),
                                                                        q.input1_multiplier, q.input1_shift);
@@ -418,6 +433,9 @@ static void test_data_movement(void)
 
 int main(void)
 {
+#ifdef FW_X86_DISPATCH
+    printf("x86-64 dispatch build: the %s kernels run\n", fw_x86_vnni() ? "AVX-512 VNNI" : "baseline");
+#endif
     test_fixed_point();
     test_conv_s8();
     test_conv_f32();

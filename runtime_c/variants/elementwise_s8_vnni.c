@@ -1,0 +1,9 @@
+/* elementwise_s8.c compiled for AVX-512 VNNI (FW_VNNI_CFLAGS): the variants fw_add_s8_dispatch
+ * and fw_mul_s8_dispatch run on CPUs that have it, in x86-64 dispatch builds (fwedge_rt.h). */
+#define FW_VARIANT_VNNI 1
+#define fw_add_s8 fw_add_s8_vnni
+#define fw_mul_s8 fw_mul_s8_vnni
+#include "elementwise_s8.c"
+#ifndef FW_CONV_VNNI_512
+#error "elementwise_s8_vnni.c must be compiled with -march=x86-64-v4 -mavx512vnni (FW_VNNI_CFLAGS)"
+#endif

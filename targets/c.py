@@ -407,7 +407,8 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
     arch = options.arch if options.arch in C_ARCHES else host_arch()
     precision = resolve_precision(model, options.precision, TARGET)
     graph = lower(model, target=arch)
-    program = generate(graph, options.source_sha256)
+    # Only x86 builds read the quad layout of the conv weights (the VNNI kernels).
+    program = generate(graph, options.source_sha256, quads=arch == "x86_64")
     kernels = program.kernels
     sources = ["main.c", "model.c", *kernels]
     compiler = compiler_command(arch, options.cc) if options.build else []

@@ -123,9 +123,10 @@ class CProgram:
 class _Emitter:
     """State of one generation: constant arrays, parameter structs and the call sequence."""
 
-    def __init__(self, graph: LoweredGraph, plan: MemoryPlan):
+    def __init__(self, graph: LoweredGraph, plan: MemoryPlan, quads: bool = True):
         self.graph = graph
         self.plan = plan
+        self.quads = quads
         self.declarations: list[str] = []
         self.body: list[str] = []
         self.kernels: set[str] = set(ALWAYS_KERNELS)
@@ -165,13 +166,17 @@ class _Emitter:
     def conv_layouts(self, hint: str, layouts: dict[int, np.ndarray]) -> tuple[str, str]:
         """The packed int8 conv weights in the pair and the quad layout, each under #if: a build
         compiles in the one its kernels read (FW_CONV_K_GROUP), the x86-64 dispatch build both.
-        Returns their C names (pairs, quads) for FW_CONV2D_S8. weights_bytes counts the pairs."""
+        Returns their C names (pairs, quads) for FW_CONV2D_S8. weights_bytes counts the pairs.
+        Without self.quads (a non-x86 model.c, whose builds all read pairs) only the pairs."""
         pairs, quads = self.fresh("k"), self.fresh("k")
-        self.declarations.append(
-            f"/* {c_comment(hint)}, G = 2 and G = 4 */\n"
-            "#if FW_CONV_K_GROUP == 2 || defined(FW_X86_DISPATCH)\n" + c_array(pairs, layouts[2], "conv_s8")
-            + "#endif\n#if FW_CONV_K_GROUP == 4 || defined(FW_X86_DISPATCH)\n" + c_array(quads, layouts[4], "int8")
-            + "#endif\n")
+        if not self.quads:
+            self.declarations.append(f"/* {c_comment(hint)}, G = 2 */\n" + c_array(pairs, layouts[2], "conv_s8"))
+        else:
+            self.declarations.append(
+                f"/* {c_comment(hint)}, G = 2 and G = 4 */\n"
+                "#if FW_CONV_K_GROUP == 2 || defined(FW_X86_DISPATCH)\n" + c_array(pairs, layouts[2], "conv_s8")
+                + "#endif\n#if FW_CONV_K_GROUP == 4 || defined(FW_X86_DISPATCH)\n" + c_array(quads, layouts[4], "int8")
+                + "#endif\n")
         self.weights_bytes += int(np.asarray(layouts[2]).size) * _ITEM_BYTES["conv_s8"]
         return pairs, quads
 
@@ -585,12 +590,14 @@ def lifetimes(graph: LoweredGraph) -> list[Buffer]:
     return [Buffer(name, nbytes(graph.tensors[name]), first[name], last[name]) for name in first]
 
 
-def generate(graph: LoweredGraph, source_sha256: str = "") -> CProgram:
+def generate(graph: LoweredGraph, source_sha256: str = "", quads: bool = True) -> CProgram:
     """Generate model.c and model.h for a lowered graph.
 
     Args:
         graph: the lowered graph (batch 1).
         source_sha256: recorded in the generated header comment.
+        quads: also write the packed conv weights in the quad layout (x86 builds: VNNI kernels);
+            without it model.c holds the pairs only and refuses a build that reads quads.
 
     Returns:
         The CProgram.
@@ -602,7 +609,7 @@ def generate(graph: LoweredGraph, source_sha256: str = "") -> CProgram:
     if missing:
         raise ExportError("C target: no emitter for " + ", ".join(f"{op.name} ({op.kind})" for op in missing))
     plan = plan_memory(lifetimes(graph), ALIGNMENT)
-    e = _Emitter(graph, plan)
+    e = _Emitter(graph, plan, quads)
     for index, name in enumerate(graph.inputs):
         X = graph.tensors[name]
         line = None
@@ -633,6 +640,9 @@ def generate(graph: LoweredGraph, source_sha256: str = "") -> CProgram:
     model_c = (
         banner
         + "#include <math.h>\n#include <stdint.h>\n#include <string.h>\n\n#include \"fwedge_rt.h\"\n#include \"model.h\"\n\n"
+        + ("" if quads else "#if FW_CONV_K_GROUP != 2 || defined(FW_X86_DISPATCH)\n#error \"this model.c holds the "
+                            "packed conv weights in the pair layout only: export the model for x86_64 for the VNNI "
+                            "kernels\"\n#endif\n\n")
         + f"static union {{\n    uint8_t bytes[{max(plan.arena_bytes, 1)}];\n    int64_t align;\n}} fw_arena;\n\n"
         + "#define FW_TENSOR(type, offset) ((type *)(fw_arena.bytes + (offset)))\n\n"
         + "\n".join(e.declarations)

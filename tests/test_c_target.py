@@ -368,6 +368,11 @@ def test_default_x86_64_bundle_picks_its_kernels_at_run_time_with_the_portable_b
     assert bundle.extra["kernel_variants"] == {
         "avx512_vnni": ["conv2d_s8_vnni.c", "depthwise_s8_vnni.c", "elementwise_s8_vnni.c"]}
     assert "-DFW_X86_DISPATCH" in bundle.extra["cflags"]
+    # model.c: both conv weight layouts for x86_64, the pairs only for the other architectures
+    assert "G = 2 and G = 4" in bundle.file("model.c").read_text()
+    arm = c.export(qdq, tmp_path / "arm", ExportOptions(arch="aarch64", build=False))
+    arm_source = arm.file("model.c").read_text()
+    assert "G = 4" not in arm_source and "G = 2 */" in arm_source and "#error" in arm_source
     portable = export(qdq, tmp_path / "loops", extra={"cflags": ["-DFW_NO_INTRINSICS"]})
     assert portable.extra["kernel_variants"] == {}
     expected = c.run(portable, {"input": x})["logits"].astype("<f4").tobytes()

@@ -9,9 +9,9 @@ folding). The C time comes from the harness's own clock_gettime around fwedge_ru
 quantize to output dequantize, no process start-up); onnxruntime's and LiteRT's from
 perf_counter around session.run / interpreter.invoke. Runtimes are interleaved in rounds and the
 p50 is taken over all rounds. Prints the table and the ratios C / peer (< 1: C is faster).
-"C int8" is the default x86_64 bundle: the x86-64 baseline (SSE2) kernels plus AVX-512 VNNI
-variants of the conv, depthwise and add kernels, picked at run time (it runs on any x86-64 CPU;
-the line under the table says which kernels it ran here). "C int8 x86-64-v3" is the same model
+"C int8" is the default x86_64 bundle: the x86-64 baseline (SSE2) kernels plus AVX2 and AVX-512
+VNNI variants of the conv, depthwise and add kernels, the widest the CPU has picked at run time
+(it runs on any x86-64 CPU; the line under the table says which kernels it ran here). "C int8 x86-64-v3" is the same model
 built with -march=x86-64-v3 (AVX2 only; `fwedge export --cflags=-march=x86-64-v3`) and "C int8
 native" with -march=native (on a CPU with AVX-512 VNNI or AVX-VNNI: the VNNI kernels everywhere,
 compiled for this CPU only); both are measured only on a CPU with AVX2. LiteRT picks its XNNPACK

@@ -512,6 +512,17 @@ static inline __m256i pixel_step(const fw_tile_value *xv, int t)
 /* acc + the step's products of x and w per int32 lane: vpdpbusd (u8 quads) in VNNI builds,
  * vpmaddwd + vpaddd (int16 pairs) otherwise. (Product first, then the accumulator: gcc then
  * adds into the accumulator's register instead of copying every sum back.) */
+static inline __m256i step_weights(const fw_conv_weight *w)
+{
+    /* One tile GEMM step of eight channels' weights: int8 quads (VNNI) or int16 pairs, 32 bytes;
+     * int8 pairs (an x86-64 dispatch build's AVX2 variant) widened from 16. */
+#if defined(FW_CONV_VNNI) || defined(FW_CONV_WEIGHT_INT16)
+    return _mm256_loadu_si256((const __m256i *)w);
+#else
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w));
+#endif
+}
+
 static inline __m256i step_products(__m256i acc, __m256i x, __m256i w)
 {
 #ifdef FW_CONV_VNNI
@@ -535,7 +546,7 @@ static void tile_gemm(int steps, const fw_tile_value *tile, const fw_conv_weight
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
     for (int i = 0; i < steps; ++i) {
         const fw_tile_value *xv = tile + i * FW_CONV_K_GROUP * FW_TILE_PIXELS;
-        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + i * FW_CONV_K_GROUP * FW_CONV_BLOCK));
+        const __m256i wv = step_weights(w + i * FW_CONV_K_GROUP * FW_CONV_BLOCK);
         a0 = step_products(a0, pixel_step(xv, 0), wv);
         a1 = step_products(a1, pixel_step(xv, 1), wv);
         a2 = step_products(a2, pixel_step(xv, 2), wv);
@@ -604,8 +615,8 @@ static void tile_gemm2(int steps, const fw_tile_value *tile, const fw_conv_weigh
     }
     for (int i = 0; i < steps; ++i) {
         const fw_tile_value *xv = tile + i * FW_CONV_K_GROUP * FW_TILE_PIXELS;
-        const __m256i v = _mm256_loadu_si256((const __m256i *)(w0 + i * FW_CONV_K_GROUP * FW_CONV_BLOCK));
-        const __m256i u = _mm256_loadu_si256((const __m256i *)(w1 + i * FW_CONV_K_GROUP * FW_CONV_BLOCK));
+        const __m256i v = step_weights(w0 + i * FW_CONV_K_GROUP * FW_CONV_BLOCK);
+        const __m256i u = step_weights(w1 + i * FW_CONV_K_GROUP * FW_CONV_BLOCK);
         for (int t = 0; t < FW_TILE_PIXELS; ++t) {
             const __m256i y = pixel_step(xv, t);
             a[t] = step_products(a[t], y, v);
@@ -789,14 +800,17 @@ void fw_conv2d_s8(const fw_conv_params *p, const int8_t *x, const fw_conv_weight
     }
 }
 
-#if defined(FW_X86_DISPATCH) && !defined(FW_VARIANT_VNNI)
-/* The x86-64 dispatch entry (fwedge_rt.h): the VNNI variant reads the quads, this file's
- * baseline kernel the pairs (groups > 1: the OHWI copy, always the baseline). */
+#if defined(FW_X86_DISPATCH) && !defined(FW_VARIANT)
+/* The x86-64 dispatch entry (fwedge_rt.h): the VNNI variant reads the quads, the AVX2 variant
+ * and this file's baseline kernel the pairs (groups > 1: the OHWI copy, never the quads). */
 void fw_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const fw_conv_weight *pairs, const int8_t *quads,
                            const int32_t *bias, const int32_t *multiplier, const int32_t *shift, int8_t *y)
 {
-    if (p->groups == 1 && fw_x86_vnni()) {
+    const int level = fw_x86_level();
+    if (level == FW_X86_AVX512_VNNI && p->groups == 1) {
         fw_conv2d_s8_vnni(p, x, quads, bias, multiplier, shift, y);
+    } else if (level >= FW_X86_AVX2) {
+        fw_conv2d_s8_avx2(p, x, pairs, bias, multiplier, shift, y);
     } else {
         fw_conv2d_s8(p, x, pairs, bias, multiplier, shift, y);
     }

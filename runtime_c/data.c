@@ -55,28 +55,46 @@ void fw_transpose2d(int a, int b, int element_size, const void *x, void *y)
 #ifdef FW_X86_DISPATCH
 #include <cpuid.h>
 
-/* 1 when the AVX-512 VNNI kernel variants can run: cpuid leaf 7 reports AVX-512 F, BW, VL and
- * VNNI, and XCR0 says the OS saves the SSE, AVX, opmask and 512-bit register state. Asked once;
- * a second thread asking at the same time computes the same answer. */
-int fw_x86_vnni(void)
+/* The widest kernel variant this CPU runs (fwedge_rt.h), from cpuid and XCR0: FW_X86_AVX2 needs
+ * every x86-64-v3 extension the compiler may use there (AVX, AVX2, FMA, F16C, MOVBE, BMI1,
+ * BMI2, LZCNT) and the OS saving the SSE and AVX state; FW_X86_AVX512_VNNI also AVX-512 F, BW,
+ * CD, DQ, VL and VNNI with the opmask and 512-bit state saved. Asked once; a second thread
+ * asking at the same time computes the same answer. */
+int fw_x86_level(void)
 {
     static int known = -1;
     if (known < 0) {
-        unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
-        int ok = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 27)); /* OSXSAVE */
-        if (ok) {
-            unsigned int xcr0_low = 0, xcr0_high = 0;
-            __asm__ volatile("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
-            ok = (xcr0_low & 0xe6u) == 0xe6u;
+        unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0, xcr0 = 0, high = 0;
+        int level = FW_X86_BASELINE;
+        const unsigned int fma = 1u << 12, movbe = 1u << 22, osxsave = 1u << 27, avx = 1u << 28, f16c = 1u << 29;
+        if (__get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & osxsave)) {
+            const int v3_leaf1 = (ecx & fma) && (ecx & movbe) && (ecx & avx) && (ecx & f16c);
+            __asm__ volatile("xgetbv" : "=a"(xcr0), "=d"(high) : "c"(0));
+            unsigned int lzcnt = 0;
+            if (__get_cpuid(0x80000001u, &eax, &ebx, &ecx, &edx)) {
+                lzcnt = ecx & (1u << 5);
+            }
+            if (v3_leaf1 && lzcnt && (xcr0 & 0x6u) == 0x6u && __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) {
+                const unsigned int bmi1 = 1u << 3, avx2 = 1u << 5, bmi2 = 1u << 8;
+                const unsigned int f = 1u << 16, dq = 1u << 17, cd = 1u << 28, bw = 1u << 30, vl = 1u << 31;
+                const unsigned int vnni = 1u << 11;
+                if ((ebx & bmi1) && (ebx & avx2) && (ebx & bmi2)) {
+                    level = FW_X86_AVX2;
+                    if ((xcr0 & 0xe6u) == 0xe6u && (ebx & f) && (ebx & dq) && (ebx & cd) && (ebx & bw) && (ebx & vl) &&
+                        (ecx & vnni)) {
+                        level = FW_X86_AVX512_VNNI;
+                    }
+                }
+            }
         }
-        if (ok && __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) {
-            const unsigned int f = 1u << 16, bw = 1u << 30, vl = 1u << 31, vnni = 1u << 11;
-            ok = (ebx & f) && (ebx & bw) && (ebx & vl) && (ecx & vnni);
-        } else {
-            ok = 0;
-        }
-        known = ok;
+        known = level;
     }
     return known;
+}
+
+/* "baseline", "avx2" or "avx512-vnni". */
+const char *fw_x86_level_name(int level)
+{
+    return level == FW_X86_AVX512_VNNI ? "avx512-vnni" : level == FW_X86_AVX2 ? "avx2" : "baseline";
 }
 #endif

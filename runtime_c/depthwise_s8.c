@@ -252,11 +252,14 @@ void fw_depthwise_conv2d_s8(const fw_conv_params *p, const int8_t *x, const int8
     }
 }
 
-#if defined(FW_X86_DISPATCH) && !defined(FW_VARIANT_VNNI)
+#if defined(FW_X86_DISPATCH) && !defined(FW_VARIANT)
 /* The x86-64 dispatch entry (fwedge_rt.h). */
 void fw_depthwise_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
                                      const int32_t *multiplier, const int32_t *shift, int8_t *y)
 {
-    (fw_x86_vnni() ? fw_depthwise_conv2d_s8_vnni : fw_depthwise_conv2d_s8)(p, x, w, bias, multiplier, shift, y);
+    const int level = fw_x86_level();
+    (level == FW_X86_AVX512_VNNI ? fw_depthwise_conv2d_s8_vnni
+     : level == FW_X86_AVX2      ? fw_depthwise_conv2d_s8_avx2
+                                 : fw_depthwise_conv2d_s8)(p, x, w, bias, multiplier, shift, y);
 }
 #endif

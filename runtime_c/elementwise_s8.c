@@ -145,15 +145,17 @@ void fw_mul_s8(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x
     }
 }
 
-#if defined(FW_X86_DISPATCH) && !defined(FW_VARIANT_VNNI)
+#if defined(FW_X86_DISPATCH) && !defined(FW_VARIANT)
 /* The x86-64 dispatch entries (fwedge_rt.h). */
 void fw_add_s8_dispatch(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y)
 {
-    (fw_x86_vnni() ? fw_add_s8_vnni : fw_add_s8)(p, x1, x2, y);
+    const int level = fw_x86_level();
+    (level == FW_X86_AVX512_VNNI ? fw_add_s8_vnni : level == FW_X86_AVX2 ? fw_add_s8_avx2 : fw_add_s8)(p, x1, x2, y);
 }
 
 void fw_mul_s8_dispatch(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y)
 {
-    (fw_x86_vnni() ? fw_mul_s8_vnni : fw_mul_s8)(p, x1, x2, y);
+    const int level = fw_x86_level();
+    (level == FW_X86_AVX512_VNNI ? fw_mul_s8_vnni : level == FW_X86_AVX2 ? fw_mul_s8_avx2 : fw_mul_s8)(p, x1, x2, y);
 }
 #endif

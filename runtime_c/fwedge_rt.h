@@ -140,9 +140,11 @@ typedef struct {
 /* Element type of the (int8-valued) weights fw_conv2d_s8 reads: int16 in AVX2 builds without
  * VNNI, which load a tile GEMM step's weights without widening them (vpmovsxbw) and hold twice
  * the bytes of conv weights in ROM for it; int8 everywhere else (VNNI, portable and SSE2 builds,
- * other architectures). The generated model.c declares its conv weights with this type, so one
- * source serves all. */
-#if defined(__AVX2__) && !defined(FW_NO_INTRINSICS) && !defined(FW_CONV_VNNI)
+ * other architectures, and every kernel of an x86-64 dispatch build, whose AVX2 variant widens
+ * them). The generated model.c declares its conv weights with this type, so one source serves
+ * all. */
+#if defined(__AVX2__) && !defined(FW_NO_INTRINSICS) && !defined(FW_CONV_VNNI) && !defined(FW_X86_DISPATCH)
+#define FW_CONV_WEIGHT_INT16 1
 typedef int16_t fw_conv_weight;
 #else
 typedef int8_t fw_conv_weight;
@@ -317,28 +319,37 @@ void fw_transpose2d(int a, int b, int element_size, const void *x, void *y);
 /* ---------------------------------------------------------------------------------------- */
 
 /* Built with -DFW_X86_DISPATCH (fwedge does so for x86_64 bundles without -m flags), a bundle is
- * the portable x86-64 baseline plus the int8 conv, depthwise and add/mul kernels compiled a
- * second time for AVX-512 VNNI (variants/<kernel>_vnni.c, with FW_VNNI_CFLAGS). The generated
- * model calls the *_dispatch entries (FW_DISPATCH, FW_CONV2D_S8), which run the VNNI variants
- * when fw_x86_vnni() says the CPU has AVX-512 F/BW/VL and VNNI and the OS saves the 512-bit
- * state, the baseline kernels otherwise: the binary runs on any x86-64 CPU, and every path gives
- * the same bytes. The conv dispatch takes the packed weights in both layouts (pairs for the
- * baseline, quads for VNNI). Other builds call the kernels directly. */
+ * the portable x86-64 baseline plus the int8 conv, depthwise and add/mul kernels compiled again
+ * for x86-64-v3 (AVX2; variants/<kernel>_avx2.c, FW_AVX2_CFLAGS) and for AVX-512 VNNI
+ * (variants/<kernel>_vnni.c, FW_VNNI_CFLAGS). The generated model calls the *_dispatch entries
+ * (FW_DISPATCH, FW_CONV2D_S8), which run the widest variant fw_x86_level() finds the CPU and the
+ * OS support, the baseline kernels otherwise: the binary runs on any x86-64 CPU, and every path
+ * gives the same bytes. The conv dispatch takes the packed weights in both layouts (pairs for
+ * the baseline and AVX2, quads for VNNI). Other builds call the kernels directly. */
+#define FW_AVX2_CFLAGS "-march=x86-64-v3"
 #define FW_VNNI_CFLAGS "-march=x86-64-v4 -mavx512vnni"
+enum { FW_X86_BASELINE = 0, FW_X86_AVX2 = 1, FW_X86_AVX512_VNNI = 2 };
 #ifdef FW_X86_DISPATCH
-int fw_x86_vnni(void);
+int fw_x86_level(void);
+const char *fw_x86_level_name(int level);
 void fw_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const fw_conv_weight *pairs, const int8_t *quads,
                            const int32_t *bias, const int32_t *multiplier, const int32_t *shift, int8_t *y);
 void fw_conv2d_s8_vnni(const fw_conv_params *p, const int8_t *x, const int8_t *quads, const int32_t *bias,
+                       const int32_t *multiplier, const int32_t *shift, int8_t *y);
+void fw_conv2d_s8_avx2(const fw_conv_params *p, const int8_t *x, const int8_t *pairs, const int32_t *bias,
                        const int32_t *multiplier, const int32_t *shift, int8_t *y);
 void fw_depthwise_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
                                      const int32_t *multiplier, const int32_t *shift, int8_t *y);
 void fw_depthwise_conv2d_s8_vnni(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
                                  const int32_t *multiplier, const int32_t *shift, int8_t *y);
+void fw_depthwise_conv2d_s8_avx2(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
+                                 const int32_t *multiplier, const int32_t *shift, int8_t *y);
 void fw_add_s8_dispatch(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
 void fw_add_s8_vnni(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
+void fw_add_s8_avx2(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
 void fw_mul_s8_dispatch(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
 void fw_mul_s8_vnni(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
+void fw_mul_s8_avx2(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
 #define FW_DISPATCH(name) name##_dispatch
 #define FW_CONV2D_S8(p, x, pairs, quads, bias, multiplier, shift, y) \
     fw_conv2d_s8_dispatch(p, x, pairs, quads, bias, multiplier, shift, y)

@@ -11,7 +11,7 @@
  * With ITERATIONS > 0 the harness then runs the last sample ITERATIONS more times (after one
  * warm-up run) and prints one line per run, "fwedge-latency-ns <nanoseconds>", measured with
  * clock_gettime(CLOCK_MONOTONIC); an x86-64 dispatch build first prints "fwedge-kernels <name>",
- * the kernels it picked for this CPU (avx512-vnni or baseline). Exit status: 0 success, 1 I/O
+ * the kernels it picked for this CPU (avx512-vnni, avx2 or baseline). Exit status: 0 success, 1 I/O
  * failure, 2 usage or input size, 3 a CPU without the instructions the bundle was built for.
  */
 #define _POSIX_C_SOURCE 199309L
@@ -172,7 +172,7 @@ int main(int argc, char **argv)
     if (iterations > 0) {
 #ifdef FW_X86_DISPATCH
         /* which kernels the timed runs use (fwedge_rt.h) */
-        printf("fwedge-kernels %s\n", fw_x86_vnni() ? "avx512-vnni" : "baseline");
+        printf("fwedge-kernels %s\n", fw_x86_level_name(fw_x86_level()));
 #endif
         fwedge_run(inputs, outputs); /* warm-up */
         for (long i = 0; i < iterations; ++i) {

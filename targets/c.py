@@ -59,13 +59,18 @@ ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "riscv64": 243, "loongarch64": 258
 # -ffp-contract=off: no fused multiply-add, so float results do not depend on the FMA units of
 # the CPU; -fno-strict-aliasing: tensors of several types share the byte arena.
 C_FLAGS = ["-std=c99", "-O3", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall"]
-# x86-64 dispatch builds (fwedge_rt.h): kernel sources compiled a second time for AVX-512 VNNI,
-# by the wrapper files in runtime_c/variants/, and the flags those are compiled with
-# (FW_VNNI_CFLAGS).
-VNNI_VARIANTS = {"conv2d_s8.c": "conv2d_s8_vnni.c", "depthwise_s8.c": "depthwise_s8_vnni.c",
-                 "elementwise_s8.c": "elementwise_s8_vnni.c"}
-VNNI_CFLAGS = ["-march=x86-64-v4", "-mavx512vnni"]
+# x86-64 dispatch builds (fwedge_rt.h): the kernel sources compiled again for wider instruction
+# sets, by the wrapper files runtime_c/variants/<kernel>_<suffix>.c, and the flags each level
+# is compiled with (FW_AVX2_CFLAGS, FW_VNNI_CFLAGS).
+DISPATCH_KERNELS = ("conv2d_s8.c", "depthwise_s8.c", "elementwise_s8.c")
+VARIANT_CFLAGS = {"avx2": ["-march=x86-64-v3"], "vnni": ["-march=x86-64-v4", "-mavx512vnni"]}
 DISPATCH_DEFINE = "-DFW_X86_DISPATCH"
+
+
+def variant_sources(kernels: list[str]) -> dict[str, list[str]]:
+    """The variant wrapper files of the dispatched kernels among `kernels`, by level suffix."""
+    return {suffix: [kernel[:-2] + f"_{suffix}.c" for kernel in kernels if kernel in DISPATCH_KERNELS]
+            for suffix in VARIANT_CFLAGS}
 # Stack the kernels need beyond the frames -fstack-usage reports (libm calls, alignment).
 STACK_MARGIN = 512
 
@@ -184,8 +189,8 @@ def _compile_object(compiler: list[str], flags: list[str], folder: Path, source:
         digest = hashlib.sha256(json.dumps([compiler, flags, source]).encode())
         digest.update((folder / source).read_bytes())
         digest.update((folder / HEADER).read_bytes())
-        for base, variant in VNNI_VARIANTS.items():  # a variant wrapper includes its kernel source
-            if source == variant:
+        for base in DISPATCH_KERNELS:  # a variant wrapper includes its kernel source
+            if source.startswith(base[:-2] + "_") and source[len(base) - 2 + 1:-2] in VARIANT_CFLAGS:
                 digest.update((folder / base).read_bytes())
         key = cache_dir() / "c-objects" / f"{digest.hexdigest()}.o"
         if key.is_file():
@@ -205,7 +210,7 @@ def build_binary(folder: Path, sources: list[str], arch: str, cc: str | None = N
                  extra_flags: list[str] | None = None, static: bool = True, timeout: float = 600,
                  source_flags: dict[str, list[str]] | None = None) -> BuildResult:
     """Compile `sources` (relative to `folder`) one object each, then link folder/bin/fwedge_model.
-    source_flags adds flags for single sources (the VNNI variants of a dispatch build).
+    source_flags adds flags for single sources (the AVX2 and VNNI variants of a dispatch build).
 
     Raises:
         ExportError: the compiler failed (its stderr is in the message), or built for another
@@ -344,14 +349,19 @@ LDFLAGS ?= -static
 export ZIG_GLOBAL_CACHE_DIR ?= .cache/zig
 export ZIG_LOCAL_CACHE_DIR ?= .cache/zig
 SOURCES = {' '.join(sources)}
-# x86-64 dispatch: kernels compiled again for AVX-512 VNNI, picked at run time (fwedge_rt.h)
-VNNI_CFLAGS = {' '.join(VNNI_CFLAGS)}
+# x86-64 dispatch: kernels compiled again for AVX2 and AVX-512 VNNI, picked at run time (fwedge_rt.h)
+AVX2_CFLAGS = {' '.join(VARIANT_CFLAGS["avx2"])}
+VNNI_CFLAGS = {' '.join(VARIANT_CFLAGS["vnni"])}
 VARIANTS = {' '.join(variants)}
 VARIANT_OBJECTS = $(VARIANTS:%.c=bin/%.o)
 
 {BINARY}: $(SOURCES) $(VARIANT_OBJECTS) model.h {HEADER}
 \tmkdir -p bin
 \t$(CC) $(CFLAGS) $(LDFLAGS) -I. $(SOURCES) $(VARIANT_OBJECTS) -o $@ -lm
+
+bin/%_avx2.o: %_avx2.c %.c {HEADER}
+\tmkdir -p bin
+\t$(CC) $(CFLAGS) $(AVX2_CFLAGS) -I. -c $< -o $@
 
 bin/%_vnni.o: %_vnni.c %.c {HEADER}
 \tmkdir -p bin
@@ -364,19 +374,21 @@ clean:
 """
 
 
-def _cmakelists(sources: list[str], variants: list[str]) -> str:
+def _cmakelists(sources: list[str], variants: dict[str, list[str]]) -> str:
     dispatch = ""
-    if variants:
-        dispatch = (f"# x86-64 dispatch: kernels compiled again for AVX-512 VNNI, picked at run time (fwedge_rt.h)\n"
-                    f"target_compile_definitions(fwedge_model PRIVATE {DISPATCH_DEFINE[2:]})\n"
-                    f"set_source_files_properties({' '.join(variants)} PROPERTIES COMPILE_OPTIONS "
-                    f"\"{';'.join(VNNI_CFLAGS)}\")\n")
+    if any(variants.values()):
+        dispatch = (f"# x86-64 dispatch: kernels compiled again for AVX2 and AVX-512 VNNI, picked at run time "
+                    f"(fwedge_rt.h)\ntarget_compile_definitions(fwedge_model PRIVATE {DISPATCH_DEFINE[2:]})\n")
+        for suffix, files in variants.items():
+            dispatch += (f"set_source_files_properties({' '.join(files)} PROPERTIES COMPILE_OPTIONS "
+                         f"\"{';'.join(VARIANT_CFLAGS[suffix])}\")\n")
+    all_variants = [name for files in variants.values() for name in files]
     return f"""# Rebuild this fwedge C bundle with CMake; cross-compile with -DCMAKE_TOOLCHAIN_FILE=<vendor file>.
 cmake_minimum_required(VERSION 3.10)
 project(fwedge_model C)
 set(CMAKE_C_STANDARD 99)
 set(CMAKE_C_STANDARD_REQUIRED ON)
-add_executable(fwedge_model {' '.join(sources + variants)})
+add_executable(fwedge_model {' '.join(sources + all_variants)})
 target_include_directories(fwedge_model PRIVATE ${{CMAKE_CURRENT_SOURCE_DIR}})
 target_compile_options(fwedge_model PRIVATE -O3 -ffp-contract=off -fno-strict-aliasing)
 {dispatch}target_link_libraries(fwedge_model m)
@@ -413,8 +425,9 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
     sources = ["main.c", "model.c", *kernels]
     compiler = compiler_command(arch, options.cc) if options.build else []
     cflags = [str(flag) for flag in options.extra.get("cflags", [])]
-    # The default x86_64 build: baseline kernels plus their VNNI variants, picked at run time.
-    variants = [VNNI_VARIANTS[k] for k in kernels if k in VNNI_VARIANTS] if x86_dispatch(arch, cflags) else []
+    # The default x86_64 build: baseline kernels plus their AVX2 and VNNI variants, picked at run time.
+    by_level = variant_sources(kernels) if x86_dispatch(arch, cflags) else {}
+    variants = [name for files in by_level.values() for name in files]
     if variants:
         cflags = cflags + [DISPATCH_DEFINE]
     facts: dict = {}
@@ -430,7 +443,7 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
         for variant in variants:
             shutil.copyfile(runtime / "variants" / variant, folder / variant)
         (folder / "Makefile").write_text(_makefile(program, arch, compiler or ["cc"], sources, cflags, variants))
-        (folder / "CMakeLists.txt").write_text(_cmakelists(sources, variants))
+        (folder / "CMakeLists.txt").write_text(_cmakelists(sources, by_level if variants else {}))
         sizes = {
             "arena_bytes": program.plan.arena_bytes,
             "arena_lower_bound_bytes": program.plan.lower_bound_bytes,
@@ -440,7 +453,8 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
         }
         if options.build:
             result = build_binary(folder, sources + variants, arch, options.cc, extra_flags=cflags,
-                                  source_flags={variant: VNNI_CFLAGS for variant in variants})
+                                  source_flags={name: VARIANT_CFLAGS[suffix] for suffix, files in by_level.items()
+                                                for name in files})
             whole, model_part = result.sections, result.model_sections
             stack = result.stack_estimate_bytes or 0
             sizes.update({
@@ -465,8 +479,9 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
                for name, shape, dtype in program.outputs]
     extra = {
         "kernels": kernels,
-        # x86-64 dispatch: these kernels also built for AVX-512 VNNI, chosen at run time
-        "kernel_variants": {"avx512_vnni": variants} if variants else {},
+        # x86-64 dispatch: these kernels also built for AVX2 and AVX-512 VNNI, chosen at run time
+        "kernel_variants": {{"avx2": "avx2", "vnni": "avx512_vnni"}[suffix]: files
+                            for suffix, files in by_level.items() if files},
         "binary": BINARY if options.build else None,
         "ops": len(graph.ops),
         "float_ops": list(graph.float_ops),
@@ -573,7 +588,7 @@ KERNELS_PREFIX = "fwedge-kernels"
 
 
 def parse_harness_kernels(stdout: str) -> str | None:
-    """The kernels an x86-64 dispatch build picked ("avx512-vnni" or "baseline"), from its
+    """The kernels an x86-64 dispatch build picked ("avx512-vnni", "avx2" or "baseline"), from its
     `fwedge-kernels` line; None for other builds."""
     for line in stdout.splitlines():
         if line.startswith(KERNELS_PREFIX + " "):

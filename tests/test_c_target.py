@@ -117,32 +117,43 @@ def test_runtime_unit_tests_pass_with_vnni_kernels_under_sanitizers(tmp_path):
     _run_unit_tests(["cc", "-std=c99", *SANITIZE, *AVX512_VNNI], tmp_path)
 
 
-VNNI_CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
+VNNI_CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512_vnni"}
+AVX2_CPU_FLAGS = {"avx2", "fma", "f16c", "movbe", "bmi1", "bmi2", "abm"}
+# qemu-x86_64's default CPU has x86-64-v3 and no AVX-512; -cpu qemu64 has neither.
+QEMU_CPUS = {"avx2": ["qemu-x86_64"], "baseline": ["qemu-x86_64", "-cpu", "qemu64"]}
+
+
+def _host_kernels() -> str:
+    """The kernel level an x86-64 dispatch build should pick on this CPU."""
+    flags = _host_cpu_flags()
+    return "avx512-vnni" if VNNI_CPU_FLAGS | AVX2_CPU_FLAGS <= flags else "avx2" if AVX2_CPU_FLAGS <= flags else "baseline"
 
 
 @pytest.mark.qemu("x86_64")
 @pytest.mark.skipif(host_arch() != "x86_64", reason="the x86-64 dispatch build runs on x86_64 hosts")
-def test_runtime_unit_tests_pass_in_the_x86_dispatch_build_on_both_paths(tmp_path):
-    """The default x86_64 build: baseline kernels with -DFW_X86_DISPATCH plus the VNNI variants
-    (runtime_c/variants, compiled with their flags). Natively the dispatch takes the VNNI kernels
-    when the CPU has them; under qemu-x86_64 (no AVX-512) the baseline ones. Both pass."""
-    from fwedge.targets.c import VNNI_CFLAGS
+def test_runtime_unit_tests_pass_in_the_x86_dispatch_build_on_every_path(tmp_path):
+    """The default x86_64 build: baseline kernels with -DFW_X86_DISPATCH plus the AVX2 and VNNI
+    variants (runtime_c/variants, each compiled with its flags). Natively the dispatch takes the
+    widest this CPU has; qemu-x86_64's default CPU gets the AVX2 ones, -cpu qemu64 the baseline.
+    All pass."""
+    from fwedge.targets.c import VARIANT_CFLAGS
 
     common = ["cc", "-std=c99", "-O3", "-Wall", "-Wextra", "-Werror", "-pedantic", "-DFW_X86_DISPATCH",
               "-I", str(source_dir())]
     objects = []
-    for variant in sorted((source_dir() / "variants").glob("*_vnni.c")):
-        obj = tmp_path / f"{variant.stem}.o"
-        done = subprocess.run(common + VNNI_CFLAGS + ["-c", str(variant), "-o", str(obj)], capture_output=True,
-                              text=True, timeout=600)
-        assert done.returncode == 0, f"compiling {variant.name}:\n{done.stderr[-3000:]}"
-        objects.append(str(obj))
-    assert len(objects) == 3, objects
+    for suffix, flags in VARIANT_CFLAGS.items():
+        for variant in sorted((source_dir() / "variants").glob(f"*_{suffix}.c")):
+            obj = tmp_path / f"{variant.stem}.o"
+            done = subprocess.run(common + flags + ["-c", str(variant), "-o", str(obj)], capture_output=True,
+                                  text=True, timeout=600)
+            assert done.returncode == 0, f"compiling {variant.name}:\n{done.stderr[-3000:]}"
+            objects.append(str(obj))
+    assert len(objects) == 6, objects
     native = _run_unit_tests(common + objects, tmp_path)
-    picked = "AVX-512 VNNI" if VNNI_CPU_FLAGS <= _host_cpu_flags() else "baseline"
-    assert f"the {picked} kernels run" in native, native[:300]
-    emulated = _run_unit_tests(common + objects, tmp_path, launcher=["qemu-x86_64"])
-    assert "the baseline kernels run" in emulated, emulated[:300]
+    assert f"the {_host_kernels()} kernels run" in native, native[:300]
+    for kernels, launcher in QEMU_CPUS.items():
+        emulated = _run_unit_tests(common + objects, tmp_path, launcher=launcher)
+        assert f"the {kernels} kernels run" in emulated, (launcher, emulated[:300])
 
 
 @pytest.mark.zig
@@ -357,15 +368,17 @@ def test_bundle_built_for_missing_instructions_exits_3_with_a_message(tmp_path):
 @pytest.mark.qemu("x86_64")
 @pytest.mark.skipif(host_arch() != "x86_64", reason="the x86-64 dispatch build runs on x86_64 hosts")
 def test_default_x86_64_bundle_picks_its_kernels_at_run_time_with_the_portable_bytes(tmp_path):
-    """The default x86_64 int8 bundle carries the VNNI variants of its conv, depthwise and add
-    kernels and says which kernels it ran: the VNNI ones natively on a CPU with AVX-512 VNNI, the
-    baseline under qemu-x86_64. Outputs are the bytes of the portable C loops."""
+    """The default x86_64 int8 bundle carries AVX2 and VNNI variants of its conv, depthwise and
+    add kernels and says which kernels it ran: natively the widest this CPU has, AVX2 under
+    qemu-x86_64's default CPU, the baseline under -cpu qemu64. Outputs are the bytes of the
+    portable C loops."""
     c = c_target()
     model = mobilenet_like()
     qdq = int8_model(model)
     x = _calibration(model, 6)
     bundle = export(qdq, tmp_path / "default")
     assert bundle.extra["kernel_variants"] == {
+        "avx2": ["conv2d_s8_avx2.c", "depthwise_s8_avx2.c", "elementwise_s8_avx2.c"],
         "avx512_vnni": ["conv2d_s8_vnni.c", "depthwise_s8_vnni.c", "elementwise_s8_vnni.c"]}
     assert "-DFW_X86_DISPATCH" in bundle.extra["cflags"]
     # model.c: both conv weight layouts for x86_64, the pairs only for the other architectures
@@ -382,8 +395,7 @@ def test_default_x86_64_bundle_picks_its_kernels_at_run_time_with_the_portable_b
     assert c.run(baseline_only, {"input": x})["logits"].astype("<f4").tobytes() == expected
     c.write_harness_input(bundle, {"input": x}, tmp_path / "in.bin")
     binary = str(bundle.file("bin/fwedge_model"))
-    picked = "avx512-vnni" if VNNI_CPU_FLAGS <= _host_cpu_flags() else "baseline"
-    for launcher, kernels in (([], picked), (["qemu-x86_64"], "baseline")):
+    for launcher, kernels in [([], _host_kernels())] + [(argv, name) for name, argv in QEMU_CPUS.items()]:
         done = subprocess.run(launcher + [binary, "in.bin", "out.bin", "6", "2"], cwd=tmp_path, capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 0, done.stderr

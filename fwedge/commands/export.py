@@ -23,7 +23,7 @@ TARGET_NAMES = ("onnx", "openvino", "tflite", "ncnn", "x86_64", "aarch64", "risc
 @click.option("--no-build", is_flag=True, help="C targets: write sources only, do not compile.")
 @click.option("--cflags", metavar="FLAGS",
               help="C targets: extra compiler flags. Default: the portable baseline of the architecture; "
-                   "on x86_64 the baseline plus AVX-512 VNNI kernels picked at run time (--cflags=-DFW_NO_DISPATCH: "
+                   "on x86_64 the baseline plus AVX2 and AVX-512 VNNI kernels picked at run time (--cflags=-DFW_NO_DISPATCH: "
                    "the baseline only, less ROM). --cflags=-march=native builds for this CPU only, "
                    "--cflags=-march=x86-64-v3 for AVX2 CPUs.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",

@@ -434,7 +434,7 @@ static void test_data_movement(void)
 int main(void)
 {
 #ifdef FW_X86_DISPATCH
-    printf("x86-64 dispatch build: the %s kernels run\n", fw_x86_vnni() ? "AVX-512 VNNI" : "baseline");
+    printf("x86-64 dispatch build: the %s kernels run\n", fw_x86_level_name(fw_x86_level()));
 #endif
     test_fixed_point();
     test_conv_s8();

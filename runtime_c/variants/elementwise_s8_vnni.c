@@ -1,6 +1,7 @@
-/* elementwise_s8.c compiled for AVX-512 VNNI (FW_VNNI_CFLAGS): the variants fw_add_s8_dispatch
- * and fw_mul_s8_dispatch run on CPUs that have it, in x86-64 dispatch builds (fwedge_rt.h). */
-#define FW_VARIANT_VNNI 1
+/* elementwise_s8.c compiled for AVX-512 VNNI with FW_VNNI_CFLAGS, for x86-64 dispatch builds (fwedge_rt.h):
+ * fw_add_s8_dispatch / fw_mul_s8_dispatch runs it on CPUs that have AVX-512 VNNI. Its entry points take a _vnni
+ * suffix. */
+#define FW_VARIANT 1
 #define fw_add_s8 fw_add_s8_vnni
 #define fw_mul_s8 fw_mul_s8_vnni
 #include "elementwise_s8.c"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Latency p50 of the x86_64 C bundle against onnxruntime int8 (QDQ) and ai-edge-litert int8, same model, same run, one thread.
 
-    .venv/bin/python bench/c_runtime.py [--models cnn_small mobilenet_v2_tiny] [--iterations 300] [--rounds 5]
+    .venv/bin/python bench/c_runtime.py [--models cnn_small mobilenet_v2_tiny] [--iterations 300] [--rounds 5] [--cpu N]
 
 Every runtime runs batch 1, single-threaded, on the same QDQ model (onnxruntime quantize_static:
 QDQ, per-channel, int8/int8, calibrated on 256 Fashion-MNIST training images, after fwedge's BN
@@ -9,6 +9,9 @@ folding). The C time comes from the harness's own clock_gettime around fwedge_ru
 quantize to output dequantize, no process start-up); onnxruntime's and LiteRT's from
 perf_counter around session.run / interpreter.invoke. Runtimes are interleaved in rounds and the
 p50 is taken over all rounds. Prints the table and the ratios C / peer (< 1: C is faster).
+The whole run, the harness processes included, is pinned to one CPU (--cpu, default the last
+one; -1: not pinned): on a shared machine the cores' speeds drift apart, and each new harness
+process landing on either one made the C columns bimodal while the in-process peers were not.
 "C int8" is the default x86_64 bundle: the x86-64 baseline (SSE2) kernels plus AVX2 and AVX-512
 VNNI variants of the conv, depthwise and add kernels, the widest the CPU has picked at run time
 (it runs on any x86-64 CPU; the line under the table says which kernels it ran here). "C int8 x86-64-v3" is the same model
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -187,12 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--model-dir", type=Path, help="folder with <model>.onnx (default: examples/fashion_mnist)")
+    parser.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1,
+                        help="pin the run and its harness processes to this CPU (-1: do not pin)")
     args = parser.parse_args(argv)
+    if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {args.cpu})
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger().setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="fwedge-bench-c-") as temp:
         results = [bench_model(name, args.iterations, args.rounds, Path(temp), args.model_dir) for name in args.models]
-    print(f"\nlatency p50 (ms), batch 1, 1 thread, {args.rounds} rounds x {args.iterations} iterations, interleaved")
+    pinned = f", pinned to CPU {args.cpu}" if args.cpu >= 0 else ""
+    print(f"\nlatency p50 (ms), batch 1, 1 thread, {args.rounds} rounds x {args.iterations} iterations, interleaved{pinned}")
     latencies = ["C int8", "C int8 x86-64-v3", "C int8 native", "ORT int8", "LiteRT int8", "C fp32", "ORT fp32"]
     ratios = [("C int8", "ORT int8", "C/ORT int8"), ("C int8", "LiteRT int8", "C/LiteRT int8"),
               ("C int8 x86-64-v3", "ORT int8", "C v3/ORT int8"), ("C int8 x86-64-v3", "LiteRT int8", "C v3/LiteRT int8"),

@@ -76,11 +76,12 @@ STACK_MARGIN = 512
 
 
 def x86_dispatch(arch: str, cflags: list[str]) -> bool:
-    """Whether a build carries the AVX-512 VNNI kernel variants and picks them at run time: an
-    x86_64 build whose flags choose no instruction set (no -m...), keep the intrinsics and do not
-    opt out with -DFW_NO_DISPATCH (the SSE2 kernels only: less ROM)."""
-    return arch == "x86_64" and not any(flag.startswith("-m") or flag in ("-DFW_NO_INTRINSICS", "-DFW_NO_DISPATCH")
-                                        for flag in cflags)
+    """Whether a build carries the AVX2 and AVX-512 VNNI kernel variants and picks them at run
+    time: an x86_64 build whose flags choose no instruction set (no -m... other than -mtune=),
+    keep the intrinsics and do not opt out with -DFW_NO_DISPATCH (the SSE2 kernels only: less
+    ROM)."""
+    return arch == "x86_64" and not any((flag.startswith("-m") and not flag.startswith("-mtune="))
+                                        or flag in ("-DFW_NO_INTRINSICS", "-DFW_NO_DISPATCH") for flag in cflags)
 
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:

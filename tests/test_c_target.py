@@ -129,6 +129,19 @@ def _host_kernels() -> str:
     return "avx512-vnni" if VNNI_CPU_FLAGS | AVX2_CPU_FLAGS <= flags else "avx2" if AVX2_CPU_FLAGS <= flags else "baseline"
 
 
+def test_x86_dispatch_is_the_default_x86_64_build_only():
+    from fwedge.targets.c import VARIANT_CFLAGS, x86_dispatch
+
+    assert x86_dispatch("x86_64", []) and x86_dispatch("x86_64", ["-mtune=znver4", "-g"])
+    for flags in (["-march=native"], ["-mavx2"], ["-mno-sse4"], ["-DFW_NO_INTRINSICS"], ["-DFW_NO_DISPATCH"]):
+        assert not x86_dispatch("x86_64", flags), flags
+    assert not x86_dispatch("aarch64", [])
+    # the flags the build passes are the ones fwedge_rt.h documents for each level
+    header = (source_dir() / "fwedge_rt.h").read_text()
+    for suffix, macro in (("avx2", "FW_AVX2_CFLAGS"), ("vnni", "FW_VNNI_CFLAGS")):
+        assert f'#define {macro} "{" ".join(VARIANT_CFLAGS[suffix])}"' in header, macro
+
+
 @pytest.mark.qemu("x86_64")
 @pytest.mark.skipif(host_arch() != "x86_64", reason="the x86-64 dispatch build runs on x86_64 hosts")
 def test_runtime_unit_tests_pass_in_the_x86_dispatch_build_on_every_path(tmp_path):

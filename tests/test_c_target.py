@@ -301,17 +301,37 @@ def test_model_runs_clean_under_address_and_undefined_sanitizers(tmp_path):
     folder = tmp_path / "sanitized"
     shutil.copytree(bundle.path, folder)
     sources = ["main.c", "model.c", *bundle.extra["kernels"]]
-    build = subprocess.run(["cc", "-std=c99", *SANITIZE, "-I", str(folder)] + [str(folder / s) for s in sources]
-                           + ["-o", str(folder / "sanitized"), "-lm"], capture_output=True, text=True, timeout=600)
-    assert build.returncode == 0, build.stderr[-3000:]
     x = _calibration(model, 5)
     c.write_harness_input(bundle, {"input": x}, folder / "in.bin")
-    done = subprocess.run([str(folder / "sanitized"), "in.bin", "out.bin", "5", "3"], cwd=folder,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"sanitized harness failed:\n{done.stderr[-3000:]}"
-    got = c.read_harness_output(bundle, folder / "out.bin", 5)["logits"]
-    np.testing.assert_array_equal(got, c.run(bundle, {"input": x})["logits"], err_msg="sanitized build: 'logits'")
-    assert len(c.parse_harness_latencies(done.stdout)) == 3
+    expected = c.run(bundle, {"input": x})["logits"]
+    builds = {"sanitized": []}
+    if bundle.extra["kernel_variants"]:
+        # the x86-64 dispatch build as the bundle has it: the variants with their flags, run natively
+        from fwedge.targets.c import VARIANT_CFLAGS
+
+        objects = []
+        for suffix, flags in VARIANT_CFLAGS.items():
+            for variant in (name[:-2] + f"_{suffix}.c" for name in bundle.extra["kernels"]
+                            if (folder / (name[:-2] + f"_{suffix}.c")).is_file()):
+                obj = folder / (variant[:-2] + ".o")
+                done = subprocess.run(["cc", "-std=c99", *SANITIZE, "-DFW_X86_DISPATCH", *flags, "-I", str(folder),
+                                       "-c", str(folder / variant), "-o", str(obj)], capture_output=True, text=True,
+                                      timeout=600)
+                assert done.returncode == 0, done.stderr[-3000:]
+                objects.append(str(obj))
+        builds["sanitized-dispatch"] = ["-DFW_X86_DISPATCH", *objects]
+    for name, extra in builds.items():
+        build = subprocess.run(["cc", "-std=c99", *SANITIZE, "-I", str(folder)] + [str(folder / s) for s in sources]
+                               + extra + ["-o", str(folder / name), "-lm"], capture_output=True, text=True, timeout=600)
+        assert build.returncode == 0, build.stderr[-3000:]
+        done = subprocess.run([str(folder / name), "in.bin", "out.bin", "5", "3"], cwd=folder,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{name} harness failed:\n{done.stderr[-3000:]}"
+        got = c.read_harness_output(bundle, folder / "out.bin", 5)["logits"]
+        np.testing.assert_array_equal(got, expected, err_msg=f"{name} build: 'logits'")
+        assert len(c.parse_harness_latencies(done.stdout)) == 3
+        if name == "sanitized-dispatch":
+            assert c.parse_harness_kernels(done.stdout) == _host_kernels(), done.stdout[:200]
 
 
 @pytest.mark.zig

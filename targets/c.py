@@ -67,9 +67,18 @@ VARIANT_CFLAGS = {"avx2": ["-march=x86-64-v3"], "vnni": ["-march=x86-64-v4", "-m
 DISPATCH_DEFINE = "-DFW_X86_DISPATCH"
 
 
+def variant_file(kernel: str, suffix: str) -> str:
+    """The wrapper file that compiles `kernel` (e.g. conv2d_s8.c) for one level: conv2d_s8_vnni.c."""
+    return f"{kernel[:-2]}_{suffix}.c"
+
+
+# wrapper file -> the kernel source it includes
+VARIANT_KERNELS = {variant_file(kernel, suffix): kernel for kernel in DISPATCH_KERNELS for suffix in VARIANT_CFLAGS}
+
+
 def variant_sources(kernels: list[str]) -> dict[str, list[str]]:
     """The variant wrapper files of the dispatched kernels among `kernels`, by level suffix."""
-    return {suffix: [kernel[:-2] + f"_{suffix}.c" for kernel in kernels if kernel in DISPATCH_KERNELS]
+    return {suffix: [variant_file(kernel, suffix) for kernel in kernels if kernel in DISPATCH_KERNELS]
             for suffix in VARIANT_CFLAGS}
 # Stack the kernels need beyond the frames -fstack-usage reports (libm calls, alignment).
 STACK_MARGIN = 512
@@ -190,9 +199,8 @@ def _compile_object(compiler: list[str], flags: list[str], folder: Path, source:
         digest = hashlib.sha256(json.dumps([compiler, flags, source]).encode())
         digest.update((folder / source).read_bytes())
         digest.update((folder / HEADER).read_bytes())
-        for base in DISPATCH_KERNELS:  # a variant wrapper includes its kernel source
-            if source.startswith(base[:-2] + "_") and source[len(base) - 2 + 1:-2] in VARIANT_CFLAGS:
-                digest.update((folder / base).read_bytes())
+        if source in VARIANT_KERNELS:  # a variant wrapper includes its kernel source
+            digest.update((folder / VARIANT_KERNELS[source]).read_bytes())
         key = cache_dir() / "c-objects" / f"{digest.hexdigest()}.o"
         if key.is_file():
             shutil.copyfile(key, obj)

@@ -269,7 +269,7 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
         weights = w.reshape(c_out, kh, kw).transpose(1, 2, 0)  # [kh][kw][M]
     elif Y.dtype == "int8" and attrs.groups == 1:
         # [M/8][k/G][8][G] for conv2d_s8.c's tile GEMM, G = FW_CONV_K_GROUP of the build
-        weights = {group: pack_conv_s8(w, group) for group in CONV_K_GROUPS}
+        weights = {group: pack_conv_s8(w, group) for group in (CONV_K_GROUPS if e.quads else (2,))}
     elif Y.dtype == "int8":
         weights = w.transpose(0, 2, 3, 1)  # OHWI [M][kh][kw][C/g]
     else:

@@ -307,12 +307,12 @@ def test_model_runs_clean_under_address_and_undefined_sanitizers(tmp_path):
     builds = {"sanitized": []}
     if bundle.extra["kernel_variants"]:
         # the x86-64 dispatch build as the bundle has it: the variants with their flags, run natively
-        from fwedge.targets.c import VARIANT_CFLAGS
+        from fwedge.targets.c import VARIANT_CFLAGS, variant_sources
 
         objects = []
-        for suffix, flags in VARIANT_CFLAGS.items():
-            for variant in (name[:-2] + f"_{suffix}.c" for name in bundle.extra["kernels"]
-                            if (folder / (name[:-2] + f"_{suffix}.c")).is_file()):
+        for suffix, variants in variant_sources(bundle.extra["kernels"]).items():
+            flags = VARIANT_CFLAGS[suffix]
+            for variant in variants:
                 obj = folder / (variant[:-2] + ".o")
                 done = subprocess.run(["cc", "-std=c99", *SANITIZE, "-DFW_X86_DISPATCH", *flags, "-I", str(folder),
                                        "-c", str(folder / variant), "-o", str(obj)], capture_output=True, text=True,

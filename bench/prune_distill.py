@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     from fwedge.passes import distill as kd
     from fwedge.passes.prune import prune_to_macs
     from fwedge.summary import summarize
-    from fwedge.passes.prune import _with_static_batch
+    from fwedge import ir
 
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for stage, path in paths.items():
         model = ir.load(path)
-        summary = summarize(_with_static_batch(model), with_support=False)
+        summary = summarize(ir.with_batch_one(model), with_support=False)
         runner = OrtRunner(model, threads=2)
         acc = accuracy(runner, test, spec, batch_size=500, limit=args.test_limit)
         macs, parameters = summary.total_macs, summary.parameters

@@ -9,7 +9,20 @@ import sys
 import click
 
 from fwedge import __version__
-from fwedge.errors import FwEdgeError
+from fwedge.errors import FwEdgeError, missing_dependency
+
+# Exit codes: 0 success; 1 a failed gate (regression); 2 unusable input, usage or a missing
+# toolchain; 3 `farm run` finished but some runs failed (their error results are in the file);
+# 130 interrupted (Ctrl-C).
+EXIT_GATE_FAILED = 1
+EXIT_USAGE = 2
+EXIT_RUNS_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+def _one_line(exc: Exception) -> str:
+    """An error message on one line (a CI log greps for it; a stray newline splits it)."""
+    return " | ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
 
 # name -> (module, short help). The short help lives here so that `fwedge --help` imports no
 # command module, and through them no heavy toolchain (openvino, ai_edge_litert, ncnn, torch).
@@ -57,8 +70,18 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FwEdgeError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
+            click.echo(f"error: {_one_line(exc)}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except ModuleNotFoundError as exc:
+            missing = missing_dependency(exc)
+            if missing is None:
+                raise  # not an optional toolchain: a broken installation keeps its traceback
+            click.echo(f"error: {missing}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            # click would turn this into "Aborted!" with exit 1, the code of a failed gate.
+            click.echo("interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,8 +94,9 @@ def cli(verbose: int) -> None:
     LiteRT, NCNN and cross-compiled C bundles; validate them on host runtimes, QEMU boards and
     SSH boards; and gate CI on on-device accuracy and latency regressions.
 
-    Errors in the input exit with code 2 and a one-line message; `fwedge gate` exits 1 on a
-    regression.
+    Exit codes: 0 success; 1 a gate regression (`fwedge gate`, `fwedge pipeline`); 2 unusable
+    input, a usage error or a missing optional toolchain, with a one-line message; 3 `fwedge farm
+    run` wrote its results but some runs failed; 130 interrupted.
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

@@ -58,3 +58,34 @@ class DistillError(FwEdgeError):
 
 class PipelineError(FwEdgeError):
     """A pipeline.toml is malformed, or a stage cannot run (its library is missing or it failed)."""
+
+
+class MissingDependencyError(FwEdgeError):
+    """An optional toolchain is not installed; the message names the fwedge extra that brings it.
+
+    Attributes:
+        module: the missing top-level module.
+        extra: the fwedge extra to install.
+        install: the pip command that installs it.
+    """
+
+    def __init__(self, module: str, extra: str, what: str = ""):
+        self.module, self.extra = module, extra
+        self.install = f"pip install 'fwedge[{extra}]'"
+        super().__init__(f"{what or module} is not installed: {self.install}")
+
+
+# Optional top-level modules -> the fwedge extra (pyproject.toml) that installs them.
+OPTIONAL_MODULES = {
+    "ai_edge_litert": "tflite", "tflite_runtime": "tflite", "flatbuffers": "tflite",
+    "openvino": "openvino", "ncnn": "ncnn", "torch": "distill", "ziglang": "cross",
+}
+
+
+def missing_dependency(exc: ModuleNotFoundError) -> MissingDependencyError | None:
+    """The MissingDependencyError for a ModuleNotFoundError of an optional toolchain, else None
+    (a missing module that is not optional is a broken installation: a bug, not user error)."""
+    root = (exc.name or "").split(".")[0]
+    if root not in OPTIONAL_MODULES:
+        return None
+    return MissingDependencyError(root, OPTIONAL_MODULES[root], f"the optional module '{root}'")

@@ -151,6 +151,19 @@ def set_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> on
     return onnx.shape_inference.infer_shapes(out, data_prop=True)
 
 
+def with_batch_one(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with a batch of 1 on dynamic leading dims, shapes re-inferred, so that shapes
+    (and MACs) are static where only the batch was dynamic. Other dynamic dims stay dynamic."""
+    shapes = {}
+    for value in graph_inputs(model):
+        dims = shape_of(value)
+        if dims and not isinstance(dims[0], int) and all(isinstance(d, int) for d in dims[1:]):
+            shapes[value.name] = [1, *dims[1:]]
+    if not shapes:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    return set_input_shapes(model, shapes)
+
+
 def load(path: str | os.PathLike, *, upgrade: bool = True) -> onnx.ModelProto:
     """Load and validate an ONNX model.
 

@@ -57,8 +57,9 @@ def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
 
 
 def summarize(model: onnx.ModelProto, path: str = "", with_support: bool = True) -> ModelSummary:
-    """Summarize a loaded model. MACs need static shapes (see ir.set_input_shapes)."""
-    shapes = ir.value_shapes(model)
+    """Summarize a loaded model. MACs are per sample: a dynamic batch dimension counts as 1;
+    other dynamic dimensions make MACs unknown (fix them with ir.set_input_shapes)."""
+    shapes = ir.value_shapes(ir.with_batch_one(model))
     initializers = ir.initializer_map(model)
     parameters = sum(int(np.prod(init.dims, dtype=np.int64)) for init in initializers.values()
                      if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,

@@ -588,20 +588,8 @@ def analyze(model: onnx.ModelProto, protect_first: bool = True,
     unknown = sorted(set(exclude) - names)
     if unknown:
         raise PruneError(f"--exclude: no node named {unknown} in the model")
-    shaped = _with_static_batch(model)
+    shaped = ir.with_batch_one(model)
     return _Analyzer(shaped, protect_first, set(exclude)).run()
-
-
-def _with_static_batch(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with a batch of 1 on dynamic leading dims, so shapes (and MACs) are static."""
-    shapes = {}
-    for value in ir.graph_inputs(model):
-        dims = ir.shape_of(value)
-        if dims and not isinstance(dims[0], int) and all(isinstance(d, int) for d in dims[1:]):
-            shapes[value.name] = [1, *dims[1:]]
-    if not shapes:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
-    return ir.set_input_shapes(model, shapes)
 
 
 def channel_scores(model: onnx.ModelProto, graph: DependencyGraph, criterion: str = "l1") -> dict[int, float]:
@@ -763,7 +751,7 @@ def _check_ratio(ratio: float) -> None:
 
 
 def _size(model: onnx.ModelProto) -> tuple[int, int | None]:
-    summary = summarize(_with_static_batch(model), with_support=False)
+    summary = summarize(ir.with_batch_one(model), with_support=False)
     return summary.parameters, summary.total_macs
 
 

@@ -1,0 +1,137 @@
+"""What a new user meets first: exit codes, missing extras, Ctrl-C, inspect on the examples, the Python floor."""
+from __future__ import annotations
+
+import ast
+import json
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from fwedge.cli import cli
+from tests import farm_helpers as fh
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIRS = ("fwedge", "passes", "calibration", "targets", "device_farm")
+# Standard-library modules and names that appeared after 3.10, with the version that brought them.
+NEWER_STDLIB = {"tomllib": (3, 11), "wsgiref.types": (3, 12)}
+
+
+@pytest.mark.parametrize("target,module,extra", [("tflite", "ai_edge_litert", "tflite"),
+                                                 ("openvino", "openvino", "openvino"),
+                                                 ("ncnn", "ncnn", "ncnn")])
+def test_export_without_an_optional_extra_is_one_line_naming_it(tmp_path, monkeypatch, target, module, extra):
+    onnx.save(fh.fashion_mlp(train_samples=200), tmp_path / "m.onnx")
+    for name in [name for name in sys.modules if name.split(".")[0] in (module, "tflite_runtime")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "tflite_runtime", None)
+    done = CliRunner().invoke(cli, ["export", str(tmp_path / "m.onnx"), "-t", target, "-o", str(tmp_path / "b")])
+    assert done.exit_code == 2, done.output
+    assert not isinstance(done.exception, ModuleNotFoundError), done.exception
+    lines = [line for line in done.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and f"pip install 'fwedge[{extra}]'" in lines[-1], done.output
+
+
+def test_a_missing_core_module_is_a_bug_and_keeps_its_traceback(tmp_path, monkeypatch):
+    import fwedge.summary
+
+    def broken(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'fwedge_internal'", name="fwedge_internal")
+
+    monkeypatch.setattr(fwedge.summary, "summarize", broken)
+    onnx.save(fh.fashion_mlp(train_samples=200), tmp_path / "m.onnx")
+    done = CliRunner().invoke(cli, ["inspect", str(tmp_path / "m.onnx")])
+    assert isinstance(done.exception, ModuleNotFoundError)
+
+
+def test_ctrl_c_exits_130_not_the_gate_code(tmp_path, monkeypatch):
+    import fwedge.summary
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fwedge.summary, "summarize", interrupted)
+    onnx.save(fh.fashion_mlp(train_samples=200), tmp_path / "m.onnx")
+    done = CliRunner().invoke(cli, ["inspect", str(tmp_path / "m.onnx")])
+    assert done.exit_code == 130, (done.exit_code, done.output)
+
+
+def test_ctrl_c_in_a_real_process_exits_130(tmp_path):
+    """SIGINT to a running `fwedge eval` (a long loop over a large .npz): exit 130, one line."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import numpy as np
+
+    onnx.save(fh.fashion_mlp(train_samples=200), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=np.zeros((200_000, 1, 28, 28), np.float32), y=np.zeros(200_000, np.int64))
+    process = subprocess.Popen([str(Path(sys.executable).parent / "fwedge"), "eval", str(tmp_path / "m.onnx"),
+                                "--data", str(tmp_path / "d.npz"), "--batch-size", "16"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    assert process.poll() is None, "the evaluation finished before it could be interrupted"
+    os.kill(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["cnn_small", "mobilenet_v2_tiny"])
+def test_inspect_counts_macs_with_a_batch_of_one(name):
+    done = CliRunner().invoke(cli, ["inspect", str(ROOT / "examples" / "fashion_mnist" / f"{name}.onnx"), "--json"])
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.output)
+    assert summary["total_macs"] and all(layer["macs"] for layer in summary["layers"]), summary["total_macs"]
+    # The dynamic batch stays visible in the model's own input shape.
+    assert not isinstance(summary["inputs"][0]["shape"][0], int)
+    assert summary["total_macs"] == sum(layer["macs"] for layer in summary["layers"])
+    text = CliRunner().invoke(cli, ["inspect", str(ROOT / "examples" / "fashion_mnist" / f"{name}.onnx")]).output
+    assert "MACs unknown" not in text and f"MACs {summary['total_macs']:,}" in text
+
+
+def test_inspect_keeps_macs_unknown_when_more_than_the_batch_is_dynamic(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+    import numpy as np
+
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, "H2", "W2"])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "dyn.onnx")
+    summary = json.loads(CliRunner().invoke(cli, ["inspect", str(tmp_path / "dyn.onnx"), "--json"]).output)
+    assert summary["total_macs"] is None
+    fixed = json.loads(CliRunner().invoke(cli, ["inspect", str(tmp_path / "dyn.onnx"), "--json",
+                                                "--input-shape", "x=1,3,8,8"]).output)
+    assert fixed["total_macs"] == 4 * 3 * 9 * 6 * 6
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def test_requires_python_covers_what_the_code_imports():
+    """pip enforces requires-python: it must be at least what the newest standard module used needs."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floor = tuple(int(part) for part in re.fullmatch(r">=\s*(\d+)\.(\d+)", project["requires-python"]).groups())
+    needed = {}
+    for folder in PACKAGE_DIRS:
+        for path in (ROOT / folder).rglob("*.py"):
+            for module in _imported_modules(path) & set(NEWER_STDLIB):
+                needed[f"{path.relative_to(ROOT)}: {module}"] = NEWER_STDLIB[module]
+    too_new = {where: version for where, version in needed.items() if version > floor}
+    assert not too_new, f"requires-python {project['requires-python']} but the code needs {too_new}"
+    readme = (ROOT / "README.md").read_text()
+    assert f"Python {floor[0]}.{floor[1]}+" in readme

@@ -176,7 +176,8 @@ def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
     Raises:
         ExportError: no manifest, wrong schema, a file missing, outside the bundle, or altered.
     """
-    path = Path(path)
+    # Absolute: runners start tools in other working folders (the C harness runs in a temp dir).
+    path = Path(path).absolute()
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ExportError(f"bundle '{path}': no {MANIFEST}; not a fwedge bundle")

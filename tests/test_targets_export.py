@@ -312,3 +312,20 @@ def test_ncnn_int8_shifted_padding_many_channels(tmp_path, rng):
     assert steps.max() <= INT8_MAX_STEPS + 1, f"ncnn int8 'y': {int(steps.max())} steps from onnxruntime"
     border = steps[:, :, [0, -1], :]
     assert border.max() <= INT8_MAX_STEPS + 1, "padded border of 'y'"
+
+
+@pytest.mark.parametrize("target", [pytest.param("x86_64", marks=[pytest.mark.cc, pytest.mark.zig], id="c-x86_64"),
+                                    pytest.param("aarch64", marks=[pytest.mark.zig, pytest.mark.qemu("aarch64")],
+                                                 id="c-aarch64")])
+def test_run_and_diff_take_a_relative_bundle_path(models, tmp_path, monkeypatch, target):
+    """The C harness runs in a temporary working folder: a relative bundle path must still find its files."""
+    monkeypatch.chdir(tmp_path)
+    _export(models, target, "tiny_qdq.onnx", Path("bundles"))
+    relative = f"bundles/tiny_qdq-{target}-int8"
+    run = CliRunner().invoke(cli, ["run", relative, "--data", str(models / "data.npz"), "--json"])
+    assert run.exit_code == 0, run.output
+    assert json.loads(run.output)["samples"] == 48
+    diff = CliRunner().invoke(cli, ["diff", relative, str(models / "tiny_qdq.onnx"), "--data",
+                                    str(models / "data.npz"), "--json", "--max-steps", str(INT8_MAX_STEPS + 1)])
+    assert diff.exit_code == 0, diff.output
+    assert json.loads(diff.output)["first_divergence"] is None

@@ -43,10 +43,14 @@ def list_devices(inventory) -> None:
 @click.option("--rounds", type=int, default=4, show_default=True,
               help="A/B alternations for --baseline-bundles (the timed repeats are split over them).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Results JSON to write.")
-def run(bundles, inventory, device_names, data, repeats, limit, reference, retries, baseline_bundles, rounds, output) -> None:
+@click.pass_context
+def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, retries, baseline_bundles, rounds, output) -> None:
     """Run BUNDLES on every selected device that can run them; write per (bundle, device)
     accuracy, fidelity vs the FP32 reference, latency p50/p95 on the device's clock, sizes and
     identity. A failing device becomes an error result; the other results are kept.
+
+    Exits 0 when every run succeeded, 3 when the results file was written but some runs failed
+    (each is an error result in it, and `fwedge gate` fails on it), 2 on unusable input.
     """
     from fwedge.console import progress, stdout
     from fwedge.device_farm.inventory import devices_for, select
@@ -70,6 +74,12 @@ def run(bundles, inventory, device_names, data, repeats, limit, reference, retri
     save_results(results, output)
     _print_summary(results)
     stdout.print(f"wrote {output}")
+    failed = [r for r in results.results if not r.ok]
+    if failed:
+        from fwedge.cli import EXIT_RUNS_FAILED
+
+        stdout.print(f"[red]{len(failed)} of {len(results.results)} runs failed[/red]")
+        ctx.exit(EXIT_RUNS_FAILED)
 
 
 def _print_summary(results) -> None:

@@ -1,5 +1,11 @@
-"""`fwedge pipeline`: load → [prune → distill] → quantize → export → farm → gate → report, each
-stage cached under <cache>/<stage>-<hash>/ by a content hash of its inputs and settings."""
+"""`fwedge pipeline`: load → [prune → distill] → quantize → analyze → export → farm → gate → report.
+
+The pipeline is a list of stage functions (STAGES) over one PipelineRun. Each cached stage
+writes its outputs under <cache>/<stage>-<hash16>/, where the hash covers exactly the settings
+the stage reads (typed, from fwedge.pipeline_config), its upstream stages' keys, the data's
+identity and fwedge's own code. A finished stage records the sha256 of every output; a reused
+one is checked against them first, and rebuilt when anything was edited, added or removed.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -9,21 +15,25 @@ import importlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from fwedge import __version__
-from fwedge.errors import FwEdgeError, PipelineError, UnsupportedOpError
+from fwedge.errors import FwEdgeError, PipelineError
+from fwedge.ir import sha256_file, write_atomic
+from fwedge.pipeline_config import SECTIONS, PipelineConfig, load_config, parse_section
+
+__all__ = ["SECTIONS", "PipelineConfig", "PipelineResult", "StageCache", "StageRecord", "STAGES", "load_config",
+           "run_pipeline", "code_fingerprint"]
 
 log = logging.getLogger(__name__)
 
 DONE = "stage.json"
-SECTIONS = ("pipeline", "model", "data", "prune", "distill", "quantize", "analyze", "export", "farm", "gate", "report")
 
 
 @dataclass
@@ -40,7 +50,7 @@ class StageRecord:
 
 @dataclass
 class PipelineResult:
-    """What a pipeline run produced."""
+    """What a pipeline run produced. `gate_passed` is None when the pipeline has no [gate] baseline."""
 
     stages: list[StageRecord]
     bundles: list[str]
@@ -51,68 +61,6 @@ class PipelineResult:
     regressions: list[str] = field(default_factory=list)
     skipped_targets: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-
-@dataclass
-class PipelineConfig:
-    """A parsed pipeline.toml; relative paths are resolved against the file's folder."""
-
-    path: Path
-    sections: dict
-
-    def section(self, name: str) -> dict:
-        return self.sections.get(name, {})
-
-    def file(self, value: str | None) -> Path | None:
-        if not value:
-            return None
-        path = Path(os.path.expanduser(value))
-        return path if path.is_absolute() else (self.path.parent / path)
-
-    def enabled(self, name: str) -> bool:
-        section = self.sections.get(name)
-        return section is not None and section.get("enabled", True)
-
-
-def load_config(path: str | os.PathLike, overrides: dict | None = None) -> PipelineConfig:
-    """Read pipeline.toml.
-
-    Args:
-        overrides: {"section.key": value} applied on top (the CLI's --set).
-
-    Raises:
-        PipelineError: missing file, bad TOML, unknown section, no [model] path.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"pipeline '{path}': not found")
-    try:
-        sections = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise PipelineError(f"pipeline '{path}': not valid TOML ({exc})") from exc
-    unknown = sorted(set(sections) - set(SECTIONS))
-    if unknown:
-        raise PipelineError(f"pipeline '{path}': unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
-    for dotted, value in (overrides or {}).items():
-        section, _, key = dotted.partition(".")
-        if section not in SECTIONS or not key:
-            raise PipelineError(f"override {dotted!r}: expected SECTION.KEY with SECTION in {', '.join(SECTIONS)}")
-        sections.setdefault(section, {})[key] = value
-    if not sections.get("model", {}).get("path"):
-        raise PipelineError(f"pipeline '{path}': [model] needs a path")
-    return PipelineConfig(path=path.resolve(), sections=sections)
-
-
-def _library(stage: str, module: str, attribute: str | None = None):
-    """Import a stage's library lazily; a missing one is a clear error naming the stage."""
-    try:
-        loaded = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        raise PipelineError(f"stage '{stage}' needs {module}, which is not part of this installation "
-                            f"({exc.name} is missing)") from exc
-    if attribute and not hasattr(loaded, attribute):
-        raise PipelineError(f"stage '{stage}' needs {module}.{attribute}, which this installation lacks")
-    return getattr(loaded, attribute) if attribute else loaded
 
 
 CODE_PACKAGES = ("fwedge", "fwedge.passes", "fwedge.calibration", "fwedge.targets", "fwedge.runtime_c",
@@ -149,12 +97,6 @@ def _digest(payload) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _file_hash(path: Path) -> str:
-    from fwedge.ir import sha256_file
-
-    return sha256_file(path)
-
-
 def _data_identity(spec: str) -> dict:
     """A data source's identity for cache keys: path, size and mtime (not its contents)."""
     from fwedge.data import open_dataset
@@ -165,58 +107,489 @@ def _data_identity(spec: str) -> dict:
             "samples": dataset.num_samples}
 
 
+def _tree_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def _output_hashes(folder: Path) -> dict[str, str]:
+    """relative path -> sha256 of every regular file under folder, except the stage marker."""
+    hashes = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            hashes[relative] = "symlink"  # never produced by a stage: a reused folder with one fails the check
+        elif path.is_file() and relative != DONE:
+            hashes[relative] = sha256_file(path)
+    return hashes
+
+
+@dataclass
+class StageOutput:
+    """What a stage's build function returns: a one-line summary, and whether it may be reused."""
+
+    summary: str
+    cacheable: bool = True
+
+
 class StageCache:
-    """Stage outputs under <root>/<stage>-<hash16>/, written in a temp dir and renamed when done."""
+    """Stage outputs under <root>/<stage>-<hash16>/, built in a temp dir and renamed when done.
 
-    def __init__(self, root: Path):
+    - A finished stage is reused only when its files match the sha256 recorded in its marker.
+    - A stage whose build says it must not be reused (a farm run with failed results) keeps
+      its output in a private folder for this run only, removed by `close()`.
+    - A finished, valid stage is never removed: when two runs build the same key at once, the
+      second keeps the first one's output and drops its own, so a concurrent reader never loses
+      the folder it reads.
+    """
+
+    def __init__(self, root: Path, rerun: tuple[str, ...] = ()):
         self.root = root
+        self.rerun = rerun  # stage names (or name prefixes such as "export") rebuilt even when cached
+        self._private: list[Path] = []
 
-    def run(self, name: str, payload: dict, build: Callable[[Path], str]) -> StageRecord:
-        """Reuse the stage's output if a finished one exists for this key; else build it.
+    def key(self, name: str, payload: dict) -> str:
+        return _digest({"stage": name, "fwedge": __version__, "code": code_fingerprint(), **payload})
 
-        `build(out_dir)` writes the outputs and returns a one-line summary.
+    def run(self, name: str, payload: dict, build: Callable[[Path], StageOutput | str]) -> StageRecord:
+        """Reuse the stage's output if a valid finished one exists for this key; else build it.
+
+        `build(out_dir)` writes the outputs and returns a StageOutput (or a summary string).
         """
-        key = _digest({"stage": name, "fwedge": __version__, "code": code_fingerprint(), **payload})
+        key = self.key(name, payload)
         final = self.root / f"{name}-{key[:16]}"
-        marker = final / DONE
-        if marker.is_file():
-            summary = json.loads(marker.read_text()).get("summary", "")
+        forced = any(name == stage or name.startswith(f"{stage}-") for stage in self.rerun)
+        summary = None if forced else self._valid(final)
+        if summary is not None:
             log.info("stage %s: cached at %s", name, final)
             return StageRecord(name, key, True, 0.0, str(final), summary)
         self.root.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=self.root))
         started = time.monotonic()
         try:
-            summary = build(temp)
-            (temp / DONE).write_text(json.dumps({"stage": name, "key": key, "payload": payload,
-                                                 "summary": summary}, indent=2, default=str))
-            if final.exists():  # an unfinished earlier attempt (no marker): replace it
-                shutil.rmtree(final)
-            os.rename(temp, final)
+            output = build(temp)
+            output = output if isinstance(output, StageOutput) else StageOutput(str(output))
+            seconds = round(time.monotonic() - started, 2)
+            if not output.cacheable:
+                self._private.append(temp)
+                return StageRecord(name, key, False, seconds, str(temp), output.summary)
+            marker = {"stage": name, "key": key, "payload": payload, "summary": output.summary,
+                      "files": _output_hashes(temp)}
+            write_atomic(temp / DONE, json.dumps(marker, indent=2, default=str))
+            self._publish(temp, final, replace=forced)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
-        return StageRecord(name, key, False, round(time.monotonic() - started, 2), str(final), summary)
+        return StageRecord(name, key, False, seconds, str(final), output.summary)
+
+    def close(self) -> None:
+        """Remove this run's private (not reusable) stage outputs."""
+        for folder in self._private:
+            shutil.rmtree(folder, ignore_errors=True)
+        self._private.clear()
+
+    def _valid(self, final: Path) -> str | None:
+        """The summary of a finished stage whose files all match its marker; else None."""
+        marker = final / DONE
+        if not marker.is_file() or marker.is_symlink():
+            return None
+        try:
+            record = json.loads(marker.read_text())
+            recorded = record["files"]
+            summary = str(record.get("summary", ""))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            log.warning("stage %s: unreadable %s; rebuilding", final.name, DONE)
+            return None
+        if not isinstance(recorded, dict) or _output_hashes(final) != recorded:
+            log.warning("stage %s: its files differ from the ones recorded in %s; rebuilding", final.name, DONE)
+            return None
+        return summary
+
+    def _publish(self, temp: Path, final: Path, replace: bool = False) -> None:
+        """Rename temp to final; an existing valid final wins (unless `replace`: a forced rerun),
+        an invalid one is moved aside first."""
+        for _ in range(3):
+            try:
+                os.rename(temp, final)  # fails when final exists and is not empty
+                return
+            except OSError:
+                if not replace and self._valid(final) is not None:
+                    shutil.rmtree(temp, ignore_errors=True)
+                    return
+                stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".stale", dir=self.root))
+                try:
+                    os.rename(final, stale / "old")
+                except OSError:
+                    pass  # another run replaced it meanwhile: look again
+                shutil.rmtree(stale, ignore_errors=True)
+        raise PipelineError(f"stage folder '{final}' keeps changing under this run; is another run writing it?")
 
 
-def _targets(config: PipelineConfig) -> tuple[list[str], bool]:
-    """The export targets, and whether they were given explicitly (then a failure is an error)."""
+@dataclass
+class PipelineRun:
+    """The state one pipeline run passes from stage to stage."""
+
+    config: PipelineConfig
+    cache: StageCache
+    update_baseline: bool = False
+    on_stage: Callable[[StageRecord], None] | None = None
+    stages: list[StageRecord] = field(default_factory=list)
+    loaded: StageRecord | None = None
+    model: StageRecord | None = None  # the current float model (after prune / distill)
+    quantized: StageRecord | None = None
+    analysis_path: Path | None = None
+    bundles: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    results_path: Path | None = None
+    verdict: object | None = None
+    report_html: Path | None = None
+    report_markdown: Path | None = None
+
+    def record(self, stage: StageRecord) -> StageRecord:
+        self.stages.append(stage)
+        if self.on_stage:
+            self.on_stage(stage)
+        return stage
+
+    @property
+    def qdq_path(self) -> Path:
+        return Path(self.quantized.path) / "model_int8.onnx"
+
+    @property
+    def float_path(self) -> Path:
+        return Path(self.quantized.path) / "model_fp32.onnx"
+
+
+def _needs(stage: str):
+    """Run a stage function, naming the stage when one of its libraries is not installed."""
+
+    def wrap(function: Callable[[PipelineRun], None]):
+        @functools.wraps(function)
+        def run(state: PipelineRun) -> None:
+            try:
+                function(state)
+            except ModuleNotFoundError as exc:
+                from fwedge.errors import missing_dependency
+
+                hint = missing_dependency(exc)
+                raise PipelineError(f"stage '{stage}' needs {exc.name}, which is not part of this installation"
+                                    + (f" ({hint.install})" if hint else "")) from exc
+
+        run.stage = stage
+        return run
+
+    return wrap
+
+
+@_needs("load")
+def stage_load(run: PipelineRun) -> None:
+    from fwedge import ir
+
+    model_path = run.config.file(run.config.model.path)
+    if not model_path.is_file():
+        raise PipelineError(f"[model] path '{model_path}' not found")
+
+    def build(out: Path) -> str:
+        model = ir.load(model_path)
+        ir.save(model, out / "model.onnx")
+        return f"{model_path.name}: {len(model.graph.node)} nodes"
+
+    run.loaded = run.model = run.record(run.cache.run("load", {"model_sha256": sha256_file(model_path)}, build))
+
+
+@_needs("prune")
+def stage_prune(run: PipelineRun) -> None:
+    settings = run.config.prune
+    if settings is None:
+        return
+    from fwedge import ir
+    from fwedge.passes import prune
+
+    def build(out: Path, upstream=run.model) -> str:
+        model = ir.load(Path(upstream.path) / "model.onnx")
+        common = {"criterion": settings.criterion, "scope": settings.scope, "exclude": settings.exclude,
+                  "protect_first": not settings.prune_first_conv, "round_to": settings.round_to}
+        if settings.sparsity is not None:
+            pruned, report = prune.sparsify(model, settings.sparsity, scope=settings.scope, exclude=settings.exclude)
+            ir.save(pruned, out / "model.onnx")
+            return f"{100 * report.sparsity:.2f}% of {report.weights:,} weights zero"
+        if settings.ratio is not None:
+            pruned, report = prune.prune_channels(model, settings.ratio, **common)
+        else:
+            pruned, report = prune.prune_to_macs(model, settings.macs, **common)
+        ir.save(pruned, out / "model.onnx")
+        return f"parameters {report.params_before:,} -> {report.params_after:,}"
+
+    payload = {"input": run.model.key, "settings": dataclasses.asdict(settings)}
+    run.model = run.record(run.cache.run("prune", payload, build))
+
+
+@_needs("distill")
+def stage_distill(run: PipelineRun) -> None:
+    if run.config.distill is None:
+        return
+    from fwedge import ir
+    from fwedge.data import open_dataset
+    from fwedge.passes import distill as kd
+
+    table = dict(run.config.distill)
+    train_data = table.pop("data", run.config.data.calibration)
+    if not isinstance(train_data, str):
+        raise PipelineError(f"[distill].data: expected a data spec string, got {train_data!r}")
+    options = parse_section(kd.DistillOptions, table, "[distill]")
+
+    def build(out: Path, upstream=run.model, teacher=run.loaded) -> str:
+        result = kd.distill(ir.load(Path(upstream.path) / "model.onnx"), ir.load(Path(teacher.path) / "model.onnx"),
+                            open_dataset(train_data), options)
+        ir.save(result.model, out / "model.onnx")
+        last = result.history[-1] if result.history else None
+        return f"{result.samples} samples x {len(result.history)} epochs" + (f", loss {last.loss:.4f}" if last else "")
+
+    payload = {"input": run.model.key, "teacher": run.loaded.key, "data": _data_identity(train_data),
+               "options": dataclasses.asdict(options)}
+    run.model = run.record(run.cache.run("distill", payload, build))
+
+
+def _preprocess(table: dict | None, where: str):
+    if table is None:
+        return None
+    from fwedge.data import Preprocess
+
+    try:
+        return Preprocess.from_dict(table)
+    except FwEdgeError as exc:
+        raise PipelineError(f"{where}.preprocess: {exc}") from exc
+
+
+@_needs("quantize")
+def stage_quantize(run: PipelineRun) -> None:
+    from fwedge import ir
+    from fwedge.calibration import MethodOptions
+    from fwedge.quantization import quantize
+
+    settings = run.config.quantize
+    data = run.config.data
+    budget = settings.max_accuracy_drop is not None or settings.min_agreement is not None
+    preprocess = _preprocess(settings.preprocess, "[quantize]")
+
+    def build(out: Path, upstream=run.model) -> str:
+        result = quantize(
+            Path(upstream.path) / "model.onnx", data.calibration, settings.method, settings.num_samples,
+            per_channel=settings.per_channel, symmetric=settings.symmetric,
+            method_options=MethodOptions(percentile=settings.percentile, symmetric=settings.symmetric),
+            bins=settings.bins, seed=settings.seed, batch_size=settings.batch_size, preprocess=preprocess,
+            input_shapes={name: list(dims) for name, dims in settings.input_shape.items()} or None,
+            max_accuracy_drop=settings.max_accuracy_drop, min_agreement=settings.min_agreement,
+            eval_data=data.eval if budget else None, eval_samples=settings.eval_samples,
+            keep_float=settings.keep_float, float_stem=settings.float_stem)
+        model = result.model
+        if settings.activation_dtype == "uint8":
+            from fwedge.passes.activation_dtype import uint8_activations
+
+            model = uint8_activations(model)
+        ir.save(model, out / "model_int8.onnx")
+        ir.save(result.float_model, out / "model_fp32.onnx")
+        result.table.save(out / "quant_table.json")
+        summary = f"{settings.method}: {len(result.table.tensors)} activation tensors"
+        if result.budget:
+            summary += f"; budget: {result.budget['summary']}"
+            if not result.budget.get("met", True):
+                from fwedge.errors import CalibrationError
+
+                raise CalibrationError(f"[quantize] budget not met: {result.budget['summary']}")
+        return summary
+
+    payload = {"input": run.model.key, "data": _data_identity(data.calibration),
+               "eval": _data_identity(data.eval) if budget else None, "settings": dataclasses.asdict(settings)}
+    run.quantized = run.record(run.cache.run("quantize", payload, build))
+
+
+@_needs("analyze")
+def stage_analyze(run: PipelineRun) -> None:
+    settings = run.config.analyze
+    if not settings.enabled:
+        return
+    from fwedge.layer_analysis import analyze
+
+    eval_data = run.config.data.eval
+
+    def build(out: Path) -> str:
+        result = analyze(run.float_path, run.qdq_path, eval_data, settings.num_samples)
+        write_atomic(out / "analysis.json", json.dumps(result.to_dict(), indent=2))
+        worst = result.tensors[0] if result.tensors else None
+        return f"{len(result.tensors)} tensors" + (f", worst {worst.tensor} {worst.sqnr_db:.1f} dB" if worst else "")
+
+    payload = {"input": run.quantized.key, "data": _data_identity(eval_data), "settings": dataclasses.asdict(settings)}
+    analyzed = run.record(run.cache.run("analyze", payload, build))
+    run.analysis_path = Path(analyzed.path) / "analysis.json"
+
+
+def export_targets(config: PipelineConfig) -> tuple[list[str], bool]:
+    """The export targets, and whether they were given explicitly (then a failure is an error).
+
+    Raises:
+        PipelineError: an unknown target, or an explicit one whose toolchain is not installed.
+    """
     from fwedge.targets import C_ARCHES, TARGETS, available_targets
 
-    wanted = config.section("export").get("targets", "all")
+    wanted = config.export.targets
     if wanted == "all":
         names = []
         for target in available_targets():
             names.extend(C_ARCHES if target == "c" else [target])
         return names, False
-    if not isinstance(wanted, list) or not all(isinstance(t, str) for t in wanted):
-        raise PipelineError(f"pipeline '{config.path}': [export] targets must be \"all\" or a list of names")
+    known = list(TARGETS) + list(C_ARCHES)
     for target in wanted:
         module = "c" if target in C_ARCHES else target
         if module not in TARGETS:
-            raise PipelineError(f"[export] unknown target {target!r}; known: {', '.join(list(TARGETS) + list(C_ARCHES))}")
-        _library("export", TARGETS[module])
+            raise PipelineError(f"[export] unknown target {target!r}; known: {', '.join(known)}")
+        try:
+            importlib.import_module(TARGETS[module])
+        except ModuleNotFoundError as exc:
+            raise PipelineError(f"stage 'export' needs {TARGETS[module]}, which is not part of this installation "
+                                f"({exc.name} is missing)") from exc
     return list(wanted), True
+
+
+@_needs("export")
+def stage_export(run: PipelineRun) -> None:
+    from fwedge.export import export_bundle
+    from fwedge.targets import C_ARCHES, ExportOptions
+
+    settings = run.config.export
+    targets, explicit = export_targets(run.config)
+    preprocess = _preprocess(settings.preprocess, "[export]")
+    shapes = {name: list(dims) for name, dims in settings.input_shape.items()} or None
+    stem = run.config.file(run.config.model.path).stem
+    for target in targets:
+        name = f"{stem}-{target}-int8"
+        is_c = target in C_ARCHES
+        options = ExportOptions(precision="int8", cc=settings.cc if is_c else None,
+                                allow_float_fallback=settings.allow_float_fallback,
+                                extra={"cflags": shlex.split(settings.cflags)} if is_c and settings.cflags else {})
+
+        def build(out: Path, target=target, name=name, options=options) -> str:
+            bundle = export_bundle(run.qdq_path, target, out / name, options, input_shapes=shapes,
+                                   preprocess=preprocess)
+            return f"{bundle.target}/{bundle.arch}: {bundle.sizes.get('file_bytes', 0):,} bytes"
+
+        used = dataclasses.asdict(settings)
+        del used["targets"]
+        if not is_c:  # the compiler settings do not reach a non-C bundle
+            del used["cc"], used["cflags"]
+        try:
+            exported = run.record(run.cache.run(f"export-{target}", {"input": run.quantized.key, "target": target,
+                                                                      "settings": used}, build))
+        except FwEdgeError as exc:
+            if explicit:
+                raise
+            run.skipped.append(f"{target}: {str(exc).splitlines()[0]}")
+            log.warning("export %s skipped: %s", target, exc)
+            continue
+        run.bundles.append(str(Path(exported.path) / name))
+    if not run.bundles:
+        raise PipelineError("stage 'export' produced no bundle" + (f": {'; '.join(run.skipped)}" if run.skipped else ""))
+
+
+@_needs("farm")
+def stage_farm(run: PipelineRun) -> None:
+    from fwedge.device_farm import inventory, runner
+    from fwedge.device_farm.results import save_results
+
+    settings = run.config.farm
+    inventory_path = run.config.file(settings.inventory)
+    names = ["all"] if settings.devices == "all" else list(settings.devices)
+    devices = inventory.select(inventory.devices_for(inventory_path), names)
+    baseline_bundles = run.config.file(settings.baseline_bundles)
+    options = runner.FarmOptions(
+        data=run.config.data.eval, repeats=settings.repeats, limit=settings.limit or None,
+        reference=str(run.float_path), retries=settings.retries,
+        baseline_bundles=str(baseline_bundles) if baseline_bundles else None, rounds=settings.rounds)
+
+    def build(out: Path) -> StageOutput:
+        results = runner.run_farm(run.bundles, devices, options)
+        save_results(results, out / "results.json")
+        failed = sum(not r.ok for r in results.results)
+        # A run with failed results is never reused: the next pipeline run tries the devices again.
+        return StageOutput(f"{len(results.results)} runs on {len(devices)} devices, {failed} failed",
+                           cacheable=failed == 0)
+
+    payload = {"bundles": [Path(b).parent.name for b in run.bundles],
+               "devices": [dataclasses.asdict(device) for device in devices],
+               "options": dataclasses.asdict(options) | {"reference": run.quantized.key},
+               "data": _data_identity(run.config.data.eval),
+               "inventory": sha256_file(inventory_path) if inventory_path else None,
+               "baseline_bundles": _tree_hash(baseline_bundles) if baseline_bundles else None}
+    farmed = run.record(run.cache.run("farm", payload, build))
+    run.results_path = Path(farmed.path) / "results.json"
+
+
+@_needs("gate")
+def stage_gate(run: PipelineRun) -> None:
+    from fwedge.device_farm import gate
+    from fwedge.device_farm.results import load_results
+
+    settings = run.config.gate
+    baseline_path = run.config.file(settings.baseline)
+    results = load_results(run.results_path)
+    if baseline_path and not baseline_path.is_file() and not run.update_baseline:
+        # A gate that was asked for but has nothing to compare with must not pass.
+        raise PipelineError(f"[gate] baseline '{baseline_path}' not found; create it on purpose with "
+                            "`fwedge pipeline --update-baseline`, or remove [gate] baseline")
+    if baseline_path and baseline_path.is_file():
+        thresholds = gate.Thresholds(
+            max_accuracy_drop=settings.max_accuracy_drop, max_fidelity_drop=settings.max_fidelity_drop,
+            max_latency_increase=gate.parse_fraction(str(settings.max_latency_increase), "[gate] max_latency_increase"),
+            max_size_increase=gate.parse_fraction(str(settings.max_size_increase), "[gate] max_size_increase"))
+        try:
+            run.verdict = gate.evaluate_gate(results, load_results(baseline_path, "baseline"), thresholds,
+                                             list(settings.waive))
+        except FwEdgeError:
+            if not run.update_baseline:
+                raise
+            log.warning("the old baseline is not comparable with this run; replacing it")
+    if run.update_baseline:
+        if not baseline_path:
+            raise PipelineError("--update-baseline needs [gate] baseline in the pipeline file")
+        gate.update_baseline(results, baseline_path)
+    verdict = run.verdict
+    summary = ("no [gate] baseline" if verdict is None and not run.update_baseline else
+               "baseline written" if verdict is None else
+               "PASS" if verdict.passed else f"FAIL: {len(verdict.regressions)} regression(s)")
+    if verdict is not None and run.update_baseline:
+        summary += " (baseline updated)"
+    run.record(StageRecord("gate", "", False, 0.0, str(baseline_path or ""), summary))
+
+
+@_needs("report")
+def stage_report(run: PipelineRun) -> None:
+    from fwedge.report import write_report
+
+    settings = run.config.report
+    out_dir = run.config.file(run.config.pipeline.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_copy = out_dir / "results.json"
+    write_atomic(results_copy, run.results_path.read_bytes())
+    if run.verdict is not None:
+        write_atomic(out_dir / "gate.json", json.dumps(run.verdict.to_dict(), indent=2) + "\n")
+    run.report_html = out_dir / settings.html
+    run.report_markdown = out_dir / settings.markdown
+    stem = run.config.file(run.config.model.path).stem
+    write_report(results_copy, run.report_html, analysis_path=run.analysis_path, gate=run.verdict,
+                 markdown_path=run.report_markdown, title=settings.title or f"fwedge: {stem}")
+    run.results_path = results_copy
+    run.record(StageRecord("report", "", False, 0.0, str(run.report_html),
+                           f"{run.report_html.name}, {run.report_markdown.name}"))
+
+
+CACHED_STAGES = ("load", "prune", "distill", "quantize", "analyze", "export", "farm")
+STAGES: list[Callable[[PipelineRun], None]] = [
+    stage_load, stage_prune, stage_distill, stage_quantize, stage_analyze, stage_export, stage_farm, stage_gate,
+    stage_report,
+]
 
 
 def run_pipeline(
@@ -224,253 +597,42 @@ def run_pipeline(
     overrides: dict | None = None,
     update_baseline: bool = False,
     on_stage: Callable[[StageRecord], None] | None = None,
+    rerun: tuple[str, ...] | list[str] = (),
 ) -> PipelineResult:
-    """Run every stage of a pipeline.toml, reusing cached stage outputs.
+    """Run every stage of a pipeline.toml, reusing valid cached stage outputs.
 
     Args:
         config_path: the pipeline.toml.
         overrides: {"section.key": value} on top of the file.
         update_baseline: write this run's results as the gate baseline (on purpose).
         on_stage: called after each stage.
+        rerun: stages to rebuild even when a valid cached output exists, e.g. ("farm",) to
+            measure the same bundles on the devices again; "export" names every export-TARGET.
 
     Returns:
-        PipelineResult; `gate_passed` is None when no baseline exists yet.
+        PipelineResult; `gate_passed` is None when the pipeline names no [gate] baseline.
 
     Raises:
-        PipelineError: bad configuration, or a stage whose library is missing.
+        PipelineError: bad configuration, a named baseline that does not exist, or a stage whose
+            library is missing.
         FwEdgeError: a stage failed (the message names what and where).
     """
     started = time.monotonic()
     config = load_config(config_path, overrides)
-    targets, explicit = _targets(config)  # refuse unknown or missing targets before any work
-    settings = config.section("pipeline")
-    cache = StageCache(config.file(settings.get("cache_dir", ".cache/pipeline")))
-    out_dir = config.file(settings.get("out_dir", "build/pipeline"))
-    stages: list[StageRecord] = []
-
-    def record(stage: StageRecord) -> StageRecord:
-        stages.append(stage)
-        if on_stage:
-            on_stage(stage)
-        return stage
-
-    data = config.section("data")
-    eval_data = data.get("eval", "fashion-mnist:test")
-    calibration_data = data.get("calibration", "fashion-mnist:train")
-
-    # -- load -------------------------------------------------------------------------------
-    model_path = config.file(config.section("model")["path"])
-    if not model_path.is_file():
-        raise PipelineError(f"[model] path '{model_path}' not found")
-
-    def build_load(out: Path) -> str:
-        from fwedge import ir
-
-        model = ir.load(model_path)
-        ir.save(model, out / "model.onnx")
-        return f"{model_path.name}: {len(model.graph.node)} nodes"
-
-    current = record(cache.run("load", {"model_sha256": _file_hash(model_path)}, build_load))
-    reference_stage = current
-
-    # -- prune --------------------------------------------------------------------------------
-    if config.enabled("prune"):
-        options = {k: v for k, v in config.section("prune").items() if k != "enabled"}
-        prune_channels = _library("prune", "fwedge.passes.prune", "prune_channels")
-
-        def build_prune(out: Path, upstream=current) -> str:
-            from fwedge import ir
-
-            model = ir.load(Path(upstream.path) / "model.onnx")
-            pruned, report = prune_channels(model, float(options.get("ratio", 0.25)),
-                                            criterion=options.get("criterion", "l1"),
-                                            scope=options.get("scope", "global"),
-                                            exclude=tuple(options.get("exclude", ())))
-            ir.save(pruned, out / "model.onnx")
-            return f"parameters {report.params_before:,} -> {report.params_after:,}"
-
-        current = record(cache.run("prune", {"input": current.key, "options": options}, build_prune))
-
-    # -- distill ------------------------------------------------------------------------------
-    if config.enabled("distill"):
-        options = {k: v for k, v in config.section("distill").items() if k != "enabled"}
-        distill_module = _library("distill", "fwedge.passes.distill")
-        train_data = options.pop("data", calibration_data)
-
-        def build_distill(out: Path, upstream=current) -> str:
-            from fwedge import ir
-            from fwedge.data import open_dataset
-
-            student = ir.load(Path(upstream.path) / "model.onnx")
-            teacher = ir.load(Path(reference_stage.path) / "model.onnx")
-            known = {f.name for f in dataclasses.fields(distill_module.DistillOptions)}
-            unknown = sorted(set(options) - known)
-            if unknown:
-                raise PipelineError(f"[distill] unknown option(s) {unknown}; known: {sorted(known)}")
-            result = distill_module.distill(student, teacher, open_dataset(train_data),
-                                            distill_module.DistillOptions(**options))
-            ir.save(result.model, out / "model.onnx")
-            last = result.history[-1] if result.history else None
-            return f"{result.samples} samples x {len(result.history)} epochs" + (
-                f", loss {last.loss:.4f}" if last else "")
-
-        current = record(cache.run("distill", {"input": current.key, "teacher": reference_stage.key,
-                                               "data": _data_identity(train_data), "options": options},
-                                   build_distill))
-
-    # -- quantize -----------------------------------------------------------------------------
-    quantize_options = dict(config.section("quantize"))
-    quantize = _library("quantize", "fwedge.quantization", "quantize")
-
-    def build_quantize(out: Path, upstream=current) -> str:
-        from fwedge import ir
-
-        result = quantize(Path(upstream.path) / "model.onnx", calibration_data,
-                          method=quantize_options.get("method", "kl"),
-                          num_samples=quantize_options.get("num_samples", 512),
-                          per_channel=quantize_options.get("per_channel", True),
-                          symmetric=quantize_options.get("symmetric", False),
-                          seed=quantize_options.get("seed", 0))
-        ir.save(result.model, out / "model_int8.onnx")
-        ir.save(result.float_model, out / "model_fp32.onnx")
-        result.table.save(out / "quant_table.json")
-        return f"{quantize_options.get('method', 'kl')}: {len(result.table.tensors)} activation tensors"
-
-    quantized = record(cache.run("quantize", {"input": current.key, "data": _data_identity(calibration_data),
-                                              "options": quantize_options}, build_quantize))
-    qdq_path = Path(quantized.path) / "model_int8.onnx"
-    float_path = Path(quantized.path) / "model_fp32.onnx"
-    stem = model_path.stem
-
-    # -- analyze (per-layer SQNR for the report) ------------------------------------------------
-    analysis_path = None
-    if config.section("analyze").get("enabled", True):
-        analyze_options = {k: v for k, v in config.section("analyze").items() if k != "enabled"}
-        analyze = _library("analyze", "fwedge.layer_analysis", "analyze")
-
-        def build_analyze(out: Path) -> str:
-            from fwedge.ir import write_atomic
-
-            result = analyze(float_path, qdq_path, eval_data, analyze_options.get("num_samples", 256))
-            write_atomic(out / "analysis.json", json.dumps(result.to_dict(), indent=2))
-            worst = result.tensors[0] if result.tensors else None
-            return f"{len(result.tensors)} tensors" + (f", worst {worst.tensor} {worst.sqnr_db:.1f} dB" if worst else "")
-
-        analyzed = record(cache.run("analyze", {"input": quantized.key, "data": _data_identity(eval_data),
-                                                "options": analyze_options}, build_analyze))
-        analysis_path = Path(analyzed.path) / "analysis.json"
-
-    # -- export (one cached entry per target) ---------------------------------------------------
-    export_bundle = _library("export", "fwedge.export", "export_bundle")
-    export_options = {k: v for k, v in config.section("export").items() if k != "targets"}
-    bundles, skipped = [], []
-    for target in targets:
-        name = f"{stem}-{target}-int8"
-
-        def build_export(out: Path, target=target, name=name) -> str:
-            from fwedge.targets import ExportOptions
-
-            options = ExportOptions(precision="int8", cc=export_options.get("cc"))
-            bundle = export_bundle(qdq_path, target, out / name, options)
-            return f"{bundle.target}/{bundle.arch}: {bundle.sizes.get('file_bytes', 0):,} bytes"
-
-        try:
-            exported = record(cache.run(f"export-{target}", {"input": quantized.key, "target": target,
-                                                              "options": export_options}, build_export))
-        except (UnsupportedOpError, PipelineError, FwEdgeError) as exc:
-            if explicit:
-                raise
-            skipped.append(f"{target}: {str(exc).splitlines()[0]}")
-            log.warning("export %s skipped: %s", target, exc)
-            continue
-        bundles.append(str(Path(exported.path) / name))
-    if not bundles:
-        raise PipelineError("stage 'export' produced no bundle" + (f": {'; '.join(skipped)}" if skipped else ""))
-
-    # -- farm -----------------------------------------------------------------------------------
-    farm = config.section("farm")
-    runner = _library("farm", "fwedge.device_farm.runner")
-    inventory_module = _library("farm", "fwedge.device_farm.inventory")
-    inventory_path = config.file(farm.get("inventory"))
-    devices_wanted = farm.get("devices", "all")
-    device_names = ["all"] if devices_wanted == "all" else list(devices_wanted)
-    devices = inventory_module.select(inventory_module.devices_for(inventory_path), device_names)
-    baseline_bundles = config.file(farm.get("baseline_bundles"))
-    farm_options = runner.FarmOptions(
-        data=eval_data, repeats=int(farm.get("repeats", 20)), limit=farm.get("limit", 1000) or None,
-        reference=str(float_path), retries=int(farm.get("retries", 1)),
-        baseline_bundles=str(baseline_bundles) if baseline_bundles else None, rounds=int(farm.get("rounds", 4)))
-
-    def build_farm(out: Path) -> str:
-        from fwedge.device_farm.results import save_results
-
-        results = runner.run_farm(bundles, devices, farm_options)
-        save_results(results, out / "results.json")
-        failed = sum(not r.ok for r in results.results)
-        return f"{len(results.results)} runs on {len(devices)} devices, {failed} failed"
-
-    device_identity = [dataclasses.asdict(device) for device in devices]
-    farm_payload = {"bundles": [Path(b).parent.name for b in bundles], "devices": device_identity,
-                    "options": dataclasses.asdict(farm_options) | {"reference": quantized.key},
-                    "data": _data_identity(eval_data),
-                    "inventory": _file_hash(inventory_path) if inventory_path else None,
-                    "baseline_bundles": _tree_hash(baseline_bundles) if baseline_bundles else None}
-    farmed = record(cache.run("farm", farm_payload, build_farm))
-    results_path = Path(farmed.path) / "results.json"
-
-    # -- gate and report (cheap: always recomputed) -----------------------------------------------
-    gate_module = _library("gate", "fwedge.device_farm.gate")
-    from fwedge.device_farm.results import load_results
-
-    gate_settings = config.section("gate")
-    baseline_path = config.file(gate_settings.get("baseline"))
-    results = load_results(results_path)
-    verdict = None
-    if baseline_path and baseline_path.is_file():
-        thresholds = gate_module.Thresholds(
-            max_accuracy_drop=float(gate_settings.get("max_accuracy_drop", 0.5)),
-            max_fidelity_drop=float(gate_settings.get("max_fidelity_drop", 1.0)),
-            max_latency_increase=gate_module.parse_fraction(gate_settings.get("max_latency_increase", "10%"), "[gate] max_latency_increase"),
-            max_size_increase=gate_module.parse_fraction(gate_settings.get("max_size_increase", "5%"), "[gate] max_size_increase"))
-        try:
-            verdict = gate_module.evaluate_gate(results, load_results(baseline_path, "baseline"), thresholds,
-                                                gate_settings.get("waive", []))
-        except FwEdgeError:
-            if not update_baseline:
-                raise
-            log.warning("the old baseline is not comparable with this run; replacing it")
-    if update_baseline:
-        if not baseline_path:
-            raise PipelineError("--update-baseline needs [gate] baseline in the pipeline file")
-        gate_module.update_baseline(results, baseline_path)
-    record(StageRecord("gate", "", False, 0.0, str(baseline_path or ""),
-                       "no baseline yet" if verdict is None else ("PASS" if verdict.passed else
-                                                                   f"FAIL: {len(verdict.regressions)} regression(s)")
-                       + (" (baseline updated)" if update_baseline else "")))
-
-    report_settings = config.section("report")
-    report_module = _library("report", "fwedge.report")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(results_path, out_dir / "results.json")
-    if verdict is not None:
-        from fwedge.ir import write_atomic
-
-        write_atomic(out_dir / "gate.json", json.dumps(verdict.to_dict(), indent=2) + "\n")
-    html_path = out_dir / report_settings.get("html", "report.html")
-    markdown_path = out_dir / report_settings.get("markdown", "summary.md")
-    report_module.write_report(out_dir / "results.json", html_path, analysis_path=analysis_path, gate=verdict,
-                               markdown_path=markdown_path, title=report_settings.get("title", f"fwedge: {stem}"))
-    record(StageRecord("report", "", False, 0.0, str(html_path), f"{html_path.name}, {markdown_path.name}"))
+    export_targets(config)  # refuse unknown or missing targets before any work
+    unknown = sorted(set(rerun) - set(CACHED_STAGES))
+    if unknown:
+        raise PipelineError(f"--rerun {', '.join(unknown)}: not a cached stage; cached stages: {', '.join(CACHED_STAGES)}")
+    cache = StageCache(config.file(config.pipeline.cache_dir), tuple(rerun))
+    run = PipelineRun(config, cache, update_baseline, on_stage)
+    try:
+        for stage in STAGES:
+            stage(run)
+    finally:
+        run.cache.close()
+    verdict = run.verdict
     return PipelineResult(
-        stages=stages, bundles=bundles, results_path=str(out_dir / "results.json"), report_html=str(html_path),
-        report_markdown=str(markdown_path), gate_passed=None if verdict is None else verdict.passed,
-        regressions=verdict.regressions if verdict else [], skipped_targets=skipped,
+        stages=run.stages, bundles=run.bundles, results_path=str(run.results_path), report_html=str(run.report_html),
+        report_markdown=str(run.report_markdown), gate_passed=None if verdict is None else verdict.passed,
+        regressions=verdict.regressions if verdict else [], skipped_targets=run.skipped,
         seconds=round(time.monotonic() - started, 1))
-
-
-def _tree_hash(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode())
-        digest.update(_file_hash(path).encode())
-    return digest.hexdigest()

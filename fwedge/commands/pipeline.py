@@ -24,8 +24,12 @@ def _parse_set(ctx, param, values):
 @click.option("--set", "overrides", multiple=True, callback=_parse_set, metavar="SECTION.KEY=VALUE",
               help="Override a setting, e.g. --set farm.repeats=50 --set 'export.targets=[\"onnx\"]'. Repeatable.")
 @click.option("--update-baseline", is_flag=True, help="Write this run's results as the gate baseline.")
+@click.option("--rerun", multiple=True, metavar="STAGE",
+              type=click.Choice(["load", "prune", "distill", "quantize", "analyze", "export", "farm"]),
+              help="Rebuild this stage even when its cached output is valid (e.g. --rerun farm measures "
+                   "the same bundles again). Repeatable.")
 @click.pass_context
-def command(ctx, config, overrides, update_baseline) -> None:
+def command(ctx, config, overrides, update_baseline, rerun) -> None:
     """Run CONFIG (pipeline.toml): load -> [prune -> distill] -> quantize -> analyze -> export
     (every listed target) -> farm run -> gate -> report. Each stage's output is cached under
     the cache dir by a hash of its inputs and settings, so a re-run after an interruption, or
@@ -38,12 +42,14 @@ def command(ctx, config, overrides, update_baseline) -> None:
         state = "cached" if stage.cached else (f"{stage.seconds:.1f}s" if stage.key else "")
         stdout.print(f"[bold]{stage.name}[/bold] {state}  {stage.summary}")
 
-    result = run_pipeline(config, overrides, update_baseline=update_baseline, on_stage=show)
+    result = run_pipeline(config, overrides, update_baseline=update_baseline, on_stage=show, rerun=rerun)
     stdout.print(table("Pipeline", ["stage", "cached", "seconds", "output", "summary"],
                        [[s.name, "yes" if s.cached else "no", s.seconds, s.path, s.summary] for s in result.stages]))
     for line in result.skipped_targets:
         stdout.print(f"skipped target {line}")
     stdout.print(f"report: {result.report_html}  summary: {result.report_markdown}  ({result.seconds:.1f} s)")
+    if result.gate_passed is None:
+        stdout.print("gate: not run (the pipeline names no [gate] baseline)")
     if result.gate_passed is False:
         for line in result.regressions:
             stdout.print(f"[red]regression[/red]: {line}")

@@ -25,12 +25,35 @@ class Runner(Protocol):
     def __call__(self, x: np.ndarray) -> np.ndarray: ...
 
 
-def ort_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None):
-    """An onnxruntime CPU InferenceSession with all graph optimizations, from a model or path."""
+# onnxruntime's session option that keeps QuantizeLinear/DequantizeLinear as separate nodes.
+DISABLE_QDQ_FUSION = "session.disable_quant_qdq"
+
+
+def ort_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None, *,
+                exact_qdq: bool = True):
+    """An onnxruntime CPU InferenceSession with all graph optimizations, from a model or path.
+
+    Args:
+        model: a ModelProto or a path.
+        threads: intra-op threads (None: onnxruntime's default).
+        exact_qdq: run a QDQ model as the ONNX operators define it (DequantizeLinear, the float
+            op, QuantizeLinear) instead of fusing it into onnxruntime's integer kernels. Those
+            kernels depend on the CPU: on x86 CPUs without VNNI, MLAS's u8s8 convolution and
+            GEMM kernels add pairs of u8 x s8 products in saturating int16 (pmaddubsw), so a
+            layer with full-range int8 weights comes out tens of steps off on such a CPU and
+            exact on a VNNI one. The reference every target is compared against must not
+            depend on the host, so it is exact; the onnx target runs the fused kernels, which
+            is what a deployed onnxruntime runs. No effect on float models.
+
+    Raises:
+        ModelError: onnxruntime cannot load the model.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if exact_qdq:
+        options.add_session_config_entry(DISABLE_QDQ_FUSION, "1")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -66,27 +66,32 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
     )
 
 
-def _session(bundle: Bundle):
+def _session(bundle: Bundle, exact_qdq: bool = False):
     from fwedge.eval import ort_session
 
-    return ort_session(bundle.file(MODEL_FILE), threads=runtime_threads())
+    # By default the fused integer kernels, as a deployed onnxruntime runs the bundle (see ort_session).
+    return ort_session(bundle.file(MODEL_FILE), threads=runtime_threads(), exact_qdq=exact_qdq)
 
 
 _SESSIONS = RunnerCache(_session)
+_EXACT_SESSIONS = RunnerCache(lambda bundle: _session(bundle, exact_qdq=True))
 
 
-def run(bundle: Bundle, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run(bundle: Bundle, feeds: dict[str, np.ndarray], *, exact_int8: bool = False) -> dict[str, np.ndarray]:
     """Run an ONNX bundle in onnxruntime on the host.
 
     Args:
         bundle: a loaded ONNX bundle.
         feeds: input name -> float32 NCHW batch.
+        exact_int8: run Q/DQ as defined instead of onnxruntime's fused int8 kernels, whose
+            results depend on the CPU (fwedge.eval.ort_session): for checking a bundle
+            independently of the host CPU.
 
     Returns:
         output name -> float32 array, as onnxruntime returns it.
     """
     check_feeds(bundle, feeds)
-    session = _SESSIONS.get(bundle)
+    session = (_EXACT_SESSIONS if exact_int8 else _SESSIONS).get(bundle)
     names = [spec.name for spec in bundle.outputs]
     batch = len(feeds[bundle.inputs[0].name])
     if all(spec.shape[0] == 1 for spec in bundle.inputs) and batch > 1:
@@ -112,6 +117,6 @@ def intermediates(bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str]
     for name in wanted:
         if name not in known:
             model.graph.output.append(onnx.ValueInfoProto(name=name))
-    session = ort_session(model)
+    session = ort_session(model, exact_qdq=False)
     values = session.run(wanted, {spec.name: feeds[spec.name] for spec in bundle.inputs})
     return dict(zip(wanted, values))

@@ -90,13 +90,22 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
 
 
 class _Compiled:
-    """An IR model compiled once per batch size on CPU with f32 inference precision."""
+    """An IR model compiled once per batch size on CPU with f32 inference precision.
 
-    def __init__(self, bundle: Bundle):
+    exact_int8 turns off the CPU plugin's low-precision transformations, so FakeQuantize runs as
+    the float op it defines instead of feeding oneDNN's int8 kernels. Those kernels depend on the
+    CPU: without VNNI they add pairs of u8 x s8 products in saturating int16 (pmaddubsw) and a
+    layer with full-range int8 weights comes out tens of steps off, while VNNI CPUs are exact.
+    The exact mode checks what the bundle says, on any CPU; the default is what a deployed
+    OpenVINO runs.
+    """
+
+    def __init__(self, bundle: Bundle, exact_int8: bool = False):
         import openvino as ov
 
         self.core = ov.Core()
         self.bundle = bundle
+        self.exact_int8 = exact_int8
         self.compiled: dict[int, object] = {}
         self.requests: dict[int, object] = {}
 
@@ -126,20 +135,25 @@ class _Compiled:
         # f32 inference precision: parity with onnxruntime must not depend on the CPU (bf16 on
         # AMX/AVX512-BF16 hosts, fp16 on ARM would be the default otherwise).
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if self.exact_int8:
+            config["LP_TRANSFORMS_MODE"] = "NO"
         if runtime_threads():
             config["INFERENCE_NUM_THREADS"] = runtime_threads()
         return self.core.compile_model(model, "CPU", config)
 
 
 _MODELS = RunnerCache(_Compiled)
+_EXACT_MODELS = RunnerCache(lambda bundle: _Compiled(bundle, exact_int8=True))
 
 
-def run(bundle: Bundle, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run(bundle: Bundle, feeds: dict[str, np.ndarray], *, exact_int8: bool = False) -> dict[str, np.ndarray]:
     """Run an OpenVINO bundle on the host CPU.
 
     Args:
         bundle: a loaded OpenVINO bundle.
         feeds: input name -> float32 NCHW batch.
+        exact_int8: compute FakeQuantize as defined instead of with the CPU's int8 kernels
+            (_Compiled): for checking a bundle independently of the host CPU.
 
     Returns:
         output name -> float32 array (copied out of OpenVINO's buffers).
@@ -149,9 +163,10 @@ def run(bundle: Bundle, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if all(spec.shape[0] == 1 for spec in bundle.inputs) and batch > 1:
         # A model exported with a fixed batch of 1 (constant Reshape shapes, e.g. PP-OCR) cannot
         # be reshaped to the batch: run it sample by sample.
-        rows = [run(bundle, {name: value[i : i + 1] for name, value in feeds.items()}) for i in range(batch)]
+        rows = [run(bundle, {name: value[i : i + 1] for name, value in feeds.items()}, exact_int8=exact_int8)
+                for i in range(batch)]
         return {spec.name: np.concatenate([row[spec.name] for row in rows]) for spec in bundle.outputs}
-    compiled, request = _MODELS.get(bundle).request(batch)
+    compiled, request = (_EXACT_MODELS if exact_int8 else _MODELS).get(bundle).request(batch)
     results = request.infer({spec.name: np.ascontiguousarray(feeds[spec.name]) for spec in bundle.inputs})
     out = {}
     for spec in bundle.outputs:

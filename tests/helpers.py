@@ -29,3 +29,51 @@ def tiny_conv_model(rng: np.random.Generator | None = None, opset: int = 13) -> 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     return model
+
+
+# Targets whose runtime can also compute an int8 bundle as its Q/DQ (FakeQuantize) operators
+# define it, without the CPU-dependent integer kernels (see fwedge.eval.ort_session).
+EXACT_MODE_TARGETS = ("onnx", "openvino")
+
+
+def run_bundle_exact(target: str, bundle, feeds: dict) -> dict:
+    """Run a bundle in its target's runtime; onnx and openvino in their exact int8 mode, so the
+    result depends on the bundle and not on which integer kernels the host CPU gets."""
+    from fwedge.targets import target_module
+
+    module = target_module(target)
+    if target in EXACT_MODE_TARGETS:
+        return module.run(bundle, feeds, exact_int8=True)
+    return module.run(bundle, feeds)
+
+
+def runtime_int8_problems(reference: np.ndarray, candidate: np.ndarray, step: float) -> list[str]:
+    """What breaks the whole-model int8 criterion of tests/tolerances.py (empty: it holds).
+
+    Args:
+        reference: logits of onnxruntime's exact QDQ run, [N, classes].
+        candidate: the bundle's logits on the same inputs.
+        step: the logits' output quantization scale.
+    """
+    from tolerances import (RUNTIME_INT8_FAR_FRACTION, RUNTIME_INT8_MARGIN_STEPS, RUNTIME_INT8_MAX_STEPS,
+                            RUNTIME_INT8_MEAN_STEPS, RUNTIME_INT8_MIN_AGREEMENT)
+
+    steps = np.abs(candidate.astype(np.float64) - reference) / step
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    margin = (top2[:, 1] - top2[:, 0]) / step
+    disagree = candidate.argmax(axis=1) != reference.argmax(axis=1)
+    problems = []
+    if (disagree & (margin > RUNTIME_INT8_MARGIN_STEPS)).any():
+        worst = float(margin[disagree].max())
+        problems.append(f"disagrees on an image with a {worst:.1f}-step margin (> {RUNTIME_INT8_MARGIN_STEPS})")
+    if steps.max() > RUNTIME_INT8_MAX_STEPS:
+        problems.append(f"largest logit difference {steps.max():.1f} steps (> {RUNTIME_INT8_MAX_STEPS})")
+    if steps.mean() > RUNTIME_INT8_MEAN_STEPS:
+        problems.append(f"mean logit difference {steps.mean():.2f} steps (> {RUNTIME_INT8_MEAN_STEPS})")
+    if (steps > 1.5).mean() > RUNTIME_INT8_FAR_FRACTION:
+        problems.append(f"{100 * (steps > 1.5).mean():.1f}% of logits more than one step off "
+                        f"(> {100 * RUNTIME_INT8_FAR_FRACTION:.0f}%)")
+    agreement = 1 - disagree.mean()
+    if agreement < RUNTIME_INT8_MIN_AGREEMENT:
+        problems.append(f"top-1 agreement {100 * agreement:.2f}% (< {100 * RUNTIME_INT8_MIN_AGREEMENT:.0f}%)")
+    return problems

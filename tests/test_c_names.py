@@ -102,6 +102,16 @@ void fwedge_run(const void *const inputs[], void *const outputs[]) { (void)input
 """
 
 
+def _probe(bundle, tmp_path) -> list[str]:
+    """Compile PROBE against the bundle's model.h (-std=c99: trigraphs on) and run it."""
+    (tmp_path / "probe.c").write_text(PROBE)
+    probe = tmp_path / "probe"
+    build = subprocess.run(["cc", "-std=c99", "-Wall", "-Wtrigraphs", "-Werror", "-I", str(bundle.path),
+                            str(tmp_path / "probe.c"), "-o", str(probe)], capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr[-3000:]
+    return subprocess.run([str(probe)], capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
+
+
 def _check_sources(folder, names: list[str]) -> None:
     for source in SOURCES:
         raw = (folder / source).read_bytes()
@@ -154,34 +164,35 @@ def test_hostile_names_compile_run_and_round_trip(precision, tmp_path):
     assert not list(tmp_path.rglob(MARKER)), "an injected constructor ran"
 
     # model.h holds the names byte for byte.
-    (tmp_path / "probe.c").write_text(PROBE)
-    probe = tmp_path / "probe"
-    build = subprocess.run(["cc", "-std=c99", "-Wall", "-Werror", "-I", str(bundle.path), str(tmp_path / "probe.c"),
-                            "-o", str(probe)], capture_output=True, text=True, timeout=120)
-    assert build.returncode == 0, build.stderr[-3000:]
-    lines = subprocess.run([str(probe)], capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
-    assert lines == [f"in {input_name.encode().hex()}", f"out {output_name.encode().hex()}"]
+    assert _probe(bundle, tmp_path) == [f"in {input_name.encode().hex()}", f"out {output_name.encode().hex()}"]
 
 
-@pytest.mark.parametrize("index", range(len(HOSTILE)), ids=[f"name{i}" for i in range(len(HOSTILE))])
-def test_each_hostile_name_as_the_output_name_builds(index, tmp_path):
-    """Every hostile name alone as the graph output's name: the bundle builds and the output keeps its name."""
-    model = tiny_conv_model()
-    name = HOSTILE[index]
-    for position, node in enumerate(model.graph.node):
-        node.output[:] = [name if out == "y" else out for out in node.output]
-        node.name = f"{name}{position}"
-    model.graph.output[0].name = name
+def test_every_hostile_name_as_an_output_name(tmp_path):
+    """One Relu per hostile name on a shared input, each output named by one: model.h holds
+    them all, the bundle builds, and every output keeps its name and its values."""
+    from onnx import TensorProto, helper
+
+    from fwedge.targets import c
+
+    names = list(dict.fromkeys(HOSTILE))
+    input_name = "in??/put\n#define x"
+    nodes = [helper.make_node("Relu", [input_name], [name], name=f"{name}/relu") for name in names]
+    graph = helper.make_graph(nodes, PAYLOAD, [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 2, 3, 3])],
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 2, 3, 3]) for name in names])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
     bundle = load_bundle(export_bundle(path, host_arch(), tmp_path / "b", ExportOptions()).path)
-    assert [spec.name for spec in bundle.outputs] == [name]
-    _check_sources(bundle.path, [name])
-    from fwedge.targets import c
-
-    got = c.run(bundle, {"x": np.zeros((1, 1, 8, 8), np.float32)})
-    assert list(got) == [name]
+    assert [spec.name for spec in bundle.outputs] == names
+    _check_sources(bundle.path, [input_name, *names])
+    x = np.random.default_rng(3).standard_normal((2, 2, 3, 3)).astype(np.float32)
+    got = c.run(bundle, {input_name: x})
+    assert list(got) == names
+    for name in names:
+        np.testing.assert_array_equal(got[name], np.maximum(x, 0), err_msg=f"output {name[:40]!r}")
     assert not list(tmp_path.rglob(MARKER))
+    assert _probe(bundle, tmp_path) == [f"in {input_name.encode().hex()}"] + [f"out {n.encode().hex()}" for n in names]
 
 
 def test_a_name_that_is_not_utf8_is_refused_with_one_line(tmp_path):
@@ -231,3 +242,25 @@ def test_c_string_round_trips_random_bytes_through_the_compiler(tmp_path):
     lines = subprocess.run([str(tmp_path / "strings")], capture_output=True, text=True, timeout=60,
                            check=True).stdout.split("\n")[:-1]
     assert lines == [sample.hex() for sample in samples]
+
+
+@pytest.mark.zig
+@pytest.mark.qemu("aarch64")
+def test_hostile_names_cross_compile_and_run_under_qemu(tmp_path):
+    """The same names through zig cc for aarch64 (musl, -std=c99) and qemu-aarch64."""
+    from fwedge.targets import c
+    from tolerances import C_FP32_ATOL, FP32_RTOL
+
+    base = tiny_conv_model()
+    hostile, mapping = renamed(base, HOSTILE)
+    plain_path, hostile_path = tmp_path / "plain.onnx", tmp_path / "hostile.onnx"
+    onnx.save(base, plain_path)
+    onnx.save(hostile, hostile_path)
+    bundle = load_bundle(export_bundle(hostile_path, "aarch64", tmp_path / "hostile", ExportOptions()).path)
+    _check_sources(bundle.path, [mapping["x"], mapping["y"]])
+    x = np.random.default_rng(2).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    expected = c.run(export_bundle(plain_path, host_arch(), tmp_path / "plain", ExportOptions()), {"x": x})["y"]
+    got = c.run(bundle, {mapping["x"]: x})
+    assert list(got) == [mapping["y"]]
+    np.testing.assert_allclose(got[mapping["y"]], expected, rtol=FP32_RTOL, atol=C_FP32_ATOL)
+    assert not list(tmp_path.rglob(MARKER))

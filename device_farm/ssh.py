@@ -35,6 +35,7 @@ _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 _REMOTE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*$")
 _PROGRAM = re.compile(r"^[A-Za-z0-9._/+-]+$")
 _HOST_KEY_POLICIES = ("yes", "no", "accept-new")
+_OPTION_PATH = re.compile(r"[^\s\"'\\%\x00-\x1f\x7f]+")
 
 # ssh_options is an allow-list: options that only tune the connection, each with the values it
 # may take. Anything else can run a local program (ProxyCommand, LocalCommand, KnownHostsCommand,
@@ -164,6 +165,13 @@ class SshDevice(Device):
                               f"{', '.join(_HOST_KEY_POLICIES)}, got {self.strict_host_key_checking!r}")
         for option in self.ssh_options:
             check_ssh_option(option, self.name)
+        # known_hosts travels inside an `-o UserKnownHostsFile=...` line that ssh tokenizes
+        # (quotes, whitespace, %-tokens); key is a separate argv element after -i.
+        if self.known_hosts and not _OPTION_PATH.fullmatch(self.known_hosts):
+            raise DeviceError(f"ssh device {self.name!r}: known_hosts {self.known_hosts[:120]!r} is not allowed "
+                              "(no whitespace, quotes, backslashes, % or control characters)")
+        if "\0" in self.key:
+            raise DeviceError(f"ssh device {self.name!r}: key path holds a NUL byte")
         self._identity: dict | None = None
 
     # -- argv builders ---------------------------------------------------------------------

@@ -130,3 +130,9 @@ def test_real_sshd_accepts_a_device_with_allowed_options(tmp_path):
     finally:
         server.stop()
     assert sys.executable  # the device entry runs the runner with this interpreter
+
+
+@pytest.mark.parametrize("value", ["/tmp/k h", "/tmp/kh\nProxyCommand touch x", '/tmp/"kh', "/tmp/%d/kh", "/tmp/k\\h"])
+def test_known_hosts_cannot_add_words_to_its_ssh_option_line(value, tmp_path):
+    message = _refusal(tmp_path, _board(known_hosts=value))
+    assert "known_hosts" in message, message

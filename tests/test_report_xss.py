@@ -186,3 +186,48 @@ def test_an_analysis_first_jump_that_is_not_a_table_is_refused(tmp_path):
     path.write_text(json.dumps({"tensors": [], "first_jump": "conv1"}))
     with pytest.raises(GateError, match="first_jump"):
         load_analysis(path)
+
+
+def test_analysis_fuzz_gives_a_gate_error_or_a_page_of_our_own_markup(tmp_path):
+    """Seeded mutations of an analysis file: every one is refused with a GateError or renders
+    to a page holding only the report's own elements and attributes."""
+    import json
+    import random
+
+    from fwedge.errors import GateError
+    from fwedge.report import load_analysis
+
+    rng = random.Random(0)
+    values = [None, True, 0, -1, 1e308, float("inf"), float("nan"), "inf", "", PAYLOADS[0], PAYLOADS[6], [], {},
+              [PAYLOADS[1]], {"tensor": PAYLOADS[2]}, "x" * 5000, 2**70]
+    results, _, verdict = hostile_inputs()
+    tried = refused = rendered = 0
+    for _ in range(300):
+        analysis = {"samples": 8, "first_jump": {"tensor": "t0", "op": "Conv"},
+                    "tensors": [{"tensor": f"t{i}", "op": "Conv", "order": i, "sqnr_db": 20.0 + i, "cosine": 0.9}
+                                for i in range(3)]}
+        for _ in range(rng.randint(1, 4)):
+            target = rng.choice(["top", "tensor", "jump"])
+            if target == "top":
+                analysis[rng.choice(["samples", "first_jump", "tensors", "notes"])] = rng.choice(values)
+            elif target == "jump" and isinstance(analysis.get("first_jump"), dict):
+                analysis["first_jump"][rng.choice(["tensor", "op"])] = rng.choice(values)
+            elif isinstance(analysis.get("tensors"), list) and analysis["tensors"]:
+                entry = rng.choice(analysis["tensors"])
+                if isinstance(entry, dict):
+                    entry[rng.choice(["tensor", "op", "order", "sqnr_db", "cosine", "node"])] = rng.choice(values)
+        path = tmp_path / "analysis.json"
+        path.write_text(json.dumps(analysis))
+        tried += 1
+        try:
+            loaded = load_analysis(path)
+        except GateError:
+            refused += 1
+            continue
+        parser = _Elements()
+        parser.feed(render_html(results, loaded, verdict))
+        assert {tag for tag, _ in parser.tags} <= OWN_TAGS
+        assert all(set(attributes) <= OWN_ATTRIBUTES for _, attributes in parser.tags)
+        rendered += 1
+    assert refused and rendered and tried == refused + rendered
+    print(f"analysis fuzz: {tried} tried, {refused} GateError, {rendered} rendered, 0 other exceptions")

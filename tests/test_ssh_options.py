@@ -136,3 +136,72 @@ def test_real_sshd_accepts_a_device_with_allowed_options(tmp_path):
 def test_known_hosts_cannot_add_words_to_its_ssh_option_line(value, tmp_path):
     message = _refusal(tmp_path, _board(known_hosts=value))
     assert "known_hosts" in message, message
+
+
+def _ssh_config(device) -> dict[str, str] | None:
+    """What ssh makes of the device's argv, from `ssh -G` (parses, never connects); None when
+    ssh itself refuses the options (then it runs nothing at all)."""
+    import subprocess
+
+    argv = device.ssh_argv(["true"])
+    options = argv[1:argv.index("--")]
+    done = subprocess.run(["ssh", "-G", *options, device.destination], capture_output=True, text=True, timeout=30,
+                          stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        return None
+    return dict(line.split(" ", 1) if " " in line else (line, "") for line in done.stdout.splitlines())
+
+
+# Settings no inventory may change: a command run locally, a forward, or a checked field.
+PINNED = {"proxycommand": None, "localcommand": None, "knownhostscommand": None, "remotecommand": None,
+          "proxyjump": None, "permitlocalcommand": "no", "forwardagent": "no", "controlmaster": "false",
+          "batchmode": "yes", "hostname": "127.0.0.1", "stricthostkeychecking": "true"}
+
+
+@pytest.mark.skipif(not __import__("shutil").which("ssh"), reason="needs the OpenSSH client")
+def test_ssh_option_fuzz_never_sets_a_command_or_forward(tmp_path):
+    """Seeded random options: each is refused (DeviceError) or, per `ssh -G`, leaves every
+    pinned setting as fwedge wants it."""
+    import random
+
+    from fwedge.device_farm.ssh import SSH_OPTION_VALUES
+
+    rng = random.Random(0)
+    keys = [*SSH_OPTION_VALUES, *(option.split("=")[0] for option in REFUSED)]
+    pieces = ["yes", "no", "1", "-", "+", "^", ",", " ", "\n", "\t", "%h", "$(id)", "`id`", ";", "aes128-ctr", "=",
+              "ProxyCommand", "-oProxyCommand=x", "#", "\"", "'", "\\", "inet", "publickey", "1G", "none", "x@y.z"]
+    examples = {option.split("=", 1)[0].lower(): option.split("=", 1)[1] for option in ALLOWED}
+    tried = refused = accepted = ssh_refused = 0
+    for _ in range(250):
+        key = rng.choice(keys)
+        key = key.upper() if rng.random() < 0.1 else key
+        value = examples.get(key.lower(), "yes")
+        for _ in range(rng.choice([0, 0, 1, 2, 3])):  # a third stay valid; the rest get pieces spliced in
+            at = rng.randint(0, len(value))
+            value = value[:at] + rng.choice(pieces) + value[at:]
+        option = f"{key}={value}"
+        tried += 1
+        try:
+            [device] = inventory.load_inventory(_write_inventory(tmp_path / "farm.toml", [_board(ssh_options=[option])]))
+        except DeviceError as exc:
+            assert "\n" not in str(exc)
+            refused += 1
+            continue
+        accepted += 1
+        config = _ssh_config(device)
+        if config is None:  # e.g. an unknown algorithm name: ssh stops before doing anything
+            ssh_refused += 1
+            continue
+        for setting, wanted in PINNED.items():
+            assert config.get(setting) in ((None, "none") if wanted is None else (wanted,)), (option, setting,
+                                                                                              config.get(setting))
+    assert refused and accepted > ssh_refused
+    print(f"ssh option fuzz: {tried} tried, {refused} DeviceError, {accepted} accepted ({ssh_refused} of them "
+          "refused by ssh itself), 0 other exceptions")
+
+
+@pytest.mark.skipif(not __import__("shutil").which("ssh"), reason="needs the OpenSSH client")
+def test_every_allowed_example_is_an_option_this_ssh_understands(tmp_path):
+    for option in ALLOWED:
+        [device] = inventory.load_inventory(_write_inventory(tmp_path / "farm.toml", [_board(ssh_options=[option])]))
+        assert _ssh_config(device) is not None, option

@@ -375,7 +375,7 @@ def emit_fully_connected(e: _Emitter, op: LoweredOp) -> None:
     Y = e.tensor(op.outputs[0])
     out_features, in_features = W.shape
     if X.size != in_features or not layout_trivial(X.shape):
-        raise ExportError(f"C target: fully_connected '{op.name}': input '{X.name}' {list(X.shape)} "
+        raise ExportError(f"C target: fully_connected {op.name!r}: input {X.name!r} {list(X.shape)} "
                           f"is not a [1, {in_features}] row")
     int8 = Y.dtype == "int8"
     float_min, float_max = _float_clamp(op.attrs.activation)
@@ -507,7 +507,7 @@ def emit_concat(e: _Emitter, op: LoweredOp) -> None:
     inner = [int(np.prod(physical_shape(e.tensor(name).shape)[physical_axis:])) for name in op.inputs]
     for name in op.inputs:
         if e.tensor(name).shape[0] != 1:
-            raise ExportError(f"C target: concat '{op.name}': input '{name}' has batch {e.tensor(name).shape[0]}")
+            raise ExportError(f"C target: concat {op.name!r}: input {name!r} has batch {e.tensor(name).shape[0]}")
     sizes = e.fresh("s")
     e.declarations.append(f"static const int {sizes}[{len(inner)}] = {{{', '.join(map(str, inner))}}};\n")
     pointers = ", ".join(f"(const void *){e.pointer(name)}" for name in op.inputs)
@@ -528,7 +528,7 @@ def _relayout(e: _Emitter, op: LoweredOp, source: str, X: LoweredTensor, Y: Lowe
         _, c, h, w = Y.shape  # logical [c][h*w] -> NHWC [h*w][c]
         e.call(op, f"fw_transpose2d({c}, {h * w}, {item}, {source}, {e.pointer(Y.name)});")
     else:
-        raise ExportError(f"C target: reshape '{op.name}' from {list(X.shape)} to {list(Y.shape)} changes the "
+        raise ExportError(f"C target: reshape {op.name!r} from {list(X.shape)} to {list(Y.shape)} changes the "
                           "spatial layout of a multi-channel 4-D tensor; not supported")
 
 
@@ -543,7 +543,7 @@ def emit_pad(e: _Emitter, op: LoweredOp) -> None:
     X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
     begin, end = op.attrs.begin, op.attrs.end
     if len(X.shape) != 4 or begin[0] or end[0]:
-        raise ExportError(f"C target: pad '{op.name}': only 4-D pads of C, H and W are supported, "
+        raise ExportError(f"C target: pad {op.name!r}: only 4-D pads of C, H and W are supported, "
                           f"got begin {list(begin)} end {list(end)} on {list(X.shape)}")
     _, c, h, w = X.shape
     _, oc, oh, ow = Y.shape
@@ -580,13 +580,13 @@ def emit_unary(e: _Emitter, op: LoweredOp) -> None:
 def emit_softmax(e: _Emitter, op: LoweredOp) -> None:
     X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
     if op.attrs.axis != len(X.shape) - 1 or not layout_trivial(X.shape):
-        raise ExportError(f"C target: softmax '{op.name}' over axis {op.attrs.axis} of {list(X.shape)}: "
+        raise ExportError(f"C target: softmax {op.name!r} over axis {op.attrs.axis} of {list(X.shape)}: "
                           "only the last axis of a non-image tensor is supported")
     depth = X.shape[-1]
     outer = X.size // depth
     if Y.dtype == "int8":
         if op.attrs.beta != 1.0:
-            raise ExportError(f"C target: int8 softmax '{op.name}' with beta {op.attrs.beta}")
+            raise ExportError(f"C target: int8 softmax {op.name!r} with beta {op.attrs.beta}")
         table = e.array("exp table (Q24)", op.attrs.exp_table, "int32")
         r = op.attrs.requant
         e.kernels.add("softmax_s8.c")
@@ -594,7 +594,7 @@ def emit_softmax(e: _Emitter, op: LoweredOp) -> None:
                    f"{_zero_point(Y)}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
         return
     if op.attrs.beta != 1.0:
-        raise ExportError(f"C target: softmax '{op.name}' with beta {op.attrs.beta}")
+        raise ExportError(f"C target: softmax {op.name!r} with beta {op.attrs.beta}")
     e.kernels.add("activation_f32.c")
     e.call(op, f"fw_softmax_f32({outer}, {depth}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
 
@@ -665,7 +665,7 @@ def generate(graph: LoweredGraph, source_sha256: str = "", quads: bool = True) -
     """
     missing = unsupported_ops(graph)
     if missing:
-        raise ExportError("C target: no emitter for " + ", ".join(f"{op.name} ({op.kind})" for op in missing))
+        raise ExportError("C target: no emitter for " + ", ".join(f"{op.name!r} ({op.kind})" for op in missing))
     for name in [*graph.inputs, *graph.outputs]:
         if not isinstance(name, str):  # protobuf hands over a name that is not UTF-8 as bytes
             raise ExportError(f"C target: graph input or output name {name[:80]!r} is not UTF-8 text")

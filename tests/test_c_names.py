@@ -308,3 +308,20 @@ def test_random_names_never_reach_the_generated_sources_as_text():
         assert f'"{octal(x)}"' in header and f'"{octal(z)}"' in header
     assert tried > 100
     print(f"C name fuzz: {tried} models tried, all generated, 0 exceptions")
+
+
+def test_an_export_error_naming_a_hostile_node_is_one_line(tmp_path):
+    from onnx import TensorProto, helper
+
+    from fwedge.errors import FwEdgeError
+
+    node_name = "soft\nmax\r#include </etc/passwd>"
+    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], name=node_name, axis=1)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    with pytest.raises(FwEdgeError) as caught:
+        export_bundle(path, host_arch(), tmp_path / "b", ExportOptions())
+    message = str(caught.value)
+    assert "\n" not in message and "\r" not in message and repr(node_name) in message, message

@@ -33,6 +33,8 @@ from fwedge.device_farm.device import DEVICE_KINDS, Device
 from fwedge.errors import DeviceError
 
 _PATH_FIELDS = ("key", "known_hosts")
+# Fields naming a local program to run: an inventory may only give a bare name looked up on PATH.
+_PROGRAM_FIELDS = {"ssh": ("ssh", "scp")}
 
 
 def auto_detect() -> list[Device]:
@@ -82,8 +84,14 @@ def device_from_entry(entry: dict, where: str) -> Device:
         _check_type(value, _annotation_name(hints[key]), f"{where}: device {name!r}", key)
         if key in _PATH_FIELDS and isinstance(value, str) and value:
             value = str(Path(os.path.expanduser(value)))
+        if key in _PROGRAM_FIELDS.get(kind, ()) and not ssh.CLIENT_PROGRAM.fullmatch(value):
+            raise DeviceError(f"{where}: device {name!r}: {key!r} {value[:80]!r} is not allowed: an inventory names "
+                              "the client program (found on PATH), never a path or arguments")
         values[key] = value
-    return cls(**values)
+    try:
+        return cls(**values)
+    except DeviceError as exc:
+        raise DeviceError(f"{where}: {exc}") from exc
 
 
 def _annotation_name(hint) -> str:

@@ -35,10 +35,79 @@ _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 _REMOTE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*$")
 _PROGRAM = re.compile(r"^[A-Za-z0-9._/+-]+$")
 _HOST_KEY_POLICIES = ("yes", "no", "accept-new")
+_OPTION_PATH = re.compile(r"[^\s\"'\\%\x00-\x1f\x7f]+")
+
+# ssh_options is an allow-list: options that only tune the connection, each with the values it
+# may take. Anything else can run a local program (ProxyCommand, LocalCommand, KnownHostsCommand,
+# Match exec), load code (PKCS11Provider, SecurityKeyProvider), read or write local files
+# (Include, ControlPath, IdentityFile), hand local resources to the board (ForwardAgent,
+# SendEnv, port forwards) or bypass a checked device field (HostName, User, Port). Keys are
+# case-insensitive for ssh, so they are compared in lower case.
+_YES_NO = re.compile(r"^(yes|no)$")
+_COUNT = re.compile(r"^[0-9]{1,6}$")
+_ALGORITHMS = re.compile(r"^[+^-]?[A-Za-z0-9][A-Za-z0-9@._+-]*(,[A-Za-z0-9][A-Za-z0-9@._+-]*)*$")
+SSH_OPTION_VALUES = {
+    "ciphers": _ALGORITHMS, "macs": _ALGORITHMS, "kexalgorithms": _ALGORITHMS, "hostkeyalgorithms": _ALGORITHMS,
+    "pubkeyacceptedalgorithms": _ALGORITHMS, "pubkeyacceptedkeytypes": _ALGORITHMS,
+    "casignaturealgorithms": _ALGORITHMS, "hostbasedacceptedalgorithms": _ALGORITHMS,
+    "connecttimeout": _COUNT, "connectionattempts": _COUNT, "serveraliveinterval": _COUNT,
+    "serveralivecountmax": _COUNT, "numberofpasswordprompts": _COUNT,
+    "compression": _YES_NO, "tcpkeepalive": _YES_NO, "checkhostip": _YES_NO, "identitiesonly": _YES_NO,
+    "pubkeyauthentication": _YES_NO, "passwordauthentication": _YES_NO, "kbdinteractiveauthentication": _YES_NO,
+    "gssapiauthentication": _YES_NO, "hostbasedauthentication": _YES_NO,
+    "updatehostkeys": re.compile(r"^(yes|no|ask)$"),
+    "addressfamily": re.compile(r"^(any|inet|inet6)$"),
+    "hostkeyalias": re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"),
+    "ipqos": re.compile(r"^[a-z0-9]{1,16}( [a-z0-9]{1,16})?$"),
+    "rekeylimit": re.compile(r"^([0-9]{1,12}[KMG]?|default|none)( [0-9]{1,9}[smhdw]?|none)?$"),
+    "preferredauthentications": re.compile(r"^[a-z-]+(,[a-z-]+)*$"),
+}
+# Why the options people reach for most are refused; the rest get the general reason.
+_REFUSED_BECAUSE = {
+    **dict.fromkeys(("proxycommand", "localcommand", "permitlocalcommand", "knownhostscommand", "match",
+                     "xauthlocation", "proxyusefdpass"), "it runs a local command"),
+    **dict.fromkeys(("pkcs11provider", "securitykeyprovider"), "it loads a local library into ssh"),
+    "include": "it reads another ssh configuration file",
+    "remotecommand": "it replaces the command fwedge runs on the board",
+    "proxyjump": "it connects through another host; configure jump hosts in the machine's ~/.ssh/config",
+    **dict.fromkeys(("forwardagent", "forwardx11", "forwardx11trusted", "sendenv", "setenv", "localforward",
+                     "remoteforward", "dynamicforward", "tunnel", "tunneldevice", "streamlocalbindunlink",
+                     "permitremoteopen", "clearallforwardings"), "it hands local resources to the board"),
+    **dict.fromkeys(("controlmaster", "controlpath", "controlpersist", "identityagent", "certificatefile",
+                     "globalknownhostsfile", "revokedhostkeys", "userknownhostsfile", "identityfile"),
+                    "it names a local file or socket (use the device's key and known_hosts fields)"),
+    "hostname": "it replaces the device's checked host", "user": "it replaces the device's checked user",
+    "port": "use the device's port field",
+    "stricthostkeychecking": "use the device's strict_host_key_checking field",
+    **dict.fromkeys(("batchmode", "loglevel"), "fwedge sets it"),
+}
+# An inventory names the ssh and scp programs by name only, found on PATH: a path would let
+# the inventory pick any local file to run.
+CLIENT_PROGRAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def check_ssh_option(option, device: str) -> None:
+    """Refuse an ssh_options entry that is not `Key=Value` with an allowed key and a plain value.
+
+    Raises:
+        DeviceError: naming the device, the option and why it is refused.
+    """
+    if not isinstance(option, str) or "=" not in option:
+        raise DeviceError(f"ssh device {device!r}: ssh option {option!r} must be Key=Value")
+    key, value = option.split("=", 1)
+    lowered = key.lower()
+    if lowered not in SSH_OPTION_VALUES:
+        why = _REFUSED_BECAUSE.get(lowered, "only options that tune the connection are allowed: "
+                                            + ", ".join(sorted(SSH_OPTION_VALUES)))
+        raise DeviceError(f"ssh device {device!r}: ssh option {key[:60]!r} is not allowed: {why}")
+    if not SSH_OPTION_VALUES[lowered].fullmatch(value):
+        raise DeviceError(f"ssh device {device!r}: ssh option {key!r} value {value[:80]!r} is not allowed "
+                          f"(expected to match {SSH_OPTION_VALUES[lowered].pattern})")
 
 
 def _require(pattern: re.Pattern, value: str, device: str, what: str) -> None:
-    if not isinstance(value, str) or not pattern.match(value) or ".." in value.split("/"):
+    # fullmatch: with match, "$" also matches before a trailing newline
+    if not isinstance(value, str) or not pattern.fullmatch(value) or ".." in value.split("/"):
         raise DeviceError(f"ssh device {device!r}: {what} {value!r} is not allowed "
                           f"(expected to match {pattern.pattern})")
 
@@ -61,8 +130,10 @@ class SshDevice(Device):
         run_timeout: seconds for one remote harness run.
         strict_host_key_checking: yes | no | accept-new (ssh StrictHostKeyChecking).
         known_hosts: UserKnownHostsFile, empty for ssh's default.
-        ssh_options: extra `-o Key=Value` options (each one argv element).
-        ssh, scp: client programs.
+        ssh_options: extra `-o Key=Value` options (each one argv element), from the allow-list
+            SSH_OPTION_VALUES only (check_ssh_option).
+        ssh, scp: client programs (an inventory may name them, found on PATH, but not give a
+            path: inventory.device_from_entry refuses that).
     """
 
     host: str = ""
@@ -93,8 +164,14 @@ class SshDevice(Device):
             raise DeviceError(f"ssh device {self.name!r}: strict_host_key_checking must be one of "
                               f"{', '.join(_HOST_KEY_POLICIES)}, got {self.strict_host_key_checking!r}")
         for option in self.ssh_options:
-            if not re.match(r"^[A-Za-z]+=[^\s]*$", option):
-                raise DeviceError(f"ssh device {self.name!r}: ssh option {option!r} must be Key=Value")
+            check_ssh_option(option, self.name)
+        # known_hosts travels inside an `-o UserKnownHostsFile=...` line that ssh tokenizes
+        # (quotes, whitespace, %-tokens); key is a separate argv element after -i.
+        if self.known_hosts and not _OPTION_PATH.fullmatch(self.known_hosts):
+            raise DeviceError(f"ssh device {self.name!r}: known_hosts {self.known_hosts[:120]!r} is not allowed "
+                              "(no whitespace, quotes, backslashes, % or control characters)")
+        if "\0" in self.key:
+            raise DeviceError(f"ssh device {self.name!r}: key path holds a NUL byte")
         self._identity: dict | None = None
 
     # -- argv builders ---------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """Reports: one self-contained HTML file (inline CSS, JS and SVG) and a Markdown CI summary."""
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,9 +15,6 @@ from fwedge.device_farm.gate import GateReport
 from fwedge.device_farm.results import DeviceResult, Results, load_results
 from fwedge.errors import GateError
 
-# The page may fetch nothing: the policy forbids every network source; styles and the one
-# script are inline.
-CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 SQNR_WARN_DB = 20.0
 
 STYLE = """
@@ -52,6 +52,21 @@ SCRIPT = """
   document.body.setAttribute('data-ready', 'yes');
 })();
 """
+
+
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+# The page may fetch nothing and run only its own script: every network source is forbidden,
+# and the one inline script and style element are allowed by their hashes. Text from results,
+# analyses and gate verdicts is escaped everywhere; should any markup slip through anyway, an
+# injected <script>, event handler or style element still does not run ('unsafe-inline' is
+# never given, and hashes do not cover handler attributes).
+CSP = (f"default-src 'none'; script-src {_csp_hash(SCRIPT)}; style-src {_csp_hash(STYLE)}; img-src data:; "
+       "base-uri 'none'; form-action 'none'")
 
 
 @dataclass
@@ -97,6 +112,23 @@ def load_analysis(path: str | os.PathLike) -> dict:
         raise GateError(f"analysis '{path}': cannot read ({exc})") from exc
     if not isinstance(data, dict) or not isinstance(data.get("tensors"), list):
         raise GateError(f"analysis '{path}': expected `fwedge analyze --json` output with a 'tensors' list")
+    for index, entry in enumerate(data["tensors"]):
+        where = f"analysis '{path}': tensors[{index}]"
+        if not isinstance(entry, dict):
+            raise GateError(f"{where}: expected a table, got {type(entry).__name__}")
+        for key in ("tensor", "op", "node"):
+            if key in entry and not isinstance(entry[key], str):
+                raise GateError(f"{where}: {key} must be a string, got {type(entry[key]).__name__}")
+        order = entry.get("order", 0)
+        if isinstance(order, bool) or not isinstance(order, (int, float)) or not math.isfinite(order):
+            raise GateError(f"{where}: order must be a number, got {order!r:.80}")
+        sqnr = entry.get("sqnr_db")
+        if sqnr not in (None, "inf") and (isinstance(sqnr, bool) or not isinstance(sqnr, (int, float))
+                                         or not math.isfinite(sqnr)):
+            raise GateError(f"{where}: sqnr_db must be a finite number, \"inf\" or null, got {sqnr!r:.80}")
+    jump = data.get("first_jump")
+    if jump is not None and not isinstance(jump, dict):
+        raise GateError(f"analysis '{path}': first_jump must be a table or null, got {type(jump).__name__}")
     return data
 
 
@@ -280,9 +312,10 @@ def render_html(results: Results, analysis: dict | None = None, gate: GateReport
                 title: str = "fwedge report") -> str:
     """The whole report as one HTML string with no external references."""
     ok = sum(r.ok for r in results.results)
-    meta = (f"{_e(results.created)} · data {_e(results.data)} · {results.samples} samples · "
-            f"{results.repeats} timed runs · {ok}/{len(results.results)} runs ok · host {_e(results.host.get('node', ''))} "
-            f"({_e(results.host.get('machine', ''))})")
+    host = results.host if isinstance(results.host, dict) else {}
+    meta = (f"{_e(results.created)} · data {_e(results.data)} · {_e(results.samples)} samples · "
+            f"{_e(results.repeats)} timed runs · {ok}/{len(results.results)} runs ok · host {_e(host.get('node', ''))} "
+            f"({_e(host.get('machine', ''))})")
     body = [f"<h1>{_e(title)}</h1><div class='meta'>{meta}</div>", _verdict_badge(gate)]
     if gate is not None and gate.regressions:
         body.append("<ul id='regressions'>" + "".join(f"<li>{_e(line)}</li>" for line in gate.regressions) + "</ul>")
@@ -297,7 +330,7 @@ def render_html(results: Results, analysis: dict | None = None, gate: GateReport
         body.append("<p class='note'>No analysis given (fwedge analyze FLOAT QDQ --json FILE).</p>")
     else:
         jump = analysis.get("first_jump")
-        body.append(f"<p class='note'>{analysis.get('samples', '?')} samples; red bars are below {SQNR_WARN_DB:g} dB"
+        body.append(f"<p class='note'>{_e(analysis.get('samples', '?'))} samples; red bars are below {SQNR_WARN_DB:g} dB"
                     + (f"; error first jumps at '{_e(jump.get('tensor'))}' ({_e(jump.get('op'))})" if jump else "")
                     + ".</p>")
         body.append(sqnr_chart(analysis))
@@ -310,19 +343,30 @@ def render_html(results: Results, analysis: dict | None = None, gate: GateReport
             + "".join(body) + f"<script>{SCRIPT}</script></body></html>\n")
 
 
+# Markdown that would start a link, an image, code or emphasis; job summaries also render
+# HTML, hence the entities for < > &.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\](){}#!|~+])")
+
+
+def _markdown_text(text) -> str:
+    """One line of plain text for a Markdown table cell: nothing in it is markup."""
+    flat = " ".join(str(text).split())
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(flat, quote=False))
+
+
 def render_markdown(results: Results, gate: GateReport | None = None) -> str:
     """A GitHub job-summary table: verdict, one row per result, regressions."""
     if gate is None:
         verdict = "no gate run"
     else:
         verdict = "✅ PASS" if gate.passed else f"❌ FAIL ({len(gate.regressions)} regression(s))"
+    def cell(text) -> str:
+        return _markdown_text(text)
+
     lines = [f"## fwedge: {verdict}", "",
-             f"{results.samples} samples of `{results.data}`, {results.repeats} timed runs per pair.", "",
+             f"{cell(results.samples)} samples of {cell(results.data)}, {cell(results.repeats)} timed runs per pair.", "",
              "| bundle | device | status | accuracy | agreement | p50 ms | p95 ms | B/A | file bytes |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-
-    def cell(text) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")
 
     for r in results.results:
         latency = r.latency

@@ -230,10 +230,10 @@ def _node_problem(view: _View, node: onnx.NodeProto) -> str | None:
         if attribute(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
             return "auto_pad"
         if _weight_value(view, node.input[1]) is None:
-            return f"weight '{node.input[1]}' is not a constant"
+            return f"weight {node.input[1]!r} is not a constant"
     if op in ("Gemm", "MatMul"):
         if _weight_value(view, node.input[1]) is None:
-            return f"weight '{node.input[1]}' is not a constant"
+            return f"weight {node.input[1]!r} is not a constant"
         if rank != 2:
             return f"input of rank {rank}, only [1, K]"
         if op == "Gemm" and (attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0
@@ -461,7 +461,7 @@ def lower(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = No
     if problems:
         raise UnsupportedOpError(
             target, [(n, o, v) for n, o, v, _ in problems],
-            detail="; ".join(f"{n}: {why}" for n, _, _, why in problems),
+            detail="; ".join(f"{n!r}: {why}" for n, _, _, why in problems),
         )
     view = _view(prepared)
     builder = _Builder(view)
@@ -476,7 +476,7 @@ def lower(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = No
     if builder.refused and not float_fallback:
         raise UnsupportedOpError(
             target, [(name, op, view.opset) for name, op, _ in builder.refused],
-            detail="; ".join(f"{name}: {why}" for name, _, why in builder.refused)
+            detail="; ".join(f"{name!r}: {why}" for name, _, why in builder.refused)
             + "; --allow-float-fallback keeps them in float",
         )
     if builder.refused:

@@ -493,6 +493,8 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
                             for suffix, files in by_level.items() if files},
         "binary": BINARY if options.build else None,
         "ops": len(graph.ops),
+        # model.c's comments name ops by index only; these are their names, in that order
+        "op_names": program.op_names,
         "float_ops": list(graph.float_ops),
         "storage_layout": "NHWC",
         "memory_plan": program.plan.to_dict(),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,7 @@ _ITEM_BYTES = {"float32": 4, "int8": 1, "int32": 4, "conv_s8": 1}  # conv_s8: in
 _NHWC = (0, 2, 3, 1)
 # Kernel source files that every bundle compiles (data movement, I/O layout changes).
 ALWAYS_KERNELS = ("data.c",)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,8 +89,58 @@ def c_struct(type_name: str, name: str, fields: dict) -> str:
     return f"static const {type_name} {name} = {{{body}}};\n"
 
 
+# Generated comments hold only text fwedge itself writes (op indices, kinds, layouts, shapes),
+# never a tensor or node name: a name could end the comment ("*/"), start a preprocessor line (a
+# newline) or, under -std=c99, hide a backslash or a '#' in a trigraph ("??/", "??="). The names
+# stay in the bundle manifest (inputs, outputs, op_names) and in model.h as escaped data.
+_COMMENT_TEXT = re.compile(r"[A-Za-z0-9 _\[\]()*/,.=+:;'-]*")
+
+
 def c_comment(text: str) -> str:
-    return text.replace("*/", "* /").replace("\n", " ")
+    """`/* text */` for text the generator wrote.
+
+    Raises:
+        ExportError: the text holds anything that could end the comment or the line.
+    """
+    if not _COMMENT_TEXT.fullmatch(text) or "*/" in text or "/*" in text or "//" in text:
+        raise ExportError(f"C target: refusing to write {text!r} into a C comment")
+    return f"/* {text} */"
+
+
+def c_comment_block(lines: list[str]) -> str:
+    """A multi-line comment of generator-written lines (checked as c_comment checks them)."""
+    for line in lines:
+        c_comment(line)
+    return "/*\n" + "".join(f" * {line}".rstrip() + "\n" for line in lines) + " */"
+
+
+# Octal escapes take at most three digits, so three-digit escapes never run into the next one
+# (a hex escape is greedy: "\x41" followed by "B" reads as one escape).
+_LITERAL_PIECE = 32
+
+
+def c_string(data: str | bytes) -> str:
+    """A C string literal holding exactly `data`'s bytes (UTF-8 for text), every byte an octal
+    escape: no user byte appears as itself, so no quote, backslash, trigraph, newline or comment
+    marker can reach the compiler. Long data becomes adjacent literals on continuation lines.
+
+    Raises:
+        ExportError: text that is not valid Unicode (a lone surrogate).
+    """
+    if isinstance(data, str):
+        try:
+            data = data.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ExportError(f"C target: name {data[:80]!r} is not valid Unicode text") from exc
+    data = bytes(data)
+    pieces = ['"' + "".join(f"\\{byte:03o}" for byte in data[start:start + _LITERAL_PIECE]) + '"'
+              for start in range(0, len(data), _LITERAL_PIECE)]
+    return "\n        ".join(pieces) or '""'
+
+
+def c_name_bytes(data: str | bytes) -> int:
+    """The byte length of a name as c_string writes it (names may hold NUL bytes)."""
+    return len(data.encode("utf-8") if isinstance(data, str) else bytes(data))
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,6 +160,7 @@ class CProgram:
         inputs, outputs: (name, logical shape, dtype) of the graph inputs and outputs, in the
             order of the harness files.
         ops: (kind, dtype) of every op, for reports.
+        op_names: the name of every op, in model.c order (its comments say "op <index>").
     """
 
     model_c: str
@@ -118,6 +171,7 @@ class CProgram:
     inputs: list[tuple[str, tuple[int, ...], str]]
     outputs: list[tuple[str, tuple[int, ...], str]]
     ops: list[tuple[str, str]] = field(default_factory=list)
+    op_names: list[str] = field(default_factory=list)
 
 
 class _Emitter:
@@ -133,6 +187,7 @@ class _Emitter:
         self.constant_names: dict[str, str] = {}
         self.weights_bytes = 0
         self.counter = 0
+        self.op_index = 0  # the op being emitted: comments name ops by index, never by name
 
     def fresh(self, prefix: str) -> str:
         self.counter += 1
@@ -152,28 +207,31 @@ class _Emitter:
         """Emit a graph constant (in its stored layout) once; returns its C name."""
         if name not in self.constant_names:
             tensor = self.graph.tensors[name]
-            self.constant_names[name] = self.array(name, to_physical(tensor.data), tensor.dtype)
+            self.constant_names[name] = self.array("constant", to_physical(tensor.data), tensor.dtype)
         return self.constant_names[name]
 
-    def array(self, hint: str, data, dtype: str) -> str:
-        """Emit a constant array (weights in kernel layout, requantization tables)."""
+    def array(self, role: str, data, dtype: str) -> str:
+        """Emit a constant array (weights in kernel layout, requantization tables); `role` is the
+        generator's own description of it (the comment names the op by its index)."""
         data = np.asarray(data)
         c_name = self.fresh("k")
-        self.declarations.append(f"/* {c_comment(hint)} {list(data.shape)} */\n" + c_array(c_name, data, dtype))
+        self.declarations.append(c_comment(f"op {self.op_index} {role} {list(data.shape)}") + "\n"
+                                 + c_array(c_name, data, dtype))
         self.weights_bytes += int(data.size) * _ITEM_BYTES[dtype]
         return c_name
 
-    def conv_layouts(self, hint: str, layouts: dict[int, np.ndarray]) -> tuple[str, str]:
+    def conv_layouts(self, role: str, layouts: dict[int, np.ndarray]) -> tuple[str, str]:
         """The packed int8 conv weights in the pair and the quad layout, each under #if: a build
         compiles in the one its kernels read (FW_CONV_K_GROUP), the x86-64 dispatch build both.
         Returns their C names (pairs, quads) for FW_CONV2D_S8. weights_bytes counts the pairs.
         Without self.quads (a non-x86 model.c, whose builds all read pairs) only the pairs."""
         pairs, quads = self.fresh("k"), self.fresh("k")
         if not self.quads:
-            self.declarations.append(f"/* {c_comment(hint)}, G = 2 */\n" + c_array(pairs, layouts[2], "conv_s8"))
+            self.declarations.append(c_comment(f"op {self.op_index} {role}, G = 2") + "\n"
+                                     + c_array(pairs, layouts[2], "conv_s8"))
         else:
             self.declarations.append(
-                f"/* {c_comment(hint)}, G = 2 and G = 4 */\n"
+                c_comment(f"op {self.op_index} {role}, G = 2 and G = 4") + "\n"
                 "#if FW_CONV_K_GROUP == 2 || defined(FW_X86_DISPATCH)\n" + c_array(pairs, layouts[2], "conv_s8")
                 + "#endif\n#if FW_CONV_K_GROUP == 4 || defined(FW_X86_DISPATCH)\n" + c_array(quads, layouts[4], "int8")
                 + "#endif\n")
@@ -186,7 +244,7 @@ class _Emitter:
         return name
 
     def call(self, op: LoweredOp, line: str) -> None:
-        self.body.append(f"    /* {op.kind} '{c_comment(op.name)}' */\n    {line}\n")
+        self.body.append(f"    {c_comment(f'op {self.op_index}: {op.kind}')}\n    {line}\n")
 
 
 EMITTERS = {}
@@ -290,16 +348,16 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
     params = e.struct("fw_conv_params", fields)
     packed = isinstance(weights, dict)
     if packed:
-        pairs, quads = e.conv_layouts(f"{W.name} ([M/8][kh*kw*C/G][8][G] packed)", weights)
+        pairs, quads = e.conv_layouts("weights [M/8][kh*kw*C/G][8][G] packed", weights)
     else:
         layout = ("[kh][kw][M]" if depthwise else "[M][kh][kw][C/g]" if int8 else "[g][kh][kw][C/g][M/g]")
-        weight_name = e.array(f"{W.name} ({layout})", weights, "conv_s8" if int8 and not depthwise else W.dtype)
+        weight_name = e.array(f"weights {layout}", weights, "conv_s8" if int8 and not depthwise else W.dtype)
     bias_name = e.constant(B.name)
     function = f"fw_{'depthwise_conv2d' if depthwise else 'conv2d'}_{_suffix(Y.dtype)}"
     e.kernels.add(f"{'depthwise' if depthwise else 'conv2d'}_{_suffix(Y.dtype)}.c")
     if int8:
-        multiplier = e.array(f"{op.name} multiplier", _per_channel(attrs.requant.multiplier, c_out), "int32")
-        shift = e.array(f"{op.name} shift", _per_channel(attrs.requant.shift, c_out), "int32")
+        multiplier = e.array("multiplier", _per_channel(attrs.requant.multiplier, c_out), "int32")
+        shift = e.array("shift", _per_channel(attrs.requant.shift, c_out), "int32")
         if packed:  # the layout the build reads, or both for the x86-64 dispatch (fwedge_rt.h)
             e.call(op, f"FW_CONV2D_S8(&{params}, {e.pointer(X.name)}, {pairs}, {quads}, {bias_name}, {multiplier}, "
                        f"{shift}, {e.pointer(Y.name)});")
@@ -317,7 +375,7 @@ def emit_fully_connected(e: _Emitter, op: LoweredOp) -> None:
     Y = e.tensor(op.outputs[0])
     out_features, in_features = W.shape
     if X.size != in_features or not layout_trivial(X.shape):
-        raise ExportError(f"C target: fully_connected '{op.name}': input '{X.name}' {list(X.shape)} "
+        raise ExportError(f"C target: fully_connected {op.name!r}: input {X.name!r} {list(X.shape)} "
                           f"is not a [1, {in_features}] row")
     int8 = Y.dtype == "int8"
     float_min, float_max = _float_clamp(op.attrs.activation)
@@ -331,8 +389,8 @@ def emit_fully_connected(e: _Emitter, op: LoweredOp) -> None:
     e.kernels.add(f"fully_connected_{_suffix(Y.dtype)}.c")
     args = f"&{params}, {e.pointer(X.name)}, {e.constant(W.name)}, {e.constant(B.name)}"
     if int8:
-        multiplier = e.array(f"{op.name} multiplier", _per_channel(op.attrs.requant.multiplier, out_features), "int32")
-        shift = e.array(f"{op.name} shift", _per_channel(op.attrs.requant.shift, out_features), "int32")
+        multiplier = e.array("multiplier", _per_channel(op.attrs.requant.multiplier, out_features), "int32")
+        shift = e.array("shift", _per_channel(op.attrs.requant.shift, out_features), "int32")
         args += f", {multiplier}, {shift}"
     e.call(op, f"fw_fully_connected_{_suffix(Y.dtype)}({args}, {e.pointer(Y.name)});")
 
@@ -419,8 +477,8 @@ def emit_pool(e: _Emitter, op: LoweredOp) -> None:
     e.kernels.add(f"pool_{_suffix(Y.dtype)}.c")
     function = f"fw_{op.kind}_{_suffix(Y.dtype)}"
     if int8 and op.kind == "avg_pool":
-        multipliers = e.array(f"{op.name} multiplier by count", attrs.requant.multiplier, "int32")
-        shifts = e.array(f"{op.name} shift by count", attrs.requant.shift, "int32")
+        multipliers = e.array("multiplier by count", attrs.requant.multiplier, "int32")
+        shifts = e.array("shift by count", attrs.requant.shift, "int32")
         e.call(op, f"{function}(&{params}, {e.pointer(X.name)}, {multipliers}, {shifts}, {e.pointer(Y.name)});")
     else:
         e.call(op, f"{function}(&{params}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
@@ -449,7 +507,7 @@ def emit_concat(e: _Emitter, op: LoweredOp) -> None:
     inner = [int(np.prod(physical_shape(e.tensor(name).shape)[physical_axis:])) for name in op.inputs]
     for name in op.inputs:
         if e.tensor(name).shape[0] != 1:
-            raise ExportError(f"C target: concat '{op.name}': input '{name}' has batch {e.tensor(name).shape[0]}")
+            raise ExportError(f"C target: concat {op.name!r}: input {name!r} has batch {e.tensor(name).shape[0]}")
     sizes = e.fresh("s")
     e.declarations.append(f"static const int {sizes}[{len(inner)}] = {{{', '.join(map(str, inner))}}};\n")
     pointers = ", ".join(f"(const void *){e.pointer(name)}" for name in op.inputs)
@@ -470,7 +528,7 @@ def _relayout(e: _Emitter, op: LoweredOp, source: str, X: LoweredTensor, Y: Lowe
         _, c, h, w = Y.shape  # logical [c][h*w] -> NHWC [h*w][c]
         e.call(op, f"fw_transpose2d({c}, {h * w}, {item}, {source}, {e.pointer(Y.name)});")
     else:
-        raise ExportError(f"C target: reshape '{op.name}' from {list(X.shape)} to {list(Y.shape)} changes the "
+        raise ExportError(f"C target: reshape {op.name!r} from {list(X.shape)} to {list(Y.shape)} changes the "
                           "spatial layout of a multi-channel 4-D tensor; not supported")
 
 
@@ -485,7 +543,7 @@ def emit_pad(e: _Emitter, op: LoweredOp) -> None:
     X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
     begin, end = op.attrs.begin, op.attrs.end
     if len(X.shape) != 4 or begin[0] or end[0]:
-        raise ExportError(f"C target: pad '{op.name}': only 4-D pads of C, H and W are supported, "
+        raise ExportError(f"C target: pad {op.name!r}: only 4-D pads of C, H and W are supported, "
                           f"got begin {list(begin)} end {list(end)} on {list(X.shape)}")
     _, c, h, w = X.shape
     _, oc, oh, ow = Y.shape
@@ -504,7 +562,7 @@ def emit_unary(e: _Emitter, op: LoweredOp) -> None:
     X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
     x, y = e.pointer(X.name), e.pointer(Y.name)
     if Y.dtype == "int8":
-        table = e.array(f"{op.name} {op.kind} table", np.asarray(op.attrs.lut, dtype=np.int8), "int8")
+        table = e.array(f"{op.kind} table", np.asarray(op.attrs.lut, dtype=np.int8), "int8")
         e.kernels.add("lut_s8.c")
         e.call(op, f"fw_lut_s8({Y.size}, {table}, {x}, {y});")
         return
@@ -522,21 +580,21 @@ def emit_unary(e: _Emitter, op: LoweredOp) -> None:
 def emit_softmax(e: _Emitter, op: LoweredOp) -> None:
     X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
     if op.attrs.axis != len(X.shape) - 1 or not layout_trivial(X.shape):
-        raise ExportError(f"C target: softmax '{op.name}' over axis {op.attrs.axis} of {list(X.shape)}: "
+        raise ExportError(f"C target: softmax {op.name!r} over axis {op.attrs.axis} of {list(X.shape)}: "
                           "only the last axis of a non-image tensor is supported")
     depth = X.shape[-1]
     outer = X.size // depth
     if Y.dtype == "int8":
         if op.attrs.beta != 1.0:
-            raise ExportError(f"C target: int8 softmax '{op.name}' with beta {op.attrs.beta}")
-        table = e.array(f"{op.name} exp table (Q24)", op.attrs.exp_table, "int32")
+            raise ExportError(f"C target: int8 softmax {op.name!r} with beta {op.attrs.beta}")
+        table = e.array("exp table (Q24)", op.attrs.exp_table, "int32")
         r = op.attrs.requant
         e.kernels.add("softmax_s8.c")
         e.call(op, f"fw_softmax_s8({outer}, {depth}, {table}, {int(r.multiplier[0])}, {int(r.shift[0])}, "
                    f"{_zero_point(Y)}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
         return
     if op.attrs.beta != 1.0:
-        raise ExportError(f"C target: softmax '{op.name}' with beta {op.attrs.beta}")
+        raise ExportError(f"C target: softmax {op.name!r} with beta {op.attrs.beta}")
     e.kernels.add("activation_f32.c")
     e.call(op, f"fw_softmax_f32({outer}, {depth}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
 
@@ -607,7 +665,12 @@ def generate(graph: LoweredGraph, source_sha256: str = "", quads: bool = True) -
     """
     missing = unsupported_ops(graph)
     if missing:
-        raise ExportError("C target: no emitter for " + ", ".join(f"{op.name} ({op.kind})" for op in missing))
+        raise ExportError("C target: no emitter for " + ", ".join(f"{op.name!r} ({op.kind})" for op in missing))
+    for name in [*graph.inputs, *graph.outputs]:
+        if not isinstance(name, str):  # protobuf hands over a name that is not UTF-8 as bytes
+            raise ExportError(f"C target: graph input or output name {name[:80]!r} is not UTF-8 text")
+    if not _SHA256.fullmatch(source_sha256 or "0" * 64):
+        raise ExportError(f"C target: source sha256 {source_sha256[:80]!r} is not 64 hex digits")
     plan = plan_memory(lifetimes(graph), ALIGNMENT)
     e = _Emitter(graph, plan, quads)
     for index, name in enumerate(graph.inputs):
@@ -618,8 +681,8 @@ def generate(graph: LoweredGraph, source_sha256: str = "", quads: bool = True) -
         else:
             _, c, h, w = X.shape
             line = f"fw_transpose2d({c}, {h * w}, {_ITEM_BYTES[X.dtype]}, inputs[{index}], {e.pointer(name)});"
-        e.body.append(f"    /* input '{c_comment(name)}' {X.dtype}{list(X.shape)} (NCHW in, NHWC stored) */\n    {line}\n")
-    for op in graph.ops:
+        e.body.append(f"    {c_comment(f'input {index} {X.dtype}{list(X.shape)} (NCHW in, NHWC stored)')}\n    {line}\n")
+    for e.op_index, op in enumerate(graph.ops):
         EMITTERS[op.kind](e, op)
     for index, name in enumerate(graph.outputs):
         Y = graph.tensors[name]
@@ -628,15 +691,18 @@ def generate(graph: LoweredGraph, source_sha256: str = "", quads: bool = True) -
         else:
             _, c, h, w = Y.shape
             line = f"fw_transpose2d({h * w}, {c}, {_ITEM_BYTES[Y.dtype]}, {e.pointer(name)}, outputs[{index}]);"
-        e.body.append(f"    /* output '{c_comment(name)}' {Y.dtype}{list(Y.shape)} (NCHW out) */\n    {line}\n")
+        e.body.append(f"    {c_comment(f'output {index} {Y.dtype}{list(Y.shape)} (NCHW out)')}\n    {line}\n")
 
     inputs = [(name, tuple(graph.tensors[name].shape), graph.tensors[name].dtype) for name in graph.inputs]
     outputs = [(name, tuple(graph.tensors[name].shape), graph.tensors[name].dtype) for name in graph.outputs]
     header = _model_h(inputs, outputs, plan, source_sha256)
-    banner = (f"/* Generated by fwedge {__version__} from model sha256 {source_sha256 or 'unknown'}; do not edit.\n"
-              f" * {len(graph.ops)} ops, {graph.precision}; arena {plan.arena_bytes} bytes "
-              f"(live-tensor lower bound {plan.lower_bound_bytes}); constants {e.weights_bytes} bytes.\n"
-              " * Activations are stored NHWC in one static arena; see fwedge_rt.h for the kernels. */\n")
+    banner = "\n".join([
+        c_comment(f"Generated by fwedge {__version__} from model sha256 {source_sha256 or 'unknown'}; do not edit."),
+        c_comment(f"{len(graph.ops)} ops, {graph.precision}; arena {plan.arena_bytes} bytes "
+                  f"(live-tensor lower bound {plan.lower_bound_bytes}); constants {e.weights_bytes} bytes."),
+        c_comment("Activations are stored NHWC in one static arena; see fwedge_rt.h for the kernels."),
+        c_comment("Comments name ops by index: the bundle manifest's op_names holds their names."),
+    ]) + "\n"
     model_c = (
         banner
         + "#include <math.h>\n#include <stdint.h>\n#include <string.h>\n\n#include \"fwedge_rt.h\"\n#include \"model.h\"\n\n"
@@ -654,6 +720,7 @@ def generate(graph: LoweredGraph, source_sha256: str = "", quads: bool = True) -
         model_c=model_c, model_h=header, kernels=sorted(e.kernels), plan=plan, weights_bytes=e.weights_bytes,
         inputs=inputs, outputs=outputs,
         ops=[(op.kind, graph.tensors[op.outputs[0]].dtype) for op in graph.ops],
+        op_names=[op.name for op in graph.ops],
     )
 
 
@@ -662,23 +729,29 @@ def _model_h(inputs, outputs, plan: MemoryPlan, source_sha256: str) -> str:
         return ", ".join(str(int(np.prod(shape)) * _ITEM_BYTES[dtype]) for _, shape, dtype in items)
 
     def names(items):
-        return ", ".join('"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"' for name, _, _ in items)
+        return ",\n    ".join(c_string(name) for name, _, _ in items)
+
+    def name_bytes(items):
+        return ", ".join(str(c_name_bytes(name)) for name, _, _ in items)
 
     def describe(items):
-        return "\n".join(f" *   {index}: '{c_comment(name)}' {dtype}{list(shape)}" for index, (name, shape, dtype)
-                         in enumerate(items))
+        return [f"  {index}: {dtype}{list(shape)}" for index, (_, shape, dtype) in enumerate(items)]
 
     total_in = sum(int(np.prod(s)) * _ITEM_BYTES[d] for _, s, d in inputs)
     total_out = sum(int(np.prod(s)) * _ITEM_BYTES[d] for _, s, d in outputs)
-    return f"""/* Generated by fwedge {__version__} (model sha256 {source_sha256 or 'unknown'}); do not edit.
- *
- * fwedge_run(inputs, outputs) runs the model once on batch 1. Inputs and outputs are raw
- * little-endian arrays in ONNX (NCHW) order; inputs[i] must hold fwedge_input_bytes[i] bytes:
-{describe(inputs)}
- * Outputs:
-{describe(outputs)}
- * All other memory is one static arena of FWEDGE_ARENA_BYTES bytes (not reentrant).
- */
+    doc = c_comment_block([
+        f"Generated by fwedge {__version__} (model sha256 {source_sha256 or 'unknown'}); do not edit.",
+        "",
+        "fwedge_run(inputs, outputs) runs the model once on batch 1. Inputs and outputs are raw",
+        "little-endian arrays in ONNX (NCHW) order; inputs[i] must hold fwedge_input_bytes[i] bytes:",
+        *describe(inputs),
+        "Outputs:",
+        *describe(outputs),
+        "All other memory is one static arena of FWEDGE_ARENA_BYTES bytes (not reentrant).",
+        "Names: fwedge_input_names[i] holds fwedge_input_name_bytes[i] bytes (UTF-8, NUL bytes",
+        "possible), likewise for outputs; the bundle manifest holds the same names.",
+    ])
+    return f"""{doc}
 #ifndef FWEDGE_MODEL_H
 #define FWEDGE_MODEL_H
 
@@ -692,8 +765,12 @@ def _model_h(inputs, outputs, plan: MemoryPlan, source_sha256: str) -> str:
 
 static const uint32_t fwedge_input_bytes[FWEDGE_NUM_INPUTS] = {{{sizes(inputs)}}};
 static const uint32_t fwedge_output_bytes[FWEDGE_NUM_OUTPUTS] = {{{sizes(outputs)}}};
-static const char *const fwedge_input_names[FWEDGE_NUM_INPUTS] = {{{names(inputs)}}};
-static const char *const fwedge_output_names[FWEDGE_NUM_OUTPUTS] = {{{names(outputs)}}};
+static const char *const fwedge_input_names[FWEDGE_NUM_INPUTS] = {{
+    {names(inputs)}}};
+static const char *const fwedge_output_names[FWEDGE_NUM_OUTPUTS] = {{
+    {names(outputs)}}};
+static const uint32_t fwedge_input_name_bytes[FWEDGE_NUM_INPUTS] = {{{name_bytes(inputs)}}};
+static const uint32_t fwedge_output_name_bytes[FWEDGE_NUM_OUTPUTS] = {{{name_bytes(outputs)}}};
 
 void fwedge_run(const void *const inputs[], void *const outputs[]);
 

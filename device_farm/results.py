@@ -233,12 +233,20 @@ def _number(where: str, value, low: float | None = None, high: float | None = No
         raise GateError(f"{where}: expected an integer, got {_show(value)}")
     if not _is_number(value):
         raise GateError(f"{where}: expected a number, got {_show(value)}")
-    if not math.isfinite(float(value)):
+    if not math.isfinite(_as_float(value)):
         raise GateError(f"{where}: expected a finite number, got {_show(value)}")
     if low is not None and (value <= low if above else value < low):
         raise GateError(f"{where}: expected {'>' if above else '>='} {low:g}, got {_show(value)}")
     if high is not None and value > high:
         raise GateError(f"{where}: expected <= {high:g}, got {_show(value)}")
+
+
+def _as_float(value) -> float:
+    """float(value), with an integer beyond the float range (JSON allows 10**400) as inf."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _short(value) -> str:
@@ -291,7 +299,7 @@ def _check_fidelity(where: str, fidelity) -> None:
             continue
         if key == "samples":
             _number(f"{where}.samples", value, 0, integer=True)
-        elif not (value is None or value in ("inf", "-inf") or (_is_number(value) and not math.isnan(value))):
+        elif not (value is None or value in ("inf", "-inf") or (_is_number(value) and not math.isnan(_as_float(value)))):
             raise GateError(f"{where}.{key}: expected a number, \"inf\", \"-inf\" or null, got {_show(value)}")
 
 

@@ -288,19 +288,32 @@ def _check_latency(where: str, latency) -> None:
         raise GateError(f"{where}: expected min_ms <= p50_ms <= p95_ms, got {low:g}, {mid:g}, {high:g}")
 
 
+# Fidelity figures besides top1_agreement are shown, not gated: each is a finite number in its
+# range, null (NaN in memory), or the strict-JSON spelling of an infinity (an identical output's
+# SQNR, a diverged output's error).
+_FIDELITY_RANGES = {"cosine": (-1.0 - 1e-6, 1.0 + 1e-6), "max_abs_error": (0.0, None), "sqnr_db": (None, None)}
+
+
 def _check_fidelity(where: str, fidelity) -> None:
     if not isinstance(fidelity, dict):
         raise GateError(f"{where}: expected an object or null, got {_show(fidelity)}")
-    # top1_agreement is what the gate compares; the other figures are shown, so they only need
-    # to be numbers (or the strict-JSON spellings of an identical output's infinite SQNR).
-    _number(f"{where}.top1_agreement", fidelity.get("top1_agreement"), 0.0, 1.0)
-    for key, value in fidelity.items():
-        if key == "top1_agreement":
+    unknown = sorted(set(fidelity) - {"top1_agreement", "samples", *_FIDELITY_RANGES})
+    if unknown:
+        raise GateError(f"{where}: unknown key(s) {', '.join(map(_short, unknown[:5]))}")
+    if "top1_agreement" not in fidelity:
+        raise GateError(f"{where}.top1_agreement: missing")
+    _number(f"{where}.top1_agreement", fidelity["top1_agreement"], 0.0, 1.0)
+    if "samples" in fidelity:
+        _number(f"{where}.samples", fidelity["samples"], 0, integer=True)
+    for key, (low, high) in _FIDELITY_RANGES.items():
+        value = fidelity.get(key)
+        if value is None:
             continue
-        if key == "samples":
-            _number(f"{where}.samples", value, 0, integer=True)
-        elif not (value is None or value in ("inf", "-inf") or (_is_number(value) and not math.isnan(_as_float(value)))):
-            raise GateError(f"{where}.{key}: expected a number, \"inf\", \"-inf\" or null, got {_show(value)}")
+        if value in ("inf", "-inf") and not isinstance(value, bool):
+            if (low is not None and value == "-inf") or (high is not None and value == "inf"):
+                raise GateError(f"{where}.{key}: {value!r} is out of range")
+            continue
+        _number(f"{where}.{key}", value, low, high)
 
 
 def _check_entry(where: str, entry, known: set[str]) -> None:

@@ -235,7 +235,9 @@ def test_a_metric_key_deleted_from_the_file_is_unusable_input(tmp_path):
     ("fidelity.top1_agreement", 1.5), ("fidelity.top1_agreement", None), ("latency_ratio", -2.0),
     ("sizes.file_bytes", -5), ("sizes.file_bytes", "big"), ("status", "fine"), ("role", "other"),
     ("bundle", ""), ("bundle", 7), ("samples", -1), ("samples", 1.5), ("error", 3), ("unknown_field", 1),
-])
+    ("accuracy", 10 ** 400), ("sizes.file_bytes", 10 ** 400), ("fidelity.cosine", 10 ** 400),
+    ("fidelity.cosine", 3.0), ("fidelity.max_abs_error", "-inf"), ("fidelity.sqnr_db", "big"), ("fidelity.x", 1),
+], ids=lambda value: repr(value)[:24])
 def test_out_of_range_or_mistyped_values_exit_2(tmp_path, where, value):
     baseline = _save(tmp_path, "baseline", [_result()])
 

@@ -128,24 +128,19 @@ class GateReport:
                             checks=[Check(**check) for check in row.get("checks", [])],
                             reasons=list(row.get("reasons", []))) for row in data["rows"]]
             return cls(rows=rows, thresholds=Thresholds(**data["thresholds"]), waived=list(data.get("waived", [])))
-        except (KeyError, TypeError) as exc:
-            raise GateError(f"{source}: malformed ({exc})") from exc
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise GateError(f"{source}: malformed ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
 
 def load_gate(path: str | os.PathLike) -> GateReport:
     """Read a gate verdict JSON file written by `fwedge gate --json`.
 
     Raises:
-        GateError: missing, not JSON, or malformed.
+        GateError: missing, not strict JSON, or malformed.
     """
-    import json
+    from fwedge.device_farm.results import read_json_file
 
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise GateError(f"gate verdict '{path}': cannot read ({exc})") from exc
-    return GateReport.from_dict(data, f"gate verdict '{path}'")
+    return GateReport.from_dict(read_json_file(path, "gate verdict"), f"gate verdict '{path}'")
 
 
 def _is_waived(bundle: str, device: str, waive: list[str]) -> bool:

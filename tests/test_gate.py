@@ -351,3 +351,12 @@ def test_the_committed_example_baseline_validates_and_passes_against_itself(tmp_
     assert len(loaded.candidates()) == 8 and all(result.ok for result in loaded.results)
     report = gate.run_gate(committed, committed)
     assert report.passed and {row.verdict for row in report.rows} == {gate.PASS}
+
+
+@pytest.mark.parametrize("text", ['[' * 100000 + ']' * 100000, '{"schema": "fwedge.gate/1", "rows": 5}', "NaN",
+                                  '{"schema": "fwedge.gate/1", "rows": [[1]], "thresholds": {}}'])
+def test_a_malformed_gate_verdict_file_is_one_gate_error(tmp_path, text):
+    path = tmp_path / "gate.json"
+    path.write_text(text)
+    with pytest.raises(GateError):
+        gate.load_gate(path)

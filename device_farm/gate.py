@@ -206,6 +206,19 @@ def _compare(base: DeviceResult, current: DeviceResult, limits: Thresholds) -> t
     return checks, reasons
 
 
+def check_baseline_usable(baseline: Results, source: str = "baseline") -> None:
+    """A baseline must follow the schema and hold at least one ok candidate result: an empty
+    one, or one whose runs all failed or are all interleaved baseline runs, proves nothing.
+
+    Raises:
+        GateError: it does not.
+    """
+    check_results(baseline, source)
+    if not any(base.ok for base in baseline.candidates()):
+        raise GateError(f"{source}: no ok candidate result among its {len(baseline.results)} entries, so nothing "
+                        "to compare with; a baseline is written from a good run with --update-baseline")
+
+
 def evaluate_gate(results: Results, baseline: Results, thresholds: Thresholds | None = None,
                   waive: list[str] | tuple[str, ...] = ()) -> GateReport:
     """Compare every candidate result with the baseline.
@@ -226,10 +239,7 @@ def evaluate_gate(results: Results, baseline: Results, thresholds: Thresholds | 
     thresholds = thresholds or Thresholds()
     waive = list(waive)
     check_results(results, "results")
-    check_results(baseline, "baseline")
-    if not any(base.ok for base in baseline.candidates()):
-        raise GateError(f"baseline: no ok candidate result among its {len(baseline.results)} entries, so nothing to "
-                        "compare with; write one from a good run with --update-baseline")
+    check_baseline_usable(baseline, "baseline")
     if (results.data, results.samples) != (baseline.data, baseline.samples):
         # Accuracy on another subset is not comparable: refuse instead of guessing.
         raise GateError(f"the baseline was measured on {baseline.samples} samples of {baseline.data!r}, this run on "
@@ -318,8 +328,6 @@ def update_baseline(results: Results, path: str | os.PathLike) -> Path:
         GateError: the results fail the schema or hold no ok candidate (the gate would refuse
             such a baseline).
     """
-    check_results(results, "results")
-    if not any(result.ok for result in results.candidates()):
-        raise GateError("results: no ok candidate result; a baseline needs at least one to compare with")
+    check_baseline_usable(results, "results")
     kept = [result for result in results.candidates()]
     return save_results(dataclasses.replace(results, results=kept), path)

@@ -360,3 +360,16 @@ def test_a_malformed_gate_verdict_file_is_one_gate_error(tmp_path, text):
     path.write_text(text)
     with pytest.raises(GateError):
         gate.load_gate(path)
+
+
+def test_update_baseline_replaces_an_unusable_baseline_but_never_writes_one(tmp_path):
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text('{"schema": "fwedge.results/1", "results": [1]}')
+    results = _save(tmp_path, "results", [_result()])
+    update = _gate(results, baseline, "--update-baseline")
+    assert update.exit_code == 0 and "not comparable with the previous baseline" in update.output, update.output
+    assert _gate(results, baseline).exit_code == 0
+    failed = _save(tmp_path, "failed", [_result(status="error", error="crashed")])
+    before = baseline.read_bytes()
+    _one_line_exit_2(_gate(failed, baseline, "--update-baseline"))
+    assert baseline.read_bytes() == before

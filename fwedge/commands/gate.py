@@ -41,6 +41,7 @@ def command(ctx, results_path, baseline, max_accuracy_drop, max_fidelity_drop, m
         max_size_increase=gate.parse_fraction(max_size_increase, "--max-size-increase"))
     if update_baseline:
         results = load_results(results_path)
+        gate.check_baseline_usable(results, f"results '{results_path}'")  # before printing anything
         try:
             previous = gate.load_baseline(baseline, allow_missing=True)
             if previous is not None:

@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fwedge.device_farm.results import DeviceResult, Results, check_results, load_results, save_results
+from fwedge.device_farm.results import (DeviceResult, Results, as_float, check_results, load_results,
+                                        save_results)
 from fwedge.errors import GateError
 
 PASS, FAIL, WAIVED, NEW = "pass", "fail", "waived", "new"
@@ -36,7 +37,8 @@ class Thresholds:
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
-            if not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(as_float(value)) \
+                    or value < 0:
                 raise GateError(f"gate threshold {item.name} must be a non-negative number, got {value!r}")
 
 
@@ -122,14 +124,59 @@ class GateReport:
         """
         if not isinstance(data, dict) or data.get("schema") != GATE_SCHEMA:
             got = data.get("schema") if isinstance(data, dict) else type(data).__name__
-            raise GateError(f"{source}: schema {got!r}, expected {GATE_SCHEMA!r}")
+            raise GateError(f"{source}: schema {str(got)[:60]!r}, expected {GATE_SCHEMA!r}")
+        # The report renders every field: check the types it relies on, not just the keys.
+        if not isinstance(data.get("rows"), list) or not isinstance(data.get("thresholds"), dict):
+            raise GateError(f"{source}: malformed (expected a list of rows and an object of thresholds)")
+        waived = data.get("waived", [])
+        if not _strings(waived):
+            raise GateError(f"{source}: waived must be a list of strings")
+        thresholds = data["thresholds"]
         try:
-            rows = [GateRow(bundle=row["bundle"], device=row["device"], verdict=row["verdict"],
-                            checks=[Check(**check) for check in row.get("checks", [])],
-                            reasons=list(row.get("reasons", []))) for row in data["rows"]]
-            return cls(rows=rows, thresholds=Thresholds(**data["thresholds"]), waived=list(data.get("waived", [])))
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise GateError(f"{source}: malformed ({type(exc).__name__}: {str(exc)[:200]})") from exc
+            limits = Thresholds(**thresholds)
+        except TypeError as exc:
+            raise GateError(f"{source}: malformed thresholds ({str(exc)[:200]})") from exc
+        return cls(rows=[_row_from_dict(row, f"{source}: rows[{index}]") for index, row in enumerate(data["rows"])],
+                   thresholds=limits, waived=list(waived))
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+_CHECK_TYPES = {"metric": (str,), "change": (str,), "limit": (str,), "passed": (bool,)}
+
+
+def _row_from_dict(row, where: str) -> GateRow:
+    if not isinstance(row, dict):
+        raise GateError(f"{where}: expected an object")
+    for key in ("bundle", "device", "verdict"):
+        if not isinstance(row.get(key), str):
+            raise GateError(f"{where}.{key}: expected a string")
+    if row["verdict"] not in (PASS, FAIL, WAIVED, NEW):
+        raise GateError(f"{where}.verdict: expected one of {PASS}, {FAIL}, {WAIVED}, {NEW}, got {row['verdict'][:60]!r}")
+    reasons = row.get("reasons", [])
+    if not _strings(reasons):
+        raise GateError(f"{where}.reasons: expected a list of strings")
+    checks = row.get("checks", [])
+    if not isinstance(checks, list):
+        raise GateError(f"{where}.checks: expected a list")
+    parsed = []
+    for number, check in enumerate(checks):
+        label = f"{where}.checks[{number}]"
+        if not isinstance(check, dict) or set(check) != {item.name for item in dataclasses.fields(Check)}:
+            raise GateError(f"{label}: expected an object with the keys of a check")
+        for key, kinds in _CHECK_TYPES.items():
+            if not isinstance(check[key], kinds):
+                raise GateError(f"{label}.{key}: expected {kinds[0].__name__}")
+        for key in ("baseline", "current"):
+            value = check[key]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(as_float(value))):
+                raise GateError(f"{label}.{key}: expected a finite number or null")
+        parsed.append(Check(**check))
+    return GateRow(bundle=row["bundle"], device=row["device"], verdict=row["verdict"], checks=parsed,
+                   reasons=list(reasons))
 
 
 def load_gate(path: str | os.PathLike) -> GateReport:

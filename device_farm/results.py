@@ -233,7 +233,7 @@ def _number(where: str, value, low: float | None = None, high: float | None = No
         raise GateError(f"{where}: expected an integer, got {_show(value)}")
     if not _is_number(value):
         raise GateError(f"{where}: expected a number, got {_show(value)}")
-    if not math.isfinite(_as_float(value)):
+    if not math.isfinite(as_float(value)):
         raise GateError(f"{where}: expected a finite number, got {_show(value)}")
     if low is not None and (value <= low if above else value < low):
         raise GateError(f"{where}: expected {'>' if above else '>='} {low:g}, got {_show(value)}")
@@ -241,7 +241,7 @@ def _number(where: str, value, low: float | None = None, high: float | None = No
         raise GateError(f"{where}: expected <= {high:g}, got {_show(value)}")
 
 
-def _as_float(value) -> float:
+def as_float(value) -> float:
     """float(value), with an integer beyond the float range (JSON allows 10**400) as inf."""
     try:
         return float(value)

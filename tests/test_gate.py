@@ -353,13 +353,38 @@ def test_the_committed_example_baseline_validates_and_passes_against_itself(tmp_
     assert report.passed and {row.verdict for row in report.rows} == {gate.PASS}
 
 
-@pytest.mark.parametrize("text", ['[' * 100000 + ']' * 100000, '{"schema": "fwedge.gate/1", "rows": 5}', "NaN",
-                                  '{"schema": "fwedge.gate/1", "rows": [[1]], "thresholds": {}}'])
+def _verdict_json(change) -> str:
+    report = gate.evaluate_gate(Results(results=[_result(accuracy=0.5)]), Results(results=[_result()]))
+    data = json.loads(json.dumps(report.to_dict()))
+    change(data)
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize("text", [
+    '[' * 100000 + ']' * 100000, '{"schema": "fwedge.gate/1", "rows": 5}', "NaN",
+    '{"schema": "fwedge.gate/1", "rows": [[1]], "thresholds": {}}',
+    _verdict_json(lambda data: data["rows"][0].update(verdict=5)),
+    _verdict_json(lambda data: data["rows"][0].update(verdict="maybe")),
+    _verdict_json(lambda data: data["rows"][0].update(bundle=["m"])),
+    _verdict_json(lambda data: data["rows"][0].update(reasons=[1, 2])),
+    _verdict_json(lambda data: data["rows"][0]["checks"][0].update(metric=None)),
+    _verdict_json(lambda data: data["rows"][0]["checks"][0].update(passed="yes")),
+    _verdict_json(lambda data: data["rows"][0]["checks"][0].update(current="0.5")),
+    _verdict_json(lambda data: data.update(waived=[None])),
+    _verdict_json(lambda data: data.update(thresholds={"max_accuracy_drop": True})),
+])
 def test_a_malformed_gate_verdict_file_is_one_gate_error(tmp_path, text):
     path = tmp_path / "gate.json"
     path.write_text(text)
     with pytest.raises(GateError):
         gate.load_gate(path)
+
+
+def test_a_gate_verdict_file_reads_back(tmp_path):
+    path = tmp_path / "gate.json"
+    path.write_text(_verdict_json(lambda data: None))
+    again = gate.load_gate(path)
+    assert not again.passed and again.regressions == ["m on host: accuracy dropped 40.00 pp (90.00% -> 50.00%), limit 0.5 pp"]
 
 
 def test_update_baseline_replaces_an_unusable_baseline_but_never_writes_one(tmp_path):

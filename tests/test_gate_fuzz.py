@@ -22,6 +22,7 @@ COMMITTED_BASELINE = Path(__file__).resolve().parents[1] / "examples" / "fashion
 THRESHOLDS = gate.Thresholds(max_accuracy_drop=0.5, max_fidelity_drop=1.0, max_latency_increase=0.10,
                              max_size_increase=0.05)
 QUICK_SECONDS = 12.0  # the test command's share; the slow run below takes minutes
+VERDICT_SECONDS = 3.0
 SLOW_SECONDS = 300.0
 
 HOSTILE_VALUES = [
@@ -321,3 +322,61 @@ def test_fuzz_results_and_baseline_files_long(tmp_path, capsys):
     _report(counts, capsys)
     assert counts["failures"] == [], counts["failures"][:10]
     assert counts["other_exceptions"] == 0 and counts["unjustified_passes"] == 0
+    verdicts = fuzz_verdicts(tmp_path, SLOW_SECONDS / 5, seed=2026)
+    assert verdicts["failures"] == [], verdicts["failures"][:10]
+
+
+# -- gate verdict files (`fwedge gate --json`, read back by `fwedge report --gate`) -------------------
+
+
+def _verdict_seed() -> dict:
+    committed = load_results(COMMITTED_BASELINE, "baseline")
+    worse = json.loads(COMMITTED_BASELINE.read_text())
+    worse["results"][0]["accuracy"] -= 0.02
+    worse["results"][1]["sizes"]["file_bytes"] *= 2
+    worse["results"][2]["status"], worse["results"][2]["error"] = "error", "killed"
+    from fwedge.device_farm.results import validate_results
+
+    report = gate.evaluate_gate(validate_results(worse), committed, THRESHOLDS, waive=["qemu-riscv64"])
+    return json.loads(json.dumps(report.to_dict()))
+
+
+def fuzz_verdicts(folder: Path, seconds: float, seed: int = 0, min_inputs: int = 0) -> dict:
+    """Mutate a gate verdict file; reading it and everything the report uses raise only FwEdgeError."""
+    from fwedge.commands.gate import render_table
+
+    rng = random.Random(seed)
+    origin = _verdict_seed()
+    counts = {"inputs": 0, "fwedge_error": 0, "other_exceptions": 0, "read": 0}
+    failures: list[str] = []
+    path = folder / "gate.json"
+    deadline = time.monotonic() + seconds
+    while counts["inputs"] < min_inputs or time.monotonic() < deadline:
+        path.write_bytes(mutate(rng, origin))
+        counts["inputs"] += 1
+        try:
+            report = gate.load_gate(path)
+            # What `fwedge report` and the CLI table read from it.
+            report.passed, report.regressions, json.dumps(report.to_dict())
+            for row in report.rows:
+                row.verdict.upper(), "; ".join(row.reasons), [c.metric.endswith("_bytes") for c in row.shown_checks()]
+            render_table(report)
+            counts["read"] += 1
+        except FwEdgeError:
+            counts["fwedge_error"] += 1
+        except Exception as exc:  # noqa: BLE001 - counting exactly these is the point
+            counts["other_exceptions"] += 1
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            failures.append(f"{type(exc).__name__} at {Path(where.filename).name}:{where.lineno}: {str(exc)[:200]}")
+    counts["failures"] = failures
+    return counts
+
+
+def test_fuzz_gate_verdict_files(tmp_path, capsys):
+    assert not gate.GateReport.from_dict(_verdict_seed()).passed
+    counts = fuzz_verdicts(tmp_path, VERDICT_SECONDS, seed=7, min_inputs=100)
+    with capsys.disabled():
+        print(f"\ngate verdict fuzz: {counts['inputs']} inputs tried, {counts['fwedge_error']} FwEdgeError, "
+              f"{counts['other_exceptions']} other exceptions, {counts['read']} read")
+    assert counts["failures"] == [], counts["failures"][:10]
+    assert counts["fwedge_error"] > 0 and counts["read"] > 0

@@ -274,7 +274,7 @@ def _check_latency(where: str, latency) -> None:
         raise GateError(f"{where}: expected an object with {', '.join(_LATENCY_KEYS)} or null, got {_show(latency)}")
     unknown = sorted(set(latency) - set(_LATENCY_KEYS))
     if unknown:
-        raise GateError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
+        raise GateError(f"{where}: unknown key(s) {', '.join(map(_short, unknown[:5]))}")
     for key in _LATENCY_KEYS:
         if key not in latency:
             raise GateError(f"{where}.{key}: missing")
@@ -309,7 +309,7 @@ def _check_fidelity(where: str, fidelity) -> None:
         value = fidelity.get(key)
         if value is None:
             continue
-        if value in ("inf", "-inf") and not isinstance(value, bool):
+        if value in ("inf", "-inf"):
             if (low is not None and value == "-inf") or (high is not None and value == "inf"):
                 raise GateError(f"{where}.{key}: {value!r} is out of range")
             continue
@@ -322,7 +322,7 @@ def _check_entry(where: str, entry, known: set[str]) -> None:
         raise GateError(f"{where}: expected an object, got {_show(entry)}")
     unknown = sorted(set(entry) - known)
     if unknown:
-        raise GateError(f"{where}: unknown key(s) {', '.join(map(repr, unknown[:5]))}")
+        raise GateError(f"{where}: unknown key(s) {', '.join(map(_short, unknown[:5]))}")
     for key in _REQUIRED_ENTRY_KEYS:
         if key not in entry:
             raise GateError(f"{where}: key {key!r} is missing")
@@ -388,7 +388,7 @@ def validate_results(data, source: str = "results") -> Results:
         raise GateError(f"{source}: schema {_short(data.get('schema'))}, expected {RESULTS_SCHEMA!r}")
     unknown = sorted(set(data) - set(_TOP_LEVEL))
     if unknown:
-        raise GateError(f"{source}: unknown top-level key(s) {', '.join(map(repr, unknown[:5]))}")
+        raise GateError(f"{source}: unknown top-level key(s) {', '.join(map(_short, unknown[:5]))}")
     for key, kind in _TOP_LEVEL.items():
         if key not in data:
             raise GateError(f"{source}: top-level key {key!r} is missing")

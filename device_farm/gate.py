@@ -7,11 +7,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fwedge.device_farm.results import DeviceResult, Results, save_results
+from fwedge.device_farm.results import (DeviceResult, Results, as_float, check_results, load_results,
+                                        save_results)
 from fwedge.errors import GateError
 
 PASS, FAIL, WAIVED, NEW = "pass", "fail", "waived", "new"
 GATE_SCHEMA = "fwedge.gate/1"
+NO_EVIDENCE = ("no (bundle, device) pair was compared and passed: every pair is waived or new, so nothing "
+               "shows that this run is within limits")
 
 
 @dataclass
@@ -34,7 +37,8 @@ class Thresholds:
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
-            if not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(as_float(value)) \
+                    or value < 0:
                 raise GateError(f"gate threshold {item.name} must be a non-negative number, got {value!r}")
 
 
@@ -96,11 +100,15 @@ class GateReport:
 
     @property
     def passed(self) -> bool:
-        return not any(row.failed for row in self.rows)
+        """Positive evidence only: no row failed, and at least one row was compared and passed."""
+        return not any(row.failed for row in self.rows) and any(row.verdict == PASS for row in self.rows)
 
     @property
     def regressions(self) -> list[str]:
-        return [f"{row.bundle} on {row.device}: {reason}" for row in self.rows if row.failed for reason in row.reasons]
+        lines = [f"{row.bundle} on {row.device}: {reason}" for row in self.rows if row.failed for reason in row.reasons]
+        if not lines and not self.passed:
+            lines.append(NO_EVIDENCE)
+        return lines
 
     def to_dict(self) -> dict:
         return {"schema": GATE_SCHEMA, "passed": self.passed, "thresholds": dataclasses.asdict(self.thresholds),
@@ -116,30 +124,70 @@ class GateReport:
         """
         if not isinstance(data, dict) or data.get("schema") != GATE_SCHEMA:
             got = data.get("schema") if isinstance(data, dict) else type(data).__name__
-            raise GateError(f"{source}: schema {got!r}, expected {GATE_SCHEMA!r}")
+            raise GateError(f"{source}: schema {str(got)[:60]!r}, expected {GATE_SCHEMA!r}")
+        # The report renders every field: check the types it relies on, not just the keys.
+        if not isinstance(data.get("rows"), list) or not isinstance(data.get("thresholds"), dict):
+            raise GateError(f"{source}: malformed (expected a list of rows and an object of thresholds)")
+        waived = data.get("waived", [])
+        if not _strings(waived):
+            raise GateError(f"{source}: waived must be a list of strings")
+        thresholds = data["thresholds"]
         try:
-            rows = [GateRow(bundle=row["bundle"], device=row["device"], verdict=row["verdict"],
-                            checks=[Check(**check) for check in row.get("checks", [])],
-                            reasons=list(row.get("reasons", []))) for row in data["rows"]]
-            return cls(rows=rows, thresholds=Thresholds(**data["thresholds"]), waived=list(data.get("waived", [])))
-        except (KeyError, TypeError) as exc:
-            raise GateError(f"{source}: malformed ({exc})") from exc
+            limits = Thresholds(**thresholds)
+        except TypeError as exc:
+            raise GateError(f"{source}: malformed thresholds ({str(exc)[:200]})") from exc
+        return cls(rows=[_row_from_dict(row, f"{source}: rows[{index}]") for index, row in enumerate(data["rows"])],
+                   thresholds=limits, waived=list(waived))
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+_CHECK_TYPES = {"metric": (str,), "change": (str,), "limit": (str,), "passed": (bool,)}
+
+
+def _row_from_dict(row, where: str) -> GateRow:
+    if not isinstance(row, dict):
+        raise GateError(f"{where}: expected an object")
+    for key in ("bundle", "device", "verdict"):
+        if not isinstance(row.get(key), str):
+            raise GateError(f"{where}.{key}: expected a string")
+    if row["verdict"] not in (PASS, FAIL, WAIVED, NEW):
+        raise GateError(f"{where}.verdict: expected one of {PASS}, {FAIL}, {WAIVED}, {NEW}, got {row['verdict'][:60]!r}")
+    reasons = row.get("reasons", [])
+    if not _strings(reasons):
+        raise GateError(f"{where}.reasons: expected a list of strings")
+    checks = row.get("checks", [])
+    if not isinstance(checks, list):
+        raise GateError(f"{where}.checks: expected a list")
+    parsed = []
+    for number, check in enumerate(checks):
+        label = f"{where}.checks[{number}]"
+        if not isinstance(check, dict) or set(check) != {item.name for item in dataclasses.fields(Check)}:
+            raise GateError(f"{label}: expected an object with the keys of a check")
+        for key, kinds in _CHECK_TYPES.items():
+            if not isinstance(check[key], kinds):
+                raise GateError(f"{label}.{key}: expected {kinds[0].__name__}")
+        for key in ("baseline", "current"):
+            value = check[key]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(as_float(value))):
+                raise GateError(f"{label}.{key}: expected a finite number or null")
+        parsed.append(Check(**check))
+    return GateRow(bundle=row["bundle"], device=row["device"], verdict=row["verdict"], checks=parsed,
+                   reasons=list(reasons))
 
 
 def load_gate(path: str | os.PathLike) -> GateReport:
     """Read a gate verdict JSON file written by `fwedge gate --json`.
 
     Raises:
-        GateError: missing, not JSON, or malformed.
+        GateError: missing, not strict JSON, or malformed.
     """
-    import json
+    from fwedge.device_farm.results import read_json_file
 
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise GateError(f"gate verdict '{path}': cannot read ({exc})") from exc
-    return GateReport.from_dict(data, f"gate verdict '{path}'")
+    return GateReport.from_dict(read_json_file(path, "gate verdict"), f"gate verdict '{path}'")
 
 
 def _is_waived(bundle: str, device: str, waive: list[str]) -> bool:
@@ -147,17 +195,24 @@ def _is_waived(bundle: str, device: str, waive: list[str]) -> bool:
 
 
 def _compare(base: DeviceResult, current: DeviceResult, limits: Thresholds) -> tuple[list[Check], list[str]]:
+    """Every check of one pair. A figure the baseline has and this run lacks fails (null is no
+    evidence); the pair also fails when no quality figure or no latency could be compared."""
     checks, reasons = [], []
 
-    def points(metric: str, before, after, allowed: float) -> None:
-        if before is None or after is None:
-            return
+    def points(metric: str, before, after, allowed: float) -> bool:
+        if before is None:
+            return False
+        if after is None:
+            checks.append(Check(metric, before, None, "missing", f"drop <= {allowed:g} pp", False))
+            reasons.append(f"{metric} missing in this run (baseline {100 * before:.2f}%)")
+            return True
         drop = 100.0 * (before - after)
         ok = drop <= allowed + 1e-9
         checks.append(Check(metric, before, after, f"{100.0 * (after - before):+.2f} pp", f"drop <= {allowed:g} pp", ok))
         if not ok:
             reasons.append(f"{metric} dropped {drop:.2f} pp ({100 * before:.2f}% -> {100 * after:.2f}%), "
                            f"limit {allowed:g} pp")
+        return True
 
     def ratio(metric: str, value: float, before, after, allowed: float, how: str) -> None:
         ok = value - 1.0 <= allowed + 1e-12
@@ -166,39 +221,72 @@ def _compare(base: DeviceResult, current: DeviceResult, limits: Thresholds) -> t
         if not ok:
             reasons.append(f"{metric} increased {100 * (value - 1):.1f}% {how}".rstrip() + f", limit +{100 * allowed:g}%")
 
-    points("accuracy", base.accuracy, current.accuracy, limits.max_accuracy_drop)
-    points("fidelity (top-1 agreement)", (base.fidelity or {}).get("top1_agreement"),
-           (current.fidelity or {}).get("top1_agreement"), limits.max_fidelity_drop)
+    quality = points("accuracy", base.accuracy, current.accuracy, limits.max_accuracy_drop)
+    quality |= points("fidelity (top-1 agreement)", (base.fidelity or {}).get("top1_agreement"),
+                      (current.fidelity or {}).get("top1_agreement"), limits.max_fidelity_drop)
+    if not quality:
+        reasons.append("no accuracy or fidelity in the baseline: nothing shows that quality held")
     if current.latency_ratio is not None:
         ratio("latency p50", current.latency_ratio, None, current.latency.p50_ms if current.latency else None,
               limits.max_latency_increase, "(interleaved A/B ratio)")
-    elif base.latency and current.latency and base.latency.p50_ms > 0:
+    elif base.latency is None:
+        reasons.append("no latency in the baseline and no interleaved baseline run: nothing to compare")
+    elif current.latency is None:
+        checks.append(Check("latency p50", base.latency.p50_ms, None, "missing",
+                            f"<= +{100 * limits.max_latency_increase:g}%", False))
+        reasons.append(f"latency p50 missing in this run (baseline {base.latency.p50_ms:g} ms)")
+    else:  # validated: both p50 > 0
         ratio("latency p50", current.latency.p50_ms / base.latency.p50_ms, base.latency.p50_ms,
               current.latency.p50_ms, limits.max_latency_increase, "(vs baseline run)")
-    for key in sorted(set(base.sizes) & set(current.sizes)):
+    for key in sorted(base.sizes):
         if not key.endswith("_bytes"):
             continue  # ratios and counts in `sizes` are not sizes
-        before, after = base.sizes[key], current.sizes[key]
-        if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before > 0:
+        before, after = base.sizes[key], current.sizes.get(key)
+        if after is None:
+            checks.append(Check(key, before, None, "missing", f"<= +{100 * limits.max_size_increase:g}%", False))
+            reasons.append(f"{key} missing in this run (baseline {before:g})")
+        elif before > 0:
             ratio(key, after / before, before, after, limits.max_size_increase, "")
+        elif after > 0:
+            checks.append(Check(key, before, after, f"0 -> {after:g}", f"<= +{100 * limits.max_size_increase:g}%", False))
+            reasons.append(f"{key} grew from 0 to {after:g}")
     return checks, reasons
+
+
+def check_baseline_usable(baseline: Results, source: str = "baseline") -> None:
+    """A baseline must follow the schema and hold at least one ok candidate result: an empty
+    one, or one whose runs all failed or are all interleaved baseline runs, proves nothing.
+
+    Raises:
+        GateError: it does not.
+    """
+    check_results(baseline, source)
+    if not any(base.ok for base in baseline.candidates()):
+        raise GateError(f"{source}: no ok candidate result among its {len(baseline.results)} entries, so nothing "
+                        "to compare with; a baseline is written from a good run with --update-baseline")
 
 
 def evaluate_gate(results: Results, baseline: Results, thresholds: Thresholds | None = None,
                   waive: list[str] | tuple[str, ...] = ()) -> GateReport:
     """Compare every candidate result with the baseline.
 
-    Fails closed: a (bundle, device) the baseline has but this run lacks, and any error result,
-    is a failure unless waived by device name, bundle name, or BUNDLE@DEVICE.
+    Fails closed: a (bundle, device) the baseline has but this run lacks, any error result, a
+    figure the baseline has and this run lacks, and a pair with no quality figure or no latency
+    to compare, is a failure unless waived by device name, bundle name, or BUNDLE@DEVICE. The
+    report passes only when no row failed and at least one row was compared and passed.
 
     Returns:
         GateReport; `passed` is the verdict.
 
     Raises:
-        GateError: results and baseline were measured on different data or sample counts.
+        GateError: results or baseline fail the schema (see results.validate_results), the
+            baseline holds no ok candidate result, or they were measured on different data or
+            sample counts.
     """
     thresholds = thresholds or Thresholds()
     waive = list(waive)
+    check_results(results, "results")
+    check_baseline_usable(baseline, "baseline")
     if (results.data, results.samples) != (baseline.data, baseline.samples):
         # Accuracy on another subset is not comparable: refuse instead of guessing.
         raise GateError(f"the baseline was measured on {baseline.samples} samples of {baseline.data!r}, this run on "
@@ -235,10 +323,58 @@ def evaluate_gate(results: Results, baseline: Results, thresholds: Thresholds | 
     return GateReport(rows=rows, thresholds=thresholds, waived=waive)
 
 
+def load_baseline(path: str | os.PathLike, allow_missing: bool = False) -> Results | None:
+    """Read and validate a baseline file.
+
+    Args:
+        path: the baseline results JSON.
+        allow_missing: return None when nothing exists at `path` (a first run, on purpose).
+            A file that exists but is unusable is an error either way.
+
+    Raises:
+        GateError: no file at `path` (unless allowed), or the file is unusable.
+    """
+    if allow_missing and not os.path.lexists(path):
+        return None
+    if not os.path.lexists(path):
+        raise GateError(f"baseline '{path}': not found; check the path, write one with --update-baseline, or "
+                        "accept a first run without one with --allow-missing-baseline")
+    return load_results(path, "baseline")
+
+
+def run_gate(results_path: str | os.PathLike, baseline_path: str | os.PathLike, thresholds: Thresholds | None = None,
+             waive: list[str] | tuple[str, ...] = (), allow_missing_baseline: bool = False) -> GateReport | None:
+    """Read, validate and compare a results file with a baseline file: what `fwedge gate` does.
+
+    Args:
+        results_path: results JSON of this run.
+        baseline_path: baseline results JSON.
+        thresholds: limits (defaults: Thresholds()).
+        waive: device names, bundle names or BUNDLE@DEVICE not to fail on.
+        allow_missing_baseline: when no baseline file exists, return None instead of raising.
+
+    Returns:
+        GateReport, or None when the baseline does not exist and that was allowed.
+
+    Raises:
+        GateError: an unusable results or baseline file (see evaluate_gate).
+    """
+    results = load_results(results_path)
+    baseline = load_baseline(baseline_path, allow_missing=allow_missing_baseline)
+    if baseline is None:
+        return None
+    return evaluate_gate(results, baseline, thresholds, waive)
+
+
 def update_baseline(results: Results, path: str | os.PathLike) -> Path:
     """Write the candidate results as the new baseline (atomically), on purpose.
 
     Error results are kept, so a later gate still knows which pairs were expected.
+
+    Raises:
+        GateError: the results fail the schema or hold no ok candidate (the gate would refuse
+            such a baseline).
     """
+    check_baseline_usable(results, "results")
     kept = [result for result in results.candidates()]
     return save_results(dataclasses.replace(results, results=kept), path)

@@ -5,8 +5,10 @@ import dataclasses
 import datetime
 import json
 import math
+import numbers
 import os
 import platform
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -200,32 +202,294 @@ def _json_default(value):
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def load_results(path: str | os.PathLike, what: str = "results") -> Results:
-    """Read a results (or baseline) JSON file.
+# The largest results file read: a farm run writes a few kB per (bundle, device), so this is far
+# above any real file and keeps a hostile one from taking the memory of the CI job.
+MAX_RESULTS_BYTES = 64 * 1024 * 1024
+
+_TOP_LEVEL = {"schema": str, "fwedge_version": str, "created": str, "host": dict, "data": str,
+              "samples": int, "repeats": int, "notes": list, "results": list}
+# Keys every result entry must state, even as null: a gate must tell "measured nothing" (null)
+# from a damaged file (the key is gone).
+_REQUIRED_ENTRY_KEYS = ("bundle", "device", "status", "role", "samples", "accuracy", "fidelity", "latency",
+                        "latency_ratio", "sizes")
+_LATENCY_KEYS = ("p50_ms", "p95_ms", "mean_ms", "min_ms", "iterations")
+ROLES = ("candidate", "baseline")
+# Relative slack for the order min <= p50 <= p95 of latency figures rounded in JSON.
+_ORDER_SLACK = 1e-9
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _number(where: str, value, low: float | None = None, high: float | None = None, *, above: bool = False,
+            integer: bool = False) -> None:
+    """Refuse anything but a finite number in [low, high] (or (low, high] with above=True)."""
+    if integer and not _is_int(value):
+        raise GateError(f"{where}: expected an integer, got {_show(value)}")
+    if not _is_number(value):
+        raise GateError(f"{where}: expected a number, got {_show(value)}")
+    if not math.isfinite(as_float(value)):
+        raise GateError(f"{where}: expected a finite number, got {_show(value)}")
+    if low is not None and (value <= low if above else value < low):
+        raise GateError(f"{where}: expected {'>' if above else '>='} {low:g}, got {_show(value)}")
+    if high is not None and value > high:
+        raise GateError(f"{where}: expected <= {high:g}, got {_show(value)}")
+
+
+def as_float(value) -> float:
+    """float(value), with an integer beyond the float range (JSON allows 10**400) as inf."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _short(value) -> str:
+    """A short repr for an error message: hostile text stays one short line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _show(value) -> str:
+    """A value for an error message: its JSON-ish type and a short repr."""
+    return f"{type(value).__name__} {_short(value)}"
+
+
+def _text(where: str, value, *, optional: bool = False, non_empty: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise GateError(f"{where}: expected a string{' or null' if optional else ''}, got {_show(value)}")
+    if non_empty and not value.strip():
+        raise GateError(f"{where}: expected a non-empty string")
+
+
+def _check_latency(where: str, latency) -> None:
+    if not isinstance(latency, dict):
+        raise GateError(f"{where}: expected an object with {', '.join(_LATENCY_KEYS)} or null, got {_show(latency)}")
+    unknown = sorted(set(latency) - set(_LATENCY_KEYS))
+    if unknown:
+        raise GateError(f"{where}: unknown key(s) {', '.join(map(_short, unknown[:5]))}")
+    for key in _LATENCY_KEYS:
+        if key not in latency:
+            raise GateError(f"{where}.{key}: missing")
+        if key == "iterations":
+            _number(f"{where}.{key}", latency[key], 1, integer=True)
+        else:
+            # A timer that reads zero or less measured nothing.
+            _number(f"{where}.{key}", latency[key], 0.0, above=True)
+    low, mid, high = (float(latency[key]) for key in ("min_ms", "p50_ms", "p95_ms"))
+    if not low <= mid * (1 + _ORDER_SLACK) or not mid <= high * (1 + _ORDER_SLACK):
+        raise GateError(f"{where}: expected min_ms <= p50_ms <= p95_ms, got {low:g}, {mid:g}, {high:g}")
+
+
+# Fidelity figures besides top1_agreement are shown, not gated: each is a finite number in its
+# range, null (NaN in memory), or the strict-JSON spelling of an infinity (an identical output's
+# SQNR, a diverged output's error).
+_FIDELITY_RANGES = {"cosine": (-1.0 - 1e-6, 1.0 + 1e-6), "max_abs_error": (0.0, None), "sqnr_db": (None, None)}
+
+
+def _check_fidelity(where: str, fidelity) -> None:
+    if not isinstance(fidelity, dict):
+        raise GateError(f"{where}: expected an object or null, got {_show(fidelity)}")
+    unknown = sorted(set(fidelity) - {"top1_agreement", "samples", *_FIDELITY_RANGES})
+    if unknown:
+        raise GateError(f"{where}: unknown key(s) {', '.join(map(_short, unknown[:5]))}")
+    if "top1_agreement" not in fidelity:
+        raise GateError(f"{where}.top1_agreement: missing")
+    _number(f"{where}.top1_agreement", fidelity["top1_agreement"], 0.0, 1.0)
+    if "samples" in fidelity:
+        _number(f"{where}.samples", fidelity["samples"], 0, integer=True)
+    for key, (low, high) in _FIDELITY_RANGES.items():
+        value = fidelity.get(key)
+        if value is None:
+            continue
+        if value in ("inf", "-inf"):
+            if (low is not None and value == "-inf") or (high is not None and value == "inf"):
+                raise GateError(f"{where}.{key}: {value!r} is out of range")
+            continue
+        _number(f"{where}.{key}", value, low, high)
+
+
+def _check_entry(where: str, entry, known: set[str]) -> None:
+    """One DeviceResult as read from JSON (or DeviceResult.to_dict()); see validate_results."""
+    if not isinstance(entry, dict):
+        raise GateError(f"{where}: expected an object, got {_show(entry)}")
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise GateError(f"{where}: unknown key(s) {', '.join(map(_short, unknown[:5]))}")
+    for key in _REQUIRED_ENTRY_KEYS:
+        if key not in entry:
+            raise GateError(f"{where}: key {key!r} is missing")
+    _text(f"{where}.bundle", entry["bundle"], non_empty=True)
+    _text(f"{where}.device", entry["device"], non_empty=True)
+    where = f"{where} ({_short(entry['bundle'])} on {_short(entry['device'])})"
+    if entry["status"] not in (OK, ERROR):
+        raise GateError(f"{where}: status must be {OK!r} or {ERROR!r}, got {_show(entry['status'])}")
+    if entry["role"] not in ROLES:
+        raise GateError(f"{where}: role must be one of {', '.join(map(repr, ROLES))}, got {_show(entry['role'])}")
+    for key in ("target", "arch", "precision", "device_kind", "bundle_path"):
+        if key in entry:
+            _text(f"{where}.{key}", entry[key])
+    for key in ("baseline_bundle", "reference", "error", "stderr_tail"):
+        if key in entry:
+            _text(f"{where}.{key}", entry[key], optional=True)
+    if entry["status"] == ERROR and not entry.get("error"):
+        raise GateError(f"{where}: status 'error' without an error message")
+    _number(f"{where}.samples", entry["samples"], 0, integer=True)
+    if "attempts" in entry:
+        _number(f"{where}.attempts", entry["attempts"], 0, integer=True)
+    if "wall_seconds" in entry:
+        _number(f"{where}.wall_seconds", entry["wall_seconds"], 0.0)
+    if entry["accuracy"] is not None:
+        _number(f"{where}.accuracy", entry["accuracy"], 0.0, 1.0)
+    if entry["fidelity"] is not None:
+        _check_fidelity(f"{where}.fidelity", entry["fidelity"])
+    if entry["latency"] is not None:
+        _check_latency(f"{where}.latency", entry["latency"])
+    if entry["latency_ratio"] is not None:
+        _number(f"{where}.latency_ratio", entry["latency_ratio"], 0.0, above=True)
+    if not isinstance(entry["sizes"], dict):
+        raise GateError(f"{where}.sizes: expected an object, got {_show(entry['sizes'])}")
+    for key, value in entry["sizes"].items():
+        _number(f"{where}.sizes.{key}", value, 0.0)
+    if "identity" in entry and not isinstance(entry["identity"], dict):
+        raise GateError(f"{where}.identity: expected an object, got {_show(entry['identity'])}")
+
+
+def validate_results(data, source: str = "results") -> Results:
+    """Check a results document against schema fwedge.results/1 and build Results from it.
+
+    The schema, strictly: the top-level keys written by Results.to_dict(), each of its type; a
+    list of result objects with no unknown key; in each, bundle and device non-empty strings,
+    status "ok"/"error", role "candidate"/"baseline", and the gated figures present (null where
+    nothing was measured): accuracy and fidelity.top1_agreement finite in [0, 1], latency
+    figures finite and > 0 with min <= p50 <= p95 and at least one iteration, latency_ratio
+    finite and > 0, sizes finite and >= 0. No (bundle, device, role) appears twice.
+
+    Args:
+        data: the parsed JSON (or Results.to_dict()).
+        source: names the file in messages.
+
+    Returns:
+        Results.
 
     Raises:
-        GateError: the file is missing, not JSON, of another schema, or malformed.
+        GateError: the first violation, naming the entry and the key.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise GateError(f"{what} '{path}': not found")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise GateError(f"{what} '{path}': not valid JSON ({exc})") from exc
-    if not isinstance(data, dict) or data.get("schema") != RESULTS_SCHEMA:
-        got = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise GateError(f"{what} '{path}': schema {got!r}, expected {RESULTS_SCHEMA!r}")
+    if not isinstance(data, dict):
+        raise GateError(f"{source}: expected a JSON object with schema {RESULTS_SCHEMA!r}, got {_show(data)}")
+    if data.get("schema") != RESULTS_SCHEMA:
+        raise GateError(f"{source}: schema {_short(data.get('schema'))}, expected {RESULTS_SCHEMA!r}")
+    unknown = sorted(set(data) - set(_TOP_LEVEL))
+    if unknown:
+        raise GateError(f"{source}: unknown top-level key(s) {', '.join(map(_short, unknown[:5]))}")
+    for key, kind in _TOP_LEVEL.items():
+        if key not in data:
+            raise GateError(f"{source}: top-level key {key!r} is missing")
+        if kind is int:
+            _number(f"{source}: {key}", data[key], 0, integer=True)
+        elif not isinstance(data[key], kind):
+            expected = {dict: "an object", list: "an array", str: "a string"}[kind]
+            raise GateError(f"{source}: {key} must be {expected}, got {_show(data[key])}")
+    if not all(isinstance(note, str) for note in data["notes"]):
+        raise GateError(f"{source}: notes must be a list of strings")
+    known = {item.name for item in dataclasses.fields(DeviceResult)}
+    seen: set[tuple[str, str, str]] = set()
+    for index, entry in enumerate(data["results"]):
+        _check_entry(f"{source}: results[{index}]", entry, known)
+        key = (entry["bundle"], entry["device"], entry["role"])
+        if key in seen:
+            # Two verdicts for one pair: which one counts is a guess, so neither does.
+            raise GateError(f"{source}: results[{index}]: {_short(key[0])} on {_short(key[1])} ({key[2]}) is listed "
+                            "twice")
+        seen.add(key)
     try:
         return Results(
             results=[DeviceResult.from_dict(item) for item in data["results"]],
-            data=data.get("data", ""),
-            samples=data.get("samples", 0),
-            repeats=data.get("repeats", 0),
-            created=data.get("created", ""),
-            host=data.get("host", {}),
-            notes=list(data.get("notes", [])),
-            fwedge_version=data.get("fwedge_version", ""),
-        )
-    except (KeyError, TypeError) as exc:
-        raise GateError(f"{what} '{path}': malformed result entry ({exc})") from exc
+            data=data["data"], samples=int(data["samples"]), repeats=int(data["repeats"]), created=data["created"],
+            host=data["host"], notes=list(data["notes"]), fwedge_version=data["fwedge_version"])
+    except (KeyError, TypeError, ValueError) as exc:  # pragma: no cover - the checks above cover these
+        raise GateError(f"{source}: malformed result entry ({exc})") from exc
+
+
+def check_results(results: Results, source: str = "results") -> None:
+    """Validate Results built in memory against the same schema as a file (see validate_results).
+
+    Raises:
+        GateError: the first violation.
+    """
+    data = results.to_dict()
+    for entry in data["results"]:
+        if isinstance(entry.get("fidelity"), dict):
+            # In memory an identical output's SQNR is float inf; in the file it is "inf".
+            entry["fidelity"] = {key: value if key == "top1_agreement" else _finite(value)
+                                 for key, value in entry["fidelity"].items()}
+    validate_results(data, source)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _unique_keys(pairs):
+    keys = [key for key, _ in pairs]
+    if len(keys) != len(set(keys)):
+        duplicated = sorted({key for key in keys if keys.count(key) > 1})
+        raise ValueError(f"key {duplicated[0][:60]!r} appears twice in one object")
+    return dict(pairs)
+
+
+def parse_json_strictly(raw: bytes, what: str) -> object:
+    """Strict JSON: UTF-8, no NaN/Infinity literals, no repeated keys, bounded nesting.
+
+    Raises:
+        GateError: anything else, in one line.
+    """
+    try:
+        text = raw.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except RecursionError as exc:
+        raise GateError(f"{what}: JSON nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, the int digit limit
+        raise GateError(f"{what}: not valid JSON ({str(exc).splitlines()[0][:200]})") from exc
+
+
+def read_json_file(path: str | os.PathLike, what: str) -> object:
+    """Read a small JSON file strictly (see parse_json_strictly); size checked before reading.
+
+    Raises:
+        GateError: missing, not a regular file, too large, unreadable or not strict JSON.
+    """
+    path = Path(path)
+    label = f"{what} '{path}'"
+    try:
+        info = path.stat()
+    except (OSError, ValueError) as exc:
+        raise GateError(f"{label}: not found") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise GateError(f"{label}: not a regular file")
+    if info.st_size > MAX_RESULTS_BYTES:
+        raise GateError(f"{label}: {info.st_size} bytes, more than the {MAX_RESULTS_BYTES} a results file may have")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_RESULTS_BYTES + 1)
+    except OSError as exc:
+        raise GateError(f"{label}: cannot read ({exc.strerror or exc})") from exc
+    if len(raw) > MAX_RESULTS_BYTES:
+        raise GateError(f"{label}: more than the {MAX_RESULTS_BYTES} bytes a results file may have")
+    return parse_json_strictly(raw, label)
+
+
+def load_results(path: str | os.PathLike, what: str = "results") -> Results:
+    """Read a results (or baseline) JSON file and validate it (see validate_results).
+
+    Raises:
+        GateError: the file is missing, not strict JSON, of another schema, or fails validation.
+    """
+    return validate_results(read_json_file(path, what), f"{what} '{Path(path)}'")

@@ -14,6 +14,7 @@ from fwedge.device_farm import gate
 from fwedge.device_farm.local import LocalDevice
 from fwedge.device_farm.results import DeviceResult, Latency, Results, load_results, save_results
 from fwedge.device_farm.runner import FarmOptions, run_farm
+from fwedge.errors import GateError
 from tests import farm_helpers as fh
 
 LIMIT = 300
@@ -184,3 +185,216 @@ def test_usage_errors_exit_2_and_update_baseline(tmp_path):
     assert update.exit_code == 0 and "baseline updated" in update.output
     assert load_results(baseline).results[0].accuracy == 0.9
     assert _gate(results, baseline).exit_code == 0
+
+
+# -- fails closed on unusable or unproven input -----------------------------------------------------
+
+
+def _edit(path, change):
+    """Load a results file as plain JSON, let `change` edit it, write it back."""
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _one_line_exit_2(verdict):
+    assert verdict.exit_code == 2, verdict.output
+    assert isinstance(verdict.exception, SystemExit), verdict.exception
+    assert "Traceback" not in verdict.output and verdict.output.startswith("error: ")
+    assert len(verdict.output.strip().splitlines()) == 1, verdict.output
+
+
+def test_null_metrics_are_a_regression_not_a_pass(tmp_path):
+    baseline = _save(tmp_path, "baseline", [_result()])
+    for nulled in (["accuracy"], ["fidelity"], ["latency"], ["accuracy", "fidelity", "latency"]):
+        results = _save(tmp_path, "results", [_result(**dict.fromkeys(nulled))])
+        verdict = _gate(results, baseline)
+        assert verdict.exit_code == 1, (nulled, verdict.output)
+        assert "missing in this run" in " ".join(verdict.output.split()), verdict.output
+    # Nothing measured on either side proves nothing.
+    empty = _save(tmp_path, "empty", [_result(accuracy=None, fidelity=None, latency=None)])
+    verdict = _gate(empty, empty)
+    assert verdict.exit_code == 1 and "gate: FAIL" in verdict.output, verdict.output
+    report = gate.evaluate_gate(Results(results=[_result(accuracy=None)]), Results(results=[_result(accuracy=None)]))
+    assert report.passed, "fidelity and latency still prove this pair"
+
+
+def test_a_metric_key_deleted_from_the_file_is_unusable_input(tmp_path):
+    baseline = _save(tmp_path, "baseline", [_result()])
+    for key in ("accuracy", "fidelity", "latency", "status", "bundle"):
+        results = _edit(_save(tmp_path, "results", [_result()]), lambda data: data["results"][0].pop(key))
+        verdict = _gate(results, baseline)
+        _one_line_exit_2(verdict)
+        assert key in verdict.output
+
+
+@pytest.mark.parametrize("where, value", [
+    ("accuracy", 5.0), ("accuracy", -0.1), ("accuracy", True), ("accuracy", "0.1"), ("accuracy", [0.9]),
+    ("latency.p50_ms", -1.0), ("latency.p50_ms", 0.0), ("latency.iterations", 0), ("latency.p50_ms", "1"),
+    ("fidelity.top1_agreement", 1.5), ("fidelity.top1_agreement", None), ("latency_ratio", -2.0),
+    ("sizes.file_bytes", -5), ("sizes.file_bytes", "big"), ("status", "fine"), ("role", "other"),
+    ("bundle", ""), ("bundle", 7), ("samples", -1), ("samples", 1.5), ("error", 3), ("unknown_field", 1),
+    ("accuracy", 10 ** 400), ("sizes.file_bytes", 10 ** 400), ("fidelity.cosine", 10 ** 400),
+    ("fidelity.cosine", 3.0), ("fidelity.max_abs_error", "-inf"), ("fidelity.sqnr_db", "big"), ("fidelity.x", 1),
+], ids=lambda value: repr(value)[:24])
+def test_out_of_range_or_mistyped_values_exit_2(tmp_path, where, value):
+    baseline = _save(tmp_path, "baseline", [_result()])
+
+    def change(data):
+        *parents, leaf = where.split(".")
+        target = data["results"][0]
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+
+    verdict = _gate(_edit(_save(tmp_path, "results", [_result()]), change), baseline)
+    _one_line_exit_2(verdict)
+    assert where.split(".")[-1] in verdict.output
+    # The same value in the baseline is refused as well.
+    verdict = _gate(_save(tmp_path, "results", [_result()]), _edit(baseline, change))
+    _one_line_exit_2(verdict)
+
+
+@pytest.mark.parametrize("literal", ["Infinity", "-Infinity", "NaN", "1e999"])
+def test_non_finite_numbers_exit_2(tmp_path, literal):
+    baseline = _save(tmp_path, "baseline", [_result()])
+    results = _save(tmp_path, "results", [_result()])
+    results.write_text(results.read_text().replace('"accuracy": 0.9', f'"accuracy": {literal}'))
+    assert literal in results.read_text()
+    verdict = _gate(results, baseline)
+    _one_line_exit_2(verdict)
+    assert "accuracy" in verdict.output or literal in verdict.output
+
+
+def test_a_pair_listed_twice_exits_2(tmp_path):
+    baseline = _save(tmp_path, "baseline", [_result()])
+    for twice in ([_result(), _result(accuracy=0.1)], [_result(), _result()],
+                  [_result(), _result(status="error", error="crashed")]):
+        verdict = _gate(_save(tmp_path, "results", twice), baseline)
+        _one_line_exit_2(verdict)
+        assert "'m' on 'host'" in verdict.output and "twice" in verdict.output
+        verdict = _gate(_save(tmp_path, "results", [_result()]), _save(tmp_path, "twice", twice))
+        _one_line_exit_2(verdict)
+    # A baseline bundle run interleaved with the candidate is not a duplicate.
+    both = _save(tmp_path, "both", [_result(), _result(role="baseline")])
+    assert _gate(both, baseline).exit_code == 0
+
+
+def test_a_baseline_without_an_ok_candidate_is_unusable(tmp_path):
+    results = _save(tmp_path, "results", [_result()])
+    for entries in ([], [_result(status="error", error="crashed", accuracy=None, fidelity=None, latency=None)],
+                    [_result(role="baseline")]):
+        verdict = _gate(results, _save(tmp_path, "baseline", entries))
+        _one_line_exit_2(verdict)
+        assert "nothing to compare" in verdict.output
+
+
+def test_every_row_waived_or_new_is_not_a_pass(tmp_path):
+    baseline = _save(tmp_path, "baseline", [_result()])
+    results = _save(tmp_path, "results", [_result(accuracy=0.1)])
+    verdict = _gate(results, baseline, "--waive", "host")
+    assert verdict.exit_code == 1 and "no (bundle, device) pair was compared and passed" in verdict.output
+    # A partly waived run passes on the pairs that were compared.
+    two = _save(tmp_path, "two", [_result(), _result(device="b")])
+    assert _gate(_save(tmp_path, "r2", [_result(), _result(device="b", accuracy=0.1)]), two,
+                 "--waive", "b").exit_code == 0
+
+
+@pytest.mark.parametrize("text", [
+    '{"schema": "fwedge.results/1", "results": [1, 2, 3]}', '{"schema": "fwedge.results/1", "results": {"a": 1}}',
+    '[1, 2]', '"fwedge.results/1"', '', '{"schema": "fwedge.results/1", "results": [', '\xff\xfe',
+    '[' * 100000 + ']' * 100000, '{"schema": "fwedge.results/1", "schema": "fwedge.results/1", "results": []}',
+])
+def test_malformed_files_exit_2_in_one_line(tmp_path, text):
+    baseline = _save(tmp_path, "baseline", [_result()])
+    results = tmp_path / "results.json"
+    results.write_bytes(text.encode("latin-1") if text == "\xff\xfe" else text.encode())
+    _one_line_exit_2(_gate(results, baseline))
+    _one_line_exit_2(_gate(baseline, results))
+    with pytest.raises(GateError):
+        load_results(results)
+
+
+def test_missing_baseline_is_an_error_unless_allowed_explicitly(tmp_path):
+    results = _save(tmp_path, "results", [_result()])
+    missing = tmp_path / "baseline.json"
+    verdict = _gate(results, missing)
+    _one_line_exit_2(verdict)
+    assert "not found" in verdict.output and "--allow-missing-baseline" in verdict.output
+    with pytest.raises(GateError, match="not found"):
+        gate.run_gate(results, missing)
+    assert gate.run_gate(results, missing, allow_missing_baseline=True) is None
+    allowed = _gate(results, missing, "--allow-missing-baseline")
+    assert allowed.exit_code == 0 and "no baseline" in allowed.output, allowed.output
+    # The option only covers a baseline that does not exist yet, never a broken one or broken results.
+    missing.write_text("{}")
+    _one_line_exit_2(_gate(results, missing, "--allow-missing-baseline"))
+    _one_line_exit_2(_gate(tmp_path / "no-results.json", tmp_path / "none.json", "--allow-missing-baseline"))
+
+
+def test_in_memory_results_are_validated_too():
+    base = Results(results=[_result()])
+    for bad in (_result(accuracy=float("nan")), _result(accuracy=float("inf")),
+                _result(latency=Latency(-1.0, 1.2, 1.05, 0.9, 20))):
+        with pytest.raises(GateError):
+            gate.evaluate_gate(Results(results=[bad]), base)
+        with pytest.raises(GateError):
+            gate.evaluate_gate(base, Results(results=[bad]))
+
+
+def test_the_committed_example_baseline_validates_and_passes_against_itself(tmp_path):
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[1] / "examples" / "fashion_mnist" / "baseline.json"
+    loaded = load_results(committed, "baseline")
+    assert len(loaded.candidates()) == 8 and all(result.ok for result in loaded.results)
+    report = gate.run_gate(committed, committed)
+    assert report.passed and {row.verdict for row in report.rows} == {gate.PASS}
+
+
+def _verdict_json(change) -> str:
+    report = gate.evaluate_gate(Results(results=[_result(accuracy=0.5)]), Results(results=[_result()]))
+    data = json.loads(json.dumps(report.to_dict()))
+    change(data)
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize("text", [
+    '[' * 100000 + ']' * 100000, '{"schema": "fwedge.gate/1", "rows": 5}', "NaN",
+    '{"schema": "fwedge.gate/1", "rows": [[1]], "thresholds": {}}',
+    _verdict_json(lambda data: data["rows"][0].update(verdict=5)),
+    _verdict_json(lambda data: data["rows"][0].update(verdict="maybe")),
+    _verdict_json(lambda data: data["rows"][0].update(bundle=["m"])),
+    _verdict_json(lambda data: data["rows"][0].update(reasons=[1, 2])),
+    _verdict_json(lambda data: data["rows"][0]["checks"][0].update(metric=None)),
+    _verdict_json(lambda data: data["rows"][0]["checks"][0].update(passed="yes")),
+    _verdict_json(lambda data: data["rows"][0]["checks"][0].update(current="0.5")),
+    _verdict_json(lambda data: data.update(waived=[None])),
+    _verdict_json(lambda data: data.update(thresholds={"max_accuracy_drop": True})),
+])
+def test_a_malformed_gate_verdict_file_is_one_gate_error(tmp_path, text):
+    path = tmp_path / "gate.json"
+    path.write_text(text)
+    with pytest.raises(GateError):
+        gate.load_gate(path)
+
+
+def test_a_gate_verdict_file_reads_back(tmp_path):
+    path = tmp_path / "gate.json"
+    path.write_text(_verdict_json(lambda data: None))
+    again = gate.load_gate(path)
+    assert not again.passed and again.regressions == ["m on host: accuracy dropped 40.00 pp (90.00% -> 50.00%), limit 0.5 pp"]
+
+
+def test_update_baseline_replaces_an_unusable_baseline_but_never_writes_one(tmp_path):
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text('{"schema": "fwedge.results/1", "results": [1]}')
+    results = _save(tmp_path, "results", [_result()])
+    update = _gate(results, baseline, "--update-baseline")
+    assert update.exit_code == 0 and "not comparable with the previous baseline" in update.output, update.output
+    assert _gate(results, baseline).exit_code == 0
+    failed = _save(tmp_path, "failed", [_result(status="error", error="crashed")])
+    before = baseline.read_bytes()
+    _one_line_exit_2(_gate(failed, baseline, "--update-baseline"))
+    assert baseline.read_bytes() == before

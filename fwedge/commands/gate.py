@@ -15,16 +15,19 @@ import click
 @click.option("--waive", multiple=True, metavar="DEVICE_OR_BUNDLE",
               help="Do not fail on this device, bundle, or BUNDLE@DEVICE. Repeatable.")
 @click.option("--update-baseline", is_flag=True, help="Write RESULTS as the new baseline (on purpose) and exit 0.")
+@click.option("--allow-missing-baseline", is_flag=True,
+              help="A first run: when no --baseline file exists, check RESULTS, compare nothing and exit 0. "
+                   "Without it a missing baseline is an error (exit 2).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the verdict as JSON.")
 @click.pass_context
 def command(ctx, results_path, baseline, max_accuracy_drop, max_fidelity_drop, max_latency_increase,
-            max_size_increase, waive, update_baseline, json_path) -> None:
-    """Compare RESULTS with --baseline per (bundle, device). Exit 0 when nothing regressed, 1 on a
-    regression, a device error, or a baseline result missing now (fails closed unless waived),
-    2 on unusable input.
+            max_size_increase, waive, update_baseline, allow_missing_baseline, json_path) -> None:
+    """Compare RESULTS with --baseline per (bundle, device). Exit 0 only when every pair was
+    compared and is within its limits; 1 on a regression, a device error, a baseline pair or
+    figure missing now, or nothing compared (fails closed unless waived); 2 on unusable input
+    (a missing, malformed or out-of-schema file, a baseline with no ok result, a bad option).
     """
     import json
-    from pathlib import Path
 
     from fwedge.console import stdout
     from fwedge.device_farm import gate
@@ -36,18 +39,23 @@ def command(ctx, results_path, baseline, max_accuracy_drop, max_fidelity_drop, m
         max_accuracy_drop=max_accuracy_drop, max_fidelity_drop=max_fidelity_drop,
         max_latency_increase=gate.parse_fraction(max_latency_increase, "--max-latency-increase"),
         max_size_increase=gate.parse_fraction(max_size_increase, "--max-size-increase"))
-    results = load_results(results_path)
     if update_baseline:
-        previous = load_results(baseline, "baseline") if Path(baseline).is_file() else None
-        if previous is not None:
-            try:
+        results = load_results(results_path)
+        gate.check_baseline_usable(results, f"results '{results_path}'")  # before printing anything
+        try:
+            previous = gate.load_baseline(baseline, allow_missing=True)
+            if previous is not None:
                 stdout.print(render_table(gate.evaluate_gate(results, previous, thresholds, waive)))
-            except GateError as exc:
-                stdout.print(f"not comparable with the previous baseline: {exc}")
+        except GateError as exc:
+            # Replacing an unusable baseline is what --update-baseline is for.
+            stdout.print(f"not comparable with the previous baseline: {exc}")
         gate.update_baseline(results, baseline)
         stdout.print(f"baseline updated: {baseline} ({len(results.candidates())} results)")
         return
-    report = gate.evaluate_gate(results, load_results(baseline, "baseline"), thresholds, waive)
+    report = gate.run_gate(results_path, baseline, thresholds, waive, allow_missing_baseline=allow_missing_baseline)
+    if report is None:
+        stdout.print(f"gate: no baseline at {baseline}; nothing was compared (--allow-missing-baseline)")
+        return
     stdout.print(render_table(report))
     if json_path:
         write_atomic(json_path, json.dumps(report.to_dict(), indent=2) + "\n")

@@ -35,10 +35,14 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # The whole pipeline on the example model: quantize -> export every target -> farm (host and
-# every qemu board) -> gate against examples/fashion_mnist/baseline.json -> build/demo/report.html.
+# every qemu board) -> gate -> build/demo/report.html. Host latency and the host runtimes' int8
+# kernels depend on the CPU, so the gate compares with a baseline measured on this machine: the
+# first run records build/demo/baseline.json, then the farm measures the same bundles again
+# (--rerun farm; every other stage is cached) and the gate compares the two.
 demo: setup
 	$(VENV)/bin/fwedge inspect examples/fashion_mnist/mobilenet_v2_tiny.onnx
-	$(VENV)/bin/fwedge pipeline examples/fashion_mnist/pipeline.toml
+	test -f build/demo/baseline.json || $(VENV)/bin/fwedge pipeline examples/fashion_mnist/pipeline.toml --update-baseline
+	$(VENV)/bin/fwedge pipeline examples/fashion_mnist/pipeline.toml --rerun farm
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

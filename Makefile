@@ -25,12 +25,13 @@ system:
 python: $(STAMP)
 
 # torch==2.13.0 (CPU) first, so nothing resolves another torch; pnnx with --no-deps because its
-# metadata would pull a CUDA torch.
-$(STAMP): pyproject.toml
+# metadata would pull a CUDA torch. constraints.txt pins every package to the versions the tests
+# passed with: a newer onnxruntime, OpenVINO or ncnn brings other kernels.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[all,dev]'
-	$(PIP) install -q --no-deps pnnx
+	$(PIP) install -q -c constraints.txt -e '.[all,dev]'
+	$(PIP) install -q -c constraints.txt --no-deps pnnx
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 

@@ -11,6 +11,7 @@ import os
 import stat
 import struct
 import threading
+import tokenize
 import warnings
 import zipfile
 import zlib
@@ -690,7 +691,9 @@ def _read_npy_header(handle, source: str) -> tuple[np.dtype, tuple[int, ...], bo
             shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
         else:
             raise DataError(f"{source}: npy format version {version} is not supported (1.0 and 2.0 are)")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, zlib.error, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, zlib.error, zipfile.BadZipFile,
+            tokenize.TokenError, RecursionError, MemoryError) as exc:
+        # numpy parses the header dict with the tokenizer and ast.literal_eval.
         raise DataError(f"{source}: not a readable npy header ({exc})") from exc
     if dtype.hasobject:
         raise DataError(f"{source}: holds Python objects, which cannot be loaded without pickle; refused")

@@ -44,6 +44,26 @@ _TYPED_FIELD = {
 }
 
 
+# 8-bit floats are one byte each; 4-bit types pack two elements per byte (and per int32_data
+# entry). Looked up by name: older onnx releases do not define them.
+_BYTE_TYPES = [getattr(TensorProto, name) for name in ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ",
+                                                       "FLOAT8E8M0") if hasattr(TensorProto, name)]
+_NIBBLE_TYPES = [getattr(TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+                 if hasattr(TensorProto, name)]
+_ITEMSIZE.update({dtype: 1 for dtype in _BYTE_TYPES})
+_TYPED_FIELD.update({dtype: ("int32_data", 1) for dtype in _BYTE_TYPES})
+_KNOWN_TYPES = set(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
+
+
+def _stored_size(data_type: int, elements: int) -> int | None:
+    """Bytes of raw_data for `elements` values of `data_type` (None for strings)."""
+    if data_type in _ITEMSIZE:
+        return elements * _ITEMSIZE[data_type]
+    if data_type in _NIBBLE_TYPES:
+        return (elements + 1) // 2
+    return None
+
+
 def max_tensor_bytes() -> int:
     """The cap on a tensor a model creates from constants (FWEDGE_MAX_TENSOR_BYTES, bytes).
 
@@ -148,17 +168,24 @@ def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
                 f"model '{path}': tensor '{tensor.name}' has an external data location holding a NUL byte "
                 f"({location!r}); refused"
             )
-        target = (folder / location).resolve()
-        if not location or os.path.isabs(location) or not target.is_relative_to(folder):
+        shown = location if len(location) <= 200 else location[:200] + "..."
+        try:
+            target = (folder / location).resolve()
+            if not location or os.path.isabs(location) or not target.is_relative_to(folder):
+                raise ModelError(
+                    f"model '{path}': tensor '{tensor.name}' points its external data at "
+                    f"{shown!r}, outside the model's folder '{folder}'; refused"
+                )
+            if not target.is_file():
+                raise ModelError(
+                    f"model '{path}': tensor '{tensor.name}' external data file {shown!r} not found"
+                )
+            size = target.stat().st_size
+        except OSError as exc:  # a name too long, a symlink loop
             raise ModelError(
-                f"model '{path}': tensor '{tensor.name}' points its external data at "
-                f"{location!r}, outside the model's folder '{folder}'; refused"
-            )
-        if not target.is_file():
-            raise ModelError(
-                f"model '{path}': tensor '{tensor.name}' external data file '{target}' not found"
-            )
-        size = target.stat().st_size
+                f"model '{path}': tensor '{tensor.name}' external data location {shown!r} is unusable "
+                f"({exc.strerror})"
+            ) from exc
         try:
             offset = int(entries.get("offset", "0"))
             length = int(entries["length"]) if "length" in entries else size - offset
@@ -172,8 +199,8 @@ def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
                 f"model '{path}': tensor '{tensor.name}' external data range {offset}+{length} does not fit "
                 f"'{target.name}' ({size} bytes)"
             )
-        if tensor.data_type in _ITEMSIZE:
-            expected = _tensor_elements(tensor, path) * _ITEMSIZE[tensor.data_type]
+        expected = _stored_size(tensor.data_type, _tensor_elements(tensor, path))
+        if expected is not None:
             if length != expected:
                 raise ModelError(
                     f"model '{path}': tensor '{tensor.name}' of shape {list(tensor.dims)} needs {expected} bytes "
@@ -187,13 +214,18 @@ def _check_tensor_data(model: onnx.ModelProto, path: Path) -> None:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             continue  # checked, then loaded into raw_data by load_external_data_for_model
         elements = _tensor_elements(tensor, path)
+        if tensor.data_type not in _KNOWN_TYPES:
+            raise ModelError(f"model '{path}': initializer '{tensor.name}' has unknown data type {tensor.data_type}")
         if tensor.HasField("raw_data"):
-            if tensor.data_type not in _ITEMSIZE:
+            want = _stored_size(tensor.data_type, elements)
+            if want is None:
                 continue
-            have, want = len(tensor.raw_data), elements * _ITEMSIZE[tensor.data_type]
+            have = len(tensor.raw_data)
         elif tensor.data_type in _TYPED_FIELD:
             field_name, per_element = _TYPED_FIELD[tensor.data_type]
             have, want = len(getattr(tensor, field_name)), elements * per_element
+        elif tensor.data_type in _NIBBLE_TYPES:
+            have, want = len(tensor.int32_data), (elements + 1) // 2
         else:
             continue
         if have != want:

@@ -290,3 +290,49 @@ def test_quantize_of_a_huge_constant_of_shape_is_one_line_error(tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
     assert "huge.onnx" in lines[0] and "ConstantOfShape" in lines[0], lines[0]
+
+
+def test_external_data_location_too_long_for_the_file_system_is_refused(tmp_path, rng):
+    path = tmp_path / "long.onnx"
+    path.write_bytes(_with_external(tiny_conv_model(rng), "x" * 5000).SerializeToString())
+    with pytest.raises(ModelError, match=r"long\.onnx.*tensor 'w'.*external data"):
+        ir.load(path)
+
+
+def _dynamic_huge_model() -> onnx.ModelProto:
+    """A ConstantOfShape whose shape depends on the batch size: [N * 2^20, 2^20], unknown until run."""
+    inits = [numpy_helper.from_array(np.array([2**20], np.int64), "scale"),
+             numpy_helper.from_array(np.array([2**20], np.int64), "width")]
+    nodes = [helper.make_node("Shape", ["x"], ["shape_x"], start=0, end=1),
+             helper.make_node("Mul", ["shape_x", "scale"], ["rows"]),
+             helper.make_node("Concat", ["rows", "width"], ["shape"], axis=0),
+             helper.make_node("ConstantOfShape", ["shape"], ["big"],
+                              value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+             helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
+             helper.make_node("Add", ["x", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "dynamic", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("command", ["eval", "quantize"])
+def test_a_model_that_fails_in_onnxruntime_is_one_line_error(command, tmp_path):
+    """A tensor too large to allocate, known only at run time: onnxruntime's failure is a ModelError."""
+    import resource
+    import subprocess
+    import sys
+
+    path = tmp_path / "dynamic.onnx"
+    path.write_bytes(_dynamic_huge_model().SerializeToString())
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 1, 8, 8), np.float32), y=np.zeros(4, np.int64))
+    fwedge = str(Path(sys.executable).parent / "fwedge")
+    args = [fwedge, command, str(path), "--data", str(tmp_path / "d.npz")]
+    args += ["--num-samples", "4", "--method", "minmax", "-o", str(tmp_path / "q.onnx")] if command == "quantize" else []
+    cap = 3 << 30
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)))
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "onnxruntime" in lines[0] and "ConstantOfShape" in lines[0], lines[0]

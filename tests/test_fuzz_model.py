@@ -302,9 +302,20 @@ def _npz_bytes(arrays: dict, compress: bool) -> bytes:
     return buffer.getvalue()
 
 
+def _image_bytes(kind: str, array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=kind)
+    return buffer.getvalue()
+
+
 def data_seeds() -> list[tuple[str, bytes]]:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    pictures = [("a.png", _image_bytes("PNG", images[0])), ("a.jpg", _image_bytes("JPEG", rgb)),
+                ("a.bmp", _image_bytes("BMP", rgb)), ("a.pgm", _image_bytes("PPM", images[1]))]
     x = rng.random((6, 1, 8, 8), dtype=np.float32)
     y = np.arange(6, dtype=np.int64) % 3
     return [
@@ -314,6 +325,7 @@ def data_seeds() -> list[tuple[str, bytes]]:
         ("d.npz", _npz_bytes({"x": x, "y": y}, compress=False)),
         ("d.npz", _npz_bytes({"x": x, "y": y}, compress=True)),
         ("d.npz", _npz_bytes({"x": images, "y": y}, compress=True)),
+        *pictures,
     ]
 
 

@@ -228,7 +228,7 @@ class RecordReader:
         with self._lock:
             try:
                 self._read_into(out, wanted)
-            except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+            except (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError) as exc:
                 self.close()
                 raise DataError(f"{self.source}: cannot read ({exc})") from exc
         return out
@@ -986,7 +986,7 @@ def _array_dataset(path: Path, labels: Path | None) -> Dataset:
         try:
             with _open_regular(path, "data") as handle, zipfile.ZipFile(handle) as archive:
                 keys = [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, ValueError, EOFError) as exc:
             raise DataError(f"data '{path}': cannot read .npz ({exc})") from exc
         if "x" not in keys:
             raise DataError(f"data '{path}': .npz must hold an array 'x', found {keys[:20]}")

@@ -235,6 +235,17 @@ def _check_tensor_data(model: onnx.ModelProto, path: Path) -> None:
             )
 
 
+def _check_value_types(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse graph inputs, outputs and value_info whose tensor element type onnx does not define."""
+    graph = model.graph
+    for kind, values in (("input", graph.input), ("output", graph.output), ("value_info", graph.value_info)):
+        for value in values:
+            if value.type.HasField("tensor_type"):
+                elem = value.type.tensor_type.elem_type
+                if elem and elem not in _KNOWN_TYPES:
+                    raise ModelError(f"model '{path}': graph {kind} '{value.name}' has unknown element type {elem}")
+
+
 def _constant_array(name: str, inits: dict) -> np.ndarray | None:
     tensor = inits.get(name)
     if tensor is None or tensor.data_type not in _ITEMSIZE or _tensor_elements_unchecked(tensor) > 64:
@@ -435,6 +446,7 @@ def load(path: str | os.PathLike, *, upgrade: bool = True) -> onnx.ModelProto:
     except (OSError, ValueError) as exc:
         raise ModelError(f"model '{path}': cannot load external data ({exc})") from exc
     _check_tensor_data(model, path)
+    _check_value_types(model, path)
     if not graph_inputs(model):
         raise ModelError(f"model '{path}': the graph has no inputs (only initializers)")
     if not model.graph.output:

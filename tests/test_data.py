@@ -429,3 +429,14 @@ def test_a_fifo_or_device_as_the_data_file_is_refused(name, tmp_path):
         open_dataset(tmp_path / name)
     with pytest.raises(DataError, match="not a regular file"):
         open_dataset("/dev/zero")
+
+
+def test_npz_of_an_unsupported_zip_version_is_a_data_error(tmp_path):
+    path = tmp_path / "v.npz"
+    np.savez(path, x=_X, y=_Y)
+    data = bytearray(path.read_bytes())
+    central = data.rfind(b"PK\x01\x02")
+    data[central + 6 : central + 8] = struct.pack("<H", 255)  # "version needed to extract" 25.5
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"v\.npz"):
+        open_dataset(path)

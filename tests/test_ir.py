@@ -336,3 +336,13 @@ def test_a_model_that_fails_in_onnxruntime_is_one_line_error(command, tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
     assert "onnxruntime" in lines[0] and "ConstantOfShape" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_unknown_element_type_of_a_graph_input_or_output_is_refused(where, tmp_path, rng):
+    model = tiny_conv_model(rng)
+    getattr(model.graph, where)[0].type.tensor_type.elem_type = 127
+    path = tmp_path / "elem.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelError, match=rf"elem\.onnx.*{where}.*element type 127"):
+        ir.load(path)

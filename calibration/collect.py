@@ -86,7 +86,7 @@ def _calibration_session(model: onnx.ModelProto, threads: int | None):
     from fwedge.errors import ModelError
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors are raised (ModelError) with their message, not logged too
     options.enable_cpu_mem_arena = False
     options.enable_mem_pattern = False
     # Batches are large: idle worker threads spinning for the next op buy nothing here and,
@@ -96,9 +96,12 @@ def _calibration_session(model: onnx.ModelProto, threads: int | None):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ModelError(f"onnxruntime cannot load the calibration model: {exc}") from exc
+    from fwedge.eval import CheckedSession
+
+    return CheckedSession(session)
 
 
 def _feeds(batch, input_names: list[str], input_shapes: list[list], source: str) -> dict[str, np.ndarray]:

@@ -40,6 +40,22 @@ class TensorQuant:
     dtype: str = "int8"
     range: tuple[float, float] = (0.0, 0.0)
 
+    def __post_init__(self) -> None:
+        # Checked here so that every table, loaded or computed, is usable by every target: a NaN
+        # or non-positive scale quantizes everything to one code and breaks the exports.
+        if not _is_number(self.scale) or not math.isfinite(self.scale) or self.scale <= 0:
+            raise CalibrationError(f"scale must be a finite number > 0, got {self.scale!r}")
+        if self.dtype not in ACTIVATION_DTYPES:
+            raise CalibrationError(f"dtype must be one of {sorted(ACTIVATION_DTYPES)}, got {self.dtype!r}")
+        low_code, high_code = ACTIVATION_DTYPES[self.dtype]
+        if not _is_integer(self.zero_point) or not low_code <= self.zero_point <= high_code:
+            raise CalibrationError(
+                f"zero_point must be an integer in {low_code}..{high_code} for {self.dtype}, got {self.zero_point!r}"
+            )
+        if (not isinstance(self.range, tuple) or len(self.range) != 2
+                or not all(_is_number(v) and math.isfinite(v) for v in self.range) or self.range[0] > self.range[1]):
+            raise CalibrationError(f"range must be two finite numbers [min, max] with min <= max, got {self.range!r}")
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["range"] = [float(self.range[0]), float(self.range[1])]
@@ -47,12 +63,39 @@ class TensorQuant:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TensorQuant":
+        """Parse one tensor entry; numbers must be JSON numbers (no strings, no booleans).
+
+        Raises:
+            CalibrationError: a missing key, a wrong type or a value out of range.
+        """
+        if not isinstance(data, dict):
+            raise CalibrationError(f"expected an object with scale and zero_point, got {type(data).__name__}")
+        raw_range = data.get("range", (0.0, 0.0))
+        if not isinstance(raw_range, (list, tuple)):
+            raise CalibrationError(f"range must be [min, max], got {raw_range!r}")
+        scale, zero_point = data["scale"], data["zero_point"]
+        if _is_number(scale):
+            scale = float(scale)
+        if isinstance(zero_point, float) and zero_point.is_integer():
+            zero_point = int(zero_point)
         return cls(
-            scale=float(data["scale"]),
-            zero_point=int(data["zero_point"]),
-            dtype=str(data.get("dtype", "int8")),
-            range=tuple(float(v) for v in data.get("range", (0.0, 0.0))),
+            scale=scale,
+            zero_point=zero_point,
+            dtype=data.get("dtype", "int8"),
+            range=tuple(float(v) if _is_number(v) else v for v in raw_range),
         )
+
+
+# Activation dtypes a table may name, with their code range.
+ACTIVATION_DTYPES = {"int8": (INT8_MIN, INT8_MAX), "uint8": (0, 255)}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def params_from_range(low: float, high: float, symmetric: bool = False) -> TensorQuant:
@@ -116,10 +159,25 @@ class QuantTable:
         Raises:
             CalibrationError: wrong schema or a malformed entry.
         """
+        if not isinstance(data, dict):
+            raise CalibrationError(f"{source}: expected a JSON object, got {type(data).__name__}")
         if data.get("schema") != SCHEMA:
             raise CalibrationError(f"{source}: schema must be {SCHEMA!r}, got {data.get('schema')!r}")
+        entries = data.get("tensors")
+        if not isinstance(entries, dict):
+            raise CalibrationError(f"{source}: 'tensors' must be an object of tensor name -> entry")
+        tensors = {}
+        for name, entry in entries.items():
+            try:
+                tensors[name] = TensorQuant.from_dict(entry)
+            except CalibrationError as exc:
+                raise CalibrationError(f"{source}: tensor {name!r}: {exc}") from exc
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                raise CalibrationError(f"{source}: tensor {name!r}: malformed entry ({exc!r})") from exc
+        for key in ("parameters", "dataset"):
+            if not isinstance(data.get(key, {}), dict):
+                raise CalibrationError(f"{source}: '{key}' must be an object")
         try:
-            tensors = {name: TensorQuant.from_dict(entry) for name, entry in data["tensors"].items()}
             return cls(
                 model_sha256=str(data["model_sha256"]),
                 method=str(data["method"]),
@@ -127,8 +185,8 @@ class QuantTable:
                 dataset=dict(data.get("dataset", {})),
                 tensors=tensors,
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CalibrationError(f"{source}: malformed quant table ({exc!r})") from exc
+        except KeyError as exc:
+            raise CalibrationError(f"{source}: malformed quant table, missing {exc}") from exc
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the table as JSON, atomically."""
@@ -144,11 +202,14 @@ class QuantTable:
             CalibrationError: missing file, not JSON, or wrong schema.
         """
         path = Path(path)
+        if path.exists() and not path.is_file():
+            # A FIFO or device would block the read or never end.
+            raise CalibrationError(f"quant table '{path}': not a regular file")
         try:
             data = json.loads(path.read_text())
         except OSError as exc:
             raise CalibrationError(f"quant table '{path}': cannot read ({exc})") from exc
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise CalibrationError(f"quant table '{path}': not JSON ({exc})") from exc
         return cls.from_dict(data, source=f"quant table '{path}'")
 

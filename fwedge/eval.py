@@ -25,13 +25,52 @@ class Runner(Protocol):
     def __call__(self, x: np.ndarray) -> np.ndarray: ...
 
 
+def _ort_errors() -> tuple[type[Exception], ...]:
+    """The exception types onnxruntime raises (Fail, RuntimeException, InvalidArgument, ...)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(kind for kind in vars(state).values() if isinstance(kind, type) and issubclass(kind, Exception))
+
+
+class CheckedSession:
+    """An onnxruntime session whose runs raise ModelError instead of onnxruntime's own errors.
+
+    A model can fail only at run time, e.g. a tensor whose shape depends on the input is too
+    large to allocate; that is bad input, reported on one line, not a crash.
+    """
+
+    def __init__(self, session):
+        self._session = session
+        self._errors = _ort_errors()
+
+    def _failed(self, exc: Exception) -> ModelError:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        return ModelError(f"onnxruntime failed running the model: {first[:600]}")
+
+    def run(self, *args, **kwargs):
+        try:
+            return self._session.run(*args, **kwargs)
+        except self._errors as exc:
+            raise self._failed(exc) from exc
+
+    def run_with_iobinding(self, *args, **kwargs):
+        try:
+            return self._session.run_with_iobinding(*args, **kwargs)
+        except self._errors as exc:
+            raise self._failed(exc) from exc
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
 # onnxruntime's session option that keeps QuantizeLinear/DequantizeLinear as separate nodes.
 DISABLE_QDQ_FUSION = "session.disable_quant_qdq"
 
 
 def ort_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None, *,
                 exact_qdq: bool = True):
-    """An onnxruntime CPU InferenceSession with all graph optimizations, from a model or path.
+    """An onnxruntime CPU session (a CheckedSession) with all graph optimizations, from a model or path.
 
     Args:
         model: a ModelProto or a path.
@@ -51,7 +90,7 @@ def ort_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None 
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors are raised (ModelError) with their message, not logged too
     if exact_qdq:
         options.add_session_config_entry(DISABLE_QDQ_FUSION, "1")
     if threads:
@@ -59,7 +98,7 @@ def ort_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None 
         options.inter_op_num_threads = 1
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     try:
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        return CheckedSession(ort.InferenceSession(source, options, providers=["CPUExecutionProvider"]))
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ModelError(f"onnxruntime cannot load the model: {exc}") from exc
 

@@ -10,14 +10,72 @@ from typing import Iterable
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from fwedge.errors import ModelError
 
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 13
+# Opset 13 came with IR 7. IR < 4 also required every initializer to be a graph input, which
+# the initializers that passes add (Q/DQ scales, folded constants) are not.
+MIN_IR_VERSION = 7
 _PROTOBUF_LIMIT = 2**31 - 1
+# No tensor a model creates from constants may be larger than this (FWEDGE_MAX_TENSOR_BYTES):
+# shape inference, constant folding and calibration would otherwise allocate it.
+DEFAULT_MAX_TENSOR_BYTES = 4 << 30
+
+# Bytes per element of the fixed-size tensor types, and the typed field each stores its
+# values in when not in raw_data (onnx.proto: TensorProto).
+_ITEMSIZE = {
+    TensorProto.FLOAT: 4, TensorProto.UINT8: 1, TensorProto.INT8: 1, TensorProto.UINT16: 2,
+    TensorProto.INT16: 2, TensorProto.INT32: 4, TensorProto.INT64: 8, TensorProto.BOOL: 1,
+    TensorProto.FLOAT16: 2, TensorProto.DOUBLE: 8, TensorProto.UINT32: 4, TensorProto.UINT64: 8,
+    TensorProto.COMPLEX64: 8, TensorProto.COMPLEX128: 16, TensorProto.BFLOAT16: 2,
+}
+_TYPED_FIELD = {
+    TensorProto.FLOAT: ("float_data", 1), TensorProto.DOUBLE: ("double_data", 1),
+    TensorProto.INT64: ("int64_data", 1), TensorProto.UINT32: ("uint64_data", 1),
+    TensorProto.UINT64: ("uint64_data", 1), TensorProto.COMPLEX64: ("float_data", 2),
+    TensorProto.COMPLEX128: ("double_data", 2), TensorProto.STRING: ("string_data", 1),
+    **{dtype: ("int32_data", 1) for dtype in (TensorProto.INT32, TensorProto.INT16, TensorProto.INT8,
+                                              TensorProto.UINT16, TensorProto.UINT8, TensorProto.BOOL,
+                                              TensorProto.FLOAT16, TensorProto.BFLOAT16)},
+}
+
+
+# 8-bit floats are one byte each; 4-bit types pack two elements per byte (and per int32_data
+# entry). Looked up by name: older onnx releases do not define them.
+_BYTE_TYPES = [getattr(TensorProto, name) for name in ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ",
+                                                       "FLOAT8E8M0") if hasattr(TensorProto, name)]
+_NIBBLE_TYPES = [getattr(TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+                 if hasattr(TensorProto, name)]
+_ITEMSIZE.update({dtype: 1 for dtype in _BYTE_TYPES})
+_TYPED_FIELD.update({dtype: ("int32_data", 1) for dtype in _BYTE_TYPES})
+_KNOWN_TYPES = set(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
+
+
+def _stored_size(data_type: int, elements: int) -> int | None:
+    """Bytes of raw_data for `elements` values of `data_type` (None for strings)."""
+    if data_type in _ITEMSIZE:
+        return elements * _ITEMSIZE[data_type]
+    if data_type in _NIBBLE_TYPES:
+        return (elements + 1) // 2
+    return None
+
+
+def max_tensor_bytes() -> int:
+    """The cap on a tensor a model creates from constants (FWEDGE_MAX_TENSOR_BYTES, bytes).
+
+    Raises:
+        ModelError: the variable is set but is not a positive integer.
+    """
+    text = os.environ.get("FWEDGE_MAX_TENSOR_BYTES", "").strip()
+    if not text:
+        return DEFAULT_MAX_TENSOR_BYTES
+    if not text.isdigit() or int(text) <= 0:
+        raise ModelError(f"FWEDGE_MAX_TENSOR_BYTES must be a positive number of bytes, got {text!r}")
+    return int(text)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -55,23 +113,216 @@ def _iter_graph_tensors(graph: onnx.GraphProto) -> Iterable[onnx.TensorProto]:
                     yield from _iter_graph_tensors(sub)
 
 
+def _check_strings(message, path: Path, where: str) -> None:
+    """Refuse string fields that are not valid UTF-8 (the protobuf runtime hands them over as bytes).
+
+    Names flow into checkers, messages, generated code and reports, which all expect text.
+    Tensor payloads (raw_data) are not read here.
+    """
+    if isinstance(message, onnx.TensorProto):
+        fields = [(message.DESCRIPTOR.fields_by_name[name], getattr(message, name))
+                  for name in ("name", "doc_string", "external_data", "string_data") if _has(message, name)]
+    else:
+        fields = message.ListFields()
+    for descriptor, value in fields:
+        label = f"{where}.{descriptor.name}" if where else descriptor.name
+        repeated = _is_repeated(descriptor)
+        items = list(value) if repeated else [value]
+        if descriptor.type == descriptor.TYPE_STRING:
+            for index, item in enumerate(items):
+                if isinstance(item, bytes):
+                    spot = f"{label}[{index}]" if repeated else label
+                    raise ModelError(f"model '{path}': {spot} is not valid UTF-8 ({item[:40]!r})")
+        elif descriptor.type == descriptor.TYPE_MESSAGE:
+            for index, item in enumerate(items):
+                _check_strings(item, path, f"{label}[{index}]" if repeated else label)
+
+
+def _is_repeated(descriptor) -> bool:
+    flag = getattr(descriptor, "is_repeated", None)
+    return flag if isinstance(flag, bool) else descriptor.label == descriptor.LABEL_REPEATED
+
+
+def _has(tensor: onnx.TensorProto, name: str) -> bool:
+    value = getattr(tensor, name)
+    return bool(value) if name in ("external_data", "string_data") else tensor.HasField(name)
+
+
+def _tensor_elements(tensor: onnx.TensorProto, path: Path) -> int:
+    if any(dim < 0 for dim in tensor.dims):
+        raise ModelError(f"model '{path}': tensor '{tensor.name}' has negative dims {list(tensor.dims)}")
+    return int(np.prod(list(tensor.dims), dtype=object))
+
+
 def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Refuse external-data locations outside the model's folder (absolute, `..`, symlinks)."""
+    """Refuse external data outside the model's folder (absolute, `..`, symlinks, NUL bytes), and
+    byte ranges that do not fit the file or the tensor, before anything is read."""
     folder = path.parent.resolve()
     for tensor in _iter_graph_tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         entries = {entry.key: entry.value for entry in tensor.external_data}
         location = entries.get("location", "")
-        target = (folder / location).resolve()
-        if not location or os.path.isabs(location) or not target.is_relative_to(folder):
+        if "\0" in location:
             raise ModelError(
-                f"model '{path}': tensor '{tensor.name}' points its external data at "
-                f"{location!r}, outside the model's folder '{folder}'; refused"
+                f"model '{path}': tensor '{tensor.name}' has an external data location holding a NUL byte "
+                f"({location!r}); refused"
             )
-        if not target.is_file():
+        shown = location if len(location) <= 200 else location[:200] + "..."
+        try:
+            target = (folder / location).resolve()
+            if not location or os.path.isabs(location) or not target.is_relative_to(folder):
+                raise ModelError(
+                    f"model '{path}': tensor '{tensor.name}' points its external data at "
+                    f"{shown!r}, outside the model's folder '{folder}'; refused"
+                )
+            if not target.is_file():
+                raise ModelError(
+                    f"model '{path}': tensor '{tensor.name}' external data file {shown!r} not found"
+                )
+            size = target.stat().st_size
+        except OSError as exc:  # a name too long, a symlink loop
             raise ModelError(
-                f"model '{path}': tensor '{tensor.name}' external data file '{target}' not found"
+                f"model '{path}': tensor '{tensor.name}' external data location {shown!r} is unusable "
+                f"({exc.strerror})"
+            ) from exc
+        try:
+            offset = int(entries.get("offset", "0"))
+            length = int(entries["length"]) if "length" in entries else size - offset
+        except ValueError as exc:
+            raise ModelError(
+                f"model '{path}': tensor '{tensor.name}' external data offset/length must be integers, "
+                f"got {entries.get('offset')!r}/{entries.get('length')!r}"
+            ) from exc
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ModelError(
+                f"model '{path}': tensor '{tensor.name}' external data range {offset}+{length} does not fit "
+                f"'{target.name}' ({size} bytes)"
+            )
+        expected = _stored_size(tensor.data_type, _tensor_elements(tensor, path))
+        if expected is not None:
+            if length != expected:
+                raise ModelError(
+                    f"model '{path}': tensor '{tensor.name}' of shape {list(tensor.dims)} needs {expected} bytes "
+                    f"of external data, its range holds {length}"
+                )
+
+
+def _check_tensor_data(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse initializers and constant tensors whose stored data does not match their shape."""
+    for tensor in _iter_graph_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # checked, then loaded into raw_data by load_external_data_for_model
+        elements = _tensor_elements(tensor, path)
+        if tensor.data_type not in _KNOWN_TYPES:
+            raise ModelError(f"model '{path}': initializer '{tensor.name}' has unknown data type {tensor.data_type}")
+        if tensor.HasField("raw_data"):
+            want = _stored_size(tensor.data_type, elements)
+            if want is None:
+                continue
+            have = len(tensor.raw_data)
+        elif tensor.data_type in _TYPED_FIELD:
+            field_name, per_element = _TYPED_FIELD[tensor.data_type]
+            have, want = len(getattr(tensor, field_name)), elements * per_element
+        elif tensor.data_type in _NIBBLE_TYPES:
+            have, want = len(tensor.int32_data), (elements + 1) // 2
+        else:
+            continue
+        if have != want:
+            raise ModelError(
+                f"model '{path}': initializer '{tensor.name}' of shape {list(tensor.dims)} "
+                f"holds {have} values/bytes, expected {want}"
+            )
+
+
+def _check_value_types(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse graph inputs, outputs and value_info whose tensor element type onnx does not define."""
+    graph = model.graph
+    for kind, values in (("input", graph.input), ("output", graph.output), ("value_info", graph.value_info)):
+        for value in values:
+            if value.type.HasField("tensor_type"):
+                elem = value.type.tensor_type.elem_type
+                if elem and elem not in _KNOWN_TYPES:
+                    raise ModelError(f"model '{path}': graph {kind} '{value.name}' has unknown element type {elem}")
+
+
+def _constant_array(name: str, inits: dict) -> np.ndarray | None:
+    tensor = inits.get(name)
+    if tensor is None or tensor.data_type not in _ITEMSIZE or _tensor_elements_unchecked(tensor) > 64:
+        return None
+    try:
+        return numpy_helper.to_array(tensor)
+    except (ValueError, TypeError):
+        return None
+
+
+def _tensor_elements_unchecked(tensor: onnx.TensorProto) -> int:
+    return int(np.prod([max(dim, 0) for dim in tensor.dims], dtype=object))
+
+
+def _check_constant_sizes(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse ConstantOfShape/Expand/Tile/Range nodes whose constant inputs make a huge tensor.
+
+    Checked before shape inference and constant folding, which would otherwise build it.
+    """
+    inits = initializer_map(model)
+    limit = max_tensor_bytes()
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ("ConstantOfShape", "Expand", "Tile", "Range"):
+            continue
+        inputs = list(node.input) + [""] * 3
+        elements = None
+        itemsize = 4
+        if node.op_type == "ConstantOfShape":
+            shape = _constant_array(inputs[0], inits)
+            if shape is not None:
+                elements = int(np.prod([max(int(d), 0) for d in shape.ravel()], dtype=object))
+            for attribute in node.attribute:
+                if attribute.name == "value":
+                    itemsize = _ITEMSIZE.get(attribute.t.data_type, 4)
+        elif node.op_type == "Expand":
+            shape = _constant_array(inputs[1], inits)
+            if shape is not None:
+                elements = int(np.prod([max(int(d), 1) for d in shape.ravel()], dtype=object))
+        elif node.op_type == "Tile":
+            repeats = _constant_array(inputs[1], inits)
+            if repeats is not None:
+                base = inits.get(inputs[0])
+                known = _tensor_elements_unchecked(base) if base is not None else 1
+                elements = known * int(np.prod([max(int(r), 0) for r in repeats.ravel()], dtype=object))
+        else:
+            values = [_constant_array(name, inits) for name in inputs[:3]]
+            if all(value is not None and value.size == 1 for value in values):
+                start, stop, delta = (float(value.ravel()[0]) for value in values)
+                if delta != 0 and all(np.isfinite([start, stop, delta])):
+                    elements = max(int(np.ceil((stop - start) / delta)), 0)
+                elif delta == 0:
+                    raise ModelError(f"model '{path}': Range node '{node.name}' has delta 0")
+        if elements is not None and elements * itemsize > limit:
+            raise ModelError(
+                f"model '{path}': {node.op_type} node '{node.name}' makes a tensor of {elements} elements "
+                f"({elements * itemsize} bytes), more than FWEDGE_MAX_TENSOR_BYTES={limit}"
+            )
+
+
+def _check_static_sizes(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse a model any of whose statically shaped tensors exceeds FWEDGE_MAX_TENSOR_BYTES."""
+    limit = max_tensor_bytes()
+    producers = {output: node for node in model.graph.node for output in node.output}
+    for value in list(model.graph.value_info) + list(model.graph.output):
+        tensor_type = value.type.tensor_type
+        if not value.type.HasField("tensor_type") or not tensor_type.HasField("shape"):
+            continue
+        dims = tensor_type.shape.dim
+        if not all(dim.HasField("dim_value") for dim in dims):
+            continue
+        size = int(np.prod([max(dim.dim_value, 0) for dim in dims], dtype=object)) * _ITEMSIZE.get(tensor_type.elem_type, 1)
+        if size > limit:
+            node = producers.get(value.name)
+            made_by = f"{node.op_type} node '{node.name}' makes " if node is not None else ""
+            raise ModelError(
+                f"model '{path}': {made_by}tensor '{value.name}' of shape {[dim.dim_value for dim in dims]} "
+                f"({size} bytes), more than FWEDGE_MAX_TENSOR_BYTES={limit}"
             )
 
 
@@ -201,23 +452,27 @@ def load(path: str | os.PathLike, *, upgrade: bool = True) -> onnx.ModelProto:
         raise ModelError(
             f"model '{path}': not an ONNX model (no ir_version, graph or opset_import found)"
         )
+    _check_strings(model, path, "")
     _check_external_data(model, path)
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError) as exc:
         raise ModelError(f"model '{path}': cannot load external data ({exc})") from exc
+    _check_tensor_data(model, path)
+    _check_value_types(model, path)
     if not graph_inputs(model):
         raise ModelError(f"model '{path}': the graph has no inputs (only initializers)")
     if not model.graph.output:
         raise ModelError(f"model '{path}': the graph has no outputs")
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelError(f"model '{path}': fails the ONNX checker: {first}") from exc
     converted = constants_to_initializers(model)
     if converted:
         log.info("%s: turned %d Constant nodes into initializers", path, converted)
+    _check_constant_sizes(model, path)
     version = opset_version(model)
     if upgrade and version < MIN_OPSET:
         try:
@@ -229,12 +484,18 @@ def load(path: str | os.PathLike, *, upgrade: bool = True) -> onnx.ModelProto:
         log.info("%s: upgraded opset %d to %d", path, version, MIN_OPSET)
         # The converter can re-emit Constant nodes (e.g. Clip min/max become inputs).
         constants_to_initializers(model)
+        _check_constant_sizes(model, path)
+    if upgrade and model.ir_version < MIN_IR_VERSION:
+        # The converter keeps the IR version; the upgraded opset needs IR 7.
+        log.info("%s: upgraded IR version %d to %d", path, model.ir_version, MIN_IR_VERSION)
+        model.ir_version = MIN_IR_VERSION
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
         onnx.checker.check_model(model)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelError(f"model '{path}': invalid after loading: {first}") from exc
+    _check_static_sizes(model, path)
     return model
 
 

@@ -391,6 +391,9 @@ def quantize_model(
     plan = plan or plan_quantization(model, options)
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    # The scales and zero points added below are initializers that are not graph inputs, which
+    # IR < 4 forbids; the opset this needs came with IR 7.
+    out.ir_version = max(out.ir_version, ir.MIN_IR_VERSION)
     graph = out.graph
     inits = ir.initializer_map(out)
     nodes_by_name = {node.name: node for node in graph.node}

@@ -13,14 +13,21 @@
  * clock_gettime(CLOCK_MONOTONIC); an x86-64 dispatch build first prints "fwedge-kernels <name>",
  * the kernels it picked for this CPU (avx512-vnni, avx2 or baseline). Exit status: 0 success, 1 I/O
  * failure, 2 usage or input size, 3 a CPU without the instructions the bundle was built for.
+ *
+ * OUTPUT_FILE must not be INPUT_FILE (by any path or link: exit 2), and it is written through a
+ * temp file beside it that is renamed into place at the end, so a failed run leaves the previous
+ * OUTPUT_FILE intact.
  */
-#define _POSIX_C_SOURCE 199309L
+#define _POSIX_C_SOURCE 200112L
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "model.h"
 #ifdef FW_X86_DISPATCH
@@ -80,6 +87,31 @@ static const char *missing_cpu_feature(void)
     }
 #endif
 #endif
+    return NULL;
+}
+
+/* Opens a fresh temp file beside `path` for writing; its name goes to `temp` (size `room`). */
+static FILE *open_temp_beside(const char *path, char *temp, size_t room)
+{
+    for (int attempt = 0; attempt < 100; ++attempt) {
+        if (snprintf(temp, room, "%s.%ld.%d.tmp", path, (long)getpid(), attempt) >= (int)room) {
+            errno = ENAMETOOLONG;
+            return NULL;
+        }
+        /* O_EXCL: never write through a file or link that is already there. */
+        const int fd = open(temp, O_WRONLY | O_CREAT | O_EXCL, 0666);
+        if (fd >= 0) {
+            FILE *file = fdopen(fd, "wb");
+            if (!file) {
+                close(fd);
+                unlink(temp);
+            }
+            return file;
+        }
+        if (errno != EEXIST) {
+            return NULL;
+        }
+    }
     return NULL;
 }
 
@@ -143,7 +175,22 @@ int main(int argc, char **argv)
         return 2;
     }
     rewind(in);
-    FILE *out = fopen(argv[2], "wb");
+    /* Compare the open input with whatever OUTPUT_FILE names now (the same path, a hard link or a
+     * symlink): writing there would destroy the input before it is read. */
+    struct stat in_stat, out_stat;
+    if (fstat(fileno(in), &in_stat) != 0) {
+        fprintf(stderr, "error: cannot stat input file '%s': %s\n", argv[1], strerror(errno));
+        fclose(in);
+        return 1;
+    }
+    if (stat(argv[2], &out_stat) == 0 && out_stat.st_dev == in_stat.st_dev && out_stat.st_ino == in_stat.st_ino) {
+        fprintf(stderr, "error: output file '%s' is the same file as input file '%s'; give another output path\n",
+                argv[2], argv[1]);
+        fclose(in);
+        return 2;
+    }
+    static char temp[4096];
+    FILE *out = open_temp_beside(argv[2], temp, sizeof temp);
     if (!out) {
         fprintf(stderr, "error: cannot create output file '%s': %s\n", argv[2], strerror(errno));
         fclose(in);
@@ -154,6 +201,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "error: short read of sample %ld from '%s'\n", sample, argv[1]);
             fclose(in);
             fclose(out);
+            unlink(temp);
             return 1;
         }
         fwedge_run(inputs, outputs);
@@ -161,12 +209,19 @@ int main(int argc, char **argv)
             fprintf(stderr, "error: cannot write outputs of sample %ld to '%s'\n", sample, argv[2]);
             fclose(in);
             fclose(out);
+            unlink(temp);
             return 1;
         }
     }
     fclose(in);
     if (fclose(out) != 0) {
         fprintf(stderr, "error: cannot finish writing '%s'\n", argv[2]);
+        unlink(temp);
+        return 1;
+    }
+    if (rename(temp, argv[2]) != 0) {
+        fprintf(stderr, "error: cannot move the outputs into '%s': %s\n", argv[2], strerror(errno));
+        unlink(temp);
         return 1;
     }
     if (iterations > 0) {

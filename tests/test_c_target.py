@@ -499,6 +499,40 @@ def test_harness_rejects_bad_arguments(tiny_bundle, tmp_path):
         assert done.returncode != 0 and message in done.stderr, (args, done.stderr)
 
 
+def _same_file_cases(folder):
+    """OUTPUT_FILE names that reach INPUT_FILE: the same path, another spelling, a hard link, a symlink."""
+    import os
+
+    os.link(folder / "in.bin", folder / "hard.bin")
+    os.symlink("in.bin", folder / "soft.bin")
+    return ["in.bin", "./in.bin", "hard.bin", "soft.bin"]
+
+
+@pytest.mark.parametrize("arch", ["host", pytest.param(QEMU_ARCH, marks=[pytest.mark.zig, pytest.mark.qemu(QEMU_ARCH)])])
+def test_harness_refuses_an_output_file_that_is_its_input(tiny_bundle, arch, tmp_path):
+    from helpers import tiny_conv_model
+
+    bundle = tiny_bundle if arch == "host" else export(onnx.shape_inference.infer_shapes(tiny_conv_model()),
+                                                       tmp_path / "emulated", arch)
+    c = c_target()
+    binary = str(bundle.file("bin/fwedge_model"))
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    c.write_harness_input(bundle, {"x": x}, tmp_path / "in.bin")
+    original = (tmp_path / "in.bin").read_bytes()
+    for name in _same_file_cases(tmp_path):
+        done = subprocess.run(c.launcher(bundle.arch) + [binary, "in.bin", name, "2", "0"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, (name, done)
+        assert "same file" in done.stderr and "in.bin" in done.stderr, (name, done.stderr)
+        assert (tmp_path / "in.bin").read_bytes() == original, f"OUTPUT_FILE {name!r} changed the input"
+    # A distinct output is written whole, through a temp file that does not stay behind.
+    done = subprocess.run(c.launcher(bundle.arch) + [binary, "in.bin", "out.bin", "2", "0"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done
+    assert c.read_harness_output(bundle, tmp_path / "out.bin", 2)["y"].shape == (2, 3)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == ["out.bin"]
+
+
 def test_harness_protocol_and_latency_stats(tiny_bundle):
     c = c_target()
     x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)

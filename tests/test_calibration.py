@@ -352,3 +352,89 @@ def test_kl_on_too_few_values_keeps_the_observed_range(rng):
     assert kl_range(Histogram.from_values(values), OPTIONS) == (values.min(), values.max())
     more = gaussian_with_outliers(rng, 60_000)  # enough values once merged to coarser bins
     assert kl_range(Histogram.from_values(more), OPTIONS)[1] < 0.5 * np.abs(more).max()
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile QuantTables: refused on load and on construction, one line through the CLI
+# --------------------------------------------------------------------------------------------
+
+_GOOD_ENTRY = {"scale": 0.05, "zero_point": -3, "dtype": "int8", "range": [-6.25, 6.5]}
+BAD_ENTRIES = {
+    "nan_scale": {"scale": float("nan")},
+    "inf_scale": {"scale": float("inf")},
+    "zero_scale": {"scale": 0.0},
+    "negative_scale": {"scale": -0.05},
+    "string_scale": {"scale": "0.05"},
+    "bool_scale": {"scale": True},
+    "zero_point_too_big": {"zero_point": 300},
+    "zero_point_too_small": {"zero_point": -129},
+    "fractional_zero_point": {"zero_point": 1.5},
+    "uint8_negative_zero_point": {"dtype": "uint8", "zero_point": -1},
+    "unknown_dtype": {"dtype": "int4"},
+    "nan_range": {"range": [float("nan"), 1.0]},
+    "inf_range": {"range": [-1.0, float("inf")]},
+    "reversed_range": {"range": [2.0, -2.0]},
+    "short_range": {"range": [1.0]},
+    "not_an_object": None,
+}
+
+
+def _table_dict(entry) -> dict:
+    return {"schema": "fwedge.quant_table/1", "model_sha256": "0" * 64, "method": "minmax",
+            "tensors": {"conv_out": entry}}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ENTRIES))
+def test_bad_table_entries_are_refused(case):
+    change = BAD_ENTRIES[case]
+    entry = None if change is None else {**_GOOD_ENTRY, **change}
+    with pytest.raises(CalibrationError, match="conv_out"):
+        QuantTable.from_dict(_table_dict(entry))
+
+
+@pytest.mark.parametrize("data", [[1, 2], "x", {"schema": "fwedge.quant_table/1", "model_sha256": "0", "method": "m",
+                                                "tensors": [1, 2]}])
+def test_table_that_is_not_an_object_is_refused(data):
+    with pytest.raises(CalibrationError, match="quant table"):
+        QuantTable.from_dict(data, source="quant table 't.json'")
+
+
+def test_tensor_quant_is_validated_on_construction():
+    from fwedge.calibration.table import TensorQuant
+
+    assert QuantTable.from_dict(_table_dict(_GOOD_ENTRY)).tensors["conv_out"].zero_point == -3
+    for bad in ({"scale": float("nan"), "zero_point": 0}, {"scale": 0.0, "zero_point": 0},
+                {"scale": 1.0, "zero_point": 128}, {"scale": 1.0, "zero_point": 0, "range": (1.0, -1.0)}):
+        with pytest.raises(CalibrationError):
+            TensorQuant(**bad)
+
+
+@pytest.mark.parametrize("case", ["nan_scale", "zero_scale", "negative_scale", "zero_point_too_big", "reversed_range"])
+def test_quantize_with_a_bad_table_is_one_line_error(case, tmp_path):
+    from click.testing import CliRunner
+
+    from fwedge import ir
+    from fwedge.cli import cli
+    from fwedge.quantization import calibrate
+    from tests.helpers import tiny_conv_model
+
+    model = ir.save(tiny_conv_model(), tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32))
+    table = calibrate(model, tmp_path / "x.npy", "minmax", 8).to_dict()
+    name = next(iter(table["tensors"]))
+    table["tensors"][name].update(BAD_ENTRIES[case])
+    (tmp_path / "t.json").write_text(json.dumps(table))
+    result = CliRunner().invoke(cli, ["quantize", str(model), "--table", str(tmp_path / "t.json"),
+                                      "-o", str(tmp_path / "q.onnx")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and "t.json" in lines[0] and name in lines[0], lines
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_table_path_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "t.json")
+    with pytest.raises(CalibrationError, match=r"t\.json.*not a regular file"):
+        QuantTable.load(tmp_path / "t.json")

@@ -171,3 +171,178 @@ def test_saved_files_get_the_umask_mode(tmp_path, rng):
     finally:
         os.umask(old)
     assert (path.stat().st_mode & 0o777) == 0o644
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile models: one ModelError line, no traceback, nothing huge allocated
+# --------------------------------------------------------------------------------------------
+
+
+def _cli_one_line(args: list[str], *fragments: str) -> None:
+    from click.testing import CliRunner
+
+    from fwedge.cli import cli
+
+    result = CliRunner().invoke(cli, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_external_data_location_with_a_nul_byte_is_refused(tmp_path, rng):
+    path = tmp_path / "nul.onnx"
+    path.write_bytes(_with_external(tiny_conv_model(rng), "w\x00.bin").SerializeToString())
+    with pytest.raises(ModelError, match=r"nul\.onnx.*tensor 'w'.*NUL"):
+        ir.load(path)
+    _cli_one_line(["inspect", str(path)], "nul.onnx", "NUL")
+
+
+@pytest.mark.parametrize("entries", [{"offset": "4096"}, {"length": "1000000000000"}, {"offset": "x"},
+                                     {"length": "-5"}, {"offset": "0", "length": "8"}])
+def test_external_data_range_must_fit_the_file_and_the_tensor(entries, tmp_path, rng):
+    model = _with_external(tiny_conv_model(rng), "w.bin")
+    (tmp_path / "w.bin").write_bytes(b"\0" * (4 * 36))
+    for key, value in entries.items():
+        entry = model.graph.initializer[0].external_data.add()
+        entry.key, entry.value = key, value
+    path = tmp_path / "range.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelError, match=r"range\.onnx.*tensor 'w'.*external data"):
+        ir.load(path)
+
+
+def test_initializer_whose_data_does_not_match_its_shape_is_refused(tmp_path, rng):
+    model = tiny_conv_model(rng)
+    model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-4]
+    path = tmp_path / "short.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelError, match=r"short\.onnx.*initializer 'w'.*shape \[4, 1, 3, 3\]"):
+        ir.load(path)
+
+
+def test_names_that_are_not_utf8_are_refused(tmp_path, rng):
+    model = tiny_conv_model(rng)
+    model.graph.node[1].op_type = "Relx"
+    path = tmp_path / "utf8.onnx"
+    path.write_bytes(model.SerializeToString().replace(b"Relx", b"R\xffl\xfe"))
+    with pytest.raises(ModelError, match=r"utf8\.onnx.*not valid UTF-8"):
+        ir.load(path)
+    _cli_one_line(["inspect", str(path)], "utf8.onnx", "UTF-8")
+    model = tiny_conv_model(rng)
+    model.graph.node[1].name = "rexx"
+    path.write_bytes(model.SerializeToString().replace(b"rexx", b"r\xff\xfex"))
+    with pytest.raises(ModelError, match=r"node.*not valid UTF-8"):
+        ir.load(path)
+
+
+def _huge_constant_model(op: str) -> onnx.ModelProto:
+    """x[1,1,8,8] + ReduceSum(op(...)) where op makes a 2^40-element float tensor from constants."""
+    inits, nodes = [], []
+    if op == "ConstantOfShape":
+        inits.append(numpy_helper.from_array(np.array([2**20, 2**20], np.int64), "shape"))
+        nodes.append(helper.make_node("ConstantOfShape", ["shape"], ["big"],
+                                      value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])))
+    elif op == "Expand":
+        inits += [numpy_helper.from_array(np.ones((1, 1), np.float32), "one"),
+                  numpy_helper.from_array(np.array([2**20, 2**20], np.int64), "shape")]
+        nodes.append(helper.make_node("Expand", ["one", "shape"], ["big"]))
+    elif op == "Tile":
+        inits += [numpy_helper.from_array(np.ones((2, 2), np.float32), "one"),
+                  numpy_helper.from_array(np.array([2**19, 2**19], np.int64), "repeats")]
+        nodes.append(helper.make_node("Tile", ["one", "repeats"], ["big"]))
+    elif op == "Range":
+        inits += [numpy_helper.from_array(np.array(0.0, np.float32), "start"),
+                  numpy_helper.from_array(np.array(2.0**40, np.float32), "limit"),
+                  numpy_helper.from_array(np.array(1.0, np.float32), "delta")]
+        nodes.append(helper.make_node("Range", ["start", "limit", "delta"], ["big"]))
+    nodes += [helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0), helper.make_node("Add", ["x", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "huge", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("op", ["ConstantOfShape", "Expand", "Tile", "Range"])
+def test_model_that_builds_a_huge_constant_tensor_is_refused(op, tmp_path):
+    path = tmp_path / "huge.onnx"
+    path.write_bytes(_huge_constant_model(op).SerializeToString())
+    with pytest.raises(ModelError, match=rf"huge\.onnx.*{op}.*bytes"):
+        ir.load(path)
+
+
+def test_quantize_of_a_huge_constant_of_shape_is_one_line_error(tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    path = tmp_path / "huge.onnx"
+    path.write_bytes(_huge_constant_model("ConstantOfShape").SerializeToString())
+    np.save(tmp_path / "x.npy", np.zeros((8, 1, 8, 8), np.float32))
+    fwedge = str(Path(sys.executable).parent / "fwedge")
+    cap = 3 << 30
+    done = subprocess.run(
+        [fwedge, "quantize", str(path), "--data", str(tmp_path / "x.npy"), "--num-samples", "8", "--method", "minmax",
+         "-o", str(tmp_path / "q.onnx")], capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)))
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "huge.onnx" in lines[0] and "ConstantOfShape" in lines[0], lines[0]
+
+
+def test_external_data_location_too_long_for_the_file_system_is_refused(tmp_path, rng):
+    path = tmp_path / "long.onnx"
+    path.write_bytes(_with_external(tiny_conv_model(rng), "x" * 5000).SerializeToString())
+    with pytest.raises(ModelError, match=r"long\.onnx.*tensor 'w'.*external data"):
+        ir.load(path)
+
+
+def _dynamic_huge_model() -> onnx.ModelProto:
+    """A ConstantOfShape whose shape depends on the batch size: [N * 2^20, 2^20], unknown until run."""
+    inits = [numpy_helper.from_array(np.array([2**20], np.int64), "scale"),
+             numpy_helper.from_array(np.array([2**20], np.int64), "width")]
+    nodes = [helper.make_node("Shape", ["x"], ["shape_x"], start=0, end=1),
+             helper.make_node("Mul", ["shape_x", "scale"], ["rows"]),
+             helper.make_node("Concat", ["rows", "width"], ["shape"], axis=0),
+             helper.make_node("ConstantOfShape", ["shape"], ["big"],
+                              value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+             helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
+             helper.make_node("Add", ["x", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "dynamic", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("command", ["eval", "quantize"])
+def test_a_model_that_fails_in_onnxruntime_is_one_line_error(command, tmp_path):
+    """A tensor too large to allocate, known only at run time: onnxruntime's failure is a ModelError."""
+    import resource
+    import subprocess
+    import sys
+
+    path = tmp_path / "dynamic.onnx"
+    path.write_bytes(_dynamic_huge_model().SerializeToString())
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 1, 8, 8), np.float32), y=np.zeros(4, np.int64))
+    fwedge = str(Path(sys.executable).parent / "fwedge")
+    args = [fwedge, command, str(path), "--data", str(tmp_path / "d.npz")]
+    args += ["--num-samples", "4", "--method", "minmax", "-o", str(tmp_path / "q.onnx")] if command == "quantize" else []
+    cap = 3 << 30
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)))
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "onnxruntime" in lines[0] and "ConstantOfShape" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_unknown_element_type_of_a_graph_input_or_output_is_refused(where, tmp_path, rng):
+    model = tiny_conv_model(rng)
+    getattr(model.graph, where)[0].type.tensor_type.elem_type = 127
+    path = tmp_path / "elem.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelError, match=rf"elem\.onnx.*{where}.*element type 127"):
+        ir.load(path)

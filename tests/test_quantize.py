@@ -261,3 +261,56 @@ def test_concat_input_with_other_readers_gets_a_requantizing_pair(rng):
     x = rng.random((2, 1, 4, 4)).astype(np.float32)
     outputs = ort_session(qdq).run(None, {"x": x})
     assert outputs[0].shape == (2, 5, 4, 4) and outputs[1].shape == (2, 2, 4, 4)
+
+
+def _opset7_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """An IR 3 / opset 7 Conv-Relu-Flatten-Gemm model: every initializer is also a graph input."""
+    inits = [_init("w", rng.standard_normal((4, 1, 3, 3))), _init("b", rng.standard_normal(4) * 0.1),
+             _init("fw", rng.standard_normal((3, 4 * 6 * 6)) * 0.1), _init("fb", np.zeros(3))]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1)]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])]
+    inputs += [helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims)) for t in inits]
+    graph = helper.make_graph(nodes, "opset7", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)])
+    model.ir_version = 3
+    return model
+
+
+def test_opset7_ir3_model_quantizes(tmp_path):
+    from click.testing import CliRunner
+
+    from fwedge.cli import cli
+
+    rng = np.random.default_rng(0)
+    model = _opset7_model(rng)
+    onnx.checker.check_model(model)
+    path = tmp_path / "op7.onnx"
+    onnx.save(model, path)
+    x = rng.random((16, 1, 8, 8), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = CliRunner().invoke(cli, ["quantize", str(path), "--data", str(tmp_path / "x.npy"), "--num-samples", "16",
+                                      "--method", "minmax", "-o", str(tmp_path / "q.onnx")])
+    assert result.exit_code == 0, result.output
+    qdq = onnx.load(tmp_path / "q.onnx")
+    onnx.checker.check_model(qdq)
+    assert qdq.ir_version >= 7
+    assert {n.op_type for n in qdq.graph.node} >= {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm"}
+    reference = ort_session(model).run(None, {"x": x[:1]})[0]
+    got = ort_session(qdq).run(None, {"x": x[:1]})[0]
+    assert np.argmax(got) == np.argmax(reference)
+
+
+def test_qdq_of_an_upgraded_ir3_model_given_as_a_proto_passes_the_checker(tmp_path):
+    """A ModelProto upgraded to opset 13 outside fwedge.ir.load keeps IR 3; QDQ insertion still works."""
+    rng = np.random.default_rng(0)
+    model = onnx.version_converter.convert_version(_opset7_model(rng), 13)
+    assert model.ir_version == 3
+    x = rng.random((16, 1, 8, 8), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = quantize(model, tmp_path / "x.npy", "minmax", 16)
+    onnx.checker.check_model(result.model)
+    assert result.model.ir_version >= 7

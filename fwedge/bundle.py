@@ -435,8 +435,9 @@ def _parse_manifest(path: Path, data) -> Bundle:
     for key in ("target", "arch", "precision"):
         if not isinstance(data[key], str) or not _WORD.match(data[key]):
             raise ExportError(f"{where}: {key} must be a short name ({_WORD.pattern}), got {str(data[key])[:80]!r}")
-    if not isinstance(data["source_sha256"], str) or not _SHA256.match(data["source_sha256"]):
-        raise ExportError(f"{where}: source_sha256 must be 64 lowercase hex digits")
+    # Empty when a target module exported an in-memory model with no source file.
+    if not isinstance(data["source_sha256"], str) or not (data["source_sha256"] == "" or _SHA256.match(data["source_sha256"])):
+        raise ExportError(f"{where}: source_sha256 must be 64 lowercase hex digits or empty")
     for key in OPTIONAL_KEYS:
         if not isinstance(data.get(key, {}), dict):
             raise ExportError(f"{where}: {key} must be an object, got {type(data[key]).__name__}")
@@ -551,6 +552,7 @@ def copy_verified(bundle: Bundle, work_dir: str | os.PathLike) -> Bundle:
     """
     source = bundle.path
     target = Path(work_dir) / bundle.name
+    target.parent.mkdir(parents=True, exist_ok=True)
     target.mkdir(mode=0o700)
     try:
         for relative in [MANIFEST, *(check_bundle_path(name, f"bundle '{source}'") for name in bundle.files)]:

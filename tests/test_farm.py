@@ -441,3 +441,53 @@ def test_real_sshd_runs_a_c_bundle_for_the_host_arch(tmp_path, sshd, mlp_int8):
     assert board.accuracy == host.accuracy and board.device_kind == "ssh"
     assert board.identity["timer"].startswith("clock_gettime") and board.latency.iterations == REPEATS
     assert not list((sshd.folder / "remote").iterdir()), "remote temp dir left behind"
+
+
+# -- check-then-run ------------------------------------------------------------------------------
+
+
+@pytest.mark.fashion_mnist
+def test_a_bundle_replaced_while_another_runs_is_an_error_result(tmp_path, mlp_files, mlp_model):
+    """The farm loads both bundles at the start; the second one's model is swapped for a
+    damaged one after the first finished (the progress hook runs between the two jobs on the
+    one device). Verifying right before the run catches it."""
+    bundles = tmp_path / "bundles"
+    shutil.copytree(mlp_files / "bundles" / "mlp_onnx", bundles / "a_onnx")
+    shutil.copytree(mlp_files / "bundles" / "mlp_onnx", bundles / "b_onnx")
+    damaged = fh.zero_layer(mlp_model, "fc2_w")
+    tampered = []
+
+    def tamper(result):
+        if result.bundle == "a_onnx":
+            onnx.save(damaged, bundles / "b_onnx" / "model.onnx")
+            tampered.append(result.bundle)
+
+    results = run_farm([bundles / "a_onnx", bundles / "b_onnx"], [LocalDevice(name="host", runtimes=["onnx"])],
+                       FarmOptions(data="fashion-mnist:test", limit=50, repeats=2), progress=tamper)
+    assert tampered == ["a_onnx"]
+    by_bundle = {r.bundle: r for r in results.results}
+    assert by_bundle["a_onnx"].ok, by_bundle["a_onnx"].error
+    assert by_bundle["b_onnx"].status == "error"
+    assert "model.onnx" in by_bundle["b_onnx"].error and "does not match the manifest" in by_bundle["b_onnx"].error
+
+
+@pytest.mark.fashion_mnist
+def test_the_device_runs_a_private_copy_of_the_verified_bundle(tmp_path, mlp_files):
+    """What the device gets is a copy outside the original folder, so a later swap of the
+    original cannot reach the running bundle."""
+    bundle_dir = tmp_path / "mlp_onnx"
+    shutil.copytree(mlp_files / "bundles" / "mlp_onnx", bundle_dir)
+    seen = []
+
+    class Recording(LocalDevice):
+        def run(self, bundle, inputs, repeats):
+            seen.append(bundle.path)
+            assert bundle.name == "mlp_onnx"
+            assert not bundle.path.resolve().is_relative_to(bundle_dir.resolve())
+            return super().run(bundle, inputs, repeats)
+
+    results = run_farm([bundle_dir], [Recording(name="host", runtimes=["onnx"])],
+                       FarmOptions(data="fashion-mnist:test", limit=20, repeats=1))
+    assert results.results[0].ok, results.results[0].error
+    assert results.results[0].bundle_path == str(bundle_dir)
+    assert len(seen) == 1 and not seen[0].exists(), "the private copy is removed after the run"

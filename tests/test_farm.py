@@ -491,3 +491,68 @@ def test_the_device_runs_a_private_copy_of_the_verified_bundle(tmp_path, mlp_fil
     assert results.results[0].ok, results.results[0].error
     assert results.results[0].bundle_path == str(bundle_dir)
     assert len(seen) == 1 and not seen[0].exists(), "the private copy is removed after the run"
+
+
+# -- host runtimes run in a child process ----------------------------------------------------------
+
+
+def _ncnn_bundle_with_renamed_input(model, out_dir: Path) -> Path:
+    """An ncnn bundle whose manifest names an input the .param file does not have (digest
+    recomputed, as anyone editing the manifest can). ncnn's Extractor then divides by zero."""
+    from fwedge.bundle import seal_manifest
+    from fwedge.data import Preprocess
+    from fwedge.targets import ExportOptions, target_module
+
+    target_module("ncnn").export(model, out_dir, ExportOptions(
+        preprocess=Preprocess(resize=(28, 28), color="grayscale").to_dict()))
+    manifest_path = out_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["inputs"][0]["name"] = "no_such_blob"
+    manifest_path.write_text(json.dumps(seal_manifest(manifest)))
+    return out_dir
+
+
+@pytest.mark.ncnn
+@pytest.mark.fashion_mnist
+def test_a_crashing_host_runtime_is_an_error_result_and_results_survive(tmp_path, mlp_files, mlp_model):
+    bundles = tmp_path / "bundles"
+    _ncnn_bundle_with_renamed_input(mlp_model, bundles / "crash_ncnn")
+    shutil.copytree(mlp_files / "bundles" / "mlp_onnx", bundles / "mlp_onnx")
+    inv = _write_inventory(tmp_path / "inv.toml", [{"name": "host", "kind": "local", "runtimes": ["onnx", "ncnn"]}])
+    output = tmp_path / "results.json"
+    run = CliRunner().invoke(cli, ["farm", "run", str(bundles / "crash_ncnn"), str(bundles / "mlp_onnx"),
+                                   "--inventory", str(inv), "--data", "fashion-mnist:test", "--limit", "20",
+                                   "--repeats", "2", "--retries", "0", "-o", str(output)])
+    assert run.exception is None or isinstance(run.exception, SystemExit), run.output
+    by_bundle = {r.bundle: r for r in load_results(output).results}
+    crashed = by_bundle["crash_ncnn"]
+    assert crashed.status == "error" and "killed by SIG" in crashed.error, crashed.error
+    assert by_bundle["mlp_onnx"].ok, by_bundle["mlp_onnx"].error
+
+
+@pytest.mark.ncnn
+@pytest.mark.fashion_mnist
+def test_fwedge_run_reports_a_crashing_runtime_in_one_line(tmp_path, mlp_model):
+    bundle = _ncnn_bundle_with_renamed_input(mlp_model, tmp_path / "crash_ncnn")
+    run = CliRunner().invoke(cli, ["run", str(bundle), "--data", "fashion-mnist:test", "--limit", "8"])
+    assert run.exit_code == 2, run.output
+    assert "killed by SIG" in run.output and "Traceback" not in run.output
+
+
+@pytest.mark.fashion_mnist
+def test_host_runtime_runs_in_a_child_process(tmp_path, mlp_files, monkeypatch):
+    """The runtime is never imported into the farm's own process; outputs and latencies come
+    back from the child."""
+    import os
+
+    from fwedge.targets import onnx as onnx_target
+
+    pids = []
+    original = onnx_target.run
+    monkeypatch.setattr(onnx_target, "run", lambda *a, **k: (pids.append(os.getpid()), original(*a, **k))[1])
+    results = run_farm([mlp_files / "bundles" / "mlp_onnx"], [LocalDevice(name="host", runtimes=["onnx"])],
+                       FarmOptions(data="fashion-mnist:test", limit=20, repeats=3))
+    [result] = results.results
+    assert result.ok, result.error
+    assert pids == [], "the onnx runtime ran inside the farm process"
+    assert result.latency.iterations == 3 and result.identity["child_pid"] != os.getpid()

@@ -249,3 +249,67 @@ def test_a_manifest_that_is_not_json_is_one_export_error(tmp_path, text):
     (tmp_path / "b" / "manifest.json").write_bytes(text)
     with pytest.raises(ExportError):
         load_bundle(tmp_path / "b")
+
+
+# -- partial folders of killed writers -------------------------------------------------------------
+
+_SLOW_WRITER = r'''
+import sys, time
+from pathlib import Path
+from fwedge.bundle import write_bundle
+
+def files(folder):
+    (folder / "model.bin").write_bytes(b"x" * 1_000_000)
+    print("writing", flush=True)
+    time.sleep(300)
+
+write_bundle(Path(sys.argv[1]), target="onnx", arch="x86_64", precision="fp32", source_sha256="",
+             inputs=[], outputs=[], write_files=files)
+'''
+
+
+def _start_writer(out_dir):
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(out_dir)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    return child
+
+
+def _partials(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".partial"))
+
+
+def test_a_killed_export_is_cleaned_up_by_the_next_write_and_a_live_one_is_not(tmp_path):
+    import signal
+
+    running = _start_writer(tmp_path / "c")
+    try:
+        [live] = _partials(tmp_path)
+        killed = _start_writer(tmp_path / "a")
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        assert len(_partials(tmp_path)) == 2
+        _write(tmp_path / "b")
+        assert _partials(tmp_path) == [live], "the killed writer's partial goes, the running writer's stays"
+        assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["b"]
+    finally:
+        running.kill()
+        running.wait()
+    _write(tmp_path / "b")
+    assert _partials(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"], "no lock file or partial is left"
+
+
+def test_a_write_killed_mid_swap_gets_the_previous_bundle_back(tmp_path):
+    """Killed between moving the old bundle aside and moving the new one in: the old bundle
+    sits in `.a.XXXX.old` with a free lock; the next write puts it back."""
+    _write(tmp_path / "a", payload=b"old")
+    lock = tmp_path / ".a.k1ll3d.lock"
+    lock.write_text("a")
+    os.rename(tmp_path / "a", tmp_path / ".a.k1ll3d.old")
+    (tmp_path / ".a.k1ll3d.partial").mkdir()
+    _write(tmp_path / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+    assert load_bundle(tmp_path / "a").files and (tmp_path / "a" / "model.bin").read_bytes() == b"old"

@@ -351,6 +351,12 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
+def _show(value, limit: int = 80) -> str:
+    """A short one-line repr of a hostile value for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -369,14 +375,14 @@ def check_bundle_path(relative, where: str) -> str:
     if not isinstance(relative, str):
         raise ExportError(f"{where}: file path {relative!r} must be a string")
     if not relative or len(relative) > MAX_PATH_CHARS:
-        raise ExportError(f"{where}: file path {relative[:80]!r} must be 1..{MAX_PATH_CHARS} characters")
+        raise ExportError(f"{where}: file path {_show(relative)} must be 1..{MAX_PATH_CHARS} characters")
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF for ch in relative) or "\\" in relative:
-        raise ExportError(f"{where}: file path {relative[:80]!r} holds a control character or backslash")
+        raise ExportError(f"{where}: file path {_show(relative)} holds a control character or backslash")
     if relative.startswith("/"):
-        raise ExportError(f"{where}: file path {relative[:80]!r} is absolute; it points outside the bundle")
+        raise ExportError(f"{where}: file path {_show(relative)} is absolute; it points outside the bundle")
     parts = relative.split("/")
     if any(part in ("", ".", "..") for part in parts):
-        raise ExportError(f"{where}: file path {relative[:80]!r} has an empty, '.' or '..' part; "
+        raise ExportError(f"{where}: file path {_show(relative)} has an empty, '.' or '..' part; "
                           "it points outside the bundle or is not canonical")
     if relative == MANIFEST:
         raise ExportError(f"{where}: the manifest cannot list itself")
@@ -391,24 +397,24 @@ def _tensor_info(raw, where: str) -> TensorInfo:
         raise ExportError(f"{where}: unknown keys {unknown[:5]}; known: {list(_TENSOR_KEYS)}")
     name = raw.get("name")
     if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS or "\x00" in name:
-        raise ExportError(f"{where}: name must be a non-empty string without NUL, got {str(name)[:80]!r}")
+        raise ExportError(f"{where}: name must be a non-empty string without NUL, got {_show(name)}")
     shape = raw.get("shape")
     if (not isinstance(shape, list) or len(shape) > MAX_RANK
             or not all(_is_int(dim) and -1 <= dim < 2**31 for dim in shape)):
-        raise ExportError(f"{where} {name[:80]!r}: shape must be a list of at most {MAX_RANK} integers "
-                          f"-1..2^31-1 (-1: dynamic), got {str(shape)[:80]}")
+        raise ExportError(f"{where} {_show(name)}: shape must be a list of at most {MAX_RANK} integers "
+                          f"-1..2^31-1 (-1: dynamic), got {_show(shape)}")
     dtype = raw.get("dtype")
-    if dtype not in DTYPES:
-        raise ExportError(f"{where} {name[:80]!r}: dtype must be one of {sorted(DTYPES)}, got {str(dtype)[:40]!r}")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ExportError(f"{where} {_show(name)}: dtype must be one of {sorted(DTYPES)}, got {_show(dtype)}")
     layout = raw.get("layout", "")
-    if layout not in LAYOUTS:
-        raise ExportError(f"{where} {name[:80]!r}: layout must be one of {list(LAYOUTS)}, got {str(layout)[:40]!r}")
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ExportError(f"{where} {_show(name)}: layout must be one of {list(LAYOUTS)}, got {_show(layout)}")
     scale = raw.get("scale")
     if scale is not None and not (_is_number(scale) and scale > 0):
-        raise ExportError(f"{where} {name[:80]!r}: scale must be a finite number > 0 or null, got {str(scale)[:40]}")
+        raise ExportError(f"{where} {_show(name)}: scale must be a finite number > 0 or null, got {_show(scale)}")
     zero_point = raw.get("zero_point")
     if zero_point is not None and not (_is_int(zero_point) and -2**31 <= zero_point < 2**31):
-        raise ExportError(f"{where} {name[:80]!r}: zero_point must be an integer or null, got {str(zero_point)[:40]}")
+        raise ExportError(f"{where} {_show(name)}: zero_point must be an integer or null, got {_show(zero_point)}")
     return TensorInfo(name=name, shape=list(shape), dtype=dtype, layout=layout,
                       scale=float(scale) if scale is not None else None, zero_point=zero_point)
 
@@ -419,7 +425,7 @@ def _parse_manifest(path: Path, data) -> Bundle:
     if not isinstance(data, dict):
         raise ExportError(f"{where}: expected a JSON object at top level, got {type(data).__name__}")
     if data.get("schema") != BUNDLE_SCHEMA:
-        raise ExportError(f"bundle '{path}': schema {str(data.get('schema'))[:80]!r}, expected {BUNDLE_SCHEMA!r}")
+        raise ExportError(f"bundle '{path}': schema {_show(data.get('schema'))}, expected {BUNDLE_SCHEMA!r}")
     missing = [key for key in REQUIRED_KEYS if key not in data]
     if missing:
         hint = " (written by an older fwedge? export it again)" if missing == [DIGEST_KEY] else ""
@@ -431,10 +437,10 @@ def _parse_manifest(path: Path, data) -> Bundle:
     actual = manifest_digest(data)
     if recorded != actual:
         raise ExportError(f"{where}: its content does not match its {DIGEST_KEY} "
-                          f"({actual[:12]}…, recorded {str(recorded)[:12]!r}…); refusing an edited manifest")
+                          f"({actual[:12]}…, recorded {_show(recorded)}…); refusing an edited manifest")
     for key in ("target", "arch", "precision"):
         if not isinstance(data[key], str) or not _WORD.match(data[key]):
-            raise ExportError(f"{where}: {key} must be a short name ({_WORD.pattern}), got {str(data[key])[:80]!r}")
+            raise ExportError(f"{where}: {key} must be a short name ({_WORD.pattern}), got {_show(data[key])}")
     # Empty when a target module exported an in-memory model with no source file.
     if not isinstance(data["source_sha256"], str) or not (data["source_sha256"] == "" or _SHA256.match(data["source_sha256"])):
         raise ExportError(f"{where}: source_sha256 must be 64 lowercase hex digits or empty")
@@ -449,7 +455,7 @@ def _parse_manifest(path: Path, data) -> Bundle:
     for relative, digest in files.items():
         check_bundle_path(relative, where)
         if not isinstance(digest, str) or not _SHA256.match(digest):
-            raise ExportError(f"{where}: sha256 of {relative!r} must be 64 lowercase hex digits, got {str(digest)[:80]!r}")
+            raise ExportError(f"{where}: sha256 of {relative!r} must be 64 lowercase hex digits, got {_show(digest)}")
     for key in ("inputs", "outputs"):
         if not isinstance(data[key], list) or len(data[key]) > 1024:
             raise ExportError(f"{where}: {key} must be a list of at most 1024 tensors, got {type(data[key]).__name__}")

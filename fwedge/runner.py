@@ -38,6 +38,8 @@ class BundleRunner:
         first = self.bundle.inputs[0]
         self.input_name = first.name
         shape = list(first.shape)
+        if not shape:
+            raise ExportError(f"bundle '{self.bundle.path}': input {first.name!r} has no batch dimension (shape [])")
         if first.layout == "NHWC" and len(shape) == 4:
             # The manifest records the device layout; feeds are always logical NCHW.
             shape = [shape[0], shape[3], shape[1], shape[2]]

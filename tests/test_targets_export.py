@@ -244,6 +244,23 @@ def test_unsupported_ops_one_error_listing_all_and_no_output(tmp_path):
     assert not any(out.iterdir()) if out.exists() else True
 
 
+@pytest.mark.ncnn
+def test_a_multi_target_export_writes_what_it_can_and_names_what_failed(tmp_path):
+    """ncnn cannot take LSTM/If, onnx can: the onnx bundle is still written, the command
+    exits 2, and its last line names the targets written and the one that failed."""
+    onnx.save(_unsupported_model(), tmp_path / "rnn.onnx")
+    out = tmp_path / "bundles"
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "rnn.onnx"), "-t", "ncnn", "-t", "onnx",
+                                      "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert (out / "rnn-onnx-fp32" / "manifest.json").is_file()
+    assert not (out / "rnn-ncnn-fp32").exists()
+    lines = result.output.strip().splitlines()
+    assert any(line.startswith("ncnn: failed:") and "LSTM" in line for line in lines), result.output
+    assert lines[-1].startswith("error: ") and "wrote 1 of 2 targets (onnx)" in lines[-1]
+    assert "failed: ncnn" in lines[-1]
+
+
 def test_precision_request_contradicting_the_model_is_refused(models, tmp_path):
     with pytest.raises(ExportError, match="needs a QDQ model"):
         export_bundle(models / "tiny.onnx", "onnx", tmp_path / "b", ExportOptions(precision="int8"))

@@ -568,6 +568,8 @@ def copy_verified(bundle: Bundle, work_dir: str | os.PathLike) -> Bundle:
             destination = target / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(origin, destination, follow_symlinks=False)
+            # Keep the executable bit (harness binaries); never setuid/setgid or group/other write.
+            os.chmod(destination, stat.S_IMODE(origin.lstat().st_mode) & 0o755)
     except OSError as exc:
         raise ExportError(f"bundle '{source}': cannot copy it to {target} ({exc.strerror or exc})") from exc
     copy = load_bundle(target)

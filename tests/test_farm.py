@@ -283,6 +283,12 @@ for source in sources:
         shutil.copytree(source, os.path.join(target, os.path.basename(source)) if target.endswith("/") else target)
     else:
         shutil.copy2(source, target)
+    if os.path.exists(os.path.join(home, "corrupt")):  # a board whose storage flips bits on upload
+        for root, _, names in os.walk(target):
+            for name in names:
+                if name == "model.onnx":
+                    with open(os.path.join(root, name), "ab") as handle:
+                        handle.write(b"x")
 '''
 
 
@@ -360,6 +366,33 @@ def test_ssh_run_timeout_kills_the_client_and_still_cleans_up(tmp_path, mlp_file
     assert time.monotonic() - started < 30
     assert result.status == "error" and "timed out after 2 s" in result.error and result.attempts == 1
     assert not list((home / "remote").iterdir()), "the remote dir is removed after a timeout too"
+
+
+@pytest.mark.fashion_mnist
+def test_ssh_board_verifies_its_own_copy_before_running(tmp_path, mlp_files):
+    """The copy on the board is hashed there; a file that arrives altered is an error result
+    and nothing runs."""
+    home = tmp_path / "board"
+    (home / "remote").mkdir(parents=True)
+    (home / "corrupt").write_text("")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("ssh", "scp"):
+        fh.write_program(bin_dir / tool, _FAKE_SSH.format(python=sys.executable, home=str(home)))
+    device = SshDevice(name="flaky-board", host="127.0.0.1", user="ci", arch="x86_64", runtimes=["onnx"],
+                       python=sys.executable, workdir=str(home / "remote"), ssh=str(bin_dir / "ssh"),
+                       scp=str(bin_dir / "scp"))
+    results = run_farm([mlp_files / "bundles" / "mlp_onnx"], [device],
+                       FarmOptions(data="fashion-mnist:test", limit=20, repeats=1, retries=0))
+    [result] = results.results
+    assert result.status == "error" and "model.onnx" in result.error and "on the board" in result.error, result.error
+    calls = [json.loads(line) for line in (home / "argv.log").read_text().splitlines()]
+    assert not [c for c in calls if "runner.py" in c[-1]], "nothing may run after a failed check"
+    assert not list((home / "remote").iterdir())
+    (home / "corrupt").unlink()
+    results = run_farm([mlp_files / "bundles" / "mlp_onnx"], [device],
+                       FarmOptions(data="fashion-mnist:test", limit=20, repeats=1, retries=0))
+    assert results.results[0].ok, results.results[0].error
 
 
 def _bundle_with_evil_file(model, bundle_dir: Path, evil: str):

@@ -589,3 +589,20 @@ def test_host_runtime_runs_in_a_child_process(tmp_path, mlp_files, monkeypatch):
     assert result.ok, result.error
     assert pids == [], "the onnx runtime ran inside the farm process"
     assert result.latency.iterations == 3 and result.identity["child_pid"] != os.getpid()
+
+
+def test_the_c_harness_copy_is_hashed_before_it_runs(tmp_path):
+    """run_native is also called with a bundle loaded long before (qemu, local C); a binary
+    swapped in the meantime is refused instead of run."""
+    from fwedge.device_farm import harness
+    from fwedge.device_farm.device import DeviceRunError
+    from fwedge.targets.c import BINARY
+
+    bundle = fh.fake_c_bundle(tmp_path / "c_bundle", "x86_64")
+    swapped = fh.write_program(tmp_path / "c_bundle" / BINARY, f"""
+        #!/bin/sh
+        touch {shlex.quote(str(tmp_path / "ran"))}
+    """)
+    with pytest.raises(DeviceRunError, match="does not match the manifest"):
+        harness.run_native(bundle, {"input": np.zeros((1, 1, 28, 28), np.float32)}, 1, timeout=10, what="test")
+    assert swapped.exists() and not (tmp_path / "ran").exists()

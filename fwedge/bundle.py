@@ -160,6 +160,10 @@ def _check_relative(bundle_dir: Path, relative: str) -> Path:
 # lock file at all is stale as well: the lock file is created before and removed after them.
 
 
+# `.NAME.` + tempfile's 8 random characters: only names this module makes are ever removed.
+_STEM = re.compile(r"^\..+\.[a-z0-9_]{8}$")
+
+
 def _stale_candidates(parent: Path) -> dict[str, list[Path]]:
     groups: dict[str, list[Path]] = {}
     try:
@@ -168,8 +172,9 @@ def _stale_candidates(parent: Path) -> dict[str, list[Path]]:
         return groups
     for entry in entries:
         for suffix in (".lock", ".partial", ".old"):
-            if entry.name.startswith(".") and entry.name.endswith(suffix) and len(entry.name) > len(suffix) + 1:
-                groups.setdefault(entry.name[: -len(suffix)], []).append(Path(entry.path))
+            stem = entry.name[: -len(suffix)]
+            if entry.name.endswith(suffix) and _STEM.match(stem):
+                groups.setdefault(stem, []).append(Path(entry.path))
     return groups
 
 
@@ -202,7 +207,9 @@ def clean_stale_partials(parent: str | os.PathLike) -> list[Path]:
                     log.warning("cannot check partial bundle lock %s: %s", lock_path, exc)
                 continue
         try:
-            target_name = handle.read(4096).decode("utf-8", "replace").strip() if handle else ""
+            target_name = handle.read(4096).decode("utf-8", "surrogateescape") if handle else ""
+            if handle is not None and not stem.startswith(f".{target_name}."):
+                continue  # not a lock file this module wrote
             old = parent / f"{stem}.old"
             target = parent / target_name if target_name and "/" not in target_name else None
             if old.is_dir() and not old.is_symlink() and target is not None and not os.path.lexists(target):

@@ -306,10 +306,18 @@ def test_a_write_killed_mid_swap_gets_the_previous_bundle_back(tmp_path):
     """Killed between moving the old bundle aside and moving the new one in: the old bundle
     sits in `.a.XXXX.old` with a free lock; the next write puts it back."""
     _write(tmp_path / "a", payload=b"old")
-    lock = tmp_path / ".a.k1ll3d.lock"
+    lock = tmp_path / ".a.k1ll3d00.lock"
     lock.write_text("a")
-    os.rename(tmp_path / "a", tmp_path / ".a.k1ll3d.old")
-    (tmp_path / ".a.k1ll3d.partial").mkdir()
+    os.rename(tmp_path / "a", tmp_path / ".a.k1ll3d00.old")
+    (tmp_path / ".a.k1ll3d00.partial").mkdir()
     _write(tmp_path / "b")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
     assert load_bundle(tmp_path / "a").files and (tmp_path / "a" / "model.bin").read_bytes() == b"old"
+
+
+def test_the_cleaner_leaves_files_it_did_not_make_alone(tmp_path):
+    (tmp_path / ".editor.lock").write_text("mine")
+    (tmp_path / ".notes.partial").mkdir()
+    (tmp_path / ".b.abcdefgh.lock").write_text("someone else's lock")
+    _write(tmp_path / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.abcdefgh.lock", ".editor.lock", ".notes.partial", "b"]

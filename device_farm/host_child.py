@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -151,6 +152,10 @@ class HostRuntimeProcess:
         try:
             self.child.stdin.write(line.encode())
             self.child.stdin.flush()
+            # The child writes each reply as one flushed line, so a readable pipe holds it whole.
+            ready, _, _ = select.select([self.child.stdout], [], [], self.timeout)
+            if not ready:
+                raise self._failure(f"timed out after {self.timeout:g} s")
             answer = self.child.stdout.readline()
         except OSError:
             answer = b""

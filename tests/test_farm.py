@@ -606,3 +606,23 @@ def test_the_c_harness_copy_is_hashed_before_it_runs(tmp_path):
     with pytest.raises(DeviceRunError, match="does not match the manifest"):
         harness.run_native(bundle, {"input": np.zeros((1, 1, 28, 28), np.float32)}, 1, timeout=10, what="test")
     assert swapped.exists() and not (tmp_path / "ran").exists()
+
+
+@pytest.mark.fashion_mnist
+def test_a_baseline_changed_before_its_job_fails_both_roles(tmp_path, mlp_files, mlp_model, monkeypatch):
+    from fwedge.device_farm import runner
+
+    shutil.copytree(mlp_files / "bundles" / "mlp_onnx", tmp_path / "A" / "mlp")
+    shutil.copytree(mlp_files / "bundles" / "mlp_onnx", tmp_path / "B" / "mlp")
+    original = runner._eval_set
+
+    def tamper_then_load(shared, bundle):  # runs inside the job, after the farm loaded both bundles
+        onnx.save(fh.zero_layer(mlp_model, "fc2_w"), tmp_path / "A" / "mlp" / "model.onnx")
+        return original(shared, bundle)
+
+    monkeypatch.setattr(runner, "_eval_set", tamper_then_load)
+    results = run_farm([tmp_path / "B" / "mlp"], [LocalDevice(name="host", runtimes=["onnx"])],
+                       FarmOptions(data="fashion-mnist:test", limit=20, repeats=2, baseline_bundles=str(tmp_path / "A")))
+    baseline, candidate = results.results
+    assert baseline.role == "baseline" and baseline.status == "error" and "does not match the manifest" in baseline.error
+    assert candidate.status == "error" and "failed verification" in candidate.error

@@ -191,9 +191,12 @@ def test_export_killed_with_sigkill_leaves_previous_bundle(models, tmp_path):
     assert child.returncode == -signal.SIGKILL
     assert {path.name: path.read_bytes() for path in bundle.iterdir()} == before
     load_bundle(bundle)
-    # What the killed process leaves is a hidden *.partial directory, never a half bundle.
+    # What the killed process leaves is a hidden *.partial directory and its (released) lock
+    # file, never a half bundle; the next export removes both.
     leftovers = [p.name for p in out.iterdir() if p.name != "tiny-ncnn-fp32"]
-    assert all(name.startswith(".tiny-ncnn-fp32.") and name.endswith(".partial") for name in leftovers), leftovers
+    assert all(name.startswith(".tiny-ncnn-fp32.") and name.endswith((".partial", ".lock")) for name in leftovers), leftovers
+    _export(models, "onnx", "tiny.onnx", out)
+    assert sorted(p.name for p in out.iterdir()) == ["tiny-ncnn-fp32", "tiny-onnx-fp32"]
 
 
 def _unsupported_model() -> onnx.ModelProto:

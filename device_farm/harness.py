@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fwedge.bundle import Bundle
+from fwedge.ir import sha256_file
 from fwedge.device_farm.device import DeviceRunError, run_process
 from fwedge.device_farm.results import DeviceRun
 
@@ -94,7 +95,7 @@ def run_native(bundle: Bundle, inputs: dict[str, np.ndarray], repeats: int, *, t
     """Run a C bundle's harness on this machine, directly or under `launcher` (qemu-<arch>).
 
     The harness runs in a private temp dir holding a copy of the binary and the input file, so
-    concurrent runs of the same bundle never share files.
+    concurrent runs of the same bundle never share files; the copy is hashed before it runs.
     """
     with tempfile.TemporaryDirectory(prefix="fwedge-harness-") as temp:
         work = Path(temp)
@@ -102,6 +103,10 @@ def run_native(bundle: Bundle, inputs: dict[str, np.ndarray], repeats: int, *, t
         binary = work / Path(job.executable).name
         shutil.copy2(bundle.file(job.executable), binary)
         binary.chmod(0o755)
+        # The binary that runs is this copy: check it is the one the manifest lists.
+        if sha256_file(binary) != bundle.files[job.executable]:
+            raise DeviceRunError(f"C harness of '{bundle.name}': {job.executable!r} does not match the manifest; "
+                                 "not running it")
         argv = (launcher or []) + [str(binary)] + job.args
         done = run_process(argv, timeout=timeout, what=what, cwd=work)
         outputs, latencies = collect(bundle, job, done.stdout, work / job.output_file)

@@ -38,11 +38,12 @@ def installed_runtimes() -> list[str]:
 @dataclass
 class LocalDevice(Device):
     """The host. Runs host-runtime bundles through their target module's `run(bundle, feeds)`
-    and C bundles built for the host architecture natively.
+    in a child interpreter (device_farm.host_child), and C bundles built for the host
+    architecture natively.
 
     Attributes:
         runtimes: targets this device runs; empty means every runtime installed in Python.
-        run_timeout: seconds for one C harness run.
+        run_timeout: seconds for one C harness run or one host-runtime child.
     """
 
     runtimes: list[str] = field(default_factory=list)
@@ -85,7 +86,12 @@ class LocalDevice(Device):
         if bundle.target == "c":
             return harness.run_native(bundle, inputs, repeats, timeout=self.run_timeout,
                                       what=f"C harness of '{bundle.name}' on {self.name}")
-        return run_host_runtime(bundle, inputs, repeats)
+        from fwedge.device_farm.host_child import run_isolated
+
+        # In a child interpreter, as the C harness is run: a runtime that crashes on a hostile
+        # bundle then costs one error result, not the farm run and its results file.
+        return run_isolated(bundle, inputs, repeats, timeout=self.run_timeout,
+                            what=f"{bundle.target} runtime of '{bundle.name}' on {self.name}")
 
 
 def _module_version(module: str) -> str | None:
@@ -103,7 +109,8 @@ def _static_batch(bundle: Bundle) -> int | None:
     return first if isinstance(first, int) and first > 0 else None
 
 
-def _as_output_dict(bundle: Bundle, outputs) -> dict[str, np.ndarray]:
+def as_output_dict(bundle: Bundle, outputs) -> dict[str, np.ndarray]:
+    """A target's run() result (a dict, or a list in manifest output order) as a dict by name."""
     if isinstance(outputs, dict):
         return {name: np.asarray(value) for name, value in outputs.items()}
     names = [info.name for info in bundle.outputs]
@@ -136,7 +143,7 @@ def run_host_runtime(bundle: Bundle, inputs: dict[str, np.ndarray], repeats: int
                 # A static batch: pad the last chunk with copies of its first row, drop them after.
                 feeds = {name: np.concatenate([value, np.repeat(value[:1], step - rows, axis=0)])
                          for name, value in feeds.items()}
-            for name, value in _as_output_dict(bundle, call(feeds)).items():
+            for name, value in as_output_dict(bundle, call(feeds)).items():
                 chunks.setdefault(name, []).append(value[:rows])
         outputs = {name: np.concatenate(parts) for name, parts in chunks.items()}
         one = {name: value[:1] for name, value in inputs.items()}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from fwedge.bundle import Bundle, load_bundle
+from fwedge.bundle import Bundle, copy_verified, load_bundle
 from fwedge.data import Preprocess, open_dataset
 from fwedge.device_farm.device import Device, bundle_kind
 from fwedge.device_farm.results import (
@@ -201,7 +202,12 @@ def _with_retries(shared: _Shared, call: Callable[[], DeviceRun], what: str) -> 
 
 
 def run_job(shared: _Shared, job: Job) -> list[DeviceResult]:
-    """Run one job; a device failure becomes an error result, never an exception."""
+    """Run one job; a device failure becomes an error result, never an exception.
+
+    Right before the run, each bundle is copied into a private work folder and the copy is
+    verified (files, manifest digest, nothing unlisted); the device runs only that copy. A
+    bundle changed since the farm run started is an error result.
+    """
     options = shared.options
     device, bundle, baseline = job.device, job.bundle, job.baseline
     started = time.monotonic()
@@ -210,23 +216,43 @@ def run_job(shared: _Shared, job: Job) -> list[DeviceResult]:
     except FwEdgeError as exc:
         return [_error_result(bundle, device, exc, 0, 0.0, "candidate")]
     feeds = {bundle.inputs[0].name if bundle.inputs else "input": eval_set.inputs}
-    if baseline is None:
+    with tempfile.TemporaryDirectory(prefix="fwedge-verified-") as work:
         try:
-            run, attempts = _with_retries(shared, lambda: device.run(bundle, feeds, options.repeats),
-                                          f"'{bundle.name}' on {device.name}")
-            return [_score(shared, bundle, device, run, eval_set, run.latencies_ms, attempts,
-                           time.monotonic() - started, "candidate")]
-        except Exception as exc:  # noqa: BLE001 - keep the other devices' results
+            candidate_copy = copy_verified(bundle, Path(work) / "candidate")
+        except FwEdgeError as exc:
             _log_failure(exc, bundle, device)
-            return [_error_result(bundle, device, exc, getattr(exc, "attempts", 1), time.monotonic() - started, "candidate")]
-    return _interleaved(shared, job, eval_set, feeds, started)
+            failed = [_error_result(bundle, device, exc, 0, time.monotonic() - started, "candidate")]
+            if baseline is not None:
+                failed.insert(0, _error_result(baseline, device, DeviceError(
+                    f"not run: its candidate '{bundle.name}' failed verification"), 0, 0.0, "baseline"))
+            return failed
+        if baseline is None:
+            try:
+                run, attempts = _with_retries(shared, lambda: device.run(candidate_copy, feeds, options.repeats),
+                                              f"'{bundle.name}' on {device.name}")
+                return [_score(shared, bundle, device, run, eval_set, run.latencies_ms, attempts,
+                               time.monotonic() - started, "candidate")]
+            except Exception as exc:  # noqa: BLE001 - keep the other devices' results
+                _log_failure(exc, bundle, device)
+                return [_error_result(bundle, device, exc, getattr(exc, "attempts", 1), time.monotonic() - started, "candidate")]
+        try:
+            baseline_copy = copy_verified(baseline, Path(work) / "baseline")
+        except FwEdgeError as exc:
+            _log_failure(exc, baseline, device)
+            return [_error_result(baseline, device, exc, 0, time.monotonic() - started, "baseline"),
+                    _error_result(bundle, device, DeviceError(
+                        f"not run: its baseline '{baseline.path}' failed verification"), 0, 0.0, "candidate")]
+        return _interleaved(shared, job, eval_set, feeds, started,
+                            {"baseline": baseline_copy, "candidate": candidate_copy})
 
 
-def _interleaved(shared: _Shared, job: Job, eval_set: EvalSet, feeds: dict, started: float) -> list[DeviceResult]:
+def _interleaved(shared: _Shared, job: Job, eval_set: EvalSet, feeds: dict, started: float,
+                 copies: dict[str, Bundle]) -> list[DeviceResult]:
     """Baseline A and candidate B alternate A B A B on one device; latency becomes a ratio.
 
     The first round feeds every sample (accuracy, fidelity); later rounds feed one sample and
     only time it, so both bundles see the same machine load at nearly the same moments.
+    `copies` holds the verified private copy of each role's bundle; only those run.
     """
     options = shared.options
     device, candidate, baseline = job.device, job.bundle, job.baseline
@@ -243,7 +269,7 @@ def _interleaved(shared: _Shared, job: Job, eval_set: EvalSet, feeds: dict, star
                 continue
             batch = feeds if index == 0 else first_row
             try:
-                run, tries = _with_retries(shared, lambda b=bundle, f=batch: device.run(b, f, per_round),
+                run, tries = _with_retries(shared, lambda b=copies[role], f=batch: device.run(b, f, per_round),
                                            f"'{bundle.name}' ({role}) on {device.name}")
             except Exception as exc:  # noqa: BLE001
                 _log_failure(exc, bundle, device)

@@ -1,4 +1,5 @@
-"""SSH boards: copy a bundle to a per-run temp dir, run its harness or the runner script, fetch, clean up.
+"""SSH boards: copy a bundle to a per-run temp dir, verify it there, run its harness or the runner script,
+fetch, clean up.
 
 Every ssh/scp call is an argument list (no local shell). The remote side of ssh always goes
 through the login shell, so every remote command is built with shlex.join from values that
@@ -22,6 +23,7 @@ from fwedge.device_farm import harness
 from fwedge.device_farm.device import Device, DeviceRunError, device_kind, run_process
 from fwedge.device_farm.results import DeviceRun
 from fwedge.errors import DeviceError
+from fwedge.ir import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +281,7 @@ class SshDevice(Device):
                 run_process(self.scp_argv([str(staging)], self.remote(remote_dir + "/")),
                             timeout=self._timeout(self.run_timeout), what=f"{what}: upload")
                 job_dir = f"{remote_dir}/{JOB_DIR}"
+                self._verify_remote_copy(bundle, f"{job_dir}/{bundle.name}")
                 line = f"cd {shlex.quote(job_dir)} && {shlex.join(command)}"
                 done = run_process(self.ssh_argv_script(line), timeout=self._timeout(self.run_timeout),
                                    what=f"{what}: run '{bundle.name}'")
@@ -296,6 +299,30 @@ class SshDevice(Device):
                 self._remove_remote_dir(remote_dir)
         return DeviceRun(outputs=outputs, latencies_ms=latencies, stderr=done.stderr,
                          identity={"timer": timer, "remote_dir": remote_dir})
+
+    def _verify_remote_copy(self, bundle: Bundle, remote_bundle: str) -> None:
+        """Hash the uploaded copy on the board (sha256sum) and compare it with the manifest.
+
+        The bundle's file names passed fwedge.bundle.check_bundle_path (no newline, no
+        backslash), so sha256sum prints each as is.
+
+        Raises:
+            DeviceRunError: sha256sum failed, or a file on the board differs from the manifest.
+        """
+        names = [MANIFEST, *bundle.files]
+        expected = {MANIFEST: sha256_file(bundle.path / MANIFEST), **bundle.files}
+        line = f"cd {shlex.quote(remote_bundle)} && {shlex.join(['sha256sum', '--', *names])}"
+        done = run_process(self.ssh_argv_script(line), timeout=self._timeout(self.run_timeout),
+                           what=f"ssh {self.name}: verify '{bundle.name}' on the board")
+        found = {}
+        for row in done.stdout.splitlines():
+            digest, _, name = row.partition("  ")
+            found[name.lstrip("*")] = digest.strip()
+        for name in names:
+            if found.get(name) != expected[name]:
+                raise DeviceRunError(f"ssh {self.name}: bundle '{bundle.name}': {name!r} on the board does not match "
+                                     f"the verified copy (sha256 {str(found.get(name))[:12]}…, expected "
+                                     f"{expected[name][:12]}…); not running it")
 
     def _make_remote_dir(self) -> str:
         template = f"{self.workdir.rstrip('/')}/fwedge-run.XXXXXXXX"

@@ -23,7 +23,12 @@ class BundleRunner:
     quantization at the edges.
     """
 
-    def __init__(self, bundle: Bundle | str | os.PathLike):
+    def __init__(self, bundle: Bundle | str | os.PathLike, isolate: bool = False):
+        """Args:
+            bundle: a Bundle or a bundle directory (verified).
+            isolate: run a host runtime in a child interpreter (device_farm.host_child), so
+                that a runtime crash becomes a DeviceError instead of killing this process.
+        """
         from fwedge.targets import target_module
 
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -33,16 +38,31 @@ class BundleRunner:
         first = self.bundle.inputs[0]
         self.input_name = first.name
         shape = list(first.shape)
+        if not shape:
+            raise ExportError(f"bundle '{self.bundle.path}': input {first.name!r} has no batch dimension (shape [])")
         if first.layout == "NHWC" and len(shape) == 4:
             # The manifest records the device layout; feeds are always logical NCHW.
             shape = [shape[0], shape[3], shape[1], shape[2]]
         self.input_shape = [None if dim < 0 else dim for dim in shape]
         self.input_shape[0] = None
         self.output_name = self.bundle.outputs[0].name
+        self.process = None
+        if isolate and self.bundle.target != "c":  # the C harness already runs as a child
+            from fwedge.device_farm.host_child import HostRuntimeProcess
+
+            self.process = HostRuntimeProcess(self.bundle)
 
     def run_all(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """All outputs by name."""
+        if self.process is not None:
+            return self.process.run(feeds)
         return self.module.run(self.bundle, feeds)
+
+    def close(self) -> None:
+        """Stop the runtime child, if any."""
+        if self.process is not None:
+            self.process.close()
+            self.process = None
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.run_all({self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[self.output_name]
@@ -91,17 +111,25 @@ def evaluate_bundle(
     Returns:
         {"bundle", "target", "precision", "data", "samples", "preprocess", "accuracy", "fidelity"}.
 
+    Host runtimes run in a child interpreter, so a runtime that crashes on a bad bundle is a
+    DeviceError (one line, exit 2), not a dead process.
+
     Raises:
         ExportError: the bundle is invalid or tampered with.
         DataError: unlabelled data without a reference, or shapes that do not fit.
+        DeviceError: the runtime failed or crashed.
     """
-    runner = BundleRunner(bundle_path)
+    bundle = load_bundle(bundle_path)
     dataset = open_dataset(data)
-    spec = preprocess or (Preprocess.from_dict(runner.bundle.preprocess) if runner.bundle.preprocess else None)
+    spec = preprocess or (Preprocess.from_dict(bundle.preprocess) if bundle.preprocess else None)
     if spec is None:
         raise DataError(f"bundle '{bundle_path}': no preprocessing in the manifest; give --preprocess")
     reference_runner = _reference_runner(reference) if reference is not None else None
-    scores = evaluate(runner, dataset, spec, reference_runner, batch_size, limit, progress)
+    runner = BundleRunner(bundle, isolate=True)
+    try:
+        scores = evaluate(runner, dataset, spec, reference_runner, batch_size, limit, progress)
+    finally:
+        runner.close()
     return {
         "bundle": str(bundle_path),
         "target": runner.bundle.target,

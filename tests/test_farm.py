@@ -285,6 +285,12 @@ for source in sources:
         shutil.copytree(source, os.path.join(target, os.path.basename(source)) if target.endswith("/") else target)
     else:
         shutil.copy2(source, target)
+    if os.path.exists(os.path.join(home, "corrupt")):  # a board whose storage flips bits on upload
+        for root, _, names in os.walk(target):
+            for name in names:
+                if name == "model.onnx":
+                    with open(os.path.join(root, name), "ab") as handle:
+                        handle.write(b"x")
 '''
 
 
@@ -362,6 +368,33 @@ def test_ssh_run_timeout_kills_the_client_and_still_cleans_up(tmp_path, mlp_file
     assert time.monotonic() - started < 30
     assert result.status == "error" and "timed out after 2 s" in result.error and result.attempts == 1
     assert not list((home / "remote").iterdir()), "the remote dir is removed after a timeout too"
+
+
+@pytest.mark.fashion_mnist
+def test_ssh_board_verifies_its_own_copy_before_running(tmp_path, mlp_files):
+    """The copy on the board is hashed there; a file that arrives altered is an error result
+    and nothing runs."""
+    home = tmp_path / "board"
+    (home / "remote").mkdir(parents=True)
+    (home / "corrupt").write_text("")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("ssh", "scp"):
+        fh.write_program(bin_dir / tool, _FAKE_SSH.format(python=sys.executable, home=str(home)))
+    device = SshDevice(name="flaky-board", host="127.0.0.1", user="ci", arch="x86_64", runtimes=["onnx"],
+                       python=sys.executable, workdir=str(home / "remote"), ssh=str(bin_dir / "ssh"),
+                       scp=str(bin_dir / "scp"))
+    results = run_farm([mlp_files / "bundles" / "mlp_onnx"], [device],
+                       FarmOptions(data="fashion-mnist:test", limit=20, repeats=1, retries=0))
+    [result] = results.results
+    assert result.status == "error" and "model.onnx" in result.error and "on the board" in result.error, result.error
+    calls = [json.loads(line) for line in (home / "argv.log").read_text().splitlines()]
+    assert not [c for c in calls if "runner.py" in c[-1]], "nothing may run after a failed check"
+    assert not list((home / "remote").iterdir())
+    (home / "corrupt").unlink()
+    results = run_farm([mlp_files / "bundles" / "mlp_onnx"], [device],
+                       FarmOptions(data="fashion-mnist:test", limit=20, repeats=1, retries=0))
+    assert results.results[0].ok, results.results[0].error
 
 
 def _bundle_with_evil_file(model, bundle_dir: Path, evil: str):
@@ -443,3 +476,155 @@ def test_real_sshd_runs_a_c_bundle_for_the_host_arch(tmp_path, sshd, mlp_int8):
     assert board.accuracy == host.accuracy and board.device_kind == "ssh"
     assert board.identity["timer"].startswith("clock_gettime") and board.latency.iterations == REPEATS
     assert not list((sshd.folder / "remote").iterdir()), "remote temp dir left behind"
+
+
+# -- check-then-run ------------------------------------------------------------------------------
+
+
+@pytest.mark.fashion_mnist
+def test_a_bundle_replaced_while_another_runs_is_an_error_result(tmp_path, mlp_files, mlp_model):
+    """The farm loads both bundles at the start; the second one's model is swapped for a
+    damaged one after the first finished (the progress hook runs between the two jobs on the
+    one device). Verifying right before the run catches it."""
+    bundles = tmp_path / "bundles"
+    shutil.copytree(mlp_files / "bundles" / "mlp_onnx", bundles / "a_onnx")
+    shutil.copytree(mlp_files / "bundles" / "mlp_onnx", bundles / "b_onnx")
+    damaged = fh.zero_layer(mlp_model, "fc2_w")
+    tampered = []
+
+    def tamper(result):
+        if result.bundle == "a_onnx":
+            onnx.save(damaged, bundles / "b_onnx" / "model.onnx")
+            tampered.append(result.bundle)
+
+    results = run_farm([bundles / "a_onnx", bundles / "b_onnx"], [LocalDevice(name="host", runtimes=["onnx"])],
+                       FarmOptions(data="fashion-mnist:test", limit=50, repeats=2), progress=tamper)
+    assert tampered == ["a_onnx"]
+    by_bundle = {r.bundle: r for r in results.results}
+    assert by_bundle["a_onnx"].ok, by_bundle["a_onnx"].error
+    assert by_bundle["b_onnx"].status == "error"
+    assert "model.onnx" in by_bundle["b_onnx"].error and "does not match the manifest" in by_bundle["b_onnx"].error
+
+
+@pytest.mark.fashion_mnist
+def test_the_device_runs_a_private_copy_of_the_verified_bundle(tmp_path, mlp_files):
+    """What the device gets is a copy outside the original folder, so a later swap of the
+    original cannot reach the running bundle."""
+    bundle_dir = tmp_path / "mlp_onnx"
+    shutil.copytree(mlp_files / "bundles" / "mlp_onnx", bundle_dir)
+    seen = []
+
+    class Recording(LocalDevice):
+        def run(self, bundle, inputs, repeats):
+            seen.append(bundle.path)
+            assert bundle.name == "mlp_onnx"
+            assert not bundle.path.resolve().is_relative_to(bundle_dir.resolve())
+            return super().run(bundle, inputs, repeats)
+
+    results = run_farm([bundle_dir], [Recording(name="host", runtimes=["onnx"])],
+                       FarmOptions(data="fashion-mnist:test", limit=20, repeats=1))
+    assert results.results[0].ok, results.results[0].error
+    assert results.results[0].bundle_path == str(bundle_dir)
+    assert len(seen) == 1 and not seen[0].exists(), "the private copy is removed after the run"
+
+
+# -- host runtimes run in a child process ----------------------------------------------------------
+
+
+def _ncnn_bundle_with_renamed_input(model, out_dir: Path) -> Path:
+    """An ncnn bundle whose manifest names an input the .param file does not have (digest
+    recomputed, as anyone editing the manifest can). ncnn's Extractor then divides by zero."""
+    from fwedge.bundle import seal_manifest
+    from fwedge.data import Preprocess
+    from fwedge.targets import ExportOptions, target_module
+
+    target_module("ncnn").export(model, out_dir, ExportOptions(
+        preprocess=Preprocess(resize=(28, 28), color="grayscale").to_dict()))
+    manifest_path = out_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["inputs"][0]["name"] = "no_such_blob"
+    manifest_path.write_text(json.dumps(seal_manifest(manifest)))
+    return out_dir
+
+
+@pytest.mark.ncnn
+@pytest.mark.fashion_mnist
+def test_a_crashing_host_runtime_is_an_error_result_and_results_survive(tmp_path, mlp_files, mlp_model):
+    bundles = tmp_path / "bundles"
+    _ncnn_bundle_with_renamed_input(mlp_model, bundles / "crash_ncnn")
+    shutil.copytree(mlp_files / "bundles" / "mlp_onnx", bundles / "mlp_onnx")
+    inv = _write_inventory(tmp_path / "inv.toml", [{"name": "host", "kind": "local", "runtimes": ["onnx", "ncnn"]}])
+    output = tmp_path / "results.json"
+    run = CliRunner().invoke(cli, ["farm", "run", str(bundles / "crash_ncnn"), str(bundles / "mlp_onnx"),
+                                   "--inventory", str(inv), "--data", "fashion-mnist:test", "--limit", "20",
+                                   "--repeats", "2", "--retries", "0", "-o", str(output)])
+    assert run.exception is None or isinstance(run.exception, SystemExit), run.output
+    by_bundle = {r.bundle: r for r in load_results(output).results}
+    crashed = by_bundle["crash_ncnn"]
+    assert crashed.status == "error" and "killed by SIG" in crashed.error, crashed.error
+    assert by_bundle["mlp_onnx"].ok, by_bundle["mlp_onnx"].error
+
+
+@pytest.mark.ncnn
+@pytest.mark.fashion_mnist
+def test_fwedge_run_reports_a_crashing_runtime_in_one_line(tmp_path, mlp_model):
+    bundle = _ncnn_bundle_with_renamed_input(mlp_model, tmp_path / "crash_ncnn")
+    run = CliRunner().invoke(cli, ["run", str(bundle), "--data", "fashion-mnist:test", "--limit", "8"])
+    assert run.exit_code == 2, run.output
+    assert "killed by SIG" in run.output and "Traceback" not in run.output
+
+
+@pytest.mark.fashion_mnist
+def test_host_runtime_runs_in_a_child_process(tmp_path, mlp_files, monkeypatch):
+    """The runtime is never imported into the farm's own process; outputs and latencies come
+    back from the child."""
+    import os
+
+    from fwedge.targets import onnx as onnx_target
+
+    pids = []
+    original = onnx_target.run
+    monkeypatch.setattr(onnx_target, "run", lambda *a, **k: (pids.append(os.getpid()), original(*a, **k))[1])
+    results = run_farm([mlp_files / "bundles" / "mlp_onnx"], [LocalDevice(name="host", runtimes=["onnx"])],
+                       FarmOptions(data="fashion-mnist:test", limit=20, repeats=3))
+    [result] = results.results
+    assert result.ok, result.error
+    assert pids == [], "the onnx runtime ran inside the farm process"
+    assert result.latency.iterations == 3 and result.identity["child_pid"] != os.getpid()
+
+
+def test_the_c_harness_copy_is_hashed_before_it_runs(tmp_path):
+    """run_native is also called with a bundle loaded long before (qemu, local C); a binary
+    swapped in the meantime is refused instead of run."""
+    from fwedge.device_farm import harness
+    from fwedge.device_farm.device import DeviceRunError
+    from fwedge.targets.c import BINARY
+
+    bundle = fh.fake_c_bundle(tmp_path / "c_bundle", "x86_64")
+    swapped = fh.write_program(tmp_path / "c_bundle" / BINARY, f"""
+        #!/bin/sh
+        touch {shlex.quote(str(tmp_path / "ran"))}
+    """)
+    with pytest.raises(DeviceRunError, match="does not match the manifest"):
+        harness.run_native(bundle, {"input": np.zeros((1, 1, 28, 28), np.float32)}, 1, timeout=10, what="test")
+    assert swapped.exists() and not (tmp_path / "ran").exists()
+
+
+@pytest.mark.fashion_mnist
+def test_a_baseline_changed_before_its_job_fails_both_roles(tmp_path, mlp_files, mlp_model, monkeypatch):
+    from fwedge.device_farm import runner
+
+    shutil.copytree(mlp_files / "bundles" / "mlp_onnx", tmp_path / "A" / "mlp")
+    shutil.copytree(mlp_files / "bundles" / "mlp_onnx", tmp_path / "B" / "mlp")
+    original = runner._eval_set
+
+    def tamper_then_load(shared, bundle):  # runs inside the job, after the farm loaded both bundles
+        onnx.save(fh.zero_layer(mlp_model, "fc2_w"), tmp_path / "A" / "mlp" / "model.onnx")
+        return original(shared, bundle)
+
+    monkeypatch.setattr(runner, "_eval_set", tamper_then_load)
+    results = run_farm([tmp_path / "B" / "mlp"], [LocalDevice(name="host", runtimes=["onnx"])],
+                       FarmOptions(data="fashion-mnist:test", limit=20, repeats=2, baseline_bundles=str(tmp_path / "A")))
+    baseline, candidate = results.results
+    assert baseline.role == "baseline" and baseline.status == "error" and "does not match the manifest" in baseline.error
+    assert candidate.status == "error" and "failed verification" in candidate.error

@@ -191,9 +191,12 @@ def test_export_killed_with_sigkill_leaves_previous_bundle(models, tmp_path):
     assert child.returncode == -signal.SIGKILL
     assert {path.name: path.read_bytes() for path in bundle.iterdir()} == before
     load_bundle(bundle)
-    # What the killed process leaves is a hidden *.partial directory, never a half bundle.
+    # What the killed process leaves is a hidden *.partial directory and its (released) lock
+    # file, never a half bundle; the next export removes both.
     leftovers = [p.name for p in out.iterdir() if p.name != "tiny-ncnn-fp32"]
-    assert all(name.startswith(".tiny-ncnn-fp32.") and name.endswith(".partial") for name in leftovers), leftovers
+    assert all(name.startswith(".tiny-ncnn-fp32.") and name.endswith((".partial", ".lock")) for name in leftovers), leftovers
+    _export(models, "onnx", "tiny.onnx", out)
+    assert sorted(p.name for p in out.iterdir()) == ["tiny-ncnn-fp32", "tiny-onnx-fp32"]
 
 
 def _unsupported_model() -> onnx.ModelProto:
@@ -242,6 +245,23 @@ def test_unsupported_ops_one_error_listing_all_and_no_output(tmp_path):
     assert result.exit_code == 2
     assert result.output.count("error:") == 1 and "LSTM" in result.output and "If" in result.output
     assert not any(out.iterdir()) if out.exists() else True
+
+
+@pytest.mark.ncnn
+def test_a_multi_target_export_writes_what_it_can_and_names_what_failed(tmp_path):
+    """ncnn cannot take LSTM/If, onnx can: the onnx bundle is still written, the command
+    exits 2, and its last line names the targets written and the one that failed."""
+    onnx.save(_unsupported_model(), tmp_path / "rnn.onnx")
+    out = tmp_path / "bundles"
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "rnn.onnx"), "-t", "ncnn", "-t", "onnx",
+                                      "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert (out / "rnn-onnx-fp32" / "manifest.json").is_file()
+    assert not (out / "rnn-ncnn-fp32").exists()
+    lines = result.output.strip().splitlines()
+    assert any(line.startswith("ncnn: failed:") and "LSTM" in line for line in lines), result.output
+    assert lines[-1].startswith("error: ") and "wrote 1 of 2 targets (onnx)" in lines[-1]
+    assert "failed: ncnn" in lines[-1]
 
 
 def test_precision_request_contradicting_the_model_is_refused(models, tmp_path):

@@ -39,11 +39,16 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, in
     preprocessing, versions, sizes), written atomically: an interrupted export leaves the
     previous bundle intact or nothing at all. Before anything is written, the whole model is
     checked and every node a target cannot take is listed in one error.
+
+    With several --target options, a target that fails does not stop the others: each failure
+    is printed as it happens, and the command ends with a line naming the targets written and
+    those that failed, and exit code 2.
     """
     import shlex
     from pathlib import Path
 
     from fwedge.console import stdout
+    from fwedge.errors import ExportError, FwEdgeError
     from fwedge.export import bundle_name, export_bundle
     from fwedge.targets import ExportOptions
     from fwedge.targets.common import has_qdq
@@ -52,13 +57,26 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, in
     shapes = dict(_parse_shape(text) for text in input_shapes) or None
     precision = "auto" if int8 is None else "int8" if int8 else "fp32"
     resolved = precision if precision != "auto" else ("int8" if has_qdq(ir.load(model)) else "fp32")
-    for target in dict.fromkeys(targets):
+    unique = list(dict.fromkeys(targets))
+    written, failed = [], []
+    for target in unique:
         options = ExportOptions(precision=precision, allow_float_fallback=allow_float_fallback,
                                 cc=cc, build=not no_build, extra={"cflags": shlex.split(cflags)} if cflags else {})
         out_dir = Path(output) / bundle_name(model, target, resolved)
-        bundle = export_bundle(model, target, out_dir, options, input_shapes=shapes, preprocess=preprocess)
+        try:
+            bundle = export_bundle(model, target, out_dir, options, input_shapes=shapes, preprocess=preprocess)
+        except FwEdgeError as exc:
+            if len(unique) == 1:
+                raise
+            failed.append(target)
+            stdout.print(f"{target}: failed: {exc}", markup=False, highlight=False, soft_wrap=True)
+            continue
+        written.append(target)
         size = bundle.sizes.get("file_bytes", 0)
         stdout.print(f"{target}: wrote {bundle.path} ({bundle.precision}, {bundle.arch}, "
                      f"{len(bundle.files)} files, {size:,} bytes)")
         for note in bundle.extra.get("notes", []):
             stdout.print(f"  note: {note}")
+    if failed:
+        raise ExportError(f"export: wrote {len(written)} of {len(unique)} targets ({', '.join(written) or 'none'}); "
+                          f"failed: {', '.join(failed)}")

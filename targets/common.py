@@ -140,7 +140,7 @@ def runtime_threads() -> int | None:
 
 
 class RunnerCache:
-    """Compiled runtimes keyed by bundle path and manifest hash, so repeated run() calls are cheap."""
+    """Compiled runtimes keyed by bundle path, file hashes and manifest digest, so repeated run() calls are cheap."""
 
     def __init__(self, build: Callable[[Bundle], object], size: int = 8):
         self.build = build
@@ -148,7 +148,9 @@ class RunnerCache:
         self.entries: dict[tuple, object] = {}
 
     def get(self, bundle: Bundle):
-        key = (str(bundle.path.resolve()), tuple(sorted(bundle.files.items())))
+        # The manifest digest too: an edited manifest (a new input name or scale) at the same path
+        # must not reuse a runtime built from the old one.
+        key = (str(bundle.path.resolve()), tuple(sorted(bundle.files.items())), bundle.manifest_sha256)
         if key not in self.entries:
             if len(self.entries) >= self.size:
                 self.entries.pop(next(iter(self.entries)))

@@ -321,3 +321,18 @@ def test_the_cleaner_leaves_files_it_did_not_make_alone(tmp_path):
     (tmp_path / ".b.abcdefgh.lock").write_text("someone else's lock")
     _write(tmp_path / "b")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".b.abcdefgh.lock", ".editor.lock", ".notes.partial", "b"]
+
+
+def test_runner_cache_rebuilds_for_an_edited_manifest_at_the_same_path(tmp_path):
+    """A resealed manifest edit (same path, same files) must not reuse the runtime built from the old manifest."""
+    import dataclasses
+
+    from fwedge.bundle import Bundle
+    from fwedge.targets.common import RunnerCache
+
+    built = []
+    cache = RunnerCache(lambda bundle: built.append(bundle.manifest_sha256) or len(built))
+    first = Bundle(path=tmp_path, target="onnx", arch="x86_64", precision="int8", source_sha256="0" * 64,
+                   inputs=[], outputs=[], files={"model.onnx": "1" * 64}, manifest_sha256="a" * 64)
+    assert cache.get(first) == cache.get(first) == 1
+    assert cache.get(dataclasses.replace(first, manifest_sha256="b" * 64)) == 2

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fwedge import __version__
+from fwedge import __version__, strict_json
 from fwedge.errors import GateError
 
 RESULTS_SCHEMA = "fwedge.results/1"
@@ -433,18 +433,6 @@ def check_results(results: Results, source: str = "results") -> None:
     validate_results(data, source)
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _unique_keys(pairs):
-    keys = [key for key, _ in pairs]
-    if len(keys) != len(set(keys)):
-        duplicated = sorted({key for key in keys if keys.count(key) > 1})
-        raise ValueError(f"key {duplicated[0][:60]!r} appears twice in one object")
-    return dict(pairs)
-
-
 def parse_json_strictly(raw: bytes, what: str) -> object:
     """Strict JSON: UTF-8, no NaN/Infinity literals, no repeated keys, bounded nesting.
 
@@ -452,8 +440,7 @@ def parse_json_strictly(raw: bytes, what: str) -> object:
         GateError: anything else, in one line.
     """
     try:
-        text = raw.decode("utf-8")
-        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        return strict_json.loads(raw)
     except RecursionError as exc:
         raise GateError(f"{what}: JSON nested too deeply") from exc
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, the int digit limit

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from fwedge import __version__
+from fwedge import __version__, strict_json
 from fwedge.errors import ExportError
 from fwedge.ir import _umask, sha256_file
 
@@ -346,18 +346,6 @@ def _swap_into_place(temp: Path, out_dir: Path, old: Path) -> None:
 # -- loading and validation ----------------------------------------------------------------------
 
 
-def _no_duplicates(pairs: list) -> dict:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        duplicated = sorted({key for key in keys if keys.count(key) > 1})
-        raise ValueError(f"duplicate keys {duplicated[:5]}")
-    return dict(pairs)
-
-
-def _no_constants(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
 def _show(value, limit: int = 80) -> str:
     """A short one-line repr of a hostile value for an error message."""
     text = repr(value)
@@ -532,7 +520,7 @@ def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ExportError(f"bundle '{path}': {MANIFEST} is larger than {MAX_MANIFEST_BYTES} bytes")
     try:
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        data = strict_json.loads(raw)
     except (ValueError, RecursionError) as exc:
         message = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ExportError(f"bundle '{path}': {MANIFEST} is not valid JSON ({message})") from exc

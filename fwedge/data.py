@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from fwedge.errors import DataError
+from fwedge.limits import byte_limit
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,7 @@ def max_data_bytes() -> int:
     Raises:
         DataError: the variable is set but is not a positive integer.
     """
-    text = os.environ.get("FWEDGE_MAX_DATA_BYTES", "").strip()
-    if not text:
-        return DEFAULT_MAX_DATA_BYTES
-    if not text.isdigit() or int(text) <= 0:
-        raise DataError(f"FWEDGE_MAX_DATA_BYTES must be a positive number of bytes, got {text!r}")
-    return int(text)
+    return byte_limit("FWEDGE_MAX_DATA_BYTES", DEFAULT_MAX_DATA_BYTES, DataError)
 
 
 def _require_regular(path: Path, what: str) -> os.stat_result:

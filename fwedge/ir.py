@@ -13,6 +13,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from fwedge.errors import ModelError
+from fwedge.limits import byte_limit
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,7 @@ def max_tensor_bytes() -> int:
     Raises:
         ModelError: the variable is set but is not a positive integer.
     """
-    text = os.environ.get("FWEDGE_MAX_TENSOR_BYTES", "").strip()
-    if not text:
-        return DEFAULT_MAX_TENSOR_BYTES
-    if not text.isdigit() or int(text) <= 0:
-        raise ModelError(f"FWEDGE_MAX_TENSOR_BYTES must be a positive number of bytes, got {text!r}")
-    return int(text)
+    return byte_limit("FWEDGE_MAX_TENSOR_BYTES", DEFAULT_MAX_TENSOR_BYTES, ModelError)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -119,14 +119,15 @@ class HostRuntimeProcess:
     becomes a DeviceRunError naming the signal, instead of killing the command.
     """
 
-    def __init__(self, bundle: Bundle, timeout: float = 600.0):
+    def __init__(self, bundle: Bundle, timeout: float = 600.0, exact_int8: bool = False):
         self.bundle = bundle
         self.timeout = timeout
         self._temp = tempfile.TemporaryDirectory(prefix="fwedge-host-")
         self.work = Path(self._temp.name)
         self.calls = 0
         self.child = subprocess.Popen(
-            _child_argv("serve", str(bundle.path.resolve()), str(self.work)), cwd=self.work,
+            _child_argv("serve", str(bundle.path.resolve()), str(self.work), *(["--exact-int8"] if exact_int8 else [])),
+            cwd=self.work,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.work / "stderr.txt", "wb"),
             start_new_session=True,
         )
@@ -206,7 +207,7 @@ def _child_run(work: Path) -> int:
     return 0
 
 
-def _child_serve(bundle_path: str, work: Path) -> int:
+def _child_serve(bundle_path: str, work: Path, exact_int8: bool = False) -> int:
     from fwedge.bundle import load_bundle
     from fwedge.device_farm.local import as_output_dict
     from fwedge.targets import target_module
@@ -226,8 +227,8 @@ def _child_serve(bundle_path: str, work: Path) -> int:
             if module is None:
                 raise DeviceRunError(failure)
             feeds = _load_arrays(folder, request["inputs"], f"bundle '{bundle.name}'")
-            outputs = as_output_dict(bundle, module.run(bundle, feeds))
-            reply = {"outputs": _save_arrays(folder, "out", outputs)}
+            outputs = module.run(bundle, feeds, exact_int8=True) if exact_int8 else module.run(bundle, feeds)
+            reply = {"outputs": _save_arrays(folder, "out", as_output_dict(bundle, outputs))}
         except FwEdgeError as exc:
             reply = {"error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - a runtime's own exception types
@@ -241,9 +242,9 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if len(argv) == 2 and argv[0] == "run":
         return _child_run(Path(argv[1]))
-    if len(argv) == 3 and argv[0] == "serve":
-        return _child_serve(argv[1], Path(argv[2]))
-    sys.stderr.write("usage: python -m fwedge.device_farm.host_child run WORK | serve BUNDLE WORK\n")
+    if len(argv) in (3, 4) and argv[0] == "serve" and argv[3:] in ([], ["--exact-int8"]):
+        return _child_serve(argv[1], Path(argv[2]), exact_int8=argv[3:] == ["--exact-int8"])
+    sys.stderr.write("usage: python -m fwedge.device_farm.host_child run WORK | serve BUNDLE WORK [--exact-int8]\n")
     return ERROR_EXIT
 
 

@@ -282,6 +282,11 @@ def write_bundle(
         ExportError: the writer left a symlink or special file in the bundle.
     """
     out_dir = Path(out_dir)
+    # A bundle that load_bundle would refuse is never written: its tensor specs are checked
+    # before the target's files are made (a C build takes a while), the whole manifest after.
+    for kind, specs in (("inputs", inputs), ("outputs", outputs)):
+        for index, spec in enumerate(specs):
+            _tensor_info(asdict(spec), f"bundle '{out_dir}': {kind}[{index}]")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_partials(out_dir.parent)
     lock = _WriterLock(out_dir)
@@ -318,6 +323,7 @@ def write_bundle(
             extra=extra or {},
         )
         manifest = bundle.manifest()
+        _parse_manifest(out_dir, json.loads(json.dumps(manifest)))
         bundle.manifest_sha256 = manifest[DIGEST_KEY]
         (temp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         _swap_into_place(temp, out_dir, lock.old)

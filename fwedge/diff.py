@@ -11,7 +11,7 @@ import onnx
 from fwedge import ir
 from fwedge.bundle import Bundle, load_bundle
 from fwedge.data import Preprocess, open_dataset
-from fwedge.errors import DataError
+from fwedge.errors import DataError, ExportError
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ def diff_bundle(
     max_steps: float = 1.0,
     rtol: float = 1e-4,
     atol: float = 1e-5,
+    exact_int8: bool = False,
 ) -> DiffReport:
     """Compare every tensor the bundle exposes with the reference model, in topological order.
 
@@ -147,6 +148,9 @@ def diff_bundle(
         data: dataset spec; `limit` seeded samples are used.
         max_steps: a quantized tensor diverges beyond this many quantization steps.
         rtol, atol: a float tensor diverges when max|diff| > atol + rtol·max|ref|.
+        exact_int8: run the bundle's runtime in its exact int8 mode (targets whose module sets
+            EXACT_INT8: onnx, openvino): Q/DQ computed as defined, not by the integer kernels
+            this CPU gets, which tells a wrong bundle from a runtime's kernels.
 
     Returns:
         The DiffReport.
@@ -158,6 +162,10 @@ def diff_bundle(
 
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     module = target_module(bundle.target)
+    if exact_int8 and not getattr(module, "EXACT_INT8", False):
+        raise ExportError(f"bundle '{bundle.path}': target {bundle.target!r} has no exact int8 mode "
+                          "(onnx and openvino have one)")
+    mode = {"exact_int8": True} if exact_int8 else {}
     model = ir.load(reference)
     spec = preprocess or Preprocess.from_dict(bundle.preprocess)
     batch = next(open_dataset(data).batches(spec, batch_size=limit, limit=limit))
@@ -182,9 +190,9 @@ def diff_bundle(
     report = DiffReport(bundle=str(bundle.path), reference=str(reference), target=bundle.target,
                         precision=bundle.precision, samples=len(batch.x), per_tensor=intermediates is not None)
     if intermediates is not None:
-        candidate = intermediates(bundle, feeds, order)
+        candidate = intermediates(bundle, feeds, order, **mode)
     else:
-        candidate = module.run(bundle, feeds)
+        candidate = module.run(bundle, feeds, **mode)
         report.note = (f"target {bundle.target!r} exposes no intermediate tensors: only graph outputs "
                        "are compared, so the divergence is located at the output, not bisected")
     names = [name for name in order if name in candidate]

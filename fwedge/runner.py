@@ -23,11 +23,13 @@ class BundleRunner:
     quantization at the edges.
     """
 
-    def __init__(self, bundle: Bundle | str | os.PathLike, isolate: bool = False):
+    def __init__(self, bundle: Bundle | str | os.PathLike, isolate: bool = False, exact_int8: bool = False):
         """Args:
             bundle: a Bundle or a bundle directory (verified).
             isolate: run a host runtime in a child interpreter (device_farm.host_child), so
                 that a runtime crash becomes a DeviceError instead of killing this process.
+            exact_int8: run the runtime in its exact int8 mode (targets whose module sets
+                EXACT_INT8: onnx, openvino), independent of the CPU's integer kernels.
         """
         from fwedge.targets import target_module
 
@@ -35,6 +37,10 @@ class BundleRunner:
         if not self.bundle.inputs or not self.bundle.outputs:
             raise ExportError(f"bundle '{self.bundle.path}': manifest lists no inputs or outputs")
         self.module = target_module(self.bundle.target)
+        if exact_int8 and not getattr(self.module, "EXACT_INT8", False):
+            raise ExportError(f"bundle '{self.bundle.path}': target {self.bundle.target!r} has no exact int8 mode "
+                              "(onnx and openvino have one)")
+        self.mode = {"exact_int8": True} if exact_int8 else {}
         first = self.bundle.inputs[0]
         self.input_name = first.name
         shape = list(first.shape)
@@ -50,13 +56,13 @@ class BundleRunner:
         if isolate and self.bundle.target != "c":  # the C harness already runs as a child
             from fwedge.device_farm.host_child import HostRuntimeProcess
 
-            self.process = HostRuntimeProcess(self.bundle)
+            self.process = HostRuntimeProcess(self.bundle, exact_int8=exact_int8)
 
     def run_all(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """All outputs by name."""
         if self.process is not None:
             return self.process.run(feeds)
-        return self.module.run(self.bundle, feeds)
+        return self.module.run(self.bundle, feeds, **self.mode)
 
     def close(self) -> None:
         """Stop the runtime child, if any."""
@@ -97,6 +103,7 @@ def evaluate_bundle(
     limit: int | None = None,
     batch_size: int = 64,
     progress: Callable[[int], None] | None = None,
+    exact_int8: bool = False,
 ) -> dict:
     """Accuracy (labelled data) and fidelity (against a reference ONNX model in onnxruntime) of a bundle.
 
@@ -107,6 +114,7 @@ def evaluate_bundle(
         preprocess: override of the bundle's preprocessing spec.
         limit: a seeded random subset of this many samples.
         batch_size: samples per run() call.
+        exact_int8: onnx and openvino bundles compute Q/DQ as defined (BundleRunner).
 
     Returns:
         {"bundle", "target", "precision", "data", "samples", "preprocess", "accuracy", "fidelity"}.
@@ -125,7 +133,7 @@ def evaluate_bundle(
     if spec is None:
         raise DataError(f"bundle '{bundle_path}': no preprocessing in the manifest; give --preprocess")
     reference_runner = _reference_runner(reference) if reference is not None else None
-    runner = BundleRunner(bundle, isolate=True)
+    runner = BundleRunner(bundle, isolate=True, exact_int8=exact_int8)
     try:
         scores = evaluate(runner, dataset, spec, reference_runner, batch_size, limit, progress)
     finally:

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 TARGET = "onnx"
 MODEL_FILE = "model.onnx"
+EXACT_INT8 = True  # run(..., exact_int8=True) and intermediates(...) compute Q/DQ as defined
 
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
@@ -103,7 +104,8 @@ def run(bundle: Bundle, feeds: dict[str, np.ndarray], *, exact_int8: bool = Fals
     return dict(zip(names, values))
 
 
-def intermediates(bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+def intermediates(bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str], *,
+                  exact_int8: bool = False) -> dict[str, np.ndarray]:
     """Values of internal tensors (by ONNX name), for `fwedge diff`.
 
     Every requested tensor is made a graph output of a copy of the bundle's model.
@@ -117,6 +119,6 @@ def intermediates(bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str]
     for name in wanted:
         if name not in known:
             model.graph.output.append(onnx.ValueInfoProto(name=name))
-    session = ort_session(model, exact_qdq=False)
+    session = ort_session(model, exact_qdq=exact_int8)
     values = session.run(wanted, {spec.name: feeds[spec.name] for spec in bundle.inputs})
     return dict(zip(wanted, values))

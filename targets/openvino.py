@@ -16,6 +16,7 @@ from fwedge.targets.common import RunnerCache, check_feeds, check_supported, io_
 log = logging.getLogger(__name__)
 
 TARGET = "openvino"
+EXACT_INT8 = True  # run(..., exact_int8=True) and intermediates(...) run FakeQuantize as float
 XML_FILE = "model.xml"
 BIN_FILE = "model.bin"
 
@@ -174,14 +175,15 @@ def run(bundle: Bundle, feeds: dict[str, np.ndarray], *, exact_int8: bool = Fals
     return out
 
 
-def intermediates(bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+def intermediates(bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str], *,
+                  exact_int8: bool = False) -> dict[str, np.ndarray]:
     """Values of internal tensors that kept their ONNX names in the IR, for `fwedge diff`.
 
     Every IR op output whose tensor names include a requested ONNX name becomes a model output;
     names the conversion fused away (e.g. a Conv output folded with its BatchNormalization) are
     simply absent from the result.
     """
-    holder = _Compiled(bundle)
+    holder = _Compiled(bundle, exact_int8=exact_int8)
     model = holder.read()
     wanted = set(names)
     found = {}

@@ -9,6 +9,7 @@ import onnx
 import pytest
 
 from fwedge.bundle import host_arch, load_bundle
+from fwedge.errors import ExportError
 from fwedge.export import export_bundle
 from fwedge.targets import ExportOptions
 from helpers import tiny_conv_model
@@ -167,6 +168,23 @@ def test_hostile_names_compile_run_and_round_trip(precision, tmp_path):
     assert _probe(bundle, tmp_path) == [f"in {input_name.encode().hex()}", f"out {output_name.encode().hex()}"]
 
 
+def test_an_output_name_holding_nul_is_refused_before_anything_is_built(tmp_path):
+    """The manifest cannot name it (load_bundle refuses NUL in a name), so export refuses it in
+    one line, before compiling, and leaves no bundle behind."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["nul\x00byte"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+                              [helper.make_tensor_value_info("nul\x00byte", TensorProto.FLOAT, [1, 2, 3, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(ExportError, match="without NUL") as error:
+        export_bundle(tmp_path / "m.onnx", host_arch(), tmp_path / "b", ExportOptions())
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))
+
+
 def test_every_hostile_name_as_an_output_name(tmp_path):
     """One Relu per hostile name on a shared input, each output named by one: model.h holds
     them all, the bundle builds, and every output keeps its name and its values."""
@@ -174,7 +192,8 @@ def test_every_hostile_name_as_an_output_name(tmp_path):
 
     from fwedge.targets import c
 
-    names = list(dict.fromkeys(HOSTILE))
+    # A bundle's inputs and outputs are named in its manifest, which holds no NUL (see the next test).
+    names = [name for name in dict.fromkeys(HOSTILE) if "\x00" not in name]
     input_name = "in??/put\n#define x"
     nodes = [helper.make_node("Relu", [input_name], [name], name=f"{name}/relu") for name in names]
     graph = helper.make_graph(nodes, PAYLOAD, [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 2, 3, 3])],

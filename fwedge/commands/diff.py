@@ -20,8 +20,12 @@ from fwedge.commands.options import data_option, preprocess_option
 @click.option("--atol", type=float, default=1e-5, show_default=True)
 @click.option("--all", "show_all", is_flag=True, help="List every compared tensor, not only up to the divergence.")
 @preprocess_option()
+@click.option("--exact-int8", is_flag=True,
+              help="onnx and openvino bundles: compute Q/DQ as defined instead of with the runtime's int8 kernels, "
+                   "which depend on the CPU (without VNNI they saturate int16 pair sums): tells a wrong bundle "
+                   "from this CPU's kernels.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def command(bundle, reference, data, limit, max_steps, rtol, atol, show_all, preprocess, as_json) -> None:
+def command(bundle, reference, data, limit, max_steps, rtol, atol, show_all, exact_int8, preprocess, as_json) -> None:
     """Name the first tensor, in the reference's topological order, where BUNDLE diverges from
     REFERENCE (the QDQ model for an int8 bundle, the float model for fp32).
 
@@ -33,7 +37,7 @@ def command(bundle, reference, data, limit, max_steps, rtol, atol, show_all, pre
     from fwedge.diff import diff_bundle
 
     report = diff_bundle(bundle, reference, data, limit=limit, preprocess=preprocess,
-                         max_steps=max_steps, rtol=rtol, atol=atol)
+                         max_steps=max_steps, rtol=rtol, atol=atol, exact_int8=exact_int8)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return

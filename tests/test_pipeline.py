@@ -312,3 +312,11 @@ def test_a_finished_stage_is_kept_for_a_concurrent_reader(tmp_path):
     assert second.path == first.path and (tmp_path / first.path.split("/")[-1] / "f.txt").read_text() == "first"
     assert reader.read() == "first"
     assert not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.fashion_mnist
+def test_the_cli_says_when_no_gate_ran_and_when_a_baseline_was_written(project):
+    none = CliRunner().invoke(cli, ["pipeline", str(project / "pipeline.toml"), "--set", "gate.baseline=null"])
+    assert none.exit_code == 0 and "names no [gate] baseline" in " ".join(none.output.split()), none.output
+    written = CliRunner().invoke(cli, ["pipeline", str(project / "pipeline.toml"), "--update-baseline"])
+    assert written.exit_code == 0 and "baseline written" in written.output and "names no" not in written.output

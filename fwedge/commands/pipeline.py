@@ -48,8 +48,8 @@ def command(ctx, config, overrides, update_baseline, rerun) -> None:
     for line in result.skipped_targets:
         stdout.print(f"skipped target {line}")
     stdout.print(f"report: {result.report_html}  summary: {result.report_markdown}  ({result.seconds:.1f} s)")
-    if result.gate_passed is None:
-        stdout.print("gate: not run (the pipeline names no [gate] baseline)")
+    if result.gate_passed is None and not update_baseline:
+        stdout.print("gate: not run (the pipeline names no \\[gate] baseline)")
     if result.gate_passed is False:
         for line in result.regressions:
             stdout.print(f"[red]regression[/red]: {line}")

@@ -104,7 +104,11 @@ def cli(verbose: int) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="fwedge")
+    try:
+        cli(prog_name="fwedge")
+    except KeyboardInterrupt:  # before a command runs (while click parses or imports it)
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

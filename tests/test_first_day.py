@@ -75,7 +75,7 @@ def test_ctrl_c_in_a_real_process_exits_130(tmp_path):
     process = subprocess.Popen([str(Path(sys.executable).parent / "fwedge"), "eval", str(tmp_path / "m.onnx"),
                                 "--data", str(tmp_path / "d.npz"), "--batch-size", "16"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
+    time.sleep(10)  # well into the evaluation loop, even on a loaded machine (200,000 samples take minutes)
     assert process.poll() is None, "the evaluation finished before it could be interrupted"
     os.kill(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=60)

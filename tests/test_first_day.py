@@ -73,9 +73,21 @@ def test_ctrl_c_in_a_real_process_exits_130(tmp_path):
     onnx.save(fh.fashion_mlp(train_samples=200), tmp_path / "m.onnx")
     np.savez(tmp_path / "d.npz", x=np.zeros((200_000, 1, 28, 28), np.float32), y=np.zeros(200_000, np.int64))
     process = subprocess.Popen([str(Path(sys.executable).parent / "fwedge"), "eval", str(tmp_path / "m.onnx"),
-                                "--data", str(tmp_path / "d.npz"), "--batch-size", "16"],
+                                "--data", str(tmp_path / "d.npz"), "--batch-size", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(10)  # well into the evaluation loop, even on a loaded machine (200,000 samples take minutes)
+    # Interrupt once the evaluation has opened the data (past start-up, however loaded the
+    # machine): 200,000 samples one at a time take far longer than the second that follows.
+    deadline = time.monotonic() + 120
+    data = str(tmp_path / "d.npz")
+    while time.monotonic() < deadline and process.poll() is None:
+        fds = Path(f"/proc/{process.pid}/fd")
+        try:
+            if any(os.readlink(fd) == data for fd in fds.iterdir()):
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    time.sleep(1)
     assert process.poll() is None, "the evaluation finished before it could be interrupted"
     os.kill(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=60)

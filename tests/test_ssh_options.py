@@ -158,7 +158,7 @@ PINNED = {"proxycommand": None, "localcommand": None, "knownhostscommand": None,
           "batchmode": "yes", "hostname": "127.0.0.1", "stricthostkeychecking": "true"}
 
 
-@pytest.mark.skipif(not __import__("shutil").which("ssh"), reason="needs the OpenSSH client")
+@pytest.mark.ssh
 def test_ssh_option_fuzz_never_sets_a_command_or_forward(tmp_path):
     """Seeded random options: each is refused (DeviceError) or, per `ssh -G`, leaves every
     pinned setting as fwedge wants it."""
@@ -200,7 +200,7 @@ def test_ssh_option_fuzz_never_sets_a_command_or_forward(tmp_path):
           "refused by ssh itself), 0 other exceptions")
 
 
-@pytest.mark.skipif(not __import__("shutil").which("ssh"), reason="needs the OpenSSH client")
+@pytest.mark.ssh
 def test_every_allowed_example_is_an_option_this_ssh_understands(tmp_path):
     for option in ALLOWED:
         [device] = inventory.load_inventory(_write_inventory(tmp_path / "farm.toml", [_board(ssh_options=[option])]))

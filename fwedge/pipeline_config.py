@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
+import shlex
 import tomllib
 import types
 import typing
@@ -106,6 +108,17 @@ class AnalyzeSettings:
         _at_least(self.num_samples, 1, f"{where}.num_samples")
 
 
+# A pipeline file may come from a stranger, and its compiler settings reach a command line: a
+# flag such as -fplugin=, -B, -wrapper, -specs= or @file would load or run what the file names.
+# So a pipeline's cflags are limited to code-generation flags, and its cc to a compiler's name.
+# (The CLI's --cc and --cflags are typed by the user and are not limited.)
+SAFE_CFLAG = re.compile(r"-O[0-3sz]?|-g[0-3]?|-D[A-Za-z_][A-Za-z0-9_]*(=[A-Za-z0-9_.+-]*)?|-U[A-Za-z_][A-Za-z0-9_]*"
+                        r"|-m(arch|cpu|tune|abi)=[A-Za-z0-9_.+-]+|-m[a-z0-9][a-z0-9.-]*"
+                        r"|-f(no-)?(fast-math|unroll-loops|vectorize|slp-vectorize|tree-vectorize|strict-aliasing"
+                        r"|omit-frame-pointer|fp-contract=(off|on|fast)|lto|pic|PIC|pie|PIE)|-w|-W[a-z][a-z0-9-]*")
+SAFE_CC = re.compile(r"(zig cc|cc|c99|gcc|clang|([A-Za-z0-9_]+-)+(gcc|cc|clang))(-[0-9]+)?")
+
+
 @dataclass(frozen=True)
 class ExportSettings:
     """[export]: `fwedge export`'s options; targets "all" skips targets this installation lacks."""
@@ -116,6 +129,20 @@ class ExportSettings:
     input_shape: dict[str, tuple[int, ...]] = field(default_factory=dict)
     allow_float_fallback: bool = False
     preprocess: dict | None = None
+
+    def check(self, where: str) -> None:
+        if self.cc is not None and not SAFE_CC.fullmatch(self.cc):
+            raise PipelineError(f"{where}.cc: expected a C compiler's name (cc, gcc, clang, zig cc, "
+                                f"aarch64-linux-gnu-gcc, ...), got {self.cc[:60]!r}")
+        try:
+            flags = shlex.split(self.cflags)
+        except ValueError as exc:
+            raise PipelineError(f"{where}.cflags: {exc}") from exc
+        for flag in flags:
+            if not SAFE_CFLAG.fullmatch(flag):
+                raise PipelineError(f"{where}.cflags: {flag[:60]!r} is not allowed in a pipeline file (only -O, -g, "
+                                    "-D/-U macros, -m and -march/-mcpu/-mtune, and code-generation -f flags); "
+                                    "pass other flags with fwedge export --cflags")
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,10 @@ def test_prune_and_distill_stages_feed_quantization(project):
     ('[prune]\nratio = 0.3\nsparsity = 0.5\n', "give exactly one of ratio, macs, sparsity (got ['ratio', 'sparsity'])"),
     ('[report]\nhtml = "../../escape.html"\n', "[report].html: expected a plain file name"),
     ('analyze = 3\n', "[analyze] must be a table, got int"),
+    ('[export]\ncflags = "-O2 -fplugin=/tmp/evil.so"\n', "[export].cflags: '-fplugin=/tmp/evil.so' is not allowed"),
+    ('[export]\ncflags = "@/etc/passwd"\n', "[export].cflags: '@/etc/passwd' is not allowed"),
+    ('[export]\ncflags = "-B/tmp/bin"\n', "[export].cflags: '-B/tmp/bin' is not allowed"),
+    ('[export]\ncc = "sh -c touch${IFS}pwned"\n', "[export].cc: expected a C compiler's name"),
 ])
 def test_every_key_and_value_is_checked(tmp_path, text, message):
     path = tmp_path / "p.toml"

@@ -236,6 +236,8 @@ class PipelineRun:
     cache: StageCache
     update_baseline: bool = False
     on_stage: Callable[[StageRecord], None] | None = None
+    targets: list[str] = field(default_factory=list)  # export_targets(config), checked before any work
+    explicit_targets: bool = False
     stages: list[StageRecord] = field(default_factory=list)
     loaded: StageRecord | None = None
     model: StageRecord | None = None  # the current float model (after prune / distill)
@@ -460,11 +462,10 @@ def stage_export(run: PipelineRun) -> None:
     from fwedge.targets import C_ARCHES, ExportOptions
 
     settings = run.config.export
-    targets, explicit = export_targets(run.config)
     preprocess = _preprocess(settings.preprocess, "[export]")
     shapes = {name: list(dims) for name, dims in settings.input_shape.items()} or None
     stem = run.config.file(run.config.model.path).stem
-    for target in targets:
+    for target in run.targets:
         name = f"{stem}-{target}-int8"
         is_c = target in C_ARCHES
         options = ExportOptions(precision="int8", cc=settings.cc if is_c else None,
@@ -484,7 +485,7 @@ def stage_export(run: PipelineRun) -> None:
             exported = run.record(run.cache.run(f"export-{target}", {"input": run.quantized.key, "target": target,
                                                                       "settings": used}, build))
         except FwEdgeError as exc:
-            if explicit:
+            if run.explicit_targets:
                 raise
             run.skipped.append(f"{target}: {str(exc).splitlines()[0]}")
             log.warning("export %s skipped: %s", target, exc)
@@ -619,12 +620,12 @@ def run_pipeline(
     """
     started = time.monotonic()
     config = load_config(config_path, overrides)
-    export_targets(config)  # refuse unknown or missing targets before any work
+    targets, explicit = export_targets(config)  # refuse unknown or missing targets before any work
     unknown = sorted(set(rerun) - set(CACHED_STAGES))
     if unknown:
         raise PipelineError(f"--rerun {', '.join(unknown)}: not a cached stage; cached stages: {', '.join(CACHED_STAGES)}")
     cache = StageCache(config.file(config.pipeline.cache_dir), tuple(rerun))
-    run = PipelineRun(config, cache, update_baseline, on_stage)
+    run = PipelineRun(config, cache, update_baseline, on_stage, targets=targets, explicit_targets=explicit)
     try:
         for stage in STAGES:
             stage(run)

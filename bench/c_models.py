@@ -38,8 +38,8 @@ def test_images(count: int) -> tuple[np.ndarray, np.ndarray]:
 def evaluate(name: str, args, work: Path) -> dict:
     from fwedge import ir
     from fwedge.eval import ort_session
-    from fwedge.interp import run_lowered
-    from fwedge.passes.lower import lower
+    from fwedge.lowered.interp import run_lowered
+    from fwedge.lowered.lower import lower
     from fwedge.targets import ExportOptions
     from fwedge.targets import c as c_target
 

@@ -95,7 +95,7 @@ def x86_dispatch(arch: str, cflags: list[str]) -> bool:
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
     """Every (node, op, opset) the C target cannot take: the ones the lowering cannot lower."""
-    from fwedge.passes.lower import unsupported_nodes as lowering_gaps
+    from fwedge.lowered.lower import unsupported_nodes as lowering_gaps
 
     return lowering_gaps(model)
 
@@ -423,7 +423,7 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
         ExportError: precision mismatch, an op layout the kernels cannot express, a failed
             compilation.
     """
-    from fwedge.passes.lower import lower
+    from fwedge.lowered.lower import lower
 
     arch = options.arch if options.arch in C_ARCHES else host_arch()
     precision = resolve_precision(model, options.precision, TARGET)

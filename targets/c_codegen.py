@@ -9,7 +9,8 @@ import numpy as np
 
 from fwedge import __version__
 from fwedge.errors import ExportError
-from fwedge.passes.lowered import LoweredGraph, LoweredOp, LoweredTensor
+from fwedge.lowered.graph import LoweredGraph, LoweredOp, LoweredTensor
+from fwedge.ops.registry import UNARY_KINDS
 from fwedge.targets.memory_plan import Buffer, MemoryPlan, plan_memory
 
 ALIGNMENT = 16
@@ -557,8 +558,9 @@ def emit_pad(e: _Emitter, op: LoweredOp) -> None:
                f"{_ITEM_BYTES[Y.dtype]}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
 
 
-@emitter("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid")
+@emitter(*UNARY_KINDS)
 def emit_unary(e: _Emitter, op: LoweredOp) -> None:
+    """Every element-wise function (fwedge/ops/unary.py): the table in int8, fw_<kind>_f32 in float."""
     X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
     x, y = e.pointer(X.name), e.pointer(Y.name)
     if Y.dtype == "int8":

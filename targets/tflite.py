@@ -12,7 +12,8 @@ import onnx
 from fwedge import ir
 from fwedge.bundle import Bundle, TensorInfo, write_bundle
 from fwedge.errors import ExportError, UnsupportedOpError
-from fwedge.passes.lowered import LoweredGraph, LoweredOp, LoweredTensor, QuantParams
+from fwedge.lowered.graph import LoweredGraph, LoweredOp, LoweredTensor, QuantParams
+from fwedge.ops import unary
 from fwedge.targets.common import RunnerCache, resolve_precision, runtime_threads
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def _op_problem(graph: LoweredGraph, op: LoweredOp) -> str | None:
 
 
 def _lowered(model: onnx.ModelProto, options=None) -> LoweredGraph:
-    from fwedge.passes.lower import lower
+    from fwedge.lowered.lower import lower
 
     shapes = (options.extra.get("input_shapes") if options is not None else None) or None
     fallback = bool(options.allow_float_fallback) if options is not None else False
@@ -126,7 +127,7 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
     writer cannot express, named by the ONNX node they came from.
     """
     from fwedge.errors import ModelError
-    from fwedge.passes.lower import unsupported_nodes as lowering_gaps
+    from fwedge.lowered.lower import unsupported_nodes as lowering_gaps
 
     try:
         graph = _lowered(model)
@@ -237,10 +238,11 @@ class _Writer:
 
     # -- operators --------------------------------------------------------------------------
 
-    def op(self, builtin: str, inputs: list[int], outputs: list[int], options_type: str | None = None, options=None) -> None:
+    def op(self, builtin: str, inputs: list[int], outputs: list[int], options_type: str | None = None, options=None,
+           int8_version: int | None = None) -> None:
         S = self.schema
         int8 = any(self.tensors[i].type == _TYPES["int8"] for i in list(inputs) + list(outputs) if i >= 0)
-        version = _INT8_VERSIONS.get(builtin, 1) if int8 else 1
+        version = (int8_version or _INT8_VERSIONS.get(builtin, 1)) if int8 else 1
         code = getattr(S.BuiltinOperator, builtin)
         key = (code, version)
         if key not in self.opcodes:
@@ -494,16 +496,21 @@ def emit_pad(writer: _Writer, op: LoweredOp) -> None:
         writer.op("PADV2", [x, paddings, value], [y], "PadV2Options", writer.options("PadV2OptionsT"))
 
 
-@tflite_op("relu", "relu6", "hardswish")
-def emit_activation(writer: _Writer, op: LoweredOp) -> None:
-    builtin = {"relu": "RELU", "relu6": "RELU6", "hardswish": "HARD_SWISH"}[op.kind]
-    writer.op(builtin, [writer.tensor(op.inputs[0])], [writer.tensor(op.outputs[0])])
-
-
-@tflite_op("sigmoid")
-def emit_logistic(writer: _Writer, op: LoweredOp) -> None:
+def emit_function(writer: _Writer, op: LoweredOp) -> None:
+    """An element-wise function with a TFLite builtin (fwedge/ops/unary.py spells it)."""
+    spelling = unary.BY_KIND[op.kind].tflite
     x = writer.tensor(op.inputs[0])
-    _requantize_into(writer, op, lambda y: writer.op("LOGISTIC", [x], [y]), op.outputs[0], FIXED_OUTPUT_QUANT)
+    produce = lambda y: writer.op(spelling.builtin, [x], [y], int8_version=spelling.int8_version)  # noqa: E731
+    if spelling.fixed_output is None:
+        produce(writer.tensor(op.outputs[0]))
+        return
+    scale, zero_point = spelling.fixed_output
+    _requantize_into(writer, op, produce, op.outputs[0], QuantParams((scale,), (zero_point,)))
+
+
+for _function in unary.FUNCTIONS:
+    if _function.tflite is not None:
+        tflite_op(_function.kind)(emit_function)
 
 
 @tflite_op("hardsigmoid")

@@ -154,8 +154,8 @@ def test_quantize_cli_activation_dtype_uint8(tmp_path, rng):
 
 
 def test_lowering_takes_uint8_activations_as_int8(qdq, rng):
-    from fwedge.interp import run_lowered
-    from fwedge.passes.lower import lower
+    from fwedge.lowered.interp import run_lowered
+    from fwedge.lowered.lower import lower
 
     u8 = uint8_activations(qdq)
     s8_graph, u8_graph = lower(qdq), lower(u8)

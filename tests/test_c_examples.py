@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from fwedge.eval import ort_session
-from fwedge.interp import run_lowered
-from fwedge.passes.lower import lower
+from fwedge.lowered.interp import run_lowered
+from fwedge.lowered.lower import lower
 from fwedge.targets import C_ARCHES
 from op_matrix import output_scale, steps_off
 from qdq_helpers import ort_qdq

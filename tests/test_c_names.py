@@ -293,7 +293,7 @@ def test_random_names_never_reach_the_generated_sources_as_text():
 
     from onnx import TensorProto, helper
 
-    from fwedge.passes.lower import lower
+    from fwedge.lowered.lower import lower
     from fwedge.targets.c_codegen import generate
 
     rng = random.Random(0)

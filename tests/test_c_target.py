@@ -15,8 +15,8 @@ from channel_models import flatten_gemm, mobilenet_like
 from fwedge.bundle import host_arch, load_bundle
 from fwedge.errors import ExportError, UnsupportedOpError
 from fwedge.eval import ort_session
-from fwedge.interp import run_lowered
-from fwedge.passes.lower import lower
+from fwedge.lowered.interp import run_lowered
+from fwedge.lowered.lower import lower
 from fwedge.runtime_c import TESTS, kernel_sources, source_dir
 from fwedge.targets import C_ARCHES, ExportOptions
 from op_matrix import OP_CASES, op_case_ids, output_scale, qdq_model, random_feeds, steps_off

@@ -7,12 +7,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fwedge.errors import UnsupportedOpError
 from fwedge.eval import ort_session
-from fwedge.interp import (
+from fwedge.lowered.arith import (
     multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_double_rounding, rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
-from fwedge.passes.lower import lower
-from fwedge.passes.lowered import KINDS, quantize_multiplier
+from fwedge.lowered.lower import lower
+from fwedge.lowered.graph import quantize_multiplier
+from fwedge.ops.registry import KINDS
 from helpers import tiny_conv_model
 from op_matrix import OP_CASES, op_case_ids, output_scale, qdq_model, random_feeds, steps_off
 from tolerances import FP32_ATOL, FP32_RTOL, INT8_MAX_STEPS
@@ -24,7 +25,7 @@ def test_float_op_matrix_matches_onnxruntime(case):
     graph = lower(case.model)
     assert graph.precision == "fp32"
     assert set(case.kinds) <= {op.kind for op in graph.ops}
-    from fwedge.interp import run_lowered
+    from fwedge.lowered.interp import run_lowered
 
     expected = ort_session(case.model).run(None, feeds)[0]
     got = run_lowered(graph, feeds)["y"]
@@ -34,7 +35,7 @@ def test_float_op_matrix_matches_onnxruntime(case):
 @pytest.mark.parametrize("quantizer", ["fwedge", "ort"])
 @pytest.mark.parametrize("case", OP_CASES, ids=op_case_ids())
 def test_int8_op_matrix_within_one_step_of_onnxruntime(case, quantizer, record_property):
-    from fwedge.interp import run_lowered
+    from fwedge.lowered.interp import run_lowered
 
     qdq = qdq_model(case, quantizer)
     try:
@@ -117,7 +118,7 @@ def test_float_lowering_folds_batchnorm_and_fuses_relu():
     lowered = lower(model)
     assert [op.kind for op in lowered.ops] == ["conv2d"]
     assert lowered.ops[0].attrs.activation == "relu"
-    from fwedge.interp import run_lowered
+    from fwedge.lowered.interp import run_lowered
 
     x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
     np.testing.assert_allclose(run_lowered(lowered, {"x": x})["y"], ort_session(model).run(None, {"x": x})[0],
@@ -161,7 +162,7 @@ def test_graph_contract_ops_are_topological_and_tensors_known():
 def test_example_models_interpreter_against_onnxruntime(model, request, record_property):
     from fwedge.data import open_dataset
     from fwedge.eval import resolve_preprocess
-    from fwedge.interp import run_lowered
+    from fwedge.lowered.interp import run_lowered
     from op_matrix import quantized_example
 
     float_model, qdq = quantized_example(request.getfixturevalue(f"{model}_path"))
@@ -181,7 +182,7 @@ def test_example_models_interpreter_against_onnxruntime(model, request, record_p
 def test_ppocr_cls_lowers_in_fp32_and_int8(ppocr_cls_path):
     from collections import Counter
 
-    from fwedge.interp import run_lowered
+    from fwedge.lowered.interp import run_lowered
     from op_matrix import quantized_ppocr
     from tolerances import DEEP_INT8_TOP1_AGREEMENT
 

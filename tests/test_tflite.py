@@ -209,8 +209,8 @@ def test_example_models_full_test_set(model, request, tmp_path):
 
 
 def test_intermediates_name_onnx_tensors_for_bisection(tmp_path):
-    from fwedge.interp import run_lowered
-    from fwedge.passes.lower import lower
+    from fwedge.lowered.interp import run_lowered
+    from fwedge.lowered.lower import lower
 
     model = tiny_conv_model()
     feeds = {"x": np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)}

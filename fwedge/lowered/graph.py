@@ -1,7 +1,7 @@
 """The lowered graph: a small typed op list with int8 weights, int32 biases and requantization pairs.
 
-This is the single input of the TFLite, NCNN and C writers (passes/lower.py builds it from an
-ONNX model, fwedge/interp.py runs it with integer-exact semantics). The contract:
+This is the single input of the TFLite and C writers (fwedge/lowered/lower.py builds it from an
+ONNX model, fwedge/lowered/interp.py runs it with integer-exact semantics). The contract:
 
 Graph
     LoweredGraph.ops is in execution order (a topological order); every op reads tensors
@@ -26,7 +26,7 @@ Layouts of constants (ONNX layouts; NHWC targets transpose them):
 
 Dim 0 of every activation tensor is the batch (1 in the graph; runners may feed N).
 
-Integer arithmetic (TFLite reference kernels; see fwedge/interp.py):
+Integer arithmetic (TFLite reference kernels; see fwedge/lowered/interp.py):
     MBQM(x, m, s) = (x * m + 2**(30 - s)) >> (31 - s), computed in int64 (arithmetic shift):
                     TFLite's MultiplyByQuantizedMultiplier in its single-rounding form
                     (TFLITE_SINGLE_ROUNDING), one rounding, half up; (m, s) come from
@@ -72,14 +72,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Op kinds, in the order the writers document them.
-KINDS = (
-    "conv2d", "depthwise_conv2d", "fully_connected", "add", "mul", "avg_pool", "max_pool",
-    "global_avg_pool", "concat", "reshape", "pad", "relu", "relu6", "hardswish", "hardsigmoid",
-    "sigmoid", "softmax", "quantize", "dequantize",
-)
 ACTIVATIONS = ("none", "relu", "relu6")
-UNARY_KINDS = ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid")
 
 INT8_MIN, INT8_MAX = -128, 127
 

@@ -1,0 +1,194 @@
+"""The op-card registry: what fwedge knows about each ONNX op and each lowered kind.
+
+An op card is a module in fwedge/ops/ (conv.py, unary.py, ...) that registers, in one place,
+for every ONNX op of its family:
+
+* its OpInfo (weight/bias inputs, channel axes: pruning, quantization and BN folding read it);
+* the lowered kinds it can become, and whether a fused activation folds into it;
+* its support check (attributes, ranks, shapes) and its lowering to a lowered kind;
+
+and for every lowered kind it defines: the interpreter kernel (the kind's executable spec) and,
+for element-wise functions, the float reference that both the interpreter and the lowering
+use. The targets then register one emitter per lowered kind (targets/c_codegen.py,
+targets/tflite.py) or one layer per ONNX op family (targets/ncnn.py), and
+tests/test_op_cards.py checks that nothing is half-registered.
+
+This module imports nothing of fwedge beyond the errors, so that every room can read it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import onnx
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """What pruning, BN folding and quantization need to know about one ONNX op type.
+
+    Attributes:
+        weight_input: input index of the weight tensor, if the op has one.
+        bias_input: input index of the bias tensor, if the op has one.
+        out_channel_axis: axis of the weight that indexes output channels.
+        in_channel_axis: axis of the weight that indexes input channels.
+        channel_passthrough: output channel c depends on input channel c only (BN, activations,
+            pools, element-wise ops): channel pruning passes straight through.
+        elementwise: the op combines several same-shaped inputs element by element.
+        activation: an activation that can be fused into the producer's output range.
+        quantize_output: quantization gives the op's output its own activation scale. False for
+            ops that only move data (reshape, pools with max) and share the input's scale.
+        shares_input_scale: the output must keep the input's scale and zero point (data movement).
+        quantizable: int8 compute exists in the targets: QDQ insertion quantizes the op's float
+            activation inputs, its weight (per channel), its bias (int32) and its output.
+        clamps_range: a clamp (ReLU, Clip with constant bounds) that fuses into the producer's
+            quantization range: no Q/DQ between the producer and it.
+        channel_inputs: inputs holding one value per channel (BN scale, B, mean, var): channel
+            pruning slices them along with the data.
+    """
+
+    weight_input: int | None = None
+    bias_input: int | None = None
+    out_channel_axis: int | None = None
+    in_channel_axis: int | None = None
+    channel_passthrough: bool = False
+    elementwise: bool = False
+    activation: bool = False
+    quantize_output: bool = True
+    shares_input_scale: bool = False
+    quantizable: bool = False
+    clamps_range: bool = False
+    channel_inputs: tuple[int, ...] = ()
+
+
+# check(view, node) -> why the lowering cannot take the node, or None.
+Check = Callable[[object, onnx.NodeProto], "str | None"]
+# lower(builder, node) -> None: emits lowered ops for the node (and a fused activation).
+Lower = Callable[[object, onnx.NodeProto], None]
+# run(op, values, tensors) -> the op's output array (fwedge/lowered/interp.py).
+Kernel = Callable[[object, dict, dict], object]
+
+
+@dataclass(frozen=True)
+class OpCard:
+    """Everything fwedge knows about one ONNX op type.
+
+    Attributes:
+        op_type: the ONNX op type.
+        info: pruning/quantization facts; None for QuantizeLinear/DequantizeLinear, which
+            quantization writes rather than plans.
+        kinds: the lowered kinds the op can become; () with a `lower` means the op vanishes
+            (Identity, Dropout), () without one means it does not lower.
+        lower: the lowering, None when the op has none (fwedge then refuses the node).
+        check: the support check of the lowering (attributes, ranks, shapes), run before lower.
+        static_output: the lowering needs a static output shape.
+        fuses_activation: a Relu/Clip that is the node's only consumer folds into its output
+            range (no Q/DQ between them; the lowered op carries the activation).
+    """
+
+    op_type: str
+    info: OpInfo | None
+    kinds: tuple[str, ...] = ()
+    lower: Lower | None = None
+    check: Check | None = None
+    static_output: bool = False
+    fuses_activation: bool = False
+
+
+@dataclass(frozen=True)
+class UnaryFunction:
+    """An element-wise function of one input, lowered to an int8[256] table in int8.
+
+    Attributes:
+        reference: the float function on a NumPy array, written so that its result has the
+            input's dtype precision (float32 in, float32 arithmetic; float64 in, float64): the
+            lowering evaluates it on the 256 float32 levels of the input's scale, the
+            interpreter on float64 values.
+        params: names of the UnaryAttrs fields the function reads (alpha, beta).
+    """
+
+    reference: Callable
+    params: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """One lowered kind (fwedge/lowered/graph.py documents each kind's semantics).
+
+    Attributes:
+        name: the kind, e.g. "conv2d".
+        run: the interpreter kernel.
+        unary: set for element-wise functions of one input (relu, sigmoid, tanh, ...).
+    """
+
+    name: str
+    run: Kernel
+    unary: UnaryFunction | None = None
+
+
+@dataclass
+class _Registry:
+    cards: dict[str, OpCard] = field(default_factory=dict)
+    kinds: dict[str, KindSpec] = field(default_factory=dict)
+
+
+_REGISTRY = _Registry()
+
+
+def register_op(op_type: str, info: OpInfo | None, *, kinds: tuple[str, ...] = (), lower: Lower | None = None,
+                check: Check | None = None, static_output: bool = False,
+                fuses_activation: bool = False) -> OpCard:
+    """Register one ONNX op's card. An op registered twice is a programming error."""
+    if op_type in _REGISTRY.cards:
+        raise RuntimeError(f"op card {op_type!r} registered twice")
+    card = OpCard(op_type, info, tuple(kinds), lower, check, static_output, fuses_activation)
+    _REGISTRY.cards[op_type] = card
+    return card
+
+
+def register_kind(name: str, run: Kernel, unary: UnaryFunction | None = None) -> KindSpec:
+    """Register one lowered kind with its interpreter kernel."""
+    if name in _REGISTRY.kinds:
+        raise RuntimeError(f"lowered kind {name!r} registered twice")
+    spec = KindSpec(name, run, unary)
+    _REGISTRY.kinds[name] = spec
+    return spec
+
+
+def card(op_type: str) -> OpCard | None:
+    """The card of an ONNX op type, or None when fwedge knows nothing of it."""
+    return _REGISTRY.cards.get(op_type)
+
+
+def all_cards() -> dict[str, OpCard]:
+    """Every registered card by ONNX op type (registration order)."""
+    return dict(_REGISTRY.cards)
+
+
+def kind(name: str) -> KindSpec | None:
+    """The spec of a lowered kind, or None."""
+    return _REGISTRY.kinds.get(name)
+
+
+def all_kinds() -> dict[str, KindSpec]:
+    """Every registered lowered kind (registration order)."""
+    return dict(_REGISTRY.kinds)
+
+
+def fuses_into(producer: onnx.NodeProto, consumer: onnx.NodeProto) -> bool:
+    """The fusion rule's op-type half: a clamp consumer folds into a producer that takes one.
+
+    Whether the consumer's bounds are constant is for the caller, which has the constants.
+    """
+    producer_card, consumer_card = card(producer.op_type), card(consumer.op_type)
+    return (producer_card is not None and producer_card.fuses_activation
+            and consumer_card is not None and consumer_card.info is not None
+            and consumer_card.info.clamps_range)
+
+
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """A node attribute's Python value, or `default` when absent."""
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default

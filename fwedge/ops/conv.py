@@ -1,0 +1,211 @@
+"""Op card: layers with weights. Conv (conv2d, depthwise_conv2d), Gemm and MatMul
+(fully_connected), and the BatchNormalization that passes/fold_bn.py folds into them.
+
+ConvTranspose is known (its weight axes guide pruning) but has no lowering, so it is not
+quantizable: a QDQ model keeps it in float and every target takes the same model.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+
+from fwedge.lowered.build import (
+    Builder, conv_geometry, dequantize_array, float_output, fused_activation, int8_output,
+    note_float, output_quantizer, refuse, requant,
+)
+from fwedge.lowered.arith import activate, channel, convolve, requantize, zp
+from fwedge.lowered.graph import ConvAttrs, FullyConnectedAttrs, LoweredOp, LoweredTensor, QuantParams
+from fwedge.lowered.view import input_rank, weight_value
+from fwedge.ops.base import OpInfo, attribute, register_kind, register_op
+
+log = logging.getLogger(__name__)
+
+
+def _lower_conv(builder: Builder, node: onnx.NodeProto) -> None:
+    X, W = node.input[0], node.input[1]
+    B = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+    activation, act_node = fused_activation(builder, node)
+    last = act_node or node
+    weight_shape = tuple(weight_value(builder.view, W).shape)
+    groups = int(attribute(node, "group", 1))
+    in_channels, out_channels = builder.shape(X)[1], weight_shape[0]
+    depthwise = groups == in_channels and groups > 1 and weight_shape[1] == 1
+    geometry = conv_geometry(builder, node, weight_shape)
+    kind = "depthwise_conv2d" if depthwise else "conv2d"
+    multiplier = out_channels // in_channels if depthwise else 1
+    if act_node is not None:
+        builder.done.add(id(act_node))
+    x_q = builder.int8_input(X)
+    w_q = builder.int8_input(W)
+    quantizer = output_quantizer(builder, last.output[0]) if x_q is not None and w_q is not None else None
+    if quantizer is not None and not (x_q.dtype == "int8" and w_q.dtype == "int8"
+                                      and all(z == 0 for z in w_q.quant.zero_point)):
+        quantizer = refuse(builder, node, "int8 conv needs int8 input and int8 weights with zero point 0")
+    out = int8_output(builder, last) if quantizer is not None else None
+    if out is not None:
+        y_name, y_quant = out
+        s_x = np.float64(x_q.quant.scale[0])
+        s_w = np.broadcast_to(np.asarray(w_q.quant.scale, dtype=np.float64), (out_channels,))
+        bias = _int32_bias(builder, node, B, s_x * s_w, out_channels)
+        reals = s_x * s_w / np.float64(y_quant.scale[0])
+        attrs = ConvAttrs(**geometry, groups=groups, depth_multiplier=multiplier, activation=activation,
+                          requant=requant(reals, activation, y_quant))
+        builder.emit(kind, node.name, [x_q.name, w_q.name, bias], [y_name], attrs)
+        return
+    note_float(builder, node)
+    x = builder.float_input(X)
+    w = builder.float_input(W)
+    b = _float_bias(builder, node, B, out_channels)
+    y = float_output(builder, last.output[0])
+    attrs = ConvAttrs(**geometry, groups=groups, depth_multiplier=multiplier, activation=activation)
+    builder.emit(kind, node.name, [x, w, b], [y], attrs)
+
+
+def _int32_bias(builder: Builder, node: onnx.NodeProto, B: str, bias_scale: np.ndarray, channels: int) -> str:
+    """The int32 bias of an int8 conv/FC: the DQ'd int32 constant, or a float bias quantized here."""
+    bias_quant = QuantParams(tuple(float(s) for s in bias_scale), (0,) * channels, 0)
+    if B:
+        b_q = builder.int8_input(B)
+        if b_q is not None and b_q.dtype == "int32":
+            expected = np.float32(bias_scale)
+            if not np.allclose(np.float32(b_q.quant.scale), expected, rtol=1e-6):
+                log.warning("%s '%s': bias scale differs from s_x * s_w; requantizing the bias",
+                            node.op_type, node.name)
+            else:
+                return b_q.name
+        value = weight_value(builder.view, B)
+        if b_q is not None:
+            data, scale, zp, axis = builder.dq_const[builder.alias.get(B, B)]
+            value = dequantize_array(data, scale, zp, axis)
+        data = np.clip(np.round(value.astype(np.float64) / bias_scale), -2**31, 2**31 - 1).astype(np.int32)
+    else:
+        data = np.zeros(channels, dtype=np.int32)
+    name = builder.fresh(f"{node.name}_bias")
+    return builder.add_tensor(LoweredTensor(name, (channels,), "int32", bias_quant, data))
+
+
+def _float_bias(builder: Builder, node: onnx.NodeProto, B: str, channels: int) -> str:
+    if B:
+        return builder.float_input(B)
+    name = builder.fresh(f"{node.name}_bias")
+    return builder.add_tensor(LoweredTensor(name, (channels,), "float32", data=np.zeros(channels, np.float32)))
+
+
+def _lower_fully_connected(builder: Builder, node: onnx.NodeProto) -> None:
+    X, W = node.input[0], node.input[1]
+    B = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else ""
+    # ONNX Gemm with transB=0 and MatMul hold W as [K, N]; the lowered FC wants [N, K].
+    transpose = node.op_type == "MatMul" or not attribute(node, "transB", 0)
+    activation, act_node = fused_activation(builder, node)
+    last = act_node or node
+    if act_node is not None:
+        builder.done.add(id(act_node))
+    x_q = builder.int8_input(X)
+    w_q = builder.int8_input(W)
+    quantizer = output_quantizer(builder, last.output[0]) if x_q is not None and w_q is not None else None
+    out_features = weight_value(builder.view, W).shape[1 if transpose else 0]
+    if quantizer is not None:
+        axis = w_q.quant.axis
+        if axis is not None:
+            axis = 1 - axis if transpose else axis
+        if x_q.dtype != "int8" or w_q.dtype != "int8" or any(z != 0 for z in w_q.quant.zero_point):
+            quantizer = refuse(builder, node, "int8 FC needs int8 input and int8 weights with zero point 0")
+        elif axis not in (None, 0):
+            quantizer = refuse(builder, node, "weight quantized per input feature, not per output feature")
+    out = int8_output(builder, last) if quantizer is not None else None
+    if out is not None:
+        y_name, y_quant = out
+        data = w_q.data.T if transpose else w_q.data
+        w_name = builder.fresh(f"{W}_nk") if transpose else w_q.name
+        s_w = np.broadcast_to(np.asarray(w_q.quant.scale, dtype=np.float64), (out_features,))
+        builder.add_tensor(LoweredTensor(
+            w_name, tuple(data.shape), "int8",
+            QuantParams(tuple(float(s) for s in s_w), (0,) * out_features, 0), np.ascontiguousarray(data)))
+        s_x = np.float64(x_q.quant.scale[0])
+        bias = _int32_bias(builder, node, B, s_x * s_w, out_features)
+        reals = s_x * s_w / np.float64(y_quant.scale[0])
+        attrs = FullyConnectedAttrs(activation, requant(reals, activation, y_quant))
+        builder.emit("fully_connected", node.name, [x_q.name, w_name, bias], [y_name], attrs)
+        return
+    note_float(builder, node)
+    x = builder.float_input(X)
+    w = builder.float_input(W)
+    if transpose:
+        value = builder.tensors[w].data.T
+        w = builder.add_tensor(LoweredTensor(builder.fresh(f"{W}_nk"), tuple(value.shape), "float32",
+                                             data=np.ascontiguousarray(value)))
+    b = _float_bias(builder, node, B, out_features)
+    y = float_output(builder, last.output[0])
+    builder.emit("fully_connected", node.name, [x, w, b], [y], FullyConnectedAttrs(activation))
+
+
+def run_conv(op: LoweredOp, values, tensors):
+    X, W, B = (tensors[name] for name in op.inputs)
+    Y = tensors[op.outputs[0]]
+    x, w, b = values[X.name], values[W.name], values[B.name]
+    attrs = op.attrs
+    if Y.dtype == "int8":
+        acc = convolve(x.astype(np.float64) - zp(X), w.astype(np.float64), attrs)
+        acc = np.rint(acc).astype(np.int64) + channel(b.astype(np.int64), 4)
+        return requantize(acc, attrs.requant, zp(Y))
+    y = convolve(x.astype(np.float64), w.astype(np.float64), attrs) + channel(b.astype(np.float64), 4)
+    return activate(y, attrs.activation).astype(np.float32)
+
+
+def run_fully_connected(op: LoweredOp, values, tensors):
+    X, W, B = (tensors[name] for name in op.inputs)
+    Y = tensors[op.outputs[0]]
+    x, w, b = values[X.name], values[W.name], values[B.name]
+    if Y.dtype == "int8":
+        acc = (x.astype(np.float64) - zp(X)) @ w.astype(np.float64).T
+        acc = np.rint(acc).astype(np.int64) + b.astype(np.int64)
+        return requantize(acc, op.attrs.requant, zp(Y), axis=1)
+    y = x.astype(np.float64) @ w.astype(np.float64).T + b.astype(np.float64)
+    return activate(y, op.attrs.activation).astype(np.float32)
+
+
+def _check_conv(view, node: onnx.NodeProto) -> str | None:
+    rank = input_rank(view, node)
+    if rank != 4:
+        return f"rank-{rank} Conv, only 2-D"
+    if attribute(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        return "auto_pad"
+    if weight_value(view, node.input[1]) is None:
+        return f"weight {node.input[1]!r} is not a constant"
+    return None
+
+
+def _check_fully_connected(view, node: onnx.NodeProto) -> str | None:
+    if weight_value(view, node.input[1]) is None:
+        return f"weight {node.input[1]!r} is not a constant"
+    rank = input_rank(view, node)
+    if rank != 2:
+        return f"input of rank {rank}, only [1, K]"
+    if node.op_type == "Gemm" and (attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0
+                                   or attribute(node, "beta", 1.0) != 1.0):
+        return "transA/alpha/beta"
+    return None
+
+
+def _check_batchnorm(view, node: onnx.NodeProto) -> str | None:
+    return "BatchNormalization that cannot be folded into a float Conv/Gemm producer"
+
+
+register_kind("conv2d", run_conv)
+register_kind("depthwise_conv2d", run_conv)
+register_kind("fully_connected", run_fully_connected)
+
+# Conv weight is [M, C/group, kH, kW]; Gemm (transB=1) is [N, K]; MatMul is [K, N].
+register_op("Conv", OpInfo(weight_input=1, bias_input=2, out_channel_axis=0, in_channel_axis=1, quantizable=True),
+            kinds=("conv2d", "depthwise_conv2d"), lower=_lower_conv, check=_check_conv, fuses_activation=True)
+register_op("ConvTranspose", OpInfo(weight_input=1, bias_input=2, out_channel_axis=1, in_channel_axis=0))
+register_op("Gemm", OpInfo(weight_input=1, bias_input=2, out_channel_axis=0, in_channel_axis=1, quantizable=True),
+            kinds=("fully_connected",), lower=_lower_fully_connected, check=_check_fully_connected,
+            fuses_activation=True)
+register_op("MatMul", OpInfo(weight_input=1, out_channel_axis=1, in_channel_axis=0, quantizable=True),
+            kinds=("fully_connected",), lower=_lower_fully_connected, check=_check_fully_connected,
+            fuses_activation=True)
+register_op("BatchNormalization", OpInfo(channel_passthrough=True, channel_inputs=(1, 2, 3, 4)),
+            check=_check_batchnorm)

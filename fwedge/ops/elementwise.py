@@ -1,0 +1,105 @@
+"""Op card: element-wise arithmetic of two inputs. Add and Sub (add), Mul and Div (mul).
+
+Sub and Div take a constant second operand, which the lowering negates or inverts.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from fwedge.lowered.build import (
+    Builder, activation_range, broadcast_constant, dequantize_array, float_output,
+    fused_activation, int8_operands, int8_output, note_float, requant, requantize_constant,
+)
+from fwedge.lowered.arith import multiply_by_quantized_multiplier, activate, requantize, zp
+from fwedge.lowered.graph import AddQuant, ElementwiseAttrs, LoweredOp, LoweredTensor, quantize_multiplier
+from fwedge.lowered.view import is_const_dq
+from fwedge.ops.base import OpInfo, register_kind, register_op
+
+ADD_LEFT_SHIFT = 20
+
+
+def _lower_elementwise(builder: Builder, node: onnx.NodeProto) -> None:
+    A, B = node.input[0], node.input[1]
+    kind = "add" if node.op_type in ("Add", "Sub") else "mul"
+    activation, act_node = fused_activation(builder, node)
+    last = act_node or node
+    if act_node is not None:
+        builder.done.add(id(act_node))
+    rank = len(builder.shape(last.output[0]))
+    operands = int8_operands(builder, node, (0, 1))
+    out = int8_output(builder, last) if operands is not None else None
+    if out is not None:
+        y_name, y_quant = out
+        a, b = operands
+        if node.op_type in ("Sub", "Div"):
+            value = dequantize_array(b.data.astype(np.int64), np.float32(b.quant.scale), np.int64(b.quant.zero_point), None)
+            value = -value if node.op_type == "Sub" else 1.0 / value.astype(np.float64)
+            b = requantize_constant(builder, B, value.astype(np.float32))
+        a = broadcast_constant(builder, a, rank) if a.is_constant else a
+        b = broadcast_constant(builder, b, rank) if b.is_constant else b
+        s_a, s_b, s_y = (np.float64(q.scale[0]) for q in (a.quant, b.quant, y_quant))
+        low, high = activation_range(activation, y_quant)
+        if kind == "add":
+            twice_max = 2.0 * max(s_a, s_b)
+            m1, sh1 = quantize_multiplier(s_a / twice_max)
+            m2, sh2 = quantize_multiplier(s_b / twice_max)
+            mo, sho = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * s_y))
+            attrs = ElementwiseAttrs(activation, add=AddQuant(ADD_LEFT_SHIFT, m1, sh1, m2, sh2, mo, sho, low, high))
+        else:
+            attrs = ElementwiseAttrs(activation, requant=requant([s_a * s_b / s_y], activation, y_quant))
+        builder.emit(kind, node.name, [a.name, b.name], [y_name], attrs)
+        return
+    note_float(builder, node)
+    a = builder.float_input(A)
+    b = builder.float_input(B)
+    if node.op_type in ("Sub", "Div"):
+        value = builder.tensors[b].data.astype(np.float64)
+        value = -value if node.op_type == "Sub" else 1.0 / value
+        b = builder.add_tensor(LoweredTensor(builder.fresh(B), tuple(value.shape), "float32",
+                                             data=value.astype(np.float32)))
+    a_t, b_t = builder.tensors[a], builder.tensors[b]
+    a = broadcast_constant(builder, a_t, rank).name if a_t.is_constant else a
+    b = broadcast_constant(builder, b_t, rank).name if b_t.is_constant else b
+    y = float_output(builder, last.output[0])
+    builder.emit(kind, node.name, [a, b], [y], ElementwiseAttrs(activation))
+
+
+def run_elementwise(op: LoweredOp, values, tensors):
+    A, B = (tensors[name] for name in op.inputs)
+    Y = tensors[op.outputs[0]]
+    a, b = values[A.name], values[B.name]
+    attrs = op.attrs
+    if Y.dtype == "int8":
+        a = a.astype(np.int64) - zp(A)
+        b = b.astype(np.int64) - zp(B)
+        if op.kind == "add":
+            p = attrs.add
+            a = multiply_by_quantized_multiplier(a << p.left_shift, p.input1_multiplier, p.input1_shift)
+            b = multiply_by_quantized_multiplier(b << p.left_shift, p.input2_multiplier, p.input2_shift)
+            y = multiply_by_quantized_multiplier(a + b, p.output_multiplier, p.output_shift) + zp(Y)
+            return np.clip(y, p.act_min, p.act_max).astype(np.int8)
+        return requantize(a * b, attrs.requant, zp(Y), axis=None)
+    y = a + b if op.kind == "add" else a * b
+    return activate(y, attrs.activation).astype(np.float32)
+
+
+def _check_constant_operand(view, node: onnx.NodeProto) -> str | None:
+    if view.const(node.input[1]) is None and not is_const_dq(view, node.input[1]):
+        return f"{node.op_type} with a non-constant second operand"
+    return None
+
+
+register_kind("add", run_elementwise)
+register_kind("mul", run_elementwise)
+
+_ELEMENTWISE = OpInfo(channel_passthrough=True, elementwise=True)
+_ELEMENTWISE_INT8 = OpInfo(channel_passthrough=True, elementwise=True, quantizable=True)
+register_op("Add", _ELEMENTWISE_INT8, kinds=("add",), lower=_lower_elementwise, static_output=True,
+            fuses_activation=True)
+register_op("Sub", _ELEMENTWISE, kinds=("add",), lower=_lower_elementwise, static_output=True,
+            check=_check_constant_operand)
+register_op("Mul", _ELEMENTWISE_INT8, kinds=("mul",), lower=_lower_elementwise, static_output=True,
+            fuses_activation=True)
+register_op("Div", _ELEMENTWISE, kinds=("mul",), lower=_lower_elementwise, static_output=True,
+            check=_check_constant_operand)

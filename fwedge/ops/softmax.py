@@ -1,0 +1,62 @@
+"""Op card: Softmax over the last axis (softmax), int8 through an exp table and Q30 probabilities."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from fwedge.lowered.build import Builder, float_output, int8_operands, int8_output, note_float, requant
+from fwedge.lowered.arith import requantize, zp
+from fwedge.lowered.graph import LoweredOp, SoftmaxAttrs
+from fwedge.lowered.view import input_rank
+from fwedge.ops.base import OpInfo, attribute, register_kind, register_op
+
+SOFTMAX_PROB_BITS = 30
+
+
+SOFTMAX_EXP_BITS = 24
+
+
+def _lower_softmax(builder: Builder, node: onnx.NodeProto) -> None:
+    rank = len(builder.shape(node.input[0]))
+    operands = int8_operands(builder, node, (0,))
+    out = int8_output(builder, node) if operands is not None else None
+    if out is not None:
+        (x_q,) = operands
+        y_name, y_quant = out
+        d = np.arange(256, dtype=np.float64)
+        table = np.round(np.exp(-np.float64(np.float32(x_q.quant.scale[0])) * d) * (1 << SOFTMAX_EXP_BITS))
+        real = 2.0 ** -SOFTMAX_PROB_BITS / np.float64(y_quant.scale[0])
+        attrs = SoftmaxAttrs(rank - 1, 1.0, table.astype(np.int32), requant([real], "none", y_quant))
+        builder.emit("softmax", node.name, [x_q.name], [y_name], attrs)
+        return
+    note_float(builder, node)
+    x = builder.float_input(node.input[0])
+    builder.emit("softmax", node.name, [x], [float_output(builder, node.output[0])], SoftmaxAttrs(rank - 1))
+
+
+def run_softmax(op: LoweredOp, values, tensors):
+    X = tensors[op.inputs[0]]
+    Y = tensors[op.outputs[0]]
+    x = values[X.name]
+    attrs = op.attrs
+    if Y.dtype == "int8":
+        x = x.astype(np.int64)
+        e = attrs.exp_table.astype(np.int64)[x.max(axis=-1, keepdims=True) - x]
+        total = e.sum(axis=-1, keepdims=True)
+        p = ((e << 30) + total // 2) // total
+        return requantize(p, attrs.requant, zp(Y), axis=None)
+    x = x.astype(np.float64) * attrs.beta
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _check_softmax(view, node: onnx.NodeProto) -> str | None:
+    rank = input_rank(view, node)
+    axis = attribute(node, "axis", -1 if view.opset >= 13 else 1)
+    if axis % max(rank, 1) != rank - 1:
+        return "Softmax over a non-last axis"
+    return None
+
+
+register_kind("softmax", run_softmax)
+register_op("Softmax", OpInfo(), kinds=("softmax",), lower=_lower_softmax, check=_check_softmax)

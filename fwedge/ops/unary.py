@@ -1,0 +1,146 @@
+"""Op card: element-wise functions of one input (Relu, Clip, HardSwish, HardSigmoid, Sigmoid, ...).
+
+Every function here is one lowered kind. In int8 it becomes an int8[256] table computed from the
+function's float reference between the exact input and output scales; in float the targets call
+the function itself. The float reference is written once, in FUNCTIONS, and both the lowering
+(the table) and the interpreter (the float kernel) evaluate it.
+
+Adding a function: one FUNCTIONS entry (kind, reference, target spellings) and one
+register_op call for its ONNX op. The C runtime then needs `fw_<kind>_f32(size, x, y)` in
+runtime_c/activation_f32.c and fwedge_rt.h for float models; int8 models need nothing more.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from fwedge.lowered.build import Builder, float_output, int8_operands, int8_output, note_float
+from fwedge.lowered.graph import INT8_MAX, INT8_MIN, LoweredOp, UnaryAttrs
+from fwedge.lowered.view import activation_name, clip_bounds
+from fwedge.ops.base import OpInfo, UnaryFunction, attribute, register_kind, register_op
+
+_ACTIVATION = OpInfo(channel_passthrough=True, activation=True, quantizable=True)
+_CLAMP = OpInfo(channel_passthrough=True, activation=True, quantizable=True, clamps_range=True)
+
+
+@dataclass(frozen=True)
+class TfliteSpelling:
+    """How targets/tflite.py writes a function: one builtin, optionally into a fixed int8 range.
+
+    Attributes:
+        builtin: the BuiltinOperator name.
+        int8_version: the operator version of its int8 kernel.
+        fixed_output: (scale, zero point) the int8 kernel requires of its output; the writer
+            then adds a QUANTIZE to the model's own output quantization.
+    """
+
+    builtin: str
+    int8_version: int = 1
+    fixed_output: tuple[float, int] | None = None
+
+
+@dataclass(frozen=True)
+class Function:
+    """One element-wise function: its lowered kind, float reference and target spellings.
+
+    Attributes:
+        kind: the lowered kind.
+        unary: the float reference (see fwedge.ops.base.UnaryFunction).
+        tflite: the TFLite spelling, None when targets/tflite.py registers its own emitter.
+    """
+
+    kind: str
+    unary: UnaryFunction
+    tflite: TfliteSpelling | None
+
+
+FUNCTIONS = (
+    Function("relu", UnaryFunction(lambda x: np.maximum(x, 0)), TfliteSpelling("RELU", 2)),
+    Function("relu6", UnaryFunction(lambda x: np.clip(x, 0, 6)), TfliteSpelling("RELU6", 2)),
+    Function("hardswish", UnaryFunction(lambda x: x * np.clip(x / 6 + 0.5, 0, 1)), TfliteSpelling("HARD_SWISH", 1)),
+    # Composed from MUL, ADD and MINIMUM by targets/tflite.py.
+    Function("hardsigmoid", UnaryFunction(lambda x, alpha, beta: np.clip(alpha * x + beta, 0, 1),
+                                          ("alpha", "beta")), None),
+    # Evaluated in float64 whatever the input; the table rounds the result to float32 first.
+    Function("sigmoid", UnaryFunction(lambda x: 1.0 / (1.0 + np.exp(-x.astype(np.float64)))),
+             TfliteSpelling("LOGISTIC", 2, (1.0 / 256.0, -128))),
+)
+BY_KIND = {function.kind: function for function in FUNCTIONS}
+
+
+def evaluate(kind: str, x: np.ndarray, attrs: UnaryAttrs) -> np.ndarray:
+    """The float reference of `kind` on x, with the parameters it reads from attrs."""
+    unary = BY_KIND[kind].unary
+    return unary.reference(x, *(getattr(attrs, name) for name in unary.params))
+
+
+def lookup_table(kind: str, attrs: UnaryAttrs, x_quant, y_quant) -> np.ndarray:
+    """int8[256] table of `kind`: y_q = table[x_q + 128] between the given quantizations.
+
+    The function is evaluated on the 256 float32 input levels and rounded half to even, as
+    onnxruntime's DequantizeLinear -> op -> QuantizeLinear does.
+    """
+    levels = np.arange(INT8_MIN, INT8_MAX + 1, dtype=np.float64)
+    x = ((levels - x_quant.zero_point[0]) * np.float32(x_quant.scale[0])).astype(np.float32)
+    y = evaluate(kind, x, attrs).astype(np.float32)
+    q = np.clip(np.round(y / np.float32(y_quant.scale[0])) + y_quant.zero_point[0], INT8_MIN, INT8_MAX)
+    return q.astype(np.int8)
+
+
+def run_unary(op: LoweredOp, values, tensors):
+    """Interpreter kernel of every function: the table in int8, the reference in float64."""
+    x = values[op.inputs[0]]
+    if x.dtype == np.int8:
+        return op.attrs.lut[x.astype(np.int64) + 128]
+    return evaluate(op.kind, x.astype(np.float64), op.attrs).astype(np.float32)
+
+
+def lower_unary(builder: Builder, node: onnx.NodeProto, kind: str, attrs: UnaryAttrs) -> None:
+    """One function node: a table op when its input and output are int8, else the float op."""
+    operands = int8_operands(builder, node, (0,))
+    out = int8_output(builder, node) if operands is not None else None
+    if out is not None:
+        (x_q,), (y_name, y_quant) = operands, out
+        table = lookup_table(kind, attrs, x_q.quant, y_quant)
+        builder.emit(kind, node.name, [x_q.name], [y_name], UnaryAttrs(attrs.alpha, attrs.beta, table))
+        return
+    note_float(builder, node)
+    x = builder.float_input(node.input[0])
+    builder.emit(kind, node.name, [x], [float_output(builder, node.output[0])], attrs)
+
+
+def _lower_as(kind: str):
+    """The lowering of an ONNX op that is exactly one function without parameters."""
+    return lambda builder, node: lower_unary(builder, node, kind, UnaryAttrs())
+
+
+def _lower_clamp(builder: Builder, node: onnx.NodeProto) -> None:
+    lower_unary(builder, node, activation_name(clip_bounds(builder.view, node)), UnaryAttrs())
+
+
+def _lower_hardsigmoid(builder: Builder, node: onnx.NodeProto) -> None:
+    attrs = UnaryAttrs(float(attribute(node, "alpha", 0.2)), float(attribute(node, "beta", 0.5)))
+    lower_unary(builder, node, "hardsigmoid", attrs)
+
+
+def _check_clip(view, node: onnx.NodeProto) -> str | None:
+    bounds = clip_bounds(view, node)
+    if bounds is None:
+        return "Clip with non-constant bounds"
+    if activation_name(bounds) is None:
+        return f"Clip{bounds}, only relu (0, inf) and relu6 (0, 6)"
+    return None
+
+
+for _function in FUNCTIONS:
+    register_kind(_function.kind, run_unary, _function.unary)
+
+register_op("Relu", _CLAMP, kinds=("relu",), lower=_lower_clamp)
+register_op("Clip", _CLAMP, kinds=("relu", "relu6"), lower=_lower_clamp, check=_check_clip)
+register_op("HardSwish", _ACTIVATION, kinds=("hardswish",), lower=_lower_as("hardswish"))
+register_op("HardSigmoid", _ACTIVATION, kinds=("hardsigmoid",), lower=_lower_hardsigmoid)
+register_op("Sigmoid", _ACTIVATION, kinds=("sigmoid",), lower=_lower_as("sigmoid"))
+register_op("LeakyRelu", _ACTIVATION)
+register_op("Tanh", _ACTIVATION)

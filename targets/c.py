@@ -59,6 +59,11 @@ ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "riscv64": 243, "loongarch64": 258
 # -ffp-contract=off: no fused multiply-add, so float results do not depend on the FMA units of
 # the CPU; -fno-strict-aliasing: tensors of several types share the byte arena.
 C_FLAGS = ["-std=c99", "-O3", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall"]
+# The link strips symbols and debug information: zig's musl objects carry debug information with
+# the paths of the machine's zig installation and of the temporary build folder, so unstripped
+# cross-compiled binaries differed from build to build (and were 1.7 MB instead of 190 KB).
+# Stripped, the same sources give the same binary bytes on every machine.
+LINK_FLAGS = ["-s"]
 # x86-64 dispatch builds (fwedge_rt.h): the kernel sources compiled again for wider instruction
 # sets, by the wrapper files runtime_c/variants/<kernel>_<suffix>.c, and the flags each level
 # is compiled with (FW_AVX2_CFLAGS, FW_VNNI_CFLAGS).
@@ -240,20 +245,19 @@ def build_binary(folder: Path, sources: list[str], arch: str, cc: str | None = N
                 for key, value in elf_sections(obj).items():
                     if key in model_sections:
                         model_sections[key] += value
-        link = compiler + flags + (["-static"] if static else []) + objects + ["-o", str(output), "-lm"]
+        link = compiler + flags + LINK_FLAGS + (["-static"] if static else []) + objects + ["-o", str(output), "-lm"]
         done = _run_compiler(link, arch, build_dir, timeout)
         if done.returncode != 0 and static and arch == host_arch() and not (cc or os.environ.get("CC")):
             # Some hosts lack a static libc; a dynamic host binary is still a working bundle.
             log.warning("static host link failed, linking dynamically: %s", done.stderr.strip()[-300:])
-            done = _run_compiler(link[:-len(objects) - 3] + [a for a in link[-len(objects) - 3:] if a != "-static"],
-                                 arch, build_dir, timeout)
+            done = _run_compiler([a for a in link if a != "-static"], arch, build_dir, timeout)
         if done.returncode != 0:
             raise ExportError(f"C target: linking for {arch} failed (exit {done.returncode}):\n{done.stderr.strip()[-4000:]}")
     sections = elf_sections(output)
     if sections["machine"] != ELF_MACHINES[arch]:
         raise ExportError(f"C target: the compiler {' '.join(compiler)!r} built for ELF machine {sections['machine']}, "
                           f"expected {ELF_MACHINES[arch]} ({arch}); set --cc / $CC to a {arch} compiler")
-    command = compiler + flags + (["-static"] if static else []) + ["-I."] + sources + ["-o", BINARY, "-lm"]
+    command = compiler + flags + LINK_FLAGS + (["-static"] if static else []) + ["-I."] + sources + ["-o", BINARY, "-lm"]
     for source, added in (source_flags or {}).items():  # how the per-source flags were given
         command += [f"({source}: {' '.join(added)})"]
     return BuildResult(command, _compiler_version(compiler), sections, model_sections,
@@ -354,7 +358,7 @@ ifeq ($(origin CC),default)
 CC = {default_cc}
 endif
 CFLAGS ?= {' '.join(C_FLAGS + cflags)}
-LDFLAGS ?= -static
+LDFLAGS ?= -static {' '.join(LINK_FLAGS)}
 export ZIG_GLOBAL_CACHE_DIR ?= .cache/zig
 export ZIG_LOCAL_CACHE_DIR ?= .cache/zig
 SOURCES = {' '.join(sources)}

@@ -1,17 +1,11 @@
 """Datasets for calibration and evaluation: image folders, .npy/.npz arrays and IDX files, streamed."""
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
-import json
 import logging
-import math
 import os
-import stat
 import struct
-import threading
-import tokenize
 import warnings
 import zipfile
 import zlib
@@ -21,8 +15,16 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+# The file checks and RecordReader live in fwedge/data_files.py, Preprocess in fwedge/preprocess.py
+# and the .npy/.npz readers in fwedge/data_arrays.py. Their public names are re-exported here, so
+# `from fwedge.data import ...` stays the one import for all of them.
+from fwedge.data_arrays import ArrayEntry, _array_reader, read_array_entry  # noqa: F401
+from fwedge.data_files import (  # noqa: F401
+    _REAL_KINDS, DEFAULT_MAX_DATA_BYTES, DEFLATE_MAX_RATIO, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE,
+    RecordReader, _ClosingStream, _open_regular, _require_regular, max_data_bytes,
+)
 from fwedge.errors import DataError
-from fwedge.limits import byte_limit
+from fwedge.preprocess import Preprocess, _is_int, check_batch_shape, preprocess_from_metadata  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -32,61 +34,6 @@ FASHION_MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm")
-
-# Limits on what a data file may declare. Uncompressed sizes are checked against the file itself;
-# compressed ones cannot be, so they are checked against the deflate ratio and this cap
-# (FWEDGE_MAX_DATA_BYTES, bytes) before anything is inflated.
-DEFAULT_MAX_DATA_BYTES = 4 << 30
-# Deflate (gzip, zip) emits at most 258 bytes per 2-bit code, about 1032:1 after block overhead; a
-# header that declares more than that from its compressed size is lying.
-DEFLATE_MAX_RATIO = 1032
-# Images are decoded whole: refuse sides and pixel counts beyond these before decoding (and
-# Pillow's own decompression-bomb check, which only warns below twice its limit).
-MAX_IMAGE_SIDE = 8192
-MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
-# numpy dtype kinds taken as data: bool, signed, unsigned, float (no complex, strings, objects).
-_REAL_KINDS = "biuf"
-
-
-def max_data_bytes() -> int:
-    """The cap on the declared size of a compressed array or IDX file (FWEDGE_MAX_DATA_BYTES).
-
-    Raises:
-        DataError: the variable is set but is not a positive integer.
-    """
-    return byte_limit("FWEDGE_MAX_DATA_BYTES", DEFAULT_MAX_DATA_BYTES, DataError)
-
-
-def _require_regular(path: Path, what: str) -> os.stat_result:
-    """stat() a data file and refuse anything but a regular file (a FIFO or device would block)."""
-    try:
-        info = os.stat(path)
-    except OSError as exc:
-        raise DataError(f"{what} '{path}': cannot read ({exc.strerror})") from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise DataError(f"{what} '{path}': not a regular file (a FIFO, device or socket is refused)")
-    return info
-
-
-def _open_regular(path: Path, what: str):
-    """Open a data file for reading, refusing non-regular files without blocking on them.
-
-    O_NONBLOCK makes opening a FIFO return at once, and fstat() on the open descriptor checks what
-    was actually opened, so a file swapped for a FIFO after listing cannot hang the read.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise DataError(f"{what} '{path}': cannot open ({exc.strerror})") from exc
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise DataError(f"{what} '{path}': not a regular file (a FIFO, device or socket is refused)")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
 
 # IDX type codes (LeCun's MNIST file format): 0x08 ubyte ... 0x0E double, stored big-endian.
 _IDX_DTYPES = {
@@ -172,117 +119,6 @@ def read_idx_header(path: str | os.PathLike) -> IdxHeader:
     return header
 
 
-class RecordReader:
-    """Reads records of a stream of fixed-size records in ascending index order through one handle.
-
-    A compressed stream (gzip, a deflated .npz entry) can only seek by decompressing, so
-    successive batches continue from where the last one stopped instead of reopening the file
-    (which would decompress from the start for every batch). Reading backwards reopens it.
-    Memory holds only the records asked for.
-
-    Args:
-        source: what error messages name (e.g. "IDX file 'x'").
-        opener: returns a fresh binary handle positioned at the start of the stream.
-        offset: bytes before the first record.
-        dtype, record_shape, count: the records, as declared (already checked against the file).
-    """
-
-    def __init__(self, source: str, opener, offset: int, dtype: np.dtype, record_shape: tuple, count: int):
-        self.source = source
-        self._opener = opener
-        self.offset = offset
-        self.dtype = dtype
-        self.record_shape = tuple(record_shape)
-        self.record_bytes = int(np.prod(self.record_shape, dtype=np.int64)) * dtype.itemsize
-        self.count = count
-        self._handle = None
-        self._position = 0
-        self._lock = threading.Lock()
-
-    def _rewind(self) -> None:
-        self.close()
-        self._handle = self._opener()
-        skip = self._handle.read(self.offset)
-        if len(skip) != self.offset:
-            raise DataError(f"{self.source}: truncated header")
-        self._position = 0
-
-    def read(self, indices: Sequence[int] | None = None) -> np.ndarray:
-        """Records at `indices` (strictly ascending), or all records.
-
-        Raises:
-            DataError: an index is out of range or not ascending, or the file is truncated.
-        """
-        wanted = np.arange(self.count) if indices is None else np.asarray(indices, dtype=np.int64)
-        if wanted.size and (wanted.min() < 0 or wanted.max() >= self.count):
-            raise DataError(f"{self.source}: index out of range 0..{self.count - 1}")
-        if wanted.size > 1 and np.any(np.diff(wanted) <= 0):
-            raise DataError(f"{self.source}: indices must be strictly ascending")
-        out = np.empty((wanted.size,) + self.record_shape, dtype=self.dtype.newbyteorder("="))
-        if not wanted.size:
-            return out
-        with self._lock:
-            try:
-                self._read_into(out, wanted)
-            except (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError) as exc:
-                self.close()
-                raise DataError(f"{self.source}: cannot read ({exc})") from exc
-        return out
-
-    def _read_into(self, out: np.ndarray, wanted: np.ndarray) -> None:
-        if self._handle is None or wanted[0] < self._position:
-            self._rewind()
-        # Read runs of consecutive indices with one call each.
-        breaks = np.flatnonzero(np.diff(wanted) != 1) + 1
-        slot = 0
-        for run in np.split(wanted, breaks):
-            first, length = int(run[0]), len(run)
-            skip = (first - self._position) * self.record_bytes
-            if skip:
-                self._handle.seek(skip, os.SEEK_CUR)
-            raw = self._handle.read(length * self.record_bytes)
-            if len(raw) != length * self.record_bytes:
-                got = first + len(raw) // self.record_bytes
-                raise DataError(f"{self.source}: truncated at record {got} of {self.count}")
-            out[slot : slot + length] = np.frombuffer(raw, dtype=self.dtype).reshape(
-                (length,) + self.record_shape
-            )
-            slot += length
-            self._position = first + length
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-
-class _ClosingStream:
-    """A read handle that also closes the handles it was opened through (gzip or zip entry)."""
-
-    def __init__(self, stream, *owners):
-        self._stream, self._owners = stream, owners
-
-    def read(self, size: int = -1) -> bytes:
-        return self._stream.read(size)
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        if whence == os.SEEK_CUR and offset > 0:
-            # Skip forward by reading in small pieces: a zip entry's own seek inflates up to
-            # 16 MiB at a time into memory.
-            while offset > 0:
-                piece = self._stream.read(min(offset, 1 << 16))
-                if not piece:
-                    break
-                offset -= len(piece)
-            return self._stream.tell()
-        return self._stream.seek(offset, whence)
-
-    def close(self) -> None:
-        self._stream.close()
-        for owner in self._owners:
-            owner.close()
-
-
 class IdxReader(RecordReader):
     """Reads records of an IDX (or IDX.gz) file (see RecordReader)."""
 
@@ -310,158 +146,6 @@ def read_idx(path: str | os.PathLike, indices: Sequence[int] | None = None) -> n
         return reader.read(indices)
     finally:
         reader.close()
-
-
-# --------------------------------------------------------------------------------------------
-# Preprocessing
-# --------------------------------------------------------------------------------------------
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-
-
-def _shown(value) -> str:
-    """A short repr for an error message (hostile values can be long)."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How raw images (HWC uint8) become model input. Written verbatim into bundle manifests.
-
-    Attributes:
-        resize: (height, width) or None to keep the source size.
-        color: "grayscale", "rgb", or None to keep the source channels.
-        layout: "NCHW" or "NHWC".
-        scale: multiplier applied to raw pixel values first (1/255 maps uint8 to [0, 1]).
-        mean, std: per-channel normalisation after scaling (one value broadcasts).
-        dtype: numpy dtype name of the model input.
-    """
-
-    resize: tuple[int, int] | None = None
-    color: str | None = None
-    layout: str = "NCHW"
-    scale: float = 1.0 / 255.0
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        if self.layout not in ("NCHW", "NHWC"):
-            raise DataError(f"preprocess: layout must be NCHW or NHWC, got {self.layout!r}")
-        if self.color not in (None, "grayscale", "rgb"):
-            raise DataError(f"preprocess: color must be grayscale or rgb, got {self.color!r}")
-        if self.resize is not None:
-            # Each image is resized to this size in memory: bound it like a decoded image.
-            if (not isinstance(self.resize, tuple) or len(self.resize) != 2
-                    or not all(_is_int(side) and 1 <= side <= MAX_IMAGE_SIDE for side in self.resize)):
-                raise DataError(
-                    f"preprocess: resize must be [height, width], integers in 1..{MAX_IMAGE_SIDE}, "
-                    f"got {_shown(self.resize)}"
-                )
-        if not _is_real(self.scale) or not math.isfinite(self.scale):
-            raise DataError(f"preprocess: scale must be a finite number, got {_shown(self.scale)}")
-        for key in ("mean", "std"):
-            values = getattr(self, key)
-            if (not isinstance(values, tuple) or len(values) not in (1, 3)
-                    or not all(_is_real(v) and math.isfinite(v) for v in values)):
-                raise DataError(f"preprocess: {key} must be 1 or 3 finite numbers, got {_shown(values)}")
-        if any(value == 0 for value in self.std):
-            raise DataError("preprocess: std must be non-zero")
-        try:
-            kind = np.dtype(self.dtype).kind if isinstance(self.dtype, str) else ""
-        except TypeError:
-            kind = ""
-        if kind not in _REAL_KINDS:
-            raise DataError(f"preprocess: dtype must name a real numeric dtype such as float32, got {_shown(self.dtype)}")
-
-    def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["resize"] = list(self.resize) if self.resize else None
-        data["mean"], data["std"] = list(self.mean), list(self.std)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Preprocess":
-        """Parse a preprocessing dict (model metadata, a bundle manifest, --preprocess).
-
-        Raises:
-            DataError: not a dict, unknown keys, or a value of the wrong type or out of range.
-        """
-        if not isinstance(data, dict):
-            raise DataError(f"preprocess: expected a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise DataError(f"preprocess: unknown keys {sorted(map(str, unknown))}; known: {sorted(known)}")
-        values = dict(data)
-        if values.get("resize") is not None:
-            resize = values["resize"]
-            values["resize"] = tuple(resize) if isinstance(resize, (list, tuple)) else resize
-        for key in ("mean", "std"):
-            if key in values:
-                raw = values[key]
-                values[key] = tuple(raw) if isinstance(raw, (list, tuple)) else (raw,)
-        if "scale" in values and _is_int(values["scale"]):
-            values["scale"] = float(values["scale"])
-        for key in ("mean", "std"):
-            if key in values and all(_is_real(v) for v in values[key]):
-                values[key] = tuple(float(v) for v in values[key])
-        return cls(**values)
-
-    @classmethod
-    def for_input_shape(cls, shape: Sequence[int | None]) -> "Preprocess":
-        """Guess a preprocessing spec from a 4-D model input shape (NCHW if dim 1 is 1 or 3)."""
-        if len(shape) != 4:
-            return cls()
-        if shape[1] in (1, 3):
-            channels, height, width, layout = shape[1], shape[2], shape[3], "NCHW"
-        else:
-            height, width, channels, layout = shape[1], shape[2], shape[3], "NHWC"
-        resize = (height, width) if isinstance(height, int) and isinstance(width, int) else None
-        color = {1: "grayscale", 3: "rgb"}.get(channels)
-        return cls(resize=resize, color=color, layout=layout)
-
-    def apply(self, images: np.ndarray) -> np.ndarray:
-        """Turn a batch of HWC images (N, H, W, C) into model input."""
-        from PIL import Image
-
-        batch = images
-        if batch.shape[-1] == 4:
-            batch = batch[..., :3]  # RGBA: the alpha channel is not model input
-        if self.color is not None:
-            want = 1 if self.color == "grayscale" else 3
-            if batch.shape[-1] != want:
-                if want == 1:
-                    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)[: batch.shape[-1]]
-                    batch = (batch.astype(np.float32) @ (weights / weights.sum()))[..., None]
-                    if images.dtype == np.uint8:
-                        batch = np.clip(np.rint(batch), 0, 255).astype(np.uint8)
-                else:
-                    batch = np.repeat(batch[..., :1], 3, axis=-1)
-        if self.resize is not None and tuple(batch.shape[1:3]) != tuple(self.resize):
-            height, width = self.resize
-            resized = []
-            for image in batch:
-                mode_image = image[..., 0] if image.shape[-1] == 1 else image
-                pil = Image.fromarray(np.ascontiguousarray(mode_image))
-                pil = pil.resize((width, height), Image.BILINEAR)
-                array = np.asarray(pil)
-                resized.append(array[..., None] if array.ndim == 2 else array)
-            batch = np.stack(resized)
-        out = batch.astype(np.float32) * np.float32(self.scale)
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.asarray(self.std, dtype=np.float32)
-        out = (out - mean) / std
-        if self.layout == "NCHW":
-            out = out.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(out.astype(self.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -653,194 +337,6 @@ def _load_image(path: Path) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
-# --------------------------------------------------------------------------------------------
-# .npy / .npz arrays: headers checked against the file before anything is read
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ArrayEntry:
-    """One array of an .npy file or .npz entry, from its header.
-
-    Attributes:
-        key: the array name ("x", "y"), or None for an .npy file.
-        dtype, shape, fortran_order: from the npy header.
-        offset: byte offset of the data in the .npy file or in the uncompressed entry.
-        file_offset: byte offset of the data in the file itself, when it can be memory-mapped
-            (an .npy file or a stored, uncompressed .npz entry), else None.
-    """
-
-    key: str | None
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    fortran_order: bool
-    offset: int
-    file_offset: int | None
-
-
-def _read_npy_header(handle, source: str) -> tuple[np.dtype, tuple[int, ...], bool]:
-    try:
-        version = np.lib.format.read_magic(handle)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
-        else:
-            raise DataError(f"{source}: npy format version {version} is not supported (1.0 and 2.0 are)")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, zlib.error, zipfile.BadZipFile,
-            tokenize.TokenError, RecursionError, MemoryError) as exc:
-        # numpy parses the header dict with the tokenizer and ast.literal_eval.
-        raise DataError(f"{source}: not a readable npy header ({exc})") from exc
-    if dtype.hasobject:
-        raise DataError(f"{source}: holds Python objects, which cannot be loaded without pickle; refused")
-    return dtype, tuple(int(d) for d in shape), bool(fortran_order)
-
-
-def _check_declared(source: str, dtype: np.dtype, shape: tuple, available: int, compressed_size: int | None) -> int:
-    """The declared data size in bytes, after checking it against what the file can hold."""
-    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    what = f"{source}: declares shape {list(shape)} of {dtype} ({declared} bytes)"
-    if declared > available:
-        raise DataError(f"{what}, but holds only {available} bytes")
-    if compressed_size is not None:
-        if declared > compressed_size * DEFLATE_MAX_RATIO:
-            raise DataError(f"{what}, more than {compressed_size} compressed bytes can hold")
-        if declared > max_data_bytes():
-            raise DataError(f"{what}, beyond FWEDGE_MAX_DATA_BYTES={max_data_bytes()}; raise it to read this file")
-    return declared
-
-
-def _npz_entry_info(archive: zipfile.ZipFile, key: str, source: str) -> zipfile.ZipInfo:
-    try:
-        return archive.getinfo(f"{key}.npy")
-    except KeyError as exc:
-        raise DataError(f"{source}: no array '{key}'") from exc
-
-
-def _local_data_start(handle, info: zipfile.ZipInfo, source: str) -> int:
-    """File offset of a zip entry's data: after its local header, whose lengths may differ from the central one."""
-    handle.seek(info.header_offset)
-    local = handle.read(30)
-    if len(local) != 30 or local[:4] != b"PK\x03\x04":
-        raise DataError(f"{source}: bad zip local header")
-    name_length, extra_length = struct.unpack("<HH", local[26:30])
-    return info.header_offset + 30 + name_length + extra_length
-
-
-def read_array_entry(path: Path, key: str | None) -> ArrayEntry:
-    """Read and check the header of an .npy file (key None) or of array `key` in an .npz.
-
-    The declared size is checked against the file (or the zip's declared uncompressed size), and
-    for a compressed entry also against the deflate ratio and FWEDGE_MAX_DATA_BYTES, before any
-    data is read.
-
-    Raises:
-        DataError: not a readable npy/npz, a missing key, object arrays, or a declared size that
-            the file cannot hold.
-    """
-    size = _require_regular(path, "data").st_size
-    if key is None:
-        source = f"data '{path}'"
-        with _open_regular(path, "data") as handle:
-            dtype, shape, fortran_order = _read_npy_header(handle, source)
-            offset = handle.tell()
-        _check_declared(source, dtype, shape, size - offset, None)
-        return ArrayEntry(None, dtype, shape, fortran_order, offset, offset)
-    source = f"data '{path}': '{key}'"
-    with _open_regular(path, "data") as handle:
-        try:
-            with zipfile.ZipFile(handle) as archive:
-                info = _npz_entry_info(archive, key, f"data '{path}'")
-                if info.flag_bits & 0x1:
-                    raise DataError(f"{source}: encrypted zip entries are not supported")
-                with archive.open(info) as member:
-                    dtype, shape, fortran_order = _read_npy_header(member, source)
-                    offset = member.tell()
-                stored = info.compress_type == zipfile.ZIP_STORED
-                file_offset = None
-                if stored:
-                    file_offset = _local_data_start(handle, info, source) + offset
-                    available = min(info.file_size - offset, size - file_offset)
-                else:
-                    available = info.file_size - offset
-                _check_declared(source, dtype, shape, available, None if stored else info.compress_size)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, EOFError,
-                zlib.error, ValueError) as exc:
-            raise DataError(f"data '{path}': cannot read .npz ({exc})") from exc
-    return ArrayEntry(key, dtype, shape, fortran_order, offset, file_offset)
-
-
-class _MappedReader:
-    """Records of an array stored uncompressed in the file: memory-mapped, read by index."""
-
-    def __init__(self, path: Path, entry: ArrayEntry, source: str):
-        self.source = source
-        self._handle = _open_regular(path, "data")
-        try:
-            self._array = np.memmap(self._handle, dtype=entry.dtype, mode="r", offset=entry.file_offset,
-                                    shape=entry.shape, order="F" if entry.fortran_order else "C")
-        except (ValueError, OSError) as exc:
-            self._handle.close()
-            raise DataError(f"{source}: cannot map ({exc})") from exc
-
-    def read(self, indices: Sequence[int]) -> np.ndarray:
-        wanted = np.asarray(indices, dtype=np.int64)
-        if wanted.size and (wanted.min() < 0 or wanted.max() >= len(self._array)):
-            raise DataError(f"{self.source}: index out of range 0..{len(self._array) - 1}")
-        return np.ascontiguousarray(self._array[wanted]).astype(self._array.dtype.newbyteorder("="))
-
-    def close(self) -> None:
-        self._array = None
-        self._handle.close()
-
-
-class _WholeReader:
-    """A small array (labels, or a Fortran-order compressed entry) read once, within the checked size."""
-
-    def __init__(self, array: np.ndarray, source: str):
-        self._array, self.source = array, source
-
-    def read(self, indices: Sequence[int]) -> np.ndarray:
-        return self._array[np.asarray(indices, dtype=np.int64)]
-
-    def close(self) -> None:
-        pass
-
-
-def _array_reader(path: Path, key: str | None):
-    """A reader of the records (first-axis slices) of an .npy file or an .npz entry."""
-    entry = read_array_entry(path, key)
-    source = f"data '{path}'" + (f": '{key}'" if key else "")
-    if entry.file_offset is not None:
-        return _MappedReader(path, entry, source)
-
-    def open_member():
-        handle = _open_regular(path, "data")
-        try:
-            archive = zipfile.ZipFile(handle)
-            return _ClosingStream(archive.open(f"{key}.npy"), archive, handle)
-        except BaseException:
-            handle.close()
-            raise
-
-    if entry.fortran_order:
-        # Records of a Fortran-order array are not contiguous: inflate it whole (its size is checked).
-        stream = open_member()
-        try:
-            stream.read(entry.offset)
-            wanted = int(np.prod(entry.shape, dtype=np.int64)) * entry.dtype.itemsize
-            raw = stream.read(wanted)
-        except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
-            raise DataError(f"{source}: cannot read ({exc})") from exc
-        finally:
-            stream.close()
-        if len(raw) != wanted:
-            raise DataError(f"{source}: truncated, {len(raw)} of {wanted} bytes")
-        array = np.frombuffer(raw, dtype=entry.dtype).reshape(entry.shape, order="F")
-        return _WholeReader(array.astype(array.dtype.newbyteorder("=")), source)
-    return RecordReader(source, open_member, entry.offset, entry.dtype, entry.shape[1:], entry.shape[0])
-
-
 def _idx_labels_for(images: Path) -> Path | None:
     name = images.name
     for old, new in (("images-idx3", "labels-idx1"), ("images", "labels")):
@@ -1000,31 +496,3 @@ def _array_dataset(path: Path, labels: Path | None) -> Dataset:
         return Dataset(path=path, kind="arrays", num_samples=count, array_keys=("x", y_key))
     count = _check_samples(path, read_array_entry(path, None))
     return Dataset(path=path, kind="arrays", num_samples=count, array_keys=(None, None))
-
-
-def check_batch_shape(x: np.ndarray, expected: Sequence[int | str | None], source: str, name: str) -> None:
-    """Check a batch against a model input shape (dynamic dims match anything).
-
-    Raises:
-        DataError: rank or a static dimension differs; the message names both shapes.
-    """
-    shown = "[" + ",".join("N" if i == 0 else str(d) if isinstance(d, int) else "?" for i, d in enumerate(expected)) + "]"
-    got = "[N," + ",".join(str(d) for d in x.shape[1:]) + "]"
-    if x.ndim != len(expected) or any(
-        isinstance(want, int) and want > 0 and want != have
-        for want, have in list(zip(expected, x.shape))[1:]
-    ):
-        raise DataError(f"data '{source}': input '{name}' expects shape {shown}, got {got}")
-
-
-def preprocess_from_metadata(model) -> Preprocess | None:
-    """The preprocessing spec stored in an ONNX model's metadata (key fwedge.preprocess)."""
-    for prop in model.metadata_props:
-        if prop.key == "fwedge.preprocess":
-            try:
-                return Preprocess.from_dict(json.loads(prop.value))
-            except DataError as exc:
-                raise DataError(f"model metadata fwedge.preprocess: {exc}") from exc
-            except (ValueError, TypeError, RecursionError) as exc:
-                raise DataError(f"model metadata fwedge.preprocess is malformed ({exc})") from exc
-    return None

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import logging
 import os
 import struct
 import warnings
@@ -25,8 +24,6 @@ from fwedge.data_files import (  # noqa: F401
 )
 from fwedge.errors import DataError
 from fwedge.preprocess import Preprocess, _is_int, check_batch_shape, preprocess_from_metadata  # noqa: F401
-
-log = logging.getLogger(__name__)
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {

@@ -1,6 +1,7 @@
 """Streaming statistics: absmax pass, then fixed-range histograms, in onnxruntime; and compute()."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -312,12 +313,41 @@ def collect(
     inputs = ir.graph_inputs(model)
     input_names = [value.name for value in inputs]
     input_shapes = [ir.shape_of(value) for value in inputs]
+    feeds = functools.partial(_feeds, input_names=input_names, input_shapes=input_shapes, source=source)
+    minimum, maximum, samples = _extremes_pass(session, extremes, batches, tensors, feeds, progress)
+    _check_extremes(tensors, minimum, maximum, samples, source)
+    if not histograms:
+        empty = np.zeros(0, dtype=np.int64)
+        return CalibrationStats(
+            {name: Histogram(empty, 0.0, 0.0, minimum[name], maximum[name]) for name in tensors},
+            0, samples, model_sha256, dict(dataset or {}))
+    layouts = {name: layout(minimum[name], maximum[name], bins) for name in tensors}
+    del session  # free the extremes session before the histogram session is built
+    counts, zeros = _histogram_pass(model, batches, tensors, layouts, feeds, input_names, progress, threads)
+    filled = {
+        name: Histogram(counts[name], layouts[name][0], layouts[name][1], minimum[name], maximum[name], zeros[name])
+        for name in tensors
+    }
+    log.info("calibration: %d tensors, %d samples, %d bins", len(tensors), samples, bins)
+    return CalibrationStats(filled, bins, samples, model_sha256, dict(dataset or {}))
+
+
+def _extremes_pass(session, extremes: list[str], batches: Batches, tensors: list[str],
+                   feeds: Callable[[object], dict[str, np.ndarray]], progress: Callable[[int], None] | None):
+    """Pass 1 of collect: each tensor's exact min and max (NaN once any batch gave NaN).
+
+    Args:
+        session: runs the with_extremes model; `extremes` are its min/max output names.
+
+    Returns:
+        (tensor -> min, tensor -> max, samples seen).
+    """
     minimum = {name: np.inf for name in tensors}
     maximum = {name: -np.inf for name in tensors}
     samples = 0
     for batch in _iterate(batches, "absmax"):
-        feeds = _feeds(batch, input_names, input_shapes, source)
-        values = session.run(extremes, feeds)
+        batch_feeds = feeds(batch)
+        values = session.run(extremes, batch_feeds)
         for index, name in enumerate(tensors):
             low, high = float(values[2 * index]), float(values[2 * index + 1])
             if np.isnan(low) or np.isnan(high) or np.isnan(minimum[name]):
@@ -325,10 +355,16 @@ def collect(
             else:
                 minimum[name] = min(minimum[name], low)
                 maximum[name] = max(maximum[name], high)
-        count = len(next(iter(feeds.values())))
+        count = len(next(iter(batch_feeds.values())))
         samples += count
         if progress:
             progress(count)
+    return minimum, maximum, samples
+
+
+def _check_extremes(tensors: list[str], minimum: dict[str, float], maximum: dict[str, float], samples: int,
+                    source: str) -> None:
+    """Refuse a calibration with no samples, or a tensor whose range is not finite."""
     if samples == 0:
         raise CalibrationError(f"data '{source}': no calibration samples")
     for name in tensors:
@@ -337,13 +373,16 @@ def collect(
                 f"tensor '{name}': range [{minimum[name]}, {maximum[name]}] over the calibration "
                 "data is not finite (NaN/Inf in the model's activations, or an empty tensor)"
             )
-    if not histograms:
-        empty = np.zeros(0, dtype=np.int64)
-        return CalibrationStats(
-            {name: Histogram(empty, 0.0, 0.0, minimum[name], maximum[name]) for name in tensors},
-            0, samples, model_sha256, dict(dataset or {}))
-    layouts = {name: layout(minimum[name], maximum[name], bins) for name in tensors}
-    del session
+
+
+def _histogram_pass(model: onnx.ModelProto, batches: Batches, tensors: list[str],
+                    layouts: dict[str, tuple], feeds: Callable[[object], dict[str, np.ndarray]],
+                    input_names: list[str], progress: Callable[[int], None] | None, threads: int | None):
+    """Pass 2 of collect: bin every tensor over its fixed layout while onnxruntime runs the next batch.
+
+    Returns:
+        (tensor -> bin counts, tensor -> count of exact zeros).
+    """
     session = _calibration_session(with_outputs(model, tensors), _binning_threads(threads))
     counts = {name: np.zeros(layouts[name][2], dtype=np.int64) for name in tensors}
     zeros = dict.fromkeys(tensors, 0)
@@ -363,17 +402,12 @@ def collect(
 
     with _BinningWorker(consume) as worker:
         for batch in _iterate(batches, "histogram"):
-            feeds = _feeds(batch, input_names, input_shapes, source)
+            batch_feeds = feeds(batch)
             worker.acquire()
-            worker.submit(runner.run(feeds))
+            worker.submit(runner.run(batch_feeds))
             if progress:
-                progress(len(next(iter(feeds.values()))))
-    histograms = {
-        name: Histogram(counts[name], layouts[name][0], layouts[name][1], minimum[name], maximum[name], zeros[name])
-        for name in tensors
-    }
-    log.info("calibration: %d tensors, %d samples, %d bins", len(tensors), samples, bins)
-    return CalibrationStats(histograms, bins, samples, model_sha256, dict(dataset or {}))
+                progress(len(next(iter(batch_feeds.values()))))
+    return counts, zeros
 
 
 def compute(

@@ -51,9 +51,10 @@ Integer arithmetic (TFLite reference kernels; see fwedge/lowered/interp.py):
     max_pool, reshape, pad, concat: int8 in and out share scale and zero point (a `quantize`
         int8->int8 op is inserted on the inputs that differ). pad fills with zp_x; max_pool's
         padding never wins (-128 in int8, -inf in float).
-    relu, relu6, hardswish, hardsigmoid, sigmoid (int8): y_q = lut[x_q + 128], an int8[256]
-        table computed in Python (float function between the exact input and output scales,
-        round half to even as onnxruntime's QuantizeLinear).
+    element-wise functions (relu, relu6, hardswish, ...: every kind of fwedge/ops/unary.py
+        FUNCTIONS) (int8): y_q = lut[x_q + 128], an int8[256] table computed in Python (the
+        function's float reference between the exact input and output scales, round half to
+        even as onnxruntime's QuantizeLinear).
     softmax (int8, last axis): d = max(x_q) - x_q; e = exp_table[d] (int32[256], Q24 of
         exp(-s_x * d)); S = sum(e) (int64); p = (e * 2**30 + S // 2) // S (Q30 probability);
         y_q = clamp(zp_y + MBQM(p, m, s), -128, 127) with real = 2**-30 / s_y.
@@ -260,7 +261,7 @@ class PadAttrs:
 
 @dataclass(frozen=True, eq=False)
 class UnaryAttrs:
-    """relu, relu6, hardswish, hardsigmoid, sigmoid.
+    """The element-wise functions of fwedge/ops/unary.py (relu, relu6, hardswish, ...).
 
     Attributes:
         alpha, beta: hardsigmoid's max(0, min(1, alpha * x + beta)).

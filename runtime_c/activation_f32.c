@@ -1,4 +1,4 @@
-/* float32 activations: clamp (ReLU, ReLU6), hardswish, hardsigmoid, sigmoid, softmax. */
+/* float32 activations: clamp (ReLU, ReLU6), hardswish, hardsigmoid, sigmoid, tanh, softmax. */
 #include <math.h>
 
 #include "fwedge_rt.h"
@@ -28,6 +28,13 @@ void fw_sigmoid_f32(int size, const float *x, float *y)
 {
     for (int i = 0; i < size; ++i) {
         y[i] = 1.0f / (1.0f + expf(-x[i]));
+    }
+}
+
+void fw_tanh_f32(int size, const float *x, float *y)
+{
+    for (int i = 0; i < size; ++i) {
+        y[i] = tanhf(x[i]);
     }
 }
 

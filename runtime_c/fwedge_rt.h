@@ -278,6 +278,8 @@ void fw_hardswish_f32(int size, const float *x, float *y);
 /* y = clamp(alpha * x + beta, 0, 1) (ONNX HardSigmoid). */
 void fw_hardsigmoid_f32(int size, float alpha, float beta, const float *x, float *y);
 void fw_sigmoid_f32(int size, const float *x, float *y);
+/* y = tanh(x) (ONNX Tanh). */
+void fw_tanh_f32(int size, const float *x, float *y);
 /* Softmax over the innermost `depth` elements of `outer` rows. */
 void fw_softmax_f32(int outer, int depth, const float *x, float *y);
 /* int8 softmax over the innermost `depth` elements (softmax_s8.c): d = max - x,

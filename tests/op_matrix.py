@@ -162,6 +162,7 @@ def _build_cases() -> list[OpCase]:
         _unary("hardswish", "HardSwish", "hardswish"),
         _unary("hardsigmoid", "HardSigmoid", "hardsigmoid", alpha=0.2, beta=0.5),
         _unary("sigmoid", "Sigmoid", "sigmoid"),
+        _unary("tanh", "Tanh", "tanh"),
         _unary("softmax", "Softmax", "softmax", shape=(1, 10), input_range=(-3.0, 3.0), axis=-1),
     ]
     return cases

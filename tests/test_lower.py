@@ -133,16 +133,16 @@ def test_every_kind_is_exercised_by_the_op_matrix():
 def test_unsupported_ops_are_listed_in_one_error():
     model = tiny_conv_model()
     graph = model.graph
-    # Two unsupported nodes (LSTM-free: Tanh and Transpose) plus a supported tail.
-    graph.node.insert(1, helper.make_node("Tanh", ["c"], ["c_tanh"], name="tanh_1"))
-    graph.node[2].input[0] = "c_tanh"
-    graph.node.insert(3, helper.make_node("Tanh", ["r"], ["r_tanh"], name="tanh_2"))
-    graph.node[4].input[0] = "r_tanh"
+    # Two unsupported nodes (Erf has no op card) plus a supported tail.
+    graph.node.insert(1, helper.make_node("Erf", ["c"], ["c_erf"], name="erf_1"))
+    graph.node[2].input[0] = "c_erf"
+    graph.node.insert(3, helper.make_node("Erf", ["r"], ["r_erf"], name="erf_2"))
+    graph.node[4].input[0] = "r_erf"
     with pytest.raises(UnsupportedOpError) as info:
         lower(model, target="tflite")
     error = info.value
-    assert [(name, op) for name, op, _ in error.nodes] == [("tanh_1", "Tanh"), ("tanh_2", "Tanh")]
-    assert "tanh_1" in str(error) and "tanh_2" in str(error) and "opset 13" in str(error)
+    assert [(name, op) for name, op, _ in error.nodes] == [("erf_1", "Erf"), ("erf_2", "Erf")]
+    assert "erf_1" in str(error) and "erf_2" in str(error) and "opset 13" in str(error)
 
 
 def test_graph_contract_ops_are_topological_and_tensors_known():

@@ -76,7 +76,7 @@ def test_int8_bundle_follows_the_tflite_quantization_spec(tmp_path):
 
 
 def _lstm_model():
-    """x[1,6,4] -> LSTM(3) -> Reshape -> Gemm -> Tanh -> Relu: LSTM and Tanh have no lowering."""
+    """x[1,6,4] -> LSTM(3) -> Reshape -> Gemm -> Erf -> Relu: LSTM and Erf have no lowering."""
     import onnx
     from onnx import TensorProto, numpy_helper
 
@@ -92,7 +92,7 @@ def _lstm_model():
         helper.make_node("LSTM", ["x_seq", "W", "R"], ["h_all"], name="lstm", hidden_size=3),
         helper.make_node("Reshape", ["h_all", "shape"], ["h"], name="flatten"),
         helper.make_node("Gemm", ["h", "fc_w"], ["fc"], name="fc", transB=1),
-        helper.make_node("Tanh", ["fc"], ["t"], name="tanh"),
+        helper.make_node("Erf", ["fc"], ["t"], name="erf"),
         helper.make_node("Relu", ["t"], ["y"], name="relu"),
     ]
     graph = helper.make_graph(nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 4])],
@@ -106,7 +106,7 @@ def _lstm_model():
 def test_unsupported_ops_raise_one_error_and_leave_no_bundle(tmp_path):
     tflite = _tflite()
     model = _lstm_model()
-    expected = [("to_sequence", "Transpose"), ("lstm", "LSTM"), ("tanh", "Tanh")]
+    expected = [("to_sequence", "Transpose"), ("lstm", "LSTM"), ("erf", "Erf")]
     assert [(n, op) for n, op, _ in tflite.unsupported_nodes(model)] == expected
     out = tmp_path / "bundle"
     with pytest.raises(UnsupportedOpError) as info:

@@ -66,6 +66,8 @@ FUNCTIONS = (
     # Evaluated in float64 whatever the input; the table rounds the result to float32 first.
     Function("sigmoid", UnaryFunction(lambda x: 1.0 / (1.0 + np.exp(-x.astype(np.float64)))),
              TfliteSpelling("LOGISTIC", 2, (1.0 / 256.0, -128))),
+    # TFLite's int8 TANH requires the output scale 1/128 and zero point 0.
+    Function("tanh", UnaryFunction(np.tanh), TfliteSpelling("TANH", 2, (1.0 / 128.0, 0))),
 )
 BY_KIND = {function.kind: function for function in FUNCTIONS}
 
@@ -143,4 +145,4 @@ register_op("HardSwish", _ACTIVATION, kinds=("hardswish",), lower=_lower_as("har
 register_op("HardSigmoid", _ACTIVATION, kinds=("hardsigmoid",), lower=_lower_hardsigmoid)
 register_op("Sigmoid", _ACTIVATION, kinds=("sigmoid",), lower=_lower_as("sigmoid"))
 register_op("LeakyRelu", _ACTIVATION)
-register_op("Tanh", _ACTIVATION)
+register_op("Tanh", _ACTIVATION, kinds=("tanh",), lower=_lower_as("tanh"))

@@ -1,4 +1,4 @@
-/* float32 activations: clamp (ReLU, ReLU6), hardswish, hardsigmoid, sigmoid, tanh, softmax. */
+/* float32 activations: clamp (ReLU, ReLU6), hardswish, hardsigmoid, sigmoid, tanh, leaky ReLU, softmax. */
 #include <math.h>
 
 #include "fwedge_rt.h"
@@ -35,6 +35,13 @@ void fw_tanh_f32(int size, const float *x, float *y)
 {
     for (int i = 0; i < size; ++i) {
         y[i] = tanhf(x[i]);
+    }
+}
+
+void fw_leaky_relu_f32(int size, float alpha, const float *x, float *y)
+{
+    for (int i = 0; i < size; ++i) {
+        y[i] = x[i] >= 0.0f ? x[i] : alpha * x[i];
     }
 }
 

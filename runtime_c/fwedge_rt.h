@@ -280,6 +280,8 @@ void fw_hardsigmoid_f32(int size, float alpha, float beta, const float *x, float
 void fw_sigmoid_f32(int size, const float *x, float *y);
 /* y = tanh(x) (ONNX Tanh). */
 void fw_tanh_f32(int size, const float *x, float *y);
+/* y = x >= 0 ? x : alpha * x (ONNX LeakyRelu). */
+void fw_leaky_relu_f32(int size, float alpha, const float *x, float *y);
 /* Softmax over the innermost `depth` elements of `outer` rows. */
 void fw_softmax_f32(int outer, int depth, const float *x, float *y);
 /* int8 softmax over the innermost `depth` elements (softmax_s8.c): d = max - x,

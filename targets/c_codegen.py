@@ -11,6 +11,7 @@ from fwedge import __version__
 from fwedge.errors import ExportError
 from fwedge.lowered.graph import LoweredGraph, LoweredOp, LoweredTensor
 from fwedge.ops.registry import UNARY_KINDS
+from fwedge.ops.registry import kind as kind_spec
 from fwedge.targets.memory_plan import Buffer, MemoryPlan, plan_memory
 
 ALIGNMENT = 16
@@ -572,10 +573,9 @@ def emit_unary(e: _Emitter, op: LoweredOp) -> None:
     if op.kind in ("relu", "relu6"):
         high = "INFINITY" if op.kind == "relu" else "6.0f"
         e.call(op, f"fw_clamp_f32_array({Y.size}, 0.0f, {high}, {x}, {y});")
-    elif op.kind == "hardsigmoid":
-        e.call(op, f"fw_hardsigmoid_f32({Y.size}, {c_float(op.attrs.alpha)}, {c_float(op.attrs.beta)}, {x}, {y});")
-    else:
-        e.call(op, f"fw_{op.kind}_f32({Y.size}, {x}, {y});")
+        return
+    params = "".join(f"{c_float(getattr(op.attrs, name))}, " for name in kind_spec(op.kind).unary.params)
+    e.call(op, f"fw_{op.kind}_f32({Y.size}, {params}{x}, {y});")
 
 
 @emitter("softmax")

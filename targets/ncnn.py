@@ -60,6 +60,12 @@ _BINARY = {"Add": (0, 0), "Sub": (1, 7), "Mul": (2, 2), "Div": (3, 8)}
 _UNARY = {"Relu": "ReLU", "LeakyRelu": "ReLU", "Sigmoid": "Sigmoid", "Tanh": "TanH",
           "HardSigmoid": "HardSigmoid", "HardSwish": "HardSwish", "Clip": "Clip"}
 _ALIAS = ("Identity", "Dropout")
+# Every ONNX op this writer takes (Q/DQ pairs and aliases are folded into the float view first);
+# tests/test_op_cards.py checks it against the op cards that lower.
+WRITTEN_OPS = frozenset(_UNARY) | frozenset(_BINARY) | frozenset(_ALIAS) | frozenset(QDQ_OPS) | frozenset({
+    "Conv", "Gemm", "MatMul", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
+    "GlobalMaxPool", "ReduceMean", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Softmax", "Pad",
+})
 _FOLDABLE_LIMIT = 1 << 20  # elements: constant subgraphs larger than this are not folded
 
 
@@ -265,6 +271,8 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
     consts = view.consts
     if node.domain not in ("", "ai.onnx"):
         return "custom domain"
+    if op not in WRITTEN_OPS:
+        return "no ncnn writer for this op"
     if op == "Conv":
         if len(attribute(node, "kernel_shape", consts.get(node.input[1], np.zeros((1, 1, 1, 1))).shape[2:])) != 2:
             return "only 2-D convolution"

@@ -513,6 +513,13 @@ for _function in unary.FUNCTIONS:
         tflite_op(_function.kind)(emit_function)
 
 
+@tflite_op("leaky_relu")
+def emit_leaky_relu(writer: _Writer, op: LoweredOp) -> None:
+    """LEAKY_RELU with alpha in its options; its int8 kernel takes any output quantization."""
+    writer.op("LEAKY_RELU", [writer.tensor(op.inputs[0])], [writer.tensor(op.outputs[0])], "LeakyReluOptions",
+              writer.options("LeakyReluOptionsT", alpha=float(op.attrs.alpha)))
+
+
 @tflite_op("hardsigmoid")
 def emit_hardsigmoid(writer: _Writer, op: LoweredOp) -> None:
     """max(0, min(1, alpha*x + beta)) as MUL(alpha) -> ADD(beta, fused RELU) -> MINIMUM(1)."""

@@ -163,6 +163,7 @@ def _build_cases() -> list[OpCase]:
         _unary("hardsigmoid", "HardSigmoid", "hardsigmoid", alpha=0.2, beta=0.5),
         _unary("sigmoid", "Sigmoid", "sigmoid"),
         _unary("tanh", "Tanh", "tanh"),
+        _unary("leaky_relu", "LeakyRelu", "leaky_relu", alpha=0.1),
         _unary("softmax", "Softmax", "softmax", shape=(1, 10), input_range=(-3.0, 3.0), axis=-1),
     ]
     return cases

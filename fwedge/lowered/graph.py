@@ -264,7 +264,8 @@ class UnaryAttrs:
     """The element-wise functions of fwedge/ops/unary.py (relu, relu6, hardswish, ...).
 
     Attributes:
-        alpha, beta: hardsigmoid's max(0, min(1, alpha * x + beta)).
+        alpha, beta: hardsigmoid's max(0, min(1, alpha * x + beta)); alpha is also
+            leaky_relu's slope below zero.
         lut: int8 only: int8[256], y_q = lut[x_q + 128].
     """
 

@@ -6,8 +6,10 @@ the function itself. The float reference is written once, in FUNCTIONS, and both
 (the table) and the interpreter (the float kernel) evaluate it.
 
 Adding a function: one FUNCTIONS entry (kind, reference, target spellings) and one
-register_op call for its ONNX op. The C runtime then needs `fw_<kind>_f32(size, x, y)` in
-runtime_c/activation_f32.c and fwedge_rt.h for float models; int8 models need nothing more.
+register_op call for its ONNX op. The C runtime then needs `fw_<kind>_f32(size, <params>, x, y)`
+in runtime_c/activation_f32.c and fwedge_rt.h for float models (params in the order of
+UnaryFunction.params); int8 models need nothing more. A function whose TFLite form needs options
+or several builtins (hardsigmoid, leaky_relu) has tflite=None and its own emitter there.
 """
 from __future__ import annotations
 
@@ -68,6 +70,8 @@ FUNCTIONS = (
              TfliteSpelling("LOGISTIC", 2, (1.0 / 256.0, -128))),
     # TFLite's int8 TANH requires the output scale 1/128 and zero point 0.
     Function("tanh", UnaryFunction(np.tanh), TfliteSpelling("TANH", 2, (1.0 / 128.0, 0))),
+    # LEAKY_RELU carries alpha in its options: targets/tflite.py has its own emitter.
+    Function("leaky_relu", UnaryFunction(lambda x, alpha: np.where(x >= 0, x, alpha * x), ("alpha",)), None),
 )
 BY_KIND = {function.kind: function for function in FUNCTIONS}
 
@@ -127,6 +131,10 @@ def _lower_hardsigmoid(builder: Builder, node: onnx.NodeProto) -> None:
     lower_unary(builder, node, "hardsigmoid", attrs)
 
 
+def _lower_leaky_relu(builder: Builder, node: onnx.NodeProto) -> None:
+    lower_unary(builder, node, "leaky_relu", UnaryAttrs(alpha=float(attribute(node, "alpha", 0.01))))
+
+
 def _check_clip(view, node: onnx.NodeProto) -> str | None:
     bounds = clip_bounds(view, node)
     if bounds is None:
@@ -144,5 +152,5 @@ register_op("Clip", _CLAMP, kinds=("relu", "relu6"), lower=_lower_clamp, check=_
 register_op("HardSwish", _ACTIVATION, kinds=("hardswish",), lower=_lower_as("hardswish"))
 register_op("HardSigmoid", _ACTIVATION, kinds=("hardsigmoid",), lower=_lower_hardsigmoid)
 register_op("Sigmoid", _ACTIVATION, kinds=("sigmoid",), lower=_lower_as("sigmoid"))
-register_op("LeakyRelu", _ACTIVATION)
+register_op("LeakyRelu", _ACTIVATION, kinds=("leaky_relu",), lower=_lower_leaky_relu)
 register_op("Tanh", _ACTIVATION, kinds=("tanh",), lower=_lower_as("tanh"))

@@ -184,3 +184,11 @@ def test_the_op_rooms_import_nothing_inside_functions():
                                 or isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith("fwedge.lowered"):
                             hidden.append(f"{path.relative_to(ROOT)}:{inner.lineno} imports {inner.module}")
     assert hidden == []
+
+
+def test_the_template_card_is_whole_but_for_the_ncnn_layer_it_leaves_to_its_author(monkeypatch):
+    from fwedge.ops import TEMPLATE, base
+
+    monkeypatch.setattr(base, "_REGISTRY", base._Registry(dict(base._REGISTRY.cards), dict(base._REGISTRY.kinds)))
+    TEMPLATE.register()
+    assert card_problems(**_actual()) == ["Example: lowers but ncnn does not write it"]

@@ -43,6 +43,7 @@ from fwedge import ir
 from fwedge.bundle import Bundle, write_bundle
 from fwedge.errors import ExportError, UnsupportedOpError
 from fwedge.ir import opset_version
+from fwedge.lowered.graph import same_padding
 from fwedge.op_info import attribute
 from fwedge.targets.common import QDQ_OPS, RunnerCache, check_feeds, io_specs, require_static, resolve_precision, runtime_threads
 
@@ -543,14 +544,11 @@ class NcnnWriter:
             return pads[0], pads[1], pads[2], pads[3]
         if auto_pad == "VALID":
             return 0, 0, 0, 0
-        in_shape, out_shape = self.shape(X), self.shape(Y)
-        totals = []
-        for axis in (0, 1):
-            extent = dilations[axis] * (kernel[axis] - 1) + 1
-            totals.append(max((out_shape[2 + axis] - 1) * strides[axis] + extent - in_shape[2 + axis], 0))
-        if auto_pad == "SAME_UPPER":
-            return totals[0] // 2, totals[1] // 2, totals[0] - totals[0] // 2, totals[1] - totals[1] // 2
-        return totals[0] - totals[0] // 2, totals[1] - totals[1] // 2, totals[0] // 2, totals[1] // 2
+        in_shape = self.shape(X)
+        (top, bottom), (left, right) = (
+            same_padding(in_shape[2 + axis], kernel[axis], strides[axis], dilations[axis], auto_pad == "SAME_UPPER")
+            for axis in (0, 1))
+        return top, left, bottom, right
 
     def fully_connected(self, node: onnx.NodeProto, weight_nk: np.ndarray, weight_name: str, out_axis: int,
                         bias: np.ndarray | None, transpose_q: bool) -> None:

@@ -12,7 +12,7 @@ import onnx
 from fwedge import ir
 from fwedge.bundle import Bundle, TensorInfo, write_bundle
 from fwedge.errors import ExportError, UnsupportedOpError
-from fwedge.lowered.graph import LoweredGraph, LoweredOp, LoweredTensor, QuantParams
+from fwedge.lowered.graph import LoweredGraph, LoweredOp, LoweredTensor, QuantParams, same_padding
 from fwedge.ops import unary
 from fwedge.targets.common import RunnerCache, resolve_precision, runtime_threads
 
@@ -63,13 +63,6 @@ def nhwc_shape(shape) -> list[int]:
 def nhwc_axis(axis: int, rank: int) -> int:
     """A logical axis in TFLite order."""
     return NCHW_TO_NHWC.index(axis) if rank == 4 else axis
-
-
-def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TFLite SAME padding (before, after) for one spatial axis."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
 
 
 def padding_mode(in_shape, kernel, strides, dilations, pads) -> str:

@@ -59,7 +59,7 @@ def _model(nodes, inputs: dict[str, list[int]], output_shape: list[int], inits=(
 
 
 def _conv_case(case_id, c_in, c_out, size, kernel, stride=1, pads=(0, 0, 0, 0), dilation=1, group=1,
-               activation=None, bias=True, seed=0) -> OpCase:
+               activation=None, bias=True, seed=0, auto_pad=None) -> OpCase:
     rng = np.random.default_rng(seed)
     fan_in = c_in // group * kernel * kernel
     w = (rng.standard_normal((c_out, c_in // group, kernel, kernel)) / np.sqrt(fan_in)).astype(np.float32)
@@ -69,8 +69,9 @@ def _conv_case(case_id, c_in, c_out, size, kernel, stride=1, pads=(0, 0, 0, 0), 
         inits.append(numpy_helper.from_array((0.1 * rng.standard_normal(c_out)).astype(np.float32), "B"))
         inputs.append("B")
     conv_out = "y" if activation is None else "conv_out"
+    geometry = {"auto_pad": auto_pad} if auto_pad else {"pads": list(pads)}
     nodes = [helper.make_node("Conv", inputs, [conv_out], name="conv", kernel_shape=[kernel, kernel],
-                              strides=[stride, stride], pads=list(pads), dilations=[dilation, dilation], group=group)]
+                              strides=[stride, stride], dilations=[dilation, dilation], group=group, **geometry)]
     if activation == "relu":
         nodes.append(helper.make_node("Relu", [conv_out], ["y"], name="relu"))
     elif activation == "relu6":
@@ -79,6 +80,8 @@ def _conv_case(case_id, c_in, c_out, size, kernel, stride=1, pads=(0, 0, 0, 0), 
     effective = (kernel - 1) * dilation + 1
     out_h = (size + pads[0] + pads[2] - effective) // stride + 1
     out_w = (size + pads[1] + pads[3] - effective) // stride + 1
+    if auto_pad:  # SAME_UPPER / SAME_LOWER: ceil(size / stride) positions
+        out_h = out_w = -(-size // stride)
     kind = "depthwise_conv2d" if group == c_in and group > 1 else "conv2d"
     return OpCase(case_id, _model(nodes, {"x": [1, c_in, size, size]}, [1, c_out, out_h, out_w], inits), (kind,),
                   (-1.0, 1.0) if activation is None else (-2.0, 4.0))
@@ -106,6 +109,9 @@ def _build_cases() -> list[OpCase]:
         _conv_case("conv_5x5_s2_asym_pad", 4, 6, 10, 5, 2, (1, 2, 2, 1)),
         _conv_case("conv_3x3_dil2", 3, 4, 9, 3, 1, (2, 2, 2, 2), dilation=2),
         _conv_case("conv_1x1", 8, 6, 5, 1),
+        # An even kernel and an odd total: SAME_UPPER and SAME_LOWER put the extra pixel apart.
+        _conv_case("conv_4x4_s2_same_upper", 3, 4, 9, 4, 2, auto_pad="SAME_UPPER"),
+        _conv_case("conv_4x4_s2_same_lower", 3, 4, 9, 4, 2, auto_pad="SAME_LOWER"),
         _conv_case("conv_group2", 4, 6, 7, 3, 1, (1, 1, 1, 1), group=2),
         _conv_case("conv_no_bias_relu", 3, 5, 6, 3, 1, (1, 1, 1, 1), activation="relu", bias=False),
         _conv_case("conv_relu6", 3, 4, 6, 3, 2, (1, 1, 1, 1), activation="relu6"),

@@ -13,7 +13,7 @@ import onnx
 from fwedge.errors import ModelError
 from fwedge.lowered.graph import (
     INT8_MAX, INT8_MIN, LoweredOp, LoweredTensor, QuantizeAttrs, QuantParams, Requant,
-    requant_arrays,
+    requant_arrays, same_padding,
 )
 from fwedge.lowered.view import QdqView, activation_name, clip_bounds, dq_params
 from fwedge.ops.base import attribute, fuses_into
@@ -217,11 +217,8 @@ def conv_geometry(builder: Builder, node: onnx.NodeProto, weight_shape) -> dict:
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         pads = [0, 0, 0, 0]
         for axis in range(2):
-            size = in_shape[2 + axis]
-            out = -(-size // strides[axis])
-            total = max((out - 1) * strides[axis] + (kernel[axis] - 1) * dilations[axis] + 1 - size, 0)
-            small, large = total // 2, total - total // 2
-            pads[axis], pads[axis + 2] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+            pads[axis], pads[axis + 2] = same_padding(in_shape[2 + axis], kernel[axis], strides[axis],
+                                                      dilations[axis], auto_pad == "SAME_UPPER")
     elif auto_pad == "VALID":
         pads = [0, 0, 0, 0]
     # ONNX pads are (top, left, bottom, right) for 2-D: x1_begin, x2_begin, x1_end, x2_end.

@@ -353,6 +353,16 @@ class LoweredGraph:
         return users
 
 
+def same_padding(size: int, kernel: int, stride: int, dilation: int = 1, upper: bool = True) -> tuple[int, int]:
+    """SAME padding (before, after) of one spatial axis: the output has ceil(size / stride)
+    positions. upper (ONNX SAME_UPPER, TFLite SAME) puts the odd pixel at the end, SAME_LOWER at
+    the start. The lowering, the TFLite writer and the ncnn writer all pad with this."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    small, large = total // 2, total - total // 2
+    return (small, large) if upper else (large, small)
+
+
 def quantize_multiplier(real: float) -> tuple[int, int]:
     """TFLite QuantizeMultiplier: real = multiplier * 2**(shift - 31), multiplier in [2**30, 2**31).
 

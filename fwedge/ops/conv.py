@@ -170,8 +170,10 @@ def _check_conv(view, node: onnx.NodeProto) -> str | None:
     rank = input_rank(view, node)
     if rank != 4:
         return f"rank-{rank} Conv, only 2-D"
-    if attribute(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
-        return "auto_pad"
+    auto_pad = attribute(node, "auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        return f"auto_pad {auto_pad!r}"
     if weight_value(view, node.input[1]) is None:
         return f"weight {node.input[1]!r} is not a constant"
     return None

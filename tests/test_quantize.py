@@ -10,7 +10,7 @@ from fwedge.calibration import QuantTable, params_from_range
 from fwedge.errors import CalibrationError, DataError
 from fwedge.eval import ort_session
 from fwedge.passes.fold_bn import fold_batchnorm
-from fwedge.passes.quantize import QuantizeOptions, plan_quantization, quantize_model
+from fwedge.quantization.qdq import QuantizeOptions, plan_quantization, quantize_model
 from fwedge.passes.simplify import simplify
 from fwedge.quantization import prepare, quantize
 from tests.tolerances import FP32_ATOL, FP32_RTOL

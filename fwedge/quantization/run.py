@@ -15,7 +15,7 @@ from fwedge.calibration import CalibrationStats, Method, MethodOptions, QuantTab
 from fwedge.data import Dataset, Preprocess, open_dataset
 from fwedge.errors import CalibrationError, DataError
 from fwedge.passes.fold_bn import fold_batchnorm
-from fwedge.passes.quantize import QuantizeOptions, QuantPlan, name_nodes, plan_quantization, quantize_model
+from fwedge.quantization.qdq import QuantizeOptions, QuantPlan, name_nodes, plan_quantization, quantize_model
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def collect_stats(
 
     With `all_candidates`, of every tensor any exclusion set could need (the accuracy budget).
     """
-    from fwedge.passes.quantize import candidate_tensors
+    from fwedge.quantization.qdq import candidate_tensors
 
     plan = plan_quantization(prepared, options or QuantizeOptions())
     tensors = plan.calibrated
@@ -178,7 +178,7 @@ def float_units(
     Raises:
         CalibrationError: a name that is no node of the model, or one int8 does not compute.
     """
-    from fwedge.budget import layer_groups
+    from fwedge.quantization.budget import layer_groups
 
     ops = {node.name: node.op_type for node in prepared.graph.node}
     groups = {group[0]: group for group in layer_groups(prepared, QuantizeOptions())}
@@ -307,7 +307,7 @@ def quantize(
     qdq = quantize_model(prepared, table, options, plan)
     result = QuantizeResult(qdq, prepared, table, plan, kept_float=list(requested))
     if max_accuracy_drop is not None or min_agreement is not None:
-        from fwedge.budget import apply_budget
+        from fwedge.quantization.budget import apply_budget
 
         if eval_data is None:
             raise CalibrationError("an accuracy budget needs --eval-data")
@@ -328,7 +328,7 @@ def ncnn_layers(prepared: onnx.ModelProto) -> list:
     from onnx import numpy_helper
 
     from fwedge.calibration.table import NcnnLayer
-    from fwedge.passes.quantize import weight_axis
+    from fwedge.quantization.qdq import weight_axis
 
     inits = ir.initializer_map(prepared)
     plan = plan_quantization(prepared)

@@ -10,7 +10,7 @@ import onnx
 
 from fwedge.data import Dataset, Preprocess, check_batch_shape, open_dataset
 from fwedge.errors import CalibrationError, DataError
-from fwedge.passes.quantize import QuantizeOptions, plan_quantization, quantize_model
+from fwedge.quantization.qdq import QuantizeOptions, plan_quantization, quantize_model
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def apply_budget(result, options: QuantizeOptions, eval_data: str | os.PathLike 
         DataError: --max-accuracy-drop with unlabelled data.
     """
     from fwedge.eval import resolve_preprocess
-    from fwedge.quantization import KeptFloat
+    from fwedge.quantization.run import KeptFloat
 
     if (max_accuracy_drop is None) == (min_agreement is None):
         raise CalibrationError("give exactly one budget: --max-accuracy-drop or --min-agreement")
@@ -103,7 +103,7 @@ def apply_budget(result, options: QuantizeOptions, eval_data: str | os.PathLike 
     if eval_samples is not None:
         eval_samples = min(eval_samples, dataset.num_samples)
     spec = resolve_preprocess(result.float_model, preprocess)
-    from fwedge.quantization import batch_limit
+    from fwedge.quantization.run import batch_limit
 
     evaluate = _Evaluator(result.float_model, dataset, spec, eval_samples, labelled,
                           batch_limit(result.float_model, batch_size))
@@ -168,7 +168,7 @@ def apply_budget(result, options: QuantizeOptions, eval_data: str | os.PathLike 
         try:
             result.plan = plan_quantization(result.float_model, replace(options, exclude_nodes=options.exclude_nodes | frozenset(excluded)))
         except CalibrationError:
-            from fwedge.passes.quantize import QuantPlan
+            from fwedge.quantization.qdq import QuantPlan
 
             result.plan = QuantPlan()
     target = (f"drop <= {max_accuracy_drop} pp" if labelled else f"agreement >= {100 * min_agreement:.2f}%")

@@ -389,7 +389,7 @@ def stage_quantize(run: PipelineRun) -> None:
             keep_float=settings.keep_float, float_stem=settings.float_stem)
         model = result.model
         if settings.activation_dtype == "uint8":
-            from fwedge.quantization.activation_dtype import uint8_activations
+            from fwedge.quantization import uint8_activations
 
             model = uint8_activations(model)
         ir.save(model, out / "model_int8.onnx")

@@ -60,7 +60,7 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
             min_agreement=min_agreement, eval_data=eval_data, eval_samples=eval_samples, progress=advance,
             keep_float=keep_float, float_stem=float_stem)
     if activation_dtype == "uint8":
-        from fwedge.quantization.activation_dtype import uint8_activations
+        from fwedge.quantization import uint8_activations
 
         result.model = uint8_activations(result.model)
     ir.save(result.model, output)

@@ -10,35 +10,10 @@ import onnx
 
 from fwedge.data import Dataset, Preprocess, check_batch_shape, open_dataset
 from fwedge.errors import CalibrationError, DataError
-from fwedge.quantization.qdq import QuantizeOptions, plan_quantization, quantize_model
+from fwedge.quantization.plan import KeptFloat, QuantizeOptions, QuantPlan, layer_groups, plan_quantization
+from fwedge.quantization.qdq import quantize_model
 
 log = logging.getLogger(__name__)
-
-
-def layer_groups(model: onnx.ModelProto, options: QuantizeOptions) -> list[list[str]]:
-    """Units the budget can keep in float: each int8 compute node with the clamps fused into it.
-
-    Data-movement nodes are not units: they follow their input's precision.
-    """
-    from fwedge.op_info import OP_INFO
-
-    plan = plan_quantization(model, options)
-    by_output = {node.output[0]: node for node in model.graph.node if node.output}
-    fused_nodes = set()
-    groups = []
-    for name in plan.quantized_nodes:
-        node = next(n for n in model.graph.node if n.name == name)
-        if name in fused_nodes or OP_INFO[node.op_type].shares_input_scale:
-            continue
-        group = [name]
-        output = node.output[0]
-        while output in plan.fused:
-            output = plan.fused[output]
-            clamp = by_output[output]
-            group.append(clamp.name)
-            fused_nodes.add(clamp.name)
-        groups.append(group)
-    return groups
 
 
 class _Evaluator:
@@ -90,7 +65,6 @@ def apply_budget(result, options: QuantizeOptions, eval_data: str | os.PathLike 
         DataError: --max-accuracy-drop with unlabelled data.
     """
     from fwedge.eval import resolve_preprocess
-    from fwedge.quantization.run import KeptFloat
 
     if (max_accuracy_drop is None) == (min_agreement is None):
         raise CalibrationError("give exactly one budget: --max-accuracy-drop or --min-agreement")
@@ -125,7 +99,7 @@ def apply_budget(result, options: QuantizeOptions, eval_data: str | os.PathLike 
     model = result.model
     score = full_score
     if not within(full_score):
-        groups = layer_groups(result.float_model, options)
+        groups = [list(group.nodes) for group in layer_groups(result.float_model, options)]
         sensitivity = []
         for group in groups:
             trial = quantize_model(result.float_model, result.table,
@@ -161,15 +135,13 @@ def apply_budget(result, options: QuantizeOptions, eval_data: str | os.PathLike 
                     excluded, model, score = trial_set, trial, trial_score
                     kept.remove(entry)
                     steps.append({"float_nodes": sorted(excluded), "score": score, "requantized": group})
-            for rank, entry in enumerate(kept, start=1):
-                entry.reason = entry.reason.split(": ", 1)[1].split("; model now")[0]
-                entry.reason = f"sensitivity rank {rank}: {entry.reason}; needed for the budget"
+            kept = [replace(entry, reason=f"sensitivity rank {rank}: "
+                                          f"{entry.reason.split(': ', 1)[1].split('; model now')[0]}; needed for the budget")
+                    for rank, entry in enumerate(kept, start=1)]
         result.model = model
         try:
             result.plan = plan_quantization(result.float_model, replace(options, exclude_nodes=options.exclude_nodes | frozenset(excluded)))
         except CalibrationError:
-            from fwedge.quantization.qdq import QuantPlan
-
             result.plan = QuantPlan()
     target = (f"drop <= {max_accuracy_drop} pp" if labelled else f"agreement >= {100 * min_agreement:.2f}%")
     met = within(score)

@@ -15,7 +15,10 @@ from fwedge.calibration import CalibrationStats, Method, MethodOptions, QuantTab
 from fwedge.data import Dataset, Preprocess, open_dataset
 from fwedge.errors import CalibrationError, DataError
 from fwedge.passes.fold_bn import fold_batchnorm
-from fwedge.quantization.qdq import QuantizeOptions, QuantPlan, name_nodes, plan_quantization, quantize_model
+from fwedge.quantization.plan import (
+    KeptFloat, QuantizeOptions, QuantPlan, candidate_tensors, float_units, name_nodes, plan_quantization, weight_axis,
+)
+from fwedge.quantization.qdq import quantize_model
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +122,6 @@ def collect_stats(
 
     With `all_candidates`, of every tensor any exclusion set could need (the accuracy budget).
     """
-    from fwedge.quantization.qdq import candidate_tensors
-
     plan = plan_quantization(prepared, options or QuantizeOptions())
     tensors = plan.calibrated
     if all_candidates:
@@ -155,61 +156,6 @@ def calibrate(
     stats, _ = collect_stats(prepared, calib, bins=bins, model_sha256=sha, progress=progress,
                              histograms=Method(method) is not Method.MINMAX)
     return compute(stats, method, method_options)
-
-
-def float_units(
-    prepared: onnx.ModelProto, names: tuple[str, ...] | list[str] = (), float_stem: bool = False,
-) -> list[KeptFloat]:
-    """Layers to keep in float on request: named nodes and/or the stem, each with its fused clamps.
-
-    A layer kept in float takes the ReLU/Clip fused into it along (they run in float too), so the
-    next int8 layer quantizes the clamped tensor, as it would after any float layer.
-
-    Args:
-        prepared: the prepared float model (load_prepared: BN folded, nodes named).
-        names: node names of compute layers (Conv, Gemm, MatMul, ...) to keep in float.
-        float_stem: also keep every compute layer that reads a graph input directly. onnxruntime
-            runs a 1..3-input-channel QLinearConv through a poorly shaped int8 GEMM and it costs
-            several times its float Conv; the first layer is also the most precision-sensitive.
-
-    Returns:
-        One KeptFloat per layer ("+"-joined node names of the layer and its clamps).
-
-    Raises:
-        CalibrationError: a name that is no node of the model, or one int8 does not compute.
-    """
-    from fwedge.quantization.budget import layer_groups
-
-    ops = {node.name: node.op_type for node in prepared.graph.node}
-    groups = {group[0]: group for group in layer_groups(prepared, QuantizeOptions())}
-    unknown = [name for name in names if name not in ops]
-    if unknown:
-        raise CalibrationError(f"keep-float: no node named {unknown} in the model; nodes are e.g. "
-                               f"{[name for name in groups][:5]}")
-    not_layers = [f"{name} ({ops[name]})" for name in names if name not in groups]
-    if not_layers:
-        raise CalibrationError(f"keep-float: {not_layers} are not int8 compute layers (data-movement ops and "
-                               f"fused clamps follow their layer); layers are e.g. {[name for name in groups][:5]}")
-    wanted: dict[str, str] = {name: "requested (keep float)" for name in names}
-    if float_stem:
-        inputs = {value.name for value in ir.graph_inputs(prepared)}
-        stem = [node.name for node in prepared.graph.node if node.name in groups and node.input
-                and node.input[0] in inputs]
-        if not stem:
-            raise CalibrationError("float stem: no int8 compute layer reads a graph input directly")
-        for name in stem:
-            wanted.setdefault(name, "float stem: reads the model input")
-    return [KeptFloat(node="+".join(groups[name]), op="+".join(ops[n] for n in groups[name]), reason=reason)
-            for name, reason in wanted.items()]
-
-
-@dataclass
-class KeptFloat:
-    """A node the accuracy budget kept in float, and why."""
-
-    node: str
-    op: str
-    reason: str
 
 
 @dataclass
@@ -328,7 +274,6 @@ def ncnn_layers(prepared: onnx.ModelProto) -> list:
     from onnx import numpy_helper
 
     from fwedge.calibration.table import NcnnLayer
-    from fwedge.quantization.qdq import weight_axis
 
     inits = ir.initializer_map(prepared)
     plan = plan_quantization(prepared)

@@ -20,7 +20,8 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     return name_nodes(fold_batchnorm(simplify(model)))
 
 
-def load_prepared(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict | None = None) -> tuple[onnx.ModelProto, str]:
+def load_prepared(model: str | os.PathLike | onnx.ModelProto,
+                  input_shapes: dict | None = None) -> tuple[onnx.ModelProto, str]:
     """(prepared model, source sha256) from a path or a loaded model."""
     if isinstance(model, onnx.ModelProto):
         loaded, sha = model, ir.model_sha256(model)

@@ -75,7 +75,8 @@ def _after_budget(prepared: onnx.ModelProto, table: QuantTable, options: Quantiz
     """The plan of the budget's model, and the table narrowed to the tensors that plan reads."""
     if budget.float_nodes:
         try:
-            plan = plan_quantization(prepared, replace(options, exclude_nodes=options.exclude_nodes | budget.float_nodes))
+            plan = plan_quantization(prepared,
+                                     replace(options, exclude_nodes=options.exclude_nodes | budget.float_nodes))
         except CalibrationError:
             plan = QuantPlan()  # every layer is in float
     used = set(plan.calibrated)

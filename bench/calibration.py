@@ -91,7 +91,7 @@ def _batches(model_path: str, samples: int, seed: int = 0):
 def worker_fwedge(model_path: str, method: str, samples: int, output: str, seed: int = 0) -> dict:
     from fwedge import ir
     from fwedge.calibration import MethodOptions, collect, compute
-    from fwedge.passes.quantize import QuantizeOptions, plan_quantization, quantize_model
+    from fwedge.quantization import QuantizeOptions, plan_quantization, quantize_model
 
     model = ir.load(model_path)
     batches = _batches(model_path, samples, seed)

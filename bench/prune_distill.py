@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                     notes[stage] = (f"{method}, {args.calibration_samples} calibration images (train split)"
                                     + (f"; kept in float: {[k.node for k in result.kept_float]}" if float_stem else ""))
                     if args.uint8_activations:
-                        from fwedge.passes.activation_dtype import uint8_activations
+                        from fwedge.quantization import uint8_activations
 
                         u8_stage = f"int8 ({method}{suffix}, u8 act)"
                         paths[u8_stage] = ir.save(uint8_activations(result.model),

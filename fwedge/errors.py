@@ -36,6 +36,18 @@ class CalibrationError(FwEdgeError):
     """Calibration cannot produce ranges: nothing to quantize, too little data, bad options."""
 
 
+class QuantizeRequestError(CalibrationError):
+    """A QuantizeRequest field is out of range or of the wrong kind; the message names the field.
+
+    Attributes:
+        field: the QuantizeRequest field name.
+    """
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"quantize request field '{field}': {message}")
+
+
 class ExportError(FwEdgeError):
     """A bundle could not be written, or an existing bundle is invalid or tampered with."""
 

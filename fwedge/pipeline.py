@@ -370,7 +370,7 @@ def _preprocess(table: dict | None, where: str):
 def stage_quantize(run: PipelineRun) -> None:
     from fwedge import ir
     from fwedge.calibration import MethodOptions
-    from fwedge.quantization import quantize
+    from fwedge.quantization import QuantizeRequest, run_quantization
 
     settings = run.config.quantize
     data = run.config.data
@@ -378,7 +378,7 @@ def stage_quantize(run: PipelineRun) -> None:
     preprocess = _preprocess(settings.preprocess, "[quantize]")
 
     def build(out: Path, upstream=run.model) -> str:
-        result = quantize(
+        request = QuantizeRequest(
             Path(upstream.path) / "model.onnx", data.calibration, settings.method, settings.num_samples,
             per_channel=settings.per_channel, symmetric=settings.symmetric,
             method_options=MethodOptions(percentile=settings.percentile, symmetric=settings.symmetric),
@@ -386,13 +386,10 @@ def stage_quantize(run: PipelineRun) -> None:
             input_shapes={name: list(dims) for name, dims in settings.input_shape.items()} or None,
             max_accuracy_drop=settings.max_accuracy_drop, min_agreement=settings.min_agreement,
             eval_data=data.eval if budget else None, eval_samples=settings.eval_samples,
-            keep_float=settings.keep_float, float_stem=settings.float_stem)
-        model = result.model
-        if settings.activation_dtype == "uint8":
-            from fwedge.passes.activation_dtype import uint8_activations
-
-            model = uint8_activations(model)
-        ir.save(model, out / "model_int8.onnx")
+            keep_float=settings.keep_float, float_stem=settings.float_stem,
+            activation_dtype=settings.activation_dtype)
+        result = run_quantization(request)
+        ir.save(result.model, out / "model_int8.onnx")
         ir.save(result.float_model, out / "model_fp32.onnx")
         result.table.save(out / "quant_table.json")
         summary = f"{settings.method}: {len(result.table.tensors)} activation tensors"

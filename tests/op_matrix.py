@@ -206,8 +206,7 @@ def _qdq_bytes(case_id: str, quantizer: str) -> bytes:
         return _ort_quantize(case.model, calibration).SerializeToString()
     from fwedge.calibration import collect, compute
     from fwedge.errors import CalibrationError
-    from fwedge.passes.quantize import plan_quantization, quantize_model
-    from fwedge.quantization import prepare
+    from fwedge.quantization import plan_quantization, prepare, quantize_model
 
     prepared = prepare(case.model)
     try:
@@ -327,8 +326,7 @@ def quantized_example(path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
 @functools.lru_cache(maxsize=None)
 def _ppocr_bytes(path: str) -> tuple[bytes, bytes, bytes]:
     from fwedge.calibration import collect, compute
-    from fwedge.passes.quantize import plan_quantization, quantize_model
-    from fwedge.quantization import load_prepared
+    from fwedge.quantization import load_prepared, plan_quantization, quantize_model
     from ppocr_inputs import ppocr_cls_inputs
 
     inputs, _ = ppocr_cls_inputs(40, seed=0)

@@ -8,8 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fwedge.errors import ModelError
 from fwedge.eval import ort_session
-from fwedge.passes.activation_dtype import activation_dtypes, int8_activations, uint8_activations
-from fwedge.quantization import quantize
+from fwedge.quantization import activation_dtypes, int8_activations, quantize, uint8_activations
 from tests.test_quantize import block_model
 from tests.tolerances import INT8_MAX_STEPS
 

@@ -69,8 +69,7 @@ def renamed(model: onnx.ModelProto, names: list[str]) -> tuple[onnx.ModelProto, 
 def quantized(model: onnx.ModelProto) -> onnx.ModelProto:
     """fwedge's int8 QDQ model of `model` (minmax over a few seeded samples)."""
     from fwedge.calibration import collect, compute
-    from fwedge.passes.quantize import plan_quantization, quantize_model
-    from fwedge.quantization import prepare
+    from fwedge.quantization import plan_quantization, prepare, quantize_model
 
     prepared = prepare(model)
     plan = plan_quantization(prepared)

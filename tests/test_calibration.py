@@ -278,7 +278,7 @@ def test_every_method_on_a_constant_tensor_gives_a_valid_scale():
 def test_constant_tensor_through_collect_and_quantize(rng):
     """A tensor that is zero for every sample (x * 0) gets a non-zero scale and runs in ORT."""
     from fwedge.eval import ort_session
-    from fwedge.passes.quantize import quantize_model
+    from fwedge.quantization import quantize_model
 
     zeros = numpy_helper.from_array(np.zeros((1, 2, 1, 1), dtype=np.float32), "zeros")
     weight = numpy_helper.from_array(np.ones((2, 2, 1, 1), dtype=np.float32), "w")
@@ -290,7 +290,7 @@ def test_constant_tensor_through_collect_and_quantize(rng):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     x = rng.standard_normal((8, 2, 3, 3)).astype(np.float32)
-    from fwedge.passes.quantize import plan_quantization
+    from fwedge.quantization import plan_quantization
 
     plan = plan_quantization(model)
     stats = collect(model, [x], plan.calibrated)

@@ -208,8 +208,7 @@ def _check_model_bytes(payload: bytes, path: Path, deep: bool) -> None:
     summarize(model, path=str(path), with_support=False)
     preprocess_from_metadata(model)
     if deep:
-        from fwedge.passes.quantize import plan_quantization
-        from fwedge.quantization import prepare
+        from fwedge.quantization import plan_quantization, prepare
 
         plan_quantization(prepare(model))
 

@@ -10,9 +10,8 @@ from fwedge.calibration import QuantTable, params_from_range
 from fwedge.errors import CalibrationError, DataError
 from fwedge.eval import ort_session
 from fwedge.passes.fold_bn import fold_batchnorm
-from fwedge.passes.quantize import QuantizeOptions, plan_quantization, quantize_model
 from fwedge.passes.simplify import simplify
-from fwedge.quantization import prepare, quantize
+from fwedge.quantization import QuantizeOptions, plan_quantization, prepare, quantize, quantize_model
 from tests.tolerances import FP32_ATOL, FP32_RTOL
 
 

@@ -11,8 +11,7 @@ from click.testing import CliRunner
 from fwedge.cli import cli
 from fwedge.errors import CalibrationError
 from fwedge.eval import ort_session
-from fwedge.passes.activation_dtype import uint8_activations
-from fwedge.quantization import quantize
+from fwedge.quantization import quantize, uint8_activations
 from tests.test_quantize import block, block_data  # noqa: F401  (pytest fixtures shared with test_quantize)
 
 

@@ -42,27 +42,25 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
     With --max-accuracy-drop or --min-agreement the most sensitive layers stay in float (no
     Q/DQ) until the budget is met; the report names each and why.
     """
+    import dataclasses
+
     from fwedge import ir
     from fwedge.calibration import MethodOptions
     from fwedge.console import progress, stdout, table as rich_table
     from fwedge.errors import CalibrationError
-    from fwedge.quantization import quantize
+    from fwedge.quantization import QuantizeRequest, run_quantization
 
     if data is None and table is None:
         raise click.UsageError("give --data to calibrate, or --table with a QuantTable")
-    options = MethodOptions(percentile=percentile, symmetric=symmetric)
+    request = QuantizeRequest(
+        model, data, method, num_samples, table=table, per_channel=not per_tensor, symmetric=symmetric,
+        method_options=MethodOptions(percentile=percentile, symmetric=symmetric), bins=bins, seed=seed,
+        batch_size=batch_size, preprocess=preprocess, input_shapes=input_shapes,
+        max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, eval_data=eval_data,
+        eval_samples=eval_samples, keep_float=keep_float, float_stem=float_stem, activation_dtype=activation_dtype)
     total = 0 if table else (1 if method == "minmax" else 2) * num_samples
     with progress(total or None, f"calibrating ({method})") as advance:
-        result = quantize(
-            model, data, method, num_samples, table=table, per_channel=not per_tensor,
-            symmetric=symmetric, method_options=options, bins=bins, seed=seed, batch_size=batch_size,
-            preprocess=preprocess, input_shapes=input_shapes, max_accuracy_drop=max_accuracy_drop,
-            min_agreement=min_agreement, eval_data=eval_data, eval_samples=eval_samples, progress=advance,
-            keep_float=keep_float, float_stem=float_stem)
-    if activation_dtype == "uint8":
-        from fwedge.passes.activation_dtype import uint8_activations
-
-        result.model = uint8_activations(result.model)
+        result = run_quantization(request, progress=advance)
     ir.save(result.model, output)
     if save_table:
         result.table.save(save_table)
@@ -79,7 +77,7 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
         payload = {
             "model": model, "output": output, "method": result.table.method, "activation_dtype": activation_dtype,
             "quantized_nodes": plan.quantized_nodes, "activations": plan.activations,
-            "kept_float": [k.__dict__ for k in result.kept_float], "budget": result.budget,
+            "kept_float": [dataclasses.asdict(k) for k in result.kept_float], "budget": result.budget,
         }
         ir.write_atomic(json_path, json.dumps(payload, indent=2) + "\n")
     if result.budget and not result.budget.get("met", True):

@@ -15,6 +15,9 @@ from fwedge.lowered.build import Builder, collect_dq
 from fwedge.lowered.graph import LoweredGraph, LoweredOp, LoweredTensor, ReshapeAttrs
 from fwedge.lowered.view import QdqView, qdq_view, static_shape
 from fwedge.ops.registry import KINDS, card
+from fwedge.passes.fold_bn import fold_batchnorm
+from fwedge.passes.simplify import simplify
+from fwedge.quantization.activation_dtype import activation_dtypes, int8_activations
 
 __all__ = ["lower", "unsupported_nodes", "prepare", "KINDS", "LoweredGraph", "LoweredOp", "LoweredTensor"]
 
@@ -69,9 +72,6 @@ def prepare(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = 
     for value in out.graph.output:
         value.type.tensor_type.ClearField("shape")
     out = ir.set_input_shapes(out, shapes)
-    from fwedge.passes.fold_bn import fold_batchnorm
-    from fwedge.passes.simplify import simplify
-
     out = simplify(out)
 
     out = fold_batchnorm(out)
@@ -87,8 +87,6 @@ def _int8_activation_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
     QuantizeLinear feeds something other than DequantizeLinear is left as it is, so that the
     problem check names the node (zero point dtype uint8).
     """
-    from fwedge.passes.activation_dtype import activation_dtypes, int8_activations
-
     try:
         return int8_activations(model) if "uint8" in activation_dtypes(model) else model
     except ModelError as exc:

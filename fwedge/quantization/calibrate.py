@@ -1,0 +1,141 @@
+"""Calibration for quantization: the calibration set, the statistics the plan needs, the QuantTable."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from fwedge import ir
+from fwedge.calibration import CalibrationStats, Method, MethodOptions, QuantTable, collect, compute
+from fwedge.calibration.table import NcnnLayer
+from fwedge.data import Dataset, Preprocess, open_dataset
+from fwedge.errors import DataError
+from fwedge.eval import resolve_preprocess
+from fwedge.quantization.plan import QuantizeOptions, QuantPlan, candidate_tensors, plan_quantization, weight_axis
+from fwedge.quantization.prepare import batch_limit, load_prepared
+from fwedge.quantization.request import DEFAULT_BATCH_SIZE, DEFAULT_BINS, DEFAULT_NUM_SAMPLES
+
+
+@dataclass
+class CalibrationData:
+    """A dataset selection for calibration: what to read and how to preprocess it."""
+
+    dataset: Dataset
+    preprocess: Preprocess
+    num_samples: int
+    seed: int = 0
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def batches(self) -> Callable[[], object]:
+        """A callable returning a fresh batch iterator (collect iterates twice)."""
+        return lambda: (batch.x for batch in self.dataset.batches(
+            self.preprocess, self.batch_size, self.num_samples, self.seed))
+
+    def fingerprint(self) -> dict:
+        indices = self.dataset.select(self.num_samples, self.seed)
+        return {
+            "fingerprint": self.dataset.fingerprint(indices),
+            "source": str(self.dataset.path),
+            "num_samples": int(len(indices)),
+            "seed": self.seed,
+            "preprocess": self.preprocess.to_dict(),
+        }
+
+
+def calibration_data(
+    model: onnx.ModelProto,
+    data: str | os.PathLike | Dataset,
+    num_samples: int | None = DEFAULT_NUM_SAMPLES,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    preprocess: Preprocess | None = None,
+) -> CalibrationData:
+    """Open and select the calibration set.
+
+    Raises:
+        DataError: the data set holds fewer samples than requested.
+    """
+    dataset = data if isinstance(data, Dataset) else open_dataset(data)
+    count = dataset.num_samples if num_samples is None else num_samples
+    if count > dataset.num_samples:
+        raise DataError(
+            f"data '{dataset.path}': {count} calibration samples requested, "
+            f"but it holds only {dataset.num_samples}"
+        )
+    return CalibrationData(dataset, resolve_preprocess(model, preprocess), count, seed,
+                           batch_limit(model, batch_size))
+
+
+def collect_stats(
+    prepared: onnx.ModelProto,
+    calib: CalibrationData,
+    options: QuantizeOptions | None = None,
+    bins: int = DEFAULT_BINS,
+    model_sha256: str = "",
+    progress: Callable[[int], None] | None = None,
+    all_candidates: bool = False,
+    histograms: bool = True,
+) -> tuple[CalibrationStats, QuantPlan]:
+    """Histograms of every tensor the quantization plan needs a range for.
+
+    With `all_candidates`, of every tensor any exclusion set could need (the accuracy budget).
+    """
+    plan = plan_quantization(prepared, options or QuantizeOptions())
+    tensors = plan.calibrated
+    if all_candidates:
+        tensors = list(dict.fromkeys(plan.calibrated + candidate_tensors(prepared)))
+    stats = collect(
+        prepared, calib.batches(), tensors, bins=bins, source=str(calib.dataset.path),
+        progress=progress, model_sha256=model_sha256, dataset=calib.fingerprint(), histograms=histograms,
+    )
+    return stats, plan
+
+
+def calibrate(
+    model: str | os.PathLike | onnx.ModelProto,
+    data: str | os.PathLike | Dataset,
+    method: Method | str = Method.KL,
+    num_samples: int | None = DEFAULT_NUM_SAMPLES,
+    method_options: MethodOptions | None = None,
+    bins: int = DEFAULT_BINS,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    preprocess: Preprocess | None = None,
+    input_shapes: dict | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> QuantTable:
+    """Calibrate a model and compute its QuantTable (what `fwedge calibrate` writes).
+
+    Raises:
+        CalibrationError, DataError: see collect() and calibration_data().
+    """
+    prepared, sha = load_prepared(model, input_shapes)
+    calib = calibration_data(prepared, data, num_samples, seed, batch_size, preprocess)
+    stats, _ = collect_stats(prepared, calib, bins=bins, model_sha256=sha, progress=progress,
+                             histograms=Method(method) is not Method.MINMAX)
+    return compute(stats, method, method_options)
+
+
+def ncnn_layers(prepared: onnx.ModelProto) -> list:
+    """Layers with constant weights as ncnn's table lists them: name, input, per-channel absmax.
+
+    The input is the tensor whose calibrated range the layer's input uses (data-movement and
+    Concat inputs resolve to the tensor they share parameters with).
+    """
+    inits = ir.initializer_map(prepared)
+    plan = plan_quantization(prepared)
+    layers = []
+    for node in prepared.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        if node.input[1] not in inits:
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        axis = weight_axis(node)
+        absmax = np.abs(np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)).max(axis=1)
+        layers.append(NcnnLayer(node.name, plan.resolve(node.input[0]), tuple(float(v) for v in absmax)))
+    return layers

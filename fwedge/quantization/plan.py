@@ -1,0 +1,439 @@
+"""The quantization plan: which tensors, weights and layers get Q/DQ, from the graph and OP_INFO alone."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import onnx
+from onnx import TensorProto
+
+from fwedge import ir
+from fwedge.errors import CalibrationError
+from fwedge.op_info import OP_INFO, attribute
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """How to quantize.
+
+    Attributes:
+        per_channel: per-output-channel weight scales (else one scale per weight tensor).
+        symmetric: symmetric activations (zero point 0); asymmetric by default.
+        exclude_nodes: node names kept in float (no Q/DQ around them), e.g. by the accuracy budget.
+        method: calibration method name, recorded in metadata "fwedge.quant_method".
+    """
+
+    per_channel: bool = True
+    symmetric: bool = False
+    exclude_nodes: frozenset[str] = frozenset()
+    method: str = ""
+
+
+# The slots are NamedTuples: read by field name, and still equal to the plain tuples that
+# callers and tests compare them with.
+
+
+class WeightSlot(NamedTuple):
+    """A weight quantized to int8: input `input` of node `node`, scales along `axis` (-1: per tensor)."""
+
+    node: str
+    input: int
+    axis: int
+
+
+class ConstantSlot(NamedTuple):
+    """A constant operand of an element-wise op, quantized to int8 per tensor."""
+
+    node: str
+    input: int
+
+
+class BiasSlot(NamedTuple):
+    """A bias quantized to int32 with scale s(activation) * s(weight at weight_input)."""
+
+    node: str
+    input: int
+    activation: str
+    weight_input: int
+
+
+class RequantEdge(NamedTuple):
+    """A Concat input that also feeds other ops: a requantizing pair to the Concat output's parameters."""
+
+    tensor: str
+    concat: str
+    concat_output: str
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """One unit that can be kept in float: an int8 compute node and the clamps fused into it.
+
+    Attributes:
+        nodes: node names, the compute node first.
+        ops: their op types, in the same order.
+    """
+
+    nodes: tuple[str, ...]
+    ops: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """The "+"-joined node names (how reports name the layer)."""
+        return "+".join(self.nodes)
+
+    @property
+    def op(self) -> str:
+        """The "+"-joined op types."""
+        return "+".join(self.ops)
+
+
+@dataclass(frozen=True)
+class KeptFloat:
+    """A layer kept in float (on request or by the accuracy budget), and why."""
+
+    node: str
+    op: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """Which tensors and nodes quantization touches, derived from the graph alone.
+
+    Attributes:
+        calibrated: activation tensors that need their own calibrated range, topological order.
+        shared: tensor -> tensor whose parameters it reuses (data-movement outputs, Concat inputs).
+        requant: Concat inputs that also feed other ops: a requantizing Q/DQ pair on that edge.
+        quantized_nodes: names of nodes computed in int8 (fused clamps included).
+        weights: every weight quantized to int8 (per channel unless options.per_channel is off).
+        constants: constant operands quantized per tensor.
+        biases: biases quantized to int32.
+        fused: producer output -> clamp output that takes its range.
+        groups: the layers (compute node + fused clamps) that can be kept in float.
+        kept_float: layers kept in float, and why (filled by quantize from requests and the budget).
+    """
+
+    calibrated: list[str] = field(default_factory=list)
+    shared: dict[str, str] = field(default_factory=dict)
+    requant: list[RequantEdge] = field(default_factory=list)
+    quantized_nodes: list[str] = field(default_factory=list)
+    weights: list[WeightSlot] = field(default_factory=list)
+    constants: list[ConstantSlot] = field(default_factory=list)
+    biases: list[BiasSlot] = field(default_factory=list)
+    fused: dict[str, str] = field(default_factory=dict)
+    groups: list[LayerGroup] = field(default_factory=list)
+    kept_float: list[KeptFloat] = field(default_factory=list)
+
+    @property
+    def activations(self) -> list[str]:
+        """Every activation tensor that gets a Q/DQ pair (calibrated and shared)."""
+        return self.calibrated + [name for name in self.shared if name not in self.calibrated]
+
+    def resolve(self, name: str) -> str:
+        """The tensor whose calibrated parameters `name` uses."""
+        seen = set()
+        while name in self.shared and name not in seen:
+            seen.add(name)
+            name = self.shared[name]
+        return name
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with every unnamed node named "<op>_<index>" (the table and reports key on names)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    taken = {node.name for node in out.graph.node if node.name}
+    for index, node in enumerate(out.graph.node):
+        if not node.name:
+            candidate = f"{node.op_type}_{index}"
+            while candidate in taken:
+                candidate += "_"
+            node.name = candidate
+            taken.add(candidate)
+    return out
+
+
+def float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of float32 tensors (types from shape inference when value_info lacks them)."""
+    produced = {name for node in model.graph.node for name in node.output}
+    known = {value.name for value in model.graph.value_info} | {value.name for value in model.graph.output}
+    if produced - known:
+        model = onnx.shape_inference.infer_shapes(model)
+    graph = model.graph
+    names = set()
+    for value in list(graph.input) + list(graph.value_info) + list(graph.output):
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            names.add(value.name)
+    return names
+
+
+def weight_axis(node: onnx.NodeProto) -> int | None:
+    """The output-channel axis of a node's weight (OP_INFO, with Gemm transB taken into account)."""
+    info = OP_INFO.get(node.op_type)
+    if info is None or info.out_channel_axis is None:
+        return None
+    if node.op_type == "Gemm" and not attribute(node, "transB", 0):
+        return 1
+    return info.out_channel_axis
+
+
+def _clip_is_constant(node: onnx.NodeProto, inits: dict) -> bool:
+    bounds = [name for name in node.input[1:] if name]
+    return all(name in inits for name in bounds)
+
+
+def _reads_int8(node: onnx.NodeProto, options: QuantizeOptions) -> bool:
+    """Whether `node` may consume an int8 value: a quantizable or data-movement op not excluded."""
+    info = OP_INFO.get(node.op_type)
+    if info is None or node.name in options.exclude_nodes:
+        return False
+    return info.quantizable or info.shares_input_scale
+
+
+class _Planner:
+    """The state of one plan_quantization walk: graph facts, the plan so far, tensors with pairs."""
+
+    def __init__(self, model: onnx.ModelProto, options: QuantizeOptions):
+        self.model = model
+        self.options = options
+        self.inits = ir.initializer_map(model)
+        self.floats = float_tensors(model) | {
+            name for name, init in self.inits.items() if init.data_type == TensorProto.FLOAT
+        }
+        self.consumers = ir.consumer_map(model)
+        self.outputs = {value.name for value in model.graph.output}
+        self.quantized: dict[str, None] = {}  # ordered set of tensors with pairs
+        self.fused_nodes: set[str] = set()
+        self.shared: dict[str, str] = {}
+        self.requant: list[RequantEdge] = []
+        self.quantized_nodes: list[str] = []
+        self.weights: list[WeightSlot] = []
+        self.constants: list[ConstantSlot] = []
+        self.biases: list[BiasSlot] = []
+        self.fused: dict[str, str] = {}
+
+    def mark(self, name: str) -> None:
+        if name not in self.quantized:
+            self.quantized[name] = None
+
+    def visit(self, node: onnx.NodeProto) -> None:
+        """Plan one node in topological order: data movement, or an int8 compute node."""
+        if node.name in self.options.exclude_nodes or node.name in self.fused_nodes:
+            return
+        info = OP_INFO.get(node.op_type)
+        if info is None:
+            return
+        if info.shares_input_scale:
+            data = node.input[0] if node.input else ""
+            if data in self.quantized and node.output[0] in self.floats:
+                self.shared[node.output[0]] = data
+                self.quantized_nodes.append(node.name)
+                self.mark(node.output[0])
+            return
+        if not info.quantizable:
+            return
+        if node.op_type == "Clip" and not _clip_is_constant(node, self.inits):
+            return
+        activation_inputs = self.operands(node, info)
+        if not activation_inputs:
+            return
+        for name in activation_inputs:
+            self.mark(name)
+        if info.bias_input is not None and len(node.input) > info.bias_input:
+            bias = node.input[info.bias_input]
+            if (bias in self.inits and info.weight_input is not None
+                    and node.input[info.weight_input] in self.inits):
+                self.biases.append(BiasSlot(node.name, info.bias_input, node.input[0], info.weight_input))
+        self.quantized_nodes.append(node.name)
+        if node.output[0] in self.floats:
+            self.fuse_clamps(node.output[0])
+
+    def operands(self, node: onnx.NodeProto, info) -> list[str]:
+        """Record the node's constant operands (weight, constants); return its float activation inputs."""
+        activation_inputs = []
+        for index, name in enumerate(node.input):
+            if not name or name not in self.floats:
+                continue
+            if name in self.inits:
+                if index == info.weight_input:
+                    axis = weight_axis(node)
+                    self.weights.append(WeightSlot(node.name, index, axis if self.options.per_channel else -1))
+                elif index == info.bias_input:
+                    continue
+                elif node.op_type == "Clip":
+                    continue  # clip bounds stay float: they are attributes of the clamp
+                else:
+                    self.constants.append(ConstantSlot(node.name, index))
+                continue
+            activation_inputs.append(name)
+        return activation_inputs
+
+    def fuse_clamps(self, output: str) -> None:
+        """Fuse the ReLU/Clip chain that is `output`'s only consumer; mark the last output if int8 reads it."""
+        users = self.consumers.get(output, [])
+        while (
+            len(users) == 1
+            and output not in self.outputs
+            and OP_INFO.get(users[0].op_type) is not None
+            and OP_INFO[users[0].op_type].clamps_range
+            and users[0].name not in self.options.exclude_nodes
+            and (users[0].op_type != "Clip" or _clip_is_constant(users[0], self.inits))
+        ):
+            clamp = users[0]
+            self.fused[output] = clamp.output[0]
+            self.fused_nodes.add(clamp.name)
+            self.quantized_nodes.append(clamp.name)
+            output = clamp.output[0]
+            users = self.consumers.get(output, [])
+        if output in self.outputs or any(_reads_int8(user, self.options) for user in users):
+            self.mark(output)
+        # else: every reader is a float op (e.g. the Div of a decomposed HardSwish) or a layer
+        # kept in float: a pair here would only add a rounding step on a float path.
+
+    def tie_concats(self) -> None:
+        """Concat: inputs and output share one scale (TFLite int8 CONCATENATION restriction)."""
+        for node in self.model.graph.node:
+            if node.op_type != "Concat" or node.name not in self.quantized_nodes:
+                continue
+            out = node.output[0]
+            for name in node.input:
+                if name in self.shared:
+                    # Already tied to another tensor's parameters (a data-movement output): requantize.
+                    self.requant.append(RequantEdge(name, node.name, out))
+                elif name in self.quantized:
+                    only_concat = (all(user is node for user in self.consumers.get(name, []))
+                                   and name not in self.outputs)
+                    if only_concat:
+                        self.shared[name] = out  # takes the Concat output's parameters directly
+                    else:
+                        self.requant.append(RequantEdge(name, node.name, out))
+
+    def groups(self) -> list[LayerGroup]:
+        """The layers the budget (or a request) can keep in float; data-movement nodes are no layer."""
+        nodes: dict[str, onnx.NodeProto] = {}
+        for node in self.model.graph.node:
+            nodes.setdefault(node.name, node)  # the first node of a name, as a search from the top finds it
+        by_output = {node.output[0]: node for node in self.model.graph.node if node.output}
+        fused_nodes = set()
+        groups = []
+        for name in self.quantized_nodes:
+            node = nodes[name]
+            if name in fused_nodes or OP_INFO[node.op_type].shares_input_scale:
+                continue
+            members = [node]
+            output = node.output[0]
+            while output in self.fused:
+                output = self.fused[output]
+                clamp = by_output[output]
+                members.append(clamp)
+                fused_nodes.add(clamp.name)
+            groups.append(LayerGroup(tuple(n.name for n in members), tuple(n.op_type for n in members)))
+        return groups
+
+    def plan(self) -> QuantPlan:
+        calibrated = [name for name in self.quantized if name not in self.shared]
+        return QuantPlan(
+            calibrated=calibrated, shared=self.shared, requant=self.requant,
+            quantized_nodes=self.quantized_nodes, weights=self.weights, constants=self.constants,
+            biases=self.biases, fused=self.fused, groups=self.groups(),
+        )
+
+
+def plan_quantization(model: onnx.ModelProto, options: QuantizeOptions | None = None) -> QuantPlan:
+    """Decide which tensors get Q/DQ pairs, from the graph and OP_INFO alone.
+
+    A node is quantized when OP_INFO marks it `quantizable` and it is not excluded. Its float
+    activation inputs and its output get pairs, its weight is quantized per channel and its bias
+    to int32. Data-movement ops whose input is quantized pass the parameters through.
+
+    Args:
+        model: a float model (BN folded, nodes named, opset >= 13).
+        options: exclusions and flags.
+
+    Returns:
+        The QuantPlan (kept_float empty: the plan knows the graph, not the reasons).
+
+    Raises:
+        CalibrationError: the model has no float tensor that quantization could touch.
+    """
+    planner = _Planner(model, options or QuantizeOptions())
+    for node in model.graph.node:
+        planner.visit(node)
+    planner.tie_concats()
+    if not planner.quantized and not planner.weights:
+        raise CalibrationError(
+            "nothing to quantize: the model has no float tensor feeding an op that fwedge "
+            f"quantizes (ops present: {sorted({node.op_type for node in model.graph.node})})"
+        )
+    return planner.plan()
+
+
+def candidate_tensors(model: onnx.ModelProto) -> list[str]:
+    """Every float activation that some exclusion set could give a Q/DQ pair (topological order).
+
+    The inputs and outputs of quantizable and data-movement nodes; calibrating all of them lets
+    the accuracy budget keep any layer in float without a second calibration run.
+    """
+    inits = ir.initializer_map(model)
+    floats = float_tensors(model)
+    names: dict[str, None] = {}
+    for value in ir.graph_inputs(model):
+        if value.name in floats:
+            names[value.name] = None
+    for node in model.graph.node:
+        info = OP_INFO.get(node.op_type)
+        if info is None or not (info.quantizable or info.shares_input_scale):
+            continue
+        for name in list(node.input) + list(node.output):
+            if name and name in floats and name not in inits:
+                names[name] = None
+    return list(names)
+
+
+def layer_groups(model: onnx.ModelProto, options: QuantizeOptions | None = None) -> list[LayerGroup]:
+    """The layers of `model` that can be kept in float (plan_quantization(model, options).groups)."""
+    return plan_quantization(model, options).groups
+
+
+def float_units(
+    prepared: onnx.ModelProto, names: tuple[str, ...] | list[str] = (), float_stem: bool = False,
+) -> list[KeptFloat]:
+    """Layers to keep in float on request: named nodes and/or the stem, each with its fused clamps.
+
+    A layer kept in float takes the ReLU/Clip fused into it along (they run in float too), so the
+    next int8 layer quantizes the clamped tensor, as it would after any float layer.
+
+    Args:
+        prepared: the prepared float model (load_prepared: BN folded, nodes named).
+        names: node names of compute layers (Conv, Gemm, MatMul, ...) to keep in float.
+        float_stem: also keep every compute layer that reads a graph input directly. onnxruntime
+            runs a 1..3-input-channel QLinearConv through a poorly shaped int8 GEMM and it costs
+            several times its float Conv; the first layer is also the most precision-sensitive.
+
+    Returns:
+        One KeptFloat per layer ("+"-joined node names of the layer and its clamps).
+
+    Raises:
+        CalibrationError: a name that is no node of the model, or one int8 does not compute.
+    """
+    ops = {node.name: node.op_type for node in prepared.graph.node}
+    groups = {group.nodes[0]: group for group in layer_groups(prepared)}
+    unknown = [name for name in names if name not in ops]
+    if unknown:
+        raise CalibrationError(f"keep-float: no node named {unknown} in the model; nodes are e.g. "
+                               f"{[name for name in groups][:5]}")
+    not_layers = [f"{name} ({ops[name]})" for name in names if name not in groups]
+    if not_layers:
+        raise CalibrationError(f"keep-float: {not_layers} are not int8 compute layers (data-movement ops and "
+                               f"fused clamps follow their layer); layers are e.g. {[name for name in groups][:5]}")
+    wanted: dict[str, str] = {name: "requested (keep float)" for name in names}
+    if float_stem:
+        inputs = {value.name for value in ir.graph_inputs(prepared)}
+        stem = [node.name for node in prepared.graph.node if node.name in groups and node.input
+                and node.input[0] in inputs]
+        if not stem:
+            raise CalibrationError("float stem: no int8 compute layer reads a graph input directly")
+        for name in stem:
+            wanted.setdefault(name, "float stem: reads the model input")
+    return [KeptFloat(node=groups[name].name, op=groups[name].op, reason=reason) for name, reason in wanted.items()]

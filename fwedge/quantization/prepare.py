@@ -1,0 +1,40 @@
+"""The prepared float model that calibration, planning and QDQ writing all work on."""
+from __future__ import annotations
+
+import os
+
+import onnx
+
+from fwedge import ir
+from fwedge.passes.fold_bn import fold_batchnorm
+from fwedge.passes.simplify import simplify
+from fwedge.quantization.plan import name_nodes
+
+
+def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The float model that calibration and QDQ insertion work on.
+
+    Constant folding / shape simplification (when the input shapes are static), BatchNorm
+    folding, and names for unnamed nodes. Tensor names of the source model are kept.
+    """
+    return name_nodes(fold_batchnorm(simplify(model)))
+
+
+def load_prepared(model: str | os.PathLike | onnx.ModelProto,
+                  input_shapes: dict | None = None) -> tuple[onnx.ModelProto, str]:
+    """(prepared model, source sha256) from a path or a loaded model."""
+    if isinstance(model, onnx.ModelProto):
+        loaded, sha = model, ir.model_sha256(model)
+    else:
+        loaded, sha = ir.load(model), ir.sha256_file(model)
+    if input_shapes:
+        loaded = ir.set_input_shapes(loaded, input_shapes)
+    return prepare(loaded), sha
+
+
+def batch_limit(model: onnx.ModelProto, batch_size: int) -> int:
+    """`batch_size`, capped by a static batch dimension of the model's first input (e.g. 1)."""
+    shape = ir.shape_of(ir.graph_inputs(model)[0])
+    if shape and isinstance(shape[0], int) and shape[0] > 0:
+        return min(batch_size, shape[0])
+    return batch_size

@@ -1,0 +1,151 @@
+"""One quantize run: float model -> QuantTable -> plan -> QDQ model (+ accuracy budget, activation dtype)."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Callable
+
+import onnx
+
+from fwedge.calibration import Method, QuantTable, compute
+from fwedge.data import Dataset
+from fwedge.errors import CalibrationError, QuantizeRequestError
+from fwedge.quantization.activation_dtype import uint8_activations
+from fwedge.quantization.budget import BudgetResult, search_budget
+from fwedge.quantization.calibrate import calibration_data, collect_stats
+from fwedge.quantization.plan import KeptFloat, QuantizeOptions, QuantPlan, float_units, plan_quantization
+from fwedge.quantization.prepare import load_prepared
+from fwedge.quantization.qdq import quantize_model
+from fwedge.quantization.request import DEFAULT_NUM_SAMPLES, QuantizeRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What `quantize` produced.
+
+    Attributes:
+        model: the final QDQ model (activation dtype applied).
+        float_model: the prepared float model (BN folded) the QDQ model was built from.
+        table: the QuantTable used (with a budget: only the tensors the final plan reads).
+        plan: the final quantization plan (tensors and nodes touched, layers kept float and why).
+        budget_result: the accuracy budget's decision and measurements, None without a budget.
+    """
+
+    model: onnx.ModelProto
+    float_model: onnx.ModelProto
+    table: QuantTable
+    plan: QuantPlan
+    budget_result: BudgetResult | None = None
+
+    @property
+    def kept_float(self) -> list[KeptFloat]:
+        """Layers left in float, requested ones first, with reasons."""
+        return self.plan.kept_float
+
+    @property
+    def budget(self) -> dict:
+        """The budget search log (metric per step), empty without a budget."""
+        return self.budget_result.to_dict() if self.budget_result is not None else {}
+
+
+def _table_and_plan(request: QuantizeRequest, prepared: onnx.ModelProto, sha: str, excluded: frozenset[str],
+                    progress: Callable[[int], None] | None) -> tuple[QuantTable, QuantizeOptions, QuantPlan]:
+    """The QuantTable (given or calibrated), the options it is written with, and the plan."""
+    if request.table is not None:
+        table = request.table if isinstance(request.table, QuantTable) else QuantTable.load(request.table)
+        if table.model_sha256 and table.model_sha256 != sha:
+            log.warning("quant table was calibrated on model sha256 %s, this model is %s",
+                        table.model_sha256[:12], sha[:12])
+        options = request.plan_options(excluded, method=table.method)
+        return table, options, plan_quantization(prepared, options)
+    options = request.plan_options(excluded)
+    calib = calibration_data(prepared, request.data, request.num_samples, request.seed, request.batch_size,
+                             request.preprocess)
+    stats, plan = collect_stats(prepared, calib, options, request.bins, sha, progress,
+                                all_candidates=request.has_budget,
+                                histograms=request.method is not Method.MINMAX)
+    return compute(stats, request.method, request.range_options()), options, plan
+
+
+def _after_budget(prepared: onnx.ModelProto, table: QuantTable, options: QuantizeOptions, plan: QuantPlan,
+                  budget: BudgetResult) -> tuple[QuantTable, QuantPlan]:
+    """The plan of the budget's model, and the table narrowed to the tensors that plan reads."""
+    if budget.float_nodes:
+        try:
+            plan = plan_quantization(prepared,
+                                     replace(options, exclude_nodes=options.exclude_nodes | budget.float_nodes))
+        except CalibrationError:
+            plan = QuantPlan()  # every layer is in float
+    used = set(plan.calibrated)
+    return replace(table, tensors={name: q for name, q in table.tensors.items() if name in used}), plan
+
+
+def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] | None = None) -> QuantizeResult:
+    """Calibrate (or take a table) and write an INT8 QDQ model; optionally within a budget.
+
+    The data flows one way: the prepared float model gives the QuantTable (calibrated on the
+    tensors the plan needs), the plan and the table give the QDQ model, the budget (if any)
+    measures QDQ models and says which layers stay float, and the activation dtype is applied
+    to the final model.
+
+    Args:
+        request: what to quantize and how (checked when it was built).
+        progress: called with sample counts during calibration.
+
+    Returns:
+        QuantizeResult.
+
+    Raises:
+        CalibrationError: nothing to quantize, table mismatch, or a bad keep-float name.
+        DataError: bad or too little data.
+        ModelError: the model cannot be loaded or QDQ-written.
+    """
+    prepared, sha = load_prepared(request.model, request.input_shapes)
+    requested = (float_units(prepared, request.keep_float, request.float_stem)
+                 if request.keep_float or request.float_stem else [])
+    excluded = frozenset(name for unit in requested for name in unit.node.split("+"))
+    table, options, plan = _table_and_plan(request, prepared, sha, excluded, progress)
+    model = quantize_model(prepared, table, options, plan)
+    budget = None
+    kept_float = list(requested)
+    spec = request.budget()
+    if spec is not None:
+        budget = search_budget(prepared, model, table, options, plan, spec)
+        table, plan = _after_budget(prepared, table, options, plan, budget)
+        model = budget.model
+        kept_float += budget.kept_float
+    if request.activation_dtype == "uint8":
+        model = uint8_activations(model)
+    return QuantizeResult(model, prepared, table, replace(plan, kept_float=kept_float), budget)
+
+
+def quantize(
+    model: str | os.PathLike | onnx.ModelProto,
+    data: str | os.PathLike | Dataset | None = None,
+    method: Method | str = Method.KL,
+    num_samples: int | None = DEFAULT_NUM_SAMPLES,
+    progress: Callable[[int], None] | None = None,
+    **settings,
+) -> QuantizeResult:
+    """Shorthand for run_quantization(QuantizeRequest(model, data, method, num_samples, **settings)).
+
+    Args:
+        model, data, method, num_samples: as in QuantizeRequest.
+        progress: called with sample counts during calibration.
+        settings: any other QuantizeRequest field by name (table, keep_float, min_agreement, ...).
+
+    Returns:
+        QuantizeResult.
+
+    Raises:
+        QuantizeRequestError: a setting out of range, or one QuantizeRequest does not have.
+        CalibrationError, DataError, ModelError: as run_quantization.
+    """
+    unknown = sorted(set(settings) - {f.name for f in fields(QuantizeRequest)})
+    if unknown:
+        raise QuantizeRequestError(unknown[0], f"no such setting; QuantizeRequest has "
+                                               f"{[f.name for f in fields(QuantizeRequest)]}")
+    return run_quantization(QuantizeRequest(model, data, method, num_samples, **settings), progress)

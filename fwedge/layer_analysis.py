@@ -6,12 +6,12 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import onnx
 
 from fwedge import ir
 from fwedge.data import Dataset, Preprocess, open_dataset
 from fwedge.errors import ModelError
+from fwedge.ops.registry import fuses_into
 
 log = logging.getLogger(__name__)
 
@@ -189,18 +189,13 @@ def analyze(
 
 
 def _fused_producers(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
-    """clamp output -> ("producer+clamp", "Op+Clamp") for clamps fused into their producer."""
-    from fwedge.op_info import OP_INFO
-
+    """clamp output -> ("producer+clamp", "Op+Clamp") for clamps fused into their producer
+    (the op cards' rule, fwedge.ops.base.fuses_into, which quantization and lowering follow)."""
     producers = {name: node for node in model.graph.node for name in node.output}
     result = {}
     for node in model.graph.node:
-        info = OP_INFO.get(node.op_type)
-        if info is None or not info.clamps_range or not node.input:
-            continue
-        producer = producers.get(node.input[0])
-        if producer is not None and OP_INFO.get(producer.op_type) and OP_INFO[producer.op_type].quantizable \
-                and not OP_INFO[producer.op_type].clamps_range:
+        producer = producers.get(node.input[0]) if node.input else None
+        if producer is not None and fuses_into(producer, node):
             result[node.output[0]] = (f"{producer.name}+{node.name}", f"{producer.op_type}+{node.op_type}")
     return result
 

@@ -192,3 +192,33 @@ def test_the_template_card_is_whole_but_for_the_ncnn_layer_it_leaves_to_its_auth
     monkeypatch.setattr(base, "_REGISTRY", base._Registry(dict(base._REGISTRY.cards), dict(base._REGISTRY.kinds)))
     TEMPLATE.register()
     assert card_problems(**_actual()) == ["Example: lowers but ncnn does not write it"]
+
+
+def test_quantization_lowering_and_analysis_fuse_the_same_activations():
+    """x -> Conv -> Relu -> AveragePool -> Relu -> y: the first Relu folds into the Conv in the
+    QDQ plan, in the lowered graph and in the per-layer labels; the second follows an
+    AveragePool, which takes no fused activation, so all three keep it on its own (before, the
+    plan fused it and the lowering then ran the pool in float)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fwedge.layer_analysis import _fused_producers
+    from fwedge.lowered.lower import lower
+    from fwedge.quantization import plan_quantization
+
+    weight = numpy_helper.from_array(np.full((4, 3, 3, 3), 0.1, np.float32), "W")
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r1"], name="relu1"),
+        helper.make_node("AveragePool", ["r1"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Relu", ["p"], ["y"], name="relu2"),
+    ]
+    graph = helper.make_graph(nodes, "fusion", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    assert plan_quantization(model).fused == {"c": "r1"}
+    assert _fused_producers(model) == {"r1": ("conv+relu1", "Conv+Relu")}
+    lowered = lower(model)
+    assert [(op.kind, getattr(op.attrs, "activation", None)) for op in lowered.ops] == [
+        ("conv2d", "relu"), ("avg_pool", None), ("relu", None)]

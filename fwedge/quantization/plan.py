@@ -10,6 +10,7 @@ from onnx import TensorProto
 from fwedge import ir
 from fwedge.errors import CalibrationError
 from fwedge.op_info import OP_INFO, attribute
+from fwedge.ops.registry import fuses_into
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,7 @@ class _Planner:
                 self.biases.append(BiasSlot(node.name, info.bias_input, node.input[0], info.weight_input))
         self.quantized_nodes.append(node.name)
         if node.output[0] in self.floats:
-            self.fuse_clamps(node.output[0])
+            self.fuse_clamps(node)
 
     def operands(self, node: onnx.NodeProto, info) -> list[str]:
         """Record the node's constant operands (weight, constants); return its float activation inputs."""
@@ -269,14 +270,17 @@ class _Planner:
             activation_inputs.append(name)
         return activation_inputs
 
-    def fuse_clamps(self, output: str) -> None:
-        """Fuse the ReLU/Clip chain that is `output`'s only consumer; mark the last output if int8 reads it."""
+    def fuse_clamps(self, node: onnx.NodeProto) -> None:
+        """Fuse the ReLU/Clip that is the only consumer of `node`'s output, when the op cards say
+        it folds into `node` (fwedge.ops.base.fuses_into: the lowering fuses exactly these), then
+        mark the last output if int8 reads it."""
+        output = node.output[0]
         users = self.consumers.get(output, [])
+        producer = node
         while (
             len(users) == 1
             and output not in self.outputs
-            and OP_INFO.get(users[0].op_type) is not None
-            and OP_INFO[users[0].op_type].clamps_range
+            and fuses_into(producer, users[0])
             and users[0].name not in self.options.exclude_nodes
             and (users[0].op_type != "Clip" or _clip_is_constant(users[0], self.inits))
         ):
@@ -286,6 +290,7 @@ class _Planner:
             self.quantized_nodes.append(clamp.name)
             output = clamp.output[0]
             users = self.consumers.get(output, [])
+            producer = clamp  # a clamp takes no second clamp: the loop ends here
         if output in self.outputs or any(_reads_int8(user, self.options) for user in users):
             self.mark(output)
         # else: every reader is a float op (e.g. the Div of a decomposed HardSwish) or a layer

@@ -15,7 +15,7 @@ Stages, all measured in this one run:
                 the same with the layer that reads the input (1 -> 16 channel 3x3 conv, 5% of
                 the MACs) and its ReLU6 kept in float (quantize(float_stem=True)): onnxruntime's
                 QLinearConv on one input channel costs ~5x its float Conv (--no-float-stem drops it)
-    ..., u8 act the same QDQ model with uint8 activation Q/DQ pairs (passes/activation_dtype.py:
+    ..., u8 act the same QDQ model with uint8 activation Q/DQ pairs (fwedge/quantization/activation_dtype.py:
                 zero point + 128, same scales and weights), which onnxruntime's x86 CPU kernels
                 run on their fast u8s8 path (--no-uint8-activations drops these rows)
 

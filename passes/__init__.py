@@ -1,1 +1,1 @@
-"""Graph passes: fold BN, prune, distill, quantize (QDQ insertion), lower."""
+"""Graph passes on float models: simplify, fold BN, prune, distill. Quantization is fwedge.quantization, the lowering fwedge.lowered."""

@@ -16,7 +16,7 @@ API (for the TFLite, NCNN, OpenVINO, C and ONNX target tests):
 noted), `kinds` (the lowered kinds it exercises), `input_range` ((low, high) of the seeded
 uniform inputs; calibration uses the same distribution), `int8` (False when the case has no
 integer version). `qdq_model(case, quantizer="fwedge"|"ort")` builds the int8 model with the
-project quantizer (passes/quantize.py, minmax ranges over 16 seeded samples) or onnxruntime's
+project quantizer (fwedge/quantization, minmax ranges over 16 seeded samples) or onnxruntime's
 quantize_static (QDQ, per-channel, QInt8/QInt8); both give the standard QDQ layout.
 """
 from __future__ import annotations

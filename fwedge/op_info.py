@@ -1,30 +1,17 @@
 """Per-op facts for pruning, quantization and inspection, read from the op cards (fwedge/ops/).
 
-OP_INFO and LOWERING are views of the card registry, kept for the rooms that ask only "what is
-this op's OpInfo" or "what can it become"; node_macs counts the work of a layer.
+OP_INFO is a view of the card registry for the rooms that ask only "what is this op's OpInfo";
+node_macs counts the work of a layer.
 """
 from __future__ import annotations
 
 import onnx
 
-from fwedge.ops.registry import OpInfo, all_cards, attribute, card
+from fwedge.ops.registry import OpInfo, all_cards, attribute
 
-__all__ = ["OP_INFO", "LOWERING", "OpInfo", "attribute", "op_info", "node_macs"]
+__all__ = ["OP_INFO", "OpInfo", "attribute", "node_macs"]
 
 OP_INFO: dict[str, OpInfo] = {op: c.info for op, c in all_cards().items() if c.info is not None}
-
-# ONNX op -> the lowered kinds it can become; an op absent here does not lower (TFLite, NCNN
-# and C take only lowered graphs). () for ops that vanish (Identity, Dropout) or fold away
-# before lowering (BatchNormalization, folded by passes/fold_bn.py).
-LOWERING: dict[str, tuple[str, ...]] = {
-    op: c.kinds for op, c in all_cards().items() if c.lower is not None or op == "BatchNormalization"
-}
-
-
-def op_info(op_type: str) -> OpInfo | None:
-    """The OpInfo for an op type, or None if fwedge knows nothing of it."""
-    c = card(op_type)
-    return None if c is None else c.info
 
 
 def node_macs(node: onnx.NodeProto, shapes: dict[str, list]) -> int | None:

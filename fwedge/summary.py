@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from fwedge import ir
-from fwedge.op_info import node_macs
+from fwedge.op_info import OP_INFO, node_macs
 
 
 @dataclass
@@ -68,7 +68,8 @@ def summarize(model: onnx.ModelProto, path: str = "", with_support: bool = True)
     layers = []
     for node in model.graph.node:
         weights = [name for name in node.input if name in initializers]
-        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and weights:
+        info = OP_INFO.get(node.op_type)
+        if info is not None and info.weight_input is not None and weights:
             params = sum(int(np.prod(initializers[name].dims, dtype=np.int64)) for name in weights)
             layers.append(LayerCost(node.name or node.output[0], node.op_type, params, node_macs(node, shapes)))
     known = [layer.macs for layer in layers]

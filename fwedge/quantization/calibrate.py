@@ -14,6 +14,7 @@ from fwedge.calibration import CalibrationStats, Method, MethodOptions, QuantTab
 from fwedge.calibration.table import NcnnLayer
 from fwedge.data import Dataset, Preprocess, open_dataset
 from fwedge.errors import DataError
+from fwedge.op_info import OP_INFO
 from fwedge.eval import resolve_preprocess
 from fwedge.quantization.plan import QuantizeOptions, QuantPlan, candidate_tensors, plan_quantization, weight_axis
 from fwedge.quantization.prepare import batch_limit, load_prepared
@@ -130,7 +131,8 @@ def ncnn_layers(prepared: onnx.ModelProto) -> list:
     plan = plan_quantization(prepared)
     layers = []
     for node in prepared.graph.node:
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.input) < 2:
+        info = OP_INFO.get(node.op_type)
+        if info is None or info.weight_input != 1 or len(node.input) < 2:
             continue
         if node.input[1] not in inits:
             continue

@@ -172,9 +172,11 @@ def test_runtime_unit_tests_pass_in_the_x86_dispatch_build_on_every_path(tmp_pat
 @pytest.mark.zig
 @pytest.mark.qemu(QEMU_ARCH)
 def test_runtime_unit_tests_pass_under_qemu(tmp_path):
+    from fwedge.targets import c_build
+
     c = c_target()
-    _run_unit_tests(c.compiler_command(QEMU_ARCH) + ["-std=c99", "-O2", "-static"], tmp_path,
-                    launcher=c.launcher(QEMU_ARCH), env=c._compiler_env())
+    _run_unit_tests(c_build.compiler_command(QEMU_ARCH) + ["-std=c99", "-O2", "-static"], tmp_path,
+                    launcher=c.launcher(QEMU_ARCH), env=c_build._compiler_env())
 
 
 # --------------------------------------------------------------------------------------------

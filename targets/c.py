@@ -25,14 +25,16 @@ import numpy as np
 import onnx
 
 from fwedge.bundle import Bundle, TensorInfo, host_arch, write_bundle
-from fwedge.errors import ExportError
+from fwedge.errors import ExportError, UnsupportedOpError
+from fwedge.ir import opset_version
+from fwedge.passes.lowered import LoweredGraph
 from fwedge.runtime_c import HARNESS, HEADER, source_dir
-from fwedge.targets import C_ARCHES
+from fwedge.targets.base import C_ARCHES, COptions, ExportOptions, Target, target
 from fwedge.targets.c_build import (
     BINARY, C_FLAGS, DISPATCH_DEFINE, VARIANT_CFLAGS, build_binary, cmakelists_text, compiler_command, makefile_text,
     variant_sources, x86_dispatch,
 )
-from fwedge.targets.c_codegen import generate
+from fwedge.targets.c_codegen import CProgram, generate
 from fwedge.targets.common import check_feeds, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -41,101 +43,134 @@ TARGET = "c"
 LATENCY_PREFIX = "fwedge-latency-ns"
 
 
-def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
-    """Every (node, op, opset) the C target cannot take: the ones the lowering cannot lower."""
-    from fwedge.passes.lower import unsupported_nodes as lowering_gaps
-
-    return lowering_gaps(model)
+# --------------------------------------------------------------------------------------------
+# The target: check (lower + generate in memory), export (write, compile), run (the harness)
+# --------------------------------------------------------------------------------------------
 
 
-def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
-    """Lower the model, generate C, compile it for options.arch and write the bundle.
+def _emitter_refusals(graph: LoweredGraph, quads: bool) -> list[tuple[str, str, str]]:
+    """(op name, op kind, reason) of every lowered op whose C emitter refuses it.
 
-    Args:
-        model: a loaded float or QDQ model (fwedge.ir.load).
-        out_dir: the bundle directory to create or replace (atomically).
-        options: ExportOptions; arch picks the architecture, cc overrides the compiler, build
-            False writes sources only, extra["cflags"] adds compiler flags (e.g. ["-march=native"]
-            for a host-only build; the default is the portable baseline of the architecture).
+    generate() stops at the first refusal; here every emitter runs on its own against one
+    scratch emitter state. An emitter reads tensors and arena offsets from the graph and its
+    memory plan, not from what earlier ops emitted, so one refusal does not cause the next.
+    """
+    from fwedge.targets.c_codegen import ALIGNMENT, EMITTERS, _Emitter, lifetimes
+    from fwedge.targets.memory_plan import plan_memory
 
-    Returns:
-        The written Bundle. sizes holds ROM (text + rodata + data of the ELF), RAM (arena +
-        .data/.bss of the model + stack estimate), the arena and its live-tensor lower bound.
+    scratch = _Emitter(graph, plan_memory(lifetimes(graph), ALIGNMENT), quads)
+    found = []
+    for scratch.op_index, op in enumerate(graph.ops):
+        if op.kind not in EMITTERS:
+            found.append((op.name, op.kind, f"no C emitter for {op.kind}"))
+            continue
+        try:
+            EMITTERS[op.kind](scratch, op)
+        except ExportError as error:
+            found.append((op.name, op.kind, str(error).removeprefix("C target: ")))
+    return found
+
+
+def generate_checked(model: onnx.ModelProto, arch: str, options: ExportOptions) -> tuple[LoweredGraph, CProgram]:
+    """Lower the model and generate its C program in memory: the check and the build are one step.
 
     Raises:
-        UnsupportedOpError: nodes the lowering cannot take (all listed, nothing written).
-        ExportError: precision mismatch, an op layout the kernels cannot express, a failed
-            compilation.
+        UnsupportedOpError: every node the lowering cannot take (int8 nodes without an int8 form
+            too, unless options.allow_float_fallback), else every node whose C emitter refuses
+            its layout or attributes (all listed; nothing is written yet).
+        ModelError: dynamic shapes or malformed Q/DQ parameters.
+        ExportError: a failure that is not a node's (a graph input name that is not text).
     """
     from fwedge.passes.lower import lower
 
-    arch = options.arch if options.arch in C_ARCHES else host_arch()
-    precision = resolve_precision(model, options.precision, TARGET)
-    graph = lower(model, target=arch)
+    graph = lower(model, target=arch, float_fallback=options.allow_float_fallback)
     # Only x86 builds read the quad layout of the conv weights (the VNNI kernels).
-    program = generate(graph, options.source_sha256, quads=arch == "x86_64")
-    kernels = program.kernels
-    sources = ["main.c", "model.c", *kernels]
-    compiler = compiler_command(arch, options.cc) if options.build else []
-    cflags = [str(flag) for flag in options.extra.get("cflags", [])]
-    # The default x86_64 build: baseline kernels plus their AVX2 and VNNI variants, picked at run time.
-    by_level = variant_sources(kernels) if x86_dispatch(arch, cflags) else {}
-    variants = [name for files in by_level.values() for name in files]
-    if variants:
-        cflags = cflags + [DISPATCH_DEFINE]
-    facts: dict = {}
+    quads = arch == "x86_64"
+    try:
+        return graph, generate(graph, options.source_sha256, quads=quads)
+    except ExportError as error:
+        refused = _emitter_refusals(graph, quads)
+        if not refused:
+            raise
+        op_types = {node.name: node.op_type for node in model.graph.node}
+        opset = opset_version(model)
+        raise UnsupportedOpError(arch, [(name, op_types.get(name, kind), opset) for name, kind, _ in refused],
+                                 detail="; ".join(f"{name!r}: {why}" for name, _, why in refused)) from error
 
-    def write_files(folder: Path) -> dict:
-        runtime = source_dir()
-        (folder / "model.c").write_text(program.model_c)
-        (folder / "model.h").write_text(program.model_h)
-        shutil.copyfile(runtime / HARNESS, folder / "main.c")
-        shutil.copyfile(runtime / HEADER, folder / HEADER)
-        for kernel in kernels:
-            shutil.copyfile(runtime / kernel, folder / kernel)
-        for variant in variants:
-            shutil.copyfile(runtime / "variants" / variant, folder / variant)
-        (folder / "Makefile").write_text(makefile_text(program, arch, compiler or ["cc"], sources, cflags, variants))
-        (folder / "CMakeLists.txt").write_text(cmakelists_text(sources, by_level if variants else {}))
-        sizes = {
-            "arena_bytes": program.plan.arena_bytes,
-            "arena_lower_bound_bytes": program.plan.lower_bound_bytes,
-            "arena_ratio": round(program.plan.ratio, 4),
-            "weights_bytes": program.weights_bytes,
-            "io_buffer_bytes": sum(int(np.prod(s)) * np.dtype(d).itemsize for _, s, d in program.inputs + program.outputs),
-        }
-        if options.build:
-            result = build_binary(folder, sources + variants, arch, options.cc, extra_flags=cflags,
-                                  source_flags={name: VARIANT_CFLAGS[suffix] for suffix, files in by_level.items()
-                                                for name in files})
-            whole, model_part = result.sections, result.model_sections
-            stack = result.stack_estimate_bytes or 0
-            sizes.update({
-                # The model (model.c + kernels): ROM = text + rodata + data of their objects;
-                # RAM = their data + bss (the arena) + the stack estimate.
-                "rom_bytes": model_part["text"] + model_part["rodata"] + model_part["data"],
-                "ram_bytes": model_part["data"] + model_part["bss"] + stack,
-                "text_bytes": model_part["text"], "rodata_bytes": model_part["rodata"],
-                "stack_estimate_bytes": result.stack_estimate_bytes,
-                # The whole static harness binary (libc and stdio included).
-                "binary_bytes": (folder / BINARY).stat().st_size,
-                "binary_rom_bytes": whole["text"] + whole["rodata"] + whole["data"],
-                "binary_ram_bytes": whole["data"] + whole["bss"] + stack,
-            })
-            facts["compiler"] = result.command
-            facts["compiler_version"] = result.compiler_version
-        return sizes
 
-    inputs = [TensorInfo(name, list(shape), dtype, "NCHW" if len(shape) == 4 else "")
-              for name, shape, dtype in program.inputs]
-    outputs = [TensorInfo(name, list(shape), dtype, "NCHW" if len(shape) == 4 else "")
-               for name, shape, dtype in program.outputs]
+@dataclass
+class _BuildPlan:
+    """How a bundle's sources are compiled: the compiler, the flags, the x86-64 dispatch variants."""
+
+    arch: str
+    options: COptions
+    compiler: list[str]
+    cflags: list[str]
+    sources: list[str]
+    by_level: dict[str, list[str]]
+
+    @property
+    def variants(self) -> list[str]:
+        return [name for files in self.by_level.values() for name in files]
+
+    @classmethod
+    def make(cls, arch: str, options: COptions, kernels: list[str]) -> _BuildPlan:
+        compiler = compiler_command(arch, options.cc) if options.build else []
+        cflags = [str(flag) for flag in options.cflags]
+        # The default x86_64 build: baseline kernels plus their AVX2 and VNNI variants, picked at run time.
+        by_level = variant_sources(kernels) if x86_dispatch(arch, cflags) else {}
+        if any(by_level.values()):
+            cflags = cflags + [DISPATCH_DEFINE]
+        else:
+            by_level = {}
+        return cls(arch, options, compiler, cflags, ["main.c", "model.c", *kernels], by_level)
+
+
+def _write_sources(folder: Path, program: CProgram, plan: _BuildPlan) -> None:
+    runtime = source_dir()
+    (folder / "model.c").write_text(program.model_c)
+    (folder / "model.h").write_text(program.model_h)
+    shutil.copyfile(runtime / HARNESS, folder / "main.c")
+    shutil.copyfile(runtime / HEADER, folder / HEADER)
+    for kernel in program.kernels:
+        shutil.copyfile(runtime / kernel, folder / kernel)
+    for variant in plan.variants:
+        shutil.copyfile(runtime / "variants" / variant, folder / variant)
+    (folder / "Makefile").write_text(makefile_text(program, plan.arch, plan.compiler or ["cc"], plan.sources,
+                                               plan.cflags, plan.variants))
+    (folder / "CMakeLists.txt").write_text(cmakelists_text(plan.sources, plan.by_level))
+
+
+def _compile(folder: Path, plan: _BuildPlan, facts: dict) -> dict:
+    """Build the harness binary; returns its size figures and records the compiler in `facts`."""
+    result = build_binary(folder, plan.sources + plan.variants, plan.arch, plan.options.cc, extra_flags=plan.cflags,
+                          source_flags={name: VARIANT_CFLAGS[suffix] for suffix, files in plan.by_level.items()
+                                        for name in files})
+    whole, model_part = result.sections, result.model_sections
+    stack = result.stack_estimate_bytes or 0
+    facts["compiler"] = result.command
+    facts["compiler_version"] = result.compiler_version
+    return {
+        # The model (model.c + kernels): ROM = text + rodata + data of their objects;
+        # RAM = their data + bss (the arena) + the stack estimate.
+        "rom_bytes": model_part["text"] + model_part["rodata"] + model_part["data"],
+        "ram_bytes": model_part["data"] + model_part["bss"] + stack,
+        "text_bytes": model_part["text"], "rodata_bytes": model_part["rodata"],
+        "stack_estimate_bytes": result.stack_estimate_bytes,
+        # The whole static harness binary (libc and stdio included).
+        "binary_bytes": (folder / BINARY).stat().st_size,
+        "binary_rom_bytes": whole["text"] + whole["rodata"] + whole["data"],
+        "binary_ram_bytes": whole["data"] + whole["bss"] + stack,
+    }
+
+
+def _manifest_extra(graph: LoweredGraph, program: CProgram, plan: _BuildPlan) -> dict:
     extra = {
-        "kernels": kernels,
+        "kernels": program.kernels,
         # x86-64 dispatch: these kernels also built for AVX2 and AVX-512 VNNI, chosen at run time
         "kernel_variants": {{"avx2": "avx2", "vnni": "avx512_vnni"}[suffix]: files
-                            for suffix, files in by_level.items() if files},
-        "binary": BINARY if options.build else None,
+                            for suffix, files in plan.by_level.items() if files},
+        "binary": BINARY if plan.options.build else None,
         "ops": len(graph.ops),
         # model.c's comments name ops by index only; these are their names, in that order
         "op_names": program.op_names,
@@ -143,23 +178,113 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
         "storage_layout": "NHWC",
         "memory_plan": program.plan.to_dict(),
         "harness": "fwedge_model INPUT OUTPUT COUNT ITERATIONS",
-        "cflags": C_FLAGS + cflags,
+        "cflags": C_FLAGS + plan.cflags,
     }
+    if graph.float_fallback:  # only with allow_float_fallback: the decision is reported
+        extra["float_fallback"] = [{"node": name, "reason": why} for name, why in graph.float_fallback]
+    return extra
 
-    def write_and_record(folder: Path) -> dict:
-        sizes = write_files(folder)
-        extra.update(facts)  # compiler argv and version, known after the build
-        return sizes
 
-    bundle = write_bundle(
-        out_dir, target=TARGET, arch=arch, precision=precision, source_sha256=options.source_sha256,
-        inputs=inputs, outputs=outputs, write_files=write_and_record, preprocess=options.preprocess,
-        toolchain={"compiler": " ".join(compiler[:1] + compiler[1:4]) if compiler else "none"},
-        extra=extra,
-    )
-    log.info("C bundle %s (%s): arena %d bytes (lower bound %d), weights %d bytes", bundle.path, arch,
-             program.plan.arena_bytes, program.plan.lower_bound_bytes, program.weights_bytes)
-    return bundle
+@target("c")
+class CTarget(Target):
+    """Generated C plus runtime_c kernels for one architecture (CTarget("aarch64")), run natively or under qemu.
+
+    run() takes the architecture from the bundle, so CTarget() (this host's) runs a bundle of any.
+    """
+
+    lowers = True
+    options_type = COptions
+
+    def __init__(self, arch: str | None = None):
+        if arch is not None and arch not in C_ARCHES:
+            raise ExportError(f"C target: unknown architecture {arch!r}; choose from {', '.join(C_ARCHES)}")
+        self.arch = arch or host_arch()
+
+    @property
+    def label(self) -> str:
+        return self.arch
+
+    def check(self, model: onnx.ModelProto, options: ExportOptions | None = None) -> list[tuple[str, str, int]]:
+        """Every (node, op, opset) export() refuses: the lowering's and the C emitters' refusals
+        (generate_checked, the same step export() runs). Dynamic shapes: judged by op type only."""
+        from fwedge.errors import ModelError
+        from fwedge.passes.lower import unsupported_nodes as lowering_gaps
+
+        try:
+            generate_checked(model, self.arch, options or ExportOptions())
+        except UnsupportedOpError as error:
+            return error.nodes
+        except ModelError:
+            return lowering_gaps(model)
+        return []
+
+    def export(self, model: onnx.ModelProto, out_dir, options: ExportOptions | None = None) -> Bundle:
+        """Lower the model, generate C, compile it for this architecture and write the bundle.
+
+        Args:
+            model: a loaded float or QDQ model (fwedge.ir.load).
+            out_dir: the bundle directory to create or replace (atomically).
+            options: ExportOptions; COptions.cc overrides the compiler, build False writes sources
+                only, cflags adds compiler flags (e.g. ("-march=native",) for a host-only build;
+                the default is the portable baseline of the architecture).
+
+        Returns:
+            The written Bundle. sizes holds ROM (text + rodata + data of the ELF), RAM (arena +
+            .data/.bss of the model + stack estimate), the arena and its live-tensor lower bound.
+
+        Raises:
+            UnsupportedOpError: nodes the lowering or the C emitters cannot take (all listed,
+                nothing written).
+            ExportError: precision mismatch, other options' type, a failed compilation.
+        """
+        options = options or ExportOptions()
+        own = self.own_options(options)
+        if self.arch not in C_ARCHES:
+            raise ExportError(f"C target: unknown architecture {self.arch!r}; choose from {', '.join(C_ARCHES)}")
+        precision = resolve_precision(model, options.precision, TARGET)
+        graph, program = generate_checked(model, self.arch, options)
+        plan = _BuildPlan.make(self.arch, own, program.kernels)
+        extra = _manifest_extra(graph, program, plan)
+
+        def write_files(folder: Path) -> dict:
+            _write_sources(folder, program, plan)
+            sizes = {
+                "arena_bytes": program.plan.arena_bytes,
+                "arena_lower_bound_bytes": program.plan.lower_bound_bytes,
+                "arena_ratio": round(program.plan.ratio, 4),
+                "weights_bytes": program.weights_bytes,
+                "io_buffer_bytes": sum(int(np.prod(s)) * np.dtype(d).itemsize
+                                       for _, s, d in program.inputs + program.outputs),
+            }
+            if own.build:
+                sizes.update(_compile(folder, plan, extra))  # compiler argv and version into extra
+            return sizes
+
+        specs = [[TensorInfo(name, list(shape), dtype, "NCHW" if len(shape) == 4 else "")
+                  for name, shape, dtype in tensors] for tensors in (program.inputs, program.outputs)]
+        compiler = plan.compiler
+        bundle = write_bundle(
+            out_dir, target=TARGET, arch=self.arch, precision=precision, source_sha256=options.source_sha256,
+            inputs=specs[0], outputs=specs[1], write_files=write_files, preprocess=options.preprocess,
+            toolchain={"compiler": " ".join(compiler[:1] + compiler[1:4]) if compiler else "none"},
+            extra=extra,
+        )
+        log.info("C bundle %s (%s): arena %d bytes (lower bound %d), weights %d bytes", bundle.path, self.arch,
+                 program.plan.arena_bytes, program.plan.lower_bound_bytes, program.weights_bytes)
+        return bundle
+
+    def run(self, bundle: Bundle, feeds: dict[str, np.ndarray], *, exact_int8: bool = False) -> dict[str, np.ndarray]:
+        """Run a C bundle on a batch (natively, or under qemu-<bundle arch>); outputs as numpy arrays.
+
+        Outputs have the bundle's output dtypes (float32 for float and float-I/O int8 bundles,
+        which end in a dequantize), in NCHW order like onnxruntime's.
+
+        Raises:
+            ExportError: missing feeds, shape mismatch, or a harness failure.
+        """
+        self.require_exact(bundle, exact_int8)
+        outputs, _ = run_harness(bundle, feeds)
+        return outputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,19 +422,6 @@ def run_harness(bundle: Bundle, inputs: dict[str, np.ndarray], iterations: int =
             raise ExportError(f"bundle '{bundle.path}': harness exited {done.returncode}: {done.stderr.strip()[-2000:]}")
         outputs = read_harness_output(bundle, work / "outputs.bin", count)
     return outputs, parse_harness_latencies(done.stdout)
-
-
-def run(bundle: Bundle, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run a C bundle on a batch (natively, or under qemu-<arch>); outputs as numpy arrays.
-
-    Outputs have the bundle's output dtypes (float32 for float and float-I/O int8 bundles, which
-    end in a dequantize), in NCHW order like onnxruntime's.
-
-    Raises:
-        ExportError: missing feeds, shape mismatch, or a harness failure.
-    """
-    outputs, _ = run_harness(bundle, feeds)
-    return outputs
 
 
 @dataclass

@@ -18,7 +18,7 @@ from fwedge.bundle import host_arch
 from fwedge.errors import ExportError
 from fwedge.ir import write_atomic
 from fwedge.runtime_c import HEADER
-from fwedge.targets import C_ARCHES
+from fwedge.targets.base import C_ARCHES
 from fwedge.targets.c_codegen import CProgram
 
 log = logging.getLogger(__name__)

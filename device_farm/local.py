@@ -37,7 +37,7 @@ def installed_runtimes() -> list[str]:
 @device_kind("local")
 @dataclass
 class LocalDevice(Device):
-    """The host. Runs host-runtime bundles through their target module's `run(bundle, feeds)`
+    """The host. Runs host-runtime bundles through their target's `run(bundle, feeds)`
     in a child interpreter (device_farm.host_child), and C bundles built for the host
     architecture natively.
 

@@ -40,8 +40,7 @@ def evaluate(name: str, args, work: Path) -> dict:
     from fwedge.eval import ort_session
     from fwedge.lowered.interp import run_lowered
     from fwedge.lowered.lower import lower
-    from fwedge.targets import ExportOptions
-    from fwedge.targets import c as c_target
+    from fwedge.targets import ExportOptions, get_target
 
     path, origin = model_path(name, args.model_dir)
     float_model = ir.load(path)
@@ -53,17 +52,17 @@ def evaluate(name: str, args, work: Path) -> dict:
     ort_int8 = ort_session(qdq).run(None, {"input": x})[0]
     int8_bundles, fp32_bundles = {}, {}
     for arch in args.arches:
-        int8_bundles[arch] = c_target.export(qdq, work / f"{name}-int8-{arch}", ExportOptions(arch=arch))
-        fp32_bundles[arch] = c_target.export(float_model, work / f"{name}-fp32-{arch}", ExportOptions(arch=arch))
-    c_int8 = c_target.run(int8_bundles["x86_64"], {"input": x})["logits"]
-    c_fp32 = c_target.run(fp32_bundles["x86_64"], {"input": x})["logits"]
+        int8_bundles[arch] = get_target(arch).export(qdq, work / f"{name}-int8-{arch}", ExportOptions())
+        fp32_bundles[arch] = get_target(arch).export(float_model, work / f"{name}-fp32-{arch}", ExportOptions())
+    c_int8 = get_target("c").run(int8_bundles["x86_64"], {"input": x})["logits"]
+    c_fp32 = get_target("c").run(fp32_bundles["x86_64"], {"input": x})["logits"]
 
     identical, fp32_identical = {}, {}
     for arch in args.arches:
-        got = c_int8[: len(head)] if arch == "x86_64" else c_target.run(int8_bundles[arch], {"input": head})["logits"]
+        got = c_int8[: len(head)] if arch == "x86_64" else get_target("c").run(int8_bundles[arch], {"input": head})["logits"]
         identical[arch] = got.tobytes() == c_int8[: len(head)].tobytes()
         few = head[: args.fp32_arch_images]  # float emulation is slow under qemu (softfloat)
-        got32 = c_fp32[: len(few)] if arch == "x86_64" else c_target.run(fp32_bundles[arch], {"input": few})["logits"]
+        got32 = c_fp32[: len(few)] if arch == "x86_64" else get_target("c").run(fp32_bundles[arch], {"input": few})["logits"]
         fp32_identical[arch] = (got32.tobytes() == c_fp32[: len(few)].tobytes(),
                                 float(np.abs(got32 - ort_fp32[: len(few)]).max()))
 

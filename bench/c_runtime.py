@@ -137,31 +137,33 @@ def time_calls(function, iterations: int) -> list[float]:
 
 def bench_model(name: str, iterations: int, rounds: int, work: Path, model_dir: Path | None = None) -> dict:
     from fwedge.eval import ort_session
-    from fwedge.targets import ExportOptions
-    from fwedge.targets import c as c_target
-    from fwedge.targets import tflite
+    from fwedge.targets import COptions, ExportOptions, get_target
+    from fwedge.targets.tflite_runner import _interpreter
 
     path, origin = model_path(name, model_dir)
     qdq, folded = qdq_model(path)
     x = np.random.default_rng(0).uniform(0, 1, (1, 1, 28, 28)).astype(np.float32)
 
-    c_int8 = c_target.export(qdq, work / f"{name}-c-int8", ExportOptions(arch="x86_64"))
-    c_fp32 = c_target.export(folded, work / f"{name}-c-fp32", ExportOptions(arch="x86_64"))
+    from fwedge.targets.c import run_harness
+
+    c_target = get_target("x86_64")
+    c_int8 = c_target.export(qdq, work / f"{name}-c-int8", ExportOptions())
+    c_fp32 = c_target.export(folded, work / f"{name}-c-fp32", ExportOptions())
     # The same int8 bundle compiled for x86-64-v3 (AVX2: 256-bit vpmaddwd tiles) and for this CPU
     # (-march=native: the VNNI kernels where it has them) instead of the portable x86-64 baseline
     # (SSE2), when this CPU has AVX2.
     c_v3 = c_native = None
     if host_has_avx2():
         c_v3 = c_target.export(qdq, work / f"{name}-c-int8-v3", ExportOptions(
-            arch="x86_64", extra={"cflags": ["-march=x86-64-v3"]}))
+            target_options=COptions(cflags=("-march=x86-64-v3",))))
         c_native = c_target.export(qdq, work / f"{name}-c-int8-native", ExportOptions(
-            arch="x86_64", extra={"cflags": ["-march=native"]}))
+            target_options=COptions(cflags=("-march=native",))))
     ort_int8 = ort_session(qdq, threads=1, exact_qdq=False)
     ort_fp32 = ort_session(folded, threads=1)
     litert = None
     try:
-        bundle = tflite.export(qdq, work / f"{name}-tflite-int8", ExportOptions())
-        interpreter = tflite._interpreter(bundle, num_threads=1)
+        bundle = get_target("tflite").export(qdq, work / f"{name}-tflite-int8", ExportOptions())
+        interpreter = _interpreter(bundle, num_threads=1)
         detail = interpreter.get_input_details()[0]
         interpreter.set_tensor(detail["index"], x.transpose(0, 2, 3, 1).astype(detail["dtype"]))  # NHWC
         litert = interpreter
@@ -171,11 +173,11 @@ def bench_model(name: str, iterations: int, rounds: int, work: Path, model_dir: 
     times: dict[str, list[float]] = {key: [] for key in ("C int8", "C int8 x86-64-v3", "C int8 native", "C fp32",
                                                          "ORT int8", "ORT fp32", "LiteRT int8")}
     for _ in range(rounds):
-        times["C int8"] += c_target.run_harness(c_int8, {"input": x}, iterations=iterations)[1]
+        times["C int8"] += run_harness(c_int8, {"input": x}, iterations=iterations)[1]
         if c_v3 is not None:
-            times["C int8 x86-64-v3"] += c_target.run_harness(c_v3, {"input": x}, iterations=iterations)[1]
-            times["C int8 native"] += c_target.run_harness(c_native, {"input": x}, iterations=iterations)[1]
-        times["C fp32"] += c_target.run_harness(c_fp32, {"input": x}, iterations=iterations)[1]
+            times["C int8 x86-64-v3"] += run_harness(c_v3, {"input": x}, iterations=iterations)[1]
+            times["C int8 native"] += run_harness(c_native, {"input": x}, iterations=iterations)[1]
+        times["C fp32"] += run_harness(c_fp32, {"input": x}, iterations=iterations)[1]
         times["ORT int8"] += time_calls(lambda: ort_int8.run(None, {"input": x}), iterations)
         times["ORT fp32"] += time_calls(lambda: ort_fp32.run(None, {"input": x}), iterations)
         if litert is not None:

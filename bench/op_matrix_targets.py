@@ -30,7 +30,7 @@ def main() -> int:
     logging.disable(logging.WARNING)
     from fwedge.bundle import load_bundle
     from fwedge.eval import ort_session
-    from fwedge.targets import ExportOptions, target_module
+    from fwedge.targets import ExportOptions, get_target
     from op_matrix import OP_CASES, output_scale, qdq_model, random_feeds, steps_off
 
     print(f"{'case':<24} {'target':<9} {'fp32 max rel':>13} {'int8 max steps':>15} {'one step off':>14}")
@@ -43,7 +43,7 @@ def main() -> int:
             reference_q = ort_session(qdq).run(["y"], feeds)[0]
             step = output_scale(qdq, "y")
             for target in args.targets:
-                module = target_module(target)
+                module = get_target(target)
                 module.export(case.model, Path(folder) / f"{case.id}-{target}-fp32", ExportOptions())
                 got = module.run(load_bundle(Path(folder) / f"{case.id}-{target}-fp32"), feeds)["y"].reshape(reference.shape)
                 relative = float(np.abs(got - reference).max() / max(np.abs(reference).max(), 1e-12))

@@ -119,18 +119,19 @@ def measure(bundles: list, sample: np.ndarray, runs: int, warmup: int, block: in
     `warmup` rounds. C bundles run in their own process: their latencies are the harness's
     on-device clock_gettime timer over `runs` iterations (targets.c.run_harness).
     """
-    from fwedge.targets import target_module
+    from fwedge.targets import get_target
+    from fwedge.targets.c import run_harness
 
     calls, times = [], {}
     for label, target, _, bundle in bundles:
-        module = target_module(bundle.target)
+        runner = get_target(bundle.target)
         feeds = {bundle.inputs[0].name: np.ascontiguousarray(sample, dtype=np.float32)}
         if bundle.target == "c":
-            _, latencies_ms = module.run_harness(bundle, feeds, iterations=runs)
+            _, latencies_ms = run_harness(bundle, feeds, iterations=runs)
             times[label] = np.asarray(latencies_ms) / 1e3
             continue
-        module.run(bundle, feeds)  # build and cache the runtime outside the timing
-        calls.append((label, module.run, bundle, feeds))
+        runner.run(bundle, feeds)  # build and cache the runtime outside the timing
+        calls.append((label, runner.run, bundle, feeds))
         times[label] = []
     rounds = warmup + max(1, runs // (block - 1))
     for round_index in range(rounds):

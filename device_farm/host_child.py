@@ -210,24 +210,24 @@ def _child_run(work: Path) -> int:
 def _child_serve(bundle_path: str, work: Path, exact_int8: bool = False) -> int:
     from fwedge.bundle import load_bundle
     from fwedge.device_farm.local import as_output_dict
-    from fwedge.targets import target_module
+    from fwedge.targets import get_target
 
     reply_to = sys.stdout
     sys.stdout = sys.stderr  # runtimes that print must not corrupt the reply stream
     try:
         bundle = load_bundle(bundle_path)
-        module = target_module(bundle.target)
+        target = get_target(bundle.target)
     except FwEdgeError as exc:
-        bundle = module = None
+        bundle = target = None
         failure = str(exc)
     for line in sys.stdin:
         request = json.loads(line)
         folder = work / request["folder"]
         try:
-            if module is None:
+            if target is None:
                 raise DeviceRunError(failure)
             feeds = _load_arrays(folder, request["inputs"], f"bundle '{bundle.name}'")
-            outputs = module.run(bundle, feeds, exact_int8=True) if exact_int8 else module.run(bundle, feeds)
+            outputs = target.run(bundle, feeds, exact_int8=exact_int8)
             reply = {"outputs": _save_arrays(folder, "out", as_output_dict(bundle, outputs))}
         except FwEdgeError as exc:
             reply = {"error": str(exc)}

@@ -37,7 +37,7 @@ def installed_runtimes() -> list[str]:
 @device_kind("local")
 @dataclass
 class LocalDevice(Device):
-    """The host. Runs host-runtime bundles through their target module's `run(bundle, feeds)`
+    """The host. Runs host-runtime bundles through their target's `run(bundle, feeds)`
     in a child interpreter (device_farm.host_child), and C bundles built for the host
     architecture natively.
 
@@ -58,9 +58,9 @@ class LocalDevice(Device):
             return f"no {bundle.target} runtime on {self.name} (has {', '.join(self.runtimes)})"
         if bundle.target == "c" and bundle.arch != host_arch():
             return f"C bundle for {bundle.arch}; {self.name} is {host_arch()}"
-        from fwedge.targets import TARGETS
+        from fwedge.targets import TARGET_MODULES
 
-        if bundle.target != "c" and importlib.util.find_spec(TARGETS.get(bundle.target, "-")) is None:
+        if bundle.target != "c" and importlib.util.find_spec(TARGET_MODULES.get(bundle.target, "-")) is None:
             return f"target module for {bundle.target!r} is not installed"
         return None
 
@@ -118,21 +118,21 @@ def as_output_dict(bundle: Bundle, outputs) -> dict[str, np.ndarray]:
 
 
 def run_host_runtime(bundle: Bundle, inputs: dict[str, np.ndarray], repeats: int) -> DeviceRun:
-    """Run a host-runtime bundle with its target module's `run(bundle, feeds)`.
+    """Run a host-runtime bundle with its target's `run(bundle, feeds)`.
 
     All rows go through in batches (the static batch of the bundle, else HOST_BATCH). Latency
     is `repeats` single-sample calls timed with perf_counter_ns after WARMUP_RUNS untimed ones;
-    target modules cache their compiled runtime per bundle (targets.common.RunnerCache), so the
+    targets cache their compiled runtime per bundle (targets.common.RunnerCache), so the
     warm-up absorbs loading and the timed calls measure inference plus the Python call.
 
     Raises:
         DeviceRunError: the target module raised.
     """
-    from fwedge.targets import target_module
+    from fwedge.targets import get_target
 
-    module = target_module(bundle.target)
+    target = get_target(bundle.target)
     try:
-        call = lambda feeds: module.run(bundle, feeds)  # noqa: E731
+        call = lambda feeds: target.run(bundle, feeds)  # noqa: E731
         count = len(next(iter(inputs.values())))
         step = _static_batch(bundle) or HOST_BATCH
         chunks: dict[str, list[np.ndarray]] = {}

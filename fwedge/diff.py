@@ -11,7 +11,7 @@ import onnx
 from fwedge import ir
 from fwedge.bundle import Bundle, load_bundle
 from fwedge.data import Preprocess, open_dataset
-from fwedge.errors import DataError, ExportError
+from fwedge.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,9 @@ def diff_bundle(
 ) -> DiffReport:
     """Compare every tensor the bundle exposes with the reference model, in topological order.
 
-    ONNX, OpenVINO and NCNN bundles expose intermediates (`targets.<name>.intermediates`); other
-    targets are compared on their graph outputs only, and the report says so.
+    Targets with supports_intermediates (onnx, openvino, ncnn, tflite) expose internal tensors
+    (`Target.intermediates`); other targets are compared on their graph outputs only, and the
+    report says so.
 
     Args:
         bundle: a bundle (path or loaded).
@@ -148,8 +149,8 @@ def diff_bundle(
         data: dataset spec; `limit` seeded samples are used.
         max_steps: a quantized tensor diverges beyond this many quantization steps.
         rtol, atol: a float tensor diverges when max|diff| > atol + rtol·max|ref|.
-        exact_int8: run the bundle's runtime in its exact int8 mode (targets whose module sets
-            EXACT_INT8: onnx, openvino): Q/DQ computed as defined, not by the integer kernels
+        exact_int8: run the bundle's runtime in its exact int8 mode (targets with the exact_int8
+            capability: onnx, openvino): Q/DQ computed as defined, not by the integer kernels
             this CPU gets, which tells a wrong bundle from a runtime's kernels.
 
     Returns:
@@ -158,14 +159,11 @@ def diff_bundle(
     Raises:
         ExportError: the bundle is invalid. DataError: the data does not fit.
     """
-    from fwedge.targets import target_module
+    from fwedge.targets import get_target
 
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    module = target_module(bundle.target)
-    if exact_int8 and not getattr(module, "EXACT_INT8", False):
-        raise ExportError(f"bundle '{bundle.path}': target {bundle.target!r} has no exact int8 mode "
-                          "(onnx and openvino have one)")
-    mode = {"exact_int8": True} if exact_int8 else {}
+    target = get_target(bundle.target)
+    target.require_exact(bundle, exact_int8)
     model = ir.load(reference)
     spec = preprocess or Preprocess.from_dict(bundle.preprocess)
     batch = next(open_dataset(data).batches(spec, batch_size=limit, limit=limit))
@@ -186,13 +184,12 @@ def diff_bundle(
             for output in node.output:
                 if output not in scales and inherited:
                     scales[output] = max(inherited)
-    intermediates = getattr(module, "intermediates", None)
     report = DiffReport(bundle=str(bundle.path), reference=str(reference), target=bundle.target,
-                        precision=bundle.precision, samples=len(batch.x), per_tensor=intermediates is not None)
-    if intermediates is not None:
-        candidate = intermediates(bundle, feeds, order, **mode)
+                        precision=bundle.precision, samples=len(batch.x), per_tensor=target.supports_intermediates)
+    if target.supports_intermediates:
+        candidate = target.intermediates(bundle, feeds, order, exact_int8=exact_int8)
     else:
-        candidate = module.run(bundle, feeds, **mode)
+        candidate = target.run(bundle, feeds, exact_int8=exact_int8)
         report.note = (f"target {bundle.target!r} exposes no intermediate tensors: only graph outputs "
                        "are compared, so the divergence is located at the output, not bisected")
     names = [name for name in order if name in candidate]

@@ -11,26 +11,21 @@ from fwedge.bundle import Bundle
 from fwedge.data import Preprocess
 from fwedge.errors import ExportError
 from fwedge.eval import resolve_preprocess
-from fwedge.targets import C_ARCHES, TARGETS, ExportOptions, available_targets, target_module
+from fwedge.targets import ExportOptions, Target, export_names, get_target
 from fwedge.targets.common import has_qdq
 
 log = logging.getLogger(__name__)
 
-# What `--target` accepts: the host-runtime targets plus one C target per architecture.
-TARGET_CHOICES = tuple(name for name in TARGETS if name != "c") + C_ARCHES
 
-
-def resolve_target(target: str) -> tuple[str, str | None]:
-    """Map a command-line target to (target module name, architecture or None).
+def resolve_target(target: str) -> Target:
+    """The Target object for a command-line target name (a C target per architecture).
 
     Raises:
-        ExportError: an unknown target name.
+        ExportError: an unknown target name, or a target whose module is not installed.
     """
-    if target in C_ARCHES:
-        return "c", target
-    if target in TARGETS and target != "c":
-        return target, None
-    raise ExportError(f"unknown target {target!r}; choose from {', '.join(TARGET_CHOICES)}")
+    if target not in export_names():
+        raise ExportError(f"unknown target {target!r}; choose from {', '.join(export_names())}")
+    return get_target(target)
 
 
 def bundle_name(model_path: str | os.PathLike, target: str, precision: str) -> str:
@@ -52,7 +47,8 @@ def export_bundle(
         model_path: the float or QDQ ONNX model.
         target: onnx, openvino, tflite, ncnn, or a C architecture (x86_64, aarch64, ...).
         out_dir: the bundle directory (replaced atomically if it exists).
-        options: export options; arch, preprocess and source_sha256 are filled in here.
+        options: export options (target_options: the target's own, e.g. COptions for C);
+            preprocess and source_sha256 are filled in here.
         input_shapes: fix dynamic input shapes first (e.g. {"x": [1, 3, 48, 192]}).
         preprocess: the preprocessing recorded in the manifest; default: the model's metadata,
             else a guess from its input shape (fwedge.eval.resolve_preprocess).
@@ -63,9 +59,9 @@ def export_bundle(
     Raises:
         ModelError: the model cannot be loaded.
         UnsupportedOpError: the target cannot take some nodes (all listed; nothing written).
-        ExportError: bad target or precision, or a writer failure.
+        ExportError: bad target, precision or target options, or a writer failure.
     """
-    module_name, arch = resolve_target(target)
+    exporter = resolve_target(target)
     model = ir.load(model_path)
     if input_shapes:
         model = ir.set_input_shapes(model, input_shapes)
@@ -74,11 +70,6 @@ def export_bundle(
         preprocess=resolve_preprocess(model, preprocess).to_dict(),
         source_sha256=ir.sha256_file(model_path),
     )
-    if arch is not None:
-        options = dataclasses.replace(options, arch=arch)
-    if module_name not in available_targets():
-        raise ExportError(f"target {target!r}: its module {TARGETS[module_name]} is not part of this installation")
-    module = target_module(module_name)
-    log.info("exporting %s to %s (%s, %s) at %s", model_path, module_name, options.arch,
+    log.info("exporting %s to %s (%s, %s) at %s", model_path, exporter.name, exporter.arch,
              "int8" if has_qdq(model) else "fp32", out_dir)
-    return module.export(model, Path(out_dir), options)
+    return exporter.export(model, Path(out_dir), options)

@@ -432,7 +432,7 @@ def export_targets(config: PipelineConfig) -> tuple[list[str], bool]:
     Raises:
         PipelineError: an unknown target, or an explicit one whose toolchain is not installed.
     """
-    from fwedge.targets import C_ARCHES, TARGETS, available_targets
+    from fwedge.targets import C_ARCHES, TARGET_MODULES, available_targets, export_names, target_class
 
     wanted = config.export.targets
     if wanted == "all":
@@ -440,15 +440,14 @@ def export_targets(config: PipelineConfig) -> tuple[list[str], bool]:
         for target in available_targets():
             names.extend(C_ARCHES if target == "c" else [target])
         return names, False
-    known = list(TARGETS) + list(C_ARCHES)
     for target in wanted:
-        module = "c" if target in C_ARCHES else target
-        if module not in TARGETS:
-            raise PipelineError(f"[export] unknown target {target!r}; known: {', '.join(known)}")
+        if target not in export_names():
+            raise PipelineError(f"[export] unknown target {target!r}; known: {', '.join(export_names())}")
+        family = "c" if target in C_ARCHES else target
         try:
-            importlib.import_module(TARGETS[module])
+            target_class(family)
         except ModuleNotFoundError as exc:
-            raise PipelineError(f"stage 'export' needs {TARGETS[module]}, which is not part of this installation "
+            raise PipelineError(f"stage 'export' needs {TARGET_MODULES[family]}, which is not part of this installation "
                                 f"({exc.name} is missing)") from exc
     return list(wanted), True
 
@@ -456,18 +455,19 @@ def export_targets(config: PipelineConfig) -> tuple[list[str], bool]:
 @_needs("export")
 def stage_export(run: PipelineRun) -> None:
     from fwedge.export import export_bundle
-    from fwedge.targets import C_ARCHES, ExportOptions
+    from fwedge.targets import C_ARCHES, COptions, ExportOptions
 
     settings = run.config.export
     preprocess = _preprocess(settings.preprocess, "[export]")
     shapes = {name: list(dims) for name, dims in settings.input_shape.items()} or None
     stem = run.config.file(run.config.model.path).stem
+    # ExportSettings.check has split and vetted the flags already.
+    c_options = COptions(cc=settings.cc, cflags=tuple(shlex.split(settings.cflags)))
     for target in run.targets:
         name = f"{stem}-{target}-int8"
         is_c = target in C_ARCHES
-        options = ExportOptions(precision="int8", cc=settings.cc if is_c else None,
-                                allow_float_fallback=settings.allow_float_fallback,
-                                extra={"cflags": shlex.split(settings.cflags)} if is_c and settings.cflags else {})
+        options = ExportOptions(precision="int8", allow_float_fallback=settings.allow_float_fallback,
+                                target_options=c_options if is_c else None)
 
         def build(out: Path, target=target, name=name, options=options) -> str:
             bundle = export_bundle(run.qdq_path, target, out / name, options, input_shapes=shapes,

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 class BundleRunner:
     """An fwedge.eval Runner over a bundle: feeds the first input, returns the first output.
 
-    Works for every target, because it only calls `fwedge.targets.<target>.run(bundle, feeds)`.
+    Works for every target, because it only calls the target's `run(bundle, feeds)` (fwedge.targets).
     Inputs are float32 NCHW batches; the target's runner handles batching, layout and
     quantization at the edges.
     """
@@ -28,19 +28,17 @@ class BundleRunner:
             bundle: a Bundle or a bundle directory (verified).
             isolate: run a host runtime in a child interpreter (device_farm.host_child), so
                 that a runtime crash becomes a DeviceError instead of killing this process.
-            exact_int8: run the runtime in its exact int8 mode (targets whose module sets
-                EXACT_INT8: onnx, openvino), independent of the CPU's integer kernels.
+            exact_int8: run the runtime in its exact int8 mode (targets with the exact_int8
+                capability: onnx, openvino), independent of the CPU's integer kernels.
         """
-        from fwedge.targets import target_module
+        from fwedge.targets import get_target
 
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         if not self.bundle.inputs or not self.bundle.outputs:
             raise ExportError(f"bundle '{self.bundle.path}': manifest lists no inputs or outputs")
-        self.module = target_module(self.bundle.target)
-        if exact_int8 and not getattr(self.module, "EXACT_INT8", False):
-            raise ExportError(f"bundle '{self.bundle.path}': target {self.bundle.target!r} has no exact int8 mode "
-                              "(onnx and openvino have one)")
-        self.mode = {"exact_int8": True} if exact_int8 else {}
+        self.target = get_target(self.bundle.target)
+        self.target.require_exact(self.bundle, exact_int8)
+        self.exact_int8 = exact_int8
         first = self.bundle.inputs[0]
         self.input_name = first.name
         shape = list(first.shape)
@@ -62,7 +60,7 @@ class BundleRunner:
         """All outputs by name."""
         if self.process is not None:
             return self.process.run(feeds)
-        return self.module.run(self.bundle, feeds, **self.mode)
+        return self.target.run(self.bundle, feeds, exact_int8=self.exact_int8)
 
     def close(self) -> None:
         """Stop the runtime child, if any."""

@@ -1,20 +1,28 @@
-"""Export targets: one module per target with export(model, out_dir, options) and run(bundle, feeds).
+"""Export targets: one class per target, registered with @target(name) (fwedge.targets.base).
 
-Every target module also exposes `unsupported_nodes(model) -> list[(node, op, opset)]`, which
-`fwedge inspect` and the exporters use to check a whole model before writing anything.
-Importing a target module must stay cheap: heavy toolchains are imported inside functions.
+A target implements check(model, options) -> [(node, op, opset)], export(model, out_dir,
+options) -> Bundle and run(bundle, feeds), and declares its capabilities as class attributes
+(exact_int8, supports_intermediates, lowers, options_type). The C architectures share one class
+parameterised by architecture. Target modules are imported when first asked for, and importing
+one must stay cheap: heavy toolchains are imported inside methods.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass, field
 
 import onnx
 
-# target name -> module. C targets share one module, parameterised by architecture.
-# A target whose module is not installed yet is not listed.
-TARGETS: dict[str, str] = {
+from fwedge.targets.base import (
+    C_ARCHES, REGISTRY, COptions, ExportOptions, Target, TfliteOptions, target,
+)
+
+__all__ = ["C_ARCHES", "COptions", "ExportOptions", "TARGET_MODULES", "Target", "TfliteOptions", "available_targets",
+           "export_names", "get_target", "support_matrix", "target", "target_class"]
+
+# target name -> the module whose import registers its class. A target whose module is not
+# installed is not listed by available_targets().
+TARGET_MODULES: dict[str, str] = {
     "onnx": "fwedge.targets.onnx",
     "openvino": "fwedge.targets.openvino",
     "tflite": "fwedge.targets.tflite",
@@ -22,58 +30,52 @@ TARGETS: dict[str, str] = {
     "c": "fwedge.targets.c",
 }
 
-# C targets are named by architecture on the command line (`--target aarch64`).
-C_ARCHES = ("x86_64", "aarch64", "riscv64", "loongarch64")
 
-
-@dataclass
-class ExportOptions:
-    """What every target's `export(model, out_dir, options) -> Bundle` receives.
-
-    Attributes:
-        arch: the architecture the bundle is for ("x86_64" for host runtimes; a C_ARCHES value
-            for C bundles).
-        precision: "fp32" or "int8"; "auto" means int8 when the model holds QDQ nodes.
-        preprocess: the preprocessing spec (fwedge.data.Preprocess.to_dict()) for the manifest.
-        source_sha256: sha256 of the source model file, recorded in the manifest.
-        float_io: int8 bundles take and return float32 (QUANTIZE/DEQUANTIZE at the edges);
-            False gives int8 in/out where the target supports it.
-        allow_float_fallback: keep nodes the target cannot quantize in float and report them,
-            instead of raising UnsupportedOpError.
-        cc: a C compiler command overriding the default (zig cc / host cc) for C targets.
-        build: compile C bundles (False writes sources only).
-        extra: target-specific settings.
-    """
-
-    arch: str = "x86_64"
-    precision: str = "auto"
-    preprocess: dict = field(default_factory=dict)
-    source_sha256: str = ""
-    float_io: bool = True
-    allow_float_fallback: bool = False
-    cc: str | None = None
-    build: bool = True
-    extra: dict = field(default_factory=dict)
+def export_names() -> tuple[str, ...]:
+    """What `--target` accepts: the host-runtime targets plus one C target per architecture."""
+    return tuple(name for name in TARGET_MODULES if name != "c") + C_ARCHES
 
 
 def available_targets() -> list[str]:
-    """Targets whose module exists in this installation."""
-    return [name for name, module in TARGETS.items() if importlib.util.find_spec(module) is not None]
+    """Targets whose module exists in this installation (C counted once, as "c")."""
+    return [name for name, module in TARGET_MODULES.items() if importlib.util.find_spec(module) is not None]
 
 
-def target_module(name: str):
-    """Import and return the module of a target.
+def target_class(name: str) -> type[Target]:
+    """The registered class of a target ("c" for every C architecture), importing its module.
 
     Raises:
-        ExportError: the target name is unknown.
+        ExportError: the name is unknown.
+        ModuleNotFoundError: the target's module or a module it imports is not installed.
     """
     from fwedge.errors import ExportError
 
-    if name not in TARGETS:
-        raise ExportError(f"unknown target {name!r}; known targets: {', '.join(sorted(TARGETS))}")
-    return importlib.import_module(TARGETS[name])
+    if name not in TARGET_MODULES:
+        raise ExportError(f"unknown target {name!r}; choose from {', '.join(export_names())}")
+    if name not in REGISTRY:
+        importlib.import_module(TARGET_MODULES[name])
+    return REGISTRY[name]
+
+
+def get_target(name: str) -> Target:
+    """The target for a command-line name or a manifest's target field.
+
+    Args:
+        name: onnx, openvino, tflite, ncnn, a C architecture (x86_64, aarch64, riscv64,
+            loongarch64), or "c" (the C target for this host's architecture).
+
+    Raises:
+        ExportError: an unknown name, or a target module that is not part of this installation.
+    """
+    from fwedge.errors import ExportError
+
+    family = "c" if name in C_ARCHES else name
+    if family in TARGET_MODULES and importlib.util.find_spec(TARGET_MODULES[family]) is None:
+        raise ExportError(f"target {name!r}: its module {TARGET_MODULES[family]} is not part of this installation")
+    cls = target_class(family)
+    return cls(name) if name in C_ARCHES else cls()
 
 
 def support_matrix(model: onnx.ModelProto) -> dict[str, list[tuple[str, str, int]]]:
-    """For every target, the (node, op, opset) triples it cannot take (empty: all supported)."""
-    return {name: target_module(name).unsupported_nodes(model) for name in available_targets()}
+    """For every target, the (node, op, opset) triples its check() reports (empty: all supported)."""
+    return {name: get_target(name).check(model) for name in available_targets()}

@@ -14,15 +14,9 @@ receives COUNT samples of every output, and each timed iteration prints
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shlex
 import shutil
-import struct
 import subprocess
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,471 +25,152 @@ import numpy as np
 import onnx
 
 from fwedge.bundle import Bundle, TensorInfo, host_arch, write_bundle
-from fwedge.errors import ExportError
-from fwedge.ir import write_atomic
+from fwedge.errors import ExportError, UnsupportedOpError
+from fwedge.ir import opset_version
+from fwedge.lowered.graph import LoweredGraph
 from fwedge.runtime_c import HARNESS, HEADER, source_dir
-from fwedge.targets import C_ARCHES
+from fwedge.targets.base import C_ARCHES, COptions, ExportOptions, Target, target
+from fwedge.targets.c_build import (
+    BINARY, C_FLAGS, DISPATCH_DEFINE, VARIANT_CFLAGS, build_binary, cmakelists_text, compiler_command, makefile_text,
+    variant_sources, x86_dispatch,
+)
 from fwedge.targets.c_codegen import CProgram, generate
 from fwedge.targets.common import check_feeds, resolve_precision
 
 log = logging.getLogger(__name__)
 
 TARGET = "c"
-BINARY = "bin/fwedge_model"
 LATENCY_PREFIX = "fwedge-latency-ns"
 
-# zig target triples; static musl binaries run under qemu-user without a sysroot.
-ZIG_TRIPLES = {
-    "x86_64": "x86_64-linux-musl",
-    "aarch64": "aarch64-linux-musl",
-    "riscv64": "riscv64-linux-musl",
-    "loongarch64": "loongarch64-linux-musl",
-}
-# QEMU 7.2's LoongArch emulation lacks LSX/LASX: zig's default CPU for the triple emits them and
-# the binary dies with SIGILL (checked); the base ISA with hardware float runs.
-ZIG_CPU_FLAGS = {"loongarch64": ["-mcpu=generic_la64+f+d"]}
-# ELF e_machine of each architecture, to catch a CC override that builds for the wrong one.
-ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "riscv64": 243, "loongarch64": 258}
-# -ffp-contract=off: no fused multiply-add, so float results do not depend on the FMA units of
-# the CPU; -fno-strict-aliasing: tensors of several types share the byte arena.
-C_FLAGS = ["-std=c99", "-O3", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall"]
-# The link strips symbols and debug information: zig's musl objects carry debug information with
-# the paths of the machine's zig installation and of the temporary build folder, so unstripped
-# cross-compiled binaries differed from build to build (and were 1.7 MB instead of 190 KB).
-# Stripped, the same sources give the same binary bytes on every machine.
-LINK_FLAGS = ["-s"]
-# x86-64 dispatch builds (fwedge_rt.h): the kernel sources compiled again for wider instruction
-# sets, by the wrapper files runtime_c/variants/<kernel>_<suffix>.c, and the flags each level
-# is compiled with (FW_AVX2_CFLAGS, FW_VNNI_CFLAGS).
-DISPATCH_KERNELS = ("conv2d_s8.c", "depthwise_s8.c", "elementwise_s8.c")
-VARIANT_CFLAGS = {"avx2": ["-march=x86-64-v3"], "vnni": ["-march=x86-64-v4", "-mavx512vnni"]}
-DISPATCH_DEFINE = "-DFW_X86_DISPATCH"
-
-
-def variant_file(kernel: str, suffix: str) -> str:
-    """The wrapper file that compiles `kernel` (e.g. conv2d_s8.c) for one level: conv2d_s8_vnni.c."""
-    return f"{kernel[:-2]}_{suffix}.c"
-
-
-# wrapper file -> the kernel source it includes
-VARIANT_KERNELS = {variant_file(kernel, suffix): kernel for kernel in DISPATCH_KERNELS for suffix in VARIANT_CFLAGS}
-
-
-def variant_sources(kernels: list[str]) -> dict[str, list[str]]:
-    """The variant wrapper files of the dispatched kernels among `kernels`, by level suffix."""
-    return {suffix: [variant_file(kernel, suffix) for kernel in kernels if kernel in DISPATCH_KERNELS]
-            for suffix in VARIANT_CFLAGS}
-# Stack the kernels need beyond the frames -fstack-usage reports (libm calls, alignment).
-STACK_MARGIN = 512
-
-
-def x86_dispatch(arch: str, cflags: list[str]) -> bool:
-    """Whether a build carries the AVX2 and AVX-512 VNNI kernel variants and picks them at run
-    time: an x86_64 build whose flags choose no instruction set (no -m... other than -mtune=),
-    keep the intrinsics and do not opt out with -DFW_NO_DISPATCH (the SSE2 kernels only: less
-    ROM)."""
-    return arch == "x86_64" and not any((flag.startswith("-m") and not flag.startswith("-mtune="))
-                                        or flag in ("-DFW_NO_INTRINSICS", "-DFW_NO_DISPATCH") for flag in cflags)
-
-
-def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
-    """Every (node, op, opset) the C target cannot take: the ones the lowering cannot lower."""
-    from fwedge.lowered.lower import unsupported_nodes as lowering_gaps
-
-    return lowering_gaps(model)
-
 
 # --------------------------------------------------------------------------------------------
-# Compilers
+# The target: check (lower + generate in memory), export (write, compile), run (the harness)
 # --------------------------------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """fwedge's cache folder: $FWEDGE_CACHE, else ~/.cache/fwedge."""
-    return Path(os.environ["FWEDGE_CACHE"]) if os.environ.get("FWEDGE_CACHE") else Path.home() / ".cache" / "fwedge"
+def _emitter_refusals(graph: LoweredGraph, quads: bool) -> list[tuple[str, str, str]]:
+    """(op name, op kind, reason) of every lowered op whose C emitter refuses it.
 
-
-def zig_cache_dir() -> Path:
-    """ZIG_GLOBAL_CACHE_DIR: the caller's if set, else inside fwedge's cache (<cache>/zig)."""
-    if os.environ.get("ZIG_GLOBAL_CACHE_DIR"):
-        return Path(os.environ["ZIG_GLOBAL_CACHE_DIR"])
-    return cache_dir() / "zig"
-
-
-def compiler_command(arch: str, cc: str | None = None) -> list[str]:
-    """The compiler argv (without flags or files) for an architecture.
-
-    Order: `cc` (ExportOptions.cc, a vendor toolchain), then $CC, then the system `cc` for the
-    host architecture and `python -m ziglang cc -target <arch>-linux-musl` for the others.
-
-    Raises:
-        ExportError: an unknown architecture, or no compiler available.
+    generate() stops at the first refusal; here every emitter runs on its own against one
+    scratch emitter state. An emitter reads tensors and arena offsets from the graph and its
+    memory plan, not from what earlier ops emitted, so one refusal does not cause the next.
     """
-    if arch not in C_ARCHES:
-        raise ExportError(f"C target: unknown architecture {arch!r}; choose from {', '.join(C_ARCHES)}")
-    override = cc or os.environ.get("CC")
-    if override:
-        return shlex.split(override)
-    if arch == host_arch():
-        for name in ("cc", "gcc", "clang"):
-            if shutil.which(name):
-                return [name]
-    import importlib.util
+    from fwedge.targets.c_codegen import ALIGNMENT, EMITTERS, _Emitter, lifetimes
+    from fwedge.targets.memory_plan import plan_memory
 
-    if importlib.util.find_spec("ziglang") is None:
-        raise ExportError(f"C target: building for {arch} needs zig (pip install ziglang, the cross extra) "
-                          "or a cross compiler given with --cc / $CC")
-    return [sys.executable, "-m", "ziglang", "cc", "-target", ZIG_TRIPLES[arch], *ZIG_CPU_FLAGS.get(arch, [])]
-
-
-def _compiler_env() -> dict:
-    env = dict(os.environ)
-    cache = zig_cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    env["ZIG_GLOBAL_CACHE_DIR"] = str(cache)
-    env.setdefault("ZIG_LOCAL_CACHE_DIR", str(cache))
-    return env
-
-
-def _compiler_version(command: list[str]) -> str:
-    try:
-        done = subprocess.run(command + ["--version"], capture_output=True, text=True, timeout=60, env=_compiler_env())
-        return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr).strip() else ""
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-@dataclass
-class BuildResult:
-    """A compiled harness binary.
-
-    Attributes:
-        command: the compiler argv of the link step (paths relative to the bundle folder).
-        compiler_version: first line of `<cc> --version`.
-        sections: ELF section totals of the whole static binary (machine, text, rodata, data, bss).
-        model_sections: the same totals summed over the objects of model.c and the kernels (the
-            harness and libc excluded): what the model adds to a firmware image.
-        stack_estimate_bytes: fwedge_run's frame plus the deepest kernel frame (host gcc
-            -fstack-usage) plus a margin; None when no gcc is available.
-    """
-
-    command: list[str]
-    compiler_version: str
-    sections: dict
-    model_sections: dict
-    stack_estimate_bytes: int | None
-
-
-def _run_compiler(argv: list[str], arch: str, cwd: str, timeout: float) -> subprocess.CompletedProcess:
-    log.info("compiling: %s", " ".join(argv))
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=_compiler_env())
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ExportError(f"C target: cannot run the compiler {argv[0]!r} for {arch}: {exc}") from exc
-
-
-def _compile_object(compiler: list[str], flags: list[str], folder: Path, source: str, obj: Path, arch: str,
-                    timeout: float) -> None:
-    """Compile one source to `obj`. Runtime kernels (not model.c or main.c) are cached in
-    <cache>/c-objects keyed by the compiler argv, flags and the source and header bytes, since
-    every bundle of an architecture compiles the same kernel files."""
-    key = None
-    if source not in ("model.c", "main.c"):
-        digest = hashlib.sha256(json.dumps([compiler, flags, source]).encode())
-        digest.update((folder / source).read_bytes())
-        digest.update((folder / HEADER).read_bytes())
-        if source in VARIANT_KERNELS:  # a variant wrapper includes its kernel source
-            digest.update((folder / VARIANT_KERNELS[source]).read_bytes())
-        key = cache_dir() / "c-objects" / f"{digest.hexdigest()}.o"
-        if key.is_file():
-            shutil.copyfile(key, obj)
-            return
-    done = _run_compiler(compiler + flags + ["-I", str(folder), "-c", str(folder / source), "-o", str(obj)],
-                         arch, str(obj.parent), timeout)
-    if done.returncode != 0:
-        raise ExportError(f"C target: compiling {source} for {arch} failed (exit {done.returncode}):\n"
-                          f"{done.stderr.strip()[-4000:]}")
-    if key is not None:
-        key.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(key, obj.read_bytes())
-
-
-def build_binary(folder: Path, sources: list[str], arch: str, cc: str | None = None,
-                 extra_flags: list[str] | None = None, static: bool = True, timeout: float = 600,
-                 source_flags: dict[str, list[str]] | None = None) -> BuildResult:
-    """Compile `sources` (relative to `folder`) one object each, then link folder/bin/fwedge_model.
-    source_flags adds flags for single sources (the AVX2 and VNNI variants of a dispatch build).
-
-    Raises:
-        ExportError: the compiler failed (its stderr is in the message), or built for another
-            architecture than `arch`.
-    """
-    compiler = compiler_command(arch, cc)
-    output = folder / BINARY
-    output.parent.mkdir(parents=True, exist_ok=True)
-    flags = C_FLAGS + (extra_flags or [])
-    model_sections = {"text": 0, "rodata": 0, "data": 0, "bss": 0}
-    with tempfile.TemporaryDirectory(prefix="fwedge-cc-") as build_dir:
-        objects = []
-        for source in sources:
-            obj = Path(build_dir) / (Path(source).stem + ".o")
-            _compile_object(compiler, flags + (source_flags or {}).get(source, []), folder, source, obj, arch, timeout)
-            objects.append(str(obj))
-            if source != "main.c":
-                for key, value in elf_sections(obj).items():
-                    if key in model_sections:
-                        model_sections[key] += value
-        link = compiler + flags + LINK_FLAGS + (["-static"] if static else []) + objects + ["-o", str(output), "-lm"]
-        done = _run_compiler(link, arch, build_dir, timeout)
-        if done.returncode != 0 and static and arch == host_arch() and not (cc or os.environ.get("CC")):
-            # Some hosts lack a static libc; a dynamic host binary is still a working bundle.
-            log.warning("static host link failed, linking dynamically: %s", done.stderr.strip()[-300:])
-            done = _run_compiler([a for a in link if a != "-static"], arch, build_dir, timeout)
-        if done.returncode != 0:
-            raise ExportError(f"C target: linking for {arch} failed (exit {done.returncode}):\n{done.stderr.strip()[-4000:]}")
-    sections = elf_sections(output)
-    if sections["machine"] != ELF_MACHINES[arch]:
-        raise ExportError(f"C target: the compiler {' '.join(compiler)!r} built for ELF machine {sections['machine']}, "
-                          f"expected {ELF_MACHINES[arch]} ({arch}); set --cc / $CC to a {arch} compiler")
-    command = compiler + flags + LINK_FLAGS + (["-static"] if static else []) + ["-I."] + sources + ["-o", BINARY, "-lm"]
-    for source, added in (source_flags or {}).items():  # how the per-source flags were given
-        command += [f"({source}: {' '.join(added)})"]
-    return BuildResult(command, _compiler_version(compiler), sections, model_sections,
-                       stack_estimate(folder, [source for source in sources if source not in (source_flags or {})]))
-
-
-def stack_estimate(folder: Path, sources: list[str]) -> int | None:
-    """fwedge_run's frame plus the largest kernel frame, from host gcc -fstack-usage, plus a margin.
-
-    Frames are close across 64-bit targets (same C, int32 accumulators on the stack); this is an
-    estimate, recorded as such in the manifest. The harness's stdio is not counted. Kernel
-    frame sizes are cached like the kernel objects.
-    """
-    gcc = shutil.which("gcc")
-    if not gcc:
-        return None
-    frames: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="fwedge-su-") as temp:
-        for source in sources:
-            if source == "main.c":
-                continue
-            key = None
-            if source != "model.c":
-                digest = hashlib.sha256(json.dumps([gcc, C_FLAGS, source]).encode())
-                digest.update((folder / source).read_bytes())
-                digest.update((folder / HEADER).read_bytes())
-                key = cache_dir() / "c-objects" / f"{digest.hexdigest()}.su"
-            if key is not None and key.is_file():
-                text = key.read_text()
-            else:
-                obj = Path(temp) / (Path(source).stem + ".o")
-                done = subprocess.run([gcc, *C_FLAGS, "-fstack-usage", "-I", str(folder), "-c", str(folder / source),
-                                       "-o", str(obj)], capture_output=True, text=True, timeout=300, cwd=temp)
-                if done.returncode != 0:
-                    return None
-                usage = obj.with_suffix(".su")
-                text = usage.read_text() if usage.is_file() else ""
-                if key is not None:
-                    key.parent.mkdir(parents=True, exist_ok=True)
-                    write_atomic(key, text)
-            for line in text.splitlines():
-                parts = line.split("\t")
-                if len(parts) >= 2 and parts[1].strip().isdigit():
-                    frames[parts[0].rsplit(":", 1)[-1]] = int(parts[1])
-    run_frame = frames.pop("fwedge_run", 0)
-    return run_frame + max(frames.values(), default=0) + STACK_MARGIN
-
-
-def elf_sections(path: Path) -> dict:
-    """Section totals of an ELF file, read from its section headers.
-
-    Returns:
-        {"machine", "text", "rodata", "data", "bss"} in bytes: text = allocated executable
-        sections, rodata = allocated read-only data, data = allocated writable initialised
-        data, bss = allocated NOBITS.
-
-    Raises:
-        ExportError: not a little-endian 64-bit ELF file.
-    """
-    blob = Path(path).read_bytes()
-    if blob[:4] != b"\x7fELF" or blob[4] != 2 or blob[5] != 1:
-        raise ExportError(f"'{path}': not a little-endian 64-bit ELF file")
-    machine = struct.unpack_from("<H", blob, 0x12)[0]
-    shoff = struct.unpack_from("<Q", blob, 0x28)[0]
-    shentsize, shnum = struct.unpack_from("<HH", blob, 0x3A)
-    totals = {"machine": machine, "text": 0, "rodata": 0, "data": 0, "bss": 0}
-    for index in range(shnum):
-        sh_type, sh_flags = struct.unpack_from("<IQ", blob, shoff + index * shentsize + 4)
-        size = struct.unpack_from("<Q", blob, shoff + index * shentsize + 0x20)[0]
-        if not sh_flags & 0x2:  # SHF_ALLOC
+    scratch = _Emitter(graph, plan_memory(lifetimes(graph), ALIGNMENT), quads)
+    found = []
+    for scratch.op_index, op in enumerate(graph.ops):
+        if op.kind not in EMITTERS:
+            found.append((op.name, op.kind, f"no C emitter for {op.kind}"))
             continue
-        if sh_type == 8:  # SHT_NOBITS
-            totals["bss"] += size
-        elif sh_flags & 0x4:  # SHF_EXECINSTR
-            totals["text"] += size
-        elif sh_flags & 0x1:  # SHF_WRITE
-            totals["data"] += size
-        else:
-            totals["rodata"] += size
-    return totals
+        try:
+            EMITTERS[op.kind](scratch, op)
+        except ExportError as error:
+            found.append((op.name, op.kind, str(error).removeprefix("C target: ")))
+    return found
 
 
-# --------------------------------------------------------------------------------------------
-# Bundle files
-# --------------------------------------------------------------------------------------------
-
-
-def _makefile(program: CProgram, arch: str, compiler: list[str], sources: list[str], cflags: list[str],
-              variants: list[str]) -> str:
-    if compiler[:3] == [sys.executable, "-m", "ziglang"]:
-        default_cc = "$(PYTHON) -m ziglang cc " + " ".join(compiler[3 + 1:])
-    else:
-        default_cc = " ".join(shlex.quote(part) for part in compiler)
-    return f"""# Rebuild this fwedge C bundle ({arch}). With a vendor toolchain: make CC=aarch64-linux-gnu-gcc
-# Generated by fwedge; the default compiler is the one fwedge used.
-PYTHON ?= python3
-ifeq ($(origin CC),default)
-CC = {default_cc}
-endif
-CFLAGS ?= {' '.join(C_FLAGS + cflags)}
-LDFLAGS ?= -static {' '.join(LINK_FLAGS)}
-export ZIG_GLOBAL_CACHE_DIR ?= .cache/zig
-export ZIG_LOCAL_CACHE_DIR ?= .cache/zig
-SOURCES = {' '.join(sources)}
-# x86-64 dispatch: kernels compiled again for AVX2 and AVX-512 VNNI, picked at run time (fwedge_rt.h)
-AVX2_CFLAGS = {' '.join(VARIANT_CFLAGS["avx2"])}
-VNNI_CFLAGS = {' '.join(VARIANT_CFLAGS["vnni"])}
-VARIANTS = {' '.join(variants)}
-VARIANT_OBJECTS = $(VARIANTS:%.c=bin/%.o)
-
-{BINARY}: $(SOURCES) $(VARIANT_OBJECTS) model.h {HEADER}
-\tmkdir -p bin
-\t$(CC) $(CFLAGS) $(LDFLAGS) -I. $(SOURCES) $(VARIANT_OBJECTS) -o $@ -lm
-
-bin/%_avx2.o: %_avx2.c %.c {HEADER}
-\tmkdir -p bin
-\t$(CC) $(CFLAGS) $(AVX2_CFLAGS) -I. -c $< -o $@
-
-bin/%_vnni.o: %_vnni.c %.c {HEADER}
-\tmkdir -p bin
-\t$(CC) $(CFLAGS) $(VNNI_CFLAGS) -I. -c $< -o $@
-
-clean:
-\trm -f {BINARY} $(VARIANT_OBJECTS)
-
-.PHONY: clean
-"""
-
-
-def _cmakelists(sources: list[str], variants: dict[str, list[str]]) -> str:
-    dispatch = ""
-    if any(variants.values()):
-        dispatch = (f"# x86-64 dispatch: kernels compiled again for AVX2 and AVX-512 VNNI, picked at run time "
-                    f"(fwedge_rt.h)\ntarget_compile_definitions(fwedge_model PRIVATE {DISPATCH_DEFINE[2:]})\n")
-        for suffix, files in variants.items():
-            dispatch += (f"set_source_files_properties({' '.join(files)} PROPERTIES COMPILE_OPTIONS "
-                         f"\"{';'.join(VARIANT_CFLAGS[suffix])}\")\n")
-    all_variants = [name for files in variants.values() for name in files]
-    return f"""# Rebuild this fwedge C bundle with CMake; cross-compile with -DCMAKE_TOOLCHAIN_FILE=<vendor file>.
-cmake_minimum_required(VERSION 3.10)
-project(fwedge_model C)
-set(CMAKE_C_STANDARD 99)
-set(CMAKE_C_STANDARD_REQUIRED ON)
-add_executable(fwedge_model {' '.join(sources + all_variants)})
-target_include_directories(fwedge_model PRIVATE ${{CMAKE_CURRENT_SOURCE_DIR}})
-target_compile_options(fwedge_model PRIVATE -O3 -ffp-contract=off -fno-strict-aliasing)
-{dispatch}target_link_libraries(fwedge_model m)
-"""
-
-
-def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
-    """Lower the model, generate C, compile it for options.arch and write the bundle.
-
-    Args:
-        model: a loaded float or QDQ model (fwedge.ir.load).
-        out_dir: the bundle directory to create or replace (atomically).
-        options: ExportOptions; arch picks the architecture, cc overrides the compiler, build
-            False writes sources only, extra["cflags"] adds compiler flags (e.g. ["-march=native"]
-            for a host-only build; the default is the portable baseline of the architecture).
-
-    Returns:
-        The written Bundle. sizes holds ROM (text + rodata + data of the ELF), RAM (arena +
-        .data/.bss of the model + stack estimate), the arena and its live-tensor lower bound.
+def generate_checked(model: onnx.ModelProto, arch: str, options: ExportOptions) -> tuple[LoweredGraph, CProgram]:
+    """Lower the model and generate its C program in memory: the check and the build are one step.
 
     Raises:
-        UnsupportedOpError: nodes the lowering cannot take (all listed, nothing written).
-        ExportError: precision mismatch, an op layout the kernels cannot express, a failed
-            compilation.
+        UnsupportedOpError: every node the lowering cannot take (int8 nodes without an int8 form
+            too, unless options.allow_float_fallback), else every node whose C emitter refuses
+            its layout or attributes (all listed; nothing is written yet).
+        ModelError: dynamic shapes or malformed Q/DQ parameters.
+        ExportError: a failure that is not a node's (a graph input name that is not text).
     """
     from fwedge.lowered.lower import lower
 
-    arch = options.arch if options.arch in C_ARCHES else host_arch()
-    precision = resolve_precision(model, options.precision, TARGET)
-    graph = lower(model, target=arch)
+    graph = lower(model, target=arch, float_fallback=options.allow_float_fallback)
     # Only x86 builds read the quad layout of the conv weights (the VNNI kernels).
-    program = generate(graph, options.source_sha256, quads=arch == "x86_64")
-    kernels = program.kernels
-    sources = ["main.c", "model.c", *kernels]
-    compiler = compiler_command(arch, options.cc) if options.build else []
-    cflags = [str(flag) for flag in options.extra.get("cflags", [])]
-    # The default x86_64 build: baseline kernels plus their AVX2 and VNNI variants, picked at run time.
-    by_level = variant_sources(kernels) if x86_dispatch(arch, cflags) else {}
-    variants = [name for files in by_level.values() for name in files]
-    if variants:
-        cflags = cflags + [DISPATCH_DEFINE]
-    facts: dict = {}
+    quads = arch == "x86_64"
+    try:
+        return graph, generate(graph, options.source_sha256, quads=quads)
+    except ExportError as error:
+        refused = _emitter_refusals(graph, quads)
+        if not refused:
+            raise
+        op_types = {node.name: node.op_type for node in model.graph.node}
+        opset = opset_version(model)
+        raise UnsupportedOpError(arch, [(name, op_types.get(name, kind), opset) for name, kind, _ in refused],
+                                 detail="; ".join(f"{name!r}: {why}" for name, _, why in refused)) from error
 
-    def write_files(folder: Path) -> dict:
-        runtime = source_dir()
-        (folder / "model.c").write_text(program.model_c)
-        (folder / "model.h").write_text(program.model_h)
-        shutil.copyfile(runtime / HARNESS, folder / "main.c")
-        shutil.copyfile(runtime / HEADER, folder / HEADER)
-        for kernel in kernels:
-            shutil.copyfile(runtime / kernel, folder / kernel)
-        for variant in variants:
-            shutil.copyfile(runtime / "variants" / variant, folder / variant)
-        (folder / "Makefile").write_text(_makefile(program, arch, compiler or ["cc"], sources, cflags, variants))
-        (folder / "CMakeLists.txt").write_text(_cmakelists(sources, by_level if variants else {}))
-        sizes = {
-            "arena_bytes": program.plan.arena_bytes,
-            "arena_lower_bound_bytes": program.plan.lower_bound_bytes,
-            "arena_ratio": round(program.plan.ratio, 4),
-            "weights_bytes": program.weights_bytes,
-            "io_buffer_bytes": sum(int(np.prod(s)) * np.dtype(d).itemsize for _, s, d in program.inputs + program.outputs),
-        }
-        if options.build:
-            result = build_binary(folder, sources + variants, arch, options.cc, extra_flags=cflags,
-                                  source_flags={name: VARIANT_CFLAGS[suffix] for suffix, files in by_level.items()
-                                                for name in files})
-            whole, model_part = result.sections, result.model_sections
-            stack = result.stack_estimate_bytes or 0
-            sizes.update({
-                # The model (model.c + kernels): ROM = text + rodata + data of their objects;
-                # RAM = their data + bss (the arena) + the stack estimate.
-                "rom_bytes": model_part["text"] + model_part["rodata"] + model_part["data"],
-                "ram_bytes": model_part["data"] + model_part["bss"] + stack,
-                "text_bytes": model_part["text"], "rodata_bytes": model_part["rodata"],
-                "stack_estimate_bytes": result.stack_estimate_bytes,
-                # The whole static harness binary (libc and stdio included).
-                "binary_bytes": (folder / BINARY).stat().st_size,
-                "binary_rom_bytes": whole["text"] + whole["rodata"] + whole["data"],
-                "binary_ram_bytes": whole["data"] + whole["bss"] + stack,
-            })
-            facts["compiler"] = result.command
-            facts["compiler_version"] = result.compiler_version
-        return sizes
 
-    inputs = [TensorInfo(name, list(shape), dtype, "NCHW" if len(shape) == 4 else "")
-              for name, shape, dtype in program.inputs]
-    outputs = [TensorInfo(name, list(shape), dtype, "NCHW" if len(shape) == 4 else "")
-               for name, shape, dtype in program.outputs]
+@dataclass
+class _BuildPlan:
+    """How a bundle's sources are compiled: the compiler, the flags, the x86-64 dispatch variants."""
+
+    arch: str
+    options: COptions
+    compiler: list[str]
+    cflags: list[str]
+    sources: list[str]
+    by_level: dict[str, list[str]]
+
+    @property
+    def variants(self) -> list[str]:
+        return [name for files in self.by_level.values() for name in files]
+
+    @classmethod
+    def make(cls, arch: str, options: COptions, kernels: list[str]) -> _BuildPlan:
+        compiler = compiler_command(arch, options.cc) if options.build else []
+        cflags = [str(flag) for flag in options.cflags]
+        # The default x86_64 build: baseline kernels plus their AVX2 and VNNI variants, picked at run time.
+        by_level = variant_sources(kernels) if x86_dispatch(arch, cflags) else {}
+        if any(by_level.values()):
+            cflags = cflags + [DISPATCH_DEFINE]
+        else:
+            by_level = {}
+        return cls(arch, options, compiler, cflags, ["main.c", "model.c", *kernels], by_level)
+
+
+def _write_sources(folder: Path, program: CProgram, plan: _BuildPlan) -> None:
+    runtime = source_dir()
+    (folder / "model.c").write_text(program.model_c)
+    (folder / "model.h").write_text(program.model_h)
+    shutil.copyfile(runtime / HARNESS, folder / "main.c")
+    shutil.copyfile(runtime / HEADER, folder / HEADER)
+    for kernel in program.kernels:
+        shutil.copyfile(runtime / kernel, folder / kernel)
+    for variant in plan.variants:
+        shutil.copyfile(runtime / "variants" / variant, folder / variant)
+    (folder / "Makefile").write_text(makefile_text(program, plan.arch, plan.compiler or ["cc"], plan.sources,
+                                               plan.cflags, plan.variants))
+    (folder / "CMakeLists.txt").write_text(cmakelists_text(plan.sources, plan.by_level))
+
+
+def _compile(folder: Path, plan: _BuildPlan, facts: dict) -> dict:
+    """Build the harness binary; returns its size figures and records the compiler in `facts`."""
+    result = build_binary(folder, plan.sources + plan.variants, plan.arch, plan.options.cc, extra_flags=plan.cflags,
+                          source_flags={name: VARIANT_CFLAGS[suffix] for suffix, files in plan.by_level.items()
+                                        for name in files})
+    whole, model_part = result.sections, result.model_sections
+    stack = result.stack_estimate_bytes or 0
+    facts["compiler"] = result.command
+    facts["compiler_version"] = result.compiler_version
+    return {
+        # The model (model.c + kernels): ROM = text + rodata + data of their objects;
+        # RAM = their data + bss (the arena) + the stack estimate.
+        "rom_bytes": model_part["text"] + model_part["rodata"] + model_part["data"],
+        "ram_bytes": model_part["data"] + model_part["bss"] + stack,
+        "text_bytes": model_part["text"], "rodata_bytes": model_part["rodata"],
+        "stack_estimate_bytes": result.stack_estimate_bytes,
+        # The whole static harness binary (libc and stdio included).
+        "binary_bytes": (folder / BINARY).stat().st_size,
+        "binary_rom_bytes": whole["text"] + whole["rodata"] + whole["data"],
+        "binary_ram_bytes": whole["data"] + whole["bss"] + stack,
+    }
+
+
+def _manifest_extra(graph: LoweredGraph, program: CProgram, plan: _BuildPlan) -> dict:
     extra = {
-        "kernels": kernels,
+        "kernels": program.kernels,
         # x86-64 dispatch: these kernels also built for AVX2 and AVX-512 VNNI, chosen at run time
         "kernel_variants": {{"avx2": "avx2", "vnni": "avx512_vnni"}[suffix]: files
-                            for suffix, files in by_level.items() if files},
-        "binary": BINARY if options.build else None,
+                            for suffix, files in plan.by_level.items() if files},
+        "binary": BINARY if plan.options.build else None,
         "ops": len(graph.ops),
         # model.c's comments name ops by index only; these are their names, in that order
         "op_names": program.op_names,
@@ -503,23 +178,113 @@ def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
         "storage_layout": "NHWC",
         "memory_plan": program.plan.to_dict(),
         "harness": "fwedge_model INPUT OUTPUT COUNT ITERATIONS",
-        "cflags": C_FLAGS + cflags,
+        "cflags": C_FLAGS + plan.cflags,
     }
+    if graph.float_fallback:  # only with allow_float_fallback: the decision is reported
+        extra["float_fallback"] = [{"node": name, "reason": why} for name, why in graph.float_fallback]
+    return extra
 
-    def write_and_record(folder: Path) -> dict:
-        sizes = write_files(folder)
-        extra.update(facts)  # compiler argv and version, known after the build
-        return sizes
 
-    bundle = write_bundle(
-        out_dir, target=TARGET, arch=arch, precision=precision, source_sha256=options.source_sha256,
-        inputs=inputs, outputs=outputs, write_files=write_and_record, preprocess=options.preprocess,
-        toolchain={"compiler": " ".join(compiler[:1] + compiler[1:4]) if compiler else "none"},
-        extra=extra,
-    )
-    log.info("C bundle %s (%s): arena %d bytes (lower bound %d), weights %d bytes", bundle.path, arch,
-             program.plan.arena_bytes, program.plan.lower_bound_bytes, program.weights_bytes)
-    return bundle
+@target("c")
+class CTarget(Target):
+    """Generated C plus runtime_c kernels for one architecture (CTarget("aarch64")), run natively or under qemu.
+
+    run() takes the architecture from the bundle, so CTarget() (this host's) runs a bundle of any.
+    """
+
+    lowers = True
+    options_type = COptions
+
+    def __init__(self, arch: str | None = None):
+        if arch is not None and arch not in C_ARCHES:
+            raise ExportError(f"C target: unknown architecture {arch!r}; choose from {', '.join(C_ARCHES)}")
+        self.arch = arch or host_arch()
+
+    @property
+    def label(self) -> str:
+        return self.arch
+
+    def check(self, model: onnx.ModelProto, options: ExportOptions | None = None) -> list[tuple[str, str, int]]:
+        """Every (node, op, opset) export() refuses: the lowering's and the C emitters' refusals
+        (generate_checked, the same step export() runs). Dynamic shapes: judged by op type only."""
+        from fwedge.errors import ModelError
+        from fwedge.lowered.lower import unsupported_nodes as lowering_gaps
+
+        try:
+            generate_checked(model, self.arch, options or ExportOptions())
+        except UnsupportedOpError as error:
+            return error.nodes
+        except ModelError:
+            return lowering_gaps(model)
+        return []
+
+    def export(self, model: onnx.ModelProto, out_dir, options: ExportOptions | None = None) -> Bundle:
+        """Lower the model, generate C, compile it for this architecture and write the bundle.
+
+        Args:
+            model: a loaded float or QDQ model (fwedge.ir.load).
+            out_dir: the bundle directory to create or replace (atomically).
+            options: ExportOptions; COptions.cc overrides the compiler, build False writes sources
+                only, cflags adds compiler flags (e.g. ("-march=native",) for a host-only build;
+                the default is the portable baseline of the architecture).
+
+        Returns:
+            The written Bundle. sizes holds ROM (text + rodata + data of the ELF), RAM (arena +
+            .data/.bss of the model + stack estimate), the arena and its live-tensor lower bound.
+
+        Raises:
+            UnsupportedOpError: nodes the lowering or the C emitters cannot take (all listed,
+                nothing written).
+            ExportError: precision mismatch, other options' type, a failed compilation.
+        """
+        options = options or ExportOptions()
+        own = self.own_options(options)
+        if self.arch not in C_ARCHES:
+            raise ExportError(f"C target: unknown architecture {self.arch!r}; choose from {', '.join(C_ARCHES)}")
+        precision = resolve_precision(model, options.precision, TARGET)
+        graph, program = generate_checked(model, self.arch, options)
+        plan = _BuildPlan.make(self.arch, own, program.kernels)
+        extra = _manifest_extra(graph, program, plan)
+
+        def write_files(folder: Path) -> dict:
+            _write_sources(folder, program, plan)
+            sizes = {
+                "arena_bytes": program.plan.arena_bytes,
+                "arena_lower_bound_bytes": program.plan.lower_bound_bytes,
+                "arena_ratio": round(program.plan.ratio, 4),
+                "weights_bytes": program.weights_bytes,
+                "io_buffer_bytes": sum(int(np.prod(s)) * np.dtype(d).itemsize
+                                       for _, s, d in program.inputs + program.outputs),
+            }
+            if own.build:
+                sizes.update(_compile(folder, plan, extra))  # compiler argv and version into extra
+            return sizes
+
+        specs = [[TensorInfo(name, list(shape), dtype, "NCHW" if len(shape) == 4 else "")
+                  for name, shape, dtype in tensors] for tensors in (program.inputs, program.outputs)]
+        compiler = plan.compiler
+        bundle = write_bundle(
+            out_dir, target=TARGET, arch=self.arch, precision=precision, source_sha256=options.source_sha256,
+            inputs=specs[0], outputs=specs[1], write_files=write_files, preprocess=options.preprocess,
+            toolchain={"compiler": " ".join(compiler[:1] + compiler[1:4]) if compiler else "none"},
+            extra=extra,
+        )
+        log.info("C bundle %s (%s): arena %d bytes (lower bound %d), weights %d bytes", bundle.path, self.arch,
+                 program.plan.arena_bytes, program.plan.lower_bound_bytes, program.weights_bytes)
+        return bundle
+
+    def run(self, bundle: Bundle, feeds: dict[str, np.ndarray], *, exact_int8: bool = False) -> dict[str, np.ndarray]:
+        """Run a C bundle on a batch (natively, or under qemu-<bundle arch>); outputs as numpy arrays.
+
+        Outputs have the bundle's output dtypes (float32 for float and float-I/O int8 bundles,
+        which end in a dequantize), in NCHW order like onnxruntime's.
+
+        Raises:
+            ExportError: missing feeds, shape mismatch, or a harness failure.
+        """
+        self.require_exact(bundle, exact_int8)
+        outputs, _ = run_harness(bundle, feeds)
+        return outputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -657,19 +422,6 @@ def run_harness(bundle: Bundle, inputs: dict[str, np.ndarray], iterations: int =
             raise ExportError(f"bundle '{bundle.path}': harness exited {done.returncode}: {done.stderr.strip()[-2000:]}")
         outputs = read_harness_output(bundle, work / "outputs.bin", count)
     return outputs, parse_harness_latencies(done.stdout)
-
-
-def run(bundle: Bundle, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run a C bundle on a batch (natively, or under qemu-<arch>); outputs as numpy arrays.
-
-    Outputs have the bundle's output dtypes (float32 for float and float-I/O int8 bundles, which
-    end in a dequantize), in NCHW order like onnxruntime's.
-
-    Raises:
-        ExportError: missing feeds, shape mismatch, or a harness failure.
-    """
-    outputs, _ = run_harness(bundle, feeds)
-    return outputs
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Helpers every target shares: precision resolution, I/O specs, the support check, runner caches."""
+"""Helpers every target shares: precision resolution, I/O specs, feed checks, runner caches."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +10,7 @@ import onnx
 
 from fwedge import ir
 from fwedge.bundle import Bundle, TensorInfo
-from fwedge.errors import ExportError, UnsupportedOpError
+from fwedge.errors import ExportError
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +61,6 @@ def resolve_precision(model: onnx.ModelProto, requested: str, target: str) -> st
     if requested not in ("int8", "fp32"):
         raise ExportError(f"target {target!r}: precision must be auto, int8 or fp32, got {requested!r}")
     return requested
-
-
-def check_supported(target: str, model: onnx.ModelProto, unsupported_nodes: Callable) -> None:
-    """Raise one UnsupportedOpError listing every node the target cannot take (nothing written yet)."""
-    missing = unsupported_nodes(model)
-    if missing:
-        raise UnsupportedOpError(target, missing)
 
 
 def _static_shape(value: onnx.ValueInfoProto, batch: int | None) -> list[int]:

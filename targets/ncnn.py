@@ -45,7 +45,10 @@ from fwedge.errors import ExportError, UnsupportedOpError
 from fwedge.ir import opset_version
 from fwedge.lowered.graph import same_padding
 from fwedge.op_info import attribute
-from fwedge.targets.common import QDQ_OPS, RunnerCache, check_feeds, io_specs, require_static, resolve_precision, runtime_threads
+from fwedge.targets.base import ExportOptions, Target, target
+from fwedge.targets.common import (
+    QDQ_OPS, RunnerCache, check_feeds, has_qdq, io_specs, require_static, resolve_precision, runtime_threads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -309,13 +312,8 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
     return "no ncnn writer for this op"
 
 
-def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
-    """Nodes this writer cannot express in ncnn (after folding constant shape subgraphs)."""
-    try:
-        view = float_view(prepare(model))
-    except ExportError:
-        view = float_view(model)
-    opset = opset_version(model)
+def _node_problems(view: FloatView, opset: int) -> list[tuple[str, str, int]]:
+    """Nodes this writer has no translation for (the node table of _reason)."""
     missing = []
     for node in view.nodes:
         reason = _reason(node, view)
@@ -785,48 +783,42 @@ def write_ncnn(view: FloatView, int8: bool) -> tuple[str, bytes, NcnnWriter]:
     return writer.param_text(), bytes(writer.weights), writer
 
 
-def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
-    """Write an ncnn bundle: fp32 from a float model, int8 from a QDQ model (fwedge's scales).
+def _writer_refusals(view: FloatView, int8: bool) -> list[tuple[onnx.NodeProto, str]]:
+    """Every node whose translation raises, each translated on its own (write_ncnn stops at the first).
 
-    Returns:
-        The Bundle; extra records the int8 layers and the layers kept in float with the reason.
+    Each emit_* reads shapes and blob names from the view, not from the layers written before,
+    so one refused node does not make the next ones fail.
+    """
+    writer = NcnnWriter(view, int8)
+    found = []
+    for node in view.nodes:
+        try:
+            writer.emit(node)
+        except ExportError as error:
+            found.append((node, str(error).removeprefix(f"target {TARGET!r}: ")))
+    return found
+
+
+def write_checked(view: FloatView, int8: bool, opset: int) -> tuple[str, bytes, NcnnWriter]:
+    """write_ncnn in memory, after checking every node: the check and the build are one step.
 
     Raises:
-        UnsupportedOpError: nodes the writer cannot take (all listed, nothing written).
-        ExportError: dynamic non-batch shapes, precision mismatch, inexpressible attributes.
+        UnsupportedOpError: every node with no translation, else every node whose translation
+            refuses its attributes or shapes (all listed; nothing is written yet).
+        ExportError: a failure that is not a node's (a graph output that is a graph input).
     """
-    import ncnn
-
-    precision = resolve_precision(model, options.precision, TARGET)
-    prepared = prepare(model)
-    view = float_view(prepared)
-    opset = opset_version(model)
-    missing = [(n.name or n.output[0], n.op_type, opset) for n in view.nodes if _reason(n, view) is not None]
+    missing = _node_problems(view, opset)
     if missing:
         raise UnsupportedOpError(TARGET, missing)
-    param, weights, writer = write_ncnn(view, precision == "int8")
-    notes = [f"kept in float: {name} ({why})" for name, why in writer.float_layers.items()]
-    if precision == "int8" and not writer.int8_layers:
-        notes.append("no Conv/Gemm/MatMul runs in int8; every layer computes in float between the Q/DQ clamps")
-    for note in notes:
-        log.warning("ncnn: %s", note)
-    inputs, outputs = io_specs(prepared, batch=None)
-    for spec in inputs + outputs:
-        spec.shape[0] = -1
-
-    def write_files(folder: Path) -> dict:
-        (folder / PARAM_FILE).write_text(param)
-        (folder / BIN_FILE).write_bytes(weights)
-        return {"weights_bytes": len(weights)}
-
-    return write_bundle(
-        out_dir, target=TARGET, arch=options.arch, precision=precision,
-        source_sha256=options.source_sha256, inputs=inputs, outputs=outputs,
-        write_files=write_files, preprocess=options.preprocess,
-        toolchain={"ncnn": ncnn.__version__},
-        extra={"int8_layers": writer.int8_layers, "float_layers": writer.float_layers, "notes": notes,
-               "layers": len(writer.layers)},
-    )
+    try:
+        return write_ncnn(view, int8)
+    except ExportError as error:
+        refused = _writer_refusals(view, int8)
+        if not refused:
+            raise
+        raise UnsupportedOpError(TARGET, [(node.name or node.output[0], node.op_type, opset) for node, _ in refused],
+                                 detail="; ".join(f"{node.name or node.output[0]!r}: {why}" for node, why in refused)
+                                 ) from error
 
 
 # --------------------------------------------------------------------------------------------
@@ -882,33 +874,95 @@ def _extract(bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str]) -> 
     return results
 
 
-def run(bundle: Bundle, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run an ncnn bundle with the ncnn Python module, one sample at a time.
+@target("ncnn")
+class NcnnTarget(Target):
+    """fwedge's own .param/.bin writer from the float or QDQ model, run by the ncnn Python module."""
 
-    Args:
-        bundle: a loaded ncnn bundle.
-        feeds: input name -> float32 NCHW batch.
+    supports_intermediates = True
 
-    Returns:
-        output name -> float32 array of the ONNX output shape (batch first).
-    """
-    check_feeds(bundle, feeds)
-    names = [spec.name for spec in bundle.outputs]
-    rows = _extract(bundle, feeds, names)
-    out = {}
-    for position, spec in enumerate(bundle.outputs):
-        tail = [d for d in spec.shape[1:]]
-        out[spec.name] = np.stack([row[position].reshape(tail) for row in rows])
-    return out
+    def check(self, model: onnx.ModelProto, options: ExportOptions | None = None) -> list[tuple[str, str, int]]:
+        """Nodes this writer cannot express in ncnn (after folding constant shape subgraphs),
+        found by writing the model in memory as export() does."""
+        opset = opset_version(model)
+        try:
+            view = float_view(prepare(model))
+        except ExportError:  # dynamic non-batch shapes: judged by the node table only
+            return _node_problems(float_view(model), opset)
+        try:
+            write_checked(view, has_qdq(model), opset)
+        except UnsupportedOpError as error:
+            return error.nodes
+        return []
 
+    def export(self, model: onnx.ModelProto, out_dir, options: ExportOptions | None = None) -> Bundle:
+        """Write an ncnn bundle: fp32 from a float model, int8 from a QDQ model (fwedge's scales).
 
-def intermediates(bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-    """Values of any blob named after an ONNX tensor (ncnn can extract every blob), for `fwedge diff`."""
-    blobs = set()
-    for line in bundle.file(PARAM_FILE).read_text().splitlines()[2:]:
-        fields = line.split()
-        count_in, count_out = int(fields[2]), int(fields[3])
-        blobs.update(fields[4 + count_in : 4 + count_in + count_out])
-    wanted = [name for name in names if name in blobs]
-    rows = _extract(bundle, feeds, wanted)
-    return {name: np.stack([row[i] for row in rows]) for i, name in enumerate(wanted)}
+        Returns:
+            The Bundle; extra records the int8 layers and the layers kept in float with the reason.
+
+        Raises:
+            UnsupportedOpError: nodes the writer cannot take (all listed, nothing written).
+            ExportError: dynamic non-batch shapes, precision mismatch.
+        """
+        import ncnn
+
+        options = options or ExportOptions()
+        self.own_options(options)
+        precision = resolve_precision(model, options.precision, TARGET)
+        prepared = prepare(model)
+        param, weights, writer = write_checked(float_view(prepared), precision == "int8", opset_version(model))
+        notes = [f"kept in float: {name} ({why})" for name, why in writer.float_layers.items()]
+        if precision == "int8" and not writer.int8_layers:
+            notes.append("no Conv/Gemm/MatMul runs in int8; every layer computes in float between the Q/DQ clamps")
+        for note in notes:
+            log.warning("ncnn: %s", note)
+        inputs, outputs = io_specs(prepared, batch=None)
+        for spec in inputs + outputs:
+            spec.shape[0] = -1
+
+        def write_files(folder: Path) -> dict:
+            (folder / PARAM_FILE).write_text(param)
+            (folder / BIN_FILE).write_bytes(weights)
+            return {"weights_bytes": len(weights)}
+
+        return write_bundle(
+            out_dir, target=TARGET, arch=self.arch, precision=precision,
+            source_sha256=options.source_sha256, inputs=inputs, outputs=outputs,
+            write_files=write_files, preprocess=options.preprocess,
+            toolchain={"ncnn": ncnn.__version__},
+            extra={"int8_layers": writer.int8_layers, "float_layers": writer.float_layers, "notes": notes,
+                   "layers": len(writer.layers)},
+        )
+
+    def run(self, bundle: Bundle, feeds: dict[str, np.ndarray], *, exact_int8: bool = False) -> dict[str, np.ndarray]:
+        """Run an ncnn bundle with the ncnn Python module, one sample at a time.
+
+        Args:
+            bundle: a loaded ncnn bundle.
+            feeds: input name -> float32 NCHW batch.
+
+        Returns:
+            output name -> float32 array of the ONNX output shape (batch first).
+        """
+        self.require_exact(bundle, exact_int8)
+        check_feeds(bundle, feeds)
+        names = [spec.name for spec in bundle.outputs]
+        rows = _extract(bundle, feeds, names)
+        out = {}
+        for position, spec in enumerate(bundle.outputs):
+            tail = [d for d in spec.shape[1:]]
+            out[spec.name] = np.stack([row[position].reshape(tail) for row in rows])
+        return out
+
+    def intermediates(self, bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str], *,
+                      exact_int8: bool = False) -> dict[str, np.ndarray]:
+        """Values of any blob named after an ONNX tensor (ncnn can extract every blob), for `fwedge diff`."""
+        self.require_exact(bundle, exact_int8)
+        blobs = set()
+        for line in bundle.file(PARAM_FILE).read_text().splitlines()[2:]:
+            fields = line.split()
+            count_in, count_out = int(fields[2]), int(fields[3])
+            blobs.update(fields[4 + count_in : 4 + count_in + count_out])
+        wanted = [name for name in names if name in blobs]
+        rows = _extract(bundle, feeds, wanted)
+        return {name: np.stack([row[i] for row in rows]) for i, name in enumerate(wanted)}

@@ -9,85 +9,20 @@ import numpy as np
 import onnx
 
 from fwedge.bundle import Bundle, write_bundle
-from fwedge.errors import ExportError
+from fwedge.errors import ExportError, UnsupportedOpError
 from fwedge.ir import opset_version
-from fwedge.targets.common import RunnerCache, check_feeds, check_supported, io_specs, resolve_precision, runtime_threads
+from fwedge.targets.base import ExportOptions, Target, target
+from fwedge.targets.common import RunnerCache, check_feeds, io_specs, resolve_precision, runtime_threads
 
 log = logging.getLogger(__name__)
 
 TARGET = "openvino"
-EXACT_INT8 = True  # run(..., exact_int8=True) and intermediates(...) run FakeQuantize as float
 XML_FILE = "model.xml"
 BIN_FILE = "model.bin"
 
 
 def _model_stream(model: onnx.ModelProto) -> io.BytesIO:
     return io.BytesIO(model.SerializeToString())
-
-
-def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
-    """Nodes OpenVINO's ONNX frontend cannot convert, found by a partial conversion.
-
-    A partial conversion keeps every node it has no translator for as an ONNXFrameworkNode; those
-    are the unsupported ones. Nothing is compiled, so this stays cheap.
-    """
-    from openvino.frontend import FrontEndManager
-
-    frontend = FrontEndManager().load_by_framework("onnx")
-    partial = frontend.convert_partially(frontend.load(_model_stream(model)))
-    by_name = {}
-    for node in model.graph.node:
-        for key in [node.name, *node.output]:
-            if key:
-                by_name.setdefault(key, node)
-    opset = opset_version(model)
-    missing = []
-    for op in partial.get_ordered_ops():
-        if op.get_type_name() not in ("ONNXFrameworkNode", "NotSupportedONNXNode", "FrameworkNode"):
-            continue
-        node = by_name.get(op.get_friendly_name())
-        if node is None:
-            missing.append((op.get_friendly_name(), op.get_type_name(), opset))
-        else:
-            missing.append((node.name or node.output[0], node.op_type, opset))
-    return missing
-
-
-def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
-    """Convert the float or QDQ model to OpenVINO IR and write it as a bundle.
-
-    Weights stay float32 (compress_to_fp16=False) so the fp32 bundle matches onnxruntime; a QDQ
-    model's QuantizeLinear/DequantizeLinear pairs become FakeQuantize ops, which OpenVINO's
-    low-precision transformations turn into int8 kernels at compile time.
-
-    Raises:
-        UnsupportedOpError: the ONNX frontend cannot translate some nodes (all listed).
-        ExportError: precision mismatch, or the conversion fails.
-    """
-    import openvino as ov
-
-    precision = resolve_precision(model, options.precision, TARGET)
-    check_supported(TARGET, model, unsupported_nodes)
-    try:
-        converted = ov.convert_model(_model_stream(model))
-    except Exception as exc:  # ovc raises its own Error / RuntimeError types
-        raise ExportError(f"target {TARGET!r}: openvino.convert_model failed: {exc}") from exc
-    fake_quantize = sum(1 for op in converted.get_ordered_ops() if op.get_type_name() == "FakeQuantize")
-    if precision == "int8" and fake_quantize == 0:
-        raise ExportError(f"target {TARGET!r}: the QDQ model converted to IR without FakeQuantize ops")
-    inputs, outputs = io_specs(model)
-
-    def write_files(folder: Path) -> dict:
-        ov.save_model(converted, str(folder / XML_FILE), compress_to_fp16=False)
-        return {"weights_bytes": (folder / BIN_FILE).stat().st_size}
-
-    return write_bundle(
-        out_dir, target=TARGET, arch=options.arch, precision=precision,
-        source_sha256=options.source_sha256, inputs=inputs, outputs=outputs,
-        write_files=write_files, preprocess=options.preprocess,
-        toolchain={"openvino": ov.get_version()},
-        extra={"fake_quantize_ops": fake_quantize},
-    )
 
 
 class _Compiled:
@@ -147,78 +82,151 @@ _MODELS = RunnerCache(_Compiled)
 _EXACT_MODELS = RunnerCache(lambda bundle: _Compiled(bundle, exact_int8=True))
 
 
-def run(bundle: Bundle, feeds: dict[str, np.ndarray], *, exact_int8: bool = False) -> dict[str, np.ndarray]:
-    """Run an OpenVINO bundle on the host CPU.
+@target("openvino")
+class OpenvinoTarget(Target):
+    """OpenVINO IR from openvino.convert_model; exact_int8 runs FakeQuantize as the float op it defines (_Compiled)."""
 
-    Args:
-        bundle: a loaded OpenVINO bundle.
-        feeds: input name -> float32 NCHW batch.
-        exact_int8: compute FakeQuantize as defined instead of with the CPU's int8 kernels
-            (_Compiled): for checking a bundle independently of the host CPU.
+    exact_int8 = True
+    supports_intermediates = True
 
-    Returns:
-        output name -> float32 array (copied out of OpenVINO's buffers).
-    """
-    check_feeds(bundle, feeds)
-    batch = len(feeds[bundle.inputs[0].name])
-    if all(spec.shape[0] == 1 for spec in bundle.inputs) and batch > 1:
-        # A model exported with a fixed batch of 1 (constant Reshape shapes, e.g. PP-OCR) cannot
-        # be reshaped to the batch: run it sample by sample.
-        rows = [run(bundle, {name: value[i : i + 1] for name, value in feeds.items()}, exact_int8=exact_int8)
-                for i in range(batch)]
-        return {spec.name: np.concatenate([row[spec.name] for row in rows]) for spec in bundle.outputs}
-    compiled, request = (_EXACT_MODELS if exact_int8 else _MODELS).get(bundle).request(batch)
-    results = request.infer({spec.name: np.ascontiguousarray(feeds[spec.name]) for spec in bundle.inputs})
-    out = {}
-    for spec in bundle.outputs:
-        out[spec.name] = np.array(results[compiled.output(spec.name)], dtype=np.float32, copy=True)
-    return out
+    def check(self, model: onnx.ModelProto, options: ExportOptions | None = None) -> list[tuple[str, str, int]]:
+        """Nodes OpenVINO's ONNX frontend cannot convert, found by a partial conversion.
 
+        A partial conversion keeps every node it has no translator for as an ONNXFrameworkNode; those
+        are the unsupported ones. Nothing is compiled, so this stays cheap.
+        """
+        from openvino.frontend import FrontEndManager
 
-def intermediates(bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str], *,
-                  exact_int8: bool = False) -> dict[str, np.ndarray]:
-    """Values of internal tensors that kept their ONNX names in the IR, for `fwedge diff`.
+        frontend = FrontEndManager().load_by_framework("onnx")
+        partial = frontend.convert_partially(frontend.load(_model_stream(model)))
+        by_name = {}
+        for node in model.graph.node:
+            for key in [node.name, *node.output]:
+                if key:
+                    by_name.setdefault(key, node)
+        opset = opset_version(model)
+        missing = []
+        for op in partial.get_ordered_ops():
+            if op.get_type_name() not in ("ONNXFrameworkNode", "NotSupportedONNXNode", "FrameworkNode"):
+                continue
+            node = by_name.get(op.get_friendly_name())
+            if node is None:
+                missing.append((op.get_friendly_name(), op.get_type_name(), opset))
+            else:
+                missing.append((node.name or node.output[0], node.op_type, opset))
+        return missing
 
-    Every IR op output whose tensor names include a requested ONNX name becomes a model output;
-    names the conversion fused away (e.g. a Conv output folded with its BatchNormalization) are
-    simply absent from the result.
-    """
-    holder = _Compiled(bundle, exact_int8=exact_int8)
-    model = holder.read()
-    wanted = set(names)
-    found = {}
-    for op in model.get_ordered_ops():
-        if op.get_type_name() in ("Result", "Constant"):
-            continue
-        for port in op.outputs():
-            names = port.get_names()
-            if len(names) > 1:
-                # Conversion merged tensors (e.g. a Clip removed in front of a FakeQuantize hands
-                # its name to the Add before it): the port holds the first op's value, so only the
-                # name matching the op itself is trusted.
-                names = {name for name in names if name == op.get_friendly_name()}
-            for name in names:
-                if name in wanted and name not in found:
-                    found[name] = port
-    if not found:
-        return {}
-    model.add_outputs(list(found.values()))
-    batch = len(feeds[bundle.inputs[0].name])
-    per_sample = all(spec.shape[0] == 1 for spec in bundle.inputs)
-    if not per_sample:
-        shapes = {spec.name: [batch] + list(spec.shape[1:]) for spec in bundle.inputs if -1 not in spec.shape[1:]}
-        if shapes:
-            model.reshape(shapes)
-    compiled = holder.compile(model)
-    request = compiled.create_infer_request()
-    chunks = [slice(i, i + 1) for i in range(batch)] if per_sample else [slice(0, batch)]
-    collected: dict[str, list[np.ndarray]] = {}
-    for chunk in chunks:
-        results = request.infer({spec.name: np.ascontiguousarray(feeds[spec.name][chunk]) for spec in bundle.inputs})
-        seen = set()
-        for output in compiled.outputs:
-            for name in output.get_names():
-                if name in found and name not in seen:
-                    seen.add(name)
-                    collected.setdefault(name, []).append(np.array(results[output], dtype=np.float32, copy=True))
-    return {name: np.concatenate(parts) for name, parts in collected.items()}
+    def export(self, model: onnx.ModelProto, out_dir, options: ExportOptions | None = None) -> Bundle:
+        """Convert the float or QDQ model to OpenVINO IR and write it as a bundle.
+
+        Weights stay float32 (compress_to_fp16=False) so the fp32 bundle matches onnxruntime; a QDQ
+        model's QuantizeLinear/DequantizeLinear pairs become FakeQuantize ops, which OpenVINO's
+        low-precision transformations turn into int8 kernels at compile time.
+
+        Raises:
+            UnsupportedOpError: the ONNX frontend cannot translate some nodes (all listed).
+            ExportError: precision mismatch, or the conversion fails.
+        """
+        import openvino as ov
+
+        options = options or ExportOptions()
+        self.own_options(options)
+        precision = resolve_precision(model, options.precision, TARGET)
+        missing = self.check(model, options)
+        if missing:
+            raise UnsupportedOpError(TARGET, missing)
+        try:
+            converted = ov.convert_model(_model_stream(model))
+        except Exception as exc:  # ovc raises its own Error / RuntimeError types
+            raise ExportError(f"target {TARGET!r}: openvino.convert_model failed: {exc}") from exc
+        fake_quantize = sum(1 for op in converted.get_ordered_ops() if op.get_type_name() == "FakeQuantize")
+        if precision == "int8" and fake_quantize == 0:
+            raise ExportError(f"target {TARGET!r}: the QDQ model converted to IR without FakeQuantize ops")
+        inputs, outputs = io_specs(model)
+
+        def write_files(folder: Path) -> dict:
+            ov.save_model(converted, str(folder / XML_FILE), compress_to_fp16=False)
+            return {"weights_bytes": (folder / BIN_FILE).stat().st_size}
+
+        return write_bundle(
+            out_dir, target=TARGET, arch=self.arch, precision=precision,
+            source_sha256=options.source_sha256, inputs=inputs, outputs=outputs,
+            write_files=write_files, preprocess=options.preprocess,
+            toolchain={"openvino": ov.get_version()},
+            extra={"fake_quantize_ops": fake_quantize},
+        )
+
+    def run(self, bundle: Bundle, feeds: dict[str, np.ndarray], *, exact_int8: bool = False) -> dict[str, np.ndarray]:
+        """Run an OpenVINO bundle on the host CPU.
+
+        Args:
+            bundle: a loaded OpenVINO bundle.
+            feeds: input name -> float32 NCHW batch.
+            exact_int8: compute FakeQuantize as defined instead of with the CPU's int8 kernels
+                (_Compiled): for checking a bundle independently of the host CPU.
+
+        Returns:
+            output name -> float32 array (copied out of OpenVINO's buffers).
+        """
+        check_feeds(bundle, feeds)
+        batch = len(feeds[bundle.inputs[0].name])
+        if all(spec.shape[0] == 1 for spec in bundle.inputs) and batch > 1:
+            # A model exported with a fixed batch of 1 (constant Reshape shapes, e.g. PP-OCR) cannot
+            # be reshaped to the batch: run it sample by sample.
+            rows = [self.run(bundle, {name: value[i : i + 1] for name, value in feeds.items()}, exact_int8=exact_int8)
+                    for i in range(batch)]
+            return {spec.name: np.concatenate([row[spec.name] for row in rows]) for spec in bundle.outputs}
+        compiled, request = (_EXACT_MODELS if exact_int8 else _MODELS).get(bundle).request(batch)
+        results = request.infer({spec.name: np.ascontiguousarray(feeds[spec.name]) for spec in bundle.inputs})
+        out = {}
+        for spec in bundle.outputs:
+            out[spec.name] = np.array(results[compiled.output(spec.name)], dtype=np.float32, copy=True)
+        return out
+
+    def intermediates(self, bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str], *,
+                      exact_int8: bool = False) -> dict[str, np.ndarray]:
+        """Values of internal tensors that kept their ONNX names in the IR, for `fwedge diff`.
+
+        Every IR op output whose tensor names include a requested ONNX name becomes a model output;
+        names the conversion fused away (e.g. a Conv output folded with its BatchNormalization) are
+        simply absent from the result.
+        """
+        holder = _Compiled(bundle, exact_int8=exact_int8)
+        model = holder.read()
+        wanted = set(names)
+        found = {}
+        for op in model.get_ordered_ops():
+            if op.get_type_name() in ("Result", "Constant"):
+                continue
+            for port in op.outputs():
+                names = port.get_names()
+                if len(names) > 1:
+                    # Conversion merged tensors (e.g. a Clip removed in front of a FakeQuantize hands
+                    # its name to the Add before it): the port holds the first op's value, so only the
+                    # name matching the op itself is trusted.
+                    names = {name for name in names if name == op.get_friendly_name()}
+                for name in names:
+                    if name in wanted and name not in found:
+                        found[name] = port
+        if not found:
+            return {}
+        model.add_outputs(list(found.values()))
+        batch = len(feeds[bundle.inputs[0].name])
+        per_sample = all(spec.shape[0] == 1 for spec in bundle.inputs)
+        if not per_sample:
+            shapes = {spec.name: [batch] + list(spec.shape[1:]) for spec in bundle.inputs if -1 not in spec.shape[1:]}
+            if shapes:
+                model.reshape(shapes)
+        compiled = holder.compile(model)
+        request = compiled.create_infer_request()
+        chunks = [slice(i, i + 1) for i in range(batch)] if per_sample else [slice(0, batch)]
+        collected: dict[str, list[np.ndarray]] = {}
+        for chunk in chunks:
+            results = request.infer({spec.name: np.ascontiguousarray(feeds[spec.name][chunk]) for spec in bundle.inputs})
+            seen = set()
+            for output in compiled.outputs:
+                for name in output.get_names():
+                    if name in found and name not in seen:
+                        seen.add(name)
+                        collected.setdefault(name, []).append(np.array(results[output], dtype=np.float32, copy=True))
+        return {name: np.concatenate(parts) for name, parts in collected.items()}

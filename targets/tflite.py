@@ -11,10 +11,11 @@ import onnx
 
 from fwedge import ir
 from fwedge.bundle import Bundle, TensorInfo, write_bundle
-from fwedge.errors import ExportError, UnsupportedOpError
+from fwedge.errors import UnsupportedOpError
 from fwedge.lowered.graph import LoweredGraph, LoweredOp, LoweredTensor, QuantParams, same_padding
 from fwedge.ops import unary
-from fwedge.targets.common import RunnerCache, resolve_precision, runtime_threads
+from fwedge.targets.base import ExportOptions, Target, TfliteOptions, target
+from fwedge.targets.common import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -105,30 +106,23 @@ def _op_problem(graph: LoweredGraph, op: LoweredOp) -> str | None:
     return None
 
 
-def _lowered(model: onnx.ModelProto, options=None) -> LoweredGraph:
+def _lowered(model: onnx.ModelProto, options: ExportOptions) -> LoweredGraph:
+    """The lowered graph, checked against the TFLite writer.
+
+    Raises:
+        UnsupportedOpError: every node the lowering cannot take (int8 nodes without an int8 form
+            too, unless options.allow_float_fallback), else every lowered op the TFLite writer
+            cannot express, named by the ONNX node it came from.
+        ModelError: dynamic shapes or malformed Q/DQ parameters.
+    """
     from fwedge.lowered.lower import lower
 
-    shapes = (options.extra.get("input_shapes") if options is not None else None) or None
-    fallback = bool(options.allow_float_fallback) if options is not None else False
-    return lower(model, input_shapes=shapes, target=TARGET, float_fallback=fallback)
-
-
-def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
-    """Every (node, op, opset) that the TFLite target cannot take.
-
-    The lowering's own list (ops with no lowered form) comes first; then lowered ops the TFLite
-    writer cannot express, named by the ONNX node they came from.
-    """
-    from fwedge.errors import ModelError
-    from fwedge.lowered.lower import unsupported_nodes as lowering_gaps
-
-    try:
-        graph = _lowered(model)
-    except UnsupportedOpError as error:
-        return error.nodes
-    except ModelError:
-        return lowering_gaps(model)  # dynamic shapes: judged by op type only
-    return [(node, op_type, opset) for node, op_type, opset, _ in _tflite_problems(model, graph)]
+    graph = lower(model, target=TARGET, float_fallback=options.allow_float_fallback)
+    problems = _tflite_problems(model, graph)
+    if problems:
+        raise UnsupportedOpError(TARGET, [(n, o, v) for n, o, v, _ in problems],
+                                 detail="; ".join(f"{n}: {why}" for n, _, _, why in problems))
+    return graph
 
 
 def _tflite_problems(model: onnx.ModelProto, graph: LoweredGraph) -> list[tuple[str, str, int, str]]:
@@ -649,170 +643,84 @@ def _versions() -> dict:
     return versions
 
 
-def export(model: onnx.ModelProto, out_dir, options) -> Bundle:
-    """Lower a float or QDQ model and write it as a TFLite bundle.
+@target("tflite")
+class TfliteTarget(Target):
+    """The lowered graph as a .tflite flatbuffer, run by ai-edge-litert; intermediates name ONNX tensors."""
 
-    Args:
-        model: a loaded model (fwedge.ir.load): float for fp32, QDQ for int8.
-        out_dir: the bundle directory to create or replace.
-        options: ExportOptions (float_io; extra["input_shapes"] for dynamic inputs;
-            extra["num_threads"] is recorded for the runner).
+    supports_intermediates = True
+    lowers = True
+    options_type = TfliteOptions
 
-    Returns:
-        The written Bundle.
+    def check(self, model: onnx.ModelProto, options: ExportOptions | None = None) -> list[tuple[str, str, int]]:
+        """Every (node, op, opset) that the TFLite target cannot take.
 
-    Raises:
-        UnsupportedOpError: every node the lowering or the TFLite writer cannot take, before
-            anything is written.
-        ExportError: the requested precision contradicts the model.
-    """
-    precision = resolve_precision(model, options.precision, TARGET)
-    graph = _lowered(model, options)
-    problems = _tflite_problems(model, graph)
-    if problems:
-        raise UnsupportedOpError(TARGET, [(n, o, v) for n, o, v, _ in problems],
-                                 detail="; ".join(f"{n}: {why}" for n, _, _, why in problems))
-    if graph.float_ops:
-        log.warning("tflite: %d node(s) have no Q/DQ around them and stay float32: %s",
-                    len(graph.float_ops), ", ".join(graph.float_ops))
-    built = build_tflite(graph, float_io=options.float_io, description=f"fwedge {precision} {TARGET}")
+        The lowering's own list (ops with no lowered form, int8 nodes without an int8 form
+        unless options.allow_float_fallback) comes first; then lowered ops the TFLite writer
+        cannot express, named by the ONNX node they came from.
+        """
+        from fwedge.errors import ModelError
+        from fwedge.lowered.lower import unsupported_nodes as lowering_gaps
 
-    def write_files(folder: Path) -> dict:
-        ir.write_atomic(folder / MODEL_FILE, built.data)
-        weights = sum(t.data.nbytes for t in graph.constants())
-        return {"model_bytes": len(built.data), "weights_bytes": int(weights)}
+        try:
+            _lowered(model, options or ExportOptions())
+        except UnsupportedOpError as error:
+            return error.nodes
+        except ModelError:
+            return lowering_gaps(model)  # dynamic shapes: judged by op type only
+        return []
 
-    return write_bundle(
-        out_dir, target=TARGET, arch=options.arch, precision=precision,
-        source_sha256=options.source_sha256, inputs=built.inputs, outputs=built.outputs,
-        write_files=write_files, preprocess=options.preprocess, toolchain=_versions(),
-        extra={"float_io": bool(options.float_io), "float_ops": built.float_ops, "op_counts": built.op_counts,
-               "num_threads": int(options.extra.get("num_threads", 1)), "onnx_names": graph.onnx_names,
-               "float_fallback": [{"node": name, "reason": why} for name, why in graph.float_fallback]},
-    )
+    def export(self, model: onnx.ModelProto, out_dir, options: ExportOptions | None = None) -> Bundle:
+        """Lower a float or QDQ model and write it as a TFLite bundle.
 
+        Args:
+            model: a loaded model (fwedge.ir.load): float for fp32, QDQ for int8, static shapes.
+            out_dir: the bundle directory to create or replace.
+            options: ExportOptions (float_io, allow_float_fallback; TfliteOptions.num_threads is
+                recorded for the runner).
 
-# --------------------------------------------------------------------------------------------
-# Runner
-# --------------------------------------------------------------------------------------------
+        Returns:
+            The written Bundle.
 
+        Raises:
+            UnsupportedOpError: every node the lowering or the TFLite writer cannot take, before
+                anything is written.
+            ExportError: the requested precision contradicts the model.
+        """
+        options = options or ExportOptions()
+        own = self.own_options(options)
+        precision = resolve_precision(model, options.precision, TARGET)
+        graph = _lowered(model, options)
+        if graph.float_ops:
+            log.warning("tflite: %d node(s) have no Q/DQ around them and stay float32: %s",
+                        len(graph.float_ops), ", ".join(graph.float_ops))
+        built = build_tflite(graph, float_io=options.float_io, description=f"fwedge {precision} {TARGET}")
 
-def _interpreter(bundle: Bundle, num_threads: int | None = None):
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # boards with the legacy runtime package
-        from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
-    threads = num_threads or runtime_threads() or int(bundle.extra.get("num_threads", 1))
-    interpreter = Interpreter(model_path=str(bundle.file(MODEL_FILE)), num_threads=threads)
-    interpreter.allocate_tensors()
-    return interpreter
+        def write_files(folder: Path) -> dict:
+            ir.write_atomic(folder / MODEL_FILE, built.data)
+            weights = sum(t.data.nbytes for t in graph.constants())
+            return {"model_bytes": len(built.data), "weights_bytes": int(weights)}
 
-
-_INTERPRETERS = RunnerCache(_interpreter)
-
-
-def _to_device(spec: TensorInfo, batch: np.ndarray) -> np.ndarray:
-    """One NCHW float32 sample [1, ...] as the device tensor: NHWC, quantized when int8."""
-    array = np.asarray(batch, dtype=np.float32)
-    if spec.layout == "NHWC":
-        array = array.transpose(NCHW_TO_NHWC)
-    if spec.dtype == "int8":
-        q = np.rint(array / np.float32(spec.scale)) + spec.zero_point
-        return np.clip(q, -128, 127).astype(np.int8)
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def _from_device(spec: TensorInfo, array: np.ndarray) -> np.ndarray:
-    """A device output back to float32 in logical (NCHW) layout."""
-    if spec.dtype == "int8":
-        array = (array.astype(np.int32) - spec.zero_point).astype(np.float32) * np.float32(spec.scale)
-    if spec.layout == "NHWC":
-        array = array.transpose(NHWC_TO_NCHW)
-    return np.asarray(array, dtype=np.float32)
-
-
-def run(bundle: Bundle, feeds: dict[str, np.ndarray], num_threads: int | None = None) -> dict[str, np.ndarray]:
-    """Run a TFLite bundle with ai-edge-litert on the host.
-
-    Args:
-        bundle: a loaded TFLite bundle.
-        feeds: input name -> float32 NCHW batch [N, ...]; the model is batch 1, so samples are
-            run one by one.
-        num_threads: interpreter threads (default: FWEDGE_THREADS, else the bundle's num_threads, 1).
-
-    Returns:
-        output name -> float32 array [N, ...] in logical (NCHW) layout, dequantized.
-
-    Raises:
-        ExportError: a missing input or a shape that does not fit.
-    """
-    interpreter = _INTERPRETERS.get(bundle) if num_threads is None else _interpreter(bundle, num_threads)
-    details_in = {d["name"]: d for d in interpreter.get_input_details()}
-    details_out = {d["name"]: d for d in interpreter.get_output_details()}
-    batch = None
-    for spec in bundle.inputs:
-        if spec.name not in feeds:
-            raise ExportError(f"bundle '{bundle.path}': input '{spec.name}' not fed; got {sorted(feeds)}")
-        logical = [spec.shape[i] for i in NHWC_TO_NCHW] if spec.layout == "NHWC" else spec.shape
-        array = feeds[spec.name]
-        if array.ndim != len(logical) or list(array.shape[1:]) != list(logical[1:]):
-            raise ExportError(f"bundle '{bundle.path}': input '{spec.name}' expects shape [N, "
-                              f"{', '.join(map(str, logical[1:]))}] (NCHW), got {list(array.shape)}")
-        batch = array.shape[0] if batch is None else batch
-    results: dict[str, list[np.ndarray]] = {spec.name: [] for spec in bundle.outputs}
-    for sample in range(batch or 0):
-        for spec in bundle.inputs:
-            device = _to_device(spec, feeds[spec.name][sample:sample + 1])
-            interpreter.set_tensor(details_in[spec.name]["index"], device)
-        interpreter.invoke()
-        for spec in bundle.outputs:
-            value = interpreter.get_tensor(details_out[spec.name]["index"])
-            results[spec.name].append(_from_device(spec, value.copy()))
-    return {name: np.concatenate(values) if values else np.zeros((0,), np.float32) for name, values in results.items()}
-
-
-
-def intermediates(bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-    """Values of internal tensors by ONNX name (float32, logical NCHW, dequantized), for `fwedge diff`.
-
-    A name is found when the .tflite holds a tensor of that name, or when the lowering recorded
-    which int8 tensor carries it (manifest extra "onnx_names"). Absent names are left out.
-    """
-    import warnings
-
-    try:
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    except ImportError:
-        from tflite_runtime.interpreter import Interpreter, OpResolverType  # type: ignore[no-redef]
-    # Tensors inside an XNNPACK-delegated partition are never written back, so intermediates run
-    # the builtin kernels without the default delegate (their results can differ from run() by
-    # the kernels' own rounding).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "for debugging purposes only": this is debugging
-        interpreter = Interpreter(
-            model_path=str(bundle.file(MODEL_FILE)), experimental_preserve_all_tensors=True,
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        return write_bundle(
+            out_dir, target=TARGET, arch=self.arch, precision=precision,
+            source_sha256=options.source_sha256, inputs=built.inputs, outputs=built.outputs,
+            write_files=write_files, preprocess=options.preprocess, toolchain=_versions(),
+            extra={"float_io": bool(options.float_io), "float_ops": built.float_ops, "op_counts": built.op_counts,
+                   "num_threads": int(own.num_threads), "onnx_names": graph.onnx_names,
+                   "float_fallback": [{"node": name, "reason": why} for name, why in graph.float_fallback]},
         )
-    interpreter.allocate_tensors()
-    details = {d["name"]: d for d in interpreter.get_tensor_details()}
-    aliases = bundle.extra.get("onnx_names", {})
-    wanted = {name: (name if name in details else aliases.get(name)) for name in names}
-    wanted = {name: inner for name, inner in wanted.items() if inner in details}
-    inputs = {d["name"]: d for d in interpreter.get_input_details()}
-    rows: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
-    batch = len(next(iter(feeds.values()))) if feeds else 0
-    for sample in range(batch):
-        for spec in bundle.inputs:
-            interpreter.set_tensor(inputs[spec.name]["index"], _to_device(spec, feeds[spec.name][sample:sample + 1]))
-        interpreter.invoke()
-        for name, inner in wanted.items():
-            detail = details[inner]
-            value = interpreter.get_tensor(detail["index"]).copy()
-            scales = detail["quantization_parameters"]["scales"]
-            if value.dtype == np.int8 and scales.size == 1:
-                zero = int(detail["quantization_parameters"]["zero_points"][0])
-                value = (value.astype(np.int32) - zero).astype(np.float32) * np.float32(scales[0])
-            if value.ndim == 4:
-                value = value.transpose(NHWC_TO_NCHW)
-            rows[name].append(value.astype(np.float32))
-    return {name: np.concatenate(values) for name, values in rows.items() if values}
+
+    def run(self, bundle: Bundle, feeds: dict[str, np.ndarray], *, exact_int8: bool = False,
+            num_threads: int | None = None) -> dict[str, np.ndarray]:
+        """Run a TFLite bundle with ai-edge-litert on the host (tflite_runner.run)."""
+        from fwedge.targets import tflite_runner
+
+        self.require_exact(bundle, exact_int8)
+        return tflite_runner.run(bundle, feeds, num_threads=num_threads)
+
+    def intermediates(self, bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str], *,
+                      exact_int8: bool = False) -> dict[str, np.ndarray]:
+        """Internal tensors by ONNX name, for `fwedge diff` (tflite_runner.intermediates)."""
+        from fwedge.targets import tflite_runner
+
+        self.require_exact(bundle, exact_int8)
+        return tflite_runner.intermediates(bundle, feeds, names)

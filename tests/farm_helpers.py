@@ -71,9 +71,9 @@ def zero_layer(model: onnx.ModelProto, initializer: str) -> onnx.ModelProto:
 
 def onnx_bundle(model: onnx.ModelProto, out_dir: Path):
     """Export `model` with the ONNX target (Fashion-MNIST preprocessing recorded)."""
-    from fwedge.targets import ExportOptions, target_module
+    from fwedge.targets import ExportOptions, get_target
 
-    return target_module("onnx").export(model, out_dir, ExportOptions(preprocess=Preprocess(resize=(28, 28), color="grayscale").to_dict()))
+    return get_target("onnx").export(model, out_dir, ExportOptions(preprocess=Preprocess(resize=(28, 28), color="grayscale").to_dict()))
 
 
 def fake_c_bundle(out_dir: Path, arch: str):

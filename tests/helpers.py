@@ -39,12 +39,9 @@ EXACT_MODE_TARGETS = ("onnx", "openvino")
 def run_bundle_exact(target: str, bundle, feeds: dict) -> dict:
     """Run a bundle in its target's runtime; onnx and openvino in their exact int8 mode, so the
     result depends on the bundle and not on which integer kernels the host CPU gets."""
-    from fwedge.targets import target_module
+    from fwedge.targets import get_target
 
-    module = target_module(target)
-    if target in EXACT_MODE_TARGETS:
-        return module.run(bundle, feeds, exact_int8=True)
-    return module.run(bundle, feeds)
+    return get_target(target).run(bundle, feeds, exact_int8=target in EXACT_MODE_TARGETS)
 
 
 def runtime_int8_problems(reference: np.ndarray, candidate: np.ndarray, step: float) -> list[str]:

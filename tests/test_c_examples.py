@@ -10,7 +10,7 @@ from fwedge.lowered.lower import lower
 from fwedge.targets import C_ARCHES
 from op_matrix import output_scale, steps_off
 from qdq_helpers import ort_qdq
-from test_c_target import c_target, export
+from test_c_target import c_runner, export
 from tolerances import C_FP32_ATOL
 
 pytestmark = pytest.mark.cc
@@ -49,12 +49,12 @@ def test_example_model_fp32_and_int8_on_test_images(example_model, tmp_path):
     x, _ = _test_images(300)
     float_model = ir.load(example_model)
     fp32 = export(float_model, tmp_path / "fp32")
-    np.testing.assert_allclose(c_target().run(fp32, {"input": x})["logits"],
+    np.testing.assert_allclose(c_runner().run(fp32, {"input": x})["logits"],
                                ort_session(float_model).run(None, {"input": x})[0], rtol=0, atol=C_FP32_ATOL,
                                err_msg=f"C fp32 {example_model.name}: 'logits'")
     qdq = _example_qdq(example_model)
     int8 = export(qdq, tmp_path / "int8")
-    got = c_target().run(int8, {"input": x})["logits"]
+    got = c_runner().run(int8, {"input": x})["logits"]
     np.testing.assert_array_equal(got, run_lowered(lower(qdq), {"input": x})["logits"],
                                   err_msg=f"C int8 {example_model.name}: 'logits' vs the interpreter")
     steps = steps_off(ort_session(qdq).run(None, {"input": x})[0], got, output_scale(qdq, "logits"))
@@ -74,11 +74,11 @@ def test_example_model_int8_on_every_architecture(example_model, tmp_path):
     x, labels = _test_images(10000)
     qdq = _example_qdq(example_model)
     reference = ort_session(qdq).run(None, {"input": x})[0]
-    host = c_target().run(export(qdq, tmp_path / "x86_64"), {"input": x})["logits"]
+    host = c_runner().run(export(qdq, tmp_path / "x86_64"), {"input": x})["logits"]
     drop = abs((host.argmax(1) == labels).mean() - (reference.argmax(1) == labels).mean()) * 100
     assert drop <= INT8_TARGET_ACCURACY_PP, f"C int8 {example_model.name}: accuracy {drop:.2f} pp from ORT int8"
     for arch in C_ARCHES:
         if arch == "x86_64":
             continue
-        emulated = c_target().run(export(qdq, tmp_path / arch, arch), {"input": x[:1000]})["logits"]
+        emulated = c_runner().run(export(qdq, tmp_path / arch, arch), {"input": x[:1000]})["logits"]
         assert emulated.tobytes() == host[:1000].tobytes(), f"{example_model.name}: {arch} 'logits' bytes differ"

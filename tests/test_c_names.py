@@ -151,8 +151,9 @@ def test_hostile_names_compile_run_and_round_trip(precision, tmp_path):
 
     # The harness runs, writes no marker, and computes what the same model with plain names does.
     x = np.random.default_rng(1).standard_normal((3, 1, 8, 8)).astype(np.float32)
-    from fwedge.targets import c
+    from fwedge.targets import get_target
 
+    c = get_target("c")
     expected = c.run(plain, {"x": x})["y"]
     got = c.run(bundle, {input_name: x})
     assert list(got) == [output_name]
@@ -189,7 +190,7 @@ def test_every_hostile_name_as_an_output_name(tmp_path):
     them all, the bundle builds, and every output keeps its name and its values."""
     from onnx import TensorProto, helper
 
-    from fwedge.targets import c
+    from fwedge.targets import get_target
 
     # A bundle's inputs and outputs are named in its manifest, which holds no NUL (see the next test).
     names = [name for name in dict.fromkeys(HOSTILE) if "\x00" not in name]
@@ -205,7 +206,7 @@ def test_every_hostile_name_as_an_output_name(tmp_path):
     assert [spec.name for spec in bundle.outputs] == names
     _check_sources(bundle.path, [input_name, *names])
     x = np.random.default_rng(3).standard_normal((2, 2, 3, 3)).astype(np.float32)
-    got = c.run(bundle, {input_name: x})
+    got = get_target("c").run(bundle, {input_name: x})
     assert list(got) == names
     for name in names:
         np.testing.assert_array_equal(got[name], np.maximum(x, 0), err_msg=f"output {name[:40]!r}")
@@ -266,7 +267,7 @@ def test_c_string_round_trips_random_bytes_through_the_compiler(tmp_path):
 @pytest.mark.qemu("aarch64")
 def test_hostile_names_cross_compile_and_run_under_qemu(tmp_path):
     """The same names through zig cc for aarch64 (musl, -std=c99) and qemu-aarch64."""
-    from fwedge.targets import c
+    from fwedge.targets import get_target
     from tolerances import C_FP32_ATOL, FP32_RTOL
 
     base = tiny_conv_model()
@@ -277,6 +278,7 @@ def test_hostile_names_cross_compile_and_run_under_qemu(tmp_path):
     bundle = load_bundle(export_bundle(hostile_path, "aarch64", tmp_path / "hostile", ExportOptions()).path)
     _check_sources(bundle.path, [mapping["x"], mapping["y"]])
     x = np.random.default_rng(2).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    c = get_target("c")
     expected = c.run(export_bundle(plain_path, host_arch(), tmp_path / "plain", ExportOptions()), {"x": x})["y"]
     got = c.run(bundle, {mapping["x"]: x})
     assert list(got) == [mapping["y"]]

@@ -18,7 +18,7 @@ from fwedge.eval import ort_session
 from fwedge.lowered.interp import run_lowered
 from fwedge.lowered.lower import lower
 from fwedge.runtime_c import TESTS, kernel_sources, source_dir
-from fwedge.targets import C_ARCHES, ExportOptions
+from fwedge.targets import C_ARCHES, COptions, ExportOptions, get_target
 from op_matrix import OP_CASES, op_case_ids, output_scale, qdq_model, random_feeds, steps_off
 from qdq_helpers import ort_qdq
 from tolerances import C_FP32_ATOL, FP32_ATOL, FP32_RTOL, INT8_MAX_STEPS
@@ -33,15 +33,21 @@ QEMU_ARCH = "aarch64"  # the emulated architecture of the default test command; 
 
 
 def c_target():
+    """The C target module (its harness protocol functions)."""
     from fwedge.targets import c
 
     return c
 
 
-def export(model: onnx.ModelProto, folder, arch: str | None = None, **options):
+def c_runner():
+    """The C target object (check, export, run)."""
+    return get_target("c")
+
+
+def export(model: onnx.ModelProto, folder, arch: str | None = None, c_options: COptions | None = None, **options):
     """Export to a C bundle and reload it (hash-checked)."""
-    c = c_target()
-    bundle = c.export(model, folder, ExportOptions(arch=arch or host_arch(), source_sha256="0" * 64, **options))
+    bundle = get_target(arch or host_arch()).export(
+        model, folder, ExportOptions(source_sha256="0" * 64, target_options=c_options, **options))
     return load_bundle(bundle.path)
 
 
@@ -172,9 +178,11 @@ def test_runtime_unit_tests_pass_in_the_x86_dispatch_build_on_every_path(tmp_pat
 @pytest.mark.zig
 @pytest.mark.qemu(QEMU_ARCH)
 def test_runtime_unit_tests_pass_under_qemu(tmp_path):
+    from fwedge.targets import c_build
+
     c = c_target()
-    _run_unit_tests(c.compiler_command(QEMU_ARCH) + ["-std=c99", "-O2", "-static"], tmp_path,
-                    launcher=c.launcher(QEMU_ARCH), env=c._compiler_env())
+    _run_unit_tests(c_build.compiler_command(QEMU_ARCH) + ["-std=c99", "-O2", "-static"], tmp_path,
+                    launcher=c.launcher(QEMU_ARCH), env=c_build._compiler_env())
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,7 +196,7 @@ def test_fp32_op_matrix_matches_onnxruntime(case, tmp_path):
     bundle = export(case.model, tmp_path / "b")
     assert bundle.precision == "fp32"
     expected = ort_session(case.model).run(["y"], feeds)[0]
-    got = c_target().run(bundle, feeds)["y"]
+    got = c_runner().run(bundle, feeds)["y"]
     assert got.shape == expected.shape, f"{case.id}: output 'y' shape"
     np.testing.assert_allclose(got, expected, rtol=FP32_RTOL, atol=FP32_ATOL, err_msg=f"C fp32 {case.id}: output 'y'")
 
@@ -200,7 +208,7 @@ def _int8_check(case, bundle_dir, arch: str | None = None) -> tuple[np.ndarray, 
     feeds = random_feeds(case, batch=4)
     bundle = export(qdq, bundle_dir, arch)
     assert bundle.precision == "int8"
-    got = c_target().run(bundle, feeds)["y"]
+    got = c_runner().run(bundle, feeds)["y"]
     interpreted = run_lowered(lower(qdq), feeds)["y"]
     np.testing.assert_array_equal(got, interpreted, err_msg=f"C int8 {case.id} ({bundle.arch}): output 'y' "
                                   "differs from the lowering's NumPy interpreter")
@@ -236,7 +244,7 @@ def test_op_matrix_on_every_architecture(case, tmp_path):
     int8_outputs = {}
     for arch in C_ARCHES:
         bundle = export(case.model, tmp_path / f"fp32-{arch}", arch)
-        got = c_target().run(bundle, feeds)["y"]
+        got = c_runner().run(bundle, feeds)["y"]
         np.testing.assert_allclose(got, expected, rtol=FP32_RTOL, atol=FP32_ATOL,
                                    err_msg=f"C fp32 {case.id} on {arch}: output 'y'")
         if case.int8:
@@ -269,11 +277,11 @@ def test_models_fp32_and_int8_against_onnxruntime_and_the_interpreter(builder, t
     output = model.graph.output[0].name
     x = _calibration(model, 6)
     fp32 = export(model, tmp_path / "fp32")
-    np.testing.assert_allclose(c_target().run(fp32, {name: x})[output], ort_session(model).run(None, {name: x})[0],
+    np.testing.assert_allclose(c_runner().run(fp32, {name: x})[output], ort_session(model).run(None, {name: x})[0],
                                rtol=0, atol=C_FP32_ATOL, err_msg=f"C fp32 {builder.__name__}: output '{output}'")
     qdq = int8_model(model)
     int8 = export(qdq, tmp_path / "int8")
-    got = c_target().run(int8, {name: x})[output]
+    got = c_runner().run(int8, {name: x})[output]
     np.testing.assert_array_equal(got, run_lowered(lower(qdq), {name: x})[output],
                                   err_msg=f"C int8 {builder.__name__}: output '{output}' vs the interpreter")
     steps = steps_off(ort_session(qdq).run(None, {name: x})[0], got, output_scale(qdq, output))
@@ -303,7 +311,7 @@ def test_model_runs_clean_under_address_and_undefined_sanitizers(tmp_path):
     sources = ["main.c", "model.c", *bundle.extra["kernels"]]
     x = _calibration(model, 5)
     c.write_harness_input(bundle, {"input": x}, folder / "in.bin")
-    expected = c.run(bundle, {"input": x})["logits"]
+    expected = c_runner().run(bundle, {"input": x})["logits"]
     builds = {"sanitized": []}
     if bundle.extra["kernel_variants"]:
         # the x86-64 dispatch build as the bundle has it: the variants with their flags, run natively
@@ -340,10 +348,10 @@ def test_int8_model_is_byte_identical_under_qemu(tmp_path):
     model = mobilenet_like()
     qdq = int8_model(model)
     x = _calibration(model, 8)
-    host = c_target().run(export(qdq, tmp_path / "host"), {"input": x})["logits"]
+    host = c_runner().run(export(qdq, tmp_path / "host"), {"input": x})["logits"]
     emulated_bundle = export(qdq, tmp_path / QEMU_ARCH, QEMU_ARCH)
     assert emulated_bundle.arch == QEMU_ARCH and emulated_bundle.sizes["rom_bytes"] > 0
-    emulated = c_target().run(emulated_bundle, {"input": x})["logits"]
+    emulated = c_runner().run(emulated_bundle, {"input": x})["logits"]
     assert host.tobytes() == emulated.tobytes(), f"{QEMU_ARCH} 'logits' bytes differ from x86_64"
 
 
@@ -370,7 +378,7 @@ def test_export_cflags_builds_a_bundle_with_identical_outputs(variant, tmp_path)
         assert result.exit_code == 0, result.output
         bundle = load_bundle(next((tmp_path / name).iterdir()))
         assert (flags[0] in bundle.extra["cflags"]) == (name == variant), bundle.extra["cflags"]
-        outputs[name] = c_target().run(bundle, {"input": x})["logits"]
+        outputs[name] = c_runner().run(bundle, {"input": x})["logits"]
     assert outputs[variant].tobytes() == outputs["portable"].tobytes(), f"{variant} 'logits' bytes differ from portable"
 
 
@@ -383,7 +391,7 @@ def test_bundle_built_for_missing_instructions_exits_3_with_a_message(tmp_path):
     qdq = int8_model(model)
     x = _calibration(model, 1)
     flags, _ = KERNEL_VARIANTS["avx512_vnni"]
-    wide = export(qdq, tmp_path / "wide", extra={"cflags": flags})
+    wide = export(qdq, tmp_path / "wide", c_options=COptions(cflags=flags))
     portable = export(qdq, tmp_path / "portable")
     np.asarray(x, dtype="<f4").tofile(tmp_path / "in.bin")
     done = subprocess.run(["qemu-x86_64", str(wide.file("bin/fwedge_model")), "in.bin", "out.bin"], cwd=tmp_path,
@@ -394,7 +402,7 @@ def test_bundle_built_for_missing_instructions_exits_3_with_a_message(tmp_path):
     done = subprocess.run(["qemu-x86_64", str(portable.file("bin/fwedge_model")), "in.bin", "out.bin"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    expected = c_target().run(portable, {"input": x})["logits"]
+    expected = c_runner().run(portable, {"input": x})["logits"]
     assert (tmp_path / "out.bin").read_bytes() == expected.astype("<f4").tobytes()
 
 
@@ -416,16 +424,16 @@ def test_default_x86_64_bundle_picks_its_kernels_at_run_time_with_the_portable_b
     assert "-DFW_X86_DISPATCH" in bundle.extra["cflags"]
     # model.c: both conv weight layouts for x86_64, the pairs only for the other architectures
     assert "G = 2 and G = 4" in bundle.file("model.c").read_text()
-    arm = c.export(qdq, tmp_path / "arm", ExportOptions(arch="aarch64", build=False))
+    arm = get_target("aarch64").export(qdq, tmp_path / "arm", ExportOptions(target_options=COptions(build=False)))
     arm_source = arm.file("model.c").read_text()
     assert "G = 4" not in arm_source and "G = 2 */" in arm_source and "#error" in arm_source
-    portable = export(qdq, tmp_path / "loops", extra={"cflags": ["-DFW_NO_INTRINSICS"]})
+    portable = export(qdq, tmp_path / "loops", c_options=COptions(cflags=["-DFW_NO_INTRINSICS"]))
     assert portable.extra["kernel_variants"] == {}
-    expected = c.run(portable, {"input": x})["logits"].astype("<f4").tobytes()
-    baseline_only = export(qdq, tmp_path / "opt-out", extra={"cflags": ["-DFW_NO_DISPATCH"]})
+    expected = c_runner().run(portable, {"input": x})["logits"].astype("<f4").tobytes()
+    baseline_only = export(qdq, tmp_path / "opt-out", c_options=COptions(cflags=["-DFW_NO_DISPATCH"]))
     assert baseline_only.extra["kernel_variants"] == {}
     assert baseline_only.sizes["rom_bytes"] < bundle.sizes["rom_bytes"]
-    assert c.run(baseline_only, {"input": x})["logits"].astype("<f4").tobytes() == expected
+    assert c_runner().run(baseline_only, {"input": x})["logits"].astype("<f4").tobytes() == expected
     c.write_harness_input(bundle, {"input": x}, tmp_path / "in.bin")
     binary = str(bundle.file("bin/fwedge_model"))
     for launcher, kernels in [([], _host_kernels())] + [(argv, name) for name, argv in QEMU_CPUS.items()]:
@@ -445,7 +453,7 @@ def test_dispatch_bundle_rebuilds_with_its_makefile_and_cmakelists(tmp_path):
     qdq = int8_model(model)
     x = _calibration(model, 3)
     bundle = export(qdq, tmp_path / "b")
-    expected = c.run(bundle, {"input": x})["logits"]
+    expected = c_runner().run(bundle, {"input": x})["logits"]
     folder = tmp_path / "copy"
     shutil.copytree(bundle.path, folder)
     (folder / "bin" / "fwedge_model").unlink()
@@ -542,7 +550,7 @@ def test_harness_protocol_and_latency_stats(tiny_bundle):
     stats = c.measure_latency(tiny_bundle, iterations=15)
     assert stats.iterations == 15 and 0 < stats.min_ms <= stats.p50_ms <= stats.p95_ms
     with pytest.raises(ExportError, match="expects shape"):
-        c.run(tiny_bundle, {"x": np.zeros((1, 1, 9, 8), np.float32)})
+        c_runner().run(tiny_bundle, {"x": np.zeros((1, 1, 9, 8), np.float32)})
 
 
 def test_unsupported_ops_are_listed_together_and_nothing_is_written(tmp_path):
@@ -551,7 +559,7 @@ def test_unsupported_ops_are_listed_together_and_nothing_is_written(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     with pytest.raises(UnsupportedOpError) as info:
-        c_target().export(model, tmp_path / "b", ExportOptions())
+        c_runner().export(model, tmp_path / "b", ExportOptions())
     assert {node[1] for node in info.value.nodes} == {"Erf", "Cos"}
     assert not (tmp_path / "b").exists() and not list(tmp_path.iterdir())
 
@@ -561,7 +569,7 @@ def test_a_compiler_for_the_wrong_architecture_is_refused(tmp_path):
     from helpers import tiny_conv_model
 
     with pytest.raises(ExportError, match="ELF machine 62"):
-        export(onnx.shape_inference.infer_shapes(tiny_conv_model()), tmp_path / "b", "aarch64", cc="cc")
+        export(onnx.shape_inference.infer_shapes(tiny_conv_model()), tmp_path / "b", "aarch64", c_options=COptions(cc="cc"))
     assert not (tmp_path / "b").exists()
 
 
@@ -577,7 +585,7 @@ def test_bundle_makefile_rebuilds_with_an_overriding_cc(tiny_bundle, tmp_path):
     c.write_harness_input(tiny_bundle, {"x": x}, folder / "in.bin")
     subprocess.run([str(folder / "bin" / "fwedge_model"), "in.bin", "out.bin", "1"], cwd=folder, check=True, timeout=60)
     np.testing.assert_array_equal(c.read_harness_output(tiny_bundle, folder / "out.bin", 1)["y"],
-                                  c.run(tiny_bundle, {"x": x})["y"], err_msg="Makefile rebuild: 'y'")
+                                  c_runner().run(tiny_bundle, {"x": x})["y"], err_msg="Makefile rebuild: 'y'")
 
 
 @pytest.mark.build_tools
@@ -592,7 +600,7 @@ def test_bundle_cmakelists_builds_a_working_harness(tiny_bundle, tmp_path):
     c.write_harness_input(tiny_bundle, {"x": x}, tmp_path / "in.bin")
     subprocess.run([str(build / "fwedge_model"), "in.bin", "out.bin", "2"], cwd=tmp_path, check=True, timeout=60)
     np.testing.assert_array_equal(c.read_harness_output(tiny_bundle, tmp_path / "out.bin", 2)["y"],
-                                  c.run(tiny_bundle, {"x": x})["y"], err_msg="CMake build: 'y'")
+                                  c_runner().run(tiny_bundle, {"x": x})["y"], err_msg="CMake build: 'y'")
 
 
 def test_only_the_kernels_the_model_uses_are_in_the_bundle(tiny_bundle):

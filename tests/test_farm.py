@@ -536,9 +536,9 @@ def _ncnn_bundle_with_renamed_input(model, out_dir: Path) -> Path:
     recomputed, as anyone editing the manifest can). ncnn's Extractor then divides by zero."""
     from fwedge.bundle import seal_manifest
     from fwedge.data import Preprocess
-    from fwedge.targets import ExportOptions, target_module
+    from fwedge.targets import ExportOptions, get_target
 
-    target_module("ncnn").export(model, out_dir, ExportOptions(
+    get_target("ncnn").export(model, out_dir, ExportOptions(
         preprocess=Preprocess(resize=(28, 28), color="grayscale").to_dict()))
     manifest_path = out_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
@@ -580,11 +580,11 @@ def test_host_runtime_runs_in_a_child_process(tmp_path, mlp_files, monkeypatch):
     back from the child."""
     import os
 
-    from fwedge.targets import onnx as onnx_target
+    from fwedge.targets.onnx import OnnxTarget
 
     pids = []
-    original = onnx_target.run
-    monkeypatch.setattr(onnx_target, "run", lambda *a, **k: (pids.append(os.getpid()), original(*a, **k))[1])
+    original = OnnxTarget.run
+    monkeypatch.setattr(OnnxTarget, "run", lambda *a, **k: (pids.append(os.getpid()), original(*a, **k))[1])
     results = run_farm([mlp_files / "bundles" / "mlp_onnx"], [LocalDevice(name="host", runtimes=["onnx"])],
                        FarmOptions(data="fashion-mnist:test", limit=20, repeats=3))
     [result] = results.results

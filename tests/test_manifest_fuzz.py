@@ -37,7 +37,7 @@ KEYS = ["schema", "target", "arch", "precision", "source_sha256", "inputs", "out
 def real_bundle(tmp_path_factory) -> Path:
     """A real ONNX-target bundle of a small conv model, with preprocessing and quantization fields."""
     from fwedge.data import Preprocess
-    from fwedge.targets import ExportOptions, target_module
+    from fwedge.targets import ExportOptions, get_target
 
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
@@ -50,7 +50,7 @@ def real_bundle(tmp_path_factory) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     folder = tmp_path_factory.mktemp("fuzz")
-    target_module("onnx").export(model, folder / "bundle", ExportOptions(
+    get_target("onnx").export(model, folder / "bundle", ExportOptions(
         preprocess=Preprocess(resize=(8, 8), color="grayscale", mean=(0.5,), std=(0.25,)).to_dict()))
     manifest = json.loads((folder / "bundle" / MANIFEST).read_text())
     # Give the quantization fields values, so that mutations reach them.

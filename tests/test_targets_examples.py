@@ -11,7 +11,7 @@ from fwedge.data import Preprocess, open_dataset
 from fwedge.eval import ort_session
 from fwedge.export import export_bundle
 from fwedge.runner import evaluate_bundle
-from fwedge.targets import target_module
+from fwedge.targets import get_target
 from helpers import run_bundle_exact, runtime_int8_problems
 from op_matrix import output_scale
 from tolerances import FP32_ATOL, FP32_RTOL, INT8_TARGET_ACCURACY_PP
@@ -47,7 +47,7 @@ def test_example_model_targets_fp32_and_int8(example, target, tmp_path):
     x = next(open_dataset("fashion-mnist:test").batches(Preprocess(resize=(28, 28), color="grayscale"), 16, limit=16)).x
     fp32 = export_bundle(float_path, target, tmp_path / "fp32")
     expected = ort_session(float_path).run(None, {"input": x})[0]
-    got = target_module(target).run(fp32, {"input": x})["logits"]
+    got = get_target(target).run(fp32, {"input": x})["logits"]
     np.testing.assert_allclose(got, expected, rtol=FP32_RTOL, atol=FP32_ATOL, err_msg=f"{name} {target} fp32: 'logits'")
 
     int8 = export_bundle(qdq_path, target, tmp_path / "int8")
@@ -64,7 +64,7 @@ def test_example_model_targets_fp32_and_int8(example, target, tmp_path):
     if target == "onnx":
         # Deployed, the bundle runs onnxruntime's fused int8 kernels: the same as onnxruntime's
         # own run of the QDQ model with those kernels on this CPU, bit for bit.
-        deployed = target_module(target).run(int8, {"input": images})["logits"]
+        deployed = get_target(target).run(int8, {"input": images})["logits"]
         np.testing.assert_array_equal(deployed, ort_session(qdq_path, exact_qdq=False).run(None, {"input": images})[0])
 
 
@@ -89,7 +89,7 @@ def test_ppocr_cls_exports_fp32_exactly(ppocr_cls_path, target, tmp_path, rng):
     x = rng.uniform(-1, 1, (2, 3, 48, 192)).astype(np.float32)
     session = ort_session(ppocr_cls_path)
     expected = np.concatenate([session.run(None, {"x": x[i : i + 1]})[0] for i in range(2)])
-    got = target_module(target).run(bundle, {"x": x})
+    got = get_target(target).run(bundle, {"x": x})
     name = bundle.outputs[0].name
     np.testing.assert_allclose(got[name], expected, rtol=FP32_RTOL, atol=FP32_ATOL,
                                err_msg=f"ppocr cls {target} fp32: '{name}'")
@@ -124,5 +124,5 @@ def test_the_runtime_criterion_catches_a_slightly_wrong_bundle(tmp_path, mobilen
     images = next(open_dataset("fashion-mnist:test").batches(Preprocess(resize=(28, 28), color="grayscale"),
                                                               IMAGES, limit=IMAGES, seed=0)).x
     reference = ort_session(qdq_path).run(None, {"input": images})[0]
-    candidate = target_module("ncnn").run(bundle, {"input": images})["logits"]
+    candidate = get_target("ncnn").run(bundle, {"input": images})["logits"]
     assert runtime_int8_problems(reference, candidate, output_scale(onnx.load(qdq_path), "logits"))

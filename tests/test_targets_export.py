@@ -20,7 +20,7 @@ from fwedge.cli import cli
 from fwedge.errors import ExportError, UnsupportedOpError
 from fwedge.eval import ort_session
 from fwedge.export import export_bundle
-from fwedge.targets import ExportOptions, target_module
+from fwedge.targets import ExportOptions, get_target
 from helpers import tiny_conv_model
 from qdq_helpers import ort_qdq
 from tolerances import FP32_ATOL, FP32_RTOL, INT8_MAX_STEPS
@@ -298,7 +298,7 @@ def test_fp32_writer_agrees_with_pnnx(models, tmp_path, rng):
     assert net.load_param(str(work / "tiny.ncnn.param")) == 0 and net.load_model(str(work / "tiny.ncnn.bin")) == 0
     x = rng.uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32)
     bundle = export_bundle(models / "tiny.onnx", "ncnn", tmp_path / "bundle")
-    ours = target_module("ncnn").run(load_bundle(bundle.path), {"x": x})["y"]
+    ours = get_target("ncnn").run(load_bundle(bundle.path), {"x": x})["y"]
     theirs = []
     for sample in x:
         extractor = net.create_extractor()
@@ -326,8 +326,8 @@ def test_ncnn_int8_shifted_padding_many_channels(tmp_path, rng):
     x = rng.uniform(0.0, 3.0, (16, 16, 6, 6)).astype(np.float32)  # one-sided range: zero point -128
     qdq = ort_qdq(model, x)
     reference = ort_session(qdq).run(["y"], {"x": x})[0]
-    bundle = target_module("ncnn").export(qdq, tmp_path / "b", ExportOptions())
-    got = target_module("ncnn").run(load_bundle(bundle.path), {"x": x})["y"]
+    bundle = get_target("ncnn").export(qdq, tmp_path / "b", ExportOptions())
+    got = get_target("ncnn").run(load_bundle(bundle.path), {"x": x})["y"]
     steps = steps_off(reference, got, output_scale(qdq, "y"))
     # The zero point -128 window loses its top level in ncnn's [-127, 127]: inputs near 3.0
     # saturate one input step early, which can cost an output step.

@@ -9,7 +9,7 @@ import pytest
 
 from fwedge.bundle import load_bundle
 from fwedge.eval import ort_session
-from fwedge.targets import ExportOptions, target_module
+from fwedge.targets import ExportOptions, get_target
 from helpers import run_bundle_exact
 from op_matrix import OP_CASES, output_scale, qdq_model, random_feeds, steps_off
 from tolerances import FP32_ATOL, FP32_RTOL, INT8_MAX_STEPS
@@ -39,8 +39,7 @@ def export_and_run(target: str, model: onnx.ModelProto, feeds: dict, folder) -> 
     """Export `model` to a bundle in `folder`, reload it (hash-checked) and run it on `feeds`
     (onnx and openvino in their exact int8 mode: the matrix checks the bundle, not which integer
     kernels this CPU gets)."""
-    module = target_module(target)
-    module.export(model, folder / target, ExportOptions(source_sha256="0" * 64))
+    get_target(target).export(model, folder / target, ExportOptions(source_sha256="0" * 64))
     return run_bundle_exact(target, load_bundle(folder / target), feeds)
 
 

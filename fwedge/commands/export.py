@@ -18,7 +18,11 @@ TARGET_NAMES = ("onnx", "openvino", "tflite", "ncnn", "x86_64", "aarch64", "risc
               help="Expect a QDQ int8 model (--int8) or a float model (--fp32). Default: int8 "
                    "exactly when the model holds QuantizeLinear/DequantizeLinear nodes.")
 @click.option("--allow-float-fallback", is_flag=True,
-              help="Keep nodes a target cannot quantize in float, and report them (TFLite).")
+              help="C and TFLite: lower int8 nodes that have no int8 form (asymmetric weights, a non-zero "
+                   "int8 pad value, ...) in float, list them in the manifest (float_fallback) and print them, "
+                   "instead of refusing the model. onnx, openvino and ncnn take the QDQ model as it is and "
+                   "never refuse a node for its quantization (ncnn notes the layers it keeps in float), so "
+                   "the flag changes nothing there.")
 @click.option("--cc", metavar="CC", help="C compiler command for C targets (default: zig cc / host cc).")
 @click.option("--no-build", is_flag=True, help="C targets: write sources only, do not compile.")
 @click.option("--cflags", metavar="FLAGS",
@@ -42,7 +46,8 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, in
 
     With several --target options, a target that fails does not stop the others: each failure
     is printed as it happens, and the command ends with a line naming the targets written and
-    those that failed, and exit code 2.
+    those that failed, and exit code 2. --cc, --cflags and --no-build apply to the C targets
+    among them; without any C target they are an error.
     """
     import shlex
     from pathlib import Path
@@ -50,18 +55,26 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, in
     from fwedge.console import stdout
     from fwedge.errors import ExportError, FwEdgeError
     from fwedge.export import bundle_name, export_bundle
-    from fwedge.targets import ExportOptions
+    from fwedge.targets import C_ARCHES, COptions, ExportOptions
     from fwedge.targets.common import has_qdq
     from fwedge import ir
 
     shapes = dict(_parse_shape(text) for text in input_shapes) or None
     precision = "auto" if int8 is None else "int8" if int8 else "fp32"
-    resolved = precision if precision != "auto" else ("int8" if has_qdq(ir.load(model)) else "fp32")
     unique = list(dict.fromkeys(targets))
+    if (cc or cflags or no_build) and not any(target in C_ARCHES for target in unique):
+        raise ExportError(f"--cc, --cflags and --no-build are options of the C targets ({', '.join(C_ARCHES)}); "
+                          f"none is among --target {', '.join(unique)}")
+    try:
+        flags = tuple(shlex.split(cflags)) if cflags else ()
+    except ValueError as exc:
+        raise click.BadParameter(f"{cflags!r}: {exc}", param_hint="--cflags") from exc
+    c_options = COptions(cc=cc, cflags=flags, build=not no_build)
+    resolved = precision if precision != "auto" else ("int8" if has_qdq(ir.load(model)) else "fp32")
     written, failed = [], []
     for target in unique:
         options = ExportOptions(precision=precision, allow_float_fallback=allow_float_fallback,
-                                cc=cc, build=not no_build, extra={"cflags": shlex.split(cflags)} if cflags else {})
+                                target_options=c_options if target in C_ARCHES else None)
         out_dir = Path(output) / bundle_name(model, target, resolved)
         try:
             bundle = export_bundle(model, target, out_dir, options, input_shapes=shapes, preprocess=preprocess)
@@ -75,8 +88,11 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, in
         size = bundle.sizes.get("file_bytes", 0)
         stdout.print(f"{target}: wrote {bundle.path} ({bundle.precision}, {bundle.arch}, "
                      f"{len(bundle.files)} files, {size:,} bytes)")
-        for note in bundle.extra.get("notes", []):
-            stdout.print(f"  note: {note}")
+        notes = list(bundle.extra.get("notes", []))
+        notes += [f"kept in float (--allow-float-fallback): {entry['node']} ({entry['reason']})"
+                  for entry in bundle.extra.get("float_fallback", [])]
+        for note in notes:
+            stdout.print(f"  note: {note}", markup=False, highlight=False, soft_wrap=True)
     if failed:
         raise ExportError(f"export: wrote {len(written)} of {len(unique)} targets ({', '.join(written) or 'none'}); "
                           f"failed: {', '.join(failed)}")

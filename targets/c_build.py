@@ -1,0 +1,381 @@
+"""C target builds: the compilers (zig cc per architecture, the host cc, a CC override), the kernel object cache, ELF size figures, and the bundle's Makefile and CMakeLists.txt."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from fwedge.bundle import host_arch
+from fwedge.errors import ExportError
+from fwedge.ir import write_atomic
+from fwedge.runtime_c import HEADER
+from fwedge.targets.base import C_ARCHES
+from fwedge.targets.c_codegen import CProgram
+
+log = logging.getLogger(__name__)
+
+BINARY = "bin/fwedge_model"
+# zig target triples; static musl binaries run under qemu-user without a sysroot.
+ZIG_TRIPLES = {
+    "x86_64": "x86_64-linux-musl",
+    "aarch64": "aarch64-linux-musl",
+    "riscv64": "riscv64-linux-musl",
+    "loongarch64": "loongarch64-linux-musl",
+}
+# QEMU 7.2's LoongArch emulation lacks LSX/LASX: zig's default CPU for the triple emits them and
+# the binary dies with SIGILL (checked); the base ISA with hardware float runs.
+ZIG_CPU_FLAGS = {"loongarch64": ["-mcpu=generic_la64+f+d"]}
+# ELF e_machine of each architecture, to catch a CC override that builds for the wrong one.
+ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "riscv64": 243, "loongarch64": 258}
+# -ffp-contract=off: no fused multiply-add, so float results do not depend on the FMA units of
+# the CPU; -fno-strict-aliasing: tensors of several types share the byte arena.
+C_FLAGS = ["-std=c99", "-O3", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall"]
+# The link strips symbols and debug information: zig's musl objects carry debug information with
+# the paths of the machine's zig installation and of the temporary build folder, so unstripped
+# cross-compiled binaries differed from build to build (and were 1.7 MB instead of 190 KB).
+# Stripped, the same sources give the same binary bytes on every machine.
+LINK_FLAGS = ["-s"]
+# x86-64 dispatch builds (fwedge_rt.h): the kernel sources compiled again for wider instruction
+# sets, by the wrapper files runtime_c/variants/<kernel>_<suffix>.c, and the flags each level
+# is compiled with (FW_AVX2_CFLAGS, FW_VNNI_CFLAGS).
+DISPATCH_KERNELS = ("conv2d_s8.c", "depthwise_s8.c", "elementwise_s8.c")
+VARIANT_CFLAGS = {"avx2": ["-march=x86-64-v3"], "vnni": ["-march=x86-64-v4", "-mavx512vnni"]}
+DISPATCH_DEFINE = "-DFW_X86_DISPATCH"
+
+
+def variant_file(kernel: str, suffix: str) -> str:
+    """The wrapper file that compiles `kernel` (e.g. conv2d_s8.c) for one level: conv2d_s8_vnni.c."""
+    return f"{kernel[:-2]}_{suffix}.c"
+
+
+# wrapper file -> the kernel source it includes
+VARIANT_KERNELS = {variant_file(kernel, suffix): kernel for kernel in DISPATCH_KERNELS for suffix in VARIANT_CFLAGS}
+
+
+def variant_sources(kernels: list[str]) -> dict[str, list[str]]:
+    """The variant wrapper files of the dispatched kernels among `kernels`, by level suffix."""
+    return {suffix: [variant_file(kernel, suffix) for kernel in kernels if kernel in DISPATCH_KERNELS]
+            for suffix in VARIANT_CFLAGS}
+# Stack the kernels need beyond the frames -fstack-usage reports (libm calls, alignment).
+STACK_MARGIN = 512
+
+
+def x86_dispatch(arch: str, cflags: list[str]) -> bool:
+    """Whether a build carries the AVX2 and AVX-512 VNNI kernel variants and picks them at run
+    time: an x86_64 build whose flags choose no instruction set (no -m... other than -mtune=),
+    keep the intrinsics and do not opt out with -DFW_NO_DISPATCH (the SSE2 kernels only: less
+    ROM)."""
+    return arch == "x86_64" and not any((flag.startswith("-m") and not flag.startswith("-mtune="))
+                                        or flag in ("-DFW_NO_INTRINSICS", "-DFW_NO_DISPATCH") for flag in cflags)
+
+
+# --------------------------------------------------------------------------------------------
+# Compilers
+# --------------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """fwedge's cache folder: $FWEDGE_CACHE, else ~/.cache/fwedge."""
+    return Path(os.environ["FWEDGE_CACHE"]) if os.environ.get("FWEDGE_CACHE") else Path.home() / ".cache" / "fwedge"
+
+
+def zig_cache_dir() -> Path:
+    """ZIG_GLOBAL_CACHE_DIR: the caller's if set, else inside fwedge's cache (<cache>/zig)."""
+    if os.environ.get("ZIG_GLOBAL_CACHE_DIR"):
+        return Path(os.environ["ZIG_GLOBAL_CACHE_DIR"])
+    return cache_dir() / "zig"
+
+
+def compiler_command(arch: str, cc: str | None = None) -> list[str]:
+    """The compiler argv (without flags or files) for an architecture.
+
+    Order: `cc` (ExportOptions.cc, a vendor toolchain), then $CC, then the system `cc` for the
+    host architecture and `python -m ziglang cc -target <arch>-linux-musl` for the others.
+
+    Raises:
+        ExportError: an unknown architecture, or no compiler available.
+    """
+    if arch not in C_ARCHES:
+        raise ExportError(f"C target: unknown architecture {arch!r}; choose from {', '.join(C_ARCHES)}")
+    override = cc or os.environ.get("CC")
+    if override:
+        return shlex.split(override)
+    if arch == host_arch():
+        for name in ("cc", "gcc", "clang"):
+            if shutil.which(name):
+                return [name]
+    import importlib.util
+
+    if importlib.util.find_spec("ziglang") is None:
+        raise ExportError(f"C target: building for {arch} needs zig (pip install ziglang, the cross extra) "
+                          "or a cross compiler given with --cc / $CC")
+    return [sys.executable, "-m", "ziglang", "cc", "-target", ZIG_TRIPLES[arch], *ZIG_CPU_FLAGS.get(arch, [])]
+
+
+def _compiler_env() -> dict:
+    env = dict(os.environ)
+    cache = zig_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    env["ZIG_GLOBAL_CACHE_DIR"] = str(cache)
+    env.setdefault("ZIG_LOCAL_CACHE_DIR", str(cache))
+    return env
+
+
+def _compiler_version(command: list[str]) -> str:
+    try:
+        done = subprocess.run(command + ["--version"], capture_output=True, text=True, timeout=60, env=_compiler_env())
+        return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr).strip() else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+@dataclass
+class BuildResult:
+    """A compiled harness binary.
+
+    Attributes:
+        command: the compiler argv of the link step (paths relative to the bundle folder).
+        compiler_version: first line of `<cc> --version`.
+        sections: ELF section totals of the whole static binary (machine, text, rodata, data, bss).
+        model_sections: the same totals summed over the objects of model.c and the kernels (the
+            harness and libc excluded): what the model adds to a firmware image.
+        stack_estimate_bytes: fwedge_run's frame plus the deepest kernel frame (host gcc
+            -fstack-usage) plus a margin; None when no gcc is available.
+    """
+
+    command: list[str]
+    compiler_version: str
+    sections: dict
+    model_sections: dict
+    stack_estimate_bytes: int | None
+
+
+def _run_compiler(argv: list[str], arch: str, cwd: str, timeout: float) -> subprocess.CompletedProcess:
+    log.info("compiling: %s", " ".join(argv))
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=_compiler_env())
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ExportError(f"C target: cannot run the compiler {argv[0]!r} for {arch}: {exc}") from exc
+
+
+def _compile_object(compiler: list[str], flags: list[str], folder: Path, source: str, obj: Path, arch: str,
+                    timeout: float) -> None:
+    """Compile one source to `obj`. Runtime kernels (not model.c or main.c) are cached in
+    <cache>/c-objects keyed by the compiler argv, flags and the source and header bytes, since
+    every bundle of an architecture compiles the same kernel files."""
+    key = None
+    if source not in ("model.c", "main.c"):
+        digest = hashlib.sha256(json.dumps([compiler, flags, source]).encode())
+        digest.update((folder / source).read_bytes())
+        digest.update((folder / HEADER).read_bytes())
+        if source in VARIANT_KERNELS:  # a variant wrapper includes its kernel source
+            digest.update((folder / VARIANT_KERNELS[source]).read_bytes())
+        key = cache_dir() / "c-objects" / f"{digest.hexdigest()}.o"
+        if key.is_file():
+            shutil.copyfile(key, obj)
+            return
+    done = _run_compiler(compiler + flags + ["-I", str(folder), "-c", str(folder / source), "-o", str(obj)],
+                         arch, str(obj.parent), timeout)
+    if done.returncode != 0:
+        raise ExportError(f"C target: compiling {source} for {arch} failed (exit {done.returncode}):\n"
+                          f"{done.stderr.strip()[-4000:]}")
+    if key is not None:
+        key.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(key, obj.read_bytes())
+
+
+def build_binary(folder: Path, sources: list[str], arch: str, cc: str | None = None,
+                 extra_flags: list[str] | None = None, static: bool = True, timeout: float = 600,
+                 source_flags: dict[str, list[str]] | None = None) -> BuildResult:
+    """Compile `sources` (relative to `folder`) one object each, then link folder/bin/fwedge_model.
+    source_flags adds flags for single sources (the AVX2 and VNNI variants of a dispatch build).
+
+    Raises:
+        ExportError: the compiler failed (its stderr is in the message), or built for another
+            architecture than `arch`.
+    """
+    compiler = compiler_command(arch, cc)
+    output = folder / BINARY
+    output.parent.mkdir(parents=True, exist_ok=True)
+    flags = C_FLAGS + (extra_flags or [])
+    model_sections = {"text": 0, "rodata": 0, "data": 0, "bss": 0}
+    with tempfile.TemporaryDirectory(prefix="fwedge-cc-") as build_dir:
+        objects = []
+        for source in sources:
+            obj = Path(build_dir) / (Path(source).stem + ".o")
+            _compile_object(compiler, flags + (source_flags or {}).get(source, []), folder, source, obj, arch, timeout)
+            objects.append(str(obj))
+            if source != "main.c":
+                for key, value in elf_sections(obj).items():
+                    if key in model_sections:
+                        model_sections[key] += value
+        link = compiler + flags + LINK_FLAGS + (["-static"] if static else []) + objects + ["-o", str(output), "-lm"]
+        done = _run_compiler(link, arch, build_dir, timeout)
+        if done.returncode != 0 and static and arch == host_arch() and not (cc or os.environ.get("CC")):
+            # Some hosts lack a static libc; a dynamic host binary is still a working bundle.
+            log.warning("static host link failed, linking dynamically: %s", done.stderr.strip()[-300:])
+            done = _run_compiler([a for a in link if a != "-static"], arch, build_dir, timeout)
+        if done.returncode != 0:
+            raise ExportError(f"C target: linking for {arch} failed (exit {done.returncode}):\n{done.stderr.strip()[-4000:]}")
+    sections = elf_sections(output)
+    if sections["machine"] != ELF_MACHINES[arch]:
+        raise ExportError(f"C target: the compiler {' '.join(compiler)!r} built for ELF machine {sections['machine']}, "
+                          f"expected {ELF_MACHINES[arch]} ({arch}); set --cc / $CC to a {arch} compiler")
+    command = compiler + flags + LINK_FLAGS + (["-static"] if static else []) + ["-I."] + sources + ["-o", BINARY, "-lm"]
+    for source, added in (source_flags or {}).items():  # how the per-source flags were given
+        command += [f"({source}: {' '.join(added)})"]
+    return BuildResult(command, _compiler_version(compiler), sections, model_sections,
+                       stack_estimate(folder, [source for source in sources if source not in (source_flags or {})]))
+
+
+def stack_estimate(folder: Path, sources: list[str]) -> int | None:
+    """fwedge_run's frame plus the largest kernel frame, from host gcc -fstack-usage, plus a margin.
+
+    Frames are close across 64-bit targets (same C, int32 accumulators on the stack); this is an
+    estimate, recorded as such in the manifest. The harness's stdio is not counted. Kernel
+    frame sizes are cached like the kernel objects.
+    """
+    gcc = shutil.which("gcc")
+    if not gcc:
+        return None
+    frames: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="fwedge-su-") as temp:
+        for source in sources:
+            if source == "main.c":
+                continue
+            key = None
+            if source != "model.c":
+                digest = hashlib.sha256(json.dumps([gcc, C_FLAGS, source]).encode())
+                digest.update((folder / source).read_bytes())
+                digest.update((folder / HEADER).read_bytes())
+                key = cache_dir() / "c-objects" / f"{digest.hexdigest()}.su"
+            if key is not None and key.is_file():
+                text = key.read_text()
+            else:
+                obj = Path(temp) / (Path(source).stem + ".o")
+                done = subprocess.run([gcc, *C_FLAGS, "-fstack-usage", "-I", str(folder), "-c", str(folder / source),
+                                       "-o", str(obj)], capture_output=True, text=True, timeout=300, cwd=temp)
+                if done.returncode != 0:
+                    return None
+                usage = obj.with_suffix(".su")
+                text = usage.read_text() if usage.is_file() else ""
+                if key is not None:
+                    key.parent.mkdir(parents=True, exist_ok=True)
+                    write_atomic(key, text)
+            for line in text.splitlines():
+                parts = line.split("\t")
+                if len(parts) >= 2 and parts[1].strip().isdigit():
+                    frames[parts[0].rsplit(":", 1)[-1]] = int(parts[1])
+    run_frame = frames.pop("fwedge_run", 0)
+    return run_frame + max(frames.values(), default=0) + STACK_MARGIN
+
+
+def elf_sections(path: Path) -> dict:
+    """Section totals of an ELF file, read from its section headers.
+
+    Returns:
+        {"machine", "text", "rodata", "data", "bss"} in bytes: text = allocated executable
+        sections, rodata = allocated read-only data, data = allocated writable initialised
+        data, bss = allocated NOBITS.
+
+    Raises:
+        ExportError: not a little-endian 64-bit ELF file.
+    """
+    blob = Path(path).read_bytes()
+    if blob[:4] != b"\x7fELF" or blob[4] != 2 or blob[5] != 1:
+        raise ExportError(f"'{path}': not a little-endian 64-bit ELF file")
+    machine = struct.unpack_from("<H", blob, 0x12)[0]
+    shoff = struct.unpack_from("<Q", blob, 0x28)[0]
+    shentsize, shnum = struct.unpack_from("<HH", blob, 0x3A)
+    totals = {"machine": machine, "text": 0, "rodata": 0, "data": 0, "bss": 0}
+    for index in range(shnum):
+        sh_type, sh_flags = struct.unpack_from("<IQ", blob, shoff + index * shentsize + 4)
+        size = struct.unpack_from("<Q", blob, shoff + index * shentsize + 0x20)[0]
+        if not sh_flags & 0x2:  # SHF_ALLOC
+            continue
+        if sh_type == 8:  # SHT_NOBITS
+            totals["bss"] += size
+        elif sh_flags & 0x4:  # SHF_EXECINSTR
+            totals["text"] += size
+        elif sh_flags & 0x1:  # SHF_WRITE
+            totals["data"] += size
+        else:
+            totals["rodata"] += size
+    return totals
+
+
+# --------------------------------------------------------------------------------------------
+# Bundle files
+# --------------------------------------------------------------------------------------------
+
+
+def makefile_text(program: CProgram, arch: str, compiler: list[str], sources: list[str], cflags: list[str],
+              variants: list[str]) -> str:
+    if compiler[:3] == [sys.executable, "-m", "ziglang"]:
+        default_cc = "$(PYTHON) -m ziglang cc " + " ".join(compiler[3 + 1:])
+    else:
+        default_cc = " ".join(shlex.quote(part) for part in compiler)
+    return f"""# Rebuild this fwedge C bundle ({arch}). With a vendor toolchain: make CC=aarch64-linux-gnu-gcc
+# Generated by fwedge; the default compiler is the one fwedge used.
+PYTHON ?= python3
+ifeq ($(origin CC),default)
+CC = {default_cc}
+endif
+CFLAGS ?= {' '.join(C_FLAGS + cflags)}
+LDFLAGS ?= -static {' '.join(LINK_FLAGS)}
+export ZIG_GLOBAL_CACHE_DIR ?= .cache/zig
+export ZIG_LOCAL_CACHE_DIR ?= .cache/zig
+SOURCES = {' '.join(sources)}
+# x86-64 dispatch: kernels compiled again for AVX2 and AVX-512 VNNI, picked at run time (fwedge_rt.h)
+AVX2_CFLAGS = {' '.join(VARIANT_CFLAGS["avx2"])}
+VNNI_CFLAGS = {' '.join(VARIANT_CFLAGS["vnni"])}
+VARIANTS = {' '.join(variants)}
+VARIANT_OBJECTS = $(VARIANTS:%.c=bin/%.o)
+
+{BINARY}: $(SOURCES) $(VARIANT_OBJECTS) model.h {HEADER}
+\tmkdir -p bin
+\t$(CC) $(CFLAGS) $(LDFLAGS) -I. $(SOURCES) $(VARIANT_OBJECTS) -o $@ -lm
+
+bin/%_avx2.o: %_avx2.c %.c {HEADER}
+\tmkdir -p bin
+\t$(CC) $(CFLAGS) $(AVX2_CFLAGS) -I. -c $< -o $@
+
+bin/%_vnni.o: %_vnni.c %.c {HEADER}
+\tmkdir -p bin
+\t$(CC) $(CFLAGS) $(VNNI_CFLAGS) -I. -c $< -o $@
+
+clean:
+\trm -f {BINARY} $(VARIANT_OBJECTS)
+
+.PHONY: clean
+"""
+
+
+def cmakelists_text(sources: list[str], variants: dict[str, list[str]]) -> str:
+    dispatch = ""
+    if any(variants.values()):
+        dispatch = (f"# x86-64 dispatch: kernels compiled again for AVX2 and AVX-512 VNNI, picked at run time "
+                    f"(fwedge_rt.h)\ntarget_compile_definitions(fwedge_model PRIVATE {DISPATCH_DEFINE[2:]})\n")
+        for suffix, files in variants.items():
+            dispatch += (f"set_source_files_properties({' '.join(files)} PROPERTIES COMPILE_OPTIONS "
+                         f"\"{';'.join(VARIANT_CFLAGS[suffix])}\")\n")
+    all_variants = [name for files in variants.values() for name in files]
+    return f"""# Rebuild this fwedge C bundle with CMake; cross-compile with -DCMAKE_TOOLCHAIN_FILE=<vendor file>.
+cmake_minimum_required(VERSION 3.10)
+project(fwedge_model C)
+set(CMAKE_C_STANDARD 99)
+set(CMAKE_C_STANDARD_REQUIRED ON)
+add_executable(fwedge_model {' '.join(sources + all_variants)})
+target_include_directories(fwedge_model PRIVATE ${{CMAKE_CURRENT_SOURCE_DIR}})
+target_compile_options(fwedge_model PRIVATE -O3 -ffp-contract=off -fno-strict-aliasing)
+{dispatch}target_link_libraries(fwedge_model m)
+"""

@@ -77,7 +77,7 @@ def _child_argv(*args: str) -> list[str]:
 
 
 def run_isolated(bundle: Bundle, inputs: dict[str, np.ndarray], repeats: int, *, timeout: float, what: str):
-    """Run `local.run_host_runtime` on `bundle` in a fresh child interpreter.
+    """Run `host_runtime.run_host_runtime` on `bundle` in a fresh child interpreter.
 
     The child loads (and verifies) the bundle itself, feeds every row, and times the
     single-sample calls on its own clock; only the outputs and latencies come back.
@@ -192,7 +192,7 @@ class HostRuntimeProcess:
 
 def _child_run(work: Path) -> int:
     from fwedge.bundle import load_bundle
-    from fwedge.device_farm.local import run_host_runtime
+    from fwedge.device_farm.host_runtime import run_host_runtime
 
     try:
         request = json.loads((work / REQUEST).read_text())
@@ -209,7 +209,7 @@ def _child_run(work: Path) -> int:
 
 def _child_serve(bundle_path: str, work: Path, exact_int8: bool = False) -> int:
     from fwedge.bundle import load_bundle
-    from fwedge.device_farm.local import as_output_dict
+    from fwedge.device_farm.host_runtime import as_output_dict
     from fwedge.targets import get_target
 
     reply_to = sys.stdout

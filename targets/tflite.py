@@ -15,12 +15,13 @@ from fwedge.errors import UnsupportedOpError
 from fwedge.lowered.graph import LoweredGraph, LoweredOp, LoweredTensor, QuantParams, same_padding
 from fwedge.ops import unary
 from fwedge.targets.base import ExportOptions, Target, TfliteOptions, target
+from fwedge.targets import tflite_runner
 from fwedge.targets.common import resolve_precision
+from fwedge.targets.tflite_runner import MODEL_FILE, NCHW_TO_NHWC, NHWC_TO_NCHW
 
 log = logging.getLogger(__name__)
 
 TARGET = "tflite"
-MODEL_FILE = "model.tflite"
 TFLITE_SCHEMA_VERSION = 3
 FILE_IDENTIFIER = b"TFL3"
 # TFLite int8 spec: LOGISTIC and SOFTMAX outputs are fixed to scale 1/256, zero point -128.
@@ -51,8 +52,6 @@ def _schema():
 # Layout helpers: the lowered graph is NCHW; TFLite is NHWC for rank-4 tensors
 # --------------------------------------------------------------------------------------------
 
-NCHW_TO_NHWC = (0, 2, 3, 1)
-NHWC_TO_NCHW = (0, 3, 1, 2)
 
 
 def nhwc_shape(shape) -> list[int]:
@@ -712,15 +711,11 @@ class TfliteTarget(Target):
     def run(self, bundle: Bundle, feeds: dict[str, np.ndarray], *, exact_int8: bool = False,
             num_threads: int | None = None) -> dict[str, np.ndarray]:
         """Run a TFLite bundle with ai-edge-litert on the host (tflite_runner.run)."""
-        from fwedge.targets import tflite_runner
-
         self.require_exact(bundle, exact_int8)
         return tflite_runner.run(bundle, feeds, num_threads=num_threads)
 
     def intermediates(self, bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str], *,
                       exact_int8: bool = False) -> dict[str, np.ndarray]:
         """Internal tensors by ONNX name, for `fwedge diff` (tflite_runner.intermediates)."""
-        from fwedge.targets import tflite_runner
-
         self.require_exact(bundle, exact_int8)
         return tflite_runner.intermediates(bundle, feeds, names)

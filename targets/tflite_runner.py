@@ -6,7 +6,11 @@ import numpy as np
 from fwedge.bundle import Bundle, TensorInfo
 from fwedge.errors import ExportError
 from fwedge.targets.common import RunnerCache, runtime_threads
-from fwedge.targets.tflite import MODEL_FILE, NCHW_TO_NHWC, NHWC_TO_NCHW
+
+# The bundle's model file, and the axis orders between fwedge's logical NCHW and TFLite's NHWC.
+MODEL_FILE = "model.tflite"
+NCHW_TO_NHWC = (0, 2, 3, 1)
+NHWC_TO_NCHW = (0, 3, 1, 2)
 
 
 def _interpreter(bundle: Bundle, num_threads: int | None = None):

@@ -19,8 +19,6 @@ LONG_REASON = re.compile(r"\blong:\s*(\S.{9,})", re.DOTALL)
 # added to. A file is named by its path, a function by "path::qualified.name".
 ALLOWED = {
     "fwedge/diff.py::diff_bundle": "115 lines; not yet split",
-    "targets/c.py": "713 lines; not yet split",
-    "targets/c.py::export": "112 lines; not yet split",
     "targets/c_codegen.py": "778 lines; not yet split",
     "targets/ncnn.py": "908 lines; not yet split",
     "targets/tflite.py": "811 lines; not yet split",

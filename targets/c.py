@@ -32,7 +32,7 @@ from fwedge.runtime_c import HARNESS, HEADER, source_dir
 from fwedge.targets.base import C_ARCHES, COptions, ExportOptions, Target, target
 from fwedge.targets.c_build import (
     BINARY, C_FLAGS, DISPATCH_DEFINE, VARIANT_CFLAGS, build_binary, cmakelists_text, compiler_command, makefile_text,
-    variant_sources, x86_dispatch,
+    recorded_command, variant_sources, x86_dispatch,
 )
 from fwedge.targets.c_codegen import CProgram, generate
 from fwedge.targets.common import check_feeds, resolve_precision
@@ -266,7 +266,7 @@ class CTarget(Target):
         bundle = write_bundle(
             out_dir, target=TARGET, arch=self.arch, precision=precision, source_sha256=options.source_sha256,
             inputs=specs[0], outputs=specs[1], write_files=write_files, preprocess=options.preprocess,
-            toolchain={"compiler": " ".join(compiler[:1] + compiler[1:4]) if compiler else "none"},
+            toolchain={"compiler": " ".join(recorded_command(compiler)[:4]) if compiler else "none"},
             extra=extra,
         )
         log.info("C bundle %s (%s): arena %d bytes (lower bound %d), weights %d bytes", bundle.path, self.arch,

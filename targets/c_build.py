@@ -121,6 +121,13 @@ def compiler_command(arch: str, cc: str | None = None) -> list[str]:
     return [sys.executable, "-m", "ziglang", "cc", "-target", ZIG_TRIPLES[arch], *ZIG_CPU_FLAGS.get(arch, [])]
 
 
+def recorded_command(compiler: list[str]) -> list[str]:
+    """The compiler argv as a manifest records it: this machine's Python interpreter (the one
+    that runs zig) is written `python3`, as in the bundle's Makefile, so that the same sources
+    give the same manifest on every machine."""
+    return ["python3" if part == sys.executable else part for part in compiler]
+
+
 def _compiler_env() -> dict:
     env = dict(os.environ)
     cache = zig_cache_dir()
@@ -230,7 +237,8 @@ def build_binary(folder: Path, sources: list[str], arch: str, cc: str | None = N
     if sections["machine"] != ELF_MACHINES[arch]:
         raise ExportError(f"C target: the compiler {' '.join(compiler)!r} built for ELF machine {sections['machine']}, "
                           f"expected {ELF_MACHINES[arch]} ({arch}); set --cc / $CC to a {arch} compiler")
-    command = compiler + flags + LINK_FLAGS + (["-static"] if static else []) + ["-I."] + sources + ["-o", BINARY, "-lm"]
+    command = (recorded_command(compiler) + flags + LINK_FLAGS + (["-static"] if static else []) + ["-I."] + sources
+               + ["-o", BINARY, "-lm"])
     for source, added in (source_flags or {}).items():  # how the per-source flags were given
         command += [f"({source}: {' '.join(added)})"]
     return BuildResult(command, _compiler_version(compiler), sections, model_sections,

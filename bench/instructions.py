@@ -16,17 +16,19 @@ For each example model, quantized as `fwedge quantize --data fashion-mnist:train
     HIGH times (`fwedge_model IN OUT COUNT 0`: read, run, write each sample); the difference of
     the two totals over HIGH - LOW is the count per inference (reading the 3 KB sample and
     writing the logits included, a few hundred instructions: see --split), so start-up cancels
-    out. The low count runs twice: the C harness gives the same total both times.
+    out. The low count runs twice: the same total both times. (No output file exists before a
+    run: the harness stats it, and whether it exists changes the count by 9.)
   * the peer, LiteRT (XNNPACK, one thread) running fwedge's own tflite bundle of the same QDQ
     model, under qemu-aarch64 with an arm64 Python sysroot and the same -cpu, plugin and
-    differencing (bench/guest/litert_invoke.py). Its totals vary by a few hundred instructions
-    from run to run (the Python start-up); the repeat of the low count shows by how much.
+    differencing (bench/guest/litert_invoke.py). With a fixed hash seed and no .pyc written its
+    totals repeat exactly as well (a .pyc written by the first run changes the count of later ones).
   * instructions per MAC, with the MACs of the float model (`fwedge inspect`), and the ratio
     C / LiteRT per -cpu.
   * --split N: where the C bundle's instructions go, by function: the bundle's own sources rebuilt
     unstripped (its Makefile with LDFLAGS=-static; the shipped binary is linked with -s), run
     with the plugin's mode=pcs, the per-block counts of the two runs differenced and binned by
-    the symbol table. The unstripped binary must execute exactly the shipped binary's count.
+    the symbol table; for LiteRT by library and function, with the guest's /proc/self/maps. The
+    unstripped binary must execute exactly the shipped binary's count for the inferences.
 
 Under qemu 7.2 the guest reads the host's x86 /proc/cpuinfo and XNNPACK's CPU detection crashes
 on it (SIGSEGV). qemu-user looks absolute paths up under its -L root first, /proc and /sys
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import functools
 import json
 import logging
 import os
@@ -101,8 +104,10 @@ class CpuResult:
     c: Difference
     litert: Difference | None = None
     litert_error: str | None = None
-    outputs_agree: bool | None = None
+    outputs_agree: bool | None = None  # same top-1 class from LiteRT and the C bundle
+    max_logit_difference: float | None = None  # max |LiteRT - C| over the output logits
     split: list[dict] = field(default_factory=list)
+    litert_split: list[dict] = field(default_factory=list)
 
 
 def run_setup(cache: Path) -> tuple[Path, Path]:
@@ -190,6 +195,8 @@ def c_difference(bundle, binary: Path, arch: str, cpu: str, plugin: Path, x: np.
         c_target.write_harness_input(bundle, {name: np.repeat(x, count, axis=0)}, work / f"input-{count}.bin")
 
     def run(count: int) -> int:
+        # no output file before any run: the harness stats it first, and its existence changes the count
+        (work / "output.bin").unlink(missing_ok=True)
         total, _ = qemu_count(arch, cpu, plugin, [str(binary), f"input-{count}.bin", "output.bin", str(count), "0"],
                               cwd=work)
         return total
@@ -211,18 +218,57 @@ def unstripped_binary(bundle, work: Path) -> Path:
     return source / "bin" / "fwedge_model"
 
 
+@functools.lru_cache(maxsize=None)
 def function_symbols(binary: Path) -> tuple[list[int], list[str]]:
-    """Start addresses (sorted) and names of the code symbols of an ELF file (host binutils nm)."""
-    listing = subprocess.run(["nm", "-n", "--defined-only", str(binary)], check=True, capture_output=True,
-                             text=True).stdout
-    starts, names = [], []
-    for line in listing.splitlines():
-        parts = line.split()
-        # text symbols only: "$x"/"$d" (aarch64 mapping symbols) and ".L..." (riscv64 local labels) are no functions
-        if len(parts) == 3 and parts[1] in "TtWw" and not parts[2].startswith(("$", ".L")):
-            starts.append(int(parts[0], 16))
-            names.append(parts[2])
-    return starts, names
+    """Start addresses (sorted) and names of the code symbols of an ELF file (host binutils nm).
+
+    The symbol table when there is one, else the dynamic symbols (a stripped shared library).
+    """
+    for dynamic in ([], ["-D"]):
+        listing = subprocess.run(["nm", "-n", "--defined-only", *dynamic, str(binary)], capture_output=True,
+                                 text=True).stdout
+        starts, names = [], []
+        for line in listing.splitlines():
+            parts = line.split()
+            # text symbols only: "$x"/"$d" (aarch64 mapping symbols) and ".L..." (riscv64 local labels) are no functions
+            if len(parts) == 3 and parts[1] in "TtWw" and not parts[2].startswith(("$", ".L")):
+                starts.append(int(parts[0], 16))
+                names.append(parts[2])
+        if starts:
+            return starts, names
+    return [], []
+
+
+def symbol_at(binary: Path, address: int) -> str:
+    """The function of `binary` holding `address` (an address of the ELF file's own layout)."""
+    starts, names = function_symbols(binary)
+    index = bisect.bisect_right(starts, address) - 1
+    return names[index] if index >= 0 else "?"
+
+
+@dataclass
+class Mapping:
+    """One file-backed executable mapping of a guest process (/proc/self/maps)."""
+
+    start: int
+    end: int
+    path: Path
+    base: int  # where the file's offset 0 was mapped: address in the file = vaddr - base
+
+
+def executable_mappings(maps: str) -> list[Mapping]:
+    """The executable file mappings of a /proc/self/maps text, with each file's load base."""
+    rows = []
+    for line in maps.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].startswith("/"):
+            start, end = (int(v, 16) for v in parts[0].split("-"))
+            rows.append((start, end, parts[1], int(parts[2], 16), parts[5].strip()))
+    bases: dict[str, int] = {}
+    for start, _, _, offset, path in rows:
+        bases[path] = min(bases.get(path, start - offset), start - offset)
+    return sorted((Mapping(start, end, Path(path), bases[path]) for start, end, perms, _, path in rows if "x" in perms),
+                  key=lambda m: m.start)
 
 
 def block_counts(lines: list[str]) -> dict[int, int]:
@@ -236,6 +282,23 @@ def block_counts(lines: list[str]) -> dict[int, int]:
     return counts
 
 
+def by_function(blocks: dict[int, int], resolve) -> dict[str, int]:
+    """Sum block counts by the function name `resolve(vaddr)` gives."""
+    totals: dict[str, int] = {}
+    for vaddr, count in blocks.items():
+        name = resolve(vaddr)
+        totals[name] = totals.get(name, 0) + count
+    return totals
+
+
+def split_difference(low: dict[str, int], high: dict[str, int], inferences: int) -> list[dict]:
+    """Per-function instructions per inference of two binned runs, largest first."""
+    delta = {name: high.get(name, 0) - low.get(name, 0) for name in set(low) | set(high)}
+    total = sum(delta.values())
+    return [{"function": name, "per_inference": count / inferences, "share": count / total}
+            for name, count in sorted(delta.items(), key=lambda item: -item[1]) if count]
+
+
 def c_split(bundle, arch: str, cpu: str, plugin: Path, work: Path, low: int, high: int,
             expected: Difference) -> list[dict]:
     """Instructions per inference by function of the C bundle, largest first.
@@ -246,29 +309,20 @@ def c_split(bundle, arch: str, cpu: str, plugin: Path, work: Path, low: int, hig
     binary = unstripped_binary(bundle, work)
 
     def run(count: int) -> tuple[int, dict[int, int]]:
+        (work / "output.bin").unlink(missing_ok=True)
         total, lines = qemu_count(arch, cpu, plugin, [str(binary), f"input-{count}.bin", "output.bin", str(count), "0"],
                                   cwd=work, mode="pcs")
         return total, block_counts(lines)
 
     (low_total, low_blocks), (high_total, high_blocks) = run(low), run(high)
-    # The Makefile links the objects in another order than fwedge's build, which moves code and
-    # buffers: start-up and the stdio copies of the samples change by a few instructions (9 in
-    # 276 million were seen); the kernels do not.
-    rebuilt = (high_total - low_total) / (high - low)
-    if abs(rebuilt - expected.per_inference) > 1e-5 * expected.per_inference:
-        raise RuntimeError(f"{bundle.path.name}: the unstripped rebuild executes {rebuilt} instructions per "
-                           f"inference, the shipped binary {expected.per_inference}: not the same code")
-    starts, names = function_symbols(binary)
-    by_function: dict[str, int] = {}
-    for vaddr in set(low_blocks) | set(high_blocks):
-        delta = high_blocks.get(vaddr, 0) - low_blocks.get(vaddr, 0)
-        if delta:
-            index = bisect.bisect_right(starts, vaddr) - 1
-            name = names[index] if index >= 0 else "?"
-            by_function[name] = by_function.get(name, 0) + delta
-    total = sum(by_function.values())
-    return [{"function": name, "per_inference": count / (high - low), "share": count / total}
-            for name, count in sorted(by_function.items(), key=lambda item: -item[1])]
+    # The Makefile links the objects in another order than fwedge's build: the start-up moves by a
+    # few dozen instructions (55 on aarch64), the difference of the two runs must not move at all.
+    if high_total - low_total != expected.high_total - expected.low_total:
+        raise RuntimeError(f"{bundle.path.name}: the unstripped rebuild executes {high_total - low_total} instructions "
+                           f"for {high - low} inferences, the shipped binary {expected.high_total - expected.low_total}: "
+                           "not the same code")
+    resolve = functools.partial(symbol_at, binary)  # a static, non-PIE executable: vaddr = ELF address
+    return split_difference(by_function(low_blocks, resolve), by_function(high_blocks, resolve), high - low)
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,6 +390,36 @@ def litert_difference(bundle, cpu: str, plugin: Path, sysroot: Path, root: Path,
     return result, np.load(work / "litert_output.npy")
 
 
+def litert_split(bundle, cpu: str, plugin: Path, sysroot: Path, root: Path, work: Path, low: int, high: int) -> list[dict]:
+    """Instructions per inference by library and function of LiteRT (the x from litert_difference).
+
+    Each run is binned with its own /proc/self/maps, so the two runs need not load the
+    libraries at the same addresses.
+    """
+    env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C"}
+    python = sysroot / "usr" / "bin" / "python3.11"
+
+    def run(repeats: int) -> dict[str, int]:
+        maps_file = work / "litert_maps.txt"
+        _, lines = qemu_count("aarch64", cpu, plugin, [str(python), str(HERE / "guest" / "litert_invoke.py"),
+                                                       str(bundle.file("model.tflite")), "litert_input.npy",
+                                                       "litert_output.npy", str(repeats), str(maps_file)],
+                              root=root, cwd=work, env=env, mode="pcs")
+        mappings = executable_mappings(maps_file.read_text())
+        starts = [m.start for m in mappings]
+
+        def resolve(vaddr: int) -> str:
+            index = bisect.bisect_right(starts, vaddr) - 1
+            if index < 0 or vaddr >= mappings[index].end:
+                return "(no file)"
+            mapping = mappings[index]
+            return f"{mapping.path.name}:{symbol_at(mapping.path, vaddr - mapping.base)}"
+
+        return by_function(block_counts(lines), resolve)
+
+    return split_difference(run(low), run(high), high - low)
+
+
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
@@ -367,6 +451,10 @@ def measure_model(name: str, args, plugin: Path, sysroot: Path, roots: dict[str,
                     result.litert, litert_output = litert_difference(tflite, cpu, plugin, sysroot, roots[cpu], x,
                                                                      model_work, *args.iterations)
                     result.outputs_agree = bool(np.argmax(litert_output) == np.argmax(c_output))
+                    result.max_logit_difference = float(np.abs(litert_output.ravel() - c_output.ravel()).max())
+                    if args.split:
+                        result.litert_split = litert_split(tflite, cpu, plugin, sysroot, roots[cpu], model_work,
+                                                           *args.iterations)[: args.split]
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:
                     result.litert_error = str(exc)
             if args.split:
@@ -395,13 +483,28 @@ def print_table(measured: list[dict]) -> None:
     widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
     for row in [header, ["-" * w for w in widths]] + rows:
         print(" | ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+    runs = [run for entry in measured for run in entry["runs"]]
+    c_jitter = max(run["c"]["low_repeat_total"] - run["c"]["low_total"] for run in runs)
+    litert_runs = [run["litert"] for run in runs if run["litert"]]
+    print(f"\nrepeats of the low run: C totals {'identical' if c_jitter == 0 else f'differ by up to {c_jitter}'}"
+          + (f"; LiteRT totals differ by up to {max(abs(r['low_repeat_total'] - r['low_total']) for r in litert_runs):,}"
+             f" instructions (of {min(r['low_total'] for r in litert_runs):,} or more)" if litert_runs else ""))
     for entry in measured:
         for run in entry["runs"]:
             if run["litert_error"]:
                 print(f"LiteRT {entry['model']} -cpu {run['cpu']}: {run['litert_error']}")
-            if run["split"]:
-                print(f"\n{entry['model']} C on {run['arch']} -cpu {run['cpu']}, by function (per inference):")
-                for item in run["split"]:
+        shown: dict[tuple, str] = {}  # an aarch64 C bundle runs the same code on every -cpu: print it once
+        for run in entry["runs"]:
+            for key, who in (("split", "C"), ("litert_split", "LiteRT")):
+                if not run[key]:
+                    continue
+                title = f"{entry['model']} {who} on {run['arch']} -cpu {run['cpu']}"
+                same_as = shown.setdefault((who, run["arch"], json.dumps(run[key])), run["cpu"])
+                if same_as != run["cpu"]:
+                    print(f"\n{title}: the same as -cpu {same_as}")
+                    continue
+                print(f"\n{title}, by function (per inference):")
+                for item in run[key]:
                     print(f"  {item['per_inference']:>12,.0f}  {item['share'] * 100:5.1f}%  {item['function']}")
 
 

@@ -1,9 +1,11 @@
 """Runs under qemu-aarch64 with the arm64 sysroot: invoke a LiteRT model K times on one input.
 
-    python3.11 litert_invoke.py MODEL.tflite INPUT.npy OUTPUT.npy K
+    python3.11 litert_invoke.py MODEL.tflite INPUT.npy OUTPUT.npy K [MAPS]
 
 One invocation first (XNNPACK packs its weights then), then K more with the garbage collector
-off, so that two runs with different K differ by exactly K invocations and their Python loop.
+off, so that two runs with different K differ by exactly K invocations and their Python loop. With
+MAPS, the process's /proc/self/maps is copied there at the end: where each library was loaded,
+for the per-function split of the instruction counts.
 """
 import gc
 import sys
@@ -25,6 +27,9 @@ def main() -> None:
     for _ in range(repeats):
         interpreter.invoke()
     np.save(output_path, interpreter.get_tensor(output_detail["index"]))
+    if len(sys.argv) > 5:
+        with open("/proc/self/maps") as maps, open(sys.argv[5], "w") as out:
+            out.write(maps.read())
 
 
 if __name__ == "__main__":

@@ -61,6 +61,11 @@ EXAMPLES = ROOT / "examples" / "fashion_mnist"
 DEFAULT_CACHE = Path(os.environ.get("FWEDGE_BENCH_CACHE", Path.home() / ".cache" / "fwedge" / "bench"))
 TOTAL_PREFIX = "fwedge-insn-total "
 TIMEOUT = 900
+# The guest's whole environment: its size moves the initial stack, so the host's must not leak in.
+GUEST_ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+# LiteRT's Python: the same hash seed every run, and no .pyc written into the sysroot (a .pyc
+# written by one run changes the count of the next).
+PYTHON_ENV = {**GUEST_ENV, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
 
 log = logging.getLogger("bench.instructions")
 
@@ -124,12 +129,12 @@ def qemu_count(arch: str, cpu: str, plugin: Path, command: list[str], *, root: P
     Returns:
         The executed guest instructions and, with mode="pcs", the plugin's per-block lines.
     """
-    report = cwd / f"insn-{os.getpid()}-{len(os.listdir(cwd))}.txt"
+    report = cwd / "insn-report.txt"
     argv = [f"qemu-{arch}", "-cpu", cpu]
     if root is not None:
         argv += ["-L", str(root)]
     argv += ["-plugin", f"{plugin},mode={mode},out={report}"] + command
-    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    done = subprocess.run(argv, cwd=cwd, env=env or GUEST_ENV, capture_output=True, text=True, timeout=TIMEOUT)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[-1500:]}")
     lines = report.read_text().splitlines()
@@ -375,15 +380,13 @@ def litert_difference(bundle, cpu: str, plugin: Path, sysroot: Path, root: Path,
     if spec.layout == "NHWC" and x.ndim == 4:
         x = x.transpose(0, 2, 3, 1)
     np.save(work / "litert_input.npy", np.ascontiguousarray(x))
-    # same hash seed every run; no .pyc written into the sysroot, so every run compiles alike
-    env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C"}
     model = bundle.file("model.tflite")
     python = sysroot / "usr" / "bin" / "python3.11"
 
     def run(repeats: int) -> int:
         total, _ = qemu_count("aarch64", cpu, plugin, [str(python), str(HERE / "guest" / "litert_invoke.py"), str(model),
                                                        "litert_input.npy", "litert_output.npy", str(repeats)],
-                              root=root, cwd=work, env=env)
+                              root=root, cwd=work, env=PYTHON_ENV)
         return total
 
     result = difference(run, low, high)
@@ -396,7 +399,6 @@ def litert_split(bundle, cpu: str, plugin: Path, sysroot: Path, root: Path, work
     Each run is binned with its own /proc/self/maps, so the two runs need not load the
     libraries at the same addresses.
     """
-    env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C"}
     python = sysroot / "usr" / "bin" / "python3.11"
 
     def run(repeats: int) -> dict[str, int]:
@@ -404,7 +406,7 @@ def litert_split(bundle, cpu: str, plugin: Path, sysroot: Path, root: Path, work
         _, lines = qemu_count("aarch64", cpu, plugin, [str(python), str(HERE / "guest" / "litert_invoke.py"),
                                                        str(bundle.file("model.tflite")), "litert_input.npy",
                                                        "litert_output.npy", str(repeats), str(maps_file)],
-                              root=root, cwd=work, env=env, mode="pcs")
+                              root=root, cwd=work, env=PYTHON_ENV, mode="pcs")
         mappings = executable_mappings(maps_file.read_text())
         starts = [m.start for m in mappings]
 
@@ -484,11 +486,14 @@ def print_table(measured: list[dict]) -> None:
     for row in [header, ["-" * w for w in widths]] + rows:
         print(" | ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
     runs = [run for entry in measured for run in entry["runs"]]
-    c_jitter = max(run["c"]["low_repeat_total"] - run["c"]["low_total"] for run in runs)
+
+    def agreement(differences: list[dict]) -> str:
+        jitter = max(abs(d["low_repeat_total"] - d["low_total"]) for d in differences)
+        return "identical" if jitter == 0 else f"differ by up to {jitter:,} instructions"
+
     litert_runs = [run["litert"] for run in runs if run["litert"]]
-    print(f"\nrepeats of the low run: C totals {'identical' if c_jitter == 0 else f'differ by up to {c_jitter}'}"
-          + (f"; LiteRT totals differ by up to {max(abs(r['low_repeat_total'] - r['low_total']) for r in litert_runs):,}"
-             f" instructions (of {min(r['low_total'] for r in litert_runs):,} or more)" if litert_runs else ""))
+    print(f"\nrepeats of the low run: C totals {agreement([run['c'] for run in runs])}"
+          + (f"; LiteRT totals {agreement(litert_runs)}" if litert_runs else ""))
     for entry in measured:
         for run in entry["runs"]:
             if run["litert_error"]:

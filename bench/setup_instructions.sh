@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set-up for bench/instructions.py: the instruction-count plugin and an arm64 LiteRT sysroot.
 #
-# Builds bench/qemu_plugin/libinsn.so with the host gcc and puts together an arm64 Python 3.11
+# Builds libinsn.so from bench/qemu_plugin/ with the host gcc and puts together an arm64 Python 3.11
 # with numpy and ai-edge-litert, unpacked (never installed) from Debian's arm64 .debs and PyPI's
 # manylinux aarch64 wheels, for qemu-aarch64 -L. Everything lands in the cache folder
 # (default ~/.cache/fwedge/bench); a step whose result is there is skipped, so a second run does

@@ -4,8 +4,9 @@
  *
  * Every translation block gets an inline add of its instruction count to one counter, so the
  * count costs no helper call and depends only on the guest program and its inputs: the same run
- * gives the same number every time, unlike wall time under emulation. At exit the plugin writes
- * "fwedge-insn-total N" to qemu's log and, with out=FILE, to FILE.
+ * gives the same number every time, unlike wall time under emulation. A block left early by a
+ * fault counts in full (rare, and still the same every run). At exit the plugin writes
+ * "fwedge-insn-total N" to qemu's log (shown with -d plugin) and, with out=FILE, to FILE.
  *
  * mode=pcs (needs out=FILE) also records, per translation block, its start address, its number
  * of instructions and how often it ran, and writes one "pcs VADDR N_INSNS EXECUTIONS" line per

@@ -10,7 +10,7 @@ APT_PACKAGES := qemu-user dataset-fashion-mnist openssh-server openssh-client ch
 PYTEST_ARGS ?= -n 2 -q -m "not slow"
 export ZIG_GLOBAL_CACHE_DIR ?= $(CURDIR)/.cache/zig
 
-.PHONY: setup system python demo test test-all bench clean
+.PHONY: setup system python demo test test-all bench bench-setup clean
 
 setup: system python
 
@@ -54,6 +54,11 @@ test-all: setup
 
 bench: setup
 	for script in bench/*.py; do $(PY) $$script || exit 1; done
+
+# bench/instructions.py's set-up: the qemu instruction-count plugin and an arm64 Python sysroot
+# with LiteRT for the peer, cached under ~/.cache/fwedge/bench; a second run does nothing.
+bench-setup: system python
+	PYTHON=$(PY) bash bench/setup_instructions.sh
 
 clean:
 	rm -rf .cache build dist *.egg-info .pytest_cache

@@ -125,6 +125,66 @@ def reference_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray], names
     return dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in inputs})))
 
 
+def _producers(model: onnx.ModelProto) -> tuple[dict[str, onnx.NodeProto], list[str]]:
+    """Tensor -> the node that produces it, and those tensors in topological order (Q/DQ outputs left out)."""
+    producers = {}
+    order = []
+    for node in model.graph.node:
+        for output in node.output:
+            if output and node.op_type not in _QDQ:
+                producers[output] = node
+                order.append(output)
+    return producers, order
+
+
+def _step_scales(model: onnx.ModelProto, precision: str) -> dict[str, float]:
+    """Tensor -> the quantization step its differences are counted in."""
+    scales = _quant_scales(model)
+    if precision == "int8":
+        # A float tensor between quantized ones (e.g. inside a decomposed hardswish) is judged
+        # in the steps of its quantized inputs: differences of up to max_steps there propagate.
+        for node in model.graph.node:
+            inherited = [scales[name] for name in node.input if name in scales]
+            for output in node.output:
+                if output not in scales and inherited:
+                    scales[output] = max(inherited)
+    return scales
+
+
+def _shared_names(model: onnx.ModelProto, order: list[str], candidate: dict) -> list[str]:
+    """The reference tensors the bundle also has, in topological order, then any graph outputs not among them."""
+    names = [name for name in order if name in candidate]
+    for output in model.graph.output:
+        if output.name in candidate and output.name not in names:
+            names.append(output.name)
+    return names
+
+
+def _as_quantized(quantizers: dict[str, tuple[float, int]], name: str, value: np.ndarray) -> np.ndarray:
+    """The value after the reference's Q/DQ round trip on this tensor (unchanged when it has none)."""
+    if name not in quantizers:
+        return value
+    q_scale, q_zero = quantizers[name]
+    q = np.clip(np.rint(value.astype(np.float32) / np.float32(q_scale)) + q_zero, -128, 127)
+    return (q - q_zero) * q_scale
+
+
+def _compare(name: str, node: onnx.NodeProto | None, ref: np.ndarray, got: np.ndarray, scale: float | None,
+             max_steps: float, rtol: float, atol: float) -> TensorDiff:
+    """One tensor's TensorDiff: in quantization steps when it has a scale, else against atol + rtol·max|ref|."""
+    diff = np.abs(got - ref)
+    max_abs = float(diff.max(initial=0.0))
+    noise = float(np.sum(diff * diff))
+    sqnr = float("inf") if noise == 0 else float(10 * np.log10(max(float(np.sum(ref * ref)), 1e-30) / noise))
+    steps = max_abs / scale if scale else None
+    if steps is not None:
+        diverged = steps > max_steps * (1 + 1e-3)
+    else:
+        diverged = max_abs > atol + rtol * float(np.abs(ref).max(initial=0.0))
+    return TensorDiff(name, node.name if node is not None else "", node.op_type if node is not None else "output",
+                      list(ref.shape), max_abs, steps, sqnr, diverged)
+
+
 def diff_bundle(
     bundle: Bundle | str | os.PathLike,
     reference: str | os.PathLike,
@@ -168,22 +228,8 @@ def diff_bundle(
     spec = preprocess or Preprocess.from_dict(bundle.preprocess)
     batch = next(open_dataset(data).batches(spec, batch_size=limit, limit=limit))
     feeds = {bundle.inputs[0].name: np.ascontiguousarray(batch.x, dtype=np.float32)}
-    producers = {}
-    order = []
-    for node in model.graph.node:
-        for output in node.output:
-            if output and node.op_type not in _QDQ:
-                producers[output] = node
-                order.append(output)
-    scales = _quant_scales(model)
-    if bundle.precision == "int8":
-        # A float tensor between quantized ones (e.g. inside a decomposed hardswish) is judged
-        # in the steps of its quantized inputs: differences of up to max_steps there propagate.
-        for node in model.graph.node:
-            inherited = [scales[name] for name in node.input if name in scales]
-            for output in node.output:
-                if output not in scales and inherited:
-                    scales[output] = max(inherited)
+    producers, order = _producers(model)
+    scales = _step_scales(model, bundle.precision)
     report = DiffReport(bundle=str(bundle.path), reference=str(reference), target=bundle.target,
                         precision=bundle.precision, samples=len(batch.x), per_tensor=target.supports_intermediates)
     if target.supports_intermediates:
@@ -192,10 +238,7 @@ def diff_bundle(
         candidate = target.run(bundle, feeds, exact_int8=exact_int8)
         report.note = (f"target {bundle.target!r} exposes no intermediate tensors: only graph outputs "
                        "are compared, so the divergence is located at the output, not bisected")
-    names = [name for name in order if name in candidate]
-    for output in model.graph.output:
-        if output.name in candidate and output.name not in names:
-            names.append(output.name)
+    names = _shared_names(model, order, candidate)
     report.missing = [name for name in order if name not in candidate]
     if not names:
         raise DataError(f"bundle '{bundle.path}': shares no tensor name with reference '{reference}'")
@@ -205,35 +248,15 @@ def diff_bundle(
     # before it. Compare both sides after the reference's Q/DQ round trip (what the next layer
     # sees), so values the QDQ model itself clips are not reported as a divergence.
     quantizers = _quantizers(model) if bundle.precision == "int8" else {}
-
-    def as_quantized(name: str, value: np.ndarray) -> np.ndarray:
-        if name not in quantizers:
-            return value
-        q_scale, q_zero = quantizers[name]
-        q = np.clip(np.rint(value.astype(np.float32) / np.float32(q_scale)) + q_zero, -128, 127)
-        return (q - q_zero) * q_scale
-
     for name in names:
-        ref = as_quantized(name, expected[name].astype(np.float64))
-        got = as_quantized(name, np.asarray(candidate[name], dtype=np.float64))
+        ref = _as_quantized(quantizers, name, expected[name].astype(np.float64))
+        got = _as_quantized(quantizers, name, np.asarray(candidate[name], dtype=np.float64))
         if got.size != ref.size:
             report.missing.append(name)
             continue
-        got = got.reshape(ref.shape)
-        diff = np.abs(got - ref)
-        max_abs = float(diff.max(initial=0.0))
-        noise = float(np.sum(diff * diff))
-        sqnr = float("inf") if noise == 0 else float(10 * np.log10(max(float(np.sum(ref * ref)), 1e-30) / noise))
-        scale = scales.get(name)
-        steps = max_abs / scale if scale else None
-        if steps is not None:
-            diverged = steps > max_steps * (1 + 1e-3)
-        else:
-            diverged = max_abs > atol + rtol * float(np.abs(ref).max(initial=0.0))
-        node = producers.get(name)
-        entry = TensorDiff(name, node.name if node is not None else "", node.op_type if node is not None else "output",
-                           list(ref.shape), max_abs, steps, sqnr, diverged)
+        entry = _compare(name, producers.get(name), ref, got.reshape(ref.shape), scales.get(name),
+                         max_steps, rtol, atol)
         report.compared.append(entry)
-        if diverged and report.first_divergence is None:
+        if entry.diverged and report.first_divergence is None:
             report.first_divergence = entry
     return report

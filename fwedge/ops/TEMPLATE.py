@@ -17,12 +17,12 @@ An op card registers, for each ONNX op of its family, what every room needs, in 
 5. For each new lowered kind: the interpreter kernel (its executable spec; int8 and float side
    by side, integer-exact), and its semantics in fwedge/lowered/graph.py's docstring.
 
-Then, for a new kind, one emitter per target: `@emitter("kind")` in targets/c_codegen.py (and a
+Then, for a new kind, one emitter per target: `@emitter("kind")` in targets/c_emitters.py (and a
 kernel in runtime_c/ if none fits), `@tflite_op("kind")` in targets/tflite.py, and the ONNX op
-in targets/ncnn.py's WRITTEN_OPS with its layer. An ONNX op that lowers to an existing kind
-needs none of these. Add an op-matrix case (tests/op_matrix.py); tests/test_op_cards.py names
-whatever is missing. An element-wise function of one input is simpler still: one entry in
-unary.py's FUNCTIONS.
+in targets/ncnn.py's WRITTEN_OPS with its layer (targets/ncnn_writer.py). An ONNX op that
+lowers to an existing kind needs none of these. Add an op-matrix case (tests/op_matrix.py);
+tests/test_op_cards.py names whatever is missing. An element-wise function of one input is
+simpler still: one entry in unary.py's FUNCTIONS.
 
 Below, a card for a made-up op "Example" (y = x, in float and int8) that lowers to the
 existing kind "reshape". Rename, fill in, and add the module to fwedge/ops/registry.py.

@@ -9,7 +9,7 @@ for every ONNX op of its family:
 
 and for every lowered kind it defines: the interpreter kernel (the kind's executable spec) and,
 for element-wise functions, the float reference that both the interpreter and the lowering
-use. The targets then register one emitter per lowered kind (targets/c_codegen.py,
+use. The targets then register one emitter per lowered kind (targets/c_emitters.py,
 targets/tflite.py) or one layer per ONNX op family (targets/ncnn.py), and
 tests/test_op_cards.py checks that nothing is half-registered.
 

@@ -1,0 +1,378 @@
+"""The C emitters: one per lowered op kind (or family), each writing kernel calls through an _Emitter."""
+from __future__ import annotations
+
+import numpy as np
+
+from fwedge.errors import ExportError
+from fwedge.lowered.graph import LoweredOp, LoweredTensor
+from fwedge.ops.registry import UNARY_KINDS
+from fwedge.ops.registry import kind as kind_spec
+from fwedge.targets.c_emit_base import (
+    _ITEM_BYTES,
+    _NHWC,
+    _Emitter,
+    c_float,
+    emitter,
+    layout_trivial,
+    nbytes,
+    physical_shape,
+)
+
+
+def _suffix(dtype: str) -> str:
+    return "s8" if dtype == "int8" else "f32"
+
+
+def _zero_point(tensor: LoweredTensor) -> int:
+    return int(tensor.quant.zero_point[0]) if tensor.quant is not None else 0
+
+
+def _float_clamp(activation: str) -> tuple[str, str]:
+    return {"none": ("-INFINITY", "INFINITY"), "relu": ("0.0f", "INFINITY"), "relu6": ("0.0f", "6.0f")}[activation]
+
+
+def _per_channel(values: np.ndarray, channels: int) -> np.ndarray:
+    values = np.asarray(values).reshape(-1)
+    return np.broadcast_to(values, (channels,)) if values.size == 1 else values
+
+
+# Output channels per block of packed int8 conv weights (FW_CONV_BLOCK in fwedge_rt.h).
+CONV_BLOCK = 8
+
+
+# Filter values per int32 lane of the tile GEMM (FW_CONV_K_GROUP): pairs (pmaddwd, portable C)
+# and quads (VNNI vpdpbusd). model.c holds the weights in both layouts; the build compiles in one.
+CONV_K_GROUPS = (2, 4)
+
+
+def pack_conv_s8(w: np.ndarray, group: int = 2) -> np.ndarray:
+    """int8 conv weights [M][C][kh][kw] (groups 1) in the layout fw_conv2d_s8 reads.
+
+    Args:
+        w: the ONNX OIHW weights.
+        group: FW_CONV_K_GROUP of the build, 2 or 4.
+
+    Returns:
+        A flat int8 array [ceil(M / 8)][k / group][8][group] over the OHWI filter index
+        k = (ky * kw + kx) * C + c, zero-padded to whole groups and a multiple of 8 output
+        channels: `group` taps of eight output channels per 8 * group bytes
+        (fw_pack_conv2d_s8_weights in runtime_c/conv2d_s8.c builds the same layout).
+    """
+    if group not in CONV_K_GROUPS:
+        raise ExportError(f"C target: conv weight group {group}: expected one of {CONV_K_GROUPS}")
+    m = w.shape[0]
+    ohwi = w.transpose(0, 2, 3, 1).reshape(m, -1)
+    k = ohwi.shape[1]
+    blocks = -(-m // CONV_BLOCK)
+    padded = np.zeros((blocks * CONV_BLOCK, -(-k // group) * group), dtype=w.dtype)
+    padded[:m, :k] = ohwi
+    # [block][j][group index][e] -> [block][group index][j][e]
+    packed = padded.reshape(blocks, CONV_BLOCK, -1, group).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(packed).reshape(-1)
+
+
+@emitter("conv2d", "depthwise_conv2d")
+def emit_conv(e: _Emitter, op: LoweredOp) -> None:
+    X, W, B = (e.tensor(name) for name in op.inputs)
+    Y = e.tensor(op.outputs[0])
+    attrs = op.attrs
+    _, c_in, in_h, in_w = X.shape
+    _, c_out, out_h, out_w = Y.shape
+    kh, kw = attrs.kernel
+    depthwise = op.kind == "depthwise_conv2d"
+    w = W.data
+    if depthwise:
+        weights = w.reshape(c_out, kh, kw).transpose(1, 2, 0)  # [kh][kw][M]
+    elif Y.dtype == "int8" and attrs.groups == 1:
+        # [M/8][k/G][8][G] for conv2d_s8.c's tile GEMM, G = FW_CONV_K_GROUP of the build
+        weights = {group: pack_conv_s8(w, group) for group in (CONV_K_GROUPS if e.quads else (2,))}
+    elif Y.dtype == "int8":
+        weights = w.transpose(0, 2, 3, 1)  # OHWI [M][kh][kw][C/g]
+    else:
+        g = attrs.groups
+        weights = w.reshape(g, c_out // g, c_in // g, kh, kw).transpose(0, 3, 4, 2, 1)  # [g][kh][kw][ic][oc]
+    int8 = Y.dtype == "int8"
+    float_min, float_max = _float_clamp(attrs.activation)
+    fields = {
+        "in_h": in_h, "in_w": in_w, "in_c": c_in, "out_h": out_h, "out_w": out_w, "out_c": c_out,
+        "kernel_h": kh, "kernel_w": kw, "stride_h": attrs.strides[0], "stride_w": attrs.strides[1],
+        "pad_top": attrs.pads[0], "pad_left": attrs.pads[1],
+        "dilation_h": attrs.dilations[0], "dilation_w": attrs.dilations[1], "groups": attrs.groups,
+        "input_zero_point": _zero_point(X), "output_zero_point": _zero_point(Y),
+        "activation_min": attrs.requant.act_min if int8 else -128,
+        "activation_max": attrs.requant.act_max if int8 else 127,
+        "float_min": float_min, "float_max": float_max,
+    }
+    params = e.struct("fw_conv_params", fields)
+    packed = isinstance(weights, dict)
+    if packed:
+        pairs, quads = e.conv_layouts("weights [M/8][kh*kw*C/G][8][G] packed", weights)
+    else:
+        layout = ("[kh][kw][M]" if depthwise else "[M][kh][kw][C/g]" if int8 else "[g][kh][kw][C/g][M/g]")
+        weight_name = e.array(f"weights {layout}", weights, "conv_s8" if int8 and not depthwise else W.dtype)
+    bias_name = e.constant(B.name)
+    function = f"fw_{'depthwise_conv2d' if depthwise else 'conv2d'}_{_suffix(Y.dtype)}"
+    e.kernels.add(f"{'depthwise' if depthwise else 'conv2d'}_{_suffix(Y.dtype)}.c")
+    if int8:
+        multiplier = e.array("multiplier", _per_channel(attrs.requant.multiplier, c_out), "int32")
+        shift = e.array("shift", _per_channel(attrs.requant.shift, c_out), "int32")
+        if packed:  # the layout the build reads, or both for the x86-64 dispatch (fwedge_rt.h)
+            e.call(op, f"FW_CONV2D_S8(&{params}, {e.pointer(X.name)}, {pairs}, {quads}, {bias_name}, {multiplier}, "
+                       f"{shift}, {e.pointer(Y.name)});")
+        else:
+            callee = f"FW_DISPATCH({function})" if depthwise else function
+            e.call(op, f"{callee}(&{params}, {e.pointer(X.name)}, {weight_name}, {bias_name}, {multiplier}, "
+                       f"{shift}, {e.pointer(Y.name)});")
+    else:
+        e.call(op, f"{function}(&{params}, {e.pointer(X.name)}, {weight_name}, {bias_name}, {e.pointer(Y.name)});")
+
+
+@emitter("fully_connected")
+def emit_fully_connected(e: _Emitter, op: LoweredOp) -> None:
+    X, W, B = (e.tensor(name) for name in op.inputs)
+    Y = e.tensor(op.outputs[0])
+    out_features, in_features = W.shape
+    if X.size != in_features or not layout_trivial(X.shape):
+        raise ExportError(f"C target: fully_connected {op.name!r}: input {X.name!r} {list(X.shape)} "
+                          f"is not a [1, {in_features}] row")
+    int8 = Y.dtype == "int8"
+    float_min, float_max = _float_clamp(op.attrs.activation)
+    params = e.struct("fw_fully_connected_params", {
+        "in_features": in_features, "out_features": out_features,
+        "input_zero_point": _zero_point(X), "output_zero_point": _zero_point(Y),
+        "activation_min": op.attrs.requant.act_min if int8 else -128,
+        "activation_max": op.attrs.requant.act_max if int8 else 127,
+        "float_min": float_min, "float_max": float_max,
+    })
+    e.kernels.add(f"fully_connected_{_suffix(Y.dtype)}.c")
+    args = f"&{params}, {e.pointer(X.name)}, {e.constant(W.name)}, {e.constant(B.name)}"
+    if int8:
+        multiplier = e.array("multiplier", _per_channel(op.attrs.requant.multiplier, out_features), "int32")
+        shift = e.array("shift", _per_channel(op.attrs.requant.shift, out_features), "int32")
+        args += f", {multiplier}, {shift}"
+    e.call(op, f"fw_fully_connected_{_suffix(Y.dtype)}({args}, {e.pointer(Y.name)});")
+
+
+def broadcast_of(operand_shape, output_shape) -> tuple[int, int]:
+    """(divisor, modulus) so that operand index = (i / divisor) % modulus over the flat output.
+
+    Raises:
+        ExportError: the broadcast is not one contiguous block of the stored output dims.
+    """
+    out = physical_shape(output_shape)
+    shape = physical_shape(operand_shape) if len(operand_shape) == 4 else tuple(operand_shape)
+    if len(shape) != len(out):
+        raise ExportError(f"C target: operand shape {list(operand_shape)} does not have the rank of {list(output_shape)}")
+    kept = [i for i, (a, b) in enumerate(zip(shape, out)) if b != 1 and a == b]
+    broadcast = [i for i, (a, b) in enumerate(zip(shape, out)) if b != 1 and a == 1]
+    if any(a not in (1, b) for a, b in zip(shape, out)):
+        raise ExportError(f"C target: cannot broadcast {list(operand_shape)} to {list(output_shape)}")
+    if kept and any(kept[0] < i < kept[-1] for i in broadcast):
+        raise ExportError(f"C target: broadcast of {list(operand_shape)} to {list(output_shape)} is not "
+                          "one contiguous block in NHWC order")
+    if not kept:
+        return 1, 1
+    modulus = int(np.prod([out[i] for i in kept]))
+    divisor = int(np.prod([out[i] for i in range(kept[-1] + 1, len(out))]))
+    return divisor, modulus
+
+
+@emitter("add", "mul")
+def emit_elementwise(e: _Emitter, op: LoweredOp) -> None:
+    A, B = (e.tensor(name) for name in op.inputs)
+    Y = e.tensor(op.outputs[0])
+    (div1, mod1), (div2, mod2) = broadcast_of(A.shape, Y.shape), broadcast_of(B.shape, Y.shape)
+    int8 = Y.dtype == "int8"
+    float_min, float_max = _float_clamp(op.attrs.activation)
+    fields = {
+        "size": Y.size, "input1": f"{{{div1}, {mod1}}}", "input2": f"{{{div2}, {mod2}}}",
+        "input1_zero_point": _zero_point(A), "input2_zero_point": _zero_point(B), "output_zero_point": _zero_point(Y),
+        "float_min": float_min, "float_max": float_max,
+    }
+    if int8 and op.kind == "add":
+        q = op.attrs.add
+        fields.update({
+            "left_shift": q.left_shift, "input1_multiplier": q.input1_multiplier, "input1_shift": q.input1_shift,
+            "input2_multiplier": q.input2_multiplier, "input2_shift": q.input2_shift,
+            "output_multiplier": q.output_multiplier, "output_shift": q.output_shift,
+            "activation_min": q.act_min, "activation_max": q.act_max,
+        })
+    elif int8:
+        r = op.attrs.requant
+        fields.update({"output_multiplier": int(r.multiplier[0]), "output_shift": int(r.shift[0]),
+                       "activation_min": r.act_min, "activation_max": r.act_max})
+    params = e.struct("fw_elementwise_params", fields)
+    e.kernels.add(f"elementwise_{_suffix(Y.dtype)}.c")
+    function = f"fw_{op.kind}_{_suffix(Y.dtype)}"
+    if int8:  # the x86-64 dispatch build picks the kernel variant (fwedge_rt.h)
+        function = f"FW_DISPATCH({function})"
+    e.call(op, f"{function}(&{params}, {e.pointer(A.name)}, {e.pointer(B.name)}, {e.pointer(Y.name)});")
+
+
+def _pool_fields(X: LoweredTensor, Y: LoweredTensor, kernel, strides, pads) -> dict:
+    _, channels, in_h, in_w = X.shape
+    _, _, out_h, out_w = Y.shape
+    return {
+        "in_h": in_h, "in_w": in_w, "channels": channels, "out_h": out_h, "out_w": out_w,
+        "kernel_h": kernel[0], "kernel_w": kernel[1], "stride_h": strides[0], "stride_w": strides[1],
+        "pad_top": pads[0], "pad_left": pads[1], "dilation_h": 1, "dilation_w": 1,
+        "input_zero_point": _zero_point(X), "output_zero_point": _zero_point(Y),
+        "activation_min": -128, "activation_max": 127,
+        "float_min": "-INFINITY", "float_max": "INFINITY",
+    }
+
+
+@emitter("max_pool", "avg_pool")
+def emit_pool(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    attrs = op.attrs
+    fields = _pool_fields(X, Y, attrs.kernel, attrs.strides, attrs.pads)
+    fields["count_include_pad"] = int(attrs.count_include_pad)
+    int8 = Y.dtype == "int8"
+    if int8 and op.kind == "avg_pool":
+        fields["activation_min"], fields["activation_max"] = attrs.requant.act_min, attrs.requant.act_max
+    params = e.struct("fw_pool_params", fields)
+    e.kernels.add(f"pool_{_suffix(Y.dtype)}.c")
+    function = f"fw_{op.kind}_{_suffix(Y.dtype)}"
+    if int8 and op.kind == "avg_pool":
+        multipliers = e.array("multiplier by count", attrs.requant.multiplier, "int32")
+        shifts = e.array("shift by count", attrs.requant.shift, "int32")
+        e.call(op, f"{function}(&{params}, {e.pointer(X.name)}, {multipliers}, {shifts}, {e.pointer(Y.name)});")
+    else:
+        e.call(op, f"{function}(&{params}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
+
+
+@emitter("global_avg_pool")
+def emit_global_avg_pool(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    fields = _pool_fields(X, Y, (1, 1), (1, 1), (0, 0))
+    if Y.dtype == "int8":
+        r = op.attrs.requant
+        fields.update({"multiplier": int(r.multiplier[0]), "shift": int(r.shift[0]),
+                       "activation_min": r.act_min, "activation_max": r.act_max})
+    params = e.struct("fw_pool_params", fields)
+    e.kernels.add(f"pool_{_suffix(Y.dtype)}.c")
+    e.call(op, f"fw_global_avg_pool_{_suffix(Y.dtype)}(&{params}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
+
+
+@emitter("concat")
+def emit_concat(e: _Emitter, op: LoweredOp) -> None:
+    Y = e.tensor(op.outputs[0])
+    axis = op.attrs.axis
+    physical_axis = _NHWC.index(axis) if len(Y.shape) == 4 else axis
+    out = physical_shape(Y.shape)
+    outer = int(np.prod(out[:physical_axis]))
+    inner = [int(np.prod(physical_shape(e.tensor(name).shape)[physical_axis:])) for name in op.inputs]
+    for name in op.inputs:
+        if e.tensor(name).shape[0] != 1:
+            raise ExportError(f"C target: concat {op.name!r}: input {name!r} has batch {e.tensor(name).shape[0]}")
+    sizes = e.fresh("s")
+    e.declarations.append(f"static const int {sizes}[{len(inner)}] = {{{', '.join(map(str, inner))}}};\n")
+    pointers = ", ".join(f"(const void *){e.pointer(name)}" for name in op.inputs)
+    e.call(op, f"{{ const void *const parts[{len(inner)}] = {{{pointers}}}; "
+               f"fw_concat({len(inner)}, {outer}, {sizes}, parts, {_ITEM_BYTES[Y.dtype]}, {e.pointer(Y.name)}); }}")
+
+
+def _relayout(e: _Emitter, op: LoweredOp, source: str, X: LoweredTensor, Y: LoweredTensor) -> None:
+    """Copy X to Y (same elements) changing the logical shape, in stored layouts."""
+    item = _ITEM_BYTES[Y.dtype]
+    x_trivial, y_trivial = layout_trivial(X.shape), layout_trivial(Y.shape)
+    if x_trivial and y_trivial or tuple(X.shape) == tuple(Y.shape):
+        e.call(op, f"memcpy({e.pointer(Y.name)}, {source}, {nbytes(Y)});")
+    elif not x_trivial and y_trivial:
+        _, c, h, w = X.shape  # NHWC [h*w][c] -> logical [c][h*w]
+        e.call(op, f"fw_transpose2d({h * w}, {c}, {item}, {source}, {e.pointer(Y.name)});")
+    elif x_trivial and not y_trivial:
+        _, c, h, w = Y.shape  # logical [c][h*w] -> NHWC [h*w][c]
+        e.call(op, f"fw_transpose2d({c}, {h * w}, {item}, {source}, {e.pointer(Y.name)});")
+    else:
+        raise ExportError(f"C target: reshape {op.name!r} from {list(X.shape)} to {list(Y.shape)} changes the "
+                          "spatial layout of a multi-channel 4-D tensor; not supported")
+
+
+@emitter("reshape")
+def emit_reshape(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    _relayout(e, op, e.pointer(X.name), X, Y)
+
+
+@emitter("pad")
+def emit_pad(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    begin, end = op.attrs.begin, op.attrs.end
+    if len(X.shape) != 4 or begin[0] or end[0]:
+        raise ExportError(f"C target: pad {op.name!r}: only 4-D pads of C, H and W are supported, "
+                          f"got begin {list(begin)} end {list(end)} on {list(X.shape)}")
+    _, c, h, w = X.shape
+    _, oc, oh, ow = Y.shape
+    if Y.dtype == "int8":
+        value = e.fresh("v")
+        e.declarations.append(f"static const int8_t {value} = {_zero_point(X)};\n")
+    else:
+        value = e.fresh("v")
+        e.declarations.append(f"static const float {value} = {c_float(op.attrs.value)};\n")
+    e.call(op, f"fw_pad_nhwc({h}, {w}, {c}, {oh}, {ow}, {oc}, {begin[2]}, {begin[3]}, {begin[1]}, &{value}, "
+               f"{_ITEM_BYTES[Y.dtype]}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
+
+
+@emitter(*UNARY_KINDS)
+def emit_unary(e: _Emitter, op: LoweredOp) -> None:
+    """Every element-wise function (fwedge/ops/unary.py): the table in int8, fw_<kind>_f32 in float."""
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    x, y = e.pointer(X.name), e.pointer(Y.name)
+    if Y.dtype == "int8":
+        table = e.array(f"{op.kind} table", np.asarray(op.attrs.lut, dtype=np.int8), "int8")
+        e.kernels.add("lut_s8.c")
+        e.call(op, f"fw_lut_s8({Y.size}, {table}, {x}, {y});")
+        return
+    e.kernels.add("activation_f32.c")
+    if op.kind in ("relu", "relu6"):
+        high = "INFINITY" if op.kind == "relu" else "6.0f"
+        e.call(op, f"fw_clamp_f32_array({Y.size}, 0.0f, {high}, {x}, {y});")
+        return
+    params = "".join(f"{c_float(getattr(op.attrs, name))}, " for name in kind_spec(op.kind).unary.params)
+    e.call(op, f"fw_{op.kind}_f32({Y.size}, {params}{x}, {y});")
+
+
+@emitter("softmax")
+def emit_softmax(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    if op.attrs.axis != len(X.shape) - 1 or not layout_trivial(X.shape):
+        raise ExportError(f"C target: softmax {op.name!r} over axis {op.attrs.axis} of {list(X.shape)}: "
+                          "only the last axis of a non-image tensor is supported")
+    depth = X.shape[-1]
+    outer = X.size // depth
+    if Y.dtype == "int8":
+        if op.attrs.beta != 1.0:
+            raise ExportError(f"C target: int8 softmax {op.name!r} with beta {op.attrs.beta}")
+        table = e.array("exp table (Q24)", op.attrs.exp_table, "int32")
+        r = op.attrs.requant
+        e.kernels.add("softmax_s8.c")
+        e.call(op, f"fw_softmax_s8({outer}, {depth}, {table}, {int(r.multiplier[0])}, {int(r.shift[0])}, "
+                   f"{_zero_point(Y)}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
+        return
+    if op.attrs.beta != 1.0:
+        raise ExportError(f"C target: softmax {op.name!r} with beta {op.attrs.beta}")
+    e.kernels.add("activation_f32.c")
+    e.call(op, f"fw_softmax_f32({outer}, {depth}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
+
+
+@emitter("quantize")
+def emit_quantize(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    e.kernels.add("quantize.c")
+    if X.dtype == "int8":
+        r = op.attrs.requant
+        e.call(op, f"fw_requantize_s8({Y.size}, {_zero_point(X)}, {_zero_point(Y)}, {int(r.multiplier[0])}, "
+                   f"{int(r.shift[0])}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
+        return
+    e.call(op, f"fw_quantize_f32_s8({Y.size}, {c_float(Y.quant.scale[0])}, {_zero_point(Y)}, "
+               f"{e.pointer(X.name)}, {e.pointer(Y.name)});")
+
+
+@emitter("dequantize")
+def emit_dequantize(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    e.kernels.add("quantize.c")
+    e.call(op, f"fw_dequantize_s8_f32({Y.size}, {c_float(X.quant.scale[0])}, {_zero_point(X)}, "
+               f"{e.pointer(X.name)}, {e.pointer(Y.name)});")

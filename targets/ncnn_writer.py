@@ -1,0 +1,483 @@
+"""The ncnn .param/.bin writer: one layer (or a few) per ONNX node of a FloatView, fp32 or int8."""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from fwedge.errors import ExportError
+from fwedge.ir import opset_version
+from fwedge.lowered.graph import same_padding
+from fwedge.op_info import attribute
+from fwedge.targets.ncnn_view import TARGET, ActQuant, FloatView, WeightQuant
+
+MAGIC = 7767517
+INT8_TAG = 0x000D4B38  # ModelBin flag: the weight buffer holds int8 values
+FLT_MAX = 3.4028234663852886e38
+
+# ONNX op -> ncnn BinaryOp op_type (and the reversed op when the constant is the first operand).
+_BINARY = {"Add": (0, 0), "Sub": (1, 7), "Mul": (2, 2), "Div": (3, 8)}
+_UNARY = {"Relu": "ReLU", "LeakyRelu": "ReLU", "Sigmoid": "Sigmoid", "Tanh": "TanH",
+          "HardSigmoid": "HardSigmoid", "HardSwish": "HardSwish", "Clip": "Clip"}
+
+
+# --------------------------------------------------------------------------------------------
+# Writing .param / .bin
+# --------------------------------------------------------------------------------------------
+
+
+def _format(value) -> str:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = [_format(v) for v in value]
+        return ",".join([str(len(items))] + items)
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.9e}"
+    return str(int(value))
+
+
+@dataclass
+class Layer:
+    type: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    params: dict[int, object] = field(default_factory=dict)
+
+    def line(self) -> str:
+        parts = [f"{self.type:<24}", f"{self.name:<32}", str(len(self.inputs)), str(len(self.outputs)),
+                 *self.inputs, *self.outputs]
+        for key, value in sorted(self.params.items()):
+            if isinstance(value, (list, tuple, np.ndarray)):
+                parts.append(f"{-23300 - key}={_format(value)}")
+            else:
+                parts.append(f"{key}={_format(value)}")
+        return " ".join(parts)
+
+
+class NcnnWriter:
+    """Accumulates layers and weight buffers; `emit_<op>` methods translate one ONNX node each."""
+
+    def __init__(self, view: FloatView, int8: bool):
+        self.view = view
+        self.int8 = int8
+        self.layers: list[Layer] = []
+        self.weights = bytearray()
+        self.int8_layers: list[str] = []
+        self.float_layers: dict[str, str] = {}
+        self.shifted: dict[tuple[str, float], str] = {}
+        self.fake_quantized: dict[tuple[str, float, int], str] = {}
+        self.extra_shapes: dict[str, list] = {}
+
+    # -- buffers -------------------------------------------------------------------------------
+
+    def raw(self, array: np.ndarray) -> None:
+        """A float32 buffer loaded with type 1 (no flag): biases, scales, BatchNorm, MemoryData."""
+        self.weights += np.ascontiguousarray(array, dtype="<f4").tobytes()
+
+    def weight_float(self, array: np.ndarray) -> None:
+        """A weight buffer loaded with type 0: a zero flag, then float32 data."""
+        self.weights += struct.pack("<I", 0)
+        self.raw(array)
+
+    def weight_int8(self, array: np.ndarray) -> None:
+        """A weight buffer loaded with type 0: the int8 tag, int8 data, padded to 4 bytes."""
+        data = np.ascontiguousarray(array, dtype=np.int8).tobytes()
+        self.weights += struct.pack("<I", INT8_TAG) + data + b"\0" * (-len(data) % 4)
+
+    def add(self, type_: str, name: str, inputs: list[str], outputs: list[str], params: dict | None = None) -> Layer:
+        layer = Layer(type_, name, list(inputs), list(outputs), params or {})
+        self.layers.append(layer)
+        return layer
+
+    def shape(self, name: str) -> list:
+        if name in self.extra_shapes:
+            return self.extra_shapes[name]
+        return self.view.shape(name)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def blob(self, name: str) -> str:
+        return self.view.blob(name)
+
+    def input(self, name: str) -> str:
+        """The blob a float layer reads for ONNX input `name`.
+
+        A Q/DQ pair on the edge means the consumer sees DQ(Q(x)): x rounded to the pair's grid
+        and clamped to [(-128 - zp)·s, (127 - zp)·s] (onnxruntime's quantizer relies on the clamp
+        when it drops a Relu/Clip in front of the pair). Float layers read that fake-quantized
+        blob, so they compute on the same values as onnxruntime.
+        """
+        source = self.blob(name)
+        quant = self.view.edge_quant(name)
+        if quant is None:
+            return source
+        key = (source, quant.scale, quant.zero_point)
+        if key not in self.fake_quantized:
+            self.fake_quantized[key] = self.fake_quantize(source, quant, f"{source}_ncnn_fq{len(self.fake_quantized)}")
+        return self.fake_quantized[key]
+
+    def fake_quantize(self, source: str, quant: ActQuant, output: str) -> str:
+        """x -> s · clamp(round_half_even(x / s), -128 - zp, 127 - zp), as DQ(Q(x)); returns `output`."""
+        steps = [f"{output}_{i}" for i in range(3)]
+        self.add("BinaryOp", steps[0], [source], [steps[0]], {0: 3, 1: 1, 2: quant.scale})
+        self.add("UnaryOp", steps[1], [steps[0]], [steps[1]], {0: 18})  # nearbyintf: half to even
+        self.add("Clip", steps[2], [steps[1]], [steps[2]],
+                 {0: float(-128 - quant.zero_point), 1: float(127 - quant.zero_point)})
+        self.add("BinaryOp", output, [steps[2]], [output], {0: 2, 1: 1, 2: quant.scale})
+        return output
+
+    def memory_data(self, array: np.ndarray, like_rank: int, name: str) -> str:
+        """A MemoryData blob for a constant operand, broadcast-aligned to an operand of rank `like_rank`."""
+        value = np.asarray(array, dtype=np.float32)
+        value = value.reshape((1,) * (like_rank - value.ndim) + value.shape)
+        if value.shape[0] != 1:
+            raise ExportError(f"target {TARGET!r}: constant '{name}' has a batch dimension {value.shape[0]}")
+        dims = list(value.shape[1:]) or [1]
+        params = {0: dims[-1]}
+        if len(dims) >= 2:
+            params[1] = dims[-2]
+        if len(dims) == 3:
+            params[2] = dims[-3]
+        if len(dims) == 4:
+            params[11], params[2] = dims[-3], dims[-4]
+        blob = f"{name}_ncnn_const"
+        self.add("MemoryData", blob, [], [blob], params)
+        self.raw(value)
+        return blob
+
+    def shifted_input(self, name: str, quant: ActQuant, pads: tuple[int, int, int, int], layer: str) -> tuple[str, int]:
+        """The blob an int8 layer reads, and the integer shift m applied to it (see the module docstring)."""
+        m = quant.zero_point + 1 if quant.zero_point == -128 else quant.zero_point
+        source = self.blob(name)
+        if m != 0:
+            key = (source, m * quant.scale)
+            if key not in self.shifted:
+                shifted = f"{source}_ncnn_shift"
+                self.add("BinaryOp", shifted, [source], [shifted], {0: 0, 1: 1, 2: float(np.float32(m * quant.scale))})
+                self.shifted[key] = shifted
+            source = self.shifted[key]
+        if m != 0 and any(pads):
+            # An explicit Padding with the shifted image of 0. (Convolution's pad_value is not
+            # applied to int8 inputs packed 8 channels at a time on x86, see
+            # tests/test_targets_export.py::test_ncnn_int8_shifted_padding_many_channels.)
+            top, left, bottom, right = pads
+            padded = f"{source}_ncnn_pad_{layer}"
+            self.add("Padding", padded, [source], [padded],
+                     {0: top, 1: bottom, 2: left, 3: right, 4: 0, 5: float(np.float32(m * quant.scale))})
+            source = padded
+        return source, m
+
+    def int8_plan(self, node: onnx.NodeProto, weight_name: str, out_axis: int, groups: int = 1) -> tuple[ActQuant, WeightQuant] | None:
+        """The (input quant, weight quant) pair when this layer can run int8 in ncnn, else None (float)."""
+        if not self.int8:
+            return None
+        quant = self.view.edge_quant(node.input[0])
+        weight = self.view.weights.get(weight_name)
+        label = node.name or node.output[0]
+        if quant is None or weight is None:
+            self.float_layers[label] = "no Q/DQ on its input or weight"
+            return None
+        if np.any(weight.zero_point != 0):
+            self.float_layers[label] = "weight zero point is not 0"
+            return None
+        if weight.axis is not None and weight.axis != out_axis:
+            self.float_layers[label] = f"weight scales along axis {weight.axis}, not the output channels"
+            return None
+        if groups > 1:
+            per_group = np.broadcast_to(weight.scale, (weight.q.shape[out_axis],)).reshape(groups, -1)
+            if not np.all(per_group == per_group[:, :1]):
+                self.float_layers[label] = "grouped conv with per-channel scales that differ inside a group"
+                return None
+        return quant, weight
+
+    # -- emitters ------------------------------------------------------------------------------
+
+    def emit_Conv(self, node: onnx.NodeProto) -> None:
+        X, W, Y = node.input[0], node.input[1], node.output[0]
+        B = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        weight = self.view.consts[W]
+        M, C_per_group, kH, kW = weight.shape
+        group = attribute(node, "group", 1)
+        strides = attribute(node, "strides", [1, 1])
+        dilations = attribute(node, "dilations", [1, 1])
+        top, left, bottom, right = self.conv_pads(node, X, Y, [kH, kW], strides, dilations)
+        bias = self.view.consts[B].astype(np.float32) if B else np.zeros(M, np.float32)
+        layer_type = "Convolution" if group == 1 else "ConvolutionDepthWise"
+        plan = self.int8_plan(node, W, 0, group)
+        source = self.input(X) if plan is None else self.blob(X)
+        params = {0: M, 1: kW, 11: kH, 2: dilations[1], 12: dilations[0], 3: strides[1], 13: strides[0],
+                  4: left, 15: right, 14: top, 16: bottom, 5: 1, 6: int(weight.size)}
+        if group != 1:
+            params[7] = group
+        if plan is not None:
+            quant, wq = plan
+            source, m = self.shifted_input(X, quant, (top, left, bottom, right), node.name or Y)
+            if m != 0:
+                for key in (4, 15, 14, 16):
+                    params[key] = 0
+            real_w = self.view.consts[W].astype(np.float64)
+            bias = (bias.astype(np.float64) - m * quant.scale * real_w.reshape(M, -1).sum(axis=1)).astype(np.float32)
+            params[8] = 1
+            w_scales = np.broadcast_to(wq.scale, (M,)).astype(np.float64)
+            if group != 1:
+                w_scales = w_scales.reshape(group, -1)[:, 0]
+            self.add(layer_type, node.name or Y, [source], [self.blob(Y)], params)
+            self.weight_int8(wq.q)
+            self.raw(bias)
+            self.raw((1.0 / w_scales).astype(np.float32))
+            self.raw(np.array([1.0 / quant.scale], np.float32))
+            self.int8_layers.append(node.name or Y)
+            return
+        self.add(layer_type, node.name or Y, [source], [self.blob(Y)], params)
+        self.weight_float(weight)
+        self.raw(bias)
+
+    def conv_pads(self, node, X, Y, kernel, strides, dilations) -> tuple[int, int, int, int]:
+        auto_pad = attribute(node, "auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        if auto_pad in ("NOTSET", ""):
+            pads = attribute(node, "pads", [0, 0, 0, 0])
+            return pads[0], pads[1], pads[2], pads[3]
+        if auto_pad == "VALID":
+            return 0, 0, 0, 0
+        in_shape = self.shape(X)
+        (top, bottom), (left, right) = (
+            same_padding(in_shape[2 + axis], kernel[axis], strides[axis], dilations[axis], auto_pad == "SAME_UPPER")
+            for axis in (0, 1))
+        return top, left, bottom, right
+
+    def fully_connected(self, node: onnx.NodeProto, weight_nk: np.ndarray, weight_name: str, out_axis: int,
+                        bias: np.ndarray | None, transpose_q: bool) -> None:
+        X, Y = node.input[0], node.output[0]
+        N, K = weight_nk.shape
+        in_shape = self.shape(X)
+        if len(in_shape) != 2 or in_shape[0] != 1:
+            raise ExportError(f"target {TARGET!r}: {node.op_type} '{node.name}': input '{X}' must be [1, K], got {in_shape}")
+        bias = np.zeros(N, np.float32) if bias is None else np.broadcast_to(bias.reshape(-1), (N,)).astype(np.float32)
+        params = {0: N, 1: 1, 2: int(weight_nk.size)}
+        plan = self.int8_plan(node, weight_name, out_axis)
+        if plan is not None:
+            quant, wq = plan
+            source, m = self.shifted_input(X, quant, (0, 0, 0, 0), node.name or Y)
+            bias = (bias.astype(np.float64) - m * quant.scale * weight_nk.astype(np.float64).sum(axis=1)).astype(np.float32)
+            params[8] = 1
+            q = wq.q.T if transpose_q else wq.q
+            self.add("InnerProduct", node.name or Y, [source], [self.blob(Y)], params)
+            self.weight_int8(q)
+            self.raw(bias)
+            self.raw((1.0 / np.broadcast_to(wq.scale, (N,)).astype(np.float64)).astype(np.float32))
+            self.raw(np.array([1.0 / quant.scale], np.float32))
+            self.int8_layers.append(node.name or Y)
+            return
+        self.add("InnerProduct", node.name or Y, [self.input(X)], [self.blob(Y)], params)
+        self.weight_float(weight_nk)
+        self.raw(bias)
+
+    def emit_Gemm(self, node: onnx.NodeProto) -> None:
+        weight = self.view.consts[node.input[1]]
+        trans_b = attribute(node, "transB", 0)
+        weight_nk = weight if trans_b else weight.T
+        bias = self.view.consts[node.input[2]] if len(node.input) > 2 and node.input[2] else None
+        self.fully_connected(node, weight_nk, node.input[1], 0 if trans_b else 1, bias, transpose_q=not trans_b)
+
+    def emit_MatMul(self, node: onnx.NodeProto) -> None:
+        weight = self.view.consts[node.input[1]]
+        self.fully_connected(node, weight.T, node.input[1], 1, None, transpose_q=True)
+
+    def emit_BatchNormalization(self, node: onnx.NodeProto) -> None:
+        scale, bias, mean, var = (self.view.consts[name].astype(np.float32) for name in node.input[1:5])
+        self.add("BatchNorm", node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])],
+                 {0: int(scale.size), 1: float(attribute(node, "epsilon", 1e-5))})
+        for array in (scale, mean, var, bias):
+            self.raw(array)
+
+    def emit_unary(self, node: onnx.NodeProto) -> None:
+        op = node.op_type
+        params: dict = {}
+        if op == "LeakyRelu":
+            params = {0: float(attribute(node, "alpha", 0.01))}
+        elif op == "HardSigmoid":
+            params = {0: float(attribute(node, "alpha", 0.2)), 1: float(attribute(node, "beta", 0.5))}
+        elif op == "HardSwish":
+            params = {0: 1.0 / 6.0, 1: 0.5}
+        elif op == "Clip":
+            low, high = attribute(node, "min", -FLT_MAX), attribute(node, "max", FLT_MAX)
+            if len(node.input) > 1 and node.input[1]:
+                low = float(self.view.consts[node.input[1]].reshape(-1)[0])
+            if len(node.input) > 2 and node.input[2]:
+                high = float(self.view.consts[node.input[2]].reshape(-1)[0])
+            params = {0: float(low), 1: float(high)}
+        self.add(_UNARY[op], node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])], params)
+
+    def emit_binary(self, node: onnx.NodeProto) -> None:
+        A, B, Y = node.input[0], node.input[1], node.output[0]
+        op, reversed_op = _BINARY[node.op_type]
+        consts = self.view.consts
+        name = node.name or Y
+        if A in consts and B in consts:
+            raise ExportError(f"target {TARGET!r}: {node.op_type} '{name}' has two constant inputs")
+        if A in consts or B in consts:
+            constant, other, op_type = (consts[A], B, reversed_op) if A in consts else (consts[B], A, op)
+            if constant.size == 1:
+                self.add("BinaryOp", name, [self.input(other)], [self.blob(Y)],
+                         {0: op_type, 1: 1, 2: float(constant.reshape(-1)[0])})
+                return
+            rank = len(self.shape(other))
+            memory = self.memory_data(constant, rank, name)
+            inputs = [memory, self.input(other)] if A in consts else [self.input(other), memory]
+            self.add("BinaryOp", name, inputs, [self.blob(Y)], {0: op})
+            return
+        self.add("BinaryOp", name, [self.input(A), self.input(B)], [self.blob(Y)], {0: op})
+
+    def emit_pool(self, node: onnx.NodeProto) -> None:
+        X, Y = node.input[0], node.output[0]
+        kH, kW = attribute(node, "kernel_shape")
+        sH, sW = attribute(node, "strides", [1, 1])
+        top, left, bottom, right = self.conv_pads(node, X, Y, [kH, kW], [sH, sW], [1, 1])
+        if attribute(node, "ceil_mode", 0):
+            # ncnn's "full padding" is Caffe's ceil mode, which differs from ONNX's at the
+            # border; accept ceil_mode only where it yields the floor-mode size.
+            in_shape, out_shape = self.shape(X), self.shape(Y)
+            floor = [(in_shape[2] + top + bottom - kH) // sH + 1, (in_shape[3] + left + right - kW) // sW + 1]
+            if floor != list(out_shape[2:]):
+                raise ExportError(f"target {TARGET!r}: {node.op_type} '{node.name}': ceil_mode with a partial last window")
+        params = {0: 0 if node.op_type == "MaxPool" else 1, 1: kW, 11: kH, 2: sW, 12: sH,
+                  3: left, 14: right, 13: top, 15: bottom, 5: 1}
+        if node.op_type == "AveragePool":
+            params[6] = attribute(node, "count_include_pad", 0)
+        self.add("Pooling", node.name or Y, [self.input(X)], [self.blob(Y)], params)
+
+    def emit_global_pool(self, node: onnx.NodeProto) -> None:
+        X, Y = node.input[0], node.output[0]
+        channels = self.shape(X)[1]
+        flat = f"{self.blob(Y)}_ncnn_1d"
+        kind = 0 if node.op_type == "GlobalMaxPool" else 1
+        # ncnn's global pooling yields a 1-D blob; reshape it back to ONNX's [C, 1, 1].
+        self.add("Pooling", node.name or Y, [self.input(X)], [flat], {0: kind, 4: 1})
+        self.add("Reshape", f"{node.name or Y}_ncnn_reshape", [flat], [self.blob(Y)], {0: 1, 1: 1, 2: channels})
+
+    def emit_Flatten(self, node: onnx.NodeProto) -> None:
+        if attribute(node, "axis", 1) != 1:
+            self.emit_reshape(node)
+            return
+        self.add("Flatten", node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])])
+
+    def emit_reshape(self, node: onnx.NodeProto) -> None:
+        Y = node.output[0]
+        shape = self.shape(Y)
+        if len(shape) < 2 or shape[0] != 1 or any(not isinstance(d, int) for d in shape):
+            raise ExportError(f"target {TARGET!r}: {node.op_type} '{node.name}': output shape {shape} must be static with batch 1")
+        dims = shape[1:]
+        params = {0: dims[-1]}
+        if len(dims) >= 2:
+            params[1] = dims[-2]
+        if len(dims) == 3:
+            params[2] = dims[-3]
+        if len(dims) == 4:
+            params[11], params[2] = dims[-3], dims[-4]
+        if len(dims) > 4:
+            raise ExportError(f"target {TARGET!r}: {node.op_type} '{node.name}': rank {len(shape)} output")
+        self.add("Reshape", node.name or Y, [self.input(node.input[0])], [self.blob(Y)], params)
+
+    def ncnn_axis(self, axis: int, rank: int) -> int:
+        axis = axis + rank if axis < 0 else axis
+        if axis == 0:
+            raise ExportError(f"target {TARGET!r}: an op along the batch axis cannot be expressed in ncnn")
+        return axis - 1
+
+    def emit_Concat(self, node: onnx.NodeProto) -> None:
+        rank = len(self.shape(node.output[0]))
+        self.add("Concat", node.name or node.output[0], [self.input(x) for x in node.input],
+                 [self.blob(node.output[0])], {0: self.ncnn_axis(attribute(node, "axis"), rank)})
+
+    def emit_Softmax(self, node: onnx.NodeProto) -> None:
+        rank = len(self.shape(node.input[0]))
+        default = -1 if opset_version(self.view.model) >= 13 else 1
+        axis = attribute(node, "axis", default)
+        if opset_version(self.view.model) < 13 and (axis + rank if axis < 0 else axis) != rank - 1:
+            raise ExportError(f"target {TARGET!r}: Softmax '{node.name}' (opset < 13) must be along the last axis")
+        self.add("Softmax", node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])],
+                 {0: self.ncnn_axis(axis, rank), 1: 1})
+
+    def emit_Pad(self, node: onnx.NodeProto) -> None:
+        pads = [int(p) for p in self.view.consts[node.input[1]]]
+        rank = len(pads) // 2
+        if rank != 4 or pads[0] or pads[rank]:
+            raise ExportError(f"target {TARGET!r}: Pad '{node.name}': only 4-D pads without batch padding, got {pads}")
+        value = float(self.view.consts[node.input[2]].reshape(-1)[0]) if len(node.input) > 2 and node.input[2] else 0.0
+        mode = attribute(node, "mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        self.add("Padding", node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])],
+                 {0: pads[2], 1: pads[6], 2: pads[3], 3: pads[7], 4: {"constant": 0, "edge": 1, "reflect": 2}[mode],
+                  5: value, 7: pads[1], 8: pads[5]})
+
+    def emit(self, node: onnx.NodeProto) -> None:
+        op = node.op_type
+        if op in _UNARY:
+            self.emit_unary(node)
+        elif op in _BINARY:
+            self.emit_binary(node)
+        elif op in ("MaxPool", "AveragePool"):
+            self.emit_pool(node)
+        elif op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean"):
+            self.emit_global_pool(node)
+        elif op in ("Reshape", "Squeeze", "Unsqueeze"):
+            self.emit_reshape(node)
+        else:
+            getattr(self, f"emit_{op}")(node)
+
+    # -- finishing -------------------------------------------------------------------------------
+
+    def input_layers(self) -> list[Layer]:
+        layers = []
+        for name in self.view.inputs:
+            dims = self.shape(name)[1:]
+            params = {0: dims[-1]}
+            if len(dims) >= 2:
+                params[1] = dims[-2]
+            if len(dims) >= 3:
+                params[2] = dims[-3]
+            layers.append(Layer("Input", name, [], [name], params))
+        return layers
+
+    def param_text(self) -> str:
+        layers = self.input_layers() + self.layers
+        # ncnn wants one consumer per blob: a blob read by several layers goes through Split.
+        consumers: dict[str, list[tuple[Layer, int]]] = {}
+        for layer in layers:
+            for index, blob in enumerate(layer.inputs):
+                consumers.setdefault(blob, []).append((layer, index))
+        final = []
+        for layer in layers:
+            final.append(layer)
+            for blob in layer.outputs:
+                users = consumers.get(blob, [])
+                if len(users) > 1:
+                    outputs = [f"{blob}_splitncnn_{i}" for i in range(len(users))]
+                    for (user, index), split_blob in zip(users, outputs):
+                        user.inputs[index] = split_blob
+                    final.append(Layer("Split", f"splitncnn_{blob}", [blob], outputs))
+        blobs = {blob for layer in final for blob in layer.outputs}
+        lines = [str(MAGIC), f"{len(final)} {len(blobs)}"] + [layer.line() for layer in final]
+        return "\n".join(lines) + "\n"
+
+
+def write_ncnn(view: FloatView, int8: bool) -> tuple[str, bytes, NcnnWriter]:
+    """Translate a float view into ncnn .param text and .bin bytes.
+
+    Raises:
+        ExportError: a node's attributes or shapes cannot be expressed (named in the message).
+    """
+    writer = NcnnWriter(view, int8)
+    for node in view.nodes:
+        writer.emit(node)
+    for output in view.outputs:
+        quant = view.edge_quant(output)
+        if view.blob(output) != output and quant is not None:
+            # The QDQ model's output is DQ(Q(y)): keep that on the graph output.
+            writer.fake_quantize(view.blob(output), quant, output)
+        elif view.blob(output) != output:
+            raise ExportError(f"target {TARGET!r}: graph output '{output}' is a graph input or duplicate; not supported")
+    return writer.param_text(), bytes(writer.weights), writer

@@ -527,7 +527,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.iterations[0] < args.iterations[1]:
         parser.error("--iterations: expected 0 < LOW < HIGH")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)  # the bench's own progress lines, not every compiler command
     plugin, sysroot = run_setup(args.cache)
     with tempfile.TemporaryDirectory(prefix="fwedge-insn-") as temp:
         work = Path(temp)

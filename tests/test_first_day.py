@@ -72,9 +72,13 @@ def test_ctrl_c_in_a_real_process_exits_130(tmp_path):
 
     onnx.save(fh.fashion_mlp(train_samples=200), tmp_path / "m.onnx")
     np.savez(tmp_path / "d.npz", x=np.zeros((200_000, 1, 28, 28), np.float32), y=np.zeros(200_000, np.int64))
+    # As from a terminal: SIGINT at its default. A runner started in the background by a
+    # non-interactive shell (`make test &`) hands its children SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler at all (the evaluation ran to the end, exit 0).
     process = subprocess.Popen([str(Path(sys.executable).parent / "fwedge"), "eval", str(tmp_path / "m.onnx"),
                                 "--data", str(tmp_path / "d.npz"), "--batch-size", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Interrupt once the evaluation has opened the data (past start-up, however loaded the
     # machine): 200,000 samples one at a time take far longer than the second that follows.
     deadline = time.monotonic() + 120

@@ -17,7 +17,8 @@ OP_INFO: dict[str, OpInfo] = {op: c.info for op, c in all_cards().items() if c.i
 def node_macs(node: onnx.NodeProto, shapes: dict[str, list]) -> int | None:
     """Multiply-accumulates of one node from inferred shapes, or None if shapes are unknown.
 
-    Conv: output elements × (C_in / group) × kernel area. Gemm/MatMul: M × K × N.
+    Conv: output elements × (C_in / group) × kernel area. Gemm/MatMul: M × K × N. A node whose
+    inputs or shapes do not have the layout its op needs (a stranger's model) counts as unknown.
     """
 
     def static(name: str) -> list[int] | None:
@@ -26,10 +27,12 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, list]) -> int | None:
             return None
         return shape
 
+    if len(node.input) < 2 or not node.output:
+        return None
     if node.op_type in ("Conv", "ConvTranspose"):
         weight = static(node.input[1])
         output = static(node.output[0])
-        if weight is None or output is None:
+        if weight is None or output is None or len(weight) < 2:
             return None
         kernel = 1
         for size in weight[2:]:
@@ -49,7 +52,7 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, list]) -> int | None:
     if node.op_type in ("Gemm", "MatMul"):
         a = static(node.input[0])
         output = static(node.output[0])
-        if a is None or output is None:
+        if not a or not output:
             return None
         k = a[0] if node.op_type == "Gemm" and attribute(node, "transA", 0) else a[-1]
         rows = 1

@@ -346,3 +346,18 @@ def test_unknown_element_type_of_a_graph_input_or_output_is_refused(where, tmp_p
     path.write_bytes(model.SerializeToString())
     with pytest.raises(ModelError, match=rf"elem\.onnx.*{where}.*element type 127"):
         ir.load(path)
+
+
+@pytest.mark.parametrize("op, inputs, shapes", [
+    ("Conv", ["x"], {"x": [1, 3, 8, 8], "y": [1, 4, 8, 8]}),            # no weight input
+    ("Conv", ["x", "w"], {"x": [1, 3, 8, 8], "w": [4], "y": [1, 4, 8, 8]}),  # a rank-1 weight
+    ("ConvTranspose", ["x", "w"], {"x": [1, 3, 8, 8], "w": [], "y": [1, 4, 8, 8]}),
+    ("MatMul", ["a", "b"], {"a": [], "b": [3, 4], "y": [4]}),          # a scalar operand
+    ("Gemm", ["a", "b"], {"a": [1, 3], "b": [3, 4], "y": []}),
+])
+def test_node_macs_of_a_malformed_layer_is_unknown_not_a_crash(op, inputs, shapes):
+    from onnx import helper
+
+    from fwedge.op_info import node_macs
+
+    assert node_macs(helper.make_node(op, inputs, ["y"]), shapes) is None

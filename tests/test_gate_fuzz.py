@@ -84,17 +84,19 @@ def _containers(value, path=()):
 def _mutate_tree(rng: random.Random, doc) -> object:
     places = list(_containers(doc))
     if not places:
-        return rng.choice(HOSTILE_VALUES)
+        return copy.deepcopy(rng.choice(HOSTILE_VALUES))
     _, container = rng.choice(places)
     keys = list(container) if isinstance(container, dict) else list(range(len(container)))
     action = rng.randrange(9)
     if not keys or action == 0:  # add an unknown key or element
         if isinstance(container, dict):
             container[rng.choice(["extra", "acuracy", "schema", "results", "x" * rng.randrange(1, 40)])] = \
-                rng.choice(HOSTILE_VALUES)
+                copy.deepcopy(rng.choice(HOSTILE_VALUES))
         else:
+            # Copies, never the shared HOSTILE_VALUES objects themselves: a later mutation could
+            # append such a list to itself (a circular document, and every later input poisoned).
             container.append(copy.deepcopy(rng.choice(container)) if container and rng.random() < 0.5
-                             else rng.choice(HOSTILE_VALUES))
+                             else copy.deepcopy(rng.choice(HOSTILE_VALUES)))
         return doc
     key = rng.choice(keys)
     value = container[key]
@@ -104,7 +106,11 @@ def _mutate_tree(rng: random.Random, doc) -> object:
         container[key] = copy.deepcopy(rng.choice(HOSTILE_VALUES))
     elif action == 3 and isinstance(value, (int, float)) and not isinstance(value, bool):
         # A nearby number: often still valid, sometimes a regression, sometimes out of range.
-        container[key] = value * rng.choice([0.0, 0.5, 0.9, 0.99, 0.999, 1.0, 1.001, 1.04, 1.06, 1.2, 2.0, -1.0])
+        factor = rng.choice([0.0, 0.5, 0.9, 0.99, 0.999, 1.0, 1.001, 1.04, 1.06, 1.2, 2.0, -1.0])
+        try:
+            container[key] = value * factor
+        except OverflowError:  # an int beyond any float (a hostile value put there before): keep it
+            pass
     elif action == 4 and isinstance(container, list):  # duplicate an entry, maybe changed
         twin = copy.deepcopy(value)
         if isinstance(twin, dict) and twin:
@@ -114,7 +120,7 @@ def _mutate_tree(rng: random.Random, doc) -> object:
         other = rng.choice(keys)
         container[key], container[other] = container[other], container[key]
     elif action == 6:  # nested garbage
-        garbage = rng.choice(HOSTILE_VALUES)
+        garbage = copy.deepcopy(rng.choice(HOSTILE_VALUES))
         for _ in range(rng.randrange(1, 60)):
             garbage = rng.choice([[garbage], {"k": garbage}])
         container[key] = garbage

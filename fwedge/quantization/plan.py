@@ -276,21 +276,20 @@ class _Planner:
         mark the last output if int8 reads it."""
         output = node.output[0]
         users = self.consumers.get(output, [])
-        producer = node
-        while (
+        if (
             len(users) == 1
             and output not in self.outputs
-            and fuses_into(producer, users[0])
+            and fuses_into(node, users[0])
             and users[0].name not in self.options.exclude_nodes
             and (users[0].op_type != "Clip" or _clip_is_constant(users[0], self.inits))
         ):
+            # One clamp at most: a clamp takes no second clamp (fuses_into), as in the lowering.
             clamp = users[0]
             self.fused[output] = clamp.output[0]
             self.fused_nodes.add(clamp.name)
             self.quantized_nodes.append(clamp.name)
             output = clamp.output[0]
             users = self.consumers.get(output, [])
-            producer = clamp  # a clamp takes no second clamp: the loop ends here
         if output in self.outputs or any(_reads_int8(user, self.options) for user in users):
             self.mark(output)
         # else: every reader is a float op (e.g. the Div of a decomposed HardSwish) or a layer

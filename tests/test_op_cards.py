@@ -111,7 +111,7 @@ def test_a_half_registered_card_is_named(mutate, expected):
     assert expected in _half(mutate)
 
 
-def _module_imports(path: Path, package: str) -> set[str]:
+def _module_imports(path: Path) -> set[str]:
     """fwedge modules imported by one source file, at the top or inside functions (an import
     inside a function defers the dependency, it does not remove it)."""
     tree = ast.parse(path.read_text())
@@ -145,7 +145,7 @@ def _modules() -> dict[str, Path]:
 
 def _import_cycles() -> list[list[str]]:
     modules = _modules()
-    graph = {name: sorted(target for target in _module_imports(path, name) if target in modules and target != name)
+    graph = {name: sorted(target for target in _module_imports(path) if target in modules and target != name)
              for name, path in modules.items()}
     cycles, state = [], {}
 
@@ -180,8 +180,8 @@ def test_the_op_rooms_import_nothing_inside_functions():
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     for inner in ast.walk(node):
-                        if isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith("fwedge.ops") \
-                                or isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith("fwedge.lowered"):
+                        if isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith(
+                                ("fwedge.ops", "fwedge.lowered")):
                             hidden.append(f"{path.relative_to(ROOT)}:{inner.lineno} imports {inner.module}")
     assert hidden == []
 

@@ -99,14 +99,13 @@ def _print_summary(results) -> None:
             "" if latency is None else f"{latency.p50_ms:.4g}",
             "" if latency is None else f"{latency.p95_ms:.4g}",
             "" if r.latency_ratio is None else f"{r.latency_ratio:.3f}",
-            "" if r.instructions is None else f"{r.instructions.per_inference:,}",
-            "" if r.baseline_instructions is None or r.instructions is None else
-            f"{r.instructions.per_inference / r.baseline_instructions:.3f}",
-            r.performance,
+            "" if r.instructions is None else f"{r.instructions.per_inference:,}" + (
+                "" if r.baseline_instructions is None else
+                f" (B/A {r.instructions.per_inference / r.baseline_instructions:.3f})"),
         ])
     stdout.print(table(f"Farm results ({results.samples} samples, {results.repeats} timed runs)",
                        ["bundle", "device", "status", "accuracy", "agreement", "p50 ms", "p95 ms", "B/A",
-                        "instructions", "B/A insns", "gated on"], rows))
+                        "instructions"], rows))
     for r in results.results:
         if not r.ok:
             stdout.print(f"[red]error[/red] {r.bundle} on {r.device}: {r.error}")

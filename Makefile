@@ -14,8 +14,8 @@ export ZIG_GLOBAL_CACHE_DIR ?= $(CURDIR)/.cache/zig
 
 setup: system python
 
-# Debian packages: QEMU user-mode emulators, Fashion-MNIST, sshd for the real-ssh test and
-# Chromium for the report test. Installed only when one is missing.
+# Debian packages: QEMU user-mode emulators, Fashion-MNIST, sshd for the real-ssh test,
+# Chromium for the report test, and gcc, which builds the farm's qemu instruction-count plugin. Installed only when one is missing.
 system:
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install $(APT_PACKAGES)" >&2; exit 1; fi; \

@@ -6,8 +6,10 @@
         [--iterations 5 45] [--split 12] [--json build/bench/instructions.json]
 
 Wall time under emulation says little about a board; the number of guest instructions a run
-executes is exact and repeatable. bench/qemu_plugin/libinsn.so (built by
-bench/setup_instructions.sh, `make bench-setup`, which this script runs first) counts them.
+executes is exact and repeatable. The farm's qemu plugin counts them
+(fwedge/device_farm/qemu_plugin/, built on first use into fwedge's cache by
+fwedge.device_farm.instructions.build_plugin, as `fwedge farm run` does on qemu boards); the arm64
+LiteRT sysroot comes from bench/setup_instructions.sh (`make bench-setup`, which this script runs first).
 
 For each example model, quantized as `fwedge quantize --data fashion-mnist:train
 --num-samples 256` does it:
@@ -55,14 +57,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fwedge.device_farm.instructions import GUEST_ENV, TOTAL_PREFIX
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 EXAMPLES = ROOT / "examples" / "fashion_mnist"
 DEFAULT_CACHE = Path(os.environ.get("FWEDGE_BENCH_CACHE", Path.home() / ".cache" / "fwedge" / "bench"))
-TOTAL_PREFIX = "fwedge-insn-total "
 TIMEOUT = 900
-# The guest's whole environment: its size moves the initial stack, so the host's must not leak in.
-GUEST_ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
 # LiteRT's Python: the same hash seed every run, and no .pyc written into the sysroot (a .pyc
 # written by one run changes the count of the next).
 PYTHON_ENV = {**GUEST_ENV, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -116,10 +117,12 @@ class CpuResult:
 
 
 def run_setup(cache: Path) -> tuple[Path, Path]:
-    """Build the plugin and the arm64 sysroot if they are not cached yet; return their paths."""
+    """The plugin (the farm's builder, fwedge's cache) and the arm64 sysroot (cached under `cache`)."""
+    from fwedge.device_farm.instructions import build_plugin
+
     subprocess.run(["bash", str(HERE / "setup_instructions.sh"), str(cache)], check=True,
                    env={**os.environ, "PYTHON": sys.executable}, stdout=subprocess.DEVNULL)
-    return cache / "libinsn.so", cache / "sysroot-arm64"
+    return build_plugin(), cache / "sysroot-arm64"
 
 
 def qemu_count(arch: str, cpu: str, plugin: Path, command: list[str], *, root: Path | None = None,

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Set-up for bench/instructions.py: the instruction-count plugin and an arm64 LiteRT sysroot.
 #
-# Builds libinsn.so from bench/qemu_plugin/ with the host gcc and puts together an arm64 Python 3.11
+# Has the farm build its qemu plugin (fwedge.device_farm.instructions) and puts together an arm64 Python 3.11
 # with numpy and ai-edge-litert, unpacked (never installed) from Debian's arm64 .debs and PyPI's
-# manylinux aarch64 wheels, for qemu-aarch64 -L. Everything lands in the cache folder
+# manylinux aarch64 wheels, for qemu-aarch64 -L. The plugin lands in fwedge's cache, the sysroot in the cache folder
 # (default ~/.cache/fwedge/bench); a step whose result is there is skipped, so a second run does
 # nothing. Needs root the first time, for dpkg --add-architecture arm64; the plugin needs no glib headers.
 #
@@ -15,15 +15,11 @@ CACHE="${1:-${FWEDGE_BENCH_CACHE:-$HOME/.cache/fwedge/bench}}"
 PYTHON="${PYTHON:-python3}"
 mkdir -p "$CACHE"
 
-# 1. The plugin (rebuilt when its sources change).
-PLUGIN="$CACHE/libinsn.so"
-if [ ! -f "$PLUGIN" ] || [ "$HERE/qemu_plugin/insn.c" -nt "$PLUGIN" ] || [ "$HERE/qemu_plugin/qemu_plugin_api.h" -nt "$PLUGIN" ]; then
-  gcc -O2 -Wall -Wextra -shared -fPIC -fvisibility=hidden -o "$PLUGIN.part" "$HERE/qemu_plugin/insn.c"
-  mv "$PLUGIN.part" "$PLUGIN"
-  echo "built $PLUGIN"
-fi
+# 1. The plugin: the farm's own (fwedge/device_farm/qemu_plugin/), built by the farm's builder
+# into fwedge's cache.
+"$PYTHON" -c "from fwedge.device_farm.instructions import build_plugin; print('plugin:', build_plugin())"
 
-# 2. The arm64 sysroot. Debian bookworm's Python is 3.11, so numpy stays below 2.3 (the last
+# 2. The arm64 sysroot (the peer's only; the farm does not need it). Debian bookworm's Python is 3.11, so numpy stays below 2.3 (the last
 # minor with 3.11 wheels); ai-edge-litert is the version of the project's constraints.
 SYSROOT="$CACHE/sysroot-arm64"
 LITERT_VERSION="$(sed -n 's/^ai-edge-litert==//p' "$HERE/../constraints.txt")"
@@ -54,5 +50,4 @@ if [ ! -f "$STAMP" ]; then
   touch "$STAMP"
   echo "unpacked the arm64 sysroot into $SYSROOT"
 fi
-echo "plugin: $PLUGIN"
 echo "sysroot: $SYSROOT"

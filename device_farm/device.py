@@ -12,7 +12,7 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from fwedge.bundle import Bundle
-from fwedge.device_farm.results import STDERR_TAIL_CHARS, DeviceRun
+from fwedge.device_farm.results import LATENCY, STDERR_TAIL_CHARS, DeviceRun, Instructions
 from fwedge.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,20 @@ class Device:
                 stderr tail.
         """
         raise NotImplementedError
+
+    def count_instructions(self, bundle: Bundle, inputs: dict[str, np.ndarray]) -> Instructions | None:
+        """Executed instructions of one inference of `bundle` on the first input row, for devices
+        whose performance figure is an instruction count (emulated boards); None elsewhere.
+
+        Raises:
+            DeviceError: the count failed.
+        """
+        return None
+
+    def performance(self) -> str:
+        """The authoritative performance figure of this device's results: "instructions" on
+        emulated boards, "latency" (wall time on the device's clock) on real boards and the host."""
+        return LATENCY
 
     def state(self) -> str:
         """A short state for `fwedge farm list`: "ready" or what is missing."""

@@ -5,9 +5,10 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
-from fwedge.device_farm.results import (DeviceResult, Results, as_float, check_results, load_results,
+from fwedge.device_farm.results import (INSTRUCTIONS, DeviceResult, Results, as_float, check_results, load_results,
                                         save_results)
 from fwedge.errors import GateError
 
@@ -27,16 +28,25 @@ class Thresholds:
         max_latency_increase: fraction (0.10 = +10 %) of p50 latency; with an interleaved
             baseline run the measured ratio is used instead of two separate runs.
         max_size_increase: fraction of each size figure present in both (file, ROM, RAM bytes).
+        max_instructions_increase: fraction of the executed instructions per inference on
+            emulated boards, compared exactly (integers).
+        max_emulated_latency_increase: the wall-time limit on emulated boards; None (the
+            default) does not gate their wall time, which swings from run to run.
+        The latency limit applies to real boards and the host only.
     """
 
     max_accuracy_drop: float = 0.5
     max_fidelity_drop: float = 1.0
     max_latency_increase: float = 0.10
     max_size_increase: float = 0.05
+    max_instructions_increase: float = 0.01
+    max_emulated_latency_increase: float | None = None
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
+            if value is None and item.name == "max_emulated_latency_increase":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(as_float(value)) \
                     or value < 0:
                 raise GateError(f"gate threshold {item.name} must be a non-negative number, got {value!r}")
@@ -85,7 +95,7 @@ class GateRow:
         return self.verdict == FAIL
 
     def shown_checks(self) -> list[Check]:
-        """Checks worth a table cell: quality and latency always; sizes only when they changed."""
+        """Checks worth a table cell: quality and performance always; sizes only when they changed."""
         return [c for c in self.checks if not c.metric.endswith("_bytes") or not c.passed
                 or c.baseline != c.current]
 
@@ -194,9 +204,54 @@ def _is_waived(bundle: str, device: str, waive: list[str]) -> bool:
     return bundle in waive or device in waive or f"{bundle}@{device}" in waive
 
 
+def is_emulated(result: DeviceResult) -> bool:
+    """An emulated board's result: performance "instructions", a qemu device, or an emulated run."""
+    return (result.performance == INSTRUCTIONS or result.device_kind == "qemu"
+            or result.identity.get("emulated") is True)
+
+
+def _compare_instructions(base: DeviceResult, current: DeviceResult, allowed: float, checks: list[Check],
+                          reasons: list[str]) -> None:
+    """Executed instructions per inference, compared exactly: with the interleaved baseline bundle's
+    count from this job when there is one, else with the baseline file's count under the same
+    emulator and -cpu. Anything missing fails: on an emulated board it is the performance figure."""
+    limit = f"<= +{100 * allowed:g}%"
+    now = current.instructions.per_inference if current.instructions else None
+    if current.baseline_instructions is not None:
+        before, how = current.baseline_instructions, "vs baseline bundle, same run"
+    elif base.instructions is not None:
+        before, how = base.instructions.per_inference, "vs baseline file"
+        if now is not None:
+            then = (base.instructions.emulator, base.instructions.cpu)
+            if then != (current.instructions.emulator, current.instructions.cpu):
+                checks.append(Check("instructions", before, now, "not comparable", limit, False))
+                reasons.append(f"instructions counted under {current.instructions.emulator!r} -cpu "
+                               f"{current.instructions.cpu!r}, the baseline under {then[0]!r} -cpu {then[1]!r}: "
+                               "not comparable; run with the baseline's emulator or record a new baseline")
+                return
+    else:
+        checks.append(Check("instructions", None, now, "missing in the baseline", limit, False))
+        reasons.append("no instruction count in the baseline for an emulated board: nothing to compare; record "
+                       "a new baseline (--update-baseline) or run interleaved baseline bundles")
+        return
+    if now is None:
+        checks.append(Check("instructions", before, None, "missing", limit, False))
+        reasons.append(f"instructions missing in this run (baseline {before:,} per inference); the farm counts "
+                       "them on emulated boards")
+        return
+    # Exact: integers against the limit as a fraction, no float rounding at the boundary.
+    ok = Fraction(now) <= Fraction(before) * (1 + Fraction(allowed))
+    ratio = now / before
+    checks.append(Check("instructions", before, now, f"x{ratio:.3f} ({now - before:+,}) {how}", limit, ok))
+    if not ok:
+        reasons.append(f"instructions per inference increased {100 * (ratio - 1):.2f}% ({before:,} -> {now:,}, "
+                       f"{how}), limit +{100 * allowed:g}%")
+
+
 def _compare(base: DeviceResult, current: DeviceResult, limits: Thresholds) -> tuple[list[Check], list[str]]:
     """Every check of one pair. A figure the baseline has and this run lacks fails (null is no
-    evidence); the pair also fails when no quality figure or no latency could be compared."""
+    evidence); the pair also fails when no quality figure could be compared, or no performance
+    figure: instructions on emulated boards, latency elsewhere."""
     checks, reasons = [], []
 
     def points(metric: str, before, after, allowed: float) -> bool:
@@ -226,18 +281,24 @@ def _compare(base: DeviceResult, current: DeviceResult, limits: Thresholds) -> t
                       (current.fidelity or {}).get("top1_agreement"), limits.max_fidelity_drop)
     if not quality:
         reasons.append("no accuracy or fidelity in the baseline: nothing shows that quality held")
-    if current.latency_ratio is not None:
+    emulated = is_emulated(base) or is_emulated(current)
+    if emulated:
+        _compare_instructions(base, current, limits.max_instructions_increase, checks, reasons)
+    latency_limit = limits.max_emulated_latency_increase if emulated else limits.max_latency_increase
+    if latency_limit is None:
+        pass  # an emulated board's wall time: recorded, not gated
+    elif current.latency_ratio is not None:
         ratio("latency p50", current.latency_ratio, None, current.latency.p50_ms if current.latency else None,
-              limits.max_latency_increase, "(interleaved A/B ratio)")
+              latency_limit, "(interleaved A/B ratio)")
     elif base.latency is None:
         reasons.append("no latency in the baseline and no interleaved baseline run: nothing to compare")
     elif current.latency is None:
-        checks.append(Check("latency p50", base.latency.p50_ms, None, "missing",
-                            f"<= +{100 * limits.max_latency_increase:g}%", False))
+        checks.append(Check("latency p50", base.latency.p50_ms, None, "missing", f"<= +{100 * latency_limit:g}%",
+                            False))
         reasons.append(f"latency p50 missing in this run (baseline {base.latency.p50_ms:g} ms)")
     else:  # validated: both p50 > 0
         ratio("latency p50", current.latency.p50_ms / base.latency.p50_ms, base.latency.p50_ms,
-              current.latency.p50_ms, limits.max_latency_increase, "(vs baseline run)")
+              current.latency.p50_ms, latency_limit, "(vs baseline run)")
     for key in sorted(base.sizes):
         if not key.endswith("_bytes"):
             continue  # ratios and counts in `sizes` are not sizes
@@ -271,8 +332,10 @@ def evaluate_gate(results: Results, baseline: Results, thresholds: Thresholds | 
     """Compare every candidate result with the baseline.
 
     Fails closed: a (bundle, device) the baseline has but this run lacks, any error result, a
-    figure the baseline has and this run lacks, and a pair with no quality figure or no latency
-    to compare, is a failure unless waived by device name, bundle name, or BUNDLE@DEVICE. The
+    figure the baseline has and this run lacks, and a pair with no quality figure or no
+    performance figure to compare (instructions on emulated boards, where wall time is not gated
+    unless thresholds.max_emulated_latency_increase is set; latency elsewhere), is a failure
+    unless waived by device name, bundle name, or BUNDLE@DEVICE. The
     report passes only when no row failed and at least one row was compared and passed.
 
     Returns:

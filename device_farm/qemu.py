@@ -1,4 +1,9 @@
-"""QEMU user-mode boards: C bundles for aarch64, riscv64 or loongarch64 run under qemu-<arch>."""
+"""QEMU user-mode boards: C bundles for aarch64, riscv64 or loongarch64 run under qemu-<arch>.
+
+A qemu board runs C bundles only (other targets are refused by why_not), and its performance
+figure is the number of executed guest instructions per inference (fwedge.device_farm.instructions),
+exact and repeatable; the harness's wall time is recorded too but says little about a board.
+"""
 from __future__ import annotations
 
 import functools
@@ -10,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fwedge.bundle import Bundle
-from fwedge.device_farm import harness
+from fwedge.device_farm import harness, instructions
 from fwedge.device_farm.device import Device, DeviceRunError, device_kind
-from fwedge.device_farm.results import DeviceRun
+from fwedge.device_farm.results import INSTRUCTIONS, LATENCY, DeviceRun, Instructions
 from fwedge.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -30,6 +35,8 @@ class QemuDevice(Device):
         qemu: the emulator program (default qemu-<arch> on PATH); tests point it at fakes.
         cpu: optional `-cpu` model.
         run_timeout: seconds for one harness run before qemu is killed.
+        instructions: count executed instructions per inference with the qemu plugin (the
+            board's performance figure); false records wall time only, as on a real board.
     """
 
     arch: str = "aarch64"
@@ -37,6 +44,7 @@ class QemuDevice(Device):
     cpu: str = ""
     run_timeout: float = 600.0
     extra_args: list[str] = field(default_factory=list)
+    instructions: bool = True
 
     def __post_init__(self) -> None:
         if self.arch not in QEMU_ARCHES:
@@ -67,11 +75,26 @@ class QemuDevice(Device):
         return {"kind": self.kind, "name": self.name, "arch": self.arch,
                 "emulator": _qemu_version(self.program() or self.qemu), "cpu": self.cpu or "default"}
 
-    def run(self, bundle: Bundle, inputs: dict[str, np.ndarray], repeats: int) -> DeviceRun:
+    def performance(self) -> str:
+        return INSTRUCTIONS if self.instructions else LATENCY
+
+    def _launcher(self, bundle: Bundle) -> list[str]:
         reason = self.why_not(bundle)
         if reason:
             raise DeviceRunError(f"device {self.name!r} cannot run bundle '{bundle.name}': {reason}")
-        launcher = [self.program()] + (["-cpu", self.cpu] if self.cpu else []) + list(self.extra_args)
+        return [self.program()] + (["-cpu", self.cpu] if self.cpu else []) + list(self.extra_args)
+
+    def count_instructions(self, bundle: Bundle, inputs: dict[str, np.ndarray]) -> Instructions | None:
+        if not self.instructions:
+            return None
+        job = instructions.CountJob(
+            launcher=self._launcher(bundle), emulator=_qemu_version(self.program() or self.qemu),
+            cpu=self.cpu or "default", timeout=self.run_timeout,
+            what=f"{self.qemu} counting the instructions of '{bundle.name}' on {self.name}")
+        return instructions.count_instructions(bundle, inputs, job)
+
+    def run(self, bundle: Bundle, inputs: dict[str, np.ndarray], repeats: int) -> DeviceRun:
+        launcher = self._launcher(bundle)
         return harness.run_native(bundle, inputs, repeats, timeout=self.run_timeout, launcher=launcher,
                                   what=f"{self.qemu} running '{bundle.name}' on {self.name}",
                                   identity={"emulated": True})

@@ -68,6 +68,40 @@ class Latency:
         )
 
 
+# DeviceResult.performance values: the figure the gate compares for a device's speed.
+INSTRUCTIONS = "instructions"  # emulated boards: executed guest instructions (exact)
+LATENCY = "latency"  # real boards and the host: wall time on the device's clock
+PERFORMANCE_METRICS = (INSTRUCTIONS, LATENCY)
+# Above any count one inference of an edge model executes (about 3e9 s at 1e9 instructions/s).
+MAX_INSTRUCTIONS = 2 ** 62
+
+
+@dataclass
+class Instructions:
+    """Executed guest instructions of one inference on an emulated board, exact and repeatable.
+
+    Counted by the qemu plugin (fwedge.device_farm.instructions) as the difference of two runs of
+    the harness on one sample repeated `low` and `high` times, so start-up cancels out.
+
+    Attributes:
+        per_inference: (high_total - low_total) / (high - low), a whole number.
+        low, high: inferences of the two runs.
+        low_total, high_total: executed instructions of each whole run.
+        emulator: the emulator's version line; counts compare only under the same one.
+        cpu: the emulated `-cpu` ("default" when none was given).
+        counter: the plugin that counted, with the digest of its sources.
+    """
+
+    per_inference: int
+    low: int
+    high: int
+    low_total: int
+    high_total: int
+    emulator: str
+    cpu: str
+    counter: str
+
+
 @dataclass
 class DeviceResult:
     """The outcome of one bundle on one device.
@@ -83,6 +117,11 @@ class DeviceResult:
         latency: Latency of one inference on the device's clock.
         latency_ratio: candidate p50 / baseline p50 measured interleaved (A B A B) in the same
             job on the same device; None when no baseline bundle was run.
+        performance: the authoritative performance figure for this device: "instructions" on
+            emulated boards (qemu), "latency" on real boards and the host.
+        instructions: Instructions of one inference on an emulated board, else None.
+        baseline_instructions: the interleaved baseline bundle's instructions per inference,
+            counted in the same job on the same emulator; None when no baseline bundle was run.
         sizes: the bundle's size figures (file_bytes, rom_bytes, ram_bytes, ...).
         identity: device and toolchain identity.
         error: a one-line reason when status is "error".
@@ -104,6 +143,9 @@ class DeviceResult:
     latency: Latency | None = None
     latency_ratio: float | None = None
     baseline_bundle: str | None = None
+    performance: str = LATENCY
+    instructions: Instructions | None = None
+    baseline_instructions: int | None = None
     sizes: dict = field(default_factory=dict)
     identity: dict = field(default_factory=dict)
     reference: str | None = None
@@ -129,6 +171,8 @@ class DeviceResult:
         values = {key: value for key, value in data.items() if key in known}
         if values.get("latency") is not None:
             values["latency"] = Latency(**values["latency"])
+        if values.get("instructions") is not None:
+            values["instructions"] = Instructions(**values["instructions"])
         return cls(**values)
 
 
@@ -288,6 +332,34 @@ def _check_latency(where: str, latency) -> None:
         raise GateError(f"{where}: expected min_ms <= p50_ms <= p95_ms, got {low:g}, {mid:g}, {high:g}")
 
 
+_INSTRUCTION_COUNTS = ("per_inference", "low", "high", "low_total", "high_total")
+_INSTRUCTION_TEXTS = ("emulator", "cpu", "counter")
+
+
+def _check_instructions(where: str, value) -> None:
+    keys = _INSTRUCTION_COUNTS + _INSTRUCTION_TEXTS
+    if not isinstance(value, dict):
+        raise GateError(f"{where}: expected an object with {', '.join(keys)} or null, got {_show(value)}")
+    unknown = sorted(set(value) - set(keys))
+    if unknown:
+        raise GateError(f"{where}: unknown key(s) {', '.join(map(_short, unknown[:5]))}")
+    for key in keys:
+        if key not in value:
+            raise GateError(f"{where}.{key}: missing")
+    for key in _INSTRUCTION_COUNTS:
+        _number(f"{where}.{key}", value[key], 1 if key == "per_inference" else 0, MAX_INSTRUCTIONS, integer=True)
+    for key in _INSTRUCTION_TEXTS:
+        _text(f"{where}.{key}", value[key], non_empty=True)
+        if len(value[key]) > 200:
+            raise GateError(f"{where}.{key}: longer than 200 characters")
+    low, high = value["low"], value["high"]
+    if not 1 <= low < high:
+        raise GateError(f"{where}: expected 1 <= low < high, got low {low}, high {high}")
+    if value["high_total"] - value["low_total"] != value["per_inference"] * (high - low):
+        raise GateError(f"{where}: per_inference {value['per_inference']} is not (high_total - low_total) / "
+                        f"(high - low) = ({value['high_total']} - {value['low_total']}) / {high - low}")
+
+
 # Fidelity figures besides top1_agreement are shown, not gated: each is a finite number in its
 # range, null (NaN in memory), or the strict-JSON spelling of an infinity (an identical output's
 # SQNR, a diverged output's error).
@@ -354,6 +426,13 @@ def _check_entry(where: str, entry, known: set[str]) -> None:
         _check_latency(f"{where}.latency", entry["latency"])
     if entry["latency_ratio"] is not None:
         _number(f"{where}.latency_ratio", entry["latency_ratio"], 0.0, above=True)
+    if "performance" in entry and entry["performance"] not in PERFORMANCE_METRICS:
+        raise GateError(f"{where}.performance: expected one of {', '.join(map(repr, PERFORMANCE_METRICS))}, "
+                        f"got {_show(entry['performance'])}")
+    if entry.get("instructions") is not None:
+        _check_instructions(f"{where}.instructions", entry["instructions"])
+    if entry.get("baseline_instructions") is not None:
+        _number(f"{where}.baseline_instructions", entry["baseline_instructions"], 1, MAX_INSTRUCTIONS, integer=True)
     if not isinstance(entry["sizes"], dict):
         raise GateError(f"{where}.sizes: expected an object, got {_show(entry['sizes'])}")
     for key, value in entry["sizes"].items():
@@ -370,7 +449,11 @@ def validate_results(data, source: str = "results") -> Results:
     status "ok"/"error", role "candidate"/"baseline", and the gated figures present (null where
     nothing was measured): accuracy and fidelity.top1_agreement finite in [0, 1], latency
     figures finite and > 0 with min <= p50 <= p95 and at least one iteration, latency_ratio
-    finite and > 0, sizes finite and >= 0. No (bundle, device, role) appears twice.
+    finite and > 0, sizes finite and >= 0. The keys of schema 1's later additions may be absent:
+    performance ("instructions" or "latency"), instructions (null, or whole counts in
+    [0, 2**62] with per_inference >= 1 equal to the totals' difference over high - low, and
+    non-empty emulator, cpu and counter), baseline_instructions (null or a whole count >= 1).
+    No (bundle, device, role) appears twice.
 
     Args:
         data: the parsed JSON (or Results.to_dict()).

@@ -1,4 +1,4 @@
-"""Run bundles on devices in parallel and measure accuracy, fidelity, latency and size per pair."""
+"""Run bundles on devices in parallel and measure accuracy, fidelity, latency, instructions (emulated boards) and size per pair."""
 from __future__ import annotations
 
 import logging
@@ -17,7 +17,7 @@ from fwedge.bundle import Bundle, copy_verified, load_bundle
 from fwedge.data import Preprocess, open_dataset
 from fwedge.device_farm.device import Device, bundle_kind
 from fwedge.device_farm.results import (
-    ERROR, OK, DeviceResult, DeviceRun, Latency, Results, host_identity, now_utc,
+    ERROR, INSTRUCTIONS, OK, DeviceResult, DeviceRun, Instructions, Latency, Results, host_identity, now_utc,
 )
 from fwedge.errors import DataError, DeviceError, FwEdgeError
 from fwedge.eval import FidelityAccumulator, OrtRunner
@@ -152,7 +152,8 @@ def _first_output(bundle: Bundle, run: DeviceRun) -> np.ndarray:
 
 
 def _score(shared: _Shared, bundle: Bundle, device: Device, run: DeviceRun, eval_set: EvalSet,
-           latencies: list[float], attempts: int, wall: float, role: str) -> DeviceResult:
+           latencies: list[float], attempts: int, wall: float, role: str,
+           instructions: Instructions | None = None) -> DeviceResult:
     logits = _first_output(bundle, run).astype(np.float32)
     count = len(eval_set.inputs)
     if len(logits) != count:
@@ -171,6 +172,7 @@ def _score(shared: _Shared, bundle: Bundle, device: Device, run: DeviceRun, eval
         bundle=bundle.name, device=device.name, status=OK, target=bundle.target, arch=bundle.arch,
         precision=bundle.precision, device_kind=device.kind, role=role, bundle_path=str(bundle.path),
         samples=count, accuracy=accuracy, fidelity=fidelity, latency=Latency.from_samples(latencies),
+        performance=device.performance(), instructions=instructions,
         sizes=dict(bundle.sizes), identity={**device.identity(), **run.identity, "toolchain": bundle.versions},
         reference=reference_path, attempts=attempts, wall_seconds=round(wall, 3),
     )
@@ -201,6 +203,14 @@ def _with_retries(shared: _Shared, call: Callable[[], DeviceRun], what: str) -> 
                         shared.options.retries + 1, str(exc).splitlines()[0])
 
 
+def _count(shared: _Shared, device: Device, bundle: Bundle, feeds: dict, what: str) -> tuple[Instructions | None, int]:
+    """The device's instruction count of one inference (None where it counts none), with retries."""
+    if device.performance() != INSTRUCTIONS:
+        return None, 0
+    log.info("counting the instructions of %s", what)
+    return _with_retries(shared, lambda: device.count_instructions(bundle, feeds), f"counting {what}")
+
+
 def run_job(shared: _Shared, job: Job) -> list[DeviceResult]:
     """Run one job; a device failure becomes an error result, never an exception.
 
@@ -228,10 +238,11 @@ def run_job(shared: _Shared, job: Job) -> list[DeviceResult]:
             return failed
         if baseline is None:
             try:
-                run, attempts = _with_retries(shared, lambda: device.run(candidate_copy, feeds, options.repeats),
-                                              f"'{bundle.name}' on {device.name}")
-                return [_score(shared, bundle, device, run, eval_set, run.latencies_ms, attempts,
-                               time.monotonic() - started, "candidate")]
+                what = f"'{bundle.name}' on {device.name}"
+                run, attempts = _with_retries(shared, lambda: device.run(candidate_copy, feeds, options.repeats), what)
+                instructions, tries = _count(shared, device, candidate_copy, feeds, what)
+                return [_score(shared, bundle, device, run, eval_set, run.latencies_ms, attempts + tries,
+                               time.monotonic() - started, "candidate", instructions)]
             except Exception as exc:  # noqa: BLE001 - keep the other devices' results
                 _log_failure(exc, bundle, device)
                 return [_error_result(bundle, device, exc, getattr(exc, "attempts", 1), time.monotonic() - started, "candidate")]
@@ -279,6 +290,17 @@ def _interleaved(shared: _Shared, job: Job, eval_set: EvalSet, feeds: dict, star
             attempts[role] += tries
             runs.setdefault(role, run)
             latencies[role].extend(run.latencies_ms)
+    counts: dict[str, Instructions | None] = {}
+    for role, bundle in (("baseline", baseline), ("candidate", candidate)):
+        if role in failed:
+            continue
+        try:  # exact, so counted once per bundle, not per round
+            counts[role], tries = _count(shared, device, copies[role], feeds, f"'{bundle.name}' ({role}) on {device.name}")
+            attempts[role] += tries
+        except Exception as exc:  # noqa: BLE001
+            _log_failure(exc, bundle, device)
+            failed[role] = exc
+            attempts[role] += getattr(exc, "attempts", 1)
     wall = time.monotonic() - started
     results = {}
     for role, bundle in (("baseline", baseline), ("candidate", candidate)):
@@ -287,12 +309,14 @@ def _interleaved(shared: _Shared, job: Job, eval_set: EvalSet, feeds: dict, star
         else:
             try:
                 results[role] = _score(shared, bundle, device, runs[role], eval_set, latencies[role],
-                                       attempts[role], wall, role)
+                                       attempts[role], wall, role, counts.get(role))
             except Exception as exc:  # noqa: BLE001
                 results[role] = _error_result(bundle, device, exc, attempts[role], wall, role)
     if results["baseline"].ok and results["candidate"].ok:
         base = float(np.median(latencies["baseline"]))
         results["candidate"].latency_ratio = float(np.median(latencies["candidate"])) / base if base > 0 else None
+        if results["baseline"].instructions is not None:
+            results["candidate"].baseline_instructions = results["baseline"].instructions.per_inference
     results["candidate"].baseline_bundle = str(baseline.path)
     return [results["baseline"], results["candidate"]]
 

@@ -541,7 +541,11 @@ def stage_gate(run: PipelineRun) -> None:
         thresholds = gate.Thresholds(
             max_accuracy_drop=settings.max_accuracy_drop, max_fidelity_drop=settings.max_fidelity_drop,
             max_latency_increase=gate.parse_fraction(str(settings.max_latency_increase), "[gate] max_latency_increase"),
-            max_size_increase=gate.parse_fraction(str(settings.max_size_increase), "[gate] max_size_increase"))
+            max_size_increase=gate.parse_fraction(str(settings.max_size_increase), "[gate] max_size_increase"),
+            max_instructions_increase=gate.parse_fraction(str(settings.max_instructions_increase),
+                                                          "[gate] max_instructions_increase"),
+            max_emulated_latency_increase=None if settings.max_emulated_latency_increase is None else
+            gate.parse_fraction(str(settings.max_emulated_latency_increase), "[gate] max_emulated_latency_increase"))
         try:
             run.verdict = gate.evaluate_gate(results, load_results(baseline_path, "baseline"), thresholds,
                                              list(settings.waive))

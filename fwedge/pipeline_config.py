@@ -173,6 +173,8 @@ class GateSettings:
     max_fidelity_drop: float = 1.0
     max_latency_increase: Union[str, float] = "10%"
     max_size_increase: Union[str, float] = "5%"
+    max_instructions_increase: Union[str, float] = "1%"
+    max_emulated_latency_increase: Union[str, float, None] = None
     waive: tuple[str, ...] = ()
 
     def check(self, where: str) -> None:

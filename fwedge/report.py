@@ -220,7 +220,7 @@ def latency_chart(results: list[DeviceResult], width: int = 760) -> str:
 
 def _results_table(results: list[DeviceResult]) -> str:
     head = ["bundle", "target", "arch", "precision", "device", "status", "accuracy", "agreement vs FP32",
-            "SQNR vs FP32 dB", "p50 ms", "p95 ms", "B/A latency", "file bytes", "ROM bytes", "RAM bytes", "error"]
+            "SQNR vs FP32 dB", "p50 ms", "p95 ms", "B/A latency", "instructions", "file bytes", "ROM bytes", "RAM bytes", "error"]
     left = {"bundle", "target", "arch", "precision", "device", "status", "error"}
     out = ["<div class='scroll'><table id='results' class='sortable'><thead><tr>"]
     out += [f"<th class='{'l' if h in left else ''}'>{_e(h)}</th>" for h in head]
@@ -238,6 +238,8 @@ def _results_table(results: list[DeviceResult]) -> str:
             ("", _num(latency.p50_ms, 4) if latency else "", latency.p50_ms if latency else None),
             ("", _num(latency.p95_ms, 4) if latency else "", latency.p95_ms if latency else None),
             ("", _num(r.latency_ratio, 3), r.latency_ratio),
+            ("", _bytes(r.instructions.per_inference) if r.instructions else "",
+             r.instructions.per_inference if r.instructions else None),
             ("", _bytes(r.sizes.get("file_bytes")), r.sizes.get("file_bytes")),
             ("", _bytes(r.sizes.get("rom_bytes")), r.sizes.get("rom_bytes")),
             ("", _bytes(r.sizes.get("ram_bytes")), r.sizes.get("ram_bytes")),
@@ -365,8 +367,8 @@ def render_markdown(results: Results, gate: GateReport | None = None) -> str:
 
     lines = [f"## fwedge: {verdict}", "",
              f"{cell(results.samples)} samples of {cell(results.data)}, {cell(results.repeats)} timed runs per pair.", "",
-             "| bundle | device | status | accuracy | agreement | p50 ms | p95 ms | B/A | file bytes |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| bundle | device | status | accuracy | agreement | p50 ms | p95 ms | B/A | instructions | file bytes |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
 
     for r in results.results:
         latency = r.latency
@@ -374,7 +376,8 @@ def render_markdown(results: Results, gate: GateReport | None = None) -> str:
             r.bundle + (" (baseline)" if r.role == "baseline" else ""), r.device,
             r.status if r.ok else f"error: {r.error}", _pct(r.accuracy),
             _pct((r.fidelity or {}).get("top1_agreement")), _num(latency.p50_ms, 4) if latency else "",
-            _num(latency.p95_ms, 4) if latency else "", _num(r.latency_ratio, 3), _bytes(r.sizes.get("file_bytes")),
+            _num(latency.p95_ms, 4) if latency else "", _num(r.latency_ratio, 3),
+            _bytes(r.instructions.per_inference) if r.instructions else "", _bytes(r.sizes.get("file_bytes")),
         ]) + " |")
     if gate is not None and gate.regressions:
         lines += ["", "### Regressions", ""] + [f"- {cell(line)}" for line in gate.regressions]

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from fwedge.cli import cli
 from fwedge.device_farm import gate
-from fwedge.device_farm.results import DeviceResult, Latency, Results, load_results, save_results
+from fwedge.device_farm.results import DeviceResult, Instructions, Latency, Results, load_results, save_results
 from fwedge.errors import FwEdgeError
 
 COMMITTED_BASELINE = Path(__file__).resolve().parents[1] / "examples" / "fashion_mnist" / "baseline.json"
@@ -45,9 +45,15 @@ def _built_results(with_error: bool = False) -> dict:
         values.update(extra)
         return DeviceResult(bundle=bundle, device=device, **values)
 
+    def counted(per_inference):
+        return Instructions(per_inference=per_inference, low=1, high=2, low_total=4000, high_total=4000 + per_inference,
+                            emulator="qemu-aarch64 version 7.2.22", cpu="default", counter="fwedge qemu plugin t")
+
+    emulated = dict(device_kind="qemu", performance="instructions", instructions=counted(1_000_000))
     results = Results(results=[
-        ok("cnn-aarch64", "qemu-aarch64"),
-        ok("cnn-aarch64", "qemu-aarch64", role="baseline"),
+        ok("cnn-aarch64", "qemu-aarch64", **emulated),
+        ok("cnn-aarch64", "qemu-aarch64", role="baseline", **emulated),
+        ok("cnn-b-aarch64", "qemu-aarch64", **emulated, baseline_instructions=995_000, baseline_bundle="b"),
         ok("cnn-onnx", "host", target="onnx", latency_ratio=1.01, baseline_bundle="cnn-onnx"),
         ok("cnn-onnx", "host", target="onnx", role="baseline"),
         ok("cnn-nolabels", "host", accuracy=None),
@@ -172,6 +178,34 @@ def _finite_in(value, low, high) -> bool:
             and low <= value <= high)
 
 
+def _emulated(entry: dict) -> bool:
+    identity = entry.get("identity")
+    return (entry.get("performance") == "instructions" or entry.get("device_kind") == "qemu"
+            or isinstance(identity, dict) and identity.get("emulated") is True)
+
+
+def _instructions_justified(before: dict, after: dict, limits: gate.Thresholds) -> str | None:
+    """On an emulated board: a whole count now, within the limit of the interleaved baseline
+    bundle's count or else of the baseline file's count under the same emulator and -cpu."""
+    now = after.get("instructions")
+    if not isinstance(now, dict) or not _whole(now.get("per_inference")):
+        return "no instruction count"
+    if after.get("baseline_instructions") is not None:
+        reference = after["baseline_instructions"]
+    else:
+        then = before.get("instructions")
+        if not isinstance(then, dict) or (then.get("emulator"), then.get("cpu")) != (now.get("emulator"), now.get("cpu")):
+            return "no comparable instruction count in the baseline"
+        reference = then.get("per_inference")
+    if not _whole(reference) or now["per_inference"] > reference * (1 + limits.max_instructions_increase):
+        return "instructions"
+    return None
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 2 ** 62
+
+
 def _pass_is_justified(results_doc: dict, baseline_doc: dict, limits: gate.Thresholds) -> str | None:
     """None when the documents independently show a pass; otherwise why not."""
     def candidates(doc):
@@ -209,7 +243,11 @@ def _pass_is_justified(results_doc: dict, baseline_doc: dict, limits: gate.Thres
             quality += 1
         if not quality:
             return f"{key}: no quality figure"
-        if after["latency_ratio"] is not None:
+        if _emulated(before) or _emulated(after):
+            why = _instructions_justified(before, after, limits)
+            if why:
+                return f"{key}: {why}"
+        elif after["latency_ratio"] is not None:
             if not _finite_in(after["latency_ratio"], 1e-300, 1 + limits.max_latency_increase + 1e-12):
                 return f"{key}: ratio"
         else:

@@ -47,7 +47,9 @@ def list_devices(inventory) -> None:
 def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, retries, baseline_bundles, rounds, output) -> None:
     """Run BUNDLES on every selected device that can run them; write per (bundle, device)
     accuracy, fidelity vs the FP32 reference, latency p50/p95 on the device's clock, sizes and
-    identity. A failing device becomes an error result; the other results are kept.
+    identity, and on qemu boards the executed instructions per inference (a qemu plugin, built
+    on first use with the host C compiler: exact and repeatable, the figure the gate compares
+    there). A failing device becomes an error result; the other results are kept.
 
     Exits 0 when every run succeeded, 3 when the results file was written but some runs failed
     (each is an error result in it, and `fwedge gate` fails on it), 2 on unusable input.
@@ -68,6 +70,8 @@ def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, 
         def report(result) -> None:
             advance(1)
             status = "ok" if result.ok else f"[red]error[/red]: {result.error}"
+            if result.ok and result.instructions is not None:
+                status += f", {result.instructions.per_inference:,} instructions per inference"
             stdout.print(f"{result.bundle} ({result.role}) on {result.device}: {status}")
 
         results = run_farm(list(bundles), devices, options, progress=report)
@@ -95,9 +99,13 @@ def _print_summary(results) -> None:
             "" if latency is None else f"{latency.p50_ms:.4g}",
             "" if latency is None else f"{latency.p95_ms:.4g}",
             "" if r.latency_ratio is None else f"{r.latency_ratio:.3f}",
+            "" if r.instructions is None else f"{r.instructions.per_inference:,}" + (
+                "" if r.baseline_instructions is None else
+                f" (B/A {r.instructions.per_inference / r.baseline_instructions:.3f})"),
         ])
     stdout.print(table(f"Farm results ({results.samples} samples, {results.repeats} timed runs)",
-                       ["bundle", "device", "status", "accuracy", "agreement", "p50 ms", "p95 ms", "B/A"], rows))
+                       ["bundle", "device", "status", "accuracy", "agreement", "p50 ms", "p95 ms", "B/A",
+                        "instructions"], rows))
     for r in results.results:
         if not r.ok:
             stdout.print(f"[red]error[/red] {r.bundle} on {r.device}: {r.error}")

@@ -10,7 +10,13 @@ import click
 @click.option("--max-accuracy-drop", type=float, default=0.5, show_default=True, help="Percentage points.")
 @click.option("--max-fidelity-drop", type=float, default=1.0, show_default=True,
               help="Top-1 agreement with the FP32 reference, percentage points.")
-@click.option("--max-latency-increase", default="10%", show_default=True, help="Fraction or percentage of p50.")
+@click.option("--max-latency-increase", default="10%", show_default=True,
+              help="Fraction or percentage of p50 wall time, on real boards and the host.")
+@click.option("--max-instructions-increase", default="1%", show_default=True,
+              help="Executed instructions per inference on emulated (qemu) boards, compared exactly.")
+@click.option("--max-emulated-latency-increase", default=None, metavar="FRACTION",
+              help="Also gate wall time on emulated boards with this limit (default: not gated there; it "
+                   "swings from run to run under emulation).")
 @click.option("--max-size-increase", default="5%", show_default=True, help="Fraction or percentage of each size.")
 @click.option("--waive", multiple=True, metavar="DEVICE_OR_BUNDLE",
               help="Do not fail on this device, bundle, or BUNDLE@DEVICE. Repeatable.")
@@ -21,11 +27,20 @@ import click
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the verdict as JSON.")
 @click.pass_context
 def command(ctx, results_path, baseline, max_accuracy_drop, max_fidelity_drop, max_latency_increase,
-            max_size_increase, waive, update_baseline, allow_missing_baseline, json_path) -> None:
+            max_instructions_increase, max_emulated_latency_increase, max_size_increase, waive, update_baseline,
+            allow_missing_baseline, json_path) -> None:
     """Compare RESULTS with --baseline per (bundle, device). Exit 0 only when every pair was
     compared and is within its limits; 1 on a regression, a device error, a baseline pair or
     figure missing now, or nothing compared (fails closed unless waived); 2 on unusable input
     (a missing, malformed or out-of-schema file, a baseline with no ok result, a bad option).
+
+    Performance is the executed instructions per inference on emulated boards (exact; identical
+    bundles give x1.000) and p50 wall time on real boards and the host.
+
+    \b
+    Example:
+      fwedge gate build/results.json --baseline baseline.json --max-instructions-increase 1% \\
+          --max-latency-increase 10% --json build/gate.json
     """
     import json
 
@@ -38,7 +53,10 @@ def command(ctx, results_path, baseline, max_accuracy_drop, max_fidelity_drop, m
     thresholds = gate.Thresholds(
         max_accuracy_drop=max_accuracy_drop, max_fidelity_drop=max_fidelity_drop,
         max_latency_increase=gate.parse_fraction(max_latency_increase, "--max-latency-increase"),
-        max_size_increase=gate.parse_fraction(max_size_increase, "--max-size-increase"))
+        max_size_increase=gate.parse_fraction(max_size_increase, "--max-size-increase"),
+        max_instructions_increase=gate.parse_fraction(max_instructions_increase, "--max-instructions-increase"),
+        max_emulated_latency_increase=None if max_emulated_latency_increase is None else
+        gate.parse_fraction(max_emulated_latency_increase, "--max-emulated-latency-increase"))
     if update_baseline:
         results = load_results(results_path)
         gate.check_baseline_usable(results, f"results '{results_path}'")  # before printing anything

@@ -1,5 +1,6 @@
 /* int8 element-wise ADD and MUL with TFLite reference requantization and modular broadcasting. */
 #include "fwedge_rt.h"
+#include "requant_neon.h"
 
 static inline int broadcast_index(const fw_broadcast *b, int i)
 {
@@ -111,6 +112,77 @@ static int add_s8_avx2(const fw_elementwise_params *p, const int8_t *x1, const i
 }
 #endif
 
+#if defined(FW_NEON)
+/* Eight int8 lanes minus the zero point (int16, exact) -> two vectors of that << left_shift as int32. */
+static inline void widen_shifted_neon(int16x8_t d, int32x4_t left_shift, int32x4_t *out)
+{
+    out[0] = vshlq_s32(vmovl_s16(vget_low_s16(d)), left_shift);
+    out[1] = vshlq_s32(vmovl_high_s16(d), left_shift);
+}
+
+/* Same-shape ADD, sixteen elements per step, with the exact per-tensor NEON requantization of
+ * requant_neon.h; returns how many leading elements it wrote. The int32 left shift wraps as the
+ * scalar's does, being the same instruction on the same bits (SSHL by a positive count). */
+static int add_s8_neon(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y)
+{
+    const fw_requant_neon q1 = fw_requant_neon_setup(p->input1_multiplier, p->input1_shift);
+    const fw_requant_neon q2 = fw_requant_neon_setup(p->input2_multiplier, p->input2_shift);
+    const fw_requant_neon qo = fw_requant_neon_setup(p->output_multiplier, p->output_shift);
+    const int8x16_t zp1 = vdupq_n_s8((int8_t)p->input1_zero_point), zp2 = vdupq_n_s8((int8_t)p->input2_zero_point);
+    const int32x4_t zpo = vdupq_n_s32(p->output_zero_point), left_shift = vdupq_n_s32(p->left_shift);
+    const int8x16_t lo = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_min, -128, 127));
+    const int8x16_t hi = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_max, -128, 127));
+    if (p->input1_zero_point != (int8_t)p->input1_zero_point || p->input2_zero_point != (int8_t)p->input2_zero_point) {
+        return 0;
+    }
+    int i = 0;
+    for (; i + 16 <= p->size; i += 16) {
+        const int8x16_t a = vld1q_s8(x1 + i), b = vld1q_s8(x2 + i);
+        int32x4_t sa[4], sb[4], v[4];
+        widen_shifted_neon(vsubl_s8(vget_low_s8(a), vget_low_s8(zp1)), left_shift, sa);
+        widen_shifted_neon(vsubl_high_s8(a, zp1), left_shift, sa + 2);
+        widen_shifted_neon(vsubl_s8(vget_low_s8(b), vget_low_s8(zp2)), left_shift, sb);
+        widen_shifted_neon(vsubl_high_s8(b, zp2), left_shift, sb + 2);
+        for (int k = 0; k < 4; ++k) {
+            const int32x4_t sum = vaddq_s32(fw_requant_neon_apply(sa[k], &q1), fw_requant_neon_apply(sb[k], &q2));
+            v[k] = fw_requant_neon_apply(sum, &qo);
+        }
+        vst1q_s8(y + i, fw_narrow16_neon(v, zpo, lo, hi));
+    }
+    return i;
+}
+
+/* Same-shape MUL, sixteen elements per step: (x1 - zp1) * (x2 - zp2) exactly in int32 (SMULL
+ * of the int16 differences), then the output requantization as in add_s8_neon. */
+static int mul_s8_neon(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y)
+{
+    const fw_requant_neon qo = fw_requant_neon_setup(p->output_multiplier, p->output_shift);
+    const int8x16_t zp1 = vdupq_n_s8((int8_t)p->input1_zero_point), zp2 = vdupq_n_s8((int8_t)p->input2_zero_point);
+    const int32x4_t zpo = vdupq_n_s32(p->output_zero_point);
+    const int8x16_t lo = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_min, -128, 127));
+    const int8x16_t hi = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_max, -128, 127));
+    if (p->input1_zero_point != (int8_t)p->input1_zero_point || p->input2_zero_point != (int8_t)p->input2_zero_point) {
+        return 0;
+    }
+    int i = 0;
+    for (; i + 16 <= p->size; i += 16) {
+        const int8x16_t a = vld1q_s8(x1 + i), b = vld1q_s8(x2 + i);
+        const int16x8_t a_lo = vsubl_s8(vget_low_s8(a), vget_low_s8(zp1)), a_hi = vsubl_high_s8(a, zp1);
+        const int16x8_t b_lo = vsubl_s8(vget_low_s8(b), vget_low_s8(zp2)), b_hi = vsubl_high_s8(b, zp2);
+        int32x4_t v[4];
+        v[0] = vmull_s16(vget_low_s16(a_lo), vget_low_s16(b_lo));
+        v[1] = vmull_high_s16(a_lo, b_lo);
+        v[2] = vmull_s16(vget_low_s16(a_hi), vget_low_s16(b_hi));
+        v[3] = vmull_high_s16(a_hi, b_hi);
+        for (int k = 0; k < 4; ++k) {
+            v[k] = fw_requant_neon_apply(v[k], &qo);
+        }
+        vst1q_s8(y + i, fw_narrow16_neon(v, zpo, lo, hi));
+    }
+    return i;
+}
+#endif
+
 void fw_add_s8(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y)
 {
     if (p->input1.modulus == p->size && p->input2.modulus == p->size) {
@@ -121,6 +193,8 @@ void fw_add_s8(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x
         i = add_s8_avx2(&params, x1, x2, y);
 #elif defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
         i = add_s8_sse2(&params, x1, x2, y);
+#elif defined(FW_NEON)
+        i = add_s8_neon(&params, x1, x2, y);
 #endif
         for (; i < params.size; ++i) {
             y[i] = add_one(&params, x1[i], x2[i]);
@@ -135,7 +209,11 @@ void fw_add_s8(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x
 void fw_mul_s8(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y)
 {
     if (p->input1.modulus == p->size && p->input2.modulus == p->size) {
-        for (int i = 0; i < p->size; ++i) {
+        int i = 0;
+#if defined(FW_NEON)
+        i = mul_s8_neon(p, x1, x2, y);
+#endif
+        for (; i < p->size; ++i) {
             y[i] = mul_one(p, x1[i], x2[i]);
         }
         return;

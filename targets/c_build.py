@@ -17,7 +17,7 @@ from pathlib import Path
 from fwedge.bundle import host_arch
 from fwedge.errors import ExportError
 from fwedge.ir import write_atomic
-from fwedge.runtime_c import HEADER
+from fwedge.runtime_c import HEADERS
 from fwedge.targets.base import C_ARCHES
 from fwedge.targets.c_codegen import CProgram
 
@@ -183,7 +183,8 @@ def _compile_object(compiler: list[str], flags: list[str], folder: Path, source:
     if source not in ("model.c", "main.c"):
         digest = hashlib.sha256(json.dumps([compiler, flags, source]).encode())
         digest.update((folder / source).read_bytes())
-        digest.update((folder / HEADER).read_bytes())
+        for header in HEADERS:
+            digest.update((folder / header).read_bytes())
         if source in VARIANT_KERNELS:  # a variant wrapper includes its kernel source
             digest.update((folder / VARIANT_KERNELS[source]).read_bytes())
         key = cache_dir() / "c-objects" / f"{digest.hexdigest()}.o"
@@ -264,7 +265,8 @@ def stack_estimate(folder: Path, sources: list[str]) -> int | None:
             if source != "model.c":
                 digest = hashlib.sha256(json.dumps([gcc, C_FLAGS, source]).encode())
                 digest.update((folder / source).read_bytes())
-                digest.update((folder / HEADER).read_bytes())
+                for header in HEADERS:
+            digest.update((folder / header).read_bytes())
                 key = cache_dir() / "c-objects" / f"{digest.hexdigest()}.su"
             if key is not None and key.is_file():
                 text = key.read_text()
@@ -343,21 +345,22 @@ LDFLAGS ?= -static {' '.join(LINK_FLAGS)}
 export ZIG_GLOBAL_CACHE_DIR ?= .cache/zig
 export ZIG_LOCAL_CACHE_DIR ?= .cache/zig
 SOURCES = {' '.join(sources)}
+HEADERS = {' '.join(HEADERS)}
 # x86-64 dispatch: kernels compiled again for AVX2 and AVX-512 VNNI, picked at run time (fwedge_rt.h)
 AVX2_CFLAGS = {' '.join(VARIANT_CFLAGS["avx2"])}
 VNNI_CFLAGS = {' '.join(VARIANT_CFLAGS["vnni"])}
 VARIANTS = {' '.join(variants)}
 VARIANT_OBJECTS = $(VARIANTS:%.c=bin/%.o)
 
-{BINARY}: $(SOURCES) $(VARIANT_OBJECTS) model.h {HEADER}
+{BINARY}: $(SOURCES) $(VARIANT_OBJECTS) model.h $(HEADERS)
 \tmkdir -p bin
 \t$(CC) $(CFLAGS) $(LDFLAGS) -I. $(SOURCES) $(VARIANT_OBJECTS) -o $@ -lm
 
-bin/%_avx2.o: %_avx2.c %.c {HEADER}
+bin/%_avx2.o: %_avx2.c %.c $(HEADERS)
 \tmkdir -p bin
 \t$(CC) $(CFLAGS) $(AVX2_CFLAGS) -I. -c $< -o $@
 
-bin/%_vnni.o: %_vnni.c %.c {HEADER}
+bin/%_vnni.o: %_vnni.c %.c $(HEADERS)
 \tmkdir -p bin
 \t$(CC) $(CFLAGS) $(VNNI_CFLAGS) -I. -c $< -o $@
 

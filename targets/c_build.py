@@ -266,7 +266,7 @@ def stack_estimate(folder: Path, sources: list[str]) -> int | None:
                 digest = hashlib.sha256(json.dumps([gcc, C_FLAGS, source]).encode())
                 digest.update((folder / source).read_bytes())
                 for header in HEADERS:
-            digest.update((folder / header).read_bytes())
+                    digest.update((folder / header).read_bytes())
                 key = cache_dir() / "c-objects" / f"{digest.hexdigest()}.su"
             if key is not None and key.is_file():
                 text = key.read_text()

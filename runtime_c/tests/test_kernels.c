@@ -629,6 +629,9 @@ int main(void)
 #ifdef FW_X86_DISPATCH
     printf("x86-64 dispatch build: the %s kernels run\n", fw_x86_level_name(fw_x86_level()));
 #endif
+#if defined(FW_NEON)
+    printf("aarch64 build: the neon kernels run\n");
+#endif
     test_fixed_point();
 #if defined(FW_NEON)
     test_requant_neon();

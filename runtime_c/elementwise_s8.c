@@ -120,32 +120,41 @@ static inline void widen_shifted_neon(int16x8_t d, int32x4_t left_shift, int32x4
     out[1] = vshlq_s32(vmovl_high_s16(d), left_shift);
 }
 
-/* Same-shape ADD, sixteen elements per step, with the exact per-tensor NEON requantization of
- * requant_neon.h; returns how many leading elements it wrote. The int32 left shift wraps as the
- * scalar's does, being the same instruction on the same bits (SSHL by a positive count). */
+/* Same-shape ADD of layers whose total shifts allow it (every TFLite-style ADD: input scales
+ * at most half the common scale, output shift well below), sixteen elements per step, all three
+ * requantizations as SQDMULH and SRSHL (requant_neon.h, s >= 32): an input whose total shift s
+ * is below 32 is shifted left e = 32 - s more bits before it, which leaves
+ * (x * 2^e * m + 2^(s + e - 1)) >> (s + e) = (x * m + 2^(s - 1)) >> s unchanged; (x - zp) <<
+ * (left_shift + e) must fit in int32 for that, as (x - zp) << left_shift does in the scalar
+ * code. Returns how many leading elements it wrote (0: other shifts, left to the caller). */
 static int add_s8_neon(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y)
 {
-    const fw_requant_neon q1 = fw_requant_neon_setup(p->input1_multiplier, p->input1_shift);
-    const fw_requant_neon q2 = fw_requant_neon_setup(p->input2_multiplier, p->input2_shift);
-    const fw_requant_neon qo = fw_requant_neon_setup(p->output_multiplier, p->output_shift);
-    const int8x16_t zp1 = vdupq_n_s8((int8_t)p->input1_zero_point), zp2 = vdupq_n_s8((int8_t)p->input2_zero_point);
-    const int32x4_t zpo = vdupq_n_s32(p->output_zero_point), left_shift = vdupq_n_s32(p->left_shift);
-    const int8x16_t lo = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_min, -128, 127));
-    const int8x16_t hi = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_max, -128, 127));
-    if (p->input1_zero_point != (int8_t)p->input1_zero_point || p->input2_zero_point != (int8_t)p->input2_zero_point) {
+    const int s1 = 31 - p->input1_shift, s2 = 31 - p->input2_shift, so = 31 - p->output_shift;
+    const int e1 = s1 < 32 ? 32 - s1 : 0, e2 = s2 < 32 ? 32 - s2 : 0;
+    if (p->input1_multiplier < 0 || p->input2_multiplier < 0 || p->output_multiplier < 0 || so < 32 ||
+        p->left_shift < 0 || p->left_shift + e1 > 23 || p->left_shift + e2 > 23 ||
+        p->input1_zero_point != (int8_t)p->input1_zero_point || p->input2_zero_point != (int8_t)p->input2_zero_point) {
         return 0;
     }
+    const int32x4_t m1 = vdupq_n_s32(p->input1_multiplier), m2 = vdupq_n_s32(p->input2_multiplier);
+    const int32x4_t mo = vdupq_n_s32(p->output_multiplier);
+    const int32x4_t k1 = vdupq_n_s32(31 - s1 - e1), k2 = vdupq_n_s32(31 - s2 - e2), ko = vdupq_n_s32(31 - so);
+    const int32x4_t shift1 = vdupq_n_s32(p->left_shift + e1), shift2 = vdupq_n_s32(p->left_shift + e2);
+    const int8x16_t zp1 = vdupq_n_s8((int8_t)p->input1_zero_point), zp2 = vdupq_n_s8((int8_t)p->input2_zero_point);
+    const int32x4_t zpo = vdupq_n_s32(p->output_zero_point);
+    const int8x16_t lo = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_min, -128, 127));
+    const int8x16_t hi = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_max, -128, 127));
     int i = 0;
     for (; i + 16 <= p->size; i += 16) {
         const int8x16_t a = vld1q_s8(x1 + i), b = vld1q_s8(x2 + i);
         int32x4_t sa[4], sb[4], v[4];
-        widen_shifted_neon(vsubl_s8(vget_low_s8(a), vget_low_s8(zp1)), left_shift, sa);
-        widen_shifted_neon(vsubl_high_s8(a, zp1), left_shift, sa + 2);
-        widen_shifted_neon(vsubl_s8(vget_low_s8(b), vget_low_s8(zp2)), left_shift, sb);
-        widen_shifted_neon(vsubl_high_s8(b, zp2), left_shift, sb + 2);
+        widen_shifted_neon(vsubl_s8(vget_low_s8(a), vget_low_s8(zp1)), shift1, sa);
+        widen_shifted_neon(vsubl_high_s8(a, zp1), shift1, sa + 2);
+        widen_shifted_neon(vsubl_s8(vget_low_s8(b), vget_low_s8(zp2)), shift2, sb);
+        widen_shifted_neon(vsubl_high_s8(b, zp2), shift2, sb + 2);
         for (int k = 0; k < 4; ++k) {
-            const int32x4_t sum = vaddq_s32(fw_requant_neon_apply(sa[k], &q1), fw_requant_neon_apply(sb[k], &q2));
-            v[k] = fw_requant_neon_apply(sum, &qo);
+            const int32x4_t sum = vaddq_s32(fw_requant4_neon_high(sa[k], m1, k1), fw_requant4_neon_high(sb[k], m2, k2));
+            v[k] = fw_requant4_neon_high(sum, mo, ko);
         }
         vst1q_s8(y + i, fw_narrow16_neon(v, zpo, lo, hi));
     }
@@ -153,17 +162,23 @@ static int add_s8_neon(const fw_elementwise_params *p, const int8_t *x1, const i
 }
 
 /* Same-shape MUL, sixteen elements per step: (x1 - zp1) * (x2 - zp2) exactly in int32 (SMULL
- * of the int16 differences), then the output requantization as in add_s8_neon. */
+ * of the int16 differences), then the output requantization (requant_neon.h). An output total
+ * shift below 32 (a product scale of at least half the output's) is raised to 32 or more by
+ * shifting the product left (|product| <= 255 * 255 < 2^16, so up to 14 bits fit), as in
+ * add_s8_neon; returns how many leading elements it wrote. */
 static int mul_s8_neon(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y)
 {
-    const fw_requant_neon qo = fw_requant_neon_setup(p->output_multiplier, p->output_shift);
+    const int so = 31 - p->output_shift, e = so < 32 ? 32 - so : 0;
+    if (p->output_multiplier < 0 || e > 14 || p->input1_zero_point != (int8_t)p->input1_zero_point ||
+        p->input2_zero_point != (int8_t)p->input2_zero_point) {
+        return 0;
+    }
+    const int32x4_t mo = vdupq_n_s32(p->output_multiplier), ko = vdupq_n_s32(31 - so - e);
+    const int32x4_t product_shift = vdupq_n_s32(e);
     const int8x16_t zp1 = vdupq_n_s8((int8_t)p->input1_zero_point), zp2 = vdupq_n_s8((int8_t)p->input2_zero_point);
     const int32x4_t zpo = vdupq_n_s32(p->output_zero_point);
     const int8x16_t lo = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_min, -128, 127));
     const int8x16_t hi = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_max, -128, 127));
-    if (p->input1_zero_point != (int8_t)p->input1_zero_point || p->input2_zero_point != (int8_t)p->input2_zero_point) {
-        return 0;
-    }
     int i = 0;
     for (; i + 16 <= p->size; i += 16) {
         const int8x16_t a = vld1q_s8(x1 + i), b = vld1q_s8(x2 + i);
@@ -175,7 +190,7 @@ static int mul_s8_neon(const fw_elementwise_params *p, const int8_t *x1, const i
         v[2] = vmull_s16(vget_low_s16(a_hi), vget_low_s16(b_hi));
         v[3] = vmull_high_s16(a_hi, b_hi);
         for (int k = 0; k < 4; ++k) {
-            v[k] = fw_requant_neon_apply(v[k], &qo);
+            v[k] = fw_requant4_neon_high(vshlq_s32(v[k], product_shift), mo, ko);
         }
         vst1q_s8(y + i, fw_narrow16_neon(v, zpo, lo, hi));
     }

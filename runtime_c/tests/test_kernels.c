@@ -408,6 +408,26 @@ static void test_elementwise_random(void)
         }
         CHECK(y[q.size] == 0x55, "add round %d wrote past the output", round);
     }
+    /* MUL with output total shifts 30 and 31 (a product scale of at least half the output's)
+     * on small inputs, so that the outputs do not saturate. */
+    for (int shift = 0; shift <= 1; ++shift) {
+        static int8_t sa[203], sb[203];
+        fw_elementwise_params q;
+        memset(&q, 0, sizeof q);
+        q.size = 203;
+        q.input1.divisor = q.input2.divisor = 1; q.input1.modulus = q.input2.modulus = q.size;
+        q.input1_zero_point = fw_test_rand(-3, 3); q.input2_zero_point = fw_test_rand(-3, 3);
+        q.output_zero_point = fw_test_rand(-5, 5);
+        q.output_multiplier = fw_test_rand(1 << 30, INT32_MAX); q.output_shift = shift;
+        q.activation_min = -128; q.activation_max = 127;
+        for (int i = 0; i < q.size; ++i) { sa[i] = (int8_t)fw_test_rand(-6, 6); sb[i] = (int8_t)fw_test_rand(-6, 6); }
+        FW_DISPATCH(fw_mul_s8)(&q, sa, sb, y);
+        for (int i = 0; i < q.size; ++i) {
+            const int32_t v = fw_multiply_by_quantized_multiplier((sa[i] - q.input1_zero_point) * (sb[i] - q.input2_zero_point),
+                                                                  q.output_multiplier, q.output_shift) + q.output_zero_point;
+            bad_mul += y[i] != fw_clamp_s32(v, -128, 127);
+        }
+    }
     CHECK(bad_mul == 0, "mul 1003 elements: %d outputs differ from the definition", bad_mul);
     CHECK(bad_broadcast_mul == 0, "mul broadcast: %d outputs differ from the definition", bad_broadcast_mul);
     CHECK(bad_add == 0, "add same shape and broadcast: %d outputs differ from the definition", bad_add);
@@ -510,13 +530,13 @@ static void test_pools_random(void)
             max_bad += y[(oy * p.out_w + ox) * C + c] != fw_clamp_s32(m, p.activation_min, p.activation_max);
         }
         CHECK(y[n] == 0x55, "max pool round %d wrote past the output", round);
-        /* average pool: dilation 1, one multiplier per count, total shifts 30..36 */
+        /* average pool: dilation 1, one multiplier per count */
         p.dilation_h = 1;
         p.out_h = out_size(p.in_h, p.kernel_h, p.stride_h, 2 * p.pad_top, 1);
         int32_t mults[10], shifts[10];
-        for (int k = 0; k < 10; ++k) {
+        for (int k = 0; k < 10; ++k) { /* about 1 / k, total shifts 30 (k = 1), 31 (k = 2) and above */
             mults[k] = fw_test_rand(1 << 30, INT32_MAX);
-            shifts[k] = fw_test_rand(-5, 1);
+            shifts[k] = k <= 1 ? 1 : k == 2 ? 0 : (k > 4 ? -3 : -2) + fw_test_rand(0, 1);
         }
         const int n_avg = p.out_h * p.out_w * C;
         y[n_avg] = 0x55;

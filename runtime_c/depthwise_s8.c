@@ -208,9 +208,8 @@ static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const
 /* fw_multiply_by_quantized_multiplier of the four channels at multiplier/shift (requant_neon.h):
  * SQDMULH and SRSHL by shift when every channel of the call has s = 31 - shift >= 32, the
  * 64-bit products otherwise. */
-static inline int32x4_t depthwise_requant4_neon(int32x4_t acc, const int32_t *multiplier, const int32_t *shift, int high)
+static inline int32x4_t depthwise_requant4_neon(int32x4_t acc, int32x4_t m, int32x4_t sh, int high)
 {
-    const int32x4_t m = vld1q_s32(multiplier), sh = vld1q_s32(shift);
     if (high) {
         return fw_requant4_neon_high(acc, m, sh);
     }
@@ -239,10 +238,14 @@ static void depthwise_tiles_neon(const fw_conv_params *p, const int8_t *x, const
     const int8x16_t zp8 = vdupq_n_s8((int8_t)zero_point);
     const int32x4_t zpo = vdupq_n_s32(output_zero_point);
     const int8x16_t lo8 = vdupq_n_s8((int8_t)lo), hi8 = vdupq_n_s8((int8_t)hi);
-    int high = 1;
+    int high = 1, byte_products = 1;
     for (int c = 0; c < channels; ++c) {
         high &= shift[c] <= -1 && multiplier[c] >= 0;
     }
+    for (int i = 0; i < taps * channels; ++i) {
+        byte_products &= w[i] != -128;
+    }
+    int32_t adjusted[FW_CHANNEL_BLOCK];
     memset(padding, (int8_t)zero_point, sizeof padding);
     for (int i = 0; i < taps; ++i) {
         const int ky = i / kernel_w, kx = i - ky * kernel_w;
@@ -252,6 +255,17 @@ static void depthwise_tiles_neon(const fw_conv_params *p, const int8_t *x, const
         const int count = channels - c0 < FW_CHANNEL_BLOCK ? channels - c0 : FW_CHANNEL_BLOCK;
         const int8_t *wb = w + c0;
         const int32_t *mb = multiplier + c0, *sb = shift + c0;
+        if (byte_products) {
+            /* bias - zp * (sum of the channel's weights): the byte products sum x * w over every
+             * tap, padding taps reading zp included, which is sum (x - zp) * w plus zp * sum w. */
+            for (int j = 0; j < count; ++j) {
+                int32_t sum = 0;
+                for (int i = 0; i < taps; ++i) {
+                    sum += wb[(size_t)i * channels + j];
+                }
+                adjusted[j] = (int32_t)((uint32_t)(bias ? bias[c0 + j] : 0) - (uint32_t)zero_point * (uint32_t)sum);
+            }
+        }
         for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
             const int tile = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;
             for (int t = 0; t < FW_TILE_PIXELS; ++t) {
@@ -280,28 +294,66 @@ static void depthwise_tiles_neon(const fw_conv_params *p, const int8_t *x, const
             for (; c + 16 <= count; c += 16) {
                 int32x4_t acc[FW_TILE_PIXELS][4];
                 for (int j = 0; j < 4; ++j) {
-                    const int32x4_t b = bias ? vld1q_s32(bias + c0 + c + 4 * j) : vdupq_n_s32(0);
+                    const int32x4_t b = byte_products ? vld1q_s32(adjusted + c + 4 * j)
+                                        : bias        ? vld1q_s32(bias + c0 + c + 4 * j)
+                                                      : vdupq_n_s32(0);
                     for (int t = 0; t < FW_TILE_PIXELS; ++t) {
                         acc[t][j] = b;
                     }
                 }
-                for (int i = 0; i < taps; ++i) {
-                    const int8x16_t wv = vld1q_s8(wb + (size_t)i * channels + c);
-                    const int16x8_t wl = vmovl_s8(vget_low_s8(wv)), wh = vmovl_high_s8(wv);
-                    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-                        const int8x16_t xv = vld1q_s8(src[t][i] + c);
-                        const int16x8_t xl = vsubl_s8(vget_low_s8(xv), vget_low_s8(zp8));
-                        const int16x8_t xh = vsubl_high_s8(xv, zp8);
-                        acc[t][0] = vmlal_s16(acc[t][0], vget_low_s16(xl), vget_low_s16(wl));
-                        acc[t][1] = vmlal_high_s16(acc[t][1], xl, wl);
-                        acc[t][2] = vmlal_s16(acc[t][2], vget_low_s16(xh), vget_low_s16(wh));
-                        acc[t][3] = vmlal_high_s16(acc[t][3], xh, wh);
+                if (byte_products) {
+                    /* x * w of two taps summed in int16 (SMULL, SMLAL of bytes), then widened into
+                     * the int32 sums (SADDW) */
+                    int i = 0;
+                    for (; i + 2 <= taps; i += 2) {
+                        const int8x16_t w0 = vld1q_s8(wb + (size_t)i * channels + c);
+                        const int8x16_t w1 = vld1q_s8(wb + (size_t)(i + 1) * channels + c);
+                        for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+                            const int8x16_t x0 = vld1q_s8(src[t][i] + c), x1 = vld1q_s8(src[t][i + 1] + c);
+                            int16x8_t lo = vmull_s8(vget_low_s8(x0), vget_low_s8(w0)), hi = vmull_high_s8(x0, w0);
+                            lo = vmlal_s8(lo, vget_low_s8(x1), vget_low_s8(w1));
+                            hi = vmlal_high_s8(hi, x1, w1);
+                            acc[t][0] = vaddw_s16(acc[t][0], vget_low_s16(lo));
+                            acc[t][1] = vaddw_high_s16(acc[t][1], lo);
+                            acc[t][2] = vaddw_s16(acc[t][2], vget_low_s16(hi));
+                            acc[t][3] = vaddw_high_s16(acc[t][3], hi);
+                        }
                     }
+                    if (i < taps) {
+                        const int8x16_t w0 = vld1q_s8(wb + (size_t)i * channels + c);
+                        for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+                            const int8x16_t x0 = vld1q_s8(src[t][i] + c);
+                            const int16x8_t lo = vmull_s8(vget_low_s8(x0), vget_low_s8(w0)), hi = vmull_high_s8(x0, w0);
+                            acc[t][0] = vaddw_s16(acc[t][0], vget_low_s16(lo));
+                            acc[t][1] = vaddw_high_s16(acc[t][1], lo);
+                            acc[t][2] = vaddw_s16(acc[t][2], vget_low_s16(hi));
+                            acc[t][3] = vaddw_high_s16(acc[t][3], hi);
+                        }
+                    }
+                } else {
+                    for (int i = 0; i < taps; ++i) {
+                        const int8x16_t wv = vld1q_s8(wb + (size_t)i * channels + c);
+                        const int16x8_t wl = vmovl_s8(vget_low_s8(wv)), wh = vmovl_high_s8(wv);
+                        for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+                            const int8x16_t xv = vld1q_s8(src[t][i] + c);
+                            const int16x8_t xl = vsubl_s8(vget_low_s8(xv), vget_low_s8(zp8));
+                            const int16x8_t xh = vsubl_high_s8(xv, zp8);
+                            acc[t][0] = vmlal_s16(acc[t][0], vget_low_s16(xl), vget_low_s16(wl));
+                            acc[t][1] = vmlal_high_s16(acc[t][1], xl, wl);
+                            acc[t][2] = vmlal_s16(acc[t][2], vget_low_s16(xh), vget_low_s16(wh));
+                            acc[t][3] = vmlal_high_s16(acc[t][3], xh, wh);
+                        }
+                    }
+                }
+                int32x4_t m[4], sh[4];
+                for (int j = 0; j < 4; ++j) {
+                    m[j] = vld1q_s32(mb + c + 4 * j);
+                    sh[j] = vld1q_s32(sb + c + 4 * j);
                 }
                 for (int t = 0; t < tile; ++t) {
                     int32x4_t v[4];
                     for (int j = 0; j < 4; ++j) {
-                        v[j] = depthwise_requant4_neon(acc[t][j], mb + c + 4 * j, sb + c + 4 * j, high);
+                        v[j] = depthwise_requant4_neon(acc[t][j], m[j], sh[j], high);
                     }
                     vst1q_s8(yb + (size_t)t * channels + c, fw_narrow16_neon(v, zpo, lo8, hi8));
                 }
@@ -323,8 +375,9 @@ static void depthwise_tiles_neon(const fw_conv_params *p, const int8_t *x, const
                     }
                 }
                 for (int t = 0; t < tile; ++t) {
-                    const int32x4_t v0 = depthwise_requant4_neon(acc[t][0], mb + c, sb + c, high);
-                    const int32x4_t v1 = depthwise_requant4_neon(acc[t][1], mb + c + 4, sb + c + 4, high);
+                    const int32x4_t v0 = depthwise_requant4_neon(acc[t][0], vld1q_s32(mb + c), vld1q_s32(sb + c), high);
+                    const int32x4_t v1 =
+                        depthwise_requant4_neon(acc[t][1], vld1q_s32(mb + c + 4), vld1q_s32(sb + c + 4), high);
                     vst1_s8(yb + (size_t)t * channels + c, fw_narrow8_neon(v0, v1, zpo, vget_low_s8(lo8), vget_low_s8(hi8)));
                 }
             }

@@ -110,6 +110,9 @@ static int out_size(int in, int k, int s, int pad_total, int d) { return (in + p
 
 /* Requantization and weight ranges of test_conv_s8_case (changed by the shift >= 0 case). */
 static int conv_shift_lo = -12, conv_shift_hi = -6, conv_weight_max = 127, conv_bias_max = 5000;
+/* Extreme data of test_conv_s8_case: 1 sets every fifth weight to -128; 2 takes inputs from
+ * {-128, 127} and weights from {-127, 127}, the largest byte products. */
+static int conv_extreme = 0;
 
 static void test_conv_s8_case(int in_h, int in_w, int in_c, int out_c, int k, int stride, int pad, int dil,
                               int groups, int depthwise, const char *name)
@@ -132,6 +135,11 @@ static void test_conv_s8_case(int in_h, int in_w, int in_c, int out_c, int k, in
     fill_s8(x, in_h * in_w * in_c);
     fill_s8(w, wsize);
     for (int i = 0; i < wsize; ++i) w[i] = (int8_t)(w[i] % (conv_weight_max + 1));
+    for (int i = 0; i < wsize && conv_extreme == 1; i += 5) w[i] = -128;
+    if (conv_extreme == 2) {
+        for (int i = 0; i < in_h * in_w * in_c; ++i) x[i] = x[i] < 0 ? -128 : 127;
+        for (int i = 0; i < wsize; ++i) w[i] = w[i] < 0 ? -127 : 127;
+    }
     for (int c = 0; c < out_c; ++c) {
         bias[c] = fw_test_rand(-conv_bias_max, conv_bias_max);
         mult[c] = fw_test_rand(1 << 30, 0x7fffffff);
@@ -212,6 +220,14 @@ static void test_conv_s8(void)
     test_conv_s8_case(9, 9, 8, 8, 9, 1, 4, 1, 0, 1, "depthwise 9x9 (81 taps, past the NEON limit)");
     test_conv_s8_case(4, 4, 13, 13, 3, 1, 2, 1, 0, 1, "depthwise pad 2: windows wholly in the padding");
     test_conv_s8_case(6, 5, 72, 72, 3, 2, 1, 1, 0, 1, "depthwise 72 channels stride 2 (a block of 64 and one of 8)");
+    /* Weights of -128 (their byte products could overflow int16 in pairs; the NEON path widens
+     * x - zp instead), and the largest byte products it sums in pairs. */
+    conv_extreme = 1;
+    test_conv_s8_case(7, 7, 32, 32, 3, 1, 1, 1, 0, 1, "depthwise weights of -128");
+    conv_extreme = 2; conv_shift_lo = -17; conv_shift_hi = -15;
+    test_conv_s8_case(7, 7, 32, 32, 3, 1, 1, 1, 0, 1, "depthwise inputs -128 and 127, weights -127 and 127");
+    test_conv_s8_case(6, 6, 48, 48, 5, 2, 2, 1, 0, 1, "depthwise 5x5 inputs -128 and 127, weights -127 and 127");
+    conv_extreme = 0; conv_shift_lo = -12; conv_shift_hi = -6;
 }
 
 static void test_conv_f32(void)

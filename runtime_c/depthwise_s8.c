@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "fwedge_rt.h"
+#include "requant_neon.h"
 
 static void depthwise_tiles(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
                             const int32_t *multiplier, const int32_t *shift, int8_t *y)
@@ -200,6 +201,201 @@ static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const
 }
 #endif
 
+#if defined(FW_NEON)
+/* Taps of a depthwise kernel the NEON path takes (7x7 and more go to depthwise_tiles). */
+#define FW_DW_NEON_TAPS 49
+
+/* fw_multiply_by_quantized_multiplier of the four channels at multiplier/shift (requant_neon.h):
+ * SQDMULH and SRSHL by shift when every channel of the call has s = 31 - shift >= 32, the
+ * 64-bit products otherwise. */
+static inline int32x4_t depthwise_requant4_neon(int32x4_t acc, int32x4_t m, int32x4_t sh, int high)
+{
+    if (high) {
+        return fw_requant4_neon_high(acc, m, sh);
+    }
+    const int32x4_t neg_s = vsubq_s32(sh, vdupq_n_s32(31));
+    return fw_requant4_neon_wide(acc, m, vmovl_s32(vget_low_s32(neg_s)), vmovl_high_s32(neg_s));
+}
+
+/* Channel multiplier 1, at most FW_DW_NEON_TAPS taps. Tiles of FW_TILE_PIXELS output pixels
+ * and channel blocks of FW_CHANNEL_BLOCK: every tap of every pixel of the tile points at its
+ * input pixel, or at a row holding the input zero point when it falls in the padding (x - zp is
+ * then 0, so padding adds nothing, exactly as a skipped tap). Per sixteen channels and tap, the
+ * weights are loaded and widened once and serve the tile's four pixels: (x - zp) widened to
+ * int16 (SSUBL), multiplied and accumulated into int32 with SMLAL/SMLAL2, sixteen accumulators
+ * in registers. An eight-channel step and a scalar loop take the block's last channels. */
+static void depthwise_tiles_neon(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
+                                 const int32_t *multiplier, const int32_t *shift, int8_t *y)
+{
+    int8_t padding[FW_CHANNEL_BLOCK];
+    const int8_t *src[FW_TILE_PIXELS][FW_DW_NEON_TAPS];
+    ptrdiff_t offset[FW_DW_NEON_TAPS];
+    const int channels = p->out_c, pixels = p->out_h * p->out_w, taps = p->kernel_h * p->kernel_w;
+    const int in_h = p->in_h, in_w = p->in_w, kernel_w = p->kernel_w;
+    const int span_h = (p->kernel_h - 1) * p->dilation_h, span_w = (p->kernel_w - 1) * p->dilation_w;
+    const int32_t zero_point = p->input_zero_point, output_zero_point = p->output_zero_point;
+    const int32_t lo = fw_clamp_s32(p->activation_min, -128, 127), hi = fw_clamp_s32(p->activation_max, -128, 127);
+    const int8x16_t zp8 = vdupq_n_s8((int8_t)zero_point);
+    const int32x4_t zpo = vdupq_n_s32(output_zero_point);
+    const int8x16_t lo8 = vdupq_n_s8((int8_t)lo), hi8 = vdupq_n_s8((int8_t)hi);
+    int high = 1, byte_products = 1;
+    for (int c = 0; c < channels; ++c) {
+        high &= shift[c] <= -1 && multiplier[c] >= 0;
+    }
+    for (int i = 0; i < taps * channels; ++i) {
+        byte_products &= w[i] != -128;
+    }
+    int32_t adjusted[FW_CHANNEL_BLOCK];
+    memset(padding, (int8_t)zero_point, sizeof padding);
+    for (int i = 0; i < taps; ++i) {
+        const int ky = i / kernel_w, kx = i - ky * kernel_w;
+        offset[i] = ((ptrdiff_t)ky * p->dilation_h * in_w + (ptrdiff_t)kx * p->dilation_w) * channels;
+    }
+    for (int c0 = 0; c0 < channels; c0 += FW_CHANNEL_BLOCK) {
+        const int count = channels - c0 < FW_CHANNEL_BLOCK ? channels - c0 : FW_CHANNEL_BLOCK;
+        const int8_t *wb = w + c0;
+        const int32_t *mb = multiplier + c0, *sb = shift + c0;
+        if (byte_products) {
+            /* bias - zp * (sum of the channel's weights): the byte products sum x * w over every
+             * tap, padding taps reading zp included, which is sum (x - zp) * w plus zp * sum w. */
+            for (int j = 0; j < count; ++j) {
+                int32_t sum = 0;
+                for (int i = 0; i < taps; ++i) {
+                    sum += wb[(size_t)i * channels + j];
+                }
+                adjusted[j] = (int32_t)((uint32_t)(bias ? bias[c0 + j] : 0) - (uint32_t)zero_point * (uint32_t)sum);
+            }
+        }
+        for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
+            const int tile = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;
+            for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+                const int pixel = pixel0 + (t < tile ? t : 0);
+                const int oy = pixel / p->out_w, ox = pixel - oy * p->out_w;
+                const int y0 = oy * p->stride_h - p->pad_top, x0 = ox * p->stride_w - p->pad_left;
+                if (y0 >= 0 && y0 + span_h < in_h && x0 >= 0 && x0 + span_w < in_w) {
+                    const int8_t *base = x + ((size_t)y0 * in_w + x0) * channels + c0;
+                    for (int i = 0; i < taps; ++i) {
+                        src[t][i] = base + offset[i];
+                    }
+                } else {
+                    for (int i = 0, ky = 0, kx = 0; i < taps; ++i) {
+                        const int iy = y0 + ky * p->dilation_h, ix = x0 + kx * p->dilation_w;
+                        const int inside = iy >= 0 && iy < in_h && ix >= 0 && ix < in_w;
+                        src[t][i] = inside ? x + ((size_t)iy * in_w + ix) * channels + c0 : padding;
+                        if (++kx == kernel_w) {
+                            kx = 0;
+                            ++ky;
+                        }
+                    }
+                }
+            }
+            int8_t *yb = y + (size_t)pixel0 * channels + c0;
+            int c = 0;
+            for (; c + 16 <= count; c += 16) {
+                int32x4_t acc[FW_TILE_PIXELS][4];
+                for (int j = 0; j < 4; ++j) {
+                    const int32x4_t b = byte_products ? vld1q_s32(adjusted + c + 4 * j)
+                                        : bias        ? vld1q_s32(bias + c0 + c + 4 * j)
+                                                      : vdupq_n_s32(0);
+                    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+                        acc[t][j] = b;
+                    }
+                }
+                if (byte_products) {
+                    /* x * w of two taps summed in int16 (SMULL, SMLAL of bytes), then widened into
+                     * the int32 sums (SADDW) */
+                    int i = 0;
+                    for (; i + 2 <= taps; i += 2) {
+                        const int8x16_t w0 = vld1q_s8(wb + (size_t)i * channels + c);
+                        const int8x16_t w1 = vld1q_s8(wb + (size_t)(i + 1) * channels + c);
+                        for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+                            const int8x16_t x0 = vld1q_s8(src[t][i] + c), x1 = vld1q_s8(src[t][i + 1] + c);
+                            int16x8_t lo = vmull_s8(vget_low_s8(x0), vget_low_s8(w0)), hi = vmull_high_s8(x0, w0);
+                            lo = vmlal_s8(lo, vget_low_s8(x1), vget_low_s8(w1));
+                            hi = vmlal_high_s8(hi, x1, w1);
+                            acc[t][0] = vaddw_s16(acc[t][0], vget_low_s16(lo));
+                            acc[t][1] = vaddw_high_s16(acc[t][1], lo);
+                            acc[t][2] = vaddw_s16(acc[t][2], vget_low_s16(hi));
+                            acc[t][3] = vaddw_high_s16(acc[t][3], hi);
+                        }
+                    }
+                    if (i < taps) {
+                        const int8x16_t w0 = vld1q_s8(wb + (size_t)i * channels + c);
+                        for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+                            const int8x16_t x0 = vld1q_s8(src[t][i] + c);
+                            const int16x8_t lo = vmull_s8(vget_low_s8(x0), vget_low_s8(w0)), hi = vmull_high_s8(x0, w0);
+                            acc[t][0] = vaddw_s16(acc[t][0], vget_low_s16(lo));
+                            acc[t][1] = vaddw_high_s16(acc[t][1], lo);
+                            acc[t][2] = vaddw_s16(acc[t][2], vget_low_s16(hi));
+                            acc[t][3] = vaddw_high_s16(acc[t][3], hi);
+                        }
+                    }
+                } else {
+                    for (int i = 0; i < taps; ++i) {
+                        const int8x16_t wv = vld1q_s8(wb + (size_t)i * channels + c);
+                        const int16x8_t wl = vmovl_s8(vget_low_s8(wv)), wh = vmovl_high_s8(wv);
+                        for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+                            const int8x16_t xv = vld1q_s8(src[t][i] + c);
+                            const int16x8_t xl = vsubl_s8(vget_low_s8(xv), vget_low_s8(zp8));
+                            const int16x8_t xh = vsubl_high_s8(xv, zp8);
+                            acc[t][0] = vmlal_s16(acc[t][0], vget_low_s16(xl), vget_low_s16(wl));
+                            acc[t][1] = vmlal_high_s16(acc[t][1], xl, wl);
+                            acc[t][2] = vmlal_s16(acc[t][2], vget_low_s16(xh), vget_low_s16(wh));
+                            acc[t][3] = vmlal_high_s16(acc[t][3], xh, wh);
+                        }
+                    }
+                }
+                int32x4_t m[4], sh[4];
+                for (int j = 0; j < 4; ++j) {
+                    m[j] = vld1q_s32(mb + c + 4 * j);
+                    sh[j] = vld1q_s32(sb + c + 4 * j);
+                }
+                for (int t = 0; t < tile; ++t) {
+                    int32x4_t v[4];
+                    for (int j = 0; j < 4; ++j) {
+                        v[j] = depthwise_requant4_neon(acc[t][j], m[j], sh[j], high);
+                    }
+                    vst1q_s8(yb + (size_t)t * channels + c, fw_narrow16_neon(v, zpo, lo8, hi8));
+                }
+            }
+            for (; c + 8 <= count; c += 8) {
+                int32x4_t acc[FW_TILE_PIXELS][2];
+                for (int j = 0; j < 2; ++j) {
+                    const int32x4_t b = bias ? vld1q_s32(bias + c0 + c + 4 * j) : vdupq_n_s32(0);
+                    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+                        acc[t][j] = b;
+                    }
+                }
+                for (int i = 0; i < taps; ++i) {
+                    const int16x8_t wl = vmovl_s8(vld1_s8(wb + (size_t)i * channels + c));
+                    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+                        const int16x8_t xl = vsubl_s8(vld1_s8(src[t][i] + c), vget_low_s8(zp8));
+                        acc[t][0] = vmlal_s16(acc[t][0], vget_low_s16(xl), vget_low_s16(wl));
+                        acc[t][1] = vmlal_high_s16(acc[t][1], xl, wl);
+                    }
+                }
+                for (int t = 0; t < tile; ++t) {
+                    const int32x4_t v0 = depthwise_requant4_neon(acc[t][0], vld1q_s32(mb + c), vld1q_s32(sb + c), high);
+                    const int32x4_t v1 =
+                        depthwise_requant4_neon(acc[t][1], vld1q_s32(mb + c + 4), vld1q_s32(sb + c + 4), high);
+                    vst1_s8(yb + (size_t)t * channels + c, fw_narrow8_neon(v0, v1, zpo, vget_low_s8(lo8), vget_low_s8(hi8)));
+                }
+            }
+            for (; c < count; ++c) {
+                for (int t = 0; t < tile; ++t) {
+                    int32_t a = bias ? bias[c0 + c] : 0;
+                    for (int i = 0; i < taps; ++i) {
+                        a += (int16_t)(src[t][i][c] - zero_point) * (int16_t)wb[(size_t)i * channels + c];
+                    }
+                    const int32_t v = fw_multiply_by_quantized_multiplier(a, mb[c], sb[c]) + output_zero_point;
+                    yb[(size_t)t * channels + c] = (int8_t)fw_clamp_s32(v, lo, hi);
+                }
+            }
+        }
+    }
+}
+#endif
+
 void fw_depthwise_conv2d_s8(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
                             const int32_t *multiplier, const int32_t *shift, int8_t *y)
 {
@@ -209,6 +405,12 @@ void fw_depthwise_conv2d_s8(const fw_conv_params *p, const int8_t *x, const int8
 #if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
     if (channel_multiplier == 1 && p->out_c % 8 == 0 && p->kernel_h * p->kernel_w <= FW_DW_TAPS) {
         depthwise_tiles_sse2(p, x, w, bias, multiplier, shift, y);
+        return;
+    }
+#endif
+#if defined(FW_NEON)
+    if (channel_multiplier == 1 && p->kernel_h * p->kernel_w <= FW_DW_NEON_TAPS) {
+        depthwise_tiles_neon(p, x, w, bias, multiplier, shift, y);
         return;
     }
 #endif

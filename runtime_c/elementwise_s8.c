@@ -1,5 +1,6 @@
 /* int8 element-wise ADD and MUL with TFLite reference requantization and modular broadcasting. */
 #include "fwedge_rt.h"
+#include "requant_neon.h"
 
 static inline int broadcast_index(const fw_broadcast *b, int i)
 {
@@ -111,6 +112,92 @@ static int add_s8_avx2(const fw_elementwise_params *p, const int8_t *x1, const i
 }
 #endif
 
+#if defined(FW_NEON)
+/* Eight int8 lanes minus the zero point (int16, exact) -> two vectors of that << left_shift as int32. */
+static inline void widen_shifted_neon(int16x8_t d, int32x4_t left_shift, int32x4_t *out)
+{
+    out[0] = vshlq_s32(vmovl_s16(vget_low_s16(d)), left_shift);
+    out[1] = vshlq_s32(vmovl_high_s16(d), left_shift);
+}
+
+/* Same-shape ADD of layers whose total shifts allow it (every TFLite-style ADD: input scales
+ * at most half the common scale, output shift well below), sixteen elements per step, all three
+ * requantizations as SQDMULH and SRSHL (requant_neon.h, s >= 32): an input whose total shift s
+ * is below 32 is shifted left e = 32 - s more bits before it, which leaves
+ * (x * 2^e * m + 2^(s + e - 1)) >> (s + e) = (x * m + 2^(s - 1)) >> s unchanged; (x - zp) <<
+ * (left_shift + e) must fit in int32 for that, as (x - zp) << left_shift does in the scalar
+ * code. Returns how many leading elements it wrote (0: other shifts, left to the caller). */
+static int add_s8_neon(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y)
+{
+    const int s1 = 31 - p->input1_shift, s2 = 31 - p->input2_shift, so = 31 - p->output_shift;
+    const int e1 = s1 < 32 ? 32 - s1 : 0, e2 = s2 < 32 ? 32 - s2 : 0;
+    if (p->input1_multiplier < 0 || p->input2_multiplier < 0 || p->output_multiplier < 0 || so < 32 ||
+        p->left_shift < 0 || p->left_shift + e1 > 23 || p->left_shift + e2 > 23 ||
+        p->input1_zero_point != (int8_t)p->input1_zero_point || p->input2_zero_point != (int8_t)p->input2_zero_point) {
+        return 0;
+    }
+    const int32x4_t m1 = vdupq_n_s32(p->input1_multiplier), m2 = vdupq_n_s32(p->input2_multiplier);
+    const int32x4_t mo = vdupq_n_s32(p->output_multiplier);
+    const int32x4_t k1 = vdupq_n_s32(31 - s1 - e1), k2 = vdupq_n_s32(31 - s2 - e2), ko = vdupq_n_s32(31 - so);
+    const int32x4_t shift1 = vdupq_n_s32(p->left_shift + e1), shift2 = vdupq_n_s32(p->left_shift + e2);
+    const int8x16_t zp1 = vdupq_n_s8((int8_t)p->input1_zero_point), zp2 = vdupq_n_s8((int8_t)p->input2_zero_point);
+    const int32x4_t zpo = vdupq_n_s32(p->output_zero_point);
+    const int8x16_t lo = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_min, -128, 127));
+    const int8x16_t hi = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_max, -128, 127));
+    int i = 0;
+    for (; i + 16 <= p->size; i += 16) {
+        const int8x16_t a = vld1q_s8(x1 + i), b = vld1q_s8(x2 + i);
+        int32x4_t sa[4], sb[4], v[4];
+        widen_shifted_neon(vsubl_s8(vget_low_s8(a), vget_low_s8(zp1)), shift1, sa);
+        widen_shifted_neon(vsubl_high_s8(a, zp1), shift1, sa + 2);
+        widen_shifted_neon(vsubl_s8(vget_low_s8(b), vget_low_s8(zp2)), shift2, sb);
+        widen_shifted_neon(vsubl_high_s8(b, zp2), shift2, sb + 2);
+        for (int k = 0; k < 4; ++k) {
+            const int32x4_t sum = vaddq_s32(fw_requant4_neon_high(sa[k], m1, k1), fw_requant4_neon_high(sb[k], m2, k2));
+            v[k] = fw_requant4_neon_high(sum, mo, ko);
+        }
+        vst1q_s8(y + i, fw_narrow16_neon(v, zpo, lo, hi));
+    }
+    return i;
+}
+
+/* Same-shape MUL, sixteen elements per step: (x1 - zp1) * (x2 - zp2) exactly in int32 (SMULL
+ * of the int16 differences), then the output requantization (requant_neon.h). An output total
+ * shift below 32 (a product scale of at least half the output's) is raised to 32 or more by
+ * shifting the product left (|product| <= 255 * 255 < 2^16, so up to 14 bits fit), as in
+ * add_s8_neon; returns how many leading elements it wrote. */
+static int mul_s8_neon(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y)
+{
+    const int so = 31 - p->output_shift, e = so < 32 ? 32 - so : 0;
+    if (p->output_multiplier < 0 || e > 14 || p->input1_zero_point != (int8_t)p->input1_zero_point ||
+        p->input2_zero_point != (int8_t)p->input2_zero_point) {
+        return 0;
+    }
+    const int32x4_t mo = vdupq_n_s32(p->output_multiplier), ko = vdupq_n_s32(31 - so - e);
+    const int32x4_t product_shift = vdupq_n_s32(e);
+    const int8x16_t zp1 = vdupq_n_s8((int8_t)p->input1_zero_point), zp2 = vdupq_n_s8((int8_t)p->input2_zero_point);
+    const int32x4_t zpo = vdupq_n_s32(p->output_zero_point);
+    const int8x16_t lo = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_min, -128, 127));
+    const int8x16_t hi = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_max, -128, 127));
+    int i = 0;
+    for (; i + 16 <= p->size; i += 16) {
+        const int8x16_t a = vld1q_s8(x1 + i), b = vld1q_s8(x2 + i);
+        const int16x8_t a_lo = vsubl_s8(vget_low_s8(a), vget_low_s8(zp1)), a_hi = vsubl_high_s8(a, zp1);
+        const int16x8_t b_lo = vsubl_s8(vget_low_s8(b), vget_low_s8(zp2)), b_hi = vsubl_high_s8(b, zp2);
+        int32x4_t v[4];
+        v[0] = vmull_s16(vget_low_s16(a_lo), vget_low_s16(b_lo));
+        v[1] = vmull_high_s16(a_lo, b_lo);
+        v[2] = vmull_s16(vget_low_s16(a_hi), vget_low_s16(b_hi));
+        v[3] = vmull_high_s16(a_hi, b_hi);
+        for (int k = 0; k < 4; ++k) {
+            v[k] = fw_requant4_neon_high(vshlq_s32(v[k], product_shift), mo, ko);
+        }
+        vst1q_s8(y + i, fw_narrow16_neon(v, zpo, lo, hi));
+    }
+    return i;
+}
+#endif
+
 void fw_add_s8(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y)
 {
     if (p->input1.modulus == p->size && p->input2.modulus == p->size) {
@@ -121,6 +208,8 @@ void fw_add_s8(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x
         i = add_s8_avx2(&params, x1, x2, y);
 #elif defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
         i = add_s8_sse2(&params, x1, x2, y);
+#elif defined(FW_NEON)
+        i = add_s8_neon(&params, x1, x2, y);
 #endif
         for (; i < params.size; ++i) {
             y[i] = add_one(&params, x1[i], x2[i]);
@@ -135,7 +224,11 @@ void fw_add_s8(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x
 void fw_mul_s8(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y)
 {
     if (p->input1.modulus == p->size && p->input2.modulus == p->size) {
-        for (int i = 0; i < p->size; ++i) {
+        int i = 0;
+#if defined(FW_NEON)
+        i = mul_s8_neon(p, x1, x2, y);
+#endif
+        for (; i < p->size; ++i) {
             y[i] = mul_one(p, x1[i], x2[i]);
         }
         return;

@@ -1,5 +1,133 @@
 /* int8 max pool (shared quantization), average pool and global average pool (requantized). */
 #include "fwedge_rt.h"
+#include "requant_neon.h"
+
+#if defined(FW_NEON)
+/* Window taps the NEON pools list per output pixel (larger windows take the portable loops). */
+#define FW_POOL_NEON_TAPS 64
+
+/* The input pixels of output pixel (oy, ox)'s window that lie inside the input; returns their count. */
+static int pool_taps(const fw_pool_params *p, const int8_t *x, int oy, int ox, int dilation_h, int dilation_w,
+                     const int8_t **tap)
+{
+    int taps = 0;
+    for (int ky = 0; ky < p->kernel_h; ++ky) {
+        const int iy = oy * p->stride_h - p->pad_top + ky * dilation_h;
+        if (iy < 0 || iy >= p->in_h) {
+            continue;
+        }
+        for (int kx = 0; kx < p->kernel_w; ++kx) {
+            const int ix = ox * p->stride_w - p->pad_left + kx * dilation_w;
+            if (ix >= 0 && ix < p->in_w) {
+                tap[taps++] = x + ((size_t)iy * p->in_w + ix) * p->channels;
+            }
+        }
+    }
+    return taps;
+}
+/* Sixteen channels of sum over taps of (x - zp) in int32 (four vectors), from int16 partial sums
+ * of the bytes (SADDW; at most FW_POOL_NEON_TAPS = 64 taps of 128, no overflow) less
+ * taps * zp, which is the scalar sum of x - zp exactly. */
+static inline void pool_sum16_neon(const int8_t *const *tap, int taps, int c, int32x4_t minus_zp, int32x4_t *acc)
+{
+    int16x8_t lo = vdupq_n_s16(0), hi = lo;
+    for (int t = 0; t < taps; ++t) {
+        const int8x16_t v = vld1q_s8(tap[t] + c);
+        lo = vaddw_s8(lo, vget_low_s8(v));
+        hi = vaddw_high_s8(hi, v);
+    }
+    acc[0] = vaddw_s16(minus_zp, vget_low_s16(lo));
+    acc[1] = vaddw_high_s16(minus_zp, lo);
+    acc[2] = vaddw_s16(minus_zp, vget_low_s16(hi));
+    acc[3] = vaddw_high_s16(minus_zp, hi);
+}
+
+/* Average pool with at most FW_POOL_NEON_TAPS taps: each pixel's valid taps listed once, its
+ * count's multiplier set up once (requant_neon.h), sixteen channels per step. */
+static void avg_pool_neon(const fw_pool_params *p, const int8_t *x, const int32_t *multipliers, const int32_t *shifts,
+                          int8_t *y)
+{
+    const int channels = p->channels;
+    const int32_t zero_point = p->input_zero_point, output_zero_point = p->output_zero_point;
+    const int32_t lo = fw_clamp_s32(p->activation_min, -128, 127), hi = fw_clamp_s32(p->activation_max, -128, 127);
+    const int8x16_t lo8 = vdupq_n_s8((int8_t)lo), hi8 = vdupq_n_s8((int8_t)hi);
+    const int32x4_t zpo = vdupq_n_s32(output_zero_point);
+    const int8_t *tap[FW_POOL_NEON_TAPS];
+    for (int oy = 0; oy < p->out_h; ++oy) {
+        for (int ox = 0; ox < p->out_w; ++ox) {
+            const int taps = pool_taps(p, x, oy, ox, 1, 1, tap);
+            const int32_t divisor = p->count_include_pad ? p->kernel_h * p->kernel_w : taps;
+            const fw_requant_neon q = fw_requant_neon_setup(multipliers[divisor], shifts[divisor]);
+            const int32x4_t minus_zp = vdupq_n_s32(-taps * zero_point);
+            int8_t *yp = y + ((size_t)oy * p->out_w + ox) * channels;
+            int c = 0;
+            for (; c + 16 <= channels; c += 16) {
+                int32x4_t v[4];
+                pool_sum16_neon(tap, taps, c, minus_zp, v);
+                for (int j = 0; j < 4; ++j) {
+                    v[j] = fw_requant_neon_apply(v[j], &q);
+                }
+                vst1q_s8(yp + c, fw_narrow16_neon(v, zpo, lo8, hi8));
+            }
+            for (; c < channels; ++c) {
+                int32_t acc = 0;
+                for (int t = 0; t < taps; ++t) {
+                    acc += tap[t][c] - zero_point;
+                }
+                const int32_t v = fw_multiply_by_quantized_multiplier(acc, multipliers[divisor], shifts[divisor]);
+                yp[c] = (int8_t)fw_clamp_s32(v + output_zero_point, lo, hi);
+            }
+        }
+    }
+}
+
+/* Global average pool, sixteen channels per step: the bytes of up to 256 pixels summed in int16
+ * (SADDW; 256 * 128 fits), each such run widened into the int32 sums (SADDW), pixels * zp taken
+ * off at the end, which is the scalar sum of x - zp exactly. */
+static void global_avg_pool_neon(const fw_pool_params *p, const int8_t *x, int8_t *y)
+{
+    const int channels = p->channels, pixels = p->in_h * p->in_w;
+    const int32_t zero_point = p->input_zero_point, output_zero_point = p->output_zero_point;
+    const int32_t lo = fw_clamp_s32(p->activation_min, -128, 127), hi = fw_clamp_s32(p->activation_max, -128, 127);
+    const int8x16_t lo8 = vdupq_n_s8((int8_t)lo), hi8 = vdupq_n_s8((int8_t)hi);
+    const int32x4_t zpo = vdupq_n_s32(output_zero_point);
+    const fw_requant_neon q = fw_requant_neon_setup(p->multiplier, p->shift);
+    const int32_t minus_zp = (int32_t)(0u - (uint32_t)pixels * (uint32_t)zero_point);
+    int c = 0;
+    for (; c + 16 <= channels; c += 16) {
+        int32x4_t v[4];
+        for (int j = 0; j < 4; ++j) {
+            v[j] = vdupq_n_s32(minus_zp);
+        }
+        for (int i0 = 0; i0 < pixels; i0 += 256) {
+            const int run = pixels - i0 < 256 ? pixels - i0 : 256;
+            const int8_t *xp = x + (size_t)i0 * channels + c;
+            int16x8_t lo16 = vdupq_n_s16(0), hi16 = lo16;
+            for (int i = 0; i < run; ++i, xp += channels) {
+                const int8x16_t b = vld1q_s8(xp);
+                lo16 = vaddw_s8(lo16, vget_low_s8(b));
+                hi16 = vaddw_high_s8(hi16, b);
+            }
+            v[0] = vaddw_s16(v[0], vget_low_s16(lo16));
+            v[1] = vaddw_high_s16(v[1], lo16);
+            v[2] = vaddw_s16(v[2], vget_low_s16(hi16));
+            v[3] = vaddw_high_s16(v[3], hi16);
+        }
+        for (int j = 0; j < 4; ++j) {
+            v[j] = fw_requant_neon_apply(v[j], &q);
+        }
+        vst1q_s8(y + c, fw_narrow16_neon(v, zpo, lo8, hi8));
+    }
+    for (; c < channels; ++c) {
+        int32_t acc = 0;
+        for (int i = 0; i < pixels; ++i) {
+            acc += x[(size_t)i * channels + c] - zero_point;
+        }
+        const int32_t v = fw_multiply_by_quantized_multiplier(acc, p->multiplier, p->shift) + output_zero_point;
+        y[c] = (int8_t)fw_clamp_s32(v, lo, hi);
+    }
+}
+#endif
 
 void fw_max_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y)
 {
@@ -7,6 +135,44 @@ void fw_max_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y)
     const int channels = p->channels, in_h = p->in_h, in_w = p->in_w;
     const int8_t lo = (int8_t)fw_clamp_s32(p->activation_min, -128, 127);
     const int8_t hi = (int8_t)fw_clamp_s32(p->activation_max, -128, 127);
+#if defined(FW_NEON)
+    if (p->kernel_h * p->kernel_w <= FW_POOL_NEON_TAPS) {
+        /* The valid taps listed once per pixel, then sixteen channels per register (SMAX), eight
+         * for the next channels, a scalar loop for the rest; no window is empty, as padding is
+         * smaller than the kernel. */
+        const int8x16_t lo8 = vdupq_n_s8(lo), hi8 = vdupq_n_s8(hi);
+        const int8_t *tap[FW_POOL_NEON_TAPS];
+        for (int oy = 0; oy < p->out_h; ++oy) {
+            for (int ox = 0; ox < p->out_w; ++ox) {
+                const int taps = pool_taps(p, x, oy, ox, p->dilation_h, p->dilation_w, tap);
+                int8_t *yp = y + ((size_t)oy * p->out_w + ox) * channels;
+                int c = 0;
+                for (; c + 16 <= channels; c += 16) {
+                    int8x16_t m = vdupq_n_s8(-128);
+                    for (int t = 0; t < taps; ++t) {
+                        m = vmaxq_s8(m, vld1q_s8(tap[t] + c));
+                    }
+                    vst1q_s8(yp + c, vminq_s8(vmaxq_s8(m, lo8), hi8));
+                }
+                for (; c + 8 <= channels; c += 8) {
+                    int8x8_t m = vdup_n_s8(-128);
+                    for (int t = 0; t < taps; ++t) {
+                        m = vmax_s8(m, vld1_s8(tap[t] + c));
+                    }
+                    vst1_s8(yp + c, vmin_s8(vmax_s8(m, vget_low_s8(lo8)), vget_low_s8(hi8)));
+                }
+                for (; c < channels; ++c) {
+                    int8_t m = -128;
+                    for (int t = 0; t < taps; ++t) {
+                        m = tap[t][c] > m ? tap[t][c] : m;
+                    }
+                    yp[c] = m < lo ? lo : (m > hi ? hi : m);
+                }
+            }
+        }
+        return;
+    }
+#endif
 #if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
     if (channels % 16 == 0 && p->kernel_h * p->kernel_w <= 16) {
         /* The valid taps of a pixel listed once, then sixteen channels per register with the
@@ -73,6 +239,12 @@ void fw_max_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y)
 void fw_avg_pool_s8(const fw_pool_params *p, const int8_t *x, const int32_t *multipliers, const int32_t *shifts,
                     int8_t *y)
 {
+#if defined(FW_NEON)
+    if (p->kernel_h * p->kernel_w <= FW_POOL_NEON_TAPS) {
+        avg_pool_neon(p, x, multipliers, shifts, y);
+        return;
+    }
+#endif
     int32_t acc[FW_CHANNEL_BLOCK];
     const int32_t zero_point = p->input_zero_point;
     for (int oy = 0; oy < p->out_h; ++oy) {
@@ -114,6 +286,10 @@ void fw_avg_pool_s8(const fw_pool_params *p, const int8_t *x, const int32_t *mul
 
 void fw_global_avg_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y)
 {
+#if defined(FW_NEON)
+    global_avg_pool_neon(p, x, y);
+    return;
+#endif
     int32_t acc[FW_CHANNEL_BLOCK];
     const int pixels = p->in_h * p->in_w;
     const int32_t zero_point = p->input_zero_point;

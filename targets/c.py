@@ -3,7 +3,7 @@
 Bundle layout (sources rebuild with the bundled Makefile or CMakeLists.txt):
     model.c, model.h        generated: weights as const arrays, a static arena, fwedge_run()
     main.c                  the harness (runtime_c/harness_main.c): file in, file out, timings
-    fwedge_rt.h, *.c        only the runtime kernels the model uses
+    fwedge_rt.h, *.h, *.c   the runtime headers and only the runtime kernels the model uses
     Makefile, CMakeLists.txt
     bin/fwedge_model        the static binary for the bundle's architecture (when built)
 
@@ -28,7 +28,7 @@ from fwedge.bundle import Bundle, TensorInfo, host_arch, write_bundle
 from fwedge.errors import ExportError, UnsupportedOpError
 from fwedge.ir import opset_version
 from fwedge.lowered.graph import LoweredGraph
-from fwedge.runtime_c import HARNESS, source_dir
+from fwedge.runtime_c import HARNESS, HEADERS, source_dir
 from fwedge.targets.base import C_ARCHES, COptions, ExportOptions, Target, target
 from fwedge.targets.c_build import (
     BINARY, C_FLAGS, Dispatch, build_binary, cmakelists_text, compiler_command, dispatch_build, makefile_text,
@@ -134,8 +134,8 @@ def _write_sources(folder: Path, program: CProgram, plan: _BuildPlan) -> None:
     (folder / "model.c").write_text(program.model_c)
     (folder / "model.h").write_text(program.model_h)
     shutil.copyfile(runtime / HARNESS, folder / "main.c")
-    for header in sorted(runtime.glob("*.h")):  # fwedge_rt.h and any header a kernel includes
-        shutil.copyfile(header, folder / header.name)
+    for header in HEADERS:
+        shutil.copyfile(runtime / header, folder / header)
     for kernel in program.kernels:
         shutil.copyfile(runtime / kernel, folder / kernel)
     for variant in plan.variants:

@@ -18,7 +18,7 @@ from pathlib import Path
 from fwedge.bundle import host_arch
 from fwedge.errors import ExportError
 from fwedge.ir import write_atomic
-from fwedge.runtime_c import HEADER
+from fwedge.runtime_c import HEADERS
 from fwedge.targets.base import C_ARCHES
 from fwedge.targets.c_codegen import CProgram
 
@@ -207,9 +207,8 @@ def _compile_object(compiler: list[str], flags: list[str], folder: Path, source:
     if source not in ("model.c", "main.c"):
         digest = hashlib.sha256(json.dumps([compiler, flags, source]).encode())
         digest.update((folder / source).read_bytes())
-        for header in sorted(folder.glob("*.h")):
-            if header.name != "model.h":
-                digest.update(header.name.encode() + b"\0" + header.read_bytes())
+        for header in HEADERS:
+            digest.update((folder / header).read_bytes())
         if source in VARIANT_KERNELS:  # a variant wrapper includes its kernel source
             digest.update((folder / VARIANT_KERNELS[source]).read_bytes())
         key = cache_dir() / "c-objects" / f"{digest.hexdigest()}.o"
@@ -290,7 +289,8 @@ def stack_estimate(folder: Path, sources: list[str]) -> int | None:
             if source != "model.c":
                 digest = hashlib.sha256(json.dumps([gcc, C_FLAGS, source]).encode())
                 digest.update((folder / source).read_bytes())
-                digest.update((folder / HEADER).read_bytes())
+                for header in HEADERS:
+                    digest.update((folder / header).read_bytes())
                 key = cache_dir() / "c-objects" / f"{digest.hexdigest()}.su"
             if key is not None and key.is_file():
                 text = key.read_text()
@@ -362,7 +362,7 @@ def makefile_text(program: CProgram, arch: str, compiler: list[str], sources: li
     if dispatch is not None:
         levels = f"# {dispatch.describe} (fwedge_rt.h)\n" + "".join(
             f"{suffix.upper()}_CFLAGS = {' '.join(flags)}\n" for suffix, flags in dispatch.variants.items())
-        rules = "".join(f"""bin/%_{suffix}.o: %_{suffix}.c %.c {HEADER}
+        rules = "".join(f"""bin/%_{suffix}.o: %_{suffix}.c %.c $(HEADERS)
 \tmkdir -p bin
 \t$(CC) $(CFLAGS) $({suffix.upper()}_CFLAGS) -I. -c $< -o $@
 
@@ -378,10 +378,11 @@ LDFLAGS ?= -static {' '.join(LINK_FLAGS)}
 export ZIG_GLOBAL_CACHE_DIR ?= .cache/zig
 export ZIG_LOCAL_CACHE_DIR ?= .cache/zig
 SOURCES = {' '.join(sources)}
+HEADERS = {' '.join(HEADERS)}
 {levels}VARIANTS = {' '.join(variants)}
 VARIANT_OBJECTS = $(VARIANTS:%.c=bin/%.o)
 
-{BINARY}: $(SOURCES) $(VARIANT_OBJECTS) model.h {HEADER}
+{BINARY}: $(SOURCES) $(VARIANT_OBJECTS) model.h $(HEADERS)
 \tmkdir -p bin
 \t$(CC) $(CFLAGS) $(LDFLAGS) -I. $(SOURCES) $(VARIANT_OBJECTS) -o $@ -lm
 

@@ -30,6 +30,8 @@ pytestmark = pytest.mark.cc
 INT8_CASES = [case for case in OP_CASES if case.int8]
 SANITIZE = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
 QEMU_ARCH = "aarch64"  # the emulated architecture of the default test command; all four are in slow tests
+# CPU models the runtime unit tests run on under qemu-<arch> (None: qemu's default).
+QEMU_CPU_MODELS = {"aarch64": ["cortex-a53", "cortex-a76", "max"]}
 
 
 def c_target():
@@ -56,13 +58,21 @@ def export(model: onnx.ModelProto, folder, arch: str | None = None, c_options: C
 # --------------------------------------------------------------------------------------------
 
 
-def _run_unit_tests(command: list[str], tmp_path, launcher: list[str] | None = None, env=None) -> str:
+def _build_unit_tests(command: list[str], tmp_path, env=None):
     folder = source_dir()
     binary = tmp_path / "test_kernels"
     sources = [str(folder / name) for name in kernel_sources()] + [str(folder / name) for name in TESTS]
     build = subprocess.run(command + sources + ["-o", str(binary), "-lm"], capture_output=True, text=True,
                            timeout=600, env=env)
     assert build.returncode == 0, f"compiling the runtime unit tests failed:\n{build.stderr[-3000:]}"
+    return binary
+
+
+def _run_unit_tests(command: list[str], tmp_path, launcher: list[str] | None = None, env=None) -> str:
+    return _run_unit_test_binary(_build_unit_tests(command, tmp_path, env), launcher)
+
+
+def _run_unit_test_binary(binary, launcher: list[str] | None = None) -> str:
     done = subprocess.run((launcher or []) + [str(binary)], capture_output=True, text=True, timeout=300)
     closing = re.search(r"(\d+) passed, (\d+) failed\s*$", done.stdout)
     assert closing, f"no closing tally in the unit test output:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
@@ -180,11 +190,17 @@ def test_runtime_unit_tests_pass_in_the_x86_dispatch_build_on_every_path(tmp_pat
 @pytest.mark.zig
 @pytest.mark.qemu(QEMU_ARCH)
 def test_runtime_unit_tests_pass_under_qemu(tmp_path):
+    """aarch64: the NEON kernels (ARMv8.0) pass on an in-order ARMv8.0 core, an out-of-order
+    ARMv8.2 one and qemu's every-feature CPU."""
     from fwedge.targets import c_build
 
     c = c_target()
-    _run_unit_tests(c_build.compiler_command(QEMU_ARCH) + ["-std=c99", "-O2", "-static"], tmp_path,
-                    launcher=c.launcher(QEMU_ARCH), env=c_build._compiler_env())
+    binary = _build_unit_tests(c_build.compiler_command(QEMU_ARCH) + ["-std=c99", "-O2", "-static"], tmp_path,
+                               env=c_build._compiler_env())
+    for cpu in QEMU_CPU_MODELS.get(QEMU_ARCH, [None]):
+        emulated = _run_unit_test_binary(binary, c.launcher(QEMU_ARCH) + (["-cpu", cpu] if cpu else []))
+        if QEMU_ARCH == "aarch64":
+            assert "the neon kernels run" in emulated, (cpu, emulated[:300])
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "../fwedge_rt.h"
+#include "../requant_neon.h"
 #include "fwedge_test.h"
 
 static void test_fixed_point(void)
@@ -29,6 +30,47 @@ static void test_fixed_point(void)
     CHECK_EQ_INT(fw_multiply_by_quantized_multiplier(-1000, m, -3), -94, "mbqm -93.75");
     CHECK_EQ_INT(fw_multiply_by_quantized_multiplier(100, m, 2), 300, "mbqm left shift");
 }
+
+#if defined(FW_NEON)
+/* The NEON requantization forms of requant_neon.h against fw_multiply_by_quantized_multiplier,
+ * for every total shift 1..62 (shift 30..-31), multipliers 0, 2^30, 2^31 - 1 and random ones,
+ * and accumulators at the int32 extremes as well as random ones. */
+static void test_requant_neon(void)
+{
+    const int32_t edges[8] = {INT32_MIN, INT32_MIN + 1, -1, 0, 1, INT32_MAX, -(1 << 30), (1 << 30) + 12345};
+    int bad_wide = 0, bad_high = 0, bad_tensor = 0, checked = 0;
+    for (int shift = 30; shift >= -31; --shift) {
+        for (int trial = 0; trial < 8; ++trial) {
+            const int32_t m = trial == 0 ? 0 : trial == 1 ? 1 << 30 : trial == 2 ? INT32_MAX : fw_test_rand(1 << 30, INT32_MAX);
+            const fw_requant_neon q = fw_requant_neon_setup(m, shift);
+            for (int k = 0; k < 16; ++k) {
+                int32_t xs[4];
+                for (int l = 0; l < 4; ++l) {
+                    xs[l] = k < 2 ? edges[4 * k + l] : (int32_t)((uint32_t)fw_test_rand(0, 0xffff) << 16 | (uint32_t)fw_test_rand(0, 0xffff));
+                }
+                if (k >= 2 && k < 6) { /* accumulator-sized values */
+                    for (int l = 0; l < 4; ++l) xs[l] = fw_test_rand(-2000000, 2000000);
+                }
+                const int32x4_t xv = vld1q_s32(xs), mv = vdupq_n_s32(m);
+                int32_t wide[4], high[4], tensor[4];
+                vst1q_s32(wide, fw_requant4_neon_wide(xv, mv, vdupq_n_s64(shift - 31), vdupq_n_s64(shift - 31)));
+                vst1q_s32(high, fw_requant4_neon_high(xv, mv, vdupq_n_s32(shift)));
+                vst1q_s32(tensor, fw_requant_neon_apply(xv, &q));
+                for (int l = 0; l < 4; ++l) {
+                    const int32_t expected = fw_multiply_by_quantized_multiplier(xs[l], m, shift);
+                    bad_wide += wide[l] != expected;
+                    bad_high += shift <= -1 && high[l] != expected;
+                    bad_tensor += tensor[l] != expected;
+                    ++checked;
+                }
+            }
+        }
+    }
+    CHECK(bad_wide == 0, "NEON requant, 64-bit products: %d of %d lanes differ", bad_wide, checked);
+    CHECK(bad_high == 0, "NEON requant, SQDMULH and SRSHL (s >= 32): %d lanes differ", bad_high);
+    CHECK(bad_tensor == 0, "NEON requant, per-tensor form: %d of %d lanes differ", bad_tensor, checked);
+}
+#endif
 
 /* Naive int8 conv: direct definition over logical indices, no blocking. */
 static void naive_conv_s8(const fw_conv_params *p, int depthwise, const int8_t *x, const int8_t *w,
@@ -68,6 +110,9 @@ static int out_size(int in, int k, int s, int pad_total, int d) { return (in + p
 
 /* Requantization and weight ranges of test_conv_s8_case (changed by the shift >= 0 case). */
 static int conv_shift_lo = -12, conv_shift_hi = -6, conv_weight_max = 127, conv_bias_max = 5000;
+/* Extreme data of test_conv_s8_case: 1 sets every fifth weight to -128; 2 takes inputs from
+ * {-128, 127} and weights from {-127, 127}, the largest byte products. */
+static int conv_extreme = 0;
 
 static void test_conv_s8_case(int in_h, int in_w, int in_c, int out_c, int k, int stride, int pad, int dil,
                               int groups, int depthwise, const char *name)
@@ -90,6 +135,11 @@ static void test_conv_s8_case(int in_h, int in_w, int in_c, int out_c, int k, in
     fill_s8(x, in_h * in_w * in_c);
     fill_s8(w, wsize);
     for (int i = 0; i < wsize; ++i) w[i] = (int8_t)(w[i] % (conv_weight_max + 1));
+    for (int i = 0; i < wsize && conv_extreme == 1; i += 5) w[i] = -128;
+    if (conv_extreme == 2) {
+        for (int i = 0; i < in_h * in_w * in_c; ++i) x[i] = x[i] < 0 ? -128 : 127;
+        for (int i = 0; i < wsize; ++i) w[i] = w[i] < 0 ? -127 : 127;
+    }
     for (int c = 0; c < out_c; ++c) {
         bias[c] = fw_test_rand(-conv_bias_max, conv_bias_max);
         mult[c] = fw_test_rand(1 << 30, 0x7fffffff);
@@ -162,6 +212,22 @@ static void test_conv_s8(void)
     test_conv_s8_case(7, 6, 96, 96, 3, 2, 1, 1, 0, 1, "depthwise 96 channels stride 2 (vector path, two blocks)");
     test_conv_s8_case(6, 6, 16, 16, 5, 1, 2, 1, 0, 1, "depthwise 5x5 16 channels (odd tap count)");
     test_conv_s8_case(5, 7, 24, 24, 3, 1, 1, 1, 0, 1, "depthwise 24 channels (16-channel AVX2 step and an 8-channel tail)");
+    /* The NEON path's steps: 16, 8 and single channels, stride and dilation with borders, 1x1,
+     * the 49-tap limit, and windows wholly inside the padding. */
+    test_conv_s8_case(7, 9, 29, 29, 3, 2, 1, 2, 0, 1, "depthwise 29 channels stride 2 dilation 2 (16 + 8 + 5 channels)");
+    test_conv_s8_case(5, 5, 40, 40, 1, 1, 0, 1, 0, 1, "depthwise 1x1 40 channels");
+    test_conv_s8_case(9, 9, 16, 16, 7, 1, 3, 1, 0, 1, "depthwise 7x7 (49 taps)");
+    test_conv_s8_case(9, 9, 8, 8, 9, 1, 4, 1, 0, 1, "depthwise 9x9 (81 taps, past the NEON limit)");
+    test_conv_s8_case(4, 4, 13, 13, 3, 1, 2, 1, 0, 1, "depthwise pad 2: windows wholly in the padding");
+    test_conv_s8_case(6, 5, 72, 72, 3, 2, 1, 1, 0, 1, "depthwise 72 channels stride 2 (a block of 64 and one of 8)");
+    /* Weights of -128 (their byte products could overflow int16 in pairs; the NEON path widens
+     * x - zp instead), and the largest byte products it sums in pairs. */
+    conv_extreme = 1;
+    test_conv_s8_case(7, 7, 32, 32, 3, 1, 1, 1, 0, 1, "depthwise weights of -128");
+    conv_extreme = 2; conv_shift_lo = -17; conv_shift_hi = -15;
+    test_conv_s8_case(7, 7, 32, 32, 3, 1, 1, 1, 0, 1, "depthwise inputs -128 and 127, weights -127 and 127");
+    test_conv_s8_case(6, 6, 48, 48, 5, 2, 2, 1, 0, 1, "depthwise 5x5 inputs -128 and 127, weights -127 and 127");
+    conv_extreme = 0; conv_shift_lo = -12; conv_shift_hi = -6;
 }
 
 static void test_conv_f32(void)
@@ -312,6 +378,78 @@ static void test_elementwise(void)
     CHECK(yf[0] == 10 && yf[1] == 30 && yf[2] == 30 && yf[3] == 30, "mul f32 clamp: %g %g", yf[1], yf[2]);
 }
 
+/* Same-shape MUL and broadcast ADD and MUL (per-channel vector, per-pixel map) against the
+ * definitions written with the scalar helpers, random per-tensor parameters. */
+static void test_elementwise_random(void)
+{
+    static int8_t xa[1003], xb[1003], y[1004];
+    int bad_mul = 0, bad_add = 0, bad_broadcast_mul = 0, saturated = 0;
+    fill_s8(xa, 1003);
+    fill_s8(xb, 1003);
+    for (int round = 0; round < 6; ++round) {
+        fw_elementwise_params q;
+        memset(&q, 0, sizeof q);
+        /* rounds 0-1 same shape; 2-3 a 17-channel vector over 59 pixels; 4-5 a 59-pixel map over 17 channels */
+        q.size = round < 2 ? 1003 : 59 * 17;
+        q.input1.divisor = 1; q.input1.modulus = q.size;
+        q.input2.divisor = round >= 4 ? 17 : 1; q.input2.modulus = round < 2 ? q.size : round < 4 ? 17 : 59;
+        q.input1_zero_point = fw_test_rand(-30, 30); q.input2_zero_point = fw_test_rand(-30, 30);
+        q.output_zero_point = fw_test_rand(-20, 20); q.left_shift = 20;
+        q.input1_multiplier = fw_test_rand(1 << 30, INT32_MAX); q.input1_shift = fw_test_rand(-3, 0);
+        q.input2_multiplier = fw_test_rand(1 << 30, INT32_MAX); q.input2_shift = fw_test_rand(-3, 0);
+        q.activation_min = round % 2 ? q.output_zero_point : -128; q.activation_max = 127;
+        q.output_multiplier = fw_test_rand(1 << 30, INT32_MAX); q.output_shift = fw_test_rand(-8, -5);
+        y[q.size] = 0x55;
+        FW_DISPATCH(fw_mul_s8)(&q, xa, xb, y);
+        for (int i = 0; i < q.size; ++i) {
+            const int j = (i / q.input2.divisor) % q.input2.modulus;
+            const int32_t v = fw_multiply_by_quantized_multiplier((xa[i] - q.input1_zero_point) * (xb[j] - q.input2_zero_point),
+                                                                  q.output_multiplier, q.output_shift) + q.output_zero_point;
+            const int32_t expected = fw_clamp_s32(v, q.activation_min, q.activation_max);
+            if (round < 2) bad_mul += y[i] != expected; else bad_broadcast_mul += y[i] != expected;
+            saturated += expected == 127 || expected == -128;
+        }
+        CHECK(y[q.size] == 0x55, "mul round %d wrote past the output", round);
+        q.output_multiplier = fw_test_rand(1 << 30, INT32_MAX); q.output_shift = fw_test_rand(-21, -19);
+        FW_DISPATCH(fw_add_s8)(&q, xa, xb, y);
+        for (int i = 0; i < q.size; ++i) {
+            const int j = (i / q.input2.divisor) % q.input2.modulus;
+            const int32_t s1 = fw_multiply_by_quantized_multiplier((xa[i] - q.input1_zero_point) * (1 << 20),
+                                                                   q.input1_multiplier, q.input1_shift);
+            const int32_t s2 = fw_multiply_by_quantized_multiplier((xb[j] - q.input2_zero_point) * (1 << 20),
+                                                                   q.input2_multiplier, q.input2_shift);
+            const int32_t v = fw_multiply_by_quantized_multiplier(s1 + s2, q.output_multiplier, q.output_shift) +
+                              q.output_zero_point;
+            bad_add += y[i] != fw_clamp_s32(v, q.activation_min, q.activation_max);
+        }
+        CHECK(y[q.size] == 0x55, "add round %d wrote past the output", round);
+    }
+    /* MUL with output total shifts 30 and 31 (a product scale of at least half the output's)
+     * on small inputs, so that the outputs do not saturate. */
+    for (int shift = 0; shift <= 1; ++shift) {
+        static int8_t sa[203], sb[203];
+        fw_elementwise_params q;
+        memset(&q, 0, sizeof q);
+        q.size = 203;
+        q.input1.divisor = q.input2.divisor = 1; q.input1.modulus = q.input2.modulus = q.size;
+        q.input1_zero_point = fw_test_rand(-3, 3); q.input2_zero_point = fw_test_rand(-3, 3);
+        q.output_zero_point = fw_test_rand(-5, 5);
+        q.output_multiplier = fw_test_rand(1 << 30, INT32_MAX); q.output_shift = shift;
+        q.activation_min = -128; q.activation_max = 127;
+        for (int i = 0; i < q.size; ++i) { sa[i] = (int8_t)fw_test_rand(-6, 6); sb[i] = (int8_t)fw_test_rand(-6, 6); }
+        FW_DISPATCH(fw_mul_s8)(&q, sa, sb, y);
+        for (int i = 0; i < q.size; ++i) {
+            const int32_t v = fw_multiply_by_quantized_multiplier((sa[i] - q.input1_zero_point) * (sb[i] - q.input2_zero_point),
+                                                                  q.output_multiplier, q.output_shift) + q.output_zero_point;
+            bad_mul += y[i] != fw_clamp_s32(v, -128, 127);
+        }
+    }
+    CHECK(bad_mul == 0, "mul 1003 elements: %d outputs differ from the definition", bad_mul);
+    CHECK(bad_broadcast_mul == 0, "mul broadcast: %d outputs differ from the definition", bad_broadcast_mul);
+    CHECK(bad_add == 0, "add same shape and broadcast: %d outputs differ from the definition", bad_add);
+    CHECK(saturated < 3 * 1003, "mul: %d outputs saturated; the test data is too hot", saturated);
+}
+
 static void test_pools(void)
 {
     /* 3x3 input, 1 channel, 2x2 kernel, stride 2, pad 0 top-left but bottom/right implied. */
@@ -372,6 +510,97 @@ static void test_pools(void)
     float yf[2];
     fw_global_avg_pool_f32(&gp, gf, yf);
     CHECK(yf[0] == 2.75f && yf[1] == -2.75f, "global avg pool f32");
+}
+
+/* Max, average and global average pools against their definitions: channel counts with 16-,
+ * 8- and single-channel steps, padding, strides, dilation (max), both average divisors, and
+ * per-count multipliers whose total shifts are below, at and above 31. */
+static void test_pools_random(void)
+{
+    static int8_t x[9 * 11 * 45], y[9 * 11 * 45 + 1];
+    static const int channel_counts[3] = {45, 16, 7};
+    int max_bad = 0, avg_bad = 0, avg_saturated = 0, avg_total = 0;
+    for (int round = 0; round < 6; ++round) {
+        fw_pool_params p;
+        memset(&p, 0, sizeof p);
+        p.in_h = 9; p.in_w = 11; p.channels = channel_counts[round % 3];
+        p.kernel_h = 3; p.kernel_w = round < 3 ? 3 : 2;
+        p.stride_h = 1 + round % 2; p.stride_w = 2 - round % 2;
+        p.pad_top = round % 2; p.pad_left = 1;
+        p.dilation_h = 1 + (round == 4); p.dilation_w = 1;
+        p.count_include_pad = round % 2;
+        p.out_h = out_size(p.in_h, p.kernel_h, p.stride_h, 2 * p.pad_top, p.dilation_h);
+        p.out_w = out_size(p.in_w, p.kernel_w, p.stride_w, 2 * p.pad_left, p.dilation_w);
+        p.input_zero_point = fw_test_rand(-20, 20); p.output_zero_point = fw_test_rand(-10, 10);
+        p.activation_min = round == 5 ? p.output_zero_point : -100; p.activation_max = round == 2 ? 60 : 127;
+        const int C = p.channels, n = p.out_h * p.out_w * C;
+        fill_s8(x, p.in_h * p.in_w * C);
+        y[n] = 0x55;
+        fw_max_pool_s8(&p, x, y);
+        for (int oy = 0; oy < p.out_h; ++oy) for (int ox = 0; ox < p.out_w; ++ox) for (int c = 0; c < C; ++c) {
+            int m = -128;
+            for (int ky = 0; ky < p.kernel_h; ++ky) for (int kx = 0; kx < p.kernel_w; ++kx) {
+                const int iy = oy * p.stride_h - p.pad_top + ky * p.dilation_h, ix = ox * p.stride_w - p.pad_left + kx;
+                if (iy >= 0 && iy < p.in_h && ix >= 0 && ix < p.in_w && x[(iy * p.in_w + ix) * C + c] > m) m = x[(iy * p.in_w + ix) * C + c];
+            }
+            max_bad += y[(oy * p.out_w + ox) * C + c] != fw_clamp_s32(m, p.activation_min, p.activation_max);
+        }
+        CHECK(y[n] == 0x55, "max pool round %d wrote past the output", round);
+        /* average pool: dilation 1, one multiplier per count */
+        p.dilation_h = 1;
+        p.out_h = out_size(p.in_h, p.kernel_h, p.stride_h, 2 * p.pad_top, 1);
+        int32_t mults[10], shifts[10];
+        for (int k = 0; k < 10; ++k) { /* about 1 / k, total shifts 30 (k = 1), 31 (k = 2) and above */
+            mults[k] = fw_test_rand(1 << 30, INT32_MAX);
+            shifts[k] = k <= 1 ? 1 : k == 2 ? 0 : (k > 4 ? -3 : -2) + fw_test_rand(0, 1);
+        }
+        const int n_avg = p.out_h * p.out_w * C;
+        y[n_avg] = 0x55;
+        fw_avg_pool_s8(&p, x, mults, shifts, y);
+        for (int oy = 0; oy < p.out_h; ++oy) for (int ox = 0; ox < p.out_w; ++ox) for (int c = 0; c < C; ++c) {
+            int32_t acc = 0, taps = 0;
+            for (int ky = 0; ky < p.kernel_h; ++ky) for (int kx = 0; kx < p.kernel_w; ++kx) {
+                const int iy = oy * p.stride_h - p.pad_top + ky, ix = ox * p.stride_w - p.pad_left + kx;
+                if (iy >= 0 && iy < p.in_h && ix >= 0 && ix < p.in_w) { acc += x[(iy * p.in_w + ix) * C + c] - p.input_zero_point; ++taps; }
+            }
+            const int count = p.count_include_pad ? p.kernel_h * p.kernel_w : taps;
+            const int32_t v = fw_multiply_by_quantized_multiplier(acc, mults[count], shifts[count]) + p.output_zero_point;
+            const int32_t expected = fw_clamp_s32(v, p.activation_min, p.activation_max);
+            avg_bad += y[(oy * p.out_w + ox) * C + c] != expected;
+            avg_saturated += expected == p.activation_min || expected == p.activation_max;
+            ++avg_total;
+        }
+        CHECK(y[n_avg] == 0x55, "avg pool round %d wrote past the output", round);
+    }
+    CHECK(max_bad == 0, "max pool, random shapes: %d outputs differ from the definition", max_bad);
+    CHECK(avg_bad == 0, "avg pool, random shapes: %d outputs differ from the definition", avg_bad);
+    CHECK(avg_saturated < avg_total / 2, "avg pool, random shapes: %d of %d outputs clamped", avg_saturated, avg_total);
+    /* Global average pool over 300 pixels (more than one int16 run of 256) and 45 channels. */
+    {
+        static int8_t g[300 * 45];
+        int8_t gy[46];
+        int bad = 0;
+        for (int round = 0; round < 3; ++round) {
+            fw_pool_params gp;
+            memset(&gp, 0, sizeof gp);
+            gp.in_h = round == 2 ? 3 : 15; gp.in_w = round == 2 ? 3 : 20; gp.channels = round == 1 ? 32 : 45;
+            gp.input_zero_point = fw_test_rand(-20, 20); gp.output_zero_point = fw_test_rand(-10, 10);
+            gp.multiplier = fw_test_rand(1 << 30, INT32_MAX); gp.shift = round == 2 ? fw_test_rand(-2, 1) : -8;
+            gp.activation_min = -128; gp.activation_max = 127;
+            const int pixels = gp.in_h * gp.in_w;
+            fill_s8(g, pixels * gp.channels);
+            gy[gp.channels] = 0x55;
+            fw_global_avg_pool_s8(&gp, g, gy);
+            for (int c = 0; c < gp.channels; ++c) {
+                int32_t acc = 0;
+                for (int i = 0; i < pixels; ++i) acc += g[i * gp.channels + c] - gp.input_zero_point;
+                const int32_t v = fw_multiply_by_quantized_multiplier(acc, gp.multiplier, gp.shift) + gp.output_zero_point;
+                bad += gy[c] != fw_clamp_s32(v, -128, 127);
+            }
+            CHECK(gy[gp.channels] == 0x55, "global avg pool round %d wrote past the output", round);
+        }
+        CHECK(bad == 0, "global avg pool, random shapes: %d outputs differ from the definition", bad);
+    }
 }
 
 static void test_quantize_and_lut(void)
@@ -436,12 +665,20 @@ int main(void)
 #ifdef FW_X86_DISPATCH
     printf("x86-64 dispatch build: the %s kernels run\n", fw_x86_level_name(fw_x86_level()));
 #endif
+#if defined(FW_NEON)
+    printf("aarch64 build: the neon kernels run\n");
+#endif
     test_fixed_point();
+#if defined(FW_NEON)
+    test_requant_neon();
+#endif
     test_conv_s8();
     test_conv_f32();
     test_fully_connected();
     test_elementwise();
+    test_elementwise_random();
     test_pools();
+    test_pools_random();
     test_quantize_and_lut();
     test_softmax();
     test_data_movement();

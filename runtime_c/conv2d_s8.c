@@ -847,3 +847,18 @@ void fw_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const fw_co
     }
 }
 #endif
+
+#if defined(FW_ARM_DISPATCH) && !defined(FW_VARIANT)
+/* The aarch64 dispatch entry (fwedge_rt.h): the dotprod variant where the CPU has sdot, this
+ * file's ARMv8.0 NEON kernel otherwise; both read the quads (groups > 1 never comes here:
+ * model.c calls fw_conv2d_s8 on its OHWI copy). */
+void fw_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const int8_t *quads, const int32_t *bias,
+                           const int32_t *multiplier, const int32_t *shift, int8_t *y)
+{
+    if (p->groups == 1 && fw_arm_has_dotprod()) {
+        fw_conv2d_s8_dotprod(p, x, quads, bias, multiplier, shift, y);
+    } else {
+        fw_conv2d_s8(p, x, quads, bias, multiplier, shift, y);
+    }
+}
+#endif

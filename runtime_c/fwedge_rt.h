@@ -341,7 +341,7 @@ void fw_transpose2d(int a, int b, int element_size, const void *x, void *y);
  * (runtime_c/variants/<kernel>_<suffix>.c), picked per call by *_dispatch entries from what the
  * CPU and the OS support. Every path gives the same bytes. fw_kernels_name() names the set this
  * CPU runs; the harness prints it ("fwedge-kernels <name>") before timed runs. */
-#if defined(FW_X86_DISPATCH)
+#if defined(FW_X86_DISPATCH) || defined(FW_ARM_DISPATCH)
 #define FW_RUNTIME_DISPATCH 1
 #endif
 #ifdef FW_RUNTIME_DISPATCH
@@ -385,6 +385,22 @@ void fw_mul_s8_avx2(const fw_elementwise_params *p, const int8_t *x1, const int8
 #define FW_DISPATCH(name) name##_dispatch
 #define FW_CONV2D_S8(p, x, pairs, quads, bias, multiplier, shift, y) \
     fw_conv2d_s8_dispatch(p, x, pairs, quads, bias, multiplier, shift, y)
+#elif defined(FW_ARM_DISPATCH)
+/* aarch64 (the default aarch64 bundle): built with -DFW_ARM_DISPATCH, the int8 conv kernel is
+ * also compiled for ARMv8 with dotprod (variants/conv2d_s8_dotprod.c, FW_DOTPROD_CFLAGS: its
+ * tile GEMM on sdot); fw_conv2d_s8_dispatch runs it when the kernel reports the CPU's dotprod
+ * instructions (getauxval(AT_HWCAP) & HWCAP_ASIMDDP), the baseline ARMv8.0 NEON kernel
+ * otherwise. Both read the same quad layout of the weights, one copy in ROM. fw_kernels_name():
+ * "dotprod" or "baseline". Other kernels are called directly. */
+#define FW_DOTPROD_CFLAGS "-mcpu=generic+dotprod"
+int fw_arm_has_dotprod(void);
+void fw_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const int8_t *quads, const int32_t *bias,
+                           const int32_t *multiplier, const int32_t *shift, int8_t *y);
+void fw_conv2d_s8_dotprod(const fw_conv_params *p, const int8_t *x, const int8_t *quads, const int32_t *bias,
+                          const int32_t *multiplier, const int32_t *shift, int8_t *y);
+#define FW_DISPATCH(name) name
+#define FW_CONV2D_S8(p, x, pairs, quads, bias, multiplier, shift, y) \
+    fw_conv2d_s8_dispatch(p, x, quads, bias, multiplier, shift, y)
 #else
 #define FW_DISPATCH(name) name
 #if FW_CONV_K_GROUP == 4

@@ -403,8 +403,9 @@ def parse_harness_kernels(stdout: str) -> str | None:
     return None
 
 
-def launcher(arch: str) -> list[str]:
-    """[] on the host architecture, else [qemu-<arch>].
+def launcher(arch: str, cpu: str = "") -> list[str]:
+    """[] on the host architecture, else [qemu-<arch>] (with `-cpu <cpu>` when given: an emulated
+    CPU model, e.g. cortex-a53, whose features a dispatch build's kernels follow).
 
     Raises:
         ExportError: qemu-<arch> is not installed.
@@ -414,11 +415,11 @@ def launcher(arch: str) -> list[str]:
     qemu = shutil.which(f"qemu-{arch}")
     if not qemu:
         raise ExportError(f"running a {arch} bundle on {host_arch()} needs qemu-{arch} (Debian qemu-user)")
-    return [qemu]
+    return [qemu] + (["-cpu", cpu] if cpu else [])
 
 
 def run_harness(bundle: Bundle, inputs: dict[str, np.ndarray], iterations: int = 0,
-                timeout: float | None = None) -> tuple[dict[str, np.ndarray], list[float]]:
+                timeout: float | None = None, cpu: str = "") -> tuple[dict[str, np.ndarray], list[float]]:
     """Run the bundle's harness on this machine (under qemu-<arch> when the arch differs).
 
     Args:
@@ -426,6 +427,7 @@ def run_harness(bundle: Bundle, inputs: dict[str, np.ndarray], iterations: int =
         inputs: name -> [N, ...] arrays in NCHW order.
         iterations: timed runs after the outputs are written (0: none).
         timeout: seconds; default grows with N and iterations (qemu is slow).
+        cpu: the qemu -cpu model of an emulated run ("": qemu's default).
 
     Returns:
         (outputs name -> [N, ...] arrays, per-iteration latencies in ms).
@@ -437,7 +439,7 @@ def run_harness(bundle: Bundle, inputs: dict[str, np.ndarray], iterations: int =
     with tempfile.TemporaryDirectory(prefix="fwedge-c-run-") as temp:
         work = Path(temp)
         count = write_harness_input(bundle, inputs, work / "inputs.bin")
-        argv = launcher(bundle.arch) + [str(executable)] + harness_args(bundle, "inputs.bin", "outputs.bin", count, iterations)
+        argv = launcher(bundle.arch, "" if bundle.arch == host_arch() else cpu) + [str(executable)] + harness_args(bundle, "inputs.bin", "outputs.bin", count, iterations)
         # Emulation is 10-50x slower than native and the host may be busy: generous defaults.
         emulated = bundle.arch != host_arch()
         limit = timeout or (300 + 1.0 * count + 0.1 * iterations if emulated else 120 + 0.05 * count + 0.01 * iterations)

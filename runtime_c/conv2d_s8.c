@@ -29,10 +29,12 @@
  * tile values on the stack. */
 #define FW_K_CHUNK 576
 
-/* Values of the gathered tile: u8 quads in VNNI builds (see gather_quads), int16 pairs
- * x - zero_point otherwise. */
+/* Values of the gathered tile: u8 quads in VNNI builds (see gather_quads), raw int8 quads in
+ * aarch64 NEON builds (conv2d_s8_neon.h), int16 pairs x - zero_point otherwise. */
 #ifdef FW_CONV_VNNI
 typedef uint8_t fw_tile_value;
+#elif defined(FW_CONV_NEON)
+typedef int8_t fw_tile_value;
 #else
 typedef int16_t fw_tile_value;
 #endif
@@ -99,7 +101,7 @@ static void gather_window(const fw_conv_params *p, const int8_t *x, int pixel, i
     }
 }
 
-#ifndef FW_CONV_VNNI
+#if !defined(FW_CONV_VNNI) && !defined(FW_CONV_NEON)
 /* The whole window of output pixel `pixel` written straight into its column of the tile
  * ([k / 2][FW_TILE_PIXELS][2], column `t`), by kernel rows and columns: no divisions per tap and
  * no second interleaving pass, which dominate for one or a few input channels. */
@@ -170,9 +172,9 @@ static void gather_tile(const fw_conv_params *p, const int8_t *x, int pixel0, in
     }
 }
 
-#endif /* !FW_CONV_VNNI */
+#endif /* !FW_CONV_VNNI && !FW_CONV_NEON */
 
-#if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
+#if (defined(__SSE2__) && !defined(FW_NO_INTRINSICS)) || defined(FW_CONV_NEON)
 /* Top-left input coordinates (y0, x0) of the windows of the tile's pixels (missing pixels:
  * pixel0's). */
 static void tile_origins(const fw_conv_params *p, int pixel0, int pixels, int *y0, int *x0)
@@ -236,7 +238,13 @@ static int one_channel_rows(const fw_conv_params *p, const int8_t *x, int pixel0
     }
     return 1;
 }
+#endif
 
+#ifdef FW_CONV_NEON
+#include "conv2d_s8_neon.h"
+#endif
+
+#if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
 /* Four input bytes at tap k of a one_channel_rows patch: tap k of the tile's four pixels. */
 static inline __m128i one_channel_tap(const fw_conv_params *p, const int8_t *base, ptrdiff_t row_step, int k)
 {
@@ -553,6 +561,8 @@ static void tile_gemm(int steps, const fw_tile_value *tile, const fw_conv_weight
         a3 = step_products(a3, pixel_step(xv, 3), wv);
     }
     store_tile(acc, a0, a1, a2, a3);
+#elif defined(FW_CONV_NEON)
+    tile_gemm_neon(steps, tile, w, acc);
 #elif defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
     __m128i a00 = _mm_setzero_si128(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
     const __m128i zero = _mm_setzero_si128();
@@ -647,6 +657,11 @@ static int tile_gemm_blocks(int steps, const fw_tile_value *tile, const fw_conv_
         tile_gemm2(steps, tile, w, w + stride, acc[0], acc[1]);
         return 2;
     }
+#elif defined(FW_CONV_SDOT)
+    if (blocks >= 2) {
+        tile_gemm2_neon(steps, tile, w, w + stride, acc[0], acc[1]);
+        return 2;
+    }
 #endif
     (void)stride;
     (void)blocks;
@@ -669,10 +684,18 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const fw_
     const int chunked = padded > FW_K_CHUNK;
     int32_t multipliers[FW_REQUANT_TABLE], shifts[FW_REQUANT_TABLE], biases[FW_REQUANT_TABLE];
     const int tabled = blocks * FW_CONV_BLOCK <= FW_REQUANT_TABLE;
+#ifdef FW_CONV_NEON
+    int8_t padding[FW_K_CHUNK]; /* an input pixel of zero points, for the windows' padding */
+    if (!chunked) {
+        memset(padding, p->input_zero_point, (size_t)p->in_c);
+    }
+#endif
     if (tabled) {
         fw_requant_channels(p, bias, multiplier, shift, 0, blocks * FW_CONV_BLOCK, multipliers, shifts, biases);
 #ifdef FW_CONV_VNNI
         vnni_bias(p, w, steps, blocks, biases);
+#elif defined(FW_CONV_NEON)
+        neon_bias(p, w, steps, blocks, biases);
 #endif
     }
     for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
@@ -683,6 +706,10 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const fw_
                 gather_quads_c8(p, x, pixel0, count, tile);
             } else if (!gather_tile_one_channel(p, x, pixel0, count, tile)) {
                 gather_quads_full(p, x, pixel0, count, tile);
+            }
+#elif defined(FW_CONV_NEON)
+            if (!gather_quads_one_channel(p, x, pixel0, count, tile)) {
+                gather_quads_neon(p, x, pixel0, count, padding, tile);
             }
 #else
 #if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
@@ -707,6 +734,8 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const fw_
                     const int n = filter - k0 < FW_K_CHUNK ? filter - k0 : FW_K_CHUNK;
 #ifdef FW_CONV_VNNI
                     gather_quads(p, x, pixel0, count, k0, n, line, tile);
+#elif defined(FW_CONV_NEON)
+                    gather_quads_chunk(p, x, pixel0, count, k0, n, line, tile);
 #else
                     gather_tile(p, x, pixel0, count, k0, n, line, tile);
 #endif
@@ -725,6 +754,8 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const fw_
                     fw_requant_channels(p, bias, multiplier, shift, c0, FW_CONV_BLOCK, multipliers, shifts, biases);
 #ifdef FW_CONV_VNNI
                     vnni_bias(p, w + (b0 + i) * stride, steps, 1, biases);
+#elif defined(FW_CONV_NEON)
+                    neon_bias(p, w + (b0 + i) * stride, steps, 1, biases);
 #endif
                 }
                 fw_requant_tile(p, acc[i], FW_CONV_BLOCK, multipliers + offset, shifts + offset, biases + offset,
@@ -813,6 +844,21 @@ void fw_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const fw_co
         fw_conv2d_s8_avx2(p, x, pairs, bias, multiplier, shift, y);
     } else {
         fw_conv2d_s8(p, x, pairs, bias, multiplier, shift, y);
+    }
+}
+#endif
+
+#if defined(FW_ARM_DISPATCH) && !defined(FW_VARIANT)
+/* The aarch64 dispatch entry (fwedge_rt.h): the dotprod variant where the CPU has sdot, this
+ * file's ARMv8.0 NEON kernel otherwise; both read the quads (groups > 1 never comes here:
+ * model.c calls fw_conv2d_s8 on its OHWI copy). */
+void fw_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const int8_t *quads, const int32_t *bias,
+                           const int32_t *multiplier, const int32_t *shift, int8_t *y)
+{
+    if (p->groups == 1 && fw_arm_has_dotprod()) {
+        fw_conv2d_s8_dotprod(p, x, quads, bias, multiplier, shift, y);
+    } else {
+        fw_conv2d_s8(p, x, quads, bias, multiplier, shift, y);
     }
 }
 #endif

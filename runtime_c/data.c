@@ -103,3 +103,25 @@ const char *fw_kernels_name(void)
     return fw_x86_level_name(fw_x86_level());
 }
 #endif
+
+#ifdef FW_ARM_DISPATCH
+#include <sys/auxv.h>
+
+/* Whether the CPU and the OS run ARMv8.2 dotprod (sdot/udot): HWCAP_ASIMDDP, bit 20 of the
+ * kernel's AT_HWCAP (spelled as a number: older libc headers lack the name). Asked once; a
+ * second thread asking at the same time computes the same answer. */
+int fw_arm_has_dotprod(void)
+{
+    static int known = -1;
+    if (known < 0) {
+        known = (getauxval(AT_HWCAP) & (1ul << 20)) != 0;
+    }
+    return known;
+}
+
+/* "dotprod" or "baseline". */
+const char *fw_kernels_name(void)
+{
+    return fw_arm_has_dotprod() ? "dotprod" : "baseline";
+}
+#endif

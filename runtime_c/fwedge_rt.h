@@ -55,6 +55,17 @@
 #endif
 #elif defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
 #include <emmintrin.h>
+#elif defined(__aarch64__) && !defined(FW_NO_INTRINSICS)
+/* aarch64: NEON (every ARMv8-A CPU) for the groups == 1 conv tile GEMM, its tile gather, the
+ * fully-connected dot products and the requantization; the SDOT dot products (four s8 x s8
+ * products and their sum per int32 lane) when the compiler targets ARMv8.2 dotprod (the
+ * dotprod variant of an aarch64 dispatch build, or -mcpu=... with dotprod). Both read the conv
+ * weights in the quad layout (FW_CONV_K_GROUP 4). */
+#include <arm_neon.h>
+#define FW_CONV_NEON 1
+#if defined(__ARM_FEATURE_DOTPROD)
+#define FW_CONV_SDOT 1
+#endif
 #endif
 
 #ifdef __cplusplus
@@ -151,9 +162,11 @@ typedef int8_t fw_conv_weight;
 #endif
 
 /* Consecutive filter values of one output channel that one int32 lane of the groups == 1 tile
- * GEMM sums: 4 in VNNI builds (vpdpbusd), 2 elsewhere (pmaddwd pairs). The packed weight layout
- * depends on it; model.c holds both layouts and compiles in the one this build reads. */
-#ifdef FW_CONV_VNNI
+ * GEMM sums: 4 in VNNI builds (vpdpbusd) and aarch64 NEON builds (SDOT, or smull + sadalp on
+ * ARMv8.0: one ROM copy serves both aarch64 kernels), 2 elsewhere (pmaddwd pairs). The packed
+ * weight layout depends on it; model.c holds both layouts and compiles in the one this build
+ * reads. */
+#if defined(FW_CONV_VNNI) || defined(FW_CONV_NEON)
 #define FW_CONV_K_GROUP 4
 #else
 #define FW_CONV_K_GROUP 2
@@ -328,7 +341,7 @@ void fw_transpose2d(int a, int b, int element_size, const void *x, void *y);
  * (runtime_c/variants/<kernel>_<suffix>.c), picked per call by *_dispatch entries from what the
  * CPU and the OS support. Every path gives the same bytes. fw_kernels_name() names the set this
  * CPU runs; the harness prints it ("fwedge-kernels <name>") before timed runs. */
-#if defined(FW_X86_DISPATCH)
+#if defined(FW_X86_DISPATCH) || defined(FW_ARM_DISPATCH)
 #define FW_RUNTIME_DISPATCH 1
 #endif
 #ifdef FW_RUNTIME_DISPATCH
@@ -372,6 +385,22 @@ void fw_mul_s8_avx2(const fw_elementwise_params *p, const int8_t *x1, const int8
 #define FW_DISPATCH(name) name##_dispatch
 #define FW_CONV2D_S8(p, x, pairs, quads, bias, multiplier, shift, y) \
     fw_conv2d_s8_dispatch(p, x, pairs, quads, bias, multiplier, shift, y)
+#elif defined(FW_ARM_DISPATCH)
+/* aarch64 (the default aarch64 bundle): built with -DFW_ARM_DISPATCH, the int8 conv kernel is
+ * also compiled for ARMv8 with dotprod (variants/conv2d_s8_dotprod.c, FW_DOTPROD_CFLAGS: its
+ * tile GEMM on sdot); fw_conv2d_s8_dispatch runs it when the kernel reports the CPU's dotprod
+ * instructions (getauxval(AT_HWCAP) & HWCAP_ASIMDDP), the baseline ARMv8.0 NEON kernel
+ * otherwise. Both read the same quad layout of the weights, one copy in ROM. fw_kernels_name():
+ * "dotprod" or "baseline". Other kernels are called directly. */
+#define FW_DOTPROD_CFLAGS "-mcpu=generic+dotprod"
+int fw_arm_has_dotprod(void);
+void fw_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const int8_t *quads, const int32_t *bias,
+                           const int32_t *multiplier, const int32_t *shift, int8_t *y);
+void fw_conv2d_s8_dotprod(const fw_conv_params *p, const int8_t *x, const int8_t *quads, const int32_t *bias,
+                          const int32_t *multiplier, const int32_t *shift, int8_t *y);
+#define FW_DISPATCH(name) name
+#define FW_CONV2D_S8(p, x, pairs, quads, bias, multiplier, shift, y) \
+    fw_conv2d_s8_dispatch(p, x, quads, bias, multiplier, shift, y)
 #else
 #define FW_DISPATCH(name) name
 #if FW_CONV_K_GROUP == 4
@@ -477,6 +506,30 @@ static inline void fw_transpose4(__m128i *r0, __m128i *r1, __m128i *r2, __m128i 
 }
 #endif
 
+#if defined(__aarch64__) && !defined(FW_NO_INTRINSICS)
+/* fw_multiply_by_quantized_multiplier of four int32 lanes x with their own multipliers m (>= 0)
+ * and total shifts s = 31 - shift in [1, 62], exactly, two ways:
+ * - any s: the 64-bit products (smull) shifted right by s with rounding (srshl by -s adds
+ *   2^(s - 1) in the instruction's own wider precision, no overflow), their low words (xtn: the
+ *   C cast) kept;
+ * - wide (every lane s >= 32, every layer whose scale is below 1/2): h = floor(x * m / 2^31) by
+ *   sqdmulh (it saturates only for x = m = INT32_MIN, and m >= 0), then h rounded right by
+ *   d = s - 31 >= 1 (srshl by -d). Exact: with x * m = 2^31 h + r, 0 <= r < 2^31,
+ *   (x * m + 2^(s - 1)) >> s = (2^31 (h + 2^(d - 1)) + r) >> (31 + d) = (h + 2^(d - 1)) >> d,
+ *   r < 2^31 never carrying into bit 31 + d. (s = 31 would need the rounding sqrdmulh
+ *   instead: it takes the first form.)
+ * minus_s holds -s (first form) or -(s - 31) (wide). */
+static inline int32x4_t fw_requant4_neon(int32x4_t x, int32x4_t m, int32x4_t minus_s, int wide)
+{
+    if (wide) {
+        return vrshlq_s32(vqdmulhq_s32(x, m), minus_s);
+    }
+    const int64x2_t lo = vrshlq_s64(vmull_s32(vget_low_s32(x), vget_low_s32(m)), vmovl_s32(vget_low_s32(minus_s)));
+    const int64x2_t hi = vrshlq_s64(vmull_high_s32(x, m), vmovl_high_s32(minus_s));
+    return vmovn_high_s64(vmovn_s64(lo), hi);
+}
+#endif
+
 /* Requantization constants of output channels [c0, c0 + count), computed once per call as
  * arrays (multiplier, total shift 31 - shift in [1, 62], bias or 0); channels past out_c repeat
  * the last one. */
@@ -571,6 +624,40 @@ static inline void fw_requant_tile(const fw_conv_params *p, const int32_t *acc, 
     }
     if (channels == FW_CONV_BLOCK) {
         return;
+    }
+#elif defined(__aarch64__) && !defined(FW_NO_INTRINSICS)
+    {
+        /* aarch64: one pixel's eight channels as two registers (fw_requant4_neon); saturating
+         * narrows to int16 and int8, then the clamp on int8 (the activation range lies inside
+         * int8, so saturating first changes nothing); two pixels per 16-byte register. */
+        const int32x4_t s0 = vld1q_s32(s), s1 = vld1q_s32(s + 4);
+        const int wide = vminvq_s32(vminq_s32(s0, s1)) >= 32;
+        const int32x4_t thirty_one = vdupq_n_s32(wide ? 31 : 0);
+        const int32x4_t m0 = vld1q_s32(m), m1 = vld1q_s32(m + 4);
+        const int32x4_t minus_s0 = vsubq_s32(thirty_one, s0), minus_s1 = vsubq_s32(thirty_one, s1);
+        const int32x4_t b0 = vld1q_s32(bias), b1 = vld1q_s32(bias + 4);
+        const int32x4_t zero_point = vdupq_n_s32(p->output_zero_point);
+        int16x8_t r[FW_TILE_PIXELS];
+        for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+            const int32x4_t x0 = vaddq_s32(vld1q_s32(acc + t * stride), b0);
+            const int32x4_t x1 = vaddq_s32(vld1q_s32(acc + t * stride + 4), b1);
+            const int32x4_t v0 = vaddq_s32(fw_requant4_neon(x0, m0, minus_s0, wide), zero_point);
+            const int32x4_t v1 = vaddq_s32(fw_requant4_neon(x1, m1, minus_s1, wide), zero_point);
+            r[t] = vqmovn_high_s32(vqmovn_s32(v0), v1);
+        }
+        const int8x16_t lo = vdupq_n_s8((int8_t)p->activation_min), hi = vdupq_n_s8((int8_t)p->activation_max);
+        const int8x16_t rows01 = vminq_s8(vmaxq_s8(vqmovn_high_s16(vqmovn_s16(r[0]), r[1]), lo), hi);
+        const int8x16_t rows23 = vminq_s8(vmaxq_s8(vqmovn_high_s16(vqmovn_s16(r[2]), r[3]), lo), hi);
+        if (channels == FW_CONV_BLOCK) {
+            const int8x8_t rows[FW_TILE_PIXELS] = {vget_low_s8(rows01), vget_high_s8(rows01), vget_low_s8(rows23),
+                                                   vget_high_s8(rows23)};
+            for (int t = 0; t < pixels; ++t) {
+                vst1_s8(y + t * y_stride, rows[t]);
+            }
+            return;
+        }
+        vst1q_s8(out, rows01);
+        vst1q_s8(out + 16, rows23);
     }
 #else
     const int32_t zero_point = p->output_zero_point, lo = p->activation_min, hi = p->activation_max;

@@ -84,8 +84,9 @@ def generate_checked(model: onnx.ModelProto, arch: str, options: ExportOptions) 
     from fwedge.lowered.lower import lower
 
     graph = lower(model, target=arch, float_fallback=options.allow_float_fallback)
-    # Only x86 builds read the quad layout of the conv weights (the VNNI kernels).
-    quads = arch == "x86_64"
+    # The quad layout of the conv weights is read by x86's VNNI kernels and by both aarch64 NEON
+    # kernels (ARMv8.0 and dotprod: one ROM copy); other builds read the pairs only.
+    quads = arch in ("x86_64", "aarch64")
     try:
         return graph, generate(graph, options.source_sha256, quads=quads)
     except ExportError as error:
@@ -168,6 +169,26 @@ def _compile(folder: Path, plan: _BuildPlan, facts: dict) -> dict:
     }
 
 
+def _conv_weights(plan: _BuildPlan, program: CProgram) -> dict | None:
+    """The packed groups == 1 conv weight layouts the build compiles in and their bytes (ROM):
+    aarch64 NEON builds hold the quads only, which its ARMv8.0 and dotprod kernels both read; an
+    x86-64 dispatch build both layouts. None for builds that chose their own -m flags, and for
+    models without such a conv."""
+    sizes = program.conv_layout_bytes
+    if not sizes.get("pairs"):
+        return None
+    portable = "-DFW_NO_INTRINSICS" in plan.cflags
+    if plan.arch == "aarch64" and not portable:
+        layouts = {"quads": "[out_c/8][k/4][8][4] int8, read by the ARMv8.0 NEON and the dotprod (sdot) kernels"}
+    elif plan.arch == "x86_64" and plan.by_level:
+        layouts = {"pairs": "[out_c/8][k/2][8][2] int8", "quads": "[out_c/8][k/4][8][4] int8, the VNNI kernels"}
+    elif plan.arch != "x86_64" or portable:
+        layouts = {"pairs": "[out_c/8][k/2][8][2] int8"}
+    else:
+        return None
+    return {name: {"layout": text, "bytes": sizes[name]} for name, text in layouts.items()}
+
+
 def _manifest_extra(graph: LoweredGraph, program: CProgram, plan: _BuildPlan) -> dict:
     extra = {
         "kernels": program.kernels,
@@ -183,6 +204,9 @@ def _manifest_extra(graph: LoweredGraph, program: CProgram, plan: _BuildPlan) ->
         "harness": "fwedge_model INPUT OUTPUT COUNT ITERATIONS",
         "cflags": C_FLAGS + plan.cflags,
     }
+    conv_weights = _conv_weights(plan, program)
+    if conv_weights:
+        extra["conv_weights"] = conv_weights
     if graph.float_fallback:  # only with allow_float_fallback: the decision is reported
         extra["float_fallback"] = [{"node": name, "reason": why} for name, why in graph.float_fallback]
     return extra
@@ -379,8 +403,9 @@ def parse_harness_kernels(stdout: str) -> str | None:
     return None
 
 
-def launcher(arch: str) -> list[str]:
-    """[] on the host architecture, else [qemu-<arch>].
+def launcher(arch: str, cpu: str = "") -> list[str]:
+    """[] on the host architecture, else [qemu-<arch>] (with `-cpu <cpu>` when given: an emulated
+    CPU model, e.g. cortex-a53, whose features a dispatch build's kernels follow).
 
     Raises:
         ExportError: qemu-<arch> is not installed.
@@ -390,11 +415,11 @@ def launcher(arch: str) -> list[str]:
     qemu = shutil.which(f"qemu-{arch}")
     if not qemu:
         raise ExportError(f"running a {arch} bundle on {host_arch()} needs qemu-{arch} (Debian qemu-user)")
-    return [qemu]
+    return [qemu] + (["-cpu", cpu] if cpu else [])
 
 
 def run_harness(bundle: Bundle, inputs: dict[str, np.ndarray], iterations: int = 0,
-                timeout: float | None = None) -> tuple[dict[str, np.ndarray], list[float]]:
+                timeout: float | None = None, cpu: str = "") -> tuple[dict[str, np.ndarray], list[float]]:
     """Run the bundle's harness on this machine (under qemu-<arch> when the arch differs).
 
     Args:
@@ -402,6 +427,7 @@ def run_harness(bundle: Bundle, inputs: dict[str, np.ndarray], iterations: int =
         inputs: name -> [N, ...] arrays in NCHW order.
         iterations: timed runs after the outputs are written (0: none).
         timeout: seconds; default grows with N and iterations (qemu is slow).
+        cpu: the qemu -cpu model of an emulated run ("": qemu's default).
 
     Returns:
         (outputs name -> [N, ...] arrays, per-iteration latencies in ms).
@@ -413,7 +439,7 @@ def run_harness(bundle: Bundle, inputs: dict[str, np.ndarray], iterations: int =
     with tempfile.TemporaryDirectory(prefix="fwedge-c-run-") as temp:
         work = Path(temp)
         count = write_harness_input(bundle, inputs, work / "inputs.bin")
-        argv = launcher(bundle.arch) + [str(executable)] + harness_args(bundle, "inputs.bin", "outputs.bin", count, iterations)
+        argv = launcher(bundle.arch, "" if bundle.arch == host_arch() else cpu) + [str(executable)] + harness_args(bundle, "inputs.bin", "outputs.bin", count, iterations)
         # Emulation is 10-50x slower than native and the host may be busy: generous defaults.
         emulated = bundle.arch != host_arch()
         limit = timeout or (300 + 1.0 * count + 0.1 * iterations if emulated else 120 + 0.05 * count + 0.01 * iterations)

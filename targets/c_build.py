@@ -72,6 +72,10 @@ DISPATCH = {
                        {"avx2": ["-march=x86-64-v3"], "vnni": ["-march=x86-64-v4", "-mavx512vnni"]},
                        {"avx2": "avx2", "vnni": "avx512_vnni"},
                        "x86-64 dispatch: kernels compiled again for AVX2 and AVX-512 VNNI, picked at run time"),
+    # the int8 conv compiled again with sdot; both aarch64 conv kernels read the quads (fwedge_rt.h)
+    "aarch64": Dispatch("-DFW_ARM_DISPATCH", ("conv2d_s8.c",), {"dotprod": ["-mcpu=generic+dotprod"]},
+                        {"dotprod": "dotprod"},
+                        "aarch64 dispatch: the int8 conv compiled again for ARMv8 dotprod (sdot), picked at run time"),
 }
 # The x86_64 variant flags (FW_AVX2_CFLAGS, FW_VNNI_CFLAGS in fwedge_rt.h).
 VARIANT_CFLAGS = DISPATCH["x86_64"].variants

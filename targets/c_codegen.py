@@ -51,6 +51,8 @@ class CProgram:
         kernels: runtime_c source files the model needs (only these are compiled in).
         plan: the arena memory plan.
         weights_bytes: bytes of constant arrays (weights, biases, tables).
+        conv_layout_bytes: bytes of the packed groups == 1 conv weights by layout ("pairs",
+            "quads"); a build compiles in one of them (an x86-64 dispatch build both).
         inputs, outputs: (name, logical shape, dtype) of the graph inputs and outputs, in the
             order of the harness files.
         ops: (kind, dtype) of every op, for reports.
@@ -66,6 +68,7 @@ class CProgram:
     outputs: list[tuple[str, tuple[int, ...], str]]
     ops: list[tuple[str, str]] = field(default_factory=list)
     op_names: list[str] = field(default_factory=list)
+    conv_layout_bytes: dict[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,6 +169,7 @@ def generate(graph: LoweredGraph, source_sha256: str = "", quads: bool = True) -
     )
     return CProgram(
         model_c=model_c, model_h=header, kernels=sorted(e.kernels), plan=plan, weights_bytes=e.weights_bytes,
+        conv_layout_bytes=dict(e.conv_layout_bytes),
         inputs=inputs, outputs=outputs,
         ops=[(op.kind, graph.tensors[op.outputs[0]].dtype) for op in graph.ops],
         op_names=[op.name for op in graph.ops],

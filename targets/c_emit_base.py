@@ -151,6 +151,7 @@ class _Emitter:
         self.graph = graph
         self.plan = plan
         self.quads = quads
+        self.conv_layout_bytes = {"pairs": 0, "quads": 0}
         self.declarations: list[str] = []
         self.body: list[str] = []
         self.kernels: set[str] = set(ALWAYS_KERNELS)
@@ -192,9 +193,10 @@ class _Emitter:
 
     def conv_layouts(self, role: str, layouts: dict[int, np.ndarray]) -> tuple[str, str]:
         """The packed int8 conv weights in the pair and the quad layout, each under #if: a build
-        compiles in the one its kernels read (FW_CONV_K_GROUP), the x86-64 dispatch build both.
-        Returns their C names (pairs, quads) for FW_CONV2D_S8. weights_bytes counts the pairs.
-        Without self.quads (a non-x86 model.c, whose builds all read pairs) only the pairs."""
+        compiles in the one its kernels read (FW_CONV_K_GROUP: quads for x86 VNNI and aarch64
+        NEON, pairs otherwise), the x86-64 dispatch build both. Returns their C names (pairs,
+        quads) for FW_CONV2D_S8. weights_bytes counts the pairs, conv_layout_bytes each layout.
+        Without self.quads (riscv64 and loongarch64, whose builds all read pairs) only the pairs."""
         pairs, quads = self.fresh("k"), self.fresh("k")
         if not self.quads:
             self.declarations.append(c_comment(f"op {self.op_index} {role}, G = 2") + "\n"
@@ -206,6 +208,9 @@ class _Emitter:
                 + "#endif\n#if FW_CONV_K_GROUP == 4 || defined(FW_X86_DISPATCH)\n" + c_array(quads, layouts[4], "int8")
                 + "#endif\n")
         self.weights_bytes += int(np.asarray(layouts[2]).size) * _ITEM_BYTES["conv_s8"]
+        self.conv_layout_bytes["pairs"] += int(np.asarray(layouts[2]).size) * _ITEM_BYTES["conv_s8"]
+        if self.quads:
+            self.conv_layout_bytes["quads"] += int(np.asarray(layouts[4]).size)
         return pairs, quads
 
     def struct(self, type_name: str, fields: dict) -> str:

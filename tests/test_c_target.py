@@ -440,11 +440,14 @@ def test_default_x86_64_bundle_picks_its_kernels_at_run_time_with_the_portable_b
         "avx2": ["conv2d_s8_avx2.c", "depthwise_s8_avx2.c", "elementwise_s8_avx2.c"],
         "avx512_vnni": ["conv2d_s8_vnni.c", "depthwise_s8_vnni.c", "elementwise_s8_vnni.c"]}
     assert "-DFW_X86_DISPATCH" in bundle.extra["cflags"]
-    # model.c: both conv weight layouts for x86_64, the pairs only for the other architectures
+    # model.c: both conv weight layouts for x86_64 and aarch64 (whose NEON kernels read the quads),
+    # the pairs only for riscv64 and loongarch64
     assert "G = 2 and G = 4" in bundle.file("model.c").read_text()
     arm = get_target("aarch64").export(qdq, tmp_path / "arm", ExportOptions(target_options=COptions(build=False)))
-    arm_source = arm.file("model.c").read_text()
-    assert "G = 4" not in arm_source and "G = 2 */" in arm_source and "#error" in arm_source
+    assert "G = 2 and G = 4" in arm.file("model.c").read_text()
+    rv = get_target("riscv64").export(qdq, tmp_path / "rv", ExportOptions(target_options=COptions(build=False)))
+    rv_source = rv.file("model.c").read_text()
+    assert "G = 4" not in rv_source and "G = 2 */" in rv_source and "#error" in rv_source
     portable = export(qdq, tmp_path / "loops", c_options=COptions(cflags=["-DFW_NO_INTRINSICS"]))
     assert portable.extra["kernel_variants"] == {}
     expected = c_runner().run(portable, {"input": x})["logits"].astype("<f4").tobytes()

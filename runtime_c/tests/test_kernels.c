@@ -662,8 +662,8 @@ static void test_data_movement(void)
 
 int main(void)
 {
-#ifdef FW_X86_DISPATCH
-    printf("x86-64 dispatch build: the %s kernels run\n", fw_x86_level_name(fw_x86_level()));
+#ifdef FW_RUNTIME_DISPATCH
+    printf("dispatch build: the %s kernels run\n", fw_kernels_name());
 #endif
 #if defined(FW_NEON)
     printf("aarch64 build: the neon kernels run\n");

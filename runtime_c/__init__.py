@@ -6,8 +6,9 @@ from pathlib import Path
 
 HEADER = "fwedge_rt.h"
 # Every header a bundle gets: fwedge_rt.h and the helpers kernels include (requant_neon.h: the
-# aarch64 NEON requantization of depthwise_s8.c, pool_s8.c and elementwise_s8.c).
-HEADERS = (HEADER, "requant_neon.h")
+# aarch64 NEON requantization of depthwise_s8.c, pool_s8.c and elementwise_s8.c;
+# conv2d_s8_neon.h: the aarch64 tile gather and GEMM of conv2d_s8.c).
+HEADERS = (HEADER, "requant_neon.h", "conv2d_s8_neon.h")
 HARNESS = "harness_main.c"
 TESTS = ("tests/test_kernels.c",)
 

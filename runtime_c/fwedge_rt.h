@@ -57,6 +57,16 @@
 #include <emmintrin.h>
 #endif
 
+/* RISC-V: the int8 conv kernels use RVV 1.0 intrinsics (vector-length agnostic: vsetvl sizes
+ * every loop) when the compiler targets the V extension (-march=rv64gcv, the rvv variants of a
+ * riscv64 dispatch build) and has the v0.12+ intrinsics (__riscv_ names, tuple types: clang 17,
+ * gcc 14); portable C elsewhere or with -DFW_NO_INTRINSICS. */
+#if defined(__riscv_vector) && defined(__riscv_v_intrinsic) && __riscv_v_intrinsic >= 12000 && \
+    !defined(FW_NO_INTRINSICS)
+#include <riscv_vector.h>
+#define FW_RVV 1
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -97,4 +97,9 @@ const char *fw_x86_level_name(int level)
 {
     return level == FW_X86_AVX512_VNNI ? "avx512-vnni" : level == FW_X86_AVX2 ? "avx2" : "baseline";
 }
+
+const char *fw_kernels_name(void)
+{
+    return fw_x86_level_name(fw_x86_level());
+}
 #endif

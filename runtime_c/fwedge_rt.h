@@ -329,8 +329,23 @@ void fw_pad_nhwc(int in_h, int in_w, int in_c, int out_h, int out_w, int out_c, 
 void fw_transpose2d(int a, int b, int element_size, const void *x, void *y);
 
 /* ---------------------------------------------------------------------------------------- */
-/* x86-64 kernel dispatch (the default x86_64 bundle)                                        */
+/* Run-time kernel dispatch                                                                  */
 /* ---------------------------------------------------------------------------------------- */
+
+/* The default bundle of an architecture that has kernel variants (targets/c_build.py DISPATCH)
+ * is built with that architecture's FW_<ARCH>_DISPATCH define: baseline kernels that run on any
+ * CPU of the architecture, plus some kernels compiled again for wider instruction sets
+ * (runtime_c/variants/<kernel>_<suffix>.c), picked per call by *_dispatch entries from what the
+ * CPU and the OS support. Every path gives the same bytes. fw_kernels_name() names the set this
+ * CPU runs; the harness prints it ("fwedge-kernels <name>") before timed runs. */
+#if defined(FW_X86_DISPATCH)
+#define FW_RUNTIME_DISPATCH 1
+#endif
+#ifdef FW_RUNTIME_DISPATCH
+const char *fw_kernels_name(void);
+#endif
+
+/* x86-64 (the default x86_64 bundle) */
 
 /* Built with -DFW_X86_DISPATCH (fwedge does so for x86_64 bundles without -m flags), a bundle is
  * the portable x86-64 baseline plus the int8 conv, depthwise and add/mul kernels compiled again

@@ -10,8 +10,9 @@
  *
  * With ITERATIONS > 0 the harness then runs the last sample ITERATIONS more times (after one
  * warm-up run) and prints one line per run, "fwedge-latency-ns <nanoseconds>", measured with
- * clock_gettime(CLOCK_MONOTONIC); an x86-64 dispatch build first prints "fwedge-kernels <name>",
- * the kernels it picked for this CPU (avx512-vnni, avx2 or baseline). Exit status: 0 success, 1 I/O
+ * clock_gettime(CLOCK_MONOTONIC); a run-time dispatch build first prints "fwedge-kernels <name>",
+ * the kernels it picked for this CPU (fw_kernels_name in fwedge_rt.h: e.g. avx512-vnni, avx2 or
+ * baseline on x86-64). Exit status: 0 success, 1 I/O
  * failure, 2 usage or input size, 3 a CPU without the instructions the bundle was built for.
  *
  * OUTPUT_FILE must not be INPUT_FILE (by any path or link: exit 2), and it is written through a
@@ -29,10 +30,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "model.h"
-#ifdef FW_X86_DISPATCH
 #include "fwedge_rt.h"
-#endif
+#include "model.h"
 
 static unsigned char input_buffer[FWEDGE_INPUT_BYTES];
 static unsigned char output_buffer[FWEDGE_OUTPUT_BYTES];
@@ -225,9 +224,9 @@ int main(int argc, char **argv)
         return 1;
     }
     if (iterations > 0) {
-#ifdef FW_X86_DISPATCH
+#ifdef FW_RUNTIME_DISPATCH
         /* which kernels the timed runs use (fwedge_rt.h) */
-        printf("fwedge-kernels %s\n", fw_x86_level_name(fw_x86_level()));
+        printf("fwedge-kernels %s\n", fw_kernels_name());
 #endif
         fwedge_run(inputs, outputs); /* warm-up */
         for (long i = 0; i < iterations; ++i) {

@@ -28,11 +28,11 @@ from fwedge.bundle import Bundle, TensorInfo, host_arch, write_bundle
 from fwedge.errors import ExportError, UnsupportedOpError
 from fwedge.ir import opset_version
 from fwedge.lowered.graph import LoweredGraph
-from fwedge.runtime_c import HARNESS, HEADER, source_dir
+from fwedge.runtime_c import HARNESS, source_dir
 from fwedge.targets.base import C_ARCHES, COptions, ExportOptions, Target, target
 from fwedge.targets.c_build import (
-    BINARY, C_FLAGS, DISPATCH_DEFINE, VARIANT_CFLAGS, build_binary, cmakelists_text, compiler_command, makefile_text,
-    recorded_command, variant_sources, x86_dispatch,
+    BINARY, C_FLAGS, Dispatch, build_binary, cmakelists_text, compiler_command, dispatch_build, makefile_text,
+    recorded_command,
 )
 from fwedge.targets.c_codegen import CProgram, generate
 from fwedge.targets.common import check_feeds, resolve_precision
@@ -100,7 +100,7 @@ def generate_checked(model: onnx.ModelProto, arch: str, options: ExportOptions) 
 
 @dataclass
 class _BuildPlan:
-    """How a bundle's sources are compiled: the compiler, the flags, the x86-64 dispatch variants."""
+    """How a bundle's sources are compiled: the compiler, the flags, the run-time dispatch variants."""
 
     arch: str
     options: COptions
@@ -108,6 +108,7 @@ class _BuildPlan:
     cflags: list[str]
     sources: list[str]
     by_level: dict[str, list[str]]
+    dispatch: Dispatch | None = None
 
     @property
     def variants(self) -> list[str]:
@@ -117,13 +118,15 @@ class _BuildPlan:
     def make(cls, arch: str, options: COptions, kernels: list[str]) -> _BuildPlan:
         compiler = compiler_command(arch, options.cc) if options.build else []
         cflags = [str(flag) for flag in options.cflags]
-        # The default x86_64 build: baseline kernels plus their AVX2 and VNNI variants, picked at run time.
-        by_level = variant_sources(kernels) if x86_dispatch(arch, cflags) else {}
+        # The default build of an architecture with variants (DISPATCH): baseline kernels plus
+        # their variants, picked at run time; a model that uses none of them gets no dispatch.
+        dispatch = dispatch_build(arch, cflags)
+        by_level = dispatch.sources(kernels) if dispatch is not None else {}
         if any(by_level.values()):
-            cflags = cflags + [DISPATCH_DEFINE]
+            cflags = cflags + [dispatch.define]
         else:
-            by_level = {}
-        return cls(arch, options, compiler, cflags, ["main.c", "model.c", *kernels], by_level)
+            by_level, dispatch = {}, None
+        return cls(arch, options, compiler, cflags, ["main.c", "model.c", *kernels], by_level, dispatch)
 
 
 def _write_sources(folder: Path, program: CProgram, plan: _BuildPlan) -> None:
@@ -131,20 +134,21 @@ def _write_sources(folder: Path, program: CProgram, plan: _BuildPlan) -> None:
     (folder / "model.c").write_text(program.model_c)
     (folder / "model.h").write_text(program.model_h)
     shutil.copyfile(runtime / HARNESS, folder / "main.c")
-    shutil.copyfile(runtime / HEADER, folder / HEADER)
+    for header in sorted(runtime.glob("*.h")):  # fwedge_rt.h and any header a kernel includes
+        shutil.copyfile(header, folder / header.name)
     for kernel in program.kernels:
         shutil.copyfile(runtime / kernel, folder / kernel)
     for variant in plan.variants:
         shutil.copyfile(runtime / "variants" / variant, folder / variant)
     (folder / "Makefile").write_text(makefile_text(program, plan.arch, plan.compiler or ["cc"], plan.sources,
-                                               plan.cflags, plan.variants))
-    (folder / "CMakeLists.txt").write_text(cmakelists_text(plan.sources, plan.by_level))
+                                               plan.cflags, plan.variants, plan.dispatch))
+    (folder / "CMakeLists.txt").write_text(cmakelists_text(plan.sources, plan.by_level, plan.dispatch))
 
 
 def _compile(folder: Path, plan: _BuildPlan, facts: dict) -> dict:
     """Build the harness binary; returns its size figures and records the compiler in `facts`."""
     result = build_binary(folder, plan.sources + plan.variants, plan.arch, plan.options.cc, extra_flags=plan.cflags,
-                          source_flags={name: VARIANT_CFLAGS[suffix] for suffix, files in plan.by_level.items()
+                          source_flags={name: plan.dispatch.variants[suffix] for suffix, files in plan.by_level.items()
                                         for name in files})
     whole, model_part = result.sections, result.model_sections
     stack = result.stack_estimate_bytes or 0
@@ -167,9 +171,8 @@ def _compile(folder: Path, plan: _BuildPlan, facts: dict) -> dict:
 def _manifest_extra(graph: LoweredGraph, program: CProgram, plan: _BuildPlan) -> dict:
     extra = {
         "kernels": program.kernels,
-        # x86-64 dispatch: these kernels also built for AVX2 and AVX-512 VNNI, chosen at run time
-        "kernel_variants": {{"avx2": "avx2", "vnni": "avx512_vnni"}[suffix]: files
-                            for suffix, files in plan.by_level.items() if files},
+        # run-time dispatch: these kernels also built for wider instruction sets, chosen at run time
+        "kernel_variants": {plan.dispatch.names[suffix]: files for suffix, files in plan.by_level.items() if files},
         "binary": BINARY if plan.options.build else None,
         "ops": len(graph.ops),
         # model.c's comments name ops by index only; these are their names, in that order
@@ -368,8 +371,8 @@ KERNELS_PREFIX = "fwedge-kernels"
 
 
 def parse_harness_kernels(stdout: str) -> str | None:
-    """The kernels an x86-64 dispatch build picked ("avx512-vnni", "avx2" or "baseline"), from its
-    `fwedge-kernels` line; None for other builds."""
+    """The kernels a run-time dispatch build picked (fw_kernels_name in fwedge_rt.h: on x86-64
+    "avx512-vnni", "avx2" or "baseline"), from its `fwedge-kernels` line; None for other builds."""
     for line in stdout.splitlines():
         if line.startswith(KERNELS_PREFIX + " "):
             return line.split()[1]

@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 import sys
+from dataclasses import dataclass
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +45,36 @@ C_FLAGS = ["-std=c99", "-O3", "-ffp-contract=off", "-fno-strict-aliasing", "-Wal
 # cross-compiled binaries differed from build to build (and were 1.7 MB instead of 190 KB).
 # Stripped, the same sources give the same binary bytes on every machine.
 LINK_FLAGS = ["-s"]
-# x86-64 dispatch builds (fwedge_rt.h): the kernel sources compiled again for wider instruction
-# sets, by the wrapper files runtime_c/variants/<kernel>_<suffix>.c, and the flags each level
-# is compiled with (FW_AVX2_CFLAGS, FW_VNNI_CFLAGS).
-DISPATCH_KERNELS = ("conv2d_s8.c", "depthwise_s8.c", "elementwise_s8.c")
-VARIANT_CFLAGS = {"avx2": ["-march=x86-64-v3"], "vnni": ["-march=x86-64-v4", "-mavx512vnni"]}
-DISPATCH_DEFINE = "-DFW_X86_DISPATCH"
+# Run-time dispatch builds (fwedge_rt.h): an architecture's kernel sources compiled again for
+# wider instruction sets, by the wrapper files runtime_c/variants/<kernel>_<suffix>.c, and
+# linked beside the baseline kernels; the generated model calls *_dispatch entries that pick
+# the widest variant the CPU runs. One entry per architecture that has variants.
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """The kernel variants of one architecture's dispatch build."""
+
+    define: str                      # the -D flag every source of the build gets
+    kernels: tuple[str, ...]         # the runtime sources that have variants
+    variants: dict[str, list[str]]   # wrapper suffix -> the flags its wrappers are compiled with
+    names: dict[str, str]            # wrapper suffix -> its name in the manifest's kernel_variants
+    describe: str                    # one line for the bundle's Makefile and CMakeLists
+
+    def sources(self, kernels: list[str]) -> dict[str, list[str]]:
+        """The variant wrapper files of the dispatched kernels among `kernels`, by suffix."""
+        return {suffix: [variant_file(kernel, suffix) for kernel in kernels if kernel in self.kernels]
+                for suffix in self.variants}
+
+
+DISPATCH = {
+    "x86_64": Dispatch("-DFW_X86_DISPATCH", ("conv2d_s8.c", "depthwise_s8.c", "elementwise_s8.c"),
+                       {"avx2": ["-march=x86-64-v3"], "vnni": ["-march=x86-64-v4", "-mavx512vnni"]},
+                       {"avx2": "avx2", "vnni": "avx512_vnni"},
+                       "x86-64 dispatch: kernels compiled again for AVX2 and AVX-512 VNNI, picked at run time"),
+}
+# The x86_64 variant flags (FW_AVX2_CFLAGS, FW_VNNI_CFLAGS in fwedge_rt.h).
+VARIANT_CFLAGS = DISPATCH["x86_64"].variants
 
 
 def variant_file(kernel: str, suffix: str) -> str:
@@ -57,25 +82,23 @@ def variant_file(kernel: str, suffix: str) -> str:
     return f"{kernel[:-2]}_{suffix}.c"
 
 
-# wrapper file -> the kernel source it includes
-VARIANT_KERNELS = {variant_file(kernel, suffix): kernel for kernel in DISPATCH_KERNELS for suffix in VARIANT_CFLAGS}
+# wrapper file -> the kernel source it includes (every architecture's)
+VARIANT_KERNELS = {variant_file(kernel, suffix): kernel for spec in DISPATCH.values() for kernel in spec.kernels
+                   for suffix in spec.variants}
 
-
-def variant_sources(kernels: list[str]) -> dict[str, list[str]]:
-    """The variant wrapper files of the dispatched kernels among `kernels`, by level suffix."""
-    return {suffix: [variant_file(kernel, suffix) for kernel in kernels if kernel in DISPATCH_KERNELS]
-            for suffix in VARIANT_CFLAGS}
 # Stack the kernels need beyond the frames -fstack-usage reports (libm calls, alignment).
 STACK_MARGIN = 512
 
 
-def x86_dispatch(arch: str, cflags: list[str]) -> bool:
-    """Whether a build carries the AVX2 and AVX-512 VNNI kernel variants and picks them at run
-    time: an x86_64 build whose flags choose no instruction set (no -m... other than -mtune=),
-    keep the intrinsics and do not opt out with -DFW_NO_DISPATCH (the SSE2 kernels only: less
-    ROM)."""
-    return arch == "x86_64" and not any((flag.startswith("-m") and not flag.startswith("-mtune="))
-                                        or flag in ("-DFW_NO_INTRINSICS", "-DFW_NO_DISPATCH") for flag in cflags)
+def dispatch_build(arch: str, cflags: list[str]) -> Dispatch | None:
+    """The kernel variants a build carries and picks at run time, or None: the default build of an
+    architecture with variants (DISPATCH), whose flags choose no instruction set (no -m... other
+    than -mtune=), keep the intrinsics and do not opt out with -DFW_NO_DISPATCH (the baseline
+    kernels only: less ROM)."""
+    if any((flag.startswith("-m") and not flag.startswith("-mtune="))
+           or flag in ("-DFW_NO_INTRINSICS", "-DFW_NO_DISPATCH") for flag in cflags):
+        return None
+    return DISPATCH.get(arch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,12 +201,15 @@ def _compile_object(compiler: list[str], flags: list[str], folder: Path, source:
                     timeout: float) -> None:
     """Compile one source to `obj`. Runtime kernels (not model.c or main.c) are cached in
     <cache>/c-objects keyed by the compiler argv, flags and the source and header bytes, since
-    every bundle of an architecture compiles the same kernel files."""
+    every bundle of an architecture compiles the same kernel files. (Every runtime header counts:
+    a kernel may include more than fwedge_rt.h; model.h is the model's, and no kernel reads it.)"""
     key = None
     if source not in ("model.c", "main.c"):
         digest = hashlib.sha256(json.dumps([compiler, flags, source]).encode())
         digest.update((folder / source).read_bytes())
-        digest.update((folder / HEADER).read_bytes())
+        for header in sorted(folder.glob("*.h")):
+            if header.name != "model.h":
+                digest.update(header.name.encode() + b"\0" + header.read_bytes())
         if source in VARIANT_KERNELS:  # a variant wrapper includes its kernel source
             digest.update((folder / VARIANT_KERNELS[source]).read_bytes())
         key = cache_dir() / "c-objects" / f"{digest.hexdigest()}.o"
@@ -327,11 +353,20 @@ def elf_sections(path: Path) -> dict:
 
 
 def makefile_text(program: CProgram, arch: str, compiler: list[str], sources: list[str], cflags: list[str],
-              variants: list[str]) -> str:
+                  variants: list[str], dispatch: Dispatch | None = None) -> str:
     if compiler[:3] == [sys.executable, "-m", "ziglang"]:
         default_cc = "$(PYTHON) -m ziglang cc " + " ".join(compiler[3 + 1:])
     else:
         default_cc = " ".join(shlex.quote(part) for part in compiler)
+    levels = rules = ""
+    if dispatch is not None:
+        levels = f"# {dispatch.describe} (fwedge_rt.h)\n" + "".join(
+            f"{suffix.upper()}_CFLAGS = {' '.join(flags)}\n" for suffix, flags in dispatch.variants.items())
+        rules = "".join(f"""bin/%_{suffix}.o: %_{suffix}.c %.c {HEADER}
+\tmkdir -p bin
+\t$(CC) $(CFLAGS) $({suffix.upper()}_CFLAGS) -I. -c $< -o $@
+
+""" for suffix in dispatch.variants)
     return f"""# Rebuild this fwedge C bundle ({arch}). With a vendor toolchain: make CC=aarch64-linux-gnu-gcc
 # Generated by fwedge; the default compiler is the one fwedge used.
 PYTHON ?= python3
@@ -343,39 +378,28 @@ LDFLAGS ?= -static {' '.join(LINK_FLAGS)}
 export ZIG_GLOBAL_CACHE_DIR ?= .cache/zig
 export ZIG_LOCAL_CACHE_DIR ?= .cache/zig
 SOURCES = {' '.join(sources)}
-# x86-64 dispatch: kernels compiled again for AVX2 and AVX-512 VNNI, picked at run time (fwedge_rt.h)
-AVX2_CFLAGS = {' '.join(VARIANT_CFLAGS["avx2"])}
-VNNI_CFLAGS = {' '.join(VARIANT_CFLAGS["vnni"])}
-VARIANTS = {' '.join(variants)}
+{levels}VARIANTS = {' '.join(variants)}
 VARIANT_OBJECTS = $(VARIANTS:%.c=bin/%.o)
 
 {BINARY}: $(SOURCES) $(VARIANT_OBJECTS) model.h {HEADER}
 \tmkdir -p bin
 \t$(CC) $(CFLAGS) $(LDFLAGS) -I. $(SOURCES) $(VARIANT_OBJECTS) -o $@ -lm
 
-bin/%_avx2.o: %_avx2.c %.c {HEADER}
-\tmkdir -p bin
-\t$(CC) $(CFLAGS) $(AVX2_CFLAGS) -I. -c $< -o $@
-
-bin/%_vnni.o: %_vnni.c %.c {HEADER}
-\tmkdir -p bin
-\t$(CC) $(CFLAGS) $(VNNI_CFLAGS) -I. -c $< -o $@
-
-clean:
+{rules}clean:
 \trm -f {BINARY} $(VARIANT_OBJECTS)
 
 .PHONY: clean
 """
 
 
-def cmakelists_text(sources: list[str], variants: dict[str, list[str]]) -> str:
-    dispatch = ""
-    if any(variants.values()):
-        dispatch = (f"# x86-64 dispatch: kernels compiled again for AVX2 and AVX-512 VNNI, picked at run time "
-                    f"(fwedge_rt.h)\ntarget_compile_definitions(fwedge_model PRIVATE {DISPATCH_DEFINE[2:]})\n")
+def cmakelists_text(sources: list[str], variants: dict[str, list[str]], dispatch: Dispatch | None = None) -> str:
+    lines = ""
+    if dispatch is not None and any(variants.values()):
+        lines = (f"# {dispatch.describe} (fwedge_rt.h)\n"
+                 f"target_compile_definitions(fwedge_model PRIVATE {dispatch.define[2:]})\n")
         for suffix, files in variants.items():
-            dispatch += (f"set_source_files_properties({' '.join(files)} PROPERTIES COMPILE_OPTIONS "
-                         f"\"{';'.join(VARIANT_CFLAGS[suffix])}\")\n")
+            lines += (f"set_source_files_properties({' '.join(files)} PROPERTIES COMPILE_OPTIONS "
+                      f"\"{';'.join(dispatch.variants[suffix])}\")\n")
     all_variants = [name for files in variants.values() for name in files]
     return f"""# Rebuild this fwedge C bundle with CMake; cross-compile with -DCMAKE_TOOLCHAIN_FILE=<vendor file>.
 cmake_minimum_required(VERSION 3.10)
@@ -385,5 +409,5 @@ set(CMAKE_C_STANDARD_REQUIRED ON)
 add_executable(fwedge_model {' '.join(sources + all_variants)})
 target_include_directories(fwedge_model PRIVATE ${{CMAKE_CURRENT_SOURCE_DIR}})
 target_compile_options(fwedge_model PRIVATE -O3 -ffp-contract=off -fno-strict-aliasing)
-{dispatch}target_link_libraries(fwedge_model m)
+{lines}target_link_libraries(fwedge_model m)
 """

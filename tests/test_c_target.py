@@ -136,12 +136,14 @@ def _host_kernels() -> str:
 
 
 def test_x86_dispatch_is_the_default_x86_64_build_only():
-    from fwedge.targets.c import VARIANT_CFLAGS, x86_dispatch
+    from fwedge.targets.c_build import DISPATCH, VARIANT_CFLAGS, dispatch_build
 
-    assert x86_dispatch("x86_64", []) and x86_dispatch("x86_64", ["-mtune=znver4", "-g"])
+    x86 = DISPATCH["x86_64"]
+    assert dispatch_build("x86_64", []) is x86 and dispatch_build("x86_64", ["-mtune=znver4", "-g"]) is x86
     for flags in (["-march=native"], ["-mavx2"], ["-mno-sse4"], ["-DFW_NO_INTRINSICS"], ["-DFW_NO_DISPATCH"]):
-        assert not x86_dispatch("x86_64", flags), flags
-    assert not x86_dispatch("aarch64", [])
+        assert dispatch_build("x86_64", flags) is None, flags
+    for arch in ("aarch64", "riscv64", "loongarch64"):
+        assert dispatch_build(arch, ["-mcpu=generic"]) is None and dispatch_build(arch, []) is DISPATCH.get(arch)
     # the flags the build passes are the ones fwedge_rt.h documents for each level
     header = (source_dir() / "fwedge_rt.h").read_text()
     for suffix, macro in (("avx2", "FW_AVX2_CFLAGS"), ("vnni", "FW_VNNI_CFLAGS")):
@@ -155,7 +157,7 @@ def test_runtime_unit_tests_pass_in_the_x86_dispatch_build_on_every_path(tmp_pat
     variants (runtime_c/variants, each compiled with its flags). Natively the dispatch takes the
     widest this CPU has; qemu-x86_64's default CPU gets the AVX2 ones, -cpu qemu64 the baseline.
     All pass."""
-    from fwedge.targets.c import VARIANT_CFLAGS
+    from fwedge.targets.c_build import VARIANT_CFLAGS
 
     common = ["cc", "-std=c99", "-O3", "-Wall", "-Wextra", "-Werror", "-pedantic", "-DFW_X86_DISPATCH",
               "-I", str(source_dir())]
@@ -315,10 +317,10 @@ def test_model_runs_clean_under_address_and_undefined_sanitizers(tmp_path):
     builds = {"sanitized": []}
     if bundle.extra["kernel_variants"]:
         # the x86-64 dispatch build as the bundle has it: the variants with their flags, run natively
-        from fwedge.targets.c import VARIANT_CFLAGS, variant_sources
+        from fwedge.targets.c_build import DISPATCH, VARIANT_CFLAGS
 
         objects = []
-        for suffix, variants in variant_sources(bundle.extra["kernels"]).items():
+        for suffix, variants in DISPATCH["x86_64"].sources(bundle.extra["kernels"]).items():
             flags = VARIANT_CFLAGS[suffix]
             for variant in variants:
                 obj = folder / (variant[:-2] + ".o")

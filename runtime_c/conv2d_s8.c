@@ -886,3 +886,12 @@ void fw_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const fw_co
     }
 }
 #endif
+
+#if defined(FW_RISCV_DISPATCH) && !defined(FW_VARIANT)
+/* The riscv64 dispatch entry (fwedge_rt.h): both kernels read the pairs. */
+void fw_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const fw_conv_weight *pairs, const int32_t *bias,
+                           const int32_t *multiplier, const int32_t *shift, int8_t *y)
+{
+    (fw_riscv_level() == FW_RISCV_V ? fw_conv2d_s8_rvv : fw_conv2d_s8)(p, x, pairs, bias, multiplier, shift, y);
+}
+#endif

@@ -436,6 +436,9 @@ int main(void)
 #ifdef FW_X86_DISPATCH
     printf("x86-64 dispatch build: the %s kernels run\n", fw_x86_level_name(fw_x86_level()));
 #endif
+#ifdef FW_RISCV_DISPATCH
+    printf("riscv64 dispatch build: the %s kernels run\n", fw_riscv_level_name(fw_riscv_level()));
+#endif
     test_fixed_point();
     test_conv_s8();
     test_conv_f32();

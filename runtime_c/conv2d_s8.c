@@ -334,6 +334,47 @@ static int gather_tile_one_channel(const fw_conv_params *p, const int8_t *x, int
 }
 #endif
 
+#ifdef FW_RVV
+/* gather_tile of the whole filter for an even in_c, pixel by pixel: a segment load splits each
+ * tap's in_c values into the even and the odd channels, each widened to int16 minus the zero
+ * point (vwsub.vx), and a strided segment store writes them back as pairs into the pixel's
+ * column of the [k / 2][pixel][2] tile (2-byte aligned stores: the tile is an int16 array).
+ * Pairs never straddle two taps since in_c is even. vl pairs per pass. */
+static void gather_tile_rvv(const fw_conv_params *p, const int8_t *x, int pixel0, int pixels, int16_t *tile)
+{
+    const int pairs = p->in_c / 2;
+    const int8_t zero_point = (int8_t)p->input_zero_point;
+    const ptrdiff_t pair_stride = 2 * FW_TILE_PIXELS * (ptrdiff_t)sizeof *tile;
+    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+        const int pixel = pixel0 + (t < pixels ? t : 0);
+        const int oy = pixel / p->out_w, ox = pixel - oy * p->out_w;
+        const int y0 = oy * p->stride_h - p->pad_top, x0 = ox * p->stride_w - p->pad_left;
+        int16_t *column = tile + 2 * t;
+        for (int ky = 0; ky < p->kernel_h; ++ky) {
+            const int iy = y0 + ky * p->dilation_h;
+            for (int kx = 0; kx < p->kernel_w; ++kx) {
+                const int ix = x0 + kx * p->dilation_w;
+                const int inside = t < pixels && iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w;
+                const int8_t *xp = x + (inside ? ((size_t)iy * p->in_w + ix) * p->in_c : 0);
+                for (int c = 0; c < pairs;) {
+                    const size_t vl = __riscv_vsetvl_e16m1((size_t)(pairs - c));
+                    vint16m1_t even = __riscv_vmv_v_x_i16m1(0, vl), odd = even;
+                    if (inside) {
+                        const vint8mf2x2_t v = __riscv_vlseg2e8_v_i8mf2x2(xp + 2 * c, vl);
+                        even = __riscv_vwsub_vx_i16m1(__riscv_vget_v_i8mf2x2_i8mf2(v, 0), zero_point, vl);
+                        odd = __riscv_vwsub_vx_i16m1(__riscv_vget_v_i8mf2x2_i8mf2(v, 1), zero_point, vl);
+                    }
+                    __riscv_vssseg2e16_v_i16m1x2(column + (size_t)c * 2 * FW_TILE_PIXELS, pair_stride,
+                                                 __riscv_vcreate_v_i16m1x2(even, odd), vl);
+                    c += (int)vl;
+                }
+                column += (size_t)pairs * 2 * FW_TILE_PIXELS;
+            }
+        }
+    }
+}
+#endif
+
 #if defined(__AVX2__) && !defined(FW_NO_INTRINSICS)
 /* The four pixels' eight-channel accumulators, pixel after pixel. */
 static inline void store_tile(int32_t *acc, __m256i a0, __m256i a1, __m256i a2, __m256i a3)
@@ -592,6 +633,30 @@ static void tile_gemm(int steps, const fw_tile_value *tile, const fw_conv_weight
     _mm_storeu_si128(out + 5, a21);
     _mm_storeu_si128(out + 6, a30);
     _mm_storeu_si128(out + 7, a31);
+#elif defined(FW_RVV)
+    /* RVV: a segment load splits a step's eight channel pairs into the even and the odd taps,
+     * each widened to int16; every pixel's two values multiply them as scalars into one int32
+     * vector per pixel (vwmacc.vx). vl channels per pass: every V CPU (VLEN >= 128) holds all
+     * eight in e32m2, so one pass. */
+    for (int j0 = 0; j0 < FW_CONV_BLOCK;) {
+        const size_t vl = __riscv_vsetvl_e32m2((size_t)(FW_CONV_BLOCK - j0));
+        vint32m2_t a0 = __riscv_vmv_v_x_i32m2(0, vl), a1 = a0, a2 = a0, a3 = a0;
+        for (int i = 0; i < steps; ++i) {
+            const int16_t *xv = tile + i * 2 * FW_TILE_PIXELS;
+            const vint8mf2x2_t pairs = __riscv_vlseg2e8_v_i8mf2x2(w + i * 2 * FW_CONV_BLOCK + 2 * j0, vl);
+            const vint16m1_t even = __riscv_vsext_vf2_i16m1(__riscv_vget_v_i8mf2x2_i8mf2(pairs, 0), vl);
+            const vint16m1_t odd = __riscv_vsext_vf2_i16m1(__riscv_vget_v_i8mf2x2_i8mf2(pairs, 1), vl);
+            a0 = __riscv_vwmacc_vx_i32m2(__riscv_vwmacc_vx_i32m2(a0, xv[0], even, vl), xv[1], odd, vl);
+            a1 = __riscv_vwmacc_vx_i32m2(__riscv_vwmacc_vx_i32m2(a1, xv[2], even, vl), xv[3], odd, vl);
+            a2 = __riscv_vwmacc_vx_i32m2(__riscv_vwmacc_vx_i32m2(a2, xv[4], even, vl), xv[5], odd, vl);
+            a3 = __riscv_vwmacc_vx_i32m2(__riscv_vwmacc_vx_i32m2(a3, xv[6], even, vl), xv[7], odd, vl);
+        }
+        __riscv_vse32_v_i32m2(acc + 0 * FW_CONV_BLOCK + j0, a0, vl);
+        __riscv_vse32_v_i32m2(acc + 1 * FW_CONV_BLOCK + j0, a1, vl);
+        __riscv_vse32_v_i32m2(acc + 2 * FW_CONV_BLOCK + j0, a2, vl);
+        __riscv_vse32_v_i32m2(acc + 3 * FW_CONV_BLOCK + j0, a3, vl);
+        j0 += (int)vl;
+    }
 #else
     int32_t a[FW_TILE_PIXELS * FW_CONV_BLOCK];
     for (int j = 0; j < FW_TILE_PIXELS * FW_CONV_BLOCK; ++j) {
@@ -716,6 +781,11 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const fw_
             if (p->in_c % 8 == 0) {
                 gather_tile_sse2(p, x, pixel0, count, tile);
             } else if (!gather_tile_one_channel(p, x, pixel0, count, tile))
+#endif
+#ifdef FW_RVV
+            if (p->in_c % 2 == 0) {
+                gather_tile_rvv(p, x, pixel0, count, tile);
+            } else
 #endif
             {
                 gather_tile(p, x, pixel0, count, 0, filter, line, tile);
@@ -860,5 +930,14 @@ void fw_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const int8_
     } else {
         fw_conv2d_s8(p, x, quads, bias, multiplier, shift, y);
     }
+}
+#endif
+
+#if defined(FW_RISCV_DISPATCH) && !defined(FW_VARIANT)
+/* The riscv64 dispatch entry (fwedge_rt.h): both kernels read the pairs. */
+void fw_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const fw_conv_weight *pairs, const int32_t *bias,
+                           const int32_t *multiplier, const int32_t *shift, int8_t *y)
+{
+    (fw_riscv_level() == FW_RISCV_V ? fw_conv2d_s8_rvv : fw_conv2d_s8)(p, x, pairs, bias, multiplier, shift, y);
 }
 #endif

@@ -125,3 +125,42 @@ const char *fw_kernels_name(void)
     return fw_arm_has_dotprod() ? "dotprod" : "baseline";
 }
 #endif
+
+#ifdef FW_RISCV_DISPATCH
+#ifdef __linux__
+#include <sys/auxv.h>
+#endif
+
+/* FW_RISCV_V when the kernel reports the V extension: bit 'V' - 'A' of AT_HWCAP. Linux sets it
+ * (6.5 and later) only when the CPU has V and user space may use it (the vector state is
+ * saved; abi.riscv_v_default_allow), and qemu-riscv64 7.2 sets it for -cpu rv64,v=true
+ * (checked: hwcap 0x20112d with v=true, 0x112d without). So the bit alone decides: no probe
+ * that runs a vsetvli under a SIGILL handler, which would have to take over the
+ * application's handler. Without Linux (no getauxval) the baseline runs. Asked once; a
+ * second thread asking at the same time computes the same answer. */
+int fw_riscv_level(void)
+{
+    static int known = -1;
+    if (known < 0) {
+        int level = FW_RISCV_BASELINE;
+#ifdef __linux__
+        if (getauxval(AT_HWCAP) & (1ul << ('V' - 'A'))) {
+            level = FW_RISCV_V;
+        }
+#endif
+        known = level;
+    }
+    return known;
+}
+
+/* "baseline" or "rvv". */
+const char *fw_riscv_level_name(int level)
+{
+    return level == FW_RISCV_V ? "rvv" : "baseline";
+}
+
+const char *fw_kernels_name(void)
+{
+    return fw_riscv_level_name(fw_riscv_level());
+}
+#endif

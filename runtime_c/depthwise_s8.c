@@ -465,3 +465,13 @@ void fw_depthwise_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, c
                                  : fw_depthwise_conv2d_s8)(p, x, w, bias, multiplier, shift, y);
 }
 #endif
+
+#if defined(FW_RISCV_DISPATCH) && !defined(FW_VARIANT)
+/* The riscv64 dispatch entry (fwedge_rt.h). */
+void fw_depthwise_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
+                                     const int32_t *multiplier, const int32_t *shift, int8_t *y)
+{
+    (fw_riscv_level() == FW_RISCV_V ? fw_depthwise_conv2d_s8_rvv : fw_depthwise_conv2d_s8)(p, x, w, bias, multiplier,
+                                                                                          shift, y);
+}
+#endif

@@ -252,3 +252,16 @@ void fw_mul_s8_dispatch(const fw_elementwise_params *p, const int8_t *x1, const 
     (level == FW_X86_AVX512_VNNI ? fw_mul_s8_vnni : level == FW_X86_AVX2 ? fw_mul_s8_avx2 : fw_mul_s8)(p, x1, x2, y);
 }
 #endif
+
+#if defined(FW_RISCV_DISPATCH) && !defined(FW_VARIANT)
+/* The riscv64 dispatch entries (fwedge_rt.h). */
+void fw_add_s8_dispatch(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y)
+{
+    (fw_riscv_level() == FW_RISCV_V ? fw_add_s8_rvv : fw_add_s8)(p, x1, x2, y);
+}
+
+void fw_mul_s8_dispatch(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y)
+{
+    (fw_riscv_level() == FW_RISCV_V ? fw_mul_s8_rvv : fw_mul_s8)(p, x1, x2, y);
+}
+#endif

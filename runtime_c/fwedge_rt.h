@@ -68,6 +68,16 @@
 #endif
 #endif
 
+/* RISC-V: the int8 conv kernels use RVV 1.0 intrinsics (vector-length agnostic: vsetvl sizes
+ * every loop) when the compiler targets the V extension (-march=rv64gcv, the rvv variants of a
+ * riscv64 dispatch build) and has the v0.12+ intrinsics (__riscv_ names, tuple types: clang 17,
+ * gcc 14); portable C elsewhere or with -DFW_NO_INTRINSICS. */
+#if defined(__riscv_vector) && defined(__riscv_v_intrinsic) && __riscv_v_intrinsic >= 12000 && \
+    !defined(FW_NO_INTRINSICS)
+#include <riscv_vector.h>
+#define FW_RVV 1
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -341,11 +351,41 @@ void fw_transpose2d(int a, int b, int element_size, const void *x, void *y);
  * (runtime_c/variants/<kernel>_<suffix>.c), picked per call by *_dispatch entries from what the
  * CPU and the OS support. Every path gives the same bytes. fw_kernels_name() names the set this
  * CPU runs; the harness prints it ("fwedge-kernels <name>") before timed runs. */
-#if defined(FW_X86_DISPATCH) || defined(FW_ARM_DISPATCH)
+#if defined(FW_X86_DISPATCH) || defined(FW_ARM_DISPATCH) || defined(FW_RISCV_DISPATCH)
 #define FW_RUNTIME_DISPATCH 1
 #endif
 #ifdef FW_RUNTIME_DISPATCH
 const char *fw_kernels_name(void);
+#endif
+
+/* riscv64 (the default riscv64 bundle) */
+
+/* Built with -DFW_RISCV_DISPATCH, a bundle is the portable rv64gc baseline plus the int8 conv,
+ * depthwise and add/mul kernels compiled again with the V extension (RVV 1.0;
+ * variants/<kernel>_rvv.c, FW_RVV_CFLAGS: zig cc spells it -mcpu=baseline_rv64+v). The *_rvv
+ * kernels are vector-length agnostic (every loop sized by vsetvl), so one binary serves any
+ * VLEN. fw_riscv_level() picks them when the kernel reports V (data.c); the binary runs on any
+ * rv64gc CPU, and every path gives the same bytes. Both conv paths read the pair layout. */
+#define FW_RVV_CFLAGS "-march=rv64gcv"
+enum { FW_RISCV_BASELINE = 0, FW_RISCV_V = 1 };
+#ifdef FW_RISCV_DISPATCH
+int fw_riscv_level(void);
+const char *fw_riscv_level_name(int level);
+void fw_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const fw_conv_weight *pairs, const int32_t *bias,
+                           const int32_t *multiplier, const int32_t *shift, int8_t *y);
+void fw_conv2d_s8_rvv(const fw_conv_params *p, const int8_t *x, const fw_conv_weight *pairs, const int32_t *bias,
+                      const int32_t *multiplier, const int32_t *shift, int8_t *y);
+void fw_depthwise_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
+                                     const int32_t *multiplier, const int32_t *shift, int8_t *y);
+void fw_depthwise_conv2d_s8_rvv(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
+                                const int32_t *multiplier, const int32_t *shift, int8_t *y);
+void fw_add_s8_dispatch(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
+void fw_add_s8_rvv(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
+void fw_mul_s8_dispatch(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
+void fw_mul_s8_rvv(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
+#define FW_DISPATCH(name) name##_dispatch
+#define FW_CONV2D_S8(p, x, pairs, quads, bias, multiplier, shift, y) \
+    fw_conv2d_s8_dispatch(p, x, pairs, bias, multiplier, shift, y)
 #endif
 
 /* x86-64 (the default x86_64 bundle) */
@@ -401,7 +441,7 @@ void fw_conv2d_s8_dotprod(const fw_conv_params *p, const int8_t *x, const int8_t
 #define FW_DISPATCH(name) name
 #define FW_CONV2D_S8(p, x, pairs, quads, bias, multiplier, shift, y) \
     fw_conv2d_s8_dispatch(p, x, quads, bias, multiplier, shift, y)
-#else
+#elif !defined(FW_DISPATCH) /* no dispatch build of another architecture either */
 #define FW_DISPATCH(name) name
 #if FW_CONV_K_GROUP == 4
 #define FW_CONV2D_S8(p, x, pairs, quads, bias, multiplier, shift, y) fw_conv2d_s8(p, x, quads, bias, multiplier, shift, y)

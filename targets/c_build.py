@@ -76,7 +76,24 @@ DISPATCH = {
     "aarch64": Dispatch("-DFW_ARM_DISPATCH", ("conv2d_s8.c",), {"dotprod": ["-mcpu=generic+dotprod"]},
                         {"dotprod": "dotprod"},
                         "aarch64 dispatch: the int8 conv compiled again for ARMv8 dotprod (sdot), picked at run time"),
+    # RVV 1.0, picked when AT_HWCAP has the V bit (fw_riscv_level in data.c); FW_RVV_CFLAGS
+    "riscv64": Dispatch("-DFW_RISCV_DISPATCH", ("conv2d_s8.c", "depthwise_s8.c", "elementwise_s8.c"),
+                        {"rvv": ["-march=rv64gcv"]}, {"rvv": "rvv"},
+                        "riscv64 dispatch: kernels compiled again with the V extension (RVV 1.0; zig cc's "
+                        "-mcpu=baseline_rv64+v is -march=rv64gcv), picked at run time"),
 }
+# Flags zig cc spells its own way: it reads -march=<name> as a CPU name, so the ISA string of
+# gcc and clang becomes zig's CPU plus features. Applied to the variant flags whenever the
+# compiler is zig (build_binary, the bundle's Makefile); CMakeLists.txt keeps the gcc spelling.
+ZIG_SPELLINGS = {"-march=rv64gcv": "-mcpu=baseline_rv64+v"}
+
+
+def spelled_for(compiler: list[str], flags: list[str]) -> list[str]:
+    """`flags` as `compiler` takes them: ZIG_SPELLINGS applied when it is `python -m ziglang cc`."""
+    if compiler[1:3] != ["-m", "ziglang"]:
+        return list(flags)
+    return [ZIG_SPELLINGS.get(flag, flag) for flag in flags]
+
 # The x86_64 variant flags (FW_AVX2_CFLAGS, FW_VNNI_CFLAGS in fwedge_rt.h).
 VARIANT_CFLAGS = DISPATCH["x86_64"].variants
 
@@ -248,7 +265,8 @@ def build_binary(folder: Path, sources: list[str], arch: str, cc: str | None = N
         objects = []
         for source in sources:
             obj = Path(build_dir) / (Path(source).stem + ".o")
-            _compile_object(compiler, flags + (source_flags or {}).get(source, []), folder, source, obj, arch, timeout)
+            _compile_object(compiler, flags + spelled_for(compiler, (source_flags or {}).get(source, [])), folder,
+                            source, obj, arch, timeout)
             objects.append(str(obj))
             if source != "main.c":
                 for key, value in elf_sections(obj).items():
@@ -269,7 +287,7 @@ def build_binary(folder: Path, sources: list[str], arch: str, cc: str | None = N
     command = (recorded_command(compiler) + flags + LINK_FLAGS + (["-static"] if static else []) + ["-I."] + sources
                + ["-o", BINARY, "-lm"])
     for source, added in (source_flags or {}).items():  # how the per-source flags were given
-        command += [f"({source}: {' '.join(added)})"]
+        command += [f"({source}: {' '.join(spelled_for(compiler, added))})"]
     return BuildResult(command, _compiler_version(compiler), sections, model_sections,
                        stack_estimate(folder, [source for source in sources if source not in (source_flags or {})]))
 
@@ -365,7 +383,8 @@ def makefile_text(program: CProgram, arch: str, compiler: list[str], sources: li
     levels = rules = ""
     if dispatch is not None:
         levels = f"# {dispatch.describe} (fwedge_rt.h)\n" + "".join(
-            f"{suffix.upper()}_CFLAGS = {' '.join(flags)}\n" for suffix, flags in dispatch.variants.items())
+            f"{suffix.upper()}_CFLAGS = {' '.join(spelled_for(compiler, flags))}\n"
+            for suffix, flags in dispatch.variants.items())
         rules = "".join(f"""bin/%_{suffix}.o: %_{suffix}.c %.c $(HEADERS)
 \tmkdir -p bin
 \t$(CC) $(CFLAGS) $({suffix.upper()}_CFLAGS) -I. -c $< -o $@

@@ -668,6 +668,9 @@ int main(void)
 #if defined(FW_NEON)
     printf("aarch64 build: the neon kernels run\n");
 #endif
+#ifdef FW_RISCV_DISPATCH
+    printf("riscv64 dispatch build: the %s kernels run\n", fw_riscv_level_name(fw_riscv_level()));
+#endif
     test_fixed_point();
 #if defined(FW_NEON)
     test_requant_neon();

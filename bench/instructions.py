@@ -2,7 +2,7 @@
 """Executed guest instructions per inference under qemu-user: fwedge's C bundles against LiteRT.
 
     .venv/bin/python bench/instructions.py [--models cnn_small mobilenet_v2_tiny]
-        [--aarch64-cpus cortex-a53 cortex-a76 max,sme=off] [--riscv64-cpus rv64 rv64,v=true,vlen=128]
+        [--aarch64-cpus cortex-a53 cortex-a76 max,sme=off] [--riscv64-cpus rv64 rv64,v=true,vlen=128 rv64,v=true,vlen=256]
         [--iterations 5 45] [--split 12] [--json build/bench/instructions.json]
 
 Wall time under emulation says little about a board; the number of guest instructions a run
@@ -26,6 +26,9 @@ For each example model, quantized as `fwedge quantize --data fashion-mnist:train
     totals repeat exactly as well (a .pyc written by the first run changes the count of later ones).
   * instructions per MAC, with the MACs of the float model (`fwedge inspect`), and the ratio
     C / LiteRT per -cpu.
+  * riscv64: the default bundle picks its kernels at run time (RVV 1.0 variants when the CPU has
+    V, fwedge_rt.h), so `-cpu rv64` runs the portable kernels and `-cpu rv64,v=true,vlen=N` the
+    rvv ones, in one binary; "riscv64 V vs portable" prints the ratio of the two counts.
   * --split N: where the C bundle's instructions go, by function: the bundle's own sources rebuilt
     unstripped (its Makefile with LDFLAGS=-static; the shipped binary is linked with -s), run
     with the plugin's mode=pcs, the per-block counts of the two runs differenced and binned by
@@ -516,11 +519,27 @@ def print_table(measured: list[dict]) -> None:
                     print(f"  {item['per_inference']:>12,.0f}  {item['share'] * 100:5.1f}%  {item['function']}")
 
 
+def print_riscv_ratios(measured: list[dict]) -> None:
+    """The riscv64 bundle's count with V against its count under -cpu rv64 (no V: the portable
+    kernels of the same binary), per model and V cpu; nothing without an rv64 run."""
+    lines = []
+    for entry in measured:
+        runs = {run["cpu"]: run["c"]["per_inference"] for run in entry["runs"] if run["arch"] == "riscv64"}
+        portable = runs.get("rv64")
+        for cpu, count in runs.items():
+            if portable and "v=true" in cpu:
+                lines.append(f"  {entry['model']} -cpu {cpu}: {count:,.0f} vs {portable:,.0f} insns: "
+                             f"{portable / count:.2f}x fewer")
+    if lines:
+        print("\nriscv64 V vs portable (the same bundle under -cpu rv64):")
+        print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["cnn_small", "mobilenet_v2_tiny"])
     parser.add_argument("--aarch64-cpus", nargs="*", default=["cortex-a53", "cortex-a76", "max,sme=off"])
-    parser.add_argument("--riscv64-cpus", nargs="*", default=["rv64", "rv64,v=true,vlen=128"])
+    parser.add_argument("--riscv64-cpus", nargs="*", default=["rv64", "rv64,v=true,vlen=128", "rv64,v=true,vlen=256"])
     parser.add_argument("--iterations", nargs=2, type=int, default=[5, 45], metavar=("LOW", "HIGH"),
                         help="inferences of the two differenced runs")
     parser.add_argument("--split", type=int, default=0, metavar="N",
@@ -541,6 +560,7 @@ def main() -> None:
             roots = {cpu: cpu_root(args.cache, sysroot, cpu, probe) for cpu in args.aarch64_cpus}
         measured = [measure_model(name, args, plugin, sysroot, roots, work) for name in args.models]
     print_table(measured)
+    print_riscv_ratios(measured)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     payload = {"schema": "fwedge.bench.instructions/1", "qemu": qemu_version(), "iterations": args.iterations,
                "models": measured}

@@ -141,3 +141,15 @@ def test_room_imports_flow_one_way():
         order += ready
         done |= set(ready)
     assert order.index("plan") < order.index("qdq") < order.index("budget") < order.index("run")
+
+
+@pytest.mark.parametrize("float_score, score, expected", [
+    (0.90, 0.897, "drop 0.30 pp vs float"),
+    (0.90, 0.903, "gain 0.30 pp vs float"),
+    (0.90, 0.90, "same as float"),
+])
+def test_budget_line_says_drop_or_gain(float_score, score, expected):
+    """A quantized model scoring above float is a gain, never a negative drop."""
+    from fwedge.quantization.budget import accuracy_change
+
+    assert accuracy_change(float_score, score) == expected

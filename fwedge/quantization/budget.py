@@ -117,6 +117,14 @@ def _evaluator(float_model: onnx.ModelProto, spec: BudgetSpec) -> _Evaluator:
                       spec.labelled, batch_limit(float_model, spec.batch_size))
 
 
+def accuracy_change(float_score: float, score: float) -> str:
+    """'drop 0.30 pp vs float', or 'gain 0.30 pp vs float' when the quantized model scores higher."""
+    delta = 100 * (float_score - score)
+    if round(delta, 2) == 0:
+        return "same as float"
+    return f"{'drop' if delta > 0 else 'gain'} {abs(delta):.2f} pp vs float"
+
+
 class _Search:
     """The greedy search: rank layers by how much float alone recovers, add them, then prune back."""
 
@@ -133,7 +141,7 @@ class _Search:
 
     def describe(self, score: float) -> str:
         if self.spec.labelled:
-            return f"accuracy {100 * score:.2f}% (drop {100 * (self.evaluate.float_score - score):.2f} pp)"
+            return f"accuracy {100 * score:.2f}% ({accuracy_change(self.evaluate.float_score, score)})"
         return f"agreement {100 * score:.2f}%"
 
     def without(self, float_nodes) -> onnx.ModelProto:

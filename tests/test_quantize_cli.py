@@ -98,3 +98,10 @@ def test_quantize_accuracy_budget_reports_float_layers(tmp_path):
     float_nodes = {name for entry in payload["kept_float"] for name in entry["node"].split("+")}
     assert float_nodes.isdisjoint(payload["quantized_nodes"])
     onnx.checker.check_model(onnx.load(out))
+
+
+def test_calibration_bar_counts_both_passes_and_says_so():
+    from fwedge.commands.options import calibration_bar
+
+    assert calibration_bar("kl", 512) == (1024, "calibrating (kl, 2 passes over 512 samples)")
+    assert calibration_bar("minmax", 512) == (512, "calibrating (minmax, 512 samples)")

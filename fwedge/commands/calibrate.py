@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from fwedge.commands.options import data_option, preprocess_option
+from fwedge.commands.options import calibration_bar, data_option, preprocess_option
 
 METHOD_NAMES = ["kl", "percentile", "minmax", "mse"]
 
@@ -64,7 +64,7 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
     from fwedge.quantization import calibrate, load_prepared, ncnn_layers
 
     options = MethodOptions(percentile=percentile, symmetric=symmetric)
-    with progress((1 if method == "minmax" else 2) * num_samples, f"calibrating ({method})") as advance:
+    with progress(*calibration_bar(method, num_samples)) as advance:
         table = calibrate(model, data, method, num_samples, options, bins=bins, seed=seed,
                           batch_size=batch_size, preprocess=preprocess, input_shapes=input_shapes,
                           progress=advance)

@@ -59,3 +59,13 @@ def print_scores(result: dict, reference: str | None, as_json: bool, heading: st
         fid = result["fidelity"]
         stdout.print(f"fidelity vs {reference}: top-1 agreement {100 * fid.top1_agreement:.2f}%, "
                      f"cosine {fid.cosine:.6f}, max abs error {fid.max_abs_error:.4g}, SQNR {fid.sqnr_db:.2f} dB")
+
+
+def calibration_bar(method: str, num_samples: int) -> tuple[int, str]:
+    """The calibration progress bar's total and label. Calibration streams the samples once for the
+    ranges and, except for minmax, once more for the histograms; the label says so, so that a
+    count of 1024 for 512 samples reads as two passes."""
+    passes = 1 if method == "minmax" else 2
+    label = f"calibrating ({method}, {num_samples} samples)" if passes == 1 else \
+        f"calibrating ({method}, 2 passes over {num_samples} samples)"
+    return passes * num_samples, label

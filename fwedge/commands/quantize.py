@@ -6,7 +6,7 @@ import json
 import click
 
 from fwedge.commands.calibrate import calibration_options
-from fwedge.commands.options import data_option
+from fwedge.commands.options import calibration_bar, data_option
 
 
 @click.command("quantize")
@@ -58,8 +58,8 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
         batch_size=batch_size, preprocess=preprocess, input_shapes=input_shapes,
         max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, eval_data=eval_data,
         eval_samples=eval_samples, keep_float=keep_float, float_stem=float_stem, activation_dtype=activation_dtype)
-    total = 0 if table else (1 if method == "minmax" else 2) * num_samples
-    with progress(total or None, f"calibrating ({method})") as advance:
+    total, label = (None, "quantizing (with --table)") if table else calibration_bar(method, num_samples)
+    with progress(total, label) as advance:
         result = run_quantization(request, progress=advance)
     ir.save(result.model, output)
     if save_table:

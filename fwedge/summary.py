@@ -56,15 +56,28 @@ def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
     return TensorSpec(value.name, ir.shape_of(value), dtype)
 
 
+# Constant inputs that are not learned: BatchNormalization's running mean and variance (state) and
+# Clip's bounds (settings).
+_NOT_LEARNED = {"BatchNormalization": slice(3, 5), "Clip": slice(1, 3)}
+
+
+def _not_learned(model: onnx.ModelProto) -> set[str]:
+    """Initializers a node reads as state or settings rather than as learned weights."""
+    return {name for node in model.graph.node if node.op_type in _NOT_LEARNED
+            for name in node.input[_NOT_LEARNED[node.op_type]] if name}
+
+
 def summarize(model: onnx.ModelProto, path: str = "", with_support: bool = True) -> ModelSummary:
     """Summarize a loaded model. MACs are per sample: a dynamic batch dimension counts as 1;
     other dynamic dimensions make MACs unknown (fix them with ir.set_input_shapes)."""
     shapes = ir.value_shapes(ir.with_batch_one(model))
     initializers = ir.initializer_map(model)
-    parameters = sum(int(np.prod(init.dims, dtype=np.int64)) for init in initializers.values()
-                     if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
-                                           onnx.TensorProto.INT8, onnx.TensorProto.UINT8,
-                                           onnx.TensorProto.INT32))
+    state = _not_learned(model)
+    parameters = sum(int(np.prod(init.dims, dtype=np.int64)) for name, init in initializers.items()
+                     if name not in state
+                     and init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                                            onnx.TensorProto.INT8, onnx.TensorProto.UINT8,
+                                            onnx.TensorProto.INT32))
     layers = []
     for node in model.graph.node:
         weights = [name for name in node.input if name in initializers]

@@ -115,3 +115,25 @@ def test_eval_wrong_shape_is_a_data_error(tmp_path):
     result = CliRunner().invoke(cli, ["eval", str(model), "--data", str(tmp_path / "d.npz")])
     assert result.exit_code == 2
     assert "d.npz" in result.output and "expects shape [N,1,8,8], got [N,8,8]" in result.output
+
+
+@pytest.mark.parametrize("name", ["cnn_small", "mobilenet_v2_tiny"])
+def test_inspect_counts_learnable_parameters(name):
+    """Conv/Gemm weights and biases and BatchNorm's scale and shift, as torch counts them: not
+    BatchNorm's running statistics nor Clip's bounds. The figure is the example README's."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "fashion_mnist" / f"{name}.onnx"
+    model = onnx.load(path)
+    sizes = {init.name: numpy_helper.to_array(init).size for init in model.graph.initializer}
+    learned = {"Conv": slice(1, 3), "Gemm": slice(1, 3), "BatchNormalization": slice(1, 3)}
+    expected = sum(sizes[i] for node in model.graph.node if node.op_type in learned
+                   for i in node.input[learned[node.op_type]] if i in sizes)
+    result = CliRunner().invoke(cli, ["inspect", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["parameters"] == expected
+    text = CliRunner().invoke(cli, ["inspect", str(path)]).output
+    assert f"learnable parameters {expected:,}" in text
+    readme = (path.parent / "README.md").read_text()
+    assert f"| `{name}.onnx` | {expected:,} |" in readme

@@ -39,7 +39,7 @@ def command(model: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
         return
-    stdout.print(f"[bold]{model}[/bold]  opset {summary.opset}  parameters {summary.parameters:,}"
+    stdout.print(f"[bold]{model}[/bold]  opset {summary.opset}  learnable parameters {summary.parameters:,}"
                  + (f"  MACs {summary.total_macs:,}" if summary.total_macs is not None else "  MACs unknown (dynamic shapes)"))
     stdout.print(table("Inputs / outputs", ["kind", "name", "shape", "dtype"],
                        [["input", s.name, s.shape, s.dtype] for s in summary.inputs]

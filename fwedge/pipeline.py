@@ -385,7 +385,7 @@ def stage_quantize(run: PipelineRun) -> None:
             bins=settings.bins, seed=settings.seed, batch_size=settings.batch_size, preprocess=preprocess,
             input_shapes={name: list(dims) for name, dims in settings.input_shape.items()} or None,
             max_accuracy_drop=settings.max_accuracy_drop, min_agreement=settings.min_agreement,
-            eval_data=data.eval if budget else None, eval_samples=settings.eval_samples,
+            eval_data=data.eval if budget else None, eval_samples=settings.eval_limit,
             keep_float=settings.keep_float, float_stem=settings.float_stem,
             activation_dtype=settings.activation_dtype)
         result = run_quantization(request)
@@ -416,7 +416,7 @@ def stage_analyze(run: PipelineRun) -> None:
     eval_data = run.config.data.eval
 
     def build(out: Path) -> str:
-        result = analyze(run.float_path, run.qdq_path, eval_data, settings.num_samples)
+        result = analyze(run.float_path, run.qdq_path, eval_data, settings.limit)
         write_atomic(out / "analysis.json", json.dumps(result.to_dict(), indent=2))
         worst = result.tensors[0] if result.tensors else None
         return f"{len(result.tensors)} tensors" + (f", worst {worst.tensor} {worst.sqnr_db:.1f} dB" if worst else "")

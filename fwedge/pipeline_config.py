@@ -81,13 +81,13 @@ class QuantizeSettings:
     preprocess: dict | None = None
     max_accuracy_drop: float | None = None
     min_agreement: float | None = None
-    eval_samples: int = 1000
+    eval_limit: int = 1000
     keep_float: tuple[str, ...] = ()
     float_stem: bool = False
     activation_dtype: Literal["int8", "uint8"] = "int8"
 
     def check(self, where: str) -> None:
-        for name in ("num_samples", "bins", "batch_size", "eval_samples"):
+        for name in ("num_samples", "bins", "batch_size", "eval_limit"):
             _at_least(getattr(self, name), 1, f"{where}.{name}")
         if not 0 < self.percentile <= 100:
             raise PipelineError(f"{where}.percentile: expected a value in (0, 100], got {self.percentile}")
@@ -102,10 +102,10 @@ class AnalyzeSettings:
     """[analyze]: per-layer SQNR for the report."""
 
     enabled: bool = True
-    num_samples: int = 256
+    limit: int = 256
 
     def check(self, where: str) -> None:
-        _at_least(self.num_samples, 1, f"{where}.num_samples")
+        _at_least(self.limit, 1, f"{where}.limit")
 
 
 # A pipeline file may come from a stranger, and its compiler settings reach a command line: a
@@ -284,6 +284,11 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Pipel
                           distill=distill, **parsed)
 
 
+# Keys renamed to the CLI's vocabulary (--limit: samples read from a command's data; --eval-limit
+# from --eval-data); the old key is still read, for one release.
+RENAMED = {"QuantizeSettings": {"eval_samples": "eval_limit"}, "AnalyzeSettings": {"num_samples": "limit"}}
+
+
 def parse_section(cls, table: dict, where: str):
     """A settings dataclass from a TOML table: every key known, every value of its field's type.
 
@@ -292,6 +297,12 @@ def parse_section(cls, table: dict, where: str):
     """
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
+    table = dict(table)
+    for old, new in RENAMED.get(cls.__name__, {}).items():  # the CLI's names; the old key for one release
+        if old in table:
+            if new in table:
+                raise PipelineError(f"{where}: give {new}, not both {new} and {old} (its old name)")
+            table[new] = table.pop(old)
     unknown = sorted(set(table) - set(known))
     if unknown:
         raise PipelineError(f"{where}: unknown key(s) {unknown}; known: {', '.join(known)}")

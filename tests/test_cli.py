@@ -74,7 +74,7 @@ def test_console_script_installed():
 
 @pytest.mark.rapidocr
 def test_inspect_ppocr_cls(ppocr_cls_path):
-    result = CliRunner().invoke(cli, ["inspect", str(ppocr_cls_path), "--input-shape", "x=1,3,48,192", "--json"])
+    result = CliRunner().invoke(cli, ["inspect", str(ppocr_cls_path), "--input-shape", "x=1,3,48,192", "--json", "-"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["opset"] == 13
@@ -89,7 +89,7 @@ def test_inspect_ppocr_cls(ppocr_cls_path):
 @pytest.mark.fashion_mnist
 def test_eval_example_model_subset(cnn_small_path):
     result = CliRunner().invoke(cli, ["eval", str(cnn_small_path), "--data", "fashion-mnist:test",
-                                      "--limit", "500", "--json"])
+                                      "--limit", "500", "--json", "-"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     assert payload["samples"] == 500
@@ -99,7 +99,7 @@ def test_eval_example_model_subset(cnn_small_path):
 @pytest.mark.fashion_mnist
 def test_eval_reports_fidelity_against_itself(cnn_small_path):
     result = CliRunner().invoke(cli, ["eval", str(cnn_small_path), "--data", "fashion-mnist:test",
-                                      "--limit", "64", "--reference", str(cnn_small_path), "--json"])
+                                      "--limit", "64", "--reference", str(cnn_small_path), "--json", "-"])
     assert result.exit_code == 0, result.output
     fidelity = json.loads(result.output)["fidelity"]
     assert fidelity["top1_agreement"] == 1.0 and fidelity["max_abs_error"] == 0.0
@@ -130,7 +130,7 @@ def test_inspect_counts_learnable_parameters(name):
     learned = {"Conv": slice(1, 3), "Gemm": slice(1, 3), "BatchNormalization": slice(1, 3)}
     expected = sum(sizes[i] for node in model.graph.node if node.op_type in learned
                    for i in node.input[learned[node.op_type]] if i in sizes)
-    result = CliRunner().invoke(cli, ["inspect", str(path), "--json"])
+    result = CliRunner().invoke(cli, ["inspect", str(path), "--json", "-"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["parameters"] == expected
     text = CliRunner().invoke(cli, ["inspect", str(path)]).output

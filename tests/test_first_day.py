@@ -101,7 +101,7 @@ def test_ctrl_c_in_a_real_process_exits_130(tmp_path):
 
 @pytest.mark.parametrize("name", ["cnn_small", "mobilenet_v2_tiny"])
 def test_inspect_counts_macs_with_a_batch_of_one(name):
-    done = CliRunner().invoke(cli, ["inspect", str(ROOT / "examples" / "fashion_mnist" / f"{name}.onnx"), "--json"])
+    done = CliRunner().invoke(cli, ["inspect", str(ROOT / "examples" / "fashion_mnist" / f"{name}.onnx"), "--json", "-"])
     assert done.exit_code == 0, done.output
     summary = json.loads(done.output)
     assert summary["total_macs"] and all(layer["macs"] for layer in summary["layers"]), summary["total_macs"]
@@ -121,9 +121,9 @@ def test_inspect_keeps_macs_unknown_when_more_than_the_batch_is_dynamic(tmp_path
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, "H2", "W2"])], [weight])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "dyn.onnx")
-    summary = json.loads(CliRunner().invoke(cli, ["inspect", str(tmp_path / "dyn.onnx"), "--json"]).output)
+    summary = json.loads(CliRunner().invoke(cli, ["inspect", str(tmp_path / "dyn.onnx"), "--json", "-"]).output)
     assert summary["total_macs"] is None
-    fixed = json.loads(CliRunner().invoke(cli, ["inspect", str(tmp_path / "dyn.onnx"), "--json",
+    fixed = json.loads(CliRunner().invoke(cli, ["inspect", str(tmp_path / "dyn.onnx"), "--json", "-",
                                                 "--input-shape", "x=1,3,8,8"]).output)
     assert fixed["total_macs"] == 4 * 3 * 9 * 6 * 6
 

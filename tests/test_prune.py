@@ -187,7 +187,7 @@ def test_prune_cli(tmp_path):
 
     source = tmp_path / "model.onnx"
     onnx.save(mobilenet_like(), source)
-    result = CliRunner().invoke(cli, ["prune", str(source), "--macs", "0.5", "-o", str(tmp_path / "p.onnx"), "--json"])
+    result = CliRunner().invoke(cli, ["prune", str(source), "--macs", "0.5", "-o", str(tmp_path / "p.onnx"), "--json", "-"])
     assert result.exit_code == 0, result.output
     assert '"macs_fraction"' in result.output
     assert ir.load(tmp_path / "p.onnx")

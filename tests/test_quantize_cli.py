@@ -46,7 +46,7 @@ def test_quantize_with_table_then_analyze(tmp_path):
     result = runner.invoke(cli, ["quantize", str(model), "--table", str(table), "-o", str(out)])
     assert result.exit_code == 0, result.output
     onnx.checker.check_model(onnx.load(out))
-    result = runner.invoke(cli, ["analyze", str(model), str(out), "--data", str(data), "--num-samples", "32",
+    result = runner.invoke(cli, ["analyze", str(model), str(out), "--data", str(data), "--limit", "32",
                                  "--json", str(report)])
     assert result.exit_code == 0, result.output
     analysis = json.loads(report.read_text())

@@ -70,7 +70,7 @@ def test_export_then_run_and_diff_on_the_cli(models, tmp_path, target, name, pre
     # onnx and openvino in their exact int8 mode: their int8 kernels depend on the CPU.
     exact = ["--exact-int8"] if target in ("onnx", "openvino") else []
     run = CliRunner().invoke(cli, ["run", str(bundle), "--data", str(models / "data.npz"),
-                                   "--reference", str(models / name), "--json", *exact])
+                                   "--reference", str(models / name), "--json", "-", *exact])
     assert run.exit_code == 0, run.output
     result = json.loads(run.output)
     assert result["samples"] == 48
@@ -344,7 +344,7 @@ def test_run_and_diff_take_a_relative_bundle_path(models, tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     _export(models, target, "tiny_qdq.onnx", Path("bundles"))
     relative = f"bundles/tiny_qdq-{target}-int8"
-    run = CliRunner().invoke(cli, ["run", relative, "--data", str(models / "data.npz"), "--json"])
+    run = CliRunner().invoke(cli, ["run", relative, "--data", str(models / "data.npz"), "--json", "-"])
     assert run.exit_code == 0, run.output
     assert json.loads(run.output)["samples"] == 48
     diff = CliRunner().invoke(cli, ["diff", relative, str(models / "tiny_qdq.onnx"), "--data",

@@ -1,13 +1,12 @@
 """`fwedge analyze FLOAT QDQ --data ...`: per-tensor SQNR and cosine, worst first."""
 from __future__ import annotations
 
-import json
 import math
 
 import click
 
 from fwedge.commands.calibrate import _parse_shapes
-from fwedge.commands.options import data_option, preprocess_option
+from fwedge.commands.options import data_option, emit_json, json_option, preprocess_option, renamed
 
 
 def _db(value) -> str:
@@ -15,10 +14,11 @@ def _db(value) -> str:
 
 
 @click.command("analyze")
+@renamed("--num-samples", "--limit", "limit")
 @click.argument("float_model", metavar="FLOAT", type=click.Path(dir_okay=False))
 @click.argument("qdq_model", metavar="QDQ", type=click.Path(dir_okay=False))
 @data_option(required=True)
-@click.option("--num-samples", type=int, default=256, show_default=True, help="Samples (seeded subset).")
+@click.option("--limit", type=int, default=256, show_default=True, help="Samples of DATA compared (seeded subset).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--jump-db", type=float, default=6.0, show_default=True,
               help="A layer 'jumps' when its SQNR is this many dB below its inputs' worst SQNR.")
@@ -28,19 +28,20 @@ def _db(value) -> str:
               help="Fix a dynamic input shape, as given to quantize.")
 @click.option("--top", type=int, default=30, show_default=True, help="Rows to print (JSON has all).")
 @preprocess_option()
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full analysis as JSON.")
-def command(float_model, qdq_model, data, num_samples, seed, jump_db, floor_db, input_shapes, top, preprocess,
-            json_path) -> None:
+@json_option("the full analysis")
+def command(float_model, qdq_model, data, limit, seed, jump_db, floor_db, input_shapes, top, preprocess,
+            json_out) -> None:
     """For every quantized tensor of QDQ, the SQNR and cosine of its dequantized value against
     the same tensor of FLOAT on the same inputs, sorted worst first; and the first layer (in
     topological order) where the error jumps.
     """
     from fwedge.console import stdout, table
-    from fwedge.ir import write_atomic
     from fwedge.layer_analysis import analyze
 
-    result = analyze(float_model, qdq_model, data, num_samples, seed, preprocess, input_shapes, jump_db,
+    result = analyze(float_model, qdq_model, data, limit, seed, preprocess, input_shapes, jump_db,
                      floor_db=floor_db)
+    if emit_json(json_out, result.to_dict()):
+        return
     rows = [[e.tensor, e.node, e.op, _db(e.sqnr_db), f"{e.cosine:.5f}", f"{e.max_abs_error:.4g}",
              "" if e.jump_db is None else _db(e.jump_db)] for e in result.tensors[:top]]
     stdout.print(table(f"Quantized tensors, worst first ({result.samples} samples)",
@@ -55,5 +56,3 @@ def command(float_model, qdq_model, data, num_samples, seed, jump_db, floor_db, 
                         if result.largest_jump else ""))
     for note in result.notes:
         stdout.print(f"note: {note}")
-    if json_path:
-        write_atomic(json_path, json.dumps(result.to_dict(), indent=2) + "\n")

@@ -1,11 +1,9 @@
 """`fwedge diff BUNDLE REFERENCE.onnx --data ...`."""
 from __future__ import annotations
 
-import json
-
 import click
 
-from fwedge.commands.options import data_option, preprocess_option
+from fwedge.commands.options import data_option, emit_json, json_option, preprocess_option
 
 
 @click.command("diff")
@@ -24,8 +22,8 @@ from fwedge.commands.options import data_option, preprocess_option
               help="onnx and openvino bundles: compute Q/DQ as defined instead of with the runtime's int8 kernels, "
                    "which depend on the CPU (without VNNI they saturate int16 pair sums): tells a wrong bundle "
                    "from this CPU's kernels.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def command(bundle, reference, data, limit, max_steps, rtol, atol, show_all, exact_int8, preprocess, as_json) -> None:
+@json_option("the report")
+def command(bundle, reference, data, limit, max_steps, rtol, atol, show_all, exact_int8, preprocess, json_out) -> None:
     """Name the first tensor, in the reference's topological order, where BUNDLE diverges from
     REFERENCE (the QDQ model for an int8 bundle, the float model for fp32).
 
@@ -38,8 +36,7 @@ def command(bundle, reference, data, limit, max_steps, rtol, atol, show_all, exa
 
     report = diff_bundle(bundle, reference, data, limit=limit, preprocess=preprocess,
                          max_steps=max_steps, rtol=rtol, atol=atol, exact_int8=exact_int8)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+    if emit_json(json_out, report.to_dict()):
         return
     rows = []
     for entry in report.compared:

@@ -1,11 +1,9 @@
 """`fwedge distill --teacher T.onnx --student S.onnx --data DATA -o OUT`."""
 from __future__ import annotations
 
-import json
-
 import click
 
-from fwedge.commands.options import data_option, preprocess_option
+from fwedge.commands.options import data_option, emit_json, json_option, preprocess_option
 
 
 def _parse_pair(text: str) -> tuple[str, str]:
@@ -48,10 +46,10 @@ def _parse_pair(text: str) -> tuple[str, str]:
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --checkpoint.")
 @preprocess_option()
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Trained student path.")
-@click.option("--json", "as_json", is_flag=True, help="Print the epoch history as JSON.")
+@json_option("the epoch history")
 def command(teacher, student, data, labels, epochs, temperature, alpha, lr, weight_decay, batch_size, limit,
             seed, bn_mode, features, feature_weight, flip, shift, val_data, val_limit, threads, checkpoint_dir, resume,
-            preprocess, output, as_json) -> None:
+            preprocess, output, json_out) -> None:
     """Train STUDENT's weights against TEACHER (Hinton knowledge distillation) and write OUT.
 
     Loss: alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher/T || student/T) + feature MSE.
@@ -61,7 +59,7 @@ def command(teacher, student, data, labels, epochs, temperature, alpha, lr, weig
     from dataclasses import asdict
 
     from fwedge import ir
-    from fwedge.console import progress, stdout
+    from fwedge.console import console, progress, stdout
     from fwedge.data import open_dataset
     from fwedge.passes.distill import DistillOptions, distill
 
@@ -84,14 +82,13 @@ def command(teacher, student, data, labels, epochs, temperature, alpha, lr, weig
         if stats.val_accuracy is not None:
             parts.append(f"val acc {100 * stats.val_accuracy:.2f}%")
         parts.append("(from checkpoint)" if stats.resumed else f"{stats.seconds:.1f}s")
-        stdout.print("  ".join(parts))
+        (console if json_out == "-" else stdout).print("  ".join(parts))  # stdout carries only the JSON
 
     with progress(samples * epochs, "distilling" if teacher else "fine-tuning") as advance:
         result = distill(student_model, teacher_model, dataset, options, preprocess=preprocess,
                          val_dataset=val_dataset, val_limit=val_limit, on_epoch=show, on_batch=advance)
     ir.save(result.model, output)
-    if as_json:
-        click.echo(json.dumps([asdict(stats) for stats in result.history], indent=2))
+    if emit_json(json_out, [asdict(stats) for stats in result.history]):
         return
     stdout.print(f"{output}: trained {result.samples} samples x {epochs} epochs"
                  + (f" (resumed after epoch {result.resumed_from_epoch})" if result.resumed_from_epoch else ""))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from fwedge.commands.options import data_option, preprocess_option, print_scores
+from fwedge.commands.options import data_option, json_option, preprocess_option, print_scores
 
 
 @click.command("eval")
@@ -14,8 +14,8 @@ from fwedge.commands.options import data_option, preprocess_option, print_scores
 @click.option("--limit", type=int, help="Use a seeded random subset of this many samples.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @preprocess_option()
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def command(model, data, reference, limit, batch_size, preprocess, as_json) -> None:
+@json_option("the result")
+def command(model, data, reference, limit, batch_size, preprocess, json_out) -> None:
     """Evaluate an ONNX model in onnxruntime: top-1 accuracy on labelled DATA and, with
     --reference, fidelity (top-1 agreement, cosine, max abs error, SQNR) against another model.
 
@@ -31,4 +31,4 @@ def command(model, data, reference, limit, batch_size, preprocess, as_json) -> N
     with progress(total, "evaluating") as advance:
         result = evaluate_model(model, data, reference=reference, preprocess=preprocess,
                                 limit=limit, batch_size=batch_size, progress=advance)
-    print_scores(result, reference, as_json, heading=f"{model} on {data}")
+    print_scores(result, reference, json_out, heading=f"{model} on {data}")

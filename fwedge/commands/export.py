@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from fwedge.commands.inspect import _parse_shape
-from fwedge.commands.options import preprocess_option
+from fwedge.commands.options import emit_json, json_option, preprocess_option
 
 # Kept literal so that `fwedge export --help` imports no target module.
 TARGET_NAMES = ("onnx", "openvino", "tflite", "ncnn", "x86_64", "aarch64", "riscv64", "loongarch64")
@@ -35,8 +35,9 @@ TARGET_NAMES = ("onnx", "openvino", "tflite", "ncnn", "x86_64", "aarch64", "risc
 @preprocess_option()
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
               help="Folder for the bundles; each is written to <output>/<model>-<target>-<precision>.")
+@json_option("the bundles written and the targets that failed")
 def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, input_shapes, preprocess,
-            output) -> None:
+            output, json_out) -> None:
     """Write a deployment bundle of MODEL for each --target.
 
     Every bundle is a folder with a manifest.json (files and their sha256, input/output specs,
@@ -52,7 +53,7 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, in
     import shlex
     from pathlib import Path
 
-    from fwedge.console import stdout
+    from fwedge.console import console, stdout
     from fwedge.errors import ExportError, FwEdgeError
     from fwedge.export import bundle_name, export_bundle
     from fwedge.targets import C_ARCHES, COptions, ExportOptions
@@ -71,7 +72,8 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, in
         raise click.BadParameter(f"{cflags!r}: {exc}", param_hint="--cflags") from exc
     c_options = COptions(cc=cc, cflags=flags, build=not no_build)
     resolved = precision if precision != "auto" else ("int8" if has_qdq(ir.load(model)) else "fp32")
-    written, failed = [], []
+    written, failed, report = [], [], {"bundles": [], "failed": []}
+    out = console if json_out == "-" else stdout  # with --json -, standard output carries only the JSON
     for target in unique:
         options = ExportOptions(precision=precision, allow_float_fallback=allow_float_fallback,
                                 target_options=c_options if target in C_ARCHES else None)
@@ -82,17 +84,22 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, in
             if len(unique) == 1:
                 raise
             failed.append(target)
-            stdout.print(f"{target}: failed: {exc}", markup=False, highlight=False, soft_wrap=True)
+            report["failed"].append({"target": target, "error": str(exc)})
+            out.print(f"{target}: failed: {exc}", markup=False, highlight=False, soft_wrap=True)
             continue
         written.append(target)
         size = bundle.sizes.get("file_bytes", 0)
-        stdout.print(f"{target}: wrote {bundle.path} ({bundle.precision}, {bundle.arch}, "
+        out.print(f"{target}: wrote {bundle.path} ({bundle.precision}, {bundle.arch}, "
                      f"{len(bundle.files)} files, {size:,} bytes)")
         notes = list(bundle.extra.get("notes", []))
         notes += [f"kept in float (--allow-float-fallback): {entry['node']} ({entry['reason']})"
                   for entry in bundle.extra.get("float_fallback", [])]
         for note in notes:
-            stdout.print(f"  note: {note}", markup=False, highlight=False, soft_wrap=True)
+            out.print(f"  note: {note}", markup=False, highlight=False, soft_wrap=True)
+        report["bundles"].append({"target": target, "path": str(bundle.path), "precision": bundle.precision,
+                                  "arch": bundle.arch, "files": len(bundle.files), "file_bytes": size,
+                                  "notes": notes})
+    emit_json(json_out, report)
     if failed:
         raise ExportError(f"export: wrote {len(written)} of {len(unique)} targets ({', '.join(written) or 'none'}); "
                           f"failed: {', '.join(failed)}")

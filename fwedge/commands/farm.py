@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from fwedge.commands.options import data_option
+from fwedge.commands.options import data_option, emit_json, json_option
 
 inventory_option = click.option(
     "--inventory", type=click.Path(dir_okay=False), envvar="FWEDGE_INVENTORY",
@@ -17,13 +17,17 @@ def command() -> None:
 
 @command.command("list")
 @inventory_option
-def list_devices(inventory) -> None:
+@json_option("the devices")
+def list_devices(inventory, json_out) -> None:
     """Show the devices, their state, and which bundle kinds each can run."""
     from fwedge.console import stdout, table
     from fwedge.device_farm.inventory import devices_for
 
     devices = devices_for(inventory)
     rows = [[d.name, d.kind, d.state(), ", ".join(d.bundle_kinds())] for d in devices]
+    if emit_json(json_out, [{"name": name, "kind": kind, "state": state, "runs": list(d.bundle_kinds())}
+                            for d, (name, kind, state, _) in zip(devices, rows)]):
+        return
     stdout.print(table("Devices" + ("" if inventory else " (auto-detected)"), ["name", "kind", "state", "runs"], rows))
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from fwedge.commands.options import emit_json, json_option
+
 
 @click.command("gate")
 @click.argument("results_path", metavar="RESULTS", type=click.Path(dir_okay=False))
@@ -24,11 +26,11 @@ import click
 @click.option("--allow-missing-baseline", is_flag=True,
               help="A first run: when no --baseline file exists, check RESULTS, compare nothing and exit 0. "
                    "Without it a missing baseline is an error (exit 2).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the verdict as JSON.")
+@json_option("the verdict")
 @click.pass_context
 def command(ctx, results_path, baseline, max_accuracy_drop, max_fidelity_drop, max_latency_increase,
             max_instructions_increase, max_emulated_latency_increase, max_size_increase, waive, update_baseline,
-            allow_missing_baseline, json_path) -> None:
+            allow_missing_baseline, json_out) -> None:
     """Compare RESULTS with --baseline per (bundle, device). Exit 0 only when every pair was
     compared and is within its limits; 1 on a regression, a device error, a baseline pair or
     figure missing now, or nothing compared (fails closed unless waived); 2 on unusable input
@@ -42,13 +44,10 @@ def command(ctx, results_path, baseline, max_accuracy_drop, max_fidelity_drop, m
       fwedge gate build/results.json --baseline baseline.json --max-instructions-increase 1% \\
           --max-latency-increase 10% --json build/gate.json
     """
-    import json
-
     from fwedge.console import stdout
     from fwedge.device_farm import gate
     from fwedge.device_farm.results import load_results
     from fwedge.errors import GateError
-    from fwedge.ir import write_atomic
 
     thresholds = gate.Thresholds(
         max_accuracy_drop=max_accuracy_drop, max_fidelity_drop=max_fidelity_drop,
@@ -74,9 +73,11 @@ def command(ctx, results_path, baseline, max_accuracy_drop, max_fidelity_drop, m
     if report is None:
         stdout.print(f"gate: no baseline at {baseline}; nothing was compared (--allow-missing-baseline)")
         return
+    if emit_json(json_out, report.to_dict()):
+        if not report.passed:
+            ctx.exit(1)
+        return
     stdout.print(render_table(report))
-    if json_path:
-        write_atomic(json_path, json.dumps(report.to_dict(), indent=2) + "\n")
     if report.passed:
         stdout.print("[green]gate: PASS[/green]")
         return

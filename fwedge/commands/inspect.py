@@ -1,9 +1,9 @@
 """`fwedge inspect MODEL`."""
 from __future__ import annotations
 
-import json
-
 import click
+
+from fwedge.commands.options import emit_json, json_option
 
 
 def _parse_shape(text: str) -> tuple[str, list[int]]:
@@ -20,8 +20,8 @@ def _parse_shape(text: str) -> tuple[str, list[int]]:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
               help="Fix a dynamic input shape (for MACs), e.g. x=1,3,48,192. Repeatable.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def command(model: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
+@json_option("the summary")
+def command(model: str, input_shapes: tuple[str, ...], json_out: str | None) -> None:
     """Show a model's inputs and outputs, op histogram, parameter count, MACs per layer, and
     which nodes each export target cannot take.
 
@@ -36,8 +36,7 @@ def command(model: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
     if input_shapes:
         loaded = ir.set_input_shapes(loaded, dict(_parse_shape(text) for text in input_shapes))
     summary = summarize(loaded, path=model)
-    if as_json:
-        click.echo(json.dumps(summary.to_dict(), indent=2))
+    if emit_json(json_out, summary.to_dict()):
         return
     stdout.print(f"[bold]{model}[/bold]  opset {summary.opset}  learnable parameters {summary.parameters:,}"
                  + (f"  MACs {summary.total_macs:,}" if summary.total_macs is not None else "  MACs unknown (dynamic shapes)"))

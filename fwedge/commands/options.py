@@ -43,11 +43,32 @@ def preprocess_option():
     )
 
 
-def print_scores(result: dict, reference: str | None, as_json: bool, heading: str) -> None:
-    """Print an evaluation result (accuracy and fidelity) as text or JSON."""
-    if as_json:
-        payload = {key: value.to_dict() if hasattr(value, "to_dict") else value for key, value in result.items()}
-        click.echo(json.dumps(payload, indent=2))
+def json_option(what: str):
+    """--json FILE, one meaning in every command: write WHAT as JSON to FILE (atomically), or to
+    standard output for '-', which then carries the JSON alone."""
+    return click.option(
+        "--json", "json_out", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True),
+        help=f"Write {what} as JSON to FILE; '-' prints only the JSON, to standard output.")
+
+
+def emit_json(json_out: str | None, payload) -> bool:
+    """Write `payload` for --json. True when it went to standard output (print nothing else)."""
+    if not json_out:
+        return False
+    text = json.dumps(payload, indent=2) + "\n"
+    if json_out == "-":
+        click.echo(text, nl=False)
+        return True
+    from fwedge.ir import write_atomic
+
+    write_atomic(json_out, text)
+    return False
+
+
+def print_scores(result: dict, reference: str | None, json_out: str | None, heading: str) -> None:
+    """Print an evaluation result (accuracy and fidelity) as text, and as JSON for --json."""
+    payload = {key: value.to_dict() if hasattr(value, "to_dict") else value for key, value in result.items()}
+    if emit_json(json_out, payload):
         return
     from fwedge.console import stdout
 
@@ -69,3 +90,28 @@ def calibration_bar(method: str, num_samples: int) -> tuple[int, str]:
     label = f"calibrating ({method}, {num_samples} samples)" if passes == 1 else \
         f"calibrating ({method}, 2 passes over {num_samples} samples)"
     return passes * num_samples, label
+
+
+def renamed(old: str, new: str, dest: str):
+    """A hidden alias for one release: OLD sets what NEW sets (an integer option). Goes under
+    @click.command. Giving both is a usage error; the old spelling prints a note on stderr."""
+    import functools
+
+    from click.core import ParameterSource
+
+    alias = f"_renamed_{dest}"
+
+    def decorate(command):
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            value = kwargs.pop(alias)
+            if value is not None:
+                if click.get_current_context().get_parameter_source(dest) is ParameterSource.COMMANDLINE:
+                    raise click.UsageError(f"give {new}, not both {new} and {old}")
+                click.echo(f"note: {old} is now called {new}", err=True)
+                kwargs[dest] = value
+            return command(*args, **kwargs)
+
+        return click.option(old, alias, type=int, hidden=True, default=None)(wrapper)
+
+    return decorate

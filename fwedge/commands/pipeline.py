@@ -1,9 +1,12 @@
 """`fwedge pipeline pipeline.toml`: every stage from model to report, cached per stage."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import click
+
+from fwedge.commands.options import emit_json, json_option
 
 
 def _parse_set(ctx, param, values):
@@ -28,21 +31,28 @@ def _parse_set(ctx, param, values):
               type=click.Choice(["load", "prune", "distill", "quantize", "analyze", "export", "farm"]),
               help="Rebuild this stage even when its cached output is valid (e.g. --rerun farm measures "
                    "the same bundles again). Repeatable.")
+@json_option("the stages, the report paths and the gate's outcome")
 @click.pass_context
-def command(ctx, config, overrides, update_baseline, rerun) -> None:
+def command(ctx, config, overrides, update_baseline, rerun, json_out) -> None:
     """Run CONFIG (pipeline.toml): load -> [prune -> distill] -> quantize -> analyze -> export
     (every listed target) -> farm run -> gate -> report. Each stage's output is cached under
     the cache dir by a hash of its inputs and settings, so a re-run after an interruption, or
     with only the gate settings changed, redoes nothing else. Exits 1 when the gate fails.
     """
-    from fwedge.console import stdout, table
+    from fwedge.console import console, stdout, table
     from fwedge.pipeline import run_pipeline
+
+    out = console if json_out == "-" else stdout  # with --json -, standard output carries only the JSON
 
     def show(stage) -> None:
         state = "cached" if stage.cached else (f"{stage.seconds:.1f}s" if stage.key else "")
-        stdout.print(f"[bold]{stage.name}[/bold] {state}  {stage.summary}")
+        out.print(f"[bold]{stage.name}[/bold] {state}  {stage.summary}")
 
     result = run_pipeline(config, overrides, update_baseline=update_baseline, on_stage=show, rerun=rerun)
+    if emit_json(json_out, dataclasses.asdict(result)):
+        if result.gate_passed is False:
+            ctx.exit(1)
+        return
     stdout.print(table("Pipeline", ["stage", "cached", "seconds", "output", "summary"],
                        [[s.name, "yes" if s.cached else "no", s.seconds, s.path, s.summary] for s in result.stages]))
     for line in result.skipped_targets:

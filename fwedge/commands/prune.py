@@ -1,9 +1,9 @@
 """`fwedge prune MODEL (--ratio R | --macs F | --sparsity S) -o OUT`."""
 from __future__ import annotations
 
-import json
-
 import click
+
+from fwedge.commands.options import emit_json, json_option
 
 
 @click.command("prune")
@@ -21,9 +21,9 @@ import click
               help="Keep a multiple of this many channels per group (8 or 16 suits CPU kernels: odd widths run slower).")
 @click.option("--prune-first-conv", is_flag=True, help="Also prune the first conv's output channels.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Pruned model path.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option("the report")
 def command(model, ratio, macs_fraction, sparsity, criterion, global_scope, exclude, round_to,
-            prune_first_conv, output, as_json) -> None:
+            prune_first_conv, output, json_out) -> None:
     """Prune MODEL and write the result to OUT.
 
     Structured (--ratio or --macs) removes whole output channels of Conv/Gemm layers. Dependency
@@ -48,8 +48,7 @@ def command(model, ratio, macs_fraction, sparsity, criterion, global_scope, excl
     if sparsity is not None:
         pruned, sparse_report = prune.sparsify(loaded, sparsity, scope=scope, exclude=exclude)
         ir.save(pruned, output)
-        if as_json:
-            click.echo(json.dumps(sparse_report.to_dict(), indent=2))
+        if emit_json(json_out, sparse_report.to_dict()):
             return
         stdout.print(f"{output}: {100 * sparse_report.sparsity:.2f}% of {sparse_report.weights:,} weights are zero "
                      f"({scope}); weights gzip {sparse_report.dense_gzip_bytes:,} -> "
@@ -63,8 +62,7 @@ def command(model, ratio, macs_fraction, sparsity, criterion, global_scope, excl
                                              exclude=exclude, protect_first=not prune_first_conv,
                                              round_to=round_to)
     ir.save(pruned, output)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+    if emit_json(json_out, report.to_dict()):
         return
     rows = [[g.name, len(g.sources), g.channels, g.kept, "; ".join(g.blocked_by)] for g in report.groups]
     stdout.print(table("Channel groups", ["group", "layers", "channels", "kept", "blocked by"], rows))

@@ -1,15 +1,14 @@
 """`fwedge quantize MODEL --data DIR --method kl -o model.int8.onnx`."""
 from __future__ import annotations
 
-import json
-
 import click
 
 from fwedge.commands.calibrate import calibration_options
-from fwedge.commands.options import calibration_bar, data_option
+from fwedge.commands.options import calibration_bar, data_option, emit_json, json_option, renamed
 
 
 @click.command("quantize")
+@renamed("--eval-samples", "--eval-limit", "eval_limit")
 @click.argument("model", type=click.Path(dir_okay=False))
 @data_option()
 @calibration_options
@@ -20,7 +19,7 @@ from fwedge.commands.options import calibration_bar, data_option
 @click.option("--min-agreement", type=float,
               help="Fidelity budget without labels: top-1 agreement with the float model (e.g. 0.99).")
 @data_option(name="--eval-data", help_text="Data for the budget (labelled for --max-accuracy-drop).")
-@click.option("--eval-samples", type=int, default=1000, show_default=True, help="Samples of --eval-data used by the budget.")
+@click.option("--eval-limit", type=int, default=1000, show_default=True, help="Samples of --eval-data used by the budget.")
 @click.option("--keep-float", "keep_float", multiple=True, metavar="NODE",
               help="Keep this layer (node name) and its fused ReLU/Clip in float. Repeatable.")
 @click.option("--float-stem", is_flag=True,
@@ -30,11 +29,11 @@ from fwedge.commands.options import calibration_bar, data_option
               help="Activation Q/DQ dtype. uint8 (zero point + 128, same scales and values) runs onnxruntime's "
                    "fast u8s8 x86 kernels; weights stay int8 per-channel either way.")
 @click.option("--save-table", type=click.Path(dir_okay=False), help="Also write the QuantTable used.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write a JSON report of the run.")
+@json_option("a report of the run")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="QDQ ONNX model to write.")
 def command(model, data, method, num_samples, seed, bins, percentile, symmetric, batch_size, input_shapes,
-            preprocess, table, per_tensor, max_accuracy_drop, min_agreement, eval_data, eval_samples,
-            keep_float, float_stem, activation_dtype, save_table, json_path, output) -> None:
+            preprocess, table, per_tensor, max_accuracy_drop, min_agreement, eval_data, eval_limit,
+            keep_float, float_stem, activation_dtype, save_table, json_out, output) -> None:
     """Calibrate MODEL on DATA and write an INT8 QDQ ONNX model: int8 per-channel weights, int8
     (or --activation-dtype uint8) activations, int32 biases, standard QuantizeLinear/DequantizeLinear
     (opset 13) that runs in onnxruntime and that every export target consumes.
@@ -57,7 +56,7 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
         method_options=MethodOptions(percentile=percentile, symmetric=symmetric), bins=bins, seed=seed,
         batch_size=batch_size, preprocess=preprocess, input_shapes=input_shapes,
         max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, eval_data=eval_data,
-        eval_samples=eval_samples, keep_float=keep_float, float_stem=float_stem, activation_dtype=activation_dtype)
+        eval_samples=eval_limit, keep_float=keep_float, float_stem=float_stem, activation_dtype=activation_dtype)
     total, label = (None, "quantizing (with --table)") if table else calibration_bar(method, num_samples)
     with progress(total, label) as advance:
         result = run_quantization(request, progress=advance)
@@ -65,20 +64,19 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
     if save_table:
         result.table.save(save_table)
     plan = result.plan
-    stdout.print(f"{output}: {len(plan.quantized_nodes)} nodes in int8, {len(plan.activations)} activation "
-                 f"Q/DQ pairs, {len(plan.weights)} per-{'tensor' if per_tensor else 'channel'} weights, "
-                 f"{len(plan.biases)} int32 biases; {activation_dtype} activations; method {result.table.method}")
-    if result.budget:
-        stdout.print(f"budget: {result.budget['summary']}")
-    if result.kept_float:
-        stdout.print(rich_table("Kept in float", ["node", "op", "why"],
-                                [[k.node, k.op, k.reason] for k in result.kept_float]))
-    if json_path:
-        payload = {
-            "model": model, "output": output, "method": result.table.method, "activation_dtype": activation_dtype,
-            "quantized_nodes": plan.quantized_nodes, "activations": plan.activations,
-            "kept_float": [dataclasses.asdict(k) for k in result.kept_float], "budget": result.budget,
-        }
-        ir.write_atomic(json_path, json.dumps(payload, indent=2) + "\n")
+    payload = {
+        "model": model, "output": output, "method": result.table.method, "activation_dtype": activation_dtype,
+        "quantized_nodes": plan.quantized_nodes, "activations": plan.activations,
+        "kept_float": [dataclasses.asdict(k) for k in result.kept_float], "budget": result.budget,
+    }
+    if not emit_json(json_out, payload):
+        stdout.print(f"{output}: {len(plan.quantized_nodes)} nodes in int8, {len(plan.activations)} activation "
+                     f"Q/DQ pairs, {len(plan.weights)} per-{'tensor' if per_tensor else 'channel'} weights, "
+                     f"{len(plan.biases)} int32 biases; {activation_dtype} activations; method {result.table.method}")
+        if result.budget:
+            stdout.print(f"budget: {result.budget['summary']}")
+        if result.kept_float:
+            stdout.print(rich_table("Kept in float", ["node", "op", "why"],
+                                    [[k.node, k.op, k.reason] for k in result.kept_float]))
     if result.budget and not result.budget.get("met", True):
         raise CalibrationError(f"budget not met: {result.budget['summary']}")

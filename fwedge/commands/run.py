@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from fwedge.commands.options import data_option, preprocess_option, print_scores
+from fwedge.commands.options import data_option, json_option, preprocess_option, print_scores
 
 
 @click.command("run")
@@ -17,8 +17,8 @@ from fwedge.commands.options import data_option, preprocess_option, print_scores
 @click.option("--exact-int8", is_flag=True,
               help="onnx and openvino bundles: compute Q/DQ as defined instead of with the runtime's int8 kernels, "
                    "which depend on the CPU (without VNNI they saturate int16 pair sums).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def command(bundle, data, reference, limit, batch_size, preprocess, exact_int8, as_json) -> None:
+@json_option("the result")
+def command(bundle, data, reference, limit, batch_size, preprocess, exact_int8, json_out) -> None:
     """Run BUNDLE on the host in its own runtime (onnxruntime, OpenVINO, LiteRT, ncnn, or the
     compiled C program) and report top-1 accuracy on labelled DATA and, with --reference,
     fidelity against a reference ONNX model run in onnxruntime.
@@ -35,4 +35,4 @@ def command(bundle, data, reference, limit, batch_size, preprocess, exact_int8, 
         result = evaluate_bundle(bundle, data, reference=reference, preprocess=preprocess,
                                  limit=limit, batch_size=batch_size, progress=advance, exact_int8=exact_int8)
     heading = f"{bundle} ({result['target']}, {result['arch']}, {result['precision']}) on {data}"
-    print_scores(result, reference, as_json, heading)
+    print_scores(result, reference, json_out, heading)

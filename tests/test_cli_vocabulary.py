@@ -1,0 +1,140 @@
+"""One CLI vocabulary: sample-count names, --json FILE, and the README's command table, pinned for every command."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from fwedge.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "fashion_mnist" / "cnn_small.onnx"
+
+# --num-samples: samples used for calibration. --limit: samples a command reads from its --data;
+# --eval-limit / --val-limit: from --eval-data / --val-data.
+SAMPLE_COUNTS = {
+    "analyze": {"--limit"}, "calibrate": {"--num-samples"}, "quantize": {"--num-samples", "--eval-limit"},
+    "eval": {"--limit"}, "run": {"--limit"}, "diff": {"--limit"}, "farm run": {"--limit"},
+    "distill": {"--limit", "--val-limit"},
+}
+# Commands whose -o output is itself the JSON (a QuantTable, farm results) or HTML file have no --json.
+WITHOUT_JSON = {"calibrate", "farm run", "report"}
+RENAMED = [("analyze", ["a.onnx", "b.onnx"], "--num-samples", "--limit"),
+           ("quantize", ["a.onnx", "-o", "b.onnx"], "--eval-samples", "--eval-limit")]
+
+
+def _commands() -> dict[str, click.Command]:
+    ctx = click.Context(cli)
+    found = {}
+
+    def walk(group: click.Group, prefix: str) -> None:
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            full = f"{prefix} {name}".strip()
+            if isinstance(command, click.Group):
+                walk(command, full)
+            else:
+                found[full] = command
+
+    walk(cli, "")
+    return found
+
+
+def _options(command: click.Command, hidden: bool = False) -> dict[str, click.Option]:
+    return {name: param for param in command.params if isinstance(param, click.Option)
+            and (hidden or not param.hidden) for name in param.opts + param.secondary_opts}
+
+
+def test_sample_count_options_have_one_name_per_meaning():
+    commands = _commands()
+    seen = {}
+    for name, command in commands.items():
+        counts = {opt for opt in _options(command) if re.search(r"samples|limit", opt)}
+        if counts:
+            seen[name] = counts
+    assert seen == SAMPLE_COUNTS
+
+
+@pytest.mark.parametrize("name", sorted(set(_commands()) - WITHOUT_JSON))
+def test_json_means_a_file_everywhere(name):
+    """--json FILE in every command that reports something; '-' is standard output."""
+    option = _options(_commands()[name]).get("--json")
+    assert option is not None, f"fwedge {name} has no --json FILE"
+    assert not option.is_flag and option.metavar == "FILE"
+    assert isinstance(option.type, click.Path) and option.type.allow_dash and not option.type.dir_okay
+    assert "'-'" in option.help
+
+
+def test_commands_without_json_are_the_listed_ones():
+    assert {name for name, command in _commands().items() if "--json" not in _options(command)} == WITHOUT_JSON
+
+
+def test_json_dash_prints_only_json_and_a_file_keeps_the_text(tmp_path):
+    alone = CliRunner().invoke(cli, ["inspect", str(EXAMPLE), "--json", "-"])
+    assert alone.exit_code == 0, alone.output
+    assert json.loads(alone.output)["parameters"] > 0
+    written = CliRunner().invoke(cli, ["inspect", str(EXAMPLE), "--json", str(tmp_path / "s.json")])
+    assert written.exit_code == 0 and "learnable parameters" in written.output
+    assert json.loads((tmp_path / "s.json").read_text())["path"] == str(EXAMPLE)
+    bare = CliRunner().invoke(cli, ["inspect", str(EXAMPLE), "--json"])
+    assert bare.exit_code == 2 and "--json" in bare.output
+
+
+@pytest.mark.parametrize("command, arguments, old, new", RENAMED)
+def test_old_sample_spellings_are_hidden_aliases(command, arguments, old, new):
+    options = _options(_commands()[command], hidden=True)
+    assert options[old].hidden and not options[new].hidden
+    assert old not in CliRunner().invoke(cli, [command, "--help"]).output
+    both = CliRunner().invoke(cli, [command, *arguments, "--data", "d", old, "3", new, "3"])
+    assert both.exit_code == 2 and f"not both {new} and {old}" in both.output
+
+
+def test_analyze_old_spelling_still_works(tmp_path):
+    """--num-samples sets analyze's --limit, with a note, for one release."""
+    from fwedge.quantization import quantize
+
+    data = tmp_path / "d.npz"
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.random((40, 1, 28, 28), dtype=np.float32), y=rng.integers(0, 10, 40))
+    qdq = tmp_path / "q.onnx"
+    import onnx
+
+    onnx.save(quantize(str(EXAMPLE), str(data), "minmax", 16).model, qdq)
+    result = CliRunner().invoke(cli, ["analyze", str(EXAMPLE), str(qdq), "--data", str(data), "--num-samples", "7",
+                                      "--json", str(tmp_path / "a.json")])
+    assert result.exit_code == 0, result.output
+    assert "note: --num-samples is now called --limit" in result.output
+    assert json.loads((tmp_path / "a.json").read_text())["samples"] == 7
+
+
+def test_readme_command_table_matches_help():
+    """Every command has a row in README's table, and every option a row shows is one of its --help."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Commands"):]
+    table = table[:table.index("\n\n", table.index("|---"))]
+    rows = re.findall(r"^\| `fwedge ([a-z]+(?: (?:list|run))?)\b([^`]*)` \|", table, re.M)
+    commands = _commands()
+    assert {name for name, _ in rows} == set(commands)
+    for name, usage in rows:
+        options = _options(commands[name])
+        shown = set(re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", usage))
+        unknown = sorted(opt for opt in shown if opt not in options)
+        assert not unknown, f"README shows fwedge {name} {unknown}, which its --help does not list"
+
+
+def test_pipeline_keys_follow_the_cli_names():
+    """[analyze] limit and [quantize] eval_limit, as the CLI says; the old keys still read, not both."""
+    from fwedge.errors import PipelineError
+    from fwedge.pipeline_config import AnalyzeSettings, QuantizeSettings, parse_section
+
+    assert parse_section(AnalyzeSettings, {"limit": 9}, "[analyze]").limit == 9
+    assert parse_section(AnalyzeSettings, {"num_samples": 9}, "[analyze]").limit == 9
+    assert parse_section(QuantizeSettings, {"eval_samples": 7}, "[quantize]").eval_limit == 7
+    with pytest.raises(PipelineError, match=r"\[quantize\]: give eval_limit, not both eval_limit and eval_samples"):
+        parse_section(QuantizeSettings, {"eval_samples": 7, "eval_limit": 8}, "[quantize]")

@@ -49,6 +49,49 @@ def _available(name: str) -> bool:
     return importlib.util.find_spec(COMMANDS[name][0]) is not None
 
 
+def _set_log_level(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    """-v / -q given after the subcommand: they add to those given before it."""
+    if not value or ctx.resilient_parsing:
+        return
+    root = ctx.find_root()
+    state = root.meta.setdefault("fwedge.log", {"verbose": 0, "quiet": 0})
+    state[param.name] += value
+    configure_logging(state["verbose"], state["quiet"])
+
+
+def _with_log_options(command: click.Command) -> click.Command:
+    """Every subcommand (and a group's subcommands) takes -v/--verbose and -q/--quiet too, so
+    they work wherever they are written: `fwedge export ... -v` as `fwedge -v export ...`."""
+    commands = command.commands.values() if isinstance(command, click.Group) else [command]
+    for leaf in commands:
+        names = {opt for param in leaf.params for opt in getattr(param, "opts", [])}
+        if "-v" in names or "-q" in names:
+            continue
+        leaf.params.append(click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_set_log_level,
+                                        help="More log output (-v info, -vv debug)."))
+        leaf.params.append(click.Option(["-q", "--quiet"], count=True, expose_value=False, callback=_set_log_level,
+                                        help="Only errors in the log, and no progress bars."))
+    return command
+
+
+def configure_logging(verbose: int, quiet: int) -> None:
+    """The log level from the -v and -q counts; -q also turns the progress bars off."""
+    from fwedge import console
+
+    level = logging.ERROR if quiet else logging.WARNING if verbose == 0 else \
+        logging.INFO if verbose == 1 else logging.DEBUG
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+        _LOGGING["ours"] = True
+    elif _LOGGING["ours"]:  # set up by an earlier call (-v after the subcommand); never another's handlers
+        root.setLevel(level)
+    console.QUIET = bool(quiet)
+
+
+_LOGGING = {"ours": False}
+
+
 class LazyGroup(click.Group):
     """A group that imports a subcommand's module only when that subcommand runs or shows help."""
 
@@ -59,7 +102,7 @@ class LazyGroup(click.Group):
         if name not in COMMANDS or not _available(name):
             return None
         module = importlib.import_module(COMMANDS[name][0])
-        return module.command
+        return _with_log_options(module.command)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
@@ -87,7 +130,9 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fwedge")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def cli(verbose: int) -> None:
+@click.option("-q", "--quiet", count=True, help="Only errors in the log, and no progress bars.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
     """fwedge: compress trained ONNX models and ship them to edge devices.
 
     Prune, distill and quantize a model to INT8 with one set of scales; export ONNX, OpenVINO,
@@ -97,9 +142,11 @@ def cli(verbose: int) -> None:
     Exit codes: 0 success; 1 a gate regression (`fwedge gate`, `fwedge pipeline`); 2 unusable
     input, a usage error or a missing optional toolchain, with a one-line message; 3 `fwedge farm
     run` wrote its results but some runs failed; 130 interrupted.
+
+    -v and -q may also follow the subcommand.
     """
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.meta["fwedge.log"] = {"verbose": verbose, "quiet": quiet}
+    configure_logging(verbose, quiet)
 
 
 def main() -> None:

@@ -13,6 +13,9 @@ console = Console(stderr=True)
 stdout = Console(soft_wrap=True)
 
 
+QUIET = False  # -q: no progress bars
+
+
 @contextlib.contextmanager
 def progress(total: int | None, description: str) -> Iterator[Callable[[int], None]]:
     """A progress bar on stderr; yields `advance(n)`. Shown only when stderr is a terminal."""
@@ -23,7 +26,7 @@ def progress(total: int | None, description: str) -> Iterator[Callable[[int], No
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=not sys.stderr.isatty(),
+        disable=QUIET or not sys.stderr.isatty(),
         transient=False,
     )
     with bar:

@@ -138,3 +138,31 @@ def test_pipeline_keys_follow_the_cli_names():
     assert parse_section(QuantizeSettings, {"eval_samples": 7}, "[quantize]").eval_limit == 7
     with pytest.raises(PipelineError, match=r"\[quantize\]: give eval_limit, not both eval_limit and eval_samples"):
         parse_section(QuantizeSettings, {"eval_samples": 7, "eval_limit": 8}, "[quantize]")
+
+
+@pytest.mark.parametrize("argv, info", [
+    (["inspect", str(EXAMPLE), "-v"], True),
+    (["-v", "inspect", str(EXAMPLE)], True),
+    (["-v", "inspect", str(EXAMPLE), "-q"], False),
+    (["inspect", str(EXAMPLE)], False),
+])
+def test_verbose_and_quiet_work_after_the_subcommand(argv, info):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "fwedge", *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert ("INFO fwedge." in done.stderr) == info, done.stderr
+
+
+def test_every_command_takes_verbose_and_quiet():
+    for name, command in _commands().items():
+        assert {"-v", "-q"} <= set(_options(command)), name
+
+
+def test_a_second_device_after_a_space_is_named_as_such(tmp_path):
+    """`--devices host qemu-aarch64` would read qemu-aarch64 as a bundle; the error says what to write."""
+    result = CliRunner().invoke(cli, ["farm", "run", str(tmp_path), "--devices", "host", "host", "--data", "d",
+                                      "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 2
+    assert "'host' is a device name, not a bundle folder" in result.output and "--devices a,host" in result.output

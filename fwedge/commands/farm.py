@@ -1,6 +1,8 @@
 """`fwedge farm list` and `fwedge farm run BUNDLE... --devices ... --data ... -o results.json`."""
 from __future__ import annotations
 
+import os
+
 import click
 
 from fwedge.commands.options import data_option, emit_json, json_option
@@ -65,7 +67,12 @@ def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, 
     from fwedge.bundle import load_bundle
 
     names = [name for item in device_names for name in item.split(",") if name]
-    devices = select(devices_for(inventory), names)
+    known = devices_for(inventory)
+    for path in bundles:  # `--devices a b`: b is read as a bundle
+        if path in {device.name for device in known} and not os.path.exists(path):
+            raise click.UsageError(f"'{path}' is a device name, not a bundle folder: give several devices "
+                                   f"comma-separated (--devices a,{path}) or repeat --devices")
+    devices = select(known, names)
     options = FarmOptions(data=data, repeats=repeats, limit=limit or None, reference=reference,
                           retries=retries, baseline_bundles=baseline_bundles, rounds=rounds)
     jobs, _ = plan([load_bundle(path) for path in bundles], devices, baseline_bundles)

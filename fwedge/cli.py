@@ -61,9 +61,13 @@ def _set_log_level(ctx: click.Context, param: click.Parameter, value: int) -> No
 
 def _with_log_options(command: click.Command) -> click.Command:
     """Every subcommand (and a group's subcommands) takes -v/--verbose and -q/--quiet too, so
-    they work wherever they are written: `fwedge export ... -v` as `fwedge -v export ...`."""
-    commands = command.commands.values() if isinstance(command, click.Group) else [command]
-    for leaf in commands:
+    they work wherever they are written (`fwedge export ... -v` as `fwedge -v export ...`), and
+    ends its --help with examples (fwedge.commands.examples)."""
+    from fwedge.commands.examples import epilog
+
+    commands = command.commands.items() if isinstance(command, click.Group) else [("", command)]
+    for sub, leaf in commands:
+        leaf.epilog = leaf.epilog or epilog(f"{command.name} {sub}".strip())
         names = {opt for param in leaf.params for opt in getattr(param, "opts", [])}
         if "-v" in names or "-q" in names:
             continue

@@ -166,3 +166,23 @@ def test_a_second_device_after_a_space_is_named_as_such(tmp_path):
                                       "-o", str(tmp_path / "r.json")])
     assert result.exit_code == 2
     assert "'host' is a device name, not a bundle folder" in result.output and "--devices a,host" in result.output
+
+
+@pytest.mark.parametrize("name", sorted(_commands()))
+def test_every_help_ends_with_examples_that_parse(name):
+    """Two or three examples per command in --help, each a command line its own parser accepts."""
+    import shlex
+
+    from fwedge.commands.examples import EXAMPLES
+
+    command = _commands()[name]
+    examples = EXAMPLES[name]
+    assert 2 <= len(examples) <= 3
+    shown = CliRunner().invoke(cli, [*name.split(), "--help"]).output
+    prefix = ["fwedge", *name.split()]
+    for example in examples:
+        assert example in shown, f"fwedge {name} --help does not show: {example}"
+        argv = shlex.split(example)
+        assert argv[:len(prefix)] == prefix, example
+        with command.make_context(name, argv[len(prefix):]) as ctx:  # parses and checks; runs nothing
+            assert ctx.params is not None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Callable, Iterator
 
@@ -9,8 +10,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console(stderr=True)
-stdout = Console(soft_wrap=True)
+def _width(stream) -> int | None:
+    """None (the terminal's width) on a terminal or with $COLUMNS set; else wide enough that a CI
+    log gets whole names in tables rather than rich's 80-column fallback with ellipses."""
+    if os.environ.get("COLUMNS") or stream.isatty():
+        return None
+    return 4096
+
+
+console = Console(stderr=True, width=_width(sys.stderr))
+stdout = Console(soft_wrap=True, width=_width(sys.stdout))
 
 
 QUIET = False  # -q: no progress bars

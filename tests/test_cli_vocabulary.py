@@ -186,3 +186,27 @@ def test_every_help_ends_with_examples_that_parse(name):
         assert argv[:len(prefix)] == prefix, example
         with command.make_context(name, argv[len(prefix):]) as ctx:  # parses and checks; runs nothing
             assert ctx.params is not None
+
+
+def test_tables_keep_whole_names_when_stdout_is_not_a_terminal(tmp_path):
+    """A CI log gets whole tensor names, not rich's 80-column fallback with ellipses."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    import onnx
+
+    from fwedge.quantization import quantize
+
+    model = ROOT / "examples" / "fashion_mnist" / "mobilenet_v2_tiny.onnx"
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32))
+    onnx.save(quantize(str(model), str(data), "minmax", 16).model, tmp_path / "q.onnx")
+    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+    done = subprocess.run([sys.executable, "-m", "fwedge", "analyze", str(model), str(tmp_path / "q.onnx"),
+                           "--data", str(data), "--limit", "8", "--top", "40"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "…" not in done.stdout
+    assert re.search(r"/features/features\.\d+/block/block\.\d+/\w+_output_0 ", done.stdout)

@@ -80,7 +80,7 @@ def test_export_then_run_and_diff_on_the_cli(models, tmp_path, target, name, pre
     assert result["fidelity"]["sqnr_db"] > (80 if precision == "fp32" else 25), result
 
     diff = CliRunner().invoke(cli, ["diff", str(bundle), str(models / name), "--data", str(models / "data.npz"),
-                                    "--json", "--max-steps", str(INT8_MAX_STEPS + 1), *exact])
+                                    "--json", "-", "--max-steps", str(INT8_MAX_STEPS + 1), *exact])
     assert diff.exit_code == 0, diff.output
     report = json.loads(diff.output)
     assert report["per_tensor"] is (target in PER_TENSOR) and report["compared"], report
@@ -348,6 +348,6 @@ def test_run_and_diff_take_a_relative_bundle_path(models, tmp_path, monkeypatch,
     assert run.exit_code == 0, run.output
     assert json.loads(run.output)["samples"] == 48
     diff = CliRunner().invoke(cli, ["diff", relative, str(models / "tiny_qdq.onnx"), "--data",
-                                    str(models / "data.npz"), "--json", "--max-steps", str(INT8_MAX_STEPS + 1)])
+                                    str(models / "data.npz"), "--json", "-", "--max-steps", str(INT8_MAX_STEPS + 1)])
     assert diff.exit_code == 0, diff.output
     assert json.loads(diff.output)["first_divergence"] is None

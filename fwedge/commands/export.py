@@ -53,6 +53,7 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, in
     import shlex
     from pathlib import Path
 
+    from fwedge import console as console_module
     from fwedge.console import console, stdout
     from fwedge.errors import ExportError, FwEdgeError
     from fwedge.export import bundle_name, export_bundle
@@ -74,7 +75,9 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, in
     resolved = precision if precision != "auto" else ("int8" if has_qdq(ir.load(model)) else "fp32")
     written, failed, report = [], [], {"bundles": [], "failed": []}
     out = console if json_out == "-" else stdout  # with --json -, standard output carries only the JSON
-    for target in unique:
+    for number, target in enumerate(unique, 1):
+        if len(unique) > 1 and not console_module.QUIET:  # a cold C build takes a minute: say what runs
+            console.print(f"[{number}/{len(unique)}] {target}: exporting", markup=False, highlight=False)
         options = ExportOptions(precision=precision, allow_float_fallback=allow_float_fallback,
                                 target_options=c_options if target in C_ARCHES else None)
         out_dir = Path(output) / bundle_name(model, target, resolved)

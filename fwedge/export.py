@@ -28,9 +28,20 @@ def resolve_target(target: str) -> Target:
     return get_target(target)
 
 
+# Precision words a model's file name may end with (model.int8.onnx): the bundle name carries
+# the precision already, so they are not repeated (model-aarch64-int8, not model.int8-aarch64-int8).
+_PRECISION_SUFFIXES = (".int8", ".uint8", ".qdq", ".quant", ".fp32", ".float", ".fp16")
+
+
 def bundle_name(model_path: str | os.PathLike, target: str, precision: str) -> str:
-    """The default bundle directory name: <model stem>-<target>-<precision>."""
-    return f"{Path(model_path).stem}-{target}-{precision}"
+    """The default bundle directory name: <model stem>-<target>-<precision>, the stem without a
+    trailing precision word."""
+    stem = Path(model_path).stem
+    for suffix in _PRECISION_SUFFIXES:
+        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
+            stem = stem[:-len(suffix)]
+            break
+    return f"{stem}-{target}-{precision}"
 
 
 def export_bundle(

@@ -210,3 +210,13 @@ def test_tables_keep_whole_names_when_stdout_is_not_a_terminal(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "…" not in done.stdout
     assert re.search(r"/features/features\.\d+/block/block\.\d+/\w+_output_0 ", done.stdout)
+
+
+@pytest.mark.parametrize("model, expected", [
+    ("build/model.int8.onnx", "model-aarch64-int8"), ("m.QDQ.onnx", "m-aarch64-int8"),
+    ("cnn_small.onnx", "cnn_small-aarch64-int8"), (".int8.onnx", ".int8-aarch64-int8"),
+])
+def test_bundle_names_do_not_repeat_the_precision(model, expected):
+    from fwedge.export import bundle_name
+
+    assert bundle_name(model, "aarch64", "int8") == expected

@@ -1,7 +1,10 @@
 """C target builds: the compilers (zig cc per architecture, the host cc, a CC override), the kernel object cache, ELF size figures, and the bundle's Makefile and CMakeLists.txt."""
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
@@ -10,7 +13,6 @@ import shutil
 import struct
 import subprocess
 import sys
-from dataclasses import dataclass
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,8 +159,6 @@ def compiler_command(arch: str, cc: str | None = None) -> list[str]:
         for name in ("cc", "gcc", "clang"):
             if shutil.which(name):
                 return [name]
-    import importlib.util
-
     if importlib.util.find_spec("ziglang") is None:
         raise ExportError(f"C target: building for {arch} needs zig (pip install ziglang, the cross extra) "
                           "or a cross compiler given with --cc / $CC")
@@ -172,12 +172,63 @@ def recorded_command(compiler: list[str]) -> list[str]:
     return ["python3" if part == sys.executable else part for part in compiler]
 
 
+def zig_lib_key(version: str, record: str) -> str:
+    """<ziglang version>-<digest of its lib files' lines in RECORD (path, sha256, size)>. Only
+    those lines: the console script's differs per venv (its shebang names the venv's python)."""
+    lines = sorted(line for line in record.splitlines() if line.startswith("ziglang/lib/"))
+    return f"{version}-{hashlib.sha256(chr(10).join(lines).encode()).hexdigest()[:16]}"
+
+
+@functools.lru_cache(maxsize=None)
+def shared_zig_lib() -> Path | None:
+    """One copy of the installed zig's lib folder per zig version, under fwedge's cache, for
+    ZIG_LIB_DIR; None when ziglang is not installed or the copy cannot be made.
+
+    zig rebuilds musl and compiler-rt (about a minute per architecture) whenever the lib files it
+    reads are new files, even with the same contents at the same path, so every fresh venv (a CI
+    job, a second worktree) would rebuild them. With every venv's zig reading the same lib files,
+    those builds are made once per machine and zig version. The copy is keyed by the ziglang
+    version and a digest of its lib files' sha256 (from RECORD), and appears whole or not at all.
+    """
+    spec = importlib.util.find_spec("ziglang")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    source = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    if not source.is_dir():
+        return None
+    dist = importlib.metadata.distribution("ziglang")
+    target = cache_dir() / "zig-lib" / zig_lib_key(dist.version, dist.read_text("RECORD") or "")
+    if target.is_dir():
+        return target
+    partial = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
+        shutil.copytree(source, partial / "lib")
+        try:
+            os.rename(partial / "lib", target)
+        except OSError:  # another process finished its copy first
+            if not target.is_dir():
+                raise
+    except OSError as exc:
+        log.debug("zig's lib folder not shared (%s); this venv's zig builds its own libc", exc)
+        return None
+    finally:
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
 def _compiler_env() -> dict:
     env = dict(os.environ)
     cache = zig_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     env["ZIG_GLOBAL_CACHE_DIR"] = str(cache)
     env.setdefault("ZIG_LOCAL_CACHE_DIR", str(cache))
+    if "ZIG_LIB_DIR" not in env:
+        lib = shared_zig_lib()
+        if lib is not None:
+            env["ZIG_LIB_DIR"] = str(lib)
     return env
 
 

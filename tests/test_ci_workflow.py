@@ -1,8 +1,9 @@
 """docs/github-actions.yml works as written: its run: steps, in order, in a fresh clone, for an unchanged and a damaged model.
 
-Only the `uses: actions/*` steps are skipped (checkout, setup-python, cache, upload-artifact): the
-fresh clone stands for checkout, this interpreter for setup-python, and the project's zig cache
-for the restored actions/cache. `sudo` is the runner's; as root here it runs the command as is.
+Only the `uses: actions/*` steps are skipped (checkout, setup-python, upload-artifact): the fresh
+clone stands for checkout, this interpreter for setup-python. The job's zig cache is the
+project's own, warm from its other C tests (a runner's starts empty). `sudo` is the runner's; as
+root here it runs the command as is.
 
 To record examples/fashion_mnist/ci-baseline.json as the workflow's manual update_baseline run
 does: `.venv/bin/python tests/test_ci_workflow.py --update-baseline`.
@@ -91,7 +92,8 @@ def run_workflow(work: Path, model: onnx.ModelProto | None = None, update_baseli
     env |= {key: _substitute(str(value), context) for key, value in job["env"].items()}
     env |= {"GITHUB_WORKSPACE": str(repo), "GITHUB_OUTPUT": str(work / "output"),
             "GITHUB_STEP_SUMMARY": str(work / "summary.md"), "CI": "true"}
-    # actions/cache restores the zig cache: the project's own (warm from its other C tests).
+    # The job's zig cache: the project's own, warm from its other C tests; every venv's zig reads
+    # the same lib folder (targets.c_build.shared_zig_lib), so the builds in it are reused.
     zig_cache = ROOT / ".cache" / "zig"
     zig_cache.mkdir(parents=True, exist_ok=True)
     (repo / ".cache").mkdir(exist_ok=True)

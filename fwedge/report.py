@@ -23,7 +23,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .meta{color:#57606a;margin-bottom:12px}.verdict{display:inline-block;padding:4px 12px;border-radius:6px;font-weight:700;color:#fff}
 .pass{background:#1a7f37}.fail{background:#cf222e}.none{background:#6e7781}
 table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right;white-space:nowrap}
-th{background:#f6f8fa;cursor:pointer;user-select:none}td.l,th.l{text-align:left}tr.error td{background:#ffebe9}
+th{background:#f6f8fa;cursor:pointer;user-select:none}td.l,th.l{text-align:left}tr.error td,tr.fail td{background:#ffebe9}tr.fail td:first-child{border-left:4px solid #cf222e}
 tr.v-fail td{background:#ffebe9}tr.v-waived td{background:#fff8c5}.err{white-space:normal;min-width:260px;max-width:520px;text-align:left;color:#cf222e}
 td.wrap{white-space:normal;min-width:260px;max-width:520px;text-align:left}.scroll{overflow-x:auto}
 svg text{font:11px system-ui,sans-serif;fill:#1b1f24}.note{color:#57606a}
@@ -218,7 +218,16 @@ def latency_chart(results: list[DeviceResult], width: int = 760) -> str:
     return "".join(parts)
 
 
-def _results_table(results: list[DeviceResult]) -> str:
+def _emulated(r: DeviceResult) -> bool:
+    """Timed on an emulated board (qemu): its wall time is not the board's."""
+    return r.device_kind == "qemu" or bool((r.identity or {}).get("emulated"))
+
+
+def _failed_pairs(gate: GateReport | None) -> set[tuple[str, str]]:
+    return {(row.bundle, row.device) for row in gate.rows if row.failed} if gate else set()
+
+
+def _results_table(results: list[DeviceResult], gate: GateReport | None = None) -> str:
     head = ["bundle", "target", "arch", "precision", "device", "status", "accuracy", "agreement vs FP32",
             "SQNR vs FP32 dB", "p50 ms", "p95 ms", "B/A latency", "instructions", "file bytes", "ROM bytes", "RAM bytes", "error"]
     left = {"bundle", "target", "arch", "precision", "device", "status", "error"}
@@ -231,7 +240,8 @@ def _results_table(results: list[DeviceResult]) -> str:
         sqnr = fidelity.get("sqnr_db")
         cells = [
             ("l", r.bundle + (" (baseline)" if r.role == "baseline" else ""), None),
-            ("l", r.target, None), ("l", r.arch, None), ("l", r.precision, None), ("l", r.device, None),
+            ("l", r.target, None), ("l", r.arch, None), ("l", r.precision, None),
+            ("l", r.device + (" (emulated)" if _emulated(r) else ""), None),
             ("l", r.status, None),
             ("", _pct(r.accuracy), r.accuracy), ("", _pct(fidelity.get("top1_agreement")), fidelity.get("top1_agreement")),
             ("", _num(sqnr, 1), sqnr if isinstance(sqnr, (int, float)) and math.isfinite(sqnr) else 1e9 if sqnr is not None else None),
@@ -245,7 +255,8 @@ def _results_table(results: list[DeviceResult]) -> str:
             ("", _bytes(r.sizes.get("ram_bytes")), r.sizes.get("ram_bytes")),
             ("err", r.error or "", None),
         ]
-        row_class = "error" if not r.ok else ""
+        failed = r.role != "baseline" and (r.bundle, r.device) in _failed_pairs(gate)
+        row_class = "error" if not r.ok else "fail" if failed else ""
         out.append(f"<tr class='{row_class}'>")
         for css, text, sort_value in cells:
             data = "" if sort_value is None else f" data-v='{_e(sort_value)}'"
@@ -322,7 +333,7 @@ def render_html(results: Results, analysis: dict | None = None, gate: GateReport
     if gate is not None and gate.regressions:
         body.append("<ul id='regressions'>" + "".join(f"<li>{_e(line)}</li>" for line in gate.regressions) + "</ul>")
     body.append("<h2>Accuracy, latency and size per target and device</h2>")
-    body.append(_results_table(results.results))
+    body.append(_results_table(results.results, gate))
     for note in results.notes:
         body.append(f"<p class='note'>{_e(note)}</p>")
     body.append("<h2>Latency (p50 bar, p95 whisker, on-device timer)</h2>")
@@ -367,18 +378,26 @@ def render_markdown(results: Results, gate: GateReport | None = None) -> str:
 
     lines = [f"## fwedge: {verdict}", "",
              f"{cell(results.samples)} samples of {cell(results.data)}, {cell(results.repeats)} timed runs per pair.", "",
-             "| bundle | device | status | accuracy | agreement | p50 ms | p95 ms | B/A | instructions | file bytes |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-
+             "| bundle | device | status | accuracy | agreement | p50 ms | p95 ms | B/A | instructions | ROM bytes "
+             "| RAM bytes | file bytes |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    failed = _failed_pairs(gate)
     for r in results.results:
         latency = r.latency
+        flag = "❌ " if r.role != "baseline" and (r.bundle, r.device) in failed else ""
         lines.append("| " + " | ".join(cell(v) for v in [
-            r.bundle + (" (baseline)" if r.role == "baseline" else ""), r.device,
+            flag + r.bundle + (" (baseline)" if r.role == "baseline" else ""),
+            r.device + (" (emulated)" if _emulated(r) else ""),
             r.status if r.ok else f"error: {r.error}", _pct(r.accuracy),
             _pct((r.fidelity or {}).get("top1_agreement")), _num(latency.p50_ms, 4) if latency else "",
             _num(latency.p95_ms, 4) if latency else "", _num(r.latency_ratio, 3),
-            _bytes(r.instructions.per_inference) if r.instructions else "", _bytes(r.sizes.get("file_bytes")),
+            _bytes(r.instructions.per_inference) if r.instructions else "", _bytes(r.sizes.get("rom_bytes")),
+            _bytes(r.sizes.get("ram_bytes")), _bytes(r.sizes.get("file_bytes")),
         ]) + " |")
+    lines += ["", "B/A: this bundle's p50 over the baseline bundle's, timed interleaved in the same run (blank "
+              "without `farm run --baseline-bundles`). On emulated boards wall time is not the board's: the "
+              "gate compares their executed instructions. ROM/RAM: the model's code, weights and arena "
+              "(C bundles); file bytes: the whole bundle folder, sources included."]
     if gate is not None and gate.regressions:
         lines += ["", "### Regressions", ""] + [f"- {cell(line)}" for line in gate.regressions]
     return "\n".join(lines) + "\n"

@@ -147,3 +147,26 @@ def test_console_error_detection_catches_a_broken_page(tmp_path):
     page.write_text("<!DOCTYPE html><html><body><p>x</p><script>throw new Error('boom')</script></body></html>")
     _, log = _chromium(tmp_path, page, "--dump-dom")
     assert any("Uncaught Error: boom" in line for line in _console_errors(log))
+
+
+def test_failing_rows_are_marked_and_emulated_boards_named():
+    """A row the gate failed has class 'fail' (a run error keeps 'error'); qemu timings say they
+    are emulated; the summary gives ROM/RAM and says what B/A is."""
+    import dataclasses
+
+    results = _results()
+    results.results[1] = dataclasses.replace(results.results[1], device_kind="qemu")
+    baseline = Results(results=[dataclasses.replace(r, accuracy=0.95) if r.bundle == "cnn-aarch64" else r
+                                for r in results.results if r.ok], data=results.data, samples=results.samples)
+    verdict = gate.evaluate_gate(results, baseline)
+    assert ("cnn-aarch64", "qemu-aarch64") in {(row.bundle, row.device) for row in verdict.rows if row.failed}
+    page = render_html(results, None, verdict)
+    table = page[page.index("<table id='results'"):]
+    table = table[:table.index("</table>")]
+    rows = re.findall(r"<tr class='([^']*)'>(.*?)</tr>", table)
+    classes = {re.search(r"<td class='l'[^>]*>([^<]*)</td>", body).group(1): css for css, body in rows}
+    assert classes["cnn-aarch64"] == "fail" and classes["cnn-riscv64"] == "error" and classes["cnn-onnx"] == ""
+    assert "qemu-aarch64 (emulated)" in table and "host (emulated)" not in table
+    summary = render_markdown(results, verdict)
+    assert "| ROM bytes | RAM bytes | file bytes |" in summary and "| 30,000 | 9,000 | 40,000 |" in summary
+    assert "❌ cnn-aarch64" in summary and "B/A: this bundle's p50 over the baseline bundle's" in summary

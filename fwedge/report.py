@@ -23,8 +23,10 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .meta{color:#57606a;margin-bottom:12px}.verdict{display:inline-block;padding:4px 12px;border-radius:6px;font-weight:700;color:#fff}
 .pass{background:#1a7f37}.fail{background:#cf222e}.none{background:#6e7781}
 table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right;white-space:nowrap}
-th{background:#f6f8fa;cursor:pointer;user-select:none}td.l,th.l{text-align:left}tr.error td,tr.fail td{background:#ffebe9}tr.fail td:first-child{border-left:4px solid #cf222e}
-tr.v-fail td{background:#ffebe9}tr.v-waived td{background:#fff8c5}.err{white-space:normal;min-width:260px;max-width:520px;text-align:left;color:#cf222e}
+th{background:#f6f8fa;cursor:pointer;user-select:none}td.l,th.l{text-align:left}tr.error td,tr.gate-fail td{background:#ffebe9}tr.gate-fail td:first-child{border-left:4px solid #cf222e}
+th{white-space:normal;max-width:90px}td.name{white-space:normal;overflow-wrap:anywhere;min-width:170px;max-width:230px}
+.sub{color:#57606a;font-size:12px}
+tr.v-fail td{background:#ffebe9}tr.v-waived td{background:#fff8c5}.err{white-space:normal;min-width:140px;max-width:300px;text-align:left;color:#cf222e;overflow-wrap:anywhere}
 td.wrap{white-space:normal;min-width:260px;max-width:520px;text-align:left}.scroll{overflow-x:auto}
 svg text{font:11px system-ui,sans-serif;fill:#1b1f24}.note{color:#57606a}
 """
@@ -139,6 +141,38 @@ def _sqnr_value(entry: dict) -> float:
     return float(value)
 
 
+def short_labels(names: list[str], limit: int = 40) -> list[str]:
+    """A short label per tensor name that tells the names apart; the full name goes in the tooltip.
+
+    ONNX names from exporters repeat their structure ('/features/features.4/block/block.7/
+    BatchNormalization_output_0'): the parts without a digit ('features', 'block') and the
+    '_output_0' ending are dropped, and each label is the shortest tail of what is left that no
+    other name shares ('features.4/block.7/BatchNormalization'), cut to `limit` characters at
+    the right (the distinguishing parts come first). Names that still collide are numbered.
+    """
+    def parts(name: str) -> list[str]:
+        pieces = [p for p in name.strip("/").split("/") if p] or [name]
+        last = re.sub(r"_output_\d+$", "", pieces[-1]) or pieces[-1]
+        return [p for p in pieces[:-1] if re.search(r"\d", p)] + [last]
+
+    split = [parts(name) for name in names]
+    labels = []
+    for own in split:
+        for size in range(1, len(own) + 1):
+            tail = own[-size:]
+            if sum(other[-size:] == tail for other in split) == 1:
+                break
+        text = "/".join(tail)
+        labels.append(text if len(text) <= limit else text[:limit - 1] + "…")
+    seen: dict[str, int] = {}
+    counts = {label: labels.count(label) for label in labels}
+    for index, label in enumerate(labels):
+        if counts[label] > 1:
+            seen[label] = seen.get(label, 0) + 1
+            labels[index] = f"{label} #{seen[label]}"
+    return labels
+
+
 def sqnr_chart(analysis: dict, width: int = 760) -> str:
     """Inline SVG: one horizontal bar per quantized tensor (topological order), length = SQNR dB.
 
@@ -150,7 +184,8 @@ def sqnr_chart(analysis: dict, width: int = 760) -> str:
     finite = [_sqnr_value(e) for e in entries if math.isfinite(_sqnr_value(e))]
     top = max(finite + [SQNR_WARN_DB * 2]) * 1.1
     first_jump = (analysis.get("first_jump") or {}).get("tensor")
-    label_width, bar_height, gap = 250, 16, 4
+    labels = short_labels([str(entry.get("tensor", "?")) for entry in entries])
+    label_width, bar_height, gap = 300, 16, 4
     plot = width - label_width - 70
     height = len(entries) * (bar_height + gap) + 46
     parts = [f"<svg id='sqnr-chart' role='img' aria-label='Per-layer SQNR' width='{width}' height='{height}' "
@@ -169,9 +204,7 @@ def sqnr_chart(analysis: dict, width: int = 760) -> str:
         color = "#cf222e" if value < SQNR_WARN_DB else "#2da44e"
         outline = " stroke='#0969da' stroke-width='2'" if entry.get("tensor") == first_jump else ""
         name = f"{entry.get('tensor', '?')} ({entry.get('op', '')})"
-        # Keep the end of long ONNX names ("…/block.7/BatchNormalization_output_0 (Conv)"): the
-        # prefixes are shared by every layer of a block.
-        label = name if len(name) <= 36 else "…" + name[-35:]
+        label = f"{labels[index]} ({entry.get('op', '')})"
         parts.append(
             f"<g class='bar'><title>{_e(name)}: SQNR {_e(_num(value, 2))} dB, cosine {_e(entry.get('cosine'))}</title>"
             f"<text x='{label_width - 6}' y='{y + 12}' text-anchor='end'>{_e(label)}</text>"
@@ -228,9 +261,14 @@ def _failed_pairs(gate: GateReport | None) -> set[tuple[str, str]]:
 
 
 def _results_table(results: list[DeviceResult], gate: GateReport | None = None) -> str:
-    head = ["bundle", "target", "arch", "precision", "device", "status", "accuracy", "agreement vs FP32",
-            "SQNR vs FP32 dB", "p50 ms", "p95 ms", "B/A latency", "instructions", "file bytes", "ROM bytes", "RAM bytes", "error"]
-    left = {"bundle", "target", "arch", "precision", "device", "status", "error"}
+    """One row per result, narrow enough for a 1280 px window: the bundle's target, arch and
+    precision under its name, p95 in the p50 cell's tooltip, the error column only when a run
+    failed, and whole-bundle file bytes left to summary.md."""
+    errors = any(not r.ok for r in results)
+    head = ["bundle", "device", "status", "accuracy", "agreement vs FP32", "SQNR vs FP32 dB", "p50 ms",
+            "B/A latency", "instructions", "ROM bytes", "RAM bytes"] + (["error"] if errors else [])
+    left = {"bundle", "device", "status", "error"}
+    failed = _failed_pairs(gate)
     out = ["<div class='scroll'><table id='results' class='sortable'><thead><tr>"]
     out += [f"<th class='{'l' if h in left else ''}'>{_e(h)}</th>" for h in head]
     out.append("</tr></thead><tbody>")
@@ -238,30 +276,32 @@ def _results_table(results: list[DeviceResult], gate: GateReport | None = None) 
         fidelity = r.fidelity or {}
         latency = r.latency
         sqnr = fidelity.get("sqnr_db")
+        name = r.bundle + (" (baseline)" if r.role == "baseline" else "")
+        p95 = f"p95 {_num(latency.p95_ms, 4)} ms" if latency else ""
+        # (css class, text, sort value, line under the text, tooltip)
         cells = [
-            ("l", r.bundle + (" (baseline)" if r.role == "baseline" else ""), None),
-            ("l", r.target, None), ("l", r.arch, None), ("l", r.precision, None),
-            ("l", r.device + (" (emulated)" if _emulated(r) else ""), None),
-            ("l", r.status, None),
-            ("", _pct(r.accuracy), r.accuracy), ("", _pct(fidelity.get("top1_agreement")), fidelity.get("top1_agreement")),
-            ("", _num(sqnr, 1), sqnr if isinstance(sqnr, (int, float)) and math.isfinite(sqnr) else 1e9 if sqnr is not None else None),
-            ("", _num(latency.p50_ms, 4) if latency else "", latency.p50_ms if latency else None),
-            ("", _num(latency.p95_ms, 4) if latency else "", latency.p95_ms if latency else None),
-            ("", _num(r.latency_ratio, 3), r.latency_ratio),
+            ("l name", name, None, f"{r.target} · {r.arch} · {r.precision}", ""),
+            ("l", r.device, None, "emulated" if _emulated(r) else "", ""),
+            ("l", r.status, None, "", ""),
+            ("", _pct(r.accuracy), r.accuracy, "", ""),
+            ("", _pct(fidelity.get("top1_agreement")), fidelity.get("top1_agreement"), "", ""),
+            ("", _num(sqnr, 1), sqnr if isinstance(sqnr, (int, float)) and math.isfinite(sqnr) else 1e9
+             if sqnr is not None else None, "", ""),
+            ("", _num(latency.p50_ms, 4) if latency else "", latency.p50_ms if latency else None, "", p95),
+            ("", _num(r.latency_ratio, 3), r.latency_ratio, "", ""),
             ("", _bytes(r.instructions.per_inference) if r.instructions else "",
-             r.instructions.per_inference if r.instructions else None),
-            ("", _bytes(r.sizes.get("file_bytes")), r.sizes.get("file_bytes")),
-            ("", _bytes(r.sizes.get("rom_bytes")), r.sizes.get("rom_bytes")),
-            ("", _bytes(r.sizes.get("ram_bytes")), r.sizes.get("ram_bytes")),
-            ("err", r.error or "", None),
-        ]
-        failed = r.role != "baseline" and (r.bundle, r.device) in _failed_pairs(gate)
-        row_class = "error" if not r.ok else "fail" if failed else ""
+             r.instructions.per_inference if r.instructions else None, "", ""),
+            ("", _bytes(r.sizes.get("rom_bytes")), r.sizes.get("rom_bytes"), "", ""),
+            ("", _bytes(r.sizes.get("ram_bytes")), r.sizes.get("ram_bytes"), "", ""),
+        ] + ([("err", r.error or "", None, "", r.stderr_tail or "")] if errors else [])
+        gate_failed = r.role != "baseline" and (r.bundle, r.device) in failed
+        row_class = "error" if not r.ok else "gate-fail" if gate_failed else ""
         out.append(f"<tr class='{row_class}'>")
-        for css, text, sort_value in cells:
+        for css, text, sort_value, sub, tip in cells:
             data = "" if sort_value is None else f" data-v='{_e(sort_value)}'"
-            title = f" title='{_e(r.stderr_tail)}'" if css == "err" and r.stderr_tail else ""
-            out.append(f"<td class='{css}'{data}{title}>{_e(text)}</td>")
+            title = f" title='{_e(tip)}'" if tip else ""
+            below = f"<div class='sub'>{_e(sub)}</div>" if sub else ""
+            out.append(f"<td class='{css}'{data}{title}>{_e(text)}{below}</td>")
         out.append("</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
@@ -307,7 +347,9 @@ def _gate_section(gate: GateReport | None) -> str:
     out.append("</tbody></table>")
     limits = gate.thresholds
     out.append(f"<p class='note'>Limits: accuracy drop ≤ {limits.max_accuracy_drop:g} pp, agreement drop ≤ "
-               f"{limits.max_fidelity_drop:g} pp, latency ≤ +{100 * limits.max_latency_increase:g}%, size ≤ "
+               f"{limits.max_fidelity_drop:g} pp, latency ≤ +{100 * limits.max_latency_increase:g}%"
+               + (f", instructions ≤ +{100 * limits.max_instructions_increase:g}%"
+                  if limits.max_instructions_increase is not None else "") + ", size ≤ "
                f"+{100 * limits.max_size_increase:g}%"
                + (f"; waived: {_e(', '.join(gate.waived))}" if gate.waived else "") + ".</p>")
     return "".join(out)
@@ -332,6 +374,10 @@ def render_html(results: Results, analysis: dict | None = None, gate: GateReport
     body = [f"<h1>{_e(title)}</h1><div class='meta'>{meta}</div>", _verdict_badge(gate)]
     if gate is not None and gate.regressions:
         body.append("<ul id='regressions'>" + "".join(f"<li>{_e(line)}</li>" for line in gate.regressions) + "</ul>")
+    # The first screen answers the reviewer: the verdict, what changed against the baseline and
+    # which rows failed, then the figures of every run.
+    body.append("<h2>Against the baseline</h2>")
+    body.append(_gate_section(gate))
     body.append("<h2>Accuracy, latency and size per target and device</h2>")
     body.append(_results_table(results.results, gate))
     for note in results.notes:
@@ -347,8 +393,6 @@ def render_html(results: Results, analysis: dict | None = None, gate: GateReport
                     + (f"; error first jumps at '{_e(jump.get('tensor'))}' ({_e(jump.get('op'))})" if jump else "")
                     + ".</p>")
         body.append(sqnr_chart(analysis))
-    body.append("<h2>Gate</h2>")
-    body.append(_gate_section(gate))
     body.append(_identity_section(results.results))
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"

@@ -95,11 +95,11 @@ def test_report_command_writes_html_and_markdown(tmp_path):
     assert bad.exit_code == 2 and "tensors" in bad.output
 
 
-def _chromium(tmp_path: Path, page: Path, *mode: str) -> tuple[str, str]:
+def _chromium(tmp_path: Path, page: Path, *mode: str, size: str = "1200,1600") -> tuple[str, str]:
     argv = ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={tmp_path / ('profile-' + mode[0].strip('-').split('=')[0])}",
-            "--enable-logging=stderr", "--v=0", "--window-size=1200,1600", *mode, page.resolve().as_uri()]
+            "--enable-logging=stderr", "--v=0", f"--window-size={size}", *mode, page.resolve().as_uri()]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout, done.stderr
@@ -150,7 +150,7 @@ def test_console_error_detection_catches_a_broken_page(tmp_path):
 
 
 def test_failing_rows_are_marked_and_emulated_boards_named():
-    """A row the gate failed has class 'fail' (a run error keeps 'error'); qemu timings say they
+    """A row the gate failed has class 'gate-fail' (a run error keeps 'error'); qemu timings say they
     are emulated; the summary gives ROM/RAM and says what B/A is."""
     import dataclasses
 
@@ -164,9 +164,112 @@ def test_failing_rows_are_marked_and_emulated_boards_named():
     table = page[page.index("<table id='results'"):]
     table = table[:table.index("</table>")]
     rows = re.findall(r"<tr class='([^']*)'>(.*?)</tr>", table)
-    classes = {re.search(r"<td class='l'[^>]*>([^<]*)</td>", body).group(1): css for css, body in rows}
-    assert classes["cnn-aarch64"] == "fail" and classes["cnn-riscv64"] == "error" and classes["cnn-onnx"] == ""
-    assert "qemu-aarch64 (emulated)" in table and "host (emulated)" not in table
+    classes = {re.search(r"<td class='l name'[^>]*>([^<]*)<", body).group(1): css for css, body in rows}
+    assert classes["cnn-aarch64"] == "gate-fail" and classes["cnn-riscv64"] == "error" and classes["cnn-onnx"] == ""
+    assert "qemu-aarch64<div class='sub'>emulated</div>" in table and "host<div class='sub'>emulated" not in table
     summary = render_markdown(results, verdict)
     assert "| ROM bytes | RAM bytes | file bytes |" in summary and "| 30,000 | 9,000 | 40,000 |" in summary
     assert "❌ cnn-aarch64" in summary and "B/A: this bundle's p50 over the baseline bundle's" in summary
+
+
+def test_sqnr_labels_tell_the_layers_apart():
+    from fwedge.report import short_labels
+
+    names = [f"/features/features.{b}/block/block.{i}/{op}_output_0" for b in (3, 4) for i, op in
+             ((2, "Clip"), (7, "BatchNormalization"))] + ["/features/features.4/Add_output_0", "logits", "logits"]
+    labels = short_labels(names)
+    assert labels[:4] == ["features.3/block.2/Clip", "features.3/block.7/BatchNormalization",
+                          "features.4/block.2/Clip", "features.4/block.7/BatchNormalization"]
+    assert labels[4] == "Add" and labels[5:] == ["logits #1", "logits #2"]
+    assert short_labels(["/a/" + "x1" * 40])[0].endswith("…") and len(short_labels(["/a/" + "x1" * 40])[0]) == 40
+
+
+def _ci_results() -> tuple[Results, gate.GateReport]:
+    """What the CI workflow's farm run gives: three C bundles and their baseline bundles on qemu
+    boards with instruction counts, the host runtimes, one failed run; the riscv64 bundle fails
+    the gate on accuracy."""
+    import dataclasses
+
+    from fwedge.device_farm.results import Instructions
+
+    def run(bundle, device, target, arch, role="candidate", accuracy=0.922, **extra):
+        qemu = device.startswith("qemu")
+        return DeviceResult(
+            bundle=bundle, device=device, status="ok", target=target, arch=arch, precision="int8", role=role,
+            device_kind="qemu" if qemu else "local", accuracy=accuracy,
+            fidelity={"top1_agreement": 0.994, "sqnr_db": 24.31, "cosine": 0.998, "max_abs_error": 0.41, "samples": 500},
+            latency=Latency(16.046646, 20.378522, 13.917565, 7.940775, 20), latency_ratio=0.96749 if qemu else 1.0213,
+            instructions=Instructions(1898381, 1, 2, 1903251, 3801632, "qemu-aarch64 version 7.2.22", "default",
+                                      "fwedge qemu plugin d1013ec09794120e") if qemu else None,
+            baseline_instructions=1898381 if qemu and role == "candidate" else None,
+            sizes={"file_bytes": 1086183, "rom_bytes": 142473, "ram_bytes": 52932, "text_bytes": 40492},
+            samples=500, **extra)
+
+    model = "mobilenet_v2_tiny"
+    rows = []
+    for arch in ("aarch64", "riscv64", "loongarch64"):
+        for role in ("candidate", "baseline"):
+            rows.append(run(f"{model}-{arch}-int8", f"qemu-{arch}", "c", arch, role,
+                            accuracy=0.9 if arch == "riscv64" and role == "candidate" else 0.922))
+    for target in ("onnx", "openvino", "tflite", "ncnn"):
+        rows.append(run(f"{model}-{target}-int8", "host", target, "x86_64"))
+    rows.append(DeviceResult(bundle=f"{model}-x86_64-int8", device="host", status="error", target="c", arch="x86_64",
+                             precision="int8", role="candidate", device_kind="local",
+                             error="fwedge_model exited with status -11 (SIGSEGV) after 3 of 500 samples; "
+                                   "the harness printed no closing line", stderr_tail="Segmentation fault"))
+    results = Results(results=rows, data="fashion-mnist:test", samples=500, repeats=20,
+                      created="2026-12-02T14:48:44+00:00", host={"node": "ci", "machine": "x86_64"})
+    baseline = Results(results=[dataclasses.replace(r, accuracy=0.922) for r in rows if r.ok and r.role == "candidate"],
+                       data=results.data, samples=results.samples)
+    return results, gate.evaluate_gate(results, baseline)
+
+
+# Run after the page's own script: what a reader would have to scroll sideways, in CSS pixels.
+LAYOUT_PROBE = """
+(function(){
+  var doc = document.scrollingElement, out = {document: [doc.scrollWidth, doc.clientWidth], boxes: []};
+  document.querySelectorAll('.scroll, table').forEach(function(box){
+    out.boxes.push([box.id || box.className, box.scrollWidth, box.clientWidth,
+                    Math.ceil(box.getBoundingClientRect().right)]);
+  });
+  document.body.setAttribute('data-layout', JSON.stringify(out));
+})();
+"""
+
+
+@pytest.mark.chromium
+def test_report_first_screen_fits_1280_px(tmp_path):
+    """At 1280 px no table needs horizontal scrolling, the verdict and the gate table come first,
+    and the failing row carries its class; the screenshot is kept for the reader."""
+    import base64
+    import hashlib
+
+    from fwedge.report import CSP
+
+    results, verdict = _ci_results()
+    page_text = render_html(results, _analysis(), verdict)
+    probe_hash = "'sha256-" + base64.b64encode(hashlib.sha256(LAYOUT_PROBE.encode()).digest()).decode() + "'"
+    probed = page_text.replace(CSP, CSP.replace("script-src ", f"script-src {probe_hash} "), 1)
+    probed = probed.replace("</body>", f"<script>{LAYOUT_PROBE}</script></body>", 1)
+    page = tmp_path / "report.html"
+    page.write_text(probed)
+    dom, log = _chromium(tmp_path, page, "--dump-dom", size="1280,1400")
+    assert _console_errors(log) == []
+    layout = json.loads(__import__("html").unescape(re.search(r'data-layout="([^"]*)"', dom).group(1)))
+    width = layout["document"][1]
+    assert 1200 <= width <= 1280, layout
+    assert layout["document"][0] <= width, f"the page scrolls sideways: {layout}"
+    for name, scroll_width, client_width, right in layout["boxes"]:
+        assert scroll_width <= client_width and right <= width, f"{name} needs horizontal scrolling: {layout}"
+    order = [dom.index(marker) for marker in ('id="verdict"', '<table id="gate"', '<table id="results"')]
+    assert order == sorted(order), "the verdict, then the gate table, then the results"
+    results_table = dom[dom.index('<table id="results"'):]
+    failing = re.findall(r'<tr class="gate-fail">.*?</tr>', results_table[:results_table.index("</table>")], re.S)
+    assert len(failing) == 1 and "mobilenet_v2_tiny-riscv64-int8" in failing[0]
+
+    shot = tmp_path / "report-1280.png"
+    _, log = _chromium(tmp_path, page, f"--screenshot={shot}", size="1280,1400")
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape[:2] == (1400, 1280) and np.any(pixels < 235, axis=2).mean() > 0.02

@@ -285,16 +285,19 @@ class CTarget(Target):
             }
             if own.build:
                 sizes.update(_compile(folder, plan, extra))  # compiler argv and version into extra
+                if extra.get("compiler_version"):
+                    toolchain["compiler_version"] = extra["compiler_version"]
             return sizes
 
         specs = [[TensorInfo(name, list(shape), dtype, "NCHW" if len(shape) == 4 else "")
                   for name, shape, dtype in tensors] for tensors in (program.inputs, program.outputs)]
         compiler = plan.compiler
+        # The versions the report's toolchain table shows; write_files adds the compiler's version.
+        toolchain = {"compiler": " ".join(recorded_command(compiler)[:4]) if compiler else "none"}
         bundle = write_bundle(
             out_dir, target=TARGET, arch=self.arch, precision=precision, source_sha256=options.source_sha256,
             inputs=specs[0], outputs=specs[1], write_files=write_files, preprocess=options.preprocess,
-            toolchain={"compiler": " ".join(recorded_command(compiler)[:4]) if compiler else "none"},
-            extra=extra,
+            toolchain=toolchain, extra=extra,
         )
         log.info("C bundle %s (%s): arena %d bytes (lower bound %d), weights %d bytes", bundle.path, self.arch,
                  program.plan.arena_bytes, program.plan.lower_bound_bytes, program.weights_bytes)

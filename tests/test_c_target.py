@@ -652,3 +652,14 @@ def test_memory_plan_never_overlaps_live_tensors_and_meets_the_bound_on_a_chain(
     plan = plan_memory(chain)
     assert plan.lower_bound_bytes == 12544 * 2 and plan.arena_bytes == plan.lower_bound_bytes
 
+
+
+def test_manifest_records_the_compiler_and_its_version(tmp_path):
+    """The report's toolchain table reads the manifest's versions: the compiler's name as the
+    Makefile spells it and its own --version line, not a path of the build machine."""
+    import json
+
+    bundle = export(flatten_gemm(), tmp_path / "b")
+    versions = json.loads((bundle.path / "manifest.json").read_text())["versions"]
+    assert versions["compiler"] and "/" not in versions["compiler"], versions
+    assert re.search(r"\d+\.\d+", versions.get("compiler_version", "")), versions

@@ -628,3 +628,17 @@ def test_a_baseline_changed_before_its_job_fails_both_roles(tmp_path, mlp_files,
     baseline, candidate = results.results
     assert baseline.role == "baseline" and baseline.status == "error" and "does not match the manifest" in baseline.error
     assert candidate.status == "error" and "failed verification" in candidate.error
+
+
+@pytest.mark.fashion_mnist
+def test_farm_run_says_when_agreement_cannot_be_computed(tmp_path, mlp_files):
+    """A bundle with no recorded reference and no --reference: a note, not a silently blank column."""
+    inv = _write_inventory(tmp_path / "inv.toml", [{"name": "host", "kind": "local", "runtimes": ["onnx"]}])
+    argv = ["farm", "run", str(mlp_files / "bundles" / "mlp_onnx"), "--inventory", str(inv), "--data",
+            "fashion-mnist:test", "--limit", "16", "--repeats", "2", "-o", str(tmp_path / "r.json")]
+    bare = CliRunner().invoke(cli, argv)
+    assert bare.exit_code == 0, bare.output
+    assert "note: no FP32 reference for mlp_onnx: agreement and SQNR vs FP32 stay blank" in bare.output
+    given = CliRunner().invoke(cli, argv + ["--reference", str(mlp_files / "mlp.onnx")])
+    assert given.exit_code == 0 and "no FP32 reference" not in given.output
+    assert load_results(tmp_path / "r.json").results[0].fidelity["top1_agreement"] == 1.0

@@ -63,7 +63,7 @@ def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, 
     from fwedge.console import progress, stdout
     from fwedge.device_farm.inventory import devices_for, select
     from fwedge.device_farm.results import save_results
-    from fwedge.device_farm.runner import FarmOptions, plan, run_farm
+    from fwedge.device_farm.runner import FarmOptions, plan, reference_of, run_farm
     from fwedge.bundle import load_bundle
 
     names = [name for item in device_names for name in item.split(",") if name]
@@ -75,7 +75,12 @@ def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, 
     devices = select(known, names)
     options = FarmOptions(data=data, repeats=repeats, limit=limit or None, reference=reference,
                           retries=retries, baseline_bundles=baseline_bundles, rounds=rounds)
-    jobs, _ = plan([load_bundle(path) for path in bundles], devices, baseline_bundles)
+    loaded = [load_bundle(path) for path in bundles]
+    unreferenced = [bundle.name for bundle in loaded if reference_of(bundle, reference) is None]
+    if unreferenced:
+        stdout.print(f"note: no FP32 reference for {', '.join(unreferenced)}: agreement and SQNR vs FP32 stay "
+                     "blank (give --reference FLOAT.onnx)", markup=False, highlight=False)
+    jobs, _ = plan(loaded, devices, baseline_bundles)
     total = sum(2 if job.baseline else 1 for job in jobs)
     with progress(total, "farm") as advance:
         def report(result) -> None:

@@ -113,7 +113,8 @@ class DeviceResult:
         status: "ok" or "error".
         role: "candidate", or "baseline" for a baseline bundle run interleaved with it.
         accuracy: top-1 on labels in [0, 1], None without labels.
-        fidelity: Fidelity.to_dict() against the FP32 reference, None without a reference.
+        fidelity: Fidelity.to_dict() against the FP32 reference, None without a reference; with
+            labels also `reference_accuracy`, the reference's own top-1 on the same samples.
         latency: Latency of one inference on the device's clock.
         latency_ratio: candidate p50 / baseline p50 measured interleaved (A B A B) in the same
             job on the same device; None when no baseline bundle was run.
@@ -363,7 +364,10 @@ def _check_instructions(where: str, value) -> None:
 # Fidelity figures besides top1_agreement are shown, not gated: each is a finite number in its
 # range, null (NaN in memory), or the strict-JSON spelling of an infinity (an identical output's
 # SQNR, a diverged output's error).
-_FIDELITY_RANGES = {"cosine": (-1.0 - 1e-6, 1.0 + 1e-6), "max_abs_error": (0.0, None), "sqnr_db": (None, None)}
+# reference_accuracy: the FP32 reference's own top-1 on the same labelled samples (the report's
+# drop against float).
+_FIDELITY_RANGES = {"cosine": (-1.0 - 1e-6, 1.0 + 1e-6), "max_abs_error": (0.0, None), "sqnr_db": (None, None),
+                    "reference_accuracy": (0.0, 1.0)}
 
 
 def _check_fidelity(where: str, fidelity) -> None:

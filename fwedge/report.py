@@ -25,7 +25,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right;white-space:nowrap}
 th{background:#f6f8fa;cursor:pointer;user-select:none}td.l,th.l{text-align:left}tr.error td,tr.gate-fail td{background:#ffebe9}tr.gate-fail td:first-child{border-left:4px solid #cf222e}
 th{white-space:normal;max-width:90px}td.name{white-space:normal;overflow-wrap:anywhere;min-width:170px;max-width:230px}
-.sub{color:#57606a;font-size:12px}
+.sub{color:#57606a;font-size:12px;white-space:normal}
 tr.v-fail td{background:#ffebe9}tr.v-waived td{background:#fff8c5}.err{white-space:normal;min-width:140px;max-width:300px;text-align:left;color:#cf222e;overflow-wrap:anywhere}
 td.wrap{white-space:normal;min-width:260px;max-width:520px;text-align:left}.scroll{overflow-x:auto}
 svg text{font:11px system-ui,sans-serif;fill:#1b1f24}.note{color:#57606a}
@@ -256,6 +256,15 @@ def _emulated(r: DeviceResult) -> bool:
     return r.device_kind == "qemu" or bool((r.identity or {}).get("emulated"))
 
 
+def _versus_float(r: DeviceResult) -> str:
+    """'−0.17 pp vs FP32' from the reference's accuracy on the same samples, or ''."""
+    reference = (r.fidelity or {}).get("reference_accuracy")
+    if r.accuracy is None or not isinstance(reference, (int, float)):
+        return ""
+    delta = 100 * (r.accuracy - reference)
+    return f"{'+' if delta >= 0 else '−'}{abs(delta):.2f} pp vs FP32"
+
+
 def _failed_pairs(gate: GateReport | None) -> set[tuple[str, str]]:
     return {(row.bundle, row.device) for row in gate.rows if row.failed} if gate else set()
 
@@ -283,7 +292,8 @@ def _results_table(results: list[DeviceResult], gate: GateReport | None = None) 
             ("l name", name, None, f"{r.target} · {r.arch} · {r.precision}", ""),
             ("l", r.device, None, "emulated" if _emulated(r) else "", ""),
             ("l", r.status, None, "", ""),
-            ("", _pct(r.accuracy), r.accuracy, "", ""),
+            ("", _pct(r.accuracy), r.accuracy, _versus_float(r),
+             f"FP32 {_pct(fidelity.get('reference_accuracy'))}" if _versus_float(r) else ""),
             ("", _pct(fidelity.get("top1_agreement")), fidelity.get("top1_agreement"), "", ""),
             ("", _num(sqnr, 1), sqnr if isinstance(sqnr, (int, float)) and math.isfinite(sqnr) else 1e9
              if sqnr is not None else None, "", ""),
@@ -432,7 +442,8 @@ def render_markdown(results: Results, gate: GateReport | None = None) -> str:
         lines.append("| " + " | ".join(cell(v) for v in [
             flag + r.bundle + (" (baseline)" if r.role == "baseline" else ""),
             r.device + (" (emulated)" if _emulated(r) else ""),
-            r.status if r.ok else f"error: {r.error}", _pct(r.accuracy),
+            r.status if r.ok else f"error: {r.error}",
+            _pct(r.accuracy) + (f" ({_versus_float(r)})" if _versus_float(r) else ""),
             _pct((r.fidelity or {}).get("top1_agreement")), _num(latency.p50_ms, 4) if latency else "",
             _num(latency.p95_ms, 4) if latency else "", _num(r.latency_ratio, 3),
             _bytes(r.instructions.per_inference) if r.instructions else "", _bytes(r.sizes.get("rom_bytes")),

@@ -641,4 +641,7 @@ def test_farm_run_says_when_agreement_cannot_be_computed(tmp_path, mlp_files):
     assert "note: no FP32 reference for mlp_onnx: agreement and SQNR vs FP32 stay blank" in bare.output
     given = CliRunner().invoke(cli, argv + ["--reference", str(mlp_files / "mlp.onnx")])
     assert given.exit_code == 0 and "no FP32 reference" not in given.output
-    assert load_results(tmp_path / "r.json").results[0].fidelity["top1_agreement"] == 1.0
+    result = load_results(tmp_path / "r.json").results[0]
+    assert result.fidelity["top1_agreement"] == 1.0
+    # The reference is the bundle's own model: its accuracy on the same 16 labelled samples is the bundle's.
+    assert result.fidelity["reference_accuracy"] == result.accuracy

@@ -197,7 +197,8 @@ def _ci_results() -> tuple[Results, gate.GateReport]:
         return DeviceResult(
             bundle=bundle, device=device, status="ok", target=target, arch=arch, precision="int8", role=role,
             device_kind="qemu" if qemu else "local", accuracy=accuracy,
-            fidelity={"top1_agreement": 0.994, "sqnr_db": 24.31, "cosine": 0.998, "max_abs_error": 0.41, "samples": 500},
+            fidelity={"top1_agreement": 0.994, "sqnr_db": 24.31, "cosine": 0.998, "max_abs_error": 0.41, "samples": 500,
+                      "reference_accuracy": 0.9237},
             latency=Latency(16.046646, 20.378522, 13.917565, 7.940775, 20), latency_ratio=0.96749 if qemu else 1.0213,
             instructions=Instructions(1898381, 1, 2, 1903251, 3801632, "qemu-aarch64 version 7.2.22", "default",
                                       "fwedge qemu plugin d1013ec09794120e") if qemu else None,
@@ -266,6 +267,8 @@ def test_report_first_screen_fits_1280_px(tmp_path):
     results_table = dom[dom.index('<table id="results"'):]
     failing = re.findall(r'<tr class="gate-fail">.*?</tr>', results_table[:results_table.index("</table>")], re.S)
     assert len(failing) == 1 and "mobilenet_v2_tiny-riscv64-int8" in failing[0]
+    assert "−2.37 pp vs FP32" in failing[0] and 'title="FP32 92.37%"' in failing[0], "the drop against float"
+    assert r"92.20% \(−0.17 pp vs FP32\)" in render_markdown(results, verdict)
 
     shot = tmp_path / "report-1280.png"
     _, log = _chromium(tmp_path, page, f"--screenshot={shot}", size="1280,1400")

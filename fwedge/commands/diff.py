@@ -42,7 +42,7 @@ def command(bundle, reference, data, limit, max_steps, rtol, atol, show_all, exa
     for entry in report.compared:
         steps = "" if entry.steps is None else f"{entry.steps:.2f}"
         rows.append([entry.name, entry.op, entry.shape, f"{entry.max_abs:.4g}", steps,
-                     f"{entry.sqnr_db:.1f}", "DIVERGED" if entry.diverged else "ok"])
+                     f"{entry.sqnr_db:.1f}", "over limit" if entry.diverged else "ok"])
         if entry is report.first_divergence and not show_all:
             break
     stdout.print(table(f"{report.target} ({report.precision}) vs {reference}, {report.samples} samples",
@@ -56,4 +56,10 @@ def command(bundle, reference, data, limit, max_steps, rtol, atol, show_all, exa
         stdout.print(f"no divergence in {len(report.compared)} compared tensors")
     else:
         where = f"{first.steps:.2f} steps" if first.steps is not None else f"max |diff| {first.max_abs:.4g}"
-        stdout.print(f"first divergence: tensor '{first.name}' produced by {first.op} '{first.node}' ({where})")
+        limit = f"--max-steps {max_steps:g}" if first.steps is not None else f"--rtol {rtol:g} / --atol {atol:g}"
+        stdout.print(f"first divergence: tensor '{first.name}' produced by {first.op} '{first.node}' ({where}; "
+                     f"limit {limit})")
+        stdout.print("note: steps count the reference's int8 quantization steps; a runtime that computes a layer "
+                     "another way (in float, or rounding differently) exceeds them while its SQNR stays high and "
+                     "its answers agree; `fwedge run BUNDLE --reference MODEL` gives the end-to-end agreement",
+                     markup=False, highlight=False)

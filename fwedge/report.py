@@ -450,7 +450,7 @@ def render_markdown(results: Results, gate: GateReport | None = None) -> str:
             _bytes(r.sizes.get("ram_bytes")), _bytes(r.sizes.get("file_bytes")),
         ]) + " |")
     lines += ["", "B/A: this bundle's p50 over the baseline bundle's, timed interleaved in the same run (blank "
-              "without `farm run --baseline-bundles`). On emulated boards wall time is not the board's: the "
+              "without farm run --baseline-bundles). On emulated boards wall time is not the board's: the "
               "gate compares their executed instructions. ROM/RAM: the model's code, weights and arena "
               "(C bundles); file bytes: the whole bundle folder, sources included."]
     if gate is not None and gate.regressions:

@@ -165,11 +165,12 @@ def _score(shared: _Shared, bundle: Bundle, device: Device, run: DeviceRun, eval
     reference, reference_path = _reference_outputs(shared, bundle, eval_set)
     fidelity = None
     if reference is not None:
+        reference_flat = reference.reshape(count, -1)
         accumulator = FidelityAccumulator()
-        accumulator.update(reference.reshape(count, -1), flat)
+        accumulator.update(reference_flat, flat)
         fidelity = accumulator.result().to_dict()
         if eval_set.labels is not None:
-            fidelity["reference_accuracy"] = float(np.mean(reference.reshape(count, -1).argmax(axis=1) == eval_set.labels))
+            fidelity["reference_accuracy"] = float(np.mean(reference_flat.argmax(axis=1) == eval_set.labels))
     return DeviceResult(
         bundle=bundle.name, device=device.name, status=OK, target=bundle.target, arch=bundle.arch,
         precision=bundle.precision, device_kind=device.kind, role=role, bundle_path=str(bundle.path),

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,8 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .meta{color:#57606a;margin-bottom:12px}.verdict{display:inline-block;padding:4px 12px;border-radius:6px;font-weight:700;color:#fff}
 .pass{background:#1a7f37}.fail{background:#cf222e}.none{background:#6e7781}
 table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right;white-space:nowrap}
-th{background:#f6f8fa;cursor:pointer;user-select:none}td.l,th.l{text-align:left}tr.error td,tr.gate-fail td{background:#ffebe9}tr.gate-fail td:first-child{border-left:4px solid #cf222e}
-th{white-space:normal;max-width:90px}td.name{white-space:normal;overflow-wrap:anywhere;min-width:170px;max-width:230px}
+th{background:#f6f8fa;cursor:pointer;user-select:none;white-space:normal;max-width:90px}td.l,th.l{text-align:left}
+tr.error td,tr.gate-fail td{background:#ffebe9}tr.gate-fail td:first-child{border-left:4px solid #cf222e}td.name{white-space:normal;overflow-wrap:anywhere;min-width:170px;max-width:230px}
 .sub{color:#57606a;font-size:12px;white-space:normal}
 tr.v-fail td{background:#ffebe9}tr.v-waived td{background:#fff8c5}.err{white-space:normal;min-width:140px;max-width:300px;text-align:left;color:#cf222e;overflow-wrap:anywhere}
 td.wrap{white-space:normal;min-width:260px;max-width:520px;text-align:left}.scroll{overflow-x:auto}
@@ -156,16 +157,19 @@ def short_labels(names: list[str], limit: int = 40) -> list[str]:
         return [p for p in pieces[:-1] if re.search(r"\d", p)] + [last]
 
     split = [parts(name) for name in names]
+    # Each part is at least one character and a separator joins them, so a tail of more than
+    # `limit` parts is cut anyway: only that many sizes are tried, each counted once over all names
+    # (an analysis file may list any number of tensors with any number of parts).
+    depth = min(limit, max(map(len, split), default=0))
+    tails = [Counter(tuple(own[-size:]) for own in split) for size in range(1, depth + 1)]
     labels = []
     for own in split:
-        for size in range(1, len(own) + 1):
-            tail = own[-size:]
-            if sum(other[-size:] == tail for other in split) == 1:
-                break
-        text = "/".join(tail)
+        sizes = range(1, min(len(own), depth) + 1)
+        size = next((n for n in sizes if tails[n - 1][tuple(own[-n:])] == 1), len(own))
+        text = "/".join(own[-size:])
         labels.append(text if len(text) <= limit else text[:limit - 1] + "…")
     seen: dict[str, int] = {}
-    counts = {label: labels.count(label) for label in labels}
+    counts = Counter(labels)
     for index, label in enumerate(labels):
         if counts[label] > 1:
             seen[label] = seen.get(label, 0) + 1
@@ -287,13 +291,14 @@ def _results_table(results: list[DeviceResult], gate: GateReport | None = None) 
         sqnr = fidelity.get("sqnr_db")
         name = r.bundle + (" (baseline)" if r.role == "baseline" else "")
         p95 = f"p95 {_num(latency.p95_ms, 4)} ms" if latency else ""
+        versus_float = _versus_float(r)
         # (css class, text, sort value, line under the text, tooltip)
         cells = [
             ("l name", name, None, f"{r.target} · {r.arch} · {r.precision}", ""),
             ("l", r.device, None, "emulated" if _emulated(r) else "", ""),
             ("l", r.status, None, "", ""),
-            ("", _pct(r.accuracy), r.accuracy, _versus_float(r),
-             f"FP32 {_pct(fidelity.get('reference_accuracy'))}" if _versus_float(r) else ""),
+            ("", _pct(r.accuracy), r.accuracy, versus_float,
+             f"FP32 {_pct(fidelity.get('reference_accuracy'))}" if versus_float else ""),
             ("", _pct(fidelity.get("top1_agreement")), fidelity.get("top1_agreement"), "", ""),
             ("", _num(sqnr, 1), sqnr if isinstance(sqnr, (int, float)) and math.isfinite(sqnr) else 1e9
              if sqnr is not None else None, "", ""),
@@ -439,11 +444,12 @@ def render_markdown(results: Results, gate: GateReport | None = None) -> str:
     for r in results.results:
         latency = r.latency
         flag = "❌ " if r.role != "baseline" and (r.bundle, r.device) in failed else ""
+        versus_float = _versus_float(r)
         lines.append("| " + " | ".join(cell(v) for v in [
             flag + r.bundle + (" (baseline)" if r.role == "baseline" else ""),
             r.device + (" (emulated)" if _emulated(r) else ""),
             r.status if r.ok else f"error: {r.error}",
-            _pct(r.accuracy) + (f" ({_versus_float(r)})" if _versus_float(r) else ""),
+            _pct(r.accuracy) + (f" ({versus_float})" if versus_float else ""),
             _pct((r.fidelity or {}).get("top1_agreement")), _num(latency.p50_ms, 4) if latency else "",
             _num(latency.p95_ms, 4) if latency else "", _num(r.latency_ratio, 3),
             _bytes(r.instructions.per_inference) if r.instructions else "", _bytes(r.sizes.get("rom_bytes")),

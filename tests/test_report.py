@@ -276,3 +276,14 @@ def test_report_first_screen_fits_1280_px(tmp_path):
 
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert pixels.shape[:2] == (1400, 1280) and np.any(pixels < 235, axis=2).mean() > 0.02
+
+
+def test_sqnr_labels_of_a_hostile_analysis_stay_short_and_distinct():
+    """An analysis from a stranger: thousands of names of sixty parts each. Every label stays
+    within the limit and the labels stay distinct (only the last 40 parts are ever compared)."""
+    from fwedge.report import short_labels
+
+    names = ["/".join(f"p{i}" for i in range(60)) + f"/t{n}" for n in range(3000)]
+    labels = short_labels(names)
+    assert len(set(labels)) == 3000 and all(len(label) <= 40 for label in labels)
+    assert labels[7] == "t7"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from fwedge.commands.options import data_option, emit_json, json_option, preprocess_option
+from fwedge.commands.options import data_option, emit_json, json_option, preprocess_option, text_console
 
 
 def _parse_pair(text: str) -> tuple[str, str]:
@@ -59,7 +59,7 @@ def command(teacher, student, data, labels, epochs, temperature, alpha, lr, weig
     from dataclasses import asdict
 
     from fwedge import ir
-    from fwedge.console import console, progress, stdout
+    from fwedge.console import progress, stdout
     from fwedge.data import open_dataset
     from fwedge.passes.distill import DistillOptions, distill
 
@@ -82,7 +82,7 @@ def command(teacher, student, data, labels, epochs, temperature, alpha, lr, weig
         if stats.val_accuracy is not None:
             parts.append(f"val acc {100 * stats.val_accuracy:.2f}%")
         parts.append("(from checkpoint)" if stats.resumed else f"{stats.seconds:.1f}s")
-        (console if json_out == "-" else stdout).print("  ".join(parts))  # stdout carries only the JSON
+        text_console(json_out).print("  ".join(parts))
 
     with progress(samples * epochs, "distilling" if teacher else "fine-tuning") as advance:
         result = distill(student_model, teacher_model, dataset, options, preprocess=preprocess,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from fwedge.commands.inspect import _parse_shape
-from fwedge.commands.options import emit_json, json_option, preprocess_option
+from fwedge.commands.options import emit_json, json_option, preprocess_option, text_console
 
 # Kept literal so that `fwedge export --help` imports no target module.
 TARGET_NAMES = ("onnx", "openvino", "tflite", "ncnn", "x86_64", "aarch64", "riscv64", "loongarch64")
@@ -54,7 +54,7 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, in
     from pathlib import Path
 
     from fwedge import console as console_module
-    from fwedge.console import console, stdout
+    from fwedge.console import console
     from fwedge.errors import ExportError, FwEdgeError
     from fwedge.export import bundle_name, export_bundle
     from fwedge.targets import C_ARCHES, COptions, ExportOptions
@@ -74,7 +74,7 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, in
     c_options = COptions(cc=cc, cflags=flags, build=not no_build)
     resolved = precision if precision != "auto" else ("int8" if has_qdq(ir.load(model)) else "fp32")
     written, failed, report = [], [], {"bundles": [], "failed": []}
-    out = console if json_out == "-" else stdout  # with --json -, standard output carries only the JSON
+    out = text_console(json_out)
     for number, target in enumerate(unique, 1):
         if len(unique) > 1 and not console_module.QUIET:  # a cold C build takes a minute: say what runs
             console.print(f"[{number}/{len(unique)}] {target}: exporting", markup=False, highlight=False)

@@ -68,8 +68,9 @@ def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, 
 
     names = [name for item in device_names for name in item.split(",") if name]
     known = devices_for(inventory)
+    device_names_known = {device.name for device in known}
     for path in bundles:  # `--devices a b`: b is read as a bundle
-        if path in {device.name for device in known} and not os.path.exists(path):
+        if path in device_names_known and not os.path.exists(path):
             raise click.UsageError(f"'{path}' is a device name, not a bundle folder: give several devices "
                                    f"comma-separated (--devices a,{path}) or repeat --devices")
     devices = select(known, names)

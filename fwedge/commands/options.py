@@ -65,6 +65,13 @@ def emit_json(json_out: str | None, payload) -> bool:
     return False
 
 
+def text_console(json_out: str | None):
+    """Where a command's text goes: stdout, or stderr when `--json -` gives stdout to the JSON."""
+    from fwedge.console import console, stdout
+
+    return console if json_out == "-" else stdout
+
+
 def print_scores(result: dict, reference: str | None, json_out: str | None, heading: str) -> None:
     """Print an evaluation result (accuracy and fidelity) as text, and as JSON for --json."""
     payload = {key: value.to_dict() if hasattr(value, "to_dict") else value for key, value in result.items()}

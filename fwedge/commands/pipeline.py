@@ -6,7 +6,7 @@ import json
 
 import click
 
-from fwedge.commands.options import emit_json, json_option
+from fwedge.commands.options import emit_json, json_option, text_console
 
 
 def _parse_set(ctx, param, values):
@@ -39,10 +39,10 @@ def command(ctx, config, overrides, update_baseline, rerun, json_out) -> None:
     the cache dir by a hash of its inputs and settings, so a re-run after an interruption, or
     with only the gate settings changed, redoes nothing else. Exits 1 when the gate fails.
     """
-    from fwedge.console import console, stdout, table
+    from fwedge.console import stdout, table
     from fwedge.pipeline import run_pipeline
 
-    out = console if json_out == "-" else stdout  # with --json -, standard output carries only the JSON
+    out = text_console(json_out)
 
     def show(stage) -> None:
         state = "cached" if stage.cached else (f"{stage.seconds:.1f}s" if stage.key else "")

@@ -20,13 +20,10 @@ from fwedge.device_farm.results import (
     ERROR, INSTRUCTIONS, OK, DeviceResult, DeviceRun, Instructions, Latency, Results, host_identity, now_utc,
 )
 from fwedge.errors import DataError, DeviceError, FwEdgeError
-from fwedge.eval import FidelityAccumulator, OrtRunner
+from fwedge.eval import BatchedOrtRunner, FidelityAccumulator
+from fwedge.reference import check_bundle_shapes, for_bundle, verify
 
 log = logging.getLogger(__name__)
-
-# Bundle manifest `extra` keys that may name the FP32 model a bundle came from.
-REFERENCE_KEYS = ("reference_model", "float_model", "source_model")
-
 
 @dataclass
 class FarmOptions:
@@ -37,7 +34,11 @@ class FarmOptions:
         repeats: timed single-sample iterations per (bundle, device).
         limit: seeded subset of the data (None: all samples).
         seed: subset seed.
-        reference: FP32 reference ONNX model; default: the one recorded in each bundle.
+        reference: FP32 reference ONNX model; default: the one each bundle records
+            (fwedge.reference; loaded only with its recorded sha256).
+        preprocess: a Preprocess.to_dict() used for every bundle instead of its manifest's.
+        input_shapes: fixed shapes of the reference's dynamic inputs; each must agree with
+            every bundle's input past the batch.
         retries: extra attempts after a failed device run (bounded).
         baseline_bundles: folder of baseline bundles, matched to candidates by directory name
             and run interleaved (A B A B) with them on the same device.
@@ -49,6 +50,8 @@ class FarmOptions:
     limit: int | None = 500
     seed: int = 0
     reference: str | None = None
+    preprocess: dict | None = None
+    input_shapes: dict[str, list[int]] | None = None
     retries: int = 1
     baseline_bundles: str | None = None
     rounds: int = 4
@@ -83,27 +86,18 @@ class _Shared:
     references: dict = field(default_factory=dict)
 
 
-def preprocess_of(bundle: Bundle) -> Preprocess:
-    """The bundle's recorded preprocessing, else a guess from its first input shape."""
+def preprocess_of(bundle: Bundle, override: dict | None = None) -> Preprocess:
+    """`override` (FarmOptions.preprocess), else the bundle's recorded preprocessing, else a
+    guess from its first input shape."""
+    if override:
+        return Preprocess.from_dict(override)
     if bundle.preprocess:
         return Preprocess.from_dict(bundle.preprocess)
     return Preprocess.for_input_shape(bundle.inputs[0].shape if bundle.inputs else [])
 
 
-def reference_of(bundle: Bundle, override: str | None) -> Path | None:
-    """The FP32 reference model for `bundle`: the override, else the one its manifest records."""
-    if override:
-        return Path(override)
-    for key in REFERENCE_KEYS:
-        value = bundle.extra.get(key)
-        if value:
-            path = Path(value)
-            return path if path.is_absolute() else (bundle.path / path)
-    return None
-
-
 def _eval_set(shared: _Shared, bundle: Bundle) -> EvalSet:
-    spec = preprocess_of(bundle)
+    spec = preprocess_of(bundle, shared.options.preprocess)
     key = repr(spec.to_dict())
     with shared.lock:
         if key not in shared.eval_sets:
@@ -127,20 +121,20 @@ def _eval_set(shared: _Shared, bundle: Bundle) -> EvalSet:
 
 
 def _reference_outputs(shared: _Shared, bundle: Bundle, eval_set: EvalSet) -> tuple[np.ndarray | None, str | None]:
-    path = reference_of(bundle, shared.options.reference)
-    if path is None:
+    reference, _ = for_bundle(bundle, shared.options.reference)
+    if reference is None:
         return None, None
-    key = (str(path.resolve()), eval_set.fingerprint, id(eval_set))
+    key = (str(reference.path.resolve()), reference.sha256, eval_set.fingerprint, id(eval_set))
     with shared.lock:
         if key not in shared.references:
-            if not path.is_file():
-                raise DataError(f"reference model '{path}' for bundle '{bundle.name}': not found")
-            runner = OrtRunner(path)
+            if not reference.path.is_file():
+                raise DataError(f"reference model '{reference.path}' for bundle '{bundle.name}': not found")
+            runner = BatchedOrtRunner(reference.load(shared.options.input_shapes))
             step = shared.options.batch_size
             shared.references[key] = np.concatenate(
                 [runner(eval_set.inputs[start:start + step]) for start in range(0, len(eval_set.inputs), step)]
             )
-        return shared.references[key], str(path)
+        return shared.references[key], str(reference.path)
 
 
 def _first_output(bundle: Bundle, run: DeviceRun) -> np.ndarray:
@@ -361,6 +355,11 @@ def plan(bundles: list[Bundle], devices: list[Device], baseline_dir: str | None 
     return jobs, notes
 
 
+def result_count(jobs: list[Job]) -> int:
+    """How many results `jobs` give (a job with a baseline gives two): a progress bar's total."""
+    return sum(2 if job.baseline else 1 for job in jobs)
+
+
 def run_farm(
     bundle_paths: list[str | os.PathLike],
     devices: list[Device],
@@ -381,7 +380,8 @@ def run_farm(
 
     Raises:
         ExportError: a bundle is missing or tampered with.
-        DeviceError: bad baseline bundles; DataError: unusable data.
+        DeviceError: bad baseline bundles; DataError: unusable data or preprocessing, or an
+            input shape that does not fit a bundle; ModelError: a recorded reference changed.
     """
     if options.repeats < 1:
         raise DeviceError(f"repeats must be at least 1, got {options.repeats}")
@@ -390,6 +390,15 @@ def run_farm(
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise DeviceError(f"bundle names must be unique (results are keyed by name): {duplicates}")
+    if options.preprocess:
+        Preprocess.from_dict(options.preprocess)
+    checked: set = set()
+    for bundle in bundles:
+        check_bundle_shapes(bundle, options.input_shapes)
+        reference, _ = for_bundle(bundle, options.reference)
+        if reference is not None and reference.sha256 and (reference.path, reference.sha256) not in checked:
+            verify(reference)  # a changed reference is bad input (exit 2), not a failed run
+            checked.add((reference.path, reference.sha256))
     open_dataset(options.data)  # fail early on bad data, before any thread starts
     jobs, notes = plan(bundles, devices, options.baseline_bundles)
     for note in notes:

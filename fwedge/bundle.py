@@ -267,8 +267,11 @@ def write_bundle(
     toolchain: dict | None = None,
     sizes: dict | None = None,
     extra: dict | None = None,
+    reference: dict | None = None,
 ) -> Bundle:
     """Build a bundle in a temporary sibling directory, then rename it into place.
+
+    `reference` (fwedge.reference's manifest entry) goes into extra.reference_model.
 
     `write_files(tmp_dir)` writes the target's files and may return extra size figures. An
     exception anywhere leaves the previous bundle at `out_dir` intact (or nothing at all).
@@ -320,7 +323,7 @@ def write_bundle(
             preprocess=preprocess or {},
             versions={"fwedge": __version__, **(toolchain or {})},
             sizes={"file_bytes": total_bytes, **(sizes or {}), **more_sizes},
-            extra=extra or {},
+            extra={**(extra or {}), **({"reference_model": reference} if reference else {})},
         )
         manifest = bundle.manifest()
         _parse_manifest(out_dir, json.loads(json.dumps(manifest)))

@@ -43,6 +43,16 @@ def progress(total: int | None, description: str) -> Iterator[Callable[[int], No
         yield lambda amount=1: bar.advance(task, amount)
 
 
+def calibration_bar(method: str, num_samples: int) -> tuple[int, str]:
+    """The calibration progress bar's total and label. Calibration streams the samples once for the
+    ranges and, except for minmax, once more for the histograms; the label says so, so that a
+    count of 1024 for 512 samples reads as two passes."""
+    passes = 1 if method == "minmax" else 2
+    label = f"calibrating ({method}, {num_samples} samples)" if passes == 1 else \
+        f"calibrating ({method}, 2 passes over {num_samples} samples)"
+    return passes * num_samples, label
+
+
 def table(title: str, columns: list[str], rows: list[list]) -> Table:
     """A rich table with string-formatted cells."""
     result = Table(title=title, title_justify="left")

@@ -12,6 +12,7 @@ from fwedge import ir
 from fwedge.bundle import Bundle, load_bundle
 from fwedge.data import Preprocess, open_dataset
 from fwedge.errors import DataError
+from fwedge.reference import check_bundle_shapes
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ def diff_bundle(
     rtol: float = 1e-4,
     atol: float = 1e-5,
     exact_int8: bool = False,
+    input_shapes: dict[str, list[int]] | None = None,
 ) -> DiffReport:
     """Compare every tensor the bundle exposes with the reference model, in topological order.
 
@@ -212,21 +214,26 @@ def diff_bundle(
         exact_int8: run the bundle's runtime in its exact int8 mode (targets with the exact_int8
             capability: onnx, openvino): Q/DQ computed as defined, not by the integer kernels
             this CPU gets, which tells a wrong bundle from a runtime's kernels.
+        input_shapes: fix dynamic inputs of the reference (the batch is the number of samples
+            compared); each must agree with the bundle's input past the batch.
 
     Returns:
         The DiffReport.
 
     Raises:
-        ExportError: the bundle is invalid. DataError: the data does not fit.
+        ExportError: the bundle is invalid. DataError: the data or an input shape does not fit.
     """
     from fwedge.targets import get_target
 
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     target = get_target(bundle.target)
     target.require_exact(bundle, exact_int8)
+    check_bundle_shapes(bundle, input_shapes)
     model = ir.load(reference)
     spec = preprocess or Preprocess.from_dict(bundle.preprocess)
     batch = next(open_dataset(data).batches(spec, batch_size=limit, limit=limit))
+    if input_shapes:
+        model = ir.set_input_shapes(model, {name: [len(batch.x), *dims[1:]] for name, dims in input_shapes.items()})
     feeds = {bundle.inputs[0].name: np.ascontiguousarray(batch.x, dtype=np.float32)}
     producers, order = _producers(model)
     scales = _step_scales(model, bundle.precision)

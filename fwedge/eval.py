@@ -122,6 +122,23 @@ class OrtRunner:
         return self.session.run([self.output_names[0]], {self.input_name: x})[0]
 
 
+class BatchedOrtRunner:
+    """An OrtRunner that takes any batch: a model whose batch is fixed (to 1, say)
+    runs the batch in slices of that size."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.runner = OrtRunner(model)
+        self.input_name = self.runner.input_name
+        first = self.runner.input_shape[0] if self.runner.input_shape else None
+        self.step = first if isinstance(first, int) and first > 0 else None
+        self.input_shape = [None] + list(self.runner.input_shape[1:]) if self.step else self.runner.input_shape
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.step is None or len(x) == self.step:
+            return self.runner(x)
+        return np.concatenate([self.runner(x[i:i + self.step]) for i in range(0, len(x), self.step)])
+
+
 @dataclass
 class AccuracyResult:
     """Top-1 accuracy over `total` labelled samples."""
@@ -307,17 +324,35 @@ def evaluate_model(
     limit: int | None = None,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
 ) -> dict:
     """Accuracy (when labelled) and fidelity (when a reference is given) of an ONNX model in ORT.
+
+    `input_shapes` fixes dynamic inputs of the model and of the reference (the preprocessing
+    guess reads the fixed shape); a fixed batch runs the data in slices of that batch.
 
     Returns:
         {"model", "data", "samples", "accuracy": AccuracyResult | None, "fidelity": Fidelity | None}
     """
     from fwedge.data import open_dataset
 
-    runner = OrtRunner(model_path)
+    def load(path: str | os.PathLike) -> onnx.ModelProto:
+        model = ir.load(path)
+        return ir.set_input_shapes(model, input_shapes) if input_shapes else model
+
+    loaded = load(model_path)
+    runner = BatchedOrtRunner(loaded)
     dataset = open_dataset(data)
-    spec = resolve_preprocess(runner.model, preprocess)
-    reference_runner = OrtRunner(reference) if reference is not None else None
-    scores = evaluate(runner, dataset, spec, reference_runner, batch_size, limit, progress)
+    spec = resolve_preprocess(loaded, preprocess)
+    reference_runner = BatchedOrtRunner(load(reference)) if reference is not None else None
+    try:
+        scores = evaluate(runner, dataset, spec, reference_runner, batch_size, limit, progress)
+    except ModelError as exc:
+        first = ir.graph_inputs(loaded)[0]
+        shape = ir.shape_of(first)
+        if input_shapes or all(isinstance(d, int) for d in shape[1:]):
+            raise
+        shown = ",".join(str(d) if isinstance(d, int) else "?" for d in shape)
+        raise ModelError(f"model '{model_path}': {exc}; its input '{first.name}' [{shown}] is dynamic, so the "
+                         f"data went in at its own size: give --input-shape {first.name}=1,...") from exc
     return {"model": str(model_path), "data": str(data), "preprocess": spec.to_dict(), **scores}

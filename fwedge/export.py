@@ -11,6 +11,7 @@ from fwedge.bundle import Bundle
 from fwedge.data import Preprocess
 from fwedge.errors import ExportError
 from fwedge.eval import resolve_preprocess
+from fwedge.reference import for_export
 from fwedge.targets import ExportOptions, Target, export_names, get_target
 from fwedge.targets.common import has_qdq
 
@@ -51,6 +52,7 @@ def export_bundle(
     options: ExportOptions | None = None,
     input_shapes: dict[str, list[int]] | None = None,
     preprocess: Preprocess | None = None,
+    reference: str | os.PathLike | None = None,
 ) -> Bundle:
     """Load a model and write one target bundle.
 
@@ -63,6 +65,9 @@ def export_bundle(
         input_shapes: fix dynamic input shapes first (e.g. {"x": [1, 3, 48, 192]}).
         preprocess: the preprocessing recorded in the manifest; default: the model's metadata,
             else a guess from its input shape (fwedge.eval.resolve_preprocess).
+        reference: the FP32 model the manifest records for fidelity; default: the model itself
+            for fp32, else the float model a QDQ model's metadata names (fwedge.reference).
+            When there is none, the bundle's notes say why.
 
     Returns:
         The written Bundle.
@@ -76,10 +81,16 @@ def export_bundle(
     model = ir.load(model_path)
     if input_shapes:
         model = ir.set_input_shapes(model, input_shapes)
+    options = options or ExportOptions()
+    int8 = options.precision == "int8" or (options.precision == "auto" and has_qdq(model))
+    chosen, why = for_export(model, model_path, int8, reference)
+    if why:
+        log.info("%s: %s; the bundle records no FP32 reference", model_path, why)
     options = dataclasses.replace(
-        options or ExportOptions(),
+        options,
         preprocess=resolve_preprocess(model, preprocess).to_dict(),
         source_sha256=ir.sha256_file(model_path),
+        reference=chosen.to_manifest(out_dir) if chosen is not None else None,
     )
     log.info("exporting %s to %s (%s, %s) at %s", model_path, exporter.name, exporter.arch,
              "int8" if has_qdq(model) else "fp32", out_dir)

@@ -376,6 +376,16 @@ def shape_of(value: onnx.ValueInfoProto) -> list[int | str | None]:
     return dims
 
 
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    """Set (or replace) one metadata_props entry of `model`."""
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    entry = model.metadata_props.add()
+    entry.key, entry.value = key, value
+
+
 def set_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
     """A copy of the model with the given graph inputs fixed to static shapes, shapes re-inferred.
 
@@ -411,7 +421,7 @@ def with_batch_one(model: onnx.ModelProto) -> onnx.ModelProto:
     return set_input_shapes(model, shapes)
 
 
-def load(path: str | os.PathLike, *, upgrade: bool = True) -> onnx.ModelProto:
+def load(path: str | os.PathLike, *, upgrade: bool = True, expect_sha256: str | None = None) -> onnx.ModelProto:
     """Load and validate an ONNX model.
 
     Checks the file, refuses external data outside the model's folder, turns Constant-node
@@ -421,13 +431,14 @@ def load(path: str | os.PathLike, *, upgrade: bool = True) -> onnx.ModelProto:
     Args:
         path: the .onnx file.
         upgrade: upgrade the default-domain opset to at least 13.
+        expect_sha256: refuse the file unless the bytes read (the ones parsed) have this sha256.
 
     Returns:
         The validated ModelProto, with external data loaded and shapes inferred.
 
     Raises:
         ModelError: missing, truncated or corrupt file; not ONNX; no graph inputs; external data
-            outside the folder; failed checker or conversion.
+            outside the folder; failed checker or conversion; a digest other than expect_sha256.
     """
     path = Path(path)
     if not path.exists():
@@ -437,6 +448,9 @@ def load(path: str | os.PathLike, *, upgrade: bool = True) -> onnx.ModelProto:
     data = path.read_bytes()
     if not data:
         raise ModelError(f"model '{path}': file is empty")
+    if expect_sha256 is not None and hashlib.sha256(data).hexdigest() != expect_sha256:
+        raise ModelError(f"model '{path}': its sha256 is {hashlib.sha256(data).hexdigest()[:12]}…, "
+                         f"expected {expect_sha256[:12]}…: the file changed since it was recorded")
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)

@@ -371,6 +371,7 @@ def stage_quantize(run: PipelineRun) -> None:
     from fwedge import ir
     from fwedge.calibration import MethodOptions
     from fwedge.quantization import QuantizeRequest, run_quantization
+    from fwedge.reference import write_metadata
 
     settings = run.config.quantize
     data = run.config.data
@@ -388,9 +389,13 @@ def stage_quantize(run: PipelineRun) -> None:
             eval_data=data.eval if budget else None, eval_samples=settings.eval_limit,
             keep_float=settings.keep_float, float_stem=settings.float_stem,
             activation_dtype=settings.activation_dtype)
-        result = run_quantization(request)
-        ir.save(result.model, out / "model_int8.onnx")
+        from fwedge.console import calibration_bar, progress
+
+        with progress(*calibration_bar(settings.method, settings.num_samples)) as advance:
+            result = run_quantization(request, progress=advance)
         ir.save(result.float_model, out / "model_fp32.onnx")
+        write_metadata(result.model, out / "model_fp32.onnx", out / "model_int8.onnx")  # the bundles' reference
+        ir.save(result.model, out / "model_int8.onnx")
         result.table.save(out / "quant_table.json")
         summary = f"{settings.method}: {len(result.table.tensors)} activation tensors"
         if result.budget:
@@ -508,7 +513,12 @@ def stage_farm(run: PipelineRun) -> None:
         baseline_bundles=str(baseline_bundles) if baseline_bundles else None, rounds=settings.rounds)
 
     def build(out: Path) -> StageOutput:
-        results = runner.run_farm(run.bundles, devices, options)
+        from fwedge.bundle import load_bundle
+        from fwedge.console import progress
+
+        jobs, _ = runner.plan([load_bundle(path) for path in run.bundles], devices, options.baseline_bundles)
+        with progress(runner.result_count(jobs), "farm") as advance:
+            results = runner.run_farm(run.bundles, devices, options, progress=lambda result: advance(1))
         save_results(results, out / "results.json")
         failed = sum(not r.ok for r in results.results)
         # A run with failed results is never reused: the next pipeline run tries the devices again.

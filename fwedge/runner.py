@@ -10,7 +10,8 @@ import numpy as np
 from fwedge.bundle import Bundle, load_bundle
 from fwedge.data import Preprocess, open_dataset
 from fwedge.errors import DataError, ExportError
-from fwedge.eval import OrtRunner, evaluate
+from fwedge.eval import BatchedOrtRunner, evaluate
+from fwedge.reference import check_bundle_shapes, for_bundle
 
 log = logging.getLogger(__name__)
 
@@ -72,27 +73,6 @@ class BundleRunner:
         return self.run_all({self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[self.output_name]
 
 
-def _reference_runner(reference: str | os.PathLike):
-    """An OrtRunner; a model whose batch is fixed to 1 runs sample by sample."""
-    runner = OrtRunner(reference)
-    if runner.input_shape and runner.input_shape[0] == 1:
-        single = runner.__call__
-
-        def per_sample(x: np.ndarray) -> np.ndarray:
-            return np.concatenate([single(x[i : i + 1]) for i in range(len(x))])
-
-        return _Wrapped(runner.input_name, runner.input_shape, per_sample)
-    return runner
-
-
-class _Wrapped:
-    def __init__(self, input_name: str, input_shape: list, call: Callable):
-        self.input_name, self.input_shape, self.call = input_name, [None] + list(input_shape[1:]), call
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.call(x)
-
-
 def evaluate_bundle(
     bundle_path: str | os.PathLike,
     data: str | os.PathLike,
@@ -102,20 +82,25 @@ def evaluate_bundle(
     batch_size: int = 64,
     progress: Callable[[int], None] | None = None,
     exact_int8: bool = False,
+    input_shapes: dict[str, list[int]] | None = None,
 ) -> dict:
     """Accuracy (labelled data) and fidelity (against a reference ONNX model in onnxruntime) of a bundle.
 
     Args:
         bundle_path: a bundle directory (verified against its manifest).
         data: a dataset spec for fwedge.data.open_dataset.
-        reference: an ONNX model, e.g. the float model or the QDQ model.
+        reference: an ONNX model, e.g. the float model or the QDQ model; default: the reference
+            the manifest records (fwedge.reference), loaded only with its recorded sha256.
         preprocess: override of the bundle's preprocessing spec.
         limit: a seeded random subset of this many samples.
         batch_size: samples per run() call.
         exact_int8: onnx and openvino bundles compute Q/DQ as defined (BundleRunner).
+        input_shapes: fix dynamic inputs of the reference; each must agree with the bundle's own
+            input (fixed at export) past the batch.
 
     Returns:
-        {"bundle", "target", "precision", "data", "samples", "preprocess", "accuracy", "fidelity"}.
+        {"bundle", "target", "arch", "precision", "data", "samples", "preprocess", "reference",
+        "reference_note", "accuracy", "fidelity"}; reference_note says why no reference was used.
 
     Host runtimes run in a child interpreter, so a runtime that crashes on a bad bundle is a
     DeviceError (one line, exit 2), not a dead process.
@@ -123,6 +108,7 @@ def evaluate_bundle(
     Raises:
         ExportError: the bundle is invalid or tampered with.
         DataError: unlabelled data without a reference, or shapes that do not fit.
+        ModelError: the reference cannot be loaded, or changed since it was recorded.
         DeviceError: the runtime failed or crashed.
     """
     bundle = load_bundle(bundle_path)
@@ -130,7 +116,9 @@ def evaluate_bundle(
     spec = preprocess or (Preprocess.from_dict(bundle.preprocess) if bundle.preprocess else None)
     if spec is None:
         raise DataError(f"bundle '{bundle_path}': no preprocessing in the manifest; give --preprocess")
-    reference_runner = _reference_runner(reference) if reference is not None else None
+    check_bundle_shapes(bundle, input_shapes)
+    chosen, note = for_bundle(bundle, reference)
+    reference_runner = BatchedOrtRunner(chosen.load(input_shapes)) if chosen is not None else None
     runner = BundleRunner(bundle, isolate=True, exact_int8=exact_int8)
     try:
         scores = evaluate(runner, dataset, spec, reference_runner, batch_size, limit, progress)
@@ -143,5 +131,7 @@ def evaluate_bundle(
         "precision": runner.bundle.precision,
         "data": str(data),
         "preprocess": spec.to_dict(),
+        "reference": str(chosen.path) if chosen is not None else None,
+        "reference_note": note,
         **scores,
     }

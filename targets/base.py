@@ -54,6 +54,8 @@ class ExportOptions:
         precision: "fp32" or "int8"; "auto" means int8 when the model holds QDQ nodes.
         preprocess: the preprocessing spec (fwedge.data.Preprocess.to_dict()) for the manifest.
         source_sha256: sha256 of the source model file, recorded in the manifest.
+        reference: the FP32 reference the manifest records (fwedge.reference: path relative to
+            the bundle folder, and sha256), or None.
         float_io: int8 bundles take and return float32 (QUANTIZE/DEQUANTIZE at the edges);
             False gives int8 in/out where the target supports it.
         allow_float_fallback: targets that lower the model (C, TFLite) keep int8 nodes that
@@ -67,6 +69,7 @@ class ExportOptions:
     precision: str = "auto"
     preprocess: dict = field(default_factory=dict)
     source_sha256: str = ""
+    reference: dict | None = None
     float_io: bool = True
     allow_float_fallback: bool = False
     target_options: COptions | TfliteOptions | None = None
@@ -90,8 +93,9 @@ class Target:
     supports_intermediates: ClassVar[bool] = False
     lowers: ClassVar[bool] = False
     options_type: ClassVar[type | None] = None
-    # Host-runtime bundles record this architecture (C targets: the one they are built for).
-    arch: str = "x86_64"
+    # Host-runtime bundles run wherever their runtime does: "any". C targets record the
+    # architecture they are built for.
+    arch: str = "any"
 
     @property
     def label(self) -> str:

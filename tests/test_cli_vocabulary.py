@@ -23,6 +23,9 @@ SAMPLE_COUNTS = {
 }
 # Commands whose -o output is itself the JSON (a QuantTable, farm results) or HTML file have no --json.
 WITHOUT_JSON = {"calibrate", "farm run", "report"}
+# --input-shape wherever a model is read (run, diff and farm run: the reference's, checked against
+# the bundle's input). distill trains torch modules whose shapes follow the data, and has none.
+INPUT_SHAPE = {"analyze", "calibrate", "quantize", "export", "inspect", "eval", "run", "diff", "farm run"}
 RENAMED = [("analyze", ["a.onnx", "b.onnx"], "--num-samples", "--limit"),
            ("quantize", ["a.onnx", "-o", "b.onnx"], "--eval-samples", "--eval-limit")]
 
@@ -67,6 +70,21 @@ def test_json_means_a_file_everywhere(name):
     assert not option.is_flag and option.metavar == "FILE"
     assert isinstance(option.type, click.Path) and option.type.allow_dash and not option.type.dir_okay
     assert "'-'" in option.help
+
+
+def test_input_shape_and_preprocess_mean_one_thing_everywhere():
+    """--input-shape NAME=D0,D1,... (repeatable, one parser) and --preprocess JSON on every
+    command that reads --data (and on export, which records it)."""
+    commands = _commands()
+    assert {name for name, command in commands.items() if "--input-shape" in _options(command)} == INPUT_SHAPE
+    for name in INPUT_SHAPE:
+        option = _options(commands[name])["--input-shape"]
+        assert option.multiple and option.metavar == "NAME=D0,D1,..." and option.name == "input_shapes", name
+    with_data = {name for name, command in commands.items() if "--data" in _options(command)}
+    assert {name for name, command in commands.items() if "--preprocess" in _options(command)} == with_data | {"export"}
+    for args in (["x=1,3,a"], ["x"], ["x=0,3"], ["x=1,3", "x=1,4"]):
+        result = CliRunner().invoke(cli, ["inspect", str(EXAMPLE), *[f"--input-shape={a}" for a in args]])
+        assert result.exit_code == 2 and "--input-shape" in result.output, (args, result.output)
 
 
 def test_commands_without_json_are_the_listed_ones():

@@ -63,9 +63,24 @@ def _cached(result) -> dict:
 
 
 @pytest.mark.fashion_mnist
-def test_pipeline_runs_then_reuses_every_stage(project):
+def test_pipeline_runs_then_reuses_every_stage(project, monkeypatch):
+    import contextlib
+
+    from fwedge import console
+
+    bars = []
+
+    @contextlib.contextmanager
+    def recording(total, description):  # the long stages show a bar, as their commands do
+        bar = {"description": description, "total": total, "done": 0}
+        bars.append(bar)
+        yield lambda amount=1: bar.update(done=bar["done"] + amount)
+
+    monkeypatch.setattr(console, "progress", recording)
     first = run_pipeline(project / "pipeline.toml", overrides={"gate.baseline": None})
     assert _cached(first) == {"load": False, "quantize": False, "analyze": False, "export-onnx": False, "farm": False}
+    assert bars == [{"description": "calibrating (minmax, 128 samples)", "total": 128, "done": 128},
+                    {"description": "farm", "total": 1, "done": 1}]
     assert first.gate_passed is None  # no [gate] baseline: no verdict
     results = load_results(first.results_path)
     [result] = results.results

@@ -101,7 +101,7 @@ def test_quantize_accuracy_budget_reports_float_layers(tmp_path):
 
 
 def test_calibration_bar_counts_both_passes_and_says_so():
-    from fwedge.commands.options import calibration_bar
+    from fwedge.console import calibration_bar
 
     assert calibration_bar("kl", 512) == (1024, "calibrating (kl, 2 passes over 512 samples)")
     assert calibration_bar("minmax", 512) == (512, "calibrating (minmax, 512 samples)")

@@ -5,8 +5,7 @@ import math
 
 import click
 
-from fwedge.commands.calibrate import _parse_shapes
-from fwedge.commands.options import data_option, emit_json, json_option, preprocess_option, renamed
+from fwedge.commands.options import data_option, emit_json, input_shape_option, json_option, preprocess_option, renamed
 
 
 def _db(value) -> str:
@@ -24,8 +23,7 @@ def _db(value) -> str:
               help="A layer 'jumps' when its SQNR is this many dB below its inputs' worst SQNR.")
 @click.option("--floor-db", type=float, default=30.0, show_default=True,
               help="...and ends below this SQNR (a layer keeping more is fine whatever it lost).")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...", callback=_parse_shapes,
-              help="Fix a dynamic input shape, as given to quantize.")
+@input_shape_option("Fix a dynamic input shape, as given to quantize. Repeatable.")
 @click.option("--top", type=int, default=30, show_default=True, help="Rows to print (JSON has all).")
 @preprocess_option()
 @json_option("the full analysis")

@@ -3,20 +3,10 @@ from __future__ import annotations
 
 import click
 
-from fwedge.commands.options import calibration_bar, data_option, preprocess_option
+from fwedge.commands.options import data_option, input_shape_option, preprocess_option
+from fwedge.console import calibration_bar
 
 METHOD_NAMES = ["kl", "percentile", "minmax", "mse"]
-
-
-def _parse_shapes(ctx, param, values):
-    shapes = {}
-    for text in values or ():
-        name, _, dims = text.partition("=")
-        try:
-            shapes[name] = [int(d) for d in dims.split(",")]
-        except ValueError as exc:
-            raise click.BadParameter(f"expected NAME=D0,D1,..., got {text!r}") from exc
-    return shapes or None
 
 
 def calibration_options(function):
@@ -33,8 +23,7 @@ def calibration_options(function):
                      help="percentile method: share of values kept inside the range."),
         click.option("--symmetric", is_flag=True, help="Symmetric int8 activations (zero point 0)."),
         click.option("--batch-size", type=int, default=64, show_default=True),
-        click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
-                     callback=_parse_shapes, help="Fix a dynamic input shape, e.g. x=1,3,48,192."),
+        input_shape_option(),
         preprocess_option(),
     ]
     for option in reversed(options):

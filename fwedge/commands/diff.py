@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from fwedge.commands.options import data_option, emit_json, json_option, preprocess_option
+from fwedge.commands.options import data_option, emit_json, input_shape_option, json_option, preprocess_option
 
 
 @click.command("diff")
@@ -17,17 +17,20 @@ from fwedge.commands.options import data_option, emit_json, json_option, preproc
               help="A float tensor diverges when max|diff| > atol + rtol * max|ref|.")
 @click.option("--atol", type=float, default=1e-5, show_default=True)
 @click.option("--all", "show_all", is_flag=True, help="List every compared tensor, not only up to the divergence.")
+@input_shape_option("Fix a dynamic input shape of REFERENCE, e.g. x=1,3,48,192 (the batch is --limit); it must "
+                    "agree with the bundle's input, fixed at export. Repeatable.")
 @preprocess_option()
 @click.option("--exact-int8", is_flag=True,
               help="onnx and openvino bundles: compute Q/DQ as defined instead of with the runtime's int8 kernels, "
                    "which depend on the CPU (without VNNI they saturate int16 pair sums): tells a wrong bundle "
                    "from this CPU's kernels.")
 @json_option("the report")
-def command(bundle, reference, data, limit, max_steps, rtol, atol, show_all, exact_int8, preprocess, json_out) -> None:
+def command(bundle, reference, data, limit, max_steps, rtol, atol, show_all, input_shapes, exact_int8, preprocess,
+            json_out) -> None:
     """Name the first tensor, in the reference's topological order, where BUNDLE diverges from
     REFERENCE (the QDQ model for an int8 bundle, the float model for fp32).
 
-    ONNX, OpenVINO and NCNN bundles expose intermediate tensors by their ONNX names, so the
+    ONNX, OpenVINO, NCNN and TFLite bundles expose intermediate tensors by their ONNX names, so the
     divergence is bisected to one node; for other targets only the graph outputs are compared,
     and the report says so. Exit code 0 whether or not a divergence is found.
     """
@@ -35,7 +38,8 @@ def command(bundle, reference, data, limit, max_steps, rtol, atol, show_all, exa
     from fwedge.diff import diff_bundle
 
     report = diff_bundle(bundle, reference, data, limit=limit, preprocess=preprocess,
-                         max_steps=max_steps, rtol=rtol, atol=atol, exact_int8=exact_int8)
+                         max_steps=max_steps, rtol=rtol, atol=atol, exact_int8=exact_int8,
+                         input_shapes=input_shapes)
     if emit_json(json_out, report.to_dict()):
         return
     rows = []

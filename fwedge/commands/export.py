@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import click
 
-from fwedge.commands.inspect import _parse_shape
-from fwedge.commands.options import emit_json, json_option, preprocess_option, text_console
+from fwedge.commands.options import emit_json, input_shape_option, json_option, preprocess_option, text_console
 
 # Kept literal so that `fwedge export --help` imports no target module.
 TARGET_NAMES = ("onnx", "openvino", "tflite", "ncnn", "x86_64", "aarch64", "riscv64", "loongarch64")
@@ -30,13 +29,15 @@ TARGET_NAMES = ("onnx", "openvino", "tflite", "ncnn", "x86_64", "aarch64", "risc
                    "on x86_64 the baseline plus AVX2 and AVX-512 VNNI kernels picked at run time (--cflags=-DFW_NO_DISPATCH: "
                    "the baseline only, less ROM). --cflags=-march=native builds for this CPU only, "
                    "--cflags=-march=x86-64-v3 for AVX2 CPUs.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
-              help="Fix a dynamic input shape before export, e.g. x=1,3,48,192. Repeatable.")
+@click.option("--reference", type=click.Path(dir_okay=False),
+              help="The FP32 model the bundles record for fidelity (farm run's agreement). Default: MODEL itself "
+                   "when it is float; for a QDQ model, the float model `fwedge quantize` named in it.")
+@input_shape_option("Fix a dynamic input shape before export, e.g. x=1,3,48,192. Repeatable.")
 @preprocess_option()
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
               help="Folder for the bundles; each is written to <output>/<model>-<target>-<precision>.")
 @json_option("the bundles written and the targets that failed")
-def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, input_shapes, preprocess,
+def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, reference, input_shapes, preprocess,
             output, json_out) -> None:
     """Write a deployment bundle of MODEL for each --target.
 
@@ -57,11 +58,12 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, in
     from fwedge.console import console
     from fwedge.errors import ExportError, FwEdgeError
     from fwedge.export import bundle_name, export_bundle
+    from fwedge.reference import for_export
     from fwedge.targets import C_ARCHES, COptions, ExportOptions
     from fwedge.targets.common import has_qdq
     from fwedge import ir
 
-    shapes = dict(_parse_shape(text) for text in input_shapes) or None
+    shapes = input_shapes
     precision = "auto" if int8 is None else "int8" if int8 else "fp32"
     unique = list(dict.fromkeys(targets))
     if (cc or cflags or no_build) and not any(target in C_ARCHES for target in unique):
@@ -72,9 +74,14 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, in
     except ValueError as exc:
         raise click.BadParameter(f"{cflags!r}: {exc}", param_hint="--cflags") from exc
     c_options = COptions(cc=cc, cflags=flags, build=not no_build)
-    resolved = precision if precision != "auto" else ("int8" if has_qdq(ir.load(model)) else "fp32")
+    loaded = ir.load(model)
+    resolved = precision if precision != "auto" else ("int8" if has_qdq(loaded) else "fp32")
     written, failed, report = [], [], {"bundles": [], "failed": []}
     out = text_console(json_out)
+    _, why = for_export(loaded, model, resolved == "int8", reference)
+    if why:
+        out.print(f"note: no FP32 reference recorded: {why}; farm run then measures no agreement",
+                  markup=False, highlight=False, soft_wrap=True)
     for number, target in enumerate(unique, 1):
         if len(unique) > 1 and not console_module.QUIET:  # a cold C build takes a minute: say what runs
             console.print(f"[{number}/{len(unique)}] {target}: exporting", markup=False, highlight=False)
@@ -82,7 +89,8 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, in
                                 target_options=c_options if target in C_ARCHES else None)
         out_dir = Path(output) / bundle_name(model, target, resolved)
         try:
-            bundle = export_bundle(model, target, out_dir, options, input_shapes=shapes, preprocess=preprocess)
+            bundle = export_bundle(model, target, out_dir, options, input_shapes=shapes, preprocess=preprocess,
+                                   reference=reference)
         except FwEdgeError as exc:
             if len(unique) == 1:
                 raise

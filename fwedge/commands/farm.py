@@ -5,7 +5,7 @@ import os
 
 import click
 
-from fwedge.commands.options import data_option, emit_json, json_option
+from fwedge.commands.options import data_option, emit_json, input_shape_option, json_option, preprocess_option
 
 inventory_option = click.option(
     "--inventory", type=click.Path(dir_okay=False), envvar="FWEDGE_INVENTORY",
@@ -42,7 +42,10 @@ def list_devices(inventory, json_out) -> None:
 @click.option("--repeats", type=int, default=20, show_default=True, help="Timed single-sample iterations.")
 @click.option("--limit", type=int, default=500, show_default=True, help="Seeded subset of the data (0: all).")
 @click.option("--reference", type=click.Path(dir_okay=False),
-              help="FP32 reference ONNX for fidelity (default: the model each bundle records).")
+              help="FP32 reference ONNX for fidelity (default: the float model each bundle records).")
+@input_shape_option("Fix a dynamic input shape of the reference, e.g. x=1,3,48,192; it must agree with "
+                    "every bundle's input, fixed at export. Repeatable.")
+@preprocess_option()
 @click.option("--retries", type=int, default=1, show_default=True, help="Extra attempts after a device failure.")
 @click.option("--baseline-bundles", type=click.Path(file_okay=False),
               help="Folder of baseline bundles (same names) run interleaved A B A B with the candidates.")
@@ -50,7 +53,8 @@ def list_devices(inventory, json_out) -> None:
               help="A/B alternations for --baseline-bundles (the timed repeats are split over them).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Results JSON to write.")
 @click.pass_context
-def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, retries, baseline_bundles, rounds, output) -> None:
+def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, input_shapes, preprocess, retries,
+        baseline_bundles, rounds, output) -> None:
     """Run BUNDLES on every selected device that can run them; write per (bundle, device)
     accuracy, fidelity vs the FP32 reference, latency p50/p95 on the device's clock, sizes and
     identity, and on qemu boards the executed instructions per inference (a qemu plugin, built
@@ -63,8 +67,9 @@ def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, 
     from fwedge.console import progress, stdout
     from fwedge.device_farm.inventory import devices_for, select
     from fwedge.device_farm.results import save_results
-    from fwedge.device_farm.runner import FarmOptions, plan, reference_of, run_farm
+    from fwedge.device_farm.runner import FarmOptions, plan, result_count, run_farm
     from fwedge.bundle import load_bundle
+    from fwedge.reference import for_bundle
 
     names = [name for item in device_names for name in item.split(",") if name]
     known = devices_for(inventory)
@@ -75,15 +80,19 @@ def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, 
                                    f"comma-separated (--devices a,{path}) or repeat --devices")
     devices = select(known, names)
     options = FarmOptions(data=data, repeats=repeats, limit=limit or None, reference=reference,
+                          preprocess=preprocess.to_dict() if preprocess else None, input_shapes=input_shapes,
                           retries=retries, baseline_bundles=baseline_bundles, rounds=rounds)
     loaded = [load_bundle(path) for path in bundles]
-    unreferenced = [bundle.name for bundle in loaded if reference_of(bundle, reference) is None]
+    found = {bundle.name: for_bundle(bundle, reference) for bundle in loaded}
+    for name, (_, why) in found.items():
+        if why:
+            stdout.print(f"note: {why}", markup=False, highlight=False)
+    unreferenced = [name for name, (chosen, _) in found.items() if chosen is None]
     if unreferenced:
         stdout.print(f"note: no FP32 reference for {', '.join(unreferenced)}: agreement and SQNR vs FP32 stay "
                      "blank (give --reference FLOAT.onnx)", markup=False, highlight=False)
     jobs, _ = plan(loaded, devices, baseline_bundles)
-    total = sum(2 if job.baseline else 1 for job in jobs)
-    with progress(total, "farm") as advance:
+    with progress(result_count(jobs), "farm") as advance:
         def report(result) -> None:
             advance(1)
             status = "ok" if result.ok else f"[red]error[/red]: {result.error}"

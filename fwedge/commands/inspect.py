@@ -3,25 +3,14 @@ from __future__ import annotations
 
 import click
 
-from fwedge.commands.options import emit_json, json_option
-
-
-def _parse_shape(text: str) -> tuple[str, list[int]]:
-    name, _, dims = text.partition("=")
-    if not dims:
-        raise click.BadParameter(f"expected NAME=D0,D1,..., got {text!r}")
-    try:
-        return name, [int(d) for d in dims.split(",")]
-    except ValueError as exc:
-        raise click.BadParameter(f"dimensions must be integers in {text!r}") from exc
+from fwedge.commands.options import emit_json, input_shape_option, json_option
 
 
 @click.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
-              help="Fix a dynamic input shape (for MACs), e.g. x=1,3,48,192. Repeatable.")
+@input_shape_option("Fix a dynamic input shape (for MACs), e.g. x=1,3,48,192. Repeatable.")
 @json_option("the summary")
-def command(model: str, input_shapes: tuple[str, ...], json_out: str | None) -> None:
+def command(model: str, input_shapes: dict | None, json_out: str | None) -> None:
     """Show a model's inputs and outputs, op histogram, parameter count, MACs per layer, and
     which nodes each export target cannot take.
 
@@ -34,7 +23,7 @@ def command(model: str, input_shapes: tuple[str, ...], json_out: str | None) -> 
 
     loaded = ir.load(model)
     if input_shapes:
-        loaded = ir.set_input_shapes(loaded, dict(_parse_shape(text) for text in input_shapes))
+        loaded = ir.set_input_shapes(loaded, input_shapes)
     summary = summarize(loaded, path=model)
     if emit_json(json_out, summary.to_dict()):
         return

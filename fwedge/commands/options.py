@@ -43,6 +43,31 @@ def preprocess_option():
     )
 
 
+def _parse_shapes(ctx, param, values) -> dict[str, list[int]] | None:
+    shapes: dict[str, list[int]] = {}
+    for text in values or ():
+        name, _, dims = text.partition("=")
+        if not name or not dims:
+            raise click.BadParameter(f"expected NAME=D0,D1,..., got {text!r}")
+        try:
+            shape = [int(d) for d in dims.split(",")]
+        except ValueError as exc:
+            raise click.BadParameter(f"dimensions must be integers in {text!r}") from exc
+        if not shape or any(d <= 0 or d >= 2**31 for d in shape):
+            raise click.BadParameter(f"dimensions must be 1..2^31-1 in {text!r}")
+        if name in shapes:
+            raise click.BadParameter(f"input {name!r} is given twice")
+        shapes[name] = shape
+    return shapes or None
+
+
+def input_shape_option(help_text: str = "Fix a dynamic input shape, e.g. x=1,3,48,192. Repeatable."):
+    """--input-shape NAME=D0,D1,...: one spelling and one parser in every command; the value is
+    a dict of input name -> dims, or None."""
+    return click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
+                        callback=_parse_shapes, help=help_text)
+
+
 def json_option(what: str):
     """--json FILE, one meaning in every command: write WHAT as JSON to FILE (atomically), or to
     standard output for '-', which then carries the JSON alone."""
@@ -85,18 +110,12 @@ def print_scores(result: dict, reference: str | None, json_out: str | None, head
         stdout.print(f"top-1 accuracy: {100 * acc.top1:.2f}% ({acc.correct}/{acc.total})")
     if result["fidelity"] is not None:
         fid = result["fidelity"]
-        stdout.print(f"fidelity vs {reference}: top-1 agreement {100 * fid.top1_agreement:.2f}%, "
-                     f"cosine {fid.cosine:.6f}, max abs error {fid.max_abs_error:.4g}, SQNR {fid.sqnr_db:.2f} dB")
-
-
-def calibration_bar(method: str, num_samples: int) -> tuple[int, str]:
-    """The calibration progress bar's total and label. Calibration streams the samples once for the
-    ranges and, except for minmax, once more for the histograms; the label says so, so that a
-    count of 1024 for 512 samples reads as two passes."""
-    passes = 1 if method == "minmax" else 2
-    label = f"calibrating ({method}, {num_samples} samples)" if passes == 1 else \
-        f"calibrating ({method}, 2 passes over {num_samples} samples)"
-    return passes * num_samples, label
+        stdout.print(f"fidelity vs {result.get('reference') or reference}: top-1 agreement "
+                     f"{100 * fid.top1_agreement:.2f}%, cosine {fid.cosine:.6f}, max abs error "
+                     f"{fid.max_abs_error:.4g}, SQNR {fid.sqnr_db:.2f} dB", markup=False, highlight=False)
+    elif "reference_note" in result:  # a bundle run with no reference at hand
+        why = result.get("reference_note") or "the bundle records no reference model"
+        stdout.print(f"note: no fidelity: {why}; give --reference FLOAT.onnx", markup=False, highlight=False)
 
 
 def renamed(old: str, new: str, dest: str):

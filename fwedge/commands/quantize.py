@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from fwedge.commands.calibrate import calibration_options
-from fwedge.commands.options import calibration_bar, data_option, emit_json, json_option, renamed
+from fwedge.commands.options import data_option, emit_json, json_option, renamed
+from fwedge.console import calibration_bar
 
 
 @click.command("quantize")
@@ -60,6 +61,9 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
     total, label = (None, "quantizing (with --table)") if table else calibration_bar(method, num_samples)
     with progress(total, label) as advance:
         result = run_quantization(request, progress=advance)
+    from fwedge.reference import write_metadata
+
+    write_metadata(result.model, model, output)  # export then records the float model as the reference
     ir.save(result.model, output)
     if save_table:
         result.table.save(save_table)

@@ -289,7 +289,7 @@ class _QdqWriter:
         del graph.input[:]
         graph.input.extend(kept_inputs)
         del graph.value_info[:]
-        _set_metadata(self.out, "fwedge.quant_method", self.options.method or self.table.method)
+        ir.set_metadata(self.out, "fwedge.quant_method", self.options.method or self.table.method)
         try:
             out = onnx.shape_inference.infer_shapes(self.out)
             onnx.checker.check_model(out)
@@ -341,12 +341,3 @@ def quantize_model(
         len(plan.activations), len(plan.weights), len(plan.biases), len(plan.quantized_nodes),
     )
     return out
-
-
-def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
-    for prop in model.metadata_props:
-        if prop.key == key:
-            prop.value = value
-            return
-    entry = model.metadata_props.add()
-    entry.key, entry.value = key, value

@@ -2,7 +2,9 @@
  *
  * Conventions
  * -----------
- * - No malloc and no libc beyond memcpy/memset (and <math.h> in the float kernels). Every
+ * - No malloc and no libc beyond memcpy/memset and nearbyintf (quantize.c). exp, sigmoid and
+ *   tanh are computed here (activation_f32.c), not by the C library, whose rounding differs
+ *   between architectures: float results are the same bits on every board. Every
  *   buffer is owned by the caller: the generated model.c places tensors in one static arena.
  * - Batch is 1. Four-dimensional activations are stored NHWC (channels innermost), so a pixel's
  *   channels are contiguous and the inner loops run over channels. Lower-rank tensors are
@@ -300,8 +302,11 @@ void fw_clamp_f32_array(int size, float lo, float hi, const float *x, float *y);
 void fw_hardswish_f32(int size, const float *x, float *y);
 /* y = clamp(alpha * x + beta, 0, 1) (ONNX HardSigmoid). */
 void fw_hardsigmoid_f32(int size, float alpha, float beta, const float *x, float *y);
+/* exp(x) rounded to float, the same bits on every architecture (no libm). */
+float fw_expf(float x);
+/* y = 1 / (1 + exp(-x)) (ONNX Sigmoid), computed in double and rounded once. */
 void fw_sigmoid_f32(int size, const float *x, float *y);
-/* y = tanh(x) (ONNX Tanh). */
+/* y = tanh(x) (ONNX Tanh), computed in double and rounded once. */
 void fw_tanh_f32(int size, const float *x, float *y);
 /* y = x >= 0 ? x : alpha * x (ONNX LeakyRelu). */
 void fw_leaky_relu_f32(int size, float alpha, const float *x, float *y);

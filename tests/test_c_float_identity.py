@@ -1,0 +1,88 @@
+"""The C runtime's float exp, sigmoid, tanh and softmax give the same bits on every architecture.
+
+The C libraries round expf and tanhf their own way (musl and glibc differ by 1 ULP on some
+inputs), so a model ending in a float Softmax gave other bytes on aarch64 than on x86_64.
+runtime_c/activation_f32.c now computes them with IEEE double arithmetic only; these tests run
+the same inputs through bundles built for all four architectures (x86_64 natively, the others
+under qemu-user) and compare bytes, and they compare sigmoid and tanh with float64 numpy.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from fwedge.bundle import host_arch, load_bundle
+from fwedge.eval import OrtRunner
+from fwedge.targets import C_ARCHES, ExportOptions, get_target
+from tolerances import C_TRANSCENDENTAL_MAX_ULP, FP32_ATOL, FP32_RTOL
+
+pytestmark = [pytest.mark.cc, pytest.mark.zig, pytest.mark.qemu("aarch64", "riscv64", "loongarch64")]
+
+ROWS, DEPTH = 470, 10
+
+
+def _inputs() -> np.ndarray:
+    """Seeded values over the whole useful range of each function, tiny values, and edges."""
+    rng = np.random.default_rng(0)
+    values = np.concatenate([
+        rng.uniform(-110.0, 95.0, 1600), rng.uniform(-12.0, 12.0, 2000), rng.normal(0.0, 1e-3, 600),
+        rng.normal(0.0, 1e-6, 400),
+        [0.0, -0.0, 1e-45, -1e-45, 88.72, 88.73, -103.9, -104.0, 9.0, 10.0, -10.0, 20.0, 1e30, -1e30],
+    ]).astype(np.float32)
+    return np.resize(values, ROWS * DEPTH).reshape(1, ROWS, DEPTH)
+
+
+def _model() -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, ROWS, DEPTH])
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, ROWS, DEPTH])
+               for name in ("sigmoid", "tanh", "softmax")]
+    nodes = [helper.make_node("Sigmoid", ["x"], ["sigmoid"], name="sigmoid"),
+             helper.make_node("Tanh", ["x"], ["tanh"], name="tanh"),
+             helper.make_node("Softmax", ["x"], ["softmax"], name="softmax", axis=-1)]
+    graph = helper.make_graph(nodes, "transcendental", [x], outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _ulps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance in float32 units in the last place (both finite)."""
+    def ordered(v):
+        bits = np.ascontiguousarray(v, dtype=np.float32).view(np.int32).astype(np.int64)
+        return np.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
+
+    return np.abs(ordered(a) - ordered(b))
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
+    model, x = _model(), _inputs()
+    target, by_arch = get_target("c"), {}
+    for arch in C_ARCHES:
+        bundle = get_target(arch).export(model, tmp_path_factory.mktemp(arch) / "bundle",
+                                         ExportOptions(precision="fp32", source_sha256="0" * 64))
+        by_arch[arch] = target.run(load_bundle(bundle.path), {"x": x})
+    return by_arch
+
+
+def test_float_results_are_the_same_bytes_on_every_architecture(outputs):
+    host = outputs[host_arch()]
+    for arch, results in outputs.items():
+        for name in ("sigmoid", "tanh", "softmax"):
+            assert results[name].tobytes() == host[name].tobytes(), f"{name}: {arch} differs from {host_arch()}"
+
+
+def test_sigmoid_and_tanh_are_correctly_rounded(outputs):
+    x = _inputs().astype(np.float64)
+    with np.errstate(over="ignore"):
+        expected = {"sigmoid": 1.0 / (1.0 + np.exp(-x)), "tanh": np.tanh(x)}
+    for name, want in expected.items():
+        got = outputs[host_arch()][name]
+        assert np.isfinite(got).all()
+        worst = int(_ulps(got, want.astype(np.float32)).max())
+        assert worst <= C_TRANSCENDENTAL_MAX_ULP, f"{name}: {worst} ULP from the float64 value"
+
+
+def test_softmax_matches_onnxruntime(outputs):
+    reference = OrtRunner(_model()).run_all({"x": _inputs()})["softmax"]
+    np.testing.assert_allclose(outputs[host_arch()]["softmax"], reference, rtol=FP32_RTOL, atol=FP32_ATOL)

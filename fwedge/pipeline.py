@@ -371,6 +371,7 @@ def stage_quantize(run: PipelineRun) -> None:
     from fwedge import ir
     from fwedge.calibration import MethodOptions
     from fwedge.quantization import QuantizeRequest, run_quantization
+    from fwedge.quantization.calibrate import calibration_count
     from fwedge.reference import write_metadata
 
     settings = run.config.quantize
@@ -391,7 +392,8 @@ def stage_quantize(run: PipelineRun) -> None:
             activation_dtype=settings.activation_dtype)
         from fwedge.console import calibration_bar, progress
 
-        with progress(*calibration_bar(settings.method, settings.num_samples)) as advance:
+        count = calibration_count(data.calibration, settings.num_samples)
+        with progress(*calibration_bar(settings.method, count)) as advance:
             result = run_quantization(request, progress=advance)
         ir.save(result.float_model, out / "model_fp32.onnx")
         write_metadata(result.model, out / "model_fp32.onnx", out / "model_int8.onnx")  # the bundles' reference

@@ -191,9 +191,11 @@ def test_no_float_tensors_to_quantize():
         plan_quantization(model)
 
 
-def test_too_few_samples_is_a_data_error(block, block_data):
-    with pytest.raises(DataError, match="1000 calibration samples requested, but it holds only 96"):
-        quantize(block, block_data, "kl", num_samples=1000)
+def test_more_samples_than_the_data_holds_calibrates_on_all(block, block_data, caplog):
+    result = quantize(block, block_data, "kl", num_samples=1000)
+    assert result.table.dataset["num_samples"] == 96
+    assert "holds 96 samples, fewer than the 1000 asked for: calibrating on all 96" in caplog.text
+    assert result.table.tensors == quantize(block, block_data, "kl", num_samples=96).table.tensors
 
 
 def test_shape_mismatch_names_file_and_shapes(block, tmp_path, rng):

@@ -58,11 +58,24 @@ def test_quantize_with_table_then_analyze(tmp_path):
     assert "first jump" in result.output or "no layer loses" in result.output
 
 
-def test_quantize_bad_input_exits_2(tmp_path):
+def test_more_samples_than_the_data_holds_uses_all_and_says_so(tmp_path, caplog):
+    """As the default 512 against a 256-sample file: every sample is used, with a warning."""
+    import json
+
     model, data = _setup(tmp_path)
     result = CliRunner().invoke(cli, ["quantize", str(model), "--data", str(data), "--num-samples", "500",
+                                      "--save-table", str(tmp_path / "t.json"), "-o", str(tmp_path / "q.onnx")])
+    assert result.exit_code == 0, result.output
+    assert "holds 80 samples, fewer than the 500 asked for: calibrating on all 80" in caplog.text
+    assert json.loads((tmp_path / "t.json").read_text())["dataset"]["num_samples"] == 80
+
+
+def test_quantize_bad_input_exits_2(tmp_path):
+    model, _ = _setup(tmp_path)
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY garbage")
+    result = CliRunner().invoke(cli, ["quantize", str(model), "--data", str(tmp_path / "bad.npy"),
                                       "-o", str(tmp_path / "q.onnx")])
-    assert result.exit_code == 2 and "500 calibration samples requested, but it holds only 80" in result.output
+    assert result.exit_code == 2 and "bad.npy" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "q.onnx").exists()
 
 

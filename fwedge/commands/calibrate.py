@@ -51,9 +51,10 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
     from fwedge.console import progress, stdout
     from fwedge.ir import write_atomic
     from fwedge.quantization import calibrate, load_prepared, ncnn_layers
+    from fwedge.quantization.calibrate import calibration_count
 
     options = MethodOptions(percentile=percentile, symmetric=symmetric)
-    with progress(*calibration_bar(method, num_samples)) as advance:
+    with progress(*calibration_bar(method, calibration_count(data, num_samples))) as advance:
         table = calibrate(model, data, method, num_samples, options, bins=bins, seed=seed,
                           batch_size=batch_size, preprocess=preprocess, input_shapes=input_shapes,
                           progress=advance)

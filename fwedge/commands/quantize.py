@@ -49,6 +49,7 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
     from fwedge.console import progress, stdout, table as rich_table
     from fwedge.errors import CalibrationError
     from fwedge.quantization import QuantizeRequest, run_quantization
+    from fwedge.quantization.calibrate import calibration_count
 
     if data is None and table is None:
         raise click.UsageError("give --data to calibrate, or --table with a QuantTable")
@@ -58,7 +59,8 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
         batch_size=batch_size, preprocess=preprocess, input_shapes=input_shapes,
         max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, eval_data=eval_data,
         eval_samples=eval_limit, keep_float=keep_float, float_stem=float_stem, activation_dtype=activation_dtype)
-    total, label = (None, "quantizing (with --table)") if table else calibration_bar(method, num_samples)
+    total, label = (None, "quantizing (with --table)") if table else \
+        calibration_bar(method, calibration_count(data, num_samples))
     with progress(total, label) as advance:
         result = run_quantization(request, progress=advance)
     from fwedge.reference import write_metadata

@@ -1,6 +1,7 @@
 """Calibration for quantization: the calibration set, the statistics the plan needs, the QuantTable."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -19,6 +20,8 @@ from fwedge.eval import resolve_preprocess
 from fwedge.quantization.plan import QuantizeOptions, QuantPlan, candidate_tensors, plan_quantization, weight_axis
 from fwedge.quantization.prepare import batch_limit, load_prepared
 from fwedge.quantization.request import DEFAULT_BATCH_SIZE, DEFAULT_BINS, DEFAULT_NUM_SAMPLES
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,6 +50,18 @@ class CalibrationData:
         }
 
 
+def calibration_count(data: str | os.PathLike | Dataset, num_samples: int | None) -> int:
+    """How many samples calibration uses: `num_samples`, at most all the data holds (None: all).
+
+    Raises:
+        DataError: the data cannot be opened, or holds no sample.
+    """
+    dataset = data if isinstance(data, Dataset) else open_dataset(data)
+    if dataset.num_samples == 0:
+        raise DataError(f"data '{dataset.path}': holds no sample to calibrate on")
+    return dataset.num_samples if num_samples is None else min(num_samples, dataset.num_samples)
+
+
 def calibration_data(
     model: onnx.ModelProto,
     data: str | os.PathLike | Dataset,
@@ -55,18 +70,17 @@ def calibration_data(
     batch_size: int = DEFAULT_BATCH_SIZE,
     preprocess: Preprocess | None = None,
 ) -> CalibrationData:
-    """Open and select the calibration set.
+    """Open and select the calibration set: `num_samples` seeded samples, or all of them when
+    the data holds fewer (as the 512 of the default from a 256-sample file), with a warning.
 
     Raises:
-        DataError: the data set holds fewer samples than requested.
+        DataError: the data cannot be opened, or holds no sample.
     """
     dataset = data if isinstance(data, Dataset) else open_dataset(data)
-    count = dataset.num_samples if num_samples is None else num_samples
-    if count > dataset.num_samples:
-        raise DataError(
-            f"data '{dataset.path}': {count} calibration samples requested, "
-            f"but it holds only {dataset.num_samples}"
-        )
+    count = calibration_count(dataset, num_samples)
+    if num_samples is not None and num_samples > count:
+        log.warning("data '%s' holds %d samples, fewer than the %d asked for: calibrating on all %d",
+                    dataset.path, count, num_samples, count)
     return CalibrationData(dataset, resolve_preprocess(model, preprocess), count, seed,
                            batch_limit(model, batch_size))
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -12,16 +12,25 @@ from onnx import numpy_helper
 
 from fwedge import ir
 from fwedge.calibration import CalibrationStats, Method, MethodOptions, QuantTable, collect, compute
+from fwedge.calibration.collect import with_outputs
 from fwedge.calibration.table import NcnnLayer
-from fwedge.data import Dataset, Preprocess, open_dataset
+from fwedge.data import Dataset, Preprocess, check_batch_shape, open_dataset
 from fwedge.errors import DataError
 from fwedge.op_info import OP_INFO
-from fwedge.eval import resolve_preprocess
+from fwedge.eval import ort_session, resolve_preprocess
 from fwedge.quantization.plan import QuantizeOptions, QuantPlan, candidate_tensors, plan_quantization, weight_axis
 from fwedge.quantization.prepare import batch_limit, load_prepared
 from fwedge.quantization.request import DEFAULT_BATCH_SIZE, DEFAULT_BINS, DEFAULT_NUM_SAMPLES
 
 log = logging.getLogger(__name__)
+
+# Bytes of activations calibration may hold at once. The histogram pass keeps every calibrated
+# tensor of two batches in flight (onnxruntime fills one while numpy bins the other) beside
+# onnxruntime's own buffers for a third, and the extremes pass keeps every tensor of one batch
+# alive until its ReduceMin/ReduceMax: about ACTIVATION_COPIES batches of activations. The batch
+# is cut so that these stay within the budget (a 320x320 detector holds ~100 MB per sample).
+CALIBRATION_MEMORY_BUDGET = 1 << 30
+ACTIVATION_COPIES = 3
 
 
 @dataclass
@@ -85,6 +94,40 @@ def calibration_data(
                            batch_limit(model, batch_size))
 
 
+def activation_bytes_per_sample(model: onnx.ModelProto, sample: np.ndarray, tensors: list[str]) -> int:
+    """Bytes of `tensors` for one sample, measured: `model` run once on `sample` ([1, ...])
+    with every tensor as an output (shapes may depend on the input, so none is guessed)."""
+    first = ir.graph_inputs(model)[0].name
+    outputs = [name for name in tensors if name != first]
+    if not outputs:
+        return int(sample.nbytes)
+    values = ort_session(with_outputs(model, outputs), threads=1).run(outputs, {first: sample})
+    return int(sample.nbytes + sum(value.nbytes for value in values))
+
+
+def memory_batch(model: onnx.ModelProto, calib: CalibrationData, tensors: list[str],
+                 budget: int | None = None) -> int:
+    """calib.batch_size, cut so that ACTIVATION_COPIES batches of `tensors` fit in `budget` bytes
+    (default CALIBRATION_MEMORY_BUDGET; at least 1): calibration memory then depends on the
+    model, not on a batch size chosen for small models. The samples and their order stay the
+    same; only how many run at once changes."""
+    if calib.batch_size <= 1:
+        return calib.batch_size
+    budget = CALIBRATION_MEMORY_BUDGET if budget is None else budget
+    sample = np.ascontiguousarray(next(iter(calib.dataset.batches(calib.preprocess, 1, 1, calib.seed))).x,
+                                  dtype=np.float32)
+    first = ir.graph_inputs(model)[0]
+    check_batch_shape(sample, ir.shape_of(first), str(calib.dataset.path), first.name)
+    per_sample = activation_bytes_per_sample(model, sample, tensors)
+    fits = max(1, budget // max(1, ACTIVATION_COPIES * per_sample))
+    if fits < calib.batch_size:
+        log.info("calibration batch %d instead of %d: the calibrated tensors take %.1f MB per sample, "
+                    "and %d copies of a batch must fit in %d MB", fits, calib.batch_size, per_sample / 1e6,
+                    ACTIVATION_COPIES, budget >> 20)
+        return int(fits)
+    return calib.batch_size
+
+
 def collect_stats(
     prepared: onnx.ModelProto,
     calib: CalibrationData,
@@ -103,6 +146,7 @@ def collect_stats(
     tensors = plan.calibrated
     if all_candidates:
         tensors = list(dict.fromkeys(plan.calibrated + candidate_tensors(prepared)))
+    calib = replace(calib, batch_size=memory_batch(prepared, calib, tensors))
     stats = collect(
         prepared, calib.batches(), tensors, bins=bins, source=str(calib.dataset.path),
         progress=progress, model_sha256=model_sha256, dataset=calib.fingerprint(), histograms=histograms,

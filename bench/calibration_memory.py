@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PREPROCESS = {"resize": [320, 320], "color": "rgb", "layout": "NCHW", "scale": 1 / 255,
               "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "text", "page", "rocket", "immunohistochemistry",
-          "coins", "hubble_deep_field", "horse", "clock", "moon", "eagle", "grass", "brick")
+          "coins", "hubble_deep_field", "horse", "clock", "moon", "grass", "brick")
 
 
 def det_model() -> Path:

@@ -400,6 +400,8 @@ def stage_quantize(run: PipelineRun) -> None:
         ir.save(result.model, out / "model_int8.onnx")
         result.table.save(out / "quant_table.json")
         summary = f"{settings.method}: {len(result.table.tensors)} activation tensors"
+        if result.check is not None:
+            summary += f", output SQNR {result.check.sqnr_db:.1f} dB vs float"
         if result.budget:
             summary += f"; budget: {result.budget['summary']}"
             if not result.budget.get("met", True):

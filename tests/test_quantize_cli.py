@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 from click.testing import CliRunner
 
 from fwedge.calibration.table import read_tensorrt_cache
@@ -60,8 +61,6 @@ def test_quantize_with_table_then_analyze(tmp_path):
 
 def test_more_samples_than_the_data_holds_uses_all_and_says_so(tmp_path, caplog):
     """As the default 512 against a 256-sample file: every sample is used, with a warning."""
-    import json
-
     model, data = _setup(tmp_path)
     result = CliRunner().invoke(cli, ["quantize", str(model), "--data", str(data), "--num-samples", "500",
                                       "--save-table", str(tmp_path / "t.json"), "-o", str(tmp_path / "q.onnx")])
@@ -118,3 +117,25 @@ def test_calibration_bar_counts_both_passes_and_says_so():
 
     assert calibration_bar("kl", 512) == (1024, "calibrating (kl, 2 passes over 512 samples)")
     assert calibration_bar("minmax", 512) == (512, "calibrating (minmax, 512 samples)")
+
+
+@pytest.mark.fashion_mnist
+def test_quantize_checks_the_int8_output_and_warns_when_it_is_poor(cnn_small_path, mobilenet_path, tmp_path, caplog):
+    """The int8 model's output against float on calibration samples: printed, in --json, and a
+    warning naming analyze below LOW_SQNR_DB (a 50th-percentile range clips most activations)."""
+    from fwedge.quantization.check import LOW_SQNR_DB
+
+    good = CliRunner().invoke(cli, ["quantize", str(cnn_small_path), "--data", "fashion-mnist:train",
+                                    "--num-samples", "128", "--json", str(tmp_path / "good.json"),
+                                    "-o", str(tmp_path / "good.onnx")])
+    assert good.exit_code == 0, good.output
+    check = json.loads((tmp_path / "good.json").read_text())["check"]
+    assert check["samples"] == 64 and check["sqnr_db"] > LOW_SQNR_DB + 10 and check["top1_agreement"] > 0.95
+    assert f"output SQNR {check['sqnr_db']:.1f} dB" in good.output and "fwedge analyze" not in caplog.text
+    bad = CliRunner().invoke(cli, ["quantize", str(mobilenet_path), "--data", "fashion-mnist:train", "--num-samples",
+                                   "128", "--method", "percentile", "--percentile", "50", "--json", "-",
+                                   "-o", str(tmp_path / "bad.onnx")])
+    assert bad.exit_code == 0, bad.output
+    check = json.loads(bad.output)["check"]
+    assert check["sqnr_db"] < LOW_SQNR_DB
+    assert f"int8 output SQNR {check['sqnr_db']:.1f} dB against float" in caplog.text and "fwedge analyze" in caplog.text

@@ -74,11 +74,16 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
         "model": model, "output": output, "method": result.table.method, "activation_dtype": activation_dtype,
         "quantized_nodes": plan.quantized_nodes, "activations": plan.activations,
         "kept_float": [dataclasses.asdict(k) for k in result.kept_float], "budget": result.budget,
+        "check": result.check.to_dict() if result.check is not None else None,
     }
     if not emit_json(json_out, payload):
         stdout.print(f"{output}: {len(plan.quantized_nodes)} nodes in int8, {len(plan.activations)} activation "
                      f"Q/DQ pairs, {len(plan.weights)} per-{'tensor' if per_tensor else 'channel'} weights, "
                      f"{len(plan.biases)} int32 biases; {activation_dtype} activations; method {result.table.method}")
+        if result.check is not None:
+            check = result.check
+            stdout.print(f"check: int8 vs float on {check.samples} calibration samples: output SQNR "
+                         f"{check.sqnr_db:.1f} dB, top-1 agreement {100 * check.top1_agreement:.1f}%")
         if result.budget:
             stdout.print(f"budget: {result.budget['summary']}")
         if result.kept_float:

@@ -13,7 +13,9 @@ from fwedge.data import Dataset
 from fwedge.errors import CalibrationError, QuantizeRequestError
 from fwedge.quantization.activation_dtype import uint8_activations
 from fwedge.quantization.budget import BudgetResult, search_budget
+from fwedge.eval import Fidelity
 from fwedge.quantization.calibrate import calibration_data, collect_stats
+from fwedge.quantization.check import output_check, warning_for
 from fwedge.quantization.plan import KeptFloat, QuantizeOptions, QuantPlan, float_units, plan_quantization
 from fwedge.quantization.prepare import load_prepared
 from fwedge.quantization.qdq import quantize_model
@@ -32,6 +34,8 @@ class QuantizeResult:
         table: the QuantTable used (with a budget: only the tensors the final plan reads).
         plan: the final quantization plan (tensors and nodes touched, layers kept float and why).
         budget_result: the accuracy budget's decision and measurements, None without a budget.
+        check: the final model's output against float on calibration samples
+            (quantization.check), None when quantized from a table without data.
     """
 
     model: onnx.ModelProto
@@ -39,6 +43,7 @@ class QuantizeResult:
     table: QuantTable
     plan: QuantPlan
     budget_result: BudgetResult | None = None
+    check: Fidelity | None = None
 
     @property
     def kept_float(self) -> list[KeptFloat]:
@@ -119,7 +124,13 @@ def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] |
         kept_float += budget.kept_float
     if request.activation_dtype == "uint8":
         model = uint8_activations(model)
-    return QuantizeResult(model, prepared, table, replace(plan, kept_float=kept_float), budget)
+    check = None
+    if request.data is not None:
+        check = output_check(prepared, model, request.data, request.preprocess, request.seed)
+        warning = warning_for(check)
+        if warning:
+            log.warning("%s", warning)
+    return QuantizeResult(model, prepared, table, replace(plan, kept_float=kept_float), budget, check)
 
 
 def quantize(

@@ -5,8 +5,17 @@
         [--unbounded-methods minmax] [--json bench_calibration_memory.json]
 
 The model is the PP-OCRv4 text detector that rapidocr-onnxruntime ships (dynamic input, run at
-3x320x320). The data are real photographs (scikit-image's sample images), cropped at seeded
-offsets and resized to 320x320, written once as PNG files.
+3x320x320). The data are real photographs (the sample images inside scikit-image's wheel; none
+is downloaded), cropped at seeded offsets and resized to 320x320, written once as PNG files.
+
+Measured on a 2-core AMD EPYC (128-sample photos, 64 and 256 samples):
+
+    minmax  budget       64 samples  batch   2      8.3 s  peak RSS      494 MB
+    minmax  budget      256 samples  batch   2     35.1 s  peak RSS      497 MB
+    minmax  batch 64     64 samples  batch  64     38.1 s  peak RSS     8544 MB
+    minmax  batch 64    256 samples  batch  64     59.6 s  peak RSS     9623 MB
+    kl      budget       64 samples  batch   2     14.2 s  peak RSS      722 MB
+    kl      budget      256 samples  batch   2     45.0 s  peak RSS      706 MB
 
 Each configuration runs `fwedge.quantization.calibrate` in its own subprocess, so its peak RSS
 (VmHWM from /proc/self/status) is its own:

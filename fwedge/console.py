@@ -25,9 +25,21 @@ stdout = Console(soft_wrap=True, width=_width(sys.stdout))
 QUIET = False  # -q: no progress bars
 
 
+_ACTIVE: list[Progress] = []  # the live bar; a bar opened inside it becomes another line of it
+
+
 @contextlib.contextmanager
 def progress(total: int | None, description: str) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr; yields `advance(n)`. Shown only when stderr is a terminal."""
+    """A progress bar on stderr; yields `advance(n)`. Shown only when stderr is a terminal.
+
+    A bar opened while another is shown (the accuracy budget inside quantize's calibration bar)
+    is added to it as one more line: the terminal has one live display.
+    """
+    if _ACTIVE:
+        outer = _ACTIVE[-1]
+        task = outer.add_task(description, total=total)
+        yield lambda amount=1: outer.advance(task, amount)
+        return
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -39,8 +51,12 @@ def progress(total: int | None, description: str) -> Iterator[Callable[[int], No
         transient=False,
     )
     with bar:
-        task = bar.add_task(description, total=total)
-        yield lambda amount=1: bar.advance(task, amount)
+        _ACTIVE.append(bar)
+        try:
+            task = bar.add_task(description, total=total)
+            yield lambda amount=1: bar.advance(task, amount)
+        finally:
+            _ACTIVE.pop()
 
 
 def calibration_bar(method: str, num_samples: int) -> tuple[int, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import fwedge.quantization
-from fwedge.calibration import QuantTable, compute, params_from_range
+from fwedge.calibration import MethodOptions, QuantTable, compute, params_from_range
 from fwedge.errors import CalibrationError, FwEdgeError, QuantizeRequestError
 from fwedge.quantization import (
     BudgetResult, BudgetSpec, QuantizeOptions, QuantizeRequest, activation_dtypes, calibration_data, collect_stats,
@@ -153,3 +153,43 @@ def test_budget_line_says_drop_or_gain(float_score, score, expected):
     from fwedge.quantization.budget import accuracy_change
 
     assert accuracy_change(float_score, score) == expected
+
+
+def test_a_bar_opened_inside_a_bar_is_a_line_of_it():
+    """The terminal has one live display: the budget's bars join quantize's calibration bar."""
+    from fwedge import console
+
+    with console.progress(10, "outer") as outer_advance:
+        outer = console._ACTIVE[-1]
+        with console.progress(5, "inner") as inner_advance:
+            inner_advance(5)
+        outer_advance(2)
+    assert [(t.description, t.total, t.completed) for t in outer.tasks] == [("outer", 10, 2), ("inner", 5, 5)]
+    assert not console._ACTIVE
+
+
+@pytest.mark.fashion_mnist
+def test_the_budget_search_shows_its_progress(mobilenet_path, monkeypatch):
+    """One step per layer measured alone in float (the long part: it has a bar with the time left),
+    then one per layer added, up to the budget."""
+    import contextlib
+
+    from fwedge.quantization import budget as budget_module
+
+    bars = []
+
+    @contextlib.contextmanager
+    def recording(total, description):
+        bar = {"description": description, "total": total, "done": 0}
+        bars.append(bar)
+        yield lambda amount=1: bar.update(done=bar["done"] + amount)
+
+    monkeypatch.setattr(budget_module, "progress", recording)
+    clipped = MethodOptions(percentile=50.0)  # a range that clips most activations: int8 far from float
+    groups = len(quantize(mobilenet_path, "fashion-mnist:train", "percentile", 128, method_options=clipped).plan.groups)
+    result = quantize(mobilenet_path, "fashion-mnist:train", "percentile", 128, method_options=clipped,
+                      min_agreement=0.9, eval_data="fashion-mnist:test", eval_samples=64)
+    ranking, adding = bars
+    assert ranking == {"description": f"budget: {groups} layers, each alone in float", "total": groups, "done": groups}
+    added = sum(1 for step in result.budget["steps"][1:] if "requantized" not in step)
+    assert adding["total"] == groups and adding["done"] == added >= 1

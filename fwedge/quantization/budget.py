@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from fwedge.calibration import QuantTable
+from fwedge.console import progress
 from fwedge.data import Dataset, Preprocess, check_batch_shape, open_dataset
 from fwedge.errors import CalibrationError, DataError
 from fwedge.eval import ort_session, resolve_preprocess
@@ -150,8 +151,19 @@ class _Search:
                               replace(self.options, exclude_nodes=self.options.exclude_nodes | frozenset(float_nodes)))
 
     def rank(self, groups: list[LayerGroup], full_score: float) -> list[tuple[float, LayerGroup]]:
-        """(gain, layer), most sensitive first: gain = metric with only that layer in float - all-int8 metric."""
-        sensitivity = [(self.evaluate(self.without(group.nodes)) - full_score, group) for group in groups]
+        """(gain, layer), most sensitive first: gain = metric with only that layer in float - all-int8 metric.
+
+        One evaluation per layer, the long part of the search: a bar counts them (with the time
+        left), and each is logged at INFO.
+        """
+        sensitivity = []
+        with progress(len(groups), f"budget: {len(groups)} layers, each alone in float") as advance:
+            for number, group in enumerate(groups, start=1):
+                score = self.evaluate(self.without(group.nodes))
+                sensitivity.append((score - full_score, group))
+                log.info("budget: layer %d of %d, %s alone in float -> %s", number, len(groups), group.name,
+                         self.describe(score))
+                advance(1)
         sensitivity.sort(key=lambda item: -item[0])
         return sensitivity
 
@@ -163,7 +175,12 @@ class _Search:
         """
         excluded: set[str] = set()
         kept: list[tuple[KeptFloat, LayerGroup]] = []
+        with progress(len(ranked), "budget: adding layers in float, most sensitive first") as advance:
+            return self._add(ranked, model, score, steps, excluded, kept, advance)
+
+    def _add(self, ranked, model, score, steps, excluded, kept, advance):
         for gain, group in ranked:
+            advance(1)
             excluded |= set(group.nodes)
             try:
                 model = self.without(excluded)

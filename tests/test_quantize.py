@@ -315,3 +315,21 @@ def test_qdq_of_an_upgraded_ir3_model_given_as_a_proto_passes_the_checker(tmp_pa
     result = quantize(model, tmp_path / "x.npy", "minmax", 16)
     onnx.checker.check_model(result.model)
     assert result.model.ir_version >= 7
+
+
+def test_convs_inside_control_flow_are_named_when_nothing_else_is_quantizable(rng):
+    """A model whose convolutions sit in the branches of an If (as a VAD model's do) is told why
+    nothing is quantized, not just 'nothing to quantize'."""
+    weight = _init("w", rng.standard_normal((2, 1, 1, 1)))
+    branch = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["then_y"], name="conv_in_branch")], "then",
+                               [], [helper.make_tensor_value_info("then_y", TensorProto.FLOAT, ["N", 2, 4, 4])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["else_y"], name="pass")], "else",
+                              [], [helper.make_tensor_value_info("else_y", TensorProto.FLOAT, ["N", 1, 4, 4])])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["flag"], name="gt"),
+             helper.make_node("If", ["flag"], ["y"], name="branch_on_energy", then_branch=branch, else_branch=other)]
+    graph = helper.make_graph(nodes, "cf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [weight, _init("zero", np.zeros((), np.float32))])
+    with pytest.raises(CalibrationError, match=r"nothing to quantize.*inside control flow.*If 'branch_on_energy' \(1 Conv\)"):
+        plan_quantization(_model(graph))

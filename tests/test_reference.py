@@ -263,3 +263,17 @@ def test_litert_prints_nothing_of_its_own(project, tmp_path):
                               env=env, timeout=300)
         assert done.returncode == 0, done.stderr
         assert "XNNPACK" not in done.stdout + done.stderr and "INFO:" not in done.stdout + done.stderr
+
+
+def test_eval_runs_a_model_whose_batch_is_fixed_to_one(tmp_path):
+    """Many exported models fix the batch to 1; eval feeds them in slices (it used to fail with
+    'Got: 256 Expected: 1')."""
+    model = onnx.load(CNN)
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    batch.Clear()
+    batch.dim_value = 1
+    del model.graph.value_info[:]
+    onnx.save(model, tmp_path / "batch1.onnx")
+    fixed = json.loads(_ok("eval", tmp_path / "batch1.onnx", "--data", TEST, "--limit", "300", "--json", "-").output)
+    dynamic = json.loads(_ok("eval", CNN, "--data", TEST, "--limit", "300", "--json", "-").output)
+    assert fixed["samples"] == 300 and fixed["accuracy"] == dynamic["accuracy"]

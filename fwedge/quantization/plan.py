@@ -369,8 +369,33 @@ def plan_quantization(model: onnx.ModelProto, options: QuantizeOptions | None = 
         raise CalibrationError(
             "nothing to quantize: the model has no float tensor feeding an op that fwedge "
             f"quantizes (ops present: {sorted({node.op_type for node in model.graph.node})})"
+            + _inside_control_flow(model)
         )
     return planner.plan()
+
+
+def _inside_control_flow(model: onnx.ModelProto) -> str:
+    """'; ...' naming the control-flow nodes whose subgraphs hold quantizable ops, or ''."""
+    found = []
+    for node in model.graph.node:
+        inner: dict[str, int] = {}
+        stack = [attr.g for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH]
+        stack += [g for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPHS for g in attr.graphs]
+        while stack:
+            graph = stack.pop()
+            for sub in graph.node:
+                info = OP_INFO.get(sub.op_type)
+                if info is not None and info.quantizable:
+                    inner[sub.op_type] = inner.get(sub.op_type, 0) + 1
+                stack += [attr.g for attr in sub.attribute if attr.type == onnx.AttributeProto.GRAPH]
+                stack += [g for attr in sub.attribute if attr.type == onnx.AttributeProto.GRAPHS for g in attr.graphs]
+        if inner:
+            ops = ", ".join(f"{count} {op}" for op, count in sorted(inner.items()))
+            found.append(f"{node.op_type} '{node.name}' ({ops})")
+    if not found:
+        return ""
+    return ("; the quantizable ops are inside control flow, whose subgraphs fwedge does not quantize: "
+            + "; ".join(found[:5]))
 
 
 def candidate_tensors(model: onnx.ModelProto) -> list[str]:

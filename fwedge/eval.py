@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
-    """Anything that maps a batch of model input to the first output (logits)."""
+    """Anything that maps a batch of model input to its chosen output (the first by default: the
+    logits). Runners that also have `output` (that name) and `outputs(x)` (every output by name)
+    get every shared output compared by evaluate()."""
 
     input_name: str
     input_shape: list
@@ -103,40 +105,67 @@ def ort_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None 
         raise ModelError(f"onnxruntime cannot load the model: {exc}") from exc
 
 
-class OrtRunner:
-    """Runs a model in onnxruntime; `outputs` selects which outputs `run_all` returns."""
+def chosen_output(names: list[str], output: str | None, where: str) -> str:
+    """`output` when it is one of `names`, the first name when it is None.
 
-    def __init__(self, model: onnx.ModelProto | str | os.PathLike, threads: int | None = None):
+    Raises:
+        DataError: an output the model or bundle does not have.
+    """
+    if output is None:
+        return names[0]
+    if output not in names:
+        raise DataError(f"{where}: no output {output!r}; its outputs are {names[:20]}")
+    return output
+
+
+class OrtRunner:
+    """Runs a model in onnxruntime. Called with a batch it returns `output` (default the first
+    output); `outputs` returns all of them by name."""
+
+    def __init__(self, model: onnx.ModelProto | str | os.PathLike, threads: int | None = None,
+                 output: str | None = None):
         self.model = model if isinstance(model, onnx.ModelProto) else ir.load(model)
         self.session = ort_session(self.model, threads)
         first = self.session.get_inputs()[0]
         self.input_name = first.name
         self.input_shape = list(first.shape)
-        self.output_names = [output.name for output in self.session.get_outputs()]
+        self.output_names = [value.name for value in self.session.get_outputs()]
+        self.output = chosen_output(self.output_names, output, "model")
 
     def run_all(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """All outputs by name."""
         return dict(zip(self.output_names, self.session.run(None, feeds)))
 
+    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """All outputs of one batch by name."""
+        return self.run_all({self.input_name: x})
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_names[0]], {self.input_name: x})[0]
+        return self.session.run([self.output], {self.input_name: x})[0]
 
 
 class BatchedOrtRunner:
     """An OrtRunner that takes any batch: a model whose batch is fixed (to 1, say)
     runs the batch in slices of that size."""
 
-    def __init__(self, model: onnx.ModelProto):
-        self.runner = OrtRunner(model)
+    def __init__(self, model: onnx.ModelProto, output: str | None = None):
+        self.runner = OrtRunner(model, output=output)
         self.input_name = self.runner.input_name
+        self.output = self.runner.output
         first = self.runner.input_shape[0] if self.runner.input_shape else None
         self.step = first if isinstance(first, int) and first > 0 else None
         self.input_shape = [None] + list(self.runner.input_shape[1:]) if self.step else self.runner.input_shape
 
+    def _slices(self, x: np.ndarray) -> list[np.ndarray]:
+        return [x] if self.step is None or len(x) == self.step else [x[i:i + self.step] for i in range(0, len(x), self.step)]
+
+    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """All outputs of one batch by name."""
+        parts = [self.runner.outputs(part) for part in self._slices(x)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.step is None or len(x) == self.step:
-            return self.runner(x)
-        return np.concatenate([self.runner(x[i:i + self.step]) for i in range(0, len(x), self.step)])
+        return np.concatenate([self.runner(part) for part in self._slices(x)])
 
 
 @dataclass
@@ -286,10 +315,15 @@ def evaluate(
 ) -> dict:
     """Accuracy (when the data is labelled) and fidelity against `reference` in one pass.
 
-    The candidate runs once per batch for both figures.
+    The candidate runs once per batch for both figures. Accuracy and the top-1 figures read
+    each runner's chosen output (`output`, default the first). When both runners give all their
+    outputs (`outputs`), every output they share is compared too: "outputs" maps its name to
+    its Fidelity (a detector's boxes, an OCR model's sequence: SQNR, cosine and max error are
+    the figures that mean something there).
 
     Returns:
-        {"samples": int, "accuracy": AccuracyResult | None, "fidelity": Fidelity | None}
+        {"samples": int, "accuracy": AccuracyResult | None, "fidelity": Fidelity | None,
+        "outputs": {name: Fidelity} | None}
 
     Raises:
         DataError: unlabelled data and no reference (nothing to evaluate), or a shape mismatch.
@@ -300,12 +334,21 @@ def evaluate(
         )
     correct = total = 0
     accumulator = FidelityAccumulator()
+    every = reference is not None and hasattr(runner, "outputs") and hasattr(reference, "outputs")
+    per_output: dict[str, FidelityAccumulator] = {}
     for batch in iterate_checked(dataset, runner, preprocess, batch_size, limit, seed):
-        logits = runner(batch.x)
+        if every:
+            candidate_all, reference_all = runner.outputs(batch.x), reference.outputs(batch.x)
+            logits, expected = candidate_all[runner.output], reference_all[reference.output]
+            for name in [name for name in reference_all if name in candidate_all]:
+                per_output.setdefault(name, FidelityAccumulator()).update(reference_all[name], candidate_all[name])
+        else:
+            logits = runner(batch.x)
+            expected = reference(batch.x) if reference is not None else None
         if batch.y is not None:
             correct += int(np.sum(logits.reshape(len(logits), -1).argmax(axis=1) == batch.y))
-        if reference is not None:
-            accumulator.update(reference(batch.x), logits)
+        if expected is not None:
+            accumulator.update(expected, logits)
         total += len(batch.x)
         if progress:
             progress(len(batch.x))
@@ -313,6 +356,7 @@ def evaluate(
         "samples": total,
         "accuracy": AccuracyResult(correct / total, correct, total) if dataset.has_labels else None,
         "fidelity": accumulator.result() if reference is not None else None,
+        "outputs": {name: acc.result() for name, acc in per_output.items()} if every else None,
     }
 
 
@@ -325,8 +369,12 @@ def evaluate_model(
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
     input_shapes: dict[str, list[int]] | None = None,
+    output: str | None = None,
 ) -> dict:
     """Accuracy (when labelled) and fidelity (when a reference is given) of an ONNX model in ORT.
+
+    `output` names the output that accuracy and top-1 agreement read (default the first); every
+    output the two models share is compared too ("outputs").
 
     `input_shapes` fixes dynamic inputs of the model and of the reference (the preprocessing
     guess reads the fixed shape); a fixed batch runs the data in slices of that batch.
@@ -341,10 +389,10 @@ def evaluate_model(
         return ir.set_input_shapes(model, input_shapes) if input_shapes else model
 
     loaded = load(model_path)
-    runner = BatchedOrtRunner(loaded)
+    runner = BatchedOrtRunner(loaded, output)
     dataset = open_dataset(data)
     spec = resolve_preprocess(loaded, preprocess)
-    reference_runner = BatchedOrtRunner(load(reference)) if reference is not None else None
+    reference_runner = BatchedOrtRunner(load(reference), output) if reference is not None else None
     try:
         scores = evaluate(runner, dataset, spec, reference_runner, batch_size, limit, progress)
     except ModelError as exc:
@@ -355,4 +403,5 @@ def evaluate_model(
         shown = ",".join(str(d) if isinstance(d, int) else "?" for d in shape)
         raise ModelError(f"model '{model_path}': {exc}; its input '{first.name}' [{shown}] is dynamic, so the "
                          f"data went in at its own size: give --input-shape {first.name}=1,...") from exc
-    return {"model": str(model_path), "data": str(data), "preprocess": spec.to_dict(), **scores}
+    return {"model": str(model_path), "data": str(data), "output": runner.output, "preprocess": spec.to_dict(),
+            **scores}

@@ -10,7 +10,7 @@ import numpy as np
 from fwedge.bundle import Bundle, load_bundle
 from fwedge.data import Preprocess, open_dataset
 from fwedge.errors import DataError, ExportError
-from fwedge.eval import BatchedOrtRunner, evaluate
+from fwedge.eval import BatchedOrtRunner, chosen_output, evaluate
 from fwedge.reference import check_bundle_shapes, for_bundle
 
 log = logging.getLogger(__name__)
@@ -24,9 +24,11 @@ class BundleRunner:
     quantization at the edges.
     """
 
-    def __init__(self, bundle: Bundle | str | os.PathLike, isolate: bool = False, exact_int8: bool = False):
+    def __init__(self, bundle: Bundle | str | os.PathLike, isolate: bool = False, exact_int8: bool = False,
+                 output: str | None = None):
         """Args:
             bundle: a Bundle or a bundle directory (verified).
+            output: the output __call__ returns (its ONNX name), default the first.
             isolate: run a host runtime in a child interpreter (device_farm.host_child), so
                 that a runtime crash becomes a DeviceError instead of killing this process.
             exact_int8: run the runtime in its exact int8 mode (targets with the exact_int8
@@ -50,7 +52,17 @@ class BundleRunner:
             shape = [shape[0], shape[3], shape[1], shape[2]]
         self.input_shape = [None if dim < 0 else dim for dim in shape]
         self.input_shape[0] = None
-        self.output_name = self.bundle.outputs[0].name
+        # The bundle's own output name -> its ONNX name (a target that renames a tensor records
+        # ONNX name -> own name in the manifest's onnx_names).
+        aliases = self.bundle.extra.get("onnx_names") if isinstance(self.bundle.extra.get("onnx_names"), dict) else {}
+        own = [spec.name for spec in self.bundle.outputs]
+        self.onnx_names = {name: name for name in own}
+        for onnx_name, inner in aliases.items():
+            if inner in own:
+                self.onnx_names[inner] = onnx_name
+        names = [self.onnx_names.get(name, name) for name in own]
+        self.output = chosen_output(names, output, f"bundle '{self.bundle.name}'")
+        self.output_name = own[names.index(self.output)]
         self.process = None
         if isolate and self.bundle.target != "c":  # the C harness already runs as a child
             from fwedge.device_farm.host_child import HostRuntimeProcess
@@ -69,6 +81,11 @@ class BundleRunner:
             self.process.close()
             self.process = None
 
+    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of one batch, by ONNX name."""
+        produced = self.run_all({self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+        return {self.onnx_names.get(name, name): value for name, value in produced.items()}
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.run_all({self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[self.output_name]
 
@@ -83,6 +100,7 @@ def evaluate_bundle(
     progress: Callable[[int], None] | None = None,
     exact_int8: bool = False,
     input_shapes: dict[str, list[int]] | None = None,
+    output: str | None = None,
 ) -> dict:
     """Accuracy (labelled data) and fidelity (against a reference ONNX model in onnxruntime) of a bundle.
 
@@ -97,10 +115,13 @@ def evaluate_bundle(
         exact_int8: onnx and openvino bundles compute Q/DQ as defined (BundleRunner).
         input_shapes: fix dynamic inputs of the reference; each must agree with the bundle's own
             input (fixed at export) past the batch.
+        output: the output (ONNX name) accuracy and top-1 agreement read, default the first;
+            every output the bundle and the reference share is compared too ("outputs").
 
     Returns:
-        {"bundle", "target", "arch", "precision", "data", "samples", "preprocess", "reference",
-        "reference_note", "accuracy", "fidelity"}; reference_note says why no reference was used.
+        {"bundle", "target", "arch", "precision", "data", "samples", "output", "preprocess",
+        "reference", "reference_note", "accuracy", "fidelity", "outputs"}; reference_note says why
+        no reference was used; outputs: the Fidelity of every output both share, by name.
 
     Host runtimes run in a child interpreter, so a runtime that crashes on a bad bundle is a
     DeviceError (one line, exit 2), not a dead process.
@@ -118,8 +139,18 @@ def evaluate_bundle(
         raise DataError(f"bundle '{bundle_path}': no preprocessing in the manifest; give --preprocess")
     check_bundle_shapes(bundle, input_shapes)
     chosen, note = for_bundle(bundle, reference)
-    reference_runner = BatchedOrtRunner(chosen.load(input_shapes)) if chosen is not None else None
-    runner = BundleRunner(bundle, isolate=True, exact_int8=exact_int8)
+    runner = BundleRunner(bundle, isolate=True, exact_int8=exact_int8, output=output)
+    try:
+        reference_runner = None
+        if chosen is not None:
+            model = chosen.load(input_shapes)
+            # The same output by name; a reference that names its outputs otherwise is read at
+            # its first output unless --output asked for one by name.
+            names = [value.name for value in model.graph.output]
+            reference_runner = BatchedOrtRunner(model, runner.output if output or runner.output in names else None)
+    except BaseException:
+        runner.close()
+        raise
     try:
         scores = evaluate(runner, dataset, spec, reference_runner, batch_size, limit, progress)
     finally:
@@ -131,6 +162,7 @@ def evaluate_bundle(
         "precision": runner.bundle.precision,
         "data": str(data),
         "preprocess": spec.to_dict(),
+        "output": runner.output,
         "reference": str(chosen.path) if chosen is not None else None,
         "reference_note": note,
         **scores,

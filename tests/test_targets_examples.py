@@ -73,8 +73,12 @@ def test_example_model_targets_fp32_and_int8(example, target, tmp_path):
 @pytest.mark.parametrize("target", TARGETS)
 def test_example_model_int8_accuracy_within_budget_full_test_set(example, target, tmp_path):
     name, _, qdq_path, folder, _ = example
-    reference = evaluate_bundle(export_bundle(qdq_path, "onnx", tmp_path / "onnx").path, "fashion-mnist:test")
-    result = evaluate_bundle(export_bundle(qdq_path, target, tmp_path / "int8").path, "fashion-mnist:test")
+    # onnx and openvino in their exact int8 mode: their int8 kernels depend on the CPU (without
+    # VNNI they saturate int16 pair sums: onnxruntime's cnn_small falls to 89.95% on such a CPU).
+    reference = evaluate_bundle(export_bundle(qdq_path, "onnx", tmp_path / "onnx").path, "fashion-mnist:test",
+                                exact_int8=True)
+    result = evaluate_bundle(export_bundle(qdq_path, target, tmp_path / "int8").path, "fashion-mnist:test",
+                             exact_int8=target in ("onnx", "openvino"))
     gap = 100 * abs(result["accuracy"].top1 - reference["accuracy"].top1)
     assert gap <= INT8_TARGET_ACCURACY_PP, (
         f"{name} {target} int8: top-1 {100 * result['accuracy'].top1:.2f}% vs ORT int8 "

@@ -61,6 +61,13 @@ def _parse_shapes(ctx, param, values) -> dict[str, list[int]] | None:
     return shapes or None
 
 
+def output_option():
+    """--output NAME: the output that accuracy and top-1 agreement read."""
+    return click.option("--output", "output", metavar="NAME",
+                        help="The output that accuracy and top-1 agreement read (default: the first). Every output "
+                             "the model and the reference share is compared too (SQNR, cosine, max error).")
+
+
 def input_shape_option(help_text: str = "Fix a dynamic input shape, e.g. x=1,3,48,192. Repeatable."):
     """--input-shape NAME=D0,D1,...: one spelling and one parser in every command; the value is
     a dict of input name -> dims, or None."""
@@ -99,10 +106,15 @@ def text_console(json_out: str | None):
 
 def print_scores(result: dict, reference: str | None, json_out: str | None, heading: str) -> None:
     """Print an evaluation result (accuracy and fidelity) as text, and as JSON for --json."""
-    payload = {key: value.to_dict() if hasattr(value, "to_dict") else value for key, value in result.items()}
+    def plain(value):
+        if hasattr(value, "to_dict"):
+            return value.to_dict()
+        return {key: plain(item) for key, item in value.items()} if isinstance(value, dict) else value
+
+    payload = {key: plain(value) for key, value in result.items()}
     if emit_json(json_out, payload):
         return
-    from fwedge.console import stdout
+    from fwedge.console import stdout, table
 
     stdout.print(f"{heading}: {result['samples']} samples")
     if result["accuracy"] is not None:
@@ -113,6 +125,11 @@ def print_scores(result: dict, reference: str | None, json_out: str | None, head
         stdout.print(f"fidelity vs {result.get('reference') or reference}: top-1 agreement "
                      f"{100 * fid.top1_agreement:.2f}%, cosine {fid.cosine:.6f}, max abs error "
                      f"{fid.max_abs_error:.4g}, SQNR {fid.sqnr_db:.2f} dB", markup=False, highlight=False)
+        outputs = result.get("outputs") or {}
+        if len(outputs) > 1 or (outputs and result.get("output") not in outputs):
+            stdout.print(table("Every output against the reference", ["output", "SQNR dB", "cosine", "max abs error"],
+                               [[name, f"{f.sqnr_db:.2f}", f"{f.cosine:.6f}", f"{f.max_abs_error:.4g}"]
+                                for name, f in outputs.items()]))
     elif "reference_note" in result:  # a bundle run with no reference at hand
         why = result.get("reference_note") or "the bundle records no reference model"
         stdout.print(f"note: no fidelity: {why}; give --reference FLOAT.onnx", markup=False, highlight=False)

@@ -1,0 +1,72 @@
+"""eval and run on a model with two outputs: --output picks the one accuracy reads, and every
+shared output is compared with the reference (SQNR, cosine, max error), not only the first."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from fwedge.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+CNN = ROOT / "examples" / "fashion_mnist" / "cnn_small.onnx"
+FEATURES = "/classifier/classifier.1/Relu_output_0"
+TEST = "fashion-mnist:test"
+
+pytestmark = pytest.mark.fashion_mnist
+
+
+def _ok(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """cnn_small with its 128 penultimate features as a second output (as an embedding model or a
+    detector's second head would be), its QDQ model and an onnx bundle of it."""
+    folder = tmp_path_factory.mktemp("outputs")
+    model = onnx.load(CNN)
+    model.graph.output.append(helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, ["N", 128]))
+    onnx.save(model, folder / "two.onnx")
+    _ok("quantize", folder / "two.onnx", "--data", "fashion-mnist:train", "--num-samples", "128", "--method",
+        "minmax", "-o", folder / "two_int8.onnx")
+    _ok("export", folder / "two_int8.onnx", "-t", "onnx", "-o", folder / "bundles")
+    return {"float": folder / "two.onnx", "qdq": folder / "two_int8.onnx", "bundle": folder / "bundles" / "two_int8-onnx-int8"}
+
+
+def test_eval_compares_every_output_and_reads_the_chosen_one(models):
+    default = json.loads(_ok("eval", models["qdq"], "--data", TEST, "--limit", "96", "--reference", models["float"],
+                             "--json", "-").output)
+    assert default["output"] == "logits" and set(default["outputs"]) == {"logits", FEATURES}
+    assert default["outputs"]["logits"] == default["fidelity"]
+    features = default["outputs"][FEATURES]
+    assert 10 < features["sqnr_db"] < 80 and features["cosine"] > 0.99  # int8 against float: close, not equal
+    chosen = json.loads(_ok("eval", models["qdq"], "--data", TEST, "--limit", "96", "--reference", models["float"],
+                            "--output", FEATURES, "--json", "-").output)
+    assert chosen["output"] == FEATURES and chosen["fidelity"] == features
+    assert chosen["outputs"] == default["outputs"]
+    text = _ok("eval", models["qdq"], "--data", TEST, "--limit", "32", "--reference", models["float"]).output
+    assert "Every output against the reference" in text and FEATURES in text
+
+
+def test_run_compares_every_output_of_a_bundle(models):
+    result = json.loads(_ok("run", models["bundle"], "--data", TEST, "--limit", "64", "--exact-int8",
+                            "--reference", models["qdq"], "--json", "-").output)
+    assert set(result["outputs"]) == {"logits", FEATURES}
+    for name, fidelity in result["outputs"].items():  # the bundle computes the QDQ model's function
+        assert fidelity["sqnr_db"] > 25, (name, fidelity)
+    chosen = json.loads(_ok("run", models["bundle"], "--data", TEST, "--limit", "64", "--exact-int8",
+                            "--reference", models["qdq"], "--output", FEATURES, "--json", "-").output)
+    assert chosen["output"] == FEATURES and chosen["fidelity"] == result["outputs"][FEATURES]
+
+
+def test_an_unknown_output_is_named(models):
+    for command in (["eval", models["qdq"]], ["run", models["bundle"]]):
+        result = CliRunner().invoke(cli, [*map(str, command), "--data", TEST, "--limit", "8", "--output", "boxes"])
+        assert result.exit_code == 2 and "no output 'boxes'" in result.output and "logits" in result.output, result.output

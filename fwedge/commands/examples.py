@@ -4,6 +4,10 @@ from __future__ import annotations
 M = "examples/fashion_mnist"
 
 EXAMPLES: dict[str, list[str]] = {
+    "bench": [
+        "fwedge bench build/bundles/model-onnx-int8 build/bundles/model-tflite-int8 --threads 1 --repeats 200",
+        "fwedge bench build/bundles/model-aarch64-int8 --devices qemu-aarch64 --json build/bench.json",
+    ],
     "inspect": [
         f"fwedge inspect {M}/mobilenet_v2_tiny.onnx",
         "fwedge inspect ch_ppocr_mobile_v2.0_cls_infer.onnx --input-shape x=1,3,48,192 --json summary.json",

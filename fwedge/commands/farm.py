@@ -5,7 +5,7 @@ import os
 
 import click
 
-from fwedge.commands.options import data_option, emit_json, input_shape_option, json_option, preprocess_option
+from fwedge.commands.options import data_option, emit_json, input_shape_option, json_option, preprocess_option, threads_option
 
 inventory_option = click.option(
     "--inventory", type=click.Path(dir_okay=False), envvar="FWEDGE_INVENTORY",
@@ -51,10 +51,11 @@ def list_devices(inventory, json_out) -> None:
               help="Folder of baseline bundles (same names) run interleaved A B A B with the candidates.")
 @click.option("--rounds", type=int, default=4, show_default=True,
               help="A/B alternations for --baseline-bundles (the timed repeats are split over them).")
+@threads_option()
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Results JSON to write.")
 @click.pass_context
 def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, input_shapes, preprocess, retries,
-        baseline_bundles, rounds, output) -> None:
+        baseline_bundles, rounds, threads, output) -> None:
     """Run BUNDLES on every selected device that can run them; write per (bundle, device)
     accuracy, fidelity vs the FP32 reference, latency p50/p95 on the device's clock, sizes and
     identity, and on qemu boards the executed instructions per inference (a qemu plugin, built

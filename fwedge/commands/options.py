@@ -61,6 +61,25 @@ def _parse_shapes(ctx, param, values) -> dict[str, list[int]] | None:
     return shapes or None
 
 
+def _set_threads(ctx, param, value):
+    if value is None:
+        return None
+    if value < 1:
+        raise click.BadParameter(f"must be at least 1, got {value}")
+    import os
+
+    os.environ["FWEDGE_THREADS"] = str(value)  # read by every host runtime, in this process and its children
+    return value
+
+
+def threads_option():
+    """--threads N: threads of the host runtimes (onnxruntime, OpenVINO, LiteRT, ncnn), for
+    this command and the runtime processes it starts (the FWEDGE_THREADS environment variable)."""
+    return click.option("--threads", type=int, callback=_set_threads, expose_value=True, metavar="N",
+                        help="Threads for the host runtimes (onnxruntime, OpenVINO, LiteRT, ncnn; also "
+                             "FWEDGE_THREADS). Default: each runtime's own. The C runtime uses one thread.")
+
+
 def output_option():
     """--output NAME: the output that accuracy and top-1 agreement read."""
     return click.option("--output", "output", metavar="NAME",

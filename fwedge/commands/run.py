@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from fwedge.commands.options import (
-    data_option, input_shape_option, json_option, output_option, preprocess_option, print_scores,
+    data_option, input_shape_option, json_option, output_option, preprocess_option, print_scores, threads_option,
 )
 
 
@@ -23,8 +23,10 @@ from fwedge.commands.options import (
 @click.option("--exact-int8", is_flag=True,
               help="onnx and openvino bundles: compute Q/DQ as defined instead of with the runtime's int8 kernels, "
                    "which depend on the CPU (without VNNI they saturate int16 pair sums).")
+@threads_option()
 @json_option("the result")
-def command(bundle, data, reference, output, limit, batch_size, input_shapes, preprocess, exact_int8, json_out) -> None:
+def command(bundle, data, reference, output, limit, batch_size, input_shapes, preprocess, exact_int8, threads,
+            json_out) -> None:
     """Run BUNDLE on the host in its own runtime (onnxruntime, OpenVINO, LiteRT, ncnn, or the
     compiled C program) and report top-1 accuracy on labelled DATA and fidelity against a
     reference ONNX model run in onnxruntime: --reference, else the float model the bundle records

@@ -37,6 +37,7 @@ class FarmOptions:
         reference: FP32 reference ONNX model; default: the one each bundle records
             (fwedge.reference; loaded only with its recorded sha256).
         preprocess: a Preprocess.to_dict() used for every bundle instead of its manifest's.
+        output: the output (ONNX name) accuracy and fidelity read, default each bundle's first.
         input_shapes: fixed shapes of the reference's dynamic inputs; each must agree with
             every bundle's input past the batch.
         retries: extra attempts after a failed device run (bounded).
@@ -52,6 +53,7 @@ class FarmOptions:
     reference: str | None = None
     preprocess: dict | None = None
     input_shapes: dict[str, list[int]] | None = None
+    output: str | None = None
     retries: int = 1
     baseline_bundles: str | None = None
     rounds: int = 4
@@ -129,7 +131,7 @@ def _reference_outputs(shared: _Shared, bundle: Bundle, eval_set: EvalSet) -> tu
         if key not in shared.references:
             if not reference.path.is_file():
                 raise DataError(f"reference model '{reference.path}' for bundle '{bundle.name}': not found")
-            runner = BatchedOrtRunner(reference.load(shared.options.input_shapes))
+            runner = BatchedOrtRunner(reference.load(shared.options.input_shapes), shared.options.output)
             step = shared.options.batch_size
             shared.references[key] = np.concatenate(
                 [runner(eval_set.inputs[start:start + step]) for start in range(0, len(eval_set.inputs), step)]
@@ -137,18 +139,38 @@ def _reference_outputs(shared: _Shared, bundle: Bundle, eval_set: EvalSet) -> tu
         return shared.references[key], str(reference.path)
 
 
-def _first_output(bundle: Bundle, run: DeviceRun) -> np.ndarray:
-    if bundle.outputs and bundle.outputs[0].name in run.outputs:
-        return np.asarray(run.outputs[bundle.outputs[0].name])
+def own_output_name(bundle: Bundle, output: str | None) -> str | None:
+    """The bundle's own name of the output (ONNX name) `output`, through the manifest's
+    onnx_names; the first output's for None.
+
+    Raises:
+        DataError: the bundle has no such output.
+    """
+    names = [spec.name for spec in bundle.outputs]
+    if output is None:
+        return names[0] if names else None
+    aliases = bundle.extra.get("onnx_names") if isinstance(bundle.extra.get("onnx_names"), dict) else {}
+    own = aliases.get(output, output)
+    if own not in names:
+        raise DataError(f"--output {output}: bundle '{bundle.name}' has no such output; its outputs are {names[:20]}")
+    return own
+
+
+def _scored_output(bundle: Bundle, run: DeviceRun, output: str | None) -> np.ndarray:
+    name = own_output_name(bundle, output)
+    if name in run.outputs:
+        return np.asarray(run.outputs[name])
     if not run.outputs:
         raise DeviceError(f"bundle '{bundle.name}': the device returned no outputs")
+    if output is not None:
+        raise DeviceError(f"bundle '{bundle.name}': the device returned no output '{name}'")
     return np.asarray(next(iter(run.outputs.values())))
 
 
 def _score(shared: _Shared, bundle: Bundle, device: Device, run: DeviceRun, eval_set: EvalSet,
            latencies: list[float], attempts: int, wall: float, role: str,
            instructions: Instructions | None = None) -> DeviceResult:
-    logits = _first_output(bundle, run).astype(np.float32)
+    logits = _scored_output(bundle, run, shared.options.output).astype(np.float32)
     count = len(eval_set.inputs)
     if len(logits) != count:
         raise DeviceError(f"bundle '{bundle.name}' on {device.name}: {len(logits)} output rows for {count} inputs")
@@ -395,6 +417,7 @@ def run_farm(
     checked: set = set()
     for bundle in bundles:
         check_bundle_shapes(bundle, options.input_shapes)
+        own_output_name(bundle, options.output)
         reference, _ = for_bundle(bundle, options.reference)
         if reference is not None and reference.sha256 and (reference.path, reference.sha256) not in checked:
             verify(reference)  # a changed reference is bad input (exit 2), not a failed run

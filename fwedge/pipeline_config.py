@@ -156,6 +156,7 @@ class FarmSettings:
     retries: int = 1
     baseline_bundles: str | None = None
     rounds: int = 4
+    output_name: str | None = None
 
     def check(self, where: str) -> None:
         _at_least(self.limit, 0, f"{where}.limit")

@@ -87,6 +87,16 @@ def test_input_shape_and_preprocess_mean_one_thing_everywhere():
         assert result.exit_code == 2 and "--input-shape" in result.output, (args, result.output)
 
 
+def test_output_is_the_file_a_command_writes_and_output_name_a_model_output():
+    commands = _commands()
+    for name, command in commands.items():
+        option = _options(command).get("--output")
+        if option is not None:
+            assert isinstance(option.type, click.Path) and "-o" in option.opts, f"fwedge {name} --output is not a file"
+    assert {name for name, command in commands.items() if "--output-name" in _options(command)} == {
+        "eval", "run", "farm run"}
+
+
 def test_commands_without_json_are_the_listed_ones():
     assert {name for name, command in _commands().items() if "--json" not in _options(command)} == WITHOUT_JSON
 

@@ -48,7 +48,7 @@ def test_eval_compares_every_output_and_reads_the_chosen_one(models):
     features = default["outputs"][FEATURES]
     assert 10 < features["sqnr_db"] < 80 and features["cosine"] > 0.99  # int8 against float: close, not equal
     chosen = json.loads(_ok("eval", models["qdq"], "--data", TEST, "--limit", "96", "--reference", models["float"],
-                            "--output", FEATURES, "--json", "-").output)
+                            "--output-name", FEATURES, "--json", "-").output)
     assert chosen["output"] == FEATURES and chosen["fidelity"] == features
     assert chosen["outputs"] == default["outputs"]
     text = _ok("eval", models["qdq"], "--data", TEST, "--limit", "32", "--reference", models["float"]).output
@@ -62,11 +62,27 @@ def test_run_compares_every_output_of_a_bundle(models):
     for name, fidelity in result["outputs"].items():  # the bundle computes the QDQ model's function
         assert fidelity["sqnr_db"] > 25, (name, fidelity)
     chosen = json.loads(_ok("run", models["bundle"], "--data", TEST, "--limit", "64", "--exact-int8",
-                            "--reference", models["qdq"], "--output", FEATURES, "--json", "-").output)
+                            "--reference", models["qdq"], "--output-name", FEATURES, "--json", "-").output)
     assert chosen["output"] == FEATURES and chosen["fidelity"] == result["outputs"][FEATURES]
 
 
 def test_an_unknown_output_is_named(models):
     for command in (["eval", models["qdq"]], ["run", models["bundle"]]):
-        result = CliRunner().invoke(cli, [*map(str, command), "--data", TEST, "--limit", "8", "--output", "boxes"])
+        result = CliRunner().invoke(cli, [*map(str, command), "--data", TEST, "--limit", "8", "--output-name", "boxes"])
         assert result.exit_code == 2 and "no output 'boxes'" in result.output and "logits" in result.output, result.output
+
+
+def test_farm_run_scores_the_named_output(models, tmp_path):
+    """farm run --output-name reads the same output as run --output-name (same runtime, same samples)."""
+    by_run = json.loads(_ok("run", models["bundle"], "--data", TEST, "--limit", "64", "--reference", models["float"],
+                            "--output-name", FEATURES, "--json", "-").output)
+    common = ["farm", "run", models["bundle"], "--devices", "host", "--data", TEST, "--limit", "64", "--repeats", "1",
+              "--reference", models["float"]]
+    _ok(*common, "--output-name", FEATURES, "-o", tmp_path / "features.json")
+    _ok(*common, "-o", tmp_path / "logits.json")
+    (features,) = json.loads((tmp_path / "features.json").read_text())["results"]
+    (logits,) = json.loads((tmp_path / "logits.json").read_text())["results"]
+    assert features["fidelity"]["sqnr_db"] == pytest.approx(by_run["fidelity"]["sqnr_db"], rel=1e-6)
+    assert features["fidelity"]["sqnr_db"] != pytest.approx(logits["fidelity"]["sqnr_db"], rel=1e-3)
+    result = CliRunner().invoke(cli, [*map(str, common), "--output-name", "boxes", "-o", str(tmp_path / "x.json")])
+    assert result.exit_code == 2 and "no such output" in result.output and "logits" in result.output, result.output

@@ -5,7 +5,9 @@ import os
 
 import click
 
-from fwedge.commands.options import data_option, emit_json, input_shape_option, json_option, preprocess_option, threads_option
+from fwedge.commands.options import (
+    data_option, emit_json, input_shape_option, json_option, output_name_option, preprocess_option, threads_option,
+)
 
 inventory_option = click.option(
     "--inventory", type=click.Path(dir_okay=False), envvar="FWEDGE_INVENTORY",
@@ -52,10 +54,11 @@ def list_devices(inventory, json_out) -> None:
 @click.option("--rounds", type=int, default=4, show_default=True,
               help="A/B alternations for --baseline-bundles (the timed repeats are split over them).")
 @threads_option()
+@output_name_option()
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Results JSON to write.")
 @click.pass_context
 def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, input_shapes, preprocess, retries,
-        baseline_bundles, rounds, threads, output) -> None:
+        baseline_bundles, rounds, threads, output_name, output) -> None:
     """Run BUNDLES on every selected device that can run them; write per (bundle, device)
     accuracy, fidelity vs the FP32 reference, latency p50/p95 on the device's clock, sizes and
     identity, and on qemu boards the executed instructions per inference (a qemu plugin, built
@@ -82,6 +85,7 @@ def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, 
     devices = select(known, names)
     options = FarmOptions(data=data, repeats=repeats, limit=limit or None, reference=reference,
                           preprocess=preprocess.to_dict() if preprocess else None, input_shapes=input_shapes,
+                          output=output_name,
                           retries=retries, baseline_bundles=baseline_bundles, rounds=rounds)
     loaded = [load_bundle(path) for path in bundles]
     found = {bundle.name: for_bundle(bundle, reference) for bundle in loaded}

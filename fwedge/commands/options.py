@@ -80,11 +80,12 @@ def threads_option():
                              "FWEDGE_THREADS). Default: each runtime's own. The C runtime uses one thread.")
 
 
-def output_option():
-    """--output NAME: the output that accuracy and top-1 agreement read."""
-    return click.option("--output", "output", metavar="NAME",
-                        help="The output that accuracy and top-1 agreement read (default: the first). Every output "
-                             "the model and the reference share is compared too (SQNR, cosine, max error).")
+def output_name_option():
+    """--output-name NAME: the model output that accuracy and top-1 agreement read. (--output is
+    the file a command writes, in every command that has it.)"""
+    return click.option("--output-name", "output_name", metavar="NAME",
+                        help="The model output (its ONNX name) that accuracy and top-1 agreement read (default: the "
+                             "first). eval and run also compare every output the model and the reference share.")
 
 
 def input_shape_option(help_text: str = "Fix a dynamic input shape, e.g. x=1,3,48,192. Repeatable."):

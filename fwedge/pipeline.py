@@ -425,7 +425,9 @@ def stage_analyze(run: PipelineRun) -> None:
     eval_data = run.config.data.eval
 
     def build(out: Path) -> str:
-        result = analyze(run.float_path, run.qdq_path, eval_data, settings.limit)
+        result = analyze(run.float_path, run.qdq_path, eval_data, settings.limit, settings.seed,
+                         _preprocess(settings.preprocess, "[analyze]"), jump_db=settings.jump_db,
+                         floor_db=settings.floor_db)
         write_atomic(out / "analysis.json", json.dumps(result.to_dict(), indent=2))
         worst = result.tensors[0] if result.tensors else None
         return f"{len(result.tensors)} tensors" + (f", worst {worst.tensor} {worst.sqnr_db:.1f} dB" if worst else "")
@@ -514,7 +516,11 @@ def stage_farm(run: PipelineRun) -> None:
     options = runner.FarmOptions(
         data=run.config.data.eval, repeats=settings.repeats, limit=settings.limit or None,
         reference=str(run.float_path), output=settings.output_name, retries=settings.retries,
+        preprocess=_preprocess(settings.preprocess, "[farm]").to_dict() if settings.preprocess else None,
         baseline_bundles=str(baseline_bundles) if baseline_bundles else None, rounds=settings.rounds)
+
+    if settings.threads is not None:  # read by the host runtimes the farm starts
+        os.environ["FWEDGE_THREADS"] = str(settings.threads)
 
     def build(out: Path) -> StageOutput:
         from fwedge.bundle import load_bundle
@@ -531,7 +537,7 @@ def stage_farm(run: PipelineRun) -> None:
 
     payload = {"bundles": [Path(b).parent.name for b in run.bundles],
                "devices": [dataclasses.asdict(device) for device in devices],
-               "options": dataclasses.asdict(options) | {"reference": run.quantized.key},
+               "options": dataclasses.asdict(options) | {"reference": run.quantized.key, "threads": settings.threads},
                "data": _data_identity(run.config.data.eval),
                "inventory": sha256_file(inventory_path) if inventory_path else None,
                "baseline_bundles": _tree_hash(baseline_bundles) if baseline_bundles else None}

@@ -103,6 +103,10 @@ class AnalyzeSettings:
 
     enabled: bool = True
     limit: int = 256
+    seed: int = 0
+    jump_db: float = 6.0
+    floor_db: float = 30.0
+    preprocess: dict | None = None
 
     def check(self, where: str) -> None:
         _at_least(self.limit, 1, f"{where}.limit")
@@ -157,12 +161,16 @@ class FarmSettings:
     baseline_bundles: str | None = None
     rounds: int = 4
     output_name: str | None = None
+    preprocess: dict | None = None
+    threads: int | None = None
 
     def check(self, where: str) -> None:
         _at_least(self.limit, 0, f"{where}.limit")
         _at_least(self.repeats, 1, f"{where}.repeats")
         _at_least(self.retries, 0, f"{where}.retries")
         _at_least(self.rounds, 1, f"{where}.rounds")
+        if self.threads is not None:
+            _at_least(self.threads, 1, f"{where}.threads")
 
 
 @dataclass(frozen=True)

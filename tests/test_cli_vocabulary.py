@@ -248,3 +248,35 @@ def test_bundle_names_do_not_repeat_the_precision(model, expected):
     from fwedge.export import bundle_name
 
     assert bundle_name(model, "aarch64", "int8") == expected
+
+
+# What each pipeline section leaves out of its command's options, and why: the pipeline supplies
+# it (models, data, files, the stage before), or it only shapes what is printed.
+SUPPLIED = {
+    "quantize": {"model", "data", "eval_data", "output", "table", "save_table", "json_out"},
+    "analyze": {"float_model", "qdq_model", "data", "input_shapes", "top", "json_out"},
+    "export": {"model", "output", "int8", "no_build", "reference", "json_out"},
+    "farm run": {"bundles", "data", "reference", "input_shapes", "output", "inventory"},
+    "gate": {"results_path", "update_baseline", "allow_missing_baseline", "json_out"},
+    "prune": {"model", "output", "json_out"},
+}
+# CLI destination -> section key where they are spelled differently.
+SPELLED = {"input_shapes": "input_shape", "per_tensor": "per_channel", "device_names": "devices",
+           "global_scope": "scope", "macs_fraction": "macs", "keep_float": "keep_float"}
+
+
+@pytest.mark.parametrize("command, section", [("quantize", "QuantizeSettings"), ("analyze", "AnalyzeSettings"),
+                                              ("export", "ExportSettings"), ("farm run", "FarmSettings"),
+                                              ("gate", "GateSettings"), ("prune", "PruneSettings")])
+def test_every_option_of_a_stage_command_has_its_pipeline_key(command, section):
+    """README: every option of a stage's CLI command can be set in its section."""
+    import dataclasses
+
+    from fwedge import pipeline_config
+
+    keys = {field.name for field in dataclasses.fields(getattr(pipeline_config, section))}
+    options = {param.name for param in _commands()[command].params
+               if isinstance(param, click.Option) and not param.hidden and param.name not in ("verbose", "quiet")}
+    missing = sorted(SPELLED.get(name, name) for name in options - SUPPLIED[command]
+                     if SPELLED.get(name, name) not in keys)
+    assert not missing, f"[{section}] has no key for fwedge {command} {missing}"

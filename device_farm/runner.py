@@ -139,25 +139,8 @@ def _reference_outputs(shared: _Shared, bundle: Bundle, eval_set: EvalSet) -> tu
         return shared.references[key], str(reference.path)
 
 
-def own_output_name(bundle: Bundle, output: str | None) -> str | None:
-    """The bundle's own name of the output (ONNX name) `output`, through the manifest's
-    onnx_names; the first output's for None.
-
-    Raises:
-        DataError: the bundle has no such output.
-    """
-    names = [spec.name for spec in bundle.outputs]
-    if output is None:
-        return names[0] if names else None
-    aliases = bundle.extra.get("onnx_names") if isinstance(bundle.extra.get("onnx_names"), dict) else {}
-    own = aliases.get(output, output)
-    if own not in names:
-        raise DataError(f"--output {output}: bundle '{bundle.name}' has no such output; its outputs are {names[:20]}")
-    return own
-
-
 def _scored_output(bundle: Bundle, run: DeviceRun, output: str | None) -> np.ndarray:
-    name = own_output_name(bundle, output)
+    _, name = bundle.output_names(output)
     if name in run.outputs:
         return np.asarray(run.outputs[name])
     if not run.outputs:
@@ -417,7 +400,7 @@ def run_farm(
     checked: set = set()
     for bundle in bundles:
         check_bundle_shapes(bundle, options.input_shapes)
-        own_output_name(bundle, options.output)
+        bundle.output_names(options.output)
         reference, _ = for_bundle(bundle, options.reference)
         if reference is not None and reference.sha256 and (reference.path, reference.sha256) not in checked:
             verify(reference)  # a changed reference is bad input (exit 2), not a failed run

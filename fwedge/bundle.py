@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from fwedge import __version__, strict_json
-from fwedge.errors import ExportError
+from fwedge.errors import DataError, ExportError
 from fwedge.ir import _umask, sha256_file
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,14 @@ class TensorInfo:
     scale: float | None = None
     zero_point: int | None = None
 
+    @property
+    def logical_shape(self) -> list[int]:
+        """The shape in fwedge's logical layout: NCHW for a 4-D NHWC device tensor."""
+        if self.layout == "NHWC" and len(self.shape) == 4:
+            batch, height, width, channels = self.shape
+            return [batch, channels, height, width]
+        return list(self.shape)
+
 
 @dataclass
 class Bundle:
@@ -87,6 +95,35 @@ class Bundle:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def onnx_names(self) -> dict[str, str]:
+        """ONNX tensor name -> the bundle's own name, where the target renamed a tensor (the
+        manifest's extra "onnx_names"; entries that are not two strings are ignored)."""
+        value = self.extra.get("onnx_names")
+        if not isinstance(value, dict):
+            return {}
+        return {key: own for key, own in value.items() if isinstance(key, str) and isinstance(own, str)}
+
+    def output_names(self, output: str | None = None) -> tuple[str, str]:
+        """(ONNX name, own name) of the output `output` (an ONNX name, mapped through
+        onnx_names), or of the first output for None.
+
+        Raises:
+            DataError: the bundle has no such output.
+        """
+        own_names = [spec.name for spec in self.outputs]
+        if not own_names:
+            raise ExportError(f"bundle '{self.path}': manifest lists no outputs")
+        aliases = self.onnx_names
+        onnx_of = {own: own for own in own_names} | {own: name for name, own in aliases.items() if own in own_names}
+        if output is None:
+            return onnx_of[own_names[0]], own_names[0]
+        own = aliases.get(output, output)
+        if own not in own_names:
+            raise DataError(f"bundle '{self.name}' has no output '{output}' (no such output among "
+                            f"{[onnx_of[name] for name in own_names][:20]})")
+        return onnx_of[own], own
 
     def file(self, relative: str) -> Path:
         """Absolute path of a bundle file listed in the manifest."""

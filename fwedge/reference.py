@@ -176,7 +176,7 @@ def check_bundle_shapes(bundle, shapes: dict[str, list[int]] | None) -> None:
     Raises:
         DataError: an input the bundle does not have, or another shape.
     """
-    aliases = bundle.extra.get("onnx_names") if isinstance(bundle.extra.get("onnx_names"), dict) else {}
+    aliases = bundle.onnx_names
     for name, dims in (shapes or {}).items():
         spec = next((s for s in bundle.inputs if s.name in (name, aliases.get(name))), None)
         if spec is None and len(bundle.inputs) == 1:
@@ -184,9 +184,7 @@ def check_bundle_shapes(bundle, shapes: dict[str, list[int]] | None) -> None:
         if spec is None:
             raise DataError(f"--input-shape {name}: bundle '{bundle.name}' has no input '{name}'; "
                             f"its inputs are {sorted(s.name for s in bundle.inputs)}")
-        have = list(spec.shape)
-        if spec.layout == "NHWC" and len(have) == 4:
-            have = [have[0], have[3], have[1], have[2]]
+        have = spec.logical_shape
         if len(have) != len(dims) or any(h > 0 and h != d for h, d in zip(have[1:], dims[1:])):
             raise DataError(f"--input-shape {name}={','.join(map(str, dims))}: bundle '{bundle.name}' was exported "
                             f"with input '{spec.name}' of shape {have} (NCHW)")

@@ -10,7 +10,7 @@ import numpy as np
 from fwedge.bundle import Bundle, load_bundle
 from fwedge.data import Preprocess, open_dataset
 from fwedge.errors import DataError, ExportError
-from fwedge.eval import BatchedOrtRunner, chosen_output, evaluate
+from fwedge.eval import BatchedOrtRunner, evaluate
 from fwedge.reference import check_bundle_shapes, for_bundle
 
 log = logging.getLogger(__name__)
@@ -44,25 +44,15 @@ class BundleRunner:
         self.exact_int8 = exact_int8
         first = self.bundle.inputs[0]
         self.input_name = first.name
-        shape = list(first.shape)
+        # The manifest records the device layout; feeds are always logical NCHW.
+        shape = first.logical_shape
         if not shape:
             raise ExportError(f"bundle '{self.bundle.path}': input {first.name!r} has no batch dimension (shape [])")
-        if first.layout == "NHWC" and len(shape) == 4:
-            # The manifest records the device layout; feeds are always logical NCHW.
-            shape = [shape[0], shape[3], shape[1], shape[2]]
         self.input_shape = [None if dim < 0 else dim for dim in shape]
         self.input_shape[0] = None
-        # The bundle's own output name -> its ONNX name (a target that renames a tensor records
-        # ONNX name -> own name in the manifest's onnx_names).
-        aliases = self.bundle.extra.get("onnx_names") if isinstance(self.bundle.extra.get("onnx_names"), dict) else {}
-        own = [spec.name for spec in self.bundle.outputs]
-        self.onnx_names = {name: name for name in own}
-        for onnx_name, inner in aliases.items():
-            if inner in own:
-                self.onnx_names[inner] = onnx_name
-        names = [self.onnx_names.get(name, name) for name in own]
-        self.output = chosen_output(names, output, f"bundle '{self.bundle.name}'")
-        self.output_name = own[names.index(self.output)]
+        self.output, self.output_name = self.bundle.output_names(output)  # ONNX name, the bundle's own
+        # The bundle's own output names -> their ONNX names (outputs() reports by ONNX name).
+        self.onnx_names = {own: name for name, own in self.bundle.onnx_names.items()}
         self.process = None
         if isolate and self.bundle.target != "c":  # the C harness already runs as a child
             from fwedge.device_farm.host_child import HostRuntimeProcess
@@ -139,18 +129,15 @@ def evaluate_bundle(
         raise DataError(f"bundle '{bundle_path}': no preprocessing in the manifest; give --preprocess")
     check_bundle_shapes(bundle, input_shapes)
     chosen, note = for_bundle(bundle, reference)
+    scored, _ = bundle.output_names(output)
+    reference_runner = None
+    if chosen is not None:
+        model = chosen.load(input_shapes)
+        # The same output by name; a reference that names its outputs otherwise is read at its
+        # first output unless --output-name asked for one by name.
+        names = [value.name for value in model.graph.output]
+        reference_runner = BatchedOrtRunner(model, scored if output or scored in names else None)
     runner = BundleRunner(bundle, isolate=True, exact_int8=exact_int8, output=output)
-    try:
-        reference_runner = None
-        if chosen is not None:
-            model = chosen.load(input_shapes)
-            # The same output by name; a reference that names its outputs otherwise is read at
-            # its first output unless --output asked for one by name.
-            names = [value.name for value in model.graph.output]
-            reference_runner = BatchedOrtRunner(model, runner.output if output or runner.output in names else None)
-    except BaseException:
-        runner.close()
-        raise
     try:
         scores = evaluate(runner, dataset, spec, reference_runner, batch_size, limit, progress)
     finally:

@@ -69,7 +69,7 @@ def run(bundle: Bundle, feeds: dict[str, np.ndarray], num_threads: int | None = 
     for spec in bundle.inputs:
         if spec.name not in feeds:
             raise ExportError(f"bundle '{bundle.path}': input '{spec.name}' not fed; got {sorted(feeds)}")
-        logical = [spec.shape[i] for i in NHWC_TO_NCHW] if spec.layout == "NHWC" else spec.shape
+        logical = spec.logical_shape
         array = feeds[spec.name]
         if array.ndim != len(logical) or list(array.shape[1:]) != list(logical[1:]):
             raise ExportError(f"bundle '{bundle.path}': input '{spec.name}' expects shape [N, "
@@ -110,7 +110,7 @@ def intermediates(bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str]
         )
     interpreter.allocate_tensors()
     details = {d["name"]: d for d in interpreter.get_tensor_details()}
-    aliases = bundle.extra.get("onnx_names", {})
+    aliases = bundle.onnx_names
     wanted = {name: (name if name in details else aliases.get(name)) for name in names}
     wanted = {name: inner for name, inner in wanted.items() if inner in details}
     inputs = {d["name"]: d for d in interpreter.get_input_details()}

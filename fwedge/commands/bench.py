@@ -54,7 +54,8 @@ def command(bundles, inventory, device_names, warmup, repeats, min_seconds, seed
     rows, report = [], []
     with progress(len(pairs), "bench") as advance:
         for bundle, device in pairs:
-            feeds = {spec.name: rng.random(_nchw(spec), dtype=np.float32) for spec in bundle.inputs[:1]}
+            feeds = {spec.name: rng.random((1, *(max(1, dim) for dim in spec.logical_shape[1:])), dtype=np.float32)
+                     for spec in bundle.inputs[:1]}
             kept: list[float] = []
             rounds = 0
             while rounds < MAX_ROUNDS and (rounds == 0 or sum(kept) < 1000 * min_seconds):
@@ -83,10 +84,3 @@ def command(bundles, inventory, device_names, warmup, repeats, min_seconds, seed
     text_console(json_out).print(table("Latency on random inputs", ["bundle", "device", "p50 ms", "p95 ms", "min ms",
                                                                     "per s", "runs", "instructions"], rows))
 
-
-def _nchw(spec) -> tuple[int, ...]:
-    """The logical NCHW shape of one sample of a bundle input (the manifest records the device's layout)."""
-    shape = [max(1, dim) for dim in spec.shape]
-    if spec.layout == "NHWC" and len(shape) == 4:
-        shape = [shape[0], shape[3], shape[1], shape[2]]
-    return tuple([1, *shape[1:]]) if shape else (1,)

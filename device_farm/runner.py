@@ -366,7 +366,7 @@ def result_count(jobs: list[Job]) -> int:
 
 
 def run_farm(
-    bundle_paths: list[str | os.PathLike],
+    bundle_paths: list[Bundle | str | os.PathLike],
     devices: list[Device],
     options: FarmOptions,
     progress: Callable[[DeviceResult], None] | None = None,
@@ -374,7 +374,8 @@ def run_farm(
     """Run every bundle on every device that can run it; devices work in parallel threads.
 
     Args:
-        bundle_paths: bundle directories (verified against their manifests).
+        bundle_paths: loaded bundles, or bundle directories (loaded and verified against their
+            manifests); either way each is verified again as it is copied for its run.
         devices: the devices to use.
         options: FarmOptions.
         progress: called with each DeviceResult as it completes.
@@ -390,7 +391,7 @@ def run_farm(
     """
     if options.repeats < 1:
         raise DeviceError(f"repeats must be at least 1, got {options.repeats}")
-    bundles = [load_bundle(path) for path in bundle_paths]
+    bundles = [path if isinstance(path, Bundle) else load_bundle(path) for path in bundle_paths]
     names = [bundle.name for bundle in bundles]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:

@@ -526,9 +526,10 @@ def stage_farm(run: PipelineRun) -> None:
         from fwedge.bundle import load_bundle
         from fwedge.console import progress
 
-        jobs, _ = runner.plan([load_bundle(path) for path in run.bundles], devices, options.baseline_bundles)
+        bundles = [load_bundle(path) for path in run.bundles]
+        jobs, _ = runner.plan(bundles, devices, options.baseline_bundles)
         with progress(runner.result_count(jobs), "farm") as advance:
-            results = runner.run_farm(run.bundles, devices, options, progress=lambda result: advance(1))
+            results = runner.run_farm(bundles, devices, options, progress=lambda result: advance(1))
         save_results(results, out / "results.json")
         failed = sum(not r.ok for r in results.results)
         # A run with failed results is never reused: the next pipeline run tries the devices again.

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import click
 
-from fwedge.commands.options import emit_json, json_option, text_console, threads_option
+from fwedge.commands.options import (
+    emit_json, inventory_option, json_option, split_device_names, text_console, threads_option,
+)
 
 MAX_ROUNDS = 50  # --min-seconds runs further rounds of --repeats, at most this many
 
 
 @click.command("bench")
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option("--inventory", type=click.Path(dir_okay=False), envvar="FWEDGE_INVENTORY",
-              help="Device inventory TOML (default: the host and every qemu-<arch> on PATH).")
+@inventory_option
 @click.option("--devices", "device_names", multiple=True, default=("host",), show_default=True,
               help="Device names, repeatable or comma-separated; `all` for every device that runs the bundle.")
 @click.option("--warmup", type=int, default=5, show_default=True,
@@ -44,8 +45,7 @@ def command(bundles, inventory, device_names, warmup, repeats, min_seconds, seed
         if value < low:
             raise click.BadParameter(f"must be at least {low}, got {value}", param_hint=name)
     loaded = [load_bundle(path) for path in bundles]
-    names = [name for item in device_names for name in item.split(",") if name]
-    devices = select(devices_for(inventory), names)
+    devices = select(devices_for(inventory), split_device_names(device_names))
     rng = np.random.default_rng(seed)
     pairs = [(bundle, device) for bundle in loaded for device in devices if device.why_not(bundle) is None]
     if not pairs:

@@ -6,12 +6,9 @@ import os
 import click
 
 from fwedge.commands.options import (
-    data_option, emit_json, input_shape_option, json_option, output_name_option, preprocess_option, threads_option,
+    data_option, emit_json, input_shape_option, inventory_option, json_option, output_name_option,
+    preprocess_option, split_device_names, threads_option,
 )
-
-inventory_option = click.option(
-    "--inventory", type=click.Path(dir_okay=False), envvar="FWEDGE_INVENTORY",
-    help="Device inventory TOML (default: auto-detect the host and every qemu-<arch> on PATH).")
 
 
 @click.group("farm")
@@ -75,7 +72,7 @@ def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, 
     from fwedge.bundle import load_bundle
     from fwedge.reference import for_bundle
 
-    names = [name for item in device_names for name in item.split(",") if name]
+    names = split_device_names(device_names)
     known = devices_for(inventory)
     device_names_known = {device.name for device in known}
     for path in bundles:  # `--devices a b`: b is read as a bundle
@@ -105,7 +102,7 @@ def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, 
                 status += f", {result.instructions.per_inference:,} instructions per inference"
             stdout.print(f"{result.bundle} ({result.role}) on {result.device}: {status}")
 
-        results = run_farm(list(bundles), devices, options, progress=report)
+        results = run_farm(loaded, devices, options, progress=report)
     save_results(results, output)
     _print_summary(results)
     stdout.print(f"wrote {output}")

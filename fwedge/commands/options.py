@@ -6,6 +6,16 @@ import json
 import click
 
 
+inventory_option = click.option(
+    "--inventory", type=click.Path(dir_okay=False), envvar="FWEDGE_INVENTORY",
+    help="Device inventory TOML (default: auto-detect the host and every qemu-<arch> on PATH).")
+
+
+def split_device_names(values: tuple[str, ...]) -> list[str]:
+    """--devices values, repeated or comma-separated, as one list of names."""
+    return [name for item in values for name in item.split(",") if name]
+
+
 def data_option(required: bool = False, name: str = "--data", help_text: str | None = None):
     """The --data option: a dataset path or fashion-mnist:train|test."""
     return click.option(

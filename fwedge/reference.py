@@ -44,6 +44,10 @@ class Reference:
         """The manifest entry, with the path relative to the (final) bundle folder."""
         return {"path": _relative(self.path, Path(bundle_dir)), "sha256": self.sha256 or of_file(self.path).sha256}
 
+    def matches(self) -> bool:
+        """Whether the file has the recorded sha256 now (True when none is recorded)."""
+        return self.sha256 is None or ir.sha256_file(self.path) == self.sha256
+
     def load(self, input_shapes: dict[str, list[int]] | None = None) -> onnx.ModelProto:
         """The model, parsed from bytes checked against `sha256`, with `input_shapes` fixed.
 
@@ -80,7 +84,7 @@ def verify(reference: Reference) -> None:
     Raises:
         ModelError: the file changed since it was recorded.
     """
-    if reference.sha256 and ir.sha256_file(reference.path) != reference.sha256:
+    if not reference.matches():
         raise ModelError(f"reference model '{reference.path}': its sha256 is not the {reference.sha256[:12]}… "
                          "recorded with the bundle: the file changed since it was recorded")
 
@@ -124,7 +128,7 @@ def from_metadata(model: onnx.ModelProto, model_path: str | os.PathLike) -> tupl
         reference = _entry(prop.value, f"model '{model_path}' metadata {METADATA_KEY}", Path(model_path).parent)
         if not reference.path.is_file():
             return None, f"the float model the QDQ model names, '{reference.path}', is not there"
-        if ir.sha256_file(reference.path) != reference.sha256:
+        if not reference.matches():
             return None, f"the float model the QDQ model names, '{reference.path}', changed since quantization"
         return reference, None
     return None, None

@@ -122,8 +122,8 @@ def memory_batch(model: onnx.ModelProto, calib: CalibrationData, tensors: list[s
     fits = max(1, budget // max(1, ACTIVATION_COPIES * per_sample))
     if fits < calib.batch_size:
         log.info("calibration batch %d instead of %d: the calibrated tensors take %.1f MB per sample, "
-                    "and %d copies of a batch must fit in %d MB", fits, calib.batch_size, per_sample / 1e6,
-                    ACTIVATION_COPIES, budget >> 20)
+                 "and %d copies of a batch must fit in %d MB", fits, calib.batch_size, per_sample / 1e6,
+                 ACTIVATION_COPIES, budget >> 20)
         return int(fits)
     return calib.batch_size
 

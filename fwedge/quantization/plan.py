@@ -374,21 +374,29 @@ def plan_quantization(model: onnx.ModelProto, options: QuantizeOptions | None = 
     return planner.plan()
 
 
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs held in a node's attributes (If branches, Loop and Scan bodies)."""
+    graphs = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            graphs.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            graphs.extend(attr.graphs)
+    return graphs
+
+
 def _inside_control_flow(model: onnx.ModelProto) -> str:
     """'; ...' naming the control-flow nodes whose subgraphs hold quantizable ops, or ''."""
     found = []
     for node in model.graph.node:
         inner: dict[str, int] = {}
-        stack = [attr.g for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH]
-        stack += [g for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPHS for g in attr.graphs]
+        stack = _subgraphs(node)
         while stack:
-            graph = stack.pop()
-            for sub in graph.node:
+            for sub in stack.pop().node:
                 info = OP_INFO.get(sub.op_type)
                 if info is not None and info.quantizable:
                     inner[sub.op_type] = inner.get(sub.op_type, 0) + 1
-                stack += [attr.g for attr in sub.attribute if attr.type == onnx.AttributeProto.GRAPH]
-                stack += [g for attr in sub.attribute if attr.type == onnx.AttributeProto.GRAPHS for g in attr.graphs]
+                stack += _subgraphs(sub)
         if inner:
             ops = ", ".join(f"{count} {op}" for op, count in sorted(inner.items()))
             found.append(f"{node.op_type} '{node.name}' ({ops})")

@@ -11,9 +11,9 @@ import onnx
 from fwedge.calibration import Method, QuantTable, compute
 from fwedge.data import Dataset
 from fwedge.errors import CalibrationError, QuantizeRequestError
+from fwedge.eval import Fidelity
 from fwedge.quantization.activation_dtype import uint8_activations
 from fwedge.quantization.budget import BudgetResult, search_budget
-from fwedge.eval import Fidelity
 from fwedge.quantization.calibrate import calibration_data, collect_stats
 from fwedge.quantization.check import output_check, warning_for
 from fwedge.quantization.plan import KeptFloat, QuantizeOptions, QuantPlan, float_units, plan_quantization

@@ -81,3 +81,20 @@ def test_bench_refuses_what_it_cannot_run(bundles, monkeypatch):
     monkeypatch.setenv("FWEDGE_THREADS", "9")  # restored after the test
     result = _invoke("bench", bundles / "cnn-onnx-int8", "--repeats", "1", "--threads", "1", "--json", "-")
     assert result.exit_code == 0 and os.environ["FWEDGE_THREADS"] == "1", result.output
+
+
+def test_a_declared_input_too_large_to_allocate_is_refused(bundles, tmp_path):
+    """A stranger's manifest may declare any input shape: bench checks its bytes against
+    FWEDGE_MAX_TENSOR_BYTES before it allocates the random input."""
+    import shutil
+
+    from fwedge.bundle import seal_manifest
+
+    bundle = tmp_path / "huge-onnx-int8"
+    shutil.copytree(bundles / "cnn-onnx-int8", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["inputs"][0]["shape"] = [1, 3, 2**30, 2**30]
+    (bundle / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
+    result = _invoke("bench", bundle, "--repeats", "1")
+    assert result.exit_code == 2 and "above the" in result.output and "FWEDGE_MAX_TENSOR_BYTES" in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output

@@ -32,6 +32,7 @@ def command(bundles, inventory, device_names, warmup, repeats, min_seconds, seed
     also prints the executed instructions per inference there, exact and repeatable.
     """
     import dataclasses
+    import math
 
     import numpy as np
 
@@ -39,7 +40,8 @@ def command(bundles, inventory, device_names, warmup, repeats, min_seconds, seed
     from fwedge.console import progress
     from fwedge.device_farm.inventory import devices_for, select
     from fwedge.device_farm.results import INSTRUCTIONS, Latency
-    from fwedge.errors import DeviceError
+    from fwedge.errors import DeviceError, ExportError
+    from fwedge.ir import max_tensor_bytes
 
     for name, value, low in (("--warmup", warmup, 0), ("--repeats", repeats, 1)):
         if value < low:
@@ -51,11 +53,21 @@ def command(bundles, inventory, device_names, warmup, repeats, min_seconds, seed
     if not pairs:
         reasons = "; ".join(f"{d.name}: {d.why_not(b)}" for b in loaded for d in devices)
         raise DeviceError(f"no selected device runs these bundles ({reasons})")
+    # One sample of each bundle's input, checked against the tensor size limit before anything
+    # is allocated: a stranger's manifest may declare any shape.
+    limit = max_tensor_bytes()
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    for bundle in loaded:
+        for spec in bundle.inputs[:1]:
+            shape = (1, *(max(1, dim) for dim in spec.logical_shape[1:]))
+            if 4 * math.prod(shape) > limit:
+                raise ExportError(f"bundle '{bundle.name}': input '{spec.name}' of shape {list(shape)} takes "
+                                  f"{4 * math.prod(shape):,} bytes, above the {limit:,} of FWEDGE_MAX_TENSOR_BYTES")
+            shapes.setdefault(bundle.name, {})[spec.name] = shape
     rows, report = [], []
     with progress(len(pairs), "bench") as advance:
         for bundle, device in pairs:
-            feeds = {spec.name: rng.random((1, *(max(1, dim) for dim in spec.logical_shape[1:])), dtype=np.float32)
-                     for spec in bundle.inputs[:1]}
+            feeds = {name: rng.random(shape, dtype=np.float32) for name, shape in shapes[bundle.name].items()}
             kept: list[float] = []
             rounds = 0
             while rounds < MAX_ROUNDS and (rounds == 0 or sum(kept) < 1000 * min_seconds):

@@ -232,18 +232,22 @@ def test_input_shape_of_the_reference_must_agree_with_the_bundle(project, tmp_pa
         assert "bundle 'q-tflite-int8' was exported with input" in result.output and "[1, 1, 28, 28]" in result.output
 
 
+@pytest.mark.cc
 def test_farm_run_takes_preprocess_as_run_does(project, tmp_path):
-    bundle = project / "bundles" / "q-onnx-int8"
+    """The C bundle gives the same bytes on every CPU (no third-party int8 kernels), so the farm's
+    accuracy with the override must equal run's exactly."""
+    from fwedge.bundle import host_arch
+
+    _ok("export", project / "q.onnx", "-t", host_arch(), "-o", tmp_path)
+    bundle = tmp_path / f"q-{host_arch()}-int8"
     darker = json.dumps({"resize": [28, 28], "color": "grayscale", "layout": "NCHW", "scale": 0.5 / 255})
-    by_run = _run_json(bundle, "--preprocess", darker, "--exact-int8")
-    default = _run_json(bundle, "--exact-int8")
+    by_run = _run_json(bundle, "--preprocess", darker)
+    default = _run_json(bundle)
     _ok("farm", "run", bundle, "--devices", "host", "--data", TEST, "--limit", "64", "--repeats", "1",
         "--preprocess", darker, "-o", tmp_path / "r.json")
     (row,) = json.loads((tmp_path / "r.json").read_text())["results"]
     assert by_run["accuracy"]["top1"] != default["accuracy"]["top1"]  # the override is used...
-    # ...by the farm too (its onnx runs use the runtime's int8 kernels; --exact-int8 above does
-    # not change the argmax of these 64 samples, see the fidelity bound below).
-    assert abs(row["accuracy"] - by_run["accuracy"]["top1"]) <= 2 / 64
+    assert row["accuracy"] == by_run["accuracy"]["top1"]  # ...by the farm too
     bad = _invoke("farm", "run", bundle, "--devices", "host", "--data", TEST, "--preprocess", "{", "-o",
                   tmp_path / "bad.json")
     assert bad.exit_code == 2 and "--preprocess" in bad.output

@@ -5,9 +5,11 @@ import logging
 import os
 import signal
 import subprocess
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 
@@ -86,6 +88,21 @@ class Device:
         """Device and toolchain identity recorded with every result."""
         return {"kind": self.kind, "name": self.name}
 
+    @contextmanager
+    def hold(self, cancel: threading.Event | None = None) -> Iterator[None]:
+        """Hold the device for a series of runs. The farm runs all of a device's jobs inside one
+        hold. A board that a lab shares (a labgrid place) is acquired here and released on the
+        way out, whatever happens; other devices need nothing.
+
+        Args:
+            cancel: set when the farm run is interrupted; a hold that waits gives up then.
+
+        Raises:
+            DeviceError: the device cannot be held (held by someone else past a timeout,
+                offline); the farm turns this into an error result for each of its jobs.
+        """
+        yield
+
 
 @dataclass
 class ProcessResult:
@@ -122,6 +139,7 @@ def run_process(
     cwd: str | os.PathLike | None = None,
     env: dict | None = None,
     check: bool = True,
+    cancellable: bool = True,
 ) -> ProcessResult:
     """Run an argument list (never a shell) with a timeout that kills the whole process group.
 
@@ -134,6 +152,7 @@ def run_process(
         what: names the step in error messages ("qemu-aarch64 harness on 'board'").
         cwd, env: passed to Popen.
         check: raise DeviceError on a non-zero exit.
+        cancellable: False for clean-up steps, which still run after cancel_running().
 
     Returns:
         ProcessResult with decoded stdout and stderr.
@@ -145,13 +164,18 @@ def run_process(
     if not all(isinstance(arg, str) for arg in argv):
         raise DeviceError(f"{what}: argv must be a list of strings, got {argv!r}")
     log.debug("%s: %s", what, argv)
-    try:
-        child = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True,
-        )
-    except OSError as exc:
-        raise DeviceRunError(f"{what}: cannot start {argv[0]!r} ({exc.strerror or exc})") from exc
+    with _RUNNING_LOCK:
+        if cancellable and CANCELLED.is_set():
+            raise DeviceRunError(f"{what}: not started: the farm run was interrupted")
+        try:
+            child = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True,
+            )
+        except OSError as exc:
+            raise DeviceRunError(f"{what}: cannot start {argv[0]!r} ({exc.strerror or exc})") from exc
+        if cancellable:
+            _RUNNING.add(child)
     try:
         stdout, stderr = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -163,11 +187,33 @@ def run_process(
         _kill_group(child)
         child.wait()
         raise
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(child)
+    if cancellable and CANCELLED.is_set():
+        raise DeviceRunError(f"{what}: stopped: the farm run was interrupted")
     result = ProcessResult(child.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
     if check and result.returncode != 0:
         message = _with_stderr(f"{what}: {describe_exit(result.returncode)}", result.stderr)
         raise DeviceRunError(message, result.stderr)
     return result
+
+
+# Device programs running now (every run_process child), so an interrupted farm run can stop
+# them; once CANCELLED is set no new one starts.
+_RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
+CANCELLED = threading.Event()
+
+
+def cancel_running() -> None:
+    """Stop every device program now running and refuse new ones (an interrupted farm run).
+    The device threads then see failed runs, leave their holds (releasing shared boards) and end."""
+    with _RUNNING_LOCK:
+        CANCELLED.set()
+        running = list(_RUNNING)
+    for child in running:
+        _kill_group(child)
 
 
 def _kill_group(child: subprocess.Popen) -> None:

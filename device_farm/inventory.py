@@ -10,6 +10,12 @@
     arch = "riscv64"
 
     [[device]]
+    name = "rpi4-01"              # a labgrid place (docs/labgrid.md)
+    kind = "labgrid"
+    coordinator = "lab.example.com:20408"
+    arch = "aarch64"
+
+    [[device]]
     name = "board"
     kind = "ssh"
     host = "192.0.2.10"
@@ -28,13 +34,13 @@ import typing
 from pathlib import Path
 
 # Importing the device modules fills DEVICE_KINDS.
-from fwedge.device_farm import local, qemu, ssh  # noqa: F401
+from fwedge.device_farm import labgrid_place, local, qemu, ssh  # noqa: F401
 from fwedge.device_farm.device import DEVICE_KINDS, Device
 from fwedge.errors import DeviceError
 
 _PATH_FIELDS = ("key", "known_hosts")
 # Fields naming a local program to run: an inventory may only give a bare name looked up on PATH.
-_PROGRAM_FIELDS = {"ssh": ("ssh", "scp")}
+_PROGRAM_FIELDS = {"ssh": ("ssh", "scp"), "labgrid": ("ssh", "scp")}
 
 
 def auto_detect() -> list[Device]:
@@ -127,9 +133,22 @@ def load_inventory(path: str | os.PathLike) -> list[Device]:
     return devices
 
 
-def devices_for(inventory: str | os.PathLike | None) -> list[Device]:
-    """The inventory's devices, or auto-detected ones when `inventory` is None."""
-    return load_inventory(inventory) if inventory else auto_detect()
+def devices_for(inventory: str | os.PathLike | None, lab: list[Device] | None = None) -> list[Device]:
+    """The inventory's devices, or auto-detected ones when neither `inventory` nor `lab` is
+    given, then `lab` (labgrid places named on the command line); labgrid entries given by tags
+    become one device per matching place.
+
+    Raises:
+        DeviceError: a bad inventory, an unreachable coordinator, or duplicate device names.
+    """
+    devices = load_inventory(inventory) if inventory else [] if lab else auto_detect()
+    devices = labgrid_place.expand(devices + list(lab or []))
+    names = [device.name for device in devices]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise DeviceError(f"duplicate device names {duplicates} (an inventory device and a labgrid place "
+                          "may not share a name)")
+    return devices
 
 
 def select(devices: list[Device], names: list[str] | tuple[str, ...]) -> list[Device]:

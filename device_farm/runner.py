@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -15,6 +17,7 @@ import numpy as np
 
 from fwedge.bundle import Bundle, copy_verified, load_bundle
 from fwedge.data import Preprocess, open_dataset
+from fwedge.device_farm import device as device_farm_device
 from fwedge.device_farm.device import Device, bundle_kind
 from fwedge.device_farm.results import (
     ERROR, INSTRUCTIONS, OK, DeviceResult, DeviceRun, Instructions, Latency, Results, host_identity, now_utc,
@@ -198,7 +201,7 @@ def _with_retries(shared: _Shared, call: Callable[[], DeviceRun], what: str) -> 
         try:
             return call(), attempts
         except DeviceError as exc:
-            if attempts > shared.options.retries:
+            if attempts > shared.options.retries or device_farm_device.CANCELLED.is_set():
                 exc.attempts = attempts
                 raise
             log.warning("%s failed (attempt %d of %d), retrying: %s", what, attempts,
@@ -323,6 +326,30 @@ def _interleaved(shared: _Shared, job: Job, eval_set: EvalSet, feeds: dict, star
     return [results["baseline"], results["candidate"]]
 
 
+def _not_run(job: Job, exc: BaseException) -> list[DeviceResult]:
+    """Error results for a job its device never ran (the device could not be held)."""
+    roles = [("baseline", job.baseline)] if job.baseline is not None else []
+    return [_error_result(bundle, job.device, exc, 0, 0.0, role) for role, bundle in [*roles, ("candidate", job.bundle)]]
+
+
+@contextmanager
+def _interrupt_on_sigterm():
+    """In the main thread, SIGTERM (a CI job cancelled, `timeout`) raises KeyboardInterrupt as
+    Ctrl-C does, so the farm stops its device programs and releases held boards first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _log_failure(exc: BaseException, bundle: Bundle, device: Device) -> None:
     if isinstance(exc, FwEdgeError):
         log.warning("'%s' on %s failed: %s", bundle.name, device.name, str(exc).splitlines()[0])
@@ -416,20 +443,53 @@ def run_farm(
         by_device.setdefault(job.device.name, []).append(job)
     collected: list[DeviceResult] = []
     collected_lock = threading.Lock()
+    cancel = threading.Event()
+
+    def deliver(result: DeviceResult) -> None:
+        with collected_lock:
+            collected.append(result)
+        if progress:
+            progress(result)
 
     def work(device_jobs: list[Job]) -> None:
         # One thread per device: a device runs its bundles one after another, so two bundles
-        # never compete for the same board.
-        for job in device_jobs:
-            for result in run_job(shared, job):
-                with collected_lock:
-                    collected.append(result)
-                if progress:
-                    progress(result)
+        # never compete for the same board, and all inside one hold (a labgrid place stays
+        # acquired from the first run to the last, A/B rounds included).
+        device, done = device_jobs[0].device, 0
+        try:
+            with device.hold(cancel):
+                for job in device_jobs:
+                    if cancel.is_set():
+                        break
+                    for result in run_job(shared, job):
+                        deliver(result)
+                    done += 1
+        except FwEdgeError as exc:
+            log.warning("%s: %s", device.name, str(exc).splitlines()[0])
+            for job in device_jobs[done:]:
+                for result in _not_run(job, exc):
+                    deliver(result)
 
-    with ThreadPoolExecutor(max_workers=max(1, len(by_device)), thread_name_prefix="farm") as pool:
-        for future in [pool.submit(work, device_jobs) for device_jobs in by_device.values()]:
-            future.result()
+    for bundle in {id(job.bundle): job.bundle for job in jobs}.values():
+        # Read the data before any device is held, so a run whose devices all failed (a place
+        # held by someone else) still records how many samples it was to score.
+        try:
+            _eval_set(shared, bundle)
+        except FwEdgeError:
+            pass  # that bundle's jobs report it as their error result
+    device_farm_device.CANCELLED.clear()
+    with _interrupt_on_sigterm(), ThreadPoolExecutor(max_workers=max(1, len(by_device)),
+                                                      thread_name_prefix="farm") as pool:
+        futures = [pool.submit(work, device_jobs) for device_jobs in by_device.values()]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            # Ctrl-C or SIGTERM: stop the running device programs so every device thread leaves
+            # its hold (releasing shared boards) before the interrupt goes on.
+            cancel.set()
+            device_farm_device.cancel_running()
+            raise
     order = {(bundle.name, device.name): (i, j) for i, bundle in enumerate(bundles) for j, device in enumerate(devices)}
     collected.sort(key=lambda r: (order.get((r.bundle, r.device), (0, 0)), r.role != "baseline"))
     samples = max((len(s.inputs) for s in shared.eval_sets.values()), default=0)

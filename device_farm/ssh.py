@@ -336,7 +336,7 @@ class SshDevice(Device):
     def _remove_remote_dir(self, path: str) -> None:
         try:
             run_process(self.ssh_argv(["rm", "-rf", "--", path]), timeout=self._timeout(30),
-                        what=f"ssh {self.name}: clean up")
+                        what=f"ssh {self.name}: clean up", cancellable=False)
         except DeviceError as exc:
             log.warning("ssh %s: could not remove %s on the board: %s", self.name, path, exc)
 

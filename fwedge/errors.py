@@ -91,6 +91,7 @@ class MissingDependencyError(FwEdgeError):
 OPTIONAL_MODULES = {
     "ai_edge_litert": "tflite", "tflite_runtime": "tflite", "flatbuffers": "tflite",
     "openvino": "openvino", "ncnn": "ncnn", "torch": "distill", "ziglang": "cross",
+    "labgrid": "labgrid", "grpc": "labgrid",
 }
 
 

@@ -505,13 +505,15 @@ def stage_export(run: PipelineRun) -> None:
 
 @_needs("farm")
 def stage_farm(run: PipelineRun) -> None:
+    from fwedge.commands.options import lab_devices
     from fwedge.device_farm import inventory, runner
     from fwedge.device_farm.results import save_results
 
     settings = run.config.farm
     inventory_path = run.config.file(settings.inventory)
     names = ["all"] if settings.devices == "all" else list(settings.devices)
-    devices = inventory.select(inventory.devices_for(inventory_path), names)
+    lab = lab_devices(settings.labgrid_coordinator, settings.places, settings.place_tags)
+    devices = inventory.select(inventory.devices_for(inventory_path, lab), names)
     baseline_bundles = run.config.file(settings.baseline_bundles)
     options = runner.FarmOptions(
         data=run.config.data.eval, repeats=settings.repeats, limit=settings.limit or None,

@@ -163,6 +163,9 @@ class FarmSettings:
     output_name: str | None = None
     preprocess: dict | None = None
     threads: int | None = None
+    labgrid_coordinator: str | None = None
+    places: tuple[str, ...] = ()
+    place_tags: tuple[str, ...] = ()
 
     def check(self, where: str) -> None:
         _at_least(self.limit, 0, f"{where}.limit")

@@ -40,6 +40,10 @@ REQUIREMENTS = {
     "torch": (lambda *a: _module("torch"), "torch==2.13.0 (distill extra)"),
     "ssh": (lambda *a: all(shutil.which(t) or Path(f"/usr/sbin/{t}").exists() for t in ("sshd", "ssh", "ssh-keygen")),
             "Debian openssh-server and openssh-client"),
+    "labgrid": (lambda *a: _module("labgrid") and all(
+                    shutil.which(t, path=str(Path(__import__("sys").executable).parent)) or shutil.which(t)
+                    for t in ("labgrid-coordinator", "labgrid-exporter", "labgrid-client")),
+                "labgrid (labgrid extra)"),
     "chromium": (lambda *a: shutil.which("chromium") is not None, "Debian chromium"),
     "fashion_mnist": (lambda *a: (FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
                       "Debian dataset-fashion-mnist"),

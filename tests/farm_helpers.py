@@ -130,6 +130,25 @@ def crashing_c_bundle(out_dir: Path, arch: str):
                             preprocess=bundle.preprocess)
 
 
+def script_c_bundle(out_dir: Path, arch: str, script: str):
+    """A C bundle whose harness is a shell script (`script` after #!/bin/sh): on a board it runs
+    as the harness binary would, e.g. to sleep and then fail."""
+    from fwedge.targets.c import BINARY
+
+    def files(folder: Path) -> dict:
+        (folder / BINARY).parent.mkdir(parents=True)
+        (folder / BINARY).write_text("#!/bin/sh\n" + script + "\n")
+        (folder / BINARY).chmod(0o755)
+        return {}
+
+    return write_bundle(
+        out_dir, target="c", arch=arch, precision="int8", source_sha256="0" * 64,
+        inputs=[TensorInfo("input", [1, 1, 28, 28], "float32", "NCHW")],
+        outputs=[TensorInfo("logits", [1, 10], "float32")],
+        write_files=files, preprocess=Preprocess(resize=(28, 28), color="grayscale").to_dict(),
+    )
+
+
 def c_bundles(qdq_model: Path, arches: list[str], out_dir: Path) -> list[Path]:
     """Real C bundles (fwedge.targets.c, zig cc) of a QDQ model, one per architecture."""
     from fwedge.export import export_bundle
@@ -175,6 +194,17 @@ def closed_port() -> int:
         return probe.getsockname()[1]
 
 
+def listening(process: subprocess.Popen, port: int, seconds: float) -> bool:
+    """Whether `process` listens on 127.0.0.1:`port` within `seconds` (False once it exits)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
 class Sshd:
     """Debian's sshd on 127.0.0.1:<high port> with a throwaway host key and user key in `folder`."""
 
@@ -205,12 +235,8 @@ class Sshd:
                     "-o", "PermitRootLogin=prohibit-password", "-o", "Subsystem=sftp internal-sftp"]
             log = open(folder / "sshd.log", "ab")
             self.process = subprocess.Popen(argv, stdout=log, stderr=log)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.process.poll() is None:
-                with socket.socket() as probe:
-                    if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                        return self
-                time.sleep(0.05)
+            if listening(self.process, self.port, 10):
+                return self
             self.stop()
         raise RuntimeError(f"sshd did not start: {(folder / 'sshd.log').read_text()[-2000:]}")
 
@@ -235,3 +261,117 @@ class Sshd:
         entry.update(overrides)
         (self.folder / "remote").mkdir(exist_ok=True)
         return entry
+
+
+def write_inventory(path: Path, entries: list[dict]) -> Path:
+    """An inventory TOML file of [[device]] tables (string, number and list values)."""
+    import json
+
+    def value(item):
+        if isinstance(item, list):
+            return "[" + ", ".join(json.dumps(v) for v in item) + "]"
+        return json.dumps(item)
+
+    text = "\n".join("[[device]]\n" + "\n".join(f"{k} = {value(v)}" for k, v in entry.items()) + "\n"
+                     for entry in entries)
+    path.write_text(text)
+    return path
+
+
+def labgrid_program(name: str) -> str:
+    """A labgrid console script (labgrid-coordinator, -exporter, -client) beside this interpreter."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} not found beside {sys.executable} or on PATH")
+    return found
+
+
+class Lab:
+    """A real labgrid coordinator on 127.0.0.1:<high port> (its state in `folder`) and exporters
+    whose configs export NetworkService resources; places are made with labgrid-client."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.port = 0
+        self.coordinator: subprocess.Popen | None = None
+        self.exporters: dict[str, subprocess.Popen] = {}
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "Lab":
+        for _ in range(5):
+            self.port = closed_port()
+            log = open(self.folder / "coordinator.log", "ab")
+            self.coordinator = subprocess.Popen([labgrid_program("labgrid-coordinator"), "-l", self.address],
+                                                cwd=self.folder, stdout=log, stderr=log)
+            if listening(self.coordinator, self.port, 20):
+                return self
+            self._stop(self.coordinator)
+        raise RuntimeError(f"labgrid-coordinator did not start: {(self.folder / 'coordinator.log').read_text()[-2000:]}")
+
+    def export(self, name: str, groups: dict[str, dict]) -> None:
+        """Start exporter `name` with {group: NetworkService params} and wait until the
+        coordinator lists its resources."""
+        import json
+
+        config = self.folder / f"exporter-{name}.yaml"
+        # JSON is YAML: no YAML writer needed.
+        config.write_text(json.dumps({group: {"NetworkService": params} for group, params in groups.items()}))
+        log = open(self.folder / f"exporter-{name}.log", "ab")
+        self.exporters[name] = subprocess.Popen(
+            [labgrid_program("labgrid-exporter"), "-c", self.address, "--name", name, str(config)],
+            cwd=self.folder, stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            listed = self.client("resources", check=False).stdout
+            if all(f"{name}/{group}/NetworkService" in listed for group in groups):
+                return
+            if self.exporters[name].poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"exporter {name} did not register: {(self.folder / f'exporter-{name}.log').read_text()[-2000:]}")
+
+    def stop_exporter(self, name: str) -> None:
+        self._stop(self.exporters.pop(name))
+
+    def client(self, *args: str, check: bool = True, user: str | None = None) -> subprocess.CompletedProcess:
+        """labgrid-client against this coordinator (as LG_USERNAME `user` when given)."""
+        env = {**os.environ, **({"LG_USERNAME": user, "LG_HOSTNAME": "otherhost"} if user else {})}
+        done = subprocess.run([labgrid_program("labgrid-client"), "-x", self.address, *args], cwd=self.folder,
+                              env=env, capture_output=True, text=True, timeout=60)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"labgrid-client {' '.join(args)}: {done.stdout}{done.stderr}")
+        return done
+
+    def place(self, name: str, match: str, tags: dict[str, str] | None = None) -> str:
+        self.client("-p", name, "create")
+        self.client("-p", name, "add-match", match)
+        if tags:
+            self.client("-p", name, "set-tags", *(f"{k}={v}" for k, v in tags.items()))
+        return name
+
+    def acquired_by(self, place: str) -> str | None:
+        """Who holds `place` now, per the coordinator, or None."""
+        for line in self.client("-p", place, "show").stdout.splitlines():
+            if line.strip().startswith("acquired:"):
+                holder = line.split(":", 1)[1].strip()
+                return None if holder == "None" else holder
+        raise RuntimeError(f"labgrid-client show {place}: no 'acquired:' line")
+
+    def stop(self) -> None:
+        for name in list(self.exporters):
+            self.stop_exporter(name)
+        if self.coordinator:
+            self._stop(self.coordinator)
+
+    @staticmethod
+    def _stop(process: subprocess.Popen) -> None:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

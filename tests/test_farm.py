@@ -53,16 +53,7 @@ def mlp_int8(tmp_path_factory, mlp_model):
     return path
 
 
-def _write_inventory(path: Path, entries: list[dict]) -> Path:
-    def value(item):
-        if isinstance(item, list):
-            return "[" + ", ".join(json.dumps(v) for v in item) + "]"
-        return json.dumps(item)
-
-    text = "\n".join("[[device]]\n" + "\n".join(f"{k} = {value(v)}" for k, v in entry.items()) + "\n"
-                     for entry in entries)
-    path.write_text(text)
-    return path
+_write_inventory = fh.write_inventory
 
 
 # -- inventory -----------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from fwedge.commands.options import (
-    emit_json, inventory_option, json_option, split_device_names, text_console, threads_option,
+    emit_json, inventory_option, json_option, lab_devices, labgrid_options, split_device_names, text_console,
+    threads_option,
 )
 
 MAX_ROUNDS = 50  # --min-seconds runs further rounds of --repeats, at most this many
@@ -13,6 +14,7 @@ MAX_ROUNDS = 50  # --min-seconds runs further rounds of --repeats, at most this 
 @click.command("bench")
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(file_okay=False))
 @inventory_option
+@labgrid_options
 @click.option("--devices", "device_names", multiple=True, default=("host",), show_default=True,
               help="Device names, repeatable or comma-separated; `all` for every device that runs the bundle.")
 @click.option("--warmup", type=int, default=5, show_default=True,
@@ -23,7 +25,7 @@ MAX_ROUNDS = 50  # --min-seconds runs further rounds of --repeats, at most this 
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input.")
 @threads_option()
 @json_option("the figures per bundle and device")
-def command(bundles, inventory, device_names, warmup, repeats, min_seconds, seed, threads, json_out) -> None:
+def command(bundles, inventory, labgrid_coordinator, places, place_tags, device_names, warmup, repeats, min_seconds, seed, threads, json_out) -> None:
     """Time BUNDLES on random inputs of each bundle's own input spec: p50, p95 and min latency
     on the device's clock, and throughput (1000 / mean ms, one inference at a time). No data set
     is read and nothing is scored: for accuracy, use run or farm run.
@@ -47,7 +49,11 @@ def command(bundles, inventory, device_names, warmup, repeats, min_seconds, seed
         if value < low:
             raise click.BadParameter(f"must be at least {low}, got {value}", param_hint=name)
     loaded = [load_bundle(path) for path in bundles]
-    devices = select(devices_for(inventory), split_device_names(device_names))
+    known = devices_for(inventory, lab_devices(labgrid_coordinator, places, place_tags))
+    names = split_device_names(device_names)
+    if labgrid_coordinator and names == ["host"] and "host" not in {d.name for d in known}:
+        names = ["all"]  # bench's default device is the host; with a lab, every place
+    devices = select(known, names)
     rng = np.random.default_rng(seed)
     pairs = [(bundle, device) for bundle in loaded for device in devices if device.why_not(bundle) is None]
     if not pairs:
@@ -70,15 +76,16 @@ def command(bundles, inventory, device_names, warmup, repeats, min_seconds, seed
             feeds = {name: rng.random(shape, dtype=np.float32) for name, shape in shapes[bundle.name].items()}
             kept: list[float] = []
             rounds = 0
-            while rounds < MAX_ROUNDS and (rounds == 0 or sum(kept) < 1000 * min_seconds):
-                run = device.run(bundle, feeds, warmup + repeats)
-                kept += run.latencies_ms[warmup:]
-                rounds += 1
-            latency = Latency.from_samples(kept)
             instructions = None
-            if device.performance() == INSTRUCTIONS:
-                counted = device.count_instructions(bundle, feeds)
-                instructions = counted.per_inference if counted is not None else None
+            with device.hold():  # a labgrid place is acquired for this pair's runs only
+                while rounds < MAX_ROUNDS and (rounds == 0 or sum(kept) < 1000 * min_seconds):
+                    run = device.run(bundle, feeds, warmup + repeats)
+                    kept += run.latencies_ms[warmup:]
+                    rounds += 1
+                if device.performance() == INSTRUCTIONS:
+                    counted = device.count_instructions(bundle, feeds)
+                    instructions = counted.per_inference if counted is not None else None
+            latency = Latency.from_samples(kept)
             entry = {"bundle": bundle.name, "device": device.name, "target": bundle.target, "arch": bundle.arch,
                      "rounds": rounds, "emulated": device.performance() == INSTRUCTIONS,
                      "throughput_per_s": 1000.0 / latency.mean_ms if latency.mean_ms > 0 else None,

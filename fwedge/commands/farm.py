@@ -6,35 +6,40 @@ import os
 import click
 
 from fwedge.commands.options import (
-    data_option, emit_json, input_shape_option, inventory_option, json_option, output_name_option,
-    preprocess_option, split_device_names, threads_option,
+    data_option, emit_json, input_shape_option, inventory_option, json_option, lab_devices, labgrid_options,
+    output_name_option, preprocess_option, split_device_names, threads_option,
 )
 
 
 @click.group("farm")
 def command() -> None:
-    """List devices and run bundles on the device farm (host runtimes, qemu boards, ssh boards)."""
+    """List devices and run bundles on the device farm (host runtimes, qemu boards, ssh boards,
+    labgrid places)."""
 
 
 @command.command("list")
 @inventory_option
+@labgrid_options
 @json_option("the devices")
-def list_devices(inventory, json_out) -> None:
-    """Show the devices, their state, and which bundle kinds each can run."""
+def list_devices(inventory, labgrid_coordinator, places, place_tags, json_out) -> None:
+    """Show the devices, their state, and which bundle kinds each can run. A labgrid place's
+    state is the coordinator's: free, acquired by HOST/USER, or offline (its exporter is gone)."""
     from fwedge.console import stdout, table
     from fwedge.device_farm.inventory import devices_for
 
-    devices = devices_for(inventory)
+    devices = devices_for(inventory, lab_devices(labgrid_coordinator, places, place_tags))
     rows = [[d.name, d.kind, d.state(), ", ".join(d.bundle_kinds())] for d in devices]
     if emit_json(json_out, [{"name": name, "kind": kind, "state": state, "runs": list(d.bundle_kinds())}
                             for d, (name, kind, state, _) in zip(devices, rows)]):
         return
-    stdout.print(table("Devices" + ("" if inventory else " (auto-detected)"), ["name", "kind", "state", "runs"], rows))
+    auto = not inventory and not any(d.kind == "labgrid" for d in devices)
+    stdout.print(table("Devices" + (" (auto-detected)" if auto else ""), ["name", "kind", "state", "runs"], rows))
 
 
 @command.command("run")
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(file_okay=False))
 @inventory_option
+@labgrid_options
 @click.option("--devices", "device_names", multiple=True, default=("all",), show_default=True,
               help="Device names, repeatable or comma-separated; `all` for every device.")
 @data_option(required=True)
@@ -54,7 +59,7 @@ def list_devices(inventory, json_out) -> None:
 @output_name_option()
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Results JSON to write.")
 @click.pass_context
-def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, input_shapes, preprocess, retries,
+def run(ctx, bundles, inventory, labgrid_coordinator, places, place_tags, device_names, data, repeats, limit, reference, input_shapes, preprocess, retries,
         baseline_bundles, rounds, threads, output_name, output) -> None:
     """Run BUNDLES on every selected device that can run them; write per (bundle, device)
     accuracy, fidelity vs the FP32 reference, latency p50/p95 on the device's clock, sizes and
@@ -73,7 +78,7 @@ def run(ctx, bundles, inventory, device_names, data, repeats, limit, reference, 
     from fwedge.reference import for_bundle
 
     names = split_device_names(device_names)
-    known = devices_for(inventory)
+    known = devices_for(inventory, lab_devices(labgrid_coordinator, places, place_tags))
     device_names_known = {device.name for device in known}
     for path in bundles:  # `--devices a b`: b is read as a bundle
         if path in device_names_known and not os.path.exists(path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -9,6 +10,47 @@ import click
 inventory_option = click.option(
     "--inventory", type=click.Path(dir_okay=False), envvar="FWEDGE_INVENTORY",
     help="Device inventory TOML (default: auto-detect the host and every qemu-<arch> on PATH).")
+
+
+def labgrid_options(command):
+    """--labgrid-coordinator HOST:PORT with --places NAME... and/or --place-tag KEY=VALUE...:
+    labgrid places as devices, beside (or instead of) an inventory's."""
+    command = click.option(
+        "--place-tag", "place_tags", multiple=True, metavar="KEY=VALUE",
+        help="With --labgrid-coordinator: every place with these labgrid tags (all of them). Repeatable.")(command)
+    command = click.option(
+        "--places", "places", multiple=True, metavar="NAME[,NAME...]",
+        help="With --labgrid-coordinator: place names, repeatable or comma-separated.")(command)
+    return click.option(
+        "--labgrid-coordinator", "labgrid_coordinator", metavar="HOST:PORT", envvar="LG_COORDINATOR",
+        help="A labgrid coordinator whose places (--places, --place-tag) are devices; each is acquired "
+             "for its runs and always released (docs/labgrid.md). Default: $LG_COORDINATOR when "
+             "--places or --place-tag is given.")(command)
+
+
+def lab_devices(coordinator: str | None, places: tuple[str, ...], tags: tuple[str, ...]) -> list:
+    """The labgrid devices --labgrid-coordinator, --places and --place-tag name (none without
+    places or tags). Their ssh settings are ssh's own: ~/.ssh/config, the agent, known_hosts.
+
+    Raises:
+        DeviceError: places or tags without a coordinator, a coordinator without either, or a bad
+            coordinator address, place name or tag.
+    """
+    from fwedge.errors import DeviceError
+
+    names = split_device_names(places)
+    if not names and not tags:
+        if coordinator and os.environ.get("LG_COORDINATOR") != coordinator:
+            raise DeviceError("--labgrid-coordinator needs --places NAME or --place-tag KEY=VALUE")
+        return []
+    if not coordinator:
+        raise DeviceError("--places and --place-tag need --labgrid-coordinator HOST:PORT (or LG_COORDINATOR)")
+    from fwedge.device_farm.labgrid_place import LabgridDevice
+
+    devices = [LabgridDevice(name=name, coordinator=coordinator, place=name) for name in names]
+    if tags:
+        devices.append(LabgridDevice(name="place-tag " + ",".join(tags), coordinator=coordinator, tags=list(tags)))
+    return devices
 
 
 def split_device_names(values: tuple[str, ...]) -> list[str]:

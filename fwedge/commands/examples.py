@@ -59,11 +59,14 @@ EXAMPLES: dict[str, list[str]] = {
     "farm list": [
         "fwedge farm list",
         "fwedge farm list --inventory farm.toml --json -",
+        "fwedge farm list --labgrid-coordinator lab.example.com:20408 --place-tag board=rpi4",
     ],
     "farm run": [
         "fwedge farm run build/bundles/* --data fashion-mnist:test -o build/results.json",
         "fwedge farm run build/bundles/model-aarch64-int8 --devices qemu-aarch64,qemu-riscv64 --data fashion-mnist:test "
         "--baseline-bundles build/baseline -o build/results.json",
+        "fwedge farm run build/bundles/model-aarch64-int8 --labgrid-coordinator lab.example.com:20408 "
+        "--places rpi4-01,rpi4-02 --data fashion-mnist:test -o build/results.json",
     ],
     "gate": [
         "fwedge gate build/results.json --baseline baseline.json",

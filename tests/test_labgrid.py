@@ -149,6 +149,15 @@ def test_places_by_tag_from_the_command_line(tmp_path, lab, sshd, place, c_bundl
     assert result.ok, result.error
     assert lab.acquired_by(place) is None
 
+    # bench holds the place for its runs too.
+    inv = fh.write_inventory(tmp_path / "one.toml", [entry(lab, sshd, place)])
+    timed = CliRunner().invoke(cli, ["bench", str(c_bundle), "--inventory", str(inv), "--devices", place,
+                                     "--repeats", "5", "--json", "-"])
+    assert timed.exit_code == 0, timed.output
+    [row] = json.loads(timed.output)
+    assert row["device"] == place and row["iterations"] == 5 and row["p50_ms"] > 0
+    assert lab.acquired_by(place) is None
+
 
 # -- someone else holds the place -----------------------------------------------------------------
 

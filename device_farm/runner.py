@@ -392,52 +392,9 @@ def result_count(jobs: list[Job]) -> int:
     return sum(2 if job.baseline else 1 for job in jobs)
 
 
-def run_farm(
-    bundle_paths: list[Bundle | str | os.PathLike],
-    devices: list[Device],
-    options: FarmOptions,
-    progress: Callable[[DeviceResult], None] | None = None,
-) -> Results:
-    """Run every bundle on every device that can run it; devices work in parallel threads.
-
-    Args:
-        bundle_paths: loaded bundles, or bundle directories (loaded and verified against their
-            manifests); either way each is verified again as it is copied for its run.
-        devices: the devices to use.
-        options: FarmOptions.
-        progress: called with each DeviceResult as it completes.
-
-    Returns:
-        Results holding one DeviceResult per (bundle, device) pair (two with a baseline: the
-        baseline's and the candidate's); failed runs are error results, not exceptions.
-
-    Raises:
-        ExportError: a bundle is missing or tampered with.
-        DeviceError: bad baseline bundles; DataError: unusable data or preprocessing, or an
-            input shape that does not fit a bundle; ModelError: a recorded reference changed.
-    """
-    if options.repeats < 1:
-        raise DeviceError(f"repeats must be at least 1, got {options.repeats}")
-    bundles = [path if isinstance(path, Bundle) else load_bundle(path) for path in bundle_paths]
-    names = [bundle.name for bundle in bundles]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise DeviceError(f"bundle names must be unique (results are keyed by name): {duplicates}")
-    if options.preprocess:
-        Preprocess.from_dict(options.preprocess)
-    checked: set = set()
-    for bundle in bundles:
-        check_bundle_shapes(bundle, options.input_shapes)
-        bundle.output_names(options.output)
-        reference, _ = for_bundle(bundle, options.reference)
-        if reference is not None and reference.sha256 and (reference.path, reference.sha256) not in checked:
-            verify(reference)  # a changed reference is bad input (exit 2), not a failed run
-            checked.add((reference.path, reference.sha256))
-    open_dataset(options.data)  # fail early on bad data, before any thread starts
-    jobs, notes = plan(bundles, devices, options.baseline_bundles)
-    for note in notes:
-        log.warning("%s", note)
-    shared = _Shared(options)
+def _run_devices(shared: _Shared, jobs: list[Job],
+                 progress: Callable[[DeviceResult], None] | None) -> list[DeviceResult]:
+    """Run the jobs, one thread per device, each device's jobs inside one hold of it."""
     by_device: dict[str, list[Job]] = {}
     for job in jobs:
         by_device.setdefault(job.device.name, []).append(job)
@@ -490,6 +447,56 @@ def run_farm(
             cancel.set()
             device_farm_device.cancel_running()
             raise
+    return collected
+
+
+def run_farm(
+    bundle_paths: list[Bundle | str | os.PathLike],
+    devices: list[Device],
+    options: FarmOptions,
+    progress: Callable[[DeviceResult], None] | None = None,
+) -> Results:
+    """Run every bundle on every device that can run it; devices work in parallel threads.
+
+    Args:
+        bundle_paths: loaded bundles, or bundle directories (loaded and verified against their
+            manifests); either way each is verified again as it is copied for its run.
+        devices: the devices to use.
+        options: FarmOptions.
+        progress: called with each DeviceResult as it completes.
+
+    Returns:
+        Results holding one DeviceResult per (bundle, device) pair (two with a baseline: the
+        baseline's and the candidate's); failed runs are error results, not exceptions.
+
+    Raises:
+        ExportError: a bundle is missing or tampered with.
+        DeviceError: bad baseline bundles; DataError: unusable data or preprocessing, or an
+            input shape that does not fit a bundle; ModelError: a recorded reference changed.
+    """
+    if options.repeats < 1:
+        raise DeviceError(f"repeats must be at least 1, got {options.repeats}")
+    bundles = [path if isinstance(path, Bundle) else load_bundle(path) for path in bundle_paths]
+    names = [bundle.name for bundle in bundles]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise DeviceError(f"bundle names must be unique (results are keyed by name): {duplicates}")
+    if options.preprocess:
+        Preprocess.from_dict(options.preprocess)
+    checked: set = set()
+    for bundle in bundles:
+        check_bundle_shapes(bundle, options.input_shapes)
+        bundle.output_names(options.output)
+        reference, _ = for_bundle(bundle, options.reference)
+        if reference is not None and reference.sha256 and (reference.path, reference.sha256) not in checked:
+            verify(reference)  # a changed reference is bad input (exit 2), not a failed run
+            checked.add((reference.path, reference.sha256))
+    open_dataset(options.data)  # fail early on bad data, before any thread starts
+    jobs, notes = plan(bundles, devices, options.baseline_bundles)
+    for note in notes:
+        log.warning("%s", note)
+    shared = _Shared(options)
+    collected = _run_devices(shared, jobs, progress)
     order = {(bundle.name, device.name): (i, j) for i, bundle in enumerate(bundles) for j, device in enumerate(devices)}
     collected.sort(key=lambda r: (order.get((r.bundle, r.device), (0, 0)), r.role != "baseline"))
     samples = max((len(s.inputs) for s in shared.eval_sets.values()), default=0)

@@ -125,6 +125,17 @@ void fw_leaky_relu_f32(int size, float alpha, const float *x, float *y)
     }
 }
 
+void fw_prelu_f32(int pixels, int channels, const float *slope, const float *x, float *y)
+{
+    for (int p = 0; p < pixels; ++p) {
+        const float *in = x + (size_t)p * channels;
+        float *out = y + (size_t)p * channels;
+        for (int c = 0; c < channels; ++c) {
+            out[c] = in[c] >= 0.0f ? in[c] : slope[c] * in[c];
+        }
+    }
+}
+
 void fw_softmax_f32(int outer, int depth, const float *x, float *y)
 {
     for (int r = 0; r < outer; ++r) {

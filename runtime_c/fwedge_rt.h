@@ -295,6 +295,9 @@ void fw_global_avg_pool_f32(const fw_pool_params *p, const float *x, float *y);
 /* y[i] = table[x[i] + 128]: any int8 -> int8 function (sigmoid, hardswish, ...) whose
  * 256-entry table the code generator computes with the reference's exact arithmetic. */
 void fw_lut_s8(int size, const int8_t *table, const int8_t *x, int8_t *y);
+/* Channels-last data (NHWC, or N x C): y[p][c] = tables[c * 256 + x[p][c] + 128], one table per
+ * channel (PRelu with a slope per channel). */
+void fw_lut_channels_s8(int pixels, int channels, const int8_t *tables, const int8_t *x, int8_t *y);
 /* Clamp (standalone ReLU / ReLU6 with unchanged quantization). */
 void fw_clamp_s8(int size, int32_t lo, int32_t hi, const int8_t *x, int8_t *y);
 
@@ -310,6 +313,8 @@ void fw_sigmoid_f32(int size, const float *x, float *y);
 void fw_tanh_f32(int size, const float *x, float *y);
 /* y = x >= 0 ? x : alpha * x (ONNX LeakyRelu). */
 void fw_leaky_relu_f32(int size, float alpha, const float *x, float *y);
+/* Channels-last data: y[p][c] = x >= 0 ? x : slope[c] * x (ONNX PRelu). */
+void fw_prelu_f32(int pixels, int channels, const float *slope, const float *x, float *y);
 /* Softmax over the innermost `depth` elements of `outer` rows. */
 void fw_softmax_f32(int outer, int depth, const float *x, float *y);
 /* int8 softmax over the innermost `depth` elements (softmax_s8.c): d = max - x,

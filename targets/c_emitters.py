@@ -334,6 +334,23 @@ def emit_unary(e: _Emitter, op: LoweredOp) -> None:
     e.call(op, f"fw_{op.kind}_f32({Y.size}, {params}{x}, {y});")
 
 
+@emitter("prelu")
+def emit_prelu(e: _Emitter, op: LoweredOp) -> None:
+    """PRelu on channels-last storage (4-D tensors are NHWC here): a table per channel in int8."""
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    channels = int(op.attrs.slope.size)
+    pixels = Y.size // channels
+    x, y = e.pointer(X.name), e.pointer(Y.name)
+    if Y.dtype == "int8":
+        tables = e.array("prelu tables", np.asarray(op.attrs.luts, dtype=np.int8), "int8")
+        e.kernels.add("lut_s8.c")
+        e.call(op, f"fw_lut_channels_s8({pixels}, {channels}, {tables}, {x}, {y});")
+        return
+    slope = e.array("prelu slope", np.asarray(op.attrs.slope, dtype=np.float32), "float32")
+    e.kernels.add("activation_f32.c")
+    e.call(op, f"fw_prelu_f32({pixels}, {channels}, {slope}, {x}, {y});")
+
+
 @emitter("softmax")
 def emit_softmax(e: _Emitter, op: LoweredOp) -> None:
     X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])

@@ -60,6 +60,7 @@ BIN_FILE = "model.bin"
 WRITTEN_OPS = frozenset(_UNARY) | frozenset(_BINARY) | frozenset(_ALIAS) | frozenset(QDQ_OPS) | frozenset({
     "Conv", "Gemm", "MatMul", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
     "GlobalMaxPool", "ReduceMean", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Softmax", "Pad",
+    "PRelu",
 })
 
 
@@ -76,6 +77,11 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
         return "custom domain"
     if op not in WRITTEN_OPS:
         return "no ncnn writer for this op"
+    if op == "PRelu":
+        from fwedge.ops.prelu import slopes
+
+        found = slopes(view, node)
+        return found if isinstance(found, str) else None
     if op == "Conv":
         if len(attribute(node, "kernel_shape", consts.get(node.input[1], np.zeros((1, 1, 1, 1))).shape[2:])) != 2:
             return "only 2-D convolution"

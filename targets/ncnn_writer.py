@@ -311,6 +311,14 @@ class NcnnWriter:
             params = {0: float(low), 1: float(high)}
         self.add(_UNARY[op], node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])], params)
 
+    def emit_PRelu(self, node: onnx.NodeProto) -> None:
+        from fwedge.ops.prelu import slopes
+
+        slope = slopes(self.view, node)  # the support check has refused what this cannot take
+        self.add("PReLU", node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])],
+                 {0: int(slope.size)})
+        self.raw(slope)
+
     def emit_binary(self, node: onnx.NodeProto) -> None:
         A, B, Y = node.input[0], node.input[1], node.output[0]
         op, reversed_op = _BINARY[node.op_type]

@@ -343,6 +343,23 @@ def emit_leaky_relu(writer: _Writer, op: LoweredOp) -> None:
               writer.options("LeakyReluOptionsT", alpha=float(op.attrs.alpha)))
 
 
+@tflite_op("prelu")
+def emit_prelu(writer: _Writer, op: LoweredOp) -> None:
+    """PRELU with the slopes as its alpha tensor, shaped to broadcast on the channel axis (last in
+    NHWC). In int8 TFLite quantizes alpha itself (one scale, max|slope| / 127), so its result
+    can differ from the per-channel tables by the slope's rounding (tests/tolerances.py)."""
+    X = writer.graph.tensors[op.inputs[0]]
+    slope = np.asarray(op.attrs.slope, dtype=np.float32)
+    shape = [1] if slope.size == 1 else [1] * (len(X.shape) - 2) + [slope.size]
+    if X.dtype == "int8":
+        scale = float(np.max(np.abs(slope))) / 127.0 or 1.0
+        data = np.clip(np.round(slope / np.float32(scale)), -127, 127).astype(np.int8).reshape(shape)
+        alpha = writer.const(f"{op.name}/alpha", data, QuantParams((scale,), (0,)))
+    else:
+        alpha = writer.const(f"{op.name}/alpha", slope.reshape(shape))
+    writer.op("PRELU", [writer.tensor(op.inputs[0]), alpha], [writer.tensor(op.outputs[0])], int8_version=1)
+
+
 @tflite_op("hardsigmoid")
 def emit_hardsigmoid(writer: _Writer, op: LoweredOp) -> None:
     """max(0, min(1, alpha*x + beta)) as MUL(alpha) -> ADD(beta, fused RELU) -> MINIMUM(1)."""

@@ -172,6 +172,15 @@ def _build_cases() -> list[OpCase]:
         _unary("leaky_relu", "LeakyRelu", "leaky_relu", alpha=0.1),
         _unary("softmax", "Softmax", "softmax", shape=(1, 10), input_range=(-3.0, 3.0), axis=-1),
     ]
+    # PRelu as exporters write it: slope (C, 1, 1) after a conv (MTCNN), (C,) after a Gemm.
+    slope = numpy_helper.from_array(rng.uniform(0.05, 0.4, (5, 1, 1)).astype(np.float32), "slope")
+    cases.append(OpCase("prelu_channels", _model(
+        [helper.make_node("PRelu", ["x", "slope"], ["y"], name="prelu")], {"x": [1, 5, 6, 6]}, [1, 5, 6, 6], [slope]),
+        ("prelu",), (-4.0, 4.0)))
+    slope = numpy_helper.from_array(rng.uniform(-0.2, 0.3, 12).astype(np.float32), "slope")
+    cases.append(OpCase("prelu_2d", _model(
+        [helper.make_node("PRelu", ["x", "slope"], ["y"], name="prelu")], {"x": [1, 12]}, [1, 12], [slope]),
+        ("prelu",), (-4.0, 4.0)))
     return cases
 
 

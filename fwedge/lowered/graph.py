@@ -55,6 +55,9 @@ Integer arithmetic (TFLite reference kernels; see fwedge/lowered/interp.py):
         FUNCTIONS) (int8): y_q = lut[x_q + 128], an int8[256] table computed in Python (the
         function's float reference between the exact input and output scales, round half to
         even as onnxruntime's QuantizeLinear).
+    prelu (int8, channel c on axis 1): y_q = luts[c, x_q + 128], one int8[256] table per channel
+        computed as the functions' tables are, from x >= 0 ? x : slope[c] * x. Float:
+        the same with the float32 slopes.
     softmax (int8, last axis): d = max(x_q) - x_q; e = exp_table[d] (int32[256], Q24 of
         exp(-s_x * d)); S = sum(e) (int64); p = (e * 2**30 + S // 2) // S (Q30 probability);
         y_q = clamp(zp_y + MBQM(p, m, s), -128, 127) with real = 2**-30 / s_y.
@@ -272,6 +275,20 @@ class UnaryAttrs:
     alpha: float = 0.2
     beta: float = 0.5
     lut: np.ndarray | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class PreluAttrs:
+    """prelu: y = x >= 0 ? x : slope[c] * x, c indexing axis 1 (ONNX PRelu with a per-channel or
+    single slope).
+
+    Attributes:
+        slope: float32[C], one slope per channel (C == 1: one for all).
+        luts: int8 only: int8[C, 256], y_q = luts[c, x_q + 128].
+    """
+
+    slope: np.ndarray
+    luts: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)

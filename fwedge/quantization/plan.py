@@ -262,8 +262,8 @@ class _Planner:
                     self.weights.append(WeightSlot(node.name, index, axis if self.options.per_channel else -1))
                 elif index == info.bias_input:
                     continue
-                elif node.op_type == "Clip":
-                    continue  # clip bounds stay float: they are attributes of the clamp
+                elif node.op_type in ("Clip", "PRelu"):
+                    continue  # clip bounds and PRelu slopes stay float: the int8 tables are built from them
                 else:
                     self.constants.append(ConstantSlot(node.name, index))
                 continue

@@ -159,6 +159,26 @@ def test_places_by_tag_from_the_command_line(tmp_path, lab, sshd, place, c_bundl
     assert lab.acquired_by(place) is None
 
 
+@pytest.mark.zig
+@pytest.mark.fashion_mnist
+def test_the_a_b_interleave_runs_inside_one_hold(tmp_path, lab, sshd, place, c_bundle):
+    """With --baseline-bundles, baseline and candidate alternate on the place in one hold: both
+    results carry the same acquisition, and the latency ratio is measured."""
+    import shutil
+
+    baseline = tmp_path / "baseline"
+    shutil.copytree(c_bundle, baseline / c_bundle.name)
+    devices = inventory.devices_for(fh.write_inventory(tmp_path / "inv.toml", [entry(lab, sshd, place)]))
+    results = run_farm([c_bundle], devices, FarmOptions(data="fashion-mnist:test", limit=50, repeats=8, rounds=4,
+                                                        baseline_bundles=str(baseline)))
+    base, candidate = results.results
+    assert base.role == "baseline" and candidate.role == "candidate"
+    assert base.ok and candidate.ok, (base.error, candidate.error)
+    assert base.identity["labgrid"] == candidate.identity["labgrid"], "the two roles ran in different holds"
+    assert candidate.latency_ratio is not None and candidate.latency_ratio > 0
+    assert lab.acquired_by(place) is None
+
+
 # -- someone else holds the place -----------------------------------------------------------------
 
 

@@ -18,6 +18,12 @@ NO_EVIDENCE = ("no (bundle, device) pair was compared and passed: every pair is 
                "shows that this run is within limits")
 
 
+# Above this SQNR an output matches its FP32 reference to float rounding: an fp32 bundle gives
+# 100-150 dB or an exact "inf" depending on the runtime's kernels and threads, so differences up
+# there are not a regression. int8 outputs sit at 15-45 dB, far below it.
+SQNR_CEILING_DB = 80.0
+
+
 @dataclass
 class Thresholds:
     """How much worse a result may be than its baseline.
@@ -25,6 +31,9 @@ class Thresholds:
     Attributes:
         max_accuracy_drop: top-1 accuracy, percentage points.
         max_fidelity_drop: top-1 agreement with the FP32 reference, percentage points.
+        max_sqnr_drop: SQNR of the scored output against the FP32 reference, dB: the quality
+            figure that means something for detectors, OCR and regressors, whose top-1 does not.
+            Values above SQNR_CEILING_DB count as the ceiling (both runs match the reference).
         max_latency_increase: fraction (0.10 = +10 %) of p50 latency; with an interleaved
             baseline run the measured ratio is used instead of two separate runs.
         max_size_increase: fraction of each size figure present in both (file, ROM, RAM bytes).
@@ -37,6 +46,7 @@ class Thresholds:
 
     max_accuracy_drop: float = 0.5
     max_fidelity_drop: float = 1.0
+    max_sqnr_drop: float = 3.0
     max_latency_increase: float = 0.10
     max_size_increase: float = 0.05
     max_instructions_increase: float = 0.01
@@ -248,25 +258,41 @@ def _compare_instructions(base: DeviceResult, current: DeviceResult, allowed: fl
                        f"{how}), limit +{100 * allowed:g}%")
 
 
+def _sqnr(value) -> float | None:
+    """An SQNR figure as the gate compares it: capped at SQNR_CEILING_DB; None when absent or
+    NaN ("inf" and "-inf" are the strict-JSON spellings of the infinities)."""
+    if value is None or isinstance(value, bool):
+        return None
+    number = {"inf": math.inf, "-inf": -math.inf}.get(value, value) if isinstance(value, str) else value
+    if not isinstance(number, (int, float)) or math.isnan(number):
+        return None
+    return min(float(number), SQNR_CEILING_DB)
+
+
 def _compare(base: DeviceResult, current: DeviceResult, limits: Thresholds) -> tuple[list[Check], list[str]]:
     """Every check of one pair. A figure the baseline has and this run lacks fails (null is no
     evidence); the pair also fails when no quality figure could be compared, or no performance
     figure: instructions on emulated boards, latency elsewhere."""
     checks, reasons = [], []
 
-    def points(metric: str, before, after, allowed: float) -> bool:
+    def dropped(metric: str, before, after, allowed: float, unit: str) -> bool:
+        """One quality figure that may drop by `allowed` (unit "pp": fractions shown as
+        percentages; "dB"); False when the baseline has none."""
         if before is None:
             return False
+        scale = 100.0 if unit == "pp" else 1.0
+        show = (lambda v: f"{100 * v:.2f}%") if unit == "pp" else (lambda v: f"{v:.2f} dB")
         if after is None:
-            checks.append(Check(metric, before, None, "missing", f"drop <= {allowed:g} pp", False))
-            reasons.append(f"{metric} missing in this run (baseline {100 * before:.2f}%)")
+            checks.append(Check(metric, before, None, "missing", f"drop <= {allowed:g} {unit}", False))
+            reasons.append(f"{metric} missing in this run (baseline {show(before)})")
             return True
-        drop = 100.0 * (before - after)
+        drop = scale * (before - after)
         ok = drop <= allowed + 1e-9
-        checks.append(Check(metric, before, after, f"{100.0 * (after - before):+.2f} pp", f"drop <= {allowed:g} pp", ok))
+        checks.append(Check(metric, before, after, f"{scale * (after - before):+.2f} {unit}",
+                            f"drop <= {allowed:g} {unit}", ok))
         if not ok:
-            reasons.append(f"{metric} dropped {drop:.2f} pp ({100 * before:.2f}% -> {100 * after:.2f}%), "
-                           f"limit {allowed:g} pp")
+            reasons.append(f"{metric} dropped {drop:.2f} {unit} ({show(before)} -> {show(after)}), "
+                           f"limit {allowed:g} {unit}")
         return True
 
     def ratio(metric: str, value: float, before, after, allowed: float, how: str) -> None:
@@ -276,9 +302,12 @@ def _compare(base: DeviceResult, current: DeviceResult, limits: Thresholds) -> t
         if not ok:
             reasons.append(f"{metric} increased {100 * (value - 1):.1f}% {how}".rstrip() + f", limit +{100 * allowed:g}%")
 
-    quality = points("accuracy", base.accuracy, current.accuracy, limits.max_accuracy_drop)
-    quality |= points("fidelity (top-1 agreement)", (base.fidelity or {}).get("top1_agreement"),
-                      (current.fidelity or {}).get("top1_agreement"), limits.max_fidelity_drop)
+    before, after = base.fidelity or {}, current.fidelity or {}
+    quality = dropped("accuracy", base.accuracy, current.accuracy, limits.max_accuracy_drop, "pp")
+    quality |= dropped("fidelity (top-1 agreement)", before.get("top1_agreement"), after.get("top1_agreement"),
+                       limits.max_fidelity_drop, "pp")
+    quality |= dropped("fidelity (SQNR vs FP32)", _sqnr(before.get("sqnr_db")), _sqnr(after.get("sqnr_db")),
+                       limits.max_sqnr_drop, "dB")
     if not quality:
         reasons.append("no accuracy or fidelity in the baseline: nothing shows that quality held")
     emulated = is_emulated(base) or is_emulated(current)

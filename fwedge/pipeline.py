@@ -563,6 +563,7 @@ def stage_gate(run: PipelineRun) -> None:
     if baseline_path and baseline_path.is_file():
         thresholds = gate.Thresholds(
             max_accuracy_drop=settings.max_accuracy_drop, max_fidelity_drop=settings.max_fidelity_drop,
+            max_sqnr_drop=settings.max_sqnr_drop,
             max_latency_increase=gate.parse_fraction(str(settings.max_latency_increase), "[gate] max_latency_increase"),
             max_size_increase=gate.parse_fraction(str(settings.max_size_increase), "[gate] max_size_increase"),
             max_instructions_increase=gate.parse_fraction(str(settings.max_instructions_increase),

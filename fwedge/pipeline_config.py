@@ -183,6 +183,7 @@ class GateSettings:
     baseline: str | None = None
     max_accuracy_drop: float = 0.5
     max_fidelity_drop: float = 1.0
+    max_sqnr_drop: float = 3.0
     max_latency_increase: Union[str, float] = "10%"
     max_size_increase: Union[str, float] = "5%"
     max_instructions_increase: Union[str, float] = "1%"
@@ -190,7 +191,7 @@ class GateSettings:
     waive: tuple[str, ...] = ()
 
     def check(self, where: str) -> None:
-        for name in ("max_accuracy_drop", "max_fidelity_drop"):
+        for name in ("max_accuracy_drop", "max_fidelity_drop", "max_sqnr_drop"):
             _at_least(getattr(self, name), 0, f"{where}.{name}")
 
 

@@ -362,7 +362,7 @@ def _gate_section(gate: GateReport | None) -> str:
     out.append("</tbody></table>")
     limits = gate.thresholds
     out.append(f"<p class='note'>Limits: accuracy drop ≤ {limits.max_accuracy_drop:g} pp, agreement drop ≤ "
-               f"{limits.max_fidelity_drop:g} pp, latency ≤ +{100 * limits.max_latency_increase:g}%"
+               f"{limits.max_fidelity_drop:g} pp, SQNR drop ≤ {limits.max_sqnr_drop:g} dB, latency ≤ +{100 * limits.max_latency_increase:g}%"
                + (f", instructions ≤ +{100 * limits.max_instructions_increase:g}%"
                   if limits.max_instructions_increase is not None else "") + ", size ≤ "
                f"+{100 * limits.max_size_increase:g}%"

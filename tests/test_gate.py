@@ -167,6 +167,33 @@ def test_latency_ratio_and_size_limits():
     assert gate.parse_fraction("10%", "x") == pytest.approx(0.10) and gate.parse_fraction("0.2", "x") == 0.2
 
 
+def test_output_sqnr_is_gated_in_db_and_capped_where_outputs_match_float(tmp_path):
+    """A detector's top-1 means nothing; its output SQNR against FP32 does. A drop beyond
+    --max-sqnr-drop fails, a figure gone missing fails, and above 80 dB (an fp32 bundle: exact,
+    or 100-150 dB depending on the runtime's kernels) two runs count as equal."""
+    def detector(sqnr, **fields):
+        fidelity = None if sqnr is None else {"top1_agreement": 0.71, "sqnr_db": sqnr}
+        return _result(accuracy=None, fidelity=fidelity, **fields)
+
+    base = Results(results=[detector(31.0)])
+    worse = gate.evaluate_gate(Results(results=[detector(27.5)]), base)
+    assert not worse.passed
+    assert worse.regressions == ["m on host: fidelity (SQNR vs FP32) dropped 3.50 dB (31.00 dB -> 27.50 dB), limit 3 dB"]
+    assert gate.evaluate_gate(Results(results=[detector(28.5)]), base).passed
+    assert gate.evaluate_gate(Results(results=[detector(27.5)]), base, gate.Thresholds(max_sqnr_drop=4.0)).passed
+    gone = gate.evaluate_gate(Results(results=[detector(None)]), base)
+    assert not gone.passed and any("SQNR vs FP32) missing" in r for r in gone.regressions)
+    fp32 = Results(results=[detector(float("inf"))])
+    assert gate.evaluate_gate(Results(results=[detector(118.0)]), fp32).passed
+    assert not gate.evaluate_gate(Results(results=[detector(60.0)]), fp32).passed
+    # Through the files and the CLI, where an exact match is spelled "inf".
+    verdict = _gate(_save(tmp_path, "now", [detector(20.0)]), _save(tmp_path, "base", [detector(float("inf"))]),
+                    "--max-sqnr-drop", "100")
+    assert verdict.exit_code == 0, verdict.output
+    verdict = _gate(_save(tmp_path, "now", [detector(20.0)]), _save(tmp_path, "base", [detector(float("inf"))]))
+    assert verdict.exit_code == 1 and "SQNR vs FP32) dropped 60.00 dB" in " ".join(verdict.output.split())
+
+
 def test_usage_errors_exit_2_and_update_baseline(tmp_path):
     results = _save(tmp_path, "results", [_result()])
     assert _gate(results, tmp_path / "nope.json").exit_code == 2

@@ -178,6 +178,14 @@ def _finite_in(value, low, high) -> bool:
             and low <= value <= high)
 
 
+def _oracle_sqnr(value) -> float | None:
+    """The gate's reading of an SQNR figure, written apart: capped at 80 dB, None when absent."""
+    if value is None:
+        return None
+    value = {"inf": math.inf, "-inf": -math.inf}.get(value, value) if isinstance(value, str) else float(value)
+    return None if math.isnan(value) else min(value, 80.0)
+
+
 def _emulated(entry: dict) -> bool:
     identity = entry.get("identity")
     return (entry.get("performance") == "instructions" or entry.get("device_kind") == "qemu"
@@ -240,6 +248,13 @@ def _pass_is_justified(results_doc: dict, baseline_doc: dict, limits: gate.Thres
                 return f"{key}: quality figure missing or out of range"
             if 100 * (get(before) - get(after)) > allowed + 1e-9:
                 return f"{key}: quality dropped"
+            quality += 1
+        sqnr = [_oracle_sqnr((e["fidelity"] or {}).get("sqnr_db")) for e in (before, after)]
+        if sqnr[0] is not None:
+            if sqnr[1] is None:
+                return f"{key}: SQNR missing"
+            if sqnr[0] - sqnr[1] > limits.max_sqnr_drop + 1e-9:
+                return f"{key}: SQNR dropped"
             quality += 1
         if not quality:
             return f"{key}: no quality figure"

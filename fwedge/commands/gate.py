@@ -12,6 +12,9 @@ from fwedge.commands.options import emit_json, json_option
 @click.option("--max-accuracy-drop", type=float, default=0.5, show_default=True, help="Percentage points.")
 @click.option("--max-fidelity-drop", type=float, default=1.0, show_default=True,
               help="Top-1 agreement with the FP32 reference, percentage points.")
+@click.option("--max-sqnr-drop", type=float, default=3.0, show_default=True, metavar="DB",
+              help="SQNR of the scored output against the FP32 reference, dB (the figure that means "
+                   "something for detectors, OCR and regressors). Above 80 dB counts as 80.")
 @click.option("--max-latency-increase", default="10%", show_default=True,
               help="Fraction or percentage of p50 wall time, on real boards and the host.")
 @click.option("--max-instructions-increase", default="1%", show_default=True,
@@ -28,7 +31,7 @@ from fwedge.commands.options import emit_json, json_option
                    "Without it a missing baseline is an error (exit 2).")
 @json_option("the verdict")
 @click.pass_context
-def command(ctx, results_path, baseline, max_accuracy_drop, max_fidelity_drop, max_latency_increase,
+def command(ctx, results_path, baseline, max_accuracy_drop, max_fidelity_drop, max_sqnr_drop, max_latency_increase,
             max_instructions_increase, max_emulated_latency_increase, max_size_increase, waive, update_baseline,
             allow_missing_baseline, json_out) -> None:
     """Compare RESULTS with --baseline per (bundle, device). Exit 0 only when every pair was
@@ -50,7 +53,7 @@ def command(ctx, results_path, baseline, max_accuracy_drop, max_fidelity_drop, m
     from fwedge.errors import GateError
 
     thresholds = gate.Thresholds(
-        max_accuracy_drop=max_accuracy_drop, max_fidelity_drop=max_fidelity_drop,
+        max_accuracy_drop=max_accuracy_drop, max_fidelity_drop=max_fidelity_drop, max_sqnr_drop=max_sqnr_drop,
         max_latency_increase=gate.parse_fraction(max_latency_increase, "--max-latency-increase"),
         max_size_increase=gate.parse_fraction(max_size_increase, "--max-size-increase"),
         max_instructions_increase=gate.parse_fraction(max_instructions_increase, "--max-instructions-increase"),

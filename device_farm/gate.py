@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from fwedge.device_farm.results import (INSTRUCTIONS, DeviceResult, Results, as_float, check_results, load_results,
-                                        save_results)
+from fwedge.device_farm.results import (
+    INSTRUCTIONS, SIGNAL, DeviceResult, Results, as_float, check_results, load_results, save_results,
+)
 from fwedge.errors import GateError
 
 PASS, FAIL, WAIVED, NEW = "pass", "fail", "waived", "new"
@@ -303,9 +304,13 @@ def _compare(base: DeviceResult, current: DeviceResult, limits: Thresholds) -> t
             reasons.append(f"{metric} increased {100 * (value - 1):.1f}% {how}".rstrip() + f", limit +{100 * allowed:g}%")
 
     before, after = base.fidelity or {}, current.fidelity or {}
-    quality = dropped("accuracy", base.accuracy, current.accuracy, limits.max_accuracy_drop, "pp")
-    quality |= dropped("fidelity (top-1 agreement)", before.get("top1_agreement"), after.get("top1_agreement"),
-                       limits.max_fidelity_drop, "pp")
+    quality = False
+    # Top-1 figures are skipped only when both runs say the output is a signal (a detector's or
+    # regressor's argmax means nothing); a pair measured as classification once keeps them.
+    if not (base.task == SIGNAL and current.task == SIGNAL):
+        quality |= dropped("accuracy", base.accuracy, current.accuracy, limits.max_accuracy_drop, "pp")
+        quality |= dropped("fidelity (top-1 agreement)", before.get("top1_agreement"),
+                           after.get("top1_agreement"), limits.max_fidelity_drop, "pp")
     quality |= dropped("fidelity (SQNR vs FP32)", _sqnr(before.get("sqnr_db")), _sqnr(after.get("sqnr_db")),
                        limits.max_sqnr_drop, "dB")
     if not quality:

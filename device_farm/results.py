@@ -127,6 +127,9 @@ class DeviceResult:
         identity: device and toolchain identity.
         error: a one-line reason when status is "error".
         stderr_tail: the end of the device's stderr when it failed.
+        task: "classification" (the output is one score per class: accuracy and top-1
+            agreement mean something) or "signal" (detector, OCR, regressor outputs: no
+            accuracy, and the gate reads SQNR, not top-1). Absent in older files: classification.
     """
 
     bundle: str
@@ -154,6 +157,7 @@ class DeviceResult:
     wall_seconds: float = 0.0
     error: str | None = None
     stderr_tail: str | None = None
+    task: str = "classification"
 
     @property
     def key(self) -> tuple[str, str]:
@@ -255,6 +259,9 @@ _TOP_LEVEL = {"schema": str, "fwedge_version": str, "created": str, "host": dict
               "samples": int, "repeats": int, "notes": list, "results": list}
 # Keys every result entry must state, even as null: a gate must tell "measured nothing" (null)
 # from a damaged file (the key is gone).
+# What a result's output is (DeviceResult.task).
+CLASSIFICATION, SIGNAL = "classification", "signal"
+TASKS = (CLASSIFICATION, SIGNAL)
 _REQUIRED_ENTRY_KEYS = ("bundle", "device", "status", "role", "samples", "accuracy", "fidelity", "latency",
                         "latency_ratio", "sizes")
 _LATENCY_KEYS = ("p50_ms", "p95_ms", "mean_ms", "min_ms", "iterations")
@@ -430,6 +437,8 @@ def _check_entry(where: str, entry, known: set[str]) -> None:
         _check_latency(f"{where}.latency", entry["latency"])
     if entry["latency_ratio"] is not None:
         _number(f"{where}.latency_ratio", entry["latency_ratio"], 0.0, above=True)
+    if "task" in entry and entry["task"] not in TASKS:
+        raise GateError(f"{where}.task: expected one of {', '.join(map(repr, TASKS))}, got {_show(entry['task'])}")
     if "performance" in entry and entry["performance"] not in PERFORMANCE_METRICS:
         raise GateError(f"{where}.performance: expected one of {', '.join(map(repr, PERFORMANCE_METRICS))}, "
                         f"got {_show(entry['performance'])}")

@@ -20,13 +20,26 @@ from fwedge.data import Preprocess, open_dataset
 from fwedge.device_farm import device as device_farm_device
 from fwedge.device_farm.device import Device, bundle_kind
 from fwedge.device_farm.results import (
-    ERROR, INSTRUCTIONS, OK, DeviceResult, DeviceRun, Instructions, Latency, Results, host_identity, now_utc,
+    CLASSIFICATION, ERROR, INSTRUCTIONS, OK, SIGNAL, TASKS, DeviceResult, DeviceRun, Instructions, Latency, Results,
+    host_identity, now_utc,
 )
 from fwedge.errors import DataError, DeviceError, FwEdgeError
 from fwedge.eval import BatchedOrtRunner, FidelityAccumulator
 from fwedge.reference import check_bundle_shapes, for_bundle, verify
 
 log = logging.getLogger(__name__)
+
+AUTO = "auto"
+
+
+def task_of(requested: str, outputs: np.ndarray) -> str:
+    """`requested`, or for "auto" the task the scored output's shape says: classification when
+    each sample's output has one axis longer than 1 (N x K, N x K x 1 x 1), else signal (boxes,
+    maps, sequences, a single regressed value)."""
+    if requested != AUTO:
+        return requested
+    return CLASSIFICATION if sum(1 for size in outputs.shape[1:] if size > 1) == 1 else SIGNAL
+
 
 @dataclass
 class FarmOptions:
@@ -47,6 +60,8 @@ class FarmOptions:
         baseline_bundles: folder of baseline bundles, matched to candidates by directory name
             and run interleaved (A B A B) with them on the same device.
         rounds: how many A/B alternations the interleaved latency uses.
+        task: "classification", "signal" or "auto" (task_of: classification when each sample's
+            scored output is one vector of scores).
     """
 
     data: str
@@ -61,6 +76,7 @@ class FarmOptions:
     baseline_bundles: str | None = None
     rounds: int = 4
     batch_size: int = 256
+    task: str = AUTO
 
 
 @dataclass
@@ -161,8 +177,9 @@ def _score(shared: _Shared, bundle: Bundle, device: Device, run: DeviceRun, eval
     if len(logits) != count:
         raise DeviceError(f"bundle '{bundle.name}' on {device.name}: {len(logits)} output rows for {count} inputs")
     flat = logits.reshape(count, -1)
+    task = task_of(shared.options.task, logits)
     accuracy = None
-    if eval_set.labels is not None:
+    if eval_set.labels is not None and task == CLASSIFICATION:
         accuracy = float(np.mean(flat.argmax(axis=1) == eval_set.labels))
     reference, reference_path = _reference_outputs(shared, bundle, eval_set)
     fidelity = None
@@ -171,7 +188,7 @@ def _score(shared: _Shared, bundle: Bundle, device: Device, run: DeviceRun, eval
         accumulator = FidelityAccumulator()
         accumulator.update(reference_flat, flat)
         fidelity = accumulator.result().to_dict()
-        if eval_set.labels is not None:
+        if eval_set.labels is not None and task == CLASSIFICATION:
             fidelity["reference_accuracy"] = float(np.mean(reference_flat.argmax(axis=1) == eval_set.labels))
     return DeviceResult(
         bundle=bundle.name, device=device.name, status=OK, target=bundle.target, arch=bundle.arch,
@@ -179,7 +196,7 @@ def _score(shared: _Shared, bundle: Bundle, device: Device, run: DeviceRun, eval
         samples=count, accuracy=accuracy, fidelity=fidelity, latency=Latency.from_samples(latencies),
         performance=device.performance(), instructions=instructions,
         sizes=dict(bundle.sizes), identity={**device.identity(), **run.identity, "toolchain": bundle.versions},
-        reference=reference_path, attempts=attempts, wall_seconds=round(wall, 3),
+        reference=reference_path, attempts=attempts, wall_seconds=round(wall, 3), task=task,
     )
 
 
@@ -476,6 +493,8 @@ def run_farm(
     """
     if options.repeats < 1:
         raise DeviceError(f"repeats must be at least 1, got {options.repeats}")
+    if options.task not in (AUTO, *TASKS):
+        raise DeviceError(f"task must be one of {AUTO}, {', '.join(TASKS)}; got {options.task!r}")
     bundles = [path if isinstance(path, Bundle) else load_bundle(path) for path in bundle_paths]
     names = [bundle.name for bundle in bundles]
     duplicates = sorted({name for name in names if names.count(name) > 1})

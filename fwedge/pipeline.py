@@ -517,7 +517,7 @@ def stage_farm(run: PipelineRun) -> None:
     baseline_bundles = run.config.file(settings.baseline_bundles)
     options = runner.FarmOptions(
         data=run.config.data.eval, repeats=settings.repeats, limit=settings.limit or None,
-        reference=str(run.float_path), output=settings.output_name, retries=settings.retries,
+        reference=str(run.float_path), output=settings.output_name, task=settings.task, retries=settings.retries,
         preprocess=_preprocess(settings.preprocess, "[farm]").to_dict() if settings.preprocess else None,
         baseline_bundles=str(baseline_bundles) if baseline_bundles else None, rounds=settings.rounds)
 

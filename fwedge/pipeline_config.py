@@ -164,6 +164,7 @@ class FarmSettings:
     preprocess: dict | None = None
     threads: int | None = None
     labgrid_coordinator: str | None = None
+    task: Literal["auto", "classification", "signal"] = "auto"
     places: tuple[str, ...] = ()
     place_tags: tuple[str, ...] = ()
 

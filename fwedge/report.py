@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fwedge.device_farm.gate import GateReport
-from fwedge.device_farm.results import DeviceResult, Results, load_results
+from fwedge.device_farm.results import SIGNAL, DeviceResult, Results, load_results
 from fwedge.errors import GateError
 
 SQNR_WARN_DB = 20.0
@@ -299,7 +299,8 @@ def _results_table(results: list[DeviceResult], gate: GateReport | None = None) 
             ("l", r.status, None, "", ""),
             ("", _pct(r.accuracy), r.accuracy, versus_float,
              f"FP32 {_pct(fidelity.get('reference_accuracy'))}" if versus_float else ""),
-            ("", _pct(fidelity.get("top1_agreement")), fidelity.get("top1_agreement"), "", ""),
+            ("", "" if r.task == SIGNAL else _pct(fidelity.get("top1_agreement")),
+             None if r.task == SIGNAL else fidelity.get("top1_agreement"), "", ""),
             ("", _num(sqnr, 1), sqnr if isinstance(sqnr, (int, float)) and math.isfinite(sqnr) else 1e9
              if sqnr is not None else None, "", ""),
             ("", _num(latency.p50_ms, 4) if latency else "", latency.p50_ms if latency else None, "", p95),
@@ -450,7 +451,8 @@ def render_markdown(results: Results, gate: GateReport | None = None) -> str:
             r.device + (" (emulated)" if _emulated(r) else ""),
             r.status if r.ok else f"error: {r.error}",
             _pct(r.accuracy) + (f" ({versus_float})" if versus_float else ""),
-            _pct((r.fidelity or {}).get("top1_agreement")), _num(latency.p50_ms, 4) if latency else "",
+            "" if r.task == SIGNAL else _pct((r.fidelity or {}).get("top1_agreement")),
+            _num(latency.p50_ms, 4) if latency else "",
             _num(latency.p95_ms, 4) if latency else "", _num(r.latency_ratio, 3),
             _bytes(r.instructions.per_inference) if r.instructions else "", _bytes(r.sizes.get("rom_bytes")),
             _bytes(r.sizes.get("ram_bytes")), _bytes(r.sizes.get("file_bytes")),

@@ -86,3 +86,46 @@ def test_farm_run_scores_the_named_output(models, tmp_path):
     assert features["fidelity"]["sqnr_db"] != pytest.approx(logits["fidelity"]["sqnr_db"], rel=1e-3)
     result = CliRunner().invoke(cli, [*map(str, common), "--output-name", "boxes", "-o", str(tmp_path / "x.json")])
     assert result.exit_code == 2 and "no such output" in result.output and "logits" in result.output, result.output
+
+
+def test_the_task_decides_what_the_farm_scores_and_the_gate_reads(models, tmp_path):
+    """A signal output (features, boxes, maps) gets no accuracy and no top-1 column; the gate
+    then reads its SQNR, not top-1. auto picks classification only for one vector of scores."""
+    import numpy as np
+
+    from fwedge.device_farm import gate
+    from fwedge.device_farm.results import load_results
+    from fwedge.device_farm.runner import task_of
+
+    assert task_of("auto", np.zeros((4, 10))) == "classification"
+    assert task_of("auto", np.zeros((4, 10, 1, 1))) == "classification"
+    for shape in [(4, 2, 28, 28), (4, 8400, 84), (4, 1)]:  # a map, YOLO boxes, one regressed value
+        assert task_of("auto", np.zeros(shape)) == "signal", shape
+    assert task_of("classification", np.zeros((4, 8400, 84))) == "classification"
+
+    common = ["farm", "run", models["bundle"], "--devices", "host", "--data", TEST, "--limit", "64", "--repeats", "1",
+              "--reference", models["float"], "--output-name", FEATURES]
+    text = _ok(*common, "--task", "signal", "-o", tmp_path / "signal.json").output
+    assert "SQNR dB" in text
+    [signal] = load_results(tmp_path / "signal.json").results
+    assert signal.task == "signal" and signal.accuracy is None and "reference_accuracy" not in signal.fidelity
+    assert 10 < signal.fidelity["sqnr_db"] < 80
+    _ok(*common, "-o", tmp_path / "auto.json")
+    [auto] = load_results(tmp_path / "auto.json").results
+    assert auto.task == "classification" and auto.accuracy is not None  # 128 features look like scores
+
+    # Both signal: a collapsed argmax is not a regression, a lost SQNR is.
+    import dataclasses
+
+    def variant(result, agreement, sqnr):
+        return dataclasses.replace(result, fidelity={**result.fidelity, "top1_agreement": agreement, "sqnr_db": sqnr})
+
+    base = load_results(tmp_path / "signal.json")
+    sqnr = signal.fidelity["sqnr_db"]
+    flipped = dataclasses.replace(base, results=[variant(signal, 0.1, sqnr - 1)])
+    assert gate.evaluate_gate(flipped, base).passed
+    worse = dataclasses.replace(base, results=[variant(signal, signal.fidelity["top1_agreement"], sqnr - 5)])
+    assert not gate.evaluate_gate(worse, base).passed
+    # A baseline measured as classification keeps the top-1 checks.
+    mixed = dataclasses.replace(base, results=[dataclasses.replace(variant(signal, 0.1, sqnr), task="classification")])
+    assert not gate.evaluate_gate(mixed, base).passed

@@ -57,10 +57,14 @@ def list_devices(inventory, labgrid_coordinator, places, place_tags, json_out) -
               help="A/B alternations for --baseline-bundles (the timed repeats are split over them).")
 @threads_option()
 @output_name_option()
+@click.option("--task", type=click.Choice(["auto", "classification", "signal"]), default="auto", show_default=True,
+              help="What the scored output is. classification: scores per class (accuracy, top-1 agreement). "
+                   "signal: boxes, maps, sequences, regressed values (no accuracy; the gate reads SQNR vs FP32, "
+                   "not top-1). auto: classification when each sample's output is one vector of scores.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Results JSON to write.")
 @click.pass_context
 def run(ctx, bundles, inventory, labgrid_coordinator, places, place_tags, device_names, data, repeats, limit, reference, input_shapes, preprocess, retries,
-        baseline_bundles, rounds, threads, output_name, output) -> None:
+        baseline_bundles, rounds, threads, output_name, task, output) -> None:
     """Run BUNDLES on every selected device that can run them; write per (bundle, device)
     accuracy, fidelity vs the FP32 reference, latency p50/p95 on the device's clock, sizes and
     identity, and on qemu boards the executed instructions per inference (a qemu plugin, built
@@ -87,7 +91,7 @@ def run(ctx, bundles, inventory, labgrid_coordinator, places, place_tags, device
     devices = select(known, names)
     options = FarmOptions(data=data, repeats=repeats, limit=limit or None, reference=reference,
                           preprocess=preprocess.to_dict() if preprocess else None, input_shapes=input_shapes,
-                          output=output_name,
+                          output=output_name, task=task,
                           retries=retries, baseline_bundles=baseline_bundles, rounds=rounds)
     loaded = [load_bundle(path) for path in bundles]
     found = {bundle.name: for_bundle(bundle, reference) for bundle in loaded}
@@ -119,8 +123,16 @@ def run(ctx, bundles, inventory, labgrid_coordinator, places, place_tags, device
         ctx.exit(EXIT_RUNS_FAILED)
 
 
+def _db(value) -> str:
+    """An SQNR figure for the table: "inf" for an exact match, one decimal otherwise."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    return "inf" if value == float("inf") else f"{value:.1f}"
+
+
 def _print_summary(results) -> None:
     from fwedge.console import stdout, table
+    from fwedge.device_farm.results import SIGNAL
 
     rows = []
     for r in results.results:
@@ -128,7 +140,8 @@ def _print_summary(results) -> None:
         rows.append([
             r.bundle + ("" if r.role == "candidate" else " (baseline)"), r.device, r.status,
             "" if r.accuracy is None else f"{100 * r.accuracy:.2f}%",
-            "" if not r.fidelity else f"{100 * r.fidelity['top1_agreement']:.2f}%",
+            "" if not r.fidelity or r.task == SIGNAL else f"{100 * r.fidelity['top1_agreement']:.2f}%",
+            "" if not r.fidelity else _db(r.fidelity.get("sqnr_db")),
             "" if latency is None else f"{latency.p50_ms:.4g}",
             "" if latency is None else f"{latency.p95_ms:.4g}",
             "" if r.latency_ratio is None else f"{r.latency_ratio:.3f}",
@@ -137,7 +150,7 @@ def _print_summary(results) -> None:
                 f" (B/A {r.instructions.per_inference / r.baseline_instructions:.3f})"),
         ])
     stdout.print(table(f"Farm results ({results.samples} samples, {results.repeats} timed runs)",
-                       ["bundle", "device", "status", "accuracy", "agreement", "p50 ms", "p95 ms", "B/A",
+                       ["bundle", "device", "status", "accuracy", "agreement", "SQNR dB", "p50 ms", "p95 ms", "B/A",
                         "instructions"], rows))
     for r in results.results:
         if not r.ok:

@@ -105,8 +105,7 @@ def test_the_task_decides_what_the_farm_scores_and_the_gate_reads(models, tmp_pa
 
     common = ["farm", "run", models["bundle"], "--devices", "host", "--data", TEST, "--limit", "64", "--repeats", "1",
               "--reference", models["float"], "--output-name", FEATURES]
-    text = _ok(*common, "--task", "signal", "-o", tmp_path / "signal.json").output
-    assert "SQNR dB" in text
+    _ok(*common, "--task", "signal", "-o", tmp_path / "signal.json")  # (the table's width follows the terminal)
     [signal] = load_results(tmp_path / "signal.json").results
     assert signal.task == "signal" and signal.accuracy is None and "reference_accuracy" not in signal.fidelity
     assert 10 < signal.fidelity["sqnr_db"] < 80

@@ -70,7 +70,11 @@ def _not_learned(model: onnx.ModelProto) -> set[str]:
 def summarize(model: onnx.ModelProto, path: str = "", with_support: bool = True) -> ModelSummary:
     """Summarize a loaded model. MACs are per sample: a dynamic batch dimension counts as 1;
     other dynamic dimensions make MACs unknown (fix them with ir.set_input_shapes)."""
-    shapes = ir.value_shapes(ir.with_batch_one(model))
+    from fwedge.passes.simplify import simplify
+
+    # Folded first: a Reshape whose target is computed from Shape (a dynamic-batch export) has
+    # a known output only once the batch is 1 and the Shape chain is folded.
+    shapes = ir.value_shapes(simplify(ir.with_batch_one(model)))
     initializers = ir.initializer_map(model)
     state = _not_learned(model)
     parameters = sum(int(np.prod(init.dims, dtype=np.int64)) for name, init in initializers.items()

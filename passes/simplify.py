@@ -129,7 +129,9 @@ def _simplify_once(model: onnx.ModelProto) -> onnx.ModelProto:
         if value.name in rename:
             log.debug("output %s kept through an Identity", value.name)
     used = {name for node in graph.node for name in node.input} | outputs
-    initializers = [numpy_helper.from_array(np.ascontiguousarray(constants[name]), name)
+    # np.require keeps a scalar a scalar (np.ascontiguousarray makes it 1-D: a scalar Gather
+    # index then gives a rank-1 result, and the Concat of a dynamic Reshape shape breaks).
+    initializers = [numpy_helper.from_array(np.require(constants[name], requirements="C"), name)
                     for name in constants if name in used]
     del graph.initializer[:]
     graph.initializer.extend(initializers)

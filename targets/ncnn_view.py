@@ -128,7 +128,9 @@ def _fold_once(model: onnx.ModelProto) -> onnx.ModelProto | None:
             or (node.op_type == "Shape" and all(isinstance(d, int) for d in known_shapes.get(node.input[0], [None])))
         )
         if foldable and node.op_type == "Shape":
-            shape = np.array(known_shapes[node.input[0]], dtype=np.int64)
+            # A constant's own shape first: inferred shapes may hold symbolic dims ('unk__2').
+            source = values[node.input[0]].shape if node.input[0] in values else known_shapes[node.input[0]]
+            shape = np.array(source, dtype=np.int64)
             start, end = attribute(node, "start", 0), attribute(node, "end", None)
             values[node.output[0]] = shape[start:end]
             folded.append(node.output[0])

@@ -18,7 +18,9 @@ from fwedge.data import Dataset, Preprocess, check_batch_shape, open_dataset
 from fwedge.errors import DataError
 from fwedge.op_info import OP_INFO
 from fwedge.eval import ort_session, resolve_preprocess
-from fwedge.quantization.plan import QuantizeOptions, QuantPlan, candidate_tensors, plan_quantization, weight_axis
+from fwedge.quantization.plan import (
+    QuantizeOptions, QuantPlan, candidate_tensors, plan_quantization, tied_concat_inputs, weight_axis,
+)
 from fwedge.quantization.prepare import batch_limit, load_prepared
 from fwedge.quantization.request import DEFAULT_BATCH_SIZE, DEFAULT_BINS, DEFAULT_NUM_SAMPLES
 
@@ -143,9 +145,18 @@ def collect_stats(
     With `all_candidates`, of every tensor any exclusion set could need (the accuracy budget).
     """
     plan = plan_quantization(prepared, options or QuantizeOptions())
-    tensors = plan.calibrated
+    # Concat inputs tied to the output's scale get their own ranges too: mixed_range_concats
+    # reads them to keep a Concat of very different ranges (boxes and scores) in float.
+    # So do the tensors a plan without those Concats reads (what follows a float Concat).
+    concats = tied_concat_inputs(prepared, plan)
+    tied = [name for inputs in concats.values() for name in inputs]
+    if concats:
+        options = options or QuantizeOptions()
+        tied += plan_quantization(prepared, replace(options, exclude_nodes=options.exclude_nodes | set(concats))
+                                  ).calibrated
+    tensors = list(dict.fromkeys(plan.calibrated + tied))
     if all_candidates:
-        tensors = list(dict.fromkeys(plan.calibrated + candidate_tensors(prepared)))
+        tensors = list(dict.fromkeys(tensors + candidate_tensors(prepared)))
     calib = replace(calib, batch_size=memory_batch(prepared, calib, tensors))
     stats = collect(
         prepared, calib.batches(), tensors, bins=bins, source=str(calib.dataset.path),

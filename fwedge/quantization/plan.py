@@ -301,6 +301,12 @@ class _Planner:
             if node.op_type != "Concat" or node.name not in self.quantized_nodes:
                 continue
             out = node.output[0]
+            if out not in self.quantized:
+                # Every reader is float (a Split, a decode): the Concat joins dequantized inputs in
+                # float, and no scale is shared. (Tying inputs to an output with no range was
+                # YOLOv8's "no range for '/model.22/Concat_6_output_0'".)
+                self.quantized_nodes.remove(node.name)
+                continue
             for name in node.input:
                 if name in self.shared:
                     # Already tied to another tensor's parameters (a data-movement output): requantize.
@@ -404,6 +410,103 @@ def _inside_control_flow(model: onnx.ModelProto) -> str:
         return ""
     return ("; the quantizable ops are inside control flow, whose subgraphs fwedge does not quantize: "
             + "; ".join(found[:5]))
+
+
+# A Concat whose inputs' calibrated ranges differ more than this keeps float: one int8 scale
+# for all of them would leave the narrowest input fewer than 256 / 16 = 16 codes. A detector head
+# that joins pixel boxes (0..640) with sigmoid scores (0..1) in one tensor is the common case:
+# a shared scale of 2.5 px per step quantizes every score to 0.
+MIXED_RANGE_RATIO = 16.0
+
+
+def tied_concat_inputs(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, list[str]]:
+    """Concat node -> the inputs the plan gives its output's scale (shared or requantized),
+    for every int8 Concat of two or more such inputs."""
+    requant = {(edge.concat, edge.tensor) for edge in plan.requant}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type != "Concat" or node.name not in plan.quantized_nodes:
+            continue
+        out = node.output[0]
+        inputs = [name for name in dict.fromkeys(node.input)
+                  if name and (plan.shared.get(name) == out or (node.name, name) in requant)]
+        if len(inputs) > 1:
+            found[node.name] = inputs
+    return found
+
+
+def mixed_range_concats(model: onnx.ModelProto, plan: QuantPlan, ranges: dict,
+                        ratio: float = MIXED_RANGE_RATIO) -> list[KeptFloat]:
+    """The Concats whose inputs' ranges (`ranges`: tensor -> TensorQuant with .range) differ more
+    than `ratio` in width, each as a KeptFloat that says by how much. An input with no range of
+    its own (a table calibrated before these were collected) leaves its Concat as planned."""
+    kept = []
+    for name, inputs in tied_concat_inputs(model, plan).items():
+        output = next(node.output[0] for node in model.graph.node if node.name == name)
+        widths = {}
+        for tensor in inputs:
+            source = tensor
+            if tensor not in ranges:  # a requantized input: the range of the tensor it shares
+                source = plan.resolve(tensor)
+                if source not in ranges or source == plan.resolve(output):
+                    break
+            low, high = ranges[source].range
+            widths[tensor] = (float(low), float(high))
+        else:
+            spans = {tensor: high - low for tensor, (low, high) in widths.items() if high > low}
+            if len(spans) < 2:
+                continue
+            wide, narrow = max(spans, key=spans.get), min(spans, key=spans.get)
+            factor = spans[wide] / spans[narrow]
+            if factor > ratio:
+                codes = 255 / factor
+                kept.append(KeptFloat(name, "Concat", (
+                    f"input ranges differ {factor:.0f}x ('{wide}' [{widths[wide][0]:.4g}, {widths[wide][1]:.4g}], "
+                    f"'{narrow}' [{widths[narrow][0]:.4g}, {widths[narrow][1]:.4g}]): one int8 scale would "
+                    f"leave the narrow input {codes:.1f} codes; its inputs keep their own scales")))
+    return kept
+
+
+# Element-wise arithmetic with a constant operand, after the last layer with weights: a
+# detector's box decode (anchor offsets, stride scaling) or a regressor's output scaling. It
+# costs nothing in float, and in int8 every step adds a rounding of a wide-range value.
+_DECODE_OPS = ("Add", "Sub", "Mul", "Div")
+
+
+def post_processing(model: onnx.ModelProto) -> list[KeptFloat]:
+    """The decode arithmetic that stays float: Add/Sub/Mul/Div nodes with a constant operand
+    from which no layer with constant weights (Conv, Gemm, MatMul, ...) can be reached."""
+    inits = ir.initializer_map(model)
+    consumers = ir.consumer_map(model)
+    feeds_weights: set[str] = set()  # nodes with a path to a weighted layer (their own included)
+    for node in reversed(model.graph.node):
+        info = OP_INFO.get(node.op_type)
+        weighted = (info is not None and info.weight_input is not None and len(node.input) > info.weight_input
+                    and node.input[info.weight_input] in inits)
+        if weighted or any(user.name in feeds_weights for out in node.output for user in consumers.get(out, [])):
+            feeds_weights.add(node.name)
+    if not feeds_weights:
+        return []
+    tail = [node for node in model.graph.node if node.name not in feeds_weights]
+    kept = {node.name: "post-processing: arithmetic on a constant after the last layer with weights"
+            for node in tail if node.op_type in _DECODE_OPS
+            and any(name in inits for name in node.input) and not all(name in inits for name in node.input)}
+    # What only feeds that arithmetic goes along (the Slice of the box distances, the Sub of
+    # two corners, the Concat of centre and size): an int8 pair there would only round a value
+    # that float code reads next.
+    changed = bool(kept)
+    while changed:
+        changed = False
+        for node in reversed(tail):
+            info = OP_INFO.get(node.op_type)
+            if node.name in kept or info is None or not (node.op_type in _DECODE_OPS or info.shares_input_scale
+                                                          or node.op_type == "Concat"):
+                continue
+            users = [user for out in node.output for user in consumers.get(out, [])]
+            if users and all(user.name in kept for user in users):
+                kept[node.name] = "post-processing: read only by the float decode after it"
+                changed = True
+    return [KeptFloat(node.name, node.op_type, kept[node.name]) for node in tail if node.name in kept]
 
 
 def candidate_tensors(model: onnx.ModelProto) -> list[str]:

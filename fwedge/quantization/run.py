@@ -16,7 +16,9 @@ from fwedge.quantization.activation_dtype import uint8_activations
 from fwedge.quantization.budget import BudgetResult, search_budget
 from fwedge.quantization.calibrate import calibration_data, collect_stats
 from fwedge.quantization.check import output_check, warning_for
-from fwedge.quantization.plan import KeptFloat, QuantizeOptions, QuantPlan, float_units, plan_quantization
+from fwedge.quantization.plan import (
+    KeptFloat, QuantizeOptions, QuantPlan, float_units, mixed_range_concats, plan_quantization, post_processing,
+)
 from fwedge.quantization.prepare import load_prepared
 from fwedge.quantization.qdq import quantize_model
 from fwedge.quantization.request import DEFAULT_NUM_SAMPLES, QuantizeRequest
@@ -75,6 +77,25 @@ def _table_and_plan(request: QuantizeRequest, prepared: onnx.ModelProto, sha: st
     return compute(stats, request.method, request.range_options()), options, plan
 
 
+def _split_mixed_concats(prepared: onnx.ModelProto, table: QuantTable, options: QuantizeOptions,
+                         plan: QuantPlan) -> tuple[QuantizeOptions, QuantPlan, list[KeptFloat]]:
+    """Keep in float every Concat whose inputs' ranges differ too much for one scale
+    (plan.mixed_range_concats), and plan again without them; a warning names each."""
+    chosen = []
+    for unit in mixed_range_concats(prepared, plan, table.tensors):
+        trial = replace(options, exclude_nodes=options.exclude_nodes | {unit.node})
+        trial_plan = plan_quantization(prepared, trial)
+        missing = [name for name in trial_plan.calibrated if name not in table.tensors]
+        if missing:  # a table calibrated without the ranges a float Concat needs after it
+            log.warning("Concat '%s' keeps one int8 scale though its %s: the table has no range for '%s'",
+                        unit.node, unit.reason.split(":")[0], missing[0])
+            continue
+        log.warning("Concat '%s' kept in float: %s", unit.node, unit.reason)
+        options, plan = trial, trial_plan
+        chosen.append(unit)
+    return options, plan, chosen
+
+
 def _after_budget(prepared: onnx.ModelProto, table: QuantTable, options: QuantizeOptions, plan: QuantPlan,
                   budget: BudgetResult) -> tuple[QuantTable, QuantPlan]:
     """The plan of the budget's model, and the table narrowed to the tensors that plan reads."""
@@ -112,10 +133,13 @@ def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] |
     requested = (float_units(prepared, request.keep_float, request.float_stem)
                  if request.keep_float or request.float_stem else [])
     excluded = frozenset(name for unit in requested for name in unit.node.split("+"))
+    decode = [unit for unit in post_processing(prepared) if unit.node not in excluded]
+    excluded |= {unit.node for unit in decode}
     table, options, plan = _table_and_plan(request, prepared, sha, excluded, progress)
+    options, plan, mixed = _split_mixed_concats(prepared, table, options, plan)
     model = quantize_model(prepared, table, options, plan)
     budget = None
-    kept_float = list(requested)
+    kept_float = list(requested) + decode + mixed
     spec = request.budget()
     if spec is not None:
         budget = search_budget(prepared, model, table, options, plan, spec)

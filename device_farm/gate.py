@@ -9,7 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from fwedge.device_farm.results import (
-    INSTRUCTIONS, SIGNAL, DeviceResult, Results, as_float, check_results, load_results, save_results,
+    DETECTION, INSTRUCTIONS, SIGNAL, DeviceResult, Results, as_float, check_results, load_results, save_results,
 )
 from fwedge.errors import GateError
 
@@ -307,10 +307,12 @@ def _compare(base: DeviceResult, current: DeviceResult, limits: Thresholds) -> t
     quality = False
     # Top-1 figures are skipped only when both runs say the output is a signal (a detector's or
     # regressor's argmax means nothing); a pair measured as classification once keeps them.
-    if not (base.task == SIGNAL and current.task == SIGNAL):
+    if not (base.task in (SIGNAL, DETECTION) and current.task in (SIGNAL, DETECTION)):
         quality |= dropped("accuracy", base.accuracy, current.accuracy, limits.max_accuracy_drop, "pp")
         quality |= dropped("fidelity (top-1 agreement)", before.get("top1_agreement"),
                            after.get("top1_agreement"), limits.max_fidelity_drop, "pp")
+    quality |= dropped("fidelity (mAP@0.5 vs FP32 boxes)", before.get("map50"), after.get("map50"),
+                       limits.max_fidelity_drop, "pp")
     quality |= dropped("fidelity (SQNR vs FP32)", _sqnr(before.get("sqnr_db")), _sqnr(after.get("sqnr_db")),
                        limits.max_sqnr_drop, "dB")
     if not quality:

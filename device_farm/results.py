@@ -128,8 +128,10 @@ class DeviceResult:
         error: a one-line reason when status is "error".
         stderr_tail: the end of the device's stderr when it failed.
         task: "classification" (the output is one score per class: accuracy and top-1
-            agreement mean something) or "signal" (detector, OCR, regressor outputs: no
-            accuracy, and the gate reads SQNR, not top-1). Absent in older files: classification.
+            agreement mean something), "signal" (OCR, map, regressor outputs: no accuracy, and
+            the gate reads SQNR, not top-1) or "detection" (a [N, 4 + classes, anchors] detector
+            output: signal, plus mAP@0.5 against the FP32 model's boxes, fwedge.detection).
+            Absent in older files: classification.
     """
 
     bundle: str
@@ -260,8 +262,8 @@ _TOP_LEVEL = {"schema": str, "fwedge_version": str, "created": str, "host": dict
 # Keys every result entry must state, even as null: a gate must tell "measured nothing" (null)
 # from a damaged file (the key is gone).
 # What a result's output is (DeviceResult.task).
-CLASSIFICATION, SIGNAL = "classification", "signal"
-TASKS = (CLASSIFICATION, SIGNAL)
+CLASSIFICATION, SIGNAL, DETECTION = "classification", "signal", "detection"
+TASKS = (CLASSIFICATION, SIGNAL, DETECTION)
 _REQUIRED_ENTRY_KEYS = ("bundle", "device", "status", "role", "samples", "accuracy", "fidelity", "latency",
                         "latency_ratio", "sizes")
 _LATENCY_KEYS = ("p50_ms", "p95_ms", "mean_ms", "min_ms", "iterations")
@@ -372,9 +374,10 @@ def _check_instructions(where: str, value) -> None:
 # range, null (NaN in memory), or the strict-JSON spelling of an infinity (an identical output's
 # SQNR, a diverged output's error).
 # reference_accuracy: the FP32 reference's own top-1 on the same labelled samples (the report's
-# drop against float).
+# drop against float). map50: a detector's mAP@0.5 against the FP32 model's own boxes
+# (fwedge.detection), gated like top-1 agreement.
 _FIDELITY_RANGES = {"cosine": (-1.0 - 1e-6, 1.0 + 1e-6), "max_abs_error": (0.0, None), "sqnr_db": (None, None),
-                    "reference_accuracy": (0.0, 1.0)}
+                    "reference_accuracy": (0.0, 1.0), "map50": (0.0, 1.0)}
 
 
 def _check_fidelity(where: str, fidelity) -> None:

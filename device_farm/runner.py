@@ -20,7 +20,7 @@ from fwedge.data import Preprocess, open_dataset
 from fwedge.device_farm import device as device_farm_device
 from fwedge.device_farm.device import Device, bundle_kind
 from fwedge.device_farm.results import (
-    CLASSIFICATION, ERROR, INSTRUCTIONS, OK, SIGNAL, TASKS, DeviceResult, DeviceRun, Instructions, Latency, Results,
+    CLASSIFICATION, DETECTION, ERROR, INSTRUCTIONS, OK, SIGNAL, TASKS, DeviceResult, DeviceRun, Instructions, Latency, Results,
     host_identity, now_utc,
 )
 from fwedge.errors import DataError, DeviceError, FwEdgeError
@@ -48,7 +48,7 @@ class FarmOptions:
     Attributes:
         data: evaluation data (open_dataset spec).
         repeats: timed single-sample iterations per (bundle, device).
-        limit: seeded subset of the data (None: all samples).
+        limit: seeded subset of the data (None: all samples; a data set with fewer is used whole).
         seed: subset seed.
         reference: FP32 reference ONNX model; default: the one each bundle records
             (fwedge.reference; loaded only with its recorded sha256).
@@ -124,9 +124,15 @@ def _eval_set(shared: _Shared, bundle: Bundle) -> EvalSet:
         if key not in shared.eval_sets:
             options = shared.options
             dataset = open_dataset(options.data)
+            limit = options.limit
+            if limit is not None and limit > dataset.num_samples:
+                # As calibration does: a file smaller than the (default) subset is used whole.
+                log.warning("data '%s' holds %d samples, fewer than the %d asked for: running on all %d",
+                            options.data, dataset.num_samples, limit, dataset.num_samples)
+                limit = None
             xs, ys = [], []
             indices = []
-            for batch in dataset.batches(spec, batch_size=options.batch_size, limit=options.limit, seed=options.seed):
+            for batch in dataset.batches(spec, batch_size=options.batch_size, limit=limit, seed=options.seed):
                 xs.append(batch.x)
                 indices.append(batch.indices)
                 if batch.y is not None:
@@ -188,6 +194,11 @@ def _score(shared: _Shared, bundle: Bundle, device: Device, run: DeviceRun, eval
         accumulator = FidelityAccumulator()
         accumulator.update(reference_flat, flat)
         fidelity = accumulator.result().to_dict()
+        if task == DETECTION:
+            from fwedge.detection import decode, map50
+
+            name = shared.options.output or "output"
+            fidelity["map50"] = map50(decode(reference.reshape(logits.shape), name=name), decode(logits, name=name))
         if eval_set.labels is not None and task == CLASSIFICATION:
             fidelity["reference_accuracy"] = float(np.mean(reference_flat.argmax(axis=1) == eval_set.labels))
     return DeviceResult(

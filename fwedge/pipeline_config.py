@@ -164,7 +164,7 @@ class FarmSettings:
     preprocess: dict | None = None
     threads: int | None = None
     labgrid_coordinator: str | None = None
-    task: Literal["auto", "classification", "signal"] = "auto"
+    task: Literal["auto", "classification", "signal", "detection"] = "auto"
     places: tuple[str, ...] = ()
     place_tags: tuple[str, ...] = ()
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fwedge.device_farm.gate import GateReport
-from fwedge.device_farm.results import SIGNAL, DeviceResult, Results, load_results
+from fwedge.device_farm.results import CLASSIFICATION, DETECTION, DeviceResult, Results, load_results
 from fwedge.errors import GateError
 
 SQNR_WARN_DB = 20.0
@@ -273,6 +273,20 @@ def _failed_pairs(gate: GateReport | None) -> set[tuple[str, str]]:
     return {(row.bundle, row.device) for row in gate.rows if row.failed} if gate else set()
 
 
+def _agreement_value(r: DeviceResult) -> float | None:
+    """What the agreement column holds: top-1 agreement for a classifier, mAP@0.5 against the
+    FP32 boxes for a detector, nothing for any other signal."""
+    fidelity = r.fidelity or {}
+    if r.task == DETECTION:
+        return fidelity.get("map50")
+    return fidelity.get("top1_agreement") if r.task == CLASSIFICATION else None
+
+
+def _agreement(r: DeviceResult) -> str:
+    value = _agreement_value(r)
+    return ("mAP50 " if r.task == DETECTION and value is not None else "") + _pct(value)
+
+
 def _results_table(results: list[DeviceResult], gate: GateReport | None = None) -> str:
     """One row per result, narrow enough for a 1280 px window: the bundle's target, arch and
     precision under its name, p95 in the p50 cell's tooltip, the error column only when a run
@@ -299,8 +313,7 @@ def _results_table(results: list[DeviceResult], gate: GateReport | None = None) 
             ("l", r.status, None, "", ""),
             ("", _pct(r.accuracy), r.accuracy, versus_float,
              f"FP32 {_pct(fidelity.get('reference_accuracy'))}" if versus_float else ""),
-            ("", "" if r.task == SIGNAL else _pct(fidelity.get("top1_agreement")),
-             None if r.task == SIGNAL else fidelity.get("top1_agreement"), "", ""),
+            ("", _agreement(r), _agreement_value(r), "", ""),
             ("", _num(sqnr, 1), sqnr if isinstance(sqnr, (int, float)) and math.isfinite(sqnr) else 1e9
              if sqnr is not None else None, "", ""),
             ("", _num(latency.p50_ms, 4) if latency else "", latency.p50_ms if latency else None, "", p95),
@@ -451,7 +464,7 @@ def render_markdown(results: Results, gate: GateReport | None = None) -> str:
             r.device + (" (emulated)" if _emulated(r) else ""),
             r.status if r.ok else f"error: {r.error}",
             _pct(r.accuracy) + (f" ({versus_float})" if versus_float else ""),
-            "" if r.task == SIGNAL else _pct((r.fidelity or {}).get("top1_agreement")),
+            _agreement(r),
             _num(latency.p50_ms, 4) if latency else "",
             _num(latency.p95_ms, 4) if latency else "", _num(r.latency_ratio, 3),
             _bytes(r.instructions.per_inference) if r.instructions else "", _bytes(r.sizes.get("rom_bytes")),

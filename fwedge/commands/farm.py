@@ -57,10 +57,12 @@ def list_devices(inventory, labgrid_coordinator, places, place_tags, json_out) -
               help="A/B alternations for --baseline-bundles (the timed repeats are split over them).")
 @threads_option()
 @output_name_option()
-@click.option("--task", type=click.Choice(["auto", "classification", "signal"]), default="auto", show_default=True,
+@click.option("--task", type=click.Choice(["auto", "classification", "signal", "detection"]), default="auto", show_default=True,
               help="What the scored output is. classification: scores per class (accuracy, top-1 agreement). "
                    "signal: boxes, maps, sequences, regressed values (no accuracy; the gate reads SQNR vs FP32, "
-                   "not top-1). auto: classification when each sample's output is one vector of scores.")
+                   "not top-1). detection: a [N, 4 + classes, anchors] detector output (YOLOv5u/v8/v11): signal, and "
+                   "mAP@0.5 against the FP32 model's boxes. auto: classification when each sample's output is one "
+                   "vector of scores, else signal.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Results JSON to write.")
 @click.pass_context
 def run(ctx, bundles, inventory, labgrid_coordinator, places, place_tags, device_names, data, repeats, limit, reference, input_shapes, preprocess, retries,
@@ -130,9 +132,20 @@ def _db(value) -> str:
     return "inf" if value == float("inf") else f"{value:.1f}"
 
 
+def _agreement(result) -> str:
+    """The agreement cell: top-1 for a classifier, mAP@0.5 vs FP32 boxes for a detector."""
+    from fwedge.device_farm.results import CLASSIFICATION, DETECTION
+
+    fidelity = result.fidelity or {}
+    if result.task == DETECTION and fidelity.get("map50") is not None:
+        return f"mAP50 {100 * fidelity['map50']:.2f}%"
+    if result.task != CLASSIFICATION or not fidelity:
+        return ""
+    return f"{100 * fidelity['top1_agreement']:.2f}%"
+
+
 def _print_summary(results) -> None:
     from fwedge.console import stdout, table
-    from fwedge.device_farm.results import SIGNAL
 
     rows = []
     for r in results.results:
@@ -140,7 +153,7 @@ def _print_summary(results) -> None:
         rows.append([
             r.bundle + ("" if r.role == "candidate" else " (baseline)"), r.device, r.status,
             "" if r.accuracy is None else f"{100 * r.accuracy:.2f}%",
-            "" if not r.fidelity or r.task == SIGNAL else f"{100 * r.fidelity['top1_agreement']:.2f}%",
+            _agreement(r),
             "" if not r.fidelity else _db(r.fidelity.get("sqnr_db")),
             "" if latency is None else f"{latency.p50_ms:.4g}",
             "" if latency is None else f"{latency.p95_ms:.4g}",

@@ -479,18 +479,24 @@ def post_processing(model: onnx.ModelProto) -> list[KeptFloat]:
     inits = ir.initializer_map(model)
     consumers = ir.consumer_map(model)
     feeds_weights: set[str] = set()  # nodes with a path to a weighted layer (their own included)
+    weighted_outputs: set[str] = set()
     for node in reversed(model.graph.node):
         info = OP_INFO.get(node.op_type)
         weighted = (info is not None and info.weight_input is not None and len(node.input) > info.weight_input
                     and node.input[info.weight_input] in inits)
+        if weighted:
+            weighted_outputs.update(node.output)
         if weighted or any(user.name in feeds_weights for out in node.output for user in consumers.get(out, [])):
             feeds_weights.add(node.name)
     if not feeds_weights:
         return []
     tail = [node for node in model.graph.node if node.name not in feeds_weights]
+    # A layer's own bias or scale (MatMul then Add of a constant, as PP-OCR's classifier ends)
+    # is part of that layer, not a decode: it stays int8 with it.
     kept = {node.name: "post-processing: arithmetic on a constant after the last layer with weights"
             for node in tail if node.op_type in _DECODE_OPS
-            and any(name in inits for name in node.input) and not all(name in inits for name in node.input)}
+            and any(name in inits for name in node.input) and not all(name in inits for name in node.input)
+            and not any(name in weighted_outputs for name in node.input)}
     # What only feeds that arithmetic goes along (the Slice of the box distances, the Sub of
     # two corners, the Concat of centre and size): an int8 pair there would only round a value
     # that float code reads next.

@@ -104,15 +104,7 @@ class OnnxTarget(Target):
         """
         check_feeds(bundle, feeds)
         session = (_EXACT_SESSIONS if exact_int8 else _SESSIONS).get(bundle)
-        names = [spec.name for spec in bundle.outputs]
-        batch = len(feeds[bundle.inputs[0].name])
-        if all(spec.shape[0] == 1 for spec in bundle.inputs) and batch > 1:
-            # A model exported with a fixed batch of 1 runs sample by sample.
-            rows = [session.run(names, {spec.name: feeds[spec.name][i : i + 1] for spec in bundle.inputs})
-                    for i in range(batch)]
-            return {name: np.concatenate([row[k] for row in rows]) for k, name in enumerate(names)}
-        values = session.run(names, {spec.name: feeds[spec.name] for spec in bundle.inputs})
-        return dict(zip(names, values))
+        return _run_batched(session, bundle, feeds, [spec.name for spec in bundle.outputs])
 
     def intermediates(self, bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str], *,
                       exact_int8: bool = False) -> dict[str, np.ndarray]:
@@ -129,6 +121,14 @@ class OnnxTarget(Target):
         for name in wanted:
             if name not in known:
                 model.graph.output.append(onnx.ValueInfoProto(name=name))
-        session = ort_session(model, exact_qdq=exact_int8)
-        values = session.run(wanted, {spec.name: feeds[spec.name] for spec in bundle.inputs})
-        return dict(zip(wanted, values))
+        return _run_batched(ort_session(model, exact_qdq=exact_int8), bundle, feeds, wanted)
+
+
+def _run_batched(session, bundle: Bundle, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """`names` for the whole batch; a model exported with a fixed batch of 1 runs sample by sample."""
+    batch = len(feeds[bundle.inputs[0].name])
+    if all(spec.shape[0] == 1 for spec in bundle.inputs) and batch > 1:
+        rows = [session.run(names, {spec.name: feeds[spec.name][i : i + 1] for spec in bundle.inputs})
+                for i in range(batch)]
+        return {name: np.concatenate([row[k] for row in rows]) for k, name in enumerate(names)}
+    return dict(zip(names, session.run(names, {spec.name: feeds[spec.name] for spec in bundle.inputs})))

@@ -352,3 +352,19 @@ def test_run_and_diff_take_a_relative_bundle_path(models, tmp_path, monkeypatch,
                                     str(models / "data.npz"), "--json", "-", "--max-steps", str(INT8_MAX_STEPS + 1)])
     assert diff.exit_code == 0, diff.output
     assert json.loads(diff.output)["first_divergence"] is None
+
+
+def test_diff_of_a_batch_one_onnx_bundle_runs_sample_by_sample(models, tmp_path):
+    """A model exported with a fixed batch of 1 (PP-OCR, most detectors): diff bisects it on 8
+    samples, as run does, instead of failing in onnxruntime on the batch of 8."""
+    from fwedge import ir
+
+    fixed = ir.set_input_shapes(onnx.load(models / "tiny_qdq.onnx"), {"x": [1, 1, 8, 8]})
+    onnx.save(fixed, tmp_path / "one.onnx")
+    bundle = export_bundle(tmp_path / "one.onnx", "onnx", tmp_path / "b")
+    assert bundle.inputs[0].shape[0] == 1
+    diff = CliRunner().invoke(cli, ["diff", str(bundle.path), str(tmp_path / "one.onnx"), "--data",
+                                    str(models / "data.npz"), "--limit", "8", "--exact-int8", "--json", "-"])
+    assert diff.exit_code == 0, diff.output
+    report = json.loads(diff.output)
+    assert report["samples"] == 8 and len(report["compared"]) > 2 and report["first_divergence"] is None, report

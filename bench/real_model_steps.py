@@ -107,7 +107,7 @@ def main() -> int:
             reference = np.concatenate([session.run([output], {input_name: x[i:i + 1]})[0] for i in range(len(x))])
             try:
                 step = output_scale(result.model, output)
-            except KeyError:  # a float output (the detector's Concat): steps of the widest input
+            except KeyError:  # a float output (the detector's Concat, PP-OCR's Identity): max/255
                 step = float(np.abs(reference).max()) / 255
             outputs = {}
             for target in args.targets:

@@ -9,9 +9,10 @@ from fractions import Fraction
 from pathlib import Path
 
 from fwedge.device_farm.results import (
-    DETECTION, INSTRUCTIONS, SIGNAL, DeviceResult, Results, as_float, check_results, load_results, save_results,
+    INSTRUCTIONS, DeviceResult, Results, as_float, check_results, load_results, save_results,
 )
 from fwedge.errors import GateError
+from fwedge.tasks import DETECTION, SIGNAL
 
 PASS, FAIL, WAIVED, NEW = "pass", "fail", "waived", "new"
 GATE_SCHEMA = "fwedge.gate/1"

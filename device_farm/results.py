@@ -16,6 +16,7 @@ import numpy as np
 
 from fwedge import __version__, strict_json
 from fwedge.errors import GateError
+from fwedge.tasks import TASKS
 
 RESULTS_SCHEMA = "fwedge.results/1"
 STDERR_TAIL_CHARS = 2000
@@ -262,8 +263,7 @@ _TOP_LEVEL = {"schema": str, "fwedge_version": str, "created": str, "host": dict
 # Keys every result entry must state, even as null: a gate must tell "measured nothing" (null)
 # from a damaged file (the key is gone).
 # What a result's output is (DeviceResult.task).
-CLASSIFICATION, SIGNAL, DETECTION = "classification", "signal", "detection"
-TASKS = (CLASSIFICATION, SIGNAL, DETECTION)
+# (fwedge.tasks: CLASSIFICATION, SIGNAL, DETECTION, TASKS)
 _REQUIRED_ENTRY_KEYS = ("bundle", "device", "status", "role", "samples", "accuracy", "fidelity", "latency",
                         "latency_ratio", "sizes")
 _LATENCY_KEYS = ("p50_ms", "p95_ms", "mean_ms", "min_ms", "iterations")

@@ -20,26 +20,15 @@ from fwedge.data import Preprocess, open_dataset
 from fwedge.device_farm import device as device_farm_device
 from fwedge.device_farm.device import Device, bundle_kind
 from fwedge.device_farm.results import (
-    CLASSIFICATION, DETECTION, ERROR, INSTRUCTIONS, OK, SIGNAL, TASKS, DeviceResult, DeviceRun, Instructions, Latency, Results,
+    ERROR, INSTRUCTIONS, OK, DeviceResult, DeviceRun, Instructions, Latency, Results,
     host_identity, now_utc,
 )
 from fwedge.errors import DataError, DeviceError, FwEdgeError
+from fwedge.tasks import AUTO, CLASSIFICATION, DETECTION, TASKS, task_of
 from fwedge.eval import BatchedOrtRunner, FidelityAccumulator
 from fwedge.reference import check_bundle_shapes, for_bundle, verify
 
 log = logging.getLogger(__name__)
-
-AUTO = "auto"
-
-
-def task_of(requested: str, outputs: np.ndarray) -> str:
-    """`requested`, or for "auto" the task the scored output's shape says: classification when
-    each sample's output has one axis longer than 1 (N x K, N x K x 1 x 1), else signal (boxes,
-    maps, sequences, a single regressed value)."""
-    if requested != AUTO:
-        return requested
-    return CLASSIFICATION if sum(1 for size in outputs.shape[1:] if size > 1) == 1 else SIGNAL
-
 
 @dataclass
 class FarmOptions:
@@ -183,7 +172,7 @@ def _score(shared: _Shared, bundle: Bundle, device: Device, run: DeviceRun, eval
     if len(logits) != count:
         raise DeviceError(f"bundle '{bundle.name}' on {device.name}: {len(logits)} output rows for {count} inputs")
     flat = logits.reshape(count, -1)
-    task = task_of(shared.options.task, logits)
+    task = task_of(shared.options.task, logits.shape)
     accuracy = None
     if eval_set.labels is not None and task == CLASSIFICATION:
         accuracy = float(np.mean(flat.argmax(axis=1) == eval_set.labels))

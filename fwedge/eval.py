@@ -12,6 +12,7 @@ import onnx
 from fwedge import ir
 from fwedge.data import Batch, Dataset, Preprocess, check_batch_shape, preprocess_from_metadata
 from fwedge.errors import DataError, ModelError
+from fwedge.tasks import CLASSIFICATION, DETECTION, task_of
 
 log = logging.getLogger(__name__)
 
@@ -312,8 +313,13 @@ def evaluate(
     limit: int | None = None,
     progress: Callable[[int], None] | None = None,
     seed: int = 0,
+    task: str = "auto",
 ) -> dict:
     """Accuracy (when the data is labelled) and fidelity against `reference` in one pass.
+
+    `task` (fwedge.tasks): accuracy is counted for classification only; for detection the
+    candidate's boxes are scored against the reference's as mAP@0.5 ("map50"). "auto" decides
+    from the first batch's output shape.
 
     The candidate runs once per batch for both figures. Accuracy and the top-1 figures read
     each runner's chosen output (`output`, default the first). When both runners give all their
@@ -322,8 +328,8 @@ def evaluate(
     the figures that mean something there).
 
     Returns:
-        {"samples": int, "accuracy": AccuracyResult | None, "fidelity": Fidelity | None,
-        "outputs": {name: Fidelity} | None}
+        {"samples": int, "task": str, "accuracy": AccuracyResult | None, "fidelity": Fidelity | None,
+        "outputs": {name: Fidelity} | None, "map50": float | None}
 
     Raises:
         DataError: unlabelled data and no reference (nothing to evaluate), or a shape mismatch.
@@ -336,6 +342,7 @@ def evaluate(
     accumulator = FidelityAccumulator()
     every = reference is not None and hasattr(runner, "outputs") and hasattr(reference, "outputs")
     per_output: dict[str, FidelityAccumulator] = {}
+    found: tuple[list, list] = ([], [])  # detection: (reference's, candidate's) per image
     for batch in iterate_checked(dataset, runner, preprocess, batch_size, limit, seed):
         if every:
             candidate_all, reference_all = runner.outputs(batch.x), reference.outputs(batch.x)
@@ -345,18 +352,33 @@ def evaluate(
         else:
             logits = runner(batch.x)
             expected = reference(batch.x) if reference is not None else None
-        if batch.y is not None:
+        task = task_of(task, logits.shape)
+        if batch.y is not None and task == CLASSIFICATION:
             correct += int(np.sum(logits.reshape(len(logits), -1).argmax(axis=1) == batch.y))
         if expected is not None:
             accumulator.update(expected, logits)
+            if task == DETECTION:
+                from fwedge.detection import decode
+
+                name = getattr(runner, "output", None) or "output"
+                found[0].extend(decode(np.asarray(expected).reshape(np.shape(logits)), name=name))
+                found[1].extend(decode(logits, name=name))
         total += len(batch.x)
         if progress:
             progress(len(batch.x))
+    map50 = None
+    if task == DETECTION and reference is not None:
+        from fwedge.detection import map50 as score
+
+        map50 = score(*found)
     return {
         "samples": total,
-        "accuracy": AccuracyResult(correct / total, correct, total) if dataset.has_labels else None,
+        "task": task,
+        "accuracy": (AccuracyResult(correct / total, correct, total)
+                     if dataset.has_labels and task == CLASSIFICATION else None),
         "fidelity": accumulator.result() if reference is not None else None,
         "outputs": {name: acc.result() for name, acc in per_output.items()} if every else None,
+        "map50": map50,
     }
 
 
@@ -370,6 +392,7 @@ def evaluate_model(
     progress: Callable[[int], None] | None = None,
     input_shapes: dict[str, list[int]] | None = None,
     output: str | None = None,
+    task: str = "auto",
 ) -> dict:
     """Accuracy (when labelled) and fidelity (when a reference is given) of an ONNX model in ORT.
 
@@ -394,7 +417,7 @@ def evaluate_model(
     spec = resolve_preprocess(loaded, preprocess)
     reference_runner = BatchedOrtRunner(load(reference), output) if reference is not None else None
     try:
-        scores = evaluate(runner, dataset, spec, reference_runner, batch_size, limit, progress)
+        scores = evaluate(runner, dataset, spec, reference_runner, batch_size, limit, progress, task=task)
     except ModelError as exc:
         first = ir.graph_inputs(loaded)[0]
         shape = ir.shape_of(first)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fwedge.device_farm.gate import GateReport
-from fwedge.device_farm.results import CLASSIFICATION, DETECTION, DeviceResult, Results, load_results
+from fwedge.device_farm.results import DeviceResult, Results, load_results
 from fwedge.errors import GateError
+from fwedge.tasks import CLASSIFICATION, DETECTION
 
 SQNR_WARN_DB = 20.0
 

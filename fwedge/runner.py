@@ -91,6 +91,7 @@ def evaluate_bundle(
     exact_int8: bool = False,
     input_shapes: dict[str, list[int]] | None = None,
     output: str | None = None,
+    task: str = "auto",
 ) -> dict:
     """Accuracy (labelled data) and fidelity (against a reference ONNX model in onnxruntime) of a bundle.
 
@@ -107,10 +108,11 @@ def evaluate_bundle(
             input (fixed at export) past the batch.
         output: the output (ONNX name) accuracy and top-1 agreement read, default the first;
             every output the bundle and the reference share is compared too ("outputs").
+        task: fwedge.tasks; classification counts accuracy, detection adds "map50".
 
     Returns:
         {"bundle", "target", "arch", "precision", "data", "samples", "output", "preprocess",
-        "reference", "reference_note", "accuracy", "fidelity", "outputs"}; reference_note says why
+        "reference", "reference_note", "task", "accuracy", "fidelity", "outputs", "map50"}; reference_note says why
         no reference was used; outputs: the Fidelity of every output both share, by name.
 
     Host runtimes run in a child interpreter, so a runtime that crashes on a bad bundle is a
@@ -139,7 +141,7 @@ def evaluate_bundle(
         reference_runner = BatchedOrtRunner(model, scored if output or scored in names else None)
     runner = BundleRunner(bundle, isolate=True, exact_int8=exact_int8, output=output)
     try:
-        scores = evaluate(runner, dataset, spec, reference_runner, batch_size, limit, progress)
+        scores = evaluate(runner, dataset, spec, reference_runner, batch_size, limit, progress, task=task)
     finally:
         runner.close()
     return {

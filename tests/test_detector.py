@@ -145,3 +145,22 @@ def test_farm_scores_a_detector_bundle_by_map50(detector, tmp_path):
     [entry] = load_results(tmp_path / "r.json").results
     assert entry.task == "detection" and entry.accuracy is None
     assert 0.5 <= entry.fidelity["map50"] <= 1.0, entry.fidelity
+
+
+def test_eval_and_run_take_the_task(detector, tmp_path):
+    """eval and run read the same --task as farm run: a detector gets mAP@0.5 and no top-1; an
+    auto task calls its output a signal."""
+    root, paths = detector
+    qdq = tmp_path / "d.int8.onnx"
+    assert CliRunner().invoke(cli, ["quantize", str(paths["static"]), "--data", str(root / "calib.npy"),
+                                    "--num-samples", "32", "-o", str(qdq)]).exit_code == 0
+    common = ["--data", str(root / "eval.npy"), "--reference", str(paths["static"]), "--json", "-"]
+    detection = json.loads(CliRunner().invoke(cli, ["eval", str(qdq), *common, "--task", "detection"]).output)
+    assert detection["task"] == "detection" and 0.85 <= detection["map50"] <= 1.0, detection
+    auto = CliRunner().invoke(cli, ["eval", str(qdq), *common[:-2]])
+    assert auto.exit_code == 0 and "top-1 agreement" not in auto.output and "SQNR" in auto.output, auto.output
+    assert CliRunner().invoke(cli, ["export", str(qdq), "-t", "onnx", "-o", str(tmp_path / "b")]).exit_code == 0
+    [bundle] = sorted((tmp_path / "b").iterdir())
+    ran = CliRunner().invoke(cli, ["run", str(bundle), *common, "--task", "detection", "--exact-int8"])
+    assert ran.exit_code == 0, ran.output
+    assert json.loads(ran.output)["map50"] == pytest.approx(detection["map50"], abs=0.05)

@@ -91,17 +91,15 @@ def test_farm_run_scores_the_named_output(models, tmp_path):
 def test_the_task_decides_what_the_farm_scores_and_the_gate_reads(models, tmp_path):
     """A signal output (features, boxes, maps) gets no accuracy and no top-1 column; the gate
     then reads its SQNR, not top-1. auto picks classification only for one vector of scores."""
-    import numpy as np
-
     from fwedge.device_farm import gate
     from fwedge.device_farm.results import load_results
-    from fwedge.device_farm.runner import task_of
+    from fwedge.tasks import task_of
 
-    assert task_of("auto", np.zeros((4, 10))) == "classification"
-    assert task_of("auto", np.zeros((4, 10, 1, 1))) == "classification"
+    assert task_of("auto", (4, 10)) == "classification"
+    assert task_of("auto", (4, 10, 1, 1)) == "classification"
     for shape in [(4, 2, 28, 28), (4, 8400, 84), (4, 1)]:  # a map, YOLO boxes, one regressed value
-        assert task_of("auto", np.zeros(shape)) == "signal", shape
-    assert task_of("classification", np.zeros((4, 8400, 84))) == "classification"
+        assert task_of("auto", shape) == "signal", shape
+    assert task_of("classification", (4, 8400, 84)) == "classification"
 
     common = ["farm", "run", models["bundle"], "--devices", "host", "--data", TEST, "--limit", "64", "--repeats", "1",
               "--reference", models["float"], "--output-name", FEATURES]

@@ -7,7 +7,7 @@ import click
 
 from fwedge.commands.options import (
     data_option, emit_json, input_shape_option, inventory_option, json_option, lab_devices, labgrid_options,
-    output_name_option, preprocess_option, split_device_names, threads_option,
+    output_name_option, preprocess_option, split_device_names, task_option, threads_option,
 )
 
 
@@ -57,12 +57,7 @@ def list_devices(inventory, labgrid_coordinator, places, place_tags, json_out) -
               help="A/B alternations for --baseline-bundles (the timed repeats are split over them).")
 @threads_option()
 @output_name_option()
-@click.option("--task", type=click.Choice(["auto", "classification", "signal", "detection"]), default="auto", show_default=True,
-              help="What the scored output is. classification: scores per class (accuracy, top-1 agreement). "
-                   "signal: boxes, maps, sequences, regressed values (no accuracy; the gate reads SQNR vs FP32, "
-                   "not top-1). detection: a [N, 4 + classes, anchors] detector output (YOLOv5u/v8/v11): signal, and "
-                   "mAP@0.5 against the FP32 model's boxes. auto: classification when each sample's output is one "
-                   "vector of scores, else signal.")
+@task_option()
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Results JSON to write.")
 @click.pass_context
 def run(ctx, bundles, inventory, labgrid_coordinator, places, place_tags, device_names, data, repeats, limit, reference, input_shapes, preprocess, retries,
@@ -134,7 +129,7 @@ def _db(value) -> str:
 
 def _agreement(result) -> str:
     """The agreement cell: top-1 for a classifier, mAP@0.5 vs FP32 boxes for a detector."""
-    from fwedge.device_farm.results import CLASSIFICATION, DETECTION
+    from fwedge.tasks import CLASSIFICATION, DETECTION
 
     fidelity = result.fidelity or {}
     if result.task == DETECTION and fidelity.get("map50") is not None:

@@ -140,6 +140,18 @@ def output_name_option():
                              "first). eval and run also compare every output the model and the reference share.")
 
 
+def task_option():
+    """--task: what the scored output is (fwedge.tasks), for eval, run and farm run."""
+    from fwedge.tasks import CHOICES
+
+    return click.option(
+        "--task", type=click.Choice(CHOICES), default="auto", show_default=True,
+        help="What the scored output is. classification: scores per class (accuracy, top-1 agreement). signal: "
+             "boxes, maps, sequences, regressed values (no accuracy; SQNR vs the reference, not top-1). detection: "
+             "a [N, 4 + classes, anchors] detector output (YOLOv5u/v8/v11): signal, and mAP@0.5 against the "
+             "reference's boxes. auto: classification when each sample's output is one vector of scores, else signal.")
+
+
 def input_shape_option(help_text: str = "Fix a dynamic input shape, e.g. x=1,3,48,192. Repeatable."):
     """--input-shape NAME=D0,D1,...: one spelling and one parser in every command; the value is
     a dict of input name -> dims, or None."""
@@ -194,9 +206,12 @@ def print_scores(result: dict, reference: str | None, json_out: str | None, head
         stdout.print(f"top-1 accuracy: {100 * acc.top1:.2f}% ({acc.correct}/{acc.total})")
     if result["fidelity"] is not None:
         fid = result["fidelity"]
-        stdout.print(f"fidelity vs {result.get('reference') or reference}: top-1 agreement "
-                     f"{100 * fid.top1_agreement:.2f}%, cosine {fid.cosine:.6f}, max abs error "
-                     f"{fid.max_abs_error:.4g}, SQNR {fid.sqnr_db:.2f} dB", markup=False, highlight=False)
+        classification = result.get("task", "classification") == "classification"
+        agreement = f"top-1 agreement {100 * fid.top1_agreement:.2f}%, " if classification else ""
+        if result.get("map50") is not None:
+            agreement = f"mAP@0.5 vs the reference's boxes {100 * result['map50']:.2f}%, "
+        stdout.print(f"fidelity vs {result.get('reference') or reference}: {agreement}cosine {fid.cosine:.6f}, "
+                     f"max abs error {fid.max_abs_error:.4g}, SQNR {fid.sqnr_db:.2f} dB", markup=False, highlight=False)
         outputs = result.get("outputs") or {}
         if len(outputs) > 1 or (outputs and result.get("output") not in outputs):
             stdout.print(table("Every output against the reference", ["output", "SQNR dB", "cosine", "max abs error"],

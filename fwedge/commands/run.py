@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from fwedge.commands.options import (
-    data_option, input_shape_option, json_option, output_name_option, preprocess_option, print_scores, threads_option,
+    data_option, input_shape_option, json_option, output_name_option, preprocess_option, print_scores, task_option,
+    threads_option,
 )
 
 
@@ -15,6 +16,7 @@ from fwedge.commands.options import (
               help="A reference ONNX model (the float or QDQ model) to measure fidelity against. "
                    "Default: the float model the bundle records (fwedge export records it).")
 @output_name_option()
+@task_option()
 @click.option("--limit", type=int, help="Use a seeded random subset of this many samples.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @input_shape_option("Fix a dynamic input shape of the reference, e.g. x=1,3,48,192; it must agree with the "
@@ -25,7 +27,7 @@ from fwedge.commands.options import (
                    "which depend on the CPU (without VNNI they saturate int16 pair sums).")
 @threads_option()
 @json_option("the result")
-def command(bundle, data, reference, output_name, limit, batch_size, input_shapes, preprocess, exact_int8, threads,
+def command(bundle, data, reference, output_name, task, limit, batch_size, input_shapes, preprocess, exact_int8, threads,
             json_out) -> None:
     """Run BUNDLE on the host in its own runtime (onnxruntime, OpenVINO, LiteRT, ncnn, or the
     compiled C program) and report top-1 accuracy on labelled DATA and fidelity against a
@@ -43,6 +45,6 @@ def command(bundle, data, reference, output_name, limit, batch_size, input_shape
     with progress(total, "running") as advance:
         result = evaluate_bundle(bundle, data, reference=reference, preprocess=preprocess,
                                  limit=limit, batch_size=batch_size, progress=advance, exact_int8=exact_int8,
-                                 input_shapes=input_shapes, output=output_name)
+                                 input_shapes=input_shapes, output=output_name, task=task)
     heading = f"{bundle} ({result['target']}, {result['arch']}, {result['precision']}) on {data}"
     print_scores(result, reference, json_out, heading)

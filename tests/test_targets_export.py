@@ -368,3 +368,15 @@ def test_diff_of_a_batch_one_onnx_bundle_runs_sample_by_sample(models, tmp_path)
     assert diff.exit_code == 0, diff.output
     report = json.loads(diff.output)
     assert report["samples"] == 8 and len(report["compared"]) > 2 and report["first_divergence"] is None, report
+
+
+@pytest.mark.parametrize("target", ["tflite", "x86_64"])
+def test_a_dynamic_input_names_the_cli_flag(models, tmp_path, target):
+    """The message names the command-line flag with the static dimensions filled in, not a
+    Python argument."""
+    model = onnx.load(models / "tiny.onnx")
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    onnx.save(model, tmp_path / "dynamic.onnx")
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "dynamic.onnx"), "-t", target, "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "--input-shape x=1,1,H,W" in result.output, result.output

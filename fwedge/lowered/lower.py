@@ -63,9 +63,12 @@ def prepare(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = 
         if shape and not isinstance(shape[0], int) or (shape and shape[0] != 1):
             shape[0] = 1
         if any(not isinstance(d, int) for d in shape):
+            names = ["N", "C", "H", "W"] if len(shape) == 4 else [f"D{i}" for i in range(len(shape))]
+            wanted = ",".join(str(d) if isinstance(d, int) else names[i] for i, d in enumerate(shape))
             raise ModelError(
-                f"input '{value.name}': dynamic dimensions {shape}; lowering needs a static shape "
-                f"(pass input_shapes={{'{value.name}': [1, C, H, W]}})"
+                f"input '{value.name}': dynamic dimensions {shape}; a bundle needs a static shape: give "
+                f"--input-shape {value.name}={wanted} with the size the model runs at "
+                f"(input_shapes={{'{value.name}': [...]}} from Python)"
             )
         shapes[value.name] = shape
     # Declared output shapes (often [-1, ...] from exporters) must not hide the inferred ones.

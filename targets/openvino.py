@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,31 @@ _MODELS = RunnerCache(_Compiled)
 _EXACT_MODELS = RunnerCache(lambda bundle: _Compiled(bundle, exact_int8=True))
 
 
+
+# OpenVINO's "Model wasn't fully converted" report: one "While validating ONNX node '<Node(OP):
+# NAME>'" per failed node, then a "Summary" line; the reason is the line after its "failed at".
+_FAILED_NODE = re.compile(r"While validating ONNX node '<Node\((\w+)\): ([^>]*)>'")
+
+
+def conversion_failure(text: str) -> str:
+    """One line for an openvino.convert_model failure: the nodes it could not convert and why
+    (the first reason of each), or the first line of any other error."""
+    nodes = list(dict.fromkeys(_FAILED_NODE.findall(text)))
+    if not nodes:
+        return "openvino.convert_model failed: " + text.strip().splitlines()[0][:300] if text.strip() else \
+            "openvino.convert_model failed"
+    reasons = []
+    for block in re.split(r"\n\s*-- ", text)[1:]:
+        lines = [line.strip() for line in block.splitlines() if line.strip()]
+        detail = [line for line in lines if not line.startswith(("[ONNX Frontend]", "While validating", "Check ",
+                                                                  "FrontEnd API", "Summary", "-- "))
+                  and not line.endswith("with a message:")]
+        reasons.append(detail[0][:120] if detail else "")
+    shown = "; ".join(f"'{name}' ({op}{': ' + reasons[i] if i < len(reasons) and reasons[i] else ''})"
+                      for i, (op, name) in enumerate(nodes[:5]))
+    more = f" and {len(nodes) - 5} more" if len(nodes) > 5 else ""
+    return f"the OpenVINO ONNX frontend could not convert {len(nodes)} node(s): {shown}{more}"
+
 @target("openvino")
 class OpenvinoTarget(Target):
     """OpenVINO IR from openvino.convert_model; exact_int8 runs FakeQuantize as the float op it defines (_Compiled)."""
@@ -138,7 +164,7 @@ class OpenvinoTarget(Target):
         try:
             converted = ov.convert_model(_model_stream(model))
         except Exception as exc:  # ovc raises its own Error / RuntimeError types
-            raise ExportError(f"target {TARGET!r}: openvino.convert_model failed: {exc}") from exc
+            raise ExportError(f"target {TARGET!r}: {conversion_failure(str(exc))}") from exc
         fake_quantize = sum(1 for op in converted.get_ordered_ops() if op.get_type_name() == "FakeQuantize")
         if precision == "int8" and fake_quantize == 0:
             raise ExportError(f"target {TARGET!r}: the QDQ model converted to IR without FakeQuantize ops")

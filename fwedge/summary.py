@@ -67,6 +67,28 @@ def _not_learned(model: onnx.ModelProto) -> set[str]:
             for name in node.input[_NOT_LEARNED[node.op_type]] if name}
 
 
+_PARAMETER_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8, onnx.TensorProto.UINT8,
+                    onnx.TensorProto.INT32)
+
+
+def _subgraph_parameters(graph: onnx.GraphProto) -> int:
+    """Learned values held inside control flow (If branches, Loop and Scan bodies): their
+    initializers and Constant tensors, with the same exclusions as the main graph."""
+    total = 0
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                state = {name for inner in sub.node if inner.op_type in _NOT_LEARNED
+                         for name in inner.input[_NOT_LEARNED[inner.op_type]] if name}
+                tensors = [init for init in sub.initializer if init.name not in state]
+                tensors += [a.t for inner in sub.node if inner.op_type == "Constant" and inner.output[0] not in state
+                            for a in inner.attribute if a.name == "value"]
+                total += sum(int(np.prod(t.dims, dtype=np.int64)) for t in tensors if t.data_type in _PARAMETER_TYPES)
+                total += _subgraph_parameters(sub)
+    return total
+
+
 def summarize(model: onnx.ModelProto, path: str = "", with_support: bool = True) -> ModelSummary:
     """Summarize a loaded model. MACs are per sample: a dynamic batch dimension counts as 1;
     other dynamic dimensions make MACs unknown (fix them with ir.set_input_shapes)."""
@@ -78,10 +100,7 @@ def summarize(model: onnx.ModelProto, path: str = "", with_support: bool = True)
     initializers = ir.initializer_map(model)
     state = _not_learned(model)
     parameters = sum(int(np.prod(init.dims, dtype=np.int64)) for name, init in initializers.items()
-                     if name not in state
-                     and init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
-                                            onnx.TensorProto.INT8, onnx.TensorProto.UINT8,
-                                            onnx.TensorProto.INT32))
+                     if name not in state and init.data_type in _PARAMETER_TYPES) + _subgraph_parameters(model.graph)
     layers = []
     for node in model.graph.node:
         weights = [name for name in node.input if name in initializers]

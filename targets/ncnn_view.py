@@ -104,7 +104,7 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
         ExportError: a non-batch dimension is dynamic.
     """
     require_static(model, TARGET)
-    shapes = {value.name: [1] + ir.shape_of(value)[1:] for value in ir.graph_inputs(model)}
+    shapes = {value.name: [1] + ir.shape_of(value)[1:] for value in ir.graph_inputs(model) if ir.shape_of(value)}
     model = ir.set_input_shapes(model, shapes)
     # Folding a Shape chain makes the shapes behind it known, which can expose the next chain.
     for _ in range(8):

@@ -137,3 +137,33 @@ def test_inspect_counts_learnable_parameters(name):
     assert f"learnable parameters {expected:,}" in text
     readme = (path.parent / "README.md").read_text()
     assert f"| `{name}.onnx` | {expected:,} |" in readme
+
+
+def test_inspect_counts_the_parameters_inside_control_flow(tmp_path):
+    """Weights in If branches (silero-vad's model holds all of them there): branch initializers
+    and Constant tensors count; shape constants (int64) and Clip bounds do not."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(name: str, channels: int) -> onnx.GraphProto:
+        weight = numpy_helper.from_array(np.ones((channels, 1, 3, 3), np.float32), f"{name}_w")
+        bound = helper.make_node("Constant", [], [f"{name}_max"], value=numpy_helper.from_array(np.float32(6)))
+        shape = helper.make_node("Constant", [], [f"{name}_shape"], value=numpy_helper.from_array(np.array([1, -1])))
+        nodes = [helper.make_node("Conv", ["x", f"{name}_w"], [f"{name}_c"], pads=[1, 1, 1, 1]), bound, shape,
+                 helper.make_node("Clip", [f"{name}_c", "", f"{name}_max"], [f"{name}_r"]),
+                 helper.make_node("Reshape", [f"{name}_r", f"{name}_shape"], [f"{name}_y"])]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [1, "n"])],
+                                 [weight])
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y"], then_branch=branch("then", 4), else_branch=branch("else", 2))], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8]),
+         helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "branches.onnx")
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "branches.onnx"), "--json", "-"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["parameters"] == 4 * 9 + 2 * 9

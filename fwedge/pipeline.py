@@ -389,7 +389,7 @@ def stage_quantize(run: PipelineRun) -> None:
             max_accuracy_drop=settings.max_accuracy_drop, min_agreement=settings.min_agreement,
             eval_data=data.eval if budget else None, eval_samples=settings.eval_limit,
             keep_float=settings.keep_float, float_stem=settings.float_stem,
-            activation_dtype=settings.activation_dtype)
+            bias_correction=settings.bias_correction, activation_dtype=settings.activation_dtype)
         from fwedge.console import calibration_bar, progress
 
         count = calibration_count(data.calibration, settings.num_samples)

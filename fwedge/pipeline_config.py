@@ -84,6 +84,7 @@ class QuantizeSettings:
     eval_limit: int = 1000
     keep_float: tuple[str, ...] = ()
     float_stem: bool = False
+    bias_correction: bool = False
     activation_dtype: Literal["int8", "uint8"] = "int8"
 
     def check(self, where: str) -> None:

@@ -80,3 +80,9 @@ RUNTIME_INT8_MIN_AGREEMENT = 0.98 # top-1 agreement on the whole subset
 # room for a few boxes near the score threshold or the NMS IoU to flip with the float kernels.
 DETECTOR_INT8_SQNR_DB = 30.0
 DETECTOR_INT8_MAP50 = 0.85
+
+# quantize --bias-correction on mobilenet_v2_tiny with per-tensor weights, output SQNR against
+# float on 1000 held-out images: the least gain in dB. Measured 2026-12-03: +3.3 dB on all
+# 10,000 test images (17.65 -> 20.99 dB). With per-channel weights the gain is 0.6 dB there and
+# none on cnn_small, so the test uses the case the remedy is for.
+BIAS_CORRECTION_MIN_GAIN_DB = 2.0

@@ -26,6 +26,9 @@ from fwedge.console import calibration_bar
 @click.option("--float-stem", is_flag=True,
               help="Keep the layers that read the model input in float (onnxruntime's int8 conv on 1-3 input "
                    "channels is slower than its float conv; the first layer is also the most sensitive).")
+@click.option("--bias-correction", is_flag=True,
+              help="Measure the mean error int8 adds to each layer's output on calibration samples and subtract "
+                   "it from the layer's bias (two passes); helps per-tensor weights and depthwise layers most.")
 @click.option("--activation-dtype", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
               help="Activation Q/DQ dtype. uint8 (zero point + 128, same scales and values) runs onnxruntime's "
                    "fast u8s8 x86 kernels; weights stay int8 per-channel either way.")
@@ -34,7 +37,7 @@ from fwedge.console import calibration_bar
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="QDQ ONNX model to write.")
 def command(model, data, method, num_samples, seed, bins, percentile, symmetric, batch_size, input_shapes,
             preprocess, table, per_tensor, max_accuracy_drop, min_agreement, eval_data, eval_limit,
-            keep_float, float_stem, activation_dtype, save_table, json_out, output) -> None:
+            keep_float, float_stem, bias_correction, activation_dtype, save_table, json_out, output) -> None:
     """Calibrate MODEL on DATA and write an INT8 QDQ ONNX model: int8 per-channel weights, int8
     (or --activation-dtype uint8) activations, int32 biases, standard QuantizeLinear/DequantizeLinear
     (opset 13) that runs in onnxruntime and that every export target consumes.
@@ -58,7 +61,8 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
         method_options=MethodOptions(percentile=percentile, symmetric=symmetric), bins=bins, seed=seed,
         batch_size=batch_size, preprocess=preprocess, input_shapes=input_shapes,
         max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, eval_data=eval_data,
-        eval_samples=eval_limit, keep_float=keep_float, float_stem=float_stem, activation_dtype=activation_dtype)
+        eval_samples=eval_limit, keep_float=keep_float, float_stem=float_stem, bias_correction=bias_correction,
+        activation_dtype=activation_dtype)
     total, label = (None, "quantizing (with --table)") if table else \
         calibration_bar(method, calibration_count(data, num_samples))
     with progress(total, label) as advance:

@@ -72,6 +72,8 @@ class QuantizeRequest:
         eval_samples: samples of `eval_data` the budget uses (>= 1; None = all).
         keep_float: node names of layers to keep in float (plan.float_units); a budget works on top.
         float_stem: keep the layers that read the model input in float (plan.float_units).
+        bias_correction: subtract each int8 layer's mean output error from its bias, measured on
+            calibration samples (quantization.bias_correction); needs `data`.
         activation_dtype: "int8" or "uint8" activation Q/DQ pairs in the final model.
 
     Raises:
@@ -97,6 +99,7 @@ class QuantizeRequest:
     eval_samples: int | None = DEFAULT_EVAL_SAMPLES
     keep_float: tuple[str, ...] = field(default=())
     float_stem: bool = False
+    bias_correction: bool = False
     activation_dtype: str = "int8"
 
     def __post_init__(self) -> None:
@@ -111,6 +114,8 @@ class QuantizeRequest:
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
         if self.data is None and self.table is None:
             raise QuantizeRequestError("data", "quantize needs calibration data or a quant table (table)")
+        if self.bias_correction and self.data is None:
+            raise QuantizeRequestError("bias_correction", "bias correction measures on calibration data: give data")
         _at_least("num_samples", self.num_samples, 1, optional=True)
         _at_least("bins", self.bins, MIN_BINS)
         _at_least("seed", self.seed, 0)

@@ -109,6 +109,22 @@ def _after_budget(prepared: onnx.ModelProto, table: QuantTable, options: Quantiz
     return replace(table, tensors={name: q for name, q in table.tensors.items() if name in used}), plan
 
 
+def _bias_corrected(request: QuantizeRequest, prepared: onnx.ModelProto, table: QuantTable, options: QuantizeOptions,
+                    plan: QuantPlan, budget: BudgetResult | None) -> onnx.ModelProto:
+    """The final plan's QDQ model written from biases corrected on calibration samples
+    (quantization.bias_correction); the reference float model stays the uncorrected one."""
+    from fwedge.quantization.bias_correction import SAMPLES, correct_biases
+
+    if budget is not None and budget.float_nodes:
+        options = replace(options, exclude_nodes=options.exclude_nodes | budget.float_nodes)
+    count = min(request.num_samples or SAMPLES, SAMPLES)
+    calib = calibration_data(prepared, request.data, count, request.seed, SAMPLES, request.preprocess)
+    x = next(iter(calib.batches()()))
+    _, model, moved = correct_biases(prepared, table, options, plan, x)
+    log.info("bias correction on %d samples: %d layers corrected", len(x), len(moved))
+    return model
+
+
 def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] | None = None) -> QuantizeResult:
     """Calibrate (or take a table) and write an INT8 QDQ model; optionally within a budget.
 
@@ -146,6 +162,8 @@ def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] |
         table, plan = _after_budget(prepared, table, options, plan, budget)
         model = budget.model
         kept_float += budget.kept_float
+    if request.bias_correction:
+        model = _bias_corrected(request, prepared, table, options, plan, budget)
     if request.activation_dtype == "uint8":
         model = uint8_activations(model)
     check = None

@@ -22,6 +22,7 @@ from onnx import numpy_helper
 from fwedge import ir
 from fwedge.calibration import QuantTable
 from fwedge.calibration.collect import with_outputs
+from fwedge.eval import ort_session
 from fwedge.quantization.plan import QuantizeOptions, QuantPlan
 from fwedge.quantization.qdq import quantize_model
 
@@ -45,8 +46,6 @@ def _layer_outputs(prepared: onnx.ModelProto, plan: QuantPlan) -> dict[str, tupl
 
 def _means(model: onnx.ModelProto, tensors: list[str], x: np.ndarray, axis: int) -> dict[str, np.ndarray]:
     """Per-channel means of `tensors` over the samples of `x` (channel axis `axis`), run one by one."""
-    from fwedge.eval import ort_session
-
     session = ort_session(with_outputs(model, tensors))
     first = ir.graph_inputs(model)[0].name
     sums: dict[str, np.ndarray] = {}

@@ -13,6 +13,7 @@ from fwedge.data import Dataset
 from fwedge.errors import CalibrationError, QuantizeRequestError
 from fwedge.eval import Fidelity
 from fwedge.quantization.activation_dtype import uint8_activations
+from fwedge.quantization.bias_correction import SAMPLES, correct_biases
 from fwedge.quantization.budget import BudgetResult, search_budget
 from fwedge.quantization.calibrate import calibration_data, collect_stats
 from fwedge.quantization.check import output_check, warning_for
@@ -113,8 +114,6 @@ def _bias_corrected(request: QuantizeRequest, prepared: onnx.ModelProto, table: 
                     plan: QuantPlan, budget: BudgetResult | None) -> onnx.ModelProto:
     """The final plan's QDQ model written from biases corrected on calibration samples
     (quantization.bias_correction); the reference float model stays the uncorrected one."""
-    from fwedge.quantization.bias_correction import SAMPLES, correct_biases
-
     if budget is not None and budget.float_nodes:
         options = replace(options, exclude_nodes=options.exclude_nodes | budget.float_nodes)
     count = min(request.num_samples or SAMPLES, SAMPLES)

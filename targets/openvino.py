@@ -89,6 +89,18 @@ _EXACT_MODELS = RunnerCache(lambda bundle: _Compiled(bundle, exact_int8=True))
 _FAILED_NODE = re.compile(r"While validating ONNX node '<Node\((\w+)\): ([^>]*)>'")
 
 
+def _failed_conversion(model: onnx.ModelProto, opset: int) -> list[tuple[str, str, int]]:
+    """(node, op, opset) of each node a full openvino.convert_model fails on; [] when it
+    converts (or fails without naming nodes: export reports that failure itself)."""
+    import openvino as ov
+
+    try:
+        ov.convert_model(_model_stream(model))
+    except Exception as exc:  # ovc raises its own Error / RuntimeError types
+        return [(name, op, opset) for op, name in dict.fromkeys(_FAILED_NODE.findall(str(exc)))]
+    return []
+
+
 def conversion_failure(text: str) -> str:
     """One line for an openvino.convert_model failure: the nodes it could not convert and why
     (the first reason of each), or the first line of any other error."""
@@ -119,7 +131,9 @@ class OpenvinoTarget(Target):
         """Nodes OpenVINO's ONNX frontend cannot convert, found by a partial conversion.
 
         A partial conversion keeps every node it has no translator for as an ONNXFrameworkNode; those
-        are the unsupported ones. Nothing is compiled, so this stays cheap.
+        are the unsupported ones. When it finds none, a full conversion runs too: a node whose
+        translator exists can still fail (silero-vad's If branch: a Conv on a tensor of unknown
+        rank), and only the full conversion's report names it. Nothing is compiled.
         """
         from openvino.frontend import FrontEndManager
 
@@ -140,7 +154,7 @@ class OpenvinoTarget(Target):
                 missing.append((op.get_friendly_name(), op.get_type_name(), opset))
             else:
                 missing.append((node.name or node.output[0], node.op_type, opset))
-        return missing
+        return missing or _failed_conversion(model, opset)
 
     def export(self, model: onnx.ModelProto, out_dir, options: ExportOptions | None = None) -> Bundle:
         """Convert the float or QDQ model to OpenVINO IR and write it as a bundle.

@@ -382,26 +382,49 @@ def test_a_dynamic_input_names_the_cli_flag(models, tmp_path, target):
     assert result.exit_code == 2 and "--input-shape x=1,1,H,W" in result.output, result.output
 
 
+_SILERO_REPORT = (
+    "Check 'false' failed at src/frontends/common_translators/src/unconverted_ops_report.cpp:151:\n"
+    "FrontEnd API failed with OpConversionFailure:\nModel wasn't fully converted. Failed operations detailed log:\n"
+    "-- Conv-16 with a message:\n[ONNX Frontend] Conversion failed for Conv-16\n"
+    "While validating ONNX node '<Node(Conv): If_0_then_branch__Inline_0__/decoder/decoder/2/Conv>': "
+    "Check 'data.get_partial_shape().rank().is_static()' failed at src/frontends/onnx/frontend/src/op/conv.cpp:38:\n"
+    "FrontEnd API failed with GeneralFailure:\nThe input data tensor's rank has to be known (static)\n\n"
+    "-- ReduceMean-16 with a message:\n[ONNX Frontend] Conversion failed for ReduceMean-16\n"
+    "Check '(supported_types.find(ov_input.get_element_type()) != supported_types.end())' failed at "
+    "src/frontends/onnx/frontend/src/op/reduce.cpp:134:\n"
+    "While validating ONNX node '<Node(ReduceMean): If_0_then_branch__Inline_0__/ReduceMean>':\n"
+    "Unsupported input type dynamic\n\nSummary:\n-- Conversion is failed for: Conv-16, ReduceMean-16\n")
+
+
 def test_an_openvino_conversion_failure_is_one_line_naming_the_nodes():
     """The report OpenVINO's ONNX frontend printed for silero-vad's silero_vad.onnx (its If
     branch has tensors of unknown rank), as openvino.convert_model raised it."""
     from fwedge.targets.openvino import conversion_failure
 
-    report = (
-        "Check 'false' failed at src/frontends/common_translators/src/unconverted_ops_report.cpp:151:\n"
-        "FrontEnd API failed with OpConversionFailure:\nModel wasn't fully converted. Failed operations detailed log:\n"
-        "-- Conv-16 with a message:\n[ONNX Frontend] Conversion failed for Conv-16\n"
-        "While validating ONNX node '<Node(Conv): If_0_then_branch__Inline_0__/decoder/decoder/2/Conv>': "
-        "Check 'data.get_partial_shape().rank().is_static()' failed at src/frontends/onnx/frontend/src/op/conv.cpp:38:\n"
-        "FrontEnd API failed with GeneralFailure:\nThe input data tensor's rank has to be known (static)\n\n"
-        "-- ReduceMean-16 with a message:\n[ONNX Frontend] Conversion failed for ReduceMean-16\n"
-        "Check '(supported_types.find(ov_input.get_element_type()) != supported_types.end())' failed at "
-        "src/frontends/onnx/frontend/src/op/reduce.cpp:134:\n"
-        "While validating ONNX node '<Node(ReduceMean): If_0_then_branch__Inline_0__/ReduceMean>':\n"
-        "Unsupported input type dynamic\n\nSummary:\n-- Conversion is failed for: Conv-16, ReduceMean-16\n")
-    line = conversion_failure(report)
+    line = conversion_failure(_SILERO_REPORT)
     assert "\n" not in line and line.startswith("the OpenVINO ONNX frontend could not convert 2 node(s)"), line
     assert "'If_0_then_branch__Inline_0__/decoder/decoder/2/Conv' (Conv: The input data tensor's rank has to be " \
            "known (static))" in line, line
     assert "'If_0_then_branch__Inline_0__/ReduceMean' (ReduceMean: Unsupported input type dynamic)" in line, line
     assert conversion_failure("Some other failure\nwith detail") == "openvino.convert_model failed: Some other failure"
+
+
+@pytest.mark.openvino
+def test_openvino_check_names_the_nodes_a_full_conversion_fails_on(models, monkeypatch):
+    """When the partial conversion finds every translator but the full conversion fails (as on
+    silero-vad), check() -- and so inspect -- lists the nodes the report names, not 'all nodes'."""
+    import openvino
+
+    from fwedge.targets import get_target
+
+    model = onnx.load(models / "tiny.onnx")
+    assert get_target("openvino").check(model) == []
+
+    def fails(*args, **kwargs):
+        raise RuntimeError(_SILERO_REPORT)
+
+    monkeypatch.setattr(openvino, "convert_model", fails)
+    found = get_target("openvino").check(model)
+    assert [(name, op) for name, op, _ in found] == [
+        ("If_0_then_branch__Inline_0__/decoder/decoder/2/Conv", "Conv"),
+        ("If_0_then_branch__Inline_0__/ReduceMean", "ReduceMean")], found

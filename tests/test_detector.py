@@ -164,3 +164,14 @@ def test_eval_and_run_take_the_task(detector, tmp_path):
     ran = CliRunner().invoke(cli, ["run", str(bundle), *common, "--task", "detection", "--exact-int8"])
     assert ran.exit_code == 0, ran.output
     assert json.loads(ran.output)["map50"] == pytest.approx(detection["map50"], abs=0.05)
+
+
+def test_quantize_reports_no_top1_for_a_detector_output(detector, tmp_path):
+    """The check after quantizing prints SQNR only when the output is no vector of class
+    scores: a flattened argmax of boxes and scores (17-28% here) means nothing."""
+    root, paths = detector
+    result = CliRunner().invoke(cli, ["quantize", str(paths["static"]), "--data", str(root / "calib.npy"),
+                                      "--num-samples", "32", "-o", str(tmp_path / "d.int8.onnx")])
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("check:")]
+    assert "output SQNR" in line and "top-1" not in line, line

@@ -53,6 +53,7 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
     from fwedge.errors import CalibrationError
     from fwedge.quantization import QuantizeRequest, run_quantization
     from fwedge.quantization.calibrate import calibration_count
+    from fwedge.quantization.check import output_task, summary_for
 
     if data is None and table is None:
         raise click.UsageError("give --data to calibrate, or --table with a QuantTable")
@@ -86,8 +87,8 @@ def command(model, data, method, num_samples, seed, bins, percentile, symmetric,
                      f"{len(plan.biases)} int32 biases; {activation_dtype} activations; method {result.table.method}")
         if result.check is not None:
             check = result.check
-            stdout.print(f"check: int8 vs float on {check.samples} calibration samples: output SQNR "
-                         f"{check.sqnr_db:.1f} dB, top-1 agreement {100 * check.top1_agreement:.1f}%")
+            stdout.print(f"check: int8 vs float on {check.samples} calibration samples: "
+                         f"{summary_for(check, output_task(result.float_model))}")
         if result.budget:
             stdout.print(f"budget: {result.budget['summary']}")
         if result.kept_float:

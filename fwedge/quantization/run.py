@@ -16,7 +16,7 @@ from fwedge.quantization.activation_dtype import uint8_activations
 from fwedge.quantization.bias_correction import SAMPLES, correct_biases
 from fwedge.quantization.budget import BudgetResult, search_budget
 from fwedge.quantization.calibrate import calibration_data, collect_stats
-from fwedge.quantization.check import output_check, warning_for
+from fwedge.quantization.check import output_check, output_task, warning_for
 from fwedge.quantization.plan import (
     KeptFloat, QuantizeOptions, QuantPlan, float_units, mixed_range_concats, plan_quantization, post_processing,
 )
@@ -168,7 +168,7 @@ def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] |
     check = None
     if request.data is not None:
         check = output_check(prepared, model, request.data, request.preprocess, request.seed)
-        warning = warning_for(check)
+        warning = warning_for(check, output_task(prepared))
         if warning:
             log.warning("%s", warning)
     return QuantizeResult(model, prepared, table, replace(plan, kept_float=kept_float), budget, check)

@@ -16,7 +16,7 @@ import numpy as np
 
 from fwedge import __version__, strict_json
 from fwedge.errors import GateError
-from fwedge.tasks import TASKS
+from fwedge.tasks import CLASSIFICATION, DETECTION, TASKS
 
 RESULTS_SCHEMA = "fwedge.results/1"
 STDERR_TAIL_CHARS = 2000
@@ -160,7 +160,16 @@ class DeviceResult:
     wall_seconds: float = 0.0
     error: str | None = None
     stderr_tail: str | None = None
-    task: str = "classification"
+    task: str = CLASSIFICATION
+
+    @property
+    def agreement(self) -> float | None:
+        """What agreement with the reference means for the task: top-1 agreement for a
+        classifier, mAP@0.5 against the FP32 boxes for a detector, None for any other signal."""
+        fidelity = self.fidelity or {}
+        if self.task == DETECTION:
+            return fidelity.get("map50")
+        return fidelity.get("top1_agreement") if self.task == CLASSIFICATION else None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -262,8 +271,6 @@ _TOP_LEVEL = {"schema": str, "fwedge_version": str, "created": str, "host": dict
               "samples": int, "repeats": int, "notes": list, "results": list}
 # Keys every result entry must state, even as null: a gate must tell "measured nothing" (null)
 # from a damaged file (the key is gone).
-# What a result's output is (DeviceResult.task).
-# (fwedge.tasks: CLASSIFICATION, SIGNAL, DETECTION, TASKS)
 _REQUIRED_ENTRY_KEYS = ("bundle", "device", "status", "role", "samples", "accuracy", "fidelity", "latency",
                         "latency_ratio", "sizes")
 _LATENCY_KEYS = ("p50_ms", "p95_ms", "mean_ms", "min_ms", "iterations")

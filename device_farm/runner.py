@@ -23,10 +23,11 @@ from fwedge.device_farm.results import (
     ERROR, INSTRUCTIONS, OK, DeviceResult, DeviceRun, Instructions, Latency, Results,
     host_identity, now_utc,
 )
+from fwedge.detection import decode, map50
 from fwedge.errors import DataError, DeviceError, FwEdgeError
-from fwedge.tasks import AUTO, CLASSIFICATION, DETECTION, TASKS, task_of
 from fwedge.eval import BatchedOrtRunner, FidelityAccumulator
 from fwedge.reference import check_bundle_shapes, for_bundle, verify
+from fwedge.tasks import AUTO, CLASSIFICATION, DETECTION, TASKS, task_of
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ class FarmOptions:
         baseline_bundles: folder of baseline bundles, matched to candidates by directory name
             and run interleaved (A B A B) with them on the same device.
         rounds: how many A/B alternations the interleaved latency uses.
-        task: "classification", "signal" or "auto" (task_of: classification when each sample's
-            scored output is one vector of scores).
+        task: one of fwedge.tasks.CHOICES: "classification", "signal", "detection" (adds mAP@0.5
+            against the reference's boxes) or "auto" (task_of).
     """
 
     data: str
@@ -184,8 +185,6 @@ def _score(shared: _Shared, bundle: Bundle, device: Device, run: DeviceRun, eval
         accumulator.update(reference_flat, flat)
         fidelity = accumulator.result().to_dict()
         if task == DETECTION:
-            from fwedge.detection import decode, map50
-
             name = shared.options.output or "output"
             fidelity["map50"] = map50(decode(reference.reshape(logits.shape), name=name), decode(logits, name=name))
         if eval_set.labels is not None and task == CLASSIFICATION:

@@ -11,6 +11,7 @@ import onnx
 
 from fwedge import ir
 from fwedge.data import Batch, Dataset, Preprocess, check_batch_shape, preprocess_from_metadata
+from fwedge.detection import decode, map50
 from fwedge.errors import DataError, ModelError
 from fwedge.tasks import CLASSIFICATION, DETECTION, task_of
 
@@ -358,19 +359,13 @@ def evaluate(
         if expected is not None:
             accumulator.update(expected, logits)
             if task == DETECTION:
-                from fwedge.detection import decode
-
                 name = getattr(runner, "output", None) or "output"
                 found[0].extend(decode(np.asarray(expected).reshape(np.shape(logits)), name=name))
                 found[1].extend(decode(logits, name=name))
         total += len(batch.x)
         if progress:
             progress(len(batch.x))
-    map50 = None
-    if task == DETECTION and reference is not None:
-        from fwedge.detection import map50 as score
-
-        map50 = score(*found)
+    boxes_map50 = map50(*found) if task == DETECTION and reference is not None else None
     return {
         "samples": total,
         "task": task,
@@ -378,7 +373,7 @@ def evaluate(
                      if dataset.has_labels and task == CLASSIFICATION else None),
         "fidelity": accumulator.result() if reference is not None else None,
         "outputs": {name: acc.result() for name, acc in per_output.items()} if every else None,
-        "map50": map50,
+        "map50": boxes_map50,
     }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from fwedge.device_farm.gate import GateReport
 from fwedge.device_farm.results import DeviceResult, Results, load_results
 from fwedge.errors import GateError
-from fwedge.tasks import CLASSIFICATION, DETECTION
+from fwedge.tasks import DETECTION
 
 SQNR_WARN_DB = 20.0
 
@@ -274,18 +274,9 @@ def _failed_pairs(gate: GateReport | None) -> set[tuple[str, str]]:
     return {(row.bundle, row.device) for row in gate.rows if row.failed} if gate else set()
 
 
-def _agreement_value(r: DeviceResult) -> float | None:
-    """What the agreement column holds: top-1 agreement for a classifier, mAP@0.5 against the
-    FP32 boxes for a detector, nothing for any other signal."""
-    fidelity = r.fidelity or {}
-    if r.task == DETECTION:
-        return fidelity.get("map50")
-    return fidelity.get("top1_agreement") if r.task == CLASSIFICATION else None
-
-
 def _agreement(r: DeviceResult) -> str:
-    value = _agreement_value(r)
-    return ("mAP50 " if r.task == DETECTION and value is not None else "") + _pct(value)
+    """The agreement cell (DeviceResult.agreement), marked "mAP50" for a detector."""
+    return ("mAP50 " if r.task == DETECTION and r.agreement is not None else "") + _pct(r.agreement)
 
 
 def _results_table(results: list[DeviceResult], gate: GateReport | None = None) -> str:
@@ -314,7 +305,7 @@ def _results_table(results: list[DeviceResult], gate: GateReport | None = None) 
             ("l", r.status, None, "", ""),
             ("", _pct(r.accuracy), r.accuracy, versus_float,
              f"FP32 {_pct(fidelity.get('reference_accuracy'))}" if versus_float else ""),
-            ("", _agreement(r), _agreement_value(r), "", ""),
+            ("", _agreement(r), r.agreement, "", ""),
             ("", _num(sqnr, 1), sqnr if isinstance(sqnr, (int, float)) and math.isfinite(sqnr) else 1e9
              if sqnr is not None else None, "", ""),
             ("", _num(latency.p50_ms, 4) if latency else "", latency.p50_ms if latency else None, "", p95),

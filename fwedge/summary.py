@@ -75,17 +75,14 @@ def _subgraph_parameters(graph: onnx.GraphProto) -> int:
     """Learned values held inside control flow (If branches, Loop and Scan bodies): their
     initializers and Constant tensors, with the same exclusions as the main graph."""
     total = 0
-    for node in graph.node:
-        for attr in node.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subs:
-                state = {name for inner in sub.node if inner.op_type in _NOT_LEARNED
-                         for name in inner.input[_NOT_LEARNED[inner.op_type]] if name}
-                tensors = [init for init in sub.initializer if init.name not in state]
-                tensors += [a.t for inner in sub.node if inner.op_type == "Constant" and inner.output[0] not in state
-                            for a in inner.attribute if a.name == "value"]
-                total += sum(int(np.prod(t.dims, dtype=np.int64)) for t in tensors if t.data_type in _PARAMETER_TYPES)
-                total += _subgraph_parameters(sub)
+    for sub in (sub for node in graph.node for sub in ir.subgraphs(node)):
+        state = {name for inner in sub.node if inner.op_type in _NOT_LEARNED
+                 for name in inner.input[_NOT_LEARNED[inner.op_type]] if name}
+        tensors = [init for init in sub.initializer if init.name not in state]
+        tensors += [a.t for inner in sub.node if inner.op_type == "Constant" and inner.output[0] not in state
+                    for a in inner.attribute if a.name == "value"]
+        total += sum(int(np.prod(t.dims, dtype=np.int64)) for t in tensors if t.data_type in _PARAMETER_TYPES)
+        total += _subgraph_parameters(sub)
     return total
 
 

@@ -89,15 +89,45 @@ _EXACT_MODELS = RunnerCache(lambda bundle: _Compiled(bundle, exact_int8=True))
 _FAILED_NODE = re.compile(r"While validating ONNX node '<Node\((\w+)\): ([^>]*)>'")
 
 
-def _failed_conversion(model: onnx.ModelProto, opset: int) -> list[tuple[str, str, int]]:
-    """(node, op, opset) of each node a full openvino.convert_model fails on; [] when it
-    converts (or fails without naming nodes: export reports that failure itself)."""
+def _untranslated(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
+    """(node, op, opset) of each node a partial conversion keeps as an ONNXFrameworkNode: those
+    OpenVINO's ONNX frontend has no translator for."""
+    from openvino.frontend import FrontEndManager
+
+    frontend = FrontEndManager().load_by_framework("onnx")
+    partial = frontend.convert_partially(frontend.load(_model_stream(model)))
+    by_name = {}
+    for node in model.graph.node:
+        for key in [node.name, *node.output]:
+            if key:
+                by_name.setdefault(key, node)
+    opset = opset_version(model)
+    missing = []
+    for op in partial.get_ordered_ops():
+        if op.get_type_name() not in ("ONNXFrameworkNode", "NotSupportedONNXNode", "FrameworkNode"):
+            continue
+        node = by_name.get(op.get_friendly_name())
+        if node is None:
+            missing.append((op.get_friendly_name(), op.get_type_name(), opset))
+        else:
+            missing.append((node.name or node.output[0], node.op_type, opset))
+    return missing
+
+
+def _failed_nodes(text: str, opset: int) -> list[tuple[str, str, int]]:
+    """(node, op, opset) of each node an openvino.convert_model failure report names."""
+    return [(name, op, opset) for op, name in dict.fromkeys(_FAILED_NODE.findall(text))]
+
+
+def _failed_conversion(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
+    """The nodes a full openvino.convert_model fails on; [] when it converts (or fails without
+    naming nodes: export reports that failure itself)."""
     import openvino as ov
 
     try:
         ov.convert_model(_model_stream(model))
     except Exception as exc:  # ovc raises its own Error / RuntimeError types
-        return [(name, op, opset) for op, name in dict.fromkeys(_FAILED_NODE.findall(str(exc)))]
+        return _failed_nodes(str(exc), opset_version(model))
     return []
 
 
@@ -120,6 +150,7 @@ def conversion_failure(text: str) -> str:
     more = f" and {len(nodes) - 5} more" if len(nodes) > 5 else ""
     return f"the OpenVINO ONNX frontend could not convert {len(nodes)} node(s): {shown}{more}"
 
+
 @target("openvino")
 class OpenvinoTarget(Target):
     """OpenVINO IR from openvino.convert_model; exact_int8 runs FakeQuantize as the float op it defines (_Compiled)."""
@@ -135,26 +166,7 @@ class OpenvinoTarget(Target):
         translator exists can still fail (silero-vad's If branch: a Conv on a tensor of unknown
         rank), and only the full conversion's report names it. Nothing is compiled.
         """
-        from openvino.frontend import FrontEndManager
-
-        frontend = FrontEndManager().load_by_framework("onnx")
-        partial = frontend.convert_partially(frontend.load(_model_stream(model)))
-        by_name = {}
-        for node in model.graph.node:
-            for key in [node.name, *node.output]:
-                if key:
-                    by_name.setdefault(key, node)
-        opset = opset_version(model)
-        missing = []
-        for op in partial.get_ordered_ops():
-            if op.get_type_name() not in ("ONNXFrameworkNode", "NotSupportedONNXNode", "FrameworkNode"):
-                continue
-            node = by_name.get(op.get_friendly_name())
-            if node is None:
-                missing.append((op.get_friendly_name(), op.get_type_name(), opset))
-            else:
-                missing.append((node.name or node.output[0], node.op_type, opset))
-        return missing or _failed_conversion(model, opset)
+        return _untranslated(model) or _failed_conversion(model)
 
     def export(self, model: onnx.ModelProto, out_dir, options: ExportOptions | None = None) -> Bundle:
         """Convert the float or QDQ model to OpenVINO IR and write it as a bundle.
@@ -172,12 +184,16 @@ class OpenvinoTarget(Target):
         options = options or ExportOptions()
         self.own_options(options)
         precision = resolve_precision(model, options.precision, TARGET)
-        missing = self.check(model, options)
+        # check() without its full conversion: the conversion below is that conversion.
+        missing = _untranslated(model)
         if missing:
             raise UnsupportedOpError(TARGET, missing)
         try:
             converted = ov.convert_model(_model_stream(model))
         except Exception as exc:  # ovc raises its own Error / RuntimeError types
+            failed = _failed_nodes(str(exc), opset_version(model))
+            if failed:
+                raise UnsupportedOpError(TARGET, failed) from exc
             raise ExportError(f"target {TARGET!r}: {conversion_failure(str(exc))}") from exc
         fake_quantize = sum(1 for op in converted.get_ordered_ops() if op.get_type_name() == "FakeQuantize")
         if precision == "int8" and fake_quantize == 0:

@@ -128,15 +128,13 @@ def _db(value) -> str:
 
 
 def _agreement(result) -> str:
-    """The agreement cell: top-1 for a classifier, mAP@0.5 vs FP32 boxes for a detector."""
-    from fwedge.tasks import CLASSIFICATION, DETECTION
+    """The agreement cell (DeviceResult.agreement): top-1 for a classifier, mAP@0.5 vs FP32
+    boxes for a detector, blank for any other signal."""
+    from fwedge.tasks import DETECTION
 
-    fidelity = result.fidelity or {}
-    if result.task == DETECTION and fidelity.get("map50") is not None:
-        return f"mAP50 {100 * fidelity['map50']:.2f}%"
-    if result.task != CLASSIFICATION or not fidelity:
+    if result.agreement is None:
         return ""
-    return f"{100 * fidelity['top1_agreement']:.2f}%"
+    return ("mAP50 " if result.task == DETECTION else "") + f"{100 * result.agreement:.2f}%"
 
 
 def _print_summary(results) -> None:

@@ -44,24 +44,25 @@ def _layer_outputs(prepared: onnx.ModelProto, plan: QuantPlan) -> dict[str, tupl
     return found
 
 
-def _means(model: onnx.ModelProto, tensors: list[str], x: np.ndarray, axis: int) -> dict[str, np.ndarray]:
-    """Per-channel means of `tensors` over the samples of `x` (channel axis `axis`), run one by one."""
+def _means(model: onnx.ModelProto, tensors: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel means (axis 1, the Conv and Gemm output channels) of `tensors` over the samples
+    of `x`, run one by one."""
     session = ort_session(with_outputs(model, tensors))
     first = ir.graph_inputs(model)[0].name
     sums: dict[str, np.ndarray] = {}
     for i in range(len(x)):
         values = session.run(tensors, {first: x[i:i + 1]})
         for name, value in zip(tensors, values):
-            moved = np.moveaxis(np.asarray(value, dtype=np.float64), axis if value.ndim > 1 else 0, 0)
+            moved = np.moveaxis(np.asarray(value, dtype=np.float64), 1 if value.ndim > 1 else 0, 0)
             mean = moved.reshape(moved.shape[0], -1).mean(axis=1)
             sums[name] = sums.get(name, 0.0) + mean
     return {name: total / len(x) for name, total in sums.items()}
 
 
 def correct_biases(prepared: onnx.ModelProto, table: QuantTable, options: QuantizeOptions, plan: QuantPlan,
-                   x: np.ndarray) -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, float]]:
-    """(the float model with corrected biases, its QDQ model, node -> largest mean shift removed
-    from its channels), layer by layer in graph order: each layer's error is measured with the
+                   x: np.ndarray) -> tuple[onnx.ModelProto, dict[str, float]]:
+    """(the QDQ model written from the corrected biases, node -> largest mean shift removed from
+    its channels), layer by layer in graph order: each layer's error is measured with the
     layers before it already corrected, so an error they caused is not subtracted twice.
 
     `x` is calibration input for the model's first input, [N, ...] with N <= SAMPLES used.
@@ -72,17 +73,17 @@ def correct_biases(prepared: onnx.ModelProto, table: QuantTable, options: Quanti
     corrected.CopyFrom(prepared)
     qdq = quantize_model(corrected, table, options, plan)
     if not layers:
-        return corrected, qdq, {}
+        return qdq, {}
     outputs = {value.name for value in prepared.graph.output}
     x = np.ascontiguousarray(x[:SAMPLES], dtype=np.float32)
-    reference = _means(prepared, [out for out, _ in layers.values()], x, 1)
+    reference = _means(prepared, [out for out, _ in layers.values()], x)
     inits = {init.name: init for init in corrected.graph.initializer}
     moved: dict[str, float] = {}
     for node, (out, bias_name) in layers.items():
         name = out + "_QuantizeLinear_Input" if out in outputs else out
         if name not in {tensor for n in qdq.graph.node for tensor in n.output}:
             continue
-        got = _means(qdq, [name], x, 1)[name]
+        got = _means(qdq, [name], x)[name]
         bias = numpy_helper.to_array(inits[bias_name]).astype(np.float64)
         if got.shape != reference[out].shape or bias.shape != got.shape:
             continue
@@ -91,4 +92,4 @@ def correct_biases(prepared: onnx.ModelProto, table: QuantTable, options: Quanti
         moved[node] = float(np.abs(shift).max())
         qdq = quantize_model(corrected, table, options, plan)
     log.info("bias correction: %d layers, largest mean shift removed %.4g", len(moved), max(moved.values(), default=0))
-    return corrected, qdq, moved
+    return qdq, moved

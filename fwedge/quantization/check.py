@@ -11,8 +11,8 @@ import os
 
 import onnx
 
-from fwedge.data import Dataset, Preprocess, open_dataset
 from fwedge import ir
+from fwedge.data import Dataset, Preprocess, open_dataset
 from fwedge.eval import BatchedOrtRunner, Fidelity, FidelityAccumulator, resolve_preprocess
 from fwedge.tasks import AUTO, CLASSIFICATION, task_of
 

@@ -380,29 +380,18 @@ def plan_quantization(model: onnx.ModelProto, options: QuantizeOptions | None = 
     return planner.plan()
 
 
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    """The graphs held in a node's attributes (If branches, Loop and Scan bodies)."""
-    graphs = []
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            graphs.append(attr.g)
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            graphs.extend(attr.graphs)
-    return graphs
-
-
 def _inside_control_flow(model: onnx.ModelProto) -> str:
     """'; ...' naming the control-flow nodes whose subgraphs hold quantizable ops, or ''."""
     found = []
     for node in model.graph.node:
         inner: dict[str, int] = {}
-        stack = _subgraphs(node)
+        stack = ir.subgraphs(node)
         while stack:
             for sub in stack.pop().node:
                 info = OP_INFO.get(sub.op_type)
                 if info is not None and info.quantizable:
                     inner[sub.op_type] = inner.get(sub.op_type, 0) + 1
-                stack += _subgraphs(sub)
+                stack += ir.subgraphs(sub)
         if inner:
             ops = ", ".join(f"{count} {op}" for op, count in sorted(inner.items()))
             found.append(f"{node.op_type} '{node.name}' ({ops})")
@@ -441,8 +430,9 @@ def mixed_range_concats(model: onnx.ModelProto, plan: QuantPlan, ranges: dict,
     than `ratio` in width, each as a KeptFloat that says by how much. An input with no range of
     its own (a table calibrated before these were collected) leaves its Concat as planned."""
     kept = []
+    outputs = {node.name: node.output[0] for node in model.graph.node if node.op_type == "Concat"}
     for name, inputs in tied_concat_inputs(model, plan).items():
-        output = next(node.output[0] for node in model.graph.node if node.name == name)
+        output = outputs[name]
         widths = {}
         for tensor in inputs:
             source = tensor

@@ -119,7 +119,7 @@ def _bias_corrected(request: QuantizeRequest, prepared: onnx.ModelProto, table: 
     count = min(request.num_samples or SAMPLES, SAMPLES)
     calib = calibration_data(prepared, request.data, count, request.seed, SAMPLES, request.preprocess)
     x = next(iter(calib.batches()()))
-    _, model, moved = correct_biases(prepared, table, options, plan, x)
+    model, moved = correct_biases(prepared, table, options, plan, x)
     log.info("bias correction on %d samples: %d layers corrected", len(x), len(moved))
     return model
 

@@ -40,7 +40,7 @@ REQUIRED_KEYS = ("schema", "target", "arch", "precision", "source_sha256", "inpu
 OPTIONAL_KEYS = ("versions", "preprocess", "sizes", "extra")
 _WORD = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_TENSOR_KEYS = ("name", "shape", "dtype", "layout", "scale", "zero_point")
+_TENSOR_KEYS = ("name", "shape", "dtype", "layout", "scale", "zero_point", "source_layout")
 
 
 @dataclass
@@ -53,6 +53,10 @@ class TensorInfo:
         dtype: numpy dtype name on the device ("float32", "int8", ...).
         layout: "NCHW", "NHWC" or "" for non-image tensors.
         scale, zero_point: quantization parameters when dtype is an integer type.
+        source_layout: "NHWC" when the source model's own tensor is NHWC and the bundle takes
+            (gives) it as it is: the layout pass absorbed the model's Transpose to (from) NCHW.
+            "" otherwise: a 4-D tensor is NCHW in the source model, and the runner transposes
+            between it and an NHWC device tensor.
     """
 
     name: str
@@ -61,11 +65,18 @@ class TensorInfo:
     layout: str = ""
     scale: float | None = None
     zero_point: int | None = None
+    source_layout: str = ""
+
+    @property
+    def transposed(self) -> bool:
+        """The device tensor is NHWC and the source model's is NCHW: feeds and results move."""
+        return self.layout == "NHWC" and len(self.shape) == 4 and self.source_layout != "NHWC"
 
     @property
     def logical_shape(self) -> list[int]:
-        """The shape in fwedge's logical layout: NCHW for a 4-D NHWC device tensor."""
-        if self.layout == "NHWC" and len(self.shape) == 4:
+        """The shape of the source model's tensor, which feeds and results have: NCHW for a 4-D
+        NHWC device tensor unless the source model's tensor is NHWC itself."""
+        if self.transposed:
             batch, height, width, channels = self.shape
             return [batch, channels, height, width]
         return list(self.shape)
@@ -450,6 +461,12 @@ def _tensor_info(raw, where: str) -> TensorInfo:
     layout = raw.get("layout", "")
     if not isinstance(layout, str) or layout not in LAYOUTS:
         raise ExportError(f"{where} {_show(name)}: layout must be one of {list(LAYOUTS)}, got {_show(layout)}")
+    source_layout = raw.get("source_layout", "")
+    if not isinstance(source_layout, str) or source_layout not in ("", "NHWC"):
+        raise ExportError(f"{where} {_show(name)}: source_layout must be '' or 'NHWC', got {_show(source_layout)}")
+    if source_layout and (layout != "NHWC" or len(shape) != 4):
+        raise ExportError(f"{where} {_show(name)}: source_layout NHWC needs a 4-D NHWC tensor, got layout "
+                          f"{_show(layout)} and shape {_show(shape)}")
     scale = raw.get("scale")
     if scale is not None and not (_is_number(scale) and scale > 0):
         raise ExportError(f"{where} {_show(name)}: scale must be a finite number > 0 or null, got {_show(scale)}")
@@ -457,7 +474,8 @@ def _tensor_info(raw, where: str) -> TensorInfo:
     if zero_point is not None and not (_is_int(zero_point) and -2**31 <= zero_point < 2**31):
         raise ExportError(f"{where} {_show(name)}: zero_point must be an integer or null, got {_show(zero_point)}")
     return TensorInfo(name=name, shape=list(shape), dtype=dtype, layout=layout,
-                      scale=float(scale) if scale is not None else None, zero_point=zero_point)
+                      scale=float(scale) if scale is not None else None, zero_point=zero_point,
+                      source_layout=source_layout)
 
 
 def _parse_manifest(path: Path, data) -> Bundle:

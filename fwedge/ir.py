@@ -356,6 +356,18 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
     return converted
 
 
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove, in place, initializers (and their graph-input entries) that no node or output reads."""
+    used = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
+    names = {init.name for init in graph.initializer}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    inputs = [value for value in graph.input if value.name in used or value.name not in names]
+    del graph.input[:]
+    graph.input.extend(inputs)
+
+
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """Graph inputs that are real inputs (not initializers listed as inputs, as IR < 4 did)."""
     initializers = {init.name for init in model.graph.initializer}

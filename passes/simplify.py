@@ -1,4 +1,4 @@
-"""Simplify: drop Identity/Dropout, fold constant subgraphs (Shape of static inputs included)."""
+"""Simplify: drop Identity/Dropout, fold constant subgraphs (Shape of static inputs included), MatMul + bias as Gemm."""
 from __future__ import annotations
 
 import logging
@@ -155,3 +155,64 @@ def onnx_attr(node: onnx.NodeProto, name: str, default):
         if attribute.name == name:
             return helper.get_attribute_value(attribute)
     return default
+
+
+def fuse_matmul_bias(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy in which MatMul(x, W) followed by Add(bias) is one Gemm(x, W, bias).
+
+    That is how TF converters write a Dense layer. As a Gemm the quantizer gives the bias int32
+    at the input scale times the weight scale, as for every other layer, instead of rounding the
+    MatMul's output to int8 before a separate Add. Taken when x is 2-D, W a 2-D constant, the
+    bias a constant of shape [units] or [1, units], and the MatMul's output read by the Add only.
+    The Gemm has the MatMul's node name and the Add's output name.
+
+    Returns:
+        The rewritten copy (the input is not modified).
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    constants = {init.name: init for init in graph.initializer}
+    shapes = ir.value_shapes(onnx.shape_inference.infer_shapes(out))
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    outputs = {value.name for value in graph.output}
+    fused, drop = 0, set()
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or node.input[1] not in constants:
+            continue
+        weight_dims = list(constants[node.input[1]].dims)
+        add = users.get(node.output[0], [None])[0]
+        if (len(weight_dims) != 2 or len(shapes.get(node.input[0]) or []) != 2 or add is None
+                or len(users[node.output[0]]) != 1 or node.output[0] in outputs or add.op_type != "Add"):
+            continue
+        bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        if bias not in constants or list(constants[bias].dims) not in ([weight_dims[1]], [1, weight_dims[1]]):
+            continue
+        if list(constants[bias].dims) != [weight_dims[1]]:
+            flat = numpy_helper.to_array(constants[bias]).reshape(-1)
+            bias = f"{bias}__flat"
+            graph.initializer.append(numpy_helper.from_array(flat, bias))
+            constants[bias] = graph.initializer[-1]
+        # W [K, units] as Gemm's [units, K] with transB=1, the layout torch exports: onnxruntime's
+        # int8 Gemm kernels (QGemm) and fwedge's lowering read per-channel weights that way.
+        weight = f"{node.input[1]}__t"
+        if weight not in constants:
+            graph.initializer.append(numpy_helper.from_array(
+                np.ascontiguousarray(numpy_helper.to_array(constants[node.input[1]]).T), weight))
+            constants[weight] = graph.initializer[-1]
+        gemm = helper.make_node("Gemm", [node.input[0], weight, bias], [add.output[0]], name=node.name, transB=1)
+        node.CopyFrom(gemm)
+        drop.add(id(add))
+        fused += 1
+    if not fused:
+        return out
+    kept = [node for node in graph.node if id(node) not in drop]
+    del graph.node[:]
+    graph.node.extend(kept)
+    ir.drop_unused_initializers(graph)
+    del graph.value_info[:]
+    log.info("simplify: %d MatMul + bias fused into Gemm", fused)
+    return onnx.shape_inference.infer_shapes(out)

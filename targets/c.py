@@ -289,7 +289,8 @@ class CTarget(Target):
                     toolchain["compiler_version"] = extra["compiler_version"]
             return sizes
 
-        specs = [[TensorInfo(name, list(shape), dtype, "NCHW" if len(shape) == 4 else "")
+        specs = [[TensorInfo(name, list(shape), dtype, "NHWC", source_layout="NHWC") if name in program.nhwc_io
+                  else TensorInfo(name, list(shape), dtype, "NCHW" if len(shape) == 4 else "")
                   for name, shape, dtype in tensors] for tensors in (program.inputs, program.outputs)]
         compiler = plan.compiler
         # The versions the report's toolchain table shows; write_files adds the compiler's version.

@@ -11,6 +11,7 @@ import onnx
 from fwedge import ir
 from fwedge.bundle import Bundle, TensorInfo
 from fwedge.errors import ExportError
+from fwedge.passes.layout import absorb_io_transposes, fold_transposes, io_layouts
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +78,24 @@ def _static_shape(value: onnx.ValueInfoProto, batch: int | None) -> list[int]:
 
 
 def io_specs(model: onnx.ModelProto, batch: int | None = None, layout: str = "NCHW") -> tuple[list[TensorInfo], list[TensorInfo]]:
-    """Graph inputs and outputs as TensorInfo (dynamic dims are -1 unless `batch` fixes dim 0)."""
+    """Graph inputs and outputs as TensorInfo (dynamic dims are -1 unless `batch` fixes dim 0).
+
+    A 4-D input that the model turns from NHWC to NCHW with a Transpose (a TF-converted model),
+    and a 4-D output it turns back, are NHWC tensors of the source model that the bundle takes
+    as they are: layout and source_layout "NHWC". Other 4-D tensors get `layout`.
+    """
+    nhwc = set(io_layouts(absorb_io_transposes(fold_transposes(model))))
 
     def info(value: onnx.ValueInfoProto) -> TensorInfo:
         elem = value.type.tensor_type.elem_type
         shape = _static_shape(value, batch)
+        own = value.name in nhwc and len(shape) == 4
         return TensorInfo(
             name=value.name,
             shape=shape,
             dtype=_ONNX_TO_NUMPY.get(elem, onnx.TensorProto.DataType.Name(elem).lower()),
-            layout=layout if len(shape) == 4 else "",
+            layout="NHWC" if own else layout if len(shape) == 4 else "",
+            source_layout="NHWC" if own else "",
         )
 
     return [info(v) for v in ir.graph_inputs(model)], [info(v) for v in model.graph.output]

@@ -48,7 +48,7 @@ from fwedge.targets.common import (
 from fwedge.targets.ncnn_view import (  # noqa: F401
     _ALIAS, TARGET, ActQuant, FloatView, WeightQuant, float_view, prepare,
 )
-from fwedge.targets.ncnn_writer import _BINARY, _UNARY, Layer, NcnnWriter, write_ncnn  # noqa: F401
+from fwedge.targets.ncnn_writer import _BINARY, _UNARY, Layer, NcnnWriter, permute_order, write_ncnn  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ BIN_FILE = "model.bin"
 WRITTEN_OPS = frozenset(_UNARY) | frozenset(_BINARY) | frozenset(_ALIAS) | frozenset(QDQ_OPS) | frozenset({
     "Conv", "Gemm", "MatMul", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
     "GlobalMaxPool", "ReduceMean", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Softmax", "Pad",
-    "PRelu",
+    "PRelu", "Transpose",
 })
 
 
@@ -102,6 +102,10 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
     if op in ("GlobalAveragePool", "GlobalMaxPool", "BatchNormalization", "Flatten", "Reshape", "Squeeze",
               "Unsqueeze", "Concat", "Softmax") or op in _UNARY or op in _BINARY:
         return None
+    if op == "Transpose":
+        rank = len(view.shapes.get(node.input[0]) or [])
+        perm = [int(a) for a in attribute(node, "perm", list(range(rank))[::-1])]
+        return None if permute_order(perm) is not None else f"perm {perm}: only batch-first rank 3-4 permutes"
     if op == "ReduceMean":
         axes = attribute(node, "axes", None)
         if axes is None and len(node.input) > 1:

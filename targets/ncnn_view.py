@@ -12,6 +12,7 @@ from fwedge import ir
 from fwedge.errors import ExportError
 from fwedge.ir import opset_version
 from fwedge.op_info import attribute
+from fwedge.passes.layout import fold_transposes
 from fwedge.targets.common import QDQ_OPS, require_static
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     require_static(model, TARGET)
     shapes = {value.name: [1] + ir.shape_of(value)[1:] for value in ir.graph_inputs(model) if ir.shape_of(value)}
-    model = ir.set_input_shapes(model, shapes)
+    model = fold_transposes(ir.set_input_shapes(model, shapes))
     # Folding a Shape chain makes the shapes behind it known, which can expose the next chain.
     for _ in range(8):
         folded = _fold_once(model)

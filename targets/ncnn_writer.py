@@ -389,6 +389,13 @@ class NcnnWriter:
             raise ExportError(f"target {TARGET!r}: {node.op_type} '{node.name}': rank {len(shape)} output")
         self.add("Reshape", node.name or Y, [self.input(node.input[0])], [self.blob(Y)], params)
 
+    def emit_Transpose(self, node: onnx.NodeProto) -> None:
+        """Permute: ncnn's blob is the ONNX tensor without its batch axis (c, h, w; or h, w)."""
+        rank = len(self.shape(node.input[0]))
+        perm = [int(a) for a in attribute(node, "perm", list(range(rank))[::-1])]
+        self.add("Permute", node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])],
+                 {0: permute_order(perm)})
+
     def ncnn_axis(self, axis: int, rank: int) -> int:
         axis = axis + rank if axis < 0 else axis
         if axis == 0:
@@ -470,6 +477,23 @@ class NcnnWriter:
         blobs = {blob for layer in final for blob in layer.outputs}
         lines = [str(MAGIC), f"{len(final)} {len(blobs)}"] + [layer.line() for layer in final]
         return "\n".join(lines) + "\n"
+
+
+# ncnn Permute's order_type: the input axes that become the output's (w, h, c), for a blob of
+# two (h, w) or three (c, h, w) dimensions.
+_PERMUTE_2D = {("w", "h"): 0, ("h", "w"): 1}
+_PERMUTE_3D = {("w", "h", "c"): 0, ("h", "w", "c"): 1, ("w", "c", "h"): 2, ("c", "w", "h"): 3,
+               ("h", "c", "w"): 4, ("c", "h", "w"): 5}
+
+
+def permute_order(perm: list[int]) -> int | None:
+    """The Permute order_type for an ONNX Transpose `perm` that keeps the batch axis first, or
+    None when ncnn's blob cannot express it (batch moved, rank other than 3 or 4)."""
+    if len(perm) not in (3, 4) or perm[0] != 0 or sorted(perm) != list(range(len(perm))):
+        return None
+    names = "hw" if len(perm) == 3 else "chw"
+    order = tuple(names[axis - 1] for axis in reversed(perm[1:]))  # output w first
+    return (_PERMUTE_2D if len(perm) == 3 else _PERMUTE_3D)[order]
 
 
 def write_ncnn(view: FloatView, int8: bool) -> tuple[str, bytes, NcnnWriter]:

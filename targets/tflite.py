@@ -425,11 +425,12 @@ class TfliteModel:
     op_counts: dict[str, int]
 
 
-def _io_info(tensor: LoweredTensor, name: str) -> TensorInfo:
+def _io_info(tensor: LoweredTensor, name: str, source_layout: str) -> TensorInfo:
     quant = tensor.quant
     return TensorInfo(
         name=name, shape=nhwc_shape(tensor.shape), dtype=tensor.dtype,
         layout="NHWC" if len(tensor.shape) == 4 else "",
+        source_layout=source_layout if len(tensor.shape) == 4 else "",
         scale=float(quant.scale[0]) if quant is not None else None,
         zero_point=int(quant.zero_point[0]) if quant is not None else None,
     )
@@ -479,8 +480,9 @@ def build_tflite(graph: LoweredGraph, float_io: bool = True, description: str = 
     data = writer.serialize(input_indices, output_indices, description)
     return TfliteModel(
         data=data,
-        inputs=[_io_info(graph.tensors[inner], outer) for outer, inner in inputs.items()],
-        outputs=[_io_info(graph.tensors[inner], outer) for outer, inner in outputs.items()],
+        inputs=[_io_info(graph.tensors[inner], outer, graph.io_layouts.get(outer, "")) for outer, inner in inputs.items()],
+        outputs=[_io_info(graph.tensors[inner], outer, graph.io_layouts.get(outer, ""))
+                 for outer, inner in outputs.items()],
         float_ops=list(graph.float_ops),
         op_counts=counts,
     )

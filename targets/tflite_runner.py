@@ -28,9 +28,9 @@ _INTERPRETERS = RunnerCache(_interpreter)
 
 
 def _to_device(spec: TensorInfo, batch: np.ndarray) -> np.ndarray:
-    """One NCHW float32 sample [1, ...] as the device tensor: NHWC, quantized when int8."""
+    """One sample [1, ...] in the source model's layout as the device tensor: NHWC, quantized when int8."""
     array = np.asarray(batch, dtype=np.float32)
-    if spec.layout == "NHWC":
+    if spec.transposed:
         array = array.transpose(NCHW_TO_NHWC)
     if spec.dtype == "int8":
         q = np.rint(array / np.float32(spec.scale)) + spec.zero_point
@@ -39,10 +39,10 @@ def _to_device(spec: TensorInfo, batch: np.ndarray) -> np.ndarray:
 
 
 def _from_device(spec: TensorInfo, array: np.ndarray) -> np.ndarray:
-    """A device output back to float32 in logical (NCHW) layout."""
+    """A device output back to float32 in the source model's layout."""
     if spec.dtype == "int8":
         array = (array.astype(np.int32) - spec.zero_point).astype(np.float32) * np.float32(spec.scale)
-    if spec.layout == "NHWC":
+    if spec.transposed:
         array = array.transpose(NHWC_TO_NCHW)
     return np.asarray(array, dtype=np.float32)
 

@@ -342,6 +342,9 @@ class LoweredGraph:
             input (that one as quantized, i.e. saturated); for bisection (`fwedge diff`).
         float_fallback: (ONNX node, reason) of int8 nodes lowered in float because they have no
             int8 form (only with lower(..., float_fallback=True)).
+        io_layouts: graph inputs and outputs whose tensor is NHWC in the source model ("NHWC"):
+            the layout pass absorbed their Transpose, so the lowered tensor is the NCHW one and a
+            target that stores it NHWC takes (gives) the source model's bytes as they are.
     """
 
     ops: list[LoweredOp]
@@ -352,6 +355,7 @@ class LoweredGraph:
     float_ops: list[str] = field(default_factory=list)
     onnx_names: dict[str, str] = field(default_factory=dict)
     float_fallback: list[tuple[str, str]] = field(default_factory=list)
+    io_layouts: dict[str, str] = field(default_factory=dict)
 
     def tensor(self, name: str) -> LoweredTensor:
         return self.tensors[name]

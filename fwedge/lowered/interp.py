@@ -21,8 +21,9 @@ def run_lowered(graph: LoweredGraph, feeds: dict[str, np.ndarray], keep_all: boo
 
     Args:
         graph: the lowered graph.
-        feeds: input name -> array of shape [N, ...] (logical NCHW layout, float32 for float
-            inputs, int8 for int8 inputs); N may exceed the graph's batch of 1.
+        feeds: input name -> array of shape [N, ...] in the source model's layout (NHWC for
+            the inputs in graph.io_layouts, whose lowered tensor is NCHW), float32 for float
+            inputs, int8 for int8 inputs; N may exceed the graph's batch of 1.
         keep_all: return every intermediate tensor too (for bisection), not just the outputs.
 
     Returns:
@@ -37,6 +38,8 @@ def run_lowered(graph: LoweredGraph, feeds: dict[str, np.ndarray], keep_all: boo
             raise DataError(f"lowered graph: no feed for input '{name}'")
         tensor = graph.tensors[name]
         array = np.asarray(feeds[name])
+        if graph.io_layouts.get(name) == "NHWC" and array.ndim == 4:
+            array = array.transpose(0, 3, 1, 2)
         if tuple(array.shape[1:]) != tuple(tensor.shape[1:]):
             raise DataError(
                 f"input '{name}': expected shape [N, {', '.join(map(str, tensor.shape[1:]))}], "
@@ -50,4 +53,5 @@ def run_lowered(graph: LoweredGraph, feeds: dict[str, np.ndarray], keep_all: boo
         values[op.outputs[0]] = kind(op.kind).run(op, values, graph.tensors)
     if keep_all:
         return values
-    return {name: values[name] for name in graph.outputs}
+    return {name: values[name].transpose(0, 2, 3, 1) if graph.io_layouts.get(name) == "NHWC" else values[name]
+            for name in graph.outputs}

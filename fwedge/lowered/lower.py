@@ -16,7 +16,8 @@ from fwedge.lowered.graph import LoweredGraph, LoweredOp, LoweredTensor, Reshape
 from fwedge.lowered.view import QdqView, qdq_view, static_shape
 from fwedge.ops.registry import KINDS, card
 from fwedge.passes.fold_bn import fold_batchnorm
-from fwedge.passes.simplify import simplify
+from fwedge.passes.layout import absorb_io_transposes, fold_transposes, io_layouts
+from fwedge.passes.simplify import fuse_matmul_bias, simplify
 from fwedge.quantization.activation_dtype import activation_dtypes, int8_activations
 
 __all__ = ["lower", "unsupported_nodes", "prepare", "KINDS", "LoweredGraph", "LoweredOp", "LoweredTensor"]
@@ -44,8 +45,10 @@ def prepare(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = 
     Upgrades opset < 13, turns Constant nodes into initializers, fixes every graph input to a
     static batch-1 shape (dynamic non-batch dims must come from `input_shapes`), folds nodes whose
     inputs are all constant and Shape nodes of static tensors (the PP-OCR Shape->Slice->Concat->
-    Reshape chain becomes a constant), folds BatchNormalization into float producers, and
-    removes nodes no graph output depends on.
+    Reshape chain becomes a constant), folds BatchNormalization into float producers, takes out
+    the layout Transposes of TF-converted models (passes/layout.py: an NHWC input or output
+    becomes the NCHW tensor, recorded in the metadata), and removes nodes no graph output
+    depends on.
 
     Raises:
         ModelError: an input keeps a dynamic dimension other than the batch.
@@ -76,7 +79,7 @@ def prepare(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = 
         value.type.tensor_type.ClearField("shape")
     out = ir.set_input_shapes(out, shapes)
     out = simplify(out)
-
+    out = absorb_io_transposes(fuse_matmul_bias(fold_transposes(out)))
     out = fold_batchnorm(out)
     out = _remove_dead(out)
     del out.graph.value_info[:]
@@ -241,6 +244,7 @@ def lower(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = No
         float_ops=builder.float_ops if any(_is_int8(builder, op) for op in builder.ops) else [],
         onnx_names={name: lowered for name, lowered in builder.onnx_names.items() if lowered in builder.tensors},
         float_fallback=[(name, why) for name, _, why in builder.refused],
+        io_layouts=io_layouts(prepared),
     )
     log.info("lowered %d ONNX nodes to %d ops (%s)", len(prepared.graph.node), len(graph.ops), graph.precision)
     return graph

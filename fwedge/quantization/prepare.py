@@ -7,17 +7,20 @@ import onnx
 
 from fwedge import ir
 from fwedge.passes.fold_bn import fold_batchnorm
-from fwedge.passes.simplify import simplify
+from fwedge.passes.layout import fold_transposes
+from fwedge.passes.simplify import fuse_matmul_bias, simplify
 from fwedge.quantization.plan import name_nodes
 
 
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     """The float model that calibration and QDQ insertion work on.
 
-    Constant folding / shape simplification (when the input shapes are static), BatchNorm
-    folding, and names for unnamed nodes. Tensor names of the source model are kept.
+    Constant folding / shape simplification (when the input shapes are static), the layout
+    Transposes of TF-converted models hoisted to the inputs, cancelled or folded into weights
+    (passes/layout.py; the inputs and outputs stay), MatMul + bias as Gemm, BatchNorm folding,
+    and names for unnamed nodes. Tensor names of the source model are kept.
     """
-    return name_nodes(fold_batchnorm(simplify(model)))
+    return name_nodes(fold_batchnorm(fuse_matmul_bias(fold_transposes(simplify(model)))))
 
 
 def load_prepared(model: str | os.PathLike | onnx.ModelProto,

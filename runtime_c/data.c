@@ -1,4 +1,4 @@
-/* Data movement for any element size: concat, constant pad (NHWC), 2-D transpose. */
+/* Data movement for any element size: concat, constant pad (NHWC), 2-D transpose, nearest resize (NHWC). */
 #include <string.h>
 
 #include "fwedge_rt.h"
@@ -36,6 +36,21 @@ void fw_pad_nhwc(int in_h, int in_w, int in_c, int out_h, int out_w, int out_c, 
         for (int ix = 0; ix < in_w; ++ix) {
             const size_t o = (((size_t)(iy + pad_top) * out_w) + (ix + pad_left)) * out_c + pad_channel;
             memcpy(out + o * element_size, in + ((size_t)iy * in_w + ix) * row_bytes, row_bytes);
+        }
+    }
+}
+
+void fw_resize_nearest_nhwc(int in_w, int channels, int out_h, int out_w, const int32_t *rows, const int32_t *cols,
+                            int element_size, const void *x, void *y)
+{
+    const unsigned char *in = (const unsigned char *)x;
+    unsigned char *out = (unsigned char *)y;
+    const size_t pixel = (size_t)channels * element_size;
+    for (int oy = 0; oy < out_h; ++oy) {
+        const unsigned char *row = in + (size_t)rows[oy] * in_w * pixel;
+        for (int ox = 0; ox < out_w; ++ox) {
+            memcpy(out, row + (size_t)cols[ox] * pixel, pixel);
+            out += pixel;
         }
     }
 }

@@ -347,6 +347,10 @@ void fw_concat(int count, int outer, const int *inner_sizes, const void *const *
  * output shape; the value is written as `element_size` bytes from `value`. */
 void fw_pad_nhwc(int in_h, int in_w, int in_c, int out_h, int out_w, int out_c, int pad_top, int pad_left,
                  int pad_channel, const void *value, int element_size, const void *x, void *y);
+/* Nearest resize of an NHWC tensor: output pixel (oy, ox) is input pixel (rows[oy], cols[ox]),
+ * the tables computed by fwedge from the model's Resize rule (fwedge/ops/resize.py). */
+void fw_resize_nearest_nhwc(int in_w, int channels, int out_h, int out_w, const int32_t *rows, const int32_t *cols,
+                            int element_size, const void *x, void *y);
 /* Transpose a [a][b] matrix of `element_size` elements to [b][a] (NHWC <-> NCHW with
  * a = H*W, b = C, and back). */
 void fw_transpose2d(int a, int b, int element_size, const void *x, void *y);

@@ -315,6 +315,17 @@ def emit_pad(e: _Emitter, op: LoweredOp) -> None:
                f"{_ITEM_BYTES[Y.dtype]}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
 
 
+@emitter("resize_nearest")
+def emit_resize_nearest(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    _, c, _, w = X.shape
+    _, _, oh, ow = Y.shape
+    rows = e.array("source rows", np.asarray(op.attrs.rows, dtype=np.int32), "int32")
+    cols = e.array("source columns", np.asarray(op.attrs.cols, dtype=np.int32), "int32")
+    e.call(op, f"fw_resize_nearest_nhwc({w}, {c}, {oh}, {ow}, {rows}, {cols}, {_ITEM_BYTES[Y.dtype]}, "
+               f"{e.pointer(X.name)}, {e.pointer(Y.name)});")
+
+
 @emitter(*UNARY_KINDS)
 def emit_unary(e: _Emitter, op: LoweredOp) -> None:
     """Every element-wise function (fwedge/ops/unary.py): the table in int8, fw_<kind>_f32 in float."""

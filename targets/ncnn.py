@@ -48,7 +48,9 @@ from fwedge.targets.common import (
 from fwedge.targets.ncnn_view import (  # noqa: F401
     _ALIAS, TARGET, ActQuant, FloatView, WeightQuant, float_view, prepare,
 )
-from fwedge.targets.ncnn_writer import _BINARY, _UNARY, Layer, NcnnWriter, permute_order, write_ncnn  # noqa: F401
+from fwedge.targets.ncnn_writer import (  # noqa: F401
+    _BINARY, _UNARY, Layer, NcnnWriter, ncnn_nearest, permute_order, write_ncnn,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ BIN_FILE = "model.bin"
 WRITTEN_OPS = frozenset(_UNARY) | frozenset(_BINARY) | frozenset(_ALIAS) | frozenset(QDQ_OPS) | frozenset({
     "Conv", "Gemm", "MatMul", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
     "GlobalMaxPool", "ReduceMean", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Softmax", "Pad",
-    "PRelu", "Transpose",
+    "PRelu", "Transpose", "Resize",
 })
 
 
@@ -101,6 +103,19 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
         return None if len(attribute(node, "kernel_shape", [])) == 2 else "only 2-D pools"
     if op in ("GlobalAveragePool", "GlobalMaxPool", "BatchNormalization", "Flatten", "Reshape", "Squeeze",
               "Unsqueeze", "Concat", "Softmax") or op in _UNARY or op in _BINARY:
+        return None
+    if op == "Resize":
+        from fwedge.ops.resize import check_resize, resize_tables
+
+        problem = check_resize(view, node)
+        if problem is not None:
+            return problem
+        in_shape, out_shape = view.shapes.get(node.input[0]), view.shapes.get(node.output[0])
+        if not in_shape or not out_shape or any(not isinstance(d, int) for d in [*in_shape, *out_shape]):
+            return "input and output shapes must be static"
+        tables = resize_tables(view.consts, node, in_shape, out_shape)
+        if ncnn_nearest(out_shape[2], in_shape[2]) != tables.rows or ncnn_nearest(out_shape[3], in_shape[3]) != tables.cols:
+            return "nearest tables other than ncnn's floor(x * in / out)"
         return None
     if op == "Transpose":
         rank = len(view.shapes.get(node.input[0]) or [])

@@ -396,6 +396,19 @@ class NcnnWriter:
         self.add("Permute", node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])],
                  {0: permute_order(perm)})
 
+    def emit_Resize(self, node: onnx.NodeProto) -> None:
+        """Interp, nearest, to the output size: ncnn's rule must give the model's own tables."""
+        from fwedge.ops.resize import resize_tables
+
+        in_shape, out_shape = self.shape(node.input[0]), self.shape(node.output[0])
+        tables = resize_tables(self.view.consts, node, in_shape, out_shape)
+        if (ncnn_nearest(out_shape[2], in_shape[2]) != tables.rows
+                or ncnn_nearest(out_shape[3], in_shape[3]) != tables.cols):
+            raise ExportError(f"target {TARGET!r}: Resize '{node.name}': its nearest tables (coordinate_transformation_mode "
+                              f"and nearest_mode) are not ncnn's floor(x * in / out)")
+        self.add("Interp", node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])],
+                 {0: 1, 3: int(out_shape[2]), 4: int(out_shape[3])})
+
     def ncnn_axis(self, axis: int, rank: int) -> int:
         axis = axis + rank if axis < 0 else axis
         if axis == 0:
@@ -484,6 +497,12 @@ class NcnnWriter:
 _PERMUTE_2D = {("w", "h"): 0, ("h", "w"): 1}
 _PERMUTE_3D = {("w", "h", "c"): 0, ("h", "w", "c"): 1, ("w", "c", "h"): 2, ("c", "w", "h"): 3,
                ("h", "c", "w"): 4, ("c", "h", "w"): 5}
+
+
+def ncnn_nearest(out_size: int, in_size: int) -> tuple[int, ...]:
+    """ncnn Interp's nearest source index per output index: min((int)(x * (in / out)), in - 1), float32."""
+    step = np.float32(in_size) / np.float32(out_size)
+    return tuple(min(int(np.float32(x) * step), in_size - 1) for x in range(out_size))
 
 
 def permute_order(perm: list[int]) -> int | None:

@@ -101,6 +101,14 @@ def _pool(case_id, op, kernel, stride, pads=(0, 0, 0, 0), size=9, channels=3, **
     return OpCase(case_id, _model([node], {"x": [1, channels, size, size]}, [1, channels] + out), (kind,))
 
 
+def _resize(case_id, shape, out, transform, rounding) -> OpCase:
+    factors = np.array([o / i for o, i in zip(out, shape)], np.float32)
+    inits = [numpy_helper.from_array(factors, "scales")]
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="resize", mode="nearest",
+                            coordinate_transformation_mode=transform, nearest_mode=rounding)
+    return OpCase(case_id, _model([node], {"x": shape}, out, inits), ("resize_nearest",))
+
+
 def _build_cases() -> list[OpCase]:
     rng = np.random.default_rng(1)
     cases = [
@@ -171,6 +179,13 @@ def _build_cases() -> list[OpCase]:
         _unary("tanh", "Tanh", "tanh"),
         _unary("leaky_relu", "LeakyRelu", "leaky_relu", alpha=0.1),
         _unary("softmax", "Softmax", "softmax", shape=(1, 10), input_range=(-3.0, 3.0), axis=-1),
+    ]
+    # Nearest Resize as FPN necks (PP-OCR det: asymmetric, floor) and torch's Upsample write it,
+    # a half_pixel x2 (the same tables), and ratios that are no integers (x1.6, x1.5).
+    cases += [
+        _resize("resize_nearest_x2", [1, 4, 5, 6], [1, 4, 10, 12], "asymmetric", "floor"),
+        _resize("resize_nearest_half_pixel_x2", [1, 3, 4, 4], [1, 3, 8, 8], "half_pixel", "round_prefer_floor"),
+        _resize("resize_nearest_x1.6_x1.5", [1, 3, 5, 6], [1, 3, 8, 9], "asymmetric", "floor"),
     ]
     # PRelu as exporters write it: slope (C, 1, 1) after a conv (MTCNN), (C,) after a Gemm.
     slope = numpy_helper.from_array(rng.uniform(0.05, 0.4, (5, 1, 1)).astype(np.float32), "slope")

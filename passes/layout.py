@@ -58,7 +58,7 @@ class _Graph:
         self.graph = model.graph
         self.constants = {init.name: init for init in self.graph.initializer}
         self.outputs = {value.name for value in self.graph.output}
-        self.inputs = {value.name for value in ir.graph_inputs(model)}
+        self.inputs = [value.name for value in ir.graph_inputs(model)]  # model order: the rewrite is deterministic
         self.refresh()
 
     def refresh(self) -> None:
@@ -153,7 +153,7 @@ def _sink(g: _Graph) -> bool:
         if perm is None:
             continue
         run, end = _run_from(g, node.output[0])
-        if not run or end not in g.outputs or any(end in n.input for n in g.graph.node):
+        if not run or end not in g.outputs or end in g.users:
             continue
         g.transpose_constants(run, _inverse(perm))
         source = node.input[0]
@@ -241,7 +241,7 @@ def _flatten_weight(g: _Graph) -> bool:
 
 def _reorder(g: _Graph) -> None:
     """Topological order again after a rewrite moved a node's inputs upstream."""
-    ordered, ready = [], set(g.constants) | g.inputs | {""}
+    ordered, ready = [], set(g.constants) | set(g.inputs) | {""}
     pending = list(g.graph.node)
     while pending:
         progress = [node for node in pending if all(name in ready for name in node.input)]

@@ -397,15 +397,9 @@ class NcnnWriter:
                  {0: permute_order(perm)})
 
     def emit_Resize(self, node: onnx.NodeProto) -> None:
-        """Interp, nearest, to the output size: ncnn's rule must give the model's own tables."""
-        from fwedge.ops.resize import resize_tables
-
-        in_shape, out_shape = self.shape(node.input[0]), self.shape(node.output[0])
-        tables = resize_tables(self.view.consts, node, in_shape, out_shape)
-        if (ncnn_nearest(out_shape[2], in_shape[2]) != tables.rows
-                or ncnn_nearest(out_shape[3], in_shape[3]) != tables.cols):
-            raise ExportError(f"target {TARGET!r}: Resize '{node.name}': its nearest tables (coordinate_transformation_mode "
-                              f"and nearest_mode) are not ncnn's floor(x * in / out)")
+        """Interp, nearest, to the output size (the support check refused tables other than
+        ncnn's own rule, ncnn_nearest)."""
+        out_shape = self.shape(node.output[0])
         self.add("Interp", node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])],
                  {0: 1, 3: int(out_shape[2]), 4: int(out_shape[3])})
 

@@ -77,3 +77,14 @@ def test_linear_resize_is_refused_with_its_reason():
     assert unsupported_nodes(model) == [("up", "Resize", 13)]
     with pytest.raises(UnsupportedOpError, match="mode 'linear': only nearest"):
         lower(model)
+
+
+def test_a_resize_to_a_huge_output_is_refused_before_its_tables_are_made(monkeypatch):
+    """A stranger's scales can ask for any size: the output is bounded by FWEDGE_MAX_TENSOR_BYTES
+    before one table entry is computed."""
+    from fwedge.lowered.lower import lower
+
+    monkeypatch.setenv("FWEDGE_MAX_TENSOR_BYTES", str(1 << 20))
+    model = _resize_model(4, 4096, "asymmetric", "floor", opset=13)  # [1, 2, 4096, 4096] float32: 128 MiB
+    with pytest.raises(UnsupportedOpError, match="FWEDGE_MAX_TENSOR_BYTES"):
+        lower(model)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from fwedge.ir import max_tensor_bytes
 from fwedge.lowered.build import Builder, float_output, int8_operands, int8_output, note_float, same_quant_chain
 from fwedge.lowered.graph import LoweredOp
 from fwedge.lowered.view import QdqView, input_rank
@@ -104,8 +105,14 @@ def check_resize(view: QdqView, node: onnx.NodeProto) -> str | None:
     factors = scales if scales is not None else sizes
     if factors.size != 4 or (scales is not None and not np.all(scales[2:] > 0)):
         return f"{'scales' if scales is not None else 'sizes'} {factors.tolist()}: four values, H and W > 0"
-    if (scales is not None and (scales[0] != 1 or scales[1] != 1)) or (sizes is not None and sizes[1] != view.shapes.get(node.input[0], [0, -1])[1]):
+    if scales is not None and (scales[0] != 1 or scales[1] != 1):
         return "resizes the batch or channel axis"
+    if sizes is not None and sizes[1] != view.shapes[node.input[0]][1]:
+        return "resizes the channel axis"
+    # The tables hold one entry per output row and column: bound the output before making them.
+    out = view.shapes.get(node.output[0]) or []
+    if all(isinstance(d, int) for d in out) and 4 * int(np.prod(out, dtype=object)) > max_tensor_bytes():
+        return f"output of shape {out} takes more than the {max_tensor_bytes():,} bytes of FWEDGE_MAX_TENSOR_BYTES"
     return None
 
 

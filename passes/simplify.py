@@ -216,3 +216,63 @@ def fuse_matmul_bias(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.value_info[:]
     log.info("simplify: %d MatMul + bias fused into Gemm", fused)
     return onnx.shape_inference.infer_shapes(out)
+
+
+def _channel_constant(value: np.ndarray, channels: int) -> np.ndarray | None:
+    """The [channels] vector a constant adds to an NCHW tensor's channels, or None when it
+    varies along another axis (shapes [C, 1, 1], [1, C, 1, 1], [1], or a scalar)."""
+    if value.ndim > 4 or value.size not in (1, channels):
+        return None
+    dims = [1] * (4 - value.ndim) + list(value.shape)
+    if any(d != 1 for i, d in enumerate(dims) if i != 1):
+        return None
+    return np.broadcast_to(value.reshape(-1), (channels,)).astype(np.float32)
+
+
+def fuse_conv_bias(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy in which Conv or ConvTranspose followed by Add(a per-channel constant) is one node
+    with that constant in its bias, the way Paddle2ONNX writes the bias of PP-OCR's
+    ConvTranspose. Then a BatchNormalization after it folds, and quantization gives the bias
+    int32 instead of rounding to int8 before a separate Add. Taken when the weight and any bias
+    are float constants and the Add is the only reader. The fused node has its own name and
+    the Add's output name.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    constants = ir.initializer_map(out)
+    users = ir.consumer_map(out)
+    outputs = {value.name for value in graph.output}
+    fused, dropped = 0, set()
+    for node in graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose") or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        readers = users.get(node.output[0], [])
+        weight = constants.get(node.input[1])
+        if weight is None or len(readers) != 1 or readers[0].op_type != "Add" or node.output[0] in outputs:
+            continue
+        add = readers[0]
+        other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+        if other not in constants or (bias_name and bias_name not in constants) or len(weight.dims) != 4:
+            continue
+        channels = int(weight.dims[1] * onnx_attr(node, "group", 1) if node.op_type == "ConvTranspose" else weight.dims[0])
+        extra = _channel_constant(numpy_helper.to_array(constants[other]), channels)
+        if extra is None:
+            continue
+        bias = numpy_helper.to_array(constants[bias_name]).astype(np.float32) if bias_name else np.zeros(channels, np.float32)
+        name = f"{node.name or node.output[0]}_bias_add"
+        graph.initializer.append(numpy_helper.from_array((bias + extra).astype(np.float32), name))
+        del node.input[2:]
+        node.input.append(name)
+        node.output[0] = add.output[0]
+        dropped.add(add.output[0])
+        fused += 1
+    if not fused:
+        return out
+    kept = [node for node in graph.node if not (node.op_type == "Add" and node.output[0] in dropped)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    ir.drop_unused_initializers(graph)
+    log.info("simplify: %d Conv/ConvTranspose + bias Add fused", fused)
+    return out

@@ -55,6 +55,34 @@ void fw_resize_nearest_nhwc(int in_w, int channels, int out_h, int out_w, const 
     }
 }
 
+void fw_depth_to_space_nhwc(int in_h, int in_w, int out_c, int block, int dcr, int element_size, const void *x,
+                            void *y)
+{
+    const unsigned char *in = (const unsigned char *)x;
+    unsigned char *out = (unsigned char *)y;
+    const size_t item = (size_t)element_size;
+    const size_t in_pixel = (size_t)block * block * out_c * item;
+    for (int iy = 0; iy < in_h; ++iy) {
+        for (int dy = 0; dy < block; ++dy) {
+            for (int ix = 0; ix < in_w; ++ix) {
+                const unsigned char *pixel = in + ((size_t)iy * in_w + ix) * in_pixel;
+                for (int dx = 0; dx < block; ++dx) {
+                    const size_t sub = (size_t)dy * block + dx;
+                    if (dcr) {
+                        memcpy(out, pixel + sub * out_c * item, (size_t)out_c * item);
+                        out += (size_t)out_c * item;
+                        continue;
+                    }
+                    for (int c = 0; c < out_c; ++c) {
+                        memcpy(out, pixel + ((size_t)c * block * block + sub) * item, item);
+                        out += item;
+                    }
+                }
+            }
+        }
+    }
+}
+
 void fw_transpose2d(int a, int b, int element_size, const void *x, void *y)
 {
     const unsigned char *in = (const unsigned char *)x;

@@ -351,6 +351,11 @@ void fw_pad_nhwc(int in_h, int in_w, int in_c, int out_h, int out_w, int out_c, 
  * the tables computed by fwedge from the model's Resize rule (fwedge/ops/resize.py). */
 void fw_resize_nearest_nhwc(int in_w, int channels, int out_h, int out_w, const int32_t *rows, const int32_t *cols,
                             int element_size, const void *x, void *y);
+/* DepthToSpace of an NHWC tensor [in_h][in_w][block*block*out_c] to [in_h*block][in_w*block][out_c]:
+ * output (y*block + dy, x*block + dx, c) is input (y, x, (dy*block + dx)*out_c + c) when dcr is 1
+ * (ONNX mode DCR), input (y, x, c*block*block + dy*block + dx) when dcr is 0 (mode CRD). */
+void fw_depth_to_space_nhwc(int in_h, int in_w, int out_c, int block, int dcr, int element_size, const void *x,
+                            void *y);
 /* Transpose a [a][b] matrix of `element_size` elements to [b][a] (NHWC <-> NCHW with
  * a = H*W, b = C, and back). */
 void fw_transpose2d(int a, int b, int element_size, const void *x, void *y);

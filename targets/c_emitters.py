@@ -326,6 +326,15 @@ def emit_resize_nearest(e: _Emitter, op: LoweredOp) -> None:
                f"{e.pointer(X.name)}, {e.pointer(Y.name)});")
 
 
+@emitter("depth_to_space")
+def emit_depth_to_space(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    _, _, h, w = X.shape
+    dcr = 1 if op.attrs.mode == "DCR" else 0
+    e.call(op, f"fw_depth_to_space_nhwc({h}, {w}, {Y.shape[1]}, {op.attrs.block}, {dcr}, {_ITEM_BYTES[Y.dtype]}, "
+               f"{e.pointer(X.name)}, {e.pointer(Y.name)});")
+
+
 @emitter(*UNARY_KINDS)
 def emit_unary(e: _Emitter, op: LoweredOp) -> None:
     """Every element-wise function (fwedge/ops/unary.py): the table in int8, fw_<kind>_f32 in float."""

@@ -62,7 +62,7 @@ BIN_FILE = "model.bin"
 WRITTEN_OPS = frozenset(_UNARY) | frozenset(_BINARY) | frozenset(_ALIAS) | frozenset(QDQ_OPS) | frozenset({
     "Conv", "Gemm", "MatMul", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
     "GlobalMaxPool", "ReduceMean", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Softmax", "Pad",
-    "PRelu", "Transpose", "Resize",
+    "PRelu", "Transpose", "Resize", "DepthToSpace",
 })
 
 
@@ -117,6 +117,10 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
         if ncnn_nearest(out_shape[2], in_shape[2]) != tables.rows or ncnn_nearest(out_shape[3], in_shape[3]) != tables.cols:
             return "nearest tables other than ncnn's floor(x * in / out)"
         return None
+    if op == "DepthToSpace":
+        from fwedge.ops.depth_to_space import check_depth_to_space
+
+        return check_depth_to_space(view, node)
     if op == "Transpose":
         rank = len(view.shapes.get(node.input[0]) or [])
         perm = [int(a) for a in attribute(node, "perm", list(range(rank))[::-1])]

@@ -403,6 +403,14 @@ class NcnnWriter:
         self.add("Interp", node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])],
                  {0: 1, 3: int(out_shape[2]), 4: int(out_shape[3])})
 
+    def emit_DepthToSpace(self, node: onnx.NodeProto) -> None:
+        """PixelShuffle: mode 1 reads channel (dy*b + dx)*C + c (ONNX DCR), mode 0 c*b*b + dy*b + dx (CRD)."""
+        from fwedge.ops.depth_to_space import depth_to_space_mode
+
+        mode = depth_to_space_mode(node)
+        self.add("PixelShuffle", node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])],
+                 {0: int(attribute(node, "blocksize")), 1: 1 if mode == "DCR" else 0})
+
     def ncnn_axis(self, axis: int, rank: int) -> int:
         axis = axis + rank if axis < 0 else axis
         if axis == 0:

@@ -72,6 +72,8 @@ def _op_problem(graph: LoweredGraph, op: LoweredOp) -> str | None:
                 "TFLite rule (align_corners, half_pixel_centers)")
     if op.kind == "concat" and op.attrs.axis == 0:
         return "concat along the batch axis"
+    if op.kind == "depth_to_space" and op.attrs.mode != "DCR":
+        return f"DepthToSpace mode {op.attrs.mode}: TFLite's DEPTH_TO_SPACE is DCR"
     if op.kind in ("add", "mul"):
         a, b = (graph.tensors[name] for name in op.inputs)
         if len(a.shape) != len(b.shape):
@@ -305,6 +307,13 @@ def emit_resize_nearest(writer: _Writer, op: LoweredOp) -> None:
               "ResizeNearestNeighborOptions", writer.options("ResizeNearestNeighborOptionsT", alignCorners=align_corners,
                                                              halfPixelCenters=half_pixel),
               int8_version=3 if half_pixel else None)
+
+
+@tflite_op("depth_to_space")
+def emit_depth_to_space(writer: _Writer, op: LoweredOp) -> None:
+    """DEPTH_TO_SPACE (mode DCR: _op_problem refused CRD); NHWC, as the lowered layout."""
+    writer.op("DEPTH_TO_SPACE", [writer.tensor(op.inputs[0])], [writer.tensor(op.outputs[0])],
+              "DepthToSpaceOptions", writer.options("DepthToSpaceOptionsT", blockSize=op.attrs.block))
 
 
 def _transpose(writer: _Writer, op: LoweredOp, x: int, perm, shape, dtype, quant) -> int:

@@ -109,6 +109,18 @@ def _resize(case_id, shape, out, transform, rounding) -> OpCase:
     return OpCase(case_id, _model([node], {"x": shape}, out, inits), ("resize_nearest",))
 
 
+def _conv_transpose(case_id, c_in, c_out, size, kernel, rng, relu=False) -> OpCase:
+    """A ConvTranspose with kernel == stride (the DB head's upsampling), bias, optional Relu."""
+    inits = [numpy_helper.from_array(rng.normal(0, 0.4, (c_in, c_out, kernel, kernel)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.2, c_out).astype(np.float32), "b")]
+    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["t" if relu else "y"], name="deconv",
+                              kernel_shape=[kernel, kernel], strides=[kernel, kernel])]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["t"], ["y"], name="relu"))
+    out = [1, c_out, size[0] * kernel, size[1] * kernel]
+    return OpCase(case_id, _model(nodes, {"x": [1, c_in, *size]}, out, inits), ("conv2d", "depth_to_space"))
+
+
 def _build_cases() -> list[OpCase]:
     rng = np.random.default_rng(1)
     cases = [
@@ -186,6 +198,15 @@ def _build_cases() -> list[OpCase]:
         _resize("resize_nearest_x2", [1, 4, 5, 6], [1, 4, 10, 12], "asymmetric", "floor"),
         _resize("resize_nearest_half_pixel_x2", [1, 3, 4, 4], [1, 3, 8, 8], "half_pixel", "round_prefer_floor"),
         _resize("resize_nearest_x1.6_x1.5", [1, 3, 5, 6], [1, 3, 8, 9], "asymmetric", "floor"),
+    ]
+    # ConvTranspose with kernel == stride (PP-OCR det's DB head: 2x2 stride 2, then BN + Relu),
+    # rewritten as a 1x1 Conv + DepthToSpace; and a DepthToSpace of its own (sub-pixel upsampling).
+    cases += [
+        _conv_transpose("conv_transpose_2x2_s2", 4, 3, (5, 6), 2, rng),
+        _conv_transpose("conv_transpose_3x3_s3_relu", 5, 2, (3, 4), 3, rng, relu=True),
+        OpCase("depth_to_space_dcr", _model(
+            [helper.make_node("DepthToSpace", ["x"], ["y"], name="d2s", blocksize=2, mode="DCR")],
+            {"x": [1, 12, 3, 4]}, [1, 3, 6, 8]), ("depth_to_space",)),
     ]
     # PRelu as exporters write it: slope (C, 1, 1) after a conv (MTCNN), (C,) after a Gemm.
     slope = numpy_helper.from_array(rng.uniform(0.05, 0.4, (5, 1, 1)).astype(np.float32), "slope")

@@ -48,10 +48,12 @@ Integer arithmetic (TFLite reference kernels; see fwedge/lowered/interp.py):
         y_q = clamp(zp_y + MBQM(acc, m[count], s[count]), -128, 127), where attrs.requant
         holds kH*kW + 1 pairs indexed by count, real = s_x / (s_y * count) (index 0 unused).
         One rounding, like onnxruntime's DQ -> AveragePool -> Q.
-    max_pool, reshape, pad, concat, resize_nearest: int8 in and out share scale and zero
+    max_pool, reshape, pad, concat, resize_nearest, depth_to_space: int8 in and out share scale and zero
         point (a `quantize` int8->int8 op is inserted on the inputs that differ). pad fills
         with zp_x; max_pool's padding never wins (-128 in int8, -inf in float);
-        resize_nearest: y[n, c, i, j] = x[n, c, rows[i], cols[j]] (ResizeAttrs tables).
+        resize_nearest: y[n, c, i, j] = x[n, c, rows[i], cols[j]] (ResizeAttrs tables);
+        depth_to_space (block b, mode DCR): y[n, c, h*b + dy, w*b + dx] = x[n, (dy*b + dx)*C + c, h, w],
+        (mode CRD): x[n, c*b*b + dy*b + dx, h, w].
     element-wise functions (relu, relu6, hardswish, ...: every kind of fwedge/ops/unary.py
         FUNCTIONS) (int8): y_q = lut[x_q + 128], an int8[256] table computed in Python (the
         function's float reference between the exact input and output scales, round half to

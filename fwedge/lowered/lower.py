@@ -15,9 +15,10 @@ from fwedge.lowered.build import Builder, collect_dq
 from fwedge.lowered.graph import LoweredGraph, LoweredOp, LoweredTensor, ReshapeAttrs
 from fwedge.lowered.view import QdqView, qdq_view, static_shape
 from fwedge.ops.registry import KINDS, card
+from fwedge.passes.conv_transpose import conv_transpose_as_depth_to_space
 from fwedge.passes.fold_bn import fold_batchnorm
 from fwedge.passes.layout import absorb_io_transposes, fold_transposes, io_layouts
-from fwedge.passes.simplify import fuse_matmul_bias, simplify
+from fwedge.passes.simplify import fuse_conv_bias, fuse_matmul_bias, simplify
 from fwedge.quantization.activation_dtype import activation_dtypes, int8_activations
 
 __all__ = ["lower", "unsupported_nodes", "prepare", "KINDS", "LoweredGraph", "LoweredOp", "LoweredTensor"]
@@ -45,7 +46,8 @@ def prepare(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = 
     Upgrades opset < 13, turns Constant nodes into initializers, fixes every graph input to a
     static batch-1 shape (dynamic non-batch dims must come from `input_shapes`), folds nodes whose
     inputs are all constant and Shape nodes of static tensors (the PP-OCR Shape->Slice->Concat->
-    Reshape chain becomes a constant), folds BatchNormalization into float producers, takes out
+    Reshape chain becomes a constant), folds BatchNormalization into float producers, rewrites a ConvTranspose with kernel ==
+    stride as a 1x1 Conv + DepthToSpace (passes/conv_transpose.py), takes out
     the layout Transposes of TF-converted models (passes/layout.py: an NHWC input or output
     becomes the NCHW tensor, recorded in the metadata), and removes nodes no graph output
     depends on.
@@ -79,8 +81,8 @@ def prepare(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = 
         value.type.tensor_type.ClearField("shape")
     out = ir.set_input_shapes(out, shapes)
     out = simplify(out)
-    out = absorb_io_transposes(fuse_matmul_bias(fold_transposes(out)))
-    out = fold_batchnorm(out)
+    out = absorb_io_transposes(fuse_conv_bias(fuse_matmul_bias(fold_transposes(out))))
+    out = conv_transpose_as_depth_to_space(fold_batchnorm(out))
     out = _remove_dead(out)
     del out.graph.value_info[:]
     return onnx.shape_inference.infer_shapes(out, data_prop=True)

@@ -1,8 +1,10 @@
 """Op card: layers with weights. Conv (conv2d, depthwise_conv2d), Gemm and MatMul
 (fully_connected), and the BatchNormalization that passes/fold_bn.py folds into them.
 
-ConvTranspose is known (its weight axes guide pruning) but has no lowering, so it is not
-quantizable: a QDQ model keeps it in float and every target takes the same model.
+ConvTranspose is known (its weight axes guide pruning and BN folding). With kernel == stride it
+never reaches the lowering: quantization's prepare and the lowering's rewrite it as a 1x1 Conv
+and DepthToSpace first (passes/conv_transpose.py). Any other ConvTranspose has no lowering; its
+check says why it was not rewritten.
 """
 from __future__ import annotations
 
@@ -191,6 +193,38 @@ def _check_fully_connected(view, node: onnx.NodeProto) -> str | None:
     return None
 
 
+def conv_transpose_problem(node: onnx.NodeProto, weight: np.ndarray | None) -> str | None:
+    """Why this ConvTranspose cannot be a 1x1 Conv + DepthToSpace (passes/conv_transpose.py), or None."""
+    if weight is None:
+        return f"weight {node.input[1]!r} is not a constant"
+    if weight.ndim != 4:
+        return f"weight of rank {weight.ndim}, only 2-D ConvTranspose"
+    kernel = [int(k) for k in attribute(node, "kernel_shape", list(weight.shape[2:]))]
+    strides = [int(s) for s in attribute(node, "strides", [1, 1])]
+    if kernel != list(weight.shape[2:]) or kernel[0] != kernel[1] or strides != kernel:
+        return f"kernel_shape {kernel} and strides {strides}: only a square kernel equal to its stride"
+    if any(int(p) for p in attribute(node, "pads", [0] * 4)) or any(
+            int(p) for p in attribute(node, "output_padding", [0, 0])):
+        return "pads or output_padding"
+    auto_pad = attribute(node, "auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode(errors="replace") if isinstance(auto_pad, bytes) else str(auto_pad)
+    if auto_pad not in ("NOTSET", "VALID"):
+        return f"auto_pad {auto_pad!r}"
+    if any(int(d) != 1 for d in attribute(node, "dilations", [1, 1])):
+        return "dilations other than 1"
+    if int(attribute(node, "group", 1)) != 1:
+        return "group other than 1"
+    if attribute(node, "output_shape", None) is not None:
+        return "output_shape attribute"
+    return None
+
+
+def _check_conv_transpose(view, node: onnx.NodeProto) -> str | None:
+    reason = conv_transpose_problem(node, weight_value(view, node.input[1]))
+    return f"{reason} (only a ConvTranspose rewritten as 1x1 Conv + DepthToSpace lowers)" if reason else (
+        "a weight or bias that is neither a constant nor the DequantizeLinear of one")
+
+
 def _check_batchnorm(view, node: onnx.NodeProto) -> str | None:
     return "BatchNormalization that cannot be folded into a float Conv/Gemm producer"
 
@@ -202,7 +236,8 @@ register_kind("fully_connected", run_fully_connected)
 # Conv weight is [M, C/group, kH, kW]; Gemm (transB=1) is [N, K]; MatMul is [K, N].
 register_op("Conv", OpInfo(weight_input=1, bias_input=2, out_channel_axis=0, in_channel_axis=1, quantizable=True),
             kinds=("conv2d", "depthwise_conv2d"), lower=_lower_conv, check=_check_conv, fuses_activation=True)
-register_op("ConvTranspose", OpInfo(weight_input=1, bias_input=2, out_channel_axis=1, in_channel_axis=0))
+register_op("ConvTranspose", OpInfo(weight_input=1, bias_input=2, out_channel_axis=1, in_channel_axis=0),
+            check=_check_conv_transpose)
 register_op("Gemm", OpInfo(weight_input=1, bias_input=2, out_channel_axis=0, in_channel_axis=1, quantizable=True),
             kinds=("fully_connected",), lower=_lower_fully_connected, check=_check_fully_connected,
             fuses_activation=True)

@@ -6,9 +6,10 @@ import os
 import onnx
 
 from fwedge import ir
+from fwedge.passes.conv_transpose import conv_transpose_as_depth_to_space
 from fwedge.passes.fold_bn import fold_batchnorm
 from fwedge.passes.layout import fold_transposes
-from fwedge.passes.simplify import fuse_matmul_bias, simplify
+from fwedge.passes.simplify import fuse_conv_bias, fuse_matmul_bias, simplify
 from fwedge.quantization.plan import name_nodes
 
 
@@ -17,10 +18,12 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
 
     Constant folding / shape simplification (when the input shapes are static), the layout
     Transposes of TF-converted models hoisted to the inputs, cancelled or folded into weights
-    (passes/layout.py; the inputs and outputs stay), MatMul + bias as Gemm, BatchNorm folding,
+    (passes/layout.py; the inputs and outputs stay), MatMul + bias as Gemm, a bias Add
+    after Conv/ConvTranspose into its bias, BatchNorm folding,
+    ConvTranspose with kernel == stride as a 1x1 Conv + DepthToSpace (passes/conv_transpose.py),
     and names for unnamed nodes. Tensor names of the source model are kept.
     """
-    return name_nodes(fold_batchnorm(fuse_matmul_bias(fold_transposes(simplify(model)))))
+    return name_nodes(conv_transpose_as_depth_to_space(fold_batchnorm(fuse_conv_bias(fuse_matmul_bias(fold_transposes(simplify(model)))))))
 
 
 def load_prepared(model: str | os.PathLike | onnx.ModelProto,

@@ -85,14 +85,23 @@ def mobilenet_path() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def ppocr_cls_path() -> Path:
+def _rapidocr_model(name: str) -> Path:
     spec = importlib.util.find_spec("rapidocr_onnxruntime")
     if spec is None:
         if REQUIRE_ALL:
             pytest.fail("FWEDGE_REQUIRE_ALL=1 and rapidocr-onnxruntime is not installed")
         pytest.skip("needs rapidocr-onnxruntime")
-    return Path(spec.origin).parent / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+    return Path(spec.origin).parent / "models" / name
+
+
+@pytest.fixture(scope="session")
+def ppocr_cls_path() -> Path:
+    return _rapidocr_model("ch_ppocr_mobile_v2.0_cls_infer.onnx")
+
+
+@pytest.fixture(scope="session")
+def ppocr_det_path() -> Path:
+    return _rapidocr_model("ch_PP-OCRv4_det_infer.onnx")
 
 
 @pytest.fixture

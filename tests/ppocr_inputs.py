@@ -97,3 +97,30 @@ def ppocr_cls_inputs(count: int, seed: int = 0, text_share: float = 0.75) -> tup
         images.append(normalize_line(np.ascontiguousarray(image)))
         labels.append(flip)
     return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+DET_SIZE = 128  # PP-OCR det takes any multiple of 32; 128 keeps the qemu runs short
+DET_MEAN, DET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def ppocr_det_inputs(count: int, seed: int = 0, size: int = DET_SIZE) -> np.ndarray:
+    """`count` inputs [N,3,size,size] for PP-OCR det: pages of 1-4 rendered text lines pasted
+    at random places on a plain background or a skimage crop, normalised as rapidocr does
+    ((x/255 - mean) / std, ImageNet mean and std)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pages = []
+    for _ in range(count):
+        if rng.random() < 0.3:
+            page = Image.fromarray(skimage_crop(rng)).resize((size, size), Image.BILINEAR)
+        else:
+            page = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(190, 256, 3)))
+        for _ in range(int(rng.integers(1, 5))):
+            line = Image.fromarray(render_text_line(rng))
+            scale = min(1.0, (size - 4) / line.width, (size // 3) / line.height)
+            line = line.resize((max(1, int(line.width * scale)), max(1, int(line.height * scale))), Image.BILINEAR)
+            page.paste(line, (int(rng.integers(0, size - line.width + 1)), int(rng.integers(0, size - line.height + 1))))
+        array = np.asarray(page, dtype=np.float32) / 255.0
+        pages.append(((array - DET_MEAN) / DET_STD).transpose(2, 0, 1))
+    return np.stack(pages).astype(np.float32)

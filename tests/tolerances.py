@@ -86,3 +86,18 @@ DETECTOR_INT8_MAP50 = 0.85
 # 10,000 test images (17.65 -> 20.99 dB). With per-channel weights the gain is 0.6 dB there and
 # none on cnn_small, so the test uses the case the remedy is for.
 BIAS_CORRECTION_MIN_GAIN_DB = 2.0
+
+# PP-OCR det (tests/test_ppocr_det.py): the DB text mask (p > 0.3) of an int8 bundle against
+# the mask of onnxruntime's exact run of the same QDQ model, intersection over union on 8
+# rendered pages at 128x128. Every op is within one step of onnxruntime, but ~60 layers, with
+# HardSwish's Clip reading a coarse scale (one input step is ~28 output steps), grow the
+# one-step differences into pixels flipping at the mask's edge. Measured 2026-12-03: C 0.988
+# (bit-identical on the four arches), tflite 0.991, OpenVINO exact mode 0.982 (the QDQ model
+# itself against float: 0.802).
+DB_MASK_IOU_C = 0.97
+DB_MASK_IOU_RUNTIME = 0.95
+# ncnn is a regression guard, not a parity claim: measured 0.874 against ORT-QDQ and 0.726
+# against float (QDQ: 0.802), so its int8 is worse than the model's. `fwedge diff` puts the
+# first loss at the 1x1 conv 'conv2d_451.tmp_0' (SQNR 52 dB in, 22 dB out); the cause in
+# ncnn's int8 convolution is not found yet (an open item of issue 16).
+DB_MASK_IOU_NCNN = 0.8

@@ -15,6 +15,11 @@
  * baseline on x86-64). Exit status: 0 success, 1 I/O
  * failure, 2 usage or input size, 3 a CPU without the instructions the bundle was built for.
  *
+ * Built with -DFW_PROFILE (fwedge profile), each timed iteration is two runs: one as above, its
+ * "fwedge-latency-ns" line, then one with the per-step clock on (model.h), its
+ * "fwedge-profiled-ns" line; at the end "fwedge-profile-runs <N>" and, for every step of
+ * fwedge_run, "fwedge-profile-step <index> <nanoseconds summed over the N profiled runs>".
+ *
  * OUTPUT_FILE must not be INPUT_FILE (by any path or link: exit 2), and it is written through a
  * temp file beside it that is renamed into place at the end, so a failed run leaves the previous
  * OUTPUT_FILE intact.
@@ -120,6 +125,13 @@ static long long now_ns(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
+
+#ifdef FW_PROFILE
+long long fwedge_profile_clock(void)
+{
+    return now_ns();
+}
+#endif
 
 int main(int argc, char **argv)
 {
@@ -234,7 +246,22 @@ int main(int argc, char **argv)
             fwedge_run(inputs, outputs);
             const long long stop = now_ns();
             printf("fwedge-latency-ns %lld\n", stop - start);
+#ifdef FW_PROFILE
+            /* the same sample with the per-step clock on, right after the plain run */
+            fwedge_profile_on = 1;
+            const long long profiled_start = now_ns();
+            fwedge_run(inputs, outputs);
+            const long long profiled_stop = now_ns();
+            fwedge_profile_on = 0;
+            printf("fwedge-profiled-ns %lld\n", profiled_stop - profiled_start);
+#endif
         }
+#ifdef FW_PROFILE
+        printf("fwedge-profile-runs %ld\n", iterations);
+        for (int step = 0; step < FWEDGE_PROFILE_STEPS; ++step) {
+            printf("fwedge-profile-step %d %lld\n", step, fwedge_profile_ns[step]);
+        }
+#endif
     }
     return 0;
 }

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -48,7 +49,8 @@ NO_OP_PROFILER = {
 
 @dataclass
 class Layer:
-    """One layer's time: mean milliseconds per profiled run and its share of the layer sum."""
+    """One layer's time per profiled run (C: the median over the runs; onnx, openvino: the mean,
+    their profilers give per-run events only summed here) and its share of the layer sum."""
 
     name: str
     kind: str
@@ -63,12 +65,14 @@ class BundleProfile:
 
     Attributes:
         method: how the layers were timed (one line).
-        runs: profiled runs the layer times are the mean of.
+        runs: profiled runs the layer times come from.
         layers: in execution order; empty when the runtime has no per-layer profiler (note says so).
-        layer_sum_ms: sum of the layers' mean times.
+        layer_sum_ms: sum of the layers' times.
         total_ms: the whole run measured in the same process as the layers (total_what says how).
         ordinary_p50_ms: the bundle timed the ordinary way (as `fwedge bench`: its own binary or
             runtime, no profiling), median.
+        plain_p50_ms: C only: the profiling build with its clock off, each such run next to a
+            profiled one in the same process, median; the ordinary time without a second process.
         note: why there are no layers, or what to know about the figures.
     """
 
@@ -83,6 +87,7 @@ class BundleProfile:
     total_ms: float | None = None
     total_what: str = ""
     ordinary_p50_ms: float | None = None
+    plain_p50_ms: float | None = None
     note: str = ""
 
     def finish(self) -> "BundleProfile":
@@ -101,10 +106,15 @@ class BundleProfile:
     def sum_over_ordinary(self) -> float | None:
         return _ratio(self.layer_sum_ms, self.ordinary_p50_ms)
 
+    @property
+    def sum_over_plain(self) -> float | None:
+        return _ratio(self.layer_sum_ms, self.plain_p50_ms)
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["sum_over_total"] = self.sum_over_total
         data["sum_over_ordinary_p50"] = self.sum_over_ordinary
+        data["sum_over_plain_p50"] = self.sum_over_plain
         return data
 
 
@@ -126,13 +136,15 @@ def profile_c(bundle: Bundle, device, feeds: dict[str, np.ndarray], repeats: int
         binary = rebuild(bundle, Path(temp), (PROFILE_DEFINE,))
         run = device.run_build(bundle, binary, feeds, repeats)
     times = parse_profile(run.stdout, len(names))
-    layers = [Layer(name, kind, count if kind in _WEIGHTED else None, ns / times.runs / 1e6)
-              for name, kind, count, ns in zip(names, kinds, macs, times.step_ns)]
+    layers = [Layer(name, kind, count if kind in _WEIGHTED else None, ms)
+              for name, kind, count, ms in zip(names, kinds, macs, times.step_ms())]
     return BundleProfile(
         bundle=bundle.name, device=device.name, target=bundle.target, arch=bundle.arch,
-        method=f"-DFW_PROFILE build: clock_gettime(CLOCK_MONOTONIC) around each of the {len(names)} steps of fwedge_run",
-        runs=times.runs, layers=layers, total_ms=float(np.mean(times.plain_ms)),
-        total_what="mean of the plain runs interleaved with the profiled ones in the same process",
+        method=f"-DFW_PROFILE build: clock_gettime(CLOCK_MONOTONIC) after each of the {len(names)} steps of "
+               f"fwedge_run; each step's median over the runs, less one clock read ({times.clock_ns} ns)",
+        runs=times.runs, layers=layers, total_ms=float(np.percentile(times.profiled_ms, 50)),
+        total_what="p50 whole-run time of the same profiled runs (the harness's clock around fwedge_run)",
+        plain_p50_ms=float(np.percentile(times.plain_ms, 50)),
         note="emulated: qemu wall time" if device.performance() == "instructions" else "",
     ).finish()
 
@@ -159,6 +171,16 @@ def _onnx_macs(path: Path) -> dict[str, int]:
         if count is not None and node.name:
             found[node.name] = count
     return found
+
+
+# Suffixes the runtimes add to the source node's name: onnxruntime's fused QDQ nodes
+# ("<node>_token_51"), OpenVINO's convolution without its bias add ("<node>/WithoutBiases").
+_RUNTIME_SUFFIX = re.compile(r"(_token_\d+|/WithoutBiases)$")
+
+
+def source_name(name: str) -> str:
+    """The source ONNX node's name behind a runtime's layer name, where its suffix is known."""
+    return _RUNTIME_SUFFIX.sub("", name)
 
 
 def profile_onnx(bundle: Bundle, device, feeds: dict[str, np.ndarray], repeats: int) -> BundleProfile:
@@ -188,7 +210,7 @@ def profile_onnx(bundle: Bundle, device, feeds: dict[str, np.ndarray], repeats: 
         name = str(event.get("name", ""))
         if event.get("cat") != "Node" or not name.endswith("_kernel_time") or event.get("ts", 0) < first:
             continue
-        node = name[: -len("_kernel_time")]
+        node = source_name(name[: -len("_kernel_time")])
         times[node] = times.get(node, 0.0) + float(event.get("dur", 0))  # microseconds
         kinds[node] = str(event.get("args", {}).get("op_name", ""))
     macs = _onnx_macs(bundle.file(MODEL_FILE))
@@ -228,8 +250,9 @@ def profile_openvino(bundle: Bundle, device, feeds: dict[str, np.ndarray], repea
         walls.append((time.perf_counter_ns() - start) / 1e6)
         for info in request.profiling_info:
             if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_EXECUTED"):
-                times[info.node_name] = times.get(info.node_name, 0.0) + info.real_time.total_seconds() * 1000
-                kinds[info.node_name] = f"{info.node_type} ({info.exec_type})"
+                node = source_name(info.node_name)
+                times[node] = times.get(node, 0.0) + info.real_time.total_seconds() * 1000
+                kinds[node] = f"{info.node_type} ({info.exec_type})"
             else:
                 skipped.add(info.node_name)
     layers = [Layer(name, kinds[name], None, total / repeats) for name, total in times.items()]
@@ -266,8 +289,12 @@ def profile_bundle(bundle: Bundle, device, feeds: dict[str, np.ndarray], repeats
         raise DeviceError(f"bundle '{bundle.name}': {bundle.target} bundles are profiled on the host only, "
                           f"not on {device.name!r} ({device.kind})")
     with device.hold():
-        ordinary = device.run(bundle, feeds, warmup + repeats).latencies_ms[warmup:]
+        # the ordinary runs before and after the profiled ones: a machine that slows down or
+        # speeds up during the profile moves both halves
+        half = max(1, repeats // 2)
+        ordinary = device.run(bundle, feeds, warmup + half).latencies_ms[warmup:]
         profile = profiler(bundle, device, feeds, repeats)
+        ordinary += device.run(bundle, feeds, warmup + half).latencies_ms[warmup:]
     profile.ordinary_p50_ms = float(np.percentile(ordinary, 50)) if ordinary else None
     return profile
 
@@ -287,7 +314,8 @@ def profiles_payload(profiles: list[BundleProfile]) -> dict:
 
 
 _TEXT_KEYS = ("bundle", "device", "target", "arch", "method", "total_what", "note")
-_NUMBER_KEYS = ("layer_sum_ms", "total_ms", "ordinary_p50_ms", "sum_over_total", "sum_over_ordinary_p50")
+_NUMBER_KEYS = ("layer_sum_ms", "total_ms", "ordinary_p50_ms", "plain_p50_ms", "sum_over_total",
+                "sum_over_ordinary_p50", "sum_over_plain_p50")
 
 
 def _text(value, where: str) -> str:
@@ -338,7 +366,8 @@ def _profile(raw, where: str, budget: list[int]) -> BundleProfile:
     numbers = {key: _number(raw[key], f"{where}: {key}") for key in _NUMBER_KEYS}
     parsed = [_layer(layer, f"{where}: layers[{index}]") for index, layer in enumerate(layers)]
     return BundleProfile(**texts, runs=runs, layers=parsed, layer_sum_ms=numbers["layer_sum_ms"],
-                         total_ms=numbers["total_ms"], ordinary_p50_ms=numbers["ordinary_p50_ms"])
+                         total_ms=numbers["total_ms"], ordinary_p50_ms=numbers["ordinary_p50_ms"],
+                         plain_p50_ms=numbers["plain_p50_ms"])
 
 
 def load_profiles(path: str | os.PathLike) -> list[BundleProfile]:

@@ -13,6 +13,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from fwedge.bundle import Bundle
 from fwedge.errors import ExportError
 from fwedge.targets.base import COptions
@@ -21,8 +23,8 @@ from fwedge.targets.c_build import BINARY, C_FLAGS, DISPATCH, build_binary
 
 PROFILE_DEFINE = "-DFW_PROFILE"
 PROFILED_PREFIX = "fwedge-profiled-ns"
-RUNS_PREFIX = "fwedge-profile-runs"
-STEP_PREFIX = "fwedge-profile-step"
+RUN_PREFIX = "fwedge-profile-run"
+CLOCK_PREFIX = "fwedge-profile-clock-ns"
 # Source files a rebuild copies: C sources and headers only (the manifest lists them all).
 SOURCE_SUFFIXES = (".c", ".h")
 
@@ -77,39 +79,52 @@ class StepTimes:
     Attributes:
         plain_ms: each plain run's time (the harness's ordinary clock around fwedge_run).
         profiled_ms: each profiled run's time, clock reads included.
-        runs: the number of profiled runs.
-        step_ns: per step, nanoseconds summed over the profiled runs.
+        step_ns: per profiled run, the nanoseconds of every step, as measured.
+        clock_ns: the cost of one clock read; each step's time holds one.
     """
 
     plain_ms: list[float]
     profiled_ms: list[float]
-    runs: int
-    step_ns: list[int]
+    step_ns: np.ndarray
+    clock_ns: int = 0
+
+    @property
+    def runs(self) -> int:
+        return len(self.step_ns)
+
+    def step_ms(self) -> list[float]:
+        """Each step's median milliseconds over the profiled runs, its clock read taken off (never
+        below 0). The median: a run the machine interrupts (a shared host, an emulator's
+        translation) lengthens one step of one run, which a mean would spread over the layer."""
+        return [max(0.0, float(value) - self.clock_ns) / 1e6 for value in np.median(self.step_ns, axis=0)]
 
 
 def parse_profile(stdout: str, steps: int) -> StepTimes:
     """Read a profiling build's output.
 
     Raises:
-        ExportError: a line is malformed, or the steps or runs do not match what was asked.
+        ExportError: a line is malformed, or the steps or runs do not match.
     """
-    plain, profiled, runs, step_ns = [], [], None, [0] * steps
+    plain, profiled, rows, clock = [], [], [], 0
     for line in stdout.splitlines():
         parts = line.split()
-        if not parts or parts[0] not in (LATENCY_PREFIX, PROFILED_PREFIX, RUNS_PREFIX, STEP_PREFIX):
+        if not parts or parts[0] not in (LATENCY_PREFIX, PROFILED_PREFIX, RUN_PREFIX, CLOCK_PREFIX):
             continue
         try:
             values = [int(part) for part in parts[1:]]
         except ValueError as exc:
             raise ExportError(f"profiling build printed a malformed line {line[:80]!r}") from exc
-        if parts[0] == STEP_PREFIX and len(values) == 2 and 0 <= values[0] < steps and values[1] >= 0:
-            step_ns[values[0]] = values[1]
-        elif parts[0] == RUNS_PREFIX and len(values) == 1:
-            runs = values[0]
+        if any(value < 0 for value in values):
+            raise ExportError(f"profiling build printed a negative time {line[:80]!r}")
+        if parts[0] == RUN_PREFIX and len(values) == steps:
+            rows.append(values)
+        elif parts[0] == CLOCK_PREFIX and len(values) == 1:
+            clock = values[0]
         elif parts[0] in (LATENCY_PREFIX, PROFILED_PREFIX) and len(values) == 1:
             (plain if parts[0] == LATENCY_PREFIX else profiled).append(values[0] / 1e6)
         else:
-            raise ExportError(f"profiling build printed an unexpected line {line[:80]!r} ({steps} steps)")
-    if runs is None or runs != len(profiled) or runs != len(plain) or runs < 1:
-        raise ExportError(f"profiling build: {runs} runs announced, {len(plain)} plain and {len(profiled)} profiled timed")
-    return StepTimes(plain, profiled, runs, step_ns)
+            raise ExportError(f"profiling build printed an unexpected line {line[:80]!r} ({steps} steps expected)")
+    if not rows or len(rows) != len(profiled) or len(rows) != len(plain):
+        raise ExportError(f"profiling build: {len(rows)} step lines for {len(plain)} plain and {len(profiled)} "
+                          "profiled runs (a bundle exported before fwedge profile? export it again)")
+    return StepTimes(plain, profiled, np.asarray(rows, dtype=np.int64), clock)

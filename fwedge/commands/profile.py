@@ -86,7 +86,10 @@ def command(bundles, inventory, labgrid_coordinator, places, place_tags, device_
         out.print(table(f"{head}: {escape(profile.method)}, {profile.runs} runs", ["layer", "kind", "MACs", "ms", "%"], rows))
         out.print(f"layer sum {_ms(profile.layer_sum_ms)} ms = {_pct(profile.sum_over_total)} of {_ms(profile.total_ms)} "
                   f"ms ({profile.total_what}); {_pct(profile.sum_over_ordinary)} of the ordinary p50 "
-                  f"{_ms(profile.ordinary_p50_ms)} ms" + (f". {profile.note}" if profile.note else ""))
+                  f"{_ms(profile.ordinary_p50_ms)} ms"
+                  + (f"; {_pct(profile.sum_over_plain)} of the clock-off runs' p50 {_ms(profile.plain_p50_ms)} ms "
+                     "in the same process" if profile.plain_p50_ms else "")
+                  + (f". {escape(profile.note)}" if profile.note else ""))
 
 
 def _ms(value) -> str:

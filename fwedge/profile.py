@@ -18,6 +18,7 @@ How each runtime is profiled, and what its layer sum is compared with:
 """
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -49,8 +50,8 @@ NO_OP_PROFILER = {
 
 @dataclass
 class Layer:
-    """One layer's time per profiled run (C: the median over the runs; onnx, openvino: the mean,
-    their profilers give per-run events only summed here) and its share of the layer sum."""
+    """One layer's time per run (the mean over the faster half of the profiled runs, see
+    faster_half) and its share of the layer sum."""
 
     name: str
     kind: str
@@ -65,14 +66,16 @@ class BundleProfile:
 
     Attributes:
         method: how the layers were timed (one line).
-        runs: profiled runs the layer times come from.
+        runs: profiled runs; the layer times are the mean of the faster half of them.
         layers: in execution order; empty when the runtime has no per-layer profiler (note says so).
         layer_sum_ms: sum of the layers' times.
-        total_ms: the whole run measured in the same process as the layers (total_what says how).
+        total_ms: the whole run measured in the same runs as the layers (total_what says how), mean
+            of the same faster half.
         ordinary_p50_ms: the bundle timed the ordinary way (as `fwedge bench`: its own binary or
             runtime, no profiling), median.
-        plain_p50_ms: C only: the profiling build with its clock off, each such run next to a
-            profiled one in the same process, median; the ordinary time without a second process.
+        plain_ms: C only: the profiling build with its clock off, each such run right before a
+            profiled one in the same process (the pairs of the faster half by their sum): the
+            ordinary time without a second process.
         note: why there are no layers, or what to know about the figures.
     """
 
@@ -87,7 +90,7 @@ class BundleProfile:
     total_ms: float | None = None
     total_what: str = ""
     ordinary_p50_ms: float | None = None
-    plain_p50_ms: float | None = None
+    plain_ms: float | None = None
     note: str = ""
 
     def finish(self) -> "BundleProfile":
@@ -108,14 +111,44 @@ class BundleProfile:
 
     @property
     def sum_over_plain(self) -> float | None:
-        return _ratio(self.layer_sum_ms, self.plain_p50_ms)
+        return _ratio(self.layer_sum_ms, self.plain_ms)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["sum_over_total"] = self.sum_over_total
         data["sum_over_ordinary_p50"] = self.sum_over_ordinary
-        data["sum_over_plain_p50"] = self.sum_over_plain
+        data["sum_over_plain"] = self.sum_over_plain
         return data
+
+
+def faster_half(totals) -> np.ndarray:
+    """Indices of the runs whose whole time is at most the median of `totals`.
+
+    Layer times are means over these runs and compared with the same statistic of whole runs:
+    on a shared host a run is interrupted now and then (a 2-core machine under load interrupts
+    most runs of a few ms somewhere), which lengthens one layer of that run. A mean over all
+    runs lets one such run dominate; a per-layer median drops the interruptions from every
+    layer, so the layer medians add up to less than a typical run (measured: 57% under
+    qemu-aarch64). Means over whole runs picked by their total keep the sum of the layers equal
+    to the runs they come from, and drop the worst interrupted ones.
+    """
+    values = np.asarray(totals, dtype=np.float64)
+    return np.flatnonzero(values <= np.median(values)) if values.size else np.zeros(0, dtype=np.int64)
+
+
+def half_mean(totals) -> float | None:
+    """The mean of the faster half of `totals` (faster_half)."""
+    values = np.asarray(totals, dtype=np.float64)
+    return float(values[faster_half(values)].mean()) if values.size else None
+
+
+def half_layers(tables: list[dict[str, float]], totals: list[float]) -> dict[str, float]:
+    """Layer -> its mean time over the faster half of the runs (by `totals`), from one table of
+    layer -> time per run; a layer that a run did not list counts 0 there. Layers keep the order
+    in which the runs first list them (execution order)."""
+    kept = faster_half(totals)
+    names = list(dict.fromkeys(name for table in tables for name in table))
+    return {name: float(np.mean([tables[i].get(name, 0.0) for i in kept])) if len(kept) else 0.0 for name in names}
 
 
 def _ratio(part: float | None, whole: float | None) -> float | None:
@@ -136,15 +169,20 @@ def profile_c(bundle: Bundle, device, feeds: dict[str, np.ndarray], repeats: int
         binary = rebuild(bundle, Path(temp), (PROFILE_DEFINE,))
         run = device.run_build(bundle, binary, feeds, repeats)
     times = parse_profile(run.stdout, len(names))
-    layers = [Layer(name, kind, count if kind in _WEIGHTED else None, ms)
-              for name, kind, count, ms in zip(names, kinds, macs, times.step_ms())]
+    # Each plain run and the profiled run right after it form a pair; the pairs are picked by
+    # their sum, so both figures come from the same stretches of time on the device.
+    plain, profiled = np.asarray(times.plain_ms), np.asarray(times.profiled_ms)
+    kept = faster_half(plain + profiled)
+    step_ms = np.maximum(times.step_ns[kept].mean(axis=0) - times.clock_ns, 0.0) / 1e6
+    layers = [Layer(name, kind, count if kind in _WEIGHTED else None, float(ms))
+              for name, kind, count, ms in zip(names, kinds, macs, step_ms)]
     return BundleProfile(
         bundle=bundle.name, device=device.name, target=bundle.target, arch=bundle.arch,
         method=f"-DFW_PROFILE build: clock_gettime(CLOCK_MONOTONIC) after each of the {len(names)} steps of "
-               f"fwedge_run; each step's median over the runs, less one clock read ({times.clock_ns} ns)",
-        runs=times.runs, layers=layers, total_ms=float(np.percentile(times.profiled_ms, 50)),
-        total_what="p50 whole-run time of the same profiled runs (the harness's clock around fwedge_run)",
-        plain_p50_ms=float(np.percentile(times.plain_ms, 50)),
+               f"fwedge_run, less one clock read ({times.clock_ns} ns)",
+        runs=times.runs, layers=layers, total_ms=float(profiled[kept].mean()),
+        total_what="the same runs' whole time (the harness's clock around fwedge_run)",
+        plain_ms=float(plain[kept].mean()),
         note="emulated: qemu wall time" if device.performance() == "instructions" else "",
     ).finish()
 
@@ -162,7 +200,9 @@ def _onnx_macs(path: Path) -> dict[str, int]:
     shapes = {}
     for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
         dims = value.type.tensor_type.shape.dim
-        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        # batch 1, as the profile runs (a dynamic batch dimension is the usual export)
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else 1 if i == 0 else None
+                              for i, d in enumerate(dims)]
     for init in model.graph.initializer:
         shapes[init.name] = list(init.dims)
     found = {}
@@ -202,24 +242,27 @@ def profile_onnx(bundle: Bundle, device, feeds: dict[str, np.ndarray], repeats: 
         for _ in range(warmup + repeats):
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
-    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"][warmup:]
-    first = runs[0]["ts"] if runs else 0
-    times: dict[str, float] = {}
+    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                  key=lambda e: e["ts"])[warmup:]
+    starts = [run["ts"] for run in runs]
+    tables: list[dict[str, float]] = [{} for _ in runs]
     kinds: dict[str, str] = {}
-    for event in events:
+    for event in sorted(events, key=lambda e: e.get("ts", 0)):
         name = str(event.get("name", ""))
-        if event.get("cat") != "Node" or not name.endswith("_kernel_time") or event.get("ts", 0) < first:
+        index = bisect.bisect_right(starts, event.get("ts", 0)) - 1  # the model_run it falls in
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time") or index < 0:
             continue
         node = source_name(name[: -len("_kernel_time")])
-        times[node] = times.get(node, 0.0) + float(event.get("dur", 0))  # microseconds
+        tables[index][node] = tables[index].get(node, 0.0) + float(event.get("dur", 0)) / 1000  # microseconds
         kinds[node] = str(event.get("args", {}).get("op_name", ""))
     macs = _onnx_macs(bundle.file(MODEL_FILE))
-    layers = [Layer(node, kinds[node], macs.get(node), total_us / len(runs) / 1000) for node, total_us in times.items()]
+    totals = [run["dur"] / 1000 for run in runs]
+    layers = [Layer(node, kinds[node], macs.get(node), ms) for node, ms in half_layers(tables, totals).items()]
     return BundleProfile(
         bundle=bundle.name, device=device.name, target=bundle.target, arch=bundle.arch,
         method=f"onnxruntime {ort.__version__} enable_profiling: Node kernel_time events of the optimized graph",
-        runs=len(runs), layers=layers, total_ms=float(np.mean([e["dur"] for e in runs])) / 1000 if runs else None,
-        total_what="mean of onnxruntime's own model_run events in the same profiled runs",
+        runs=len(runs), layers=layers, total_ms=half_mean(totals),
+        total_what="onnxruntime's own model_run events of the same runs",
         note="the profiler's per-node bookkeeping (memory and thread statistics) runs between the kernels: "
              "profiled runs take longer than ordinary ones; fused nodes carry the names onnxruntime gave them",
     ).finish()
@@ -239,31 +282,47 @@ def profile_openvino(bundle: Bundle, device, feeds: dict[str, np.ndarray], repea
     compiled = core.compile_model(core.read_model(str(bundle.file(XML_FILE)), str(bundle.file(BIN_FILE))), "CPU", config)
     request = compiled.create_infer_request()
     inputs = {spec.name: np.ascontiguousarray(feeds[spec.name]) for spec in bundle.inputs}
-    for _ in range(2):
+    warmup = 2
+    for _ in range(warmup):
         request.infer(inputs)
-    times: dict[str, float] = {}
-    kinds: dict[str, str] = {}
-    walls, skipped = [], set()
+    # The CPU plugin reports each layer's mean real_time over every inference of the request so
+    # far (checked: five runs in a row report the same microseconds, and the figures decay from
+    # the cold first run like a running mean), so the timed runs' mean is taken from the running
+    # totals after the warm-up and after the timed runs.
+    before, _, _ = _openvino_layers(request, warmup)
+    walls = []
     for _ in range(repeats):
         start = time.perf_counter_ns()
         request.infer(inputs)
         walls.append((time.perf_counter_ns() - start) / 1e6)
-        for info in request.profiling_info:
-            if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_EXECUTED"):
-                node = source_name(info.node_name)
-                times[node] = times.get(node, 0.0) + info.real_time.total_seconds() * 1000
-                kinds[node] = f"{info.node_type} ({info.exec_type})"
-            else:
-                skipped.add(info.node_name)
-    layers = [Layer(name, kinds[name], None, total / repeats) for name, total in times.items()]
+    after, kinds, skipped = _openvino_layers(request, warmup + repeats)
+    layers = [Layer(name, kinds[name], None, max(0.0, (total - before.get(name, 0.0)) / repeats))
+              for name, total in after.items()]
     return BundleProfile(
         bundle=bundle.name, device=device.name, target=bundle.target, arch=bundle.arch,
         method=f"OpenVINO {ov.get_version()} PERF_COUNT: get_profiling_info() real_time of executed layers",
         runs=repeats, layers=layers, total_ms=float(np.mean(walls)),
-        total_what="mean wall time of the same infer() calls",
+        total_what="the mean wall time of the same infer() calls (OpenVINO gives means over the runs only)",
         note=f"{len(skipped)} layers fused or folded away (not executed) are left out; the layers are the "
              "compiled CPU graph's, named after the IR nodes they came from",
     ).finish()
+
+
+def _openvino_layers(request, count: int) -> tuple[dict[str, float], dict[str, str], set[str]]:
+    """Executed layer -> real_time summed over `count` inferences (the plugin's running mean x
+    count), layer -> kind, and the layers it did not execute (fused, folded away)."""
+    totals: dict[str, float] = {}
+    kinds: dict[str, str] = {}
+    skipped = set()
+    for info in request.profiling_info:
+        status = str(info.status)
+        if status.endswith("EXECUTED") and not status.endswith("NOT_EXECUTED"):
+            node = source_name(info.node_name)
+            totals[node] = totals.get(node, 0.0) + info.real_time.total_seconds() * 1000 * count
+            kinds[node] = f"{info.node_type} ({info.exec_type})"
+        else:
+            skipped.add(info.node_name)
+    return totals, kinds, skipped
 
 
 def no_profiler(bundle: Bundle, device, feeds: dict[str, np.ndarray], repeats: int) -> BundleProfile:
@@ -314,8 +373,8 @@ def profiles_payload(profiles: list[BundleProfile]) -> dict:
 
 
 _TEXT_KEYS = ("bundle", "device", "target", "arch", "method", "total_what", "note")
-_NUMBER_KEYS = ("layer_sum_ms", "total_ms", "ordinary_p50_ms", "plain_p50_ms", "sum_over_total",
-                "sum_over_ordinary_p50", "sum_over_plain_p50")
+_NUMBER_KEYS = ("layer_sum_ms", "total_ms", "ordinary_p50_ms", "plain_ms", "sum_over_total",
+                "sum_over_ordinary_p50", "sum_over_plain")
 
 
 def _text(value, where: str) -> str:
@@ -367,7 +426,7 @@ def _profile(raw, where: str, budget: list[int]) -> BundleProfile:
     parsed = [_layer(layer, f"{where}: layers[{index}]") for index, layer in enumerate(layers)]
     return BundleProfile(**texts, runs=runs, layers=parsed, layer_sum_ms=numbers["layer_sum_ms"],
                          total_ms=numbers["total_ms"], ordinary_p50_ms=numbers["ordinary_p50_ms"],
-                         plain_p50_ms=numbers["plain_p50_ms"])
+                         plain_ms=numbers["plain_ms"])
 
 
 def load_profiles(path: str | os.PathLike) -> list[BundleProfile]:

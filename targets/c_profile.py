@@ -92,12 +92,6 @@ class StepTimes:
     def runs(self) -> int:
         return len(self.step_ns)
 
-    def step_ms(self) -> list[float]:
-        """Each step's median milliseconds over the profiled runs, its clock read taken off (never
-        below 0). The median: a run the machine interrupts (a shared host, an emulator's
-        translation) lengthens one step of one run, which a mean would spread over the layer."""
-        return [max(0.0, float(value) - self.clock_ns) / 1e6 for value in np.median(self.step_ns, axis=0)]
-
 
 def parse_profile(stdout: str, steps: int) -> StepTimes:
     """Read a profiling build's output.

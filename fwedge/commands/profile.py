@@ -83,12 +83,12 @@ def command(bundles, inventory, labgrid_coordinator, places, place_tags, device_
             continue
         rows = [[escape(layer.name), escape(layer.kind), "" if layer.macs is None else f"{layer.macs:,}", f"{layer.time_ms:.4f}",
                  f"{layer.percent:.1f}"] for layer in profile.layers]
-        out.print(table(f"{head}: {escape(profile.method)}, {profile.runs} runs", ["layer", "kind", "MACs", "ms", "%"], rows))
+        out.print(table(f"{head}: {escape(profile.method)}; mean of the faster half of {profile.runs} runs", ["layer", "kind", "MACs", "ms", "%"], rows))
         out.print(f"layer sum {_ms(profile.layer_sum_ms)} ms = {_pct(profile.sum_over_total)} of {_ms(profile.total_ms)} "
-                  f"ms ({profile.total_what}); {_pct(profile.sum_over_ordinary)} of the ordinary p50 "
+                  f"ms ({escape(profile.total_what)}); {_pct(profile.sum_over_ordinary)} of the ordinary p50 "
                   f"{_ms(profile.ordinary_p50_ms)} ms"
-                  + (f"; {_pct(profile.sum_over_plain)} of the clock-off runs' p50 {_ms(profile.plain_p50_ms)} ms "
-                     "in the same process" if profile.plain_p50_ms else "")
+                  + (f"; {_pct(profile.sum_over_plain)} of {_ms(profile.plain_ms)} ms, the same build's clock-off runs "
+                     "in the same process" if profile.plain_ms else "")
                   + (f". {escape(profile.note)}" if profile.note else ""))
 
 

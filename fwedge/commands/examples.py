@@ -10,8 +10,7 @@ EXAMPLES: dict[str, list[str]] = {
     ],
     "profile": [
         "fwedge profile build/bundles/model-x86_64-int8 build/bundles/model-onnx-int8 --repeats 200 --json build/profile.json",
-        "fwedge profile build/bundles/model-aarch64-int8 --devices qemu-aarch64",
-        "fwedge report build/results.json --profile build/profile.json -o build/report.html",
+        "fwedge profile build/bundles/model-aarch64-int8 --devices qemu-aarch64 --threads 1",
     ],
     "inspect": [
         f"fwedge inspect {M}/mobilenet_v2_tiny.onnx",
@@ -83,6 +82,7 @@ EXAMPLES: dict[str, list[str]] = {
         "fwedge report build/results.json -o build/report.html",
         "fwedge report build/results.json --analysis build/analysis.json --gate build/gate.json "
         "-o build/report.html --markdown build/summary.md",
+        "fwedge report build/results.json --profile build/profile.json -o build/report.html",
     ],
     "pipeline": [
         f"fwedge pipeline {M}/pipeline.toml",

@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from fwedge.commands.options import (
-    inventory_option, json_option, lab_devices, labgrid_options, split_device_names, text_console, threads_option,
+    host_devices_option, inventory_option, json_option, labgrid_options, random_inputs, text_console, threads_option,
+    timing_pairs,
 )
 
 
@@ -12,8 +13,7 @@ from fwedge.commands.options import (
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(file_okay=False))
 @inventory_option
 @labgrid_options
-@click.option("--devices", "device_names", multiple=True, default=("host",), show_default=True,
-              help="Device names, repeatable or comma-separated; `all` for every device that runs the bundle.")
+@host_devices_option
 @click.option("--repeats", type=int, default=50, show_default=True,
               help="Profiled single-sample runs (and as many ordinary ones) per bundle and device.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input.")
@@ -32,39 +32,19 @@ def command(bundles, inventory, labgrid_coordinator, places, place_tags, device_
     onnxruntime's enable_profiling; openvino: PERF_COUNT. tflite and ncnn: their Python modules
     expose no per-layer profiler, which the output says in one line per bundle.
     """
-    import math
-
     import numpy as np
 
-    from fwedge.bundle import load_bundle
     from fwedge.console import progress, table
-    from fwedge.device_farm.inventory import devices_for, select
-    from fwedge.errors import DeviceError, ExportError
-    from fwedge.ir import max_tensor_bytes
     from fwedge.profile import profile_bundle, profiles_payload, write_profiles
 
     if repeats < 1:
         raise click.BadParameter(f"must be at least 1, got {repeats}", param_hint="--repeats")
-    loaded = [load_bundle(path) for path in bundles]
-    devices = select(devices_for(inventory, lab_devices(labgrid_coordinator, places, place_tags)),
-                     split_device_names(device_names))
-    pairs = [(bundle, device) for bundle in loaded for device in devices if device.why_not(bundle) is None]
-    if not pairs:
-        reasons = "; ".join(f"{d.name}: {d.why_not(b)}" for b in loaded for d in devices)
-        raise DeviceError(f"no selected device runs these bundles ({reasons})")
+    pairs = timing_pairs(bundles, inventory, labgrid_coordinator, places, place_tags, device_names)
     rng = np.random.default_rng(seed)
-    limit = max_tensor_bytes()
     profiles = []
     with progress(len(pairs), "profile") as advance:
         for bundle, device in pairs:
-            feeds = {}
-            for spec in bundle.inputs:
-                shape = (1, *(max(1, dim) for dim in spec.logical_shape[1:]))
-                if 4 * math.prod(shape) > limit:  # a stranger's manifest may declare any shape
-                    raise ExportError(f"bundle '{bundle.name}': input '{spec.name}' of shape {list(shape)} takes "
-                                      f"{4 * math.prod(shape):,} bytes, above the {limit:,} of FWEDGE_MAX_TENSOR_BYTES")
-                feeds[spec.name] = rng.random(shape, dtype=np.float32)
-            profiles.append(profile_bundle(bundle, device, feeds, repeats))
+            profiles.append(profile_bundle(bundle, device, random_inputs(bundle, rng), repeats))
             advance(1)
     if json_out == "-":
         import json

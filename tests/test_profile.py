@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import onnx
@@ -262,3 +263,36 @@ def test_help_has_examples_and_the_command_is_listed():
     assert "profile" in _invoke("--help").output
     bad = _invoke("profile", ROOT, "--repeats", "0")
     assert bad.exit_code == 2
+
+
+@pytest.mark.chromium
+def test_report_with_a_hostile_profile_renders_in_chromium_and_runs_no_injected_script(tmp_path):
+    from fwedge.device_farm.results import Results
+    from fwedge.report import render_html
+    from tests.test_report import _chromium, _console_errors
+
+    hostile = _sample("<img src=x onerror=\"document.title='PWNED'\">")
+    hostile.bundle = "<script>document.title='PWNED'</script>"
+    page = tmp_path / "report.html"
+    page.write_text(render_html(Results(results=[]), profiles=[hostile]))
+    dom, log = _chromium(tmp_path, page, "--dump-dom")
+    assert _console_errors(log) == [] and 'data-ready="yes"' in dom and "PWNED</title>" not in dom
+    chart = dom[dom.index('<svg class="profile-chart"'):]
+    chart = chart[:chart.index("</svg>")]
+    widths = [float(w) for w in re.findall(r'<rect [^>]*width="([0-9.]+)"', chart)]
+    assert len(widths) == 2 and widths[0] == pytest.approx(2 * widths[1]), widths
+
+
+def test_a_bundle_exported_before_profile_is_one_line_exit_2(bundles, tmp_path):
+    import shutil
+
+    copy = tmp_path / "old"
+    shutil.copytree(bundles / "cnn-x86_64-int8", copy)
+    data = json.loads((copy / MANIFEST).read_text())
+    for key in ("op_kinds", "op_macs"):
+        data["extra"].pop(key)
+    data.pop("manifest_sha256", None)
+    (copy / MANIFEST).write_text(json.dumps(seal_manifest(data)))
+    done = _invoke("profile", copy, "--repeats", "2")
+    assert done.exit_code == 2 and len(done.output.strip().splitlines()) == 1, done.output
+    assert "export it again" in done.output

@@ -174,7 +174,8 @@ def profile_c(bundle: Bundle, device, feeds: dict[str, np.ndarray], repeats: int
     plain, profiled = np.asarray(times.plain_ms), np.asarray(times.profiled_ms)
     kept = faster_half(plain + profiled)
     step_ms = np.maximum(times.step_ns[kept].mean(axis=0) - times.clock_ns, 0.0) / 1e6
-    layers = [Layer(name, kind, count if kind in _WEIGHTED else None, float(ms))
+    # MACs as the lowered graph counts them (op_macs: 0 for ops without weights, shown as none)
+    layers = [Layer(name, kind, count or None, float(ms))
               for name, kind, count, ms in zip(names, kinds, macs, step_ms)]
     return BundleProfile(
         bundle=bundle.name, device=device.name, target=bundle.target, arch=bundle.arch,
@@ -185,9 +186,6 @@ def profile_c(bundle: Bundle, device, feeds: dict[str, np.ndarray], repeats: int
         plain_ms=float(plain[kept].mean()),
         note="emulated: qemu wall time" if device.performance() == "instructions" else "",
     ).finish()
-
-
-_WEIGHTED = {"conv2d", "depthwise_conv2d", "fully_connected"}
 
 
 def _onnx_macs(path: Path) -> dict[str, int]:

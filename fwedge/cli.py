@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("fwedge.commands.export", "Write a deployment bundle for a target (onnx, openvino, tflite, ncnn, C arches)."),
     "run": ("fwedge.commands.run", "Run a bundle on the host and measure its accuracy and fidelity."),
     "bench": ("fwedge.commands.bench", "Time bundles on random inputs on the host or a device: p50, p95, min, throughput."),
+    "profile": ("fwedge.commands.profile", "Time each layer of bundles on a device in their own runtime: a table per bundle."),
     "diff": ("fwedge.commands.diff", "Name the first tensor where a bundle diverges from its reference model."),
     "farm": ("fwedge.commands.farm", "List devices and run bundles on the device farm."),
     "gate": ("fwedge.commands.gate", "Compare results with a baseline; exit 1 on a regression."),

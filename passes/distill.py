@@ -439,6 +439,8 @@ def distill(
     val_limit: int | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    graph_factory: Callable[[onnx.ModelProto, str], TorchGraph] = TorchGraph,
+    run_tag: dict | None = None,
 ) -> DistillResult:
     """Train the student's weights against a teacher (knowledge distillation).
 
@@ -456,6 +458,10 @@ def distill(
         val_limit: a seeded subset of the validation data.
         on_epoch: called with the EpochStats after every epoch (also for resumed epochs).
         on_batch: called with the number of samples after every training batch.
+        graph_factory: builds the student's torch graph from (student, bn_mode); QAT passes its
+            fake-quantized graph (passes/qat.py).
+        run_tag: more of what decides the trajectory (QAT: its scales), part of the checkpoint's
+            fingerprint, so a checkpoint of another setup is refused.
 
     Returns:
         DistillResult with the trained ONNX model.
@@ -484,10 +490,12 @@ def distill(
     torch.use_deterministic_algorithms(True)
     try:
         torch.manual_seed(options.seed)
-        graph = TorchGraph(student, options.bn_mode)
+        graph = graph_factory(student, options.bn_mode)
         teacher_runner, teacher_logits = _prepare_teacher(torch, graph, teacher, x_all, options, augmenting)
         optimizer = _make_optimizer(torch, graph, options)
         fingerprint = _run_fingerprint(student, teacher, dataset, options)
+        if run_tag is not None:
+            fingerprint["tag"] = run_tag
         fingerprint_text = json.dumps(fingerprint, sort_keys=True)
         checkpoint = Path(options.checkpoint_dir) / CHECKPOINT_NAME if options.checkpoint_dir else None
         start_epoch, history = _resume(torch, checkpoint, fingerprint_text, graph, optimizer, options, on_epoch)

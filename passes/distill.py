@@ -257,14 +257,18 @@ def _make_optimizer(torch, graph: TorchGraph, options: DistillOptions):
 
 
 def _run_fingerprint(student: onnx.ModelProto, teacher: onnx.ModelProto | None, dataset: Dataset,
-                     options: DistillOptions) -> dict:
-    """What decides the training trajectory: both models, the selected data and the options."""
-    return {
+                     options: DistillOptions, run_tag: dict | None = None) -> dict:
+    """What decides the training trajectory: both models, the selected data, the options and the
+    caller's tag (QAT's scales), when there is one."""
+    fingerprint = {
         "student": _model_sha(student),
         "teacher": _model_sha(teacher) if teacher is not None else None,
         "data": dataset.fingerprint(dataset.select(options.limit, options.seed)),
         "options": options.fingerprint(),
     }
+    if run_tag is not None:
+        fingerprint["tag"] = run_tag
+    return fingerprint
 
 
 def _resume(torch, checkpoint: Path | None, fingerprint_text: str, graph: TorchGraph, optimizer,
@@ -458,10 +462,8 @@ def distill(
         val_limit: a seeded subset of the validation data.
         on_epoch: called with the EpochStats after every epoch (also for resumed epochs).
         on_batch: called with the number of samples after every training batch.
-        graph_factory: builds the student's torch graph from (student, bn_mode); QAT passes its
-            fake-quantized graph (passes/qat.py).
-        run_tag: more of what decides the trajectory (QAT: its scales), part of the checkpoint's
-            fingerprint, so a checkpoint of another setup is refused.
+        graph_factory: builds the student's torch graph from (student, bn_mode) (QAT: passes/qat.py).
+        run_tag: more of what decides the trajectory (QAT: its scales) for the checkpoint's fingerprint.
 
     Returns:
         DistillResult with the trained ONNX model.
@@ -493,9 +495,7 @@ def distill(
         graph = graph_factory(student, options.bn_mode)
         teacher_runner, teacher_logits = _prepare_teacher(torch, graph, teacher, x_all, options, augmenting)
         optimizer = _make_optimizer(torch, graph, options)
-        fingerprint = _run_fingerprint(student, teacher, dataset, options)
-        if run_tag is not None:
-            fingerprint["tag"] = run_tag
+        fingerprint = _run_fingerprint(student, teacher, dataset, options, run_tag)
         fingerprint_text = json.dumps(fingerprint, sort_keys=True)
         checkpoint = Path(options.checkpoint_dir) / CHECKPOINT_NAME if options.checkpoint_dir else None
         start_epoch, history = _resume(torch, checkpoint, fingerprint_text, graph, optimizer, options, on_epoch)

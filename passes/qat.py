@@ -9,14 +9,17 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from fwedge import ir
-from fwedge.calibration.table import WEIGHT_QMAX, ZERO_RANGE_SCALE
+from onnx import numpy_helper
+
+from fwedge import ir, reference
+from fwedge.calibration.table import WEIGHT_QMAX, ZERO_RANGE_SCALE, QuantTable, TensorQuant
 from fwedge.data import Dataset, Preprocess
-from fwedge.errors import DistillError
+from fwedge.errors import DistillError, ModelError
+from fwedge.op_info import OP_INFO
 from fwedge.passes.distill import DistillOptions, DistillResult, EpochStats, distill
 from fwedge.passes.distill_torch import TorchGraph
 from fwedge.quantization import QuantizeRequest, QuantizeResult, quantize_model, run_quantization
-from fwedge.quantization.activation_dtype import uint8_activations
+from fwedge.quantization.activation_dtype import activation_dtypes, int8_activations, uint8_activations
 from fwedge.quantization.plan import QuantizeOptions, QuantPlan
 from fwedge.quantization.qdq import INT32_MAX, activation_params
 
@@ -183,6 +186,7 @@ def qat(
     val_limit: int | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    same_as: onnx.ModelProto | None = None,
 ) -> QatResult:
     """Quantization-aware training of `request.model`, written as the QDQ model `quantize` writes.
 
@@ -198,6 +202,8 @@ def qat(
         teacher: a float teacher for knowledge distillation (e.g. the float model), or None for
             hard labels only.
         preprocess, val_dataset, val_limit, on_epoch, on_batch: as in passes.distill.distill.
+        same_as: the QDQ model `request` was read from (request_from_qdq): the post-training
+            model must have exactly its Q/DQ nodes, else QAT would write another layout.
 
     Returns:
         QatResult.
@@ -210,6 +216,8 @@ def qat(
     _check_request(request)
     options = options or DistillOptions()
     ptq = run_quantization(request)
+    if same_as is not None:
+        _check_same_layout(ptq.model, same_as)
 
     def fake_quant_graph(model: onnx.ModelProto, bn_mode: str) -> FakeQuantGraph:
         return FakeQuantGraph(model, ptq.table, ptq.options, ptq.plan, bn_mode)
@@ -223,12 +231,77 @@ def qat(
     if request.activation_dtype == "uint8":
         model = uint8_activations(model)
     entry = json.loads(distill_entry)
+    # The final epoch's figures without its wall time, so that one seed gives the same bytes.
+    final = {key: value for key, value in (entry.get("final") or {}).items() if key not in ("seconds", "resumed")}
     ir.set_metadata(model, METADATA_KEY, json.dumps({
         "teacher_sha256": entry.get("teacher_sha256"), "float_sha256": entry.get("student_sha256"),
-        "options": entry.get("options"), "samples": trained.samples, "final": entry.get("final"),
+        "options": entry.get("options"), "samples": trained.samples, "final": final or None,
         "scales": "activations fixed (quant table), weights absmax per step, straight-through rounding",
     }, sort_keys=True))
     return QatResult(model, float_model, ptq, trained.history, trained.samples, trained.resumed_from_epoch)
+
+
+def is_qdq(model: onnx.ModelProto) -> bool:
+    """Whether the model holds QuantizeLinear nodes (a QDQ model)."""
+    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+
+
+def request_from_qdq(qdq: onnx.ModelProto, qdq_path, **settings) -> QuantizeRequest:
+    """The QuantizeRequest that writes `qdq` again from the float model it names.
+
+    QAT from a QDQ model written by `fwedge quantize` starts from that model's own scales: the
+    float model comes from its metadata (fwedge.float_model, checked against its sha256), the
+    QuantTable from its activation QuantizeLinear nodes ("<tensor>_QuantizeLinear"), per-tensor or
+    per-channel weights and the activation dtype from its Q/DQ nodes, and the layers whose weights
+    it keeps float are kept float again. `qat` checks that the plan writes the same pairs.
+
+    Args:
+        qdq: the QDQ model.
+        qdq_path: its file (the float model's path is relative to it).
+        settings: more QuantizeRequest fields (input_shapes, preprocess).
+
+    Raises:
+        ModelError: the model names no float model, or the file is missing or changed.
+    """
+    found, why = reference.from_metadata(qdq, qdq_path)
+    if found is None:
+        raise ModelError(f"QDQ model '{qdq_path}': qat starts from the float model a QDQ model names "
+                         f"({reference.METADATA_KEY}, written by fwedge quantize), "
+                         + (why or "and this one names none") + "; give the float model (and --table) instead")
+    uint8 = "uint8" in activation_dtypes(qdq)
+    model = int8_activations(qdq) if uint8 else qdq
+    inits = ir.initializer_map(model)
+    producers = {name: node for node in model.graph.node for name in node.output}
+    tensors, per_channel, keep_float = {}, False, []
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.name.endswith("_QuantizeLinear") and "_requant_" not in node.name:
+            scale = float(numpy_helper.to_array(inits[node.input[1]]))
+            zero = int(numpy_helper.to_array(inits[node.input[2]])) if len(node.input) > 2 else 0
+            tensors[node.name[: -len("_QuantizeLinear")]] = TensorQuant(
+                scale, zero, "int8", ((ACTIVATION_QMIN - zero) * scale, (ACTIVATION_QMAX - zero) * scale))
+        info = OP_INFO.get(node.op_type)
+        if info is not None and info.weight_input is not None and info.weight_input < len(node.input):
+            weight = producers.get(node.input[info.weight_input])
+            if weight is None or weight.op_type != "DequantizeLinear":
+                keep_float.append(node.name)
+            elif numpy_helper.to_array(inits[weight.input[1]]).size > 1:
+                per_channel = True
+    method = next((p.value for p in qdq.metadata_props if p.key == "fwedge.quant_method"), "qdq")
+    table = QuantTable(ir.sha256_file(found.path), method, {"from_qdq": str(qdq_path)}, {}, tensors)
+    return QuantizeRequest(str(found.path), table=table, per_channel=per_channel, keep_float=tuple(keep_float),
+                           activation_dtype="uint8" if uint8 else "int8", **settings)
+
+
+def _check_same_layout(ptq_model: onnx.ModelProto, qdq: onnx.ModelProto) -> None:
+    def pairs(model):
+        return {node.name for node in model.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")}
+
+    written, given = pairs(ptq_model), pairs(qdq)
+    if written != given:
+        extra, missing = sorted(written - given), sorted(given - written)
+        raise ModelError(f"QDQ model: quantizing the float model it names with its scales gives other Q/DQ nodes "
+                         f"(not in it: {extra[:3]}; only in it: {missing[:3]}), so it was not written by fwedge "
+                         "quantize from that model; give the float model instead")
 
 
 def _without_metadata(model: onnx.ModelProto, key: str) -> onnx.ModelProto:

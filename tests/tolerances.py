@@ -104,3 +104,14 @@ DB_MASK_IOU_RUNTIME = 0.95
 # are not an exact integer convolution on this CPU (AMD EPYC, AVX2, no VNNI), so the figure
 # may differ on another. A synthetic 1x1 conv of that shape does not reproduce it; open item.
 DB_MASK_IOU_NCNN = 0.8
+
+# QAT's fake-quantized torch forward (passes/qat.py) against onnxruntime's exact run of the QDQ
+# model written from the same weights, in steps of the logits' output scale. Not exact: torch's
+# fake_quantize multiplies by 1/scale where QuantizeLinear divides, and the convolutions sum in
+# another order, so a value within an ulp of a rounding boundary lands one step over, and that
+# step can carry through the next layers. Measured 2026-12-03 on mobilenet_v2_tiny, 256 test
+# images: largest difference 1 step, 0.55% of the logits one step off (per-tensor weights,
+# symmetric activations) and 1.3% (per-channel, asymmetric); a wrong bias grid, weight scale or
+# activation scale moves them by many steps.
+QAT_FAKE_QUANT_MAX_STEPS = 1
+QAT_FAKE_QUANT_MAX_OFF_FRACTION = 0.05

@@ -16,9 +16,9 @@ onnxruntime on the whole Fashion-MNIST test split:
                 distillation from the float model (T=2, alpha=0.5: the values bench/prune_distill.py
                 chose on a training-split holdout; --no-kd: hard labels only), written by
                 quantize_model with the same table, options and plan
-    control     the float model fine-tuned with the same recipe WITHOUT fake quantization, then
-                PTQ'd the same way: how much of QAT's gain is only the extra training (--no-control
-                drops it)
+    control     the same BN-folded float graph QAT trains, fine-tuned with the same recipe WITHOUT
+                fake quantization, then PTQ'd the same way: how much of QAT's gain is only the extra
+                training (--no-control drops it)
 
 recovered = (QAT - PTQ) / (float - PTQ); the issue's goal is >= 0.5.
 
@@ -96,7 +96,7 @@ def main() -> int:
     control_seconds = None
     if not args.no_control:
         started = time.perf_counter()
-        tuned = distill(float_model, teacher, train, options).model
+        tuned = distill(result.ptq.float_model, teacher, train, options).model  # the same BN-folded graph
         rows["control: fine-tuned float, then PTQ"] = top1(run_quantization(request(tuned)).model)
         control_seconds = time.perf_counter() - started
     print(f"{'model':38s} {'top-1':>8s} {'vs float':>9s}")

@@ -17,6 +17,7 @@ from fwedge.data import Dataset, Preprocess
 from fwedge.errors import DistillError, ModelError
 from fwedge.op_info import OP_INFO
 from fwedge.passes.distill import DistillOptions, DistillResult, EpochStats, distill
+from fwedge.passes.distill import _check_options as check_options
 from fwedge.passes.distill_torch import TorchGraph
 from fwedge.quantization import QuantizeRequest, QuantizeResult, quantize_model, run_quantization
 from fwedge.quantization.activation_dtype import activation_dtypes, int8_activations, uint8_activations
@@ -215,6 +216,7 @@ def qat(
     """
     _check_request(request)
     options = options or DistillOptions()
+    check_options(options, teacher)  # before calibrating
     ptq = run_quantization(request)
     if same_as is not None:
         _check_same_layout(ptq.model, same_as)

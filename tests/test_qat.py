@@ -182,11 +182,13 @@ def test_cli_from_a_qdq_model_keeps_its_scales_and_exports_to_c(mobilenet_path, 
     assert "top-1 accuracy" in done.output
 
 
-def test_cli_refuses_a_qdq_model_that_names_no_float_model(mobilenet_path, tmp_path):
+def test_cli_refuses_layout_options_on_a_qdq_model_and_one_that_names_no_float_model(mobilenet_path, tmp_path):
     qdq = tmp_path / "m.int8.onnx"
     done = _invoke("quantize", mobilenet_path, "--data", "fashion-mnist:train", "--num-samples", "16",
                    "--method", "minmax", "-o", qdq)
     assert done.exit_code == 0, done.output
+    done = _invoke("qat", qdq, "--data", "fashion-mnist:train", "--per-tensor", "-o", tmp_path / "o.onnx")
+    assert done.exit_code == 2 and "brings its own scales and layout: --per-tensor" in done.output, done.output
     model = ir.load(qdq)
     kept = [prop for prop in model.metadata_props if prop.key != "fwedge.float_model"]
     del model.metadata_props[:]

@@ -56,6 +56,11 @@ def command(model, data, table, method, num_samples, per_tensor, symmetric, keep
     loaded = ir.load(model)
     same_as = loaded if is_qdq(loaded) else None
     if same_as is not None:
+        given = [name for name, value in (("--table", table), ("--per-tensor", per_tensor), ("--symmetric", symmetric),
+                                          ("--keep-float", keep_float), ("--float-stem", float_stem)) if value]
+        if given:
+            raise click.UsageError(f"MODEL '{model}' is a QDQ model, which brings its own scales and layout: "
+                                   f"{', '.join(given)} do not apply (give the float model to choose them)")
         request = request_from_qdq(loaded, model, input_shapes=input_shapes, preprocess=preprocess)
     else:
         request = QuantizeRequest(model, data if table is None else None, method, num_samples, table=table,

@@ -193,8 +193,12 @@ def _save_checkpoint(path: Path, payload: dict) -> None:
     ir.write_atomic(path, buffer.getvalue())
 
 
-def _check_options(options: DistillOptions, teacher: onnx.ModelProto | None) -> None:
-    """Reject options that cannot train, before any data is read."""
+def check_options(options: DistillOptions, teacher: onnx.ModelProto | None) -> None:
+    """Reject options that cannot train, before any data is read.
+
+    Raises:
+        DistillError: epochs, temperature, alpha or shift out of range, or feature pairs without a teacher.
+    """
     if options.epochs < 1:
         raise DistillError(f"epochs must be at least 1, got {options.epochs}")
     if options.temperature <= 0:
@@ -476,7 +480,7 @@ def distill(
     torch = _torch()
     from fwedge.eval import resolve_preprocess
 
-    _check_options(options, teacher)
+    check_options(options, teacher)
     augmenting = options.flip or options.shift > 0
     spec = resolve_preprocess(student, preprocess)
     x_all, y_all = _load_arrays(dataset, spec, options.limit, options.seed)

@@ -16,8 +16,7 @@ from fwedge.calibration.table import WEIGHT_QMAX, ZERO_RANGE_SCALE, QuantTable, 
 from fwedge.data import Dataset, Preprocess
 from fwedge.errors import DistillError, ModelError
 from fwedge.op_info import OP_INFO
-from fwedge.passes.distill import DistillOptions, DistillResult, EpochStats, distill
-from fwedge.passes.distill import _check_options as check_options
+from fwedge.passes.distill import DistillOptions, DistillResult, EpochStats, check_options, distill
 from fwedge.passes.distill_torch import TorchGraph
 from fwedge.quantization import QuantizeRequest, QuantizeResult, quantize_model, run_quantization
 from fwedge.quantization.activation_dtype import activation_dtypes, int8_activations, uint8_activations
@@ -59,8 +58,7 @@ class FakeQuantGraph(TorchGraph):
         super().__init__(model, bn_mode)
         self.activation_params = {}
         for name in plan.activations:
-            params = activation_params(table, plan, name, options.symmetric)
-            self.activation_params[name] = (float(params.scale), int(params.zero_point))
+            self.activation_params[name] = _params(activation_params(table, plan, name, options.symmetric))
         self.weight_axes = {(slot.node, slot.input): slot.axis for slot in plan.weights}
         self.constant_slots = {(slot.node, slot.input) for slot in plan.constants}
         # A bias is int32 only where quantize writes it so: its weight and its input are quantized.
@@ -68,9 +66,8 @@ class FakeQuantGraph(TorchGraph):
                            if (slot.node, slot.weight_input) in self.weight_axes
                            and slot.activation in self.activation_params}
         self.bias_of = {slot.node: slot for slot in self.bias_slots.values()}
-        self.requant = {(edge.concat, edge.tensor): self.activation_params[edge.concat_output]
-                        if edge.concat_output in self.activation_params else
-                        _params(activation_params(table, plan, edge.concat_output, options.symmetric))
+        self.requant = {(edge.concat, edge.tensor): _params(activation_params(table, plan, edge.concat_output,
+                                                                              options.symmetric))
                         for edge in plan.requant}
         self.initial = {**self.constants, **self.parameters}
         self._weight_scales: dict[str, object] = {}
@@ -111,7 +108,8 @@ class FakeQuantGraph(TorchGraph):
             bias = self._current(node.input[slot.input]).detach().double()
             limit = bias.abs() / (self.activation_params[slot.activation][0] * INT32_MAX)
             need = limit.max() if axis < 0 else limit
-            scale = torch.where(need > scale.double(), (need * 1.0001).float(), scale)
+            if bool((need > scale.double()).any()):  # as the writer: every channel to at least need * 1.0001
+                scale = torch.maximum(scale, (need * 1.0001).float())
         return scale
 
     def _current(self, name: str):

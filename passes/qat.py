@@ -254,6 +254,10 @@ def request_from_qdq(qdq: onnx.ModelProto, qdq_path, **settings) -> QuantizeRequ
     QuantTable from its activation QuantizeLinear nodes ("<tensor>_QuantizeLinear"), per-tensor or
     per-channel weights and the activation dtype from its Q/DQ nodes, and the layers whose weights
     it keeps float are kept float again. `qat` checks that the plan writes the same pairs.
+    Quantizing the float model with the request writes the same nodes, activation pairs and int8
+    weights; an int32 bias scale can be one float32 ulp off (and its bias one step), because
+    quantize multiplies the table's float64 activation scale, of which the QDQ model holds only the
+    float32 rounding.
 
     Args:
         qdq: the QDQ model.

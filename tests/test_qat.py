@@ -198,3 +198,34 @@ def test_cli_refuses_layout_options_on_a_qdq_model_and_one_that_names_no_float_m
     assert done.exit_code == 2, done.output
     assert "names none" in done.output and "Traceback" not in done.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("flags", [["--per-tensor", "--symmetric"], ["--activation-dtype", "uint8"]])
+def test_a_qdq_model_is_read_back_as_the_request_that_wrote_it(mobilenet_path, tmp_path, flags):
+    """request_from_qdq recovers the table, weight granularity and activation dtype: quantizing its
+    float model with them writes the same nodes, activation pairs and int8 weights bit for bit. The
+    int32 biases alone may move: quantize computes their scale s_in * s_w from the table's float64
+    s_in, and the QDQ model keeps only s_in's float32 rounding, so a bias scale can be one float32
+    ulp off and a bias one step."""
+    from fwedge.passes.qat import request_from_qdq
+    from fwedge.quantization import run_quantization
+
+    qdq = tmp_path / "m.int8.onnx"
+    done = _invoke("quantize", mobilenet_path, "--data", "fashion-mnist:train", "--num-samples", "32",
+                   "--method", "minmax", *flags, "-o", qdq)
+    assert done.exit_code == 0, done.output
+    given = ir.load(qdq)
+    again = run_quantization(request_from_qdq(given, qdq)).model
+    assert [n.SerializeToString() for n in again.graph.node] == [n.SerializeToString() for n in given.graph.node]
+    before = {init.name: numpy_helper.to_array(init) for init in given.graph.initializer}
+    after = {init.name: numpy_helper.to_array(init) for init in again.graph.initializer}
+    assert list(after) == list(before)
+    biases = {name for node in given.graph.node if node.op_type == "DequantizeLinear"
+              and before.get(node.input[0], np.zeros(1)).dtype == np.int32 for name in node.input[:2]}
+    for name, value in before.items():
+        assert after[name].dtype == value.dtype, name
+        if name in biases:
+            tolerance = 1 if value.dtype == np.int32 else 2e-7 * np.abs(value)
+            assert np.all(np.abs(after[name].astype(np.float64) - value) <= tolerance), name
+        else:
+            assert np.array_equal(after[name], value), name

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("fwedge.commands.analyze", "Per-layer SQNR and cosine of a QDQ model against its float model, worst first."),
     "prune": ("fwedge.commands.prune", "Structured channel pruning or unstructured magnitude pruning."),
     "distill": ("fwedge.commands.distill", "Train a student ONNX model against a teacher (knowledge distillation)."),
+    "qat": ("fwedge.commands.qat", "Quantization-aware training: fine-tune with fake quantization, write the QDQ model."),
     "export": ("fwedge.commands.export", "Write a deployment bundle for a target (onnx, openvino, tflite, ncnn, C arches)."),
     "run": ("fwedge.commands.run", "Run a bundle on the host and measure its accuracy and fidelity."),
     "bench": ("fwedge.commands.bench", "Time bundles on random inputs on the host or a device: p50, p95, min, throughput."),

@@ -124,3 +124,13 @@ PROFILE_C_PLAIN_RATIO = (0.7, 1.4)
 # infer()), so their layer sum is at most that; the sum of per-layer medians may exceed the median
 # of the per-run sums by a little, which 5% covers.
 PROFILE_NESTED_MAX_RATIO = 1.05
+# QAT's fake-quantized torch forward (passes/qat.py) against onnxruntime's exact run of the QDQ
+# model written from the same weights, in steps of the logits' output scale. Not exact: torch's
+# fake_quantize multiplies by 1/scale where QuantizeLinear divides, and the convolutions sum in
+# another order, so a value within an ulp of a rounding boundary lands one step over, and that
+# step can carry through the next layers. Measured 2026-12-03 on mobilenet_v2_tiny, 256 test
+# images: largest difference 1 step, 0.55% of the logits one step off (per-tensor weights,
+# symmetric activations) and 1.3% (per-channel, asymmetric); a wrong bias grid, weight scale or
+# activation scale moves them by many steps.
+QAT_FAKE_QUANT_MAX_STEPS = 1
+QAT_FAKE_QUANT_MAX_OFF_FRACTION = 0.05

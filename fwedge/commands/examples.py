@@ -30,6 +30,12 @@ EXAMPLES: dict[str, list[str]] = {
         f"fwedge distill --teacher {M}/mobilenet_v2_tiny.onnx --student build/pruned.onnx "
         "--data fashion-mnist:train --epochs 8 --flip --shift 2 --checkpoint build/ckpt --resume -o build/distilled.onnx",
     ],
+    "qat": [
+        f"fwedge qat {M}/mobilenet_v2_tiny.onnx --data fashion-mnist:train --per-tensor --symmetric "
+        f"--teacher {M}/mobilenet_v2_tiny.onnx --temperature 2 --limit 10000 --epochs 2 -o build/qat.onnx",
+        "fwedge qat build/model.int8.onnx --data fashion-mnist:train --epochs 4 --checkpoint build/qat-ckpt --resume "
+        "-o build/qat.onnx",
+    ],
     "calibrate": [
         f"fwedge calibrate {M}/cnn_small.onnx --data fashion-mnist:train --method kl -o build/table.json",
         f"fwedge calibrate {M}/cnn_small.onnx --data fashion-mnist:train --method percentile --num-samples 1024 "

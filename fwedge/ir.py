@@ -147,6 +147,9 @@ def _has(tensor: onnx.TensorProto, name: str) -> bool:
 def _tensor_elements(tensor: onnx.TensorProto, path: Path) -> int:
     if any(dim < 0 for dim in tensor.dims):
         raise ModelError(f"model '{path}': tensor '{tensor.name}' has negative dims {list(tensor.dims)}")
+    # numpy refuses a shape whose non-zero dims multiply past 2**63 bytes, even when a 0 makes it empty.
+    if int(np.prod([max(dim, 1) for dim in tensor.dims], dtype=object)) > 2**58:
+        raise ModelError(f"model '{path}': tensor '{tensor.name}' has dims {list(tensor.dims)} too large for any array")
     return int(np.prod(list(tensor.dims), dtype=object))
 
 

@@ -361,3 +361,15 @@ def test_node_macs_of_a_malformed_layer_is_unknown_not_a_crash(op, inputs, shape
     from fwedge.op_info import node_macs
 
     assert node_macs(helper.make_node(op, inputs, ["y"]), shapes) is None
+
+
+def test_an_empty_initializer_with_dims_no_array_can_hold_is_refused(tmp_path):
+    """dims [2**40, 2**40, 0] declare no element, but numpy cannot make that shape: the loader
+    names the tensor instead of numpy's ValueError surfacing later (found by the long fuzz)."""
+    tensor = onnx.TensorProto(name="w", data_type=onnx.TensorProto.FLOAT, dims=[2**40, 2**40, 0])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [tensor])
+    path = tmp_path / "m.onnx"
+    path.write_bytes(onnx.helper.make_model(graph).SerializeToString())
+    with pytest.raises(ModelError, match="'w' has dims .* too large for any array"):
+        ir.load(path)

@@ -55,6 +55,29 @@ void fw_resize_nearest_nhwc(int in_w, int channels, int out_h, int out_w, const 
     }
 }
 
+void fw_permute4(const int *dims, const int *strides, int element_size, const void *x, void *y)
+{
+    const unsigned char *in = (const unsigned char *)x;
+    unsigned char *out = (unsigned char *)y;
+    const size_t item = (size_t)element_size;
+    for (int a = 0; a < dims[0]; ++a) {
+        for (int b = 0; b < dims[1]; ++b) {
+            for (int c = 0; c < dims[2]; ++c) {
+                const size_t base = (size_t)a * strides[0] + (size_t)b * strides[1] + (size_t)c * strides[2];
+                if (strides[3] == 1) {
+                    memcpy(out, in + base * item, (size_t)dims[3] * item);
+                    out += (size_t)dims[3] * item;
+                    continue;
+                }
+                for (int d = 0; d < dims[3]; ++d) {
+                    memcpy(out, in + (base + (size_t)d * strides[3]) * item, item);
+                    out += item;
+                }
+            }
+        }
+    }
+}
+
 void fw_take3(int in_d1, int in_d2, int out_d0, int out_d1, int out_d2, const int32_t *t0, const int32_t *t1,
               const int32_t *t2, int inner_run, int element_size, const void *x, void *y)
 {

@@ -351,6 +351,9 @@ void fw_pad_nhwc(int in_h, int in_w, int in_c, int out_h, int out_w, int out_c, 
  * the tables computed by fwedge from the model's Resize rule (fwedge/ops/resize.py). */
 void fw_resize_nearest_nhwc(int in_w, int channels, int out_h, int out_w, const int32_t *rows, const int32_t *cols,
                             int element_size, const void *x, void *y);
+/* Permute a tensor: output element (a, b, c, d) of dims[4] (stored order) is input element
+ * a*strides[0] + b*strides[1] + c*strides[2] + d*strides[3] (Transpose, fwedge/ops/shape.py). */
+void fw_permute4(const int *dims, const int *strides, int element_size, const void *x, void *y);
 /* Gather with one source table per stored axis (batch 1; the stored dims padded to three):
  * y[i][j][k] = x[t0[i]][t1[j]][t2[k]] over an input of in_d1 x in_d2 inner dims. Slice, Split and
  * Gather on constant indices (fwedge/ops/take.py). `inner_run` says t2 is t2[0] + k, copied whole. */

@@ -6,6 +6,7 @@ import numpy as np
 from fwedge.errors import ExportError
 from fwedge.lowered.graph import LoweredOp, LoweredTensor
 from fwedge.ops.registry import UNARY_KINDS
+from fwedge.ops.shape import stored_permutation
 from fwedge.ops.registry import kind as kind_spec
 from fwedge.targets.c_emit_base import (
     _ITEM_BYTES,
@@ -326,6 +327,20 @@ def emit_resize_nearest(e: _Emitter, op: LoweredOp) -> None:
                f"{e.pointer(X.name)}, {e.pointer(Y.name)});")
 
 
+@emitter("transpose")
+def emit_transpose(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    in_dims = physical_shape(X.shape)
+    strides = [int(np.prod(in_dims[k + 1:])) for k in range(len(in_dims))]
+    source = stored_permutation(op.attrs.perm)
+    dims = [1] * (4 - len(in_dims)) + list(physical_shape(Y.shape))
+    steps = [0] * (4 - len(in_dims)) + [strides[k] for k in source]
+    d, s = e.fresh("d"), e.fresh("s")
+    e.declarations.append(f"static const int {d}[4] = {{{', '.join(map(str, dims))}}};\n"
+                          f"static const int {s}[4] = {{{', '.join(map(str, steps))}}};\n")
+    e.call(op, f"fw_permute4({d}, {s}, {_ITEM_BYTES[Y.dtype]}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
+
+
 def stored_tables(tables, in_shape) -> tuple[list[list[int]], list[int]]:
     """A take's per-axis tables (logical, batch dropped) and the input's inner dims, in stored
     order (NHWC for 4-D), padded in front to three axes."""
@@ -397,10 +412,11 @@ def emit_prelu(e: _Emitter, op: LoweredOp) -> None:
 @emitter("softmax")
 def emit_softmax(e: _Emitter, op: LoweredOp) -> None:
     X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
-    if op.attrs.axis != len(X.shape) - 1 or not layout_trivial(X.shape):
+    channels = len(X.shape) == 4 and op.attrs.axis == 1  # stored innermost (NHWC)
+    if not channels and (op.attrs.axis != len(X.shape) - 1 or not layout_trivial(X.shape)):
         raise ExportError(f"C target: softmax {op.name!r} over axis {op.attrs.axis} of {list(X.shape)}: "
-                          "only the last axis of a non-image tensor is supported")
-    depth = X.shape[-1]
+                          "only the last axis of a non-image tensor, or the channels of a 4-D one")
+    depth = X.shape[1] if channels else X.shape[-1]
     outer = X.size // depth
     if Y.dtype == "int8":
         if op.attrs.beta != 1.0:

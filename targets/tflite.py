@@ -14,6 +14,7 @@ from fwedge.bundle import Bundle, TensorInfo, write_bundle
 from fwedge.errors import UnsupportedOpError
 from fwedge.lowered.graph import LoweredGraph, LoweredOp, LoweredTensor, QuantParams
 from fwedge.ops import unary
+from fwedge.ops.shape import stored_permutation
 from fwedge.ops.take import progression
 from fwedge.targets.base import ExportOptions, Target, TfliteOptions, target
 from fwedge.targets import tflite_runner
@@ -66,8 +67,8 @@ def _op_problem(graph: LoweredGraph, op: LoweredOp) -> str | None:
         mode = padding_mode(x.shape, op.attrs.kernel, op.attrs.strides, (1, 1), op.attrs.pads)
         if mode == "EXPLICIT" and not op.attrs.count_include_pad:
             return f"average pool pads {op.attrs.pads} are not TFLite SAME and exclude the padding"
-    if op.kind == "softmax" and len(x.shape) == 4 and x.shape[2:] != (1, 1):
-        return "softmax over channels of an NHWC tensor with H, W > 1"
+    if op.kind == "softmax" and len(x.shape) == 4 and op.attrs.axis != 1 and x.shape[1] != 1 and x.shape[2] * x.shape[3] != 1:
+        return f"softmax over axis {op.attrs.axis} of {list(x.shape)}: TFLite's SOFTMAX takes the innermost axis (NHWC's C)"
     if op.kind == "resize_nearest" and _nearest_flags(x.shape, graph.tensors[op.outputs[0]].shape, op.attrs) is None:
         return (f"nearest resize tables rows {list(op.attrs.rows)[:8]} cols {list(op.attrs.cols)[:8]} follow no "
                 "TFLite rule (align_corners, half_pixel_centers)")
@@ -347,6 +348,14 @@ def emit_take(writer: _Writer, op: LoweredOp) -> None:
                                 writer.const(f"{op.name}/end", np.array(end, dtype=np.int32)),
                                 writer.const(f"{op.name}/strides", np.array([s for _, s, _ in plan], dtype=np.int32))],
               [y], "StridedSliceOptions", writer.options("StridedSliceOptionsT", endMask=end_mask))
+
+
+@tflite_op("transpose")
+def emit_transpose(writer: _Writer, op: LoweredOp) -> None:
+    """TRANSPOSE with the permutation of the stored (NHWC for 4-D) axes."""
+    perm = stored_permutation(op.attrs.perm)
+    writer.op("TRANSPOSE", [writer.tensor(op.inputs[0]), writer.const(f"{op.name}/perm", np.array(perm, dtype=np.int32))],
+              [writer.tensor(op.outputs[0])], "TransposeOptions", writer.options("TransposeOptionsT"))
 
 
 @tflite_op("depth_to_space")

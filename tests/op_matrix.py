@@ -242,6 +242,28 @@ def _build_cases() -> list[OpCase]:
             {"x": [1, 12, 3, 4]}, [1, 3, 6, 8]), ("depth_to_space",)),
     ]
     cases += _take_cases()
+    # YOLOv8's DFL head: Transpose(0, 2, 1, 3) of [1, 4, 16, A], Softmax over the 16 bins (axis 1);
+    # a Transpose of the channels to the end; the box decode's Sub of two activations (float).
+    cases += [
+        OpCase("transpose_0213_softmax_axis1", _model(
+            [helper.make_node("Transpose", ["x"], ["t"], name="transpose", perm=[0, 2, 1, 3]),
+             helper.make_node("Softmax", ["t"], ["y"], name="softmax", axis=1)],
+            {"x": [1, 4, 6, 10]}, [1, 6, 4, 10]), ("transpose", "softmax"), (-3.0, 3.0), int8=False),
+        OpCase("conv_transpose_hw", _model(
+            [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[1, 1]),
+             helper.make_node("Transpose", ["c"], ["t"], name="transpose", perm=[0, 1, 3, 2]),
+             # 3x3: OpenVINO 2026.4's ConvertWeightCompressedConv1x1ToMatmul throws on a 1x1 conv of a
+             # transposed int8 tensor (its shape check reads the pre-transpose dims).
+             helper.make_node("Conv", ["t", "w2"], ["y"], name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
+            {"x": [1, 3, 4, 5]}, [1, 2, 5, 4],
+            [numpy_helper.from_array(np.random.default_rng(4).normal(0, 0.5, (4, 3, 1, 1)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.random.default_rng(5).normal(0, 0.3, (2, 4, 3, 3)).astype(np.float32), "w2")]),
+            ("conv2d", "transpose")),
+        OpCase("transpose_rank3", _model([helper.make_node("Transpose", ["x"], ["y"], name="transpose", perm=[0, 2, 1])],
+                                         {"x": [1, 6, 7]}, [1, 7, 6]), ("transpose",)),
+        OpCase("sub_activations", _model([helper.make_node("Sub", ["x", "z"], ["y"], name="sub")],
+                                         {"x": [1, 3, 4, 5], "z": [1, 3, 4, 5]}, [1, 3, 4, 5]), ("add", "mul"), int8=False),
+    ]
     # PRelu as exporters write it: slope (C, 1, 1) after a conv (MTCNN), (C,) after a Gemm.
     slope = numpy_helper.from_array(rng.uniform(0.05, 0.4, (5, 1, 1)).astype(np.float32), "slope")
     cases.append(OpCase("prelu_channels", _model(

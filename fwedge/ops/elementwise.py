@@ -9,7 +9,7 @@ import onnx
 
 from fwedge.lowered.build import (
     Builder, activation_range, broadcast_constant, dequantize_array, float_output,
-    fused_activation, int8_operands, int8_output, note_float, requant, requantize_constant,
+    fused_activation, int8_operands, int8_output, note_float, refuse, requant, requantize_constant,
 )
 from fwedge.lowered.arith import multiply_by_quantized_multiplier, activate, requantize, zp
 from fwedge.lowered.graph import AddQuant, ElementwiseAttrs, LoweredOp, LoweredTensor, quantize_multiplier
@@ -28,6 +28,8 @@ def _lower_elementwise(builder: Builder, node: onnx.NodeProto) -> None:
         builder.done.add(id(act_node))
     rank = len(builder.shape(last.output[0]))
     operands = int8_operands(builder, node, (0, 1))
+    if operands is not None and node.op_type in ("Sub", "Div") and not operands[1].is_constant:
+        operands = refuse(builder, node, f"int8 {node.op_type} of two activations")
     out = int8_output(builder, last) if operands is not None else None
     if out is not None:
         y_name, y_quant = out
@@ -53,11 +55,18 @@ def _lower_elementwise(builder: Builder, node: onnx.NodeProto) -> None:
     note_float(builder, node)
     a = builder.float_input(A)
     b = builder.float_input(B)
-    if node.op_type in ("Sub", "Div"):
+    if node.op_type in ("Sub", "Div") and builder.tensors[b].is_constant:
         value = builder.tensors[b].data.astype(np.float64)
         value = -value if node.op_type == "Sub" else 1.0 / value
         b = builder.add_tensor(LoweredTensor(builder.fresh(B), tuple(value.shape), "float32",
                                              data=value.astype(np.float32)))
+    elif node.op_type == "Sub":  # a - b of two activations: a + (-1) * b
+        minus = builder.add_tensor(LoweredTensor(builder.fresh(f"{node.name}_minus_one"), (1,) * rank, "float32",
+                                                 data=np.full((1,) * rank, -1.0, np.float32)))
+        negated = builder.add_tensor(LoweredTensor(builder.fresh(f"{B}_negated"), builder.shape(B), "float32"))
+        minus = broadcast_constant(builder, builder.tensors[minus], rank).name
+        builder.emit("mul", f"{node.name}_negate", [b, minus], [negated], ElementwiseAttrs("none"))
+        b = negated
     a_t, b_t = builder.tensors[a], builder.tensors[b]
     a = broadcast_constant(builder, a_t, rank).name if a_t.is_constant else a
     b = broadcast_constant(builder, b_t, rank).name if b_t.is_constant else b
@@ -85,8 +94,9 @@ def run_elementwise(op: LoweredOp, values, tensors):
 
 
 def _check_constant_operand(view, node: onnx.NodeProto) -> str | None:
-    if view.const(node.input[1]) is None and not is_const_dq(view, node.input[1]):
-        return f"{node.op_type} with a non-constant second operand"
+    """Div needs a constant divisor; Sub takes two activations in float (int8 refuses them)."""
+    if node.op_type == "Div" and view.const(node.input[1]) is None and not is_const_dq(view, node.input[1]):
+        return "Div with a non-constant divisor"
     return None
 
 

@@ -1,12 +1,14 @@
 """Op card: data movement. Reshape, Flatten, Squeeze, Unsqueeze (reshape), Pad (pad),
-Concat (concat), Identity and Dropout (no op: an alias); Transpose is known to pruning and
-quantization but does not lower (Resize, and Slice/Split/Gather, have their own cards: resize.py,
-take.py).
+Concat (concat), Transpose (transpose: any permutation that keeps the batch first, up to 4-D),
+Identity and Dropout (no op: an alias). Resize, and Slice/Split/Gather, have their own cards
+(resize.py, take.py).
 
 In int8 the output keeps the input's scale and zero point; a requantize follows when the
 model's QuantizeLinear asks for other parameters.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -130,6 +132,49 @@ def _check_pad(view, node: onnx.NodeProto) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class TransposeAttrs:
+    """y = x.transpose(perm) in logical (NCHW) axes; perm[0] == 0."""
+
+    perm: tuple[int, ...]
+
+
+def transpose_perm(node: onnx.NodeProto, rank: int) -> list[int]:
+    return [int(a) for a in attribute(node, "perm", list(range(rank))[::-1])]
+
+
+def _check_transpose(view, node: onnx.NodeProto) -> str | None:
+    rank = len(view.shapes.get(node.input[0]) or [])
+    perm = transpose_perm(node, rank)
+    if not 2 <= rank <= 4 or sorted(perm) != list(range(rank)) or perm[0] != 0:
+        return f"perm {perm[:8]} of a rank-{rank} tensor: a permutation of 2-4 axes that keeps the batch first"
+    return None
+
+
+def _lower_transpose(builder: Builder, node: onnx.NodeProto) -> None:
+    attrs = TransposeAttrs(tuple(transpose_perm(node, len(builder.shape(node.input[0])))))
+    operands = int8_operands(builder, node, (0,))
+    out = int8_output(builder, node) if operands is not None else None
+    if out is not None:
+        same_quant_chain(builder, node, "transpose", attrs, operands[0], out)
+        return
+    note_float(builder, node)
+    x = builder.float_input(node.input[0])
+    builder.emit("transpose", node.name, [x], [float_output(builder, node.output[0])], attrs)
+
+
+def stored_permutation(perm) -> list[int]:
+    """The permutation of the stored axes, as C and TFLite keep tensors (NHWC for 4-D): for each
+    stored output axis, the stored input axis it reads."""
+    order = [0, 2, 3, 1] if len(perm) == 4 else list(range(len(perm)))
+    return [order.index(perm[axis]) for axis in order]
+
+
+def run_transpose(op: LoweredOp, values, tensors):
+    return np.ascontiguousarray(values[op.inputs[0]].transpose(op.attrs.perm))
+
+
+register_kind("transpose", run_transpose)
 register_kind("concat", run_concat)
 register_kind("reshape", run_reshape)
 register_kind("pad", run_pad)
@@ -138,7 +183,8 @@ _MOVE = OpInfo(quantize_output=False, shares_input_scale=True)
 _PASS = OpInfo(channel_passthrough=True, quantize_output=False, shares_input_scale=True)
 for _op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
     register_op(_op, _MOVE, kinds=("reshape",), lower=_lower_reshape, static_output=True)
-register_op("Transpose", _MOVE)
+register_op("Transpose", _MOVE, kinds=("transpose",), lower=_lower_transpose, check=_check_transpose,
+            static_output=True)
 register_op("Identity", _PASS, lower=_lower_alias)
 register_op("Dropout", _PASS, lower=_lower_alias)
 register_op("Pad", _PASS, kinds=("pad",), lower=_lower_pad, check=_check_pad)

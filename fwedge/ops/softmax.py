@@ -1,4 +1,9 @@
-"""Op card: Softmax over the last axis (softmax), int8 through an exp table and Q30 probabilities."""
+"""Op card: Softmax (softmax), int8 through an exp table and Q30 probabilities.
+
+Along the last axis, or along the channel axis of a 4-D tensor: the axis every target stores
+innermost (C, TFLite and ncnn keep 4-D tensors NHWC), as YOLOv8's DFL head takes it over its 16
+distance bins.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +21,14 @@ SOFTMAX_PROB_BITS = 30
 SOFTMAX_EXP_BITS = 24
 
 
+def softmax_axis(node: onnx.NodeProto, rank: int, opset: int) -> int:
+    """The non-negative axis of a Softmax (opset 13 defaults to -1, earlier ones to 1)."""
+    return int(attribute(node, "axis", -1 if opset >= 13 else 1)) % max(rank, 1)
+
+
 def _lower_softmax(builder: Builder, node: onnx.NodeProto) -> None:
     rank = len(builder.shape(node.input[0]))
+    axis = softmax_axis(node, rank, builder.view.opset)
     operands = int8_operands(builder, node, (0,))
     out = int8_output(builder, node) if operands is not None else None
     if out is not None:
@@ -26,35 +37,35 @@ def _lower_softmax(builder: Builder, node: onnx.NodeProto) -> None:
         d = np.arange(256, dtype=np.float64)
         table = np.round(np.exp(-np.float64(np.float32(x_q.quant.scale[0])) * d) * (1 << SOFTMAX_EXP_BITS))
         real = 2.0 ** -SOFTMAX_PROB_BITS / np.float64(y_quant.scale[0])
-        attrs = SoftmaxAttrs(rank - 1, 1.0, table.astype(np.int32), requant([real], "none", y_quant))
+        attrs = SoftmaxAttrs(axis, 1.0, table.astype(np.int32), requant([real], "none", y_quant))
         builder.emit("softmax", node.name, [x_q.name], [y_name], attrs)
         return
     note_float(builder, node)
     x = builder.float_input(node.input[0])
-    builder.emit("softmax", node.name, [x], [float_output(builder, node.output[0])], SoftmaxAttrs(rank - 1))
+    builder.emit("softmax", node.name, [x], [float_output(builder, node.output[0])], SoftmaxAttrs(axis))
 
 
 def run_softmax(op: LoweredOp, values, tensors):
     X = tensors[op.inputs[0]]
     Y = tensors[op.outputs[0]]
-    x = values[X.name]
     attrs = op.attrs
+    x = np.moveaxis(values[X.name], attrs.axis, -1)
     if Y.dtype == "int8":
         x = x.astype(np.int64)
         e = attrs.exp_table.astype(np.int64)[x.max(axis=-1, keepdims=True) - x]
         total = e.sum(axis=-1, keepdims=True)
         p = ((e << 30) + total // 2) // total
-        return requantize(p, attrs.requant, zp(Y), axis=None)
+        return np.moveaxis(requantize(p, attrs.requant, zp(Y), axis=None), -1, attrs.axis)
     x = x.astype(np.float64) * attrs.beta
     e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return np.moveaxis(e / e.sum(axis=-1, keepdims=True), -1, attrs.axis).astype(np.float32)
 
 
 def _check_softmax(view, node: onnx.NodeProto) -> str | None:
     rank = input_rank(view, node)
-    axis = attribute(node, "axis", -1 if view.opset >= 13 else 1)
-    if axis % max(rank, 1) != rank - 1:
-        return "Softmax over a non-last axis"
+    axis = softmax_axis(node, rank, view.opset)
+    if axis != rank - 1 and not (rank == 4 and axis == 1):
+        return f"Softmax over axis {axis} of a rank-{rank} tensor: only the last axis, or the channels of a 4-D one"
     return None
 
 

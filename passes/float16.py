@@ -20,6 +20,9 @@ from onnx import TensorProto, helper, numpy_helper
 from fwedge.errors import ExportError
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+# Inputs the ONNX spec types tensor(float) only, whatever the data type: they stay float32
+# (a constant is left as it is, a computed tensor gets a Cast to float32 in front of the node).
+FLOAT32_ONLY_INPUTS = {"Resize": (2,), "Upsample": (1,)}
 _FLOAT = TensorProto.FLOAT
 _HALF = TensorProto.FLOAT16
 
@@ -51,6 +54,27 @@ def _convert_attributes(node: onnx.NodeProto) -> None:
             attr.i = _HALF
 
 
+def _float32_only(graph: onnx.GraphProto) -> set[str]:
+    """Names of the tensors that feed a FLOAT32_ONLY_INPUTS slot."""
+    return {node.input[index] for node in graph.node for index in FLOAT32_ONLY_INPUTS.get(node.op_type, ())
+            if index < len(node.input) and node.input[index]}
+
+
+def _cast_float32_only(graph: onnx.GraphProto, keep: set[str], init_names: set[str]) -> list[onnx.NodeProto]:
+    """The graph's nodes, a Cast to float32 in front of each FLOAT32_ONLY_INPUTS slot fed by a
+    computed (now float16) tensor."""
+    constants = init_names | {node.output[0] for node in graph.node if node.op_type == "Constant"}
+    nodes = []
+    for node in graph.node:
+        for index in FLOAT32_ONLY_INPUTS.get(node.op_type, ()):
+            name = node.input[index] if index < len(node.input) else ""
+            if name and name in keep and name not in constants:
+                nodes.append(helper.make_node("Cast", [name], [f"{name}/fp32"], name=f"{name}/to_fp32", to=_FLOAT))
+                node.input[index] = f"{name}/fp32"
+        nodes.append(node)
+    return nodes
+
+
 def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with float16 weights and compute and float32 graph inputs and outputs.
 
@@ -67,12 +91,15 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    inits = [_half_tensor(init, "initializer") if init.data_type == _FLOAT else init for init in graph.initializer]
+    keep = _float32_only(graph)
+    inits = [_half_tensor(init, "initializer") if init.data_type == _FLOAT and init.name not in keep else init
+             for init in graph.initializer]
     del graph.initializer[:]
     graph.initializer.extend(inits)
     init_names = {init.name for init in graph.initializer}
     for node in graph.node:
-        _convert_attributes(node)
+        if not (node.op_type == "Constant" and node.output[0] in keep):
+            _convert_attributes(node)
     for value in graph.value_info:
         _retype(value)
     renamed: dict[str, str] = {}
@@ -107,7 +134,7 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
         else:  # an output that is a graph input or an initializer
             half = source
         casts_out.append(helper.make_node("Cast", [half], [value.name], name=f"{value.name}/to_fp32", to=_FLOAT))
-    nodes = casts_in + list(graph.node) + casts_out
+    nodes = casts_in + _cast_float32_only(graph, keep, init_names) + casts_out
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]

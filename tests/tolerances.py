@@ -104,3 +104,25 @@ DB_MASK_IOU_RUNTIME = 0.95
 # are not an exact integer convolution on this CPU (AMD EPYC, AVX2, no VNNI), so the figure
 # may differ on another. A synthetic 1x1 conv of that shape does not reproduce it; open item.
 DB_MASK_IOU_NCNN = 0.8
+
+# fp16 bundles (export --fp16) against onnxruntime fp32 on the same seeded inputs, as the largest
+# output difference relative to the output's largest magnitude (normwise: an element near zero
+# has no relative error of its own to bound). float16's unit roundoff is u = 2^-11 = 4.9e-4.
+# Every target here accumulates in float32; what rounds to float16 is each weight (all four
+# targets) and, in the onnx bundle, the input and output of each op: at most three roundings of
+# relative size u per op, so one op is off by at most 3u * sum|w*x| / max|y|. The op matrix's
+# seeded cases measured at most 0.82u (4.0e-4, depthwise_relu6 on onnx; 3.1e-4 on the others,
+# 2026-12-03); 4u leaves room for a sum with more cancellation without letting through a bundle
+# whose weights were read wrong (then the error is of the order of the output itself).
+FP16_RTOL = 4 * 2.0**-11
+# Whole models: each layer on a path adds its own error, first order, so L layers give at most
+# L times one op's bound (3u * 24 = 0.035 for mobilenet_v2_tiny's 24 layers), and errors of
+# independent sign grow like sqrt(L) (3u * sqrt(24) = 7.2e-3). The bound is twice the sqrt(L)
+# figure; measured on the 600-image subset (2026-12-03): mobilenet_v2_tiny <= 3.2e-3 (onnx),
+# cnn_small <= 1.1e-3, both well under it.
+FP16_MODEL_RTOL = 1.5e-2
+# Top-1 agreement of an fp16 bundle with fp32: a logit error of at most FP16_MODEL_RTOL * max|y|
+# can flip only an image whose top-2 margin is at most twice that, so every image with a wider
+# margin must agree (checked), and the share of the rest is small on a trained model: at least
+# FP16_MIN_AGREEMENT of the subset agrees (measured 100% on both examples).
+FP16_MIN_AGREEMENT = 0.99

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from targets import EXAMPLES, PPOCR  # noqa: E402
+from targets import EXAMPLES, PPOCR, ppocr_cls_path  # noqa: E402
 
 TARGETS = ("onnx", "openvino", "tflite", "ncnn")
 
@@ -37,15 +37,11 @@ def _model(name: str, work: Path, images: int, ppocr_images: int):
     from fwedge.data import Preprocess, open_dataset
 
     if name == PPOCR:
-        import importlib.util
-
         from ppocr_data import PPOCR_CLS_PREPROCESS, make_text_lines
 
-        spec = importlib.util.find_spec("rapidocr_onnxruntime")
-        if spec is None:
-            print(f"{name}: rapidocr-onnxruntime not installed; skipped")
+        path = ppocr_cls_path()
+        if path is None:
             return None
-        path = Path(spec.origin).parent / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
         preprocess = Preprocess.from_dict(PPOCR_CLS_PREPROCESS)
         data = make_text_lines(work / "ppocr_eval", ppocr_images, seed=7)
         x = next(open_dataset(data).batches(preprocess, ppocr_images, limit=ppocr_images)).x

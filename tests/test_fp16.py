@@ -103,8 +103,10 @@ def test_fp16_example_models_against_fp32(example, target, tmp_path):
         f"{name} {target}: {fp32.sizes} -> {fp16.sizes}"
     # The files shrink by less than the weights in OpenVINO: its .xml gains a Convert to f32 per weight.
     assert fp16.sizes["file_bytes"] < fp32.sizes["file_bytes"], f"{name} {target}: {fp32.sizes} -> {fp16.sizes}"
-    if target in ("onnx", "tflite"):  # every constant of these models is a float weight
+    if target == "tflite":  # every constant of the lowered models is a float weight
         assert 2 * fp16.sizes["weights_bytes"] == fp32.sizes["weights_bytes"]
+    if target == "onnx":  # BatchNormalization folded before the conversion: fewer weights than half
+        assert 2 * fp16.sizes["weights_bytes"] < fp32.sizes["weights_bytes"]
 
 
 def test_float16_pass_keeps_io_float32_and_names():

@@ -109,7 +109,8 @@ DB_MASK_IOU_NCNN = 0.8
 # output difference relative to the output's largest magnitude (normwise: an element near zero
 # has no relative error of its own to bound). float16's unit roundoff is u = 2^-11 = 4.9e-4.
 # Every target here accumulates in float32; what rounds to float16 is each weight (all four
-# targets) and, in the onnx bundle, the input and output of each op: at most three roundings of
+# targets) and, in the onnx model file, the input and output of each op (onnxruntime's CPU
+# provider here drops those Casts and computes in float32 on the float16 weights, README): at most three roundings of
 # relative size u per op, so one op is off by at most 3u * sum|w*x| / max|y|. The op matrix's
 # seeded cases measured at most 0.82u (4.0e-4, depthwise_relu6 on onnx; 3.1e-4 on the others,
 # 2026-12-03); 4u leaves room for a sum with more cancellation without letting through a bundle

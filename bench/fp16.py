@@ -1,18 +1,21 @@
 #!/usr/bin/env python
 """fp16 against fp32 bundles on every target that takes --fp16: output error, top-1 agreement, weight bytes.
 
-    .venv/bin/python bench/fp16.py [--images 10000] [--ppocr-images 400] [--models cnn_small mobilenet_v2_tiny ppocr_cls]
+    .venv/bin/python bench/fp16.py [--images 10000] [--ppocr-images 400] [--models cnn_small mobilenet_v2_tiny ppocr_cls ppocr_det]
 
 For each model, `fwedge export` writes an fp32 and an fp16 bundle for onnx, openvino, tflite and
 ncnn (the C targets refuse --fp16). Each pair runs in its own runtime on the same inputs: the
 Fashion-MNIST test images (the first --images, a seeded subset when fewer than 10000) for the
 example models, --ppocr-images rendered text lines (tests/ppocr_data.py, seed 7) for PP-OCR's
-direction classifier (rapidocr-onnxruntime's ch_ppocr_mobile_v2.0_cls, input [1,3,48,192]).
+direction classifier (rapidocr-onnxruntime's ch_ppocr_mobile_v2.0_cls, input [1,3,48,192]),
+and --ppocr-images / 10 rendered pages (tests/ppocr_inputs.py, seed 3) for PP-OCRv4 det at
+128x128.
 Printed per target:
   * rel err: the largest |fp16 - fp32| over all outputs, relative to the largest |fp32| output
     (tests/tolerances.py FP16_MODEL_RTOL bounds it in the test command);
   * per-sample: the same ratio per input, its median and largest;
-  * top-1 agreement of the fp16 bundle with the fp32 bundle;
+  * top-1 agreement of the fp16 bundle with the fp32 bundle (PP-OCR det: the intersection over
+    union of their text masks, p > 0.3);
   * weights_bytes of both bundles from their manifests, and their ratio; file bytes likewise.
 """
 from __future__ import annotations
@@ -27,9 +30,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from targets import EXAMPLES, PPOCR, ppocr_cls_path  # noqa: E402
+from targets import EXAMPLES, PPOCR, rapidocr_model  # noqa: E402
 
 TARGETS = ("onnx", "openvino", "tflite", "ncnn")
+PPOCR_DET = "ppocr_det"
+DB_THRESHOLD = 0.3  # rapidocr's binarisation threshold of PP-OCR det's probability map
 
 
 def _model(name: str, work: Path, images: int, ppocr_images: int):
@@ -39,13 +44,20 @@ def _model(name: str, work: Path, images: int, ppocr_images: int):
     if name == PPOCR:
         from ppocr_data import PPOCR_CLS_PREPROCESS, make_text_lines
 
-        path = ppocr_cls_path()
+        path = rapidocr_model()
         if path is None:
             return None
         preprocess = Preprocess.from_dict(PPOCR_CLS_PREPROCESS)
         data = make_text_lines(work / "ppocr_eval", ppocr_images, seed=7)
         x = next(open_dataset(data).batches(preprocess, ppocr_images, limit=ppocr_images)).x
         return path, {"input_shapes": {"x": [1, 3, 48, 192]}, "preprocess": preprocess}, x
+    if name == PPOCR_DET:
+        from ppocr_inputs import DET_SIZE, ppocr_det_inputs
+
+        path = rapidocr_model("ch_PP-OCRv4_det_infer.onnx")
+        if path is None:
+            return None
+        return path, {"input_shapes": {"x": [1, 3, DET_SIZE, DET_SIZE]}}, ppocr_det_inputs(ppocr_images // 10, seed=3)
     path = EXAMPLES / f"{name}.onnx"
     if not path.is_file():
         print(f"{name}: {path} not found; skipped")
@@ -63,6 +75,14 @@ def _run(target: str, bundle, x: np.ndarray, chunk: int = 500) -> np.ndarray:
     name = bundle.inputs[0].name
     output = bundle.outputs[0].name
     return np.concatenate([runner.run(bundle, {name: x[i : i + chunk]})[output] for i in range(0, len(x), chunk)])
+
+
+def _agreement(name: str, y16: np.ndarray, y32: np.ndarray) -> float:
+    """Top-1 agreement; for PP-OCR det the intersection over union of the two text masks (p > 0.3)."""
+    if name != PPOCR_DET:
+        return float((y16.argmax(1) == y32.argmax(1)).mean())
+    a, b = y16 > DB_THRESHOLD, y32 > DB_THRESHOLD
+    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 def compare(name: str, path: Path, kwargs: dict, x: np.ndarray, work: Path) -> list[dict]:
@@ -83,7 +103,7 @@ def compare(name: str, path: Path, kwargs: dict, x: np.ndarray, work: Path) -> l
             "model": name, "target": target, "inputs": len(x),
             "rel_err": float(diff.max() / np.abs(y32).max()),
             "per_sample_median": float(np.median(per_sample)), "per_sample_max": float(per_sample.max()),
-            "top1_agreement": float((y16.argmax(1) == y32.argmax(1)).mean()),
+            "top1_agreement": _agreement(name, y16, y32),
             "weights_fp32": bundles["fp32"].sizes["weights_bytes"], "weights_fp16": bundles["fp16"].sizes["weights_bytes"],
             "file_fp32": bundles["fp32"].sizes["file_bytes"], "file_fp16": bundles["fp16"].sizes["file_bytes"],
         })
@@ -94,7 +114,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--ppocr-images", type=int, default=400)
-    parser.add_argument("--models", nargs="+", default=["cnn_small", "mobilenet_v2_tiny", PPOCR])
+    parser.add_argument("--models", nargs="+", default=["cnn_small", "mobilenet_v2_tiny", PPOCR, PPOCR_DET])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fwedge-bench-fp16")
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     args = parser.parse_args()

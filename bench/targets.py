@@ -46,15 +46,16 @@ def set_examples(folder: Path) -> None:
     EXAMPLES = Path(folder)
 
 
-def ppocr_cls_path() -> Path | None:
-    """PP-OCR's direction classifier as rapidocr-onnxruntime ships it, or None (said) when it is not installed."""
+def rapidocr_model(file: str = "ch_ppocr_mobile_v2.0_cls_infer.onnx") -> Path | None:
+    """A PP-OCR model as rapidocr-onnxruntime ships it (default: the direction classifier), or
+    None (said) when the package is not installed."""
     import importlib.util
 
     spec = importlib.util.find_spec("rapidocr_onnxruntime")
     if spec is None:
-        print(f"{PPOCR}: rapidocr-onnxruntime not installed; skipped")
+        print(f"{file}: rapidocr-onnxruntime not installed; skipped")
         return None
-    return Path(spec.origin).parent / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+    return Path(spec.origin).parent / "models" / file
 
 
 def sources(name: str, work: Path) -> tuple[Path, Path, dict, np.ndarray] | None:
@@ -64,7 +65,7 @@ def sources(name: str, work: Path) -> tuple[Path, Path, dict, np.ndarray] | None
     if name == PPOCR:
         from ppocr_data import PPOCR_CLS_PREPROCESS, make_text_lines
 
-        float_path = ppocr_cls_path()
+        float_path = rapidocr_model()
         if float_path is None:
             return None
         data = make_text_lines(work / "ppocr_text", 128, seed=1)

@@ -1,5 +1,6 @@
 """export --fp16: every fp16 bundle against onnxruntime fp32 on the same seeded inputs (op matrix
-and the two example models), its weights exactly half of the fp32 bundle's, and its refusals."""
+and the two example models), its float weights in exactly half their fp32 bytes, its refusals and
+the manifest's weights_dtype."""
 from __future__ import annotations
 
 import json

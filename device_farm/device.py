@@ -62,6 +62,16 @@ class Device:
         """
         raise NotImplementedError
 
+    def run_build(self, bundle: Bundle, binary: Path, inputs: dict[str, np.ndarray], repeats: int) -> DeviceRun:
+        """Run another build of a C bundle's sources (`binary`, fwedge profile's -DFW_PROFILE
+        build) as `run` runs the bundle's own harness; DeviceRun.stdout holds what it printed.
+
+        Raises:
+            DeviceError: this kind of device does not run other builds, or the run failed.
+        """
+        raise DeviceRunError(f"device {self.name!r} ({self.kind}) runs only the bundle's own binary, "
+                             "not a profiling build (profile C bundles on the host or a qemu board)")
+
     def count_instructions(self, bundle: Bundle, inputs: dict[str, np.ndarray]) -> Instructions | None:
         """Executed instructions of one inference of `bundle` on the first input row, for devices
         whose performance figure is an instruction count (emulated boards); None elsewhere.

@@ -91,24 +91,27 @@ def collect(bundle: Bundle, job: HarnessJob, stdout: str, output_path: Path) -> 
 
 
 def run_native(bundle: Bundle, inputs: dict[str, np.ndarray], repeats: int, *, timeout: float,
-               what: str, launcher: list[str] | None = None, identity: dict | None = None) -> DeviceRun:
+               what: str, launcher: list[str] | None = None, identity: dict | None = None,
+               binary: Path | None = None) -> DeviceRun:
     """Run a C bundle's harness on this machine, directly or under `launcher` (qemu-<arch>).
 
     The harness runs in a private temp dir holding a copy of the binary and the input file, so
     concurrent runs of the same bundle never share files; the copy is hashed before it runs.
+    `binary` runs another build of the bundle's sources instead (the profiling build, which
+    fwedge built itself from the verified sources, so no manifest lists it).
     """
     with tempfile.TemporaryDirectory(prefix="fwedge-harness-") as temp:
         work = Path(temp)
         job = prepare(bundle, inputs, work, repeats)
-        binary = work / Path(job.executable).name
-        shutil.copy2(bundle.file(job.executable), binary)
-        binary.chmod(0o755)
+        copy = work / Path(job.executable).name
+        shutil.copy2(binary or bundle.file(job.executable), copy)
+        copy.chmod(0o755)
         # The binary that runs is this copy: check it is the one the manifest lists.
-        if sha256_file(binary) != bundle.files[job.executable]:
+        if binary is None and sha256_file(copy) != bundle.files[job.executable]:
             raise DeviceRunError(f"C harness of '{bundle.name}': {job.executable!r} does not match the manifest; "
                                  "not running it")
-        argv = (launcher or []) + [str(binary)] + job.args
+        argv = (launcher or []) + [str(copy)] + job.args
         done = run_process(argv, timeout=timeout, what=what, cwd=work)
         outputs, latencies = collect(bundle, job, done.stdout, work / job.output_file)
-    return DeviceRun(outputs=outputs, latencies_ms=latencies, stderr=done.stderr,
+    return DeviceRun(outputs=outputs, latencies_ms=latencies, stderr=done.stderr, stdout=done.stdout,
                      identity={"timer": "clock_gettime (harness)", **(identity or {})})

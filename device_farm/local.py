@@ -81,14 +81,21 @@ class LocalDevice(Device):
         if reason:
             raise DeviceRunError(f"device {self.name!r} cannot run bundle '{bundle.name}': {reason}")
         if bundle.target == "c":
-            return harness.run_native(bundle, inputs, repeats, timeout=self.run_timeout,
-                                      what=f"C harness of '{bundle.name}' on {self.name}")
+            return self.run_build(bundle, None, inputs, repeats)
         from fwedge.device_farm.host_child import run_isolated
 
         # In a child interpreter, as the C harness is run: a runtime that crashes on a hostile
         # bundle then costs one error result, not the farm run and its results file.
         return run_isolated(bundle, inputs, repeats, timeout=self.run_timeout,
                             what=f"{bundle.target} runtime of '{bundle.name}' on {self.name}")
+
+
+    def run_build(self, bundle: Bundle, binary, inputs: dict[str, np.ndarray], repeats: int) -> DeviceRun:
+        reason = self.why_not(bundle) or (None if bundle.target == "c" else "not a C bundle")
+        if reason:
+            raise DeviceRunError(f"device {self.name!r} cannot run bundle '{bundle.name}': {reason}")
+        return harness.run_native(bundle, inputs, repeats, timeout=self.run_timeout, binary=binary,
+                                  what=f"C harness of '{bundle.name}' on {self.name}")
 
 
 def _module_version(module: str) -> str | None:

@@ -94,8 +94,11 @@ class QemuDevice(Device):
         return instructions.count_instructions(bundle, inputs, job)
 
     def run(self, bundle: Bundle, inputs: dict[str, np.ndarray], repeats: int) -> DeviceRun:
+        return self.run_build(bundle, None, inputs, repeats)
+
+    def run_build(self, bundle: Bundle, binary, inputs: dict[str, np.ndarray], repeats: int) -> DeviceRun:
         launcher = self._launcher(bundle)
-        return harness.run_native(bundle, inputs, repeats, timeout=self.run_timeout, launcher=launcher,
+        return harness.run_native(bundle, inputs, repeats, timeout=self.run_timeout, launcher=launcher, binary=binary,
                                   what=f"{self.qemu} running '{bundle.name}' on {self.name}",
                                   identity={"emulated": True})
 

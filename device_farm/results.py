@@ -37,12 +37,14 @@ class DeviceRun:
             the ssh runner script).
         stderr: whatever the device printed on stderr (kept for error reports).
         identity: facts about how it ran (emulator version, board uname, runtime versions).
+        stdout: the C harness's standard output (fwedge profile reads its per-step lines).
     """
 
     outputs: dict[str, np.ndarray]
     latencies_ms: list[float]
     stderr: str = ""
     identity: dict = field(default_factory=dict)
+    stdout: str = ""
 
 
 @dataclass

@@ -528,6 +528,7 @@ def _parse_manifest(path: Path, data) -> Bundle:
     if preprocess:
         _check_preprocess(preprocess, where)
     _check_weights_record(data, where)
+    _check_op_facts(data.get("extra", {}), where)
     return Bundle(
         path=path, target=data["target"], arch=data["arch"], precision=data["precision"],
         source_sha256=data["source_sha256"], inputs=inputs, outputs=outputs, files=dict(files),
@@ -551,6 +552,25 @@ def _check_weights_record(data: dict, where: str) -> None:
         value = data.get("sizes", {}).get(key)
         if value is not None and not (_is_int(value) and 0 <= value < 2**63):
             raise ExportError(f"{where}: sizes.{key} must be a non-negative integer, got {_show(value)}")
+
+
+# A C manifest's per-op lists (op_names, op_kinds, op_macs: fwedge profile's table), one entry per op.
+MAX_OPS = 1_000_000
+
+
+def _check_op_facts(extra: dict, where: str) -> None:
+    lists = {key: extra[key] for key in ("op_names", "op_kinds", "op_macs") if key in extra}
+    for key, value in lists.items():
+        if not isinstance(value, list) or len(value) > MAX_OPS:
+            raise ExportError(f"{where}: extra.{key} must be a list of at most {MAX_OPS:,} entries, got {_show(value)}")
+        wrong = next((item for item in value if not (_is_int(item) and 0 <= item < 2 ** 63 if key == "op_macs"
+                                                      else isinstance(item, str))), None)
+        if wrong is not None or (key == "op_kinds" and any(not _WORD.match(item) for item in value)):
+            what = "integers >= 0" if key == "op_macs" else "short names" if key == "op_kinds" else "strings"
+            raise ExportError(f"{where}: extra.{key} must hold {what}, got {_show(wrong)}")
+    if len({len(value) for value in lists.values()}) > 1:
+        raise ExportError(f"{where}: extra op_names, op_kinds and op_macs differ in length "
+                          f"({', '.join(f'{key} {len(value)}' for key, value in lists.items())})")
 
 
 def _check_preprocess(preprocess: dict, where: str) -> None:

@@ -1,4 +1,4 @@
-"""`fwedge pipeline`: load → [prune → distill] → quantize → analyze → export → farm → gate → report.
+"""`fwedge pipeline`: load → [prune → distill] → quantize → [qat] → analyze → export → farm → gate → report.
 
 The pipeline is a list of stage functions (STAGES) over one PipelineRun. Each cached stage
 writes its outputs under <cache>/<stage>-<hash16>/, where the hash covers exactly the settings
@@ -26,7 +26,7 @@ from typing import Callable
 from fwedge import __version__
 from fwedge.errors import FwEdgeError, PipelineError
 from fwedge.ir import sha256_file, write_atomic
-from fwedge.pipeline_config import SECTIONS, PipelineConfig, load_config, parse_section
+from fwedge.pipeline_config import SECTIONS, PipelineConfig, export_targets, load_config, parse_section
 
 __all__ = ["SECTIONS", "PipelineConfig", "PipelineResult", "StageCache", "StageRecord", "STAGES", "load_config",
            "run_pipeline", "code_fingerprint"]
@@ -366,30 +366,39 @@ def _preprocess(table: dict | None, where: str):
         raise PipelineError(f"{where}.preprocess: {exc}") from exc
 
 
+def _quantize_request(run: PipelineRun, model_path: Path, table: Path | None = None):
+    """The QuantizeRequest of [quantize] for `model_path` (with `table`: from that QuantTable)."""
+    from fwedge.calibration import MethodOptions
+    from fwedge.quantization import QuantizeRequest
+
+    settings, data = run.config.quantize, run.config.data
+    budget = settings.max_accuracy_drop is not None or settings.min_agreement is not None
+    return QuantizeRequest(
+        model_path, data.calibration, settings.method, settings.num_samples, table=table,
+        per_channel=settings.per_channel, symmetric=settings.symmetric,
+        method_options=MethodOptions(percentile=settings.percentile, symmetric=settings.symmetric),
+        bins=settings.bins, seed=settings.seed, batch_size=settings.batch_size,
+        preprocess=_preprocess(settings.preprocess, "[quantize]"),
+        input_shapes={name: list(dims) for name, dims in settings.input_shape.items()} or None,
+        max_accuracy_drop=settings.max_accuracy_drop, min_agreement=settings.min_agreement,
+        eval_data=data.eval if budget else None, eval_samples=settings.eval_limit,
+        keep_float=settings.keep_float, float_stem=settings.float_stem,
+        bias_correction=settings.bias_correction, activation_dtype=settings.activation_dtype)
+
+
 @_needs("quantize")
 def stage_quantize(run: PipelineRun) -> None:
     from fwedge import ir
-    from fwedge.calibration import MethodOptions
-    from fwedge.quantization import QuantizeRequest, run_quantization
+    from fwedge.quantization import run_quantization
     from fwedge.quantization.calibrate import calibration_count
     from fwedge.reference import write_metadata
 
     settings = run.config.quantize
     data = run.config.data
     budget = settings.max_accuracy_drop is not None or settings.min_agreement is not None
-    preprocess = _preprocess(settings.preprocess, "[quantize]")
 
     def build(out: Path, upstream=run.model) -> str:
-        request = QuantizeRequest(
-            Path(upstream.path) / "model.onnx", data.calibration, settings.method, settings.num_samples,
-            per_channel=settings.per_channel, symmetric=settings.symmetric,
-            method_options=MethodOptions(percentile=settings.percentile, symmetric=settings.symmetric),
-            bins=settings.bins, seed=settings.seed, batch_size=settings.batch_size, preprocess=preprocess,
-            input_shapes={name: list(dims) for name, dims in settings.input_shape.items()} or None,
-            max_accuracy_drop=settings.max_accuracy_drop, min_agreement=settings.min_agreement,
-            eval_data=data.eval if budget else None, eval_samples=settings.eval_limit,
-            keep_float=settings.keep_float, float_stem=settings.float_stem,
-            bias_correction=settings.bias_correction, activation_dtype=settings.activation_dtype)
+        request = _quantize_request(run, Path(upstream.path) / "model.onnx")
         from fwedge.console import calibration_bar, progress
 
         count = calibration_count(data.calibration, settings.num_samples)
@@ -415,6 +424,45 @@ def stage_quantize(run: PipelineRun) -> None:
     run.quantized = run.record(run.cache.run("quantize", payload, build))
 
 
+@_needs("qat")
+def stage_qat(run: PipelineRun) -> None:
+    """Quantization-aware training from the [quantize] stage's QuantTable and settings
+    (fwedge.passes.qat); its QDQ model replaces quantize's for analyze, export and the farm, and
+    its reference stays quantize's float model."""
+    if run.config.qat is None:
+        return
+    from fwedge import ir
+    from fwedge.data import open_dataset
+    from fwedge.reference import write_metadata
+
+    qat_module = importlib.import_module("fwedge.passes.qat")  # a missing module is named by _needs
+    kd = importlib.import_module("fwedge.passes.distill")
+    table = dict(run.config.qat)
+    train_data = table.pop("data", run.config.data.calibration)
+    if not isinstance(train_data, str):
+        raise PipelineError(f"[qat].data: expected a data spec string, got {train_data!r}")
+    teach = table.pop("kd", False)
+    if not isinstance(teach, bool):
+        raise PipelineError(f"[qat].kd: expected true or false (KD from the float model), got {teach!r}")
+    options = parse_section(kd.DistillOptions, table, "[qat]")
+
+    def build(out: Path, upstream=run.model, quantized=run.quantized) -> str:
+        source = Path(upstream.path) / "model.onnx"
+        request = _quantize_request(run, source, table=Path(quantized.path) / "quant_table.json")
+        result = qat_module.qat(request, open_dataset(train_data), options, preprocess=request.preprocess,
+                                teacher=ir.load(source) if teach else None)
+        shutil.copyfile(Path(quantized.path) / "model_fp32.onnx", out / "model_fp32.onnx")
+        write_metadata(result.model, out / "model_fp32.onnx", out / "model_int8.onnx")  # the bundles' reference
+        ir.save(result.model, out / "model_int8.onnx")
+        shutil.copyfile(Path(quantized.path) / "quant_table.json", out / "quant_table.json")
+        last = result.history[-1] if result.history else None
+        return f"{result.samples} samples x {len(result.history)} epochs" + (f", loss {last.loss:.4f}" if last else "")
+
+    payload = {"input": run.quantized.key, "model": run.model.key, "data": _data_identity(train_data), "kd": teach,
+               "options": dataclasses.asdict(options)}
+    run.quantized = run.record(run.cache.run("qat", payload, build))
+
+
 @_needs("analyze")
 def stage_analyze(run: PipelineRun) -> None:
     settings = run.config.analyze
@@ -435,32 +483,6 @@ def stage_analyze(run: PipelineRun) -> None:
     payload = {"input": run.quantized.key, "data": _data_identity(eval_data), "settings": dataclasses.asdict(settings)}
     analyzed = run.record(run.cache.run("analyze", payload, build))
     run.analysis_path = Path(analyzed.path) / "analysis.json"
-
-
-def export_targets(config: PipelineConfig) -> tuple[list[str], bool]:
-    """The export targets, and whether they were given explicitly (then a failure is an error).
-
-    Raises:
-        PipelineError: an unknown target, or an explicit one whose toolchain is not installed.
-    """
-    from fwedge.targets import C_ARCHES, TARGET_MODULES, available_targets, export_names, target_class
-
-    wanted = config.export.targets
-    if wanted == "all":
-        names = []
-        for target in available_targets():
-            names.extend(C_ARCHES if target == "c" else [target])
-        return names, False
-    for target in wanted:
-        if target not in export_names():
-            raise PipelineError(f"[export] unknown target {target!r}; known: {', '.join(export_names())}")
-        family = "c" if target in C_ARCHES else target
-        try:
-            target_class(family)
-        except ModuleNotFoundError as exc:
-            raise PipelineError(f"stage 'export' needs {TARGET_MODULES[family]}, which is not part of this installation "
-                                f"({exc.name} is missing)") from exc
-    return list(wanted), True
 
 
 @_needs("export")
@@ -611,9 +633,9 @@ def stage_report(run: PipelineRun) -> None:
                            f"{run.report_html.name}, {run.report_markdown.name}"))
 
 
-CACHED_STAGES = ("load", "prune", "distill", "quantize", "analyze", "export", "farm")
+CACHED_STAGES = ("load", "prune", "distill", "quantize", "qat", "analyze", "export", "farm")
 STAGES: list[Callable[[PipelineRun], None]] = [
-    stage_load, stage_prune, stage_distill, stage_quantize, stage_analyze, stage_export, stage_farm, stage_gate,
+    stage_load, stage_prune, stage_distill, stage_quantize, stage_qat, stage_analyze, stage_export, stage_farm, stage_gate,
     stage_report,
 ]
 

@@ -215,7 +215,9 @@ class ReportSettings:
 SECTION_TYPES = {
     "pipeline": PipelineSettings, "model": ModelSettings, "data": DataSettings, "prune": PruneSettings,
     "distill": None,  # fwedge.passes.distill.DistillOptions plus `data`, parsed when the stage runs
-    "quantize": QuantizeSettings, "analyze": AnalyzeSettings, "export": ExportSettings,
+    "quantize": QuantizeSettings,
+    "qat": None,  # DistillOptions plus `data` and `kd`, parsed when the stage runs (fwedge.passes.qat)
+    "analyze": AnalyzeSettings, "export": ExportSettings,
     "farm": FarmSettings, "gate": GateSettings, "report": ReportSettings,
 }
 SECTIONS = tuple(SECTION_TYPES)
@@ -225,8 +227,8 @@ SECTIONS = tuple(SECTION_TYPES)
 class PipelineConfig:
     """A parsed pipeline.toml; relative paths are resolved against the file's folder.
 
-    Optional stages (prune, distill) are None when their section is absent or `enabled = false`.
-    `distill` stays the raw table: its options are DistillOptions, which need the distill module.
+    Optional stages (prune, distill, qat) are None when their section is absent or `enabled = false`.
+    `distill` and `qat` stay raw tables: their options are DistillOptions, which need the distill module.
     """
 
     path: Path
@@ -241,6 +243,7 @@ class PipelineConfig:
     report: ReportSettings
     prune: PruneSettings | None = None
     distill: dict | None = None
+    qat: dict | None = None
 
     def file(self, value: str | None) -> Path | None:
         """A path from the file, resolved against the file's folder."""
@@ -289,14 +292,46 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Pipel
     if not parsed["model"].path:
         raise PipelineError(f"pipeline '{path}': [model] needs a path")
     prune = parse_section(PruneSettings, sections["prune"], "[prune]") if "prune" in sections else None
-    distill = dict(sections["distill"]) if "distill" in sections else None
-    if distill is not None:
-        enabled = distill.pop("enabled", True)
-        if not isinstance(enabled, bool):
-            raise PipelineError(f"[distill].enabled: expected true or false, got {enabled!r}")
-        distill = distill if enabled else None
     return PipelineConfig(path=path.resolve(), prune=prune if prune and prune.enabled else None,
-                          distill=distill, **parsed)
+                          distill=_raw_section(sections, "distill"), qat=_raw_section(sections, "qat"), **parsed)
+
+
+def _raw_section(sections: dict, name: str) -> dict | None:
+    """An optional section kept as its table (parsed when its stage runs), None when absent or
+    `enabled = false`."""
+    if name not in sections:
+        return None
+    table = dict(sections[name])
+    enabled = table.pop("enabled", True)
+    if not isinstance(enabled, bool):
+        raise PipelineError(f"[{name}].enabled: expected true or false, got {enabled!r}")
+    return table if enabled else None
+
+
+def export_targets(config: PipelineConfig) -> tuple[list[str], bool]:
+    """The export targets, and whether they were given explicitly (then a failure is an error).
+
+    Raises:
+        PipelineError: an unknown target, or an explicit one whose toolchain is not installed.
+    """
+    from fwedge.targets import C_ARCHES, TARGET_MODULES, available_targets, export_names, target_class
+
+    wanted = config.export.targets
+    if wanted == "all":
+        names = []
+        for target in available_targets():
+            names.extend(C_ARCHES if target == "c" else [target])
+        return names, False
+    for target in wanted:
+        if target not in export_names():
+            raise PipelineError(f"[export] unknown target {target!r}; known: {', '.join(export_names())}")
+        family = "c" if target in C_ARCHES else target
+        try:
+            target_class(family)
+        except ModuleNotFoundError as exc:
+            raise PipelineError(f"stage 'export' needs {TARGET_MODULES[family]}, which is not part of this installation "
+                                f"({exc.name} is missing)") from exc
+    return list(wanted), True
 
 
 # Keys renamed to the CLI's vocabulary (--limit: samples read from a command's data; --eval-limit

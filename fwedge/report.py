@@ -15,6 +15,8 @@ from pathlib import Path
 from fwedge.device_farm.gate import GateReport
 from fwedge.device_farm.results import DeviceResult, Results, load_results
 from fwedge.errors import GateError
+from fwedge.profile import load_profiles
+from fwedge.report_profile import profile_section
 from fwedge.tasks import DETECTION
 
 SQNR_WARN_DB = 20.0
@@ -385,7 +387,7 @@ def _verdict_badge(gate: GateReport | None) -> str:
 
 
 def render_html(results: Results, analysis: dict | None = None, gate: GateReport | None = None,
-                title: str = "fwedge report") -> str:
+                title: str = "fwedge report", profiles: list | None = None) -> str:
     """The whole report as one HTML string with no external references."""
     ok = sum(r.ok for r in results.results)
     host = results.host if isinstance(results.host, dict) else {}
@@ -414,6 +416,8 @@ def render_html(results: Results, analysis: dict | None = None, gate: GateReport
                     + (f"; error first jumps at '{_e(jump.get('tensor'))}' ({_e(jump.get('op'))})" if jump else "")
                     + ".</p>")
         body.append(sqnr_chart(analysis))
+    body.append("<h2>Per-layer time on the device (fwedge profile)</h2>")
+    body.append(profile_section(profiles))
     body.append(_identity_section(results.results))
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
@@ -478,6 +482,7 @@ def write_report(
     gate: GateReport | None = None,
     markdown_path: str | os.PathLike | None = None,
     title: str = "fwedge report",
+    profile_path: str | os.PathLike | None = None,
 ) -> ReportFiles:
     """Write the HTML report (and optionally the Markdown summary) atomically.
 
@@ -487,17 +492,20 @@ def write_report(
         analysis_path: `fwedge analyze --json` output for the SQNR chart.
         gate: a gate verdict to show (see fwedge.device_farm.gate.evaluate_gate).
         markdown_path: where the Markdown summary goes.
+        profile_path: `fwedge profile --json` output for the per-layer time charts.
 
     Returns:
         ReportFiles.
 
     Raises:
         GateError: unreadable results or analysis.
+        DataError: an unreadable or malformed profile.
     """
     from fwedge.ir import write_atomic
 
     results = load_results(results_path)
     analysis = load_analysis(analysis_path) if analysis_path else None
-    html_file = write_atomic(html_path, render_html(results, analysis, gate, title))
+    profiles = load_profiles(profile_path) if profile_path else None
+    html_file = write_atomic(html_path, render_html(results, analysis, gate, title, profiles))
     markdown_file = write_atomic(markdown_path, render_markdown(results, gate)) if markdown_path else None
     return ReportFiles(html=html_file, markdown=markdown_file)

@@ -193,8 +193,12 @@ def _save_checkpoint(path: Path, payload: dict) -> None:
     ir.write_atomic(path, buffer.getvalue())
 
 
-def _check_options(options: DistillOptions, teacher: onnx.ModelProto | None) -> None:
-    """Reject options that cannot train, before any data is read."""
+def check_options(options: DistillOptions, teacher: onnx.ModelProto | None) -> None:
+    """Reject options that cannot train, before any data is read.
+
+    Raises:
+        DistillError: epochs, temperature, alpha or shift out of range, or feature pairs without a teacher.
+    """
     if options.epochs < 1:
         raise DistillError(f"epochs must be at least 1, got {options.epochs}")
     if options.temperature <= 0:
@@ -257,14 +261,18 @@ def _make_optimizer(torch, graph: TorchGraph, options: DistillOptions):
 
 
 def _run_fingerprint(student: onnx.ModelProto, teacher: onnx.ModelProto | None, dataset: Dataset,
-                     options: DistillOptions) -> dict:
-    """What decides the training trajectory: both models, the selected data and the options."""
-    return {
+                     options: DistillOptions, run_tag: dict | None = None) -> dict:
+    """What decides the training trajectory: both models, the selected data, the options and the
+    caller's tag (QAT's scales), when there is one."""
+    fingerprint = {
         "student": _model_sha(student),
         "teacher": _model_sha(teacher) if teacher is not None else None,
         "data": dataset.fingerprint(dataset.select(options.limit, options.seed)),
         "options": options.fingerprint(),
     }
+    if run_tag is not None:
+        fingerprint["tag"] = run_tag
+    return fingerprint
 
 
 def _resume(torch, checkpoint: Path | None, fingerprint_text: str, graph: TorchGraph, optimizer,
@@ -439,6 +447,8 @@ def distill(
     val_limit: int | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    graph_factory: Callable[[onnx.ModelProto, str], TorchGraph] = TorchGraph,
+    run_tag: dict | None = None,
 ) -> DistillResult:
     """Train the student's weights against a teacher (knowledge distillation).
 
@@ -456,6 +466,8 @@ def distill(
         val_limit: a seeded subset of the validation data.
         on_epoch: called with the EpochStats after every epoch (also for resumed epochs).
         on_batch: called with the number of samples after every training batch.
+        graph_factory: builds the student's torch graph from (student, bn_mode) (QAT: passes/qat.py).
+        run_tag: more of what decides the trajectory (QAT: its scales) for the checkpoint's fingerprint.
 
     Returns:
         DistillResult with the trained ONNX model.
@@ -468,7 +480,7 @@ def distill(
     torch = _torch()
     from fwedge.eval import resolve_preprocess
 
-    _check_options(options, teacher)
+    check_options(options, teacher)
     augmenting = options.flip or options.shift > 0
     spec = resolve_preprocess(student, preprocess)
     x_all, y_all = _load_arrays(dataset, spec, options.limit, options.seed)
@@ -484,10 +496,10 @@ def distill(
     torch.use_deterministic_algorithms(True)
     try:
         torch.manual_seed(options.seed)
-        graph = TorchGraph(student, options.bn_mode)
+        graph = graph_factory(student, options.bn_mode)
         teacher_runner, teacher_logits = _prepare_teacher(torch, graph, teacher, x_all, options, augmenting)
         optimizer = _make_optimizer(torch, graph, options)
-        fingerprint = _run_fingerprint(student, teacher, dataset, options)
+        fingerprint = _run_fingerprint(student, teacher, dataset, options, run_tag)
         fingerprint_text = json.dumps(fingerprint, sort_keys=True)
         checkpoint = Path(options.checkpoint_dir) / CHECKPOINT_NAME if options.checkpoint_dir else None
         start_epoch, history = _resume(torch, checkpoint, fingerprint_text, graph, optimizer, options, on_epoch)

@@ -383,18 +383,29 @@ class TorchGraph:
     def forward(self, x, training: bool = False, capture: tuple[str, ...] = ()) -> dict[str, object]:
         """Run the graph on a torch tensor; returns the graph outputs and the `capture` tensors."""
         ctx = _Context(self.torch, training, self.bn_mode)
-        values: dict[str, object] = {**self.constants, **self.buffers, **self.parameters, self.input_name: x}
+        values: dict[str, object] = {**self.constants, **self.buffers, **self.parameters,
+                                     self.input_name: self.produced(self.input_name, x)}
         for node in self.model.graph.node:
-            inputs = [values[name] if name else None for name in node.input]
+            inputs = [self.read(node, index, values[name]) if name else None for index, name in enumerate(node.input)]
             outputs = TORCH_OPS[node.op_type](ctx, node, inputs)
             for name, value in zip(node.output, outputs):
                 if name:
-                    values[name] = value
+                    values[name] = self.produced(name, value)
         wanted = list(self.output_names) + [name for name in capture if name not in self.output_names]
         missing = [name for name in wanted if name not in values]
         if missing:
             raise DistillError(f"student has no tensor named {missing}")
         return {name: values[name] for name in wanted}
+
+    def read(self, node: onnx.NodeProto, index: int, value):
+        """The value input `index` of `node` computes with; a subclass may transform it (QAT's
+        fake-quantized weights). Here: the value itself."""
+        return value
+
+    def produced(self, name: str, value):
+        """The value tensor `name` holds once produced (the graph input included); a subclass may
+        transform it (QAT's fake-quantized activations). Here: the value itself."""
+        return value
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Inference on a numpy batch (eval-mode BN, no gradients): the first output."""

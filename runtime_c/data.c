@@ -55,6 +55,28 @@ void fw_resize_nearest_nhwc(int in_w, int channels, int out_h, int out_w, const 
     }
 }
 
+void fw_take3(int in_d1, int in_d2, int out_d0, int out_d1, int out_d2, const int32_t *t0, const int32_t *t1,
+              const int32_t *t2, int inner_run, int element_size, const void *x, void *y)
+{
+    const unsigned char *in = (const unsigned char *)x;
+    unsigned char *out = (unsigned char *)y;
+    const size_t item = (size_t)element_size;
+    for (int i = 0; i < out_d0; ++i) {
+        for (int j = 0; j < out_d1; ++j) {
+            const unsigned char *row = in + ((size_t)t0[i] * in_d1 + (size_t)t1[j]) * in_d2 * item;
+            if (inner_run) {
+                memcpy(out, row + (size_t)t2[0] * item, (size_t)out_d2 * item);
+                out += (size_t)out_d2 * item;
+                continue;
+            }
+            for (int k = 0; k < out_d2; ++k) {
+                memcpy(out, row + (size_t)t2[k] * item, item);
+                out += item;
+            }
+        }
+    }
+}
+
 void fw_depth_to_space_nhwc(int in_h, int in_w, int out_c, int block, int dcr, int element_size, const void *x,
                             void *y)
 {

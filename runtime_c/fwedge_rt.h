@@ -351,6 +351,11 @@ void fw_pad_nhwc(int in_h, int in_w, int in_c, int out_h, int out_w, int out_c, 
  * the tables computed by fwedge from the model's Resize rule (fwedge/ops/resize.py). */
 void fw_resize_nearest_nhwc(int in_w, int channels, int out_h, int out_w, const int32_t *rows, const int32_t *cols,
                             int element_size, const void *x, void *y);
+/* Gather with one source table per stored axis (batch 1; the stored dims padded to three):
+ * y[i][j][k] = x[t0[i]][t1[j]][t2[k]] over an input of in_d1 x in_d2 inner dims. Slice, Split and
+ * Gather on constant indices (fwedge/ops/take.py). `inner_run` says t2 is t2[0] + k, copied whole. */
+void fw_take3(int in_d1, int in_d2, int out_d0, int out_d1, int out_d2, const int32_t *t0, const int32_t *t1,
+              const int32_t *t2, int inner_run, int element_size, const void *x, void *y);
 /* DepthToSpace of an NHWC tensor [in_h][in_w][block*block*out_c] to [in_h*block][in_w*block][out_c]:
  * output (y*block + dy, x*block + dx, c) is input (y, x, (dy*block + dx)*out_c + c) when dcr is 1
  * (ONNX mode DCR), input (y, x, c*block*block + dy*block + dx) when dcr is 0 (mode CRD). */

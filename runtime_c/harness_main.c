@@ -15,6 +15,12 @@
  * baseline on x86-64). Exit status: 0 success, 1 I/O
  * failure, 2 usage or input size, 3 a CPU without the instructions the bundle was built for.
  *
+ * Built with -DFW_PROFILE (fwedge profile), each timed iteration is two runs: one as above, its
+ * "fwedge-latency-ns" line, then one with the per-step clock on (model.h), its
+ * "fwedge-profiled-ns" line and "fwedge-profile-run <nanoseconds of each step of fwedge_run>";
+ * at the end "fwedge-profile-clock-ns <the cost of one clock read, the mean of 1000 back to
+ * back>": each step's time includes one clock read.
+ *
  * OUTPUT_FILE must not be INPUT_FILE (by any path or link: exit 2), and it is written through a
  * temp file beside it that is renamed into place at the end, so a failed run leaves the previous
  * OUTPUT_FILE intact.
@@ -120,6 +126,13 @@ static long long now_ns(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
+
+#ifdef FW_PROFILE
+long long fwedge_profile_clock(void)
+{
+    return now_ns();
+}
+#endif
 
 int main(int argc, char **argv)
 {
@@ -234,7 +247,29 @@ int main(int argc, char **argv)
             fwedge_run(inputs, outputs);
             const long long stop = now_ns();
             printf("fwedge-latency-ns %lld\n", stop - start);
+#ifdef FW_PROFILE
+            /* the same sample with the per-step clock on, right after the plain run */
+            memset(fwedge_profile_ns, 0, sizeof fwedge_profile_ns);
+            fwedge_profile_on = 1;
+            const long long profiled_start = now_ns();
+            fwedge_run(inputs, outputs);
+            const long long profiled_stop = now_ns();
+            fwedge_profile_on = 0;
+            printf("fwedge-profiled-ns %lld\nfwedge-profile-run", profiled_stop - profiled_start);
+            for (int step = 0; step < FWEDGE_PROFILE_STEPS; ++step) {
+                printf(" %lld", fwedge_profile_ns[step]);
+            }
+            printf("\n");
+#endif
         }
+#ifdef FW_PROFILE
+        const long long clock_start = now_ns();
+        long long clock_last = clock_start;
+        for (int read = 0; read < 1000; ++read) {
+            clock_last = fwedge_profile_clock();
+        }
+        printf("fwedge-profile-clock-ns %lld\n", (clock_last - clock_start) / 1000);
+#endif
     }
     return 0;
 }

@@ -198,6 +198,9 @@ def _manifest_extra(graph: LoweredGraph, program: CProgram, plan: _BuildPlan) ->
         "ops": len(graph.ops),
         # model.c's comments name ops by index only; these are their names, in that order
         "op_names": program.op_names,
+        # and their lowered kinds and multiply-accumulates (fwedge profile's table)
+        "op_kinds": program.op_kinds,
+        "op_macs": program.op_macs,
         "float_ops": list(graph.float_ops),
         "storage_layout": "NHWC",
         "memory_plan": program.plan.to_dict(),

@@ -326,6 +326,29 @@ def emit_resize_nearest(e: _Emitter, op: LoweredOp) -> None:
                f"{e.pointer(X.name)}, {e.pointer(Y.name)});")
 
 
+def stored_tables(tables, in_shape) -> tuple[list[list[int]], list[int]]:
+    """A take's per-axis tables (logical, batch dropped) and the input's inner dims, in stored
+    order (NHWC for 4-D), padded in front to three axes."""
+    tables, dims = [list(t) for t in tables], [int(d) for d in in_shape[1:]]
+    if len(in_shape) == 4:
+        tables, dims = [tables[1], tables[2], tables[0]], [dims[1], dims[2], dims[0]]
+    pad = 3 - len(tables)
+    return [[0]] * pad + tables, [1] * pad + dims
+
+
+@emitter("take")
+def emit_take(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    if X.shape[0] != 1:
+        raise ExportError(f"C target: take {op.name!r}: input batch {X.shape[0]}, only 1")
+    tables, dims = stored_tables(op.attrs.tables, X.shape)
+    names = [e.array(f"source table {axis}", np.asarray(t, dtype=np.int32), "int32") for axis, t in enumerate(tables)]
+    inner = int(tables[2] == list(range(tables[2][0], tables[2][0] + len(tables[2]))))
+    e.call(op, f"fw_take3({dims[1]}, {dims[2]}, {len(tables[0])}, {len(tables[1])}, {len(tables[2])}, "
+               f"{names[0]}, {names[1]}, {names[2]}, {inner}, {_ITEM_BYTES[Y.dtype]}, "
+               f"{e.pointer(X.name)}, {e.pointer(Y.name)});")
+
+
 @emitter("depth_to_space")
 def emit_depth_to_space(e: _Emitter, op: LoweredOp) -> None:
     X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])

@@ -62,7 +62,7 @@ BIN_FILE = "model.bin"
 WRITTEN_OPS = frozenset(_UNARY) | frozenset(_BINARY) | frozenset(_ALIAS) | frozenset(QDQ_OPS) | frozenset({
     "Conv", "Gemm", "MatMul", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
     "GlobalMaxPool", "ReduceMean", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Softmax", "Pad",
-    "PRelu", "Transpose", "Resize", "DepthToSpace",
+    "PRelu", "Transpose", "Resize", "DepthToSpace", "Slice", "Split", "Gather",
 })
 
 
@@ -117,6 +117,8 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
         if ncnn_nearest(out_shape[2], in_shape[2]) != tables.rows or ncnn_nearest(out_shape[3], in_shape[3]) != tables.cols:
             return "nearest tables other than ncnn's floor(x * in / out)"
         return None
+    if op in ("Slice", "Split", "Gather"):
+        return _take_reason(node, view)
     if op == "DepthToSpace":
         from fwedge.ops.depth_to_space import check_depth_to_space
 
@@ -138,6 +140,23 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
             return f"pad mode {mode}"
         return None if len(node.input) > 1 and node.input[1] in consts else "pads must be constant"
     return "no ncnn writer for this op"
+
+
+def _take_reason(node: onnx.NodeProto, view: FloatView) -> str | None:
+    """Slice becomes one Crop, Gather a Crop per contiguous run and a Concat, Split an ncnn Slice:
+    ncnn has no strided crop and no general gather."""
+    from fwedge.ops.take import changed_axes, take_tables
+
+    for index in range(len(node.output)):
+        tables = take_tables(view.consts, view.shapes, node, index)
+        if isinstance(tables, str):
+            return tables
+        odd = changed_axes(tables, view.shapes[node.input[0]])
+        if node.op_type == "Slice" and any(b - a != 1 for axis in odd for a, b in zip(tables[axis], tables[axis][1:])):
+            return "a Slice with a step other than 1"
+        if node.op_type == "Gather" and view.consts[node.input[1]].ndim == 0:
+            return "a Gather with a scalar index (it drops an axis)"
+    return None
 
 
 def _node_problems(view: FloatView, opset: int) -> list[tuple[str, str, int]]:

@@ -410,6 +410,52 @@ class NcnnWriter:
         self.add("Interp", node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])],
                  {0: 1, 3: int(out_shape[2]), 4: int(out_shape[3])})
 
+    def _tables(self, node: onnx.NodeProto, index: int) -> tuple[list[list[int]], list[int]]:
+        """(per-axis source tables, the axes they change) of one output of a Slice/Split/Gather."""
+        from fwedge.ops.take import changed_axes, take_tables
+
+        tables = take_tables(self.view.consts, self.view.shapes, node, index)  # the support check passed
+        return tables, changed_axes(tables, self.shape(node.input[0]))
+
+    def _crop(self, name: str, source: str, output: str, axes: list[int], tables) -> None:
+        rank = len(tables)
+        self.add("Crop", name, [source], [output], {9: [tables[a][0] for a in axes], 10: [tables[a][-1] + 1 for a in axes],
+                                                    11: [self.ncnn_axis(a, rank) for a in axes]})
+
+    def emit_take(self, node: onnx.NodeProto) -> None:
+        """Slice: one Crop over the changed axes (steps of 1). Gather: one Crop per contiguous run
+        of its indices, and a Concat when there are several."""
+        tables, axes = self._tables(node, 0)
+        source, label, output = self.input(node.input[0]), node.name or node.output[0], self.blob(node.output[0])
+        if node.op_type == "Slice" or len(axes) == 0:
+            self._crop(label, source, output, axes or [1], tables)
+            return
+        axis, runs = axes[0], []
+        for value in tables[axes[0]]:
+            if runs and runs[-1][-1] + 1 == value:
+                runs[-1].append(value)
+            else:
+                runs.append([value])
+        if len(runs) == 1:
+            self._crop(label, source, output, [axis], {**dict(enumerate(tables)), axis: runs[0]})
+            return
+        parts = [f"{output}_ncnn_run{i}" for i in range(len(runs))]
+        for i, run in enumerate(runs):
+            self._crop(f"{label}_run{i}", source, parts[i], [axis], {**dict(enumerate(tables)), axis: run})
+        self.add("Concat", label, parts, [output], {0: self.ncnn_axis(axis, len(tables))})
+
+    emit_Slice = emit_Gather = emit_take
+
+    def emit_Split(self, node: onnx.NodeProto) -> None:
+        """ncnn Slice: the outputs' sizes along the split axis."""
+        sizes, axis = [], 1
+        for index in range(len(node.output)):
+            tables, axes = self._tables(node, index)
+            axis = axes[0] if axes else axis
+            sizes.append(len(tables[axis]))
+        self.add("Slice", node.name or node.output[0], [self.input(node.input[0])],
+                 [self.blob(name) for name in node.output], {0: sizes, 1: self.ncnn_axis(axis, len(tables))})
+
     def emit_DepthToSpace(self, node: onnx.NodeProto) -> None:
         """PixelShuffle: mode 1 reads channel (dy*b + dx)*C + c (ONNX DCR), mode 0 c*b*b + dy*b + dx (CRD)."""
         from fwedge.ops.depth_to_space import depth_to_space_mode

@@ -14,6 +14,7 @@ from fwedge.bundle import Bundle, TensorInfo, write_bundle
 from fwedge.errors import UnsupportedOpError
 from fwedge.lowered.graph import LoweredGraph, LoweredOp, LoweredTensor, QuantParams
 from fwedge.ops import unary
+from fwedge.ops.take import progression
 from fwedge.targets.base import ExportOptions, Target, TfliteOptions, target
 from fwedge.targets import tflite_runner
 from fwedge.targets.common import resolve_precision
@@ -72,6 +73,8 @@ def _op_problem(graph: LoweredGraph, op: LoweredOp) -> str | None:
                 "TFLite rule (align_corners, half_pixel_centers)")
     if op.kind == "concat" and op.attrs.axis == 0:
         return "concat along the batch axis"
+    if op.kind == "take" and _take_plan(x.shape, op.attrs.tables) is None:
+        return "a take that is neither a strided slice nor a gather along one axis"
     if op.kind == "depth_to_space" and op.attrs.mode != "DCR":
         return f"DepthToSpace mode {op.attrs.mode}: TFLite's DEPTH_TO_SPACE is DCR"
     if op.kind in ("add", "mul"):
@@ -307,6 +310,43 @@ def emit_resize_nearest(writer: _Writer, op: LoweredOp) -> None:
               "ResizeNearestNeighborOptions", writer.options("ResizeNearestNeighborOptionsT", alignCorners=align_corners,
                                                              halfPixelCenters=half_pixel),
               int8_version=3 if half_pixel else None)
+
+
+def _take_plan(shape, tables) -> tuple[str, object] | None:
+    """("slice", [(start, step, count)] per stored axis) or ("gather", (axis, indices)) for a
+    take, in TFLite's stored order (NHWC for 4-D), or None when neither expresses it."""
+    full = [list(range(int(shape[0])))] + [list(t) for t in tables]
+    if len(shape) == 4:
+        full = [full[axis] for axis in NCHW_TO_NHWC]
+    dims = [int(shape[axis]) for axis in (NCHW_TO_NHWC if len(shape) == 4 else range(len(shape)))]
+    steps = [progression(t) for t in full]
+    if all(step is not None for step in steps):
+        return "slice", [(start, step, len(t)) for (start, step), t in zip(steps, full)]
+    odd = [axis for axis, t in enumerate(full) if t != list(range(dims[axis]))]
+    if len(odd) == 1:
+        return "gather", (odd[0], full[odd[0]])
+    return None
+
+
+@tflite_op("take")
+def emit_take(writer: _Writer, op: LoweredOp) -> None:
+    """STRIDED_SLICE for progressions (an end before index 0 goes through end_mask), else GATHER."""
+    X = writer.graph.tensors[op.inputs[0]]
+    how, plan = _take_plan(X.shape, op.attrs.tables)  # _op_problem checked it
+    x, y = writer.tensor(op.inputs[0]), writer.tensor(op.outputs[0])
+    if how == "gather":
+        axis, indices = plan
+        writer.op("GATHER", [x, writer.const(f"{op.name}/indices", np.array(indices, dtype=np.int32))], [y],
+                  "GatherOptions", writer.options("GatherOptionsT", axis=axis))
+        return
+    begin = [start for start, _, _ in plan]
+    end = [start + step * count for start, step, count in plan]
+    end_mask = sum(1 << axis for axis, value in enumerate(end) if value < 0)
+    end = [max(value, 0) for value in end]
+    writer.op("STRIDED_SLICE", [x, writer.const(f"{op.name}/begin", np.array(begin, dtype=np.int32)),
+                                writer.const(f"{op.name}/end", np.array(end, dtype=np.int32)),
+                                writer.const(f"{op.name}/strides", np.array([s for _, s, _ in plan], dtype=np.int32))],
+              [y], "StridedSliceOptions", writer.options("StridedSliceOptionsT", endMask=end_mask))
 
 
 @tflite_op("depth_to_space")

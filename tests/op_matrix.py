@@ -15,7 +15,8 @@ API (for the TFLite, NCNN, OpenVINO, C and ONNX target tests):
 `OpCase` fields: `id` (pytest id), `model` (float ONNX, batch dim "N", single node unless
 noted), `kinds` (the lowered kinds it exercises), `input_range` ((low, high) of the seeded
 uniform inputs; calibration uses the same distribution), `int8` (False when the case has no
-integer version). `qdq_model(case, quantizer="fwedge"|"ort")` builds the int8 model with the
+integer version), `refused_by` (targets that cannot express the case and must refuse it with
+the node's name, e.g. ncnn for a strided Slice). `qdq_model(case, quantizer="fwedge"|"ort")` builds the int8 model with the
 project quantizer (fwedge/quantization, minmax ranges over 16 seeded samples) or onnxruntime's
 quantize_static (QDQ, per-channel, QInt8/QInt8); both give the standard QDQ layout.
 """
@@ -43,6 +44,7 @@ class OpCase:
     kinds: tuple[str, ...] = ()
     input_range: tuple[float, float] = (-1.0, 1.0)
     int8: bool = True
+    refused_by: tuple[str, ...] = ()  # targets that must refuse the case, naming its node
 
 
 def _model(nodes, inputs: dict[str, list[int]], output_shape: list[int], inits=(), opset: int = OPSET) -> onnx.ModelProto:
@@ -119,6 +121,37 @@ def _conv_transpose(case_id, c_in, c_out, size, kernel, rng, relu=False) -> OpCa
         nodes.append(helper.make_node("Relu", ["t"], ["y"], name="relu"))
     out = [1, c_out, size[0] * kernel, size[1] * kernel]
     return OpCase(case_id, _model(nodes, {"x": [1, c_in, *size]}, out, inits), ("conv2d", "depth_to_space"))
+
+
+def _take_cases() -> list[OpCase]:
+    """Slice (channels and rows; strided with a negative step), Split + Concat, Gather (a channel
+    list; a scalar row index that drops the axis)."""
+    def ints(name, values):
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
+    def node(op, inputs, outputs=("y",), **attrs):
+        return helper.make_node(op, list(inputs), list(outputs), name=op.lower(), **attrs)
+
+    return [
+        OpCase("slice_channels_rows", _model([node("Slice", ["x", "s", "e", "a"])], {"x": [1, 5, 6, 7]}, [1, 3, 3, 7],
+                                             [ints("s", [1, 2]), ints("e", [4, -1]), ints("a", [1, 2])]), ("take",)),
+        OpCase("slice_strided_reverse", _model(
+            [node("Slice", ["x", "s", "e", "a", "st"])], {"x": [1, 3, 6, 7]}, [1, 3, 3, 4],
+            [ints("s", [0, -1]), ints("e", [6, -100]), ints("a", [2, 3]), ints("st", [2, -2])]), ("take",),
+            refused_by=("ncnn",)),
+        # After a 1x1 conv, as YOLO heads split their box and class channels.
+        OpCase("conv_split_concat", _model(
+            [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[1, 1]),
+             node("Split", ["c", "sizes"], ["a", "b"], axis=1), helper.make_node("Concat", ["b", "a"], ["y"], name="concat", axis=1)],
+            {"x": [1, 3, 4, 5]}, [1, 6, 4, 5],
+            [ints("sizes", [2, 4]), numpy_helper.from_array(np.random.default_rng(3).normal(0, 0.5, (6, 3, 1, 1)).astype(np.float32), "w")]),
+            ("conv2d", "take", "concat")),
+        OpCase("gather_channels", _model([node("Gather", ["x", "i"], axis=1)], {"x": [1, 5, 4, 4]}, [1, 4, 4, 4],
+                                         [ints("i", [3, 0, 1, -1])]), ("take",)),
+        OpCase("gather_scalar_row", _model([node("Gather", ["x", "i"], axis=2)], {"x": [1, 3, 5, 6]}, [1, 3, 6],
+                                           [numpy_helper.from_array(np.array(2, np.int64), "i")]), ("take",),
+               refused_by=("ncnn",)),
+    ]
 
 
 def _build_cases() -> list[OpCase]:
@@ -208,6 +241,7 @@ def _build_cases() -> list[OpCase]:
             [helper.make_node("DepthToSpace", ["x"], ["y"], name="d2s", blocksize=2, mode="DCR")],
             {"x": [1, 12, 3, 4]}, [1, 3, 6, 8]), ("depth_to_space",)),
     ]
+    cases += _take_cases()
     # PRelu as exporters write it: slope (C, 1, 1) after a conv (MTCNN), (C,) after a Gemm.
     slope = numpy_helper.from_array(rng.uniform(0.05, 0.4, (5, 1, 1)).astype(np.float32), "slope")
     cases.append(OpCase("prelu_channels", _model(

@@ -19,13 +19,13 @@ EXAMPLE = ROOT / "examples" / "fashion_mnist" / "cnn_small.onnx"
 SAMPLE_COUNTS = {
     "analyze": {"--limit"}, "calibrate": {"--num-samples"}, "quantize": {"--num-samples", "--eval-limit"},
     "eval": {"--limit"}, "run": {"--limit"}, "diff": {"--limit"}, "farm run": {"--limit"},
-    "distill": {"--limit", "--val-limit"},
+    "distill": {"--limit", "--val-limit"}, "qat": {"--num-samples", "--limit", "--val-limit"},
 }
 # Commands whose -o output is itself the JSON (a QuantTable, farm results) or HTML file have no --json.
 WITHOUT_JSON = {"calibrate", "farm run", "report"}
 # --input-shape wherever a model is read (run, diff and farm run: the reference's, checked against
 # the bundle's input). distill trains torch modules whose shapes follow the data, and has none.
-INPUT_SHAPE = {"analyze", "calibrate", "quantize", "export", "inspect", "eval", "run", "diff", "farm run"}
+INPUT_SHAPE = {"analyze", "calibrate", "quantize", "export", "inspect", "eval", "run", "diff", "farm run", "qat"}
 RENAMED = [("analyze", ["a.onnx", "b.onnx"], "--num-samples", "--limit"),
            ("quantize", ["a.onnx", "-o", "b.onnx"], "--eval-samples", "--eval-limit")]
 

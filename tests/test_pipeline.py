@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import onnx
 import pytest
@@ -177,6 +178,35 @@ def test_prune_and_distill_stages_feed_quantization(project):
     # Only the distill settings change: load and prune are reused.
     again = run_pipeline(project / "pipeline.toml", overrides={"distill.limit": 200, **NO_GATE})
     assert _cached(again)["load"] and _cached(again)["prune"] and not _cached(again)["distill"]
+
+
+@pytest.mark.torch
+@pytest.mark.fashion_mnist
+def test_qat_stage_replaces_the_quantized_model(project):
+    """[qat] trains from [quantize]'s table; export and the farm take its QDQ model, whose
+    activation scales are quantize's; only [qat] reruns when its settings change."""
+    from fwedge import ir
+
+    text = PIPELINE.replace("[analyze]", "[qat]\nepochs = 1\nlimit = 300\nkd = true\n\n[analyze]")
+    (project / "pipeline.toml").write_text(text)
+    result = run_pipeline(project / "pipeline.toml", overrides=NO_GATE)
+    stages = {stage.name: stage for stage in result.stages}
+    assert [stage.name for stage in result.stages][:3] == ["load", "quantize", "qat"]
+    assert "300 samples x 1 epochs" in stages["qat"].summary
+    trained, quantized = (ir.load(Path(stages[name].path) / "model_int8.onnx") for name in ("qat", "quantize"))
+    assert any(prop.key == "fwedge.qat" for prop in trained.metadata_props)
+
+    def scales(model):
+        inits = ir.initializer_map(model)
+        return {n.name: inits[n.input[1]].SerializeToString() for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+    assert scales(trained) == scales(quantized)
+    [run] = load_results(result.results_path).results
+    assert run.ok and run.accuracy > 0.5
+    again = run_pipeline(project / "pipeline.toml", overrides={"qat.limit": 200, **NO_GATE})
+    assert _cached(again)["quantize"] and not _cached(again)["qat"]
+    with pytest.raises(PipelineError, match=r"\[qat\].kd: expected true or false"):
+        run_pipeline(project / "pipeline.toml", overrides={"qat.kd": "yes", **NO_GATE})
 
 
 @pytest.mark.parametrize("text,message", [

@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from fwedge.commands.options import (
-    emit_json, inventory_option, json_option, lab_devices, labgrid_options, split_device_names, text_console,
-    threads_option,
+    emit_json, host_devices_option, inventory_option, json_option, labgrid_options, random_inputs, text_console,
+    threads_option, timing_pairs,
 )
 
 MAX_ROUNDS = 50  # --min-seconds runs further rounds of --repeats, at most this many
@@ -15,8 +15,7 @@ MAX_ROUNDS = 50  # --min-seconds runs further rounds of --repeats, at most this 
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(file_okay=False))
 @inventory_option
 @labgrid_options
-@click.option("--devices", "device_names", multiple=True, default=("host",), show_default=True,
-              help="Device names, repeatable or comma-separated; `all` for every device that runs the bundle.")
+@host_devices_option
 @click.option("--warmup", type=int, default=5, show_default=True,
               help="Timed runs dropped from the start of each round (on top of the runtime's own untimed ones).")
 @click.option("--repeats", type=int, default=50, show_default=True, help="Timed single-sample runs per round.")
@@ -34,46 +33,21 @@ def command(bundles, inventory, labgrid_coordinator, places, place_tags, device_
     also prints the executed instructions per inference there, exact and repeatable.
     """
     import dataclasses
-    import math
 
     import numpy as np
 
-    from fwedge.bundle import load_bundle
     from fwedge.console import progress
-    from fwedge.device_farm.inventory import devices_for, select
     from fwedge.device_farm.results import INSTRUCTIONS, Latency
-    from fwedge.errors import DeviceError, ExportError
-    from fwedge.ir import max_tensor_bytes
 
     for name, value, low in (("--warmup", warmup, 0), ("--repeats", repeats, 1)):
         if value < low:
             raise click.BadParameter(f"must be at least {low}, got {value}", param_hint=name)
-    loaded = [load_bundle(path) for path in bundles]
-    known = devices_for(inventory, lab_devices(labgrid_coordinator, places, place_tags))
-    names = split_device_names(device_names)
-    if labgrid_coordinator and names == ["host"] and "host" not in {d.name for d in known}:
-        names = ["all"]  # bench's default device is the host; with a lab, every place
-    devices = select(known, names)
+    pairs = timing_pairs(bundles, inventory, labgrid_coordinator, places, place_tags, device_names)
     rng = np.random.default_rng(seed)
-    pairs = [(bundle, device) for bundle in loaded for device in devices if device.why_not(bundle) is None]
-    if not pairs:
-        reasons = "; ".join(f"{d.name}: {d.why_not(b)}" for b in loaded for d in devices)
-        raise DeviceError(f"no selected device runs these bundles ({reasons})")
-    # One sample of each bundle's input, checked against the tensor size limit before anything
-    # is allocated: a stranger's manifest may declare any shape.
-    limit = max_tensor_bytes()
-    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
-    for bundle in loaded:
-        for spec in bundle.inputs[:1]:
-            shape = (1, *(max(1, dim) for dim in spec.logical_shape[1:]))
-            if 4 * math.prod(shape) > limit:
-                raise ExportError(f"bundle '{bundle.name}': input '{spec.name}' of shape {list(shape)} takes "
-                                  f"{4 * math.prod(shape):,} bytes, above the {limit:,} of FWEDGE_MAX_TENSOR_BYTES")
-            shapes.setdefault(bundle.name, {})[spec.name] = shape
     rows, report = [], []
     with progress(len(pairs), "bench") as advance:
         for bundle, device in pairs:
-            feeds = {name: rng.random(shape, dtype=np.float32) for name, shape in shapes[bundle.name].items()}
+            feeds = random_inputs(bundle, rng)
             kept: list[float] = []
             rounds = 0
             instructions = None

@@ -8,6 +8,10 @@ EXAMPLES: dict[str, list[str]] = {
         "fwedge bench build/bundles/model-onnx-int8 build/bundles/model-tflite-int8 --threads 1 --repeats 200",
         "fwedge bench build/bundles/model-aarch64-int8 --devices qemu-aarch64 --json build/bench.json",
     ],
+    "profile": [
+        "fwedge profile build/bundles/model-x86_64-int8 build/bundles/model-onnx-int8 --repeats 200 --json build/profile.json",
+        "fwedge profile build/bundles/model-aarch64-int8 --devices qemu-aarch64 --threads 1",
+    ],
     "inspect": [
         f"fwedge inspect {M}/mobilenet_v2_tiny.onnx",
         "fwedge inspect ch_ppocr_mobile_v2.0_cls_infer.onnx --input-shape x=1,3,48,192 --json summary.json",
@@ -25,6 +29,12 @@ EXAMPLES: dict[str, list[str]] = {
         "--data fashion-mnist:train --epochs 4 -o build/distilled.onnx",
         f"fwedge distill --teacher {M}/mobilenet_v2_tiny.onnx --student build/pruned.onnx "
         "--data fashion-mnist:train --epochs 8 --flip --shift 2 --checkpoint build/ckpt --resume -o build/distilled.onnx",
+    ],
+    "qat": [
+        f"fwedge qat {M}/mobilenet_v2_tiny.onnx --data fashion-mnist:train --per-tensor --symmetric "
+        f"--teacher {M}/mobilenet_v2_tiny.onnx --temperature 2 --limit 10000 --epochs 2 -o build/qat.onnx",
+        "fwedge qat build/model.int8.onnx --data fashion-mnist:train --epochs 4 --checkpoint build/qat-ckpt --resume "
+        "-o build/qat.onnx",
     ],
     "calibrate": [
         f"fwedge calibrate {M}/cnn_small.onnx --data fashion-mnist:train --method kl -o build/table.json",
@@ -78,6 +88,7 @@ EXAMPLES: dict[str, list[str]] = {
         "fwedge report build/results.json -o build/report.html",
         "fwedge report build/results.json --analysis build/analysis.json --gate build/gate.json "
         "-o build/report.html --markdown build/summary.md",
+        "fwedge report build/results.json --profile build/profile.json -o build/report.html",
     ],
     "pipeline": [
         f"fwedge pipeline {M}/pipeline.toml",

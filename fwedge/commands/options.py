@@ -245,3 +245,66 @@ def renamed(old: str, new: str, dest: str):
         return click.option(old, alias, type=int, hidden=True, default=None)(wrapper)
 
     return decorate
+
+
+# `bench` and `profile`: the devices to time bundles on, by default the host.
+host_devices_option = click.option(
+    "--devices", "device_names", multiple=True, default=("host",), show_default=True,
+    help="Device names, repeatable or comma-separated; `all` for every device that runs the bundle.")
+
+
+def timing_pairs(paths, inventory, labgrid_coordinator, places, place_tags, device_names) -> list[tuple]:
+    """The (bundle, device) pairs `bench` and `profile` time: the bundles at `paths` on the
+    --devices of the inventory and the lab that run them (with a lab and the default `host` that
+    the lab does not have, every place). Every bundle's inputs are checked against the tensor
+    size limit (random_inputs) before any run starts.
+
+    Raises:
+        DeviceError: no selected device runs any of the bundles (each reason listed).
+        ExportError: an unusable bundle, or an input above the size limit.
+    """
+    import numpy as np
+
+    from fwedge.bundle import load_bundle
+    from fwedge.device_farm.inventory import devices_for, select
+    from fwedge.errors import DeviceError
+
+    loaded = [load_bundle(path) for path in paths]
+    known = devices_for(inventory, lab_devices(labgrid_coordinator, places, place_tags))
+    names = split_device_names(device_names)
+    if labgrid_coordinator and names == ["host"] and "host" not in {d.name for d in known}:
+        names = ["all"]
+    devices = select(known, names)
+    pairs = [(bundle, device) for bundle in loaded for device in devices if device.why_not(bundle) is None]
+    if not pairs:
+        reasons = "; ".join(f"{d.name}: {d.why_not(b)}" for b in loaded for d in devices)
+        raise DeviceError(f"no selected device runs these bundles ({reasons})")
+    for bundle in loaded:
+        random_inputs(bundle, np.random.default_rng(0))
+    return pairs
+
+
+def random_inputs(bundle, rng) -> dict:
+    """One random float32 sample of each input of `bundle` (its spec's shape, batch 1), checked
+    against FWEDGE_MAX_TENSOR_BYTES before anything is allocated: a stranger's manifest may
+    declare any shape.
+
+    Raises:
+        ExportError: an input above the tensor size limit.
+    """
+    import math
+
+    import numpy as np
+
+    from fwedge.errors import ExportError
+    from fwedge.ir import max_tensor_bytes
+
+    limit = max_tensor_bytes()
+    feeds = {}
+    for spec in bundle.inputs:
+        shape = (1, *(max(1, dim) for dim in spec.logical_shape[1:]))
+        if 4 * math.prod(shape) > limit:
+            raise ExportError(f"bundle '{bundle.name}': input '{spec.name}' of shape {list(shape)} takes "
+                              f"{4 * math.prod(shape):,} bytes, above the {limit:,} of FWEDGE_MAX_TENSOR_BYTES")
+        feeds[spec.name] = rng.random(shape, dtype=np.float32)
+    return feeds

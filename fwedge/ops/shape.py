@@ -1,6 +1,7 @@
 """Op card: data movement. Reshape, Flatten, Squeeze, Unsqueeze (reshape), Pad (pad),
-Concat (concat), Identity and Dropout (no op: an alias); Slice and Transpose are known to
-pruning and quantization but do not lower (Resize has its own card, resize.py).
+Concat (concat), Identity and Dropout (no op: an alias); Transpose is known to pruning and
+quantization but does not lower (Resize, and Slice/Split/Gather, have their own cards: resize.py,
+take.py).
 
 In int8 the output keeps the input's scale and zero point; a requantize follows when the
 model's QuantizeLinear asks for other parameters.
@@ -141,5 +142,4 @@ register_op("Transpose", _MOVE)
 register_op("Identity", _PASS, lower=_lower_alias)
 register_op("Dropout", _PASS, lower=_lower_alias)
 register_op("Pad", _PASS, kinds=("pad",), lower=_lower_pad, check=_check_pad)
-register_op("Slice", _MOVE)
 register_op("Concat", OpInfo(quantizable=True), kinds=("concat",), lower=_lower_concat, static_output=True)

@@ -227,10 +227,12 @@ class _Planner:
             return
         if info.shares_input_scale:
             data = node.input[0] if node.input else ""
-            if data in self.quantized and node.output[0] in self.floats:
-                self.shared[node.output[0]] = data
+            outputs = [out for out in node.output if out in self.floats]  # Split has several
+            if data in self.quantized and outputs and outputs[0] == node.output[0]:
+                for out in outputs:
+                    self.shared[out] = data
+                    self.mark(out)
                 self.quantized_nodes.append(node.name)
-                self.mark(node.output[0])
             return
         if not info.quantizable:
             return

@@ -39,6 +39,10 @@ class QuantizeResult:
         budget_result: the accuracy budget's decision and measurements, None without a budget.
         check: the final model's output against float on calibration samples
             (quantization.check), None when quantized from a table without data.
+        options: the options the final model was written with (the layers kept float by
+            request, by the detector rules or by the budget excluded), so that quantize_model
+            with `float_model`'s weights changed, `table`, `options` and `plan` writes the same
+            layout again (QAT, passes/qat.py).
     """
 
     model: onnx.ModelProto
@@ -47,6 +51,7 @@ class QuantizeResult:
     plan: QuantPlan
     budget_result: BudgetResult | None = None
     check: Fidelity | None = None
+    options: QuantizeOptions | None = None
 
     @property
     def kept_float(self) -> list[KeptFloat]:
@@ -171,7 +176,9 @@ def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] |
         warning = warning_for(check, output_task(prepared))
         if warning:
             log.warning("%s", warning)
-    return QuantizeResult(model, prepared, table, replace(plan, kept_float=kept_float), budget, check)
+    if budget is not None and budget.float_nodes:
+        options = replace(options, exclude_nodes=options.exclude_nodes | budget.float_nodes)
+    return QuantizeResult(model, prepared, table, replace(plan, kept_float=kept_float), budget, check, options)
 
 
 def quantize(

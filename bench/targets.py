@@ -46,20 +46,28 @@ def set_examples(folder: Path) -> None:
     EXAMPLES = Path(folder)
 
 
+def rapidocr_model(file: str = "ch_ppocr_mobile_v2.0_cls_infer.onnx") -> Path | None:
+    """A PP-OCR model as rapidocr-onnxruntime ships it (default: the direction classifier), or
+    None (said) when the package is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    if spec is None:
+        print(f"{file}: rapidocr-onnxruntime not installed; skipped")
+        return None
+    return Path(spec.origin).parent / "models" / file
+
+
 def sources(name: str, work: Path) -> tuple[Path, Path, dict, np.ndarray] | None:
     """(float model, QDQ model, export arguments, one preprocessed sample) or None when missing."""
     from fwedge.data import Preprocess, open_dataset
 
     if name == PPOCR:
-        import importlib.util
-
         from ppocr_data import PPOCR_CLS_PREPROCESS, make_text_lines
 
-        spec = importlib.util.find_spec("rapidocr_onnxruntime")
-        if spec is None:
-            print(f"{name}: rapidocr-onnxruntime not installed; skipped")
+        float_path = rapidocr_model()
+        if float_path is None:
             return None
-        float_path = Path(spec.origin).parent / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
         data = make_text_lines(work / "ppocr_text", 128, seed=1)
         preprocess = json.dumps(PPOCR_CLS_PREPROCESS)
         qdq = work / "ppocr_cls.int8.onnx"

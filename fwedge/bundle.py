@@ -40,6 +40,9 @@ REQUIRED_KEYS = ("schema", "target", "arch", "precision", "source_sha256", "inpu
 OPTIONAL_KEYS = ("versions", "preprocess", "sizes", "extra")
 _WORD = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# The dtype a bundle of each precision stores its weights in: the manifest's extra.weights_dtype.
+# An int8 bundle's layers kept in float hold float32 weights; its quantized layers hold int8.
+WEIGHTS_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8"}
 _TENSOR_KEYS = ("name", "shape", "dtype", "layout", "scale", "zero_point", "source_layout")
 
 
@@ -371,7 +374,8 @@ def write_bundle(
             preprocess=preprocess or {},
             versions={"fwedge": __version__, **(toolchain or {})},
             sizes={"file_bytes": total_bytes, **(sizes or {}), **more_sizes},
-            extra={**(extra or {}), **({"reference_model": reference} if reference else {})},
+            extra={**(extra or {}), **({"reference_model": reference} if reference else {}),
+                   **({"weights_dtype": WEIGHTS_DTYPES[precision]} if precision in WEIGHTS_DTYPES else {})},
         )
         manifest = bundle.manifest()
         _parse_manifest(out_dir, json.loads(json.dumps(manifest)))
@@ -523,6 +527,7 @@ def _parse_manifest(path: Path, data) -> Bundle:
     preprocess = data.get("preprocess", {})
     if preprocess:
         _check_preprocess(preprocess, where)
+    _check_weights_record(data, where)
     _check_op_facts(data.get("extra", {}), where)
     return Bundle(
         path=path, target=data["target"], arch=data["arch"], precision=data["precision"],
@@ -530,6 +535,23 @@ def _parse_manifest(path: Path, data) -> Bundle:
         preprocess=preprocess, versions=data.get("versions", {}), sizes=data.get("sizes", {}),
         extra=data.get("extra", {}), manifest_sha256=recorded,
     )
+
+
+def _check_weights_record(data: dict, where: str) -> None:
+    """extra.weights_dtype matches the precision (an fp16 bundle must say float16), and the byte
+    counts in sizes are non-negative integers."""
+    precision = data["precision"]
+    recorded = data.get("extra", {}).get("weights_dtype")
+    expected = WEIGHTS_DTYPES.get(precision)
+    if recorded is None and precision == "fp16":
+        raise ExportError(f"{where}: precision fp16 needs extra.weights_dtype 'float16', none recorded")
+    if recorded is not None and recorded != expected:
+        raise ExportError(f"{where}: extra.weights_dtype {_show(recorded)} does not match precision "
+                          f"{_show(precision)} (expected {_show(expected)})")
+    for key in ("weights_bytes", "file_bytes"):
+        value = data.get("sizes", {}).get(key)
+        if value is not None and not (_is_int(value) and 0 <= value < 2**63):
+            raise ExportError(f"{where}: sizes.{key} must be a non-negative integer, got {_show(value)}")
 
 
 # A C manifest's per-op lists (op_names, op_kinds, op_macs: fwedge profile's table), one entry per op.

@@ -93,5 +93,5 @@ def export_bundle(
         reference=chosen.to_manifest(out_dir) if chosen is not None else None,
     )
     log.info("exporting %s to %s (%s, %s) at %s", model_path, exporter.name, exporter.arch,
-             "int8" if has_qdq(model) else "fp32", out_dir)
+             "int8" if int8 else "fp16" if options.precision == "fp16" else "fp32", out_dir)
     return exporter.export(model, Path(out_dir), options)

@@ -51,7 +51,9 @@ class ExportOptions:
     """What every target's `export(model, out_dir, options) -> Bundle` receives.
 
     Attributes:
-        precision: "fp32" or "int8"; "auto" means int8 when the model holds QDQ nodes.
+        precision: "fp32", "int8" or "fp16" (a float model's weights stored as float16, float32
+            I/O; refused for a QDQ model and by the C targets); "auto" means int8 when the model
+            holds QDQ nodes, else fp32.
         preprocess: the preprocessing spec (fwedge.data.Preprocess.to_dict()) for the manifest.
         source_sha256: sha256 of the source model file, recorded in the manifest.
         reference: the FP32 reference the manifest records (fwedge.reference: path relative to

@@ -272,6 +272,9 @@ class CTarget(Target):
         if self.arch not in C_ARCHES:
             raise ExportError(f"C target: unknown architecture {self.arch!r}; choose from {', '.join(C_ARCHES)}")
         precision = resolve_precision(model, options.precision, TARGET)
+        if precision == "fp16":
+            raise ExportError(f"target {self.label!r}: --fp16 is not offered for C: the generated runtime has no "
+                              "float16 arithmetic, and int8 (`fwedge quantize`) is its compressed form")
         graph, program = generate_checked(model, self.arch, options)
         plan = _BuildPlan.make(self.arch, own, program.kernels)
         extra = _manifest_extra(graph, program, plan)

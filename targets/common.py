@@ -33,19 +33,19 @@ def has_qdq(model: onnx.ModelProto) -> bool:
 
 
 def resolve_precision(model: onnx.ModelProto, requested: str, target: str) -> str:
-    """The bundle precision: "int8" for a QDQ model, "fp32" for a float model.
+    """The bundle precision: "int8" for a QDQ model, "fp32" (or "fp16" when asked) for a float model.
 
     Args:
         model: the loaded source model.
-        requested: ExportOptions.precision ("auto", "int8" or "fp32").
+        requested: ExportOptions.precision ("auto", "int8", "fp32" or "fp16").
         target: target name, for messages.
 
     Returns:
-        "int8" or "fp32".
+        "int8", "fp32" or "fp16".
 
     Raises:
-        ExportError: the request contradicts the model (int8 asked of a float model, or fp32 of
-            a QDQ model); fwedge never quantizes or dequantizes silently during export.
+        ExportError: the request contradicts the model (int8 asked of a float model, or fp32 or
+            fp16 of a QDQ model); fwedge never quantizes or dequantizes silently during export.
     """
     quantized = has_qdq(model)
     if requested == "auto":
@@ -55,12 +55,12 @@ def resolve_precision(model: onnx.ModelProto, requested: str, target: str) -> st
             f"target {target!r}: --int8 needs a QDQ model (run `fwedge quantize` first); "
             "the given model has no QuantizeLinear/DequantizeLinear nodes"
         )
-    if requested == "fp32" and quantized:
+    if requested in ("fp32", "fp16") and quantized:
         raise ExportError(
-            f"target {target!r}: --fp32 needs the float model; the given model is a QDQ int8 model"
+            f"target {target!r}: --{requested} needs the float model; the given model is a QDQ int8 model"
         )
-    if requested not in ("int8", "fp32"):
-        raise ExportError(f"target {target!r}: precision must be auto, int8 or fp32, got {requested!r}")
+    if requested not in ("int8", "fp32", "fp16"):
+        raise ExportError(f"target {target!r}: precision must be auto, int8, fp32 or fp16, got {requested!r}")
     return requested
 
 

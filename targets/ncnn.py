@@ -186,7 +186,7 @@ def _writer_refusals(view: FloatView, int8: bool) -> list[tuple[onnx.NodeProto, 
     return found
 
 
-def write_checked(view: FloatView, int8: bool, opset: int) -> tuple[str, bytes, NcnnWriter]:
+def write_checked(view: FloatView, int8: bool, opset: int, fp16: bool = False) -> tuple[str, bytes, NcnnWriter]:
     """write_ncnn in memory, after checking every node: the check and the build are one step.
 
     Raises:
@@ -198,7 +198,7 @@ def write_checked(view: FloatView, int8: bool, opset: int) -> tuple[str, bytes, 
     if missing:
         raise UnsupportedOpError(TARGET, missing)
     try:
-        return write_ncnn(view, int8)
+        return write_ncnn(view, int8, fp16)
     except ExportError as error:
         refused = _writer_refusals(view, int8)
         if not refused:
@@ -297,7 +297,8 @@ class NcnnTarget(Target):
         self.own_options(options)
         precision = resolve_precision(model, options.precision, TARGET)
         prepared = prepare(model)
-        param, weights, writer = write_checked(float_view(prepared), precision == "int8", opset_version(model))
+        param, weights, writer = write_checked(float_view(prepared), precision == "int8", opset_version(model),
+                                               fp16=precision == "fp16")
         notes = [f"kept in float: {name} ({why})" for name, why in writer.float_layers.items()]
         if precision == "int8" and not writer.int8_layers:
             notes.append("no Conv/Gemm/MatMul runs in int8; every layer computes in float between the Q/DQ clamps")

@@ -15,6 +15,7 @@ from fwedge.targets.ncnn_view import TARGET, ActQuant, FloatView, WeightQuant
 
 MAGIC = 7767517
 INT8_TAG = 0x000D4B38  # ModelBin flag: the weight buffer holds int8 values
+FP16_TAG = 0x01306B47  # ModelBin flag: the weight buffer holds float16 values, padded to 4 bytes
 FLT_MAX = 3.4028234663852886e38
 
 # ONNX op -> ncnn BinaryOp op_type (and the reversed op when the constant is the first operand).
@@ -59,9 +60,10 @@ class Layer:
 class NcnnWriter:
     """Accumulates layers and weight buffers; `emit_<op>` methods translate one ONNX node each."""
 
-    def __init__(self, view: FloatView, int8: bool):
+    def __init__(self, view: FloatView, int8: bool, fp16: bool = False):
         self.view = view
         self.int8 = int8
+        self.fp16 = fp16
         self.layers: list[Layer] = []
         self.weights = bytearray()
         self.int8_layers: list[str] = []
@@ -77,9 +79,14 @@ class NcnnWriter:
         self.weights += np.ascontiguousarray(array, dtype="<f4").tobytes()
 
     def weight_float(self, array: np.ndarray) -> None:
-        """A weight buffer loaded with type 0: a zero flag, then float32 data."""
-        self.weights += struct.pack("<I", 0)
-        self.raw(array)
+        """A weight buffer loaded with type 0: a zero flag, then float32 data; with fp16 the float16
+        tag, then float16 data padded to 4 bytes (ncnn widens it to float32 at load)."""
+        if not self.fp16:
+            self.weights += struct.pack("<I", 0)
+            self.raw(array)
+            return
+        data = np.ascontiguousarray(array, dtype=np.float32).astype("<f2").tobytes()
+        self.weights += struct.pack("<I", FP16_TAG) + data + b"\0" * (-len(data) % 4)
 
     def weight_int8(self, array: np.ndarray) -> None:
         """A weight buffer loaded with type 0: the int8 tag, int8 data, padded to 4 bytes."""
@@ -563,13 +570,13 @@ def permute_order(perm: list[int]) -> int | None:
     return (_PERMUTE_2D if len(perm) == 3 else _PERMUTE_3D)[order]
 
 
-def write_ncnn(view: FloatView, int8: bool) -> tuple[str, bytes, NcnnWriter]:
-    """Translate a float view into ncnn .param text and .bin bytes.
+def write_ncnn(view: FloatView, int8: bool, fp16: bool = False) -> tuple[str, bytes, NcnnWriter]:
+    """Translate a float view into ncnn .param text and .bin bytes (fp16: float16 weight buffers).
 
     Raises:
         ExportError: a node's attributes or shapes cannot be expressed (named in the message).
     """
-    writer = NcnnWriter(view, int8)
+    writer = NcnnWriter(view, int8, fp16)
     for node in view.nodes:
         writer.emit(node)
     for output in view.outputs:

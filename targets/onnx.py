@@ -11,6 +11,8 @@ from fwedge import ir
 from fwedge.bundle import Bundle, write_bundle
 from fwedge.ir import opset_version
 from fwedge.errors import UnsupportedOpError
+from fwedge.passes.float16 import to_float16
+from fwedge.passes.fold_bn import fold_batchnorm
 from fwedge.targets.base import ExportOptions, Target, target
 from fwedge.targets.common import RunnerCache, check_feeds, io_specs, resolve_precision, runtime_threads
 
@@ -53,7 +55,7 @@ class OnnxTarget(Target):
         return missing
 
     def export(self, model: onnx.ModelProto, out_dir, options: ExportOptions | None = None) -> Bundle:
-        """Write the model (float or QDQ, unchanged) as an ONNX bundle.
+        """Write the model (float or QDQ, unchanged; fp16: BN folded, then passes.float16.to_float16) as an ONNX bundle.
 
         Args:
             model: a loaded model (fwedge.ir.load).
@@ -76,6 +78,10 @@ class OnnxTarget(Target):
         if missing:
             raise UnsupportedOpError(TARGET, missing)
         inputs, outputs = io_specs(model)
+        if precision == "fp16":
+            # BatchNormalization folded first, as onnxruntime does at load anyway: its running
+            # variance need not fit float16 (PP-OCR det's first BN holds 9.8e7), the folded weights do.
+            model = to_float16(fold_batchnorm(model))
 
         def write_files(folder: Path) -> dict:
             ir.save(model, folder / MODEL_FILE)

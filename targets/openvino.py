@@ -171,7 +171,9 @@ class OpenvinoTarget(Target):
     def export(self, model: onnx.ModelProto, out_dir, options: ExportOptions | None = None) -> Bundle:
         """Convert the float or QDQ model to OpenVINO IR and write it as a bundle.
 
-        Weights stay float32 (compress_to_fp16=False) so the fp32 bundle matches onnxruntime; a QDQ
+        Weights stay float32 (compress_to_fp16=False) so the fp32 bundle matches onnxruntime; an fp16
+        bundle stores them as float16 (compress_to_fp16=True: the IR decompresses them to float32
+        at load, and the CPU plugin computes in f32 as _Compiled asks); a QDQ
         model's QuantizeLinear/DequantizeLinear pairs become FakeQuantize ops, which OpenVINO's
         low-precision transformations turn into int8 kernels at compile time.
 
@@ -201,7 +203,7 @@ class OpenvinoTarget(Target):
         inputs, outputs = io_specs(model)
 
         def write_files(folder: Path) -> dict:
-            ov.save_model(converted, str(folder / XML_FILE), compress_to_fp16=False)
+            ov.save_model(converted, str(folder / XML_FILE), compress_to_fp16=precision == "fp16")
             return {"weights_bytes": (folder / BIN_FILE).stat().st_size}
 
         return write_bundle(

@@ -534,7 +534,8 @@ def _io_info(tensor: LoweredTensor, name: str, source_layout: str) -> TensorInfo
     )
 
 
-def build_tflite(graph: LoweredGraph, float_io: bool = True, description: str = "fwedge") -> TfliteModel:
+def build_tflite(graph: LoweredGraph, float_io: bool = True, description: str = "fwedge",
+                 fp16: bool = False) -> TfliteModel:
     """Serialize a lowered graph as a TFLite flatbuffer.
 
     Args:
@@ -542,11 +543,12 @@ def build_tflite(graph: LoweredGraph, float_io: bool = True, description: str = 
         float_io: keep float32 graph inputs/outputs (QUANTIZE/DEQUANTIZE at the edges of an int8
             graph); False makes an int8 graph take and return the int8 tensors directly.
         description: the model description string.
+        fp16: store the float32 constants as FLOAT16, each followed by a DEQUANTIZE to float32.
 
     Returns:
         The TfliteModel (bytes plus I/O specs named after the ONNX inputs/outputs).
     """
-    writer = _Writer(graph, _schema())
+    writer = _Writer(graph, _schema(), fp16=fp16)
     ops = list(graph.ops)
     inputs = {name: name for name in graph.inputs}
     outputs = {name: name for name in graph.outputs}
@@ -646,11 +648,13 @@ class TfliteTarget(Target):
         if graph.float_ops:
             log.warning("tflite: %d node(s) have no Q/DQ around them and stay float32: %s",
                         len(graph.float_ops), ", ".join(graph.float_ops))
-        built = build_tflite(graph, float_io=options.float_io, description=f"fwedge {precision} {TARGET}")
+        built = build_tflite(graph, float_io=options.float_io, description=f"fwedge {precision} {TARGET}",
+                             fp16=precision == "fp16")
+        halved = 2 if precision == "fp16" else 1
 
         def write_files(folder: Path) -> dict:
             ir.write_atomic(folder / MODEL_FILE, built.data)
-            weights = sum(t.data.nbytes for t in graph.constants())
+            weights = sum(t.data.nbytes // (halved if t.data.dtype == np.float32 else 1) for t in graph.constants())
             return {"model_bytes": len(built.data), "weights_bytes": int(weights)}
 
         return write_bundle(

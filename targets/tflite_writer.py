@@ -46,7 +46,9 @@ def padding_mode(in_shape, kernel, strides, dilations, pads) -> str:
 # Flatbuffer writer
 # --------------------------------------------------------------------------------------------
 
-_TYPES = {"float32": 0, "int32": 2, "int8": 9, "int64": 4}
+_TYPES = {"float32": 0, "float16": 1, "int32": 2, "int8": 9, "int64": 4}
+# DEQUANTIZE reads float16 from version 3 on (TFLite's operator versioning).
+_FLOAT16_DEQUANTIZE_VERSION = 3
 # Operator versions that cover int8 (per-channel) kernels; float ops use version 1.
 _INT8_VERSIONS = {
     "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4, "ADD": 2, "MUL": 2,
@@ -69,6 +71,9 @@ class _Writer:
     opcodes: dict = field(default_factory=dict)
     index: dict = field(default_factory=dict)
     counter: int = 0
+    # Float32 constants are stored as FLOAT16 buffers, each read through a DEQUANTIZE to a float32
+    # tensor, the layout of the TFLite converter's float16 quantization.
+    fp16: bool = False
 
     def __post_init__(self):
         self.buffers.append(self.schema.BufferT())  # buffer 0: the empty buffer, by convention
@@ -77,7 +82,16 @@ class _Writer:
 
     def add(self, name: str, shape, dtype: str, quant: QuantParams | None = None,
             data: np.ndarray | None = None, quantized_dimension: int = 0) -> int:
-        """Add a TFLite tensor (shape already in TFLite order); returns its index."""
+        """Add a TFLite tensor (shape already in TFLite order); returns its index.
+
+        With fp16, a float32 constant becomes a FLOAT16 tensor `<name>/fp16` and the DEQUANTIZE
+        op that writes the float32 tensor `name` from it, whose index is returned.
+        """
+        if self.fp16 and data is not None and dtype == "float32":
+            half = self.add(f"{name}/fp16", shape, "float16", None, np.asarray(data, np.float32).astype(np.float16))
+            index = self.add(name, shape, "float32")
+            self.op("DEQUANTIZE", [half], [index])
+            return index
         S = self.schema
         tensor = S.TensorT()
         tensor.name = name
@@ -137,6 +151,8 @@ class _Writer:
         S = self.schema
         int8 = any(self.tensors[i].type == _TYPES["int8"] for i in list(inputs) + list(outputs) if i >= 0)
         version = (int8_version or _INT8_VERSIONS.get(builtin, 1)) if int8 else 1
+        if builtin == "DEQUANTIZE" and self.tensors[inputs[0]].type == _TYPES["float16"]:
+            version = _FLOAT16_DEQUANTIZE_VERSION
         code = getattr(S.BuiltinOperator, builtin)
         key = (code, version)
         if key not in self.opcodes:

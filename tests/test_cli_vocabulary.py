@@ -251,11 +251,12 @@ def test_bundle_names_do_not_repeat_the_precision(model, expected):
 
 
 # What each pipeline section leaves out of its command's options, and why: the pipeline supplies
-# it (models, data, files, the stage before), or it only shapes what is printed.
+# it (models, data, files, the stage before), or it only shapes what is printed. export's int8
+# and fp16: the pipeline exports the int8 model its quantize stage wrote.
 SUPPLIED = {
     "quantize": {"model", "data", "eval_data", "output", "table", "save_table", "json_out"},
     "analyze": {"float_model", "qdq_model", "data", "input_shapes", "top", "json_out"},
-    "export": {"model", "output", "int8", "no_build", "reference", "json_out"},
+    "export": {"model", "output", "int8", "fp16", "no_build", "reference", "json_out"},
     "farm run": {"bundles", "data", "reference", "input_shapes", "output", "inventory"},
     "gate": {"results_path", "update_baseline", "allow_missing_baseline", "json_out"},
     "prune": {"model", "output", "json_out"},

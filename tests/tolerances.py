@@ -134,3 +134,28 @@ PROFILE_NESTED_MAX_RATIO = 1.05
 # activation scale moves them by many steps.
 QAT_FAKE_QUANT_MAX_STEPS = 1
 QAT_FAKE_QUANT_MAX_OFF_FRACTION = 0.05
+
+# fp16 bundles (export --fp16) against onnxruntime fp32 on the same seeded inputs, as the largest
+# output difference relative to the output's largest magnitude (normwise: an element near zero
+# has no relative error of its own to bound). float16's unit roundoff is u = 2^-11 = 4.9e-4.
+# Every target here accumulates in float32; what rounds to float16 is each weight (all four
+# targets) and, in the onnx model file, the input and output of each op (onnxruntime's CPU
+# provider here drops the Casts around ops it runs in float32, README): at most three roundings
+# of relative size u per op, so one op is off by at most 3u * sum|w*x| / max|y|. The op matrix's
+# seeded cases measured at most 0.98u (4.8e-4, conv_split_concat on onnx; 3.1e-4 on the others,
+# 2026-12-03); 4u leaves room for a sum with more cancellation without letting through a bundle
+# whose weights were read wrong (then the error is of the order of the output itself).
+FP16_RTOL = 4 * 2.0**-11
+# Whole models: each layer on a path adds its own error, first order, so L layers give at most
+# L times one op's bound (3u * 23 = 0.034 for mobilenet_v2_tiny's 22 Conv and one Gemm), and errors of
+# independent sign grow like sqrt(L) (3u * sqrt(23) = 7.0e-3). The bound is about twice the
+# sqrt(L) figure; measured on the 600-image subset (2026-12-03): mobilenet_v2_tiny <= 1.4e-3,
+# cnn_small <= 8.5e-4, both well under it. (Before the onnx target folded BN ahead of the
+# conversion, its float16 BatchNormalization gave 2.8e-3 on mobilenet_v2_tiny.)
+FP16_MODEL_RTOL = 1.5e-2
+# Top-1 agreement of an fp16 bundle with fp32: a logit error of at most FP16_MODEL_RTOL * max|y|
+# can flip only an image whose top-2 margin is at most twice that, so every image with a wider
+# margin must agree (checked), and the share of the rest is small on a trained model: at least
+# FP16_MIN_AGREEMENT of the subset agrees (measured 100% on every target and both models; on
+# all 10,000 test images 99.97-99.99%, bench/fp16.py).
+FP16_MIN_AGREEMENT = 0.99

@@ -16,6 +16,12 @@ TARGET_NAMES = ("onnx", "openvino", "tflite", "ncnn", "x86_64", "aarch64", "risc
 @click.option("--int8/--fp32", "int8", default=None,
               help="Expect a QDQ int8 model (--int8) or a float model (--fp32). Default: int8 "
                    "exactly when the model holds QuantizeLinear/DequantizeLinear nodes.")
+@click.option("--fp16", is_flag=True,
+              help="From a float model: float16 weights with float32 inputs and outputs. onnx: float16 "
+                   "initializers and compute, Cast at the graph edges; openvino: compress_to_fp16; tflite: "
+                   "FLOAT16 weight tensors each followed by DEQUANTIZE to float32; ncnn: fp16-tagged weight "
+                   "storage. C targets refuse it (the generated runtime has no fp16 arithmetic; int8 is its "
+                   "compressed form). Refused for a QDQ model.")
 @click.option("--allow-float-fallback", is_flag=True,
               help="C and TFLite: lower int8 nodes that have no int8 form (asymmetric weights, a non-zero "
                    "int8 pad value, ...) in float, list them in the manifest (float_fallback) and print them, "
@@ -37,7 +43,7 @@ TARGET_NAMES = ("onnx", "openvino", "tflite", "ncnn", "x86_64", "aarch64", "risc
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
               help="Folder for the bundles; each is written to <output>/<model>-<target>-<precision>.")
 @json_option("the bundles written and the targets that failed")
-def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, reference, input_shapes, preprocess,
+def command(model, targets, int8, fp16, allow_float_fallback, cc, no_build, cflags, reference, input_shapes, preprocess,
             output, json_out) -> None:
     """Write a deployment bundle of MODEL for each --target.
 
@@ -50,6 +56,12 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, re
     is printed as it happens, and the command ends with a line naming the targets written and
     those that failed, and exit code 2. --cc, --cflags and --no-build apply to the C targets
     among them; without any C target they are an error.
+
+    Examples:
+
+      fwedge export model.int8.onnx -t tflite -t aarch64 -o bundles/
+
+      fwedge export model.onnx -t onnx -t openvino -t tflite -t ncnn --fp16 -o bundles/
     """
     import shlex
     from pathlib import Path
@@ -64,7 +76,9 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, re
     from fwedge import ir
 
     shapes = input_shapes
-    precision = "auto" if int8 is None else "int8" if int8 else "fp32"
+    if fp16 and int8:
+        raise ExportError("--fp16 and --int8 exclude each other: --fp16 exports a float model with float16 weights")
+    precision = "fp16" if fp16 else "auto" if int8 is None else "int8" if int8 else "fp32"
     unique = list(dict.fromkeys(targets))
     if (cc or cflags or no_build) and not any(target in C_ARCHES for target in unique):
         raise ExportError(f"--cc, --cflags and --no-build are options of the C targets ({', '.join(C_ARCHES)}); "
@@ -75,6 +89,9 @@ def command(model, targets, int8, allow_float_fallback, cc, no_build, cflags, re
         raise click.BadParameter(f"{cflags!r}: {exc}", param_hint="--cflags") from exc
     c_options = COptions(cc=cc, cflags=flags, build=not no_build)
     loaded = ir.load(model)
+    if fp16 and has_qdq(loaded):
+        raise ExportError(f"export --fp16: '{model}' is a QDQ int8 model; --fp16 takes the float model "
+                          "(the one `fwedge quantize` was given)")
     resolved = precision if precision != "auto" else ("int8" if has_qdq(loaded) else "fp32")
     written, failed, report = [], [], {"bundles": [], "failed": []}
     out = text_console(json_out)

@@ -338,6 +338,7 @@ def emit_transpose(e: _Emitter, op: LoweredOp) -> None:
     d, s = e.fresh("d"), e.fresh("s")
     e.declarations.append(f"static const int {d}[4] = {{{', '.join(map(str, dims))}}};\n"
                           f"static const int {s}[4] = {{{', '.join(map(str, steps))}}};\n")
+    e.kernels.add("rearrange.c")
     e.call(op, f"fw_permute4({d}, {s}, {_ITEM_BYTES[Y.dtype]}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
 
 
@@ -359,6 +360,7 @@ def emit_take(e: _Emitter, op: LoweredOp) -> None:
     tables, dims = stored_tables(op.attrs.tables, X.shape)
     names = [e.array(f"source table {axis}", np.asarray(t, dtype=np.int32), "int32") for axis, t in enumerate(tables)]
     inner = int(tables[2] == list(range(tables[2][0], tables[2][0] + len(tables[2]))))
+    e.kernels.add("rearrange.c")
     e.call(op, f"fw_take3({dims[1]}, {dims[2]}, {len(tables[0])}, {len(tables[1])}, {len(tables[2])}, "
                f"{names[0]}, {names[1]}, {names[2]}, {inner}, {_ITEM_BYTES[Y.dtype]}, "
                f"{e.pointer(X.name)}, {e.pointer(Y.name)});")
@@ -369,6 +371,7 @@ def emit_depth_to_space(e: _Emitter, op: LoweredOp) -> None:
     X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
     _, _, h, w = X.shape
     dcr = 1 if op.attrs.mode == "DCR" else 0
+    e.kernels.add("rearrange.c")
     e.call(op, f"fw_depth_to_space_nhwc({h}, {w}, {Y.shape[1]}, {op.attrs.block}, {dcr}, {_ITEM_BYTES[Y.dtype]}, "
                f"{e.pointer(X.name)}, {e.pointer(Y.name)});")
 

@@ -342,7 +342,7 @@ def test_an_export_error_naming_a_hostile_node_is_one_line(tmp_path):
     from fwedge.errors import FwEdgeError
 
     node_name = "soft\nmax\r#include </etc/passwd>"
-    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], name=node_name, axis=1)], "g",
+    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], name=node_name, axis=2)], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])])
     path = tmp_path / "m.onnx"

@@ -7,6 +7,7 @@ from fwedge.errors import ExportError
 from fwedge.lowered.graph import LoweredOp, LoweredTensor
 from fwedge.ops.registry import UNARY_KINDS
 from fwedge.ops.shape import stored_permutation
+from fwedge.ops.take import stored_tables
 from fwedge.ops.registry import kind as kind_spec
 from fwedge.targets.c_emit_base import (
     _ITEM_BYTES,
@@ -342,22 +343,14 @@ def emit_transpose(e: _Emitter, op: LoweredOp) -> None:
     e.call(op, f"fw_permute4({d}, {s}, {_ITEM_BYTES[Y.dtype]}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
 
 
-def stored_tables(tables, in_shape) -> tuple[list[list[int]], list[int]]:
-    """A take's per-axis tables (logical, batch dropped) and the input's inner dims, in stored
-    order (NHWC for 4-D), padded in front to three axes."""
-    tables, dims = [list(t) for t in tables], [int(d) for d in in_shape[1:]]
-    if len(in_shape) == 4:
-        tables, dims = [tables[1], tables[2], tables[0]], [dims[1], dims[2], dims[0]]
-    pad = 3 - len(tables)
-    return [[0]] * pad + tables, [1] * pad + dims
-
-
 @emitter("take")
 def emit_take(e: _Emitter, op: LoweredOp) -> None:
     X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
     if X.shape[0] != 1:
         raise ExportError(f"C target: take {op.name!r}: input batch {X.shape[0]}, only 1")
-    tables, dims = stored_tables(op.attrs.tables, X.shape)
+    tables, dims = stored_tables(X.shape, op.attrs.tables)
+    pad = 4 - len(tables)  # the batch axis dropped (batch 1), padded in front to three axes
+    tables, dims = [[0]] * pad + tables[1:], [1] * pad + dims[1:]
     names = [e.array(f"source table {axis}", np.asarray(t, dtype=np.int32), "int32") for axis, t in enumerate(tables)]
     inner = int(tables[2] == list(range(tables[2][0], tables[2][0] + len(tables[2]))))
     e.kernels.add("rearrange.c")

@@ -15,7 +15,7 @@ from fwedge.errors import UnsupportedOpError
 from fwedge.lowered.graph import LoweredGraph, LoweredOp, LoweredTensor, QuantParams
 from fwedge.ops import unary
 from fwedge.ops.shape import stored_permutation
-from fwedge.ops.take import progression
+from fwedge.ops.take import progression, stored_tables
 from fwedge.targets.base import ExportOptions, Target, TfliteOptions, target
 from fwedge.targets import tflite_runner
 from fwedge.targets.common import resolve_precision
@@ -316,10 +316,7 @@ def emit_resize_nearest(writer: _Writer, op: LoweredOp) -> None:
 def _take_plan(shape, tables) -> tuple[str, object] | None:
     """("slice", [(start, step, count)] per stored axis) or ("gather", (axis, indices)) for a
     take, in TFLite's stored order (NHWC for 4-D), or None when neither expresses it."""
-    full = [list(range(int(shape[0])))] + [list(t) for t in tables]
-    if len(shape) == 4:
-        full = [full[axis] for axis in NCHW_TO_NHWC]
-    dims = [int(shape[axis]) for axis in (NCHW_TO_NHWC if len(shape) == 4 else range(len(shape)))]
+    full, dims = stored_tables(shape, tables)
     steps = [progression(t) for t in full]
     if all(step is not None for step in steps):
         return "slice", [(start, step, len(t)) for (start, step), t in zip(steps, full)]

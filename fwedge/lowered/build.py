@@ -259,6 +259,19 @@ def same_quant_chain(builder: Builder, node: onnx.NodeProto, kind: str, attrs, x
     emit_requantize(builder, f"{node.name}_requantize", builder.tensors[middle], y_name, y_quant)
 
 
+def lower_data_movement(builder: Builder, node: onnx.NodeProto, kind: str, attrs) -> None:
+    """Lower a one-input op that only moves data: int8 when its input and output are, keeping the
+    input's quantization (same_quant_chain), else in float."""
+    operands = int8_operands(builder, node, (0,))
+    out = int8_output(builder, node) if operands is not None else None
+    if out is not None:
+        same_quant_chain(builder, node, kind, attrs, operands[0], out)
+        return
+    note_float(builder, node)
+    x = builder.float_input(node.input[0])
+    builder.emit(kind, node.name, [x], [float_output(builder, node.output[0])], attrs)
+
+
 def emit_requantize(builder: Builder, name: str, source: LoweredTensor, y_name: str, y_quant: QuantParams) -> None:
     reals = np.float64(source.quant.scale[0]) / np.float64(y_quant.scale[0])
     builder.emit("quantize", name, [source.name], [y_name], QuantizeAttrs(requant([reals], "none", y_quant)))

@@ -13,7 +13,9 @@ An op card registers, for each ONNX op of its family, what every room needs, in 
 4. The lowering: emit lowered ops through fwedge/lowered/build.py. For int8, take the int8
    operands (int8_operands) and the int8 output (int8_output, which absorbs the output
    QuantizeLinear); when either is missing, lower in float (note_float, float_input,
-   float_output). An int8 node with no int8 form calls refuse() and then lowers in float.
+   float_output). An int8 node with no int8 form calls refuse() and then lowers in float. An
+   op that only moves data (one input, the input's scale kept) is one call:
+   lower_data_movement(builder, node, kind, attrs).
 5. For each new lowered kind: the interpreter kernel (its executable spec; int8 and float side
    by side, integer-exact), and its semantics in fwedge/lowered/graph.py's docstring.
 

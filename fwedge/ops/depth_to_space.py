@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from fwedge.lowered.build import Builder, float_output, int8_operands, int8_output, note_float, same_quant_chain
+from fwedge.lowered.build import Builder, lower_data_movement
 from fwedge.lowered.graph import LoweredOp
 from fwedge.lowered.view import QdqView, input_rank
 from fwedge.ops.base import OpInfo, attribute, register_kind, register_op
@@ -52,14 +52,7 @@ def check_depth_to_space(view: QdqView, node: onnx.NodeProto) -> str | None:
 
 def _lower_depth_to_space(builder: Builder, node: onnx.NodeProto) -> None:
     attrs = DepthToSpaceAttrs(int(attribute(node, "blocksize")), depth_to_space_mode(node))
-    operands = int8_operands(builder, node, (0,))
-    out = int8_output(builder, node) if operands is not None else None
-    if out is not None:
-        same_quant_chain(builder, node, "depth_to_space", attrs, operands[0], out)
-        return
-    note_float(builder, node)
-    x = builder.float_input(node.input[0])
-    builder.emit("depth_to_space", node.name, [x], [float_output(builder, node.output[0])], attrs)
+    lower_data_movement(builder, node, "depth_to_space", attrs)
 
 
 def depth_to_space(x: np.ndarray, block: int, mode: str) -> np.ndarray:

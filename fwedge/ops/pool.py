@@ -8,7 +8,7 @@ import onnx
 
 from fwedge.lowered.build import (
     Builder, conv_geometry, float_output, int8_operands, int8_output, note_float, requant,
-    same_quant_chain,
+    lower_data_movement,
 )
 from fwedge.lowered.arith import multiply_by_quantized_multiplier, requantize, sliding_windows, zp
 from fwedge.lowered.graph import (
@@ -36,9 +36,12 @@ def _lower_pool(builder: Builder, node: onnx.NodeProto) -> None:
     kind = "max_pool" if node.op_type == "MaxPool" else "avg_pool"
     attrs = PoolAttrs(**_pool_geometry(builder, node),
                       count_include_pad=bool(attribute(node, "count_include_pad", 0)))
+    if kind == "max_pool":
+        lower_data_movement(builder, node, kind, attrs)
+        return
     operands = int8_operands(builder, node, (0,))
     out = int8_output(builder, node) if operands is not None else None
-    if out is not None and kind == "avg_pool":
+    if out is not None:
         (x_q,), (y_name, y_quant) = operands, out
         area = attrs.kernel[0] * attrs.kernel[1]
         counts = np.arange(area + 1, dtype=np.float64)
@@ -47,9 +50,6 @@ def _lower_pool(builder: Builder, node: onnx.NodeProto) -> None:
         attrs = PoolAttrs(attrs.kernel, attrs.strides, attrs.pads, attrs.count_include_pad,
                           requant(reals, "none", y_quant))
         builder.emit(kind, node.name, [x_q.name], [y_name], attrs)
-        return
-    if out is not None:
-        same_quant_chain(builder, node, kind, attrs, operands[0], out)
         return
     note_float(builder, node)
     x = builder.float_input(node.input[0])

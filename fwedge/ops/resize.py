@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from fwedge.ir import max_tensor_bytes
-from fwedge.lowered.build import Builder, float_output, int8_operands, int8_output, note_float, same_quant_chain
+from fwedge.lowered.build import Builder, lower_data_movement
 from fwedge.lowered.graph import LoweredOp
 from fwedge.lowered.view import QdqView, input_rank
 from fwedge.ops.base import OpInfo, attribute, register_kind, register_op
@@ -138,14 +138,7 @@ def resize_tables(consts: dict, node: onnx.NodeProto, in_shape, out_shape) -> Re
 
 def _lower_resize(builder: Builder, node: onnx.NodeProto) -> None:
     attrs = resize_tables(builder.view.consts, node, builder.shape(node.input[0]), builder.shape(node.output[0]))
-    operands = int8_operands(builder, node, (0,))
-    out = int8_output(builder, node) if operands is not None else None
-    if out is not None:
-        same_quant_chain(builder, node, "resize_nearest", attrs, operands[0], out)
-        return
-    note_float(builder, node)
-    x = builder.float_input(node.input[0])
-    builder.emit("resize_nearest", node.name, [x], [float_output(builder, node.output[0])], attrs)
+    lower_data_movement(builder, node, "resize_nearest", attrs)
 
 
 def run_resize_nearest(op: LoweredOp, values, tensors):

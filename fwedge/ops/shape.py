@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from fwedge.lowered.build import (
-    Builder, dequantize_array, emit_requantize, float_output, int8_operands, int8_output,
+    Builder, dequantize_array, emit_requantize, float_output, int8_operands, int8_output, lower_data_movement,
     note_float, output_quantizer, quant_params, refuse, same_quant_chain,
 )
 from fwedge.lowered.graph import ConcatAttrs, LoweredOp, LoweredTensor, PadAttrs, ReshapeAttrs
@@ -24,14 +24,7 @@ from fwedge.ops.base import OpInfo, attribute, register_kind, register_op
 
 def _lower_reshape(builder: Builder, node: onnx.NodeProto) -> None:
     attrs = ReshapeAttrs(builder.shape(node.output[0]))
-    operands = int8_operands(builder, node, (0,))
-    out = int8_output(builder, node) if operands is not None else None
-    if out is not None:
-        same_quant_chain(builder, node, "reshape", attrs, operands[0], out)
-        return
-    note_float(builder, node)
-    x = builder.float_input(node.input[0])
-    builder.emit("reshape", node.name, [x], [float_output(builder, node.output[0])], attrs)
+    lower_data_movement(builder, node, "reshape", attrs)
 
 
 def _lower_alias(builder: Builder, node: onnx.NodeProto) -> None:
@@ -153,14 +146,7 @@ def _check_transpose(view, node: onnx.NodeProto) -> str | None:
 
 def _lower_transpose(builder: Builder, node: onnx.NodeProto) -> None:
     attrs = TransposeAttrs(tuple(transpose_perm(node, len(builder.shape(node.input[0])))))
-    operands = int8_operands(builder, node, (0,))
-    out = int8_output(builder, node) if operands is not None else None
-    if out is not None:
-        same_quant_chain(builder, node, "transpose", attrs, operands[0], out)
-        return
-    note_float(builder, node)
-    x = builder.float_input(node.input[0])
-    builder.emit("transpose", node.name, [x], [float_output(builder, node.output[0])], attrs)
+    lower_data_movement(builder, node, "transpose", attrs)
 
 
 def stored_permutation(perm) -> list[int]:

@@ -138,6 +138,15 @@ def progression(table) -> tuple[int, int] | None:
     return table[0], step
 
 
+def stored_tables(shape, tables) -> tuple[list[list[int]], list[int]]:
+    """A take's tables with the batch axis's own in front, and the input's dims, both in the
+    order C and TFLite store tensors (NHWC for 4-D)."""
+    full, dims = [list(range(int(shape[0])))] + [list(t) for t in tables], [int(d) for d in shape]
+    if len(shape) == 4:
+        full, dims = [full[axis] for axis in (0, 2, 3, 1)], [dims[axis] for axis in (0, 2, 3, 1)]
+    return full, dims
+
+
 def changed_axes(tables, shape) -> list[int]:
     """The axes whose table is not the whole axis in order."""
     return [axis for axis, table in enumerate(tables) if list(table) != list(range(shape[axis]))]

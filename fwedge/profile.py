@@ -302,7 +302,9 @@ def profile_openvino(bundle: Bundle, device, feeds: dict[str, np.ndarray], repea
         runs=repeats, layers=layers, total_ms=float(np.mean(walls)),
         total_what="the mean wall time of the same infer() calls (OpenVINO gives means over the runs only)",
         note=f"{len(skipped)} layers fused or folded away (not executed) are left out; the layers are the "
-             "compiled CPU graph's, named after the IR nodes they came from",
+             "compiled CPU graph's, named after the IR nodes they came from; the CPU plugin counts each layer's "
+             "time per run in whole microseconds, so layers of a few microseconds are undercounted and the sum "
+             "falls short of infer() on a small model",
     ).finish()
 
 

@@ -124,6 +124,14 @@ PROFILE_C_PLAIN_RATIO = (0.7, 1.4)
 # infer()), so their layer sum is at most that; the sum of per-layer medians may exceed the median
 # of the per-run sums by a little, which 5% covers.
 PROFILE_NESTED_MAX_RATIO = 1.05
+# OpenVINO's layer sum against the mean wall time of the same infer() calls, on PP-OCR det at
+# 320x320 in fp32 (about 100 executed layers, 16-18 ms a run). The CPU plugin's counters hold whole
+# microseconds per layer and run, and infer() adds the executor's steps between layers and the
+# Python call: measured 0.960-0.962 in six runs on the 2-core host, idle and with the test suite
+# running beside it. 0.9-1.02 is "within a few %" and fails a sum that lost a layer of over 10 %
+# or counted the warm-up runs. On cnn_small (layers of 1-30 us) the same ratio is 0.55, which is
+# why this bound is checked on a model of long layers only.
+PROFILE_OPENVINO_SAME_RUNS_RATIO = (0.9, 1.02)
 # QAT's fake-quantized torch forward (passes/qat.py) against onnxruntime's exact run of the QDQ
 # model written from the same weights, in steps of the logits' output scale. Not exact: torch's
 # fake_quantize multiplies by 1/scale where QuantizeLinear divides, and the convolutions sum in

@@ -70,7 +70,7 @@ class Device:
             DeviceError: this kind of device does not run other builds, or the run failed.
         """
         raise DeviceRunError(f"device {self.name!r} ({self.kind}) runs only the bundle's own binary, "
-                             "not a profiling build (profile C bundles on the host or a qemu board)")
+                             "not a profiling build (profile C bundles on the host, a qemu board, an ssh board or a labgrid place)")
 
     def count_instructions(self, bundle: Bundle, inputs: dict[str, np.ndarray]) -> Instructions | None:
         """Executed instructions of one inference of `bundle` on the first input row, for devices

@@ -22,6 +22,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -448,11 +449,14 @@ class LabgridDevice(Device):
         return [f"c-{self.arch}" if runtime == "c" else runtime for runtime in self.runtimes]
 
     def run(self, bundle: Bundle, inputs: dict[str, np.ndarray], repeats: int) -> DeviceRun:
+        return self.run_build(bundle, None, inputs, repeats)
+
+    def run_build(self, bundle: Bundle, binary: Path | None, inputs: dict[str, np.ndarray], repeats: int) -> DeviceRun:
         board = self._held
         if board is None:
             raise DeviceRunError(f"{self._where()}: not held; a labgrid place runs bundles only inside hold()")
-        run = board.run(bundle, inputs, repeats)
-        return DeviceRun(outputs=run.outputs, latencies_ms=run.latencies_ms, stderr=run.stderr,
+        run = board.run_build(bundle, binary, inputs, repeats)
+        return DeviceRun(outputs=run.outputs, latencies_ms=run.latencies_ms, stderr=run.stderr, stdout=run.stdout,
                          identity={**run.identity, "labgrid": dict(self._held_identity)})
 
     def state(self) -> str:

@@ -31,6 +31,8 @@ RUNNER_SCRIPT = Path(__file__).with_name("remote_runner.py")
 # Targets the shipped runner script runs with the board's Python (onnxruntime, tflite-runtime).
 SCRIPT_TARGETS = ("onnx", "tflite")
 JOB_DIR = "job"
+# the staged name of another build of a C bundle's sources (run_build), beside the bundle
+OTHER_BUILD = "fwedge-build"
 
 _HOST = re.compile(r"^(?!-)[A-Za-z0-9.-]{1,253}$|^\[?[0-9A-Fa-f:.]+\]?$")
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
@@ -257,7 +259,13 @@ class SshDevice(Device):
         return {**base, **self._identity}
 
     def run(self, bundle: Bundle, inputs: dict[str, np.ndarray], repeats: int) -> DeviceRun:
-        reason = self.why_not(bundle)
+        return self.run_build(bundle, None, inputs, repeats)
+
+    def run_build(self, bundle: Bundle, binary: Path | None, inputs: dict[str, np.ndarray], repeats: int) -> DeviceRun:
+        """Run `bundle` on the board; `binary` (C bundles) runs another build of its sources in
+        place of its harness: fwedge profile's -DFW_PROFILE build, uploaded beside the bundle
+        under a fixed name and hashed on the board like the bundle's own files."""
+        reason = self.why_not(bundle) or (None if binary is None or bundle.target == "c" else "only C bundles have builds")
         if reason:
             raise DeviceRunError(f"device {self.name!r} cannot run bundle '{bundle.name}': {reason}")
         with tempfile.TemporaryDirectory(prefix="fwedge-ssh-") as temp:
@@ -269,6 +277,10 @@ class SshDevice(Device):
             if bundle.target == "c":
                 job = harness.prepare(bundle, inputs, staging, repeats)
                 command = [f"./{bundle.name}/{job.executable}", *job.args]
+                if binary is not None:
+                    shutil.copy2(binary, staging / OTHER_BUILD)
+                    (staging / OTHER_BUILD).chmod(0o755)
+                    command[0] = f"./{OTHER_BUILD}"
                 output_file = job.output_file
             else:
                 np.savez(staging / "inputs.npz", **inputs)
@@ -282,6 +294,8 @@ class SshDevice(Device):
                             timeout=self._timeout(self.run_timeout), what=f"{what}: upload")
                 job_dir = f"{remote_dir}/{JOB_DIR}"
                 self._verify_remote_copy(bundle, f"{job_dir}/{bundle.name}")
+                if binary is not None:
+                    self._verify_remote_files(bundle, job_dir, {OTHER_BUILD: sha256_file(staging / OTHER_BUILD)})
                 line = f"cd {shlex.quote(job_dir)} && {shlex.join(command)}"
                 done = run_process(self.ssh_argv_script(line), timeout=self._timeout(self.run_timeout),
                                    what=f"{what}: run '{bundle.name}'")
@@ -297,7 +311,7 @@ class SshDevice(Device):
                     timer = "time.perf_counter_ns (runner script)"
             finally:
                 self._remove_remote_dir(remote_dir)
-        return DeviceRun(outputs=outputs, latencies_ms=latencies, stderr=done.stderr,
+        return DeviceRun(outputs=outputs, latencies_ms=latencies, stderr=done.stderr, stdout=done.stdout,
                          identity={"timer": timer, "remote_dir": remote_dir})
 
     def _verify_remote_copy(self, bundle: Bundle, remote_bundle: str) -> None:
@@ -309,9 +323,16 @@ class SshDevice(Device):
         Raises:
             DeviceRunError: sha256sum failed, or a file on the board differs from the manifest.
         """
-        names = [MANIFEST, *bundle.files]
-        expected = {MANIFEST: sha256_file(bundle.path / MANIFEST), **bundle.files}
-        line = f"cd {shlex.quote(remote_bundle)} && {shlex.join(['sha256sum', '--', *names])}"
+        self._verify_remote_files(bundle, remote_bundle, {MANIFEST: sha256_file(bundle.path / MANIFEST), **bundle.files})
+
+    def _verify_remote_files(self, bundle: Bundle, remote_dir: str, expected: dict[str, str]) -> None:
+        """sha256sum `expected`'s files in `remote_dir` on the board and compare.
+
+        Raises:
+            DeviceRunError: sha256sum failed, or a file on the board differs.
+        """
+        names = list(expected)
+        line = f"cd {shlex.quote(remote_dir)} && {shlex.join(['sha256sum', '--', *names])}"
         done = run_process(self.ssh_argv_script(line), timeout=self._timeout(self.run_timeout),
                            what=f"ssh {self.name}: verify '{bundle.name}' on the board")
         found = {}

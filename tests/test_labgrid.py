@@ -381,3 +381,29 @@ def test_an_unreachable_coordinator_is_one_line(tmp_path):
     listed = CliRunner().invoke(cli, ["farm", "list", "--labgrid-coordinator", f"127.0.0.1:{port}",
                                       "--places", "p", "--json", "-"])
     assert listed.exit_code == 0 and json.loads(listed.output)[0]["state"].startswith("unreachable")
+
+
+# -- fwedge profile on a board ---------------------------------------------------------------------
+
+
+@pytest.mark.zig
+@pytest.mark.fashion_mnist
+def test_profile_times_each_layer_on_an_ssh_board_and_on_a_held_place(tmp_path, lab, sshd, place, c_bundle):
+    """The -DFW_PROFILE build runs on the board (uploaded and hashed there): one layer per step of
+    the lowered graph, and the layer sum within PROFILE_C_SAME_RUNS_RATIO of the same runs."""
+    from fwedge.bundle import load_bundle
+    from tests.tolerances import PROFILE_C_SAME_RUNS_RATIO
+
+    inv = fh.write_inventory(tmp_path / "inv.toml", [sshd.device_entry("ssh-board"), entry(lab, sshd, place)])
+    result = CliRunner().invoke(cli, ["profile", str(c_bundle), "--inventory", str(inv), "--devices",
+                                      f"ssh-board,{place}", "--repeats", "20", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["profiles"]
+    assert sorted(row["device"] for row in rows) == sorted(["ssh-board", place])
+    manifest = load_bundle(c_bundle).extra
+    low, high = PROFILE_C_SAME_RUNS_RATIO
+    for row in rows:
+        assert [layer["name"] for layer in row["layers"]] == ["(inputs)", *manifest["op_names"], "(outputs)"]
+        assert low <= row["sum_over_total"] <= high, row
+    assert lab.acquired_by(place) is None
+    assert not remote_left_overs(sshd)

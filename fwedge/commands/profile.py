@@ -27,8 +27,9 @@ def command(bundles, inventory, labgrid_coordinator, places, place_tags, device_
     sum against the whole run measured in the same process and against the bundle timed the
     ordinary way (its own binary or runtime, as `fwedge bench`).
 
-    C bundles (host or qemu boards): a -DFW_PROFILE rebuild of the bundle's sources clocks each
-    step of the generated call sequence; the bundle's own binary has no clock in it. onnx:
+    C bundles (host, qemu boards, ssh boards, labgrid places): a -DFW_PROFILE rebuild of the
+    bundle's sources clocks each step of the generated call sequence (on a board it is uploaded
+    and hashed there like the bundle's files); the bundle's own binary has no clock in it. onnx:
     onnxruntime's enable_profiling; openvino: PERF_COUNT. tflite and ncnn: their Python modules
     expose no per-layer profiler, which the output says in one line per bundle.
     """

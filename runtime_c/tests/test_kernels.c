@@ -224,6 +224,7 @@ static void test_conv_s8(void)
     test_conv_s8_case(9, 9, 8, 8, 9, 1, 4, 1, 0, 1, "depthwise 9x9 (81 taps, past the NEON limit)");
     test_conv_s8_case(4, 4, 13, 13, 3, 1, 2, 1, 0, 1, "depthwise pad 2: windows wholly in the padding");
     test_conv_s8_case(6, 5, 72, 72, 3, 2, 1, 1, 0, 1, "depthwise 72 channels stride 2 (a block of 64 and one of 8)");
+    test_conv_s8_case(3, 5, 264, 264, 3, 1, 1, 1, 0, 1, "depthwise 264 channels (NEON: a block of 256 and one of 8)");
     /* Weights of -128 (their byte products could overflow int16 in pairs; the NEON path widens
      * x - zp instead), and the largest byte products it sums in pairs. */
     conv_extreme = 1;

@@ -156,11 +156,13 @@ typedef struct {
 } fw_tile_sums;
 
 #ifdef FW_CONV_SDOT
-/* The sums over the quad steps of tile x w (see tile_gemm), sdot by lane: lane t of the step's
- * tile row is pixel t's quad. */
-static inline void tile_sums_neon(int steps, const int8_t *tile, const fw_conv_weight *w, fw_tile_sums *s)
+/* init (eight channels' biases, or NULL for 0) plus the sums over the quad steps of tile x w
+ * (see tile_gemm), sdot by lane: lane t of the step's tile row is pixel t's quad. */
+static inline void tile_sums_neon(int steps, const int8_t *tile, const fw_conv_weight *w, const int32_t *init,
+                                  fw_tile_sums *s)
 {
-    int32x4_t a0 = vdupq_n_s32(0), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
+    const int32x4_t lo0 = init ? vld1q_s32(init) : vdupq_n_s32(0), hi0 = init ? vld1q_s32(init + 4) : vdupq_n_s32(0);
+    int32x4_t a0 = lo0, b0 = hi0, a1 = lo0, b1 = hi0, a2 = lo0, b2 = hi0, a3 = lo0, b3 = hi0;
     for (int i = 0; i < steps; ++i) {
         const int8x16_t xv = vld1q_s8(tile + 16 * i);
         const int8x16_t lo = vld1q_s8(w + 32 * i), hi = vld1q_s8(w + 32 * i + 16);
@@ -183,14 +185,18 @@ static inline void tile_sums_neon(int steps, const int8_t *tile, const fw_conv_w
     s->v[3][1] = b3;
 }
 
-/* tile_sums_neon of two neighbouring channel blocks (w0, w1): each tile row serves sixteen
- * channels, sixteen accumulators in registers. */
+/* tile_sums_neon of two neighbouring channel blocks (w0, w1, their biases init0, init1): each
+ * tile row serves sixteen channels, sixteen accumulators in registers. */
 static inline void tile_sums2_neon(int steps, const int8_t *tile, const fw_conv_weight *w0, const fw_conv_weight *w1,
-                                   fw_tile_sums *s0, fw_tile_sums *s1)
+                                   const int32_t *init0, const int32_t *init1, fw_tile_sums *s0, fw_tile_sums *s1)
 {
     int32x4_t a[FW_TILE_PIXELS][4]; /* pixel, then channels 0-3, 4-7 of w0 and of w1 */
+    const int32x4_t b[4] = {vld1q_s32(init0), vld1q_s32(init0 + 4), vld1q_s32(init1), vld1q_s32(init1 + 4)};
     for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-        a[t][0] = a[t][1] = a[t][2] = a[t][3] = vdupq_n_s32(0);
+        a[t][0] = b[0];
+        a[t][1] = b[1];
+        a[t][2] = b[2];
+        a[t][3] = b[3];
     }
     for (int i = 0; i < steps; ++i) {
         const int8x16_t xv = vld1q_s8(tile + 16 * i);
@@ -224,7 +230,8 @@ static inline void tile_sums2_neon(int steps, const int8_t *tile, const fw_conv_
  * Not inlined: its sixteen accumulators and eight products need every vector register, and the
  * caller's requantization constants would push them out of the loop (spills: 40% more
  * instructions). */
-static __attribute__((noinline)) void tile_sums_neon(int steps, const int8_t *tile, const fw_conv_weight *w, fw_tile_sums *s)
+static __attribute__((noinline)) void tile_sums_neon(int steps, const int8_t *tile, const fw_conv_weight *w,
+                                                     const int32_t *init, fw_tile_sums *s)
 {
     int32x4_t a[FW_TILE_PIXELS][4]; /* pixel, then channels 0-1, 2-3, 4-5, 6-7 */
     for (int t = 0; t < FW_TILE_PIXELS; ++t) {
@@ -239,9 +246,10 @@ static __attribute__((noinline)) void tile_sums_neon(int steps, const int8_t *ti
             FW_QUAD_PRODUCTS(a[t][2], a[t][3], hi, xt);
         }
     }
+    const int32x4_t lo0 = init ? vld1q_s32(init) : vdupq_n_s32(0), hi0 = init ? vld1q_s32(init + 4) : vdupq_n_s32(0);
     for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-        s->v[t][0] = vpaddq_s32(a[t][0], a[t][1]);
-        s->v[t][1] = vpaddq_s32(a[t][2], a[t][3]);
+        s->v[t][0] = vaddq_s32(vpaddq_s32(a[t][0], a[t][1]), lo0);
+        s->v[t][1] = vaddq_s32(vpaddq_s32(a[t][2], a[t][3]), hi0);
     }
 }
 
@@ -252,7 +260,7 @@ static __attribute__((noinline)) void tile_sums_neon(int steps, const int8_t *ti
 static void tile_gemm_neon(int steps, const int8_t *tile, const fw_conv_weight *w, int32_t *acc)
 {
     fw_tile_sums s;
-    tile_sums_neon(steps, tile, w, &s);
+    tile_sums_neon(steps, tile, w, NULL, &s);
     for (int t = 0; t < FW_TILE_PIXELS; ++t) {
         vst1q_s32(acc + t * FW_CONV_BLOCK, s.v[t][0]);
         vst1q_s32(acc + t * FW_CONV_BLOCK + 4, s.v[t][1]);
@@ -283,17 +291,16 @@ static void neon_constants(const fw_conv_params *p, const fw_conv_weight *w, int
     }
 }
 
-/* The tile's sums plus bias, requantized (fw_neon_out), and its first `pixels` rows' first
+/* The tile's sums (their bias included: tile_sums_neon's init), requantized (fw_neon_out), and its first `pixels` rows' first
  * `channels` values stored to y, rows y_stride bytes apart: TFLite's rounding exactly, as
  * fw_requant_tile. */
-static inline void neon_requant_store(const fw_tile_sums *s, const int32_t *m, const int32_t *sh, const int32_t *b,
-                                      const fw_neon_out *o, int8_t *y, size_t y_stride, int pixels, int channels)
+static inline void neon_requant_store(const fw_tile_sums *s, const int32_t *m, const int32_t *sh, const fw_neon_out *o,
+                                      int8_t *y, size_t y_stride, int pixels, int channels)
 {
     const int32x4_t m0 = vld1q_s32(m), m1 = vld1q_s32(m + 4), sh0 = vld1q_s32(sh), sh1 = vld1q_s32(sh + 4);
-    const int32x4_t b0 = vld1q_s32(b), b1 = vld1q_s32(b + 4);
     int16x8_t r[FW_TILE_PIXELS];
     for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-        int32x4_t x0 = vaddq_s32(s->v[t][0], b0), x1 = vaddq_s32(s->v[t][1], b1);
+        int32x4_t x0 = s->v[t][0], x1 = s->v[t][1];
         if (o->high) {
             x0 = fw_requant4_neon_high(x0, m0, sh0);
             x1 = fw_requant4_neon_high(x1, m1, sh1);
@@ -355,23 +362,29 @@ static int conv2d_s8_neon(const fw_conv_params *p, const int8_t *x, const fw_con
         }
         for (int b0 = 0; b0 < blocks;) {
             fw_tile_sums s[2];
-            int done = 1;
 #ifdef FW_CONV_SDOT
-            if (b0 + 1 < blocks) {
-                tile_sums2_neon(steps, tile, w + b0 * stride, w + (b0 + 1) * stride, &s[0], &s[1]);
-                done = 2;
+            const int done = b0 + 1 < blocks ? 2 : 1;
+#else
+            const int done = 1;
+#endif
+            const int base = tabled ? b0 * FW_CONV_BLOCK : 0; /* the blocks' constants in m, sh, b */
+            if (!tabled) {
+                neon_constants(p, w + b0 * stride, steps, b0 * FW_CONV_BLOCK, done, o.high, bias, multiplier, shift, m,
+                               sh, b);
+            }
+#ifdef FW_CONV_SDOT
+            if (done == 2) {
+                tile_sums2_neon(steps, tile, w + b0 * stride, w + (b0 + 1) * stride, b + base, b + base + FW_CONV_BLOCK,
+                                &s[0], &s[1]);
             } else
 #endif
             {
-                tile_sums_neon(steps, tile, w + b0 * stride, &s[0]);
+                tile_sums_neon(steps, tile, w + b0 * stride, b + base, &s[0]);
             }
             for (int i = 0; i < done; ++i) {
-                const int c0 = (b0 + i) * FW_CONV_BLOCK, offset = tabled ? c0 : 0;
-                if (!tabled) {
-                    neon_constants(p, w + (b0 + i) * stride, steps, c0, 1, o.high, bias, multiplier, shift, m, sh, b);
-                }
-                neon_requant_store(&s[i], m + offset, sh + offset, b + offset, &o, y + (size_t)pixel0 * out_c + c0,
-                                   (size_t)out_c, count, out_c - c0 < FW_CONV_BLOCK ? out_c - c0 : FW_CONV_BLOCK);
+                const int c0 = (b0 + i) * FW_CONV_BLOCK, offset = base + i * FW_CONV_BLOCK;
+                neon_requant_store(&s[i], m + offset, sh + offset, &o, y + (size_t)pixel0 * out_c + c0, (size_t)out_c,
+                                   count, out_c - c0 < FW_CONV_BLOCK ? out_c - c0 : FW_CONV_BLOCK);
             }
             b0 += done;
         }

@@ -143,7 +143,9 @@ class Bundle:
         """Absolute path of a bundle file listed in the manifest."""
         if relative not in self.files:
             raise ExportError(f"bundle '{self.path}': no file {relative!r} in the manifest")
-        return self.path / relative
+        # Absolute: runners start the C harness in a temporary working folder, where a bundle
+        # loaded by a relative path would not be found.
+        return (self.path / relative).absolute()
 
     def manifest(self) -> dict:
         """The manifest fields, sealed with their digest under DIGEST_KEY."""

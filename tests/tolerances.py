@@ -92,8 +92,8 @@ YOLO_RUNTIME_MAP50_VS_FLOAT = {"onnx": 0.75, "tflite": 0.75, "ncnn": 0.75, "open
 # Each bundle against ORT-QDQ's boxes. onnx (exact mode) is the same computation: 1.0, and its
 # class logits 0 steps off. tflite measured 1.0, ncnn and OpenVINO (exact mode) 0.952: their
 # logits are up to 47 (tflite 48, OpenVINO 22) steps of the logits' scale (0.117) off ORT on
-# 23-44% of the 8400 x 80 logits, because one-step rounding differences in ~60 int8 layers of
-# SiLU (Sigmoid then Mul, each requantized) grow; the boxes that survive score filtering and NMS
+# 23-44% of the 8400 x 80 logits, because one-step rounding differences in the 57 int8 SiLUs
+# (Sigmoid then Mul, each requantized) grow; the boxes that survive score filtering and NMS
 # mostly do not move. 0.85 leaves room for one box to flip at the score threshold or NMS IoU.
 YOLO_RUNTIME_MAP50_VS_QDQ = {"onnx": 1.0, "tflite": 0.85, "ncnn": 0.85, "openvino": 0.85}
 # Largest class-logit difference from ORT-QDQ in steps, where it is bounded: onnx is exact.

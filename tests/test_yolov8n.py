@@ -120,6 +120,8 @@ def test_yolov8n_quantizes_with_its_decode_float_and_its_scores_apart(yolo):
                                     pytest.param("openvino", marks=pytest.mark.openvino)])
 def test_each_runtime_on_yolov8n_is_within_its_bound(yolo, target):
     got = _bundle_output(yolo, target, len(HELD_OUT))
+    kept = {entry["node"]: entry["reason"] for entry in yolo.bundles[target].extra["kept_float"]}
+    assert kept == {unit.node: unit.reason for unit in yolo.result.kept_float}  # the manifest's record
     vs_float, vs_qdq, steps = _scores(yolo, got, len(HELD_OUT))
     print(f"{target}: mAP@0.5 vs float {vs_float:.3f}, vs ORT-QDQ {vs_qdq:.3f}; class logits {steps:.1f} steps off")
     assert vs_qdq >= YOLO_RUNTIME_MAP50_VS_QDQ[target], f"{target} mAP@0.5 {vs_qdq:.3f} against ORT-QDQ's boxes"

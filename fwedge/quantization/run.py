@@ -19,6 +19,7 @@ from fwedge.quantization.calibrate import calibration_data, collect_stats
 from fwedge.quantization.check import output_check, output_task, warning_for
 from fwedge.quantization.plan import (
     KeptFloat, QuantizeOptions, QuantPlan, float_units, mixed_range_concats, plan_quantization, post_processing,
+    record_kept_float,
 )
 from fwedge.quantization.prepare import load_prepared
 from fwedge.quantization.qdq import quantize_model
@@ -170,6 +171,7 @@ def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] |
         model = _bias_corrected(request, prepared, table, options, plan, budget)
     if request.activation_dtype == "uint8":
         model = uint8_activations(model)
+    record_kept_float(model, kept_float)  # what QAT writes from this result's plan, too
     check = None
     if request.data is not None:
         check = output_check(prepared, model, request.data, request.preprocess, request.seed)

@@ -5,6 +5,7 @@ boxes of onnxruntime's exact run of the same QDQ model; and, where the output is
 float Sigmoid, the class logits' difference in quantization steps."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,12 +84,17 @@ def _logit_steps(got: np.ndarray, reference: np.ndarray, scale: float) -> float:
 
 def _bundle(yolo: Yolo, target: str):
     if target not in yolo.bundles:
+        start = time.perf_counter()
         yolo.bundles[target] = export_bundle(yolo.qdq_path, target, yolo.folder / target)
+        print(f"{target}: exported in {time.perf_counter() - start:.1f} s")  # README's figures; no bound
     return yolo.bundles[target]
 
 
 def _bundle_output(yolo: Yolo, target: str, count: int) -> np.ndarray:
-    got = get_target(target).run(_bundle(yolo, target), {"images": yolo.x[:count]}, exact_int8=target in ("onnx", "openvino"))
+    bundle = _bundle(yolo, target)
+    start = time.perf_counter()
+    got = get_target(target).run(bundle, {"images": yolo.x[:count]}, exact_int8=target in ("onnx", "openvino"))
+    print(f"{target}: ran {count} photo(s) in {time.perf_counter() - start:.1f} s")
     return got["output0"].reshape(yolo.qdq_out[:count].shape)
 
 
@@ -155,5 +161,8 @@ def test_c_runtime_on_yolov8n_is_the_same_on_riscv64_and_loongarch64(yolo, arch)
 
     host = _bundle_output(yolo, "x86_64", 1)
     cpu = "rv64,v=true,vext_spec=v1.0,vlen=128" if arch == "riscv64" else ""
-    got = c.run_harness(_bundle(yolo, arch), {"images": yolo.x[:1]}, cpu=cpu)[0]["output0"].reshape(host.shape)
+    bundle = _bundle(yolo, arch)
+    start = time.perf_counter()
+    got = c.run_harness(bundle, {"images": yolo.x[:1]}, cpu=cpu)[0]["output0"].reshape(host.shape)
+    print(f"{arch} (-cpu {cpu or 'default'}): ran 1 photo in {time.perf_counter() - start:.1f} s")
     assert np.array_equal(got.view(np.uint8), host.view(np.uint8)), f"C differs between x86_64 and {arch}"

@@ -106,11 +106,12 @@ def _scores(yolo: Yolo, got: np.ndarray, count: int) -> tuple[float, float, floa
 
 def test_yolov8n_quantizes_with_its_decode_float_and_its_scores_apart(yolo):
     """The quantizer's detector rules on the real model: the box decode after the DFL stays
-    float, the output Concat of pixel boxes and sigmoid scores keeps float with each input on
-    its own scale, each kept-float node is reported with its reason, and the QDQ model's boxes
-    follow float's."""
+    float, the output Concat of pixel boxes and sigmoid scores keeps float and so do its inputs
+    (the class Sigmoid reads the int8 logits on their own scale), each kept-float node is
+    reported with its reason, and the QDQ model's boxes follow float's."""
     kept = {unit.node: (unit.op, unit.reason) for unit in yolo.result.kept_float}
     assert "input ranges differ" in kept["/model.22/Concat_3"][1], kept
+    assert kept["/model.22/Concat_3"][1].endswith("its inputs stay float too (no int8 op reads them)"), kept
     decode_ops = [name for name, (op, _) in kept.items() if op in ("Add", "Sub", "Mul", "Div")]
     assert len(decode_ops) >= 5 and all(kept[name][1].startswith("post-processing") for name in decode_ops), kept
     assert not any(op == "Conv" for op, _ in kept.values())  # every Conv, the DFL's included, is int8

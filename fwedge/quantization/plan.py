@@ -490,7 +490,7 @@ def mixed_range_concats(model: onnx.ModelProto, plan: QuantPlan, ranges: dict,
                 kept.append(KeptFloat(name, "Concat", (
                     f"input ranges differ {factor:.0f}x ('{wide}' [{widths[wide][0]:.4g}, {widths[wide][1]:.4g}], "
                     f"'{narrow}' [{widths[narrow][0]:.4g}, {widths[narrow][1]:.4g}]): one int8 scale would "
-                    f"leave the narrow input {codes:.1f} codes; its inputs keep their own scales")))
+                    f"leave the narrow input {codes:.1f} codes")))
     return kept
 
 

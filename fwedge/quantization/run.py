@@ -97,6 +97,19 @@ def _split_mixed_concats(prepared: onnx.ModelProto, table: QuantTable, options: 
             log.warning("Concat '%s' keeps one int8 scale though its %s: the table has no range for '%s'",
                         unit.node, unit.reason.split(":")[0], missing[0])
             continue
+        # What becomes of each input once the Concat is float: its own int8 scale, or float where
+        # no int8 op reads it any more (YOLOv8n's class Sigmoid, whose KL range says little then).
+        inputs = [name for name in dict.fromkeys(
+            next(node.input for node in prepared.graph.node if node.name == unit.node)) if name]
+        floated = [name for name in inputs if name not in trial_plan.activations]
+        if not floated:
+            outcome = "its inputs keep their own scales"
+        elif len(floated) == len(inputs):
+            outcome = "its inputs stay float too (no int8 op reads them)"
+        else:
+            outcome = (f"{', '.join(repr(name) for name in floated)} stay float (no int8 op reads them), "
+                       "the other inputs keep their own scales")
+        unit = replace(unit, reason=f"{unit.reason}; {outcome}")
         log.warning("Concat '%s' kept in float: %s", unit.node, unit.reason)
         options, plan = trial, trial_plan
         chosen.append(unit)

@@ -278,6 +278,17 @@ def run_job(shared: _Shared, job: Job) -> list[DeviceResult]:
                             {"baseline": baseline_copy, "candidate": candidate_copy})
 
 
+def paired_ratio(baseline: list[float], candidate: list[float]) -> float | None:
+    """The median over rounds of candidate / baseline, each round's A and B run back to back.
+
+    A shared host's load drifts between rounds; a ratio of the two pooled medians carries that
+    drift whenever the rounds' timings are unevenly spread, while each round's own ratio sees A
+    and B under nearly the same load, so their median measures the bundles, not the drift.
+    """
+    pairs = [b / a for a, b in zip(baseline, candidate) if a > 0]
+    return float(np.median(pairs)) if pairs and len(baseline) == len(candidate) else None
+
+
 def _interleaved(shared: _Shared, job: Job, eval_set: EvalSet, feeds: dict, started: float,
                  copies: dict[str, Bundle]) -> list[DeviceResult]:
     """Baseline A and candidate B alternate A B A B on one device; latency becomes a ratio.
@@ -293,6 +304,7 @@ def _interleaved(shared: _Shared, job: Job, eval_set: EvalSet, feeds: dict, star
     first_row = {name: value[:1] for name, value in feeds.items()}
     runs: dict[str, DeviceRun] = {}
     latencies: dict[str, list[float]] = {"baseline": [], "candidate": []}
+    round_medians: dict[str, list[float]] = {"baseline": [], "candidate": []}
     attempts = {"baseline": 0, "candidate": 0}
     failed: dict[str, BaseException] = {}
     for index in range(rounds):
@@ -311,6 +323,8 @@ def _interleaved(shared: _Shared, job: Job, eval_set: EvalSet, feeds: dict, star
             attempts[role] += tries
             runs.setdefault(role, run)
             latencies[role].extend(run.latencies_ms)
+            if run.latencies_ms:
+                round_medians[role].append(float(np.median(run.latencies_ms)))
     counts: dict[str, Instructions | None] = {}
     for role, bundle in (("baseline", baseline), ("candidate", candidate)):
         if role in failed:
@@ -334,8 +348,7 @@ def _interleaved(shared: _Shared, job: Job, eval_set: EvalSet, feeds: dict, star
             except Exception as exc:  # noqa: BLE001
                 results[role] = _error_result(bundle, device, exc, attempts[role], wall, role)
     if results["baseline"].ok and results["candidate"].ok:
-        base = float(np.median(latencies["baseline"]))
-        results["candidate"].latency_ratio = float(np.median(latencies["candidate"])) / base if base > 0 else None
+        results["candidate"].latency_ratio = paired_ratio(round_medians["baseline"], round_medians["candidate"])
         if results["baseline"].instructions is not None:
             results["candidate"].baseline_instructions = results["baseline"].instructions.per_inference
     results["candidate"].baseline_bundle = str(baseline.path)

@@ -13,7 +13,7 @@ from fwedge.cli import cli
 from fwedge.device_farm import gate
 from fwedge.device_farm.local import LocalDevice
 from fwedge.device_farm.results import DeviceResult, Latency, Results, load_results, save_results
-from fwedge.device_farm.runner import FarmOptions, run_farm
+from fwedge.device_farm.runner import FarmOptions, paired_ratio, run_farm
 from fwedge.errors import GateError
 from tests import farm_helpers as fh
 
@@ -100,6 +100,15 @@ def test_identical_candidate_passes_with_interleaved_latency_ratio(tmp_path, mod
                                        "--max-latency-increase", "25%"])
     assert verdict.exit_code == 0, verdict.output
     assert "interleaved A/B ratio" in " ".join(verdict.output.split())
+
+
+def test_interleaved_ratio_is_paired_by_round_so_load_drift_cancels():
+    # Load rises tenfold during round 3, between its A and its B; every other round's A and B see
+    # the same load. The pooled p50s give 10.0 / 1.0; the rounds' own ratios give 1.0.
+    assert paired_ratio([1.0, 1.0, 1.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0, 10.0]) == 1.0
+    assert paired_ratio([1.0, 1.0, 1.0], [1.2, 1.2, 1.2]) == pytest.approx(1.2)
+    # A role that lost a round cannot be paired: no ratio, and the gate then needs the stored p50.
+    assert paired_ratio([1.0, 1.0], [1.0]) is None and paired_ratio([], []) is None
 
 
 class _RecordingDevice(LocalDevice):

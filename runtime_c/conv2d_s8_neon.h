@@ -163,18 +163,30 @@ static inline void tile_sums_neon(int steps, const int8_t *tile, const fw_conv_w
 {
     const int32x4_t lo0 = init ? vld1q_s32(init) : vdupq_n_s32(0), hi0 = init ? vld1q_s32(init + 4) : vdupq_n_s32(0);
     int32x4_t a0 = lo0, b0 = hi0, a1 = lo0, b1 = hi0, a2 = lo0, b2 = hi0, a3 = lo0, b3 = hi0;
-    for (int i = 0; i < steps; ++i) {
-        const int8x16_t xv = vld1q_s8(tile + 16 * i);
-        const int8x16_t lo = vld1q_s8(w + 32 * i), hi = vld1q_s8(w + 32 * i + 16);
-        a0 = vdotq_laneq_s32(a0, lo, xv, 0);
-        b0 = vdotq_laneq_s32(b0, hi, xv, 0);
-        a1 = vdotq_laneq_s32(a1, lo, xv, 1);
-        b1 = vdotq_laneq_s32(b1, hi, xv, 1);
-        a2 = vdotq_laneq_s32(a2, lo, xv, 2);
-        b2 = vdotq_laneq_s32(b2, hi, xv, 2);
-        a3 = vdotq_laneq_s32(a3, lo, xv, 3);
-        b3 = vdotq_laneq_s32(b3, hi, xv, 3);
+#define FW_SDOT_STEP1(lo, hi, xv)                                                              \
+    do {                                                                                       \
+        a0 = vdotq_laneq_s32(a0, lo, xv, 0);                                                   \
+        b0 = vdotq_laneq_s32(b0, hi, xv, 0);                                                   \
+        a1 = vdotq_laneq_s32(a1, lo, xv, 1);                                                   \
+        b1 = vdotq_laneq_s32(b1, hi, xv, 1);                                                   \
+        a2 = vdotq_laneq_s32(a2, lo, xv, 2);                                                   \
+        b2 = vdotq_laneq_s32(b2, hi, xv, 2);                                                   \
+        a3 = vdotq_laneq_s32(a3, lo, xv, 3);                                                   \
+        b3 = vdotq_laneq_s32(b3, hi, xv, 3);                                                   \
+    } while (0)
+    const int8_t *x = tile, *p = w; /* two quad steps per iteration, as tile_sums2_neon */
+    for (int i = steps >> 1; i > 0; --i) {
+        const int8x16x2_t xv = vld1q_s8_x2(x);
+        const int8x16x4_t u = vld1q_s8_x4(p);
+        x += 32;
+        p += 64;
+        FW_SDOT_STEP1(u.val[0], u.val[1], xv.val[0]);
+        FW_SDOT_STEP1(u.val[2], u.val[3], xv.val[1]);
     }
+    if (steps & 1) {
+        FW_SDOT_STEP1(vld1q_s8(p), vld1q_s8(p + 16), vld1q_s8(x));
+    }
+#undef FW_SDOT_STEP1
     s->v[0][0] = a0;
     s->v[0][1] = b0;
     s->v[1][0] = a1;
@@ -185,8 +197,21 @@ static inline void tile_sums_neon(int steps, const int8_t *tile, const fw_conv_w
     s->v[3][1] = b3;
 }
 
+/* One quad step of tile_sums2_neon: tile row xv, the four weight quads w[0..3]. */
+#define FW_SDOT_STEP(a, w, xv)                                                                 \
+    do {                                                                                       \
+        for (int j = 0; j < 4; ++j) {                                                          \
+            a[0][j] = vdotq_laneq_s32(a[0][j], w[j], xv, 0);                                   \
+            a[1][j] = vdotq_laneq_s32(a[1][j], w[j], xv, 1);                                   \
+            a[2][j] = vdotq_laneq_s32(a[2][j], w[j], xv, 2);                                   \
+            a[3][j] = vdotq_laneq_s32(a[3][j], w[j], xv, 3);                                   \
+        }                                                                                      \
+    } while (0)
+
 /* tile_sums_neon of two neighbouring channel blocks (w0, w1, their biases init0, init1): each
- * tile row serves sixteen channels, sixteen accumulators in registers. */
+ * tile row serves sixteen channels, sixteen accumulators in registers. Two quad steps per
+ * iteration, the three pointers bumped as they are read (post-indexed loads): five loads, 32
+ * sdot and the loop's own two instructions. */
 static inline void tile_sums2_neon(int steps, const int8_t *tile, const fw_conv_weight *w0, const fw_conv_weight *w1,
                                    const int32_t *init0, const int32_t *init1, fw_tile_sums *s0, fw_tile_sums *s1)
 {
@@ -198,16 +223,22 @@ static inline void tile_sums2_neon(int steps, const int8_t *tile, const fw_conv_
         a[t][2] = b[2];
         a[t][3] = b[3];
     }
-    for (int i = 0; i < steps; ++i) {
-        const int8x16_t xv = vld1q_s8(tile + 16 * i);
-        const int8x16_t w[4] = {vld1q_s8(w0 + 32 * i), vld1q_s8(w0 + 32 * i + 16), vld1q_s8(w1 + 32 * i),
-                                vld1q_s8(w1 + 32 * i + 16)};
-        for (int j = 0; j < 4; ++j) {
-            a[0][j] = vdotq_laneq_s32(a[0][j], w[j], xv, 0);
-            a[1][j] = vdotq_laneq_s32(a[1][j], w[j], xv, 1);
-            a[2][j] = vdotq_laneq_s32(a[2][j], w[j], xv, 2);
-            a[3][j] = vdotq_laneq_s32(a[3][j], w[j], xv, 3);
-        }
+    const int8_t *x = tile, *p0 = w0, *p1 = w1;
+    for (int i = steps >> 1; i > 0; --i) {
+        const int8x16x2_t xv = vld1q_s8_x2(x);
+        const int8x16x4_t u = vld1q_s8_x4(p0), v = vld1q_s8_x4(p1);
+        x += 32;
+        p0 += 64;
+        p1 += 64;
+        const int8x16_t first[4] = {u.val[0], u.val[1], v.val[0], v.val[1]};
+        const int8x16_t second[4] = {u.val[2], u.val[3], v.val[2], v.val[3]};
+        FW_SDOT_STEP(a, first, xv.val[0]);
+        FW_SDOT_STEP(a, second, xv.val[1]);
+    }
+    if (steps & 1) {
+        const int8x16_t xv = vld1q_s8(x);
+        const int8x16_t w[4] = {vld1q_s8(p0), vld1q_s8(p0 + 16), vld1q_s8(p1), vld1q_s8(p1 + 16)};
+        FW_SDOT_STEP(a, w, xv);
     }
     for (int t = 0; t < FW_TILE_PIXELS; ++t) {
         s0->v[t][0] = a[t][0];
@@ -216,6 +247,8 @@ static inline void tile_sums2_neon(int steps, const int8_t *tile, const fw_conv_
         s1->v[t][1] = a[t][3];
     }
 }
+
+#undef FW_SDOT_STEP
 #else
 /* acc + the products of a pixel's broadcast quad x with a quad w of four channels: smull and
  * smull2 (eight int16 products each: two channels' four taps), sadalp (pairs into int32). */

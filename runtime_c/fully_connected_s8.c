@@ -5,7 +5,11 @@
  * the leftover inputs and features take the scalar loop.
  * aarch64 (NEON): four output features at a time, sixteen inputs per step: x - zero_point
  * widened to int16 once (ssubl), each feature's weights widened (sxtl) and multiplied-added into
- * int32 (smlal, smlal2). Integer sums: any order is exact. */
+ * int32 (smlal, smlal2). With ARMv8.2 dotprod (FW_CONV_SDOT: the dotprod variant of an aarch64
+ * dispatch build) the sixteen-input steps are two sdot per feature on the raw int8 values: one
+ * of x with the weights, one of the zero point with them, the second taken off the first at the
+ * end (sum (x - zp) * w = sum x * w - sum zp * w; int32 lanes wrap, so the sum is the same
+ * int32 as the portable loop's). Integer sums: any order is exact. */
 #include "fwedge_rt.h"
 
 static int32_t dot_s8(const int8_t *x, const int8_t *w, int n, int32_t zero_point)
@@ -50,6 +54,21 @@ static void dot4_neon(const int8_t *x, const int8_t *w, int in_features, int32_t
     const int8_t *rows[4] = {w, w + in_features, w + 2 * (size_t)in_features, w + 3 * (size_t)in_features};
     int32x4_t a[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
     int i = 0;
+#ifdef FW_CONV_SDOT
+    const int8x16_t zp16 = vdupq_n_s8((int8_t)zero_point);
+    int32x4_t z[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
+    for (; i + 16 <= in_features; i += 16) {
+        const int8x16_t xv = vld1q_s8(x + i);
+        for (int j = 0; j < 4; ++j) {
+            const int8x16_t wv = vld1q_s8(rows[j] + i);
+            a[j] = vdotq_s32(a[j], wv, xv);
+            z[j] = vdotq_s32(z[j], wv, zp16);
+        }
+    }
+    for (int j = 0; j < 4; ++j) {
+        a[j] = vsubq_s32(a[j], z[j]);
+    }
+#endif
     for (; i + 16 <= in_features; i += 16) {
         const int8x16_t xv = vld1q_s8(x + i);
         const int16x8_t lo = vsubl_s8(vget_low_s8(xv), zp), hi = vsubl_s8(vget_high_s8(xv), zp);
@@ -147,3 +166,12 @@ void fw_fully_connected_s8(const fw_fully_connected_params *p, const int8_t *x, 
         y[o] = (int8_t)fw_clamp_s32(v, p->activation_min, p->activation_max);
     }
 }
+
+#if defined(FW_ARM_DISPATCH) && !defined(FW_VARIANT)
+/* The aarch64 dispatch entry (fwedge_rt.h): the dotprod variant where the CPU has sdot. */
+void fw_fully_connected_s8_dispatch(const fw_fully_connected_params *p, const int8_t *x, const int8_t *w,
+                                    const int32_t *bias, const int32_t *multiplier, const int32_t *shift, int8_t *y)
+{
+    (fw_arm_has_dotprod() ? fw_fully_connected_s8_dotprod : fw_fully_connected_s8)(p, x, w, bias, multiplier, shift, y);
+}
+#endif

@@ -453,21 +453,27 @@ void fw_mul_s8_avx2(const fw_elementwise_params *p, const int8_t *x1, const int8
 #define FW_CONV2D_S8(p, x, pairs, quads, bias, multiplier, shift, y) \
     fw_conv2d_s8_dispatch(p, x, pairs, quads, bias, multiplier, shift, y)
 #elif defined(FW_ARM_DISPATCH)
-/* aarch64 (the default aarch64 bundle): built with -DFW_ARM_DISPATCH, the int8 conv kernel is
- * also compiled for ARMv8 with dotprod (variants/conv2d_s8_dotprod.c, FW_DOTPROD_CFLAGS: its
- * tile GEMM on sdot); fw_conv2d_s8_dispatch runs it when the kernel reports the CPU's dotprod
- * instructions (getauxval(AT_HWCAP) & HWCAP_ASIMDDP), the baseline ARMv8.0 NEON kernel
- * otherwise. Both read the same quad layout of the weights, one copy in ROM. fw_kernels_name():
- * "dotprod" or "baseline". Other kernels are called directly. */
+/* aarch64 (the default aarch64 bundle): built with -DFW_ARM_DISPATCH, the int8 conv and fully
+ * connected kernels are also compiled for ARMv8 with dotprod (variants/conv2d_s8_dotprod.c,
+ * variants/fully_connected_s8_dotprod.c, FW_DOTPROD_CFLAGS: their dot products on sdot);
+ * fw_conv2d_s8_dispatch and fw_fully_connected_s8_dispatch run them when the kernel reports the
+ * CPU's dotprod instructions (getauxval(AT_HWCAP) & HWCAP_ASIMDDP), the baseline ARMv8.0 NEON
+ * kernels otherwise. Both conv kernels read the same quad layout of the weights, one copy in
+ * ROM. fw_kernels_name(): "dotprod" or "baseline". Other kernels are called directly. */
 #define FW_DOTPROD_CFLAGS "-mcpu=generic+dotprod"
 int fw_arm_has_dotprod(void);
 void fw_conv2d_s8_dispatch(const fw_conv_params *p, const int8_t *x, const int8_t *quads, const int32_t *bias,
                            const int32_t *multiplier, const int32_t *shift, int8_t *y);
 void fw_conv2d_s8_dotprod(const fw_conv_params *p, const int8_t *x, const int8_t *quads, const int32_t *bias,
                           const int32_t *multiplier, const int32_t *shift, int8_t *y);
+void fw_fully_connected_s8_dispatch(const fw_fully_connected_params *p, const int8_t *x, const int8_t *w,
+                                    const int32_t *bias, const int32_t *multiplier, const int32_t *shift, int8_t *y);
+void fw_fully_connected_s8_dotprod(const fw_fully_connected_params *p, const int8_t *x, const int8_t *w,
+                                   const int32_t *bias, const int32_t *multiplier, const int32_t *shift, int8_t *y);
 #define FW_DISPATCH(name) name
 #define FW_CONV2D_S8(p, x, pairs, quads, bias, multiplier, shift, y) \
     fw_conv2d_s8_dispatch(p, x, quads, bias, multiplier, shift, y)
+#define FW_FULLY_CONNECTED_S8 fw_fully_connected_s8_dispatch
 #elif !defined(FW_DISPATCH) /* no dispatch build of another architecture either */
 #define FW_DISPATCH(name) name
 #if FW_CONV_K_GROUP == 4
@@ -475,6 +481,10 @@ void fw_conv2d_s8_dotprod(const fw_conv_params *p, const int8_t *x, const int8_t
 #else
 #define FW_CONV2D_S8(p, x, pairs, quads, bias, multiplier, shift, y) fw_conv2d_s8(p, x, pairs, bias, multiplier, shift, y)
 #endif
+#endif
+/* The int8 fully connected layer the generated model calls: dispatched on aarch64 only. */
+#ifndef FW_FULLY_CONNECTED_S8
+#define FW_FULLY_CONNECTED_S8 fw_fully_connected_s8
 #endif
 
 /* ---------------------------------------------------------------------------------------- */

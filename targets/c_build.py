@@ -74,10 +74,12 @@ DISPATCH = {
                        {"avx2": ["-march=x86-64-v3"], "vnni": ["-march=x86-64-v4", "-mavx512vnni"]},
                        {"avx2": "avx2", "vnni": "avx512_vnni"},
                        "x86-64 dispatch: kernels compiled again for AVX2 and AVX-512 VNNI, picked at run time"),
-    # the int8 conv compiled again with sdot; both aarch64 conv kernels read the quads (fwedge_rt.h)
-    "aarch64": Dispatch("-DFW_ARM_DISPATCH", ("conv2d_s8.c",), {"dotprod": ["-mcpu=generic+dotprod"]},
-                        {"dotprod": "dotprod"},
-                        "aarch64 dispatch: the int8 conv compiled again for ARMv8 dotprod (sdot), picked at run time"),
+    # the int8 conv and fully connected compiled again with sdot; both aarch64 conv kernels read
+    # the quads (fwedge_rt.h)
+    "aarch64": Dispatch("-DFW_ARM_DISPATCH", ("conv2d_s8.c", "fully_connected_s8.c"),
+                        {"dotprod": ["-mcpu=generic+dotprod"]}, {"dotprod": "dotprod"},
+                        "aarch64 dispatch: the int8 conv and fully connected compiled again for ARMv8 dotprod "
+                        "(sdot), picked at run time"),
     # RVV 1.0, picked when AT_HWCAP has the V bit (fw_riscv_level in data.c); FW_RVV_CFLAGS
     "riscv64": Dispatch("-DFW_RISCV_DISPATCH", ("conv2d_s8.c", "depthwise_s8.c", "elementwise_s8.c"),
                         {"rvv": ["-march=rv64gcv"]}, {"rvv": "rvv"},

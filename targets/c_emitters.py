@@ -152,7 +152,8 @@ def emit_fully_connected(e: _Emitter, op: LoweredOp) -> None:
         multiplier = e.array("multiplier", _per_channel(op.attrs.requant.multiplier, out_features), "int32")
         shift = e.array("shift", _per_channel(op.attrs.requant.shift, out_features), "int32")
         args += f", {multiplier}, {shift}"
-    e.call(op, f"fw_fully_connected_{_suffix(Y.dtype)}({args}, {e.pointer(Y.name)});")
+    callee = "FW_FULLY_CONNECTED_S8" if int8 else "fw_fully_connected_f32"  # fwedge_rt.h: dispatched on aarch64
+    e.call(op, f"{callee}({args}, {e.pointer(Y.name)});")
 
 
 def broadcast_of(operand_shape, output_shape) -> tuple[int, int]:

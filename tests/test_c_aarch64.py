@@ -99,7 +99,7 @@ def test_int8_op_matrix_on_each_aarch64_cpu_matches_the_host_bytes(case, tmp_pat
 
 @pytest.mark.parametrize("builder", [mobilenet_like, flatten_gemm], ids=["mobilenet_like", "flatten_gemm"])
 def test_int8_model_is_byte_identical_on_each_aarch64_cpu(builder, tmp_path):
-    """The default aarch64 bundle carries the dotprod conv variant and one copy of the conv
+    """The default aarch64 bundle carries the dotprod conv (and fully connected) variant and one copy of the conv
     weights (quads, named in the manifest) and says which kernels it ran; on every CPU model its
     output bytes are the host's, and so are those of the -DFW_NO_DISPATCH (baseline NEON only)
     and the -DFW_NO_INTRINSICS (portable loops, pair layout) builds."""
@@ -113,7 +113,9 @@ def test_int8_model_is_byte_identical_on_each_aarch64_cpu(builder, tmp_path):
     c = _c()
     host = get_target("c").run(_export(qdq, tmp_path / "host", host_arch()), {"input": x})[name].tobytes()
     bundle = _export(qdq, tmp_path / "default", "aarch64")
-    assert bundle.extra["kernel_variants"] == {"dotprod": ["conv2d_s8_dotprod.c"]}
+    has_gemm = any(node.op_type in ("Gemm", "MatMul") for node in model.graph.node)
+    assert bundle.extra["kernel_variants"] == {"dotprod": ["conv2d_s8_dotprod.c"]
+                                               + (["fully_connected_s8_dotprod.c"] if has_gemm else [])}
     assert "-DFW_ARM_DISPATCH" in bundle.extra["cflags"]
     assert list(bundle.extra["conv_weights"]) == ["quads"] and bundle.extra["conv_weights"]["quads"]["bytes"] > 0
     c.write_harness_input(bundle, {"input": x}, tmp_path / "in.bin")

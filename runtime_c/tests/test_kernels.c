@@ -310,7 +310,7 @@ static void test_fully_connected(void)
     }
     fw_fully_connected_params pr = {45, 10, -128, 7, -128, 127, 0, 0};
     memset(yr, 0x55, sizeof yr);
-    fw_fully_connected_s8(&pr, xr, wr, br, mr, sr, yr);
+    FW_FULLY_CONNECTED_S8(&pr, xr, wr, br, mr, sr, yr); /* the dispatch entry in a dispatch build */
     for (int o = 0; o < 10; ++o) {
         int32_t acc = br[o];
         for (int i = 0; i < 45; ++i) acc += (xr[i] + 128) * wr[o * 45 + i];

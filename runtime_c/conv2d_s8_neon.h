@@ -132,13 +132,24 @@ static int gather_quads_one_channel(const fw_conv_params *p, const int8_t *x, in
 
 /* biases[j] -= zp * (sum of the weights of channel j), for the `blocks` blocks at w (`quads`
  * quad steps each): the raw tile's offset, off the bias once per call. saddlp pairs a
- * channel's four bytes into two int16, sadalp adds those into the channel's int32 lane. */
+ * channel's four bytes into two int16, sadalp adds those into the channel's int32 lane; with dotprod
+ * one sdot with ones sums them. */
 static void neon_bias(const fw_conv_params *p, const fw_conv_weight *w, int quads, int blocks, int32_t *biases)
 {
     const int32x4_t zero_point = vdupq_n_s32(p->input_zero_point);
     for (int b = 0; b < blocks; ++b) {
         int32x4_t low = vdupq_n_s32(0), high = low;
-        for (int q = 0; q < quads; ++q) {
+        int q = 0;
+#ifdef FW_CONV_SDOT
+        /* sdot with ones: a channel's four bytes summed into its lane, two steps per load */
+        const int8x16_t ones = vdupq_n_s8(1);
+        for (; q + 2 <= quads; q += 2) {
+            const int8x16x4_t v = vld1q_s8_x4(w + ((size_t)b * quads + q) * 32);
+            low = vdotq_s32(vdotq_s32(low, v.val[0], ones), v.val[2], ones);
+            high = vdotq_s32(vdotq_s32(high, v.val[1], ones), v.val[3], ones);
+        }
+#endif
+        for (; q < quads; ++q) {
             const int8_t *step = w + ((size_t)b * quads + q) * 32;
             low = vpadalq_s16(low, vpaddlq_s8(vld1q_s8(step)));
             high = vpadalq_s16(high, vpaddlq_s8(vld1q_s8(step + 16)));

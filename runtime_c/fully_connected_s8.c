@@ -9,7 +9,9 @@
  * dispatch build) the sixteen-input steps are two sdot per feature on the raw int8 values: one
  * of x with the weights, one of the zero point with them, the second taken off the first at the
  * end (sum (x - zp) * w = sum x * w - sum zp * w; int32 lanes wrap, so the sum is the same
- * int32 as the portable loop's). Integer sums: any order is exact. */
+ * int32 as the portable loop's). The C export folds the zero point into the bias where the
+ * int32 sums allow (targets/c_emitters.py fold_input_zero_point) and passes 0: then one sdot per
+ * feature. Integer sums: any order is exact. */
 #include "fwedge_rt.h"
 
 static int32_t dot_s8(const int8_t *x, const int8_t *w, int n, int32_t zero_point)
@@ -57,6 +59,14 @@ static void dot4_neon(const int8_t *x, const int8_t *w, int in_features, int32_t
 #ifdef FW_CONV_SDOT
     const int8x16_t zp16 = vdupq_n_s8((int8_t)zero_point);
     int32x4_t z[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
+    if (zero_point == 0) { /* the export folds the zero point into the bias where it can */
+        for (; i + 16 <= in_features; i += 16) {
+            const int8x16_t xv = vld1q_s8(x + i);
+            for (int j = 0; j < 4; ++j) {
+                a[j] = vdotq_s32(a[j], vld1q_s8(rows[j] + i), xv);
+            }
+        }
+    }
     for (; i + 16 <= in_features; i += 16) {
         const int8x16_t xv = vld1q_s8(x + i);
         for (int j = 0; j < 4; ++j) {

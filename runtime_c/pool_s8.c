@@ -165,6 +165,14 @@ void fw_max_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y)
                 }
                 int8_t *yp = y + ((size_t)oy * p->out_w + ox) * channels;
                 int c = 0;
+                if (taps == 4) { /* 2x2 windows: the four rows' maxima as a tree, no tap loop */
+                    const int8_t *t0 = tap[0], *t1 = tap[1], *t2 = tap[2], *t3 = tap[3];
+                    for (; c + 16 <= channels; c += 16) {
+                        const int8x16_t m = vmaxq_s8(vmaxq_s8(vld1q_s8(t0 + c), vld1q_s8(t1 + c)),
+                                                     vmaxq_s8(vld1q_s8(t2 + c), vld1q_s8(t3 + c)));
+                        vst1q_s8(yp + c, vminq_s8(vmaxq_s8(m, lo8), hi8));
+                    }
+                }
                 for (; c + 16 <= channels; c += 16) {
                     int8x16_t m = vdupq_n_s8(-128);
                     for (int t = 0; t < taps; ++t) {

@@ -129,6 +129,21 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
         e.call(op, f"{function}(&{params}, {e.pointer(X.name)}, {weight_name}, {bias_name}, {e.pointer(Y.name)});")
 
 
+def fold_input_zero_point(x_zero_point: int, weights: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(bias - zp * sum of each feature's weights, 0): a fully connected layer's input zero point
+    taken off at export, so its kernels sum raw x * w (sum (x - zp) * w = sum x * w - zp * sum w)
+    with no subtraction per input. None when zp is 0 already, or where the folded bias plus the
+    largest raw sum could leave int32 (the kernels' int32 sums would then differ)."""
+    if x_zero_point == 0:
+        return None
+    w = weights.astype(np.int64).reshape(weights.shape[0], -1)
+    folded = bias.astype(np.int64).reshape(-1) - x_zero_point * w.sum(axis=1)
+    largest = 128 * np.abs(w).sum(axis=1) + np.abs(folded)
+    if folded.shape[0] != w.shape[0] or int(largest.max(initial=0)) >= 2**31:
+        return None
+    return folded.astype(np.int32), 0
+
+
 @emitter("fully_connected")
 def emit_fully_connected(e: _Emitter, op: LoweredOp) -> None:
     X, W, B = (e.tensor(name) for name in op.inputs)
@@ -139,15 +154,17 @@ def emit_fully_connected(e: _Emitter, op: LoweredOp) -> None:
                           f"is not a [1, {in_features}] row")
     int8 = Y.dtype == "int8"
     float_min, float_max = _float_clamp(op.attrs.activation)
+    folded = fold_input_zero_point(_zero_point(X), W.data, B.data) if int8 and B.data is not None else None
     params = e.struct("fw_fully_connected_params", {
         "in_features": in_features, "out_features": out_features,
-        "input_zero_point": _zero_point(X), "output_zero_point": _zero_point(Y),
+        "input_zero_point": _zero_point(X) if folded is None else folded[1], "output_zero_point": _zero_point(Y),
         "activation_min": op.attrs.requant.act_min if int8 else -128,
         "activation_max": op.attrs.requant.act_max if int8 else 127,
         "float_min": float_min, "float_max": float_max,
     })
     e.kernels.add(f"fully_connected_{_suffix(Y.dtype)}.c")
-    args = f"&{params}, {e.pointer(X.name)}, {e.constant(W.name)}, {e.constant(B.name)}"
+    bias = e.constant(B.name) if folded is None else e.array("bias - input zero point * weight sums", folded[0], "int32")
+    args = f"&{params}, {e.pointer(X.name)}, {e.constant(W.name)}, {bias}"
     if int8:
         multiplier = e.array("multiplier", _per_channel(op.attrs.requant.multiplier, out_features), "int32")
         shift = e.array("shift", _per_channel(op.attrs.requant.shift, out_features), "int32")

@@ -706,3 +706,19 @@ def test_manifest_records_the_compiler_and_its_version(tmp_path):
     versions = json.loads((bundle.path / "manifest.json").read_text())["versions"]
     assert versions["compiler"] and "/" not in versions["compiler"], versions
     assert re.search(r"\d+\.\d+", versions.get("compiler_version", "")), versions
+
+
+def test_fully_connected_zero_point_is_folded_into_the_bias_only_where_int32_holds():
+    from fwedge.targets.c_emitters import fold_input_zero_point
+
+    rng = np.random.default_rng(3)
+    w = rng.integers(-128, 128, (5, 37)).astype(np.int8)
+    bias = rng.integers(-5000, 5000, 5).astype(np.int32)
+    x = rng.integers(-128, 128, 37).astype(np.int64)
+    folded, zero_point = fold_input_zero_point(-17, w, bias)
+    assert zero_point == 0 and folded.dtype == np.int32
+    # the raw sum plus the folded bias is the definition's sum, feature by feature
+    np.testing.assert_array_equal(w.astype(np.int64) @ x + folded, w.astype(np.int64) @ (x + 17) + bias)
+    assert fold_input_zero_point(0, w, bias) is None
+    # a bias near the int32 limit: the folded one, or the raw sums added to it, could leave int32
+    assert fold_input_zero_point(-17, w, np.full(5, 2**31 - 100, np.int32)) is None

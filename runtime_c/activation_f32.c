@@ -1,4 +1,4 @@
-/* float32 activations: clamp (ReLU, ReLU6), hardswish, hardsigmoid, sigmoid, tanh, leaky ReLU, softmax.
+/* float32 activations: clamp (ReLU, ReLU6), hardswish, hardsigmoid, sigmoid, tanh, leaky ReLU, sqrt, square, softmax.
  *
  * exp, sigmoid and tanh use no libm: each architecture's C library rounds expf and tanhf its
  * own way (musl and glibc differ by 1 ULP on some inputs), so a bundle would give other bits on
@@ -115,6 +115,20 @@ void fw_tanh_f32(int size, const float *x, float *y)
 {
     for (int i = 0; i < size; ++i) {
         y[i] = fw_tanh_one(x[i]);
+    }
+}
+
+void fw_sqrt_f32(int size, const float *x, float *y)
+{
+    for (int i = 0; i < size; ++i) {
+        y[i] = __builtin_sqrtf(x[i]); /* the sqrt instruction: correctly rounded, NaN below 0 */
+    }
+}
+
+void fw_square_f32(int size, const float *x, float *y)
+{
+    for (int i = 0; i < size; ++i) {
+        y[i] = x[i] * x[i];
     }
 }
 

@@ -313,6 +313,10 @@ void fw_sigmoid_f32(int size, const float *x, float *y);
 void fw_tanh_f32(int size, const float *x, float *y);
 /* y = x >= 0 ? x : alpha * x (ONNX LeakyRelu). */
 void fw_leaky_relu_f32(int size, float alpha, const float *x, float *y);
+/* y = sqrt(x) (ONNX Sqrt): IEEE sqrt is correctly rounded, the same bits on every architecture. */
+void fw_sqrt_f32(int size, const float *x, float *y);
+/* y = x * x (ONNX Pow with the exponent 2). */
+void fw_square_f32(int size, const float *x, float *y);
 /* Channels-last data: y[p][c] = x >= 0 ? x : slope[c] * x (ONNX PRelu). */
 void fw_prelu_f32(int pixels, int channels, const float *slope, const float *x, float *y);
 /* Softmax over the innermost `depth` elements of `outer` rows. */

@@ -101,6 +101,10 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
         if any(d != 1 for d in attribute(node, "dilations", [1, 1])):
             return "pool dilation"
         return None if len(attribute(node, "kernel_shape", [])) == 2 else "only 2-D pools"
+    if op == "Pow":
+        exponent = consts.get(node.input[1])
+        return None if exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 2.0 \
+            else "only Pow with the constant exponent 2"
     if op in ("GlobalAveragePool", "GlobalMaxPool", "BatchNormalization", "Flatten", "Reshape", "Squeeze",
               "Unsqueeze", "Concat", "Softmax") or op in _UNARY or op in _BINARY:
         return None

@@ -431,6 +431,30 @@ for _function in unary.FUNCTIONS:
         tflite_op(_function.kind)(emit_function)
 
 
+@tflite_op("sqrt", "square")
+def emit_float_function(writer: _Writer, op: LoweredOp) -> None:
+    """SQRT, or MUL(x, x) for square: float kernels. In int8 they run between a DEQUANTIZE and a
+    QUANTIZE (TFLite has no int8 SQRT or SQUARE), the float result rounded to the output's
+    quantization as onnxruntime's DequantizeLinear -> op -> QuantizeLinear rounds it."""
+    X = writer.graph.tensors[op.inputs[0]]
+    x, y = writer.tensor(op.inputs[0]), writer.tensor(op.outputs[0])
+    if X.dtype == "int8":
+        x_float = writer.temp(f"{op.name}/float_in", nhwc_shape(X.shape), "float32", None)
+        writer.op("DEQUANTIZE", [x], [x_float])
+        y_float = writer.temp(f"{op.name}/float_out", nhwc_shape(X.shape), "float32", None)
+        _emit_float_function(writer, op.kind, x_float, y_float)
+        writer.op("QUANTIZE", [y_float], [y])
+        return
+    _emit_float_function(writer, op.kind, x, y)
+
+
+def _emit_float_function(writer: _Writer, kind: str, x: int, y: int) -> None:
+    if kind == "sqrt":
+        writer.op("SQRT", [x], [y])
+    else:
+        writer.op("MUL", [x, x], [y], "MulOptions", writer.options("MulOptionsT"))
+
+
 @tflite_op("leaky_relu")
 def emit_leaky_relu(writer: _Writer, op: LoweredOp) -> None:
     """LEAKY_RELU with alpha in its options; its int8 kernel takes any output quantization."""

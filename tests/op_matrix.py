@@ -224,6 +224,13 @@ def _build_cases() -> list[OpCase]:
         _unary("tanh", "Tanh", "tanh"),
         _unary("leaky_relu", "LeakyRelu", "leaky_relu", alpha=0.1),
         _unary("softmax", "Softmax", "softmax", shape=(1, 10), input_range=(-3.0, 3.0), axis=-1),
+        # LayerNorm's pieces standing alone: Sqrt of a positive input, Pow by 2, Div by a constant.
+        _unary("sqrt", "Sqrt", "sqrt", input_range=(0.05, 4.0)),
+        OpCase("pow_2", _model([helper.make_node("Pow", ["x", "two"], ["y"], name="pow")], {"x": [1, 5, 6, 6]},
+                               [1, 5, 6, 6], [numpy_helper.from_array(np.array(2.0, np.float32), "two")]),
+               ("square",), (-3.0, 3.0)),
+        OpCase("div_constant", _model([helper.make_node("Div", ["x", "d"], ["y"], name="div")], {"x": [1, 3, 4, 5]},
+                                      [1, 3, 4, 5], [numpy_helper.from_array(np.float32(3.0), "d")]), ("mul",)),
     ]
     # Nearest Resize as FPN necks (PP-OCR det: asymmetric, floor) and torch's Upsample write it,
     # a half_pixel x2 (the same tables), and ratios that are no integers (x1.6, x1.5).

@@ -143,7 +143,9 @@ class Bundle:
         """Absolute path of a bundle file listed in the manifest."""
         if relative not in self.files:
             raise ExportError(f"bundle '{self.path}': no file {relative!r} in the manifest")
-        return self.path / relative
+        # Absolute: runners start the C harness in a temporary working folder, where a bundle
+        # loaded by a relative path would not be found.
+        return (self.path / relative).absolute()
 
     def manifest(self) -> dict:
         """The manifest fields, sealed with their digest under DIGEST_KEY."""
@@ -319,10 +321,12 @@ def write_bundle(
     sizes: dict | None = None,
     extra: dict | None = None,
     reference: dict | None = None,
+    kept_float: list[dict] | None = None,
 ) -> Bundle:
     """Build a bundle in a temporary sibling directory, then rename it into place.
 
-    `reference` (fwedge.reference's manifest entry) goes into extra.reference_model.
+    `reference` (fwedge.reference's manifest entry) goes into extra.reference_model, and
+    `kept_float` (the QDQ model's kept-float layers: node, op, reason) into extra.kept_float.
 
     `write_files(tmp_dir)` writes the target's files and may return extra size figures. An
     exception anywhere leaves the previous bundle at `out_dir` intact (or nothing at all).
@@ -375,6 +379,7 @@ def write_bundle(
             versions={"fwedge": __version__, **(toolchain or {})},
             sizes={"file_bytes": total_bytes, **(sizes or {}), **more_sizes},
             extra={**(extra or {}), **({"reference_model": reference} if reference else {}),
+                   **({"kept_float": kept_float} if kept_float else {}),
                    **({"weights_dtype": WEIGHTS_DTYPES[precision]} if precision in WEIGHTS_DTYPES else {})},
         )
         manifest = bundle.manifest()

@@ -11,6 +11,7 @@ from fwedge.bundle import Bundle
 from fwedge.data import Preprocess
 from fwedge.errors import ExportError
 from fwedge.eval import resolve_preprocess
+from fwedge.quantization.plan import kept_float_from_metadata
 from fwedge.reference import for_export
 from fwedge.targets import ExportOptions, Target, export_names, get_target
 from fwedge.targets.common import has_qdq
@@ -91,6 +92,7 @@ def export_bundle(
         preprocess=resolve_preprocess(model, preprocess).to_dict(),
         source_sha256=ir.sha256_file(model_path),
         reference=chosen.to_manifest(out_dir) if chosen is not None else None,
+        kept_float=kept_float_from_metadata(model, str(model_path)) if int8 else None,
     )
     log.info("exporting %s to %s (%s, %s) at %s", model_path, exporter.name, exporter.arch,
              "int8" if int8 else "fp16" if options.precision == "fp16" else "fp32", out_dir)

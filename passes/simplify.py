@@ -27,6 +27,28 @@ def _static_shape(shapes: dict, name: str) -> list[int] | None:
     return shape
 
 
+_CONSTANT_FORMS = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
+
+
+def _constant_value(node: onnx.NodeProto) -> list[np.ndarray] | None:
+    """A Constant node's dense value (exporters feed Slice starts and Reshape targets from them),
+    or None for the sparse and string forms, which stay nodes: a sparse value's declared dense
+    size is not bounded by the file's bytes."""
+    if len(node.attribute) != 1:
+        return None
+    attr = node.attribute[0]
+    if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+        try:
+            return [numpy_helper.to_array(attr.t)]
+        except (ValueError, TypeError) as exc:
+            log.debug("cannot fold Constant '%s': %s", node.name, exc)
+            return None
+    if attr.name in _CONSTANT_FORMS:
+        value = helper.get_attribute_value(attr)
+        return [np.asarray(value, dtype=_CONSTANT_FORMS[attr.name])]
+    return None
+
+
 def _evaluate(node: onnx.NodeProto, values: list[np.ndarray | None], opset: int) -> list[np.ndarray] | None:
     """Run one node with onnx's reference evaluator on constant inputs; None if it cannot."""
     from onnx.reference import ReferenceEvaluator
@@ -112,6 +134,8 @@ def _simplify_once(model: onnx.ModelProto) -> onnx.ModelProto:
                     start = onnx_attr(node, "start", 0)
                     end = onnx_attr(node, "end", None)
                     result = [np.array(shape[start:end], dtype=np.int64)]
+        elif node.op_type == "Constant" and not node.input:
+            result = _constant_value(node)
         elif node.input and all((not name) or name in constants for name in node.input):
             values = [constants[name] if name else None for name in node.input]
             result = _evaluate(node, values, opset)

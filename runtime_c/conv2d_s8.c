@@ -241,6 +241,7 @@ static int one_channel_rows(const fw_conv_params *p, const int8_t *x, int pixel0
 #endif
 
 #ifdef FW_CONV_NEON
+#include "requant_neon.h"
 #include "conv2d_s8_neon.h"
 #endif
 
@@ -722,11 +723,6 @@ static int tile_gemm_blocks(int steps, const fw_tile_value *tile, const fw_conv_
         tile_gemm2(steps, tile, w, w + stride, acc[0], acc[1]);
         return 2;
     }
-#elif defined(FW_CONV_SDOT)
-    if (blocks >= 2) {
-        tile_gemm2_neon(steps, tile, w, w + stride, acc[0], acc[1]);
-        return 2;
-    }
 #endif
     (void)stride;
     (void)blocks;
@@ -749,12 +745,6 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const fw_
     const int chunked = padded > FW_K_CHUNK;
     int32_t multipliers[FW_REQUANT_TABLE], shifts[FW_REQUANT_TABLE], biases[FW_REQUANT_TABLE];
     const int tabled = blocks * FW_CONV_BLOCK <= FW_REQUANT_TABLE;
-#ifdef FW_CONV_NEON
-    int8_t padding[FW_K_CHUNK]; /* an input pixel of zero points, for the windows' padding */
-    if (!chunked) {
-        memset(padding, p->input_zero_point, (size_t)p->in_c);
-    }
-#endif
     if (tabled) {
         fw_requant_channels(p, bias, multiplier, shift, 0, blocks * FW_CONV_BLOCK, multipliers, shifts, biases);
 #ifdef FW_CONV_VNNI
@@ -773,9 +763,7 @@ static void conv2d_s8_packed(const fw_conv_params *p, const int8_t *x, const fw_
                 gather_quads_full(p, x, pixel0, count, tile);
             }
 #elif defined(FW_CONV_NEON)
-            if (!gather_quads_one_channel(p, x, pixel0, count, tile)) {
-                gather_quads_neon(p, x, pixel0, count, padding, tile);
-            }
+            /* not reached: conv2d_s8_neon takes every filter that fits in one tile */
 #else
 #if defined(__SSE2__) && !defined(FW_NO_INTRINSICS)
             if (p->in_c % 8 == 0) {
@@ -876,6 +864,11 @@ void fw_conv2d_s8(const fw_conv_params *p, const int8_t *x, const fw_conv_weight
     const int out_per_group = p->out_c / p->groups;
     int32_t acc[FW_CHANNEL_BLOCK];
     if (p->groups == 1) {
+#ifdef FW_CONV_NEON
+        if (conv2d_s8_neon(p, x, w, bias, multiplier, shift, y)) {
+            return;
+        }
+#endif
         conv2d_s8_packed(p, x, w, bias, multiplier, shift, y);
         return;
     }

@@ -149,12 +149,20 @@ static void neon_bias(const fw_conv_params *p, const fw_conv_weight *w, int quad
     }
 }
 
+/* The sums of a tile of four pixels and eight channels in registers: v[t][0] holds channels 0-3
+ * of pixel t, v[t][1] channels 4-7. */
+typedef struct {
+    int32x4_t v[FW_TILE_PIXELS][2];
+} fw_tile_sums;
+
 #ifdef FW_CONV_SDOT
-/* acc[t * 8 + j] = sum over the quad steps of tile x w (see tile_gemm), sdot by lane: lane t of
- * the step's tile row is pixel t's quad. */
-static void tile_gemm_neon(int steps, const int8_t *tile, const fw_conv_weight *w, int32_t *acc)
+/* init (eight channels' biases, or NULL for 0) plus the sums over the quad steps of tile x w
+ * (see tile_gemm), sdot by lane: lane t of the step's tile row is pixel t's quad. */
+static inline void tile_sums_neon(int steps, const int8_t *tile, const fw_conv_weight *w, const int32_t *init,
+                                  fw_tile_sums *s)
 {
-    int32x4_t a0 = vdupq_n_s32(0), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
+    const int32x4_t lo0 = init ? vld1q_s32(init) : vdupq_n_s32(0), hi0 = init ? vld1q_s32(init + 4) : vdupq_n_s32(0);
+    int32x4_t a0 = lo0, b0 = hi0, a1 = lo0, b1 = hi0, a2 = lo0, b2 = hi0, a3 = lo0, b3 = hi0;
     for (int i = 0; i < steps; ++i) {
         const int8x16_t xv = vld1q_s8(tile + 16 * i);
         const int8x16_t lo = vld1q_s8(w + 32 * i), hi = vld1q_s8(w + 32 * i + 16);
@@ -167,24 +175,28 @@ static void tile_gemm_neon(int steps, const int8_t *tile, const fw_conv_weight *
         a3 = vdotq_laneq_s32(a3, lo, xv, 3);
         b3 = vdotq_laneq_s32(b3, hi, xv, 3);
     }
-    vst1q_s32(acc + 0, a0);
-    vst1q_s32(acc + 4, b0);
-    vst1q_s32(acc + 8, a1);
-    vst1q_s32(acc + 12, b1);
-    vst1q_s32(acc + 16, a2);
-    vst1q_s32(acc + 20, b2);
-    vst1q_s32(acc + 24, a3);
-    vst1q_s32(acc + 28, b3);
+    s->v[0][0] = a0;
+    s->v[0][1] = b0;
+    s->v[1][0] = a1;
+    s->v[1][1] = b1;
+    s->v[2][0] = a2;
+    s->v[2][1] = b2;
+    s->v[3][0] = a3;
+    s->v[3][1] = b3;
 }
 
-/* tile_gemm_neon of two neighbouring channel blocks (w0, w1): each tile row serves sixteen
- * channels, sixteen accumulators in registers. */
-static void tile_gemm2_neon(int steps, const int8_t *tile, const fw_conv_weight *w0, const fw_conv_weight *w1,
-                            int32_t *acc0, int32_t *acc1)
+/* tile_sums_neon of two neighbouring channel blocks (w0, w1, their biases init0, init1): each
+ * tile row serves sixteen channels, sixteen accumulators in registers. */
+static inline void tile_sums2_neon(int steps, const int8_t *tile, const fw_conv_weight *w0, const fw_conv_weight *w1,
+                                   const int32_t *init0, const int32_t *init1, fw_tile_sums *s0, fw_tile_sums *s1)
 {
     int32x4_t a[FW_TILE_PIXELS][4]; /* pixel, then channels 0-3, 4-7 of w0 and of w1 */
+    const int32x4_t b[4] = {vld1q_s32(init0), vld1q_s32(init0 + 4), vld1q_s32(init1), vld1q_s32(init1 + 4)};
     for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-        a[t][0] = a[t][1] = a[t][2] = a[t][3] = vdupq_n_s32(0);
+        a[t][0] = b[0];
+        a[t][1] = b[1];
+        a[t][2] = b[2];
+        a[t][3] = b[3];
     }
     for (int i = 0; i < steps; ++i) {
         const int8x16_t xv = vld1q_s8(tile + 16 * i);
@@ -198,10 +210,10 @@ static void tile_gemm2_neon(int steps, const int8_t *tile, const fw_conv_weight 
         }
     }
     for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-        vst1q_s32(acc0 + t * FW_CONV_BLOCK, a[t][0]);
-        vst1q_s32(acc0 + t * FW_CONV_BLOCK + 4, a[t][1]);
-        vst1q_s32(acc1 + t * FW_CONV_BLOCK, a[t][2]);
-        vst1q_s32(acc1 + t * FW_CONV_BLOCK + 4, a[t][3]);
+        s0->v[t][0] = a[t][0];
+        s0->v[t][1] = a[t][1];
+        s1->v[t][0] = a[t][2];
+        s1->v[t][1] = a[t][3];
     }
 }
 #else
@@ -213,9 +225,13 @@ static void tile_gemm2_neon(int steps, const int8_t *tile, const fw_conv_weight 
         acc_hi = vpadalq_s16(acc_hi, vmull_high_s8(w, x));                                       \
     } while (0)
 
-/* acc[t * 8 + j] = sum over the quad steps of tile x w (see tile_gemm), ARMv8.0: per pixel four
- * accumulators of two channels' two pair sums each, folded to one lane per channel at the end. */
-static void tile_gemm_neon(int steps, const int8_t *tile, const fw_conv_weight *w, int32_t *acc)
+/* The sums over the quad steps of tile x w (see tile_gemm), ARMv8.0: per pixel four
+ * accumulators of two channels' two pair sums each, folded to one lane per channel at the end.
+ * Not inlined: its sixteen accumulators and eight products need every vector register, and the
+ * caller's requantization constants would push them out of the loop (spills: 40% more
+ * instructions). */
+static __attribute__((noinline)) void tile_sums_neon(int steps, const int8_t *tile, const fw_conv_weight *w,
+                                                     const int32_t *init, fw_tile_sums *s)
 {
     int32x4_t a[FW_TILE_PIXELS][4]; /* pixel, then channels 0-1, 2-3, 4-5, 6-7 */
     for (int t = 0; t < FW_TILE_PIXELS; ++t) {
@@ -230,10 +246,148 @@ static void tile_gemm_neon(int steps, const int8_t *tile, const fw_conv_weight *
             FW_QUAD_PRODUCTS(a[t][2], a[t][3], hi, xt);
         }
     }
+    const int32x4_t lo0 = init ? vld1q_s32(init) : vdupq_n_s32(0), hi0 = init ? vld1q_s32(init + 4) : vdupq_n_s32(0);
     for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-        vst1q_s32(acc + t * FW_CONV_BLOCK, vpaddq_s32(a[t][0], a[t][1]));
-        vst1q_s32(acc + t * FW_CONV_BLOCK + 4, vpaddq_s32(a[t][2], a[t][3]));
+        s->v[t][0] = vaddq_s32(vpaddq_s32(a[t][0], a[t][1]), lo0);
+        s->v[t][1] = vaddq_s32(vpaddq_s32(a[t][2], a[t][3]), hi0);
     }
 }
+
 #undef FW_QUAD_PRODUCTS
 #endif
+
+/* acc[t * 8 + j] = the tile's sums (tile_sums_neon): the chunked path, which adds the chunks. */
+static void tile_gemm_neon(int steps, const int8_t *tile, const fw_conv_weight *w, int32_t *acc)
+{
+    fw_tile_sums s;
+    tile_sums_neon(steps, tile, w, NULL, &s);
+    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+        vst1q_s32(acc + t * FW_CONV_BLOCK, s.v[t][0]);
+        vst1q_s32(acc + t * FW_CONV_BLOCK + 4, s.v[t][1]);
+    }
+}
+
+/* Requantization constants of one conv call in the form neon_requant_store reads: `high` when
+ * every channel has a total shift s >= 32 (SQDMULH, then SRSHL by 31 - s: requant_neon.h),
+ * else the 64-bit products for all (SRSHL by -s); the output zero point added on int16 with
+ * saturation (exact: a sum that saturates int16 lies outside int8 on the same side, so the
+ * int8 narrowing gives the same value) and the clamp on int8. */
+typedef struct {
+    int high;
+    int16x8_t zero_point;
+    int8x16_t lo, hi;
+} fw_neon_out;
+
+/* Multipliers, shifts (as SRSHL amounts, see fw_neon_out) and biases (zp * the weight sums taken
+ * off: the tile holds raw values) of output channels [c0, c0 + 8 * count) at w. */
+static void neon_constants(const fw_conv_params *p, const fw_conv_weight *w, int steps, int c0, int count, int high,
+                           const int32_t *bias, const int32_t *multiplier, const int32_t *shift, int32_t *m,
+                           int32_t *sh, int32_t *b)
+{
+    fw_requant_channels(p, bias, multiplier, shift, c0, count * FW_CONV_BLOCK, m, sh, b);
+    neon_bias(p, w, steps, count, b);
+    for (int j = 0; j < count * FW_CONV_BLOCK; ++j) {
+        sh[j] = high ? 31 - sh[j] : -sh[j];
+    }
+}
+
+/* The tile's sums (their bias included: tile_sums_neon's init), requantized (fw_neon_out), and its first `pixels` rows' first
+ * `channels` values stored to y, rows y_stride bytes apart: TFLite's rounding exactly, as
+ * fw_requant_tile. */
+static inline void neon_requant_store(const fw_tile_sums *s, const int32_t *m, const int32_t *sh, const fw_neon_out *o,
+                                      int8_t *y, size_t y_stride, int pixels, int channels)
+{
+    const int32x4_t m0 = vld1q_s32(m), m1 = vld1q_s32(m + 4), sh0 = vld1q_s32(sh), sh1 = vld1q_s32(sh + 4);
+    int16x8_t r[FW_TILE_PIXELS];
+    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+        int32x4_t x0 = s->v[t][0], x1 = s->v[t][1];
+        if (o->high) {
+            x0 = fw_requant4_neon_high(x0, m0, sh0);
+            x1 = fw_requant4_neon_high(x1, m1, sh1);
+        } else {
+            x0 = fw_requant4_neon_wide(x0, m0, vmovl_s32(vget_low_s32(sh0)), vmovl_high_s32(sh0));
+            x1 = fw_requant4_neon_wide(x1, m1, vmovl_s32(vget_low_s32(sh1)), vmovl_high_s32(sh1));
+        }
+        r[t] = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(x0), x1), o->zero_point);
+    }
+    const int8x16_t rows01 = vminq_s8(vmaxq_s8(vqmovn_high_s16(vqmovn_s16(r[0]), r[1]), o->lo), o->hi);
+    const int8x16_t rows23 = vminq_s8(vmaxq_s8(vqmovn_high_s16(vqmovn_s16(r[2]), r[3]), o->lo), o->hi);
+    if (channels == FW_CONV_BLOCK && pixels == FW_TILE_PIXELS) {
+        vst1_s8(y, vget_low_s8(rows01));
+        vst1_s8(y + y_stride, vget_high_s8(rows01));
+        vst1_s8(y + 2 * y_stride, vget_low_s8(rows23));
+        vst1_s8(y + 3 * y_stride, vget_high_s8(rows23));
+        return;
+    }
+    int8_t out[FW_TILE_PIXELS * FW_CONV_BLOCK];
+    vst1q_s8(out, rows01);
+    vst1q_s8(out + 16, rows23);
+    for (int t = 0; t < pixels; ++t) {
+        memcpy(y + t * y_stride, out + t * FW_CONV_BLOCK, (size_t)channels);
+    }
+}
+
+/* groups == 1 with the whole filter in one tile (at most FW_K_CHUNK values): per tile of
+ * FW_TILE_PIXELS pixels one gather, then per channel block (two at a time with sdot) the sums
+ * in registers, requantized and stored from there (neon_requant_store). Returns 0 (nothing
+ * done) for longer filters. */
+static int conv2d_s8_neon(const fw_conv_params *p, const int8_t *x, const fw_conv_weight *w, const int32_t *bias,
+                          const int32_t *multiplier, const int32_t *shift, int8_t *y)
+{
+    const int padded = (p->kernel_h * p->kernel_w * p->in_c + 3) / 4 * 4, steps = padded / 4;
+    if (padded > FW_K_CHUNK) {
+        return 0;
+    }
+    int8_t tile[FW_K_CHUNK * FW_TILE_PIXELS], padding[FW_K_CHUNK];
+    int32_t m[FW_REQUANT_TABLE], sh[FW_REQUANT_TABLE], b[FW_REQUANT_TABLE];
+    const int out_c = p->out_c, pixels = p->out_h * p->out_w, blocks = (out_c + FW_CONV_BLOCK - 1) / FW_CONV_BLOCK;
+    const int tabled = blocks * FW_CONV_BLOCK <= FW_REQUANT_TABLE;
+    const size_t stride = (size_t)padded * FW_CONV_BLOCK; /* weight elements per block */
+    fw_neon_out o;
+    o.high = 1;
+    for (int c = 0; c < out_c; ++c) {
+        o.high &= shift[c] <= -1 && multiplier[c] >= 0;
+    }
+    o.zero_point = vdupq_n_s16((int16_t)p->output_zero_point);
+    o.lo = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_min, -128, 127));
+    o.hi = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_max, -128, 127));
+    memset(padding, p->input_zero_point, (size_t)p->in_c);
+    if (tabled) {
+        neon_constants(p, w, steps, 0, blocks, o.high, bias, multiplier, shift, m, sh, b);
+    }
+    for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
+        const int count = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;
+        if (!gather_quads_one_channel(p, x, pixel0, count, tile)) {
+            gather_quads_neon(p, x, pixel0, count, padding, tile);
+        }
+        for (int b0 = 0; b0 < blocks;) {
+            fw_tile_sums s[2];
+#ifdef FW_CONV_SDOT
+            const int done = b0 + 1 < blocks ? 2 : 1;
+#else
+            const int done = 1;
+#endif
+            const int base = tabled ? b0 * FW_CONV_BLOCK : 0; /* the blocks' constants in m, sh, b */
+            if (!tabled) {
+                neon_constants(p, w + b0 * stride, steps, b0 * FW_CONV_BLOCK, done, o.high, bias, multiplier, shift, m,
+                               sh, b);
+            }
+#ifdef FW_CONV_SDOT
+            if (done == 2) {
+                tile_sums2_neon(steps, tile, w + b0 * stride, w + (b0 + 1) * stride, b + base, b + base + FW_CONV_BLOCK,
+                                &s[0], &s[1]);
+            } else
+#endif
+            {
+                tile_sums_neon(steps, tile, w + b0 * stride, b + base, &s[0]);
+            }
+            for (int i = 0; i < done; ++i) {
+                const int c0 = (b0 + i) * FW_CONV_BLOCK, offset = base + i * FW_CONV_BLOCK;
+                neon_requant_store(&s[i], m + offset, sh + offset, &o, y + (size_t)pixel0 * out_c + c0, (size_t)out_c,
+                                   count, out_c - c0 < FW_CONV_BLOCK ? out_c - c0 : FW_CONV_BLOCK);
+            }
+            b0 += done;
+        }
+    }
+    return 1;
+}

@@ -204,6 +204,9 @@ static void depthwise_tiles_sse2(const fw_conv_params *p, const int8_t *x, const
 #if defined(FW_NEON)
 /* Taps of a depthwise kernel the NEON path takes (7x7 and more go to depthwise_tiles). */
 #define FW_DW_NEON_TAPS 49
+/* Channels per block of the NEON path: the tap pointers of a tile are computed once per block,
+ * so every layer up to 256 channels computes them once per tile. */
+#define FW_DW_NEON_BLOCK 256
 
 /* fw_multiply_by_quantized_multiplier of the four channels at multiplier/shift (requant_neon.h):
  * SQDMULH and SRSHL by shift when every channel of the call has s = 31 - shift >= 32, the
@@ -217,8 +220,55 @@ static inline int32x4_t depthwise_requant4_neon(int32x4_t acc, int32x4_t m, int3
     return fw_requant4_neon_wide(acc, m, vmovl_s32(vget_low_s32(neg_s)), vmovl_high_s32(neg_s));
 }
 
+/* Sixteen channels at c of the tile's four pixels, weights without -128: acc[t][j] plus x * w
+ * over the taps, two taps summed in int16 (SMULL, SMLAL of bytes: |x * w| <= 128 * 127, two
+ * fit) and widened into the int32 sums (SADDW). Its own function, so the sixteen sums stay in
+ * registers through the tap loop (inlined, they were stored to the stack on every tap pair). */
+static __attribute__((noinline)) void depthwise_bytes16_neon(int taps, const int8_t *(*src)[FW_DW_NEON_TAPS],
+                                                             int c, const int8_t *wb, size_t channels,
+                                                             int32x4_t (*acc)[4])
+{
+    int32x4_t a[FW_TILE_PIXELS][4];
+    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+        for (int j = 0; j < 4; ++j) {
+            a[t][j] = acc[t][j];
+        }
+    }
+    int i = 0;
+    for (; i + 2 <= taps; i += 2) {
+        const int8x16_t w0 = vld1q_s8(wb + (size_t)i * channels + c);
+        const int8x16_t w1 = vld1q_s8(wb + (size_t)(i + 1) * channels + c);
+        for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+            const int8x16_t x0 = vld1q_s8(src[t][i] + c), x1 = vld1q_s8(src[t][i + 1] + c);
+            int16x8_t lo = vmull_s8(vget_low_s8(x0), vget_low_s8(w0)), hi = vmull_high_s8(x0, w0);
+            lo = vmlal_s8(lo, vget_low_s8(x1), vget_low_s8(w1));
+            hi = vmlal_high_s8(hi, x1, w1);
+            a[t][0] = vaddw_s16(a[t][0], vget_low_s16(lo));
+            a[t][1] = vaddw_high_s16(a[t][1], lo);
+            a[t][2] = vaddw_s16(a[t][2], vget_low_s16(hi));
+            a[t][3] = vaddw_high_s16(a[t][3], hi);
+        }
+    }
+    if (i < taps) {
+        const int8x16_t w0 = vld1q_s8(wb + (size_t)i * channels + c);
+        for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+            const int8x16_t x0 = vld1q_s8(src[t][i] + c);
+            const int16x8_t lo = vmull_s8(vget_low_s8(x0), vget_low_s8(w0)), hi = vmull_high_s8(x0, w0);
+            a[t][0] = vaddw_s16(a[t][0], vget_low_s16(lo));
+            a[t][1] = vaddw_high_s16(a[t][1], lo);
+            a[t][2] = vaddw_s16(a[t][2], vget_low_s16(hi));
+            a[t][3] = vaddw_high_s16(a[t][3], hi);
+        }
+    }
+    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+        for (int j = 0; j < 4; ++j) {
+            acc[t][j] = a[t][j];
+        }
+    }
+}
+
 /* Channel multiplier 1, at most FW_DW_NEON_TAPS taps. Tiles of FW_TILE_PIXELS output pixels
- * and channel blocks of FW_CHANNEL_BLOCK: every tap of every pixel of the tile points at its
+ * and channel blocks of FW_DW_NEON_BLOCK: every tap of every pixel of the tile points at its
  * input pixel, or at a row holding the input zero point when it falls in the padding (x - zp is
  * then 0, so padding adds nothing, exactly as a skipped tap). Per sixteen channels and tap, the
  * weights are loaded and widened once and serve the tile's four pixels: (x - zp) widened to
@@ -227,7 +277,7 @@ static inline int32x4_t depthwise_requant4_neon(int32x4_t acc, int32x4_t m, int3
 static void depthwise_tiles_neon(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
                                  const int32_t *multiplier, const int32_t *shift, int8_t *y)
 {
-    int8_t padding[FW_CHANNEL_BLOCK];
+    int8_t padding[FW_DW_NEON_BLOCK];
     const int8_t *src[FW_TILE_PIXELS][FW_DW_NEON_TAPS];
     ptrdiff_t offset[FW_DW_NEON_TAPS];
     const int channels = p->out_c, pixels = p->out_h * p->out_w, taps = p->kernel_h * p->kernel_w;
@@ -245,20 +295,37 @@ static void depthwise_tiles_neon(const fw_conv_params *p, const int8_t *x, const
     for (int i = 0; i < taps * channels; ++i) {
         byte_products &= w[i] != -128;
     }
-    int32_t adjusted[FW_CHANNEL_BLOCK];
+    int32_t adjusted[FW_DW_NEON_BLOCK];
     memset(padding, (int8_t)zero_point, sizeof padding);
     for (int i = 0; i < taps; ++i) {
         const int ky = i / kernel_w, kx = i - ky * kernel_w;
         offset[i] = ((ptrdiff_t)ky * p->dilation_h * in_w + (ptrdiff_t)kx * p->dilation_w) * channels;
     }
-    for (int c0 = 0; c0 < channels; c0 += FW_CHANNEL_BLOCK) {
-        const int count = channels - c0 < FW_CHANNEL_BLOCK ? channels - c0 : FW_CHANNEL_BLOCK;
+    for (int c0 = 0; c0 < channels; c0 += FW_DW_NEON_BLOCK) {
+        const int count = channels - c0 < FW_DW_NEON_BLOCK ? channels - c0 : FW_DW_NEON_BLOCK;
         const int8_t *wb = w + c0;
         const int32_t *mb = multiplier + c0, *sb = shift + c0;
         if (byte_products) {
             /* bias - zp * (sum of the channel's weights): the byte products sum x * w over every
              * tap, padding taps reading zp included, which is sum (x - zp) * w plus zp * sum w. */
-            for (int j = 0; j < count; ++j) {
+            int j = 0;
+            for (; j + 16 <= count; j += 16) {
+                /* sixteen channels' sums on int16 (at most 49 * 128 in size), then widened */
+                int16x8_t lo = vdupq_n_s16(0), hi = lo;
+                for (int i = 0; i < taps; ++i) {
+                    const int8x16_t wv = vld1q_s8(wb + (size_t)i * channels + j);
+                    lo = vaddw_s8(lo, vget_low_s8(wv));
+                    hi = vaddw_high_s8(hi, wv);
+                }
+                const int32x4_t sums[4] = {vmovl_s16(vget_low_s16(lo)), vmovl_high_s16(lo), vmovl_s16(vget_low_s16(hi)),
+                                           vmovl_high_s16(hi)};
+                for (int q = 0; q < 4; ++q) {
+                    const int32x4_t b = bias ? vld1q_s32(bias + c0 + j + 4 * q) : vdupq_n_s32(0);
+                    /* wraps as the scalar form's uint32 arithmetic */
+                    vst1q_s32(adjusted + j + 4 * q, vmlsq_n_s32(b, sums[q], zero_point));
+                }
+            }
+            for (; j < count; ++j) {
                 int32_t sum = 0;
                 for (int i = 0; i < taps; ++i) {
                     sum += wb[(size_t)i * channels + j];
@@ -302,34 +369,7 @@ static void depthwise_tiles_neon(const fw_conv_params *p, const int8_t *x, const
                     }
                 }
                 if (byte_products) {
-                    /* x * w of two taps summed in int16 (SMULL, SMLAL of bytes), then widened into
-                     * the int32 sums (SADDW) */
-                    int i = 0;
-                    for (; i + 2 <= taps; i += 2) {
-                        const int8x16_t w0 = vld1q_s8(wb + (size_t)i * channels + c);
-                        const int8x16_t w1 = vld1q_s8(wb + (size_t)(i + 1) * channels + c);
-                        for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-                            const int8x16_t x0 = vld1q_s8(src[t][i] + c), x1 = vld1q_s8(src[t][i + 1] + c);
-                            int16x8_t lo = vmull_s8(vget_low_s8(x0), vget_low_s8(w0)), hi = vmull_high_s8(x0, w0);
-                            lo = vmlal_s8(lo, vget_low_s8(x1), vget_low_s8(w1));
-                            hi = vmlal_high_s8(hi, x1, w1);
-                            acc[t][0] = vaddw_s16(acc[t][0], vget_low_s16(lo));
-                            acc[t][1] = vaddw_high_s16(acc[t][1], lo);
-                            acc[t][2] = vaddw_s16(acc[t][2], vget_low_s16(hi));
-                            acc[t][3] = vaddw_high_s16(acc[t][3], hi);
-                        }
-                    }
-                    if (i < taps) {
-                        const int8x16_t w0 = vld1q_s8(wb + (size_t)i * channels + c);
-                        for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-                            const int8x16_t x0 = vld1q_s8(src[t][i] + c);
-                            const int16x8_t lo = vmull_s8(vget_low_s8(x0), vget_low_s8(w0)), hi = vmull_high_s8(x0, w0);
-                            acc[t][0] = vaddw_s16(acc[t][0], vget_low_s16(lo));
-                            acc[t][1] = vaddw_high_s16(acc[t][1], lo);
-                            acc[t][2] = vaddw_s16(acc[t][2], vget_low_s16(hi));
-                            acc[t][3] = vaddw_high_s16(acc[t][3], hi);
-                        }
-                    }
+                    depthwise_bytes16_neon(taps, src, c, wb, (size_t)channels, acc);
                 } else {
                     for (int i = 0; i < taps; ++i) {
                         const int8x16_t wv = vld1q_s8(wb + (size_t)i * channels + c);

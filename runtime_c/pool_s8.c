@@ -142,9 +142,27 @@ void fw_max_pool_s8(const fw_pool_params *p, const int8_t *x, int8_t *y)
          * smaller than the kernel. */
         const int8x16_t lo8 = vdupq_n_s8(lo), hi8 = vdupq_n_s8(hi);
         const int8_t *tap[FW_POOL_NEON_TAPS];
+        /* windows wholly inside the input take their taps from one table of offsets */
+        const int kernel_h = p->kernel_h, kernel_w = p->kernel_w, window = kernel_h * kernel_w;
+        const int span_h = (kernel_h - 1) * p->dilation_h, span_w = (kernel_w - 1) * p->dilation_w;
+        ptrdiff_t offset[FW_POOL_NEON_TAPS];
+        for (int i = 0; i < window; ++i) {
+            const int ky = i / kernel_w, kx = i - ky * kernel_w;
+            offset[i] = ((ptrdiff_t)ky * p->dilation_h * in_w + (ptrdiff_t)kx * p->dilation_w) * channels;
+        }
         for (int oy = 0; oy < p->out_h; ++oy) {
+            const int y0 = oy * p->stride_h - p->pad_top;
             for (int ox = 0; ox < p->out_w; ++ox) {
-                const int taps = pool_taps(p, x, oy, ox, p->dilation_h, p->dilation_w, tap);
+                const int x0 = ox * p->stride_w - p->pad_left;
+                int taps = window;
+                if (y0 >= 0 && y0 + span_h < in_h && x0 >= 0 && x0 + span_w < in_w) {
+                    const int8_t *base = x + ((size_t)y0 * in_w + x0) * channels;
+                    for (int i = 0; i < window; ++i) {
+                        tap[i] = base + offset[i];
+                    }
+                } else {
+                    taps = pool_taps(p, x, oy, ox, p->dilation_h, p->dilation_w, tap);
+                }
                 int8_t *yp = y + ((size_t)oy * p->out_w + ox) * channels;
                 int c = 0;
                 for (; c + 16 <= channels; c += 16) {

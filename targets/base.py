@@ -58,6 +58,8 @@ class ExportOptions:
         source_sha256: sha256 of the source model file, recorded in the manifest.
         reference: the FP32 reference the manifest records (fwedge.reference: path relative to
             the bundle folder, and sha256), or None.
+        kept_float: the layers a QDQ model's quantizer kept in float, and why ({"node", "op",
+            "reason"}, from its fwedge.kept_float metadata), recorded in the manifest.
         float_io: int8 bundles take and return float32 (QUANTIZE/DEQUANTIZE at the edges);
             False gives int8 in/out where the target supports it.
         allow_float_fallback: targets that lower the model (C, TFLite) keep int8 nodes that
@@ -72,6 +74,7 @@ class ExportOptions:
     preprocess: dict = field(default_factory=dict)
     source_sha256: str = ""
     reference: dict | None = None
+    kept_float: list[dict] | None = None
     float_io: bool = True
     allow_float_fallback: bool = False
     target_options: COptions | TfliteOptions | None = None

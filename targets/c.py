@@ -303,7 +303,7 @@ class CTarget(Target):
         toolchain = {"compiler": " ".join(recorded_command(compiler)[:4]) if compiler else "none"}
         bundle = write_bundle(
             out_dir, target=TARGET, arch=self.arch, precision=precision, source_sha256=options.source_sha256,
-            inputs=specs[0], outputs=specs[1], write_files=write_files, preprocess=options.preprocess, reference=options.reference,
+            inputs=specs[0], outputs=specs[1], write_files=write_files, preprocess=options.preprocess, reference=options.reference, kept_float=options.kept_float,
             toolchain=toolchain, extra=extra,
         )
         log.info("C bundle %s (%s): arena %d bytes (lower bound %d), weights %d bytes", bundle.path, self.arch,

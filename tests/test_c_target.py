@@ -574,6 +574,49 @@ def test_harness_protocol_and_latency_stats(tiny_bundle):
         c_runner().run(tiny_bundle, {"x": np.zeros((1, 1, 9, 8), np.float32)})
 
 
+def test_a_bundle_exported_to_a_relative_folder_runs(tiny_bundle, tmp_path, monkeypatch):
+    """Seen on the YOLOv8n bundles: export to a relative folder returns a bundle with a relative
+    path, and run_harness started the binary by that path in its temporary working folder
+    (FileNotFoundError)."""
+    from helpers import tiny_conv_model
+
+    monkeypatch.chdir(tmp_path)
+    model = onnx.shape_inference.infer_shapes(tiny_conv_model())
+    bundle = get_target(host_arch()).export(model, "relative", ExportOptions(source_sha256="0" * 64))
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(c_runner().run(bundle, {"x": x})["y"], c_runner().run(tiny_bundle, {"x": x})["y"])
+    assert bundle.file("bin/fwedge_model").is_absolute()
+
+
+def test_stack_estimate_runs_gcc_on_a_model_c_once(tiny_bundle, tmp_path, monkeypatch):
+    """YOLOv8n's x86_64 and aarch64 bundles write the same 28 MB model.c; host gcc's
+    -fstack-usage pass on it took ~5 s of each export. Its frames are cached by model.c and
+    model.h, so the second estimate compiles nothing and gives the same figure."""
+    import uuid
+
+    from fwedge.targets import c_build
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.path, folder)
+    with open(folder / "model.c", "a") as handle:  # a model.c no earlier run has cached
+        handle.write(f"\n/* {uuid.uuid4()} */\n")
+    compiled = []
+    real_run = c_build.subprocess.run
+
+    def counting_run(argv, *args, **kwargs):
+        compiled.extend(arg for arg in argv if arg.endswith("model.c"))
+        return real_run(argv, *args, **kwargs)
+
+    monkeypatch.setattr(c_build.subprocess, "run", counting_run)
+    sources = ["model.c", *tiny_bundle.extra["kernels"]]
+    first = c_build.stack_estimate(folder, sources)
+    assert len(compiled) == 1 and first
+    assert c_build.stack_estimate(folder, sources) == first and len(compiled) == 1
+    with open(folder / "model.h", "a") as handle:  # another model.h is another key
+        handle.write("\n")
+    assert c_build.stack_estimate(folder, sources) == first and len(compiled) == 2
+
+
 def test_unsupported_ops_are_listed_together_and_nothing_is_written(tmp_path):
     nodes = [helper.make_node("Erf", ["x"], ["a"], name="erf"), helper.make_node("Cos", ["a"], ["y"], name="cos")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],

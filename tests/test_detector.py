@@ -138,13 +138,36 @@ def test_farm_scores_a_detector_bundle_by_map50(detector, tmp_path):
                  ["export", str(qdq), "--target", "onnx", "-o", str(tmp_path / "bundles")]):
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0, result.output
+    # The quantizer's kept-float layers travel with the QDQ model into the manifest, with reasons.
+    assert "layer(s) kept in float by the quantizer" in result.output and "/model.22/Concat_" in result.output
     [bundle] = sorted((tmp_path / "bundles").iterdir())
+    kept = json.loads((bundle / "manifest.json").read_text())["extra"]["kept_float"]
+    assert any("input ranges differ" in entry["reason"] for entry in kept), kept
+    assert any(entry["reason"].startswith("post-processing") for entry in kept), kept
     result = CliRunner().invoke(cli, ["farm", "run", str(bundle), "--devices", "host", "--data", str(root / "eval.npy"),
                                       "--repeats", "1", "--task", "detection", "-o", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     [entry] = load_results(tmp_path / "r.json").results
     assert entry.task == "detection" and entry.accuracy is None
     assert 0.5 <= entry.fidelity["map50"] <= 1.0, entry.fidelity
+
+
+def test_a_malformed_kept_float_record_is_refused_in_one_line(detector, tmp_path):
+    """The record comes from the model file, which may be anyone's: export checks its form."""
+    import onnx
+
+    from fwedge.quantization import quantize
+
+    root, paths = detector
+    model = quantize(paths["static"], root / "calib.npy", "kl", num_samples=8).model
+    for prop in model.metadata_props:
+        if prop.key == "fwedge.kept_float":
+            prop.value = '[{"node": 3}]'
+    onnx.save(model, tmp_path / "bad.int8.onnx")
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "bad.int8.onnx"), "-t", "onnx", "-o", str(tmp_path),
+                                      "--reference", str(paths["static"])])
+    assert result.exit_code == 2 and "fwedge.kept_float" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output, result.output
 
 
 def test_eval_and_run_take_the_task(detector, tmp_path):

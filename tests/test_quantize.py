@@ -225,6 +225,30 @@ def test_simplify_folds_shape_chain(rng):
     np.testing.assert_array_equal(ort_session(simple).run(None, {"x": x})[0], x.reshape(2, -1), err_msg="y")
 
 
+def test_simplify_folds_constant_nodes_feeding_a_shape_chain(rng):
+    """Exporters (paddle2onnx among them: PP-OCR rec) give Slice its starts and ends as Constant
+    nodes; those fold, so Shape -> Slice -> Concat -> Reshape collapses. A sparse Constant stays
+    a node: its declared dense size is not bounded by the file."""
+    const = lambda name, values: helper.make_node(  # noqa: E731
+        "Constant", [], [name], name=f"c_{name}", value=numpy_helper.from_array(np.array(values, dtype=np.int64)))
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(np.array([1.0], dtype=np.float32), "v"),
+                                       numpy_helper.from_array(np.array([3], dtype=np.int64), "i"), [1 << 40])
+    nodes = [const("start", [0]), const("end", [1]), helper.make_node("Constant", [], ["ints"], name="c_ints", value_ints=[-1]),
+             helper.make_node("Constant", [], ["big"], name="c_sparse", sparse_value=sparse),
+             helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Slice", ["s", "start", "end"], ["n"], name="slice"),
+             helper.make_node("Concat", ["n", "ints"], ["shape2"], name="cat", axis=0),
+             helper.make_node("Reshape", ["x", "shape2"], ["y"], name="reshape"),
+             helper.make_node("Shape", ["big"], ["z"], name="big_shape")]
+    graph = helper.make_graph(nodes, "s", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("z", TensorProto.INT64, None)])
+    simple = simplify(onnx.shape_inference.infer_shapes(_model(graph)))
+    assert [n.op_type for n in simple.graph.node] == ["Constant", "Reshape", "Shape"]
+    folded = {init.name: numpy_helper.to_array(init).tolist() for init in simple.graph.initializer}
+    assert folded[simple.graph.node[1].input[1]] == [2, -1]
+
+
 def test_fidelity_budget_keeps_layers_float_and_reports_them(block, block_data):
     strict = quantize(block, block_data, "kl", num_samples=64, min_agreement=1.0,
                       eval_data=block_data, eval_samples=96)

@@ -122,6 +122,10 @@ def command(model, targets, int8, fp16, allow_float_fallback, cc, no_build, cfla
         notes = list(bundle.extra.get("notes", []))
         notes += [f"kept in float (--allow-float-fallback): {entry['node']} ({entry['reason']})"
                   for entry in bundle.extra.get("float_fallback", [])]
+        kept = bundle.extra.get("kept_float", [])
+        if kept:  # the quantizer's decisions, each listed with its reason by `fwedge quantize`
+            notes.append(f"{len(kept)} layer(s) kept in float by the quantizer (manifest extra.kept_float): "
+                         + ", ".join(entry["node"] for entry in kept))
         for note in notes:
             out.print(f"  note: {note}", markup=False, highlight=False, soft_wrap=True)
         report["bundles"].append({"target": target, "path": str(bundle.path), "precision": bundle.precision,

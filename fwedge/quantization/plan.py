@@ -1,6 +1,7 @@
 """The quantization plan: which tensors, weights and layers get Q/DQ, from the graph and OP_INFO alone."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -8,7 +9,7 @@ import onnx
 from onnx import TensorProto
 
 from fwedge import ir
-from fwedge.errors import CalibrationError
+from fwedge.errors import CalibrationError, ModelError
 from fwedge.op_info import OP_INFO, attribute
 from fwedge.ops.registry import fuses_into
 
@@ -96,6 +97,40 @@ class KeptFloat:
     node: str
     op: str
     reason: str
+
+
+# The QDQ model's record of its kept-float layers (JSON: [{"node", "op", "reason"}]); export
+# copies it into every manifest (extra.kept_float).
+KEPT_FLOAT_METADATA = "fwedge.kept_float"
+
+
+def record_kept_float(model: onnx.ModelProto, kept_float: list[KeptFloat]) -> None:
+    """Write `kept_float` into the QDQ model's metadata (nothing when the list is empty)."""
+    if kept_float:
+        ir.set_metadata(model, KEPT_FLOAT_METADATA, json.dumps(
+            [{"node": unit.node, "op": unit.op, "reason": unit.reason} for unit in kept_float]))
+
+
+def kept_float_from_metadata(model: onnx.ModelProto, where: str) -> list[dict] | None:
+    """The kept-float record of a QDQ model (record_kept_float), or None when it has none.
+
+    Raises:
+        ModelError: the entry is not a JSON list of {"node", "op", "reason"} strings.
+    """
+    text = next((prop.value for prop in model.metadata_props if prop.key == KEPT_FLOAT_METADATA), None)
+    if text is None:
+        return None
+    try:
+        entries = json.loads(text)
+    except ValueError:
+        entries = None
+    keys = {"node", "op", "reason"}
+    if not isinstance(entries, list) or not all(
+            isinstance(entry, dict) and set(entry) == keys and all(isinstance(entry[key], str) for key in keys)
+            for entry in entries):
+        raise ModelError(f"'{where}': metadata {KEPT_FLOAT_METADATA!r} must be a JSON list of "
+                         '{"node", "op", "reason"} strings')
+    return entries
 
 
 @dataclass(frozen=True)
@@ -455,7 +490,7 @@ def mixed_range_concats(model: onnx.ModelProto, plan: QuantPlan, ranges: dict,
                 kept.append(KeptFloat(name, "Concat", (
                     f"input ranges differ {factor:.0f}x ('{wide}' [{widths[wide][0]:.4g}, {widths[wide][1]:.4g}], "
                     f"'{narrow}' [{widths[narrow][0]:.4g}, {widths[narrow][1]:.4g}]): one int8 scale would "
-                    f"leave the narrow input {codes:.1f} codes; its inputs keep their own scales")))
+                    f"leave the narrow input {codes:.1f} codes")))
     return kept
 
 

@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 from fwedge import ir
 from fwedge.calibration.table import WEIGHT_QMAX, QuantTable, TensorQuant, ZERO_RANGE_SCALE, params_from_range
 from fwedge.errors import CalibrationError, ModelError
-from fwedge.quantization.plan import QuantizeOptions, QuantPlan, plan_quantization
+from fwedge.quantization.plan import QuantizeOptions, QuantPlan, plan_quantization, record_kept_float
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +290,7 @@ class _QdqWriter:
         graph.input.extend(kept_inputs)
         del graph.value_info[:]
         ir.set_metadata(self.out, "fwedge.quant_method", self.options.method or self.table.method)
+        record_kept_float(self.out, self.plan.kept_float)
         try:
             out = onnx.shape_inference.infer_shapes(self.out)
             onnx.checker.check_model(out)

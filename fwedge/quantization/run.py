@@ -19,6 +19,7 @@ from fwedge.quantization.calibrate import calibration_data, collect_stats
 from fwedge.quantization.check import output_check, output_task, warning_for
 from fwedge.quantization.plan import (
     KeptFloat, QuantizeOptions, QuantPlan, float_units, mixed_range_concats, plan_quantization, post_processing,
+    record_kept_float,
 )
 from fwedge.quantization.prepare import load_prepared
 from fwedge.quantization.qdq import quantize_model
@@ -96,6 +97,19 @@ def _split_mixed_concats(prepared: onnx.ModelProto, table: QuantTable, options: 
             log.warning("Concat '%s' keeps one int8 scale though its %s: the table has no range for '%s'",
                         unit.node, unit.reason.split(":")[0], missing[0])
             continue
+        # What becomes of each input once the Concat is float: its own int8 scale, or float where
+        # no int8 op reads it any more (YOLOv8n's class Sigmoid, whose KL range says little then).
+        inputs = [name for name in dict.fromkeys(
+            next(node.input for node in prepared.graph.node if node.name == unit.node)) if name]
+        floated = [name for name in inputs if name not in trial_plan.activations]
+        if not floated:
+            outcome = "its inputs keep their own scales"
+        elif len(floated) == len(inputs):
+            outcome = "its inputs stay float too (no int8 op reads them)"
+        else:
+            outcome = (f"{', '.join(repr(name) for name in floated)} stay float (no int8 op reads them), "
+                       "the other inputs keep their own scales")
+        unit = replace(unit, reason=f"{unit.reason}; {outcome}")
         log.warning("Concat '%s' kept in float: %s", unit.node, unit.reason)
         options, plan = trial, trial_plan
         chosen.append(unit)
@@ -170,6 +184,7 @@ def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] |
         model = _bias_corrected(request, prepared, table, options, plan, budget)
     if request.activation_dtype == "uint8":
         model = uint8_activations(model)
+    record_kept_float(model, kept_float)  # what QAT writes from this result's plan, too
     check = None
     if request.data is not None:
         check = output_check(prepared, model, request.data, request.preprocess, request.seed)

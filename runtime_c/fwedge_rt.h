@@ -251,6 +251,8 @@ void fw_add_s8(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x
 void fw_mul_s8(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
 void fw_add_f32(const fw_elementwise_params *p, const float *x1, const float *x2, float *y);
 void fw_mul_f32(const fw_elementwise_params *p, const float *x1, const float *x2, float *y);
+/* y = x1 / x2, IEEE division (ONNX Div by a divisor whose reciprocal is inexact). */
+void fw_div_f32(const fw_elementwise_params *p, const float *x1, const float *x2, float *y);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Pools (pool_s8.c, pool_f32.c)                                                             */

@@ -179,7 +179,7 @@ def broadcast_of(operand_shape, output_shape) -> tuple[int, int]:
     return divisor, modulus
 
 
-@emitter("add", "mul")
+@emitter("add", "mul", "div")
 def emit_elementwise(e: _Emitter, op: LoweredOp) -> None:
     A, B = (e.tensor(name) for name in op.inputs)
     Y = e.tensor(op.outputs[0])

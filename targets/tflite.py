@@ -78,7 +78,7 @@ def _op_problem(graph: LoweredGraph, op: LoweredOp) -> str | None:
         return "a take that is neither a strided slice nor a gather along one axis"
     if op.kind == "depth_to_space" and op.attrs.mode != "DCR":
         return f"DepthToSpace mode {op.attrs.mode}: TFLite's DEPTH_TO_SPACE is DCR"
-    if op.kind in ("add", "mul"):
+    if op.kind in ("add", "mul", "div"):
         a, b = (graph.tensors[name] for name in op.inputs)
         if len(a.shape) != len(b.shape):
             return "operands of different rank"
@@ -237,9 +237,9 @@ def emit_fully_connected(writer: _Writer, op: LoweredOp) -> None:
               [writer.tensor(op.outputs[0])], "FullyConnectedOptions", options)
 
 
-@tflite_op("add", "mul")
+@tflite_op("add", "mul", "div")
 def emit_elementwise(writer: _Writer, op: LoweredOp) -> None:
-    builtin, cls = ("ADD", "AddOptions") if op.kind == "add" else ("MUL", "MulOptions")
+    builtin, cls = op.kind.upper(), f"{op.kind.capitalize()}Options"  # ADD, MUL, DIV
     options = writer.options(f"{cls}T", fusedActivationFunction=_ACTIVATION[op.attrs.activation])
     writer.op(builtin, [writer.tensor(name) for name in op.inputs], [writer.tensor(op.outputs[0])], cls, options)
 
@@ -450,9 +450,8 @@ def emit_float_function(writer: _Writer, op: LoweredOp) -> None:
 
 def _emit_float_function(writer: _Writer, kind: str, x: int, y: int) -> None:
     if kind == "sqrt":
-        writer.op("SQRT", [x], [y])
-    else:
-        writer.op("MUL", [x, x], [y], "MulOptions", writer.options("MulOptionsT"))
+        return writer.op("SQRT", [x], [y])
+    writer.op("MUL", [x, x], [y], "MulOptions", writer.options("MulOptionsT"))  # square
 
 
 @tflite_op("leaky_relu")

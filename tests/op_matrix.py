@@ -16,7 +16,8 @@ API (for the TFLite, NCNN, OpenVINO, C and ONNX target tests):
 noted), `kinds` (the lowered kinds it exercises), `input_range` ((low, high) of the seeded
 uniform inputs; calibration uses the same distribution), `int8` (False when the case has no
 integer version), `refused_by` (targets that cannot express the case and must refuse it with
-the node's name, e.g. ncnn for a strided Slice). `qdq_model(case, quantizer="fwedge"|"ort")` builds the int8 model with the
+the node's name, e.g. ncnn for a strided Slice), `int8_kinds` (the int8 version's kinds when they
+differ: a float Div by 3 is a `div`, its int8 version a `mul` by the requantized reciprocal). `qdq_model(case, quantizer="fwedge"|"ort")` builds the int8 model with the
 project quantizer (fwedge/quantization, minmax ranges over 16 seeded samples) or onnxruntime's
 quantize_static (QDQ, per-channel, QInt8/QInt8); both give the standard QDQ layout.
 """
@@ -45,6 +46,7 @@ class OpCase:
     input_range: tuple[float, float] = (-1.0, 1.0)
     int8: bool = True
     refused_by: tuple[str, ...] = ()  # targets that must refuse the case, naming its node
+    int8_kinds: tuple[str, ...] | None = None  # the int8 version's kinds, when not `kinds`
 
 
 def _model(nodes, inputs: dict[str, list[int]], output_shape: list[int], inits=(), opset: int = OPSET) -> onnx.ModelProto:
@@ -229,8 +231,12 @@ def _build_cases() -> list[OpCase]:
         OpCase("pow_2", _model([helper.make_node("Pow", ["x", "two"], ["y"], name="pow")], {"x": [1, 5, 6, 6]},
                                [1, 5, 6, 6], [numpy_helper.from_array(np.array(2.0, np.float32), "two")]),
                ("square",), (-3.0, 3.0)),
+        # Div by 3 stays a true division in float (1/3 is inexact); by 4 it is a mul by 0.25 (exact).
         OpCase("div_constant", _model([helper.make_node("Div", ["x", "d"], ["y"], name="div")], {"x": [1, 3, 4, 5]},
-                                      [1, 3, 4, 5], [numpy_helper.from_array(np.float32(3.0), "d")]), ("mul",)),
+                                      [1, 3, 4, 5], [numpy_helper.from_array(np.float32(3.0), "d")]), ("div",),
+               int8_kinds=("mul",)),
+        OpCase("div_power_of_two", _model([helper.make_node("Div", ["x", "d"], ["y"], name="div")], {"x": [1, 3, 4, 5]},
+                                          [1, 3, 4, 5], [numpy_helper.from_array(np.float32(4.0), "d")]), ("mul",)),
     ]
     # Nearest Resize as FPN necks (PP-OCR det: asymmetric, floor) and torch's Upsample write it,
     # a half_pixel x2 (the same tables), and ratios that are no integers (x1.6, x1.5).

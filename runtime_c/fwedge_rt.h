@@ -321,6 +321,9 @@ void fw_sqrt_f32(int size, const float *x, float *y);
 void fw_square_f32(int size, const float *x, float *y);
 /* Channels-last data: y[p][c] = x >= 0 ? x : slope[c] * x (ONNX PRelu). */
 void fw_prelu_f32(int pixels, int channels, const float *slope, const float *x, float *y);
+/* LayerNormalization of `rows` rows of `depth` floats: (x - mean) / sqrt(var + epsilon) * gamma + beta. */
+void fw_layer_norm_f32(int rows, int depth, float epsilon, const float *gamma, const float *beta,
+                       const float *x, float *y);
 /* Softmax over the innermost `depth` elements of `outer` rows. */
 void fw_softmax_f32(int outer, int depth, const float *x, float *y);
 /* int8 softmax over the innermost `depth` elements (softmax_s8.c): d = max - x,

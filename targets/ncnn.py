@@ -62,7 +62,7 @@ BIN_FILE = "model.bin"
 WRITTEN_OPS = frozenset(_UNARY) | frozenset(_BINARY) | frozenset(_ALIAS) | frozenset(QDQ_OPS) | frozenset({
     "Conv", "Gemm", "MatMul", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
     "GlobalMaxPool", "ReduceMean", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Softmax", "Pad",
-    "PRelu", "Transpose", "Resize", "DepthToSpace", "Slice", "Split", "Gather",
+    "PRelu", "Transpose", "Resize", "DepthToSpace", "Slice", "Split", "Gather", "LayerNormalization",
 })
 
 
@@ -137,6 +137,11 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
             axes = consts.get(node.input[1])
         keep = attribute(node, "keepdims", 1)
         return None if axes is not None and sorted(int(a) % 4 for a in axes) == [2, 3] and keep else "only ReduceMean over H,W with keepdims"
+    if op == "LayerNormalization":
+        rank = len(view.shapes.get(node.input[0]) or [])
+        if rank not in (2, 3) or int(attribute(node, "axis", -1)) % max(rank, 1) != rank - 1:
+            return "only LayerNormalization over the last axis of a rank-2 or rank-3 tensor"
+        return None if all(name in consts for name in node.input[1:] if name) else "scale and bias must be constant"
     if op == "Pad":
         mode = attribute(node, "mode", b"constant")
         mode = mode.decode() if isinstance(mode, bytes) else mode

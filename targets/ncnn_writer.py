@@ -302,6 +302,17 @@ class NcnnWriter:
         for array in (scale, mean, var, bias):
             self.raw(array)
 
+    def emit_LayerNormalization(self, node: onnx.NodeProto) -> None:
+        """ncnn LayerNorm over w (the last ONNX axis): affine_size, eps, affine; gamma, beta raw."""
+        depth = int(self.view.shapes[node.input[0]][-1])
+        inputs = list(node.input) + [""] * (3 - len(node.input))
+        gamma = self.view.consts[inputs[1]] if inputs[1] else np.ones(depth, np.float32)
+        beta = self.view.consts[inputs[2]] if inputs[2] else np.zeros(depth, np.float32)
+        self.add("LayerNorm", node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])],
+                 {0: depth, 1: float(attribute(node, "epsilon", 1e-5)), 2: 1})
+        for array in (gamma, beta):
+            self.raw(array.astype(np.float32).reshape(-1))
+
     def emit_unary(self, node: onnx.NodeProto) -> None:
         op = node.op_type
         params: dict = {}

@@ -17,11 +17,12 @@ from fwedge.ops import unary
 from fwedge.ops.shape import stored_permutation
 from fwedge.ops.take import progression, stored_tables
 from fwedge.targets.base import ExportOptions, Target, TfliteOptions, target
-from fwedge.targets import tflite_runner
+from fwedge.targets import tflite_float, tflite_runner  # noqa: F401  (tflite_float registers emitters)
 from fwedge.targets.common import resolve_precision
 from fwedge.targets.tflite_runner import MODEL_FILE, NCHW_TO_NHWC, NHWC_TO_NCHW
 from fwedge.targets.tflite_writer import (  # noqa: F401  (also re-exported)
-    _TYPES, FILE_IDENTIFIER, TFLITE_SCHEMA_VERSION, _Writer, nhwc_axis, nhwc_shape, padding_mode,
+    _TYPES, FILE_IDENTIFIER, TFLITE_OPS, TFLITE_SCHEMA_VERSION, _Writer, nhwc_axis, nhwc_shape, padding_mode,
+    tflite_op,
 )
 
 log = logging.getLogger(__name__)
@@ -29,21 +30,6 @@ log = logging.getLogger(__name__)
 TARGET = "tflite"
 # TFLite int8 spec: LOGISTIC and SOFTMAX outputs are fixed to scale 1/256, zero point -128.
 FIXED_OUTPUT_QUANT = QuantParams((1.0 / 256.0,), (-128,))
-
-# Lowered op kind -> emitter(writer, op); filled by @tflite_op.
-TFLITE_OPS: dict = {}
-
-
-def tflite_op(*kinds: str):
-    """Register the emitter of one or more lowered kinds: function(writer, op)."""
-
-    def register(function):
-        for kind in kinds:
-            TFLITE_OPS[kind] = function
-        return function
-
-    return register
-
 
 def _schema():
     from ai_edge_litert import schema_py_generated as schema
@@ -429,29 +415,6 @@ def emit_function(writer: _Writer, op: LoweredOp) -> None:
 for _function in unary.FUNCTIONS:
     if _function.tflite is not None:
         tflite_op(_function.kind)(emit_function)
-
-
-@tflite_op("sqrt", "square")
-def emit_float_function(writer: _Writer, op: LoweredOp) -> None:
-    """SQRT, or MUL(x, x) for square: float kernels. In int8 they run between a DEQUANTIZE and a
-    QUANTIZE (TFLite has no int8 SQRT or SQUARE), the float result rounded to the output's
-    quantization as onnxruntime's DequantizeLinear -> op -> QuantizeLinear rounds it."""
-    X = writer.graph.tensors[op.inputs[0]]
-    x, y = writer.tensor(op.inputs[0]), writer.tensor(op.outputs[0])
-    if X.dtype == "int8":
-        x_float = writer.temp(f"{op.name}/float_in", nhwc_shape(X.shape), "float32", None)
-        writer.op("DEQUANTIZE", [x], [x_float])
-        y_float = writer.temp(f"{op.name}/float_out", nhwc_shape(X.shape), "float32", None)
-        _emit_float_function(writer, op.kind, x_float, y_float)
-        writer.op("QUANTIZE", [y_float], [y])
-        return
-    _emit_float_function(writer, op.kind, x, y)
-
-
-def _emit_float_function(writer: _Writer, kind: str, x: int, y: int) -> None:
-    if kind == "sqrt":
-        return writer.op("SQRT", [x], [y])
-    writer.op("MUL", [x, x], [y], "MulOptions", writer.options("MulOptionsT"))  # square
 
 
 @tflite_op("leaky_relu")

@@ -125,6 +125,18 @@ def _conv_transpose(case_id, c_in, c_out, size, kernel, rng, relu=False) -> OpCa
     return OpCase(case_id, _model(nodes, {"x": [1, c_in, *size]}, out, inits), ("conv2d", "depth_to_space"))
 
 
+def _layer_norm(case_id, shape, rng) -> OpCase:
+    """LayerNormalization (opset 17) over the last axis with seeded gamma and beta; float only for
+    now: in an int8 model it is a float island (no int8 version to compare step by step)."""
+    depth = shape[-1]
+    inits = [numpy_helper.from_array(rng.uniform(0.5, 1.5, depth).astype(np.float32), "gamma"),
+             numpy_helper.from_array(rng.normal(0, 0.2, depth).astype(np.float32), "beta")]
+    node = helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["y"], name="layer_norm", axis=-1,
+                            epsilon=1e-5)
+    return OpCase(case_id, _model([node], {"x": shape}, shape, inits, opset=17), ("layer_norm",), (-2.0, 3.0),
+                  int8=False)
+
+
 def _take_cases() -> list[OpCase]:
     """Slice (channels and rows; strided with a negative step), Split + Concat, Gather (a channel
     list; a scalar row index that drops the axis)."""
@@ -235,6 +247,8 @@ def _build_cases() -> list[OpCase]:
         OpCase("div_constant", _model([helper.make_node("Div", ["x", "d"], ["y"], name="div")], {"x": [1, 3, 4, 5]},
                                       [1, 3, 4, 5], [numpy_helper.from_array(np.float32(3.0), "d")]), ("div",),
                int8_kinds=("mul",)),
+        _layer_norm("layer_norm_3d", [1, 6, 16], np.random.default_rng(17)),
+        _layer_norm("layer_norm_2d", [1, 24], np.random.default_rng(18)),
         OpCase("div_power_of_two", _model([helper.make_node("Div", ["x", "d"], ["y"], name="div")], {"x": [1, 3, 4, 5]},
                                           [1, 3, 4, 5], [numpy_helper.from_array(np.float32(4.0), "d")]), ("mul",)),
     ]

@@ -2,7 +2,9 @@
 
 y = (x - mean) / sqrt(var + epsilon) * gamma + beta, mean and var over the last axis, gamma and
 beta constants of that axis' length. There is no int8 form: in an int8 model the node runs in
-float between the dequantized input and the quantized output (note_float records it).
+float between the dequantized input and the quantized output: a reported float island (note_float
+in the lowering; OpInfo.float_island makes the quantizer list it in the model's kept-float record,
+which every manifest copies as extra.kept_float).
 """
 from __future__ import annotations
 
@@ -60,4 +62,6 @@ def _check_layer_norm(view, node: onnx.NodeProto) -> str | None:
 
 
 register_kind("layer_norm", run_layer_norm)
-register_op("LayerNormalization", OpInfo(), kinds=("layer_norm",), lower=_lower_layer_norm, check=_check_layer_norm)
+_FLOAT_ISLAND = ("float island: LayerNormalization has no int8 kernel (mean, variance and rsqrt over a row "
+                 "need float); it runs in float between the dequantized input and the quantized output")
+register_op("LayerNormalization", OpInfo(float_island=_FLOAT_ISLAND), kinds=("layer_norm",), lower=_lower_layer_norm, check=_check_layer_norm)

@@ -137,6 +137,26 @@ def _layer_norm(case_id, shape, rng) -> OpCase:
                   int8=False)
 
 
+def _layer_norm_chain(rng) -> OpCase:
+    """The chain exporters write for a LayerNorm (opset 13): ReduceMean, Sub, Pow 2, ReduceMean,
+    Add eps, Sqrt, Div, Mul gamma, Add beta; passes/layer_norm.py fuses it into one layer_norm."""
+    shape, depth = [1, 5, 12], 12
+
+    def node(op, inputs, output, **attrs):
+        return helper.make_node(op, inputs, [output], name=output, **attrs)
+
+    inits = [numpy_helper.from_array(np.float32(2.0), "two"), numpy_helper.from_array(np.float32(1e-6), "eps"),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, depth).astype(np.float32), "gamma"),
+             numpy_helper.from_array(rng.normal(0, 0.2, depth).astype(np.float32), "beta")]
+    nodes = [node("ReduceMean", ["x"], "mean", axes=[-1]), node("Sub", ["x", "mean"], "centered"),
+             node("Pow", ["centered", "two"], "squares"), node("ReduceMean", ["squares"], "var", axes=[-1]),
+             node("Add", ["var", "eps"], "var_eps"), node("Sqrt", ["var_eps"], "std"),
+             node("Div", ["centered", "std"], "normalized"), node("Mul", ["normalized", "gamma"], "scaled"),
+             node("Add", ["scaled", "beta"], "y")]
+    return OpCase("layer_norm_chain", _model(nodes, {"x": shape}, shape, inits), ("layer_norm",), (-2.0, 3.0),
+                  int8=False)
+
+
 def _take_cases() -> list[OpCase]:
     """Slice (channels and rows; strided with a negative step), Split + Concat, Gather (a channel
     list; a scalar row index that drops the axis)."""
@@ -249,6 +269,7 @@ def _build_cases() -> list[OpCase]:
                int8_kinds=("mul",)),
         _layer_norm("layer_norm_3d", [1, 6, 16], np.random.default_rng(17)),
         _layer_norm("layer_norm_2d", [1, 24], np.random.default_rng(18)),
+        _layer_norm_chain(np.random.default_rng(19)),
         OpCase("div_power_of_two", _model([helper.make_node("Div", ["x", "d"], ["y"], name="div")], {"x": [1, 3, 4, 5]},
                                           [1, 3, 4, 5], [numpy_helper.from_array(np.float32(4.0), "d")]), ("mul",)),
     ]

@@ -26,28 +26,43 @@ from tolerances import INT8_MAX_STEPS
 C = 16  # rank 2: the int8 MatMul by a constant takes [1, K] rows
 
 
-def _model() -> onnx.ModelProto:
+def _chain(x: str, y: str) -> list[onnx.NodeProto]:
+    """The exporters' LayerNorm chain (opset 13), named as fwedge's prepare would keep it."""
+    def node(op, inputs, output, **attrs):
+        return helper.make_node(op, inputs, [output], name=output, **attrs)
+
+    return [node("ReduceMean", [x], "layer_norm", axes=[-1]), node("Sub", [x, "layer_norm"], "centered"),
+            node("Pow", ["centered", "two"], "squares"), node("ReduceMean", ["squares"], "var", axes=[-1]),
+            node("Add", ["var", "eps"], "var_eps"), node("Sqrt", ["var_eps"], "std"),
+            node("Div", ["centered", "std"], "normalized"), node("Mul", ["normalized", "gamma"], "scaled"),
+            node("Add", ["scaled", "beta"], y)]
+
+
+def _model(chain: bool = False) -> onnx.ModelProto:
     rng = np.random.default_rng(21)
     inits = [numpy_helper.from_array((rng.standard_normal((C, C)) / 4).astype(np.float32), "w1"),
              numpy_helper.from_array(rng.uniform(0.5, 1.5, C).astype(np.float32), "gamma"),
              numpy_helper.from_array(rng.normal(0, 0.2, C).astype(np.float32), "beta"),
              numpy_helper.from_array((rng.standard_normal((C, 8)) / 4).astype(np.float32), "w2")]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-             helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["n"], name="layer_norm"),
+    inits += [numpy_helper.from_array(np.float32(2.0), "two"), numpy_helper.from_array(np.float32(1e-5), "eps")]
+    norm = _chain("h", "n") if chain else [
+        helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["n"], name="layer_norm")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), *norm,
              helper.make_node("MatMul", ["n", "w2"], ["y"], name="fc2")]
     graph = helper.make_graph(nodes, "ln_island", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13 if chain else 17)])
     model.ir_version = 8
     return model
 
 
-@pytest.fixture(scope="module")
-def quantized(tmp_path_factory):
+@pytest.fixture(scope="module", params=["node", "chain"])
+def quantized(tmp_path_factory, request):
     folder = tmp_path_factory.mktemp("ln_island")
     data = folder / "x.npy"
     np.save(data, np.random.default_rng(22).uniform(-1, 1, (32, C)).astype(np.float32))
-    result = quantize(_model(), data, "minmax", num_samples=32)
+    # "chain": the exporters' ReduceMean ... Add chain, fused by prepare (passes/layer_norm.py).
+    result = quantize(_model(request.param == "chain"), data, "minmax", num_samples=32)
     path = folder / "ln_qdq.onnx"
     onnx.save(result.model, path)
     return result, path

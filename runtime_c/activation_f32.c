@@ -1,4 +1,5 @@
-/* float32 activations: clamp (ReLU, ReLU6), hardswish, hardsigmoid, sigmoid, tanh, leaky ReLU, softmax.
+/* float32 activations: clamp (ReLU, ReLU6), hardswish, hardsigmoid, sigmoid, tanh, leaky ReLU, sqrt, square, softmax,
+ * layer norm.
  *
  * exp, sigmoid and tanh use no libm: each architecture's C library rounds expf and tanhf its
  * own way (musl and glibc differ by 1 ULP on some inputs), so a bundle would give other bits on
@@ -118,6 +119,20 @@ void fw_tanh_f32(int size, const float *x, float *y)
     }
 }
 
+void fw_sqrt_f32(int size, const float *x, float *y)
+{
+    for (int i = 0; i < size; ++i) {
+        y[i] = __builtin_sqrtf(x[i]); /* the sqrt instruction: correctly rounded, NaN below 0 */
+    }
+}
+
+void fw_square_f32(int size, const float *x, float *y)
+{
+    for (int i = 0; i < size; ++i) {
+        y[i] = x[i] * x[i];
+    }
+}
+
 void fw_leaky_relu_f32(int size, float alpha, const float *x, float *y)
 {
     for (int i = 0; i < size; ++i) {
@@ -152,6 +167,30 @@ void fw_softmax_f32(int outer, int depth, const float *x, float *y)
         }
         for (int i = 0; i < depth; ++i) {
             yr[i] /= total;
+        }
+    }
+}
+
+void fw_layer_norm_f32(int rows, int depth, float epsilon, const float *gamma, const float *beta,
+                       const float *x, float *y)
+{
+    for (int r = 0; r < rows; ++r) {
+        const float *row = x + (size_t)r * depth;
+        float *out = y + (size_t)r * depth;
+        double sum = 0.0;
+        for (int i = 0; i < depth; ++i) {
+            sum += row[i];
+        }
+        const float mean = (float)(sum / depth);
+        double squares = 0.0;
+        for (int i = 0; i < depth; ++i) {
+            const double d = (double)(row[i] - mean);
+            squares += d * d;
+        }
+        const float var = (float)(squares / depth);
+        const float inv = 1.0f / __builtin_sqrtf(var + epsilon); /* correctly rounded sqrt */
+        for (int i = 0; i < depth; ++i) {
+            out[i] = (row[i] - mean) * inv * gamma[i] + beta[i];
         }
     }
 }

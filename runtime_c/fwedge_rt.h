@@ -251,6 +251,8 @@ void fw_add_s8(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x
 void fw_mul_s8(const fw_elementwise_params *p, const int8_t *x1, const int8_t *x2, int8_t *y);
 void fw_add_f32(const fw_elementwise_params *p, const float *x1, const float *x2, float *y);
 void fw_mul_f32(const fw_elementwise_params *p, const float *x1, const float *x2, float *y);
+/* y = x1 / x2, IEEE division (ONNX Div by a divisor whose reciprocal is inexact). */
+void fw_div_f32(const fw_elementwise_params *p, const float *x1, const float *x2, float *y);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Pools (pool_s8.c, pool_f32.c)                                                             */
@@ -313,8 +315,15 @@ void fw_sigmoid_f32(int size, const float *x, float *y);
 void fw_tanh_f32(int size, const float *x, float *y);
 /* y = x >= 0 ? x : alpha * x (ONNX LeakyRelu). */
 void fw_leaky_relu_f32(int size, float alpha, const float *x, float *y);
+/* y = sqrt(x) (ONNX Sqrt): IEEE sqrt is correctly rounded, the same bits on every architecture. */
+void fw_sqrt_f32(int size, const float *x, float *y);
+/* y = x * x (ONNX Pow with the exponent 2). */
+void fw_square_f32(int size, const float *x, float *y);
 /* Channels-last data: y[p][c] = x >= 0 ? x : slope[c] * x (ONNX PRelu). */
 void fw_prelu_f32(int pixels, int channels, const float *slope, const float *x, float *y);
+/* LayerNormalization of `rows` rows of `depth` floats: (x - mean) / sqrt(var + epsilon) * gamma + beta. */
+void fw_layer_norm_f32(int rows, int depth, float epsilon, const float *gamma, const float *beta,
+                       const float *x, float *y);
 /* Softmax over the innermost `depth` elements of `outer` rows. */
 void fw_softmax_f32(int outer, int depth, const float *x, float *y);
 /* int8 softmax over the innermost `depth` elements (softmax_s8.c): d = max - x,

@@ -197,7 +197,7 @@ def broadcast_of(operand_shape, output_shape) -> tuple[int, int]:
     return divisor, modulus
 
 
-@emitter("add", "mul")
+@emitter("add", "mul", "div")
 def emit_elementwise(e: _Emitter, op: LoweredOp) -> None:
     A, B = (e.tensor(name) for name in op.inputs)
     Y = e.tensor(op.outputs[0])
@@ -445,6 +445,16 @@ def emit_softmax(e: _Emitter, op: LoweredOp) -> None:
         raise ExportError(f"C target: softmax {op.name!r} with beta {op.attrs.beta}")
     e.kernels.add("activation_f32.c")
     e.call(op, f"fw_softmax_f32({outer}, {depth}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
+
+
+@emitter("layer_norm")
+def emit_layer_norm(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    depth = X.shape[-1]
+    gamma, beta = (e.pointer(name) for name in op.inputs[1:])
+    e.kernels.add("activation_f32.c")
+    e.call(op, f"fw_layer_norm_f32({X.size // depth}, {depth}, {c_float(op.attrs.epsilon)}, {gamma}, {beta}, "
+               f"{e.pointer(X.name)}, {e.pointer(Y.name)});")
 
 
 @emitter("quantize")

@@ -62,7 +62,7 @@ BIN_FILE = "model.bin"
 WRITTEN_OPS = frozenset(_UNARY) | frozenset(_BINARY) | frozenset(_ALIAS) | frozenset(QDQ_OPS) | frozenset({
     "Conv", "Gemm", "MatMul", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
     "GlobalMaxPool", "ReduceMean", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Softmax", "Pad",
-    "PRelu", "Transpose", "Resize", "DepthToSpace", "Slice", "Split", "Gather",
+    "PRelu", "Transpose", "Resize", "DepthToSpace", "Slice", "Split", "Gather", "LayerNormalization",
 })
 
 
@@ -101,6 +101,10 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
         if any(d != 1 for d in attribute(node, "dilations", [1, 1])):
             return "pool dilation"
         return None if len(attribute(node, "kernel_shape", [])) == 2 else "only 2-D pools"
+    if op == "Pow":
+        exponent = consts.get(node.input[1])
+        return None if exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 2.0 \
+            else "only Pow with the constant exponent 2"
     if op in ("GlobalAveragePool", "GlobalMaxPool", "BatchNormalization", "Flatten", "Reshape", "Squeeze",
               "Unsqueeze", "Concat", "Softmax") or op in _UNARY or op in _BINARY:
         return None
@@ -133,6 +137,11 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
             axes = consts.get(node.input[1])
         keep = attribute(node, "keepdims", 1)
         return None if axes is not None and sorted(int(a) % 4 for a in axes) == [2, 3] and keep else "only ReduceMean over H,W with keepdims"
+    if op == "LayerNormalization":
+        rank = len(view.shapes.get(node.input[0]) or [])
+        if rank not in (2, 3) or int(attribute(node, "axis", -1)) % max(rank, 1) != rank - 1:
+            return "only LayerNormalization over the last axis of a rank-2 or rank-3 tensor"
+        return None if all(name in consts for name in node.input[1:] if name) else "scale and bias must be constant"
     if op == "Pad":
         mode = attribute(node, "mode", b"constant")
         mode = mode.decode() if isinstance(mode, bytes) else mode

@@ -13,6 +13,7 @@ from fwedge.errors import ExportError
 from fwedge.ir import opset_version
 from fwedge.op_info import attribute
 from fwedge.passes.conv_transpose import conv_transpose_as_depth_to_space
+from fwedge.passes.layer_norm import fuse_layer_norm
 from fwedge.passes.layout import fold_transposes
 from fwedge.targets.common import QDQ_OPS, require_static
 
@@ -99,7 +100,8 @@ def _evaluate_node(node: onnx.NodeProto, values: dict[str, np.ndarray], opset: i
 
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fix the batch to 1, fold constant subgraphs (Shape chains, Constant arithmetic), infer shapes;
-    a ConvTranspose with kernel == stride becomes a 1x1 Conv + DepthToSpace (passes/conv_transpose.py).
+    a ConvTranspose with kernel == stride becomes a 1x1 Conv + DepthToSpace (passes/conv_transpose.py),
+    a LayerNorm chain one LayerNormalization (passes/layer_norm.py).
 
     DequantizeLinear of a constant is left alone: it carries the int8 weights and their scales.
 
@@ -108,7 +110,7 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     require_static(model, TARGET)
     shapes = {value.name: [1] + ir.shape_of(value)[1:] for value in ir.graph_inputs(model) if ir.shape_of(value)}
-    model = fold_transposes(ir.set_input_shapes(conv_transpose_as_depth_to_space(model), shapes))
+    model = fuse_layer_norm(fold_transposes(ir.set_input_shapes(conv_transpose_as_depth_to_space(model), shapes)))
     # Folding a Shape chain makes the shapes behind it known, which can expose the next chain.
     for _ in range(8):
         folded = _fold_once(model)

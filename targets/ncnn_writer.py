@@ -21,7 +21,9 @@ FLT_MAX = 3.4028234663852886e38
 # ONNX op -> ncnn BinaryOp op_type (and the reversed op when the constant is the first operand).
 _BINARY = {"Add": (0, 0), "Sub": (1, 7), "Mul": (2, 2), "Div": (3, 8)}
 _UNARY = {"Relu": "ReLU", "LeakyRelu": "ReLU", "Sigmoid": "Sigmoid", "Tanh": "TanH",
-          "HardSigmoid": "HardSigmoid", "HardSwish": "HardSwish", "Clip": "Clip"}
+          "HardSigmoid": "HardSigmoid", "HardSwish": "HardSwish", "Clip": "Clip", "Sqrt": "UnaryOp", "Pow": "UnaryOp"}
+# UnaryOp op_type of the ONNX ops written as one (Pow only with the exponent 2: square).
+_UNARY_OP_TYPES = {"Sqrt": 5, "Pow": 4}
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,6 +302,17 @@ class NcnnWriter:
         for array in (scale, mean, var, bias):
             self.raw(array)
 
+    def emit_LayerNormalization(self, node: onnx.NodeProto) -> None:
+        """ncnn LayerNorm over w (the last ONNX axis): affine_size, eps, affine; gamma, beta raw."""
+        depth = int(self.view.shapes[node.input[0]][-1])
+        inputs = list(node.input) + [""] * (3 - len(node.input))
+        gamma = self.view.consts[inputs[1]] if inputs[1] else np.ones(depth, np.float32)
+        beta = self.view.consts[inputs[2]] if inputs[2] else np.zeros(depth, np.float32)
+        self.add("LayerNorm", node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])],
+                 {0: depth, 1: float(attribute(node, "epsilon", 1e-5)), 2: 1})
+        for array in (gamma, beta):
+            self.raw(array.astype(np.float32).reshape(-1))
+
     def emit_unary(self, node: onnx.NodeProto) -> None:
         op = node.op_type
         params: dict = {}
@@ -309,6 +322,8 @@ class NcnnWriter:
             params = {0: float(attribute(node, "alpha", 0.2)), 1: float(attribute(node, "beta", 0.5))}
         elif op == "HardSwish":
             params = {0: 1.0 / 6.0, 1: 0.5}
+        elif op in _UNARY_OP_TYPES:
+            params = {0: _UNARY_OP_TYPES[op]}
         elif op == "Clip":
             low, high = attribute(node, "min", -FLT_MAX), attribute(node, "max", FLT_MAX)
             if len(node.input) > 1 and node.input[1]:

@@ -17,11 +17,12 @@ from fwedge.ops import unary
 from fwedge.ops.shape import stored_permutation
 from fwedge.ops.take import progression, stored_tables
 from fwedge.targets.base import ExportOptions, Target, TfliteOptions, target
-from fwedge.targets import tflite_runner
+from fwedge.targets import tflite_float, tflite_runner  # noqa: F401  (tflite_float registers emitters)
 from fwedge.targets.common import resolve_precision
 from fwedge.targets.tflite_runner import MODEL_FILE, NCHW_TO_NHWC, NHWC_TO_NCHW
 from fwedge.targets.tflite_writer import (  # noqa: F401  (also re-exported)
-    _TYPES, FILE_IDENTIFIER, TFLITE_SCHEMA_VERSION, _Writer, nhwc_axis, nhwc_shape, padding_mode,
+    _TYPES, FILE_IDENTIFIER, TFLITE_OPS, TFLITE_SCHEMA_VERSION, _Writer, nhwc_axis, nhwc_shape, padding_mode,
+    tflite_op,
 )
 
 log = logging.getLogger(__name__)
@@ -29,21 +30,6 @@ log = logging.getLogger(__name__)
 TARGET = "tflite"
 # TFLite int8 spec: LOGISTIC and SOFTMAX outputs are fixed to scale 1/256, zero point -128.
 FIXED_OUTPUT_QUANT = QuantParams((1.0 / 256.0,), (-128,))
-
-# Lowered op kind -> emitter(writer, op); filled by @tflite_op.
-TFLITE_OPS: dict = {}
-
-
-def tflite_op(*kinds: str):
-    """Register the emitter of one or more lowered kinds: function(writer, op)."""
-
-    def register(function):
-        for kind in kinds:
-            TFLITE_OPS[kind] = function
-        return function
-
-    return register
-
 
 def _schema():
     from ai_edge_litert import schema_py_generated as schema
@@ -78,7 +64,7 @@ def _op_problem(graph: LoweredGraph, op: LoweredOp) -> str | None:
         return "a take that is neither a strided slice nor a gather along one axis"
     if op.kind == "depth_to_space" and op.attrs.mode != "DCR":
         return f"DepthToSpace mode {op.attrs.mode}: TFLite's DEPTH_TO_SPACE is DCR"
-    if op.kind in ("add", "mul"):
+    if op.kind in ("add", "mul", "div"):
         a, b = (graph.tensors[name] for name in op.inputs)
         if len(a.shape) != len(b.shape):
             return "operands of different rank"
@@ -237,9 +223,9 @@ def emit_fully_connected(writer: _Writer, op: LoweredOp) -> None:
               [writer.tensor(op.outputs[0])], "FullyConnectedOptions", options)
 
 
-@tflite_op("add", "mul")
+@tflite_op("add", "mul", "div")
 def emit_elementwise(writer: _Writer, op: LoweredOp) -> None:
-    builtin, cls = ("ADD", "AddOptions") if op.kind == "add" else ("MUL", "MulOptions")
+    builtin, cls = op.kind.upper(), f"{op.kind.capitalize()}Options"  # ADD, MUL, DIV
     options = writer.options(f"{cls}T", fusedActivationFunction=_ACTIVATION[op.attrs.activation])
     writer.op(builtin, [writer.tensor(name) for name in op.inputs], [writer.tensor(op.outputs[0])], cls, options)
 

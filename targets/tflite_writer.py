@@ -42,6 +42,21 @@ def padding_mode(in_shape, kernel, strides, dilations, pads) -> str:
     return "EXPLICIT"
 
 
+# Lowered op kind -> emitter(writer, op); filled by @tflite_op.
+TFLITE_OPS: dict = {}
+
+
+def tflite_op(*kinds: str):
+    """Register the emitter of one or more lowered kinds: function(writer, op)."""
+
+    def register(function):
+        for kind in kinds:
+            TFLITE_OPS[kind] = function
+        return function
+
+    return register
+
+
 # --------------------------------------------------------------------------------------------
 # Flatbuffer writer
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ API (for the TFLite, NCNN, OpenVINO, C and ONNX target tests):
 noted), `kinds` (the lowered kinds it exercises), `input_range` ((low, high) of the seeded
 uniform inputs; calibration uses the same distribution), `int8` (False when the case has no
 integer version), `refused_by` (targets that cannot express the case and must refuse it with
-the node's name, e.g. ncnn for a strided Slice). `qdq_model(case, quantizer="fwedge"|"ort")` builds the int8 model with the
+the node's name, e.g. ncnn for a strided Slice), `int8_kinds` (the int8 version's kinds when they
+differ: a float Div by 3 is a `div`, its int8 version a `mul` by the requantized reciprocal). `qdq_model(case, quantizer="fwedge"|"ort")` builds the int8 model with the
 project quantizer (fwedge/quantization, minmax ranges over 16 seeded samples) or onnxruntime's
 quantize_static (QDQ, per-channel, QInt8/QInt8); both give the standard QDQ layout.
 """
@@ -45,6 +46,7 @@ class OpCase:
     input_range: tuple[float, float] = (-1.0, 1.0)
     int8: bool = True
     refused_by: tuple[str, ...] = ()  # targets that must refuse the case, naming its node
+    int8_kinds: tuple[str, ...] | None = None  # the int8 version's kinds, when not `kinds`
 
 
 def _model(nodes, inputs: dict[str, list[int]], output_shape: list[int], inits=(), opset: int = OPSET) -> onnx.ModelProto:
@@ -121,6 +123,38 @@ def _conv_transpose(case_id, c_in, c_out, size, kernel, rng, relu=False) -> OpCa
         nodes.append(helper.make_node("Relu", ["t"], ["y"], name="relu"))
     out = [1, c_out, size[0] * kernel, size[1] * kernel]
     return OpCase(case_id, _model(nodes, {"x": [1, c_in, *size]}, out, inits), ("conv2d", "depth_to_space"))
+
+
+def _layer_norm(case_id, shape, rng) -> OpCase:
+    """LayerNormalization (opset 17) over the last axis with seeded gamma and beta; float only for
+    now: in an int8 model it is a float island (no int8 version to compare step by step)."""
+    depth = shape[-1]
+    inits = [numpy_helper.from_array(rng.uniform(0.5, 1.5, depth).astype(np.float32), "gamma"),
+             numpy_helper.from_array(rng.normal(0, 0.2, depth).astype(np.float32), "beta")]
+    node = helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["y"], name="layer_norm", axis=-1,
+                            epsilon=1e-5)
+    return OpCase(case_id, _model([node], {"x": shape}, shape, inits, opset=17), ("layer_norm",), (-2.0, 3.0),
+                  int8=False)
+
+
+def _layer_norm_chain(rng) -> OpCase:
+    """The chain exporters write for a LayerNorm (opset 13): ReduceMean, Sub, Pow 2, ReduceMean,
+    Add eps, Sqrt, Div, Mul gamma, Add beta; passes/layer_norm.py fuses it into one layer_norm."""
+    shape, depth = [1, 5, 12], 12
+
+    def node(op, inputs, output, **attrs):
+        return helper.make_node(op, inputs, [output], name=output, **attrs)
+
+    inits = [numpy_helper.from_array(np.float32(2.0), "two"), numpy_helper.from_array(np.float32(1e-6), "eps"),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, depth).astype(np.float32), "gamma"),
+             numpy_helper.from_array(rng.normal(0, 0.2, depth).astype(np.float32), "beta")]
+    nodes = [node("ReduceMean", ["x"], "mean", axes=[-1]), node("Sub", ["x", "mean"], "centered"),
+             node("Pow", ["centered", "two"], "squares"), node("ReduceMean", ["squares"], "var", axes=[-1]),
+             node("Add", ["var", "eps"], "var_eps"), node("Sqrt", ["var_eps"], "std"),
+             node("Div", ["centered", "std"], "normalized"), node("Mul", ["normalized", "gamma"], "scaled"),
+             node("Add", ["scaled", "beta"], "y")]
+    return OpCase("layer_norm_chain", _model(nodes, {"x": shape}, shape, inits), ("layer_norm",), (-2.0, 3.0),
+                  int8=False)
 
 
 def _take_cases() -> list[OpCase]:
@@ -224,6 +258,20 @@ def _build_cases() -> list[OpCase]:
         _unary("tanh", "Tanh", "tanh"),
         _unary("leaky_relu", "LeakyRelu", "leaky_relu", alpha=0.1),
         _unary("softmax", "Softmax", "softmax", shape=(1, 10), input_range=(-3.0, 3.0), axis=-1),
+        # LayerNorm's pieces standing alone: Sqrt of a positive input, Pow by 2, Div by a constant.
+        _unary("sqrt", "Sqrt", "sqrt", input_range=(0.05, 4.0)),
+        OpCase("pow_2", _model([helper.make_node("Pow", ["x", "two"], ["y"], name="pow")], {"x": [1, 5, 6, 6]},
+                               [1, 5, 6, 6], [numpy_helper.from_array(np.array(2.0, np.float32), "two")]),
+               ("square",), (-3.0, 3.0)),
+        # Div by 3 stays a true division in float (1/3 is inexact); by 4 it is a mul by 0.25 (exact).
+        OpCase("div_constant", _model([helper.make_node("Div", ["x", "d"], ["y"], name="div")], {"x": [1, 3, 4, 5]},
+                                      [1, 3, 4, 5], [numpy_helper.from_array(np.float32(3.0), "d")]), ("div",),
+               int8_kinds=("mul",)),
+        _layer_norm("layer_norm_3d", [1, 6, 16], np.random.default_rng(17)),
+        _layer_norm("layer_norm_2d", [1, 24], np.random.default_rng(18)),
+        _layer_norm_chain(np.random.default_rng(19)),
+        OpCase("div_power_of_two", _model([helper.make_node("Div", ["x", "d"], ["y"], name="div")], {"x": [1, 3, 4, 5]},
+                                          [1, 3, 4, 5], [numpy_helper.from_array(np.float32(4.0), "d")]), ("mul",)),
     ]
     # Nearest Resize as FPN necks (PP-OCR det: asymmetric, floor) and torch's Upsample write it,
     # a half_pixel x2 (the same tables), and ratios that are no integers (x1.6, x1.5).

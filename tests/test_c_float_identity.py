@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from fwedge.bundle import host_arch, load_bundle
 from fwedge.eval import OrtRunner
@@ -86,3 +86,39 @@ def test_sigmoid_and_tanh_are_correctly_rounded(outputs):
 def test_softmax_matches_onnxruntime(outputs):
     reference = OrtRunner(_model()).run_all({"x": _inputs()})["softmax"]
     np.testing.assert_allclose(outputs[host_arch()]["softmax"], reference, rtol=FP32_RTOL, atol=FP32_ATOL)
+
+
+_TRANSFORMER_OUTPUTS = ("layer_norm", "square", "sqrt", "div")
+
+
+def _transformer_model() -> onnx.ModelProto:
+    """LayerNormalization, Pow 2 -> Sqrt and Div by 3 (the float pieces of a transformer block)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, ROWS, DEPTH])
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, ROWS, DEPTH]) for name in _TRANSFORMER_OUTPUTS]
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.uniform(0.5, 1.5, DEPTH).astype(np.float32), "gamma"),
+             numpy_helper.from_array(rng.normal(0, 0.2, DEPTH).astype(np.float32), "beta"),
+             numpy_helper.from_array(np.float32(2.0), "two"), numpy_helper.from_array(np.float32(3.0), "three")]
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["layer_norm"], name="layer_norm"),
+             helper.make_node("Pow", ["x", "two"], ["square"], name="pow"),
+             helper.make_node("Sqrt", ["square"], ["sqrt"], name="sqrt"),
+             helper.make_node("Div", ["x", "three"], ["div"], name="div")]
+    graph = helper.make_graph(nodes, "transformer_pieces", [x], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_layer_norm_sqrt_square_div_are_the_same_bytes_on_every_architecture(tmp_path):
+    model = _transformer_model()
+    x = np.random.default_rng(4).uniform(-12.0, 12.0, (1, ROWS, DEPTH)).astype(np.float32)
+    target, by_arch = get_target("c"), {}
+    for arch in C_ARCHES:
+        bundle = get_target(arch).export(model, tmp_path / arch, ExportOptions(precision="fp32", source_sha256="0" * 64))
+        by_arch[arch] = target.run(load_bundle(bundle.path), {"x": x})
+    reference = OrtRunner(model).run_all({"x": x})
+    for name in _TRANSFORMER_OUTPUTS:
+        np.testing.assert_allclose(by_arch[host_arch()][name], reference[name], rtol=FP32_RTOL, atol=FP32_ATOL,
+                                   err_msg=name)
+        for arch, results in by_arch.items():
+            assert results[name].tobytes() == by_arch[host_arch()][name].tobytes(), f"{name}: {arch} differs"
+    # Div by 3 is a true division (x * float32(1/3) differs on some inputs): the same bits as ORT.
+    assert by_arch[host_arch()]["div"].tobytes() == reference["div"].tobytes()

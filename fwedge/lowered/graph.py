@@ -295,6 +295,13 @@ class PreluAttrs:
 
 
 @dataclass(frozen=True, eq=False)
+class LayerNormAttrs:
+    """layer_norm over the last axis (float only): inputs x, gamma, beta."""
+
+    epsilon: float
+
+
+@dataclass(frozen=True, eq=False)
 class SoftmaxAttrs:
     """softmax along `axis` (non-negative): the last axis, or axis 1 (channels) of a 4-D tensor."""
 

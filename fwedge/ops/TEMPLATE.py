@@ -20,7 +20,7 @@ An op card registers, for each ONNX op of its family, what every room needs, in 
    by side, integer-exact), and its semantics in fwedge/lowered/graph.py's docstring.
 
 Then, for a new kind, one emitter per target: `@emitter("kind")` in targets/c_emitters.py (and a
-kernel in runtime_c/ if none fits), `@tflite_op("kind")` in targets/tflite.py, and the ONNX op
+kernel in runtime_c/ if none fits), `@tflite_op("kind")` in targets/tflite.py (or tflite_float.py), and the ONNX op
 in targets/ncnn.py's WRITTEN_OPS with its layer (targets/ncnn_writer.py). An ONNX op that
 lowers to an existing kind needs none of these. Add an op-matrix case (tests/op_matrix.py);
 tests/test_op_cards.py names whatever is missing. An element-wise function of one input is

@@ -45,6 +45,9 @@ class OpInfo:
             quantization range: no Q/DQ between the producer and it.
         channel_inputs: inputs holding one value per channel (BN scale, B, mean, var): channel
             pruning slices them along with the data.
+        float_island: why the op has no int8 form, when it has none on purpose: in an int8 model
+            it runs in float between a dequantize and a quantize, and the quantizer records the
+            node with this reason in the model's kept-float list (plan.float_islands).
     """
 
     weight_input: int | None = None
@@ -59,6 +62,7 @@ class OpInfo:
     quantizable: bool = False
     clamps_range: bool = False
     channel_inputs: tuple[int, ...] = ()
+    float_island: str = ""
 
 
 # check(view, node) -> why the lowering cannot take the node, or None.

@@ -1,6 +1,9 @@
-"""Op card: element-wise arithmetic of two inputs. Add and Sub (add), Mul and Div (mul).
+"""Op card: element-wise arithmetic of two inputs. Add and Sub (add), Mul (mul), Div (mul or div).
 
-Sub and Div take a constant second operand, which the lowering negates or inverts.
+Sub and Div take a constant second operand, which the lowering negates or inverts. In float a Div
+becomes a mul by the reciprocal only when every divisor is a power of two (then x * (1/d) and x / d
+are the same IEEE value); any other divisor stays a true division (the float `div` kind), as
+onnxruntime computes it. In int8 the reciprocal folds into the requantization (a mul).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ def _lower_elementwise(builder: Builder, node: onnx.NodeProto) -> None:
     if act_node is not None:
         builder.done.add(id(act_node))
     rank = len(builder.shape(last.output[0]))
-    operands = int8_operands(builder, node, (0, 1))
+    operands = int8_operands(builder, node, (0, 1)) or _int8_by_float_scalar(builder, node)
     if operands is not None and node.op_type in ("Sub", "Div") and not operands[1].is_constant:
         operands = refuse(builder, node, f"int8 {node.op_type} of two activations")
     out = int8_output(builder, last) if operands is not None else None
@@ -57,7 +60,10 @@ def _lower_elementwise(builder: Builder, node: onnx.NodeProto) -> None:
     b = builder.float_input(B)
     if node.op_type in ("Sub", "Div") and builder.tensors[b].is_constant:
         value = builder.tensors[b].data.astype(np.float64)
-        value = -value if node.op_type == "Sub" else 1.0 / value
+        if node.op_type == "Div" and not _powers_of_two(value):
+            kind = "div"  # 1/d is inexact: x * (1/d) would differ from x / d by an ULP
+        else:
+            value = -value if node.op_type == "Sub" else 1.0 / value
         b = builder.add_tensor(LoweredTensor(builder.fresh(B), tuple(value.shape), "float32",
                                              data=value.astype(np.float32)))
     elif node.op_type == "Sub":  # a - b of two activations: a + (-1) * b
@@ -72,6 +78,24 @@ def _lower_elementwise(builder: Builder, node: onnx.NodeProto) -> None:
     b = broadcast_constant(builder, b_t, rank).name if b_t.is_constant else b
     y = float_output(builder, last.output[0])
     builder.emit(kind, node.name, [a, b], [y], ElementwiseAttrs(activation))
+
+
+def _powers_of_two(value: np.ndarray) -> bool:
+    """Whether every element is +-2**k with 2**-k a normal float32 (an exact reciprocal)."""
+    mantissa, exponent = np.frexp(value)
+    return bool(np.all(np.abs(mantissa) == 0.5) and np.all(np.abs(exponent - 1) <= 126))
+
+
+def _int8_by_float_scalar(builder: Builder, node: onnx.NodeProto) -> list[LoweredTensor] | None:
+    """An int8 activation and a float scalar constant (a quantizer that leaves the constant of a
+    Sub or Div unquantized): the scalar as an int8 constant of scale |v| / 127, so that it is +-127
+    steps and exact to float32 rounding; None for anything else."""
+    a = builder.int8_input(node.input[0])
+    value = builder.view.const(node.input[1])
+    if (node.op_type not in ("Sub", "Div") or a is None or a.dtype != "int8" or a.quant.axis is not None
+            or value is None or value.size != 1 or not np.isfinite(value).all() or float(value.reshape(-1)[0]) == 0.0):
+        return None
+    return [a, requantize_constant(builder, node.input[1], value.astype(np.float32))]
 
 
 def run_elementwise(op: LoweredOp, values, tensors):
@@ -89,7 +113,7 @@ def run_elementwise(op: LoweredOp, values, tensors):
             y = multiply_by_quantized_multiplier(a + b, p.output_multiplier, p.output_shift) + zp(Y)
             return np.clip(y, p.act_min, p.act_max).astype(np.int8)
         return requantize(a * b, attrs.requant, zp(Y), axis=None)
-    y = a + b if op.kind == "add" else a * b
+    y = a + b if op.kind == "add" else a * b if op.kind == "mul" else a / b
     return activate(y, attrs.activation).astype(np.float32)
 
 
@@ -102,6 +126,7 @@ def _check_constant_operand(view, node: onnx.NodeProto) -> str | None:
 
 register_kind("add", run_elementwise)
 register_kind("mul", run_elementwise)
+register_kind("div", run_elementwise)
 
 _ELEMENTWISE = OpInfo(channel_passthrough=True, elementwise=True)
 _ELEMENTWISE_INT8 = OpInfo(channel_passthrough=True, elementwise=True, quantizable=True)
@@ -111,5 +136,5 @@ register_op("Sub", _ELEMENTWISE, kinds=("add",), lower=_lower_elementwise, stati
             check=_check_constant_operand)
 register_op("Mul", _ELEMENTWISE_INT8, kinds=("mul",), lower=_lower_elementwise, static_output=True,
             fuses_activation=True)
-register_op("Div", _ELEMENTWISE, kinds=("mul",), lower=_lower_elementwise, static_output=True,
+register_op("Div", _ELEMENTWISE, kinds=("mul", "div"), lower=_lower_elementwise, static_output=True,
             check=_check_constant_operand)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fwedge.ops.base import (
     KindSpec, OpCard, OpInfo, UnaryFunction, all_cards, all_kinds, attribute, card, fuses_into, kind,
 )
-from fwedge.ops import conv, depth_to_space, elementwise, pool, prelu, qdq, resize, shape, softmax, take, unary  # noqa: F401  (they register)
+from fwedge.ops import conv, depth_to_space, elementwise, layer_norm, pool, prelu, qdq, resize, shape, softmax, take, unary  # noqa: F401  (they register)
 
 # Every lowered kind, sorted (registration order depends on which card was imported first).
 KINDS: tuple[str, ...] = tuple(sorted(all_kinds()))

@@ -20,7 +20,7 @@ import onnx
 
 from fwedge.lowered.build import Builder, float_output, int8_operands, int8_output, note_float
 from fwedge.lowered.graph import INT8_MAX, INT8_MIN, LoweredOp, UnaryAttrs
-from fwedge.lowered.view import activation_name, clip_bounds
+from fwedge.lowered.view import activation_name, clip_bounds, dq_params
 from fwedge.ops.base import OpInfo, UnaryFunction, attribute, register_kind, register_op
 
 _ACTIVATION = OpInfo(channel_passthrough=True, activation=True, quantizable=True)
@@ -58,6 +58,11 @@ class Function:
     tflite: TfliteSpelling | None
 
 
+def _sqrt(x: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(x)
+
+
 FUNCTIONS = (
     Function("relu", UnaryFunction(lambda x: np.maximum(x, 0)), TfliteSpelling("RELU", 2)),
     Function("relu6", UnaryFunction(lambda x: np.clip(x, 0, 6)), TfliteSpelling("RELU6", 2)),
@@ -72,6 +77,13 @@ FUNCTIONS = (
     Function("tanh", UnaryFunction(np.tanh), TfliteSpelling("TANH", 2, (1.0 / 128.0, 0))),
     # LEAKY_RELU carries alpha in its options: targets/tflite.py has its own emitter.
     Function("leaky_relu", UnaryFunction(lambda x, alpha: np.where(x >= 0, x, alpha * x), ("alpha",)), None),
+    # Sqrt: IEEE sqrt is correctly rounded on every target, so float32 sqrt is the reference. A
+    # negative input gives NaN, as onnxruntime does; the int8 table maps those levels to 0 (an
+    # int8 input below zero is outside any range calibrated on a Sqrt's input).
+    Function("sqrt", UnaryFunction(_sqrt), None),
+    # Pow(x, 2), as LayerNorm chains write the variance: x * x in the input's precision (ORT's
+    # Pow takes the same product for an exponent of 2).
+    Function("square", UnaryFunction(lambda x: x * x), None),
 )
 BY_KIND = {function.kind: function for function in FUNCTIONS}
 
@@ -91,6 +103,7 @@ def lookup_table(kind: str, attrs: UnaryAttrs, x_quant, y_quant) -> np.ndarray:
     levels = np.arange(INT8_MIN, INT8_MAX + 1, dtype=np.float64)
     x = ((levels - x_quant.zero_point[0]) * np.float32(x_quant.scale[0])).astype(np.float32)
     y = evaluate(kind, x, attrs).astype(np.float32)
+    y = np.where(np.isnan(y), np.float32(0.0), y)  # sqrt of a negative level (see FUNCTIONS)
     q = np.clip(np.round(y / np.float32(y_quant.scale[0])) + y_quant.zero_point[0], INT8_MIN, INT8_MAX)
     return q.astype(np.int8)
 
@@ -135,6 +148,27 @@ def _lower_leaky_relu(builder: Builder, node: onnx.NodeProto) -> None:
     lower_unary(builder, node, "leaky_relu", UnaryAttrs(alpha=float(attribute(node, "alpha", 0.01))))
 
 
+def pow_exponent(view, node: onnx.NodeProto) -> float | None:
+    """A Pow's constant scalar exponent: a float constant, or a DequantizeLinear of one (a QDQ
+    model may quantize it: 127 * float32(2 / 127) is 2 within 1e-6, and x^2.000001 differs from
+    x * x by far less than an output step), or None."""
+    value = view.const(node.input[1])
+    producer = view.producers.get(node.input[1])
+    if value is None and producer is not None and producer.op_type == "DequantizeLinear" and producer.input[0] in view.consts:
+        scale, zero_point, _ = dq_params(view, producer)
+        value = (view.consts[producer.input[0]].astype(np.float64) - zero_point.astype(np.float64)) * scale
+    if value is None or value.size != 1:
+        return None
+    return float(value.reshape(-1)[0])
+
+
+def _check_pow(view, node: onnx.NodeProto) -> str | None:
+    exponent = pow_exponent(view, node)
+    if exponent is None or abs(exponent - 2.0) > 1e-5:
+        return "Pow with an exponent other than the constant 2"
+    return None
+
+
 def _check_clip(view, node: onnx.NodeProto) -> str | None:
     bounds = clip_bounds(view, node)
     if bounds is None:
@@ -153,4 +187,6 @@ register_op("HardSwish", _ACTIVATION, kinds=("hardswish",), lower=_lower_as("har
 register_op("HardSigmoid", _ACTIVATION, kinds=("hardsigmoid",), lower=_lower_hardsigmoid)
 register_op("Sigmoid", _ACTIVATION, kinds=("sigmoid",), lower=_lower_as("sigmoid"))
 register_op("LeakyRelu", _ACTIVATION, kinds=("leaky_relu",), lower=_lower_leaky_relu)
+register_op("Sqrt", _ACTIVATION, kinds=("sqrt",), lower=_lower_as("sqrt"))
+register_op("Pow", _ACTIVATION, kinds=("square",), lower=_lower_as("square"), check=_check_pow)
 register_op("Tanh", _ACTIVATION, kinds=("tanh",), lower=_lower_as("tanh"))

@@ -220,11 +220,12 @@ def _clip_is_constant(node: onnx.NodeProto, inits: dict) -> bool:
 
 
 def _reads_int8(node: onnx.NodeProto, options: QuantizeOptions) -> bool:
-    """Whether `node` may consume an int8 value: a quantizable or data-movement op not excluded."""
+    """Whether `node` may consume an int8 value: a quantizable or data-movement op, or a float
+    island (it reads a dequantized int8 value, so its producer stays int8), not excluded."""
     info = OP_INFO.get(node.op_type)
     if info is None or node.name in options.exclude_nodes:
         return False
-    return info.quantizable or info.shares_input_scale
+    return info.quantizable or info.shares_input_scale or bool(info.float_island)
 
 
 class _Planner:
@@ -498,6 +499,13 @@ def mixed_range_concats(model: onnx.ModelProto, plan: QuantPlan, ranges: dict,
 # detector's box decode (anchor offsets, stride scaling) or a regressor's output scaling. It
 # costs nothing in float, and in int8 every step adds a rounding of a wide-range value.
 _DECODE_OPS = ("Add", "Sub", "Mul", "Div")
+
+
+def float_islands(model: onnx.ModelProto, excluded: frozenset = frozenset()) -> list[KeptFloat]:
+    """The nodes whose op has no int8 form (OpInfo.float_island): float inside an int8 model, with
+    the card's reason, so that the kept-float record and every manifest name them."""
+    return [KeptFloat(node.name, node.op_type, OP_INFO[node.op_type].float_island) for node in model.graph.node
+            if node.op_type in OP_INFO and OP_INFO[node.op_type].float_island and node.name not in excluded]
 
 
 def post_processing(model: onnx.ModelProto) -> list[KeptFloat]:

@@ -18,8 +18,8 @@ from fwedge.quantization.budget import BudgetResult, search_budget
 from fwedge.quantization.calibrate import calibration_data, collect_stats
 from fwedge.quantization.check import output_check, output_task, warning_for
 from fwedge.quantization.plan import (
-    KeptFloat, QuantizeOptions, QuantPlan, float_units, mixed_range_concats, plan_quantization, post_processing,
-    record_kept_float,
+    KeptFloat, QuantizeOptions, QuantPlan, float_islands, float_units, mixed_range_concats, plan_quantization,
+    post_processing, record_kept_float,
 )
 from fwedge.quantization.prepare import load_prepared
 from fwedge.quantization.qdq import quantize_model
@@ -173,7 +173,7 @@ def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] |
     options, plan, mixed = _split_mixed_concats(prepared, table, options, plan)
     model = quantize_model(prepared, table, options, plan)
     budget = None
-    kept_float = list(requested) + decode + mixed
+    kept_float = list(requested) + decode + mixed + float_islands(prepared, excluded)
     spec = request.budget()
     if spec is not None:
         budget = search_budget(prepared, model, table, options, plan, spec)

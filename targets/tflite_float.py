@@ -1,0 +1,67 @@
+"""TFLite emitters of the float-only kinds: sqrt, square and layer_norm, composed of builtins.
+
+In an int8 graph sqrt and square run between a DEQUANTIZE and a QUANTIZE (TFLite has no int8
+SQRT or SQUARE), the float result rounded to the output's quantization as onnxruntime's
+DequantizeLinear -> op -> QuantizeLinear rounds it. TFLite has no LAYER_NORM builtin: layer_norm
+is MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL, ADD over the last axis, in float.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fwedge.lowered.graph import LoweredOp
+from fwedge.targets.tflite_writer import _Writer, nhwc_shape, tflite_op
+
+
+@tflite_op("sqrt", "square")
+def emit_float_function(writer: _Writer, op: LoweredOp) -> None:
+    """SQRT, or MUL(x, x) for square, in float (wrapped in DEQUANTIZE / QUANTIZE in int8)."""
+    X = writer.graph.tensors[op.inputs[0]]
+    x, y = writer.tensor(op.inputs[0]), writer.tensor(op.outputs[0])
+    if X.dtype == "int8":
+        x_float = writer.temp(f"{op.name}/float_in", nhwc_shape(X.shape), "float32", None)
+        writer.op("DEQUANTIZE", [x], [x_float])
+        y_float = writer.temp(f"{op.name}/float_out", nhwc_shape(X.shape), "float32", None)
+        _emit_float_function(writer, op.kind, x_float, y_float)
+        writer.op("QUANTIZE", [y_float], [y])
+        return
+    _emit_float_function(writer, op.kind, x, y)
+
+
+def _emit_float_function(writer: _Writer, kind: str, x: int, y: int) -> None:
+    if kind == "sqrt":
+        return writer.op("SQRT", [x], [y])
+    writer.op("MUL", [x, x], [y], "MulOptions", writer.options("MulOptionsT"))  # square
+
+
+@tflite_op("layer_norm")
+def emit_layer_norm(writer: _Writer, op: LoweredOp) -> None:
+    """(x - mean) * rsqrt(mean((x - mean)^2) + epsilon) * gamma + beta over the last axis."""
+    X = writer.graph.tensors[op.inputs[0]]
+    shape = nhwc_shape(X.shape)
+    reduced = shape[:-1] + [1]
+    x, gamma, beta = (writer.tensor(name) for name in op.inputs)
+    axes = writer.const(f"{op.name}/axes", np.array([len(shape) - 1], np.int32))
+    mean_options = writer.options("ReducerOptionsT", keepDims=True)
+
+    def temp(role: str, full: bool = True) -> int:
+        return writer.temp(f"{op.name}/{role}", shape if full else reduced, "float32", None)
+
+    def binary(builtin: str, a: int, b: int, out: int) -> int:
+        cls = f"{builtin.capitalize()}Options"
+        writer.op(builtin, [a, b], [out], cls, writer.options(f"{cls}T"))
+        return out
+
+    mean = temp("mean", False)
+    writer.op("MEAN", [x, axes], [mean], "ReducerOptions", mean_options)
+    centered = binary("SUB", x, mean, temp("centered"))
+    squares = binary("MUL", centered, centered, temp("squares"))
+    var = temp("var", False)
+    writer.op("MEAN", [squares, axes], [var], "ReducerOptions", mean_options)
+    epsilon = writer.const(f"{op.name}/epsilon", np.array([op.attrs.epsilon], np.float32))
+    shifted = binary("ADD", var, epsilon, temp("var_eps", False))
+    inv = temp("inv_std", False)
+    writer.op("RSQRT", [shifted], [inv])
+    normed = binary("MUL", centered, inv, temp("normalized"))
+    scaled = binary("MUL", normed, gamma, temp("scaled"))
+    binary("ADD", scaled, beta, writer.tensor(op.outputs[0]))

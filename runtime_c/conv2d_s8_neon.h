@@ -133,10 +133,12 @@ static int gather_quads_one_channel(const fw_conv_params *p, const int8_t *x, in
 /* biases[j] -= zp * (sum of the weights of channel j), for the `blocks` blocks at w (`quads`
  * quad steps each): the raw tile's offset, off the bias once per call. saddlp pairs a
  * channel's four bytes into two int16, sadalp adds those into the channel's int32 lane; with dotprod
- * one sdot with ones sums them. */
-static void neon_bias(const fw_conv_params *p, const fw_conv_weight *w, int quads, int blocks, int32_t *biases)
+ * one sdot with ones sums them. Returns, in the ARMv8.0 build, 1 when no weight is -128 (then
+ * tile_sums_neon may add two products in int16: see there), else 0. */
+static int neon_bias(const fw_conv_params *p, const fw_conv_weight *w, int quads, int blocks, int32_t *biases)
 {
     const int32x4_t zero_point = vdupq_n_s32(p->input_zero_point);
+    int8x16_t least = vdupq_n_s8(127);
     for (int b = 0; b < blocks; ++b) {
         int32x4_t low = vdupq_n_s32(0), high = low;
         int q = 0;
@@ -151,13 +153,21 @@ static void neon_bias(const fw_conv_params *p, const fw_conv_weight *w, int quad
 #endif
         for (; q < quads; ++q) {
             const int8_t *step = w + ((size_t)b * quads + q) * 32;
-            low = vpadalq_s16(low, vpaddlq_s8(vld1q_s8(step)));
-            high = vpadalq_s16(high, vpaddlq_s8(vld1q_s8(step + 16)));
+            const int8x16_t lo = vld1q_s8(step), hi = vld1q_s8(step + 16);
+            low = vpadalq_s16(low, vpaddlq_s8(lo));
+            high = vpadalq_s16(high, vpaddlq_s8(hi));
+            least = vminq_s8(least, vminq_s8(lo, hi));
         }
         int32_t *bias = biases + b * FW_CONV_BLOCK;
         vst1q_s32(bias, vmlsq_s32(vld1q_s32(bias), low, zero_point));
         vst1q_s32(bias + 4, vmlsq_s32(vld1q_s32(bias + 4), high, zero_point));
     }
+#ifdef FW_CONV_SDOT
+    (void)least;
+    return 0;
+#else
+    return vminvq_s8(least) > -128;
+#endif
 }
 
 /* The sums of a tile of four pixels and eight channels in registers: v[t][0] holds channels 0-3
@@ -170,8 +180,9 @@ typedef struct {
 /* init (eight channels' biases, or NULL for 0) plus the sums over the quad steps of tile x w
  * (see tile_gemm), sdot by lane: lane t of the step's tile row is pixel t's quad. */
 static inline void tile_sums_neon(int steps, const int8_t *tile, const fw_conv_weight *w, const int32_t *init,
-                                  fw_tile_sums *s)
+                                  int pairs, fw_tile_sums *s)
 {
+    (void)pairs; /* sdot adds into int32 directly */
     const int32x4_t lo0 = init ? vld1q_s32(init) : vdupq_n_s32(0), hi0 = init ? vld1q_s32(init + 4) : vdupq_n_s32(0);
     int32x4_t a0 = lo0, b0 = hi0, a1 = lo0, b1 = hi0, a2 = lo0, b2 = hi0, a3 = lo0, b3 = hi0;
 #define FW_SDOT_STEP1(lo, hi, xv)                                                              \
@@ -269,34 +280,67 @@ static inline void tile_sums2_neon(int steps, const int8_t *tile, const fw_conv_
         acc_hi = vpadalq_s16(acc_hi, vmull_high_s8(w, x));                                       \
     } while (0)
 
-/* The sums over the quad steps of tile x w (see tile_gemm), ARMv8.0: per pixel four
- * accumulators of two channels' two pair sums each, folded to one lane per channel at the end.
- * Not inlined: its sixteen accumulators and eight products need every vector register, and the
- * caller's requantization constants would push them out of the loop (spills: 40% more
- * instructions). */
-static __attribute__((noinline)) void tile_sums_neon(int steps, const int8_t *tile, const fw_conv_weight *w,
-                                                     const int32_t *init, fw_tile_sums *s)
+/* acc + the products of two quad steps at once, weights w, u and pixel quads x, z: the two
+ * steps' int16 products added in int16 (SMULL, then SMLAL) before the pair add into int32.
+ * Exact when no weight is -128: |x * w| <= 128 * 127, two such sums fit int16. */
+#define FW_QUAD_PRODUCTS2(acc_lo, acc_hi, w, x, u, z)                                            \
+    do {                                                                                       \
+        acc_lo = vpadalq_s16(acc_lo, vmlal_s8(vmull_s8(vget_low_s8(w), vget_low_s8(x)), vget_low_s8(u), vget_low_s8(z))); \
+        acc_hi = vpadalq_s16(acc_hi, vmlal_high_s8(vmull_high_s8(w, x), u, z));                  \
+    } while (0)
+
+/* The sums over the quad steps of tile x w of two of the tile's pixels (tile points at the
+ * first one's quad of step 0): per pixel four accumulators of two channels' two pair sums each,
+ * folded to one lane per channel at the end, plus init (eight channels' biases, or NULL for 0),
+ * to out[pixel][2]. `pairs` (no weight is -128: neon_bias) takes two steps per iteration with
+ * FW_QUAD_PRODUCTS2: 12 multiply-adds per pixel and two steps instead of 16. Two pixels at a
+ * time, in a function of its own: eight accumulators, the weights and the products fit the
+ * registers (with all four pixels' sixteen accumulators the compiler ran out of them and spilled
+ * a third of the loop to the stack). */
+static __attribute__((noinline)) void pixel_pair_sums_neon(int steps, const int8_t *tile, const fw_conv_weight *w,
+                                                           const int32_t *init, int pairs, int32x4_t (*out)[2])
 {
-    int32x4_t a[FW_TILE_PIXELS][4]; /* pixel, then channels 0-1, 2-3, 4-5, 6-7 */
-    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-        a[t][0] = a[t][1] = a[t][2] = a[t][3] = vdupq_n_s32(0);
-    }
-    for (int i = 0; i < steps; ++i) {
-        const int32x4x4_t x = vld4q_dup_s32((const int32_t *)(tile + 16 * i)); /* x.val[t]: pixel t's quad */
-        const int8x16_t lo = vld1q_s8(w + 32 * i), hi = vld1q_s8(w + 32 * i + 16);
-        for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-            const int8x16_t xt = vreinterpretq_s8_s32(x.val[t]);
-            FW_QUAD_PRODUCTS(a[t][0], a[t][1], lo, xt);
-            FW_QUAD_PRODUCTS(a[t][2], a[t][3], hi, xt);
+    int32x4_t a0 = vdupq_n_s32(0), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    int i = 0;
+    if (pairs) {
+        for (; i + 2 <= steps; i += 2) {
+            const int32x4x2_t x = vld2q_dup_s32((const int32_t *)(tile + 16 * i)); /* x.val[t]: pixel t's quad */
+            const int32x4x2_t z = vld2q_dup_s32((const int32_t *)(tile + 16 * i + 16));
+            const int8x16x4_t v = vld1q_s8_x4(w + 32 * i); /* step i's two halves, then step i + 1's */
+            const int8x16_t x0 = vreinterpretq_s8_s32(x.val[0]), z0 = vreinterpretq_s8_s32(z.val[0]);
+            const int8x16_t x1 = vreinterpretq_s8_s32(x.val[1]), z1 = vreinterpretq_s8_s32(z.val[1]);
+            FW_QUAD_PRODUCTS2(a0, a1, v.val[0], x0, v.val[2], z0);
+            FW_QUAD_PRODUCTS2(a2, a3, v.val[1], x0, v.val[3], z0);
+            FW_QUAD_PRODUCTS2(b0, b1, v.val[0], x1, v.val[2], z1);
+            FW_QUAD_PRODUCTS2(b2, b3, v.val[1], x1, v.val[3], z1);
         }
     }
-    const int32x4_t lo0 = init ? vld1q_s32(init) : vdupq_n_s32(0), hi0 = init ? vld1q_s32(init + 4) : vdupq_n_s32(0);
-    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-        s->v[t][0] = vaddq_s32(vpaddq_s32(a[t][0], a[t][1]), lo0);
-        s->v[t][1] = vaddq_s32(vpaddq_s32(a[t][2], a[t][3]), hi0);
+    for (; i < steps; ++i) {
+        const int32x4x2_t x = vld2q_dup_s32((const int32_t *)(tile + 16 * i));
+        const int8x16_t lo = vld1q_s8(w + 32 * i), hi = vld1q_s8(w + 32 * i + 16);
+        const int8x16_t x0 = vreinterpretq_s8_s32(x.val[0]), x1 = vreinterpretq_s8_s32(x.val[1]);
+        FW_QUAD_PRODUCTS(a0, a1, lo, x0);
+        FW_QUAD_PRODUCTS(a2, a3, hi, x0);
+        FW_QUAD_PRODUCTS(b0, b1, lo, x1);
+        FW_QUAD_PRODUCTS(b2, b3, hi, x1);
     }
+    const int32x4_t lo0 = init ? vld1q_s32(init) : vdupq_n_s32(0), hi0 = init ? vld1q_s32(init + 4) : vdupq_n_s32(0);
+    out[0][0] = vaddq_s32(vpaddq_s32(a0, a1), lo0);
+    out[0][1] = vaddq_s32(vpaddq_s32(a2, a3), hi0);
+    out[1][0] = vaddq_s32(vpaddq_s32(b0, b1), lo0);
+    out[1][1] = vaddq_s32(vpaddq_s32(b2, b3), hi0);
 }
 
+/* The sums over the quad steps of tile x w (see tile_gemm), ARMv8.0, two pixels at a time
+ * (pixel_pair_sums_neon), plus init. */
+static inline void tile_sums_neon(int steps, const int8_t *tile, const fw_conv_weight *w, const int32_t *init,
+                                  int pairs, fw_tile_sums *s)
+{
+    pixel_pair_sums_neon(steps, tile, w, init, pairs, s->v);
+    pixel_pair_sums_neon(steps, tile + 8, w, init, pairs, s->v + 2);
+}
+
+#undef FW_QUAD_PRODUCTS2
 #undef FW_QUAD_PRODUCTS
 #endif
 
@@ -304,7 +348,7 @@ static __attribute__((noinline)) void tile_sums_neon(int steps, const int8_t *ti
 static void tile_gemm_neon(int steps, const int8_t *tile, const fw_conv_weight *w, int32_t *acc)
 {
     fw_tile_sums s;
-    tile_sums_neon(steps, tile, w, NULL, &s);
+    tile_sums_neon(steps, tile, w, NULL, 0, &s);
     for (int t = 0; t < FW_TILE_PIXELS; ++t) {
         vst1q_s32(acc + t * FW_CONV_BLOCK, s.v[t][0]);
         vst1q_s32(acc + t * FW_CONV_BLOCK + 4, s.v[t][1]);
@@ -323,16 +367,18 @@ typedef struct {
 } fw_neon_out;
 
 /* Multipliers, shifts (as SRSHL amounts, see fw_neon_out) and biases (zp * the weight sums taken
- * off: the tile holds raw values) of output channels [c0, c0 + 8 * count) at w. */
-static void neon_constants(const fw_conv_params *p, const fw_conv_weight *w, int steps, int c0, int count, int high,
-                           const int32_t *bias, const int32_t *multiplier, const int32_t *shift, int32_t *m,
-                           int32_t *sh, int32_t *b)
+ * off: the tile holds raw values) of output channels [c0, c0 + 8 * count) at w; returns
+ * neon_bias's flag (no weight of these channels is -128). */
+static int neon_constants(const fw_conv_params *p, const fw_conv_weight *w, int steps, int c0, int count, int high,
+                          const int32_t *bias, const int32_t *multiplier, const int32_t *shift, int32_t *m,
+                          int32_t *sh, int32_t *b)
 {
     fw_requant_channels(p, bias, multiplier, shift, c0, count * FW_CONV_BLOCK, m, sh, b);
-    neon_bias(p, w, steps, count, b);
+    const int pairs = neon_bias(p, w, steps, count, b);
     for (int j = 0; j < count * FW_CONV_BLOCK; ++j) {
         sh[j] = high ? 31 - sh[j] : -sh[j];
     }
+    return pairs;
 }
 
 /* The tile's sums (their bias included: tile_sums_neon's init), requantized (fw_neon_out), and its first `pixels` rows' first
@@ -371,9 +417,52 @@ static inline void neon_requant_store(const fw_tile_sums *s, const int32_t *m, c
     }
 }
 
+/* Pixel t of two neighbouring blocks' sums (s0: channels 0-7, s1: 8-15) requantized, sixteen
+ * int8 in one register: the values neon_requant_store gives, lane for lane. */
+static inline __attribute__((always_inline)) int8x16_t
+neon_requant_pixel16(const fw_tile_sums *s0, const fw_tile_sums *s1, int t, const int32x4x4_t *m, const int32x4x4_t *sh,
+                     const fw_neon_out *o, int high)
+{
+    int32x4_t x[4] = {s0->v[t][0], s0->v[t][1], s1->v[t][0], s1->v[t][1]};
+    for (int j = 0; j < 4; ++j) {
+        x[j] = high ? fw_requant4_neon_high(x[j], m->val[j], sh->val[j])
+                       : fw_requant4_neon_wide(x[j], m->val[j], vmovl_s32(vget_low_s32(sh->val[j])),
+                                               vmovl_high_s32(sh->val[j]));
+    }
+    const int16x8_t r0 = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(x[0]), x[1]), o->zero_point);
+    const int16x8_t r1 = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(x[2]), x[3]), o->zero_point);
+    return vminq_s8(vmaxq_s8(vqmovn_high_s16(vqmovn_s16(r0), r1), o->lo), o->hi);
+}
+
+/* A whole tile of two neighbouring channel blocks (sixteen channels, w0 and w1, their biases b0,
+ * b1, constants m and sh): the sums (with sdot in registers, tile_sums2_neon; else
+ * tile_sums_neon of each block, `pairs` as there), then each pixel's sixteen channels
+ * requantized and stored with one instruction. `high` is o->high, a constant at each call, so
+ * the form is chosen once and not per pixel. */
+static inline __attribute__((always_inline)) void
+conv_tile16_neon(int steps, const int8_t *tile, const fw_conv_weight *w0, const fw_conv_weight *w1, const int32_t *b0,
+                 const int32_t *b1, const int32_t *m, const int32_t *sh, const fw_neon_out *o, int high, int pairs,
+                 int8_t *y, size_t y_stride)
+{
+    fw_tile_sums s0, s1;
+#ifdef FW_CONV_SDOT
+    (void)pairs;
+    tile_sums2_neon(steps, tile, w0, w1, b0, b1, &s0, &s1);
+#else
+    tile_sums_neon(steps, tile, w0, b0, pairs, &s0);
+    tile_sums_neon(steps, tile, w1, b1, pairs, &s1);
+#endif
+    const int32x4x4_t mv = vld1q_s32_x4(m), shv = vld1q_s32_x4(sh);
+    vst1q_s8(y, neon_requant_pixel16(&s0, &s1, 0, &mv, &shv, o, high));
+    vst1q_s8(y + y_stride, neon_requant_pixel16(&s0, &s1, 1, &mv, &shv, o, high));
+    vst1q_s8(y + 2 * y_stride, neon_requant_pixel16(&s0, &s1, 2, &mv, &shv, o, high));
+    vst1q_s8(y + 3 * y_stride, neon_requant_pixel16(&s0, &s1, 3, &mv, &shv, o, high));
+}
+
 /* groups == 1 with the whole filter in one tile (at most FW_K_CHUNK values): per tile of
- * FW_TILE_PIXELS pixels one gather, then per channel block (two at a time with sdot) the sums
- * in registers, requantized and stored from there (neon_requant_store). Returns 0 (nothing
+ * FW_TILE_PIXELS pixels one gather, then per two channel blocks the sums, requantized and
+ * stored sixteen channels a pixel (conv_tile16_neon; a partial tile or a last odd block by
+ * neon_requant_store). Returns 0 (nothing
  * done) for longer filters. */
 static int conv2d_s8_neon(const fw_conv_params *p, const int8_t *x, const fw_conv_weight *w, const int32_t *bias,
                           const int32_t *multiplier, const int32_t *shift, int8_t *y)
@@ -396,8 +485,9 @@ static int conv2d_s8_neon(const fw_conv_params *p, const int8_t *x, const fw_con
     o.lo = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_min, -128, 127));
     o.hi = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_max, -128, 127));
     memset(padding, p->input_zero_point, (size_t)p->in_c);
+    int pairs = 0;
     if (tabled) {
-        neon_constants(p, w, steps, 0, blocks, o.high, bias, multiplier, shift, m, sh, b);
+        pairs = neon_constants(p, w, steps, 0, blocks, o.high, bias, multiplier, shift, m, sh, b);
     }
     for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
         const int count = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;
@@ -406,24 +496,35 @@ static int conv2d_s8_neon(const fw_conv_params *p, const int8_t *x, const fw_con
         }
         for (int b0 = 0; b0 < blocks;) {
             fw_tile_sums s[2];
-#ifdef FW_CONV_SDOT
             const int done = b0 + 1 < blocks ? 2 : 1;
-#else
-            const int done = 1;
-#endif
             const int base = tabled ? b0 * FW_CONV_BLOCK : 0; /* the blocks' constants in m, sh, b */
             if (!tabled) {
-                neon_constants(p, w + b0 * stride, steps, b0 * FW_CONV_BLOCK, done, o.high, bias, multiplier, shift, m,
-                               sh, b);
+                pairs = neon_constants(p, w + b0 * stride, steps, b0 * FW_CONV_BLOCK, done, o.high, bias, multiplier,
+                                       shift, m, sh, b);
+            }
+            const fw_conv_weight *w0 = w + b0 * stride, *w1 = w0 + stride;
+            if (done == 2 && count == FW_TILE_PIXELS && out_c - b0 * FW_CONV_BLOCK >= 2 * FW_CONV_BLOCK) {
+                int8_t *out = y + (size_t)pixel0 * out_c + b0 * FW_CONV_BLOCK;
+                if (o.high) {
+                    conv_tile16_neon(steps, tile, w0, w1, b + base, b + base + FW_CONV_BLOCK, m + base, sh + base, &o,
+                                     1, pairs, out, (size_t)out_c);
+                } else {
+                    conv_tile16_neon(steps, tile, w0, w1, b + base, b + base + FW_CONV_BLOCK, m + base, sh + base, &o,
+                                     0, pairs, out, (size_t)out_c);
+                }
+                b0 += done;
+                continue;
             }
 #ifdef FW_CONV_SDOT
             if (done == 2) {
-                tile_sums2_neon(steps, tile, w + b0 * stride, w + (b0 + 1) * stride, b + base, b + base + FW_CONV_BLOCK,
-                                &s[0], &s[1]);
+                tile_sums2_neon(steps, tile, w0, w1, b + base, b + base + FW_CONV_BLOCK, &s[0], &s[1]);
             } else
 #endif
             {
-                tile_sums_neon(steps, tile, w + b0 * stride, b + base, &s[0]);
+                tile_sums_neon(steps, tile, w0, b + base, pairs, &s[0]);
+                if (done == 2) {
+                    tile_sums_neon(steps, tile, w1, b + base + FW_CONV_BLOCK, pairs, &s[1]);
+                }
             }
             for (int i = 0; i < done; ++i) {
                 const int c0 = (b0 + i) * FW_CONV_BLOCK, offset = base + i * FW_CONV_BLOCK;

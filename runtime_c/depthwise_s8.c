@@ -220,18 +220,44 @@ static inline int32x4_t depthwise_requant4_neon(int32x4_t acc, int32x4_t m, int3
     return fw_requant4_neon_wide(acc, m, vmovl_s32(vget_low_s32(neg_s)), vmovl_high_s32(neg_s));
 }
 
-/* Sixteen channels at c of the tile's four pixels, weights without -128: acc[t][j] plus x * w
- * over the taps, two taps summed in int16 (SMULL, SMLAL of bytes: |x * w| <= 128 * 127, two
- * fit) and widened into the int32 sums (SADDW). Its own function, so the sixteen sums stay in
- * registers through the tap loop (inlined, they were stored to the stack on every tap pair). */
-static __attribute__((noinline)) void depthwise_bytes16_neon(int taps, const int8_t *(*src)[FW_DW_NEON_TAPS],
-                                                             int c, const int8_t *wb, size_t channels,
-                                                             int32x4_t (*acc)[4])
+/* The output side of a depthwise call: zero point, clamp, and `high` (every channel takes the
+ * SQDMULH form, see depthwise_requant4_neon). */
+typedef struct {
+    int32x4_t zero_point;
+    int8x16_t lo, hi;
+    int high;
+} fw_dw_out;
+
+/* Pixel t's sixteen sums a requantized by the form `high` (a constant where it is inlined) and
+ * stored at y. */
+static inline __attribute__((always_inline)) void depthwise_store16_neon(const int32x4_t a[4], const int32x4_t m[4],
+                                                                         const int32x4_t sh[4], const fw_dw_out *o,
+                                                                         int high, int8_t *y)
+{
+    int32x4_t v[4];
+    for (int j = 0; j < 4; ++j) {
+        v[j] = depthwise_requant4_neon(a[j], m[j], sh[j], high);
+    }
+    vst1q_s8(y, fw_narrow16_neon(v, o->zero_point, o->lo, o->hi));
+}
+
+/* Sixteen channels at c of the tile's `tile` pixels, weights without -128, start to end: the
+ * sums from init (sixteen int32: the bias less zp * the weight sums) plus x * w over the taps,
+ * two taps summed in int16 (SMULL, SMLAL of bytes: |x * w| <= 128 * 127, two fit) and widened
+ * into int32 (SADDW), then requantized with multipliers m and shifts sh (sixteen each) and
+ * stored, pixel t at y + t * y_stride. The sixteen sums stay in registers from the first tap to
+ * the store (no round trip through memory), the form chosen once. */
+static inline __attribute__((always_inline)) void depthwise16_neon(int taps, const int8_t *(*src)[FW_DW_NEON_TAPS],
+                                                                   int c, const int8_t *wb, size_t channels,
+                                                                   const int32_t *init, const int32_t *m,
+                                                                   const int32_t *sh, const fw_dw_out *o, int8_t *y,
+                                                                   size_t y_stride, int tile)
 {
     int32x4_t a[FW_TILE_PIXELS][4];
-    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-        for (int j = 0; j < 4; ++j) {
-            a[t][j] = acc[t][j];
+    for (int j = 0; j < 4; ++j) {
+        const int32x4_t b = vld1q_s32(init + 4 * j);
+        for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+            a[t][j] = b;
         }
     }
     int i = 0;
@@ -260,10 +286,40 @@ static __attribute__((noinline)) void depthwise_bytes16_neon(int taps, const int
             a[t][3] = vaddw_high_s16(a[t][3], hi);
         }
     }
-    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-        for (int j = 0; j < 4; ++j) {
-            acc[t][j] = a[t][j];
-        }
+    const int32x4_t mv[4] = {vld1q_s32(m), vld1q_s32(m + 4), vld1q_s32(m + 8), vld1q_s32(m + 12)};
+    const int32x4_t shv[4] = {vld1q_s32(sh), vld1q_s32(sh + 4), vld1q_s32(sh + 8), vld1q_s32(sh + 12)};
+    /* constant indices only: a[t] with a variable t would keep the sums in memory */
+#define FW_DW_STORE(high)                                                                      \
+    do {                                                                                       \
+        depthwise_store16_neon(a[0], mv, shv, o, high, y);                                     \
+        if (tile > 1) {                                                                        \
+            depthwise_store16_neon(a[1], mv, shv, o, high, y + y_stride);                      \
+        }                                                                                      \
+        if (tile > 2) {                                                                        \
+            depthwise_store16_neon(a[2], mv, shv, o, high, y + 2 * y_stride);                  \
+        }                                                                                      \
+        if (tile > 3) {                                                                        \
+            depthwise_store16_neon(a[3], mv, shv, o, high, y + 3 * y_stride);                  \
+        }                                                                                      \
+    } while (0)
+    if (o->high) {
+        FW_DW_STORE(1);
+    } else {
+        FW_DW_STORE(0);
+    }
+#undef FW_DW_STORE
+}
+
+/* depthwise16_neon over the first `count` channels (a multiple of 16) of the tile's block: one
+ * call per tile, in a function of its own, so the sums keep the registers the caller's loop
+ * state would take (inlined, they were stored to the stack on every tap pair). */
+static __attribute__((noinline)) void depthwise_block16_neon(int taps, const int8_t *(*src)[FW_DW_NEON_TAPS], int count,
+                                                             const int8_t *wb, size_t channels, const int32_t *init,
+                                                             const int32_t *m, const int32_t *sh, const fw_dw_out *o,
+                                                             int8_t *y, int tile)
+{
+    for (int c = 0; c < count; c += 16) {
+        depthwise16_neon(taps, src, c, wb, channels, init + c, m + c, sh + c, o, y + c, channels, tile);
     }
 }
 
@@ -273,7 +329,9 @@ static __attribute__((noinline)) void depthwise_bytes16_neon(int taps, const int
  * then 0, so padding adds nothing, exactly as a skipped tap). Per sixteen channels and tap, the
  * weights are loaded and widened once and serve the tile's four pixels: (x - zp) widened to
  * int16 (SSUBL), multiplied and accumulated into int32 with SMLAL/SMLAL2, sixteen accumulators
- * in registers. An eight-channel step and a scalar loop take the block's last channels. */
+ * in registers; when no weight is -128 (the common case) the byte products instead, sixteen
+ * channels at a time in depthwise_block16_neon, one call per tile. An eight-channel step and a
+ * scalar loop take the block's last channels. */
 static void depthwise_tiles_neon(const fw_conv_params *p, const int8_t *x, const int8_t *w, const int32_t *bias,
                                  const int32_t *multiplier, const int32_t *shift, int8_t *y)
 {
@@ -292,6 +350,7 @@ static void depthwise_tiles_neon(const fw_conv_params *p, const int8_t *x, const
     for (int c = 0; c < channels; ++c) {
         high &= shift[c] <= -1 && multiplier[c] >= 0;
     }
+    const fw_dw_out out = {zpo, lo8, hi8, high};
     for (int i = 0; i < taps * channels; ++i) {
         byte_products &= w[i] != -128;
     }
@@ -358,31 +417,30 @@ static void depthwise_tiles_neon(const fw_conv_params *p, const int8_t *x, const
             }
             int8_t *yb = y + (size_t)pixel0 * channels + c0;
             int c = 0;
+            if (byte_products) {
+                c = count / 16 * 16;
+                depthwise_block16_neon(taps, src, c, wb, (size_t)channels, adjusted, mb, sb, &out, yb, tile);
+            }
             for (; c + 16 <= count; c += 16) {
                 int32x4_t acc[FW_TILE_PIXELS][4];
                 for (int j = 0; j < 4; ++j) {
-                    const int32x4_t b = byte_products ? vld1q_s32(adjusted + c + 4 * j)
-                                        : bias        ? vld1q_s32(bias + c0 + c + 4 * j)
-                                                      : vdupq_n_s32(0);
+                    const int32x4_t b = bias ? vld1q_s32(bias + c0 + c + 4 * j) : vdupq_n_s32(0);
                     for (int t = 0; t < FW_TILE_PIXELS; ++t) {
                         acc[t][j] = b;
                     }
                 }
-                if (byte_products) {
-                    depthwise_bytes16_neon(taps, src, c, wb, (size_t)channels, acc);
-                } else {
-                    for (int i = 0; i < taps; ++i) {
-                        const int8x16_t wv = vld1q_s8(wb + (size_t)i * channels + c);
-                        const int16x8_t wl = vmovl_s8(vget_low_s8(wv)), wh = vmovl_high_s8(wv);
-                        for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-                            const int8x16_t xv = vld1q_s8(src[t][i] + c);
-                            const int16x8_t xl = vsubl_s8(vget_low_s8(xv), vget_low_s8(zp8));
-                            const int16x8_t xh = vsubl_high_s8(xv, zp8);
-                            acc[t][0] = vmlal_s16(acc[t][0], vget_low_s16(xl), vget_low_s16(wl));
-                            acc[t][1] = vmlal_high_s16(acc[t][1], xl, wl);
-                            acc[t][2] = vmlal_s16(acc[t][2], vget_low_s16(xh), vget_low_s16(wh));
-                            acc[t][3] = vmlal_high_s16(acc[t][3], xh, wh);
-                        }
+                /* weights of -128: x - zp widened to int16 */
+                for (int i = 0; i < taps; ++i) {
+                    const int8x16_t wv = vld1q_s8(wb + (size_t)i * channels + c);
+                    const int16x8_t wl = vmovl_s8(vget_low_s8(wv)), wh = vmovl_high_s8(wv);
+                    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+                        const int8x16_t xv = vld1q_s8(src[t][i] + c);
+                        const int16x8_t xl = vsubl_s8(vget_low_s8(xv), vget_low_s8(zp8));
+                        const int16x8_t xh = vsubl_high_s8(xv, zp8);
+                        acc[t][0] = vmlal_s16(acc[t][0], vget_low_s16(xl), vget_low_s16(wl));
+                        acc[t][1] = vmlal_high_s16(acc[t][1], xl, wl);
+                        acc[t][2] = vmlal_s16(acc[t][2], vget_low_s16(xh), vget_low_s16(wh));
+                        acc[t][3] = vmlal_high_s16(acc[t][3], xh, wh);
                     }
                 }
                 int32x4_t m[4], sh[4];

@@ -229,9 +229,14 @@ static void test_conv_s8(void)
      * x - zp instead), and the largest byte products it sums in pairs. */
     conv_extreme = 1;
     test_conv_s8_case(7, 7, 32, 32, 3, 1, 1, 1, 0, 1, "depthwise weights of -128");
+    /* The ARMv8.0 conv path adds two steps' byte products in int16 only when no weight is -128. */
+    test_conv_s8_case(7, 7, 24, 32, 1, 1, 0, 1, 1, 0, "conv 1x1 24 -> 32, weights of -128");
+    test_conv_s8_case(6, 6, 12, 20, 3, 1, 1, 1, 1, 0, "conv 3x3 12 -> 20, weights of -128");
     conv_extreme = 2; conv_shift_lo = -17; conv_shift_hi = -15;
     test_conv_s8_case(7, 7, 32, 32, 3, 1, 1, 1, 0, 1, "depthwise inputs -128 and 127, weights -127 and 127");
     test_conv_s8_case(6, 6, 48, 48, 5, 2, 2, 1, 0, 1, "depthwise 5x5 inputs -128 and 127, weights -127 and 127");
+    test_conv_s8_case(7, 7, 24, 32, 1, 1, 0, 1, 1, 0, "conv 1x1 24 -> 32, inputs -128 and 127, weights -127 and 127");
+    test_conv_s8_case(6, 7, 20, 24, 3, 1, 1, 1, 1, 0, "conv 3x3 20 -> 24, inputs -128 and 127, weights -127 and 127");
     conv_extreme = 0; conv_shift_lo = -12; conv_shift_hi = -6;
     /* Output zero points at the int8 ends with sums far outside int16 after the rescale: the
      * aarch64 kernels add the zero point on int16 with saturation, which must narrow to the

@@ -459,6 +459,30 @@ conv_tile16_neon(int steps, const int8_t *tile, const fw_conv_weight *w0, const 
     vst1q_s8(y + 3 * y_stride, neon_requant_pixel16(&s0, &s1, 3, &mv, &shv, o, high));
 }
 
+/* Every whole pair of channel blocks of a whole tile, constants for all channels in m, sh and b
+ * (the tabled case): conv_tile16_neon after conv_tile16_neon, in a function of its own whose
+ * few live values stay in registers (in the caller's loop they were reloaded from the stack on
+ * every pair). Returns the blocks done, an even number. */
+static __attribute__((noinline)) int conv_tile_pairs_neon(int steps, const int8_t *tile, const fw_conv_weight *w,
+                                                          size_t stride, int out_c, const int32_t *m, const int32_t *sh,
+                                                          const int32_t *b, const fw_neon_out *o, int pairs, int8_t *y)
+{
+    const int n = out_c / (2 * FW_CONV_BLOCK) * 2;
+    const size_t y_stride = (size_t)out_c;
+    if (o->high) {
+        for (int c0 = 0; c0 < n * FW_CONV_BLOCK; c0 += 2 * FW_CONV_BLOCK, w += 2 * stride) {
+            conv_tile16_neon(steps, tile, w, w + stride, b + c0, b + c0 + FW_CONV_BLOCK, m + c0, sh + c0, o, 1, pairs,
+                             y + c0, y_stride);
+        }
+    } else {
+        for (int c0 = 0; c0 < n * FW_CONV_BLOCK; c0 += 2 * FW_CONV_BLOCK, w += 2 * stride) {
+            conv_tile16_neon(steps, tile, w, w + stride, b + c0, b + c0 + FW_CONV_BLOCK, m + c0, sh + c0, o, 0, pairs,
+                             y + c0, y_stride);
+        }
+    }
+    return n;
+}
+
 /* groups == 1 with the whole filter in one tile (at most FW_K_CHUNK values): per tile of
  * FW_TILE_PIXELS pixels one gather, then per two channel blocks the sums, requantized and
  * stored sixteen channels a pixel (conv_tile16_neon; a partial tile or a last odd block by
@@ -494,7 +518,11 @@ static int conv2d_s8_neon(const fw_conv_params *p, const int8_t *x, const fw_con
         if (!gather_quads_one_channel(p, x, pixel0, count, tile)) {
             gather_quads_neon(p, x, pixel0, count, padding, tile);
         }
-        for (int b0 = 0; b0 < blocks;) {
+        int b0 = 0;
+        if (tabled && count == FW_TILE_PIXELS) {
+            b0 = conv_tile_pairs_neon(steps, tile, w, stride, out_c, m, sh, b, &o, pairs, y + (size_t)pixel0 * out_c);
+        }
+        while (b0 < blocks) {
             fw_tile_sums s[2];
             const int done = b0 + 1 < blocks ? 2 : 1;
             const int base = tabled ? b0 * FW_CONV_BLOCK : 0; /* the blocks' constants in m, sh, b */

@@ -74,3 +74,14 @@ def runtime_int8_problems(reference: np.ndarray, candidate: np.ndarray, step: fl
     if agreement < RUNTIME_INT8_MIN_AGREEMENT:
         problems.append(f"top-1 agreement {100 * agreement:.2f}% (< {100 * RUNTIME_INT8_MIN_AGREEMENT:.0f}%)")
     return problems
+
+
+def check_same_runs_profile(row: dict) -> None:
+    """A C profile's layer sum against the whole run of the same runs: within
+    PROFILE_C_SAME_RUNS_RATIO, where the lower bound also admits PROFILE_C_UNCOVERED_MS (the call
+    and one clock read, a fixed time that is a large share of a run of a few microseconds)."""
+    from tests.tolerances import PROFILE_C_SAME_RUNS_RATIO, PROFILE_C_UNCOVERED_MS
+
+    low, high = PROFILE_C_SAME_RUNS_RATIO
+    assert row["sum_over_total"] <= high, row
+    assert row["sum_over_total"] >= low or row["total_ms"] - row["layer_sum_ms"] <= PROFILE_C_UNCOVERED_MS, row

@@ -392,7 +392,7 @@ def test_profile_times_each_layer_on_an_ssh_board_and_on_a_held_place(tmp_path, 
     """The -DFW_PROFILE build runs on the board (uploaded and hashed there): one layer per step of
     the lowered graph, and the layer sum within PROFILE_C_SAME_RUNS_RATIO of the same runs."""
     from fwedge.bundle import load_bundle
-    from tests.tolerances import PROFILE_C_SAME_RUNS_RATIO
+    from tests.helpers import check_same_runs_profile
 
     inv = fh.write_inventory(tmp_path / "inv.toml", [sshd.device_entry("ssh-board"), entry(lab, sshd, place)])
     result = CliRunner().invoke(cli, ["profile", str(c_bundle), "--inventory", str(inv), "--devices",
@@ -401,9 +401,8 @@ def test_profile_times_each_layer_on_an_ssh_board_and_on_a_held_place(tmp_path, 
     rows = json.loads(result.output)["profiles"]
     assert sorted(row["device"] for row in rows) == sorted(["ssh-board", place])
     manifest = load_bundle(c_bundle).extra
-    low, high = PROFILE_C_SAME_RUNS_RATIO
     for row in rows:
         assert [layer["name"] for layer in row["layers"]] == ["(inputs)", *manifest["op_names"], "(outputs)"]
-        assert low <= row["sum_over_total"] <= high, row
+        check_same_runs_profile(row)
     assert lab.acquired_by(place) is None
     assert not remote_left_overs(sshd)

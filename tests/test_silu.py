@@ -59,6 +59,9 @@ def test_sigmoid_then_mul_is_one_layer_with_one_quantize_after_the_mul(mul_input
     qdq = _quantized(model)
     quantized = [node.input[0] for node in qdq.graph.node if node.op_type == "QuantizeLinear"]
     assert quantized == ["x", "c", "y_QuantizeLinear_Input"], quantized
+    from fwedge.layer_analysis import _fused_producers
+
+    assert _fused_producers(model) == {"y": ("sigmoid+mul", "Sigmoid+Mul")}  # fwedge analyze's label
     [sigmoid] = [node for node in qdq.graph.node if node.op_type == "Sigmoid"]
     [mul] = [node for node in qdq.graph.node if node.op_type == "Mul"]
     assert sigmoid.input[0] in mul.input and sigmoid.output[0] in mul.input  # the Sigmoid's output is float

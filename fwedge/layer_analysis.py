@@ -11,7 +11,7 @@ import onnx
 from fwedge import ir
 from fwedge.data import Dataset, Preprocess, open_dataset
 from fwedge.errors import ModelError
-from fwedge.ops.registry import fuses_into
+from fwedge.ops.registry import fuses_into, silu_mul
 
 log = logging.getLogger(__name__)
 
@@ -189,14 +189,20 @@ def analyze(
 
 
 def _fused_producers(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
-    """clamp output -> ("producer+clamp", "Op+Clamp") for clamps fused into their producer
-    (the op cards' rule, fwedge.ops.base.fuses_into, which quantization and lowering follow)."""
+    """clamp output -> ("producer+clamp", "Op+Clamp") for clamps fused into their producer, and
+    a SiLU's Mul output -> ("sigmoid+mul", "Sigmoid+Mul") (the op cards' rules,
+    fwedge.ops.base.fuses_into and silu_mul, which quantization and lowering follow)."""
     producers = {name: node for node in model.graph.node for name in node.output}
+    consumers = ir.consumer_map(model)
+    outputs = {value.name for value in model.graph.output}
     result = {}
     for node in model.graph.node:
         producer = producers.get(node.input[0]) if node.input else None
         if producer is not None and fuses_into(producer, node):
             result[node.output[0]] = (f"{producer.name}+{node.name}", f"{producer.op_type}+{node.op_type}")
+        mul = silu_mul(node, consumers.get(node.output[0], [])) if node.output and node.output[0] not in outputs else None
+        if mul is not None:
+            result[mul.output[0]] = (f"{node.name}+{mul.name}", "Sigmoid+Mul")
     return result
 
 

@@ -1,4 +1,4 @@
-/* float32 activations: clamp (ReLU, ReLU6), hardswish, hardsigmoid, sigmoid, tanh, leaky ReLU, sqrt, square, softmax,
+/* float32 activations: clamp (ReLU, ReLU6), hardswish, hardsigmoid, sigmoid, silu, tanh, leaky ReLU, sqrt, square, softmax,
  * layer norm.
  *
  * exp, sigmoid and tanh use no libm: each architecture's C library rounds expf and tanhf its
@@ -89,6 +89,14 @@ void fw_sigmoid_f32(int size, const float *x, float *y)
 {
     for (int i = 0; i < size; ++i) {
         y[i] = (float)(1.0 / (1.0 + fw_exp_f64(-(double)x[i])));
+    }
+}
+
+void fw_silu_f32(int size, const float *x, float *y)
+{
+    for (int i = 0; i < size; ++i) {
+        const double v = (double)x[i];
+        y[i] = (float)(v * (1.0 / (1.0 + fw_exp_f64(-v))));
     }
 }
 

@@ -311,6 +311,8 @@ void fw_hardsigmoid_f32(int size, float alpha, float beta, const float *x, float
 float fw_expf(float x);
 /* y = 1 / (1 + exp(-x)) (ONNX Sigmoid), computed in double and rounded once. */
 void fw_sigmoid_f32(int size, const float *x, float *y);
+/* y = x * sigmoid(x) (ONNX Sigmoid -> Mul(x, sigmoid), SiLU), computed in double and rounded once. */
+void fw_silu_f32(int size, const float *x, float *y);
 /* y = tanh(x) (ONNX Tanh), computed in double and rounded once. */
 void fw_tanh_f32(int size, const float *x, float *y);
 /* y = x >= 0 ? x : alpha * x (ONNX LeakyRelu). */

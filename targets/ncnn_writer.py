@@ -11,6 +11,7 @@ from fwedge.errors import ExportError
 from fwedge.ir import opset_version
 from fwedge.lowered.graph import same_padding
 from fwedge.op_info import attribute
+from fwedge.ops.registry import silu_mul
 from fwedge.targets.ncnn_view import TARGET, ActQuant, FloatView, WeightQuant
 
 MAGIC = 7767517
@@ -73,6 +74,7 @@ class NcnnWriter:
         self.shifted: dict[tuple[str, float], str] = {}
         self.fake_quantized: dict[tuple[str, float, int], str] = {}
         self.extra_shapes: dict[str, list] = {}
+        self.absorbed: set[int] = set()  # nodes another node's layer already computes (a SiLU's Mul)
 
     # -- buffers -------------------------------------------------------------------------------
 
@@ -511,8 +513,26 @@ class NcnnWriter:
                  {0: pads[2], 1: pads[6], 2: pads[3], 3: pads[7], 4: {"constant": 0, "edge": 1, "reflect": 2}[mode],
                   5: value, 7: pads[1], 8: pads[5]})
 
+    def emit_swish(self, node: onnx.NodeProto) -> bool:
+        """A Sigmoid whose Mul makes it a SiLU (fwedge.ops.base.silu_mul, the quantizer's and the
+        lowering's rule) as one Swish layer, x / (1 + exp(-x)) in float; the Mul is absorbed.
+        ncnn has no int8 Swish: in an int8 model it reads x's fake-quantized blob and the Mul's
+        output pair rounds its result, as onnxruntime rounds the float silu."""
+        view = self.view
+        if node.output[0] in view.outputs:
+            return False
+        users = [other for other in view.nodes if node.output[0] in other.input]
+        mul = silu_mul(node, users, lambda a, b: view.root(a) == view.root(b) and view.edge_quant(a) == view.edge_quant(b))
+        if mul is None:
+            return False
+        self.absorbed.add(id(mul))
+        self.add("Swish", node.name or node.output[0], [self.input(node.input[0])], [self.blob(mul.output[0])])
+        return True
+
     def emit(self, node: onnx.NodeProto) -> None:
         op = node.op_type
+        if id(node) in self.absorbed or (op == "Sigmoid" and self.emit_swish(node)):
+            return
         if op in _UNARY:
             self.emit_unary(node)
         elif op in _BINARY:

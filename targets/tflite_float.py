@@ -1,9 +1,12 @@
-"""TFLite emitters of the float-only kinds: sqrt, square and layer_norm, composed of builtins.
+"""TFLite emitters of the kinds composed of builtins: sqrt, square, layer_norm and silu.
 
 In an int8 graph sqrt and square run between a DEQUANTIZE and a QUANTIZE (TFLite has no int8
 SQRT or SQUARE), the float result rounded to the output's quantization as onnxruntime's
 DequantizeLinear -> op -> QuantizeLinear rounds it. TFLite has no LAYER_NORM builtin: layer_norm
-is MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL, ADD over the last axis, in float.
+is MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL, ADD over the last axis, in float. TFLite has no
+SiLU builtin: silu is LOGISTIC and MUL in float, and in int8 the lowering's own table read with
+GATHER (CAST to int32, ADD 128, GATHER from the int8[256] table), so that the int8 result is
+the table's, one rounding from x's quantization to the output's, as in onnxruntime.
 """
 from __future__ import annotations
 
@@ -65,3 +68,23 @@ def emit_layer_norm(writer: _Writer, op: LoweredOp) -> None:
     normed = binary("MUL", centered, inv, temp("normalized"))
     scaled = binary("MUL", normed, gamma, temp("scaled"))
     binary("ADD", scaled, beta, writer.tensor(op.outputs[0]))
+
+
+@tflite_op("silu")
+def emit_silu(writer: _Writer, op: LoweredOp) -> None:
+    """x * LOGISTIC(x) in float; in int8 GATHER(table, CAST(x) + 128) with the lowering's table."""
+    X, Y = writer.graph.tensors[op.inputs[0]], writer.graph.tensors[op.outputs[0]]
+    x, y = writer.tensor(op.inputs[0]), writer.tensor(op.outputs[0])
+    shape = nhwc_shape(X.shape)
+    if X.dtype != "int8":
+        sigmoid = writer.temp(f"{op.name}/sigmoid", shape, "float32", None)
+        writer.op("LOGISTIC", [x], [sigmoid])
+        writer.op("MUL", [x, sigmoid], [y], "MulOptions", writer.options("MulOptionsT"))
+        return
+    wide = writer.temp(f"{op.name}/int32", shape, "int32", None)
+    writer.op("CAST", [x], [wide])
+    index = writer.temp(f"{op.name}/index", shape, "int32", None)
+    offset = writer.const(f"{op.name}/offset", np.full([1] * len(shape), 128, np.int32))
+    writer.op("ADD", [wide, offset], [index], "AddOptions", writer.options("AddOptionsT"))
+    table = writer.const(f"{op.name}/table", np.asarray(op.attrs.lut, np.int8), Y.quant)
+    writer.op("GATHER", [table, index], [y], "GatherOptions", writer.options("GatherOptionsT", axis=0))

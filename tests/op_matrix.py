@@ -17,7 +17,8 @@ noted), `kinds` (the lowered kinds it exercises), `input_range` ((low, high) of 
 uniform inputs; calibration uses the same distribution), `int8` (False when the case has no
 integer version), `refused_by` (targets that cannot express the case and must refuse it with
 the node's name, e.g. ncnn for a strided Slice), `int8_kinds` (the int8 version's kinds when they
-differ: a float Div by 3 is a `div`, its int8 version a `mul` by the requantized reciprocal). `qdq_model(case, quantizer="fwedge"|"ort")` builds the int8 model with the
+differ: a float Div by 3 is a `div`, its int8 version a `mul` by the requantized reciprocal),
+`ort_int8_kinds` (those of onnxruntime's quantizer's version, when its layout differs). `qdq_model(case, quantizer="fwedge"|"ort")` builds the int8 model with the
 project quantizer (fwedge/quantization, minmax ranges over 16 seeded samples) or onnxruntime's
 quantize_static (QDQ, per-channel, QInt8/QInt8); both give the standard QDQ layout.
 """
@@ -47,6 +48,9 @@ class OpCase:
     int8: bool = True
     refused_by: tuple[str, ...] = ()  # targets that must refuse the case, naming its node
     int8_kinds: tuple[str, ...] | None = None  # the int8 version's kinds, when not `kinds`
+    # The kinds of onnxruntime's quantize_static version, when its layout differs: it puts a Q/DQ
+    # pair after a SiLU's Sigmoid, so the pair lowers as it is written, a sigmoid and a mul.
+    ort_int8_kinds: tuple[str, ...] | None = None
 
 
 def _model(nodes, inputs: dict[str, list[int]], output_shape: list[int], inits=(), opset: int = OPSET) -> onnx.ModelProto:
@@ -95,6 +99,13 @@ def _unary(case_id, op, kind, shape=(1, 5, 6, 6), input_range=(-4.0, 4.0), **att
     node = helper.make_node(op, ["x"], ["y"], name=op.lower(), **attrs)
     opset = 14 if op == "HardSwish" else OPSET  # HardSwish exists from opset 14
     return OpCase(case_id, _model([node], {"x": list(shape)}, list(shape), opset=opset), (kind,), input_range)
+
+
+def _silu(case_id, mul_inputs, shape=(1, 5, 6, 6)) -> OpCase:
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"], name="sigmoid"),
+             helper.make_node("Mul", mul_inputs, ["y"], name="mul")]
+    return OpCase(case_id, _model(nodes, {"x": list(shape)}, list(shape)), ("silu",), (-6.0, 6.0),
+                  ort_int8_kinds=("sigmoid", "mul"))
 
 
 def _pool(case_id, op, kernel, stride, pads=(0, 0, 0, 0), size=9, channels=3, **attrs) -> OpCase:
@@ -255,6 +266,9 @@ def _build_cases() -> list[OpCase]:
         _unary("hardswish", "HardSwish", "hardswish"),
         _unary("hardsigmoid", "HardSigmoid", "hardsigmoid", alpha=0.2, beta=0.5),
         _unary("sigmoid", "Sigmoid", "sigmoid"),
+        # YOLOv8's SiLU, x * Sigmoid(x), in both Mul input orders: one silu layer.
+        _silu("silu", ["x", "s"]),
+        _silu("silu_swapped", ["s", "x"]),
         _unary("tanh", "Tanh", "tanh"),
         _unary("leaky_relu", "LeakyRelu", "leaky_relu", alpha=0.1),
         _unary("softmax", "Softmax", "softmax", shape=(1, 10), input_range=(-3.0, 3.0), axis=-1),

@@ -1,10 +1,10 @@
-"""The C runtime's float exp, sigmoid, tanh and softmax give the same bits on every architecture.
+"""The C runtime's float exp, sigmoid, silu, tanh and softmax give the same bits on every architecture.
 
 The C libraries round expf and tanhf their own way (musl and glibc differ by 1 ULP on some
 inputs), so a model ending in a float Softmax gave other bytes on aarch64 than on x86_64.
 runtime_c/activation_f32.c now computes them with IEEE double arithmetic only; these tests run
 the same inputs through bundles built for all four architectures (x86_64 natively, the others
-under qemu-user) and compare bytes, and they compare sigmoid and tanh with float64 numpy.
+under qemu-user) and compare bytes, and they compare sigmoid, silu and tanh with float64 numpy.
 """
 from __future__ import annotations
 
@@ -34,11 +34,17 @@ def _inputs() -> np.ndarray:
     return np.resize(values, ROWS * DEPTH).reshape(1, ROWS, DEPTH)
 
 
+_OUTPUTS = ("sigmoid", "silu", "tanh", "softmax")
+
+
 def _model() -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, ROWS, DEPTH])
     outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, ROWS, DEPTH])
-               for name in ("sigmoid", "tanh", "softmax")]
+               for name in _OUTPUTS]
     nodes = [helper.make_node("Sigmoid", ["x"], ["sigmoid"], name="sigmoid"),
+             # x * Sigmoid(x), which lowers to one silu op (fw_silu_f32)
+             helper.make_node("Sigmoid", ["x"], ["sigmoid_of_silu"], name="silu_sigmoid"),
+             helper.make_node("Mul", ["x", "sigmoid_of_silu"], ["silu"], name="silu_mul"),
              helper.make_node("Tanh", ["x"], ["tanh"], name="tanh"),
              helper.make_node("Softmax", ["x"], ["softmax"], name="softmax", axis=-1)]
     graph = helper.make_graph(nodes, "transcendental", [x], outputs)
@@ -68,14 +74,14 @@ def outputs(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
 def test_float_results_are_the_same_bytes_on_every_architecture(outputs):
     host = outputs[host_arch()]
     for arch, results in outputs.items():
-        for name in ("sigmoid", "tanh", "softmax"):
+        for name in _OUTPUTS:
             assert results[name].tobytes() == host[name].tobytes(), f"{name}: {arch} differs from {host_arch()}"
 
 
-def test_sigmoid_and_tanh_are_correctly_rounded(outputs):
+def test_sigmoid_silu_and_tanh_are_correctly_rounded(outputs):
     x = _inputs().astype(np.float64)
     with np.errstate(over="ignore"):
-        expected = {"sigmoid": 1.0 / (1.0 + np.exp(-x)), "tanh": np.tanh(x)}
+        expected = {"sigmoid": 1.0 / (1.0 + np.exp(-x)), "silu": x / (1.0 + np.exp(-x)), "tanh": np.tanh(x)}
     for name, want in expected.items():
         got = outputs[host_arch()][name]
         assert np.isfinite(got).all()

@@ -71,15 +71,17 @@ def yolo(yolov8n_path, tmp_path_factory) -> Yolo:
                 _run_each(result.model, x), _logit_scale(result.model))
 
 
-def _logit_steps(got: np.ndarray, reference: np.ndarray, scale: float) -> float:
-    """Largest difference of the class logits behind two score tensors, in steps of `scale`
-    (scores within 1e-6 of 0 or 1, where float32's sigmoid saturates, are left out)."""
+def _logit_steps(got: np.ndarray, reference: np.ndarray, scale: float) -> tuple[float, float]:
+    """(largest difference, share of differences over one step) of the class logits behind two
+    score tensors, in steps of `scale` (scores within 1e-6 of 0 or 1, where float32's sigmoid
+    saturates, are left out)."""
     def logit(p):
         return np.log(p / (1 - p))
 
     a, b = got.astype(np.float64), reference.astype(np.float64)
     inside = (a > 1e-6) & (a < 1 - 1e-6) & (b > 1e-6) & (b < 1 - 1e-6)
-    return float(np.abs(logit(a[inside]) - logit(b[inside])).max() / scale)
+    steps = np.abs(logit(a[inside]) - logit(b[inside])) / scale
+    return float(steps.max()), float((steps > 1.5).mean())  # a one-step difference is 1 +- float error
 
 
 def _bundle(yolo: Yolo, target: str):
@@ -99,9 +101,11 @@ def _bundle_output(yolo: Yolo, target: str, count: int) -> np.ndarray:
 
 
 def _scores(yolo: Yolo, got: np.ndarray, count: int) -> tuple[float, float, float]:
-    """(mAP@0.5 vs float, mAP@0.5 vs ORT-QDQ, largest class-logit steps vs ORT-QDQ)."""
-    return (map50(decode(yolo.float_out[:count]), decode(got)), map50(decode(yolo.qdq_out[:count]), decode(got)),
-            _logit_steps(got[:, 4:], yolo.qdq_out[:count, 4:], yolo.logit_scale))
+    """(mAP@0.5 vs float, mAP@0.5 vs ORT-QDQ, largest class-logit steps vs ORT-QDQ); prints the
+    share of logits more than one step off too."""
+    steps, share = _logit_steps(got[:, 4:], yolo.qdq_out[:count, 4:], yolo.logit_scale)
+    print(f"class logits: {share:.1%} more than one step off ORT-QDQ")
+    return map50(decode(yolo.float_out[:count]), decode(got)), map50(decode(yolo.qdq_out[:count]), decode(got)), steps
 
 
 def test_yolov8n_quantizes_with_its_decode_float_and_its_scores_apart(yolo):

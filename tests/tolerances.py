@@ -90,17 +90,20 @@ YOLO_QDQ_MAP50 = 0.75
 # Each bundle against float: every target measured 0.875, as the QDQ model; same reasoning.
 YOLO_RUNTIME_MAP50_VS_FLOAT = {"onnx": 0.75, "tflite": 0.75, "ncnn": 0.75, "openvino": 0.75}
 # Each bundle against ORT-QDQ's boxes. onnx (exact mode) is the same computation: 1.0, and its
-# class logits 0 steps off. tflite measured 1.0, ncnn and OpenVINO (exact mode) 0.952: their
-# logits are up to 47 (tflite 48, OpenVINO 22) steps of the logits' scale (0.117) off ORT on
-# 23-44% of the 8400 x 80 logits, because one-step rounding differences in the 57 int8 SiLUs
-# (Sigmoid then Mul, each requantized) grow; the boxes that survive score filtering and NMS
-# mostly do not move. 0.85 leaves room for one box to flip at the score threshold or NMS IoU.
-YOLO_RUNTIME_MAP50_VS_QDQ = {"onnx": 1.0, "tflite": 0.85, "ncnn": 0.85, "openvino": 0.85}
+# class logits 0 steps off. Measured 2026-12-07 with each SiLU one int8 layer (tests/test_silu.py):
+# tflite, ncnn and OpenVINO (exact mode) 1.0 (before, with a Sigmoid and a Mul each requantized:
+# tflite 1.0, ncnn and OpenVINO 0.952). Their class logits are still up to 36 (ncnn 34, OpenVINO
+# 57) steps of the logits' scale (0.117) off ORT on 26-43% of the 8400 x 80 logits, because the
+# one-step rounding differences of the other int8 layers grow; the boxes that survive score
+# filtering and NMS do not move. 0.95 still admits the one box apart measured before (0.952) on
+# a busier or other CPU, and nothing worse (a lost box in a class of one or two costs 0.06-0.125).
+YOLO_RUNTIME_MAP50_VS_QDQ = {"onnx": 1.0, "tflite": 0.95, "ncnn": 0.95, "openvino": 0.95}
 # Largest class-logit difference from ORT-QDQ in steps, where it is bounded: onnx is exact.
 YOLO_RUNTIME_STEPS = {"onnx": 0.0}
-# C x86_64 against ORT-QDQ's boxes: measured 0.952 (logits up to 37 steps off on 23% of them, the
-# same growth as above; the same bytes on aarch64, riscv64 and loongarch64).
-YOLO_C_MAP50_VS_QDQ = 0.85
+# C x86_64 against ORT-QDQ's boxes: measured 1.0 with one-layer SiLUs (0.952 before; logits up
+# to 39 steps off on 22% of them, the same growth as above; the same bytes on aarch64, riscv64
+# and loongarch64). 0.95, as above.
+YOLO_C_MAP50_VS_QDQ = 0.95
 
 # quantize --bias-correction on mobilenet_v2_tiny with per-tensor weights, output SQNR against
 # float on 1000 held-out images: the least gain in dB. Measured 2026-12-03: +3.3 dB on all

@@ -57,7 +57,9 @@ Integer arithmetic (TFLite reference kernels; see fwedge/lowered/interp.py):
     element-wise functions (relu, relu6, hardswish, ...: every kind of fwedge/ops/unary.py
         FUNCTIONS) (int8): y_q = lut[x_q + 128], an int8[256] table computed in Python (the
         function's float reference between the exact input and output scales, round half to
-        even as onnxruntime's QuantizeLinear).
+        even as onnxruntime's QuantizeLinear). silu is x * sigmoid(x), the ONNX pair
+        Sigmoid -> Mul(x, sigmoid) as one op: its table maps x's quantization straight to the
+        Mul's output quantization (float: the float32 product of x and its float32 sigmoid).
     prelu (int8, channel c on axis 1): y_q = luts[c, x_q + 128], one int8[256] table per channel
         computed as the functions' tables are, from x >= 0 ? x : slope[c] * x. Float:
         the same with the float32 slopes.

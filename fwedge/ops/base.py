@@ -190,6 +190,29 @@ def fuses_into(producer: onnx.NodeProto, consumer: onnx.NodeProto) -> bool:
             and consumer_card.info.clamps_range)
 
 
+def silu_mul(sigmoid: onnx.NodeProto, users: list[onnx.NodeProto], same_value=None) -> onnx.NodeProto | None:
+    """The Mul that makes `sigmoid` one SiLU, x * Sigmoid(x) in either input order, or None.
+
+    The quantizer gives the pair one layer (no Q/DQ between them) and the lowering one `silu`
+    op, both by this rule.
+
+    Args:
+        sigmoid: any node; only a Sigmoid qualifies.
+        users: every consumer of the Sigmoid's output (the caller knows whether that output is
+            also a graph output, which disqualifies it).
+        same_value: (name, name) -> whether two tensors carry the same value; default name
+            equality (a QDQ model may give each consumer its own DequantizeLinear of one tensor).
+    """
+    if sigmoid.op_type != "Sigmoid" or len(users) != 1 or users[0].op_type != "Mul" or len(users[0].input) != 2:
+        return None
+    mul, y = users[0], sigmoid.output[0]
+    if list(mul.input).count(y) != 1:
+        return None
+    other = mul.input[1] if mul.input[0] == y else mul.input[0]
+    same = same_value or (lambda a, b: a == b)
+    return mul if same(other, sigmoid.input[0]) else None
+
+
 def attribute(node: onnx.NodeProto, name: str, default=None):
     """A node attribute's Python value, or `default` when absent."""
     for attr in node.attribute:

@@ -1,4 +1,4 @@
-"""Op card: element-wise functions of one input (Relu, Clip, HardSwish, HardSigmoid, Sigmoid, ...).
+"""Op card: element-wise functions of one input (Relu, Clip, HardSwish, HardSigmoid, Sigmoid, SiLU, ...).
 
 Every function here is one lowered kind. In int8 it becomes an int8[256] table computed from the
 function's float reference between the exact input and output scales; in float the targets call
@@ -21,7 +21,7 @@ import onnx
 from fwedge.lowered.build import Builder, float_output, int8_operands, int8_output, note_float
 from fwedge.lowered.graph import INT8_MAX, INT8_MIN, LoweredOp, UnaryAttrs
 from fwedge.lowered.view import activation_name, clip_bounds, dq_params
-from fwedge.ops.base import OpInfo, UnaryFunction, attribute, register_kind, register_op
+from fwedge.ops.base import OpInfo, UnaryFunction, attribute, register_kind, register_op, silu_mul
 
 _ACTIVATION = OpInfo(channel_passthrough=True, activation=True, quantizable=True)
 _CLAMP = OpInfo(channel_passthrough=True, activation=True, quantizable=True, clamps_range=True)
@@ -63,6 +63,11 @@ def _sqrt(x: np.ndarray) -> np.ndarray:
         return np.sqrt(x)
 
 
+def _silu(x: np.ndarray) -> np.ndarray:
+    sigmoid = (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(x.dtype)
+    return x * sigmoid
+
+
 FUNCTIONS = (
     Function("relu", UnaryFunction(lambda x: np.maximum(x, 0)), TfliteSpelling("RELU", 2)),
     Function("relu6", UnaryFunction(lambda x: np.clip(x, 0, 6)), TfliteSpelling("RELU6", 2)),
@@ -73,6 +78,10 @@ FUNCTIONS = (
     # Evaluated in float64 whatever the input; the table rounds the result to float32 first.
     Function("sigmoid", UnaryFunction(lambda x: 1.0 / (1.0 + np.exp(-x.astype(np.float64)))),
              TfliteSpelling("LOGISTIC", 2, (1.0 / 256.0, -128))),
+    # SiLU, x * Sigmoid(x) as the quantizer and the lowering pair the two nodes (base.silu_mul):
+    # the float32 product of x and the float32 sigmoid, as onnxruntime's Sigmoid -> Mul computes
+    # it (the table's 256 entries are those of ORT's exact QDQ run: tests/test_silu.py).
+    Function("silu", UnaryFunction(_silu), None),
     # TFLite's int8 TANH requires the output scale 1/128 and zero point 0.
     Function("tanh", UnaryFunction(np.tanh), TfliteSpelling("TANH", 2, (1.0 / 128.0, 0))),
     # LEAKY_RELU carries alpha in its options: targets/tflite.py has its own emitter.
@@ -130,6 +139,43 @@ def lower_unary(builder: Builder, node: onnx.NodeProto, kind: str, attrs: UnaryA
     builder.emit(kind, node.name, [x], [float_output(builder, node.output[0])], attrs)
 
 
+def same_dequantized(view, a: str, b: str) -> bool:
+    """Whether two tensors carry one value: the same name, or DequantizeLinear outputs of the same
+    int8 tensor with the same scale and zero point (a QDQ layout with one DQ per consumer)."""
+    if a == b:
+        return True
+    first, second = view.producers.get(a), view.producers.get(b)
+    return (first is not None and second is not None and first.op_type == second.op_type == "DequantizeLinear"
+            and list(first.input) == list(second.input) and list(first.attribute) == list(second.attribute))
+
+
+def silu_of(view, node: onnx.NodeProto) -> onnx.NodeProto | None:
+    """The Mul that makes Sigmoid `node` a SiLU in this graph (base.silu_mul), or None."""
+    if node.output[0] in view.outputs:
+        return None
+    return silu_mul(node, view.consumers.get(node.output[0], []), lambda a, b: same_dequantized(view, a, b))
+
+
+def _lower_sigmoid(builder: Builder, node: onnx.NodeProto) -> None:
+    """A Sigmoid, or with the Mul of x * Sigmoid(x) one silu op: an int8 table from x's
+    quantization to the Mul's output quantization (no rounding of the sigmoid between them)."""
+    mul = silu_of(builder.view, node)
+    if mul is None:
+        lower_unary(builder, node, "sigmoid", UnaryAttrs())
+        return
+    builder.done.add(id(mul))
+    operands = int8_operands(builder, node, (0,))
+    out = int8_output(builder, mul) if operands is not None else None
+    if out is not None:
+        (x_q,), (y_name, y_quant) = operands, out
+        table = lookup_table("silu", UnaryAttrs(), x_q.quant, y_quant)
+        builder.emit("silu", node.name, [x_q.name], [y_name], UnaryAttrs(lut=table))
+        return
+    note_float(builder, node)
+    x = builder.float_input(node.input[0])
+    builder.emit("silu", node.name, [x], [float_output(builder, mul.output[0])], UnaryAttrs())
+
+
 def _lower_as(kind: str):
     """The lowering of an ONNX op that is exactly one function without parameters."""
     return lambda builder, node: lower_unary(builder, node, kind, UnaryAttrs())
@@ -185,7 +231,7 @@ register_op("Relu", _CLAMP, kinds=("relu",), lower=_lower_clamp)
 register_op("Clip", _CLAMP, kinds=("relu", "relu6"), lower=_lower_clamp, check=_check_clip)
 register_op("HardSwish", _ACTIVATION, kinds=("hardswish",), lower=_lower_as("hardswish"))
 register_op("HardSigmoid", _ACTIVATION, kinds=("hardsigmoid",), lower=_lower_hardsigmoid)
-register_op("Sigmoid", _ACTIVATION, kinds=("sigmoid",), lower=_lower_as("sigmoid"))
+register_op("Sigmoid", _ACTIVATION, kinds=("sigmoid", "silu"), lower=_lower_sigmoid)
 register_op("LeakyRelu", _ACTIVATION, kinds=("leaky_relu",), lower=_lower_leaky_relu)
 register_op("Sqrt", _ACTIVATION, kinds=("sqrt",), lower=_lower_as("sqrt"))
 register_op("Pow", _ACTIVATION, kinds=("square",), lower=_lower_as("square"), check=_check_pow)

@@ -11,7 +11,7 @@ from onnx import TensorProto
 from fwedge import ir
 from fwedge.errors import CalibrationError, ModelError
 from fwedge.op_info import OP_INFO, attribute
-from fwedge.ops.registry import fuses_into
+from fwedge.ops.registry import fuses_into, silu_mul
 
 
 @dataclass(frozen=True)
@@ -310,28 +310,34 @@ class _Planner:
 
     def fuse_clamps(self, node: onnx.NodeProto) -> None:
         """Fuse the ReLU/Clip that is the only consumer of `node`'s output, when the op cards say
-        it folds into `node` (fwedge.ops.base.fuses_into: the lowering fuses exactly these), then
-        mark the last output if int8 reads it."""
+        it folds into `node` (fwedge.ops.base.fuses_into: the lowering fuses exactly these), or the
+        Mul of a SiLU (fwedge.ops.base.silu_mul: x * Sigmoid(x) is one layer, its one Q after the
+        Mul), then mark the last output if int8 reads it."""
         output = node.output[0]
         users = self.consumers.get(output, [])
-        if (
-            len(users) == 1
-            and output not in self.outputs
-            and fuses_into(node, users[0])
-            and users[0].name not in self.options.exclude_nodes
-            and (users[0].op_type != "Clip" or _clip_is_constant(users[0], self.inits))
-        ):
-            # One clamp at most: a clamp takes no second clamp (fuses_into), as in the lowering.
-            clamp = users[0]
-            self.fused[output] = clamp.output[0]
-            self.fused_nodes.add(clamp.name)
-            self.quantized_nodes.append(clamp.name)
-            output = clamp.output[0]
+        follower = self.follower(node, users) if len(users) == 1 and output not in self.outputs else None
+        if follower is not None:
+            # One follower at most: a clamp takes no second clamp (fuses_into), as in the lowering.
+            self.fused[output] = follower.output[0]
+            self.fused_nodes.add(follower.name)
+            self.quantized_nodes.append(follower.name)
+            output = follower.output[0]
             users = self.consumers.get(output, [])
         if output in self.outputs or any(_reads_int8(user, self.options) for user in users):
             self.mark(output)
         # else: every reader is a float op (e.g. the Div of a decomposed HardSwish) or a layer
         # kept in float: a pair here would only add a rounding step on a float path.
+
+    def follower(self, node: onnx.NodeProto, users: list[onnx.NodeProto]) -> onnx.NodeProto | None:
+        """The one consumer that joins `node`'s layer (a fused clamp, a SiLU's Mul), or None."""
+        user = users[0]
+        if user.name in self.options.exclude_nodes:
+            return None
+        if silu_mul(node, users) is not None:
+            return user
+        if fuses_into(node, user) and (user.op_type != "Clip" or _clip_is_constant(user, self.inits)):
+            return user
+        return None
 
     def tie_concats(self) -> None:
         """Concat: inputs and output share one scale (TFLite int8 CONCATENATION restriction)."""

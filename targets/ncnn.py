@@ -49,7 +49,7 @@ from fwedge.targets.ncnn_view import (  # noqa: F401
     _ALIAS, TARGET, ActQuant, FloatView, WeightQuant, float_view, prepare,
 )
 from fwedge.targets.ncnn_writer import (  # noqa: F401
-    _BINARY, _UNARY, Layer, NcnnWriter, ncnn_nearest, permute_order, write_ncnn,
+    _BINARY, _UNARY, Layer, NcnnWriter, ncnn_bilinear_problem, ncnn_nearest, permute_order, write_ncnn,
 )
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
               "Unsqueeze", "Concat", "Softmax") or op in _UNARY or op in _BINARY:
         return None
     if op == "Resize":
-        from fwedge.ops.resize import check_resize, resize_tables
+        from fwedge.ops.resize import check_resize, is_linear, resize_tables
 
         problem = check_resize(view, node)
         if problem is not None:
@@ -118,6 +118,8 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
         if not in_shape or not out_shape or any(not isinstance(d, int) for d in [*in_shape, *out_shape]):
             return "input and output shapes must be static"
         tables = resize_tables(view.consts, node, in_shape, out_shape)
+        if is_linear(node):
+            return ncnn_bilinear_problem(node, in_shape, out_shape, tables)
         if ncnn_nearest(out_shape[2], in_shape[2]) != tables.rows or ncnn_nearest(out_shape[3], in_shape[3]) != tables.cols:
             return "nearest tables other than ncnn's floor(x * in / out)"
         return None

@@ -14,6 +14,7 @@ from fwedge.bundle import Bundle, TensorInfo, write_bundle
 from fwedge.errors import UnsupportedOpError
 from fwedge.lowered.graph import LoweredGraph, LoweredOp, LoweredTensor, QuantParams
 from fwedge.ops import unary
+from fwedge.ops.resize import axis_matrix, same_interpolation
 from fwedge.ops.shape import stored_permutation
 from fwedge.ops.take import progression, stored_tables
 from fwedge.targets.base import ExportOptions, Target, TfliteOptions, target
@@ -58,6 +59,8 @@ def _op_problem(graph: LoweredGraph, op: LoweredOp) -> str | None:
     if op.kind == "resize_nearest" and _nearest_flags(x.shape, graph.tensors[op.outputs[0]].shape, op.attrs) is None:
         return (f"nearest resize tables rows {list(op.attrs.rows)[:8]} cols {list(op.attrs.cols)[:8]} follow no "
                 "TFLite rule (align_corners, half_pixel_centers)")
+    if op.kind == "resize_linear":
+        return _bilinear_problem(x, graph.tensors[op.outputs[0]], op)
     if op.kind == "concat" and op.attrs.axis == 0:
         return "concat along the batch axis"
     if op.kind == "take" and _take_plan(x.shape, op.attrs.tables) is None:
@@ -296,6 +299,52 @@ def emit_resize_nearest(writer: _Writer, op: LoweredOp) -> None:
     writer.op("RESIZE_NEAREST_NEIGHBOR", [writer.tensor(op.inputs[0]), size], [writer.tensor(op.outputs[0])],
               "ResizeNearestNeighborOptions", writer.options("ResizeNearestNeighborOptionsT", alignCorners=align_corners,
                                                              halfPixelCenters=half_pixel),
+              int8_version=3 if half_pixel else None)
+
+
+def _tflite_bilinear(out_size: int, in_size: int, align_corners: bool, half_pixel_centers: bool) -> np.ndarray:
+    """RESIZE_BILINEAR's weights of one axis as a dense [out, in] matrix (its reference kernel,
+    float32: scale in / out or (in - 1) / (out - 1), c = (x + 1/2) * scale - 1/2 or x * scale,
+    indices max(floor c, 0) and min(ceil c, in - 1), weights 1 - (c - floor c) and c - floor c)."""
+    f32 = np.float32
+    scale = f32(in_size - 1) / f32(out_size - 1) if align_corners and out_size > 1 else f32(in_size) / f32(out_size)
+    low, high, weight_low, weight_high = [], [], [], []
+    for x in range(out_size):
+        c = (f32(x) + f32(0.5)) * scale - f32(0.5) if half_pixel_centers else f32(x) * scale
+        floor = np.floor(c)
+        low.append(max(int(floor), 0))
+        high.append(min(int(np.ceil(c)), in_size - 1))
+        weight_high.append(float(c - floor))
+        weight_low.append(float(f32(1) - (c - floor)))
+    return axis_matrix(low, high, weight_low, weight_high, in_size)
+
+
+def _bilinear_flags(in_shape, out_shape, attrs) -> tuple[bool, bool] | None:
+    """The (align_corners, half_pixel_centers) under which TFLite interpolates with the op's weights."""
+    for flags in ((False, False), (False, True), (True, False)):
+        if all(same_interpolation(axis, _tflite_bilinear(out_shape[k], in_shape[k], *flags))
+               for k, axis in ((2, attrs.rows), (3, attrs.cols))):
+            return flags
+    return None
+
+
+def _bilinear_problem(X: LoweredTensor, Y: LoweredTensor, op: LoweredOp) -> str | None:
+    if _bilinear_flags(X.shape, Y.shape, op.attrs) is None:
+        return ("bilinear weights follow no TFLite rule (align_corners, half_pixel_centers): TFLite has "
+                "asymmetric, half_pixel, align_corners, and pytorch_half_pixel only onto sizes above 1")
+    if X.dtype == "int8" and not X.quant.same_as(Y.quant):
+        return "int8 bilinear resize whose output scale or zero point is not its input's: RESIZE_BILINEAR keeps them"
+    return None
+
+
+@tflite_op("resize_linear")
+def emit_resize_linear(writer: _Writer, op: LoweredOp) -> None:
+    X, Y = writer.graph.tensors[op.inputs[0]], writer.graph.tensors[op.outputs[0]]
+    align_corners, half_pixel = _bilinear_flags(X.shape, Y.shape, op.attrs)  # _op_problem checked them
+    size = writer.const(f"{op.name}/size", np.array(Y.shape[2:], dtype=np.int32))
+    writer.op("RESIZE_BILINEAR", [writer.tensor(op.inputs[0]), size], [writer.tensor(op.outputs[0])],
+              "ResizeBilinearOptions", writer.options("ResizeBilinearOptionsT", alignCorners=align_corners,
+                                                      halfPixelCenters=half_pixel),
               int8_version=3 if half_pixel else None)
 
 

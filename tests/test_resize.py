@@ -69,13 +69,13 @@ def test_each_target_takes_the_tables_it_can_express(tmp_path):
     assert not (tmp_path / "ncnn").exists()
 
 
-def test_linear_resize_is_refused_with_its_reason():
+def test_cubic_resize_is_refused_with_its_reason():
     from fwedge.lowered.lower import unsupported_nodes
     from fwedge.lowered.lower import lower
 
-    model = _resize_model(4, 8, "half_pixel", "round_prefer_floor", mode="linear", opset=13)
+    model = _resize_model(4, 8, "half_pixel", "round_prefer_floor", mode="cubic", opset=13)
     assert unsupported_nodes(model) == [("up", "Resize", 13)]
-    with pytest.raises(UnsupportedOpError, match="mode 'linear': only nearest"):
+    with pytest.raises(UnsupportedOpError, match="mode 'cubic': only nearest and linear"):
         lower(model)
 
 

@@ -170,15 +170,14 @@ def _take_reason(node: onnx.NodeProto, view: FloatView) -> str | None:
     return None
 
 
+def _node_reasons(view: FloatView) -> list[tuple[onnx.NodeProto, str]]:
+    """(node, why) for every node this writer has no translation for (the node table of _reason)."""
+    return [(node, reason) for node in view.nodes if (reason := _reason(node, view)) is not None]
+
+
 def _node_problems(view: FloatView, opset: int) -> list[tuple[str, str, int]]:
-    """Nodes this writer has no translation for (the node table of _reason)."""
-    missing = []
-    for node in view.nodes:
-        reason = _reason(node, view)
-        if reason is not None:
-            log.debug("ncnn: %s (%s): %s", node.name, node.op_type, reason)
-            missing.append((node.name or node.output[0], node.op_type, opset))
-    return missing
+    """Nodes this writer has no translation for, as (name, op, opset)."""
+    return [(node.name or node.output[0], node.op_type, opset) for node, _ in _node_reasons(view)]
 
 
 def _writer_refusals(view: FloatView, int8: bool) -> list[tuple[onnx.NodeProto, str]]:
@@ -205,9 +204,10 @@ def write_checked(view: FloatView, int8: bool, opset: int, fp16: bool = False) -
             refuses its attributes or shapes (all listed; nothing is written yet).
         ExportError: a failure that is not a node's (a graph output that is a graph input).
     """
-    missing = _node_problems(view, opset)
+    missing = _node_reasons(view)
     if missing:
-        raise UnsupportedOpError(TARGET, missing)
+        raise UnsupportedOpError(TARGET, [(node.name or node.output[0], node.op_type, opset) for node, _ in missing],
+                                 detail="; ".join(f"{node.name or node.output[0]!r}: {why}" for node, why in missing))
     try:
         return write_ncnn(view, int8, fp16)
     except ExportError as error:

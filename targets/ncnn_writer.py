@@ -616,8 +616,8 @@ def ncnn_bilinear_problem(node: onnx.NodeProto, in_shape, out_shape, tables) -> 
         return "align_corners onto an H or W of 1: ncnn's Interp divides by out - 1"
     for axis, table in ((2, tables.rows), (3, tables.cols)):
         if not same_interpolation(table, ncnn_bilinear(out_shape[axis], in_shape[axis], align)):
-            return (f"bilinear weights along axis {axis} other than ncnn's Interp rule (half_pixel or "
-                    "align_corners from the sizes)")
+            return (f"{coordinate_mode(node)} bilinear weights along axis {axis} differ from ncnn Interp's rule "
+                    "(half_pixel or align_corners, from the sizes)")
     return None
 
 

@@ -291,17 +291,6 @@ def _nearest_flags(in_shape, out_shape, attrs) -> tuple[bool, bool] | None:
     return None
 
 
-@tflite_op("resize_nearest")
-def emit_resize_nearest(writer: _Writer, op: LoweredOp) -> None:
-    X, Y = writer.graph.tensors[op.inputs[0]], writer.graph.tensors[op.outputs[0]]
-    align_corners, half_pixel = _nearest_flags(X.shape, Y.shape, op.attrs)  # _op_problem checked it
-    size = writer.const(f"{op.name}/size", np.array(Y.shape[2:], dtype=np.int32))
-    writer.op("RESIZE_NEAREST_NEIGHBOR", [writer.tensor(op.inputs[0]), size], [writer.tensor(op.outputs[0])],
-              "ResizeNearestNeighborOptions", writer.options("ResizeNearestNeighborOptionsT", alignCorners=align_corners,
-                                                             halfPixelCenters=half_pixel),
-              int8_version=3 if half_pixel else None)
-
-
 def _tflite_bilinear(out_size: int, in_size: int, align_corners: bool, half_pixel_centers: bool) -> np.ndarray:
     """RESIZE_BILINEAR's weights of one axis as a dense [out, in] matrix (its reference kernel,
     float32: scale in / out or (in - 1) / (out - 1), c = (x + 1/2) * scale - 1/2 or x * scale,
@@ -337,14 +326,21 @@ def _bilinear_problem(X: LoweredTensor, Y: LoweredTensor, op: LoweredOp) -> str 
     return None
 
 
-@tflite_op("resize_linear")
-def emit_resize_linear(writer: _Writer, op: LoweredOp) -> None:
+# kind -> (builtin, its options, the (align_corners, half_pixel_centers) rule of the op's tables)
+_RESIZES = {"resize_nearest": ("RESIZE_NEAREST_NEIGHBOR", "ResizeNearestNeighborOptions", _nearest_flags),
+            "resize_linear": ("RESIZE_BILINEAR", "ResizeBilinearOptions", _bilinear_flags)}
+
+
+@tflite_op("resize_nearest", "resize_linear")
+def emit_resize(writer: _Writer, op: LoweredOp) -> None:
+    """RESIZE_NEAREST_NEIGHBOR or RESIZE_BILINEAR to the output size, with the flags under which
+    TFLite's rule gives the op's tables (_op_problem checked that there are such flags)."""
     X, Y = writer.graph.tensors[op.inputs[0]], writer.graph.tensors[op.outputs[0]]
-    align_corners, half_pixel = _bilinear_flags(X.shape, Y.shape, op.attrs)  # _op_problem checked them
+    builtin, options, rule = _RESIZES[op.kind]
+    align_corners, half_pixel = rule(X.shape, Y.shape, op.attrs)
     size = writer.const(f"{op.name}/size", np.array(Y.shape[2:], dtype=np.int32))
-    writer.op("RESIZE_BILINEAR", [writer.tensor(op.inputs[0]), size], [writer.tensor(op.outputs[0])],
-              "ResizeBilinearOptions", writer.options("ResizeBilinearOptionsT", alignCorners=align_corners,
-                                                      halfPixelCenters=half_pixel),
+    writer.op(builtin, [writer.tensor(op.inputs[0]), size], [writer.tensor(op.outputs[0])],
+              options, writer.options(f"{options}T", alignCorners=align_corners, halfPixelCenters=half_pixel),
               int8_version=3 if half_pixel else None)
 
 

@@ -1,5 +1,7 @@
-"""Nearest Resize (fwedge/ops/resize.py): the index rule against onnxruntime, and what each target takes."""
+"""Nearest and bilinear Resize (fwedge/ops/resize.py): the rules against onnxruntime, and what each target takes."""
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import onnx
@@ -9,7 +11,7 @@ from onnx import helper, numpy_helper
 from fwedge.errors import UnsupportedOpError
 from fwedge.eval import ort_session
 from fwedge.ops.resize import source_index
-from tolerances import C_RESIZE_LINEAR_INT8_STEPS, FP32_ATOL, FP32_RTOL
+from tolerances import C_RESIZE_LINEAR_INT8_STEPS, FP32_ATOL, FP32_RTOL, RESIZE_LINEAR_INT8_STEPS
 
 MODES = ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn",
          "half_pixel_symmetric"]
@@ -235,3 +237,41 @@ def test_c_bilinear_is_onnxruntimes(tmp_path, record_property):
             worst, elements = max(worst, int(steps.max())), elements + steps.size
             assert steps.max() <= C_RESIZE_LINEAR_INT8_STEPS, f"{where}: {steps.max()} steps"
     record_property("int8_worst_steps", f"{worst} over {elements} elements")
+
+
+def _tflite_int8_refusal(quant) -> str | None:
+    """TFLite's int8 RESIZE_BILINEAR keeps its input's quantization; another output one is refused."""
+    return None if quant == LINEAR_QUANT["shared"] else "output scale or zero point is not its input's"
+
+
+@pytest.mark.parametrize("target", [pytest.param("tflite", marks=pytest.mark.tflite),
+                                    pytest.param("ncnn", marks=pytest.mark.ncnn)])
+def test_tflite_and_ncnn_take_the_bilinear_modes_their_rules_match(target, tmp_path, record_property):
+    """Every mode x shape x scales/sizes, fp32 and int8 (both quantizations): the target refuses,
+    naming the node and the reason, exactly the cases its own rule cannot compute
+    (_tflite_refusal, _ncnn_refusal), and runs the others within the fp32 tolerance of
+    onnxruntime and within RESIZE_LINEAR_INT8_STEPS[target] of its exact QDQ run."""
+    from fwedge.targets import ExportOptions, get_target
+
+    runtime, refusal = get_target(target), {"tflite": _tflite_refusal, "ncnn": _ncnn_refusal}[target]
+    one_step = elements = 0
+    for index, (mode, size, out, sizes) in enumerate(_linear_cases()):
+        for label, quant in [("fp32", None), *LINEAR_QUANT.items()]:
+            model, folder = _linear_model(size, out, sizes, [mode], quant), tmp_path / f"{index}-{label}"
+            where = f"{target} {label} {mode} {size}->{out} sizes={sizes}"
+            reason = refusal(mode, size, out) or (_tflite_int8_refusal(quant) if target == "tflite" and quant else None)
+            if reason is not None:
+                with pytest.raises(UnsupportedOpError, match=f"'up' \\(Resize.*{re.escape(reason)}"):
+                    runtime.export(model, folder, ExportOptions(source_sha256="0" * 64))
+                assert not folder.exists(), where
+                continue
+            feeds = _feeds(size, index)
+            got = runtime.run(runtime.export(model, folder, ExportOptions(source_sha256="0" * 64)), feeds)["y"]
+            want = ort_session(model).run(None, feeds)[0]
+            if quant is None:
+                np.testing.assert_allclose(got, want, rtol=FP32_RTOL, atol=FP32_ATOL, err_msg=f"{where}: output 'y'")
+                continue
+            steps = _steps(want, got, quant)
+            one_step, elements = one_step + int((steps == 1).sum()), elements + steps.size
+            assert steps.max() <= RESIZE_LINEAR_INT8_STEPS[target], f"{where}: output 'y' {steps.max()} steps off"
+    record_property("int8_one_step", f"{one_step}/{elements}")

@@ -283,7 +283,7 @@ def test_tflite_and_ncnn_take_the_bilinear_modes_their_rules_match(target, tmp_p
 def test_c_bilinear_gives_the_same_bytes_on_every_architecture(tmp_path):
     """The fp32 and int8 C bundles of all four modes, up by ratios that are no integers and down,
     built for x86_64, aarch64, riscv64 and loongarch64 (the others under qemu-user): the same
-    output bytes on 16 seeded inputs (no libm, no FMA in the kernels)."""
+    output bytes on 16 seeded inputs (no FMA; nearbyintf, the one libm call, is exact)."""
     from fwedge.bundle import host_arch, load_bundle
     from fwedge.targets import C_ARCHES, ExportOptions, get_target
 

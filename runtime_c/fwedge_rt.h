@@ -362,6 +362,16 @@ void fw_pad_nhwc(int in_h, int in_w, int in_c, int out_h, int out_w, int out_c, 
  * the tables computed by fwedge from the model's Resize rule (fwedge/ops/resize.py). */
 void fw_resize_nearest_nhwc(int in_w, int channels, int out_h, int out_w, const int32_t *rows, const int32_t *cols,
                             int element_size, const void *x, void *y);
+/* Bilinear resize of an NHWC tensor: output pixel (oy, ox) interpolates input rows rows[2oy],
+ * rows[2oy+1] (weights row_weights[2oy], row_weights[2oy+1]) and columns cols[2ox], cols[2ox+1]
+ * (col_weights alike), the tables computed by fwedge from the model's Resize rule. The int8 form
+ * dequantizes, interpolates in float and quantizes, as onnxruntime's QDQ Resize. */
+void fw_resize_linear_f32_nhwc(int in_w, int channels, int out_h, int out_w, const int32_t *rows,
+                               const float *row_weights, const int32_t *cols, const float *col_weights,
+                               const float *x, float *y);
+void fw_resize_linear_s8_nhwc(int in_w, int channels, int out_h, int out_w, const int32_t *rows,
+                              const float *row_weights, const int32_t *cols, const float *col_weights, float x_scale,
+                              int32_t x_zero_point, float y_scale, int32_t y_zero_point, const int8_t *x, int8_t *y);
 /* Permute a tensor: output element (a, b, c, d) of dims[4] (stored order) is input element
  * a*strides[0] + b*strides[1] + c*strides[2] + d*strides[3] (Transpose, fwedge/ops/shape.py). */
 void fw_permute4(const int *dims, const int *strides, int element_size, const void *x, void *y);

@@ -346,6 +346,29 @@ def emit_resize_nearest(e: _Emitter, op: LoweredOp) -> None:
                f"{e.pointer(X.name)}, {e.pointer(Y.name)});")
 
 
+def _linear_tables(e: _Emitter, axis, role: str) -> tuple[str, str]:
+    """One axis of a bilinear resize as two C arrays: index pairs (low, high) and weight pairs."""
+    indices = np.stack([axis.low, axis.high], axis=1).astype(np.int32)
+    weights = np.stack([axis.weight_low, axis.weight_high], axis=1).astype(np.float32)
+    return e.array(f"source {role}", indices, "int32"), e.array(f"{role} weights", weights, "float32")
+
+
+@emitter("resize_linear")
+def emit_resize_linear(e: _Emitter, op: LoweredOp) -> None:
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    _, c, _, w = X.shape
+    _, _, oh, ow = Y.shape
+    rows, row_weights = _linear_tables(e, op.attrs.rows, "rows")
+    cols, col_weights = _linear_tables(e, op.attrs.cols, "columns")
+    tables = f"{w}, {c}, {oh}, {ow}, {rows}, {row_weights}, {cols}, {col_weights}"
+    e.kernels.add("resize_linear.c")
+    if Y.dtype == "int8":
+        e.call(op, f"fw_resize_linear_s8_nhwc({tables}, {c_float(X.quant.scale[0])}, {_zero_point(X)}, "
+                   f"{c_float(Y.quant.scale[0])}, {_zero_point(Y)}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
+        return
+    e.call(op, f"fw_resize_linear_f32_nhwc({tables}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
+
+
 @emitter("transpose")
 def emit_transpose(e: _Emitter, op: LoweredOp) -> None:
     X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])

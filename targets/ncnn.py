@@ -49,7 +49,7 @@ from fwedge.targets.ncnn_view import (  # noqa: F401
     _ALIAS, TARGET, ActQuant, FloatView, WeightQuant, float_view, prepare,
 )
 from fwedge.targets.ncnn_writer import (  # noqa: F401
-    _BINARY, _UNARY, Layer, NcnnWriter, ncnn_nearest, permute_order, write_ncnn,
+    _BINARY, _UNARY, Layer, NcnnWriter, ncnn_bilinear_problem, ncnn_nearest, permute_order, write_ncnn,
 )
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
               "Unsqueeze", "Concat", "Softmax") or op in _UNARY or op in _BINARY:
         return None
     if op == "Resize":
-        from fwedge.ops.resize import check_resize, resize_tables
+        from fwedge.ops.resize import check_resize, is_linear, resize_tables
 
         problem = check_resize(view, node)
         if problem is not None:
@@ -118,6 +118,8 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
         if not in_shape or not out_shape or any(not isinstance(d, int) for d in [*in_shape, *out_shape]):
             return "input and output shapes must be static"
         tables = resize_tables(view.consts, node, in_shape, out_shape)
+        if is_linear(node):
+            return ncnn_bilinear_problem(node, in_shape, out_shape, tables)
         if ncnn_nearest(out_shape[2], in_shape[2]) != tables.rows or ncnn_nearest(out_shape[3], in_shape[3]) != tables.cols:
             return "nearest tables other than ncnn's floor(x * in / out)"
         return None
@@ -168,15 +170,14 @@ def _take_reason(node: onnx.NodeProto, view: FloatView) -> str | None:
     return None
 
 
+def _node_reasons(view: FloatView) -> list[tuple[onnx.NodeProto, str]]:
+    """(node, why) for every node this writer has no translation for (the node table of _reason)."""
+    return [(node, reason) for node in view.nodes if (reason := _reason(node, view)) is not None]
+
+
 def _node_problems(view: FloatView, opset: int) -> list[tuple[str, str, int]]:
-    """Nodes this writer has no translation for (the node table of _reason)."""
-    missing = []
-    for node in view.nodes:
-        reason = _reason(node, view)
-        if reason is not None:
-            log.debug("ncnn: %s (%s): %s", node.name, node.op_type, reason)
-            missing.append((node.name or node.output[0], node.op_type, opset))
-    return missing
+    """Nodes this writer has no translation for, as (name, op, opset)."""
+    return [(node.name or node.output[0], node.op_type, opset) for node, _ in _node_reasons(view)]
 
 
 def _writer_refusals(view: FloatView, int8: bool) -> list[tuple[onnx.NodeProto, str]]:
@@ -203,9 +204,10 @@ def write_checked(view: FloatView, int8: bool, opset: int, fp16: bool = False) -
             refuses its attributes or shapes (all listed; nothing is written yet).
         ExportError: a failure that is not a node's (a graph output that is a graph input).
     """
-    missing = _node_problems(view, opset)
+    missing = _node_reasons(view)
     if missing:
-        raise UnsupportedOpError(TARGET, missing)
+        raise UnsupportedOpError(TARGET, [(node.name or node.output[0], node.op_type, opset) for node, _ in missing],
+                                 detail="; ".join(f"{node.name or node.output[0]!r}: {why}" for node, why in missing))
     try:
         return write_ncnn(view, int8, fp16)
     except ExportError as error:

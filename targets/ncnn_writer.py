@@ -421,11 +421,16 @@ class NcnnWriter:
                  {0: permute_order(perm)})
 
     def emit_Resize(self, node: onnx.NodeProto) -> None:
-        """Interp, nearest, to the output size (the support check refused tables other than
-        ncnn's own rule, ncnn_nearest)."""
+        """Interp to the output size: nearest (1), or bilinear (2) with align_corner (6) for
+        ONNX's align_corners (the support check refused tables other than ncnn's own rules,
+        ncnn_nearest and ncnn_bilinear)."""
+        from fwedge.ops.resize import coordinate_mode, is_linear
+
         out_shape = self.shape(node.output[0])
-        self.add("Interp", node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])],
-                 {0: 1, 3: int(out_shape[2]), 4: int(out_shape[3])})
+        params = {0: 1, 3: int(out_shape[2]), 4: int(out_shape[3])}
+        if is_linear(node):
+            params.update({0: 2, 6: int(coordinate_mode(node) == "align_corners")})
+        self.add("Interp", node.name or node.output[0], [self.input(node.input[0])], [self.blob(node.output[0])], params)
 
     def _tables(self, node: onnx.NodeProto, index: int) -> tuple[list[list[int]], list[int]]:
         """(per-axis source tables, the axes they change) of one output of a Slice/Split/Gather."""
@@ -593,6 +598,47 @@ def ncnn_nearest(out_size: int, in_size: int) -> tuple[int, ...]:
     """ncnn Interp's nearest source index per output index: min((int)(x * (in / out)), in - 1), float32."""
     step = np.float32(in_size) / np.float32(out_size)
     return tuple(min(int(np.float32(x) * step), in_size - 1) for x in range(out_size))
+
+
+def ncnn_bilinear(out_size: int, in_size: int, align_corner: bool) -> np.ndarray:
+    """ncnn Interp's bilinear weights of one axis (linear_coeffs) as a dense [out, in] matrix:
+    scale in / out or (in - 1) / (out - 1) in double, c = (x + 1/2) * scale - 1/2 or x * scale
+    rounded to float, s = floor(c), f = c - s; s < 0 reads index 0 with f = 0, s >= in - 1
+    reads in - 2 with f = 1; weights 1 - f on s and f on s + 1."""
+    from fwedge.ops.resize import axis_matrix
+
+    scale = (in_size - 1) / (out_size - 1) if align_corner else in_size / out_size
+    low, weight_high = [], []
+    for x in range(out_size):
+        c = np.float32(x * scale) if align_corner else np.float32((x + 0.5) * scale - 0.5)
+        first = int(np.floor(c))
+        fraction = c - np.float32(first)
+        if first < 0:
+            first, fraction = 0, np.float32(0)
+        if first >= in_size - 1:
+            first, fraction = in_size - 2, np.float32(1)
+        low.append(first)
+        weight_high.append(float(fraction))
+    weight_low = [float(np.float32(1) - np.float32(w)) for w in weight_high]
+    return axis_matrix(low, [i + 1 for i in low], weight_low, weight_high, in_size)
+
+
+def ncnn_bilinear_problem(node: onnx.NodeProto, in_shape, out_shape, tables) -> str | None:
+    """Why ncnn's bilinear Interp cannot compute a linear Resize's weights (`tables`), or None.
+    ncnn has half_pixel (align_corner 0) and align_corners (1); asymmetric, and pytorch_half_pixel
+    onto a size of 1, interpolate elsewhere."""
+    from fwedge.ops.resize import coordinate_mode, same_interpolation
+
+    if min(in_shape[2], in_shape[3]) < 2:
+        return "bilinear from an H or W of 1: ncnn's Interp reads index in - 2"
+    align = coordinate_mode(node) == "align_corners"
+    if align and min(out_shape[2], out_shape[3]) < 2:
+        return "align_corners onto an H or W of 1: ncnn's Interp divides by out - 1"
+    for axis, table in ((2, tables.rows), (3, tables.cols)):
+        if not same_interpolation(table, ncnn_bilinear(out_shape[axis], in_shape[axis], align)):
+            return (f"{coordinate_mode(node)} bilinear weights along axis {axis} differ from ncnn Interp's rule "
+                    "(half_pixel or align_corners, from the sizes)")
+    return None
 
 
 def permute_order(perm: list[int]) -> int | None:

@@ -18,6 +18,7 @@ from fwedge.ops.shape import stored_permutation
 from fwedge.ops.take import progression, stored_tables
 from fwedge.targets.base import ExportOptions, Target, TfliteOptions, target
 from fwedge.targets import tflite_float, tflite_runner  # noqa: F401  (tflite_float registers emitters)
+from fwedge.targets.tflite_resize import bilinear_problem, nearest_flags
 from fwedge.targets.common import resolve_precision
 from fwedge.targets.tflite_runner import MODEL_FILE, NCHW_TO_NHWC, NHWC_TO_NCHW
 from fwedge.targets.tflite_writer import (  # noqa: F401  (also re-exported)
@@ -55,9 +56,11 @@ def _op_problem(graph: LoweredGraph, op: LoweredOp) -> str | None:
             return f"average pool pads {op.attrs.pads} are not TFLite SAME and exclude the padding"
     if op.kind == "softmax" and len(x.shape) == 4 and op.attrs.axis != 1 and x.shape[1] != 1 and x.shape[2] * x.shape[3] != 1:
         return f"softmax over axis {op.attrs.axis} of {list(x.shape)}: TFLite's SOFTMAX takes the innermost axis (NHWC's C)"
-    if op.kind == "resize_nearest" and _nearest_flags(x.shape, graph.tensors[op.outputs[0]].shape, op.attrs) is None:
+    if op.kind == "resize_nearest" and nearest_flags(x.shape, graph.tensors[op.outputs[0]].shape, op.attrs) is None:
         return (f"nearest resize tables rows {list(op.attrs.rows)[:8]} cols {list(op.attrs.cols)[:8]} follow no "
                 "TFLite rule (align_corners, half_pixel_centers)")
+    if op.kind == "resize_linear":
+        return bilinear_problem(x, graph.tensors[op.outputs[0]], op)
     if op.kind == "concat" and op.attrs.axis == 0:
         return "concat along the batch axis"
     if op.kind == "take" and _take_plan(x.shape, op.attrs.tables) is None:
@@ -260,43 +263,6 @@ def emit_concat(writer: _Writer, op: LoweredOp) -> None:
     writer.op("CONCATENATION", [writer.tensor(name) for name in op.inputs], [writer.tensor(op.outputs[0])],
               "ConcatenationOptions", writer.options("ConcatenationOptionsT", axis=nhwc_axis(op.attrs.axis, rank),
                                                      fusedActivationFunction=0))
-
-
-def _tflite_nearest(out_size: int, in_size: int, align_corners: bool, half_pixel_centers: bool) -> tuple[int, ...]:
-    """RESIZE_NEAREST_NEIGHBOR's source index per output index (its reference kernel, float32)."""
-    f32 = np.float32
-    if align_corners and out_size > 1:
-        scale = f32(in_size - 1) / f32(out_size - 1)
-    else:
-        scale = f32(in_size) / f32(out_size)
-    offset = f32(0.5) if half_pixel_centers else f32(0.0)
-    indices = []
-    for x in range(out_size):
-        scaled = float((f32(x) + offset) * scale)
-        value = int(np.floor(scaled)) if not align_corners else int(np.sign(scaled) * np.floor(abs(scaled) + 0.5))
-        value = min(value, in_size - 1)
-        indices.append(max(0, value) if half_pixel_centers else value)
-    return tuple(indices)
-
-
-def _nearest_flags(in_shape, out_shape, attrs) -> tuple[bool, bool] | None:
-    """The (align_corners, half_pixel_centers) under which TFLite picks the op's own tables."""
-    for flags in ((False, False), (False, True), (True, False)):
-        if (_tflite_nearest(out_shape[2], in_shape[2], *flags) == tuple(attrs.rows)
-                and _tflite_nearest(out_shape[3], in_shape[3], *flags) == tuple(attrs.cols)):
-            return flags
-    return None
-
-
-@tflite_op("resize_nearest")
-def emit_resize_nearest(writer: _Writer, op: LoweredOp) -> None:
-    X, Y = writer.graph.tensors[op.inputs[0]], writer.graph.tensors[op.outputs[0]]
-    align_corners, half_pixel = _nearest_flags(X.shape, Y.shape, op.attrs)  # _op_problem checked it
-    size = writer.const(f"{op.name}/size", np.array(Y.shape[2:], dtype=np.int32))
-    writer.op("RESIZE_NEAREST_NEIGHBOR", [writer.tensor(op.inputs[0]), size], [writer.tensor(op.outputs[0])],
-              "ResizeNearestNeighborOptions", writer.options("ResizeNearestNeighborOptionsT", alignCorners=align_corners,
-                                                             halfPixelCenters=half_pixel),
-              int8_version=3 if half_pixel else None)
 
 
 def _take_plan(shape, tables) -> tuple[str, object] | None:

@@ -116,12 +116,13 @@ def _pool(case_id, op, kernel, stride, pads=(0, 0, 0, 0), size=9, channels=3, **
     return OpCase(case_id, _model([node], {"x": [1, channels, size, size]}, [1, channels] + out), (kind,))
 
 
-def _resize(case_id, shape, out, transform, rounding) -> OpCase:
+def _resize(case_id, shape, out, transform, rounding, mode="nearest", refused_by=()) -> OpCase:
     factors = np.array([o / i for o, i in zip(out, shape)], np.float32)
     inits = [numpy_helper.from_array(factors, "scales")]
-    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="resize", mode="nearest",
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="resize", mode=mode,
                             coordinate_transformation_mode=transform, nearest_mode=rounding)
-    return OpCase(case_id, _model([node], {"x": shape}, out, inits), ("resize_nearest",))
+    kind = "resize_linear" if mode == "linear" else "resize_nearest"
+    return OpCase(case_id, _model([node], {"x": shape}, out, inits), (kind,), refused_by=refused_by)
 
 
 def _conv_transpose(case_id, c_in, c_out, size, kernel, rng, relu=False) -> OpCase:
@@ -293,6 +294,15 @@ def _build_cases() -> list[OpCase]:
         _resize("resize_nearest_x2", [1, 4, 5, 6], [1, 4, 10, 12], "asymmetric", "floor"),
         _resize("resize_nearest_half_pixel_x2", [1, 3, 4, 4], [1, 3, 8, 8], "half_pixel", "round_prefer_floor"),
         _resize("resize_nearest_x1.6_x1.5", [1, 3, 5, 6], [1, 3, 8, 9], "asymmetric", "floor"),
+    ]
+    # Bilinear Resize as torch's interpolate (half_pixel; align_corners=True), TF's (asymmetric:
+    # ncnn's Interp has no such rule and refuses it) and a downsampling, ratios no integers.
+    linear = functools.partial(_resize, rounding="round_prefer_floor", mode="linear")
+    cases += [
+        linear("resize_linear_half_pixel_x2", [1, 3, 4, 5], [1, 3, 8, 10], "half_pixel"),
+        linear("resize_linear_align_corners_x1.6_x1.5", [1, 3, 5, 6], [1, 3, 8, 9], "align_corners"),
+        linear("resize_linear_asymmetric_x2", [1, 4, 5, 6], [1, 4, 10, 12], "asymmetric", refused_by=("ncnn",)),
+        linear("resize_linear_pytorch_half_pixel_down", [1, 3, 8, 9], [1, 3, 4, 6], "pytorch_half_pixel"),
     ]
     # ConvTranspose with kernel == stride (PP-OCR det's DB head: 2x2 stride 2, then BN + Relu),
     # rewritten as a 1x1 Conv + DepthToSpace; and a DepthToSpace of its own (sub-pixel upsampling).

@@ -197,3 +197,19 @@ FP16_MODEL_RTOL = 1.5e-2
 # FP16_MIN_AGREEMENT of the subset agrees (measured 100% on every target and both models; on
 # all 10,000 test images 99.97-99.99%, bench/fp16.py).
 FP16_MIN_AGREEMENT = 0.99
+
+# Bilinear Resize (fwedge/ops/resize.py) int8 against onnxruntime's exact QDQ run (dequantize,
+# float Resize, quantize), in output steps, on every mode (asymmetric, half_pixel,
+# pytorch_half_pixel, align_corners) x 8 shapes x scales/sizes, the input's quantization kept or
+# an output one of its own (tests/test_resize.py):
+# - C computes what onnxruntime computes, in its order (float32 weights from its rule, products
+#   then a left-to-right sum, no FMA, division and round half to even): 0 steps measured on
+#   1,520,640 output elements (32 int8 models x 4 modes x 32 seeded inputs, 2026-12-07). Any
+#   step is a bug.
+C_RESIZE_LINEAR_INT8_STEPS = 0
+# - TFLite's int8 RESIZE_BILINEAR (fixed-point weights on the int8 values) and ncnn's Interp
+#   (float, rows first and then columns, between the writer's fake quantizations) interpolate
+#   with arithmetic of their own and round differently near the boundaries: 1 step at most on both,
+#   on 5,834 of 189,936 elements for TFLite (3.1%) and 2,624 of 281,088 for ncnn (0.9%), the
+#   int8 cases each takes, 8 seeded inputs each (measured 2026-12-07).
+RESIZE_LINEAR_INT8_STEPS = {"tflite": 1, "ncnn": 1}

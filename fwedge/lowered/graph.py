@@ -52,6 +52,11 @@ Integer arithmetic (TFLite reference kernels; see fwedge/lowered/interp.py):
         point (a `quantize` int8->int8 op is inserted on the inputs that differ). pad fills
         with zp_x; max_pool's padding never wins (-128 in int8, -inf in float);
         resize_nearest: y[n, c, i, j] = x[n, c, rows[i], cols[j]] (ResizeAttrs tables);
+        resize_linear (LinearResizeAttrs: per output row i source rows lo_i, hi_i with float32
+        weights a_i, b_i; per column j lo_j, hi_j, c_j, d_j): y = (c_j*a_i)*x[lo_i, lo_j] +
+        (d_j*a_i)*x[lo_i, hi_j] + (c_j*b_i)*x[hi_i, lo_j] + (d_j*b_i)*x[hi_i, hi_j] in float32, summed
+        left to right (onnxruntime's order); int8 is not data movement: the four inputs
+        dequantized ((x_q - zp_x) * s_x), y as above, y_q = clamp(round_half_even(y / s_y) + zp_y);
         depth_to_space (block b, mode DCR): y[n, c, h*b + dy, w*b + dx] = x[n, (dy*b + dx)*C + c, h, w],
         (mode CRD): x[n, c*b*b + dy*b + dx, h, w].
     element-wise functions (relu, relu6, hardswish, ...: every kind of fwedge/ops/unary.py

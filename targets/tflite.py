@@ -53,8 +53,10 @@ def _op_problem(graph: LoweredGraph, op: LoweredOp) -> str | None:
         mode = padding_mode(x.shape, op.attrs.kernel, op.attrs.strides, (1, 1), op.attrs.pads)
         if mode == "EXPLICIT" and not op.attrs.count_include_pad:
             return f"average pool pads {op.attrs.pads} are not TFLite SAME and exclude the padding"
-    if op.kind == "softmax" and len(x.shape) == 4 and op.attrs.axis != 1 and x.shape[1] != 1 and x.shape[2] * x.shape[3] != 1:
-        return f"softmax over axis {op.attrs.axis} of {list(x.shape)}: TFLite's SOFTMAX takes the innermost axis (NHWC's C)"
+    if op.kind == "softmax" and len(x.shape) == 4 and op.attrs.axis not in (1, 3):
+        return f"softmax over axis {op.attrs.axis} of {list(x.shape)}: only the channels or the last axis"
+    if op.kind == "batch_matmul":
+        return _batch_matmul_problem(graph, op)
     if op.kind == "resize_nearest" and _nearest_flags(x.shape, graph.tensors[op.outputs[0]].shape, op.attrs) is None:
         return (f"nearest resize tables rows {list(op.attrs.rows)[:8]} cols {list(op.attrs.cols)[:8]} follow no "
                 "TFLite rule (align_corners, half_pixel_centers)")
@@ -68,6 +70,20 @@ def _op_problem(graph: LoweredGraph, op: LoweredOp) -> str | None:
         a, b = (graph.tensors[name] for name in op.inputs)
         if len(a.shape) != len(b.shape):
             return "operands of different rank"
+    return None
+
+
+def _batch_matmul_problem(graph: LoweredGraph, op: LoweredOp) -> str | None:
+    """TFLite's BATCH_MATMUL has no fused activation: an int8 one must clamp nothing the output
+    range does not (a Relu whose zero is the range's bottom); a float one none at all."""
+    Y = graph.tensors[op.outputs[0]]
+    if Y.dtype == "int8":
+        r = op.attrs.requant
+        if r.act_min > -128 or r.act_max < 127:
+            return (f"int8 MatMul with a fused {op.attrs.activation} that clamps inside the output range "
+                    f"[{r.act_min}, {r.act_max}]: BATCH_MATMUL has no fused activation")
+    elif op.attrs.activation != "none":
+        return f"MatMul with a fused {op.attrs.activation}: BATCH_MATMUL has no fused activation"
     return None
 
 
@@ -217,8 +233,9 @@ def emit_depthwise(writer: _Writer, op: LoweredOp) -> None:
 @tflite_op("fully_connected")
 def emit_fully_connected(writer: _Writer, op: LoweredOp) -> None:
     X, W, B = op.inputs
+    rows = len(writer.graph.tensors[X].shape) == 3  # [1, T, K] -> [1, T, N]
     options = writer.options("FullyConnectedOptionsT", fusedActivationFunction=_ACTIVATION[op.attrs.activation],
-                             keepNumDims=False)
+                             keepNumDims=rows)
     writer.op("FULLY_CONNECTED", [writer.tensor(X), writer.tensor(W), writer.tensor(B)],
               [writer.tensor(op.outputs[0])], "FullyConnectedOptions", options)
 
@@ -472,12 +489,65 @@ def emit_hardsigmoid(writer: _Writer, op: LoweredOp) -> None:
               writer.options("MaximumMinimumOptionsT"))
 
 
+@tflite_op("batch_matmul")
+def emit_batch_matmul(writer: _Writer, op: LoweredOp) -> None:
+    """BATCH_MATMUL; a 4-D pair ([1, heads, M, K], stored NHWC) is transposed to the logical order
+    around it, where the heads are the batch."""
+    A, B = (writer.graph.tensors[name] for name in op.inputs)
+    Y = writer.graph.tensors[op.outputs[0]]
+    a, b, y = writer.tensor(A.name), writer.tensor(B.name), writer.tensor(Y.name)
+    options = writer.options("BatchMatMulOptionsT", adjX=False, adjY=False)
+    if len(A.shape) != 4:
+        writer.op("BATCH_MATMUL", [a, b], [y], "BatchMatMulOptions", options)
+        return
+    a = _transpose(writer, op, a, NHWC_TO_NCHW, list(A.shape), A.dtype, A.quant)
+    b = _transpose(writer, op, b, NHWC_TO_NCHW, list(B.shape), B.dtype, B.quant)
+    logical = writer.temp(f"{op.name}/nchw", list(Y.shape), Y.dtype, Y.quant)
+    writer.op("BATCH_MATMUL", [a, b], [logical], "BatchMatMulOptions", options)
+    writer.op("TRANSPOSE", [logical, writer.const(f"{op.name}/perm", np.array(NCHW_TO_NHWC, np.int32))], [y],
+              "TransposeOptions", writer.options("TransposeOptionsT"))
+
+
+def _softmax_float_island(writer: _Writer, op: LoweredOp) -> bool:
+    """TFLite's int8 SOFTMAX writes scale 1/256, zero point -128 only. Requantizing that to a finer
+    output scale (attention rows whose largest probability is well below 1) rounds twice and
+    lands steps from onnxruntime, so such a softmax runs in float between DEQUANTIZE and QUANTIZE
+    (reported in the manifest's extra.float_ops and extra.float_islands)."""
+    Y = writer.graph.tensors[op.outputs[0]]
+    if Y.dtype != "int8" or Y.quant.same_as(FIXED_OUTPUT_QUANT):
+        return False
+    reason = (f"float island: int8 SOFTMAX writes scale 1/256, zero point -128; the model's output has scale "
+              f"{Y.quant.scale[0]:.6g}, zero point {Y.quant.zero_point[0]}: softmax runs in float")
+    writer.float_islands.append((op.name, reason))
+    return True
+
+
 @tflite_op("softmax")
 def emit_softmax(writer: _Writer, op: LoweredOp) -> None:
-    x = writer.tensor(op.inputs[0])
-    options = writer.options("SoftmaxOptionsT", beta=float(op.attrs.beta))
-    _requantize_into(writer, op, lambda y: writer.op("SOFTMAX", [x], [y], "SoftmaxOptions", options),
-                     op.outputs[0], FIXED_OUTPUT_QUANT)
+    """SOFTMAX over TFLite's innermost axis: the channels of a 4-D tensor, or the last axis of any
+    other; a 4-D tensor's last axis (attention's [1, heads, T, T]) in the logical order between
+    two TRANSPOSEs. In float where the output scale is not SOFTMAX's (_softmax_float_island)."""
+    X, Y = (writer.graph.tensors[name] for name in (op.inputs[0], op.outputs[0]))
+    x, y = writer.tensor(X.name), writer.tensor(Y.name)
+    island = _softmax_float_island(writer, op)
+    in_dtype, in_quant, out_quant = (X.dtype, X.quant, Y.quant) if not island else ("float32", None, None)
+    out = y
+    if island:
+        x = writer.temp(f"{op.name}/float_in", nhwc_shape(X.shape), "float32", None)
+        writer.op("DEQUANTIZE", [writer.tensor(X.name)], [x])
+        out = writer.temp(f"{op.name}/float_out", nhwc_shape(Y.shape), "float32", None)
+    last_of_4d = len(X.shape) == 4 and op.attrs.axis == 3 and X.shape[1] != 1
+    source, target = x, out
+    if last_of_4d:
+        source = _transpose(writer, op, x, NHWC_TO_NCHW, list(X.shape), in_dtype, in_quant)
+        target = writer.temp(f"{op.name}/nchw", list(Y.shape), in_dtype, out_quant)
+    writer.op("SOFTMAX", [source], [target], "SoftmaxOptions",
+              writer.options("SoftmaxOptionsT", beta=float(op.attrs.beta)))
+    if last_of_4d:
+        writer.op("TRANSPOSE", [target, writer.const(f"{op.name}/perm", np.array(NCHW_TO_NHWC, np.int32))], [out],
+                  "TransposeOptions", writer.options("TransposeOptionsT"))
+    if island:
+        writer.op("QUANTIZE", [out], [y])
 
 
 @tflite_op("quantize")
@@ -504,6 +574,7 @@ class TfliteModel:
     outputs: list[TensorInfo]
     float_ops: list[str]
     op_counts: dict[str, int]
+    float_islands: list[tuple[str, str]] = ()
 
 
 def _io_info(tensor: LoweredTensor, name: str, source_layout: str) -> TensorInfo:
@@ -566,8 +637,9 @@ def build_tflite(graph: LoweredGraph, float_io: bool = True, description: str = 
         inputs=[_io_info(graph.tensors[inner], outer, graph.io_layouts.get(outer, "")) for outer, inner in inputs.items()],
         outputs=[_io_info(graph.tensors[inner], outer, graph.io_layouts.get(outer, ""))
                  for outer, inner in outputs.items()],
-        float_ops=list(graph.float_ops),
+        float_ops=list(graph.float_ops) + [name for name, _ in writer.float_islands],
         op_counts=counts,
+        float_islands=list(writer.float_islands),
     )
 
 
@@ -633,6 +705,8 @@ class TfliteTarget(Target):
                         len(graph.float_ops), ", ".join(graph.float_ops))
         built = build_tflite(graph, float_io=options.float_io, description=f"fwedge {precision} {TARGET}",
                              fp16=precision == "fp16")
+        for name, why in built.float_islands:
+            log.warning("tflite: '%s' runs in float inside the int8 model: %s", name, why)
         halved = 2 if precision == "fp16" else 1
 
         def write_files(folder: Path) -> dict:
@@ -646,7 +720,8 @@ class TfliteTarget(Target):
             write_files=write_files, preprocess=options.preprocess, reference=options.reference, kept_float=options.kept_float, toolchain=_versions(),
             extra={"float_io": bool(options.float_io), "float_ops": built.float_ops, "op_counts": built.op_counts,
                    "num_threads": int(own.num_threads), "onnx_names": graph.onnx_names,
-                   "float_fallback": [{"node": name, "reason": why} for name, why in graph.float_fallback]},
+                   "float_fallback": [{"node": name, "reason": why} for name, why in graph.float_fallback],
+                   "float_islands": [{"node": name, "reason": why} for name, why in built.float_islands]},
         )
 
     def run(self, bundle: Bundle, feeds: dict[str, np.ndarray], *, exact_int8: bool = False,

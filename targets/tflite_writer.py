@@ -70,7 +70,7 @@ _INT8_VERSIONS = {
     "AVERAGE_POOL_2D": 2, "MAX_POOL_2D": 2, "MEAN": 2, "RESHAPE": 1, "SOFTMAX": 2,
     "CONCATENATION": 2, "PAD": 2, "PADV2": 2, "HARD_SWISH": 1, "LOGISTIC": 2, "QUANTIZE": 2,
     "DEQUANTIZE": 2, "TRANSPOSE": 2, "MINIMUM": 2, "RELU": 2, "RELU6": 2, "RESIZE_NEAREST_NEIGHBOR": 2,
-    "DEPTH_TO_SPACE": 2, "STRIDED_SLICE": 2, "GATHER": 2,
+    "DEPTH_TO_SPACE": 2, "STRIDED_SLICE": 2, "GATHER": 2, "BATCH_MATMUL": 2,
 }
 
 
@@ -89,6 +89,8 @@ class _Writer:
     # Float32 constants are stored as FLOAT16 buffers, each read through a DEQUANTIZE to a float32
     # tensor, the layout of the TFLite converter's float16 quantization.
     fp16: bool = False
+    # (node, reason) of int8 lowered ops the writer runs in float between DEQUANTIZE and QUANTIZE
+    float_islands: list = field(default_factory=list)
 
     def __post_init__(self):
         self.buffers.append(self.schema.BufferT())  # buffer 0: the empty buffer, by convention

@@ -17,19 +17,17 @@ from fwedge.ops import unary
 from fwedge.ops.shape import stored_permutation
 from fwedge.ops.take import progression, stored_tables
 from fwedge.targets.base import ExportOptions, Target, TfliteOptions, target
-from fwedge.targets import tflite_float, tflite_runner  # noqa: F401  (tflite_float registers emitters)
+from fwedge.targets import tflite_attention, tflite_float, tflite_runner  # noqa: F401  (they register emitters)
 from fwedge.targets.common import resolve_precision
 from fwedge.targets.tflite_runner import MODEL_FILE, NCHW_TO_NHWC, NHWC_TO_NCHW
 from fwedge.targets.tflite_writer import (  # noqa: F401  (also re-exported)
-    _TYPES, FILE_IDENTIFIER, TFLITE_OPS, TFLITE_SCHEMA_VERSION, _Writer, nhwc_axis, nhwc_shape, padding_mode,
-    tflite_op,
+    _TYPES, FILE_IDENTIFIER, FIXED_OUTPUT_QUANT, TFLITE_OPS, TFLITE_SCHEMA_VERSION, _Writer, nhwc_axis, nhwc_shape,
+    padding_mode, tflite_op, transpose_into,
 )
 
 log = logging.getLogger(__name__)
 
 TARGET = "tflite"
-# TFLite int8 spec: LOGISTIC and SOFTMAX outputs are fixed to scale 1/256, zero point -128.
-FIXED_OUTPUT_QUANT = QuantParams((1.0 / 256.0,), (-128,))
 
 def _schema():
     from ai_edge_litert import schema_py_generated as schema
@@ -365,13 +363,6 @@ def emit_depth_to_space(writer: _Writer, op: LoweredOp) -> None:
               "DepthToSpaceOptions", writer.options("DepthToSpaceOptionsT", blockSize=op.attrs.block))
 
 
-def _transpose(writer: _Writer, op: LoweredOp, x: int, perm, shape, dtype, quant) -> int:
-    y = writer.temp(f"{op.name}/transpose", shape, dtype, quant)
-    writer.op("TRANSPOSE", [x, writer.const(f"{op.name}/perm", np.array(perm, dtype=np.int32))], [y],
-              "TransposeOptions", writer.options("TransposeOptionsT"))
-    return y
-
-
 @tflite_op("reshape")
 def emit_reshape(writer: _Writer, op: LoweredOp) -> None:
     """RESHAPE in logical (NCHW) order: transpose rank-4 tensors to NCHW around it unless H = W = 1."""
@@ -391,7 +382,7 @@ def emit_reshape(writer: _Writer, op: LoweredOp) -> None:
                   "ReshapeOptions", writer.options("ReshapeOptionsT", newShape=shape))
         return
     if not in_trivial:
-        x = _transpose(writer, op, x, NHWC_TO_NCHW, list(X.shape), X.dtype, X.quant)
+        x = transpose_into(writer, op, x, NHWC_TO_NCHW, list(X.shape), X.dtype, X.quant)
     target = y if out_trivial else writer.temp(f"{op.name}/nchw", list(Y.shape), Y.dtype, Y.quant)
     shape = list(Y.shape) if not out_trivial else nhwc_shape(Y.shape)
     writer.op("RESHAPE", [x, writer.const(f"{op.name}/shape", np.array(shape, np.int32))], [target],
@@ -487,67 +478,6 @@ def emit_hardsigmoid(writer: _Writer, op: LoweredOp) -> None:
     writer.op("ADD", [scaled, c_beta], [shifted], "AddOptions", writer.options("AddOptionsT", fusedActivationFunction=1))
     writer.op("MINIMUM", [shifted, c_one], [writer.tensor(op.outputs[0])], "MaximumMinimumOptions",
               writer.options("MaximumMinimumOptionsT"))
-
-
-@tflite_op("batch_matmul")
-def emit_batch_matmul(writer: _Writer, op: LoweredOp) -> None:
-    """BATCH_MATMUL; a 4-D pair ([1, heads, M, K], stored NHWC) is transposed to the logical order
-    around it, where the heads are the batch."""
-    A, B = (writer.graph.tensors[name] for name in op.inputs)
-    Y = writer.graph.tensors[op.outputs[0]]
-    a, b, y = writer.tensor(A.name), writer.tensor(B.name), writer.tensor(Y.name)
-    options = writer.options("BatchMatMulOptionsT", adjX=False, adjY=False)
-    if len(A.shape) != 4:
-        writer.op("BATCH_MATMUL", [a, b], [y], "BatchMatMulOptions", options)
-        return
-    a = _transpose(writer, op, a, NHWC_TO_NCHW, list(A.shape), A.dtype, A.quant)
-    b = _transpose(writer, op, b, NHWC_TO_NCHW, list(B.shape), B.dtype, B.quant)
-    logical = writer.temp(f"{op.name}/nchw", list(Y.shape), Y.dtype, Y.quant)
-    writer.op("BATCH_MATMUL", [a, b], [logical], "BatchMatMulOptions", options)
-    writer.op("TRANSPOSE", [logical, writer.const(f"{op.name}/perm", np.array(NCHW_TO_NHWC, np.int32))], [y],
-              "TransposeOptions", writer.options("TransposeOptionsT"))
-
-
-def _softmax_float_island(writer: _Writer, op: LoweredOp) -> bool:
-    """TFLite's int8 SOFTMAX writes scale 1/256, zero point -128 only. Requantizing that to a finer
-    output scale (attention rows whose largest probability is well below 1) rounds twice and
-    lands steps from onnxruntime, so such a softmax runs in float between DEQUANTIZE and QUANTIZE
-    (reported in the manifest's extra.float_ops and extra.float_islands)."""
-    Y = writer.graph.tensors[op.outputs[0]]
-    if Y.dtype != "int8" or Y.quant.same_as(FIXED_OUTPUT_QUANT):
-        return False
-    reason = (f"float island: int8 SOFTMAX writes scale 1/256, zero point -128; the model's output has scale "
-              f"{Y.quant.scale[0]:.6g}, zero point {Y.quant.zero_point[0]}: softmax runs in float")
-    writer.float_islands.append((op.name, reason))
-    return True
-
-
-@tflite_op("softmax")
-def emit_softmax(writer: _Writer, op: LoweredOp) -> None:
-    """SOFTMAX over TFLite's innermost axis: the channels of a 4-D tensor, or the last axis of any
-    other; a 4-D tensor's last axis (attention's [1, heads, T, T]) in the logical order between
-    two TRANSPOSEs. In float where the output scale is not SOFTMAX's (_softmax_float_island)."""
-    X, Y = (writer.graph.tensors[name] for name in (op.inputs[0], op.outputs[0]))
-    x, y = writer.tensor(X.name), writer.tensor(Y.name)
-    island = _softmax_float_island(writer, op)
-    in_dtype, in_quant, out_quant = (X.dtype, X.quant, Y.quant) if not island else ("float32", None, None)
-    out = y
-    if island:
-        x = writer.temp(f"{op.name}/float_in", nhwc_shape(X.shape), "float32", None)
-        writer.op("DEQUANTIZE", [writer.tensor(X.name)], [x])
-        out = writer.temp(f"{op.name}/float_out", nhwc_shape(Y.shape), "float32", None)
-    last_of_4d = len(X.shape) == 4 and op.attrs.axis == 3 and X.shape[1] != 1
-    source, target = x, out
-    if last_of_4d:
-        source = _transpose(writer, op, x, NHWC_TO_NCHW, list(X.shape), in_dtype, in_quant)
-        target = writer.temp(f"{op.name}/nchw", list(Y.shape), in_dtype, out_quant)
-    writer.op("SOFTMAX", [source], [target], "SoftmaxOptions",
-              writer.options("SoftmaxOptionsT", beta=float(op.attrs.beta)))
-    if last_of_4d:
-        writer.op("TRANSPOSE", [target, writer.const(f"{op.name}/perm", np.array(NCHW_TO_NHWC, np.int32))], [out],
-                  "TransposeOptions", writer.options("TransposeOptionsT"))
-    if island:
-        writer.op("QUANTIZE", [out], [y])
 
 
 @tflite_op("quantize")

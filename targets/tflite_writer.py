@@ -9,6 +9,8 @@ from fwedge.lowered.graph import LoweredGraph, QuantParams, same_padding
 from fwedge.targets.tflite_runner import NCHW_TO_NHWC
 
 TFLITE_SCHEMA_VERSION = 3
+# TFLite int8 spec: LOGISTIC and SOFTMAX outputs are fixed to scale 1/256, zero point -128.
+FIXED_OUTPUT_QUANT = QuantParams((1.0 / 256.0,), (-128,))
 FILE_IDENTIFIER = b"TFL3"
 
 
@@ -212,3 +214,11 @@ class _Writer:
         builder = flatbuffers.Builder(1024)
         builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
         return bytes(builder.Output())
+
+
+def transpose_into(writer: _Writer, op, x: int, perm, shape, dtype, quant) -> int:
+    """TRANSPOSE of tensor x by `perm` into a fresh tensor of TFLite shape `shape`; returns its index."""
+    y = writer.temp(f"{op.name}/transpose", shape, dtype, quant)
+    writer.op("TRANSPOSE", [x, writer.const(f"{op.name}/perm", np.array(perm, dtype=np.int32))], [y],
+              "TransposeOptions", writer.options("TransposeOptionsT"))
+    return y

@@ -2,7 +2,10 @@
 
 fwedge quantizes it on seeded token batches (minmax): its MatMuls by constants are int8
 fully_connected layers row by row, Q.K^T and P.V int8 batch_matmuls, the two LayerNorms reported
-float islands. Each int8 bundle is compared with onnxruntime's exact run of the same QDQ model
+float islands (fwedge leaves the Softmax and the scale Mul before it float). onnxruntime's
+quantize_static on the same batches quantizes those two as well: its QDQ model has an int8
+Softmax over [1, heads, T, T] (tflite: a reported float island, its output scale is 1/255).
+Each int8 bundle is compared with onnxruntime's exact run of the same QDQ model
 (largest difference in output steps, SQNR), each fp32 bundle with onnxruntime on the float model,
 and the C int8 and fp32 bundles give the same bytes on x86_64, aarch64, riscv64 and loongarch64.
 """
@@ -22,7 +25,7 @@ from fwedge.lowered.lower import lower
 from fwedge.quantization import quantize
 from fwedge.targets import ExportOptions
 from helpers import run_bundle_exact
-from op_matrix import output_scale, steps_off
+from op_matrix import _ort_quantize as ort_quantize, output_scale, steps_off
 from tolerances import FP32_ATOL, FP32_RTOL, TRANSFORMER_INT8_MAX_STEPS, TRANSFORMER_INT8_MIN_SQNR_DB
 from transformer_model import token_batches, transformer_block
 
@@ -40,13 +43,26 @@ ARCHES = ("x86_64", "aarch64", "riscv64", "loongarch64")
 
 @pytest.fixture(scope="module")
 def block(tmp_path_factory):
-    """(float path, QDQ path, quantize result, 8 held-out inputs [8, 16, 32])."""
+    """(float path, QDQ path, quantize result, 8 held-out inputs [8, 16, 32]): fwedge's quantizer."""
     folder = tmp_path_factory.mktemp("transformer")
     onnx.save(transformer_block(), folder / "block.onnx")
     np.save(folder / "tokens.npy", token_batches(64, seed=1))
     result = quantize(str(folder / "block.onnx"), str(folder / "tokens.npy"), "minmax", num_samples=64)
     onnx.save(result.model, folder / "block.int8.onnx")
     return folder / "block.onnx", folder / "block.int8.onnx", result, token_batches(8, seed=2)
+
+
+@pytest.fixture(scope="module", params=["fwedge", "ort"])
+def quantized(request, block, tmp_path_factory):
+    """(QDQ path, QDQ model, held-out inputs, quantizer) from fwedge's or onnxruntime's quantizer."""
+    float_path, qdq_path, result, x = block
+    if request.param == "fwedge":
+        return qdq_path, result.model, x, "fwedge"
+    calibration = token_batches(64, seed=1)
+    qdq = ort_quantize(onnx.load(float_path), [{"x": calibration[i:i + 1]} for i in range(len(calibration))])
+    path = tmp_path_factory.mktemp("transformer_ort") / "block.ort.int8.onnx"
+    onnx.save(qdq, path)
+    return path, qdq, x, "ort"
 
 
 def _run(target: str, bundle_path, x: np.ndarray) -> np.ndarray:
@@ -70,18 +86,23 @@ def test_the_block_lowers_with_int8_attention_and_reported_layer_norm_islands(bl
 
 
 @pytest.mark.parametrize("target", [pytest.param(t, marks=m, id=t) for t, m in TARGETS.items()])
-def test_int8_bundle_against_onnxruntime_qdq(block, target, tmp_path, record_property):
-    _, qdq_path, result, x = block
+def test_int8_bundle_against_onnxruntime_qdq(quantized, target, tmp_path, record_property):
+    qdq_path, qdq, x, quantizer = quantized
     bundle = export_bundle(qdq_path, target, tmp_path / target, ExportOptions(precision="int8"))
-    manifest = json.loads((bundle.path / "manifest.json").read_text())
-    assert {"ln1", "ln2"} <= {entry["node"] for entry in manifest["extra"]["kept_float"]}
-    reference = ort_session(result.model).run(None, {"x": x})[0]
+    extra = json.loads((bundle.path / "manifest.json").read_text())["extra"]
+    if quantizer == "fwedge":
+        assert {"ln1", "ln2"} <= {entry["node"] for entry in extra["kept_float"]}
+    if target in ("tflite", "x86_64"):
+        assert {"ln1", "ln2"} <= set(extra["float_ops"]), extra["float_ops"]
+    if target == "tflite" and quantizer == "ort":
+        assert [entry["node"] for entry in extra["float_islands"]] == ["attention"]
+    reference = ort_session(qdq).run(None, {"x": x})[0]
     got = _run(target, bundle.path, x).reshape(reference.shape)
-    steps = steps_off(reference, got, output_scale(result.model, "y"))
+    steps = steps_off(reference, got, output_scale(qdq, "y"))
     sqnr = sqnr_db(reference, got)
     record_property("steps", f"max {steps.max()}, {(steps > 0).mean():.4f} off, SQNR {sqnr:.1f} dB")
-    log.info("transformer int8 %s: max %d steps, %.4f off by one or more, %.1f dB", target, steps.max(),
-             (steps > 0).mean(), sqnr)
+    log.info("transformer int8 (%s quantizer) %s: max %d steps, %.4f off by one or more, %.1f dB", quantizer, target,
+             steps.max(), (steps > 0).mean(), sqnr)
     assert steps.max() <= TRANSFORMER_INT8_MAX_STEPS[target], f"{target}: output 'y' {steps.max()} steps off"
     assert sqnr >= TRANSFORMER_INT8_MIN_SQNR_DB[target], f"{target}: output 'y' SQNR {sqnr:.1f} dB"
 

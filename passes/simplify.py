@@ -78,9 +78,10 @@ def _evaluate(node: onnx.NodeProto, values: list[np.ndarray | None], opset: int)
     return [np.asarray(result) for result in results]
 
 
-def simplify(model: onnx.ModelProto, max_rounds: int = 4) -> onnx.ModelProto:
+def simplify(model: onnx.ModelProto, max_rounds: int = 16) -> onnx.ModelProto:
     """Sweep `_simplify_once` until nothing changes (shapes known only after a Reshape's target
-    is folded need a fresh shape inference), at most `max_rounds` times."""
+    is folded need a fresh shape inference), at most `max_rounds` times: PP-OCRv4 rec's two
+    attention blocks each hide the next block's Shape behind a Reshape."""
     for _ in range(max_rounds):
         before = len(model.graph.node)
         model = _simplify_once(model)

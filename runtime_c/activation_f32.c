@@ -159,22 +159,23 @@ void fw_prelu_f32(int pixels, int channels, const float *slope, const float *x, 
     }
 }
 
-void fw_softmax_f32(int outer, int depth, const float *x, float *y)
+void fw_softmax_f32(int outer, int depth, int inner, const float *x, float *y)
 {
-    for (int r = 0; r < outer; ++r) {
-        const float *xr = x + (size_t)r * depth;
-        float *yr = y + (size_t)r * depth;
+    for (int r = 0; r < outer * inner; ++r) {
+        const size_t start = (size_t)(r / inner) * depth * inner + (size_t)(r % inner);
+        const float *xr = x + start;
+        float *yr = y + start;
         float peak = xr[0];
         for (int i = 1; i < depth; ++i) {
-            peak = xr[i] > peak ? xr[i] : peak;
+            peak = xr[(size_t)i * inner] > peak ? xr[(size_t)i * inner] : peak;
         }
         float total = 0.0f;
         for (int i = 0; i < depth; ++i) {
-            yr[i] = fw_expf(xr[i] - peak);
-            total += yr[i];
+            yr[(size_t)i * inner] = fw_expf(xr[(size_t)i * inner] - peak);
+            total += yr[(size_t)i * inner];
         }
         for (int i = 0; i < depth; ++i) {
-            yr[i] /= total;
+            yr[(size_t)i * inner] /= total;
         }
     }
 }

@@ -223,6 +223,26 @@ void fw_fully_connected_f32(const fw_fully_connected_params *p, const float *x, 
                             const float *bias, float *y);
 
 /* ---------------------------------------------------------------------------------------- */
+/* Matrix product of two activations (batch_matmul_s8.c, batch_matmul_f32.c)                 */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Y[g][i][j] = sum_k A[g][i][k] * B[g][k][j] for g < batches, i < rows, j < cols, k < depth;
+ * element (g, i, k) of A is at a[g * a_strides[0] + i * a_strides[1] + k * a_strides[2]], B's
+ * (g, k, j) and Y's (g, i, j) likewise: any stored layout (4-D tensors are NHWC). */
+typedef struct {
+    int batches, rows, depth, cols;
+    int a_strides[3], b_strides[3], y_strides[3];
+    int32_t a_zero_point, b_zero_point, output_zero_point;
+    int32_t multiplier, shift;
+    int32_t activation_min, activation_max;
+    float float_min, float_max;
+} fw_batch_matmul_params;
+
+/* int8: y = clamp(zp_y + requant(sum (a - zp_a) * (b - zp_b), multiplier, shift), act_min, act_max). */
+void fw_batch_matmul_s8(const fw_batch_matmul_params *p, const int8_t *a, const int8_t *b, int8_t *y);
+void fw_batch_matmul_f32(const fw_batch_matmul_params *p, const float *a, const float *b, float *y);
+
+/* ---------------------------------------------------------------------------------------- */
 /* Element-wise add and mul (elementwise_s8.c, elementwise_f32.c)                            */
 /* ---------------------------------------------------------------------------------------- */
 
@@ -326,12 +346,14 @@ void fw_prelu_f32(int pixels, int channels, const float *slope, const float *x, 
 /* LayerNormalization of `rows` rows of `depth` floats: (x - mean) / sqrt(var + epsilon) * gamma + beta. */
 void fw_layer_norm_f32(int rows, int depth, float epsilon, const float *gamma, const float *beta,
                        const float *x, float *y);
-/* Softmax over the innermost `depth` elements of `outer` rows. */
-void fw_softmax_f32(int outer, int depth, const float *x, float *y);
-/* int8 softmax over the innermost `depth` elements (softmax_s8.c): d = max - x,
+/* Softmax over `depth` elements `inner` apart, of outer * inner rows: row (o, i) holds
+ * x[(o * depth + d) * inner + i] for d < depth (inner 1: the innermost axis; a 4-D tensor's last
+ * logical axis is stored with the channels innermost, inner = C). */
+void fw_softmax_f32(int outer, int depth, int inner, const float *x, float *y);
+/* int8 softmax over the rows of fw_softmax_f32 (softmax_s8.c): d = max - x,
  * e = exp_table[d] (Q24 of exp(-scale * d)), p = (e * 2^30 + S / 2) / S with S = sum(e) in
  * int64, y = clamp(zp + requant(p, multiplier, shift), -128, 127). */
-void fw_softmax_s8(int outer, int depth, const int32_t *exp_table, int32_t multiplier, int32_t shift,
+void fw_softmax_s8(int outer, int depth, int inner, const int32_t *exp_table, int32_t multiplier, int32_t shift,
                    int32_t output_zero_point, const int8_t *x, int8_t *y);
 
 /* ---------------------------------------------------------------------------------------- */

@@ -149,9 +149,10 @@ def emit_fully_connected(e: _Emitter, op: LoweredOp) -> None:
     X, W, B = (e.tensor(name) for name in op.inputs)
     Y = e.tensor(op.outputs[0])
     out_features, in_features = W.shape
-    if X.size != in_features or not layout_trivial(X.shape):
+    rows = X.size // in_features  # [1, T, K]: T rows, each through the same layer
+    if X.size != rows * in_features or X.shape[-1] != in_features or not layout_trivial(X.shape):
         raise ExportError(f"C target: fully_connected {op.name!r}: input {X.name!r} {list(X.shape)} "
-                          f"is not a [1, {in_features}] row")
+                          f"is not a [1, {in_features}] row or [1, T, {in_features}] rows")
     int8 = Y.dtype == "int8"
     float_min, float_max = _float_clamp(op.attrs.activation)
     folded = fold_input_zero_point(_zero_point(X), W.data, B.data) if int8 and B.data is not None else None
@@ -170,7 +171,50 @@ def emit_fully_connected(e: _Emitter, op: LoweredOp) -> None:
         shift = e.array("shift", _per_channel(op.attrs.requant.shift, out_features), "int32")
         args += f", {multiplier}, {shift}"
     callee = "FW_FULLY_CONNECTED_S8" if int8 else "fw_fully_connected_f32"  # fwedge_rt.h: dispatched on aarch64
-    e.call(op, f"{callee}({args}, {e.pointer(Y.name)});")
+    if rows == 1:
+        e.call(op, f"{callee}({args}, {e.pointer(Y.name)});")
+        return
+    x, y = e.pointer(X.name), e.pointer(Y.name)
+    args = args.replace(x, f"{x} + (size_t)row * {in_features}", 1)
+    e.call(op, f"for (int row = 0; row < {rows}; ++row) {callee}({args}, {y} + (size_t)row * {out_features});")
+
+
+def logical_strides(shape) -> list[int]:
+    """The element stride of each logical axis in the stored layout (NHWC for 4-D tensors)."""
+    stored = physical_shape(shape)
+    stored_strides = [int(np.prod(stored[k + 1:], dtype=np.int64)) for k in range(len(stored))]
+    if len(shape) != 4:
+        return stored_strides
+    strides = [0] * 4
+    for position, axis in enumerate(_NHWC):
+        strides[axis] = stored_strides[position]
+    return strides
+
+
+@emitter("batch_matmul")
+def emit_batch_matmul(e: _Emitter, op: LoweredOp) -> None:
+    """A [1, (heads,) M, K] x B [1, (heads,) K, N], each read in place through its stored strides."""
+    A, B = (e.tensor(name) for name in op.inputs)
+    Y = e.tensor(op.outputs[0])
+    (a, b, y) = (logical_strides(T.shape) for T in (A, B, Y))
+    batch = 1 if len(A.shape) == 4 else None  # the heads axis; rank 3 has one matrix
+    heads = A.shape[1] if batch else 1
+    int8 = Y.dtype == "int8"
+    float_min, float_max = _float_clamp(op.attrs.activation)
+    r = op.attrs.requant
+    params = e.struct("fw_batch_matmul_params", {
+        "batches": heads, "rows": A.shape[-2], "depth": A.shape[-1], "cols": B.shape[-1],
+        "a_strides": "{%d, %d, %d}" % (a[batch] if batch else 0, a[-2], a[-1]),
+        "b_strides": "{%d, %d, %d}" % (b[batch] if batch else 0, b[-2], b[-1]),
+        "y_strides": "{%d, %d, %d}" % (y[batch] if batch else 0, y[-2], y[-1]),
+        "a_zero_point": _zero_point(A), "b_zero_point": _zero_point(B), "output_zero_point": _zero_point(Y),
+        "multiplier": int(r.multiplier[0]) if int8 else 0, "shift": int(r.shift[0]) if int8 else 0,
+        "activation_min": r.act_min if int8 else -128, "activation_max": r.act_max if int8 else 127,
+        "float_min": float_min, "float_max": float_max,
+    })
+    e.kernels.add(f"batch_matmul_{_suffix(Y.dtype)}.c")
+    e.call(op, f"fw_batch_matmul_{_suffix(Y.dtype)}(&{params}, {e.pointer(A.name)}, {e.pointer(B.name)}, "
+               f"{e.pointer(Y.name)});")
 
 
 def broadcast_of(operand_shape, output_shape) -> tuple[int, int]:
@@ -450,24 +494,26 @@ def emit_prelu(e: _Emitter, op: LoweredOp) -> None:
 def emit_softmax(e: _Emitter, op: LoweredOp) -> None:
     X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
     channels = len(X.shape) == 4 and op.attrs.axis == 1  # stored innermost (NHWC)
-    if not channels and (op.attrs.axis != len(X.shape) - 1 or not layout_trivial(X.shape)):
+    if not channels and op.attrs.axis != len(X.shape) - 1:
         raise ExportError(f"C target: softmax {op.name!r} over axis {op.attrs.axis} of {list(X.shape)}: "
-                          "only the last axis of a non-image tensor, or the channels of a 4-D one")
+                          "only the last axis, or the channels of a 4-D one")
     depth = X.shape[1] if channels else X.shape[-1]
-    outer = X.size // depth
+    # The last axis of a 4-D tensor (attention's [1, heads, T, T]) is stored C apart (NHWC).
+    inner = X.shape[1] if len(X.shape) == 4 and not channels and not layout_trivial(X.shape) else 1
+    outer = X.size // (depth * inner)
     if Y.dtype == "int8":
         if op.attrs.beta != 1.0:
             raise ExportError(f"C target: int8 softmax {op.name!r} with beta {op.attrs.beta}")
         table = e.array("exp table (Q24)", op.attrs.exp_table, "int32")
         r = op.attrs.requant
         e.kernels.add("softmax_s8.c")
-        e.call(op, f"fw_softmax_s8({outer}, {depth}, {table}, {int(r.multiplier[0])}, {int(r.shift[0])}, "
+        e.call(op, f"fw_softmax_s8({outer}, {depth}, {inner}, {table}, {int(r.multiplier[0])}, {int(r.shift[0])}, "
                    f"{_zero_point(Y)}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
         return
     if op.attrs.beta != 1.0:
         raise ExportError(f"C target: softmax {op.name!r} with beta {op.attrs.beta}")
     e.kernels.add("activation_f32.c")
-    e.call(op, f"fw_softmax_f32({outer}, {depth}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
+    e.call(op, f"fw_softmax_f32({outer}, {depth}, {inner}, {e.pointer(X.name)}, {e.pointer(Y.name)});")
 
 
 @emitter("layer_norm")

@@ -95,8 +95,7 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
             return "only Gemm with transA=0, alpha=beta=1"
         return None if node.input[1] in consts else "weight must be a constant"
     if op == "MatMul":
-        weight = consts.get(node.input[1])
-        return None if weight is not None and weight.ndim == 2 else "only MatMul by a constant 2-D matrix"
+        return _matmul_reason(node, view)
     if op in ("MaxPool", "AveragePool"):
         if any(d != 1 for d in attribute(node, "dilations", [1, 1])):
             return "pool dilation"
@@ -151,6 +150,19 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
             return f"pad mode {mode}"
         return None if len(node.input) > 1 and node.input[1] in consts else "pads must be constant"
     return "no ncnn writer for this op"
+
+
+def _matmul_reason(node: onnx.NodeProto, view: FloatView) -> str | None:
+    """A constant 2-D weight on a [1, K] or [1, T, K] input (InnerProduct), or two activations of
+    the same rank 3 or 4 with equal leading dims (ncnn MatMul, batched over its channels)."""
+    weight = view.consts.get(node.input[1])
+    a = list(view.shapes.get(node.input[0]) or [])
+    if weight is not None:
+        return None if weight.ndim == 2 and len(a) in (2, 3) else "only MatMul by a constant 2-D matrix of a [1, K] or [1, T, K] input"
+    b = list(view.shapes.get(node.input[1]) or [])
+    if node.input[0] in view.consts or len(a) != len(b) or len(a) not in (3, 4) or a[:-2] != b[:-2]:
+        return f"MatMul of shapes {a} and {b}: two activations of rank 3 or 4 with equal leading dims"
+    return None
 
 
 def _take_reason(node: onnx.NodeProto, view: FloatView) -> str | None:

@@ -13,6 +13,7 @@ from fwedge.errors import ExportError
 from fwedge.ir import opset_version
 from fwedge.op_info import attribute
 from fwedge.passes.conv_transpose import conv_transpose_as_depth_to_space
+from fwedge.passes.attention import rewrite_attention
 from fwedge.passes.layer_norm import fuse_layer_norm
 from fwedge.passes.layout import fold_transposes
 from fwedge.targets.common import QDQ_OPS, require_static
@@ -115,9 +116,11 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     for _ in range(8):
         folded = _fold_once(model)
         if folded is None:
-            return model
+            break
         model = folded
-    return model
+    # Chains whose constants only folding revealed (PP-OCRv4 rec's LayerNorms), and attention's
+    # rank-5 QKV split and flattened Softmax (passes/attention.py).
+    return fuse_layer_norm(rewrite_attention(model))
 
 
 def _fold_once(model: onnx.ModelProto) -> onnx.ModelProto | None:

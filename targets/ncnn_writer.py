@@ -264,8 +264,9 @@ class NcnnWriter:
         X, Y = node.input[0], node.output[0]
         N, K = weight_nk.shape
         in_shape = self.shape(X)
-        if len(in_shape) != 2 or in_shape[0] != 1:
-            raise ExportError(f"target {TARGET!r}: {node.op_type} '{node.name}': input '{X}' must be [1, K], got {in_shape}")
+        if len(in_shape) not in (2, 3) or in_shape[0] != 1:
+            raise ExportError(f"target {TARGET!r}: {node.op_type} '{node.name}': input '{X}' must be [1, K] or [1, T, K], "
+                              f"got {in_shape}")
         bias = np.zeros(N, np.float32) if bias is None else np.broadcast_to(bias.reshape(-1), (N,)).astype(np.float32)
         params = {0: N, 1: 1, 2: int(weight_nk.size)}
         plan = self.int8_plan(node, weight_name, out_axis)
@@ -294,8 +295,14 @@ class NcnnWriter:
         self.fully_connected(node, weight_nk, node.input[1], 0 if trans_b else 1, bias, transpose_q=not trans_b)
 
     def emit_MatMul(self, node: onnx.NodeProto) -> None:
-        weight = self.view.consts[node.input[1]]
-        self.fully_connected(node, weight.T, node.input[1], 1, None, transpose_q=True)
+        """By a constant: InnerProduct (a [T, K] blob: row by row). Of two activations: MatMul,
+        in float on the fake-quantized inputs, as onnxruntime's DQ -> MatMul -> Q."""
+        weight = self.view.consts.get(node.input[1])
+        if weight is not None:
+            self.fully_connected(node, weight.T, node.input[1], 1, None, transpose_q=True)
+            return
+        self.add("MatMul", node.name or node.output[0], [self.input(node.input[0]), self.input(node.input[1])],
+                 [self.blob(node.output[0])], {0: 0})
 
     def emit_BatchNormalization(self, node: onnx.NodeProto) -> None:
         scale, bias, mean, var = (self.view.consts[name].astype(np.float32) for name in node.input[1:5])

@@ -17,20 +17,18 @@ from fwedge.ops import unary
 from fwedge.ops.shape import stored_permutation
 from fwedge.ops.take import progression, stored_tables
 from fwedge.targets.base import ExportOptions, Target, TfliteOptions, target
-from fwedge.targets import tflite_float, tflite_runner  # noqa: F401  (tflite_float registers emitters)
+from fwedge.targets import tflite_attention, tflite_float, tflite_runner  # noqa: F401  (they register emitters)
 from fwedge.targets.tflite_resize import bilinear_problem, nearest_flags
 from fwedge.targets.common import resolve_precision
 from fwedge.targets.tflite_runner import MODEL_FILE, NCHW_TO_NHWC, NHWC_TO_NCHW
 from fwedge.targets.tflite_writer import (  # noqa: F401  (also re-exported)
-    _TYPES, FILE_IDENTIFIER, TFLITE_OPS, TFLITE_SCHEMA_VERSION, _Writer, nhwc_axis, nhwc_shape, padding_mode,
-    tflite_op,
+    _TYPES, FILE_IDENTIFIER, FIXED_OUTPUT_QUANT, TFLITE_OPS, TFLITE_SCHEMA_VERSION, _Writer, nhwc_axis, nhwc_shape,
+    padding_mode, tflite_op, transpose_into,
 )
 
 log = logging.getLogger(__name__)
 
 TARGET = "tflite"
-# TFLite int8 spec: LOGISTIC and SOFTMAX outputs are fixed to scale 1/256, zero point -128.
-FIXED_OUTPUT_QUANT = QuantParams((1.0 / 256.0,), (-128,))
 
 def _schema():
     from ai_edge_litert import schema_py_generated as schema
@@ -54,8 +52,10 @@ def _op_problem(graph: LoweredGraph, op: LoweredOp) -> str | None:
         mode = padding_mode(x.shape, op.attrs.kernel, op.attrs.strides, (1, 1), op.attrs.pads)
         if mode == "EXPLICIT" and not op.attrs.count_include_pad:
             return f"average pool pads {op.attrs.pads} are not TFLite SAME and exclude the padding"
-    if op.kind == "softmax" and len(x.shape) == 4 and op.attrs.axis != 1 and x.shape[1] != 1 and x.shape[2] * x.shape[3] != 1:
-        return f"softmax over axis {op.attrs.axis} of {list(x.shape)}: TFLite's SOFTMAX takes the innermost axis (NHWC's C)"
+    if op.kind == "softmax" and len(x.shape) == 4 and op.attrs.axis not in (1, 3):
+        return f"softmax over axis {op.attrs.axis} of {list(x.shape)}: only the channels or the last axis"
+    if op.kind == "batch_matmul":
+        return _batch_matmul_problem(graph, op)
     if op.kind == "resize_nearest" and nearest_flags(x.shape, graph.tensors[op.outputs[0]].shape, op.attrs) is None:
         return (f"nearest resize tables rows {list(op.attrs.rows)[:8]} cols {list(op.attrs.cols)[:8]} follow no "
                 "TFLite rule (align_corners, half_pixel_centers)")
@@ -71,6 +71,20 @@ def _op_problem(graph: LoweredGraph, op: LoweredOp) -> str | None:
         a, b = (graph.tensors[name] for name in op.inputs)
         if len(a.shape) != len(b.shape):
             return "operands of different rank"
+    return None
+
+
+def _batch_matmul_problem(graph: LoweredGraph, op: LoweredOp) -> str | None:
+    """TFLite's BATCH_MATMUL has no fused activation: an int8 one must clamp nothing the output
+    range does not (a Relu whose zero is the range's bottom); a float one none at all."""
+    Y = graph.tensors[op.outputs[0]]
+    if Y.dtype == "int8":
+        r = op.attrs.requant
+        if r.act_min > -128 or r.act_max < 127:
+            return (f"int8 MatMul with a fused {op.attrs.activation} that clamps inside the output range "
+                    f"[{r.act_min}, {r.act_max}]: BATCH_MATMUL has no fused activation")
+    elif op.attrs.activation != "none":
+        return f"MatMul with a fused {op.attrs.activation}: BATCH_MATMUL has no fused activation"
     return None
 
 
@@ -220,8 +234,9 @@ def emit_depthwise(writer: _Writer, op: LoweredOp) -> None:
 @tflite_op("fully_connected")
 def emit_fully_connected(writer: _Writer, op: LoweredOp) -> None:
     X, W, B = op.inputs
+    rows = len(writer.graph.tensors[X].shape) == 3  # [1, T, K] -> [1, T, N]
     options = writer.options("FullyConnectedOptionsT", fusedActivationFunction=_ACTIVATION[op.attrs.activation],
-                             keepNumDims=False)
+                             keepNumDims=rows)
     writer.op("FULLY_CONNECTED", [writer.tensor(X), writer.tensor(W), writer.tensor(B)],
               [writer.tensor(op.outputs[0])], "FullyConnectedOptions", options)
 
@@ -314,13 +329,6 @@ def emit_depth_to_space(writer: _Writer, op: LoweredOp) -> None:
               "DepthToSpaceOptions", writer.options("DepthToSpaceOptionsT", blockSize=op.attrs.block))
 
 
-def _transpose(writer: _Writer, op: LoweredOp, x: int, perm, shape, dtype, quant) -> int:
-    y = writer.temp(f"{op.name}/transpose", shape, dtype, quant)
-    writer.op("TRANSPOSE", [x, writer.const(f"{op.name}/perm", np.array(perm, dtype=np.int32))], [y],
-              "TransposeOptions", writer.options("TransposeOptionsT"))
-    return y
-
-
 @tflite_op("reshape")
 def emit_reshape(writer: _Writer, op: LoweredOp) -> None:
     """RESHAPE in logical (NCHW) order: transpose rank-4 tensors to NCHW around it unless H = W = 1."""
@@ -340,7 +348,7 @@ def emit_reshape(writer: _Writer, op: LoweredOp) -> None:
                   "ReshapeOptions", writer.options("ReshapeOptionsT", newShape=shape))
         return
     if not in_trivial:
-        x = _transpose(writer, op, x, NHWC_TO_NCHW, list(X.shape), X.dtype, X.quant)
+        x = transpose_into(writer, op, x, NHWC_TO_NCHW, list(X.shape), X.dtype, X.quant)
     target = y if out_trivial else writer.temp(f"{op.name}/nchw", list(Y.shape), Y.dtype, Y.quant)
     shape = list(Y.shape) if not out_trivial else nhwc_shape(Y.shape)
     writer.op("RESHAPE", [x, writer.const(f"{op.name}/shape", np.array(shape, np.int32))], [target],
@@ -438,14 +446,6 @@ def emit_hardsigmoid(writer: _Writer, op: LoweredOp) -> None:
               writer.options("MaximumMinimumOptionsT"))
 
 
-@tflite_op("softmax")
-def emit_softmax(writer: _Writer, op: LoweredOp) -> None:
-    x = writer.tensor(op.inputs[0])
-    options = writer.options("SoftmaxOptionsT", beta=float(op.attrs.beta))
-    _requantize_into(writer, op, lambda y: writer.op("SOFTMAX", [x], [y], "SoftmaxOptions", options),
-                     op.outputs[0], FIXED_OUTPUT_QUANT)
-
-
 @tflite_op("quantize")
 def emit_quantize(writer: _Writer, op: LoweredOp) -> None:
     writer.op("QUANTIZE", [writer.tensor(op.inputs[0])], [writer.tensor(op.outputs[0])])
@@ -470,6 +470,7 @@ class TfliteModel:
     outputs: list[TensorInfo]
     float_ops: list[str]
     op_counts: dict[str, int]
+    float_islands: list[tuple[str, str]] = ()
 
 
 def _io_info(tensor: LoweredTensor, name: str, source_layout: str) -> TensorInfo:
@@ -532,8 +533,9 @@ def build_tflite(graph: LoweredGraph, float_io: bool = True, description: str = 
         inputs=[_io_info(graph.tensors[inner], outer, graph.io_layouts.get(outer, "")) for outer, inner in inputs.items()],
         outputs=[_io_info(graph.tensors[inner], outer, graph.io_layouts.get(outer, ""))
                  for outer, inner in outputs.items()],
-        float_ops=list(graph.float_ops),
+        float_ops=list(graph.float_ops) + [name for name, _ in writer.float_islands],
         op_counts=counts,
+        float_islands=list(writer.float_islands),
     )
 
 
@@ -599,6 +601,8 @@ class TfliteTarget(Target):
                         len(graph.float_ops), ", ".join(graph.float_ops))
         built = build_tflite(graph, float_io=options.float_io, description=f"fwedge {precision} {TARGET}",
                              fp16=precision == "fp16")
+        for name, why in built.float_islands:
+            log.warning("tflite: '%s' runs in float inside the int8 model: %s", name, why)
         halved = 2 if precision == "fp16" else 1
 
         def write_files(folder: Path) -> dict:
@@ -612,7 +616,8 @@ class TfliteTarget(Target):
             write_files=write_files, preprocess=options.preprocess, reference=options.reference, kept_float=options.kept_float, toolchain=_versions(),
             extra={"float_io": bool(options.float_io), "float_ops": built.float_ops, "op_counts": built.op_counts,
                    "num_threads": int(own.num_threads), "onnx_names": graph.onnx_names,
-                   "float_fallback": [{"node": name, "reason": why} for name, why in graph.float_fallback]},
+                   "float_fallback": [{"node": name, "reason": why} for name, why in graph.float_fallback],
+                   "float_islands": [{"node": name, "reason": why} for name, why in built.float_islands]},
         )
 
     def run(self, bundle: Bundle, feeds: dict[str, np.ndarray], *, exact_int8: bool = False,

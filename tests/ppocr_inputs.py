@@ -21,19 +21,19 @@ SKIMAGE_NAMES = ["astronaut", "camera", "coffee", "chelsea", "page", "text", "ro
                  "moon", "horse", "clock", "immunohistochemistry", "hubble_deep_field", "logo"]
 
 
-def normalize_line(image: np.ndarray) -> np.ndarray:
-    """PP-OCR cls preprocessing: resize to height 48 keeping aspect (width <= 192), scale to
-    (x/255 - 0.5)/0.5, CHW, zero-pad on the right to 192 (rapidocr's resize_norm_img)."""
+def normalize_line(image: np.ndarray, width: int = WIDTH) -> np.ndarray:
+    """PP-OCR cls (and rec) preprocessing: resize to height 48 keeping aspect (width <= `width`),
+    scale to (x/255 - 0.5)/0.5, CHW, zero-pad on the right to `width` (rapidocr's resize_norm_img)."""
     from PIL import Image
 
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
     image = image[..., :3]
-    height, width = image.shape[:2]
-    resized_width = min(WIDTH, max(1, int(np.ceil(HEIGHT * width / height))))
+    height = image.shape[0]
+    resized_width = min(width, max(1, int(np.ceil(HEIGHT * image.shape[1] / height))))
     pil = Image.fromarray(image.astype(np.uint8)).resize((resized_width, HEIGHT), Image.BILINEAR)
     array = (np.asarray(pil, dtype=np.float32) / 255.0 - 0.5) / 0.5
-    out = np.zeros((3, HEIGHT, WIDTH), dtype=np.float32)
+    out = np.zeros((3, HEIGHT, width), dtype=np.float32)
     out[:, :, :resized_width] = array.transpose(2, 0, 1)
     return out
 
@@ -97,6 +97,39 @@ def ppocr_cls_inputs(count: int, seed: int = 0, text_share: float = 0.75) -> tup
         images.append(normalize_line(np.ascontiguousarray(image)))
         labels.append(flip)
     return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+REC_WIDTH = 320  # rapidocr's rec_img_shape [3, 48, 320]
+
+
+def ppocr_rec_inputs(count: int, seed: int = 0, width: int = REC_WIDTH) -> np.ndarray:
+    """`count` rendered text lines [N, 3, 48, width] for PP-OCR rec (upright, as the classifier
+    leaves them), normalised and padded as rapidocr's recognizer does."""
+    rng = np.random.default_rng(seed)
+    return np.stack([normalize_line(render_text_line(rng), width) for _ in range(count)])
+
+
+def ctc_greedy(probabilities: np.ndarray) -> list[list[int]]:
+    """CTC greedy decoding of [N, T, classes]: the argmax per step, repeats merged, blanks (0) dropped."""
+    decoded = []
+    for best in np.asarray(probabilities).argmax(axis=-1):
+        kept = [int(c) for i, c in enumerate(best) if c != 0 and (i == 0 or c != best[i - 1])]
+        decoded.append(kept)
+    return decoded
+
+
+def character_accuracy(reference: list[list[int]], candidate: list[list[int]]) -> float:
+    """1 - (sum of Levenshtein distances) / (sum of reference lengths), over all lines."""
+    errors = total = 0
+    for ref, got in zip(reference, candidate):
+        row = list(range(len(got) + 1))
+        for i, r in enumerate(ref, 1):
+            previous, row[0] = row[0], i
+            for j, g in enumerate(got, 1):
+                previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != g))
+        errors += row[len(got)]
+        total += len(ref)
+    return 1.0 - errors / max(total, 1)
 
 
 DET_SIZE = 128  # PP-OCR det takes any multiple of 32; 128 keeps the qemu runs short

@@ -284,3 +284,38 @@ def test_int8_node_without_int8_form_is_refused_or_kept_float_when_allowed(tmp_p
     feeds = random_feeds(next(c for c in OP_CASES if c.id == "conv_1x1"), batch=2)
     steps = steps_off(ort_session(qdq).run(None, feeds)[0], tflite.run(bundle, feeds)["y"], output_scale(qdq, "y"))
     assert steps.max() <= INT8_MAX_STEPS
+
+
+def _softmax_qdq(output_scale: float | None, output_zero_point: int | None):
+    """The op matrix's int8 Softmax over the last axis of [1, 2, 6, 7], its output Q/DQ set to the
+    given parameters (None: the calibrated ones)."""
+    from onnx import numpy_helper
+
+    case = next(c for c in OP_CASES if c.id == "softmax_4d_last_axis")
+    qdq = qdq_model(case)
+    for init in qdq.graph.initializer:
+        if init.name == "y_scale" and output_scale is not None:
+            init.CopyFrom(numpy_helper.from_array(np.array(output_scale, np.float32), "y_scale"))
+        if init.name == "y_zero_point" and output_zero_point is not None:
+            init.CopyFrom(numpy_helper.from_array(np.array(output_zero_point, np.int8), "y_zero_point"))
+    return case, qdq
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["calibrated_scale", "scale_1_256"])
+def test_int8_softmax_runs_in_float_and_says_so_unless_its_output_scale_is_1_256(fixed, tmp_path):
+    """TFLite's int8 SOFTMAX writes scale 1/256, zero point -128 only: with the calibrated output
+    scale (0.0027 here) the bundle runs it in float and lists it with the reason; with 1/256 and
+    -128 it stays int8 and lists nothing. Both within one step of onnxruntime's QDQ run."""
+    case, qdq = _softmax_qdq(1 / 256 if fixed else None, -128 if fixed else None)
+    bundle = _tflite().export(qdq, tmp_path / "b", ExportOptions(source_sha256="0" * 64))
+    islands = bundle.extra["float_islands"]
+    if fixed:
+        assert islands == [] and "softmax" not in bundle.extra["float_ops"]
+    else:
+        assert [entry["node"] for entry in islands] == ["softmax"] and "1/256" in islands[0]["reason"]
+        assert "softmax" in bundle.extra["float_ops"]
+    feeds = random_feeds(case, batch=3)
+    reference = ort_session(qdq).run(["y"], feeds)[0]
+    got = _tflite().run(load_bundle(tmp_path / "b"), feeds)["y"]
+    steps = steps_off(reference, got.reshape(reference.shape), output_scale(qdq, "y"))
+    assert steps.max() <= INT8_MAX_STEPS, f"softmax ({'1/256' if fixed else 'calibrated'}): {steps.max()} steps"

@@ -18,6 +18,46 @@ C_TRANSCENDENTAL_MAX_ULP = 1
 # int8 targets against onnxruntime running the same QDQ model: at most this many quantization
 # steps on any output element; the count of off-by-one elements is reported, not hidden.
 INT8_MAX_STEPS = 1
+# The op matrix's MatMul cases hold to it too: batch_matmul (two activations, each with its own
+# zero point: -64 and -64 on matmul_activations_3d) sums (a - zp_a)(b - zp_b) exactly in int32 and
+# rounds once, as onnxruntime's DQ -> MatMul -> Q does in float; measured 2026-12-07 on 3-4 seeded
+# batches: 0 steps off on C (x86_64), tflite (BATCH_MATMUL) and ncnn (float MatMul on the
+# fake-quantized inputs), for [1, 6, 8] x [1, 8, 5] and [1, 2, 6, 8] x [1, 2, 8, 5]; the [1, T, K]
+# projection by a constant (fully_connected row by row) and the [1, heads, T, T] Softmax also 0.
+
+# The pre-LN transformer block (tests/test_transformer.py, [1, 16, 32], 4 heads, MLP 64) in int8
+# against onnxruntime's exact run of the same QDQ model, 8 seeded inputs: largest output
+# difference in steps, and SQNR. Measured 2026-12-07: C (x86_64; the same bytes on aarch64, riscv64
+# and loongarch64), ncnn and onnx 0 steps; OpenVINO (exact mode) 0 steps, 135 dB; tflite 2 steps
+# (6.3% of the outputs off, 0.3% by 2), 41.3 dB: its int8 kernels requantize with gemmlowp's double rounding,
+# one step off on ties, and the residual Adds carry those steps on to the output. The bounds
+# leave one step of headroom (tflite: a second step) and 6 dB; the QDQ model itself is 32.5 dB
+# from float, so a bundle that broke a layer falls far below. onnxruntime's quantize_static of the
+# same block (an int8 scale Mul and an int8 Softmax over [1, 4, 16, 16] too): C, ncnn, onnx
+# 0 steps; OpenVINO 1 step on 0.02%, 66.0 dB; tflite 2 steps (8.6% off), 40.0 dB, its Softmax a
+# reported float island (output scale 1/255, not SOFTMAX's 1/256).
+TRANSFORMER_INT8_MAX_STEPS = {"onnx": 1, "openvino": 1, "ncnn": 1, "x86_64": 1, "tflite": 4}
+TRANSFORMER_INT8_MIN_SQNR_DB = {"onnx": 60.0, "openvino": 60.0, "ncnn": 60.0, "x86_64": 60.0, "tflite": 35.0}
+
+# PP-OCRv4 rec (tests/test_ppocr_rec.py): CTC greedy decoding, character accuracy (1 - edit
+# distance / length) on 16 held-out rendered lines at 48 x 320 (189 characters as the float model
+# reads them), minmax over 16 others. One character is 0.005. Measured 2026-12-07:
+# - the QDQ model (onnxruntime) against float: 0.910; the bound leaves room for a few more lines
+#   read differently by another minmax draw, and fails a quantizer that broke a layer (then the
+#   decoding falls apart, well below 0.5).
+# - every fp32 bundle against float: 1.000 (probabilities within 9e-5); 0.98 lets a near-tie
+#   argmax flip on three characters.
+# - int8 bundles against the QDQ model's own decoding: onnx 1.000 (the same computation); C
+#   x86_64 0.983 (the same bytes on aarch64, riscv64, loongarch64) and OpenVINO (exact mode) 0.983,
+#   tflite 0.972: each op is within one step, and ~40 layers and two attention blocks grow the
+#   one-step differences into a few characters of lines read with low confidence. ncnn 0.799: a
+#   regression guard, not a parity claim. `fwedge diff` on 4 lines: its first conv is 1 step off
+#   (35.5 dB) and the depthwise conv after it 'p2o.Conv.1' 18 steps (31.4 dB); the input
+#   (v/255 - 0.5)/0.5 at scale 2/255 is a rounding tie on every pixel, which onnxruntime rounds
+#   to even and ncnn away from zero (see DEEP_INT8_MEAN_PROBABILITY), and the layers amplify it.
+PPOCR_REC_QDQ_CHAR_ACCURACY = 0.85
+PPOCR_REC_FP32_CHAR_ACCURACY = 0.98
+PPOCR_REC_INT8_CHAR_ACCURACY_VS_QDQ = {"onnx": 1.0, "tflite": 0.93, "x86_64": 0.95, "openvino": 0.93, "ncnn": 0.7}
 
 # Task metric: accuracy of an int8 target against the int8 ONNX (ORT) reference, percentage points.
 INT8_TARGET_ACCURACY_PP = 0.2

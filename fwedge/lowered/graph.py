@@ -20,7 +20,7 @@ Tensors
 Layouts of constants (ONNX layouts; NHWC targets transpose them):
     conv2d weight            [M, C/groups, kH, kW]  (OIHW)
     depthwise_conv2d weight  [M, 1, kH, kW]         (groups == C_in, M = C_in * depth_multiplier)
-    fully_connected weight   [N, K]                 (y = x @ W.T + b; input is [1, K])
+    fully_connected weight   [N, K]                 (y = x @ W.T + b; input is [1, K] or [1, T, K])
     bias                     [M] or [N]             (always present, zeros when ONNX had none)
     add/mul constant operand broadcast to the other operand's rank (NCHW), e.g. [1, C, 1, 1]
 
@@ -37,6 +37,10 @@ Integer arithmetic (TFLite reference kernels; see fwedge/lowered/interp.py):
         acc[c] = bias[c] + sum((x_q - zp_x) * w_q)          (int32)
         y_q    = clamp(zp_y + MBQM(acc[c], m[c], s[c]), act_min, act_max)
         with m/s from real = s_x * s_w[c] / s_y, per output channel.
+    batch_matmul (A [1, .., M, K], B [1, .., K, N], the same leading dims; both activations):
+        acc = sum_k (a_q - zp_a) * (b_q - zp_b)             (int32)
+        y_q = clamp(zp_y + MBQM(acc, m, s), act_min, act_max)  with real = s_a * s_b / s_y.
+        Float: y = A @ B (then the fused activation).
     add (attrs.add): TFLite ADD with left_shift 20:
         a' = MBQM((a_q - zp_a) << left_shift, input1_multiplier, input1_shift), same for b
         y_q = clamp(zp_y + MBQM(a' + b', output_multiplier, output_shift), act_min, act_max)
@@ -212,6 +216,19 @@ class FullyConnectedAttrs:
 
 
 @dataclass(frozen=True, eq=False)
+class BatchMatmulAttrs:
+    """batch_matmul: Y[.., M, N] = A[.., M, K] @ B[.., K, N] over equal leading dims.
+
+    Attributes:
+        activation: fused "none", "relu" or "relu6".
+        requant: int8 only: one (multiplier, shift) of s_a * s_b / s_y.
+    """
+
+    activation: str = "none"
+    requant: Requant | None = None
+
+
+@dataclass(frozen=True, eq=False)
 class ElementwiseAttrs:
     """add and mul, with NumPy broadcasting over same-rank operands.
 
@@ -333,7 +350,7 @@ class LoweredOp:
         kind: one of KINDS.
         name: the ONNX node name it came from (inserted ops get a derived name).
         inputs, outputs: tensor names. conv2d/depthwise_conv2d/fully_connected take
-            (X, W, B); add/mul take (A, B); concat takes all its inputs; others take (X,).
+            (X, W, B); add/mul/batch_matmul take (A, B); concat takes all its inputs; others take (X,).
         attrs: the kind's attrs dataclass.
     """
 

@@ -15,6 +15,7 @@ from fwedge.lowered.build import Builder, collect_dq
 from fwedge.lowered.graph import LoweredGraph, LoweredOp, LoweredTensor, ReshapeAttrs
 from fwedge.lowered.view import QdqView, qdq_view, static_shape
 from fwedge.ops.registry import KINDS, card
+from fwedge.passes.attention import rewrite_attention
 from fwedge.passes.conv_transpose import conv_transpose_as_depth_to_space
 from fwedge.passes.fold_bn import fold_batchnorm
 from fwedge.passes.layer_norm import fuse_layer_norm
@@ -47,7 +48,8 @@ def prepare(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = 
     Upgrades opset < 13, turns Constant nodes into initializers, fixes every graph input to a
     static batch-1 shape (dynamic non-batch dims must come from `input_shapes`), folds nodes whose
     inputs are all constant and Shape nodes of static tensors (the PP-OCR Shape->Slice->Concat->
-    Reshape chain becomes a constant), folds BatchNormalization into float producers, rewrites a ConvTranspose with kernel ==
+    Reshape chain becomes a constant), rewrites attention's rank-5 QKV split and flattened Softmax as rank-4 ops (passes/attention.py),
+    folds BatchNormalization into float producers, rewrites a ConvTranspose with kernel ==
     stride as a 1x1 Conv + DepthToSpace (passes/conv_transpose.py), takes out
     the layout Transposes of TF-converted models (passes/layout.py: an NHWC input or output
     becomes the NCHW tensor, recorded in the metadata), and removes nodes no graph output
@@ -81,7 +83,7 @@ def prepare(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = 
     for value in out.graph.output:
         value.type.tensor_type.ClearField("shape")
     out = ir.set_input_shapes(out, shapes)
-    out = fuse_layer_norm(simplify(out))
+    out = fuse_layer_norm(rewrite_attention(simplify(out)))
     out = absorb_io_transposes(fuse_conv_bias(fuse_matmul_bias(fold_transposes(out))))
     out = conv_transpose_as_depth_to_space(fold_batchnorm(out))
     out = _remove_dead(out)

@@ -1,5 +1,7 @@
 """Op card: layers with weights. Conv (conv2d, depthwise_conv2d), Gemm and MatMul
-(fully_connected), and the BatchNormalization that passes/fold_bn.py folds into them.
+(fully_connected), and the BatchNormalization that passes/fold_bn.py folds into them. A MatMul of
+two activations (attention's Q.K^T and P.V) is a batch_matmul: A [1, .., M, K] x B [1, .., K, N]
+with equal leading dims, int8 with each input's own scale and zero point.
 
 ConvTranspose is known (its weight axes guide pruning and BN folding). With kernel == stride it
 never reaches the lowering: quantization's prepare and the lowering's rewrite it as a 1x1 Conv
@@ -14,12 +16,12 @@ import numpy as np
 import onnx
 
 from fwedge.lowered.build import (
-    Builder, conv_geometry, dequantize_array, float_output, fused_activation, int8_output,
+    Builder, conv_geometry, dequantize_array, float_output, fused_activation, int8_operands, int8_output,
     note_float, output_quantizer, refuse, requant,
 )
 from fwedge.lowered.arith import activate, channel, convolve, requantize, zp
-from fwedge.lowered.graph import ConvAttrs, FullyConnectedAttrs, LoweredOp, LoweredTensor, QuantParams
-from fwedge.lowered.view import input_rank, weight_value
+from fwedge.lowered.graph import BatchMatmulAttrs, ConvAttrs, FullyConnectedAttrs, LoweredOp, LoweredTensor, QuantParams
+from fwedge.lowered.view import input_rank, is_const_dq, weight_value
 from fwedge.ops.base import OpInfo, attribute, register_kind, register_op
 
 log = logging.getLogger(__name__)
@@ -163,7 +165,7 @@ def run_fully_connected(op: LoweredOp, values, tensors):
     if Y.dtype == "int8":
         acc = (x.astype(np.float64) - zp(X)) @ w.astype(np.float64).T
         acc = np.rint(acc).astype(np.int64) + b.astype(np.int64)
-        return requantize(acc, op.attrs.requant, zp(Y), axis=1)
+        return requantize(acc, op.attrs.requant, zp(Y), axis=-1)
     y = x.astype(np.float64) @ w.astype(np.float64).T + b.astype(np.float64)
     return activate(y, op.attrs.activation).astype(np.float32)
 
@@ -185,12 +187,69 @@ def _check_fully_connected(view, node: onnx.NodeProto) -> str | None:
     if weight_value(view, node.input[1]) is None:
         return f"weight {node.input[1]!r} is not a constant"
     rank = input_rank(view, node)
-    if rank != 2:
-        return f"input of rank {rank}, only [1, K]"
+    if rank != 2 and not (rank == 3 and node.op_type == "MatMul"):
+        return f"input of rank {rank}, only [1, K] (MatMul also [1, T, K])"
+    if node.op_type == "MatMul" and np.ndim(weight_value(view, node.input[1])) != 2:
+        return "MatMul by a constant weight that is not 2-D"
     if node.op_type == "Gemm" and (attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0
                                    or attribute(node, "beta", 1.0) != 1.0):
         return "transA/alpha/beta"
     return None
+
+
+def _lower_matmul(builder: Builder, node: onnx.NodeProto) -> None:
+    """MatMul by a constant weight: fully_connected; MatMul of two activations: batch_matmul."""
+    if weight_value(builder.view, node.input[1]) is not None:
+        _lower_fully_connected(builder, node)
+    else:
+        _lower_batch_matmul(builder, node)
+
+
+def _lower_batch_matmul(builder: Builder, node: onnx.NodeProto) -> None:
+    activation, act_node = fused_activation(builder, node)
+    last = act_node or node
+    if act_node is not None:
+        builder.done.add(id(act_node))
+    operands = int8_operands(builder, node, (0, 1))
+    out = int8_output(builder, last) if operands is not None else None
+    if out is not None:
+        y_name, y_quant = out
+        a, b = operands
+        real = np.float64(a.quant.scale[0]) * np.float64(b.quant.scale[0]) / np.float64(y_quant.scale[0])
+        attrs = BatchMatmulAttrs(activation, requant([real], activation, y_quant))
+        builder.emit("batch_matmul", node.name, [a.name, b.name], [y_name], attrs)
+        return
+    note_float(builder, node)
+    a, b = builder.float_input(node.input[0]), builder.float_input(node.input[1])
+    builder.emit("batch_matmul", node.name, [a, b], [float_output(builder, last.output[0])], BatchMatmulAttrs(activation))
+
+
+def run_batch_matmul(op: LoweredOp, values, tensors):
+    A, B = (tensors[name] for name in op.inputs)
+    Y = tensors[op.outputs[0]]
+    a, b = values[A.name], values[B.name]
+    if Y.dtype == "int8":
+        # int8 products summed in float64 are exact (|sum| < 2**53); then the int32 accumulator.
+        acc = np.matmul(a.astype(np.float64) - zp(A), b.astype(np.float64) - zp(B))
+        return requantize(np.rint(acc).astype(np.int64), op.attrs.requant, zp(Y), axis=None)
+    return activate(np.matmul(a.astype(np.float64), b.astype(np.float64)), op.attrs.activation).astype(np.float32)
+
+
+def _check_batch_matmul(view, node: onnx.NodeProto) -> str | None:
+    a, b = (list(view.shapes.get(name) or []) for name in node.input[:2])
+    if view.const(node.input[0]) is not None or is_const_dq(view, node.input[0]):
+        return "MatMul of a constant by an activation: only an activation by a constant or by an activation"
+    if len(a) != len(b) or len(a) not in (3, 4):
+        return f"MatMul of shapes {a} and {b}: two activations of rank 3 or 4, the same rank"
+    if any(not isinstance(d, int) for d in a + b) or a[:-2] != b[:-2] or a[-1] != b[-2] or a[0] != 1:
+        return f"MatMul of shapes {a} and {b}: [1, .., M, K] x [1, .., K, N] with equal leading dims"
+    return None
+
+
+def _check_matmul(view, node: onnx.NodeProto) -> str | None:
+    if weight_value(view, node.input[1]) is not None:
+        return _check_fully_connected(view, node)
+    return _check_batch_matmul(view, node)
 
 
 def conv_transpose_problem(node: onnx.NodeProto, weight: np.ndarray | None) -> str | None:
@@ -232,6 +291,7 @@ def _check_batchnorm(view, node: onnx.NodeProto) -> str | None:
 register_kind("conv2d", run_conv)
 register_kind("depthwise_conv2d", run_conv)
 register_kind("fully_connected", run_fully_connected)
+register_kind("batch_matmul", run_batch_matmul)
 
 # Conv weight is [M, C/group, kH, kW]; Gemm (transB=1) is [N, K]; MatMul is [K, N].
 register_op("Conv", OpInfo(weight_input=1, bias_input=2, out_channel_axis=0, in_channel_axis=1, quantizable=True),
@@ -242,7 +302,7 @@ register_op("Gemm", OpInfo(weight_input=1, bias_input=2, out_channel_axis=0, in_
             kinds=("fully_connected",), lower=_lower_fully_connected, check=_check_fully_connected,
             fuses_activation=True)
 register_op("MatMul", OpInfo(weight_input=1, out_channel_axis=1, in_channel_axis=0, quantizable=True),
-            kinds=("fully_connected",), lower=_lower_fully_connected, check=_check_fully_connected,
+            kinds=("fully_connected", "batch_matmul"), lower=_lower_matmul, check=_check_matmul,
             fuses_activation=True)
 register_op("BatchNormalization", OpInfo(channel_passthrough=True, channel_inputs=(1, 2, 3, 4)),
             check=_check_batchnorm)

@@ -13,7 +13,7 @@ import onnx
 
 from fwedge.lowered.build import Builder, float_output, note_float
 from fwedge.lowered.graph import LayerNormAttrs, LoweredOp, LoweredTensor
-from fwedge.lowered.view import input_rank
+from fwedge.lowered.view import input_rank, is_const_dq
 from fwedge.ops.base import OpInfo, attribute, register_kind, register_op
 
 
@@ -54,7 +54,9 @@ def _check_layer_norm(view, node: onnx.NodeProto) -> str | None:
     if rank not in (2, 3):
         return f"LayerNormalization of a rank-{rank} tensor: only rank 2 and 3 ([N, C], [N, T, C])"
     for index in (1, 2):
-        if len(node.input) > index and node.input[index] and view.const(node.input[index]) is None:
+        name = node.input[index] if len(node.input) > index else ""
+        # onnxruntime's quantizer writes gamma as an int8 constant behind a DequantizeLinear.
+        if name and view.const(name) is None and not is_const_dq(view, name):
             return "LayerNormalization with a non-constant scale or bias"
     if len(node.output) > 1 and any(node.output[1:]):
         return "LayerNormalization with its Mean or InvStdDev output used"

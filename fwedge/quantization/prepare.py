@@ -6,6 +6,7 @@ import os
 import onnx
 
 from fwedge import ir
+from fwedge.passes.attention import rewrite_attention
 from fwedge.passes.conv_transpose import conv_transpose_as_depth_to_space
 from fwedge.passes.fold_bn import fold_batchnorm
 from fwedge.passes.layer_norm import fuse_layer_norm
@@ -17,7 +18,8 @@ from fwedge.quantization.plan import name_nodes
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     """The float model that calibration and QDQ insertion work on.
 
-    Constant folding / shape simplification (when the input shapes are static), the LayerNorm
+    Constant folding / shape simplification (when the input shapes are static), attention's
+    rank-5 QKV split and flattened Softmax as rank-4 ops (passes/attention.py), the LayerNorm
     chain exporters write as one LayerNormalization (passes/layer_norm.py), the layout
     Transposes of TF-converted models hoisted to the inputs, cancelled or folded into weights
     (passes/layout.py; the inputs and outputs stay), MatMul + bias as Gemm, a bias Add
@@ -25,7 +27,7 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     ConvTranspose with kernel == stride as a 1x1 Conv + DepthToSpace (passes/conv_transpose.py),
     and names for unnamed nodes. Tensor names of the source model are kept.
     """
-    return name_nodes(conv_transpose_as_depth_to_space(fold_batchnorm(fuse_conv_bias(fuse_matmul_bias(fold_transposes(fuse_layer_norm(simplify(model))))))))
+    return name_nodes(conv_transpose_as_depth_to_space(fold_batchnorm(fuse_conv_bias(fuse_matmul_bias(fold_transposes(fuse_layer_norm(rewrite_attention(simplify(model)))))))))
 
 
 def load_prepared(model: str | os.PathLike | onnx.ModelProto,

@@ -654,13 +654,62 @@ static void test_softmax(void)
     const int8_t x[3] = {10, 10, -100};
     int8_t y[3];
     /* output scale 1/256, zp -128: real = 2^-30 * 256 = 2^-22 -> multiplier 2^30, shift -21. */
-    fw_softmax_s8(1, 3, table, 1 << 30, -21, -128, x, y);
+    fw_softmax_s8(1, 3, 1, table, 1 << 30, -21, -128, x, y);
     CHECK(y[0] == 0 && y[1] == 0, "softmax two equal maxima give 0.5: %d %d", y[0], y[1]);
     CHECK_EQ_INT(y[2], -128, "softmax tiny probability");
     const float xf[3] = {1, 1, 1};
     float yf[3];
-    fw_softmax_f32(1, 3, xf, yf);
+    fw_softmax_f32(1, 3, 1, xf, yf);
     CHECK(fabsf(yf[0] - 1.0f / 3) < 1e-7f, "softmax f32 uniform: %g", yf[0]);
+}
+
+/* batch_matmul: two heads of [3 x 4] x [4 x 2], A read transposed through its strides (stored
+ * [k][head][row]), against a naive loop over the definition in fwedge_rt.h. */
+static void test_batch_matmul(void)
+{
+    int8_t a[24], b[16], y[12];
+    for (int i = 0; i < 24; ++i) a[i] = (int8_t)(i * 37 % 251 - 125);
+    for (int i = 0; i < 16; ++i) b[i] = (int8_t)(i * 53 % 241 - 120);
+    /* a: (g, i, k) at k * 6 + g * 3 + i; b: (g, k, j) contiguous [g][k][j]; y: [g][i][j]. */
+    fw_batch_matmul_params p = {2, 3, 4, 2, {3, 1, 6}, {8, 2, 1}, {6, 2, 1}, -5, 7, 3,
+                                1 << 30, -8, -128, 127, 0, 0};
+    fw_batch_matmul_s8(&p, a, b, y);
+    int mismatches = 0;
+    for (int g = 0; g < 2; ++g)
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 2; ++j) {
+                int32_t acc = 0;
+                for (int k = 0; k < 4; ++k) acc += (a[k * 6 + g * 3 + i] + 5) * (b[g * 8 + k * 2 + j] - 7);
+                int32_t v = fw_clamp_s32(fw_multiply_by_quantized_multiplier(acc, 1 << 30, -8) + 3, -128, 127);
+                mismatches += y[g * 6 + i * 2 + j] != v;
+            }
+    CHECK_EQ_INT(mismatches, 0, "batch_matmul s8 against the definition");
+    float af[24], bf[16], yf[12];
+    for (int i = 0; i < 24; ++i) af[i] = (float)a[i] / 64;
+    for (int i = 0; i < 16; ++i) bf[i] = (float)b[i] / 64;
+    p.float_min = -INFINITY;
+    p.float_max = INFINITY;
+    fw_batch_matmul_f32(&p, af, bf, yf);
+    float expected = 0.0f;
+    for (int k = 0; k < 4; ++k) expected += af[k * 6 + 3 + 2] * bf[8 + k * 2 + 1];
+    CHECK(yf[6 + 2 * 2 + 1] == expected, "batch_matmul f32 (1, 2, 1): %g, expected %g", yf[11], expected);
+}
+
+/* Softmax over depth elements `inner` apart gives what the contiguous rows give. */
+static void test_softmax_strided(void)
+{
+    int32_t table[256];
+    for (int d = 0; d < 256; ++d) table[d] = (int32_t)lrint(exp(-0.05 * d) * (1 << 24));
+    int8_t rows[12], interleaved[12], y_rows[12], y_interleaved[12];
+    for (int i = 0; i < 12; ++i) rows[i] = (int8_t)(i * 29 % 200 - 100);
+    for (int r = 0; r < 3; ++r)
+        for (int d = 0; d < 4; ++d) interleaved[d * 3 + r] = rows[r * 4 + d];
+    fw_softmax_s8(3, 4, 1, table, 1 << 30, -21, -128, rows, y_rows);
+    fw_softmax_s8(1, 4, 3, table, 1 << 30, -21, -128, interleaved, y_interleaved);
+    int mismatches = 0;
+    for (int r = 0; r < 3; ++r)
+        for (int d = 0; d < 4; ++d) mismatches += y_interleaved[d * 3 + r] != y_rows[r * 4 + d];
+    CHECK_EQ_INT(mismatches, 0, "softmax s8 with inner 3 against contiguous rows");
 }
 
 static void test_data_movement(void)
@@ -696,6 +745,8 @@ int main(void)
     printf("riscv64 dispatch build: the %s kernels run\n", fw_riscv_level_name(fw_riscv_level()));
 #endif
     test_fixed_point();
+    test_batch_matmul();
+    test_softmax_strided();
 #if defined(FW_NEON)
     test_requant_neon();
 #endif

@@ -247,7 +247,18 @@ static inline __attribute__((always_inline)) void depthwise_store16_neon(const i
  * into int32 (SADDW), then requantized with multipliers m and shifts sh (sixteen each) and
  * stored, pixel t at y + t * y_stride. The sixteen sums stay in registers from the first tap to
  * the store (no round trip through memory), the form chosen once. */
-static inline __attribute__((always_inline)) void depthwise16_neon(int taps, const int8_t *(*src)[FW_DW_NEON_TAPS],
+/* Where the tile's pixel t reads tap i: its own pointer src[t][i] (a tile at the border), or, in a
+ * tile whose every window is inside the input, its window's start base[t] plus the tap's offset,
+ * shared by the four pixels (one offset load per tap, the four bases in registers). */
+typedef struct {
+    const int8_t *(*src)[FW_DW_NEON_TAPS];
+    const int8_t *const *base;
+    const ptrdiff_t *offset;
+} fw_dw_taps;
+
+#define FW_DW_TAP(k, interior, t, i) ((interior) ? (k)->base[t] + (k)->offset[i] : (k)->src[t][i])
+
+static inline __attribute__((always_inline)) void depthwise16_neon(int taps, const fw_dw_taps *k, int interior,
                                                                    int c, const int8_t *wb, size_t channels,
                                                                    const int32_t *init, const int32_t *m,
                                                                    const int32_t *sh, const fw_dw_out *o, int8_t *y,
@@ -265,7 +276,8 @@ static inline __attribute__((always_inline)) void depthwise16_neon(int taps, con
         const int8x16_t w0 = vld1q_s8(wb + (size_t)i * channels + c);
         const int8x16_t w1 = vld1q_s8(wb + (size_t)(i + 1) * channels + c);
         for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-            const int8x16_t x0 = vld1q_s8(src[t][i] + c), x1 = vld1q_s8(src[t][i + 1] + c);
+            const int8x16_t x0 = vld1q_s8(FW_DW_TAP(k, interior, t, i) + c);
+            const int8x16_t x1 = vld1q_s8(FW_DW_TAP(k, interior, t, i + 1) + c);
             int16x8_t lo = vmull_s8(vget_low_s8(x0), vget_low_s8(w0)), hi = vmull_high_s8(x0, w0);
             lo = vmlal_s8(lo, vget_low_s8(x1), vget_low_s8(w1));
             hi = vmlal_high_s8(hi, x1, w1);
@@ -278,7 +290,7 @@ static inline __attribute__((always_inline)) void depthwise16_neon(int taps, con
     if (i < taps) {
         const int8x16_t w0 = vld1q_s8(wb + (size_t)i * channels + c);
         for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-            const int8x16_t x0 = vld1q_s8(src[t][i] + c);
+            const int8x16_t x0 = vld1q_s8(FW_DW_TAP(k, interior, t, i) + c);
             const int16x8_t lo = vmull_s8(vget_low_s8(x0), vget_low_s8(w0)), hi = vmull_high_s8(x0, w0);
             a[t][0] = vaddw_s16(a[t][0], vget_low_s16(lo));
             a[t][1] = vaddw_high_s16(a[t][1], lo);
@@ -313,13 +325,50 @@ static inline __attribute__((always_inline)) void depthwise16_neon(int taps, con
 /* depthwise16_neon over the first `count` channels (a multiple of 16) of the tile's block: one
  * call per tile, in a function of its own, so the sums keep the registers the caller's loop
  * state would take (inlined, they were stored to the stack on every tap pair). */
-static __attribute__((noinline)) void depthwise_block16_neon(int taps, const int8_t *(*src)[FW_DW_NEON_TAPS], int count,
+static __attribute__((noinline)) void depthwise_block16_neon(int taps, const fw_dw_taps *k, int count,
                                                              const int8_t *wb, size_t channels, const int32_t *init,
                                                              const int32_t *m, const int32_t *sh, const fw_dw_out *o,
                                                              int8_t *y, int tile)
 {
     for (int c = 0; c < count; c += 16) {
-        depthwise16_neon(taps, src, c, wb, channels, init + c, m + c, sh + c, o, y + c, channels, tile);
+        depthwise16_neon(taps, k, 0, c, wb, channels, init + c, m + c, sh + c, o, y + c, channels, tile);
+    }
+}
+
+/* The same for a tile of whole windows (fw_dw_taps: bases and offsets). */
+static __attribute__((noinline)) void depthwise_inner16_neon(int taps, const fw_dw_taps *k, int count,
+                                                             const int8_t *wb, size_t channels, const int32_t *init,
+                                                             const int32_t *m, const int32_t *sh, const fw_dw_out *o,
+                                                             int8_t *y, int tile)
+{
+    const int8_t *const base[FW_TILE_PIXELS] = {k->base[0], k->base[1], k->base[2], k->base[3]};
+    const fw_dw_taps local = {NULL, base, k->offset};
+    for (int c = 0; c < count; c += 16) {
+        depthwise16_neon(taps, &local, 1, c, wb, channels, init + c, m + c, sh + c, o, y + c, channels, tile);
+    }
+}
+
+/* The tap pointers of an output pixel whose window, at input row y0 and column x0, crosses the
+ * border: a tap inside points at its input pixel (x at the block's first channel), one outside
+ * at `padding`. Rows and columns are checked once each, not once per tap. */
+static void depthwise_border_taps(const fw_conv_params *p, const int8_t *x, int y0, int x0, const int8_t *padding,
+                                  const int8_t **src)
+{
+    const int8_t *row[FW_DW_NEON_TAPS];
+    ptrdiff_t column[FW_DW_NEON_TAPS];
+    const size_t channels = (size_t)p->out_c;
+    for (int ky = 0; ky < p->kernel_h; ++ky) {
+        const int iy = y0 + ky * p->dilation_h;
+        row[ky] = iy >= 0 && iy < p->in_h ? x + (size_t)iy * p->in_w * channels : NULL;
+    }
+    for (int kx = 0; kx < p->kernel_w; ++kx) {
+        const int ix = x0 + kx * p->dilation_w;
+        column[kx] = ix >= 0 && ix < p->in_w ? (ptrdiff_t)ix * (ptrdiff_t)channels : -1;
+    }
+    for (int ky = 0, i = 0; ky < p->kernel_h; ++ky) {
+        for (int kx = 0; kx < p->kernel_w; ++kx, ++i) {
+            src[i] = row[ky] && column[kx] >= 0 ? row[ky] + column[kx] : padding;
+        }
     }
 }
 
@@ -394,32 +443,40 @@ static void depthwise_tiles_neon(const fw_conv_params *p, const int8_t *x, const
         }
         for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
             const int tile = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;
+            const int8_t *base[FW_TILE_PIXELS];
+            int corner[FW_TILE_PIXELS][2], whole = 1;
             for (int t = 0; t < FW_TILE_PIXELS; ++t) {
                 const int pixel = pixel0 + (t < tile ? t : 0);
                 const int oy = pixel / p->out_w, ox = pixel - oy * p->out_w;
                 const int y0 = oy * p->stride_h - p->pad_top, x0 = ox * p->stride_w - p->pad_left;
-                if (y0 >= 0 && y0 + span_h < in_h && x0 >= 0 && x0 + span_w < in_w) {
-                    const int8_t *base = x + ((size_t)y0 * in_w + x0) * channels + c0;
-                    for (int i = 0; i < taps; ++i) {
-                        src[t][i] = base + offset[i];
-                    }
-                } else {
-                    for (int i = 0, ky = 0, kx = 0; i < taps; ++i) {
-                        const int iy = y0 + ky * p->dilation_h, ix = x0 + kx * p->dilation_w;
-                        const int inside = iy >= 0 && iy < in_h && ix >= 0 && ix < in_w;
-                        src[t][i] = inside ? x + ((size_t)iy * in_w + ix) * channels + c0 : padding;
-                        if (++kx == kernel_w) {
-                            kx = 0;
-                            ++ky;
-                        }
-                    }
-                }
+                const int inside = y0 >= 0 && y0 + span_h < in_h && x0 >= 0 && x0 + span_w < in_w;
+                base[t] = inside ? x + ((size_t)y0 * in_w + x0) * channels + c0 : NULL;
+                corner[t][0] = y0;
+                corner[t][1] = x0;
+                whole &= inside;
             }
+            const fw_dw_taps k = {src, base, offset};
             int8_t *yb = y + (size_t)pixel0 * channels + c0;
             int c = 0;
-            if (byte_products) {
+            if (whole && byte_products) {
                 c = count / 16 * 16;
-                depthwise_block16_neon(taps, src, c, wb, (size_t)channels, adjusted, mb, sb, &out, yb, tile);
+                depthwise_inner16_neon(taps, &k, c, wb, (size_t)channels, adjusted, mb, sb, &out, yb, tile);
+                if (c == count) {
+                    continue;
+                }
+            }
+            for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+                if (base[t]) {
+                    for (int i = 0; i < taps; ++i) {
+                        src[t][i] = base[t] + offset[i];
+                    }
+                } else {
+                    depthwise_border_taps(p, x + c0, corner[t][0], corner[t][1], padding, src[t]);
+                }
+            }
+            if (byte_products && !whole) {
+                c = count / 16 * 16;
+                depthwise_block16_neon(taps, &k, c, wb, (size_t)channels, adjusted, mb, sb, &out, yb, tile);
             }
             for (; c + 16 <= count; c += 16) {
                 int32x4_t acc[FW_TILE_PIXELS][4];

@@ -410,17 +410,42 @@ def set_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> on
     out = onnx.ModelProto()
     out.CopyFrom(model)
     inputs = {value.name: value for value in graph_inputs(out)}
+    fixed_batches = set()
     for name, shape in shapes.items():
         if name not in inputs:
             raise ModelError(f"input '{name}' not in the model; inputs are {sorted(inputs)}")
         dims = inputs[name].type.tensor_type.shape.dim
         if len(dims) != len(shape):
             raise ModelError(f"input '{name}': rank {len(dims)} in the model, got shape {list(shape)}")
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 1 and int(shape[0]) == 1:
+            fixed_batches.add(dims[0].dim_value)
         for dim, size in zip(dims, shape):
             dim.Clear()
             dim.dim_value = int(size)
+    _resize_sizes_batch_one(out, fixed_batches)
     del out.graph.value_info[:]
     return onnx.shape_inference.infer_shapes(out, data_prop=True)
+
+
+def _resize_sizes_batch_one(model: onnx.ModelProto, fixed_batches: set[int]) -> None:
+    """A model exported at a fixed batch N > 1 carries N in its Resize `sizes` constants; with its
+    inputs at batch 1 those would resize the batch axis, so a sizes constant whose batch entry is
+    such an N gets 1 there (a copy per node: a shared initializer keeps its other readers)."""
+    if not fixed_batches:
+        return
+    inits = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Resize" or len(node.input) < 4 or node.input[3] not in inits:
+            continue
+        sizes = numpy_helper.to_array(inits[node.input[3]])
+        if sizes.ndim == 1 and sizes.size >= 1 and int(sizes[0]) in fixed_batches:
+            name = f"{node.input[3]}__batch1_{node.name or node.output[0]}"
+            model.graph.initializer.append(numpy_helper.from_array(np.concatenate([[1], sizes[1:]]).astype(sizes.dtype), name))
+            node.input[3] = name
+    for value in model.graph.output:  # declared at the old batch
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value in fixed_batches:
+            dims[0].Clear()
 
 
 def with_batch_one(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -300,3 +300,33 @@ def test_c_bilinear_gives_the_same_bytes_on_every_architecture(tmp_path):
                 for name, value in outputs.items():
                     assert value.tobytes() == results[host_arch()][name].tobytes(), (
                         f"{label} {size}->{out} output '{name}': {arch} differs from {host_arch()}")
+
+
+@pytest.mark.tflite
+@pytest.mark.ncnn
+@pytest.mark.cc
+@pytest.mark.zig
+def test_a_model_of_a_fixed_batch_keeps_its_resize_sizes_per_sample(tmp_path):
+    """A model exported at a fixed batch of 8 holds 8 in its Resize `sizes`. A bundle runs one
+    sample at a time, so the batch entry follows the input's batch 1 (fwedge.ir.set_input_shapes):
+    before, the C bundle declared an output of eight samples per sample, of which its kernel wrote one.
+    Each target's bundle, fed the 8 samples, gives ORT's output of the batch-8 model. A sizes
+    batch that no input batch explains is refused, naming the node."""
+    from fwedge.lowered.lower import unsupported_nodes
+    from fwedge.targets import ExportOptions, get_target
+
+    model = _linear_model((5, 5), (10, 10), True, ["half_pixel"], batch=8)
+    x = _feeds((5, 5), 7, batch=8)["x"]
+    [want] = ort_session(model).run(None, {"x": x})
+    for name in ("x86_64", "tflite", "ncnn"):
+        target = get_target(name)
+        bundle = target.export(model, tmp_path / name, ExportOptions(source_sha256="0" * 64))
+        assert bundle.outputs[0].shape[0] in (1, -1), (name, bundle.outputs[0].shape)  # per sample
+        got = target.run(bundle, {"x": x})["y"]
+        np.testing.assert_allclose(got, want, rtol=FP32_RTOL, atol=FP32_ATOL, err_msg=name)
+    odd = _linear_model((5, 5), (10, 10), True, ["half_pixel"], batch=1)
+    next(init for init in odd.graph.initializer if init.name == "sizes").CopyFrom(
+        numpy_helper.from_array(np.array([2, CHANNELS, 10, 10], np.int64), "sizes"))
+    assert unsupported_nodes(odd) == [("up", "Resize", 13)]
+    with pytest.raises(UnsupportedOpError, match="resize the batch axis"):
+        get_target("x86_64").export(odd, tmp_path / "odd", ExportOptions(source_sha256="0" * 64))

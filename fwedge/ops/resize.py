@@ -191,7 +191,12 @@ def check_resize(view: QdqView, node: onnx.NodeProto) -> str | None:
         return f"{'scales' if scales is not None else 'sizes'} {factors.tolist()}: four values, H and W > 0"
     if scales is not None and (scales[0] != 1 or scales[1] != 1):
         return "resizes the batch or channel axis"
-    if sizes is not None and sizes[1] != view.shapes[node.input[0]][1]:
+    in_shape = view.shapes[node.input[0]]
+    if sizes is not None and sizes[0] != in_shape[0]:
+        # a model exported at a fixed batch N > 1 keeps N here after its input is fixed to batch 1
+        return (f"sizes {sizes.tolist()} resize the batch axis of an input of batch {in_shape[0]} (a bundle "
+                "runs one sample at a time: export the model with batch 1 or a dynamic batch)")
+    if sizes is not None and sizes[1] != in_shape[1]:
         return "resizes the channel axis"
     # The tables hold one entry per output row and column: bound the output before making them.
     out = view.shapes.get(node.output[0]) or []

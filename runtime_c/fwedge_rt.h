@@ -789,11 +789,19 @@ static inline void fw_requant_tile(const fw_conv_params *p, const int32_t *acc, 
         }
     }
 #endif
+#ifdef FW_RVV
+    /* one vector copy per pixel: the byte loop becomes a call of libc's memcpy for 8 bytes */
+    const size_t vl = __riscv_vsetvl_e8m1((size_t)channels);
+    for (int t = 0; t < pixels; ++t) {
+        __riscv_vse8_v_i8m1(y + t * y_stride, __riscv_vle8_v_i8m1(out + t * FW_CONV_BLOCK, vl), vl);
+    }
+#else
     for (int t = 0; t < pixels; ++t) {
         for (int j = 0; j < channels; ++j) {
             y[t * y_stride + j] = out[t * FW_CONV_BLOCK + j];
         }
     }
+#endif
 }
 
 #ifdef __cplusplus

@@ -183,6 +183,26 @@ def test_the_a_b_interleave_runs_inside_one_hold(tmp_path, lab, sshd, place, c_b
 
 
 @pytest.mark.zig
+def _read_until(process: subprocess.Popen, text: str, limit: float = 120.0) -> str:
+    """The lines `process` prints (stdout and stderr in one pipe) up to the first holding `text`;
+    fails if it ends or `limit` seconds pass first."""
+    lines: list[str] = []
+    found = threading.Event()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            if text in line:
+                found.set()
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(limit)
+    assert found.is_set(), f"no line with {text!r}:\n" + "".join(lines)
+    return "".join(lines)
+
+
 @pytest.mark.fashion_mnist
 def test_a_place_held_by_someone_else_waits_then_runs_or_is_an_error_the_gate_fails_on(
         tmp_path, lab, sshd, place, c_bundle):
@@ -199,15 +219,15 @@ def test_a_place_held_by_someone_else_waits_then_runs_or_is_an_error_the_gate_fa
     assert "Traceback" not in done.stderr
     assert lab.acquired_by(place) == "otherhost/colleague", "fwedge released a place it did not hold"
 
-    # Released by its holder after 3 s, the place is then acquired and the run goes ahead.
-    releaser = threading.Timer(3.0, lambda: lab.client("-p", place, "release", user="colleague"))
-    releaser.start()
-    try:
-        waited = subprocess.run(farm_run(tmp_path, c_bundle, fh.write_inventory(tmp_path / "long.toml", [
-            entry(lab, sshd, place)]), name="ok.json"), capture_output=True, text=True, timeout=120)
-    finally:
-        releaser.join()
-    assert waited.returncode == 0, waited.stdout + waited.stderr
+    # Released by its holder 2.5 s after the run says it waits, the place is then acquired and
+    # the run goes ahead (released on its word, not on a clock: a loaded host starts fwedge slowly).
+    waiting = subprocess.Popen(farm_run(tmp_path, c_bundle, fh.write_inventory(tmp_path / "long.toml", [
+        entry(lab, sshd, place)]), name="ok.json"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = _read_until(waiting, "waiting up to")
+    time.sleep(2.5)
+    lab.client("-p", place, "release", user="colleague")
+    output = seen + waiting.communicate(timeout=120)[0]
+    assert waiting.returncode == 0, output
     [result] = load_results(tmp_path / "ok.json").results
     assert result.ok, result.error
     assert result.identity["labgrid"]["waited_seconds"] >= 2.0
@@ -223,24 +243,32 @@ def test_a_place_held_by_someone_else_waits_then_runs_or_is_an_error_the_gate_fa
 @pytest.mark.zig
 @pytest.mark.fashion_mnist
 def test_two_concurrent_farm_runs_on_one_place_take_turns(tmp_path, lab, sshd, place, c_bundle):
-    """Run A holds the place with a harness that sleeps 4 s and fails; run B, started while A
-    holds it, waits and then runs; run C, with a 1 s acquire timeout, reports the place held.
-    Afterwards the place is free: also after A's failed bundle."""
-    slow = fh.script_c_bundle(tmp_path / "slow", host_arch(), "sleep 4\nexit 3")
+    """Run A holds the place with a harness that waits for the test's word and fails; run B,
+    started while A holds it, waits and then runs; run C, with a 1 s acquire timeout, reports the
+    place held. Afterwards the place is free: also after A's failed bundle. Each step waits for
+    the one before to be seen (the place held, B's "waiting" line), not for a clock."""
+    go = tmp_path / "go"  # A's harness holds the place until this file exists (at most 120 s)
+    slow = fh.script_c_bundle(tmp_path / "slow", host_arch(),
+                              f"for i in $(seq 1200); do [ -e '{go}' ] && break; sleep 0.1; done\nexit 3")
     inv = fh.write_inventory(tmp_path / "inv.toml", [entry(lab, sshd, place)])
     impatient = fh.write_inventory(tmp_path / "impatient.toml", [entry(lab, sshd, place, acquire_timeout=1.0)])
     first = subprocess.Popen(farm_run(tmp_path, slow, inv, "--retries", "0", name="a.json"),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while lab.acquired_by(place) is None and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    holder = lab.acquired_by(place)
-    assert holder is not None, first.communicate()[0]
-    second = subprocess.Popen(farm_run(tmp_path, c_bundle, inv, name="b.json"),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    third = subprocess.run(farm_run(tmp_path, c_bundle, impatient, name="c.json"), capture_output=True, text=True,
-                           timeout=120)
-    out_a, out_b = first.communicate(timeout=120)[0], second.communicate(timeout=120)[0]
+    try:
+        deadline = time.monotonic() + 60
+        while lab.acquired_by(place) is None and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        holder = lab.acquired_by(place)
+        assert holder is not None, first.communicate()[0]
+        second = subprocess.Popen(farm_run(tmp_path, c_bundle, inv, name="b.json"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        seen_b = _read_until(second, "waiting up to")
+        third = subprocess.run(farm_run(tmp_path, c_bundle, impatient, name="c.json"), capture_output=True,
+                               text=True, timeout=120)
+        time.sleep(1.0)  # B has waited at least this long
+    finally:
+        go.touch()
+    out_a, out_b = first.communicate(timeout=120)[0], seen_b + second.communicate(timeout=120)[0]
     assert first.returncode == 3 and second.returncode == 0, out_a + out_b
     [a], [b] = load_results(tmp_path / "a.json").results, load_results(tmp_path / "b.json").results
     assert a.status == "error" and "exit status 3" in a.error

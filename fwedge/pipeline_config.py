@@ -85,6 +85,7 @@ class QuantizeSettings:
     keep_float: tuple[str, ...] = ()
     float_stem: bool = False
     bias_correction: bool = False
+    equalize: bool = False
     activation_dtype: Literal["int8", "uint8"] = "int8"
 
     def check(self, where: str) -> None:

@@ -74,6 +74,8 @@ class QuantizeRequest:
         float_stem: keep the layers that read the model input in float (plan.float_units).
         bias_correction: subtract each int8 layer's mean output error from its bias, measured on
             calibration samples (quantization.bias_correction); needs `data`.
+        equalize: cross-layer equalization (passes/equalize.py) of the BN-folded model before
+            calibration; the float function is unchanged. A `table` must come from an equalized run.
         activation_dtype: "int8" or "uint8" activation Q/DQ pairs in the final model.
 
     Raises:
@@ -100,6 +102,7 @@ class QuantizeRequest:
     keep_float: tuple[str, ...] = field(default=())
     float_stem: bool = False
     bias_correction: bool = False
+    equalize: bool = False
     activation_dtype: str = "int8"
 
     def __post_init__(self) -> None:

@@ -12,6 +12,7 @@ from fwedge.calibration import Method, QuantTable, compute
 from fwedge.data import Dataset
 from fwedge.errors import CalibrationError, QuantizeRequestError
 from fwedge.eval import Fidelity
+from fwedge.passes.equalize import equalize
 from fwedge.quantization.activation_dtype import uint8_activations
 from fwedge.quantization.bias_correction import SAMPLES, correct_biases
 from fwedge.quantization.budget import BudgetResult, search_budget
@@ -44,6 +45,8 @@ class QuantizeResult:
             request, by the detector rules or by the budget excluded), so that quantize_model
             with `float_model`'s weights changed, `table`, `options` and `plan` writes the same
             layout again (QAT, passes/qat.py).
+        equalized_pairs: layer pairs cross-layer equalization scaled (passes/equalize.py), None
+            when not asked for.
     """
 
     model: onnx.ModelProto
@@ -53,6 +56,7 @@ class QuantizeResult:
     budget_result: BudgetResult | None = None
     check: Fidelity | None = None
     options: QuantizeOptions | None = None
+    equalized_pairs: int | None = None
 
     @property
     def kept_float(self) -> list[KeptFloat]:
@@ -146,7 +150,7 @@ def _bias_corrected(request: QuantizeRequest, prepared: onnx.ModelProto, table: 
 def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] | None = None) -> QuantizeResult:
     """Calibrate (or take a table) and write an INT8 QDQ model; optionally within a budget.
 
-    The data flows one way: the prepared float model gives the QuantTable (calibrated on the
+    The data flows one way: the prepared float model (cross-layer equalized on request) gives the QuantTable (calibrated on the
     tensors the plan needs), the plan and the table give the QDQ model, the budget (if any)
     measures QDQ models and says which layers stay float, and the activation dtype is applied
     to the final model.
@@ -164,6 +168,9 @@ def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] |
         ModelError: the model cannot be loaded or QDQ-written.
     """
     prepared, sha = load_prepared(request.model, request.input_shapes)
+    pairs = None
+    if request.equalize:
+        prepared, pairs = equalize(prepared)
     requested = (float_units(prepared, request.keep_float, request.float_stem)
                  if request.keep_float or request.float_stem else [])
     excluded = frozenset(name for unit in requested for name in unit.node.split("+"))
@@ -193,7 +200,8 @@ def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] |
             log.warning("%s", warning)
     if budget is not None and budget.float_nodes:
         options = replace(options, exclude_nodes=options.exclude_nodes | budget.float_nodes)
-    return QuantizeResult(model, prepared, table, replace(plan, kept_float=kept_float), budget, check, options)
+    return QuantizeResult(model, prepared, table, replace(plan, kept_float=kept_float), budget, check, options,
+                          pairs)
 
 
 def quantize(

@@ -9,8 +9,9 @@ longer has to cover a few wide channels at the cost of the narrow ones.
 
 f here is a chain of Relu and MaxPool (both commute with a positive per-channel scale), or
 nothing. Clip(0, 6) (ReLU6) does not: Clip(x / s, 0, 6) = Clip(x, 0, 6 s) / s, and an ONNX Clip
-takes one scalar bound, so a pair joined by a Clip is left alone (replacing ReLU6 by Relu would
-change the float model, which this pass never does).
+takes one scalar bound, so a pair joined by a Clip is left alone. Only on request
+(`relu6_as_relu`, for measuring; not a CLI option) is a Clip(0, hi) inside a pair replaced by
+Relu, which changes the float model wherever a value exceeded hi.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from fwedge import ir
 from fwedge.op_info import attribute
 
 log = logging.getLogger(__name__)
@@ -46,12 +48,14 @@ class Pair:
         second: node name of the Conv/Gemm whose input channels are scaled by s.
         first_axis: output channel axis of first's weight.
         second_axis: input channel axis of second's weight.
+        clips: node names of the Clip(0, hi) nodes between them (only with relu6_as_relu).
     """
 
     first: str
     second: str
     first_axis: int
     second_axis: int
+    clips: tuple[str, ...] = ()
 
 
 def _output_axis(node: onnx.NodeProto) -> int | None:
@@ -78,19 +82,30 @@ def _input_axis(node: onnx.NodeProto, weight: np.ndarray, channels: int) -> int 
     return None
 
 
+def _is_relu6(node: onnx.NodeProto, inits: dict) -> bool:
+    """A Clip whose lower bound is 0 (opset 11+: a constant input; before: the min attribute)."""
+    if node.op_type != "Clip":
+        return False
+    if len(node.input) < 2 or not node.input[1]:
+        return attribute(node, "min", None) == 0
+    low = inits.get(node.input[1])
+    return low is not None and numpy_helper.to_array(low).size == 1 and float(numpy_helper.to_array(low)) == 0
+
+
 def _readers(graph: onnx.GraphProto) -> Counter:
     counts: Counter = Counter(name for node in graph.node for name in node.input if name)
     counts.update(output.name for output in graph.output)
     return counts
 
 
-def find_pairs(model: onnx.ModelProto) -> list[Pair]:
+def find_pairs(model: onnx.ModelProto, relu6_as_relu: bool = False) -> list[Pair]:
     """The layer pairs of `model` that equalization may scale, in graph order.
 
     A pair is Conv/Gemm -> (Relu | MaxPool)* -> Conv/Gemm where every tensor in between has that
     one reader and is not a graph output, both weights (and the first's bias) are initializers
     no other node reads, and the second layer reads the channels one to one (group 1, depthwise
-    with one filter per channel, or Gemm).
+    with one filter per channel, or Gemm). With `relu6_as_relu`, Clip(0, hi) counts as a Relu
+    (the pair records it).
     """
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
@@ -107,8 +122,10 @@ def find_pairs(model: onnx.ModelProto) -> list[Pair]:
         channels = inits[node.input[1]].dims[axis]
         if len(node.input) > 2 and node.input[2] and int(np.prod(inits[node.input[2]].dims)) != channels:
             continue  # a broadcast Gemm bias
-        tensor, second = node.output[0], consumers.get(node.output[0])
-        while second is not None and second.op_type in HOMOGENEOUS and len([o for o in second.output if o]) == 1:
+        tensor, second, clips = node.output[0], consumers.get(node.output[0]), []
+        while second is not None and len([o for o in second.output if o]) == 1 and (
+                second.op_type in HOMOGENEOUS or relu6_as_relu and _is_relu6(second, inits)):
+            clips += [second.name] if second.op_type == "Clip" else []
             tensor, second = second.output[0], consumers.get(second.output[0])
         if second is None or second.input[0] != tensor or len(second.input) < 2 or named[second.name] > 1:
             continue
@@ -117,7 +134,7 @@ def find_pairs(model: onnx.ModelProto) -> list[Pair]:
             continue
         second_axis = _input_axis(second, numpy_helper.to_array(inits[weight_name]), channels)
         if second_axis is not None:
-            pairs.append(Pair(node.name, second.name, axis, second_axis))
+            pairs.append(Pair(node.name, second.name, axis, second_axis, tuple(clips)))
     return pairs
 
 
@@ -149,7 +166,20 @@ def _step(pair: Pair, nodes: dict, arrays: dict) -> float:
     return float(np.abs(np.log(scale)).max(initial=0.0))
 
 
-def equalize(model: onnx.ModelProto, iterations: int = ITERATIONS) -> tuple[onnx.ModelProto, int]:
+def _clips_as_relu(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Turn the named Clip nodes into Relu (their bounds dropped, unused constants removed)."""
+    if not names:
+        return
+    for node in graph.node:
+        if node.name in names:
+            node.op_type = "Relu"
+            del node.input[1:]
+            del node.attribute[:]
+    ir.drop_unused_initializers(graph)
+
+
+def equalize(model: onnx.ModelProto, iterations: int = ITERATIONS,
+             relu6_as_relu: bool = False) -> tuple[onnx.ModelProto, int]:
     """A copy of `model` with every pair of find_pairs equalized, and the number of pairs.
 
     The pairs are swept in graph order until no scale moves more than TOLERANCE (or `iterations`
@@ -160,28 +190,32 @@ def equalize(model: onnx.ModelProto, iterations: int = ITERATIONS) -> tuple[onnx
 
     Args:
         model: a float ONNX model.
-        iterations: at most this many sweeps over the pairs.
+        iterations: at most this many sweeps over the pairs (0: none, for a control run).
+        relu6_as_relu: also pair layers joined by Clip(0, hi), replacing those Clips by Relu: the
+            float model changes (values above hi are no longer clipped); off by default.
 
     Returns:
         (the equalized model, the number of pairs equalized); the input is not modified.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    pairs = find_pairs(out)
+    pairs = find_pairs(out, relu6_as_relu)
     if not pairs:
         return out, 0
     graph = out.graph
+    _clips_as_relu(graph, {clip for pair in pairs for clip in pair.clips})
     nodes = {node.name: node for node in graph.node}
     inits = {init.name: init for init in graph.initializer}
     bias_of = lambda node: [node.input[2]] if len(node.input) > 2 and node.input[2] else []  # noqa: E731
     names = {name for pair in pairs for name in (nodes[pair.first].input[1], nodes[pair.second].input[1],
                                                   *bias_of(nodes[pair.first]))}
     arrays = {name: numpy_helper.to_array(inits[name]).astype(np.float64) for name in names}
-    for sweep in range(iterations):
-        moved = max(_step(pair, nodes, arrays) for pair in pairs)
+    sweeps, moved = 0, 0.0
+    while sweeps < iterations:
+        moved, sweeps = max(_step(pair, nodes, arrays) for pair in pairs), sweeps + 1
         if moved < TOLERANCE:
             break
-    log.info("cross-layer equalization: %d pairs, %d sweeps, last largest |log s| %.2g", len(pairs), sweep + 1, moved)
+    log.info("cross-layer equalization: %d pairs, %d sweeps, last largest |log s| %.2g", len(pairs), sweeps, moved)
     for name, array in arrays.items():
         dtype = numpy_helper.to_array(inits[name]).dtype
         inits[name].CopyFrom(numpy_helper.from_array(array.astype(dtype), name))

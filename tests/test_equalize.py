@@ -168,6 +168,19 @@ def test_relu6_pairs_are_left_alone_because_scaling_would_change_the_function():
     assert np.abs(_outputs(scaled, x)[0] - _outputs(model, x)[0]).max() > 0.1
 
 
+def test_relu6_as_relu_on_request_pairs_them_and_says_which_clips_changed():
+    """Only when asked: the Clip inside the pair becomes a Relu (the float model changes where a
+    value passed 6, and matches its Relu twin equalized), and its bound constants go."""
+    rng = np.random.default_rng(5)
+    model = conv_relu_conv(rng, ("Clip",))
+    assert find_pairs(model, relu6_as_relu=True)[0].clips == ("m0",)
+    equalized, pairs = equalize(model, relu6_as_relu=True)
+    assert pairs == 1 and [n.op_type for n in equalized.graph.node] == ["Conv", "Relu", "Conv"]
+    assert not {"lo", "hi"} & {init.name for init in equalized.graph.initializer}
+    onnx.checker.check_model(equalized)
+    _assert_same_function(equalize(conv_relu_conv(np.random.default_rng(5), ("Relu",)))[0], equalized, rng)
+
+
 def test_quantize_equalize_flag_prints_the_pairs(tmp_path):
     rng = np.random.default_rng(6)
     model, data, out, report = tmp_path / "m.onnx", tmp_path / "x.npy", tmp_path / "q.onnx", tmp_path / "r.json"

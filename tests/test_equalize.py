@@ -194,3 +194,16 @@ def test_quantize_equalize_flag_prints_the_pairs(tmp_path):
     result = CliRunner().invoke(cli, [*args, "--json", str(report)])
     assert result.exit_code == 0 and "equalization" not in result.output
     assert json.loads(report.read_text())["equalized_pairs"] is None
+
+
+def test_pipeline_quantize_section_passes_equalize_on(tmp_path):
+    from types import SimpleNamespace
+
+    from fwedge.pipeline import _quantize_request
+    from fwedge.pipeline_config import QuantizeSettings, parse_section
+
+    settings = parse_section(QuantizeSettings, {"equalize": True, "per_channel": False}, "[quantize]")
+    run = SimpleNamespace(config=SimpleNamespace(quantize=settings, data=SimpleNamespace(calibration="x.npy",
+                                                                                          eval=None)))
+    assert _quantize_request(run, tmp_path / "model.onnx").equalize is True
+    assert parse_section(QuantizeSettings, {}, "[quantize]").equalize is False

@@ -9,8 +9,8 @@ model and output SQNR (all logits of the evaluation images) without and with --e
 --bias-correction, and with both, on the first `--eval-samples` of the 10,000 test images, in
 onnxruntime's exact QDQ run. mobilenet_v2_tiny's layers are joined by ReLU6 (Clip 0..6), which
 equalization leaves alone, so it has extra rows that replace the ReLU6 inside each pair by Relu
-(passes/equalize.py relu6_as_relu; this changes the float model, whose own top-1 is printed):
-that replacement alone (a control), then equalized, then equalized with bias correction. SQNR
+(--relu6-as-relu; this changes the float model, whose own top-1 is printed): that replacement
+alone without scaling (a control), then equalized, then equalized with bias correction. SQNR
 and agreement are always against the original float model.
 """
 from __future__ import annotations
@@ -27,17 +27,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 MODELS = ["cnn_small", "mobilenet_v2_tiny"]
-# name -> (relu6_as_relu and sweeps applied to the float model first, quantize settings)
+# name -> (float model first turned ReLU6 -> Relu without scaling: the control, quantize settings)
 VARIANTS = {
-    "plain": (None, {}),
-    "bias-correction": (None, {"bias_correction": True}),
-    "equalize": (None, {"equalize": True}),
-    "equalize + bias-correction": (None, {"equalize": True, "bias_correction": True}),
+    "plain": (False, {}),
+    "bias-correction": (False, {"bias_correction": True}),
+    "equalize": (False, {"equalize": True}),
+    "equalize + bias-correction": (False, {"equalize": True, "bias_correction": True}),
 }
 RELU6_VARIANTS = {
-    "ReLU6 -> Relu (no scaling)": (0, {}),
-    "ReLU6 -> Relu + equalize": (20, {}),
-    "ReLU6 -> Relu + equalize + bias-correction": (20, {"bias_correction": True}),
+    "ReLU6 -> Relu (no scaling)": (True, {}),
+    "--equalize --relu6-as-relu": (False, {"equalize": True, "relu6_as_relu": True}),
+    "--equalize --relu6-as-relu --bias-correction": (False, {"equalize": True, "relu6_as_relu": True,
+                                                             "bias_correction": True}),
 }
 
 
@@ -67,17 +68,19 @@ def _run_model(path: Path, args, x: np.ndarray, labels: np.ndarray) -> dict:
     print(f"{path.stem}: float top-1 {100 * entry['float_top1']:.2f}% on {len(x)} test images, "
           f"{'per-channel' if args.per_channel else 'per-tensor'} weights", flush=True)
     variants = dict(VARIANTS, **(RELU6_VARIANTS if path.stem == "mobilenet_v2_tiny" else {}))
-    for name, (sweeps, settings) in variants.items():
-        model, pairs, float_top1 = str(path), None, None
-        if sweeps is not None:
-            model, pairs = equalize(load_prepared(str(path))[0], iterations=sweeps, relu6_as_relu=True)
-            float_top1 = float(np.mean(_logits(model, x).argmax(1) == labels))
+    for name, (control, settings) in variants.items():
+        model, pairs = str(path), None
+        if control:
+            model, pairs = equalize(load_prepared(str(path))[0], iterations=0, relu6_as_relu=True)
         start = time.perf_counter()
         result = quantize(model, "fashion-mnist:train", "kl", args.num_samples, per_channel=args.per_channel,
                           **settings)
         seconds = time.perf_counter() - start
         scores = _scores(reference, _logits(result.model, x), labels)
         pairs = result.equalized_pairs if pairs is None else pairs
+        float_top1 = None
+        if control or result.relu6_replaced:
+            float_top1 = float(np.mean(_logits(result.float_model, x).argmax(1) == labels))
         row = dict(scores, pairs=pairs, modified_float_top1=float_top1, quantize_seconds=seconds)
         entry["variants"][name] = row
         extra = f"; its float model {100 * float_top1:.2f}%" if float_top1 is not None else ""

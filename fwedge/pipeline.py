@@ -384,7 +384,7 @@ def _quantize_request(run: PipelineRun, model_path: Path, table: Path | None = N
         eval_data=data.eval if budget else None, eval_samples=settings.eval_limit,
         keep_float=settings.keep_float, float_stem=settings.float_stem,
         bias_correction=settings.bias_correction, equalize=settings.equalize,
-        activation_dtype=settings.activation_dtype)
+        relu6_as_relu=settings.relu6_as_relu, activation_dtype=settings.activation_dtype)
 
 
 @_needs("quantize")

@@ -86,6 +86,7 @@ class QuantizeSettings:
     float_stem: bool = False
     bias_correction: bool = False
     equalize: bool = False
+    relu6_as_relu: bool = False
     activation_dtype: Literal["int8", "uint8"] = "int8"
 
     def check(self, where: str) -> None:

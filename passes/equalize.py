@@ -10,8 +10,8 @@ longer has to cover a few wide channels at the cost of the narrow ones.
 f here is a chain of Relu and MaxPool (both commute with a positive per-channel scale), or
 nothing. Clip(0, 6) (ReLU6) does not: Clip(x / s, 0, 6) = Clip(x, 0, 6 s) / s, and an ONNX Clip
 takes one scalar bound, so a pair joined by a Clip is left alone. Only on request
-(`relu6_as_relu`, for measuring; not a CLI option) is a Clip(0, hi) inside a pair replaced by
-Relu, which changes the float model wherever a value exceeded hi.
+(`relu6_as_relu`, `quantize --equalize --relu6-as-relu`) is a Clip(0, hi) inside a pair replaced
+by Relu, which changes the float model wherever a value exceeded hi.
 """
 from __future__ import annotations
 

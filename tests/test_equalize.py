@@ -207,3 +207,22 @@ def test_pipeline_quantize_section_passes_equalize_on(tmp_path):
                                                                                           eval=None)))
     assert _quantize_request(run, tmp_path / "model.onnx").equalize is True
     assert parse_section(QuantizeSettings, {}, "[quantize]").equalize is False
+
+
+def test_quantize_relu6_as_relu_is_reported_and_needs_equalize(tmp_path):
+    from fwedge.errors import QuantizeRequestError
+    from fwedge.quantization import QuantizeRequest
+
+    rng = np.random.default_rng(7)
+    model, data, out = tmp_path / "m.onnx", tmp_path / "x.npy", tmp_path / "q.onnx"
+    onnx.save(conv_relu_conv(rng, ("Clip",)), model)
+    np.save(data, rng.standard_normal((32, 3, 8, 8)).astype(np.float32))
+    args = ["quantize", str(model), "--data", str(data), "--num-samples", "32", "--per-tensor", "-o", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--equalize"])
+    assert result.exit_code == 0 and "0 layer pairs equalized" in result.output, result.output
+    result = CliRunner().invoke(cli, [*args, "--equalize", "--relu6-as-relu"])
+    assert result.exit_code == 0, result.output
+    assert "1 layer pairs equalized; 1 ReLU6 replaced by Relu" in result.output
+    assert [n.op_type for n in onnx.load(out).graph.node if n.op_type in ("Clip", "Relu")] == ["Relu"]
+    with pytest.raises(QuantizeRequestError, match="relu6_as_relu"):
+        QuantizeRequest(model, data, relu6_as_relu=True)

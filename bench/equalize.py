@@ -78,12 +78,15 @@ def _run_model(path: Path, args, x: np.ndarray, labels: np.ndarray) -> dict:
         seconds = time.perf_counter() - start
         scores = _scores(reference, _logits(result.model, x), labels)
         pairs = result.equalized_pairs if pairs is None else pairs
-        float_top1 = None
+        float_top1 = float_sqnr = None
         if control or result.relu6_replaced:
-            float_top1 = float(np.mean(_logits(result.float_model, x).argmax(1) == labels))
-        row = dict(scores, pairs=pairs, modified_float_top1=float_top1, quantize_seconds=seconds)
+            changed = _scores(reference, _logits(result.float_model, x), labels)
+            float_top1, float_sqnr = changed["top1"], changed["sqnr_db"]
+        row = dict(scores, pairs=pairs, modified_float_top1=float_top1, modified_float_sqnr_db=float_sqnr,
+                   quantize_seconds=seconds)
         entry["variants"][name] = row
-        extra = f"; its float model {100 * float_top1:.2f}%" if float_top1 is not None else ""
+        extra = (f"; its float model {100 * float_top1:.2f}%, {float_sqnr:.2f} dB from the original"
+                 if float_top1 is not None else "")
         print(f"  {name:44s} int8 top-1 {100 * scores['top1']:.2f}%  agreement {100 * scores['agreement']:.2f}%  "
               f"SQNR {scores['sqnr_db']:.2f} dB  pairs {pairs if pairs is not None else '-'}{extra}  "
               f"({seconds:.1f}s)", flush=True)

@@ -98,6 +98,29 @@ def _readers(graph: onnx.GraphProto) -> Counter:
     return counts
 
 
+def _first_layer_axis(node: onnx.NodeProto, inits: dict, readers: Counter, named: Counter) -> int | None:
+    """Output channel axis of a layer whose weight and bias only it reads (None: not scalable)."""
+    axis = _output_axis(node)
+    if axis is None or not node.name or named[node.name] > 1 or len(node.input) < 2:
+        return None
+    for name in node.input[1:3]:
+        if name and (name not in inits or readers[name] != 1):
+            return None
+    bias = node.input[2] if len(node.input) > 2 else ""
+    if bias and int(np.prod(inits[bias].dims)) != inits[node.input[1]].dims[axis]:
+        return None  # a broadcast Gemm bias
+    return axis
+
+
+def _joins(node: onnx.NodeProto, inits: dict, named: Counter, relu6_as_relu: bool) -> bool:
+    """Whether `node` may sit between the two layers (one output, positively homogeneous)."""
+    if len([name for name in node.output if name]) != 1:
+        return False
+    if node.op_type in HOMOGENEOUS:
+        return True
+    return relu6_as_relu and bool(node.name) and named[node.name] == 1 and _is_relu6(node, inits)
+
+
 def find_pairs(model: onnx.ModelProto, relu6_as_relu: bool = False) -> list[Pair]:
     """The layer pairs of `model` that equalization may scale, in graph order.
 
@@ -114,17 +137,12 @@ def find_pairs(model: onnx.ModelProto, relu6_as_relu: bool = False) -> list[Pair
     named = Counter(node.name for node in graph.node)
     pairs = []
     for node in graph.node:
-        axis = _output_axis(node)
-        if axis is None or not node.name or named[node.name] > 1 or len(node.input) < 2 or node.input[1] not in inits or readers[node.input[1]] != 1:
-            continue
-        if len(node.input) > 2 and node.input[2] and (node.input[2] not in inits or readers[node.input[2]] != 1):
+        axis = _first_layer_axis(node, inits, readers, named)
+        if axis is None:
             continue
         channels = inits[node.input[1]].dims[axis]
-        if len(node.input) > 2 and node.input[2] and int(np.prod(inits[node.input[2]].dims)) != channels:
-            continue  # a broadcast Gemm bias
         tensor, second, clips = node.output[0], consumers.get(node.output[0]), []
-        while second is not None and len([o for o in second.output if o]) == 1 and (
-                second.op_type in HOMOGENEOUS or relu6_as_relu and _is_relu6(second, inits)):
+        while second is not None and _joins(second, inits, named, relu6_as_relu):
             clips += [second.name] if second.op_type == "Clip" else []
             tensor, second = second.output[0], consumers.get(second.output[0])
         if second is None or second.input[0] != tensor or len(second.input) < 2 or named[second.name] > 1:

@@ -109,7 +109,8 @@ def test_a_chain_converges_pair_by_pair():
              "w3": _weight(rng, [5, 6, 1, 1], spread=False)}
     nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"), helper.make_node("Relu", ["a"], ["ra"]),
              helper.make_node("Conv", ["ra", "w2", "b2"], ["b"], name="dw", group=6, pads=[1] * 4),
-             helper.make_node("Relu", ["b"], ["rb"], name="r2"), helper.make_node("Conv", ["rb", "w3"], ["y"], name="c3")]
+             helper.make_node("Relu", ["b"], ["rb"], name="r2"),
+             helper.make_node("Conv", ["rb", "w3"], ["y"], name="c3")]
     nodes[1].name = "r1"
     model = _model(nodes, inits, 6)
     equalized, pairs = equalize(model)

@@ -46,7 +46,8 @@ from fwedge.console import calibration_bar
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="QDQ ONNX model to write.")
 def command(model, data, method, num_samples, seed, bins, percentile, symmetric, batch_size, input_shapes,
             preprocess, table, per_tensor, max_accuracy_drop, min_agreement, eval_data, eval_limit,
-            keep_float, float_stem, bias_correction, equalize, relu6_as_relu, activation_dtype, save_table, json_out, output) -> None:
+            keep_float, float_stem, bias_correction, equalize, relu6_as_relu, activation_dtype, save_table, json_out,
+            output) -> None:
     """Calibrate MODEL on DATA and write an INT8 QDQ ONNX model: int8 per-channel weights, int8
     (or --activation-dtype uint8) activations, int32 biases, standard QuantizeLinear/DequantizeLinear
     (opset 13) that runs in onnxruntime and that every export target consumes.

@@ -164,8 +164,9 @@ def _equalized(prepared: onnx.ModelProto, relu6_as_relu: bool) -> tuple[onnx.Mod
 def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] | None = None) -> QuantizeResult:
     """Calibrate (or take a table) and write an INT8 QDQ model; optionally within a budget.
 
-    The data flows one way: the prepared float model (cross-layer equalized on request) gives the QuantTable (calibrated on the
-    tensors the plan needs), the plan and the table give the QDQ model, the budget (if any)
+    The data flows one way: the prepared float model (cross-layer equalized on request) gives
+    the QuantTable (calibrated on the tensors the plan needs), the plan and the table give the
+    QDQ model, the budget (if any)
     measures QDQ models and says which layers stay float, and the activation dtype is applied
     to the final model.
 

@@ -383,7 +383,8 @@ def _quantize_request(run: PipelineRun, model_path: Path, table: Path | None = N
         max_accuracy_drop=settings.max_accuracy_drop, min_agreement=settings.min_agreement,
         eval_data=data.eval if budget else None, eval_samples=settings.eval_limit,
         keep_float=settings.keep_float, float_stem=settings.float_stem,
-        bias_correction=settings.bias_correction, activation_dtype=settings.activation_dtype)
+        bias_correction=settings.bias_correction, equalize=settings.equalize,
+        relu6_as_relu=settings.relu6_as_relu, activation_dtype=settings.activation_dtype)
 
 
 @_needs("quantize")

@@ -85,6 +85,8 @@ class QuantizeSettings:
     keep_float: tuple[str, ...] = ()
     float_stem: bool = False
     bias_correction: bool = False
+    equalize: bool = False
+    relu6_as_relu: bool = False
     activation_dtype: Literal["int8", "uint8"] = "int8"
 
     def check(self, where: str) -> None:

@@ -253,3 +253,14 @@ C_RESIZE_LINEAR_INT8_STEPS = 0
 #   on 5,834 of 189,936 elements for TFLite (3.1%) and 2,624 of 281,088 for ncnn (0.9%), the
 #   int8 cases each takes, 8 seeded inputs each (measured 2026-12-07).
 RESIZE_LINEAR_INT8_STEPS = {"tflite": 1, "ncnn": 1}
+
+# Cross-layer equalization (passes/equalize.py, tests/test_equalize.py): the equalized float model
+# against onnxruntime on the original, largest output difference relative to the output's largest
+# magnitude. The scales are computed in float64 and the weights rounded to float32 once, so each
+# product moves by at most a float32 ulp and the sums by a few: measured 4.0e-7 at most (3 ulps
+# of max|y|) over 50 seeds x {Relu, Relu+MaxPool, direct, depthwise} pairs (2026-12-07). A wrong
+# scale (one channel's s not undone) moves outputs by far more than 1e-5.
+EQUALIZE_FLOAT_RTOL = 1e-5
+# Per-channel weight ranges against the formula (r1 / s, r2 * s, sqrt(r1 r2)): only the float32
+# rounding of the stored weights separates them (6e-8 relative); 1e-6 is 16 float32 ulps.
+EQUALIZE_RANGE_RTOL = 1e-6

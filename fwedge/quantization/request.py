@@ -74,6 +74,10 @@ class QuantizeRequest:
         float_stem: keep the layers that read the model input in float (plan.float_units).
         bias_correction: subtract each int8 layer's mean output error from its bias, measured on
             calibration samples (quantization.bias_correction); needs `data`.
+        equalize: cross-layer equalization (passes/equalize.py) of the BN-folded model before
+            calibration; the float function is unchanged. A `table` must come from an equalized run.
+        relu6_as_relu: with `equalize`, also equalize pairs joined by Clip(0, hi), replacing those
+            Clips by Relu; this changes the float model (values above hi are no longer clipped).
         activation_dtype: "int8" or "uint8" activation Q/DQ pairs in the final model.
 
     Raises:
@@ -100,6 +104,8 @@ class QuantizeRequest:
     keep_float: tuple[str, ...] = field(default=())
     float_stem: bool = False
     bias_correction: bool = False
+    equalize: bool = False
+    relu6_as_relu: bool = False
     activation_dtype: str = "int8"
 
     def __post_init__(self) -> None:
@@ -116,6 +122,9 @@ class QuantizeRequest:
             raise QuantizeRequestError("data", "quantize needs calibration data or a quant table (table)")
         if self.bias_correction and self.data is None:
             raise QuantizeRequestError("bias_correction", "bias correction measures on calibration data: give data")
+        if self.relu6_as_relu and not self.equalize:
+            raise QuantizeRequestError("relu6_as_relu", "replacing ReLU6 by Relu is part of equalization: "
+                                                        "give equalize (--equalize) too")
         _at_least("num_samples", self.num_samples, 1, optional=True)
         _at_least("bins", self.bins, MIN_BINS)
         _at_least("seed", self.seed, 0)

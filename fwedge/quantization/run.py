@@ -12,6 +12,7 @@ from fwedge.calibration import Method, QuantTable, compute
 from fwedge.data import Dataset
 from fwedge.errors import CalibrationError, QuantizeRequestError
 from fwedge.eval import Fidelity
+from fwedge.passes.equalize import equalize, find_pairs
 from fwedge.quantization.activation_dtype import uint8_activations
 from fwedge.quantization.bias_correction import SAMPLES, correct_biases
 from fwedge.quantization.budget import BudgetResult, search_budget
@@ -44,6 +45,10 @@ class QuantizeResult:
             request, by the detector rules or by the budget excluded), so that quantize_model
             with `float_model`'s weights changed, `table`, `options` and `plan` writes the same
             layout again (QAT, passes/qat.py).
+        equalized_pairs: layer pairs cross-layer equalization scaled (passes/equalize.py), None
+            when not asked for.
+        relu6_replaced: the Clip (ReLU6) nodes equalization replaced by Relu (relu6_as_relu): the
+            float model changed there; `check` compares against the model before that.
     """
 
     model: onnx.ModelProto
@@ -53,6 +58,8 @@ class QuantizeResult:
     budget_result: BudgetResult | None = None
     check: Fidelity | None = None
     options: QuantizeOptions | None = None
+    equalized_pairs: int | None = None
+    relu6_replaced: tuple[str, ...] = ()
 
     @property
     def kept_float(self) -> list[KeptFloat]:
@@ -143,11 +150,23 @@ def _bias_corrected(request: QuantizeRequest, prepared: onnx.ModelProto, table: 
     return model
 
 
+def _equalized(prepared: onnx.ModelProto, relu6_as_relu: bool) -> tuple[onnx.ModelProto, int, tuple[str, ...]]:
+    """(the equalized model, pairs, the Clips replaced by Relu); the replacement is a warning: it
+    changes the float model."""
+    replaced = tuple(clip for pair in find_pairs(prepared, relu6_as_relu) for clip in pair.clips)
+    model, pairs = equalize(prepared, relu6_as_relu=relu6_as_relu)
+    if replaced:
+        log.warning("cross-layer equalization replaced %d ReLU6 (Clip) by Relu: the float model differs where "
+                    "a value exceeded the Clip's bound (first: '%s')", len(replaced), replaced[0])
+    return model, pairs, replaced
+
+
 def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] | None = None) -> QuantizeResult:
     """Calibrate (or take a table) and write an INT8 QDQ model; optionally within a budget.
 
-    The data flows one way: the prepared float model gives the QuantTable (calibrated on the
-    tensors the plan needs), the plan and the table give the QDQ model, the budget (if any)
+    The data flows one way: the prepared float model (cross-layer equalized on request) gives
+    the QuantTable (calibrated on the tensors the plan needs), the plan and the table give the
+    QDQ model, the budget (if any)
     measures QDQ models and says which layers stay float, and the activation dtype is applied
     to the final model.
 
@@ -164,6 +183,9 @@ def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] |
         ModelError: the model cannot be loaded or QDQ-written.
     """
     prepared, sha = load_prepared(request.model, request.input_shapes)
+    reference, pairs, relu6 = prepared, None, ()
+    if request.equalize:
+        prepared, pairs, relu6 = _equalized(prepared, request.relu6_as_relu)
     requested = (float_units(prepared, request.keep_float, request.float_stem)
                  if request.keep_float or request.float_stem else [])
     excluded = frozenset(name for unit in requested for name in unit.node.split("+"))
@@ -187,13 +209,14 @@ def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] |
     record_kept_float(model, kept_float)  # what QAT writes from this result's plan, too
     check = None
     if request.data is not None:
-        check = output_check(prepared, model, request.data, request.preprocess, request.seed)
+        check = output_check(reference, model, request.data, request.preprocess, request.seed)
         warning = warning_for(check, output_task(prepared))
         if warning:
             log.warning("%s", warning)
     if budget is not None and budget.float_nodes:
         options = replace(options, exclude_nodes=options.exclude_nodes | budget.float_nodes)
-    return QuantizeResult(model, prepared, table, replace(plan, kept_float=kept_float), budget, check, options)
+    return QuantizeResult(model, prepared, table, replace(plan, kept_float=kept_float), budget, check, options,
+                          pairs, relu6)
 
 
 def quantize(

@@ -271,6 +271,100 @@ static inline void tile_sums2_neon(int steps, const int8_t *tile, const fw_conv_
 }
 
 #undef FW_SDOT_STEP
+
+/* sdot by lane `lane` of each pixel's register x0..x3 (its own channel values, four per lane)
+ * into the accumulators of w0's two quads (and w1's when `two`). */
+#define FW_DIRECT_STEP(vdot, lane, wl0, wh0, wl1, wh1)                                         \
+    do {                                                                                       \
+        a[0][0] = vdot(a[0][0], wl0, x0, lane);                                                \
+        a[0][1] = vdot(a[0][1], wh0, x0, lane);                                                \
+        a[1][0] = vdot(a[1][0], wl0, x1, lane);                                                \
+        a[1][1] = vdot(a[1][1], wh0, x1, lane);                                                \
+        a[2][0] = vdot(a[2][0], wl0, x2, lane);                                                \
+        a[2][1] = vdot(a[2][1], wh0, x2, lane);                                                \
+        a[3][0] = vdot(a[3][0], wl0, x3, lane);                                                \
+        a[3][1] = vdot(a[3][1], wh0, x3, lane);                                                \
+        if (two) {                                                                             \
+            a[0][2] = vdot(a[0][2], wl1, x0, lane);                                            \
+            a[0][3] = vdot(a[0][3], wh1, x0, lane);                                            \
+            a[1][2] = vdot(a[1][2], wl1, x1, lane);                                            \
+            a[1][3] = vdot(a[1][3], wh1, x1, lane);                                            \
+            a[2][2] = vdot(a[2][2], wl1, x2, lane);                                            \
+            a[2][3] = vdot(a[2][3], wh1, x2, lane);                                            \
+            a[3][2] = vdot(a[3][2], wl1, x3, lane);                                            \
+            a[3][3] = vdot(a[3][3], wh1, x3, lane);                                            \
+        }                                                                                      \
+    } while (0)
+
+/* The sums of tile_sums2_neon (tile_sums_neon's of w0 alone when !two) read straight from four
+ * pixels' channel rows (r, rows x_stride bytes apart) instead of a gathered tile: a 1x1 conv of
+ * stride 1 without padding, whose window is the pixel's in_c values and whose quad steps are
+ * its channels four by four. Lane j of a pixel's 16-byte load is its step q + j, so no
+ * transposition is needed; four steps per iteration, then two (8-byte loads), then one. The
+ * same int32 terms as the tile's, added in another order: the same wrapped sums. */
+static inline __attribute__((always_inline)) void
+direct_sums_neon(int steps, const int8_t *r, size_t x_stride, const fw_conv_weight *w0, const fw_conv_weight *w1,
+                 const int32_t *init0, const int32_t *init1, int two, fw_tile_sums *s0, fw_tile_sums *s1)
+{
+    int32x4_t a[FW_TILE_PIXELS][4];
+    const int32x4_t b0 = vld1q_s32(init0), b1 = vld1q_s32(init0 + 4);
+    const int32x4_t b2 = two ? vld1q_s32(init1) : b0, b3 = two ? vld1q_s32(init1 + 4) : b1;
+    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+        a[t][0] = b0;
+        a[t][1] = b1;
+        a[t][2] = b2;
+        a[t][3] = b3;
+    }
+    const int8_t *r0 = r, *r1 = r + x_stride, *r2 = r + 2 * x_stride, *r3 = r + 3 * x_stride;
+    const int8_t *p0 = w0, *p1 = two ? w1 : w0;
+    for (int i = steps >> 2; i > 0; --i) {
+        const int8x16_t x0 = vld1q_s8(r0), x1 = vld1q_s8(r1), x2 = vld1q_s8(r2), x3 = vld1q_s8(r3);
+        r0 += 16;
+        r1 += 16;
+        r2 += 16;
+        r3 += 16;
+        const int8x16x4_t u = vld1q_s8_x4(p0), v = two ? vld1q_s8_x4(p1) : u;
+        FW_DIRECT_STEP(vdotq_laneq_s32, 0, u.val[0], u.val[1], v.val[0], v.val[1]);
+        FW_DIRECT_STEP(vdotq_laneq_s32, 1, u.val[2], u.val[3], v.val[2], v.val[3]);
+        const int8x16x4_t u2 = vld1q_s8_x4(p0 + 64), v2 = two ? vld1q_s8_x4(p1 + 64) : u2;
+        p0 += 128;
+        p1 += 128;
+        FW_DIRECT_STEP(vdotq_laneq_s32, 2, u2.val[0], u2.val[1], v2.val[0], v2.val[1]);
+        FW_DIRECT_STEP(vdotq_laneq_s32, 3, u2.val[2], u2.val[3], v2.val[2], v2.val[3]);
+    }
+    if (steps & 2) {
+        const int8x8_t x0 = vld1_s8(r0), x1 = vld1_s8(r1), x2 = vld1_s8(r2), x3 = vld1_s8(r3);
+        r0 += 8;
+        r1 += 8;
+        r2 += 8;
+        r3 += 8;
+        const int8x16x4_t u = vld1q_s8_x4(p0), v = two ? vld1q_s8_x4(p1) : u;
+        p0 += 64;
+        p1 += 64;
+        FW_DIRECT_STEP(vdotq_lane_s32, 0, u.val[0], u.val[1], v.val[0], v.val[1]);
+        FW_DIRECT_STEP(vdotq_lane_s32, 1, u.val[2], u.val[3], v.val[2], v.val[3]);
+    }
+    if (steps & 1) {
+        int32_t q[FW_TILE_PIXELS];
+        memcpy(&q[0], r0, 4);
+        memcpy(&q[1], r1, 4);
+        memcpy(&q[2], r2, 4);
+        memcpy(&q[3], r3, 4);
+        const int8x8_t x0 = vreinterpret_s8_s32(vdup_n_s32(q[0])), x1 = vreinterpret_s8_s32(vdup_n_s32(q[1]));
+        const int8x8_t x2 = vreinterpret_s8_s32(vdup_n_s32(q[2])), x3 = vreinterpret_s8_s32(vdup_n_s32(q[3]));
+        const int8x16_t wl0 = vld1q_s8(p0), wh0 = vld1q_s8(p0 + 16);
+        const int8x16_t wl1 = two ? vld1q_s8(p1) : wl0, wh1 = two ? vld1q_s8(p1 + 16) : wh0;
+        FW_DIRECT_STEP(vdotq_lane_s32, 0, wl0, wh0, wl1, wh1);
+    }
+    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+        s0->v[t][0] = a[t][0];
+        s0->v[t][1] = a[t][1];
+        s1->v[t][0] = a[t][2];
+        s1->v[t][1] = a[t][3];
+    }
+}
+
+#undef FW_DIRECT_STEP
 #else
 /* acc + the products of a pixel's broadcast quad x with a quad w of four channels: smull and
  * smull2 (eight int16 products each: two channels' four taps), sadalp (pairs into int32). */
@@ -434,6 +528,20 @@ neon_requant_pixel16(const fw_tile_sums *s0, const fw_tile_sums *s1, int t, cons
     return vminq_s8(vmaxq_s8(vqmovn_high_s16(vqmovn_s16(r0), r1), o->lo), o->hi);
 }
 
+/* Each pixel of a whole tile of two neighbouring blocks' sums requantized (constants m, sh) and
+ * its sixteen channels stored with one instruction, rows y_stride bytes apart. */
+static inline __attribute__((always_inline)) void neon_store16(const fw_tile_sums *s0, const fw_tile_sums *s1,
+                                                               const int32_t *m, const int32_t *sh,
+                                                               const fw_neon_out *o, int high, int8_t *y,
+                                                               size_t y_stride)
+{
+    const int32x4x4_t mv = vld1q_s32_x4(m), shv = vld1q_s32_x4(sh);
+    vst1q_s8(y, neon_requant_pixel16(s0, s1, 0, &mv, &shv, o, high));
+    vst1q_s8(y + y_stride, neon_requant_pixel16(s0, s1, 1, &mv, &shv, o, high));
+    vst1q_s8(y + 2 * y_stride, neon_requant_pixel16(s0, s1, 2, &mv, &shv, o, high));
+    vst1q_s8(y + 3 * y_stride, neon_requant_pixel16(s0, s1, 3, &mv, &shv, o, high));
+}
+
 /* A whole tile of two neighbouring channel blocks (sixteen channels, w0 and w1, their biases b0,
  * b1, constants m and sh): the sums (with sdot in registers, tile_sums2_neon; else
  * tile_sums_neon of each block, `pairs` as there), then each pixel's sixteen channels
@@ -452,11 +560,7 @@ conv_tile16_neon(int steps, const int8_t *tile, const fw_conv_weight *w0, const 
     tile_sums_neon(steps, tile, w0, b0, pairs, &s0);
     tile_sums_neon(steps, tile, w1, b1, pairs, &s1);
 #endif
-    const int32x4x4_t mv = vld1q_s32_x4(m), shv = vld1q_s32_x4(sh);
-    vst1q_s8(y, neon_requant_pixel16(&s0, &s1, 0, &mv, &shv, o, high));
-    vst1q_s8(y + y_stride, neon_requant_pixel16(&s0, &s1, 1, &mv, &shv, o, high));
-    vst1q_s8(y + 2 * y_stride, neon_requant_pixel16(&s0, &s1, 2, &mv, &shv, o, high));
-    vst1q_s8(y + 3 * y_stride, neon_requant_pixel16(&s0, &s1, 3, &mv, &shv, o, high));
+    neon_store16(&s0, &s1, m, sh, o, high, y, y_stride);
 }
 
 /* Every whole pair of channel blocks of a whole tile, constants for all channels in m, sh and b
@@ -482,6 +586,38 @@ static __attribute__((noinline)) int conv_tile_pairs_neon(int steps, const int8_
     }
     return n;
 }
+
+#ifdef FW_CONV_SDOT
+/* A whole tile of a 1x1 conv of stride 1 without padding (conv2d_s8_neon's `direct`), every
+ * block, constants for all channels in m, sh and b: the sums read from the pixels' rows at r
+ * (direct_sums_neon, no gather), two blocks at a time, then a last odd block. */
+static __attribute__((noinline)) void conv_direct_tile_neon(int steps, const int8_t *r, size_t x_stride,
+                                                            const fw_conv_weight *w, size_t stride, int out_c,
+                                                            const int32_t *m, const int32_t *sh, const int32_t *b,
+                                                            const fw_neon_out *o, int8_t *y)
+{
+    const int n = out_c / (2 * FW_CONV_BLOCK) * 2, blocks = (out_c + FW_CONV_BLOCK - 1) / FW_CONV_BLOCK;
+    const size_t y_stride = (size_t)out_c;
+    fw_tile_sums s0, s1;
+    if (o->high) {
+        for (int c0 = 0; c0 < n * FW_CONV_BLOCK; c0 += 2 * FW_CONV_BLOCK, w += 2 * stride) {
+            direct_sums_neon(steps, r, x_stride, w, w + stride, b + c0, b + c0 + FW_CONV_BLOCK, 1, &s0, &s1);
+            neon_store16(&s0, &s1, m + c0, sh + c0, o, 1, y + c0, y_stride);
+        }
+    } else {
+        for (int c0 = 0; c0 < n * FW_CONV_BLOCK; c0 += 2 * FW_CONV_BLOCK, w += 2 * stride) {
+            direct_sums_neon(steps, r, x_stride, w, w + stride, b + c0, b + c0 + FW_CONV_BLOCK, 1, &s0, &s1);
+            neon_store16(&s0, &s1, m + c0, sh + c0, o, 0, y + c0, y_stride);
+        }
+    }
+    for (int block = n; block < blocks; ++block, w += stride) {
+        const int c0 = block * FW_CONV_BLOCK;
+        direct_sums_neon(steps, r, x_stride, w, NULL, b + c0, NULL, 0, &s0, &s1);
+        neon_requant_store(&s0, m + c0, sh + c0, o, y + c0, y_stride, FW_TILE_PIXELS,
+                           out_c - c0 < FW_CONV_BLOCK ? out_c - c0 : FW_CONV_BLOCK);
+    }
+}
+#endif
 
 /* groups == 1 with the whole filter in one tile (at most FW_K_CHUNK values): per tile of
  * FW_TILE_PIXELS pixels one gather, then per two channel blocks the sums, requantized and
@@ -513,8 +649,21 @@ static int conv2d_s8_neon(const fw_conv_params *p, const int8_t *x, const fw_con
     if (tabled) {
         pairs = neon_constants(p, w, steps, 0, blocks, o.high, bias, multiplier, shift, m, sh, b);
     }
+#ifdef FW_CONV_SDOT
+    /* a 1x1 conv of stride 1 without padding: a pixel's window is its own row of in_c values */
+    const int direct = tabled && p->kernel_h == 1 && p->kernel_w == 1 && p->stride_h == 1 && p->stride_w == 1 &&
+                       p->pad_top == 0 && p->pad_left == 0 && p->out_h == p->in_h && p->out_w == p->in_w &&
+                       p->in_c % 4 == 0;
+#endif
     for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
         const int count = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;
+#ifdef FW_CONV_SDOT
+        if (direct && count == FW_TILE_PIXELS) {
+            conv_direct_tile_neon(steps, x + (size_t)pixel0 * p->in_c, (size_t)p->in_c, w, stride, out_c, m, sh, b,
+                                  &o, y + (size_t)pixel0 * out_c);
+            continue;
+        }
+#endif
         if (!gather_quads_one_channel(p, x, pixel0, count, tile)) {
             gather_quads_neon(p, x, pixel0, count, padding, tile);
         }

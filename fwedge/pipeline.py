@@ -367,7 +367,9 @@ def _preprocess(table: dict | None, where: str):
 
 
 def _quantize_request(run: PipelineRun, model_path: Path, table: Path | None = None):
-    """The QuantizeRequest of [quantize] for `model_path` (with `table`: from that QuantTable)."""
+    """The QuantizeRequest of [quantize] for `model_path` (with `table`: from that QuantTable, and
+    without equalization: with [quantize] equalize, `model_path` is the equalized float model the
+    table was calibrated on)."""
     from fwedge.calibration import MethodOptions
     from fwedge.quantization import QuantizeRequest
 
@@ -383,8 +385,8 @@ def _quantize_request(run: PipelineRun, model_path: Path, table: Path | None = N
         max_accuracy_drop=settings.max_accuracy_drop, min_agreement=settings.min_agreement,
         eval_data=data.eval if budget else None, eval_samples=settings.eval_limit,
         keep_float=settings.keep_float, float_stem=settings.float_stem,
-        bias_correction=settings.bias_correction, equalize=settings.equalize,
-        relu6_as_relu=settings.relu6_as_relu, activation_dtype=settings.activation_dtype)
+        bias_correction=settings.bias_correction, equalize=settings.equalize and table is None,
+        relu6_as_relu=settings.relu6_as_relu and table is None, activation_dtype=settings.activation_dtype)
 
 
 @_needs("quantize")
@@ -449,7 +451,9 @@ def stage_qat(run: PipelineRun) -> None:
 
     def build(out: Path, upstream=run.model, quantized=run.quantized) -> str:
         source = Path(upstream.path) / "model.onnx"
-        request = _quantize_request(run, source, table=Path(quantized.path) / "quant_table.json")
+        # [quantize] equalize: its table's ranges are those of the equalized float model it wrote.
+        student = Path(quantized.path) / "model_fp32.onnx" if run.config.quantize.equalize else source
+        request = _quantize_request(run, student, table=Path(quantized.path) / "quant_table.json")
         result = qat_module.qat(request, open_dataset(train_data), options, preprocess=request.preprocess,
                                 teacher=ir.load(source) if teach else None)
         shutil.copyfile(Path(quantized.path) / "model_fp32.onnx", out / "model_fp32.onnx")

@@ -227,3 +227,19 @@ def test_quantize_relu6_as_relu_is_reported_and_needs_equalize(tmp_path):
     assert [n.op_type for n in onnx.load(out).graph.node if n.op_type in ("Clip", "Relu")] == ["Relu"]
     with pytest.raises(QuantizeRequestError, match="relu6_as_relu"):
         QuantizeRequest(model, data, relu6_as_relu=True)
+
+
+def test_quantize_table_with_equalize_is_refused_naming_both_flags(tmp_path):
+    """A table's ranges were measured before equalization rescaled the activations: exit 2, one line."""
+    rng = np.random.default_rng(8)
+    model, data, out, table = (tmp_path / name for name in ("m.onnx", "x.npy", "q.onnx", "t.json"))
+    onnx.save(conv_relu_conv(rng, ("Relu",)), model)
+    np.save(data, rng.standard_normal((32, 3, 8, 8)).astype(np.float32))
+    args = ["quantize", str(model), "--per-tensor", "-o", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--data", str(data), "--num-samples", "32", "--save-table", str(table)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, [*args, "--table", str(table), "--equalize"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "--equalize with --table" in lines[0] and "calibrated" in lines[0], result.output
+    assert CliRunner().invoke(cli, [*args, "--table", str(table)]).exit_code == 0

@@ -75,7 +75,8 @@ class QuantizeRequest:
         bias_correction: subtract each int8 layer's mean output error from its bias, measured on
             calibration samples (quantization.bias_correction); needs `data`.
         equalize: cross-layer equalization (passes/equalize.py) of the BN-folded model before
-            calibration; the float function is unchanged. A `table` must come from an equalized run.
+            calibration; the float function is unchanged. Not with `table`: equalizing rescales the
+            activations the table's ranges were measured on.
         relu6_as_relu: with `equalize`, also equalize pairs joined by Clip(0, hi), replacing those
             Clips by Relu; this changes the float model (values above hi are no longer clipped).
         activation_dtype: "int8" or "uint8" activation Q/DQ pairs in the final model.
@@ -122,6 +123,10 @@ class QuantizeRequest:
             raise QuantizeRequestError("data", "quantize needs calibration data or a quant table (table)")
         if self.bias_correction and self.data is None:
             raise QuantizeRequestError("bias_correction", "bias correction measures on calibration data: give data")
+        if self.equalize and self.table is not None:
+            raise QuantizeRequestError("equalize", "--equalize with --table: equalization rescales each pair's "
+                                                   "activations after the table's ranges were calibrated; calibrate "
+                                                   "with --data --equalize instead")
         if self.relu6_as_relu and not self.equalize:
             raise QuantizeRequestError("relu6_as_relu", "replacing ReLU6 by Relu is part of equalization: "
                                                         "give equalize (--equalize) too")

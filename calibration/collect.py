@@ -105,7 +105,8 @@ def _calibration_session(model: onnx.ModelProto, threads: int | None):
     return CheckedSession(session)
 
 
-def _feeds(batch, input_names: list[str], input_shapes: list[list], source: str) -> dict[str, np.ndarray]:
+def _feeds(batch, input_names: list[str], input_shapes: list[list], source: str,
+           input_dtypes: list[np.dtype]) -> dict[str, np.ndarray]:
     if isinstance(batch, Mapping):
         feeds = dict(batch)
     else:
@@ -116,10 +117,10 @@ def _feeds(batch, input_names: list[str], input_shapes: list[list], source: str)
                 "give each batch as a dict input name -> array"
             )
         feeds = {input_names[0]: x}
-    for name, shape in zip(input_names, input_shapes):
+    for name, shape, dtype in zip(input_names, input_shapes, input_dtypes):
         if name not in feeds:
             raise DataError(f"data '{source}': no array for model input '{name}'")
-        feeds[name] = np.ascontiguousarray(feeds[name], dtype=np.float32)
+        feeds[name] = np.ascontiguousarray(feeds[name], dtype=dtype)
         check_batch_shape(feeds[name], shape, source, name)
     return feeds
 
@@ -313,7 +314,8 @@ def collect(
     inputs = ir.graph_inputs(model)
     input_names = [value.name for value in inputs]
     input_shapes = [ir.shape_of(value) for value in inputs]
-    feeds = functools.partial(_feeds, input_names=input_names, input_shapes=input_shapes, source=source)
+    feeds = functools.partial(_feeds, input_names=input_names, input_shapes=input_shapes, source=source,
+                              input_dtypes=[ir.input_dtype(value) for value in inputs])
     minimum, maximum, samples = _extremes_pass(session, extremes, batches, tensors, feeds, progress)
     _check_extremes(tensors, minimum, maximum, samples, source)
     if not histograms:

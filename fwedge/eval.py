@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterable, Protocol
 
 import numpy as np
@@ -255,7 +255,9 @@ def resolve_preprocess(model: onnx.ModelProto, override: Preprocess | None = Non
     if stored is not None:
         return stored
     first = ir.graph_inputs(model)[0]
-    return Preprocess.for_input_shape(ir.shape_of(first))
+    guess = Preprocess.for_input_shape(ir.shape_of(first))
+    dtype = ir.input_dtype(first)
+    return guess if dtype == np.float32 else replace(guess, dtype=dtype.name)
 
 
 def iterate_checked(

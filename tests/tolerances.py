@@ -264,3 +264,13 @@ EQUALIZE_FLOAT_RTOL = 1e-5
 # Per-channel weight ranges against the formula (r1 / s, r2 * s, sqrt(r1 r2)): only the float32
 # rounding of the stored weights separates them (6e-8 relative); 1e-6 is 16 float32 ulps.
 EQUALIZE_RANGE_RTOL = 1e-6
+
+# magika 1.0.3's file-type classifier (tests/test_magika.py), mse on the 20 calibration files of
+# tests/magika_inputs.py, held out on the other 20 (20 types). Measured 2026-12-07: the QDQ model
+# agrees with float's top-1 on 20 of 20 held-out files (output SQNR 49.6 dB on the calibration
+# files; minmax 41.9 dB, kl 1.0 dB: see the test's fixture). One file of 20 is 5%: the bound lets
+# one label go, no more.
+MAGIKA_QDQ_AGREEMENT = 0.95
+# Each bundle's top-1 against ORT-QDQ's. onnx (exact mode) is the same computation: 1.0.
+# OpenVINO (exact mode) measured 1.0.
+MAGIKA_RUNTIME_AGREEMENT_VS_QDQ = {"onnx": 1.0, "openvino": 0.95}

@@ -19,6 +19,7 @@ from fwedge.passes.attention import rewrite_attention
 from fwedge.passes.conv_transpose import conv_transpose_as_depth_to_space
 from fwedge.passes.fold_bn import fold_batchnorm
 from fwedge.passes.layer_norm import fuse_layer_norm
+from fwedge.passes.softmax import fuse_softmax
 from fwedge.passes.layout import absorb_io_transposes, fold_transposes, io_layouts
 from fwedge.passes.simplify import fuse_conv_bias, fuse_matmul_bias, simplify
 from fwedge.quantization.activation_dtype import activation_dtypes, int8_activations
@@ -83,7 +84,7 @@ def prepare(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = 
     for value in out.graph.output:
         value.type.tensor_type.ClearField("shape")
     out = ir.set_input_shapes(out, shapes)
-    out = fuse_layer_norm(rewrite_attention(simplify(out)))
+    out = fuse_softmax(fuse_layer_norm(rewrite_attention(simplify(out))))
     out = absorb_io_transposes(fuse_conv_bias(fuse_matmul_bias(fold_transposes(out))))
     out = conv_transpose_as_depth_to_space(fold_batchnorm(out))
     out = _remove_dead(out)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import onnx
 
 
@@ -211,6 +212,76 @@ def silu_mul(sigmoid: onnx.NodeProto, users: list[onnx.NodeProto], same_value=No
     other = mul.input[1] if mul.input[0] == y else mul.input[0]
     same = same_value or (lambda a, b: a == b)
     return mul if same(other, sigmoid.input[0]) else None
+
+
+# The tanh GELU as jax2tf writes it (jax.nn.gelu(approximate=True), tf2onnx): x * (0.5 * (1 +
+# tanh(sqrt(2/pi) * (x + 0.044715 * x * x * x)))), each step one node, x read four times. Per
+# step: (op type, which operand is the previous step's output or x, the constant if any).
+GELU_CUBIC, GELU_SQRT_2_OVER_PI = 0.044715, 0.7978845608028654
+_GELU_STEPS = (("Mul", "x", GELU_CUBIC), ("Mul", "x", None), ("Mul", "x", None), ("Add", "x", None),
+               ("Mul", None, GELU_SQRT_2_OVER_PI), ("Tanh", None, None), ("Add", None, 1.0), ("Mul", None, 0.5),
+               ("Mul", "x", None))
+
+
+def _gelu_step(node, previous: str | None, x: str, step, scalar, same) -> bool:
+    op_type, other, constant = step
+    if node.op_type != op_type:
+        return False
+    inputs = list(node.input)
+    if op_type == "Tanh":
+        return inputs == [previous]
+    if len(inputs) != 2:
+        return False
+    if previous is None:  # the first step: x times the constant
+        operands = inputs
+    elif previous not in inputs:
+        return False
+    else:
+        operands = [name for name in inputs if name != previous] or [previous]
+    if len(operands) == 2:
+        known = [index for index, name in enumerate(operands) if scalar(name) is not None]
+        if len(known) != 1:
+            return False
+        value, operand = scalar(operands[known[0]]), operands[1 - known[0]]
+        return bool(np.isclose(value, constant, rtol=1e-6)) and same(operand, x)
+    if other == "x":
+        return same(operands[0], x)
+    value = scalar(operands[0])
+    return value is not None and bool(np.isclose(value, constant, rtol=1e-6))
+
+
+def gelu_tanh_chain(first: onnx.NodeProto, consumers: dict, scalar, same=None,
+                    outputs: frozenset | set = frozenset()) -> tuple[str, list[onnx.NodeProto]] | None:
+    """(x, the nine nodes) of the tanh GELU chain (_GELU_STEPS) that starts at `first`, or None.
+
+    The quantizer gives the chain one layer (a Q/DQ pair on x and on the last Mul's output, none
+    inside: the cube of x in int8 would round away the small values the tanh bends) and the
+    lowering one `gelu` op, both by this rule.
+
+    Args:
+        first: any node; only Mul(x, 0.044715) qualifies.
+        consumers: tensor name -> the nodes reading it.
+        scalar: tensor name -> its value if a one-element constant, else None.
+        same: (name, name) -> whether two tensors carry one value (default: name equality).
+        outputs: the graph outputs (an intermediate output disqualifies the chain).
+    """
+    same = same or (lambda a, b: a == b)
+    if first.op_type != "Mul" or len(first.input) != 2:
+        return None
+    x = first.input[1] if scalar(first.input[0]) is not None else first.input[0]
+    chain, previous, node = [], None, first
+    for index, step in enumerate(_GELU_STEPS):
+        if node is None or not _gelu_step(node, previous, x, step, scalar, same):
+            return None
+        chain.append(node)
+        previous = node.output[0]
+        if index == len(_GELU_STEPS) - 1:
+            break
+        users = consumers.get(previous, [])
+        if previous in outputs or len(users) != 1:
+            return None
+        node = users[0]
+    return x, chain
 
 
 def attribute(node: onnx.NodeProto, name: str, default=None):

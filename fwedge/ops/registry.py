@@ -7,8 +7,8 @@ the import graph stays one-way: registry -> cards -> lowered toolkit -> base.
 from __future__ import annotations
 
 from fwedge.ops.base import (
-    KindSpec, OpCard, OpInfo, UnaryFunction, all_cards, all_kinds, attribute, card, fuses_into, kind,
-    silu_mul,
+    KindSpec, OpCard, OpInfo, UnaryFunction, all_cards, all_kinds, attribute, card, fuses_into, gelu_tanh_chain,
+    kind, silu_mul,
 )
 from fwedge.ops import conv, depth_to_space, elementwise, layer_norm, pool, prelu, qdq, resize, shape, softmax, take, unary  # noqa: F401  (they register)
 
@@ -19,5 +19,5 @@ UNARY_KINDS: tuple[str, ...] = tuple(name for name in KINDS if all_kinds()[name]
 
 __all__ = [
     "KINDS", "UNARY_KINDS", "KindSpec", "OpCard", "OpInfo", "UnaryFunction", "all_cards", "all_kinds",
-    "attribute", "card", "fuses_into", "kind", "silu_mul",
+    "attribute", "card", "fuses_into", "gelu_tanh_chain", "kind", "silu_mul",
 ]

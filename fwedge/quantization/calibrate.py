@@ -116,9 +116,9 @@ def memory_batch(model: onnx.ModelProto, calib: CalibrationData, tensors: list[s
     if calib.batch_size <= 1:
         return calib.batch_size
     budget = CALIBRATION_MEMORY_BUDGET if budget is None else budget
-    sample = np.ascontiguousarray(next(iter(calib.dataset.batches(calib.preprocess, 1, 1, calib.seed))).x,
-                                  dtype=np.float32)
     first = ir.graph_inputs(model)[0]
+    sample = np.ascontiguousarray(next(iter(calib.dataset.batches(calib.preprocess, 1, 1, calib.seed))).x,
+                                  dtype=ir.input_dtype(first))
     check_batch_shape(sample, ir.shape_of(first), str(calib.dataset.path), first.name)
     per_sample = activation_bytes_per_sample(model, sample, tensors)
     fits = max(1, budget // max(1, ACTIVATION_COPIES * per_sample))

@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import onnx
-from onnx import TensorProto
+import numpy as np
+from onnx import TensorProto, numpy_helper
 
 from fwedge import ir
 from fwedge.errors import CalibrationError, ModelError
 from fwedge.op_info import OP_INFO, attribute
-from fwedge.ops.registry import fuses_into, silu_mul
+from fwedge.ops.registry import fuses_into, gelu_tanh_chain, silu_mul
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,7 @@ class _Planner:
         if node.name in self.options.exclude_nodes or node.name in self.fused_nodes:
             return
         info = OP_INFO.get(node.op_type)
-        if info is None:
+        if info is None or self.gelu(node):
             return
         if info.shares_input_scale:
             data = node.input[0] if node.input else ""
@@ -287,6 +288,30 @@ class _Planner:
         self.quantized_nodes.append(node.name)
         if node.output[0] in self.floats:
             self.fuse_clamps(node)
+
+    def scalar(self, name: str) -> float | None:
+        init = self.inits.get(name)
+        if init is None or int(np.prod(init.dims)) != 1:
+            return None
+        return float(numpy_helper.to_array(init).reshape(-1)[0])
+
+    def gelu(self, node: onnx.NodeProto) -> bool:
+        """Plan the tanh GELU chain that starts at `node` (base.gelu_tanh_chain) as one layer: x
+        and the last Mul's output int8, the steps between float (no pair, constants as they are)."""
+        found = gelu_tanh_chain(node, self.consumers, self.scalar, outputs=self.outputs)
+        excluded = found is not None and any(n.name in self.options.exclude_nodes for n in found[1])
+        if found is None or excluded or found[0] not in self.floats:
+            return False
+        x, chain = found
+        self.mark(x)
+        self.quantized_nodes.extend(n.name for n in chain)
+        for step, following in zip(chain, chain[1:]):
+            self.fused[step.output[0]] = following.output[0]
+            self.fused_nodes.add(following.name)
+        output = chain[-1].output[0]
+        if output in self.outputs or any(_reads_int8(user, self.options) for user in self.consumers.get(output, [])):
+            self.mark(output)
+        return True
 
     def operands(self, node: onnx.NodeProto, info) -> list[str]:
         """Record the node's constant operands (weight, constants); return its float activation inputs."""

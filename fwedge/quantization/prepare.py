@@ -10,6 +10,7 @@ from fwedge.passes.attention import rewrite_attention
 from fwedge.passes.conv_transpose import conv_transpose_as_depth_to_space
 from fwedge.passes.fold_bn import fold_batchnorm
 from fwedge.passes.layer_norm import fuse_layer_norm
+from fwedge.passes.softmax import fuse_softmax
 from fwedge.passes.layout import fold_transposes
 from fwedge.passes.simplify import fuse_conv_bias, fuse_matmul_bias, simplify
 from fwedge.quantization.plan import name_nodes
@@ -20,14 +21,15 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
 
     Constant folding / shape simplification (when the input shapes are static), attention's
     rank-5 QKV split and flattened Softmax as rank-4 ops (passes/attention.py), the LayerNorm
-    chain exporters write as one LayerNormalization (passes/layer_norm.py), the layout
+    chain exporters write (and jax2tf's variance form) as one LayerNormalization
+    (passes/layer_norm.py), a written-out softmax as Softmax (passes/softmax.py), the layout
     Transposes of TF-converted models hoisted to the inputs, cancelled or folded into weights
     (passes/layout.py; the inputs and outputs stay), MatMul + bias as Gemm, a bias Add
     after Conv/ConvTranspose into its bias, BatchNorm folding,
     ConvTranspose with kernel == stride as a 1x1 Conv + DepthToSpace (passes/conv_transpose.py),
     and names for unnamed nodes. Tensor names of the source model are kept.
     """
-    return name_nodes(conv_transpose_as_depth_to_space(fold_batchnorm(fuse_conv_bias(fuse_matmul_bias(fold_transposes(fuse_layer_norm(rewrite_attention(simplify(model)))))))))
+    return name_nodes(conv_transpose_as_depth_to_space(fold_batchnorm(fuse_conv_bias(fuse_matmul_bias(fold_transposes(fuse_softmax(fuse_layer_norm(rewrite_attention(simplify(model))))))))))
 
 
 def load_prepared(model: str | os.PathLike | onnx.ModelProto,

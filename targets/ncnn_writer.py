@@ -393,9 +393,17 @@ class NcnnWriter:
         channels = self.shape(X)[1]
         flat = f"{self.blob(Y)}_ncnn_1d"
         kind = 0 if node.op_type == "GlobalMaxPool" else 1
-        # ncnn's global pooling yields a 1-D blob; reshape it back to ONNX's [C, 1, 1].
-        self.add("Pooling", node.name or Y, [self.input(X)], [flat], {0: kind, 4: 1})
-        self.add("Reshape", f"{node.name or Y}_ncnn_reshape", [flat], [self.blob(Y)], {0: 1, 1: 1, 2: channels})
+        source = self.input(X)
+        if len(self.shape(X)) == 3:
+            # A rank-3 [N, C, L] is ncnn's 2-D blob (h = C, w = L), which Pooling reads as one
+            # channel: make it C channels of 1 x L first. The output [N, C, 1] is then w = 1, h = C.
+            source = f"{self.blob(Y)}_ncnn_3d"
+            self.add("Reshape", f"{node.name or Y}_ncnn_3d", [self.input(X)], [source],
+                     {0: self.shape(X)[2], 1: 1, 2: channels})
+        # ncnn's global pooling yields a 1-D blob; reshape it back to ONNX's [C, 1, 1] ([C, 1]).
+        self.add("Pooling", node.name or Y, [source], [flat], {0: kind, 4: 1})
+        back = {0: 1, 1: channels} if len(self.shape(X)) == 3 else {0: 1, 1: 1, 2: channels}
+        self.add("Reshape", f"{node.name or Y}_ncnn_reshape", [flat], [self.blob(Y)], back)
 
     def emit_Flatten(self, node: onnx.NodeProto) -> None:
         if attribute(node, "axis", 1) != 1:

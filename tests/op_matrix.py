@@ -268,6 +268,13 @@ def _build_cases() -> list[OpCase]:
     cases.append(OpCase("global_avg_pool", _model(
         [helper.make_node("GlobalAveragePool", ["x"], ["y"], name="gap")], {"x": [1, 5, 6, 6]}, [1, 5, 1, 1]),
         ("global_avg_pool",)))
+    cases.append(OpCase("global_max_pool", _model(
+        [helper.make_node("GlobalMaxPool", ["x"], ["y"], name="gmp")], {"x": [1, 5, 6, 6]}, [1, 5, 1, 1]),
+        ("max_pool", "reshape")))
+    # magika's: GlobalMaxPool over the length of a rank-3 [N, C, L] tensor.
+    cases.append(OpCase("global_max_pool_1d", _model(
+        [helper.make_node("GlobalMaxPool", ["x"], ["y"], name="gmp")], {"x": [1, 6, 20]}, [1, 6, 1]),
+        ("max_pool", "reshape")))
     cases.append(OpCase("concat_channels", _model(
         [helper.make_node("Concat", ["x", "x2"], ["y"], name="concat", axis=1)],
         {"x": [1, 3, 4, 4], "x2": [1, 5, 4, 4]}, [1, 8, 4, 4]), ("concat",)))

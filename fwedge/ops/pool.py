@@ -1,5 +1,6 @@
 """Op card: pools. MaxPool (max_pool), AveragePool (avg_pool), GlobalAveragePool and a
-ReduceMean over H and W (global_avg_pool). GlobalMaxPool is known but does not lower.
+ReduceMean over H and W (global_avg_pool), GlobalMaxPool (max_pool with the whole H x W as its
+window; a rank-3 [N, C, L] input as [N, C, L, 1], as TF-converted 1-D models pool).
 """
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import onnx
 
 from fwedge.lowered.build import (
-    Builder, conv_geometry, float_output, int8_operands, int8_output, note_float, requant,
+    Builder, conv_geometry, emit_requantize, float_output, int8_operands, int8_output, note_float, requant,
     lower_data_movement,
 )
 from fwedge.lowered.arith import multiply_by_quantized_multiplier, requantize, sliding_windows, zp
@@ -85,6 +86,38 @@ def _lower_global_pool(builder: Builder, node: onnx.NodeProto) -> None:
         builder.emit("reshape", f"{node.name}_squeeze", [target], [y_name], ReshapeAttrs(out_shape))
 
 
+def _lower_global_max_pool(builder: Builder, node: onnx.NodeProto) -> None:
+    """max_pool over the whole H x W (a rank-3 input reshaped to [N, C, L, 1] first), then a
+    reshape to the output's shape; int8 keeps the input's quantization (a requantize if the
+    output's differs), as MaxPool does."""
+    in_shape, out_shape = tuple(builder.shape(node.input[0])), tuple(builder.shape(node.output[0]))
+    shape4 = in_shape + (1,) * (4 - len(in_shape))
+    operands = int8_operands(builder, node, (0,))
+    out = int8_output(builder, node) if operands is not None else None
+    if out is not None:
+        source, (y_name, y_quant), dtype = operands[0], out, "int8"
+    else:
+        note_float(builder, node)
+        source = builder.tensors[builder.float_input(node.input[0])]
+        y_name, y_quant, dtype = float_output(builder, node.output[0]), None, "float32"
+
+    def step(kind: str, suffix: str, x: str, shape: tuple, attrs, quant=source.quant) -> str:
+        name = builder.fresh(f"{node.output[0]}_{suffix}")
+        builder.add_tensor(LoweredTensor(name, shape, dtype, quant))
+        builder.emit(kind, f"{node.name}_{suffix}" if suffix != "pooled" else node.name, [x], [name], attrs)
+        return name
+
+    x = source.name if shape4 == in_shape else step("reshape", "4d", source.name, shape4, ReshapeAttrs(shape4))
+    pooled_shape = (shape4[0], shape4[1], 1, 1)
+    pooled = step("max_pool", "pooled", x, pooled_shape, PoolAttrs((shape4[2], shape4[3]), (1, 1), (0, 0, 0, 0)))
+    if y_quant is not None and not source.quant.same_as(y_quant):
+        requantized = builder.fresh(f"{node.output[0]}_requantized")
+        builder.add_tensor(LoweredTensor(requantized, pooled_shape, dtype, y_quant))
+        emit_requantize(builder, f"{node.name}_requantize", builder.tensors[pooled], requantized, y_quant)
+        pooled = requantized
+    builder.emit("reshape", f"{node.name}_output", [pooled], [y_name], ReshapeAttrs(out_shape))
+
+
 def _pool_counts(shape, attrs) -> np.ndarray:
     """How many window positions fall inside the input, per output position [OH, OW]."""
     ones = np.ones((1, 1) + tuple(shape[2:]), dtype=np.int64)
@@ -143,6 +176,11 @@ def _check_global_pool(view, node: onnx.NodeProto) -> str | None:
     return f"rank-{rank} global pool" if rank != 4 else None
 
 
+def _check_global_max_pool(view, node: onnx.NodeProto) -> str | None:
+    rank = input_rank(view, node)
+    return f"rank-{rank} global max pool, only rank 3 and 4" if rank not in (3, 4) else None
+
+
 def _check_reduce_mean(view, node: onnx.NodeProto) -> str | None:
     axes = attribute(node, "axes", None)
     if axes is None and len(node.input) > 1:
@@ -163,6 +201,6 @@ register_op("MaxPool", _MAX, kinds=("max_pool",), lower=_lower_pool, check=_chec
 register_op("AveragePool", _POOL, kinds=("avg_pool",), lower=_lower_pool, check=_check_pool)
 register_op("GlobalAveragePool", _POOL, kinds=("global_avg_pool",), lower=_lower_global_pool,
             check=_check_global_pool)
-register_op("GlobalMaxPool", _MAX)
+register_op("GlobalMaxPool", _MAX, kinds=("max_pool",), lower=_lower_global_max_pool, check=_check_global_max_pool)
 register_op("ReduceMean", OpInfo(channel_passthrough=True), kinds=("global_avg_pool",),
             lower=_lower_global_pool, check=_check_reduce_mean)

@@ -407,6 +407,9 @@ void fw_take3(int in_d1, int in_d2, int out_d0, int out_d1, int out_d2, const in
  * (ONNX mode DCR), input (y, x, c*block*block + dy*block + dx) when dcr is 0 (mode CRD). */
 void fw_depth_to_space_nhwc(int in_h, int in_w, int out_c, int block, int dcr, int element_size, const void *x,
                             void *y);
+/* The one-hot embedding (fwedge/ops/embedding.py): y[i] = table[clamp(index[i] + 1, 0, rows - 1)],
+ * each row `depth` elements of `element_size` bytes; rows 0 and rows - 1 are the no-match rows. */
+void fw_embedding(int count, int rows, int depth, int element_size, const int32_t *index, const void *table, void *y);
 /* Transpose a [a][b] matrix of `element_size` elements to [b][a] (NHWC <-> NCHW with
  * a = H*W, b = C, and back). */
 void fw_transpose2d(int a, int b, int element_size, const void *x, void *y);

@@ -1,5 +1,6 @@
 /* Rearrangements compiled only into bundles that use them: Transpose (fw_permute4), Slice, Split
- * and Gather (fw_take3), DepthToSpace (fw_depth_to_space_nhwc). */
+ * and Gather (fw_take3), DepthToSpace (fw_depth_to_space_nhwc), the one-hot embedding's row
+ * lookup (fw_embedding). */
 #include <string.h>
 
 #include "fwedge_rt.h"
@@ -74,5 +75,18 @@ void fw_depth_to_space_nhwc(int in_h, int in_w, int out_c, int block, int dcr, i
                 }
             }
         }
+    }
+}
+
+void fw_embedding(int count, int rows, int depth, int element_size, const int32_t *index, const void *table, void *y)
+{
+    const unsigned char *source = (const unsigned char *)table;
+    unsigned char *out = (unsigned char *)y;
+    const size_t row_bytes = (size_t)depth * (size_t)element_size;
+    for (int i = 0; i < count; ++i) {
+        /* Row clamp(index + 1, 0, rows - 1), in 64 bits so that INT32_MAX + 1 does not wrap. */
+        int64_t row = (int64_t)index[i] + 1;
+        row = row < 0 ? 0 : row > rows - 1 ? rows - 1 : row;
+        memcpy(out + (size_t)i * row_bytes, source + (size_t)row * row_bytes, row_bytes);
     }
 }

@@ -444,6 +444,19 @@ def emit_take(e: _Emitter, op: LoweredOp) -> None:
                f"{e.pointer(X.name)}, {e.pointer(Y.name)});")
 
 
+@emitter("embedding")
+def emit_embedding(e: _Emitter, op: LoweredOp) -> None:
+    """The one-hot embedding's row lookup (fwedge/ops/embedding.py) over the int32 indices."""
+    X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
+    table = op.attrs.table
+    if len(Y.shape) == 4 or X.dtype != "int32":
+        raise ExportError(f"C target: embedding {op.name!r}: int32 indices and a rank-2 or rank-3 output only")
+    name = e.array("embedding rows", table, Y.dtype)
+    e.kernels.add("rearrange.c")
+    e.call(op, f"fw_embedding({int(np.prod(X.shape))}, {table.shape[0]}, {table.shape[1]}, {_ITEM_BYTES[Y.dtype]}, "
+               f"{e.pointer(X.name)}, {name}, {e.pointer(Y.name)});")
+
+
 @emitter("depth_to_space")
 def emit_depth_to_space(e: _Emitter, op: LoweredOp) -> None:
     X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])

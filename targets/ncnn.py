@@ -65,6 +65,16 @@ WRITTEN_OPS = frozenset(_UNARY) | frozenset(_BINARY) | frozenset(_ALIAS) | froze
     "PRelu", "Transpose", "Resize", "DepthToSpace", "Slice", "Split", "Gather", "LayerNormalization",
 })
 
+# Ops the lowering takes that ncnn refuses by design, each with its reason (tests/test_op_cards.py
+# counts them as answered). The one-hot embedding (fwedge/ops/embedding.py): ncnn's Embed reads
+# its index blob's bits as int32 and does not clamp them, and every ncnn blob here is float32 (no
+# layer casts to int32): a float index would read outside the table (measured: a segfault on
+# magika's bytes).
+REFUSED_OPS = {
+    "Equal": "the one-hot embedding: ncnn's Embed reads int32 index bits from a float blob, unclamped",
+    "Cast": "the one-hot embedding's Cast: ncnn has no int32 blobs",
+}
+
 
 # --------------------------------------------------------------------------------------------
 # Support check
@@ -77,6 +87,8 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
     consts = view.consts
     if node.domain not in ("", "ai.onnx"):
         return "custom domain"
+    if op in REFUSED_OPS:
+        return REFUSED_OPS[op]
     if op not in WRITTEN_OPS:
         return "no ncnn writer for this op"
     if op == "PRelu":

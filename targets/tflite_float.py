@@ -1,4 +1,4 @@
-"""TFLite emitters of the kinds composed of builtins: sqrt, square, layer_norm and silu.
+"""TFLite emitters of the kinds composed of builtins: sqrt, square, layer_norm, silu and embedding.
 
 In an int8 graph sqrt and square run between a DEQUANTIZE and a QUANTIZE (TFLite has no int8
 SQRT or SQUARE), the float result rounded to the output's quantization as onnxruntime's
@@ -6,7 +6,9 @@ DequantizeLinear -> op -> QuantizeLinear rounds it. TFLite has no LAYER_NORM bui
 is MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL, ADD over the last axis, in float. TFLite has no
 SiLU builtin: silu is LOGISTIC and MUL in float, and in int8 the lowering's own table read with
 GATHER (CAST to int32, ADD 128, GATHER from the int8[256] table), so that the int8 result is
-the table's, one rounding from x's quantization to the output's, as in onnxruntime.
+the table's, one rounding from x's quantization to the output's, as in onnxruntime. The one-hot
+embedding is GATHER of the lowering's row table at MINIMUM(MAXIMUM(index + 1, 0), rows - 1), the
+clamp of fwedge/ops/embedding.py in int32 (TFLite's GATHER refuses an index outside the table).
 """
 from __future__ import annotations
 
@@ -88,3 +90,29 @@ def emit_silu(writer: _Writer, op: LoweredOp) -> None:
     writer.op("ADD", [wide, offset], [index], "AddOptions", writer.options("AddOptionsT"))
     table = writer.const(f"{op.name}/table", np.asarray(op.attrs.lut, np.int8), Y.quant)
     writer.op("GATHER", [table, index], [y], "GatherOptions", writer.options("GatherOptionsT", axis=0))
+
+
+@tflite_op("embedding")
+def emit_embedding(writer: _Writer, op: LoweredOp) -> None:
+    """GATHER(table, clamp(index + 1, 0, rows - 1)) over the int32 indices (module docstring)."""
+    X, Y = writer.graph.tensors[op.inputs[0]], writer.graph.tensors[op.outputs[0]]
+    table = np.asarray(op.attrs.table)
+    shape = list(X.shape)
+    ones = [1] * len(shape)
+
+    def int32(name: str, value: int) -> int:
+        return writer.const(f"{op.name}/{name}", np.full(ones, value, np.int32))
+
+    shifted = writer.temp(f"{op.name}/shifted", shape, "int32", None)
+    writer.op("ADD", [writer.tensor(X.name), int32("one", 1)], [shifted], "AddOptions", writer.options("AddOptionsT"))
+    floor = writer.temp(f"{op.name}/floor", shape, "int32", None)
+    writer.op("MAXIMUM", [shifted, int32("zero", 0)], [floor], "MaximumMinimumOptions",
+              writer.options("MaximumMinimumOptionsT"))
+    rows = writer.temp(f"{op.name}/rows", shape, "int32", None)
+    writer.op("MINIMUM", [floor, int32("last", table.shape[0] - 1)], [rows], "MaximumMinimumOptions",
+              writer.options("MaximumMinimumOptionsT"))
+    gathered = writer.temp(f"{op.name}/gathered", [*shape, table.shape[1]], Y.dtype, Y.quant)
+    source = writer.const(f"{op.name}/table", table, Y.quant if Y.dtype == "int8" else None)
+    writer.op("GATHER", [source, rows], [gathered], "GatherOptions", writer.options("GatherOptionsT", axis=0))
+    writer.op("RESHAPE", [gathered, writer.const(f"{op.name}/shape", np.asarray(Y.shape, np.int32))],
+              [writer.tensor(Y.name)])

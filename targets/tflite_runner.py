@@ -28,7 +28,10 @@ _INTERPRETERS = RunnerCache(_interpreter)
 
 
 def _to_device(spec: TensorInfo, batch: np.ndarray) -> np.ndarray:
-    """One sample [1, ...] in the source model's layout as the device tensor: NHWC, quantized when int8."""
+    """One sample [1, ...] in the source model's layout as the device tensor: NHWC, quantized when
+    int8, as it is when int32 (indices: an embedding's)."""
+    if spec.dtype == "int32":
+        return np.ascontiguousarray(batch, dtype=np.int32)
     array = np.asarray(batch, dtype=np.float32)
     if spec.transposed:
         array = array.transpose(NCHW_TO_NHWC)

@@ -169,6 +169,23 @@ def _layer_norm_chain(rng) -> OpCase:
                   int8=False)
 
 
+def _embedding_case(rng) -> OpCase:
+    """magika's one-hot embedding: int32 indices, Equal against arange(10), Cast, MatMul [10, 5];
+    the indices run over -3..12, so some match no row (their one-hot is zero: the zero row)."""
+    inits = [numpy_helper.from_array(np.array([-1, 6, 1], np.int64), "shape"),
+             numpy_helper.from_array(np.arange(10, dtype=np.int32).reshape(1, 1, 10), "arange"),
+             numpy_helper.from_array(rng.standard_normal((10, 5)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["column"], name="column"),
+             helper.make_node("Equal", ["column", "arange"], ["hot"], name="one_hot"),
+             helper.make_node("Cast", ["hot"], ["hot_float"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["hot_float", "w"], ["y"], name="embed")]
+    model = _model(nodes, {"x": [1, 6]}, [1, 6, 5], inits)
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.INT32
+    del model.graph.value_info[:]  # inferred for a float input
+    model = onnx.shape_inference.infer_shapes(model)
+    return OpCase("embedding_one_hot", model, ("embedding",), input_range=(-3.0, 12.0), refused_by=("ncnn",))
+
+
 def _take_cases() -> list[OpCase]:
     """Slice (channels and rows; strided with a negative step), Split + Concat, Gather (a channel
     list; a scalar row index that drops the axis)."""
@@ -275,6 +292,7 @@ def _build_cases() -> list[OpCase]:
     cases.append(OpCase("global_max_pool_1d", _model(
         [helper.make_node("GlobalMaxPool", ["x"], ["y"], name="gmp")], {"x": [1, 6, 20]}, [1, 6, 1]),
         ("max_pool", "reshape")))
+    cases.append(_embedding_case(rng))
     cases.append(OpCase("concat_channels", _model(
         [helper.make_node("Concat", ["x", "x2"], ["y"], name="concat", axis=1)],
         {"x": [1, 3, 4, 4], "x2": [1, 5, 4, 4]}, [1, 8, 4, 4]), ("concat",)))
@@ -392,10 +410,15 @@ def input_shapes(case: OpCase) -> dict[str, list[int]]:
 
 
 def random_feeds(case: OpCase, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded uniform float32 inputs in case.input_range, shape [batch, ...]."""
+    """Seeded uniform float32 inputs in case.input_range, shape [batch, ...]; int32 inputs
+    (indices) uniform integers in the range, its end included."""
+    from fwedge import ir
+
     rng = np.random.default_rng(seed)
     low, high = case.input_range
-    return {name: rng.uniform(low, high, size=[batch] + shape[1:]).astype(np.float32)
+    integer = {v.name for v in ir.graph_inputs(case.model) if ir.input_dtype(v) == np.int32}
+    return {name: (rng.integers(int(low), int(high) + 1, size=[batch] + shape[1:]).astype(np.int32) if name in integer
+                   else rng.uniform(low, high, size=[batch] + shape[1:]).astype(np.float32))
             for name, shape in input_shapes(case).items()}
 
 

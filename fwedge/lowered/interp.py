@@ -23,7 +23,8 @@ def run_lowered(graph: LoweredGraph, feeds: dict[str, np.ndarray], keep_all: boo
         graph: the lowered graph.
         feeds: input name -> array of shape [N, ...] in the source model's layout (NHWC for
             the inputs in graph.io_layouts, whose lowered tensor is NCHW), float32 for float
-            inputs, int8 for int8 inputs; N may exceed the graph's batch of 1.
+            inputs, int8 for int8 inputs, int32 for int32 ones (indices); N may exceed the
+            graph's batch of 1.
         keep_all: return every intermediate tensor too (for bisection), not just the outputs.
 
     Returns:
@@ -45,7 +46,7 @@ def run_lowered(graph: LoweredGraph, feeds: dict[str, np.ndarray], keep_all: boo
                 f"input '{name}': expected shape [N, {', '.join(map(str, tensor.shape[1:]))}], "
                 f"got {list(array.shape)}"
             )
-        values[name] = array.astype(np.float32 if tensor.dtype == "float32" else np.int8)
+        values[name] = array.astype({"float32": np.float32, "int32": np.int32}.get(tensor.dtype, np.int8))
     for tensor in graph.tensors.values():
         if tensor.is_constant:
             values[tensor.name] = tensor.data

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx
 
 from fwedge import ir
@@ -213,7 +214,8 @@ def lower(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = No
     view = qdq_view(prepared)
     builder = Builder(view)
     for value in ir.graph_inputs(prepared):
-        builder.add_tensor(LoweredTensor(value.name, builder.shape(value.name), "float32"))
+        dtype = "int32" if ir.input_dtype(value) == np.int32 else "float32"  # int32: indices (embedding)
+        builder.add_tensor(LoweredTensor(value.name, builder.shape(value.name), dtype))
     collect_dq(builder)
     for node in prepared.graph.node:
         if id(node) in builder.done:

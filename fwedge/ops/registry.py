@@ -10,7 +10,7 @@ from fwedge.ops.base import (
     KindSpec, OpCard, OpInfo, UnaryFunction, all_cards, all_kinds, attribute, card, fuses_into, gelu_tanh_chain,
     kind, silu_mul,
 )
-from fwedge.ops import conv, depth_to_space, elementwise, layer_norm, pool, prelu, qdq, resize, shape, softmax, take, unary  # noqa: F401  (they register)
+from fwedge.ops import conv, depth_to_space, elementwise, embedding, layer_norm, pool, prelu, qdq, resize, shape, softmax, take, unary  # noqa: F401  (they register)
 
 # Every lowered kind, sorted (registration order depends on which card was imported first).
 KINDS: tuple[str, ...] = tuple(sorted(all_kinds()))

@@ -23,6 +23,11 @@ from fwedge.lowered.view import dq_params, weight_value
 from fwedge.ops.base import OpInfo, attribute, register_kind, register_op
 
 def _lower_reshape(builder: Builder, node: onnx.NodeProto) -> None:
+    source = builder.tensors.get(builder.alias.get(node.input[0], node.input[0]))
+    if source is not None and source.dtype == "int32":
+        # int32 indices (an embedding's): the same elements in the same order, under a new name.
+        builder.alias[node.output[0]] = source.name
+        return
     attrs = ReshapeAttrs(builder.shape(node.output[0]))
     lower_data_movement(builder, node, "reshape", attrs)
 

@@ -2,7 +2,7 @@
 5-wide Conv, tanh GELUs, two variance-form normalizations, a written-out softmax) quantized by
 fwedge on real files and exported to every target that takes it. The metric is the classifier's
 own: each bundle's top-1 label against the float model's and against onnxruntime's exact run of
-the same QDQ model, and the probabilities' difference in steps of the output's int8 scale."""
+the same QDQ model, and the log-probabilities' difference from that run."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +14,7 @@ from fwedge.export import export_bundle
 from fwedge.targets import get_target
 from helpers import QuantizedRealModel
 from magika_inputs import CALIBRATION, FILES, HELD_OUT, config, magika_inputs
-from tolerances import MAGIKA_QDQ_AGREEMENT, MAGIKA_RUNTIME_AGREEMENT_VS_QDQ
+from tolerances import MAGIKA_QDQ_AGREEMENT, MAGIKA_RUNTIME_AGREEMENT_VS_QDQ, MAGIKA_RUNTIME_LOG_DIFFERENCE
 
 pytestmark = pytest.mark.magika
 SHAPES = {"bytes": [1, 2048]}
@@ -73,18 +73,70 @@ def test_magika_quantizes_with_its_chains_fused(magika):
     assert agreement >= MAGIKA_QDQ_AGREEMENT
 
 
-def _bundle_output(magika: QuantizedRealModel, target: str) -> np.ndarray:
+def _bundle(magika: QuantizedRealModel, target: str):
     if target not in magika.bundles:
         magika.bundles[target] = export_bundle(magika.qdq_path, target, magika.folder / target, input_shapes=SHAPES)
-    got = get_target(target).run(magika.bundles[target], {"bytes": magika.x}, exact_int8=target in ("onnx", "openvino"))
-    return np.asarray(got["target_label"]).reshape(magika.qdq_out.shape)
+    return magika.bundles[target]
 
 
-@pytest.mark.parametrize("target", ["onnx", pytest.param("openvino", marks=pytest.mark.openvino)])
+def _bundle_output(magika: QuantizedRealModel, target: str, count: int | None = None) -> np.ndarray:
+    count = len(magika.x) if count is None else count
+    got = get_target(target).run(_bundle(magika, target), {"bytes": magika.x[:count]},
+                                 exact_int8=target in ("onnx", "openvino"))
+    return np.asarray(got["target_label"]).reshape(magika.qdq_out[:count].shape)
+
+
+def _log_difference(got: np.ndarray, reference: np.ndarray) -> float:
+    """The largest difference of log-probabilities where both are above 1e-6 (below it float32's
+    exp loses the digits). The logits are the float output of the int8 Gemm (the Softmax reads
+    them unquantized): no int8 step to count, so the difference is in nats."""
+    inside = (got > 1e-6) & (reference > 1e-6)
+    return float(np.abs(np.log(got[inside]) - np.log(reference[inside])).max())
+
+
+def _scores(magika: QuantizedRealModel, target: str, got: np.ndarray) -> tuple[float, float, float]:
+    reference = magika.qdq_out[:len(got)]
+    vs_qdq, vs_float = _agreement(got, reference), _agreement(got, magika.float_out[:len(got)])
+    nats = _log_difference(got, reference)
+    print(f"{target}: top-1 vs ORT-QDQ {vs_qdq:.1%}, vs float {vs_float:.1%} on {len(got)} files; "
+          f"log-probabilities {nats:.2e} off ORT-QDQ, probabilities {np.abs(got - reference).max():.2e}")
+    return vs_qdq, vs_float, nats
+
+
+@pytest.mark.parametrize("target", ["onnx", pytest.param("openvino", marks=pytest.mark.openvino),
+                                    pytest.param("tflite", marks=pytest.mark.tflite)])
 def test_each_runtime_on_magika_is_within_its_bound(magika, target):
-    got = _bundle_output(magika, target)
-    vs_qdq, vs_float = _agreement(got, magika.qdq_out), _agreement(got, magika.float_out)
-    print(f"{target}: top-1 vs ORT-QDQ {vs_qdq:.1%}, vs float {vs_float:.1%}; "
-          f"largest probability difference from ORT-QDQ {np.abs(got - magika.qdq_out).max():.2e}")
+    vs_qdq, vs_float, nats = _scores(magika, target, _bundle_output(magika, target))
     assert vs_qdq >= MAGIKA_RUNTIME_AGREEMENT_VS_QDQ[target], f"{target} top-1 {vs_qdq:.1%} against ORT-QDQ"
     assert vs_float >= MAGIKA_QDQ_AGREEMENT, f"{target} top-1 {vs_float:.1%} against float"
+    assert nats <= MAGIKA_RUNTIME_LOG_DIFFERENCE[target], f"{target} log-probabilities {nats:.2e} off ORT-QDQ"
+
+
+@pytest.mark.ncnn
+def test_ncnn_refuses_magikas_embedding(magika):
+    """ncnn's Embed reads int32 bits from its float blobs, unclamped: the export refuses the
+    one-hot embedding, naming its Equal, and writes nothing."""
+    from fwedge.errors import UnsupportedOpError
+
+    with pytest.raises(UnsupportedOpError, match="pjit__one_hot_/Equal.*ncnn's Embed"):
+        export_bundle(magika.qdq_path, "ncnn", magika.folder / "ncnn", input_shapes=SHAPES)
+    assert not (magika.folder / "ncnn").exists()
+
+
+@pytest.mark.cc
+@pytest.mark.zig
+@pytest.mark.qemu("aarch64", "riscv64", "loongarch64")
+def test_c_runtime_on_magika_is_within_its_bound_and_the_same_on_every_arch(magika):
+    """x86_64 on every held-out file; aarch64, riscv64 (with V) and loongarch64 under qemu on two:
+    the x86_64 bytes."""
+    from fwedge.targets import c
+
+    host = _bundle_output(magika, "x86_64")
+    vs_qdq, vs_float, nats = _scores(magika, "x86_64", host)
+    assert vs_qdq >= MAGIKA_RUNTIME_AGREEMENT_VS_QDQ["c"] and vs_float >= MAGIKA_QDQ_AGREEMENT
+    assert nats <= MAGIKA_RUNTIME_LOG_DIFFERENCE["c"], f"C log-probabilities {nats:.2e} off ORT-QDQ"
+    for arch in ("aarch64", "riscv64", "loongarch64"):
+        cpu = "rv64,v=true,vext_spec=v1.0,vlen=128" if arch == "riscv64" else ""
+        got = c.run_harness(_bundle(magika, arch), {"bytes": magika.x[:2]}, cpu=cpu)[0]["target_label"]
+        assert np.array_equal(np.asarray(got).reshape(host[:2].shape).view(np.uint8), host[:2].view(np.uint8)), \
+            f"C differs between x86_64 and {arch}"

@@ -140,3 +140,27 @@ def test_c_runtime_on_magika_is_within_its_bound_and_the_same_on_every_arch(magi
         got = c.run_harness(_bundle(magika, arch), {"bytes": magika.x[:2]}, cpu=cpu)[0]["target_label"]
         assert np.array_equal(np.asarray(got).reshape(host[:2].shape).view(np.uint8), host[:2].view(np.uint8)), \
             f"C differs between x86_64 and {arch}"
+
+
+@pytest.mark.parametrize("target", [pytest.param("tflite", marks=pytest.mark.tflite),
+                                    pytest.param("x86_64", marks=[pytest.mark.cc, pytest.mark.zig])])
+def test_float_magika_matches_onnxruntime(magika_path, tmp_path, target):
+    """The float model as an fp32 bundle: the same chains fused and lowered (LayerNormalization,
+    Softmax, the embedding's float row table), within fp32 tolerance of onnxruntime on the fused
+    model (prepare's: the original's E[x^2] - E[x]^2 loses digits to cancellation that the fused
+    LayerNormalization keeps: the two ORT runs differ by up to 2.4e-5, on one css file's top two
+    probabilities; measured 2026-12-07: tflite 3.6e-7, C x86_64 1.3e-6 off the fused model)."""
+    from fwedge.quantization.prepare import load_prepared
+    from tolerances import FP32_ATOL, FP32_RTOL
+
+    x = magika_inputs(HELD_OUT)[0]
+    bundle = export_bundle(magika_path, target, tmp_path / target, input_shapes=SHAPES)
+    assert bundle.precision == "fp32"
+    got = np.asarray(get_target(target).run(bundle, {"bytes": x})["target_label"])
+    prepared = load_prepared(magika_path, SHAPES)[0]
+    assert {"LayerNormalization", "Softmax"} <= {node.op_type for node in prepared.graph.node}
+    expected = _run_each(prepared, x)
+    assert _labels(expected) == _labels(_run_each(onnx.load(magika_path), x))
+    print(f"{target} fp32: {np.abs(got.reshape(expected.shape) - expected).max():.2e} off onnxruntime")
+    np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=FP32_RTOL, atol=FP32_ATOL,
+                               err_msg=f"{target} fp32 'target_label'")

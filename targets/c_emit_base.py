@@ -147,10 +147,11 @@ def c_name_bytes(data: str | bytes) -> int:
 class _Emitter:
     """State of one generation: constant arrays, parameter structs and the call sequence."""
 
-    def __init__(self, graph: LoweredGraph, plan: MemoryPlan, quads: bool = True):
+    def __init__(self, graph: LoweredGraph, plan: MemoryPlan, quads: bool = True, prepare_neon: bool = False):
         self.graph = graph
         self.plan = plan
         self.quads = quads
+        self.prepare_neon = prepare_neon  # aarch64: the NEON kernels' constants (targets/c_prepared.py)
         self.conv_layout_bytes = {"pairs": 0, "quads": 0}
         self.declarations: list[str] = []
         self.body: list[str] = []
@@ -181,14 +182,16 @@ class _Emitter:
             self.constant_names[name] = self.array("constant", to_physical(tensor.data), tensor.dtype)
         return self.constant_names[name]
 
-    def array(self, role: str, data, dtype: str) -> str:
+    def array(self, role: str, data, dtype: str, weights: bool = True) -> str:
         """Emit a constant array (weights in kernel layout, requantization tables); `role` is the
-        generator's own description of it (the comment names the op by its index)."""
+        generator's own description of it (the comment names the op by its index). weights=False:
+        constants derived for one build's kernels (c_prepared.py), not counted in weights_bytes."""
         data = np.asarray(data)
         c_name = self.fresh("k")
         self.declarations.append(c_comment(f"op {self.op_index} {role} {list(data.shape)}") + "\n"
                                  + c_array(c_name, data, dtype))
-        self.weights_bytes += int(data.size) * _ITEM_BYTES[dtype]
+        if weights:
+            self.weights_bytes += int(data.size) * _ITEM_BYTES[dtype]
         return c_name
 
     def conv_layouts(self, role: str, layouts: dict[int, np.ndarray]) -> tuple[str, str]:

@@ -9,6 +9,7 @@ from fwedge.ops.registry import UNARY_KINDS
 from fwedge.ops.shape import stored_permutation
 from fwedge.ops.take import stored_tables
 from fwedge.ops.registry import kind as kind_spec
+from fwedge.targets.c_prepared import conv_constants, depthwise_constants
 from fwedge.targets.c_emit_base import (
     _ITEM_BYTES,
     _NHWC,
@@ -105,6 +106,10 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
         "activation_max": attrs.requant.act_max if int8 else 127,
         "float_min": float_min, "float_max": float_max,
     }
+    if int8 and e.prepare_neon:
+        prepared = _neon_prepared(e, op, weights if depthwise else w, B.data)
+        if prepared is not None:
+            fields["prepared"] = f"&{prepared}"
     params = e.struct("fw_conv_params", fields)
     packed = isinstance(weights, dict)
     if packed:
@@ -127,6 +132,33 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
                        f"{shift}, {e.pointer(Y.name)});")
     else:
         e.call(op, f"{function}(&{params}, {e.pointer(X.name)}, {weight_name}, {bias_name}, {e.pointer(Y.name)});")
+
+
+def _neon_prepared(e: _Emitter, op: LoweredOp, weights: np.ndarray, bias: np.ndarray | None) -> str | None:
+    """The fw_conv_prepared struct of an int8 conv2d (groups 1; weights OIHW) or depthwise conv
+    (channel multiplier 1; weights [kh][kw][C]) for the aarch64 NEON kernels, or None where they
+    do not read one (targets/c_prepared.py)."""
+    attrs, X = op.attrs, e.tensor(op.inputs[0])
+    c_out = e.tensor(op.outputs[0]).shape[1]
+    multiplier = _per_channel(attrs.requant.multiplier, c_out).astype(np.int32)
+    shift = _per_channel(attrs.requant.shift, c_out).astype(np.int32)
+    if op.kind == "depthwise_conv2d":
+        if attrs.depth_multiplier != 1:
+            return None
+        biases, high, no_min_weight = depthwise_constants(weights, bias, multiplier, shift, _zero_point(X))
+        fields = {"multiplier": "NULL", "shift": "NULL"}
+    elif attrs.groups == 1:
+        constants = conv_constants(weights, bias, multiplier, shift, _zero_point(X))
+        if constants is None:
+            return None
+        multipliers, shifts, biases, high, no_min_weight = constants
+        fields = {"multiplier": e.array("NEON multipliers", multipliers, "int32", weights=False),
+                  "shift": e.array("NEON SRSHL shifts", shifts, "int32", weights=False)}
+    else:
+        return None
+    fields["bias"] = e.array("NEON biases less zp * weight sums", biases, "int32", weights=False)
+    fields.update(high=int(high), no_min_weight=int(no_min_weight))
+    return e.struct("fw_conv_prepared", fields)
 
 
 def fold_input_zero_point(x_zero_point: int, weights: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, int] | None:
@@ -367,6 +399,9 @@ def emit_pad(e: _Emitter, op: LoweredOp) -> None:
     if len(X.shape) != 4 or begin[0] or end[0]:
         raise ExportError(f"C target: pad {op.name!r}: only 4-D pads of C, H and W are supported, "
                           f"got begin {list(begin)} end {list(end)} on {list(X.shape)}")
+    if min(begin) < 0 or min(end) < 0:
+        raise ExportError(f"C target: pad {op.name!r}: negative pads (a crop) are not supported, "
+                          f"got begin {list(begin)} end {list(end)}")
     _, c, h, w = X.shape
     _, oc, oh, ow = Y.shape
     if Y.dtype == "int8":

@@ -228,6 +228,9 @@ def _build_cases() -> list[OpCase]:
         _conv_case("conv_5x5_s2_asym_pad", 4, 6, 10, 5, 2, (1, 2, 2, 1)),
         _conv_case("conv_3x3_dil2", 3, 4, 9, 3, 1, (2, 2, 2, 2), dilation=2),
         _conv_case("conv_1x1", 8, 6, 5, 1),
+        # one input channel (a first layer on a grey image): on aarch64 it reads a padded copy
+        _conv_case("conv_1ch_3x3_p1_c16", 1, 16, 10, 3, 1, (1, 1, 1, 1)),
+        _conv_case("conv_1ch_5x5_asym_pad", 1, 8, 11, 5, 1, (2, 1, 1, 2)),
         # An even kernel and an odd total: SAME_UPPER and SAME_LOWER put the extra pixel apart.
         _conv_case("conv_4x4_s2_same_upper", 3, 4, 9, 4, 2, auto_pad="SAME_UPPER"),
         _conv_case("conv_4x4_s2_same_lower", 3, 4, 9, 4, 2, auto_pad="SAME_LOWER"),
@@ -237,6 +240,9 @@ def _build_cases() -> list[OpCase]:
         _conv_case("depthwise_3x3", 6, 6, 8, 3, 1, (1, 1, 1, 1), group=6),
         _conv_case("depthwise_3x3_s2_mult2", 3, 6, 9, 3, 2, (1, 1, 1, 1), group=3),
         _conv_case("depthwise_relu6", 5, 5, 7, 3, 1, (1, 1, 1, 1), group=5, activation="relu6"),
+        # sixteen channels and more: the NEON tile path, which on aarch64 reads a padded copy
+        _conv_case("depthwise_5x5_s2_asym_c24", 24, 24, 11, 5, 2, (1, 2, 2, 1), group=24),
+        _conv_case("depthwise_3x3_dil2_c32", 32, 32, 9, 3, 1, (2, 2, 2, 2), dilation=2, group=32, activation="relu"),
     ]
     w = (rng.standard_normal((10, 12)) / np.sqrt(12)).astype(np.float32)
     b = (0.1 * rng.standard_normal(10)).astype(np.float32)

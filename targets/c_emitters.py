@@ -106,8 +106,11 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
         "activation_max": attrs.requant.act_max if int8 else 127,
         "float_min": float_min, "float_max": float_max,
     }
+    if int8:
+        multiplier = e.array("multiplier", _per_channel(attrs.requant.multiplier, c_out), "int32")
+        shift = e.array("shift", _per_channel(attrs.requant.shift, c_out), "int32")
     if int8 and e.prepare_neon:
-        prepared = _neon_prepared(e, op, weights if depthwise else w, B.data)
+        prepared = _neon_prepared(e, op, weights if depthwise else w, B.data, multiplier, shift)
         if prepared is not None:
             fields["prepared"] = f"&{prepared}"
     params = e.struct("fw_conv_params", fields)
@@ -121,8 +124,6 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
     function = f"fw_{'depthwise_conv2d' if depthwise else 'conv2d'}_{_suffix(Y.dtype)}"
     e.kernels.add(f"{'depthwise' if depthwise else 'conv2d'}_{_suffix(Y.dtype)}.c")
     if int8:
-        multiplier = e.array("multiplier", _per_channel(attrs.requant.multiplier, c_out), "int32")
-        shift = e.array("shift", _per_channel(attrs.requant.shift, c_out), "int32")
         if packed:  # the layout the build reads, or both for the x86-64 dispatch (fwedge_rt.h)
             e.call(op, f"FW_CONV2D_S8(&{params}, {e.pointer(X.name)}, {pairs}, {quads}, {bias_name}, {multiplier}, "
                        f"{shift}, {e.pointer(Y.name)});")
@@ -134,10 +135,12 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
         e.call(op, f"{function}(&{params}, {e.pointer(X.name)}, {weight_name}, {bias_name}, {e.pointer(Y.name)});")
 
 
-def _neon_prepared(e: _Emitter, op: LoweredOp, weights: np.ndarray, bias: np.ndarray | None) -> str | None:
+def _neon_prepared(e: _Emitter, op: LoweredOp, weights: np.ndarray, bias: np.ndarray | None, multiplier_name: str,
+                   shift_name: str) -> str | None:
     """The fw_conv_prepared struct of an int8 conv2d (groups 1; weights OIHW) or depthwise conv
     (channel multiplier 1; weights [kh][kw][C]) for the aarch64 NEON kernels, or None where they
-    do not read one (targets/c_prepared.py)."""
+    do not read one (targets/c_prepared.py). A conv's multipliers and shifts that are the op's
+    own arrays (out_c a multiple of 8, every shift of the SQDMULH form) are those arrays."""
     attrs, X = op.attrs, e.tensor(op.inputs[0])
     c_out = e.tensor(op.outputs[0]).shape[1]
     multiplier = _per_channel(attrs.requant.multiplier, c_out).astype(np.int32)
@@ -152,8 +155,12 @@ def _neon_prepared(e: _Emitter, op: LoweredOp, weights: np.ndarray, bias: np.nda
         if constants is None:
             return None
         multipliers, shifts, biases, high, no_min_weight = constants
-        fields = {"multiplier": e.array("NEON multipliers", multipliers, "int32", weights=False),
-                  "shift": e.array("NEON SRSHL shifts", shifts, "int32", weights=False)}
+        same = len(multipliers) == c_out
+        if not same:
+            multiplier_name = e.array("NEON multipliers", multipliers, "int32", weights=False)
+        if not (same and np.array_equal(shifts, shift)):
+            shift_name = e.array("NEON SRSHL shifts", shifts, "int32", weights=False)
+        fields = {"multiplier": multiplier_name, "shift": shift_name}
     else:
         return None
     fields["bias"] = e.array("NEON biases less zp * weight sums", biases, "int32", weights=False)

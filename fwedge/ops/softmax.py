@@ -1,8 +1,10 @@
 """Op card: Softmax (softmax), int8 through an exp table and Q30 probabilities.
 
-Along the last axis, or along the channel axis of a 4-D tensor: the axis every target stores
-innermost (C, TFLite and ncnn keep 4-D tensors NHWC), as YOLOv8's DFL head takes it over its 16
-distance bins.
+Along any axis of a tensor of any rank: YOLOv8's DFL head over the channels of a 4-D tensor (its
+16 distance bins), attention over the last axis, keypoint heads over H or W (spatial softmax),
+sequence models over the time axis of [1, T, K]. The targets read the axis where they store it:
+C walks it with outer/depth/inner strides of its storage (NHWC for 4-D), TFLite transposes it
+innermost around SOFTMAX, ncnn names it in its Softmax layer (every axis but the batch).
 """
 from __future__ import annotations
 
@@ -62,10 +64,8 @@ def run_softmax(op: LoweredOp, values, tensors):
 
 
 def _check_softmax(view, node: onnx.NodeProto) -> str | None:
-    rank = input_rank(view, node)
-    axis = softmax_axis(node, rank, view.opset)
-    if axis != rank - 1 and not (rank == 4 and axis == 1):
-        return f"Softmax over axis {axis} of a rank-{rank} tensor: only the last axis, or the channels of a 4-D one"
+    if input_rank(view, node) == 0:
+        return "Softmax of a scalar or of an input whose shape is unknown: needs its rank to find the axis"
     return None
 
 

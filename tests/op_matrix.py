@@ -24,7 +24,6 @@ quantize_static (QDQ, per-channel, QInt8/QInt8); both give the standard QDQ layo
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import tempfile
 from dataclasses import dataclass, field
@@ -224,14 +223,16 @@ def _matmul_cases() -> list[OpCase]:
 def _softmax_cases() -> list[OpCase]:
     """Softmax over the axes real models take it on, each stored somewhere other than innermost
     in some target: the channels of [1, C, H, W] (a class map), H of it (a keypoint head's
-    spatial softmax; W is softmax_4d_last_axis), the time axis of [1, T, K], and the D axis of a
-    rank-5 [1, C, D, H, W] (TFLite has no rank-5 tensors and refuses it)."""
+    spatial softmax; W is softmax_4d_last_axis), W of a one-channel [1, 1, H, W] (a heatmap: its
+    W axis is not innermost in NHWC either, though the bytes are NCHW's), the time axis of
+    [1, T, K], and the D axis of a rank-5 [1, C, D, H, W]."""
     return [
         _unary("softmax_4d_channels", "Softmax", "softmax", shape=(1, 5, 4, 3), input_range=(-3.0, 3.0), axis=1),
         _unary("softmax_4d_axis2", "Softmax", "softmax", shape=(1, 3, 7, 4), input_range=(-3.0, 3.0), axis=2),
+        _unary("softmax_4d_last_one_channel", "Softmax", "softmax", shape=(1, 1, 4, 6), input_range=(-3.0, 3.0),
+               axis=-1),
         _unary("softmax_3d_axis1", "Softmax", "softmax", shape=(1, 6, 5), input_range=(-3.0, 3.0), axis=1),
-        dataclasses.replace(_unary("softmax_5d_axis2", "Softmax", "softmax", shape=(1, 2, 5, 3, 4),
-                                   input_range=(-3.0, 3.0), axis=2), refused_by=("tflite",)),
+        _unary("softmax_5d_axis2", "Softmax", "softmax", shape=(1, 2, 5, 3, 4), input_range=(-3.0, 3.0), axis=2),
     ]
 
 

@@ -140,6 +140,26 @@ def test_fwedge_export_exits_2_naming_the_node_and_op_and_writes_nothing(tmp_pat
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_softmax_along_the_batch_axis_is_refused_where_a_bundle_runs_one_sample_at_a_time(tmp_path):
+    """Softmax over axis 0 of [N, 6]: onnxruntime spreads it over the batch (3 samples: not 1.0),
+    the C and TFLite bundles would run each sample alone (every output 1.0, 0.996 off), so the op
+    card refuses it and ncnn's writer too (no batch axis); onnx and openvino run the batch whole."""
+    model = _model([helper.make_node("Softmax", ["x"], ["y"], name="batch_softmax", axis=0)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])])
+    from fwedge.eval import ort_session
+    from fwedge.targets import support_matrix
+
+    batch = np.random.default_rng(0).uniform(-3, 3, (3, 6)).astype(np.float32)
+    assert ort_session(model).run(["y"], {"x": batch})[0].max() < 1.0
+    refused = [("batch_softmax", "Softmax", 13)]
+    assert support_matrix(model) == {"onnx": [], "openvino": [], "tflite": refused, "ncnn": refused, "c": refused}
+    for name in ("tflite", host_arch()):
+        with pytest.raises(UnsupportedOpError, match=r"'batch_softmax'.*along the batch axis \(axis 0\)"):
+            get_target(name).export(model, tmp_path / name, ExportOptions())
+        assert not (tmp_path / name).exists()
+
+
 def test_ncnn_check_reports_writer_refusals():
     """Concat along the batch axis passes ncnn's node table; its translation refuses it."""
     shape = [1, 2, 3, 3]

@@ -4,7 +4,8 @@ Along any axis of a tensor of any rank: YOLOv8's DFL head over the channels of a
 16 distance bins), attention over the last axis, keypoint heads over H or W (spatial softmax),
 sequence models over the time axis of [1, T, K]. The targets read the axis where they store it:
 C walks it with outer/depth/inner strides of its storage (NHWC for 4-D), TFLite transposes it
-innermost around SOFTMAX, ncnn names it in its Softmax layer (every axis but the batch).
+innermost around SOFTMAX, ncnn names it in its Softmax layer. Not along the batch axis: a bundle
+runs a batch one sample at a time (refused at check time, naming the node).
 """
 from __future__ import annotations
 
@@ -64,8 +65,13 @@ def run_softmax(op: LoweredOp, values, tensors):
 
 
 def _check_softmax(view, node: onnx.NodeProto) -> str | None:
-    if input_rank(view, node) == 0:
+    rank = input_rank(view, node)
+    if rank == 0:
         return "Softmax of a scalar or of an input whose shape is unknown: needs its rank to find the axis"
+    if softmax_axis(node, rank, view.opset) == 0:
+        # A bundle runs a batch one sample at a time: over its batch of one, every output would be 1.0.
+        return ("Softmax along the batch axis (axis 0): a bundle runs one sample at a time, so it would "
+                "see a batch of one")
     return None
 
 

@@ -6,6 +6,10 @@ sequence models over the time axis of [1, T, K]. The targets read the axis where
 C walks it with outer/depth/inner strides of its storage (NHWC for 4-D), TFLite transposes it
 innermost around SOFTMAX, ncnn names it in its Softmax layer. Not along the batch axis: a bundle
 runs a batch one sample at a time (refused at check time, naming the node).
+Measured on the op matrix's seven Softmax cases (ranks 2 to 5, every axis stored off the innermost
+somewhere): fp32 within 1.2e-7 of onnxruntime on C, TFLite and ncnn, int8 0 steps off its QDQ run,
+C bytes the same on all four architectures (pytest tests/test_targets_matrix.py tests/test_tflite.py
+tests/test_c_target.py tests/test_c_aarch64.py -k softmax).
 """
 from __future__ import annotations
 

@@ -363,8 +363,8 @@ void fw_prelu_f32(int pixels, int channels, const float *slope, const float *x, 
 void fw_layer_norm_f32(int rows, int depth, float epsilon, const float *gamma, const float *beta,
                        const float *x, float *y);
 /* Softmax over `depth` elements `inner` apart, of outer * inner rows: row (o, i) holds
- * x[(o * depth + d) * inner + i] for d < depth (inner 1: the innermost axis; a 4-D tensor's last
- * logical axis is stored with the channels innermost, inner = C). */
+ * x[(o * depth + d) * inner + i] for d < depth: any stored axis, inner the product of the axes
+ * stored after it (1: the innermost axis; a 4-D tensor's W axis in NHWC storage: C). */
 void fw_softmax_f32(int outer, int depth, int inner, const float *x, float *y);
 /* int8 softmax over the rows of fw_softmax_f32 (softmax_s8.c): d = max - x,
  * e = exp_table[d] (Q24 of exp(-scale * d)), p = (e * 2^30 + S / 2) / S with S = sum(e) in

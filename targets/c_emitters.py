@@ -532,17 +532,20 @@ def emit_prelu(e: _Emitter, op: LoweredOp) -> None:
     e.call(op, f"fw_prelu_f32({pixels}, {channels}, {slope}, {x}, {y});")
 
 
+def storage_rows(shape, axis: int) -> tuple[int, int, int]:
+    """(outer, depth, inner) of a logical axis in the stored layout (NHWC for 4-D tensors): the
+    axis's `depth` elements lie `inner` apart, in `outer` blocks of depth * inner elements."""
+    stored = physical_shape(shape)
+    position = _NHWC.index(axis) if len(shape) == 4 else axis
+    outer = int(np.prod(stored[:position], dtype=np.int64))
+    return outer, int(stored[position]), int(np.prod(stored[position + 1:], dtype=np.int64))
+
+
 @emitter("softmax")
 def emit_softmax(e: _Emitter, op: LoweredOp) -> None:
+    """Softmax over any logical axis, read in place through its stored strides (storage_rows)."""
     X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
-    channels = len(X.shape) == 4 and op.attrs.axis == 1  # stored innermost (NHWC)
-    if not channels and op.attrs.axis != len(X.shape) - 1:
-        raise ExportError(f"C target: softmax {op.name!r} over axis {op.attrs.axis} of {list(X.shape)}: "
-                          "only the last axis, or the channels of a 4-D one")
-    depth = X.shape[1] if channels else X.shape[-1]
-    # The last axis of a 4-D tensor (attention's [1, heads, T, T]) is stored C apart (NHWC).
-    inner = X.shape[1] if len(X.shape) == 4 and not channels and not layout_trivial(X.shape) else 1
-    outer = X.size // (depth * inner)
+    outer, depth, inner = storage_rows(X.shape, op.attrs.axis)
     if Y.dtype == "int8":
         if op.attrs.beta != 1.0:
             raise ExportError(f"C target: int8 softmax {op.name!r} with beta {op.attrs.beta}")

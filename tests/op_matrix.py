@@ -220,6 +220,22 @@ def _matmul_cases() -> list[OpCase]:
     ]
 
 
+def _softmax_cases() -> list[OpCase]:
+    """Softmax over the axes real models take it on, each stored somewhere other than innermost
+    in some target: the channels of [1, C, H, W] (a class map), H of it (a keypoint head's
+    spatial softmax; W is softmax_4d_last_axis), W of a one-channel [1, 1, H, W] (a heatmap: its
+    W axis is not innermost in NHWC either, though the bytes are NCHW's), the time axis of
+    [1, T, K], and the D axis of a rank-5 [1, C, D, H, W]."""
+    return [
+        _unary("softmax_4d_channels", "Softmax", "softmax", shape=(1, 5, 4, 3), input_range=(-3.0, 3.0), axis=1),
+        _unary("softmax_4d_axis2", "Softmax", "softmax", shape=(1, 3, 7, 4), input_range=(-3.0, 3.0), axis=2),
+        _unary("softmax_4d_last_one_channel", "Softmax", "softmax", shape=(1, 1, 4, 6), input_range=(-3.0, 3.0),
+               axis=-1),
+        _unary("softmax_3d_axis1", "Softmax", "softmax", shape=(1, 6, 5), input_range=(-3.0, 3.0), axis=1),
+        _unary("softmax_5d_axis2", "Softmax", "softmax", shape=(1, 2, 5, 3, 4), input_range=(-3.0, 3.0), axis=2),
+    ]
+
+
 def _build_cases() -> list[OpCase]:
     rng = np.random.default_rng(1)
     cases = [
@@ -341,6 +357,7 @@ def _build_cases() -> list[OpCase]:
     ]
     cases += _take_cases()
     cases += _matmul_cases()
+    cases += _softmax_cases()
     # YOLOv8's DFL head: Transpose(0, 2, 1, 3) of [1, 4, 16, A], Softmax over the 16 bins (axis 1);
     # a Transpose of the channels to the end; the box decode's Sub of two activations (float).
     cases += [

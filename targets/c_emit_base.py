@@ -65,9 +65,27 @@ def c_int(value: int) -> str:
     return "(-2147483647 - 1)" if value == -(2**31) else str(value)
 
 
+# Each byte value as a three-digit octal escape: exactly four characters, and an octal escape
+# ends after three digits, so no following character can extend it (a hex escape would).
+_OCTAL = np.array([f"\\{value:03o}".encode() for value in range(256)], dtype="S4")
+_LITERAL_LINE = 32  # bytes per line of a string literal
+
+
+def _int8_literal(name: str, flat: np.ndarray) -> str:
+    """An int8 array as a string literal: compilers read one string token far faster than one
+    integer expression per element (a 4 MB array: 0.5 s against 11.6 s for clang -O2). The array
+    has one byte more than the values, for the literal's terminating zero."""
+    raw = _OCTAL[flat.astype(np.int8).view(np.uint8)].tobytes().decode("ascii")
+    step = 4 * _LITERAL_LINE
+    body = "\n".join(f'    "{raw[i:i + step]}"' for i in range(0, len(raw), step))
+    return f"static const int8_t {name}[{flat.size + 1}] =\n{body};\n"
+
+
 def c_array(name: str, array: np.ndarray, dtype: str) -> str:
     """A `static const` C array definition of a flat array."""
     flat = np.asarray(array).reshape(-1)
+    if dtype == "int8" and flat.size:
+        return _int8_literal(name, flat)
     if dtype == "float32":
         items = [c_float(v) for v in flat.astype(np.float32)]
         per_line = 6

@@ -8,14 +8,17 @@ range) both channels end with the range sqrt(r1_i r2_i), so one per-tensor weigh
 longer has to cover a few wide channels at the cost of the narrow ones.
 
 f here is a chain of Relu, MaxPool, GlobalAveragePool / GlobalMaxPool and ReduceMean over spatial
-axes (each commutes with a positive per-channel scale and keeps the channel axis), or nothing,
-then at most one Flatten (axis 1) or Reshape to [N, C*H*W] before a Gemm/MatMul: column
-c*H*W + k of the flattened input reads channel c, so the H*W rows of the Gemm weight that read
-it are scaled by s_c and r2_c is their range. The second layer may be a grouped Conv: channel i
-feeds group i // (C/g), input slot i % (C/g) of that group's filters, and only those are scaled. Clip(0, 6) (ReLU6) does not: Clip(x / s, 0, 6) = Clip(x, 0, 6 s) / s, and an ONNX Clip
-takes one scalar bound, so a pair joined by a Clip is left alone. Only on request
-(`relu6_as_relu`, `quantize --equalize --relu6-as-relu`) is a Clip(0, hi) inside a pair replaced
+axes (each commutes with a positive per-channel scale and keeps the channel axis), or nothing.
+Clip(0, 6) (ReLU6) does not: Clip(x / s, 0, 6) = Clip(x, 0, 6 s) / s, and an ONNX Clip takes one
+scalar bound, so a pair joined by a Clip is left alone. Only on request (`relu6_as_relu`,
+`quantize --equalize --relu6-as-relu`) is a Clip(0, hi) inside a pair replaced
 by Relu, which changes the float model wherever a value exceeded hi.
+
+After f, at most one Flatten (axis 1) or Reshape to [N, C*H*W] of a static shape may lead into a
+Gemm/MatMul: column c*H*W + k of the flattened input reads channel c, so the H*W rows of the
+weight that read it are scaled by s_c and r2_c is their range. The second layer may be a grouped
+Conv: channel i feeds group i // (C/g), input slot i % (C/g) of that group's filters, and only
+those are scaled.
 """
 from __future__ import annotations
 
@@ -139,11 +142,13 @@ def _joins(node: onnx.NodeProto, inits: dict, named: Counter, relu6_as_relu: boo
 
 def _spatial_mean(node: onnx.NodeProto, inits: dict, shapes: dict) -> bool:
     """A ReduceMean over spatial axes only (axes an attribute, or from opset 18 a constant input)."""
+    if node.op_type != "ReduceMean" or len(node.output) != 1:
+        return False
     rank = len(shapes.get(node.input[0]) or [])
     axes = attribute(node, "axes", None)
     if len(node.input) > 1 and node.input[1]:
         axes = numpy_helper.to_array(inits[node.input[1]]).tolist() if node.input[1] in inits else None
-    if node.op_type != "ReduceMean" or not rank or not axes or len(node.output) != 1:
+    if not rank or not axes:
         return False
     return all(2 <= (axis % rank) for axis in axes)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from fwedge.cli import cli
 from fwedge.eval import ort_session
 from fwedge.passes.equalize import MAX_SCALE, equalize, find_pairs
+from fwedge.quantization.prepare import load_prepared
 from tests.tolerances import EQUALIZE_FLOAT_RTOL, EQUALIZE_RANGE_RTOL
 
 
@@ -169,7 +171,7 @@ def conv_to_gemm(rng, middle=("Relu",), flatten=("Flatten", 1), second="Gemm", t
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["t0"], name="c1", pads=[1] * 4)]
     for i, op in enumerate(middle):
         attrs = {"MaxPool": {"kernel_shape": [2, 2], "strides": [2, 2]}, "ReduceMean": {"axes": [2, -1]}}.get(op, {})
-        spatial = {"MaxPool": spatial // 4, "GlobalAveragePool": 1, "ReduceMean": 1}.get(op, spatial)
+        spatial = {"MaxPool": spatial // 4, "GlobalAveragePool": 1, "GlobalMaxPool": 1, "ReduceMean": 1}.get(op, spatial)
         nodes.append(helper.make_node(op, [f"t{i}"], [f"t{i + 1}"], name=f"m{i}", **attrs))
     tensor, columns = f"t{len(middle)}", (channels * spatial if flatten else channels)
     if flatten and flatten[0] == "Flatten":
@@ -208,8 +210,10 @@ def _column_ranges(span, trans_b):
     (("Relu", "GlobalAveragePool"), ("Flatten", 1), "Gemm", 0),
     (("Relu", "GlobalAveragePool", "Relu"), ("Reshape", [-1, 6]), "MatMul", 0),
     (("ReduceMean",), ("Flatten", 1), "Gemm", 1),
+    (("GlobalMaxPool",), ("Flatten", 1), "Gemm", 0),
 ], ids=["relu-flatten-gemm", "maxpool-flatten-gemm-transB", "flatten-axis-minus3-matmul", "reshape-0-minus1",
-        "reshape-minus1-columns-transB", "gap-flatten-gemm", "gap-relu-reshape-matmul", "reducemean-flatten"])
+        "reshape-minus1-columns-transB", "gap-flatten-gemm", "gap-relu-reshape-matmul", "reducemean-flatten",
+        "gmp-flatten"])
 def test_conv_through_flatten_to_gemm(middle, flatten, second, trans_b):
     """Column c*H*W + k of the flattened input reads channel c: those H*W rows of B (columns
     with transB) are scaled by s_c, and r2_c is their range; GAP/ReduceMean may sit in between."""
@@ -245,6 +249,18 @@ def test_global_average_pool_makes_a_dynamic_height_static():
     assert pairs == 1
     _assert_same_function(model, equalized, rng)
     _assert_pair_ranges(model, equalized, _column_ranges(1, 0))
+
+
+@pytest.mark.parametrize("name, relu6_as_relu, pairs, span", [("cnn_small", False, 4, 9),
+                                                               ("mobilenet_v2_tiny", True, 15, 1)])
+def test_the_examples_last_conv_pairs_with_the_classifier(name, relu6_as_relu, pairs, span):
+    """cnn_small: Conv (64) -> Relu -> MaxPool -> [64, 3, 3] -> Flatten -> Gemm (576 inputs);
+    mobilenet_v2_tiny: Conv -> ReLU6 -> GlobalAveragePool -> Flatten -> Gemm."""
+    model = load_prepared(str(Path(__file__).parent.parent / "examples" / "fashion_mnist" / f"{name}.onnx"))[0]
+    found = find_pairs(model, relu6_as_relu)
+    gemm = next(node.name for node in model.graph.node if node.op_type == "Gemm")
+    assert len(found) == pairs
+    assert [(pair.second_span, pair.second_axis) for pair in found if pair.second == gemm] == [(span, 1)]
 
 
 def _grouped_ranges(groups):

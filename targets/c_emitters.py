@@ -9,7 +9,7 @@ from fwedge.ops.registry import UNARY_KINDS
 from fwedge.ops.shape import stored_permutation
 from fwedge.ops.take import stored_tables
 from fwedge.ops.registry import kind as kind_spec
-from fwedge.targets.c_prepared import conv_constants, depthwise_constants
+from fwedge.targets.c_prepared import CONV_BLOCK, conv_constants, depthwise_constants
 from fwedge.targets.c_emit_base import (
     _ITEM_BYTES,
     _NHWC,
@@ -39,8 +39,6 @@ def _per_channel(values: np.ndarray, channels: int) -> np.ndarray:
     return np.broadcast_to(values, (channels,)) if values.size == 1 else values
 
 
-# Output channels per block of packed int8 conv weights (FW_CONV_BLOCK in fwedge_rt.h).
-CONV_BLOCK = 8
 
 
 # Filter values per int32 lane of the tile GEMM (FW_CONV_K_GROUP): pairs (pmaddwd, portable C)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-# Output channels per block of the packed conv weights (FW_CONV_BLOCK) and the most channels
-# whose constants the conv kernel holds for the whole layer (FW_REQUANT_TABLE, conv2d_s8.c):
-# a wider layer's constants are computed a block at a time, and not prepared here.
-_CONV_BLOCK = 8
+# Output channels per block of packed int8 conv weights (FW_CONV_BLOCK in fwedge_rt.h; the
+# packing in c_emitters.py uses it too) and the most channels whose constants the conv kernel
+# holds for the whole layer (FW_REQUANT_TABLE, conv2d_s8.c): a wider layer's constants are
+# computed a block at a time, and not prepared here.
+CONV_BLOCK = 8
 _REQUANT_TABLE = 256
 
 
@@ -41,7 +42,7 @@ def conv_constants(weights: np.ndarray, bias: np.ndarray | None, multiplier: np.
     output channel.
     """
     out_c = weights.shape[0]
-    padded = -(-out_c // _CONV_BLOCK) * _CONV_BLOCK
+    padded = -(-out_c // CONV_BLOCK) * CONV_BLOCK
     if padded > _REQUANT_TABLE:
         return None
     channel = np.minimum(np.arange(padded), out_c - 1)  # a channel past out_c repeats the last

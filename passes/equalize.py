@@ -7,11 +7,18 @@ unchanged. With s_i = sqrt(r1_i / r2_i) (r = max |w| of the channel, the symmetr
 range) both channels end with the range sqrt(r1_i r2_i), so one per-tensor weight scale no
 longer has to cover a few wide channels at the cost of the narrow ones.
 
-f here is a chain of Relu and MaxPool (both commute with a positive per-channel scale), or
-nothing. Clip(0, 6) (ReLU6) does not: Clip(x / s, 0, 6) = Clip(x, 0, 6 s) / s, and an ONNX Clip
-takes one scalar bound, so a pair joined by a Clip is left alone. Only on request
-(`relu6_as_relu`, `quantize --equalize --relu6-as-relu`) is a Clip(0, hi) inside a pair replaced
+f here is a chain of Relu, MaxPool, GlobalAveragePool / GlobalMaxPool and ReduceMean over spatial
+axes (each commutes with a positive per-channel scale and keeps the channel axis), or nothing.
+Clip(0, 6) (ReLU6) does not: Clip(x / s, 0, 6) = Clip(x, 0, 6 s) / s, and an ONNX Clip takes one
+scalar bound, so a pair joined by a Clip is left alone. Only on request (`relu6_as_relu`,
+`quantize --equalize --relu6-as-relu`) is a Clip(0, hi) inside a pair replaced
 by Relu, which changes the float model wherever a value exceeded hi.
+
+After f, at most one Flatten (axis 1) or Reshape to [N, C*H*W] of a static shape may lead into a
+Gemm/MatMul: column c*H*W + k of the flattened input reads channel c, so the H*W rows of the
+weight that read it are scaled by s_c and r2_c is their range. The second layer may be a grouped
+Conv: channel i feeds group i // (C/g), input slot i % (C/g) of that group's filters, and only
+those are scaled.
 """
 from __future__ import annotations
 
@@ -28,8 +35,9 @@ from fwedge.op_info import attribute
 
 log = logging.getLogger(__name__)
 
-# Ops between the two layers that commute with a positive per-channel scale.
-HOMOGENEOUS = ("Relu", "MaxPool")
+# Ops between the two layers that commute with a positive per-channel scale and keep the channel
+# axis (a mean or max per channel, or elementwise); after a Flatten only Relu (elementwise) may follow.
+HOMOGENEOUS = ("Relu", "MaxPool", "GlobalAveragePool", "GlobalMaxPool")
 # One step's scale is clamped to [1/MAX_SCALE, MAX_SCALE]: a channel whose weights are all
 # (nearly) zero on one side would otherwise be blown up or crushed to nothing.
 MAX_SCALE = 16.0
@@ -49,6 +57,9 @@ class Pair:
         first_axis: output channel axis of first's weight.
         second_axis: input channel axis of second's weight.
         clips: node names of the Clip(0, hi) nodes between them (only with relu6_as_relu).
+        second_groups: second's Conv group when grouped (1 < group, not one filter per channel):
+            channel i is input slot i % (C/g) of the filters of group i // (C/g) only.
+        second_span: consecutive entries of second_axis that read one channel (H*W of a Flatten).
     """
 
     first: str
@@ -56,6 +67,8 @@ class Pair:
     first_axis: int
     second_axis: int
     clips: tuple[str, ...] = ()
+    second_groups: int = 1
+    second_span: int = 1
 
 
 def _output_axis(node: onnx.NodeProto) -> int | None:
@@ -67,18 +80,24 @@ def _output_axis(node: onnx.NodeProto) -> int | None:
     return None
 
 
-def _input_axis(node: onnx.NodeProto, weight: np.ndarray, channels: int) -> int | None:
-    """Axis of `weight` that reads the input's channels one to one (None: grouped or not a layer)."""
-    if node.op_type == "Gemm" and not attribute(node, "transA", 0):
+def _second_layout(node: onnx.NodeProto, weight: np.ndarray, channels: int, span: int | None,
+                   rank: int | None) -> tuple[int, int, int] | None:
+    """(input channel axis, groups, span) of `weight` for a second layer reading `channels`
+    channels (flattened `span` columns each when span is set; `rank`: its input's rank), or None."""
+    if node.op_type in ("Gemm", "MatMul") and weight.ndim == 2 and not attribute(node, "transA", 0):
+        if node.op_type == "MatMul" and rank != 2:
+            return None  # a MatMul on [N, C, H, W] contracts W, not the channels
         axis = 1 if attribute(node, "transB", 0) else 0
-        return axis if weight.ndim == 2 and weight.shape[axis] == channels else None
-    if node.op_type != "Conv" or weight.ndim < 3:
+        return (axis, 1, span or 1) if weight.shape[axis] == channels * (span or 1) else None
+    if node.op_type != "Conv" or weight.ndim < 3 or span is not None:
         return None
     group = attribute(node, "group", 1)
     if group == 1 and weight.shape[1] == channels:
-        return 1
+        return 1, 1, 1
     if group == channels and weight.shape[0] == channels and weight.shape[1] == 1:
-        return 0  # depthwise, multiplier 1: input channel i is filter i
+        return 0, 1, 1  # depthwise, multiplier 1: input channel i is filter i
+    if channels % group == 0 and weight.shape[1] * group == channels and weight.shape[0] % group == 0:
+        return 1, group, 1
     return None
 
 
@@ -121,44 +140,128 @@ def _joins(node: onnx.NodeProto, inits: dict, named: Counter, relu6_as_relu: boo
     return relu6_as_relu and bool(node.name) and named[node.name] == 1 and _is_relu6(node, inits)
 
 
+def _spatial_mean(node: onnx.NodeProto, inits: dict, shapes: dict) -> bool:
+    """A ReduceMean over spatial axes only (axes an attribute, or from opset 18 a constant input)."""
+    if node.op_type != "ReduceMean" or len(node.output) != 1:
+        return False
+    rank = len(shapes.get(node.input[0]) or [])
+    axes = attribute(node, "axes", None)
+    if len(node.input) > 1 and node.input[1]:
+        axes = numpy_helper.to_array(inits[node.input[1]]).tolist() if node.input[1] in inits else None
+    if not rank or not axes:
+        return False
+    return all(2 <= (axis % rank) for axis in axes)
+
+
+def _flatten_span(node: onnx.NodeProto, inits: dict, shapes: dict, channels: int) -> int | None:
+    """H*W when `node` flattens a static [N, C, H, W] (any trailing dims) to [N, C*H*W]: a Flatten
+    of axis 1, or a Reshape to a constant [0 | -1 | N, C*H*W | -1]; otherwise None."""
+    shape = shapes.get(node.input[0]) if node.input else None
+    if node.op_type not in ("Flatten", "Reshape") or not shape or len(shape) < 2 or shape[1] != channels:
+        return None
+    if not all(isinstance(dim, int) for dim in shape[1:]) or len(node.output) != 1:
+        return None
+    span = int(np.prod(shape[2:], dtype=np.int64))
+    if node.op_type == "Flatten":
+        return span if attribute(node, "axis", 1) in (1, 1 - len(shape)) else None
+    if len(node.input) < 2 or node.input[1] not in inits or attribute(node, "allowzero", 0):
+        return None
+    target = numpy_helper.to_array(inits[node.input[1]]).tolist()
+    if len(target) != 2:
+        return None
+    batch, columns = target
+    if columns == channels * span and (batch in (0, -1) or batch == shape[0]):
+        return span
+    return span if columns == -1 and (batch == 0 or batch == shape[0]) else None
+
+
+@dataclass
+class _Path:
+    """Where the ops after a first layer lead: the node reading `tensor`, the Clips passed, and
+    the columns per channel after a Flatten (None: not flattened)."""
+
+    second: onnx.NodeProto | None
+    tensor: str
+    clips: list[str]
+    span: int | None
+
+
+def _follow(node: onnx.NodeProto, channels: int, consumers: dict, inits: dict, shapes: dict, named: Counter,
+            relu6_as_relu: bool) -> _Path:
+    """Walk from `node`'s output through the ops that may sit between two layers."""
+    path = _Path(consumers.get(node.output[0]), node.output[0], [], None)
+    while path.second is not None:
+        step = path.second
+        span = _flatten_span(step, inits, shapes, channels) if path.span is None else None
+        if span is not None:
+            path.span = span
+        elif not _joins(step, inits, named, relu6_as_relu) and not _spatial_mean(step, inits, shapes):
+            break
+        elif path.span is not None and step.op_type not in ("Relu", "Clip"):
+            break  # after the Flatten only elementwise ops keep column c*H*W + k on channel c
+        path.clips += [step.name] if step.op_type == "Clip" else []
+        path.tensor, path.second = step.output[0], consumers.get(step.output[0])
+    return path
+
+
+def _shapes(model: onnx.ModelProto) -> dict:
+    """Every value's shape, inferred (a hand-built or prepared graph may lack value_info)."""
+    return ir.value_shapes(onnx.shape_inference.infer_shapes(model))
+
+
 def find_pairs(model: onnx.ModelProto, relu6_as_relu: bool = False) -> list[Pair]:
     """The layer pairs of `model` that equalization may scale, in graph order.
 
-    A pair is Conv/Gemm -> (Relu | MaxPool)* -> Conv/Gemm where every tensor in between has that
-    one reader and is not a graph output, both weights (and the first's bias) are initializers
-    no other node reads, and the second layer reads the channels one to one (group 1, depthwise
-    with one filter per channel, or Gemm). With `relu6_as_relu`, Clip(0, hi) counts as a Relu
-    (the pair records it).
+    A pair is Conv/Gemm -> (Relu | MaxPool | GlobalAveragePool | spatial ReduceMean)* ->
+    [Flatten | Reshape -> Relu*] -> Conv/Gemm/MatMul where every tensor in between has that one
+    reader and is not a graph output, both weights (and the first's bias) are initializers no
+    other node reads, and the second layer reads the channels one to one (group 1, depthwise with
+    one filter per channel, or Gemm), per group (a grouped Conv), or H*W columns each after a
+    Flatten of a static shape. With `relu6_as_relu`, Clip(0, hi) counts as a Relu (the pair
+    records it).
     """
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     readers = _readers(graph)
     consumers = {name: node for node in graph.node for name in node.input if name and readers[name] == 1}
     named = Counter(node.name for node in graph.node)
+    shapes = _shapes(model)
     pairs = []
     for node in graph.node:
         axis = _first_layer_axis(node, inits, readers, named)
         if axis is None:
             continue
         channels = inits[node.input[1]].dims[axis]
-        tensor, second, clips = node.output[0], consumers.get(node.output[0]), []
-        while second is not None and _joins(second, inits, named, relu6_as_relu):
-            clips += [second.name] if second.op_type == "Clip" else []
-            tensor, second = second.output[0], consumers.get(second.output[0])
-        if second is None or second.input[0] != tensor or len(second.input) < 2 or named[second.name] > 1:
+        path = _follow(node, channels, consumers, inits, shapes, named, relu6_as_relu)
+        second = path.second
+        if second is None or second.input[0] != path.tensor or len(second.input) < 2 or named[second.name] > 1:
             continue
         weight_name = second.input[1]
         if weight_name not in inits or readers[weight_name] != 1 or weight_name == node.input[1]:
             continue
-        second_axis = _input_axis(second, numpy_helper.to_array(inits[weight_name]), channels)
-        if second_axis is not None:
-            pairs.append(Pair(node.name, second.name, axis, second_axis, tuple(clips)))
+        layout = _second_layout(second, numpy_helper.to_array(inits[weight_name]), channels, path.span,
+                                len(shapes.get(path.tensor) or []) or None)
+        if layout is not None:
+            pairs.append(Pair(node.name, second.name, axis, layout[0], tuple(path.clips), layout[1], layout[2]))
     return pairs
 
 
 def _channel_range(weight: np.ndarray, axis: int) -> np.ndarray:
     """max |w| per channel along `axis`."""
     return np.abs(np.moveaxis(weight, axis, 0)).reshape(weight.shape[axis], -1).max(axis=1)
+
+
+def _second_channels(pair: Pair, shape: tuple[int, ...]) -> np.ndarray:
+    """For each entry of the second layer's weight (an index array that broadcasts to `shape`),
+    the first layer's output channel it reads."""
+    if pair.second_groups > 1:
+        filters, slots = shape[0], shape[1]
+        group_of_filter = np.arange(filters) // (filters // pair.second_groups)
+        index = group_of_filter[:, None] * slots + np.arange(slots)[None, :]
+        return index.reshape(index.shape + (1,) * (len(shape) - 2))
+    index_shape = [1] * len(shape)
+    index_shape[pair.second_axis] = shape[pair.second_axis]
+    return (np.arange(shape[pair.second_axis]) // pair.second_span).reshape(index_shape)
 
 
 def _broadcast(scale: np.ndarray, ndim: int, axis: int) -> np.ndarray:
@@ -171,7 +274,9 @@ def _step(pair: Pair, nodes: dict, arrays: dict) -> float:
     """Equalize one pair in `arrays` (name -> float64 weights); returns the largest |log s|."""
     first, second = nodes[pair.first], nodes[pair.second]
     w1, w2 = arrays[first.input[1]], arrays[second.input[1]]
-    r1, r2 = _channel_range(w1, pair.first_axis), _channel_range(w2, pair.second_axis)
+    r1, channel = _channel_range(w1, pair.first_axis), _second_channels(pair, w2.shape)
+    r2 = np.zeros_like(r1)
+    np.maximum.at(r2, np.broadcast_to(channel, w2.shape).ravel(), np.abs(w2).ravel())
     scale = np.ones_like(r1)
     live = (r1 > 0) & (r2 > 0)
     scale[live] = np.sqrt(r1[live] / r2[live])
@@ -180,7 +285,7 @@ def _step(pair: Pair, nodes: dict, arrays: dict) -> float:
     if len(first.input) > 2 and first.input[2]:
         bias = arrays[first.input[2]]
         arrays[first.input[2]] = bias / scale.reshape(bias.shape)
-    arrays[second.input[1]] = w2 * _broadcast(scale, w2.ndim, pair.second_axis)
+    arrays[second.input[1]] = w2 * scale[channel]
     return float(np.abs(np.log(scale)).max(initial=0.0))
 
 

@@ -641,17 +641,31 @@ static int conv2d_s8_neon(const fw_conv_params *p, const int8_t *x, const fw_con
     const int tabled = blocks * FW_CONV_BLOCK <= FW_REQUANT_TABLE;
     const size_t stride = (size_t)padded * FW_CONV_BLOCK; /* weight elements per block */
     fw_neon_out o;
-    o.high = 1;
-    for (int c = 0; c < out_c; ++c) {
-        o.high &= shift[c] <= -1 && multiplier[c] >= 0;
-    }
     o.zero_point = vdupq_n_s16((int16_t)p->output_zero_point);
     o.lo = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_min, -128, 127));
     o.hi = vdupq_n_s8((int8_t)fw_clamp_s32(p->activation_max, -128, 127));
     memset(padding, p->input_zero_point, (size_t)p->in_c);
     int pairs = 0;
-    if (tabled) {
-        pairs = neon_constants(p, w, steps, 0, blocks, o.high, bias, multiplier, shift, m, sh, b);
+    /* the whole layer's constants (tabled): computed at export (fw_conv_prepared), else here;
+     * untabled, m, sh and b hold one or two blocks' at a time */
+    const int32_t *mt = m, *sht = sh, *bt = b;
+    if (tabled && p->prepared) {
+        const fw_conv_prepared *prepared = p->prepared;
+        o.high = prepared->high;
+        mt = prepared->multiplier;
+        sht = prepared->shift;
+        bt = prepared->bias;
+#ifndef FW_CONV_SDOT
+        pairs = prepared->no_min_weight;
+#endif
+    } else {
+        o.high = 1;
+        for (int c = 0; c < out_c; ++c) {
+            o.high &= shift[c] <= -1 && multiplier[c] >= 0;
+        }
+        if (tabled) {
+            pairs = neon_constants(p, w, steps, 0, blocks, o.high, bias, multiplier, shift, m, sh, b);
+        }
     }
 #ifdef FW_CONV_SDOT
     /* a 1x1 conv of stride 1 without padding: a pixel's window is its own row of in_c values */
@@ -662,9 +676,12 @@ static int conv2d_s8_neon(const fw_conv_params *p, const int8_t *x, const fw_con
     for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
         const int count = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;
 #ifdef FW_CONV_SDOT
-        if (direct && count == FW_TILE_PIXELS) {
-            conv_direct_tile_neon(steps, x + (size_t)pixel0 * p->in_c, (size_t)p->in_c, w, stride, out_c, m, sh, b,
-                                  &o, y + (size_t)pixel0 * out_c);
+        if (direct && pixels >= FW_TILE_PIXELS) {
+            /* a last partial tile is the layer's last four pixels: the ones the tile before wrote
+             * again are the same bytes (the input is not the output: both live at this op) */
+            const int first = count == FW_TILE_PIXELS ? pixel0 : pixels - FW_TILE_PIXELS;
+            conv_direct_tile_neon(steps, x + (size_t)first * p->in_c, (size_t)p->in_c, w, stride, out_c, mt, sht, bt,
+                                  &o, y + (size_t)first * out_c);
             continue;
         }
 #endif
@@ -673,12 +690,12 @@ static int conv2d_s8_neon(const fw_conv_params *p, const int8_t *x, const fw_con
         }
         int b0 = 0;
         if (tabled && count == FW_TILE_PIXELS) {
-            b0 = conv_tile_pairs_neon(steps, tile, w, stride, out_c, m, sh, b, &o, pairs, y + (size_t)pixel0 * out_c);
+            b0 = conv_tile_pairs_neon(steps, tile, w, stride, out_c, mt, sht, bt, &o, pairs, y + (size_t)pixel0 * out_c);
         }
         while (b0 < blocks) {
             fw_tile_sums s[2];
             const int done = b0 + 1 < blocks ? 2 : 1;
-            const int base = tabled ? b0 * FW_CONV_BLOCK : 0; /* the blocks' constants in m, sh, b */
+            const int base = tabled ? b0 * FW_CONV_BLOCK : 0; /* the blocks' constants in mt, sht, bt */
             if (!tabled) {
                 pairs = neon_constants(p, w + b0 * stride, steps, b0 * FW_CONV_BLOCK, done, o.high, bias, multiplier,
                                        shift, m, sh, b);
@@ -687,10 +704,10 @@ static int conv2d_s8_neon(const fw_conv_params *p, const int8_t *x, const fw_con
             if (done == 2 && count == FW_TILE_PIXELS && out_c - b0 * FW_CONV_BLOCK >= 2 * FW_CONV_BLOCK) {
                 int8_t *out = y + (size_t)pixel0 * out_c + b0 * FW_CONV_BLOCK;
                 if (o.high) {
-                    conv_tile16_neon(steps, tile, w0, w1, b + base, b + base + FW_CONV_BLOCK, m + base, sh + base, &o,
+                    conv_tile16_neon(steps, tile, w0, w1, bt + base, bt + base + FW_CONV_BLOCK, mt + base, sht + base, &o,
                                      1, pairs, out, (size_t)out_c);
                 } else {
-                    conv_tile16_neon(steps, tile, w0, w1, b + base, b + base + FW_CONV_BLOCK, m + base, sh + base, &o,
+                    conv_tile16_neon(steps, tile, w0, w1, bt + base, bt + base + FW_CONV_BLOCK, mt + base, sht + base, &o,
                                      0, pairs, out, (size_t)out_c);
                 }
                 b0 += done;
@@ -698,18 +715,18 @@ static int conv2d_s8_neon(const fw_conv_params *p, const int8_t *x, const fw_con
             }
 #ifdef FW_CONV_SDOT
             if (done == 2) {
-                tile_sums2_neon(steps, tile, w0, w1, b + base, b + base + FW_CONV_BLOCK, &s[0], &s[1]);
+                tile_sums2_neon(steps, tile, w0, w1, bt + base, bt + base + FW_CONV_BLOCK, &s[0], &s[1]);
             } else
 #endif
             {
-                tile_sums_neon(steps, tile, w0, b + base, pairs, &s[0]);
+                tile_sums_neon(steps, tile, w0, bt + base, pairs, &s[0]);
                 if (done == 2) {
-                    tile_sums_neon(steps, tile, w1, b + base + FW_CONV_BLOCK, pairs, &s[1]);
+                    tile_sums_neon(steps, tile, w1, bt + base + FW_CONV_BLOCK, pairs, &s[1]);
                 }
             }
             for (int i = 0; i < done; ++i) {
                 const int c0 = (b0 + i) * FW_CONV_BLOCK, offset = base + i * FW_CONV_BLOCK;
-                neon_requant_store(&s[i], m + offset, sh + offset, &o, y + (size_t)pixel0 * out_c + c0, (size_t)out_c,
+                neon_requant_store(&s[i], mt + offset, sht + offset, &o, y + (size_t)pixel0 * out_c + c0, (size_t)out_c,
                                    count, out_c - c0 < FW_CONV_BLOCK ? out_c - c0 : FW_CONV_BLOCK);
             }
             b0 += done;

@@ -3,6 +3,43 @@
 
 #include "fwedge_rt.h"
 
+#if defined(__aarch64__) && !defined(FW_NO_INTRINSICS)
+#include <arm_neon.h>
+#define FW_DATA_NEON 1
+#endif
+
+/* n bytes from in to out (not overlapping). On aarch64 64 bytes per step in four registers: the
+ * rows of a padded copy are a few hundred bytes to a few kilobytes, where a library memcpy moves
+ * 16 bytes per step. */
+static void copy_bytes(unsigned char *out, const unsigned char *in, size_t n)
+{
+#if defined(FW_DATA_NEON)
+    for (; n >= 64; n -= 64, in += 64, out += 64) {
+        vst1q_u8_x4(out, vld1q_u8_x4(in));
+    }
+    for (; n >= 16; n -= 16, in += 16, out += 16) {
+        vst1q_u8(out, vld1q_u8(in));
+    }
+#endif
+    memcpy(out, in, n);
+}
+
+/* n bytes of value at out, 64 per step on aarch64 (a padded copy's border is a few pixels). */
+static void fill_bytes(unsigned char *out, unsigned char value, size_t n)
+{
+#if defined(FW_DATA_NEON)
+    const uint8x16_t v = vdupq_n_u8(value);
+    const uint8x16x4_t v4 = {{v, v, v, v}};
+    for (; n >= 64; n -= 64, out += 64) {
+        vst1q_u8_x4(out, v4);
+    }
+    for (; n >= 16; n -= 16, out += 16) {
+        vst1q_u8(out, v);
+    }
+#endif
+    memset(out, value, n);
+}
+
 void fw_concat(int count, int outer, const int *inner_sizes, const void *const *inputs, int element_size,
                void *y)
 {
@@ -22,16 +59,45 @@ void fw_concat(int count, int outer, const int *inner_sizes, const void *const *
     }
 }
 
+/* count elements of element_size bytes at out, each the bytes at value: memset when every byte of
+ * the value is the same (an int8 zero point, a float 0), else one element at a time. */
+static void fill_elements(unsigned char *out, const unsigned char *value, int element_size, size_t count)
+{
+    int uniform = 1;
+    for (int b = 1; b < element_size; ++b) {
+        uniform &= value[b] == value[0];
+    }
+    if (uniform) {
+        fill_bytes(out, value[0], count * (size_t)element_size);
+        return;
+    }
+    for (size_t i = 0; i < count; ++i) {
+        memcpy(out + i * element_size, value, (size_t)element_size);
+    }
+}
+
 void fw_pad_nhwc(int in_h, int in_w, int in_c, int out_h, int out_w, int out_c, int pad_top, int pad_left,
                  int pad_channel, const void *value, int element_size, const void *x, void *y)
 {
     unsigned char *out = (unsigned char *)y;
     const unsigned char *in = (const unsigned char *)x;
-    const size_t total = (size_t)out_h * out_w * out_c;
-    for (size_t i = 0; i < total; ++i) {
-        memcpy(out + i * element_size, value, (size_t)element_size);
+    const unsigned char *v = (const unsigned char *)value;
+    const size_t pixel = (size_t)out_c * element_size, row_bytes = (size_t)in_c * element_size;
+    if (pad_channel == 0 && in_c == out_c) {
+        /* channels unpadded: an input row is one contiguous copy, the border is filled around it */
+        const int right = out_w - in_w - pad_left;
+        fill_elements(out, v, element_size, (size_t)pad_top * out_w * out_c);
+        for (int iy = 0; iy < in_h; ++iy) {
+            unsigned char *row = out + (size_t)(iy + pad_top) * out_w * pixel;
+            fill_elements(row, v, element_size, (size_t)pad_left * out_c);
+            copy_bytes(row + (size_t)pad_left * pixel, in + (size_t)iy * in_w * row_bytes, (size_t)in_w * row_bytes);
+            fill_elements(row + (size_t)(pad_left + in_w) * pixel, v, element_size, (size_t)right * out_c);
+        }
+        const int bottom = out_h - in_h - pad_top;
+        fill_elements(out + (size_t)(pad_top + in_h) * out_w * pixel, v, element_size, (size_t)bottom * out_w * out_c);
+        return;
     }
-    const size_t row_bytes = (size_t)in_c * element_size;
+    fill_elements(out, v, element_size, (size_t)out_h * out_w * out_c);
     for (int iy = 0; iy < in_h; ++iy) {
         for (int ix = 0; ix < in_w; ++ix) {
             const size_t o = (((size_t)(iy + pad_top) * out_w) + (ix + pad_left)) * out_c + pad_channel;

@@ -372,6 +372,40 @@ static void depthwise_border_taps(const fw_conv_params *p, const int8_t *x, int 
     }
 }
 
+/* A layer whose every window is inside the input (no padding: model.c gives aarch64's padded
+ * depthwise convs a padded copy, targets/c_pad.py) and whose channels are whole sixteens of one
+ * block, with the byte products: depthwise_inner16_neon on each tile, the tiles' window starts
+ * walking the output rows (one add per pixel) instead of the general loop's division and border
+ * tests per pixel. */
+static __attribute__((noinline)) void depthwise_whole_neon(const fw_conv_params *p, const int8_t *x, const int8_t *w,
+                                                           const int32_t *init, const int32_t *multiplier,
+                                                           const int32_t *shift, const fw_dw_out *out,
+                                                           const ptrdiff_t *offset, int8_t *y)
+{
+    const int channels = p->out_c, taps = p->kernel_h * p->kernel_w, pixels = p->out_h * p->out_w;
+    const ptrdiff_t step = (ptrdiff_t)p->stride_w * channels, row_step = (ptrdiff_t)p->stride_h * p->in_w * channels;
+    const int8_t *row = x;
+    int ox = 0;
+    for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
+        const int tile = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;
+        const int8_t *base[FW_TILE_PIXELS];
+        for (int t = 0; t < FW_TILE_PIXELS; ++t) {
+            if (t >= tile) {
+                base[t] = base[0];
+                continue;
+            }
+            base[t] = row + ox * step;
+            if (++ox == p->out_w) {
+                ox = 0;
+                row += row_step;
+            }
+        }
+        const fw_dw_taps k = {NULL, base, offset};
+        depthwise_inner16_neon(taps, &k, channels, w, (size_t)channels, init, multiplier, shift, out,
+                               y + (size_t)pixel0 * channels, tile);
+    }
+}
+
 /* Channel multiplier 1, at most FW_DW_NEON_TAPS taps. Tiles of FW_TILE_PIXELS output pixels
  * and channel blocks of FW_DW_NEON_BLOCK: every tap of every pixel of the tile points at its
  * input pixel, or at a row holding the input zero point when it falls in the padding (x - zp is
@@ -395,14 +429,23 @@ static void depthwise_tiles_neon(const fw_conv_params *p, const int8_t *x, const
     const int8x16_t zp8 = vdupq_n_s8((int8_t)zero_point);
     const int32x4_t zpo = vdupq_n_s32(output_zero_point);
     const int8x16_t lo8 = vdupq_n_s8((int8_t)lo), hi8 = vdupq_n_s8((int8_t)hi);
+    /* computed at export (fw_conv_prepared: the flags and the biases less zp * the tap sums), else here */
+    const fw_conv_prepared *prepared = p->prepared;
     int high = 1, byte_products = 1;
-    for (int c = 0; c < channels; ++c) {
-        high &= shift[c] <= -1 && multiplier[c] >= 0;
+    if (prepared) {
+        high = prepared->high;
+        byte_products = prepared->no_min_weight;
+    } else {
+        for (int c = 0; c < channels; ++c) {
+            high &= shift[c] <= -1 && multiplier[c] >= 0;
+        }
+        for (int i = 0; i < taps * channels; ++i) {
+            byte_products &= w[i] != -128;
+        }
     }
     const fw_dw_out out = {zpo, lo8, hi8, high};
-    for (int i = 0; i < taps * channels; ++i) {
-        byte_products &= w[i] != -128;
-    }
+    const int whole_layer = p->pad_top == 0 && p->pad_left == 0 && (p->out_h - 1) * p->stride_h + span_h < in_h &&
+                            (p->out_w - 1) * p->stride_w + span_w < in_w;
     int32_t adjusted[FW_DW_NEON_BLOCK];
     memset(padding, (int8_t)zero_point, sizeof padding);
     for (int i = 0; i < taps; ++i) {
@@ -413,7 +456,8 @@ static void depthwise_tiles_neon(const fw_conv_params *p, const int8_t *x, const
         const int count = channels - c0 < FW_DW_NEON_BLOCK ? channels - c0 : FW_DW_NEON_BLOCK;
         const int8_t *wb = w + c0;
         const int32_t *mb = multiplier + c0, *sb = shift + c0;
-        if (byte_products) {
+        const int32_t *init = prepared ? prepared->bias + c0 : adjusted;
+        if (byte_products && !prepared) {
             /* bias - zp * (sum of the channel's weights): the byte products sum x * w over every
              * tap, padding taps reading zp included, which is sum (x - zp) * w plus zp * sum w. */
             int j = 0;
@@ -441,6 +485,10 @@ static void depthwise_tiles_neon(const fw_conv_params *p, const int8_t *x, const
                 adjusted[j] = (int32_t)((uint32_t)(bias ? bias[c0 + j] : 0) - (uint32_t)zero_point * (uint32_t)sum);
             }
         }
+        if (byte_products && whole_layer && count == channels && count % 16 == 0) {
+            depthwise_whole_neon(p, x, wb, init, mb, sb, &out, offset, y);
+            continue;
+        }
         for (int pixel0 = 0; pixel0 < pixels; pixel0 += FW_TILE_PIXELS) {
             const int tile = pixels - pixel0 < FW_TILE_PIXELS ? pixels - pixel0 : FW_TILE_PIXELS;
             const int8_t *base[FW_TILE_PIXELS];
@@ -460,7 +508,7 @@ static void depthwise_tiles_neon(const fw_conv_params *p, const int8_t *x, const
             int c = 0;
             if (whole && byte_products) {
                 c = count / 16 * 16;
-                depthwise_inner16_neon(taps, &k, c, wb, (size_t)channels, adjusted, mb, sb, &out, yb, tile);
+                depthwise_inner16_neon(taps, &k, c, wb, (size_t)channels, init, mb, sb, &out, yb, tile);
                 if (c == count) {
                     continue;
                 }
@@ -476,7 +524,7 @@ static void depthwise_tiles_neon(const fw_conv_params *p, const int8_t *x, const
             }
             if (byte_products && !whole) {
                 c = count / 16 * 16;
-                depthwise_block16_neon(taps, &k, c, wb, (size_t)channels, adjusted, mb, sb, &out, yb, tile);
+                depthwise_block16_neon(taps, &k, c, wb, (size_t)channels, init, mb, sb, &out, yb, tile);
             }
             for (; c + 16 <= count; c += 16) {
                 int32x4_t acc[FW_TILE_PIXELS][4];

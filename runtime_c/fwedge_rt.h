@@ -140,9 +140,24 @@ static inline float fw_clamp_f32(float v, float lo, float hi)
 /* Convolutions (conv2d_s8.c, conv2d_f32.c, depthwise_s8.c, depthwise_f32.c)                */
 /* ---------------------------------------------------------------------------------------- */
 
+/* The per-channel constants the aarch64 NEON int8 kernels would compute from the weights,
+ * multipliers, shifts and biases on every call, computed once by fwedge at export
+ * (targets/c_prepared.py; the same values, so the same output bytes). conv2d, over
+ * ceil(out_c / FW_CONV_BLOCK) * FW_CONV_BLOCK channels (channel j >= out_c repeats out_c - 1,
+ * with no weights): multiplier[j]; shift[j] as the SRSHL amount (shift when `high`, shift - 31
+ * otherwise); bias[j] less zp * the sum of channel j's weights. depthwise, over out_c: bias less
+ * zp * the sum of the channel's taps, multiplier and shift as given. high: every channel has
+ * shift <= -1 and multiplier >= 0; no_min_weight: no weight is -128. */
+typedef struct {
+    const int32_t *multiplier, *shift, *bias;
+    int high;
+    int no_min_weight;
+} fw_conv_prepared;
+
 /* Geometry and quantization of a 2-D convolution. Padding on the bottom/right is implied by
  * the output size. For float kernels the zero points are ignored and the clamp range is
- * float_min/float_max. */
+ * float_min/float_max. prepared: NULL, or the constants above (read by the aarch64 NEON
+ * kernels only; any other kernel computes what it needs). */
 typedef struct {
     int in_h, in_w, in_c;
     int out_h, out_w, out_c;
@@ -155,6 +170,7 @@ typedef struct {
     int32_t output_zero_point;
     int32_t activation_min, activation_max; /* int8 clamp, e.g. [-128, 127] or fused ReLU */
     float float_min, float_max;            /* float clamp, e.g. [-INFINITY, INFINITY] or [0, 6] */
+    const fw_conv_prepared *prepared;
 } fw_conv_params;
 
 /* Output channels per block of packed int8 conv weights. */
@@ -347,8 +363,8 @@ void fw_prelu_f32(int pixels, int channels, const float *slope, const float *x, 
 void fw_layer_norm_f32(int rows, int depth, float epsilon, const float *gamma, const float *beta,
                        const float *x, float *y);
 /* Softmax over `depth` elements `inner` apart, of outer * inner rows: row (o, i) holds
- * x[(o * depth + d) * inner + i] for d < depth (inner 1: the innermost axis; a 4-D tensor's last
- * logical axis is stored with the channels innermost, inner = C). */
+ * x[(o * depth + d) * inner + i] for d < depth: any stored axis, inner the product of the axes
+ * stored after it (1: the innermost axis; a 4-D tensor's W axis in NHWC storage: C). */
 void fw_softmax_f32(int outer, int depth, int inner, const float *x, float *y);
 /* int8 softmax over the rows of fw_softmax_f32 (softmax_s8.c): d = max - x,
  * e = exp_table[d] (Q24 of exp(-scale * d)), p = (e * 2^30 + S / 2) / S with S = sum(e) in

@@ -1,5 +1,5 @@
 /* int8 softmax with an exp lookup table (Q24) and a Q30 probability, over `depth` elements
- * `inner` apart (inner 1: the innermost axis; the last logical axis of an NHWC 4-D tensor: C). */
+ * `inner` apart: any stored axis, inner the product of the axes stored after it (1: the innermost). */
 #include "fwedge_rt.h"
 
 void fw_softmax_s8(int outer, int depth, int inner, const int32_t *exp_table, int32_t multiplier, int32_t shift,

@@ -35,6 +35,7 @@ from fwedge.targets.c_build import (
     recorded_command,
 )
 from fwedge.targets.c_codegen import CProgram, generate
+from fwedge.targets.c_pad import pad_depthwise_inputs
 from fwedge.targets.common import check_feeds, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,13 @@ def generate_checked(model: onnx.ModelProto, arch: str, options: ExportOptions) 
     from fwedge.lowered.lower import lower
 
     graph = lower(model, target=arch, float_fallback=options.allow_float_fallback)
+    if arch == "aarch64":
+        graph = pad_depthwise_inputs(graph)
     # The quad layout of the conv weights is read by x86's VNNI kernels and by both aarch64 NEON
     # kernels (ARMv8.0 and dotprod: one ROM copy); other builds read the pairs only.
     quads = arch in ("x86_64", "aarch64")
     try:
-        return graph, generate(graph, options.source_sha256, quads=quads)
+        return graph, generate(graph, options.source_sha256, quads=quads, prepare_neon=arch == "aarch64")
     except ExportError as error:
         refused = _emitter_refusals(graph, quads)
         if not refused:

@@ -140,7 +140,7 @@ def lifetimes(graph: LoweredGraph) -> list[Buffer]:
     return [Buffer(name, nbytes(graph.tensors[name]), first[name], last[name]) for name in first]
 
 
-def generate(graph: LoweredGraph, source_sha256: str = "", quads: bool = True) -> CProgram:
+def generate(graph: LoweredGraph, source_sha256: str = "", quads: bool = True, prepare_neon: bool = False) -> CProgram:
     """Generate model.c and model.h for a lowered graph.
 
     Args:
@@ -148,6 +148,8 @@ def generate(graph: LoweredGraph, source_sha256: str = "", quads: bool = True) -
         source_sha256: recorded in the generated header comment.
         quads: also write the packed conv weights in the quad layout (x86 builds: VNNI kernels);
             without it model.c holds the pairs only and refuses a build that reads quads.
+        prepare_neon: also write the per-channel constants of the aarch64 NEON int8 conv kernels
+            (targets/c_prepared.py), which they then do not compute on every call.
 
     Returns:
         The CProgram.
@@ -164,7 +166,7 @@ def generate(graph: LoweredGraph, source_sha256: str = "", quads: bool = True) -
     if not _SHA256.fullmatch(source_sha256 or "0" * 64):
         raise ExportError(f"C target: source sha256 {source_sha256[:80]!r} is not 64 hex digits")
     plan = plan_memory(lifetimes(graph), ALIGNMENT)
-    e = _Emitter(graph, plan, quads)
+    e = _Emitter(graph, plan, quads, prepare_neon)
     nhwc = {name for name, layout in graph.io_layouts.items() if layout == "NHWC"}
     for index, name in enumerate(graph.inputs):
         X = graph.tensors[name]

@@ -65,9 +65,27 @@ def c_int(value: int) -> str:
     return "(-2147483647 - 1)" if value == -(2**31) else str(value)
 
 
+# Each byte value as a three-digit octal escape: exactly four characters, and an octal escape
+# ends after three digits, so no following character can extend it (a hex escape would).
+_OCTAL = np.array([f"\\{value:03o}".encode() for value in range(256)], dtype="S4")
+_LITERAL_LINE = 32  # bytes per line of a string literal
+
+
+def _int8_literal(name: str, flat: np.ndarray) -> str:
+    """An int8 array as a string literal: compilers read one string token far faster than one
+    integer expression per element (a 4 MB array: 0.5 s against 11.6 s for clang -O2). The array
+    has one byte more than the values, for the literal's terminating zero."""
+    raw = _OCTAL[flat.astype(np.int8).view(np.uint8)].tobytes().decode("ascii")
+    step = 4 * _LITERAL_LINE
+    body = "\n".join(f'    "{raw[i:i + step]}"' for i in range(0, len(raw), step))
+    return f"static const int8_t {name}[{flat.size + 1}] =\n{body};\n"
+
+
 def c_array(name: str, array: np.ndarray, dtype: str) -> str:
     """A `static const` C array definition of a flat array."""
     flat = np.asarray(array).reshape(-1)
+    if dtype == "int8" and flat.size:
+        return _int8_literal(name, flat)
     if dtype == "float32":
         items = [c_float(v) for v in flat.astype(np.float32)]
         per_line = 6
@@ -147,10 +165,11 @@ def c_name_bytes(data: str | bytes) -> int:
 class _Emitter:
     """State of one generation: constant arrays, parameter structs and the call sequence."""
 
-    def __init__(self, graph: LoweredGraph, plan: MemoryPlan, quads: bool = True):
+    def __init__(self, graph: LoweredGraph, plan: MemoryPlan, quads: bool = True, prepare_neon: bool = False):
         self.graph = graph
         self.plan = plan
         self.quads = quads
+        self.prepare_neon = prepare_neon  # aarch64: the NEON kernels' constants (targets/c_prepared.py)
         self.conv_layout_bytes = {"pairs": 0, "quads": 0}
         self.declarations: list[str] = []
         self.body: list[str] = []
@@ -181,14 +200,16 @@ class _Emitter:
             self.constant_names[name] = self.array("constant", to_physical(tensor.data), tensor.dtype)
         return self.constant_names[name]
 
-    def array(self, role: str, data, dtype: str) -> str:
+    def array(self, role: str, data, dtype: str, weights: bool = True) -> str:
         """Emit a constant array (weights in kernel layout, requantization tables); `role` is the
-        generator's own description of it (the comment names the op by its index)."""
+        generator's own description of it (the comment names the op by its index). weights=False:
+        constants derived for one build's kernels (c_prepared.py), not counted in weights_bytes."""
         data = np.asarray(data)
         c_name = self.fresh("k")
         self.declarations.append(c_comment(f"op {self.op_index} {role} {list(data.shape)}") + "\n"
                                  + c_array(c_name, data, dtype))
-        self.weights_bytes += int(data.size) * _ITEM_BYTES[dtype]
+        if weights:
+            self.weights_bytes += int(data.size) * _ITEM_BYTES[dtype]
         return c_name
 
     def conv_layouts(self, role: str, layouts: dict[int, np.ndarray]) -> tuple[str, str]:

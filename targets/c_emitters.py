@@ -9,6 +9,7 @@ from fwedge.ops.registry import UNARY_KINDS
 from fwedge.ops.shape import stored_permutation
 from fwedge.ops.take import stored_tables
 from fwedge.ops.registry import kind as kind_spec
+from fwedge.targets.c_prepared import CONV_BLOCK, conv_constants, depthwise_constants
 from fwedge.targets.c_emit_base import (
     _ITEM_BYTES,
     _NHWC,
@@ -38,8 +39,6 @@ def _per_channel(values: np.ndarray, channels: int) -> np.ndarray:
     return np.broadcast_to(values, (channels,)) if values.size == 1 else values
 
 
-# Output channels per block of packed int8 conv weights (FW_CONV_BLOCK in fwedge_rt.h).
-CONV_BLOCK = 8
 
 
 # Filter values per int32 lane of the tile GEMM (FW_CONV_K_GROUP): pairs (pmaddwd, portable C)
@@ -105,6 +104,13 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
         "activation_max": attrs.requant.act_max if int8 else 127,
         "float_min": float_min, "float_max": float_max,
     }
+    if int8:
+        multiplier = e.array("multiplier", _per_channel(attrs.requant.multiplier, c_out), "int32")
+        shift = e.array("shift", _per_channel(attrs.requant.shift, c_out), "int32")
+    if int8 and e.prepare_neon:
+        prepared = _neon_prepared(e, op, weights if depthwise else w, B.data, multiplier, shift)
+        if prepared is not None:
+            fields["prepared"] = f"&{prepared}"
     params = e.struct("fw_conv_params", fields)
     packed = isinstance(weights, dict)
     if packed:
@@ -116,8 +122,6 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
     function = f"fw_{'depthwise_conv2d' if depthwise else 'conv2d'}_{_suffix(Y.dtype)}"
     e.kernels.add(f"{'depthwise' if depthwise else 'conv2d'}_{_suffix(Y.dtype)}.c")
     if int8:
-        multiplier = e.array("multiplier", _per_channel(attrs.requant.multiplier, c_out), "int32")
-        shift = e.array("shift", _per_channel(attrs.requant.shift, c_out), "int32")
         if packed:  # the layout the build reads, or both for the x86-64 dispatch (fwedge_rt.h)
             e.call(op, f"FW_CONV2D_S8(&{params}, {e.pointer(X.name)}, {pairs}, {quads}, {bias_name}, {multiplier}, "
                        f"{shift}, {e.pointer(Y.name)});")
@@ -127,6 +131,39 @@ def emit_conv(e: _Emitter, op: LoweredOp) -> None:
                        f"{shift}, {e.pointer(Y.name)});")
     else:
         e.call(op, f"{function}(&{params}, {e.pointer(X.name)}, {weight_name}, {bias_name}, {e.pointer(Y.name)});")
+
+
+def _neon_prepared(e: _Emitter, op: LoweredOp, weights: np.ndarray, bias: np.ndarray | None, multiplier_name: str,
+                   shift_name: str) -> str | None:
+    """The fw_conv_prepared struct of an int8 conv2d (groups 1; weights OIHW) or depthwise conv
+    (channel multiplier 1; weights [kh][kw][C]) for the aarch64 NEON kernels, or None where they
+    do not read one (targets/c_prepared.py). A conv's multipliers and shifts that are the op's
+    own arrays (out_c a multiple of 8, every shift of the SQDMULH form) are those arrays."""
+    attrs, X = op.attrs, e.tensor(op.inputs[0])
+    c_out = e.tensor(op.outputs[0]).shape[1]
+    multiplier = _per_channel(attrs.requant.multiplier, c_out).astype(np.int32)
+    shift = _per_channel(attrs.requant.shift, c_out).astype(np.int32)
+    if op.kind == "depthwise_conv2d":
+        if attrs.depth_multiplier != 1:
+            return None
+        biases, high, no_min_weight = depthwise_constants(weights, bias, multiplier, shift, _zero_point(X))
+        fields = {"multiplier": "NULL", "shift": "NULL"}
+    elif attrs.groups == 1:
+        constants = conv_constants(weights, bias, multiplier, shift, _zero_point(X))
+        if constants is None:
+            return None
+        multipliers, shifts, biases, high, no_min_weight = constants
+        same = len(multipliers) == c_out
+        if not same:
+            multiplier_name = e.array("NEON multipliers", multipliers, "int32", weights=False)
+        if not (same and np.array_equal(shifts, shift)):
+            shift_name = e.array("NEON SRSHL shifts", shifts, "int32", weights=False)
+        fields = {"multiplier": multiplier_name, "shift": shift_name}
+    else:
+        return None
+    fields["bias"] = e.array("NEON biases less zp * weight sums", biases, "int32", weights=False)
+    fields.update(high=int(high), no_min_weight=int(no_min_weight))
+    return e.struct("fw_conv_prepared", fields)
 
 
 def fold_input_zero_point(x_zero_point: int, weights: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, int] | None:
@@ -367,6 +404,9 @@ def emit_pad(e: _Emitter, op: LoweredOp) -> None:
     if len(X.shape) != 4 or begin[0] or end[0]:
         raise ExportError(f"C target: pad {op.name!r}: only 4-D pads of C, H and W are supported, "
                           f"got begin {list(begin)} end {list(end)} on {list(X.shape)}")
+    if min(begin) < 0 or min(end) < 0:
+        raise ExportError(f"C target: pad {op.name!r}: negative pads (a crop) are not supported, "
+                          f"got begin {list(begin)} end {list(end)}")
     _, c, h, w = X.shape
     _, oc, oh, ow = Y.shape
     if Y.dtype == "int8":
@@ -503,17 +543,20 @@ def emit_prelu(e: _Emitter, op: LoweredOp) -> None:
     e.call(op, f"fw_prelu_f32({pixels}, {channels}, {slope}, {x}, {y});")
 
 
+def storage_rows(shape, axis: int) -> tuple[int, int, int]:
+    """(outer, depth, inner) of a logical axis in the stored layout (NHWC for 4-D tensors): the
+    axis's `depth` elements lie `inner` apart, in `outer` blocks of depth * inner elements."""
+    stored = physical_shape(shape)
+    position = _NHWC.index(axis) if len(shape) == 4 else axis
+    outer = int(np.prod(stored[:position], dtype=np.int64))
+    return outer, int(stored[position]), int(np.prod(stored[position + 1:], dtype=np.int64))
+
+
 @emitter("softmax")
 def emit_softmax(e: _Emitter, op: LoweredOp) -> None:
+    """Softmax over any logical axis, read in place through its stored strides (storage_rows)."""
     X, Y = e.tensor(op.inputs[0]), e.tensor(op.outputs[0])
-    channels = len(X.shape) == 4 and op.attrs.axis == 1  # stored innermost (NHWC)
-    if not channels and op.attrs.axis != len(X.shape) - 1:
-        raise ExportError(f"C target: softmax {op.name!r} over axis {op.attrs.axis} of {list(X.shape)}: "
-                          "only the last axis, or the channels of a 4-D one")
-    depth = X.shape[1] if channels else X.shape[-1]
-    # The last axis of a 4-D tensor (attention's [1, heads, T, T]) is stored C apart (NHWC).
-    inner = X.shape[1] if len(X.shape) == 4 and not channels and not layout_trivial(X.shape) else 1
-    outer = X.size // (depth * inner)
+    outer, depth, inner = storage_rows(X.shape, op.attrs.axis)
     if Y.dtype == "int8":
         if op.attrs.beta != 1.0:
             raise ExportError(f"C target: int8 softmax {op.name!r} with beta {op.attrs.beta}")

@@ -160,7 +160,9 @@ def _reason(node: onnx.NodeProto, view: FloatView) -> str | None:
         mode = mode.decode() if isinstance(mode, bytes) else mode
         if mode not in ("constant", "reflect", "edge"):
             return f"pad mode {mode}"
-        return None if len(node.input) > 1 and node.input[1] in consts else "pads must be constant"
+        if not (len(node.input) > 1 and node.input[1] in consts):
+            return "pads must be constant"
+        return "negative pads (a crop)" if int(np.min(consts[node.input[1]], initial=0)) < 0 else None
     return "no ncnn writer for this op"
 
 

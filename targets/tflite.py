@@ -41,19 +41,24 @@ def _schema():
 # --------------------------------------------------------------------------------------------
 
 
+# Kinds whose TFLite kernels take tensors of any rank TRANSPOSE does (SOFTMAX runs over the innermost
+# axis of any rank, between TRANSPOSEs for another axis); all other kinds stop at rank 4.
+_ANY_RANK_KINDS = frozenset({"softmax", "quantize", "dequantize"})
+_TRANSPOSE_MAX_RANK = 6
+
+
 def _op_problem(graph: LoweredGraph, op: LoweredOp) -> str | None:
     """Why the TFLite writer cannot take a lowered op, or None."""
     if op.kind not in TFLITE_OPS:
         return f"no TFLite emitter for {op.kind}"
     x = graph.tensors[op.inputs[0]]
-    if any(len(graph.tensors[name].shape) > 4 for name in op.inputs + op.outputs):
-        return "rank > 4"
+    rank = max(len(graph.tensors[name].shape) for name in op.inputs + op.outputs)
+    if rank > (_TRANSPOSE_MAX_RANK if op.kind in _ANY_RANK_KINDS else 4):
+        return f"rank {rank}"
     if op.kind == "avg_pool":
         mode = padding_mode(x.shape, op.attrs.kernel, op.attrs.strides, (1, 1), op.attrs.pads)
         if mode == "EXPLICIT" and not op.attrs.count_include_pad:
             return f"average pool pads {op.attrs.pads} are not TFLite SAME and exclude the padding"
-    if op.kind == "softmax" and len(x.shape) == 4 and op.attrs.axis not in (1, 3):
-        return f"softmax over axis {op.attrs.axis} of {list(x.shape)}: only the channels or the last axis"
     if op.kind == "batch_matmul":
         return _batch_matmul_problem(graph, op)
     if op.kind == "resize_nearest" and nearest_flags(x.shape, graph.tensors[op.outputs[0]].shape, op.attrs) is None:

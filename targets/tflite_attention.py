@@ -1,5 +1,5 @@
-"""TFLite emitters of attention's kinds: batch_matmul (BATCH_MATMUL) and softmax (SOFTMAX, a 4-D
-tensor's last axis between TRANSPOSEs, in float where int8 SOFTMAX's fixed output scale is not the
+"""TFLite emitters of attention's kinds: batch_matmul (BATCH_MATMUL) and softmax (SOFTMAX, any axis
+not stored innermost between TRANSPOSEs, in float where int8 SOFTMAX's fixed output scale is not the
 model's)."""
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import numpy as np
 
 from fwedge.lowered.graph import LoweredOp
 from fwedge.targets.tflite_runner import NCHW_TO_NHWC, NHWC_TO_NCHW
-from fwedge.targets.tflite_writer import FIXED_OUTPUT_QUANT, _Writer, nhwc_shape, tflite_op, transpose_into
+from fwedge.targets.tflite_writer import (
+    FIXED_OUTPUT_QUANT, _Writer, nhwc_axis, nhwc_shape, tflite_op, transpose_into,
+)
 
 
 @tflite_op("batch_matmul")
@@ -43,11 +45,24 @@ def _softmax_float_island(writer: _Writer, op: LoweredOp) -> bool:
     return True
 
 
+def innermost_perm(axis: int, rank: int) -> list[int] | None:
+    """The TRANSPOSE perm that brings a logical axis innermost in TFLite's order (NHWC for rank 4):
+    it swaps that axis with the last, so it is its own inverse. None where the axis is innermost
+    already (a 4-D tensor's channels, any other tensor's last axis)."""
+    stored = nhwc_axis(axis, rank)
+    if stored == rank - 1:
+        return None
+    perm = list(range(rank))
+    perm[stored], perm[-1] = perm[-1], perm[stored]
+    return perm
+
+
 @tflite_op("softmax")
 def emit_softmax(writer: _Writer, op: LoweredOp) -> None:
-    """SOFTMAX over TFLite's innermost axis: the channels of a 4-D tensor, or the last axis of any
-    other; a 4-D tensor's last axis (attention's [1, heads, T, T]) in the logical order between
-    two TRANSPOSEs. In float where the output scale is not SOFTMAX's (_softmax_float_island)."""
+    """SOFTMAX over TFLite's innermost axis; any other axis (a 4-D tensor's H or W: a keypoint
+    head's spatial softmax, attention's [1, heads, T, T]; the time axis of [1, T, K]) between two
+    TRANSPOSEs that swap it with the innermost one (int8 TRANSPOSE moves bytes, so it is exact).
+    In float where the output scale is not SOFTMAX's (_softmax_float_island)."""
     X, Y = (writer.graph.tensors[name] for name in (op.inputs[0], op.outputs[0]))
     x, y = writer.tensor(X.name), writer.tensor(Y.name)
     island = _softmax_float_island(writer, op)
@@ -57,15 +72,16 @@ def emit_softmax(writer: _Writer, op: LoweredOp) -> None:
         x = writer.temp(f"{op.name}/float_in", nhwc_shape(X.shape), "float32", None)
         writer.op("DEQUANTIZE", [writer.tensor(X.name)], [x])
         out = writer.temp(f"{op.name}/float_out", nhwc_shape(Y.shape), "float32", None)
-    last_of_4d = len(X.shape) == 4 and op.attrs.axis == 3 and X.shape[1] != 1
+    perm = innermost_perm(op.attrs.axis, len(X.shape))
     source, target = x, out
-    if last_of_4d:
-        source = transpose_into(writer, op, x, NHWC_TO_NCHW, list(X.shape), in_dtype, in_quant)
-        target = writer.temp(f"{op.name}/nchw", list(Y.shape), in_dtype, out_quant)
+    if perm is not None:
+        swapped = [nhwc_shape(X.shape)[i] for i in perm]
+        source = transpose_into(writer, op, x, perm, swapped, in_dtype, in_quant)
+        target = writer.temp(f"{op.name}/innermost", swapped, in_dtype, out_quant)
     writer.op("SOFTMAX", [source], [target], "SoftmaxOptions",
               writer.options("SoftmaxOptionsT", beta=float(op.attrs.beta)))
-    if last_of_4d:
-        writer.op("TRANSPOSE", [target, writer.const(f"{op.name}/perm", np.array(NCHW_TO_NHWC, np.int32))], [out],
+    if perm is not None:
+        writer.op("TRANSPOSE", [target, writer.const(f"{op.name}/perm_back", np.array(perm, np.int32))], [out],
                   "TransposeOptions", writer.options("TransposeOptionsT"))
     if island:
         writer.op("QUANTIZE", [out], [y])

@@ -237,6 +237,22 @@ def _matmul_cases() -> list[OpCase]:
     ]
 
 
+def _softmax_cases() -> list[OpCase]:
+    """Softmax over the axes real models take it on, each stored somewhere other than innermost
+    in some target: the channels of [1, C, H, W] (a class map), H of it (a keypoint head's
+    spatial softmax; W is softmax_4d_last_axis), W of a one-channel [1, 1, H, W] (a heatmap: its
+    W axis is not innermost in NHWC either, though the bytes are NCHW's), the time axis of
+    [1, T, K], and the D axis of a rank-5 [1, C, D, H, W]."""
+    return [
+        _unary("softmax_4d_channels", "Softmax", "softmax", shape=(1, 5, 4, 3), input_range=(-3.0, 3.0), axis=1),
+        _unary("softmax_4d_axis2", "Softmax", "softmax", shape=(1, 3, 7, 4), input_range=(-3.0, 3.0), axis=2),
+        _unary("softmax_4d_last_one_channel", "Softmax", "softmax", shape=(1, 1, 4, 6), input_range=(-3.0, 3.0),
+               axis=-1),
+        _unary("softmax_3d_axis1", "Softmax", "softmax", shape=(1, 6, 5), input_range=(-3.0, 3.0), axis=1),
+        _unary("softmax_5d_axis2", "Softmax", "softmax", shape=(1, 2, 5, 3, 4), input_range=(-3.0, 3.0), axis=2),
+    ]
+
+
 def _build_cases() -> list[OpCase]:
     rng = np.random.default_rng(1)
     cases = [
@@ -245,6 +261,9 @@ def _build_cases() -> list[OpCase]:
         _conv_case("conv_5x5_s2_asym_pad", 4, 6, 10, 5, 2, (1, 2, 2, 1)),
         _conv_case("conv_3x3_dil2", 3, 4, 9, 3, 1, (2, 2, 2, 2), dilation=2),
         _conv_case("conv_1x1", 8, 6, 5, 1),
+        # one input channel (a first layer on a grey image): on aarch64 it reads a padded copy
+        _conv_case("conv_1ch_3x3_p1_c16", 1, 16, 10, 3, 1, (1, 1, 1, 1)),
+        _conv_case("conv_1ch_5x5_asym_pad", 1, 8, 11, 5, 1, (2, 1, 1, 2)),
         # An even kernel and an odd total: SAME_UPPER and SAME_LOWER put the extra pixel apart.
         _conv_case("conv_4x4_s2_same_upper", 3, 4, 9, 4, 2, auto_pad="SAME_UPPER"),
         _conv_case("conv_4x4_s2_same_lower", 3, 4, 9, 4, 2, auto_pad="SAME_LOWER"),
@@ -254,6 +273,9 @@ def _build_cases() -> list[OpCase]:
         _conv_case("depthwise_3x3", 6, 6, 8, 3, 1, (1, 1, 1, 1), group=6),
         _conv_case("depthwise_3x3_s2_mult2", 3, 6, 9, 3, 2, (1, 1, 1, 1), group=3),
         _conv_case("depthwise_relu6", 5, 5, 7, 3, 1, (1, 1, 1, 1), group=5, activation="relu6"),
+        # sixteen channels and more: the NEON tile path, which on aarch64 reads a padded copy
+        _conv_case("depthwise_5x5_s2_asym_c24", 24, 24, 11, 5, 2, (1, 2, 2, 1), group=24),
+        _conv_case("depthwise_3x3_dil2_c32", 32, 32, 9, 3, 1, (2, 2, 2, 2), dilation=2, group=32, activation="relu"),
     ]
     w = (rng.standard_normal((10, 12)) / np.sqrt(12)).astype(np.float32)
     b = (0.1 * rng.standard_normal(10)).astype(np.float32)
@@ -360,6 +382,7 @@ def _build_cases() -> list[OpCase]:
     ]
     cases += _take_cases()
     cases += _matmul_cases()
+    cases += _softmax_cases()
     # YOLOv8's DFL head: Transpose(0, 2, 1, 3) of [1, 4, 16, A], Softmax over the 16 bins (axis 1);
     # a Transpose of the channels to the end; the box decode's Sub of two activations (float).
     cases += [

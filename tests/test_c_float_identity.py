@@ -1,4 +1,4 @@
-"""The C runtime's float exp, sigmoid, silu, tanh and softmax give the same bits on every architecture.
+"""The C runtime's float exp, sigmoid, silu, tanh and softmax (any axis) give the same bits on every architecture.
 
 The C libraries round expf and tanhf their own way (musl and glibc differ by 1 ULP on some
 inputs), so a model ending in a float Softmax gave other bytes on aarch64 than on x86_64.
@@ -34,7 +34,9 @@ def _inputs() -> np.ndarray:
     return np.resize(values, ROWS * DEPTH).reshape(1, ROWS, DEPTH)
 
 
-_OUTPUTS = ("sigmoid", "silu", "tanh", "softmax")
+# softmax over the last axis (contiguous rows); softmax_time over axis 1, its 470-long rows read
+# DEPTH apart (fw_softmax_f32 with inner = DEPTH)
+_OUTPUTS = ("sigmoid", "silu", "tanh", "softmax", "softmax_time")
 
 
 def _model() -> onnx.ModelProto:
@@ -46,7 +48,8 @@ def _model() -> onnx.ModelProto:
              helper.make_node("Sigmoid", ["x"], ["sigmoid_of_silu"], name="silu_sigmoid"),
              helper.make_node("Mul", ["x", "sigmoid_of_silu"], ["silu"], name="silu_mul"),
              helper.make_node("Tanh", ["x"], ["tanh"], name="tanh"),
-             helper.make_node("Softmax", ["x"], ["softmax"], name="softmax", axis=-1)]
+             helper.make_node("Softmax", ["x"], ["softmax"], name="softmax", axis=-1),
+             helper.make_node("Softmax", ["x"], ["softmax_time"], name="softmax_time", axis=1)]
     graph = helper.make_graph(nodes, "transcendental", [x], outputs)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
@@ -90,8 +93,10 @@ def test_sigmoid_silu_and_tanh_are_correctly_rounded(outputs):
 
 
 def test_softmax_matches_onnxruntime(outputs):
-    reference = OrtRunner(_model()).run_all({"x": _inputs()})["softmax"]
-    np.testing.assert_allclose(outputs[host_arch()]["softmax"], reference, rtol=FP32_RTOL, atol=FP32_ATOL)
+    references = OrtRunner(_model()).run_all({"x": _inputs()})
+    for name in ("softmax", "softmax_time"):
+        np.testing.assert_allclose(outputs[host_arch()][name], references[name], rtol=FP32_RTOL, atol=FP32_ATOL,
+                                   err_msg=name)
 
 
 _TRANSFORMER_OUTPUTS = ("layer_norm", "square", "sqrt", "div")

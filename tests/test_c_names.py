@@ -342,9 +342,10 @@ def test_an_export_error_naming_a_hostile_node_is_one_line(tmp_path):
     from fwedge.errors import FwEdgeError
 
     node_name = "soft\nmax\r#include </etc/passwd>"
-    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], name=node_name, axis=2)], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])])
+    pads = helper.make_tensor("pads", TensorProto.INT64, [6], [0, 1, 1, 0, 1, 1])  # rank 3: C refuses it
+    graph = helper.make_graph([helper.make_node("Pad", ["x", "pads"], ["y"], name=node_name)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 6])], [pads])
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
     with pytest.raises(FwEdgeError) as caught:

@@ -32,17 +32,16 @@ def _model(nodes, inputs, outputs, initializers=()) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(model)
 
 
-def _image_softmax_model() -> onnx.ModelProto:
-    """Two Softmax nodes over axis 2 (H) of a [1, 3, 4, 5] tensor: the lowering takes them, the C
-    emitter refuses them (it takes the last axis, attention's, and the channels, NHWC's innermost),
-    and the TFLite writer too."""
-    shape = [1, 3, 4, 5]
+def _sequence_pad_model() -> onnx.ModelProto:
+    """Two Pad nodes on a rank-3 [1, 3, 5] tensor (a sequence model's [N, T, K]): the lowering takes
+    them, the C emitter refuses them (it pads C, H and W of 4-D tensors only)."""
+    pads = numpy_helper.from_array(np.array([0, 1, 2, 0, 1, 2], np.int64), "pads")
     return _model(
-        [helper.make_node("Softmax", ["x"], ["s"], name="softmax_a", axis=-2),
-         helper.make_node("Relu", ["s"], ["r"], name="relu"),
-         helper.make_node("Softmax", ["r"], ["y"], name="softmax_b", axis=2)],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+        [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad_a"),
+         helper.make_node("Relu", ["p"], ["r"], name="relu"),
+         helper.make_node("Pad", ["r", "pads"], ["y"], name="pad_b")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 7, 13])], [pads])
 
 
 def _asymmetric_weight_model() -> onnx.ModelProto:
@@ -114,31 +113,51 @@ def test_registering_a_second_class_under_a_taken_name_is_refused():
 
 
 def test_c_check_reports_every_node_its_emitters_refuse():
-    model = _image_softmax_model()
-    assert get_target(host_arch()).check(model) == [("softmax_a", "Softmax", 13), ("softmax_b", "Softmax", 13)]
+    model = _sequence_pad_model()
+    assert get_target(host_arch()).check(model) == [("pad_a", "Pad", 13), ("pad_b", "Pad", 13)]
     from fwedge.targets import support_matrix
 
-    assert support_matrix(model)["c"] == [("softmax_a", "Softmax", 13), ("softmax_b", "Softmax", 13)]
+    assert support_matrix(model)["c"] == [("pad_a", "Pad", 13), ("pad_b", "Pad", 13)]
 
 
 def test_c_export_refuses_emitter_refusals_in_one_error_before_writing(tmp_path):
     out = tmp_path / "bundle"
     with pytest.raises(UnsupportedOpError) as info:
-        get_target("aarch64").export(_image_softmax_model(), out, ExportOptions())
-    assert info.value.nodes == [("softmax_a", "Softmax", 13), ("softmax_b", "Softmax", 13)]
-    assert "only the last axis, or the channels of a 4-D one" in str(info.value) and "\n" not in str(info.value)
+        get_target("aarch64").export(_sequence_pad_model(), out, ExportOptions())
+    assert info.value.nodes == [("pad_a", "Pad", 13), ("pad_b", "Pad", 13)]
+    assert "only 4-D pads of C, H and W" in str(info.value) and "\n" not in str(info.value)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_fwedge_export_exits_2_naming_the_node_and_op_and_writes_nothing(tmp_path):
-    onnx.save(_image_softmax_model(), tmp_path / "softmax.onnx")
+    onnx.save(_sequence_pad_model(), tmp_path / "pad.onnx")
     out = tmp_path / "bundles"
-    result = CliRunner().invoke(cli, ["export", str(tmp_path / "softmax.onnx"), "-t", "x86_64", "-o", str(out)])
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "pad.onnx"), "-t", "x86_64", "-o", str(out)])
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert "'softmax_a' (Softmax, opset 13)" in lines[0] and "'softmax_b' (Softmax, opset 13)" in lines[0]
+    assert "'pad_a' (Pad, opset 13)" in lines[0] and "'pad_b' (Pad, opset 13)" in lines[0]
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_softmax_along_the_batch_axis_is_refused_where_a_bundle_runs_one_sample_at_a_time(tmp_path):
+    """Softmax over axis 0 of [N, 6]: onnxruntime spreads it over the batch (3 samples: not 1.0),
+    the C and TFLite bundles would run each sample alone (every output 1.0, 0.996 off), so the op
+    card refuses it and ncnn's writer too (no batch axis); onnx and openvino run the batch whole."""
+    model = _model([helper.make_node("Softmax", ["x"], ["y"], name="batch_softmax", axis=0)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])])
+    from fwedge.eval import ort_session
+    from fwedge.targets import support_matrix
+
+    batch = np.random.default_rng(0).uniform(-3, 3, (3, 6)).astype(np.float32)
+    assert ort_session(model).run(["y"], {"x": batch})[0].max() < 1.0
+    refused = [("batch_softmax", "Softmax", 13)]
+    assert support_matrix(model) == {"onnx": [], "openvino": [], "tflite": refused, "ncnn": refused, "c": refused}
+    for name in ("tflite", host_arch()):
+        with pytest.raises(UnsupportedOpError, match=r"'batch_softmax'.*along the batch axis \(axis 0\)"):
+            get_target(name).export(model, tmp_path / name, ExportOptions())
+        assert not (tmp_path / name).exists()
 
 
 def test_ncnn_check_reports_writer_refusals():
@@ -215,7 +234,7 @@ def test_float_fallback_changes_nothing_on_a_target_that_takes_the_qdq_model_as_
 def test_an_unknown_target_is_a_clear_error(tmp_path):
     with pytest.raises(ExportError, match=r"unknown target 'sparc'; choose from onnx, .*loongarch64"):
         get_target("sparc")
-    onnx.save(_image_softmax_model(), tmp_path / "m.onnx")
+    onnx.save(_sequence_pad_model(), tmp_path / "m.onnx")
     with pytest.raises(ExportError, match="unknown target 'c'"):  # C is exported per architecture
         export_bundle(tmp_path / "m.onnx", "c", tmp_path / "b")
     result = CliRunner().invoke(cli, ["export", str(tmp_path / "m.onnx"), "-t", "sparc", "-o", str(tmp_path)])
@@ -240,7 +259,7 @@ def test_an_unknown_option_is_a_clear_error(tmp_path):
         TfliteOptions(input_shapes={"x": [1, 3, 8, 8]})
     with pytest.raises(ExportError, match="cflags must be a sequence of flags"):
         COptions(cflags="-O2 -g")
-    onnx.save(_image_softmax_model(), tmp_path / "m.onnx")
+    onnx.save(_sequence_pad_model(), tmp_path / "m.onnx")
     result = CliRunner().invoke(cli, ["export", str(tmp_path / "m.onnx"), "-t", "onnx", "--cflags=-O2",
                                       "-o", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output

@@ -147,18 +147,21 @@ def test_c_runtime_on_yolov8n_is_within_its_bound_and_the_same_on_aarch64(yolo):
     assert np.array_equal(got.view(np.uint8), host[:1].view(np.uint8)), "C differs between x86_64 and aarch64"
 
 
-@pytest.mark.slow
 @pytest.mark.cc
 @pytest.mark.zig
 @pytest.mark.qemu("riscv64", "loongarch64")
-@pytest.mark.parametrize("arch", ["riscv64", "loongarch64"])
-def test_c_runtime_on_yolov8n_is_the_same_on_riscv64_and_loongarch64(yolo, arch):
-    """riscv64 with V (its RVV kernels: ~40 s a photo under qemu, against ~6 s without V) and
-    loongarch64 (the portable loops, ~5 s), each ~10-12 s to build: the x86_64 bytes, on one photo."""
+@pytest.mark.parametrize("arch, cpu", [
+    ("riscv64", ""),
+    pytest.param("riscv64", "rv64,v=true,vext_spec=v1.0,vlen=128", marks=pytest.mark.slow, id="riscv64-v"),
+    ("loongarch64", ""),
+])
+def test_c_runtime_on_yolov8n_is_the_same_on_riscv64_and_loongarch64(yolo, arch, cpu):
+    """riscv64 without V (the portable loops, ~6 s a photo under qemu), with V (its RVV kernels:
+    ~40 s, so marked slow; the op matrix runs them on every op) and loongarch64 (the portable
+    loops, ~5 s), each ~10-12 s to build: the x86_64 bytes, on one photo."""
     from fwedge.targets import c
 
     host = _bundle_output(yolo, "x86_64", 1)
-    cpu = "rv64,v=true,vext_spec=v1.0,vlen=128" if arch == "riscv64" else ""
     bundle = _bundle(yolo, arch)
     start = time.perf_counter()
     got = c.run_harness(bundle, {"images": yolo.x[:1]}, cpu=cpu)[0]["output0"].reshape(host.shape)

@@ -32,6 +32,7 @@ from fwedge.console import calibration_bar
                    "(PP-OCR cls: -4 dB), so check the result.")
 @click.option("--equalize", is_flag=True,
               help="Cross-layer equalization before calibration: scale each Conv/Gemm pair joined by ReLU/MaxPool "
+                   "/GlobalAveragePool, through a Flatten into a Gemm or into a grouped Conv "
                    "(not ReLU6: Clip's bound is one scalar) so both have the same per-channel weight ranges; the "
                    "float function is unchanged. Aimed at --per-tensor weights.")
 @click.option("--relu6-as-relu", is_flag=True,

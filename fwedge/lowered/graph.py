@@ -72,7 +72,7 @@ Integer arithmetic (TFLite reference kernels; see fwedge/lowered/interp.py):
     prelu (int8, channel c on axis 1): y_q = luts[c, x_q + 128], one int8[256] table per channel
         computed as the functions' tables are, from x >= 0 ? x : slope[c] * x. Float:
         the same with the float32 slopes.
-    softmax (int8, along attrs.axis: the last axis or a 4-D tensor's channels): d = max(x_q) - x_q; e = exp_table[d] (int32[256], Q24 of
+    softmax (int8, along attrs.axis, any axis of any rank): d = max(x_q) - x_q; e = exp_table[d] (int32[256], Q24 of
         exp(-s_x * d)); S = sum(e) (int64); p = (e * 2**30 + S // 2) // S (Q30 probability);
         y_q = clamp(zp_y + MBQM(p, m, s), -128, 127) with real = 2**-30 / s_y.
     quantize float->int8: y_q = clamp(round_half_even(x / s) + zp, -128, 127).
@@ -327,7 +327,7 @@ class LayerNormAttrs:
 
 @dataclass(frozen=True, eq=False)
 class SoftmaxAttrs:
-    """softmax along `axis` (non-negative): the last axis, or axis 1 (channels) of a 4-D tensor."""
+    """softmax along `axis` (non-negative, a logical axis: any axis of any rank)."""
 
     axis: int
     beta: float = 1.0

@@ -125,6 +125,9 @@ def _check_pad(view, node: onnx.NodeProto) -> str | None:
         return f"Pad mode {mode!r}"
     if len(node.input) > 1 and view.const(node.input[1]) is None:
         return "non-constant pads"
+    pads = view.const(node.input[1]) if len(node.input) > 1 and node.input[1] else attribute(node, "pads", [])
+    if pads is not None and min((int(v) for v in np.asarray(pads).reshape(-1)), default=0) < 0:
+        return "negative pads (a crop)"
     if len(node.input) > 3 and node.input[3]:
         return "Pad axes input"
     return None

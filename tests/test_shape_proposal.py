@@ -1,0 +1,122 @@
+"""A dynamic-shape error proposes a concrete --input-shape: the calibration samples' shape quantize recorded, or the fwedge.preprocess resize."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from fwedge.cli import cli
+from fwedge.errors import ExportError
+from fwedge.shape_proposal import SAMPLE_SHAPE_METADATA, proposed_shape
+from fwedge.targets.common import require_static
+from helpers import tiny_conv_model
+from ppocr_inputs import ppocr_cls_inputs
+
+
+def _dynamic(dims=("N", 1, "height", "width"), metadata: dict | None = None) -> onnx.ModelProto:
+    """tiny_conv_model (Conv -> GlobalAveragePool -> Gemm: any H and W) with input x of `dims`."""
+    model = tiny_conv_model(np.random.default_rng(0))
+    shape = model.graph.input[0].type.tensor_type.shape
+    shape.ClearField("dim")
+    for dim in dims:
+        if isinstance(dim, int):
+            shape.dim.add().dim_value = dim
+        else:
+            shape.dim.add().dim_param = dim
+    onnx.helper.set_model_props(model, metadata or {})
+    return model
+
+
+def _invoke(*args) -> object:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _refused(result, proposal: str) -> None:
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert proposal in result.output, result.output
+
+
+def test_quantize_records_the_sample_shape_and_export_proposes_it(tmp_path):
+    onnx.save(_dynamic(), tmp_path / "dynamic.onnx")
+    np.save(tmp_path / "lines.npy", np.random.default_rng(0).uniform(-1, 1, (16, 1, 12, 20)).astype(np.float32))
+    quantized = _invoke("quantize", tmp_path / "dynamic.onnx", "--data", tmp_path / "lines.npy", "-o", tmp_path / "q.onnx")
+    assert quantized.exit_code == 0, quantized.output
+    qdq = onnx.load(tmp_path / "q.onnx")
+    assert [d.dim_param for d in qdq.graph.input[0].type.tensor_type.shape.dim[2:]] == ["height", "width"]  # not applied
+    for target in ("x86_64", "tflite"):
+        _refused(_invoke("export", tmp_path / "q.onnx", "-t", target, "-o", tmp_path),
+                 "give --input-shape x=1,1,12,20 (the shape of the calibration samples in lines.npy)")
+
+
+@pytest.mark.cc
+@pytest.mark.zig
+def test_the_proposed_shape_exports(tmp_path):
+    onnx.save(_dynamic(), tmp_path / "dynamic.onnx")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).uniform(-1, 1, (16, 1, 12, 20)).astype(np.float32))
+    assert _invoke("quantize", tmp_path / "dynamic.onnx", "--data", tmp_path / "x.npy", "-o", tmp_path / "q.onnx").exit_code == 0
+    result = _invoke("export", tmp_path / "q.onnx", "-t", "x86_64", "--input-shape", "x=1,1,12,20", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "q-x86_64-int8" / "manifest.json").read_text())
+    assert manifest["inputs"][0]["shape"] == [1, 1, 12, 20]
+
+
+def test_export_proposes_the_resize_of_the_preprocess_metadata(tmp_path):
+    preprocess = json.dumps({"resize": [12, 20], "color": "grayscale"})
+    onnx.save(_dynamic(metadata={"fwedge.preprocess": preprocess}), tmp_path / "resized.onnx")
+    _refused(_invoke("export", tmp_path / "resized.onnx", "-t", "x86_64", "-o", tmp_path),
+             "give --input-shape x=1,1,12,20 (the resize in the model's fwedge.preprocess metadata)")
+
+
+def test_without_data_or_metadata_the_message_keeps_the_placeholders(tmp_path):
+    onnx.save(_dynamic(), tmp_path / "dynamic.onnx")
+    _refused(_invoke("export", tmp_path / "dynamic.onnx", "-t", "x86_64", "-o", tmp_path),
+             "give --input-shape x=1,1,H,W with the size the model runs at")
+
+
+def _recorded(shape, name="x", data="lines.npy") -> dict:
+    return {SAMPLE_SHAPE_METADATA: json.dumps({"input": name, "shape": shape, "data": data})}
+
+
+@pytest.mark.parametrize("dims,metadata,expected", [
+    # Only the unknown dims are filled; a dim_param batch becomes 1.
+    (("N", 3, "h", 48), _recorded([1, 3, 16, 48]), [1, 3, 16, 48]),
+    (("N", 3, "h", 48), {"fwedge.preprocess": '{"resize": [16, 48]}'}, [1, 3, 16, 48]),
+    (("batch", "h", "w", 3), {"fwedge.preprocess": '{"resize": [16, 24], "layout": "NHWC"}'}, [1, 16, 24, 3]),
+    # A source that contradicts a fixed dim, or has another rank, input or shape, proposes nothing.
+    (("N", 3, "h", 48), _recorded([1, 3, 16, 40]), None),
+    (("N", 3, "h", 48), _recorded([1, 1, 16, 48]), None),
+    (("N", 3, "h", 48), _recorded([1, 3, 16]), None),
+    (("N", 3, "h", 48), _recorded([1, 3, 16, 48], name="y"), None),
+    (("N", 3, "h", 48), _recorded([1, 3, 0, 48]), None),
+    (("N", 3, "h", 48), {SAMPLE_SHAPE_METADATA: "[not json"}, None),
+    (("N", 3, "h", 48), {"fwedge.preprocess": '{"resize": [16, 16]}'}, None),
+    (("N", 3, "h", "w", 2), {"fwedge.preprocess": '{"resize": [16, 16]}'}, None),
+    # The recorded samples come before the resize.
+    (("N", 3, "h", "w"), {**_recorded([1, 3, 48, 192]), "fwedge.preprocess": '{"resize": [16, 16]}'},
+     [1, 3, 48, 192]),
+])
+def test_the_proposal_fills_only_unknown_dims_from_a_source_that_fits(dims, metadata, expected):
+    model = _dynamic(dims, metadata)
+    found = proposed_shape(model, model.graph.input[0])
+    assert (found[0] if found else None) == expected, found
+
+
+def test_a_target_needing_static_shapes_proposes_too():
+    """targets/common.require_static (ncnn's check) gives the same advice as the lowering."""
+    model = _dynamic(metadata=_recorded([1, 1, 12, 20], data="\x1b[31mred.npy"))
+    with pytest.raises(ExportError, match=r"give --input-shape x=1,1,12,20 \(the shape of the calibration "
+                                          r"samples in the data\)$"):
+        require_static(model, "ncnn")
+
+
+def test_ppocr_cls_quantized_on_rendered_lines_proposes_its_line_shape(ppocr_cls_path, tmp_path):
+    """The real PP-OCR cls model's input is x [N,3,48,W]; quantized on 48x192 lines, its export
+    proposes exactly that shape."""
+    np.save(tmp_path / "lines.npy", ppocr_cls_inputs(8)[0].astype(np.float32))
+    quantized = _invoke("quantize", ppocr_cls_path, "--data", tmp_path / "lines.npy", "-o", tmp_path / "cls.onnx", "-q")
+    assert quantized.exit_code == 0, quantized.output
+    _refused(_invoke("export", tmp_path / "cls.onnx", "-t", "x86_64", "-o", tmp_path),
+             "give --input-shape x=1,3,48,192 (the shape of the calibration samples in lines.npy)")

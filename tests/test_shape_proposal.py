@@ -120,3 +120,17 @@ def test_ppocr_cls_quantized_on_rendered_lines_proposes_its_line_shape(ppocr_cls
     assert quantized.exit_code == 0, quantized.output
     _refused(_invoke("export", tmp_path / "cls.onnx", "-t", "x86_64", "-o", tmp_path),
              "give --input-shape x=1,3,48,192 (the shape of the calibration samples in lines.npy)")
+
+
+def test_the_pipeline_export_proposes_the_calibration_sample_shape(tmp_path, monkeypatch):
+    """The pipeline's export reads quantize's QDQ model, so it proposes the same shape."""
+    onnx.save(_dynamic(), tmp_path / "dynamic.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.uniform(-1, 1, (32, 1, 12, 20)).astype(np.float32), y=rng.integers(0, 3, 32))
+    (tmp_path / "p.toml").write_text('[pipeline]\ncache_dir = "cache"\nout_dir = "out"\n[model]\npath = "dynamic.onnx"\n'
+                                     '[data]\ncalibration = "d.npz"\neval = "d.npz"\n[quantize]\nnum_samples = 32\n'
+                                     '[export]\ntargets = ["x86_64"]\n')
+    monkeypatch.chdir(tmp_path)
+    result = _invoke("pipeline", tmp_path / "p.toml", "-q")
+    assert result.exit_code == 2, result.output
+    assert "give --input-shape x=1,1,12,20 (the shape of the calibration samples in d.npz)" in result.output, result.output

@@ -134,3 +134,34 @@ def test_the_pipeline_export_proposes_the_calibration_sample_shape(tmp_path, mon
     result = _invoke("pipeline", tmp_path / "p.toml", "-q")
     assert result.exit_code == 2, result.output
     assert "give --input-shape x=1,1,12,20 (the shape of the calibration samples in d.npz)" in result.output, result.output
+
+
+def _flatten_head() -> onnx.ModelProto:
+    """x[N,1,H,W] -> Flatten -> Gemm(240 -> 3): runs only at H*W = 240."""
+    weight = onnx.numpy_helper.from_array(np.random.default_rng(1).standard_normal((3, 240)).astype(np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Flatten", ["x"], ["f"], name="flatten"),
+         onnx.helper.make_node("Gemm", ["f", "w"], ["y"], name="fc", transB=1)], "head",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, "h", "w"])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], [weight])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_eval_of_images_at_another_size_proposes_the_calibration_sample_shape(tmp_path):
+    """Images at their own 8x8 size fail the 12x20 head; the message proposes the calibrated shape,
+    and with it eval resizes the images and runs."""
+    from PIL import Image
+
+    onnx.save(_flatten_head(), tmp_path / "head.onnx")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.uniform(0, 1, (16, 1, 12, 20)).astype(np.float32))
+    assert _invoke("quantize", tmp_path / "head.onnx", "--data", tmp_path / "x.npy", "-o", tmp_path / "q.onnx").exit_code == 0
+    for index in range(6):
+        (tmp_path / "images" / str(index % 3)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / "images" / str(index % 3) / f"{index}.png")
+    _refused(_invoke("eval", tmp_path / "q.onnx", "--data", tmp_path / "images"),
+             "give --input-shape x=1,1,12,20 (the shape of the calibration samples in x.npy)")
+    fixed = _invoke("eval", tmp_path / "q.onnx", "--data", tmp_path / "images", "--input-shape", "x=1,1,12,20", "--json", "-")
+    assert fixed.exit_code == 0 and json.loads(fixed.output)["samples"] == 6, fixed.output

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import onnx
@@ -14,6 +15,7 @@ from fwedge.preprocess import preprocess_from_metadata
 # (after preprocessing) of a model input quantize left dynamic. Only ever proposed, never applied.
 SAMPLE_SHAPE_METADATA = "fwedge.sample_shape"
 _MAX_DIM = 2**31 - 1
+log = logging.getLogger(__name__)
 _MAX_SHOWN = 120  # characters of a data file name shown from a model's metadata
 
 
@@ -26,8 +28,10 @@ def record_sample_shape(model: onnx.ModelProto, sample: np.ndarray, data_name: s
     input has dynamic dimensions other than the batch (a later export proposes it)."""
     first = ir.graph_inputs(model)[0]
     if _dynamic(ir.shape_of(first)):
-        ir.set_metadata(model, SAMPLE_SHAPE_METADATA, json.dumps(
-            {"input": first.name, "shape": [1, *map(int, sample.shape[1:])], "data": data_name}))
+        shape = [1, *map(int, sample.shape[1:])]
+        log.info("input '%s' stays dynamic %s; its calibration samples are %s (%s)", first.name,
+                 ir.shape_of(first), shape, SAMPLE_SHAPE_METADATA)
+        ir.set_metadata(model, SAMPLE_SHAPE_METADATA, json.dumps({"input": first.name, "shape": shape, "data": data_name}))
 
 
 def _fits(shape: list, proposal: list) -> bool:

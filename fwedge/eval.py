@@ -13,6 +13,7 @@ from fwedge import ir
 from fwedge.data import Batch, Dataset, Preprocess, check_batch_shape, preprocess_from_metadata
 from fwedge.detection import decode, map50
 from fwedge.errors import DataError, ModelError
+from fwedge.shape_proposal import give_input_shape
 from fwedge.tasks import CLASSIFICATION, DETECTION, task_of
 
 log = logging.getLogger(__name__)
@@ -422,6 +423,6 @@ def evaluate_model(
             raise
         shown = ",".join(str(d) if isinstance(d, int) else "?" for d in shape)
         raise ModelError(f"model '{model_path}': {exc}; its input '{first.name}' [{shown}] is dynamic, so the "
-                         f"data went in at its own size: give --input-shape {first.name}=1,...") from exc
+                         f"data went in at its own size: {give_input_shape(loaded, first)}") from exc
     return {"model": str(model_path), "data": str(data), "output": runner.output, "preprocess": spec.to_dict(),
             **scores}

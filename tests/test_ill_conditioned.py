@@ -53,7 +53,7 @@ def test_ill_conditioned_depthwise_collapses_is_reported_and_equalize_recovers_i
     plain = _quantize(path, tmp_path / "plain.onnx")
     assert plain["check"]["sqnr_db"] < LOW_SQNR_DB
     assert f"int8 output SQNR {plain['check']['sqnr_db']:.1f} dB against float" in caplog.text
-    assert "fwedge analyze" in caplog.text
+    assert "fwedge analyze" in caplog.text and "--equalize" in caplog.text
     assert _agreement(reference, _logits(str(tmp_path / "plain.onnx"), x)) < ILL_CONDITIONED_PLAIN_MAX_AGREEMENT
 
     analysis = CliRunner().invoke(cli, ["analyze", str(path), str(tmp_path / "plain.onnx"), "--data",

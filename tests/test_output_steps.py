@@ -94,3 +94,25 @@ def test_a_float_output_has_no_step(files):
     assert fidelity["max_abs_error"] == pytest.approx(MOVED * STEP)  # the difference is there ...
     assert fidelity["step"] is None and fidelity["max_steps"] is None and fidelity["far_fraction"] is None
     assert "no step (float output)" in text  # ... and is not counted in a step made up for it
+
+
+def test_the_report_shows_the_steps_under_the_sqnr(tmp_path):
+    from fwedge.device_farm.results import DeviceResult, Latency, Results, save_results
+
+    def result(bundle, **figures):
+        return DeviceResult(bundle=bundle, device="host", status="ok", target="onnx", arch="any", precision="int8",
+                            accuracy=None, fidelity={"top1_agreement": 1.0, "sqnr_db": 30.0, **figures},
+                            latency=Latency(1.0, 1.2, 1.05, 0.9, 20), samples=40)
+
+    save_results(Results(results=[
+        result("int8", step=STEP, max_steps=3.0, far_fraction=0.125),
+        result("float", step=None, max_steps=None, far_fraction=None),
+        result("older"),  # a results file from before steps were counted: nothing said
+    ]), tmp_path / "results.json")
+    made = CliRunner().invoke(cli, ["report", str(tmp_path / "results.json"), "-o", str(tmp_path / "r.html")])
+    assert made.exit_code == 0, made.output
+    page = (tmp_path / "r.html").read_text()
+    rows = {name: page[page.index(f">{name}<"):][:1500] for name in ("int8", "float", "older")}
+    assert "max 3.00 steps" in rows["int8"] and "12.50% of elements more than one step off" in rows["int8"]
+    assert "no step (float output)" in rows["float"]
+    assert "steps" not in rows["older"].split("</tr>")[0] and "no step" not in rows["older"].split("</tr>")[0]

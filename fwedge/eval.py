@@ -378,7 +378,8 @@ def evaluate(
     each runner's chosen output (`output`, default the first). When both runners give all their
     outputs (`outputs`), every output they share is compared too: "outputs" maps its name to
     its Fidelity (a detector's boxes, an OCR model's sequence: SQNR, cosine and max error are
-    the figures that mean something there).
+    the figures that mean something there). An output with a quantization step (output_step:
+    the reference's, else the candidate's) is also counted in steps; a float output is not.
 
     Returns:
         {"samples": int, "task": str, "accuracy": AccuracyResult | None, "fidelity": Fidelity | None,

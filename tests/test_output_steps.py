@@ -116,3 +116,16 @@ def test_the_report_shows_the_steps_under_the_sqnr(tmp_path):
     assert "max 3.00 steps" in rows["int8"] and "12.50% of elements more than one step off" in rows["int8"]
     assert "no step (float output)" in rows["float"]
     assert "steps" not in rows["older"].split("</tr>")[0] and "no step" not in rows["older"].split("</tr>")[0]
+
+
+def test_a_manifest_int8_output_scale_is_its_step(tmp_path):
+    """No target writes int8 device outputs today; a manifest that declares one gives its scale
+    as the step, under the output's ONNX name, and a float32 output none."""
+    from fwedge.bundle import Bundle, TensorInfo
+
+    outputs = [TensorInfo("y_own", [1, 8], "int8", scale=0.25, zero_point=3), TensorInfo("z", [1, 8], "float32"),
+               TensorInfo("w", [1, 8], "uint8", scale=None)]
+    bundle = Bundle(path=tmp_path, target="tflite", arch="any", precision="int8", source_sha256="0" * 64,
+                    inputs=[TensorInfo("x", [1, 8], "float32")], outputs=outputs, files={},
+                    extra={"onnx_names": {"y": "y_own"}})
+    assert bundle.output_steps == {"y": 0.25}

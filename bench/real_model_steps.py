@@ -66,6 +66,7 @@ def _source(name: str, work: Path):
 
 def _row(name, target, reference, candidate, step, detector) -> str:
     from fwedge.detection import decode, map50
+    from fwedge.eval import FAR_STEPS
 
     steps = np.abs(candidate.astype(np.float64) - reference) / step
     if detector:
@@ -75,7 +76,7 @@ def _row(name, target, reference, candidate, step, detector) -> str:
         agreement = f"top-1 {100 * np.mean(flat_r.argmax(1) == flat_c.argmax(1)):6.2f}%"
     noise = np.sum((candidate.astype(np.float64) - reference) ** 2)
     sqnr = float("inf") if noise == 0 else 10 * np.log10(np.sum(reference.astype(np.float64) ** 2) / noise)
-    return (f"{name:<18} {target:<9} {steps.max():7.2f} {steps.mean():7.3f} {100 * np.mean(steps > 1.5):7.2f}% "
+    return (f"{name:<18} {target:<9} {steps.max():7.2f} {steps.mean():7.3f} {100 * np.mean(steps > FAR_STEPS):7.2f}% "
             f"{agreement:>15} {sqnr:8.1f}")
 
 

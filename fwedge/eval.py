@@ -17,9 +17,10 @@ from fwedge.tasks import CLASSIFICATION, DETECTION, task_of
 
 log = logging.getLogger(__name__)
 
-# An element is "more than one step off" past 1.5 steps: a value one step off is rounding, and
-# 1.5 leaves room for float noise in the step division (the count tests/helpers.py
-# runtime_int8_problems and bench/real_model_steps.py make).
+# An element is "more than one step off" past 1.5 steps: two outputs on the same int8 grid
+# differ by whole steps, so this counts those two or more steps apart, with room for the float
+# rounding of the division (tests/helpers.py runtime_int8_problems and bench/real_model_steps.py
+# count with it too).
 FAR_STEPS = 1.5
 
 

@@ -39,12 +39,14 @@ C_ARCHES = ("x86_64", "aarch64", "riscv64", "loongarch64")
 
 
 def _row(name: str, target: str, reference: np.ndarray, candidate: np.ndarray, step: float, task: str) -> str:
+    from fwedge.eval import FAR_STEPS
+
     steps = np.abs(candidate.astype(np.float64) - reference) / step
     score = task_score(task, reference, candidate)
     noise = np.sum((candidate.astype(np.float64) - reference) ** 2)
     sqnr = float("inf") if noise == 0 else 10 * np.log10(np.sum(reference.astype(np.float64) ** 2) / noise)
     shown = "-" if score is None else f"{100 * score:.2f}%"
-    return (f"{name:<18} {target:<11} {steps.max():8.2f} {steps.mean():7.3f} {100 * np.mean(steps > 1.5):7.2f}% "
+    return (f"{name:<18} {target:<11} {steps.max():8.2f} {steps.mean():7.3f} {100 * np.mean(steps > FAR_STEPS):7.2f}% "
             f"{task + ' ' + shown:>22} {sqnr:8.1f}")
 
 

@@ -257,7 +257,7 @@ def test_null_metrics_are_a_regression_not_a_pass(tmp_path):
     assert report.passed, "fidelity and latency still prove this pair"
 
 
-def test_max_steps_is_read_where_the_baseline_has_it(tmp_path):
+def test_max_steps_is_read_where_the_baseline_has_it(tmp_path, wide_console):
     """Shown, not limited; a baseline's max_steps missing from this run fails (no evidence); a
     baseline without one (a float output, an older file) asks for none."""
     def steps(value, step=0.15):

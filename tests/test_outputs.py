@@ -40,7 +40,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return {"float": folder / "two.onnx", "qdq": folder / "two_int8.onnx", "bundle": folder / "bundles" / "two_int8-onnx-int8"}
 
 
-def test_eval_compares_every_output_and_reads_the_chosen_one(models):
+def test_eval_compares_every_output_and_reads_the_chosen_one(models, wide_console):
     default = json.loads(_ok("eval", models["qdq"], "--data", TEST, "--limit", "96", "--reference", models["float"],
                              "--json", "-").output)
     assert default["output"] == "logits" and set(default["outputs"]) == {"logits", FEATURES}

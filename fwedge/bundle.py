@@ -141,7 +141,11 @@ class Bundle:
         onnx_of = {own: own for own in own_names} | {own: name for name, own in aliases.items() if own in own_names}
         if output is None:
             return onnx_of[own_names[0]], own_names[0]
+        # onnx_names also maps inner tensors (an int8 bundle's quantized copy of an output,
+        # for `fwedge diff`): an alias that is no output falls back to the name itself.
         own = aliases.get(output, output)
+        if own not in own_names:
+            own = output
         if own not in own_names:
             raise DataError(f"bundle '{self.name}' has no output '{output}' (no such output among "
                             f"{[onnx_of[name] for name in own_names][:20]})")

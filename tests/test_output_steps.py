@@ -12,7 +12,9 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
+from fwedge.bundle import Bundle, TensorInfo
 from fwedge.cli import cli
+from fwedge.errors import DataError
 from fwedge.eval import FAR_STEPS, OrtRunner, dequantized_steps
 
 STEP = 0.05
@@ -121,7 +123,6 @@ def test_the_report_shows_the_steps_under_the_sqnr(tmp_path):
 def test_a_manifest_int8_output_scale_is_its_step(tmp_path):
     """No target writes int8 device outputs today; a manifest that declares one gives its scale
     as the step, under the output's ONNX name, and a float32 output none."""
-    from fwedge.bundle import Bundle, TensorInfo
 
     outputs = [TensorInfo("y_own", [1, 8], "int8", scale=0.25, zero_point=3), TensorInfo("z", [1, 8], "float32"),
                TensorInfo("w", [1, 8], "uint8", scale=None)]
@@ -129,3 +130,14 @@ def test_a_manifest_int8_output_scale_is_its_step(tmp_path):
                     inputs=[TensorInfo("x", [1, 8], "float32")], outputs=outputs, files={},
                     extra={"onnx_names": {"y": "y_own"}})
     assert bundle.output_steps == {"y": 0.25}
+
+
+def test_an_output_whose_onnx_name_maps_to_an_inner_tensor_is_still_found(tmp_path):
+    """An int8 tflite bundle's onnx_names maps an output's ONNX name to its quantized inner copy
+    (for diff), while the output keeps the ONNX name (PP-OCR det's 'sigmoid_0.tmp_0')."""
+    bundle = Bundle(path=tmp_path, target="tflite", arch="any", precision="int8", source_sha256="0" * 64,
+                    inputs=[TensorInfo("x", [1, 8], "float32")], outputs=[TensorInfo("y", [1, 8], "float32")],
+                    files={}, extra={"onnx_names": {"y": "y_quantized", "x": "x_quantized"}})
+    assert bundle.output_names("y") == ("y", "y")
+    with pytest.raises(DataError, match="no output 'z'"):
+        bundle.output_names("z")

@@ -359,9 +359,43 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
     return converted
 
 
+def read_names(graph: onnx.GraphProto) -> set[str]:
+    """Tensor names the graph's nodes read, including those read inside their subgraphs.
+
+    An If branch or a Loop/Scan body reads the outer graph's values by name (silero-vad's
+    decoder If reads a Constant of the main graph): a pass that dropped what only a subgraph
+    reads would leave the branch a dangling name, which onnxruntime reports as "Nodes in a
+    graph must be topologically sorted".
+    """
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(node.input)
+        for sub in subgraphs(node):
+            names |= read_names(sub)
+            names.update(value.name for value in sub.output)
+    names.discard("")
+    return names
+
+
+def rename_reads(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
+    """Point, in place, the inputs of the nodes inside `graph`'s subgraphs (and the subgraphs'
+    outputs) that read an outer value in `rename` at its new name."""
+    for node in graph.node:
+        for sub in subgraphs(node):
+            for inner in sub.node:
+                for index, name in enumerate(inner.input):
+                    if name in rename:
+                        inner.input[index] = rename[name]
+            for value in sub.output:
+                if value.name in rename:
+                    value.name = rename[value.name]
+            rename_reads(sub, rename)
+
+
 def drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    """Remove, in place, initializers (and their graph-input entries) that no node or output reads."""
-    used = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
+    """Remove, in place, initializers (and their graph-input entries) that no node (nor any
+    subgraph) or output reads."""
+    used = read_names(graph) | {value.name for value in graph.output}
     names = {init.name for init in graph.initializer}
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]

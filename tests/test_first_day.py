@@ -12,6 +12,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from fwedge import ir
 from fwedge.cli import cli
 from tests import farm_helpers as fh
 
@@ -161,8 +162,30 @@ def test_inspect_input_shape_on_symbolic_dims(tmp_path):
     assert f"MACs {macs:,}" in done.output and "MACs unknown" not in done.output
     assert re.search(rf"conv\s.*Conv\s.*{macs:,}", done.output), done.output
     assert re.search(r"tflite\s.*all nodes", done.output), done.output
+    assert "by op type only" not in done.output
     unfixed = CliRunner().invoke(cli, ["inspect", str(tmp_path / "sym.onnx")])
     assert unfixed.exit_code == 0 and "MACs unknown (dynamic shapes)" in unfixed.output, unfixed.output
+
+
+def test_inspect_says_when_support_is_judged_by_op_type_only(tmp_path):
+    """Dynamic height/width: the lowering targets cannot run their exact check, and their
+    support lines say so (onnx and openvino take dynamic shapes and judge exactly)."""
+    from fwedge.targets import get_target
+    from fwedge.targets.base import ByOpTypeOnly
+
+    model = _conv_silu_model(["batch", 3, "height", "width"], named_dims=True)
+    onnx.save(model, tmp_path / "sym.onnx")
+    done = CliRunner().invoke(cli, ["inspect", str(tmp_path / "sym.onnx"), "--json", "-"])
+    summary = json.loads(done.output)
+    assert sorted(summary["support_by_op_type"]) == ["c", "ncnn", "tflite"], summary["support_by_op_type"]
+    assert "dynamic" in summary["support_by_op_type"]["tflite"]
+    assert isinstance(get_target("tflite").check(model), ByOpTypeOnly)
+    assert not isinstance(get_target("tflite").check(ir.set_input_shapes(model, {"images": [1, 3, 64, 64]})), ByOpTypeOnly)
+    text = CliRunner().invoke(cli, ["inspect", str(tmp_path / "sym.onnx")], terminal_width=120).output
+    lines = {line.split()[1]: line for line in text.splitlines() if line.startswith("│")}
+    for name in ("tflite", "ncnn", "c"):
+        assert "all nodes; by op type only: give --input-shape for the exact check" in lines[name], text
+    assert "by op type only" not in lines["onnx"] + lines["openvino"], text
 
 
 def test_inspect_static_model_shows_macs(tmp_path):

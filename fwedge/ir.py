@@ -392,6 +392,68 @@ def rename_reads(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
             rename_reads(sub, rename)
 
 
+def _defined_inside(graph: onnx.GraphProto) -> set[str]:
+    """Names a graph (or a graph nested in it) defines: inputs, initializers, node outputs."""
+    names = {value.name for value in graph.input} | {init.name for init in graph.initializer}
+    for node in graph.node:
+        names.update(node.output)
+        for sub in subgraphs(node):
+            names |= _defined_inside(sub)
+    return names
+
+
+def _node_reads(node: onnx.NodeProto) -> set[str]:
+    """What a node needs computed before it: its inputs and the outer values its subgraphs read."""
+    reads = set(node.input)
+    for sub in subgraphs(node):
+        reads |= read_names(sub) - _defined_inside(sub)
+    return reads
+
+
+def sort_nodes(graph: onnx.GraphProto) -> bool:
+    """Order graph.node, in place, so that every node follows the producers of what it reads
+    (its subgraphs' outer reads included), as onnxruntime does when it loads a model; nodes keep
+    their order wherever it already holds (Kahn's algorithm, lowest original index first).
+    Subgraphs are sorted too. Nodes that cannot be placed (a cycle) stay last, in order, for the
+    checker to refuse.
+
+    Returns:
+        Whether any node moved.
+    """
+    import heapq
+
+    moved = False
+    for node in graph.node:
+        for sub in subgraphs(node):
+            moved = sort_nodes(sub) or moved
+    nodes = list(graph.node)
+    producer = {name: index for index, node in enumerate(nodes) for name in node.output if name}
+    waiting = [0] * len(nodes)
+    readers: dict[int, list[int]] = {}
+    for index, node in enumerate(nodes):
+        needs = {producer[name] for name in _node_reads(node) if name in producer} - {index}
+        waiting[index] = len(needs)
+        for need in needs:
+            readers.setdefault(need, []).append(index)
+    ready = [index for index, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for reader in readers.get(index, []):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, reader)
+    placed = set(order)
+    order += [index for index in range(len(nodes)) if index not in placed]
+    if order == list(range(len(nodes))):
+        return moved
+    del graph.node[:]
+    graph.node.extend(nodes[index] for index in order)
+    return True
+
+
 def drop_unused_initializers(graph: onnx.GraphProto) -> None:
     """Remove, in place, initializers (and their graph-input entries) that no node (nor any
     subgraph) or output reads."""
@@ -560,10 +622,14 @@ def load(path: str | os.PathLike, *, upgrade: bool = True, expect_sha256: str | 
         raise ModelError(f"model '{path}': the graph has no inputs (only initializers)")
     if not model.graph.output:
         raise ModelError(f"model '{path}': the graph has no outputs")
+    if sort_nodes(model.graph):
+        # onnxruntime sorts such a graph itself and runs it; the checker and fwedge's passes,
+        # which walk the node list once, need the order.
+        log.info("%s: nodes were not in topological order; sorted", path)
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = " ".join(str(exc).split())[:600]
         raise ModelError(f"model '{path}': fails the ONNX checker: {first}") from exc
     converted = constants_to_initializers(model)
     if converted:

@@ -109,3 +109,18 @@ def test_silero_op15_prepares(silero_half_path, rng):
     expected = _session(str(path)).run(None, feeds)
     for value, want, got in zip(prepared.graph.output, expected, _session(prepared).run(None, feeds)):
         np.testing.assert_array_equal(got, want, err_msg=value.name)
+
+
+@pytest.mark.silero
+def test_silero_quantize_from_one_array_is_one_line(silero_half_path, tmp_path, rng):
+    """Two inputs (audio and the recurrent state) and a dataset of single arrays: a DataError
+    naming both inputs, exit 2, no onnxruntime ValueError traceback."""
+    from click.testing import CliRunner
+
+    from fwedge.cli import cli
+
+    np.save(tmp_path / "audio.npy", (0.1 * rng.standard_normal((4, 512))).astype(np.float32))
+    done = CliRunner().invoke(cli, ["quantize", str(silero_half_path), "--data", str(tmp_path / "audio.npy"),
+                                    "--method", "minmax", "-o", str(tmp_path / "q.onnx")])
+    assert done.exit_code == 2, done.output
+    assert "the model has 2 inputs ['input', 'state']" in done.output and "Traceback" not in done.output

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Cross-layer equalization (quantize --equalize) and bias correction on the Fashion-MNIST examples.
 
-    .venv/bin/python bench/equalize.py [--num-samples 512] [--eval-samples 10000] [--per-channel] [--json F]
+    .venv/bin/python bench/equalize.py [--num-samples 512] [--eval-samples 10000] [--per-channel] [--ill-conditioned] [--json F]
 
 For cnn_small and mobilenet_v2_tiny, KL calibration on `--num-samples` training images (seed 0),
 per-tensor weights (per-channel with --per-channel): int8 top-1, top-1 agreement with the float
@@ -12,12 +12,18 @@ equalization leaves alone, so it has extra rows that replace the ReLU6 inside ea
 (--relu6-as-relu; this changes the float model, whose own top-1 is printed): that replacement
 alone without scaling (a control), then equalized, then equalized with bias correction. SQNR
 and agreement are always against the original float model.
+
+--ill-conditioned runs tests/ill_conditioned.py's mobilenet_v2_tiny instead: its ReLU6 -> Relu
+float variant with each depthwise Conv's output channels scaled by 10^U(-2, 2) and the next
+Conv's inputs by the inverse (the float function unchanged), where per-tensor int8 collapses as
+EfficientNet-Lite0's does; the rows are the four above, against that float model.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,6 +99,18 @@ def _run_model(path: Path, args, x: np.ndarray, labels: np.ndarray) -> dict:
     return entry
 
 
+def _ill_conditioned_path(directory: Path) -> Path:
+    import onnx
+
+    from tests.ill_conditioned import ill_conditioned, relu_base
+
+    model, scaled = ill_conditioned(relu_base(ROOT / "examples" / "fashion_mnist" / "mobilenet_v2_tiny.onnx"))
+    print(f"ill-conditioned mobilenet_v2_tiny: {len(scaled)} depthwise Convs scaled apart", flush=True)
+    path = directory / "mobilenet_v2_tiny_ill_conditioned.onnx"
+    onnx.save(model, path)
+    return path
+
+
 def main() -> int:
     from fwedge.data import open_dataset
     from fwedge.eval import resolve_preprocess
@@ -103,12 +121,16 @@ def main() -> int:
     parser.add_argument("--num-samples", type=int, default=512)
     parser.add_argument("--eval-samples", type=int, default=10000)
     parser.add_argument("--per-channel", action="store_true")
+    parser.add_argument("--ill-conditioned", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args()
     test = open_dataset("fashion-mnist:test")
     report = {}
-    for name in args.model or MODELS:
-        path = ROOT / "examples" / "fashion_mnist" / f"{name}.onnx"
+    directory = tempfile.TemporaryDirectory()
+    paths = ([_ill_conditioned_path(Path(directory.name))] if args.ill_conditioned else
+             [ROOT / "examples" / "fashion_mnist" / f"{name}.onnx" for name in args.model or MODELS])
+    for path in paths:
+        name = path.stem
         spec = resolve_preprocess(ir.load(path))
         batches = list(test.batches(spec, 1000, limit=min(args.eval_samples, test.num_samples)))
         x, labels = np.concatenate([b.x for b in batches]), np.concatenate([b.y for b in batches])

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Executed guest instructions per inference under qemu-user: fwedge's C bundles against LiteRT.
 
-    .venv/bin/python bench/instructions.py [--models cnn_small mobilenet_v2_tiny]
+    .venv/bin/python bench/instructions.py [--models cnn_small mobilenet_v2_tiny | ppocr_cls ppocr_det ppocr_rec yolov8n magika]
         [--aarch64-cpus cortex-a53 cortex-a76 max,sme=off] [--riscv64-cpus rv64 rv64,v=true,vlen=128 rv64,v=true,vlen=256]
         [--iterations 5 45] [--split 12] [--json build/bench/instructions.json]
 
@@ -12,7 +12,8 @@ fwedge.device_farm.instructions.build_plugin, as `fwedge farm run` does on qemu 
 LiteRT sysroot comes from bench/setup_instructions.sh (`make bench-setup`, which this script runs first).
 
 For each example model, quantized as `fwedge quantize --data fashion-mnist:train
---num-samples 256` does it:
+--num-samples 256` does it, or real model (--models ppocr_cls ppocr_det ppocr_rec yolov8n magika:
+bench/real_models.py quantizes each as its test does, and its first held-out input is the sample):
   * the C bundle (`fwedge export -t aarch64`, `-t riscv64`) runs its harness under
     `qemu-<arch> -cpu CPU -plugin libinsn.so` on one Fashion-MNIST test image repeated LOW and
     HIGH times (`fwedge_model IN OUT COUNT 0`: read, run, write each sample); the difference of
@@ -65,6 +66,8 @@ from fwedge.device_farm.instructions import GUEST_ENV, TOTAL_PREFIX
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 EXAMPLES = ROOT / "examples" / "fashion_mnist"
+EXAMPLE_MODELS = ("cnn_small", "mobilenet_v2_tiny")
+sys.path.insert(0, str(HERE))  # bench/real_models.py: the real models, as their tests quantize them
 DEFAULT_CACHE = Path(os.environ.get("FWEDGE_BENCH_CACHE", Path.home() / ".cache" / "fwedge" / "bench"))
 TIMEOUT = 900
 # LiteRT's Python: the same hash seed every run, and no .pyc written into the sysroot (a .pyc
@@ -170,12 +173,15 @@ def quantize(model: Path, out: Path) -> Path:
     return out
 
 
-def model_macs(model: Path) -> int | None:
-    """MACs of one inference of the float model, as `fwedge inspect` counts them."""
+def model_macs(model: Path, input_shapes: dict | None = None) -> int | None:
+    """MACs of one inference of the float model at `input_shapes`, as `fwedge inspect --input-shape` counts them."""
     from fwedge import ir
     from fwedge.summary import summarize
 
-    return summarize(ir.load(model), with_support=False).total_macs
+    loaded = ir.load(model)
+    if input_shapes:
+        loaded = ir.set_input_shapes(loaded, input_shapes)
+    return summarize(loaded, with_support=False).total_macs
 
 
 def test_image() -> np.ndarray:
@@ -436,18 +442,24 @@ def litert_split(bundle, cpu: str, plugin: Path, sysroot: Path, root: Path, work
 def measure_model(name: str, args, plugin: Path, sysroot: Path, roots: dict[str, Path], work: Path) -> dict:
     from fwedge.export import export_bundle
 
-    source = EXAMPLES / f"{name}.onnx"
     model_work = work / name
     model_work.mkdir(parents=True, exist_ok=True)
-    qdq = quantize(source, model_work / f"{name}-int8.onnx")
-    macs = model_macs(source)
-    x = test_image()
+    if name in EXAMPLE_MODELS:
+        source, shapes = EXAMPLES / f"{name}.onnx", None
+        qdq = quantize(source, model_work / f"{name}-int8.onnx")
+        x = test_image()
+    else:  # a real model, quantized as its test does (bench/real_models.py); its first held-out input
+        from real_models import load_source
+
+        real = load_source(name, model_work)
+        source, shapes, qdq, x = real.float_path, real.input_shapes, real.qdq_path, real.x[:1]
+    macs = model_macs(source, shapes)
     results = []
-    tflite = export_bundle(qdq, "tflite", model_work / "tflite") if args.aarch64_cpus else None
+    tflite = export_bundle(qdq, "tflite", model_work / "tflite", input_shapes=shapes) if args.aarch64_cpus else None
     for arch, cpus in (("aarch64", args.aarch64_cpus), ("riscv64", args.riscv64_cpus)):
         if not cpus:
             continue
-        bundle = export_bundle(qdq, arch, model_work / arch)
+        bundle = export_bundle(qdq, arch, model_work / arch, input_shapes=shapes)
         for cpu in cpus:
             log.info("%s: C bundle on qemu-%s -cpu %s", name, arch, cpu)
             c_result, c_output = c_difference(bundle, bundle.file("bin/fwedge_model"), arch, cpu, plugin, x,
@@ -537,7 +549,10 @@ def print_riscv_ratios(measured: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["cnn_small", "mobilenet_v2_tiny"])
+    from real_models import SOURCES
+
+    parser.add_argument("--models", nargs="+", default=list(EXAMPLE_MODELS), choices=list(SOURCES),
+                        help="the examples (default) or real models of bench/real_models.py")
     parser.add_argument("--aarch64-cpus", nargs="*", default=["cortex-a53", "cortex-a76", "max,sme=off"])
     parser.add_argument("--riscv64-cpus", nargs="*", default=["rv64", "rv64,v=true,vlen=128", "rv64,v=true,vlen=256"])
     parser.add_argument("--iterations", nargs=2, type=int, default=[5, 45], metavar=("LOW", "HIGH"),

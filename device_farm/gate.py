@@ -271,6 +271,25 @@ def _sqnr(value) -> float | None:
     return min(float(number), SQNR_CEILING_DB)
 
 
+def _compare_steps(before: dict, after: dict, checks: list[Check], reasons: list[str]) -> None:
+    """The scored output's largest difference in its quantization steps (fidelity.max_steps),
+    read only where the baseline has one. It is shown, not limited (no threshold is defined for
+    it: SQNR and top-1 are the quality limits); as with every figure, a baseline's max_steps
+    that this run lacks (its output lost its step, or the run lost its figure) is no evidence
+    and fails."""
+    if before.get("max_steps") is None:
+        return
+    base_steps, now = float(before["max_steps"]), after.get("max_steps")  # a number or "inf"
+    shown = lambda value: value if math.isfinite(value) else None  # noqa: E731 - a check holds finite numbers
+    if now is None:
+        checks.append(Check("fidelity (max steps)", shown(base_steps), None, "missing", "shown, not limited", False))
+        reasons.append(f"fidelity (max steps) missing in this run (baseline {base_steps:.2f} steps)")
+        return
+    now = float(now)
+    change = f"{now - base_steps:+.2f} steps" if math.isfinite(now - base_steps) else f"{now:g} steps"
+    checks.append(Check("fidelity (max steps)", shown(base_steps), shown(now), change, "shown, not limited", True))
+
+
 def _compare(base: DeviceResult, current: DeviceResult, limits: Thresholds) -> tuple[list[Check], list[str]]:
     """Every check of one pair. A figure the baseline has and this run lacks fails (null is no
     evidence); the pair also fails when no quality figure could be compared, or no performance
@@ -316,6 +335,7 @@ def _compare(base: DeviceResult, current: DeviceResult, limits: Thresholds) -> t
                        limits.max_fidelity_drop, "pp")
     quality |= dropped("fidelity (SQNR vs FP32)", _sqnr(before.get("sqnr_db")), _sqnr(after.get("sqnr_db")),
                        limits.max_sqnr_drop, "dB")
+    _compare_steps(before, after, checks, reasons)
     if not quality:
         reasons.append("no accuracy or fidelity in the baseline: nothing shows that quality held")
     emulated = is_emulated(base) or is_emulated(current)

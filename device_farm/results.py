@@ -384,9 +384,12 @@ def _check_instructions(where: str, value) -> None:
 # SQNR, a diverged output's error).
 # reference_accuracy: the FP32 reference's own top-1 on the same labelled samples (the report's
 # drop against float). map50: a detector's mAP@0.5 against the FP32 model's own boxes
-# (fwedge.detection), gated like top-1 agreement.
+# (fwedge.detection), gated like top-1 agreement. step, max_steps, far_fraction: the scored
+# output's quantization step and its difference counted in it (fwedge.eval.Fidelity), null for a
+# float output.
 _FIDELITY_RANGES = {"cosine": (-1.0 - 1e-6, 1.0 + 1e-6), "max_abs_error": (0.0, None), "sqnr_db": (None, None),
-                    "reference_accuracy": (0.0, 1.0), "map50": (0.0, 1.0)}
+                    "reference_accuracy": (0.0, 1.0), "map50": (0.0, 1.0), "step": (0.0, None),
+                    "max_steps": (0.0, None), "far_fraction": (0.0, 1.0)}
 
 
 def _check_fidelity(where: str, fidelity) -> None:

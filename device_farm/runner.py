@@ -25,7 +25,7 @@ from fwedge.device_farm.results import (
 )
 from fwedge.detection import decode, map50
 from fwedge.errors import DataError, DeviceError, FwEdgeError
-from fwedge.eval import BatchedOrtRunner, FidelityAccumulator
+from fwedge.eval import BatchedOrtRunner, FidelityAccumulator, output_step
 from fwedge.reference import check_bundle_shapes, for_bundle, verify
 from fwedge.tasks import AUTO, CLASSIFICATION, DETECTION, TASKS, task_of
 
@@ -137,10 +137,13 @@ def _eval_set(shared: _Shared, bundle: Bundle) -> EvalSet:
         return shared.eval_sets[key]
 
 
-def _reference_outputs(shared: _Shared, bundle: Bundle, eval_set: EvalSet) -> tuple[np.ndarray | None, str | None]:
+def _reference_outputs(shared: _Shared, bundle: Bundle,
+                       eval_set: EvalSet) -> tuple[np.ndarray | None, str | None, float | None]:
+    """The reference's scored output on the eval set, its path, and its quantization step (None
+    for a float output: fwedge.eval.output_step)."""
     reference, _ = for_bundle(bundle, shared.options.reference)
     if reference is None:
-        return None, None
+        return None, None, None
     key = (str(reference.path.resolve()), reference.sha256, eval_set.fingerprint, id(eval_set))
     with shared.lock:
         if key not in shared.references:
@@ -148,10 +151,12 @@ def _reference_outputs(shared: _Shared, bundle: Bundle, eval_set: EvalSet) -> tu
                 raise DataError(f"reference model '{reference.path}' for bundle '{bundle.name}': not found")
             runner = BatchedOrtRunner(reference.load(shared.options.input_shapes), shared.options.output)
             step = shared.options.batch_size
-            shared.references[key] = np.concatenate(
+            values = np.concatenate(
                 [runner(eval_set.inputs[start:start + step]) for start in range(0, len(eval_set.inputs), step)]
             )
-        return shared.references[key], str(reference.path)
+            shared.references[key] = values, output_step([(runner, runner.output)])
+        values, known_step = shared.references[key]
+        return values, str(reference.path), known_step
 
 
 def _scored_output(bundle: Bundle, run: DeviceRun, output: str | None) -> np.ndarray:
@@ -177,11 +182,13 @@ def _score(shared: _Shared, bundle: Bundle, device: Device, run: DeviceRun, eval
     accuracy = None
     if eval_set.labels is not None and task == CLASSIFICATION:
         accuracy = float(np.mean(flat.argmax(axis=1) == eval_set.labels))
-    reference, reference_path = _reference_outputs(shared, bundle, eval_set)
+    reference, reference_path, reference_step = _reference_outputs(shared, bundle, eval_set)
     fidelity = None
     if reference is not None:
         reference_flat = reference.reshape(count, -1)
-        accumulator = FidelityAccumulator()
+        # As eval and run count it: the reference's step, else the bundle's int8 output scale.
+        scored, _ = bundle.output_names(shared.options.output)
+        accumulator = FidelityAccumulator(reference_step or bundle.output_steps.get(scored))
         accumulator.update(reference_flat, flat)
         fidelity = accumulator.result().to_dict()
         if task == DETECTION:

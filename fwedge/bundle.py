@@ -119,6 +119,14 @@ class Bundle:
             return {}
         return {key: own for key, own in value.items() if isinstance(key, str) and isinstance(own, str)}
 
+    @property
+    def output_steps(self) -> dict[str, float]:
+        """ONNX output name -> its quantization step: the manifest's scale of an int8 (uint8)
+        device output. A float output has none."""
+        own_to_onnx = {own: name for name, own in self.onnx_names.items()}
+        return {own_to_onnx.get(spec.name, spec.name): float(spec.scale) for spec in self.outputs
+                if spec.dtype in ("int8", "uint8") and spec.scale is not None and spec.scale > 0}
+
     def output_names(self, output: str | None = None) -> tuple[str, str]:
         """(ONNX name, own name) of the output `output` (an ONNX name, mapped through
         onnx_names), or of the first output for None.

@@ -12,6 +12,7 @@ from fwedge import ir
 from fwedge.bundle import Bundle, load_bundle
 from fwedge.data import Preprocess, open_dataset
 from fwedge.errors import DataError
+from fwedge.eval import dequantized_steps
 from fwedge.reference import check_bundle_shapes
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,10 @@ def _quant_scales(model: onnx.ModelProto) -> dict[str, float]:
         if node.op_type == "QuantizeLinear" and node.input[1] in inits:
             scale = onnx.numpy_helper.to_array(inits[node.input[1]]).reshape(-1)
             scales.setdefault(node.input[0], float(scale[0]))
-    # A DequantizeLinear output carries the same step as its pair.
-    for node in model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[1] in inits:
-            scales.setdefault(node.output[0], float(onnx.numpy_helper.to_array(inits[node.input[1]]).reshape(-1)[0]))
+    # A DequantizeLinear output carries the same step as its pair (the rule eval's per-output
+    # steps use; a per-channel one, a weight's, has no single step).
+    for name, step in dequantized_steps(model).items():
+        scales.setdefault(name, step)
     return scales
 
 

@@ -13,9 +13,30 @@ from fwedge import ir
 from fwedge.data import Batch, Dataset, Preprocess, check_batch_shape, preprocess_from_metadata
 from fwedge.detection import decode, map50
 from fwedge.errors import DataError, ModelError
+from fwedge.shape_proposal import give_input_shape
 from fwedge.tasks import CLASSIFICATION, DETECTION, task_of
 
 log = logging.getLogger(__name__)
+
+# An element is "more than one step off" past 1.5 steps: two outputs on the same int8 grid
+# differ by whole steps, so this counts those two or more steps apart, with room for the float
+# rounding of the division (tests/helpers.py runtime_int8_problems and bench/real_model_steps.py
+# count with it too).
+FAR_STEPS = 1.5
+
+
+def dequantized_steps(model: onnx.ModelProto) -> dict[str, float]:
+    """Tensor -> the quantization step of the DequantizeLinear that produces it, where its scale
+    is one constant (per tensor): the grid an int8 output's values lie on. Per-channel
+    DequantizeLinears (weights) have no single step and are left out."""
+    inits = {init.name: init for init in model.graph.initializer}
+    steps = {}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and len(node.input) > 1 and node.input[1] in inits:
+            scale = onnx.numpy_helper.to_array(inits[node.input[1]]).reshape(-1)
+            if scale.size == 1 and np.isfinite(scale[0]) and scale[0] > 0:
+                steps.setdefault(node.output[0], float(scale[0]))
+    return steps
 
 
 class Runner(Protocol):
@@ -133,6 +154,8 @@ class OrtRunner:
         self.input_shape = list(first.shape)
         self.output_names = [value.name for value in self.session.get_outputs()]
         self.output = chosen_output(self.output_names, output, "model")
+        produced = dequantized_steps(self.model)
+        self.output_steps = {name: produced[name] for name in self.output_names if name in produced}
 
     def run_all(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """All outputs by name."""
@@ -154,6 +177,7 @@ class BatchedOrtRunner:
         self.runner = OrtRunner(model, output=output)
         self.input_name = self.runner.input_name
         self.output = self.runner.output
+        self.output_steps = self.runner.output_steps
         first = self.runner.input_shape[0] if self.runner.input_shape else None
         self.step = first if isinstance(first, int) and first > 0 else None
         self.input_shape = [None] + list(self.runner.input_shape[1:]) if self.step else self.runner.input_shape
@@ -192,6 +216,10 @@ class Fidelity:
         max_abs_error: largest absolute element difference.
         sqnr_db: 10·log10(Σ ref² / Σ (ref − cand)²); inf when identical.
         samples: number of samples compared.
+        step: the output's quantization step (eval.output_step), None for a float output.
+        max_steps: max_abs_error / step; None without a step.
+        far_fraction: share of elements more than one step off (> FAR_STEPS steps); None
+            without a step.
     """
 
     top1_agreement: float
@@ -199,15 +227,22 @@ class Fidelity:
     max_abs_error: float
     sqnr_db: float
     samples: int
+    step: float | None = None
+    max_steps: float | None = None
+    far_fraction: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class FidelityAccumulator:
-    """Streams fidelity statistics batch by batch, so memory stays bounded."""
+    """Streams fidelity statistics batch by batch, so memory stays bounded. With `step` (the
+    output's quantization step) the differences are also counted in steps."""
 
-    def __init__(self) -> None:
+    def __init__(self, step: float | None = None) -> None:
+        self.step = step
+        self.far = 0
+        self.elements = 0
         self.agree = 0
         self.samples = 0
         self.cosine_sum = 0.0
@@ -230,6 +265,9 @@ class FidelityAccumulator:
         self.cosine_sum += float(cosine.sum())
         diff = ref - cand
         self.max_abs = max(self.max_abs, float(np.abs(diff).max(initial=0.0)))
+        if self.step is not None:
+            self.far += int(np.count_nonzero(np.abs(diff) / self.step > FAR_STEPS))
+            self.elements += diff.size
         self.signal += float(np.sum(ref * ref))
         self.noise += float(np.sum(diff * diff))
         self.samples += len(ref)
@@ -244,7 +282,21 @@ class FidelityAccumulator:
             max_abs_error=self.max_abs,
             sqnr_db=float(sqnr),
             samples=self.samples,
+            step=self.step,
+            max_steps=self.max_abs / self.step if self.step is not None else None,
+            far_fraction=self.far / max(self.elements, 1) if self.step is not None else None,
         )
+
+
+def output_step(runners: list[tuple[object, str | None]]) -> float | None:
+    """The quantization step of a compared output: the first of (runner, output name) whose
+    runner knows one (its `output_steps`: a QDQ model's DequantizeLinear, a bundle manifest's
+    int8 output scale). None when none does: a float output has no step, and none is made up."""
+    for runner, name in runners:
+        step = (getattr(runner, "output_steps", None) or {}).get(name)
+        if step is not None:
+            return step
+    return None
 
 
 def resolve_preprocess(model: onnx.ModelProto, override: Preprocess | None = None) -> Preprocess:
@@ -328,7 +380,8 @@ def evaluate(
     each runner's chosen output (`output`, default the first). When both runners give all their
     outputs (`outputs`), every output they share is compared too: "outputs" maps its name to
     its Fidelity (a detector's boxes, an OCR model's sequence: SQNR, cosine and max error are
-    the figures that mean something there).
+    the figures that mean something there). An output with a quantization step (output_step:
+    the reference's, else the candidate's) is also counted in steps; a float output is not.
 
     Returns:
         {"samples": int, "task": str, "accuracy": AccuracyResult | None, "fidelity": Fidelity | None,
@@ -342,7 +395,9 @@ def evaluate(
             f"data '{dataset.path}': has no labels and no reference model was given: nothing to evaluate"
         )
     correct = total = 0
-    accumulator = FidelityAccumulator()
+    # The reference's step first: the grid the candidate is measured against.
+    accumulator = FidelityAccumulator(output_step([(reference, getattr(reference, "output", None)),
+                                                   (runner, getattr(runner, "output", None))]))
     every = reference is not None and hasattr(runner, "outputs") and hasattr(reference, "outputs")
     per_output: dict[str, FidelityAccumulator] = {}
     found: tuple[list, list] = ([], [])  # detection: (reference's, candidate's) per image
@@ -351,7 +406,9 @@ def evaluate(
             candidate_all, reference_all = runner.outputs(batch.x), reference.outputs(batch.x)
             logits, expected = candidate_all[runner.output], reference_all[reference.output]
             for name in [name for name in reference_all if name in candidate_all]:
-                per_output.setdefault(name, FidelityAccumulator()).update(reference_all[name], candidate_all[name])
+                if name not in per_output:
+                    per_output[name] = FidelityAccumulator(output_step([(reference, name), (runner, name)]))
+                per_output[name].update(reference_all[name], candidate_all[name])
         else:
             logits = runner(batch.x)
             expected = reference(batch.x) if reference is not None else None
@@ -422,6 +479,6 @@ def evaluate_model(
             raise
         shown = ",".join(str(d) if isinstance(d, int) else "?" for d in shape)
         raise ModelError(f"model '{model_path}': {exc}; its input '{first.name}' [{shown}] is dynamic, so the "
-                         f"data went in at its own size: give --input-shape {first.name}=1,...") from exc
+                         f"data went in at its own size: {give_input_shape(loaded, first)}") from exc
     return {"model": str(model_path), "data": str(data), "output": runner.output, "preprocess": spec.to_dict(),
             **scores}

@@ -281,6 +281,19 @@ def _agreement(r: DeviceResult) -> str:
     return ("mAP50 " if r.task == DETECTION and r.agreement is not None else "") + _pct(r.agreement)
 
 
+def _steps_cell(fidelity: dict | None) -> tuple[str, str]:
+    """(line under the SQNR cell, tooltip): the scored output's largest difference in its
+    quantization steps and the share more than one step off, or that it has no step."""
+    if not fidelity or "max_steps" not in fidelity:  # no fidelity, or results written before steps were counted
+        return "", ""
+    steps, far, step = fidelity.get("max_steps"), fidelity.get("far_fraction"), fidelity.get("step")
+    if steps is None:
+        return "no step (float output)", ""
+    far_text = f", {100 * far:.2f}% of elements more than one step off" if isinstance(far, (int, float)) else ""
+    step_text = f"{step:.4g}" if isinstance(step, (int, float)) else _num(step)
+    return f"max {_num(steps, 2)} steps", f"step {step_text}{far_text}"
+
+
 def _results_table(results: list[DeviceResult], gate: GateReport | None = None) -> str:
     """One row per result, narrow enough for a 1280 px window: the bundle's target, arch and
     precision under its name, p95 in the p50 cell's tooltip, the error column only when a run
@@ -309,7 +322,7 @@ def _results_table(results: list[DeviceResult], gate: GateReport | None = None) 
              f"FP32 {_pct(fidelity.get('reference_accuracy'))}" if versus_float else ""),
             ("", _agreement(r), r.agreement, "", ""),
             ("", _num(sqnr, 1), sqnr if isinstance(sqnr, (int, float)) and math.isfinite(sqnr) else 1e9
-             if sqnr is not None else None, "", ""),
+             if sqnr is not None else None, *_steps_cell(r.fidelity)),
             ("", _num(latency.p50_ms, 4) if latency else "", latency.p50_ms if latency else None, "", p95),
             ("", _num(r.latency_ratio, 3), r.latency_ratio, "", ""),
             ("", _bytes(r.instructions.per_inference) if r.instructions else "",

@@ -53,6 +53,7 @@ class BundleRunner:
         self.output, self.output_name = self.bundle.output_names(output)  # ONNX name, the bundle's own
         # The bundle's own output names -> their ONNX names (outputs() reports by ONNX name).
         self.onnx_names = {own: name for name, own in self.bundle.onnx_names.items()}
+        self.output_steps = self.bundle.output_steps  # fwedge.eval.output_step
         self.process = None
         if isolate and self.bundle.target != "c":  # the C harness already runs as a child
             from fwedge.device_farm.host_child import HostRuntimeProcess

@@ -11,6 +11,7 @@ import onnx
 from fwedge import ir
 from fwedge.bundle import Bundle, TensorInfo
 from fwedge.errors import ExportError
+from fwedge.shape_proposal import give_input_shape
 from fwedge.passes.layout import absorb_io_transposes, fold_transposes, io_layouts
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,7 @@ def require_static(model: onnx.ModelProto, target: str) -> None:
         shape = ir.shape_of(value)
         if any(not isinstance(dim, int) for dim in shape[1:]):
             raise ExportError(
-                f"target {target!r}: input '{value.name}' has dynamic shape {shape}; fix it with "
-                f"--input-shape {value.name}=1,..."
+                f"target {target!r}: input '{value.name}' has dynamic shape {shape}; {give_input_shape(model, value)}"
             )
 
 

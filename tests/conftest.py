@@ -142,6 +142,16 @@ def silero_half_path() -> Path:
 
 
 @pytest.fixture
+def wide_console(monkeypatch):
+    """fwedge's rich consoles as wide as they are in a CI log (fwedge/console.py): pytest-xdist
+    workers run with COLUMNS=80, where a table wraps the words a test looks for across cells."""
+    from fwedge import console
+
+    for stream in (console.console, console.stdout):
+        monkeypatch.setattr(stream, "width", 4096)
+
+
+@pytest.fixture
 def rng():
     import numpy as np
 

@@ -72,6 +72,8 @@ def runtime_int8_problems(reference: np.ndarray, candidate: np.ndarray, step: fl
     from tolerances import (RUNTIME_INT8_FAR_FRACTION, RUNTIME_INT8_MARGIN_STEPS, RUNTIME_INT8_MAX_STEPS,
                             RUNTIME_INT8_MEAN_STEPS, RUNTIME_INT8_MIN_AGREEMENT)
 
+    from fwedge.eval import FAR_STEPS
+
     steps = np.abs(candidate.astype(np.float64) - reference) / step
     top2 = np.sort(reference, axis=1)[:, -2:]
     margin = (top2[:, 1] - top2[:, 0]) / step
@@ -84,8 +86,8 @@ def runtime_int8_problems(reference: np.ndarray, candidate: np.ndarray, step: fl
         problems.append(f"largest logit difference {steps.max():.1f} steps (> {RUNTIME_INT8_MAX_STEPS})")
     if steps.mean() > RUNTIME_INT8_MEAN_STEPS:
         problems.append(f"mean logit difference {steps.mean():.2f} steps (> {RUNTIME_INT8_MEAN_STEPS})")
-    if (steps > 1.5).mean() > RUNTIME_INT8_FAR_FRACTION:
-        problems.append(f"{100 * (steps > 1.5).mean():.1f}% of logits more than one step off "
+    if (steps > FAR_STEPS).mean() > RUNTIME_INT8_FAR_FRACTION:
+        problems.append(f"{100 * (steps > FAR_STEPS).mean():.1f}% of logits more than one step off "
                         f"(> {100 * RUNTIME_INT8_FAR_FRACTION:.0f}%)")
     agreement = 1 - disagree.mean()
     if agreement < RUNTIME_INT8_MIN_AGREEMENT:

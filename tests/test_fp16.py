@@ -10,6 +10,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from fwedge import ir
 from fwedge.bundle import load_bundle, seal_manifest
 from fwedge.cli import cli
 from fwedge.data import Preprocess, open_dataset
@@ -41,7 +42,7 @@ def _export(target: str, model: onnx.ModelProto, folder, precision: str):
 @pytest.mark.parametrize("target", TARGETS)
 def test_fp16_op_matrix_matches_onnxruntime_fp32(target, tmp_path, record_property):
     """Every case of the op matrix the target takes: the fp16 bundle within FP16_RTOL of onnxruntime fp32, its
-    manifest saying float16, and its input and output still float32."""
+    manifest saying float16, and its input and output still float32 (an int32 input stays int32)."""
     worst = (0.0, "")
     for case in OP_CASES:
         if target in case.refused_by:  # tests/test_targets_matrix.py checks the refusal
@@ -50,7 +51,10 @@ def test_fp16_op_matrix_matches_onnxruntime_fp32(target, tmp_path, record_proper
         reference = ort_session(case.model).run(["y"], feeds)[0]
         bundle = _export(target, case.model, tmp_path / case.id, "fp16")
         assert bundle.precision == "fp16" and bundle.extra["weights_dtype"] == "float16", case.id
-        assert [spec.dtype for spec in bundle.inputs + bundle.outputs] == ["float32"] * len(bundle.inputs + bundle.outputs)
+        # float I/O stays float32; an integer input (an embedding's indices) keeps its int32
+        assert [spec.dtype for spec in bundle.inputs] == [
+            "int32" if ir.input_dtype(value) == np.int32 else "float32" for value in ir.graph_inputs(case.model)]
+        assert [spec.dtype for spec in bundle.outputs] == ["float32"] * len(bundle.outputs)
         candidate = get_target(target).run(bundle, feeds)["y"]
         assert candidate.dtype == np.float32, f"{target} fp16 {case.id}: output 'y' dtype"
         error = relative_error(candidate.reshape(reference.shape), reference)

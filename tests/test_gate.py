@@ -257,6 +257,28 @@ def test_null_metrics_are_a_regression_not_a_pass(tmp_path):
     assert report.passed, "fidelity and latency still prove this pair"
 
 
+def test_max_steps_is_read_where_the_baseline_has_it(tmp_path, wide_console):
+    """Shown, not limited; a baseline's max_steps missing from this run fails (no evidence); a
+    baseline without one (a float output, an older file) asks for none."""
+    def steps(value, step=0.15):
+        return {"top1_agreement": 0.99, "step": step, "max_steps": value, "far_fraction": 0.0 if value else None}
+
+    baseline = Results(results=[_result(fidelity=steps(1.0))])
+    report = gate.evaluate_gate(Results(results=[_result(fidelity=steps(3.0))]), baseline)
+    [check] = [c for c in report.rows[0].checks if c.metric == "fidelity (max steps)"]
+    assert report.passed and (check.baseline, check.current, check.change) == (1.0, 3.0, "+2.00 steps")
+    lost = gate.evaluate_gate(Results(results=[_result(fidelity=steps(None, None))]), baseline)
+    assert not lost.passed and "fidelity (max steps) missing in this run (baseline 1.00 steps)" in lost.rows[0].reasons
+    for before in (steps(None, None), {"top1_agreement": 0.99}):
+        report = gate.evaluate_gate(Results(results=[_result(fidelity=steps(None, None))]),
+                                    Results(results=[_result(fidelity=before)]))
+        assert report.passed and not [c for c in report.rows[0].checks if "steps" in c.metric]
+    # Through the files and the CLI: the figures pass the results schema, and the gate prints the check.
+    verdict = _gate(_save(tmp_path, "results", [_result(fidelity=steps(3.0))]),
+                    _save(tmp_path, "baseline", [_result(fidelity=steps(1.0))]))
+    assert verdict.exit_code == 0 and "max steps" in verdict.output, verdict.output
+
+
 def test_a_metric_key_deleted_from_the_file_is_unusable_input(tmp_path):
     baseline = _save(tmp_path, "baseline", [_result()])
     for key in ("accuracy", "fidelity", "latency", "status", "bundle"):
@@ -274,6 +296,7 @@ def test_a_metric_key_deleted_from_the_file_is_unusable_input(tmp_path):
     ("bundle", ""), ("bundle", 7), ("samples", -1), ("samples", 1.5), ("error", 3), ("unknown_field", 1),
     ("accuracy", 10 ** 400), ("sizes.file_bytes", 10 ** 400), ("fidelity.cosine", 10 ** 400),
     ("fidelity.cosine", 3.0), ("fidelity.max_abs_error", "-inf"), ("fidelity.sqnr_db", "big"), ("fidelity.x", 1),
+    ("fidelity.far_fraction", 1.5), ("fidelity.max_steps", -1.0), ("fidelity.step", "big"),
 ], ids=lambda value: repr(value)[:24])
 def test_out_of_range_or_mistyped_values_exit_2(tmp_path, where, value):
     baseline = _save(tmp_path, "baseline", [_result()])

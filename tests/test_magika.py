@@ -64,8 +64,9 @@ def test_magika_quantizes_with_its_chains_fused(magika):
     ops = [node.op_type for node in magika.result.model.graph.node]
     assert ops.count("LayerNormalization") == 2 and ops.count("Softmax") == 1
     assert "Exp" not in ops and "Reciprocal" not in ops
-    kept = {unit.op for unit in magika.result.kept_float}
-    assert kept == {"LayerNormalization"}, magika.result.kept_float
+    kept = {unit.op: unit.reason for unit in magika.result.kept_float}
+    assert set(kept) == {"LayerNormalization", "Softmax"}, magika.result.kept_float  # each reported, with its reason
+    assert "left float by fwedge's quantizer" in kept["Softmax"], kept
     quantized = {node.input[0] for node in magika.result.model.graph.node if node.op_type == "QuantizeLinear"}
     assert not any("ApplyActivation_" in name and not name.endswith("Mul_5:0") for name in quantized), quantized
     agreement = _agreement(magika.qdq_out, magika.float_out)

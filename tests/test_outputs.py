@@ -40,7 +40,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return {"float": folder / "two.onnx", "qdq": folder / "two_int8.onnx", "bundle": folder / "bundles" / "two_int8-onnx-int8"}
 
 
-def test_eval_compares_every_output_and_reads_the_chosen_one(models):
+def test_eval_compares_every_output_and_reads_the_chosen_one(models, wide_console):
     default = json.loads(_ok("eval", models["qdq"], "--data", TEST, "--limit", "96", "--reference", models["float"],
                              "--json", "-").output)
     assert default["output"] == "logits" and set(default["outputs"]) == {"logits", FEATURES}
@@ -61,6 +61,9 @@ def test_run_compares_every_output_of_a_bundle(models):
     assert set(result["outputs"]) == {"logits", FEATURES}
     for name, fidelity in result["outputs"].items():  # the bundle computes the QDQ model's function
         assert fidelity["sqnr_db"] > 25, (name, fidelity)
+        # Both outputs come out of a DequantizeLinear of the QDQ model: counted in its steps.
+        assert fidelity["max_steps"] == pytest.approx(fidelity["max_abs_error"] / fidelity["step"]), (name, fidelity)
+        assert fidelity["max_steps"] == 0.0, (name, fidelity)
     chosen = json.loads(_ok("run", models["bundle"], "--data", TEST, "--limit", "64", "--exact-int8",
                             "--reference", models["qdq"], "--output-name", FEATURES, "--json", "-").output)
     assert chosen["output"] == FEATURES and chosen["fidelity"] == result["outputs"][FEATURES]
@@ -83,6 +86,16 @@ def test_farm_run_scores_the_named_output(models, tmp_path):
     (features,) = json.loads((tmp_path / "features.json").read_text())["results"]
     (logits,) = json.loads((tmp_path / "logits.json").read_text())["results"]
     assert features["fidelity"]["sqnr_db"] == pytest.approx(by_run["fidelity"]["sqnr_db"], rel=1e-6)
+    # Against the float model, with float32 outputs in the manifest, no output has a step.
+    assert features["fidelity"]["max_steps"] is None and by_run["fidelity"]["max_steps"] is None
+    _ok("farm", "run", models["bundle"], "--devices", "host", "--data", TEST, "--limit", "64", "--repeats", "1",
+        "--reference", models["qdq"], "-o", tmp_path / "qdq.json")
+    (versus_qdq,) = json.loads((tmp_path / "qdq.json").read_text())["results"]
+    by_run = json.loads(_ok("run", models["bundle"], "--data", TEST, "--limit", "64", "--reference", models["qdq"],
+                            "--json", "-").output)
+    for key in ("step", "max_steps", "far_fraction"):  # the farm records what run prints, on the QDQ model's grid
+        assert versus_qdq["fidelity"][key] == pytest.approx(by_run["fidelity"][key], rel=1e-6), key
+    assert versus_qdq["fidelity"]["step"] > 0
     assert features["fidelity"]["sqnr_db"] != pytest.approx(logits["fidelity"]["sqnr_db"], rel=1e-3)
     result = CliRunner().invoke(cli, [*map(str, common), "--output-name", "boxes", "-o", str(tmp_path / "x.json")])
     assert result.exit_code == 2 and "no such output" in result.output and "logits" in result.output, result.output

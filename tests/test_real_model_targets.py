@@ -1,6 +1,7 @@
 """PP-OCR's direction classifier (a real model rapidocr ships) in int8 on every target, against
-onnxruntime's exact QDQ run of the same model: the C runtime within the op-matrix bound and the
-same bytes on x86_64 and aarch64; the third-party runtimes within their documented bound."""
+onnxruntime's exact QDQ run of the same model: the onnx bundle exact, the C runtime within the
+bound and the same bytes on x86_64, aarch64, riscv64 and loongarch64; the third-party runtimes
+within their documented bound."""
 from __future__ import annotations
 
 import numpy as np
@@ -49,14 +50,29 @@ def _check_deep_bound(target, got, reference):
 
 @pytest.mark.cc
 @pytest.mark.zig
-@pytest.mark.qemu("aarch64")
+@pytest.mark.qemu("aarch64", "riscv64", "loongarch64")
 def test_c_runtime_on_ppocr_cls_is_within_the_bound_and_the_same_on_every_arch(ppocr):
-    """Measured 2026-12-03 on the 24 inputs: mean |dp| 0.0062, all 24 agree, the same bytes on
-    x86_64 and aarch64."""
+    """Measured 2026-12-03 on the 24 inputs: mean |dp| 0.0062, all 24 agree. aarch64 on all 24,
+    riscv64 (portable loops and, with V, its RVV kernels) and loongarch64 on four under qemu: the
+    x86_64 bytes."""
+    from fwedge.targets import c
+
     host, reference = _run(ppocr, "x86_64")
     arm, _ = _run(ppocr, "aarch64")
     assert np.array_equal(host.view(np.uint8), arm.view(np.uint8)), "C differs between x86_64 and aarch64"
+    folder, name, x, _ = ppocr
+    for arch, cpu in (("riscv64", ""), ("riscv64", "rv64,v=true,vext_spec=v1.0,vlen=128"), ("loongarch64", "")):
+        bundle = export_bundle(folder / "cls.int8.onnx", arch, folder / arch)
+        outputs = c.run_harness(bundle, {name: x[:4]}, cpu=cpu)[0]
+        got = np.asarray(outputs[bundle.output_names()[1]]).reshape(host[:4].shape)
+        assert np.array_equal(got.view(np.uint8), host[:4].view(np.uint8)), f"C differs between x86_64 and {arch} {cpu}"
     _check_deep_bound("c", host, reference)
+
+
+def test_the_onnx_bundle_of_ppocr_cls_is_the_qdq_model(ppocr):
+    """The onnx bundle in its exact int8 mode computes what ORT's exact QDQ run computes."""
+    got, reference = _run(ppocr, "onnx")
+    np.testing.assert_array_equal(got, reference)
 
 
 @pytest.mark.parametrize("target", [pytest.param("tflite", marks=pytest.mark.tflite),

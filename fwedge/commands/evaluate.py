@@ -23,7 +23,9 @@ from fwedge.commands.options import (
 @json_option("the result")
 def command(model, data, reference, output_name, task, limit, batch_size, input_shapes, preprocess, json_out) -> None:
     """Evaluate an ONNX model in onnxruntime: top-1 accuracy on labelled DATA and, with
-    --reference, fidelity (top-1 agreement, cosine, max abs error, SQNR) against another model.
+    --reference, fidelity (top-1 agreement, cosine, max abs error, SQNR) against another model,
+    and for an output with a quantization step (a QDQ model's DequantizeLinear) the largest
+    difference in steps and the share of elements more than one step off.
 
     DATA is an image folder (one sub-folder per class for labels), an .npy/.npz file, an IDX
     file, or fashion-mnist:test / fashion-mnist:train (Debian's dataset-fashion-mnist).

@@ -137,6 +137,15 @@ def _agreement(result) -> str:
     return ("mAP50 " if result.task == DETECTION else "") + f"{100 * result.agreement:.2f}%"
 
 
+def _max_steps(fidelity: dict | None) -> str:
+    """The scored output's largest difference in its quantization steps; "no step" for a float
+    output; blank without fidelity."""
+    if not fidelity or "max_steps" not in fidelity:
+        return ""
+    value = fidelity["max_steps"]
+    return "no step" if value is None else value if isinstance(value, str) else f"{value:.2f}"
+
+
 def _print_summary(results) -> None:
     from fwedge.console import stdout, table
 
@@ -148,6 +157,7 @@ def _print_summary(results) -> None:
             "" if r.accuracy is None else f"{100 * r.accuracy:.2f}%",
             _agreement(r),
             "" if not r.fidelity else _db(r.fidelity.get("sqnr_db")),
+            _max_steps(r.fidelity),
             "" if latency is None else f"{latency.p50_ms:.4g}",
             "" if latency is None else f"{latency.p95_ms:.4g}",
             "" if r.latency_ratio is None else f"{r.latency_ratio:.3f}",
@@ -156,7 +166,7 @@ def _print_summary(results) -> None:
                 f" (B/A {r.instructions.per_inference / r.baseline_instructions:.3f})"),
         ])
     stdout.print(table(f"Farm results ({results.samples} samples, {results.repeats} timed runs)",
-                       ["bundle", "device", "status", "accuracy", "agreement", "SQNR dB", "p50 ms", "p95 ms", "B/A",
+                       ["bundle", "device", "status", "accuracy", "agreement", "SQNR dB", "max steps", "p50 ms", "p95 ms", "B/A",
                         "instructions"], rows))
     for r in results.results:
         if not r.ok:

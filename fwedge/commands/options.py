@@ -188,6 +188,17 @@ def text_console(json_out: str | None):
     return console if json_out == "-" else stdout
 
 
+def steps_text(fidelity) -> str:
+    """A Fidelity's difference in quantization steps: the largest and the share of elements more
+    than one step off, or that the output has no step."""
+    from fwedge.eval import FAR_STEPS
+
+    if fidelity.max_steps is None:
+        return "no step (float output)"
+    return (f"max {fidelity.max_steps:.2f} steps of {fidelity.step:.4g}, "
+            f"{100 * fidelity.far_fraction:.2f}% > {FAR_STEPS:g} steps")
+
+
 def print_scores(result: dict, reference: str | None, json_out: str | None, heading: str) -> None:
     """Print an evaluation result (accuracy and fidelity) as text, and as JSON for --json."""
     def plain(value):
@@ -211,11 +222,13 @@ def print_scores(result: dict, reference: str | None, json_out: str | None, head
         if result.get("map50") is not None:
             agreement = f"mAP@0.5 vs the reference's boxes {100 * result['map50']:.2f}%, "
         stdout.print(f"fidelity vs {result.get('reference') or reference}: {agreement}cosine {fid.cosine:.6f}, "
-                     f"max abs error {fid.max_abs_error:.4g}, SQNR {fid.sqnr_db:.2f} dB", markup=False, highlight=False)
+                     f"max abs error {fid.max_abs_error:.4g}, SQNR {fid.sqnr_db:.2f} dB, {steps_text(fid)}",
+                     markup=False, highlight=False)
         outputs = result.get("outputs") or {}
         if len(outputs) > 1 or (outputs and result.get("output") not in outputs):
-            stdout.print(table("Every output against the reference", ["output", "SQNR dB", "cosine", "max abs error"],
-                               [[name, f"{f.sqnr_db:.2f}", f"{f.cosine:.6f}", f"{f.max_abs_error:.4g}"]
+            stdout.print(table("Every output against the reference",
+                               ["output", "SQNR dB", "cosine", "max abs error", "max steps"],
+                               [[name, f"{f.sqnr_db:.2f}", f"{f.cosine:.6f}", f"{f.max_abs_error:.4g}", steps_text(f)]
                                 for name, f in outputs.items()]))
     elif "reference_note" in result:  # a bundle run with no reference at hand
         why = result.get("reference_note") or "the bundle records no reference model"

@@ -32,7 +32,8 @@ def command(bundle, data, reference, output_name, task, limit, batch_size, input
     """Run BUNDLE on the host in its own runtime (onnxruntime, OpenVINO, LiteRT, ncnn, or the
     compiled C program) and report top-1 accuracy on labelled DATA and fidelity against a
     reference ONNX model run in onnxruntime: --reference, else the float model the bundle records
-    (loaded only if its sha256 is the recorded one).
+    (loaded only if its sha256 is the recorded one). An output with a quantization step (the
+    reference's DequantizeLinear, the manifest's int8 output scale) is also counted in steps.
 
     The bundle is verified against its manifest first; a modified bundle is refused.
     Preprocessing comes from the bundle's manifest unless --preprocess is given.

@@ -23,6 +23,7 @@ from fwedge.passes.layer_norm import fuse_layer_norm
 from fwedge.passes.softmax import fuse_softmax
 from fwedge.passes.layout import absorb_io_transposes, fold_transposes, io_layouts
 from fwedge.passes.simplify import fuse_conv_bias, fuse_matmul_bias, simplify
+from fwedge.shape_proposal import give_input_shape
 from fwedge.quantization.activation_dtype import activation_dtypes, int8_activations
 
 __all__ = ["lower", "unsupported_nodes", "prepare", "KINDS", "LoweredGraph", "LoweredOp", "LoweredTensor"]
@@ -73,12 +74,9 @@ def prepare(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = 
         if shape and not isinstance(shape[0], int) or (shape and shape[0] != 1):
             shape[0] = 1
         if any(not isinstance(d, int) for d in shape):
-            names = ["N", "C", "H", "W"] if len(shape) == 4 else [f"D{i}" for i in range(len(shape))]
-            wanted = ",".join(str(d) if isinstance(d, int) else names[i] for i, d in enumerate(shape))
             raise ModelError(
-                f"input '{value.name}': dynamic dimensions {shape}; a bundle needs a static shape: give "
-                f"--input-shape {value.name}={wanted} with the size the model runs at "
-                f"(input_shapes={{'{value.name}': [...]}} from Python)"
+                f"input '{value.name}': dynamic dimensions {shape}; a bundle needs a static shape: "
+                f"{give_input_shape(out, value)}; from Python, input_shapes={{'{value.name}': [...]}}"
             )
         shapes[value.name] = shape
     # Declared output shapes (often [-1, ...] from exporters) must not hide the inferred ones.

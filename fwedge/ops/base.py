@@ -49,6 +49,10 @@ class OpInfo:
         float_island: why the op has no int8 form, when it has none on purpose: in an int8 model
             it runs in float between a dequantize and a quantize, and the quantizer records the
             node with this reason in the model's kept-float list (plan.float_islands).
+        stays_float: why the quantizer leaves the op float, where its int8 form (if a target has
+            one) is not what its QDQ models compute: it reads what its producer gives (float, or
+            dequantized) and its output is float until the next layer's quantize. Recorded in the
+            kept-float list like a float island, but the quantizer keeps no pair before it.
     """
 
     weight_input: int | None = None
@@ -64,6 +68,7 @@ class OpInfo:
     clamps_range: bool = False
     channel_inputs: tuple[int, ...] = ()
     float_island: str = ""
+    stays_float: str = ""
 
 
 # check(view, node) -> why the lowering cannot take the node, or None.

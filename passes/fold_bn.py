@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from fwedge import ir
 from fwedge.op_info import OP_INFO, attribute
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def _drop_folded(graph: onnx.GraphProto, removed: set[int], inits: dict, replace
     kept = [node for node in graph.node if id(node) not in removed]
     del graph.node[:]
     graph.node.extend(kept)
-    used = {name for node in graph.node for name in node.input}
+    used = ir.read_names(graph)
     initializers = [replaced.get(init.name, init) for init in graph.initializer if init.name in used] + new_inits
     del graph.initializer[:]
     graph.initializer.extend(initializers)

@@ -161,10 +161,11 @@ def _simplify_once(model: onnx.ModelProto) -> onnx.ModelProto:
         return out
     del graph.node[:]
     graph.node.extend(kept)
+    ir.rename_reads(graph, rename)
     for value in graph.output:
         if value.name in rename:
             log.debug("output %s kept through an Identity", value.name)
-    used = {name for node in graph.node for name in node.input} | outputs
+    used = ir.read_names(graph) | outputs
     # np.require keeps a scalar a scalar (np.ascontiguousarray makes it 1-D: a scalar Gather
     # index then gives a rank-1 result, and the Concat of a dynamic Reshape shape breaks).
     initializers = [numpy_helper.from_array(np.require(constants[name], requirements="C"), name)

@@ -14,6 +14,20 @@ from fwedge.errors import ExportError
 C_ARCHES = ("x86_64", "aarch64", "riscv64", "loongarch64")
 
 
+class ByOpTypeOnly(list):
+    """check()'s list of (node, op, opset) when the exact check could not run (dynamic shapes:
+    the target cannot lower or write the model): the nodes refused by op type alone. A node of a
+    supported type may still be refused once the shapes are fixed; `fwedge inspect` says so.
+
+    Attributes:
+        reason: why the exact check did not run (the lowering's or writer's one-line error).
+    """
+
+    def __init__(self, nodes, reason: str):
+        super().__init__(nodes)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class COptions:
     """The C target's own export options.

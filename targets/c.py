@@ -29,7 +29,7 @@ from fwedge.errors import ExportError, UnsupportedOpError
 from fwedge.ir import opset_version
 from fwedge.lowered.graph import LoweredGraph
 from fwedge.runtime_c import HARNESS, HEADERS, source_dir
-from fwedge.targets.base import C_ARCHES, COptions, ExportOptions, Target, target
+from fwedge.targets.base import ByOpTypeOnly, C_ARCHES, COptions, ExportOptions, Target, target
 from fwedge.targets.c_build import (
     BINARY, C_FLAGS, Dispatch, build_binary, cmakelists_text, compiler_command, dispatch_build, makefile_text,
     recorded_command,
@@ -247,8 +247,8 @@ class CTarget(Target):
             generate_checked(model, self.arch, options or ExportOptions())
         except UnsupportedOpError as error:
             return error.nodes
-        except ModelError:
-            return lowering_gaps(model)
+        except ModelError as error:
+            return ByOpTypeOnly(lowering_gaps(model), str(error))
         return []
 
     def export(self, model: onnx.ModelProto, out_dir, options: ExportOptions | None = None) -> Bundle:

@@ -40,7 +40,7 @@ from fwedge.bundle import Bundle, write_bundle
 from fwedge.errors import ExportError, UnsupportedOpError
 from fwedge.ir import opset_version
 from fwedge.op_info import attribute
-from fwedge.targets.base import ExportOptions, Target, target
+from fwedge.targets.base import ByOpTypeOnly, ExportOptions, Target, target
 from fwedge.targets.common import (
     QDQ_OPS, RunnerCache, check_feeds, has_qdq, io_specs, resolve_precision, runtime_threads,
 )
@@ -310,8 +310,8 @@ class NcnnTarget(Target):
         opset = opset_version(model)
         try:
             view = float_view(prepare(model))
-        except ExportError:  # dynamic non-batch shapes: judged by the node table only
-            return _node_problems(float_view(model), opset)
+        except ExportError as error:  # dynamic non-batch shapes: judged by the node table only
+            return ByOpTypeOnly(_node_problems(float_view(model), opset), str(error))
         try:
             write_checked(view, has_qdq(model), opset)
         except UnsupportedOpError as error:

@@ -16,7 +16,7 @@ from fwedge.lowered.graph import LoweredGraph, LoweredOp, LoweredTensor, QuantPa
 from fwedge.ops import unary
 from fwedge.ops.shape import stored_permutation
 from fwedge.ops.take import progression, stored_tables
-from fwedge.targets.base import ExportOptions, Target, TfliteOptions, target
+from fwedge.targets.base import ByOpTypeOnly, ExportOptions, Target, TfliteOptions, target
 from fwedge.targets import tflite_attention, tflite_float, tflite_runner  # noqa: F401  (they register emitters)
 from fwedge.targets.tflite_resize import bilinear_problem, nearest_flags
 from fwedge.targets.common import resolve_precision
@@ -576,8 +576,8 @@ class TfliteTarget(Target):
             _lowered(model, options or ExportOptions())
         except UnsupportedOpError as error:
             return error.nodes
-        except ModelError:
-            return lowering_gaps(model)  # dynamic shapes: judged by op type only
+        except ModelError as error:  # dynamic shapes: judged by op type only
+            return ByOpTypeOnly(lowering_gaps(model), str(error))
         return []
 
     def export(self, model: onnx.ModelProto, out_dir, options: ExportOptions | None = None) -> Bundle:

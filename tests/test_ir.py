@@ -373,3 +373,54 @@ def test_an_empty_initializer_with_dims_no_array_can_hold_is_refused(tmp_path):
     path.write_bytes(onnx.helper.make_model(graph).SerializeToString())
     with pytest.raises(ModelError, match="'w' has dims .* too large for any array"):
         ir.load(path)
+
+
+def _unsorted_model() -> onnx.ModelProto:
+    """Nodes listed out of order, as onnxruntime accepts them: Relu before the Neg it reads, and
+    an If before the Mul whose output only its then-branch reads (an outer-scope read)."""
+    then_branch = helper.make_graph(
+        [helper.make_node("Add", ["relu", "scaled"], ["then_y"], name="then_add")], "then_branch", [],
+        [helper.make_tensor_value_info("then_y", TensorProto.FLOAT, [1, 4])])
+    else_branch = helper.make_graph(
+        [helper.make_node("Neg", ["relu"], ["else_y"], name="else_neg")], "else_branch", [],
+        [helper.make_tensor_value_info("else_y", TensorProto.FLOAT, [1, 4])])
+    nodes = [
+        helper.make_node("Relu", ["negated"], ["relu"], name="relu"),
+        helper.make_node("If", ["flag"], ["y"], name="branch", then_branch=then_branch, else_branch=else_branch),
+        helper.make_node("Neg", ["x"], ["negated"], name="negate"),
+        helper.make_node("Mul", ["x", "x"], ["scaled"], name="square"),
+    ]
+    graph = helper.make_graph(
+        nodes, "unsorted",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+         helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_nodes_out_of_topological_order_are_sorted(tmp_path, rng):
+    import onnxruntime as ort
+
+    model = _unsorted_model()
+    onnx.save(model, tmp_path / "unsorted.onnx")
+    loaded = ir.load(tmp_path / "unsorted.onnx")
+    assert [node.name for node in loaded.graph.node] == ["negate", "relu", "square", "branch"]
+    assert not ir.sort_nodes(loaded.graph)  # already sorted: nothing moves
+    x = rng.standard_normal((1, 4)).astype(np.float32)
+    original = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for flag in (True, False):
+        feeds = {"x": x, "flag": np.array(flag)}
+        np.testing.assert_array_equal(OrtRunner(loaded).run_all(feeds)["y"], original.run(None, feeds)[0],
+                                      err_msg=f"y (flag={flag})")
+
+
+def test_a_name_nobody_produces_is_one_line_naming_the_node(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["a"], ["y"], name="second"), helper.make_node("Neg", ["missing"], ["a"], name="first")],
+        "dangling", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "dangling.onnx")
+    with pytest.raises(ModelError) as error:
+        ir.load(tmp_path / "dangling.onnx")
+    message = str(error.value)
+    assert "\n" not in message and "input 'missing' of node: name: first OpType: Neg" in message, message

@@ -36,8 +36,18 @@ def command(model: str, input_shapes: dict | None, json_out: str | None) -> None
     stdout.print(table("Layers with weights", ["node", "op", "params", "MACs"],
                        [[l.name, l.op, f"{l.params:,}", "?" if l.macs is None else f"{l.macs:,}"]
                         for l in summary.layers]))
+    stdout.print(table("Target support", ["target", "status"], _support_rows(summary)))
+
+
+def _support_rows(summary) -> list[list[str]]:
+    """[target, status] lines; a prediction made by op type only says so, and what would make it exact."""
+    dynamic = any(not isinstance(dim, int) for spec in summary.inputs for dim in spec.shape[1:])
     rows = []
     for target, missing in summary.support.items():
         ops = sorted({op for _, op, _ in missing})
-        rows.append([target, "all nodes" if not missing else f"{len(missing)} unsupported: {', '.join(ops)}"])
-    stdout.print(table("Target support", ["target", "status"], rows))
+        status = "all nodes" if not missing else f"{len(missing)} unsupported: {', '.join(ops)}"
+        if target in summary.support_by_op_type:
+            why = "give --input-shape for the exact check" if dynamic else summary.support_by_op_type[target]
+            status += f"; by op type only: {why}"
+        rows.append([target, status])
+    return rows

@@ -44,7 +44,11 @@ class Builder:
         shape = self.view.shapes.get(name)
         if shape is None:
             raise ModelError(f"tensor '{name}': no inferred shape; lowering needs static shapes")
-        return tuple(int(d) for d in shape)
+        if not all(isinstance(d, int) for d in shape):
+            # A dim shape inference could not fix (onnx names it 'unk__N'), e.g. one that
+            # depends on the input's values: refused on one line, not int('unk__1').
+            raise ModelError(f"tensor '{name}': shape {list(shape)} is not static; lowering needs static shapes")
+        return tuple(shape)
 
     def add_tensor(self, tensor: LoweredTensor) -> str:
         existing = self.tensors.get(tensor.name)

@@ -142,7 +142,7 @@ def _shift_activations(model: onnx.ModelProto, source: np.dtype, target: np.dtyp
     del graph.initializer[:]
     graph.initializer.extend(kept + list(new_inits.values()))
     # Drop copied zero points that nothing reads any more.
-    used = {name for node in graph.node for name in node.input}
+    used = ir.read_names(graph)
     for init in [init for init in graph.initializer if init.name in copied and init.name not in used]:
         graph.initializer.remove(init)
     quantized_set = set(quantized)

@@ -126,6 +126,12 @@ def memory_batch(model: onnx.ModelProto, calib: CalibrationData, tensors: list[s
     (default CALIBRATION_MEMORY_BUDGET; at least 1): calibration memory then depends on the
     model, not on a batch size chosen for small models. The samples and their order stay the
     same; only how many run at once changes."""
+    inputs = [value.name for value in ir.graph_inputs(model)]
+    if len(inputs) != 1:
+        # A dataset's samples are one array each (fwedge.data); the sizing run below would
+        # otherwise feed only the first input and onnxruntime raise its own ValueError.
+        raise DataError(f"data '{calib.dataset.path}': the model has {len(inputs)} inputs {inputs}; "
+                        "calibration data feeds one (give collect() dict batches from Python)")
     if calib.batch_size <= 1:
         return calib.batch_size
     budget = CALIBRATION_MEMORY_BUDGET if budget is None else budget

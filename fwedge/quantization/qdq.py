@@ -279,7 +279,7 @@ class _QdqWriter:
             ordered.extend(self.after.get(node.name, []))
         del graph.node[:]
         graph.node.extend(ordered)
-        used = {name for node in graph.node for name in node.input}
+        used = ir.read_names(graph)
         kept = [init for init in graph.initializer if init.name in used]
         del graph.initializer[:]
         graph.initializer.extend(kept + self.new_inits)

@@ -361,6 +361,10 @@ def _build_cases() -> list[OpCase]:
         _resize("resize_nearest_x2", [1, 4, 5, 6], [1, 4, 10, 12], "asymmetric", "floor"),
         _resize("resize_nearest_half_pixel_x2", [1, 3, 4, 4], [1, 3, 8, 8], "half_pixel", "round_prefer_floor"),
         _resize("resize_nearest_x1.6_x1.5", [1, 3, 5, 6], [1, 3, 8, 9], "asymmetric", "floor"),
+        # corners aligned (TF1's align_corners=True), ties rounded up (by sizes: tests/test_resize.py,
+        # since a sizes constant fixes the batch the matrix varies)
+        _resize("resize_nearest_align_corners_x1.5_x2", [1, 3, 4, 5], [1, 3, 6, 10], "align_corners",
+                "round_prefer_ceil", refused_by=("ncnn",)),  # ncnn's nearest is floor(x * in / out) only
     ]
     # Bilinear Resize as torch's interpolate (half_pixel; align_corners=True), TF's (asymmetric:
     # ncnn's Interp has no such rule and refuses it) and a downsampling, ratios no integers.

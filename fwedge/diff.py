@@ -215,8 +215,8 @@ def diff_bundle(
         exact_int8: run the bundle's runtime in its exact int8 mode (targets with the exact_int8
             capability: onnx, openvino): Q/DQ computed as defined, not by the integer kernels
             this CPU gets, which tells a wrong bundle from a runtime's kernels.
-        input_shapes: fix dynamic inputs of the reference (the batch is the number of samples
-            compared); each must agree with the bundle's input past the batch.
+        input_shapes: fix dynamic inputs of the reference (at batch 1: it runs sample by sample);
+            each must agree with the bundle's input past the batch.
 
     Returns:
         The DiffReport.
@@ -234,8 +234,11 @@ def diff_bundle(
     spec = preprocess or Preprocess.from_dict(bundle.preprocess)
     batch = next(open_dataset(data).batches(spec, batch_size=limit, limit=limit))
     if input_shapes:
-        model = ir.set_input_shapes(model, {name: [len(batch.x), *dims[1:]] for name, dims in input_shapes.items()})
-    feeds = {bundle.inputs[0].name: np.ascontiguousarray(batch.x, dtype=np.float32)}
+        # batch 1, run sample by sample (reference_values): a model prepared at batch 1 may bake
+        # that batch into a Reshape's shape constant (PP-OCR cls: [1, 200])
+        model = ir.set_input_shapes(model, {name: [1, *dims[1:]] for name, dims in input_shapes.items()})
+    first = ir.graph_inputs(model)[0]
+    feeds = {bundle.inputs[0].name: np.ascontiguousarray(batch.x, dtype=ir.input_dtype(first))}
     producers, order = _producers(model)
     scales = _step_scales(model, bundle.precision)
     report = DiffReport(bundle=str(bundle.path), reference=str(reference), target=bundle.target,

@@ -370,6 +370,28 @@ def test_diff_of_a_batch_one_onnx_bundle_runs_sample_by_sample(models, tmp_path)
     assert report["samples"] == 8 and len(report["compared"]) > 2 and report["first_divergence"] is None, report
 
 
+def test_diff_with_an_input_shape_runs_a_batch_one_reshape_sample_by_sample(models, tmp_path):
+    """A QDQ model prepared at --input-shape 1,... may carry that batch in a Reshape's shape
+    constant (PP-OCR cls: [1, 200]) while its input stays dynamic: diff --input-shape fixes the
+    reference at batch 1 and runs it sample by sample. Before, it fixed the batch at --limit and
+    onnxruntime failed in the Reshape."""
+    model = onnx.load(models / "tiny_qdq.onnx")
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    [last] = [node for node in model.graph.node if "y" in node.output]
+    last.output[list(last.output).index("y")] = "y_flat"
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, 3], np.int64), "batch_one"))
+    model.graph.node.append(helper.make_node("Reshape", ["y_flat", "batch_one"], ["y"], name="to_batch_one"))
+    onnx.save(model, tmp_path / "one.onnx")
+    bundle = export_bundle(tmp_path / "one.onnx", "onnx", tmp_path / "b", input_shapes={"x": [1, 1, 8, 8]})
+    diff = CliRunner().invoke(cli, ["diff", str(bundle.path), str(tmp_path / "one.onnx"), "--data",
+                                    str(models / "data.npz"), "--limit", "4", "--input-shape", "x=1,1,8,8",
+                                    "--exact-int8", "--json", "-"])
+    assert diff.exit_code == 0, diff.output
+    report = json.loads(diff.output)
+    assert report["samples"] == 4 and report["first_divergence"] is None, report
+
+
 @pytest.mark.parametrize("target", ["tflite", "x86_64"])
 def test_a_dynamic_input_names_the_cli_flag(models, tmp_path, target):
     """The message names the command-line flag with the static dimensions filled in, not a

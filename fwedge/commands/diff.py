@@ -17,7 +17,7 @@ from fwedge.commands.options import data_option, emit_json, input_shape_option, 
               help="A float tensor diverges when max|diff| > atol + rtol * max|ref|.")
 @click.option("--atol", type=float, default=1e-5, show_default=True)
 @click.option("--all", "show_all", is_flag=True, help="List every compared tensor, not only up to the divergence.")
-@input_shape_option("Fix a dynamic input shape of REFERENCE, e.g. x=1,3,48,192 (the batch is --limit); it must "
+@input_shape_option("Fix a dynamic input shape of REFERENCE, e.g. x=1,3,48,192 (run at batch 1, sample by sample); it must "
                     "agree with the bundle's input, fixed at export. Repeatable.")
 @preprocess_option()
 @click.option("--exact-int8", is_flag=True,

@@ -54,11 +54,9 @@ def main() -> int:
     import onnx
 
     from fwedge.errors import FwEdgeError
-    from fwedge.eval import ort_session
+    from fwedge.eval import dequantized_steps, ort_session
     from fwedge.export import export_bundle
     from fwedge.targets import get_target
-
-    from op_matrix import output_scale
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(SOURCES), choices=list(SOURCES))
@@ -73,9 +71,8 @@ def main() -> int:
             session = ort_session(qdq)
             x = model.x
             reference = np.concatenate([session.run([output], {model.input_name: x[i:i + 1]})[0] for i in range(len(x))])
-            try:
-                step = output_scale(qdq, output)
-            except KeyError:  # a float output: max/255
+            step = dequantized_steps(qdq).get(output)  # None for a float output: then max/255
+            if step is None:
                 step = float(np.abs(reference).max()) / 255
             outputs = {}
             for target in args.targets:

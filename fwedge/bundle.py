@@ -143,7 +143,7 @@ class Bundle:
             return onnx_of[own_names[0]], own_names[0]
         # onnx_names also maps inner tensors (an int8 bundle's quantized copy of an output,
         # for `fwedge diff`): an alias that is no output falls back to the name itself.
-        own = aliases.get(output, output)
+        own = aliases.get(output)
         if own not in own_names:
             own = output
         if own not in own_names:
